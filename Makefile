@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv when needed.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests drive as real peers (see docs/testing.md).
+PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls iproute2 openssl
+
+.PHONY: run test venv peers bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	touch $@
+
+# Installs the missing peers when run as root; otherwise says what is missing (the tests fail loudly).
+peers:
+	@missing=$$(for p in $(PEERS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing test peers: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "missing Debian packages (install as root): $$missing" >&2; fi
+
+run: venv
+	$(BIN)/pacsguard init
+	$(BIN)/pacsguard serve
+
+test: venv peers
+	$(BIN)/pytest
+
+bench: venv
+	@echo "see docs/PERFORMANCE.md for each benchmark's command"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,97 @@
+"""Store benchmark: batch ingest (events/s, hashing included) and "all events for patient X"
+latency at a given store size, on SQLite and optionally PostgreSQL.
+
+    .venv/bin/python bench/store.py --events 1000000 [--postgres URL] [--dir DIR]
+
+Ingest runs on one core (one writer thread). Events look like gateway C-STORE records: 20,000
+distinct patients, 5 studies each, details of a realistic size. The query is timed for 50
+random patients on a warm cache, median and worst reported, with rows returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pacsguard.events import Event, Party
+from pacsguard.store import EventQuery, EventStore
+from pacsguard.store.keys import generate_key
+
+
+def events(start: int, n: int, patients: int) -> list[Event]:
+    out = []
+    for i in range(start, start + n):
+        p = (i * 7919) % patients
+        out.append(Event(kind="dicom.dimse.c-store", component="gateway",
+                         actor=Party(f"CT{i % 12:02d}", f"10.20.{i % 7}.{i % 250}", 104),
+                         target=Party("PACS", "10.30.0.5", 104),
+                         patient_ids=(f"PAT{p:08d}",), study_uids=(f"1.2.826.0.1.3680043.9.{p}.{i % 5}",),
+                         sop_instance_count=1, message="C-STORE-RSP 0x0000",
+                         details={"sop_class": "1.2.840.10008.5.1.4.1.1.2", "status": 0,
+                                  "sop_instance": f"1.2.826.0.1.3680043.9.{p}.{i}", "bytes": 525_000}))
+    return out
+
+
+def run(target: str, key: Path, total: int, batch: int, patients: int) -> dict:
+    es = EventStore.open(target, key_path=key, create=True, checkpoint_interval=60)
+    have = es.size()
+    gen_time = ingest_time = 0.0
+    n = have
+    while n < total:
+        t0 = time.perf_counter()
+        chunk = events(n, min(batch, total - n), patients)
+        t1 = time.perf_counter()
+        es.append(chunk)
+        t2 = time.perf_counter()
+        gen_time += t1 - t0
+        ingest_time += t2 - t1
+        n += len(chunk)
+        if (n // batch) % 100 == 0:
+            print(f"  {n:,} events, {(n - have) / ingest_time:,.0f} events/s so far", file=sys.stderr)
+    es.checkpoint()
+    rng = random.Random(7)
+    lat, rows = [], []
+    for _ in range(5):  # warm up
+        list(es.search(EventQuery(patient=f"PAT{rng.randrange(patients):08d}", limit=None)))
+    for _ in range(50):
+        pid = f"PAT{rng.randrange(patients):08d}"
+        t0 = time.perf_counter()
+        got = list(es.search(EventQuery(patient=pid, limit=None)))
+        lat.append((time.perf_counter() - t0) * 1000)
+        rows.append(len(got))
+    es.close()
+    return {"store": target, "events": total, "ingested": total - have,
+            "ingest_per_s": (total - have) / ingest_time if ingest_time else None,
+            "query_ms_median": statistics.median(lat), "query_ms_max": max(lat),
+            "rows_per_patient": statistics.mean(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--patients", type=int, default=20_000)
+    ap.add_argument("--dir", type=Path, default=None, help="keep the SQLite store here (reuse to grow it)")
+    ap.add_argument("--postgres", default=None, help="also run against this PostgreSQL URL")
+    args = ap.parse_args()
+    work = args.dir or Path(tempfile.mkdtemp(prefix="pg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    key = work / "bench.key"
+    if not key.exists():
+        generate_key(key)
+    targets = [str(work / "bench.db")] + ([args.postgres] if args.postgres else [])
+    for target in targets:
+        r = run(target, key, args.events, args.batch, args.patients)
+        ingest = f"{r['ingest_per_s']:,.0f} events/s" if r["ingest_per_s"] else "n/a (already filled)"
+        print(f"{r['store']}: {r['events']:,} events; ingest {ingest} (batches of {args.batch}); "
+              f"patient query median {r['query_ms_median']:.2f} ms, max {r['query_ms_max']:.2f} ms, "
+              f"{r['rows_per_patient']:.0f} rows per patient")
+
+
+if __name__ == "__main__":
+    main()

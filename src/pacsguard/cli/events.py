@@ -1,0 +1,106 @@
+"""`pacsguard events search|tail`: read the store, as a table or as JSON lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Iterable
+
+import typer
+from rich.table import Table
+
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store
+from pacsguard.events.model import parse_time
+from pacsguard.store import EventQuery, StoredEvent
+
+app = typer.Typer(name="events", no_args_is_help=True, help="Search and follow the event store.")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _when(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text if "T" in text or len(text) > 10 else text + "T00:00:00")
+    except ValueError:
+        raise fail(f"--{name}: expected an ISO 8601 date or time such as 2026-11-23 or 2026-11-23T08:00:00Z, got {text!r}") from None
+
+
+@app.command("search")
+@guarded
+def search(
+    patient: str | None = typer.Option(None, "--patient", help="patient ID"),
+    study: str | None = typer.Option(None, "--study", help="Study Instance UID"),
+    actor: str | None = typer.Option(None, "--actor", help="AE title, host or user who acted"),
+    kind: str | None = typer.Option(None, "--kind", help="event kind, e.g. dicom.association.rejected or dicom.*"),
+    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)"),
+    until: str | None = typer.Option(None, "--until", help="before this time"),
+    limit: int = typer.Option(1000, "--limit", min=1, help="at most this many events"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json (one event per line)"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """Find events by patient, study, actor, kind and time; oldest first."""
+    query = EventQuery(patient=patient, study=study, actor=actor, kind=kind,
+                       since=_when(since, "since"), until=_when(until, "until"), limit=limit)
+    es = open_store(load(config, required=store is None), store)
+    try:
+        _print(list(es.search(query)), fmt)
+    finally:
+        es.engine.dispose()
+
+
+@app.command("tail")
+@guarded
+def tail(
+    count: int = typer.Option(20, "--lines", "-n", min=0, help="show the newest N events first"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new events until Ctrl-C"),
+    kind: str | None = typer.Option(None, "--kind", help="only events of this kind (prefix with *)"),
+    fmt: Format = typer.Option(Format.table, "--format"),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="seconds between polls with --follow"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """The newest events, and with -f every new one as it is stored."""
+    es = open_store(load(config, required=store is None), store)
+    try:
+        newest = list(es.search(EventQuery(kind=kind, limit=count, newest_first=True)))[::-1] if count else []
+        _print(newest, fmt)
+        last = newest[-1].seq if newest else es.size() - 1
+        while follow:
+            time.sleep(interval)
+            batch = list(es.search(EventQuery(kind=kind, after_seq=last, limit=1000)))
+            if batch:
+                _print(batch, fmt, header=False)
+                last = batch[-1].seq
+    except KeyboardInterrupt:
+        pass
+    finally:
+        es.engine.dispose()
+
+
+def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> None:
+    if fmt is Format.json:
+        for row in rows:
+            sys.stdout.write(row.event.to_json() + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(show_header=header, header_style="bold", pad_edge=False)
+    for col in ("#", "time (UTC)", "kind", "outcome"):
+        table.add_column(col, no_wrap=True)
+    for col in ("actor", "target", "patient", "message"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        ev = row.event
+        style = "red" if ev.severity <= 4 else None
+        table.add_row(str(row.seq), ev.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                      ev.kind, ev.outcome, ev.actor.label(), ev.target.label(), ",".join(ev.patient_ids),
+                      ev.message, style=style)
+    console.print(table)

@@ -1,0 +1,94 @@
+"""The one event stream: parts `publish()` Events without blocking; a writer thread batches them
+into the sink (the store, fanned out to JSON lines and syslog).
+
+Publishing is a deque append, so the gateway's hot path never waits on SQLite or a SIEM. If the
+sink fails (database down), the batch stays queued and is retried: nothing published is dropped,
+and `flush()` tells a caller when everything published so far is durable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from pacsguard.events.model import Event
+from pacsguard.events.sink import EventSink
+
+log = logging.getLogger("pacsguard.events")
+
+
+class EventBus:
+    def __init__(self, sink: EventSink, *, max_batch: int = 5000, max_delay: float = 0.05,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.sink = sink
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.on_error = on_error
+        self._queue: deque[Event] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._counter = itertools.count(1)  # next() is atomic: safe from several threads
+        self._published = 0
+        self._written = 0
+        self._thread = threading.Thread(target=self._run, name="pacsguard-event-writer", daemon=True)
+        self._thread.start()
+
+    def publish(self, event: Event) -> None:
+        self._queue.append(event)
+        self._published = next(self._counter)
+        if len(self._queue) >= self.max_batch:
+            self._wake.set()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every event published before this call is in the sink."""
+        target = self._published
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._written < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            self._wake.wait(self.max_delay)
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(len(self._queue), self.max_batch))]
+                try:
+                    self.sink.emit(batch)
+                except Exception as exc:  # noqa: BLE001 - keep the events and retry; report the cause
+                    log.error("event sink failed, %d events kept for retry: %s", len(self._queue), exc)
+                    if self.on_error:
+                        self.on_error(exc)
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                for _ in batch:
+                    self._queue.popleft()
+                with self._idle:
+                    self._written += len(batch)
+                    self._idle.notify_all()
+            if self._stop.is_set():
+                return

@@ -1,0 +1,79 @@
+"""The Ed25519 key that signs the store's checkpoints (RFC 8032 via `cryptography`).
+
+The private key lives in a file of its own (mode 0600), never in the YAML configuration; the
+verifier needs only the public key, so a copy of it can be kept off the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pacsguard.store.errors import StoreError
+
+
+def generate_key(path: Path) -> Path:
+    """Write a new private key to `path` (0600) and its public key to `path.pub`; refuse to overwrite."""
+    if path.exists():
+        raise StoreError(f"{path}: a signing key already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    public_path(path).write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def public_path(path: Path) -> Path:
+    return path.with_name(path.name + ".pub")
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: signing key not found (run `pacsguard init`)") from None
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{path}: not a PEM Ed25519 private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Accept either the public key file or the private key file (the public half is derived)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: key file not found") from None
+    if b"PRIVATE KEY" in data:
+        return load_private_key(path).public_key()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise StoreError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
+    return key
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def verify_signature(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True

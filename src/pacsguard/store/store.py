@@ -1,0 +1,253 @@
+"""The event store: append-only, hash-chained and Merkle-sealed, signed at checkpoints.
+
+Each event is sealed as the canonical JSON {"event": ..., "prev": <hex leaf hash of the event
+before>, "seq": n}; that text's RFC 9162 leaf hash is leaf n of the store's Merkle tree. A
+checkpoint signs (tree size, root, time) with the store's Ed25519 key. There is deliberately no
+update or delete API.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from pacsguard.events.model import Event
+from pacsguard.store import keys
+from pacsguard.store.engine import check_or_migrate, describe, make_engine, normalise_target
+from pacsguard.store.errors import StoreError
+from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
+from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_patients,
+                                    event_studies, events, meta, tree_state)
+
+GENESIS_PREV = bytes(HASH_SIZE)
+
+
+def seal(event_json: str, prev: bytes, seq: int) -> str:
+    """The sealed record of one event; keys in sorted order, so it is canonical JSON too."""
+    return f'{{"event":{event_json},"prev":"{prev.hex()}","seq":{seq}}}'
+
+
+def checkpoint_message(tree_size: int, root: bytes, time_us: int) -> bytes:
+    """The exact bytes an Ed25519 checkpoint signature covers."""
+    return f"pacsguard-checkpoint/v1\n{tree_size}\n{root.hex()}\n{time_us}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    tree_size: int
+    root: bytes
+    time_us: int
+    key_id: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    event: Event
+
+
+@dataclass(slots=True)
+class EventQuery:
+    """Filters of `events search`; every given filter must hold (AND)."""
+
+    patient: str | None = None
+    study: str | None = None
+    actor: str | None = None
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after_seq: int | None = None
+    limit: int | None = 1000
+    newest_first: bool = False
+
+
+class EventStore:
+    """Open with `EventStore.open(path_or_url, ...)`; it is also an EventSink (`emit`)."""
+
+    def __init__(self, url: str, *, signing_key: Ed25519PrivateKey | None = None,
+                 create: bool = False, checkpoint_interval: float = 60.0) -> None:
+        self.url = normalise_target(url)
+        self.name = describe(self.url)
+        self.engine = make_engine(self.url, create=create)
+        self._signing_key = signing_key
+        self._key_id = keys.key_id(signing_key.public_key()) if signing_key else ""
+        self.checkpoint_interval = checkpoint_interval
+        self._last_checkpoint = time.monotonic()
+        self._lock = threading.Lock()
+        new = check_or_migrate(self.engine, self.url, create=create)
+        if new:
+            self._initialise()
+        self._insert_event = _positional_insert(self.engine.dialect.paramstyle, events)
+        self._insert_patient = _positional_insert(self.engine.dialect.paramstyle, event_patients)
+        self._insert_study = _positional_insert(self.engine.dialect.paramstyle, event_studies)
+
+    @classmethod
+    def open(cls, target: str, *, key_path: "str | Path | None" = None, create: bool = False,
+             checkpoint_interval: float = 60.0) -> "EventStore":
+        key = keys.load_private_key(Path(key_path)) if key_path is not None else None
+        return cls(target, signing_key=key, create=create, checkpoint_interval=checkpoint_interval)
+
+    def _initialise(self) -> None:
+        with self._begin() as conn:
+            conn.execute(insert(meta), [
+                {"key": "format", "value": STORE_FORMAT},
+                {"key": "format_version", "value": STORE_FORMAT_VERSION},
+                {"key": "created", "value": datetime.now().astimezone().isoformat()},
+            ])
+            conn.execute(insert(tree_state), {"id": 1, "size": 0, "frontier": b"", "last_leaf": GENESIS_PREV})
+
+    def _begin(self):
+        try:
+            return self.engine.begin()
+        except OperationalError as exc:
+            raise StoreError(f"{self.name}: {exc.orig}") from None
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def emit(self, batch: Sequence[Event]) -> None:
+        self.append(batch)
+
+    def append(self, batch: Sequence[Event]) -> int:
+        """Seal and store a batch in one transaction; returns the new tree size. When this returns,
+        the events are durable (acknowledged); a crash before it leaves the store as it was."""
+        if not batch:
+            return self.size()
+        with self._lock:
+            try:
+                with self.engine.begin() as conn:
+                    size = self._append(conn, batch)
+            except DBAPIError as exc:
+                raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
+        if self._signing_key is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+        return size
+
+    def _append(self, conn: Connection, batch: Sequence[Event]) -> int:
+        # FOR UPDATE serialises writers on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
+        state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
+        frontier = Frontier.from_bytes(state.size, state.frontier)
+        prev, seq = state.last_leaf, state.size
+        rows, patients, studies = [], [], []
+        for ev in batch:
+            body = seal(ev.to_json(), prev, seq)
+            leaf = leaf_hash(body.encode())
+            frontier.append(leaf)
+            actor, target = ev.actor, ev.target
+            # Column order of schema.events.
+            rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
+                         actor.ae_title, actor.host, actor.user, target.ae_title, target.host,
+                         ev.sop_instance_count, body, leaf))
+            for pid in dict.fromkeys(ev.patient_ids):
+                patients.append((pid, seq))
+            for uid in dict.fromkeys(ev.study_uids):
+                studies.append((uid, seq))
+            prev = leaf
+            seq += 1
+        # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
+        # more than hashing and SQLite together (bench/store.py).
+        conn.exec_driver_sql(self._insert_event, rows)
+        if patients:
+            conn.exec_driver_sql(self._insert_patient, patients)
+        if studies:
+            conn.exec_driver_sql(self._insert_study, studies)
+        conn.execute(update(tree_state).where(tree_state.c.id == 1).values(
+            size=seq, frontier=frontier.to_bytes(), last_leaf=prev))
+        return seq
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current tree head, unless it is already signed. Needs the signing key."""
+        if self._signing_key is None:
+            raise StoreError(f"{self.name}: no signing key loaded, cannot write a checkpoint")
+        with self._lock, self._begin() as conn:
+            self._last_checkpoint = time.monotonic()
+            state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
+            last = conn.execute(select(func.max(checkpoints.c.tree_size))).scalar()
+            if state.size == 0 or last == state.size:
+                return None
+            root = Frontier.from_bytes(state.size, state.frontier).root()
+            now_us = time.time_ns() // 1000
+            signature = self._signing_key.sign(checkpoint_message(state.size, root, now_us))
+            cp = Checkpoint(state.size, root, now_us, self._key_id, signature)
+            conn.execute(insert(checkpoints), {"tree_size": cp.tree_size, "root": cp.root, "time_us": cp.time_us,
+                                               "key_id": cp.key_id, "signature": cp.signature})
+            return cp
+
+    def close(self) -> None:
+        """Write a final checkpoint (if a key is loaded and events are unsigned) and release the database."""
+        try:
+            if self._signing_key is not None:
+                self.checkpoint()
+        finally:
+            self.engine.dispose()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar_one()
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
+        return [Checkpoint(r.tree_size, r.root, r.time_us, r.key_id, r.signature) for r in rows]
+
+    def search(self, query: EventQuery) -> Iterator[StoredEvent]:
+        stmt = self._select(query)
+        with self.engine.connect() as conn:
+            for seq, body in conn.execute(stmt):
+                yield StoredEvent(seq, Event.from_json(_event_part(body)))
+
+    def _select(self, q: EventQuery) -> Select:
+        stmt = select(events.c.seq, events.c.body)
+        if q.patient is not None:
+            stmt = stmt.join(event_patients, event_patients.c.seq == events.c.seq).where(
+                event_patients.c.patient_id == q.patient)
+        if q.study is not None:
+            stmt = stmt.join(event_studies, event_studies.c.seq == events.c.seq).where(
+                event_studies.c.study_uid == q.study)
+        if q.actor is not None:
+            stmt = stmt.where(or_(events.c.actor_ae == q.actor, events.c.actor_host == q.actor,
+                                  events.c.actor_user == q.actor))
+        if q.kind is not None:
+            if q.kind.endswith("*"):
+                stmt = stmt.where(events.c.kind.startswith(q.kind[:-1], autoescape=True))
+            else:
+                stmt = stmt.where(events.c.kind == q.kind)
+        if q.since is not None:
+            stmt = stmt.where(events.c.time_us >= _us(q.since))
+        if q.until is not None:
+            stmt = stmt.where(events.c.time_us < _us(q.until))
+        if q.after_seq is not None:
+            stmt = stmt.where(events.c.seq > q.after_seq)
+        stmt = stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq)
+        if q.limit is not None:
+            stmt = stmt.limit(q.limit)
+        return stmt
+
+
+def _positional_insert(paramstyle: str, table) -> str:
+    marker = "?" if paramstyle == "qmark" else "%s"
+    names = ", ".join(c.name for c in table.columns)
+    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([marker] * len(table.columns))})"
+
+
+def _event_part(body: str) -> str:
+    # The sealed record starts with {"event": and ends with ,"prev":"<64 hex>","seq":N}; slicing
+    # avoids parsing the envelope on every search result.
+    start = len('{"event":')
+    end = body.rindex(',"prev":"')
+    return body[start:end]
+
+
+def _us(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)

@@ -1,0 +1,238 @@
+"""`pacsguard audit verify`: recompute every seal, chain link, index row and signed checkpoint.
+
+How each tampering shows (the sealed record of event n is {"event", "prev", "seq": n}):
+- modified: the body no longer hashes to its stored leaf, a search column differs from the sealed
+  event, or the body was re-hashed but the next event sealed a different predecessor;
+- deleted: no row holds sealed event n;
+- inserted: a row whose sealed record is not in the chain (a second claimant for n, or a forgery);
+- reordered: sealed event n is stored at another position;
+- truncated: a checkpoint or the tree head counts more events than are stored;
+- forged checkpoint: its Ed25519 signature fails, or its root differs from the recomputed tree.
+Events after the newest checkpoint are protected by the chain only: an attacker holding the
+database can rewrite that tail consistently, which is why checkpoints are frequent and exported.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+
+from pacsguard.events.model import Event
+from pacsguard.store import keys
+from pacsguard.store.merkle import Frontier, leaf_hash
+from pacsguard.store.schema import checkpoints, event_patients, event_studies, events, tree_state
+from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
+
+# Search columns that must equal what the sealed event says.
+_COLUMNS = ("event_id", "time_us", "kind", "severity", "component", "outcome", "actor_ae", "actor_host",
+            "actor_user", "target_ae", "target_host", "sop_instance_count")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # modified | deleted | inserted | reordered | truncated | checkpoint | index
+    seq: int | None
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seq": self.seq, "message": self.message}
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    store: str
+    events: int = 0
+    checkpoints: int = 0
+    newest_checkpoint: int | None = None
+    newest_checkpoint_valid: bool | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "ok": self.ok, "events": self.events, "checkpoints": self.checkpoints,
+                "newest_checkpoint": self.newest_checkpoint,
+                "newest_checkpoint_valid": self.newest_checkpoint_valid,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+@dataclass(slots=True)
+class _Row:
+    position: int
+    sealed_seq: int | None
+    prev: bytes | None
+    leaf: bytes  # recomputed from the body
+    problems: list[str]
+    patients: tuple[str, ...]
+    studies: tuple[str, ...]
+
+
+def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
+                 progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    report = VerifyReport(store=store.name)
+    with store.engine.connect() as conn:
+        head = conn.execute(select(tree_state).where(tree_state.c.id == 1)).one_or_none()
+        total = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar() or 0
+        rows = _read_rows(conn, total + 1, progress)
+        cps = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
+        index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id)
+        index_std = _index_digest(conn, event_studies, event_studies.c.study_uid)
+    report.events = len(rows)
+
+    chain = _reconstruct_chain(rows, report.findings)
+    _check_indexes(rows, index_pat, index_std, report.findings)
+    size = len(chain)
+    if head is None:
+        report.findings.append(Finding("truncated", None, "the tree head (tree_state) is missing"))
+    elif head.size > size:
+        report.findings.append(Finding("truncated", size, f"the tree head counts {head.size} events but only "
+                                       f"{size} are stored: events #{size}..#{head.size - 1} were removed"))
+    _check_checkpoints(chain, cps, public_key, report)
+    return report
+
+
+def _read_rows(conn, expected: int, progress) -> list[_Row]:
+    stmt = select(events.c.seq, events.c.body, events.c.leaf, *[events.c[c] for c in _COLUMNS]).order_by(events.c.seq)
+    out: list[_Row] = []
+    result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
+    for n, r in enumerate(result):
+        problems: list[str] = []
+        body_bytes = r.body.encode()
+        leaf = leaf_hash(body_bytes)
+        if leaf != r.leaf:
+            problems.append("its sealed record does not match its stored hash (the body was edited)")
+        sealed_seq = prev = None
+        patients = studies = ()
+        try:
+            sealed = orjson.loads(body_bytes)
+            sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
+            event = Event.from_dict(sealed["event"])
+            patients, studies = tuple(dict.fromkeys(event.patient_ids)), tuple(dict.fromkeys(event.study_uids))
+            expected_cols = _columns_of(event)
+            for name in _COLUMNS:
+                if getattr(r, name) != expected_cols[name]:
+                    problems.append(f"column {name} was changed: stored {getattr(r, name)!r}, "
+                                    f"sealed {expected_cols[name]!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"its sealed record is not valid ({exc})")
+        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies))
+        if progress is not None and n % 20_000 == 0:
+            progress(n, expected)
+    if progress is not None:
+        progress(len(out), len(out))
+    return out
+
+
+def _columns_of(ev: Event) -> dict:
+    return {"event_id": ev.id, "time_us": ev.time_us, "kind": ev.kind, "severity": int(ev.severity),
+            "component": ev.component, "outcome": ev.outcome, "actor_ae": ev.actor.ae_title,
+            "actor_host": ev.actor.host, "actor_user": ev.actor.user, "target_ae": ev.target.ae_title,
+            "target_host": ev.target.host, "sop_instance_count": ev.sop_instance_count}
+
+
+def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]:
+    """Pick, for each sealed sequence number, the row that belongs to the chain; classify the rest.
+    Returns the leaf hashes of the sealed events in sealed order (a missing one ends the list)."""
+    claimants: dict[int, list[_Row]] = defaultdict(list)
+    for row in rows:
+        if row.sealed_seq is None:
+            findings.append(Finding("modified", row.position, f"event #{row.position}: " + "; ".join(row.problems)))
+        else:
+            claimants[row.sealed_seq].append(row)
+    # prev hashes that some sealed record points back to: tells the genuine claimant apart.
+    referenced = {row.prev for row in rows if row.prev is not None}
+    last = max(claimants) if claimants else -1
+    chain: list[bytes] = []
+    prev_leaf = GENESIS_PREV
+    chain_broken = False
+    for seq in range(last + 1):
+        rows_for = claimants.get(seq, [])
+        if not rows_for:
+            findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted)"))
+            chain_broken = True
+            prev_leaf = None
+            continue
+        genuine = _choose(rows_for, prev_leaf, referenced)
+        for other in rows_for:
+            if other is not genuine:
+                findings.append(Finding("inserted", other.position, f"the row at position #{other.position} "
+                                        f"claims to be event #{seq} but is not part of the sealed chain (inserted)"))
+        if genuine.problems:
+            findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(genuine.problems)))
+        elif prev_leaf is not None and genuine.prev != prev_leaf and not chain_broken:
+            findings.append(Finding("modified", seq - 1, f"event #{seq - 1} was modified and re-hashed: "
+                                    f"event #{seq} sealed a different predecessor"))
+        if genuine.position != seq:
+            findings.append(Finding("reordered", seq, f"event #{seq} is stored at position #{genuine.position} "
+                                    "(rows were reordered)"))
+        chain_broken = False
+        prev_leaf = genuine.leaf
+        if len(chain) == seq:
+            chain.append(genuine.leaf)
+    return chain
+
+
+def _choose(rows_for: list[_Row], prev_leaf: bytes | None, referenced: set[bytes]) -> _Row:
+    def score(row: _Row) -> tuple[int, int, int]:
+        return (row.prev == prev_leaf, row.leaf in referenced, not row.problems)
+    return max(rows_for, key=score)
+
+
+def _index_digest(conn, table, column) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = defaultdict(set)
+    for value, seq in conn.execute(select(column, table.c.seq)):
+        out[seq].add(value)
+    return out
+
+
+def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dict[int, set[str]],
+                   findings: list[Finding]) -> None:
+    for row in rows:
+        for name, index, sealed in (("patient", patients, row.patients), ("study", studies, row.studies)):
+            have = index.pop(row.position, set())
+            if have != set(sealed):
+                findings.append(Finding("index", row.position, f"event #{row.position}: the {name} index lists "
+                                        f"{sorted(have)} but the sealed event names {sorted(sealed)}"))
+    for name, index in (("patient", patients), ("study", studies)):
+        for seq, values in index.items():
+            findings.append(Finding("index", seq, f"the {name} index lists {sorted(values)} for event #{seq}, "
+                                    "which does not exist"))
+
+
+def _check_checkpoints(chain: list[bytes], cps, public_key: Ed25519PublicKey | None, report: VerifyReport) -> None:
+    report.checkpoints = len(cps)
+    frontier = Frontier()
+    key_id = keys.key_id(public_key) if public_key is not None else None
+    for cp in cps:
+        valid = True
+        if public_key is None:
+            valid = False
+        elif cp.key_id != key_id or not keys.verify_signature(public_key, cp.signature,
+                                                              checkpoint_message(cp.tree_size, cp.root, cp.time_us)):
+            valid = False
+            report.findings.append(Finding("checkpoint", cp.tree_size, f"checkpoint at size {cp.tree_size}: its "
+                                           f"signature does not verify with key {key_id} (forged or altered)"))
+        if cp.tree_size > len(chain):
+            valid = False
+            report.findings.append(Finding("truncated", len(chain), f"checkpoint at size {cp.tree_size} sealed "
+                                           f"{cp.tree_size} events but only {len(chain)} remain in order: events "
+                                           f"#{len(chain)}..#{cp.tree_size - 1} were removed"))
+        else:
+            while frontier.size < cp.tree_size:
+                frontier.append(chain[frontier.size])
+            if frontier.root() != cp.root:
+                valid = False
+                report.findings.append(Finding("checkpoint", cp.tree_size, f"checkpoint at size {cp.tree_size}: the "
+                                               "signed root differs from the recomputed tree (events before it "
+                                               "were rewritten)"))
+        report.newest_checkpoint = cp.tree_size
+        report.newest_checkpoint_valid = valid
+
+

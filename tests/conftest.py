@@ -1,0 +1,7 @@
+"""Shared fixtures. Real peers live in tests/peers/ (one module per peer) and are loaded here."""
+
+pytest_plugins = [
+    "peers.dcmtk",
+    "peers.postgres",
+    "peers.orthanc",
+]

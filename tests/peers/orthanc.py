@@ -1,0 +1,1 @@
+"""Fixture for the real orthanc peer (being written)."""

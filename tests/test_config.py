@@ -1,0 +1,55 @@
+"""pacsguard.yaml: every error names its key path and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from pacsguard.config import ConfigError, parse_config
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "p.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_defaults_are_valid():
+    cfg = parse_config("")
+    assert cfg.store.url.endswith(".db") and not cfg.demo_upstream.enabled
+
+
+def test_unknown_keys_are_errors_with_their_path():
+    assert _problems("store:\n  ur1: x\n") == ["store.ur1: unknown key (check its spelling and section)"]
+    assert _problems("stor: {}\n") == ["stor: unknown key (check its spelling and section)"]
+
+
+def test_wrong_types_say_what_was_expected():
+    probs = _problems("store:\n  checkpoint_interval: soon\ndemo_upstream:\n  port: 70000\n")
+    assert probs[0].startswith("store.checkpoint_interval: Input should be a valid number") and "'soon'" in probs[0]
+    assert probs[1].startswith("demo_upstream.port: Input should be less than or equal to 65535")
+
+
+def test_broken_yaml_names_the_line():
+    assert _problems("store:\n  url: [unclosed\n")[0].startswith("line 3, column 1: not valid YAML")
+
+
+def test_not_a_mapping():
+    assert _problems("- a\n- b\n") == ["(top level): expected a mapping of sections, got list"]
+
+
+def test_secrets_never_inline():
+    assert "store.password" in _problems('store:\n  url: "postgresql://u:secret@db/x"\n')[0]
+    assert _problems("store:\n  password: hunter2\n")[0].startswith("store.password:")
+    cfg = parse_config("store:\n  url: postgresql://u@db/x\n  password: {env: PG_PASS}\n")
+    assert cfg.store.password.env == "PG_PASS"
+
+
+def test_secret_resolution(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    cfg = parse_config(f"store:\n  password: {{file: {secret}}}\n")
+    assert cfg.store.password.resolve() == "s3cret"
+    cfg = parse_config("store:\n  password: {env: PG_TEST_PW}\n")
+    monkeypatch.delenv("PG_TEST_PW", raising=False)
+    with pytest.raises(LookupError, match="PG_TEST_PW is not set"):
+        cfg.store.password.resolve()
