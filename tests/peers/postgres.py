@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from peers.dcmtk import LOOPBACK, free_port, read_log, stop_process_group
+from peers.dcmtk import LOOPBACK, PORT_ATTEMPTS, free_port, port_was_taken, read_log, stop_process_group
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INSTALL_HINT = "install Debian's PostgreSQL 15 server: apt-get install postgresql-15"
@@ -98,22 +98,19 @@ def _run_as_kwargs() -> dict[str, Any]:
     return {"user": "postgres", "group": "postgres", "extra_groups": []}
 
 
-def _start_server(base: Path) -> tuple[subprocess.Popen[bytes], PostgresServer]:
-    """initdb a cluster in ``base`` and start ``postgres`` on a free loopback port."""
+def _initdb(base: Path) -> tuple[Path, Path, dict[str, str], dict[str, Any]]:
+    """Create a cluster in ``base/data``; return (data dir, socket dir, env, run-as arguments)."""
     for tool in ("initdb", "postgres"):
         if not os.access(PG_BIN / tool, os.X_OK):
             pytest.fail(f"{PG_BIN / tool} is missing: {INSTALL_HINT}")
     run_as = _run_as_kwargs()
-    if run_as:
-        shutil.chown(base, user="postgres", group="postgres")
     data, sock = base / "data", base / "sock"
     sock.mkdir(mode=0o700)
     if run_as:
-        shutil.chown(sock, user="postgres", group="postgres")
-    log_path = base / "postgres.log"
+        for path in (base, sock):
+            shutil.chown(path, user="postgres", group="postgres")
     # The C locale avoids depending on which locales the machine has generated.
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
-
     init = subprocess.run(
         [
             str(PG_BIN / "initdb"),
@@ -136,7 +133,13 @@ def _start_server(base: Path) -> tuple[subprocess.Popen[bytes], PostgresServer]:
     )
     if init.returncode != 0:
         pytest.fail(f"initdb failed (exit {init.returncode}):\n{init.stdout}\n{init.stderr}")
+    return data, sock, env, run_as
 
+
+def _launch(
+    base: Path, data: Path, sock: Path, env: dict[str, str], run_as: dict[str, Any]
+) -> tuple[subprocess.Popen[bytes], PostgresServer]:
+    """Start ``postgres`` on a free loopback port (not yet ready: see :func:`_wait_ready`)."""
     port = free_port()
     settings = {
         "listen_addresses": LOOPBACK,
@@ -153,6 +156,7 @@ def _start_server(base: Path) -> tuple[subprocess.Popen[bytes], PostgresServer]:
     args = [str(PG_BIN / "postgres"), "-D", str(data)]
     for key, value in settings.items():
         args += ["-c", f"{key}={value}"]
+    log_path = base / "postgres.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             args,
@@ -173,6 +177,23 @@ def _start_server(base: Path) -> tuple[subprocess.Popen[bytes], PostgresServer]:
         log_path=log_path,
     )
     return proc, server
+
+
+def _start_server(base: Path) -> tuple[subprocess.Popen[bytes], PostgresServer]:
+    """initdb a cluster in ``base`` and start it, on a new port if the first one was taken."""
+    data, sock, env, run_as = _initdb(base)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        proc, server = _launch(base, data, sock, env, run_as)
+        try:
+            _wait_ready(proc, server)
+            return proc, server
+        except BaseException:
+            _stop_server(proc)
+            # Lost the race between free_port() and postgres's bind: try another port.
+            if attempt < PORT_ATTEMPTS and port_was_taken(server.log_path):
+                continue
+            raise
+    raise AssertionError("unreachable")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], server: PostgresServer) -> None:
@@ -214,7 +235,6 @@ def postgres_server() -> Iterator[PostgresServer]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         proc, server = _start_server(base)
-        _wait_ready(proc, server)
         sql = psycopg.sql
         with server.admin_connect() as conn:
             # Utility statements take no bind parameters: quote the password as a literal.

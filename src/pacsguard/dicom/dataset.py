@@ -1,0 +1,405 @@
+"""Data set inspection: a tolerant identifier peek and a strict identifier decoder.
+
+:func:`peek_identifiers` walks the *first fragment* of a data set as it crosses
+the wire (PS3.5 7.1 data element encoding, 7.5 nesting) and picks the handful
+of attributes the gateway and the IDS key on.  It never raises and never
+allocates in proportion to a length field: a truncated or malformed fragment
+just yields fewer attributes and ``complete=False``.
+
+:func:`decode_identifier` fully decodes the small C-FIND/C-MOVE/C-GET
+identifiers with pydicom and maps every pydicom failure to ``DecodeError``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
+from . import errors as E
+from .errors import DecodeError
+from .pdu import Buffer
+from .uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+
+#: Largest inflated prefix examined for Deflated Explicit VR Little Endian; the
+#: identifiers sit in the first few KiB, the cap defuses deflate bombs.
+PEEK_INFLATE_LIMIT: Final = 256 * 1024
+#: Largest identifier :func:`decode_identifier` accepts (encoded or inflated).
+MAX_IDENTIFIER_LENGTH: Final = 1024 * 1024
+
+_UNDEFINED: Final = 0xFFFFFFFF
+# Last wanted tag: once a top level tag passes it nothing interesting follows
+# (data elements are in ascending tag order, PS3.5 7.1).
+_STOP_TAG: Final = 0x0020000E
+
+# UI and CS values use the default repertoire; SH, LO and PN may use the
+# Specific Character Set (PS3.5 6.1.2.3).
+_PLAIN, _TEXT = 0, 1
+_WANTED: Final = MappingProxyType(
+    {
+        0x00080005: ("specific_character_set", _PLAIN),
+        0x00080016: ("sop_class_uid", _PLAIN),
+        0x00080018: ("sop_instance_uid", _PLAIN),
+        0x00080050: ("accession_number", _TEXT),
+        0x00080052: ("query_retrieve_level", _PLAIN),
+        0x00080060: ("modality", _PLAIN),
+        0x00100010: ("patient_name", _TEXT),
+        0x00100020: ("patient_id", _TEXT),
+        0x0020000D: ("study_instance_uid", _PLAIN),
+        0x0020000E: ("series_instance_uid", _PLAIN),
+    }
+)
+
+
+def _vr_code(vr: str) -> int:
+    return (ord(vr[0]) << 8) | ord(vr[1])
+
+
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2, Table 7.1-1).
+_LONG_VRS: Final = frozenset(
+    _vr_code(vr)
+    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+)
+_VR_SQ: Final = _vr_code("SQ")
+_VR_UN: Final = _vr_code("UN")
+
+_LE_TAG = struct.Struct("<HHI")  # tag + 4-byte length (implicit VR, items, delimiters)
+_BE_TAG = struct.Struct(">HHI")
+_LE_U16 = struct.Struct("<H")
+_BE_U16 = struct.Struct(">H")
+_LE_U32 = struct.Struct("<I")
+_BE_U32 = struct.Struct(">I")
+
+# PS3.5 6.1.2.5.3: PN delimiters that must not be decoded as part of an escape sequence.
+_PN_DELIMITERS: Final = frozenset({0x5C, 0x3D, 0x5E})
+
+
+@dataclass(slots=True)
+class DatasetPeek:
+    """Identifiers found at the start of a data set.
+
+    ``complete`` is True when the walk got past (0020,000E) - so every wanted
+    attribute that exists has been seen - or reached the exact end of a data
+    set known to be whole.  ``anomaly`` names the structural problem that
+    stopped the walk early, if any (the walker itself never raises).
+    """
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    modality: str | None = None
+    query_retrieve_level: str | None = None
+    accession_number: str | None = None
+    specific_character_set: str | None = None
+    complete: bool = False
+    bytes_examined: int = 0
+    anomaly: str | None = None
+
+
+def transfer_syntax_encoding(transfer_syntax_uid: str | None) -> tuple[bool | None, bool, bool]:
+    """``(implicit_vr, little_endian, deflated)`` for a transfer syntax (PS3.5 10, A.1-A.5).
+
+    ``implicit_vr`` is None for an unknown (None) syntax: the walker then guesses
+    from the first element.  Every encapsulated syntax encodes its data set as
+    Explicit VR Little Endian, so unrecognised UIDs map to that.
+    """
+    if transfer_syntax_uid is None:
+        return None, True, False
+    if transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return True, True, False
+    if transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
+        return False, False, False
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return False, True, True
+    return False, True, False
+
+
+def _looks_explicit(buf: Buffer, pos: int) -> bool:
+    # Same heuristic as pydicom: two upper-case letters where an explicit VR sits.
+    # An implicit length would have to exceed 16 KiB to look like this.
+    return 0x40 < buf[pos + 4] < 0x5B and 0x40 < buf[pos + 5] < 0x5B
+
+
+def _decode_text(raw: bytes, charset: str | None) -> str:
+    if raw.isascii() or not charset:
+        # Default repertoire; latin-1 never fails and matches pydicom's default.
+        return raw.decode("latin-1")
+    try:
+        return decode_bytes(raw, convert_encodings(charset.split("\\")), set(_PN_DELIMITERS))
+    except Exception:  # an exotic or broken charset must not break a peek
+        return raw.decode("latin-1")
+
+
+def _store(peek: DatasetPeek, attr: str, kind: int, raw: bytes) -> None:
+    # UI pads with NUL, text VRs with spaces (PS3.5 6.2); both are insignificant.
+    if kind == _PLAIN:
+        value = raw.decode("latin-1")
+    else:
+        value = _decode_text(raw, peek.specific_character_set)
+    setattr(peek, attr, value.strip(" \x00"))
+
+
+def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: DatasetPeek) -> None:
+    size = len(buf)
+    if size >= 6:
+        # Like pydicom, trust the bytes over the declared syntax: some senders
+        # label implicit data explicit and vice versa.
+        implicit = not _looks_explicit(buf, 0)
+    elif implicit is None:
+        implicit = True
+    top = (implicit, little)
+    # Encoding of the content of each open undefined-length sequence / item.
+    stack: list[tuple[bool, bool]] = []
+    pos = 0
+    while True:
+        if size - pos < 8:
+            if pos == size and not stack and final:
+                peek.complete = True
+            break
+        cur_implicit, cur_little = stack[-1] if stack else top
+        group, element, length = (_LE_TAG if cur_little else _BE_TAG).unpack_from(buf, pos)
+        if group == 0xFFFE:
+            # Item / delimiters carry no VR in any transfer syntax (PS3.5 7.5).
+            pos += 8
+            if element == 0xE000:
+                if not stack:
+                    peek.anomaly = "item-outside-sequence"
+                    break
+                if length == _UNDEFINED:
+                    mode = stack[-1]
+                    # pydicom tolerates items encoded implicit inside explicit data; so do we.
+                    if not mode[0] and size - pos >= 6 and not _looks_explicit(buf, pos):
+                        if not (buf[pos] == 0xFE and buf[pos + 1] == 0xFF):
+                            mode = (True, mode[1])
+                    stack.append(mode)
+                else:
+                    pos += length
+                continue
+            if element in (0xE00D, 0xE0DD):
+                if not stack:
+                    peek.anomaly = "unexpected-delimiter"
+                    break
+                stack.pop()
+                continue
+            peek.anomaly = "bad-item-tag"
+            break
+        tag = (group << 16) | element
+        if not stack and tag > _STOP_TAG:
+            peek.complete = True
+            break
+        vr = 0
+        if cur_implicit:
+            value_start = pos + 8
+        else:
+            vr = (buf[pos + 4] << 8) | buf[pos + 5]
+            if vr in _LONG_VRS:
+                if size - pos < 12:
+                    break
+                length = (_LE_U32 if cur_little else _BE_U32).unpack_from(buf, pos + 8)[0]
+                value_start = pos + 12
+            else:
+                length = (_LE_U16 if cur_little else _BE_U16).unpack_from(buf, pos + 6)[0]
+                value_start = pos + 8
+        if length == _UNDEFINED:
+            # Undefined length: a sequence, UN holding a sequence (content is Implicit
+            # VR Little Endian, PS3.5 6.2.2) or encapsulated pixel data items.
+            if vr == _VR_UN:
+                stack.append((True, True))
+            else:
+                stack.append((cur_implicit, cur_little))
+            pos = value_start
+            continue
+        value_end = value_start + length
+        if not stack:
+            wanted = _WANTED.get(tag)
+            if wanted is not None:
+                if value_end > size:
+                    break  # value cut by the fragment end
+                _store(peek, wanted[0], wanted[1], bytes(buf[value_start:value_end]))
+        pos = value_end
+    peek.bytes_examined = min(pos, size)
+
+
+_SEQUENCE, _ITEM = 0, 1
+
+
+def _structure_problem(buf: Buffer, implicit: bool, little: bool) -> tuple[int, str] | None:
+    """Strictly walk a whole data set (PS3.5 7.1, 7.5); return (offset, problem) or None.
+
+    Unlike the peek walker this descends into sequences of defined length too,
+    and insists that every value, item and sequence ends inside its container
+    and that the data ends exactly after the last element.  pydicom silently
+    accepts truncated values, so :func:`decode_identifier` runs this first.
+    """
+    size = len(buf)
+    # (kind, implicit, little, end offset or None for undefined length)
+    stack: list[tuple[int, bool, bool, int | None]] = []
+    pos = 0
+    while True:
+        if stack:
+            kind, cur_implicit, cur_little, end = stack[-1]
+            if end is not None and pos == end:
+                stack.pop()
+                continue
+            limit = size if end is None else end
+        else:
+            kind, cur_implicit, cur_little, limit = _ITEM, implicit, little, size
+        if pos == size:
+            return (pos, "data ends inside an unterminated sequence or item") if stack else None
+        if limit - pos < 8:
+            return pos, f"{limit - pos} trailing byte(s), too short for an element header"
+        group, element, length = (_LE_TAG if cur_little else _BE_TAG).unpack_from(buf, pos)
+        if group == 0xFFFE:
+            if element == 0xE000:
+                if kind != _SEQUENCE:
+                    return pos, "item tag outside a sequence"
+                if length == _UNDEFINED:
+                    stack.append((_ITEM, cur_implicit, cur_little, None))
+                elif pos + 8 + length > limit:
+                    return pos, f"item of {length} bytes exceeds its sequence"
+                else:
+                    stack.append((_ITEM, cur_implicit, cur_little, pos + 8 + length))
+            elif element in (0xE00D, 0xE0DD):
+                expected = _ITEM if element == 0xE00D else _SEQUENCE
+                if not stack or kind != expected or stack[-1][3] is not None:
+                    return pos, f"unexpected delimiter (FFFE,{element:04X})"
+                stack.pop()
+            else:
+                return pos, f"invalid item tag (FFFE,{element:04X})"
+            pos += 8
+            continue
+        if kind == _SEQUENCE:
+            return pos, "data element directly inside a sequence (expected an item)"
+        tag = (group << 16) | element
+        if cur_implicit:
+            value_start = pos + 8
+            try:
+                is_sequence = dictionary_VR(tag) == "SQ"
+            except KeyError:
+                is_sequence = False
+            vr = _VR_SQ if is_sequence else 0
+        else:
+            vr = (buf[pos + 4] << 8) | buf[pos + 5]
+            if vr in _LONG_VRS:
+                if limit - pos < 12:
+                    return pos, "truncated element header"
+                length = (_LE_U32 if cur_little else _BE_U32).unpack_from(buf, pos + 8)[0]
+                value_start = pos + 12
+            else:
+                length = (_LE_U16 if cur_little else _BE_U16).unpack_from(buf, pos + 6)[0]
+                value_start = pos + 8
+        if length == _UNDEFINED:
+            if vr == _VR_UN:
+                stack.append((_SEQUENCE, True, True, None))
+            else:
+                stack.append((_SEQUENCE, cur_implicit, cur_little, None))
+            pos = value_start
+            continue
+        value_end = value_start + length
+        if value_end > limit:
+            return pos, (
+                f"element ({group:04X},{element:04X}) announces {length} bytes but only "
+                f"{limit - value_start} remain"
+            )
+        if vr == _VR_SQ:
+            stack.append((_SEQUENCE, cur_implicit, cur_little, value_end))
+            pos = value_start
+            continue
+        pos = value_end
+
+
+def peek_identifiers(
+    fragment: Buffer, transfer_syntax_uid: str | None, *, final: bool = False
+) -> DatasetPeek:
+    """Extract identifiers from the first fragment of a data set; never raises.
+
+    *transfer_syntax_uid* is the presentation context's transfer syntax (None:
+    unknown, guess implicit/explicit LE from the first element).  Pass
+    ``final=True`` when *fragment* is known to hold the whole data set, so that
+    reaching its end counts as complete.  Sequences of defined and undefined
+    length are skipped; only top level attributes are reported.
+    """
+    peek = DatasetPeek()
+    try:
+        implicit, little, deflated = transfer_syntax_encoding(transfer_syntax_uid)
+        data: Buffer = fragment
+        if deflated:
+            # Raw deflate (no zlib header) per PS3.5 A.5; inflate only the available prefix.
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                data = inflater.decompress(fragment, PEEK_INFLATE_LIMIT)
+            except zlib.error:
+                peek.anomaly = "inflate-failed"
+                return peek
+            final = final and inflater.eof
+        _walk(data, implicit, little, final, peek)
+    except Exception:  # defensive: the walker is bounds checked, but a peek must never raise
+        peek.anomaly = peek.anomaly or "internal-error"
+        peek.complete = False
+    return peek
+
+
+def decode_identifier(
+    data: Buffer, transfer_syntax_uid: str, *, max_length: int = MAX_IDENTIFIER_LENGTH
+) -> Dataset:
+    """Decode a C-FIND/C-MOVE/C-GET identifier with pydicom (PS3.4 C.4).
+
+    Every element is converted eagerly so that a malformed value fails here, as
+    ``DecodeError("identifier-invalid")``, rather than later in the caller.
+    """
+    if len(data) > max_length:
+        raise DecodeError(
+            E.IDENTIFIER_TOO_LARGE,
+            f"identifier of {len(data)} bytes exceeds the limit of {max_length}",
+            None,
+        )
+    implicit, little, deflated = transfer_syntax_encoding(transfer_syntax_uid)
+    raw = bytes(data)
+    if deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(raw, max_length)
+        except zlib.error as exc:
+            raise DecodeError(E.IDENTIFIER_INVALID, f"deflated identifier: {exc}", None) from None
+        if inflater.unconsumed_tail:
+            raise DecodeError(
+                E.IDENTIFIER_TOO_LARGE,
+                f"deflated identifier inflates to more than {max_length} bytes",
+                None,
+            )
+    if len(raw) >= 6:
+        implicit = not _looks_explicit(raw, 0)  # the same guess pydicom makes
+    problem = _structure_problem(raw, bool(implicit), little)
+    if problem is not None:
+        raise DecodeError(
+            E.IDENTIFIER_INVALID,
+            f"identifier ({len(raw)} bytes, transfer syntax {transfer_syntax_uid}): {problem[1]}",
+            problem[0],
+        )
+    try:
+        dataset = read_dataset(io.BytesIO(raw), bool(implicit), little)
+        for element in dataset.iterall():
+            _ = element.value
+    except Exception as exc:  # pydicom raises many types; the contract is DecodeError only
+        raise DecodeError(
+            E.IDENTIFIER_INVALID,
+            f"identifier ({len(raw)} bytes, transfer syntax {transfer_syntax_uid}) "
+            f"cannot be decoded: {type(exc).__name__}: {exc}",
+            None,
+        ) from exc
+    return dataset

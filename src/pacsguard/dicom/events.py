@@ -1,0 +1,133 @@
+"""Protocol events emitted by :class:`~pacsguard.dicom.association.AssociationDecoder`.
+
+Events describe what the peers *did* (PS3.8 9.2 service primitives as seen on
+the wire); ``ProtocolViolation`` describes what they did wrong.  They are plain
+immutable data so that the gateway, the IDS and the audit trail can share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias, Union
+
+from .dataset import DatasetPeek
+from .dimse import CommandSet
+from .pdu import AssociateAC, AssociateRJ, AssociateRQ
+
+
+@dataclass(slots=True, frozen=True)
+class AssociationRequested:
+    """A-ASSOCIATE-RQ received from the requestor (PS3.8 9.3.2)."""
+
+    rq: AssociateRQ
+
+
+@dataclass(slots=True, frozen=True)
+class AssociationAccepted:
+    """A-ASSOCIATE-AC received from the acceptor (PS3.8 9.3.3)."""
+
+    ac: AssociateAC
+
+
+@dataclass(slots=True, frozen=True)
+class AssociationRejected:
+    """A-ASSOCIATE-RJ received from the acceptor (PS3.8 9.3.4)."""
+
+    rj: AssociateRJ
+
+
+@dataclass(slots=True, frozen=True)
+class ReleaseRequested:
+    """A-RELEASE-RQ (PS3.8 9.3.6); both sides may send one (release collision)."""
+
+    from_requestor: bool
+
+
+@dataclass(slots=True, frozen=True)
+class ReleaseCompleted:
+    """Every A-RELEASE-RQ has been answered by an A-RELEASE-RP (PS3.8 9.3.7)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Aborted:
+    """A-ABORT (PS3.8 9.3.8) with its source and reason/diag fields."""
+
+    from_requestor: bool
+    source: int
+    reason: int
+
+
+@dataclass(slots=True, frozen=True)
+class DimseCommand:
+    """A complete DIMSE command set (PS3.7 6.3.1).
+
+    Emitted before any data set PDV of the message, so that an inline gateway
+    can refuse the request before the data set is forwarded.  ``abstract_syntax``
+    and ``transfer_syntax`` are None when the context is unknown (mid-stream
+    capture or a context that was never accepted).
+    """
+
+    from_requestor: bool
+    context_id: int
+    abstract_syntax: str | None
+    transfer_syntax: str | None
+    command: CommandSet
+
+
+@dataclass(slots=True, frozen=True)
+class DimseDatasetStart:
+    """The identifiers of a data set, from its first fragment(s)."""
+
+    from_requestor: bool
+    context_id: int
+    message_id: int | None
+    peek: DatasetPeek
+
+
+@dataclass(slots=True, frozen=True)
+class DimseDatasetEnd:
+    """The last fragment of a data set was seen; *total_bytes* is its encoded size."""
+
+    from_requestor: bool
+    message_id: int | None
+    total_bytes: int
+
+
+@dataclass(slots=True, frozen=True)
+class ProtocolViolation:
+    """A PDU that is well-formed but not allowed here (PS3.8 9.2 state table).
+
+    The decoder keeps going; the caller decides whether to A-ABORT.
+    """
+
+    from_requestor: bool
+    code: str
+    message: str
+
+
+ProtocolEvent: TypeAlias = Union[
+    AssociationRequested,
+    AssociationAccepted,
+    AssociationRejected,
+    ReleaseRequested,
+    ReleaseCompleted,
+    Aborted,
+    DimseCommand,
+    DimseDatasetStart,
+    DimseDatasetEnd,
+    ProtocolViolation,
+]
+
+
+# ProtocolViolation codes (stable, like the DecodeError codes).
+VIOLATION_UNEXPECTED_PDU = "unexpected-pdu"
+VIOLATION_DATA_BEFORE_ASSOCIATION = "data-before-association"
+VIOLATION_DATA_AFTER_RELEASE = "data-after-release"
+VIOLATION_DATA_AFTER_CLOSE = "data-after-close"
+VIOLATION_CONTEXT_NOT_ACCEPTED = "context-not-accepted"
+VIOLATION_CONTEXT_CHANGED = "context-changed-mid-message"
+VIOLATION_COMMAND_WHILE_DATASET_EXPECTED = "command-while-dataset-expected"
+VIOLATION_DATASET_WITHOUT_COMMAND = "dataset-without-command"
+VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX = "pdu-exceeds-negotiated-max"
+VIOLATION_CONTEXT_NOT_PROPOSED = "context-not-proposed"
+VIOLATION_TRANSFER_SYNTAX_NOT_PROPOSED = "transfer-syntax-not-proposed"

@@ -1,0 +1,70 @@
+"""JSON Lines event file, in the spirit of Suricata's eve.json: one canonical JSON Event per line
+(JSON Lines / RFC 8259 text, UTF-8, each record terminated by LF), for log shippers to tail."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO, Sequence
+
+from pacsguard.events.model import Event
+
+StrPath = str | os.PathLike[str]
+
+
+class JsonLinesSink:
+    """Appends `Event.to_json()` lines to `path`.
+
+    The file is opened in append mode (O_APPEND: every write lands at the current end, so after
+    a copytruncate rotation or next to a second writer no line is overwritten) and created with
+    mode 0640: readable by the log shipper's group, not by everyone, since events carry patient
+    identifiers. Each batch is handed to the kernel before emit() returns (nothing waits in a
+    user-space buffer, so a tailing reader sees whole batches and a process crash loses none);
+    `fsync=True` also forces it to disk.
+    """
+
+    def __init__(self, path: StrPath, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self._lock = threading.Lock()  # emit() may be called from several threads
+        self._file: BinaryIO | None = self._open(self.path)
+
+    @staticmethod
+    def _open(path: Path) -> BinaryIO:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags | os.O_EXCL, 0o640)
+            # The umask may have removed bits from 0640; the mode is a policy, so set it exactly.
+            os.fchmod(fd, 0o640)
+        except FileExistsError:
+            fd = os.open(path, flags)  # an existing file keeps the mode its owner gave it
+        # Unbuffered: a batch goes to the kernel in as few write() calls as possible, so lines
+        # of concurrent appenders do not interleave mid-line.
+        return os.fdopen(fd, "ab", buffering=0)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        data = "".join(event.to_json() + "\n" for event in events).encode("utf-8")
+        with self._lock:
+            if self._file is None:
+                raise ValueError(f"JsonLinesSink({self.path}) is closed")
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> "JsonLinesSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,430 @@
+"""Events to a SIEM as RFC 5424 syslog messages, over TCP (RFC 6587) or TLS (RFC 5425).
+
+Each message is octet-counted (RFC 6587 3.4.1, the framing RFC 5425 4.3 mandates for TLS):
+``MSG-LEN SP SYSLOG-MSG``, so a message may hold any byte, newlines included.
+
+The message (RFC 5424 6):
+
+    <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [pacsguard@32473 kind=".." outcome=".."
+    actor=".." patient=".."] BOM{canonical JSON of the Event}
+
+PRI = facility * 8 + severity (6.2.1; `Severity` already uses RFC 5424 numbers), TIMESTAMP in UTC
+with microseconds (6.2.3), MSGID = the event kind (6.2.7), one SD-ELEMENT (6.3) whose values are
+escaped per 6.3.3, and MSG = UTF-8 BOM + `Event.to_json()` (6.4), so a SIEM gets the whole event
+and can check it byte for byte against the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from datetime import timezone
+from itertools import islice
+from typing import Literal, Sequence
+
+from pacsguard.events.model import Event
+from pacsguard.tls.contexts import client_context, explain_tls_error
+
+# 32473 is the Private Enterprise Number RFC 5612 reserves for documentation and examples; an
+# operator with an own PEN keeps the SD-ID stable anyway, since SIEM parsers key on it.
+SD_ID = "pacsguard@32473"
+BOM = b"\xef\xbb\xbf"
+FACILITY_AUTHPRIV = 10
+NILVALUE = "-"
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 5424 formatting
+# --------------------------------------------------------------------------------------------
+
+def _header_field(value: object, limit: int) -> str:
+    """HOSTNAME, APP-NAME, PROCID, MSGID are PRINTUSASCII (%d33-126) with a length limit
+    (RFC 5424 6.2.4-6.2.7); anything else becomes '_', and an empty value the NILVALUE."""
+    if value is None:
+        return NILVALUE
+    text = "".join(ch if 33 <= ord(ch) <= 126 else "_" for ch in str(value))[:limit]
+    return text or NILVALUE
+
+
+def escape_param_value(value: str) -> str:
+    """RFC 5424 6.3.3: inside PARAM-VALUE, '"', '\\' and ']' MUST be escaped with a backslash."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _structured_data(event: Event) -> str:
+    params = [("kind", event.kind), ("outcome", event.outcome), ("actor", event.actor.label())]
+    # RFC 5424 6.3.3 lets an SD-PARAM repeat: one `patient` per patient id, none when no
+    # patient data was touched.
+    params += [("patient", pid) for pid in event.patient_ids]
+    body = " ".join(f'{name}="{escape_param_value(str(value))}"' for name, value in params)
+    return f"[{SD_ID} {body}]"
+
+
+def format_rfc5424(event: Event, *, hostname: str, app_name: str = "pacsguard",
+                   facility: int = FACILITY_AUTHPRIV, procid: str | int | None = None) -> bytes:
+    """One RFC 5424 message for `event` (without transport framing)."""
+    if not 0 <= facility <= 23:
+        raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
+    pri = facility * 8 + int(event.severity)
+    # TIME-SECFRAC allows up to 6 digits (6.2.3): microseconds, the resolution of Event.time.
+    timestamp = event.time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    header = " ".join([
+        f"<{pri}>1", timestamp,
+        _header_field(hostname, 255), _header_field(app_name, 48),
+        _header_field(procid, 128), _header_field(event.kind, 32),
+    ])
+    # errors="replace": an unpaired surrogate must not kill the sender thread; RFC 5424 requires
+    # valid UTF-8 in SD values and in a BOM-marked MSG.
+    return b"".join([
+        header.encode("ascii"), b" ",
+        _structured_data(event).encode("utf-8", "replace"), b" ",
+        BOM, event.to_json().encode("utf-8", "replace"),
+    ])
+
+
+def frame_octet_counted(message: bytes) -> bytes:
+    """RFC 6587 3.4.1 / RFC 5425 4.3: MSG-LEN SP SYSLOG-MSG, MSG-LEN in octets."""
+    return b"%d %b" % (len(message), message)
+
+
+# --------------------------------------------------------------------------------------------
+# The sender
+# --------------------------------------------------------------------------------------------
+
+class SyslogSink:
+    """Sends Events to a syslog collector (rsyslog, syslog-ng, a SIEM) without ever blocking the
+    caller.
+
+    `emit()` formats and enqueues; a background thread owns the socket. The queue is bounded: when
+    it is full the oldest message is dropped and counted in `dropped` (for an audit trail the
+    store is the record; syslog is the copy, and the newest events matter most to a SOC).
+
+    Delivery is at least once. A message leaves the queue only after `sendall()` of it succeeded;
+    when the collector is down the thread reconnects with exponential backoff and resends what is
+    queued. Because RFC 6587/5425 have no acknowledgement, bytes handed to the kernel just before
+    a collector dies can still vanish; so before each send the connection is probed (a collector
+    never talks back, so readable means closed), and after a broken connection up to `replay`
+    messages last sent on it are sent again (see `_to_replay`). Duplicates carry the same event
+    id for the SIEM to fold.
+    """
+
+    def __init__(self, host: str, port: int, *, transport: Literal["tcp", "tls"] = "tcp",
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 queue_size: int = 100_000, hostname: str | None = None,
+                 app_name: str = "pacsguard", facility: int = FACILITY_AUTHPRIV,
+                 connect_timeout: float = 5.0, send_timeout: float = 10.0,
+                 backoff_initial: float = 0.2, backoff_max: float = 30.0,
+                 batch_size: int = 256, replay: int = 1000,
+                 logger: logging.Logger | None = None) -> None:
+        if transport not in ("tcp", "tls"):
+            raise ValueError(f"transport must be 'tcp' or 'tls', not {transport!r}")
+        if transport == "tcp" and ssl_context is not None:
+            raise ValueError("ssl_context given but transport is 'tcp'")
+        if queue_size < 1 or batch_size < 1 or replay < 0:
+            raise ValueError("queue_size and batch_size must be >= 1, replay >= 0")
+        if not 0 <= facility <= 23:
+            raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
+        self.host, self.port, self.transport = host, port, transport
+        # RFC 5425 5.2: the collector is authenticated by certificate; default trust store if no
+        # context was given.
+        self._ssl_context = (ssl_context or client_context()) if transport == "tls" else None
+        self._server_hostname = server_hostname or host
+        self._hostname = hostname or socket.gethostname()
+        self._app_name = app_name
+        self._facility = facility
+        self._procid = str(os.getpid())
+        self._queue_size = queue_size
+        self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._batch_size = batch_size
+        self._replay = replay
+        self._log = logger or logging.getLogger(__name__)
+
+        self._cond = threading.Condition()
+        self._pending: deque[bytes] = deque()
+        self._head_seq = 0  # sequence number of _pending[0]; lets the sender pop exactly what it sent
+        self._closed = False
+        self._deadline: float | None = None
+        self._sock: socket.socket | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.connects = 0
+        self._thread = threading.Thread(target=self._run, name=f"syslog-{host}:{port}", daemon=True)
+        self._thread.start()
+
+    # ---- caller side -------------------------------------------------------------------------
+
+    def format(self, event: Event) -> bytes:
+        return format_rfc5424(event, hostname=self._hostname, app_name=self._app_name,
+                              facility=self._facility, procid=self._procid)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        frames = [frame_octet_counted(self.format(e)) for e in events]
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"SyslogSink({self.host}:{self.port}) is closed")
+            for frame in frames:
+                if len(self._pending) >= self._queue_size:
+                    self._pending.popleft()
+                    self._head_seq += 1
+                    self.dropped += 1
+                self._pending.append(frame)
+            self._cond.notify()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting events and send what is queued, for at most `timeout` seconds."""
+        with self._cond:
+            first = not self._closed
+            if first:
+                self._closed = True
+                self._deadline = time.monotonic() + max(0.0, timeout)
+                self._cond.notify_all()
+        if not first:  # a second close() only waits for the first one's flush
+            self._thread.join(timeout)
+            return
+        self._thread.join(timeout + 1.0)
+        if self._thread.is_alive():
+            # Stuck in a blocking send to a collector that stopped reading: cut the socket.
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._thread.join(2.0)
+        left = self.pending
+        if left:
+            self._log.warning("syslog %s:%d: %d event(s) not delivered at close", self.host,
+                              self.port, left)
+
+    def __enter__(self) -> "SyslogSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- sender thread -----------------------------------------------------------------------
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._send_loop()
+                return
+            except Exception:  # noqa: BLE001 - a bug here must not silently stop all forwarding
+                self._log.exception("syslog %s:%d: sender failed; restarting it", self.host,
+                                    self.port)
+                self._drop_socket()
+                self._sleep(self._backoff_max)
+                with self._cond:
+                    remaining = self._remaining()
+                    if remaining is not None and remaining <= 0:
+                        return
+
+    def _send_loop(self) -> None:
+        backoff = self._backoff_initial
+        # (monotonic send time, frame) of what went out on the current connection, for replay.
+        sent_here: deque[tuple[float, bytes]] = deque(maxlen=self._replay)
+        resend: list[bytes] = []
+        outage_logged = False
+        attempts = 0
+        reported_drops = 0
+        while True:
+            with self._cond:
+                while not self._pending and not resend and not self._closed:
+                    self._cond.wait()
+                remaining = self._remaining()
+                if (remaining is not None and remaining <= 0) or \
+                        (self._closed and not self._pending and not resend):
+                    break
+                start_seq = self._head_seq
+                batch = list(islice(self._pending, self._batch_size))
+                dropped = self.dropped
+            if dropped > reported_drops:
+                self._log.warning("syslog %s:%d: queue full, %d oldest event(s) dropped so far",
+                                  self.host, self.port, dropped)
+                reported_drops = dropped
+
+            sock = self._sock
+            gone = self._peer_gone(sock) if sock is not None else None
+            if gone is not None:
+                self._log.info("syslog %s:%d: collector %s the connection; reconnecting",
+                               self.host, self.port, "closed" if gone == "eof" else "reset")
+                # A TLS close_notify can precede the reset of unread data: never "clean".
+                clean = gone == "eof" and not isinstance(sock, ssl.SSLSocket)
+                resend = self._to_replay(sent_here, clean=clean) + resend
+                sent_here.clear()
+                self._drop_socket()
+                # Back off here too: a collector that accepts and at once hangs up must not
+                # be hammered.
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            if sock is None:
+                try:
+                    sock = self._connect()
+                except (OSError, ssl.SSLError) as exc:
+                    attempts += 1
+                    if not outage_logged:
+                        self._log.warning("syslog %s:%d unreachable (%s); queueing and retrying",
+                                          self.host, self.port, explain_tls_error(exc)
+                                          if isinstance(exc, ssl.SSLError) else exc)
+                        outage_logged = True
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, self._backoff_max)
+                    continue
+                if outage_logged:
+                    self._log.info("syslog %s:%d reconnected after %d attempt(s)",
+                                   self.host, self.port, attempts)
+                outage_logged, attempts = False, 0
+
+            try:
+                if resend:
+                    sock.sendall(b"".join(resend))
+                    now = time.monotonic()
+                    sent_here.extend((now, frame) for frame in resend)
+                    resend = []
+                if batch:
+                    sock.sendall(b"".join(batch))
+            except (OSError, ssl.SSLError) as exc:
+                self._log.warning("syslog %s:%d: send failed (%s); reconnecting",
+                                  self.host, self.port, exc)
+                resend = self._to_replay(sent_here, clean=False) + resend
+                sent_here.clear()
+                self._drop_socket()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            backoff = self._backoff_initial  # only a successful send proves the collector healthy
+            now = time.monotonic()
+            sent_here.extend((now, frame) for frame in batch)
+            with self._cond:
+                # Pop what was sent and is still queued: emit() may have dropped some of it
+                # from the head meanwhile, which moved _head_seq past start_seq.
+                done = max(0, start_seq + len(batch) - self._head_seq)
+                for _ in range(done):
+                    self._pending.popleft()
+                self._head_seq += done
+                self.sent += len(batch)
+        self._goodbye()
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off for `seconds`. New events do not cut it short (that would turn backoff into
+        one connect attempt per emit()); close() does, for one last try, and its deadline caps it."""
+        with self._cond:
+            was_closed = self._closed
+            end = time.monotonic() + seconds
+            remaining = self._remaining()
+            if remaining is not None:
+                end = min(end, time.monotonic() + max(0.0, remaining))
+            while self._closed == was_closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _connect(self) -> socket.socket:
+        remaining = self._remaining()
+        timeout = self._connect_timeout if remaining is None else \
+            max(0.05, min(self._connect_timeout, remaining))
+        raw = socket.create_connection((self.host, self.port), timeout=timeout)
+        try:
+            # Messages are small and a SIEM wants them now, not after Nagle's delay.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock: socket.socket = raw
+            if self._ssl_context is not None:
+                sock = self._ssl_context.wrap_socket(raw, server_hostname=self._server_hostname)
+            sock.settimeout(self._send_timeout if remaining is None else
+                            max(0.05, min(self._send_timeout, remaining)))
+        except BaseException:
+            raw.close()
+            raise
+        self._sock = sock
+        self.connects += 1
+        return sock
+
+    # After an orderly close (FIN) only frames that crossed the FIN on the wire can be lost;
+    # this bounds "crossed" generously, far above any LAN or WAN round trip.
+    _FIN_RACE_SECONDS = 2.0
+
+    def _to_replay(self, sent: deque[tuple[float, bytes]], *, clean: bool) -> list[bytes]:
+        """Frames of a dead connection to send again. A collector that closes with unread data
+        resets the connection instead of closing it, so a clean TCP EOF means it read all that
+        arrived before it closed, and only the last instant is in doubt. After a reset or a send
+        error anything in its receive buffer may be gone: replay the whole window. (RFC 9293
+        3.6.1: closing with received data pending SHOULD send RST, which Linux does.)"""
+        if clean:
+            since = time.monotonic() - self._FIN_RACE_SECONDS
+            return [frame for sent_at, frame in sent if sent_at >= since]
+        return [frame for _, frame in sent]
+
+    @staticmethod
+    def _peer_gone(sock: socket.socket) -> Literal["eof", "reset"] | None:
+        """Probe before sending. A collector never sends application data, so a readable socket
+        means EOF ("eof"), a reset ("reset"), or (TLS 1.3) post-handshake records such as session
+        tickets, which are consumed here (None: still alive)."""
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return "reset"
+        if not readable:
+            return None
+        timeout = sock.gettimeout()
+        try:
+            sock.setblocking(False)
+            return "eof" if sock.recv(4096) == b"" else None
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        except (OSError, ssl.SSLError):
+            return "reset"
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _goodbye(self) -> None:
+        """Close the connection; on plain TCP half-close first and wait (within the deadline) for
+        the collector's EOF, which tells us it has read everything."""
+        sock = self._sock
+        if sock is None:
+            return
+        if not isinstance(sock, ssl.SSLSocket):
+            remaining = self._remaining()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(max(0.05, min(2.0, remaining if remaining is not None else 2.0)))
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+        self._drop_socket()
+

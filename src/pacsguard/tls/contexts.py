@@ -1,0 +1,265 @@
+"""TLS contexts for pacsguard, following BCP 195 (RFC 9325, "Recommendations for Secure Use of TLS").
+
+What RFC 9325 asks for, and where it is done here:
+
+* 3.1: TLS 1.2 is the floor, TLS 1.3 is allowed (and preferred by OpenSSL when both ends offer it).
+* 3.3: TLS-level compression is disabled (CRIME).
+* 3.4: session tickets are turned off on the server: OpenSSL never rotates the ticket key of a
+  long-lived context, which would undo forward secrecy for TLS 1.2 resumption.
+* 3.5: renegotiation is disabled altogether.
+* 4.1 / 4.2: TLS 1.2 cipher suites are limited to ephemeral (EC)DHE key exchange with an AEAD
+  cipher (AES-GCM or ChaCha20-Poly1305), and the server enforces its own preference order.
+  TLS 1.3 suites (RFC 8446) are all AEAD with ephemeral key exchange already (4.3).
+
+Configuration errors never surface as raw `ssl` tracebacks: every file is checked first and
+problems raise `TLSConfigError` whose message names the file and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+StrPath = str | os.PathLike[str]
+
+# RFC 9325 4.2: ephemeral key exchange + AEAD only. The exclusions make sure no anonymous,
+# pre-shared-key or DSS variant slips in through the ECDHE/DHE aliases.
+TLS12_CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:"
+    "!aNULL:!eNULL:!PSK:!SRP:!DSS:!SHA1"
+)
+
+_HARDENING_OPTIONS = (
+    ssl.OP_NO_COMPRESSION  # RFC 9325 3.3
+    | ssl.OP_NO_RENEGOTIATION  # RFC 9325 3.5
+    | ssl.OP_CIPHER_SERVER_PREFERENCE  # RFC 9325 4.1: the server's order wins
+    | ssl.OP_SINGLE_ECDH_USE
+    | ssl.OP_SINGLE_DH_USE
+)
+
+
+class TLSConfigError(Exception):
+    """A TLS configuration problem that the operator can fix: the message names the file and the
+    problem, and is meant to be shown as-is (no traceback)."""
+
+
+# --------------------------------------------------------------------------------------------
+# File checks: done with `cryptography` before OpenSSL sees the files, so the errors are precise.
+# --------------------------------------------------------------------------------------------
+
+def _read(path: StrPath, role: str) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise TLSConfigError(f"{role} {p}: file does not exist")
+    if p.is_dir():
+        raise TLSConfigError(f"{role} {p}: is a directory, expected a PEM file")
+    try:
+        return p.read_bytes()
+    except PermissionError:
+        raise TLSConfigError(f"{role} {p}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise TLSConfigError(f"{role} {p}: cannot read: {exc.strerror or exc}") from None
+
+
+def _load_certs(path: StrPath, role: str) -> list[x509.Certificate]:
+    data = _read(path, role)
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise TLSConfigError(f"{role} {path}: no PEM certificate found "
+                             "(expected a '-----BEGIN CERTIFICATE-----' block)")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise TLSConfigError(f"{role} {path}: malformed PEM certificate ({exc})") from None
+
+
+def _check_validity(cert: x509.Certificate, path: StrPath, role: str) -> None:
+    now = datetime.now(timezone.utc)
+    if cert.not_valid_after_utc < now:
+        raise TLSConfigError(f"{role} {path}: certificate expired on "
+                             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC "
+                             f"(subject {cert.subject.rfc4514_string()})")
+    if cert.not_valid_before_utc > now:
+        raise TLSConfigError(f"{role} {path}: certificate is not valid before "
+                             f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC "
+                             "(check the clock)")
+
+
+def _load_key(path: StrPath) -> Any:
+    data = _read(path, "key file")
+    if b"-----BEGIN" not in data or b"PRIVATE KEY-----" not in data:
+        raise TLSConfigError(f"key file {path}: no PEM private key found "
+                             "(expected a '-----BEGIN ... PRIVATE KEY-----' block)")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        # An encrypted key would make OpenSSL prompt on the terminal of a service: refuse instead.
+        raise TLSConfigError(f"key file {path}: the private key is encrypted; pacsguard needs an "
+                             "unencrypted key protected by file permissions (mode 0600)") from None
+    except ValueError as exc:
+        raise TLSConfigError(f"key file {path}: malformed PEM private key ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - unsupported algorithms etc.: still the operator's file
+        raise TLSConfigError(f"key file {path}: unusable private key ({exc})") from None
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _check_pair(cert_file: StrPath, key_file: StrPath | None) -> None:
+    """Certificate (leaf first, chain after it) and key must parse, be current, and belong together."""
+    certs = _load_certs(cert_file, "cert file")
+    leaf = certs[0]
+    _check_validity(leaf, cert_file, "cert file")
+    key = _load_key(key_file if key_file is not None else cert_file)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
+                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise TLSConfigError(f"key file {key_file}: unsupported key type {type(key).__name__}")
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise TLSConfigError(f"key file {key_file}: does not match the certificate in {cert_file} "
+                             f"(subject {leaf.subject.rfc4514_string()})")
+
+
+def _check_ca(ca_file: StrPath) -> None:
+    certs = _load_certs(ca_file, "CA file")
+    now = datetime.now(timezone.utc)
+    # A bundle may carry some expired roots; only a bundle with nothing usable is an error.
+    if all(c.not_valid_after_utc < now for c in certs):
+        raise TLSConfigError(f"CA file {ca_file}: every certificate in it has expired")
+
+
+def _no_password() -> bytes:
+    # Never let OpenSSL fall back to prompting on a terminal (the key was checked to be clear).
+    return b""
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_file: StrPath, key_file: StrPath | None) -> None:
+    _check_pair(cert_file, key_file)
+    try:
+        ctx.load_cert_chain(os.fspath(cert_file),
+                            os.fspath(key_file) if key_file is not None else None,
+                            password=_no_password)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"cert file {cert_file} / key file {key_file}: OpenSSL rejected the "
+                             f"pair: {_ssl_reason(exc)}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, ca_file: StrPath) -> None:
+    _check_ca(ca_file)
+    try:
+        ctx.load_verify_locations(cafile=os.fspath(ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSConfigError(f"CA file {ca_file}: OpenSSL could not load it: "
+                             f"{_ssl_reason(exc)}") from None
+
+
+def _harden(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9325 3.1
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    ctx.set_ciphers(TLS12_CIPHERS)  # only affects TLS 1.2; TLS 1.3 suites are all AEAD
+    ctx.options |= _HARDENING_OPTIONS
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = getattr(exc, "verify_message", None) or reason or getattr(exc, "strerror", None)
+    return str(text or exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+def server_context(cert_file: StrPath, key_file: StrPath, *, ca_file: StrPath | None = None,
+                   require_client_cert: bool = False) -> ssl.SSLContext:
+    """A server-side context per RFC 9325.
+
+    With `ca_file`, client certificates issued by that CA are requested (and verified when sent);
+    with `require_client_cert` they are mandatory (mutual TLS), which needs `ca_file`.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(ctx)
+    ctx.options |= ssl.OP_NO_TICKET  # RFC 9325 3.4, see module docstring
+    _load_chain(ctx, cert_file, key_file)
+    if require_client_cert and ca_file is None:
+        raise TLSConfigError("require_client_cert needs ca_file: the CA that issues client "
+                             "certificates must be named explicitly")
+    if ca_file is not None:
+        _load_ca(ctx, ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def client_context(*, ca_file: StrPath | None = None, cert_file: StrPath | None = None,
+                   key_file: StrPath | None = None, check_hostname: bool = True) -> ssl.SSLContext:
+    """A client-side context per RFC 9325. The server certificate is always verified (against
+    `ca_file`, or the system trust store without it); `check_hostname=False` skips only the name
+    check (RFC 9525) for peers addressed by a name not in their certificate. `cert_file` (and
+    `key_file`, default: the same file) present a client certificate for mutual TLS."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(ctx)
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if ca_file is not None:
+        _load_ca(ctx, ca_file)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if key_file is not None and cert_file is None:
+        raise TLSConfigError(f"key file {key_file}: given without a cert file")
+    if cert_file is not None:
+        _load_chain(ctx, cert_file, key_file)
+    return ctx
+
+
+def describe_peer(ssl_object: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
+    """What an audit event (and a subject allow-list) needs to know about a TLS peer.
+
+    Keys: subject_cn, subject (RFC 4514 string), issuer (RFC 4514), serial (upper-case hex),
+    not_after (ISO 8601 UTC), fingerprint_sha256 (hex of the DER certificate), tls_version, cipher.
+    Certificate fields are None when the peer sent no certificate.
+    """
+    cipher = ssl_object.cipher()
+    info: dict[str, Any] = {
+        "subject_cn": None, "subject": None, "issuer": None, "serial": None,
+        "not_after": None, "fingerprint_sha256": None,
+        "tls_version": ssl_object.version(),
+        "cipher": cipher[0] if cipher else None,
+    }
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return info
+    cert = x509.load_der_x509_certificate(der)
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    info.update(
+        subject_cn=str(cns[0].value) if cns else None,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "X"),
+        not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+    )
+    return info
+
+
+def explain_tls_error(exc: BaseException) -> str:
+    """One line for a failed handshake, for logs and audit events instead of a traceback."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"peer certificate rejected: {exc.verify_message or exc.reason} "
+                "(is the right CA configured, and does the name match?)")
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).replace("_", " ").lower()
+        return f"TLS handshake failed: {reason}"
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return f"connection failed during TLS handshake: {exc.strerror or exc}"
+    return f"TLS error: {exc}"
