@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_corpus import PROPOSE, TEST_FILES, UNCOMPRESSED, read_dataset, send_in_own_syntax
 from pacsguard.demo import DemoPACS
 from peers.dcmtk import Dcmtk, StoreSCP
 
@@ -27,43 +27,6 @@ pytestmark = [
 
 AET = "DEMOPACS"
 CALLING = "DEMOTEST"
-
-# pydicom test files with distinct SOP Instance UIDs: several studies and patients, uncompressed
-# (explicit and implicit VR), JPEG baseline/extended and deflated transfer syntaxes.
-TEST_FILES = (
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "rtplan.dcm",
-    "rtdose.dcm",
-    "test-SR.dcm",
-    "waveform_ecg.dcm",
-    "liver_1frame.dcm",
-    "examples_overlay.dcm",
-    "JPEG-lossy.dcm",
-    "SC_rgb_jpeg_dcmtk.dcm",
-    "image_dfl.dcm",
-)
-UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
-# storescu's option that proposes a compressed transfer syntax (uncompressed files need none).
-PROPOSE = {
-    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline (8 bit)
-    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended (12 bit)
-    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
-    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
-    "1.2.840.10008.1.2.5": "-xr",  # RLE
-    "1.2.840.10008.1.2.1.99": "-xd",  # deflated explicit VR little endian
-}
-
-
-def read_dataset(path: Path) -> Dataset:
-    """A file's dataset for comparison, without Data Set Trailing Padding (FFFC,FFFC), which only
-    exists in files and is never part of what travels over the network (PS3.10 7.2)."""
-    ds = dcmread(path)
-    if (0xFFFC, 0xFFFC) in ds:
-        del ds[0xFFFC, 0xFFFC]
-    return ds
-
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, Path]:
@@ -107,12 +70,7 @@ def stored(dcmtk: Dcmtk, pacs: DemoPACS, sources: dict[str, Path]) -> dict[str, 
     compressed one to offer, so the uncompressed files go in one association and each
     compressed file in its own, with the matching ``--propose-*`` option.
     """
-    by_flag: dict[str, list[Path]] = {}
-    for path in sources.values():
-        ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-        by_flag.setdefault(PROPOSE.get(ts, "-x="), []).append(path)
-    for flag, files in by_flag.items():
-        ok(dcmtk.run("storescu", "-R", flag, *target(pacs), *files, timeout=60))
+    send_in_own_syntax(dcmtk, target(pacs), sources.values())
     assert pacs.instance_count == len(sources)
     return sources
 

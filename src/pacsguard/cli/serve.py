@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from contextlib import ExitStack
 from pathlib import Path
 
 import typer
-from rich.table import Table
-
 from pacsguard import __version__
 from pacsguard.cli.common import CONFIG_OPTION, config_path, console, fail, guarded, load, open_store
+from pacsguard.cli.runner import run_foreground
 from pacsguard.config import LoadedConfig
 from pacsguard.events import Event, EventBus, FanOut
 from pacsguard.events.sink import EventSink
@@ -27,6 +24,17 @@ store:
   url: var/pacsguard.db                 # SQLite file, or postgresql://USER@HOST:PORT/DB
   signing_key: var/keys/store-signing.key
   checkpoint_interval: 60               # seconds between signed checkpoints
+
+# The gateway: modalities call PACSGUARD@127.0.0.1:11112 instead of the PACS (docs/gateway.md).
+gateway:
+  routes:
+    - name: demo
+      listen: {host: 127.0.0.1, port: 11112, ae_title: PACSGUARD}
+      upstream: {host: 127.0.0.1, port: 11113, ae_title: DEMOPACS}
+      policy:
+        hosts: [127.0.0.0/8]              # only this machine
+        services: [C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET]
+        move_destinations: []             # C-MOVE to nowhere until a destination is listed
 
 # An embedded DICOM storage/query SCP so the demo needs no PACS. Not an archive: turn it off in production.
 demo_upstream:
@@ -78,9 +86,7 @@ def serve(config: Path | None = CONFIG_OPTION,
         stack.callback(lambda: bus.publish(Event(kind="pacsguard.service.stopped", component="serve",
                                                  message="pacsguard stopped")))
         start_demo(loaded, stack, listeners)
-        _show(listeners)
-        asyncio.run(_wait_for_signal())
-        console.print("stopping...")
+        run_foreground(stack, bus, es, loaded.config.gateway, loaded.resolve, listeners)
 
 
 def build_sinks(loaded: LoadedConfig, stack: ExitStack) -> list[EventSink]:
@@ -118,20 +124,3 @@ def start_demo(loaded: LoadedConfig, stack: ExitStack, listeners: list[tuple[str
     stack.callback(pacs.stop)
     listeners.append(("demo upstream (DICOM SCP)", f"{demo.ae_title}@{demo.host}:{demo.port}",
                       f"storage {loaded.resolve(demo.storage)}"))
-
-
-def _show(listeners: list[tuple[str, str, str]]) -> None:
-    table = Table(title=f"pacsguard {__version__} is running (Ctrl-C stops it)", header_style="bold")
-    for col in ("service", "listening on / using", "notes"):
-        table.add_column(col)
-    for row in listeners:
-        table.add_row(*row)
-    console.print(table)
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()

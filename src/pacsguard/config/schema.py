@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -81,7 +82,146 @@ class DemoUpstreamConfig(Strict):
     storage: Path = Path("var/demo-pacs")
 
 
+AETitle = str  # 1-16 characters of the default repertoire, no backslash (PS3.5 6.2)
+
+SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*")
+Service = Literal["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*"]
+
+
+def _check_ae(value: str) -> str:
+    text = value.strip()
+    if not 1 <= len(text) <= 16 or "\\" in text or not all(32 <= ord(c) < 127 for c in text):
+        raise ValueError(f"an AE title is 1-16 printable ASCII characters without backslash, got {value!r}")
+    return text
+
+
+class ListenTLS(Strict):
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = Field(None, description="CA that client certificates must chain to")
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_mtls(self) -> "ListenTLS":
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA client certificates must chain to)")
+        return self
+
+
+class UpstreamTLS(Strict):
+    ca_file: Path | None = Field(None, description="CA to verify the upstream; default: the system store")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(None, description="name to check in the upstream certificate; default: host")
+
+
+class Listen(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(..., ge=1, le=65535)
+    ae_title: AETitle
+    tls: ListenTLS | None = None
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+class Upstream(Strict):
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    ae_title: AETitle
+    tls: UpstreamTLS | None = None
+    connect_timeout: float = Field(10.0, gt=0, le=300)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+class Policy(Strict):
+    """The allow-lists of a route. A list that is absent (null) allows all; an empty list allows none."""
+
+    calling_ae_titles: list[AETitle] | None = Field(None, description="allowed calling AE titles")
+    hosts: list[IPv4Network | IPv6Network] | None = Field(None, description="allowed source addresses/CIDRs")
+    cert_subjects: list[str] | None = Field(None, description="allowed client certificate subjects (RFC 4514) or CNs")
+    services: list[Service] = Field(["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET"])
+    sop_classes: list[str] | None = Field(None, description="allowed abstract syntaxes: UIDs or pydicom keywords")
+    move_destinations: list[AETitle] = Field([], description="AE titles C-MOVE may send to")
+
+    @field_validator("calling_ae_titles", "move_destinations")
+    @classmethod
+    def _aes(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_check_ae(v) for v in value]
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _cidrs(cls, value):
+        if value is None:
+            return None
+        out = []
+        for item in value:
+            try:
+                out.append(ip_network(str(item), strict=False))
+            except ValueError:
+                raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
+        return out
+
+    @field_validator("sop_classes")
+    @classmethod
+    def _uids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from pydicom._uid_dict import UID_dictionary
+        from pydicom.uid import UID
+
+        by_keyword = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
+        out = []
+        for item in value:
+            if item and item[0].isdigit():
+                if not UID(item).is_valid:
+                    raise ValueError(f"{item!r} is not a valid UID")
+                out.append(item)
+            elif item in by_keyword:
+                out.append(by_keyword[item])
+            else:
+                raise ValueError(f"{item!r} is neither a UID nor a known SOP class keyword (e.g. CTImageStorage)")
+        return out
+
+
+class Limits(Strict):
+    max_associations: int = Field(256, ge=1, description="concurrent associations on this route")
+    max_associations_per_source: int = Field(16, ge=1, description="concurrent associations from one host")
+    max_pdu_length: int = Field(4 * 1024 * 1024, ge=4096, le=2**32 - 1, description="largest PDU accepted, bytes")
+    artim_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for A-ASSOCIATE-RQ / release")
+    idle_timeout: float = Field(300.0, gt=0, le=86_400, description="seconds without traffic before abort")
+    requests_per_minute: int | None = Field(None, ge=1, description="DIMSE requests per source per minute")
+
+
+class Route(Strict):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    listen: Listen
+    upstream: Upstream
+    policy: Policy = Policy()
+    limits: Limits = Limits()
+
+
+class GatewayConfig(Strict):
+    routes: list[Route] = []
+    quarantine_poll_interval: float = Field(0.5, gt=0, le=10, description="seconds between quarantine checks")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "GatewayConfig":
+        seen: dict[tuple[str, int], str] = {}
+        names: set[str] = set()
+        for route in self.routes:
+            key = (route.listen.host, route.listen.port)
+            if key in seen:
+                raise ValueError(f"routes {seen[key]!r} and {route.name!r} both listen on {key[0]}:{key[1]}")
+            if route.name in names:
+                raise ValueError(f"two routes are named {route.name!r}")
+            seen[key] = route.name
+            names.add(route.name)
+        return self
+
+
 class PacsguardConfig(Strict):
     store: StoreConfig = StoreConfig()
     sinks: SinksConfig = SinksConfig()
     demo_upstream: DemoUpstreamConfig = DemoUpstreamConfig()
+    gateway: GatewayConfig = GatewayConfig()

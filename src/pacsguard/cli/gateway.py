@@ -1,0 +1,164 @@
+"""`pacsguard gateway run|quarantine`: the one-route quick start and the quarantine switch."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import re
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store,
+                                  store_target)
+from pacsguard.cli.runner import run_foreground
+from pacsguard.config.loader import ConfigError, ConfigProblem
+from pacsguard.config.schema import GatewayConfig
+from pacsguard.events import Event, EventBus
+from pacsguard.gateway import quarantine as q
+from pacsguard.store import EventQuery, EventStore, keys
+
+app = typer.Typer(name="gateway", no_args_is_help=True, help="The DICOM security gateway.")
+quarantine_app = typer.Typer(name="quarantine", no_args_is_help=True,
+                             help="Cut a host or AE title off at once, on every gateway using this store.")
+app.add_typer(quarantine_app)
+
+
+def _endpoint(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise fail(f"{option}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@app.command("run")
+@guarded
+def run(
+    listen: str = typer.Option(..., "--listen", help="HOST:PORT to listen on (loopback unless you say otherwise)"),
+    aet: str = typer.Option(..., "--aet", help="the gateway's AE title, which modalities call"),
+    upstream: str = typer.Option(..., "--upstream", help="the PACS as AET@HOST:PORT"),
+    allow_calling: list[str] = typer.Option(None, "--allow-calling", help="allowed calling AE title (repeat)"),
+    allow_host: list[str] = typer.Option(None, "--allow-host", help="allowed source address or CIDR (repeat)"),
+    allow_service: list[str] = typer.Option(None, "--allow-service", help="C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, "
+                                            "storage-commitment, N-* (repeat; default: the five C- services)"),
+    allow_move_dest: list[str] = typer.Option(None, "--allow-move-destination", help="allowed C-MOVE destination AE"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="serve TLS with this certificate"),
+    tls_key: Path | None = typer.Option(None, "--tls-key"),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA for client certificates"),
+    require_client_cert: bool = typer.Option(False, "--require-client-cert"),
+    upstream_tls_ca: Path | None = typer.Option(None, "--upstream-tls-ca", help="speak TLS to the upstream, verified by this CA"),
+    upstream_tls_cert: Path | None = typer.Option(None, "--upstream-tls-cert"),
+    upstream_tls_key: Path | None = typer.Option(None, "--upstream-tls-key"),
+    store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
+    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """One route without a configuration file, in dcmtk's spirit; records to --store."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    match = re.fullmatch(r"([^@]+)@(.+)", upstream)
+    if not match:
+        raise fail(f"--upstream: expected AET@HOST:PORT, got {upstream!r}")
+    up_host, up_port = _endpoint(match.group(2), "--upstream")
+    host, port = _endpoint(listen, "--listen")
+    route: dict = {"name": "cli", "listen": {"host": host, "port": port, "ae_title": aet},
+                   "upstream": {"host": up_host, "port": up_port, "ae_title": match.group(1)},
+                   "policy": {"calling_ae_titles": allow_calling or None, "hosts": allow_host or None,
+                              "move_destinations": allow_move_dest or []}}
+    if allow_service:
+        route["policy"]["services"] = allow_service
+    if tls_cert or tls_key:
+        route["listen"]["tls"] = {"cert_file": tls_cert, "key_file": tls_key, "ca_file": tls_ca,
+                                  "require_client_cert": require_client_cert}
+    if upstream_tls_ca or upstream_tls_cert:
+        route["upstream"]["tls"] = {"ca_file": upstream_tls_ca, "cert_file": upstream_tls_cert,
+                                    "key_file": upstream_tls_key}
+    try:
+        config = GatewayConfig.model_validate({"routes": [route]})
+    except ValidationError as exc:
+        from pacsguard.config.loader import _problem
+
+        raise ConfigError("command line", [_problem(e) for e in exc.errors()]) from None
+    key_path = key or Path(store + ".key" if "://" not in store else "pacsguard-store.key")
+    if not key_path.exists():
+        keys.generate_key(key_path)
+        console.print(f"generated checkpoint signing key {key_path}")
+    with ExitStack() as stack:
+        es = EventStore.open(store, key_path=key_path, create=True)
+        stack.callback(es.close)
+        bus = EventBus(es)
+        stack.callback(bus.close)
+        run_foreground(stack, bus, es, config, lambda p: p, [("store", es.name, f"{es.size()} events")])
+
+
+def _duration(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)\s*([smhd])", text.strip())
+    if not match:
+        raise fail(f"--for: expected a duration such as 90s, 30m, 12h or 7d, got {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def _open(config: Path | None, store: str | None) -> EventStore:
+    return open_store(load(config, required=store is None), store)
+
+
+@quarantine_app.command("add")
+@guarded
+def quarantine_add(target: str = typer.Argument(..., help="host address or AE title"),
+                   duration: str | None = typer.Option(None, "--for", help="e.g. 30m, 12h, 7d (default: until removed)"),
+                   reason: str = typer.Option("", "--reason", help="why, for the audit trail"),
+                   config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
+    """Block a device now: new associations are rejected, open ones aborted within a second."""
+    es = _open(config, store)
+    try:
+        event = q.change_event("add", target, duration=_duration(duration), reason=reason, user=getpass.getuser())
+        es.append([event])
+    finally:
+        es.engine.dispose()
+    console.print(f"[bold]{event.message}[/] (recorded as event {event.id})", highlight=False)
+
+
+@quarantine_app.command("remove")
+@guarded
+def quarantine_remove(target: str = typer.Argument(...), config: Path | None = CONFIG_OPTION,
+                      store: str | None = STORE_OPTION) -> None:
+    """Let a device back in."""
+    es = _open(config, store)
+    try:
+        current = _current(es)
+        if current.match(target if q.is_host(target) else None, None if q.is_host(target) else target) is None:
+            raise fail(f"{target} is not quarantined", code=1)
+        es.append([q.change_event("remove", target, user=getpass.getuser())])
+    finally:
+        es.engine.dispose()
+    console.print(f"released {target} from quarantine")
+
+
+@quarantine_app.command("list")
+@guarded
+def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
+    """The devices quarantined now."""
+    es = _open(config, store)
+    try:
+        entries = _current(es).active()
+    finally:
+        es.engine.dispose()
+    table = Table(header_style="bold")
+    for col in ("target", "until (UTC)", "reason", "by"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.target, e.until.strftime("%Y-%m-%d %H:%M:%S") if e.until else "until removed", e.reason, e.by)
+    console.print(table if entries else "no device is quarantined")
+
+
+def _current(es: EventStore) -> q.QuarantineList:
+    current = q.QuarantineList()
+    for stored in es.search(EventQuery(kind="gateway.quarantine.*", limit=None)):
+        current.apply(stored.event)
+    return current

@@ -1,0 +1,572 @@
+"""One relayed association: a transparent DICOM Upper Layer proxy (PS3.8 9) that checks every
+PDU against the route's policy before it is forwarded.
+
+The relay forwards PDUs, not bytes: a PDU is passed on only once it has arrived whole and the one
+decoder (pacsguard.dicom) has accepted it, so a malformed PDU never reaches the PACS. The fast
+path (a P-DATA-TF carrying one data PDV of an allowed message) forwards the received bytes as they
+are; only PDUs carrying command fragments are held until the command set is complete and judged.
+
+States (after PS3.8 9.2, as a proxy sees them):
+  awaiting-rq -> connecting (upstream TCP/TLS) -> awaiting-ac -> established -> releasing -> closed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from pacsguard.dicom import dimse, pdu as P
+from pacsguard.dicom.association import AssociationDecoder
+from pacsguard.dicom.errors import DecodeError
+from pacsguard.dicom.events import (Aborted, AssociationAccepted, AssociationRejected, AssociationRequested,
+                                    DimseCommand, DimseDatasetEnd, DimseDatasetStart, ProtocolViolation,
+                                    ReleaseCompleted, ReleaseRequested)
+from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.events import Event, Outcome, Party, Severity
+from pacsguard.gateway import policy as pol
+from pacsguard.gateway.records import Peers, Pending, association_event, dimse_event
+
+if TYPE_CHECKING:
+    from pacsguard.gateway.server import RouteRuntime
+
+log = logging.getLogger("pacsguard.gateway")
+
+PEEK_BYTES = 64 * 1024
+_DATA_LAST = 0x02  # message control header: last fragment, data set
+
+
+class Side(asyncio.Protocol):
+    """One TCP (or TLS) leg of a relayed association; hands everything to the relay."""
+
+    def __init__(self, relay: "AssociationRelay", is_client: bool) -> None:
+        self.relay = relay
+        self.is_client = is_client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Without TCP_NODELAY every small C-STORE waits for a delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.is_client:
+            self.relay.client_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.relay.data_received(self.is_client, data)
+        except Exception as exc:  # noqa: BLE001 - one broken association must never take the gateway down
+            log.exception("route %s: internal error on an association", self.relay.route.name)
+            self.relay.abort(f"internal error: {type(exc).__name__}: {exc}", kind="internal-error")
+
+    def eof_received(self) -> bool:
+        return False  # half-closed DICOM makes no sense: close the leg
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.connection_lost(self.is_client, exc)
+
+    def pause_writing(self) -> None:
+        self.relay.set_paused(not self.is_client, True)
+
+    def resume_writing(self) -> None:
+        self.relay.set_paused(not self.is_client, False)
+
+
+class AssociationRelay:
+    """The state of one association between a client (requestor) and the route's upstream."""
+
+    def __init__(self, runtime: "RouteRuntime") -> None:
+        self.rt = runtime
+        self.route = runtime.route
+        limits = self.route.limits
+        self.client: Side | None = None
+        self.upstream: Side | None = None
+        self.state = "awaiting-rq"
+        self.decoder = AssociationDecoder(peek_bytes=PEEK_BYTES, max_pdu_length=limits.max_pdu_length)
+        self.readers = {True: PDUReader(limits.max_pdu_length), False: PDUReader(limits.max_pdu_length)}
+        self.host = ""
+        self.port = 0
+        self.calling_ae: str | None = None
+        self.cert: dict | None = None
+        self.peers: Peers | None = None
+        self.pending: dict[tuple[bool, int], Pending] = {}
+        # Per direction (True = from the client): command PDVs held until the command set is judged,
+        # and whether the data set of a refused request is being swallowed.
+        self.held: dict[bool, list[P.PDV]] = {True: [], False: []}
+        self.dropping: dict[bool, Pending | None] = {True: None, False: None}
+        self.early: list[bytes] = []
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.bytes_in = {True: 0, False: 0}
+        self.closed = False
+        self.counted = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task | None = None
+
+    # --- connection lifecycle -----------------------------------------------------------------
+
+    def client_connected(self, side: Side) -> None:
+        self.client = side
+        peer = side.transport.get_extra_info("peername") or ("?", 0)
+        self.host, self.port = str(peer[0]), int(peer[1])
+        ssl_object = side.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            from pacsguard.tls import describe_peer
+
+            self.cert = describe_peer(ssl_object)
+        self.rt.register(self)
+        self._arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
+
+    def _arm(self, seconds: float, why: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, why)
+
+    def _expired(self, why: str) -> None:
+        if self.closed:
+            return
+        if self.state == "established":
+            idle = time.monotonic() - self.last_activity
+            left = self.route.limits.idle_timeout - idle
+            if left > 0.5:
+                self._arm(left, why)
+                return
+            why = f"idle for {idle:.0f} s (limit {self.route.limits.idle_timeout:.0f} s)"
+        self.abort(why, kind="timeout")
+
+    def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        if self.state in ("awaiting-rq", "releasing", "closed"):
+            self.close()
+            return
+        who = "client" if from_client else "upstream"
+        self.abort(f"{who} closed the connection without A-RELEASE" + (f" ({exc})" if exc else ""),
+                   kind="connection-lost", notify=False)
+
+    def set_paused(self, reading_client: bool, paused: bool) -> None:
+        """Backpressure: stop reading from one leg while the other leg's send buffer is full."""
+        side = self.client if reading_client else self.upstream
+        if side is None or side.transport is None or self.closed:
+            return
+        if paused:
+            side.transport.pause_reading()
+        else:
+            side.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        for side in (self.client, self.upstream):
+            if side is not None and side.transport is not None:
+                side.transport.close()
+        self.rt.unregister(self)
+
+    def abort(self, reason: str, *, kind: str = "policy", notify: bool = True, source: int = 2) -> None:
+        """A-ABORT both legs (PS3.8 9.3.8, source 2 = service-provider) and record why."""
+        if self.closed:
+            return
+        if notify:
+            frame = P.encode_abort(source, 0)
+            for side in (self.client, self.upstream):
+                if side is not None and side.transport is not None and not side.transport.is_closing():
+                    side.transport.write(frame)
+        for pending in self.pending.values():
+            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
+        self.pending.clear()
+        self.publish(association_event("aborted", self._peers(), severity=Severity.WARNING,
+                                       outcome=Outcome.SERIOUS_FAILURE, message=f"aborted by the gateway: {reason}",
+                                       by="gateway", reason=reason, cause=kind, **self._totals()))
+        self.close()
+
+    # --- bytes in -----------------------------------------------------------------------------
+
+    def data_received(self, from_client: bool, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = time.monotonic()
+        self.bytes_in[from_client] += len(data)
+        if self.state == "connecting" or (self.state == "awaiting-ac" and from_client):
+            # A conformant requestor waits for the A-ASSOCIATE-AC; keep anything early (bounded).
+            self.early.append(data)
+            if sum(map(len, self.early)) > self.route.limits.max_pdu_length:
+                self.protocol_error(from_client, "data-before-ac", "data sent before the association was accepted")
+            return
+        try:
+            pdus = self.readers[from_client].feed(data)
+        except DecodeError as exc:
+            for raw_pdu in exc.partial:
+                if self.closed:
+                    return
+                self._on_pdu(from_client, raw_pdu)
+            self.protocol_error(from_client, exc.code, str(exc))
+            return
+        try:
+            if len(pdus) == 1:
+                out = self._on_pdu(from_client, pdus[0])
+            else:
+                out = [frame for p in pdus for frame in self._on_pdu(from_client, p)]
+        except DecodeError as exc:
+            self.protocol_error(from_client, exc.code, str(exc))
+            return
+        if out and not self.closed:
+            target = self.upstream if from_client else self.client
+            if target is not None and target.transport is not None:
+                target.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def protocol_error(self, from_client: bool, code: str, message: str) -> None:
+        who = f"{self.host}:{self.port}" if from_client else f"upstream {self.route.upstream.host}:{self.route.upstream.port}"
+        self.publish(Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
+                           outcome=Outcome.SERIOUS_FAILURE,
+                           actor=self._client_party() if from_client else self._upstream_party(),
+                           target=self._upstream_party() if from_client else self._client_party(),
+                           message=f"{code}: {message}",
+                           details={"route": self.route.name, "code": code, "from": "client" if from_client else "upstream",
+                                    "state": self.state}))
+        log.warning("route %s: protocol violation from %s: %s", self.route.name, who, message)
+        self.abort(f"protocol violation ({code}) from {'client' if from_client else 'upstream'}", kind="protocol")
+
+    def _on_pdu(self, from_client: bool, raw_pdu: RawPDU) -> list[bytes]:
+        """Decode one PDU, apply the policy, and return the frames to forward to the other leg."""
+        kind = raw_pdu.pdu_type
+        if kind == P.PDU_P_DATA_TF and self.state in ("established", "releasing"):
+            return self._on_p_data(from_client, raw_pdu)
+        if self.state == "awaiting-rq":
+            if not from_client or kind != P.PDU_ASSOCIATE_RQ:
+                self.protocol_error(from_client, "unexpected-pdu", f"{raw_pdu.name} before A-ASSOCIATE-RQ")
+                return []
+            self._on_associate_rq(raw_pdu)
+            return []
+        if self.state == "awaiting-ac" and not from_client:
+            return self._on_associate_answer(raw_pdu)
+        events = self.decoder.on_pdu(from_client, raw_pdu)
+        for ev in events:
+            if isinstance(ev, ProtocolViolation):
+                self.protocol_error(from_client, ev.code, ev.message)
+                return []
+            if isinstance(ev, ReleaseRequested):
+                self.state = "releasing"
+                self._arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
+            elif isinstance(ev, ReleaseCompleted):
+                self._finish_release(raw_pdu.raw, from_client)
+                return []
+            elif isinstance(ev, Aborted):
+                other = self.upstream if from_client else self.client
+                if other is not None and other.transport is not None:
+                    other.transport.write(raw_pdu.raw)
+                self._record_peer_abort(from_client, ev)
+                return []
+        return [raw_pdu.raw]
+
+    # --- association negotiation --------------------------------------------------------------
+
+    def _on_associate_rq(self, raw_pdu: RawPDU) -> None:
+        events = self.decoder.on_pdu(True, raw_pdu)
+        rq = next((e.rq for e in events if isinstance(e, AssociationRequested)), None)
+        if rq is None:
+            violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
+            self.protocol_error(True, violation.code if violation else "unexpected-pdu",
+                                violation.message if violation else "A-ASSOCIATE-RQ not accepted")
+            return
+        self.calling_ae = rq.calling_ae_title
+        self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), self.route.listen.ae_title)
+        self.publish(association_event("requested", self.peers, message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
+                                       called=rq.called_ae_title, contexts=len(rq.presentation_contexts),
+                                       tls=self.cert is not None, certificate=self.cert))
+        verdict = self.rt.admit(self, rq.calling_ae_title, rq.called_ae_title)
+        if verdict.refused:
+            self.reject(verdict)
+            return
+        self.state = "connecting"
+        self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect(raw_pdu.raw))
+
+    def reject(self, verdict: pol.Verdict, *, by: str = "gateway") -> None:
+        result, source, reason = verdict.rj or (pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON)
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.write(P.encode_associate_rj(result, source, reason))
+        self.publish(association_event("rejected", self._peers(), severity=Severity.WARNING,
+                                       outcome=Outcome.MINOR_FAILURE if result == pol.RJ_TRANSIENT else Outcome.SERIOUS_FAILURE,
+                                       message=f"rejected by {by}: {verdict.reason}", by=by, rule=verdict.rule,
+                                       reason=verdict.reason, result=result, source=source, reason_code=reason))
+        self.state = "closed"
+        # Let the RJ reach the client before the socket closes (PS3.8: the requestor closes; be brief).
+        asyncio.get_running_loop().call_later(0.05, self.close)
+
+    async def _connect(self, raw_rq: bytes) -> None:
+        up = self.route.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            _, side = await asyncio.wait_for(
+                loop.create_connection(lambda: Side(self, False), up.host, up.port, ssl=self.rt.upstream_ssl,
+                                       server_hostname=(up.tls.server_name or up.host) if up.tls else None),
+                up.connect_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            if self.closed:
+                return
+            why = _describe_connect_error(exc, up.connect_timeout)
+            self.publish(Event(kind="gateway.upstream.unreachable", component="gateway", severity=Severity.ERROR,
+                               outcome=Outcome.MAJOR_FAILURE, actor=self._client_party(), target=self._upstream_party(),
+                               message=f"upstream {up.ae_title}@{up.host}:{up.port} unreachable: {why}",
+                               details={"route": self.route.name, "error": why}))
+            self.reject(pol.Verdict(False, f"upstream unreachable: {why}", "upstream",
+                                    rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_TEMPORARY_CONGESTION)))
+            return
+        if self.closed:
+            side.transport.close()
+            return
+        self.upstream = side
+        self.state = "awaiting-ac"
+        side.transport.write(P.with_called_ae(raw_rq, up.ae_title))
+
+    def _on_associate_answer(self, raw_pdu: RawPDU) -> list[bytes]:
+        kind = raw_pdu.pdu_type
+        if kind == P.PDU_ASSOCIATE_AC:
+            ac = P.parse_associate_ac(raw_pdu.raw)
+            ac, refused = self._filter_contexts(ac)
+            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title))
+            events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
+            if not any(isinstance(e, AssociationAccepted) for e in events):
+                violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
+                self.protocol_error(False, violation.code if violation else "unexpected-pdu",
+                                    violation.message if violation else "A-ASSOCIATE-AC not accepted")
+                return []
+            self.state = "established"
+            self._arm(self.route.limits.idle_timeout, "idle")
+            accepted = sorted({self.decoder.contexts[c][0] for c in self.decoder.contexts})
+            self.publish(association_event("accepted", self._peers(), message=f"{len(accepted)} SOP classes accepted",
+                                           accepted=accepted, refused_by_policy=refused,
+                                           max_pdu=self.decoder.acceptor_max_pdu_length))
+            frames = [raw]
+            if self.early:
+                early, self.early = b"".join(self.early), []
+                asyncio.get_running_loop().call_soon(self.data_received, True, early)
+            return frames
+        if kind == P.PDU_ASSOCIATE_RJ:
+            events = self.decoder.on_pdu(False, raw_pdu)
+            rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
+            self.publish(association_event("rejected", self._peers(), severity=Severity.WARNING,
+                                           outcome=Outcome.SERIOUS_FAILURE, message="rejected by the upstream",
+                                           by="upstream", result=getattr(rj, "result", None),
+                                           source=getattr(rj, "source", None), reason_code=getattr(rj, "reason", None)))
+            self.state = "closed"
+            if self.client is not None and self.client.transport is not None:
+                self.client.transport.write(raw_pdu.raw)
+            asyncio.get_running_loop().call_later(0.05, self.close)
+            return []
+        if kind == P.PDU_ABORT:
+            events = self.decoder.on_pdu(False, raw_pdu)
+            if self.client is not None and self.client.transport is not None:
+                self.client.transport.write(raw_pdu.raw)
+            ab = next((e for e in events if isinstance(e, Aborted)), None)
+            self._record_peer_abort(False, ab)
+            return []
+        self.protocol_error(False, "unexpected-pdu", f"{raw_pdu.name} while awaiting A-ASSOCIATE-AC")
+        return []
+
+    def _filter_contexts(self, ac: P.AssociateAC) -> tuple[P.AssociateAC, list[str]]:
+        """Mark contexts the policy does not allow as user-rejected (PS3.8 Table 9-18, result 1)."""
+        rq = self.decoder.rq
+        refused: list[str] = []
+        contexts = []
+        for pc in ac.presentation_contexts:
+            if pc.result == 0 and rq is not None:
+                proposed = rq.context(pc.context_id)
+                abstract = proposed.abstract_syntax if proposed is not None else None
+                verdict = pol.check_context(self.route.policy, abstract) if abstract else pol.ALLOW
+                if verdict.refused:
+                    refused.append(abstract)
+                    pc = replace(pc, result=pol.PC_USER_REJECTION)
+            contexts.append(pc)
+        return (replace(ac, presentation_contexts=contexts) if refused else ac), refused
+
+    # --- P-DATA -------------------------------------------------------------------------------
+
+    def _on_p_data(self, from_client: bool, raw_pdu: RawPDU) -> list[bytes]:
+        raw = raw_pdu.raw
+        events = self.decoder.on_pdu(from_client, raw_pdu)
+        decisions: deque[Pending | None] = deque()  # per completed command: the refused request, or None
+        for ev in events:
+            if isinstance(ev, ProtocolViolation):
+                self.protocol_error(from_client, ev.code, ev.message)
+                return []
+            if isinstance(ev, DimseCommand):
+                decisions.append(self._on_command(from_client, ev))
+            elif isinstance(ev, DimseDatasetStart):
+                self._on_dataset_start(from_client, ev)
+            elif isinstance(ev, DimseDatasetEnd):
+                pending = self.pending.get((from_client, ev.message_id or 0))
+                if pending is not None:
+                    pending.dataset_bytes += ev.total_bytes
+        # Fast path: one data PDV, nothing held or swallowed in this direction.
+        if (not decisions and not self.held[from_client] and self.dropping[from_client] is None
+                and len(raw) > 11 and not raw[11] & 0x01
+                and int.from_bytes(raw[6:10], "big") == len(raw) - 10):
+            return [raw]
+        return self._sort_pdvs(from_client, raw, decisions)
+
+    def _sort_pdvs(self, from_client: bool, raw: bytes, decisions: deque[Pending | None]) -> list[bytes]:
+        """PDV by PDV: hold command fragments until judged, swallow a refused request's data set.
+        Returns the frames to forward; the gateway's own refusals go straight back to the sender."""
+        keep: list[P.PDV] = []
+        back: list[bytes] = []
+        view = memoryview(raw)
+        held = self.held[from_client]
+        for context_id, mch, start, end in P.pdv_spans(raw):
+            pdv = P.PDV(context_id, bool(mch & 0x01), bool(mch & 0x02), view[start:end])
+            if pdv.is_command:
+                held.append(pdv)
+                if not pdv.is_last:
+                    continue
+                refused = decisions.popleft() if decisions else None
+                if refused is None:
+                    keep.extend(held)
+                elif refused.command.has_dataset:
+                    self.dropping[from_client] = refused
+                else:
+                    back.extend(self._refusal(refused, context_id))
+                held.clear()
+            elif self.dropping[from_client] is not None:
+                if pdv.is_last:
+                    back.extend(self._refusal(self.dropping[from_client], context_id))
+                    self.dropping[from_client] = None
+            else:
+                keep.append(pdv)
+        if back:
+            sender = self.client if from_client else self.upstream
+            if sender is not None and sender.transport is not None:
+                sender.transport.write(b"".join(back))
+        return [P.encode_p_data_tf(keep)] if keep else []
+
+    def _refusal(self, pending: Pending, context_id: int) -> list[bytes]:
+        """The DIMSE response the gateway gives instead of the PACS (PS3.7 9.3, status per Annex C)."""
+        status = pending.refused_status or dimse.STATUS_NOT_AUTHORIZED
+        command = dimse.response_for(pending.command, status, error_comment=(pending.refused or "")[:64] or None)
+        max_len = self.decoder.requestor_max_pdu_length if pending.from_requestor else self.decoder.acceptor_max_pdu_length
+        self.pending.pop((pending.from_requestor, pending.command.message_id or 0), None)
+        self.publish(dimse_event(self._peers(), pending, dimse.decode_command_set(command)))
+        return P.encode_dimse_message(context_id, command, None, max_len)
+
+    def _on_command(self, from_client: bool, ev: DimseCommand) -> Pending | None:
+        """Track a request or match a response; returns the request if the gateway refuses it."""
+        cmd = ev.command
+        if cmd.is_response:
+            key = (not from_client, cmd.message_id_being_responded_to or 0)
+            pending = self.pending.get(key)
+            if pending is None:
+                return None
+            if dimse.status_category(cmd.status or 0) == "pending":
+                if cmd.command_field & 0x7FFF in (dimse.C_MOVE_RQ, dimse.C_GET_RQ):
+                    pending.matches += 1
+                return None
+            del self.pending[key]
+            self.publish(dimse_event(self._peers(), pending, cmd))
+            return None
+        if cmd.command_field == dimse.C_CANCEL_RQ:
+            return None
+        pending = Pending(cmd, from_client, ev.abstract_syntax, ev.transfer_syntax)
+        verdict = pol.ALLOW
+        if from_client:
+            verdict = pol.check_request(self.route.policy, cmd, ev.abstract_syntax)
+            if verdict.allowed:
+                verdict = self.rt.rate_check(self.host)
+        self.pending[(from_client, cmd.message_id or 0)] = pending
+        if verdict.allowed:
+            return None
+        pending.refused = verdict.reason
+        pending.refused_rule = verdict.rule
+        pending.refused_status = verdict.status
+        return pending
+
+    def _on_dataset_start(self, from_client: bool, ev: DimseDatasetStart) -> None:
+        peek = ev.peek
+        own = self.pending.get((from_client, ev.message_id or 0))
+        if own is not None and own.from_requestor == from_client and not own.command.is_response:
+            own.add_identifiers(peek.patient_id, peek.study_instance_uid)
+            own.sop_instance_uid = peek.sop_instance_uid or own.sop_instance_uid
+            if peek.query_retrieve_level:
+                own.level = peek.query_retrieve_level
+                own.query = {k: v for k, v in (("PatientID", peek.patient_id), ("PatientName", peek.patient_name),
+                                               ("StudyInstanceUID", peek.study_instance_uid),
+                                               ("AccessionNumber", peek.accession_number),
+                                               ("Modality", peek.modality)) if v is not None}
+            return
+        # A response's data set (a C-FIND match): what the PACS disclosed, and about whom.
+        answered = self.pending.get((not from_client, ev.message_id or 0))
+        if answered is not None:
+            answered.matches += 1
+            if peek.patient_id and len(answered.matched_patients) < 1000:
+                answered.matched_patients[peek.patient_id] = None
+            if peek.study_instance_uid:
+                answered.add_identifiers(None, peek.study_instance_uid)
+
+    # --- release and abort --------------------------------------------------------------------
+
+    def _finish_release(self, raw_rp: bytes, from_client: bool) -> None:
+        other = self.upstream if from_client else self.client
+        if other is not None and other.transport is not None:
+            other.transport.write(raw_rp)
+        for pending in self.pending.values():
+            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
+        self.pending.clear()
+        self.publish(association_event("released", self._peers(), message="released", **self._totals()))
+        self.state = "closed"
+        asyncio.get_running_loop().call_later(0.05, self.close)
+
+    def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
+        for pending in self.pending.values():
+            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
+        self.pending.clear()
+        self.publish(association_event("aborted", self._peers(), severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                                       message=f"A-ABORT from the {'client' if from_client else 'upstream'}",
+                                       by="client" if from_client else "upstream",
+                                       source=getattr(ev, "source", None), reason_code=getattr(ev, "reason", None),
+                                       **self._totals()))
+        self.state = "closed"
+        asyncio.get_running_loop().call_later(0.05, self.close)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        self.rt.publish(event)
+
+    def _client_party(self) -> Party:
+        user = self.cert.get("subject") if self.cert else None
+        return Party(ae_title=self.calling_ae, host=self.host or None, port=self.port or None, user=user)
+
+    def _upstream_party(self) -> Party:
+        up = self.route.upstream
+        return Party(ae_title=up.ae_title, host=up.host, port=up.port)
+
+    def _peers(self) -> Peers:
+        if self.peers is None:
+            self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), self.route.listen.ae_title)
+        return self.peers
+
+    def _totals(self) -> dict:
+        return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
+                "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+                "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}
+
+
+def _describe_connect_error(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)

@@ -1,0 +1,249 @@
+"""The gateway: one listener per route, the shared admission checks and limits, and quarantine
+enforcement. `Gateway.start()` opens the listeners on the running asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+from pacsguard.config.schema import GatewayConfig, Route
+from pacsguard.events import Event, Outcome, Party, Severity
+from pacsguard.gateway import policy as pol
+from pacsguard.gateway import quarantine as q
+from pacsguard.gateway.relay import AssociationRelay, Side
+
+log = logging.getLogger("pacsguard.gateway")
+
+Publish = Callable[[Event], None]
+Resolve = Callable[[Path], Path]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    route: str
+    host: str
+    port: int
+    ae_title: str
+    tls: bool
+    upstream: str
+
+
+class RouteRuntime:
+    """Everything one route's associations share: policy, TLS contexts, live associations, limits."""
+
+    def __init__(self, route: Route, gateway: "Gateway", resolve: Resolve) -> None:
+        self.route = route
+        self.gateway = gateway
+        self.server_ssl = _server_context(route, resolve)
+        self.upstream_ssl = _upstream_context(route, resolve)
+        self.relays: set[AssociationRelay] = set()
+        self._requests: dict[str, tuple[float, int]] = {}
+
+    def publish(self, event: Event) -> None:
+        self.gateway.publish(event)
+
+    def register(self, relay: AssociationRelay) -> None:
+        self.relays.add(relay)
+
+    def unregister(self, relay: AssociationRelay) -> None:
+        self.relays.discard(relay)
+
+    def admit(self, relay: AssociationRelay, calling_ae: str, called_ae: str) -> pol.Verdict:
+        """Quarantine, source host, AE titles and certificate, then the association limits."""
+        entry = self.gateway.quarantined.match(relay.host, calling_ae)
+        if entry is not None:
+            return pol.Verdict(False, f"{entry.target} is quarantined" + (f" ({entry.reason})" if entry.reason else ""),
+                               "quarantine", rj=(pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON))
+        verdict = pol.check_source(self.route.policy, relay.host)
+        if verdict.refused:
+            return verdict
+        cert = relay.cert or {}
+        verdict = pol.check_association(self.route, calling_ae, called_ae, cert.get("subject"), cert.get("subject_cn"))
+        if verdict.refused:
+            return verdict
+        limits = self.route.limits
+        live = [r for r in self.relays if r.counted]
+        if len(live) >= limits.max_associations:
+            return pol.Verdict(False, f"route has {len(live)} associations (limit {limits.max_associations})",
+                               "limits.max_associations",
+                               rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_LOCAL_LIMIT_EXCEEDED))
+        from_source = sum(1 for r in live if r.host == relay.host)
+        if from_source >= limits.max_associations_per_source:
+            return pol.Verdict(False, f"{relay.host} has {from_source} associations (limit "
+                               f"{limits.max_associations_per_source})", "limits.max_associations_per_source",
+                               rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_LOCAL_LIMIT_EXCEEDED))
+        relay.counted = True
+        return pol.ALLOW
+
+    def rate_check(self, host: str) -> pol.Verdict:
+        """At most `limits.requests_per_minute` DIMSE requests per source host (fixed one-minute window)."""
+        limit = self.route.limits.requests_per_minute
+        if limit is None:
+            return pol.ALLOW
+        now = time.monotonic()
+        start, count = self._requests.get(host, (now, 0))
+        if now - start >= 60:
+            start, count = now, 0
+        count += 1
+        self._requests[host] = (start, count)
+        if len(self._requests) > 10_000:  # bounded: forget windows that are over
+            self._requests = {h: v for h, v in self._requests.items() if now - v[0] < 60}
+        if count > limit:
+            return pol.Verdict(False, f"{host} exceeded {limit} requests per minute", "limits.requests_per_minute",
+                               status=0xA700)
+        return pol.ALLOW
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        return TLSAcceptingSide(AssociationRelay(self), self.server_ssl) if self.server_ssl else Side(AssociationRelay(self), True)
+
+
+class TLSAcceptingSide(Side):
+    """The client leg of a TLS route: the handshake runs explicitly (start_tls) so that a failed
+    one (no client certificate, wrong CA, TLS 1.1) is recorded as an event with the peer's address."""
+
+    def __init__(self, relay: AssociationRelay, context: ssl.SSLContext) -> None:
+        super().__init__(relay, True)
+        self.context = context
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    async def _handshake(self, raw: asyncio.BaseTransport) -> None:
+        peer = raw.get_extra_info("peername") or ("?", 0)
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(raw, self, self.context, server_side=True,  # type: ignore[arg-type]
+                                       ssl_handshake_timeout=self.relay.route.limits.artim_timeout)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            from pacsguard.tls import explain_tls_error
+
+            why = explain_tls_error(exc) if isinstance(exc, ssl.SSLError) else (str(exc) or type(exc).__name__)
+            self.relay.publish(Event(kind="tls.handshake.failed", component="gateway", severity=Severity.WARNING,
+                                     outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=str(peer[0]), port=int(peer[1])),
+                                     target=Party(ae_title=self.relay.route.listen.ae_title),
+                                     message=f"TLS handshake with {peer[0]}:{peer[1]} failed: {why}",
+                                     details={"route": self.relay.route.name, "error": why}))
+            raw.close()
+            return
+        Side.connection_made(self, tls)
+
+
+class Gateway:
+    """All routes of the configuration, plus quarantine. Publishes every Event through `publish`."""
+
+    def __init__(self, config: GatewayConfig, publish: Publish, *, resolve: Resolve = lambda p: p,
+                 read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None) -> None:
+        self.config = config
+        self.publish = publish
+        self.quarantined = q.QuarantineList()
+        self.routes = [RouteRuntime(r, self, resolve) for r in config.routes]
+        self._read_quarantine = read_quarantine
+        self._quarantine_seq = -1
+        self._servers: list[asyncio.base_events.Server] = []
+        self._poller: asyncio.Task | None = None
+        self.listeners: list[Listener] = []
+
+    async def start(self) -> list[Listener]:
+        loop = asyncio.get_running_loop()
+        if self._read_quarantine is not None:
+            await self.refresh_quarantine()
+            self._poller = loop.create_task(self._poll_quarantine())
+        for rt in self.routes:
+            listen = rt.route.listen
+            try:
+                server = await loop.create_server(rt.protocol_factory, listen.host, listen.port, reuse_address=True)
+            except OSError as exc:
+                await self.stop()
+                raise OSError(exc.errno, f"route {rt.route.name}: cannot listen on {listen.host}:{listen.port}: "
+                                         f"{exc.strerror}") from None
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            up = rt.route.upstream
+            self.listeners.append(Listener(rt.route.name, listen.host, port, listen.ae_title, rt.server_ssl is not None,
+                                           f"{up.ae_title}@{up.host}:{up.port}" + (" (TLS)" if up.tls else "")))
+            if rt.route.policy.calling_ae_titles is None and rt.route.policy.hosts is None:
+                log.warning("route %s accepts any calling AE title from any host: set policy.calling_ae_titles "
+                            "or policy.hosts", rt.route.name)
+        return self.listeners
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while any(rt.relays for rt in self.routes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for rt in self.routes:
+            for relay in list(rt.relays):
+                relay.abort("the gateway is shutting down", kind="shutdown")
+
+    # --- quarantine ---------------------------------------------------------------------------
+
+    def quarantine(self, target: str, *, duration: timedelta | None = None, reason: str = "",
+                   component: str = "gateway") -> None:
+        """Quarantine a host or AE title now (the IPS hook): recorded, applied and enforced at once."""
+        event = q.change_event("add", target, duration=duration, reason=reason, component=component)
+        self.publish(event)
+        self.quarantined.apply(event)
+        self.enforce()
+
+    async def refresh_quarantine(self) -> None:
+        assert self._read_quarantine is not None
+        changes = await asyncio.to_thread(self._read_quarantine, self._quarantine_seq)
+        for seq, event in changes:
+            self.quarantined.apply(event)
+            self._quarantine_seq = max(self._quarantine_seq, seq)
+        if changes:
+            self.enforce()
+
+    async def _poll_quarantine(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.quarantine_poll_interval)
+            try:
+                await self.refresh_quarantine()
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop enforcement
+                log.error("quarantine refresh failed: %s", exc)
+
+    def enforce(self) -> None:
+        """Cut off live associations of quarantined devices (A-ABORT both legs)."""
+        for rt in self.routes:
+            for relay in list(rt.relays):
+                entry = self.quarantined.match(relay.host, relay.calling_ae)
+                if entry is None or relay.closed:
+                    continue
+                self.publish(Event(kind=q.ENFORCED, component="gateway", severity=Severity.WARNING,
+                                   outcome=Outcome.SUCCESS, actor=Party(user=entry.by),
+                                   target=Party(ae_title=relay.calling_ae, host=relay.host, port=relay.port),
+                                   message=f"cut off {relay.calling_ae or '?'}@{relay.host}: {entry.target} is quarantined",
+                                   details={"route": rt.route.name, "target": entry.target, "reason": entry.reason}))
+                relay.abort(f"{entry.target} is quarantined", kind="quarantine")
+
+
+def _server_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+    tls = route.listen.tls
+    if tls is None:
+        return None
+    from pacsguard.tls import server_context
+
+    return server_context(resolve(tls.cert_file), resolve(tls.key_file),
+                          ca_file=resolve(tls.ca_file) if tls.ca_file else None,
+                          require_client_cert=tls.require_client_cert)
+
+
+def _upstream_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+    tls = route.upstream.tls
+    if tls is None:
+        return None
+    from pacsguard.tls import client_context
+
+    return client_context(ca_file=resolve(tls.ca_file) if tls.ca_file else None,
+                          cert_file=resolve(tls.cert_file) if tls.cert_file else None,
+                          key_file=resolve(tls.key_file) if tls.key_file else None)

@@ -1,0 +1,114 @@
+"""The gateway under test: a real `pacsguard serve` process, configured by a YAML file the test
+writes, recording into its own SQLite store. Tests read what it recorded from that store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+from peers.dcmtk import free_port, wait_for_port
+from pacsguard.events import Event
+from pacsguard.store import EventQuery, EventStore
+
+
+@dataclass
+class RunningGateway:
+    home: Path
+    ports: dict[str, int]
+    proc: subprocess.Popen
+    log: Path
+    routes: list[dict] = field(default_factory=list)
+
+    @property
+    def store(self) -> Path:
+        return self.home / "var" / "pacsguard.db"
+
+    def port(self, route: str = "main") -> int:
+        return self.ports[route]
+
+    def events(self, kind: str | None = None, **filters: Any) -> list[Event]:
+        es = EventStore.open(str(self.store))
+        try:
+            return [s.event for s in es.search(EventQuery(kind=kind, limit=None, **filters))]
+        finally:
+            es.engine.dispose()
+
+    def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0,
+                 where: Callable[[Event], bool] = lambda e: True) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        found: list[Event] = []
+        while time.monotonic() < deadline:
+            found = [e for e in self.events(kind) if where(e)]
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} {kind} events within {timeout} s, found {len(found)}: "
+                             f"{[e.message for e in found]}\n--- gateway log ---\n{self.log.read_text()[-4000:]}")
+
+    def cli(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "pacsguard.cli", *args], cwd=self.home, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        if check is not None:
+            assert proc.returncode == check, (proc.stdout, proc.stderr)
+        return proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def route(name: str, upstream_port: int, *, upstream_ae: str = "ORTHANC", ae_title: str = "PACSGUARD",
+          policy: dict | None = None, limits: dict | None = None, listen_tls: dict | None = None,
+          upstream_tls: dict | None = None, port: int | None = None) -> dict:
+    r: dict = {"name": name, "listen": {"host": "127.0.0.1", "port": port or free_port(), "ae_title": ae_title},
+               "upstream": {"host": "127.0.0.1", "port": upstream_port, "ae_title": upstream_ae, "connect_timeout": 5},
+               "policy": policy or {}, "limits": limits or {}}
+    if listen_tls:
+        r["listen"]["tls"] = listen_tls
+    if upstream_tls:
+        r["upstream"]["tls"] = upstream_tls
+    return r
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    """`gateway(route(...), route(...))` starts `pacsguard serve` with those routes."""
+    started: list[RunningGateway] = []
+
+    def start(*routes: dict, extra: dict | None = None) -> RunningGateway:
+        home = tmp_path / f"gw{len(started)}"
+        home.mkdir()
+        config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5},
+                  "gateway": {"routes": list(routes), "quarantine_poll_interval": 0.2}, **(extra or {})}
+        (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
+        init = subprocess.run([sys.executable, "-m", "pacsguard.cli", "init", "--no-demo"], cwd=home,
+                              capture_output=True, text=True, timeout=60)
+        assert init.returncode == 0, f"pacsguard init failed:\n{init.stdout}\n{init.stderr}"
+        log = home / "serve.log"
+        proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve", "--log-level", "debug"], cwd=home,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, list(routes))
+        started.append(gw)
+        for r in routes:
+            if not wait_for_port("127.0.0.1", r["listen"]["port"], timeout=30, proc=proc):
+                raise AssertionError(f"gateway did not listen on {r['listen']['port']}:\n{log.read_text()}")
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
