@@ -14,7 +14,7 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 
-from dicom_corpus import PROPOSE, TEST_FILES, UNCOMPRESSED, read_dataset, send_in_own_syntax
+from dicom_corpus import TEST_FILES, UNCOMPRESSED, read_dataset, send_in_own_syntax
 from pacsguard.demo import DemoPACS
 from peers.dcmtk import Dcmtk, StoreSCP
 

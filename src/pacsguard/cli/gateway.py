@@ -13,12 +13,11 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store,
-                                  store_target)
+from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store)
 from pacsguard.cli.runner import run_foreground
-from pacsguard.config.loader import ConfigError, ConfigProblem
+from pacsguard.config.loader import ConfigError
 from pacsguard.config.schema import GatewayConfig
-from pacsguard.events import Event, EventBus
+from pacsguard.events import EventBus
 from pacsguard.gateway import quarantine as q
 from pacsguard.store import EventQuery, EventStore, keys
 

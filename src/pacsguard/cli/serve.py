@@ -73,6 +73,9 @@ def serve(config: Path | None = CONFIG_OPTION,
           log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error")) -> None:
     """Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
+    for noisy in ("pynetdicom", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     loaded = load(config)
     with ExitStack() as stack:
         es = open_store(loaded, None, writer=True, create=True)

@@ -25,7 +25,7 @@ class Peers:
     route: str
     client: Party  # the requestor: calling AE, source host/port, certificate subject as user
     server: Party  # the upstream: its AE title, host, port
-    listener_ae: str
+    called_ae: str  # the AE title the client called (the route's, unless rejected for it)
 
     def actor_target(self, from_requestor: bool) -> tuple[Party, Party]:
         return (self.client, self.server) if from_requestor else (self.server, self.client)
@@ -74,7 +74,7 @@ def association_event(kind: str, peers: Peers, *, severity: Severity = Severity.
                       outcome: str = Outcome.SUCCESS, message: str = "", **details: Any) -> Event:
     return Event(kind=f"dicom.association.{kind}", component="gateway", severity=severity, outcome=outcome,
                  actor=peers.client, target=peers.server, message=message,
-                 details={"route": peers.route, "called_ae": peers.listener_ae, **details})
+                 details={"route": peers.route, "called_ae": peers.called_ae, **details})
 
 
 def dimse_event(peers: Peers, pending: Pending, response: CommandSet | None, *, aborted: bool = False) -> Event:

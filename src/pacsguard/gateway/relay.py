@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pacsguard.dicom import dimse, pdu as P
 from pacsguard.dicom.association import AssociationDecoder
-from pacsguard.dicom.errors import DecodeError
+from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
 from pacsguard.dicom.events import (Aborted, AssociationAccepted, AssociationRejected, AssociationRequested,
                                     DimseCommand, DimseDatasetEnd, DimseDatasetStart, ProtocolViolation,
                                     ReleaseCompleted, ReleaseRequested)
@@ -143,6 +143,11 @@ class AssociationRelay:
     def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
         if self.closed:
             return
+        cut = self.readers[from_client].pending_bytes
+        if cut and self.state != "closed":
+            # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
+            self.protocol_error(from_client, TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU")
+            return
         if self.state in ("awaiting-rq", "releasing", "closed"):
             self.close()
             return
@@ -197,8 +202,8 @@ class AssociationRelay:
             return
         self.last_activity = time.monotonic()
         self.bytes_in[from_client] += len(data)
-        if self.state == "connecting" or (self.state == "awaiting-ac" and from_client):
-            # A conformant requestor waits for the A-ASSOCIATE-AC; keep anything early (bounded).
+        if self.state == "connecting":
+            # No upstream leg yet: keep what the client sends (bounded) until the RQ is passed on.
             self.early.append(data)
             if sum(map(len, self.early)) > self.route.limits.max_pdu_length:
                 self.protocol_error(from_client, "data-before-ac", "data sent before the association was accepted")
@@ -280,9 +285,9 @@ class AssociationRelay:
                                 violation.message if violation else "A-ASSOCIATE-RQ not accepted")
             return
         self.calling_ae = rq.calling_ae_title
-        self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), self.route.listen.ae_title)
+        self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), rq.called_ae_title)
         self.publish(association_event("requested", self.peers, message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
-                                       called=rq.called_ae_title, contexts=len(rq.presentation_contexts),
+                                       contexts=len(rq.presentation_contexts),
                                        tls=self.cert is not None, certificate=self.cert))
         verdict = self.rt.admit(self, rq.calling_ae_title, rq.called_ae_title)
         if verdict.refused:
@@ -329,6 +334,11 @@ class AssociationRelay:
         self.upstream = side
         self.state = "awaiting-ac"
         side.transport.write(P.with_called_ae(raw_rq, up.ae_title))
+        if self.early:
+            # Judged now, in awaiting-ac: an A-ABORT passes, anything else is a protocol error
+            # (PS3.8 9.2 state table, P-DATA-TF in Sta3: AA-8), so it never reaches the PACS.
+            early, self.early = b"".join(self.early), []
+            loop.call_soon(self.data_received, True, early)
 
     def _on_associate_answer(self, raw_pdu: RawPDU) -> list[bytes]:
         kind = raw_pdu.pdu_type
@@ -348,11 +358,7 @@ class AssociationRelay:
             self.publish(association_event("accepted", self._peers(), message=f"{len(accepted)} SOP classes accepted",
                                            accepted=accepted, refused_by_policy=refused,
                                            max_pdu=self.decoder.acceptor_max_pdu_length))
-            frames = [raw]
-            if self.early:
-                early, self.early = b"".join(self.early), []
-                asyncio.get_running_loop().call_soon(self.data_received, True, early)
-            return frames
+            return [raw]
         if kind == P.PDU_ASSOCIATE_RJ:
             events = self.decoder.on_pdu(False, raw_pdu)
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)

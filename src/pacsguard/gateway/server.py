@@ -110,6 +110,16 @@ class TLSAcceptingSide(Side):
     def __init__(self, relay: AssociationRelay, context: ssl.SSLContext) -> None:
         super().__init__(relay, True)
         self.context = context
+        self.ready = False
+        # Decrypted data can arrive before start_tls() returns: hold it until the relay knows the
+        # peer's address and certificate, or the RQ would be judged without them.
+        self.early: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:
+            super().data_received(data)
+        else:
+            self.early.append(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -124,7 +134,13 @@ class TLSAcceptingSide(Side):
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             from pacsguard.tls import explain_tls_error
 
-            why = explain_tls_error(exc) if isinstance(exc, ssl.SSLError) else (str(exc) or type(exc).__name__)
+            if isinstance(exc, ssl.SSLError):
+                why = explain_tls_error(exc)
+            elif isinstance(exc, ConnectionError):
+                why = ("the client closed the connection during the handshake (it may not trust the gateway's "
+                       "certificate, or offer no common TLS version or cipher)")
+            else:
+                why = str(exc) or type(exc).__name__
             self.relay.publish(Event(kind="tls.handshake.failed", component="gateway", severity=Severity.WARNING,
                                      outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=str(peer[0]), port=int(peer[1])),
                                      target=Party(ae_title=self.relay.route.listen.ae_title),
@@ -133,6 +149,10 @@ class TLSAcceptingSide(Side):
             raw.close()
             return
         Side.connection_made(self, tls)
+        self.ready = True
+        early, self.early = self.early, []
+        for data in early:
+            super().data_received(data)
 
 
 class Gateway:

@@ -1,0 +1,50 @@
+"""`make run`: `pacsguard init` writes the demo configuration and `pacsguard serve` runs the gateway
+in front of the embedded demo PACS. Driven here by dcmtk, on free ports, as a new user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from peers.dcmtk import free_port, wait_for_port
+from pacsguard.store import EventQuery, EventStore
+from pacsguard.store.keys import load_public_key
+from pacsguard.store.verify import verify_store
+
+pytestmark = pytest.mark.peers
+
+
+def test_demo_configuration_serves_and_records(dcmtk, tmp_path: Path):
+    cli = [sys.executable, "-m", "pacsguard.cli"]
+    assert subprocess.run([*cli, "init"], cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    config = tmp_path / "pacsguard.yaml"
+    gw_port, demo_port = free_port(), free_port()
+    config.write_text(config.read_text().replace("11112", str(gw_port)).replace("11113", str(demo_port)))
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([*cli, "serve"], cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        assert wait_for_port("127.0.0.1", gw_port, 30, proc), log.read_text()
+        target = ["-aet", "MODALITY", "-aec", "PACSGUARD", "127.0.0.1", str(gw_port)]
+        result = dcmtk.run("storescu", *target, get_testdata_file("CT_small.dcm"))
+        assert result.returncode == 0, result.stderr
+        assert list((tmp_path / "var/demo-pacs").rglob("*.dcm")), "the demo PACS stored nothing"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    text = log.read_text()
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    assert "gateway route demo" in text and "demo upstream" in text
+    es = EventStore.open(str(tmp_path / "var/pacsguard.db"))
+    kinds = [s.event.kind for s in es.search(EventQuery(limit=None))]
+    assert kinds[0] == "pacsguard.service.started" and kinds[-1] == "pacsguard.service.stopped"
+    assert "dicom.dimse.c-store" in kinds
+    # Ctrl-C signed a final checkpoint over everything.
+    report = verify_store(es, load_public_key(tmp_path / "var/keys/store-signing.key"))
+    assert report.ok and report.newest_checkpoint == len(kinds)
