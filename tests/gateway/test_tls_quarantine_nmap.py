@@ -140,3 +140,48 @@ def test_nmap_sees_an_open_gateway_as_insecure(orthanc, gateway):
     out = nmap_dicom_ping(NMAP_PORT)
     assert "Any AET is accepted (Insecure)" in out, out
     assert gw.wait_for("dicom.association.accepted")[0].actor.ae_title == "ECHOSCU"
+
+
+def test_inline_ips_blocks_nmap_dicom_brute_and_quarantines_the_attacker(dcmtk, orthanc, gateway, tmp_path):
+    """nmap's dicom-brute guesses called AE titles; the gateway rejects each one, the inline rule
+    dicom-ae-brute-force sees the pattern and quarantines the source (its built-in action)."""
+    pacs = orthanc()
+    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet, port=NMAP_PORT))
+    guesses = tmp_path / "aets.txt"
+    guesses.write_text("\n".join(["PACS", "ARCHIVE", "ORTHANC", "STORESCP", "DCM4CHEE", "CONQUESTSRV1",
+                                  "SERVER", "ANY-SCP", "AE_TITLE", "PACSGUARD"]) + "\n")
+    proc = subprocess.run(["nmap", "-Pn", "-n", "-p", str(NMAP_PORT), "--script", "dicom-brute",
+                           "--script-args", f"passdb={guesses}", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    # The guesses were rejected by the gateway and none reached Orthanc; then the rule fired.
+    alert = gw.wait_for("ids.alert.dicom-ae-brute-force")[0]
+    assert alert.actor.host == "127.0.0.1" and alert.details["action"] == "quarantine"
+    added = gw.wait_for("gateway.quarantine.added")[0]
+    assert added.target.host == "127.0.0.1" and added.component == "ids" and added.details["until"]
+    assert "dicom-ae-brute-force" in added.details["reason"]
+    # The attacker's host is now cut off, even with the right AE title.
+    result = dcmtk.run("echoscu", "-aet", "ANYONE", "-aec", "PACSGUARD", "127.0.0.1", str(NMAP_PORT))
+    assert result.returncode != 0
+    assert gw.wait_for("dicom.association.rejected", where=lambda e: e.details.get("rule") == "quarantine")
+    assert "PACSGUARD" not in proc.stdout.split("dicom-brute", 1)[-1] or "Valid credentials" not in proc.stdout
+
+
+def test_serve_refuses_to_start_on_a_broken_rule(tmp_path):
+    import sys
+
+    import yaml
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "site.yaml").write_text("- id: site-bad\n  title: broken\n  severity: loud\n  protocol: dicom\n"
+                                     "  on: association-request\n  action: alert\n")
+    (tmp_path / "pacsguard.yaml").write_text(yaml.safe_dump({
+        "ids": {"rules_dirs": ["rules"]},
+        "gateway": {"routes": [route("main", 9, upstream_ae="X")]}}))
+    cli = [sys.executable, "-m", "pacsguard.cli"]
+    assert subprocess.run([*cli, "init", "--no-demo"], cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    proc = subprocess.run([*cli, "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "site.yaml" in proc.stderr and "site-bad" in proc.stderr and "severity" in proc.stderr
+    assert "Traceback" not in proc.stderr

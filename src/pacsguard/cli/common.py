@@ -80,6 +80,44 @@ def store_target(loaded: LoadedConfig, store: str | None) -> str:
     return url
 
 
+def ids_settings(loaded: LoadedConfig):
+    """The `ids:` section validated by the IDS's own model; relative rules_dirs from the file's folder."""
+    return validate_ids_section(loaded.config.ids, str(loaded.path or "pacsguard.yaml"),
+                                loaded.path.parent if loaded.path else Path.cwd())
+
+
+def validate_ids_section(section: object, source: str, base: Path):
+    from pydantic import ValidationError
+
+    from pacsguard.config.loader import ConfigProblem, _problem
+    from pacsguard.ids import IdsSettings
+
+    if not isinstance(section, dict):
+        raise ConfigError(source, [ConfigProblem("ids", "expected a mapping of IDS settings")])
+    try:
+        settings = IdsSettings.model_validate(section)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            p = _problem(err)
+            problems.append(ConfigProblem("ids." + p.key if p.key != "(top level)" else "ids", p.message))
+        raise ConfigError(source, problems) from None
+    dirs = [d if d.is_absolute() else base / d for d in settings.rules_dirs]
+    return settings.model_copy(update={"rules_dirs": dirs})
+
+
+def build_engine(settings):
+    """Load the rules; a broken rule file is an error that stops start-up (exit 2), never silence."""
+    from pacsguard.ids import Engine, RuleError
+
+    try:
+        return Engine.from_settings(settings)
+    except RuleError as exc:
+        for line in str(exc).splitlines():
+            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
 def open_store(loaded: LoadedConfig, store: str | None, *, writer: bool = False, create: bool = False) -> EventStore:
     key = loaded.resolve(loaded.config.store.signing_key) if writer else None
     return EventStore.open(store_target(loaded, store), key_path=key, create=create,

@@ -13,7 +13,8 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store)
+from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, build_engine, console, fail, guarded, ids_settings,
+                                  load, open_store)
 from pacsguard.cli.runner import run_foreground
 from pacsguard.config.loader import ConfigError
 from pacsguard.config.schema import GatewayConfig
@@ -90,7 +91,8 @@ def run(
         stack.callback(es.close)
         bus = EventBus(es)
         stack.callback(bus.close)
-        run_foreground(stack, bus, es, config, lambda p: p, [("store", es.name, f"{es.size()} events")])
+        engine = build_engine(ids_settings(load(None, required=False)))
+        run_foreground(stack, bus, es, config, lambda p: p, [("store", es.name, f"{es.size()} events")], engine)
 
 
 def _duration(text: str | None) -> timedelta | None:

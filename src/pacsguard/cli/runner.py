@@ -26,11 +26,14 @@ def quarantine_reader(store: EventStore) -> Callable[[int], list[tuple[int, Even
 
 
 def run_foreground(stack: ExitStack, bus: EventBus, store: EventStore, gateway: GatewayConfig,
-                   resolve: Callable[[Path], Path], listeners: list[tuple[str, str, str]]) -> None:
+                   resolve: Callable[[Path], Path], listeners: list[tuple[str, str, str]], engine=None) -> None:
     """Start the gateway (if it has routes), show what listens where, wait for a signal, stop."""
 
     async def main() -> None:
-        gw = Gateway(gateway, bus.publish, resolve=resolve, read_quarantine=quarantine_reader(store))
+        gw = Gateway(gateway, bus.publish, resolve=resolve, read_quarantine=quarantine_reader(store), engine=engine)
+        if engine is not None:
+            listeners.append(("IPS (inline rules)", f"{len(engine.active_rules)} rules active",
+                              f"{len(engine.inactive)} inactive (see pacsguard ids rules list)"))
         for item in await gw.start():
             tls = " TLS" if item.tls else ""
             listeners.append((f"gateway route {item.route}", f"{item.ae_title}@{item.host}:{item.port}{tls}",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 from pacsguard import __version__
-from pacsguard.cli.common import CONFIG_OPTION, config_path, console, fail, guarded, load, open_store
+from pacsguard.cli.common import (CONFIG_OPTION, build_engine, config_path, console, fail, guarded, ids_settings, load,
+                                  open_store)
 from pacsguard.cli.runner import run_foreground
 from pacsguard.config import LoadedConfig
 from pacsguard.events import Event, EventBus, FanOut
@@ -77,6 +78,7 @@ def serve(config: Path | None = CONFIG_OPTION,
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     loaded = load(config)
+    engine = build_engine(ids_settings(loaded)) if loaded.config.gateway.routes else None
     with ExitStack() as stack:
         es = open_store(loaded, None, writer=True, create=True)
         stack.callback(es.close)
@@ -89,7 +91,7 @@ def serve(config: Path | None = CONFIG_OPTION,
         stack.callback(lambda: bus.publish(Event(kind="pacsguard.service.stopped", component="serve",
                                                  message="pacsguard stopped")))
         start_demo(loaded, stack, listeners)
-        run_foreground(stack, bus, es, loaded.config.gateway, loaded.resolve, listeners)
+        run_foreground(stack, bus, es, loaded.config.gateway, loaded.resolve, listeners, engine)
 
 
 def build_sinks(loaded: LoadedConfig, stack: ExitStack) -> list[EventSink]:

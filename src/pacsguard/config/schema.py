@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -225,3 +225,6 @@ class PacsguardConfig(Strict):
     sinks: SinksConfig = SinksConfig()
     demo_upstream: DemoUpstreamConfig = DemoUpstreamConfig()
     gateway: GatewayConfig = GatewayConfig()
+    # The IDS owns its settings model (pacsguard.ids.IdsSettings); the command line validates this
+    # section with it, so configuration imports no part and errors still name `ids.<key>`.
+    ids: dict[str, Any] = Field(default_factory=dict, description="IDS/IPS settings (docs/ids.md)")

@@ -31,6 +31,7 @@ from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway import policy as pol
 from pacsguard.gateway.records import Peers, Pending, association_event, dimse_event
+from pacsguard.ids import Alert, Flow, rj_reason
 
 if TYPE_CHECKING:
     from pacsguard.gateway.server import RouteRuntime
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacsguard.gateway")
 
 PEEK_BYTES = 64 * 1024
+# How strongly an IDS rule's action acts (PS3.8 has no notion of this: it is the IPS's ladder).
+_ACTION_RANK = {"alert": 0, "drop": 1, "abort": 2, "quarantine": 3}
 _DATA_LAST = 0x02  # message control header: last fragment, data set
 
 
@@ -106,6 +109,7 @@ class AssociationRelay:
         self.bytes_in = {True: 0, False: 0}
         self.closed = False
         self.counted = False
+        self.flow: Flow | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task | None = None
 
@@ -120,6 +124,9 @@ class AssociationRelay:
             from pacsguard.tls import describe_peer
 
             self.cert = describe_peer(ssl_object)
+        listen = self.route.listen
+        self.flow = Flow(self.host, self.port, listen.host, listen.port, tls=self.cert is not None,
+                         route=self.route.name, sensor="inline", id=f"{self.route.name}/{self.host}:{self.port}/{id(self)}")
         self.rt.register(self)
         self._arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
 
@@ -177,6 +184,47 @@ class AssociationRelay:
             if side is not None and side.transport is not None:
                 side.transport.close()
         self.rt.unregister(self)
+        if self.rt.engine is not None and self.flow is not None:
+            self._act(self.rt.engine.flow_closed(self.flow))
+
+    # --- inline IPS (the same rules as the passive IDS, docs/ids.md) ----------------------------
+
+    def _ips(self, events: list) -> Alert | None:
+        """Run the IDS rules over decoder events; publish every alert, return the strongest acting one."""
+        engine = self.rt.engine
+        if engine is None or self.flow is None:
+            return None
+        strongest: Alert | None = None
+        for ev in events:
+            found = self._act(engine.observe_dicom(self.flow, ev), enforce=False)
+            if found is not None and (strongest is None or _ACTION_RANK[found.action] > _ACTION_RANK[strongest.action]):
+                strongest = found
+        return strongest
+
+    def _stopped_by_ips(self, events: list) -> bool:
+        """Outside P-DATA a drop cannot refuse one request, so any acting rule ends the association."""
+        alert = self._ips(events)
+        if alert is None:
+            return False
+        self.abort(f"IDS rule {alert.rule_id}: {alert.title}", kind="ids")
+        return True
+
+    def _act(self, alerts: list[Alert], *, enforce: bool = True) -> Alert | None:
+        """Record alerts; quarantine the source when a rule says so. With `enforce`, an abort or
+        quarantine also ends this association; a drop is handled where the request is."""
+        strongest: Alert | None = None
+        for alert in alerts:
+            self.publish(alert.event)
+            if alert.action == "alert":
+                continue
+            if strongest is None or _ACTION_RANK[alert.action] > _ACTION_RANK[strongest.action]:
+                strongest = alert
+        if strongest is not None and strongest.action == "quarantine":
+            self.rt.gateway.quarantine(self.host, duration=strongest.quarantine_for,
+                                       reason=f"IDS rule {strongest.rule_id}: {strongest.title}", component="ids")
+        if enforce and strongest is not None and strongest.action in ("abort", "quarantine") and not self.closed:
+            self.abort(f"IDS rule {strongest.rule_id}: {strongest.title}", kind="ids")
+        return strongest
 
     def abort(self, reason: str, *, kind: str = "policy", notify: bool = True, source: int = 2) -> None:
         """A-ABORT both legs (PS3.8 9.3.8, source 2 = service-provider) and record why."""
@@ -215,7 +263,7 @@ class AssociationRelay:
                 if self.closed:
                     return
                 self._on_pdu(from_client, raw_pdu)
-            self.protocol_error(from_client, exc.code, str(exc))
+            self.decode_error(from_client, exc)
             return
         try:
             if len(pdus) == 1:
@@ -223,12 +271,17 @@ class AssociationRelay:
             else:
                 out = [frame for p in pdus for frame in self._on_pdu(from_client, p)]
         except DecodeError as exc:
-            self.protocol_error(from_client, exc.code, str(exc))
+            self.decode_error(from_client, exc)
             return
         if out and not self.closed:
             target = self.upstream if from_client else self.client
             if target is not None and target.transport is not None:
                 target.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def decode_error(self, from_client: bool, exc: DecodeError) -> None:
+        if self.rt.engine is not None and self.flow is not None:
+            self._act(self.rt.engine.observe_decode_error(self.flow, from_client, exc), enforce=False)
+        self.protocol_error(from_client, exc.code, str(exc))
 
     def protocol_error(self, from_client: bool, code: str, message: str) -> None:
         who = f"{self.host}:{self.port}" if from_client else f"upstream {self.route.upstream.host}:{self.route.upstream.port}"
@@ -256,6 +309,8 @@ class AssociationRelay:
         if self.state == "awaiting-ac" and not from_client:
             return self._on_associate_answer(raw_pdu)
         events = self.decoder.on_pdu(from_client, raw_pdu)
+        if self._stopped_by_ips(events):
+            return []
         for ev in events:
             if isinstance(ev, ProtocolViolation):
                 self.protocol_error(from_client, ev.code, ev.message)
@@ -289,7 +344,12 @@ class AssociationRelay:
         self.publish(association_event("requested", self.peers, message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
                                        contexts=len(rq.presentation_contexts),
                                        tls=self.cert is not None, certificate=self.cert))
+        # The rules see every request, also those the policy refuses: that is how probing shows.
+        alert = self._ips(events)
         verdict = self.rt.admit(self, rq.calling_ae_title, rq.called_ae_title)
+        if verdict.allowed and alert is not None:  # drop, abort or quarantine: it never reaches the PACS
+            verdict = pol.Verdict(False, f"IDS rule {alert.rule_id}: {alert.title}", f"ids:{alert.rule_id}",
+                                  rj=(pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON))
         if verdict.refused:
             self.reject(verdict)
             return
@@ -306,6 +366,11 @@ class AssociationRelay:
                                        message=f"rejected by {by}: {verdict.reason}", by=by, rule=verdict.rule,
                                        reason=verdict.reason, result=result, source=source, reason_code=reason))
         self.state = "closed"
+        if by == "gateway" and self.rt.engine is not None and self.flow is not None:
+            # The gateway's own rejections feed the rules too: AE-title brute forcing is caught inline.
+            self._act(self.rt.engine.observe_association_result(
+                self.flow, rejected=True, reason=rj_reason(source, reason) if verdict.rule != "upstream" else verdict.reason,
+                by="gateway"), enforce=False)
         # Let the RJ reach the client before the socket closes (PS3.8: the requestor closes; be brief).
         asyncio.get_running_loop().call_later(0.05, self.close)
 
@@ -347,6 +412,8 @@ class AssociationRelay:
             ac, refused = self._filter_contexts(ac)
             raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title))
             events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
+            if self._stopped_by_ips(events):
+                return []
             if not any(isinstance(e, AssociationAccepted) for e in events):
                 violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
                 self.protocol_error(False, violation.code if violation else "unexpected-pdu",
@@ -403,12 +470,25 @@ class AssociationRelay:
         raw = raw_pdu.raw
         events = self.decoder.on_pdu(from_client, raw_pdu)
         decisions: deque[Pending | None] = deque()  # per completed command: the refused request, or None
+        engine = self.rt.engine
         for ev in events:
+            alert = self._ips([ev]) if engine is not None else None
+            if alert is not None and alert.action in ("abort", "quarantine"):
+                self.abort(f"IDS rule {alert.rule_id}: {alert.title}", kind="ids")
+                return []
             if isinstance(ev, ProtocolViolation):
                 self.protocol_error(from_client, ev.code, ev.message)
                 return []
             if isinstance(ev, DimseCommand):
-                decisions.append(self._on_command(from_client, ev))
+                refused = self._on_command(from_client, ev)
+                if refused is None and alert is not None and from_client and ev.command.is_request:
+                    # An IPS "drop": refused like a policy refusal, the PACS never sees it.
+                    refused = self.pending.get((True, ev.command.message_id or 0))
+                    if refused is not None:
+                        refused.refused = f"IDS rule {alert.rule_id}: {alert.title}"
+                        refused.refused_rule = f"ids:{alert.rule_id}"
+                        refused.refused_status = dimse.STATUS_NOT_AUTHORIZED
+                decisions.append(refused)
             elif isinstance(ev, DimseDatasetStart):
                 self._on_dataset_start(from_client, ev)
             elif isinstance(ev, DimseDatasetEnd):

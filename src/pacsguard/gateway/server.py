@@ -17,6 +17,7 @@ from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway import policy as pol
 from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.relay import AssociationRelay, Side
+from pacsguard.ids import Engine
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -40,6 +41,7 @@ class RouteRuntime:
     def __init__(self, route: Route, gateway: "Gateway", resolve: Resolve) -> None:
         self.route = route
         self.gateway = gateway
+        self.engine = gateway.engine
         self.server_ssl = _server_context(route, resolve)
         self.upstream_ssl = _upstream_context(route, resolve)
         self.relays: set[AssociationRelay] = set()
@@ -159,9 +161,11 @@ class Gateway:
     """All routes of the configuration, plus quarantine. Publishes every Event through `publish`."""
 
     def __init__(self, config: GatewayConfig, publish: Publish, *, resolve: Resolve = lambda p: p,
-                 read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None) -> None:
+                 read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None,
+                 engine: "Engine | None" = None) -> None:
         self.config = config
         self.publish = publish
+        self.engine = engine  # the IDS rules, run inline on every route (IPS); None: no rules
         self.quarantined = q.QuarantineList()
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes]
         self._read_quarantine = read_quarantine
@@ -237,7 +241,7 @@ class Gateway:
         for rt in self.routes:
             for relay in list(rt.relays):
                 entry = self.quarantined.match(relay.host, relay.calling_ae)
-                if entry is None or relay.closed:
+                if entry is None or relay.closed or relay.state == "closed":
                     continue
                 self.publish(Event(kind=q.ENFORCED, component="gateway", severity=Severity.WARNING,
                                    outcome=Outcome.SUCCESS, actor=Party(user=entry.by),

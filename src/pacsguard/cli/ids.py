@@ -1,0 +1,288 @@
+"""`pacsguard ids rules list|check|test`: inspect, validate and try detection rules (docs/ids.md).
+
+Exit codes (docs/cli.md): 0 ok / nothing fired, 1 `rules test` fired at least one rule,
+2 a broken rule, settings or events file (every problem printed as FILE:LINE: rule ID: field: problem).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, console, err_console, validate_ids_section
+from pacsguard.config import ConfigError
+from pacsguard.ids.engine import Engine
+from pacsguard.ids.observation import FLOW_FIELDS, KINDS, Flow, Observation
+from pacsguard.ids.rules import (
+    IdsSettings,
+    Rule,
+    RuleError,
+    _Loader,
+    format_duration,
+    load_rules,
+)
+
+app = typer.Typer(name="ids", no_args_is_help=True, add_completion=False,
+                  help="Intrusion detection: rules, inline in the gateway and passive over captures.")
+rules_app = typer.Typer(name="rules", no_args_is_help=True, help="List, check and test detection rules.")
+app.add_typer(rules_app)
+
+RULES_DIR_OPTION = typer.Option([], "--rules-dir", "-d", help="directory or file of site rules (repeatable)")
+NO_BUILTIN_OPTION = typer.Option(False, "--no-builtin", help="leave out the built-in rule set")
+SETTINGS_OPTION = typer.Option(None, "--settings", "-s",
+                               help="YAML with IDS settings: the `ids:` section of pacsguard.yaml, or the whole file")
+
+
+def _error(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _print_rule_error(exc: RuleError) -> typer.Exit:
+    for problem in exc.problems:
+        err_console.print("[bold red]error:[/] ", end="", highlight=False)
+        err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _load_settings(path: Path | None) -> IdsSettings:
+    """A `--settings` file: the `ids:` section of a pacsguard.yaml, or that section alone."""
+    if path is None:
+        return IdsSettings()
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except OSError as exc:
+        _error(f"{path}: cannot read ({exc.strerror})")
+        raise typer.Exit(EXIT_USAGE) from None
+    except yaml.YAMLError as exc:
+        _error(f"{path}: not valid YAML: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if isinstance(data, dict) and isinstance(data.get("ids"), dict):
+        data = data["ids"]
+    try:
+        return validate_ids_section(data, str(path), path.resolve().parent)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _error(f"{exc.source}: {problem}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _settings_dirs(settings: IdsSettings, path: Path | None) -> list[Path]:
+    """The settings' own rules_dirs, relative ones taken from the settings file's folder."""
+    base = path.parent if path is not None else Path.cwd()
+    return [d if d.is_absolute() else base / d for d in settings.rules_dirs]
+
+
+def _engine(rules: list[Rule], settings: IdsSettings) -> Engine:
+    try:
+        return Engine(rules, settings)
+    except RuleError as exc:
+        raise _print_rule_error(exc) from None
+
+
+def _threshold_text(engine: Engine, rule: Rule, *, short: bool = False) -> str:
+    t = engine.effective_threshold(rule.id) or rule.threshold
+    if t is None:
+        return ""
+    if not short:
+        return t.describe()
+    what = f"{t.count:g} {t.distinct}" if t.distinct else f"sum {t.sum} {t.count:g}" if t.sum else f"{t.count:g}"
+    text = f"{what}/{format_duration(t.within)}"
+    if t.by != ("client_host",):
+        text += f" by {'+'.join(t.by)}"
+    if t.baseline is not None:
+        text += f", >{t.baseline:g}x baseline"
+    return text
+
+
+@rules_app.command("list")
+def list_rules(
+    rules_dir: list[Path] = RULES_DIR_OPTION,
+    no_builtin: bool = NO_BUILTIN_OPTION,
+    settings: Path | None = SETTINGS_OPTION,
+    format: str = typer.Option("table", "--format", "-f", help="table or json"),
+) -> None:
+    """Every rule with its severity, observation kind, action and whether it runs.
+
+    With --settings, the settings' rules_dirs are loaded too and its overrides applied."""
+    ids_settings = _load_settings(settings)
+    try:
+        rules = load_rules(list(rules_dir) + _settings_dirs(ids_settings, settings),
+                           builtin=not no_builtin and ids_settings.builtin_rules)
+    except RuleError as exc:
+        raise _print_rule_error(exc) from None
+    engine = _engine(rules, ids_settings)
+    if format == "json":
+        for rule in rules:
+            row = {
+                "id": rule.id, "title": rule.title, "severity": rule.severity.name.lower(),
+                "protocol": rule.protocol, "on": rule.on,
+                "action": engine.effective_action(rule.id) or rule.action,
+                "threshold": _threshold_text(engine, rule) or None,
+                "active": rule.id not in engine.inactive, "inactive_reason": engine.inactive.get(rule.id),
+                "reference": rule.reference, "file": rule.file,
+            }
+            typer.echo(json.dumps(row, sort_keys=True))
+        return
+    if format != "table":
+        _error(f"--format must be table or json, not {format!r}")
+        raise typer.Exit(EXIT_USAGE)
+    table = Table(show_lines=False, header_style="bold", box=None, pad_edge=False)
+    for column in ("id", "title", "severity", "on", "action", "threshold", "status"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "severity", "action"))
+    for rule in rules:
+        action = engine.effective_action(rule.id) or rule.action
+        if action == "quarantine" and rule.quarantine_for is not None:
+            action += f" {format_duration(rule.quarantine_for.total_seconds())}"
+        status = "on" if rule.id not in engine.inactive else f"off ({engine.inactive[rule.id]})"
+        table.add_row(rule.id, rule.title, rule.severity.name.lower(), rule.on, action,
+                      _threshold_text(engine, rule, short=True), status)
+    console.print(table)
+    console.print(f"{len(rules)} rules, {len(rules) - len(engine.inactive)} on", highlight=False)
+
+
+@rules_app.command("check")
+def check(
+    paths: list[Path] = typer.Argument(None, help="rule files or directories (default: the built-in set only)"),
+    no_builtin: bool = NO_BUILTIN_OPTION,
+    settings: Path | None = SETTINGS_OPTION,
+) -> None:
+    """Print OK, or every problem as FILE:LINE: rule ID: field: problem (exit 2).
+
+    With --settings, also the settings' rules_dirs and overrides: exactly what `serve` would load."""
+    ids_settings = _load_settings(settings)
+    try:
+        rules = load_rules(list(paths or []) + _settings_dirs(ids_settings, settings),
+                           builtin=not no_builtin and ids_settings.builtin_rules)
+    except RuleError as exc:
+        raise _print_rule_error(exc) from None
+    if settings is not None:
+        _engine(rules, ids_settings)
+    what = ", ".join(str(p) for p in paths) if paths else "built-in rules" if not no_builtin else "no rules"
+    if settings is not None:
+        what += f" with {settings}"
+    console.print(f"{what}: [bold green]OK[/] ({len(rules)} rules)", highlight=False)
+
+
+_BAD = object()
+_TYPE_WORDS = {"str": "text", "ip": "an address", "int": "a whole number", "float": "a number",
+               "bool": "true or false", "str-list": "a list of text"}
+
+
+def _typed(ftype: str, value: Any) -> Any:
+    """An events-file value checked (and numbers in text fields read as text) for a field type."""
+    if value is None:
+        return None
+    if ftype == "bool":
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if ftype == "int":
+        return value if isinstance(value, int) else _BAD
+    if ftype == "float":
+        return value if isinstance(value, (int, float)) else _BAD
+    if ftype == "str-list":
+        if not isinstance(value, list) or any(isinstance(v, (bool, list, dict)) for v in value):
+            return _BAD
+        return [str(v) for v in value]
+    return str(value) if isinstance(value, (str, int, float)) else _BAD
+
+
+def _observations(path: Path) -> list[tuple[float, Observation]]:
+    """Read a YAML list of observations; exit 2 with every problem."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as exc:
+        _error(f"{path}: cannot read ({exc.strerror})")
+        raise typer.Exit(EXIT_USAGE) from None
+    except yaml.YAMLError as exc:
+        _error(f"{path}: not valid YAML: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if not isinstance(data, list):
+        _error(f"{path}: expected a YAML list of observations (each with kind: and its fields)")
+        raise typer.Exit(EXIT_USAGE)
+    problems: list[str] = []
+    out: list[tuple[float, Observation]] = []
+    for index, item in enumerate(data, 1):
+        where = f"{path}: observation #{index}"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        item = dict(item)
+        protocol = str(item.pop("protocol", "dicom"))
+        kind = item.pop("kind", None)
+        at = item.pop("at", float(index - 1))
+        spec = KINDS.get(protocol, {}).get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            known = ", ".join(KINDS.get(protocol, {})) or f"(no such protocol {protocol!r})"
+            problems.append(f"{where}: kind: expected one of {known}, got {kind!r}")
+            continue
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            problems.append(f"{where}: at: expected seconds as a number, got {at!r}")
+            continue
+        flow_args: dict[str, Any] = {"client_host": "192.0.2.1", "client_port": 50000,
+                                     "server_host": "192.0.2.2", "server_port": 104}
+        fields: dict[str, Any] = {}
+        for name, value in item.items():
+            name = str(name)
+            ftype = spec.field_type(name)
+            if ftype is None:
+                problems.append(f"{where}: {name}: unknown field for kind {kind} "
+                                f"(known: {', '.join(spec.all_fields())})")
+                continue
+            checked = _typed(ftype, value)
+            if checked is _BAD:
+                problems.append(f"{where}: {name}: expected {_TYPE_WORDS[ftype]}, got {value!r}")
+            elif name in FLOW_FIELDS:
+                flow_args[FLOW_FIELDS[name][0]] = checked
+            else:
+                fields[name] = checked
+        try:
+            flow = Flow(**flow_args)
+        except TypeError as exc:  # pragma: no cover - names come from FLOW_FIELDS
+            problems.append(f"{where}: {exc}")
+            continue
+        out.append((float(at), Observation(protocol, kind, fields, flow)))
+    if problems:
+        for problem in problems:
+            _error(problem)
+        raise typer.Exit(EXIT_USAGE)
+    return out
+
+
+@rules_app.command("test")
+def test(
+    rule_file: Path = typer.Argument(..., help="the rule file (or directory) to try"),
+    events: Path = typer.Option(..., "--events", "-e", help="YAML list of observations to feed"),
+    builtin: bool = typer.Option(False, "--builtin", help="also run the built-in rule set"),
+    settings: Path | None = SETTINGS_OPTION,
+) -> None:
+    """Feed observations to the rules and print each alert.  Exit 1 if any rule fired, 0 if none."""
+    try:
+        rules = load_rules([rule_file], builtin=builtin)
+    except RuleError as exc:
+        raise _print_rule_error(exc) from None
+    observations = _observations(events)
+    engine = _engine(rules, _load_settings(settings))
+    for rule_id, reason in engine.inactive.items():
+        err_console.print(f"[yellow]note:[/] rule {rule_id} is off: {reason}", highlight=False)
+    fired = 0
+    for at, obs in observations:
+        for alert in engine.observe(obs, now=at):
+            fired += 1
+            console.print(f"{at:>9g}  [bold]{alert.rule_id}[/] ({alert.severity.name.lower()}, "
+                          f"{alert.action})  {alert.message}", highlight=False, soft_wrap=True)
+    console.print(f"{len(observations)} observations, {fired} alerts", highlight=False)
+    if fired:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+# The passive sensor's commands live in their own module (capture, progress, summary).
+from pacsguard.cli.ids_read import live_command, read_command  # noqa: E402
+
+app.command("read")(read_command)
+app.command("live")(live_command)

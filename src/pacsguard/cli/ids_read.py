@@ -1,0 +1,334 @@
+"""`pacsguard ids read CAPTURE` and `pacsguard ids live --interface IF`: the passive sensor.
+
+Both run the IDS rules (built-in plus ``--rules-dir`` and ``ids.rules_dirs``) over DICOM traffic
+and record every alert and one ``ids.dicom.association`` record per association:
+
+* ``--store S``: into a pacsguard store (SQLite path or postgresql:// URL; created if missing);
+* ``--jsonl FILE``: appended as JSON lines (both may be given);
+* neither: printed, one line per event (``--format table``) or one JSON Event per line
+  (``--format json``).
+
+Then a summary: associations, alerts by rule, what was skipped and why, capture problems, and
+the reading speed.  With ``--format json`` the summary is one JSON object ``{"summary": ...}`` on
+the last line of standard output.  ``read`` shows a progress bar (bytes of the file) on a
+terminal.
+
+Exit codes (docs/cli.md): 0 no alert fired, 1 at least one alert fired, 2 usage, configuration,
+rule or capture error (one line on stderr, no traceback).
+
+The functions here are typer commands; ``pacsguard.cli.ids`` registers them.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_USAGE,
+    console,
+    err_console,
+    fail,
+    guarded,
+    ids_settings,
+    load,
+)
+from pacsguard.events import Event, EventBus, FanOut, Severity
+from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
+from pacsguard.ids.passive import PassiveStats, build_engine, live, read
+from pacsguard.ids.sensor import CaptureClock
+
+__all__ = ["Format", "live_command", "read_command"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+RULES_DIR_OPTION = typer.Option(
+    None, "--rules-dir", help="directory (or YAML file) of site rules, loaded after the built-in ones (repeat)")
+STORE_OPTION = typer.Option(
+    None, "--store", help="write events to this pacsguard store (SQLite path or postgresql:// URL); created if missing")
+JSONL_OPTION = typer.Option(None, "--jsonl", help="append events to this JSON-lines file")
+FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (events and summary)")
+NO_ASSOC_OPTION = typer.Option(False, "--alerts-only", help="record alerts only, not the association records")
+MAX_FLOWS_OPTION = typer.Option(DEFAULT_MAX_FLOWS, "--max-flows", min=1, help="TCP connections tracked at once")
+
+
+def _ids_errors(func: F) -> F:
+    """Rule and capture errors become red lines and exit 2 (guarded handles config/store/OS)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pacsguard.ids import RuleError
+
+        try:
+            return func(*args, **kwargs)
+        except CaptureError as exc:
+            raise fail(str(exc)) from None
+        except RuleError as exc:
+            problems = getattr(exc, "problems", None) or [exc]
+            for problem in problems:
+                err_console.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ setup shared by both commands
+
+
+def _settings(config: Path | None) -> Any:
+    """IdsSettings from the ``ids:`` section of pacsguard.yaml (``--config``, else
+    ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists); the defaults without one."""
+    return ids_settings(load(config, required=False))
+
+
+class _Printer:
+    """Prints events as they are published (no store, no JSON lines)."""
+
+    def __init__(self, fmt: Format) -> None:
+        self.fmt = fmt
+
+    def __call__(self, event: Event) -> None:
+        if self.fmt is Format.json:
+            sys.stdout.write(event.to_json() + "\n")
+            return
+        style = "bold red" if event.severity <= Severity.ERROR else "yellow" if event.severity <= Severity.WARNING else ""
+        when = event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        kind = event.kind.removeprefix("ids.")
+        line = f"{when}  {kind:<34} {escape(event.message)}"
+        console.print(f"[{style}]{line}[/]" if style else line, highlight=False, soft_wrap=True)
+
+
+def _output(stack: ExitStack, store: str | None, jsonl: Path | None, fmt: Format) -> Callable[[Event], None]:
+    """Where events go: the store and/or JSON lines through an EventBus, else the printer."""
+    sinks: list[Any] = []
+    if store is not None:
+        from pacsguard.store import EventStore
+
+        es = EventStore.open(store, create=True)
+        stack.callback(es.close)
+        sinks.append(es)
+    if jsonl is not None:
+        from pacsguard.sinks import JsonLinesSink
+
+        js = JsonLinesSink(jsonl)
+        stack.callback(js.close)
+        sinks.append(js)
+    if not sinks:
+        return _Printer(fmt)
+    failures: list[Exception] = []
+    bus = EventBus(FanOut(sinks[0], sinks[1:]), on_error=failures.append)
+
+    def close() -> None:
+        if not bus.flush(timeout=120):
+            err_console.print(f"[bold red]error:[/] {bus.pending} events could not be written"
+                              + (f": {failures[-1]}" if failures else ""), highlight=False)
+        bus.close(timeout=5)
+
+    stack.callback(close)
+    return bus.publish
+
+
+# ------------------------------------------------------------------ summary
+
+
+def _summary_dict(stats: PassiveStats, engine: Any) -> dict[str, Any]:
+    out = stats.to_dict()
+    titles = {r.id: r.title for r in getattr(engine, "rules", [])}
+    out["alerts"] = {
+        "total": stats.sensor.alerts,
+        "by_rule": [{"rule_id": k, "title": titles.get(k, ""), "count": v}
+                    for k, v in sorted(stats.sensor.alerts_by_rule.items(), key=lambda kv: (-kv[1], kv[0]))],
+    }
+    out["inactive_rules"] = dict(getattr(engine, "inactive", {}) or {})
+    return out
+
+
+def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(orjson.dumps({"summary": _summary_dict(stats, engine)}, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        sys.stdout.flush()
+        return
+    cap, sen = stats.capture, stats.sensor
+    titles = {r.id: r.title for r in getattr(engine, "rules", [])}
+
+    t = Table(title=f"pacsguard ids: {escape(stats.source)}", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    avg = cap.bytes / cap.packets if cap.packets else 0
+    t.add_row("capture", f"{stats.size / 1e6:,.1f} MB, {cap.packets:,} frames (average {avg:,.0f} bytes), "
+                         f"{cap.flows:,} TCP connections")
+    t.add_row("speed", f"{stats.seconds:,.2f} s: {stats.mb_per_s:,.1f} MB/s, {stats.gbit_per_s:.3f} Gbit/s")
+    results = ", ".join(f"{n:,} {r}" for r, n in sorted(sen.results.items(), key=lambda kv: -kv[1])) or "none"
+    t.add_row("associations", f"{sen.associations:,} ({results})"
+              + (f"; {sen.midstream_associations:,} joined mid-stream" if sen.midstream_associations else ""))
+    if sen.commands:
+        top = sorted(sen.commands.items(), key=lambda kv: -kv[1])
+        t.add_row("DIMSE commands", ", ".join(f"{n:,} {name}" for name, n in top[:8]) + (", ..." if len(top) > 8 else ""))
+    t.add_row("alerts", f"[bold red]{sen.alerts:,}[/]" if sen.alerts else "0")
+    console.print(t)
+
+    if sen.alerts_by_rule:
+        a = Table(title="alerts by rule", title_justify="left")
+        a.add_column("rule")
+        a.add_column("title")
+        a.add_column("count", justify="right")
+        for rule, n in sorted(sen.alerts_by_rule.items(), key=lambda kv: (-kv[1], kv[0])):
+            a.add_row(rule, escape(titles.get(rule, "")), f"{n:,}")
+        console.print(a)
+
+    rows: list[tuple[str, str, str]] = []
+    for reason, n in sorted(sen.skipped.items(), key=lambda kv: -kv[1]):
+        rows.append(("connection not decoded", reason, f"{n:,}"))
+    for code, n in sorted(sen.decode_errors.items(), key=lambda kv: -kv[1]):
+        rows.append(("decode error (decoding stopped)", code, f"{n:,}"))
+    for code, n in sorted(sen.violations.items(), key=lambda kv: -kv[1]):
+        rows.append(("protocol violation", code, f"{n:,}"))
+    if sen.gaps:
+        rows.append(("missing bytes in DICOM streams", f"{sen.gap_bytes:,} bytes; decoder resynchronised", f"{sen.gaps:,}"))
+    if sen.resync_skipped_bytes:
+        rows.append(("bytes skipped while resynchronising", "", f"{sen.resync_skipped_bytes:,}"))
+    for what, n in sorted(cap.non_tcp.items(), key=lambda kv: -kv[1]):
+        rows.append(("frame not TCP / not used", what, f"{n:,}"))
+    if cap.evicted:
+        rows.append(("connections evicted (max flows)", "", f"{cap.evicted:,}"))
+    for p in cap.problems[:20]:
+        rows.append(("capture file problem", f"{p.what}" + (f" (offset {p.offset})" if p.offset >= 0 else ""), "1"))
+    if cap.problem_count > len(cap.problems[:20]):
+        rows.append(("capture file problem", "more not shown", f"{cap.problem_count - len(cap.problems[:20]):,}"))
+    inactive = getattr(engine, "inactive", {}) or {}
+    if inactive:
+        rows.append(("rules not running", "; ".join(f"{k}: {v}" for k, v in sorted(inactive.items())), f"{len(inactive)}"))
+    if rows:
+        s = Table(title="skipped and problems", title_justify="left")
+        s.add_column("what")
+        s.add_column("reason", overflow="fold")
+        s.add_column("count", justify="right")
+        for row in rows:
+            s.add_row(*(escape(x) for x in row))
+        console.print(s)
+
+
+def _exit_code(stats: PassiveStats) -> int:
+    return EXIT_FINDINGS if stats.sensor.alerts else EXIT_OK
+
+
+# ------------------------------------------------------------------ commands
+
+
+@guarded
+@_ids_errors
+def read_command(
+    capture: Path = typer.Argument(..., help="pcap or pcapng capture file"),
+    rules_dir: list[Path] = RULES_DIR_OPTION,
+    store: str | None = STORE_OPTION,
+    jsonl: Path | None = JSONL_OPTION,
+    fmt: Format = FORMAT_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    alerts_only: bool = NO_ASSOC_OPTION,
+    max_flows: int = MAX_FLOWS_OPTION,
+) -> None:
+    """Run the IDS rules over a capture file; exit 1 if any alert fired."""
+    settings = _settings(config)
+    clock = CaptureClock()
+    engine = build_engine(rules_dir or [], settings, clock=clock)
+    with ExitStack() as stack:
+        publish = _output(stack, store, jsonl, fmt)
+        progress = Progress(
+            TextColumn("[bold]reading[/] {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+            disable=not err_console.is_terminal,
+        )
+        with progress:
+            task = progress.add_task(escape(capture.name), total=None)
+
+            def report(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            stats = read(capture, engine=engine, publish=publish, clock=clock, max_flows=max_flows,
+                         log_associations=not alerts_only, progress=report)
+    _print_summary(stats, engine, fmt)
+    raise typer.Exit(_exit_code(stats))
+
+
+@guarded
+@_ids_errors
+def live_command(
+    interface: str = typer.Option(..., "--interface", "-i", help="network interface to capture on (needs CAP_NET_RAW)"),
+    bpf: str | None = typer.Option(None, "--bpf", help="capture filter, pcap-filter(7) syntax, e.g. 'tcp port 104'"),
+    rules_dir: list[Path] = RULES_DIR_OPTION,
+    store: str | None = STORE_OPTION,
+    jsonl: Path | None = JSONL_OPTION,
+    fmt: Format = FORMAT_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    duration: float | None = typer.Option(None, "--duration", min=0.1, help="stop after this many seconds"),
+    promisc: bool = typer.Option(True, "--promisc/--no-promisc", help="put the interface in promiscuous mode"),
+    alerts_only: bool = NO_ASSOC_OPTION,
+    max_flows: int = MAX_FLOWS_OPTION,
+) -> None:
+    """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired."""
+    settings = _settings(config)
+    clock = CaptureClock()
+    engine = build_engine(rules_dir or [], settings, clock=clock)
+    stop = threading.Event()
+    timer: threading.Timer | None = None
+    previous: dict[int, Any] = {}
+    with ExitStack() as stack:
+        publish = _output(stack, store, jsonl, fmt)
+
+        def ready() -> None:
+            where = f"{interface}" + (f" (filter: {bpf})" if bpf else "")
+            err_console.print(f"capturing on {escape(where)}; Ctrl-C to stop", highlight=False)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+        try:
+            if duration is not None:
+                timer = threading.Timer(duration, stop.set)
+                timer.daemon = True
+                timer.start()
+            stats = live(interface, bpf, engine=engine, publish=publish, stop_event=stop, ready=ready, clock=clock,
+                         max_flows=max_flows, promisc=promisc, log_associations=not alerts_only)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    _print_summary(stats, engine, fmt)
+    raise typer.Exit(_exit_code(stats))

@@ -1,0 +1,286 @@
+"""Link, network and transport decoding of one captured frame, down to a TCP segment.
+
+This is the general path; the reader inlines a fast path for the common case (Ethernet II, IPv4
+without options, TCP) and calls :func:`decode_tcp` for everything else.  Nothing here allocates a
+per-packet object except the returned tuple and the flow key.
+
+Formats:
+
+* Link types (tcpdump.org "Link-layer header types", draft-ietf-opsawg-pcaplinktype):
+  NULL (0) and LOOP (108): 4-byte BSD address family, host byte order for NULL (either order is
+  accepted) and network order for LOOP, AF_INET = 2 and AF_INET6 = 24, 28 or 30;
+  EN10MB (1): Ethernet II, IEEE 802.1Q / 802.1ad VLAN tags (TPID 0x8100, 0x88a8, 0x9100) skipped;
+  RAW (101, and IPV4 228 / IPV6 229): the frame starts with the IP header;
+  LINUX_SLL (113): 16-byte cooked header, protocol type at offset 14;
+  LINUX_SLL2 (276): 20-byte cooked header, protocol type at offset 0.
+* IPv4 (RFC 791): header length from IHL, total length bounds the payload (Ethernet padding
+  ignored); fragments (MF set or a fragment offset) are counted and skipped, not reassembled.
+* IPv6 (RFC 8200): hop-by-hop (0), routing (43), destination options (60), mobility (135),
+  HIP (139) and shim6 (140) headers skipped by their length field, AH (RFC 4302, 51) too;
+  a fragment header (44) counts as a fragment and the packet is skipped.
+* TCP (RFC 9293 section 3.1): data offset, flags, sequence and acknowledgment numbers.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .reassembly import CaptureStats
+
+__all__ = [
+    "LINKTYPE_NULL",
+    "LINKTYPE_ETHERNET",
+    "LINKTYPE_RAW",
+    "LINKTYPE_LOOP",
+    "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_IPV4",
+    "LINKTYPE_IPV6",
+    "LINKTYPE_LINUX_SLL2",
+    "SUPPORTED_LINKTYPES",
+    "TCPSegment",
+    "decode_tcp",
+]
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+# Some old files carry the platform DLT_RAW values instead of LINKTYPE_RAW.
+_LINKTYPE_RAW_ALIASES = (12, 14)
+
+SUPPORTED_LINKTYPES = frozenset(
+    {
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW,
+        LINKTYPE_LOOP,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_LINUX_SLL2,
+        *_LINKTYPE_RAW_ALIASES,
+    }
+)
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+_ETHERTYPE_NAMES = {
+    0x0806: "arp",
+    0x8035: "rarp",
+    0x88CC: "lldp",
+    0x8863: "pppoe-discovery",
+    0x8864: "pppoe-session",
+    0x888E: "eapol",
+    0x88F7: "ptp",
+    0x8847: "mpls",
+    0x8848: "mpls",
+    0x0842: "wake-on-lan",
+    0x22F0: "avtp",
+    0x8809: "slow-protocols",
+}
+_IPPROTO_NAMES = {
+    1: "icmp",
+    2: "igmp",
+    17: "udp",
+    41: "ipv6-in-ip",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmpv6",
+    59: "no-next-header",
+    89: "ospf",
+    103: "pim",
+    112: "vrrp",
+    132: "sctp",
+}
+_IPV6_SKIPPABLE = frozenset({0, 43, 60, 135, 139, 140})
+_BSD_AF_INET6 = frozenset({24, 28, 30})
+
+_U16 = struct.Struct("!H").unpack_from
+_U32BE = struct.Struct("!I").unpack_from
+_U32LE = struct.Struct("<I").unpack_from
+_IPV4 = struct.Struct("!BxHxxHxB").unpack_from  # ver/ihl, total length, flags/fragment, protocol
+_IPV6 = struct.Struct("!4xHB").unpack_from  # payload length, next header
+_TCP = struct.Struct("!4xIIH").unpack_from  # seq, ack, data offset / flags
+
+# (key, ip_version, seq, ack, flags, payload_start, payload_end, missing)
+TCPSegment = tuple[bytes, int, int, int, int, int, int, int]
+
+
+def _proto_name(ver: int, proto: int) -> str:
+    return f"ipv{ver}-{_IPPROTO_NAMES.get(proto, f'proto-{proto}')}"
+
+
+def decode_tcp(
+    buf: bytes | mmap.mmap | memoryview, off: int, caplen: int, linktype: int, stats: CaptureStats
+) -> TCPSegment | None:
+    """Decode the frame ``buf[off:off+caplen]`` of link type ``linktype`` down to TCP.
+
+    Returns ``(key, ip_version, seq, ack, flags, payload_start, payload_end, missing)`` where the
+    payload is ``buf[payload_start:payload_end]`` (absolute offsets), ``key`` the directional
+    4-tuple bytes (see :mod:`.reassembly`) and ``missing`` the payload bytes the IP header declares
+    but the capture cut off.  For anything else it counts the frame in ``stats`` (``non_tcp`` by
+    protocol, or ``ip_fragments``) and returns ``None``.  ``buf`` slices must give ``bytes``
+    (``bytes``, ``mmap``), because the key is a slice.
+    """
+    end = off + caplen
+    count = stats.count_non_tcp
+    # ---- link layer -> (ethertype, network-layer offset)
+    if linktype == LINKTYPE_ETHERNET:
+        if caplen < 14:
+            count("truncated-link-header")
+            return None
+        et = _U16(buf, off + 12)[0]
+        p = off + 14
+        while et in _VLAN_TPIDS:
+            if p + 4 > end:
+                count("truncated-link-header")
+                return None
+            et = _U16(buf, p + 2)[0]
+            p += 4
+        if et < 0x0600:
+            count("802.3-llc")
+            return None
+    elif linktype == LINKTYPE_LINUX_SLL:
+        if caplen < 16:
+            count("truncated-link-header")
+            return None
+        et = _U16(buf, off + 14)[0]
+        p = off + 16
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        if caplen < 20:
+            count("truncated-link-header")
+            return None
+        et = _U16(buf, off)[0]
+        p = off + 20
+    elif (
+        linktype == LINKTYPE_RAW
+        or linktype == LINKTYPE_IPV4
+        or linktype == LINKTYPE_IPV6
+        or linktype in _LINKTYPE_RAW_ALIASES
+    ):
+        if caplen < 1:
+            count("truncated-link-header")
+            return None
+        v = buf[off] >> 4
+        et = ETH_P_IP if v == 4 else ETH_P_IPV6 if v == 6 else -v
+        p = off
+    elif linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
+        if caplen < 4:
+            count("truncated-link-header")
+            return None
+        if linktype == LINKTYPE_LOOP:
+            fam = _U32BE(buf, off)[0]
+        else:
+            fam = _U32LE(buf, off)[0]
+            if fam > 0xFFFF:  # written on a big-endian host
+                fam = _U32BE(buf, off)[0]
+        et = ETH_P_IP if fam == 2 else ETH_P_IPV6 if fam in _BSD_AF_INET6 else -1
+        p = off + 4
+        if et < 0:
+            count(f"null-family-{fam}")
+            return None
+    else:
+        count(f"linktype-{linktype}")
+        return None
+
+    # ---- network layer -> (tcp offset, ip end, missing, key)
+    if et == ETH_P_IP:
+        if p + 20 > end:
+            count("truncated-ipv4")
+            return None
+        vihl, totlen, frag, proto = _IPV4(buf, p)
+        ihl = (vihl & 0x0F) << 2
+        if vihl >> 4 != 4 or ihl < 20 or totlen < ihl:
+            count("malformed-ipv4")
+            return None
+        if frag & 0x3FFF:
+            stats.ip_fragments += 1
+            return None
+        if proto != 6:
+            count(_proto_name(4, proto))
+            return None
+        ip_end = p + totlen
+        tcp = p + ihl
+        ver = 4
+        if tcp + 4 > end:
+            count("truncated-tcp")
+            return None
+        if ihl == 20:
+            key = bytes(buf[p + 12 : p + 24])
+        else:
+            key = bytes(buf[p + 12 : p + 20]) + bytes(buf[tcp : tcp + 4])
+    elif et == ETH_P_IPV6:
+        if p + 40 > end:
+            count("truncated-ipv6")
+            return None
+        if buf[p] >> 4 != 6:
+            count("malformed-ipv6")
+            return None
+        plen, nh = _IPV6(buf, p)
+        ip_end = p + 40 + plen if plen else end  # 0: jumbogram (RFC 2675), take the frame
+        tcp = p + 40
+        limit = min(ip_end, end)
+        for _ in range(8):
+            if nh in _IPV6_SKIPPABLE:
+                if tcp + 2 > limit:
+                    count("truncated-ipv6")
+                    return None
+                nh2 = buf[tcp]
+                tcp += (buf[tcp + 1] + 1) << 3
+                nh = nh2
+            elif nh == 51:
+                if tcp + 2 > limit:
+                    count("truncated-ipv6")
+                    return None
+                nh2 = buf[tcp]
+                tcp += (buf[tcp + 1] + 2) << 2
+                nh = nh2
+            elif nh == 44:
+                stats.ip_fragments += 1
+                return None
+            else:
+                break
+        if nh != 6:
+            count(_proto_name(6, nh))
+            return None
+        ver = 6
+        if tcp + 4 > end:
+            count("truncated-tcp")
+            return None
+        if tcp == p + 40:
+            key = bytes(buf[p + 8 : p + 44])
+        else:
+            key = bytes(buf[p + 8 : p + 40]) + bytes(buf[tcp : tcp + 4])
+    elif et < 0:
+        count("malformed-ip-version")
+        return None
+    else:
+        count(_ETHERTYPE_NAMES.get(et, f"ethertype-0x{et:04x}"))
+        return None
+
+    # ---- transport layer
+    if tcp + 20 > end or tcp + 20 > ip_end:
+        count("truncated-tcp")
+        return None
+    seq, ack, offflags = _TCP(buf, tcp)
+    start = tcp + ((offflags >> 10) & 0x3C)
+    if start < tcp + 20 or start > ip_end:
+        count("malformed-tcp")
+        return None
+    if start > end:
+        count("truncated-tcp")
+        return None
+    missing = 0
+    if ip_end > end:
+        missing = ip_end - end
+        ip_end = end
+    return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing

@@ -1,0 +1,804 @@
+"""Capture files and interfaces to frames, and frames to the reassembler, without per-packet objects.
+
+File formats:
+
+* pcap (tcpdump.org "pcap savefile format"; draft-ietf-opsawg-pcap): 24-byte file header whose
+  magic 0xA1B2C3D4 (microsecond timestamps) or 0xA1B23C4D (nanosecond) tells the byte order by how
+  it reads; LinkType in the low 16 bits of the last header field (the upper bits carry FCS
+  information, ignored: IP lengths bound every payload); 16-byte record headers
+  (seconds, sub-second, captured length, original length).
+* pcapng (draft-ietf-opsawg-pcapng): Section Header Block (type 0x0A0D0D0A, byte-order magic
+  0x1A2B3C4D read in either order sets the section's byte order, major version 1); Interface
+  Description Block (type 1; link type, snap length, options ``if_tsresol`` (9) and
+  ``if_tsoffset`` (14)); Enhanced Packet Block (type 6), Simple Packet Block (type 3), the obsolete
+  Packet Block (type 2); every other block is skipped by its total length.  A new section resets
+  the interface list.
+
+Speed: the file is ``mmap``-ed and read with precompiled ``struct`` unpackers at fixed offsets.
+:func:`make_frame_handler` returns a closure that, for Ethernet + IPv4 (no options) + TCP, decodes
+Ethernet, IP and TCP in one ``unpack_from``, finds the direction's stream with one dict lookup of a
+12-byte slice of the packet, and hands an in-order payload to the consumer as a zero-copy
+``memoryview`` slice; every other frame goes through :func:`.decode.decode_tcp` and
+:meth:`.reassembly.TCPReassembler.segment`.  The scanning loops call that closure directly (no
+generator).  :func:`iter_frames` exists for other uses and is slower.
+
+Damage: a truncated file, a record or block length that cannot be right, an undefined interface,
+a bad option: each becomes a :class:`~.reassembly.CaptureProblem` (what, file offset) in the stats;
+the reader stops at damage it cannot step over (a record or block length it cannot trust) and skips
+what it can.  It raises :class:`CaptureError` only when the input is not a capture file at all (or
+cannot be opened); the message names the file and the magic seen.
+
+Live capture (:func:`live_loop`): a Linux ``AF_PACKET`` raw socket, not a libpcap binding.  The
+choice: no Debian package provides a libpcap binding for a virtualenv (``python3-pcapy`` installs
+into the system interpreter only), and PyPI's ``pcapy-ng`` (a manylinux wheel exists) would be a
+new compiled dependency for a loop this module already has.  What libpcap still does for us is
+compile the BPF filter: :func:`compile_bpf` calls ``pcap_compile`` of the system ``libpcap.so``
+through ``ctypes`` (Debian's ``libpcap0.8``, present wherever ``dumpcap``/``tshark`` are), falling
+back to ``tcpdump -ddd``; the program is attached with ``SO_ATTACH_FILTER`` before the socket is
+bound, so no unfiltered packet gets through.  Loopback's duplicate outgoing copies are dropped as
+libpcap does.  Kernel timestamps come from ``SO_TIMESTAMPNS``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import mmap
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from typing import Callable, Iterator, Protocol
+
+from .decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, decode_tcp
+from .reassembly import CaptureStats, TCPReassembler
+
+__all__ = [
+    "CaptureError",
+    "CaptureFile",
+    "FrameHandler",
+    "make_frame_handler",
+    "iter_frames",
+    "compile_bpf",
+    "live_loop",
+]
+
+
+class CaptureError(Exception):
+    """The input is not a capture file (or cannot be read at all)."""
+
+
+class FrameHandler(Protocol):
+    """``handler(buf, mv, off, caplen, ts_us)``: one frame at ``buf[off:off+caplen]``."""
+
+    def __call__(self, buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None: ...
+
+
+# Ethernet type, IPv4 version/IHL, total length, flags/fragment offset, protocol, then (for a
+# 20-byte IPv4 header) TCP sequence, acknowledgment, data offset/flags: one unpack for the
+# common frame.  Offsets: ethertype 12, IPv4 at 14, TCP at 34.
+_FAST = struct.Struct("!12xHBxHxxHxB10x4xIIH")
+_MIN_FAST = 54  # 14 + 20 + 20
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", False),
+    b"\xa1\xb2\xc3\xd4": (">", False),
+    b"\x4d\x3c\xb2\xa1": ("<", True),
+    b"\xa1\xb2\x3c\x4d": (">", True),
+}
+_PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_BOM_LE = b"\x4d\x3c\x2b\x1a"
+_BOM_BE = b"\x1a\x2b\x3c\x4d"
+_KNOWN_OTHER_MAGICS = {
+    b"\x1f\x8b": "gzip-compressed data (decompress it first)",
+    b"\x34\xcd\xb2\xa1": "a modified (Kuznetzov) pcap file, not supported",
+    b"\xa1\xb2\xcd\x34": "a modified (Kuznetzov) pcap file, not supported",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed data (decompress it first)",
+}
+_MAX_RECORD = 1 << 18  # 262144: libpcap's maximum snap length
+_MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than this
+_TICK_US = 1_000_000  # the reassembler's clock is advanced once per second of capture time
+
+
+def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
+    """A frame handler feeding ``reasm`` from frames of ``linktype`` (see the module docstring).
+
+    ``buf`` must slice to ``bytes`` (``bytes`` or ``mmap``); ``mv`` is a memoryview of the same
+    buffer (payload slices handed to the consumer come from it).
+    """
+    flows_get = reasm.flows.get
+    segment = reasm.segment
+    drain = reasm._drain
+    on_data = reasm.on_data
+    stats = reasm.stats
+
+    def generic(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
+        seg = decode_tcp(buf, off, caplen, linktype, stats)
+        if seg is None:
+            return
+        key, _ver, seq, ack, flags, start, end, missing = seg
+        half = flows_get(key)
+        if half is not None and seq == half.next_seq and not flags & 7 and not missing:
+            half.packets += 1
+            half.last_ts = ts
+            if end > start:
+                half.next_seq = (seq + end - start) & 0xFFFFFFFF
+                half.bytes += end - start
+                on_data(half.conn, half.from_client, mv[start:end], ts)
+                if half.ooo:
+                    drain(half, ts)
+            return
+        segment(half, key, seq, ack, flags, mv, start, end, missing, ts)
+
+    if linktype != LINKTYPE_ETHERNET:
+        return generic
+
+    unpack = _FAST.unpack_from
+
+    def ethernet(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
+        if caplen >= _MIN_FAST:
+            et, vihl, totlen, frag, proto, seq, ack, offflags = unpack(buf, off)
+            if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                ipo = off + 14
+                end = ipo + totlen
+                start = ipo + 20 + ((offflags >> 10) & 0x3C)
+                if start <= end <= off + caplen and offflags >= 0x5000:
+                    key = buf[ipo + 12 : ipo + 24]
+                    half = flows_get(key)
+                    if half is not None and seq == half.next_seq and not offflags & 7:
+                        half.packets += 1
+                        half.last_ts = ts
+                        if end > start:
+                            half.next_seq = (seq + end - start) & 0xFFFFFFFF
+                            half.bytes += end - start
+                            on_data(half.conn, half.from_client, mv[start:end], ts)
+                            if half.ooo:
+                                drain(half, ts)
+                        return
+                    segment(half, key, seq, ack, offflags & 0x3F, mv, start, end, 0, ts)
+                    return
+        generic(buf, mv, off, caplen, ts)
+
+    return ethernet
+
+
+def _noop_tick(ts: int) -> None:
+    pass
+
+
+def _source_name(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"<{type(source).__name__} of {len(source)} bytes>"  # type: ignore[arg-type]
+
+
+class CaptureFile:
+    """An opened pcap or pcapng capture, scanned by :meth:`run` in one or more calls.
+
+    ``source`` is a path or the capture's bytes.  Raises :class:`CaptureError` if it is not a
+    capture file.  Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, stats: CaptureStats | None = None
+    ) -> None:
+        self.name = _source_name(source)
+        self.stats = stats if stats is not None else CaptureStats()
+        self._mm: mmap.mmap | None = None
+        self.buf: bytes | mmap.mmap
+        if isinstance(source, (str, os.PathLike)):
+            self.buf = self._open(os.fspath(source))
+        else:
+            self.buf = bytes(source)
+        self.size = len(self.buf)
+        self.mv = memoryview(self.buf)
+        self.off = 0
+        self.done = False
+        self.format = ""
+        self.last_ts = 0
+        # pcap state
+        self.linktype = -1
+        self.nsec = False
+        self.snaplen = 0
+        # pcapng state
+        self.endian = "<"
+        # per interface: linktype, snaplen, timestamp mode, multiplier, divisor, offset (µs)
+        self.ifaces: list[tuple[int, int, int, int, int, int]] = []
+        try:
+            self._detect()
+        except BaseException:
+            self.close()
+            raise
+
+    # -------------------------------------------------------------- opening
+
+    def _open(self, path: str) -> bytes | mmap.mmap:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    data = f.read()  # a pipe or special file reports 0
+                    if not data:
+                        raise CaptureError(f"{path}: not a capture file (empty)")
+                    return data
+                try:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):
+                    return f.read()
+        except OSError as e:
+            raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
+        try:
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+        except (AttributeError, OSError):
+            pass
+        self._mm = mm
+        return mm
+
+    def close(self) -> None:
+        """Release the mapping.  If the consumer still holds payload views it stays until GC."""
+        mv = getattr(self, "mv", None)
+        if mv is not None:
+            try:
+                mv.release()
+            except BufferError:
+                pass
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
+            self._mm = None
+
+    def __enter__(self) -> CaptureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _problem(self, what: str, offset: int) -> None:
+        self.stats.add_problem(what, offset)
+
+    def _detect(self) -> None:
+        buf, size = self.buf, self.size
+        magic = bytes(buf[0:4])
+        if magic in _PCAP_MAGICS:
+            self.format = "pcap"
+            self.endian, self.nsec = _PCAP_MAGICS[magic]
+            if size < 24:
+                self._problem(f"truncated pcap file header ({size} of 24 bytes)", 0)
+                self.done = True
+                return
+            major, _minor, _zone, _sigfigs, snaplen, ltfield = struct.unpack_from(
+                self.endian + "HHiIII", buf, 4
+            )
+            if major != 2:
+                self._problem(f"pcap version {major}.{_minor} (expected 2.4); reading anyway", 4)
+            self.snaplen = snaplen
+            self.linktype = ltfield & 0xFFFF
+            self.off = 24
+            return
+        if magic == _PCAPNG_MAGIC:
+            self.format = "pcapng"
+            bom = bytes(buf[8:12])
+            if bom not in (_BOM_LE, _BOM_BE):
+                raise CaptureError(
+                    f"{self.name}: pcapng section header with an invalid byte-order magic "
+                    f"{bom.hex() or '(none)'} (magic {magic.hex()})"
+                )
+            return
+        for prefix, what in _KNOWN_OTHER_MAGICS.items():
+            if magic.startswith(prefix):
+                raise CaptureError(f"{self.name}: not a capture file: {what} (magic {magic.hex()})")
+        raise CaptureError(
+            f"{self.name}: not a pcap or pcapng capture file (magic {magic.hex() or '(empty)'})"
+        )
+
+    # -------------------------------------------------------------- scanning
+
+    def run(
+        self,
+        handler_for: Callable[[int], FrameHandler],
+        limit: int = -1,
+        tick: Callable[[int], None] | None = None,
+    ) -> int:
+        """Call ``handler_for(linktype)(buf, mv, off, caplen, ts_us)`` for up to ``limit`` frames
+        (``-1``: all), and ``tick(ts_us)`` once per second of capture time (and every 4096 frames).  Returns the frames handled; sets
+        :attr:`done` at the end of the file or at damage that ends the scan."""
+        if self.done or limit == 0:
+            return 0
+        scan = self._run_pcap if self.format == "pcap" else self._run_pcapng
+        tick = tick or _noop_tick
+        n = 0
+        if self.stats.first_ts_us is None:
+            # the first frame alone, to note its timestamp outside the loop
+            n = scan(handler_for, 1, tick)
+            if n:
+                self.stats.first_ts_us = self.last_ts
+                if limit > 0:
+                    limit -= 1
+                if self.done or limit == 0:
+                    return n
+        return n + scan(handler_for, limit, tick)
+
+    def _run_pcap(
+        self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
+    ) -> int:
+        buf, mv, size = self.buf, self.mv, self.size
+        handler = handler_for(self.linktype)
+        rec = struct.Struct(self.endian + "IIII").unpack_from
+        nsec = self.nsec
+        maxlen = min(max(self.snaplen, _MAX_RECORD), _MAX_RECORD_LIMIT)
+        off = self.off
+        ts = self.last_ts
+        npk = 0
+        nbytes = 0
+        stop = size - 16
+        tick_at = ts
+        try:
+            while off <= stop:
+                if npk == limit:
+                    break
+                sec, frac, incl, _orig = rec(buf, off)
+                nxt = off + 16 + incl
+                if nxt > size or incl > maxlen:
+                    if incl > maxlen:
+                        self._problem(
+                            f"pcap record claims {incl} captured bytes (more than {maxlen}); "
+                            "file damaged, reading stopped",
+                            off,
+                        )
+                    else:
+                        self._problem(
+                            f"truncated pcap record: {incl} bytes announced, {size - off - 16} present",
+                            off,
+                        )
+                    self.done = True
+                    break
+                ts = sec * 1000000 + (frac // 1000 if nsec else frac)
+                handler(buf, mv, off + 16, incl, ts)
+                off = nxt
+                npk += 1
+                nbytes += incl
+                if ts >= tick_at or not npk & 4095:
+                    tick(ts)
+                    tick_at = ts + _TICK_US
+            else:
+                if off < size:
+                    self._problem(f"truncated pcap record header ({size - off} of 16 bytes)", off)
+                self.done = True
+        finally:
+            self.off = off
+            self.last_ts = ts
+            self._account(npk, nbytes, ts)
+        return npk
+
+    def _account(self, npk: int, nbytes: int, ts: int) -> None:
+        st = self.stats
+        st.packets += npk
+        st.bytes += nbytes
+        if npk:
+            st.last_ts_us = ts
+
+    def _run_pcapng(
+        self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
+    ) -> int:
+        buf, mv, size = self.buf, self.mv, self.size
+        problem = self._problem
+        off = self.off
+        ts = self.last_ts
+        npk = 0
+        nbytes = 0
+        handlers: dict[int, FrameHandler] = {}
+        tick_at = ts
+        e = self.endian
+        hdr7 = struct.Struct(e + "7I").unpack_from
+        hdr2 = struct.Struct(e + "2I").unpack_from
+        ifaces = self.ifaces
+        ifhandlers = [handlers.setdefault(i[0], handler_for(i[0])) for i in ifaces]
+        try:
+            while True:
+                if off + 12 > size:
+                    if off < size:
+                        problem(f"truncated pcapng block header ({size - off} bytes left)", off)
+                    self.done = True
+                    break
+                if npk == limit:
+                    break
+                if off + 28 <= size:
+                    btype, blen, ifid, th, tl, cl, _ol = hdr7(buf, off)
+                else:
+                    btype, blen = hdr2(buf, off)
+                    ifid = th = tl = cl = 0
+                if btype == 6:  # Enhanced Packet Block
+                    if blen < 32 or blen & 3 or off + blen > size:
+                        self._bad_block_length(btype, blen, off)
+                        break
+                    if cl > blen - 32:
+                        problem(f"EPB captured length {cl} exceeds its block ({blen} bytes)", off)
+                        off += blen
+                        continue
+                    if ifid >= len(ifaces):
+                        problem(f"EPB for undefined interface {ifid}", off)
+                        off += blen
+                        continue
+                    _lt, _snap, mode, mul, div, tsoff = ifaces[ifid]
+                    if mode == 0:  # microseconds
+                        ts = (th << 32) | tl
+                    elif mode == 1:  # a whole multiple of microseconds per tick, e.g. ns
+                        ts = ((th << 32) | tl) // div
+                    else:
+                        ts = ((th << 32) | tl) * mul // div + tsoff
+                    ifhandlers[ifid](buf, mv, off + 28, cl, ts)
+                    off += blen
+                    npk += 1
+                    nbytes += cl
+                    if ts >= tick_at or not npk & 4095:
+                        tick(ts)
+                        tick_at = ts + _TICK_US
+                    continue
+                if btype == _PCAPNG_SHB:
+                    bom = bytes(buf[off + 8 : off + 12])
+                    if bom == _BOM_LE:
+                        e = "<"
+                    elif bom == _BOM_BE:
+                        e = ">"
+                    else:
+                        problem(f"section header with invalid byte-order magic {bom.hex()}", off)
+                        self.done = True
+                        break
+                    if off + 16 > size:
+                        problem("truncated section header block", off)
+                        self.done = True
+                        break
+                    blen, _bom, major, minor = struct.unpack_from(e + "IIHH", buf, off + 4)
+                    if blen < 28 or blen & 3 or off + blen > size:
+                        self._bad_block_length(btype, blen, off)
+                        break
+                    if major != 1:
+                        problem(f"pcapng section version {major}.{minor} not supported", off)
+                        self.done = True
+                        break
+                    self.endian = e
+                    hdr7 = struct.Struct(e + "7I").unpack_from
+                    hdr2 = struct.Struct(e + "2I").unpack_from
+                    ifaces = self.ifaces = []
+                    ifhandlers = []
+                    off += blen
+                    continue
+                if blen < 12 or blen & 3 or off + blen > size:
+                    self._bad_block_length(btype, blen, off)
+                    break
+                if struct.unpack_from(e + "I", buf, off + blen - 4)[0] != blen:
+                    problem(
+                        f"pcapng block type 0x{btype:08x}: trailing length differs from {blen}", off
+                    )
+                    self.done = True
+                    break
+                if btype == 1:  # Interface Description Block
+                    iface = self._parse_idb(off, blen, e)
+                    if iface is not None:
+                        ifaces.append(iface)
+                        ifhandlers.append(handlers.setdefault(iface[0], handler_for(iface[0])))
+                elif btype == 3:  # Simple Packet Block: no interface id, no timestamp
+                    if not ifaces:
+                        problem("simple packet block before any interface description", off)
+                    elif blen < 16:
+                        problem(f"simple packet block too short ({blen} bytes)", off)
+                    else:
+                        olen = struct.unpack_from(e + "I", buf, off + 8)[0]
+                        snap = ifaces[0][1]
+                        cl = min(olen, blen - 16, snap) if snap else min(olen, blen - 16)
+                        ifhandlers[0](buf, mv, off + 12, cl, ts)
+                        npk += 1
+                        nbytes += cl
+                elif btype == 2:  # obsolete Packet Block
+                    if blen < 32:
+                        problem(f"packet block too short ({blen} bytes)", off)
+                    else:
+                        ifid, _drops, th, tl, cl, _ol = struct.unpack_from(e + "HHIIII", buf, off + 8)
+                        if ifid >= len(ifaces):
+                            problem(f"packet block for undefined interface {ifid}", off)
+                        elif cl > blen - 32:
+                            problem(f"packet block captured length {cl} exceeds its block", off)
+                        else:
+                            _lt, _snap, mode, mul, div, tsoff = ifaces[ifid]
+                            ts = ((th << 32) | tl) * mul // div + tsoff
+                            ifhandlers[ifid](buf, mv, off + 28, cl, ts)
+                            npk += 1
+                            nbytes += cl
+                else:
+                    self.stats.skipped_blocks += 1
+                off += blen
+        finally:
+            self.off = off
+            self.last_ts = ts
+            self._account(npk, nbytes, ts)
+        return npk
+
+    def _bad_block_length(self, btype: int, blen: int, off: int) -> None:
+        if off + blen > self.size and blen >= 12 and not blen & 3 and blen <= _MAX_RECORD_LIMIT:
+            what = f"truncated pcapng block type 0x{btype:08x}: {blen} bytes announced, {self.size - off} present"
+        else:
+            what = f"pcapng block type 0x{btype:08x} with invalid length {blen}; file damaged, reading stopped"
+        self._problem(what, off)
+        self.done = True
+
+    def _parse_idb(self, off: int, blen: int, e: str) -> tuple[int, int, int, int, int, int] | None:
+        """Interface Description Block -> (linktype, snaplen, ts mode, ts mul, ts div, offset µs)."""
+        buf = self.buf
+        if blen < 20:
+            self._problem(f"interface description block too short ({blen} bytes)", off)
+            return None
+        linktype, _res, snaplen = struct.unpack_from(e + "HHI", buf, off + 8)
+        per_s = 1_000_000
+        tsoff_us = 0
+        q = off + 16
+        oend = off + blen - 4
+        while q + 4 <= oend:
+            code, olen = struct.unpack_from(e + "HH", buf, q)
+            if code == 0:
+                break
+            if q + 4 + olen > oend:
+                self._problem(f"interface option {code} runs past its block", q)
+                break
+            if code == 9 and olen >= 1:  # if_tsresol
+                v = buf[q + 4]
+                exp = v & 0x7F
+                if exp > 30 if v & 0x80 else exp > 18:
+                    self._problem(f"if_tsresol {v:#x} out of range; using microseconds", q)
+                else:
+                    per_s = (1 << exp) if v & 0x80 else 10**exp
+            elif code == 14 and olen >= 8:  # if_tsoffset, seconds
+                tsoff_us = struct.unpack_from(e + "q", buf, q + 4)[0] * 1_000_000
+            q += 4 + ((olen + 3) & ~3)
+        # ticks -> µs as ticks * mul // div + offset, with the fraction reduced
+        g = math.gcd(1_000_000, per_s)
+        mul, div = 1_000_000 // g, per_s // g
+        if mul == 1 and div == 1 and tsoff_us == 0:
+            mode = 0
+        elif mul == 1 and tsoff_us == 0:
+            mode = 1
+        else:
+            mode = 2
+        return linktype, snaplen, mode, mul, div, tsoff_us
+
+
+def iter_frames(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    stats: CaptureStats | None = None,
+) -> Iterator[tuple[int, int, memoryview]]:
+    """Yield ``(timestamp_us, linktype, frame)`` for every frame; ``frame`` is a memoryview into
+    the capture, valid until the iteration ends.  Slower than :func:`.read_capture`'s loop."""
+    with CaptureFile(source, stats) as cf:
+        batch: list[tuple[int, int, memoryview]] = []
+        handlers: dict[int, FrameHandler] = {}
+
+        def handler_for(lt: int) -> FrameHandler:
+            h = handlers.get(lt)
+            if h is None:
+                def h(buf: object, mv: memoryview, off: int, caplen: int, ts: int) -> None:
+                    batch.append((ts, lt, mv[off : off + caplen]))
+
+                handlers[lt] = h
+            return h
+
+        while not cf.done:
+            cf.run(handler_for, 4096)
+            yield from batch
+            batch.clear()
+
+
+def process_file(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, reasm: TCPReassembler
+) -> CaptureStats:
+    """Read a whole capture into ``reasm`` and finish it.  See :func:`pacsguard.ids.capture.read_capture`."""
+    handlers: dict[int, FrameHandler] = {}
+
+    def handler_for(lt: int) -> FrameHandler:
+        h = handlers.get(lt)
+        if h is None:
+            h = handlers[lt] = make_frame_handler(reasm, lt)
+        return h
+
+    with CaptureFile(source, reasm.stats) as cf:
+        cf.run(handler_for, -1, reasm.tick)
+        reasm.tick(cf.last_ts)
+        reasm.finish()
+    return reasm.stats
+
+
+# ====================================================================== live capture
+
+_ARPHRD_TO_LINKTYPE = {1: LINKTYPE_ETHERNET, 772: LINKTYPE_ETHERNET, 65534: LINKTYPE_RAW, 519: LINKTYPE_RAW}
+_SOL_PACKET = 263
+_PACKET_ADD_MEMBERSHIP = 1
+_PACKET_MR_PROMISC = 1
+_PACKET_STATISTICS = 6
+_PACKET_OUTGOING = 4
+_SO_ATTACH_FILTER = 26
+_SO_RCVBUFFORCE = 33
+_SO_TIMESTAMPNS = 35
+_ETH_P_ALL = 0x0003
+
+
+class _BpfInsn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_BpfInsn))]
+
+
+def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> list[tuple[int, int, int, int]] | None:
+    name = ctypes.util.find_library("pcap")
+    for candidate in (name, "libpcap.so.1", "libpcap.so.0.8"):
+        if not candidate:
+            continue
+        try:
+            lib = ctypes.CDLL(candidate)
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.pcap_compile.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+    ]
+    lib.pcap_geterr.restype = ctypes.c_char_p
+    lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+    lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
+    lib.pcap_close.argtypes = [ctypes.c_void_p]
+    handle = lib.pcap_open_dead(linktype, snaplen)
+    if not handle:
+        return None
+    prog = _BpfProgram()
+    try:
+        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
+            err = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+            raise CaptureError(f"BPF filter {expr!r}: {err}")
+        out = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
+        lib.pcap_freecode(ctypes.byref(prog))
+        return out
+    finally:
+        lib.pcap_close(handle)
+
+
+def compile_bpf(expr: str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = _MAX_RECORD) -> list[tuple[int, int, int, int]]:
+    """Compile a pcap-filter(7) expression to classic BPF ``(code, jt, jf, k)`` instructions.
+
+    Uses libpcap's ``pcap_compile`` through ctypes; falls back to ``tcpdump -ddd`` (Ethernet only).
+    Raises :class:`CaptureError` if the expression is invalid or no compiler is available.
+    """
+    prog = _compile_with_libpcap(expr, linktype, snaplen)
+    if prog is not None:
+        return prog
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None or linktype != LINKTYPE_ETHERNET:
+        raise CaptureError("no BPF compiler: neither libpcap (libpcap0.8) nor tcpdump is installed")
+    r = subprocess.run([tcpdump, "-ddd", expr], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise CaptureError(f"BPF filter {expr!r}: {r.stderr.strip()}")
+    lines = r.stdout.split("\n")
+    n = int(lines[0])
+    return [tuple(int(x) for x in line.split()) for line in lines[1 : n + 1]]  # type: ignore[misc]
+
+
+def _attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    arr = (_BpfInsn * len(prog))(*[_BpfInsn(*i) for i in prog])
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; } with native padding
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(arr))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+def _interface_linktype(interface: str) -> tuple[int, int]:
+    try:
+        with open(f"/sys/class/net/{interface}/type") as f:
+            arphrd = int(f.read().strip())
+    except (OSError, ValueError) as e:
+        raise CaptureError(f"interface {interface!r}: not found ({e})") from e
+    lt = _ARPHRD_TO_LINKTYPE.get(arphrd)
+    if lt is None:
+        raise CaptureError(f"interface {interface!r}: hardware type {arphrd} not supported")
+    return arphrd, lt
+
+
+class _StopEvent(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def live_loop(
+    interface: str,
+    reasm: TCPReassembler,
+    bpf: str | None,
+    stop_event: _StopEvent,
+    *,
+    promisc: bool = True,
+    snaplen: int = _MAX_RECORD,
+    rcvbuf: int = 64 << 20,
+    poll_s: float = 0.2,
+    ready: Callable[[], None] | None = None,
+) -> CaptureStats:
+    """Capture from ``interface`` into ``reasm`` until ``stop_event.is_set()``; Linux only.
+
+    ``ready`` is called once the socket is bound with its filter attached: from then on every
+    packet matching the filter is captured."""
+    if not hasattr(socket, "AF_PACKET"):
+        raise CaptureError("live capture needs Linux AF_PACKET sockets")
+    arphrd, linktype = _interface_linktype(interface)
+    stats = reasm.stats
+    prog = compile_bpf(bpf, linktype, snaplen) if bpf else None
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing yet
+    except PermissionError as e:
+        raise CaptureError(f"interface {interface!r}: raw sockets need CAP_NET_RAW ({e})") from e
+    try:
+        if prog is not None:
+            _attach_filter(sock, prog)
+        for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+                break
+            except OSError:
+                continue
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.bind((interface, _ETH_P_ALL))
+        if promisc and arphrd == 1:
+            ifindex = socket.if_nametoindex(interface)
+            mreq = struct.pack("iHH8s", ifindex, _PACKET_MR_PROMISC, 0, b"")
+            sock.setsockopt(_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, mreq)
+        sock.settimeout(poll_s)
+        handler = make_frame_handler(reasm, linktype)
+        loopback = arphrd == 772
+        buf = bytearray(snaplen)
+        view = memoryview(buf)
+        recvmsg_into = sock.recvmsg_into
+        ancsize = socket.CMSG_SPACE(16)
+        trunc = socket.MSG_TRUNC
+        ts = time.time_ns() // 1000
+        reasm.tick(ts)
+        npk = nbytes = 0
+        if ready is not None:
+            ready()
+        while not stop_event.is_set():
+            try:
+                n, anc, _flags, addr = recvmsg_into([view], ancsize, trunc)
+            except (socket.timeout, InterruptedError):
+                reasm.tick(time.time_ns() // 1000)
+                continue
+            if loopback and addr[2] == _PACKET_OUTGOING:
+                continue
+            ts = 0
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == _SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, nsec = struct.unpack_from("qq", data)
+                    ts = sec * 1000000 + nsec // 1000
+            if not ts:
+                ts = time.time_ns() // 1000
+            caplen = n if n <= snaplen else snaplen
+            frame = bytes(view[:caplen])
+            handler(frame, memoryview(frame), 0, caplen, ts)
+            npk += 1
+            nbytes += caplen
+            if not npk & 255:
+                reasm.tick(ts)
+        try:
+            raw = sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
+            _seen, drops = struct.unpack("II", raw)
+            if drops:
+                stats.add_problem(f"kernel dropped {drops} packets (socket buffer full)", -1)
+        except OSError:
+            pass
+        stats.packets += npk
+        stats.bytes += nbytes
+        stats.last_ts_us = ts or stats.last_ts_us
+        reasm.tick(time.time_ns() // 1000)
+        reasm.finish()
+        return stats
+    finally:
+        sock.close()

@@ -1,0 +1,229 @@
+"""Run the passive sensor over a capture file or a live interface.
+
+:func:`read` and :func:`live` wire :class:`~pacsguard.ids.sensor.PassiveSensor` to the capture
+layer (:mod:`pacsguard.ids.capture`) and return a :class:`PassiveStats`.  The caller brings the
+rule engine and ``publish`` (usually ``EventBus.publish``); :func:`build_engine` makes an engine
+with the built-in rules plus rule directories, on capture time.
+
+Capture time: the sensor hands every event to the engine with ``now`` = the capture timestamp
+(seconds) of the segment that completed it, and the engine built by :func:`build_engine` uses the
+same :class:`~pacsguard.ids.sensor.CaptureClock` as its clock, so thresholds such as "10
+rejected associations in 60 s" are evaluated on the traffic's own time, however fast the file is
+read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pacsguard.events import Event
+from pacsguard.ids.capture import (
+    DEFAULT_MAX_FLOWS,
+    CaptureFile,
+    CaptureStats,
+    TCPReassembler,
+    live_capture,
+)
+from pacsguard.ids.capture.reader import FrameHandler, make_frame_handler
+from pacsguard.ids.sensor import CaptureClock, PassiveSensor, SensorStats
+
+if TYPE_CHECKING:
+    from pacsguard.ids import Engine, IdsSettings
+
+__all__ = ["PassiveStats", "build_engine", "live", "read"]
+
+#: Frames read between two progress reports.
+PROGRESS_FRAMES = 32768
+
+
+@dataclass
+class PassiveStats:
+    """One run of the sensor: what the capture layer and the sensor counted, and how fast."""
+
+    source: str  # capture file or interface
+    capture: CaptureStats
+    sensor: SensorStats
+    seconds: float  # wall time of the run
+    size: int  # capture file size in bytes (live: frame bytes captured)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    @property
+    def gbit_per_s(self) -> float:
+        return self.size * 8 / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    @property
+    def alerts(self) -> int:
+        return self.sensor.alerts
+
+    def to_dict(self) -> dict[str, Any]:
+        cap = self.capture
+        return {
+            "source": self.source,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.size,
+            "mb_per_s": round(self.mb_per_s, 1),
+            "gbit_per_s": round(self.gbit_per_s, 3),
+            "capture": {
+                "packets": cap.packets,
+                "frame_bytes": cap.bytes,
+                "tcp_connections": cap.flows,
+                "non_tcp": dict(cap.non_tcp),
+                "gaps": cap.gaps,
+                "gap_bytes": cap.gap_bytes,
+                "retransmissions": cap.retransmissions,
+                "out_of_order": cap.out_of_order,
+                "evicted": cap.evicted,
+                "timed_out": cap.timed_out,
+                "close_reasons": dict(cap.close_reasons),
+                "problem_count": cap.problem_count,
+                "problems": [{"what": p.what, "offset": p.offset} for p in cap.problems],
+                "first_ts_us": cap.first_ts_us,
+                "last_ts_us": cap.last_ts_us,
+            },
+            "sensor": self.sensor.to_dict(),
+        }
+
+
+def _settings_of(engine: Any) -> Any:
+    return getattr(engine, "settings", None)
+
+
+def _ports(engine: Any, dicom_ports: Iterable[int] | None) -> frozenset[int]:
+    if dicom_ports is not None:
+        return frozenset(int(p) for p in dicom_ports)
+    return frozenset(int(p) for p in (getattr(_settings_of(engine), "dicom_ports", None) or ()))
+
+
+def read(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    engine: Engine,
+    publish: Callable[[Event], None],
+    dicom_ports: Iterable[int] | None = None,
+    clock: CaptureClock | None = None,
+    max_flows: int = DEFAULT_MAX_FLOWS,
+    idle_timeout_s: float = 300.0,
+    max_buffer_per_flow: int = 1 << 20,
+    max_buffer_total: int = 64 << 20,
+    log_associations: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    sensor_name: str = "passive",
+) -> PassiveStats:
+    """Run the rules over the pcap/pcapng file ``path`` (or a capture's bytes); every Event goes
+    to ``publish``.
+
+    ``dicom_ports`` defaults to ``engine.settings.dicom_ports``; it also tells the capture layer
+    which side is the server of a connection whose handshake is not in the file.
+    ``max_flows``, ``idle_timeout_s``, ``max_buffer_per_flow`` and ``max_buffer_total`` are the
+    capture layer's bounds (:func:`~pacsguard.ids.capture.read_capture`); a hole in a stream is
+    reported (and the sensor resynchronises) once that much data waits behind it, or at close.
+    ``progress(done_bytes, total_bytes)`` is called every :data:`PROGRESS_FRAMES` frames and at
+    the end.  Raises :class:`~pacsguard.ids.capture.CaptureError` if ``path`` is not a capture.
+    """
+    ports = _ports(engine, dicom_ports)
+    sensor = PassiveSensor(
+        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations
+    )
+    reasm = TCPReassembler(
+        sensor,
+        max_flows=max_flows,
+        idle_timeout_s=idle_timeout_s,
+        max_buffer_per_flow=max_buffer_per_flow,
+        max_buffer_total=max_buffer_total,
+        server_ports=ports,
+    )
+    handlers: dict[int, FrameHandler] = {}
+
+    def handler_for(linktype: int) -> FrameHandler:
+        h = handlers.get(linktype)
+        if h is None:
+            h = handlers[linktype] = make_frame_handler(reasm, linktype)
+        return h
+
+    t0 = time.perf_counter()
+    with CaptureFile(path, reasm.stats) as cf:
+        name, size = cf.name, cf.size
+        step = PROGRESS_FRAMES if progress is not None else -1
+        while not cf.done:
+            n = cf.run(handler_for, step, reasm.tick)
+            if progress is not None:
+                progress(min(cf.off, size), size)
+            if n == 0 and not cf.done:
+                break  # nothing consumed: never spin
+        reasm.tick(cf.last_ts)
+        reasm.finish()
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(size, size)
+    return PassiveStats(name, reasm.stats, sensor.stats, seconds, size)
+
+
+def live(
+    interface: str,
+    bpf: str | None = None,
+    *,
+    engine: Engine,
+    publish: Callable[[Event], None],
+    stop_event: Any,
+    ready: Callable[[], None] | None = None,
+    dicom_ports: Iterable[int] | None = None,
+    clock: CaptureClock | None = None,
+    max_flows: int = DEFAULT_MAX_FLOWS,
+    idle_timeout_s: float = 300.0,
+    promisc: bool = True,
+    log_associations: bool = True,
+    sensor_name: str = "passive",
+) -> PassiveStats:
+    """Run the rules over ``interface`` (Linux, CAP_NET_RAW) until ``stop_event.is_set()``.
+
+    ``bpf`` is a pcap-filter(7) expression applied in the kernel (e.g. ``"tcp"``).  Raises
+    :class:`~pacsguard.ids.capture.CaptureError` for an unknown interface, a bad filter or
+    missing privileges.  Connections still open at the stop are closed and logged.
+    """
+    ports = _ports(engine, dicom_ports)
+    sensor = PassiveSensor(
+        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations
+    )
+    t0 = time.perf_counter()
+    stats = live_capture(
+        interface,
+        sensor,
+        bpf,
+        stop_event,
+        max_flows=max_flows,
+        idle_timeout_s=idle_timeout_s,
+        server_ports=ports,
+        promisc=promisc,
+        ready=ready,
+    )
+    return PassiveStats(interface, stats, sensor.stats, time.perf_counter() - t0, stats.bytes)
+
+
+def build_engine(
+    rules_dirs: Iterable[str | os.PathLike[str]] = (),
+    settings: IdsSettings | None = None,
+    *,
+    builtin: bool = True,
+    clock: CaptureClock | None = None,
+) -> Engine:
+    """An engine with the built-in rules (unless ``builtin`` or ``settings.builtin_rules`` is
+    False) plus the rule files of ``settings.rules_dirs`` and ``rules_dirs``, whose clock is
+    ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule."""
+    from pacsguard.ids import Engine, IdsSettings, load_rules
+
+    if settings is None:
+        settings = IdsSettings()
+    dirs = [Path(d) for d in getattr(settings, "rules_dirs", [])] + [Path(d) for d in rules_dirs]
+    rules = load_rules(dirs, builtin=builtin and getattr(settings, "builtin_rules", True))
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return Engine(rules, settings, **kwargs)

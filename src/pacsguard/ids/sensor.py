@@ -1,0 +1,1001 @@
+"""The passive sensor: reassembled TCP streams in, DICOM protocol events to the rule engine,
+alerts and one association record per association out.
+
+:class:`PassiveSensor` is a :class:`~pacsguard.ids.capture.StreamConsumer`: the capture layer
+(:func:`~pacsguard.ids.capture.read_capture`, :func:`~pacsguard.ids.capture.live_capture`) calls
+``on_open``/``on_data``/``on_gap``/``on_close`` per TCP connection.  For each connection it
+
+1. decides whether the connection carries DICOM, on any port (below);
+2. feeds each direction into the connection's one
+   :class:`~pacsguard.dicom.AssociationDecoder` (the decoder the gateway uses too: DESIGN.md,
+   "no second parser of the same bytes") - through its per-direction ``reader().feed`` and
+   ``on_pdu``, which is what ``AssociationDecoder.feed`` does, one call layer shorter per
+   segment;
+3. hands every protocol event to :meth:`Engine.observe_dicom` with the connection's
+   :class:`Flow` and the *capture* time of the segment that completed it (``now``, seconds since
+   the epoch), so rule windows (brute force, floods) run on capture time, not on reading time;
+4. publishes the :class:`~pacsguard.events.Event` of every alert the engine returns (its
+   ``time`` set to the capture time at which the rule fired), and at the end of the connection
+   one association record, an Event of kind ``ids.dicom.association``
+   (Zeek's dicom.log in spirit; fields in :func:`association_record`).
+
+Which connections are DICOM
+---------------------------
+* The client's first bytes pass :func:`~pacsguard.dicom.looks_like_associate_rq` (the first 42
+  bytes: A-ASSOCIATE-RQ header and both AE titles): DICOM, whatever the port.  A server port
+  that is not in ``dicom_ports`` is left to the engine's "DICOM on unexpected port" rule.
+* The server port is in ``dicom_ports`` (``IdsSettings.dicom_ports``):
+    - the TCP handshake was not captured (``Connection.midstream``): decoded mid-stream with
+      ``AssociationDecoder(resync=True, midstream=True)``; the record says ``midstream: true``;
+    - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
+      counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
+    - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
+      never does, PS3.8 9.2): :meth:`Engine.observe_non_dicom` with the first bytes, and the
+      connection is not decoded further.
+* The server's bytes come first and are an acceptor's PDU (A-ASSOCIATE-AC/RJ, A-ABORT,
+  P-DATA-TF: :func:`looks_like_acceptor_pdu`), on any port: the client's first segment was lost
+  from the capture, so the connection is decoded mid-stream.
+* Neither, but the handshake was missed: mid-stream DICOM on an unlisted port is recognised
+  when one of the first data segments (either direction) starts with a plausible P-DATA-TF
+  header (type 04H, reserved 0, a PDV whose length fits, odd context ID, only the two low
+  control bits used: PS3.8 9.3.5, 9.3.5.1); otherwise it is skipped.
+* Everything else is not DICOM and costs one dict lookup per segment afterwards.
+
+Gaps
+----
+The capture layer reports bytes it never saw through ``on_gap``.  The sensor's choice: the
+connection's decoder is replaced by a **fresh** ``AssociationDecoder(resync=True,
+midstream=True)`` that inherits what the old one had learnt and that the public API exposes
+(A-ASSOCIATE-RQ/AC, accepted presentation contexts, negotiated maximum lengths, the
+association state).  Why a fresh decoder and not "keep feeding with resync": the old decoder
+holds a partial PDU and possibly a half-assembled DIMSE message for the direction with the gap;
+joining bytes across the hole would produce a corrupt PDU and bogus protocol violations (false
+"malformed PDU" alerts caused by capture loss, not by the peer).  The fresh decoder's readers skip
+to the next plausible PDU header, and its message assemblies ignore data-set fragments until
+the next command starts (midstream mode), so a message cut by the hole is dropped silently.
+Cost: a partial PDU pending in the *other* direction at that moment is dropped as well (its
+remainder is skipped by resynchronisation).  The capture layer delivers the data behind a hole
+only when it gives up on the hole (buffer full, or the connection ends), so after a gap - and
+after a mid-stream start - the two directions may also reach the decoder out of order: protocol
+violations about ordering (:data:`LOSS_SENSITIVE_VIOLATIONS`) on such a connection are kept in
+the record (``violations_after_loss``) and not handed to the engine.  Because the hole is
+reported only after the misordered PDUs were decoded, an ordering violation on a clean connection
+is held back until the connection closes or :data:`HOLD_US` of capture time pass; a gap in the
+meantime makes it an artefact of loss, otherwise it goes to the engine with its original time.
+The association record counts the gaps and bytes missing per direction and the bytes skipped
+while resynchronising.
+
+Decode errors
+-------------
+A :class:`~pacsguard.dicom.DecodeError` (malformed bytes) first dispatches the events decoded
+before it (``err.partial``), then goes to :meth:`Engine.observe_decode_error`; that connection
+is not decoded any further (counted in :attr:`SensorStats.decode_errors` by error code, noted in
+the association record).
+
+Memory
+------
+Per open connection: one small :class:`_ConnState` with bounded collections (at most
+``MAX_IDS`` patient IDs and study UIDs, ``MAX_KEYS`` command names and statuses, 128
+presentation contexts, ``MAX_HELD`` held violations), the undecided-connection buffer (at most
+``MAX_PENDING`` bytes) and the decoder's partial PDUs.  Connections are bounded by the capture
+layer's ``max_flows``; partial PDUs are bounded per direction by ``max_pdu_length`` and, over all
+connections, by ``max_buffer_total`` (checked after every decoded PDU and every 32 segments): the
+connection whose partial PDU crosses that budget stops being decoded (``"sensor buffer budget
+exceeded"`` in the skipped reasons and in its record).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from pacsguard.dicom import (
+    Aborted,
+    AssociationAccepted,
+    AssociationDecoder,
+    AssociationRejected,
+    AssociationRequested,
+    DecodeError,
+    DimseCommand,
+    DimseDatasetEnd,
+    DimseDatasetStart,
+    ProtocolViolation,
+    ReleaseCompleted,
+    ReleaseRequested,
+    looks_like_associate_rq,
+)
+from pacsguard.dicom.association import AssociationState
+from pacsguard.dicom.dimse import C_STORE_RQ
+from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
+from pacsguard.events import Event, Outcome, Party, Severity
+from pacsguard.events.model import time_from_us
+from pacsguard.ids.capture import Connection
+from pacsguard.ids.observation import Flow
+
+if TYPE_CHECKING:  # the engine is only needed for its API, not at import time
+    from pacsguard.ids import Engine
+
+__all__ = [
+    "ASSOCIATION_KIND",
+    "CaptureClock",
+    "PassiveSensor",
+    "SensorStats",
+    "association_record",
+    "looks_like_acceptor_pdu",
+    "plausible_pdata_header",
+]
+
+#: Event kind of the association record.
+ASSOCIATION_KIND = "ids.dicom.association"
+COMPONENT = "ids"
+
+#: Bound on the patient IDs and study UIDs kept per association record.
+MAX_IDS = 100
+#: Bound on distinct command names, statuses, move destinations, violation codes, rule ids.
+MAX_KEYS = 64
+#: Bound on bytes buffered for a connection whose protocol is not decided yet.
+MAX_PENDING = 64 * 1024
+#: Client bytes needed to recognise an A-ASSOCIATE-RQ (header and both AE titles).
+HEAD_BYTES = 42
+#: How many data segments of a mid-stream connection on an unlisted port are looked at.
+MIDSTREAM_PROBE_SEGMENTS = 16
+#: First bytes handed to ``observe_non_dicom`` and kept in the stats.
+NON_DICOM_SAMPLE = 256
+#: Protocol violations about the *order* of PDUs and messages.  After a gap or a mid-stream start
+#: the decoder sees an incomplete view, and the capture layer delivers what follows a hole late
+#: (once it gives up on the hole), so these would be artefacts of capture loss: they are kept in
+#: the association record (``violations_after_loss``) and not handed to the engine.
+LOSS_SENSITIVE_VIOLATIONS = frozenset(
+    {
+        "unexpected-pdu",
+        "data-before-association",
+        "data-after-release",
+        "data-after-close",
+        "dataset-without-command",
+        "command-while-dataset-expected",
+        "context-changed-mid-message",
+    }
+)
+#: How long (capture time, µs) an ordering violation on a clean connection is held back in case
+#: a hole in the other direction shows up (then it is an artefact), at most MAX_HELD of them.
+HOLD_US = 10_000_000
+MAX_HELD = 16
+#: Default budget for partial PDUs buffered by all decoders together.
+DEFAULT_MAX_BUFFER_TOTAL = 256 << 20
+
+# connection modes
+_UNDECIDED = 0
+_DICOM = 1
+_NON_DICOM = 2  # told the engine; nothing more to do
+_STOPPED = 3  # was DICOM; decoding stopped (decode error, buffer budget)
+_IGNORED = 4  # not DICOM, not on a DICOM port
+
+_ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
+_REJECT_SOURCES = {1: "service-user", 2: "service-provider-acse", 3: "service-provider-presentation"}
+
+
+class CaptureClock:
+    """Capture time in seconds, advanced by the sensor; pass it as the engine's ``clock`` so that
+    anything the engine times without an explicit ``now`` also runs on capture time.  Before the
+    first packet it reads the wall clock."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now: float | None = None
+
+    def __call__(self) -> float:
+        return self.now if self.now is not None else time.time()
+
+
+@dataclass
+class SensorStats:
+    """What the sensor did with the connections the capture layer gave it."""
+
+    connections: int = 0
+    dicom_connections: int = 0
+    associations: int = 0  # association records published
+    midstream_associations: int = 0
+    results: dict[str, int] = field(default_factory=dict)  # association result -> count
+    commands: dict[str, int] = field(default_factory=dict)  # DIMSE command name -> count
+    dicom_bytes: int = 0  # TCP payload of DICOM connections (both directions), counted at close
+    non_dicom_on_dicom_port: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # connections not decoded, by reason
+    decode_errors: dict[str, int] = field(default_factory=dict)  # by DecodeError code
+    violations: dict[str, int] = field(default_factory=dict)  # ProtocolViolation code -> count
+    gaps: int = 0  # gaps inside DICOM connections
+    gap_bytes: int = 0
+    resync_skipped_bytes: int = 0
+    alerts: int = 0
+    alerts_by_rule: dict[str, int] = field(default_factory=dict)
+    events_published: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+def _bump(d: dict[str, int], key: str, n: int = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def _bump_bounded(d: dict[str, int], key: str, n: int = 1) -> None:
+    if key in d:
+        d[key] += n
+    elif len(d) < MAX_KEYS:
+        d[key] = n
+    else:
+        d["(other)"] = d.get("(other)", 0) + n
+
+
+def plausible_pdata_header(data: bytes | bytearray | memoryview, max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH) -> bool:
+    """Does ``data`` start with a P-DATA-TF PDU header followed by a plausible first PDV
+    (PS3.8 9.3.5 / 9.3.5.1)?  Used only to recognise mid-stream DICOM on an unlisted port."""
+    if len(data) < 12 or data[0] != 0x04 or data[1] != 0:
+        return False
+    length = int.from_bytes(data[2:6], "big")
+    pdv = int.from_bytes(data[6:10], "big")
+    return 6 <= length <= max_pdu_length and 2 <= pdv <= length - 4 and data[10] & 1 == 1 and data[11] & 0xFC == 0
+
+
+def looks_like_acceptor_pdu(data: bytes | bytearray | memoryview, max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH) -> bool:
+    """Does ``data`` start with a PDU an association acceptor sends: A-ASSOCIATE-AC (the RQ
+    test, PS3.8 9.3.3 has the same layout), -RJ (9.3.4), A-ABORT (9.3.8) or a plausible
+    P-DATA-TF?  Used when a server's bytes come first, to tell DICOM whose request was not
+    captured from a server that speaks first (which a DICOM acceptor never does)."""
+    if len(data) < 10 or data[1] != 0:
+        return False
+    t = data[0]
+    if t == 0x02:
+        return looks_like_associate_rq(b"\x01" + bytes(data[1:HEAD_BYTES]))
+    fixed = int.from_bytes(data[2:6], "big") == 4
+    if t == 0x03:
+        return fixed and data[7] in (1, 2) and data[8] in (1, 2, 3)
+    if t == 0x07:
+        return fixed and data[8] in (0, 2) and data[9] <= 6
+    return plausible_pdata_header(data, max_pdu_length)
+
+
+def _looks_like_tls(head: bytes | bytearray) -> bool:
+    # TLS record header: handshake (22) or alert (21), legacy version 3.x (RFC 8446 5.1)
+    return len(head) >= 3 and head[0] in (0x15, 0x16) and head[1] == 3 and head[2] <= 4
+
+
+class _ConnState:
+    """The sensor's state for one TCP connection (``Connection.state``)."""
+
+    __slots__ = (
+        "conn",
+        "flow",
+        "mode",
+        "decoder",
+        "dicom_port",
+        "head",
+        "pending",
+        "pending_bytes",
+        "client_seen",
+        "server_seen",
+        "probe_segments",
+        "midstream",
+        "readers",
+        "buffered",
+        "nseg",
+        "stopped",
+        "told_engine",
+        # association record
+        "calling_ae",
+        "called_ae",
+        "rq_ts",
+        "requested_contexts",
+        "accepted",
+        "impl_requestor",
+        "impl_acceptor",
+        "result",
+        "reject",
+        "abort",
+        "release_requested",
+        "commands",
+        "statuses",
+        "datasets",
+        "dataset_bytes",
+        "patient_ids",
+        "study_uids",
+        "ids_dropped",
+        "move_destinations",
+        "violations",
+        "violations_after_loss",
+        "held",
+        "decode_error",
+        "gaps",
+        "gap_bytes",
+        "resync_skipped",
+        "restarts",
+        "alerts",
+        "sop_instances",
+    )
+
+    def __init__(self, conn: Connection, flow: Any, dicom_port: bool) -> None:
+        self.conn = conn
+        self.flow = flow
+        self.mode = _UNDECIDED
+        self.decoder: AssociationDecoder | None = None
+        self.dicom_port = dicom_port
+        self.head = bytearray()  # the client's first bytes, up to HEAD_BYTES
+        self.pending: list[tuple[bool, bytes | int, int]] | None = []  # (from_client, data | gap size, ts)
+        self.pending_bytes = 0
+        self.client_seen = False
+        self.server_seen = False
+        self.probe_segments = 0
+        self.midstream = conn.midstream
+        self.readers: list[Any] | None = None  # the decoder's PDU readers: [acceptor's, requestor's]
+        self.buffered = 0  # partial-PDU bytes held by the readers at the last check (budget)
+        self.nseg = 0  # segments fed since the decoder started
+        self.stopped: str | None = None
+        self.told_engine = False
+        self.calling_ae: str | None = None
+        self.called_ae: str | None = None
+        self.rq_ts: int | None = None
+        self.requested_contexts = 0
+        self.accepted: list[str] = []
+        self.impl_requestor: dict[str, str] | None = None
+        self.impl_acceptor: dict[str, str] | None = None
+        self.result = "incomplete"
+        self.reject: dict[str, Any] | None = None
+        self.abort: dict[str, Any] | None = None
+        self.release_requested = False
+        self.commands: dict[str, int] = {}
+        self.statuses: dict[str, dict[str, int]] = {}
+        self.datasets = [0, 0]  # [from acceptor, from requestor]
+        self.dataset_bytes = [0, 0]
+        self.patient_ids: dict[str, None] = {}
+        self.study_uids: dict[str, None] = {}
+        self.ids_dropped = 0
+        self.move_destinations: dict[str, int] = {}
+        self.violations: dict[str, int] = {}
+        self.violations_after_loss: dict[str, int] = {}
+        self.held: list[tuple[Any, int]] | None = None  # ordering violations awaiting a verdict
+        self.decode_error: dict[str, Any] | None = None
+        self.gaps = [0, 0]
+        self.gap_bytes = [0, 0]
+        self.resync_skipped = 0
+        self.restarts = 0
+        self.alerts: dict[str, int] = {}
+        self.sop_instances = 0
+
+
+class PassiveSensor:
+    """A capture consumer that runs the rule engine over every DICOM association it sees.
+
+    Args:
+        engine: the rule engine (:class:`pacsguard.ids.engine.Engine`); every ``observe_*``
+            call may return a list of alerts, whose ``event`` is published.
+        publish: called with every Event (alerts and association records), in capture order.
+        dicom_ports: server ports where DICOM is expected (default: ``engine.settings.dicom_ports``).
+        sensor: the ``Flow.sensor`` name (which sensor saw the flow).
+        clock: a :class:`CaptureClock` to advance (give the same one to the engine).
+        max_pdu_length: largest PDU a decoder buffers (a larger announced length in a stream
+            that started cleanly is a decode error, ``pdu-length-exceeds-maximum``).
+        max_buffer_total: budget for partial PDUs over all connections (see module docstring).
+        log_associations: publish the ``ids.dicom.association`` records (default True).
+        flow_factory: what builds a connection's flow (default: the engine's ``Flow``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        publish: Callable[[Event], None],
+        *,
+        dicom_ports: Iterable[int] | None = None,
+        sensor: str = "passive",
+        clock: CaptureClock | None = None,
+        max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH,
+        max_buffer_total: int = DEFAULT_MAX_BUFFER_TOTAL,
+        log_associations: bool = True,
+        flow_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.publish = publish
+        if dicom_ports is None:
+            settings = getattr(engine, "settings", None)
+            dicom_ports = getattr(settings, "dicom_ports", None) or ()
+        self.dicom_ports = frozenset(int(p) for p in dicom_ports)
+        self.sensor = sensor
+        self.clock = clock if clock is not None else CaptureClock()
+        self.max_pdu_length = max_pdu_length
+        self.max_buffer_total = max_buffer_total
+        self.log_associations = log_associations
+        self.stats = SensorStats()
+        self._buffered_total = 0
+        self._Flow = flow_factory if flow_factory is not None else Flow
+        self._handlers: dict[type, Callable[[_ConnState, Any, int], None]] = {
+            AssociationRequested: self._on_requested,
+            AssociationAccepted: self._on_accepted,
+            AssociationRejected: self._on_rejected,
+            ReleaseRequested: self._on_release_requested,
+            ReleaseCompleted: self._on_released,
+            Aborted: self._on_aborted,
+            DimseCommand: self._on_command,
+            DimseDatasetStart: self._on_dataset_start,
+            DimseDatasetEnd: self._on_dataset_end,
+            ProtocolViolation: self._on_violation,
+        }
+
+    # ------------------------------------------------------------------ consumer protocol
+
+    def on_open(self, conn: Connection) -> None:
+        self.stats.connections += 1
+        flow = self._Flow(
+            conn.client_ip,
+            conn.client_port,
+            conn.server_ip,
+            conn.server_port,
+            tls=False,
+            route=None,
+            sensor=self.sensor,
+            id=f"C{conn.conn_id}",
+        )
+        conn.state = _ConnState(conn, flow, conn.server_port in self.dicom_ports)
+
+    def on_data(self, conn: Connection, from_client: bool, data: memoryview | bytes, ts_us: int) -> None:
+        st: _ConnState | None = conn.state
+        if st is None:
+            return
+        if st.mode == _DICOM:
+            # The hot path: what AssociationDecoder.feed does (split with the direction's
+            # PDUReader, decode each PDU with on_pdu), one call layer shorter.
+            try:
+                pdus = st.readers[from_client].feed(data)  # type: ignore[index]
+            except DecodeError as err:
+                self._reader_error(st, from_client, err, ts_us)
+                return
+            if pdus:
+                self._pdus(st, from_client, pdus, ts_us)
+            else:
+                st.nseg += 1
+                if not st.nseg & 31:
+                    self._account(st)
+        elif st.mode == _UNDECIDED:
+            self._undecided(st, from_client, data, ts_us)
+
+    def on_gap(self, conn: Connection, from_client: bool, nbytes: int) -> None:
+        st: _ConnState | None = conn.state
+        if st is None:
+            return
+        if st.mode == _DICOM:
+            self._gap(st, from_client, nbytes)
+        elif st.mode == _UNDECIDED:
+            # bytes before the decision are lost: whatever follows is decoded mid-stream
+            self._hold(st, from_client, nbytes, st.conn.last_ts_us)
+            st.midstream = True
+
+    def on_close(self, conn: Connection, reason: str) -> None:
+        st: _ConnState | None = conn.state
+        if st is None:
+            return
+        conn.state = None
+        ts = conn.last_ts_us
+        if st.mode == _UNDECIDED:
+            self._decide_at_close(st, ts)
+        if st.mode in (_DICOM, _STOPPED):
+            if st.held is not None:
+                self._release_held(st)
+            self._release_budget(st)
+            if st.decoder is not None:
+                st.resync_skipped += st.decoder.skipped_bytes
+                self.stats.resync_skipped_bytes += st.decoder.skipped_bytes
+            self._set_decoder(st, None)
+            self.stats.dicom_bytes += conn.client_bytes + conn.server_bytes
+            if st.result == "accepted" and reason in ("fin", "rst"):
+                # the connection ended while the association was up, without release or abort
+                st.result = "incomplete"
+            if self.log_associations:
+                self._emit(association_record(st, reason, ts))
+            self.stats.associations += 1
+            _bump(self.stats.results, st.result)
+            if st.midstream:
+                self.stats.midstream_associations += 1
+        if st.told_engine:
+            self._alerts(st, self.engine.flow_closed(st.flow, now=self._now(ts)))
+
+    # ------------------------------------------------------------------ deciding
+
+    def _hold(self, st: _ConnState, from_client: bool, item: bytes | int, ts: int) -> None:
+        """Keep data (or a gap, as an int) of a connection whose protocol is not decided yet."""
+        assert st.pending is not None
+        if isinstance(item, int):
+            st.pending.append((from_client, item, ts))
+            return
+        st.pending.append((from_client, item, ts))
+        st.pending_bytes += len(item)
+
+    def _undecided(self, st: _ConnState, from_client: bool, data: memoryview | bytes, ts: int) -> None:
+        chunk = bytes(data)
+        if from_client:
+            st.client_seen = True
+            if len(st.head) < HEAD_BYTES:
+                st.head += chunk[: NON_DICOM_SAMPLE - len(st.head)]
+        elif not st.client_seen and not st.server_seen and not st.midstream:
+            st.server_seen = True
+            if looks_like_acceptor_pdu(chunk, self.max_pdu_length):
+                # the client's first bytes are missing from the capture (the capture layer
+                # holds what follows a hole until it gives up on it): decode mid-stream
+                self._hold(st, from_client, chunk, ts)
+                self._start_dicom(st, midstream=True)
+                return
+            elif st.dicom_port:
+                # the server spoke first: a DICOM acceptor never does (PS3.8 9.2)
+                self._not_dicom(st, chunk, ts, "server spoke first")
+                return
+            else:
+                self._skip(st, "not DICOM")
+                return
+        else:
+            st.server_seen = True
+        self._hold(st, from_client, chunk, ts)
+        if st.midstream:
+            if from_client and len(st.head) >= HEAD_BYTES and looks_like_associate_rq(st.head):
+                self._start_dicom(st, midstream=False)
+            elif _looks_like_tls(chunk[:3]) and st.dicom_port:
+                self._skip(st, "tls on a DICOM port")
+            elif st.dicom_port or plausible_pdata_header(chunk, self.max_pdu_length):
+                self._start_dicom(st, midstream=True)
+            else:
+                st.probe_segments += 1
+                if st.probe_segments >= MIDSTREAM_PROBE_SEGMENTS or st.pending_bytes > MAX_PENDING:
+                    self._skip(st, "mid-stream, not recognisably DICOM")
+            return
+        if len(st.head) >= HEAD_BYTES or st.pending_bytes > MAX_PENDING:
+            self._decide(st, ts)
+
+    def _decide(self, st: _ConnState, ts: int) -> None:
+        """Decide a connection whose client's first bytes are known (not mid-stream)."""
+        head = bytes(st.head)
+        if looks_like_associate_rq(head):
+            self._start_dicom(st, midstream=False)
+        elif not st.dicom_port:
+            self._skip(st, "not DICOM")
+        elif _looks_like_tls(head):
+            self._skip(st, "tls on a DICOM port")
+        else:
+            self._not_dicom(st, head, ts, "client did not send an A-ASSOCIATE-RQ")
+
+    def _decide_at_close(self, st: _ConnState, ts: int) -> None:
+        if not st.pending_bytes:
+            self._skip(st, "no payload")
+        elif st.midstream:
+            self._skip(st, "mid-stream, not recognisably DICOM")
+        else:
+            self._decide(st, ts)
+
+    def _skip(self, st: _ConnState, reason: str) -> None:
+        st.mode = _IGNORED
+        st.pending = None
+        st.head = bytearray()
+        _bump(self.stats.skipped, reason)
+
+    def _not_dicom(self, st: _ConnState, first: bytes, ts: int, why: str) -> None:
+        st.mode = _NON_DICOM
+        st.pending = None
+        st.head = bytearray()
+        self.stats.non_dicom_on_dicom_port += 1
+        _bump(self.stats.skipped, f"non-DICOM on a DICOM port ({why})")
+        st.told_engine = True
+        self._alerts(st, self.engine.observe_non_dicom(st.flow, first[:NON_DICOM_SAMPLE], now=self._now(ts)))
+
+    def _start_dicom(self, st: _ConnState, *, midstream: bool) -> None:
+        st.mode = _DICOM
+        st.midstream = midstream
+        st.told_engine = True
+        self.stats.dicom_connections += 1
+        self._set_decoder(st, AssociationDecoder(resync=midstream, midstream=midstream, max_pdu_length=self.max_pdu_length))
+        st.head = bytearray()
+        pending, st.pending = st.pending or [], None
+        st.pending_bytes = 0
+        for from_client, item, ts in pending:
+            if st.mode != _DICOM:
+                break
+            if isinstance(item, int):
+                self._gap(st, from_client, item)
+            else:
+                self._feed(st, from_client, item, ts)
+
+    # ------------------------------------------------------------------ decoding
+
+    def _feed(self, st: _ConnState, from_client: bool, data: memoryview | bytes, ts: int) -> None:
+        """Feed one direction's bytes (the slow path: replay of held data, after a decision)."""
+        try:
+            pdus = st.readers[from_client].feed(data)  # type: ignore[index]
+        except DecodeError as err:
+            self._reader_error(st, from_client, err, ts)
+            return
+        if pdus:
+            self._pdus(st, from_client, pdus, ts)
+        else:
+            self._account(st)
+
+    def _pdus(self, st: _ConnState, from_client: bool, pdus: list[Any], ts: int) -> None:
+        decoder = st.decoder
+        assert decoder is not None
+        events: list[Any] = []
+        try:
+            for pdu in pdus:
+                events += decoder.on_pdu(from_client, pdu)
+        except DecodeError as err:
+            err.partial = events + err.partial
+            self._decode_error(st, from_client, err, ts)
+            return
+        if events:
+            self._dispatch(st, events, ts)
+        if st.held is not None and ts - st.held[0][1] > HOLD_US:
+            self._release_held(st)
+        if st.mode == _DICOM:
+            self._account(st)
+
+    def _release_held(self, st: _ConnState) -> None:
+        """No hole showed up behind the held violations: they are the peer's, tell the engine."""
+        held, st.held = st.held or [], None
+        observe = self.engine.observe_dicom
+        for ev, ts in held:
+            self._on_violation(st, ev, ts)
+            alerts = observe(st.flow, ev, now=self._now(ts))
+            if alerts:
+                self._alerts(st, alerts)
+
+    def _reader_error(self, st: _ConnState, from_client: bool, err: DecodeError, ts: int) -> None:
+        """The PDU reader refused a header: decode the PDUs it completed before, then report
+        (AssociationDecoder.feed's contract: the first error wins, with every event before it)."""
+        decoder = st.decoder
+        assert decoder is not None
+        events: list[Any] = []
+        try:
+            for pdu in err.partial:
+                events += decoder.on_pdu(from_client, pdu)
+        except DecodeError as inner:
+            inner.partial = events + inner.partial
+            err = inner
+        else:
+            err.partial = events
+        self._decode_error(st, from_client, err, ts)
+
+    def _account(self, st: _ConnState) -> None:
+        """Partial PDUs held by this connection's readers, against ``max_buffer_total``."""
+        readers = st.readers
+        if readers is None:
+            return
+        pend = readers[0].pending_bytes + readers[1].pending_bytes
+        old = st.buffered
+        if pend == old:
+            return
+        st.buffered = pend
+        self._buffered_total += pend - old
+        if pend > old and self._buffered_total > self.max_buffer_total:
+            self._stop(st, "sensor buffer budget exceeded")
+
+    def _dispatch(self, st: _ConnState, events: list[Any], ts: int) -> None:
+        now = self._now(ts)
+        observe = self.engine.observe_dicom
+        flow = st.flow
+        handlers = self._handlers
+        for ev in events:
+            if type(ev) is ProtocolViolation and ev.code in LOSS_SENSITIVE_VIOLATIONS:
+                if st.midstream or st.restarts:
+                    # the decoder's view is incomplete (and may be reordered): not evidence
+                    _bump_bounded(st.violations_after_loss, ev.code)
+                elif st.held is None:
+                    st.held = [(ev, ts)]
+                elif len(st.held) < MAX_HELD:
+                    st.held.append((ev, ts))
+                else:
+                    _bump_bounded(st.violations, ev.code)  # counted, not observed again
+                continue
+            handler = handlers.get(type(ev))
+            if handler is not None:
+                handler(st, ev, ts)
+            alerts = observe(flow, ev, now=now)
+            if alerts:
+                self._alerts(st, alerts)
+
+    def _decode_error(self, st: _ConnState, from_client: bool, err: DecodeError, ts: int) -> None:
+        if err.partial:
+            self._dispatch(st, list(err.partial), ts)
+        _bump(self.stats.decode_errors, err.code)
+        st.decode_error = {
+            "code": err.code,
+            "detail": err.detail[:200],
+            "offset": err.offset,
+            "from": "requestor" if from_client else "acceptor",
+        }
+        self._alerts(st, self.engine.observe_decode_error(st.flow, from_client, err, now=self._now(ts)))
+        self._stop(st, f"decode error: {err.code}")
+
+    def _stop(self, st: _ConnState, why: str) -> None:
+        if st.decoder is not None:
+            st.resync_skipped += st.decoder.skipped_bytes
+            self.stats.resync_skipped_bytes += st.decoder.skipped_bytes
+        self._set_decoder(st, None)
+        st.mode = _STOPPED
+        st.stopped = why
+        self._release_budget(st)
+        if not why.startswith("decode error"):
+            _bump(self.stats.skipped, why)
+
+    @staticmethod
+    def _set_decoder(st: _ConnState, decoder: AssociationDecoder | None) -> None:
+        st.decoder = decoder
+        st.readers = None if decoder is None else [decoder.reader(False), decoder.reader(True)]
+
+    def _release_budget(self, st: _ConnState) -> None:
+        self._buffered_total -= st.buffered
+        st.buffered = 0
+
+    def _gap(self, st: _ConnState, from_client: bool, nbytes: int) -> None:
+        """Resynchronise after ``nbytes`` missing in one direction (see the module docstring)."""
+        idx = 1 if from_client else 0
+        st.gaps[idx] += 1
+        st.gap_bytes[idx] += nbytes
+        if st.held is not None:
+            for ev, _ts in st.held:
+                _bump_bounded(st.violations_after_loss, ev.code)
+            st.held = None
+        self.stats.gaps += 1
+        self.stats.gap_bytes += nbytes
+        old = st.decoder
+        if old is None:
+            return
+        st.restarts += 1
+        st.resync_skipped += old.skipped_bytes
+        self.stats.resync_skipped_bytes += old.skipped_bytes
+        self._release_budget(st)
+        new = AssociationDecoder(resync=True, midstream=True, max_pdu_length=self.max_pdu_length)
+        if old.rq is not None:
+            new.rq = old.rq
+            new.ac = old.ac
+            new.rj = old.rj
+            new.contexts = dict(old.contexts)
+            new.contexts_known = old.contexts_known and old.ac is not None
+            new.requestor_max_pdu_length = old.requestor_max_pdu_length
+            new.acceptor_max_pdu_length = old.acceptor_max_pdu_length
+        state = old.state
+        if state is AssociationState.CLOSED:
+            new.state = state
+        elif state is AssociationState.AWAITING_AC and old.rq is not None and from_client:
+            # the hole is on the requestor's side: the acceptor's answer is still to come
+            new.state = state
+        # Otherwise the new decoder starts "established" (its midstream default): after a hole
+        # in the acceptor's stream while awaiting the answer, the A-ASSOCIATE-AC may be what
+        # was lost; RELEASE_REQUESTED cannot be carried over (which side asked is the old
+        # decoder's private state), so an A-RELEASE-RP after such a hole reads as unexpected.
+        self._set_decoder(st, new)
+
+    # ------------------------------------------------------------------ event bookkeeping
+
+    def _on_requested(self, st: _ConnState, ev: AssociationRequested, ts: int) -> None:
+        rq = ev.rq
+        st.calling_ae = rq.calling_ae_title
+        st.called_ae = rq.called_ae_title
+        st.rq_ts = ts
+        st.requested_contexts = len(rq.presentation_contexts)
+        st.impl_requestor = _implementation(rq.user_information)
+
+    def _on_accepted(self, st: _ConnState, ev: AssociationAccepted, ts: int) -> None:
+        st.result = "accepted"
+        rq = st.decoder.rq if st.decoder is not None else None
+        seen: dict[str, None] = {}
+        for pc in ev.ac.presentation_contexts:
+            if pc.accepted and rq is not None:
+                proposed = rq.context(pc.context_id)
+                if proposed is not None:
+                    seen[proposed.abstract_syntax] = None
+        st.accepted = list(seen)[:128]
+        st.impl_acceptor = _implementation(ev.ac.user_information)
+
+    def _on_rejected(self, st: _ConnState, ev: AssociationRejected, ts: int) -> None:
+        rj = ev.rj
+        st.result = "rejected"
+        st.reject = {
+            "result": "permanent" if rj.result == 1 else "transient" if rj.result == 2 else rj.result,
+            "source": _REJECT_SOURCES.get(rj.source, rj.source),
+            "reason": rj.reason,
+        }
+
+    def _on_release_requested(self, st: _ConnState, ev: ReleaseRequested, ts: int) -> None:
+        st.release_requested = True
+
+    def _on_released(self, st: _ConnState, ev: ReleaseCompleted, ts: int) -> None:
+        if st.result in ("accepted", "incomplete"):
+            st.result = "released"
+
+    def _on_aborted(self, st: _ConnState, ev: Aborted, ts: int) -> None:
+        st.result = "aborted"
+        st.abort = {
+            "by": "requestor" if ev.from_requestor else "acceptor",
+            "source": _ABORT_SOURCES.get(ev.source, ev.source),
+            "reason": ev.reason,
+        }
+
+    def _on_command(self, st: _ConnState, ev: DimseCommand, ts: int) -> None:
+        cmd = ev.command
+        name = cmd.name
+        _bump_bounded(st.commands, name)
+        _bump_bounded(self.stats.commands, name)
+        if cmd.command_field == C_STORE_RQ:
+            st.sop_instances += 1
+        status = cmd.status
+        if status is not None:
+            per = st.statuses.get(name)
+            if per is None and len(st.statuses) < MAX_KEYS:
+                per = st.statuses[name] = {}
+            if per is not None:
+                _bump_bounded(per, f"0x{status:04X}")
+        if cmd.move_destination:
+            _bump_bounded(st.move_destinations, cmd.move_destination)
+
+    def _on_dataset_start(self, st: _ConnState, ev: DimseDatasetStart, ts: int) -> None:
+        peek = ev.peek
+        for value, seen in ((peek.patient_id, st.patient_ids), (peek.study_instance_uid, st.study_uids)):
+            if value and value not in seen:
+                if len(seen) < MAX_IDS:
+                    seen[value] = None
+                else:
+                    st.ids_dropped += 1
+
+    def _on_dataset_end(self, st: _ConnState, ev: DimseDatasetEnd, ts: int) -> None:
+        idx = 1 if ev.from_requestor else 0
+        st.datasets[idx] += 1
+        st.dataset_bytes[idx] += ev.total_bytes
+
+    def _on_violation(self, st: _ConnState, ev: ProtocolViolation, ts: int) -> None:
+        _bump_bounded(st.violations, ev.code)
+        _bump_bounded(self.stats.violations, ev.code)
+
+    # ------------------------------------------------------------------ output
+
+    def _now(self, ts_us: int) -> float:
+        now = ts_us / 1e6
+        self.clock.now = now
+        return now
+
+    def _alerts(self, st: _ConnState | None, alerts: Any) -> None:
+        if not alerts:
+            return
+        # The engine stamps its Events with the wall clock (inline, that is when it happened);
+        # passively, an alert happened at the capture time of the packet that fired it.
+        when = time_from_us(int(self.clock() * 1_000_000))
+        for alert in alerts:
+            rule = str(getattr(alert, "rule_id", "?"))
+            self.stats.alerts += 1
+            _bump(self.stats.alerts_by_rule, rule)
+            if st is not None:
+                _bump_bounded(st.alerts, rule)
+            self._emit(replace(alert.event, time=when))
+
+    def _emit(self, event: Event) -> None:
+        self.stats.events_published += 1
+        self.publish(event)
+
+
+def _implementation(ui: Any) -> dict[str, str] | None:
+    if ui is None:
+        return None
+    out = {}
+    if ui.implementation_class_uid:
+        out["class_uid"] = ui.implementation_class_uid
+    if ui.implementation_version_name:
+        out["version_name"] = ui.implementation_version_name
+    return out or None
+
+
+_OUTCOMES = {
+    "released": Outcome.SUCCESS,
+    "accepted": Outcome.UNKNOWN,
+    "rejected": Outcome.MINOR_FAILURE,
+    "aborted": Outcome.SERIOUS_FAILURE,
+    "incomplete": Outcome.UNKNOWN,
+}
+
+
+def association_record(st: _ConnState, close_reason: str, end_ts: int) -> Event:
+    """The ``ids.dicom.association`` Event for one association (one TCP connection).
+
+    ``time`` is the capture time the connection was first seen; ``actor`` is the requestor
+    (calling AE, client address), ``target`` the acceptor (called AE, server address).
+    ``details``:
+
+    ``client``/``server`` (``ip:port``), ``calling_ae``/``called_ae`` (None mid-stream),
+    ``result`` (``released`` | ``rejected`` | ``aborted`` | ``accepted`` (still open when the
+    capture ended or the connection was evicted/timed out) | ``incomplete`` (closed without
+    release/abort, no answer to the request, or decoding stopped)), ``tcp_close`` (fin, rst,
+    timeout, evicted, end), ``duration_s``, ``midstream``, ``requested_contexts``,
+    ``accepted_abstract_syntaxes`` (UIDs), ``commands`` ({name: count}), ``statuses``
+    ({response name: {"0xNNNN": count}}), ``requestor``/``acceptor`` ({``bytes``: TCP payload,
+    ``datasets``, ``dataset_bytes``, ``gaps``, ``gap_bytes``}), ``patient_ids``/``study_uids``
+    counts with ``ids_truncated`` (the lists themselves are the Event's ``patient_ids`` and
+    ``study_uids``, at most :data:`MAX_IDS` each), ``resync_skipped_bytes``; when present:
+    ``reject``, ``abort``, ``decode_error``, ``stopped``, ``violations``, ``move_destinations``,
+    ``implementation`` ({requestor, acceptor}), ``alerts`` ({rule id: count}).
+    """
+    conn = st.conn
+    start = conn.first_ts_us
+    duration = max(0, end_ts - start) / 1e6
+    requestor = {
+        "bytes": conn.client_bytes,
+        "datasets": st.datasets[1],
+        "dataset_bytes": st.dataset_bytes[1],
+        "gaps": st.gaps[1],
+        "gap_bytes": st.gap_bytes[1],
+    }
+    acceptor = {
+        "bytes": conn.server_bytes,
+        "datasets": st.datasets[0],
+        "dataset_bytes": st.dataset_bytes[0],
+        "gaps": st.gaps[0],
+        "gap_bytes": st.gap_bytes[0],
+    }
+    result = st.result
+    details: dict[str, Any] = {
+        "flow": st.flow.id if hasattr(st.flow, "id") else None,
+        "client": f"{conn.client_ip}:{conn.client_port}",
+        "server": f"{conn.server_ip}:{conn.server_port}",
+        "calling_ae": st.calling_ae,
+        "called_ae": st.called_ae,
+        "result": result,
+        "tcp_close": close_reason,
+        "duration_s": round(duration, 6),
+        "midstream": st.midstream,
+        "requested_contexts": st.requested_contexts,
+        "accepted_abstract_syntaxes": st.accepted,
+        "commands": dict(st.commands),
+        "statuses": {k: dict(v) for k, v in st.statuses.items()},
+        "requestor": requestor,
+        "acceptor": acceptor,
+        "patient_ids": len(st.patient_ids),
+        "study_uids": len(st.study_uids),
+        "ids_truncated": st.ids_dropped,
+        "resync_skipped_bytes": st.resync_skipped,
+    }
+    if st.reject:
+        details["reject"] = st.reject
+    if st.abort:
+        details["abort"] = st.abort
+    if st.decode_error:
+        details["decode_error"] = st.decode_error
+    if st.stopped:
+        details["stopped"] = st.stopped
+    if st.violations:
+        details["violations"] = dict(st.violations)
+    if st.violations_after_loss:
+        details["violations_after_loss"] = dict(st.violations_after_loss)
+    if st.move_destinations:
+        details["move_destinations"] = dict(st.move_destinations)
+    if st.impl_requestor or st.impl_acceptor:
+        details["implementation"] = {"requestor": st.impl_requestor, "acceptor": st.impl_acceptor}
+    if st.alerts:
+        details["alerts"] = dict(st.alerts)
+    if st.restarts:
+        details["resyncs"] = st.restarts
+    ncmd = sum(st.commands.values())
+    summary = ", ".join(f"{n} {name}" for name, n in sorted(st.commands.items(), key=lambda kv: -kv[1])[:4])
+    message = (
+        f"{st.calling_ae or '?'} -> {st.called_ae or '?'} "
+        f"{conn.client_ip}:{conn.client_port} -> {conn.server_ip}:{conn.server_port}: {result}"
+        + (f", {ncmd} commands ({summary})" if ncmd else "")
+        + (" [mid-stream]" if st.midstream else "")
+    )
+    severity = Severity.INFO
+    if result in ("rejected", "aborted") or st.decode_error or st.violations:
+        severity = Severity.NOTICE
+    return Event(
+        kind=ASSOCIATION_KIND,
+        component=COMPONENT,
+        severity=severity,
+        outcome=_OUTCOMES.get(result, Outcome.UNKNOWN),
+        actor=Party(ae_title=st.calling_ae, host=conn.client_ip, port=conn.client_port),
+        target=Party(ae_title=st.called_ae, host=conn.server_ip, port=conn.server_port),
+        patient_ids=tuple(st.patient_ids),
+        study_uids=tuple(st.study_uids),
+        sop_instance_count=st.sop_instances,
+        details=details,
+        message=message,
+        time=time_from_us(start),
+    )
