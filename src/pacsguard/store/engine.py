@@ -20,6 +20,7 @@ from pacsguard.store.errors import StoreError
 from pacsguard.store.schema import STORE_FORMAT, meta
 
 _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+WRITE = "pacsguard_write"  # execution option that marks a writing transaction
 
 
 def normalise_target(target: str) -> str:
@@ -54,8 +55,10 @@ def make_engine(url: str, *, create: bool) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_connect)
         # pysqlite's own transaction handling cannot take the write lock up front: BEGIN IMMEDIATE does,
-        # so two writers serialise instead of failing on upgrade from a read lock.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # so two writers serialise instead of failing on upgrade from a read lock. Readers use a plain
+        # BEGIN, so a search never waits for the writer's fsync (WAL readers do not block writers).
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"))
         return engine
     if backend == "postgresql":
         return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
@@ -118,7 +121,7 @@ def _alembic_config() -> Config:
 
 def _upgrade(engine: Engine) -> None:
     cfg = _alembic_config()
-    with engine.begin() as conn:
+    with engine.execution_options(**{WRITE: True}).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

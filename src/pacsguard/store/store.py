@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.engine import check_or_migrate, describe, make_engine, normalise_target
+from pacsguard.store.engine import WRITE, check_or_migrate, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
 from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_patients,
@@ -79,6 +79,7 @@ class EventStore:
         self.url = normalise_target(url)
         self.name = describe(self.url)
         self.engine = make_engine(self.url, create=create)
+        self._writer = self.engine.execution_options(**{WRITE: True})
         self._signing_key = signing_key
         self._key_id = keys.key_id(signing_key.public_key()) if signing_key else ""
         self.checkpoint_interval = checkpoint_interval
@@ -108,7 +109,7 @@ class EventStore:
 
     def _begin(self):
         try:
-            return self.engine.begin()
+            return self._writer.begin()
         except OperationalError as exc:
             raise StoreError(f"{self.name}: {exc.orig}") from None
 
@@ -124,7 +125,7 @@ class EventStore:
             return self.size()
         with self._lock:
             try:
-                with self.engine.begin() as conn:
+                with self._writer.begin() as conn:
                     size = self._append(conn, batch)
             except DBAPIError as exc:
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
