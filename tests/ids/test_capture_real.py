@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import Recorder
+from lan_netns import lan_netns
 from pacsguard.ids.capture import read_capture
 
 pytestmark = pytest.mark.peers
@@ -54,17 +54,8 @@ def netns() -> Iterator[str]:
     version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True).stdout
     if "dcmtk" not in version.lower():
         pytest.fail(f"{STORESCU} is not OFFIS dcmtk: {version[:80]!r}")
-    name = f"pg-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        subprocess.run(ns + ["ip", "link", "set", "lo", "up", "mtu", "1500"], check=True)
-        subprocess.run(ns + ["ethtool", "-K", "lo", "tso", "off", "gso", "off", "gro", "off"], check=True, capture_output=True)
-        # a 1 Gbit/s shaper keeps the capture tools from being outrun on a busy 2-core machine
-        subprocess.run(ns + ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1gbit", "burst", "256kb", "latency", "100ms"], check=True)
+    with lan_netns("pg") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _ns(name: str, *args: str) -> list[str]:

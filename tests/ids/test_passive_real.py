@@ -38,6 +38,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from peers.orthanc import _base_config
+from lan_netns import lan_netns, ns_cmd
 from test_capture_real import _start_dumpcap
 
 from pacsguard.events import Event
@@ -62,10 +63,6 @@ def _missing_tools() -> list[str]:
     return missing + [t for t in (ECHOSCU, STORESCU, FINDSCU, ORTHANC) if not os.access(t, os.X_OK)]
 
 
-def ns_cmd(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *args]
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     if os.geteuid() != 0:
@@ -76,16 +73,8 @@ def netns() -> Iterator[str]:
     version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True).stdout
     if "dcmtk" not in version.lower():
         pytest.fail(f"{STORESCU} is not OFFIS dcmtk: {version[:80]!r}")
-    name = f"pg-ids-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(ns_cmd(name, "ip", "link", "set", "lo", "up", "mtu", "1500"), check=True)
-        subprocess.run(ns_cmd(name, "ethtool", "-K", "lo", "tso", "off", "gso", "off", "gro", "off"), check=True, capture_output=True)
-        subprocess.run(ns_cmd(name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1gbit", "burst", "256kb",
-                              "latency", "100ms"), check=True)
+    with lan_netns("pg-ids") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _listening(ns: str, port: int) -> bool:

@@ -88,6 +88,17 @@ SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitmen
 Service = Literal["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*"]
 
 
+def parse_networks(value) -> list[IPv4Network | IPv6Network]:
+    """A YAML list of addresses/CIDRs as networks; an error names the item that is not one."""
+    out = []
+    for item in value or []:
+        try:
+            out.append(ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
+    return out
+
+
 def _check_ae(value: str) -> str:
     text = value.strip()
     if not 1 <= len(text) <= 16 or "\\" in text or not all(32 <= ord(c) < 127 for c in text):
@@ -152,15 +163,7 @@ class Policy(Strict):
     @field_validator("hosts", mode="before")
     @classmethod
     def _cidrs(cls, value):
-        if value is None:
-            return None
-        out = []
-        for item in value:
-            try:
-                out.append(ip_network(str(item), strict=False))
-            except ValueError:
-                raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
-        return out
+        return None if value is None else parse_networks(value)
 
     @field_validator("sop_classes")
     @classmethod

@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from pacsguard.config.schema import Strict
+from pacsguard.config.schema import Strict, parse_networks
 from pacsguard.events import Severity
 
 from .observation import KINDS, FieldType, KindSpec
@@ -148,13 +148,7 @@ class IdsSettings(Strict):
     @field_validator("internal_networks", mode="before")
     @classmethod
     def _cidrs(cls, value):
-        out = []
-        for item in value or []:
-            try:
-                out.append(ip_network(str(item), strict=False))
-            except ValueError:
-                raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
-        return out
+        return parse_networks(value)
 
     @field_validator("dicom_ports")
     @classmethod
