@@ -194,6 +194,39 @@ class AssociationDecoder:
         asm = self._asm_requestor if from_requestor else self._asm_acceptor
         return asm.command if asm.phase == _DATASET else None
 
+    def streaming_context(self, from_requestor: bool) -> int | None:
+        """The presentation context of the data set streaming in that direction, or None.
+
+        Set only while the association is established and a data set is in flight
+        whose identifiers were already peeked: from then on a P-DATA-TF holding one
+        data PDV on that context that is not the last fragment (and within the
+        receiver's negotiated maximum) yields no event, only counts, so a relay may
+        check such PDUs itself and account them with :meth:`count_data_fragments`
+        instead of calling :meth:`on_pdu` for each.
+        """
+        if self.state is not AssociationState.ESTABLISHED:
+            return None
+        asm = self._asm_requestor if from_requestor else self._asm_acceptor
+        return asm.context_id if asm.phase == _DATASET and asm.peek_done else None
+
+    def count_data_fragments(self, from_requestor: bool, pdus: int, nbytes: int) -> None:
+        """Account *pdus* P-DATA-TF PDUs, *nbytes* in all (headers included), passed on unseen.
+
+        Each must be one :meth:`streaming_context` allows: a single data PDV, not
+        the last, on that context, of a PDU-length within the limits.  Counts
+        exactly what :meth:`on_pdu` would (``pdus``, ``bytes``, ``pdvs`` and the
+        data set size that :class:`DimseDatasetEnd` will report); no events.
+        """
+        if self.streaming_context(from_requestor) is None:
+            raise ValueError("no data set is streaming in that direction")
+        counters = self.requestor if from_requestor else self.acceptor
+        counters.pdus += pdus
+        counters.bytes += nbytes
+        counters.pdvs += pdus
+        asm = self._asm_requestor if from_requestor else self._asm_acceptor
+        # Per PDU: 6-byte PDU header, 4-byte PDV item length, context ID, control header.
+        asm.dataset_bytes += nbytes - pdus * (PDU_HEADER_LENGTH + 6)
+
     def reader(self, from_requestor: bool) -> PDUReader:
         """The PDUReader ``feed`` uses for one direction (created on first use)."""
         index = 1 if from_requestor else 0

@@ -175,6 +175,31 @@ class PDUReader:
         """Stream offset of the next unconsumed byte."""
         return self._consumed + self._pos
 
+    @property
+    def missing_bytes(self) -> int:
+        """Bytes still needed to complete the buffered partial PDU.
+
+        0 when nothing is pending, when the pending bytes do not yet hold a whole
+        header (the PDU-length is unknown), in resync mode and after an error.
+        """
+        pending = len(self._buf) - self._pos
+        if pending < PDU_HEADER_LENGTH or self.resync or self._error is not None:
+            return 0
+        length = _U32.unpack_from(self._buf, self._pos + 2)[0]
+        return PDU_HEADER_LENGTH + length - pending
+
+    def skip(self, pdus: int, nbytes: int) -> None:
+        """Count *pdus* whole PDUs (*nbytes* in all) that the caller took from the stream itself.
+
+        For a caller that checks some PDUs in place instead of feeding them (the
+        relay's data set fast path): keeps :attr:`stream_offset` and
+        :attr:`pdu_count` right.  Only allowed between PDUs, with nothing pending.
+        """
+        if self.pending_bytes or self._error is not None:
+            raise ValueError("PDUReader.skip inside a PDU or after an error")
+        self._consumed += nbytes
+        self.pdu_count += pdus
+
     def feed(self, data: Buffer) -> list[RawPDU]:
         """Add *data* and return every PDU it completes, in order.
 
@@ -198,8 +223,10 @@ class PDUReader:
                 used = self._split(data, 0, self._consumed, out)
                 self._consumed += used
                 if used < len(data):
-                    buf += data[used:]
+                    buf += memoryview(data)[used:]
                 return out
+            if not self.resync:
+                return self._complete(data, out)
             buf += data
             if len(buf) - self._pos < self._need:
                 return out  # still inside a large PDU: nothing to look at yet
@@ -218,6 +245,52 @@ class PDUReader:
             exc.partial = list(out)
             self._error = exc
             raise
+
+    def _complete(self, data: Buffer, out: list[RawPDU]) -> list[RawPDU]:
+        """``feed`` with a partial PDU buffered (not in resync mode).
+
+        Only the bytes that complete the buffered PDU are taken from *data*; that PDU
+        is joined from the two pieces (one copy) and the PDUs after it are cut
+        straight from *data*, like ``feed`` does when nothing is pending.
+        """
+        buf = self._buf
+        pending = len(buf) - self._pos
+        size = len(data)
+        if pending + size < self._need:
+            buf += data
+            return out  # still inside a large PDU: nothing to look at yet
+        base = self._consumed + len(buf)  # stream offset of data[0]
+        view = memoryview(data)
+        used = 0
+        if pending < PDU_HEADER_LENGTH:
+            used = PDU_HEADER_LENGTH - pending
+            if size < used:
+                buf += data
+                self._need = PDU_HEADER_LENGTH
+                return out
+            buf += view[:used]  # just the rest of the header: a few bytes
+            pending = PDU_HEADER_LENGTH
+        pdu_type, reserved, length = _HEADER.unpack_from(buf, self._pos)
+        self._check(pdu_type, reserved, length, self._consumed + self._pos)
+        total = PDU_HEADER_LENGTH + length
+        missing = total - pending
+        if size - used < missing:
+            buf += view[used:]
+            self._need = total
+            return out
+        with memoryview(buf) as head:
+            raw = b"".join((head[self._pos :], view[used : used + missing]))
+        out.append(RawPDU(pdu_type, raw))
+        self.pdu_count += 1
+        used += missing
+        buf.clear()
+        self._pos = 0
+        self._consumed = base + used
+        end = self._split(view, used, base, out)
+        self._consumed = base + end
+        if end < size:
+            buf += view[end:]
+        return out
 
     def _split(self, src: Buffer, pos: int, base: int, out: list[RawPDU]) -> int:
         """Append complete PDUs from ``src[pos:]`` to *out*; return the new position.

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from dataclasses import replace
@@ -42,6 +43,10 @@ PEEK_BYTES = 64 * 1024
 # How strongly an IDS rule's action acts (PS3.8 has no notion of this: it is the IPS's ladder).
 _ACTION_RANK = {"alert": 0, "drop": 1, "abort": 2, "quarantine": 3}
 _DATA_LAST = 0x02  # message control header: last fragment, data set
+# The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length,
+# PDV item length, presentation context ID, message control header (PS3.8 9.3.5, E.2).
+_DATA_PDU = struct.Struct(">HIIBB")
+_DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
 
 
 class Side(asyncio.Protocol):
@@ -256,6 +261,67 @@ class AssociationRelay:
             if sum(map(len, self.early)) > self.route.limits.max_pdu_length:
                 self.protocol_error(from_client, "data-before-ac", "data sent before the association was accepted")
             return
+        done = 0
+        if self.state == "established" and not self.held[from_client] and self.dropping[from_client] is None:
+            done = self._stream_dataset(from_client, data)
+            if done and (done == len(data) or self.closed):
+                return
+        self._relay(from_client, memoryview(data)[done:] if done else data)
+
+    def _stream_dataset(self, from_client: bool, data: bytes) -> int:
+        """Fast path for the bulk of a large data set; returns how many bytes of *data* it handled.
+
+        While the decoder streams a data set in this direction (identifiers already peeked), the
+        longest run of whole PDUs at the start of the read that are each a P-DATA-TF holding exactly
+        one data PDV, not the last, on the data set's context, of a PDU-length within the reader's
+        maximum and the receiver's negotiated one, is checked in place, counted in the decoder and
+        the reader, and forwarded in one write, uncopied. A PDU left over from the previous read is
+        completed through the normal path first. Everything else (a last fragment, a command,
+        another PDU, a header that fails a check, a partial PDU) is left to the normal path.
+        """
+        decoder = self.decoder
+        context_id = decoder.streaming_context(from_client)
+        if context_id is None:
+            return 0
+        reader = self.readers[from_client]
+        pos = 0
+        if reader.pending_bytes:
+            pos = reader.missing_bytes
+            if not 0 < pos < len(data):
+                return 0
+            self._relay(from_client, memoryview(data)[:pos])
+            if self.closed or self.held[from_client] or self.dropping[from_client] is not None:
+                return pos
+            context_id = decoder.streaming_context(from_client)
+            if context_id is None:
+                return pos
+        start = pos
+        limit = reader.max_pdu_length
+        negotiated = decoder.acceptor_max_pdu_length if from_client else decoder.requestor_max_pdu_length
+        if 0 < negotiated < limit:
+            limit = negotiated
+        end = len(data)
+        count = 0
+        unpack = _DATA_PDU.unpack_from
+        while end - pos >= 12:
+            type_reserved, length, pdv_length, pdv_context, mch = unpack(data, pos)
+            following = pos + 6 + length
+            if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
+                    or pdv_context != context_id or mch or following > end):
+                break
+            count += 1
+            pos = following
+        if not count:
+            return start
+        decoder.count_data_fragments(from_client, count, pos - start)
+        reader.skip(count, pos - start)
+        target = self.upstream if from_client else self.client
+        if target is not None and target.transport is not None:
+            target.transport.write(data if start == 0 and pos == end else memoryview(data)[start:pos])
+        return pos
+
+    def _relay(self, from_client: bool, data: bytes | memoryview) -> None:
+        """The normal path: split into PDUs, decode and judge each, forward what passes in one write."""
         try:
             pdus = self.readers[from_client].feed(data)
         except DecodeError as exc:
