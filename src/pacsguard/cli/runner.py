@@ -4,6 +4,7 @@ listeners on asyncio, and a clean stop on Ctrl-C / SIGTERM (flush, final signed 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,7 +48,17 @@ def run_foreground(stack: ExitStack, bus: EventBus, store: EventStore, gateway: 
         console.print("stopping: letting open associations finish (5 s at most)...")
         await gw.stop()
 
-    asyncio.run(main())
+    # uvloop (libuv) cuts the relay's per-read cost by a third against asyncio's own loop
+    # (bench/gateway.py, docs/PERFORMANCE.md). It reads a new socket before start_tls() can take it
+    # over, so routes that terminate TLS (whose explicit handshake records failures as events) run
+    # on asyncio's loop; PACSGUARD_EVENT_LOOP=asyncio chooses it always.
+    tls_routes = any(route.listen.tls is not None for route in gateway.routes)
+    if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop" and not tls_routes:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def show(listeners: list[tuple[str, str, str]]) -> None:

@@ -125,6 +125,8 @@ class TLSAcceptingSide(Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Until start_tls() owns the socket, the ClientHello must not reach this (plaintext) protocol.
+        transport.pause_reading()  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._handshake(transport))
 
     async def _handshake(self, raw: asyncio.BaseTransport) -> None:
