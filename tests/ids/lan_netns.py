@@ -4,10 +4,31 @@ shaper so the capture tools are not outrun on a busy 2-core machine. Deleted on 
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import subprocess
 from contextlib import contextmanager
 from typing import Iterator
+
+import pytest
+
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+STORESCU = "/usr/bin/storescu"
+
+
+def require_peers(commands: list[str], programs: list[str]) -> None:
+    """Fail (never skip) unless root, the commands on the system PATH and the programs are there,
+    and /usr/bin/storescu is OFFIS dcmtk (pynetdicom installs a Python one of the same name)."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests need root (they make a network namespace)")
+    missing = [c for c in commands if shutil.which(c, path=SYSTEM_PATH) is None]
+    missing += [p for p in programs if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(f"missing tools: {missing} (apt-get install iproute2 ethtool tshark nmap dcmtk orthanc)")
+    version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True).stdout
+    if "dcmtk" not in version.lower():
+        pytest.fail(f"{STORESCU} is not OFFIS dcmtk: {version[:80]!r}")
 
 
 def ns_cmd(name: str, *args: str) -> list[str]:

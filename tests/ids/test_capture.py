@@ -19,9 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import (
     ACK,
-    FIN,
     PSH,
-    RST,
     SYN,
     Flow,
     Recorder,
@@ -29,7 +27,6 @@ from capture_craft import (
     eth_frames,
     ether,
     loop_hdr,
-    ng_block,
     ng_epb,
     ng_idb,
     ng_shb,

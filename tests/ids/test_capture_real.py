@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import Recorder
-from lan_netns import lan_netns
+from lan_netns import lan_netns, require_peers
 from pacsguard.ids.capture import read_capture
 
 pytestmark = pytest.mark.peers
@@ -38,22 +37,9 @@ PROBE_PORT = 9
 TEST_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "rtstruct.dcm"]
 
 
-def _missing_tools() -> list[str]:
-    missing = [t for t in ("ip", "ethtool", "dumpcap", "tshark", "tc") if shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
-    missing += [t for t in (STORESCU, STORESCP) if not os.path.exists(t)]
-    return missing
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("needs root for a network namespace")
-    missing = _missing_tools()
-    if missing:
-        pytest.fail(f"missing tools: {missing}")
-    version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True).stdout
-    if "dcmtk" not in version.lower():
-        pytest.fail(f"{STORESCU} is not OFFIS dcmtk: {version[:80]!r}")
+    require_peers(["ip", "ethtool", "dumpcap", "tshark", "tc"], [STORESCU, STORESCP])
     with lan_netns("pg") as name:
         yield name
 

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from peers.orthanc import _base_config
-from lan_netns import lan_netns, ns_cmd
+from lan_netns import lan_netns, ns_cmd, require_peers
 from test_capture_real import _start_dumpcap
 
 from pacsguard.events import Event
@@ -55,24 +54,11 @@ NORMAL_PORTS = (104, 4243)  # DICOM's registered port, and one no default config
 ATTACK_PORT = 4242  # Orthanc's default port, one of those nmap's DICOM scripts probe
 GUESSES = ["PACS", "ARCHIVE", "STORESCP", "DCM4CHEE", "CONQUESTSRV1", "ORTHANC", "PACS1", "SERVER"]
 SITE_AES = ["MODALITY1", "WORKSTATION", "ORTHANC"]
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _missing_tools() -> list[str]:
-    missing = [t for t in ("ip", "ethtool", "tc", "ss", "dumpcap", "tshark", "nmap") if shutil.which(t, path=SYSTEM_PATH) is None]
-    return missing + [t for t in (ECHOSCU, STORESCU, FINDSCU, ORTHANC) if not os.access(t, os.X_OK)]
 
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("these tests need root (they make a network namespace)")
-    missing = _missing_tools()
-    if missing:
-        pytest.fail(f"missing tools: {missing} (apt-get install iproute2 ethtool tshark nmap dcmtk orthanc)")
-    version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True).stdout
-    if "dcmtk" not in version.lower():
-        pytest.fail(f"{STORESCU} is not OFFIS dcmtk: {version[:80]!r}")
+    require_peers(["ip", "ethtool", "tc", "ss", "dumpcap", "tshark", "nmap"], [ECHOSCU, STORESCU, FINDSCU, ORTHANC])
     with lan_netns("pg-ids") as name:
         yield name
 
