@@ -15,12 +15,12 @@ from rich.table import Table
 
 from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, build_engine, console, fail, guarded, ids_settings,
                                   load, open_store)
-from pacsguard.cli.runner import run_foreground
+from pacsguard.cli.runner import quarantine_reader, run_foreground
 from pacsguard.config.loader import ConfigError
 from pacsguard.config.schema import GatewayConfig
 from pacsguard.events import EventBus
 from pacsguard.gateway import quarantine as q
-from pacsguard.store import EventQuery, EventStore, keys
+from pacsguard.store import EventStore, keys
 
 app = typer.Typer(name="gateway", no_args_is_help=True, help="The DICOM security gateway.")
 quarantine_app = typer.Typer(name="quarantine", no_args_is_help=True,
@@ -159,7 +159,8 @@ def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STO
 
 
 def _current(es: EventStore) -> q.QuarantineList:
+    """The quarantine as the running gateway folds it, from the same query."""
     current = q.QuarantineList()
-    for stored in es.search(EventQuery(kind="gateway.quarantine.*", limit=None)):
-        current.apply(stored.event)
+    for _, event in quarantine_reader(es)(-1):
+        current.apply(event)
     return current

@@ -389,8 +389,28 @@ class UserInformation:
         return [i for i in self.items if isinstance(i, UnknownSubItem)]
 
 
+class _AssociateFields:
+    """What A-ASSOCIATE-RQ and -AC share (PS3.8 9.3.2, 9.3.3): the Maximum Length sub-item and
+    lookup of a presentation context by its ID."""
+
+    __slots__ = ()
+    user_information: UserInformation | None
+    presentation_contexts: list
+
+    @property
+    def max_length(self) -> int | None:
+        """Maximum P-DATA-TF PDU-length the sender accepts (0 = unlimited)."""
+        return self.user_information.max_length if self.user_information else None
+
+    def context(self, context_id: int):
+        for pc in self.presentation_contexts:
+            if pc.context_id == context_id:
+                return pc
+        return None
+
+
 @dataclass(slots=True)
-class AssociateRQ:
+class AssociateRQ(_AssociateFields):
     """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""
 
     called_ae_title: str
@@ -400,20 +420,9 @@ class AssociateRQ:
     application_context_name: str = DICOM_APPLICATION_CONTEXT
     protocol_version: int = 1
 
-    @property
-    def max_length(self) -> int | None:
-        """Maximum P-DATA-TF PDU-length the requestor accepts (0 = unlimited)."""
-        return self.user_information.max_length if self.user_information else None
-
-    def context(self, context_id: int) -> PresentationContextRQ | None:
-        for pc in self.presentation_contexts:
-            if pc.context_id == context_id:
-                return pc
-        return None
-
 
 @dataclass(slots=True)
-class AssociateAC:
+class AssociateAC(_AssociateFields):
     """A-ASSOCIATE-AC PDU (PS3.8 9.3.3).
 
     ``called_ae_title``/``calling_ae_title`` are the reserved fields that PS3.8
@@ -427,17 +436,6 @@ class AssociateAC:
     user_information: UserInformation | None = None
     application_context_name: str = DICOM_APPLICATION_CONTEXT
     protocol_version: int = 1
-
-    @property
-    def max_length(self) -> int | None:
-        """Maximum P-DATA-TF PDU-length the acceptor accepts (0 = unlimited)."""
-        return self.user_information.max_length if self.user_information else None
-
-    def context(self, context_id: int) -> PresentationContextAC | None:
-        for pc in self.presentation_contexts:
-            if pc.context_id == context_id:
-                return pc
-        return None
 
 
 @dataclass(slots=True)

@@ -42,7 +42,6 @@ log = logging.getLogger("pacsguard.gateway")
 PEEK_BYTES = 64 * 1024
 # How strongly an IDS rule's action acts (PS3.8 has no notion of this: it is the IPS's ladder).
 _ACTION_RANK = {"alert": 0, "drop": 1, "abort": 2, "quarantine": 3}
-_DATA_LAST = 0x02  # message control header: last fragment, data set
 # The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length,
 # PDV item length, presentation context ID, message control header (PS3.8 9.3.5, E.2).
 _DATA_PDU = struct.Struct(">HIIBB")
@@ -536,9 +535,8 @@ class AssociationRelay:
         raw = raw_pdu.raw
         events = self.decoder.on_pdu(from_client, raw_pdu)
         decisions: deque[Pending | None] = deque()  # per completed command: the refused request, or None
-        engine = self.rt.engine
         for ev in events:
-            alert = self._ips([ev]) if engine is not None else None
+            alert = self._ips([ev])
             if alert is not None and alert.action in ("abort", "quarantine"):
                 self.abort(f"IDS rule {alert.rule_id}: {alert.title}", kind="ids")
                 return []
