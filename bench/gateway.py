@@ -2,7 +2,7 @@
 through ``pacsguard gateway run``, and (for reference) through a plain socat TCP relay, in the same run.
 
     .venv/bin/python bench/gateway.py [--work DIR] [--small 1000] [--large 20] [--large-mb 8]
-                                      [--repeat 5] [--max-pdu 16384] [--no-socat] [--check]
+                                      [--repeat 5] [--repeat-large 15] [--max-pdu 16384] [--no-socat] [--check]
                                       [--profile [--profile-gil]] [--gateway-launcher FILE]
 
 Needs Debian's dcmtk (/usr/bin/storescu, /usr/bin/storescp); socat (apt-get install -y socat) for
@@ -26,8 +26,9 @@ on both legs is the ceiling a relay without inspection reaches. Both dcmtk tools
 storescu proposes its default list of 128 presentation contexts in every association, as a
 modality configured with dcmtk's defaults would.
 
-Method. Each path is run once untimed (warm-up: page cache, first association), then ``--repeat``
-times, the order of the paths rotated on every repetition; medians of the repetitions are reported.
+Method. Each path is run once untimed (warm-up: page cache, first association), then
+``--repeat-large`` times (large objects) or ``--repeat`` times (small), the order of the paths rotated
+on every repetition; medians of the repetitions are reported.
 storescu logs through a log4cplus configuration whose timestamps carry microseconds
 (``%D{%s.%Q}``) and the lines "Requesting Association", "Association Accepted", "Sending Store
 Request", "Received Store Response" and "Releasing Association" are parsed:
@@ -416,7 +417,10 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=1000, help="small objects, all in one association")
     ap.add_argument("--large", type=int, default=20, help="large objects, all in one association")
     ap.add_argument("--large-mb", type=float, default=8.0, help="pixel data of a large object, MiB")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs per path and size (median reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per path of the small objects (median reported)")
+    ap.add_argument("--repeat-large", type=int, default=15,
+                    help="timed runs per path of the large objects: one takes ~0.2 s, and on a shared 2-core "
+                         "machine single runs vary by +-30 %%, so more of them steady the median")
     ap.add_argument("--max-pdu", type=int, default=16384, help="storescp/storescu max PDU (4096..131072)")
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
     ap.add_argument("--profile", action="store_true", help="extra untimed runs with py-spy on the gateway")
@@ -516,11 +520,12 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     for label, corpus in (("large", large), ("small", small)):
         for path in paths:  # warm-up, untimed
             send(path, corpus)
-        for rep in range(args.repeat):
+        repeat = args.repeat_large if label == "large" else args.repeat
+        for rep in range(repeat):
             order = paths[rep % len(paths):] + paths[:rep % len(paths)]
             for path in order:
                 results.setdefault((label, path.name), []).append(send(path, corpus))
-        console.print(f"{label}: {args.repeat} timed runs per path done")
+        console.print(f"{label}: {repeat} timed runs per path done")
 
     profiles = {}
     if args.profile:
@@ -585,8 +590,8 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
                   f"({large.shape}) in one association = {large.file_bytes / 1e6:.0f} MB; small {small.count} x "
                   f"{small.file_bytes / small.count / 1e3:.1f} KB ({small.shape}) in one association; "
                   f"max PDU {args.max_pdu} (max send PDV {pdv}); storescu proposes {recorded['contexts']} "
-                  f"presentation contexts ({recorded['accepted']} SOP classes accepted); {args.repeat} timed runs per "
-                  f"path after one warm-up, medians shown; MB = 10^6 bytes of DICOM files")
+                  f"presentation contexts ({recorded['accepted']} SOP classes accepted); {args.repeat_large} (large) and "
+                  f"{args.repeat} (small) timed runs per path after one warm-up, medians shown; MB = 10^6 bytes of DICOM files")
 
     names = [p.name for p in paths]
     direct_tp = med([large.file_bytes / r.in_assoc for r in results[("large", "direct")]])

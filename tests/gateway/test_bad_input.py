@@ -19,6 +19,7 @@ left it healthy. Its routes:
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import subprocess
@@ -49,6 +50,7 @@ GATEWAY_AE = "PACSGUARD"
 RECORDER_AE = "RECORDER"
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 #: Maximum Length the recording upstream declares in its A-ASSOCIATE-AC (PS3.8 D.1).
 UPSTREAM_MAX_PDU = 16384
@@ -139,7 +141,8 @@ class Recorded:
 
 class RecordingUpstream:
     """A minimal raw-TCP PACS: answers an A-ASSOCIATE-RQ with an A-ASSOCIATE-AC that accepts
-    Verification only (every other context: abstract syntax not supported) and declares a Maximum
+    Verification and Secondary Capture only (every other context: abstract syntax not supported;
+    it never answers a C-STORE, it only records the bytes) and declares a Maximum
     Length of UPSTREAM_MAX_PDU, answers C-ECHO and A-RELEASE, and records every byte received."""
 
     def __init__(self) -> None:
@@ -205,7 +208,7 @@ class RecordingUpstream:
             rec.calling_ae = rq.calling_ae_title
             time.sleep(self.ac_delay.get(rq.calling_ae_title, 0))
             contexts = [P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, pc.transfer_syntaxes[0])
-                        if pc.abstract_syntax == VERIFICATION else
+                        if pc.abstract_syntax in (VERIFICATION, SECONDARY_CAPTURE) else
                         P.PresentationContextAC(pc.context_id, P.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, None)
                         for pc in rq.presentation_contexts]
             return P.encode_associate_ac(P.AssociateAC(
@@ -472,6 +475,128 @@ def test_a_abort_before_the_ac_is_passed_on_at_once(setup: Setup) -> None:
     assert rec.closed.wait(5)
     assert bytes(rec.received) == P.with_called_ae(associate_rq("IMPATIENT"), RECORDER_AE) + P.encode_abort()
     assert not [e for e in s.gw.events("dicom.protocol.violation") if about(e)]
+
+
+# --- the data set fast path: PDUs passed on as their bytes arrive ("cut-through") -------------------
+
+STORE_CONTEXTS = ((1, VERIFICATION), (5, SECONDARY_CAPTURE))
+
+
+def _element(group: int, element: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian data element (PS3.5 7.1.3), value padded to even length."""
+    value += b"\x00" * (len(value) % 2)
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+def store_message(calling: str, pixel_bytes: int = 300_000) -> list[bytes]:
+    """A C-STORE-RQ with a Secondary Capture data set, in P-DATA-TF PDUs of the upstream's maximum."""
+    sop_instance = f"1.2.826.0.1.3680043.9.7.{calling_number(calling)}"
+    command = dimse.encode_command_set(dimse.CommandSet(
+        dimse.C_STORE_RQ, message_id=7, affected_sop_class_uid=SECONDARY_CAPTURE,
+        affected_sop_instance_uid=sop_instance, priority=0, command_data_set_type=0x0001))
+    pixels = random.Random(calling).randbytes(pixel_bytes)
+    dataset = b"".join((_element(0x0008, 0x0016, SECONDARY_CAPTURE.encode()),
+                        _element(0x0008, 0x0018, sop_instance.encode()),
+                        _element(0x0010, 0x0020, b"CUT^THROUGH"),
+                        _element(0x0020, 0x000D, b"1.2.826.0.1.3680043.9.7.1"),
+                        _element(0x7FE0, 0x0010, pixels)))
+    return P.encode_dimse_message(5, command, dataset, UPSTREAM_MAX_PDU)
+
+
+def calling_number(calling: str) -> int:
+    return sum(calling.encode())
+
+
+def send_in_random_pieces(sock: socket.socket, data: bytes, seed: str) -> None:
+    """Like a busy modality: writes of every size, some just a few bytes, some a pause apart, so the
+    gateway's reads end anywhere (inside a PDU header, a PDV header or the data)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rng = random.Random(seed)
+    pos = 0
+    while pos < len(data):
+        size = rng.choice((1, 5, 7, 11, 13, rng.randrange(1, 4096), rng.randrange(1, 70_000)))
+        sock.sendall(data[pos:pos + size])
+        pos += size
+        if rng.random() < 0.2:
+            time.sleep(0.002)
+
+
+def wait_received(rec: "Recorded", size: int, timeout: float = 5.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while len(rec.received) < size and time.monotonic() < deadline and not rec.closed.is_set():
+        time.sleep(0.01)
+    time.sleep(0.1)  # anything beyond *size* would have arrived by now
+    return bytes(rec.received)
+
+
+def test_data_set_in_random_pieces_arrives_unchanged(setup: Setup) -> None:
+    """Whatever the segmentation, the upstream gets exactly the bytes the modality sent, and the
+    association is recorded with the data set's patient."""
+    s = setup
+    sock, about = connect(s, "rec")
+    with sock:
+        sock.sendall(associate_rq("PIECES", STORE_CONTEXTS))
+        ac = read_pdu(sock)
+        assert ac is not None and ac[0] == P.PDU_ASSOCIATE_AC, ac
+        message = b"".join(store_message("PIECES"))
+        send_in_random_pieces(sock, message, "PIECES")
+        rec = s.upstream.by_calling_ae("PIECES")
+        expected = P.with_called_ae(associate_rq("PIECES", STORE_CONTEXTS), RECORDER_AE) + message
+        received = wait_received(rec, len(expected))
+        assert received == expected, (f"upstream got {len(received)} bytes, expected {len(expected)}; first "
+                                      f"difference at {next((i for i, (a, b) in enumerate(zip(received, expected)) if a != b), None)}")
+        sock.sendall(P.encode_release_rq())
+        assert read_pdu(sock) == P.encode_release_rp()
+    (released,) = s.gw.wait_for("dicom.association.released", where=about)
+    assert released.details["bytes_from_client"] >= len(message)
+    (store,) = s.gw.wait_for("dicom.dimse.c-store", where=about)
+    assert store.patient_ids == ("CUT^THROUGH",)
+    assert not [e for e in s.gw.events("dicom.protocol.violation") if about(e)]
+
+
+def test_client_gone_inside_a_cut_through_pdu(setup: Setup) -> None:
+    """The upstream already has part of a PDU when the modality vanishes: it gets no A-ABORT glued
+    onto that PDU's data (it would read it as pixels), only the closed connection."""
+    s = setup
+    sock, about = connect(s, "rec")
+    frames = store_message("VANISH")
+    sent = b"".join(frames[:4]) + frames[4][:5000]
+    with sock:
+        sock.sendall(associate_rq("VANISH", STORE_CONTEXTS))
+        ac = read_pdu(sock)
+        assert ac is not None and ac[0] == P.PDU_ASSOCIATE_AC, ac
+        sock.sendall(sent)
+        rec = s.upstream.by_calling_ae("VANISH")
+        expected = P.with_called_ae(associate_rq("VANISH", STORE_CONTEXTS), RECORDER_AE) + sent
+        assert wait_received(rec, len(expected)) == expected
+    assert rec.closed.wait(5), "the upstream leg was left open"
+    assert bytes(rec.received) == expected, f"after the partial PDU the upstream got {bytes(rec.received)[len(expected):]!r}"
+    (aborted,) = s.gw.wait_for("dicom.association.aborted", where=about)
+    assert aborted.details["cause"] == "connection-lost"
+    assert_healthy(s)
+
+
+def test_bad_header_in_the_middle_of_a_data_set(setup: Setup) -> None:
+    """A data PDU larger than the upstream's maximum after good ones: the good ones are passed on,
+    the bad one is not, and the association ends with a violation event."""
+    s = setup
+    sock, about = connect(s, "rec")
+    frames = store_message("MIDWAY")
+    oversized = P.encode_p_data_tf([P.PDV(5, False, False, b"\xCD" * (UPSTREAM_MAX_PDU + 1000))])
+    with sock:
+        sock.sendall(associate_rq("MIDWAY", STORE_CONTEXTS))
+        ac = read_pdu(sock)
+        assert ac is not None and ac[0] == P.PDU_ASSOCIATE_AC, ac
+        good = b"".join(frames[:6])
+        send_in_random_pieces(sock, good + oversized, "MIDWAY")
+        pdus, _ = until_closed(sock, timeout=5)
+    assert all(frame == GATEWAY_ABORT for frame in pdus), pdus
+    (violation,) = s.gw.wait_for("dicom.protocol.violation", where=about)
+    assert violation.details["code"] == "pdu-exceeds-negotiated-max", violation.message
+    rec = s.upstream.by_calling_ae("MIDWAY")
+    assert rec.closed.wait(5)
+    passed = P.with_called_ae(associate_rq("MIDWAY", STORE_CONTEXTS), RECORDER_AE) + good
+    assert bytes(rec.received) in (passed, passed + GATEWAY_ABORT), bytes(rec.received)[len(passed):][:64]
 
 
 # --- limits: flood, slow loris, idle ----------------------------------------------------------------

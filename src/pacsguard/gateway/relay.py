@@ -2,9 +2,11 @@
 PDU against the route's policy before it is forwarded.
 
 The relay forwards PDUs, not bytes: a PDU is passed on only once it has arrived whole and the one
-decoder (pacsguard.dicom) has accepted it, so a malformed PDU never reaches the PACS. The fast
-path (a P-DATA-TF carrying one data PDV of an allowed message) forwards the received bytes as they
-are; only PDUs carrying command fragments are held until the command set is complete and judged.
+decoder (pacsguard.dicom) has accepted it, so a malformed PDU never reaches the PACS. The one
+exception is the bulk of a data set already admitted (see `_stream_dataset`): a P-DATA-TF carrying
+one data PDV on that message's context, whose header has been checked, is passed on as its bytes
+arrive, straight from the receive buffer. PDUs carrying command fragments are held until the
+command set is complete and judged.
 
 States (after PS3.8 9.2, as a proxy sees them):
   awaiting-rq -> connecting (upstream TCP/TLS) -> awaiting-ac -> established -> releasing -> closed
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacsguard.gateway")
 
 PEEK_BYTES = 64 * 1024
+# Receive buffer per leg: starts small (probes and floods cost little) and grows while reads fill
+# it, up to what uvloop itself reads at once.
+READ_BUFFER_MIN = 16 * 1024
+READ_BUFFER_MAX = 256 * 1024
 # How strongly an IDS rule's action acts (PS3.8 has no notion of this: it is the IPS's ladder).
 _ACTION_RANK = {"alert": 0, "drop": 1, "abort": 2, "quarantine": 3}
 # The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length,
@@ -48,13 +54,19 @@ _DATA_PDU = struct.Struct(">HIIBB")
 _DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
 
 
-class Side(asyncio.Protocol):
-    """One TCP (or TLS) leg of a relayed association; hands everything to the relay."""
+class Side(asyncio.BufferedProtocol):
+    """One TCP (or TLS) leg of a relayed association; hands everything to the relay.
+
+    Reads land in the leg's own buffer, so the data set fast path forwards them without a copy.
+    The buffer is reused only when the other leg holds none of it: uvloop keeps a view of what it
+    could not send at once, instead of copying it.
+    """
 
     def __init__(self, relay: "AssociationRelay", is_client: bool) -> None:
         self.relay = relay
         self.is_client = is_client
         self.transport: asyncio.Transport | None = None
+        self._view = memoryview(bytearray(READ_BUFFER_MIN))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,7 +77,19 @@ class Side(asyncio.Protocol):
         if self.is_client:
             self.relay.client_connected(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        other = self.relay.upstream if self.is_client else self.relay.client
+        if other is not None and other.transport is not None and other.transport.get_write_buffer_size():
+            self._view = memoryview(bytearray(len(self._view)))
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._view
+        if nbytes == len(view) < READ_BUFFER_MAX:
+            self._view = memoryview(bytearray(2 * nbytes))  # the old one may be kept by a write below
+        self.deliver(view[:nbytes])
+
+    def deliver(self, data: memoryview | bytes) -> None:
         try:
             self.relay.data_received(self.is_client, data)
         except Exception as exc:  # noqa: BLE001 - one broken association must never take the gateway down
@@ -107,6 +131,10 @@ class AssociationRelay:
         # and whether the data set of a refused request is being swallowed.
         self.held: dict[bool, list[P.PDV]] = {True: [], False: []}
         self.dropping: dict[bool, Pending | None] = {True: None, False: None}
+        # Cut-through (see _stream_dataset), per direction: bytes of a checked data PDU still to come,
+        # and the gateway's own frames for the receiving leg that wait until that PDU is complete.
+        self.through: dict[bool, int] = {True: 0, False: 0}
+        self.deferred: dict[bool, list[bytes]] = {True: [], False: []}
         self.early: list[bytes] = []
         self.started = time.monotonic()
         self.last_activity = self.started
@@ -236,8 +264,10 @@ class AssociationRelay:
             return
         if notify:
             frame = P.encode_abort(source, 0)
-            for side in (self.client, self.upstream):
-                if side is not None and side.transport is not None and not side.transport.is_closing():
+            for side, midway in ((self.client, self.through[False]), (self.upstream, self.through[True])):
+                # A leg in the middle of a cut-through PDU would read the A-ABORT as part of that PDU's
+                # data; closing the connection is its abort then.
+                if side is not None and side.transport is not None and not side.transport.is_closing() and not midway:
                     side.transport.write(frame)
         for pending in self.pending.values():
             self.publish(dimse_event(self._peers(), pending, None, aborted=True))
@@ -249,75 +279,106 @@ class AssociationRelay:
 
     # --- bytes in -----------------------------------------------------------------------------
 
-    def data_received(self, from_client: bool, data: bytes) -> None:
+    def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
+        """Bytes from one leg. *data* may be a view of the leg's receive buffer, valid only during
+        this call: whatever is kept or handed to the normal path is copied."""
         if self.closed:
             return
         self.last_activity = time.monotonic()
         self.bytes_in[from_client] += len(data)
         if self.state == "connecting":
             # No upstream leg yet: keep what the client sends (bounded) until the RQ is passed on.
-            self.early.append(data)
+            self.early.append(bytes(data))
             if sum(map(len, self.early)) > self.route.limits.max_pdu_length:
                 self.protocol_error(from_client, "data-before-ac", "data sent before the association was accepted")
             return
         done = 0
-        if self.state == "established" and not self.held[from_client] and self.dropping[from_client] is None:
+        if self.state == "established" and (self.through[from_client] or (
+                not self.held[from_client] and self.dropping[from_client] is None)):
             done = self._stream_dataset(from_client, data)
             if done and (done == len(data) or self.closed):
                 return
-        self._relay(from_client, memoryview(data)[done:] if done else data)
+        self._relay(from_client, bytes(data[done:]))
 
-    def _stream_dataset(self, from_client: bool, data: bytes) -> int:
+    def _stream_dataset(self, from_client: bool, data: memoryview | bytes) -> int:
         """Fast path for the bulk of a large data set; returns how many bytes of *data* it handled.
 
-        While the decoder streams a data set in this direction (identifiers already peeked), the
-        longest run of whole PDUs at the start of the read that are each a P-DATA-TF holding exactly
-        one data PDV, not the last, on the data set's context, of a PDU-length within the reader's
-        maximum and the receiver's negotiated one, is checked in place, counted in the decoder and
-        the reader, and forwarded in one write, uncopied. A PDU left over from the previous read is
-        completed through the normal path first. Everything else (a last fragment, a command,
-        another PDU, a header that fails a check, a partial PDU) is left to the normal path.
+        While the decoder streams a data set in this direction (identifiers already peeked), each
+        PDU header is checked in place: a P-DATA-TF holding exactly one data PDV, not the last, on
+        the data set's context, with a PDU-length within the reader's maximum and the receiver's
+        negotiated one. A run of such PDUs is counted in the decoder and the reader and forwarded in
+        one write, uncopied. The last PDU of the run may be incomplete: its header was checked, so
+        its data is passed on as it arrives ("cut-through", `self.through`) and the next read
+        continues after it. A PDU left over in the reader from the normal path is completed there
+        first. Everything else (a last fragment, a command, another PDU, a header that fails a
+        check or is split between reads) is left to the normal path, which sees it whole.
         """
         decoder = self.decoder
+        end = len(data)
+        rest = self.through[from_client]
         context_id = decoder.streaming_context(from_client)
-        if context_id is None:
-            return 0
-        reader = self.readers[from_client]
-        pos = 0
-        if reader.pending_bytes:
-            pos = reader.missing_bytes
-            if not 0 < pos < len(data):
-                return 0
-            self._relay(from_client, memoryview(data)[:pos])
-            if self.closed or self.held[from_client] or self.dropping[from_client] is not None:
-                return pos
-            context_id = decoder.streaming_context(from_client)
+        start = pos = 0
+        if rest:
+            if rest >= end:
+                self.through[from_client] = rest - end
+                self._forward(from_client, data)
+                return end
+            self.through[from_client] = 0
+            pos = rest
+            if self.deferred[from_client] or context_id is None:
+                self._forward(from_client, data[:rest])
+                start = rest
+                if context_id is None:
+                    return rest
+        else:
             if context_id is None:
-                return pos
-        start = pos
-        limit = reader.max_pdu_length
+                return 0
+            reader = self.readers[from_client]
+            if reader.pending_bytes:
+                pos = reader.missing_bytes
+                if not 0 < pos < end:
+                    return 0
+                self._relay(from_client, bytes(data[:pos]))
+                if self.closed or self.held[from_client] or self.dropping[from_client] is not None:
+                    return pos
+                context_id = decoder.streaming_context(from_client)
+                if context_id is None:
+                    return pos
+                start = pos
+        scan = pos
+        limit = self.readers[from_client].max_pdu_length
         negotiated = decoder.acceptor_max_pdu_length if from_client else decoder.requestor_max_pdu_length
         if 0 < negotiated < limit:
             limit = negotiated
-        end = len(data)
         count = 0
         unpack = _DATA_PDU.unpack_from
         while end - pos >= 12:
             type_reserved, length, pdv_length, pdv_context, mch = unpack(data, pos)
-            following = pos + 6 + length
             if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
-                    or pdv_context != context_id or mch or following > end):
+                    or pdv_context != context_id or mch):
                 break
             count += 1
-            pos = following
-        if not count:
-            return start
-        decoder.count_data_fragments(from_client, count, pos - start)
-        reader.skip(count, pos - start)
-        target = self.upstream if from_client else self.client
-        if target is not None and target.transport is not None:
-            target.transport.write(data if start == 0 and pos == end else memoryview(data)[start:pos])
+            pos += 6 + length
+        if count:
+            decoder.count_data_fragments(from_client, count, pos - scan)
+            self.readers[from_client].skip(count, pos - scan)
+            if pos > end:
+                self.through[from_client] = pos - end
+                pos = end
+        if pos > start:
+            self._forward(from_client, data if start == 0 and pos == end else data[start:pos])
         return pos
+
+    def _forward(self, from_client: bool, data: bytes | memoryview) -> None:
+        """Write to the other leg; after a completed cut-through PDU, the frames that waited for it."""
+        target = self.upstream if from_client else self.client
+        if target is None or target.transport is None:
+            return
+        target.transport.write(data)
+        waiting = self.deferred[from_client]
+        if waiting and not self.through[from_client]:
+            target.transport.write(b"".join(waiting))
+            waiting.clear()
 
     def _relay(self, from_client: bool, data: bytes | memoryview) -> None:
         """The normal path: split into PDUs, decode and judge each, forward what passes in one write."""
@@ -339,9 +400,7 @@ class AssociationRelay:
             self.decode_error(from_client, exc)
             return
         if out and not self.closed:
-            target = self.upstream if from_client else self.client
-            if target is not None and target.transport is not None:
-                target.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._forward(from_client, out[0] if len(out) == 1 else b"".join(out))
 
     def decode_error(self, from_client: bool, exc: DecodeError) -> None:
         if self.rt.engine is not None and self.flow is not None:
@@ -595,7 +654,10 @@ class AssociationRelay:
                 keep.append(pdv)
         if back:
             sender = self.client if from_client else self.upstream
-            if sender is not None and sender.transport is not None:
+            if self.through[not from_client]:
+                # The sender is receiving a cut-through PDU: answer after it, not inside it.
+                self.deferred[not from_client].extend(back)
+            elif sender is not None and sender.transport is not None:
                 sender.transport.write(b"".join(back))
         return [P.encode_p_data_tf(keep)] if keep else []
 

@@ -117,11 +117,11 @@ class TLSAcceptingSide(Side):
         # peer's address and certificate, or the RQ would be judged without them.
         self.early: list[bytes] = []
 
-    def data_received(self, data: bytes) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
         if self.ready:
-            super().data_received(data)
+            super().buffer_updated(nbytes)
         else:
-            self.early.append(data)
+            self.early.append(bytes(self._view[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -156,7 +156,7 @@ class TLSAcceptingSide(Side):
         self.ready = True
         early, self.early = self.early, []
         for data in early:
-            super().data_received(data)
+            self.deliver(data)
 
 
 class Gateway:
