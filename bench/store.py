@@ -74,7 +74,7 @@ def run(target: str, key: Path, total: int, batch: int, patients: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=20_000, help="events per append (the event bus's max_batch)")
     ap.add_argument("--patients", type=int, default=20_000)
     ap.add_argument("--dir", type=Path, default=None, help="keep the SQLite store here (reuse to grow it)")
     ap.add_argument("--postgres", default=None, help="also run against this PostgreSQL URL")

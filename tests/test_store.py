@@ -207,3 +207,84 @@ def test_two_writers_share_one_chain(target, tmp_path):
     a.checkpoint()
     assert a.size() == 70
     assert verify_store(a, load_public_key(key)).ok
+
+
+def test_verify_catches_term_and_batch_index_tampering(target, tmp_path):
+    report = _tampered(target, tmp_path, ["DELETE FROM event_terms WHERE term = 'actor:MOD1'"])
+    assert any(f.kind == "index" and "'actor:MOD1' is missing" in f.message for f in report.findings), report.findings
+    report = _tampered(target, tmp_path, ["UPDATE event_batches SET min_time_us = min_time_us + 1000000"])
+    assert any(f.kind == "index" and "time range" in f.message for f in report.findings), report.findings
+    report = _tampered(target, tmp_path, ["UPDATE event_terms SET term = 'actor:SOMEONE' WHERE term = 'actor:MOD2'"])
+    messages = " ".join(f.message for f in report.findings)
+    assert "'actor:SOMEONE' is listed" in messages and "'actor:MOD2' is missing" in messages
+
+
+def test_index_spans_buckets(target, tmp_path, monkeypatch):
+    """Small buckets (16 events) so that one store has many: searches find events in all of them,
+    newest first and limited too, and verify agrees with the index."""
+    from pacsguard.store import index, verify
+
+    monkeypatch.setattr(index, "BUCKET_BITS", 4)
+    monkeypatch.setattr(verify, "BUCKET_BITS", 4)
+    es, key = new_store(target, tmp_path)
+    sent = make_events(300)
+    for i in range(0, 300, 37):  # batches that straddle buckets
+        es.append(sent[i:i + 37])
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", limit=None))] == list(range(7, 300, 50))
+    assert [s.seq for s in es.search(EventQuery(study="1.2.826.0.1.3680043.2.5", limit=None))] == [5, 85, 165, 245]
+    newest = [s.seq for s in es.search(EventQuery(actor="MOD1", newest_first=True, limit=5))]
+    assert newest == [297, 293, 289, 285, 281]
+    exact = [s.seq for s in es.search(EventQuery(kind="dicom.association.accepted", after_seq=280, limit=None))]
+    assert exact == [282, 285, 288, 291, 294, 297]
+    since, until = sent[40].time, sent[260].time
+    assert [s.seq for s in es.search(EventQuery(since=since, until=until, limit=None))] == list(range(40, 260))
+    es.checkpoint()
+    report = verify_store(es, load_public_key(key))
+    assert report.ok, report.findings
+    es.close()
+
+
+def test_store_of_format_1_is_migrated(target, tmp_path):
+    """A store written by pacsguard before the search index of format 2 (Alembic revision 0001) opens,
+    is upgraded in place, verifies, and is searchable through the new index."""
+    from alembic import command
+
+    from pacsguard.store import engine as store_engine
+    from pacsguard.store.merkle import Frontier
+    from pacsguard.store.store import GENESIS_PREV, seal
+
+    url = store_engine.normalise_target(target)
+    eng = store_engine.make_engine(url, create=True)
+    cfg = store_engine._alembic_config()
+    with eng.execution_options(**{store_engine.WRITE: True}).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    sent = make_events(60)
+    frontier, prev, rows, patients, studies = Frontier(), GENESIS_PREV, [], [], []
+    for seq, ev in enumerate(sent):
+        body = seal(ev.to_json(), prev, seq)
+        prev = leaf_hash(body.encode())
+        frontier.append(prev)
+        rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome, ev.actor.ae_title,
+                     ev.actor.host, ev.actor.user, ev.target.ae_title, ev.target.host, ev.sop_instance_count, body, prev))
+        patients += [(p, seq) for p in ev.patient_ids]
+        studies += [(u, seq) for u in ev.study_uids]
+    eng.dispose()
+    mark = "%s" if "://" in target else "?"
+    with raw_sql(target) as cur:
+        cur.executemany(f"INSERT INTO events VALUES ({', '.join([mark] * 15)})", rows)
+        cur.executemany(f"INSERT INTO event_patients VALUES ({mark}, {mark})", patients)
+        cur.executemany(f"INSERT INTO event_studies VALUES ({mark}, {mark})", studies)
+        cur.execute(f"INSERT INTO tree_state VALUES (1, {mark}, {mark}, {mark})", (60, frontier.to_bytes(), prev))
+        cur.executemany(f"INSERT INTO pacsguard_meta VALUES ({mark}, {mark})", [("format", "pacsguard-store"),
+                                                                                ("format_version", "1")])
+
+    es = EventStore.open(target)
+    assert [s.seq for s in es.search(EventQuery(actor="MOD1", limit=None))] == list(range(1, 60, 4))
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", limit=None))] == [7, 57]
+    report = verify_store(es, None)
+    assert not [f for f in report.findings if f.kind != "checkpoint"], report.findings
+    with raw_sql(target) as cur:
+        cur.execute("SELECT value FROM pacsguard_meta WHERE key = 'format_version'")
+        assert cur.fetchone()[0] == "2"
+    es.close()

@@ -1,8 +1,10 @@
 """The store's tables (SQLAlchemy Core). Alembic migrations in `migrations/` create and evolve them.
 
 `events.body` holds the sealed record: the canonical JSON of {"event", "prev", "seq"} whose
-RFC 9162 leaf hash is `events.leaf`. The other columns are copies for indexed search; `audit
-verify` checks them against the sealed body, so editing a column is caught like editing the body.
+RFC 9162 leaf hash is `events.leaf`. The other columns are copies for filtering and for SQL
+readers; `audit verify` checks them against the sealed body, so editing a column is caught like
+editing the body. The search index (event_patients, event_studies, event_terms, event_batches)
+is described in `index.py`; verify checks it against the bodies too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaDat
 metadata = MetaData()
 
 STORE_FORMAT = "pacsguard-store"
-STORE_FORMAT_VERSION = "1"
+STORE_FORMAT_VERSION = "2"
 
 events = Table(
     "events", metadata,
@@ -33,24 +35,43 @@ events = Table(
     Column("body", Text, nullable=False),
     Column("leaf", LargeBinary(32), nullable=False),
 )
-Index("ix_events_time", events.c.time_us)
-Index("ix_events_kind", events.c.kind, events.c.time_us)
-Index("ix_events_actor_ae", events.c.actor_ae)
-Index("ix_events_actor_host", events.c.actor_host)
+SEQ = BigInteger().with_variant(Integer, "sqlite")
+# Byte order, so that prefix ranges over terms mean the same on PostgreSQL as on SQLite.
+TERM = String(300).with_variant(String(300, collation="C"), "postgresql")
 
-event_patients = Table(
-    "event_patients", metadata,
-    Column("patient_id", String(128), primary_key=True),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+
+
+def _context_index(name: str, column: str, size: int) -> Table:
+    """One row per (value, event) for patient IDs or study UIDs, keyed bucket first (index.py)."""
+    return Table(
+        name, metadata,
+        Column("bucket", Integer, primary_key=True, autoincrement=False),
+        Column(column, String(size), primary_key=True),
+        Column("seq", SEQ, primary_key=True),
+        sqlite_with_rowid=False,
+    )
+
+
+event_patients = _context_index("event_patients", "patient_id", 128)
+event_studies = _context_index("event_studies", "study_uid", 64)
+
+event_terms = Table(
+    "event_terms", metadata,
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("term", TERM, primary_key=True),
+    Column("first_seq", SEQ, primary_key=True),
+    Column("seqs", LargeBinary, nullable=False),
     sqlite_with_rowid=False,
 )
 
-event_studies = Table(
-    "event_studies", metadata,
-    Column("study_uid", String(64), primary_key=True),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    sqlite_with_rowid=False,
+event_batches = Table(
+    "event_batches", metadata,
+    Column("first_seq", SEQ, primary_key=True, autoincrement=False),
+    Column("last_seq", SEQ, nullable=False),
+    Column("min_time_us", BigInteger, nullable=False),
+    Column("max_time_us", BigInteger, nullable=False),
 )
+Index("ix_event_batches_time", event_batches.c.max_time_us)
 
 tree_state = Table(
     "tree_state", metadata,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -24,9 +24,11 @@ from pacsguard.events.model import Event
 from pacsguard.store import keys
 from pacsguard.store.engine import WRITE, check_or_migrate, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
+from pacsguard.store.index import BatchIndex
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
-from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_patients,
-                                    event_studies, events, meta, tree_state)
+from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_batches, event_patients,
+                                    event_studies, event_terms, events, meta, tree_state)
+from pacsguard.store.search import EventQuery, select_events
 
 GENESIS_PREV = bytes(HASH_SIZE)
 
@@ -56,21 +58,6 @@ class StoredEvent:
     event: Event
 
 
-@dataclass(slots=True)
-class EventQuery:
-    """Filters of `events search`; every given filter must hold (AND)."""
-
-    patient: str | None = None
-    study: str | None = None
-    actor: str | None = None
-    kind: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    after_seq: int | None = None
-    limit: int | None = 1000
-    newest_first: bool = False
-
-
 class EventStore:
     """Open with `EventStore.open(path_or_url, ...)`; it is also an EventSink (`emit`)."""
 
@@ -88,9 +75,10 @@ class EventStore:
         new = check_or_migrate(self.engine, self.url, create=create)
         if new:
             self._initialise()
-        self._insert_event = _positional_insert(self.engine.dialect.paramstyle, events)
-        self._insert_patient = _positional_insert(self.engine.dialect.paramstyle, event_patients)
-        self._insert_study = _positional_insert(self.engine.dialect.paramstyle, event_studies)
+        paramstyle = self.engine.dialect.paramstyle
+        self._insert_event, self._insert_patient, self._insert_study, self._insert_term, self._insert_batch = (
+            _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,
+                                                        event_batches))
 
     @classmethod
     def open(cls, target: str, *, key_path: "str | Path | None" = None, create: bool = False,
@@ -137,30 +125,33 @@ class EventStore:
         # FOR UPDATE serialises writers on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
         state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
         frontier = Frontier.from_bytes(state.size, state.frontier)
-        prev, seq = state.last_leaf, state.size
-        rows, patients, studies = [], [], []
-        for ev in batch:
+        prev, first = state.last_leaf, state.size
+        rows = []
+        append_leaf = frontier.append
+        idx = BatchIndex(first)
+        index = idx.add
+        for seq, ev in enumerate(batch, first):
             body = seal(ev.to_json(), prev, seq)
-            leaf = leaf_hash(body.encode())
-            frontier.append(leaf)
+            prev = leaf_hash(body.encode())
+            append_leaf(prev)
             actor, target = ev.actor, ev.target
+            time_us = ev.time_us
             # Column order of schema.events.
-            rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
+            rows.append((seq, ev.id, time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
                          actor.ae_title, actor.host, actor.user, target.ae_title, target.host,
-                         ev.sop_instance_count, body, leaf))
-            for pid in dict.fromkeys(ev.patient_ids):
-                patients.append((pid, seq))
-            for uid in dict.fromkeys(ev.study_uids):
-                studies.append((uid, seq))
-            prev = leaf
-            seq += 1
+                         ev.sop_instance_count, body, prev))
+            index(seq, time_us, ev.kind, actor.ae_title, actor.host, actor.user, ev.patient_ids, ev.study_uids)
+        seq = first + len(rows)
         # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
         # more than hashing and SQLite together (bench/store.py).
-        conn.exec_driver_sql(self._insert_event, rows)
-        if patients:
-            conn.exec_driver_sql(self._insert_patient, patients)
-        if studies:
-            conn.exec_driver_sql(self._insert_study, studies)
+        run = conn.exec_driver_sql
+        run(self._insert_event, rows)
+        if idx.patients:
+            run(self._insert_patient, idx.patients)
+        if idx.studies:
+            run(self._insert_study, idx.studies)
+        run(self._insert_term, idx.term_rows())
+        run(self._insert_batch, [(first, seq - 1, idx.min_time, idx.max_time)])
         conn.execute(update(tree_state).where(tree_state.c.id == 1).values(
             size=seq, frontier=frontier.to_bytes(), last_leaf=prev))
         return seq
@@ -203,37 +194,9 @@ class EventStore:
         return [Checkpoint(r.tree_size, r.root, r.time_us, r.key_id, r.signature) for r in rows]
 
     def search(self, query: EventQuery) -> Iterator[StoredEvent]:
-        stmt = self._select(query)
         with self.engine.connect() as conn:
-            for seq, body in conn.execute(stmt):
+            for seq, body in select_events(conn, query):
                 yield StoredEvent(seq, Event.from_json(_event_part(body)))
-
-    def _select(self, q: EventQuery) -> Select:
-        stmt = select(events.c.seq, events.c.body)
-        if q.patient is not None:
-            stmt = stmt.join(event_patients, event_patients.c.seq == events.c.seq).where(
-                event_patients.c.patient_id == q.patient)
-        if q.study is not None:
-            stmt = stmt.join(event_studies, event_studies.c.seq == events.c.seq).where(
-                event_studies.c.study_uid == q.study)
-        if q.actor is not None:
-            stmt = stmt.where(or_(events.c.actor_ae == q.actor, events.c.actor_host == q.actor,
-                                  events.c.actor_user == q.actor))
-        if q.kind is not None:
-            if q.kind.endswith("*"):
-                stmt = stmt.where(events.c.kind.startswith(q.kind[:-1], autoescape=True))
-            else:
-                stmt = stmt.where(events.c.kind == q.kind)
-        if q.since is not None:
-            stmt = stmt.where(events.c.time_us >= _us(q.since))
-        if q.until is not None:
-            stmt = stmt.where(events.c.time_us < _us(q.until))
-        if q.after_seq is not None:
-            stmt = stmt.where(events.c.seq > q.after_seq)
-        stmt = stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq)
-        if q.limit is not None:
-            stmt = stmt.limit(q.limit)
-        return stmt
 
 
 def _positional_insert(paramstyle: str, table) -> str:
@@ -250,5 +213,3 @@ def _event_part(body: str) -> str:
     return body[start:end]
 
 
-def _us(value: datetime) -> int:
-    return int(value.timestamp() * 1_000_000)

@@ -24,8 +24,10 @@ from sqlalchemy import select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
+from pacsguard.store.index import BUCKET_BITS, BatchIndex
 from pacsguard.store.merkle import Frontier, leaf_hash
-from pacsguard.store.schema import checkpoints, event_patients, event_studies, events, tree_state
+from pacsguard.store.schema import (checkpoints, event_batches, event_patients, event_studies, event_terms, events,
+                                    tree_state)
 from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
 
 # Search columns that must equal what the sealed event says.
@@ -72,6 +74,7 @@ class _Row:
     problems: list[str]
     patients: tuple[str, ...]
     studies: tuple[str, ...]
+    terms_of: tuple | None = None  # (time_us, kind, actor AE, host, user) as sealed, for the term index
 
 
 def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
@@ -82,12 +85,15 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
         total = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar() or 0
         rows = _read_rows(conn, total + 1, progress)
         cps = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
-        index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id)
-        index_std = _index_digest(conn, event_studies, event_studies.c.study_uid)
+        index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id, report.findings)
+        index_std = _index_digest(conn, event_studies, event_studies.c.study_uid, report.findings)
+        batches = conn.execute(select(event_batches).order_by(event_batches.c.first_seq)).all()
+        terms = conn.execute(select(event_terms)).all()
     report.events = len(rows)
 
     chain = _reconstruct_chain(rows, report.findings)
     _check_indexes(rows, index_pat, index_std, report.findings)
+    _check_batches(rows, batches, terms, report.findings)
     size = len(chain)
     if head is None:
         report.findings.append(Finding("truncated", None, "the tree head (tree_state) is missing"))
@@ -108,13 +114,14 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
         leaf = leaf_hash(body_bytes)
         if leaf != r.leaf:
             problems.append("its sealed record does not match its stored hash (the body was edited)")
-        sealed_seq = prev = None
+        sealed_seq = prev = terms_of = None
         patients = studies = ()
         try:
             sealed = orjson.loads(body_bytes)
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
             patients, studies = tuple(dict.fromkeys(event.patient_ids)), tuple(dict.fromkeys(event.study_uids))
+            terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
             expected_cols = _columns_of(event)
             for name in _COLUMNS:
                 if getattr(r, name) != expected_cols[name]:
@@ -122,7 +129,7 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
                                     f"sealed {expected_cols[name]!r}")
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
-        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies))
+        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies, terms_of))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
     if progress is not None:
@@ -185,10 +192,13 @@ def _choose(rows_for: list[_Row], prev_leaf: bytes | None, referenced: set[bytes
     return max(rows_for, key=score)
 
 
-def _index_digest(conn, table, column) -> dict[int, set[str]]:
+def _index_digest(conn, table, column, findings: list[Finding]) -> dict[int, set[str]]:
     out: dict[int, set[str]] = defaultdict(set)
-    for value, seq in conn.execute(select(column, table.c.seq)):
+    for bucket, value, seq in conn.execute(select(table.c.bucket, column, table.c.seq)):
         out[seq].add(value)
+        if bucket != seq >> BUCKET_BITS:
+            findings.append(Finding("index", seq, f"the {table.name} row of {value!r} for event #{seq} is in bucket "
+                                    f"{bucket}, not {seq >> BUCKET_BITS}: searches would miss it"))
     return out
 
 
@@ -204,6 +214,45 @@ def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dic
         for seq, values in index.items():
             findings.append(Finding("index", seq, f"the {name} index lists {sorted(values)} for event #{seq}, "
                                     "which does not exist"))
+
+
+def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) -> None:
+    """The batch time ranges must tile the stored events, and the term postings of each batch must be
+    exactly what its sealed events say (index.py builds both the same way for the store)."""
+    expected: dict[tuple[str, int], bytes] = {}
+    covered = 0
+    for b in batches:
+        if b.first_seq != covered or b.last_seq < b.first_seq:
+            findings.append(Finding("index", b.first_seq, f"event_batches: the batch #{b.first_seq}..#{b.last_seq} "
+                                    f"does not start where the one before ended (#{covered})"))
+        covered = max(covered, b.last_seq + 1)
+        members = [rows[s].terms_of if s < len(rows) and rows[s].position == s else None
+                   for s in range(b.first_seq, b.last_seq + 1)]
+        if None in members:
+            continue  # a missing or unreadable event: reported by the chain check
+        idx = BatchIndex(b.first_seq)
+        for seq, m in enumerate(members, b.first_seq):
+            idx.add(seq, *m, (), ())
+        if (idx.min_time, idx.max_time) != (b.min_time_us, b.max_time_us):
+            findings.append(Finding("index", b.first_seq, f"event_batches: the time range of batch #{b.first_seq}.."
+                                    f"#{b.last_seq} was changed (time-range searches would miss events)"))
+        for bucket, term, first_seq, blob in idx.term_rows():
+            expected[(term, first_seq)] = blob
+    if covered < len(rows):
+        findings.append(Finding("index", covered, f"event_batches: events #{covered}..#{len(rows) - 1} are in no "
+                                "batch (time-range searches would miss them)"))
+    for t in terms:
+        key = (t.term, t.first_seq)
+        want = expected.pop(key, None)
+        if want is None:
+            findings.append(Finding("index", t.first_seq, f"event_terms: {t.term!r} is listed for batch "
+                                    f"#{t.first_seq}, whose sealed events do not carry it"))
+        elif bytes(t.seqs) != want or t.bucket != t.first_seq >> BUCKET_BITS:
+            findings.append(Finding("index", t.first_seq, f"event_terms: the events listed for {t.term!r} in batch "
+                                    f"#{t.first_seq} differ from the sealed events"))
+    for term, first_seq in expected:
+        findings.append(Finding("index", first_seq, f"event_terms: {term!r} is missing for batch #{first_seq} "
+                                "(searches by it would miss events)"))
 
 
 def _check_checkpoints(chain: list[bytes], cps, public_key: Ed25519PublicKey | None, report: VerifyReport) -> None:
