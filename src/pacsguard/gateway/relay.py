@@ -177,6 +177,12 @@ class AssociationRelay:
                 self._arm(left, why)
                 return
             why = f"idle for {idle:.0f} s (limit {self.route.limits.idle_timeout:.0f} s)"
+        elif self.state in ("connecting", "awaiting-ac"):
+            # The client still waits for its A-ASSOCIATE-AC: it gets an answer, not an abort.
+            up = self.route.upstream
+            self._upstream_failed(f"it did not answer the A-ASSOCIATE-RQ within "
+                                  f"{up.connect_timeout + self.route.limits.artim_timeout:.0f} s")
+            return
         self.abort(why, kind="timeout")
 
     def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
@@ -507,15 +513,8 @@ class AssociationRelay:
                                        server_hostname=(up.tls.server_name or up.host) if up.tls else None),
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            if self.closed:
-                return
-            why = _describe_connect_error(exc, up.connect_timeout)
-            self.publish(Event(kind="gateway.upstream.unreachable", component="gateway", severity=Severity.ERROR,
-                               outcome=Outcome.MAJOR_FAILURE, actor=self._client_party(), target=self._upstream_party(),
-                               message=f"upstream {up.ae_title}@{up.host}:{up.port} unreachable: {why}",
-                               details={"route": self.route.name, "error": why}))
-            self.reject(pol.Verdict(False, f"upstream unreachable: {why}", "upstream",
-                                    rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_TEMPORARY_CONGESTION)))
+            if not self.closed:
+                self._upstream_failed(_describe_connect_error(exc, up.connect_timeout))
             return
         if self.closed:
             side.transport.close()
@@ -527,7 +526,21 @@ class AssociationRelay:
             # Judged now, in awaiting-ac: an A-ABORT passes, anything else is a protocol error
             # (PS3.8 9.2 state table, P-DATA-TF in Sta3: AA-8), so it never reaches the PACS.
             early, self.early = b"".join(self.early), []
+            self.bytes_in[True] -= len(early)  # counted when they arrived; data_received counts them again
             loop.call_soon(self.data_received, True, early)
+
+    def _upstream_failed(self, why: str) -> None:
+        """The upstream cannot be reached or does not answer the A-ASSOCIATE-RQ: the client gets a
+        transient A-ASSOCIATE-RJ (PS3.8 9.3.4: "temporary congestion"), so it may retry later."""
+        up = self.route.upstream
+        self.publish(Event(kind="gateway.upstream.unreachable", component="gateway", severity=Severity.ERROR,
+                           outcome=Outcome.MAJOR_FAILURE, actor=self._client_party(), target=self._upstream_party(),
+                           message=f"upstream {up.ae_title}@{up.host}:{up.port} unreachable: {why}",
+                           details={"route": self.route.name, "error": why}))
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
+        self.reject(pol.Verdict(False, f"upstream unreachable: {why}", "upstream",
+                                rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_TEMPORARY_CONGESTION)))
 
     def _on_associate_answer(self, raw_pdu: RawPDU) -> list[bytes]:
         kind = raw_pdu.pdu_type
