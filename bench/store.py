@@ -5,8 +5,9 @@ latency at a given store size, on SQLite and optionally PostgreSQL.
 
 Ingest runs on one core (one writer thread). Events look like gateway C-STORE records: 20,000
 distinct patients, 5 studies each, details of a realistic size, appended in batches of --batch
-(the event bus's maximum). The query "all events for patient X" is timed for 50 random patients,
-each twice: the first query for that patient (its rows are not in any cache unless the operating
+(the event bus's maximum); by default every event names another patient (the index's worst
+case), --burst N sends them N at a time per patient, study and modality, as a series arrives.
+The query "all events for patient X" is timed for 50 random patients, each twice: the first query for that patient (its rows are not in any cache unless the operating
 system kept the file's pages) and the same query repeated; medians and worst reported.
 """
 
@@ -25,28 +26,31 @@ from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.keys import generate_key
 
 
-def events(start: int, n: int, patients: int) -> list[Event]:
+def events(start: int, n: int, patients: int, burst: int = 1) -> list[Event]:
+    """C-STORE records; *burst* consecutive ones share patient, study and modality (a series
+    arriving), 1 = every record another patient (the index's worst case)."""
     out = []
     for i in range(start, start + n):
-        p = (i * 7919) % patients
+        j = i // burst
+        p = (j * 7919) % patients
         out.append(Event(kind="dicom.dimse.c-store", component="gateway",
-                         actor=Party(f"CT{i % 12:02d}", f"10.20.{i % 7}.{i % 250}", 104),
+                         actor=Party(f"CT{j % 12:02d}", f"10.20.{j % 7}.{j % 250}", 104),
                          target=Party("PACS", "10.30.0.5", 104),
-                         patient_ids=(f"PAT{p:08d}",), study_uids=(f"1.2.826.0.1.3680043.9.{p}.{i % 5}",),
+                         patient_ids=(f"PAT{p:08d}",), study_uids=(f"1.2.826.0.1.3680043.9.{p}.{j % 5}",),
                          sop_instance_count=1, message="C-STORE-RSP 0x0000",
                          details={"sop_class": "1.2.840.10008.5.1.4.1.1.2", "status": 0,
                                   "sop_instance": f"1.2.826.0.1.3680043.9.{p}.{i}", "bytes": 525_000}))
     return out
 
 
-def run(target: str, key: Path, total: int, batch: int, patients: int) -> dict:
+def run(target: str, key: Path, total: int, batch: int, patients: int, burst: int) -> dict:
     es = EventStore.open(target, key_path=key, create=True, checkpoint_interval=60)
     have = es.size()
     gen_time = ingest_time = 0.0
     n = have
     while n < total:
         t0 = time.perf_counter()
-        chunk = events(n, min(batch, total - n), patients)
+        chunk = events(n, min(batch, total - n), patients, burst)
         t1 = time.perf_counter()
         es.append(chunk)
         t2 = time.perf_counter()
@@ -78,6 +82,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=20_000, help="events per append (the event bus's max_batch)")
     ap.add_argument("--patients", type=int, default=20_000)
+    ap.add_argument("--burst", type=int, default=1,
+                    help="consecutive events of one patient, study and modality (e.g. 200: CT series); "
+                         "1 = every event another patient, the worst case for the index")
     ap.add_argument("--dir", type=Path, default=None, help="keep the SQLite store here (reuse to grow it)")
     ap.add_argument("--postgres", default=None, help="also run against this PostgreSQL URL")
     args = ap.parse_args()
@@ -88,7 +95,7 @@ def main() -> None:
         generate_key(key)
     targets = [str(work / "bench.db")] + ([args.postgres] if args.postgres else [])
     for target in targets:
-        r = run(target, key, args.events, args.batch, args.patients)
+        r = run(target, key, args.events, args.batch, args.patients, args.burst)
         ingest = f"{r['ingest_per_s']:,.0f} events/s" if r["ingest_per_s"] else "n/a (already filled)"
         print(f"{r['store']}: {r['events']:,} events; ingest {ingest} (batches of {args.batch}); "
               f"patient query (first for that patient) median {r['query_ms_median']:.2f} ms, max "
