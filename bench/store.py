@@ -7,8 +7,9 @@ Ingest runs on one core (one writer thread). Events look like gateway C-STORE re
 distinct patients, 5 studies each, details of a realistic size, appended in batches of --batch
 (the event bus's maximum); by default every event names another patient (the index's worst
 case), --burst N sends them N at a time per patient, study and modality, as a series arrives.
-The query "all events for patient X" is timed for 50 random patients, each twice: the first query for that patient (its rows are not in any cache unless the operating
-system kept the file's pages) and the same query repeated; medians and worst reported.
+The query "all events for patient X" is timed for 50 random patients, each twice: the first
+query for that patient (its rows are not in any cache unless the operating system kept the
+file's pages) and the same query repeated; medians and worst reported.
 """
 
 from __future__ import annotations
