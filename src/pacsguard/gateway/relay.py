@@ -452,9 +452,7 @@ class AssociationRelay:
                 self._finish_release(raw_pdu.raw, from_client)
                 return []
             elif isinstance(ev, Aborted):
-                other = self.upstream if from_client else self.client
-                if other is not None and other.transport is not None:
-                    other.transport.write(raw_pdu.raw)
+                self._forward(from_client, raw_pdu.raw)
                 self._record_peer_abort(from_client, ev)
                 return []
         return [raw_pdu.raw]
@@ -739,9 +737,7 @@ class AssociationRelay:
     # --- release and abort --------------------------------------------------------------------
 
     def _finish_release(self, raw_rp: bytes, from_client: bool) -> None:
-        other = self.upstream if from_client else self.client
-        if other is not None and other.transport is not None:
-            other.transport.write(raw_rp)
+        self._forward(from_client, raw_rp)
         for pending in self.pending.values():
             self.publish(dimse_event(self._peers(), pending, None, aborted=True))
         self.pending.clear()
