@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.index import BUCKET_BITS, BatchIndex
+from pacsguard.store.index import BatchIndex, bucket_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (checkpoints, event_batches, event_patients, event_studies, event_terms, events,
                                     tree_state)
@@ -196,9 +196,9 @@ def _index_digest(conn, table, column, findings: list[Finding]) -> dict[int, set
     out: dict[int, set[str]] = defaultdict(set)
     for bucket, value, seq in conn.execute(select(table.c.bucket, column, table.c.seq)):
         out[seq].add(value)
-        if bucket != seq >> BUCKET_BITS:
+        if bucket != bucket_of(seq):
             findings.append(Finding("index", seq, f"the {table.name} row of {value!r} for event #{seq} is in bucket "
-                                    f"{bucket}, not {seq >> BUCKET_BITS}: searches would miss it"))
+                                    f"{bucket}, not {bucket_of(seq)}: searches would miss it"))
     return out
 
 
@@ -219,7 +219,7 @@ def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dic
 def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) -> None:
     """The batch time ranges must tile the stored events, and the term postings of each batch must be
     exactly what its sealed events say (index.py builds both the same way for the store)."""
-    expected: dict[tuple[str, int], bytes] = {}
+    expected: dict[tuple[str, int], tuple[int, bytes]] = {}
     covered = 0
     for b in batches:
         if b.first_seq != covered or b.last_seq < b.first_seq:
@@ -237,7 +237,7 @@ def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) ->
             findings.append(Finding("index", b.first_seq, f"event_batches: the time range of batch #{b.first_seq}.."
                                     f"#{b.last_seq} was changed (time-range searches would miss events)"))
         for bucket, term, first_seq, blob in idx.term_rows():
-            expected[(term, first_seq)] = blob
+            expected[(term, first_seq)] = (bucket, blob)
     if covered < len(rows):
         findings.append(Finding("index", covered, f"event_batches: events #{covered}..#{len(rows) - 1} are in no "
                                 "batch (time-range searches would miss them)"))
@@ -247,7 +247,7 @@ def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) ->
         if want is None:
             findings.append(Finding("index", t.first_seq, f"event_terms: {t.term!r} is listed for batch "
                                     f"#{t.first_seq}, whose sealed events do not carry it"))
-        elif bytes(t.seqs) != want or t.bucket != t.first_seq >> BUCKET_BITS:
+        elif (t.bucket, bytes(t.seqs)) != want:
             findings.append(Finding("index", t.first_seq, f"event_terms: the events listed for {t.term!r} in batch "
                                     f"#{t.first_seq} differ from the sealed events"))
     for term, first_seq in expected:
