@@ -3,6 +3,7 @@ by name never downloads), with what dcmtk needs to send each in its own transfer
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Iterable
 
@@ -57,3 +58,12 @@ def send_in_own_syntax(dcmtk, target: list[str], files: Iterable[Path], timeout:
     for flag, group in by_flag.items():
         result = dcmtk.run("storescu", "-R", flag, *target, *group, timeout=timeout)
         assert result.returncode == 0, f"storescu {flag} failed: {result.stdout}\n{result.stderr}"
+
+
+def el_implicit(tag: int, value: bytes, length: int | None = None, little: bool = True, pad: bytes = b"") -> bytes:
+    """One Implicit VR data element (PS3.5 7.1.3), built by hand; *pad* (a space or NUL byte) makes an
+    odd-length value even, as PS3.5 6.2 requires."""
+    if pad and len(value) % 2:
+        value += pad
+    e = "<" if little else ">"
+    return struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value) if length is None else length) + value

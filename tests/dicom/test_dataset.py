@@ -17,6 +17,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from dicom_corpus import el_implicit
 from pacsguard.dicom import errors as E
 from pacsguard.dicom.dataset import (
     DatasetPeek,
@@ -155,11 +156,6 @@ def el_explicit(tag: int, vr: bytes, value: bytes, little: bool = True, length: 
     if vr in _LONG_VRS:
         return head + b"\x00\x00" + struct.pack(e + "I", n) + value
     return head + struct.pack(e + "H", n) + value
-
-
-def el_implicit(tag: int, value: bytes, length: int | None = None, little: bool = True) -> bytes:
-    e = "<" if little else ">"
-    return struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value) if length is None else length) + value
 
 
 def item(content: bytes, undefined: bool, little: bool = True) -> bytes:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dicom_corpus import el_implicit
 from gateway_under_test import RunningGateway, route
 from peers.dcmtk import Dcmtk, StoreSCP, free_port, run_storescp, wait_for_port
 from pynetdicom import AE
@@ -484,12 +485,6 @@ def test_a_abort_before_the_ac_is_passed_on_at_once(setup: Setup) -> None:
 STORE_CONTEXTS = ((1, VERIFICATION), (5, SECONDARY_CAPTURE))
 
 
-def _element(group: int, element: int, value: bytes) -> bytes:
-    """One Implicit VR Little Endian data element (PS3.5 7.1.3), value padded to even length."""
-    value += b"\x00" * (len(value) % 2)
-    return struct.pack("<HHI", group, element, len(value)) + value
-
-
 def store_message(calling: str, pixel_bytes: int = 300_000) -> list[bytes]:
     """A C-STORE-RQ with a Secondary Capture data set, in P-DATA-TF PDUs of the upstream's maximum."""
     sop_instance = f"1.2.826.0.1.3680043.9.7.{calling_number(calling)}"
@@ -497,11 +492,9 @@ def store_message(calling: str, pixel_bytes: int = 300_000) -> list[bytes]:
         dimse.C_STORE_RQ, message_id=7, affected_sop_class_uid=SECONDARY_CAPTURE,
         affected_sop_instance_uid=sop_instance, priority=0, command_data_set_type=0x0001))
     pixels = random.Random(calling).randbytes(pixel_bytes)
-    dataset = b"".join((_element(0x0008, 0x0016, SECONDARY_CAPTURE.encode()),
-                        _element(0x0008, 0x0018, sop_instance.encode()),
-                        _element(0x0010, 0x0020, b"CUT^THROUGH"),
-                        _element(0x0020, 0x000D, b"1.2.826.0.1.3680043.9.7.1"),
-                        _element(0x7FE0, 0x0010, pixels)))
+    dataset = b"".join(el_implicit(tag, value, pad=b"\x00") for tag, value in (
+        (0x00080016, SECONDARY_CAPTURE.encode()), (0x00080018, sop_instance.encode()), (0x00100020, b"CUT^THROUGH"),
+        (0x0020000D, b"1.2.826.0.1.3680043.9.7.1"), (0x7FE00010, pixels)))
     return P.encode_dimse_message(5, command, dataset, UPSTREAM_MAX_PDU)
 
 

@@ -11,7 +11,8 @@ demand by a real PACS.
 from __future__ import annotations
 
 import asyncio
-import struct
+
+from dicom_corpus import el_implicit
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
@@ -76,11 +77,6 @@ class Runtime:
         return pol.ALLOW
 
 
-def _element(group: int, element: int, value: bytes) -> bytes:
-    value += b" " * (len(value) % 2)
-    return struct.pack("<HHI", group, element, len(value)) + value
-
-
 def test_gateway_answer_waits_for_the_pdu_in_flight_to_its_receiver():
     async def scenario() -> None:
         rt = Runtime()
@@ -112,7 +108,8 @@ def test_gateway_answer_waits_for_the_pdu_in_flight_to_its_receiver():
         command = dimse.encode_command_set(dimse.CommandSet(
             dimse.C_MOVE_RQ, message_id=5, affected_sop_class_uid=MOVE, priority=0,
             move_destination="EVIL", command_data_set_type=0x0001))
-        identifier = _element(0x0008, 0x0052, b"STUDY") + _element(0x0020, 0x000D, b"1.2.826.0.1.3680043.9.7.9")
+        identifier = (el_implicit(0x00080052, b"STUDY", pad=b" ")
+                      + el_implicit(0x0020000D, b"1.2.826.0.1.3680043.9.7.9", pad=b" "))
         relay.data_received(True, b"".join(P.encode_dimse_message(1, command, identifier, 16384)))
         assert bytes(client.transport.out) == b"", "the refusal was written inside the PDU in flight"
         assert not upstream.transport.out.endswith(command), "a refused C-MOVE reached the PACS"
