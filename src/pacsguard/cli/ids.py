@@ -49,18 +49,23 @@ def _print_rule_error(exc: RuleError) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def _load_settings(path: Path | None) -> IdsSettings:
-    """A `--settings` file: the `ids:` section of a pacsguard.yaml, or that section alone."""
-    if path is None:
-        return IdsSettings()
+def _read_yaml(path: Path) -> Any:
+    """A YAML file read with the rule loader (duplicate keys are errors); exit 2 naming the file."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except OSError as exc:
         _error(f"{path}: cannot read ({exc.strerror})")
         raise typer.Exit(EXIT_USAGE) from None
     except yaml.YAMLError as exc:
         _error(f"{path}: not valid YAML: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _load_settings(path: Path | None) -> IdsSettings:
+    """A `--settings` file: the `ids:` section of a pacsguard.yaml, or that section alone."""
+    if path is None:
+        return IdsSettings()
+    data = _read_yaml(path) or {}
     if isinstance(data, dict) and isinstance(data.get("ids"), dict):
         data = data["ids"]
     try:
@@ -194,14 +199,7 @@ def _typed(ftype: str, value: Any) -> Any:
 
 def _observations(path: Path) -> list[tuple[float, Observation]]:
     """Read a YAML list of observations; exit 2 with every problem."""
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except OSError as exc:
-        _error(f"{path}: cannot read ({exc.strerror})")
-        raise typer.Exit(EXIT_USAGE) from None
-    except yaml.YAMLError as exc:
-        _error(f"{path}: not valid YAML: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    data = _read_yaml(path)
     if not isinstance(data, list):
         _error(f"{path}: expected a YAML list of observations (each with kind: and its fields)")
         raise typer.Exit(EXIT_USAGE)
