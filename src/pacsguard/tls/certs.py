@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pacsguard.tls.contexts import StrPath, TLSConfigError
+from pacsguard.tls.contexts import StrPath, TLSConfigError, read_pem
 
 # Certificates are issued a little in the past so a peer whose clock is slightly behind accepts them.
 _BACKDATE = timedelta(minutes=5)
@@ -155,12 +155,7 @@ def _general_name(host: str) -> x509.GeneralName:
 
 def _load_ca_cert(path: StrPath) -> x509.Certificate:
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise TLSConfigError(f"CA cert {p}: file does not exist") from None
-    except OSError as exc:
-        raise TLSConfigError(f"CA cert {p}: cannot read: {exc.strerror or exc}") from None
+    data = read_pem(p, "CA cert")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -169,12 +164,7 @@ def _load_ca_cert(path: StrPath) -> x509.Certificate:
 
 def _load_ca_key(path: StrPath) -> Any:
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise TLSConfigError(f"CA key {p}: file does not exist") from None
-    except OSError as exc:
-        raise TLSConfigError(f"CA key {p}: cannot read: {exc.strerror or exc}") from None
+    data = read_pem(p, "CA key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -56,7 +56,8 @@ class TLSConfigError(Exception):
 # File checks: done with `cryptography` before OpenSSL sees the files, so the errors are precise.
 # --------------------------------------------------------------------------------------------
 
-def _read(path: StrPath, role: str) -> bytes:
+def read_pem(path: StrPath, role: str) -> bytes:
+    """The bytes of a PEM file; a TLSConfigError naming the role, the file and what is wrong."""
     p = Path(path)
     if not p.exists():
         raise TLSConfigError(f"{role} {p}: file does not exist")
@@ -71,7 +72,7 @@ def _read(path: StrPath, role: str) -> bytes:
 
 
 def _load_certs(path: StrPath, role: str) -> list[x509.Certificate]:
-    data = _read(path, role)
+    data = read_pem(path, role)
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise TLSConfigError(f"{role} {path}: no PEM certificate found "
                              "(expected a '-----BEGIN CERTIFICATE-----' block)")
@@ -94,7 +95,7 @@ def _check_validity(cert: x509.Certificate, path: StrPath, role: str) -> None:
 
 
 def _load_key(path: StrPath) -> Any:
-    data = _read(path, "key file")
+    data = read_pem(path, "key file")
     if b"-----BEGIN" not in data or b"PRIVATE KEY-----" not in data:
         raise TLSConfigError(f"key file {path}: no PEM private key found "
                              "(expected a '-----BEGIN ... PRIVATE KEY-----' block)")
