@@ -134,8 +134,8 @@ def test_verify_catches_deleted_row(target, tmp_path):
 def test_verify_catches_inserted_row(target, tmp_path):
     # Shift the tail to make room, then insert a forged copy of event 5 as event 6.
     shift = ["UPDATE events SET seq = seq + 1000 WHERE seq >= 6", "UPDATE events SET seq = seq - 999 WHERE seq >= 1000",
-             "INSERT INTO events SELECT 6, event_id, time_us, kind, severity, component, outcome, actor_ae, actor_host,"
-             " actor_user, target_ae, target_host, sop_instance_count, body, leaf FROM events WHERE seq = 5"]
+             "INSERT INTO events SELECT -6, 6, patient_id, time_us, kind, actor_ae, actor_host, actor_user, body, leaf"
+             " FROM events WHERE seq = 5"]
     report = _tampered(target, tmp_path, shift)
     kinds = _kinds(report)
     assert any(k == "inserted" for k, _ in kinds), report.findings
@@ -176,8 +176,17 @@ def test_verify_catches_forged_checkpoint(target, tmp_path):
 
 
 def test_verify_catches_index_tampering(target, tmp_path):
-    report = _tampered(target, tmp_path, ["UPDATE event_patients SET patient_id = 'OTHER' WHERE seq = 4"])
+    report = _tampered(target, tmp_path, ["INSERT INTO event_patients VALUES (0, 'OTHER', 4)"])
     assert ("index", 4) in _kinds(report)
+    report = _tampered(target, tmp_path, ["UPDATE event_studies SET study_uid = 'OTHER' WHERE seq = 9"])
+    assert ("index", 9) in _kinds(report)
+
+
+def test_verify_catches_moved_row(target, tmp_path):
+    """A row moved to another place (where a search by its patient does not look) is reported."""
+    report = _tampered(target, tmp_path, ["UPDATE events SET place = place + 1 WHERE seq = 7"])
+    assert [(f.kind, f.seq) for f in report.findings] == [("index", 7)]
+    assert "search by patient would miss it" in report.findings[0].message
 
 
 def test_not_a_store_is_a_clear_error(tmp_path):
@@ -230,6 +239,8 @@ def test_index_spans_buckets(target, tmp_path, monkeypatch):
     for i in range(0, 300, 37):  # batches that straddle buckets
         es.append(sent[i:i + 37])
     assert [s.seq for s in es.search(EventQuery(patient="PID0007", limit=None))] == list(range(7, 300, 50))
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", newest_first=True, limit=4))] == [257, 207, 157, 107]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", after_seq=57, limit=2))] == [107, 157]
     assert [s.seq for s in es.search(EventQuery(study="1.2.826.0.1.3680043.2.5", limit=None))] == [5, 85, 165, 245]
     newest = [s.seq for s in es.search(EventQuery(actor="MOD1", newest_first=True, limit=5))]
     assert newest == [297, 293, 289, 285, 281]
@@ -243,10 +254,43 @@ def test_index_spans_buckets(target, tmp_path, monkeypatch):
     es.close()
 
 
+def test_patient_search_finds_every_patient_of_an_event(target, tmp_path, monkeypatch):
+    """An event is placed by its first patient; it is found by its later ones too, and patients whose
+    hashes collide (here: all of them) are still told apart."""
+    from pacsguard.events import Event
+    from pacsguard.store import index
+
+    monkeypatch.setattr(index, "BUCKET_BITS", 3)
+    monkeypatch.setattr(index, "patient_hash", lambda patient_id: 5)
+    es, key = new_store(target, tmp_path)
+    sent = make_events(60)
+    # C-FIND responses that disclosed several patients, the queried one not always first.
+    for i in (10, 31, 44):
+        sent[i] = Event(kind="dicom.dimse.c-find", component="gateway", patient_ids=(f"PID{i % 50:04d}", "PIDX", "PIDX"))
+    for i in range(0, 60, 9):
+        es.append(sent[i:i + 9])
+    assert [s.seq for s in es.search(EventQuery(patient="PIDX", limit=None))] == [10, 31, 44]
+    assert [s.seq for s in es.search(EventQuery(patient="PIDX", newest_first=True, limit=2))] == [44, 31]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0031", limit=None))] == [31]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", limit=None))] == [7, 57]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", actor="MOD3", limit=None))] == [7]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0007", study="1.2.826.0.1.3680043.2.57",
+                                                limit=None))] == [57]
+    assert [s.seq for s in es.search(EventQuery(patient="PIDX", kind="dicom.dimse.c-find", after_seq=10,
+                                                limit=None))] == [31, 44]
+    assert not list(es.search(EventQuery(patient="PID9999", limit=None)))
+    es.checkpoint()
+    assert verify_store(es, load_public_key(key)).ok
+    es.close()
+
+
 def test_store_of_format_1_is_migrated(target, tmp_path):
     """A store written by pacsguard before the search index of format 2 (Alembic revision 0001) opens,
-    is upgraded in place, verifies, and is searchable through the new index."""
+    is upgraded in place through formats 2 and 3 (placement by patient), verifies, and is searchable
+    through the new index."""
     from alembic import command
+
+    from pacsguard.events import Event
 
     from pacsguard.store import engine as store_engine
     from pacsguard.store.merkle import Frontier
@@ -259,6 +303,7 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
     sent = make_events(60)
+    sent[20] = Event(kind="dicom.dimse.c-find", component="gateway", patient_ids=("PID0020", "PIDX"))
     frontier, prev, rows, patients, studies = Frontier(), GENESIS_PREV, [], [], []
     for seq, ev in enumerate(sent):
         body = seal(ev.to_json(), prev, seq)
@@ -281,9 +326,15 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
     es = EventStore.open(target)
     assert [s.seq for s in es.search(EventQuery(actor="MOD1", limit=None))] == list(range(1, 60, 4))
     assert [s.seq for s in es.search(EventQuery(patient="PID0007", limit=None))] == [7, 57]
+    assert [s.seq for s in es.search(EventQuery(patient="PIDX", limit=None))] == [20]
+    assert [s.seq for s in es.search(EventQuery(patient="PID0020", limit=None))] == [20]
     report = verify_store(es, None)
     assert not [f for f in report.findings if f.kind != "checkpoint"], report.findings
+    es.append(make_events(5, 60))
+    assert [s.seq for s in es.search(EventQuery(patient="PID0010", limit=None))] == [10, 60]
     with raw_sql(target) as cur:
         cur.execute("SELECT value FROM pacsguard_meta WHERE key = 'format_version'")
-        assert cur.fetchone()[0] == "2"
+        assert cur.fetchone()[0] == "3"
+        cur.execute("SELECT patient_id, seq FROM event_patients")
+        assert cur.fetchall() == [("PIDX", 20)]
     es.close()

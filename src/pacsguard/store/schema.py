@@ -1,48 +1,48 @@
 """The store's tables (SQLAlchemy Core). Alembic migrations in `migrations/` create and evolve them.
 
 `events.body` holds the sealed record: the canonical JSON of {"event", "prev", "seq"} whose
-RFC 9162 leaf hash is `events.leaf`. The other columns are copies for filtering and for SQL
-readers; `audit verify` checks them against the sealed body, so editing a column is caught like
-editing the body. The search index (event_patients, event_studies, event_terms, event_batches)
-is described in `index.py`; verify checks it against the bodies too.
+RFC 9162 leaf hash is `events.leaf`. Rows are keyed by `place` (bucket, patient hash, seq: see
+index.py), and `seq` has a unique index. The other columns are copies for filtering and for SQL
+readers (`patient_id` is the event's first patient ID; other fields are in the body's JSON,
+e.g. SQLite's `json_extract(body, '$.event.outcome')`); `audit verify` checks them against the
+sealed body, so editing a column is caught like editing the body. The search index
+(event_patients, event_studies, event_terms, event_batches) is described in `index.py`; verify
+checks it against the bodies too.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, SmallInteger,
+from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData,
                         String, Table, Text)
 
 metadata = MetaData()
 
 STORE_FORMAT = "pacsguard-store"
-STORE_FORMAT_VERSION = "2"
+STORE_FORMAT_VERSION = "3"
 
-events = Table(
-    "events", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
-    Column("event_id", String(32), nullable=False),
-    Column("time_us", BigInteger, nullable=False),
-    Column("kind", String(128), nullable=False),
-    Column("severity", SmallInteger, nullable=False),
-    Column("component", String(64), nullable=False),
-    Column("outcome", String(32), nullable=False),
-    Column("actor_ae", String(64)),
-    Column("actor_host", String(255)),
-    Column("actor_user", String(255)),
-    Column("target_ae", String(64)),
-    Column("target_host", String(255)),
-    Column("sop_instance_count", Integer, nullable=False),
-    Column("body", Text, nullable=False),
-    Column("leaf", LargeBinary(32), nullable=False),
-)
 SEQ = BigInteger().with_variant(Integer, "sqlite")
 # Byte order, so that prefix ranges over terms mean the same on PostgreSQL as on SQLite.
 TERM = String(300).with_variant(String(300, collation="C"), "postgresql")
 
+events = Table(
+    "events", metadata,
+    # INTEGER on SQLite makes it the rowid: the table itself is ordered by place.
+    Column("place", SEQ, primary_key=True, autoincrement=False),
+    Column("seq", SEQ, nullable=False),
+    Column("patient_id", String(128)),
+    Column("time_us", BigInteger, nullable=False),
+    Column("kind", String(128), nullable=False),
+    Column("actor_ae", String(64)),
+    Column("actor_host", String(255)),
+    Column("actor_user", String(255)),
+    Column("body", Text, nullable=False),
+    Column("leaf", LargeBinary(32), nullable=False),
+)
+Index("ix_events_seq", events.c.seq, unique=True)
 
 
 def _context_index(name: str, column: str, size: int) -> Table:
-    """One row per (value, event) for patient IDs or study UIDs, keyed bucket first (index.py)."""
+    """One row per (value, event) for other patient IDs or study UIDs, keyed bucket first (index.py)."""
     return Table(
         name, metadata,
         Column("bucket", Integer, primary_key=True, autoincrement=False),

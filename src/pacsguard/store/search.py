@@ -1,9 +1,10 @@
 """`events search`: find the seqs that match through the index (index.py), then read those events,
 with every filter applied again to the rows themselves, so the index only narrows the reading.
 
-Candidates come from the indexed filters given: patient or study (their index), actor or kind
-(term postings); a time range alone reads the seq span of the batches that overlap it; no filter
-reads the table in seq order.
+A patient search reads, bucket by bucket, the run of rows placed by that patient (index.py) and
+the events that name the patient second or later (event_patients). Otherwise candidates come from
+the indexed filters given: study (its index), actor or kind (term postings); a time range alone
+reads the seq span of the batches that overlap it; no filter reads the table in seq order.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.engine import Connection
 
-from pacsguard.store.index import ACTOR, KIND, buckets_upto, decode_postings
+from pacsguard.store.index import ACTOR, KIND, bucket_of, buckets_upto, decode_postings, patient_run
 from pacsguard.store.schema import event_batches, event_patients, event_studies, event_terms, events, tree_state
 
 #: Events read per statement when fetching candidates by seq.
 _FETCH = 500
+#: Buckets read per statement by a patient search.
+_BUCKETS = 64
 
 
 @dataclass(slots=True)
@@ -42,6 +45,9 @@ def select_events(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
     if q.limit is not None and q.limit <= 0:
         return
     exact = _row_filter(q)
+    if q.patient is not None:
+        yield from _by_patient(conn, q, exact)
+        return
     candidates = _candidates(conn, q)
     if candidates is None:
         if q.since is not None or q.until is not None:
@@ -54,19 +60,58 @@ def select_events(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
     wanted = sorted(candidates, reverse=q.newest_first)
     if q.after_seq is not None:
         wanted = [s for s in wanted if s > q.after_seq]
-    left = q.limit
-    for i in range(0, len(wanted), _FETCH):
-        chunk = wanted[i:i + _FETCH]
-        stmt = select(events.c.seq, events.c.body).where(events.c.seq.in_(chunk), *exact)
-        found = dict(conn.execute(stmt).all())
+    yield from _limited(_fetch(conn, wanted, exact), q.limit)
+
+
+def _fetch(conn: Connection, seqs: list[int], exact: list) -> Iterator[tuple[int, str]]:
+    """The events of *seqs* that pass *exact*, in the order of *seqs*."""
+    for i in range(0, len(seqs), _FETCH):
+        chunk = seqs[i:i + _FETCH]
+        found = dict(conn.execute(select(events.c.seq, events.c.body).where(events.c.seq.in_(chunk), *exact)).all())
         for seq in chunk:
             body = found.get(seq)
             if body is not None:
                 yield seq, body
-                if left is not None:
-                    left -= 1
-                    if not left:
-                        return
+
+
+def _limited(rows: Iterator[tuple[int, str]], limit: int | None) -> Iterator[tuple[int, str]]:
+    for n, row in enumerate(rows, 1):
+        yield row
+        if n == limit:
+            return
+
+
+def _by_patient(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[int, str]]:
+    """A bucket at a time (newest first if asked), so a limited search stops early: the events placed
+    by the patient (one run of rows per bucket) and those that name the patient later on."""
+    size = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0
+    buckets = buckets_upto(size)
+    if q.after_seq is not None:
+        buckets = buckets[bucket_of(q.after_seq):]
+        exact.append(events.c.seq > q.after_seq)
+    if q.study is not None:
+        exact.append(events.c.seq.in_(select(event_studies.c.seq).where(
+            event_studies.c.study_uid == q.study, event_studies.c.bucket.in_(buckets))))
+    if q.newest_first:
+        buckets.reverse()
+
+    def found() -> Iterator[tuple[int, str]]:
+        for i in range(0, len(buckets), _BUCKETS):
+            chunk = buckets[i:i + _BUCKETS]
+            # The runs as literal integers: built and planned in microseconds whatever the number of
+            # buckets, and PostgreSQL sees each range (a join against a list of runs made it scan).
+            runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, q.patient)
+                                          for b in chunk) + ")")
+            rows = [(seq, body) for seq, body in conn.execute(select(events.c.seq, events.c.body).where(
+                runs, events.c.patient_id == q.patient, *exact))]
+            others = conn.execute(select(event_patients.c.seq).where(
+                event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == q.patient)).scalars().all()
+            if others:
+                rows += _fetch(conn, others, exact)
+            rows.sort(reverse=q.newest_first)
+            yield from rows
+
+    yield from _limited(found(), q.limit)
 
 
 def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
@@ -77,13 +122,8 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
         nonlocal found
         found = seqs if found is None else found & seqs
 
-    buckets = None
-    if q.patient is not None or q.study is not None:
-        buckets = buckets_upto(conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0)
-    if q.patient is not None:
-        narrow(set(conn.execute(select(event_patients.c.seq).where(
-            event_patients.c.bucket.in_(buckets), event_patients.c.patient_id == q.patient)).scalars()))
     if q.study is not None:
+        buckets = buckets_upto(conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0)
         narrow(set(conn.execute(select(event_studies.c.seq).where(
             event_studies.c.bucket.in_(buckets), event_studies.c.study_uid == q.study)).scalars()))
     if q.actor is not None and (found is None or len(found) > _FETCH):

@@ -3,6 +3,8 @@
 How each tampering shows (the sealed record of event n is {"event", "prev", "seq": n}):
 - modified: the body no longer hashes to its stored leaf, a search column differs from the sealed
   event, or the body was re-hashed but the next event sealed a different predecessor;
+- misplaced (an index finding): the row's place is not the one its seq and first patient give, so
+  a search by patient would miss it;
 - deleted: no row holds sealed event n;
 - inserted: a row whose sealed record is not in the chain (a second claimant for n, or a forgery);
 - reordered: sealed event n is stored at another position;
@@ -24,15 +26,14 @@ from sqlalchemy import select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.index import BatchIndex, bucket_of
+from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (checkpoints, event_batches, event_patients, event_studies, event_terms, events,
                                     tree_state)
 from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
 
 # Search columns that must equal what the sealed event says.
-_COLUMNS = ("event_id", "time_us", "kind", "severity", "component", "outcome", "actor_ae", "actor_host",
-            "actor_user", "target_ae", "target_host", "sop_instance_count")
+_COLUMNS = ("patient_id", "time_us", "kind", "actor_ae", "actor_host", "actor_user")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +73,10 @@ class _Row:
     prev: bytes | None
     leaf: bytes  # recomputed from the body
     problems: list[str]
-    patients: tuple[str, ...]
+    patients: tuple[str, ...]  # after the first (index.other_patients): the ones event_patients lists
     studies: tuple[str, ...]
     terms_of: tuple | None = None  # (time_us, kind, actor AE, host, user) as sealed, for the term index
+    misplaced: str | None = None
 
 
 def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
@@ -93,6 +95,7 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
 
     chain = _reconstruct_chain(rows, report.findings)
     _check_indexes(rows, index_pat, index_std, report.findings)
+    report.findings.extend(Finding("index", r.position, r.misplaced) for r in rows if r.misplaced)
     _check_batches(rows, batches, terms, report.findings)
     size = len(chain)
     if head is None:
@@ -105,7 +108,9 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
 
 
 def _read_rows(conn, expected: int, progress) -> list[_Row]:
-    stmt = select(events.c.seq, events.c.body, events.c.leaf, *[events.c[c] for c in _COLUMNS]).order_by(events.c.seq)
+    # In place order: the table's own order, read straight through; sorted by seq afterwards.
+    stmt = select(events.c.place, events.c.seq, events.c.body, events.c.leaf,
+                  *[events.c[c] for c in _COLUMNS]).order_by(events.c.place)
     out: list[_Row] = []
     result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
     for n, r in enumerate(result):
@@ -116,11 +121,16 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
             problems.append("its sealed record does not match its stored hash (the body was edited)")
         sealed_seq = prev = terms_of = None
         patients = studies = ()
+        misplaced = None
         try:
             sealed = orjson.loads(body_bytes)
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
-            patients, studies = tuple(dict.fromkeys(event.patient_ids)), tuple(dict.fromkeys(event.study_uids))
+            patients, studies = other_patients(event.patient_ids), tuple(dict.fromkeys(event.study_uids))
+            place = place_of(r.seq, event.patient_ids[0] if event.patient_ids else None)
+            if r.place != place:
+                misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
+                             "first patient put it: a search by patient would miss it")
             terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
             expected_cols = _columns_of(event)
             for name in _COLUMNS:
@@ -129,19 +139,18 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
                                     f"sealed {expected_cols[name]!r}")
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
-        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies, terms_of))
+        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies, terms_of, misplaced))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
     if progress is not None:
         progress(len(out), len(out))
+    out.sort(key=lambda row: row.position)
     return out
 
 
 def _columns_of(ev: Event) -> dict:
-    return {"event_id": ev.id, "time_us": ev.time_us, "kind": ev.kind, "severity": int(ev.severity),
-            "component": ev.component, "outcome": ev.outcome, "actor_ae": ev.actor.ae_title,
-            "actor_host": ev.actor.host, "actor_user": ev.actor.user, "target_ae": ev.target.ae_title,
-            "target_host": ev.target.host, "sop_instance_count": ev.sop_instance_count}
+    return {"patient_id": ev.patient_ids[0] if ev.patient_ids else None, "time_us": ev.time_us, "kind": ev.kind,
+            "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
 
 
 def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]:
@@ -204,15 +213,16 @@ def _index_digest(conn, table, column, findings: list[Finding]) -> dict[int, set
 
 def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dict[int, set[str]],
                    findings: list[Finding]) -> None:
+    tables = (("event_patients", patients, "patients after its first"), ("event_studies", studies, "studies"))
     for row in rows:
-        for name, index, sealed in (("patient", patients, row.patients), ("study", studies, row.studies)):
+        for (table, index, what), sealed in zip(tables, (row.patients, row.studies)):
             have = index.pop(row.position, set())
             if have != set(sealed):
-                findings.append(Finding("index", row.position, f"event #{row.position}: the {name} index lists "
-                                        f"{sorted(have)} but the sealed event names {sorted(sealed)}"))
-    for name, index in (("patient", patients), ("study", studies)):
+                findings.append(Finding("index", row.position, f"event #{row.position}: {table} lists "
+                                        f"{sorted(have)} but the sealed event names the {what} {sorted(sealed)}"))
+    for table, index, _ in tables:
         for seq, values in index.items():
-            findings.append(Finding("index", seq, f"the {name} index lists {sorted(values)} for event #{seq}, "
+            findings.append(Finding("index", seq, f"{table} lists {sorted(values)} for event #{seq}, "
                                     "which does not exist"))
 
 
