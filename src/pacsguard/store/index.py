@@ -67,6 +67,11 @@ def patient_run(bucket: int, patient_id: str) -> tuple[int, int]:
     return lo, lo | ((1 << BUCKET_BITS) - 1)
 
 
+def placed_by(patient_ids: Sequence[str]) -> str | None:
+    """The patient an event is placed by and listed under in the events table: its first."""
+    return patient_ids[0] if patient_ids else None
+
+
 def other_patients(patient_ids: Sequence[str]) -> tuple[str, ...]:
     """An event's patient IDs after its first (the one it is placed by), each once."""
     if len(patient_ids) < 2:
@@ -106,11 +111,9 @@ class BatchIndex:
             self.studies.append((seq >> BUCKET_BITS, study_uids[0], seq))
         elif study_uids:
             self.studies.extend((seq >> BUCKET_BITS, uid, seq) for uid in dict.fromkeys(study_uids))
-        if not patient_ids:
-            return place_of(seq, None)
         if len(patient_ids) > 1:
             self.patients.extend((seq >> BUCKET_BITS, pid, seq) for pid in other_patients(patient_ids))
-        return place_of(seq, patient_ids[0])
+        return place_of(seq, placed_by(patient_ids))
 
     @property
     def min_time(self) -> int | None:

@@ -24,7 +24,7 @@ from pacsguard.events.model import Event
 from pacsguard.store import keys
 from pacsguard.store.engine import WRITE, check_or_migrate, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
-from pacsguard.store.index import BatchIndex
+from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
 from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_batches, event_patients,
                                     event_studies, event_terms, events, meta, tree_state)
@@ -139,7 +139,7 @@ class EventStore:
             patients = ev.patient_ids
             place = index(seq, time_us, ev.kind, actor.ae_title, actor.host, actor.user, patients, ev.study_uids)
             # Column order of schema.events.
-            rows.append((place, seq, patients[0] if patients else None, time_us, ev.kind, actor.ae_title,
+            rows.append((place, seq, placed_by(patients), time_us, ev.kind, actor.ae_title,
                          actor.host, actor.user, body, prev))
         seq = first + len(rows)
         rows.sort()  # in place order the B-tree takes the batch in one sweep

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
+from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (checkpoints, event_batches, event_patients, event_studies, event_terms, events,
                                     tree_state)
@@ -127,12 +127,12 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
             patients, studies = other_patients(event.patient_ids), tuple(dict.fromkeys(event.study_uids))
-            place = place_of(r.seq, event.patient_ids[0] if event.patient_ids else None)
+            terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
+            expected_cols = _columns_of(event)
+            place = place_of(r.seq, expected_cols["patient_id"])
             if r.place != place:
                 misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
                              "first patient put it: a search by patient would miss it")
-            terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
-            expected_cols = _columns_of(event)
             for name in _COLUMNS:
                 if getattr(r, name) != expected_cols[name]:
                     problems.append(f"column {name} was changed: stored {getattr(r, name)!r}, "
@@ -149,7 +149,7 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
 
 
 def _columns_of(ev: Event) -> dict:
-    return {"patient_id": ev.patient_ids[0] if ev.patient_ids else None, "time_us": ev.time_us, "kind": ev.kind,
+    return {"patient_id": placed_by(ev.patient_ids), "time_us": ev.time_us, "kind": ev.kind,
             "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
 
 

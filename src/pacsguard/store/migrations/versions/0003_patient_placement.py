@@ -14,7 +14,7 @@ import orjson
 import sqlalchemy as sa
 from alembic import op
 
-from pacsguard.store.index import place_of
+from pacsguard.store.index import place_of, placed_by
 
 revision = "0003"
 down_revision = "0002"
@@ -50,8 +50,7 @@ def upgrade() -> None:
     while rows := conn.execute(read, {"start": start}).all():
         out = []
         for r in rows:
-            patients = _patients(r.body)
-            first = patients[0] if patients else None
+            first = placed_by(_patients(r.body))
             out.append({"place": place_of(r.seq, first), "patient_id": first, **r._asdict()})
         out.sort(key=lambda row: row["place"])
         conn.execute(new.insert(), out)
