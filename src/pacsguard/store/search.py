@@ -84,8 +84,7 @@ def _limited(rows: Iterator[tuple[int, str]], limit: int | None) -> Iterator[tup
 def _by_patient(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[int, str]]:
     """A bucket at a time (newest first if asked), so a limited search stops early: the events placed
     by the patient (one run of rows per bucket) and those that name the patient later on."""
-    size = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0
-    buckets = buckets_upto(size)
+    buckets = _buckets(conn)
     if q.after_seq is not None:
         buckets = buckets[bucket_of(q.after_seq):]
         exact.append(events.c.seq > q.after_seq)
@@ -114,6 +113,11 @@ def _by_patient(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[
     yield from _limited(found(), q.limit)
 
 
+def _buckets(conn: Connection) -> list[int]:
+    """Every bucket the store has events in now."""
+    return buckets_upto(conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0)
+
+
 def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
     """Seqs that may match, from the index; None when no indexed filter narrows the search."""
     found: set[int] | None = None
@@ -123,9 +127,8 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
         found = seqs if found is None else found & seqs
 
     if q.study is not None:
-        buckets = buckets_upto(conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0)
         narrow(set(conn.execute(select(event_studies.c.seq).where(
-            event_studies.c.bucket.in_(buckets), event_studies.c.study_uid == q.study)).scalars()))
+            event_studies.c.bucket.in_(_buckets(conn)), event_studies.c.study_uid == q.study)).scalars()))
     if q.actor is not None and (found is None or len(found) > _FETCH):
         narrow(_postings(conn, event_terms.c.term == ACTOR + q.actor))
     if q.kind is not None and (found is None or len(found) > _FETCH):
