@@ -49,8 +49,10 @@ def events(start: int, n: int, patients: int, burst: int = 1) -> list[Event]:
     return out
 
 
-def drop_caches() -> None:
-    """Empty the kernel's page cache (clean pages only, hence the sync first)."""
+def drop_caches(es: EventStore) -> None:
+    """Empty the kernel's page cache (clean pages only, hence the sync first), and reconnect so that
+    SQLite's own page cache starts empty too."""
+    es.engine.dispose()
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
@@ -76,14 +78,12 @@ def run(target: str, key: Path, total: int, batch: int, patients: int, burst: in
     rng = random.Random(7)
     first, warm, rows = [], [], []
     if cold == "once":
-        es.engine.dispose()  # a new connection: SQLite's own page cache starts empty too
-        drop_caches()
+        drop_caches(es)
     for _ in range(50):
         pid = f"PAT{rng.randrange(patients):08d}"
         for times in (first, warm):  # the first query for this patient, then the same again
             if cold == "each" and times is first:
-                es.engine.dispose()  # a new connection: SQLite's own page cache starts empty too
-                drop_caches()
+                drop_caches(es)
             t0 = time.perf_counter()
             got = list(es.search(EventQuery(patient=pid, limit=None)))
             times.append((time.perf_counter() - t0) * 1000)
