@@ -58,6 +58,7 @@ from pacsguard.cli.common import (
 )
 from pacsguard.events import Event, EventBus, FanOut, Severity
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
+from pacsguard.ids.engine import Engine
 from pacsguard.ids.passive import PassiveStats, build_engine, live, read
 from pacsguard.ids.sensor import CaptureClock
 
@@ -104,10 +105,11 @@ def _ids_errors(func: F) -> F:
 # ------------------------------------------------------------------ setup shared by both commands
 
 
-def _settings(config: Path | None) -> Any:
-    """IdsSettings from the ``ids:`` section of pacsguard.yaml (``--config``, else
-    ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists); the defaults without one."""
-    return ids_settings(load(config, required=False))
+def _engine(rules_dir: list[Path], config: Path | None) -> tuple[Engine, CaptureClock]:
+    """The rule engine on a capture clock, with the ``ids:`` settings of pacsguard.yaml (``--config``,
+    else ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists; the defaults without one)."""
+    clock = CaptureClock()
+    return build_engine(rules_dir, ids_settings(load(config, required=False)), clock=clock), clock
 
 
 class _Printer:
@@ -257,9 +259,7 @@ def read_command(
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
     """Run the IDS rules over a capture file; exit 1 if any alert fired."""
-    settings = _settings(config)
-    clock = CaptureClock()
-    engine = build_engine(rules_dir or [], settings, clock=clock)
+    engine, clock = _engine(rules_dir or [], config)
     with ExitStack() as stack:
         publish = _output(stack, store, jsonl, fmt)
         progress = Progress(
@@ -300,9 +300,7 @@ def live_command(
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
     """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired."""
-    settings = _settings(config)
-    clock = CaptureClock()
-    engine = build_engine(rules_dir or [], settings, clock=clock)
+    engine, clock = _engine(rules_dir or [], config)
     stop = threading.Event()
     timer: threading.Timer | None = None
     previous: dict[int, Any] = {}
