@@ -199,43 +199,41 @@ def make_capture(
     print(f"built {len(large)} x 8 MiB + {len(small)} small objects in {time.perf_counter() - t0:.1f} s")
     port = 11112
     cap = workdir / "bench.pcapng"
+    assocs = capture_storescu(cap, port, large, small, large_per_assoc, small_per_assoc, rate)
+    return cap, port, assocs
+
+
+def capture_storescu(cap: Path, port: int, large: list[Path], small: list[Path], large_per_assoc: int,
+                     small_per_assoc: int, rate: str | None) -> list[str]:
+    """Send the objects with dcmtk's storescu to storescp on *port* inside a fresh network namespace
+    (loopback limited to *rate*), so many per association, while dumpcap writes *cap*. Returns a
+    line per association."""
     assocs: list[str] = []
     env = dict(os.environ, TCP_NODELAY="1")
     with Netns(rate) as ns:
-        scp = subprocess.Popen(
-            ns.cmd(STORESCP, "--ignore", str(port)),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        scp = subprocess.Popen(ns.cmd(STORESCP, "--ignore", str(port)), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(ns, port)
             dc = Dumpcap(ns, "lo", cap, f"tcp port {port}")
             dc.start()
             t0 = time.perf_counter()
             try:
-                groups: list[tuple[str, list[Path]]] = []
-                for i in range(0, len(large), large_per_assoc):
-                    groups.append(("8 MiB", large[i : i + large_per_assoc]))
-                for i in range(0, len(small), small_per_assoc):
-                    groups.append(("small", small[i : i + small_per_assoc]))
+                groups = [("8 MiB", large[i:i + large_per_assoc]) for i in range(0, len(large), large_per_assoc)]
+                groups += [("small", small[i:i + small_per_assoc]) for i in range(0, len(small), small_per_assoc)]
                 for kind, files in groups:
-                    subprocess.run(
-                        ns.cmd(STORESCU, "127.0.0.1", str(port), *map(str, files)),
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                    )
+                    subprocess.run(ns.cmd(STORESCU, "127.0.0.1", str(port), *map(str, files)), env=env, check=True,
+                                   capture_output=True)
                     size = sum(f.stat().st_size for f in files)
                     assocs.append(f"{len(files)} x {kind} ({size / 1e6:.1f} MB)")
             finally:
-                err = dc.stop()
-            report = " ".join(err.split())
-            print(f"sent in {time.perf_counter() - t0:.1f} s; dumpcap: {report[report.find('Packets captured'):]}", flush=True)
+                report = " ".join(dc.stop().split())
+            print(f"sent in {time.perf_counter() - t0:.1f} s; dumpcap: {report[report.find('Packets captured'):]}",
+                  flush=True)
         finally:
             scp.terminate()
             scp.wait(timeout=10)
-    return cap, port, assocs
+    return assocs
 
 
 class CountingConsumer:

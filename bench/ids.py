@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from capture import STORESCP, STORESCU, Dumpcap, Netns, make_objects, wait_for_port
+from capture import STORESCP, STORESCU, capture_storescu, make_objects
 
 PORT = 11112
 READ_HELPER = r"""
@@ -73,31 +73,7 @@ def make_capture(work: Path, size_mb: int, large_per_assoc: int, n_small: int, s
     large, small = make_objects(objdir, n_large, n_small)
     print(f"built {len(large)} x 8 MiB + {len(small)} small objects in {time.perf_counter() - t0:.1f} s", flush=True)
     cap = work / "ids-bench.pcapng"
-    env = dict(os.environ, TCP_NODELAY="1")
-    assocs: list[str] = []
-    with Netns(rate) as ns:
-        scp = subprocess.Popen(ns.cmd(STORESCP, "--ignore", str(PORT)), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(ns, PORT)
-            dc = Dumpcap(ns, "lo", cap, f"tcp port {PORT}")
-            dc.start()
-            t0 = time.perf_counter()
-            try:
-                groups = [("8 MiB", large[i:i + large_per_assoc]) for i in range(0, len(large), large_per_assoc)]
-                groups += [("small", small[i:i + small_per_assoc]) for i in range(0, len(small), small_per_assoc)]
-                for kind, files in groups:
-                    subprocess.run(ns.cmd(STORESCU, "127.0.0.1", str(PORT), *map(str, files)), env=env, check=True,
-                                   capture_output=True)
-                    size = sum(f.stat().st_size for f in files)
-                    assocs.append(f"{len(files)} x {kind} ({size / 1e6:.1f} MB)")
-            finally:
-                report = " ".join(dc.stop().split())
-            print(f"sent in {time.perf_counter() - t0:.1f} s; dumpcap: {report[report.find('Packets captured'):]}",
-                  flush=True)
-        finally:
-            scp.terminate()
-            scp.wait(timeout=10)
+    assocs = capture_storescu(cap, PORT, large, small, large_per_assoc, small_per_assoc, rate)
     shutil.rmtree(objdir)
     return cap, assocs
 
