@@ -1,0 +1,251 @@
+"""The record of one DICOM association, the same whether the gateway relayed it or the passive
+sensor saw it in a capture: one Event per association phase (PS3.8 9.1: A-ASSOCIATE, A-RELEASE,
+A-ABORT) and one per DIMSE request at its final response (PS3.7 9.1, 10.1), with the patients the
+exchange disclosed. Who feeds it decides nothing: the gateway tells it what it refused, the
+sensor what it saw; a SIEM reads one shape (docs/events.md).
+
+Patients: `patient_ids` holds only the IDs an exchange actually disclosed: the Patient ID of a
+stored object (C-STORE, also a C-GET's sub-operations), of each C-FIND match, and, for a C-MOVE or
+C-GET whose identifier names one exact patient, that patient once sub-operations completed. The
+keys of a query stay in `details.query`: a key with wildcards (PS3.4 C.2.2.2.4: `*`, `?`), a list
+or an empty (universal) key names nobody.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from pacsguard.dicom.dimse import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ, CommandSet, command_name, status_category
+from pacsguard.dicom.events import DimseCommand, DimseDatasetEnd, DimseDatasetStart
+from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
+
+MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, not listed
+_RETRIEVES = (C_MOVE_RQ, C_GET_RQ)
+_QUERY_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "Modality")
+
+
+def single_value(key: str | None) -> bool:
+    """Whether a matching key (a Patient ID, a Study Instance UID) selects exactly one value: not
+    empty (universal matching), no wildcard `*` or `?` (PS3.4 C.2.2.2.4), no list of values (`\\`)."""
+    if key is None:
+        return False
+    key = key.strip()
+    return bool(key) and not any(ch in key for ch in "*?\\")
+
+
+@dataclass(slots=True)
+class Pending:
+    """A DIMSE request in flight, until its final response."""
+
+    command: CommandSet
+    from_requestor: bool
+    abstract_syntax: str | None
+    transfer_syntax: str | None
+    started: float = field(default_factory=time.monotonic)
+    patient_ids: dict[str, None] = field(default_factory=dict)
+    study_uids: dict[str, None] = field(default_factory=dict)
+    sop_instance_uid: str | None = None
+    level: str | None = None
+    query: dict[str, str] | None = None
+    matches: int = 0
+    matched_patients: dict[str, None] = field(default_factory=dict)
+    dataset_bytes: int = 0
+    refused: str | None = None
+    refused_rule: str | None = None
+    refused_status: int | None = None
+
+    def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
+        if patient_id and len(self.patient_ids) < MAX_IDS_PER_EVENT:
+            self.patient_ids[patient_id] = None
+        if study_uid and len(self.study_uids) < MAX_IDS_PER_EVENT:
+            self.study_uids[study_uid] = None
+
+    def refuse(self, reason: str, rule: str, status: int | None) -> None:
+        self.refused, self.refused_rule, self.refused_status = reason, rule, status
+
+
+def outcome_of_status(status: int | None) -> str:
+    """PS3.7 Annex C status categories as PS3.15 A.5.3 outcomes."""
+    if status is None:
+        return Outcome.UNKNOWN
+    category = status_category(status)
+    if category == "success":
+        return Outcome.SUCCESS
+    if category in ("warning", "cancel"):
+        return Outcome.MINOR_FAILURE
+    return Outcome.SERIOUS_FAILURE
+
+
+Publish = Callable[[Event], None]
+
+
+class AssociationRecord:
+    """Turns what happened on one association into Events.
+
+    `client` is the requestor, `server` the acceptor (for the gateway: its upstream). `clock`
+    gives seconds for durations and `wallclock` the time of each Event; a capture passes its own
+    (packet time), the gateway the defaults (now).
+    """
+
+    def __init__(self, publish: Publish, *, component: str, client: Party, server: Party,
+                 route: str | None = None, called_ae: str | None = None, flow: str | None = None,
+                 sensor: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], datetime] | None = None) -> None:
+        self.publish = publish
+        self.component = component
+        self.client = client
+        self.server = server
+        self.called_ae = called_ae
+        self.clock = clock
+        self.wallclock = wallclock or utc_now
+        self.pending: dict[tuple[bool, int], Pending] = {}
+        self._common: dict[str, Any] = {"route": route}
+        if flow is not None:
+            self._common["flow"] = flow
+        if sensor is not None:
+            self._common["sensor"] = sensor
+
+    # --- association phases (PS3.8 9.3) ------------------------------------------------------
+
+    def association(self, phase: str, *, severity: Severity = Severity.INFO, outcome: str = Outcome.SUCCESS,
+                    message: str = "", **details: Any) -> None:
+        """One `dicom.association.<phase>` Event: requested, accepted, rejected, released, aborted."""
+        self._emit(Event(kind=f"dicom.association.{phase}", component=self.component, severity=severity,
+                         outcome=outcome, actor=self.client, target=self.server, message=message,
+                         details={**self._common, "called_ae": self.called_ae, **details}, time=self.wallclock()))
+
+    def ended(self, phase: str, *, severity: Severity = Severity.INFO, outcome: str = Outcome.SUCCESS,
+              message: str = "", **details: Any) -> None:
+        """Released or aborted: requests still in flight are recorded as aborted first."""
+        self.abandon()
+        self.association(phase, severity=severity, outcome=outcome, message=message, **details)
+
+    def abandon(self) -> None:
+        """Record every request still waiting for its final response as cut off."""
+        for pending in self.pending.values():
+            self._emit(self.dimse_event(pending, None, aborted=True))
+        self.pending.clear()
+
+    # --- DIMSE (PS3.7 9.1) -----------------------------------------------------------------
+
+    def command(self, ev: DimseCommand) -> Pending | None:
+        """Track a request (returned, so its judge can refuse it) or close one by its final response."""
+        cmd = ev.command
+        from_requestor = ev.from_requestor
+        if cmd.is_response:
+            key = (not from_requestor, cmd.message_id_being_responded_to or 0)
+            pending = self.pending.get(key)
+            if pending is None:
+                return None
+            if status_category(cmd.status or 0) == "pending":
+                if cmd.command_field & 0x7FFF in _RETRIEVES:
+                    pending.matches += 1
+                return None
+            del self.pending[key]
+            self._emit(self.dimse_event(pending, cmd))
+            return None
+        if cmd.command_field == C_CANCEL_RQ:
+            return None
+        pending = Pending(cmd, from_requestor, ev.abstract_syntax, ev.transfer_syntax, started=self.clock())
+        self.pending[(from_requestor, cmd.message_id or 0)] = pending
+        return pending
+
+    def dataset_start(self, ev: DimseDatasetStart) -> None:
+        """A data set's identifiers: a stored object's patient, a query's keys, or a match."""
+        peek = ev.peek
+        own = self.pending.get((ev.from_requestor, ev.message_id or 0))
+        if own is not None and own.from_requestor == ev.from_requestor and not own.command.is_response:
+            if peek.query_retrieve_level:
+                own.level = peek.query_retrieve_level
+                own.query = {k: v for k, v in zip(_QUERY_KEYS, (peek.patient_id, peek.patient_name,
+                                                                peek.study_instance_uid, peek.accession_number,
+                                                                peek.modality), strict=True) if v is not None}
+                if single_value(peek.study_instance_uid):
+                    own.add_identifiers(None, peek.study_instance_uid)
+                return
+            own.add_identifiers(peek.patient_id, peek.study_instance_uid)
+            own.sop_instance_uid = peek.sop_instance_uid or own.sop_instance_uid
+            return
+        # A response's data set (a C-FIND match): what the acceptor disclosed, and about whom.
+        answered = self.pending.get((not ev.from_requestor, ev.message_id or 0))
+        if answered is not None:
+            answered.matches += 1
+            if peek.patient_id and len(answered.matched_patients) < MAX_IDS_PER_EVENT:
+                answered.matched_patients[peek.patient_id] = None
+            if peek.study_instance_uid:
+                answered.add_identifiers(None, peek.study_instance_uid)
+
+    def dataset_end(self, ev: DimseDatasetEnd) -> None:
+        pending = self.pending.get((ev.from_requestor, ev.message_id or 0))
+        if pending is not None:
+            pending.dataset_bytes += ev.total_bytes
+
+    def answered(self, pending: Pending, response: CommandSet) -> None:
+        """The final response to `pending` came from the gateway itself (a refusal)."""
+        self.pending.pop((pending.from_requestor, pending.command.message_id or 0), None)
+        self._emit(self.dimse_event(pending, response))
+
+    def dimse_event(self, pending: Pending, response: CommandSet | None, *, aborted: bool = False) -> Event:
+        cmd = pending.command
+        name = command_name(cmd.command_field).removesuffix("-RQ")
+        status = response.status if response is not None else None
+        actor, target = (self.client, self.server) if pending.from_requestor else (self.server, self.client)
+        details: dict[str, Any] = {
+            **self._common, "message_id": cmd.message_id, "sop_class": pending.abstract_syntax or cmd.sop_class_uid,
+            "duration_ms": round((self.clock() - pending.started) * 1000, 3),
+        }
+        if status is not None:
+            details["status"] = f"0x{status:04X}"
+        if pending.sop_instance_uid or cmd.affected_sop_instance_uid:
+            details["sop_instance"] = pending.sop_instance_uid or cmd.affected_sop_instance_uid
+        if pending.dataset_bytes:
+            details["bytes"] = pending.dataset_bytes
+        if pending.level:
+            details["level"] = pending.level
+        if pending.query is not None:
+            details["query"] = pending.query
+        if name in ("C-FIND", "C-GET", "C-MOVE") and pending.matches:
+            details["responses"] = pending.matches
+        if cmd.move_destination:
+            details["move_destination"] = cmd.move_destination
+        completed = 0
+        if response is not None and name in ("C-MOVE", "C-GET"):
+            completed = response.completed_suboperations or 0
+            details["suboperations"] = {"completed": response.completed_suboperations,
+                                        "failed": response.failed_suboperations,
+                                        "warning": response.warning_suboperations,
+                                        "remaining": response.remaining_suboperations}
+        if pending.refused:
+            details["decision"] = "refused"
+            details["rule"] = pending.refused_rule
+        if aborted:
+            details["decision"] = "aborted"
+        patients = dict(pending.patient_ids)
+        patients.update(pending.matched_patients)
+        if completed and pending.query is not None and single_value(pending.query.get("PatientID")):
+            patients[pending.query["PatientID"].strip()] = None  # the retrieve disclosed that patient's objects
+        outcome = outcome_of_status(status) if not aborted else Outcome.SERIOUS_FAILURE
+        refused = pending.refused is not None
+        sop_count = completed if name in ("C-MOVE", "C-GET") else int(name == "C-STORE" and outcome == Outcome.SUCCESS)
+        message = pending.refused or f"{name} {'refused' if refused else ''}{'aborted' if aborted else ''}".strip()
+        if status is not None and not refused:
+            message = f"{name} status 0x{status:04X}"
+        return Event(kind=f"dicom.dimse.{name.lower()}", component=self.component,
+                     severity=Severity.WARNING if refused or aborted else Severity.INFO,
+                     outcome=outcome, actor=actor, target=target,
+                     patient_ids=tuple(list(patients)[:MAX_IDS_PER_EVENT]),
+                     study_uids=tuple(pending.study_uids), sop_instance_count=sop_count,
+                     message=message, details=details, time=self.wallclock())
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self.publish(event)
+
+
+def capture_time(seconds: float) -> datetime:
+    """A packet time (seconds since the epoch) as an Event time."""
+    return datetime.fromtimestamp(seconds, timezone.utc)
