@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 
 from dicom_corpus import el_implicit
-
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse
 from pacsguard.dicom.events import DimseCommand
 from pacsguard.gateway.check import Association, Check
 from pacsguard.gateway.records import Pending
 from pacsguard.gateway.verdict import ALLOW, Verdict, refuse
 
-STATUS_OUT_OF_RESOURCES = 0xA700
 MAX_TRACKED_HOSTS = 10_000  # beyond this, windows that are over are forgotten
 
 
@@ -37,5 +37,5 @@ class RateCheck(Check):
             self.windows = {h: v for h, v in self.windows.items() if now - v[0] < 60}
         if count > limit:
             return refuse(f"{host} exceeded {limit} requests per minute", "limits.requests_per_minute",
-                          status=STATUS_OUT_OF_RESOURCES)
+                          status=dimse.STATUS_OUT_OF_RESOURCES)
         return ALLOW
