@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
+from peers.dcmtk import free_port, wait_for_port
 from pacsguard.events import Event
 from pacsguard.store import EventQuery, EventStore
-from peers.dcmtk import free_port, wait_for_port
 
 
 @dataclass

@@ -34,15 +34,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dicom_corpus import el_implicit
 from gateway_under_test import RunningGateway, route
+from peers.dcmtk import Dcmtk, StoreSCP, free_port, run_storescp, wait_for_port
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom_corpus import el_implicit
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.events import Event
-from peers.dcmtk import Dcmtk, StoreSCP, free_port, run_storescp, wait_for_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(20)]
 
