@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 
 from dicom_corpus import el_implicit
-
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
-from pacsguard.gateway import policy as pol
+from pacsguard.gateway.check import Chain
 from pacsguard.gateway.relay import AssociationRelay, Side
 
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
@@ -52,14 +51,16 @@ class MemoryTransport:
 
 
 class Runtime:
-    """What a relay needs of its route's runtime; admits everything, so the policy under test is
-    the route's own C-MOVE destination list (empty: no destination allowed)."""
+    """The relay's view of its route (RouteView); its only check is the route's services check, so
+    the policy under test is the route's C-MOVE destination list (empty: no destination allowed)."""
 
     def __init__(self) -> None:
+        from pacsguard.gateway.checks.services import ServicesCheck
+
         self.route = Route.model_validate({
             "name": "unit", "listen": {"host": "127.0.0.1", "port": 11112, "ae_title": "PACSGUARD"},
             "upstream": {"host": "127.0.0.1", "port": 11113, "ae_title": "PACS"}})
-        self.engine = None
+        self.checks = Chain([ServicesCheck(self.route)])
         self.upstream_ssl = None
         self.events: list = []
 
@@ -70,11 +71,7 @@ class Runtime:
     def publish(self, event) -> None:
         self.events.append(event)
 
-    def admit(self, relay, calling: str, called: str) -> pol.Verdict:
-        return pol.ALLOW
-
-    def rate_check(self, host: str) -> pol.Verdict:
-        return pol.ALLOW
+    def quarantine(self, target, *, duration, reason, component) -> None: ...
 
 
 def test_gateway_answer_waits_for_the_pdu_in_flight_to_its_receiver():

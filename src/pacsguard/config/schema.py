@@ -4,9 +4,9 @@ its keys in docs/configuration.md. Parts read their own section; this module imp
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -196,12 +196,26 @@ class Limits(Strict):
     requests_per_minute: int | None = Field(None, ge=1, description="DIMSE requests per source per minute")
 
 
+#: The checks a route can apply (docs/gateway.md, "How a route judges traffic"), in the default order.
+CheckName = Literal["quarantine", "hosts", "ae-titles", "limits", "services", "rate", "ids"]
+CHECK_NAMES: tuple[str, ...] = get_args(CheckName)
+
+
 class Route(Strict):
     name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     listen: Listen
     upstream: Upstream
     policy: Policy = Policy()
     limits: Limits = Limits()
+    checks: list[CheckName] = Field(list(CHECK_NAMES), description="the checks this route applies, in order")
+
+    @field_validator("checks")
+    @classmethod
+    def _once(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if name in value[:i]:
+                raise ValueError(f"checks[{i}]: {name!r} is listed twice (known checks: {', '.join(CHECK_NAMES)})")
+        return value
 
 
 class GatewayConfig(Strict):

@@ -22,22 +22,30 @@ import struct
 import time
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from pacsguard.dicom import dimse, pdu as P
+from pacsguard.dicom import dimse
+from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
-from pacsguard.dicom.events import (Aborted, AssociationAccepted, AssociationRejected, AssociationRequested,
-                                    DimseCommand, DimseDatasetEnd, DimseDatasetStart, ProtocolViolation,
-                                    ReleaseCompleted, ReleaseRequested)
+from pacsguard.dicom.events import (
+    Aborted,
+    AssociationAccepted,
+    AssociationRejected,
+    AssociationRequested,
+    DimseCommand,
+    DimseDatasetEnd,
+    DimseDatasetStart,
+    ProtocolEvent,
+    ProtocolViolation,
+    ReleaseCompleted,
+    ReleaseRequested,
+)
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
-from pacsguard.gateway import policy as pol
+from pacsguard.gateway.check import decide
 from pacsguard.gateway.records import Peers, Pending, association_event, dimse_event
-from pacsguard.ids import Alert, Flow, rj_reason
-
-if TYPE_CHECKING:
-    from pacsguard.gateway.server import RouteRuntime
+from pacsguard.gateway.route import RouteView
+from pacsguard.gateway.verdict import ALLOW, RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -46,8 +54,6 @@ PEEK_BYTES = 64 * 1024
 # it, up to what uvloop itself reads at once.
 READ_BUFFER_MIN = 16 * 1024
 READ_BUFFER_MAX = 256 * 1024
-# How strongly an IDS rule's action acts (PS3.8 has no notion of this: it is the IPS's ladder).
-_ACTION_RANK = {"alert": 0, "drop": 1, "abort": 2, "quarantine": 3}
 # The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length,
 # PDV item length, presentation context ID, message control header (PS3.8 9.3.5, E.2).
 _DATA_PDU = struct.Struct(">HIIBB")
@@ -112,7 +118,7 @@ class Side(asyncio.BufferedProtocol):
 class AssociationRelay:
     """The state of one association between a client (requestor) and the route's upstream."""
 
-    def __init__(self, runtime: "RouteRuntime") -> None:
+    def __init__(self, runtime: RouteView) -> None:
         self.rt = runtime
         self.route = runtime.route
         limits = self.route.limits
@@ -140,8 +146,6 @@ class AssociationRelay:
         self.last_activity = self.started
         self.bytes_in = {True: 0, False: 0}
         self.closed = False
-        self.counted = False
-        self.flow: Flow | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task | None = None
 
@@ -156,9 +160,6 @@ class AssociationRelay:
             from pacsguard.tls import describe_peer
 
             self.cert = describe_peer(ssl_object)
-        listen = self.route.listen
-        self.flow = Flow(self.host, self.port, listen.host, listen.port, tls=self.cert is not None,
-                         route=self.route.name, sensor="inline", id=f"{self.route.name}/{self.host}:{self.port}/{id(self)}")
         self.rt.register(self)
         self._arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
 
@@ -222,47 +223,27 @@ class AssociationRelay:
             if side is not None and side.transport is not None:
                 side.transport.close()
         self.rt.unregister(self)
-        if self.rt.engine is not None and self.flow is not None:
-            self._act(self.rt.engine.flow_closed(self.flow))
+        decide(self.rt.checks, "on_closed", self)
 
-    # --- inline IPS (the same rules as the passive IDS, docs/ids.md) ----------------------------
+    # --- judging: every verdict comes from decide() (pacsguard.gateway.check) -------------------
 
-    def _ips(self, events: list) -> Alert | None:
-        """Run the IDS rules over decoder events; publish every alert, return the strongest acting one."""
-        engine = self.rt.engine
-        if engine is None or self.flow is None:
-            return None
-        strongest: Alert | None = None
+    def quarantine(self, verdict: Verdict) -> None:
+        """Quarantine this association's source host (a check asked for it); this cuts it off."""
+        self.rt.quarantine(self.host, duration=verdict.quarantine_for, reason=verdict.reason,
+                           component=verdict.component)
+
+    def _stopped(self, events: list[ProtocolEvent]) -> bool:
+        """Judge decoder events no request hook covers; an acting verdict ends the association."""
         for ev in events:
-            found = self._act(engine.observe_dicom(self.flow, ev), enforce=False)
-            if found is not None and (strongest is None or _ACTION_RANK[found.action] > _ACTION_RANK[strongest.action]):
-                strongest = found
-        return strongest
+            if self._aborted_for(decide(self.rt.checks, "on_event", self, ev)):
+                return True
+        return False
 
-    def _stopped_by_ips(self, events: list) -> bool:
-        """Outside P-DATA a drop cannot refuse one request, so any acting rule ends the association."""
-        alert = self._ips(events)
-        if alert is None:
+    def _aborted_for(self, verdict: Verdict) -> bool:
+        if verdict.action < Action.ABORT:
             return False
-        self.abort(f"IDS rule {alert.rule_id}: {alert.title}", kind="ids")
+        self.abort(verdict.reason, kind=verdict.component)
         return True
-
-    def _act(self, alerts: list[Alert], *, enforce: bool = True) -> Alert | None:
-        """Record alerts; quarantine the source when a rule says so. With `enforce`, an abort or
-        quarantine also ends this association; a drop is handled where the request is."""
-        strongest: Alert | None = None
-        for alert in alerts:
-            self.publish(alert.event)
-            if alert.action == "alert":
-                continue
-            if strongest is None or _ACTION_RANK[alert.action] > _ACTION_RANK[strongest.action]:
-                strongest = alert
-        if strongest is not None and strongest.action == "quarantine":
-            self.rt.gateway.quarantine(self.host, duration=strongest.quarantine_for,
-                                       reason=f"IDS rule {strongest.rule_id}: {strongest.title}", component="ids")
-        if enforce and strongest is not None and strongest.action in ("abort", "quarantine") and not self.closed:
-            self.abort(f"IDS rule {strongest.rule_id}: {strongest.title}", kind="ids")
-        return strongest
 
     def abort(self, reason: str, *, kind: str = "policy", notify: bool = True, source: int = 2) -> None:
         """A-ABORT both legs (PS3.8 9.3.8, source 2 = service-provider) and record why."""
@@ -409,8 +390,7 @@ class AssociationRelay:
             self._forward(from_client, out[0] if len(out) == 1 else b"".join(out))
 
     def decode_error(self, from_client: bool, exc: DecodeError) -> None:
-        if self.rt.engine is not None and self.flow is not None:
-            self._act(self.rt.engine.observe_decode_error(self.flow, from_client, exc), enforce=False)
+        decide(self.rt.checks, "on_decode_error", self, from_client, exc)  # aborted below in any case
         self.protocol_error(from_client, exc.code, str(exc))
 
     def protocol_error(self, from_client: bool, code: str, message: str) -> None:
@@ -439,7 +419,7 @@ class AssociationRelay:
         if self.state == "awaiting-ac" and not from_client:
             return self._on_associate_answer(raw_pdu)
         events = self.decoder.on_pdu(from_client, raw_pdu)
-        if self._stopped_by_ips(events):
+        if self._stopped(events):
             return []
         for ev in events:
             if isinstance(ev, ProtocolViolation):
@@ -472,12 +452,9 @@ class AssociationRelay:
         self.publish(association_event("requested", self.peers, message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
                                        contexts=len(rq.presentation_contexts),
                                        tls=self.cert is not None, certificate=self.cert))
-        # The rules see every request, also those the policy refuses: that is how probing shows.
-        alert = self._ips(events)
-        verdict = self.rt.admit(self, rq.calling_ae_title, rq.called_ae_title)
-        if verdict.allowed and alert is not None:  # drop, abort or quarantine: it never reaches the PACS
-            verdict = pol.Verdict(False, f"IDS rule {alert.rule_id}: {alert.title}", f"ids:{alert.rule_id}",
-                                  rj=(pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON))
+        verdict = decide(self.rt.checks, "on_associate", self, rq, events)
+        if self.closed:  # a quarantine verdict has cut this association off already
+            return
         if verdict.refused:
             self.reject(verdict)
             return
@@ -485,20 +462,19 @@ class AssociationRelay:
         self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(raw_pdu.raw))
 
-    def reject(self, verdict: pol.Verdict, *, by: str = "gateway") -> None:
-        result, source, reason = verdict.rj or (pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON)
+    def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
+        """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
+        result, source, reason = verdict.rj or RJ_REFUSED
         if self.client is not None and self.client.transport is not None:
             self.client.transport.write(P.encode_associate_rj(result, source, reason))
+        transient = result == P.RJ_RESULT_TRANSIENT
         self.publish(association_event("rejected", self._peers(), severity=Severity.WARNING,
-                                       outcome=Outcome.MINOR_FAILURE if result == pol.RJ_TRANSIENT else Outcome.SERIOUS_FAILURE,
+                                       outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
                                        message=f"rejected by {by}: {verdict.reason}", by=by, rule=verdict.rule,
                                        reason=verdict.reason, result=result, source=source, reason_code=reason))
         self.state = "closed"
-        if by == "gateway" and self.rt.engine is not None and self.flow is not None:
-            # The gateway's own rejections feed the rules too: AE-title brute forcing is caught inline.
-            self._act(self.rt.engine.observe_association_result(
-                self.flow, rejected=True, reason=rj_reason(source, reason) if verdict.rule != "upstream" else verdict.reason,
-                by="gateway"), enforce=False)
+        if by == "gateway":
+            decide(self.rt.checks, "on_rejected", self, verdict)
         # Let the RJ reach the client before the socket closes (PS3.8: the requestor closes; be brief).
         asyncio.get_running_loop().call_later(0.05, self.close)
 
@@ -537,8 +513,7 @@ class AssociationRelay:
                            details={"route": self.route.name, "error": why}))
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
-        self.reject(pol.Verdict(False, f"upstream unreachable: {why}", "upstream",
-                                rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_TEMPORARY_CONGESTION)))
+        self.reject(refuse(f"upstream unreachable: {why}", "upstream", rj=RJ_CONGESTION))
 
     def _on_associate_answer(self, raw_pdu: RawPDU) -> list[bytes]:
         kind = raw_pdu.pdu_type
@@ -547,7 +522,7 @@ class AssociationRelay:
             ac, refused = self._filter_contexts(ac)
             raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title))
             events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
-            if self._stopped_by_ips(events):
+            if self._stopped(events):
                 return []
             if not any(isinstance(e, AssociationAccepted) for e in events):
                 violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
@@ -592,10 +567,10 @@ class AssociationRelay:
             if pc.result == 0 and rq is not None:
                 proposed = rq.context(pc.context_id)
                 abstract = proposed.abstract_syntax if proposed is not None else None
-                verdict = pol.check_context(self.route.policy, abstract) if abstract else pol.ALLOW
+                verdict = decide(self.rt.checks, "on_context", self, abstract) if abstract else ALLOW
                 if verdict.refused:
                     refused.append(abstract)
-                    pc = replace(pc, result=pol.PC_USER_REJECTION)
+                    pc = replace(pc, result=P.PC_USER_REJECTION)
             contexts.append(pc)
         return (replace(ac, presentation_contexts=contexts) if refused else ac), refused
 
@@ -606,23 +581,21 @@ class AssociationRelay:
         events = self.decoder.on_pdu(from_client, raw_pdu)
         decisions: deque[Pending | None] = deque()  # per completed command: the refused request, or None
         for ev in events:
-            alert = self._ips([ev])
-            if alert is not None and alert.action in ("abort", "quarantine"):
-                self.abort(f"IDS rule {alert.rule_id}: {alert.title}", kind="ids")
+            if isinstance(ev, DimseCommand) and from_client and ev.command.is_request \
+                    and ev.command.command_field != dimse.C_CANCEL_RQ:
+                refused = self._on_request(ev)
+                if self.closed:
+                    return []
+                decisions.append(refused)
+                continue
+            if self._aborted_for(decide(self.rt.checks, "on_data_event", self, ev)):
                 return []
             if isinstance(ev, ProtocolViolation):
                 self.protocol_error(from_client, ev.code, ev.message)
                 return []
             if isinstance(ev, DimseCommand):
-                refused = self._on_command(from_client, ev)
-                if refused is None and alert is not None and from_client and ev.command.is_request:
-                    # An IPS "drop": refused like a policy refusal, the PACS never sees it.
-                    refused = self.pending.get((True, ev.command.message_id or 0))
-                    if refused is not None:
-                        refused.refused = f"IDS rule {alert.rule_id}: {alert.title}"
-                        refused.refused_rule = f"ids:{alert.rule_id}"
-                        refused.refused_status = dimse.STATUS_NOT_AUTHORIZED
-                decisions.append(refused)
+                self._on_command(from_client, ev)
+                decisions.append(None)
             elif isinstance(ev, DimseDatasetStart):
                 self._on_dataset_start(from_client, ev)
             elif isinstance(ev, DimseDatasetEnd):
@@ -681,36 +654,38 @@ class AssociationRelay:
         self.publish(dimse_event(self._peers(), pending, dimse.decode_command_set(command)))
         return P.encode_dimse_message(context_id, command, None, max_len)
 
-    def _on_command(self, from_client: bool, ev: DimseCommand) -> Pending | None:
-        """Track a request or match a response; returns the request if the gateway refuses it."""
-        cmd = ev.command
-        if cmd.is_response:
-            key = (not from_client, cmd.message_id_being_responded_to or 0)
-            pending = self.pending.get(key)
-            if pending is None:
-                return None
-            if dimse.status_category(cmd.status or 0) == "pending":
-                if cmd.command_field & 0x7FFF in (dimse.C_MOVE_RQ, dimse.C_GET_RQ):
-                    pending.matches += 1
-                return None
-            del self.pending[key]
-            self.publish(dimse_event(self._peers(), pending, cmd))
+    def _on_request(self, ev: DimseCommand) -> Pending | None:
+        """A request from the client, judged before it is forwarded; returns it if refused."""
+        pending = Pending(ev.command, True, ev.abstract_syntax, ev.transfer_syntax)
+        verdict = decide(self.rt.checks, "on_request", self, pending, ev)
+        if self._aborted_for(verdict):
             return None
-        if cmd.command_field == dimse.C_CANCEL_RQ:
-            return None
-        pending = Pending(cmd, from_client, ev.abstract_syntax, ev.transfer_syntax)
-        verdict = pol.ALLOW
-        if from_client:
-            verdict = pol.check_request(self.route.policy, cmd, ev.abstract_syntax)
-            if verdict.allowed:
-                verdict = self.rt.rate_check(self.host)
-        self.pending[(from_client, cmd.message_id or 0)] = pending
+        self.pending[(True, ev.command.message_id or 0)] = pending
         if verdict.allowed:
             return None
         pending.refused = verdict.reason
         pending.refused_rule = verdict.rule
         pending.refused_status = verdict.status
         return pending
+
+    def _on_command(self, from_client: bool, ev: DimseCommand) -> None:
+        """Track a request from the upstream (C-GET's C-STORE sub-operations) or match a response."""
+        cmd = ev.command
+        if cmd.is_response:
+            key = (not from_client, cmd.message_id_being_responded_to or 0)
+            pending = self.pending.get(key)
+            if pending is None:
+                return
+            if dimse.status_category(cmd.status or 0) == "pending":
+                if cmd.command_field & 0x7FFF in (dimse.C_MOVE_RQ, dimse.C_GET_RQ):
+                    pending.matches += 1
+                return
+            del self.pending[key]
+            self.publish(dimse_event(self._peers(), pending, cmd))
+            return
+        if cmd.command_field != dimse.C_CANCEL_RQ:
+            self.pending[(from_client, cmd.message_id or 0)] = Pending(cmd, from_client, ev.abstract_syntax,
+                                                                       ev.transfer_syntax)
 
     def _on_dataset_start(self, from_client: bool, ev: DimseDatasetStart) -> None:
         peek = ev.peek

@@ -14,8 +14,8 @@ from typing import Callable
 
 from pacsguard.config.schema import GatewayConfig, Route
 from pacsguard.events import Event, Outcome, Party, Severity
-from pacsguard.gateway import policy as pol
 from pacsguard.gateway import quarantine as q
+from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Side
 from pacsguard.ids import Engine
 
@@ -36,16 +36,16 @@ class Listener:
 
 
 class RouteRuntime:
-    """Everything one route's associations share: policy, TLS contexts, live associations, limits."""
+    """Everything one route's associations share: its checks, TLS contexts and live associations.
+    Implements the relay's view of its route (`pacsguard.gateway.route.RouteView`)."""
 
     def __init__(self, route: Route, gateway: "Gateway", resolve: Resolve) -> None:
         self.route = route
         self.gateway = gateway
-        self.engine = gateway.engine
+        self.checks = build_chain(route, Shared(gateway.quarantined, gateway.engine))
         self.server_ssl = _server_context(route, resolve)
         self.upstream_ssl = _upstream_context(route, resolve)
         self.relays: set[AssociationRelay] = set()
-        self._requests: dict[str, tuple[float, int]] = {}
 
     def publish(self, event: Event) -> None:
         self.gateway.publish(event)
@@ -56,50 +56,8 @@ class RouteRuntime:
     def unregister(self, relay: AssociationRelay) -> None:
         self.relays.discard(relay)
 
-    def admit(self, relay: AssociationRelay, calling_ae: str, called_ae: str) -> pol.Verdict:
-        """Quarantine, source host, AE titles and certificate, then the association limits."""
-        entry = self.gateway.quarantined.match(relay.host, calling_ae)
-        if entry is not None:
-            return pol.Verdict(False, f"{entry.target} is quarantined" + (f" ({entry.reason})" if entry.reason else ""),
-                               "quarantine", rj=(pol.RJ_PERMANENT, pol.SRC_SERVICE_USER, pol.REASON_NO_REASON))
-        verdict = pol.check_source(self.route.policy, relay.host)
-        if verdict.refused:
-            return verdict
-        cert = relay.cert or {}
-        verdict = pol.check_association(self.route, calling_ae, called_ae, cert.get("subject"), cert.get("subject_cn"))
-        if verdict.refused:
-            return verdict
-        limits = self.route.limits
-        live = [r for r in self.relays if r.counted]
-        if len(live) >= limits.max_associations:
-            return pol.Verdict(False, f"route has {len(live)} associations (limit {limits.max_associations})",
-                               "limits.max_associations",
-                               rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_LOCAL_LIMIT_EXCEEDED))
-        from_source = sum(1 for r in live if r.host == relay.host)
-        if from_source >= limits.max_associations_per_source:
-            return pol.Verdict(False, f"{relay.host} has {from_source} associations (limit "
-                               f"{limits.max_associations_per_source})", "limits.max_associations_per_source",
-                               rj=(pol.RJ_TRANSIENT, pol.SRC_PROVIDER_PRESENTATION, pol.REASON_LOCAL_LIMIT_EXCEEDED))
-        relay.counted = True
-        return pol.ALLOW
-
-    def rate_check(self, host: str) -> pol.Verdict:
-        """At most `limits.requests_per_minute` DIMSE requests per source host (fixed one-minute window)."""
-        limit = self.route.limits.requests_per_minute
-        if limit is None:
-            return pol.ALLOW
-        now = time.monotonic()
-        start, count = self._requests.get(host, (now, 0))
-        if now - start >= 60:
-            start, count = now, 0
-        count += 1
-        self._requests[host] = (start, count)
-        if len(self._requests) > 10_000:  # bounded: forget windows that are over
-            self._requests = {h: v for h, v in self._requests.items() if now - v[0] < 60}
-        if count > limit:
-            return pol.Verdict(False, f"{host} exceeded {limit} requests per minute", "limits.requests_per_minute",
-                               status=0xA700)
-        return pol.ALLOW
+    def quarantine(self, target: str, *, duration: timedelta | None, reason: str, component: str) -> None:
+        self.gateway.quarantine(target, duration=duration, reason=reason, component=component)
 
     def protocol_factory(self) -> asyncio.Protocol:
         return TLSAcceptingSide(AssociationRelay(self), self.server_ssl) if self.server_ssl else Side(AssociationRelay(self), True)

@@ -1,0 +1,46 @@
+"""The checks a route can list in `checks:` (docs/gateway.md, "How a route judges traffic"), by
+name, and `build_chain()` that makes a route's ordered `Chain` of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from pacsguard.config.schema import Route
+from pacsguard.gateway.check import Chain, Check
+from pacsguard.gateway.checks.ae_titles import AETitlesCheck
+from pacsguard.gateway.checks.hosts import HostsCheck
+from pacsguard.gateway.checks.ids import IdsCheck
+from pacsguard.gateway.checks.limits import LimitsCheck
+from pacsguard.gateway.checks.quarantine import QuarantineCheck
+from pacsguard.gateway.checks.rate import RateCheck
+from pacsguard.gateway.checks.services import ServicesCheck
+from pacsguard.gateway.quarantine import QuarantineList
+from pacsguard.ids import Engine
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What checks share across the gateway's routes."""
+
+    quarantined: QuarantineList
+    engine: Engine | None = None  # the IDS rules; None: the `ids` check has nothing to run
+
+
+#: name -> factory; None when the check has nothing to do on this gateway.
+FACTORIES: Mapping[str, Callable[[Route, Shared], Check | None]] = MappingProxyType({
+    "quarantine": lambda route, shared: QuarantineCheck(shared.quarantined),
+    "hosts": lambda route, shared: HostsCheck(route),
+    "ae-titles": lambda route, shared: AETitlesCheck(route),
+    "limits": lambda route, shared: LimitsCheck(route),
+    "services": lambda route, shared: ServicesCheck(route),
+    "rate": lambda route, shared: RateCheck(route),
+    "ids": lambda route, shared: IdsCheck(route, shared.engine) if shared.engine is not None else None,
+})
+
+
+def build_chain(route: Route, shared: Shared) -> Chain:
+    """The route's checks in its configured order (`route.checks`)."""
+    checks = [FACTORIES[name](route, shared) for name in route.checks]
+    return Chain([c for c in checks if c is not None])

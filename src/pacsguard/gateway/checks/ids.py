@@ -1,0 +1,82 @@
+"""`ids`: the inline IPS. The IDS rules (docs/ids.md) see every decoder event of the association,
+every decode error, the gateway's own rejections and the end of the connection; each alert is
+recorded, and a rule's action becomes the verdict: alert (pass), drop (refuse: A-ASSOCIATE-RJ on
+the RQ, 0x0124 not authorized on a request, PS3.7 C.4), abort (A-ABORT, PS3.8 9.3.8) or quarantine.
+
+This is the only module of the gateway that calls the IDS engine."""
+
+from __future__ import annotations
+
+from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse
+from pacsguard.dicom import pdu as P
+from pacsguard.dicom.errors import DecodeError
+from pacsguard.dicom.events import DimseCommand, ProtocolEvent
+from pacsguard.gateway.check import Association, Check
+from pacsguard.gateway.records import Pending
+from pacsguard.gateway.verdict import ALLOW, RJ_REFUSED, Action, Verdict
+from pacsguard.ids import Alert, Engine, Flow, rj_reason
+
+_ACTIONS = {"alert": Action.ALLOW, "drop": Action.REFUSE, "abort": Action.ABORT, "quarantine": Action.QUARANTINE}
+
+
+class IdsCheck(Check):
+    name = "ids"
+    observer = True  # the rules see what the policy refuses too: that is how probing shows
+
+    def __init__(self, route: Route, engine: Engine) -> None:
+        self.route = route
+        self.engine = engine
+        self.flows: dict[Association, Flow] = {}  # live associations only: dropped when closed
+
+    def _flow(self, assoc: Association) -> Flow:
+        flow = self.flows.get(assoc)
+        if flow is None:
+            listen = self.route.listen
+            flow = Flow(assoc.host, assoc.port, listen.host, listen.port, tls=assoc.cert is not None,
+                        route=self.route.name, sensor="inline",
+                        id=f"{self.route.name}/{assoc.host}:{assoc.port}/{id(assoc)}")
+            self.flows[assoc] = flow
+        return flow
+
+    def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
+        flow = self._flow(assoc)
+        return _verdict(assoc, [a for ev in events for a in self.engine.observe_dicom(flow, ev)], rj=RJ_REFUSED)
+
+    def on_request(self, assoc: Association, pending: Pending, event: DimseCommand) -> Verdict:
+        return _verdict(assoc, self.engine.observe_dicom(self._flow(assoc), event), status=dimse.STATUS_NOT_AUTHORIZED)
+
+    def on_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
+        return _verdict(assoc, self.engine.observe_dicom(self._flow(assoc), event))
+
+    on_data_event = on_event
+
+    def on_decode_error(self, assoc: Association, from_client: bool, error: DecodeError) -> Verdict:
+        return _verdict(assoc, self.engine.observe_decode_error(self._flow(assoc), from_client, error))
+
+    def on_rejected(self, assoc: Association, verdict: Verdict) -> Verdict:
+        # The gateway's own rejections feed the rules too: AE-title brute forcing is caught inline.
+        result, source, reason = verdict.rj or RJ_REFUSED
+        why = rj_reason(source, reason) if verdict.rule != "upstream" else verdict.reason
+        return _verdict(assoc, self.engine.observe_association_result(self._flow(assoc), rejected=True, reason=why,
+                                                                      by="gateway"))
+
+    def on_closed(self, assoc: Association) -> Verdict:
+        flow = self._flow(assoc)  # also for a connection that never sent an A-ASSOCIATE-RQ (a port scan)
+        del self.flows[assoc]
+        return _verdict(assoc, self.engine.flow_closed(flow))
+
+
+def _verdict(assoc: Association, alerts: list[Alert], *, rj: tuple[int, int, int] | None = None,
+             status: int | None = None) -> Verdict:
+    """Record every alert; the verdict is the strongest acting rule's (the first of equals)."""
+    strongest: Alert | None = None
+    for alert in alerts:
+        assoc.publish(alert.event)
+        if _ACTIONS[alert.action] > (_ACTIONS[strongest.action] if strongest else Action.ALLOW):
+            strongest = alert
+    if strongest is None:
+        return ALLOW
+    return Verdict(_ACTIONS[strongest.action], f"IDS rule {strongest.rule_id}: {strongest.title}",
+                   f"ids:{strongest.rule_id}", rj=rj, status=status, quarantine_for=strongest.quarantine_for,
+                   component="ids")

@@ -1,0 +1,105 @@
+"""`services`: which DIMSE services, SOP classes and C-MOVE destinations a route allows
+(`policy.services`, `policy.sop_classes`, `policy.move_destinations`).
+
+A presentation context for a service or SOP class not allowed is user-rejected in the
+A-ASSOCIATE-AC (PS3.8 Table 9-18, result 1). A request for a service not allowed is refused with
+0x0124 (not authorized), a C-MOVE to an unlisted destination with 0xA801 (PS3.4 C.4.2.1.4)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydicom.uid import UID
+
+from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse
+from pacsguard.dicom.events import DimseCommand
+from pacsguard.gateway.check import Association, Check
+from pacsguard.gateway.records import Pending
+from pacsguard.gateway.verdict import ALLOW, Verdict, refuse
+
+VERIFICATION = "1.2.840.10008.1.1"
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+_REQUESTS = {dimse.C_ECHO_RQ: "C-ECHO", dimse.C_STORE_RQ: "C-STORE", dimse.C_FIND_RQ: "C-FIND",
+             dimse.C_MOVE_RQ: "C-MOVE", dimse.C_GET_RQ: "C-GET"}
+
+
+@lru_cache(maxsize=4096)
+def service_of_abstract_syntax(uid: str) -> str:
+    """The policy service class that a presentation context's abstract syntax serves (PS3.4 Annex B-C)."""
+    if uid == VERIFICATION:
+        return "C-ECHO"
+    if uid == STORAGE_COMMITMENT_PUSH:
+        return "storage-commitment"
+    name = UID(uid).name if UID(uid).is_valid else uid
+    upper = name.upper()
+    for suffix, service in (("- FIND", "C-FIND"), ("- MOVE", "C-MOVE"), ("- GET", "C-GET")):
+        if upper.endswith(suffix):
+            return service
+    if uid == MODALITY_WORKLIST_FIND or "WORKLIST" in upper:
+        return "C-FIND"
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.") or (upper.endswith("STORAGE") and "COMMITMENT" not in upper):
+        return "C-STORE"
+    return "N-*"
+
+
+def service_of_command(command_field: int, abstract_syntax: str | None) -> str | None:
+    """The policy service of a DIMSE request (PS3.7 9.1, 10.1); None for responses and C-CANCEL,
+    which follow their request."""
+    base = command_field & 0x7FFF
+    if command_field & 0x8000 or base == dimse.C_CANCEL_RQ:
+        return None
+    if base in _REQUESTS:
+        return _REQUESTS[base]
+    if abstract_syntax == STORAGE_COMMITMENT_PUSH:
+        return "storage-commitment"
+    return "N-*"
+
+
+class ServicesCheck(Check):
+    name = "services"
+
+    def __init__(self, route: Route) -> None:
+        policy = route.policy
+        self.services = set(policy.services)
+        self.sop_classes = None if policy.sop_classes is None else set(policy.sop_classes)
+        self.move_destinations = set(policy.move_destinations)
+
+    def on_context(self, assoc: Association, abstract_syntax: str) -> Verdict:
+        service = service_of_abstract_syntax(abstract_syntax)
+        # C-GET retrieves over storage contexts the requestor proposes in the SCP role.
+        needed = {service}
+        if service == "C-STORE" and "C-STORE" not in self.services and "C-GET" in self.services:
+            needed = {"C-GET"}
+        if not needed & self.services:
+            return refuse(f"service {service} ({_name(abstract_syntax)}) is not allowed", "policy.services",
+                          status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
+        if (self.sop_classes is not None and abstract_syntax not in self.sop_classes
+                and abstract_syntax != VERIFICATION):
+            return refuse(f"SOP class {_name(abstract_syntax)} is not allowed", "policy.sop_classes",
+                          status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
+        return ALLOW
+
+    def on_request(self, assoc: Association, pending: Pending, event: DimseCommand) -> Verdict:
+        command = event.command
+        service = service_of_command(command.command_field, event.abstract_syntax)
+        if service is None:
+            return ALLOW
+        if service not in self.services:
+            return refuse(f"{service} is not allowed on this route", "policy.services",
+                          status=dimse.STATUS_NOT_AUTHORIZED)
+        if service == "C-MOVE":
+            dest = (command.move_destination or "").strip()
+            if dest not in self.move_destinations:
+                return refuse(f"C-MOVE destination {dest!r} is not allowed", "policy.move_destinations",
+                              status=dimse.STATUS_MOVE_DESTINATION_UNKNOWN)
+        return ALLOW
+
+
+def _name(uid: str) -> str:
+    try:
+        name = UID(uid).name
+    except Exception:  # noqa: BLE001 - a hostile UID string must not break the message
+        return uid
+    return f"{name} [{uid}]" if name != uid else uid

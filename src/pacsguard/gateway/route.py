@@ -1,0 +1,31 @@
+"""The relay's view of its route: what one relayed association needs of the route it belongs to
+(the gateway's `RouteRuntime` implements it; tests implement it in memory)."""
+
+from __future__ import annotations
+
+import ssl
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from pacsguard.config.schema import Route
+from pacsguard.events import Event
+from pacsguard.gateway.check import Chain
+
+if TYPE_CHECKING:
+    from pacsguard.gateway.relay import AssociationRelay
+
+
+class RouteView(Protocol):
+    route: Route  # the route's configuration
+    checks: Chain  # how the route judges traffic, in order (pacsguard.gateway.check.decide)
+    upstream_ssl: ssl.SSLContext | None  # for the upstream leg; None: plain TCP
+
+    def publish(self, event: Event) -> None: ...
+
+    def register(self, relay: AssociationRelay) -> None: ...
+
+    def unregister(self, relay: AssociationRelay) -> None: ...
+
+    def quarantine(self, target: str, *, duration: timedelta | None, reason: str, component: str) -> None:
+        """Quarantine a host or AE title now; live associations of it are cut off (may include the caller)."""
+        ...
