@@ -16,8 +16,8 @@ from pacsguard.dicom import pdu as P
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import DimseCommand, ProtocolEvent
 from pacsguard.events import Event
-from pacsguard.gateway.records import Pending
 from pacsguard.gateway.verdict import ALLOW, Action, Verdict
+from pacsguard.records.dicom import Pending
 
 HOOKS = ("on_associate", "on_context", "on_request", "on_event", "on_data_event", "on_decode_error", "on_rejected",
          "on_closed")

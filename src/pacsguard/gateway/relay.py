@@ -43,9 +43,9 @@ from pacsguard.dicom.events import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide
-from pacsguard.gateway.records import Peers, Pending, association_event, dimse_event
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import ALLOW, RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
+from pacsguard.records.dicom import AssociationRecord, Pending
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -131,8 +131,7 @@ class AssociationRelay:
         self.port = 0
         self.calling_ae: str | None = None
         self.cert: dict | None = None
-        self.peers: Peers | None = None
-        self.pending: dict[tuple[bool, int], Pending] = {}
+        self.record: AssociationRecord | None = None
         # Per direction (True = from the client): command PDVs held until the command set is judged,
         # and whether the data set of a refused request is being swallowed.
         self.held: dict[bool, list[P.PDV]] = {True: [], False: []}
@@ -256,12 +255,9 @@ class AssociationRelay:
                 # data; closing the connection is its abort then.
                 if side is not None and side.transport is not None and not side.transport.is_closing() and not midway:
                     side.transport.write(frame)
-        for pending in self.pending.values():
-            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
-        self.pending.clear()
-        self.publish(association_event("aborted", self._peers(), severity=Severity.WARNING,
-                                       outcome=Outcome.SERIOUS_FAILURE, message=f"aborted by the gateway: {reason}",
-                                       by="gateway", reason=reason, cause=kind, **self._totals()))
+        self._record().ended("aborted", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                             message=f"aborted by the gateway: {reason}", by="gateway", reason=reason, cause=kind,
+                             **self._totals())
         self.close()
 
     # --- bytes in -----------------------------------------------------------------------------
@@ -448,10 +444,10 @@ class AssociationRelay:
                                 violation.message if violation else "A-ASSOCIATE-RQ not accepted")
             return
         self.calling_ae = rq.calling_ae_title
-        self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), rq.called_ae_title)
-        self.publish(association_event("requested", self.peers, message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
-                                       contexts=len(rq.presentation_contexts),
-                                       tls=self.cert is not None, certificate=self.cert))
+        self.record = self._new_record(rq.called_ae_title)
+        self.record.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
+                                contexts=len(rq.presentation_contexts), tls=self.cert is not None,
+                                certificate=self.cert)
         verdict = decide(self.rt.checks, "on_associate", self, rq, events)
         if self.closed:  # a quarantine verdict has cut this association off already
             return
@@ -468,10 +464,10 @@ class AssociationRelay:
         if self.client is not None and self.client.transport is not None:
             self.client.transport.write(P.encode_associate_rj(result, source, reason))
         transient = result == P.RJ_RESULT_TRANSIENT
-        self.publish(association_event("rejected", self._peers(), severity=Severity.WARNING,
-                                       outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
-                                       message=f"rejected by {by}: {verdict.reason}", by=by, rule=verdict.rule,
-                                       reason=verdict.reason, result=result, source=source, reason_code=reason))
+        self._record().association("rejected", severity=Severity.WARNING,
+                                   outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
+                                   message=f"rejected by {by}: {verdict.reason}", by=by, rule=verdict.rule,
+                                   reason=verdict.reason, result=result, source=source, reason_code=reason)
         self.state = "closed"
         if by == "gateway":
             decide(self.rt.checks, "on_rejected", self, verdict)
@@ -532,17 +528,17 @@ class AssociationRelay:
             self.state = "established"
             self._arm(self.route.limits.idle_timeout, "idle")
             accepted = sorted({self.decoder.contexts[c][0] for c in self.decoder.contexts})
-            self.publish(association_event("accepted", self._peers(), message=f"{len(accepted)} SOP classes accepted",
-                                           accepted=accepted, refused_by_policy=refused,
-                                           max_pdu=self.decoder.acceptor_max_pdu_length))
+            self._record().association("accepted", message=f"{len(accepted)} SOP classes accepted",
+                                       accepted=accepted, refused_by_policy=refused,
+                                       max_pdu=self.decoder.acceptor_max_pdu_length)
             return [raw]
         if kind == P.PDU_ASSOCIATE_RJ:
             events = self.decoder.on_pdu(False, raw_pdu)
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
-            self.publish(association_event("rejected", self._peers(), severity=Severity.WARNING,
-                                           outcome=Outcome.SERIOUS_FAILURE, message="rejected by the upstream",
-                                           by="upstream", result=getattr(rj, "result", None),
-                                           source=getattr(rj, "source", None), reason_code=getattr(rj, "reason", None)))
+            self._record().association("rejected", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                                       message="rejected by the upstream", by="upstream",
+                                       result=getattr(rj, "result", None), source=getattr(rj, "source", None),
+                                       reason_code=getattr(rj, "reason", None))
             self.state = "closed"
             if self.client is not None and self.client.transport is not None:
                 self.client.transport.write(raw_pdu.raw)
@@ -594,14 +590,13 @@ class AssociationRelay:
                 self.protocol_error(from_client, ev.code, ev.message)
                 return []
             if isinstance(ev, DimseCommand):
-                self._on_command(from_client, ev)
+                # A response, or a request of the upstream (C-GET's C-STORE sub-operations).
+                self._record().command(ev)
                 decisions.append(None)
             elif isinstance(ev, DimseDatasetStart):
-                self._on_dataset_start(from_client, ev)
+                self._record().dataset_start(ev)
             elif isinstance(ev, DimseDatasetEnd):
-                pending = self.pending.get((from_client, ev.message_id or 0))
-                if pending is not None:
-                    pending.dataset_bytes += ev.total_bytes
+                self._record().dataset_end(ev)
         # Fast path: one data PDV, nothing held or swallowed in this direction.
         if (not decisions and not self.held[from_client] and self.dropping[from_client] is None
                 and len(raw) > 11 and not raw[11] & 0x01
@@ -650,85 +645,35 @@ class AssociationRelay:
         status = pending.refused_status or dimse.STATUS_NOT_AUTHORIZED
         command = dimse.response_for(pending.command, status, error_comment=(pending.refused or "")[:64] or None)
         max_len = self.decoder.requestor_max_pdu_length if pending.from_requestor else self.decoder.acceptor_max_pdu_length
-        self.pending.pop((pending.from_requestor, pending.command.message_id or 0), None)
-        self.publish(dimse_event(self._peers(), pending, dimse.decode_command_set(command)))
+        self._record().answered(pending, dimse.decode_command_set(command))
         return P.encode_dimse_message(context_id, command, None, max_len)
 
     def _on_request(self, ev: DimseCommand) -> Pending | None:
         """A request from the client, judged before it is forwarded; returns it if refused."""
-        pending = Pending(ev.command, True, ev.abstract_syntax, ev.transfer_syntax)
+        record = self._record()
+        pending = record.request(ev)
         verdict = decide(self.rt.checks, "on_request", self, pending, ev)
         if self._aborted_for(verdict):
             return None
-        self.pending[(True, ev.command.message_id or 0)] = pending
+        record.track(pending)
         if verdict.allowed:
             return None
-        pending.refused = verdict.reason
-        pending.refused_rule = verdict.rule
-        pending.refused_status = verdict.status
+        pending.refuse(verdict.reason, verdict.rule, verdict.status)
         return pending
-
-    def _on_command(self, from_client: bool, ev: DimseCommand) -> None:
-        """Track a request from the upstream (C-GET's C-STORE sub-operations) or match a response."""
-        cmd = ev.command
-        if cmd.is_response:
-            key = (not from_client, cmd.message_id_being_responded_to or 0)
-            pending = self.pending.get(key)
-            if pending is None:
-                return
-            if dimse.status_category(cmd.status or 0) == "pending":
-                if cmd.command_field & 0x7FFF in (dimse.C_MOVE_RQ, dimse.C_GET_RQ):
-                    pending.matches += 1
-                return
-            del self.pending[key]
-            self.publish(dimse_event(self._peers(), pending, cmd))
-            return
-        if cmd.command_field != dimse.C_CANCEL_RQ:
-            self.pending[(from_client, cmd.message_id or 0)] = Pending(cmd, from_client, ev.abstract_syntax,
-                                                                       ev.transfer_syntax)
-
-    def _on_dataset_start(self, from_client: bool, ev: DimseDatasetStart) -> None:
-        peek = ev.peek
-        own = self.pending.get((from_client, ev.message_id or 0))
-        if own is not None and own.from_requestor == from_client and not own.command.is_response:
-            own.add_identifiers(peek.patient_id, peek.study_instance_uid)
-            own.sop_instance_uid = peek.sop_instance_uid or own.sop_instance_uid
-            if peek.query_retrieve_level:
-                own.level = peek.query_retrieve_level
-                own.query = {k: v for k, v in (("PatientID", peek.patient_id), ("PatientName", peek.patient_name),
-                                               ("StudyInstanceUID", peek.study_instance_uid),
-                                               ("AccessionNumber", peek.accession_number),
-                                               ("Modality", peek.modality)) if v is not None}
-            return
-        # A response's data set (a C-FIND match): what the PACS disclosed, and about whom.
-        answered = self.pending.get((not from_client, ev.message_id or 0))
-        if answered is not None:
-            answered.matches += 1
-            if peek.patient_id and len(answered.matched_patients) < 1000:
-                answered.matched_patients[peek.patient_id] = None
-            if peek.study_instance_uid:
-                answered.add_identifiers(None, peek.study_instance_uid)
 
     # --- release and abort --------------------------------------------------------------------
 
     def _finish_release(self, raw_rp: bytes, from_client: bool) -> None:
         self._forward(from_client, raw_rp)
-        for pending in self.pending.values():
-            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
-        self.pending.clear()
-        self.publish(association_event("released", self._peers(), message="released", **self._totals()))
+        self._record().ended("released", message="released", **self._totals())
         self.state = "closed"
         asyncio.get_running_loop().call_later(0.05, self.close)
 
     def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
-        for pending in self.pending.values():
-            self.publish(dimse_event(self._peers(), pending, None, aborted=True))
-        self.pending.clear()
-        self.publish(association_event("aborted", self._peers(), severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
-                                       message=f"A-ABORT from the {'client' if from_client else 'upstream'}",
-                                       by="client" if from_client else "upstream",
-                                       source=getattr(ev, "source", None), reason_code=getattr(ev, "reason", None),
-                                       **self._totals()))
+        self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                             message=f"A-ABORT from the {'client' if from_client else 'upstream'}",
+                             by="client" if from_client else "upstream", source=getattr(ev, "source", None),
+                             reason_code=getattr(ev, "reason", None), **self._totals())
         self.state = "closed"
         asyncio.get_running_loop().call_later(0.05, self.close)
 
@@ -745,10 +690,15 @@ class AssociationRelay:
         up = self.route.upstream
         return Party(ae_title=up.ae_title, host=up.host, port=up.port)
 
-    def _peers(self) -> Peers:
-        if self.peers is None:
-            self.peers = Peers(self.route.name, self._client_party(), self._upstream_party(), self.route.listen.ae_title)
-        return self.peers
+    def _record(self) -> AssociationRecord:
+        """The association's record; before an A-ASSOCIATE-RQ, one that names the route's AE title."""
+        if self.record is None:
+            self.record = self._new_record(self.route.listen.ae_title)
+        return self.record
+
+    def _new_record(self, called_ae: str) -> AssociationRecord:
+        return AssociationRecord(self.publish, component="gateway", client=self._client_party(),
+                                 server=self._upstream_party(), route=self.route.name, called_ae=called_ae)
 
     def _totals(self) -> dict:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],

@@ -149,8 +149,15 @@ class AssociationRecord:
             return None
         if cmd.command_field == C_CANCEL_RQ:
             return None
-        pending = Pending(cmd, from_requestor, ev.abstract_syntax, ev.transfer_syntax, started=self.clock())
-        self.pending[(from_requestor, cmd.message_id or 0)] = pending
+        return self.track(self.request(ev))
+
+    def request(self, ev: DimseCommand) -> Pending:
+        """A request, not yet tracked: a judge may decide first whether it is recorded at all."""
+        return Pending(ev.command, ev.from_requestor, ev.abstract_syntax, ev.transfer_syntax, started=self.clock())
+
+    def track(self, pending: Pending) -> Pending:
+        """Wait for the final response to `pending`; its Event is published then (or at the end)."""
+        self.pending[(pending.from_requestor, pending.command.message_id or 0)] = pending
         return pending
 
     def dataset_start(self, ev: DimseDatasetStart) -> None:

@@ -13,9 +13,9 @@ from pacsguard.dicom import pdu as P
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import DimseCommand, ProtocolEvent
 from pacsguard.gateway.check import Association, Check
-from pacsguard.gateway.records import Pending
 from pacsguard.gateway.verdict import ALLOW, RJ_REFUSED, Action, Verdict
 from pacsguard.ids import Alert, Engine, Flow, rj_reason
+from pacsguard.records.dicom import Pending
 
 _ACTIONS = {"alert": Action.ALLOW, "drop": Action.REFUSE, "abort": Action.ABORT, "quarantine": Action.QUARANTINE}
 

@@ -9,8 +9,8 @@ from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom.events import DimseCommand
 from pacsguard.gateway.check import Association, Check
-from pacsguard.gateway.records import Pending
 from pacsguard.gateway.verdict import ALLOW, Verdict, refuse
+from pacsguard.records.dicom import Pending
 
 MAX_TRACKED_HOSTS = 10_000  # beyond this, windows that are over are forgotten
 

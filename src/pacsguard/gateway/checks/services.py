@@ -15,8 +15,8 @@ from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom.events import DimseCommand
 from pacsguard.gateway.check import Association, Check
-from pacsguard.gateway.records import Pending
 from pacsguard.gateway.verdict import ALLOW, Verdict, refuse
+from pacsguard.records.dicom import Pending
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
