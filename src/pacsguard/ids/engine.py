@@ -131,7 +131,7 @@ def _ip_int(host: str) -> tuple[int, int] | None:
     return 6, int.from_bytes(packed, "big")
 
 
-def _ip_cache(nets: list, inside: bool) -> Pred:
+def _ip_cache(nets: list[Any], inside: bool) -> Pred:
     """Membership of an address in any of *nets*, with a bounded cache (hosts repeat)."""
     v4 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 4)
     v6 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 6)
@@ -202,16 +202,16 @@ def _equals(a: Any) -> Pred:
     return lambda x: x == a
 
 
-def _not_in(members: frozenset) -> Pred:
+def _not_in(members: frozenset[Any]) -> Pred:
     return lambda x: x not in members
 
 
-def _search(pattern: re.Pattern) -> Pred:
+def _search(pattern: re.Pattern[str]) -> Pred:
     search = pattern.search
     return lambda x: search(x) is not None
 
 
-def _whole(pattern: re.Pattern) -> Pred:
+def _whole(pattern: re.Pattern[str]) -> Pred:
     match = pattern.match
     return lambda x: match(x) is not None
 
@@ -247,7 +247,7 @@ class CompiledRule:
         self.threshold = threshold
         self.action = action
         self.quarantine_for = quarantine_for
-        self.state: BoundedLRU | None = None
+        self.state: BoundedLRU[Any, Any] | None = None
         self.by: tuple[tuple[bool, str], ...] = ()
         self.value_field: tuple[bool, str] | None = None
         self.factory: Callable[[], Any] | None = None

@@ -11,7 +11,7 @@ alerts and one association record per association out.
    "no second parser of the same bytes") - through its per-direction ``reader().feed`` and
    ``on_pdu``, which is what ``AssociationDecoder.feed`` does, one call layer shorter per
    segment;
-3. hands every protocol event to :meth:`DicomAdapter.observe <pacsguard.ids.dicom.DicomAdapter.observe>` with the connection's
+3. hands every protocol event to :meth:`~pacsguard.ids.dicom.DicomAdapter.observe` with the connection's
    :class:`Flow` and the *capture* time of the segment that completed it (``now``, seconds since
    the epoch), so rule windows (brute force, floods) run on capture time, not on reading time;
 4. publishes the :class:`~pacsguard.events.Event` of every alert the engine returns (its
@@ -30,7 +30,7 @@ Which connections are DICOM
     - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
       counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
     - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
-      never does, PS3.8 9.2): :meth:`DicomAdapter.non_dicom <pacsguard.ids.dicom.DicomAdapter.non_dicom>` with the first bytes, and the
+      never does, PS3.8 9.2): :meth:`~pacsguard.ids.dicom.DicomAdapter.non_dicom` with the first bytes, and the
       connection is not decoded further.
 * The server's bytes come first and are an acceptor's PDU (A-ASSOCIATE-AC/RJ, A-ABORT,
   P-DATA-TF: :func:`looks_like_acceptor_pdu`), on any port: the client's first segment was lost
@@ -68,7 +68,7 @@ while resynchronising.
 Decode errors
 -------------
 A :class:`~pacsguard.dicom.DecodeError` (malformed bytes) first dispatches the events decoded
-before it (``err.partial``), then goes to :meth:`DicomAdapter.decode_error <pacsguard.ids.dicom.DicomAdapter.decode_error>`; that connection
+before it (``err.partial``), then goes to :meth:`~pacsguard.ids.dicom.DicomAdapter.decode_error`; that connection
 is not decoded any further (counted in :attr:`SensorStats.decode_errors` by error code, noted in
 the association record).
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from pacsguard.dicom import pdu as P
 from pacsguard.dicom.dimse import COMMAND_NAMES, CommandSet, status_category
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import (
@@ -34,7 +35,6 @@ from pacsguard.dicom.events import (
     ReleaseCompleted,
     ReleaseRequested,
 )
-from pacsguard.dicom import pdu as P
 from pacsguard.dicom.reasons import RJ_REASONS, RJ_RESULTS, RJ_SOURCES, rj_reason
 from pacsguard.ids.engine import Alert, Engine
 from pacsguard.ids.observation import Flow

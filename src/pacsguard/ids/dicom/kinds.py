@@ -19,7 +19,9 @@ _AES: Final[dict[str, tuple[FieldType, str]]] = {
     "calling_ae": ("str", "Calling AE Title of the association (A-ASSOCIATE-RQ, PS3.8 9.3.2)"),
     "called_ae": ("str", "Called AE Title of the association"),
 }
-_DIR: Final[dict[str, tuple[FieldType, str]]] = {"from_requestor": ("bool", "true when the association requestor (the client) sent it")}
+_DIR: Final[dict[str, tuple[FieldType, str]]] = {
+    "from_requestor": ("bool", "true when the association requestor (the client) sent it"),
+}
 
 register_kinds(
     PROTOCOL,
