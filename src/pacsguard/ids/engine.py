@@ -411,20 +411,13 @@ class Engine:
         self.observations += 1
         if not rules:
             return []
-        return self._run(rules, obs.kind, obs.protocol, obs.fields, obs.flow,
+        return self.run(rules, obs.kind, obs.protocol, obs.fields, obs.flow,
                          self.clock() if now is None else now, None)
 
     def rules_for(self, protocol: str) -> dict[str, list[CompiledRule]]:
         """The active rules of ``protocol`` by observation kind (empty kinds absent); an adapter
         looks its kind up before building fields, so a kind no rule uses costs nothing."""
         return self._index.get(protocol, {})
-
-    def run(self, rules: list[CompiledRule], kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
-            now: float, st: FlowState | None) -> list[Alert]:
-        """Match ``rules`` (of ``protocol``/``kind``, from :meth:`rules_for`) against one
-        observation's ``fields``; ``st`` is the flow's state in :attr:`flows`, if the adapter keeps
-        one.  The caller counts the observation in :attr:`observations`."""
-        return self._run(rules, kind, protocol, fields, flow, now, st)
 
     def flow_closed(self, flow: Flow, now: float | None = None, *,
                     new_state: Callable[[float], FlowState] | None = None) -> list[Alert]:
@@ -448,12 +441,15 @@ class Engine:
         rules = self._index.get(st.protocol, {}).get(kind)
         if not rules:
             return []
-        return self._run(rules, kind, st.protocol, st.summary(now), flow, now, st)
+        return self.run(rules, kind, st.protocol, st.summary(now), flow, now, st)
 
     # ------------------------------------------------------------------ matching
 
-    def _run(self, rules: list[CompiledRule], kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
-             now: float, st: FlowState | None) -> list[Alert]:
+    def run(self, rules: list[CompiledRule], kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
+            now: float, st: FlowState | None) -> list[Alert]:
+        """Match ``rules`` (of ``protocol``/``kind``, from :meth:`rules_for`) against one
+        observation's ``fields``; ``st`` is the flow's state in :attr:`flows`, if the adapter keeps
+        one.  The caller counts the observation in :attr:`observations`."""
         alerts: list[Alert] = []
         get = fields.get
         for compiled in rules:
