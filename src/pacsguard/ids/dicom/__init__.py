@@ -12,8 +12,9 @@ Names are loaded on first use (PEP 562), so importing :mod:`.kinds` does not imp
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pacsguard.ids.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .adapter import DicomAdapter
@@ -32,8 +33,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(home, __name__), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)
