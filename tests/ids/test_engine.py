@@ -42,7 +42,8 @@ from pacsguard.ids import (
     RuleError,
     load_rules,
 )
-from pacsguard.ids.engine import guess_protocol, rj_reason
+from pacsguard.ids.dicom import DicomAdapter
+from pacsguard.ids import guess_protocol, rj_reason
 from pacsguard.ids.rules import ActionOverride, ThresholdOverride
 from pacsguard.ids.state import BoundedLRU, CountWindow, DistinctWindow, SumWindow
 
@@ -104,6 +105,7 @@ class Session:
     def __init__(self, engine: Engine, *, client: str = "10.1.1.10", server: str = "10.1.1.2",
                  port: int = 104, tls: bool = False) -> None:
         self.engine = engine
+        self.dicom = DicomAdapter(engine)
         self.flow = Flow(client, next(_ports), server, port, tls=tls, sensor="inline", id=f"c{next(_ids)}")
         self.decoder = AssociationDecoder()
         self.alerts: list[Alert] = []
@@ -115,11 +117,11 @@ class Session:
             events = self.decoder.feed(from_client, data)
         except DecodeError as exc:
             for ev in exc.partial:
-                self.alerts += self.engine.observe_dicom(self.flow, ev)
-            self.alerts += self.engine.observe_decode_error(self.flow, from_client, exc)
+                self.alerts += self.dicom.observe(self.flow, ev)
+            self.alerts += self.dicom.decode_error(self.flow, from_client, exc)
             return
         for ev in events:
-            self.alerts += self.engine.observe_dicom(self.flow, ev)
+            self.alerts += self.dicom.observe(self.flow, ev)
 
     def associate(self, calling: str = "MOD1", called: str = "PACS", abstracts=(VERIFICATION,), *,
                   reject: tuple[int, int, int] | None = None, answer: bool = True,
@@ -179,7 +181,7 @@ class Session:
         self.send(False, P.encode_release_rp())
 
     def close(self) -> Session:
-        self.alerts += self.engine.flow_closed(self.flow)
+        self.alerts += self.dicom.flow_closed(self.flow)
         return self
 
     def fired(self) -> set[str]:
@@ -283,10 +285,10 @@ def test_ae_brute_force_fires_on_the_gateways_own_rejections() -> None:
     for guess in ("A1", "A2", "A3", "A4", "A5"):
         clock.t += 1
         s = Session(engine, client="10.9.9.8").associate("ECHOSCU", guess, answer=False)
-        fired += engine.observe_association_result(
+        fired += DicomAdapter(engine).association_result(
             s.flow, rejected=True, reason=f"called AE title {guess!r} is not this gateway's ('PACS')", by="gateway")
         # The decoder of a gateway that also sees its own RJ must not count twice.
-        fired += engine.observe_association_result(s.flow, rejected=True, reason=rj_reason(1, 7), by="gateway")
+        fired += DicomAdapter(engine).association_result(s.flow, rejected=True, reason=rj_reason(1, 7), by="gateway")
     assert [a.rule_id for a in fired] == ["dicom-ae-brute-force"]
     assert fired[0].event.details["observation"]["reason"] == "called-ae-not-recognized"
 
@@ -581,10 +583,10 @@ def test_protocol_state_violation_quiet() -> None:
 def test_non_dicom_bytes_fires() -> None:
     engine, _ = make_engine()
     flow = Flow("10.6.6.6", 5555, "10.1.1.2", 104)
-    alerts = engine.observe_non_dicom(flow, b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+    alerts = DicomAdapter(engine).non_dicom(flow, b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
     assert [a.rule_id for a in alerts] == ["dicom-non-dicom-bytes"]
     assert alerts[0].action == "abort" and "protocol_guess=http" in alerts[0].message
-    assert engine.observe_non_dicom(flow, b"SSH-2.0-OpenSSH_9.6\r\n")[0].event.details["observation"][
+    assert DicomAdapter(engine).non_dicom(flow, b"SSH-2.0-OpenSSH_9.6\r\n")[0].event.details["observation"][
         "protocol_guess"] == "ssh"
 
 
@@ -592,7 +594,7 @@ def test_non_dicom_bytes_quiet() -> None:
     engine, _ = make_engine()
     flow = Flow("10.6.6.6", 5556, "10.1.1.2", 2762)
     client_hello = bytes.fromhex("160301020001") + bytes(10)
-    assert engine.observe_non_dicom(flow, client_hello) == []
+    assert DicomAdapter(engine).non_dicom(flow, client_hello) == []
 
 
 @pytest.mark.parametrize("data, guess", [
@@ -745,7 +747,7 @@ def test_flow_state_is_dropped_on_close() -> None:
 
 def _flood_of_sources(engine: Engine, count: int, start: int = 0) -> None:
     ev = AssociationRequested(P.AssociateRQ("PACS", "MOD1", [P.PresentationContextRQ(1, VERIFICATION, [IVLE])]))
-    observe = engine.observe_dicom
+    observe = DicomAdapter(engine).observe
     for i in range(start, start + count):
         flow = Flow(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 1024 + (i & 0x7FFF), "10.0.0.1", 104)
         observe(flow, ev, now=i * 0.001)
@@ -861,8 +863,9 @@ def test_observation_cost_is_a_few_microseconds() -> None:
     assert len(events) >= 8
     rounds = 2000
     start = time.perf_counter()
+    observe = DicomAdapter(engine).observe
     for _ in range(rounds):
         for ev in events:
-            engine.observe_dicom(flow, ev, 0.0)
+            observe(flow, ev, 0.0)
     per_event = (time.perf_counter() - start) / (rounds * len(events)) * 1e6
     assert per_event < 50, f"{per_event:.1f} µs per observation"

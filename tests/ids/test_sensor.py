@@ -59,7 +59,7 @@ class Call:
 
 @dataclass
 class RecordingEngine:
-    """Records every call the sensor makes; returns no alerts (the real engine is tested in
+    """Records every call the sensor makes to its DICOM adapter; returns no alerts (the real engine is tested in
     test_passive_real.py and by the fuzz test below)."""
 
     calls: list[Call] = field(default_factory=list)
@@ -67,19 +67,19 @@ class RecordingEngine:
     class settings:
         dicom_ports = [104, 11112, 4242, 2761, 2762]
 
-    def observe_dicom(self, flow, ev, now=None):
+    def observe(self, flow, ev, now=None):
         self.calls.append(Call("dicom", flow, now, (ev,)))
         return []
 
-    def observe_decode_error(self, flow, from_client, err, now=None):
+    def decode_error(self, flow, from_client, err, now=None):
         self.calls.append(Call("decode_error", flow, now, (from_client, err)))
         return []
 
-    def observe_non_dicom(self, flow, first_bytes, now=None):
+    def non_dicom(self, flow, first_bytes, now=None):
         self.calls.append(Call("non_dicom", flow, now, (bytes(first_bytes),)))
         return []
 
-    def observe_association_result(self, flow, *, rejected, reason=None, by=None, now=None):
+    def association_result(self, flow, *, rejected, reason=None, by=None, now=None):
         self.calls.append(Call("association_result", flow, now, (rejected, reason, by)))
         return []
 
@@ -99,6 +99,8 @@ def run(frames_or_bytes, engine=None, **kw) -> tuple[RecordingEngine, list[Event
     engine = engine or RecordingEngine()
     out: list[Event] = []
     data = frames_or_bytes if isinstance(frames_or_bytes, bytes) else pcap_bytes(frames_or_bytes)
+    if isinstance(engine, RecordingEngine):  # the double stands in for the sensor's DicomAdapter
+        kw.setdefault("adapter", engine)
     stats = passive.read(data, engine=engine, publish=out.append, **kw)
     return engine, out, stats
 
@@ -497,7 +499,7 @@ def test_buffer_budget_stops_the_connection_that_crosses_it() -> None:
     conv.c(message(3, r, b"\x00" * 300_000, max_pdu=1 << 20)).s(rsp(3, r)).fin()
     engine = RecordingEngine()
     out: list[Event] = []
-    sensor = PassiveSensor(engine, out.append, max_buffer_total=100_000)
+    sensor = PassiveSensor(engine, out.append, max_buffer_total=100_000, adapter=engine)
     from pacsguard.ids.capture import read_capture
 
     read_capture(pcap_bytes(conv.frames()), sensor)

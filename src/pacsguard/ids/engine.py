@@ -1,17 +1,20 @@
-"""The rule engine: protocol events in, alerts out, the same inline and passive.
+"""The rule engine: observations in, alerts out, the same inline and passive, for any protocol.
 
-A *sensor* (the gateway inline, the capture reader passively) owns the sockets or the capture
-and the DICOM decoder; it hands every decoder event to :meth:`Engine.observe_dicom` together with
-the :class:`Flow` (the TCP connection) it belongs to, plus the few things the decoder cannot see
-(bytes that are not DICOM, decode errors, the gateway's own rejections, the end of the
-connection).  The engine turns each into one :class:`~pacsguard.ids.observation.Observation`,
-runs the rules written for that observation kind, and returns the :class:`Alert` s that fired.
-What to do with an alert's ``action`` is the sensor's business: the gateway drops, aborts or
-quarantines; the passive sensor only records.
+The engine knows rules, their compiled conditions, thresholds and windows, actions, the alert
+record, and per-flow state; it knows no protocol.  A *protocol adapter* (``ids/dicom/`` for
+DICOM; HL7 and audit later) turns its decoder's events into :class:`Observation` s of the kinds
+it registered (:func:`~pacsguard.ids.observation.register_kinds`) and hands them over, either
+one at a time through :meth:`Engine.observe`, or on its hot path through the adapter API:
+:attr:`Engine.flows` (per-connection state, a :class:`FlowState` subclass the adapter defines),
+:meth:`Engine.rules_for` (the compiled rules of its protocol, by kind) and :meth:`Engine.run`.
+:meth:`Engine.flow_closed` ends a connection of any protocol: its state's
+:meth:`FlowState.summary` becomes the closing observation.  What to do with an alert's
+``action`` is the sensor's business: the gateway drops, aborts or quarantines; the passive
+sensor only records.
 
-The engine never imports the gateway (DESIGN.md) and keeps no unbounded state: per-connection
-state lives in an LRU of ``max_tracked_flows`` entries, each threshold rule's per-key windows in
-an LRU of ``max_tracked_sources`` keys (:mod:`.state`).
+The engine never imports the gateway or a decoder (DESIGN.md) and keeps no unbounded state:
+per-connection state lives in an LRU of ``max_tracked_flows`` entries, each threshold rule's
+per-key windows in an LRU of ``max_tracked_sources`` keys (:mod:`.state`).
 
 Not thread-safe: one engine per event loop / sensor thread.
 """
@@ -27,26 +30,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
-from pacsguard.dicom.dimse import COMMAND_NAMES, CommandSet, status_category
-from pacsguard.dicom.errors import DecodeError
-from pacsguard.dicom.events import (
-    Aborted,
-    AssociationAccepted,
-    AssociationRejected,
-    AssociationRequested,
-    DimseCommand,
-    DimseDatasetEnd,
-    DimseDatasetStart,
-    ProtocolEvent,
-    ProtocolViolation,
-    ReleaseCompleted,
-    ReleaseRequested,
-)
 from pacsguard.events import Event, Outcome, Party, Severity
 
-from .observation import FLOW_FIELDS, KINDS, Flow, Observation
+from .observation import FLOW_FIELDS, Flow, Observation, Roles
+from .protocols import KINDS
 from .rules import (
     Condition,
     IdsSettings,
@@ -61,7 +50,7 @@ from .rules import (
 )
 from .state import BoundedLRU, CountWindow, DistinctWindow, SumWindow
 
-__all__ = ["Alert", "Engine", "Flow", "IdsSettings", "guess_protocol", "rj_reason"]
+__all__ = ["ActionName", "Alert", "CompiledRule", "Engine", "Flow", "FlowState", "IdsSettings"]
 
 ActionName = Literal["alert", "drop", "abort", "quarantine"]
 
@@ -81,136 +70,36 @@ class Alert:
     event: Event
 
 
-# ----------------------------------------------------------------------------- vocabulary
-
-#: A-ASSOCIATE-RJ source (PS3.8 Table 9-21) -> slug.
-RJ_SOURCES: Final = {1: "service-user", 2: "service-provider-acse", 3: "service-provider-presentation"}
-#: (source, reason/diag) -> slug (PS3.8 Table 9-21).
-RJ_REASONS: Final = {
-    (1, 1): "no-reason",
-    (1, 2): "application-context-not-supported",
-    (1, 3): "calling-ae-not-recognized",
-    (1, 7): "called-ae-not-recognized",
-    (2, 1): "no-reason",
-    (2, 2): "protocol-version-not-supported",
-    (3, 1): "temporary-congestion",
-    (3, 2): "local-limit-exceeded",
-}
-REASON_SLUGS: Final = frozenset(RJ_REASONS.values())
-
-
-def rj_reason(source: int, reason: int) -> str:
-    """The reason slug of an A-ASSOCIATE-RJ (what ``observe_association_result`` wants)."""
-    return RJ_REASONS.get((source, reason), f"reason-{source}-{reason}")
-
-
-def _reason_slug(reason: str) -> str:
-    text = reason.strip()
-    if text in REASON_SLUGS:
-        return text
-    low = text.lower()
-    if "calling" in low and "ae" in low:
-        return "calling-ae-not-recognized"
-    if "called" in low and "ae" in low:
-        return "called-ae-not-recognized"
-    return "other"
-
-
-def guess_protocol(first_bytes: bytes) -> str:
-    """What non-DICOM bytes look like: tls, http, ssh, smb, rdp, text or unknown."""
-    b = bytes(first_bytes[:16])
-    if len(b) >= 2 and b[0] == 0x16 and b[1] == 0x03:
-        return "tls"
-    if b.startswith((b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"DELETE ", b"CONNECT ", b"PRI * ")):
-        return "http"
-    if b.startswith(b"SSH-"):
-        return "ssh"
-    if len(b) >= 8 and b[4:8] in (b"\xffSMB", b"\xfeSMB"):
-        return "smb"
-    if len(b) >= 4 and b[0] == 0x03 and b[1] == 0x00:
-        return "rdp"
-    if b and all(32 <= c < 127 or c in (9, 10, 13) for c in b):
-        return "text"
-    return "unknown"
-
-
-def _service(name: str) -> str:
-    for suffix in ("-RQ", "-RSP"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-#: command field -> (command name, service)
-_COMMANDS: Final = {cf: (name, _service(name)) for cf, name in COMMAND_NAMES.items()}
-_RETRIEVES: Final = frozenset({"C-MOVE", "C-GET"})
-_WILDCARD_ONLY: Final = frozenset("*?^= ")
-_NO_ALERTS: Final[tuple[()]] = ()
-
-
-def _names_patient(value: str | None) -> bool:
-    return bool(value) and not set(value) <= _WILDCARD_ONLY  # type: ignore[arg-type]
-
-
 # ----------------------------------------------------------------------------- per-flow state
 
-_MAX_FLOW_IDS = 16
-_MAX_SERVICES = 32
-_MAX_RETRIEVES = 64
 
+class FlowState:
+    """What the engine remembers about one connection, whatever its protocol (bounded: a few
+    small fields).  An adapter subclasses it with its protocol's own fields and overrides
+    :meth:`parties` and :meth:`summary`; the engine keeps one per flow in :attr:`Engine.flows`."""
 
-class _FlowState:
-    """What the engine remembers about one connection (bounded: a few small fields)."""
+    __slots__ = ("fired", "patient_ids", "started", "study_uids", "touched")
 
-    __slots__ = (
-        "aborted",
-        "accepted",
-        "associated",
-        "called_ae",
-        "calling_ae",
-        "cmd_ac",
-        "cmd_rq",
-        "fired",
-        "non_echo",
-        "patient_ids",
-        "rejected",
-        "released",
-        "requests",
-        "result_seen",
-        "retrieves",
-        "services",
-        "started",
-        "study_uids",
-        "touched",
-    )
+    #: the protocol and observation kind of :meth:`summary` (None: nothing to observe at close)
+    protocol: ClassVar[str] = ""
+    closed_kind: ClassVar[str | None] = None
 
     def __init__(self, now: float) -> None:
         self.touched = now
         self.started = now
-        self.calling_ae: str | None = None
-        self.called_ae: str | None = None
-        self.associated = False
-        self.accepted = False
-        self.rejected = False
-        self.released = False
-        self.aborted = False
-        self.result_seen = False
-        self.requests = 0
-        self.services: dict[str, None] = {}
-        self.non_echo = False
-        #: (command name, service, SOP class UID) of the last command in each direction
-        self.cmd_rq: tuple[str, str, str | None] | None = None
-        self.cmd_ac: tuple[str, str, str | None] | None = None
-        self.retrieves: set[int] = set()
+        #: patients and studies the connection touched (bounded by the adapter), for alerts
         self.patient_ids: dict[str, None] = {}
         self.study_uids: dict[str, None] = {}
         #: rule id -> alerts of that (alert-only, threshold-free) rule on this connection
         self.fired: dict[str, int] | None = None
 
-    def ae_pair(self) -> str | None:
-        if self.calling_ae is None and self.called_ae is None:
-            return None
-        return f"{self.calling_ae or ''}->{self.called_ae or ''}"
+    def parties(self) -> tuple[str | None, str | None]:
+        """The client's and the server's application names (e.g. AE titles), when known."""
+        return None, None
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The fields of the :attr:`closed_kind` observation made when the connection ends."""
+        return {}
 
 
 # ----------------------------------------------------------------------------- compiled rules
@@ -242,7 +131,7 @@ def _ip_int(host: str) -> tuple[int, int] | None:
     return 6, int.from_bytes(packed, "big")
 
 
-def _ip_cache(nets: list, inside: bool) -> Pred:
+def _ip_cache(nets: list[Any], inside: bool) -> Pred:
     """Membership of an address in any of *nets*, with a bounded cache (hosts repeat)."""
     v4 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 4)
     v6 = tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == 6)
@@ -313,16 +202,16 @@ def _equals(a: Any) -> Pred:
     return lambda x: x == a
 
 
-def _not_in(members: frozenset) -> Pred:
+def _not_in(members: frozenset[Any]) -> Pred:
     return lambda x: x not in members
 
 
-def _search(pattern: re.Pattern) -> Pred:
+def _search(pattern: re.Pattern[str]) -> Pred:
     search = pattern.search
     return lambda x: search(x) is not None
 
 
-def _whole(pattern: re.Pattern) -> Pred:
+def _whole(pattern: re.Pattern[str]) -> Pred:
     match = pattern.match
     return lambda x: match(x) is not None
 
@@ -343,17 +232,22 @@ def _any_of(base: Pred) -> Pred:
     return lambda v: v is not None and any(base(x) for x in v)
 
 
-class _Compiled:
-    __slots__ = ("action", "by", "checks", "factory", "quarantine_for", "rule", "state", "threshold", "value_field")
+class CompiledRule:
+    """A rule ready to run: its checks, effective threshold and action, and its windows.
+    Adapters hold lists of them (:meth:`Engine.rules_for`) and hand them back to :meth:`Engine.run`."""
+
+    __slots__ = ("action", "by", "checks", "factory", "quarantine_for", "roles", "rule", "state", "threshold",
+                 "value_field")
 
     def __init__(self, rule: Rule, checks: list[tuple[bool, str, Pred]], threshold: Threshold | None,
-                 action: ActionName, quarantine_for: timedelta | None, cap: int) -> None:
+                 action: ActionName, quarantine_for: timedelta | None, cap: int, roles: Roles) -> None:
         self.rule = rule
+        self.roles = roles
         self.checks = tuple(checks)
         self.threshold = threshold
         self.action = action
         self.quarantine_for = quarantine_for
-        self.state: BoundedLRU | None = None
+        self.state: BoundedLRU[Any, Any] | None = None
         self.by: tuple[tuple[bool, str], ...] = ()
         self.value_field: tuple[bool, str] | None = None
         self.factory: Callable[[], Any] | None = None
@@ -392,32 +286,21 @@ class Engine:
     def __init__(self, rules: list[Rule], settings: IdsSettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings = settings if settings is not None else IdsSettings()
-        self._clock = clock
+        #: the engine's time source (adapters read it when a caller gives no ``now``)
+        self.clock = clock
         self.rules = list(rules)
         #: rule id -> why it does not run (disabled, or a settings list is not set)
         self.inactive: dict[str, str] = {}
-        self._index: dict[str, dict[str, list[_Compiled]]] = {}
-        self._compiled: dict[str, _Compiled] = {}
+        self._index: dict[str, dict[str, list[CompiledRule]]] = {}
+        self._compiled: dict[str, CompiledRule] = {}
         self._compile(settings)
-        self._dicom: dict[str, list[_Compiled]] = self._index.get("dicom", {})
-        self._flows: BoundedLRU[object, _FlowState] = BoundedLRU(settings.max_tracked_flows)
+        #: per-connection state of every protocol, bounded; adapters get or create their entries
+        self.flows: BoundedLRU[object, FlowState] = BoundedLRU(settings.max_tracked_flows)
         self._per_flow = settings.max_alerts_per_flow
         self.observations = 0
         self.alerts = 0
         #: alerts not raised because their rule already fired max_alerts_per_flow times on the connection
         self.suppressed = 0
-        self._handlers: dict[type, Callable[[Flow, _FlowState, Any, float], list[Alert]]] = {
-            AssociationRequested: self._on_rq,
-            AssociationAccepted: self._on_ac,
-            AssociationRejected: self._on_rj,
-            ReleaseRequested: self._on_release,
-            ReleaseCompleted: self._on_release,
-            Aborted: self._on_abort,
-            DimseCommand: self._on_command,
-            DimseDatasetStart: self._on_dataset,
-            DimseDatasetEnd: self._on_nothing,
-            ProtocolViolation: self._on_violation,
-        }
 
     @classmethod
     def from_settings(cls, settings: IdsSettings | None = None, *, base_dir: Path | None = None,
@@ -491,7 +374,8 @@ class Engine:
             if reason is not None:
                 self.inactive[rule.id] = reason
                 continue
-            compiled = _Compiled(rule, checks, threshold, action, quarantine_for, settings.max_tracked_sources)
+            compiled = CompiledRule(rule, checks, threshold, action, quarantine_for, settings.max_tracked_sources,
+                                    spec.roles)
             self._compiled[rule.id] = compiled
             self._index.setdefault(rule.protocol, {}).setdefault(rule.on, []).append(compiled)
         if problems:
@@ -516,258 +400,56 @@ class Engine:
         return max((len(s) for s in states), default=0)
 
     def tracked_flows(self) -> int:
-        return len(self._flows)
+        return len(self.flows)
 
-    # ------------------------------------------------------------------ sensor API
+    # ------------------------------------------------------------------ adapter API
 
     def observe(self, obs: Observation, now: float | None = None) -> list[Alert]:
-        """Run the rules for one observation of any protocol (HL7's adapter and `rules test`)."""
+        """Run the rules for one observation of any protocol, without per-flow state (a simple
+        adapter, ``pacsguard ids rules test``)."""
         rules = self._index.get(obs.protocol, {}).get(obs.kind)
         self.observations += 1
         if not rules:
             return []
-        return self._run(rules, obs.kind, obs.protocol, obs.fields, obs.flow,
-                         self._clock() if now is None else now, None)
+        return self.run(rules, obs.kind, obs.protocol, obs.fields, obs.flow,
+                         self.clock() if now is None else now, None)
 
-    def observe_dicom(self, flow: Flow, ev: ProtocolEvent, now: float | None = None) -> list[Alert]:
-        """Every event of the flow's AssociationDecoder, in order."""
-        t: float = self._clock() if now is None else now
-        self.observations += 1
-        st = self._flows.get_or_create(flow.key(), t, lambda: _FlowState(t))
-        handler = self._handlers.get(type(ev))
-        if handler is None:
-            return []
-        return handler(flow, st, ev, t)
+    def rules_for(self, protocol: str) -> dict[str, list[CompiledRule]]:
+        """The active rules of ``protocol`` by observation kind (empty kinds absent); an adapter
+        looks its kind up before building fields, so a kind no rule uses costs nothing."""
+        return self._index.get(protocol, {})
 
-    def observe_decode_error(self, flow: Flow, from_client: bool, err: DecodeError,
-                             now: float | None = None) -> list[Alert]:
-        """The decoder raised DecodeError on bytes of this flow."""
-        t: float = self._clock() if now is None else now
-        self.observations += 1
-        st = self._flows.get_or_create(flow.key(), t, lambda: _FlowState(t))
-        rules = self._dicom.get("decode-error")
-        if not rules:
-            return []
-        fields = {"calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_client": from_client,
-                  "code": err.code, "message": err.detail, "offset": err.offset}
-        return self._run(rules, "decode-error", "dicom", fields, flow, t, st)
+    def flow_closed(self, flow: Flow, now: float | None = None, *,
+                    new_state: Callable[[float], FlowState] | None = None) -> list[Alert]:
+        """The connection ended (FIN/RST, eviction, end of capture): its state leaves
+        :attr:`flows` and the rules on its protocol's closing kind run over its summary.
 
-    def observe_non_dicom(self, flow: Flow, first_bytes: bytes, now: float | None = None) -> list[Alert]:
-        """The first bytes a client sent to a DICOM port are not an A-ASSOCIATE-RQ."""
-        if now is None:
-            now = self._clock()
-        self.observations += 1
-        rules = self._dicom.get("non-dicom")
-        if not rules:
-            return []
-        head = bytes(first_bytes[:16])
-        fields = {"length": len(first_bytes), "protocol_guess": guess_protocol(head), "first_bytes": head.hex()}
-        return self._run(rules, "non-dicom", "dicom", fields, flow, now, None)
-
-    def observe_association_result(self, flow: Flow, *, rejected: bool, reason: str, by: str,
-                                   now: float | None = None) -> list[Alert]:
-        """An association's outcome the decoder does not see, e.g. the gateway's own A-ASSOCIATE-RJ.
-
-        ``reason`` is a slug (see :func:`rj_reason`: ``calling-ae-not-recognized``,
-        ``called-ae-not-recognized`` ...); free text that names a calling/called AE title is
-        mapped to those.  Only the first result of a flow counts, so a sensor that also feeds
-        the decoder's AssociationRejected for the same flow is not counted twice.
+        ``new_state`` stands in for the state of a flow the engine never saw (an adapter that
+        reports every close passes its state class), else such a close observes nothing.
         """
-        t: float = self._clock() if now is None else now
-        self.observations += 1
-        st = self._flows.get_or_create(flow.key(), t, lambda: _FlowState(t))
-        slug = _reason_slug(reason) if rejected else ""
-        return self._result(flow, st, t, rejected=rejected, result="rejected-permanent" if rejected else "accepted",
-                            source=by if rejected else "", reason=slug, reason_text=reason, by=by)
-
-    def flow_closed(self, flow: Flow, now: float | None = None) -> list[Alert]:
-        """The connection ended (FIN/RST, eviction, end of capture): summary rules run now."""
         if now is None:
-            now = self._clock()
+            now = self.clock()
         self.observations += 1
-        st = self._flows.pop(flow.key()) or _FlowState(now)
-        rules = self._dicom.get("flow-closed")
-        if not rules:
-            return []
-        services = list(st.services)
-        fields = {
-            "calling_ae": st.calling_ae, "called_ae": st.called_ae, "ae_pair": st.ae_pair(),
-            "associated": st.associated, "accepted": st.accepted, "rejected": st.rejected,
-            "released": st.released, "aborted": st.aborted, "dimse_requests": st.requests,
-            "services": services, "probe": st.associated and not st.non_echo,
-            "duration": max(0.0, now - st.started),
-        }
-        return self._run(rules, "flow-closed", "dicom", fields, flow, now, st)
-
-    # ------------------------------------------------------------------ DICOM events
-
-    def _on_nothing(self, flow: Flow, st: _FlowState, ev: Any, now: float) -> list[Alert]:
-        return []
-
-    def _on_rq(self, flow: Flow, st: _FlowState, ev: AssociationRequested, now: float) -> list[Alert]:
-        rq = ev.rq
-        st.calling_ae = rq.calling_ae_title
-        st.called_ae = rq.called_ae_title
-        st.associated = True
-        st.started = now
-        rules = self._dicom.get("association-request")
-        if not rules:
-            return []
-        ui = rq.user_information
-        identity = ui.user_identity if ui is not None else None
-        fields = {
-            "calling_ae": rq.calling_ae_title,
-            "called_ae": rq.called_ae_title,
-            "ae_titles": [rq.calling_ae_title, rq.called_ae_title],
-            "abstract_syntaxes": [pc.abstract_syntax for pc in rq.presentation_contexts],
-            "context_count": len(rq.presentation_contexts),
-            "max_pdu_length": ui.max_length if ui is not None else None,
-            "implementation_class_uid": ui.implementation_class_uid if ui is not None else None,
-            "implementation_version_name": ui.implementation_version_name if ui is not None else None,
-            "user_identity_type": getattr(identity, "identity_type", None),
-            "application_context": rq.application_context_name,
-        }
-        return self._run(rules, "association-request", "dicom", fields, flow, now, st)
-
-    def _on_ac(self, flow: Flow, st: _FlowState, ev: AssociationAccepted, now: float) -> list[Alert]:
-        return self._result(flow, st, now, rejected=False, result="accepted", source="", reason="",
-                            reason_text="", by="acceptor")
-
-    def _on_rj(self, flow: Flow, st: _FlowState, ev: AssociationRejected, now: float) -> list[Alert]:
-        rj = ev.rj
-        return self._result(flow, st, now, rejected=True,
-                            result="rejected-transient" if rj.result == 2 else "rejected-permanent",
-                            source=RJ_SOURCES.get(rj.source, str(rj.source)),
-                            reason=rj_reason(rj.source, rj.reason), reason_text="", by="acceptor")
-
-    def _result(self, flow: Flow, st: _FlowState, now: float, *, rejected: bool, result: str, source: str,
-                reason: str, reason_text: str, by: str) -> list[Alert]:
-        if st.result_seen:
-            return []
-        st.result_seen = True
-        if rejected:
-            st.rejected = True
-        else:
-            st.accepted = True
-        rules = self._dicom.get("association-result")
-        if not rules:
-            return []
-        fields = {
-            "calling_ae": st.calling_ae, "called_ae": st.called_ae, "ae_pair": st.ae_pair(),
-            "rejected": rejected, "result": result, "source": source or None, "reason": reason or None,
-            "reason_text": reason_text or None, "by": by,
-        }
-        return self._run(rules, "association-result", "dicom", fields, flow, now, st)
-
-    def _on_release(self, flow: Flow, st: _FlowState, ev: Any, now: float) -> list[Alert]:
-        st.released = True
-        return []
-
-    def _on_abort(self, flow: Flow, st: _FlowState, ev: Aborted, now: float) -> list[Alert]:
-        st.aborted = True
-        rules = self._dicom.get("abort")
-        if not rules:
-            return []
-        fields = {"calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": ev.from_requestor,
-                  "source": ev.source, "reason": ev.reason}
-        return self._run(rules, "abort", "dicom", fields, flow, now, st)
-
-    def _on_command(self, flow: Flow, st: _FlowState, ev: DimseCommand, now: float) -> list[Alert]:
-        cmd: CommandSet = ev.command
-        cf = cmd.command_field
-        known = _COMMANDS.get(cf)
-        name, service = known if known is not None else (f"UNKNOWN-0x{cf:04X}", f"UNKNOWN-0x{cf & 0x7FFF:04X}")
-        sop_class = cmd.affected_sop_class_uid or cmd.requested_sop_class_uid
-        from_rq = ev.from_requestor
-        if from_rq:
-            st.cmd_rq = (name, service, sop_class)
-        else:
-            st.cmd_ac = (name, service, sop_class)
-        sender = st.calling_ae if from_rq else st.called_ae
-        if not cf & 0x8000:  # a request (PS3.7 E.1: responses have bit 15 set)
-            if from_rq:
-                st.requests += 1
-                if service != "C-ECHO":
-                    st.non_echo = True
-                if len(st.services) < _MAX_SERVICES:
-                    st.services[service] = None
-                if service in _RETRIEVES and cmd.message_id is not None and len(st.retrieves) < _MAX_RETRIEVES:
-                    st.retrieves.add(cmd.message_id)
-            rules = self._dicom.get("dimse-request")
-            if not rules:
+        st = self.flows.pop(flow.key())
+        if st is None:
+            if new_state is None:
                 return []
-            fields = {
-                "calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": from_rq,
-                "command": name, "service": service, "sop_class_uid": sop_class,
-                "sop_instance_uid": cmd.affected_sop_instance_uid or cmd.requested_sop_instance_uid,
-                "abstract_syntax": ev.abstract_syntax, "transfer_syntax": ev.transfer_syntax,
-                "message_id": cmd.message_id, "priority": cmd.priority, "move_destination": cmd.move_destination,
-                "sender_ae": sender, "has_dataset": cmd.command_data_set_type != 0x0101,
-            }
-            return self._run(rules, "dimse-request", "dicom", fields, flow, now, st)
-        announced = None
-        if service in _RETRIEVES and not from_rq:
-            mid = cmd.message_id_being_responded_to
-            if mid is not None and mid in st.retrieves:
-                st.retrieves.discard(mid)
-                parts = (cmd.remaining_suboperations, cmd.completed_suboperations,
-                         cmd.failed_suboperations, cmd.warning_suboperations)
-                if any(p is not None for p in parts):
-                    announced = sum(p for p in parts if p is not None)
-        rules = self._dicom.get("dimse-response")
+            st = new_state(now)
+        kind = st.closed_kind
+        if kind is None:
+            return []
+        rules = self._index.get(st.protocol, {}).get(kind)
         if not rules:
             return []
-        status = cmd.status
-        fields = {
-            "calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": from_rq,
-            "command": name, "service": service, "sop_class_uid": sop_class,
-            "message_id": cmd.message_id_being_responded_to, "status": status,
-            "status_category": status_category(status) if status is not None else None,
-            "remaining": cmd.remaining_suboperations, "completed": cmd.completed_suboperations,
-            "failed": cmd.failed_suboperations, "warning": cmd.warning_suboperations,
-            "suboperations_announced": announced,
-        }
-        return self._run(rules, "dimse-response", "dicom", fields, flow, now, st)
-
-    def _on_dataset(self, flow: Flow, st: _FlowState, ev: DimseDatasetStart, now: float) -> list[Alert]:
-        peek = ev.peek
-        pid, study = peek.patient_id, peek.study_instance_uid
-        if pid and pid not in st.patient_ids and len(st.patient_ids) < _MAX_FLOW_IDS:
-            st.patient_ids[pid] = None
-        if study and study not in st.study_uids and len(st.study_uids) < _MAX_FLOW_IDS:
-            st.study_uids[study] = None
-        rules = self._dicom.get("dataset")
-        if not rules:
-            return []
-        from_rq = ev.from_requestor
-        cmd = st.cmd_rq if from_rq else st.cmd_ac
-        name, service, sop_class = cmd if cmd is not None else (None, None, None)
-        pname = peek.patient_name
-        queried = pid if _names_patient(pid) else pname if _names_patient(pname) else None
-        fields = {
-            "calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": from_rq,
-            "command": name, "service": service, "sender_ae": st.calling_ae if from_rq else st.called_ae,
-            "sop_class_uid": peek.sop_class_uid or sop_class, "sop_instance_uid": peek.sop_instance_uid,
-            "patient_id": pid, "patient_name": pname, "study_instance_uid": study,
-            "series_instance_uid": peek.series_instance_uid, "accession_number": peek.accession_number,
-            "modality": peek.modality, "query_level": peek.query_retrieve_level,
-            "patient_keys_empty": not pid and not pname, "queried_patient": queried,
-            "complete": peek.complete, "anomaly": peek.anomaly,
-        }
-        return self._run(rules, "dataset", "dicom", fields, flow, now, st)
-
-    def _on_violation(self, flow: Flow, st: _FlowState, ev: ProtocolViolation, now: float) -> list[Alert]:
-        rules = self._dicom.get("protocol-violation")
-        if not rules:
-            return []
-        fields = {"calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": ev.from_requestor,
-                  "code": ev.code, "message": ev.message}
-        return self._run(rules, "protocol-violation", "dicom", fields, flow, now, st)
+        return self.run(rules, kind, st.protocol, st.summary(now), flow, now, st)
 
     # ------------------------------------------------------------------ matching
 
-    def _run(self, rules: list[_Compiled], kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
-             now: float, st: _FlowState | None) -> list[Alert]:
+    def run(self, rules: list[CompiledRule], kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
+            now: float, st: FlowState | None) -> list[Alert]:
+        """Match ``rules`` (of ``protocol``/``kind``, from :meth:`rules_for`) against one
+        observation's ``fields``; ``st`` is the flow's state in :attr:`flows`, if the adapter keeps
+        one.  The caller counts the observation in :attr:`observations`."""
         alerts: list[Alert] = []
         get = fields.get
         for compiled in rules:
@@ -795,7 +477,7 @@ class Engine:
         return alerts
 
     @staticmethod
-    def _threshold(compiled: _Compiled, fields: dict[str, Any], flow: Flow, now: float) -> Any:
+    def _threshold(compiled: CompiledRule, fields: dict[str, Any], flow: Flow, now: float) -> Any:
         by = compiled.by
         if len(by) == 1:  # the usual case (per client_host): no generator
             is_flow, name = by[0]
@@ -816,19 +498,22 @@ class Engine:
         except (TypeError, ValueError):
             return None
 
-    def _alert(self, compiled: _Compiled, kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
-               st: _FlowState | None, fired: Any) -> Alert:
+    def _alert(self, compiled: CompiledRule, kind: str, protocol: str, fields: dict[str, Any], flow: Flow,
+               st: FlowState | None, fired: Any) -> Alert:
         self.alerts += 1
         rule = compiled.rule
         obs = Observation(protocol, kind, fields, flow)
         data = obs.as_dict()
-        calling = fields.get("calling_ae") or (st.calling_ae if st is not None else None)
-        called = fields.get("called_ae") or (st.called_ae if st is not None else None)
-        actor = Party(ae_title=calling or None, host=flow.client_host, port=flow.client_port)
-        target = Party(ae_title=called or None, host=flow.server_host, port=flow.server_port)
-        pid = fields.get("patient_id") if kind == "dataset" else None
+        roles = compiled.roles
+        # the kind's own fields first, else what the connection's state knows
+        known = st.parties() if st is not None else (None, None)
+        client_name = (fields.get(roles.actor) if roles.actor else None) or known[0]
+        server_name = (fields.get(roles.target) if roles.target else None) or known[1]
+        actor = Party(ae_title=client_name or None, host=flow.client_host, port=flow.client_port)
+        target = Party(ae_title=server_name or None, host=flow.server_host, port=flow.server_port)
+        pid = fields.get(roles.patient) if roles.patient else None
         patient_ids = (pid,) if pid else tuple(st.patient_ids) if st is not None else ()
-        study = fields.get("study_instance_uid") if kind == "dataset" else None
+        study = fields.get(roles.study) if roles.study else None
         study_uids = (study,) if study else tuple(st.study_uids) if st is not None else ()
         shown = []
         for cond in rule.conditions:

@@ -33,7 +33,9 @@ from pacsguard.ids.capture.reader import FrameHandler, make_frame_handler
 from pacsguard.ids.sensor import CaptureClock, PassiveSensor, SensorStats
 
 if TYPE_CHECKING:
-    from pacsguard.ids import Engine, IdsSettings
+    from pacsguard.ids.dicom.adapter import DicomAdapter
+    from pacsguard.ids.engine import Engine
+    from pacsguard.ids.rules import IdsSettings
 
 __all__ = ["PassiveStats", "build_engine", "live", "read"]
 
@@ -116,6 +118,7 @@ def read(
     log_associations: bool = True,
     progress: Callable[[int, int], None] | None = None,
     sensor_name: str = "passive",
+    adapter: DicomAdapter | None = None,
 ) -> PassiveStats:
     """Run the rules over the pcap/pcapng file ``path`` (or a capture's bytes); every Event goes
     to ``publish``.
@@ -126,11 +129,13 @@ def read(
     capture layer's bounds (:func:`~pacsguard.ids.capture.read_capture`); a hole in a stream is
     reported (and the sensor resynchronises) once that much data waits behind it, or at close.
     ``progress(done_bytes, total_bytes)`` is called every :data:`PROGRESS_FRAMES` frames and at
-    the end.  Raises :class:`~pacsguard.ids.capture.CaptureError` if ``path`` is not a capture.
+    the end.  ``adapter`` replaces the sensor's ``DicomAdapter(engine)`` (a test double).
+    Raises :class:`~pacsguard.ids.capture.CaptureError` if ``path`` is not a capture.
     """
     ports = _ports(engine, dicom_ports)
     sensor = PassiveSensor(
-        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations
+        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations,
+        adapter=adapter,
     )
     reasm = TCPReassembler(
         sensor,
@@ -181,6 +186,7 @@ def live(
     promisc: bool = True,
     log_associations: bool = True,
     sensor_name: str = "passive",
+    adapter: DicomAdapter | None = None,
 ) -> PassiveStats:
     """Run the rules over ``interface`` (Linux, CAP_NET_RAW) until ``stop_event.is_set()``.
 
@@ -190,7 +196,8 @@ def live(
     """
     ports = _ports(engine, dicom_ports)
     sensor = PassiveSensor(
-        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations
+        engine, publish, dicom_ports=ports, clock=clock, sensor=sensor_name, log_associations=log_associations,
+        adapter=adapter,
     )
     t0 = time.perf_counter()
     stats = live_capture(
@@ -216,8 +223,13 @@ def build_engine(
 ) -> Engine:
     """An engine with the built-in rules (unless ``builtin`` or ``settings.builtin_rules`` is
     False) plus the rule files of ``settings.rules_dirs`` and ``rules_dirs``, whose clock is
-    ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule."""
-    from pacsguard.ids import Engine, IdsSettings, load_rules
+    ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule.
+
+    The engine is a :class:`~pacsguard.ids.dicom.compat.DicomEngine` for now, so that the
+    inline gateway's ``engine.observe_dicom`` & co. keep working until it holds its own adapter.
+    """
+    from pacsguard.ids.dicom.compat import DicomEngine
+    from pacsguard.ids.rules import IdsSettings, load_rules
 
     if settings is None:
         settings = IdsSettings()
@@ -226,4 +238,4 @@ def build_engine(
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
-    return Engine(rules, settings, **kwargs)
+    return DicomEngine(rules, settings, **kwargs)

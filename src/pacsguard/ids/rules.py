@@ -39,7 +39,8 @@ from pydantic import Field, field_validator
 from pacsguard.config.schema import Strict, parse_networks
 from pacsguard.events import Severity
 
-from .observation import KINDS, FieldType, KindSpec
+from .observation import FieldType, KindSpec
+from .protocols import KINDS
 
 Action = Literal["alert", "drop", "abort", "quarantine"]
 ACTIONS: Final = ("alert", "drop", "abort", "quarantine")

@@ -11,7 +11,7 @@ alerts and one association record per association out.
    "no second parser of the same bytes") - through its per-direction ``reader().feed`` and
    ``on_pdu``, which is what ``AssociationDecoder.feed`` does, one call layer shorter per
    segment;
-3. hands every protocol event to :meth:`Engine.observe_dicom` with the connection's
+3. hands every protocol event to :meth:`~pacsguard.ids.dicom.DicomAdapter.observe` with the connection's
    :class:`Flow` and the *capture* time of the segment that completed it (``now``, seconds since
    the epoch), so rule windows (brute force, floods) run on capture time, not on reading time;
 4. publishes the :class:`~pacsguard.events.Event` of every alert the engine returns (its
@@ -30,7 +30,7 @@ Which connections are DICOM
     - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
       counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
     - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
-      never does, PS3.8 9.2): :meth:`Engine.observe_non_dicom` with the first bytes, and the
+      never does, PS3.8 9.2): :meth:`~pacsguard.ids.dicom.DicomAdapter.non_dicom` with the first bytes, and the
       connection is not decoded further.
 * The server's bytes come first and are an acceptor's PDU (A-ASSOCIATE-AC/RJ, A-ABORT,
   P-DATA-TF: :func:`looks_like_acceptor_pdu`), on any port: the client's first segment was lost
@@ -68,7 +68,7 @@ while resynchronising.
 Decode errors
 -------------
 A :class:`~pacsguard.dicom.DecodeError` (malformed bytes) first dispatches the events decoded
-before it (``err.partial``), then goes to :meth:`Engine.observe_decode_error`; that connection
+before it (``err.partial``), then goes to :meth:`~pacsguard.ids.dicom.DicomAdapter.decode_error`; that connection
 is not decoded any further (counted in :attr:`SensorStats.decode_errors` by error code, noted in
 the association record).
 
@@ -108,14 +108,18 @@ from pacsguard.dicom import (
 )
 from pacsguard.dicom.association import AssociationState
 from pacsguard.dicom.dimse import C_STORE_RQ
+from pacsguard.dicom.reasons import ABORT_SOURCES, RJ_RESULTS, RJ_SOURCES
 from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.events.model import time_from_us
 from pacsguard.ids.capture import Connection
+from pacsguard.ids.dicom.adapter import DicomAdapter
+from pacsguard.ids.dicom.sniff import ASSOCIATE_HEAD_BYTES, looks_like_acceptor_pdu, plausible_pdata_header
 from pacsguard.ids.observation import Flow
+from pacsguard.ids.sniff import looks_like_tls
 
 if TYPE_CHECKING:  # the engine is only needed for its API, not at import time
-    from pacsguard.ids import Engine
+    from pacsguard.ids.engine import Engine
 
 __all__ = [
     "ASSOCIATION_KIND",
@@ -138,10 +142,10 @@ MAX_KEYS = 64
 #: Bound on bytes buffered for a connection whose protocol is not decided yet.
 MAX_PENDING = 64 * 1024
 #: Client bytes needed to recognise an A-ASSOCIATE-RQ (header and both AE titles).
-HEAD_BYTES = 42
+HEAD_BYTES = ASSOCIATE_HEAD_BYTES
 #: How many data segments of a mid-stream connection on an unlisted port are looked at.
 MIDSTREAM_PROBE_SEGMENTS = 16
-#: First bytes handed to ``observe_non_dicom`` and kept in the stats.
+#: First bytes handed to ``DicomAdapter.non_dicom`` and kept in the stats.
 NON_DICOM_SAMPLE = 256
 #: Protocol violations about the *order* of PDUs and messages.  After a gap or a mid-stream start
 #: the decoder sees an incomplete view, and the capture layer delivers what follows a hole late
@@ -172,8 +176,6 @@ _NON_DICOM = 2  # told the engine; nothing more to do
 _STOPPED = 3  # was DICOM; decoding stopped (decode error, buffer budget)
 _IGNORED = 4  # not DICOM, not on a DICOM port
 
-_ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
-_REJECT_SOURCES = {1: "service-user", 2: "service-provider-acse", 3: "service-provider-presentation"}
 
 
 class CaptureClock:
@@ -227,39 +229,6 @@ def _bump_bounded(d: dict[str, int], key: str, n: int = 1) -> None:
         d[key] = n
     else:
         d["(other)"] = d.get("(other)", 0) + n
-
-
-def plausible_pdata_header(data: bytes | bytearray | memoryview, max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH) -> bool:
-    """Does ``data`` start with a P-DATA-TF PDU header followed by a plausible first PDV
-    (PS3.8 9.3.5 / 9.3.5.1)?  Used only to recognise mid-stream DICOM on an unlisted port."""
-    if len(data) < 12 or data[0] != 0x04 or data[1] != 0:
-        return False
-    length = int.from_bytes(data[2:6], "big")
-    pdv = int.from_bytes(data[6:10], "big")
-    return 6 <= length <= max_pdu_length and 2 <= pdv <= length - 4 and data[10] & 1 == 1 and data[11] & 0xFC == 0
-
-
-def looks_like_acceptor_pdu(data: bytes | bytearray | memoryview, max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH) -> bool:
-    """Does ``data`` start with a PDU an association acceptor sends: A-ASSOCIATE-AC (the RQ
-    test, PS3.8 9.3.3 has the same layout), -RJ (9.3.4), A-ABORT (9.3.8) or a plausible
-    P-DATA-TF?  Used when a server's bytes come first, to tell DICOM whose request was not
-    captured from a server that speaks first (which a DICOM acceptor never does)."""
-    if len(data) < 10 or data[1] != 0:
-        return False
-    t = data[0]
-    if t == 0x02:
-        return looks_like_associate_rq(b"\x01" + bytes(data[1:HEAD_BYTES]))
-    fixed = int.from_bytes(data[2:6], "big") == 4
-    if t == 0x03:
-        return fixed and data[7] in (1, 2) and data[8] in (1, 2, 3)
-    if t == 0x07:
-        return fixed and data[8] in (0, 2) and data[9] <= 6
-    return plausible_pdata_header(data, max_pdu_length)
-
-
-def _looks_like_tls(head: bytes | bytearray) -> bool:
-    # TLS record header: handshake (22) or alert (21), legacy version 3.x (RFC 8446 5.1)
-    return len(head) >= 3 and head[0] in (0x15, 0x16) and head[1] == 3 and head[2] <= 4
 
 
 class _ConnState:
@@ -368,8 +337,9 @@ class PassiveSensor:
     """A capture consumer that runs the rule engine over every DICOM association it sees.
 
     Args:
-        engine: the rule engine (:class:`pacsguard.ids.engine.Engine`); every ``observe_*``
-            call may return a list of alerts, whose ``event`` is published.
+        engine: the rule engine (:class:`pacsguard.ids.engine.Engine`), fed through a
+            :class:`~pacsguard.ids.dicom.DicomAdapter`; every call may return a list of
+            alerts, whose ``event`` is published.
         publish: called with every Event (alerts and association records), in capture order.
         dicom_ports: server ports where DICOM is expected (default: ``engine.settings.dicom_ports``).
         sensor: the ``Flow.sensor`` name (which sensor saw the flow).
@@ -379,6 +349,8 @@ class PassiveSensor:
         max_buffer_total: budget for partial PDUs over all connections (see module docstring).
         log_associations: publish the ``ids.dicom.association`` records (default True).
         flow_factory: what builds a connection's flow (default: the engine's ``Flow``).
+        adapter: the DICOM adapter to feed (default: ``DicomAdapter(engine)``); a test double
+            records the calls.
     """
 
     def __init__(
@@ -393,8 +365,10 @@ class PassiveSensor:
         max_buffer_total: int = DEFAULT_MAX_BUFFER_TOTAL,
         log_associations: bool = True,
         flow_factory: Callable[..., Any] | None = None,
+        adapter: DicomAdapter | None = None,
     ) -> None:
         self.engine = engine
+        self.dicom = adapter if adapter is not None else DicomAdapter(engine)
         self.publish = publish
         if dicom_ports is None:
             settings = getattr(engine, "settings", None)
@@ -496,7 +470,7 @@ class PassiveSensor:
             if st.midstream:
                 self.stats.midstream_associations += 1
         if st.told_engine:
-            self._alerts(st, self.engine.flow_closed(st.flow, now=self._now(ts)))
+            self._alerts(st, self.dicom.flow_closed(st.flow, now=self._now(ts)))
 
     # ------------------------------------------------------------------ deciding
 
@@ -536,7 +510,7 @@ class PassiveSensor:
         if st.midstream:
             if from_client and len(st.head) >= HEAD_BYTES and looks_like_associate_rq(st.head):
                 self._start_dicom(st, midstream=False)
-            elif _looks_like_tls(chunk[:3]) and st.dicom_port:
+            elif looks_like_tls(chunk[:3]) and st.dicom_port:
                 self._skip(st, "tls on a DICOM port")
             elif st.dicom_port or plausible_pdata_header(chunk, self.max_pdu_length):
                 self._start_dicom(st, midstream=True)
@@ -555,7 +529,7 @@ class PassiveSensor:
             self._start_dicom(st, midstream=False)
         elif not st.dicom_port:
             self._skip(st, "not DICOM")
-        elif _looks_like_tls(head):
+        elif looks_like_tls(head):
             self._skip(st, "tls on a DICOM port")
         else:
             self._not_dicom(st, head, ts, "client did not send an A-ASSOCIATE-RQ")
@@ -581,7 +555,7 @@ class PassiveSensor:
         self.stats.non_dicom_on_dicom_port += 1
         _bump(self.stats.skipped, f"non-DICOM on a DICOM port ({why})")
         st.told_engine = True
-        self._alerts(st, self.engine.observe_non_dicom(st.flow, first[:NON_DICOM_SAMPLE], now=self._now(ts)))
+        self._alerts(st, self.dicom.non_dicom(st.flow, first[:NON_DICOM_SAMPLE], now=self._now(ts)))
 
     def _start_dicom(self, st: _ConnState, *, midstream: bool) -> None:
         st.mode = _DICOM
@@ -635,7 +609,7 @@ class PassiveSensor:
     def _release_held(self, st: _ConnState) -> None:
         """No hole showed up behind the held violations: they are the peer's, tell the engine."""
         held, st.held = st.held or [], None
-        observe = self.engine.observe_dicom
+        observe = self.dicom.observe
         for ev, ts in held:
             self._on_violation(st, ev, ts)
             alerts = observe(st.flow, ev, now=self._now(ts))
@@ -674,7 +648,7 @@ class PassiveSensor:
 
     def _dispatch(self, st: _ConnState, events: list[Any], ts: int) -> None:
         now = self._now(ts)
-        observe = self.engine.observe_dicom
+        observe = self.dicom.observe
         flow = st.flow
         handlers = self._handlers
         for ev in events:
@@ -706,7 +680,7 @@ class PassiveSensor:
             "offset": err.offset,
             "from": "requestor" if from_client else "acceptor",
         }
-        self._alerts(st, self.engine.observe_decode_error(st.flow, from_client, err, now=self._now(ts)))
+        self._alerts(st, self.dicom.decode_error(st.flow, from_client, err, now=self._now(ts)))
         self._stop(st, f"decode error: {err.code}")
 
     def _stop(self, st: _ConnState, why: str) -> None:
@@ -794,8 +768,9 @@ class PassiveSensor:
         rj = ev.rj
         st.result = "rejected"
         st.reject = {
-            "result": "permanent" if rj.result == 1 else "transient" if rj.result == 2 else rj.result,
-            "source": _REJECT_SOURCES.get(rj.source, rj.source),
+            # the record's short form of the Table 9-21 name: permanent / transient
+            "result": RJ_RESULTS[rj.result].removeprefix("rejected-") if rj.result in RJ_RESULTS else rj.result,
+            "source": RJ_SOURCES.get(rj.source, rj.source),
             "reason": rj.reason,
         }
 
@@ -810,7 +785,7 @@ class PassiveSensor:
         st.result = "aborted"
         st.abort = {
             "by": "requestor" if ev.from_requestor else "acceptor",
-            "source": _ABORT_SOURCES.get(ev.source, ev.source),
+            "source": ABORT_SOURCES.get(ev.source, ev.source),
             "reason": ev.reason,
         }
 
