@@ -146,7 +146,7 @@ class Wire:
 
 @dataclass
 class FakeEngine:
-    """Stands in for the IDS engine: one rule that fires with `action` on every decoder event of
+    """Stands in for the IDS engine behind its DICOM adapter: one rule that fires with `action` on every decoder event of
     type `on` (a class name, e.g. "AssociationRequested"); records what it observed."""
 
     on: str
@@ -164,13 +164,13 @@ class FakeEngine:
                       timedelta(minutes=5) if self.action == "quarantine" else None,
                       "test rule fired", "", flow, event)]
 
-    def observe_dicom(self, flow: Flow, ev: object) -> list[Alert]:
+    def observe(self, flow: Flow, ev: object) -> list[Alert]:
         return self._fire(flow, type(ev).__name__)
 
-    def observe_decode_error(self, flow: Flow, from_client: bool, err: Exception) -> list[Alert]:
+    def decode_error(self, flow: Flow, from_client: bool, err: Exception) -> list[Alert]:
         return self._fire(flow, "decode-error")
 
-    def observe_association_result(self, flow: Flow, *, rejected: bool, reason: str, by: str) -> list[Alert]:
+    def association_result(self, flow: Flow, *, rejected: bool, reason: str, by: str) -> list[Alert]:
         return self._fire(flow, f"rejected:{reason}")
 
     def flow_closed(self, flow: Flow) -> list[Alert]:

@@ -109,7 +109,7 @@ def validate_ids_section(section: object, source: str, base: Path):
 def build_engine(settings):
     """Load the rules; a broken rule file is an error that stops start-up (exit 2), never silence."""
     from pacsguard.ids import RuleError
-    from pacsguard.ids.dicom.compat import DicomEngine as Engine  # the gateway still calls observe_dicom &co.
+    from pacsguard.ids import Engine
 
     try:
         return Engine.from_settings(settings)

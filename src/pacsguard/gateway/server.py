@@ -17,7 +17,7 @@ from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Side
-from pacsguard.ids import Engine
+from pacsguard.ids import DicomAdapter, Engine
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -42,7 +42,7 @@ class RouteRuntime:
     def __init__(self, route: Route, gateway: "Gateway", resolve: Resolve) -> None:
         self.route = route
         self.gateway = gateway
-        self.checks = build_chain(route, Shared(gateway.quarantined, gateway.engine))
+        self.checks = build_chain(route, Shared(gateway.quarantined, gateway.ips))
         self.server_ssl = _server_context(route, resolve)
         self.upstream_ssl = _upstream_context(route, resolve)
         self.relays: set[AssociationRelay] = set()
@@ -122,10 +122,11 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, publish: Publish, *, resolve: Resolve = lambda p: p,
                  read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None,
-                 engine: "Engine | None" = None) -> None:
+                 engine: Engine | None = None) -> None:
         self.config = config
         self.publish = publish
         self.engine = engine  # the IDS rules, run inline on every route (IPS); None: no rules
+        self.ips = DicomAdapter(engine) if engine is not None else None
         self.quarantined = q.QuarantineList()
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes]
         self._read_quarantine = read_quarantine

@@ -223,12 +223,8 @@ def build_engine(
 ) -> Engine:
     """An engine with the built-in rules (unless ``builtin`` or ``settings.builtin_rules`` is
     False) plus the rule files of ``settings.rules_dirs`` and ``rules_dirs``, whose clock is
-    ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule.
-
-    The engine is a :class:`~pacsguard.ids.dicom.compat.DicomEngine` for now, so that the
-    inline gateway's ``engine.observe_dicom`` & co. keep working until it holds its own adapter.
-    """
-    from pacsguard.ids.dicom.compat import DicomEngine
+    ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule."""
+    from pacsguard.ids.engine import Engine
     from pacsguard.ids.rules import IdsSettings, load_rules
 
     if settings is None:
@@ -238,4 +234,4 @@ def build_engine(
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
-    return DicomEngine(rules, settings, **kwargs)
+    return Engine(rules, settings, **kwargs)

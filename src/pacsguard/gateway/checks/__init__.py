@@ -17,7 +17,7 @@ from pacsguard.gateway.checks.quarantine import QuarantineCheck
 from pacsguard.gateway.checks.rate import RateCheck
 from pacsguard.gateway.checks.services import ServicesCheck
 from pacsguard.gateway.quarantine import QuarantineList
-from pacsguard.ids import Engine
+from pacsguard.ids import DicomAdapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class Shared:
     """What checks share across the gateway's routes."""
 
     quarantined: QuarantineList
-    engine: Engine | None = None  # the IDS rules; None: the `ids` check has nothing to run
+    ips: DicomAdapter | None = None  # the IDS rules behind their DICOM adapter; None: `ids` has nothing to run
 
 
 #: name -> factory; None when the check has nothing to do on this gateway.
@@ -36,7 +36,7 @@ FACTORIES: Mapping[str, Callable[[Route, Shared], Check | None]] = MappingProxyT
     "limits": lambda route, shared: LimitsCheck(route),
     "services": lambda route, shared: ServicesCheck(route),
     "rate": lambda route, shared: RateCheck(route),
-    "ids": lambda route, shared: IdsCheck(route, shared.engine) if shared.engine is not None else None,
+    "ids": lambda route, shared: IdsCheck(route, shared.ips) if shared.ips is not None else None,
 })
 
 

@@ -3,7 +3,7 @@ every decode error, the gateway's own rejections and the end of the connection; 
 recorded, and a rule's action becomes the verdict: alert (pass), drop (refuse: A-ASSOCIATE-RJ on
 the RQ, 0x0124 not authorized on a request, PS3.7 C.4), abort (A-ABORT, PS3.8 9.3.8) or quarantine.
 
-This is the only module of the gateway that calls the IDS engine."""
+This is the only module of the gateway that calls the IDS (through its DICOM adapter)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import DimseCommand, ProtocolEvent
+from pacsguard.dicom.reasons import rj_reason
 from pacsguard.gateway.check import Association, Check
 from pacsguard.gateway.verdict import ALLOW, RJ_REFUSED, Action, Verdict
-from pacsguard.ids import Alert, Engine, Flow, rj_reason
+from pacsguard.ids import Alert, DicomAdapter, Flow
 from pacsguard.records.dicom import Pending
 
 _ACTIONS = {"alert": Action.ALLOW, "drop": Action.REFUSE, "abort": Action.ABORT, "quarantine": Action.QUARANTINE}
@@ -24,9 +25,9 @@ class IdsCheck(Check):
     name = "ids"
     observer = True  # the rules see what the policy refuses too: that is how probing shows
 
-    def __init__(self, route: Route, engine: Engine) -> None:
+    def __init__(self, route: Route, dicom: DicomAdapter) -> None:
         self.route = route
-        self.engine = engine
+        self.dicom = dicom
         self.flows: dict[Association, Flow] = {}  # live associations only: dropped when closed
 
     def _flow(self, assoc: Association) -> Flow:
@@ -41,30 +42,30 @@ class IdsCheck(Check):
 
     def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
         flow = self._flow(assoc)
-        return _verdict(assoc, [a for ev in events for a in self.engine.observe_dicom(flow, ev)], rj=RJ_REFUSED)
+        return _verdict(assoc, [a for ev in events for a in self.dicom.observe(flow, ev)], rj=RJ_REFUSED)
 
     def on_request(self, assoc: Association, pending: Pending, event: DimseCommand) -> Verdict:
-        return _verdict(assoc, self.engine.observe_dicom(self._flow(assoc), event), status=dimse.STATUS_NOT_AUTHORIZED)
+        return _verdict(assoc, self.dicom.observe(self._flow(assoc), event), status=dimse.STATUS_NOT_AUTHORIZED)
 
     def on_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
-        return _verdict(assoc, self.engine.observe_dicom(self._flow(assoc), event))
+        return _verdict(assoc, self.dicom.observe(self._flow(assoc), event))
 
     on_data_event = on_event
 
     def on_decode_error(self, assoc: Association, from_client: bool, error: DecodeError) -> Verdict:
-        return _verdict(assoc, self.engine.observe_decode_error(self._flow(assoc), from_client, error))
+        return _verdict(assoc, self.dicom.decode_error(self._flow(assoc), from_client, error))
 
     def on_rejected(self, assoc: Association, verdict: Verdict) -> Verdict:
         # The gateway's own rejections feed the rules too: AE-title brute forcing is caught inline.
         result, source, reason = verdict.rj or RJ_REFUSED
         why = rj_reason(source, reason) if verdict.rule != "upstream" else verdict.reason
-        return _verdict(assoc, self.engine.observe_association_result(self._flow(assoc), rejected=True, reason=why,
+        return _verdict(assoc, self.dicom.association_result(self._flow(assoc), rejected=True, reason=why,
                                                                       by="gateway"))
 
     def on_closed(self, assoc: Association) -> Verdict:
         flow = self._flow(assoc)  # also for a connection that never sent an A-ASSOCIATE-RQ (a port scan)
         del self.flows[assoc]
-        return _verdict(assoc, self.engine.flow_closed(flow))
+        return _verdict(assoc, self.dicom.flow_closed(flow))
 
 
 def _verdict(assoc: Association, alerts: list[Alert], *, rj: tuple[int, int, int] | None = None,

@@ -4,8 +4,7 @@ out (DESIGN.md "Seams": a protocol adapter feeds the engine).
 * :mod:`.kinds` - the DICOM observation kinds and fields;
 * :mod:`.state` - what is remembered per DICOM connection (AE pair, services, retrieves);
 * :mod:`.adapter` - :class:`DicomAdapter`, used by the passive sensor and the inline gateway;
-* :mod:`.sniff` - is it DICOM? (A-ASSOCIATE-RQ / acceptor PDU / P-DATA-TF plausibility);
-* :mod:`.compat` - :class:`DicomEngine`, the engine with the old ``observe_*`` method names.
+* :mod:`.sniff` - is it DICOM? (A-ASSOCIATE-RQ / acceptor PDU / P-DATA-TF plausibility).
 
 Names are loaded on first use (PEP 562), so importing :mod:`.kinds` does not import the adapter.
 """
@@ -18,15 +17,13 @@ from pacsguard.ids.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .adapter import DicomAdapter
-    from .compat import DicomEngine
     from .sniff import looks_like_acceptor_pdu, plausible_pdata_header
     from .state import DicomFlowState
 
-__all__ = ["DicomAdapter", "DicomEngine", "DicomFlowState", "looks_like_acceptor_pdu", "plausible_pdata_header"]
+__all__ = ["DicomAdapter", "DicomFlowState", "looks_like_acceptor_pdu", "plausible_pdata_header"]
 
 _HOMES = {
     "DicomAdapter": ".adapter",
-    "DicomEngine": ".compat",
     "DicomFlowState": ".state",
     "looks_like_acceptor_pdu": ".sniff",
     "plausible_pdata_header": ".sniff",
