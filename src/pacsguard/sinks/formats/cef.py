@@ -64,10 +64,10 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
             continue
         side = endpoint(party)
         if side.ip is not None:
-            if side.ip.version == 4:
-                yield addr4, str(side.ip)
+            if side.ip_version == 4:
+                yield addr4, side.ip
             else:  # CEF's src/dst are IPv4; the dictionary's IPv6 slots are labelled custom fields
-                yield addr6, str(side.ip)
+                yield addr6, side.ip
                 yield f"{addr6}Label", "Source IPv6 Address" if addr4 == "src" else "Destination IPv6 Address"
         if side.hostname:
             yield host, side.hostname

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Iterable
 
 import orjson
@@ -44,21 +44,21 @@ def severity_0_10(severity: Severity) -> int:
 class Endpoint:
     """A party's network side as SIEM formats want it: an address field, a name field, a port."""
 
-    ip: IPv4Address | IPv6Address | None
+    ip: str | None  # the address as the event wrote it (str() of an ip_address would rewrite it)
+    ip_version: int | None
     hostname: str | None
     port: int | None
 
 
 def endpoint(party: Party) -> Endpoint:
     """Split `party.host` into an IP address or a host name (formats keep them in different fields)."""
-    ip: IPv4Address | IPv6Address | None = None
-    name: str | None = None
     if party.host:
         try:
-            ip = ip_address(party.host)
+            version = ip_address(party.host).version
         except ValueError:
-            name = party.host
-    return Endpoint(ip=ip, hostname=name, port=party.port)
+            return Endpoint(ip=None, ip_version=None, hostname=party.host, port=party.port)
+        return Endpoint(ip=party.host, ip_version=version, hostname=None, port=party.port)
+    return Endpoint(ip=None, ip_version=None, hostname=None, port=party.port)
 
 
 def joined(values: Iterable[str]) -> str:

@@ -57,7 +57,7 @@ def _endpoint(party: Party) -> dict[str, Any]:
     if party.host:
         out["address"] = party.host
     if side.ip is not None:
-        out["ip"] = str(side.ip)
+        out["ip"] = side.ip
     if side.hostname:
         out["domain"] = side.hostname
     if side.port is not None:

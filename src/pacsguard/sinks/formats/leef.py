@@ -61,7 +61,7 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
             continue
         side = endpoint(party)
         if side.ip is not None:
-            yield prefix, str(side.ip)  # LEEF's src/dst take IPv4 and IPv6
+            yield prefix, side.ip  # LEEF's src/dst take IPv4 and IPv6
         if side.hostname:
             yield f"{prefix}HostName", side.hostname
         if side.port is not None:
