@@ -9,11 +9,12 @@ import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
 
+from pacsguard import __version__
 from pacsguard.config.schema import JsonLinesConfig, SyslogConfig
 from pacsguard.events.model import NOBODY, Event, Outcome, Party, Severity
 from pacsguard.sinks import JsonLinesSink, SyslogSink, format_rfc5424
@@ -197,29 +198,14 @@ def _unescape(value: str, escapes: dict[str, str]) -> str:
     return "".join(out)
 
 
-def test_cef_parser_rejects_malformed_records() -> None:
-    good = "CEF:0|v|p|1|sig|name|5|src=10.0.0.1 msg=a b\\=c"
-    assert parse_cef(good)[1] == {"src": "10.0.0.1", "msg": "a b=c"}
-    for bad in [
-        "CEF:0|v|p|1|sig|name|5",                      # six header fields
-        "CEF:1|v|p|1|sig|name|5|",                     # unknown version
-        "CEF:0|v|p|1|sig|name|11|",                    # severity out of range
-        "CEF:0|v|p\\x|1|sig|name|5|",                  # undefined header escape
-        "CEF:0|v|p|1|sig|name|5|msg=a=b",              # unescaped '=' in a value
-        "CEF:0|v|p|1|sig|name|5|msg=a\\tb",            # undefined extension escape
-        "CEF:0|v|p|1|sig|name|5|msg=a\nb",             # raw newline
-        "CEF:0|v|p|1|sig|name|5|msg=a msg=b",          # duplicate key
-        "CEF:0|v|p|1|sig|name|5|patient=1",            # not a dictionary key
-        "CEF:0|v|p|1|sig|name|5| msg=a",               # extension starts with a space
-    ]:
-        with pytest.raises(CefError):
-            parse_cef(bad)
+def test_cef_parser_reads_a_valid_record() -> None:
+    assert parse_cef("CEF:0|v|p|1|sig|name|5|src=10.0.0.1 msg=a b\\=c")[1] == {"src": "10.0.0.1", "msg": "a b=c"}
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=IDS)
 def test_cef_round_trip(event: Event) -> None:
     header, ext = parse_cef(format_cef(event))
-    assert header[1:4] == ["pacsguard", "pacsguard", "0.1.0"]
+    assert header[1:4] == ["pacsguard", "pacsguard", __version__]
     assert header[4] == event.kind
     assert header[5] and "\n" not in header[5]
     assert int(header[6]) == RFC5424_TO_10[int(event.severity)]
@@ -294,18 +280,40 @@ def _simple_date_format(pattern: str) -> str:
     return out
 
 
-def test_leef_parser_rejects_malformed_records() -> None:
+def test_leef_parser_reads_a_valid_record() -> None:
     assert parse_leef("LEEF:2.0|v|p|1|e|^|a=1^b=x=y")[1] == {"a": "1", "b": "x=y"}
-    for bad in ["LEEF:1.0|v|p|1|e|a=1", "LEEF:2.0|v|p|1|e|xZZ|a=1", "LEEF:2.0|v|p|1|e|x09|a=1\tnovalue",
-                "LEEF:2.0|v|p|1|e|x09|a=1\ta=2", "LEEF:2.0|v|p|1|e|x09|a=\\q", "LEEF:2.0|v|p|1|e|x09|a=1\n"]:
-        with pytest.raises(CefError):
-            parse_leef(bad)
+
+
+MALFORMED = [
+    (parse_cef, "CEF:0|v|p|1|sig|name|5"),                    # six header fields
+    (parse_cef, "CEF:1|v|p|1|sig|name|5|"),                   # unknown version
+    (parse_cef, "CEF:0|v|p|1|sig|name|11|"),                  # severity out of range
+    (parse_cef, "CEF:0|v|p\\x|1|sig|name|5|"),                # undefined header escape
+    (parse_cef, "CEF:0|v|p|1|sig|name|5|msg=a=b"),            # unescaped '=' in a value
+    (parse_cef, "CEF:0|v|p|1|sig|name|5|msg=a\\tb"),          # undefined extension escape
+    (parse_cef, "CEF:0|v|p|1|sig|name|5|msg=a\nb"),           # raw newline
+    (parse_cef, "CEF:0|v|p|1|sig|name|5|msg=a msg=b"),        # duplicate key
+    (parse_cef, "CEF:0|v|p|1|sig|name|5|patient=1"),          # not a dictionary key
+    (parse_cef, "CEF:0|v|p|1|sig|name|5| msg=a"),             # extension starts with a space
+    (parse_leef, "LEEF:1.0|v|p|1|e|a=1"),                     # not LEEF 2.0
+    (parse_leef, "LEEF:2.0|v|p|1|e|xZZ|a=1"),                 # bad delimiter field
+    (parse_leef, "LEEF:2.0|v|p|1|e|x09|a=1\tnovalue"),        # attribute without '='
+    (parse_leef, "LEEF:2.0|v|p|1|e|x09|a=1\ta=2"),            # duplicate key
+    (parse_leef, "LEEF:2.0|v|p|1|e|x09|a=\\q"),               # undefined escape
+    (parse_leef, "LEEF:2.0|v|p|1|e|x09|a=1\n"),               # raw newline
+]
+
+
+@pytest.mark.parametrize(("parse", "record"), MALFORMED)
+def test_strict_parsers_reject_malformed_records(parse: Callable[[str], object], record: str) -> None:
+    with pytest.raises(CefError):
+        parse(record)
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=IDS)
 def test_leef_round_trip(event: Event) -> None:
     header, attrs = parse_leef(format_leef(event))
-    assert header[1:4] == ["pacsguard", "pacsguard", "0.1.0"]
+    assert header[1:4] == ["pacsguard", "pacsguard", __version__]
     assert header[4] == event.kind and _leef_delimiter(header[5]) == "\t"
     when = datetime.strptime(attrs["devTime"], _simple_date_format(attrs["devTimeFormat"]))
     assert when == event.time.replace(microsecond=event.time.microsecond // 1000 * 1000)

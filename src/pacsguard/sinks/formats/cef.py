@@ -14,18 +14,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pacsguard.events.model import NOBODY, Event
-from pacsguard.sinks.formats.common import (
-    PRODUCT,
-    PRODUCT_VERSION,
-    VENDOR,
-    decision,
-    details_json,
-    endpoint,
-    epoch_ms,
-    joined,
-    severity_0_10,
-)
+from pacsguard.events.model import Event
+from pacsguard.sinks.formats import common
 
 NAME_LIMIT = 512  # the Name header field's length limit
 
@@ -49,26 +39,17 @@ def _name(event: Event) -> str:
 
 def _pairs(event: Event) -> Iterator[tuple[str, str]]:
     """The extension's key/value pairs, in a fixed order; empty values are left out."""
-    yield "rt", str(epoch_ms(event.time))
-    yield "externalId", event.id
-    yield "cat", event.kind
-    yield "outcome", event.outcome
-    act = decision(event)
-    if act:
-        yield "act", act
-    for party, addr4, addr6, host, port, user in (
-        (event.actor, "src", "c6a2", "shost", "spt", "suser"),
-        (event.target, "dst", "c6a3", "dhost", "dpt", "duser"),
-    ):
-        if party is NOBODY:
-            continue
-        side = endpoint(party)
+    yield "rt", str(common.epoch_ms(event.time))
+    yield from common.identity(event, "externalId", "act")
+    for is_source, party, side in common.sides(event):
+        addr4, addr6, host, port, user = (("src", "c6a2", "shost", "spt", "suser") if is_source
+                                          else ("dst", "c6a3", "dhost", "dpt", "duser"))
         if side.ip is not None:
             if side.ip_version == 4:
                 yield addr4, side.ip
             else:  # CEF's src/dst are IPv4; the dictionary's IPv6 slots are labelled custom fields
                 yield addr6, side.ip
-                yield f"{addr6}Label", "Source IPv6 Address" if addr4 == "src" else "Destination IPv6 Address"
+                yield f"{addr6}Label", "Source IPv6 Address" if is_source else "Destination IPv6 Address"
         if side.hostname:
             yield host, side.hostname
         if side.port is not None:
@@ -76,12 +57,12 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
         if party.user:
             yield user, party.user
     custom = (
-        ("cs1", "Patient IDs", joined(event.patient_ids)),
-        ("cs2", "Study Instance UIDs", joined(event.study_uids)),
+        ("cs1", "Patient IDs", common.joined(event.patient_ids)),
+        ("cs2", "Study Instance UIDs", common.joined(event.study_uids)),
         ("cs3", "Actor AE Title", event.actor.ae_title or ""),
         ("cs4", "Target AE Title", event.target.ae_title or ""),
         ("cs5", "Component", event.component),
-        ("cs6", "Details", details_json(event)),
+        ("cs6", "Details", common.details_json(event)),
     )
     for key, label, value in custom:
         if value:
@@ -98,8 +79,9 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
 def format_cef(event: Event) -> str:
     """One CEF:0 record for `event` (no syslog header, no trailing newline)."""
     header = "|".join([
-        "CEF:0", escape_header(VENDOR), escape_header(PRODUCT), escape_header(PRODUCT_VERSION),
-        escape_header(event.kind), escape_header(_name(event)), str(severity_0_10(event.severity)),
+        "CEF:0",
+        *(escape_header(v) for v in (common.VENDOR, common.PRODUCT, common.PRODUCT_VERSION, event.kind, _name(event))),
+        str(common.severity_0_10(event.severity)),
     ])
     extension = " ".join(f"{key}={escape_extension(value)}" for key, value in _pairs(event))
     return f"{header}|{extension}"

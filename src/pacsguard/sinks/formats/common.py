@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from ipaddress import ip_address
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import orjson
 
 from pacsguard import __version__
-from pacsguard.events.model import Event, Party, Severity
+from pacsguard.events.model import NOBODY, Event, Party, Severity
 
 VENDOR = "pacsguard"
 PRODUCT = "pacsguard"
@@ -61,6 +61,14 @@ def endpoint(party: Party) -> Endpoint:
     return Endpoint(ip=None, ip_version=None, hostname=None, port=party.port)
 
 
+def sides(event: Event) -> Iterator[tuple[bool, Party, Endpoint]]:
+    """(is_source, party, endpoint) for the actor (the source) and the target (the destination),
+    skipping a side the event leaves empty."""
+    for is_source, party in ((True, event.actor), (False, event.target)):
+        if party is not NOBODY:
+            yield is_source, party, endpoint(party)
+
+
 def joined(values: Iterable[str]) -> str:
     """Several values as one text, separated by the DICOM value delimiter."""
     return VALUE_DELIMITER.join(values)
@@ -84,6 +92,17 @@ def details_json(event: Event) -> str:
     if not event.details:
         return ""
     return orjson.dumps(orjson.loads(event.to_json())["details"], option=orjson.OPT_SORT_KEYS).decode()
+
+
+def identity(event: Event, id_key: str, decision_key: str) -> Iterator[tuple[str, str]]:
+    """The pairs CEF and LEEF share under their own key names: the event id, the kind as `cat`,
+    the outcome, and the decision when there is one."""
+    yield id_key, event.id
+    yield "cat", event.kind
+    yield "outcome", event.outcome
+    act = decision(event)
+    if act:
+        yield decision_key, act
 
 
 def epoch_ms(value: datetime) -> int:

@@ -15,17 +15,8 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Iterator
 
-from pacsguard.events.model import NOBODY, Event
-from pacsguard.sinks.formats.common import (
-    PRODUCT,
-    PRODUCT_VERSION,
-    VENDOR,
-    decision,
-    details_json,
-    endpoint,
-    joined,
-    severity_0_10,
-)
+from pacsguard.events.model import Event
+from pacsguard.sinks.formats import common
 
 DELIMITER = "\t"
 DELIMITER_FIELD = "x09"
@@ -49,17 +40,10 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
     utc = event.time.astimezone(timezone.utc)
     yield "devTime", utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}+0000"
     yield "devTimeFormat", DEV_TIME_FORMAT
-    yield "sev", str(max(1, severity_0_10(event.severity)))  # LEEF's sev is 1-10
-    yield "cat", event.kind
-    yield "eventId", event.id
-    yield "outcome", event.outcome
-    act = decision(event)
-    if act:
-        yield "action", act
-    for party, prefix, user_key in ((event.actor, "src", "usrName"), (event.target, "dst", "dstUsrName")):
-        if party is NOBODY:
-            continue
-        side = endpoint(party)
+    yield "sev", str(max(1, common.severity_0_10(event.severity)))  # LEEF's sev is 1-10
+    yield from common.identity(event, "eventId", "action")
+    for is_source, party, side in common.sides(event):
+        prefix, user_key = ("src", "usrName") if is_source else ("dst", "dstUsrName")
         if side.ip is not None:
             yield prefix, side.ip  # LEEF's src/dst take IPv4 and IPv6
         if side.hostname:
@@ -71,14 +55,14 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
         if party.ae_title:
             yield f"{prefix}AETitle", party.ae_title
     if event.patient_ids:
-        yield "patientIds", joined(event.patient_ids)
+        yield "patientIds", common.joined(event.patient_ids)
     if event.study_uids:
-        yield "studyUids", joined(event.study_uids)
+        yield "studyUids", common.joined(event.study_uids)
     if event.sop_instance_count:
         yield "sopInstances", str(event.sop_instance_count)
     yield "component", event.component
     if event.details:
-        yield "details", details_json(event)
+        yield "details", common.details_json(event)
     if event.message:
         yield "msg", event.message
 
@@ -86,8 +70,9 @@ def _pairs(event: Event) -> Iterator[tuple[str, str]]:
 def format_leef(event: Event) -> str:
     """One LEEF:2.0 record for `event` (no syslog header, no trailing newline)."""
     header = "|".join([
-        "LEEF:2.0", header_field(VENDOR), header_field(PRODUCT), header_field(PRODUCT_VERSION),
-        header_field(event.kind), DELIMITER_FIELD,
+        "LEEF:2.0",
+        *(header_field(v) for v in (common.VENDOR, common.PRODUCT, common.PRODUCT_VERSION, event.kind)),
+        DELIMITER_FIELD,
     ])
     attributes = DELIMITER.join(f"{key}={escape_value(value)}" for key, value in _pairs(event))
     return f"{header}|{attributes}"
