@@ -57,6 +57,8 @@ class StoreConfig(Strict):
 
 class JsonLinesConfig(Strict):
     path: Path
+    format: Literal["json", "ecs"] = Field(
+        "json", description="line format: json (pacsguard's canonical JSON) or ecs (Elastic Common Schema)")
 
 
 class SyslogConfig(Strict):
@@ -67,6 +69,8 @@ class SyslogConfig(Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     facility: int = Field(10, ge=0, le=23, description="RFC 5424 facility; 10 is authpriv")
+    format: Literal["json", "cef", "leef", "ecs"] = Field(
+        "json", description="MSG format: json (pacsguard's own), cef (ArcSight), leef (QRadar), ecs (Elastic)")
 
 
 class SinksConfig(Strict):
