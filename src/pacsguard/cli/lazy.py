@@ -17,7 +17,9 @@ EXIT_USAGE = 2
 def load_command(part: Part) -> Any:
     """The click command of a part: its typer app as a group, or its one command function."""
     part.check_dependencies()
-    target = load_ref(part.commands) if part.commands is not None else None
+    if part.commands is None:
+        raise LookupError(f"part {part.name} has no commands")
+    target = load_ref(part.commands)
     if isinstance(target, typer.Typer):
         return typer.main.get_group(target)
     single = typer.Typer(add_completion=False)

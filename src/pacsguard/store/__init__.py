@@ -10,9 +10,10 @@ from pacsguard._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pacsguard.store.errors import StoreError
-    from pacsguard.store.store import Checkpoint, EventQuery, EventStore, StoredEvent
+    from pacsguard.store.search import EventQuery
+    from pacsguard.store.store import Checkpoint, EventStore, StoredEvent
 
 __all__ = ["Checkpoint", "EventQuery", "EventStore", "StoreError", "StoredEvent"]
 
 __getattr__ = lazy_exports(__name__, {"StoreError": "pacsguard.store.errors", **dict.fromkeys(
-    ("Checkpoint", "EventQuery", "EventStore", "StoredEvent"), "pacsguard.store.store")})
+    ("Checkpoint", "EventStore", "StoredEvent"), "pacsguard.store.store"), "EventQuery": "pacsguard.store.search"})
