@@ -159,8 +159,10 @@ def test_heartbeat_part_runs_under_serve_and_its_section_is_checked(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _registering(monkeypatch, HEARTBEAT)
     registry = Registry.default()
-    assert _problems("heartbeat:\n  interval: 0\n", registry)[0].startswith("heartbeat.interval: Input should be greater")
-    assert _problems("heartbeat:\n  beat: 1\n", registry) == ["heartbeat.beat: unknown key (check its spelling and section)"]
+    bad = _problems("heartbeat:\n  interval: 0\n", registry)
+    assert bad[0].startswith("heartbeat.interval: Input should be greater")
+    unknown = _problems("heartbeat:\n  beat: 1\n", registry)
+    assert unknown == ["heartbeat.beat: unknown key (check its spelling and section)"]
     config = tmp_path / "pacsguard.yaml"
     config.write_text("heartbeat:\n  interval: 0.02\n")
     loaded = LoadedConfig(parse_config(config.read_text(), str(config), registry.config_model()), config)
@@ -200,7 +202,8 @@ def test_config_check_reports_every_part(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- lazy start-up
 
-HEAVY = ("pydantic", "sqlalchemy", "alembic", "pydicom", "pynetdicom", "pacsguard.gateway.server", "pacsguard.ids.engine")
+HEAVY = ("pydantic", "sqlalchemy", "alembic", "pydicom", "pynetdicom",
+         "pacsguard.gateway.server", "pacsguard.ids.engine")
 PROBE = """
 import runpy, sys
 sys.argv = ["pacsguard", *sys.argv[1:]]
