@@ -40,8 +40,9 @@ def timed(cmd: list[str], runs: int) -> list[float]:
 
 def make_capture(folder: Path, port: int) -> Path:
     sys.path.insert(0, str(HERE))
-    from capture import capture_storescu  # bench/capture.py
     from pydicom.data import get_testdata_file
+
+    from capture import capture_storescu  # bench/capture.py
 
     ct = Path(str(get_testdata_file("CT_small.dcm")))
     cap = folder / "cli-bench.pcapng"
@@ -59,7 +60,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pacsguard-bench-cli-"))
     try:
         capture = args.capture or make_capture(work, args.port)
-        rows: list[tuple[str, list[float]]] = [("python -c 'import typer'", timed([PYTHON, "-c", "import typer"], runs))]
+        typer_times = timed([PYTHON, "-c", "import typer"], runs)
+        rows: list[tuple[str, list[float]]] = [("python -c 'import typer'", typer_times)]
         rows.append(("pacsguard --version", timed([PACSGUARD, "--version"], runs)))
         rows.append(("pacsguard --help", timed([PACSGUARD, "--help"], runs)))
         for group in GROUPS:
