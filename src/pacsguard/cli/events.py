@@ -54,7 +54,7 @@ def search(
     try:
         _print(list(es.search(query)), fmt)
     finally:
-        es.engine.dispose()
+        es.close()
 
 
 @app.command("tail")
@@ -83,7 +83,7 @@ def tail(
     except KeyboardInterrupt:
         pass
     finally:
-        es.engine.dispose()
+        es.close()
 
 
 def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> None:
