@@ -89,3 +89,38 @@ def test_watchdog_pings_only_while_healthy(listener: tuple[socket.socket, str]) 
         dog.stop()
     with pytest.raises(ValueError):
         Watchdog(Notifier({}), 0)
+
+
+def test_serve_tells_systemd_ready_watchdog_and_stopping(listener: tuple[socket.socket, str], tmp_path: Path) -> None:
+    """`pacsguard serve` as systemd runs it (Type=notify, WatchdogSec=): READY=1 once every listener
+    is bound, WATCHDOG=1 while the loop answers, STOPPING=1 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from peers.dcmtk import free_port, wait_for_port
+
+    sock, path = listener
+    cli = [sys.executable, "-m", "pacsguard.cli"]
+    assert subprocess.run([*cli, "init"], cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    config = tmp_path / "pacsguard.yaml"
+    gw_port, demo_port = free_port(), free_port()
+    config.write_text(config.read_text().replace("11112", str(gw_port)).replace("11113", str(demo_port)))
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000", "COLUMNS": "200"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen([*cli, "serve"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        first = sock.recv(4096)
+        assert first.startswith(b"READY=1\nSTATUS=serving"), first
+        assert wait_for_port("127.0.0.1", gw_port, 5, proc), "READY=1 came before the gateway listened"
+        assert sock.recv(4096) == b"WATCHDOG=1"
+        proc.send_signal(signal.SIGTERM)
+        seen = [sock.recv(4096)]
+        while not seen[-1].startswith(b"STOPPING=1") and len(seen) < 100:  # pings queued before it
+            seen.append(sock.recv(4096))
+        assert seen[-1].startswith(b"STOPPING=1") and set(seen[:-1]) <= {b"WATCHDOG=1"}, seen
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0 and "Traceback" not in out, out
