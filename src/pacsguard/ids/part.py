@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 PART = Part("ids", "Intrusion detection: rules, inline in the gateway and passive over captures.", section="ids",
             config="pacsguard.ids:IdsSettings", commands="pacsguard.cli.ids:app",
+            kinds="pacsguard.ids.kinds:KINDS",
             requires=(Dependency("dpkt", "pip install dpkt"),))
 
 

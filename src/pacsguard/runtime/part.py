@@ -90,7 +90,8 @@ ServiceFactory = Callable[[ServiceContext], "Service | None"]
 @dataclass(frozen=True, slots=True)
 class Part:
     """One part: ``section`` is its key in pacsguard.yaml, ``config`` its pydantic model, ``service``
-    its factory, ``commands`` its typer app (or one command function), ``requires`` its optional packages."""
+    its factory, ``commands`` its typer app (or one command function), ``requires`` its optional packages,
+    ``kinds`` the kinds of Event it records (pacsguard.events.kinds.EventKind)."""
 
     name: str
     help: str
@@ -99,6 +100,7 @@ class Part:
     service: Ref | None = None
     commands: Ref | None = None
     requires: tuple[Dependency, ...] = ()
+    kinds: Ref | None = None  # the EventKinds it records (docs/events.schema.json is built from them)
 
     def missing(self) -> list[Dependency]:
         return [d for d in self.requires if not d.present()]
@@ -120,3 +122,6 @@ class Part:
         self.check_dependencies()
         factory: ServiceFactory = load_ref(self.service)
         return factory
+
+    def event_kinds(self) -> tuple[Any, ...]:
+        return tuple(load_ref(self.kinds)) if self.kinds is not None else ()

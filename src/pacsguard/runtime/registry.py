@@ -15,6 +15,7 @@ from pacsguard.runtime.part import Part
 
 if TYPE_CHECKING:
     from pacsguard.config.schema import PacsguardConfig
+    from pacsguard.events.kinds import EventKind
 
 #: Modules holding a ``PART`` (or a tuple ``PARTS``), importing nothing heavy. Order matters: the
 #: spine's commands first, then the parts; services start in this order (the demo PACS before the
@@ -66,6 +67,22 @@ class Registry:
 
     def with_config(self) -> list[Part]:
         return [p for p in self._parts.values() if p.section is not None]
+
+    def event_kinds(self) -> list[EventKind]:
+        """Every kind of Event the parts record; a declaration two parts share (the DICOM
+        association record) counts once, a kind declared twice differently is an error."""
+        kinds: dict[str, EventKind] = {}
+        for part in self._parts.values():
+            for kind in part.event_kinds():
+                if kinds.setdefault(kind.kind, kind) != kind:
+                    raise ValueError(f"part {part.name!r} declares event kind {kind.kind} differently")
+        return list(kinds.values())
+
+    def event_schema(self) -> dict[str, Any]:
+        """The JSON Schema of every Event the parts record (docs/events.schema.json)."""
+        from pacsguard.events.kinds import event_schema
+
+        return event_schema(self.event_kinds())
 
     def config_model(self) -> type[PacsguardConfig]:
         """The model of the whole pacsguard.yaml: the spine's sections plus every part's section,
