@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,13 +21,25 @@ from pacsguard.cli import main
 from pacsguard.config import ConfigError, LoadedConfig, parse_config
 from pacsguard.config.schema import Strict
 from pacsguard.events import Event, EventBus
-from pacsguard.events.sink import ListSink
 from pacsguard.runtime.outputs import open_config_store, open_outputs
 from pacsguard.runtime.part import BannerRow, Dependency, Part, ServiceContext
 from pacsguard.runtime.registry import Registry
 from pacsguard.runtime.services import build_services, run_services
 from pacsguard.store import EventQuery
 from pacsguard.store.keys import generate_key
+
+
+class ListSink:
+    """Keeps the events it is given, in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    def close(self) -> None:
+        pass
 
 
 def _problems(text: str, registry: Registry | None = None) -> list[str]:

@@ -44,6 +44,8 @@ from pacsguard.ids import (
 )
 from pacsguard.ids.dicom import DicomAdapter
 from pacsguard.ids import guess_protocol, rj_reason
+from pacsguard.ids.part import settings_for
+from pacsguard.ids.passive import build_engine
 from pacsguard.ids.rules import ActionOverride, ThresholdOverride
 from pacsguard.ids.state import BoundedLRU, CountWindow, DistinctWindow, SumWindow
 
@@ -721,16 +723,16 @@ def test_a_peer_breaking_every_pdu_is_not_an_alert_storm() -> None:
     assert sum(a.rule_id == "dicom-move-destination-not-allowed" for a in s.alerts) == 5
 
 
-def test_engine_from_settings_loads_site_rules(tmp_path) -> None:
+def test_build_engine_loads_site_rules(tmp_path) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "site.yaml").write_text(
         "- {id: site-any-echo, title: Echo, severity: info, protocol: dicom, on: dimse-request,"
         " match: {service: C-ECHO}, reference: test}\n")
-    engine = Engine.from_settings(IdsSettings(rules_dirs=[Path("rules")], builtin_rules=False), base_dir=tmp_path)
+    engine = build_engine(settings=settings_for(IdsSettings(rules_dirs=[Path("rules")], builtin_rules=False), tmp_path))
     assert [r.id for r in engine.active_rules] == ["site-any-echo"]
     (tmp_path / "rules" / "bad.yaml").write_text("- {id: site-bad}\n")
     with pytest.raises(RuleError) as info:
-        Engine.from_settings(IdsSettings(rules_dirs=[tmp_path / "rules"]))
+        build_engine(settings=IdsSettings(rules_dirs=[tmp_path / "rules"]))
     assert info.value.rule_id == "site-bad" and info.value.file.endswith("bad.yaml")
 
 

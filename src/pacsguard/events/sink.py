@@ -37,16 +37,3 @@ class FanOut:
     def close(self) -> None:
         for sink in [self.primary, *self.others]:
             sink.close()
-
-
-class ListSink:
-    """Keeps events in memory: for tests and for `ids rules test`."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def emit(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-
-    def close(self) -> None:
-        pass

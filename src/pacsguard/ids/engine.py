@@ -302,19 +302,6 @@ class Engine:
         #: alerts not raised because their rule already fired max_alerts_per_flow times on the connection
         self.suppressed = 0
 
-    @classmethod
-    def from_settings(cls, settings: IdsSettings | None = None, *, base_dir: Path | None = None,
-                      clock: Callable[[], float] = time.monotonic) -> "Engine":
-        """Load the built-in rules (unless ``settings.builtin_rules`` is false) and every file under
-        ``settings.rules_dirs`` (relative ones from *base_dir*), and build the engine.
-
-        Raises :class:`RuleError` listing every broken rule or setting: refuse to start on it.
-        """
-        settings = settings if settings is not None else IdsSettings()
-        base = base_dir if base_dir is not None else Path.cwd()
-        dirs = [d if d.is_absolute() else base / d for d in settings.rules_dirs]
-        return cls(load_rules(dirs, builtin=settings.builtin_rules), settings, clock=clock)
-
     # ------------------------------------------------------------------ setup
 
     def _compile(self, settings: IdsSettings) -> None:
