@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacsguard.runtime.part import Dependency, Part
+from pacsguard.runtime.part import Part
 
 if TYPE_CHECKING:
     from pacsguard.config import LoadedConfig
@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 
 PART = Part("ids", "Intrusion detection: rules, inline in the gateway and passive over captures.", section="ids",
             config="pacsguard.ids:IdsSettings", commands="pacsguard.cli.ids:app",
-            kinds="pacsguard.ids.kinds:KINDS",
-            requires=(Dependency("dpkt", "pip install dpkt"),))
+            kinds="pacsguard.ids.kinds:KINDS")
 
 
 def settings_for(settings: IdsSettings, base: Path) -> IdsSettings:
