@@ -292,7 +292,8 @@ def test_rejected_and_aborted_results() -> None:
     r = by_port[40010]
     assert r.kind == "dicom.association.rejected"
     # PS3.8 Table 9-21: result 1 rejected-permanent, source 1 service-user, reason 7 called AE title not recognised
-    assert (r.details["by"], r.details["result"], r.details["source"], r.details["reason_code"]) == ("upstream", 1, 1, 7)
+    assert (r.details["by"], r.details["result"], r.details["source"], r.details["reason_code"]) \
+        == ("upstream", 1, 1, 7)
     assert r.outcome == Outcome.SERIOUS_FAILURE  # as the gateway records an upstream's rejection
     a = by_port[40011]
     assert a.kind == "dicom.association.aborted" and a.details["by"] == "client"
@@ -308,7 +309,8 @@ def test_association_cut_without_release_is_incomplete_and_open_one_is_accepted(
     assert stats.sensor.results == {"incomplete": 1, "accepted": 1}
     cut_end, open_end = by_port[40020], by_port[40021]
     assert cut_end.kind == "dicom.association.aborted" and cut_end.details["capture"]["tcp_close"] == "fin"
-    assert (cut_end.details["by"], cut_end.details["cause"]) == ("client", "connection-lost")  # the client's FIN came first
+    # the client's FIN came first
+    assert (cut_end.details["by"], cut_end.details["cause"]) == ("client", "connection-lost")
     assert open_end.kind == "dicom.association.aborted" and open_end.details["capture"]["tcp_close"] == "end"
     assert (open_end.details["by"], open_end.details["cause"]) == ("sensor", "capture-ended")
     # the C-ECHO still waiting for its response is recorded as cut off
@@ -517,7 +519,8 @@ def test_decode_error_stops_decoding_and_is_reported() -> None:
     assert d["decode_error"]["code"] == "unknown-pdu-type" and d["decode_error"]["from"] == "requestor"
     assert d["commands"] == {"C-ECHO-RQ": 1}  # the partial events came first, nothing after
     assert d["stopped"] == "decode error: unknown-pdu-type"
-    assert (rec.kind, rec.details["by"], rec.details["cause"]) == ("dicom.association.aborted", "sensor", "decode-error")
+    assert rec.kind == "dicom.association.aborted"
+    assert (rec.details["by"], rec.details["cause"]) == ("sensor", "decode-error")
     # the C-ECHO whose response was never decoded is recorded as cut off
     assert [(e.kind, e.details["decision"]) for e in dimse(out)] == [("dicom.dimse.c-echo", "aborted")]
     assert stats.sensor.decode_errors == {"unknown-pdu-type": 1}

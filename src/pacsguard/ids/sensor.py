@@ -1,5 +1,6 @@
 """The passive sensor: reassembled TCP streams in, DICOM protocol events to the rule engine,
-alerts and one association record per association out.
+alerts and each association's record (the gateway's ``dicom.association.*``/``dicom.dimse.*``
+Events) out.
 
 :class:`PassiveSensor` is a :class:`~pacsguard.ids.capture.StreamConsumer`: the capture layer
 (:func:`~pacsguard.ids.capture.read_capture`, :func:`~pacsguard.ids.capture.live_capture`) calls
@@ -15,9 +16,16 @@ alerts and one association record per association out.
    :class:`Flow` and the *capture* time of the segment that completed it (``now``, seconds since
    the epoch), so rule windows (brute force, floods) run on capture time, not on reading time;
 4. publishes the :class:`~pacsguard.events.Event` of every alert the engine returns (its
-   ``time`` set to the capture time at which the rule fired), and at the end of the connection
-   one association record, an Event of kind ``ids.dicom.association``
-   (Zeek's dicom.log in spirit; fields in :func:`association_record`).
+   ``time`` set to the capture time at which the rule fired);
+5. records the association through :class:`~pacsguard.records.dicom.AssociationRecord`, the
+   recorder the gateway's relay uses (docs/events.md, "One shape"): ``dicom.association.requested``
+   and ``accepted`` as they are seen, one ``dicom.dimse.<service>`` per request at its final
+   response, and, when the TCP connection closes, how the association ended (``released``,
+   ``aborted``, ``rejected``, at the capture time of the PDU that ended it) with the totals and,
+   under ``details.capture``, what only a capture knows (:func:`_capture_details`).  An
+   association cut without A-RELEASE or A-ABORT (FIN/RST, idle timeout, eviction, end of the
+   capture, decoding stopped) is ``aborted`` by the side that closed first when the capture shows
+   it, else by ``sensor`` (PS3.8 9.1: the association ends with the transport connection).
 
 Which connections are DICOM
 ---------------------------
@@ -26,7 +34,7 @@ Which connections are DICOM
   that is not in ``dicom_ports`` is left to the engine's "DICOM on unexpected port" rule.
 * The server port is in ``dicom_ports`` (``IdsSettings.dicom_ports``):
     - the TCP handshake was not captured (``Connection.midstream``): decoded mid-stream with
-      ``AssociationDecoder(resync=True, midstream=True)``; the record says ``midstream: true``;
+      ``AssociationDecoder(resync=True, midstream=True)``; ``details.capture.midstream`` is true;
     - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
       counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
     - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
@@ -62,21 +70,21 @@ the record (``violations_after_loss``) and not handed to the engine.  Because th
 reported only after the misordered PDUs were decoded, an ordering violation on a clean connection
 is held back until the connection closes or :data:`HOLD_US` of capture time pass; a gap in the
 meantime makes it an artefact of loss, otherwise it goes to the engine with its original time.
-The association record counts the gaps and bytes missing per direction and the bytes skipped
-while resynchronising.
+``details.capture`` counts the gaps and bytes missing per direction and the bytes skipped while
+resynchronising.
 
 Decode errors
 -------------
 A :class:`~pacsguard.dicom.DecodeError` (malformed bytes) first dispatches the events decoded
 before it (``err.partial``), then goes to :meth:`~pacsguard.ids.dicom.DicomAdapter.decode_error`; that connection
 is not decoded any further (counted in :attr:`SensorStats.decode_errors` by error code, noted in
-the association record).
+``details.capture``).
 
 Memory
 ------
-Per open connection: one small :class:`_ConnState` with bounded collections (at most
-``MAX_IDS`` patient IDs and study UIDs, ``MAX_KEYS`` command names and statuses, 128
-presentation contexts, ``MAX_HELD`` held violations), the undecided-connection buffer (at most
+Per open connection: one small :class:`_ConnState` with bounded collections (``MAX_KEYS``
+command names and statuses, ``MAX_HELD`` held violations), its association record (one
+:class:`~pacsguard.records.dicom.Pending` per request in flight, patient IDs bounded per request), the undecided-connection buffer (at most
 ``MAX_PENDING`` bytes) and the decoder's partial PDUs.  Connections are bounded by the capture
 layer's ``max_flows``; partial PDUs are bounded per direction by ``max_pdu_length`` and, over all
 connections, by ``max_buffer_total`` (checked after every decoded PDU and every 32 segments): the
@@ -144,7 +152,7 @@ NON_DICOM_SAMPLE = 256
 #: Protocol violations about the *order* of PDUs and messages.  After a gap or a mid-stream start
 #: the decoder sees an incomplete view, and the capture layer delivers what follows a hole late
 #: (once it gives up on the hole), so these would be artefacts of capture loss: they are kept in
-#: the association record (``violations_after_loss``) and not handed to the engine.
+#: ``details.capture`` (``violations_after_loss``) and not handed to the engine.
 LOSS_SENSITIVE_VIOLATIONS = frozenset(
     {
         "unexpected-pdu",
@@ -196,7 +204,7 @@ class SensorStats:
 
     connections: int = 0
     dicom_connections: int = 0
-    associations: int = 0  # association records published
+    associations: int = 0  # DICOM connections ended (their association's last Event published)
     midstream_associations: int = 0
     results: dict[str, int] = field(default_factory=dict)  # association result -> count
     commands: dict[str, int] = field(default_factory=dict)  # DIMSE command name -> count
@@ -322,14 +330,15 @@ class PassiveSensor:
         engine: the rule engine (:class:`pacsguard.ids.engine.Engine`), fed through a
             :class:`~pacsguard.ids.dicom.DicomAdapter`; every call may return a list of
             alerts, whose ``event`` is published.
-        publish: called with every Event (alerts and association records), in capture order.
+        publish: called with every Event (alerts and the associations' records), in capture order.
         dicom_ports: server ports where DICOM is expected (default: ``engine.settings.dicom_ports``).
         sensor: the ``Flow.sensor`` name (which sensor saw the flow).
         clock: a :class:`CaptureClock` to advance (give the same one to the engine).
         max_pdu_length: largest PDU a decoder buffers (a larger announced length in a stream
             that started cleanly is a decode error, ``pdu-length-exceeds-maximum``).
         max_buffer_total: budget for partial PDUs over all connections (see module docstring).
-        log_associations: publish the ``ids.dicom.association`` records (default True).
+        log_associations: publish the association's ``dicom.association.*`` and ``dicom.dimse.*``
+            Events (default True); alerts are published either way.
         flow_factory: what builds a connection's flow (default: the engine's ``Flow``).
         adapter: the DICOM adapter to feed (default: ``DicomAdapter(engine)``); a test double
             records the calls.
