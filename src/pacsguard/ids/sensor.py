@@ -86,7 +86,8 @@ Per open connection: one small :class:`_ConnState` with bounded collections (``M
 command names and statuses, ``MAX_HELD`` held violations), its association record (one
 :class:`~pacsguard.records.dicom.Pending` per request in flight, patient IDs bounded per
 request), the undecided-connection buffer (at most ``MAX_PENDING`` bytes) and the decoder's
-partial PDUs.  Connections are bounded by the capture layer's ``max_flows``; partial PDUs are bounded per direction by ``max_pdu_length`` and, over all
+partial PDUs.  Connections are bounded by the capture layer's ``max_flows``; partial PDUs are
+bounded per direction by ``max_pdu_length`` and, over all
 connections, by ``max_buffer_total`` (checked after every decoded PDU and every 32 segments): the
 connection whose partial PDU crosses that budget stops being decoded (``"sensor buffer budget
 exceeded"`` in the skipped reasons and in its record).
