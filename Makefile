@@ -2,17 +2,24 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` installs the runtime dependencies only; `make test`/`make venv` add the test extras.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
-# Debian packages the tests drive as real peers (see docs/testing.md).
-PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls iproute2 openssl
+# Debian packages the tests drive as real peers (see docs/testing.md); systemd (systemd-analyze),
+# logrotate and pipx check the deployment files and the wheel (tests/test_deploy.py).
+PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls iproute2 openssl systemd logrotate pipx
 
-.PHONY: run test venv peers bench clean
+.PHONY: run test venv peers bench wheel clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[postgres]'
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	touch $@
 
@@ -25,7 +32,7 @@ peers:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "missing Debian packages (install as root): $$missing" >&2; fi
 
-run: venv
+run: $(RUN_STAMP)
 	$(BIN)/pacsguard init
 	$(BIN)/pacsguard serve
 
@@ -35,5 +42,9 @@ test: venv peers
 bench: venv
 	@echo "see docs/PERFORMANCE.md for each benchmark's command"
 
+# The wheel `pipx install dist/pacsguard-*.whl` runs (docs/deployment.md).
+wheel: $(RUN_STAMP)
+	$(BIN)/python -m pip wheel --no-deps --quiet -w dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

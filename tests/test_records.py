@@ -106,7 +106,7 @@ def test_requests_in_flight_at_the_end_are_recorded_as_aborted_before_the_phase(
 def test_an_untracked_request_leaves_no_record() -> None:
     rec, out = _record()
     rec.request(_rq(dimse.C_STORE_RQ, 5, CT))  # judged and aborted before it was tracked
-    rec.ended("aborted")
+    rec.ended("aborted", by="client")
     assert [e.kind for e in out] == ["dicom.association.aborted"]
 
 

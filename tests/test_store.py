@@ -292,7 +292,7 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
 
     from pacsguard.events import Event
 
-    from pacsguard.store import engine as store_engine
+    from pacsguard.store import database as store_engine
     from pacsguard.store.merkle import Frontier
     from pacsguard.store.store import GENESIS_PREV, seal
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
+from event_schema import check_event
 from peers.dcmtk import free_port, wait_for_port
 from pacsguard.events import Event
 from pacsguard.store import EventQuery, EventStore
@@ -38,9 +39,12 @@ class RunningGateway:
     def events(self, kind: str | None = None, **filters: Any) -> list[Event]:
         es = EventStore.open(str(self.store))
         try:
-            return [s.event for s in es.search(EventQuery(kind=kind, limit=None, **filters))]
+            found = [s.event for s in es.search(EventQuery(kind=kind, limit=None, **filters))]
         finally:
-            es.engine.dispose()
+            es.close()
+        for event in found:
+            check_event(event, "the gateway under test")
+        return found
 
     def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0,
                  where: Callable[[Event], bool] = lambda e: True) -> list[Event]:

@@ -24,7 +24,7 @@ from playbook import (
 )
 from pydantic import ValidationError
 
-from pacsguard.config.loader import _problem
+from pacsguard.config.loader import problem_from_pydantic
 from pacsguard.config.schema import CHECK_NAMES
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
@@ -345,6 +345,6 @@ def test_the_default_order_is_today_s():
 def test_an_unknown_or_repeated_check_is_a_config_error(checks, key, words):
     with pytest.raises(ValidationError) as info:
         route_config(checks=checks)
-    problems = [_problem(e) for e in info.value.errors()]
+    problems = [problem_from_pydantic(e) for e in info.value.errors()]
     assert [p.key for p in problems] == [key]
     assert all(w in problems[0].message for w in words)

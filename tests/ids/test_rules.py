@@ -327,7 +327,6 @@ def test_cli_test_broken_rule_file_exits_2(cli, tmp_path: Path) -> None:
 def test_main_cli_registers_ids() -> None:
     from pacsguard.cli import main
 
-    main._register_optional()
     result = CliRunner().invoke(main.app, ["ids", "rules", "check"])
     assert result.exit_code == 0 and "OK" in result.output
 

@@ -9,8 +9,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pacsguard.cli.common import (CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, console, err_console, guarded,
-                                  load, open_store)
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_FINDINGS,
+    STORE_OPTION,
+    console,
+    err_console,
+    guarded,
+    load,
+    open_store,
+)
 from pacsguard.cli.events import Format
 from pacsguard.store import keys
 from pacsguard.store.verify import verify_store
@@ -39,7 +47,7 @@ def verify(
             task = progress.add_task(es.name, total=None)
             report = verify_store(es, public, lambda done, total: progress.update(task, completed=done, total=total))
     finally:
-        es.engine.dispose()
+        es.close()
     if fmt is Format.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
 
-from pacsguard.config import ConfigError, LoadedConfig, load_config
-from pacsguard.config.schema import PacsguardConfig
-from pacsguard.store import EventStore, StoreError
+from pacsguard.config.loader import ConfigError, ConfigProblem, LoadedConfig, default_model, load_config
+from pacsguard.runtime.outputs import open_config_store as open_store
+from pacsguard.runtime.part import MissingDependency
+from pacsguard.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from pacsguard.ids import IdsSettings
+
+__all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPTION", "config_path", "console",
+           "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_rule_problems"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -39,15 +47,21 @@ def guarded(func: F) -> F:
     """Known errors become one red line and exit 2, never a traceback."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
             for problem in exc.problems:
                 err_console.print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
-        except (StoreError, LookupError, OSError) as exc:
+        except (StoreError, LookupError, OSError, MissingDependency) as exc:
             raise fail(str(exc)) from None
+        except Exception as exc:
+            # A rule file can only be broken if the IDS's rule module was loaded: no import here otherwise.
+            rules = sys.modules.get("pacsguard.ids.rules")
+            if rules is not None and isinstance(exc, rules.RuleError):
+                raise print_rule_problems(exc) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -60,66 +74,25 @@ def load(explicit: Path | None, *, required: bool = True) -> LoadedConfig:
     """Load the configuration; without a file (and not required) the defaults apply."""
     path = config_path(explicit)
     if not path.exists() and not required and explicit is None:
-        return LoadedConfig(PacsguardConfig(), None)
+        return LoadedConfig(default_model()(), None)
     return load_config(path)
 
 
-def store_target(loaded: LoadedConfig, store: str | None) -> str:
-    """--store wins; else the config's store.url with its password from env/file."""
-    if store is not None:
-        return store
-    cfg = loaded.config.store
-    url = cfg.url
-    if "://" not in url:
-        return str(loaded.resolve(Path(url)))
-    if cfg.password is not None:
-        scheme, rest = url.split("://", 1)
-        user, host = rest.split("@", 1) if "@" in rest else ("", rest)
-        from urllib.parse import quote
-        url = f"{scheme}://{user}:{quote(cfg.password.resolve(), safe='')}@{host}"
-    return url
-
-
-def ids_settings(loaded: LoadedConfig):
-    """The `ids:` section validated by the IDS's own model; relative rules_dirs from the file's folder."""
-    return validate_ids_section(loaded.config.ids, str(loaded.path or "pacsguard.yaml"),
-                                loaded.path.parent if loaded.path else Path.cwd())
-
-
-def validate_ids_section(section: object, source: str, base: Path):
-    from pydantic import ValidationError
-
-    from pacsguard.config.loader import ConfigProblem, _problem
+def load_ids_section(data: object, source: str, base: Path) -> IdsSettings:
+    """An `ids:` section read from a --settings file, validated by the IDS's own model (errors name
+    `ids.<key>`), with relative rules_dirs taken from ``base``."""
+    from pacsguard.config.loader import validate_model
     from pacsguard.ids import IdsSettings
+    from pacsguard.ids.part import settings_for
 
-    if not isinstance(section, dict):
+    if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("ids", "expected a mapping of IDS settings")])
-    try:
-        settings = IdsSettings.model_validate(section)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            p = _problem(err)
-            problems.append(ConfigProblem("ids." + p.key if p.key != "(top level)" else "ids", p.message))
-        raise ConfigError(source, problems) from None
-    dirs = [d if d.is_absolute() else base / d for d in settings.rules_dirs]
-    return settings.model_copy(update={"rules_dirs": dirs})
+    return settings_for(validate_model(IdsSettings, data, source, prefix="ids"), base)
 
 
-def build_engine(settings):
-    """Load the rules; a broken rule file is an error that stops start-up (exit 2), never silence."""
-    from pacsguard.ids import RuleError
-    from pacsguard.ids import Engine
-
-    try:
-        return Engine.from_settings(settings)
-    except RuleError as exc:
-        for line in str(exc).splitlines():
-            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def open_store(loaded: LoadedConfig, store: str | None, *, writer: bool = False, create: bool = False) -> EventStore:
-    key = loaded.resolve(loaded.config.store.signing_key) if writer else None
-    return EventStore.open(store_target(loaded, store), key_path=key, create=create,
-                           checkpoint_interval=loaded.config.store.checkpoint_interval)
+def print_rule_problems(exc: Exception) -> typer.Exit:
+    """A broken rule file (RuleError): every problem on its own red line, exit 2."""
+    for problem in getattr(exc, "problems", None) or [exc]:
+        err_console.print("[bold red]error:[/] ", end="", highlight=False)
+        err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(EXIT_USAGE)

@@ -54,7 +54,7 @@ def search(
     try:
         _print(list(es.search(query)), fmt)
     finally:
-        es.engine.dispose()
+        es.close()
 
 
 @app.command("tail")
@@ -83,7 +83,7 @@ def tail(
     except KeyboardInterrupt:
         pass
     finally:
-        es.engine.dispose()
+        es.close()
 
 
 def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> None:
@@ -104,3 +104,19 @@ def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> Non
                       ev.kind, ev.outcome, ev.actor.label(), ev.target.label(), ",".join(ev.patient_ids),
                       ev.message, style=style)
     console.print(table)
+
+
+@app.command("schema")
+def schema(check: Path | None = typer.Option(None, "--check", help="compare with this file instead of printing; "
+                                                                    "exit 1 if it differs")) -> None:
+    """Print the JSON Schema of every kind of Event the parts record (docs/events.schema.json)."""
+    import json
+
+    from pacsguard.runtime.registry import Registry
+
+    text = json.dumps(Registry.default().event_schema(), indent=2, sort_keys=True) + "\n"
+    if check is None:
+        sys.stdout.write(text)
+        return
+    if not check.is_file() or check.read_text() != text:
+        raise fail(f"{check} is not the schema the code declares; regenerate it with `pacsguard events schema`", 1)

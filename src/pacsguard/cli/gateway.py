@@ -10,16 +10,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
-from pacsguard.cli.common import (CONFIG_OPTION, STORE_OPTION, build_engine, console, fail, guarded, ids_settings,
-                                  load, open_store)
-from pacsguard.cli.runner import quarantine_reader, run_foreground
-from pacsguard.config.loader import ConfigError
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store
+from pacsguard.cli.serve import announce_stopping, show_banner
+from pacsguard.config.loader import validate_model
 from pacsguard.config.schema import GatewayConfig
-from pacsguard.events import EventBus
 from pacsguard.gateway import quarantine as q
+from pacsguard.gateway.service import GatewayService, quarantine_reader
+from pacsguard.ids.part import rule_engine
+from pacsguard.runtime import outputs
+from pacsguard.runtime.services import run_foreground
 from pacsguard.store import EventStore, keys
 
 app = typer.Typer(name="gateway", no_args_is_help=True, help="The DICOM security gateway.")
@@ -76,23 +77,18 @@ def run(
     if upstream_tls_ca or upstream_tls_cert:
         route["upstream"]["tls"] = {"ca_file": upstream_tls_ca, "cert_file": upstream_tls_cert,
                                     "key_file": upstream_tls_key}
-    try:
-        config = GatewayConfig.model_validate({"routes": [route]})
-    except ValidationError as exc:
-        from pacsguard.config.loader import _problem
-
-        raise ConfigError("command line", [_problem(e) for e in exc.errors()]) from None
+    config = validate_model(GatewayConfig, {"routes": [route]}, "command line")
     key_path = key or Path(store + ".key" if "://" not in store else "pacsguard-store.key")
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")
+    engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
-        es = EventStore.open(store, key_path=key_path, create=True)
-        stack.callback(es.close)
-        bus = EventBus(es)
-        stack.callback(bus.close)
-        engine = build_engine(ids_settings(load(None, required=False)))
-        run_foreground(stack, bus, es, config, lambda p: p, [("store", es.name, f"{es.size()} events")], engine)
+        es = outputs.open_store(store, key=key_path, create=True)
+        bus = outputs.open_outputs(stack, es).bus
+        service = GatewayService(config, bus.publish, es, engine=engine)
+        run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
+                       on_stopping=announce_stopping)
 
 
 def _duration(text: str | None) -> timedelta | None:
@@ -121,7 +117,7 @@ def quarantine_add(target: str = typer.Argument(..., help="host address or AE ti
         event = q.change_event("add", target, duration=_duration(duration), reason=reason, user=getpass.getuser())
         es.append([event])
     finally:
-        es.engine.dispose()
+        es.close()
     console.print(f"[bold]{event.message}[/] (recorded as event {event.id})", highlight=False)
 
 
@@ -137,7 +133,7 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
             raise fail(f"{target} is not quarantined", code=1)
         es.append([q.change_event("remove", target, user=getpass.getuser())])
     finally:
-        es.engine.dispose()
+        es.close()
     console.print(f"released {target} from quarantine")
 
 
@@ -149,7 +145,7 @@ def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STO
     try:
         entries = _current(es).active()
     finally:
-        es.engine.dispose()
+        es.close()
     table = Table(header_style="bold")
     for col in ("target", "until (UTC)", "reason", "by"):
         table.add_column(col)

@@ -14,10 +14,11 @@ import typer
 import yaml
 from rich.table import Table
 
-from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, console, err_console, validate_ids_section
+from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, console, err_console, load_ids_section, print_rule_problems
 from pacsguard.config import ConfigError
 from pacsguard.ids.engine import Engine
 from pacsguard.ids.observation import FLOW_FIELDS, KINDS, Flow, Observation
+from pacsguard.ids.passive import build_engine
 from pacsguard.ids.rules import (
     IdsSettings,
     Rule,
@@ -42,13 +43,6 @@ def _error(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
 
 
-def _print_rule_error(exc: RuleError) -> typer.Exit:
-    for problem in exc.problems:
-        err_console.print("[bold red]error:[/] ", end="", highlight=False)
-        err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
-    return typer.Exit(EXIT_USAGE)
-
-
 def _read_yaml(path: Path) -> Any:
     """A YAML file read with the rule loader (duplicate keys are errors); exit 2 naming the file."""
     try:
@@ -69,24 +63,19 @@ def _load_settings(path: Path | None) -> IdsSettings:
     if isinstance(data, dict) and isinstance(data.get("ids"), dict):
         data = data["ids"]
     try:
-        return validate_ids_section(data, str(path), path.resolve().parent)
+        return load_ids_section(data, str(path), path.resolve().parent)
     except ConfigError as exc:
         for problem in exc.problems:
             _error(f"{exc.source}: {problem}")
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _settings_dirs(settings: IdsSettings, path: Path | None) -> list[Path]:
-    """The settings' own rules_dirs, relative ones taken from the settings file's folder."""
-    base = path.parent if path is not None else Path.cwd()
-    return [d if d.is_absolute() else base / d for d in settings.rules_dirs]
-
-
-def _engine(rules: list[Rule], settings: IdsSettings) -> Engine:
+def _engine(rules_dirs: list[Path], settings: IdsSettings, *, builtin: bool) -> Engine:
+    """The rule engine as `serve` builds it (pacsguard.ids.passive.build_engine); exit 2 on a broken rule."""
     try:
-        return Engine(rules, settings)
+        return build_engine(rules_dirs, settings, builtin=builtin)
     except RuleError as exc:
-        raise _print_rule_error(exc) from None
+        raise print_rule_problems(exc) from None
 
 
 def _threshold_text(engine: Engine, rule: Rule, *, short: bool = False) -> str:
@@ -114,13 +103,8 @@ def list_rules(
     """Every rule with its severity, observation kind, action and whether it runs.
 
     With --settings, the settings' rules_dirs are loaded too and its overrides applied."""
-    ids_settings = _load_settings(settings)
-    try:
-        rules = load_rules(list(rules_dir) + _settings_dirs(ids_settings, settings),
-                           builtin=not no_builtin and ids_settings.builtin_rules)
-    except RuleError as exc:
-        raise _print_rule_error(exc) from None
-    engine = _engine(rules, ids_settings)
+    engine = _engine(list(rules_dir), _load_settings(settings), builtin=not no_builtin)
+    rules = engine.rules
     if format == "json":
         for rule in rules:
             row = {
@@ -160,13 +144,13 @@ def check(
 
     With --settings, also the settings' rules_dirs and overrides: exactly what `serve` would load."""
     ids_settings = _load_settings(settings)
-    try:
-        rules = load_rules(list(paths or []) + _settings_dirs(ids_settings, settings),
-                           builtin=not no_builtin and ids_settings.builtin_rules)
-    except RuleError as exc:
-        raise _print_rule_error(exc) from None
     if settings is not None:
-        _engine(rules, ids_settings)
+        rules = _engine(list(paths or []), ids_settings, builtin=not no_builtin).rules
+    else:
+        try:
+            rules = load_rules(list(paths or []), builtin=not no_builtin)
+        except RuleError as exc:
+            raise print_rule_problems(exc) from None
     what = ", ".join(str(p) for p in paths) if paths else "built-in rules" if not no_builtin else "no rules"
     if settings is not None:
         what += f" with {settings}"
@@ -260,12 +244,10 @@ def test(
     settings: Path | None = SETTINGS_OPTION,
 ) -> None:
     """Feed observations to the rules and print each alert.  Exit 1 if any rule fired, 0 if none."""
-    try:
-        rules = load_rules([rule_file], builtin=builtin)
-    except RuleError as exc:
-        raise _print_rule_error(exc) from None
+    # Only the rule file (and the built-in set if asked): the settings' own rules_dirs stay out.
+    only = _load_settings(settings).model_copy(update={"rules_dirs": [], "builtin_rules": True})
+    engine = _engine([rule_file], only, builtin=builtin)
     observations = _observations(events)
-    engine = _engine(rules, _load_settings(settings))
     for rule_id, reason in engine.inactive.items():
         err_console.print(f"[yellow]note:[/] rule {rule_id} is off: {reason}", highlight=False)
     fired = 0

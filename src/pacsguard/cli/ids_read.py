@@ -54,14 +54,16 @@ from pacsguard.cli.common import (
     err_console,
     fail,
     guarded,
-    ids_settings,
     load,
 )
-from pacsguard.events import Event, EventBus, FanOut, Severity
+from pacsguard.events import Event, Severity
+from pacsguard.events.sink import EventSink
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 from pacsguard.ids.engine import Engine
-from pacsguard.ids.passive import PassiveStats, build_engine, live, read
+from pacsguard.ids.part import rule_engine
+from pacsguard.ids.passive import PassiveStats, live, read
 from pacsguard.ids.sensor import CaptureClock
+from pacsguard.runtime import outputs
 
 __all__ = ["Format", "live_command", "read_command"]
 
@@ -110,7 +112,7 @@ def _engine(rules_dir: list[Path], config: Path | None) -> tuple[Engine, Capture
     """The rule engine on a capture clock, with the ``ids:`` settings of pacsguard.yaml (``--config``,
     else ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists; the defaults without one)."""
     clock = CaptureClock()
-    return build_engine(rules_dir, ids_settings(load(config, required=False)), clock=clock), clock
+    return rule_engine(load(config, required=False), rules_dir, clock=clock), clock
 
 
 class _Printer:
@@ -132,30 +134,26 @@ class _Printer:
 
 def _output(stack: ExitStack, store: str | None, jsonl: Path | None, fmt: Format) -> Callable[[Event], None]:
     """Where events go: the store and/or JSON lines through an EventBus, else the printer."""
-    sinks: list[Any] = []
-    if store is not None:
-        from pacsguard.store import EventStore
-
-        es = EventStore.open(store, create=True)
-        stack.callback(es.close)
-        sinks.append(es)
+    if store is None and jsonl is None:
+        return _Printer(fmt)
+    es = outputs.open_store(store, create=True) if store is not None else None
+    sinks: list[EventSink] = []
     if jsonl is not None:
         from pacsguard.sinks import JsonLinesSink
 
-        js = JsonLinesSink(jsonl)
-        stack.callback(js.close)
-        sinks.append(js)
-    if not sinks:
-        return _Printer(fmt)
+        try:
+            sinks.append(JsonLinesSink(jsonl))
+        except BaseException:
+            if es is not None:
+                es.close()
+            raise
     failures: list[Exception] = []
-    bus = EventBus(FanOut(sinks[0], sinks[1:]), on_error=failures.append)
+    bus = outputs.open_outputs(stack, es, sinks, on_error=failures.append, close_timeout=5).bus
 
     def close() -> None:
         if not bus.flush(timeout=120):
             err_console.print(f"[bold red]error:[/] {bus.pending} events could not be written"
                               + (f": {failures[-1]}" if failures else ""), highlight=False)
-        bus.close(timeout=5)
-
     stack.callback(close)
     return bus.publish
 

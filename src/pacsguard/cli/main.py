@@ -1,19 +1,17 @@
-"""`pacsguard PART VERB`: the command line mirrors the parts of DESIGN.md."""
+"""`pacsguard PART VERB`: the command line mirrors the parts of DESIGN.md (pacsguard.runtime.registry).
+
+Nothing heavy is imported before the arguments are parsed: a part's commands load when it is used."""
 
 from __future__ import annotations
 
 import typer
 
 from pacsguard import __version__
-from pacsguard.cli import audit, config, events, serve
+from pacsguard.cli.lazy import PartsGroup
+from pacsguard.runtime.registry import Registry
 
-app = typer.Typer(name="pacsguard", no_args_is_help=True, add_completion=False,
+app = typer.Typer(name="pacsguard", cls=PartsGroup, no_args_is_help=True, add_completion=False,
                   help="Security gateway, IDS and tamper-evident audit trail for a PACS network.")
-app.command("init")(serve.init)
-app.command("serve")(serve.serve)
-app.add_typer(config.app)
-app.add_typer(events.app)
-app.add_typer(audit.app)
 
 
 def _version(value: bool) -> None:
@@ -28,18 +26,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Run `pacsguard init`, then `pacsguard serve`. Exit codes: 0 ok, 1 findings, 2 usage/config error."""
 
 
+def command(registry: Registry | None = None) -> PartsGroup:
+    """The root click command over ``registry`` (default: every part in PART_MODULES)."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, PartsGroup)
+    return group.use(registry) if registry is not None else group
+
+
 def main() -> None:
-    _register_optional()
-    app()
-
-
-def _register_optional() -> None:
-    # Parts that land later register here; a missing part never breaks the rest of the CLI.
-    from importlib import import_module
-
-    for name in ("tls", "gateway", "ids"):
-        try:
-            module = import_module(f"pacsguard.cli.{name}")
-        except ModuleNotFoundError:
-            continue
-        app.add_typer(module.app)
+    command().main(prog_name="pacsguard")

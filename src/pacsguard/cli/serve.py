@@ -7,16 +7,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
-from pacsguard import __version__
-from pacsguard.cli.common import (CONFIG_OPTION, build_engine, config_path, console, fail, guarded, ids_settings, load,
-                                  open_store)
-from pacsguard.cli.runner import run_foreground
-from pacsguard.config import LoadedConfig
-from pacsguard.events import Event, EventBus, FanOut
-from pacsguard.events.sink import EventSink
-from pacsguard.store import keys
 
-log = logging.getLogger("pacsguard")
+from pacsguard import __version__
+from pacsguard.cli.common import CONFIG_OPTION, config_path, console, fail, guarded, load, open_store
+from pacsguard.config.loader import load_config
+from pacsguard.events import Event
+from pacsguard.runtime.outputs import open_configured_outputs
+from pacsguard.runtime.part import BannerRow
+from pacsguard.runtime.registry import Registry
+from pacsguard.runtime.services import build_services, run_foreground
+from pacsguard.store import keys
 
 DEMO_CONFIG = """\
 # pacsguard configuration: every key is described in docs/configuration.md.
@@ -77,55 +77,32 @@ def serve(config: Path | None = CONFIG_OPTION,
     # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    loaded = load(config)
-    engine = build_engine(ids_settings(loaded)) if loaded.config.gateway.routes else None
+    registry = Registry.default()
+    loaded = load_config(config_path(config), registry.config_model())
     with ExitStack() as stack:
-        es = open_store(loaded, None, writer=True, create=True)
-        stack.callback(es.close)
-        sink = FanOut(es, build_sinks(loaded, stack), on_error=lambda s, e: log.warning("sink %s: %s", type(s).__name__, e))
-        bus = EventBus(sink)
-        stack.callback(bus.close)
-        listeners: list[tuple[str, str, str]] = [("store", es.name, f"{es.size()} events")]
+        outputs = open_configured_outputs(stack, loaded)
+        es, bus = outputs.store, outputs.bus
+        assert es is not None  # serve always records into the configuration's store
+        services = build_services(registry, loaded, bus, es)
         bus.publish(Event(kind="pacsguard.service.started", component="serve",
                           message=f"pacsguard {__version__} started", details={"config": str(loaded.path)}))
         stack.callback(lambda: bus.publish(Event(kind="pacsguard.service.stopped", component="serve",
                                                  message="pacsguard stopped")))
-        start_demo(loaded, stack, listeners)
-        run_foreground(stack, bus, es, loaded.config.gateway, loaded.resolve, listeners, engine)
+        run_foreground(services, show_banner, [("store", es.name, f"{es.size()} events")],
+                       on_stopping=announce_stopping)
 
 
-def build_sinks(loaded: LoadedConfig, stack: ExitStack) -> list[EventSink]:
-    """The secondary sinks of the configuration: JSON lines and syslog."""
-    sinks: list[EventSink] = []
-    cfg = loaded.config.sinks
-    if cfg.jsonl is not None:
-        from pacsguard.sinks import JsonLinesSink
-
-        sinks.append(JsonLinesSink(loaded.resolve(cfg.jsonl.path)))
-    if cfg.syslog is not None:
-        from pacsguard.sinks import SyslogSink
-        from pacsguard.tls import client_context
-
-        s = cfg.syslog
-        context = None
-        if s.transport == "tls":
-            context = client_context(ca_file=s.ca_file and loaded.resolve(s.ca_file),
-                                     cert_file=s.cert_file and loaded.resolve(s.cert_file),
-                                     key_file=s.key_file and loaded.resolve(s.key_file))
-        sinks.append(SyslogSink(s.host, s.port, transport=s.transport, ssl_context=context))
-    for sink in sinks:
-        stack.callback(sink.close)
-    return sinks
+def announce_stopping() -> None:
+    console.print("stopping: letting open associations finish (5 s at most)...")
 
 
-def start_demo(loaded: LoadedConfig, stack: ExitStack, listeners: list[tuple[str, str, str]]) -> None:
-    demo = loaded.config.demo_upstream
-    if not demo.enabled:
-        return
-    from pacsguard.demo import DemoPACS
+def show_banner(rows: list[BannerRow]) -> None:
+    """What listens where, as serve and `gateway run` print it once everything has started."""
+    from rich.table import Table
 
-    pacs = DemoPACS(demo.ae_title, demo.host, demo.port, loaded.resolve(demo.storage), {})
-    pacs.start()
-    stack.callback(pacs.stop)
-    listeners.append(("demo upstream (DICOM SCP)", f"{demo.ae_title}@{demo.host}:{demo.port}",
-                      f"storage {loaded.resolve(demo.storage)}"))
+    table = Table(title=f"pacsguard {__version__} is running (Ctrl-C stops it)", header_style="bold")
+    for col in ("service", "listening on / using", "notes"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

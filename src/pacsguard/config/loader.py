@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pacsguard.config.schema import PacsguardConfig
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +42,30 @@ class LoadedConfig:
             return value
         return self.path.parent / value
 
+    def section(self, name: str) -> Any:
+        """A part's section of the configuration, as its own model validated it."""
+        return getattr(self.config, name)
 
-def load_config(path: Path) -> LoadedConfig:
+
+def default_model() -> type[PacsguardConfig]:
+    """The model of the whole file: the spine's sections and every registered part's."""
+    from pacsguard.runtime.registry import Registry
+
+    return Registry.default().config_model()
+
+
+def load_config(path: Path, model: type[PacsguardConfig] | None = None) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), [ConfigProblem("(file)", "not found (run `pacsguard init` to write one)")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [ConfigProblem("(file)", f"cannot read it: {exc}")]) from None
-    return LoadedConfig(parse_config(text, str(path)), path.resolve())
+    return LoadedConfig(parse_config(text, str(path), model), path.resolve())
 
 
-def parse_config(text: str, source: str = "<config>") -> PacsguardConfig:
+def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfig] | None = None) -> PacsguardConfig:
+    """Validate a pacsguard.yaml text with ``model`` (default: every registered part's section)."""
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -63,14 +77,20 @@ def parse_config(text: str, source: str = "<config>") -> PacsguardConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("(top level)", f"expected a mapping of sections, got {type(data).__name__}")])
+    return validate_model(model or default_model(), data, source)
+
+
+def validate_model(model: type[M], data: object, source: str, prefix: str = "") -> M:
+    """``model`` validated from ``data``; every problem, with its key path under ``prefix``, in one ConfigError."""
     try:
-        return PacsguardConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_problem(err) for err in exc.errors()]) from None
+        raise ConfigError(source, [problem_from_pydantic(err, prefix) for err in exc.errors()]) from None
 
 
-def _problem(err: dict[str, Any]) -> ConfigProblem:
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+def problem_from_pydantic(err: Any, prefix: str = "") -> ConfigProblem:
+    """One pydantic error as a ConfigProblem naming its key path (``prefix.`` before it) in the file's words."""
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]]) or "(top level)"
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return ConfigProblem(key, "unknown key (check its spelling and section)")

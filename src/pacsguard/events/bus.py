@@ -3,7 +3,8 @@ into the sink (the store, fanned out to JSON lines and syslog).
 
 Publishing is a deque append, so the gateway's hot path never waits on SQLite or a SIEM. If the
 sink fails (database down), the batch stays queued and is retried: nothing published is dropped,
-and `flush()` tells a caller when everything published so far is durable.
+and `flush()` tells a caller when everything published so far is durable. `subscribe()` follows
+the stream live (see pacsguard.events.subscription for the delivery guarantee).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 
 from pacsguard.events.model import Event
 from pacsguard.events.sink import EventSink
+from pacsguard.events.subscription import Subscription
 
 log = logging.getLogger("pacsguard.events")
 
@@ -41,6 +43,8 @@ class EventBus:
         self._counter = itertools.count(1)  # next() is atomic: safe from several threads
         self._published = 0
         self._written = 0
+        self._subscribers: tuple[Subscription, ...] = ()
+        self._subscribers_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pacsguard-event-writer", daemon=True)
         self._thread.start()
 
@@ -49,6 +53,23 @@ class EventBus:
         self._published = next(self._counter)
         if len(self._queue) >= self.max_batch:
             self._wake.set()
+
+    def subscribe(self, callback: Callable[[Event], None], *, max_pending: int = 100_000) -> Subscription:
+        """Call ``callback`` with every Event written from now on, on its own thread; thread-safe.
+        Call ``unsubscribe()`` on the returned Subscription to stop."""
+        subscription = Subscription(callback, max_pending=max_pending)
+        with self._subscribers_lock:
+            self._subscribers = (*self._subscribers, subscription)
+        return subscription
+
+    def _deliver(self, batch: list[Event]) -> None:
+        # The tuple is replaced, never changed in place, so the writer reads it without the lock.
+        live = tuple(s for s in self._subscribers if s.active)
+        if len(live) != len(self._subscribers):
+            with self._subscribers_lock:
+                self._subscribers = tuple(s for s in self._subscribers if s.active)
+        for subscription in live:
+            subscription.offer(batch)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every event published before this call is in the sink."""
@@ -68,6 +89,8 @@ class EventBus:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        for subscription in self._subscribers:
+            subscription.unsubscribe(timeout)
 
     @property
     def pending(self) -> int:
@@ -93,6 +116,7 @@ class EventBus:
                 backoff = 0.1
                 for _ in batch:
                     self._queue.popleft()
+                self._deliver(batch)
                 with self._idle:
                     self._written += len(batch)
                     self._idle.notify_all()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from pacsguard.events.model import Event
 
@@ -19,7 +19,8 @@ class FanOut:
     """Hands every batch to each sink in turn. A failing secondary sink (syslog down) must not stop
     the store from recording, so errors of sinks after the first are reported, not raised."""
 
-    def __init__(self, primary: EventSink, others: Iterable[EventSink] = (), on_error=None) -> None:
+    def __init__(self, primary: EventSink, others: Iterable[EventSink] = (),
+                 on_error: Callable[[EventSink, Exception], None] | None = None) -> None:
         self.primary = primary
         self.others = list(others)
         self.on_error = on_error

@@ -4,6 +4,7 @@ DIMSE records it shares with the passive sensor are declared in pacsguard.record
 from __future__ import annotations
 
 from pacsguard.events.kinds import OBJECT, STRING, EventKind, nullable
+from pacsguard.records.kinds import KINDS as DICOM_RECORDS
 
 _ROUTE = {"route": STRING}
 _QUARANTINE = {"target": STRING, "until": nullable(STRING), "reason": STRING}
@@ -20,4 +21,5 @@ KINDS = (
               {**_ROUTE, "target": STRING, "reason": STRING}, required=("route", "target")),
     EventKind("tls.handshake.failed", "a TLS client failed the handshake with a route's listener",
               {**_ROUTE, "error": STRING, "certificate": nullable(OBJECT)}, required=("route", "error")),
+    *DICOM_RECORDS,
 )

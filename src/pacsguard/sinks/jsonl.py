@@ -1,14 +1,18 @@
 """JSON Lines event file, in the spirit of Suricata's eve.json: one canonical JSON Event per line
-(JSON Lines / RFC 8259 text, UTF-8, each record terminated by LF), for log shippers to tail."""
+(JSON Lines / RFC 8259 text, UTF-8, each record terminated by LF), for log shippers to tail.
+With `message_format="ecs"` each line is the Elastic Common Schema document of the event instead."""
 
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Literal, Sequence
 
 from pacsguard.events.model import Event
+from pacsguard.sinks.formats import formatter
+
+JsonLinesFormat = Literal["json", "ecs"]
 
 StrPath = str | os.PathLike[str]
 
@@ -24,7 +28,11 @@ class JsonLinesSink:
     `fsync=True` also forces it to disk.
     """
 
-    def __init__(self, path: StrPath, *, fsync: bool = False) -> None:
+    def __init__(self, path: StrPath, *, fsync: bool = False, message_format: JsonLinesFormat = "json") -> None:
+        if message_format not in ("json", "ecs"):  # CEF and LEEF are not JSON lines
+            raise ValueError(f"a JSON-lines file takes format 'json' or 'ecs', not {message_format!r}")
+        self._format = formatter(message_format)
+        self.message_format = message_format
         self.path = Path(path)
         self._fsync = fsync
         self._lock = threading.Lock()  # emit() may be called from several threads
@@ -46,7 +54,7 @@ class JsonLinesSink:
     def emit(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        data = "".join(event.to_json() + "\n" for event in events).encode("utf-8")
+        data = "".join(self._format(event) + "\n" for event in events).encode("utf-8")
         with self._lock:
             if self._file is None:
                 raise ValueError(f"JsonLinesSink({self.path}) is closed")

@@ -12,6 +12,10 @@ PRI = facility * 8 + severity (6.2.1; `Severity` already uses RFC 5424 numbers),
 with microseconds (6.2.3), MSGID = the event kind (6.2.7), one SD-ELEMENT (6.3) whose values are
 escaped per 6.3.3, and MSG = UTF-8 BOM + `Event.to_json()` (6.4), so a SIEM gets the whole event
 and can check it byte for byte against the store.
+
+With `message_format` the MSG is instead a SIEM's own record (pacsguard.sinks.formats): `ecs` JSON
+keeps the BOM (it is Unicode text); `cef` and `leef` records go without one (MSG-ANY, 6.4), since
+their parsers expect the record to start at "CEF:" / "LEEF:". The header and SD element stay.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from itertools import islice
 from typing import Literal, Sequence
 
 from pacsguard.events.model import Event
+from pacsguard.sinks.formats import FormatName, formatter
 from pacsguard.tls.contexts import client_context, explain_tls_error
 
 # 32473 is the Private Enterprise Number RFC 5612 reserves for documentation and examples; an
@@ -67,8 +72,9 @@ def _structured_data(event: Event) -> str:
 
 
 def format_rfc5424(event: Event, *, hostname: str, app_name: str = "pacsguard",
-                   facility: int = FACILITY_AUTHPRIV, procid: str | int | None = None) -> bytes:
-    """One RFC 5424 message for `event` (without transport framing)."""
+                   facility: int = FACILITY_AUTHPRIV, procid: str | int | None = None,
+                   message_format: FormatName = "json") -> bytes:
+    """One RFC 5424 message for `event` (without transport framing); MSG in `message_format`."""
     if not 0 <= facility <= 23:
         raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
     pri = facility * 8 + int(event.severity)
@@ -81,10 +87,11 @@ def format_rfc5424(event: Event, *, hostname: str, app_name: str = "pacsguard",
     ])
     # errors="replace": an unpaired surrogate must not kill the sender thread; RFC 5424 requires
     # valid UTF-8 in SD values and in a BOM-marked MSG.
+    bom = BOM if message_format in ("json", "ecs") else b""
     return b"".join([
         header.encode("ascii"), b" ",
         _structured_data(event).encode("utf-8", "replace"), b" ",
-        BOM, event.to_json().encode("utf-8", "replace"),
+        bom, formatter(message_format)(event).encode("utf-8", "replace"),
     ])
 
 
@@ -121,6 +128,7 @@ class SyslogSink:
                  connect_timeout: float = 5.0, send_timeout: float = 10.0,
                  backoff_initial: float = 0.2, backoff_max: float = 30.0,
                  batch_size: int = 256, replay: int = 1000,
+                 message_format: FormatName = "json",
                  logger: logging.Logger | None = None) -> None:
         if transport not in ("tcp", "tls"):
             raise ValueError(f"transport must be 'tcp' or 'tls', not {transport!r}")
@@ -130,6 +138,8 @@ class SyslogSink:
             raise ValueError("queue_size and batch_size must be >= 1, replay >= 0")
         if not 0 <= facility <= 23:
             raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
+        formatter(message_format)  # an unknown format fails here, not in the sender thread
+        self.message_format = message_format
         self.host, self.port, self.transport = host, port, transport
         # RFC 5425 5.2: the collector is authenticated by certificate; default trust store if no
         # context was given.
@@ -164,7 +174,8 @@ class SyslogSink:
 
     def format(self, event: Event) -> bytes:
         return format_rfc5424(event, hostname=self._hostname, app_name=self._app_name,
-                              facility=self._facility, procid=self._procid)
+                              facility=self._facility, procid=self._procid,
+                              message_format=self.message_format)
 
     def emit(self, events: Sequence[Event]) -> None:
         frames = [frame_octet_counted(self.format(e)) for e in events]

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.engine import WRITE, check_or_migrate, describe, make_engine, normalise_target
+from pacsguard.store.database import WRITE, check_or_migrate, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash

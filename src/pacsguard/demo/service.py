@@ -1,0 +1,38 @@
+"""The embedded demo PACS as a service of `serve` (its SCP runs on pynetdicom's own threads)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pacsguard.demo.config import DemoUpstreamConfig
+    from pacsguard.demo.scp import DemoPACS
+    from pacsguard.runtime.part import BannerRow, ServiceContext
+
+
+class DemoService:
+    needs_asyncio_loop = False
+
+    def __init__(self, config: DemoUpstreamConfig, pacs: DemoPACS, storage: str) -> None:
+        self.config = config
+        self.pacs = pacs
+        self.storage = storage
+
+    async def start(self) -> list[BannerRow]:
+        await asyncio.to_thread(self.pacs.start)
+        c = self.config
+        return [("demo upstream (DICOM SCP)", f"{c.ae_title}@{c.host}:{c.port}", f"storage {self.storage}")]
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.pacs.stop)
+
+
+def make_service(ctx: ServiceContext) -> DemoService | None:
+    from pacsguard.demo.scp import DemoPACS
+
+    config: DemoUpstreamConfig = ctx.section
+    if not config.enabled:
+        return None
+    storage = ctx.resolve(config.storage)
+    return DemoService(config, DemoPACS(config.ae_title, config.host, config.port, storage, {}), str(storage))

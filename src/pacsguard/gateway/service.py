@@ -1,0 +1,64 @@
+"""The gateway as a service of `serve`: its routes on the shared loop, decisions published to the
+bus, the quarantine read back from the store (every gateway on one store shares it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pacsguard.config.schema import GatewayConfig
+    from pacsguard.events import Event
+    from pacsguard.ids import Engine
+    from pacsguard.runtime.part import BannerRow, ServiceContext
+    from pacsguard.store import EventStore
+
+
+def quarantine_reader(store: EventStore) -> Callable[[int], list[tuple[int, Event]]]:
+    """Reads the quarantine changes (gateway.quarantine.*) stored after a sequence number."""
+    from pacsguard.store import EventQuery
+
+    def read(after: int) -> list[tuple[int, Event]]:
+        query = EventQuery(kind="gateway.quarantine.*", after_seq=after, limit=None)
+        return [(s.seq, s.event) for s in store.search(query)]
+    return read
+
+
+class GatewayService:
+    """The gateway's listeners; with a rule engine, the IDS rules run inline on every route (IPS)."""
+
+    def __init__(self, config: GatewayConfig, publish: Callable[[Event], None], store: EventStore, *,
+                 resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None) -> None:
+        from pacsguard.gateway import Gateway
+
+        self.engine = engine
+        self.gateway = Gateway(config, publish, resolve=resolve, read_quarantine=quarantine_reader(store),
+                               engine=engine)
+        # uvloop reads a new socket before start_tls() can take it over, so routes that terminate
+        # TLS (whose explicit handshake records failures as events) need asyncio's own loop.
+        self.needs_asyncio_loop = any(route.listen.tls is not None for route in config.routes)
+
+    async def start(self) -> list[BannerRow]:
+        rows: list[BannerRow] = []
+        if self.engine is not None:
+            rows.append(("IPS (inline rules)", f"{len(self.engine.active_rules)} rules active",
+                         f"{len(self.engine.inactive)} inactive (see pacsguard ids rules list)"))
+        for item in await self.gateway.start():
+            tls = " TLS" if item.tls else ""
+            rows.append((f"gateway route {item.route}", f"{item.ae_title}@{item.host}:{item.port}{tls}",
+                         f"-> {item.upstream}"))
+        return rows
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+
+
+def make_service(ctx: ServiceContext) -> GatewayService | None:
+    """serve's gateway: none without routes; with routes, the configuration's IDS rules inline."""
+    from pacsguard.ids.part import rule_engine
+
+    config: GatewayConfig = ctx.section
+    if not config.routes:
+        return None
+    return GatewayService(config, ctx.bus.publish, ctx.store, resolve=ctx.resolve, engine=rule_engine(ctx.loaded))

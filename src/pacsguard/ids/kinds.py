@@ -1,0 +1,17 @@
+"""The kinds of Event the IDS records (docs/events.md, docs/ids.md): its alerts; the passive
+sensor's association records are the shared DICOM ones (pacsguard.records.kinds)."""
+
+from __future__ import annotations
+
+from pacsguard.events.kinds import BOOLEAN, NUMBER, OBJECT, STRING, EventKind, nullable
+from pacsguard.records.kinds import KINDS as DICOM_RECORDS
+
+KINDS = (
+    EventKind("ids.alert.*", "an IDS rule fired, inline or passive (the kind ends with the rule id)",
+              {"rule_id": STRING, "title": STRING, "action": {"enum": ["alert", "drop", "abort", "quarantine"]},
+               "reference": nullable(STRING), "protocol": STRING, "on": STRING, "sensor": nullable(STRING),
+               "route": nullable(STRING), "flow_id": nullable(STRING), "tls": BOOLEAN, "observation": OBJECT,
+               "quarantine_seconds": NUMBER, "threshold": OBJECT},
+              required=("rule_id", "title", "action", "protocol", "on", "observation")),
+    *DICOM_RECORDS,
+)

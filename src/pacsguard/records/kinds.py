@@ -1,0 +1,49 @@
+"""The kinds of Event an association record writes (docs/events.md), whoever fed it: one
+declaration for the gateway and the passive sensor alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STATUS, STRING, STRINGS, EventKind, nullable
+
+_INT = nullable(INTEGER)
+_WHERE: dict[str, dict[str, Any]] = {
+    "route": nullable(STRING), "flow": STRING, "sensor": nullable(STRING), "called_ae": nullable(STRING)}
+_TOTALS: dict[str, dict[str, Any]] = {
+    "bytes_from_client": INTEGER, "bytes_from_upstream": INTEGER, "duration_ms": NUMBER,
+    "pdus_from_client": INTEGER, "pdus_from_upstream": INTEGER,
+    "capture": OBJECT,  # what only a capture knows: TCP close, gaps, resyncs, per-direction counts
+}
+_BY = {"enum": ["client", "upstream", "gateway", "sensor"]}
+_ANSWER: dict[str, dict[str, Any]] = {"result": _INT, "source": _INT, "reason_code": _INT}
+
+KINDS = (
+    EventKind("dicom.association.requested", "an A-ASSOCIATE-RQ (PS3.8 9.3.2) was seen",
+              {**_WHERE, "contexts": INTEGER, "tls": BOOLEAN, "certificate": nullable(OBJECT)},
+              required=("route", "called_ae")),
+    EventKind("dicom.association.accepted", "the acceptor accepted it (A-ASSOCIATE-AC) and the policy let it through",
+              {**_WHERE, "accepted": STRINGS, "refused_by_policy": STRINGS, "max_pdu": _INT},
+              required=("route", "accepted")),
+    EventKind("dicom.association.rejected", "refused by the gateway or by the acceptor (A-ASSOCIATE-RJ)",
+              {**_WHERE, "by": _BY, "rule": STRING, "reason": STRING, **_ANSWER, "capture": OBJECT},
+              required=("route", "by")),
+    EventKind("dicom.association.released", "A-RELEASE completed (PS3.8 9.3.6-9.3.7)",
+              {**_WHERE, **_TOTALS}, required=("route",)),
+    EventKind("dicom.association.aborted", "A-ABORT from either side, by the gateway, or the connection ended",
+              {**_WHERE, **_TOTALS, "by": _BY, "reason": STRING, "cause": STRING, "source": _INT, "reason_code": _INT},
+              required=("route", "by")),
+    EventKind("dicom.dimse.*", "one DIMSE request (PS3.7) at its final response, refusal or end",
+              {**_WHERE, "message_id": _INT, "sop_class": nullable(STRING), "duration_ms": NUMBER, "status": STATUS,
+               "sop_instance": STRING, "bytes": INTEGER, "level": STRING,
+               "query": {"type": "object", "additionalProperties": STRING}, "responses": INTEGER,
+               "move_destination": STRING,
+               "suboperations": {"type": "object", "additionalProperties": _INT},
+               "decision": {"enum": ["refused", "aborted"]}, "rule": nullable(STRING)},
+              required=("route", "message_id", "sop_class", "duration_ms")),
+    EventKind("dicom.protocol.violation", "a malformed PDU or a PS3.8 9.2 state violation",
+              {**_WHERE, "code": STRING, "from": {"enum": ["client", "upstream"]}, "state": STRING},
+              required=("code", "from")),
+)
+
+__all__ = ["KINDS"]

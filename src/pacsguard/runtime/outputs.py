@@ -1,0 +1,83 @@
+"""Where published Events go, opened one way by every command that publishes: the store (if any),
+the secondary sinks, and the EventBus in front of them, all closed by the caller's ExitStack."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pacsguard.config import LoadedConfig
+    from pacsguard.events import EventBus
+    from pacsguard.events.sink import EventSink
+    from pacsguard.store import EventStore
+
+log = logging.getLogger("pacsguard")
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    bus: EventBus
+    store: EventStore | None
+
+
+def open_store(target: str, *, key: Path | None = None, create: bool = False,
+               checkpoint_interval: float = 60.0) -> EventStore:
+    from pacsguard.store import EventStore
+
+    return EventStore.open(target, key_path=key, create=create, checkpoint_interval=checkpoint_interval)
+
+
+def config_store_target(loaded: LoadedConfig, override: str | None = None) -> str:
+    """--store wins; else the configuration's store.url, a path from the file's folder, with its password."""
+    from pacsguard.store.location import store_target
+
+    if override is not None:
+        return override
+    cfg = loaded.config.store
+    return store_target(cfg.url, loaded.resolve, cfg.password.resolve if cfg.password is not None else None)
+
+
+def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writer: bool = False,
+                      create: bool = False) -> EventStore:
+    """The configuration's store; a writer loads the checkpoint signing key."""
+    cfg = loaded.config.store
+    return open_store(config_store_target(loaded, override), key=loaded.resolve(cfg.signing_key) if writer else None,
+                      create=create, checkpoint_interval=cfg.checkpoint_interval)
+
+
+def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[EventSink] = (), *,
+                 on_error: Callable[[Exception], None] | None = None, close_timeout: float = 30.0) -> Outputs:
+    """The bus in front of ``store`` (primary) and ``sinks``; a failing secondary sink is logged and
+    never stops the primary. Everything is closed by ``stack``: the bus flushed first, the store last."""
+    from pacsguard.events import EventBus, FanOut
+
+    if store is not None:
+        stack.callback(store.close)
+    for sink in sinks:
+        stack.callback(sink.close)
+    targets: list[EventSink] = [*([store] if store is not None else []), *sinks]
+    if not targets:
+        raise ValueError("open_outputs needs a store or at least one sink")
+    fan = FanOut(targets[0], targets[1:], on_error=lambda s, e: log.warning("sink %s: %s", type(s).__name__, e))
+    bus = EventBus(fan, on_error=on_error)
+    stack.callback(bus.close, close_timeout)
+    return Outputs(bus, store)
+
+
+def open_configured_outputs(stack: ExitStack, loaded: LoadedConfig) -> Outputs:
+    """serve's outputs: the configuration's store (writer, created if missing) and its sinks."""
+    from pacsguard.sinks.build import build_sinks
+
+    store = open_config_store(loaded, writer=True, create=True)
+    try:
+        sinks = build_sinks(loaded.config.sinks, loaded.resolve)
+    except BaseException:
+        store.close()
+        raise
+    return open_outputs(stack, store, sinks)

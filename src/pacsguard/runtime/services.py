@@ -1,0 +1,105 @@
+"""Running the parts' services: built from the registry, started in registry order on one asyncio
+loop, stopped in reverse on Ctrl-C / SIGTERM (or when a caller's stop event is set)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pacsguard.runtime.part import BannerRow, Service, ServiceContext
+
+if TYPE_CHECKING:
+    from pacsguard.config import LoadedConfig
+    from pacsguard.events import EventBus
+    from pacsguard.runtime.registry import Registry
+    from pacsguard.sdnotify import Notifier, Watchdog
+    from pacsguard.store import EventStore
+
+
+def build_services(registry: Registry, loaded: LoadedConfig, bus: EventBus, store: EventStore) -> list[Service]:
+    """One service per part whose factory finds something enabled in the configuration, in registry order."""
+    services: list[Service] = []
+    for part in registry:
+        factory = part.service_factory()
+        if factory is None:
+            continue
+        section = loaded.section(part.section) if part.section is not None else None
+        service = factory(ServiceContext(loaded, section, bus, store))
+        if service is not None:
+            services.append(service)
+    return services
+
+
+async def run_services(services: list[Service], stop: asyncio.Event,
+                       show: Callable[[list[BannerRow]], None] = lambda rows: None,
+                       banner: list[BannerRow] | None = None, on_stopping: Callable[[], None] = lambda: None) -> None:
+    """Start each service, show the banner, wait for ``stop``, stop them in reverse. A service that
+    fails to start stops those already started before the error goes on."""
+    from pacsguard.sdnotify import Notifier
+
+    notifier = Notifier()  # systemd (Type=notify, deploy/pacsguard.service); silent elsewhere
+    rows = list(banner or [])
+    started: list[Service] = []
+    try:
+        for service in services:
+            rows.extend(await service.start())
+            started.append(service)
+        show(rows)
+        notifier.ready(f"serving: {len(started)} service(s)")
+        watchdog = _watchdog(notifier, asyncio.get_running_loop())
+        try:
+            await stop.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+        notifier.stopping("stopping: letting open associations finish")
+        on_stopping()
+    finally:
+        for service in reversed(started):
+            await service.stop()
+
+
+def _watchdog(notifier: Notifier, loop: asyncio.AbstractEventLoop) -> Watchdog | None:
+    """systemd's watchdog (WatchdogSec=), pinged only while the event loop answers: a hung loop
+    stops the pings and systemd restarts the service."""
+    from pacsguard.sdnotify import Watchdog, watchdog_interval
+
+    interval = watchdog_interval()
+    if interval is None or not notifier.enabled:
+        return None
+
+    def loop_answers() -> bool:
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=interval)
+        except Exception:  # noqa: BLE001 - timeout or a closed loop: unhealthy either way
+            return False
+        return True
+
+    return Watchdog(notifier, interval, healthy=loop_answers).start()
+
+
+def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], None], banner: list[BannerRow],
+                   on_stopping: Callable[[], None] = lambda: None) -> None:
+    """Run the services until SIGINT or SIGTERM.
+
+    uvloop (libuv) cuts the gateway relay's per-read cost by a third against asyncio's own loop
+    (bench/gateway.py, docs/PERFORMANCE.md); a service that needs asyncio's loop (the gateway with
+    routes that terminate TLS) gets it, and PACSGUARD_EVENT_LOOP=asyncio chooses it always."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_services(services, stop, show, banner, on_stopping)
+
+    plain = any(service.needs_asyncio_loop for service in services)
+    if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop" and not plain:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
