@@ -198,7 +198,8 @@ def main() -> int:
         t_pg, cpu_pg, summary, (how, shown) = time_ids_read(cap, work)
         sen = summary["sensor"]
         print(f"(a) {how}: {t_pg:.2f} s wall, {cpu_pg:.2f} s CPU ({summary['seconds']:.2f} s wall inside read()); "
-              f"{sen['associations']} associations, results {sen['results']}, {sen['alerts']} alerts "
+              f"{sen['associations']} associations, results {sen['results']}, {sen['events_published']} events, "
+              f"{sen['alerts']} alerts "
               f"{sen['alerts_by_rule']}, commands {sen['commands']}", flush=True)
         t_ts = cpu_ts = None
         if not args.no_tshark:

@@ -43,7 +43,6 @@ from test_capture_real import _start_dumpcap
 from pacsguard.events import Event
 from pacsguard.ids import IdsSettings
 from pacsguard.ids.passive import PassiveStats, build_engine, read
-from pacsguard.ids.sensor import ASSOCIATION_KIND
 
 pytestmark = pytest.mark.peers
 
@@ -202,8 +201,17 @@ def alerts_of(events: list[Event]) -> list[Event]:
     return [e for e in events if e.kind.startswith("ids.alert.")]
 
 
+ENDINGS = ("dicom.association.released", "dicom.association.aborted", "dicom.association.rejected")
+
+
 def records_of(events: list[Event]) -> list[Event]:
-    return [e for e in events if e.kind == ASSOCIATION_KIND]
+    """The last Event of each association (with ``details.capture``)."""
+    return [e for e in events if e.kind in ENDINGS]
+
+
+def dimse_of(events: list[Event], flow: str, kind: str) -> list[Event]:
+    """One association's DIMSE request Events of one kind (``dicom.dimse.c-store``)."""
+    return [e for e in events if e.kind == kind and e.details["flow"] == flow]
 
 
 def all_rules_on(**kw: Any) -> IdsSettings:
@@ -265,14 +273,14 @@ def tshark_associations(cap: Path, ports: tuple[int, ...]) -> dict[int, dict[str
 def _ours(records: list[Event]) -> dict[int, dict[str, Any]]:
     out = {}
     for rec in records:
-        d = rec.details
-        port = int(d["client"].rsplit(":", 1)[1])
+        d = rec.details["capture"]
+        port = rec.actor.port
         statuses = Counter()
         for name, per in d["statuses"].items():
             for status, n in per.items():
                 statuses[(name, int(status, 16))] += n
-        out[port] = {"calling": d["calling_ae"], "called": d["called_ae"], "commands": Counter(d["commands"]),
-                     "statuses": statuses}
+        out[port] = {"calling": rec.actor.ae_title, "called": rec.details["called_ae"],
+                     "commands": Counter(d["commands"]), "statuses": statuses}
     return out
 
 
@@ -297,23 +305,28 @@ def test_normal_traffic_raises_no_alert(normal_capture: dict[str, Any]) -> None:
     assert alerts_of(events) == []
     recs = records_of(events)
     assert len(recs) == 3 * len(NORMAL_PORTS)
-    assert {r.details["result"] for r in recs} == {"released"}
-    assert all(not r.details["midstream"] and r.details["tcp_close"] == "fin" for r in recs)
+    assert {r.kind for r in recs} == {"dicom.association.released"}
+    assert all(not r.details["capture"]["midstream"] and r.details["capture"]["tcp_close"] == "fin" for r in recs)
     assert not stats.sensor.decode_errors and not stats.sensor.violations and stats.sensor.gaps == 0
-    stores = [r for r in recs if "C-STORE-RQ" in r.details["commands"]]
+    stores = [r for r in recs if "C-STORE-RQ" in r.details["capture"]["commands"]]
     assert len(stores) == len(NORMAL_PORTS)
     for r in stores:
-        assert r.details["commands"]["C-STORE-RQ"] == len(TEST_FILES)
-        assert r.details["requestor"]["datasets"] == len(TEST_FILES)
-        assert r.sop_instance_count == len(TEST_FILES) and len(r.patient_ids) >= 1
-    finds = [r for r in recs if "C-FIND-RQ" in r.details["commands"]]
+        assert r.details["capture"]["commands"]["C-STORE-RQ"] == len(TEST_FILES)
+        assert r.details["capture"]["requestor"]["datasets"] == len(TEST_FILES)
+        stored = dimse_of(events, r.details["flow"], "dicom.dimse.c-store")
+        assert sum(e.sop_instance_count for e in stored) == len(TEST_FILES)
+        assert len({p for e in stored for p in e.patient_ids}) >= 1
+    finds = [r for r in recs if "C-FIND-RQ" in r.details["capture"]["commands"]]
     assert len(finds) == len(NORMAL_PORTS)
     for r in finds:
         # one pending response per stored study, then success
-        assert r.details["statuses"]["C-FIND-RSP"]["0x0000"] == 1
-        assert r.details["statuses"]["C-FIND-RSP"]["0xFF00"] >= 1
-        assert r.details["acceptor"]["datasets"] == r.details["statuses"]["C-FIND-RSP"]["0xFF00"]
-        assert r.patient_ids  # the matches name their patients
+        statuses = r.details["capture"]["statuses"]["C-FIND-RSP"]
+        assert statuses["0x0000"] == 1
+        assert statuses["0xFF00"] >= 1
+        assert r.details["capture"]["acceptor"]["datasets"] == statuses["0xFF00"]
+        (find,) = dimse_of(events, r.details["flow"], "dicom.dimse.c-find")
+        assert find.details["responses"] == statuses["0xFF00"]
+        assert find.patient_ids  # the matches name their patients
 
 
 def test_normal_association_log_agrees_with_tshark(normal_capture: dict[str, Any]) -> None:
@@ -354,11 +367,12 @@ def test_nmap_attack_fires_the_expected_rules(attack_capture: dict[str, Any]) ->
     assert brute.details["threshold"]["reached"] >= 5
     recs = records_of(events)
     assert {r.actor.ae_title for r in recs} == {"ECHOSCU"}
-    rejected = [r for r in recs if r.details["result"] == "rejected"]
-    assert {r.details["reject"]["reason"] for r in rejected} == {7}  # called AE title not recognised
+    rejected = [r for r in recs if r.kind == "dicom.association.rejected"]
+    assert {r.details["reason_code"] for r in rejected} == {7}  # called AE title not recognised
     assert {r.target.ae_title for r in rejected} >= {"ANY-SCP", *(g for g in GUESSES if g != "ORTHANC")}
     found = [r for r in recs if r.target.ae_title == "ORTHANC"]
-    assert len(found) == 1 and found[0].details["result"] == "incomplete"  # accepted, then dropped by nmap
+    assert len(found) == 1 and found[0].kind == "dicom.association.aborted"  # accepted, then dropped by nmap
+    assert found[0].details["cause"] == "connection-lost" and stats.sensor.results["incomplete"] == 1
     assert not stats.sensor.decode_errors and not stats.sensor.violations
 
 
@@ -378,5 +392,5 @@ def test_ids_live_saw_the_same_attack(attack_capture: dict[str, Any]) -> None:
     assert summary["capture"]["problem_count"] == 0
     lines = attack_capture["live_jsonl"].read_text().splitlines()
     kinds = Counter(Event.from_json(line).kind for line in lines)
-    assert kinds[ASSOCIATION_KIND] == len(records_of(events))
+    assert sum(kinds[k] for k in ENDINGS) == len(records_of(events))
     assert kinds["ids.alert.dicom-ae-brute-force"] >= 1

@@ -31,12 +31,8 @@ from pacsguard.dicom import pdu as P
 from pacsguard.events import Event, Outcome
 from pacsguard.ids import passive
 from pacsguard.ids.observation import Flow
-from pacsguard.ids.sensor import (
-    ASSOCIATION_KIND,
-    MAX_IDS,
-    PassiveSensor,
-    plausible_pdata_header,
-)
+from pacsguard.ids.sensor import PassiveSensor, plausible_pdata_header
+from pacsguard.records.dicom import MAX_IDS_PER_EVENT
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -105,8 +101,28 @@ def run(frames_or_bytes, engine=None, **kw) -> tuple[RecordingEngine, list[Event
     return engine, out, stats
 
 
+ENDINGS = ("dicom.association.released", "dicom.association.aborted", "dicom.association.rejected")
+
+
 def records(events: list[Event]) -> list[Event]:
-    return [e for e in events if e.kind == ASSOCIATION_KIND]
+    """The last Event of each association: how it ended, with what only the capture knows in
+    ``details.capture``."""
+    return [e for e in events if e.kind in ENDINGS]
+
+
+def dimse(events: list[Event], name: str | None = None) -> list[Event]:
+    """The DIMSE request Events (``dicom.dimse.<service>``), of one service if ``name`` is given."""
+    prefix = f"dicom.dimse.{name}" if name else "dicom.dimse."
+    return [e for e in events if e.kind.startswith(prefix)]
+
+
+def by_client_port(events: list[Event]) -> dict[int, list[Event]]:
+    """The association's Events per client port (one connection each)."""
+    out: dict[int, list[Event]] = {}
+    for e in events:
+        if e.kind.startswith("dicom."):
+            out.setdefault(e.actor.port or 0, []).append(e)
+    return out
 
 
 # ------------------------------------------------------------------ DICOM conversations
@@ -216,25 +232,33 @@ def test_full_association_record_and_engine_calls() -> None:
     recs = records(out)
     assert len(recs) == 1
     rec = recs[0]
-    d = rec.details
-    assert d["client"] == "10.1.2.3:40001" and d["server"] == "10.9.8.7:5000"  # detected on an unlisted port
-    assert (d["calling_ae"], d["called_ae"]) == ("MODALITY1", "PACS")
+    d, cap = rec.details, rec.details["capture"]
+    assert (rec.actor.host, rec.actor.port, rec.target.host, rec.target.port) == ("10.1.2.3", 40001, "10.9.8.7", 5000)
+    assert all(e.component == "ids" and e.details["sensor"] == "passive" for e in out)  # on an unlisted port
+    assert rec.details["called_ae"] == "PACS"
     assert rec.actor.ae_title == "MODALITY1" and rec.target.ae_title == "PACS"
-    assert d["result"] == "released" and rec.outcome == Outcome.SUCCESS
-    assert d["tcp_close"] == "fin"
-    assert d["midstream"] is False
-    assert d["accepted_abstract_syntaxes"] == [VERIFICATION, CT, FIND]
-    assert d["commands"] == {"C-ECHO-RQ": 1, "C-ECHO-RSP": 1, "C-STORE-RQ": 3, "C-STORE-RSP": 3}
-    assert d["statuses"] == {"C-ECHO-RSP": {"0x0000": 1}, "C-STORE-RSP": {"0x0000": 3}}
-    assert d["requestor"]["datasets"] == 3 and d["acceptor"]["datasets"] == 0
-    assert d["requestor"]["dataset_bytes"] > 3 * 40000
-    assert d["requestor"]["bytes"] > d["requestor"]["dataset_bytes"] > 0 and d["acceptor"]["bytes"] > 0
-    assert set(rec.patient_ids) == {"PAT1", "PAT2"}
-    assert set(rec.study_uids) == {"1.2.3.0", "1.2.3.1"}
-    assert rec.sop_instance_count == 3
-    assert d["implementation"]["requestor"] == {"class_uid": "1.2.3.4", "version_name": "TEST_1"}
-    assert rec.time.timestamp() == pytest.approx(T0 / 1e6 + 0.0001, abs=1e-3)
-    assert d["duration_s"] > 0
+    assert rec.kind == "dicom.association.released" and rec.outcome == Outcome.SUCCESS
+    assert cap["tcp_close"] == "fin"
+    assert cap["midstream"] is False
+    accepted = next(e for e in out if e.kind == "dicom.association.accepted")
+    assert accepted.details["accepted"] == sorted([VERIFICATION, CT, FIND])
+    assert cap["commands"] == {"C-ECHO-RQ": 1, "C-ECHO-RSP": 1, "C-STORE-RQ": 3, "C-STORE-RSP": 3}
+    assert cap["statuses"] == {"C-ECHO-RSP": {"0x0000": 1}, "C-STORE-RSP": {"0x0000": 3}}
+    assert [e.details["status"] for e in dimse(out)] == ["0x0000"] * 4
+    assert [e.kind for e in dimse(out)] == ["dicom.dimse.c-echo"] + ["dicom.dimse.c-store"] * 3
+    assert cap["requestor"]["datasets"] == 3 and cap["acceptor"]["datasets"] == 0
+    assert cap["requestor"]["dataset_bytes"] > 3 * 40000
+    assert sum(e.details["bytes"] for e in dimse(out, "c-store")) == cap["requestor"]["dataset_bytes"]
+    assert d["bytes_from_client"] > cap["requestor"]["dataset_bytes"] > 0 and d["bytes_from_upstream"] > 0
+    assert d["pdus_from_client"] > 0 and d["pdus_from_upstream"] > 0
+    assert {p for e in dimse(out) for p in e.patient_ids} == {"PAT1", "PAT2"}
+    assert {u for e in dimse(out) for u in e.study_uids} == {"1.2.3.0", "1.2.3.1"}
+    assert sum(e.sop_instance_count for e in out) == 3
+    assert cap["implementation"]["requestor"] == {"class_uid": "1.2.3.4", "version_name": "TEST_1"}
+    assert out[0].kind == "dicom.association.requested"
+    assert out[0].time.timestamp() == pytest.approx(T0 / 1e6 + 0.0001, abs=1e-3)
+    assert [e.time for e in out] == sorted(e.time for e in out)  # every Event on capture time
+    assert d["duration_ms"] > 0
     # the engine saw every protocol event with the flow and the capture time
     dicom = engine.of("dicom")
     assert dicom and all(c.flow is dicom[0].flow for c in dicom)
@@ -254,31 +278,46 @@ def test_full_association_record_and_engine_calls() -> None:
 
 def test_event_time_is_capture_time_and_json_round_trips() -> None:
     _, out, _ = run(full_association().frames())
-    rec = records(out)[0]
-    again = Event.from_json(rec.to_json())
-    assert again.details == rec.details and again.patient_ids == rec.patient_ids
+    assert len(records(out)) == 1
+    for rec in out:
+        again = Event.from_json(rec.to_json())
+        assert again.details == rec.details and again.patient_ids == rec.patient_ids
 
 
 def test_rejected_and_aborted_results() -> None:
     rej = Conversation(cport=40010).c(rq(called="WRONG")).s(P.encode_associate_rj(1, 1, 7)).fin()
     abo = Conversation(cport=40011).c(rq()).s(ac()).c(P.encode_abort(0, 0)).fin()
     engine, out, _ = run(rej.frames() + abo.frames())
-    by_port = {r.details["client"].rsplit(":", 1)[1]: r for r in records(out)}
-    r = by_port["40010"].details
-    assert r["result"] == "rejected" and r["reject"] == {"result": "permanent", "source": "service-user", "reason": 7}
-    assert by_port["40010"].outcome == Outcome.MINOR_FAILURE
-    a = by_port["40011"].details
-    assert a["result"] == "aborted" and a["abort"]["by"] == "requestor"
+    by_port = {r.actor.port: r for r in records(out)}
+    r = by_port[40010]
+    assert r.kind == "dicom.association.rejected"
+    # PS3.8 Table 9-21: result 1 rejected-permanent, source 1 service-user, reason 7 called AE title not recognised
+    assert (r.details["by"], r.details["result"], r.details["source"], r.details["reason_code"]) \
+        == ("upstream", 1, 1, 7)
+    assert r.outcome == Outcome.SERIOUS_FAILURE  # as the gateway records an upstream's rejection
+    a = by_port[40011]
+    assert a.kind == "dicom.association.aborted" and a.details["by"] == "client"
+    assert (a.details["source"], a.details["reason_code"]) == (0, 0)
     assert len(engine.of("flow_closed")) == 2
 
 
 def test_association_cut_without_release_is_incomplete_and_open_one_is_accepted() -> None:
     cut = Conversation(cport=40020).c(rq()).s(ac()).fin()
     open_ = Conversation(cport=40021).c(rq()).s(ac()).c(message(1, echo_rq()))  # capture ends
-    _, out, _ = run(cut.frames() + open_.frames())
-    by_port = {r.details["client"].rsplit(":", 1)[1]: r.details for r in records(out)}
-    assert by_port["40020"]["result"] == "incomplete" and by_port["40020"]["tcp_close"] == "fin"
-    assert by_port["40021"]["result"] == "accepted" and by_port["40021"]["tcp_close"] == "end"
+    _, out, stats = run(cut.frames() + open_.frames())
+    by_port = {r.actor.port: r for r in records(out)}
+    assert stats.sensor.results == {"incomplete": 1, "accepted": 1}
+    cut_end, open_end = by_port[40020], by_port[40021]
+    assert cut_end.kind == "dicom.association.aborted" and cut_end.details["capture"]["tcp_close"] == "fin"
+    # the client's FIN came first
+    assert (cut_end.details["by"], cut_end.details["cause"]) == ("client", "connection-lost")
+    assert open_end.kind == "dicom.association.aborted" and open_end.details["capture"]["tcp_close"] == "end"
+    assert (open_end.details["by"], open_end.details["cause"]) == ("sensor", "capture-ended")
+    # the C-ECHO still waiting for its response is recorded as cut off
+    echo = by_client_port(out)[40021][-2]
+    assert echo.kind == "dicom.dimse.c-echo" and echo.details["decision"] == "aborted"
+    assert [e.kind for e in by_client_port(out)[40020]] == [
+        "dicom.association.requested", "dicom.association.accepted", "dicom.association.aborted"]
 
 
 # ------------------------------------------------------------------ tests: what is DICOM
@@ -290,7 +329,7 @@ def test_non_dicom_on_a_dicom_port_goes_to_the_engine() -> None:
     calls = engine.of("non_dicom")
     assert len(calls) == 1 and calls[0].args[0].startswith(b"GET / HTTP/1.1")
     assert calls[0].flow.server_port == 104 and calls[0].now == pytest.approx(T0 / 1e6, abs=1)
-    assert not engine.of("dicom") and not records(out)
+    assert not engine.of("dicom") and not [e for e in out if e.kind.startswith("dicom.")]
     assert len(engine.of("flow_closed")) == 1
     assert stats.sensor.non_dicom_on_dicom_port == 1
 
@@ -320,7 +359,7 @@ def test_non_dicom_elsewhere_and_tls_on_a_dicom_port_are_skipped() -> None:
 def test_rq_split_into_tiny_segments_is_still_recognised() -> None:
     conv = Conversation(sport=7777, cport=40036).c(rq(), mss=10).s(ac()).c(P.encode_release_rq()).s(P.encode_release_rp()).fin()
     _, out, _ = run(conv.frames())
-    assert records(out)[0].details["result"] == "released"
+    assert records(out)[0].kind == "dicom.association.released"
 
 
 # ------------------------------------------------------------------ tests: mid-stream, gaps
@@ -339,19 +378,21 @@ def midstream_tail(sport: int, cport: int) -> Conversation:
 def test_midstream_on_a_dicom_port() -> None:
     engine, out, _ = run(midstream_tail(104, 40040).frames())
     rec = records(out)[0]
-    d = rec.details
-    assert d["midstream"] is True and "[mid-stream]" in rec.message
-    assert d["calling_ae"] is None
+    d = rec.details["capture"]
+    assert d["midstream"] is True
+    assert rec.actor.ae_title is None and rec.details["called_ae"] is None
+    assert "dicom.association.requested" not in {e.kind for e in out}
     assert d["commands"] == {"C-STORE-RQ": 3, "C-STORE-RSP": 3}
-    assert d["result"] == "released"
-    assert rec.patient_ids == ("MID",)
+    assert rec.kind == "dicom.association.released"
+    assert [e.patient_ids for e in dimse(out)] == [("MID",)] * 3
     assert not engine.of("decode_error") and "violations" not in d
 
 
 def test_midstream_on_an_unlisted_port_recognised_by_a_pdu_boundary() -> None:
     engine, out, stats = run(midstream_tail(6000, 40041).frames())
-    assert records(out)[0].details["midstream"] is True
-    assert records(out)[0].details["commands"]["C-STORE-RQ"] == 3
+    assert records(out)[0].details["capture"]["midstream"] is True
+    assert records(out)[0].details["capture"]["commands"]["C-STORE-RQ"] == 3
+    assert len(dimse(out, "c-store")) == 3
     # and random bytes mid-stream on an unlisted port are not taken for DICOM
     conv = Conversation(sport=6001, cport=40042, handshake=False)
     rnd = random.Random(1)
@@ -388,10 +429,11 @@ def test_gap_in_a_large_dataset_resynchronises_without_false_violations() -> Non
     assert victim + 3 < n_before
     pkts = conv.pkts[:victim] + conv.pkts[victim + 3 :]
     engine, out, stats = run(eth_frames(pkts), max_buffer_per_flow=8192)
-    d = records(out)[0].details
+    d = records(out)[0].details["capture"]
     assert d["requestor"]["gaps"] == 1 and d["requestor"]["gap_bytes"] == 3 * 1460
     assert d["commands"] == {"C-STORE-RQ": 2, "C-STORE-RSP": 2}
-    assert d["result"] == "released"
+    assert records(out)[0].kind == "dicom.association.released"
+    assert [e.details["status"] for e in dimse(out, "c-store")] == ["0x0000"] * 2
     assert "violations" not in d and "decode_error" not in d
     assert d["requestor"]["datasets"] == 1  # the one cut by the hole is not counted
     assert not engine.of("decode_error")
@@ -415,7 +457,7 @@ def test_capture_loss_raises_no_state_violation_alert() -> None:
     conv.s(rsp(3, r1)).c(P.encode_release_rq()).s(P.encode_release_rp()).fin()
     pkts = conv.pkts[:30] + conv.pkts[31:]
     _, out, _ = run(eth_frames(pkts), engine=build_engine())
-    d = records(out)[0].details
+    d = records(out)[0].details["capture"]
     assert d["requestor"]["gaps"] == 1 and "unexpected-pdu" in d["violations_after_loss"]
     assert [e for e in out if e.kind.startswith("ids.alert.")] == []
 
@@ -440,8 +482,8 @@ def test_genuine_ordering_violations_still_alert() -> None:
     assert alerts[0].details["observation"]["code"] == "data-before-association"
     assert alerts[1].details["observation"]["code"] == "unexpected-pdu"
     assert alerts[1].time.timestamp() == pytest.approx(t_violation / 1e6, abs=0.01)  # its own time
-    rec_long = next(r for r in records(out) if r.details["client"].endswith(":40054"))
-    assert rec_long.details["violations"] == {"unexpected-pdu": 1}
+    rec_long = next(r for r in records(out) if r.actor.port == 40054)
+    assert rec_long.details["capture"]["violations"] == {"unexpected-pdu": 1}
 
 
 def test_gap_before_the_decision_makes_the_connection_midstream() -> None:
@@ -450,7 +492,7 @@ def test_gap_before_the_decision_makes_the_connection_midstream() -> None:
     conv.c(message(1, e)).s(rsp(1, e)).fin()
     pkts = conv.pkts[:3] + conv.pkts[4:]  # the A-ASSOCIATE-RQ segment is lost
     engine, out, _ = run(eth_frames(pkts))
-    d = records(out)[0].details
+    d = records(out)[0].details["capture"]
     assert d["midstream"] is True and d["requestor"]["gaps"] == 1
     assert d["commands"] == {"C-ECHO-RQ": 1, "C-ECHO-RSP": 1}
     # the A-ASSOCIATE-AC came first (the request behind the hole is delivered at the close):
@@ -472,25 +514,44 @@ def test_decode_error_stops_decoding_and_is_reported() -> None:
     engine, out, stats = run(conv.frames())
     errs = engine.of("decode_error")
     assert len(errs) == 1 and errs[0].args[0] is True and errs[0].args[1].code == "unknown-pdu-type"
-    d = records(out)[0].details
+    rec = records(out)[0]
+    d = rec.details["capture"]
     assert d["decode_error"]["code"] == "unknown-pdu-type" and d["decode_error"]["from"] == "requestor"
     assert d["commands"] == {"C-ECHO-RQ": 1}  # the partial events came first, nothing after
     assert d["stopped"] == "decode error: unknown-pdu-type"
+    assert rec.kind == "dicom.association.aborted"
+    assert (rec.details["by"], rec.details["cause"]) == ("sensor", "decode-error")
+    # the C-ECHO whose response was never decoded is recorded as cut off
+    assert [(e.kind, e.details["decision"]) for e in dimse(out)] == [("dicom.dimse.c-echo", "aborted")]
     assert stats.sensor.decode_errors == {"unknown-pdu-type": 1}
     assert len(engine.of("flow_closed")) == 1
 
 
 def test_patient_ids_are_bounded() -> None:
+    """Each stored object names its own patient; a C-FIND disclosing more patients than an Event
+    lists names MAX_IDS_PER_EVENT of them and counts every match."""
     conv = Conversation(sport=104, cport=40070).c(rq()).s(ac())
-    for i in range(MAX_IDS + 20):
+    for i in range(120):
         r = store_rq(i + 1, f"1.2.826.0.1.3680043.2.1125.5.{i}")
         conv.c(message(3, r, dataset_bytes(PatientID=f"P{i:04d}", StudyInstanceUID=f"1.2.3.5.{i}"))).s(rsp(3, r))
+    q = D.CommandSet(command_field=D.C_FIND_RQ, message_id=500, affected_sop_class_uid=FIND, priority=0,
+                     command_data_set_type=0)
+    conv.c(message(5, q, dataset_bytes(SOPClassUID=FIND, QueryRetrieveLevel="PATIENT", PatientID="*")))
+    pending = D.CommandSet(command_field=D.C_FIND_RSP, message_id_being_responded_to=500, affected_sop_class_uid=FIND,
+                           status=0xFF00, command_data_set_type=0)
+    matches = b"".join(
+        message(5, pending, dataset_bytes(SOPClassUID=FIND, QueryRetrieveLevel="PATIENT", PatientID=f"M{i:05d}"))
+        for i in range(MAX_IDS_PER_EVENT + 20))
+    conv.s(matches, mss=8192).s(rsp(5, q))
     conv.c(P.encode_release_rq()).s(P.encode_release_rp()).fin()
     _, out, _ = run(conv.frames())
-    rec = records(out)[0]
-    assert len(rec.patient_ids) == MAX_IDS and len(rec.study_uids) == MAX_IDS
-    assert rec.details["ids_truncated"] == 40
-    assert rec.details["commands"]["C-STORE-RQ"] == MAX_IDS + 20
+    stores = dimse(out, "c-store")
+    assert [len(e.patient_ids) for e in stores] == [1] * 120
+    assert {p for e in stores for p in e.patient_ids} == {f"P{i:04d}" for i in range(120)}
+    assert {u for e in stores for u in e.study_uids} == {f"1.2.3.5.{i}" for i in range(120)}
+    find = dimse(out, "c-find")[0]
+    assert len(find.patient_ids) == MAX_IDS_PER_EVENT and find.details["responses"] == MAX_IDS_PER_EVENT + 20
+    assert records(out)[0].details["capture"]["commands"]["C-STORE-RQ"] == 120
 
 
 def test_buffer_budget_stops_the_connection_that_crosses_it() -> None:
@@ -503,8 +564,10 @@ def test_buffer_budget_stops_the_connection_that_crosses_it() -> None:
     from pacsguard.ids.capture import read_capture
 
     read_capture(pcap_bytes(conv.frames()), sensor)
-    d = records(out)[0].details
+    rec = records(out)[0]
+    d = rec.details["capture"]
     assert d["stopped"] == "sensor buffer budget exceeded"
+    assert (rec.details["by"], rec.details["cause"]) == ("sensor", "decode-stopped")
     assert sensor.stats.skipped == {"sensor buffer budget exceeded": 1}
     assert sensor._buffered_total == 0
 
@@ -515,7 +578,8 @@ def test_many_sequential_connections_within_max_flows() -> None:
         frames += full_association(cport=41000 + i, n_store=1, ts=T0 + i * 1_000_000).frames()
     engine, out, stats = run(frames, max_flows=8)
     assert stats.sensor.associations == 50 == len(records(out))
-    assert {r.details["result"] for r in records(out)} == {"released"}
+    assert {r.kind for r in records(out)} == {"dicom.association.released"}
+    assert stats.sensor.results == {"released": 50}
     assert len(engine.of("flow_closed")) == 50
     assert stats.capture.evicted == 0
 
@@ -653,6 +717,11 @@ def quiet_capture(tmp_path) -> str:
     return str(path)
 
 
+#: What the noisy capture records: one released association with a C-ECHO and a C-STORE, one alert.
+NOISY_KINDS = {"dicom.association.requested", "dicom.association.accepted", "dicom.dimse.c-echo",
+               "dicom.dimse.c-store", "dicom.association.released", "ids.alert.dicom-non-dicom-bytes"}
+
+
 @pytest.fixture
 def noisy_capture(tmp_path) -> str:
     path = tmp_path / "noisy.pcap"
@@ -674,7 +743,8 @@ def test_cli_read_alert_exits_1_json(noisy_capture: str) -> None:
     assert r.exit_code == 1, r.output
     lines = r.stdout.strip().splitlines()
     events = [Event.from_json(line) for line in lines[:-1]]
-    assert {e.kind for e in events} == {ASSOCIATION_KIND, "ids.alert.dicom-non-dicom-bytes"}
+    assert {e.kind for e in events} == NOISY_KINDS
+    assert len(records(events)) == 1
     summary = json.loads(lines[-1])["summary"]
     assert summary["alerts"]["total"] == 1
     assert summary["alerts"]["by_rule"][0]["rule_id"] == "dicom-non-dicom-bytes"
@@ -692,8 +762,8 @@ def test_cli_read_into_store_and_jsonl(noisy_capture: str, tmp_path) -> None:
     es = EventStore.open(str(db))
     try:
         stored = [s.event for s in es.search(EventQuery(limit=None))]
-        assert {e.kind for e in stored} == {ASSOCIATION_KIND, "ids.alert.dicom-non-dicom-bytes"}
-        assert [s.event.kind for s in es.search(EventQuery(patient="PAT1"))] == [ASSOCIATION_KIND]
+        assert {e.kind for e in stored} == NOISY_KINDS
+        assert [s.event.kind for s in es.search(EventQuery(patient="PAT1"))] == ["dicom.dimse.c-store"]
     finally:
         es.close()
     assert [Event.from_json(x).id for x in jl.read_text().splitlines()] == [e.id for e in stored]

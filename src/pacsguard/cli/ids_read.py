@@ -1,7 +1,8 @@
 """`pacsguard ids read CAPTURE` and `pacsguard ids live --interface IF`: the passive sensor.
 
 Both run the IDS rules (built-in plus ``--rules-dir`` and ``ids.rules_dirs``) over DICOM traffic
-and record every alert and one ``ids.dicom.association`` record per association:
+and record every alert and each association's ``dicom.association.*``/``dicom.dimse.*`` events
+(docs/events.md):
 
 * ``--store S``: into a pacsguard store (SQLite path or postgresql:// URL; created if missing);
 * ``--jsonl FILE``: appended as JSON lines (both may be given);

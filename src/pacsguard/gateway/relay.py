@@ -445,9 +445,7 @@ class AssociationRelay:
             return
         self.calling_ae = rq.calling_ae_title
         self.record = self._new_record(rq.called_ae_title)
-        self.record.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
-                                contexts=len(rq.presentation_contexts), tls=self.cert is not None,
-                                certificate=self.cert)
+        self.record.requested(rq, tls=self.cert is not None, certificate=self.cert)
         verdict = decide(self.rt.checks, "on_associate", self, rq, events)
         if self.closed:  # a quarantine verdict has cut this association off already
             return
@@ -527,18 +525,12 @@ class AssociationRelay:
                 return []
             self.state = "established"
             self._arm(self.route.limits.idle_timeout, "idle")
-            accepted = sorted({self.decoder.contexts[c][0] for c in self.decoder.contexts})
-            self._record().association("accepted", message=f"{len(accepted)} SOP classes accepted",
-                                       accepted=accepted, refused_by_policy=refused,
-                                       max_pdu=self.decoder.acceptor_max_pdu_length)
+            self._record().accepted(self.decoder, refused)
             return [raw]
         if kind == P.PDU_ASSOCIATE_RJ:
             events = self.decoder.on_pdu(False, raw_pdu)
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
-            self._record().association("rejected", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
-                                       message="rejected by the upstream", by="upstream",
-                                       result=getattr(rj, "result", None), source=getattr(rj, "source", None),
-                                       reason_code=getattr(rj, "reason", None))
+            self._record().upstream_rejected(rj)
             self.state = "closed"
             if self.client is not None and self.client.transport is not None:
                 self.client.transport.write(raw_pdu.raw)
@@ -670,10 +662,7 @@ class AssociationRelay:
         asyncio.get_running_loop().call_later(0.05, self.close)
 
     def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
-        self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
-                             message=f"A-ABORT from the {'client' if from_client else 'upstream'}",
-                             by="client" if from_client else "upstream", source=getattr(ev, "source", None),
-                             reason_code=getattr(ev, "reason", None), **self._totals())
+        self._record().peer_aborted(from_client, ev, **self._totals())
         self.state = "closed"
         asyncio.get_running_loop().call_later(0.05, self.close)
 

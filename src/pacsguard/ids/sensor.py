@@ -1,5 +1,6 @@
 """The passive sensor: reassembled TCP streams in, DICOM protocol events to the rule engine,
-alerts and one association record per association out.
+alerts and each association's record (the gateway's ``dicom.association.*``/``dicom.dimse.*``
+Events) out.
 
 :class:`PassiveSensor` is a :class:`~pacsguard.ids.capture.StreamConsumer`: the capture layer
 (:func:`~pacsguard.ids.capture.read_capture`, :func:`~pacsguard.ids.capture.live_capture`) calls
@@ -15,9 +16,16 @@ alerts and one association record per association out.
    :class:`Flow` and the *capture* time of the segment that completed it (``now``, seconds since
    the epoch), so rule windows (brute force, floods) run on capture time, not on reading time;
 4. publishes the :class:`~pacsguard.events.Event` of every alert the engine returns (its
-   ``time`` set to the capture time at which the rule fired), and at the end of the connection
-   one association record, an Event of kind ``ids.dicom.association``
-   (Zeek's dicom.log in spirit; fields in :func:`association_record`).
+   ``time`` set to the capture time at which the rule fired);
+5. records the association through :class:`~pacsguard.records.dicom.AssociationRecord`, the
+   recorder the gateway's relay uses (docs/events.md, "One shape"): ``dicom.association.requested``
+   and ``accepted`` as they are seen, one ``dicom.dimse.<service>`` per request at its final
+   response, and, when the TCP connection closes, how the association ended (``released``,
+   ``aborted``, ``rejected``, at the capture time of the PDU that ended it) with the totals and,
+   under ``details.capture``, what only a capture knows (:func:`_capture_details`).  An
+   association cut without A-RELEASE or A-ABORT (FIN/RST, idle timeout, eviction, end of the
+   capture, decoding stopped) is ``aborted`` by the side that closed first when the capture shows
+   it, else by ``sensor`` (PS3.8 9.1: the association ends with the transport connection).
 
 Which connections are DICOM
 ---------------------------
@@ -26,7 +34,7 @@ Which connections are DICOM
   that is not in ``dicom_ports`` is left to the engine's "DICOM on unexpected port" rule.
 * The server port is in ``dicom_ports`` (``IdsSettings.dicom_ports``):
     - the TCP handshake was not captured (``Connection.midstream``): decoded mid-stream with
-      ``AssociationDecoder(resync=True, midstream=True)``; the record says ``midstream: true``;
+      ``AssociationDecoder(resync=True, midstream=True)``; ``details.capture.midstream`` is true;
     - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
       counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
     - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
@@ -62,23 +70,24 @@ the record (``violations_after_loss``) and not handed to the engine.  Because th
 reported only after the misordered PDUs were decoded, an ordering violation on a clean connection
 is held back until the connection closes or :data:`HOLD_US` of capture time pass; a gap in the
 meantime makes it an artefact of loss, otherwise it goes to the engine with its original time.
-The association record counts the gaps and bytes missing per direction and the bytes skipped
-while resynchronising.
+``details.capture`` counts the gaps and bytes missing per direction and the bytes skipped while
+resynchronising.
 
 Decode errors
 -------------
 A :class:`~pacsguard.dicom.DecodeError` (malformed bytes) first dispatches the events decoded
 before it (``err.partial``), then goes to :meth:`~pacsguard.ids.dicom.DicomAdapter.decode_error`; that connection
 is not decoded any further (counted in :attr:`SensorStats.decode_errors` by error code, noted in
-the association record).
+``details.capture``).
 
 Memory
 ------
-Per open connection: one small :class:`_ConnState` with bounded collections (at most
-``MAX_IDS`` patient IDs and study UIDs, ``MAX_KEYS`` command names and statuses, 128
-presentation contexts, ``MAX_HELD`` held violations), the undecided-connection buffer (at most
-``MAX_PENDING`` bytes) and the decoder's partial PDUs.  Connections are bounded by the capture
-layer's ``max_flows``; partial PDUs are bounded per direction by ``max_pdu_length`` and, over all
+Per open connection: one small :class:`_ConnState` with bounded collections (``MAX_KEYS``
+command names and statuses, ``MAX_HELD`` held violations), its association record (one
+:class:`~pacsguard.records.dicom.Pending` per request in flight, patient IDs bounded per
+request), the undecided-connection buffer (at most ``MAX_PENDING`` bytes) and the decoder's
+partial PDUs.  Connections are bounded by the capture layer's ``max_flows``; partial PDUs are
+bounded per direction by ``max_pdu_length`` and, over all
 connections, by ``max_buffer_total`` (checked after every decoded PDU and every 32 segments): the
 connection whose partial PDU crosses that budget stops being decoded (``"sensor buffer budget
 exceeded"`` in the skipped reasons and in its record).
@@ -89,6 +98,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.dicom import (
@@ -103,12 +113,10 @@ from pacsguard.dicom import (
     DimseDatasetStart,
     ProtocolViolation,
     ReleaseCompleted,
-    ReleaseRequested,
     looks_like_associate_rq,
 )
 from pacsguard.dicom.association import AssociationState
-from pacsguard.dicom.dimse import C_STORE_RQ
-from pacsguard.dicom.reasons import ABORT_SOURCES, RJ_RESULTS, RJ_SOURCES
+from pacsguard.dicom.pdu import AssociateRJ
 from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.events.model import time_from_us
@@ -117,26 +125,21 @@ from pacsguard.ids.dicom.adapter import DicomAdapter
 from pacsguard.ids.dicom.sniff import ASSOCIATE_HEAD_BYTES, looks_like_acceptor_pdu, plausible_pdata_header
 from pacsguard.ids.observation import Flow
 from pacsguard.ids.sniff import looks_like_tls
+from pacsguard.records.dicom import AssociationRecord, capture_time
 
 if TYPE_CHECKING:  # the engine is only needed for its API, not at import time
     from pacsguard.ids.engine import Engine
 
 __all__ = [
-    "ASSOCIATION_KIND",
     "CaptureClock",
     "PassiveSensor",
     "SensorStats",
-    "association_record",
     "looks_like_acceptor_pdu",
     "plausible_pdata_header",
 ]
 
-#: Event kind of the association record.
-ASSOCIATION_KIND = "ids.dicom.association"
 COMPONENT = "ids"
 
-#: Bound on the patient IDs and study UIDs kept per association record.
-MAX_IDS = 100
 #: Bound on distinct command names, statuses, move destinations, violation codes, rule ids.
 MAX_KEYS = 64
 #: Bound on bytes buffered for a connection whose protocol is not decided yet.
@@ -150,7 +153,7 @@ NON_DICOM_SAMPLE = 256
 #: Protocol violations about the *order* of PDUs and messages.  After a gap or a mid-stream start
 #: the decoder sees an incomplete view, and the capture layer delivers what follows a hole late
 #: (once it gives up on the hole), so these would be artefacts of capture loss: they are kept in
-#: the association record (``violations_after_loss``) and not handed to the engine.
+#: ``details.capture`` (``violations_after_loss``) and not handed to the engine.
 LOSS_SENSITIVE_VIOLATIONS = frozenset(
     {
         "unexpected-pdu",
@@ -168,6 +171,10 @@ HOLD_US = 10_000_000
 MAX_HELD = 16
 #: Default budget for partial PDUs buffered by all decoders together.
 DEFAULT_MAX_BUFFER_TOTAL = 256 << 20
+#: The ``cause`` of an association that ended without A-RELEASE or A-ABORT, by the capture
+#: layer's close reason (any other reason is its own cause).
+END_CAUSES = {"fin": "connection-lost", "rst": "connection-lost", "timeout": "timeout", "evicted": "evicted",
+              "end": "capture-ended"}
 
 # connection modes
 _UNDECIDED = 0
@@ -198,7 +205,7 @@ class SensorStats:
 
     connections: int = 0
     dicom_connections: int = 0
-    associations: int = 0  # association records published
+    associations: int = 0  # DICOM connections ended (their association's last Event published)
     midstream_associations: int = 0
     results: dict[str, int] = field(default_factory=dict)  # association result -> count
     commands: dict[str, int] = field(default_factory=dict)  # DIMSE command name -> count
@@ -252,25 +259,17 @@ class _ConnState:
         "nseg",
         "stopped",
         "told_engine",
-        # association record
-        "calling_ae",
-        "called_ae",
-        "rq_ts",
-        "requested_contexts",
-        "accepted",
+        # the association's record and what only a capture knows about it
+        "record",
+        "final",
+        "pdus",
         "impl_requestor",
         "impl_acceptor",
         "result",
-        "reject",
-        "abort",
-        "release_requested",
         "commands",
         "statuses",
         "datasets",
         "dataset_bytes",
-        "patient_ids",
-        "study_uids",
-        "ids_dropped",
         "move_destinations",
         "violations",
         "violations_after_loss",
@@ -281,7 +280,6 @@ class _ConnState:
         "resync_skipped",
         "restarts",
         "alerts",
-        "sop_instances",
     )
 
     def __init__(self, conn: Connection, flow: Any, dicom_port: bool) -> None:
@@ -302,24 +300,18 @@ class _ConnState:
         self.nseg = 0  # segments fed since the decoder started
         self.stopped: str | None = None
         self.told_engine = False
-        self.calling_ae: str | None = None
-        self.called_ae: str | None = None
-        self.rq_ts: int | None = None
-        self.requested_contexts = 0
-        self.accepted: list[str] = []
+        self.record: AssociationRecord | None = None
+        # how the association ended (phase, the record's keywords, capture time in µs), published
+        # when the connection closes, once everything the capture knows about it is counted
+        self.final: tuple[str, AssociateRJ | Aborted | None, int] | None = None
+        self.pdus = [0, 0]  # PDUs counted by decoders replaced after a gap: [from acceptor, from requestor]
         self.impl_requestor: dict[str, str] | None = None
         self.impl_acceptor: dict[str, str] | None = None
-        self.result = "incomplete"
-        self.reject: dict[str, Any] | None = None
-        self.abort: dict[str, Any] | None = None
-        self.release_requested = False
+        self.result = "incomplete"  # for SensorStats.results
         self.commands: dict[str, int] = {}
         self.statuses: dict[str, dict[str, int]] = {}
         self.datasets = [0, 0]  # [from acceptor, from requestor]
         self.dataset_bytes = [0, 0]
-        self.patient_ids: dict[str, None] = {}
-        self.study_uids: dict[str, None] = {}
-        self.ids_dropped = 0
         self.move_destinations: dict[str, int] = {}
         self.violations: dict[str, int] = {}
         self.violations_after_loss: dict[str, int] = {}
@@ -330,7 +322,6 @@ class _ConnState:
         self.resync_skipped = 0
         self.restarts = 0
         self.alerts: dict[str, int] = {}
-        self.sop_instances = 0
 
 
 class PassiveSensor:
@@ -340,14 +331,15 @@ class PassiveSensor:
         engine: the rule engine (:class:`pacsguard.ids.engine.Engine`), fed through a
             :class:`~pacsguard.ids.dicom.DicomAdapter`; every call may return a list of
             alerts, whose ``event`` is published.
-        publish: called with every Event (alerts and association records), in capture order.
+        publish: called with every Event (alerts and the associations' records), in capture order.
         dicom_ports: server ports where DICOM is expected (default: ``engine.settings.dicom_ports``).
         sensor: the ``Flow.sensor`` name (which sensor saw the flow).
         clock: a :class:`CaptureClock` to advance (give the same one to the engine).
         max_pdu_length: largest PDU a decoder buffers (a larger announced length in a stream
             that started cleanly is a decode error, ``pdu-length-exceeds-maximum``).
         max_buffer_total: budget for partial PDUs over all connections (see module docstring).
-        log_associations: publish the ``ids.dicom.association`` records (default True).
+        log_associations: publish the association's ``dicom.association.*`` and ``dicom.dimse.*``
+            Events (default True); alerts are published either way.
         flow_factory: what builds a connection's flow (default: the engine's ``Flow``).
         adapter: the DICOM adapter to feed (default: ``DicomAdapter(engine)``); a test double
             records the calls.
@@ -386,7 +378,6 @@ class PassiveSensor:
             AssociationRequested: self._on_requested,
             AssociationAccepted: self._on_accepted,
             AssociationRejected: self._on_rejected,
-            ReleaseRequested: self._on_release_requested,
             ReleaseCompleted: self._on_released,
             Aborted: self._on_aborted,
             DimseCommand: self._on_command,
@@ -455,16 +446,16 @@ class PassiveSensor:
             if st.held is not None:
                 self._release_held(st)
             self._release_budget(st)
-            if st.decoder is not None:
-                st.resync_skipped += st.decoder.skipped_bytes
-                self.stats.resync_skipped_bytes += st.decoder.skipped_bytes
+            self._retire_decoder(st)
             self._set_decoder(st, None)
             self.stats.dicom_bytes += conn.client_bytes + conn.server_bytes
             if st.result == "accepted" and reason in ("fin", "rst"):
                 # the connection ended while the association was up, without release or abort
                 st.result = "incomplete"
-            if self.log_associations:
-                self._emit(association_record(st, reason, ts))
+            record = self._record(st)
+            if record is not None:
+                self._now(ts)
+                self._end_record(st, record, reason, ts)
             self.stats.associations += 1
             _bump(self.stats.results, st.result)
             if st.midstream:
@@ -562,7 +553,8 @@ class PassiveSensor:
         st.midstream = midstream
         st.told_engine = True
         self.stats.dicom_connections += 1
-        self._set_decoder(st, AssociationDecoder(resync=midstream, midstream=midstream, max_pdu_length=self.max_pdu_length))
+        decoder = AssociationDecoder(resync=midstream, midstream=midstream, max_pdu_length=self.max_pdu_length)
+        self._set_decoder(st, decoder)
         st.head = bytearray()
         pending, st.pending = st.pending or [], None
         st.pending_bytes = 0
@@ -684,15 +676,23 @@ class PassiveSensor:
         self._stop(st, f"decode error: {err.code}")
 
     def _stop(self, st: _ConnState, why: str) -> None:
-        if st.decoder is not None:
-            st.resync_skipped += st.decoder.skipped_bytes
-            self.stats.resync_skipped_bytes += st.decoder.skipped_bytes
+        self._retire_decoder(st)
         self._set_decoder(st, None)
         st.mode = _STOPPED
         st.stopped = why
         self._release_budget(st)
         if not why.startswith("decode error"):
             _bump(self.stats.skipped, why)
+
+    def _retire_decoder(self, st: _ConnState) -> None:
+        """Keep the counters of a decoder about to be replaced or dropped."""
+        old = st.decoder
+        if old is None:
+            return
+        st.resync_skipped += old.skipped_bytes
+        self.stats.resync_skipped_bytes += old.skipped_bytes
+        st.pdus[0] += old.acceptor.pdus
+        st.pdus[1] += old.requestor.pdus
 
     @staticmethod
     def _set_decoder(st: _ConnState, decoder: AssociationDecoder | None) -> None:
@@ -718,8 +718,7 @@ class PassiveSensor:
         if old is None:
             return
         st.restarts += 1
-        st.resync_skipped += old.skipped_bytes
-        self.stats.resync_skipped_bytes += old.skipped_bytes
+        self._retire_decoder(st)
         self._release_budget(st)
         new = AssociationDecoder(resync=True, midstream=True, max_pdu_length=self.max_pdu_length)
         if old.rq is not None:
@@ -744,58 +743,60 @@ class PassiveSensor:
 
     # ------------------------------------------------------------------ event bookkeeping
 
+    def _record(self, st: _ConnState) -> AssociationRecord | None:
+        """The connection's association record, made at the first protocol event (an A-ASSOCIATE-RQ,
+        or whatever a mid-stream connection shows first); None when records are not published."""
+        record = st.record
+        if record is None and self.log_associations:
+            conn = st.conn
+            record = st.record = AssociationRecord(
+                self._emit, component=COMPONENT, client=Party(host=conn.client_ip, port=conn.client_port),
+                server=Party(host=conn.server_ip, port=conn.server_port), route=None,
+                flow=getattr(st.flow, "id", None), sensor=self.sensor, clock=self.clock, wallclock=self._capture_now)
+        return record
+
+    def _capture_now(self) -> datetime:
+        return capture_time(self.clock())
+
     def _on_requested(self, st: _ConnState, ev: AssociationRequested, ts: int) -> None:
         rq = ev.rq
-        st.calling_ae = rq.calling_ae_title
-        st.called_ae = rq.called_ae_title
-        st.rq_ts = ts
-        st.requested_contexts = len(rq.presentation_contexts)
         st.impl_requestor = _implementation(rq.user_information)
+        record = self._record(st)
+        if record is not None:
+            conn = st.conn
+            record.client = Party(ae_title=rq.calling_ae_title, host=conn.client_ip, port=conn.client_port)
+            record.server = Party(ae_title=rq.called_ae_title, host=conn.server_ip, port=conn.server_port)
+            record.called_ae = rq.called_ae_title
+            record.requested(rq, tls=False, certificate=None)
 
     def _on_accepted(self, st: _ConnState, ev: AssociationAccepted, ts: int) -> None:
         st.result = "accepted"
-        rq = st.decoder.rq if st.decoder is not None else None
-        seen: dict[str, None] = {}
-        for pc in ev.ac.presentation_contexts:
-            if pc.accepted and rq is not None:
-                proposed = rq.context(pc.context_id)
-                if proposed is not None:
-                    seen[proposed.abstract_syntax] = None
-        st.accepted = list(seen)[:128]
         st.impl_acceptor = _implementation(ev.ac.user_information)
+        record = self._record(st)
+        if record is not None and st.decoder is not None:
+            record.accepted(st.decoder, [])  # a sensor enforces no policy: nothing refused by one
 
     def _on_rejected(self, st: _ConnState, ev: AssociationRejected, ts: int) -> None:
-        rj = ev.rj
         st.result = "rejected"
-        st.reject = {
-            # the record's short form of the Table 9-21 name: permanent / transient
-            "result": RJ_RESULTS[rj.result].removeprefix("rejected-") if rj.result in RJ_RESULTS else rj.result,
-            "source": RJ_SOURCES.get(rj.source, rj.source),
-            "reason": rj.reason,
-        }
-
-    def _on_release_requested(self, st: _ConnState, ev: ReleaseRequested, ts: int) -> None:
-        st.release_requested = True
+        if st.final is None:
+            st.final = ("rejected", ev.rj, ts)
 
     def _on_released(self, st: _ConnState, ev: ReleaseCompleted, ts: int) -> None:
         if st.result in ("accepted", "incomplete"):
             st.result = "released"
+        if st.final is None:
+            st.final = ("released", None, ts)
 
     def _on_aborted(self, st: _ConnState, ev: Aborted, ts: int) -> None:
         st.result = "aborted"
-        st.abort = {
-            "by": "requestor" if ev.from_requestor else "acceptor",
-            "source": ABORT_SOURCES.get(ev.source, ev.source),
-            "reason": ev.reason,
-        }
+        if st.final is None:
+            st.final = ("aborted", ev, ts)
 
     def _on_command(self, st: _ConnState, ev: DimseCommand, ts: int) -> None:
         cmd = ev.command
         name = cmd.name
         _bump_bounded(st.commands, name)
         _bump_bounded(self.stats.commands, name)
-        if cmd.command_field == C_STORE_RQ:
-            st.sop_instances += 1
         status = cmd.status
         if status is not None:
             per = st.statuses.get(name)
@@ -805,20 +806,22 @@ class PassiveSensor:
                 _bump_bounded(per, f"0x{status:04X}")
         if cmd.move_destination:
             _bump_bounded(st.move_destinations, cmd.move_destination)
+        record = st.record or self._record(st)
+        if record is not None:
+            record.command(ev)
 
     def _on_dataset_start(self, st: _ConnState, ev: DimseDatasetStart, ts: int) -> None:
-        peek = ev.peek
-        for value, seen in ((peek.patient_id, st.patient_ids), (peek.study_instance_uid, st.study_uids)):
-            if value and value not in seen:
-                if len(seen) < MAX_IDS:
-                    seen[value] = None
-                else:
-                    st.ids_dropped += 1
+        record = st.record or self._record(st)
+        if record is not None:
+            record.dataset_start(ev)
 
     def _on_dataset_end(self, st: _ConnState, ev: DimseDatasetEnd, ts: int) -> None:
         idx = 1 if ev.from_requestor else 0
         st.datasets[idx] += 1
         st.dataset_bytes[idx] += ev.total_bytes
+        record = st.record
+        if record is not None:
+            record.dataset_end(ev)
 
     def _on_violation(self, st: _ConnState, ev: ProtocolViolation, ts: int) -> None:
         _bump_bounded(st.violations, ev.code)
@@ -845,6 +848,32 @@ class PassiveSensor:
                 _bump_bounded(st.alerts, rule)
             self._emit(replace(alert.event, time=when))
 
+    def _end_record(self, st: _ConnState, record: AssociationRecord, close_reason: str, ts: int) -> None:
+        """The association's last Event, as the gateway records it, with ``details.capture``; its time
+        is that of the PDU that ended the association (the close, when none did)."""
+        capture = _capture_details(st, close_reason)
+        conn = st.conn
+        phase, pdu_event, at = st.final if st.final is not None else ("lost", None, ts)
+
+        def totals() -> dict[str, Any]:
+            return {"bytes_from_client": conn.client_bytes, "bytes_from_upstream": conn.server_bytes,
+                    "duration_ms": round(max(0, at - conn.first_ts_us) / 1000, 3),
+                    "pdus_from_client": st.pdus[1], "pdus_from_upstream": st.pdus[0]}
+
+        when = time_from_us(at)
+        if isinstance(pdu_event, AssociateRJ):
+            record.upstream_rejected(pdu_event, at=when, capture=capture)
+        elif isinstance(pdu_event, Aborted):
+            record.peer_aborted(pdu_event.from_requestor, pdu_event, at=when, **totals(), capture=capture)
+        elif phase == "released":
+            record.ended("released", message="released", at=when, **totals(), capture=capture)
+        else:
+            by, cause, why = _how_it_ended(st, close_reason)
+            record.ended("aborted", severity=Severity.NOTICE,
+                         outcome=Outcome.SERIOUS_FAILURE if cause == "connection-lost" else Outcome.UNKNOWN,
+                         message=f"association ended without A-RELEASE or A-ABORT: {why}", at=when, by=by,
+                         reason=why, cause=cause, **totals(), capture=capture)
+
     def _emit(self, event: Event) -> None:
         self.stats.events_published += 1
         self.publish(event)
@@ -861,116 +890,41 @@ def _implementation(ui: Any) -> dict[str, str] | None:
     return out or None
 
 
-_OUTCOMES = {
-    "released": Outcome.SUCCESS,
-    "accepted": Outcome.UNKNOWN,
-    "rejected": Outcome.MINOR_FAILURE,
-    "aborted": Outcome.SERIOUS_FAILURE,
-    "incomplete": Outcome.UNKNOWN,
-}
+def _how_it_ended(st: _ConnState, close_reason: str) -> tuple[str, str, str]:
+    """``by``, ``cause`` and ``reason`` of an association that ended without A-RELEASE or A-ABORT."""
+    if st.stopped:
+        return "sensor", "decode-error" if st.decode_error else "decode-stopped", st.stopped
+    cause = END_CAUSES.get(close_reason, close_reason)
+    first = st.conn.closed_first_by_client
+    if cause != "connection-lost" or first is None:
+        return "sensor", cause, f"TCP connection closed ({close_reason})" if cause == close_reason else cause
+    who = "client" if first else "upstream"
+    return who, cause, f"{who} closed the connection ({close_reason})"
 
 
-def association_record(st: _ConnState, close_reason: str, end_ts: int) -> Event:
-    """The ``ids.dicom.association`` Event for one association (one TCP connection).
-
-    ``time`` is the capture time the connection was first seen; ``actor`` is the requestor
-    (calling AE, client address), ``target`` the acceptor (called AE, server address).
-    ``details``:
-
-    ``client``/``server`` (``ip:port``), ``calling_ae``/``called_ae`` (None mid-stream),
-    ``result`` (``released`` | ``rejected`` | ``aborted`` | ``accepted`` (still open when the
-    capture ended or the connection was evicted/timed out) | ``incomplete`` (closed without
-    release/abort, no answer to the request, or decoding stopped)), ``tcp_close`` (fin, rst,
-    timeout, evicted, end), ``duration_s``, ``midstream``, ``requested_contexts``,
-    ``accepted_abstract_syntaxes`` (UIDs), ``commands`` ({name: count}), ``statuses``
-    ({response name: {"0xNNNN": count}}), ``requestor``/``acceptor`` ({``bytes``: TCP payload,
-    ``datasets``, ``dataset_bytes``, ``gaps``, ``gap_bytes``}), ``patient_ids``/``study_uids``
-    counts with ``ids_truncated`` (the lists themselves are the Event's ``patient_ids`` and
-    ``study_uids``, at most :data:`MAX_IDS` each), ``resync_skipped_bytes``; when present:
-    ``reject``, ``abort``, ``decode_error``, ``stopped``, ``violations``, ``move_destinations``,
-    ``implementation`` ({requestor, acceptor}), ``alerts`` ({rule id: count}).
-    """
-    conn = st.conn
-    start = conn.first_ts_us
-    duration = max(0, end_ts - start) / 1e6
-    requestor = {
-        "bytes": conn.client_bytes,
-        "datasets": st.datasets[1],
-        "dataset_bytes": st.dataset_bytes[1],
-        "gaps": st.gaps[1],
-        "gap_bytes": st.gap_bytes[1],
-    }
-    acceptor = {
-        "bytes": conn.server_bytes,
-        "datasets": st.datasets[0],
-        "dataset_bytes": st.dataset_bytes[0],
-        "gaps": st.gaps[0],
-        "gap_bytes": st.gap_bytes[0],
-    }
-    result = st.result
-    details: dict[str, Any] = {
-        "flow": st.flow.id if hasattr(st.flow, "id") else None,
-        "client": f"{conn.client_ip}:{conn.client_port}",
-        "server": f"{conn.server_ip}:{conn.server_port}",
-        "calling_ae": st.calling_ae,
-        "called_ae": st.called_ae,
-        "result": result,
+def _capture_details(st: _ConnState, close_reason: str) -> dict[str, Any]:
+    """What only a capture knows about an association: the final Event's ``details.capture``."""
+    capture: dict[str, Any] = {
         "tcp_close": close_reason,
-        "duration_s": round(duration, 6),
         "midstream": st.midstream,
-        "requested_contexts": st.requested_contexts,
-        "accepted_abstract_syntaxes": st.accepted,
         "commands": dict(st.commands),
         "statuses": {k: dict(v) for k, v in st.statuses.items()},
-        "requestor": requestor,
-        "acceptor": acceptor,
-        "patient_ids": len(st.patient_ids),
-        "study_uids": len(st.study_uids),
-        "ids_truncated": st.ids_dropped,
+        "requestor": {"datasets": st.datasets[1], "dataset_bytes": st.dataset_bytes[1], "gaps": st.gaps[1],
+                      "gap_bytes": st.gap_bytes[1]},
+        "acceptor": {"datasets": st.datasets[0], "dataset_bytes": st.dataset_bytes[0], "gaps": st.gaps[0],
+                     "gap_bytes": st.gap_bytes[0]},
         "resync_skipped_bytes": st.resync_skipped,
     }
-    if st.reject:
-        details["reject"] = st.reject
-    if st.abort:
-        details["abort"] = st.abort
-    if st.decode_error:
-        details["decode_error"] = st.decode_error
-    if st.stopped:
-        details["stopped"] = st.stopped
-    if st.violations:
-        details["violations"] = dict(st.violations)
-    if st.violations_after_loss:
-        details["violations_after_loss"] = dict(st.violations_after_loss)
-    if st.move_destinations:
-        details["move_destinations"] = dict(st.move_destinations)
+    optional: dict[str, Any] = {
+        "resyncs": st.restarts,
+        "decode_error": st.decode_error,
+        "stopped": st.stopped,
+        "violations": dict(st.violations),
+        "violations_after_loss": dict(st.violations_after_loss),
+        "move_destinations": dict(st.move_destinations),
+        "alerts": dict(st.alerts),
+    }
     if st.impl_requestor or st.impl_acceptor:
-        details["implementation"] = {"requestor": st.impl_requestor, "acceptor": st.impl_acceptor}
-    if st.alerts:
-        details["alerts"] = dict(st.alerts)
-    if st.restarts:
-        details["resyncs"] = st.restarts
-    ncmd = sum(st.commands.values())
-    summary = ", ".join(f"{n} {name}" for name, n in sorted(st.commands.items(), key=lambda kv: -kv[1])[:4])
-    message = (
-        f"{st.calling_ae or '?'} -> {st.called_ae or '?'} "
-        f"{conn.client_ip}:{conn.client_port} -> {conn.server_ip}:{conn.server_port}: {result}"
-        + (f", {ncmd} commands ({summary})" if ncmd else "")
-        + (" [mid-stream]" if st.midstream else "")
-    )
-    severity = Severity.INFO
-    if result in ("rejected", "aborted") or st.decode_error or st.violations:
-        severity = Severity.NOTICE
-    return Event(
-        kind=ASSOCIATION_KIND,
-        component=COMPONENT,
-        severity=severity,
-        outcome=_OUTCOMES.get(result, Outcome.UNKNOWN),
-        actor=Party(ae_title=st.calling_ae, host=conn.client_ip, port=conn.client_port),
-        target=Party(ae_title=st.called_ae, host=conn.server_ip, port=conn.server_port),
-        patient_ids=tuple(st.patient_ids),
-        study_uids=tuple(st.study_uids),
-        sop_instance_count=st.sop_instances,
-        details=details,
-        message=message,
-        time=time_from_us(start),
-    )
+        optional["implementation"] = {"requestor": st.impl_requestor, "acceptor": st.impl_acceptor}
+    capture.update((k, v) for k, v in optional.items() if v)
+    return capture

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.dimse import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ, CommandSet, command_name, status_category
-from pacsguard.dicom.events import DimseCommand, DimseDatasetEnd, DimseDatasetStart
+from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
+from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
 
 MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, not listed
@@ -111,17 +113,44 @@ class AssociationRecord:
     # --- association phases (PS3.8 9.3) ------------------------------------------------------
 
     def association(self, phase: str, *, severity: Severity = Severity.INFO, outcome: str = Outcome.SUCCESS,
-                    message: str = "", **details: Any) -> None:
-        """One `dicom.association.<phase>` Event: requested, accepted, rejected, released, aborted."""
+                    message: str = "", at: datetime | None = None, **details: Any) -> None:
+        """One `dicom.association.<phase>` Event: requested, accepted, rejected, released, aborted.
+        `at` is the Event time when it is not now (a capture records the end when the TCP
+        connection closes, with the time of the PDU that ended the association)."""
         self._emit(Event(kind=f"dicom.association.{phase}", component=self.component, severity=severity,
                          outcome=outcome, actor=self.client, target=self.server, message=message,
-                         details={**self._common, "called_ae": self.called_ae, **details}, time=self.wallclock()))
+                         details={**self._common, "called_ae": self.called_ae, **details},
+                         time=at if at is not None else self.wallclock()))
 
     def ended(self, phase: str, *, severity: Severity = Severity.INFO, outcome: str = Outcome.SUCCESS,
-              message: str = "", **details: Any) -> None:
-        """Released or aborted: requests still in flight are recorded as aborted first."""
+              message: str = "", at: datetime | None = None, **details: Any) -> None:
+        """Released, aborted or rejected: requests still in flight are recorded as aborted first."""
         self.abandon()
-        self.association(phase, severity=severity, outcome=outcome, message=message, **details)
+        self.association(phase, severity=severity, outcome=outcome, message=message, at=at, **details)
+
+    def requested(self, rq: AssociateRQ, *, tls: bool, certificate: dict[str, Any] | None) -> None:
+        """The A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
+        self.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
+                         contexts=len(rq.presentation_contexts), tls=tls, certificate=certificate)
+
+    def accepted(self, decoder: AssociationDecoder, refused_by_policy: list[str]) -> None:
+        """The A-ASSOCIATE-AC (PS3.8 9.3.3): the abstract syntaxes of the accepted presentation contexts."""
+        accepted = sorted({abstract for abstract, _ in decoder.contexts.values()})
+        self.association("accepted", message=f"{len(accepted)} SOP classes accepted", accepted=accepted,
+                         refused_by_policy=refused_by_policy, max_pdu=decoder.acceptor_max_pdu_length)
+
+    def upstream_rejected(self, rj: AssociateRJ | None, **details: Any) -> None:
+        """An A-ASSOCIATE-RJ from the acceptor (PS3.8 9.3.4, Table 9-21: result, source, reason)."""
+        self.ended("rejected", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                   message="rejected by the upstream", by="upstream", result=getattr(rj, "result", None),
+                   source=getattr(rj, "source", None), reason_code=getattr(rj, "reason", None), **details)
+
+    def peer_aborted(self, from_client: bool, ev: Aborted | None, **details: Any) -> None:
+        """An A-ABORT from either peer (PS3.8 9.3.8: source and reason)."""
+        who = "client" if from_client else "upstream"
+        self.ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                   message=f"A-ABORT from the {who}", by=who, source=getattr(ev, "source", None),
+                   reason_code=getattr(ev, "reason", None), **details)
 
     def abandon(self) -> None:
         """Record every request still waiting for its final response as cut off."""

@@ -178,6 +178,8 @@ class Connection:
     conn_id: int = 0
     state: Any = None
     close_reason: str | None = None
+    #: which side sent the first FIN or RST (True: the client), None until one was seen
+    closed_first_by_client: bool | None = None
     _c2s: _Half | None = field(default=None, repr=False)
     _s2c: _Half | None = field(default=None, repr=False)
     _mark: int = field(default=0, repr=False)  # CLOCK reference mark (capture time)
@@ -475,6 +477,8 @@ class TCPReassembler:
                     self._drain(half, ts)
 
         if flags & (FIN | RST):
+            if conn.closed_first_by_client is None:
+                conn.closed_first_by_client = half.from_client
             if flags & RST:
                 self._close(conn, "rst", ts)
                 return
