@@ -75,7 +75,8 @@ def _events() -> list[Event]:
          details={"rule_id": "dicom-c-find-sweep", "title": "C-FIND sweep", "action": "block"})
     make("ids.alert.dicom-echo-scan", component="ids", severity=Severity.ALERT, outcome=Outcome.UNKNOWN,
          actor=Party(host="10.3.0.9"), details={"rule_id": "dicom-echo-scan", "title": "echo", "action": "alert"})
-    make("ids.dicom.association", component="ids", actor=MODALITY, target=PACS, details={"commands": {"C-ECHO": 1}})
+    make("dicom.association.released", component="ids", actor=MODALITY, target=PACS,
+         details={"route": None, "capture": {"commands": {"C-ECHO": 1}}})
     make("store.verify.failed", component="store", severity=Severity.EMERGENCY, outcome=Outcome.MAJOR_FAILURE,
          message="\n\nleading newlines", actor=NOBODY, target=Party(ae_title=""))
     make("debug.trace", severity=Severity.DEBUG, message=HOSTILE)
