@@ -20,7 +20,7 @@ from typing import Final
 
 from . import events as ev
 from .dataset import peek_identifiers
-from .dimse import CommandSet, MAX_COMMAND_SET_LENGTH, decode_command_set
+from .dimse import MAX_COMMAND_SET_LENGTH, CommandSet, decode_command_set
 from .errors import COMMAND_SET_TOO_LARGE, UNKNOWN_PDU_TYPE, DecodeError
 from .events import (
     Aborted,

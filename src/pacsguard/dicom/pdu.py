@@ -17,7 +17,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Iterable, TypeAlias, Union
+from typing import Final, Generic, Iterable, TypeAlias, TypeVar, Union
 
 from . import errors as E
 from .errors import DecodeError
@@ -389,20 +389,23 @@ class UserInformation:
         return [i for i in self.items if isinstance(i, UnknownSubItem)]
 
 
-class _AssociateFields:
+_Context = TypeVar("_Context", PresentationContextRQ, PresentationContextAC)
+
+
+class _AssociateFields(Generic[_Context]):
     """What A-ASSOCIATE-RQ and -AC share (PS3.8 9.3.2, 9.3.3): the Maximum Length sub-item and
     lookup of a presentation context by its ID."""
 
     __slots__ = ()
     user_information: UserInformation | None
-    presentation_contexts: list
+    presentation_contexts: list[_Context]
 
     @property
     def max_length(self) -> int | None:
         """Maximum P-DATA-TF PDU-length the sender accepts (0 = unlimited)."""
         return self.user_information.max_length if self.user_information else None
 
-    def context(self, context_id: int):
+    def context(self, context_id: int) -> _Context | None:
         for pc in self.presentation_contexts:
             if pc.context_id == context_id:
                 return pc
@@ -410,7 +413,7 @@ class _AssociateFields:
 
 
 @dataclass(slots=True)
-class AssociateRQ(_AssociateFields):
+class AssociateRQ(_AssociateFields[PresentationContextRQ]):
     """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""
 
     called_ae_title: str
@@ -422,7 +425,7 @@ class AssociateRQ(_AssociateFields):
 
 
 @dataclass(slots=True)
-class AssociateAC(_AssociateFields):
+class AssociateAC(_AssociateFields[PresentationContextAC]):
     """A-ASSOCIATE-AC PDU (PS3.8 9.3.3).
 
     ``called_ae_title``/``calling_ae_title`` are the reserved fields that PS3.8

@@ -185,7 +185,7 @@ class PDUReader:
         pending = len(self._buf) - self._pos
         if pending < PDU_HEADER_LENGTH or self.resync or self._error is not None:
             return 0
-        length = _U32.unpack_from(self._buf, self._pos + 2)[0]
+        length: int = _U32.unpack_from(self._buf, self._pos + 2)[0]
         return PDU_HEADER_LENGTH + length - pending
 
     def skip(self, pdus: int, nbytes: int) -> None:
