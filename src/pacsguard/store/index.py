@@ -149,7 +149,7 @@ def decode_postings(first_seq: int, blob: bytes) -> list[int]:
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def _little_endian(offsets: array) -> bytes:
+def _little_endian(offsets: array[int]) -> bytes:
     if _BIG_ENDIAN:
         offsets = array("I", offsets)
         offsets.byteswap()

@@ -9,11 +9,11 @@ reads the seq span of the batches that overlap it; no filter reads the table in 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.engine import Connection
 
 from pacsguard.store.index import ACTOR, KIND, bucket_of, buckets_upto, decode_postings, patient_run
@@ -23,6 +23,9 @@ from pacsguard.store.schema import event_batches, event_patients, event_studies,
 _FETCH = 500
 #: Buckets read per statement by a patient search.
 _BUCKETS = 64
+
+#: Conditions on the events rows, all of which must hold.
+_Conditions = list[ColumnElement[bool]]
 
 
 @dataclass(slots=True)
@@ -46,7 +49,7 @@ def select_events(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
         return
     exact = _row_filter(q)
     if q.patient is not None:
-        yield from _by_patient(conn, q, exact)
+        yield from _by_patient(conn, q, q.patient, exact)
         return
     candidates = _candidates(conn, q)
     if candidates is None:
@@ -63,7 +66,7 @@ def select_events(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
     yield from _limited(_fetch(conn, wanted, exact), q.limit)
 
 
-def _fetch(conn: Connection, seqs: list[int], exact: list) -> Iterator[tuple[int, str]]:
+def _fetch(conn: Connection, seqs: Sequence[int], exact: _Conditions) -> Iterator[tuple[int, str]]:
     """The events of *seqs* that pass *exact*, in the order of *seqs*."""
     for i in range(0, len(seqs), _FETCH):
         chunk = seqs[i:i + _FETCH]
@@ -81,7 +84,7 @@ def _limited(rows: Iterator[tuple[int, str]], limit: int | None) -> Iterator[tup
             return
 
 
-def _by_patient(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[int, str]]:
+def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Conditions) -> Iterator[tuple[int, str]]:
     """A bucket at a time (newest first if asked), so a limited search stops early: the events placed
     by the patient (one run of rows per bucket) and those that name the patient later on."""
     buckets = _buckets(conn)
@@ -99,12 +102,12 @@ def _by_patient(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[
             chunk = buckets[i:i + _BUCKETS]
             # The runs as literal integers: built and planned in microseconds whatever the number of
             # buckets, and PostgreSQL sees each range (a join against a list of runs made it scan).
-            runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, q.patient)
+            runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, patient)
                                           for b in chunk) + ")")
             rows = [(seq, body) for seq, body in conn.execute(select(events.c.seq, events.c.body).where(
-                runs, events.c.patient_id == q.patient, *exact))]
+                runs, events.c.patient_id == patient, *exact))]
             others = conn.execute(select(event_patients.c.seq).where(
-                event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == q.patient)).scalars().all()
+                event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == patient)).scalars().all()
             if others:
                 rows += _fetch(conn, others, exact)
             rows.sort(reverse=q.newest_first)
@@ -140,7 +143,7 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
     return found
 
 
-def _postings(conn: Connection, term_clause) -> set[int]:
+def _postings(conn: Connection, term_clause: ColumnElement[bool]) -> set[int]:
     out: set[int] = set()
     for first_seq, blob in conn.execute(select(event_terms.c.first_seq, event_terms.c.seqs).where(term_clause)):
         out.update(decode_postings(first_seq, blob))
@@ -159,7 +162,7 @@ def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]
     return lo, hi
 
 
-def _scan(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[int, str]]:
+def _scan(conn: Connection, q: EventQuery, exact: _Conditions) -> Iterator[tuple[int, str]]:
     stmt = select(events.c.seq, events.c.body).where(*exact)
     if q.after_seq is not None:
         stmt = stmt.where(events.c.seq > q.after_seq)
@@ -169,9 +172,9 @@ def _scan(conn: Connection, q: EventQuery, exact: list) -> Iterator[tuple[int, s
     yield from conn.execute(stmt)
 
 
-def _row_filter(q: EventQuery) -> list:
+def _row_filter(q: EventQuery) -> _Conditions:
     """The filters as conditions on the events rows (the index may over-select, never under)."""
-    out = []
+    out: _Conditions = []
     if q.actor is not None:
         out.append(or_(events.c.actor_ae == q.actor, events.c.actor_host == q.actor, events.c.actor_user == q.actor))
     if q.kind is not None:

@@ -17,23 +17,34 @@ database can rewrite that tail consistently, which is why checkpoints are freque
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import Column, Connection, Row, Table, select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
 from pacsguard.store.merkle import Frontier, leaf_hash
-from pacsguard.store.schema import (checkpoints, event_batches, event_patients, event_studies, event_terms, events,
-                                    tree_state)
+from pacsguard.store.schema import (
+    checkpoints,
+    event_batches,
+    event_patients,
+    event_studies,
+    event_terms,
+    events,
+    tree_state,
+)
 from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
 
 # Search columns that must equal what the sealed event says.
 _COLUMNS = ("patient_id", "time_us", "kind", "actor_ae", "actor_host", "actor_user")
+
+#: An event's term-index inputs as sealed: (time_us, kind, actor AE title, host, user).
+_Terms = tuple[int, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +53,7 @@ class Finding:
     seq: int | None
     message: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "seq": self.seq, "message": self.message}
 
 
@@ -59,7 +70,7 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.findings
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "ok": self.ok, "events": self.events, "checkpoints": self.checkpoints,
                 "newest_checkpoint": self.newest_checkpoint,
                 "newest_checkpoint_valid": self.newest_checkpoint_valid,
@@ -75,7 +86,7 @@ class _Row:
     problems: list[str]
     patients: tuple[str, ...]  # after the first (index.other_patients): the ones event_patients lists
     studies: tuple[str, ...]
-    terms_of: tuple | None = None  # (time_us, kind, actor AE, host, user) as sealed, for the term index
+    terms_of: _Terms | None = None  # as sealed, for the term index
     misplaced: str | None = None
 
 
@@ -107,7 +118,7 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     return report
 
 
-def _read_rows(conn, expected: int, progress) -> list[_Row]:
+def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], None] | None) -> list[_Row]:
     # In place order: the table's own order, read straight through; sorted by seq afterwards.
     stmt = select(events.c.place, events.c.seq, events.c.body, events.c.leaf,
                   *[events.c[c] for c in _COLUMNS]).order_by(events.c.place)
@@ -119,9 +130,12 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
         leaf = leaf_hash(body_bytes)
         if leaf != r.leaf:
             problems.append("its sealed record does not match its stored hash (the body was edited)")
-        sealed_seq = prev = terms_of = None
-        patients = studies = ()
-        misplaced = None
+        sealed_seq: int | None = None
+        prev: bytes | None = None
+        terms_of: _Terms | None = None
+        patients: tuple[str, ...] = ()
+        studies: tuple[str, ...] = ()
+        misplaced: str | None = None
         try:
             sealed = orjson.loads(body_bytes)
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
@@ -148,7 +162,7 @@ def _read_rows(conn, expected: int, progress) -> list[_Row]:
     return out
 
 
-def _columns_of(ev: Event) -> dict:
+def _columns_of(ev: Event) -> dict[str, Any]:
     return {"patient_id": placed_by(ev.patient_ids), "time_us": ev.time_us, "kind": ev.kind,
             "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
 
@@ -166,7 +180,7 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
     referenced = {row.prev for row in rows if row.prev is not None}
     last = max(claimants) if claimants else -1
     chain: list[bytes] = []
-    prev_leaf = GENESIS_PREV
+    prev_leaf: bytes | None = GENESIS_PREV
     chain_broken = False
     for seq in range(last + 1):
         rows_for = claimants.get(seq, [])
@@ -201,7 +215,8 @@ def _choose(rows_for: list[_Row], prev_leaf: bytes | None, referenced: set[bytes
     return max(rows_for, key=score)
 
 
-def _index_digest(conn, table, column, findings: list[Finding]) -> dict[int, set[str]]:
+def _index_digest(conn: Connection, table: Table, column: Column[str],
+                  findings: list[Finding]) -> dict[int, set[str]]:
     out: dict[int, set[str]] = defaultdict(set)
     for bucket, value, seq in conn.execute(select(table.c.bucket, column, table.c.seq)):
         out[seq].add(value)
@@ -215,7 +230,7 @@ def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dic
                    findings: list[Finding]) -> None:
     tables = (("event_patients", patients, "patients after its first"), ("event_studies", studies, "studies"))
     for row in rows:
-        for (table, index, what), sealed in zip(tables, (row.patients, row.studies)):
+        for (table, index, what), sealed in zip(tables, (row.patients, row.studies), strict=True):
             have = index.pop(row.position, set())
             if have != set(sealed):
                 findings.append(Finding("index", row.position, f"event #{row.position}: {table} lists "
@@ -226,7 +241,8 @@ def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dic
                                     "which does not exist"))
 
 
-def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) -> None:
+def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequence[Row[Any]],
+                   findings: list[Finding]) -> None:
     """The batch time ranges must tile the stored events, and the term postings of each batch must be
     exactly what its sealed events say (index.py builds both the same way for the store)."""
     expected: dict[tuple[str, int], tuple[int, bytes]] = {}
@@ -236,9 +252,10 @@ def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) ->
             findings.append(Finding("index", b.first_seq, f"event_batches: the batch #{b.first_seq}..#{b.last_seq} "
                                     f"does not start where the one before ended (#{covered})"))
         covered = max(covered, b.last_seq + 1)
-        members = [rows[s].terms_of if s < len(rows) and rows[s].position == s else None
-                   for s in range(b.first_seq, b.last_seq + 1)]
-        if None in members:
+        sealed = [rows[s].terms_of if s < len(rows) and rows[s].position == s else None
+                  for s in range(b.first_seq, b.last_seq + 1)]
+        members = [m for m in sealed if m is not None]
+        if len(members) != len(sealed):
             continue  # a missing or unreadable event: reported by the chain check
         idx = BatchIndex(b.first_seq)
         for seq, m in enumerate(members, b.first_seq):
@@ -265,7 +282,8 @@ def _check_batches(rows: list[_Row], batches, terms, findings: list[Finding]) ->
                                 "(searches by it would miss events)"))
 
 
-def _check_checkpoints(chain: list[bytes], cps, public_key: Ed25519PublicKey | None, report: VerifyReport) -> None:
+def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: Ed25519PublicKey | None,
+                       report: VerifyReport) -> None:
     report.checkpoints = len(cps)
     frontier = Frontier()
     key_id = keys.key_id(public_key) if public_key is not None else None

@@ -13,7 +13,7 @@ branch_labels = None
 depends_on = None
 
 
-def _seq() -> sa.types.TypeEngine:
+def _seq() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 

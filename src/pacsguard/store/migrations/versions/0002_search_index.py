@@ -19,7 +19,7 @@ depends_on = None
 _CHUNK = 5000
 
 
-def _seq() -> sa.types.TypeEngine:
+def _seq() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -58,7 +58,7 @@ def upgrade() -> None:
     op.execute("UPDATE pacsguard_meta SET value = '2' WHERE key = 'format_version'")
 
 
-def _index_existing(conn, terms: sa.Table, batches: sa.Table) -> None:
+def _index_existing(conn: sa.Connection, terms: sa.Table, batches: sa.Table) -> None:
     """Postings and batch rows for the events already stored, in chunks of _CHUNK seqs."""
     rows = conn.execute(sa.text("SELECT seq, time_us, kind, actor_ae, actor_host, actor_user FROM events "
                                 "ORDER BY seq")).all()
@@ -67,7 +67,7 @@ def _index_existing(conn, terms: sa.Table, batches: sa.Table) -> None:
         idx = BatchIndex(chunk[0].seq)
         for r in chunk:
             idx.add(r.seq, r.time_us, r.kind, r.actor_ae, r.actor_host, r.actor_user, (), ())
-        conn.execute(terms.insert(), [dict(zip(("bucket", "term", "first_seq", "seqs"), row))
+        conn.execute(terms.insert(), [dict(zip(("bucket", "term", "first_seq", "seqs"), row, strict=True))
                                       for row in idx.term_rows()])
         conn.execute(batches.insert(), {"first_seq": chunk[0].seq, "last_seq": chunk[-1].seq,
                                         "min_time_us": idx.min_time, "max_time_us": idx.max_time})

@@ -26,7 +26,7 @@ _CHUNK = 20_000
 _KEPT = ("seq", "time_us", "kind", "actor_ae", "actor_host", "actor_user", "body", "leaf")
 
 
-def _seq() -> sa.types.TypeEngine:
+def _seq() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
