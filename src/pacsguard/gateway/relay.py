@@ -22,6 +22,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import replace
+from typing import Any
 
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
@@ -44,7 +45,7 @@ from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide
 from pacsguard.gateway.route import RouteView
-from pacsguard.gateway.verdict import ALLOW, RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
+from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 from pacsguard.records.dicom import AssociationRecord, Pending
 
 log = logging.getLogger("pacsguard.gateway")
@@ -130,7 +131,7 @@ class AssociationRelay:
         self.host = ""
         self.port = 0
         self.calling_ae: str | None = None
-        self.cert: dict | None = None
+        self.cert: dict[str, Any] | None = None
         self.record: AssociationRecord | None = None
         # Per direction (True = from the client): command PDVs held until the command set is judged,
         # and whether the data set of a refused request is being swallowed.
@@ -146,15 +147,17 @@ class AssociationRelay:
         self.bytes_in = {True: 0, False: 0}
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._connect_task: asyncio.Task | None = None
+        self._connect_task: asyncio.Task[None] | None = None
 
     # --- connection lifecycle -----------------------------------------------------------------
 
     def client_connected(self, side: Side) -> None:
         self.client = side
-        peer = side.transport.get_extra_info("peername") or ("?", 0)
+        transport = side.transport
+        assert transport is not None  # called from the leg's connection_made
+        peer = transport.get_extra_info("peername") or ("?", 0)
         self.host, self.port = str(peer[0]), int(peer[1])
-        ssl_object = side.transport.get_extra_info("ssl_object")
+        ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             from pacsguard.tls import describe_peer
 
@@ -390,14 +393,15 @@ class AssociationRelay:
         self.protocol_error(from_client, exc.code, str(exc))
 
     def protocol_error(self, from_client: bool, code: str, message: str) -> None:
-        who = f"{self.host}:{self.port}" if from_client else f"upstream {self.route.upstream.host}:{self.route.upstream.port}"
+        upstream = self.route.upstream
+        who = f"{self.host}:{self.port}" if from_client else f"upstream {upstream.host}:{upstream.port}"
         self.publish(Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
                            outcome=Outcome.SERIOUS_FAILURE,
                            actor=self._client_party() if from_client else self._upstream_party(),
                            target=self._upstream_party() if from_client else self._client_party(),
                            message=f"{code}: {message}",
-                           details={"route": self.route.name, "code": code, "from": "client" if from_client else "upstream",
-                                    "state": self.state}))
+                           details={"route": self.route.name, "code": code,
+                                    "from": "client" if from_client else "upstream", "state": self.state}))
         log.warning("route %s: protocol violation from %s: %s", self.route.name, who, message)
         self.abort(f"protocol violation ({code}) from {'client' if from_client else 'upstream'}", kind="protocol")
 
@@ -476,7 +480,7 @@ class AssociationRelay:
         up = self.route.upstream
         loop = asyncio.get_running_loop()
         try:
-            _, side = await asyncio.wait_for(
+            transport, side = await asyncio.wait_for(
                 loop.create_connection(lambda: Side(self, False), up.host, up.port, ssl=self.rt.upstream_ssl,
                                        server_hostname=(up.tls.server_name or up.host) if up.tls else None),
                 up.connect_timeout)
@@ -485,11 +489,11 @@ class AssociationRelay:
                 self._upstream_failed(_describe_connect_error(exc, up.connect_timeout))
             return
         if self.closed:
-            side.transport.close()
+            transport.close()
             return
         self.upstream = side
         self.state = "awaiting-ac"
-        side.transport.write(P.with_called_ae(raw_rq, up.ae_title))
+        transport.write(P.with_called_ae(raw_rq, up.ae_title))
         if self.early:
             # Judged now, in awaiting-ac: an A-ABORT passes, anything else is a protocol error
             # (PS3.8 9.2 state table, P-DATA-TF in Sta3: AA-8), so it never reaches the PACS.
@@ -555,8 +559,7 @@ class AssociationRelay:
             if pc.result == 0 and rq is not None:
                 proposed = rq.context(pc.context_id)
                 abstract = proposed.abstract_syntax if proposed is not None else None
-                verdict = decide(self.rt.checks, "on_context", self, abstract) if abstract else ALLOW
-                if verdict.refused:
+                if abstract and decide(self.rt.checks, "on_context", self, abstract).refused:
                     refused.append(abstract)
                     pc = replace(pc, result=P.PC_USER_REJECTION)
             contexts.append(pc)
@@ -617,9 +620,9 @@ class AssociationRelay:
                 else:
                     back.extend(self._refusal(refused, context_id))
                 held.clear()
-            elif self.dropping[from_client] is not None:
+            elif (dropping := self.dropping[from_client]) is not None:
                 if pdv.is_last:
-                    back.extend(self._refusal(self.dropping[from_client], context_id))
+                    back.extend(self._refusal(dropping, context_id))
                     self.dropping[from_client] = None
             else:
                 keep.append(pdv)
@@ -636,7 +639,8 @@ class AssociationRelay:
         """The DIMSE response the gateway gives instead of the PACS (PS3.7 9.3, status per Annex C)."""
         status = pending.refused_status or dimse.STATUS_NOT_AUTHORIZED
         command = dimse.response_for(pending.command, status, error_comment=(pending.refused or "")[:64] or None)
-        max_len = self.decoder.requestor_max_pdu_length if pending.from_requestor else self.decoder.acceptor_max_pdu_length
+        decoder = self.decoder
+        max_len = decoder.requestor_max_pdu_length if pending.from_requestor else decoder.acceptor_max_pdu_length
         self._record().answered(pending, dimse.decode_command_set(command))
         return P.encode_dimse_message(context_id, command, None, max_len)
 
@@ -689,7 +693,7 @@ class AssociationRelay:
         return AssociationRecord(self.publish, component="gateway", client=self._client_party(),
                                  server=self._upstream_party(), route=self.route.name, called_ae=called_ae)
 
-    def _totals(self) -> dict:
+    def _totals(self) -> dict[str, Any]:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
                 "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}

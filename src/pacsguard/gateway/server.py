@@ -59,8 +59,10 @@ class RouteRuntime:
     def quarantine(self, target: str, *, duration: timedelta | None, reason: str, component: str) -> None:
         self.gateway.quarantine(target, duration=duration, reason=reason, component=component)
 
-    def protocol_factory(self) -> asyncio.Protocol:
-        return TLSAcceptingSide(AssociationRelay(self), self.server_ssl) if self.server_ssl else Side(AssociationRelay(self), True)
+    def protocol_factory(self) -> Side:
+        if self.server_ssl:
+            return TLSAcceptingSide(AssociationRelay(self), self.server_ssl)
+        return Side(AssociationRelay(self), True)
 
 
 class TLSAcceptingSide(Side):
@@ -110,6 +112,7 @@ class TLSAcceptingSide(Side):
                                      details={"route": self.relay.route.name, "error": why}))
             raw.close()
             return
+        assert tls is not None  # start_tls returns the TLS transport once the handshake succeeded
         Side.connection_made(self, tls)
         self.ready = True
         early, self.early = self.early, []
@@ -132,7 +135,7 @@ class Gateway:
         self._read_quarantine = read_quarantine
         self._quarantine_seq = -1
         self._servers: list[asyncio.base_events.Server] = []
-        self._poller: asyncio.Task | None = None
+        self._poller: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
 
     async def start(self) -> list[Listener]:
@@ -207,7 +210,8 @@ class Gateway:
                 self.publish(Event(kind=q.ENFORCED, component="gateway", severity=Severity.WARNING,
                                    outcome=Outcome.SUCCESS, actor=Party(user=entry.by),
                                    target=Party(ae_title=relay.calling_ae, host=relay.host, port=relay.port),
-                                   message=f"cut off {relay.calling_ae or '?'}@{relay.host}: {entry.target} is quarantined",
+                                   message=(f"cut off {relay.calling_ae or '?'}@{relay.host}: "
+                                            f"{entry.target} is quarantined"),
                                    details={"route": rt.route.name, "target": entry.target, "reason": entry.reason}))
                 relay.abort(f"{entry.target} is quarantined", kind="quarantine")
 
