@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from ipaddress import ip_network
-from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
 from pacsguard.events import Event, Outcome, Party, Severity
@@ -45,7 +44,6 @@ from .rules import (
     SettingRef,
     Threshold,
     format_duration,
-    load_rules,
     parse_duration,
 )
 from .state import BoundedLRU, CountWindow, DistinctWindow, SumWindow

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -132,11 +132,13 @@ class IdsSettings(Strict):
     internal_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=_default_networks, description="the hospital's own address ranges")
     dicom_ports: list[int] = Field([104, 11112, 4242, 2761, 2762], description="ports where DICOM is expected")
-    known_ae_titles: list[str] | None = Field(None, description="every AE title of the site; unset: rules using it are off")
+    known_ae_titles: list[str] | None = Field(
+        None, description="every AE title of the site; unset: rules using it are off")
     move_destinations: list[str] | None = Field(None, description="AE titles C-MOVE may send to; unset: rule off")
     document_sources: list[str] | None = Field(
         None, description="AE titles allowed to store encapsulated PDF/CDA; unset: rule off")
-    rules_dirs: list[Path] = Field([], description="directories (or files) of site rules, loaded after the built-in set")
+    rules_dirs: list[Path] = Field(
+        [], description="directories (or files) of site rules, loaded after the built-in set")
     builtin_rules: bool = Field(True, description="load the built-in rule set")
     disabled_rules: list[str] = Field([], description="rule ids to turn off")
     thresholds: dict[str, ThresholdOverride] = Field({}, description="per rule id: count, within, baseline")
@@ -148,7 +150,7 @@ class IdsSettings(Strict):
 
     @field_validator("internal_networks", mode="before")
     @classmethod
-    def _cidrs(cls, value):
+    def _cidrs(cls, value: Any) -> list[IPv4Network | IPv6Network]:
         return parse_networks(value)
 
     @field_validator("dicom_ports")
@@ -161,7 +163,8 @@ class IdsSettings(Strict):
 
     def ref(self, name: str) -> list[Any] | None:
         """The settings list a rule names as ``$name`` (None when it is not set)."""
-        return getattr(self, name)
+        value: list[Any] | None = getattr(self, name)
+        return value
 
 
 # ----------------------------------------------------------------------------- the model
@@ -316,8 +319,8 @@ def parse_rules_text(text: str, file: str, *, builtin: bool = False) -> tuple[li
             if root is None:
                 return [], []
             if not isinstance(root, yaml.SequenceNode):
-                return [], [RuleProblem(file, None, "file", "expected a YAML list of rules (each starting with '- id:')",
-                                        root.start_mark.line + 1)]
+                expected = "expected a YAML list of rules (each starting with '- id:')"
+                return [], [RuleProblem(file, None, "file", expected, root.start_mark.line + 1)]
             items = [(node.start_mark.line + 1, loader.construct_object(node, deep=True)) for node in root.value]
         finally:
             loader.dispose()
@@ -435,9 +438,11 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
 
 
 _NUMERIC: Final = ("int", "float")
+#: How a parser reports a problem: (field, problem), collected into the RuleError.
+_Report = Callable[[str, str], None]
 
 
-def _scalar_for(ftype: FieldType, value: object, where: str, bad) -> tuple[bool, object]:
+def _scalar_for(ftype: FieldType, value: object, where: str, bad: _Report) -> tuple[bool, object]:
     """Check/convert one literal for a field of type *ftype*."""
     if ftype == "bool":
         if isinstance(value, bool):
@@ -456,7 +461,7 @@ def _scalar_for(ftype: FieldType, value: object, where: str, bad) -> tuple[bool,
     return False, None
 
 
-def _ref(value: object, where: str, bad, kinds: tuple[str, ...]) -> SettingRef | None:
+def _ref(value: object, where: str, bad: _Report, kinds: tuple[str, ...]) -> SettingRef | None:
     if isinstance(value, str) and value.startswith("$"):
         name = value[1:]
         if name not in SETTINGS_REFS:
@@ -469,7 +474,7 @@ def _ref(value: object, where: str, bad, kinds: tuple[str, ...]) -> SettingRef |
     return None
 
 
-def _parse_condition(spec: KindSpec, field: str, cond: object, bad) -> list[Condition]:
+def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> list[Condition]:
     where = f"match.{field}"
     ftype = spec.field_type(field)
     if ftype is None:
@@ -557,7 +562,7 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad) -> list[Cond
     return out
 
 
-def _parse_threshold(spec: KindSpec | None, data: object, bad) -> Threshold | None:
+def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Threshold | None:
     if not isinstance(data, dict):
         bad("threshold", "expected a mapping with count and within")
         return None

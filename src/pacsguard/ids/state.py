@@ -134,7 +134,7 @@ class CountWindow(_Window):
         self.count = count
         self.within = within
         if count <= EXACT_COUNT_LIMIT:
-            self._times: array | None = array("d")
+            self._times: array[float] | None = array("d")
             self._buckets: _Buckets | None = None
         else:
             self._times = None

@@ -308,8 +308,8 @@ class CaptureFile:
         tick: Callable[[int], None] | None = None,
     ) -> int:
         """Call ``handler_for(linktype)(buf, mv, off, caplen, ts_us)`` for up to ``limit`` frames
-        (``-1``: all), and ``tick(ts_us)`` once per second of capture time (and every 4096 frames).  Returns the frames handled; sets
-        :attr:`done` at the end of the file or at damage that ends the scan."""
+        (``-1``: all), and ``tick(ts_us)`` once per second of capture time (and every 4096 frames).  Returns the
+        frames handled; sets :attr:`done` at the end of the file or at damage that ends the scan."""
         if self.done or limit == 0:
             return 0
         scan = self._run_pcap if self.format == "pcap" else self._run_pcapng
@@ -671,7 +671,9 @@ def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> list[tuple[
         lib.pcap_close(handle)
 
 
-def compile_bpf(expr: str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = _MAX_RECORD) -> list[tuple[int, int, int, int]]:
+def compile_bpf(
+    expr: str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = _MAX_RECORD
+) -> list[tuple[int, int, int, int]]:
     """Compile a pcap-filter(7) expression to classic BPF ``(code, jt, jf, k)`` instructions.
 
     Uses libpcap's ``pcap_compile`` through ctypes; falls back to ``tcpdump -ddd`` (Ethernet only).
