@@ -58,7 +58,8 @@ def load_config(path: Path, model: type[PacsguardConfig] | None = None) -> Loade
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigProblem("(file)", "not found (run `pacsguard init` to write one)")]) from None
+        problem = ConfigProblem("(file)", "not found (run `pacsguard init` to write one)")
+        raise ConfigError(str(path), [problem]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [ConfigProblem("(file)", f"cannot read it: {exc}")]) from None
     return LoadedConfig(parse_config(text, str(path), model), path.resolve())
@@ -76,7 +77,8 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, [ConfigProblem("(top level)", f"expected a mapping of sections, got {type(data).__name__}")])
+        problem = ConfigProblem("(top level)", f"expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(source, [problem])
     return validate_model(model or default_model(), data, source)
 
 

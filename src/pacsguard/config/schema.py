@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -85,9 +85,9 @@ SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitmen
 Service = Literal["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*"]
 
 
-def parse_networks(value) -> list[IPv4Network | IPv6Network]:
+def parse_networks(value: Any) -> list[IPv4Network | IPv6Network]:
     """A YAML list of addresses/CIDRs as networks; an error names the item that is not one."""
-    out = []
+    out: list[IPv4Network | IPv6Network] = []
     for item in value or []:
         try:
             out.append(ip_network(str(item), strict=False))
@@ -159,7 +159,7 @@ class Policy(Strict):
 
     @field_validator("hosts", mode="before")
     @classmethod
-    def _cidrs(cls, value):
+    def _cidrs(cls, value: Any) -> list[IPv4Network | IPv6Network] | None:
         return None if value is None else parse_networks(value)
 
     @field_validator("sop_classes")
@@ -195,7 +195,7 @@ class Limits(Strict):
 
 #: The checks a route can apply (docs/gateway.md, "How a route judges traffic"), in the default order.
 CheckName = Literal["quarantine", "hosts", "ae-titles", "limits", "services", "rate", "ids"]
-CHECK_NAMES: tuple[str, ...] = get_args(CheckName)
+CHECK_NAMES: tuple[CheckName, ...] = get_args(CheckName)
 
 
 class Route(Strict):

@@ -41,9 +41,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
-from pynetdicom.events import Event
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -294,6 +295,7 @@ class DemoPACS:
         ae.network_timeout = 60
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None  # pynetdicom's storage contexts each name their SOP class
             # Both roles accepted: a C-GET requestor proposes to be the storage SCP (PS3.7 D.3.3.4).
             ae.add_supported_context(cx.abstract_syntax, _STORAGE_SYNTAXES, scu_role=True, scp_role=True)
         for sop_class in _QR_CONTEXTS:
@@ -306,7 +308,7 @@ class DemoPACS:
             raise RuntimeError("DemoPACS is already running")
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self._load_index()
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
@@ -371,7 +373,9 @@ class DemoPACS:
 
     def _on_store(self, event: Event) -> int:
         """C-STORE: write the object exactly as received, then index it."""
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        request = event.request
+        assert isinstance(request, C_STORE)  # bound to EVT_C_STORE only
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
         # The study directory is known only once the dataset is parsed: land the bytes in the
         # storage root first, parse them from there (once, without pixel data), then rename.
         tmp = self.storage_dir / f".incoming-{uuid.uuid4().hex}.part"
@@ -496,7 +500,7 @@ class DemoPACS:
             ts = inst.transfer_syntax
             key = (inst.sop_class, "uncompressed" if ts in _UNCOMPRESSED else ts)
             if key not in contexts:
-                syntaxes = list(_UNCOMPRESSED) if ts in _UNCOMPRESSED else [ts]
+                syntaxes: list[str | UID] = list(_UNCOMPRESSED) if ts in _UNCOMPRESSED else [ts]
                 contexts[key] = build_context(inst.sop_class, syntaxes)
         if len(contexts) > 128:
             LOG.warning("DemoPACS: C-MOVE needs %d presentation contexts, sending with the first 128", len(contexts))

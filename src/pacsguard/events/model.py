@@ -138,7 +138,9 @@ class Event:
         """The JSON form as Python values (time as its ISO 8601 text, exactly as `to_json` writes it)."""
         out = self._json_fields()
         out["time"] = json_time(out["time"])
-        out["patient_ids"], out["study_uids"], out["details"] = list(self.patient_ids), list(self.study_uids), dict(self.details)
+        out["patient_ids"] = list(self.patient_ids)
+        out["study_uids"] = list(self.study_uids)
+        out["details"] = dict(self.details)
         return out
 
     def _json_fields(self) -> dict[str, Any]:
