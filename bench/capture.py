@@ -286,7 +286,8 @@ def time_tshark(path: Path, port: int) -> float:
     t0 = time.perf_counter()
     with open(os.devnull, "w") as devnull:
         r = subprocess.run(
-            ["tshark", "-r", str(path), "-d", f"tcp.port=={port},dicom", "-Y", "dicom", "-T", "fields", "-e", "frame.number"],
+            ["tshark", "-r", str(path), "-d", f"tcp.port=={port},dicom", "-Y", "dicom", "-T", "fields",
+             "-e", "frame.number"],
             stdout=devnull,
             stderr=subprocess.PIPE,
             text=True,
@@ -367,7 +368,8 @@ def main() -> int:
 
         def row(name: str, t: float, nbytes: int) -> None:
             mbs = nbytes / t / 1e6
-            print(f"  {name:<38} {t:8.2f} s  {mbs:8.1f} MB/s  {mbs * 8 / 1000:6.3f} Gbit/s  {frames / t / 1000:7.1f} kframes/s")
+            print(f"  {name:<38} {t:8.2f} s  {mbs:8.1f} MB/s  {mbs * 8 / 1000:6.3f} Gbit/s  "
+                  f"{frames / t / 1000:7.1f} kframes/s")
 
         print("\nresults (capture bytes / wall time, one core):")
         row("(a) pacsguard read_capture, pcapng", t_pg, size)
@@ -375,7 +377,8 @@ def main() -> int:
         row("(b) bare dpkt loop (eth/ip/tcp), pcapng", t_dpkt, size)
         if t_ts is not None:
             row("(c) tshark -d dicom -Y dicom", t_ts, size)
-        print(f"\nratios: pacsguard/dpkt {t_dpkt / t_pg:.1f}x" + (f", pacsguard/tshark {t_ts / t_pg:.1f}x, dpkt/tshark {t_ts / t_dpkt:.1f}x" if t_ts else ""))
+        tshark = f", pacsguard/tshark {t_ts / t_pg:.1f}x, dpkt/tshark {t_ts / t_dpkt:.1f}x" if t_ts else ""
+        print(f"\nratios: pacsguard/dpkt {t_dpkt / t_pg:.1f}x" + tshark)
     return 0
 
 

@@ -50,8 +50,9 @@ Request", "Received Store Response" and "Releasing Association" are parsed:
 
 CPU time is read around every run: storescu's from its rusage, storescp's and the relay's (the
 gateway with its event-writer thread, or socat with its forked child) from /proc, 0.2 s after
-storescu exits so that the relay's tail work (closing, flushing events) is counted. At the end the gateway is stopped (SIGTERM: open associations finish, the event
-bus is flushed) and its store is opened: every C-STORE sent through it must be recorded as one
+storescu exits so that the relay's tail work (closing, flushing events) is counted. At the end the
+gateway is stopped (SIGTERM: open associations finish, the event bus is flushed) and its store is
+opened: every C-STORE sent through it must be recorded as one
 ``dicom.dimse.c-store`` event with status 0x0000, the SOP Instance UIDs matching what was sent.
 
 ``--profile`` adds untimed runs (5 large associations, 3 small ones) with py-spy attached to the
@@ -384,7 +385,8 @@ def print_profile(title: str, prof: dict[str, object], top: int = 20) -> None:
         for i in range(max(len(selfs), len(incl))):
             a = selfs[i] if i < len(selfs) else ("", None)
             b = incl[i] if i < len(incl) else ("", None)
-            table.add_row(a[0], f"{100 * a[1] / total:.1f}" if a[1] else "", b[0], f"{100 * b[1] / total:.1f}" if b[1] else "")
+            table.add_row(a[0], f"{100 * a[1] / total:.1f}" if a[1] else "",
+                          b[0], f"{100 * b[1] / total:.1f}" if b[1] else "")
         console.print(table)
     console.print(f"collapsed stacks (flamegraph.pl / speedscope input): {prof['raw']}")
 
@@ -431,7 +433,8 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when the gateway misses a target")
     ap.add_argument("--gateway-launcher", type=Path, default=None,
                     help="for what-if experiments: run the gateway as `python FILE gateway run ...` (a script that "
-                         "patches something, then calls pacsguard.cli.main.main()) instead of `python -m pacsguard.cli`")
+                         "patches something, then calls pacsguard.cli.main.main()) instead of "
+                         "`python -m pacsguard.cli`")
     args = ap.parse_args()
 
     for tool in (STORESCU, STORESCP):
@@ -497,7 +500,8 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     socat_exe = None if args.no_socat else shutil.which("socat")
     if socat_exe:
         socat_port = free_port()
-        socat = subprocess.Popen([socat_exe, "-b", "262144", f"TCP-LISTEN:{socat_port},bind={HOST},reuseaddr,fork,nodelay",
+        socat = subprocess.Popen([socat_exe, "-b", "262144",
+                                  f"TCP-LISTEN:{socat_port},bind={HOST},reuseaddr,fork,nodelay",
                                   f"TCP:{HOST}:{sink_port},nodelay"], stderr=log("socat.log"))
         procs.append(socat)
         wait_port(socat_port, socat, "socat")
@@ -541,7 +545,7 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         gw.wait(60)
     except subprocess.TimeoutExpired:
         gw.kill()
-        raise SystemExit("the gateway did not stop within 60 s of SIGTERM")
+        raise SystemExit("the gateway did not stop within 60 s of SIGTERM") from None
     recorded = check_store(store)
 
     status = report(args, small, large, paths, results, sent_via_gateway, gateway_assocs, recorded)
@@ -590,8 +594,10 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
                   f"({large.shape}) in one association = {large.file_bytes / 1e6:.0f} MB; small {small.count} x "
                   f"{small.file_bytes / small.count / 1e3:.1f} KB ({small.shape}) in one association; "
                   f"max PDU {args.max_pdu} (max send PDV {pdv}); storescu proposes {recorded['contexts']} "
-                  f"presentation contexts ({recorded['accepted']} SOP classes accepted); {args.repeat_large} (large) and "
-                  f"{args.repeat} (small) timed runs per path after one warm-up, medians shown; MB = 10^6 bytes of DICOM files")
+                  f"presentation contexts ({recorded['accepted']} SOP classes accepted); "
+                  f"{args.repeat_large} (large) and "
+                  f"{args.repeat} (small) timed runs per path after one warm-up, medians shown; "
+                  "MB = 10^6 bytes of DICOM files")
 
     names = [p.name for p in paths]
     direct_tp = med([large.file_bytes / r.in_assoc for r in results[("large", "direct")]])
@@ -662,7 +668,8 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
         line += (f"; socat {ratios['socat']:.3f} x (per object {obj_ratios['socat']:.3f} x); gateway / socat "
                  f"{ratios['gateway'] / ratios['socat']:.3f}")
     console.print(line)
-    line = f"gateway added median latency per small C-STORE {added['gateway'] * 1e3:.3f} ms (target <= 1 ms) {verdict(ok_lat)}"
+    line = (f"gateway added median latency per small C-STORE {added['gateway'] * 1e3:.3f} ms (target <= 1 ms) "
+            f"{verdict(ok_lat)}")
     if "socat" in added:
         line += f"; socat {added['socat'] * 1e3:.3f} ms"
     console.print(line)

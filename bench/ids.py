@@ -119,7 +119,10 @@ def time_ids_read(cap: Path, work: Path) -> tuple[float, float, dict, list[str]]
     if r.returncode not in (0, 1):
         raise SystemExit(f"ids read exited {r.returncode}: {r.stderr[-2000:]}")
     summary = json.loads(r.stdout.strip().splitlines()[-1])["summary"]
-    shown = " ".join(cmd) if base[0].endswith("pacsguard") else " ".join([sys.executable, "-c '<read_command wrapper>'", *cmd[3:]])
+    if base[0].endswith("pacsguard"):
+        shown = " ".join(cmd)
+    else:
+        shown = " ".join([sys.executable, "-c '<read_command wrapper>'", *cmd[3:]])
     return t, cpu, summary, [how, shown]
 
 

@@ -122,8 +122,10 @@ def main() -> None:
         r = run(target, key, args.events, args.batch, args.patients, args.burst, args.cold)
         ingest = f"{r['ingest_per_s']:,.0f} events/s" if r["ingest_per_s"] else "n/a (already filled)"
         print(f"{r['store']}: {r['events']:,} events; ingest {ingest} (batches of {args.batch}); "
-              f"patient query (first for that patient{f', page cache emptied {args.cold}' if args.cold else ''}) median {r['query_ms_median']:.2f} ms, max "
-              f"{r['query_ms_max']:.2f} ms; repeated median {r['warm_ms_median']:.2f} ms, max {r['warm_ms_max']:.2f} ms; "
+              f"patient query (first for that patient{f', page cache emptied {args.cold}' if args.cold else ''}) "
+              f"median {r['query_ms_median']:.2f} ms, max "
+              f"{r['query_ms_max']:.2f} ms; repeated median {r['warm_ms_median']:.2f} ms, "
+              f"max {r['warm_ms_max']:.2f} ms; "
               f"{r['rows_per_patient']:.0f} rows per patient")
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pacsguard.store.keys import load_private_key
 from pacsguard.store import EventStore
+from pacsguard.store.keys import load_private_key
 from store_helpers import make_events
 
 PACSGUARD = [sys.executable, "-m", "pacsguard.cli"]
@@ -90,7 +90,8 @@ def test_audit_verify_ok_then_tampered(home):
     db.close()
     bad = run("audit", "verify", "--format", "json", cwd=home, check_code=1)
     report = json.loads(bad.stdout)
-    assert not report["ok"] and {"kind": "deleted", "seq": 50, "message": "event #50 is missing (deleted)"} in report["findings"]
+    assert not report["ok"] and {"kind": "deleted", "seq": 50,
+                                 "message": "event #50 is missing (deleted)"} in report["findings"]
     # A copy of the public key alone is enough to verify.
     pub = home / "pub.pem"
     shutil.copy(home / "var/keys/store-signing.key.pub", pub)

@@ -155,7 +155,8 @@ def test_find_matching_rules(dcmtk: Dcmtk, pacs: DemoPACS, stored: dict[str, Pat
                 f"StudyInstanceUID={ct.StudyInstanceUID}\\{mr.StudyInstanceUID}")
     assert sorted(str(r.StudyInstanceUID) for r in uids) == sorted([ct.StudyInstanceUID, mr.StudyInstanceUID])
 
-    prefix = find(dcmtk, pacs, tmp_path / "p", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct.StudyInstanceUID[:-1]}")
+    prefix = find(dcmtk, pacs, tmp_path / "p", "QueryRetrieveLevel=STUDY",
+                  f"StudyInstanceUID={ct.StudyInstanceUID[:-1]}")
     assert prefix == [], "UIDs match exactly, never by prefix"
 
     dated = find(dcmtk, pacs, tmp_path / "d", "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
@@ -225,7 +226,8 @@ def test_move_refuses_a_wildcard_unique_key(dcmtk: Dcmtk, pacs: DemoPACS, stored
 def test_get_returns_identical_objects(dcmtk: Dcmtk, pacs: DemoPACS, stored: dict[str, Path], tmp_path: Path) -> None:
     """C-GET of the uncompressed studies (getscu proposes uncompressed storage contexts only)."""
     wanted = {
-        uid: p for uid, p in stored.items() if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID in UNCOMPRESSED
+        uid: p for uid, p in stored.items()
+        if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID in UNCOMPRESSED
     }
     studies = sorted({study_of(p) for p in wanted.values()})
     out = tmp_path / "got"

@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 
-from event_schema import SCHEMA_FILE
 from jsonschema import Draft202012Validator
 
+from event_schema import SCHEMA_FILE
 from pacsguard.events import Event, Party
 from pacsguard.runtime.registry import Registry
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from peers.dcmtk import free_port, wait_for_port
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.keys import load_public_key
 from pacsguard.store.verify import verify_store
+from peers.dcmtk import free_port, wait_for_port
 
 pytestmark = pytest.mark.peers
 

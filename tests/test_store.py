@@ -105,7 +105,8 @@ def test_verify_catches_edited_column(target, tmp_path):
 
 
 def test_verify_catches_edited_body(target, tmp_path):
-    report = _tampered(target, tmp_path, ["UPDATE events SET body = replace(body, 'PID0013', 'PID9999') WHERE seq = 13"])
+    report = _tampered(target, tmp_path,
+                       ["UPDATE events SET body = replace(body, 'PID0013', 'PID9999') WHERE seq = 13"])
     assert ("modified", 13) in _kinds(report)
 
 
@@ -266,7 +267,8 @@ def test_patient_search_finds_every_patient_of_an_event(target, tmp_path, monkey
     sent = make_events(60)
     # C-FIND responses that disclosed several patients, the queried one not always first.
     for i in (10, 31, 44):
-        sent[i] = Event(kind="dicom.dimse.c-find", component="gateway", patient_ids=(f"PID{i % 50:04d}", "PIDX", "PIDX"))
+        sent[i] = Event(kind="dicom.dimse.c-find", component="gateway",
+                        patient_ids=(f"PID{i % 50:04d}", "PIDX", "PIDX"))
     for i in range(0, 60, 9):
         es.append(sent[i:i + 9])
     assert [s.seq for s in es.search(EventQuery(patient="PIDX", limit=None))] == [10, 31, 44]
@@ -291,7 +293,6 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
     from alembic import command
 
     from pacsguard.events import Event
-
     from pacsguard.store import database as store_engine
     from pacsguard.store.merkle import Frontier
     from pacsguard.store.store import GENESIS_PREV, seal
@@ -309,8 +310,9 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
         body = seal(ev.to_json(), prev, seq)
         prev = leaf_hash(body.encode())
         frontier.append(prev)
-        rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome, ev.actor.ae_title,
-                     ev.actor.host, ev.actor.user, ev.target.ae_title, ev.target.host, ev.sop_instance_count, body, prev))
+        rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
+                     ev.actor.ae_title, ev.actor.host, ev.actor.user, ev.target.ae_title, ev.target.host,
+                     ev.sop_instance_count, body, prev))
         patients += [(p, seq) for p in ev.patient_ids]
         studies += [(u, seq) for u in ev.study_uids]
     eng.dispose()

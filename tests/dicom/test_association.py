@@ -181,7 +181,8 @@ def conversation() -> list[tuple[bool, list[bytes]]]:
         (True, [P.encode_associate_rq(rq())]),
         (False, [P.encode_associate_ac(ac())]),
         (True, pnd_message("C_ECHO_RQ", 1, ACCEPTOR_MAX, MessageID=1, AffectedSOPClassUID=VERIFICATION)),
-        (False, pnd_message("C_ECHO_RSP", 1, REQUESTOR_MAX, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=VERIFICATION, Status=0)),
+        (False, pnd_message("C_ECHO_RSP", 1, REQUESTOR_MAX, MessageIDBeingRespondedTo=1,
+                            AffectedSOPClassUID=VERIFICATION, Status=0)),
         (
             True,
             pnd_message(
@@ -214,7 +215,8 @@ def expected_events() -> list[ev.ProtocolEvent]:
     return [
         AssociationRequested(rq()),
         AssociationAccepted(ac()),
-        DimseCommand(True, 1, VERIFICATION, IVLE, CommandSet(D.C_ECHO_RQ, message_id=1, affected_sop_class_uid=VERIFICATION)),
+        DimseCommand(True, 1, VERIFICATION, IVLE,
+                     CommandSet(D.C_ECHO_RQ, message_id=1, affected_sop_class_uid=VERIFICATION)),
         DimseCommand(
             False,
             1,
@@ -309,7 +311,10 @@ def test_resync_and_midstream_on_a_partial_capture() -> None:
     for from_requestor, pdus in turns[5:]:
         events += decoder.feed(from_requestor, b"".join(pdus))
     assert decoder.skipped_bytes == len(first_store[2]) - 100
-    unknown = lambda e: type(e)(*[None if f in ("abstract_syntax", "transfer_syntax") else getattr(e, f) for f in e.__slots__])  # noqa: E731
+
+    def unknown(e: DimseCommand) -> DimseCommand:
+        return type(e)(*[None if f in ("abstract_syntax", "transfer_syntax") else getattr(e, f) for f in e.__slots__])
+
     expected = [unknown(e) if isinstance(e, DimseCommand) else e for e in expected_events()[7:]]
     assert events == expected
 
@@ -496,7 +501,8 @@ def test_unexpected_pdus(setup: int, from_requestor: bool, raw: bytes) -> None:
 def test_reject() -> None:
     decoder = AssociationDecoder()
     decoder.on_pdu(True, RawPDU(1, P.encode_associate_rq(rq())))
-    assert decoder.on_pdu(False, RawPDU(3, P.encode_associate_rj(1, 1, 7))) == [AssociationRejected(P.AssociateRJ(1, 1, 7))]
+    rejected = decoder.on_pdu(False, RawPDU(3, P.encode_associate_rj(1, 1, 7)))
+    assert rejected == [AssociationRejected(P.AssociateRJ(1, 1, 7))]
     assert decoder.state is AssociationState.CLOSED and decoder.rj == P.AssociateRJ(1, 1, 7)
 
 

@@ -106,7 +106,9 @@ def test_enough_test_files_were_found() -> None:
     assert {IVLE, EVLE, EVBE, DEFLATED} <= syntaxes
 
 
-@pytest.mark.parametrize("path,ds,syntax,body", TEST_FILES, ids=[os.path.relpath(t[0], os.path.dirname(get_testdata_file("CT_small.dcm"))) for t in TEST_FILES])
+@pytest.mark.parametrize("path,ds,syntax,body", TEST_FILES,
+                         ids=[os.path.relpath(t[0], os.path.dirname(get_testdata_file("CT_small.dcm")))
+                              for t in TEST_FILES])
 def test_peek_matches_pydicom(path: str, ds: Dataset, syntax: str, body: bytes) -> None:
     peek = peek_identifiers(body, syntax, final=True)
     assert peek.anomaly is None
@@ -118,7 +120,8 @@ def test_peek_matches_pydicom(path: str, ds: Dataset, syntax: str, body: bytes) 
             assert getattr(peek, attr) == expected, (attr, keyword)
 
 
-TRUNCATION_FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "rtplan.dcm", "reportsi.dcm"]
+TRUNCATION_FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "rtplan.dcm",
+                    "reportsi.dcm"]
 
 
 @pytest.mark.parametrize("name", TRUNCATION_FILES)
@@ -195,20 +198,31 @@ def build(explicit: bool, little: bool, nested: str) -> bytes:
     else:
         E_ = lambda t, vr, v: el_implicit(t, v, little=little)  # noqa: E731
     inner = decoy(explicit, little)
+    # The header of a sequence of undefined length: its value runs to the delimitation item.
+    if explicit:
+        open_seq = el_explicit(0x00081110, b"SQ", b"", little, 0xFFFFFFFF)
+    else:
+        open_seq = el_implicit(0x00081110, b"", 0xFFFFFFFF, little)
     if nested == "undefined-seq-undefined-items":
         seq_value = item(inner, True, little) + item(inner + inner, True, little) + seq_delim(little)
-        seq = (el_explicit(0x00081110, b"SQ", b"", little, 0xFFFFFFFF) if explicit else el_implicit(0x00081110, b"", 0xFFFFFFFF, little)) + seq_value
+        seq = open_seq + seq_value
     elif nested == "defined-seq":
         seq_value = item(inner, False, little) + item(inner, False, little)
-        seq = el_explicit(0x00081110, b"SQ", seq_value, little) if explicit else el_implicit(0x00081110, seq_value, little=little)
+        if explicit:
+            seq = el_explicit(0x00081110, b"SQ", seq_value, little)
+        else:
+            seq = el_implicit(0x00081110, seq_value, little=little)
     elif nested == "undefined-seq-defined-items":
         seq_value = item(inner, False, little) + seq_delim(little)
-        seq = (el_explicit(0x00081110, b"SQ", b"", little, 0xFFFFFFFF) if explicit else el_implicit(0x00081110, b"", 0xFFFFFFFF, little)) + seq_value
+        seq = open_seq + seq_value
     elif nested == "nested-two-levels":
-        deeper = el_implicit(0x00081115, b"", 0xFFFFFFFF, little) if not explicit else el_explicit(0x00081115, b"SQ", b"", little, 0xFFFFFFFF)
+        if explicit:
+            deeper = el_explicit(0x00081115, b"SQ", b"", little, 0xFFFFFFFF)
+        else:
+            deeper = el_implicit(0x00081115, b"", 0xFFFFFFFF, little)
         deeper += item(inner, True, little) + seq_delim(little)
         seq_value = item(deeper + inner, True, little) + seq_delim(little)
-        seq = (el_explicit(0x00081110, b"SQ", b"", little, 0xFFFFFFFF) if explicit else el_implicit(0x00081110, b"", 0xFFFFFFFF, little)) + seq_value
+        seq = open_seq + seq_value
     elif nested == "un-undefined":
         # UN of undefined length: content is Implicit VR Little Endian (PS3.5 6.2.2)
         seq_value = item(decoy(False), True) + seq_delim()
@@ -348,7 +362,8 @@ def encode_ds(ds: Dataset, implicit: bool, little: bool) -> bytes:
     return fp.getvalue()
 
 
-@pytest.mark.parametrize("syntax,implicit,little", [(IVLE, True, True), (EVLE, False, True), (EVBE, False, False), (DEFLATED, False, True)])
+@pytest.mark.parametrize("syntax,implicit,little",
+                         [(IVLE, True, True), (EVLE, False, True), (EVBE, False, False), (DEFLATED, False, True)])
 def test_decode_identifier_round_trip(syntax: str, implicit: bool, little: bool) -> None:
     raw = encode_ds(identifier(), implicit, little)
     if syntax == DEFLATED:

@@ -99,7 +99,8 @@ CASES: list[tuple[str, dict[str, Any], CommandSet]] = [
     ),
     (
         "C_FIND_RSP",
-        {"MessageIDBeingRespondedTo": 9, "AffectedSOPClassUID": STUDY_FIND, "Status": 0xFF00, "Identifier": BytesIO(b"\x00")},
+        {"MessageIDBeingRespondedTo": 9, "AffectedSOPClassUID": STUDY_FIND, "Status": 0xFF00,
+         "Identifier": BytesIO(b"\x00")},
         CommandSet(
             D.C_FIND_RSP,
             message_id_being_responded_to=9,
@@ -309,7 +310,8 @@ CASES: list[tuple[str, dict[str, Any], CommandSet]] = [
     ),
     (
         "N_DELETE_RSP",
-        {"MessageIDBeingRespondedTo": 8, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE, "Status": 0},
+        {"MessageIDBeingRespondedTo": 8, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE,
+         "Status": 0},
         CommandSet(
             D.N_DELETE_RSP,
             message_id_being_responded_to=8,
@@ -388,7 +390,8 @@ def decoded_request(message: str, **attrs: Any) -> CommandSet:
 @pytest.mark.parametrize(
     "request_case,status,comment,rsp_message,rsp_attrs",
     [
-        (0, 0x0000, None, "C_ECHO_RSP", {"MessageIDBeingRespondedTo": 1, "AffectedSOPClassUID": VERIFICATION, "Status": 0}),
+        (0, 0x0000, None, "C_ECHO_RSP",
+         {"MessageIDBeingRespondedTo": 1, "AffectedSOPClassUID": VERIFICATION, "Status": 0}),
         (
             2,
             D.STATUS_NOT_AUTHORIZED,
@@ -402,7 +405,8 @@ def decoded_request(message: str, **attrs: Any) -> CommandSet:
                 "ErrorComment": "blocked by pacsguard",
             },
         ),
-        (4, D.STATUS_OUT_OF_RESOURCES, None, "C_FIND_RSP", {"MessageIDBeingRespondedTo": 9, "AffectedSOPClassUID": STUDY_FIND, "Status": 0xA700}),
+        (4, D.STATUS_OUT_OF_RESOURCES, None, "C_FIND_RSP",
+         {"MessageIDBeingRespondedTo": 9, "AffectedSOPClassUID": STUDY_FIND, "Status": 0xA700}),
         (
             6,
             D.STATUS_MOVE_DESTINATION_UNKNOWN,
@@ -464,28 +468,32 @@ def decoded_request(message: str, **attrs: Any) -> CommandSet:
             D.STATUS_UNRECOGNIZED_OPERATION,
             None,
             "N_GET_RSP",
-            {"MessageIDBeingRespondedTo": 3, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE, "Status": 0x0211},
+            {"MessageIDBeingRespondedTo": 3, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE,
+             "Status": 0x0211},
         ),
         (
             14,
             D.STATUS_CANNOT_UNDERSTAND,
             None,
             "N_SET_RSP",
-            {"MessageIDBeingRespondedTo": 4, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE, "Status": 0xC000},
+            {"MessageIDBeingRespondedTo": 4, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE,
+             "Status": 0xC000},
         ),
         (
             17,
             D.STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             None,
             "N_CREATE_RSP",
-            {"MessageIDBeingRespondedTo": 6, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE, "Status": 0xA900},
+            {"MessageIDBeingRespondedTo": 6, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE,
+             "Status": 0xA900},
         ),
         (
             18,
             D.STATUS_NOT_AUTHORIZED,
             None,
             "N_DELETE_RSP",
-            {"MessageIDBeingRespondedTo": 8, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE, "Status": 0x0124},
+            {"MessageIDBeingRespondedTo": 8, "AffectedSOPClassUID": MPPS, "AffectedSOPInstanceUID": SOP_INSTANCE,
+             "Status": 0x0124},
         ),
     ],
 )
@@ -545,12 +553,15 @@ CRAFTED = [
     (E.COMMAND_SET_INVALID, with_group_length(element(0x0100, b"\x30\x00")), None, ("Command Data Set Type",)),
     (E.COMMAND_SET_TOO_LARGE, with_group_length(element(0x1234, bytes(70000))), None, ("70020", "65536")),
     (E.COMMAND_GROUP_LENGTH_MISMATCH, element(0, struct.pack("<I", 99)) + ECHO_BODY, 8, ("99", str(len(ECHO_BODY)))),
-    (E.COMMAND_ELEMENT_TRUNCATED, element(0, struct.pack("<I", 10)) + struct.pack("<HHI", 0, 0x0100, 10) + b"\x30\x00", 16, ("announces 10 bytes but only 2 remain",)),
+    (E.COMMAND_ELEMENT_TRUNCATED, element(0, struct.pack("<I", 10)) + struct.pack("<HHI", 0, 0x0100, 10) + b"\x30\x00",
+     16, ("announces 10 bytes but only 2 remain",)),
     (E.COMMAND_ELEMENT_TRUNCATED, ECHO_BODY + b"\x00\x00\x00", 56, ("3 trailing",)),
-    (E.COMMAND_ELEMENT_BAD_LENGTH, with_group_length(element(0x0100, b"\x30\x00\x00\x00")), 16, ("length 4, expected 2",)),
+    (E.COMMAND_ELEMENT_BAD_LENGTH, with_group_length(element(0x0100, b"\x30\x00\x00\x00")), 16,
+     ("length 4, expected 2",)),
     (E.COMMAND_ELEMENT_BAD_LENGTH, element(0, b"\x00\x00"), 4, ("length 2, expected 4",)),
     (E.COMMAND_ELEMENT_BAD_LENGTH, with_group_length(element(0x0600, b"A" * 18)), 20, ("18 characters", "16")),
-    (E.COMMAND_ELEMENT_ORDER, with_group_length(element(0x0100, b"\x30\x00") + element(0x0002, b"1.2\x00")), 22, ("(0000,0002) follows (0000,0100)",)),
+    (E.COMMAND_ELEMENT_ORDER, with_group_length(element(0x0100, b"\x30\x00") + element(0x0002, b"1.2\x00")), 22,
+     ("(0000,0002) follows (0000,0100)",)),
     (E.COMMAND_ELEMENT_ORDER, with_group_length(element(0x0100, b"\x30\x00") * 2), 22, ("unique",)),
     (E.COMMAND_ELEMENT_NOT_ASCII, with_group_length(element(0x0002, b"1.2\xc3\x84")), 20, ("not ASCII",)),
 ]

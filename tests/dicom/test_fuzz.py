@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -114,7 +114,8 @@ VALID_PDUS = [raw for _, raw in conversation()] + [
     P.encode_abort(2, 6),
 ]
 COMMAND_SETS = [
-    D.encode_command_set(D.CommandSet(D.C_MOVE_RQ, message_id=3, affected_sop_class_uid="1.2.3", move_destination="DEST", priority=0, command_data_set_type=1)),
+    D.encode_command_set(D.CommandSet(D.C_MOVE_RQ, message_id=3, affected_sop_class_uid="1.2.3",
+                                      move_destination="DEST", priority=0, command_data_set_type=1)),
     D.response_for(D.CommandSet(D.C_GET_RQ, message_id=4, affected_sop_class_uid="1.2.3"), 0xA700, error_comment="x"),
 ]
 
@@ -132,9 +133,10 @@ PARSERS: list[Callable[[bytes], object]] = [
 ]
 
 
-def only_decode_error(fn: Callable[[], object]) -> None:
+def only_decode_error(fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Call ``fn(*args, **kwargs)``: it may only fail with a DecodeError of a known code."""
     try:
-        fn()
+        fn(*args, **kwargs)
     except DecodeError as exc:
         assert exc.code in ERROR_CODES
         assert str(exc)
@@ -173,7 +175,7 @@ def mutated(draw: st.DrawFn, corpus: list[bytes]) -> bytes:
 @given(st.binary(max_size=600))
 def test_parsers_on_random_bytes(data: bytes) -> None:
     for parse in PARSERS:
-        only_decode_error(lambda: parse(data))
+        only_decode_error(parse, data)
     looks_like_associate_rq(data)
 
 
@@ -181,7 +183,7 @@ def test_parsers_on_random_bytes(data: bytes) -> None:
 @given(mutated(VALID_PDUS))
 def test_parsers_on_mutated_pdus(data: bytes) -> None:
     for parse in PARSERS:
-        only_decode_error(lambda: parse(data))
+        only_decode_error(parse, data)
     looks_like_associate_rq(data)
 
 
@@ -189,19 +191,20 @@ def test_parsers_on_mutated_pdus(data: bytes) -> None:
 @given(st.lists(st.one_of(st.binary(max_size=64), mutated(VALID_PDUS)), max_size=6), st.integers(1, 50))
 def test_reader_on_random_streams(parts: list[bytes], chunk: int) -> None:
     stream = b"".join(parts)
-    for reader in (PDUReader(), PDUReader(strict=True), PDUReader(max_pdu_length=256), PDUReader(resync=True)):
-        def run() -> None:
-            total = 0
-            for pos in range(0, len(stream), chunk):
-                for pdu in reader.feed(stream[pos : pos + chunk]):
-                    assert pdu.raw[0] == pdu.pdu_type and len(pdu.raw) >= 6
-                    total += len(pdu.raw)
-            assert total + reader.pending_bytes + reader.skipped_bytes == len(stream)
 
+    def run(reader: PDUReader) -> None:
+        total = 0
+        for pos in range(0, len(stream), chunk):
+            for pdu in reader.feed(stream[pos : pos + chunk]):
+                assert pdu.raw[0] == pdu.pdu_type and len(pdu.raw) >= 6
+                total += len(pdu.raw)
+        assert total + reader.pending_bytes + reader.skipped_bytes == len(stream)
+
+    for reader in (PDUReader(), PDUReader(strict=True), PDUReader(max_pdu_length=256), PDUReader(resync=True)):
         if reader.resync:
-            run()  # resync mode never raises
+            run(reader)  # resync mode never raises
         else:
-            only_decode_error(run)
+            only_decode_error(run, reader)
 
 
 # --------------------------------------------------------------- DIMSE level
@@ -238,7 +241,7 @@ def test_association_on_random_bytes(turns: list[tuple[bool, bytes]]) -> None:
     for decoder in (AssociationDecoder(), AssociationDecoder(resync=True, midstream=True, peek_bytes=64)):
         # keep feeding after an error: later calls must fail the same clean way
         for from_requestor, data in turns:
-            only_decode_error(lambda: decoder.feed(from_requestor, data))
+            only_decode_error(decoder.feed, from_requestor, data)
 
 
 @FUZZ
@@ -249,7 +252,8 @@ def test_association_on_mutated_conversation(data: st.DataObject) -> None:
     side, raw = turns[index]
     turns[index] = (side, data.draw(mutated([raw])))
     chunk = data.draw(st.sampled_from([1, 7, 64, 100_000]))
-    for decoder in (AssociationDecoder(), AssociationDecoder(strict=True, peek_bytes=32), AssociationDecoder(resync=True)):
+    for decoder in (AssociationDecoder(), AssociationDecoder(strict=True, peek_bytes=32),
+                    AssociationDecoder(resync=True)):
         for from_requestor, stream in turns:
             for pos in range(0, len(stream), chunk):
-                only_decode_error(lambda: decoder.feed(from_requestor, stream[pos : pos + chunk]))
+                only_decode_error(decoder.feed, from_requestor, stream[pos : pos + chunk])

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from event_schema import check_event
-from peers.dcmtk import free_port, wait_for_port
 from pacsguard.events import Event
 from pacsguard.store import EventQuery, EventStore
+from peers.dcmtk import free_port, wait_for_port
 
 
 @dataclass

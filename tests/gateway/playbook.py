@@ -146,8 +146,8 @@ class Wire:
 
 @dataclass
 class FakeEngine:
-    """Stands in for the IDS engine behind its DICOM adapter: one rule that fires with `action` on every decoder event of
-    type `on` (a class name, e.g. "AssociationRequested"); records what it observed."""
+    """Stands in for the IDS engine behind its DICOM adapter: one rule that fires with `action` on every decoder
+    event of type `on` (a class name, e.g. "AssociationRequested"); records what it observed."""
 
     on: str
     action: str = "alert"

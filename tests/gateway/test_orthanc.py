@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gateway_under_test import route
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from dicom_corpus import TEST_FILES, read_dataset, send_in_own_syntax
-from gateway_under_test import route
 from peers.dcmtk import free_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]

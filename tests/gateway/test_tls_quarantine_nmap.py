@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from gateway_under_test import route
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_corpus import read_dataset
-from gateway_under_test import route
 from pacsguard.tls import make_ca, make_cert
 
 pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]

@@ -31,7 +31,8 @@ def tcp_ip(
     ip_options: bytes = b"",
 ) -> bytes:
     """An IPv4 or IPv6 (by the address syntax) packet carrying one TCP segment."""
-    seg = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags, win=65535, data=data)
+    seg = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags, win=65535,
+                       data=data)
     if ":" in src:
         s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
         # dpkt computes the TCP checksum over the plain packet
@@ -133,7 +134,8 @@ def ng_shb(e: str = "<") -> bytes:
     return ng_block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
 
 
-def ng_idb(e: str, linktype: int, *, tsresol: int | None = None, tsoffset: int | None = None, snaplen: int = 0) -> bytes:
+def ng_idb(e: str, linktype: int, *, tsresol: int | None = None, tsoffset: int | None = None,
+           snaplen: int = 0) -> bytes:
     opts = b""
     if tsresol is not None:
         opts += _opt(e, 9, bytes([tsresol]))
@@ -146,7 +148,8 @@ def ng_idb(e: str, linktype: int, *, tsresol: int | None = None, tsoffset: int |
 
 def ng_epb(e: str, ifid: int, ticks: int, frame: bytes, caplen: int | None = None) -> bytes:
     cap = frame if caplen is None else frame[:caplen]
-    return ng_block(e, 6, struct.pack(e + "IIIII", ifid, ticks >> 32, ticks & 0xFFFFFFFF, len(cap), len(frame)) + _pad4(cap))
+    return ng_block(e, 6,
+                    struct.pack(e + "IIIII", ifid, ticks >> 32, ticks & 0xFFFFFFFF, len(cap), len(frame)) + _pad4(cap))
 
 
 def ng_spb(e: str, frame: bytes) -> bytes:
@@ -205,7 +208,8 @@ class Flow:
     def handshake(self) -> list[tuple[int, bytes]]:
         return [
             (self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cisn, SYN)),
-            (self._tick(), tcp_ip(self.server, self.client, self.sport, self.cport, self.sisn, SYN | ACK, ack=self.cseq)),
+            (self._tick(),
+             tcp_ip(self.server, self.client, self.sport, self.cport, self.sisn, SYN | ACK, ack=self.cseq)),
             (self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cseq, ACK, ack=self.sseq)),
         ]
 
@@ -215,10 +219,12 @@ class Flow:
         for i in range(0, len(data), mss):
             chunk = data[i : i + mss]
             if from_client:
-                out.append((self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cseq, flags, chunk, self.sseq)))
+                out.append((self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cseq, flags,
+                                                 chunk, self.sseq)))
                 self.cseq = (self.cseq + len(chunk)) & 0xFFFFFFFF
             else:
-                out.append((self._tick(), tcp_ip(self.server, self.client, self.sport, self.cport, self.sseq, flags, chunk, self.cseq)))
+                out.append((self._tick(), tcp_ip(self.server, self.client, self.sport, self.cport, self.sseq, flags,
+                                                 chunk, self.cseq)))
                 self.sseq = (self.sseq + len(chunk)) & 0xFFFFFFFF
         return out
 
@@ -235,8 +241,10 @@ class Flow:
 
     def rst(self, from_client: bool = True) -> tuple[int, bytes]:
         if from_client:
-            return self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cseq, RST | ACK, ack=self.sseq)
-        return self._tick(), tcp_ip(self.server, self.client, self.sport, self.cport, self.sseq, RST | ACK, ack=self.cseq)
+            return self._tick(), tcp_ip(self.client, self.server, self.cport, self.sport, self.cseq, RST | ACK,
+                                        ack=self.sseq)
+        return self._tick(), tcp_ip(self.server, self.client, self.sport, self.cport, self.sseq, RST | ACK,
+                                    ack=self.cseq)
 
 
 def eth_frames(pkts: list[tuple[int, bytes]], **kw: object) -> list[Frame]:

@@ -39,6 +39,7 @@ from capture_craft import (
     tcp_ip,
     udp_ip,
 )
+
 from pacsguard.ids.capture import (
     CaptureError,
     CaptureStats,
@@ -244,7 +245,8 @@ def test_ipv4_options_header() -> None:
     opts = b"\x01\x01\x01\x00"  # NOP NOP NOP EOL
     seq = f.cseq
     for i in range(0, len(REQ), 1000):
-        pkts.append((f.ts + i, tcp_ip(f.client, f.server, f.cport, f.sport, seq, ACK, REQ[i : i + 1000], f.sseq, ip_options=opts)))
+        pkts.append((f.ts + i, tcp_ip(f.client, f.server, f.cport, f.sport, seq, ACK, REQ[i : i + 1000], f.sseq,
+                                      ip_options=opts)))
         seq += len(REQ[i : i + 1000])
     f.cseq = seq
     pkts += f.send(False, RSP) + f.fin()
@@ -387,7 +389,7 @@ def test_global_buffer_limit() -> None:
         d = f.send(True, REQ, 1000)
         del d[0]
         per_flow.append(d)
-    for group in zip(*per_flow):
+    for group in zip(*per_flow, strict=True):  # every flow sends the same request in the same segments
         pkts += list(group)
     rec = Recorder()
     reasm = TCPReassembler(rec, max_buffer_total=20000, max_buffer_per_flow=1 << 20)
@@ -693,7 +695,8 @@ def test_iter_frames() -> None:
     seed=st.integers(min_value=0, max_value=2**32),
     dup_rate=st.floats(min_value=0, max_value=0.5),
 )
-def test_reassembly_property_any_order_any_duplicates(data: bytes, mss: int, isn: int, seed: int, dup_rate: float) -> None:
+def test_reassembly_property_any_order_any_duplicates(data: bytes, mss: int, isn: int, seed: int,
+                                                      dup_rate: float) -> None:
     """Whatever the segmentation, reordering (within the buffer) and duplication, the stream
     comes out exactly once, in order, with no gap."""
     rng = random.Random(seed)

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import Recorder
 from lan_netns import lan_netns, require_peers
+
 from pacsguard.ids.capture import read_capture
 
 pytestmark = pytest.mark.peers

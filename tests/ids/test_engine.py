@@ -40,10 +40,11 @@ from pacsguard.ids import (
     IdsSettings,
     Observation,
     RuleError,
+    guess_protocol,
     load_rules,
+    rj_reason,
 )
 from pacsguard.ids.dicom import DicomAdapter
-from pacsguard.ids import guess_protocol, rj_reason
 from pacsguard.ids.part import settings_for
 from pacsguard.ids.passive import build_engine
 from pacsguard.ids.rules import ActionOverride, ThresholdOverride
@@ -131,7 +132,8 @@ class Session:
         contexts = [P.PresentationContextRQ(2 * i + 1, a, [IVLE]) for i, a in enumerate(abstracts)]
         self.contexts = {a: 2 * i + 1 for i, a in enumerate(abstracts)}
         rq = P.AssociateRQ(called, calling, contexts,
-                           P.UserInformation.build(max_length=16384, implementation_class_uid="1.2.826.0.1.3680043.9.1"))
+                           P.UserInformation.build(max_length=16384,
+                                                   implementation_class_uid="1.2.826.0.1.3680043.9.1"))
         self.send(True, P.encode_associate_rq(rq))
         if not answer:
             return self
@@ -328,7 +330,7 @@ def test_association_flood_quiet() -> None:
         clock.t += 0.05
         alerts += Session(engine, client="10.2.2.3").associate().alerts
     clock.t += 60
-    for i in range(150):  # a busy modality: 150 associations, one every 2 s
+    for _ in range(150):  # a busy modality: 150 associations, one every 2 s
         clock.t += 2
         alerts += Session(engine, client="10.2.2.4").associate().alerts
     assert "dicom-association-flood" not in {a.rule_id for a in alerts}

@@ -36,13 +36,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers.orthanc import _base_config
 from lan_netns import lan_netns, ns_cmd, require_peers
 from test_capture_real import _start_dumpcap
 
 from pacsguard.events import Event
 from pacsguard.ids import IdsSettings
 from pacsguard.ids.passive import PassiveStats, build_engine, read
+from peers.orthanc import _base_config
 
 pytestmark = pytest.mark.peers
 
@@ -78,7 +78,8 @@ class NsOrthanc:
         path.write_text(json.dumps(config, indent=2))
         self.log = workdir / "orthanc.log"
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(ns_cmd(ns, ORTHANC, "--no-jobs", str(path)), cwd=workdir, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(ns_cmd(ns, ORTHANC, "--no-jobs", str(path)), cwd=workdir,
+                                         stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while not _listening(ns, port):
@@ -94,7 +95,8 @@ class NsOrthanc:
 
 
 def _run(ns: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(ns_cmd(ns, *args), env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(ns_cmd(ns, *args), env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, text=True,
+                       timeout=timeout)
     assert r.returncode == 0, f"{args[0]} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     return r
 
@@ -215,7 +217,8 @@ def dimse_of(events: list[Event], flow: str, kind: str) -> list[Event]:
 
 
 def all_rules_on(**kw: Any) -> IdsSettings:
-    base: dict[str, Any] = {"known_ae_titles": SITE_AES, "move_destinations": ["ORTHANC"], "document_sources": ["MODALITY1"]}
+    base: dict[str, Any] = {"known_ae_titles": SITE_AES, "move_destinations": ["ORTHANC"],
+                            "document_sources": ["MODALITY1"]}
     base.update(kw)
     return IdsSettings(**base)
 

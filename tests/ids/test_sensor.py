@@ -263,7 +263,8 @@ def test_full_association_record_and_engine_calls() -> None:
     dicom = engine.of("dicom")
     assert dicom and all(c.flow is dicom[0].flow for c in dicom)
     flow = dicom[0].flow
-    assert (flow.client_host, flow.client_port, flow.server_host, flow.server_port) == ("10.1.2.3", 40001, "10.9.8.7", 5000)
+    assert (flow.client_host, flow.client_port) == ("10.1.2.3", 40001)
+    assert (flow.server_host, flow.server_port) == ("10.9.8.7", 5000)
     assert flow.sensor == "passive" and flow.id and flow.tls is False
     nows = [c.now for c in dicom]
     assert nows == sorted(nows) and T0 / 1e6 < nows[0] < T0 / 1e6 + 10
@@ -324,7 +325,8 @@ def test_association_cut_without_release_is_incomplete_and_open_one_is_accepted(
 
 
 def test_non_dicom_on_a_dicom_port_goes_to_the_engine() -> None:
-    http = Conversation(sport=104, cport=40030).c(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n" + b"x" * 40).s(b"HTTP/1.1 400 Bad\r\n\r\n").fin()
+    request = b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n" + b"x" * 40
+    http = Conversation(sport=104, cport=40030).c(request).s(b"HTTP/1.1 400 Bad\r\n\r\n").fin()
     engine, out, stats = run(http.frames())
     calls = engine.of("non_dicom")
     assert len(calls) == 1 and calls[0].args[0].startswith(b"GET / HTTP/1.1")
@@ -349,7 +351,8 @@ def test_short_garbage_then_close_on_a_dicom_port() -> None:
 
 def test_non_dicom_elsewhere_and_tls_on_a_dicom_port_are_skipped() -> None:
     web = Conversation(sport=8080, cport=40033).c(b"GET / HTTP/1.1\r\n" + b"a" * 60).s(b"HTTP/1.1 200 OK\r\n").fin()
-    tls = Conversation(sport=2762, cport=40034).c(bytes.fromhex("160301") + b"\x02\x00" + b"\x01" * 200).s(b"\x16\x03\x03" + b"\x00" * 90).fin()
+    client_hello = bytes.fromhex("160301") + b"\x02\x00" + b"\x01" * 200
+    tls = Conversation(sport=2762, cport=40034).c(client_hello).s(b"\x16\x03\x03" + b"\x00" * 90).fin()
     empty = Conversation(sport=104, cport=40035).fin()
     engine, out, stats = run(web.frames() + tls.frames() + empty.frames())
     assert not engine.calls and not out
@@ -357,7 +360,8 @@ def test_non_dicom_elsewhere_and_tls_on_a_dicom_port_are_skipped() -> None:
 
 
 def test_rq_split_into_tiny_segments_is_still_recognised() -> None:
-    conv = Conversation(sport=7777, cport=40036).c(rq(), mss=10).s(ac()).c(P.encode_release_rq()).s(P.encode_release_rp()).fin()
+    conv = (Conversation(sport=7777, cport=40036).c(rq(), mss=10).s(ac())
+            .c(P.encode_release_rq()).s(P.encode_release_rp()).fin())
     _, out, _ = run(conv.frames())
     assert records(out)[0].kind == "dicom.association.released"
 
@@ -630,7 +634,8 @@ def _base_capture() -> list[tuple[int, bytes]]:
     frames += midstream_tail(4242, 40102).frames()
     frames += Conversation(sport=104, cport=40103).c(b"GET / HTTP/1.0\r\n\r\n" * 3).fin().frames()
     conv = Conversation(sport=104, cport=40104).c(rq()).s(ac())
-    q = D.CommandSet(command_field=D.C_FIND_RQ, message_id=1, affected_sop_class_uid=FIND, priority=0, command_data_set_type=0)
+    q = D.CommandSet(command_field=D.C_FIND_RQ, message_id=1, affected_sop_class_uid=FIND, priority=0,
+                     command_data_set_type=0)
     conv.c(message(5, q, dataset_bytes(SOPClassUID=FIND, QueryRetrieveLevel="STUDY", PatientID="*")))
     conv.s(rsp(5, q)).c(P.encode_release_rq()).s(P.encode_release_rp()).fin()
     frames += conv.frames()
@@ -725,7 +730,8 @@ NOISY_KINDS = {"dicom.association.requested", "dicom.association.accepted", "dic
 @pytest.fixture
 def noisy_capture(tmp_path) -> str:
     path = tmp_path / "noisy.pcap"
-    frames = full_association(n_store=1).frames() + Conversation(sport=104, cport=40200).c(b"GET / HTTP/1.0\r\n\r\n" * 4).fin().frames()
+    http = Conversation(sport=104, cport=40200).c(b"GET / HTTP/1.0\r\n\r\n" * 4).fin()
+    frames = full_association(n_store=1).frames() + http.frames()
     path.write_bytes(pcap_bytes(frames))
     return str(path)
 
