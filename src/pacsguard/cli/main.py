@@ -7,11 +7,12 @@ from __future__ import annotations
 import typer
 
 from pacsguard import __version__
+from pacsguard.cli.app import App
 from pacsguard.cli.lazy import PartsGroup
 from pacsguard.runtime.registry import Registry
 
-app = typer.Typer(name="pacsguard", cls=PartsGroup, no_args_is_help=True, add_completion=False,
-                  help="Security gateway, IDS and tamper-evident audit trail for a PACS network.")
+app = App(name="pacsguard", cls=PartsGroup, no_args_is_help=True, add_completion=False,
+            help="Security gateway, IDS and tamper-evident audit trail for a PACS network.")
 
 
 def _version(value: bool) -> None:
