@@ -234,3 +234,11 @@ def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
 
 def test_every_group_is_tested_for_a_light_help() -> None:
     assert {p.name for p in Registry.default() if p.commands is not None} == set(GROUPS)
+
+
+def test_a_group_lists_each_command_with_its_whole_first_paragraph() -> None:
+    result = CliRunner().invoke(main.app, ["ids", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "live Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired." \
+        in text, result.output

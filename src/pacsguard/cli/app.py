@@ -9,10 +9,14 @@ Two choices, both measured (docs/PERFORMANCE.md, "CLI start-up"):
 * the ``--help`` flag of a command that is not asked for its help keeps the value False: typer
   leaves such a flag unset (None) and then builds a pydantic adapter to coerce it, which loads
   pydantic (~40 ms) for every group a command line passes through.
+
+A group lists each command with the whole first paragraph of its help, as the rich renderer did
+(the plain one would cut it at the terminal width with "...").
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -22,8 +26,16 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 HELP_MARKUP = None
 
 
-class _FalseHelpFlag:
-    """A command whose unset --help flag defaults to False, a bool typer passes through as it is."""
+class _FastHelp:
+    """A command whose unset --help flag defaults to False (a bool typer passes through as it is),
+    listed in its group with the first paragraph of its help, uncut."""
+
+    short_help: str | None
+    help: str | None
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        first = inspect.cleandoc(self.short_help or self.help or "").split("\n\n")[0]
+        return " ".join(first.split())
 
     def get_help_option(self, ctx: Any) -> TyperOption | None:
         option: TyperOption | None = super().get_help_option(ctx)  # type: ignore[misc]
@@ -32,11 +44,11 @@ class _FalseHelpFlag:
         return option
 
 
-class Command(_FalseHelpFlag, TyperCommand):
+class Command(_FastHelp, TyperCommand):
     """One command (a leaf of the command line)."""
 
 
-class Group(_FalseHelpFlag, TyperGroup):
+class Group(_FastHelp, TyperGroup):
     """A command group (`pacsguard`, `pacsguard ids`, `pacsguard ids rules`, ...)."""
 
 
