@@ -17,10 +17,12 @@ A group lists each command with the whole first paragraph of its help, as the ri
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType
 
 #: How help is rendered: plain text (see the module docstring).
 HELP_MARKUP = None
@@ -60,6 +62,6 @@ class App(typer.Typer):
         kwargs.setdefault("rich_markup_mode", HELP_MARKUP)
         super().__init__(**kwargs)
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
         kwargs.setdefault("cls", Command)
         return super().command(*args, **kwargs)
