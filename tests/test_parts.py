@@ -228,7 +228,12 @@ print("MODULES", *sorted(sys.modules))
 """
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+GROUPS = ("init", "serve", "config", "events", "audit", "tls", "gateway", "ids")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),
+                                  ["ids", "read", "--help"], ["ids", "rules", "list", "--help"],
+                                  ["gateway", "quarantine", "--help"]])
 def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "200"})
@@ -236,3 +241,17 @@ def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
     loaded = set(line.split()[1:])
     assert not [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY], proc.stdout[-2000:]
     assert "pacsguard" in proc.stdout
+    if "--help" in args:
+        assert f"Usage: pacsguard {' '.join(args[:-1])}".rstrip() in proc.stdout, proc.stdout[-2000:]
+
+
+def test_every_group_is_tested_for_a_light_help() -> None:
+    assert {p.name for p in Registry.default() if p.commands is not None} == set(GROUPS)
+
+
+def test_a_group_lists_each_command_with_its_whole_first_paragraph() -> None:
+    result = CliRunner().invoke(main.app, ["ids", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "live Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired." \
+        in text, result.output

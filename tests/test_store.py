@@ -340,3 +340,13 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
         cur.execute("SELECT patient_id, seq FROM event_patients")
         assert cur.fetchall() == [("PIDX", 20)]
     es.close()
+
+
+def test_head_revision_is_the_migration_scripts_head() -> None:
+    """Opening a store compares its revision with HEAD_REVISION instead of loading Alembic's scripts:
+    a new migration must move HEAD_REVISION too, or stores at the old head would not be upgraded."""
+    from alembic.script import ScriptDirectory
+
+    from pacsguard.store import database
+
+    assert ScriptDirectory.from_config(database._alembic_config()).get_current_head() == database.HEAD_REVISION

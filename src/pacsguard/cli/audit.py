@@ -6,24 +6,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from pacsguard.cli.common import (
-    CONFIG_OPTION,
-    EXIT_FINDINGS,
-    STORE_OPTION,
-    console,
-    err_console,
-    guarded,
-    load,
-    open_store,
-)
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, guarded, load, open_store
 from pacsguard.cli.events import Format
-from pacsguard.store import keys
-from pacsguard.store.verify import verify_store
 
-app = typer.Typer(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
+app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
 
 
 @app.command("verify")
@@ -36,6 +24,12 @@ def verify(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Recompute every seal, chain link and signed checkpoint. Exit 1 on any finding."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pacsguard.cli.common import err_console
+    from pacsguard.store import keys
+    from pacsguard.store.verify import verify_store
+
     loaded = load(config, required=store is None or key is None)
     key_path = key if key is not None else loaded.resolve(loaded.config.store.signing_key)
     public = keys.load_public_key(key_path)
@@ -57,6 +51,10 @@ def verify(
 
 
 def _show(report) -> None:
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
     cp = ("none yet" if report.newest_checkpoint is None else
           f"size {report.newest_checkpoint}, signature {'[green]valid[/]' if report.newest_checkpoint_valid else '[red]INVALID[/]'}")
     console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; newest checkpoint: {cp}",

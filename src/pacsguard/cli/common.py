@@ -13,23 +13,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import typer
-from rich.console import Console
 
-from pacsguard.config.loader import ConfigError, ConfigProblem, LoadedConfig, default_model, load_config
 from pacsguard.runtime.outputs import open_config_store as open_store
 from pacsguard.runtime.part import MissingDependency
 from pacsguard.store.errors import StoreError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pacsguard.config.loader import LoadedConfig
     from pacsguard.ids import IdsSettings
+
+    console: Console
+    err_console: Console
 
 __all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPTION", "config_path", "console",
            "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_rule_problems"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
-console = Console()
-err_console = Console(stderr=True)
+#: The two consoles, made on first use (PEP 562) so that a command's --help never loads rich.
+_CONSOLES = {"console": False, "err_console": True}
+
+
+def __getattr__(name: str) -> Any:
+    stderr = _CONSOLES.get(name)
+    if stderr is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    # Kept as the module's attribute: later uses get this same console, as when it was made at import.
+    made = globals()[name] = Console(stderr=stderr)
+    return made
+
+
+def _err_console() -> Console:
+    """The stderr console, for this module's own messages (a bare global name would skip __getattr__)."""
+    made: Console = sys.modules[__name__].err_console
+    return made
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -39,7 +60,7 @@ STORE_OPTION = typer.Option(None, "--store", help="store path (SQLite) or postgr
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -48,11 +69,13 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pacsguard.config.loader import ConfigError
+
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
             for problem in exc.problems:
-                err_console.print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
+                _err_console().print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except (StoreError, LookupError, OSError, MissingDependency) as exc:
             raise fail(str(exc)) from None
@@ -72,6 +95,8 @@ def config_path(explicit: Path | None) -> Path:
 
 def load(explicit: Path | None, *, required: bool = True) -> LoadedConfig:
     """Load the configuration; without a file (and not required) the defaults apply."""
+    from pacsguard.config.loader import LoadedConfig, default_model, load_config
+
     path = config_path(explicit)
     if not path.exists() and not required and explicit is None:
         return LoadedConfig(default_model()(), None)
@@ -81,7 +106,7 @@ def load(explicit: Path | None, *, required: bool = True) -> LoadedConfig:
 def load_ids_section(data: object, source: str, base: Path) -> IdsSettings:
     """An `ids:` section read from a --settings file, validated by the IDS's own model (errors name
     `ids.<key>`), with relative rules_dirs taken from ``base``."""
-    from pacsguard.config.loader import validate_model
+    from pacsguard.config.loader import ConfigError, ConfigProblem, validate_model
     from pacsguard.ids import IdsSettings
     from pacsguard.ids.part import settings_for
 
@@ -92,6 +117,7 @@ def load_ids_section(data: object, source: str, base: Path) -> IdsSettings:
 
 def print_rule_problems(exc: Exception) -> typer.Exit:
     """A broken rule file (RuleError): every problem on its own red line, exit 2."""
+    err_console = _err_console()
     for problem in getattr(exc, "problems", None) or [exc]:
         err_console.print("[bold red]error:[/] ", end="", highlight=False)
         err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import typer
 
-from pacsguard.cli.common import EXIT_USAGE, console, err_console
-from pacsguard.config.loader import ConfigError, load_config
+from pacsguard.cli.app import App
+from pacsguard.cli.common import EXIT_USAGE
 from pacsguard.runtime.registry import SPINE_SECTIONS, Registry
 
-app = typer.Typer(name="config", no_args_is_help=True, help="Validate pacsguard.yaml.")
+app = App(name="config", no_args_is_help=True, help="Validate pacsguard.yaml.")
 
 
 @app.command("check")
 def check(file: Path = typer.Argument(Path("pacsguard.yaml"), help="the configuration file")) -> None:
     """Print OK, or every error with its key path and what was expected (exit 2)."""
+    from pacsguard.cli.common import console, err_console
+    from pacsguard.config.loader import ConfigError, load_config
+
     registry = Registry.default()
     owners = {s: "spine" for s in SPINE_SECTIONS} | {str(p.section): p.name for p in registry.with_config()}
     try:

@@ -7,16 +7,17 @@ import time
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import typer
-from rich.table import Table
 
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store
-from pacsguard.events.model import parse_time
-from pacsguard.store import EventQuery, StoredEvent
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
 
-app = typer.Typer(name="events", no_args_is_help=True, help="Search and follow the event store.")
+if TYPE_CHECKING:
+    from pacsguard.store import StoredEvent
+
+app = App(name="events", no_args_is_help=True, help="Search and follow the event store.")
 
 
 class Format(str, Enum):
@@ -27,6 +28,8 @@ class Format(str, Enum):
 def _when(text: str | None, name: str) -> datetime | None:
     if text is None:
         return None
+    from pacsguard.events.model import parse_time
+
     try:
         return parse_time(text if "T" in text or len(text) > 10 else text + "T00:00:00")
     except ValueError:
@@ -48,6 +51,8 @@ def search(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Find events by patient, study, actor, kind and time; oldest first."""
+    from pacsguard.store import EventQuery
+
     query = EventQuery(patient=patient, study=study, actor=actor, kind=kind,
                        since=_when(since, "since"), until=_when(until, "until"), limit=limit)
     es = open_store(load(config, required=store is None), store)
@@ -69,6 +74,8 @@ def tail(
     store: str | None = STORE_OPTION,
 ) -> None:
     """The newest events, and with -f every new one as it is stored."""
+    from pacsguard.store import EventQuery
+
     es = open_store(load(config, required=store is None), store)
     try:
         newest = list(es.search(EventQuery(kind=kind, limit=count, newest_first=True)))[::-1] if count else []
@@ -92,6 +99,10 @@ def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> Non
             sys.stdout.write(row.event.to_json() + "\n")
         sys.stdout.flush()
         return
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
     table = Table(show_header=header, header_style="bold", pad_edge=False)
     for col in ("#", "time (UTC)", "kind", "outcome"):
         table.add_column(col, no_wrap=True)

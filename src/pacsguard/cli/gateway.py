@@ -8,24 +8,20 @@ import re
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, console, fail, guarded, load, open_store
-from pacsguard.cli.serve import announce_stopping, show_banner
-from pacsguard.config.loader import validate_model
-from pacsguard.config.schema import GatewayConfig
-from pacsguard.gateway import quarantine as q
-from pacsguard.gateway.service import GatewayService, quarantine_reader
-from pacsguard.ids.part import rule_engine
-from pacsguard.runtime import outputs
-from pacsguard.runtime.services import run_foreground
-from pacsguard.store import EventStore, keys
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
 
-app = typer.Typer(name="gateway", no_args_is_help=True, help="The DICOM security gateway.")
-quarantine_app = typer.Typer(name="quarantine", no_args_is_help=True,
-                             help="Cut a host or AE title off at once, on every gateway using this store.")
+if TYPE_CHECKING:
+    from pacsguard.gateway.quarantine import QuarantineList
+    from pacsguard.store import EventStore
+
+app = App(name="gateway", no_args_is_help=True, help="The DICOM security gateway.")
+quarantine_app = App(name="quarantine", no_args_is_help=True,
+                     help="Cut a host or AE title off at once, on every gateway using this store.")
 app.add_typer(quarantine_app)
 
 
@@ -59,6 +55,16 @@ def run(
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
+    from pacsguard.cli.common import console
+    from pacsguard.cli.serve import announce_stopping, show_banner
+    from pacsguard.config.loader import validate_model
+    from pacsguard.config.schema import GatewayConfig
+    from pacsguard.gateway.service import GatewayService
+    from pacsguard.ids.part import rule_engine
+    from pacsguard.runtime import outputs
+    from pacsguard.runtime.services import run_foreground
+    from pacsguard.store import keys
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     match = re.fullmatch(r"([^@]+)@(.+)", upstream)
     if not match:
@@ -112,6 +118,9 @@ def quarantine_add(target: str = typer.Argument(..., help="host address or AE ti
                    reason: str = typer.Option("", "--reason", help="why, for the audit trail"),
                    config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """Block a device now: new associations are rejected, open ones aborted within a second."""
+    from pacsguard.cli.common import console
+    from pacsguard.gateway import quarantine as q
+
     es = _open(config, store)
     try:
         event = q.change_event("add", target, duration=_duration(duration), reason=reason, user=getpass.getuser())
@@ -126,6 +135,9 @@ def quarantine_add(target: str = typer.Argument(..., help="host address or AE ti
 def quarantine_remove(target: str = typer.Argument(...), config: Path | None = CONFIG_OPTION,
                       store: str | None = STORE_OPTION) -> None:
     """Let a device back in."""
+    from pacsguard.cli.common import console
+    from pacsguard.gateway import quarantine as q
+
     es = _open(config, store)
     try:
         current = _current(es)
@@ -141,6 +153,10 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
 @guarded
 def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """The devices quarantined now."""
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
     es = _open(config, store)
     try:
         entries = _current(es).active()
@@ -154,9 +170,12 @@ def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STO
     console.print(table if entries else "no device is quarantined")
 
 
-def _current(es: EventStore) -> q.QuarantineList:
+def _current(es: EventStore) -> QuarantineList:
     """The quarantine as the running gateway folds it, from the same query."""
-    current = q.QuarantineList()
+    from pacsguard.gateway.quarantine import QuarantineList
+    from pacsguard.gateway.service import quarantine_reader
+
+    current = QuarantineList()
     for _, event in quarantine_reader(es)(-1):
         current.apply(event)
     return current

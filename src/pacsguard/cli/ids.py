@@ -8,29 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import yaml
-from rich.table import Table
 
-from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, console, err_console, load_ids_section, print_rule_problems
-from pacsguard.config import ConfigError
-from pacsguard.ids.engine import Engine
-from pacsguard.ids.observation import FLOW_FIELDS, KINDS, Flow, Observation
-from pacsguard.ids.passive import build_engine
-from pacsguard.ids.rules import (
-    IdsSettings,
-    Rule,
-    RuleError,
-    _Loader,
-    format_duration,
-    load_rules,
-)
+from pacsguard.cli.app import App
+from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, load_ids_section, print_rule_problems
 
-app = typer.Typer(name="ids", no_args_is_help=True, add_completion=False,
-                  help="Intrusion detection: rules, inline in the gateway and passive over captures.")
-rules_app = typer.Typer(name="rules", no_args_is_help=True, help="List, check and test detection rules.")
+if TYPE_CHECKING:
+    from pacsguard.ids.engine import Engine
+    from pacsguard.ids.observation import Observation
+    from pacsguard.ids.rules import IdsSettings, Rule
+
+app = App(name="ids", no_args_is_help=True, add_completion=False,
+            help="Intrusion detection: rules, inline in the gateway and passive over captures.")
+rules_app = App(name="rules", no_args_is_help=True, help="List, check and test detection rules.")
 app.add_typer(rules_app)
 
 RULES_DIR_OPTION = typer.Option([], "--rules-dir", "-d", help="directory or file of site rules (repeatable)")
@@ -40,11 +32,17 @@ SETTINGS_OPTION = typer.Option(None, "--settings", "-s",
 
 
 def _error(text: str) -> None:
+    from pacsguard.cli.common import err_console
+
     err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
 
 
 def _read_yaml(path: Path) -> Any:
     """A YAML file read with the rule loader (duplicate keys are errors); exit 2 naming the file."""
+    import yaml
+
+    from pacsguard.ids.rules import _Loader
+
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except OSError as exc:
@@ -57,6 +55,9 @@ def _read_yaml(path: Path) -> Any:
 
 def _load_settings(path: Path | None) -> IdsSettings:
     """A `--settings` file: the `ids:` section of a pacsguard.yaml, or that section alone."""
+    from pacsguard.config import ConfigError
+    from pacsguard.ids.rules import IdsSettings
+
     if path is None:
         return IdsSettings()
     data = _read_yaml(path) or {}
@@ -72,6 +73,9 @@ def _load_settings(path: Path | None) -> IdsSettings:
 
 def _engine(rules_dirs: list[Path], settings: IdsSettings, *, builtin: bool) -> Engine:
     """The rule engine as `serve` builds it (pacsguard.ids.passive.build_engine); exit 2 on a broken rule."""
+    from pacsguard.ids.passive import build_engine
+    from pacsguard.ids.rules import RuleError
+
     try:
         return build_engine(rules_dirs, settings, builtin=builtin)
     except RuleError as exc:
@@ -79,6 +83,8 @@ def _engine(rules_dirs: list[Path], settings: IdsSettings, *, builtin: bool) -> 
 
 
 def _threshold_text(engine: Engine, rule: Rule, *, short: bool = False) -> str:
+    from pacsguard.ids.rules import format_duration
+
     t = engine.effective_threshold(rule.id) or rule.threshold
     if t is None:
         return ""
@@ -103,6 +109,11 @@ def list_rules(
     """Every rule with its severity, observation kind, action and whether it runs.
 
     With --settings, the settings' rules_dirs are loaded too and its overrides applied."""
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+    from pacsguard.ids.rules import format_duration
+
     engine = _engine(list(rules_dir), _load_settings(settings), builtin=not no_builtin)
     rules = engine.rules
     if format == "json":
@@ -143,6 +154,9 @@ def check(
     """Print OK, or every problem as FILE:LINE: rule ID: field: problem (exit 2).
 
     With --settings, also the settings' rules_dirs and overrides: exactly what `serve` would load."""
+    from pacsguard.cli.common import console
+    from pacsguard.ids.rules import RuleError, load_rules
+
     ids_settings = _load_settings(settings)
     if settings is not None:
         rules = _engine(list(paths or []), ids_settings, builtin=not no_builtin).rules
@@ -183,6 +197,9 @@ def _typed(ftype: str, value: Any) -> Any:
 
 def _observations(path: Path) -> list[tuple[float, Observation]]:
     """Read a YAML list of observations; exit 2 with every problem."""
+    from pacsguard.ids.observation import FLOW_FIELDS, Flow, Observation
+    from pacsguard.ids.protocols import KINDS
+
     data = _read_yaml(path)
     if not isinstance(data, list):
         _error(f"{path}: expected a YAML list of observations (each with kind: and its fields)")
@@ -244,6 +261,8 @@ def test(
     settings: Path | None = SETTINGS_OPTION,
 ) -> None:
     """Feed observations to the rules and print each alert.  Exit 1 if any rule fired, 0 if none."""
+    from pacsguard.cli.common import console, err_console
+
     # Only the rule file (and the built-in set if asked): the settings' own rules_dirs stay out.
     only = _load_settings(settings).model_copy(update={"rules_dirs": [], "builtin_rules": True})
     engine = _engine([rule_file], only, builtin=builtin)

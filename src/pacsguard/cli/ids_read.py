@@ -30,40 +30,19 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 import typer
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from pacsguard.cli.common import (
-    CONFIG_OPTION,
-    EXIT_FINDINGS,
-    EXIT_OK,
-    EXIT_USAGE,
-    console,
-    err_console,
-    fail,
-    guarded,
-    load,
-)
-from pacsguard.events import Event, Severity
-from pacsguard.events.sink import EventSink
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, fail, guarded, load
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
-from pacsguard.ids.engine import Engine
-from pacsguard.ids.part import rule_engine
-from pacsguard.ids.passive import PassiveStats, live, read
-from pacsguard.ids.sensor import CaptureClock
-from pacsguard.runtime import outputs
+
+if TYPE_CHECKING:
+    from pacsguard.events import Event
+    from pacsguard.events.sink import EventSink
+    from pacsguard.ids.engine import Engine
+    from pacsguard.ids.passive import PassiveStats
+    from pacsguard.ids.sensor import CaptureClock
 
 __all__ = ["Format", "live_command", "read_command"]
 
@@ -90,6 +69,9 @@ def _ids_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
+        from pacsguard.cli.common import err_console
         from pacsguard.ids import RuleError
 
         try:
@@ -111,6 +93,9 @@ def _ids_errors(func: F) -> F:
 def _engine(rules_dir: list[Path], config: Path | None) -> tuple[Engine, CaptureClock]:
     """The rule engine on a capture clock, with the ``ids:`` settings of pacsguard.yaml (``--config``,
     else ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists; the defaults without one)."""
+    from pacsguard.ids.part import rule_engine
+    from pacsguard.ids.sensor import CaptureClock
+
     clock = CaptureClock()
     return rule_engine(load(config, required=False), rules_dir, clock=clock), clock
 
@@ -122,6 +107,11 @@ class _Printer:
         self.fmt = fmt
 
     def __call__(self, event: Event) -> None:
+        from rich.markup import escape
+
+        from pacsguard.cli.common import console
+        from pacsguard.events import Severity
+
         if self.fmt is Format.json:
             sys.stdout.write(event.to_json() + "\n")
             return
@@ -134,6 +124,9 @@ class _Printer:
 
 def _output(stack: ExitStack, store: str | None, jsonl: Path | None, fmt: Format) -> Callable[[Event], None]:
     """Where events go: the store and/or JSON lines through an EventBus, else the printer."""
+    from pacsguard.cli.common import err_console
+    from pacsguard.runtime import outputs
+
     if store is None and jsonl is None:
         return _Printer(fmt)
     es = outputs.open_store(store, create=True) if store is not None else None
@@ -174,6 +167,12 @@ def _summary_dict(stats: PassiveStats, engine: Any) -> dict[str, Any]:
 
 
 def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
+    import orjson
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
     if fmt is Format.json:
         sys.stdout.write(orjson.dumps({"summary": _summary_dict(stats, engine)}, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         sys.stdout.flush()
@@ -258,6 +257,12 @@ def read_command(
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
     """Run the IDS rules over a capture file; exit 1 if any alert fired."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from pacsguard.cli.common import err_console
+    from pacsguard.ids.passive import read
+
     engine, clock = _engine(rules_dir or [], config)
     with ExitStack() as stack:
         publish = _output(stack, store, jsonl, fmt)
@@ -299,6 +304,11 @@ def live_command(
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
     """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired."""
+    from rich.markup import escape
+
+    from pacsguard.cli.common import err_console
+    from pacsguard.ids.passive import live
+
     engine, clock = _engine(rules_dir or [], config)
     stop = threading.Event()
     timer: threading.Timer | None = None

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
+from pacsguard.cli.app import App, Group
 from pacsguard.runtime.part import MissingDependency, Part, load_ref
 from pacsguard.runtime.registry import Registry
 
@@ -22,7 +23,7 @@ def load_command(part: Part) -> Any:
     target = load_ref(part.commands)
     if isinstance(target, typer.Typer):
         return typer.main.get_group(target)
-    single = typer.Typer(add_completion=False)
+    single = App(add_completion=False)
     single.command(part.name)(target)
     return typer.main.get_command(single)
 
@@ -44,7 +45,7 @@ class DeferredCommand(TyperCommand):
         return real.make_context(info_name, args, parent=parent, **extra)
 
 
-class PartsGroup(TyperGroup):
+class PartsGroup(Group):
     """The root command: its own commands (none but the --version callback) plus every registered part."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

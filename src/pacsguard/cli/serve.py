@@ -5,18 +5,16 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pacsguard import __version__
-from pacsguard.cli.common import CONFIG_OPTION, config_path, console, fail, guarded, load, open_store
-from pacsguard.config.loader import load_config
-from pacsguard.events import Event
-from pacsguard.runtime.outputs import open_configured_outputs
-from pacsguard.runtime.part import BannerRow
+from pacsguard.cli.common import CONFIG_OPTION, config_path, fail, guarded, load, open_store
 from pacsguard.runtime.registry import Registry
-from pacsguard.runtime.services import build_services, run_foreground
-from pacsguard.store import keys
+
+if TYPE_CHECKING:
+    from pacsguard.runtime.part import BannerRow
 
 DEMO_CONFIG = """\
 # pacsguard configuration: every key is described in docs/configuration.md.
@@ -51,6 +49,9 @@ demo_upstream:
 def init(config: Path | None = CONFIG_OPTION,
          demo: bool = typer.Option(True, "--demo/--no-demo", help="write the demo configuration if none exists")) -> None:
     """Write a configuration (if none), generate the checkpoint signing key (if none) and create the store."""
+    from pacsguard.cli.common import console
+    from pacsguard.store import keys
+
     path = config_path(config)
     if not path.exists():
         if not demo:
@@ -73,6 +74,11 @@ def init(config: Path | None = CONFIG_OPTION,
 def serve(config: Path | None = CONFIG_OPTION,
           log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error")) -> None:
     """Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM."""
+    from pacsguard.config.loader import load_config
+    from pacsguard.events import Event
+    from pacsguard.runtime.outputs import open_configured_outputs
+    from pacsguard.runtime.services import build_services, run_foreground
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
     for noisy in ("pynetdicom", "alembic"):
@@ -93,12 +99,16 @@ def serve(config: Path | None = CONFIG_OPTION,
 
 
 def announce_stopping() -> None:
+    from pacsguard.cli.common import console
+
     console.print("stopping: letting open associations finish (5 s at most)...")
 
 
 def show_banner(rows: list[BannerRow]) -> None:
     """What listens where, as serve and `gateway run` print it once everything has started."""
     from rich.table import Table
+
+    from pacsguard.cli.common import console
 
     table = Table(title=f"pacsguard {__version__} is running (Ctrl-C stops it)", header_style="bold")
     for col in ("service", "listening on / using", "notes"):

@@ -6,23 +6,26 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
-from pacsguard.tls.certs import make_ca, make_cert
-from pacsguard.tls.contexts import TLSConfigError
+from pacsguard.cli.app import App
 
-app = typer.Typer(name="tls", help="Private CA and certificates for TLS (RFC 9325 profile).",
-                  no_args_is_help=True)
+app = App(name="tls", help="Private CA and certificates for TLS (RFC 9325 profile).",
+          no_args_is_help=True)
 
 
 def _fail(message: str) -> typer.Exit:
     # One red line on stderr, no traceback; soft_wrap keeps long paths on that one line.
+    from rich.console import Console
+    from rich.text import Text
+
     Console(stderr=True, soft_wrap=True).print(Text(f"error: {message}", style="bold red"))
     return typer.Exit(2)
 
 
 def _written(cert: Path, key: Path) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
     out = Console(soft_wrap=True)
     out.print(Text.assemble(("certificate ", "green"), str(cert)))
     out.print(Text.assemble(("private key ", "green"), str(key), (" (mode 0600)", "dim")))
@@ -36,6 +39,8 @@ def make_ca_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
     """Create a self-signed CA (EC P-256, SHA-256)."""
+    from pacsguard.tls import TLSConfigError, make_ca
+
     try:
         cert, key = make_ca(out, cn, days, force=force)
     except TLSConfigError as exc:
@@ -59,6 +64,8 @@ def make_cert_cmd(
     """Issue a certificate signed by the CA (EC P-256, SHA-256)."""
     if not (client or server):
         raise _fail("choose --server and/or --client")
+    from pacsguard.tls import TLSConfigError, make_cert
+
     try:
         cert, key = make_cert(out, name, ca_cert, ca_key, hosts=list(host or []),
                               client=client, server=server, days=days, force=force)

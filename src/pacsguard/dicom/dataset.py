@@ -17,12 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
-
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from typing import TYPE_CHECKING, Final
 
 from . import errors as E
 from .errors import DecodeError
@@ -32,6 +27,13 @@ from .uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom (~100 ms to import) is loaded only where it is used: decoding text in a specific character
+# set, and decoding an identifier. Peeking at ASCII data sets, what the gateway and the IDS do per
+# object, needs none of it.
 
 #: Largest inflated prefix examined for Deflated Explicit VR Little Endian; the
 #: identifiers sit in the first few KiB, the cap defuses deflate bombs.
@@ -139,6 +141,8 @@ def _decode_text(raw: bytes, charset: str | None) -> str:
     if raw.isascii() or not charset:
         # Default repertoire; latin-1 never fails and matches pydicom's default.
         return raw.decode("latin-1")
+    from pydicom.charset import convert_encodings, decode_bytes
+
     try:
         return decode_bytes(raw, convert_encodings(charset.split("\\")), set(_PN_DELIMITERS))
     except Exception:  # an exotic or broken charset must not break a peek
@@ -246,6 +250,8 @@ def _structure_problem(buf: Buffer, implicit: bool, little: bool) -> tuple[int, 
     and that the data ends exactly after the last element.  pydicom silently
     accepts truncated values, so :func:`decode_identifier` runs this first.
     """
+    from pydicom.datadict import dictionary_VR
+
     size = len(buf)
     # (kind, implicit, little, end offset or None for undefined length)
     stack: list[tuple[int, bool, bool, int | None]] = []
@@ -391,6 +397,8 @@ def decode_identifier(
             f"identifier ({len(raw)} bytes, transfer syntax {transfer_syntax_uid}): {problem[1]}",
             problem[0],
         )
+    from pydicom.filereader import read_dataset
+
     try:
         dataset = read_dataset(io.BytesIO(raw), bool(implicit), little)
         for element in dataset.iterall():

@@ -9,8 +9,6 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-from pydicom.uid import UID
-
 # Application context (PS3.7 A.2.1)
 DICOM_APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"
 
@@ -154,6 +152,8 @@ def uid_name(uid: str) -> str:
     name = WELL_KNOWN_UIDS.get(uid)
     if name is not None:
         return name
+    from pydicom.uid import UID  # here, not at the top: the decoder itself needs no pydicom
+
     try:
         return str(UID(uid).name)
     except Exception:  # pydicom's lookup must never turn a log line into a crash

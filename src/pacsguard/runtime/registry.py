@@ -3,12 +3,8 @@ command line lists them. Built at start-up from PART_MODULES; tests may `registe
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator
 from importlib import import_module
-from importlib.util import module_from_spec, spec_from_file_location
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.runtime.part import Part
@@ -17,7 +13,8 @@ if TYPE_CHECKING:
     from pacsguard.config.schema import PacsguardConfig
     from pacsguard.events.kinds import EventKind
 
-#: Modules holding a ``PART`` (or a tuple ``PARTS``), importing nothing heavy. Order matters: the
+#: Modules holding a ``PART`` (or a tuple ``PARTS``), importing nothing heavy (nor do their packages'
+#: ``__init__`` files, which re-export lazily). Order matters: the
 #: spine's commands first, then the parts; services start in this order (the demo PACS before the
 #: gateway that relays to it) and stop in reverse.
 PART_MODULES = (
@@ -45,7 +42,7 @@ class Registry:
         """A registry of every part in PART_MODULES (a new object each call)."""
         parts: list[Part] = []
         for name in PART_MODULES:
-            module = _part_module(name)
+            module = import_module(name)
             parts.extend(getattr(module, "PARTS", None) or (module.PART,))
         return cls(parts)
 
@@ -97,18 +94,3 @@ class Registry:
             fields[str(part.section)] = (model, Field(default_factory=model))
         root: type[PacsguardConfig] = create_model("PacsguardConfig", __base__=PacsguardConfig, **fields)
         return root
-
-
-def _part_module(name: str) -> ModuleType:
-    """A part module of pacsguard, run without its package's ``__init__`` when that is not loaded yet:
-    the gateway's and the IDS's ``__init__`` import their engines, which listing parts must not pay."""
-    package, _, leaf = name.rpartition(".")
-    if name in sys.modules or package in sys.modules or not name.startswith("pacsguard."):
-        return import_module(name)
-    base = Path(__file__).resolve().parent.parent  # the pacsguard package folder
-    spec = spec_from_file_location(name, base.joinpath(*package.split(".")[1:], f"{leaf}.py"))
-    if spec is None or spec.loader is None:
-        return import_module(name)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -1,0 +1,67 @@
+"""The typer app every `pacsguard` command group is built from, tuned so that `--help` starts fast.
+
+Two choices, both measured (docs/PERFORMANCE.md, "CLI start-up"):
+
+* help and usage errors are rendered as plain text (``rich_markup_mode=None``): typer's rich
+  renderer imports ~130 ms of rich (panels, markdown, tracebacks) before printing a line, which
+  alone puts ``--help`` past twice the cost of ``import typer``. The text is the same: every
+  command, option, default and help sentence; only the boxes and colours go.
+* the ``--help`` flag of a command that is not asked for its help keeps the value False: typer
+  leaves such a flag unset (None) and then builds a pydantic adapter to coerce it, which loads
+  pydantic (~40 ms) for every group a command line passes through.
+
+A group lists each command with the whole first paragraph of its help, as the rich renderer did
+(the plain one would cut it at the terminal width with "...").
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType
+
+#: How help is rendered: plain text (see the module docstring).
+HELP_MARKUP = None
+
+
+class _FastHelp:
+    """A command whose unset --help flag defaults to False (a bool typer passes through as it is),
+    listed in its group with the first paragraph of its help, uncut."""
+
+    short_help: str | None
+    help: str | None
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        first = inspect.cleandoc(self.short_help or self.help or "").split("\n\n")[0]
+        return " ".join(first.split())
+
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        option: TyperOption | None = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None and option.default is None:
+            option.default = False
+        return option
+
+
+class Command(_FastHelp, TyperCommand):
+    """One command (a leaf of the command line)."""
+
+
+class Group(_FastHelp, TyperGroup):
+    """A command group (`pacsguard`, `pacsguard ids`, `pacsguard ids rules`, ...)."""
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose groups and commands are :class:`Group` and :class:`Command`, with plain help."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", Group)
+        kwargs.setdefault("rich_markup_mode", HELP_MARKUP)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
