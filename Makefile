@@ -36,7 +36,10 @@ run: $(RUN_STAMP)
 	$(BIN)/pacsguard init
 	$(BIN)/pacsguard serve
 
+# Lint and types first (seconds), then the suite; any failure fails `make test`.
 test: venv peers
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: venv

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, guarded, load, open_store
 from pacsguard.cli.events import Format
+
+if TYPE_CHECKING:
+    from pacsguard.store.verify import VerifyReport
 
 app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
 
@@ -50,14 +54,15 @@ def verify(
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _show(report) -> None:
+def _show(report: VerifyReport) -> None:
     from rich.table import Table
 
     from pacsguard.cli.common import console
 
-    cp = ("none yet" if report.newest_checkpoint is None else
-          f"size {report.newest_checkpoint}, signature {'[green]valid[/]' if report.newest_checkpoint_valid else '[red]INVALID[/]'}")
-    console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; newest checkpoint: {cp}",
+    signature = "[green]valid[/]" if report.newest_checkpoint_valid else "[red]INVALID[/]"
+    cp = "none yet" if report.newest_checkpoint is None else f"size {report.newest_checkpoint}, signature {signature}"
+    console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; "
+                  f"newest checkpoint: {cp}",
                   highlight=False)
     if report.ok:
         console.print("[bold green]OK[/]: every event, chain link, index row and checkpoint verifies")

@@ -33,7 +33,8 @@ def _when(text: str | None, name: str) -> datetime | None:
     try:
         return parse_time(text if "T" in text or len(text) > 10 else text + "T00:00:00")
     except ValueError:
-        raise fail(f"--{name}: expected an ISO 8601 date or time such as 2026-11-23 or 2026-11-23T08:00:00Z, got {text!r}") from None
+        raise fail(f"--{name}: expected an ISO 8601 date or time such as 2026-11-23 or 2026-11-23T08:00:00Z, "
+                   f"got {text!r}") from None
 
 
 @app.command("search")

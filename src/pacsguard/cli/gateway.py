@@ -8,7 +8,7 @@ import re
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -47,7 +47,8 @@ def run(
     tls_key: Path | None = typer.Option(None, "--tls-key"),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA for client certificates"),
     require_client_cert: bool = typer.Option(False, "--require-client-cert"),
-    upstream_tls_ca: Path | None = typer.Option(None, "--upstream-tls-ca", help="speak TLS to the upstream, verified by this CA"),
+    upstream_tls_ca: Path | None = typer.Option(None, "--upstream-tls-ca",
+                                                help="speak TLS to the upstream, verified by this CA"),
     upstream_tls_cert: Path | None = typer.Option(None, "--upstream-tls-cert"),
     upstream_tls_key: Path | None = typer.Option(None, "--upstream-tls-key"),
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
@@ -71,7 +72,7 @@ def run(
         raise fail(f"--upstream: expected AET@HOST:PORT, got {upstream!r}")
     up_host, up_port = _endpoint(match.group(2), "--upstream")
     host, port = _endpoint(listen, "--listen")
-    route: dict = {"name": "cli", "listen": {"host": host, "port": port, "ae_title": aet},
+    route: dict[str, Any] = {"name": "cli", "listen": {"host": host, "port": port, "ae_title": aet},
                    "upstream": {"host": up_host, "port": up_port, "ae_title": match.group(1)},
                    "policy": {"calling_ae_titles": allow_calling or None, "hosts": allow_host or None,
                               "move_destinations": allow_move_dest or []}}
@@ -114,7 +115,8 @@ def _open(config: Path | None, store: str | None) -> EventStore:
 @quarantine_app.command("add")
 @guarded
 def quarantine_add(target: str = typer.Argument(..., help="host address or AE title"),
-                   duration: str | None = typer.Option(None, "--for", help="e.g. 30m, 12h, 7d (default: until removed)"),
+                   duration: str | None = typer.Option(None, "--for",
+                                                       help="e.g. 30m, 12h, 7d (default: until removed)"),
                    reason: str = typer.Option("", "--reason", help="why, for the audit trail"),
                    config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """Block a device now: new associations are rejected, open ones aborted within a second."""

@@ -115,7 +115,8 @@ class _Printer:
         if self.fmt is Format.json:
             sys.stdout.write(event.to_json() + "\n")
             return
-        style = "bold red" if event.severity <= Severity.ERROR else "yellow" if event.severity <= Severity.WARNING else ""
+        severity = event.severity
+        style = "bold red" if severity <= Severity.ERROR else "yellow" if severity <= Severity.WARNING else ""
         when = event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         kind = event.kind.removeprefix("ids.")
         line = f"{when}  {kind:<34} {escape(event.message)}"
@@ -174,7 +175,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     from pacsguard.cli.common import console
 
     if fmt is Format.json:
-        sys.stdout.write(orjson.dumps({"summary": _summary_dict(stats, engine)}, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        summary = orjson.dumps({"summary": _summary_dict(stats, engine)}, option=orjson.OPT_NON_STR_KEYS)
+        sys.stdout.write(summary.decode() + "\n")
         sys.stdout.flush()
         return
     cap, sen = stats.capture, stats.sensor
@@ -192,7 +194,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
               + (f"; {sen.midstream_associations:,} joined mid-stream" if sen.midstream_associations else ""))
     if sen.commands:
         top = sorted(sen.commands.items(), key=lambda kv: -kv[1])
-        t.add_row("DIMSE commands", ", ".join(f"{n:,} {name}" for name, n in top[:8]) + (", ..." if len(top) > 8 else ""))
+        commands = ", ".join(f"{n:,} {name}" for name, n in top[:8])
+        t.add_row("DIMSE commands", commands + (", ..." if len(top) > 8 else ""))
     t.add_row("alerts", f"[bold red]{sen.alerts:,}[/]" if sen.alerts else "0")
     console.print(t)
 
@@ -213,7 +216,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     for code, n in sorted(sen.violations.items(), key=lambda kv: -kv[1]):
         rows.append(("protocol violation", code, f"{n:,}"))
     if sen.gaps:
-        rows.append(("missing bytes in DICOM streams", f"{sen.gap_bytes:,} bytes; decoder resynchronised", f"{sen.gaps:,}"))
+        rows.append(("missing bytes in DICOM streams", f"{sen.gap_bytes:,} bytes; decoder resynchronised",
+                     f"{sen.gaps:,}"))
     if sen.resync_skipped_bytes:
         rows.append(("bytes skipped while resynchronising", "", f"{sen.resync_skipped_bytes:,}"))
     for what, n in sorted(cap.non_tcp.items(), key=lambda kv: -kv[1]):
@@ -226,7 +230,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
         rows.append(("capture file problem", "more not shown", f"{cap.problem_count - len(cap.problems[:20]):,}"))
     inactive = getattr(engine, "inactive", {}) or {}
     if inactive:
-        rows.append(("rules not running", "; ".join(f"{k}: {v}" for k, v in sorted(inactive.items())), f"{len(inactive)}"))
+        rows.append(("rules not running", "; ".join(f"{k}: {v}" for k, v in sorted(inactive.items())),
+                     f"{len(inactive)}"))
     if rows:
         s = Table(title="skipped and problems", title_justify="left")
         s.add_column("what")
@@ -312,7 +317,7 @@ def live_command(
     engine, clock = _engine(rules_dir or [], config)
     stop = threading.Event()
     timer: threading.Timer | None = None
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     with ExitStack() as stack:
         publish = _output(stack, store, jsonl, fmt)
 

@@ -47,7 +47,8 @@ demo_upstream:
 
 @guarded
 def init(config: Path | None = CONFIG_OPTION,
-         demo: bool = typer.Option(True, "--demo/--no-demo", help="write the demo configuration if none exists")) -> None:
+         demo: bool = typer.Option(True, "--demo/--no-demo",
+                                   help="write the demo configuration if none exists")) -> None:
     """Write a configuration (if none), generate the checkpoint signing key (if none) and create the store."""
     from pacsguard.cli.common import console
     from pacsguard.store import keys

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -26,8 +27,18 @@ from pacsguard.store.database import WRITE, check_or_migrate, describe, make_eng
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
-from pacsguard.store.schema import (STORE_FORMAT, STORE_FORMAT_VERSION, checkpoints, event_batches, event_patients,
-                                    event_studies, event_terms, events, meta, tree_state)
+from pacsguard.store.schema import (
+    STORE_FORMAT,
+    STORE_FORMAT_VERSION,
+    checkpoints,
+    event_batches,
+    event_patients,
+    event_studies,
+    event_terms,
+    events,
+    meta,
+    tree_state,
+)
 from pacsguard.store.search import EventQuery, select_events
 
 GENESIS_PREV = bytes(HASH_SIZE)
@@ -95,7 +106,7 @@ class EventStore:
             ])
             conn.execute(insert(tree_state), {"id": 1, "size": 0, "frontier": b"", "last_leaf": GENESIS_PREV})
 
-    def _begin(self):
+    def _begin(self) -> AbstractContextManager[Connection]:
         try:
             return self._writer.begin()
         except OperationalError as exc:
@@ -125,7 +136,7 @@ class EventStore:
         # FOR UPDATE serialises writers on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
         state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
         frontier = Frontier.from_bytes(state.size, state.frontier)
-        prev, first = state.last_leaf, state.size
+        prev, first = state.last_leaf, int(state.size)
         rows = []
         append_leaf = frontier.append
         idx = BatchIndex(first)
@@ -187,7 +198,8 @@ class EventStore:
 
     def size(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar_one()
+            size: int = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar_one()
+        return size
 
     def checkpoints(self) -> list[Checkpoint]:
         with self.engine.connect() as conn:
@@ -200,7 +212,7 @@ class EventStore:
                 yield StoredEvent(seq, Event.from_json(_event_part(body)))
 
 
-def _positional_insert(paramstyle: str, table) -> str:
+def _positional_insert(paramstyle: str, table: Table) -> str:
     marker = "?" if paramstyle == "qmark" else "%s"
     names = ", ".join(c.name for c in table.columns)
     return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([marker] * len(table.columns))})"
