@@ -32,7 +32,7 @@ class IdsCheck(Check):
     def __init__(self, route: Route, dicom: DicomAdapter) -> None:
         self.route = route
         self.dicom = dicom
-        dicom.engine.extend_setting("dicom_ports", [route.listen.port, route.upstream.port])
+        dicom.add_dicom_ports([route.listen.port, route.upstream.port])
         self.flows: dict[Association, Flow] = {}  # live associations only: dropped when closed
 
     def _flow(self, assoc: Association) -> Flow:

@@ -170,6 +170,11 @@ class DicomAdapter:
                             result=RJ_RESULTS[P.RJ_RESULT_PERMANENT] if rejected else "accepted",
                             source=by if rejected else "", reason=slug, reason_text=reason, by=by)
 
+    def add_dicom_ports(self, ports: list[int]) -> None:
+        """Ports the sensor knows to carry DICOM (the gateway's route listen and upstream ports):
+        they join ``$dicom_ports`` as the rules test it (PS3.8 9.1: any TCP port may be configured)."""
+        self.engine.extend_setting("dicom_ports", ports)
+
     def expected(self, flow: Flow, called_ae: str | None, now: float | None = None) -> Expectation | None:
         """The C-MOVE that announced an association from ``flow``'s client to ``called_ae``
         (PS3.4 C.4.2.2: the C-MOVE SCP opens it to the Move Destination), if one did and it is
