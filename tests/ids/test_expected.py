@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from test_engine import MOVE_PATIENT_ROOT, Session, identifier, make_engine
 
+from pacsguard.ids import Engine
 from pacsguard.ids.expect import ExpectedConnections
 
 ARCHIVE = "10.1.1.2"
 
 
-def moved(engine, destination: str = "WS9") -> Session:
+def moved(engine: Engine, destination: str = "WS9") -> Session:
     s = Session(engine, client="10.1.1.10", server=ARCHIVE, port=104).associate(abstracts=(MOVE_PATIENT_ROOT,))
     s.move(destination, identifier("PATIENT", patient_id="PAT1"))
     return s
 
 
-def sub(engine, *, client: str = ARCHIVE, called: str = "WS9", port: int = 11113) -> Session:
+def sub(engine: Engine, *, client: str = ARCHIVE, called: str = "WS9", port: int = 11113) -> Session:
     return Session(engine, client=client, server="10.1.1.50", port=port).associate("PACS", called, answer=False)
 
 

@@ -612,7 +612,8 @@ class Engine:
         last: Alert = window.last_alert
         spec = compiled.limit_spec
         assert spec is not None
-        key = dict(zip(spec.by, window.key, strict=True))
+        values: tuple[Any, ...] = window.key  # type: ignore[assignment]  # one value per `by` field
+        key = dict(zip(spec.by, values, strict=True))
         first, lastt = self.to_wall(window.first), self.to_wall(window.last)
         keytext = ", ".join(f"{k}={_show(v)}" for k, v in key.items())
         message = (f"{compiled.rule.title}: {window.extra} more match(es) for {keytext} from {first.isoformat()} "

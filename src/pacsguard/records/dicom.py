@@ -132,7 +132,7 @@ class AssociationRecord:
                   expected_by: dict[str, Any] | None = None) -> None:
         """The A-ASSOCIATE-RQ (PS3.8 9.3.2).  ``expected_by`` ({flow, message_id}) names the C-MOVE
         whose SCP opened this association to its Move Destination (PS3.4 C.4.2.2), when one did."""
-        extra = {"expected_by": expected_by} if expected_by is not None else {}
+        extra: dict[str, Any] = {"expected_by": expected_by} if expected_by is not None else {}
         self.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
                          contexts=len(rq.presentation_contexts), tls=tls, certificate=certificate, **extra)
 
