@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -113,18 +113,11 @@ class ThresholdOverride(Strict):
         return value
 
 
-class LimitOverride(Strict):
-    """Change a rule's alert limit (docs/ids.md, "Limits and suppression") without editing the rule."""
+class LimitOverride(ThresholdOverride):
+    """Change a rule's alert limit (docs/ids.md, "Limits and suppression") without editing the rule:
+    ``count`` alert events per key per ``within`` (a threshold override's fields, without baseline)."""
 
-    count: int | None = Field(None, ge=1, description="alert events written per key per window")
-    within: str | None = Field(None, description="window length, e.g. 10m")
-
-    @field_validator("within")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
+    baseline: None = Field(None, exclude=True, description="not used by limits")
 
 
 class Suppression(Strict):
@@ -614,6 +607,20 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad) -> list[Cond
     return out
 
 
+def _parse_by(spec: KindSpec | None, by: object, fail: Callable[[str, str], None]) -> list[str]:
+    """The ``by`` fields of a threshold or limit (the key): names of the kind's fields."""
+    if isinstance(by, str):
+        by = [by]
+    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+        fail("by", f"expected a list of field names, got {by!r}")
+        return []
+    if spec is not None:
+        for name in by:
+            if spec.field_type(name) is None:
+                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+    return by
+
+
 def _parse_threshold(spec: KindSpec | None, data: object, bad) -> Threshold | None:
     if not isinstance(data, dict):
         bad("threshold", "expected a mapping with count and within")
@@ -641,16 +648,7 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad) -> Threshold | No
             within = parse_duration(data["within"])
         except ValueError as exc:
             fail("within", str(exc))
-    by = data.get("by", ["client_host"])
-    if isinstance(by, str):
-        by = [by]
-    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
-        fail("by", f"expected a list of field names, got {by!r}")
-        by = []
-    elif spec is not None:
-        for name in by:
-            if spec.field_type(name) is None:
-                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+    by = _parse_by(spec, data.get("by", ["client_host"]), fail)
     distinct = data.get("distinct")
     total = data.get("sum")
     for key, name in (("distinct", distinct), ("sum", total)):
@@ -697,16 +695,7 @@ def _parse_limit(spec: KindSpec | None, data: object, bad) -> Limit | None:
         within = parse_duration(data.get("within"))
     except ValueError as exc:
         fail("within", "missing (e.g. 10m)" if "within" not in data else str(exc))
-    by = data.get("by", ["client_host"])
-    if isinstance(by, str):
-        by = [by]
-    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
-        fail("by", f"expected a list of field names, got {by!r}")
-        by = []
-    elif spec is not None:
-        for name in by:
-            if spec.field_type(name) is None:
-                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+    by = _parse_by(spec, data.get("by", ["client_host"]), fail)
     if problems:
         return None
     return Limit(count=int(count), within=within, by=tuple(by))  # type: ignore[arg-type]
