@@ -153,6 +153,7 @@ class FakeEngine:
     action: str = "alert"
     rule_id: str = "test-rule"
     observed: list[str] = field(default_factory=list)
+    dicom_ports: list[int] = field(default_factory=list)  # the route ports the check handed over
 
     def _fire(self, flow: Flow, what: str) -> list[Alert]:
         self.observed.append(what)
@@ -175,6 +176,9 @@ class FakeEngine:
 
     def flow_closed(self, flow: Flow) -> list[Alert]:
         return self._fire(flow, "flow-closed")
+
+    def add_dicom_ports(self, ports: list[int]) -> None:
+        self.dicom_ports.extend(ports)
 
 
 class Playbook:

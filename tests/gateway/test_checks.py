@@ -348,3 +348,75 @@ def test_an_unknown_or_repeated_check_is_a_config_error(checks, key, words):
     problems = [problem_from_pydantic(e) for e in info.value.errors()]
     assert [p.key for p in problems] == [key]
     assert all(w in problems[0].message for w in words)
+
+
+# --- the inline IDS with the real engine: route ports, limits ---------------------------------------
+
+
+def _real_ids(rules_text: str | None = None) -> Any:
+    from pacsguard.ids import DicomAdapter, Engine, IdsSettings, load_rules
+    from pacsguard.ids.rules import parse_rules_text
+
+    if rules_text is None:
+        rules = load_rules([])
+    else:
+        rules, problems = parse_rules_text(rules_text, "site.yaml")
+        assert not problems, problems
+    return DicomAdapter(Engine(rules, IdsSettings()))
+
+
+def test_ids_route_ports_are_dicom_ports() -> None:
+    """A route on non-standard ports (listen 14104, upstream 14105): no dicom-unexpected-port alert."""
+    from pacsguard.ids import Flow
+
+    ids = _real_ids()
+    route = route_config(listen={"host": "127.0.0.1", "port": 14104, "ae_title": "PACSGUARD"},
+                         upstream={"host": "127.0.0.1", "port": 14105, "ae_title": "PACS"})
+
+    async def scenario(pb: Playbook) -> None:
+        await rq_from(pb)
+        assert pb.to_upstream() == [Seen("A-ASSOCIATE-RQ", ("WS1", "PACS"))]
+
+    pb = play(route, scenario, engine=ids)
+    assert "ids.alert.dicom-unexpected-port" not in pb.kinds()
+    assert {14104, 14105} <= set(ids.engine.setting_values("dicom_ports"))
+    # any other port is still unexpected for the same engine
+    flow = Flow("127.0.0.1", 40000, "127.0.0.1", 14999, sensor="inline", id="other")
+    alerts = ids.observe(flow, pb_rq_event())
+    assert "dicom-unexpected-port" in {a.rule_id for a in alerts}
+
+
+def pb_rq_event() -> Any:
+    from pacsguard.dicom import AssociationDecoder
+
+    (ev,) = AssociationDecoder().feed(True, associate_rq())
+    return ev
+
+
+LIMITED_DROP = """
+- id: site-no-ws1
+  title: WS1 is retired
+  severity: warning
+  protocol: dicom
+  on: association-request
+  match:
+    calling_ae: WS1
+  limit: {count: 1, within: 1h}
+  action: drop
+  reference: site policy
+"""
+
+
+def test_ids_limit_thins_alerts_never_enforcement() -> None:
+    ids = _real_ids(LIMITED_DROP)
+    pbs = []
+    for _ in range(3):
+        async def scenario(pb: Playbook) -> None:
+            await rq_from(pb)
+            assert pb.to_upstream() == []  # refused every time, written or not
+
+        pbs.append(play(route_config(), scenario, engine=ids))
+    assert [pb.kinds().count("ids.alert.site-no-ws1") for pb in pbs] == [1, 0, 0]
+    assert all("dicom.association.rejected" in pb.kinds() for pb in pbs)
+    (agg,) = ids.engine.flush()
+    assert agg.event.details["count"] == 2

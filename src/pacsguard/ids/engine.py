@@ -14,7 +14,14 @@ sensor only records.
 
 The engine never imports the gateway or a decoder (DESIGN.md) and keeps no unbounded state:
 per-connection state lives in an LRU of ``max_tracked_flows`` entries, each threshold rule's
-per-key windows in an LRU of ``max_tracked_sources`` keys (:mod:`.state`).
+per-key windows in an LRU of ``max_tracked_sources`` keys (:mod:`.state`), each limited rule's
+alert windows in at most ``max_tracked_sources`` keys (:mod:`.limit`), and announced associations
+in at most ``max_expected_connections`` entries (:mod:`.expect`).
+
+Limits and suppressions (docs/ids.md) decide which matches are *written*: every match is still
+returned as an :class:`Alert` (its ``record`` false when held back), so the gateway enforces
+drop/abort/quarantine on each one; the aggregate alert of a closed limit window comes back from
+the next :meth:`Engine.run` (or :meth:`Engine.flush`) with action ``alert``.
 
 Not thread-safe: one engine per event loop / sensor thread.
 """
@@ -27,17 +34,20 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from typing import Any, ClassVar, Final, Literal
 
 from pacsguard.events import Event, Outcome, Party, Severity
 
+from .expect import ExpectedConnections
+from .limit import AlertLimit, LimitWindow
 from .observation import FLOW_FIELDS, Flow, Observation, Roles
 from .protocols import KINDS
 from .rules import (
     Condition,
     IdsSettings,
+    Limit,
     Rule,
     RuleError,
     RuleProblem,
@@ -66,6 +76,8 @@ class Alert:
     reference: str
     flow: Flow
     event: Event
+    #: False when a limit or suppression holds the event back: act on the alert, do not write it
+    record: bool = True
 
 
 # ----------------------------------------------------------------------------- per-flow state
@@ -161,13 +173,20 @@ def _is_empty(v: Any) -> bool:
     return v is None or v == "" or v == [] or v == ()
 
 
-def _compile_condition(cond: Condition, is_list: bool, settings: IdsSettings) -> Pred | str:
-    """A predicate over the field's value, or the reason the rule cannot run (unset settings)."""
+def _compile_condition(cond: Condition, is_list: bool, settings: IdsSettings,
+                       lists: dict[str, set[Any]]) -> Pred | str:
+    """A predicate over the field's value, or the reason the rule cannot run (unset settings).
+    ``in``/``not_in`` a settings list test the engine's live copy in ``lists``, which a sensor may
+    extend (:meth:`Engine.extend_setting`)."""
     op, arg = cond.op, cond.value
     if isinstance(arg, SettingRef):
         resolved = settings.ref(arg.name)
         if resolved is None:
             return f"needs ids.{arg.name}"
+        if op in ("in", "not_in"):
+            live = lists.setdefault(arg.name, set(resolved))
+            base_live: Pred = live.__contains__ if op == "in" else _not_in_live(live)
+            return _any_of(base_live) if is_list else _present(base_live)
         arg = resolved
     if op == "exists":
         return (lambda v: v is not None) if arg else (lambda v: v is None)
@@ -204,6 +223,10 @@ def _not_in(members: frozenset[Any]) -> Pred:
     return lambda x: x not in members
 
 
+def _not_in_live(members: set[Any]) -> Pred:
+    return lambda x: x not in members
+
+
 def _search(pattern: re.Pattern[str]) -> Pred:
     search = pattern.search
     return lambda x: search(x) is not None
@@ -234,12 +257,19 @@ class CompiledRule:
     """A rule ready to run: its checks, effective threshold and action, and its windows.
     Adapters hold lists of them (:meth:`Engine.rules_for`) and hand them back to :meth:`Engine.run`."""
 
-    __slots__ = ("action", "by", "checks", "factory", "quarantine_for", "roles", "rule", "state", "threshold",
-                 "value_field")
+    __slots__ = ("action", "by", "checks", "factory", "limit", "limit_by", "limit_spec", "quarantine_for", "roles",
+                 "rule", "silence", "state", "threshold", "value_field")
 
     def __init__(self, rule: Rule, checks: list[tuple[bool, str, Pred]], threshold: Threshold | None,
-                 action: ActionName, quarantine_for: timedelta | None, cap: int, roles: Roles) -> None:
+                 action: ActionName, quarantine_for: timedelta | None, cap: int, roles: Roles,
+                 limit: Limit | None = None, silence: list[tuple[bool, str, Pred]] | None = None) -> None:
         self.rule = rule
+        #: the effective alert limit and its windows (None: every match is written)
+        self.limit_spec = limit
+        self.limit = AlertLimit(limit.count, limit.within, cap) if limit is not None else None
+        self.limit_by = tuple(_getter(name) for name in limit.by) if limit is not None else ()
+        #: ids.suppress entries of this rule: (is flow field, name, predicate); any match silences
+        self.silence = tuple(silence or ())
         self.roles = roles
         self.checks = tuple(checks)
         self.threshold = threshold
@@ -286,6 +316,15 @@ class Engine:
         self.settings = settings = settings if settings is not None else IdsSettings()
         #: the engine's time source (adapters read it when a caller gives no ``now``)
         self.clock = clock
+        #: an engine time as an Event time (aggregates' first/last); a sensor that feeds capture
+        #: times (seconds since the epoch) replaces it
+        self.to_wall: Callable[[float], datetime] = self._wall_from_clock
+        #: live copies of the settings lists that rules test with in/not_in (extend_setting)
+        self._lists: dict[str, set[Any]] = {}
+        #: associations announced by a protocol exchange (a C-MOVE's sub-association), bounded
+        self.expected = ExpectedConnections(settings.max_expected_connections, parse_duration(settings.expect_for))
+        self._limited: list[CompiledRule] = []
+        self._next_due = float("inf")
         self.rules = list(rules)
         #: rule id -> why it does not run (disabled, or a settings list is not set)
         self.inactive: dict[str, str] = {}
@@ -299,16 +338,23 @@ class Engine:
         self.alerts = 0
         #: alerts not raised because their rule already fired max_alerts_per_flow times on the connection
         self.suppressed = 0
+        #: matches whose alert event a limit held back (summed up in aggregates), and per rule
+        self.limited = 0
+        #: matches silenced by ids.suppress, per rule id
+        self.silenced: dict[str, int] = {}
 
     # ------------------------------------------------------------------ setup
 
     def _compile(self, settings: IdsSettings) -> None:
         problems: list[RuleProblem] = []
         ids = {r.id for r in self.rules}
-        for name in ("disabled_rules", "thresholds", "actions"):
+        for name in ("disabled_rules", "thresholds", "actions", "limits"):
             for rule_id in getattr(settings, name):
                 if rule_id not in ids:
                     problems.append(RuleProblem("ids settings", rule_id, name, "no rule with this id is loaded"))
+        for entry in settings.suppress:
+            if entry.rule not in ids:
+                problems.append(RuleProblem("ids settings", entry.rule, "suppress", "no rule with this id is loaded"))
         for rule in self.rules:
             if rule.id in settings.disabled_rules:
                 self.inactive[rule.id] = "disabled in ids.disabled_rules"
@@ -344,13 +390,40 @@ class Engine:
                     broken = True
                 if action != "quarantine":
                     quarantine_for = None
+            limit = rule.limit
+            lover = settings.limits.get(rule.id)
+            if lover is not None:
+                limit = Limit(count=lover.count if lover.count is not None else (limit.count if limit else 1),
+                              within=parse_duration(lover.within) if lover.within is not None
+                              else (limit.within if limit else 600.0),
+                              by=limit.by if limit is not None else ("client_host",))
+            spec = KINDS[rule.protocol][rule.on]
+            silence: list[tuple[bool, str, Pred]] = []
+            for entry in settings.suppress:
+                if entry.rule != rule.id:
+                    continue
+                ftype = spec.field_type(entry.track)
+                if ftype is None:
+                    problems.append(RuleProblem("ids settings", rule.id, "suppress.track",
+                                                f"unknown field {entry.track!r} for on: {rule.on}"))
+                    broken = True
+                    continue
+                try:
+                    cond = (Condition(entry.track, "cidr_in", tuple(entry.values)) if ftype == "ip"
+                            else Condition(entry.track, "in", tuple(entry.values)))
+                    pred = _compile_condition(cond, ftype == "str-list", settings, {})
+                except ValueError as exc:
+                    problems.append(RuleProblem("ids settings", rule.id, "suppress.values", str(exc)))
+                    broken = True
+                    continue
+                assert not isinstance(pred, str)  # literal values: no settings list to miss
+                silence.append((*_getter(entry.track), pred))
             if broken:
                 continue
-            spec = KINDS[rule.protocol][rule.on]
             checks: list[tuple[bool, str, Pred]] = []
             reason = None
             for cond in rule.conditions:
-                pred = _compile_condition(cond, spec.field_type(cond.field) == "str-list", settings)
+                pred = _compile_condition(cond, spec.field_type(cond.field) == "str-list", settings, self._lists)
                 if isinstance(pred, str):
                     reason = pred
                     break
@@ -360,7 +433,9 @@ class Engine:
                 self.inactive[rule.id] = reason
                 continue
             compiled = CompiledRule(rule, checks, threshold, action, quarantine_for, settings.max_tracked_sources,
-                                    spec.roles)
+                                    spec.roles, limit, silence)
+            if compiled.limit is not None:
+                self._limited.append(compiled)
             self._compiled[rule.id] = compiled
             self._index.setdefault(rule.protocol, {}).setdefault(rule.on, []).append(compiled)
         if problems:
@@ -377,6 +452,24 @@ class Engine:
     def effective_action(self, rule_id: str) -> str | None:
         compiled = self._compiled.get(rule_id)
         return compiled.action if compiled is not None else None
+
+    def effective_limit(self, rule_id: str) -> Limit | None:
+        compiled = self._compiled.get(rule_id)
+        return compiled.limit_spec if compiled is not None else None
+
+    def extend_setting(self, name: str, values: list[Any]) -> None:
+        """Add ``values`` to the settings list ``$name`` as the rules test it with in/not_in, e.g.
+        the gateway's route ports to ``$dicom_ports`` (a route's ports are DICOM ports by definition)."""
+        live = self._lists.get(name)
+        if live is None:
+            base = self.settings.ref(name)
+            live = self._lists[name] = set(base or ())
+        live.update(values)
+
+    def setting_values(self, name: str) -> list[Any]:
+        """The settings list ``$name`` as the rules see it (with what sensors added)."""
+        live = self._lists.get(name)
+        return sorted(live) if live is not None else list(self.settings.ref(name) or ())
 
     def tracked_keys(self, rule_id: str | None = None) -> int:
         """Keys held by one threshold rule (or the largest of all): the memory bound's witness."""
@@ -395,7 +488,7 @@ class Engine:
         rules = self._index.get(obs.protocol, {}).get(obs.kind)
         self.observations += 1
         if not rules:
-            return []
+            return self.due(self.clock() if now is None else now)
         return self.run(rules, obs.kind, obs.protocol, obs.fields, obs.flow,
                          self.clock() if now is None else now, None)
 
@@ -418,14 +511,14 @@ class Engine:
         st = self.flows.pop(flow.key())
         if st is None:
             if new_state is None:
-                return []
+                return self.due(now)
             st = new_state(now)
         kind = st.closed_kind
         if kind is None:
-            return []
+            return self.due(now)
         rules = self._index.get(st.protocol, {}).get(kind)
         if not rules:
-            return []
+            return self.due(now)
         return self.run(rules, kind, st.protocol, st.summary(now), flow, now, st)
 
     # ------------------------------------------------------------------ matching
@@ -434,8 +527,9 @@ class Engine:
             now: float, st: FlowState | None) -> list[Alert]:
         """Match ``rules`` (of ``protocol``/``kind``, from :meth:`rules_for`) against one
         observation's ``fields``; ``st`` is the flow's state in :attr:`flows`, if the adapter keeps
-        one.  The caller counts the observation in :attr:`observations`."""
-        alerts: list[Alert] = []
+        one.  The caller counts the observation in :attr:`observations`.  Aggregates of limit
+        windows that closed by ``now`` come first."""
+        alerts: list[Alert] = self._close_due(now) if now >= self._next_due else []
         get = fields.get
         for compiled in rules:
             for is_flow, name, pred in compiled.checks:
@@ -458,8 +552,79 @@ class Engine:
                         self.suppressed += 1
                         continue
                     counts[compiled.rule.id] = seen + 1
-                alerts.append(self._alert(compiled, kind, protocol, fields, flow, st, fired))
+                alert = self._alert(compiled, kind, protocol, fields, flow, st, fired)
+                if compiled.silence or compiled.limit is not None:
+                    self._limit(compiled, alert, fields, flow, now)
+                alerts.append(alert)
         return alerts
+
+    # ------------------------------------------------------------------ limits and suppression
+
+    def _limit(self, compiled: CompiledRule, alert: Alert, fields: dict[str, Any], flow: Flow, now: float) -> None:
+        """Decide whether the match's event is written (ids.suppress, then the rule's limit)."""
+        get = fields.get
+        for is_flow, name, pred in compiled.silence:
+            if pred(getattr(flow, name) if is_flow else get(name)):
+                alert.record = False
+                rid = compiled.rule.id
+                self.silenced[rid] = self.silenced.get(rid, 0) + 1
+                return
+        limit = compiled.limit
+        if limit is None:
+            return
+        by = compiled.limit_by
+        key = tuple(getattr(flow, name) if is_flow else get(name) for is_flow, name in by)
+        if not limit.admit(key, now, alert):
+            alert.record = False
+            self.limited += 1
+        self._next_due = min(self._next_due, limit.next_due())
+
+    def due(self, now: float) -> list[Alert]:
+        """The aggregate alerts of limit windows closed by ``now`` (for a sensor with idle time)."""
+        return self._close_due(now) if now >= self._next_due else []
+
+    def flush(self) -> list[Alert]:
+        """Close every limit window now (end of a capture, shutdown): their aggregate alerts."""
+        out = [self._aggregate(c, w) for c in self._limited for w in c.limit.drain()]  # type: ignore[union-attr]
+        self._next_due = float("inf")
+        return out
+
+    def _close_due(self, now: float) -> list[Alert]:
+        out: list[Alert] = []
+        nxt = float("inf")
+        for compiled in self._limited:
+            limit = compiled.limit
+            assert limit is not None
+            out.extend(self._aggregate(compiled, w) for w in limit.due(now))
+            nxt = min(nxt, limit.next_due())
+        self._next_due = nxt
+        return out
+
+    def _wall_from_clock(self, t: float) -> datetime:
+        # the clock is monotonic: place t relative to the wall clock now
+        return datetime.now(UTC) - timedelta(seconds=self.clock() - t)
+
+    def _aggregate(self, compiled: CompiledRule, window: LimitWindow) -> Alert:
+        """One alert event for the matches a limit window held back: how many, first and last time."""
+        self.alerts += 1
+        last: Alert = window.last_alert
+        spec = compiled.limit_spec
+        assert spec is not None
+        values: tuple[Any, ...] = window.key  # type: ignore[assignment]  # one value per `by` field
+        key = dict(zip(spec.by, values, strict=True))
+        first, lastt = self.to_wall(window.first), self.to_wall(window.last)
+        keytext = ", ".join(f"{k}={_show(v)}" for k, v in key.items())
+        message = (f"{compiled.rule.title}: {window.extra} more match(es) for {keytext} from {first.isoformat()} "
+                   f"to {lastt.isoformat()} (limit {spec.describe()})")
+        details = {**last.event.details, "action": "alert", "aggregate": True, "count": window.extra,
+                   "first": first.isoformat(), "last": lastt.isoformat(),
+                   "limit": {"count": spec.count, "within_seconds": spec.within, "by": list(spec.by), "key": key}}
+        details.pop("quarantine_seconds", None)
+        event = Event(kind=last.event.kind, component="ids", severity=last.event.severity, outcome=Outcome.UNKNOWN,
+                      actor=last.event.actor, target=last.event.target, patient_ids=last.event.patient_ids,
+                      study_uids=last.event.study_uids, message=message, details=details, time=lastt)
+        return Alert(rule_id=last.rule_id, title=last.title, severity=last.severity, action="alert",
+                     quarantine_for=None, message=message, reference=last.reference, flow=last.flow, event=event)
 
     @staticmethod
     def _threshold(compiled: CompiledRule, fields: dict[str, Any], flow: Flow, now: float) -> Any:
@@ -539,6 +704,10 @@ class Engine:
             details["quarantine_seconds"] = compiled.quarantine_for.total_seconds()
         if threshold_details is not None:
             details["threshold"] = threshold_details
+        lim = compiled.limit_spec
+        if lim is not None:
+            details["limit"] = {"count": lim.count, "within_seconds": lim.within, "by": list(lim.by),
+                                "key": {b: obs.get(b) for b in lim.by}}
         event = Event(
             kind=f"ids.alert.{rule.id}", component="ids", severity=rule.severity, outcome=Outcome.UNKNOWN,
             actor=actor, target=target, patient_ids=patient_ids, study_uids=study_uids,

@@ -165,6 +165,7 @@ def read(
                 break  # nothing consumed: never spin
         reasm.tick(cf.last_ts)
         reasm.finish()
+        sensor.flush()
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress(size, size)
@@ -211,6 +212,7 @@ def live(
         promisc=promisc,
         ready=ready,
     )
+    sensor.flush()
     return PassiveStats(interface, stats, sensor.stats, time.perf_counter() - t0, stats.bytes)
 
 

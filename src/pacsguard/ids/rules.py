@@ -46,10 +46,11 @@ Action = Literal["alert", "drop", "abort", "quarantine"]
 ACTIONS: Final = ("alert", "drop", "abort", "quarantine")
 
 RULE_KEYS: Final = (
-    "id", "title", "severity", "protocol", "on", "match", "threshold",
+    "id", "title", "severity", "protocol", "on", "match", "threshold", "limit",
     "action", "quarantine_for", "reference", "description",
 )
 THRESHOLD_KEYS: Final = ("count", "within", "by", "distinct", "sum", "baseline")
+LIMIT_KEYS: Final = ("count", "within", "by")
 OPERATORS: Final = (
     "equals", "in", "not_in", "regex", "wildcard", "exists", "empty",
     "cidr_in", "not_cidr_in", "gt", "lt",
@@ -112,6 +113,29 @@ class ThresholdOverride(Strict):
         return value
 
 
+class LimitOverride(ThresholdOverride):
+    """Change a rule's alert limit (docs/ids.md, "Limits and suppression") without editing the rule:
+    ``count`` alert events per key per ``within`` (a threshold override's fields, without baseline)."""
+
+    baseline: None = Field(None, exclude=True, description="not used by limits")
+
+
+class Suppression(Strict):
+    """Silence one rule's alerts for known benign sources: no alert event is written for a match
+    whose ``track`` field is one of ``values`` (an address field also takes CIDRs); the match is
+    still counted (``Engine.silenced``) and inline actions still apply."""
+
+    rule: str = Field(..., description="the rule id")
+    track: str = Field("client_host", description="the observation field to compare, e.g. client_host, calling_ae")
+    values: list[str] = Field(..., min_length=1, description="values (or CIDRs for an address field) to silence")
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _texts(cls, value: object) -> object:
+        # YAML reads an AE title such as 1234 as a number
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+
 class ActionOverride(Strict):
     """Change what a rule does inline (e.g. turn an alert into a quarantine)."""
 
@@ -143,10 +167,21 @@ class IdsSettings(Strict):
     disabled_rules: list[str] = Field([], description="rule ids to turn off")
     thresholds: dict[str, ThresholdOverride] = Field({}, description="per rule id: count, within, baseline")
     actions: dict[str, ActionOverride] = Field({}, description="per rule id: action (and quarantine_for)")
+    limits: dict[str, LimitOverride] = Field({}, description="per rule id: alert events per key per window")
+    suppress: list[Suppression] = Field([], description="rule alerts silenced for known benign sources")
+    expect_for: str = Field("2m", description="how long a C-MOVE's sub-association stays expected after its last "
+                                              "request or response")
+    max_expected_connections: int = Field(4096, ge=1, description="announced associations remembered at most")
     max_tracked_sources: int = Field(100_000, ge=1, description="keys each threshold rule tracks at most")
     max_tracked_flows: int = Field(65_536, ge=1, description="connections tracked at most")
     max_alerts_per_flow: int = Field(
         10, ge=1, description="times an alert-only rule without threshold fires per connection at most")
+
+    @field_validator("expect_for")
+    @classmethod
+    def _expect_for(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
     @field_validator("internal_networks", mode="before")
     @classmethod
@@ -206,6 +241,19 @@ class Threshold:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``count`` alert events per key (the ``by`` fields) per ``within`` seconds; the
+    matches beyond are summed up in one aggregate alert when the window closes (:mod:`.limit`)."""
+
+    count: int
+    within: float  # seconds
+    by: tuple[str, ...] = ("client_host",)
+
+    def describe(self) -> str:
+        return f"{self.count} alert(s) per {'+'.join(self.by) or 'all'} per {format_duration(self.within)}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     id: str
     title: str
@@ -217,6 +265,7 @@ class Rule:
     reference: str
     threshold: Threshold | None = None
     quarantine_for: timedelta | None = None
+    limit: Limit | None = None
     description: str = ""
     file: str = ""
     line: int | None = None
@@ -406,6 +455,7 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
     threshold = None
     if data.get("threshold") is not None:
         threshold = _parse_threshold(spec, data["threshold"], bad)
+    limit = _parse_limit(spec, data["limit"], bad) if data.get("limit") is not None else None
 
     action = data.get("action", "alert")
     if action not in ACTIONS:
@@ -435,7 +485,7 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
     return Rule(
         id=str(raw_id), title=str(title).strip(), severity=severity, protocol=str(protocol), on=str(on),
         conditions=tuple(conditions), action=action, reference=str(reference).strip(),
-        threshold=threshold, quarantine_for=quarantine_for, description=str(description).strip(),
+        threshold=threshold, quarantine_for=quarantine_for, limit=limit, description=str(description).strip(),
         file=file, line=line, builtin=builtin,
     ), []
 
@@ -565,6 +615,20 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
     return out
 
 
+def _parse_by(spec: KindSpec | None, by: object, fail: _Report) -> list[str]:
+    """The ``by`` fields of a threshold or limit (the key): names of the kind's fields."""
+    if isinstance(by, str):
+        by = [by]
+    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
+        fail("by", f"expected a list of field names, got {by!r}")
+        return []
+    if spec is not None:
+        for name in by:
+            if spec.field_type(name) is None:
+                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+    return by
+
+
 def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Threshold | None:
     if not isinstance(data, dict):
         bad("threshold", "expected a mapping with count and within")
@@ -592,16 +656,7 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Thres
             within = parse_duration(data["within"])
         except ValueError as exc:
             fail("within", str(exc))
-    by = data.get("by", ["client_host"])
-    if isinstance(by, str):
-        by = [by]
-    if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
-        fail("by", f"expected a list of field names, got {by!r}")
-        by = []
-    elif spec is not None:
-        for name in by:
-            if spec.field_type(name) is None:
-                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+    by = _parse_by(spec, data.get("by", ["client_host"]), fail)
     distinct = data.get("distinct")
     total = data.get("sum")
     for key, name in (("distinct", distinct), ("sum", total)):
@@ -625,6 +680,33 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Thres
         return None
     return Threshold(count=float(count), within=within, by=tuple(by), distinct=distinct, sum=total,
                      baseline=float(baseline) if baseline is not None else None)
+
+
+def _parse_limit(spec: KindSpec | None, data: object, bad: _Report) -> Limit | None:
+    if not isinstance(data, dict):
+        bad("limit", "expected a mapping with count and within, e.g. {count: 1, within: 10m, by: [client_host]}")
+        return None
+    problems: list[str] = []
+
+    def fail(field: str, problem: str) -> None:
+        problems.append(field)
+        bad(f"limit.{field}", problem)
+
+    for key in data:
+        if key not in LIMIT_KEYS:
+            fail(str(key), f"unknown field (known: {', '.join(LIMIT_KEYS)})")
+    count = data.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        fail("count", "missing" if count is None else f"expected a whole number of at least 1, got {count!r}")
+    within = 0.0
+    try:
+        within = parse_duration(data.get("within"))
+    except ValueError as exc:
+        fail("within", "missing (e.g. 10m)" if "within" not in data else str(exc))
+    by = _parse_by(spec, data.get("by", ["client_host"]), fail)
+    if problems:
+        return None
+    return Limit(count=int(count), within=within, by=tuple(by))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- loading

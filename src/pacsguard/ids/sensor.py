@@ -368,6 +368,8 @@ class PassiveSensor:
         self.dicom_ports = frozenset(int(p) for p in dicom_ports)
         self.sensor = sensor
         self.clock = clock if clock is not None else CaptureClock()
+        if hasattr(engine, "to_wall"):
+            engine.to_wall = capture_time  # the engine's times are capture times (seconds since the epoch)
         self.max_pdu_length = max_pdu_length
         self.max_buffer_total = max_buffer_total
         self.log_associations = log_associations
@@ -767,7 +769,9 @@ class PassiveSensor:
             record.client = Party(ae_title=rq.calling_ae_title, host=conn.client_ip, port=conn.client_port)
             record.server = Party(ae_title=rq.called_ae_title, host=conn.server_ip, port=conn.server_port)
             record.called_ae = rq.called_ae_title
-            record.requested(rq, tls=False, certificate=None)
+            announced = self.dicom.expected(st.flow, rq.called_ae_title, now=self._now(ts))
+            record.requested(rq, tls=False, certificate=None,
+                             expected_by=announced.as_details() if announced is not None else None)
 
     def _on_accepted(self, st: _ConnState, ev: AssociationAccepted, ts: int) -> None:
         st.result = "accepted"
@@ -841,12 +845,20 @@ class PassiveSensor:
         # passively, an alert happened at the capture time of the packet that fired it.
         when = time_from_us(int(self.clock() * 1_000_000))
         for alert in alerts:
+            if not getattr(alert, "record", True):
+                continue  # held back by a limit or ids.suppress: counted by the engine, not written
             rule = str(getattr(alert, "rule_id", "?"))
             self.stats.alerts += 1
             _bump(self.stats.alerts_by_rule, rule)
             if st is not None:
                 _bump_bounded(st.alerts, rule)
             self._emit(replace(alert.event, time=when))
+
+    def flush(self) -> None:
+        """The end of the capture: the aggregate alerts of the engine's open limit windows."""
+        flush = getattr(self.engine, "flush", None)
+        if flush is not None:
+            self._alerts(None, flush())
 
     def _end_record(self, st: _ConnState, record: AssociationRecord, close_reason: str, ts: int) -> None:
         """The association's last Event, as the gateway records it, with ``details.capture``; its time

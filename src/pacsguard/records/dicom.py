@@ -128,10 +128,13 @@ class AssociationRecord:
         self.abandon()
         self.association(phase, severity=severity, outcome=outcome, message=message, at=at, **details)
 
-    def requested(self, rq: AssociateRQ, *, tls: bool, certificate: dict[str, Any] | None) -> None:
-        """The A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
+    def requested(self, rq: AssociateRQ, *, tls: bool, certificate: dict[str, Any] | None,
+                  expected_by: dict[str, Any] | None = None) -> None:
+        """The A-ASSOCIATE-RQ (PS3.8 9.3.2).  ``expected_by`` ({flow, message_id}) names the C-MOVE
+        whose SCP opened this association to its Move Destination (PS3.4 C.4.2.2), when one did."""
+        extra: dict[str, Any] = {"expected_by": expected_by} if expected_by is not None else {}
         self.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
-                         contexts=len(rq.presentation_contexts), tls=tls, certificate=certificate)
+                         contexts=len(rq.presentation_contexts), tls=tls, certificate=certificate, **extra)
 
     def accepted(self, decoder: AssociationDecoder, refused_by_policy: list[str]) -> None:
         """The A-ASSOCIATE-AC (PS3.8 9.3.3): the abstract syntaxes of the accepted presentation contexts."""

@@ -20,7 +20,10 @@ _ANSWER: dict[str, dict[str, Any]] = {"result": _INT, "source": _INT, "reason_co
 
 KINDS = (
     EventKind("dicom.association.requested", "an A-ASSOCIATE-RQ (PS3.8 9.3.2) was seen",
-              {**_WHERE, "contexts": INTEGER, "tls": BOOLEAN, "certificate": nullable(OBJECT)},
+              {**_WHERE, "contexts": INTEGER, "tls": BOOLEAN, "certificate": nullable(OBJECT),
+               # the C-MOVE whose SCP opened this association to its Move Destination (PS3.4 C.4.2.2)
+               "expected_by": {"type": "object", "properties": {"flow": STRING, "message_id": _INT},
+                               "required": ["flow"], "additionalProperties": False}},
               required=("route", "called_ae")),
     EventKind("dicom.association.accepted", "the acceptor accepted it (A-ASSOCIATE-AC) and the policy let it through",
               {**_WHERE, "accepted": STRINGS, "refused_by_policy": STRINGS, "max_pdu": _INT},

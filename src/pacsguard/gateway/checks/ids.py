@@ -3,6 +3,10 @@ every decode error, the gateway's own rejections and the end of the connection; 
 recorded, and a rule's action becomes the verdict: alert (pass), drop (refuse: A-ASSOCIATE-RJ on
 the RQ, 0x0124 not authorized on a request, PS3.7 C.4), abort (A-ABORT, PS3.8 9.3.8) or quarantine.
 
+A route's listen port and its upstream's port are DICOM ports by definition: they join the
+rules' ``$dicom_ports``.  A limit or ids.suppress (docs/ids.md) may hold an alert's event back;
+its action is enforced all the same.
+
 This is the only module of the gateway that calls the IDS (through its DICOM adapter)."""
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class IdsCheck(Check):
     def __init__(self, route: Route, dicom: DicomAdapter) -> None:
         self.route = route
         self.dicom = dicom
+        dicom.add_dicom_ports([route.listen.port, route.upstream.port])
         self.flows: dict[Association, Flow] = {}  # live associations only: dropped when closed
 
     def _flow(self, assoc: Association) -> Flow:
@@ -70,10 +75,12 @@ class IdsCheck(Check):
 
 def _verdict(assoc: Association, alerts: list[Alert], *, rj: tuple[int, int, int] | None = None,
              status: int | None = None) -> Verdict:
-    """Record every alert; the verdict is the strongest acting rule's (the first of equals)."""
+    """Record every alert a limit does not hold back; the verdict is the strongest acting rule's
+    (the first of equals), over every match."""
     strongest: Alert | None = None
     for alert in alerts:
-        assoc.publish(alert.event)
+        if alert.record:
+            assoc.publish(alert.event)
         if _ACTIONS[alert.action] > (_ACTIONS[strongest.action] if strongest else Action.ALLOW):
             strongest = alert
     if strongest is None:

@@ -37,6 +37,7 @@ from pacsguard.dicom.events import (
 )
 from pacsguard.dicom.reasons import RJ_REASONS, RJ_RESULTS, RJ_SOURCES, rj_reason
 from pacsguard.ids.engine import Alert, Engine
+from pacsguard.ids.expect import Expectation
 from pacsguard.ids.observation import Flow
 from pacsguard.ids.sniff import guess_protocol
 
@@ -169,6 +170,17 @@ class DicomAdapter:
                             result=RJ_RESULTS[P.RJ_RESULT_PERMANENT] if rejected else "accepted",
                             source=by if rejected else "", reason=slug, reason_text=reason, by=by)
 
+    def add_dicom_ports(self, ports: list[int]) -> None:
+        """Ports the sensor knows to carry DICOM (the gateway's route listen and upstream ports):
+        they join ``$dicom_ports`` as the rules test it (PS3.8 9.1: any TCP port may be configured)."""
+        self.engine.extend_setting("dicom_ports", ports)
+
+    def expected(self, flow: Flow, called_ae: str | None, now: float | None = None) -> Expectation | None:
+        """The C-MOVE that announced an association from ``flow``'s client to ``called_ae``
+        (PS3.4 C.4.2.2: the C-MOVE SCP opens it to the Move Destination), if one did and it is
+        still valid; a sensor names it in the association's record."""
+        return self.engine.expected.match(flow.client_host, called_ae, self._clock() if now is None else now)
+
     def flow_closed(self, flow: Flow, now: float | None = None) -> list[Alert]:
         """The connection ended (FIN/RST, eviction, end of capture): the ``flow-closed`` rules run
         over its summary, also for a connection no event was seen on."""
@@ -188,6 +200,7 @@ class DicomAdapter:
         rules = self._rules.get("association-request")
         if not rules:
             return []
+        announced = self.engine.expected.match(flow.client_host, rq.called_ae_title, now)
         ui = rq.user_information
         identity = ui.user_identity if ui is not None else None
         fields = {
@@ -201,6 +214,7 @@ class DicomAdapter:
             "implementation_version_name": ui.implementation_version_name if ui is not None else None,
             "user_identity_type": getattr(identity, "identity_type", None),
             "application_context": rq.application_context_name,
+            "expected_by": announced.label() if announced is not None else None,
         }
         return self._run(rules, "association-request", PROTOCOL, fields, flow, now, st)
 
@@ -268,6 +282,8 @@ class DicomAdapter:
                     st.services[service] = None
                 if service in _RETRIEVES and cmd.message_id is not None and len(st.retrieves) < MAX_RETRIEVES:
                     st.retrieves.add(cmd.message_id)
+                if service == "C-MOVE" and cmd.move_destination:
+                    self._announce(flow, st, cmd, now)
             rules = self._rules.get("dimse-request")
             if not rules:
                 return []
@@ -281,6 +297,8 @@ class DicomAdapter:
             }
             return self._run(rules, "dimse-request", PROTOCOL, fields, flow, now, st)
         announced = None
+        if service == "C-MOVE" and not from_rq and st.moves:
+            self._move_response(st, cmd, now)
         if service in _RETRIEVES and not from_rq:
             mid = cmd.message_id_being_responded_to
             if mid is not None and mid in st.retrieves:
@@ -303,6 +321,25 @@ class DicomAdapter:
             "suboperations_announced": announced,
         }
         return self._run(rules, "dimse-response", PROTOCOL, fields, flow, now, st)
+
+    def _announce(self, flow: Flow, st: DicomFlowState, cmd: CommandSet, now: float) -> None:
+        """A C-MOVE-RQ: its SCP (this flow's server) will associate with the Move Destination
+        (PS3.4 C.4.2.2); that association is expected while the C-MOVE runs and a while after."""
+        key = self.engine.expected.expect(flow.server_host, cmd.move_destination or "",
+                                          flow.id or f"{flow.client_host}:{flow.client_port}", cmd.message_id, now)
+        if cmd.message_id is not None and (cmd.message_id in st.moves or len(st.moves) < MAX_RETRIEVES):
+            st.moves[cmd.message_id] = key
+
+    def _move_response(self, st: DicomFlowState, cmd: CommandSet, now: float) -> None:
+        """A C-MOVE-RSP (PS3.4 C.4.2.1.5): the retrieve is still going, or ends after a grace period."""
+        mid = cmd.message_id_being_responded_to
+        key = st.moves.get(mid) if mid is not None else None
+        if key is None:
+            return
+        self.engine.expected.refresh(key, now)
+        status = cmd.status
+        if status is None or status_category(status) != "pending":
+            del st.moves[mid]  # type: ignore[arg-type]
 
     def _on_dataset(self, flow: Flow, st: DicomFlowState, ev: DimseDatasetStart, now: float) -> list[Alert]:
         peek = ev.peek

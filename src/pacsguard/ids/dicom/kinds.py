@@ -38,6 +38,8 @@ register_kinds(
                 "implementation_version_name": ("str", "Implementation Version Name (PS3.7 D.3.3.2)"),
                 "user_identity_type": ("int", "User Identity type (PS3.7 D.3.3.7), absent without one"),
                 "application_context": ("str", "Application Context Name UID"),
+                "expected_by": ("str", "flow#message_id of the C-MOVE-RQ that announced this association (its SCP "
+                                       "associating with the Move Destination, PS3.4 C.4.2.2); absent otherwise"),
             },
         ),
         "association-result": (

@@ -23,7 +23,8 @@ MAX_RETRIEVES: Final = 64
 
 class DicomFlowState(FlowState):
     """One DICOM connection: its association's AE titles and outcome, the services asked for,
-    the last command in each direction, and the retrieves waiting for their first response."""
+    the last command in each direction, the retrieves waiting for their first response, and the
+    C-MOVEs whose sub-associations are expected."""
 
     __slots__ = (
         "aborted",
@@ -33,6 +34,7 @@ class DicomFlowState(FlowState):
         "calling_ae",
         "cmd_ac",
         "cmd_rq",
+        "moves",
         "non_echo",
         "rejected",
         "released",
@@ -62,6 +64,8 @@ class DicomFlowState(FlowState):
         self.cmd_rq: tuple[str, str, str | None] | None = None
         self.cmd_ac: tuple[str, str, str | None] | None = None
         self.retrieves: set[int] = set()
+        #: C-MOVE message ID -> the key of the sub-association it announced (Engine.expected)
+        self.moves: dict[int, tuple[str, str]] = {}
 
     def ae_pair(self) -> str | None:
         if self.calling_ae is None and self.called_ae is None:
