@@ -208,3 +208,31 @@ def test_tool_scan_gives_a_handful_of_alerts_with_counts() -> None:
     tool = [a for a in out if a.rule_id == "dicom-tool-default-ae-title" and a.record]
     assert len(tool) == 2
     assert sum(a.event.details.get("count", 1) for a in tool) == 120
+
+
+def test_the_gateway_writes_open_aggregates_on_a_timer_and_at_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline, a limit window also closes without traffic (the gateway's timer) and at stop()."""
+    import asyncio
+
+    from pacsguard.config.schema import GatewayConfig
+    from pacsguard.gateway import server
+
+    monkeypatch.setattr(server, "ALERT_WINDOW_TICK", 0.01)
+    engine, clock = engine_with()
+    published: list[Any] = []
+
+    async def run() -> None:
+        gw = server.Gateway(GatewayConfig(), published.append, engine=engine)
+        await gw.start()
+        for _ in range(5):
+            hit(engine)  # 2 written, 3 held back (what the relay would have published: not here)
+        clock.t += 61  # the window is over: the timer writes its aggregate
+        await asyncio.sleep(0.1)
+        assert [e.details["count"] for e in published] == [3]
+        for _ in range(4):
+            hit(engine)
+        await gw.stop()  # a window still open: its aggregate is written at shutdown
+        assert [e.details["count"] for e in published] == [3, 2]
+
+    asyncio.run(run())
+    assert all(e.kind == "ids.alert.site-scu" and e.details["aggregate"] for e in published)

@@ -21,6 +21,8 @@ from pacsguard.ids import DicomAdapter, Engine
 
 log = logging.getLogger("pacsguard.gateway")
 
+ALERT_WINDOW_TICK = 5.0  # seconds between checks for IDS limit windows that have closed
+
 Publish = Callable[[Event], None]
 Resolve = Callable[[Path], Path]
 
@@ -136,6 +138,7 @@ class Gateway:
         self._quarantine_seq = -1
         self._servers: list[asyncio.base_events.Server] = []
         self._poller: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
 
     async def start(self) -> list[Listener]:
@@ -143,6 +146,8 @@ class Gateway:
         if self._read_quarantine is not None:
             await self.refresh_quarantine()
             self._poller = loop.create_task(self._poll_quarantine())
+        if self.engine is not None:
+            self._ticker = loop.create_task(self._close_alert_windows())
         for rt in self.routes:
             listen = rt.route.listen
             try:
@@ -172,6 +177,20 @@ class Gateway:
         for rt in self.routes:
             for relay in list(rt.relays):
                 relay.abort("the gateway is shutting down", kind="shutdown")
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.engine is not None:  # the aggregate alerts of limit windows still open (docs/ids.md)
+            for alert in self.engine.flush():
+                self.publish(alert.event)
+
+    async def _close_alert_windows(self) -> None:
+        """An IDS limit window closes on the next observation; on a quiet gateway this timer closes
+        it, so an aggregate alert never waits for traffic that may not come."""
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(ALERT_WINDOW_TICK)
+            for alert in self.engine.due(self.engine.clock()):
+                self.publish(alert.event)
 
     # --- quarantine ---------------------------------------------------------------------------
 
