@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, fail, guarded, load
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, config_path, fail, guarded, load
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 
 if TYPE_CHECKING:
@@ -93,10 +93,16 @@ def _ids_errors(func: F) -> F:
 def _engine(rules_dir: list[Path], config: Path | None) -> tuple[Engine, CaptureClock]:
     """The rule engine on a capture clock, with the ``ids:`` settings of pacsguard.yaml (``--config``,
     else ``$PACSGUARD_CONFIG``, else ./pacsguard.yaml when it exists; the defaults without one)."""
-    from pacsguard.ids.part import rule_engine
     from pacsguard.ids.sensor import CaptureClock
 
     clock = CaptureClock()
+    if config is None and not config_path(None).exists():
+        # No pacsguard.yaml: the IDS defaults, without building the model of every part's section.
+        from pacsguard.ids.passive import build_engine
+
+        return build_engine(rules_dir, None, clock=clock), clock
+    from pacsguard.ids.part import rule_engine
+
     return rule_engine(load(config, required=False), rules_dir, clock=clock), clock
 
 
@@ -246,6 +252,24 @@ def _exit_code(stats: PassiveStats) -> int:
     return EXIT_FINDINGS if stats.sensor.alerts else EXIT_OK
 
 
+def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int], None]:
+    """A rich progress bar on the terminal for the capture being read; imported only when shown."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from pacsguard.cli.common import err_console
+
+    progress = stack.enter_context(Progress(
+        TextColumn("[bold]reading[/] {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=err_console, transient=True))
+    task = progress.add_task(escape(name), total=None)
+
+    def report(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return report
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -262,33 +286,15 @@ def read_command(
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
     """Run the IDS rules over a capture file; exit 1 if any alert fired."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
     from pacsguard.cli.common import err_console
     from pacsguard.ids.passive import read
 
     engine, clock = _engine(rules_dir or [], config)
     with ExitStack() as stack:
         publish = _output(stack, store, jsonl, fmt)
-        progress = Progress(
-            TextColumn("[bold]reading[/] {task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-            disable=not err_console.is_terminal,
-        )
-        with progress:
-            task = progress.add_task(escape(capture.name), total=None)
-
-            def report(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            stats = read(capture, engine=engine, publish=publish, clock=clock, max_flows=max_flows,
-                         log_associations=not alerts_only, progress=report)
+        report = _progress_bar(stack, capture.name) if err_console.is_terminal else None
+        stats = read(capture, engine=engine, publish=publish, clock=clock, max_flows=max_flows,
+                     log_associations=not alerts_only, progress=report)
     _print_summary(stats, engine, fmt)
     raise typer.Exit(_exit_code(stats))
 
