@@ -180,6 +180,9 @@ class FakeEngine:
     def add_dicom_ports(self, ports: list[int]) -> None:
         self.dicom_ports.extend(ports)
 
+    def expected(self, flow: Flow, called_ae: str | None) -> None:
+        return None  # this fake announces no association
+
 
 class Playbook:
     """A route (the relay's RouteView) with one association at a time on in-memory transports."""

@@ -420,3 +420,44 @@ def test_ids_limit_thins_alerts_never_enforcement() -> None:
     assert all("dicom.association.rejected" in pb.kinds() for pb in pbs)
     (agg,) = ids.engine.flush()
     assert agg.event.details["count"] == 2
+
+
+def test_ids_names_the_c_move_on_its_sub_association_record() -> None:
+    """A C-MOVE relayed by one route (upstream PACS at 10.9.9.9) announces the association the PACS
+    opens to the Move Destination (PS3.4 C.4.2.2): arriving on the return route from 10.9.9.9, its
+    `requested` record names the C-MOVE, and no dicom-unexpected-port fires on port 11500; another
+    host calling the same route is not expected."""
+    ids = _real_ids()
+    main = route_config(upstream={"host": "10.9.9.9", "port": 104, "ae_title": "PACS"},
+                        policy={"move_destinations": ["WORKSTATION"]})
+
+    async def move(pb: Playbook) -> None:
+        await pb.associate(STUDY_MOVE)
+        rq = move_rq("WORKSTATION")
+        await pb.client(rq)
+        assert [s.name for s in pb.to_upstream()] == ["P-DATA-TF", "P-DATA-TF"]
+        await pb.upstream(response(rq))
+
+    moved = play(main, move, engine=ids)
+    (c_move,) = [e for e in moved.events if e.kind == "dicom.dimse.c-move"]
+
+    retrieve = route_config(name="retrieve",
+                            listen={"host": "127.0.0.1", "port": 11500, "ae_title": "WORKSTATION"},
+                            upstream={"host": "127.0.0.1", "port": 11501, "ae_title": "WORKSTATION"})
+    sub = Playbook(retrieve, engine=ids, host="10.9.9.9")
+    stranger = Playbook(retrieve, engine=ids, host="10.6.6.6")
+    for pb in (sub, stranger):
+        async def scenario(pb: Playbook = pb) -> None:
+            pb.connect()
+            await pb.client(associate_rq("PACS", "WORKSTATION", CT_STORAGE))
+            pb.close()
+
+        asyncio.run(scenario())
+    (requested,) = [e for e in sub.events if e.kind == "dicom.association.requested"]
+    by = requested.details["expected_by"]
+    assert by["message_id"] == c_move.details["message_id"] == 5
+    assert by["flow"].startswith(f"unit/127.0.0.1:{c_move.actor.port}/")
+    (other,) = [e for e in stranger.events if e.kind == "dicom.association.requested"]
+    assert "expected_by" not in other.details
+    # route ports are DICOM ports inline anyway; what the expectation changes is the record
+    assert "ids.alert.dicom-unexpected-port" not in sub.kinds() + stranger.kinds()

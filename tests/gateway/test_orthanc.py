@@ -126,6 +126,11 @@ def test_move_and_get_through_the_gateway(dcmtk, pacs_factory_move, gateway, tmp
     # The sub-operation itself was relayed and recorded on the retrieve route.
     sub = gw.wait_for("dicom.dimse.c-store", where=lambda e: e.details["route"] == "retrieve")[0]
     assert sub.actor.ae_title == pacs.aet and sub.target.ae_title == "WORKSTATION"
+    # ... on an association the inline IDS knew to expect: its record names the C-MOVE (PS3.4 C.4.2.2)
+    (requested,) = gw.wait_for("dicom.association.requested", where=lambda e: e.details["route"] == "retrieve")
+    assert requested.details["expected_by"]["message_id"] == move.details["message_id"]
+    assert requested.details["expected_by"]["flow"].startswith(f"main/127.0.0.1:{move.actor.port}/")
+    assert not gw.events("ids.alert.dicom-unexpected-port")
 
     got = tmp_path / "got"
     got.mkdir()

@@ -397,3 +397,42 @@ def test_ids_live_saw_the_same_attack(attack_capture: dict[str, Any]) -> None:
     kinds = Counter(Event.from_json(line).kind for line in lines)
     assert sum(kinds[k] for k in ENDINGS) == len(records_of(events))
     assert kinds["ids.alert.dicom-ae-brute-force"] >= 1
+
+
+LIMITED_OFF = {"count": 1_000_000, "within": "1d"}  # so high that every match is written
+
+
+def _match_counts(cap: Path, settings: IdsSettings, limited: list[str]) -> Counter[str]:
+    """Every match per rule: the same capture read with each rule's limit lifted."""
+    lifted = IdsSettings.model_validate({**settings.model_dump(), "limits": {rid: LIMITED_OFF for rid in limited}})
+    events, _, engine = run_sensor(cap, lifted)
+    assert engine.limited == 0
+    return Counter(a.kind.removeprefix("ids.alert.") for a in alerts_of(events))
+
+
+@pytest.mark.parametrize("site", [False, True], ids=["defaults", "site-ae-titles"])
+def test_nmap_attack_gives_a_handful_of_alerts_that_account_for_every_match(
+        attack_capture: dict[str, Any], site: bool) -> None:
+    """docs/ids.md "Limits and suppression": with the defaults one dicom-ping + dicom-brute run is at
+    most five alert events; with or without the site's AE titles, each limited rule writes at most
+    its first alert and one aggregate, and its written alerts plus the aggregates' counts are all
+    its matches."""
+    settings = all_rules_on() if site else IdsSettings()
+    events, _, engine = run_sensor(attack_capture["capture"], settings)
+    alerts = alerts_of(events)
+    if not site:
+        assert 0 < len(alerts) <= 5, [(a.kind, a.details.get("count")) for a in alerts]
+    limited = [r.id for r in engine.rules if engine.effective_limit(r.id) is not None]
+    matches = _match_counts(attack_capture["capture"], settings, limited)
+    assert engine.limited == sum(matches.values()) - sum(1 for a in alerts if not a.details.get("aggregate"))
+    accounted: Counter[str] = Counter()
+    written: Counter[str] = Counter()
+    for a in alerts:
+        rule = a.kind.removeprefix("ids.alert.")
+        written[rule] += 1
+        accounted[rule] += a.details["count"] if a.details.get("aggregate") else 1
+        assert rule in limited, rule  # the attack trips only the noisy, limited rules
+        assert a.details["limit"]["key"] == {"client_host": "127.0.0.1"}
+    assert accounted == matches
+    assert max(written.values()) <= 2, written
+    assert sum(matches.values()) > len(alerts)  # the limits did thin the record out

@@ -20,7 +20,7 @@ from pacsguard.gateway.verdict import ALLOW, Action, Verdict
 from pacsguard.records.dicom import Pending
 
 HOOKS = ("on_associate", "on_context", "on_request", "on_event", "on_data_event", "on_decode_error", "on_rejected",
-         "on_closed")
+         "on_closed", "expected_by")
 # Before the association exists there is nothing to abort: every acting verdict is an
 # A-ASSOCIATE-RJ or a context rejection, and the first check to refuse names the rule.
 _FIRST_REFUSAL_WINS = frozenset({"on_associate", "on_context"})
@@ -46,6 +46,12 @@ class Check:
 
     name = ""
     observer = False
+
+    def expected_by(self, assoc: Association, rq: P.AssociateRQ) -> dict[str, Any] | None:
+        """A query, not a verdict: the exchange that announced this association, as ``{flow,
+        message_id}`` for its ``requested`` record (a C-MOVE's sub-association, PS3.4 C.4.2.2);
+        None when this check knows of none."""
+        return None
 
     def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
         """The A-ASSOCIATE-RQ (PS3.8 9.3.2); a refusal is answered with `verdict.rj`."""
@@ -124,3 +130,13 @@ def decide(chain: Chain, hook: str, assoc: Association, *args: Any) -> Verdict:
     if result.action is Action.REFUSE and hook == "on_event":
         return Verdict(Action.ABORT, result.reason, result.rule, component=result.component)
     return result
+
+
+def expected_by(chain: Chain, assoc: Association, rq: P.AssociateRQ) -> dict[str, Any] | None:
+    """The first announcement a check of the route knows for this A-ASSOCIATE-RQ (PS3.4 C.4.2.2),
+    asked before the association is recorded as requested."""
+    for check in chain.by_hook["expected_by"]:
+        found = check.expected_by(assoc, rq)
+        if found is not None:
+            return found
+    return None

@@ -43,7 +43,7 @@ from pacsguard.dicom.events import (
 )
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
-from pacsguard.gateway.check import decide
+from pacsguard.gateway.check import decide, expected_by
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 from pacsguard.records.dicom import AssociationRecord, Pending
@@ -449,7 +449,8 @@ class AssociationRelay:
             return
         self.calling_ae = rq.calling_ae_title
         self.record = self._new_record(rq.called_ae_title)
-        self.record.requested(rq, tls=self.cert is not None, certificate=self.cert)
+        self.record.requested(rq, tls=self.cert is not None, certificate=self.cert,
+                              expected_by=expected_by(self.rt.checks, self, rq))
         verdict = decide(self.rt.checks, "on_associate", self, rq, events)
         if self.closed:  # a quarantine verdict has cut this association off already
             return

@@ -37,6 +37,9 @@ class Flow:
     route: str | None = None
     sensor: str = "passive"  # or "inline"
     id: str = ""  # the sensor's connection id
+    #: the DICOM acceptor's host when it is not ``server_host`` (inline: the route's upstream, behind
+    #: the gateway): a C-MOVE's sub-associations come from there (PS3.4 C.4.2.2)
+    acceptor_host: str | None = None
 
     def key(self) -> object:
         """Identity of the connection for per-flow state: the sensor's id, else the 4-tuple."""

@@ -3,6 +3,10 @@ every decode error, the gateway's own rejections and the end of the connection; 
 recorded, and a rule's action becomes the verdict: alert (pass), drop (refuse: A-ASSOCIATE-RJ on
 the RQ, 0x0124 not authorized on a request, PS3.7 C.4), abort (A-ABORT, PS3.8 9.3.8) or quarantine.
 
+A C-MOVE relayed by one route announces the association its SCP (the route's upstream host) opens
+to the Move Destination, typically through a return route: that route's ``requested`` record names
+the C-MOVE (``expected_by``), as the passive sensor's does.
+
 A route's listen port and its upstream's port are DICOM ports by definition: they join the
 rules' ``$dicom_ports``.  A limit or ids.suppress (docs/ids.md) may hold an alert's event back;
 its action is enforced all the same.
@@ -10,6 +14,8 @@ its action is enforced all the same.
 This is the only module of the gateway that calls the IDS (through its DICOM adapter)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
@@ -41,9 +47,16 @@ class IdsCheck(Check):
             listen = self.route.listen
             flow = Flow(assoc.host, assoc.port, listen.host, listen.port, tls=assoc.cert is not None,
                         route=self.route.name, sensor="inline",
-                        id=f"{self.route.name}/{assoc.host}:{assoc.port}/{id(assoc)}")
+                        id=f"{self.route.name}/{assoc.host}:{assoc.port}/{id(assoc)}",
+                        acceptor_host=self.route.upstream.host)
             self.flows[assoc] = flow
         return flow
+
+    def expected_by(self, assoc: Association, rq: P.AssociateRQ) -> dict[str, Any] | None:
+        """The C-MOVE (on any route of this gateway) whose SCP opens this association to its Move
+        Destination (PS3.4 C.4.2.2), for the association's ``requested`` record."""
+        announced = self.dicom.expected(self._flow(assoc), rq.called_ae_title)
+        return announced.as_details() if announced is not None else None
 
     def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
         flow = self._flow(assoc)

@@ -323,9 +323,9 @@ class DicomAdapter:
         return self._run(rules, "dimse-response", PROTOCOL, fields, flow, now, st)
 
     def _announce(self, flow: Flow, st: DicomFlowState, cmd: CommandSet, now: float) -> None:
-        """A C-MOVE-RQ: its SCP (this flow's server) will associate with the Move Destination
+        """A C-MOVE-RQ: its SCP (this flow's acceptor) will associate with the Move Destination
         (PS3.4 C.4.2.2); that association is expected while the C-MOVE runs and a while after."""
-        key = self.engine.expected.expect(flow.server_host, cmd.move_destination or "",
+        key = self.engine.expected.expect(flow.acceptor_host or flow.server_host, cmd.move_destination or "",
                                           flow.id or f"{flow.client_host}:{flow.client_port}", cmd.message_id, now)
         if cmd.message_id is not None and (cmd.message_id in st.moves or len(st.moves) < MAX_RETRIEVES):
             st.moves[cmd.message_id] = key
