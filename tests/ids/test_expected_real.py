@@ -79,8 +79,8 @@ def move_capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             scp.kill()
             scp.wait(timeout=30)
             pacs.stop()
-    # storescp got the instance twice: once from storescu, once from Orthanc's C-MOVE sub-operation
-    # (and once more from the last storescu, whatever the AE title)
+    # storescp got the instance (from storescu and from Orthanc's C-MOVE sub-operation; the same
+    # SOP instance each time, so one file)
     assert len(list(received.iterdir())) >= 1
     yield {"capture": cap, "study": study}
 
