@@ -255,3 +255,23 @@ def test_store_refuses_uids_that_would_escape_storage(dcmtk: Dcmtk, pacs: DemoPA
     assert pacs.instance_count == 0
     assert not (tmp_path / "escaped").exists()
     assert [p for p in pacs.storage_dir.rglob("*") if p.is_file()] == []
+
+
+def test_seeded_storage_answers_queries_for_the_demo_patients(tmp_path: Path) -> None:
+    from pacsguard.demo.seed import SEEDS, seed_storage
+
+    written = seed_storage(tmp_path / "demo-pacs")
+    assert len(written) == len(SEEDS) and all(p.is_file() for p in written)
+    pacs = DemoPACS("DEMOPACS", "127.0.0.1", 0, tmp_path / "demo-pacs")
+    pacs.start()
+    try:
+        assert pacs.instance_count == len(SEEDS)
+        query = Dataset()
+        query.PatientID = "DEMO001"
+        query.StudyDescription = ""
+        found = list(pacs.find(query, "STUDY"))
+        assert [(str(d.PatientID), str(d.StudyDescription)) for d in found] == [("DEMO001", "Demo CT")]
+    finally:
+        pacs.stop()
+    # Fresh UIDs: the seeded CT never collides with pydicom's CT_small.dcm stored through the gateway.
+    assert dcmread(get_testdata_file("CT_small.dcm")).SOPInstanceUID not in {p.stem for p in written}

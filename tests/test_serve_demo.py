@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from pacsguard.store import EventQuery, EventStore
@@ -34,7 +35,9 @@ def test_demo_configuration_serves_and_records(dcmtk, tmp_path: Path):
         target = ["-aet", "MODALITY", "-aec", "PACSGUARD", "127.0.0.1", str(gw_port)]
         result = dcmtk.run("storescu", *target, get_testdata_file("CT_small.dcm"))
         assert result.returncode == 0, result.stderr
-        assert list((tmp_path / "var/demo-pacs").rglob("*.dcm")), "the demo PACS stored nothing"
+        # The demo PACS is seeded at its first start (pacsguard.demo.seed): look for this very object.
+        sent = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True).SOPInstanceUID
+        assert list((tmp_path / "var/demo-pacs").rglob(f"{sent}.dcm")), "the demo PACS stored nothing"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)

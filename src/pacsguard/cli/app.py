@@ -12,6 +12,10 @@ Two choices, both measured (docs/PERFORMANCE.md, "CLI start-up"):
 
 A group lists each command with the whole first paragraph of its help, as the rich renderer did
 (the plain one would cut it at the terminal width with "...").
+
+An option's value is named as dcmtk and click name it (``TEXT``, ``PATH``, ``INTEGER``, ``[table|json]``),
+not by its Python annotation (``<str>``, ``<list[Path]>``, ``<int range>``); a range stays in the
+option's help (``[x>=1]``).
 """
 
 from __future__ import annotations
@@ -39,11 +43,31 @@ class _FastHelp:
         first = inspect.cleandoc(self.short_help or self.help or "").split("\n\n")[0]
         return " ".join(first.split())
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
+                param.metavar = value_name(param.display_type(ctx))
+        return params
+
     def get_help_option(self, ctx: Any) -> TyperOption | None:
         option: TyperOption | None = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None and option.default is None:
             option.default = False
         return option
+
+
+#: Typer's annotation labels and the conventional names help shows instead.
+_VALUE_NAMES = {"str": "TEXT", "path": "PATH", "int": "INTEGER", "float": "NUMBER", "int range": "INTEGER",
+                "float range": "NUMBER", "list[Path]": "PATH", "list[str]": "TEXT", "bool": "BOOLEAN"}
+
+
+def value_name(label: str) -> str:
+    """``<list[Path]>`` -> ``PATH``, ``<table|json>`` -> ``[table|json]``: what an option takes."""
+    bare = label.strip("<>")
+    if bare in _VALUE_NAMES:
+        return _VALUE_NAMES[bare]
+    return f"[{bare}]" if "|" in bare else bare.upper()
 
 
 class Command(_FastHelp, TyperCommand):

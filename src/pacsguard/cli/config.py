@@ -1,16 +1,20 @@
-"""`pacsguard config check FILE`: every section validated by its owner's model, reported per part."""
+"""`pacsguard config check FILE`: every section validated by its owner's model, reported per part.
+`pacsguard config show`: the configuration in use, every default filled in, secrets masked."""
 
 from __future__ import annotations
 
+import re
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import EXIT_USAGE
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_USAGE, guarded, load
 from pacsguard.runtime.registry import SPINE_SECTIONS, Registry
 
-app = App(name="config", no_args_is_help=True, help="Validate pacsguard.yaml.")
+app = App(name="config", no_args_is_help=True, help="Validate pacsguard.yaml and show the configuration in use.")
 
 
 @app.command("check")
@@ -38,3 +42,60 @@ def check(file: Path = typer.Argument(Path("pacsguard.yaml"), help="the configur
     console.print(f"{file}: [bold green]OK[/]", highlight=False)
     for section, owner in owners.items():
         console.print(f"  {section} ({owner}): OK", highlight=False)
+
+
+#: What a masked secret prints as.
+MASK = "********"
+#: Keys whose string values are secrets themselves (a *_file or path names where one is, and shows).
+_SECRET_KEY = re.compile(r"password|passphrase|secret|token|(^|_)key$", re.IGNORECASE)
+
+
+class ShowFormat(str, Enum):
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command("show")
+@guarded
+def show(config: Path | None = CONFIG_OPTION,
+         fmt: ShowFormat = typer.Option(ShowFormat.yaml, "--format", help="yaml or json")) -> None:
+    """The effective configuration, every default filled in and every secret masked, with the file it came from."""
+    import json
+
+    import yaml
+
+    loaded = load(config, required=False)
+    source = str(loaded.path) if loaded.path is not None else None
+    data = effective(loaded.config)
+    if fmt is ShowFormat.json:
+        base = str(loaded.path.parent) if loaded.path is not None else None
+        typer.echo(json.dumps({"source": source, "relative_to": base, "config": data}, indent=2))
+        return
+    typer.echo(f"# from {source or 'no file: every value is a default'}; defaults filled in, secrets masked")
+    if loaded.path is not None:
+        typer.echo(f"# relative paths are relative to {loaded.path.parent}")
+    typer.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True), nl=False)
+
+
+def effective(value: Any, key: str = "") -> Any:
+    """``value`` (a validated configuration model) as plain YAML/JSON data, with every SecretRef and
+    every string under a secret-looking key (password, token, ...) replaced by :data:`MASK`."""
+    from pydantic import BaseModel
+
+    from pacsguard.config.schema import SecretRef
+
+    if isinstance(value, SecretRef):
+        return MASK
+    if isinstance(value, BaseModel):
+        return {name: effective(getattr(value, name), name) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): effective(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [effective(v, key) for v in value]
+    if isinstance(value, Enum):
+        return effective(value.value, key)
+    if isinstance(value, str):
+        return MASK if _SECRET_KEY.search(key) and value else value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)  # paths, networks, durations: their text form, as written in the file

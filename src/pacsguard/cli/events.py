@@ -13,6 +13,7 @@ import typer
 
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.layout import Column, Layout, layout_for, terminal_width, write_lines
 
 if TYPE_CHECKING:
     from pacsguard.store import StoredEvent
@@ -80,13 +81,20 @@ def tail(
     es = open_store(load(config, required=store is None), store)
     try:
         newest = list(es.search(EventQuery(kind=kind, limit=count, newest_first=True)))[::-1] if count else []
-        _print(newest, fmt)
+        if not follow:
+            _print(newest, fmt)
+            return
+        # One stream: the widths are chosen once, the header printed once, then every row as it comes.
+        layout = layout_for(COLUMNS, terminal_width())
+        if fmt is Format.table:
+            write_lines(layout.header())
+        _stream(newest, fmt, layout)
         last = newest[-1].seq if newest else es.size() - 1
-        while follow:
+        while True:
             time.sleep(interval)
             batch = list(es.search(EventQuery(kind=kind, after_seq=last, limit=1000)))
             if batch:
-                _print(batch, fmt, header=False)
+                _stream(batch, fmt, layout)
                 last = batch[-1].seq
     except KeyboardInterrupt:
         pass
@@ -94,28 +102,38 @@ def tail(
         es.close()
 
 
-def _print(rows: Iterable[StoredEvent], fmt: Format, header: bool = True) -> None:
-    if fmt is Format.json:
-        for row in rows:
-            sys.stdout.write(row.event.to_json() + "\n")
-        sys.stdout.flush()
-        return
-    from rich.table import Table
+#: The columns of an event, with the widths a stream expects (AE@host:port, kinds, patient IDs).
+COLUMNS = (Column("#", width=6), Column("time (UTC)", width=23), Column("kind", width=30),
+           Column("outcome", width=7), Column("actor", width=24), Column("target", width=24),
+           Column("patient", width=10), Column("message", fold=True, width=30))
 
-    from pacsguard.cli.common import console
 
-    table = Table(show_header=header, header_style="bold", pad_edge=False)
-    for col in ("#", "time (UTC)", "kind", "outcome"):
-        table.add_column(col, no_wrap=True)
-    for col in ("actor", "target", "patient", "message"):
-        table.add_column(col, overflow="fold")
+def _cells(row: StoredEvent) -> list[str]:
+    ev = row.event
+    return [str(row.seq), ev.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], ev.kind,
+            ev.outcome, ev.actor.label(), ev.target.label(), ",".join(ev.patient_ids), ev.message]
+
+
+def _stream(rows: Iterable[StoredEvent], fmt: Format, layout: Layout) -> None:
     for row in rows:
-        ev = row.event
-        style = "red" if ev.severity <= 4 else None
-        table.add_row(str(row.seq), ev.time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-                      ev.kind, ev.outcome, ev.actor.label(), ev.target.label(), ",".join(ev.patient_ids),
-                      ev.message, style=style)
-    console.print(table)
+        if fmt is Format.json:
+            write_lines([row.event.to_json()])
+            continue
+        lines = layout.record(_cells(row))
+        write_lines([*lines, ""] if layout.widths is None else lines, alert=row.event.severity <= 4)
+
+
+def _print(rows: Iterable[StoredEvent], fmt: Format) -> None:
+    rows = list(rows)
+    if fmt is Format.json:
+        write_lines(row.event.to_json() for row in rows)
+        return
+    layout = layout_for(COLUMNS, terminal_width(), [_cells(row) for row in rows])
+    write_lines(layout.header())
+    for i, row in enumerate(rows):
+        if layout.widths is None and i:
+            write_lines([""])
+        write_lines(layout.record(_cells(row)), alert=row.event.severity <= 4)
 
 
 @app.command("schema")

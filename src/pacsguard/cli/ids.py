@@ -109,9 +109,7 @@ def list_rules(
     """Every rule with its severity, observation kind, action and whether it runs.
 
     With --settings, the settings' rules_dirs are loaded too and its overrides applied."""
-    from rich.table import Table
-
-    from pacsguard.cli.common import console
+    from pacsguard.cli.layout import Column, render, terminal_width, write_lines
     from pacsguard.ids.rules import format_duration
 
     engine = _engine(list(rules_dir), _load_settings(settings), builtin=not no_builtin)
@@ -131,18 +129,18 @@ def list_rules(
     if format != "table":
         _error(f"--format must be table or json, not {format!r}")
         raise typer.Exit(EXIT_USAGE)
-    table = Table(show_lines=False, header_style="bold", box=None, pad_edge=False)
-    for column in ("id", "title", "severity", "on", "action", "threshold", "status"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("id", "severity", "action"))
+    columns = (Column("id"), Column("title", fold=True), Column("severity"), Column("on"), Column("action"),
+               Column("threshold", fold=True), Column("status", fold=True))
+    rows: list[list[str]] = []
     for rule in rules:
         action = engine.effective_action(rule.id) or rule.action
         if action == "quarantine" and rule.quarantine_for is not None:
             action += f" {format_duration(rule.quarantine_for.total_seconds())}"
         status = "on" if rule.id not in engine.inactive else f"off ({engine.inactive[rule.id]})"
-        table.add_row(rule.id, rule.title, rule.severity.name.lower(), rule.on, action,
-                      _threshold_text(engine, rule, short=True), status)
-    console.print(table)
-    console.print(f"{len(rules)} rules, {len(rules) - len(engine.inactive)} on", highlight=False)
+        rows.append([rule.id, rule.title, rule.severity.name.lower(), rule.on, action,
+                     _threshold_text(engine, rule, short=True), status])
+    summary = f"{len(rules)} rules, {len(rules) - len(engine.inactive)} on"
+    write_lines([*render(columns, rows, terminal_width()), summary])
 
 
 @rules_app.command("check")

@@ -11,9 +11,11 @@ import typer
 
 from pacsguard import __version__
 from pacsguard.cli.common import CONFIG_OPTION, config_path, fail, guarded, load, open_store
+from pacsguard.cli.layout import Column
 from pacsguard.runtime.registry import Registry
 
 if TYPE_CHECKING:
+    from pacsguard.config.loader import LoadedConfig
     from pacsguard.runtime.part import BannerRow
 
 DEMO_CONFIG = """\
@@ -95,8 +97,22 @@ def serve(config: Path | None = CONFIG_OPTION,
                           message=f"pacsguard {__version__} started", details={"config": str(loaded.path)}))
         stack.callback(lambda: bus.publish(Event(kind="pacsguard.service.stopped", component="serve",
                                                  message="pacsguard stopped")))
-        run_foreground(services, show_banner, [("store", es.name, f"{es.size()} events")],
+        run_foreground(services, show_banner, [("config", str(loaded.path), "the file in use"),
+                                               ("store", es.name, f"{es.size()} events"), *sink_rows(loaded)],
                        on_stopping=announce_stopping)
+
+
+def sink_rows(loaded: LoadedConfig) -> list[BannerRow]:
+    """One banner row per secondary sink of the configuration (the store is the primary one)."""
+    sinks = loaded.config.sinks
+    rows: list[BannerRow] = []
+    if sinks.jsonl is not None:
+        rows.append(("sink: JSON lines", str(loaded.resolve(sinks.jsonl.path)), f"format {sinks.jsonl.format}"))
+    if sinks.syslog is not None:
+        s = sinks.syslog
+        rows.append(("sink: syslog (RFC 5424)", f"{s.host}:{s.port}",
+                     f"{s.transport}, facility {s.facility}, format {s.format}"))
+    return rows
 
 
 def announce_stopping() -> None:
@@ -107,13 +123,9 @@ def announce_stopping() -> None:
 
 def show_banner(rows: list[BannerRow]) -> None:
     """What listens where, as serve and `gateway run` print it once everything has started."""
-    from rich.table import Table
+    from pacsguard.cli.layout import render, terminal_width, write_lines
 
-    from pacsguard.cli.common import console
-
-    table = Table(title=f"pacsguard {__version__} is running (Ctrl-C stops it)", header_style="bold")
-    for col in ("service", "listening on / using", "notes"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    # Addresses, ports and paths never fold: a narrow terminal gets one block per service instead.
+    columns = (Column("service"), Column("listening on / using"), Column("notes"))
+    write_lines([f"pacsguard {__version__} is running (Ctrl-C stops it)",
+                 *render(columns, rows, terminal_width())])

@@ -1,4 +1,5 @@
-"""The embedded demo PACS as a service of `serve` (its SCP runs on pynetdicom's own threads)."""
+"""The embedded demo PACS as a service of `serve` (its SCP runs on pynetdicom's own threads), seeded
+with the demo patients (pacsguard.demo.seed) at its first start."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ class DemoService:
         self.storage = storage
 
     async def start(self) -> list[BannerRow]:
+        if not self.pacs.storage_dir.exists():
+            # First start: a few objects of the demo patients, so queries return something.
+            from pacsguard.demo.seed import seed_storage
+
+            await asyncio.to_thread(seed_storage, self.pacs.storage_dir)
         await asyncio.to_thread(self.pacs.start)
         c = self.config
         return [("demo upstream (DICOM SCP)", f"{c.ae_title}@{c.host}:{c.port}", f"storage {self.storage}")]

@@ -1,0 +1,40 @@
+"""Issue 17, item 5: docs/cli.md's reference is generated from the command tree, and matches it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pacsguard.cli.app import value_name
+from pacsguard.cli.reference import MARKER, main, reference, updated
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+def test_docs_cli_md_is_the_generated_reference() -> None:
+    assert main(["--check", str(DOC)]) == 0, "docs/cli.md is stale: run python -m pacsguard.cli.reference"
+
+
+def test_reference_names_every_command_and_option() -> None:
+    text = reference()
+    for section in ("### `pacsguard config show`", "### `pacsguard events tail`", "### `pacsguard ids rules list`",
+                    "### `pacsguard gateway run`", "### `pacsguard audit verify`"):
+        assert section in text
+    assert "| `--format [table\\|json]` |" in text and "[default: 1000; x>=1]" in text
+    # Options name their values as dcmtk and click do, never by a Python annotation.
+    options = re.findall(r"^\| `(-[^`]*)` \|", text, re.M)
+    assert options and not [o for o in options if re.search(r"<|list\[|range", o)]
+
+
+def test_stale_reference_is_replaced_and_prose_kept(tmp_path: Path) -> None:
+    doc = tmp_path / "cli.md"
+    doc.write_text(f"# Command line\n\nprose\n\n{MARKER}\n\nold reference\n")
+    assert main(["--check", str(doc)]) == 1
+    assert main([str(doc)]) == 0 and main(["--check", str(doc)]) == 0
+    assert doc.read_text() == updated("# Command line\n\nprose\n", reference())
+    assert doc.read_text().startswith("# Command line\n\nprose\n\n" + MARKER)
+
+
+def test_value_names() -> None:
+    assert [value_name(x) for x in ("<str>", "<list[Path]>", "<int range>", "<table|json>")] == [
+        "TEXT", "PATH", "INTEGER", "[table|json]"]
