@@ -458,7 +458,10 @@ class AssociationRelay:
             return
         self.state = "connecting"
         self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect(raw_pdu.raw))
+        # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
+        max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
+        forwarded = P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title, max_length=max_length)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect(forwarded))
 
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
@@ -477,6 +480,7 @@ class AssociationRelay:
         asyncio.get_running_loop().call_later(0.05, self.close)
 
     async def _connect(self, raw_rq: bytes) -> None:
+        """Open the upstream leg and send it *raw_rq*, the A-ASSOCIATE-RQ as the gateway forwards it."""
         up = self.route.upstream
         loop = asyncio.get_running_loop()
         try:
@@ -493,7 +497,7 @@ class AssociationRelay:
             return
         self.upstream = side
         self.state = "awaiting-ac"
-        transport.write(P.with_called_ae(raw_rq, up.ae_title))
+        transport.write(raw_rq)
         if self.early:
             # Judged now, in awaiting-ac: an A-ABORT passes, anything else is a protocol error
             # (PS3.8 9.2 state table, P-DATA-TF in Sta3: AA-8), so it never reaches the PACS.
@@ -518,7 +522,11 @@ class AssociationRelay:
         if kind == P.PDU_ASSOCIATE_AC:
             ac = P.parse_associate_ac(raw_pdu.raw)
             ac, refused = self._filter_contexts(ac)
-            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title))
+            # The client may send what the upstream accepts, and no more than the gateway reads (PS3.8 D.1):
+            # its PDUs are passed on unchanged.
+            info = P.with_max_length(ac.user_information,
+                                     P.capped_max_length(ac.max_length, self.route.limits.max_pdu_length))
+            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title, user_information=info))
             events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
             if self._stopped(events):
                 return []
