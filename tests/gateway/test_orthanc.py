@@ -189,3 +189,38 @@ def test_policy_refusals_give_the_right_dicom_answers(dcmtk, pacs, gateway, tmp_
     assert refused.details["decision"] == "refused" and refused.details["status"] == "0xA801"
     assert refused.details["rule"] == "policy.move_destinations"
     assert "ELSEWHERE" in refused.message
+
+
+def _associate_with_unknown_item(port: int, called: str) -> bytes:
+    """Send an A-ASSOCIATE-RQ carrying an item of type 0x7F after the user information item, then an
+    A-RELEASE-RQ once accepted; return the type bytes of the PDUs answered."""
+    import socket
+
+    from pacsguard.dicom import pdu as P
+
+    rq = P.encode_associate_rq(P.AssociateRQ(
+        called, CALLING, [P.PresentationContextRQ(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
+        P.UserInformation.build(max_length=16384, implementation_class_uid="1.2.3.4")))
+    body = rq[6:] + b"\x7f\x00\x00\x04ABCD"
+    answers = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(bytes((1, 0)) + len(body).to_bytes(4, "big") + body)
+        for follow_up in (P.encode_release_rq(), None):
+            header = sock.recv(6, socket.MSG_WAITALL)
+            if len(header) < 6:
+                break
+            sock.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+            answers.append(header[0])
+            if header[0] != P.PDU_ASSOCIATE_AC or follow_up is None:
+                break
+            sock.sendall(follow_up)
+    return bytes(answers)
+
+
+def test_an_unrecognised_item_is_ignored_as_orthanc_does(pacs, gateway):
+    # PS3.8 9.3.1: Orthanc ignores the item; so does the gateway, which does not pass it on.
+    assert _associate_with_unknown_item(pacs.dicom_port, pacs.aet) == b"\x02\x06"
+    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet))
+    assert _associate_with_unknown_item(gw.port(), "PACSGUARD") == b"\x02\x06"
+    assert gw.wait_for("dicom.association.released")
+    assert gw.events("dicom.protocol.violation") == [] and gw.events("dicom.association.aborted") == []
