@@ -7,8 +7,10 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 import pytest
-from playbook import IMPLICIT_LE, VERIFICATION, Playbook, Seen, echo_rq, response, route_config, split
+from playbook import IMPLICIT_LE, STUDY_FIND, VERIFICATION, Playbook, Seen, echo_rq, response, route_config, split
 
+from dicom_corpus import el_implicit
+from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 
 OWN_LIMIT = 4 * 1024 * 1024
@@ -130,3 +132,76 @@ def test_an_unrecognised_presentation_context_sub_item_is_ignored():
     forwarded = P.parse_associate_rq(forwarded_rq(pb))
     assert forwarded.presentation_contexts == rq.presentation_contexts
     assert b"yz" not in forwarded_rq(pb) and len(forwarded_rq(pb)) == len(raw) - 5 - 6
+
+
+
+# --- Retrieve AE Title (0008,0054) in C-FIND responses -------------------------------------------
+
+FIND = dimse.CommandSet(dimse.C_FIND_RQ, message_id=3, affected_sop_class_uid=STUDY_FIND, priority=0,
+                        command_data_set_type=0x0001)
+QUERY = el_implicit(0x00080052, b"STUDY", pad=b" ") + el_implicit(0x00080054, b"") + el_implicit(0x0020000D, b"")
+
+
+def match(retrieve_ae: bytes) -> bytes:
+    return (el_implicit(0x00080052, b"STUDY", pad=b" ") + el_implicit(0x00080054, retrieve_ae, pad=b" ")
+            + el_implicit(0x0020000D, b"1.2.3.4", pad=b"\0"))
+
+
+def find_response(status: int, dataset: bytes | None, max_pdu: int) -> bytes:
+    command = dimse.CommandSet(dimse.C_FIND_RSP, message_id_being_responded_to=3, affected_sop_class_uid=STUDY_FIND,
+                               status=status, command_data_set_type=0x0101 if dataset is None else 0x0001)
+    return b"".join(P.encode_dimse_message(1, dimse.encode_command_set(command), dataset, max_pdu))
+
+
+def find_through(route: Any, client_max: int, upstream_pdu: int, *matches: bytes) -> tuple[Playbook, list[bytes]]:
+    """A C-FIND answered by *matches* (the upstream fragments each into PDUs of *upstream_pdu*, in one
+    write with the final response); returns the data sets the client received."""
+    async def scenario(pb: Playbook) -> None:
+        await pb.client(_find_rq(client_max))
+        await pb.upstream(_find_ac())
+        await pb.client(b"".join(P.encode_dimse_message(1, dimse.encode_command_set(FIND), QUERY, 16384)))
+        await pb.upstream(b"".join(find_response(0xFF00, m, upstream_pdu) for m in matches)
+                          + find_response(0x0000, None, upstream_pdu))
+
+    pb = play(route, scenario)
+    received: list[bytes] = []
+    current = bytearray()
+    for raw in split(bytes(pb.client_wire.out))[1:]:
+        for pdv in P.parse_p_data_tf(raw).pdvs:
+            assert len(raw) - 6 <= (client_max or OWN_LIMIT)
+            if not pdv.is_command:
+                current += pdv.value
+                if pdv.is_last:
+                    received.append(bytes(current))
+                    current.clear()
+    return pb, received
+
+
+def _find_rq(client_max: int) -> bytes:
+    info = P.UserInformation.build(max_length=client_max, implementation_class_uid="1.2.3")
+    return P.encode_associate_rq(P.AssociateRQ("PACSGUARD", "WS1", [P.PresentationContextRQ(1, STUDY_FIND,
+                                                                                             [IMPLICIT_LE])], info))
+
+
+def _find_ac() -> bytes:
+    info = P.UserInformation.build(max_length=16384, implementation_class_uid="1.2.4")
+    return P.encode_associate_ac(P.AssociateAC("PACS", "WS1", [P.PresentationContextAC(1, 0, IMPLICIT_LE)], info))
+
+
+@pytest.mark.parametrize("client_max, upstream_pdu", [(16384, 16384), (0, 16384), (16384, 20), (64, 64)])
+def test_c_find_responses_name_the_gateway_as_retrieve_ae(client_max, upstream_pdu):
+    pb, received = find_through(route_config(), client_max, upstream_pdu, match(b"PACS"), match(b"PACS"), match(b""))
+    assert received == [match(b"PACSGUARD"), match(b"PACSGUARD"), match(b"PACSGUARD")]
+    (find,) = [e for e in pb.events if e.kind == "dicom.dimse.c-find"]
+    assert find.details["rewritten"] == {"RetrieveAETitle": 3} and find.details["responses"] == 3
+
+
+def test_without_a_retrieve_ae_or_with_the_rewrite_off_responses_pass_unchanged():
+    without = el_implicit(0x00080052, b"STUDY", pad=b" ") + el_implicit(0x0020000D, b"1.2.3.4", pad=b"\0")
+    pb, received = find_through(route_config(), 16384, 16384, without)
+    assert received == [without]
+    assert "rewritten" not in [e for e in pb.events if e.kind == "dicom.dimse.c-find"][0].details
+    pb, received = find_through(route_config(rewrite_retrieve_ae_title=False), 16384, 16384, match(b"PACS"))
+    assert received == [match(b"PACS")]
+    same = route_config(upstream={"host": "127.0.0.1", "port": 11113, "ae_title": "PACSGUARD"})
+    assert not same.rewrites_retrieve_ae_title and route_config().rewrites_retrieve_ae_title

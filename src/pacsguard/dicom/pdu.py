@@ -1297,11 +1297,12 @@ def encode_p_data_tf(pdvs: Iterable[PDV]) -> bytes:
 
 def encode_dimse_message(
     context_id: int,
-    command_set: Buffer,
+    command_set: Buffer | None,
     dataset: Buffer | None = None,
     max_pdu_length: int = 0,
 ) -> list[bytes]:
     """Fragment a DIMSE message into P-DATA-TF PDUs, one PDV per PDU (PS3.8 E.2, PS3.7 6.3.1).
+    A *command_set* of None fragments the data set alone (its command was sent already).
 
     *max_pdu_length* is the peer's negotiated Maximum Length (0 = unlimited): each
     PDU-length stays within it.  The command set and the data set are never mixed in
