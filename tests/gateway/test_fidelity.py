@@ -3,31 +3,16 @@ items of unrecognised types (PS3.8 9.3.1), with the exact PDUs each side receive
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-from playbook import IMPLICIT_LE, STUDY_FIND, VERIFICATION, Playbook, Seen, echo_rq, response, route_config, split
+from playbook import IMPLICIT_LE, STUDY_FIND, VERIFICATION, Playbook, Seen, echo_rq, play, response, route_config, split
 
 from dicom_corpus import el_implicit
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 
 OWN_LIMIT = 4 * 1024 * 1024
-
-
-def play(route: Any, scenario: Callable[[Playbook], Awaitable[None]]) -> Playbook:
-    pb = Playbook(route)
-
-    async def run() -> None:
-        pb.connect()
-        try:
-            await scenario(pb)
-        finally:
-            pb.close()
-
-    asyncio.run(run())
-    return pb
 
 
 def rq_with(max_length: int | None, *extra_items: bytes) -> bytes:
