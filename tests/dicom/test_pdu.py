@@ -555,3 +555,34 @@ def test_well_known_uids_are_real() -> None:
     assert uid_name("1.2.840.10008.5.1.4.1.1.128") == "Positron Emission Tomography Image Storage"
     assert uid_name("1.2.840.10008.5.1.4.1.1.66") == "Raw Data Storage"  # via pydicom
     assert uid_name("1.2.3.4.5.6") == "1.2.3.4.5.6"
+
+
+def test_items_of_unrecognised_types_are_ignored_and_kept_aside() -> None:
+    # PS3.8 9.3.1: an item of an unrecognised type is ignored and skipped, in the RQ and the AC.
+    rq = P.parse_associate_rq(rq_bytes(APP, pc_rq(1), UI, item(0x7F, b"\x01\x02")))
+    assert [pc.context_id for pc in rq.presentation_contexts] == [1] and rq.max_length == 16384
+    assert rq.unknown_items == [P.UnknownSubItem(0x7F, b"\x01\x02")]
+    ac_context = item(0x21, bytes((1, 0, 0, 0)) + item(0x4E, b"?") + item(0x40, IVLE.encode()))
+    ac = P.parse_associate_ac(pdu(0x02, associate_fixed() + APP + item(0x60, b"") + ac_context))
+    assert ac.presentation_contexts == [P.PresentationContextAC(1, 0, IVLE)]
+    assert ac.unknown_items == [P.UnknownSubItem(0x60, b"")]
+    # Re-encoding leaves them out: the encoder writes what the decoder understood.
+    assert P.parse_associate_ac(P.encode_associate_ac(ac)).unknown_items == []
+
+
+def test_rewrite_associate_rq_sets_the_maximum_length_and_drops_unrecognised_items() -> None:
+    raw = rq_bytes(APP, item(0x7F, b"junk"), pc_rq(1), item(0x50, item(0x52, b"1.2") + item(0x51, bytes(4))))
+    out = P.rewrite_associate_rq(raw, called_ae="UP", max_length=65536)
+    rq = P.parse_associate_rq(out)
+    assert rq.called_ae_title == "UP" and rq.max_length == 65536 and rq.unknown_items == []
+    assert rq.user_information is not None and rq.user_information.implementation_class_uid == "1.2"
+    assert len(out) == len(raw) - 8
+    # Without a user information item, one carrying the Maximum Length is added.
+    added = P.parse_associate_rq(P.rewrite_associate_rq(rq_bytes(APP, pc_rq(1)), called_ae="UP", max_length=4096))
+    assert added.max_length == 4096
+
+
+@pytest.mark.parametrize("advertised, expected", [(None, 8192), (0, 8192), (4096, 4096), (8192, 8192), (9000, 8192)])
+def test_capped_max_length(advertised: int | None, expected: int) -> None:
+    assert P.capped_max_length(advertised, 8192) == expected
+    assert P.with_max_length(None, expected).max_length == expected

@@ -14,7 +14,7 @@ import asyncio
 import struct
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
@@ -272,3 +272,18 @@ class Playbook:
     def close(self) -> None:
         for relay in list(self.relays):
             relay.close()
+
+
+def play(route: Route, scenario: Callable[[Playbook], Awaitable[None]], **kw: Any) -> Playbook:
+    """Run *scenario* on one connection of a Playbook over *route*; the Playbook, for its assertions."""
+    pb = Playbook(route, **kw)
+
+    async def run() -> None:
+        pb.connect()
+        try:
+            await scenario(pb)
+        finally:
+            pb.close()
+
+    asyncio.run(run())
+    return pb

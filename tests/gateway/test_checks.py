@@ -4,7 +4,7 @@ exact PDUs each side receives and the Events recorded, in memory, without socket
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from playbook import (
@@ -18,6 +18,7 @@ from playbook import (
     associate_ac,
     associate_rq,
     echo_rq,
+    play,
     request,
     response,
     route_config,
@@ -36,20 +37,6 @@ from pacsguard.gateway.quarantine import change_event
 RJ = "A-ASSOCIATE-RJ"
 USER_NO_REASON = (1, 1, 1)
 LIMIT = (2, 3, 2)
-
-
-def play(route: Any, scenario: Callable[[Playbook], Awaitable[None]], **kw: Any) -> Playbook:
-    pb = Playbook(route, **kw)
-
-    async def run() -> None:
-        pb.connect()
-        try:
-            await scenario(pb)
-        finally:
-            pb.close()
-
-    asyncio.run(run())
-    return pb
 
 
 def store_rq(message_id: int = 7) -> bytes:

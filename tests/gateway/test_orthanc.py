@@ -99,15 +99,18 @@ def test_store_find_through_the_gateway(dcmtk, pacs, gateway, tmp_path):
     assert all(e.details["bytes_from_client"] > 0 and e.details["duration_ms"] >= 0 for e in released)
 
 
+def move_routes(pacs, dest_port: int, reverse_port: int) -> tuple[dict, dict]:
+    """The route to Orthanc, and the route its C-MOVE sub-operations come back through: Orthanc knows
+    WORKSTATION at that route's port."""
+    return (route("main", pacs.dicom_port, upstream_ae=pacs.aet,
+                  policy={"calling_ae_titles": [CALLING], "move_destinations": ["WORKSTATION"]}),
+            route("retrieve", dest_port, upstream_ae="WORKSTATION", ae_title="WORKSTATION", port=reverse_port,
+                  policy={"calling_ae_titles": [pacs.aet], "services": ["C-ECHO", "C-STORE"]}))
+
+
 def test_move_and_get_through_the_gateway(dcmtk, pacs_factory_move, gateway, tmp_path):
     pacs, dest_port, reverse_port = pacs_factory_move
-    gw = gateway(
-        route("main", pacs.dicom_port, upstream_ae=pacs.aet,
-              policy={"calling_ae_titles": [CALLING], "move_destinations": ["WORKSTATION"]}),
-        # Retrieve sub-operations come back through the gateway: Orthanc knows WORKSTATION at this route.
-        route("retrieve", dest_port, upstream_ae="WORKSTATION", ae_title="WORKSTATION", port=reverse_port,
-              policy={"calling_ae_titles": [pacs.aet], "services": ["C-ECHO", "C-STORE"]}),
-    )
+    gw = gateway(*move_routes(pacs, dest_port, reverse_port))
     ct = Path(get_testdata_file("CT_small.dcm"))
     mr = Path(get_testdata_file("MR_small.dcm"))
     send_in_own_syntax(dcmtk, gw_target(gw), [ct, mr])
@@ -194,3 +197,68 @@ def test_policy_refusals_give_the_right_dicom_answers(dcmtk, pacs, gateway, tmp_
     assert refused.details["decision"] == "refused" and refused.details["status"] == "0xA801"
     assert refused.details["rule"] == "policy.move_destinations"
     assert "ELSEWHERE" in refused.message
+
+
+def _associate_with_unknown_item(port: int, called: str) -> bytes:
+    """Send an A-ASSOCIATE-RQ carrying an item of type 0x7F after the user information item, then an
+    A-RELEASE-RQ once accepted; return the type bytes of the PDUs answered."""
+    import socket
+
+    from pacsguard.dicom import pdu as P
+
+    rq = P.encode_associate_rq(P.AssociateRQ(
+        called, CALLING, [P.PresentationContextRQ(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])],
+        P.UserInformation.build(max_length=16384, implementation_class_uid="1.2.3.4")))
+    body = rq[6:] + b"\x7f\x00\x00\x04ABCD"
+    answers = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(bytes((1, 0)) + len(body).to_bytes(4, "big") + body)
+        for follow_up in (P.encode_release_rq(), None):
+            header = sock.recv(6, socket.MSG_WAITALL)
+            if len(header) < 6:
+                break
+            sock.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+            answers.append(header[0])
+            if header[0] != P.PDU_ASSOCIATE_AC or follow_up is None:
+                break
+            sock.sendall(follow_up)
+    return bytes(answers)
+
+
+def test_an_unrecognised_item_is_ignored_as_orthanc_does(pacs, gateway):
+    # PS3.8 9.3.1: Orthanc ignores the item; so does the gateway, which does not pass it on.
+    assert _associate_with_unknown_item(pacs.dicom_port, pacs.aet) == b"\x02\x06"
+    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet))
+    assert _associate_with_unknown_item(gw.port(), "PACSGUARD") == b"\x02\x06"
+    assert gw.wait_for("dicom.association.released")
+    assert gw.events("dicom.protocol.violation") == [] and gw.events("dicom.association.aborted") == []
+
+
+def test_retrieve_ae_title_in_find_responses_leads_a_move_through_the_gateway(dcmtk, pacs_factory_move, gateway,
+                                                                              tmp_path):
+    pacs, dest_port, reverse_port = pacs_factory_move
+    gw = gateway(*move_routes(pacs, dest_port, reverse_port))
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    send_in_own_syntax(dcmtk, gw_target(gw), [ct])
+    pacs.wait_for_instances(1)
+
+    found = tmp_path / "found"
+    found.mkdir()
+    result = dcmtk.run("findscu", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                       "-k", "RetrieveAETitle", "-X", "-od", str(found), *gw_target(gw))
+    assert result.returncode == 0, result.stderr
+    (answer,) = [dcmread(p) for p in found.glob("rsp*.dcm")]
+    # Orthanc names itself; the workstation is told to retrieve from the gateway instead.
+    assert answer.RetrieveAETitle == "PACSGUARD" != pacs.aet
+    find = gw.wait_for("dicom.dimse.c-find")[0]
+    assert find.details["rewritten"] == {"RetrieveAETitle": 1}
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    result = dcmtk.run("movescu", "-S", "-aem", "WORKSTATION", "+P", str(dest_port), "-od", str(moved),
+                       "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={answer.StudyInstanceUID}",
+                       *gw_target(gw, called=str(answer.RetrieveAETitle)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (received,) = list(moved.iterdir())
+    # Only query responses are rewritten: the retrieved object is the one the modality sent.
+    assert read_dataset(received) == read_dataset(ct)

@@ -51,6 +51,8 @@ def run(
                                                 help="speak TLS to the upstream, verified by this CA"),
     upstream_tls_cert: Path | None = typer.Option(None, "--upstream-tls-cert"),
     upstream_tls_key: Path | None = typer.Option(None, "--upstream-tls-key"),
+    max_pdu: int | None = typer.Option(None, "--max-pdu", help="largest PDU the gateway accepts, bytes; each peer "
+                                       "is told at most this Maximum Length (default 4194304)"),
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
     key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
     log_level: str = typer.Option("info", "--log-level"),
@@ -78,6 +80,8 @@ def run(
                               "move_destinations": allow_move_dest or []}}
     if allow_service:
         route["policy"]["services"] = allow_service
+    if max_pdu is not None:
+        route["limits"] = {"max_pdu_length": max_pdu}
     if tls_cert or tls_key:
         route["listen"]["tls"] = {"cert_file": tls_cert, "key_file": tls_key, "ca_file": tls_ca,
                                   "require_client_cert": require_client_cert}

@@ -205,6 +205,16 @@ class Route(Strict):
     policy: Policy = Policy()
     limits: Limits = Limits()
     checks: list[CheckName] = Field(list(CHECK_NAMES), description="the checks this route applies, in order")
+    rewrite_retrieve_ae_title: bool | None = Field(
+        None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
+        "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")
+
+    @property
+    def rewrites_retrieve_ae_title(self) -> bool:
+        """Whether C-FIND responses on this route name the gateway as the Retrieve AE (PS3.4 C.4.1.1.3.2)."""
+        if self.rewrite_retrieve_ae_title is not None:
+            return self.rewrite_retrieve_ae_title
+        return self.listen.ae_title != self.upstream.ae_title
 
     @field_validator("checks")
     @classmethod

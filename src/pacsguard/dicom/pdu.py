@@ -80,6 +80,20 @@ SUB_ITEM_SOP_CLASS_EXTENDED_NEGOTIATION: Final = 0x56
 SUB_ITEM_SOP_CLASS_COMMON_EXTENDED_NEGOTIATION: Final = 0x57
 SUB_ITEM_USER_IDENTITY_RQ: Final = 0x58
 SUB_ITEM_USER_IDENTITY_AC: Final = 0x59
+#: Every item and sub-item type PS3.8 9.3 and PS3.7 D.3.3 define.  A type outside this set is
+#: "unrecognised": PS3.8 9.3.1 has a receiver ignore and skip it.  A defined type in the wrong
+#: place (a user information sub-item inside a presentation context ...) is still an error.
+KNOWN_ITEM_TYPES: Final = frozenset(
+    {
+        ITEM_APPLICATION_CONTEXT,
+        ITEM_PRESENTATION_CONTEXT_RQ,
+        ITEM_PRESENTATION_CONTEXT_AC,
+        ITEM_ABSTRACT_SYNTAX,
+        ITEM_TRANSFER_SYNTAX,
+        ITEM_USER_INFORMATION,
+        *range(SUB_ITEM_MAXIMUM_LENGTH, SUB_ITEM_USER_IDENTITY_AC + 1),
+    }
+)
 
 # Presentation context result/reason (PS3.8 9.3.3.2, Table 9-18)
 PC_ACCEPTANCE: Final = 0
@@ -279,7 +293,8 @@ class UserIdentityAC:
 
 @dataclass(slots=True)
 class UnknownSubItem:
-    """A user information sub-item this decoder does not know, kept verbatim."""
+    """An item or user information sub-item of a type this decoder does not know, kept verbatim
+    (PS3.8 9.3.1: ignored and skipped by the receiver)."""
 
     item_type: int
     data: bytes
@@ -422,6 +437,8 @@ class AssociateRQ(_AssociateFields[PresentationContextRQ]):
     user_information: UserInformation | None = None
     application_context_name: str = DICOM_APPLICATION_CONTEXT
     protocol_version: int = 1
+    #: Items of unrecognised types (PS3.8 9.3.1), in wire order: decoded, never acted on.
+    unknown_items: list[UnknownSubItem] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -439,6 +456,8 @@ class AssociateAC(_AssociateFields[PresentationContextAC]):
     user_information: UserInformation | None = None
     application_context_name: str = DICOM_APPLICATION_CONTEXT
     protocol_version: int = 1
+    #: Items of unrecognised types (PS3.8 9.3.1), in wire order: decoded, never acted on.
+    unknown_items: list[UnknownSubItem] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -630,6 +649,8 @@ def _parse_pc_rq(buf: Buffer, start: int, end: int, item_offset: int) -> Present
                     off,
                 )
             transfer.append(_uid(buf, s, e, f"{where} transfer syntax"))
+        elif sub_type not in KNOWN_ITEM_TYPES:
+            continue  # PS3.8 9.3.1, 9.3.2.2: a sub-item of an unrecognised type is ignored
         else:
             raise DecodeError(
                 E.UNEXPECTED_ITEM, f"{where}: unexpected sub-item type 0x{sub_type:02X}", off
@@ -655,6 +676,8 @@ def _parse_pc_ac(buf: Buffer, start: int, end: int, item_offset: int) -> Present
     transfer: str | None = None
     seen = False
     for sub_type, s, e, off in _items(buf, start + 4, end, where):
+        if sub_type not in KNOWN_ITEM_TYPES:
+            continue  # PS3.8 9.3.1, 9.3.3.2: a sub-item of an unrecognised type is ignored
         if sub_type != ITEM_TRANSFER_SYNTAX:
             raise DecodeError(
                 E.UNEXPECTED_ITEM, f"{where}: unexpected sub-item type 0x{sub_type:02X}", off
@@ -882,6 +905,7 @@ def _parse_associate(buf: Buffer, request: bool, strict: bool) -> AssociateRQ | 
     contexts_ac: list[PresentationContextAC] = []
     context_ids: set[int] = set()
     user_info: UserInformation | None = None
+    unknown: list[UnknownSubItem] = []
     pc_type = ITEM_PRESENTATION_CONTEXT_RQ if request else ITEM_PRESENTATION_CONTEXT_AC
     for item_type, s, e, off in _items(buf, ASSOCIATE_ITEMS_OFFSET, len(buf), name):
         if item_type == ITEM_APPLICATION_CONTEXT:
@@ -914,6 +938,11 @@ def _parse_associate(buf: Buffer, request: bool, strict: bool) -> AssociateRQ | 
             if user_info is not None:
                 raise DecodeError(E.DUPLICATE_ITEM, f"{name}: second user information item", off)
             user_info = _parse_user_information(buf, s, e, request=request)
+        elif item_type not in KNOWN_ITEM_TYPES:
+            # PS3.8 9.3.1: "ignored and skipped"; kept so a record or the IDS can report it.
+            if len(unknown) >= MAX_USER_INFORMATION_SUB_ITEMS:
+                raise DecodeError(E.TOO_MANY_ITEMS, f"{name}: more than {len(unknown)} unrecognised items", off)
+            unknown.append(UnknownSubItem(item_type, bytes(buf[s:e])))
         else:
             raise DecodeError(
                 E.UNEXPECTED_ITEM, f"{name}: unexpected item type 0x{item_type:02X}", off
@@ -923,8 +952,8 @@ def _parse_associate(buf: Buffer, request: bool, strict: bool) -> AssociateRQ | 
     if request:
         if not contexts_rq:
             raise DecodeError(E.MISSING_ITEM, f"{name} proposes no presentation context", None)
-        return AssociateRQ(called, calling, contexts_rq, user_info, app_context, version)
-    return AssociateAC(called, calling, contexts_ac, user_info, app_context, version)
+        return AssociateRQ(called, calling, contexts_rq, user_info, app_context, version, unknown)
+    return AssociateAC(called, calling, contexts_ac, user_info, app_context, version, unknown)
 
 
 def _parse_fixed(buf: Buffer, pdu_type: int, strict: bool) -> tuple[int, int, int, int]:
@@ -1268,11 +1297,12 @@ def encode_p_data_tf(pdvs: Iterable[PDV]) -> bytes:
 
 def encode_dimse_message(
     context_id: int,
-    command_set: Buffer,
+    command_set: Buffer | None,
     dataset: Buffer | None = None,
     max_pdu_length: int = 0,
 ) -> list[bytes]:
     """Fragment a DIMSE message into P-DATA-TF PDUs, one PDV per PDU (PS3.8 E.2, PS3.7 6.3.1).
+    A *command_set* of None fragments the data set alone (its command was sent already).
 
     *max_pdu_length* is the peer's negotiated Maximum Length (0 = unlimited): each
     PDU-length stays within it.  The command set and the data set are never mixed in
@@ -1342,3 +1372,63 @@ def with_called_ae(raw: Buffer, new_title: str) -> bytes:
 def with_calling_ae(raw: Buffer, new_title: str) -> bytes:
     """Return a copy of an A-ASSOCIATE-RQ/AC with bytes 26..42 (Calling AE title) replaced."""
     return _patch_ae(raw, CALLING_AE_OFFSET, new_title)
+
+
+def capped_max_length(advertised: int | None, own_limit: int) -> int:
+    """The Maximum Length a relay forwards for a peer that advertised *advertised* (PS3.8 D.1).
+
+    A relay passes P-DATA-TF PDUs on unchanged, so what the far peer may send is bounded both by
+    what the near peer accepts and by what the relay itself reads: the smaller of the two, where
+    an absent value or 0 means "no limit".
+    """
+    return min(advertised, own_limit) if advertised else own_limit
+
+
+def with_max_length(info: UserInformation | None, value: int) -> UserInformation:
+    """A copy of *info* whose Maximum Length sub-item (PS3.8 D.1) is *value*; added first if absent."""
+    items = list(info.items) if info is not None else []
+    for i, item in enumerate(items):
+        if isinstance(item, MaximumLength):
+            items[i] = MaximumLength(value)
+            return UserInformation(items)
+    return UserInformation([MaximumLength(value), *items])
+
+
+def _sub_items(buf: Buffer, start: int, end: int, where: str, *, known_only: bool) -> list[bytes]:
+    """The sub-items of ``buf[start:end]`` verbatim; with *known_only*, those of defined types."""
+    return [bytes(buf[off:e]) for sub_type, _, e, off in _items(buf, start, end, where)
+            if not known_only or sub_type in KNOWN_ITEM_TYPES]
+
+
+def rewrite_associate_rq(raw: Buffer, *, called_ae: str, max_length: int) -> bytes:
+    """The A-ASSOCIATE-RQ a relay forwards (PS3.8 9.3.2): *raw* with the Called AE title replaced,
+    the Maximum Length sub-item (PS3.8 D.1) set to *max_length* (added if absent), and the items
+    and presentation context sub-items of unrecognised types left out, since the relay ignores
+    them (PS3.8 9.3.1, 9.3.2).  User information sub-items are the application entities' own
+    extension point (PS3.7 D.3.3): unknown ones pass, as when the relay decodes and re-encodes.
+
+    Everything else is copied byte for byte: a request that needs no change comes out identical
+    but for the Called AE title.  *raw* must have passed :func:`parse_associate_rq`.
+    """
+    _check_header(raw, PDU_ASSOCIATE_RQ, strict=False)
+    body = [bytes(raw[PDU_HEADER_LENGTH:CALLED_AE_OFFSET]), encode_ae_title(called_ae),
+            bytes(raw[CALLING_AE_OFFSET:ASSOCIATE_ITEMS_OFFSET])]
+    has_user_information = False
+    for item_type, s, e, off in _items(raw, ASSOCIATE_ITEMS_OFFSET, len(raw), "A-ASSOCIATE-RQ"):
+        if item_type == ITEM_PRESENTATION_CONTEXT_RQ:
+            subs = _sub_items(raw, s + 4, e, "presentation context", known_only=True)
+            body.append(_item(item_type, bytes(raw[s : s + 4]) + b"".join(subs)))
+        elif item_type == ITEM_USER_INFORMATION:
+            has_user_information = True
+            maximum = _item(SUB_ITEM_MAXIMUM_LENGTH, _U32.pack(max_length))
+            subs = _sub_items(raw, s, e, "user information item", known_only=False)
+            kept = [maximum if sub[0] == SUB_ITEM_MAXIMUM_LENGTH else sub for sub in subs]
+            if maximum not in kept:
+                kept.insert(0, maximum)
+            body.append(_item(item_type, b"".join(kept)))
+        elif item_type in KNOWN_ITEM_TYPES:
+            body.append(bytes(raw[off:e]))
+    if not has_user_information:
+        body.append(encode_user_information(UserInformation([MaximumLength(max_length)])))
+    payload = b"".join(body)
+    return _HEADER.pack(PDU_ASSOCIATE_RQ, raw[1], len(payload)) + payload

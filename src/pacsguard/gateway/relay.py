@@ -44,6 +44,7 @@ from pacsguard.dicom.events import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
+from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 from pacsguard.records.dicom import AssociationRecord, Pending
@@ -137,6 +138,8 @@ class AssociationRelay:
         # and whether the data set of a refused request is being swallowed.
         self.held: dict[bool, list[P.PDV]] = {True: [], False: []}
         self.dropping: dict[bool, Pending | None] = {True: None, False: None}
+        # Per direction: a C-FIND response data set held whole to rewrite its Retrieve AE Title.
+        self.collecting: dict[bool, HeldResponse | None] = {True: None, False: None}
         # Cut-through (see _stream_dataset), per direction: bytes of a checked data PDU still to come,
         # and the gateway's own frames for the receiving leg that wait until that PDU is complete.
         self.through: dict[bool, int] = {True: 0, False: 0}
@@ -280,7 +283,8 @@ class AssociationRelay:
             return
         done = 0
         if self.state == "established" and (self.through[from_client] or (
-                not self.held[from_client] and self.dropping[from_client] is None)):
+                not self.held[from_client] and self.dropping[from_client] is None
+                and self.collecting[from_client] is None)):
             done = self._stream_dataset(from_client, data)
             if done and (done == len(data) or self.closed):
                 return
@@ -325,7 +329,8 @@ class AssociationRelay:
                 if not 0 < pos < end:
                     return 0
                 self._relay(from_client, bytes(data[:pos]))
-                if self.closed or self.held[from_client] or self.dropping[from_client] is not None:
+                if (self.closed or self.held[from_client] or self.dropping[from_client] is not None
+                        or self.collecting[from_client] is not None):
                     return pos
                 context_id = decoder.streaming_context(from_client)
                 if context_id is None:
@@ -459,7 +464,10 @@ class AssociationRelay:
             return
         self.state = "connecting"
         self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect(raw_pdu.raw))
+        # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
+        max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
+        forwarded = P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title, max_length=max_length)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect(forwarded))
 
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
@@ -478,6 +486,7 @@ class AssociationRelay:
         asyncio.get_running_loop().call_later(0.05, self.close)
 
     async def _connect(self, raw_rq: bytes) -> None:
+        """Open the upstream leg and send it *raw_rq*, the A-ASSOCIATE-RQ as the gateway forwards it."""
         up = self.route.upstream
         loop = asyncio.get_running_loop()
         try:
@@ -494,7 +503,7 @@ class AssociationRelay:
             return
         self.upstream = side
         self.state = "awaiting-ac"
-        transport.write(P.with_called_ae(raw_rq, up.ae_title))
+        transport.write(raw_rq)
         if self.early:
             # Judged now, in awaiting-ac: an A-ABORT passes, anything else is a protocol error
             # (PS3.8 9.2 state table, P-DATA-TF in Sta3: AA-8), so it never reaches the PACS.
@@ -519,7 +528,11 @@ class AssociationRelay:
         if kind == P.PDU_ASSOCIATE_AC:
             ac = P.parse_associate_ac(raw_pdu.raw)
             ac, refused = self._filter_contexts(ac)
-            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title))
+            # The client may send what the upstream accepts, and no more than the gateway reads (PS3.8 D.1):
+            # its PDUs are passed on unchanged.
+            info = P.with_max_length(ac.user_information,
+                                     P.capped_max_length(ac.max_length, self.route.limits.max_pdu_length))
+            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title, user_information=info))
             events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
             if self._stopped(events):
                 return []
@@ -569,9 +582,21 @@ class AssociationRelay:
     # --- P-DATA -------------------------------------------------------------------------------
 
     def _on_p_data(self, from_client: bool, raw_pdu: RawPDU) -> list[bytes]:
+        # Responses whose data sets may be rewritten are recorded once the PDVs are sorted, so that a
+        # final response in the same PDU closes its request after the rewrite was counted.
+        responses: list[DimseCommand] = []
+        try:
+            return self._sort_p_data(from_client, raw_pdu, responses)
+        finally:
+            for ev in responses:
+                self._record().command(ev)
+
+    def _sort_p_data(self, from_client: bool, raw_pdu: RawPDU, responses: list[DimseCommand]) -> list[bytes]:
         raw = raw_pdu.raw
         events = self.decoder.on_pdu(from_client, raw_pdu)
-        decisions: deque[Pending | None] = deque()  # per completed command: the refused request, or None
+        # Per completed command: the refused request, a response to hold for rewriting, or None.
+        decisions: deque[Pending | HeldResponse | None] = deque()
+        rewriting = not from_client and self.route.rewrites_retrieve_ae_title
         for ev in events:
             if isinstance(ev, DimseCommand) and from_client and ev.command.is_request \
                     and ev.command.command_field != dimse.C_CANCEL_RQ:
@@ -587,6 +612,10 @@ class AssociationRelay:
                 return []
             if isinstance(ev, DimseCommand):
                 # A response, or a request of the upstream (C-GET's C-STORE sub-operations).
+                if rewriting and ev.command.is_response:
+                    responses.append(ev)
+                    decisions.append(hold_response(self.route, ev.command, ev.context_id, ev.transfer_syntax))
+                    continue
                 self._record().command(ev)
                 decisions.append(None)
             elif isinstance(ev, DimseDatasetStart):
@@ -595,15 +624,17 @@ class AssociationRelay:
                 self._record().dataset_end(ev)
         # Fast path: one data PDV, nothing held or swallowed in this direction.
         if (not decisions and not self.held[from_client] and self.dropping[from_client] is None
-                and len(raw) > 11 and not raw[11] & 0x01
+                and self.collecting[from_client] is None and len(raw) > 11 and not raw[11] & 0x01
                 and int.from_bytes(raw[6:10], "big") == len(raw) - 10):
             return [raw]
         return self._sort_pdvs(from_client, raw, decisions)
 
-    def _sort_pdvs(self, from_client: bool, raw: bytes, decisions: deque[Pending | None]) -> list[bytes]:
-        """PDV by PDV: hold command fragments until judged, swallow a refused request's data set.
-        Returns the frames to forward; the gateway's own refusals go straight back to the sender."""
+    def _sort_pdvs(self, from_client: bool, raw: bytes, decisions: deque[Pending | HeldResponse | None]) -> list[bytes]:
+        """PDV by PDV: hold command fragments until judged, swallow a refused request's data set,
+        collect a response data set to rewrite. Returns the frames to forward; the gateway's own
+        refusals go straight back to the sender."""
         keep: list[P.PDV] = []
+        frames: list[bytes] = []
         back: list[bytes] = []
         view = memoryview(raw)
         held = self.held[from_client]
@@ -614,7 +645,10 @@ class AssociationRelay:
                 if not pdv.is_last:
                     continue
                 refused = decisions.popleft() if decisions else None
-                if refused is None:
+                if isinstance(refused, HeldResponse):
+                    keep.extend(held)
+                    self.collecting[from_client] = refused
+                elif refused is None:
                     keep.extend(held)
                 elif refused.command.has_dataset:
                     self.dropping[from_client] = refused
@@ -625,6 +659,12 @@ class AssociationRelay:
                 if pdv.is_last:
                     back.extend(self._refusal(dropping, context_id))
                     self.dropping[from_client] = None
+            elif (collecting := self.collecting[from_client]) is not None:
+                collecting.data += pdv.value
+                if pdv.is_last or len(collecting.data) > MAX_HELD:
+                    frames.extend(self._pack(from_client, keep))
+                    keep = []
+                    frames.extend(self._release_held(from_client, collecting, pdv.is_last))
             else:
                 keep.append(pdv)
         if back:
@@ -634,7 +674,46 @@ class AssociationRelay:
                 self.deferred[not from_client].extend(back)
             elif sender is not None and sender.transport is not None:
                 sender.transport.write(b"".join(back))
-        return [P.encode_p_data_tf(keep)] if keep else []
+        frames.extend(self._pack(from_client, keep))
+        return frames
+
+    def _receiver_max(self, from_client: bool) -> int:
+        """The Maximum Length the leg receiving this direction's PDUs advertised (0 = unlimited)."""
+        return self.decoder.acceptor_max_pdu_length if from_client else self.decoder.requestor_max_pdu_length
+
+    def _pack(self, from_client: bool, pdvs: list[P.PDV]) -> list[bytes]:
+        """P-DATA-TF PDUs carrying *pdvs* in order, each within the receiver's Maximum Length
+        (PS3.8 D.1): held command fragments came in several PDUs and may not fit in one."""
+        limit = self._receiver_max(from_client) or 0xFFFFFFFF
+        frames: list[bytes] = []
+        group: list[P.PDV] = []
+        size = 0
+        for pdv in pdvs:
+            if group and size + 6 + len(pdv.value) > limit:
+                frames.append(P.encode_p_data_tf(group))
+                group, size = [], 0
+            group.append(pdv)
+            size += 6 + len(pdv.value)
+        if group:
+            frames.append(P.encode_p_data_tf(group))
+        return frames
+
+    def _release_held(self, from_client: bool, held: HeldResponse, complete: bool) -> list[bytes]:
+        """The frames of a held response data set: rewritten when it is complete and names a
+        Retrieve AE, else as received; fragmented for the receiver's Maximum Length (PS3.8 D.1)."""
+        self.collecting[from_client] = None
+        receiver_max = self._receiver_max(from_client)
+        data = held.rewritten() if complete else None
+        if data is not None:
+            self._record().rewrote(not from_client, held.message_id, KEYWORD)
+        else:
+            data = bytes(held.data)
+        if complete:
+            return P.encode_dimse_message(held.context_id, None, data, receiver_max)
+        # Too large to hold: what was collected passes as it came, the rest follows on the normal path.
+        step = (receiver_max or len(data) + 6) - 6
+        return [P.encode_p_data_tf([P.PDV(held.context_id, False, False, data[i:i + step])])
+                for i in range(0, len(data), step)]
 
     def _refusal(self, pending: Pending, context_id: int) -> list[bytes]:
         """The DIMSE response the gateway gives instead of the PACS (PS3.7 9.3, status per Annex C)."""

@@ -58,6 +58,7 @@ class Pending:
     refused: str | None = None
     refused_rule: str | None = None
     refused_status: int | None = None
+    rewritten: dict[str, int] = field(default_factory=dict)
 
     def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
         if patient_id and len(self.patient_ids) < MAX_IDS_PER_EVENT:
@@ -222,6 +223,13 @@ class AssociationRecord:
         if pending is not None:
             pending.dataset_bytes += ev.total_bytes
 
+    def rewrote(self, from_requestor: bool, message_id: int, keyword: str) -> None:
+        """The gateway replaced attribute *keyword* in a response to request *message_id*, sent by
+        the requestor (True) or the acceptor; the request's event counts it."""
+        pending = self.pending.get((from_requestor, message_id))
+        if pending is not None:
+            pending.rewritten[keyword] = pending.rewritten.get(keyword, 0) + 1
+
     def answered(self, pending: Pending, response: CommandSet) -> None:
         """The final response to `pending` came from the gateway itself (a refusal)."""
         self.pending.pop((pending.from_requestor, pending.command.message_id or 0), None)
@@ -257,6 +265,8 @@ class AssociationRecord:
                                         "failed": response.failed_suboperations,
                                         "warning": response.warning_suboperations,
                                         "remaining": response.remaining_suboperations}
+        if pending.rewritten:
+            details["rewritten"] = dict(pending.rewritten)
         if pending.refused:
             details["decision"] = "refused"
             details["rule"] = pending.refused_rule

@@ -42,7 +42,9 @@ KINDS = (
                "query": {"type": "object", "additionalProperties": STRING}, "responses": INTEGER,
                "move_destination": STRING,
                "suboperations": {"type": "object", "additionalProperties": _INT},
-               "decision": {"enum": ["refused", "aborted"]}, "rule": nullable(STRING)},
+               "decision": {"enum": ["refused", "aborted"]}, "rule": nullable(STRING),
+               # attributes the gateway replaced in the responses, and in how many (e.g. RetrieveAETitle)
+               "rewritten": {"type": "object", "additionalProperties": INTEGER}},
               required=("route", "message_id", "sop_class", "duration_ms")),
     EventKind("dicom.protocol.violation", "a malformed PDU or a PS3.8 9.2 state violation",
               {**_WHERE, "code": STRING, "from": {"enum": ["client", "upstream"]}, "state": STRING},
