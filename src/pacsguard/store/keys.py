@@ -7,13 +7,13 @@ verifier needs only the public key, so a copy of it can be kept off the machine.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pacsguard.owner_only import write_private_file
 from pacsguard.store.errors import StoreError
 
 
@@ -21,13 +21,11 @@ def generate_key(path: Path) -> Path:
     """Write a new private key to `path` (0600) and its public key to `path.pub`; refuse to overwrite."""
     if path.exists():
         raise StoreError(f"{path}: a signing key already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_private_file(path, pem)  # its folder too is made 0700
+    # The public half is meant to be copied off the machine: it keeps the umask's mode.
     public_path(path).write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return path
