@@ -7,6 +7,7 @@ verifier needs only the public key, so a copy of it can be kept off the machine.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -62,6 +63,23 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
     return key
+
+
+def beside_store(target: str) -> Path | None:
+    """The key a store file keeps beside it (`gateway run --store F` makes ``F.key``); None for a URL."""
+    return None if "://" in target else Path(target + ".key")
+
+
+def pick_public_key(candidates: Sequence[Path], signed_by: Sequence[str]) -> tuple[Path, Ed25519PublicKey] | None:
+    """Of the key files that exist among ``candidates`` (public ``.pub`` or private), the first whose
+    fingerprint signed a checkpoint (``signed_by``, newest first); else the first that exists, so
+    that verify names both fingerprints; None if none exists."""
+    found = [(path, load_public_key(path)) for path in dict.fromkeys(candidates) if path.is_file()]
+    for wanted in signed_by:
+        for path, key in found:
+            if key_id(key) == wanted:
+                return path, key
+    return found[0] if found else None
 
 
 def key_id(key: Ed25519PublicKey) -> str:
