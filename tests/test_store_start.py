@@ -9,8 +9,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from pacsguard.store import EventStore
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.verify import verify_store
@@ -33,28 +31,20 @@ _WRITER = textwrap.dedent("""
 """).format(each=EVENTS_EACH)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "fresh.db")
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
-
-
-def test_writers_started_together_on_a_fresh_store_all_succeed(fresh_target: str, tmp_path: Path) -> None:
+def test_writers_started_together_on_a_fresh_store_all_succeed(target: str, tmp_path: Path) -> None:
     key = generate_key(tmp_path / "keys" / "k.key")
     at = time.time() + 2.0  # every process has imported pacsguard by then
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, fresh_target, str(key), str(at),
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, target, str(key), str(at),
                                str(Path(__file__).parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(WRITERS)]
     results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
     assert [rc for rc, _ in results] == [0] * WRITERS, [err for _, err in results if err]
-    with raw_sql(fresh_target) as cur:
+    with raw_sql(target) as cur:
         cur.execute("SELECT version_num FROM alembic_version")
         assert len(cur.fetchall()) == 1
         cur.execute("SELECT count(*) FROM pacsguard_meta WHERE key = 'format'")
         assert cur.fetchone()[0] == 1
-    es = EventStore.open(fresh_target)
+    es = EventStore.open(target)
     try:
         assert es.size() == WRITERS * EVENTS_EACH
         report = verify_store(es, load_public_key(key))

@@ -6,27 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pacsguard.store import EventStore
 from pacsguard.store.index import place_of, placed_by
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.merkle import leaf_hash
 from pacsguard.store.store import seal
 from pacsguard.store.verify import VerifyReport, verify_store
-from store_helpers import make_events, new_store, raw_sql
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "store.db")
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
-
-
-def _param(target: str) -> str:
-    return "?" if "://" not in target else "%s"
+from store_helpers import make_events, new_store, param, raw_sql, rehashed
 
 
 def _after(target: str, tmp_path: Path, stmt: str, args: tuple[object, ...] = ()) -> VerifyReport:
@@ -52,22 +38,13 @@ def test_edited_record_names_the_column_as_the_original(target: str, tmp_path: P
 
 
 def test_edited_leaf_column_leaves_the_record_intact(target: str, tmp_path: Path) -> None:
-    report = _after(target, tmp_path, f"UPDATE events SET leaf = {_param(target)} WHERE seq = 7", (bytes(32),))
+    report = _after(target, tmp_path, f"UPDATE events SET leaf = {param(target)} WHERE seq = 7", (bytes(32),))
     assert "its stored hash (the leaf column) was changed; the sealed record is intact" in _messages(report, 7)
     assert not any(f.kind == "checkpoint" for f in report.findings)
 
 
 def test_rehashed_record_keeps_a_valid_signature_and_a_differing_root(target: str, tmp_path: Path) -> None:
-    es, key = new_store(target, tmp_path)
-    es.append(make_events(30))
-    es.checkpoint()
-    es.engine.dispose()
-    with raw_sql(target) as cur:
-        cur.execute("SELECT body FROM events WHERE seq = 9")
-        body = cur.fetchone()[0].replace("event 9 ", "event X ")
-        p = _param(target)
-        cur.execute(f"UPDATE events SET body = {p}, leaf = {p} WHERE seq = 9", (body, leaf_hash(body.encode())))
-    report = verify_store(EventStore.open(target), load_public_key(key))
+    report = rehashed(target, tmp_path)
     assert "its sealed record was edited and re-hashed" in _messages(report, 9)
     assert report.newest_checkpoint_signature == "valid" and report.newest_checkpoint_root_ok is False
     assert not report.newest_checkpoint_valid
@@ -102,7 +79,7 @@ def test_row_forged_past_the_tree_head_is_inserted(target: str, tmp_path: Path) 
         forged = make_events(1, 20)[0]
         body = seal(forged.to_json(), prev, 20)
         patient = placed_by(forged.patient_ids)
-        p = _param(target)
+        p = param(target)
         cur.execute(f"INSERT INTO events VALUES ({', '.join([p] * 10)})",
                     (place_of(20, patient), 20, patient, forged.time_us, forged.kind, forged.actor.ae_title,
                      forged.actor.host, forged.actor.user, body, leaf_hash(body.encode())))
