@@ -5,4 +5,5 @@ pytest_plugins = [
     "peers.dcmtk",
     "peers.postgres",
     "peers.orthanc",
+    "store_helpers",
 ]

@@ -9,10 +9,27 @@ from pathlib import Path
 from typing import Iterator
 
 import psycopg
+import pytest
 
 from pacsguard.events import Event, Party, Severity
 from pacsguard.store import EventStore
-from pacsguard.store.keys import generate_key
+from pacsguard.store.keys import generate_key, load_public_key
+from pacsguard.store.merkle import leaf_hash
+from pacsguard.store.verify import VerifyReport, verify_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store's path (SQLite) or the URL of a database of its own on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url
+
+
+def param(target: str) -> str:
+    """The DB-API parameter marker of the target's driver."""
+    return "?" if "://" not in target else "%s"
 
 
 def make_events(n: int, start: int = 0) -> list[Event]:
@@ -45,3 +62,18 @@ def raw_sql(target: str) -> Iterator:
             yield conn.cursor()
         finally:
             conn.close()
+
+
+def rehashed(target: str, tmp: Path, seq: int = 9) -> VerifyReport:
+    """30 events and a checkpoint; then event ``seq`` is edited by an attacker who also recomputes its
+    leaf hash. Returns the verify report."""
+    es, key = new_store(target, tmp)
+    es.append(make_events(30))
+    es.checkpoint()
+    es.engine.dispose()
+    with raw_sql(target) as cur:
+        cur.execute(f"SELECT body FROM events WHERE seq = {seq}")
+        body = cur.fetchone()[0].replace(f"event {seq} ", "event X ")
+        p = param(target)
+        cur.execute(f"UPDATE events SET body = {p}, leaf = {p} WHERE seq = {seq}", (body, leaf_hash(body.encode())))
+    return verify_store(EventStore.open(target), load_public_key(key))

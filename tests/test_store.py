@@ -4,7 +4,6 @@ checkpoints, and `audit verify` catching every kind of tampering done with raw S
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -12,14 +11,7 @@ from pacsguard.store import EventQuery, EventStore, StoreError
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.merkle import Frontier, inclusion_proof, leaf_hash, root_of, verify_inclusion
 from pacsguard.store.verify import verify_store
-from store_helpers import make_events, new_store, raw_sql
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "store.db")
-    return request.getfixturevalue("postgres_db_url")
+from store_helpers import make_events, new_store, raw_sql, rehashed
 
 
 def test_merkle_frontier_matches_rfc9162_definition():
@@ -113,16 +105,7 @@ def test_verify_catches_edited_body(target, tmp_path):
 def test_verify_catches_rehashed_body(target, tmp_path):
     # An attacker who also recomputes the leaf hash of the row they edit: the next event's seal,
     # and the signed checkpoint, still catch it.
-    es, key = new_store(target, tmp_path)
-    es.append(make_events(30))
-    es.checkpoint()
-    es.engine.dispose()
-    with raw_sql(target) as cur:
-        cur.execute("SELECT body FROM events WHERE seq = 9")
-        body = cur.fetchone()[0].replace("event 9 ", "event X ")
-        param = "?" if "://" not in target else "%s"
-        cur.execute(f"UPDATE events SET body = {param}, leaf = {param} WHERE seq = 9", (body, leaf_hash(body.encode())))
-    report = verify_store(EventStore.open(target), load_public_key(key))
+    report = rehashed(target, tmp_path)
     assert ("modified", 9) in _kinds(report)
     assert any(f.kind == "checkpoint" for f in report.findings)
 

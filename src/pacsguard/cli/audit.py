@@ -9,10 +9,14 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, fail, guarded, load, open_store
 from pacsguard.cli.events import Format
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from pacsguard.config.loader import LoadedConfig
+    from pacsguard.store import EventStore
     from pacsguard.store.verify import VerifyReport
 
 app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
@@ -21,8 +25,9 @@ app = App(name="audit", no_args_is_help=True, help="The audit trail: verificatio
 @app.command("verify")
 @guarded
 def verify(
-    key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the "
-                                    "config's store.signing_key"),
+    key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the key "
+                                    "that signed the checkpoints, found beside the store (STORE.key.pub, "
+                                    "STORE.key) or at the config's store.signing_key"),
     fmt: Format = typer.Option(Format.table, "--format"),
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
@@ -31,14 +36,13 @@ def verify(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pacsguard.cli.common import err_console
-    from pacsguard.store import keys
     from pacsguard.store.verify import verify_store
 
-    loaded = load(config, required=store is None or key is None)
-    key_path = key if key is not None else loaded.resolve(loaded.config.store.signing_key)
-    public = keys.load_public_key(key_path)
+    # With --store, no configuration is needed: the store's key is looked for beside it.
+    loaded = load(config, required=store is None)
     es = open_store(loaded, store)
     try:
+        public = _public_key(es, key, _key_candidates(loaded, store))
         with Progress(TextColumn("verifying {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=err_console, transient=True,
                       disable=fmt is Format.json) as progress:
@@ -54,16 +58,45 @@ def verify(
         raise typer.Exit(EXIT_FINDINGS)
 
 
+def _key_candidates(loaded: LoadedConfig, store: str | None) -> list[Path]:
+    """Where the checkpoint key may be, in order: beside --store, then the configuration's key (when
+    there is a configuration file or no --store); public halves first."""
+    from pacsguard.store import keys
+
+    private: list[Path] = []
+    beside = keys.beside_store(store) if store is not None else None
+    if beside is not None:
+        private.append(beside)
+    if loaded.path is not None or store is None:
+        private.append(loaded.resolve(loaded.config.store.signing_key))
+    return [p for key in private for p in (keys.public_path(key), key)]
+
+
+def _public_key(es: EventStore, given: Path | None, candidates: list[Path]) -> Ed25519PublicKey | None:
+    """--key if given; else the candidate whose fingerprint signed the checkpoints. None for a store
+    with no checkpoint yet and no key at hand; an error naming the key needed otherwise."""
+    from pacsguard.store import keys
+
+    if given is not None:
+        return keys.load_public_key(given)
+    signed_by = list(dict.fromkeys(cp.key_id for cp in reversed(es.checkpoints())))
+    picked = keys.pick_public_key(candidates, signed_by)
+    if picked is not None:
+        return picked[1]
+    if not signed_by:
+        return None
+    looked = ", ".join(str(p) for p in candidates) or "nowhere (no --key, no configuration)"
+    raise fail(f"{es.name}: its checkpoints were signed by key {', '.join(signed_by)}; no key found "
+               f"(looked at {looked}): give its public key with --key")
+
+
 def _show(report: VerifyReport) -> None:
     from rich.table import Table
 
     from pacsguard.cli.common import console
 
-    signature = "[green]valid[/]" if report.newest_checkpoint_valid else "[red]INVALID[/]"
-    cp = "none yet" if report.newest_checkpoint is None else f"size {report.newest_checkpoint}, signature {signature}"
     console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; "
-                  f"newest checkpoint: {cp}",
-                  highlight=False)
+                  f"newest checkpoint: {_checkpoint_line(report)}", highlight=False)
     if report.ok:
         console.print("[bold green]OK[/]: every event, chain link, index row and checkpoint verifies")
         return
@@ -74,3 +107,17 @@ def _show(report: VerifyReport) -> None:
     for f in report.findings:
         table.add_row(f.kind, "" if f.seq is None else str(f.seq), f.message)
     console.print(table)
+
+
+def _checkpoint_line(report: VerifyReport) -> str:
+    """Signature and root told apart: "INVALID" only for a signature that fails with the key it names."""
+    if report.newest_checkpoint is None:
+        return "none yet"
+    signature = {"valid": "[green]valid[/]", "invalid": "[red]INVALID[/]",
+                 "other key": f"[yellow]not checked[/] (signed by key {report.newest_checkpoint_key}, "
+                              f"you gave key {report.key_id})",
+                 "unchecked": "[yellow]not checked[/] (no key)"}.get(report.newest_checkpoint_signature or "", "?")
+    root = {True: "root matches the stored events", False: "[red]root differs[/] from the stored events",
+            None: "[red]events it sealed are missing[/]"}[report.newest_checkpoint_root_ok]
+    return (f"size {report.newest_checkpoint}, signed by key {report.newest_checkpoint_key}, "
+            f"signature {signature}, {root}")

@@ -57,6 +57,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsguard.owner_only import make_private_dir, write_private_file
+
 __all__ = ["DemoPACS", "LEVELS"]
 
 LOG = logging.getLogger(__name__)
@@ -306,7 +308,8 @@ class DemoPACS:
         """Index the storage directory and start serving in background threads (non-blocking)."""
         if self._server is not None:
             raise RuntimeError("DemoPACS is already running")
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        # Received objects hold patient data: the folder is the owner's alone (0700).
+        make_private_dir(self.storage_dir)
         self._load_index()
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -380,7 +383,7 @@ class DemoPACS:
         # storage root first, parse them from there (once, without pixel data), then rename.
         tmp = self.storage_dir / f".incoming-{uuid.uuid4().hex}.part"
         try:
-            tmp.write_bytes(event.encoded_dataset(include_meta=True))
+            write_private_file(tmp, event.encoded_dataset(include_meta=True))
         except OSError as exc:
             LOG.error("DemoPACS: cannot write %s: %s", tmp, exc)
             tmp.unlink(missing_ok=True)
@@ -393,7 +396,7 @@ class DemoPACS:
             if not _is_valid_uid(study_uid) or str(inst.header.SOPInstanceUID) != sop_uid:
                 raise ValueError(f"invalid or inconsistent UIDs (study {study_uid!r}, command {sop_uid!r})")
             path = self.storage_dir / study_uid / f"{sop_uid}.dcm"
-            path.parent.mkdir(exist_ok=True)
+            make_private_dir(path.parent)
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         except OSError as exc:
             LOG.error("DemoPACS: cannot store %s: %s", sop_uid, exc)

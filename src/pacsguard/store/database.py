@@ -6,6 +6,7 @@ Turns driver errors into `StoreError`s that name the file or host, and runs Alem
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError
 
+from pacsguard.owner_only import create_private_file
 from pacsguard.store.errors import StoreError
 from pacsguard.store.schema import STORE_FORMAT, meta
 
@@ -26,6 +28,8 @@ _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 #: (~0.2 s of imports and migration scripts); any other revision is upgraded by Alembic.
 HEAD_REVISION = "0003"
 WRITE = "pacsguard_write"  # execution option that marks a writing transaction
+#: The PostgreSQL advisory lock key that serialises migrations (any fixed 64-bit number of our own).
+MIGRATION_LOCK = 0x7061637367756172
 
 
 def normalise_target(target: str) -> str:
@@ -56,7 +60,9 @@ def make_engine(url: str, *, create: bool) -> Engine:
         if not create and not path.exists():
             raise StoreError(f"{path}: no store here (run `pacsguard init`, or give --store)")
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Made 0600 before SQLite opens it: SQLite gives the file the umask's mode (0644 under
+            # umask 022) and copies the file's mode to its -wal and -shm files.
+            create_private_file(path)
         engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_connect)
         # pysqlite's own transaction handling cannot take the write lock up front: BEGIN IMMEDIATE does,
@@ -87,12 +93,28 @@ def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.close()
 
 
-def check_or_migrate(engine: Engine, url: str, *, create: bool) -> bool:
-    """Make sure the database is a pacsguard store at the newest schema. Returns True if it was new."""
+def check_or_migrate(engine: Engine, url: str, *, create: bool,
+                     initialise: Callable[[Connection], None]) -> bool:
+    """Make sure the database is a pacsguard store at the newest schema. Returns True if it was new.
+
+    A store already at the head is checked with a read and no lock. Otherwise the migration, and
+    ``initialise`` of a new store, run in one transaction under a lock that every opener takes
+    (PostgreSQL: a transaction-level advisory lock; SQLite: the write lock of BEGIN IMMEDIATE), and
+    the state is read again once the lock is held: of any number of gateways and sensors that
+    start together against a fresh store, one migrates and the others find it done."""
     where = describe(url)
     try:
         with engine.connect() as conn:
-            tables = set(inspect(conn).get_table_names())
+            if _state(conn, where, create=create) == "current":
+                return False
+        with engine.execution_options(**{WRITE: True}).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            state = _state(conn, where, create=create)
+            if state != "current":
+                _upgrade(conn)
+            if state == "new":
+                initialise(conn)
     except DatabaseError as exc:
         if "file is not a database" in str(exc.orig):
             raise StoreError(f"{where}: not a pacsguard store (not an SQLite database)") from None
@@ -101,23 +123,24 @@ def check_or_migrate(engine: Engine, url: str, *, create: bool) -> bool:
         raise StoreError(f"{where}: {_first_line(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{where}: not a pacsguard store ({exc})") from None
+    return state == "new"
 
+
+def _state(conn: Connection, where: str, *, create: bool) -> str:
+    """"new" (empty: to be created), "old" (a pacsguard store to upgrade) or "current"; anything else
+    is refused."""
+    tables = set(inspect(conn).get_table_names())
     if "pacsguard_meta" not in tables:
         if tables - {"alembic_version"}:
             raise StoreError(f"{where}: not a pacsguard store (it has tables {sorted(tables)[:5]}, "
                              "but no pacsguard_meta)")
         if not create:
             raise StoreError(f"{where}: empty database, not a pacsguard store (run `pacsguard init`)")
-        _upgrade(engine)
-        return True
-    with engine.connect() as conn:
-        fmt = conn.execute(select(meta.c.value).where(meta.c.key == "format")).scalar()
-        current = _revisions(conn, tables)
+        return "new"
+    fmt = conn.execute(select(meta.c.value).where(meta.c.key == "format")).scalar()
     if fmt != STORE_FORMAT:
         raise StoreError(f"{where}: not a pacsguard store (format {fmt!r})")
-    if current != [HEAD_REVISION]:
-        _upgrade(engine)
-    return False
+    return "current" if _revisions(conn, tables) == [HEAD_REVISION] else "old"
 
 
 def _revisions(conn: Connection, tables: set[str]) -> list[str]:
@@ -135,13 +158,12 @@ def _alembic_config() -> Config:
     return cfg
 
 
-def _upgrade(engine: Engine) -> None:
+def _upgrade(conn: Connection) -> None:
     from alembic import command
 
     cfg = _alembic_config()
-    with engine.execution_options(**{WRITE: True}).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,13 +7,14 @@ verifier needs only the public key, so a copy of it can be kept off the machine.
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pacsguard.owner_only import write_private_file
 from pacsguard.store.errors import StoreError
 
 
@@ -21,13 +22,11 @@ def generate_key(path: Path) -> Path:
     """Write a new private key to `path` (0600) and its public key to `path.pub`; refuse to overwrite."""
     if path.exists():
         raise StoreError(f"{path}: a signing key already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_private_file(path, pem)  # its folder too is made 0700
+    # The public half is meant to be copied off the machine: it keeps the umask's mode.
     public_path(path).write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return path
@@ -64,6 +63,23 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
     return key
+
+
+def beside_store(target: str) -> Path | None:
+    """The key a store file keeps beside it (`gateway run --store F` makes ``F.key``); None for a URL."""
+    return None if "://" in target else Path(target + ".key")
+
+
+def pick_public_key(candidates: Sequence[Path], signed_by: Sequence[str]) -> tuple[Path, Ed25519PublicKey] | None:
+    """Of the key files that exist among ``candidates`` (public ``.pub`` or private), the first whose
+    fingerprint signed a checkpoint (``signed_by``, newest first); else the first that exists, so
+    that verify names both fingerprints; None if none exists."""
+    found = [(path, load_public_key(path)) for path in dict.fromkeys(candidates) if path.is_file()]
+    for wanted in signed_by:
+        for path, key in found:
+            if key_id(key) == wanted:
+                return path, key
+    return found[0] if found else None
 
 
 def key_id(key: Ed25519PublicKey) -> str:

@@ -8,8 +8,10 @@ update or delete API.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +44,7 @@ from pacsguard.store.schema import (
 from pacsguard.store.search import EventQuery, select_events
 
 GENESIS_PREV = bytes(HASH_SIZE)
+log = logging.getLogger("pacsguard.store")
 
 
 def seal(event_json: str, prev: bytes, seq: int) -> str:
@@ -83,28 +86,24 @@ class EventStore:
         self.checkpoint_interval = checkpoint_interval
         self._last_checkpoint = time.monotonic()
         self._lock = threading.Lock()
-        new = check_or_migrate(self.engine, self.url, create=create)
-        if new:
-            self._initialise()
+        self._closing = threading.Event()
+        check_or_migrate(self.engine, self.url, create=create, initialise=_initialise)
         paramstyle = self.engine.dialect.paramstyle
         self._insert_event, self._insert_patient, self._insert_study, self._insert_term, self._insert_batch = (
             _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,
                                                         event_batches))
+        self._timer: threading.Thread | None = None
+        if signing_key is not None:
+            # Holds only a weak reference: a store dropped without close() ends its timer too.
+            self._timer = threading.Thread(target=_sign_on_timer, args=(weakref.ref(self), self._closing),
+                                           name="pacsguard-checkpoint-timer", daemon=True)
+            self._timer.start()
 
     @classmethod
     def open(cls, target: str, *, key_path: "str | Path | None" = None, create: bool = False,
              checkpoint_interval: float = 60.0) -> "EventStore":
         key = keys.load_private_key(Path(key_path)) if key_path is not None else None
         return cls(target, signing_key=key, create=create, checkpoint_interval=checkpoint_interval)
-
-    def _initialise(self) -> None:
-        with self._begin() as conn:
-            conn.execute(insert(meta), [
-                {"key": "format", "value": STORE_FORMAT},
-                {"key": "format_version", "value": STORE_FORMAT_VERSION},
-                {"key": "created", "value": datetime.now().astimezone().isoformat()},
-            ])
-            conn.execute(insert(tree_state), {"id": 1, "size": 0, "frontier": b"", "last_leaf": GENESIS_PREV})
 
     def _begin(self) -> AbstractContextManager[Connection]:
         try:
@@ -186,8 +185,22 @@ class EventStore:
                                                "key_id": cp.key_id, "signature": cp.signature})
             return cp
 
+    def checkpoint_due(self) -> float:
+        """Seconds until the next timed checkpoint (0 or less: due now)."""
+        return self._last_checkpoint + self.checkpoint_interval - time.monotonic()
+
+    def unsigned(self) -> bool:
+        """Whether the tree has grown past its newest checkpoint (one short read, no lock)."""
+        with self.engine.connect() as conn:
+            size = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar_one()
+            signed = conn.execute(select(func.max(checkpoints.c.tree_size))).scalar() or 0
+        return bool(size > signed)
+
     def close(self) -> None:
         """Write a final checkpoint (if a key is loaded and events are unsigned) and release the database."""
+        self._closing.set()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join()
         try:
             if self._signing_key is not None:
                 self.checkpoint()
@@ -210,6 +223,46 @@ class EventStore:
         with self.engine.connect() as conn:
             for seq, body in select_events(conn, query):
                 yield StoredEvent(seq, Event.from_json(_event_part(body)))
+
+
+def _sign_on_timer(ref: weakref.ref[EventStore], closing: threading.Event) -> None:
+    """The checkpoint timer: every `checkpoint_interval` seconds, sign the tree head if it grew since
+    the newest checkpoint, so that a burst of events shorter than the interval is signed within one
+    interval even when nothing follows it (not only at the next event or at shutdown)."""
+    while True:
+        store = ref()
+        if store is None:
+            return
+        wait = max(store.checkpoint_due(), 0.0)
+        interval = store.checkpoint_interval
+        del store  # no strong reference while asleep
+        if closing.wait(min(wait, interval)):
+            return
+        store = ref()
+        if store is None:
+            return
+        if store.checkpoint_due() > 0:
+            continue  # an append signed meanwhile
+        try:
+            if store.unsigned():
+                store.checkpoint()
+            else:
+                store._last_checkpoint = time.monotonic()
+        except (StoreError, DBAPIError) as exc:
+            # The database is away: the next interval tries again; appends report the outage themselves.
+            store._last_checkpoint = time.monotonic()
+            log.warning("%s: timed checkpoint failed: %s", store.name, exc)
+        del store
+
+
+def _initialise(conn: Connection) -> None:
+    """The rows of a new store: its format and an empty tree (in the transaction that created it)."""
+    conn.execute(insert(meta), [
+        {"key": "format", "value": STORE_FORMAT},
+        {"key": "format_version", "value": STORE_FORMAT_VERSION},
+        {"key": "created", "value": datetime.now().astimezone().isoformat()},
+    ])
+    conn.execute(insert(tree_state), {"id": 1, "size": 0, "frontier": b"", "last_leaf": GENESIS_PREV})
 
 
 def _positional_insert(paramstyle: str, table: Table) -> str:

@@ -1,15 +1,19 @@
 """`pacsguard audit verify`: recompute every seal, chain link, index row and signed checkpoint.
 
 How each tampering shows (the sealed record of event n is {"event", "prev", "seq": n}):
-- modified: the body no longer hashes to its stored leaf, a search column differs from the sealed
-  event, or the body was re-hashed but the next event sealed a different predecessor;
+- modified: the record no longer hashes to the leaf the next event sealed (edited), or it does but
+  the stored leaf column differs (the hash was changed), or it was re-hashed but the next event
+  sealed a different predecessor; or a search column differs from the record. Which of the record
+  and the column was edited is told by the next event's seal;
 - misplaced (an index finding): the row's place is not the one its seq and first patient give, so
   a search by patient would miss it;
 - deleted: no row holds sealed event n;
 - inserted: a row whose sealed record is not in the chain (a second claimant for n, or a forgery);
 - reordered: sealed event n is stored at another position;
 - truncated: a checkpoint or the tree head counts more events than are stored;
-- forged checkpoint: its Ed25519 signature fails, or its root differs from the recomputed tree.
+- inserted past the head: a sealed event beyond the size the tree head counts;
+- checkpoint: its Ed25519 signature fails with the key it names, it names another key than the one
+  given (each checkpoint records its key's fingerprint), or its root differs from the recomputed tree.
 Events after the newest checkpoint are protected by the chain only: an attacker holding the
 database can rewrite that tail consistently, which is why checkpoints are frequent and exported.
 """
@@ -63,7 +67,11 @@ class VerifyReport:
     events: int = 0
     checkpoints: int = 0
     newest_checkpoint: int | None = None
-    newest_checkpoint_valid: bool | None = None
+    newest_checkpoint_valid: bool | None = None  # signature valid and root matches the stored events
+    newest_checkpoint_signature: str | None = None  # valid | invalid | other key | unchecked
+    newest_checkpoint_root_ok: bool | None = None  # None: the checkpoint counts more events than remain
+    newest_checkpoint_key: str | None = None  # fingerprint of the key that signed it, as recorded
+    key_id: str | None = None  # fingerprint of the key verified with
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -74,6 +82,9 @@ class VerifyReport:
         return {"store": self.store, "ok": self.ok, "events": self.events, "checkpoints": self.checkpoints,
                 "newest_checkpoint": self.newest_checkpoint,
                 "newest_checkpoint_valid": self.newest_checkpoint_valid,
+                "newest_checkpoint_signature": self.newest_checkpoint_signature,
+                "newest_checkpoint_root_ok": self.newest_checkpoint_root_ok,
+                "newest_checkpoint_key": self.newest_checkpoint_key, "key": self.key_id,
                 "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -83,7 +94,9 @@ class _Row:
     sealed_seq: int | None
     prev: bytes | None
     leaf: bytes  # recomputed from the body
-    problems: list[str]
+    leaf_ok: bool  # the body hashes to the stored leaf column
+    problems: list[str]  # the record itself cannot be read
+    column_diffs: list[tuple[str, Any, Any]]  # (column, stored in the column, said by the record)
     patients: tuple[str, ...]  # after the first (index.other_patients): the ones event_patients lists
     studies: tuple[str, ...]
     terms_of: _Terms | None = None  # as sealed, for the term index
@@ -111,6 +124,10 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     size = len(chain)
     if head is None:
         report.findings.append(Finding("truncated", None, "the tree head (tree_state) is missing"))
+    elif head.size < size:
+        report.findings.extend(Finding("inserted", seq, f"event #{seq} lies past the tree head, which counts "
+                                       f"{head.size} events: it was appended behind pacsguard's back (inserted)")
+                               for seq in range(head.size, size))
     elif head.size > size:
         report.findings.append(Finding("truncated", size, f"the tree head counts {head.size} events but only "
                                        f"{size} are stored: events #{size}..#{head.size - 1} were removed"))
@@ -126,10 +143,10 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
     result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
     for n, r in enumerate(result):
         problems: list[str] = []
+        diffs: list[tuple[str, Any, Any]] = []
         body_bytes = r.body.encode()
         leaf = leaf_hash(body_bytes)
-        if leaf != r.leaf:
-            problems.append("its sealed record does not match its stored hash (the body was edited)")
+        leaf_ok = leaf == bytes(r.leaf)
         sealed_seq: int | None = None
         prev: bytes | None = None
         terms_of: _Terms | None = None
@@ -144,16 +161,15 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
             terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
             expected_cols = _columns_of(event)
             place = place_of(r.seq, expected_cols["patient_id"])
-            if r.place != place:
+            if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
                 misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
                              "first patient put it: a search by patient would miss it")
-            for name in _COLUMNS:
-                if getattr(r, name) != expected_cols[name]:
-                    problems.append(f"column {name} was changed: stored {getattr(r, name)!r}, "
-                                    f"sealed {expected_cols[name]!r}")
+            diffs = [(name, getattr(r, name), expected_cols[name]) for name in _COLUMNS
+                     if getattr(r, name) != expected_cols[name]]
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
-        out.append(_Row(r.seq, sealed_seq, prev, leaf, problems, patients, studies, terms_of, misplaced))
+        out.append(_Row(r.seq, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, terms_of,
+                        misplaced))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
     if progress is not None:
@@ -180,38 +196,65 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
     referenced = {row.prev for row in rows if row.prev is not None}
     last = max(claimants) if claimants else -1
     chain: list[bytes] = []
+    genuine_of: dict[int, _Row] = {}
     prev_leaf: bytes | None = GENESIS_PREV
-    chain_broken = False
     for seq in range(last + 1):
         rows_for = claimants.get(seq, [])
         if not rows_for:
             findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted)"))
-            chain_broken = True
             prev_leaf = None
             continue
-        genuine = _choose(rows_for, prev_leaf, referenced)
+        genuine = genuine_of[seq] = _choose(rows_for, prev_leaf, referenced)
         for other in rows_for:
             if other is not genuine:
                 findings.append(Finding("inserted", other.position, f"the row at position #{other.position} "
                                         f"claims to be event #{seq} but is not part of the sealed chain (inserted)"))
-        if genuine.problems:
-            findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(genuine.problems)))
-        elif prev_leaf is not None and genuine.prev != prev_leaf and not chain_broken:
-            findings.append(Finding("modified", seq - 1, f"event #{seq - 1} was modified and re-hashed: "
-                                    f"event #{seq} sealed a different predecessor"))
         if genuine.position != seq:
             findings.append(Finding("reordered", seq, f"event #{seq} is stored at position #{genuine.position} "
                                     "(rows were reordered)"))
-        chain_broken = False
         prev_leaf = genuine.leaf
         if len(chain) == seq:
             chain.append(genuine.leaf)
+    for seq, row in genuine_of.items():
+        successor = genuine_of.get(seq + 1)
+        what = _modification(seq, row, successor.prev if successor is not None else None)
+        if what:
+            findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(what)))
     return chain
+
+
+def _modification(seq: int, row: _Row, next_prev: bytes | None) -> list[str]:
+    """What was changed in the row of sealed event ``seq``, told by what the next event sealed
+    (``next_prev``, its copy of this event's leaf hash): the record, its stored hash or a column."""
+    what = list(row.problems)
+    record_edited: bool | None = False
+    if not row.leaf_ok:
+        if next_prev is not None and next_prev != row.leaf:
+            what.append(f"its sealed record was edited: it no longer hashes to the leaf that event #{seq + 1} sealed")
+            record_edited = True
+        elif next_prev is not None:
+            what.append("its stored hash (the leaf column) was changed; the sealed record is intact")
+        else:
+            what.append("its record does not hash to its stored leaf (the record or the stored hash was edited)")
+            record_edited = None
+    elif next_prev is not None and next_prev != row.leaf:
+        what.append(f"its sealed record was edited and re-hashed: event #{seq + 1} sealed a different predecessor")
+        record_edited = True
+    for name, column, in_record in row.column_diffs:
+        if record_edited is None:
+            what.append(f"column {name} holds {column!r}, the record {in_record!r}")
+        elif record_edited:
+            # The columns are written with the seal, so the column is the likelier original.
+            what.append(f"the record now says {name} {in_record!r}; its column, copied at sealing, holds {column!r}")
+        else:
+            what.append(f"column {name} was changed: stored {column!r}, sealed {in_record!r}")
+    return what
 
 
 def _choose(rows_for: list[_Row], prev_leaf: bytes | None, referenced: set[bytes]) -> _Row:
     def score(row: _Row) -> tuple[int, int, int]:
-        return (row.prev == prev_leaf, row.leaf in referenced, not row.problems)
+        return (row.prev == prev_leaf, row.leaf in referenced,
+                not row.problems and row.leaf_ok and not row.column_diffs)
     return max(rows_for, key=score)
 
 
@@ -284,32 +327,56 @@ def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequenc
 
 def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: Ed25519PublicKey | None,
                        report: VerifyReport) -> None:
+    """Each checkpoint's Ed25519 signature (RFC 8032) and, separately, its root against the tree
+    recomputed from the stored events (RFC 9162 2.1): a forged signature and rewritten events are
+    different findings."""
     report.checkpoints = len(cps)
     frontier = Frontier()
-    key_id = keys.key_id(public_key) if public_key is not None else None
+    given = keys.key_id(public_key) if public_key is not None else None
+    report.key_id = given
     for cp in cps:
-        valid = True
-        if public_key is None:
-            valid = False
-        elif cp.key_id != key_id or not keys.verify_signature(public_key, cp.signature,
-                                                              checkpoint_message(cp.tree_size, cp.root, cp.time_us)):
-            valid = False
-            report.findings.append(Finding("checkpoint", cp.tree_size, f"checkpoint at size {cp.tree_size}: its "
-                                           f"signature does not verify with key {key_id} (forged or altered)"))
+        signature = _signature(cp, public_key, given, report.findings)
+        root_ok: bool | None = None
         if cp.tree_size > len(chain):
-            valid = False
             report.findings.append(Finding("truncated", len(chain), f"checkpoint at size {cp.tree_size} sealed "
                                            f"{cp.tree_size} events but only {len(chain)} remain in order: events "
                                            f"#{len(chain)}..#{cp.tree_size - 1} were removed"))
         else:
             while frontier.size < cp.tree_size:
                 frontier.append(chain[frontier.size])
-            if frontier.root() != cp.root:
-                valid = False
+            root_ok = frontier.root() == cp.root
+            if not root_ok:
                 report.findings.append(Finding("checkpoint", cp.tree_size, f"checkpoint at size {cp.tree_size}: the "
-                                               "signed root differs from the recomputed tree (events before it "
-                                               "were rewritten)"))
+                                               "signed root differs from the tree recomputed from the stored events "
+                                               "(events before it were rewritten)"))
         report.newest_checkpoint = cp.tree_size
-        report.newest_checkpoint_valid = valid
+        report.newest_checkpoint_key = cp.key_id or None
+        report.newest_checkpoint_signature = signature
+        report.newest_checkpoint_root_ok = root_ok
+        report.newest_checkpoint_valid = signature == "valid" and root_ok is True
 
 
+def _signature(cp: Row[Any], public_key: Ed25519PublicKey | None, given: str | None,
+               findings: list[Finding]) -> str:
+    """"valid", "invalid" (fails with the key it names), "other key" (it names another key than the one
+    given, so it could not be checked) or "unchecked" (no key given); findings for all but "valid"."""
+    at = f"checkpoint at size {cp.tree_size}"
+    if public_key is None:
+        return "unchecked"
+    if keys.verify_signature(public_key, cp.signature, checkpoint_message(cp.tree_size, cp.root, cp.time_us)):
+        if cp.key_id != given:
+            findings.append(Finding("checkpoint", cp.tree_size, f"{at}: its signature verifies with key {given}, but "
+                                    f"its key fingerprint column was changed to {cp.key_id!r}"))
+        return "valid"
+    if not cp.key_id:
+        findings.append(Finding("checkpoint", cp.tree_size, f"{at} records no signing key fingerprint and its "
+                                f"signature does not verify with key {given}: signed by another key, or forged"))
+        return "invalid"
+    if cp.key_id != given:
+        findings.append(Finding("checkpoint", cp.tree_size, f"{at} was signed by key {cp.key_id}; the key given is "
+                                f"{given}: verify with key {cp.key_id}'s public key (if that key is not yours, the "
+                                "checkpoint was signed by someone else)"))
+        return "other key"
+    findings.append(Finding("checkpoint", cp.tree_size, f"{at}: signature INVALID with key {given}, the key it names "
+                            "(the checkpoint was forged or altered)"))
+    return "invalid"

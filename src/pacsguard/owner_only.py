@@ -1,0 +1,54 @@
+"""Files and folders that may hold patient data (PHI) or keys: created readable by their owner only.
+
+HIPAA 45 CFR 164.312(a)(1) asks for access control on ePHI; on one host that starts with the file
+mode. The modes are set explicitly after creation (fchmod/chmod), so a permissive umask such as 022
+cannot widen them. Files and folders that already exist keep the mode their owner gave them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents with mode 0700; existing folders are left as they are."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another process: its mode is that process's choice
+        os.chmod(folder, DIR_MODE)
+    return path
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 if it does not exist (its folder too, 0700).
+    Returns True if this call created it."""
+    make_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return True
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a new file ``path`` holding ``data`` with mode 0600; refuses to replace an existing one."""
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), FILE_MODE)
+        fh.write(data)
