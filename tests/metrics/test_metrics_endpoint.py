@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def spine(tmp_path: Path) -> Iterator[tuple[EventBus, EventStore, Breakable]]:
     store.close()
 
 
+@asynccontextmanager
+async def _serving(bus: EventBus, store: EventStore) -> AsyncIterator[int]:
+    """A started metrics service on a free loopback port; yields the port."""
+    service = MetricsService(MetricsConfig(enabled=True, port=0), bus, store)
+    await service.start()
+    assert service.address is not None
+    try:
+        yield service.address[1]
+    finally:
+        await service.stop()
+
+
 async def _get(port: int, request: bytes) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
@@ -72,10 +85,7 @@ def test_a_scrape_shows_the_events_written_and_the_spine_and_healthz_follows_the
     bus, store, sink = spine
 
     async def main() -> None:
-        service = MetricsService(MetricsConfig(enabled=True, port=0), bus, store)
-        rows = await service.start()
-        port = int(rows[0][1].rsplit(":", 1)[1].split("/")[0])
-        try:
+        async with _serving(bus, store) as port:
             route = {"route": "ct", "flow": "f", "called_ae": "PACS"}
             for kind in ("requested", "accepted"):
                 bus.publish(Event(kind=f"dicom.association.{kind}", component="test", details=route))
@@ -108,8 +118,6 @@ def test_a_scrape_shows_the_events_written_and_the_spine_and_healthz_follows_the
             assert metrics["pacsguard_store_backlog_events"][("pacsguard_store_backlog_events", ())] == 1
             assert metrics["pacsguard_store_commit_failures"][("pacsguard_store_commit_failures_total", ())] >= 1
             assert metrics["pacsguard_sink_delivery_lag_seconds"][("pacsguard_sink_delivery_lag_seconds", ())] > 0
-        finally:
-            await service.stop()
 
     asyncio.run(main())
 
@@ -118,17 +126,12 @@ def test_the_listener_answers_only_its_paths_and_methods_within_its_bounds(spine
     bus, store, _ = spine
 
     async def main() -> None:
-        service = MetricsService(MetricsConfig(enabled=True, port=0), bus, store)
-        rows = await service.start()
-        port = int(rows[0][1].rsplit(":", 1)[1].split("/")[0])
-        try:
+        async with _serving(bus, store) as port:
             assert (await _get(port, b"GET /admin HTTP/1.1\r\n\r\n"))[0] == 404
             assert (await _get(port, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405
             assert (await _get(port, b"garbage\r\n\r\n"))[0] == 400
             assert (await _get(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n"))[0] == 431
             status, body = await _get(port, b"HEAD /healthz HTTP/1.1\r\n\r\n")
             assert (status, body) == (200, b"")
-        finally:
-            await service.stop()
 
     asyncio.run(main())

@@ -34,11 +34,12 @@ class MetricsService:
         ProcessCollector(registry=self.registry)  # CPU, memory, open files of the serve process
         self.subscription: Subscription | None = None
         self.server = MonitoringServer({"/metrics": self.metrics, "/healthz": self.healthz}, config.timeout)
+        self.address: tuple[str, int] | None = None  # where it listens, once started
 
     async def start(self) -> list[BannerRow]:
         self.subscription = self.bus.subscribe(self.counters.observe)
         self.registry.register(SpineCollector(self.bus, self.store, self.subscription))
-        host, port = await self.server.start(self.config.host, self.config.port)
+        self.address = host, port = await self.server.start(self.config.host, self.config.port)
         return [("metrics (Prometheus)", f"http://{host}:{port}/metrics", "and /healthz")]
 
     async def stop(self) -> None:
