@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,12 @@ from pacsguard.runtime.registry import Registry
 if TYPE_CHECKING:
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.runtime.part import BannerRow
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
 
 DEMO_CONFIG = """\
 # pacsguard configuration: every key is described in docs/configuration.md.
@@ -75,14 +82,17 @@ def init(config: Path | None = CONFIG_OPTION,
 
 @guarded
 def serve(config: Path | None = CONFIG_OPTION,
-          log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error")) -> None:
+          log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
+          log_format: LogFormat = typer.Option(LogFormat.text, "--log-format",
+                                               help="text, or json: one JSON object per line (journald)")) -> None:
     """Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM."""
+    from pacsguard.cli.jsonlog import configure_logging
     from pacsguard.config.loader import load_config
     from pacsguard.events import Event
     from pacsguard.runtime.outputs import open_configured_outputs
     from pacsguard.runtime.services import build_services, run_foreground
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format.value)
     # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 from pacsguard.events.model import Event
@@ -21,6 +22,19 @@ from pacsguard.events.sink import EventSink
 from pacsguard.events.subscription import Subscription
 
 log = logging.getLogger("pacsguard.events")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """What the writer has done so far (read by the metrics part): batches the sink accepted, the
+    events in them, the seconds its emit() took in total, failed attempts, and whether the latest
+    attempt failed (the events are then held for retry)."""
+
+    batches: int
+    events: int
+    seconds: float
+    failures: int
+    failing: bool
 
 
 class EventBus:
@@ -43,6 +57,10 @@ class EventBus:
         self._counter = itertools.count(1)  # next() is atomic: safe from several threads
         self._published = 0
         self._written = 0
+        self._batches = 0
+        self._write_seconds = 0.0
+        self._failures = 0
+        self._failing = False
         self._subscribers: tuple[Subscription, ...] = ()
         self._subscribers_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pacsguard-event-writer", daemon=True)
@@ -96,6 +114,22 @@ class EventBus:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def oldest_pending_time_us(self) -> int | None:
+        """The time of the oldest event not yet in the sink, or None when all are written."""
+        try:
+            return self._queue[0].time_us
+        except IndexError:  # emptied by the writer between a check and the read: nothing pending
+            return None
+
+    @property
+    def writing(self) -> bool:
+        """True while the writer thread runs and its latest write to the sink succeeded."""
+        return self._thread.is_alive() and not self._failing
+
+    def stats(self) -> WriteStats:
+        return WriteStats(self._batches, self._written, self._write_seconds, self._failures, self._failing)
+
     def _run(self) -> None:
         backoff = 0.1
         while True:
@@ -103,9 +137,12 @@ class EventBus:
             self._wake.clear()
             while self._queue:
                 batch = list(itertools.islice(self._queue, self.max_batch))
+                began = time.perf_counter()
                 try:
                     self.sink.emit(batch)
                 except Exception as exc:  # noqa: BLE001 - keep the events and retry; report the cause
+                    self._failures += 1
+                    self._failing = True
                     log.error("event sink failed, %d events kept for retry: %s", len(self._queue), exc)
                     if self.on_error:
                         self.on_error(exc)
@@ -114,6 +151,9 @@ class EventBus:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                self._write_seconds += time.perf_counter() - began
+                self._batches += 1
+                self._failing = False
                 for _ in batch:
                     self._queue.popleft()
                 self._deliver(batch)

@@ -23,6 +23,7 @@ PART_MODULES = (
     "pacsguard.demo.part",
     "pacsguard.gateway.part",
     "pacsguard.ids.part",
+    "pacsguard.metrics.part",
 )
 
 #: Sections of pacsguard.yaml that belong to the spine, not to a part.

@@ -1,0 +1,35 @@
+"""`serve --log-format json`: each log record as one JSON object on one line, which journald (and any
+collector reading stdout) keeps whole. Times are RFC 3339 in UTC with microseconds."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import orjson
+
+
+class JsonLineFormatter(logging.Formatter):
+    """time, level, logger and message; the traceback as ``exception`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, str] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="microseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()  # escapes newlines, so a traceback stays on its line
+
+
+#: The format of a plain-text log line (``--log-format text``).
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """The root logger at ``level``, writing text or JSON lines to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLineFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

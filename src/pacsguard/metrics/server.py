@@ -1,0 +1,115 @@
+"""A tiny, bounded HTTP/1.1 server (RFC 9112) for the two monitoring endpoints: GET or HEAD of a
+known path, one request per connection (Connection: close), no request body.
+
+Bounded so a monitoring port cannot be used to tie the gateway up: the request head is at most
+MAX_HEAD bytes and must arrive within the timeout, at most MAX_CLIENTS connections are served at
+once (more are closed at once), and each answer is written within the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+
+log = logging.getLogger("pacsguard.metrics")
+
+MAX_HEAD = 8192
+MAX_CLIENTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+
+
+#: An endpoint: called per request, answers a Response.
+Handler = Callable[[], Awaitable[Response]]
+
+
+def _plain(status: HTTPStatus) -> Response:
+    return Response(status, "text/plain; charset=utf-8", f"{status.phrase}\n".encode())
+
+
+def encode(response: Response, *, head_only: bool = False) -> bytes:
+    """The status line, headers and (unless HEAD) body of a response (RFC 9112 4, 6)."""
+    phrase = HTTPStatus(response.status).phrase
+    head = (f"HTTP/1.1 {response.status} {phrase}\r\nContent-Type: {response.content_type}\r\n"
+            f"Content-Length: {len(response.body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + (b"" if head_only else response.body)
+
+
+def parse_request_line(head: bytes) -> tuple[str, str] | None:
+    """Method and path (query string dropped) of a request head, or None when it is not HTTP/1.x."""
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    return parts[0], parts[1].split("?", 1)[0]
+
+
+class MonitoringServer:
+    """Serves ``routes`` (path -> handler) on host:port until close()."""
+
+    def __init__(self, routes: Mapping[str, Handler], timeout: float) -> None:
+        self.routes = dict(routes)
+        self.timeout = timeout
+        self._clients = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; returns the address bound (port 0 picks a free one)."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+        address = self._server.sockets[0].getsockname()
+        return str(address[0]), int(address[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients += 1
+        try:
+            if self._clients <= MAX_CLIENTS:
+                await asyncio.wait_for(self._answer(reader, writer), self.timeout)
+        except (TimeoutError, ConnectionError):
+            pass  # a slow or vanished client: nothing to tell it
+        finally:
+            self._clients -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            writer.write(encode(_plain(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)))
+            return
+        except asyncio.IncompleteReadError:
+            return
+        request = parse_request_line(head)
+        head_only = request is not None and request[0] == "HEAD"
+        response = await self._respond(request)
+        writer.write(encode(response, head_only=head_only))
+        await writer.drain()
+
+    async def _respond(self, request: tuple[str, str] | None) -> Response:
+        if request is None:
+            return _plain(HTTPStatus.BAD_REQUEST)
+        method, path = request
+        handler = self.routes.get(path)
+        if handler is None:
+            return _plain(HTTPStatus.NOT_FOUND)
+        if method not in ("GET", "HEAD"):
+            return _plain(HTTPStatus.METHOD_NOT_ALLOWED)
+        try:
+            return await handler()
+        except Exception:  # noqa: BLE001 - a failing probe answers 500 and is logged, the server goes on
+            log.exception("monitoring endpoint %s failed", path)
+            return _plain(HTTPStatus.INTERNAL_SERVER_ERROR)
