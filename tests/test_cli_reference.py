@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import typer
 
 from pacsguard.cli.app import value_name
+from pacsguard.cli.lazy import load_command
+from pacsguard.cli.main import command
 from pacsguard.cli.reference import MARKER, main, reference, updated
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
@@ -38,3 +44,27 @@ def test_stale_reference_is_replaced_and_prose_kept(tmp_path: Path) -> None:
 def test_value_names() -> None:
     assert [value_name(x) for x in ("<str>", "<list[Path]>", "<int range>", "<table|json>")] == [
         "TEXT", "PATH", "INTEGER", "[table|json]"]
+
+
+def _helps(command: Any, ctx: typer.Context) -> Iterator[tuple[str, str]]:
+    """(command path, its --help text) for ``command`` and every command under it, deferred parts loaded."""
+    yield ctx.command_path, command.get_help(ctx)
+    for name in getattr(command, "list_commands", lambda _: [])(ctx):
+        sub = command.get_command(ctx, name)
+        if sub is None:
+            continue
+        if getattr(sub, "part", None) is not None:
+            sub = load_command(sub.part)
+        yield from _helps(sub, typer.Context(sub, info_name=name, parent=ctx))
+
+
+def test_arguments_are_named_as_click_names_them_not_by_python_type() -> None:
+    helps = dict(_helps(command(), typer.Context(command(), info_name="pacsguard")))
+    assert len(helps) > 20
+    labelled = {path: label for path, text in helps.items() for label in re.findall(r"<[^<>\s]*>", text)}
+    assert not labelled, f"Python type labels in --help: {labelled}"
+    read = helps["pacsguard ids read"]
+    assert "Usage: pacsguard ids read [OPTIONS] CAPTURE\n" in read
+    assert re.search(r"^Arguments:\n  CAPTURE +pcap or pcapng capture file", read, re.M)
+    check = helps["pacsguard ids rules check"]
+    assert "[OPTIONS] [PATHS]...\n" in check and re.search(r"^  PATHS\.\.\. +rule files", check, re.M)

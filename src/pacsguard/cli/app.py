@@ -15,7 +15,8 @@ A group lists each command with the whole first paragraph of its help, as the ri
 
 An option's value is named as dcmtk and click name it (``TEXT``, ``PATH``, ``INTEGER``, ``[table|json]``),
 not by its Python annotation (``<str>``, ``<list[Path]>``, ``<int range>``); a range stays in the
-option's help (``[x>=1]``).
+option's help (``[x>=1]``). An argument is named as click names it: its name in upper case, with an
+ellipsis when it takes many values (``FILE``, ``PATHS...``; ``[PATHS]...`` in the usage line when optional).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typer.models import CommandFunctionType
 
 #: How help is rendered: plain text (see the module docstring).
@@ -48,6 +49,10 @@ class _FastHelp:
         for param in params:
             if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
                 param.metavar = value_name(param.display_type(ctx))
+            elif type(param) is TyperArgument:
+                # typer builds its own argument class with no hook for another; Argument adds no state,
+                # so the object (which typer's callback also holds) only changes how it is shown.
+                param.__class__ = Argument
         return params
 
     def get_help_option(self, ctx: Any) -> TyperOption | None:
@@ -68,6 +73,30 @@ def value_name(label: str) -> str:
     if bare in _VALUE_NAMES:
         return _VALUE_NAMES[bare]
     return f"[{bare}]" if "|" in bare else bare.upper()
+
+
+class Argument(TyperArgument):
+    """A positional argument named as click's ``Argument.make_metavar`` names it, not ``name <annotation>``."""
+
+    def shown_name(self, *, in_usage: bool = False) -> str:
+        """``FILE``, ``PATHS...``; in the usage line an optional one is bracketed (``[PATHS]...``).
+        An explicit metavar is shown as it is written."""
+        if self.metavar is not None:
+            return self.metavar
+        name = (self.name or "").upper()
+        if in_usage and not self.required:
+            name = f"[{name}]"
+        return f"{name}..." if self.nargs != 1 else name
+
+    def _rich_display_name(self) -> str:
+        return self.shown_name()
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        # The name already says what the argument is: no Python type label after it.
+        return None
+
+    def _usage_display_name(self) -> str:
+        return self.shown_name(in_usage=True)
 
 
 class Command(_FastHelp, TyperCommand):
