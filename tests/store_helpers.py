@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import psycopg
 import pytest
@@ -77,3 +77,39 @@ def rehashed(target: str, tmp: Path, seq: int = 9) -> VerifyReport:
         p = param(target)
         cur.execute(f"UPDATE events SET body = {p}, leaf = {p} WHERE seq = {seq}", (body, leaf_hash(body.encode())))
     return verify_store(EventStore.open(target), load_public_key(key))
+
+
+def write_revision_0001_store(target: str, sent: Sequence[Event]) -> None:
+    """A store as pacsguard wrote it at Alembic revision 0001 (format 1, before the search index),
+    holding ``sent`` sealed and chained, its rows written straight into the old tables."""
+    from alembic import command
+
+    from pacsguard.store import database
+    from pacsguard.store.merkle import Frontier
+    from pacsguard.store.store import GENESIS_PREV, seal
+
+    eng = database.make_engine(database.normalise_target(target), create=True)
+    cfg = database._alembic_config()
+    with eng.execution_options(**{database.WRITE: True}).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    eng.dispose()
+    frontier, prev, rows, patients, studies = Frontier(), GENESIS_PREV, [], [], []
+    for seq, ev in enumerate(sent):
+        body = seal(ev.to_json(), prev, seq)
+        prev = leaf_hash(body.encode())
+        frontier.append(prev)
+        rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
+                     ev.actor.ae_title, ev.actor.host, ev.actor.user, ev.target.ae_title, ev.target.host,
+                     ev.sop_instance_count, body, prev))
+        patients += [(p, seq) for p in ev.patient_ids]
+        studies += [(u, seq) for u in ev.study_uids]
+    mark = param(target)
+    with raw_sql(target) as cur:
+        cur.executemany(f"INSERT INTO events VALUES ({', '.join([mark] * 15)})", rows)
+        cur.executemany(f"INSERT INTO event_patients VALUES ({mark}, {mark})", patients)
+        cur.executemany(f"INSERT INTO event_studies VALUES ({mark}, {mark})", studies)
+        cur.execute(f"INSERT INTO tree_state VALUES (1, {mark}, {mark}, {mark})", (len(sent), frontier.to_bytes(),
+                                                                                  prev))
+        cur.executemany(f"INSERT INTO pacsguard_meta VALUES ({mark}, {mark})", [("format", "pacsguard-store"),
+                                                                                ("format_version", "1")])

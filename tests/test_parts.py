@@ -53,7 +53,7 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
-    assert names == ["init", "serve", "config", "events", "audit", "tls", "demo", "gateway", "ids", "metrics"]
+    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics"]
     assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics"]
 
 
@@ -228,7 +228,7 @@ print("MODULES", *sorted(sys.modules))
 """
 
 
-GROUPS = ("init", "serve", "config", "events", "audit", "tls", "gateway", "ids")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids")
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),

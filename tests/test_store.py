@@ -11,7 +11,7 @@ from pacsguard.store import EventQuery, EventStore, StoreError
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.merkle import Frontier, inclusion_proof, leaf_hash, root_of, verify_inclusion
 from pacsguard.store.verify import verify_store
-from store_helpers import make_events, new_store, raw_sql, rehashed
+from store_helpers import make_events, new_store, raw_sql, rehashed, write_revision_0001_store
 
 
 def test_merkle_frontier_matches_rfc9162_definition():
@@ -270,43 +270,27 @@ def test_patient_search_finds_every_patient_of_an_event(target, tmp_path, monkey
 
 
 def test_store_of_format_1_is_migrated(target, tmp_path):
-    """A store written by pacsguard before the search index of format 2 (Alembic revision 0001) opens,
-    is upgraded in place through formats 2 and 3 (placement by patient), verifies, and is searchable
-    through the new index."""
-    from alembic import command
-
+    """A store written by pacsguard before the search index of format 2 (Alembic revision 0001) is
+    refused by a plain open, then upgraded in place by the explicit migration (after its backup)
+    through formats 2 and 3 (placement by patient), verifies, and is searchable through the new index."""
     from pacsguard.events import Event
-    from pacsguard.store import database as store_engine
-    from pacsguard.store.merkle import Frontier
-    from pacsguard.store.store import GENESIS_PREV, seal
+    from pacsguard.store import database, upgrade
 
-    url = store_engine.normalise_target(target)
-    eng = store_engine.make_engine(url, create=True)
-    cfg = store_engine._alembic_config()
-    with eng.execution_options(**{store_engine.WRITE: True}).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
     sent = make_events(60)
     sent[20] = Event(kind="dicom.dimse.c-find", component="gateway", patient_ids=("PID0020", "PIDX"))
-    frontier, prev, rows, patients, studies = Frontier(), GENESIS_PREV, [], [], []
-    for seq, ev in enumerate(sent):
-        body = seal(ev.to_json(), prev, seq)
-        prev = leaf_hash(body.encode())
-        frontier.append(prev)
-        rows.append((seq, ev.id, ev.time_us, ev.kind, int(ev.severity), ev.component, ev.outcome,
-                     ev.actor.ae_title, ev.actor.host, ev.actor.user, ev.target.ae_title, ev.target.host,
-                     ev.sop_instance_count, body, prev))
-        patients += [(p, seq) for p in ev.patient_ids]
-        studies += [(u, seq) for u in ev.study_uids]
-    eng.dispose()
-    mark = "%s" if "://" in target else "?"
-    with raw_sql(target) as cur:
-        cur.executemany(f"INSERT INTO events VALUES ({', '.join([mark] * 15)})", rows)
-        cur.executemany(f"INSERT INTO event_patients VALUES ({mark}, {mark})", patients)
-        cur.executemany(f"INSERT INTO event_studies VALUES ({mark}, {mark})", studies)
-        cur.execute(f"INSERT INTO tree_state VALUES (1, {mark}, {mark}, {mark})", (60, frontier.to_bytes(), prev))
-        cur.executemany(f"INSERT INTO pacsguard_meta VALUES ({mark}, {mark})", [("format", "pacsguard-store"),
-                                                                                ("format_version", "1")])
+    write_revision_0001_store(target, sent)
+    with pytest.raises(StoreError, match="revision 0001.*pacsguard store migrate --backup-to DIR"):
+        EventStore.open(target)
+
+    url = database.normalise_target(target)
+    engine = database.make_engine(url, create=False)
+    try:
+        result = upgrade.upgrade(engine, url, tmp_path / "backup")
+    finally:
+        engine.dispose()
+    assert (result.before.revision, result.after.revision) == ("0001", database.HEAD_REVISION)
+    assert result.before.events == result.after.events == 60
+    assert result.backup is not None and result.backup.parent == tmp_path / "backup"
 
     es = EventStore.open(target)
     assert [s.seq for s in es.search(EventQuery(actor="MOD1", limit=None))] == list(range(1, 60, 4))

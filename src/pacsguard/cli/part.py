@@ -12,4 +12,5 @@ PARTS = (
     Part("config", "Validate pacsguard.yaml.", commands="pacsguard.cli.config:app"),
     Part("events", "Search and follow the event store.", commands="pacsguard.cli.events:app"),
     Part("audit", "The audit trail: verification of the store.", commands="pacsguard.cli.audit:app"),
+    Part("store", "The store itself: schema migrations.", commands="pacsguard.cli.store:app"),
 )

@@ -1,12 +1,14 @@
 """Opening the database behind the store: SQLite (WAL) by default, PostgreSQL by URL.
 
-Turns driver errors into `StoreError`s that name the file or host, and runs Alembic migrations.
+Turns driver errors into `StoreError`s that name the file or host; creates new stores and runs the
+Alembic migrations of old ones, the latter only when asked (`migrate`).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,8 @@ _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 #: The Alembic revision of the newest store schema: the head of migrations/versions/ (a test holds
 #: the two together). Opening a store at this revision reads it with one query and loads no Alembic
-#: (~0.2 s of imports and migration scripts); any other revision is upgraded by Alembic.
+#: (~0.2 s of imports and migration scripts); a store at an older revision is refused until
+#: `pacsguard store migrate` upgrades it.
 HEAD_REVISION = "0003"
 WRITE = "pacsguard_write"  # execution option that marks a writing transaction
 #: The PostgreSQL advisory lock key that serialises migrations (any fixed 64-bit number of our own).
@@ -93,28 +96,84 @@ def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.close()
 
 
-def check_or_migrate(engine: Engine, url: str, *, create: bool,
-                     initialise: Callable[[Connection], None]) -> bool:
+MIGRATE_COMMAND = "pacsguard store migrate --backup-to DIR"
+
+
+def check_or_create(engine: Engine, url: str, *, create: bool,
+                    initialise: Callable[[Connection], None]) -> bool:
     """Make sure the database is a pacsguard store at the newest schema. Returns True if it was new.
 
-    A store already at the head is checked with a read and no lock. Otherwise the migration, and
-    ``initialise`` of a new store, run in one transaction under a lock that every opener takes
-    (PostgreSQL: a transaction-level advisory lock; SQLite: the write lock of BEGIN IMMEDIATE), and
-    the state is read again once the lock is held: of any number of gateways and sensors that
-    start together against a fresh store, one migrates and the others find it done."""
+    A store already at the head is checked with a read and no lock. A store at an older revision is
+    refused, by writers and readers alike: upgrading the audit trail is an administrator's explicit
+    step with a backup first (`migrate`). A new store is created (``initialise``) at the head in one
+    transaction under a lock that every opener takes (PostgreSQL: a transaction-level advisory lock;
+    SQLite: the write lock of BEGIN IMMEDIATE), and the state is read again once the lock is held: of
+    any number of gateways and sensors that start together against a fresh store, one creates it and
+    the others find it made."""
     where = describe(url)
-    try:
+    with _store_errors(where):
         with engine.connect() as conn:
-            if _state(conn, where, create=create) == "current":
-                return False
-        with engine.execution_options(**{WRITE: True}).begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             state = _state(conn, where, create=create)
-            if state != "current":
-                _upgrade(conn)
+            if state == "current":
+                return False
+            if state == "old":
+                raise StoreError(outdated_message(where, revision(conn)))
+        with _locked(engine) as conn:
+            state = _state(conn, where, create=create)
+            if state == "old":
+                raise StoreError(outdated_message(where, revision(conn)))
             if state == "new":
+                _upgrade(conn)
                 initialise(conn)
+    return state == "new"
+
+
+def migrate(engine: Engine, url: str) -> tuple[str | None, str]:
+    """Upgrade an existing pacsguard store to HEAD_REVISION under the migration lock, in one
+    transaction. Returns its revision before and after; a store already at the head is left alone."""
+    where = describe(url)
+    with _store_errors(where), _locked(engine) as conn:
+        before = revision(conn)
+        if _state(conn, where, create=False) == "old":
+            _check_known(where, before)
+            _upgrade(conn)
+    return before, HEAD_REVISION
+
+
+def store_revision(engine: Engine, url: str) -> str | None:
+    """The schema revision of an existing pacsguard store (None: made before revisions were recorded)."""
+    where = describe(url)
+    with _store_errors(where), engine.connect() as conn:
+        _state(conn, where, create=False)
+        return revision(conn)
+
+
+def revision(conn: Connection) -> str | None:
+    found = _revisions(conn, set(inspect(conn).get_table_names()))
+    return found[0] if len(found) == 1 else None
+
+
+def outdated_message(where: str, found: str | None) -> str:
+    """Why an older store is not opened, and the one command that upgrades it."""
+    return (f"{where}: the store is at schema revision {found or 'none'}, this pacsguard needs revision "
+            f"{HEAD_REVISION}; it does not migrate the audit trail on its own: stop what writes to it, "
+            f"then run `{MIGRATE_COMMAND}` (it backs the store up first)")
+
+
+@contextmanager
+def _locked(engine: Engine) -> Iterator[Connection]:
+    """A writing transaction holding the migration lock."""
+    with engine.execution_options(**{WRITE: True}).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        yield conn
+
+
+@contextmanager
+def _store_errors(where: str) -> Iterator[None]:
+    """Driver errors become StoreErrors that name the store."""
+    try:
+        yield
     except DatabaseError as exc:
         if "file is not a database" in str(exc.orig):
             raise StoreError(f"{where}: not a pacsguard store (not an SQLite database)") from None
@@ -123,7 +182,21 @@ def check_or_migrate(engine: Engine, url: str, *, create: bool,
         raise StoreError(f"{where}: {_first_line(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{where}: not a pacsguard store ({exc})") from None
-    return state == "new"
+
+
+def _check_known(where: str, found: str | None) -> None:
+    """A revision this code's migration scripts do not know (a newer pacsguard wrote it) is refused:
+    Alembic cannot upgrade from it, and downgrading an audit trail is not pacsguard's to do."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if found is None:
+        return
+    try:
+        ScriptDirectory.from_config(_alembic_config()).get_revision(found)
+    except CommandError:
+        raise StoreError(f"{where}: schema revision {found} is not one this pacsguard knows (its newest is "
+                         f"{HEAD_REVISION}): a newer pacsguard wrote it; install that version") from None
 
 
 def _state(conn: Connection, where: str, *, create: bool) -> str:

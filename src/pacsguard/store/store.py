@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.database import WRITE, check_or_migrate, describe, make_engine, normalise_target
+from pacsguard.store.database import WRITE, check_or_create, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
@@ -87,7 +87,7 @@ class EventStore:
         self._last_checkpoint = time.monotonic()
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        check_or_migrate(self.engine, self.url, create=create, initialise=_initialise)
+        check_or_create(self.engine, self.url, create=create, initialise=_initialise)
         paramstyle = self.engine.dialect.paramstyle
         self._insert_event, self._insert_patient, self._insert_study, self._insert_term, self._insert_batch = (
             _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,

@@ -1,0 +1,75 @@
+"""`pacsguard store migrate`: the one command that upgrades a store's schema, after a verified backup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from pacsguard.store.upgrade import StoreState
+
+app = App(name="store", no_args_is_help=True, help="The store itself: schema migrations.")
+
+
+@app.command("migrate")
+@guarded
+def migrate(
+    backup_to: Path | None = typer.Option(None, "--backup-to", help="folder for the backup taken before migrating "
+                                          "(SQLite: a verified copy; PostgreSQL: a pg_dump -Fc file); required"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would be done, change nothing"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """Back the store up, verify the backup, then upgrade its schema to this version's revision.
+
+    Stop every gateway, sensor and service that writes to the store first: no other command
+    migrates it, and each refuses to open a store at an older revision until this has run.
+    """
+    from pacsguard.cli.common import console
+    from pacsguard.runtime.outputs import config_store_target
+    from pacsguard.store import database, upgrade
+
+    if backup_to is None:
+        raise fail("refusing to migrate without a backup: give --backup-to DIR (the store is the audit trail; "
+                   "a failed or unwanted upgrade is undone only from a copy taken before it)")
+    url = database.normalise_target(config_store_target(load(config, required=store is None), store))
+    engine = database.make_engine(url, create=False)
+    try:
+        name = database.describe(url)
+        state = upgrade.read_state(engine, url)
+        if state.revision == database.HEAD_REVISION:
+            console.print(f"store {name}: {_state(state)}, already at the newest revision; nothing to do",
+                          highlight=False)
+            return
+        if dry_run:
+            target = backup_to / upgrade.backup_name(url, state, _now())
+            console.print(f"store {name}: {_state(state)}; would back it up to {target}, verify the copy, "
+                          f"then migrate it to revision {database.HEAD_REVISION} (dry run: nothing changed)",
+                          highlight=False)
+            return
+        result = upgrade.upgrade(engine, url, backup_to)
+    finally:
+        engine.dispose()
+    console.print(f"backup: {result.backup} ({result.before.events} events, revision "
+                  f"{result.before.revision or 'none'}, verified)", highlight=False)
+    console.print(f"store {result.store}: before {_state(result.before)}; after {_state(result.after)}",
+                  highlight=False)
+    verify = "pacsguard audit verify" + (f" --store {store}" if store else "")
+    console.print(f"[bold green]migrated[/]; check every seal with `{verify}`", highlight=False)
+
+
+def _state(state: StoreState) -> str:
+    return f"revision {state.revision or 'none'}, {state.events} events"
+
+
+def _now() -> datetime:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
