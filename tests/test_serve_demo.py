@@ -51,3 +51,30 @@ def test_demo_configuration_serves_and_records(dcmtk, tmp_path: Path):
     # Ctrl-C signed a final checkpoint over everything.
     report = verify_store(es, load_public_key(tmp_path / "var/keys/store-signing.key"))
     assert report.ok and report.newest_checkpoint == len(kinds)
+
+
+def test_a_port_in_use_names_the_service_and_is_recorded_as_a_failed_start(tmp_path: Path):
+    """A second `serve` on a busy port: one line naming the service and the address, exit 2, and
+    the store says the run failed instead of recording a clean stop."""
+    import socket
+
+    cli = [sys.executable, "-m", "pacsguard.cli"]
+    assert subprocess.run([*cli, "init"], cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    config = tmp_path / "pacsguard.yaml"
+    gw_port, demo_port = free_port(), free_port()
+    config.write_text(config.read_text().replace("11112", str(gw_port)).replace("11113", str(demo_port)))
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", demo_port))
+        busy.listen(1)
+        result = subprocess.run([*cli, "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"demo upstream DEMOPACS: cannot listen on 127.0.0.1:{demo_port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    es = EventStore.open(str(tmp_path / "var/pacsguard.db"))
+    try:
+        stopped = [s.event for s in es.search(EventQuery(kind="pacsguard.service.stopped", limit=None))]
+    finally:
+        es.close()
+    assert [e.outcome for e in stopped] == ["major-failure"]
+    assert str(demo_port) in stopped[0].details["error"]

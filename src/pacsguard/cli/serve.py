@@ -88,7 +88,7 @@ def serve(config: Path | None = CONFIG_OPTION,
     """Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM."""
     from pacsguard.cli.jsonlog import configure_logging
     from pacsguard.config.loader import load_config
-    from pacsguard.events import Event
+    from pacsguard.events import Event, Outcome, Severity
     from pacsguard.runtime.outputs import open_configured_outputs
     from pacsguard.runtime.services import build_services, run_foreground
 
@@ -105,11 +105,21 @@ def serve(config: Path | None = CONFIG_OPTION,
         services = build_services(registry, loaded, bus, es)
         bus.publish(Event(kind="pacsguard.service.started", component="serve",
                           message=f"pacsguard {__version__} started", details={"config": str(loaded.path)}))
-        stack.callback(lambda: bus.publish(Event(kind="pacsguard.service.stopped", component="serve",
-                                                 message="pacsguard stopped")))
-        run_foreground(services, show_banner, [("config", str(loaded.path), "the file in use"),
-                                               ("store", es.name, f"{es.size()} events"), *sink_rows(loaded)],
-                       on_stopping=announce_stopping)
+        try:
+            run_foreground(services, show_banner, [("config", str(loaded.path), "the file in use"),
+                                                   ("store", es.name, f"{es.size()} events"), *sink_rows(loaded)],
+                           on_stopping=announce_stopping)
+        except Exception as exc:
+            # A service that could not start (a port in use, a missing certificate) is a failed
+            # run in the audit trail too, not a clean stop.
+            bus.publish(Event(kind="pacsguard.service.stopped", component="serve", severity=Severity.ERROR,
+                              outcome=Outcome.MAJOR_FAILURE, message=f"pacsguard stopped: {exc}",
+                              details={"error": str(exc)}))
+            raise
+        except BaseException:  # Ctrl-C before the loop took over the signals: a stop all the same
+            bus.publish(Event(kind="pacsguard.service.stopped", component="serve", message="pacsguard stopped"))
+            raise
+        bus.publish(Event(kind="pacsguard.service.stopped", component="serve", message="pacsguard stopped"))
 
 
 def sink_rows(loaded: LoadedConfig) -> list[BannerRow]:

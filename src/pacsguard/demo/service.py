@@ -26,8 +26,12 @@ class DemoService:
             from pacsguard.demo.seed import seed_storage
 
             await asyncio.to_thread(seed_storage, self.pacs.storage_dir)
-        await asyncio.to_thread(self.pacs.start)
         c = self.config
+        try:
+            await asyncio.to_thread(self.pacs.start)
+        except OSError as exc:
+            raise OSError(exc.errno, f"demo upstream {c.ae_title}: cannot listen on {c.host}:{c.port}: "
+                                     f"{exc.strerror or exc}") from None
         return [("demo upstream (DICOM SCP)", f"{c.ae_title}@{c.host}:{c.port}", f"storage {self.storage}")]
 
     async def stop(self) -> None:
