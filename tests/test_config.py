@@ -53,3 +53,42 @@ def test_secret_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("PG_TEST_PW", raising=False)
     with pytest.raises(LookupError, match="PG_TEST_PW is not set"):
         cfg.store.password.resolve()
+
+
+def test_duplicate_keys_are_refused_with_both_lines() -> None:
+    probs = _problems("store:\n  url: a.db\n  checkpoint_interval: 5\n  url: b.db\n")
+    assert len(probs) == 1 and "not valid YAML: key 'url' is given twice, on line 2 and on line 4" in probs[0]
+    assert _problems("store: {}\nstore: {}\n")[0].endswith("key 'store' is given twice, on line 1 and on line 2")
+
+
+def test_deep_nesting_is_refused_without_a_traceback() -> None:
+    assert _problems("a: " + "[" * 5000 + "]" * 5000 + "\n") == ["(file): nested too deeply (at most 32 levels)"]
+    assert _problems("store: " + "[" * 40 + "]" * 40 + "\n") == ["(file): nested too deeply (at most 32 levels)"]
+
+
+def test_a_huge_or_special_configuration_file_is_refused_before_reading(tmp_path) -> None:
+    from pathlib import Path
+
+    from pacsguard.config import load_config
+
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(big)
+    assert "a configuration is at most 1,048,576" in str(info.value.problems[0])
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("/dev/zero"))
+    assert [str(p) for p in info.value.problems] == ["(file): is not a regular file"]
+
+
+def test_a_secret_file_must_be_a_small_regular_file(tmp_path) -> None:
+    from pacsguard.config.schema import SecretRef
+
+    assert _problems("store:\n  url: postgresql://u@h/db\n  password: {file: /dev/zero}\n")[0].startswith(
+        "store.password: /dev/zero is not a regular file")
+    good = tmp_path / "pw"
+    good.write_text("s3cret\n")
+    assert SecretRef(file=good).resolve() == "s3cret"
+    good.write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(LookupError, match="longer than 65,536 bytes"):
+        SecretRef(file=good).resolve()

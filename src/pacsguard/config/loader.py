@@ -14,6 +14,41 @@ from pacsguard.config.schema import PacsguardConfig
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KiB; a larger file is a mistake or an attack
+MAX_CONFIG_DEPTH = 32  # deeper nesting than any section needs
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML whose mappings refuse a key given twice (YAML 1.2 requires unique keys; PyYAML
+    would keep the last one silently), naming the lines of both."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice, on line {first} and on line {line}",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _depth(data: Any) -> int:
+    """How deeply `data` nests (iteratively: the check itself must not recurse on hostile input)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
@@ -56,6 +91,11 @@ def default_model() -> type[PacsguardConfig]:
 
 def load_config(path: Path, model: type[PacsguardConfig] | None = None) -> LoadedConfig:
     try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(str(path), [ConfigProblem("(file)", "is not a regular file")])
+        if path.exists() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), [ConfigProblem(
+                "(file)", f"is {path.stat().st_size:,} bytes; a configuration is at most {MAX_CONFIG_BYTES:,}")])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         problem = ConfigProblem("(file)", "not found (run `pacsguard init` to write one)")
@@ -67,13 +107,21 @@ def load_config(path: Path, model: type[PacsguardConfig] | None = None) -> Loade
 
 def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfig] | None = None) -> PacsguardConfig:
     """Validate a pacsguard.yaml text with ``model`` (default: every registered part's section)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [ConfigProblem(
+            "(file)", f"is {len(text):,} characters; a configuration is at most {MAX_CONFIG_BYTES:,} bytes")])
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [ConfigProblem(
+            "(file)", f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")]) from None
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise ConfigError(source, [ConfigProblem("(file)", f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")])
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_SECRET_BYTES = 64 * 1024  # a password or token, never a whole file
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,6 +28,8 @@ class SecretRef(Strict):
     def _one(self) -> "SecretRef":
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env (an environment variable) or file (a path)")
+        if self.file is not None and self.file.exists() and not self.file.is_file():
+            raise ValueError(f"{self.file} is not a regular file (a secret is read from a file holding only it)")
         return self
 
     def resolve(self) -> str:
@@ -34,10 +38,21 @@ class SecretRef(Strict):
             if value is None:
                 raise LookupError(f"environment variable {self.env} is not set")
             return value
+        assert self.file is not None
         try:
-            return self.file.read_text().strip()  # type: ignore[union-attr]
+            # A regular file of bounded size only: {file: /dev/zero} must not read until memory runs out.
+            if not self.file.is_file():
+                raise LookupError(f"{self.file}: not a regular file; a secret is read from a file holding only it")
+            with self.file.open("rb") as f:
+                data = f.read(MAX_SECRET_BYTES + 1)
         except OSError as exc:
             raise LookupError(f"{self.file}: cannot read the secret ({exc.strerror})") from None
+        if len(data) > MAX_SECRET_BYTES:
+            raise LookupError(f"{self.file}: longer than {MAX_SECRET_BYTES:,} bytes; not a secret file")
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise LookupError(f"{self.file}: not UTF-8 text; a secret file holds the secret as text") from None
 
 
 class StoreConfig(Strict):
