@@ -9,12 +9,13 @@ from typing import Any
 
 
 def lazy_exports(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports ``homes[name]`` (a module path) on first use of ``name``."""
+    """A module ``__getattr__`` that imports ``homes[name]`` on first use of ``name``: a module path,
+    absolute or relative to ``package`` (".adapter")."""
 
     def __getattr__(name: str) -> Any:
         home = homes.get(name)
         if home is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(import_module(home), name)
+        return getattr(import_module(home, package), name)
 
     return __getattr__

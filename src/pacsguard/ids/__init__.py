@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lazy import lazy_getattr
+from pacsguard._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pacsguard.dicom.reasons import rj_reason
@@ -77,7 +77,7 @@ _HOMES = {
 }
 
 
-__getattr__ = lazy_getattr(__name__, _HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

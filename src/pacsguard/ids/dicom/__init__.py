@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pacsguard.ids.lazy import lazy_getattr
+from pacsguard._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .adapter import DicomAdapter
@@ -30,4 +30,4 @@ _HOMES = {
 }
 
 
-__getattr__ = lazy_getattr(__name__, _HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)
