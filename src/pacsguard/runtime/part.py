@@ -101,6 +101,10 @@ class Part:
     commands: Ref | None = None
     requires: tuple[Dependency, ...] = ()
     kinds: Ref | None = None  # the EventKinds it records (docs/events.schema.json is built from them)
+    #: Object checks it offers to store-and-forward routes: (name, factory). A factory takes a
+    #: ServiceContext (its ``section`` is this part's section) and returns a
+    #: pacsguard.gateway.objects.ObjectCheck; a route names the check in ``object_checks``.
+    object_checks: tuple[tuple[str, Ref], ...] = ()
 
     def missing(self) -> list[Dependency]:
         return [d for d in self.requires if not d.present()]

@@ -63,6 +63,17 @@ class Registry:
     def get(self, name: str) -> Part | None:
         return self._parts.get(name)
 
+    def object_checks(self) -> dict[str, tuple[Part, Any]]:
+        """Every object check the parts offer, by name: the part and its (lazy) factory reference."""
+        found: dict[str, tuple[Part, Any]] = {}
+        for part in self._parts.values():
+            for name, ref in part.object_checks:
+                if name in found:
+                    other = found[name][0].name
+                    raise ValueError(f"object check {name!r} is offered by both {other!r} and {part.name!r}")
+                found[name] = (part, ref)
+        return found
+
     def with_config(self) -> list[Part]:
         return [p for p in self._parts.values() if p.section is not None]
 
