@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +15,7 @@ import pytest
 from pydantic import Field
 from typer.testing import CliRunner
 
+from module_probe import run_listing_modules
 from pacsguard.cli import main
 from pacsguard.config import ConfigError, LoadedConfig, parse_config
 from pacsguard.config.schema import Strict
@@ -217,15 +216,6 @@ def test_config_check_reports_every_part(tmp_path: Path) -> None:
 
 HEAVY = ("pydantic", "sqlalchemy", "alembic", "pydicom", "pynetdicom",
          "pacsguard.gateway.server", "pacsguard.ids.engine")
-PROBE = """
-import runpy, sys
-sys.argv = ["pacsguard", *sys.argv[1:]]
-try:
-    runpy.run_module("pacsguard.cli", run_name="__main__")
-except SystemExit:
-    pass
-print("MODULES", *sorted(sys.modules))
-"""
 
 
 GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids")
@@ -235,10 +225,7 @@ GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway
                                   ["ids", "read", "--help"], ["ids", "rules", "list", "--help"],
                                   ["gateway", "quarantine", "--help"]])
 def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("MODULES"))
-    loaded = set(line.split()[1:])
+    proc, loaded = run_listing_modules(args, {**os.environ, "COLUMNS": "200"})
     assert not [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY], proc.stdout[-2000:]
     assert "pacsguard" in proc.stdout
     if "--help" in args:

@@ -15,7 +15,8 @@ import pytest
 import pacsguard.ids.engine as engine_module
 from pacsguard.ids.engine import Alert, Engine, FlowState
 from pacsguard.ids.observation import KINDS, Flow, Roles, register_kinds
-from pacsguard.ids.rules import IdsSettings, load_rules
+from pacsguard.ids.rules import load_rules
+from pacsguard.ids.settings import IdsSettings
 
 PROTOCOL = "echo-test"
 

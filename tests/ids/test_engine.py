@@ -47,7 +47,7 @@ from pacsguard.ids import (
 from pacsguard.ids.dicom import DicomAdapter
 from pacsguard.ids.part import settings_for
 from pacsguard.ids.passive import build_engine
-from pacsguard.ids.rules import ActionOverride, ThresholdOverride
+from pacsguard.ids.settings import ActionOverride, ThresholdOverride
 from pacsguard.ids.state import BoundedLRU, CountWindow, DistinctWindow, SumWindow
 
 IVLE = "1.2.840.10008.1.2"

@@ -9,6 +9,10 @@ Two choices, both measured (docs/PERFORMANCE.md, "CLI start-up"):
 * the ``--help`` flag of a command that is not asked for its help keeps the value False: typer
   leaves such a flag unset (None) and then builds a pydantic adapter to coerce it, which loads
   pydantic (~40 ms) for every group a command line passes through.
+* a value that is plainly valid (a string, a path, a whole number, one of the choices) is coerced
+  here (pacsguard.cli.coerce) instead of through the pydantic TypeAdapter typer builds per option
+  (~100 ms for `ids read`); anything else still goes through typer's adapter, so every error
+  message is typer's own.
 
 A group lists each command with the whole first paragraph of its help, as the rich renderer did
 (the plain one would cut it at the terminal width with "...").
@@ -29,6 +33,8 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typer.models import CommandFunctionType
 
+from pacsguard.cli.coerce import plain_runtime_param
+
 #: How help is rendered: plain text (see the module docstring).
 HELP_MARKUP = None
 
@@ -47,11 +53,14 @@ class _FastHelp:
     def get_params(self, ctx: Any) -> list[Any]:
         params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
-            if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
-                param.metavar = value_name(param.display_type(ctx))
+            # typer builds its own parameter classes with no hook for others; Option and Argument add
+            # no state, so the object (which typer's callback also holds) only changes how it is
+            # shown and how a plain value is coerced.
+            if type(param) is TyperOption:
+                if param.metavar is None and not param.is_flag:
+                    param.metavar = value_name(param.display_type(ctx))
+                param.__class__ = Option
             elif type(param) is TyperArgument:
-                # typer builds its own argument class with no hook for another; Argument adds no state,
-                # so the object (which typer's callback also holds) only changes how it is shown.
                 param.__class__ = Argument
         return params
 
@@ -75,8 +84,17 @@ def value_name(label: str) -> str:
     return f"[{bare}]" if "|" in bare else bare.upper()
 
 
+class Option(TyperOption):
+    """An option whose plain values are coerced without pydantic (pacsguard.cli.coerce)."""
+
+    get_runtime_param = plain_runtime_param
+
+
 class Argument(TyperArgument):
-    """A positional argument named as click's ``Argument.make_metavar`` names it, not ``name <annotation>``."""
+    """A positional argument named as click's ``Argument.make_metavar`` names it, not ``name <annotation>``;
+    its plain values are coerced without pydantic (pacsguard.cli.coerce)."""
+
+    get_runtime_param = plain_runtime_param
 
     def shown_name(self, *, in_usage: bool = False) -> str:
         """``FILE``, ``PATHS...``; in the usage line an optional one is bracketed (``[PATHS]...``).

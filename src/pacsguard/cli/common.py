@@ -69,18 +69,19 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pacsguard.config.loader import ConfigError
-
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                _err_console().print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE) from None
         except (StoreError, LookupError, OSError, MissingDependency) as exc:
             raise fail(str(exc)) from None
         except Exception as exc:
-            # A rule file can only be broken if the IDS's rule module was loaded: no import here otherwise.
+            # A configuration (or rule file) can only be broken if its module was loaded: no import
+            # here otherwise (the configuration loader brings pydantic and yaml, ~50 ms).
+            loader = sys.modules.get("pacsguard.config.loader")
+            if loader is not None and isinstance(exc, loader.ConfigError):
+                for problem in exc.problems:
+                    _err_console().print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False,
+                                         soft_wrap=True)
+                raise typer.Exit(EXIT_USAGE) from None
             rules = sys.modules.get("pacsguard.ids.rules")
             if rules is not None and isinstance(exc, rules.RuleError):
                 raise print_rule_problems(exc) from None

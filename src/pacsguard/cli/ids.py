@@ -18,7 +18,8 @@ from pacsguard.cli.common import EXIT_FINDINGS, EXIT_USAGE, load_ids_section, pr
 if TYPE_CHECKING:
     from pacsguard.ids.engine import Engine
     from pacsguard.ids.observation import Observation
-    from pacsguard.ids.rules import IdsSettings, Rule
+    from pacsguard.ids.rules import Rule
+    from pacsguard.ids.settings import IdsSettings
 
 app = App(name="ids", no_args_is_help=True, add_completion=False,
             help="Intrusion detection: rules, inline in the gateway and passive over captures.")
@@ -56,7 +57,7 @@ def _read_yaml(path: Path) -> Any:
 def _load_settings(path: Path | None) -> IdsSettings:
     """A `--settings` file: the `ids:` section of a pacsguard.yaml, or that section alone."""
     from pacsguard.config import ConfigError
-    from pacsguard.ids.rules import IdsSettings
+    from pacsguard.ids.settings import IdsSettings
 
     if path is None:
         return IdsSettings()

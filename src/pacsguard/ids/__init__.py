@@ -1,7 +1,8 @@
 """DICOM-aware intrusion detection and prevention: one rule engine, inline and passive.
 
 * :mod:`.observation` - :class:`Flow` and the observation kinds and fields rules match on;
-* :mod:`.rules` - the rule model, :class:`IdsSettings`, YAML loading (:func:`load_rules`);
+* :mod:`.rules` - the rule model and YAML loading (:func:`load_rules`); :mod:`.settings` the
+  ``ids:`` section (:class:`IdsSettings`), :mod:`.defaults` its defaults as plain data;
 * :mod:`.engine` - the protocol-neutral :class:`Engine`, returning :class:`Alert` s;
 * :mod:`.dicom` - the DICOM adapter (:class:`~pacsguard.ids.dicom.DicomAdapter`) that feeds it;
 * :mod:`.sniff` - what non-protocol bytes look like (:func:`guess_protocol`);
@@ -25,16 +26,8 @@ if TYPE_CHECKING:
     from .engine import Alert, Engine
     from .observation import Flow, Observation
     from .protocols import KINDS
-    from .rules import (
-        ActionOverride,
-        IdsSettings,
-        Rule,
-        RuleError,
-        RuleProblem,
-        ThresholdOverride,
-        load_rules,
-        parse_duration,
-    )
+    from .rules import Rule, RuleError, RuleProblem, load_rules, parse_duration
+    from .settings import ActionOverride, IdsSettings, ThresholdOverride
     from .sniff import guess_protocol
 
 __all__ = [
@@ -59,17 +52,17 @@ __all__ = [
 #: public name -> the module that defines it
 _HOMES = {
     "KINDS": "pacsguard.ids.protocols",
-    "ActionOverride": "pacsguard.ids.rules",
+    "ActionOverride": "pacsguard.ids.settings",
     "Alert": "pacsguard.ids.engine",
     "DicomAdapter": "pacsguard.ids.dicom.adapter",
     "Engine": "pacsguard.ids.engine",
     "Flow": "pacsguard.ids.observation",
-    "IdsSettings": "pacsguard.ids.rules",
+    "IdsSettings": "pacsguard.ids.settings",
     "Observation": "pacsguard.ids.observation",
     "Rule": "pacsguard.ids.rules",
     "RuleError": "pacsguard.ids.rules",
     "RuleProblem": "pacsguard.ids.rules",
-    "ThresholdOverride": "pacsguard.ids.rules",
+    "ThresholdOverride": "pacsguard.ids.settings",
     "guess_protocol": "pacsguard.ids.sniff",
     "load_rules": "pacsguard.ids.rules",
     "parse_duration": "pacsguard.ids.rules",

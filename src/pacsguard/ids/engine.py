@@ -36,17 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from pacsguard.events import Event, Outcome, Party, Severity
 
+from .defaults import IdsDefaults
 from .expect import ExpectedConnections
 from .limit import AlertLimit, LimitWindow
 from .observation import FLOW_FIELDS, Flow, Observation, Roles
 from .protocols import KINDS
 from .rules import (
     Condition,
-    IdsSettings,
     Limit,
     Rule,
     RuleError,
@@ -58,7 +58,13 @@ from .rules import (
 )
 from .state import BoundedLRU, CountWindow, DistinctWindow, SumWindow
 
-__all__ = ["ActionName", "Alert", "CompiledRule", "Engine", "Flow", "FlowState", "IdsSettings"]
+if TYPE_CHECKING:
+    from .settings import IdsSettings
+
+    #: The ``ids:`` section as validated from pacsguard.yaml, or the defaults without one.
+    Settings = IdsSettings | IdsDefaults
+
+__all__ = ["ActionName", "Alert", "CompiledRule", "Engine", "Flow", "FlowState"]
 
 ActionName = Literal["alert", "drop", "abort", "quarantine"]
 
@@ -173,7 +179,7 @@ def _is_empty(v: Any) -> bool:
     return v is None or v == "" or v == [] or v == ()
 
 
-def _compile_condition(cond: Condition, is_list: bool, settings: IdsSettings,
+def _compile_condition(cond: Condition, is_list: bool, settings: Settings,
                        lists: dict[str, set[Any]]) -> Pred | str:
     """A predicate over the field's value, or the reason the rule cannot run (unset settings).
     ``in``/``not_in`` a settings list test the engine's live copy in ``lists``, which a sensor may
@@ -311,9 +317,9 @@ class Engine:
     ...) are inactive; :attr:`inactive` says which and why.
     """
 
-    def __init__(self, rules: list[Rule], settings: IdsSettings | None = None, *,
+    def __init__(self, rules: list[Rule], settings: Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings = settings if settings is not None else IdsSettings()
+        self.settings = settings = settings if settings is not None else IdsDefaults()
         #: the engine's time source (adapters read it when a caller gives no ``now``)
         self.clock = clock
         #: an engine time as an Event time (aggregates' first/last); a sensor that feeds capture
@@ -345,7 +351,7 @@ class Engine:
 
     # ------------------------------------------------------------------ setup
 
-    def _compile(self, settings: IdsSettings) -> None:
+    def _compile(self, settings: Settings) -> None:
         problems: list[RuleProblem] = []
         ids = {r.id for r in self.rules}
         for name in ("disabled_rules", "thresholds", "actions", "limits"):

@@ -35,7 +35,7 @@ from pacsguard.ids.sensor import CaptureClock, PassiveSensor, SensorStats
 if TYPE_CHECKING:
     from pacsguard.ids.dicom.adapter import DicomAdapter
     from pacsguard.ids.engine import Engine
-    from pacsguard.ids.rules import IdsSettings
+    from pacsguard.ids.settings import IdsSettings
 
 __all__ = ["PassiveStats", "build_engine", "live", "read"]
 
@@ -226,14 +226,15 @@ def build_engine(
     """An engine with the built-in rules (unless ``builtin`` or ``settings.builtin_rules`` is
     False) plus the rule files of ``settings.rules_dirs`` and ``rules_dirs``, whose clock is
     ``clock`` (capture time).  Raises the engine's ``RuleError`` for a bad rule."""
+    from pacsguard.ids.defaults import IdsDefaults
     from pacsguard.ids.engine import Engine
-    from pacsguard.ids.rules import IdsSettings, load_rules
+    from pacsguard.ids.rules import load_rules
 
-    if settings is None:
-        settings = IdsSettings()
-    dirs = [Path(d) for d in getattr(settings, "rules_dirs", [])] + [Path(d) for d in rules_dirs]
-    rules = load_rules(dirs, builtin=builtin and getattr(settings, "builtin_rules", True))
+    # Without a configuration, the plain defaults: no pydantic on `ids read`'s path (ids/defaults.py).
+    current = settings if settings is not None else IdsDefaults()
+    dirs = [Path(d) for d in current.rules_dirs] + [Path(d) for d in rules_dirs]
+    rules = load_rules(dirs, builtin=builtin and current.builtin_rules)
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
-    return Engine(rules, settings, **kwargs)
+    return Engine(rules, current, **kwargs)
