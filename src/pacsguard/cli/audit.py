@@ -27,7 +27,8 @@ app = App(name="audit", no_args_is_help=True, help="The audit trail: verificatio
 def verify(
     key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the key "
                                     "that signed the checkpoints, found beside the store (STORE.key.pub, "
-                                    "STORE.key) or at the config's store.signing_key"),
+                                    "STORE.key), in the key folder where `gateway run` makes it, or at the "
+                                    "config's store.signing_key"),
     witness: list[str] = typer.Option([], "--witness", help="a witness's copy of the checkpoints: a pacsguard "
                                       "witness URL or a witness file (JSON lines); check, with RFC 9162 "
                                       "consistency proofs, that the store extends each (repeat)"),
@@ -97,6 +98,8 @@ def _key_candidates(loaded: LoadedConfig, store: str | None) -> list[Path]:
     beside = keys.beside_store(store) if store is not None else None
     if beside is not None:
         private.append(beside)
+    if store is not None:
+        private.append(keys.default_key(store))  # where `gateway run --store` makes it now
     if loaded.path is not None or store is None:
         private.append(loaded.resolve(loaded.config.store.signing_key))
     return [p for key in private for p in (keys.public_path(key), key)]
