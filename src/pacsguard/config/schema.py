@@ -55,7 +55,9 @@ class SecretRef(Strict):
             raise LookupError(f"{self.file}: not UTF-8 text; a secret file holds the secret as text") from None
 
 
-class WitnessSyslog(Strict):
+class SyslogCollector(Strict):
+    """An RFC 5424 collector: where the syslog sink sends events and a syslog witness checkpoints."""
+
     host: str
     port: int = Field(6514, ge=1, le=65535)
     transport: Literal["tcp", "tls"] = "tls"
@@ -71,7 +73,7 @@ class WitnessTarget(Strict):
     service, with its `token` and, for https, `ca_file`/`cert_file`/`key_file`)."""
 
     file: Path | None = Field(None, description="a file to append each checkpoint to (JSON lines)")
-    syslog: WitnessSyslog | None = Field(None, description="a syslog/SIEM collector")
+    syslog: SyslogCollector | None = Field(None, description="a syslog/SIEM collector")
     url: str | None = Field(None, description="a pacsguard witness service, http(s)://HOST:PORT")
     token: SecretRef | None = Field(None, description="the bearer token the witness service gave this log")
     ca_file: Path | None = Field(None, description="CA of the witness service's certificate (https)")
@@ -120,14 +122,7 @@ class JsonLinesConfig(Strict):
         "json", description="line format: json (pacsguard's canonical JSON) or ecs (Elastic Common Schema)")
 
 
-class SyslogConfig(Strict):
-    host: str
-    port: int = Field(6514, ge=1, le=65535)
-    transport: Literal["tcp", "tls"] = "tls"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    facility: int = Field(10, ge=0, le=23, description="RFC 5424 facility; 10 is authpriv")
+class SyslogConfig(SyslogCollector):
     format: Literal["json", "cef", "leef", "ecs"] = Field(
         "json", description="MSG format: json (pacsguard's own), cef (ArcSight), leef (QRadar), ecs (Elastic)")
 
