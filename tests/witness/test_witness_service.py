@@ -193,3 +193,68 @@ def test_a_tampered_store_is_named_through_the_witness_url(tmp_path, site_key, w
     proc = run("audit", "verify", "--store", str(tmp_path / "site/site.db"), "--key", str(site_key),
                "--witness", url, "--format", "json", cwd=tmp_path, check_code=3)
     assert [f["kind"] for f in json.loads(proc.stdout)["findings"]] == ["deleted checkpoint"]
+
+
+def _tls_witness(tmp: Path, site_key: Path, require_client_cert: bool) -> tuple[WitnessServer, Path, Path, Path]:
+    from pacsguard.config.schema import ListenTLS
+    from pacsguard.tls.certs import make_ca, make_cert
+
+    ca, ca_key = make_ca(tmp / "pki")
+    cert, key = make_cert(tmp / "pki", "witness", ca, ca_key, hosts=["127.0.0.1"], server=True)
+    client, client_key = make_cert(tmp / "pki", "site", ca, ca_key, client=True)
+    cfg = WitnessServiceConfig(enabled=True, port=0, storage=Path("held"), signing_key=Path("keys/witness.key"),
+                               tls=ListenTLS(cert_file=cert, key_file=key, ca_file=ca,
+                                             require_client_cert=require_client_cert),
+                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
+                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    return witness_server(cfg, lambda p: tmp / "witness" / p, lambda e: None), ca, client, client_key
+
+
+def test_https_with_mutual_tls_takes_only_a_client_with_a_certificate(tmp_path, site_key, monkeypatch) -> None:
+    from pacsguard.tls.contexts import client_context
+
+    monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
+    server, ca, client, client_key = _tls_witness(tmp_path, site_key, require_client_cert=True)
+    url = server.start()
+    assert url.startswith("https://127.0.0.1:")
+    try:
+        es = EventStore.open(str(tmp_path / "site.db"), key_path=site_key, create=True)
+        with_cert = HttpWitness(WitnessClient(url, TOKEN, client_context(ca_file=ca, cert_file=client,
+                                                                         key_file=client_key)), es.leaves)
+        without = HttpWitness(WitnessClient(url, TOKEN, client_context(ca_file=ca)), es.leaves)
+        published: list[Event] = []
+        delivery = WitnessDelivery([with_cert, without], published.append, backoff=(0.05, 0.2))
+        es.add_checkpoint_listener(delivery)
+        es.append(make_events(4))
+        es.checkpoint()
+        deadline = time.monotonic() + 10
+        while (delivery.couriers[0].queue or not published) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert delivery.couriers[0].delivered == 1 and delivery.couriers[1].delivered == 0
+        assert [(e.kind, e.details["witness"]) for e in published] == [("pacsguard.witness.unreachable", url)]
+        delivery.couriers[1].queue.clear()  # the one without a certificate would only retry until close
+        es.close()
+    finally:
+        server.close()
+
+
+def test_verify_reads_an_https_witness_with_its_ca(tmp_path, site_key, monkeypatch) -> None:
+    from pacsguard.tls.contexts import client_context
+
+    monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
+    server, ca, _, _ = _tls_witness(tmp_path, site_key, require_client_cert=False)
+    url = server.start()
+    try:
+        es = EventStore.open(str(tmp_path / "site.db"), key_path=site_key, create=True)
+        es.add_checkpoint_listener(WitnessDelivery([HttpWitness(WitnessClient(url, TOKEN, client_context(ca_file=ca)),
+                                                                es.leaves)]))
+        es.append(make_events(9))
+        es.close()
+        out = run("audit", "verify", "--store", str(tmp_path / "site.db"), "--key", str(site_key), "--witness", url,
+                  "--witness-ca", str(ca), cwd=tmp_path).stdout
+        assert "1 checkpoints of this log, newest at size 9" in out and "OK" in out
+        err = run("audit", "verify", "--store", str(tmp_path / "site.db"), "--key", str(site_key), "--witness", url,
+                  cwd=tmp_path, check_code=2).stderr
+        assert "unreachable" in err and url in err
+    finally:
+        server.close()
