@@ -258,3 +258,34 @@ def test_verify_reads_an_https_witness_with_its_ca(tmp_path, site_key, monkeypat
         assert "unreachable" in err and url in err
     finally:
         server.close()
+
+
+def test_close_cuts_a_long_backoff_short_to_deliver_the_final_checkpoint(tmp_path, site_key, monkeypatch) -> None:
+    generate_key(tmp_path / "witness/keys/witness.key")
+    monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
+    port = free_port()
+    es = EventStore.open(str(tmp_path / "site.db"), key_path=site_key, create=True)
+    delivery = WitnessDelivery([HttpWitness(WitnessClient(f"http://127.0.0.1:{port}", TOKEN), es.leaves)],
+                               backoff=(60.0, 60.0), close_timeout=5.0)
+    es.add_checkpoint_listener(delivery)
+    es.append(make_events(3))
+    es.checkpoint()
+    time.sleep(0.3)  # the first attempt failed: the courier now waits a minute
+    cfg = WitnessServiceConfig(enabled=True, port=port, storage=Path("held"), signing_key=Path("keys/witness.key"),
+                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
+                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    server = witness_server(cfg, lambda p: tmp_path / "witness" / p, lambda e: None)
+    server.start()
+    try:
+        es.append(make_events(2, 3))
+        start = time.monotonic()
+        es.close()
+        assert time.monotonic() - start < 5
+        assert [h["tree_size"] for h in _held(server_url(server), key_id(load_public_key(site_key)))] == [3, 5]
+    finally:
+        server.close()
+
+
+def server_url(server: WitnessServer) -> str:
+    host, port = server.address
+    return f"http://{host}:{port}"

@@ -128,16 +128,13 @@ class _Courier:
                     self.owner.record(_event("pacsguard.witness.unreachable", self.destination.name, checkpoint,
                                              str(exc)))
                     log.warning("%s; retrying", exc)
-                with self.cond:
-                    self.cond.wait_for(self._expired, timeout=wait)
+                self._pause(wait)
                 wait = min(wait * 2, self.backoff[1])
                 continue
-            except Exception as exc:  # noqa: BLE001 - a bug must not end delivery for good
+            except Exception:  # noqa: BLE001 - a bug must not end delivery for good
                 log.exception("witness %s: delivery failed", self.destination.name)
                 outage += 1
-                with self.cond:
-                    self.cond.wait_for(self._expired, timeout=self.backoff[1])
-                del exc
+                self._pause(self.backoff[1])
                 continue
             self._done(checkpoint)
             self.delivered += 1
@@ -145,6 +142,15 @@ class _Courier:
                 self.owner.record(_event("pacsguard.witness.reachable", self.destination.name, checkpoint,
                                          f"after {outage} failed attempt(s)"))
             wait, outage = self.backoff[0], 0
+
+    def _pause(self, seconds: float) -> None:
+        """Back off; close() cuts a long backoff short so the final checkpoint is tried, and then
+        tries again every half second until its deadline."""
+        with self.cond:
+            if self.deadline is None:
+                self.cond.wait_for(lambda: self.deadline is not None, timeout=seconds)
+            else:
+                self.cond.wait_for(self._expired, timeout=min(seconds, 0.5))
 
     def _done(self, checkpoint: Checkpoint) -> None:
         with self.cond:
