@@ -234,6 +234,10 @@ def test_https_with_mutual_tls_takes_only_a_client_with_a_certificate(tmp_path, 
         assert [(e.kind, e.details["witness"]) for e in published] == [("pacsguard.witness.unreachable", url)]
         delivery.couriers[1].queue.clear()  # the one without a certificate would only retry until close
         es.close()
+        out = run("audit", "verify", "--store", str(tmp_path / "site.db"), "--key", str(site_key), "--witness", url,
+                  "--witness-ca", str(ca), "--witness-cert", str(client), "--witness-key", str(client_key),
+                  cwd=tmp_path).stdout
+        assert "1 checkpoints of this log, newest at size 4" in out and "OK" in out
     finally:
         server.close()
 

@@ -34,6 +34,9 @@ def verify(
                                       "consistency proofs, that the store extends each (repeat)"),
     witness_ca: Path | None = typer.Option(None, "--witness-ca", help="CA that signed an https:// witness's "
                                            "certificate (default: the system's)"),
+    witness_cert: Path | None = typer.Option(None, "--witness-cert", help="client certificate for an https:// "
+                                             "witness that requires mutual TLS"),
+    witness_key: Path | None = typer.Option(None, "--witness-key", help="the key of --witness-cert"),
     fmt: Format = typer.Option(Format.table, "--format"),
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
@@ -59,7 +62,8 @@ def verify(
             report = verify_store(es, public, lambda done, total: progress.update(task, completed=done, total=total))
         stored = es.checkpoints()
         for source in witness:
-            check_witnessed(report, stored, _witnessed(source, stored, public, witness_ca), public, source)
+            tls = (witness_ca, witness_cert, witness_key)
+            check_witnessed(report, stored, _witnessed(source, stored, public, tls), public, source)
     finally:
         es.close()
     if fmt is Format.json:
@@ -71,7 +75,7 @@ def verify(
 
 
 def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey | None,
-               ca: Path | None) -> list[Checkpoint]:
+               tls: tuple[Path | None, Path | None, Path | None]) -> list[Checkpoint]:
     """What the witness ``source`` holds of this store's log(s): a URL is asked for each key that
     signed the store's checkpoints and the key verify uses."""
     from pacsguard.store import keys
@@ -82,7 +86,9 @@ def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey |
     logs = [cp.key_id for cp in reversed(stored)] + ([keys.key_id(public)] if public is not None else [])
     if is_url(source) and not logs:
         raise fail(f"--witness {source}: the store has no checkpoint naming its log; give its key with --key")
-    context = client_context(ca_file=ca) if ca is not None and source.startswith("https://") else None
+    ca, cert, key = tls
+    context = client_context(ca_file=ca, cert_file=cert, key_file=key) \
+        if any(tls) and source.startswith("https://") else None
     try:
         return read_witness(source, logs, context=context)
     except WitnessError as exc:
