@@ -293,3 +293,31 @@ def test_close_cuts_a_long_backoff_short_to_deliver_the_final_checkpoint(tmp_pat
 def server_url(server: WitnessServer) -> str:
     host, port = server.address
     return f"http://{host}:{port}"
+
+
+def test_delivery_and_witnessed_verify_on_both_databases(target, tmp_path, site_key, witness) -> None:
+    """SQLite and the real PostgreSQL: proofs read the stored leaves; a deleted checkpoint is named."""
+    from pacsguard.store.verify import verify_store
+    from pacsguard.store.witnessed import check_witnessed, exit_code
+    from pacsguard.witness.held import read_witness
+    from store_helpers import raw_sql
+
+    url, _ = witness
+    es = EventStore.open(target, key_path=site_key, create=True)
+    es.add_checkpoint_listener(WitnessDelivery([HttpWitness(WitnessClient(url, TOKEN), es.leaves)]))
+    for n in (5, 11, 70):
+        es.append(make_events(n))
+        es.checkpoint()
+    es.close()
+    with raw_sql(target) as cur:
+        cur.execute("DELETE FROM checkpoints WHERE tree_size = 16")
+    public = load_public_key(site_key)
+    es = EventStore.open(target)
+    try:
+        report = verify_store(es, public)
+        assert report.ok
+        check_witnessed(report, es.checkpoints(), read_witness(url, [key_id(public)]), public, url)
+    finally:
+        es.close()
+    assert [f.kind for f in report.findings] == ["deleted checkpoint"] and exit_code(report.findings) == 3
+    assert report.witnesses == [{"source": url, "log": key_id(public), "checkpoints": 3, "newest": 86}]
