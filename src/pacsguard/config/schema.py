@@ -89,7 +89,7 @@ class WitnessTarget(Strict):
         extra = [name for name in ("token", "ca_file", "cert_file", "key_file", "witness_key")
                  if getattr(self, name) is not None]
         if self.url is None and extra:
-            raise ValueError(f"{', '.join(extra)} only apply to a url witness")
+            raise ValueError(f"{', '.join(extra)}: only a url witness takes these")
         if self.url is not None:
             if not self.url.startswith(("http://", "https://")):
                 raise ValueError(f"url: expected http://HOST:PORT or https://HOST:PORT, got {self.url!r}")
