@@ -48,3 +48,21 @@ witness:
 """)
     out = run("config", "check", "pacsguard.yaml", cwd=tmp_path).stdout
     assert "store (spine): OK" in out and "witness (witness): OK" in out
+
+
+def test_a_damaged_ledger_stops_witness_serve_with_one_line(tmp_path: Path) -> None:
+    from pacsguard.store.keys import generate_key
+
+    generate_key(tmp_path / "site.key")
+    (tmp_path / "token").write_text("t\n")
+    (tmp_path / "pacsguard.yaml").write_text("""\
+witness:
+  enabled: true
+  port: 0
+  logs: [{name: site-a, public_key: site.key.pub, token: {file: token}}]
+""")
+    run("init", cwd=tmp_path)
+    (tmp_path / "var/witness").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "var/witness/0123456789abcdef.jsonl").write_text("{not json\n")
+    err = run("witness", "serve", cwd=tmp_path, check_code=2).stderr
+    assert "0123456789abcdef.jsonl line 1: not a held checkpoint" in " ".join(err.split())

@@ -16,6 +16,7 @@ from typing import Any
 from pacsguard.owner_only import create_private_file, make_private_dir
 from pacsguard.store.statement import from_statement, to_statement
 from pacsguard.store.store import Checkpoint
+from pacsguard.witness.errors import WitnessError
 
 _LOG_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -54,7 +55,8 @@ class Ledger:
         try:
             return Held.from_dict(json.loads(line))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} line {n}: not a held checkpoint ({exc})") from None
+            raise WitnessError(f"{path} line {n}: not a held checkpoint ({exc}); the witness will not start "
+                               "over a damaged ledger") from None
 
     def held(self, log: str) -> list[Held]:
         return list(self._held.get(log, ()))
