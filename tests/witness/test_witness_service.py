@@ -321,3 +321,29 @@ def test_delivery_and_witnessed_verify_on_both_databases(target, tmp_path, site_
         es.close()
     assert [f.kind for f in report.findings] == ["deleted checkpoint"] and exit_code(report.findings) == 3
     assert report.witnesses == [{"source": url, "log": key_id(public), "checkpoints": 3, "newest": 86}]
+
+
+def test_idle_connections_beyond_the_bound_are_closed_and_time_out(tmp_path, site_key, monkeypatch) -> None:
+    import socket
+
+    from pacsguard.witness.server import MAX_CLIENTS
+
+    monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
+    cfg = WitnessServiceConfig(enabled=True, port=0, storage=Path("held"), signing_key=Path("keys/witness.key"),
+                               timeout=1.0, logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
+                                                               token=SecretRef(env="SITE_A_TOKEN"))])
+    server = witness_server(cfg, lambda p: tmp_path / "witness" / p, lambda e: None)
+    url = server.start()
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(MAX_CLIENTS)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(server.address, timeout=5)
+        assert extra.recv(1) == b""  # closed unanswered: every slot is taken
+        extra.close()
+        for sock in idle:
+            assert sock.recv(1) == b""  # each idle one is cut off after the 1 s timeout
+        assert _held(url, key_id(load_public_key(site_key))) == []  # and the witness answers again
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()

@@ -1,6 +1,6 @@
 """The witness service's HTTP/1.1 listener (the API of witness/http.py), on the standard library's
-threading HTTP server: one thread per request, each bounded by a timeout and a body limit, TLS
-when configured (with client certificates when the section asks for them)."""
+threading HTTP server: one thread per request, at most MAX_CLIENTS at once, each bounded by a
+timeout and a body limit; TLS when configured (with client certificates when the section asks)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,35 @@ from pacsguard.witness.http import API
 log = logging.getLogger("pacsguard.witness")
 
 MAX_REQUEST = 64 * 1024  # a checkpoint and a proof of at most 128 hashes fit many times over
+MAX_CLIENTS = 32
 _PATH = re.compile(re.escape(API) + r"/([0-9a-f]{16})/checkpoints")
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most MAX_CLIENTS requests at once: more connections are closed unanswered, so the witness
+    port cannot be used to pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class WitnessServer:
@@ -28,8 +56,7 @@ class WitnessServer:
     def __init__(self, witness: Witness, host: str, port: int, *, context: ssl.SSLContext | None = None,
                  timeout: float = 10.0) -> None:
         handler = type("Handler", (_Handler,), {"witness": witness, "timeout": timeout})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), handler)
         if context is not None:
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.address: tuple[str, int] = (str(self.httpd.server_address[0]), int(self.httpd.server_address[1]))
