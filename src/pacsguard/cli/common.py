@@ -17,7 +17,6 @@ import typer
 from pacsguard.runtime.outputs import open_config_store as open_store
 from pacsguard.runtime.part import MissingDependency
 from pacsguard.store.errors import StoreError
-from pacsguard.witness.errors import WitnessError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -78,7 +77,7 @@ def guarded(func: F) -> F:
             for problem in exc.problems:
                 _err_console().print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
-        except (StoreError, WitnessError, LookupError, OSError, MissingDependency) as exc:
+        except (StoreError, LookupError, OSError, MissingDependency) as exc:
             raise fail(str(exc)) from None
         except Exception as exc:
             # A rule file can only be broken if the IDS's rule module was loaded: no import here otherwise.
