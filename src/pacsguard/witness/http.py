@@ -57,6 +57,8 @@ class WitnessClient:
         except urllib.error.HTTPError as exc:
             with exc:
                 return Reply(exc.code, _json(exc.read(MAX_BODY + 1), self.url, strict=False))
+        except WitnessError:
+            raise  # an answer that is not what the API defines: said as such, not as unreachable
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise WitnessError(f"witness {self.url}: unreachable ({reason})") from None
