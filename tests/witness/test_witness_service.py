@@ -34,6 +34,13 @@ from test_cli import run
 TOKEN = "s3cret-token-of-site-a"
 
 
+def _config(site_key: Path, **settings: object) -> WitnessServiceConfig:
+    """A witness pinning site-a's key and token ($SITE_A_TOKEN); its files go under witness_server's folder."""
+    log = WitnessedLog(name="site-a", public_key=public_path(site_key), token=SecretRef(env="SITE_A_TOKEN"))
+    return WitnessServiceConfig.model_validate({"enabled": True, "storage": Path("held"),
+                                                "signing_key": Path("keys/witness.key"), "logs": [log], **settings})
+
+
 @pytest.fixture
 def site_key(tmp_path: Path) -> Path:
     return generate_key(tmp_path / "site" / "keys" / "site.key")
@@ -42,9 +49,7 @@ def site_key(tmp_path: Path) -> Path:
 @pytest.fixture
 def witness(tmp_path: Path, site_key: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[Event]]]:
     monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
-    cfg = WitnessServiceConfig(enabled=True, port=0, storage=Path("held"), signing_key=Path("keys/witness.key"),
-                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
-                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    cfg = _config(site_key, port=0)
     seen: list[Event] = []
     server: WitnessServer = witness_server(cfg, lambda p: tmp_path / "witness" / p, seen.append)
     url = server.start()
@@ -157,9 +162,7 @@ def test_an_unreachable_witness_is_recorded_once_and_caught_up(tmp_path, site_ke
     time.sleep(0.5)
     assert [e.kind for e in published] == ["pacsguard.witness.unreachable"]
     assert published[0].details["witness"] == url and len(delivery.couriers[0].queue) == 2
-    cfg = WitnessServiceConfig(enabled=True, port=port, storage=Path("held"), signing_key=Path("keys/witness.key"),
-                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
-                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    cfg = _config(site_key, port=port)
     server = witness_server(cfg, lambda p: tmp_path / "witness" / p, lambda e: None)
     server.start()
     try:
@@ -202,11 +205,8 @@ def _tls_witness(tmp: Path, site_key: Path, require_client_cert: bool) -> tuple[
     ca, ca_key = make_ca(tmp / "pki")
     cert, key = make_cert(tmp / "pki", "witness", ca, ca_key, hosts=["127.0.0.1"], server=True)
     client, client_key = make_cert(tmp / "pki", "site", ca, ca_key, client=True)
-    cfg = WitnessServiceConfig(enabled=True, port=0, storage=Path("held"), signing_key=Path("keys/witness.key"),
-                               tls=ListenTLS(cert_file=cert, key_file=key, ca_file=ca,
-                                             require_client_cert=require_client_cert),
-                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
-                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    cfg = _config(site_key, port=0, tls=ListenTLS(cert_file=cert, key_file=key, ca_file=ca,
+                                                  require_client_cert=require_client_cert))
     return witness_server(cfg, lambda p: tmp / "witness" / p, lambda e: None), ca, client, client_key
 
 
@@ -275,9 +275,7 @@ def test_close_cuts_a_long_backoff_short_to_deliver_the_final_checkpoint(tmp_pat
     es.append(make_events(3))
     es.checkpoint()
     time.sleep(0.3)  # the first attempt failed: the courier now waits a minute
-    cfg = WitnessServiceConfig(enabled=True, port=port, storage=Path("held"), signing_key=Path("keys/witness.key"),
-                               logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
-                                                  token=SecretRef(env="SITE_A_TOKEN"))])
+    cfg = _config(site_key, port=port)
     server = witness_server(cfg, lambda p: tmp_path / "witness" / p, lambda e: None)
     server.start()
     try:
@@ -329,9 +327,7 @@ def test_idle_connections_beyond_the_bound_are_closed_and_time_out(tmp_path, sit
     from pacsguard.witness.server import MAX_CLIENTS
 
     monkeypatch.setenv("SITE_A_TOKEN", TOKEN)
-    cfg = WitnessServiceConfig(enabled=True, port=0, storage=Path("held"), signing_key=Path("keys/witness.key"),
-                               timeout=1.0, logs=[WitnessedLog(name="site-a", public_key=public_path(site_key),
-                                                               token=SecretRef(env="SITE_A_TOKEN"))])
+    cfg = _config(site_key, port=0, timeout=1.0)
     server = witness_server(cfg, lambda p: tmp_path / "witness" / p, lambda e: None)
     url = server.start()
     idle = [socket.create_connection(server.address, timeout=5) for _ in range(MAX_CLIENTS)]
