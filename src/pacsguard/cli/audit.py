@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from pacsguard.config.loader import LoadedConfig
-    from pacsguard.store import EventStore
+    from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
 
 app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
@@ -27,16 +27,28 @@ app = App(name="audit", no_args_is_help=True, help="The audit trail: verificatio
 def verify(
     key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the key "
                                     "that signed the checkpoints, found beside the store (STORE.key.pub, "
-                                    "STORE.key) or at the config's store.signing_key"),
+                                    "STORE.key), in the key folder where `gateway run` makes it, or at the "
+                                    "config's store.signing_key"),
+    witness: list[str] = typer.Option([], "--witness", help="a witness's copy of the checkpoints: a pacsguard "
+                                      "witness URL or a witness file (JSON lines); check, with RFC 9162 "
+                                      "consistency proofs, that the store extends each (repeat)"),
+    witness_ca: Path | None = typer.Option(None, "--witness-ca", help="CA that signed an https:// witness's "
+                                           "certificate (default: the system's)"),
+    witness_cert: Path | None = typer.Option(None, "--witness-cert", help="client certificate for an https:// "
+                                             "witness that requires mutual TLS"),
+    witness_key: Path | None = typer.Option(None, "--witness-key", help="the key of --witness-cert"),
     fmt: Format = typer.Option(Format.table, "--format"),
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
-    """Recompute every seal, chain link and signed checkpoint. Exit 1 on any finding."""
+    """Recompute every seal, chain link and signed checkpoint; with --witness, compare with what
+    witnesses hold. Exit 1 on a finding in the store, 3 deleted checkpoint, 4 truncated tail,
+    5 rollback, 6 forked (the highest applies)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pacsguard.cli.common import err_console
     from pacsguard.store.verify import verify_store
+    from pacsguard.store.witnessed import check_witnessed, exit_code
 
     # With --store, no configuration is needed: the store's key is looked for beside it.
     loaded = load(config, required=store is None)
@@ -48,6 +60,10 @@ def verify(
                       disable=fmt is Format.json) as progress:
             task = progress.add_task(es.name, total=None)
             report = verify_store(es, public, lambda done, total: progress.update(task, completed=done, total=total))
+        stored = es.checkpoints()
+        for source in witness:
+            tls = (witness_ca, witness_cert, witness_key)
+            check_witnessed(report, stored, _witnessed(source, stored, public, tls), public, source)
     finally:
         es.close()
     if fmt is Format.json:
@@ -55,7 +71,28 @@ def verify(
     else:
         _show(report)
     if not report.ok:
-        raise typer.Exit(EXIT_FINDINGS)
+        raise typer.Exit(exit_code(report.findings) or EXIT_FINDINGS)
+
+
+def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey | None,
+               tls: tuple[Path | None, Path | None, Path | None]) -> list[Checkpoint]:
+    """What the witness ``source`` holds of this store's log(s): a URL is asked for each key that
+    signed the store's checkpoints and the key verify uses."""
+    from pacsguard.store import keys
+    from pacsguard.tls.contexts import client_context
+    from pacsguard.witness.errors import WitnessError
+    from pacsguard.witness.held import is_url, read_witness
+
+    logs = [cp.key_id for cp in reversed(stored)] + ([keys.key_id(public)] if public is not None else [])
+    if is_url(source) and not logs:
+        raise fail(f"--witness {source}: the store has no checkpoint naming its log; give its key with --key")
+    ca, cert, key = tls
+    context = client_context(ca_file=ca, cert_file=cert, key_file=key) \
+        if any(tls) and source.startswith("https://") else None
+    try:
+        return read_witness(source, logs, context=context)
+    except WitnessError as exc:
+        raise fail(str(exc)) from None
 
 
 def _key_candidates(loaded: LoadedConfig, store: str | None) -> list[Path]:
@@ -67,6 +104,8 @@ def _key_candidates(loaded: LoadedConfig, store: str | None) -> list[Path]:
     beside = keys.beside_store(store) if store is not None else None
     if beside is not None:
         private.append(beside)
+    if store is not None:
+        private.append(keys.default_key(store))  # where `gateway run --store` makes it now
     if loaded.path is not None or store is None:
         private.append(loaded.resolve(loaded.config.store.signing_key))
     return [p for key in private for p in (keys.public_path(key), key)]
@@ -97,8 +136,12 @@ def _show(report: VerifyReport) -> None:
 
     console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; "
                   f"newest checkpoint: {_checkpoint_line(report)}", highlight=False)
+    for seen in report.witnesses:
+        console.print(f"witness {seen['source']}: {seen['checkpoints']} checkpoints of this log, newest at size "
+                      f"{seen['newest']}", highlight=False)
     if report.ok:
-        console.print("[bold green]OK[/]: every event, chain link, index row and checkpoint verifies")
+        held = " and the store extends every checkpoint the witnesses hold" if report.witnesses else ""
+        console.print(f"[bold green]OK[/]: every event, chain link, index row and checkpoint verifies{held}")
         return
     table = Table(title=f"[bold red]{len(report.findings)} findings[/]", header_style="bold")
     table.add_column("finding")

@@ -54,7 +54,9 @@ def run(
     max_pdu: int | None = typer.Option(None, "--max-pdu", help="largest PDU the gateway accepts, bytes; each peer "
                                        "is told at most this Maximum Length (default 4194304)"),
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
-    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
+    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key if it exists, "
+                                    "else one named after the store in the key folder, made if missing: "
+                                    "$PACSGUARD_KEY_DIR, /etc/pacsguard/keys for root, ~/.config/pacsguard/keys)"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
@@ -89,7 +91,7 @@ def run(
         route["upstream"]["tls"] = {"ca_file": upstream_tls_ca, "cert_file": upstream_tls_cert,
                                     "key_file": upstream_tls_key}
     config = validate_model(GatewayConfig, {"routes": [route]}, "command line")
-    key_path = key or Path(store + ".key" if "://" not in store else "pacsguard-store.key")
+    key_path = key or _default_key(store)
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")
@@ -100,6 +102,15 @@ def run(
         service = GatewayService(config, bus.publish, es, engine=engine)
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
                        on_stopping=announce_stopping)
+
+
+def _default_key(store: str) -> Path:
+    """A key found where earlier versions made it (beside the store, or ./pacsguard-store.key for a
+    URL) is kept; a new one goes to the key folder, off the store's folder (docs/store.md)."""
+    from pacsguard.store import keys
+
+    legacy = keys.beside_store(store) or Path("pacsguard-store.key")
+    return legacy if legacy.exists() else keys.default_key(store)
 
 
 def _duration(text: str | None) -> timedelta | None:

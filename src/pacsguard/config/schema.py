@@ -55,11 +55,56 @@ class SecretRef(Strict):
             raise LookupError(f"{self.file}: not UTF-8 text; a secret file holds the secret as text") from None
 
 
+class SyslogCollector(Strict):
+    """An RFC 5424 collector: where the syslog sink sends events and a syslog witness checkpoints."""
+
+    host: str
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tcp", "tls"] = "tls"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    facility: int = Field(10, ge=0, le=23, description="RFC 5424 facility; 10 is authpriv")
+
+
+class WitnessTarget(Strict):
+    """One witness of the store's checkpoints (docs/store.md, "Witnesses"): exactly one of `file`
+    (append JSON lines), `syslog` (an RFC 5424 message per checkpoint) or `url` (a pacsguard witness
+    service, with its `token` and, for https, `ca_file`/`cert_file`/`key_file`)."""
+
+    file: Path | None = Field(None, description="a file to append each checkpoint to (JSON lines)")
+    syslog: SyslogCollector | None = Field(None, description="a syslog/SIEM collector")
+    url: str | None = Field(None, description="a pacsguard witness service, http(s)://HOST:PORT")
+    token: SecretRef | None = Field(None, description="the bearer token the witness service gave this log")
+    ca_file: Path | None = Field(None, description="CA of the witness service's certificate (https)")
+    cert_file: Path | None = Field(None, description="client certificate, when the witness requires one")
+    key_file: Path | None = None
+    witness_key: Path | None = Field(None, description="the witness's public key: check its countersignatures")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "WitnessTarget":
+        given = [name for name in ("file", "syslog", "url") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of file, syslog or url (found {', '.join(given) or 'none'})")
+        extra = [name for name in ("token", "ca_file", "cert_file", "key_file", "witness_key")
+                 if getattr(self, name) is not None]
+        if self.url is None and extra:
+            raise ValueError(f"{', '.join(extra)}: only a url witness takes these")
+        if self.url is not None:
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url: expected http://HOST:PORT or https://HOST:PORT, got {self.url!r}")
+            if self.token is None:
+                raise ValueError("a url witness needs the token it gave this log: token: {env: NAME} or {file: PATH}")
+        return self
+
+
 class StoreConfig(Strict):
     url: str = Field("var/pacsguard.db", description="SQLite path, or postgresql://USER@HOST:PORT/DB")
     password: SecretRef | None = Field(None, description="PostgreSQL password, from env or file")
     signing_key: Path = Field(Path("var/keys/store-signing.key"), description="Ed25519 checkpoint key")
     checkpoint_interval: float = Field(60.0, gt=0, le=86_400, description="seconds between signed checkpoints")
+    witnesses: list[WitnessTarget] = Field(default_factory=list,
+                                           description="where each signed checkpoint is sent, off this host")
 
     @field_validator("url")
     @classmethod
@@ -77,14 +122,7 @@ class JsonLinesConfig(Strict):
         "json", description="line format: json (pacsguard's canonical JSON) or ecs (Elastic Common Schema)")
 
 
-class SyslogConfig(Strict):
-    host: str
-    port: int = Field(6514, ge=1, le=65535)
-    transport: Literal["tcp", "tls"] = "tls"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    facility: int = Field(10, ge=0, le=23, description="RFC 5424 facility; 10 is authpriv")
+class SyslogConfig(SyslogCollector):
     format: Literal["json", "cef", "leef", "ecs"] = Field(
         "json", description="MSG format: json (pacsguard's own), cef (ArcSight), leef (QRadar), ecs (Elastic)")
 

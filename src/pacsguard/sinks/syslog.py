@@ -178,7 +178,11 @@ class SyslogSink:
                               message_format=self.message_format)
 
     def emit(self, events: Sequence[Event]) -> None:
-        frames = [frame_octet_counted(self.format(e)) for e in events]
+        self.send_messages([self.format(e) for e in events])
+
+    def send_messages(self, messages: Sequence[bytes]) -> None:
+        """Queue RFC 5424 messages formatted elsewhere (a witness's checkpoint: another SD-ELEMENT)."""
+        frames = [frame_octet_counted(m) for m in messages]
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"SyslogSink({self.host}:{self.port}) is closed")

@@ -7,6 +7,7 @@ verifier needs only the public key, so a copy of it can be kept off the machine.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,8 +67,40 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def beside_store(target: str) -> Path | None:
-    """The key a store file keeps beside it (`gateway run --store F` makes ``F.key``); None for a URL."""
+    """Where `gateway run --store F` made F's key before keys moved out of the store's folder
+    (``F.key``): still used when it exists, so older stores keep their key; None for a URL."""
     return None if "://" in target else Path(target + ".key")
+
+
+KEY_DIR_ENV = "PACSGUARD_KEY_DIR"
+
+
+def key_dir() -> Path:
+    """The folder for keys pacsguard makes itself, away from any store: $PACSGUARD_KEY_DIR if set;
+    /etc/pacsguard/keys for root; else $XDG_CONFIG_HOME/pacsguard/keys (XDG Base Directory
+    Specification; default ~/.config/pacsguard/keys)."""
+    chosen = os.environ.get(KEY_DIR_ENV)
+    if chosen:
+        return Path(chosen)
+    if os.geteuid() == 0:
+        return Path("/etc/pacsguard/keys")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "pacsguard" / "keys"
+
+
+def default_key(target: str) -> Path:
+    """The signing key `gateway run --store TARGET` makes when no --key is given: in `key_dir()`,
+    named after the store and a digest of its absolute path or URL (without a password), so that
+    two stores never share one by accident."""
+    if "://" in target:
+        scheme, rest = target.split("://", 1)
+        host = rest.rsplit("@", 1)[-1]
+        where, name = f"{scheme}://{host}", host.rsplit("/", 1)[-1] or "store"
+    else:
+        where = str(Path(target).resolve())
+        name = Path(target).name
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:64]
+    return key_dir() / f"{safe}-{hashlib.sha256(where.encode()).hexdigest()[:12]}.key"
 
 
 def pick_public_key(candidates: Sequence[Path], signed_by: Sequence[str]) -> tuple[Path, Ed25519PublicKey] | None:

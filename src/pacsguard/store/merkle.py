@@ -1,4 +1,5 @@
-"""RFC 9162 (Certificate Transparency v2) Merkle tree hashing, section 2.1.
+"""RFC 9162 (Certificate Transparency v2) Merkle tree hashing, section 2.1, with inclusion (2.1.3)
+and consistency (2.1.4) proofs.
 
 Every stored event is one leaf. The store keeps only the "frontier" (the roots of the perfect
 subtrees that make up the tree, one per set bit of its size), so appending is O(log n) and the
@@ -8,6 +9,7 @@ root of any size can be signed without reading the whole table.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 HASH_SIZE = 32
@@ -105,3 +107,118 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], roo
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == root
+
+
+def _split(n: int) -> int:
+    """The k of RFC 9162 2.1.1: the largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class LeafTree:
+    """Subtree hashes MTH(D[start:end]) over a sequence of leaf hashes (RFC 9162 2.1.1), remembering
+    the large perfect subtrees so that many proofs over one tree cost about one pass over its leaves."""
+
+    _MEMO_FROM = 256  # smaller subtrees are rehashed: cheap, and the memo stays ~n/256 entries
+
+    def __init__(self, leaves: Sequence[bytes], offset: int = 0) -> None:
+        self._leaves = leaves
+        self._offset = offset  # the tree position of leaves[0]
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    def root(self, start: int, end: int) -> bytes:
+        n = end - start
+        if n <= 0:
+            return EMPTY_ROOT
+        if n == 1:
+            return self._leaves[start - self._offset]
+        key = (start, n)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        k = _split(n)
+        node = node_hash(self.root(start, start + k), self.root(start + k, end))
+        if n >= self._MEMO_FROM and n & (n - 1) == 0:
+            self._memo[key] = node
+        return node
+
+
+def consistency_proof(old_size: int, new_size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) of RFC 9162 2.1.4.1, with ``subtree(start, end)`` giving MTH(D[start:end]).
+
+    Every node of the proof lying in the old tree is one of its frontier nodes (a perfect subtree
+    of the size-m tree), and every other node lies wholly in D[m:n]: so a writer that kept the
+    frontier at m needs only the leaves appended since (``frontier_subtrees``)."""
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
+    if old_size in (0, new_size):
+        return []
+
+    def sub(m: int, start: int, end: int, whole: bool) -> list[bytes]:
+        n = end - start
+        if m == n:
+            return [] if whole else [subtree(start, end)]
+        k = _split(n)
+        if m <= k:
+            return sub(m, start, start + k, whole) + [subtree(start + k, end)]
+        return sub(m - k, start + k, end, False) + [subtree(start, start + k)]
+
+    return sub(old_size, 0, new_size, True)
+
+
+def frontier_subtrees(old: Frontier, appended: Sequence[bytes]) -> Callable[[int, int], bytes]:
+    """``subtree(start, end)`` for `consistency_proof` from ``old.size``: old-tree nodes from the
+    frontier, the rest from the leaves ``appended`` after it."""
+    known: dict[tuple[int, int], bytes] = {}
+    start = 0
+    for bit, node in zip((b for b in reversed(range(old.size.bit_length())) if old.size >> b & 1), old.nodes,
+                         strict=True):
+        known[(start, start + (1 << bit))] = node
+        start += 1 << bit
+    tree = LeafTree(appended, offset=old.size)
+
+    def subtree(begin: int, end: int) -> bytes:
+        node = known.get((begin, end))
+        if node is not None:
+            return node
+        if begin < old.size:
+            raise ValueError(f"subtree [{begin}, {end}) is neither a frontier node nor wholly appended")
+        return tree.root(begin, end)
+
+    return subtree
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> bool:
+    """RFC 9162 2.1.4.2: whether the tree of ``new_root`` extends the tree of ``old_root``. The
+    empty tree is extended by every tree; equal sizes need an empty proof and equal roots."""
+    if old_size > new_size or old_size < 0:
+        return False
+    if old_size == 0:
+        return not proof
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if not proof:
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)  # the old tree is perfect: its root is a node of the new one
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table, func, insert, select, update
@@ -66,6 +66,15 @@ class Checkpoint:
     signature: bytes
 
 
+class CheckpointListener(Protocol):
+    """Told of each checkpoint once it is committed (witness delivery); must not block the writer."""
+
+    def signed(self, checkpoint: Checkpoint) -> None: ...
+
+    def close(self) -> None:
+        """Called by the store's close(), after its final checkpoint."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
@@ -93,6 +102,7 @@ class EventStore:
             _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,
                                                         event_batches))
         self._timer: threading.Thread | None = None
+        self._listeners: list[CheckpointListener] = []
         if signing_key is not None:
             # Holds only a weak reference: a store dropped without close() ends its timer too.
             self._timer = threading.Thread(target=_sign_on_timer, args=(weakref.ref(self), self._closing),
@@ -183,7 +193,14 @@ class EventStore:
             cp = Checkpoint(state.size, root, now_us, self._key_id, signature)
             conn.execute(insert(checkpoints), {"tree_size": cp.tree_size, "root": cp.root, "time_us": cp.time_us,
                                                "key_id": cp.key_id, "signature": cp.signature})
-            return cp
+        for listener in list(self._listeners):  # committed: now it may leave the host
+            listener.signed(cp)
+        return cp
+
+    def add_checkpoint_listener(self, listener: CheckpointListener) -> None:
+        """Have ``listener`` told of every checkpoint this store signs from now on, and closed after the
+        final one (close())."""
+        self._listeners.append(listener)
 
     def checkpoint_due(self) -> float:
         """Seconds until the next timed checkpoint (0 or less: due now)."""
@@ -205,7 +222,11 @@ class EventStore:
             if self._signing_key is not None:
                 self.checkpoint()
         finally:
-            self.engine.dispose()
+            try:
+                for listener in self._listeners:
+                    listener.close()
+            finally:
+                self.engine.dispose()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -218,6 +239,13 @@ class EventStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
         return [Checkpoint(r.tree_size, r.root, r.time_us, r.key_id, r.signature) for r in rows]
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """The stored leaf hashes of events #start..#end-1, in seq order (for consistency proofs)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(events.c.leaf).where(events.c.seq >= start, events.c.seq < end)
+                                .order_by(events.c.seq)).scalars().all()
+        return [bytes(leaf) for leaf in rows]
 
     def search(self, query: EventQuery) -> Iterator[StoredEvent]:
         with self.engine.connect() as conn:

@@ -73,6 +73,11 @@ class VerifyReport:
     newest_checkpoint_key: str | None = None  # fingerprint of the key that signed it, as recorded
     key_id: str | None = None  # fingerprint of the key verified with
     findings: list[Finding] = field(default_factory=list)
+    #: The leaf hashes of the sealed events in order, and the size the tree head counts: what
+    #: witnessed checkpoints are compared with (store/witnessed.py). Not part of the JSON report.
+    chain: list[bytes] = field(default_factory=list, repr=False)
+    head_size: int | None = None
+    witnesses: list[dict[str, Any]] = field(default_factory=list)  # what each witness held (witnessed.py)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +90,7 @@ class VerifyReport:
                 "newest_checkpoint_signature": self.newest_checkpoint_signature,
                 "newest_checkpoint_root_ok": self.newest_checkpoint_root_ok,
                 "newest_checkpoint_key": self.newest_checkpoint_key, "key": self.key_id,
+                **({"witnesses": self.witnesses} if self.witnesses else {}),
                 "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -122,6 +128,7 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     report.findings.extend(Finding("index", r.position, r.misplaced) for r in rows if r.misplaced)
     _check_batches(rows, batches, terms, report.findings)
     size = len(chain)
+    report.chain, report.head_size = chain, head.size if head is not None else None
     if head is None:
         report.findings.append(Finding("truncated", None, "the tree head (tree_state) is missing"))
     elif head.size < size:

@@ -1,0 +1,108 @@
+"""`audit verify --witness`: does the store extend every checkpoint a witness saw?
+
+A witness (a file, a SIEM, a second pacsguard) holds copies of the checkpoints the store signed.
+For each one, at size m, an RFC 9162 consistency proof (2.1.4) from m to the store's sealed tree
+is computed over the stored events and verified against the witnessed root. Each way a store can
+fall short of what was witnessed has its own finding and exit code:
+
+| finding              | exit | what the witness shows                                              |
+|----------------------|------|---------------------------------------------------------------------|
+| `deleted checkpoint` | 3    | it holds a checkpoint (consistent with the events) the store lacks  |
+| `truncated tail`     | 4    | it saw more events than remain, and the store itself counts more     |
+| `rollback`           | 5    | it saw more events than the store, which shows no sign of ever       |
+|                      |      | having had them: an older copy replaced the store                   |
+| `forked`             | 6    | the events up to a witnessed size hash to another root: rewritten    |
+|                      |      | after the witness saw them (re-signed if the store's own checkpoint  |
+|                      |      | at that size verifies)                                               |
+| `witness`            | 1    | a witnessed checkpoint whose signature fails with the log's key      |
+
+When several apply, verify exits with the highest code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from pacsguard.events.model import json_time, time_from_us
+from pacsguard.store import keys
+from pacsguard.store.merkle import LeafTree, consistency_proof, verify_consistency
+from pacsguard.store.statement import signed_by
+from pacsguard.store.store import Checkpoint
+from pacsguard.store.verify import Finding, VerifyReport
+
+EXIT_CODES = {"witness": 1, "deleted checkpoint": 3, "truncated tail": 4, "rollback": 5, "forked": 6}
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    """0 without findings; the highest witness code among them; else 1 (the store's own findings)."""
+    codes = [EXIT_CODES.get(f.kind, 1) for f in findings]
+    return max(codes, default=0)
+
+
+def check_witnessed(report: VerifyReport, stored: Sequence[Checkpoint], witnessed: Sequence[Checkpoint],
+                    key: Ed25519PublicKey | None, source: str) -> None:
+    """Add to ``report`` what ``witnessed`` (checkpoints held by the witness ``source``) says about the
+    store whose sealed tree and checkpoints ``report`` and ``stored`` hold. Checkpoints of another log
+    (another key) are left out; with ``key``, each witnessed signature is checked first."""
+    log = keys.key_id(key) if key is not None else None
+    held = sorted({(cp.tree_size, cp.root, cp.time_us): cp for cp in witnessed
+                   if log is None or cp.key_id == log}.values(), key=lambda cp: cp.tree_size)
+    report.witnesses.append({"source": source, "log": log, "checkpoints": len(held),
+                             "newest": held[-1].tree_size if held else None})
+    trusted: list[Checkpoint] = []
+    for cp in held:
+        if key is not None and not signed_by(cp, key):
+            report.findings.append(Finding("witness", cp.tree_size, f"{source} holds a checkpoint at size "
+                                           f"{cp.tree_size} whose signature fails with key {log}: not made by this "
+                                           "log's key (the witness's copy was altered or forged); left out"))
+        else:
+            trusted.append(cp)
+    chain = report.chain
+    size = len(chain)
+    tree = LeafTree(chain)
+    root = tree.root(0, size)
+    own = {cp.tree_size: cp for cp in stored}
+    deleted: list[Checkpoint] = []
+    for cp in (c for c in trusted if c.tree_size <= size):
+        proof = consistency_proof(cp.tree_size, size, tree.root)
+        if verify_consistency(cp.tree_size, size, cp.root, root, proof):
+            if cp.tree_size not in own:
+                deleted.append(cp)
+            continue
+        report.findings.append(_forked(cp, tree.root(0, cp.tree_size), own.get(cp.tree_size), key, source))
+    if deleted:
+        sizes = ", ".join(str(cp.tree_size) for cp in deleted[:12]) + (" ..." if len(deleted) > 12 else "")
+        report.findings.append(Finding("deleted checkpoint", deleted[-1].tree_size, f"{source} holds "
+                                       f"{len(deleted)} checkpoint(s) the store lacks, at size {sizes}: the "
+                                       "events still match them, so the checkpoints were deleted"))
+    beyond = [cp for cp in trusted if cp.tree_size > size]
+    if beyond:
+        report.findings.append(_shorter(beyond[-1], size, max([report.head_size or 0, *own]), source))
+
+
+def _when(cp: Checkpoint) -> str:
+    return json_time(time_from_us(cp.time_us))
+
+
+def _forked(cp: Checkpoint, ours: bytes, own: Checkpoint | None, key: Ed25519PublicKey | None,
+            source: str) -> Finding:
+    resigned = own is not None and own.root != cp.root and key is not None and signed_by(own, key)
+    how = (f"; the store's own checkpoint at size {cp.tree_size} signs the rewritten root with the same key, "
+           "so the rewrite was re-signed with the real key" if resigned else "")
+    return Finding("forked", cp.tree_size, f"{source} saw root {cp.root.hex()[:16]}... at size {cp.tree_size} "
+                   f"(signed {_when(cp)}); the store's events #0..#{cp.tree_size - 1} hash to {ours.hex()[:16]}...: "
+                   f"they were rewritten after the witness saw them (a fork){how}")
+
+
+def _shorter(newest: Checkpoint, size: int, counted: int, source: str) -> Finding:
+    """The witness saw more events than the store holds: cut (the store still counts them) or rolled back."""
+    at = f"{source} saw the log at size {newest.tree_size} (signed {_when(newest)})"
+    if counted > size:
+        return Finding("truncated tail", size, f"{at}; the store holds only {size} events in its chain while its "
+                       f"tree head or checkpoints count {counted}: events #{size}..#{newest.tree_size - 1} were cut "
+                       "from the tail")
+    return Finding("rollback", size, f"{at}; the store ends at {size} events and shows no sign of having been "
+                   "larger: it was replaced by an older copy (rolled back), or its tail was cut and its tree head "
+                   "and checkpoints rewritten to match")

@@ -1,0 +1,92 @@
+"""The HTTP(S) API of a pacsguard witness (witness/server.py), as a client speaks it.
+
+    GET  /v1/logs/{log}/checkpoints   every checkpoint the witness holds for the log (JSON)
+    POST /v1/logs/{log}/checkpoints   {"checkpoint": statement, "consistency": {"from": m, "proof": [hex]}}
+         with "Authorization: Bearer TOKEN" (RFC 6750 2.1), answered with the witness's
+         countersignature, or 409 {"held": m} when a consistency proof from m is needed.
+
+`log` is the fingerprint of the log's signing key. JSON bodies (RFC 8259), at most 1 MiB.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from pacsguard.witness.errors import WitnessError, WitnessRefused
+
+API = "/v1/logs"
+MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessClient:
+    """One witness service: its base URL, the bearer token of this log (None to read only) and the
+    TLS context for https:// (None: the system's trust store)."""
+
+    url: str
+    token: str | None = None
+    context: ssl.SSLContext | None = None
+    timeout: float = 10.0
+
+    def checkpoints_url(self, log: str) -> str:
+        return f"{self.url.rstrip('/')}{API}/{log}/checkpoints"
+
+    def request(self, method: str, log: str, body: dict[str, Any] | None = None) -> Reply:
+        """One request; a Reply for any status the API defines, WitnessError when the witness is away."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.checkpoints_url(log), data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
+                return Reply(resp.status, _json(resp.read(MAX_BODY + 1), self.url))
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return Reply(exc.code, _json(exc.read(MAX_BODY + 1), self.url, strict=False))
+        except WitnessError:
+            raise  # an answer that is not what the API defines: said as such, not as unreachable
+        except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise WitnessError(f"witness {self.url}: unreachable ({reason})") from None
+
+    def held(self, log: str) -> list[dict[str, Any]]:
+        """Every checkpoint statement the witness holds for ``log`` (empty if it knows no such log)."""
+        reply = self.request("GET", log)
+        if reply.status == 404:
+            return []
+        if reply.status != 200:
+            raise WitnessRefused(f"witness {self.url}: GET answered {reply.status} ({_error(reply)})")
+        items = reply.body.get("checkpoints")
+        if not isinstance(items, list):
+            raise WitnessError(f"witness {self.url}: the answer holds no list of checkpoints")
+        return items
+
+
+def _json(data: bytes, url: str, strict: bool = True) -> dict[str, Any]:
+    if len(data) > MAX_BODY:
+        raise WitnessError(f"witness {url}: answer larger than {MAX_BODY} bytes")
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        if not strict:
+            return {"error": data[:200].decode("utf-8", "replace")}
+        raise WitnessError(f"witness {url}: the answer is not JSON") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _error(reply: Reply) -> str:
+    return str(reply.body.get("error", "no reason given"))
