@@ -47,7 +47,8 @@ def check(parsed: Parsed) -> list[Finding]:
 
 def _finding(parsed: Parsed, element: Element, rule: str, why: str, at: int, ref: str,
              level: Level = Level.HIGH) -> Finding:
-    return Finding(rule, level, why, element.value_offset + at, ref, element.label, parsed.inflated, remedy="element")
+    # No remedy: the document is the object (PS3.3 A.45, Type 1); dropping it leaves no valid object.
+    return Finding(rule, level, why, element.value_offset + at, ref, element.label, parsed.inflated)
 
 
 def _pdf(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:

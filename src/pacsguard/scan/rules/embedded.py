@@ -74,4 +74,4 @@ def _mime(parsed: Parsed) -> list[Finding]:
     what = signatures.DESCRIPTIONS.get(actual, "something else") if actual else "something else"
     return [Finding("embedded.mime-mismatch", Level.HIGH,
                     f"(0042,0012) says {declared or 'nothing'}, the document is {what}", document.value_offset,
-                    REF, "(0042,0011)", parsed.inflated, remedy="element")]
+                    REF, "(0042,0011)", parsed.inflated)]
