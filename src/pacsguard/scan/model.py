@@ -59,7 +59,8 @@ class Finding:
 @dataclass(slots=True)
 class FileReport:
     """The scan of one file. ``skipped`` says why a file was not scanned (a device, a loop, unreadable);
-    ``member`` names the path inside an archive (``outer.zip!inner/file.dcm``)."""
+    ``member`` names the path inside an archive (``outer.zip!inner/file.dcm``); ``sha256`` is set for
+    files with findings (the ones recorded, cleaned or quarantined)."""
 
     path: str
     size: int = 0

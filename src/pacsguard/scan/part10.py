@@ -108,6 +108,10 @@ class Parsed:
     problems: list[Problem] = field(default_factory=list)
     #: For a deflated data set: the compressed bytes consumed (end of the deflate stream in the file).
     compressed_end: int = 0
+    #: (needle index, offset in ``body``) of pacsguard.scan.signatures.NEEDLES, when a YARA pass
+    #: found them already; None: the embedded family searches itself.
+    needles: list[tuple[int, int]] | None = None
+    _top: dict[int, Element] | None = None
 
     def value(self, element: Element) -> bytes:
         if element.length < 0:
@@ -119,12 +123,12 @@ class Parsed:
         """The first element with ``tag`` at depth 0 (meta group included)."""
         if tag in self.meta:
             return self.meta[tag]
-        for element in self.elements:
-            if element.tag == tag and element.depth == 0:
-                return element
-            if element.tag > tag and element.depth == 0:
-                break
-        return None
+        if self._top is None:
+            self._top = {}
+            for element in self.elements:
+                if element.depth == 0:
+                    self._top.setdefault(element.tag, element)
+        return self._top.get(tag)
 
     def text(self, tag: int) -> str | None:
         """The top-level string value of ``tag``, stripped of padding; None when absent."""
@@ -291,10 +295,21 @@ class _Frame:
     end: int | None
     explicit: bool
     tag: int
+    #: Sequences open around and including this frame, and the nearest defined end of any frame:
+    #: kept here so that each element costs no walk over the stack.
+    depth: int = 0
+    limit: int | None = None
 
 
-class _Stop(Exception):
-    """Ends the walk at a position that cannot be read further."""
+def _frame(stack: list[_Frame], kind: str, end: int | None, explicit: bool, tag: int) -> _Frame:
+    outer = stack[-1] if stack else None
+    depth = (outer.depth if outer else 0) + (kind == "seq")
+    limit = end if end is not None else (outer.limit if outer else None)
+    return _Frame(kind, end, explicit, tag, depth, limit)
+
+
+#: The VRs as the two bytes of an explicit header, for the common case without decoding.
+_VR_BYTES = {vr.encode("ascii"): vr for vr in VRS}
 
 
 def _walk(parsed: Parsed, limits: Limits) -> None:
@@ -331,7 +346,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
             break
         group, elem = struct.unpack_from(tag_fmt, body, pos)
         tag = (group << 16) | elem
-        depth = sum(1 for f in stack if f.kind == "seq")
+        depth = stack[-1].depth if stack else 0
         if group == 0xFFFE:
             (length,) = struct.unpack_from(u32, body, pos + 4)
             if not _delimiter(parsed, stack, tag, length, pos, size, limits):
@@ -353,11 +368,12 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                  f"more than {limits.max_elements:,} elements: built to exhaust a reader", pos, tag)
             break
         if explicit:
-            vr_bytes = bytes(body[pos + 4:pos + 6])
-            if not _is_vr(vr_bytes):
+            vr_bytes = body[pos + 4:pos + 6]
+            known = _VR_BYTES.get(vr_bytes)
+            if known is None and not _is_vr(vr_bytes):
                 stop("structure.bad-vr", Level.LOW, f"element {_label(tag)} has no valid VR ({vr_bytes!r})", pos, tag)
                 break
-            vr = vr_bytes.decode("ascii")
+            vr = known or vr_bytes.decode("ascii")
             if vr in LONG_VRS or vr not in VRS:
                 if pos + 12 > size:
                     stop("structure.truncated", Level.LOW, "the file ends inside an element header", pos, tag)
@@ -387,17 +403,17 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                      pos, tag)
                 break
             elements.append(Element(tag, "SQ", pos, value_at, -1, depth))
-            if not _push(parsed, stack, _Frame("seq", None, explicit and vr == "SQ", tag), pos, limits):
+            if not _push(parsed, stack, _frame(stack, "seq", None, explicit and vr == "SQ", tag), pos, limits):
                 break
             pos = value_at
             continue
-        container_end = next((f.end for f in reversed(stack) if f.end is not None), size)
+        container_end = stack[-1].limit if stack and stack[-1].limit is not None else size
         if value_at + length > container_end:
             _overrun(parsed, tag, length, pos, value_at, size, container_end)
             break
         if vr == "SQ":
             elements.append(Element(tag, vr, pos, value_at, -1, depth))
-            if not _push(parsed, stack, _Frame("seq", value_at + length, explicit, tag), pos, limits):
+            if not _push(parsed, stack, _frame(stack, "seq", value_at + length, explicit, tag), pos, limits):
                 break
             pos = value_at
             continue
@@ -418,8 +434,7 @@ def _label(tag: int) -> str:
 
 
 def _push(parsed: Parsed, stack: list[_Frame], frame: _Frame, pos: int, limits: Limits) -> bool:
-    depth = sum(1 for f in stack if f.kind == "seq")
-    if frame.kind == "seq" and depth >= limits.max_depth:
+    if frame.kind == "seq" and frame.depth > limits.max_depth:
         parsed.problems.append(Problem("structure.nesting-depth", Level.HIGH,
                                        f"sequences nested deeper than {limits.max_depth}: built to exhaust a reader",
                                        pos, frame.tag))
@@ -436,10 +451,11 @@ def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: 
     top = stack[-1] if stack else None
     if tag == ITEM and top is not None and top.kind == "seq":
         end = None if length == UNDEFINED else pos + 8 + length
-        if end is not None and end > (top.end if top.end is not None else size):
-            _overrun(parsed, tag, length, pos, pos + 8, size, top.end if top.end is not None else size)
+        bound = top.limit if top.limit is not None else size
+        if end is not None and end > bound:
+            _overrun(parsed, tag, length, pos, pos + 8, size, bound)
             return False
-        stack.append(_Frame("item", end, top.explicit, tag))
+        stack.append(_frame(stack, "item", end, top.explicit, tag))
         return True
     if tag == ITEM_END and top is not None and top.kind == "item" and top.end is None:
         stack.pop()

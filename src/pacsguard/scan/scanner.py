@@ -71,19 +71,24 @@ class Scanner:
 
     def scan_bytes(self, data: bytes, name: str) -> FileReport:
         started = time.perf_counter()
-        report = FileReport(name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        report = FileReport(name, size=len(data))
         if not data:
             report.skipped = "empty (0 bytes)"
             return report
         parsed = part10.read(data, self.limits)
         findings: list[Finding] = []
+        if self.yara is not None:
+            # YARA first: its pass also finds the embedded family's needles (one read of the file).
+            findings.extend(_dedupe_yara(self._yara(parsed)))
         for family in self.families:
             findings.extend(_run_family(family, parsed))
-        if self.yara is not None:
-            findings.extend(_dedupe_yara(self._yara(parsed)))
         if self.clamd is not None:
             findings.extend(self.clamd.findings(data))
         report.findings = _unique(findings)
+        if report.findings:
+            # Hashed only when there is something to record or quarantine: on a clean 500 MB CT the
+            # hash would cost a fifth of the scan.
+            report.sha256 = hashlib.sha256(data).hexdigest()
         if parsed.dicom:
             report.patient_id = _text(parsed, PATIENT_ID)
             report.study_uid = _text(parsed, STUDY_UID)
@@ -93,9 +98,11 @@ class Scanner:
 
     def _yara(self, parsed: part10.Parsed) -> list[Finding]:
         assert self.yara is not None
-        out = self.yara.match(parsed.data)
+        out, needles = self.yara.match_needles(parsed.data)
         if parsed.inflated and parsed.body:
-            out += self.yara.match(parsed.body, base=0, where="inflated data set", inflated=True)
+            more, needles = self.yara.match_needles(parsed.body, base=0, where="inflated data set", inflated=True)
+            out += more
+        parsed.needles = needles
         from pacsguard.scan.rules.embedded import candidates
 
         values = [e for e in candidates(parsed) if e.length >= YARA_MIN_VALUE and e.tag != part10.PIXEL_DATA]

@@ -18,9 +18,10 @@ MACHO_CPUS = frozenset({7, 0x01000007, 12, 0x0100000C, 18, 0x01000012})
 MACHO_MAGICS = {b"\xfe\xed\xfa\xce": ">", b"\xfe\xed\xfa\xcf": ">", b"\xce\xfa\xed\xfe": "<", b"\xcf\xfa\xed\xfe": "<"}
 FAT_MAGIC = b"\xca\xfe\xba\xbe"
 
-#: Binary signatures searched for inside element values: (kind, needle). Each hit is verified.
+#: Binary signatures searched for inside element values: (kind, needle). Each hit is verified. A PE
+#: is found by its header ("PE\0\0"), then its MZ looked for before it: "MZ" alone is two bytes,
+#: found every few kilobytes of pixel data.
 NEEDLES: tuple[tuple[str, bytes], ...] = (
-    ("pe", b"MZ"),
     ("pe-header", b"PE\x00\x00"),
     ("elf", b"\x7fELF"),
     ("macho", b"\xfe\xed\xfa\xce"), ("macho", b"\xfe\xed\xfa\xcf"),
@@ -45,6 +46,7 @@ DESCRIPTIONS = {
     "script": "script or markup", "json": "JSON configuration text",
 }
 
+MZ_LOOKBACK = 4096
 EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho"})
 ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
 
@@ -81,7 +83,15 @@ def verify(kind: str, buf: bytes, at: int) -> Hit | None:
         target = at + struct.unpack_from("<I", buf, at + 0x3C)[0]
         return Hit("pe", at, target) if pe_header_at(buf, target) else None
     if kind == "pe-header":
-        return Hit(kind, at) if pe_header_at(buf, at) else None
+        if not pe_header_at(buf, at):
+            return None
+        # The DOS header whose e_lfanew points here, if it is within a few KiB before.
+        mz = buf.rfind(b"MZ", max(0, at - MZ_LOOKBACK), at) if isinstance(buf, bytes) else -1
+        while mz >= 0:
+            if mz + 0x40 <= len(buf) and mz + struct.unpack_from("<I", buf, mz + 0x3C)[0] == at:
+                return Hit("pe", mz, at)
+            mz = buf.rfind(b"MZ", max(0, at - MZ_LOOKBACK), mz)
+        return Hit(kind, at)
     if kind == "elf":
         ident = bytes(buf[at + 4:at + 7])
         return Hit(kind, at) if len(ident) == 3 and ident[0] in (1, 2) and ident[1] in (1, 2) and ident[2] == 1 \
@@ -110,6 +120,36 @@ def verify(kind: str, buf: bytes, at: int) -> Hit | None:
     return Hit(kind, at)
 
 
+#: The name of the internal YARA rule that finds every needle in the same pass as the other rules.
+NEEDLE_RULE = "pacsguard_internal_needles"
+
+
+def needle_rule() -> str:
+    """YARA source of one rule whose strings are NEEDLES (``$<index>``), so a single Aho-Corasick
+    pass over the file yields every candidate offset; Python then verifies each one."""
+    strings = "\n".join(f"        ${i} = {{ {needle.hex(' ')} }}" for i, (_, needle) in enumerate(NEEDLES))
+    return f"rule {NEEDLE_RULE}\n{{\n    strings:\n{strings}\n    condition:\n        any of them\n}}\n"
+
+
+def verify_all(raw: bytes, candidates: list[tuple[int, int]], start: int, end: int, limit: int = 8) -> list[Hit]:
+    """Verified hits among ``candidates`` ((needle index, offset), sorted by offset) in [start, end)."""
+    from bisect import bisect_left
+
+    hits: list[Hit] = []
+    counts: dict[str, int] = {}
+    for index, at in candidates[bisect_left(candidates, (start, -1), key=lambda c: (c[1], c[0])):]:
+        if at >= end:
+            break
+        kind = NEEDLES[index][0]
+        if counts.get(kind, 0) >= limit:
+            continue
+        hit = verify(kind, raw, at)
+        if hit is not None:
+            hits.append(hit)
+            counts[kind] = counts.get(kind, 0) + 1
+    return hits
+
+
 def find(raw: bytes, start: int = 0, end: int | None = None, *, limit: int = 8,
          kinds: frozenset[str] | None = None) -> list[Hit]:
     """Verified signatures in ``raw[start:end]`` (offsets in ``raw``), at most ``limit`` of each kind.
@@ -134,7 +174,7 @@ def find(raw: bytes, start: int = 0, end: int | None = None, *, limit: int = 8,
 def identify(buf: bytes) -> str | None:
     """What ``buf`` starts with, when it is one of the kinds above (or gzip, a script, JSON)."""
     head = bytes(buf[:64])
-    for kind, needle in NEEDLES:
+    for kind, needle in (("pe", b"MZ"), *NEEDLES):
         if head.startswith(needle) and verify(kind, buf, 0) is not None:
             return kind
     if head.startswith(b"\x1f\x8b\x08"):

@@ -50,28 +50,48 @@ class YaraEngine:
             import yara
         except ImportError as exc:
             raise YaraError("yara-python is not installed (pip install 'pacsguard[scan]')") from exc
+        from pacsguard.scan.signatures import needle_rule
+
         paths = rule_files(list(dirs or []), builtin)
-        namespaces = {f"{i}_{p.stem}": str(p) for i, p in enumerate(paths)}
         try:
-            rules = yara.compile(filepaths=namespaces)
+            sources = {f"{i}_{p.stem}": p.read_text(encoding="utf-8") for i, p in enumerate(paths)}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise YaraError(f"YARA rules cannot be read: {exc}") from exc
+        # The needles of the embedded family ride along: one pass over the file finds them all.
+        sources["pacsguard_internal"] = needle_rule()
+        try:
+            rules = yara.compile(sources=sources)
         except yara.Error as exc:
             raise YaraError(f"YARA rules do not compile: {exc}") from exc
         return cls(rules, tuple(paths))
 
     def match(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
               inflated: bool = False) -> list[Finding]:
+        return self.match_needles(data, base=base, tag=tag, where=where, inflated=inflated)[0]
+
+    def match_needles(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
+                      inflated: bool = False) -> tuple[list[Finding], list[tuple[int, int]] | None]:
+        """Findings, and the (needle index, offset) of every signature needle in ``data``, sorted by
+        offset (None when YARA could not finish: the embedded family then searches by itself)."""
         import yara
+
+        from pacsguard.scan.signatures import NEEDLE_RULE
 
         try:
             matches = self.rules.match(data=data, timeout=TIMEOUT)
         except yara.TimeoutError:
             return [Finding("yara.timeout", Level.MEDIUM, f"YARA gave up on the {where} after {TIMEOUT} s", base,
-                            "", tag, inflated)]
+                            "", tag, inflated)], None
         except yara.Error as exc:
             return [Finding("yara.error", Level.LOW, f"YARA could not scan the {where}: {exc}", base, "", tag,
-                            inflated)]
+                            inflated)], None
         out: list[Finding] = []
+        needles: list[tuple[int, int]] = []
         for m in matches:
+            if m.rule == NEEDLE_RULE:
+                needles = sorted(((int(s.identifier[1:]), i.offset) for s in m.strings for i in s.instances),
+                                 key=lambda c: (c[1], c[0]))
+                continue
             meta = m.meta
             try:
                 level = Level.parse(str(meta.get("level", "medium")))
@@ -82,4 +102,4 @@ class YaraEngine:
             why = str(meta.get("description", m.rule))
             out.append(Finding(f"yara.{m.rule}", level, f"{why} (in the {where})", offset,
                                str(meta.get("reference", "")), tag, inflated))
-        return out
+        return out, needles

@@ -39,7 +39,9 @@ def check(parsed: Parsed) -> list[Finding]:
         if element.tag == DOCUMENT:
             continue  # the documents family judges encapsulated documents as documents
         for start, end in _spans(element):
-            for hit in signatures.find(body, start, end, limit=2):
+            hits = signatures.find(body, start, end, limit=2) if parsed.needles is None \
+                else signatures.verify_all(body, parsed.needles, start, end, limit=2)
+            for hit in hits:
                 if hit.kind == "pdf":
                     continue  # a PDF outside (0042,0011): the documents family looks into it
                 findings.append(Finding(

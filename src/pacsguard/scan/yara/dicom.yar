@@ -64,10 +64,10 @@ rule pacsguard_preamble_json
         level = "high"
         reference = "PS3.10 7.1; CVE-2023-33466"
         description = "the preamble holds JSON configuration text"
-    strings:
-        $key = /\{\s*"[A-Za-z][A-Za-z0-9_]{1,40}"\s*:/
     condition:
-        pacsguard_part10 and $key in (0..16)
+        // conditions only, no strings: nothing to search for in the rest of the file
+        pacsguard_part10 and uint8(0) == 0x7B and for any i in (1..16) : (uint8(i) == 0x22)
+        and for any j in (2..64) : (uint8(j) == 0x3A)
 }
 
 rule pacsguard_embedded_elf
@@ -87,12 +87,12 @@ rule pacsguard_embedded_pe
     meta:
         level = "high"
         reference = "PS3.5 6.2"
-        description = "a PE executable (MZ whose e_lfanew finds a PE header) inside the data set"
+        description = "a PE header (signature and an x86, x64 or ARM64 machine) inside the data set"
     strings:
-        $mz = { 4D 5A }
+        // the PE header, not "MZ": two bytes are everywhere in pixel data, six are not
+        $pe = { 50 45 00 00 ( 4C 01 | 64 86 | 64 AA ) }
     condition:
-        pacsguard_part10 and for any i in (1..#mz) : (@mz[i] >= 132 and @mz[i] + 0x40 < filesize
-            and uint32(@mz[i] + uint32(@mz[i] + 0x3C)) == 0x00004550)
+        pacsguard_part10 and $pe in (132..filesize)
 }
 
 rule pacsguard_appended_zip
