@@ -42,6 +42,9 @@ def check(parsed: Parsed) -> list[Finding]:
             hits = signatures.find(body, start, end, limit=2) if parsed.needles is None \
                 else signatures.verify_all(body, parsed.needles, start, end, limit=2)
             for hit in hits:
+                if hit.offset < start and hit.target is not None:
+                    # its MZ is outside this value (the preamble's, CVE-2019-11687): the header is here
+                    hit = signatures.Hit("pe-header", hit.target)
                 if hit.kind == "pdf":
                     continue  # a PDF outside (0042,0011): the documents family looks into it
                 findings.append(Finding(
