@@ -83,3 +83,14 @@ def test_crafted_exhaustion_is_high_while_malformed_is_low(built: dict[str, byte
     cut = scanner.scan_bytes(ct()[:-100], "cut")
     assert {f.rule: f.level for f in cut.findings}.get("structure.truncated") == Level.LOW
     assert not cut.fails(Level.MEDIUM)
+
+
+def test_a_program_among_the_images_is_noted_medium(scanner: Scanner) -> None:
+    from scan_samples import mz_header, pe_header
+
+    program = bytearray(mz_header(0x40)) + bytes(64)
+    program[0x40:0x40 + 24] = pe_header()
+    report = scanner.scan_bytes(bytes(program), "setup.exe")
+    assert [(f.rule, f.level) for f in report.findings] == [("structure.executable-file", Level.MEDIUM)]
+    text = scanner.scan_bytes(b"hello, this is a README\n" * 10, "README")
+    assert [(f.rule, f.level) for f in text.findings] == [("structure.not-dicom", Level.INFO)]

@@ -69,7 +69,7 @@ class Element:
 
     @property
     def label(self) -> str:
-        return f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+        return tag_label(self.tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,8 +356,8 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
         if not stack:
             if tag < last_tag:
                 # PS3.5 7.1: top-level elements ascend; bytes that go back are not this data set's.
-                stop("structure.tag-order", Level.LOW, f"{_label(tag)} after {_label(last_tag)}: not in tag order",
-                     pos, tag)
+                stop("structure.tag-order", Level.LOW,
+                     f"{tag_label(tag)} after {tag_label(last_tag)}: not in tag order", pos, tag)
                 break
             last_tag = tag
         if stack and stack[-1].kind == "seq":
@@ -371,7 +371,8 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
             vr_bytes = body[pos + 4:pos + 6]
             known = _VR_BYTES.get(vr_bytes)
             if known is None and not _is_vr(vr_bytes):
-                stop("structure.bad-vr", Level.LOW, f"element {_label(tag)} has no valid VR ({vr_bytes!r})", pos, tag)
+                stop("structure.bad-vr", Level.LOW, f"element {tag_label(tag)} has no valid VR ({vr_bytes!r})",
+                     pos, tag)
                 break
             vr = known or vr_bytes.decode("ascii")
             if vr in LONG_VRS or vr not in VRS:
@@ -399,7 +400,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                 pos = pos_after
                 continue
             if vr not in ("SQ", "UN"):
-                stop("structure.undefined-length", Level.LOW, f"{vr} element {_label(tag)} with undefined length",
+                stop("structure.undefined-length", Level.LOW, f"{vr} element {tag_label(tag)} with undefined length",
                      pos, tag)
                 break
             elements.append(Element(tag, "SQ", pos, value_at, -1, depth))
@@ -429,7 +430,8 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                                 None, open_frames[-1].tag))
 
 
-def _label(tag: int) -> str:
+def tag_label(tag: int) -> str:
+    """A tag as PS3.5 7.1 writes it: (gggg,eeee)."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
@@ -467,7 +469,7 @@ def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: 
         stack.pop()  # an item closed by its sequence's delimiter: lenient readers accept it
         stack.pop()
         return True
-    parsed.problems.append(Problem("structure.stray-delimiter", Level.LOW, f"{_label(tag)} out of place", pos, tag))
+    parsed.problems.append(Problem("structure.stray-delimiter", Level.LOW, f"{tag_label(tag)} out of place", pos, tag))
     parsed.stopped = True
     parsed.end = pos
     return False
@@ -480,14 +482,15 @@ def _overrun(parsed: Parsed, tag: int, length: int, pos: int, value_at: int, siz
     parsed.end = pos
     if length >= 1 << 20 and length > 4 * size:
         parsed.problems.append(Problem("structure.lying-length", Level.HIGH,
-                                       f"{_label(tag)} claims {length:,} bytes in a {size:,}-byte file", pos, tag))
+                                       f"{tag_label(tag)} claims {length:,} bytes in a {size:,}-byte file", pos, tag))
     elif value_at + length > size:
         parsed.problems.append(Problem("structure.truncated", Level.LOW,
-                                       f"{_label(tag)} claims {length:,} bytes, {size - value_at:,} remain", pos, tag))
+                                       f"{tag_label(tag)} claims {length:,} bytes, {size - value_at:,} remain",
+                                       pos, tag))
     else:
         parsed.problems.append(Problem("structure.length-overrun", Level.LOW,
-                                       f"{_label(tag)} runs {value_at + length - container_end:,} bytes past its item",
-                                       pos, tag))
+                                       f"{tag_label(tag)} runs {value_at + length - container_end:,} bytes "
+                                       "past its item", pos, tag))
 
 
 def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
@@ -511,7 +514,7 @@ def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
             return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), at + 8
         if item != ITEM or length == UNDEFINED:
             parsed.problems.append(Problem("structure.bad-fragment", Level.MEDIUM,
-                                           f"{_label(item)} inside encapsulated pixel data", at, tag))
+                                           f"{tag_label(item)} inside encapsulated pixel data", at, tag))
             parsed.stopped = True
             parsed.end = at
             return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1

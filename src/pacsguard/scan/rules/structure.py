@@ -10,7 +10,7 @@ import struct
 
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
-from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed
+from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, tag_label
 from pacsguard.scan.rules.polyglot import GARBAGE_STOPS
 
 UID = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
@@ -22,12 +22,18 @@ FILE_ID, PHOTOMETRIC = 0x00041500, 0x00280004
 
 def check(parsed: Parsed) -> list[Finding]:
     if not parsed.dicom:
+        kind = signatures.identify(parsed.data)
+        if kind in signatures.EXECUTABLE or kind == "script":
+            # Media and modalities' exports carry images, not programs: noted, without failing on
+            # the viewer many CDs carry unless fail_on is medium or lower.
+            return [Finding("structure.executable-file", Level.MEDIUM, f"not DICOM: {signatures.DESCRIPTIONS[kind]}",
+                            0, "PS3.10 7.1; PS3.12")]
         return [Finding("structure.not-dicom", Level.INFO, "not a DICOM file (no Part-10 header, no data set)", None,
                         "PS3.10 7.1")]
     # Where the walk stopped on bytes that are no element, cutting them off (the polyglot family's
     # trailing data) is the remedy.
     findings = [Finding(p.rule, p.level, p.explanation, p.offset, "PS3.5 7.1, 7.5; PS3.10 7.1",
-                        None if p.tag is None else f"({p.tag >> 16:04X},{p.tag & 0xFFFF:04X})", parsed.inflated,
+                        None if p.tag is None else tag_label(p.tag), parsed.inflated,
                         remedy="trailing" if p.rule in GARBAGE_STOPS else "")
                 for p in parsed.problems]
     findings += _meta(parsed) + _uids(parsed) + _pixels(parsed) + _file_ids(parsed) + _markup(parsed)
