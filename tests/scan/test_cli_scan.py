@@ -153,3 +153,44 @@ def test_jobs_give_the_same_reports_in_the_same_order(tmp_path: Path, clean_ct: 
     one = scan_json(tmp_path)[1]["files"]
     two = scan_json("--jobs", "2", tmp_path)[1]["files"]
     assert [(f["path"], f["findings"]) for f in one] == [(f["path"], f["findings"]) for f in two]
+
+
+def test_huge_files_are_skipped_by_size_without_being_read(tmp_path: Path) -> None:
+    huge = tmp_path / "ten-gigabytes.dcm"
+    with huge.open("wb") as f:
+        f.truncate(10 * 1024**3)  # sparse: no disk used
+    code, doc = scan_json(tmp_path)
+    assert code == 0
+    assert doc["files"][0]["skipped"].startswith("larger than the limit (10,737,418,240")
+    assert doc["summary"]["skipped"] == {"larger than the limit": 1} and doc["summary"]["scanned"] == 0
+
+
+def test_tar_archives_encryption_and_links(tmp_path: Path, clean_ct: bytes) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("study/ok.dcm", clean_ct), ("study/pe.dcm", pe_in_preamble())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("study/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+        tar.addfile(link)
+    (tmp_path / "media.tar.gz").write_bytes(buf.getvalue())
+    locked = bytearray(zip_bytes({"secret.dcm": clean_ct}))
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # set the encryption flag in both headers (APPNOTE 4.4.4)
+        at = locked.find(sig)
+        flag_at = at + (6 if sig == b"PK\x03\x04" else 8)
+        locked[flag_at] |= 1
+    (tmp_path / "locked.zip").write_bytes(bytes(locked))
+    code, doc = scan_json(tmp_path)
+    by_path = {Path(f["path"]).name if "!" not in f["path"] else f["path"].split("!", 1)[1]: f for f in doc["files"]}
+    assert code == 1
+    assert "preamble.pe" in {f["rule"] for f in by_path["study/pe.dcm"]["findings"]}
+    assert by_path["study/ok.dcm"]["findings"] == []
+    # the PE/DICOM polyglot is also an executable member of the archive
+    assert sorted(f["rule"] for f in by_path["media.tar.gz"]["findings"]) == ["archive.executable",
+                                                                              "archive.link-traversal"]
+    assert [(f["rule"], f["level"]) for f in by_path["locked.zip"]["findings"]] == [("archive.encrypted", "medium")]

@@ -75,3 +75,27 @@ def test_an_object_that_cannot_be_read_is_refused(check: ScanCheck, tmp_path: Pa
     assert verdict.action is ObjectAction.REFUSE and verdict.rule == "scan.skipped"
     empty = check.inspect(received(write(tmp_path, "empty.dcm", b"")))
     assert empty.action is ObjectAction.REFUSE
+
+
+def test_make_check_reads_the_scan_section(tmp_path: Path) -> None:
+    """The factory a route's ``object_checks: [scan]`` uses: fail_on and yara_dirs (relative to the file)."""
+    from pacsguard.config.loader import load_config
+    from pacsguard.runtime.part import ServiceContext, load_ref
+
+    rules = tmp_path / "site-rules"
+    rules.mkdir()
+    (rules / "site.yar").write_text('rule site_marker { meta: level = "critical" strings: $a = "SITE-MARKER" '
+                                    "condition: $a }\n")
+    config = tmp_path / "pacsguard.yaml"
+    config.write_text("scan:\n  fail_on: critical\n  yara_dirs: [site-rules]\n")
+    loaded = load_config(config)
+    factory = load_ref(Registry.default().object_checks()["scan"][1])
+    check = factory(ServiceContext(loaded, loaded.section("scan"), None, None))  # type: ignore[arg-type]
+    assert check.name == "scan" and check.fail_on == Level.CRITICAL
+    elf = write(tmp_path, "elf.dcm", pe_in_preamble().replace(b"MZ", b"\x7fE", 1))  # high: below critical
+    assert check.inspect(received(elf)).action is ObjectAction.FORWARD
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        marked = write(tmp_path, "marked.dcm", ct() + b"SITE-MARKER")
+    verdict = check.inspect(received(marked))
+    assert verdict.action is ObjectAction.QUARANTINE and verdict.rule == "yara.site_marker"
