@@ -1,7 +1,7 @@
 """What `pacsguard scan PATH...` scans: files, folders (DICOMDIR media copied or mounted as a
 folder), and zip and tar archives, nested, with bomb limits. Every input becomes Items: a file to
 scan, or a file reported as skipped and why (device, symlink loop, unreadable, too big, 0 bytes);
-nothing stops the walk. Archive members are checked as ZIP media may hold them (PS3.12 Annex V:
+nothing stops the walk. Archive members are checked as ZIP media may hold them (PS3.12, ZIP file media:
 no encryption, no executable content) before they are scanned."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 
-REF = "PS3.12 Annex V (ZIP file media)"
+REF = "PS3.12 (ZIP file media)"
 
 
 @dataclass(frozen=True, slots=True)
