@@ -44,7 +44,7 @@ class Limits:
     max_inflate_ratio: int = 500
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a third of the walk on small files
 class Element:
     """One element as found: ``offset`` of its header and ``value_offset`` of its value in the body
     (the file, or the inflated stream); ``length`` is the bytes of value present (-1: a sequence or

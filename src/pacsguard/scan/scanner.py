@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pacsguard.scan.config import ScanSettings
     from pacsguard.scan.yara_engine import YaraEngine
 
-PATIENT_ID, STUDY_UID, SOP_INSTANCE = 0x00100020, 0x0020000D, 0x00080018
+PATIENT_ID, STUDY_UID, SOP_INSTANCE, DOCUMENT = 0x00100020, 0x0020000D, 0x00080018, 0x00420011
 #: YARA over element values: values this small carry no payload worth a match, and a file with
 #: thousands of values is bounded to this many.
 YARA_MIN_VALUE, YARA_MAX_VALUES = 16, 256
@@ -105,9 +105,10 @@ class Scanner:
         parsed.needles = needles
         from pacsguard.scan.rules.embedded import candidates
 
-        values = [e for e in candidates(parsed) if e.length >= YARA_MIN_VALUE and e.tag != part10.PIXEL_DATA]
+        values = [e for e in candidates(parsed) if e.length >= YARA_MIN_VALUE and e.tag != part10.PIXEL_DATA
+                  and (self.yara.site_rules or e.tag == DOCUMENT)]
         for element in values[:YARA_MAX_VALUES]:
-            where = "encapsulated document" if element.tag == 0x00420011 else f"value of {element.label}"
+            where = "encapsulated document" if element.tag == DOCUMENT else f"value of {element.label}"
             out += self.yara.match(parsed.value(element), base=element.value_offset, tag=element.label, where=where,
                                    inflated=parsed.inflated)
         return out

@@ -43,6 +43,9 @@ class YaraEngine:
 
     rules: Any
     sources: tuple[Path, ...]
+    #: True when administrator rules are loaded: only they may be anchored to the start of a value
+    #: (the built-in ones see values in the whole-file pass already).
+    site_rules: bool = False
 
     @classmethod
     def compile(cls, dirs: list[Path] | None = None, builtin: bool = True) -> YaraEngine:
@@ -63,7 +66,7 @@ class YaraEngine:
             rules = yara.compile(sources=sources)
         except yara.Error as exc:
             raise YaraError(f"YARA rules do not compile: {exc}") from exc
-        return cls(rules, tuple(paths))
+        return cls(rules, tuple(paths), site_rules=bool(dirs))
 
     def match(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
               inflated: bool = False) -> list[Finding]:

@@ -35,12 +35,17 @@ def _spans(element: Element) -> list[tuple[int, int]]:
 def check(parsed: Parsed) -> list[Finding]:
     body = parsed.body
     findings: list[Finding] = []
-    for element in candidates(parsed):
-        if element.tag == DOCUMENT:
-            continue  # the documents family judges encapsulated documents as documents
+    # the documents family judges encapsulated documents as documents
+    elements = [e for e in candidates(parsed) if e.tag != DOCUMENT]
+    # One script search over every small value first: nearly no file has any.
+    small = [body[s:e] for el in elements if el.tag != PIXEL_DATA for s, e in _spans(el) if e - s <= SCRIPT_SCAN_MAX]
+    any_script = bool(signatures.scripts(b"\0".join(small), limit=1))
+    for element in elements:
         for start, end in _spans(element):
-            hits = signatures.find(body, start, end, limit=2) if parsed.needles is None \
-                else signatures.verify_all(body, parsed.needles, start, end, limit=2)
+            if parsed.needles is None:
+                hits = signatures.find(body, start, end, limit=2)
+            else:
+                hits = signatures.verify_all(body, parsed.needles, start, end, limit=2) if parsed.needles else []
             for hit in hits:
                 if hit.offset < start and hit.target is not None:
                     # its MZ is outside this value (the preamble's, CVE-2019-11687): the header is here
@@ -52,7 +57,7 @@ def check(parsed: Parsed) -> list[Finding]:
                     f"{hit.description} inside {element.label} ({element.vr}) at +{hit.offset - element.value_offset}",
                     hit.offset, REF, element.label, parsed.inflated, remedy="" if element.tag == PIXEL_DATA
                     else "element"))
-            if end - start <= SCRIPT_SCAN_MAX and element.tag != PIXEL_DATA:
+            if any_script and end - start <= SCRIPT_SCAN_MAX and element.tag != PIXEL_DATA:
                 for hit in signatures.scripts(body[start:end], limit=1):
                     findings.append(Finding("embedded.script", Level.HIGH,
                                             f"script or markup inside {element.label} ({element.vr})",
