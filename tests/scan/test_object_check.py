@@ -99,3 +99,12 @@ def test_make_check_reads_the_scan_section(tmp_path: Path) -> None:
         marked = write(tmp_path, "marked.dcm", ct() + b"SITE-MARKER")
     verdict = check.inspect(received(marked))
     assert verdict.action is ObjectAction.QUARANTINE and verdict.rule == "yara.site_marker"
+
+
+def test_notes_are_not_recorded_per_object(check: ScanCheck, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiff = write(tmp_path, "tiff.dcm", b"II*\x00" + ct()[4:])
+    verdict = check.inspect(received(tiff))
+    assert verdict.action is ObjectAction.FORWARD and verdict.events == ()
+    assert [f.rule for f in check.scanner.scan_file(tiff).findings] == ["preamble.tiff"]

@@ -24,9 +24,12 @@ def _context(report: FileReport) -> dict[str, object]:
 
 
 def finding_events(report: FileReport, *, route: str | None = None, action: str | None = None,
-                   actor: Party | None = None) -> list[Event]:
+                   actor: Party | None = None, least: Level = Level.INFO) -> list[Event]:
+    """One Event per finding at ``least`` or above."""
     out: list[Event] = []
     for finding in report.findings:
+        if finding.level < least:
+            continue
         details = {"file": report.path, "sha256": report.sha256, "size": report.size, "route": route,
                    "sop_instance_uid": report.sop_instance_uid or None, "rule": finding.rule,
                    "level": finding.level.label, "explanation": finding.explanation, "offset": finding.offset,

@@ -1,7 +1,7 @@
 """The scanner as a store-and-forward route's object check ``scan`` (pacsguard.gateway.objects):
 an object with a finding at or above the route's fail-on level is quarantined with a failure
 status (PS3.4 Table B.2-1, 0xC000 "cannot understand") naming the rule; otherwise forwarded.
-Every finding is an Event either way."""
+Every finding above a note is an Event either way."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ class ScanCheck:
                                  STATUS_CANNOT_UNDERSTAND)
         failing = [f for f in report.findings if f.level >= self.fail_on and f.level > Level.INFO]
         action = ObjectAction.QUARANTINE if failing else ObjectAction.FORWARD
-        events = tuple(finding_events(report, route=obj.route, action=action.value, actor=actor))
+        # Notes (a TIFF preamble) are left out: a modality writing them would add one per object.
+        events = tuple(finding_events(report, route=obj.route, action=action.value, actor=actor, least=Level.LOW))
         if not failing:
             return ObjectVerdict(ObjectAction.FORWARD, self.name, events=events)
         worst = failing[0]  # findings are sorted worst first

@@ -72,8 +72,8 @@ def _uids(parsed: Parsed) -> list[Finding]:
             if "/" in value or "\\" in value or ".." in value or ":" in value:
                 out.append(Finding("structure.uid-path-traversal", Level.HIGH,
                                    f"{element.label} is a path, not a UID: {value[:80]!r}", element.value_offset,
-                                   "PS3.5 9.1; CVE-2022-2119, CVE-2022-2120", element.label, element.meta is False
-                                   and parsed.inflated, remedy=""))
+                                   "PS3.5 9.1; CVE-2022-2119, CVE-2022-2120", element.label,
+                                   parsed.inflated and not element.meta))
             else:
                 out.append(Finding("structure.bad-uid", Level.LOW, f"{element.label} is not a valid UID: "
                                    f"{value[:80]!r}", element.value_offset, "PS3.5 9.1", element.label))
