@@ -161,7 +161,7 @@ def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Cal
         for event in finding_events(report):
             publish(event)
     source = Path(report.path)
-    on_disk = "!" not in report.path and source.is_file()
+    on_disk = not report.skipped and source.is_file()  # archive members ("a.zip!b.dcm") are not files
     if out is not None and on_disk and report.findings:
         _sanitize(report, scanner, source, out)
     if quarantine is not None and on_disk and report.fails(threshold):
