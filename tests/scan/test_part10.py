@@ -66,8 +66,8 @@ def test_arbitrary_bytes_scan_without_raising(blob: bytes) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_mutated_hostile_samples_never_break_a_rule(data: st.DataObject, scanner: Scanner) -> None:
+@given(data=st.data())
+def test_mutated_hostile_samples_never_break_a_rule(scanner: Scanner, data: st.DataObject) -> None:
     """Every family and YARA over byte-flipped, cut hostile samples: no rule fails (``*.error``)."""
     from scan_samples import SAMPLES
 
