@@ -4,7 +4,6 @@ pydicom's own test files give nothing above low (issue #19, "Done when")."""
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from scan_samples import SAMPLES, ct
 
 from pacsguard.scan.model import Level
 from pacsguard.scan.scanner import Scanner
-
-
-@pytest.fixture(scope="module")
-def built() -> dict[str, bytes]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about the invalid values the samples are made of
-        return {name: build() for name, (build, _) in SAMPLES.items()}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
