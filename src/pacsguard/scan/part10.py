@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.scan.model import Level
 
 PREAMBLE = 128
@@ -21,9 +22,10 @@ UNDEFINED = 0xFFFFFFFF
 
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
-TS_IMPLICIT_LE = "1.2.840.10008.1.2"
-TS_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-TS_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+TS_IMPLICIT_LE = IMPLICIT_VR_LITTLE_ENDIAN
+TS_EXPLICIT_BE = EXPLICIT_VR_BIG_ENDIAN
+#: PS3.5 A.5 deflate, and the JPIP referenced deflate syntax whose data set is deflated the same way.
+TS_DEFLATED = (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.95")
 
 #: PS3.5 Table 7.1-1: VRs whose explicit header has a reserved word and a 32-bit length.
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
