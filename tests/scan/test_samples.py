@@ -4,6 +4,7 @@ pydicom's own test files give nothing above low (issue #19, "Done when")."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,37 @@ def test_a_program_among_the_images_is_noted_medium(scanner: Scanner) -> None:
     assert [(f.rule, f.level) for f in report.findings] == [("structure.executable-file", Level.MEDIUM)]
     text = scanner.scan_bytes(b"hello, this is a README\n" * 10, "README")
     assert [(f.rule, f.level) for f in text.findings] == [("structure.not-dicom", Level.INFO)]
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"],
+                         ids=["implicit-le", "explicit-be", "deflated"])
+def test_payloads_are_found_in_every_encoding(syntax: str, scanner: Scanner) -> None:
+    """The same hostile values written implicit VR, big endian and deflated (PS3.5 A.1-A.5)."""
+    import io
+
+    from pydicom.uid import UID
+    from scan_samples import base
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = base()
+        ds.PatientName = "<script>alert(1)</script>"
+        ds.SOPInstanceUID = "../../../../tmp/pwned"
+        ds.private_block(0x0009, "PACSGUARD TEST", create=True).add_new(0x01, "OB", b"\x7fELF\x02\x01\x01" + bytes(57))
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
+        out = io.BytesIO()
+        big = syntax == "1.2.840.10008.1.2.2"
+        if big:
+            from pydicom.filewriter import dcmwrite
+
+            ds.preamble = bytes(128)
+            dcmwrite(out, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+        else:
+            ds.save_as(out, enforce_file_format=True)
+    report = scanner.scan_bytes(out.getvalue(), syntax)
+    rules = {f.rule: f.level for f in report.findings}
+    assert rules.get("structure.markup") == Level.HIGH
+    assert rules.get("structure.uid-path-traversal") == Level.HIGH
+    assert rules.get("embedded.elf") == Level.HIGH
+    assert not [r for r, lv in rules.items() if lv >= Level.MEDIUM and r.startswith("structure.")
+                and r not in ("structure.markup", "structure.uid-path-traversal")]
