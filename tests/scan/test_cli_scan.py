@@ -194,3 +194,15 @@ def test_tar_archives_encryption_and_links(tmp_path: Path, clean_ct: bytes) -> N
     assert sorted(f["rule"] for f in by_path["media.tar.gz"]["findings"]) == ["archive.executable",
                                                                               "archive.link-traversal"]
     assert [(f["rule"], f["level"]) for f in by_path["locked.zip"]["findings"]] == [("archive.encrypted", "medium")]
+
+
+def test_archives_nested_past_the_limit_are_not_opened(tmp_path: Path, clean_ct: bytes) -> None:
+    inner = zip_bytes({"ct.dcm": clean_ct})
+    for depth in range(6):
+        inner = zip_bytes({f"level{depth}.zip": inner})
+    (tmp_path / "deep.zip").write_bytes(inner)
+    code, doc = scan_json(tmp_path)
+    assert code == 1
+    nesting = [f for r in doc["files"] for f in r["findings"] if f["rule"] == "archive.nesting"]
+    assert len(nesting) == 1 and nesting[0]["level"] == "high"
+    assert not any(r["path"].endswith("!ct.dcm") for r in doc["files"])  # never reached
