@@ -24,6 +24,7 @@ PART_MODULES = (
     "pacsguard.gateway.part",
     "pacsguard.ids.part",
     "pacsguard.metrics.part",
+    "pacsguard.scan.part",
     "pacsguard.witness.part",
 )
 

@@ -1,0 +1,207 @@
+"""`pacsguard scan PATH...`: the PACS-specific malware scanner (docs/scan.md).
+
+Scans DICOM files, folders (DICOMDIR media as folders), zip and tar archives; prints findings
+per file (severity, rule, offset, explanation, reference) as ``--format table|json|sarif|html``.
+``--sanitize --out DIR`` writes cleaned copies where cleaning is safe; ``--quarantine DIR`` moves
+infected files aside with a manifest. With ``--store`` (or ``--jsonl``) every finding is an Event.
+
+Exit codes (docs/cli.md): 0 no finding reached ``--fail-on``, 1 at least one did, 2 usage,
+configuration or rule error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import ExitStack
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, config_path, fail, guarded, load
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pacsguard.events import Event
+    from pacsguard.scan.config import ScanSettings
+    from pacsguard.scan.model import FileReport
+    from pacsguard.scan.scanner import Scanner
+
+__all__ = ["Format", "scan_command"]
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    sarif = "sarif"
+    html = "html"
+
+
+class FailOn(str, Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+def _settings(config: Path | None) -> tuple[ScanSettings, Path | None]:
+    from pacsguard.scan.config import ScanSettings
+
+    if config is None and not config_path(None).exists():
+        return ScanSettings(), None
+    loaded = load(config, required=False)
+    settings: ScanSettings = loaded.section("scan")
+    return settings, loaded.path.parent if loaded.path else None
+
+
+def _publisher(stack: ExitStack, store: str | None, jsonl: Path | None) -> Callable[[Event], None] | None:
+    if store is None and jsonl is None:
+        return None
+    from pacsguard.events.sink import EventSink
+    from pacsguard.runtime import outputs
+
+    es = outputs.open_store(store, create=True) if store is not None else None
+    sinks: list[EventSink] = []
+    if jsonl is not None:
+        from pacsguard.sinks import JsonLinesSink
+
+        sinks.append(JsonLinesSink(jsonl))
+    bus = outputs.open_outputs(stack, es, sinks, close_timeout=30).bus
+    stack.callback(bus.flush, 120)
+    return bus.publish
+
+
+@guarded
+def scan_command(
+    paths: list[Path] = typer.Argument(..., help="files, folders (DICOMDIR media), zip or tar archives"),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="table, json, sarif or html"),
+    fail_on: FailOn | None = typer.Option(None, "--fail-on", help="exit 1 when a finding reaches this level "
+                                          "(default: scan.fail_on, medium)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="worker processes"),
+    sanitize: bool = typer.Option(False, "--sanitize", help="write cleaned copies to --out where cleaning is safe"),
+    out: Path | None = typer.Option(None, "--out", help="folder for --sanitize's cleaned copies"),
+    quarantine: Path | None = typer.Option(None, "--quarantine", help="move infected files here, with a manifest"),
+    yara_dir: list[Path] = typer.Option([], "--yara-dir", help="extra YARA rule folder (repeat)"),
+    clamd: str | None = typer.Option(None, "--clamd", help="clamd socket path or tcp://host:port"),
+    store: str | None = typer.Option(None, "--store", help="record every finding in this pacsguard store "
+                                     "(SQLite path or postgresql:// URL); created if missing"),
+    jsonl: Path | None = typer.Option(None, "--jsonl", help="append every finding as an Event to this JSON-lines file"),
+    show_info: bool = typer.Option(False, "--show-info", help="table: also list informational notes"),
+    config: Path | None = CONFIG_OPTION,
+) -> None:
+    """Scan DICOM files, folders, media and archives for malware and hostile structure."""
+    from pacsguard.scan.model import Level
+    from pacsguard.scan.report import Summary
+    from pacsguard.scan.scanner import Scanner
+    from pacsguard.scan.walk import ArchiveLimits, walk
+    from pacsguard.scan.yara_engine import YaraError
+
+    if sanitize and out is None:
+        raise fail("--sanitize needs --out DIR (originals are never modified)")
+    settings, base = _settings(config)
+    updates: dict[str, object] = {}
+    if yara_dir:
+        updates["yara_dirs"] = [*settings.yara_dirs, *(d.resolve() for d in yara_dir)]
+    if clamd:
+        updates["clamd"] = clamd
+    if updates:
+        settings = settings.model_copy(update=updates)
+    try:
+        scanner = Scanner.from_settings(settings, base)
+    except YaraError as exc:
+        raise fail(str(exc)) from None
+    threshold = Level.parse(fail_on.value if fail_on else settings.fail_on)
+    lim = settings.limits
+    limits = ArchiveLimits(lim.max_archive_ratio, lim.max_archive_total, lim.max_archive_depth,
+                           lim.max_archive_members, lim.max_file_size)
+    summary = Summary(threshold)
+    reports: list[FileReport] = []
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        publish = _publisher(stack, store, jsonl)
+        progress = _progress(stack)
+        from pacsguard.scan.run import scan_all
+
+        for report in scan_all(walk(paths, limits), scanner, jobs=jobs, settings=settings, base=base):
+            summary.add(report)
+            reports.append(report)
+            if progress is not None:
+                progress()
+            _after(report, scanner, threshold, publish, out if sanitize else None, quarantine)
+        summary.seconds = time.perf_counter() - started
+    _print(reports, summary, format, show_info)
+    raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_OK)
+
+
+def _progress(stack: ExitStack) -> Callable[[], None] | None:
+    """A rich progress line on a terminal (files scanned so far); none when output is piped."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from pacsguard.cli.common import err_console
+
+    bar = stack.enter_context(Progress(SpinnerColumn(), TextColumn("{task.completed:,} files"), TimeElapsedColumn(),
+                                       console=err_console, transient=True))
+    task = bar.add_task("scan", total=None)
+    return lambda: bar.advance(task)
+
+
+def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Callable[[Event], None] | None,
+           out: Path | None, quarantine: Path | None) -> None:
+    """Events, cleaned copy and quarantine for one file (only real files are moved or cleaned)."""
+    from pacsguard.scan.events import finding_events, quarantine_event
+    from pacsguard.scan.model import Level
+
+    assert isinstance(threshold, Level)
+    if publish is not None:
+        for event in finding_events(report):
+            publish(event)
+    source = Path(report.path)
+    on_disk = not report.skipped and source.is_file()  # archive members ("a.zip!b.dcm") are not files
+    if out is not None and on_disk and report.findings:
+        _sanitize(report, scanner, source, out)
+    if quarantine is not None and on_disk and report.fails(threshold):
+        from pacsguard.scan.quarantine import quarantine as move
+
+        target, manifest = move(source, report, quarantine)
+        if publish is not None:
+            publish(quarantine_event(report, target, manifest))
+
+
+def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path) -> None:
+    from pacsguard.cli.common import err_console
+    from pacsguard.scan.model import Finding, Level
+    from pacsguard.scan.sanitize import clean, write_clean
+
+    cleaned = clean(source.read_bytes(), report, scanner)
+    if cleaned.refused:
+        if cleaned.refused != "nothing to clean":
+            report.findings.append(Finding("sanitize.refused", Level.INFO, cleaned.refused))
+        return
+    target = out / source.name
+    try:
+        write_clean(target, cleaned)
+    except FileExistsError:
+        err_console.print(f"[yellow]warning:[/] {target} exists; not overwritten", highlight=False)
+        return
+    report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {target}: "
+                                   + "; ".join(cleaned.actions)))
+
+
+def _print(reports: list[FileReport], summary: object, fmt: Format, show_info: bool) -> None:
+    from pacsguard import __version__
+    from pacsguard.scan import report as rep
+
+    assert isinstance(summary, rep.Summary)
+    if fmt is Format.table:
+        rep.print_table(reports, summary, show_info=show_info)
+        return
+    text = {Format.json: lambda: rep.to_json(reports, summary),
+            Format.sarif: lambda: rep.to_sarif(reports, summary, __version__),
+            Format.html: lambda: rep.to_html(reports, summary)}[fmt]()
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

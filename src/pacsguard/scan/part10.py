@@ -1,0 +1,538 @@
+"""A defensive Part-10 reader (PS3.10 7.1): preamble, file meta information, then the data set's
+elements walked without recursion, trusting no length, with bounded depth, element count and
+inflated size. It never raises for any input: what it cannot parse becomes a Problem, and the
+walk stops there, so callers always know how far the file made sense.
+
+Encodings: PS3.5 7.1 (explicit and implicit VR, both byte orders), 7.5 (sequences, items and
+their delimiters), A.4 (encapsulated pixel data fragments), A.5 (deflated data sets)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from pacsguard.scan.model import Level
+
+PREAMBLE = 128
+MAGIC = b"DICM"
+UNDEFINED = 0xFFFFFFFF
+
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
+TS_IMPLICIT_LE = IMPLICIT_VR_LITTLE_ENDIAN
+TS_EXPLICIT_BE = EXPLICIT_VR_BIG_ENDIAN
+#: PS3.5 A.5 deflate, and the JPIP referenced deflate syntax whose data set is deflated the same way.
+TS_DEFLATED = (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.95")
+
+#: PS3.5 Table 7.1-1: VRs whose explicit header has a reserved word and a 32-bit length.
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+VRS = LONG_VRS | frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN",
+                            "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one file may cost to read (issue #19: bounded time and memory per file)."""
+
+    max_depth: int = 32
+    max_elements: int = 500_000
+    max_fragments: int = 200_000
+    max_inflated: int = 256 * 1024 * 1024
+    #: Inflated/compressed ratios above this, past 16 MiB, are an amplification attack
+    #: (fo-dicom measured 2,000x); real deflated images stay well under 100x.
+    max_inflate_ratio: int = 500
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a third of the walk on small files
+class Element:
+    """One element as found: ``offset`` of its header and ``value_offset`` of its value in the body
+    (the file, or the inflated stream); ``length`` is the bytes of value present (-1: a sequence or
+    encapsulated value of undefined length); ``fragments`` are (offset, length) of pixel fragments."""
+
+    tag: int
+    vr: str
+    offset: int
+    value_offset: int
+    length: int
+    depth: int
+    meta: bool = False
+    fragments: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def group(self) -> int:
+        return self.tag >> 16
+
+    @property
+    def private(self) -> bool:
+        return bool(self.group & 1)
+
+    @property
+    def label(self) -> str:
+        return tag_label(self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something the walk found wrong with the structure itself."""
+
+    rule: str
+    level: Level
+    explanation: str
+    offset: int | None
+    tag: int | None = None
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What the reader made of one file. ``body`` is the file, or the inflated data set when the
+    transfer syntax is deflated (``inflated``); ``end`` is where the walk stopped (in ``body``)."""
+
+    data: bytes
+    part10: bool = False
+    #: False for a file that is not DICOM at all (no Part-10 header, nor a data set's first element).
+    dicom: bool = True
+    preamble: bytes = b""
+    meta: dict[int, Element] = field(default_factory=dict)
+    meta_end: int = 0
+    transfer_syntax: str | None = None
+    explicit: bool = True
+    little: bool = True
+    inflated: bool = False
+    body: bytes = b""
+    dataset_start: int = 0
+    end: int = 0
+    #: True when the walk stopped on bytes it could not read as an element (``end`` is where).
+    stopped: bool = False
+    elements: list[Element] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    #: For a deflated data set: the compressed bytes consumed (end of the deflate stream in the file).
+    compressed_end: int = 0
+    #: (needle index, offset in ``body``) of pacsguard.scan.signatures.NEEDLES, when a YARA pass
+    #: found them already; None: the embedded family searches itself.
+    needles: list[tuple[int, int]] | None = None
+    _top: dict[int, Element] | None = None
+
+    def value(self, element: Element) -> bytes:
+        if element.length < 0:
+            return b""
+        src = self.data if element.meta else self.body
+        return bytes(src[element.value_offset:element.value_offset + element.length])
+
+    def top(self, tag: int) -> Element | None:
+        """The first element with ``tag`` at depth 0 (meta group included)."""
+        if tag in self.meta:
+            return self.meta[tag]
+        if self._top is None:
+            self._top = {}
+            for element in self.elements:
+                if element.depth == 0:
+                    self._top.setdefault(element.tag, element)
+        return self._top.get(tag)
+
+    def text(self, tag: int) -> str | None:
+        """The top-level string value of ``tag``, stripped of padding; None when absent."""
+        element = self.top(tag)
+        if element is None or element.length < 0 or element.length > 4096:
+            return None
+        return self.value(element).decode("latin-1").strip("\x00 ")
+
+
+@lru_cache(maxsize=8192)
+def _dictionary_vr(tag: int) -> str:
+    """The VR an implicit-VR element has (PS3.6); UN when the dictionary does not know it."""
+    try:
+        from pydicom.datadict import dictionary_VR
+
+        vr = str(dictionary_VR(tag))
+    except Exception:  # pydicom raises KeyError for unknown tags, and worse for odd ones
+        return "UN"
+    return vr.split(" ")[0] if vr else "UN"
+
+
+def read(data: bytes, limits: Limits = Limits()) -> Parsed:
+    """Parse ``data`` (a whole file) as far as it makes sense; never raises."""
+    parsed = Parsed(data=data)
+    size = len(data)
+    if size >= PREAMBLE + 4 and bytes(data[PREAMBLE:PREAMBLE + 4]) == MAGIC:
+        parsed.part10 = True
+        parsed.preamble = bytes(data[:PREAMBLE])
+        _read_meta(parsed, PREAMBLE + 4)
+        start = parsed.meta_end
+    else:
+        start = 0
+        if size >= 6 and data[0:2] == b"\x02\x00" and _is_vr(bytes(data[4:6])):
+            _read_meta(parsed, 0)  # a meta group with no preamble: pydicom writes these
+            start = parsed.meta_end
+        elif _plausible(data, 0, ">") and not _plausible(data, 0):
+            parsed.little = False  # PS3.5 A.3 explicit VR big endian (retired), read with no meta
+        elif not _plausible(data, 0):
+            parsed.dicom = False
+            parsed.body = data
+            return parsed
+    _choose_encoding(parsed, start)
+    if parsed.transfer_syntax in TS_DEFLATED:
+        _inflate(parsed, start, limits)
+    else:
+        parsed.body = data
+        parsed.dataset_start = start
+    _walk(parsed, limits)
+    return parsed
+
+
+def _is_vr(two: bytes) -> bool:
+    return len(two) == 2 and two.isalpha() and two.isupper()
+
+
+def _read_meta(parsed: Parsed, pos: int) -> None:
+    """PS3.10 7.1: group 0002, always explicit VR little endian. The group length is compared with
+    where the group really ends, since a short one can hide the transfer syntax from a reader."""
+    data, size = parsed.data, len(parsed.data)
+    declared_end: int | None = None
+    while pos + 8 <= size:
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = bytes(data[pos + 4:pos + 6]).decode("latin-1")
+        if not _is_vr(vr.encode("latin-1")):
+            parsed.problems.append(Problem("structure.meta-bad-vr", Level.LOW, "file meta element without a valid VR",
+                                           pos, (group << 16) | elem))
+            break
+        if vr in LONG_VRS:
+            if pos + 12 > size:
+                break
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            header = 8
+        if length == UNDEFINED or pos + header + length > size:
+            parsed.problems.append(Problem("structure.meta-length", Level.HIGH,
+                                           f"file meta element claims {length} bytes beyond the file", pos,
+                                           (group << 16) | elem))
+            parsed.meta_end = size
+            return
+        tag = (group << 16) | elem
+        parsed.meta[tag] = Element(tag, vr, pos, pos + header, length, 0, meta=True)
+        if tag == 0x00020000 and length == 4:
+            declared_end = pos + header + 4 + struct.unpack_from("<I", data, pos + header)[0]
+        pos += header + length
+    parsed.meta_end = pos
+    ts = parsed.meta.get(0x00020010)
+    if ts is not None:
+        parsed.transfer_syntax = bytes(data[ts.value_offset:ts.value_offset + ts.length]).decode(
+            "latin-1").strip("\x00 ")
+    if declared_end is not None and declared_end != pos:
+        hides = ts is not None and declared_end <= ts.offset
+        parsed.problems.append(Problem(
+            "structure.meta-group-length", Level.HIGH if hides else Level.LOW,
+            f"(0002,0000) says the meta group ends at {declared_end}, it ends at {pos}"
+            + ("; a reader trusting it never sees the transfer syntax" if hides else ""),
+            parsed.meta[0x00020000].offset, 0x00020000))
+
+
+def _choose_encoding(parsed: Parsed, start: int) -> None:
+    """The transfer syntax's encoding, corrected from the first element as readers do (pydicom,
+    dcmtk): a file whose first element is not in the encoding its meta names is malformed, not hostile."""
+    ts = parsed.transfer_syntax
+    parsed.little = ts != TS_EXPLICIT_BE if ts is not None else parsed.little
+    if ts in TS_DEFLATED:
+        return
+    explicit_seen = _is_vr(bytes(parsed.data[start + 4:start + 6]))
+    if ts is None:
+        parsed.explicit = explicit_seen
+        return
+    parsed.explicit = ts != TS_IMPLICIT_LE
+    if len(parsed.data) >= start + 8 and explicit_seen != parsed.explicit:
+        parsed.problems.append(Problem("structure.vr-encoding", Level.LOW,
+                                       f"the data set is {'explicit' if explicit_seen else 'implicit'} VR, "
+                                       f"the transfer syntax says otherwise", start))
+        parsed.explicit = explicit_seen
+
+
+def _plausible(data: bytes, start: int, order: str = "<") -> bool:
+    """Does a file without a Part-10 header start like a data set (PS3.5 7.1: a group 0008 or lower,
+    even, with a VR or a length that fits)? Text and other files are then reported as not DICOM."""
+    if len(data) < start + 8:
+        return False
+    group, elem, length = struct.unpack_from(order + "HHI", data, start)
+    if group > 0x0010 or group & 1:
+        return False
+    return _is_vr(bytes(data[start + 4:start + 6])) or length <= len(data) - start - 8
+
+
+def _inflate(parsed: Parsed, start: int, limits: Limits) -> None:
+    """PS3.5 A.5: the data set after the meta group is a raw deflate stream. Inflation is capped,
+    so a bomb costs at most ``max_inflated`` bytes of memory."""
+    compressed = bytes(parsed.data[start:])
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(compressed, limits.max_inflated + 1)
+    except zlib.error as exc:
+        parsed.problems.append(Problem("structure.deflate-corrupt", Level.LOW, f"deflated data set is corrupt: {exc}",
+                                       start))
+        body = b""
+    parsed.inflated = True
+    parsed.body = body
+    parsed.dataset_start = 0
+    parsed.compressed_end = len(parsed.data) - len(inflater.unused_data)
+    ratio = len(body) / max(1, len(compressed) - len(inflater.unused_data))
+    if len(body) > limits.max_inflated or inflater.unconsumed_tail:
+        parsed.problems.append(Problem("structure.deflate-bomb", Level.HIGH,
+                                       f"deflated data set inflates past {limits.max_inflated:,} bytes", start))
+        parsed.body = body[:limits.max_inflated]
+    elif len(body) > 16 * 1024 * 1024 and ratio > limits.max_inflate_ratio:
+        parsed.problems.append(Problem("structure.deflate-bomb", Level.HIGH,
+                                       f"deflated data set inflates {ratio:,.0f}x to {len(body):,} bytes", start))
+
+
+@dataclass(slots=True)
+class _Frame:
+    """An open container during the walk: a sequence or an item, ending at ``end`` or at its
+    delimiter (``end`` None); ``explicit`` because a UN sequence's items are implicit VR (PS3.5 6.2.2)."""
+
+    kind: str  # "seq" or "item"
+    end: int | None
+    explicit: bool
+    tag: int
+    #: Sequences open around and including this frame, and the nearest defined end of any frame:
+    #: kept here so that each element costs no walk over the stack.
+    depth: int = 0
+    limit: int | None = None
+
+
+def _frame(stack: list[_Frame], kind: str, end: int | None, explicit: bool, tag: int) -> _Frame:
+    outer = stack[-1] if stack else None
+    depth = (outer.depth if outer else 0) + (kind == "seq")
+    limit = end if end is not None else (outer.limit if outer else None)
+    return _Frame(kind, end, explicit, tag, depth, limit)
+
+
+#: The VRs as the two bytes of an explicit header, for the common case without decoding.
+_VR_BYTES = {vr.encode("ascii"): vr for vr in VRS}
+
+
+def _walk(parsed: Parsed, limits: Limits) -> None:
+    body = parsed.body
+    size = len(body)
+    little = parsed.little
+    u16, u32 = ("<H", "<I") if little else (">H", ">I")
+    tag_fmt = "<HH" if little else ">HH"
+    pos = parsed.dataset_start
+    stack: list[_Frame] = []
+    elements = parsed.elements
+    problems = parsed.problems
+    last_tag = 0
+    truncated_by_cap = any(p.rule == "structure.deflate-bomb" for p in problems)
+
+    def stop(rule: str, level: Level, why: str, at: int, tag: int | None = None) -> None:
+        if not (truncated_by_cap and level < Level.HIGH):
+            problems.append(Problem(rule, level, why, at, tag))
+        parsed.stopped = True
+
+    while True:
+        while stack and stack[-1].end is not None and pos >= stack[-1].end:
+            frame = stack.pop()
+            if pos > (frame.end or 0):
+                stop("structure.length-overrun", Level.LOW, "an element runs past the end of its item or sequence",
+                     pos, frame.tag)
+                parsed.end = pos
+                return
+        if pos >= size:
+            break
+        explicit = stack[-1].explicit if stack else parsed.explicit
+        if pos + 8 > size:
+            stop("structure.truncated", Level.LOW, f"{size - pos} stray bytes where an element header should be", pos)
+            break
+        group, elem = struct.unpack_from(tag_fmt, body, pos)
+        tag = (group << 16) | elem
+        depth = stack[-1].depth if stack else 0
+        if group == 0xFFFE:
+            (length,) = struct.unpack_from(u32, body, pos + 4)
+            if not _delimiter(parsed, stack, tag, length, pos, size, limits):
+                break
+            pos += 8
+            continue
+        if not stack:
+            if tag < last_tag:
+                # PS3.5 7.1: top-level elements ascend; bytes that go back are not this data set's.
+                stop("structure.tag-order", Level.LOW,
+                     f"{tag_label(tag)} after {tag_label(last_tag)}: not in tag order", pos, tag)
+                break
+            last_tag = tag
+        if stack and stack[-1].kind == "seq":
+            stop("structure.bad-item", Level.LOW, "a sequence holds an element where an item should be", pos, tag)
+            break
+        if len(elements) >= limits.max_elements:
+            stop("structure.too-many-elements", Level.HIGH,
+                 f"more than {limits.max_elements:,} elements: built to exhaust a reader", pos, tag)
+            break
+        if explicit:
+            vr_bytes = body[pos + 4:pos + 6]
+            known = _VR_BYTES.get(vr_bytes)
+            if known is None and not _is_vr(vr_bytes):
+                stop("structure.bad-vr", Level.LOW, f"element {tag_label(tag)} has no valid VR ({vr_bytes!r})",
+                     pos, tag)
+                break
+            vr = known or vr_bytes.decode("ascii")
+            if vr in LONG_VRS or vr not in VRS:
+                if pos + 12 > size:
+                    stop("structure.truncated", Level.LOW, "the file ends inside an element header", pos, tag)
+                    break
+                (length,) = struct.unpack_from(u32, body, pos + 8)
+                header = 12
+            else:
+                (length,) = struct.unpack_from(u16, body, pos + 6)
+                header = 8
+        else:
+            (length,) = struct.unpack_from(u32, body, pos + 4)
+            header = 8
+            vr = _dictionary_vr(tag) if not group & 1 else "UN"
+            if length == UNDEFINED and vr != "SQ" and tag != PIXEL_DATA:
+                vr = "SQ"  # implicit VR: only a sequence may have an undefined length (PS3.5 7.5.1)
+        value_at = pos + header
+        if length == UNDEFINED:
+            if tag == PIXEL_DATA and depth == 0 and vr != "SQ":
+                element, pos_after = _fragments(parsed, tag, vr, pos, value_at, limits)
+                elements.append(element)
+                if pos_after < 0:
+                    break
+                pos = pos_after
+                continue
+            if vr not in ("SQ", "UN"):
+                stop("structure.undefined-length", Level.LOW, f"{vr} element {tag_label(tag)} with undefined length",
+                     pos, tag)
+                break
+            elements.append(Element(tag, "SQ", pos, value_at, -1, depth))
+            if not _push(parsed, stack, _frame(stack, "seq", None, explicit and vr == "SQ", tag), pos, limits):
+                break
+            pos = value_at
+            continue
+        container_end = stack[-1].limit if stack and stack[-1].limit is not None else size
+        if value_at + length > container_end:
+            _overrun(parsed, tag, length, pos, value_at, size, container_end)
+            break
+        if vr == "SQ":
+            elements.append(Element(tag, vr, pos, value_at, -1, depth))
+            if not _push(parsed, stack, _frame(stack, "seq", value_at + length, explicit, tag), pos, limits):
+                break
+            pos = value_at
+            continue
+        elements.append(Element(tag, vr, pos, value_at, length, depth))
+        pos = value_at + length
+    parsed.end = min(pos, size)
+    open_frames = [f for f in stack if f.end is None]
+    if open_frames and not parsed.stopped:
+        # The file ended on an element boundary with a delimiter still owed: a reader waiting for it
+        # loops or reads past the end (crafted; a merely cut file ends mid-element instead).
+        problems.append(Problem("structure.unterminated", Level.HIGH,
+                                f"{len(open_frames)} undefined-length sequences or items never close",
+                                None, open_frames[-1].tag))
+
+
+def tag_label(tag: int) -> str:
+    """A tag as PS3.5 7.1 writes it: (gggg,eeee)."""
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _push(parsed: Parsed, stack: list[_Frame], frame: _Frame, pos: int, limits: Limits) -> bool:
+    if frame.kind == "seq" and frame.depth > limits.max_depth:
+        parsed.problems.append(Problem("structure.nesting-depth", Level.HIGH,
+                                       f"sequences nested deeper than {limits.max_depth}: built to exhaust a reader",
+                                       pos, frame.tag))
+        parsed.stopped = True
+        parsed.end = pos
+        return False
+    stack.append(frame)
+    return True
+
+
+def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: int, size: int,
+               limits: Limits) -> bool:
+    """An item or delimiter (PS3.5 7.5): opens or closes a frame; False stops the walk."""
+    top = stack[-1] if stack else None
+    if tag == ITEM and top is not None and top.kind == "seq":
+        end = None if length == UNDEFINED else pos + 8 + length
+        bound = top.limit if top.limit is not None else size
+        if end is not None and end > bound:
+            _overrun(parsed, tag, length, pos, pos + 8, size, bound)
+            return False
+        stack.append(_frame(stack, "item", end, top.explicit, tag))
+        return True
+    if tag == ITEM_END and top is not None and top.kind == "item" and top.end is None:
+        stack.pop()
+        return True
+    if tag == SEQ_END and top is not None and top.kind == "seq" and top.end is None:
+        stack.pop()
+        return True
+    if tag == SEQ_END and top is not None and top.kind == "item" and top.end is None and len(stack) >= 2:
+        stack.pop()  # an item closed by its sequence's delimiter: lenient readers accept it
+        stack.pop()
+        return True
+    parsed.problems.append(Problem("structure.stray-delimiter", Level.LOW, f"{tag_label(tag)} out of place", pos, tag))
+    parsed.stopped = True
+    parsed.end = pos
+    return False
+
+
+def _overrun(parsed: Parsed, tag: int, length: int, pos: int, value_at: int, size: int, container_end: int) -> None:
+    """A length past its container: a cut file is malformed (low); a length far beyond the whole
+    file is built to make a reader allocate it (high)."""
+    parsed.stopped = True
+    parsed.end = pos
+    if length >= 1 << 20 and length > 4 * size:
+        parsed.problems.append(Problem("structure.lying-length", Level.HIGH,
+                                       f"{tag_label(tag)} claims {length:,} bytes in a {size:,}-byte file", pos, tag))
+    elif value_at + length > size:
+        parsed.problems.append(Problem("structure.truncated", Level.LOW,
+                                       f"{tag_label(tag)} claims {length:,} bytes, {size - value_at:,} remain",
+                                       pos, tag))
+    else:
+        parsed.problems.append(Problem("structure.length-overrun", Level.LOW,
+                                       f"{tag_label(tag)} runs {value_at + length - container_end:,} bytes "
+                                       "past its item", pos, tag))
+
+
+def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
+               limits: Limits) -> tuple[Element, int]:
+    """PS3.5 A.4: the basic offset table and fragments of encapsulated pixel data, up to the
+    sequence delimiter. Returns the element and where the walk goes on (-1: it stops)."""
+    body, size = parsed.body, len(parsed.body)
+    fmt = "<HHI" if parsed.little else ">HHI"
+    frags: list[tuple[int, int]] = []
+    at = value_at
+    while True:
+        if at + 8 > size:
+            parsed.problems.append(Problem("structure.unterminated", Level.LOW,
+                                           "encapsulated pixel data ends without its sequence delimiter", at, tag))
+            parsed.stopped = True
+            parsed.end = size
+            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+        group, elem, length = struct.unpack_from(fmt, body, at)
+        item = (group << 16) | elem
+        if item == SEQ_END:
+            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), at + 8
+        if item != ITEM or length == UNDEFINED:
+            parsed.problems.append(Problem("structure.bad-fragment", Level.MEDIUM,
+                                           f"{tag_label(item)} inside encapsulated pixel data", at, tag))
+            parsed.stopped = True
+            parsed.end = at
+            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+        if at + 8 + length > size:
+            level = Level.HIGH if length >= 1 << 20 and length > 4 * size else Level.LOW
+            parsed.problems.append(Problem("structure.fragment-length", level,
+                                           f"a pixel data fragment claims {length:,} bytes, {size - at - 8:,} remain",
+                                           at, tag))
+            parsed.stopped = True
+            parsed.end = at
+            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+        if len(frags) >= limits.max_fragments:
+            parsed.problems.append(Problem("structure.too-many-fragments", Level.HIGH,
+                                           f"more than {limits.max_fragments:,} pixel data fragments", at, tag))
+            parsed.stopped = True
+            parsed.end = at
+            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+        frags.append((at + 8, length))
+        at += 8 + length

@@ -1,0 +1,129 @@
+"""A scan's results in the four formats of `pacsguard scan --format`: table (rich, for a person),
+json (one document), SARIF 2.1.0 (OASIS, for code-scanning dashboards) and a self-contained HTML
+page. The summary counts what was scanned, skipped and why, and findings per level."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pacsguard.scan.model import FileReport, Level
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_LEVEL = {Level.INFO: "note", Level.LOW: "note", Level.MEDIUM: "warning", Level.HIGH: "error",
+               Level.CRITICAL: "error"}
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts over a scan: files scanned and skipped (by reason), findings by level, failing files."""
+
+    fail_on: Level
+    scanned: int = 0
+    bytes: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    levels: Counter[str] = field(default_factory=Counter)
+    failing: int = 0
+    seconds: float = 0.0
+
+    def add(self, report: FileReport) -> None:
+        if report.skipped:
+            self.skipped[report.skipped.split(" (")[0].split(":")[0]] += 1
+        else:
+            self.scanned += 1
+            self.bytes += report.size
+        for finding in report.findings:
+            self.levels[finding.level.label] += 1
+        if report.fails(self.fail_on):
+            self.failing += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scanned": self.scanned, "bytes": self.bytes, "skipped": dict(self.skipped),
+                "findings": {lv.label: self.levels.get(lv.label, 0) for lv in Level},
+                "failing": self.failing, "fail_on": self.fail_on.label, "seconds": round(self.seconds, 3)}
+
+
+def to_json(reports: list[FileReport], summary: Summary) -> str:
+    return orjson.dumps({"files": [r.to_dict() for r in reports], "summary": summary.to_dict()},
+                        option=orjson.OPT_INDENT_2).decode()
+
+
+def to_sarif(reports: list[FileReport], summary: Summary, version: str) -> str:
+    rules: dict[str, dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
+    for report in reports:
+        for f in report.findings:
+            rules.setdefault(f.rule, {"id": f.rule, "shortDescription": {"text": f.rule},
+                                      "helpUri": "https://pacsguard.invalid/docs/scan.html",
+                                      "properties": {"reference": f.reference}})
+            region = {"byteOffset": f.offset} if f.offset is not None and not f.inflated else {}
+            location: dict[str, Any] = {"artifactLocation": {"uri": report.path}}
+            if region:
+                location["region"] = region
+            results.append({"ruleId": f.rule, "level": SARIF_LEVEL[f.level],
+                            "message": {"text": f.explanation},
+                            "locations": [{"physicalLocation": location}],
+                            "properties": {"pacsguardLevel": f.level.label, "tag": f.tag, "sha256": report.sha256}})
+    driver = {"name": "pacsguard scan", "version": version, "informationUri": "https://pacsguard.invalid/",
+              "rules": list(rules.values())}
+    doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0",
+           "runs": [{"tool": {"driver": driver}, "results": results,
+                     "properties": {"summary": summary.to_dict()}}]}
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+def to_html(reports: list[FileReport], summary: Summary) -> str:
+    """One page, no scripts, every value escaped (the findings quote hostile files)."""
+    rows = []
+    for report in reports:
+        if report.skipped:
+            rows.append(f"<tr><td>{html.escape(report.path)}</td><td>skipped</td><td></td><td></td>"
+                        f"<td>{html.escape(report.skipped)}</td><td></td></tr>")
+        for f in report.findings:
+            rows.append(f"<tr class='{f.level.label}'><td>{html.escape(report.path)}</td><td>{f.level.label}</td>"
+                        f"<td>{html.escape(f.rule)}</td><td>{'' if f.offset is None else f.offset}</td>"
+                        f"<td>{html.escape(f.explanation)}</td><td>{html.escape(f.reference)}</td></tr>")
+    counts = ", ".join(f"{n} {lv}" for lv, n in summary.to_dict()["findings"].items() if n) or "no findings"
+    skipped = ", ".join(f"{n} {html.escape(why)}" for why, n in summary.skipped.items()) or "none"
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+            "<title>pacsguard scan</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}"
+            ".critical,.high{background:#fdd}.medium{background:#ffd}</style></head><body>"
+            f"<h1>pacsguard scan</h1><p>{summary.scanned} files scanned ({summary.bytes:,} bytes), skipped: {skipped};"
+            f" findings: {counts}; {summary.failing} files at or above {summary.fail_on.label}.</p>"
+            "<table><tr><th>file</th><th>level</th><th>rule</th><th>offset</th><th>explanation</th>"
+            "<th>reference</th></tr>" + "".join(rows) + "</table></body></html>\n")
+
+
+def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool = False) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
+    table = Table(title="pacsguard scan", title_justify="left")
+    for column in ("file", "level", "rule", "offset", "explanation"):
+        table.add_column(column, overflow="fold")
+    style = {Level.CRITICAL: "bold red", Level.HIGH: "red", Level.MEDIUM: "yellow"}
+    for report in reports:
+        if report.skipped:
+            table.add_row(escape(report.path), "skipped", "", "", escape(report.skipped))
+        for f in report.findings:
+            if f.level == Level.INFO and not show_info:
+                continue
+            level = f"[{style[f.level]}]{f.level.label}[/]" if f.level in style else f.level.label
+            table.add_row(escape(report.path), level, escape(f.rule), "" if f.offset is None else str(f.offset),
+                          escape(f.explanation))
+    if table.row_count:
+        console.print(table)
+    d = summary.to_dict()
+    counts = ", ".join(f"{n} {lv}" for lv, n in d["findings"].items() if n) or "no findings"
+    skipped = ", ".join(f"{n} {why}" for why, n in summary.skipped.items()) or "none skipped"
+    rate = summary.bytes / 1e6 / summary.seconds if summary.seconds else 0.0
+    console.print(f"{summary.scanned:,} files scanned ({summary.bytes / 1e6:,.1f} MB, {rate:,.0f} MB/s); "
+                  f"{escape(skipped)}; {counts}; {summary.failing} at or above {summary.fail_on.label}",
+                  highlight=False)

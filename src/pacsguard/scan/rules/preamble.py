@@ -1,0 +1,73 @@
+"""The 128-byte preamble (PS3.10 7.1): free for application use, so attackers put executables,
+scripts or configuration text there and the file runs or is read as that format too
+(CVE-2019-11687 PE/DICOM, CVE-2023-33466 Orthanc configuration JSON). Zero or TIFF (PS3.10 7.5)
+are expected; anything else is at least noted."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+from pacsguard.scan import signatures
+from pacsguard.scan.model import Finding, Level
+from pacsguard.scan.part10 import PREAMBLE, Parsed
+
+REF = "PS3.10 7.1, 7.5"
+TIFF = (b"II*\x00", b"MM\x00*")
+#: JSON object text: a brace, then a quoted key and a colon (Orthanc's configuration, CVE-2023-33466).
+JSON = re.compile(rb'^\s*\{\s*"[^"]{1,64}"\s*:', re.DOTALL)
+
+
+def entropy(buf: bytes) -> float:
+    """Shannon entropy in bits per byte."""
+    if not buf:
+        return 0.0
+    counts = Counter(buf)
+    n = len(buf)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def check(parsed: Parsed) -> list[Finding]:
+    pre = parsed.preamble
+    if not parsed.part10 or not pre.strip(b"\x00"):
+        return []
+    if pre[:4] in TIFF:
+        return [Finding("preamble.tiff", Level.INFO, "TIFF-compatible preamble (dual-personality file, benign)", 0,
+                        REF)]
+    kind = signatures.identify(pre)
+    if kind == "pe" or pre[:2] == b"MZ":
+        return [_pe(parsed)]
+    if kind is not None and kind != "pdf":
+        return [Finding(f"preamble.{kind}", Level.HIGH,
+                        f"the preamble is {signatures.DESCRIPTIONS[kind]}: the file is also that format", 0,
+                        REF, remedy="preamble")]
+    if JSON.match(pre):
+        return [Finding("preamble.json", Level.HIGH, "the preamble holds JSON configuration text "
+                        "(a PACS reading it as its configuration: CVE-2023-33466)", 0,
+                        f"{REF}; CVE-2023-33466", remedy="preamble")]
+    scripts = signatures.scripts(pre, limit=1)
+    if scripts:
+        return [Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", scripts[0].offset,
+                        REF, remedy="preamble")]
+    bits = entropy(pre)
+    if bits > 6.2:
+        return [Finding("preamble.entropy", Level.MEDIUM,
+                        f"the preamble looks encrypted or compressed ({bits:.1f} bits per byte)", 0, REF,
+                        remedy="preamble")]
+    return [Finding("preamble.nonzero", Level.INFO, "non-zero preamble of no known format", 0, REF,
+                    remedy="preamble")]
+
+
+def _pe(parsed: Parsed) -> Finding:
+    hit = signatures.verify("pe", parsed.data, 0)
+    if hit is None or hit.target is None:
+        return Finding("preamble.pe", Level.HIGH, "the preamble starts with an MZ (DOS executable) header", 0,
+                       f"{REF}; CVE-2019-11687", remedy="preamble")
+    where = f"at offset {hit.target}"
+    if hit.target >= PREAMBLE:
+        inside = next((e for e in parsed.elements if not parsed.inflated
+                       and e.value_offset <= hit.target < e.value_offset + max(e.length, 0)), None)
+        where += f", past the preamble inside {inside.label}" if inside else ", past the preamble"
+    return Finding("preamble.pe", Level.CRITICAL, f"the preamble is a Windows PE executable; its PE header is {where}",
+                   0, f"{REF}; CVE-2019-11687", remedy="preamble")

@@ -1,0 +1,147 @@
+"""Structure built to crash or mislead readers: what the reader's walk found (lengths, depth,
+delimiters, deflate) and what the values say against each other: the file meta information
+(PS3.10 7.1), UIDs (PS3.5 9.1), the Image Pixel module (PS3.3 C.7.6.3), fragments (PS3.5 A.4),
+DICOMDIR file IDs (PS3.10 8.2, 8.5) and markup in text a web viewer shows (stored XSS)."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from pacsguard.scan import signatures
+from pacsguard.scan.model import Finding, Level
+from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, tag_label
+from pacsguard.scan.rules.polyglot import GARBAGE_STOPS
+
+UID = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
+#: Text VRs a web viewer shows as they are; the long-text VRs are searched by the embedded family.
+SHORT_TEXT_VRS = frozenset({"PN", "LO", "SH", "CS", "AE", "UR", "DS", "IS", "DA", "TM", "DT", "AS"})
+ROWS, COLUMNS, BITS_ALLOCATED, SAMPLES, FRAMES = 0x00280010, 0x00280011, 0x00280100, 0x00280002, 0x00280008
+FILE_ID, PHOTOMETRIC = 0x00041500, 0x00280004
+
+
+def check(parsed: Parsed) -> list[Finding]:
+    if not parsed.dicom:
+        kind = signatures.identify(parsed.data)
+        if kind in signatures.EXECUTABLE or kind == "script":
+            # Media and modalities' exports carry images, not programs: noted, without failing on
+            # the viewer many CDs carry unless fail_on is medium or lower.
+            return [Finding("structure.executable-file", Level.MEDIUM, f"not DICOM: {signatures.DESCRIPTIONS[kind]}",
+                            0, "PS3.10 7.1; PS3.12")]
+        return [Finding("structure.not-dicom", Level.INFO, "not a DICOM file (no Part-10 header, no data set)", None,
+                        "PS3.10 7.1")]
+    # Where the walk stopped on bytes that are no element, cutting them off (the polyglot family's
+    # trailing data) is the remedy.
+    findings = [Finding(p.rule, p.level, p.explanation, p.offset, "PS3.5 7.1, 7.5; PS3.10 7.1",
+                        None if p.tag is None else tag_label(p.tag), parsed.inflated,
+                        remedy="trailing" if p.rule in GARBAGE_STOPS else "")
+                for p in parsed.problems]
+    findings += _meta(parsed) + _uids(parsed) + _pixels(parsed) + _file_ids(parsed) + _markup(parsed)
+    return findings
+
+
+def _meta(parsed: Parsed) -> list[Finding]:
+    if not parsed.meta:
+        return []
+    out: list[Finding] = []
+    if parsed.transfer_syntax is None:
+        out.append(Finding("structure.missing-transfer-syntax", Level.LOW,
+                           "the file meta information has no Transfer Syntax UID (0002,0010)", parsed.meta_end,
+                           "PS3.10 7.1"))
+    # A class that disagrees sends the object to the wrong handler; an instance that disagrees is a
+    # common writer slip (pydicom's RT samples), noted low.
+    for meta_tag, data_tag, what, level in ((0x00020002, 0x00080016, "SOP Class", Level.MEDIUM),
+                                            (0x00020003, 0x00080018, "SOP Instance", Level.LOW)):
+        meta, data = parsed.text(meta_tag), parsed.text(data_tag)
+        if meta and data and meta != data:
+            out.append(Finding("structure.media-storage-mismatch", level,
+                               f"Media Storage {what} UID {meta} disagrees with the data set's {data}",
+                               parsed.meta[meta_tag].offset, "PS3.10 7.1", parsed.meta[meta_tag].label))
+    return out
+
+
+def _uids(parsed: Parsed) -> list[Finding]:
+    """UIDs are digits and dots (PS3.5 9.1); receivers that name files after them are open to ../."""
+    out: list[Finding] = []
+    for element in [*parsed.meta.values(), *parsed.elements]:
+        if element.vr != "UI" or element.length <= 0 or element.length > 1024:
+            continue
+        for value in parsed.value(element).decode("latin-1").rstrip("\x00 ").split("\\"):
+            if not value or UID.match(value) and len(value) <= 64:
+                continue
+            if "/" in value or "\\" in value or ".." in value or ":" in value:
+                out.append(Finding("structure.uid-path-traversal", Level.HIGH,
+                                   f"{element.label} is a path, not a UID: {value[:80]!r}", element.value_offset,
+                                   "PS3.5 9.1; CVE-2022-2119, CVE-2022-2120", element.label,
+                                   parsed.inflated and not element.meta))
+            else:
+                out.append(Finding("structure.bad-uid", Level.LOW, f"{element.label} is not a valid UID: "
+                                   f"{value[:80]!r}", element.value_offset, "PS3.5 9.1", element.label))
+            break
+    return out
+
+
+def _us(parsed: Parsed, element: Element | None) -> int | None:
+    if element is None or element.length < 2:
+        return None
+    fmt = "<H" if parsed.little else ">H"
+    return int(struct.unpack_from(fmt, parsed.body, element.value_offset)[0])
+
+
+def _pixels(parsed: Parsed) -> list[Finding]:
+    out: list[Finding] = []
+    for tag in (ROWS, COLUMNS, BITS_ALLOCATED):
+        element = parsed.top(tag)
+        if element is not None and parsed.explicit and element.vr not in ("US", "UN"):
+            out.append(Finding("structure.pixel-vr", Level.HIGH, f"{element.label} is {element.vr}, not US: "
+                               "readers that trust the VR misread the image size", element.offset,
+                               "PS3.3 C.7.6.3; PS3.6", element.label, parsed.inflated))
+    pixels = parsed.top(PIXEL_DATA)
+    if pixels is None:
+        return out
+    if pixels.fragments and len(pixels.fragments) > 1 and pixels.fragments[-1][1] < 3:
+        out.append(Finding("structure.short-fragment", Level.MEDIUM,
+                           f"the last pixel data fragment is {pixels.fragments[-1][1]} bytes: no codec stream is that "
+                           "short", pixels.fragments[-1][0], "PS3.5 A.4", pixels.label, parsed.inflated))
+    rows, cols, bits = (_us(parsed, parsed.top(t)) for t in (ROWS, COLUMNS, BITS_ALLOCATED))
+    if pixels.length < 0 or not rows or not cols or not bits or any(f.rule == "structure.pixel-vr" for f in out):
+        return out
+    samples = _us(parsed, parsed.top(SAMPLES)) or 1
+    frames_text = parsed.text(FRAMES) or "1"
+    frames = int(frames_text) if frames_text.strip().isdigit() else 1
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    if (parsed.text(PHOTOMETRIC) or "").startswith("YBR_FULL_422"):
+        expected = expected * 2 // 3  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels
+    if pixels.length + 1 < expected:
+        out.append(Finding("structure.pixel-size", Level.MEDIUM,
+                           f"Rows x Columns x Bits Allocated need {expected:,} bytes, pixel data has {pixels.length:,}",
+                           pixels.offset, "PS3.3 C.7.6.3; PS3.5 8.1.1", pixels.label, parsed.inflated))
+    return out
+
+
+def _file_ids(parsed: Parsed) -> list[Finding]:
+    """DICOMDIR Referenced File IDs are relative paths of CS components inside the media (PS3.10 8.5)."""
+    out: list[Finding] = []
+    for element in parsed.elements:
+        if element.tag != FILE_ID or element.length <= 0:
+            continue
+        parts = parsed.value(element).decode("latin-1").strip("\x00 ").split("\\")
+        if any(p.strip() in ("..", ".") or "/" in p or ":" in p for p in parts) or parts[0].strip() == "":
+            out.append(Finding("structure.fileid-traversal", Level.HIGH,
+                               f"DICOMDIR file ID {'/'.join(parts)!r} climbs out of the media", element.value_offset,
+                               "PS3.10 8.2, 8.5", element.label, parsed.inflated))
+    return out
+
+
+def _markup(parsed: Parsed) -> list[Finding]:
+    texts = [e for e in parsed.elements if e.vr in SHORT_TEXT_VRS and 0 < e.length <= 4096]
+    # One search over all of them first: nearly every file has no markup at all.
+    if not signatures.scripts(b"\0".join(parsed.value(e) for e in texts), limit=1):
+        return []
+    for element in texts:
+        hits = signatures.scripts(parsed.value(element), limit=1)
+        if hits:
+            return [Finding("structure.markup", Level.HIGH, f"script or markup in {element.label} ({element.vr}),"
+                            " run by web viewers that show it (stored XSS)", element.value_offset + hits[0].offset,
+                            "PS3.5 6.2; OWASP stored XSS", element.label, parsed.inflated, remedy="element")]
+    return []

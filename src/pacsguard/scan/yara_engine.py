@@ -1,0 +1,108 @@
+"""YARA over DICOM (yara-python): pacsguard's built-in rules (package data, scan/yara/*.yar) and the
+administrator's rule directories, compiled once; run over the whole file, each element value that
+may carry a payload, and each encapsulated document. A rule's ``level`` and ``reference`` meta
+become the finding's; an administrator's rule without ``level`` is medium."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from pacsguard.scan.model import Finding, Level
+
+BUILTIN = files("pacsguard.scan") / "yara"
+#: Seconds one match may take before YARA gives up (bounded time per file).
+TIMEOUT = 60
+
+
+class YaraError(Exception):
+    """A rule file that does not compile, or yara-python missing."""
+
+
+def builtin_rule_files() -> list[Path]:
+    return sorted(Path(str(p)) for p in BUILTIN.iterdir() if p.name.endswith(".yar"))
+
+
+def rule_files(dirs: list[Path], builtin: bool = True) -> list[Path]:
+    found = builtin_rule_files() if builtin else []
+    for folder in dirs:
+        if folder.is_file():
+            found.append(folder)
+            continue
+        if not folder.is_dir():
+            raise YaraError(f"{folder}: no such YARA rule directory")
+        found.extend(sorted(p for p in folder.iterdir() if p.suffix in (".yar", ".yara") and p.is_file()))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class YaraEngine:
+    """Compiled rules; ``match`` returns findings for one buffer (``base``: its offset in the file)."""
+
+    rules: Any
+    sources: tuple[Path, ...]
+    #: True when administrator rules are loaded: only they may be anchored to the start of a value
+    #: (the built-in ones see values in the whole-file pass already).
+    site_rules: bool = False
+
+    @classmethod
+    def compile(cls, dirs: list[Path] | None = None, builtin: bool = True) -> YaraEngine:
+        try:
+            import yara
+        except ImportError as exc:
+            raise YaraError("yara-python is not installed (pip install 'pacsguard[scan]')") from exc
+        from pacsguard.scan.signatures import needle_rule
+
+        paths = rule_files(list(dirs or []), builtin)
+        try:
+            sources = {f"{i}_{p.stem}": p.read_text(encoding="utf-8") for i, p in enumerate(paths)}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise YaraError(f"YARA rules cannot be read: {exc}") from exc
+        # The needles of the embedded family ride along: one pass over the file finds them all.
+        sources["pacsguard_internal"] = needle_rule()
+        try:
+            rules = yara.compile(sources=sources)
+        except yara.Error as exc:
+            raise YaraError(f"YARA rules do not compile: {exc}") from exc
+        return cls(rules, tuple(paths), site_rules=bool(dirs))
+
+    def match(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
+              inflated: bool = False) -> list[Finding]:
+        return self.match_needles(data, base=base, tag=tag, where=where, inflated=inflated)[0]
+
+    def match_needles(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
+                      inflated: bool = False) -> tuple[list[Finding], list[tuple[int, int]] | None]:
+        """Findings, and the (needle index, offset) of every signature needle in ``data``, sorted by
+        offset (None when YARA could not finish: the embedded family then searches by itself)."""
+        import yara
+
+        from pacsguard.scan.signatures import NEEDLE_RULE
+
+        try:
+            matches = self.rules.match(data=data, timeout=TIMEOUT)
+        except yara.TimeoutError:
+            return [Finding("yara.timeout", Level.MEDIUM, f"YARA gave up on the {where} after {TIMEOUT} s", base,
+                            "", tag, inflated)], None
+        except yara.Error as exc:
+            return [Finding("yara.error", Level.LOW, f"YARA could not scan the {where}: {exc}", base, "", tag,
+                            inflated)], None
+        out: list[Finding] = []
+        needles: list[tuple[int, int]] = []
+        for m in matches:
+            if m.rule == NEEDLE_RULE:
+                needles = sorted(((int(s.identifier[1:]), i.offset) for s in m.strings for i in s.instances),
+                                 key=lambda c: (c[1], c[0]))
+                continue
+            meta = m.meta
+            try:
+                level = Level.parse(str(meta.get("level", "medium")))
+            except KeyError:
+                level = Level.MEDIUM
+            first = min((i.offset for s in m.strings for i in s.instances), default=None)
+            offset = base + first if first is not None else (base if where != "file" else None)
+            why = str(meta.get("description", m.rule))
+            out.append(Finding(f"yara.{m.rule}", level, f"{why} (in the {where})", offset,
+                               str(meta.get("reference", "")), tag, inflated))
+        return out, needles
