@@ -62,6 +62,7 @@ def run(
     from pacsguard.cli.serve import announce_stopping, show_banner
     from pacsguard.config.loader import validate_model
     from pacsguard.config.schema import GatewayConfig
+    from pacsguard.events.durable import Durability
     from pacsguard.gateway.service import GatewayService
     from pacsguard.ids.part import rule_engine
     from pacsguard.runtime import outputs
@@ -97,7 +98,7 @@ def run(
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True)
         bus = outputs.open_outputs(stack, es).bus
-        service = GatewayService(config, bus.publish, es, engine=engine)
+        service = GatewayService(config, bus.publish_ticket, es, engine=engine, durability=Durability(bus))
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
                        on_stopping=announce_stopping)
 

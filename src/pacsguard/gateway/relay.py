@@ -10,6 +10,12 @@ command set is complete and judged.
 
 States (after PS3.8 9.2, as a proxy sees them):
   awaiting-rq -> connecting (upstream TCP/TLS) -> awaiting-ac -> established -> releasing -> closed
+
+Nothing acknowledged without its record (route `record_before_response`, the default): what goes
+to the client after this association published an Event waits in `outbox` until that Event is
+durable (pacsguard.events.durable), so a C-STORE-RSP, an A-ASSOCIATE-AC or a C-FIND's final
+response never reaches the client before the record of the exchange is in the store. The
+gateway's own refusals acknowledge nothing and pass unless something is held before them.
 """
 
 from __future__ import annotations
@@ -151,6 +157,14 @@ class AssociationRelay:
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        # Nothing acknowledged without its record: the bus ticket of the newest Event this
+        # association published, and the frames for the client that wait for theirs, in order.
+        self.ticket = 0
+        self.outbox: deque[tuple[int, bytes]] = deque()
+        self._hold = runtime.durability if self.route.record_before_response else None
+        self._pass_on_failure = self.route.on_record_failure == "relay"
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._close_when_sent = False
 
     # --- connection lifecycle -----------------------------------------------------------------
 
@@ -222,6 +236,9 @@ class AssociationRelay:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self.outbox.clear()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for side in (self.client, self.upstream):
@@ -256,7 +273,10 @@ class AssociationRelay:
             return
         if notify:
             frame = P.encode_abort(source, 0)
-            for side, midway in ((self.client, self.through[False]), (self.upstream, self.through[True])):
+            # Frames held for their record are dropped: the client learns of nothing they would have
+            # acknowledged, and its stream may stop inside a PDU, so closing is its abort then.
+            for side, midway in ((self.client, self.through[False] or self.outbox),
+                                 (self.upstream, self.through[True])):
                 # A leg in the middle of a cut-through PDU would read the A-ABORT as part of that PDU's
                 # data; closing the connection is its abort then.
                 if side is not None and side.transport is not None and not side.transport.is_closing() and not midway:
@@ -362,14 +382,91 @@ class AssociationRelay:
 
     def _forward(self, from_client: bool, data: bytes | memoryview) -> None:
         """Write to the other leg; after a completed cut-through PDU, the frames that waited for it."""
-        target = self.upstream if from_client else self.client
+        if not from_client:
+            self._send_client(data)
+            waiting = self.deferred[False]
+            if waiting and not self.through[False]:
+                self._send_client(b"".join(waiting), answers=False)
+                waiting.clear()
+            return
+        target = self.upstream
         if target is None or target.transport is None:
             return
         target.transport.write(data)
-        waiting = self.deferred[from_client]
-        if waiting and not self.through[from_client]:
+        waiting = self.deferred[True]
+        if waiting and not self.through[True]:
             target.transport.write(b"".join(waiting))
             waiting.clear()
+
+    # --- nothing acknowledged without its record ------------------------------------------------
+
+    def _send_client(self, data: bytes | memoryview, *, answers: bool = True) -> None:
+        """Write to the client, or hold it (copied) until the Events published before it are
+        durable. ``answers=False``: the gateway's own refusal, held only behind what is held."""
+        client = self.client
+        if client is None or client.transport is None:
+            return
+        hold = self._hold
+        if self.outbox or (answers and hold is not None and self.ticket > hold.bus.written
+                           and not (self._pass_on_failure and hold.failing)):
+            self.outbox.append((self.ticket if answers else 0, bytes(data)))
+            if len(self.outbox) == 1:
+                self._await_record()
+            return
+        client.transport.write(data)
+
+    def _await_record(self) -> None:
+        assert self._hold is not None  # only what was held waits
+        self._hold.wait(self.outbox[0][0], self._record_written)
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(self.route.record_timeout, self._record_late)
+
+    def _record_written(self) -> None:
+        """Durability said: written up to some ticket, or writing fails. Send what may go."""
+        if self.closed or not self.outbox:
+            return
+        hold = self._hold
+        assert hold is not None
+        passing = self._pass_on_failure and hold.failing
+        frames: list[bytes] = []
+        while self.outbox and (passing or hold.durable(self.outbox[0][0])):
+            frames.append(self.outbox.popleft()[1])
+        self._send_held(frames)
+        if self.outbox:
+            self._await_record()
+
+    def _record_late(self) -> None:
+        """A held answer waited `record_timeout` for its record: relay lets it pass, refuse aborts."""
+        self._hold_timer = None
+        if self.closed or not self.outbox:
+            return
+        if self._pass_on_failure:
+            frames = [frame for _, frame in self.outbox]
+            self.outbox.clear()
+            self._send_held(frames)
+            return
+        assert self._hold is not None
+        error = self._hold.bus.health().error
+        self.abort(f"the record of this association could not be made durable within {self.route.record_timeout:g} s"
+                   + (f" ({error})" if error else ""), kind="record-failure")
+
+    def _send_held(self, frames: list[bytes]) -> None:
+        if frames and self.client is not None and self.client.transport is not None:
+            self.client.transport.write(b"".join(frames))
+        if not self.outbox:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = None
+            if self._close_when_sent:
+                asyncio.get_running_loop().call_later(0.05, self.close)
+
+    def _close_soon(self) -> None:
+        """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
+        an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
+        if self.outbox:
+            self._close_when_sent = True
+        else:
+            asyncio.get_running_loop().call_later(0.05, self.close)
 
     def _relay(self, from_client: bool, data: bytes | memoryview) -> None:
         """The normal path: split into PDUs, decode and judge each, forward what passes in one write."""
@@ -472,8 +569,7 @@ class AssociationRelay:
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
         result, source, reason = verdict.rj or RJ_REFUSED
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.write(P.encode_associate_rj(result, source, reason))
+        self._send_client(P.encode_associate_rj(result, source, reason), answers=False)
         transient = result == P.RJ_RESULT_TRANSIENT
         self._record().association("rejected", severity=Severity.WARNING,
                                    outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
@@ -482,8 +578,7 @@ class AssociationRelay:
         self.state = "closed"
         if by == "gateway":
             decide(self.rt.checks, "on_rejected", self, verdict)
-        # Let the RJ reach the client before the socket closes (PS3.8: the requestor closes; be brief).
-        asyncio.get_running_loop().call_later(0.05, self.close)
+        self._close_soon()
 
     async def _connect(self, raw_rq: bytes) -> None:
         """Open the upstream leg and send it *raw_rq*, the A-ASSOCIATE-RQ as the gateway forwards it."""
@@ -550,9 +645,8 @@ class AssociationRelay:
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
             self._record().upstream_rejected(rj)
             self.state = "closed"
-            if self.client is not None and self.client.transport is not None:
-                self.client.transport.write(raw_pdu.raw)
-            asyncio.get_running_loop().call_later(0.05, self.close)
+            self._send_client(raw_pdu.raw, answers=False)
+            self._close_soon()
             return []
         if kind == P.PDU_ABORT:
             events = self.decoder.on_pdu(False, raw_pdu)
@@ -672,6 +766,8 @@ class AssociationRelay:
             if self.through[not from_client]:
                 # The sender is receiving a cut-through PDU: answer after it, not inside it.
                 self.deferred[not from_client].extend(back)
+            elif from_client:
+                self._send_client(b"".join(back), answers=False)
             elif sender is not None and sender.transport is not None:
                 sender.transport.write(b"".join(back))
         frames.extend(self._pack(from_client, keep))
@@ -743,7 +839,7 @@ class AssociationRelay:
         self._forward(from_client, raw_rp)
         self._record().ended("released", message="released", **self._totals())
         self.state = "closed"
-        asyncio.get_running_loop().call_later(0.05, self.close)
+        self._close_soon()
 
     def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
         self._record().peer_aborted(from_client, ev, **self._totals())
@@ -753,7 +849,9 @@ class AssociationRelay:
     # --- helpers ------------------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        self.rt.publish(event)
+        ticket = self.rt.publish(event)
+        if ticket is not None:
+            self.ticket = ticket
 
     def _client_party(self) -> Party:
         user = self.cert.get("subject") if self.cert else None
