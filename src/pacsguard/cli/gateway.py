@@ -55,6 +55,11 @@ def run(
                                        "is told at most this Maximum Length (default 4194304)"),
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
     key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
+    record_first: bool = typer.Option(True, "--record-before-response/--respond-before-record",
+                                      help="hold each answer until its record is durable (default), or answer "
+                                      "at once and record after (docs/gateway.md)"),
+    on_record_failure: str = typer.Option("refuse", "--on-record-failure",
+                                          help="refuse or relay while events cannot be recorded"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
@@ -81,6 +86,8 @@ def run(
                               "move_destinations": allow_move_dest or []}}
     if allow_service:
         route["policy"]["services"] = allow_service
+    route["record_before_response"] = record_first
+    route["on_record_failure"] = on_record_failure
     if max_pdu is not None:
         route["limits"] = {"max_pdu_length": max_pdu}
     if tls_cert or tls_key:
@@ -97,7 +104,7 @@ def run(
     engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True)
-        bus = outputs.open_outputs(stack, es).bus
+        bus = outputs.open_outputs(stack, es, journal=True).bus
         service = GatewayService(config, bus.publish_ticket, es, engine=engine, durability=Durability(bus))
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
                        on_stopping=announce_stopping)

@@ -7,11 +7,12 @@ caller when everything published so far is durable. `subscribe()` follows the st
 pacsguard.events.subscription for the delivery guarantee).
 
 Durability per event: `publish_ticket()` returns the event's ticket, its place in the stream; the
-event is durable once `written` reaches it. A publisher that must not go on before its record is
-durable (the gateway holding a C-STORE-RSP) calls `hurry()` and waits for a `WriteListener` to
+event is durable once `durable_count` reaches it: it is in the sink, or in the write-ahead journal
+(pacsguard.events.journal) when the bus has one. A publisher that must not go on before its record
+is durable (the gateway holding a C-STORE-RSP) calls `hurry()` and waits for a `WriteListener` to
 report that count (pacsguard.events.durable bridges it to asyncio). Group commit: whatever was
-published while one batch was being committed goes into the next, so waiters on many associations
-share one commit.
+published while one append (or one batch) was being written goes into the next, so waiters on many
+associations share one fdatasync (or one commit).
 
 While the sink fails, at most ``max_spool`` events are held in memory; later ones are dropped and
 counted (`WriteHealth.dropped`), and the listeners are told when writing fails and recovers, so
@@ -26,8 +27,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
+from pacsguard.events.journal import Journal, JournalWriter
 from pacsguard.events.model import Event
 from pacsguard.events.sink import EventSink
 from pacsguard.events.subscription import Subscription
@@ -63,8 +65,8 @@ class WriteListener(Protocol):
     """Told by the writer thread what happened to the stream; must return quickly (hand work to
     another thread or loop), since the writer waits for it."""
 
-    def written(self, count: int) -> None:
-        """Every event up to ticket ``count`` is in the sink."""
+    def durable(self, count: int) -> None:
+        """Every event up to ticket ``count`` is durable (in the sink or the journal)."""
 
     def failed(self, health: WriteHealth) -> None:
         """A write failed; called on every failed attempt (``health.failing_since`` is the first)."""
@@ -82,24 +84,31 @@ class EventBus:
     # the current bucket that the batch's patients fall in, so it is paid per batch (bench/store.py,
     # 1M events on SQLite, every event another patient: 56k events/s in batches of 65,536, 43k in 20,000).
     def __init__(self, sink: EventSink, *, max_batch: int = MAX_BATCH, max_delay: float = 0.05,
-                 on_error: Callable[[Exception], None] | None = None, max_spool: int = MAX_SPOOL) -> None:
+                 on_error: Callable[[Exception], None] | None = None, max_spool: int = MAX_SPOOL,
+                 journal: Journal | None = None, backlog: Sequence[Event] = ()) -> None:
+        """``journal``: where events become durable before the sink takes them; ``backlog``: events
+        of an earlier run that the journal holds and the sink does not (written first)."""
         self.sink = sink
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_spool = max_spool
         self.on_error = on_error
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] = deque(backlog)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
         # A ticket is the event's place in the queue's order, so the two are taken under one lock.
         self._publish_lock = threading.Lock()
-        self._published = 0
+        self._published = len(self._queue)
         self._dropped = 0
         self._failing_since: float | None = None
+        self._errors: dict[str, str] = {}  # what fails ("sink", "journal") -> its latest error
         self._error = ""
+        self._failure_lock = threading.Lock()
         self._listeners: tuple[WriteListener, ...] = ()
         self._written = 0
+        # The backlog is in the journal already: durable, not yet in the sink.
+        self._journal = JournalWriter(journal, self, journaled=self._published) if journal is not None else None
         self._batches = 0
         self._write_seconds = 0.0
         self._failures = 0
@@ -122,18 +131,36 @@ class EventBus:
                 return None
             self._queue.append(event)
             self._published = ticket = self._published + 1
+            if self._journal is not None:
+                self._journal.pending.append((ticket, event))
         if len(self._queue) >= self.max_batch:
             self._wake.set()
         return ticket
 
     def hurry(self) -> None:
-        """Someone waits for the events published so far: write them now, not after max_delay."""
-        self._wake.set()
+        """Someone waits for the events published so far: make them durable now, not after max_delay."""
+        if self._journal is not None:
+            self._journal.wake.set()
+        else:
+            self._wake.set()
 
     @property
     def written(self) -> int:
         """The ticket up to which every event is in the sink."""
         return self._written
+
+    @property
+    def durable_count(self) -> int:
+        """The ticket up to which every event is durable: in the sink, or in the journal."""
+        if self._journal is None:
+            return self._written
+        return max(self._written, self._journal.journaled)
+
+    def report_durable(self) -> None:
+        """Tell the listeners how far the stream is durable (the writing threads call it)."""
+        count = self.durable_count
+        for listener in self._listeners:
+            listener.durable(count)
 
     def listen(self, listener: WriteListener) -> None:
         """Tell ``listener`` about every write, failure and recovery from now on."""
@@ -177,6 +204,8 @@ class EventBus:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._journal is not None:
+            self._journal.stop(timeout)
         for subscription in self._subscribers:
             subscription.unsubscribe(timeout)
 
@@ -230,32 +259,43 @@ class EventBus:
                 with self._idle:
                     self._written += len(batch)
                     self._idle.notify_all()
-                if self._failing:
-                    self._recovered()
-                for listener in self._listeners:
-                    listener.written(self._written)
+                self.succeeded("sink")
+                self.report_durable()
                 self._deliver(batch)
             if self._stop.is_set():
                 return
 
     def _failed(self, exc: Exception) -> None:
-        self._failures += 1
-        if self._failing_since is None:
-            self._failing_since = time.time()
-        self._error = str(exc) or type(exc).__name__
-        self._failing = True
-        log.error("event sink failed, %d events kept for retry: %s", len(self._queue), exc)
         if self.on_error:
             self.on_error(exc)
+        self.failed("sink", exc)
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """``what`` ("sink", "journal") could not be written; the bus is failing until every one is
+        written again. Called by the thread that writes it."""
+        with self._failure_lock:
+            self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = time.time()
+            self._error = self._errors[what] = f"{what}: {exc or type(exc).__name__}"
+            self._failing = True
+        log.error("event %s failed, %d events kept for retry: %s", what, len(self._queue), exc)
         health = self.health()
         for listener in self._listeners:
             listener.failed(health)
 
-    def _recovered(self) -> None:
-        health = self.health()
-        with self._publish_lock:
-            self._failing = False
-            self._failing_since = None
-            self._dropped = 0
+    def succeeded(self, what: str) -> None:
+        """``what`` was written; when nothing else fails, the bus has recovered."""
+        if what not in self._errors:
+            return
+        with self._failure_lock:
+            self._errors.pop(what, None)
+            if self._errors or not self._failing:
+                return
+            health = self.health()
+            with self._publish_lock:
+                self._failing = False
+                self._failing_since = None
+                self._dropped = 0
         for listener in self._listeners:
             listener.recovered(health, time.time())

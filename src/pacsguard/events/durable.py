@@ -34,24 +34,25 @@ class Durability:
         """True from a failed write of the bus until its next successful one."""
         return self.bus.failing
 
-    def durable(self, ticket: int) -> bool:
-        return ticket <= self.bus.written
+    def done(self, ticket: int) -> bool:
+        """Whether the event of ``ticket`` (and every one before it) is durable."""
+        return ticket <= self.bus.durable_count
 
     def wait(self, ticket: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` on this loop once ticket ``ticket`` is durable or writing fails."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         heapq.heappush(self._waiting, (ticket, next(self._order), callback))
-        # Pushed before reading `written`: either this read sees the write, or the writer thread,
-        # which updates `written` before it looks at the heap, sees this waiter.
-        if self.durable(ticket):
-            self._advance(self.bus.written)
+        # Pushed before reading the count: either this read sees the write, or the writing thread,
+        # which updates the count before it looks at the heap, sees this waiter.
+        if self.done(ticket):
+            self._advance(self.bus.durable_count)
         else:
             self.bus.hurry()
 
     # --- WriteListener (the bus's writer thread) ------------------------------------------------
 
-    def written(self, count: int) -> None:
+    def durable(self, count: int) -> None:
         if self._waiting and self._loop is not None and self._waiting[0][0] <= count:
             self._call(self._advance, count)
 

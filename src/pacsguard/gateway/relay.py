@@ -407,7 +407,7 @@ class AssociationRelay:
         if client is None or client.transport is None:
             return
         hold = self._hold
-        if self.outbox or (answers and hold is not None and self.ticket > hold.bus.written
+        if self.outbox or (answers and hold is not None and self.ticket > hold.bus.durable_count
                            and not (self._pass_on_failure and hold.failing)):
             self.outbox.append((self.ticket if answers else 0, bytes(data)))
             if len(self.outbox) == 1:
@@ -429,7 +429,7 @@ class AssociationRelay:
         assert hold is not None
         passing = self._pass_on_failure and hold.failing
         frames: list[bytes] = []
-        while self.outbox and (passing or hold.durable(self.outbox[0][0])):
+        while self.outbox and (passing or hold.done(self.outbox[0][0])):
             frames.append(self.outbox.popleft()[1])
         self._send_held(frames)
         if self.outbox:
