@@ -132,6 +132,8 @@ class JournalWriter:
             hurried = self.wake.wait(self.bus.max_delay)
             self.wake.clear()
             self._forget_written()
+            if not self.pending:
+                self.bus.succeeded("journal")  # the sink holds all: a failed append no longer matters
             if hurried and self.pending and not self._append():
                 if self._stop.wait(backoff):
                     return
