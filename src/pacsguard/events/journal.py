@@ -118,11 +118,17 @@ class JournalWriter:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        """Stop the thread; the journal is emptied if the sink holds everything in it."""
+        """Stop the thread; the journal is emptied if the sink holds everything in it, else what the
+        sink lacks is appended to it."""
         self._stop.set()
         self.wake.set()
         self._thread.join(timeout)
-        if self.bus.written >= self.journaled:
+        self._forget_written()
+        if self.pending:
+            # The sink did not take everything before the bus closed: keep the rest for the next
+            # start rather than lose it with the process.
+            self._append()
+        elif self.bus.written >= self.journaled:
             self._empty()
         self.journal.close()
 
