@@ -433,6 +433,10 @@ class AssociationRelay:
             frames.append(self.outbox.popleft()[1])
         self._send_held(frames)
         if self.outbox:
+            if frames and self._hold_timer is not None:
+                # Records are being written: the timeout is for the oldest answer still held.
+                self._hold_timer.cancel()
+                self._hold_timer = None
             self._await_record()
 
     def _record_late(self) -> None:
