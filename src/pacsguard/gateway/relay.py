@@ -12,10 +12,9 @@ States (after PS3.8 9.2, as a proxy sees them):
   awaiting-rq -> connecting (upstream TCP/TLS) -> awaiting-ac -> established -> releasing -> closed
 
 Nothing acknowledged without its record (route `record_before_response`, the default): what goes
-to the client after this association published an Event waits in `outbox` until that Event is
-durable (pacsguard.events.durable), so a C-STORE-RSP, an A-ASSOCIATE-AC or a C-FIND's final
-response never reaches the client before the record of the exchange is in the store. The
-gateway's own refusals acknowledge nothing and pass unless something is held before them.
+to the client after this association published an Event waits in its `Outbox` until that Event is
+durable (pacsguard.gateway.outbox), so a C-STORE-RSP, an A-ASSOCIATE-AC or a C-FIND's final
+response never reaches the client before the record of the exchange is in the store.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from pacsguard.dicom.events import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
+from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
@@ -157,14 +157,9 @@ class AssociationRelay:
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        # Nothing acknowledged without its record: the bus ticket of the newest Event this
-        # association published, and the frames for the client that wait for theirs, in order.
-        self.ticket = 0
-        self.outbox: deque[tuple[int, bytes]] = deque()
-        self._hold = runtime.durability if self.route.record_before_response else None
-        self._pass_on_failure = self.route.on_record_failure == "relay"
-        self._hold_timer: asyncio.TimerHandle | None = None
-        self._close_when_sent = False
+        # Everything for the client goes through it: held until the records before it are durable.
+        self.outbox = Outbox(self.route, runtime.durability, self._write_client,
+                             lambda why: self.abort(why, kind="record-failure"))
 
     # --- connection lifecycle -----------------------------------------------------------------
 
@@ -236,9 +231,7 @@ class AssociationRelay:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-        self.outbox.clear()
+        self.outbox.drop()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for side in (self.client, self.upstream):
@@ -275,7 +268,7 @@ class AssociationRelay:
             frame = P.encode_abort(source, 0)
             # Frames held for their record are dropped: the client learns of nothing they would have
             # acknowledged, and its stream may stop inside a PDU, so closing is its abort then.
-            for side, midway in ((self.client, self.through[False] or self.outbox),
+            for side, midway in ((self.client, self.through[False] or self.outbox.holding),
                                  (self.upstream, self.through[True])):
                 # A leg in the middle of a cut-through PDU would read the A-ABORT as part of that PDU's
                 # data; closing the connection is its abort then.
@@ -383,10 +376,10 @@ class AssociationRelay:
     def _forward(self, from_client: bool, data: bytes | memoryview) -> None:
         """Write to the other leg; after a completed cut-through PDU, the frames that waited for it."""
         if not from_client:
-            self._send_client(data)
+            self.outbox.send(data)
             waiting = self.deferred[False]
             if waiting and not self.through[False]:
-                self._send_client(b"".join(waiting), answers=False)
+                self.outbox.send(b"".join(waiting), answers=False)
                 waiting.clear()
             return
         target = self.upstream
@@ -398,79 +391,14 @@ class AssociationRelay:
             target.transport.write(b"".join(waiting))
             waiting.clear()
 
-    # --- nothing acknowledged without its record ------------------------------------------------
-
-    def _send_client(self, data: bytes | memoryview, *, answers: bool = True) -> None:
-        """Write to the client, or hold it (copied) until the Events published before it are
-        durable. ``answers=False``: the gateway's own refusal, held only behind what is held."""
-        client = self.client
-        if client is None or client.transport is None:
-            return
-        hold = self._hold
-        if self.outbox or (answers and hold is not None and self.ticket > hold.bus.durable_count
-                           and not (self._pass_on_failure and hold.failing)):
-            self.outbox.append((self.ticket if answers else 0, bytes(data)))
-            if len(self.outbox) == 1:
-                self._await_record()
-            return
-        client.transport.write(data)
-
-    def _await_record(self) -> None:
-        assert self._hold is not None  # only what was held waits
-        self._hold.wait(self.outbox[0][0], self._record_written)
-        if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(self.route.record_timeout, self._record_late)
-
-    def _record_written(self) -> None:
-        """Durability said: written up to some ticket, or writing fails. Send what may go."""
-        if self.closed or not self.outbox:
-            return
-        hold = self._hold
-        assert hold is not None
-        passing = self._pass_on_failure and hold.failing
-        frames: list[bytes] = []
-        while self.outbox and (passing or hold.done(self.outbox[0][0])):
-            frames.append(self.outbox.popleft()[1])
-        self._send_held(frames)
-        if self.outbox:
-            if frames and self._hold_timer is not None:
-                # Records are being written: the timeout is for the oldest answer still held.
-                self._hold_timer.cancel()
-                self._hold_timer = None
-            self._await_record()
-
-    def _record_late(self) -> None:
-        """A held answer waited `record_timeout` for its record: relay lets it pass, refuse aborts."""
-        self._hold_timer = None
-        if self.closed or not self.outbox:
-            return
-        if self._pass_on_failure:
-            frames = [frame for _, frame in self.outbox]
-            self.outbox.clear()
-            self._send_held(frames)
-            return
-        assert self._hold is not None
-        error = self._hold.bus.health().error
-        self.abort(f"the record of this association could not be made durable within {self.route.record_timeout:g} s"
-                   + (f" ({error})" if error else ""), kind="record-failure")
-
-    def _send_held(self, frames: list[bytes]) -> None:
-        if frames and self.client is not None and self.client.transport is not None:
-            self.client.transport.write(b"".join(frames))
-        if not self.outbox:
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
-                self._hold_timer = None
-            if self._close_when_sent:
-                asyncio.get_running_loop().call_later(0.05, self.close)
+    def _write_client(self, data: bytes | memoryview) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.write(data)
 
     def _close_soon(self) -> None:
         """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
         an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
-        if self.outbox:
-            self._close_when_sent = True
-        else:
-            asyncio.get_running_loop().call_later(0.05, self.close)
+        self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
 
     def _relay(self, from_client: bool, data: bytes | memoryview) -> None:
         """The normal path: split into PDUs, decode and judge each, forward what passes in one write."""
@@ -573,7 +501,7 @@ class AssociationRelay:
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
         result, source, reason = verdict.rj or RJ_REFUSED
-        self._send_client(P.encode_associate_rj(result, source, reason), answers=False)
+        self.outbox.send(P.encode_associate_rj(result, source, reason), answers=False)
         transient = result == P.RJ_RESULT_TRANSIENT
         self._record().association("rejected", severity=Severity.WARNING,
                                    outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
@@ -649,7 +577,7 @@ class AssociationRelay:
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
             self._record().upstream_rejected(rj)
             self.state = "closed"
-            self._send_client(raw_pdu.raw, answers=False)
+            self.outbox.send(raw_pdu.raw, answers=False)
             self._close_soon()
             return []
         if kind == P.PDU_ABORT:
@@ -771,7 +699,7 @@ class AssociationRelay:
                 # The sender is receiving a cut-through PDU: answer after it, not inside it.
                 self.deferred[not from_client].extend(back)
             elif from_client:
-                self._send_client(b"".join(back), answers=False)
+                self.outbox.send(b"".join(back), answers=False)
             elif sender is not None and sender.transport is not None:
                 sender.transport.write(b"".join(back))
         frames.extend(self._pack(from_client, keep))
@@ -855,7 +783,7 @@ class AssociationRelay:
     def publish(self, event: Event) -> None:
         ticket = self.rt.publish(event)
         if ticket is not None:
-            self.ticket = ticket
+            self.outbox.ticket = ticket
 
     def _client_party(self) -> Party:
         user = self.cert.get("subject") if self.cert else None
