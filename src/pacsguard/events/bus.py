@@ -107,14 +107,14 @@ class EventBus:
         self._failure_lock = threading.Lock()
         self._listeners: tuple[WriteListener, ...] = ()
         self._written = 0
-        # The backlog is in the journal already: durable, not yet in the sink.
-        self._journal = JournalWriter(journal, self, journaled=self._published) if journal is not None else None
         self._batches = 0
         self._write_seconds = 0.0
         self._failures = 0
         self._failing = False
         self._subscribers: tuple[Subscription, ...] = ()
         self._subscribers_lock = threading.Lock()
+        # The backlog is in the journal already: durable, not yet in the sink.
+        self._journal = JournalWriter(journal, self, journaled=self._published) if journal is not None else None
         self._thread = threading.Thread(target=self._run, name="pacsguard-event-writer", daemon=True)
         self._thread.start()
 
@@ -123,7 +123,7 @@ class EventBus:
         self.publish_ticket(event)
 
     def publish_ticket(self, event: Event) -> int | None:
-        """Queue ``event``; returns its ticket (durable once `written` reaches it), or None when the
+        """Queue ``event``; returns its ticket (durable once `durable_count` reaches it), or None when the
         sink fails and the spool is full, so the event is dropped (counted for the gap record)."""
         with self._publish_lock:
             if self._failing and len(self._queue) >= self.max_spool:
