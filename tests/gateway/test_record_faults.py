@@ -161,6 +161,7 @@ def wait_until(condition, timeout: float, what: str):  # type: ignore[no-untyped
 def test_full_disk_under_the_store(mode, dcmtk, orthanc, gateway, tmp_path):
     pacs = orthanc()
     metrics_port = free_port()
+    jsonl = tmp_path / "events.jsonl"
     mounts: list[contextlib.ExitStack] = []
 
     def prepare(home: Path) -> None:
@@ -172,7 +173,9 @@ def test_full_disk_under_the_store(mode, dcmtk, orthanc, gateway, tmp_path):
         gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet,
                            policy={"calling_ae_titles": [CALLING], "hosts": ["127.0.0.0/8"]})
                      | {"on_record_failure": mode, "record_timeout": 3},
-                     extra={"metrics": {"enabled": True, "port": metrics_port}}, prepare=prepare)
+                     extra={"metrics": {"enabled": True, "port": metrics_port},
+                            # a secondary sink on another file system: it must hear of the failure
+                            "sinks": {"jsonl": {"path": str(jsonl)}}}, prepare=prepare)
         files = corpus(tmp_path / "corpus", 30)
         names = list(files)
         assert healthz(metrics_port)[0] == 200
@@ -185,6 +188,8 @@ def test_full_disk_under_the_store(mode, dcmtk, orthanc, gateway, tmp_path):
                                   "/healthz did not report the failure")
         assert "No space left on device" in body["recording"]["error"] or "full" in body["recording"]["error"]
         assert "RECORDING FAILED" in gw.log.read_text()
+        wait_until(lambda: jsonl.exists() and '"pacsguard.recording.failed"' in jsonl.read_text(), 20,
+                   "the JSON-lines sink did not get the alert while the store failed")
         acked_during = acknowledged(during)
         if mode == "refuse":
             assert acked_during == [], "stores were acknowledged while nothing could be recorded"
