@@ -1,8 +1,11 @@
 """Gateway benchmark: dcmtk's storescu sends the same files directly to a ``storescp --ignore`` sink,
-through ``pacsguard gateway run``, and (for reference) through a plain socat TCP relay, in the same run.
+through ``pacsguard gateway run``, through a second gateway that answers before its record is durable
+(``--respond-before-record``: what holding each answer for its record costs is the difference), and
+(for reference) through a plain socat TCP relay, in the same run.
 
     .venv/bin/python bench/gateway.py [--work DIR] [--small 1000] [--large 20] [--large-mb 8]
-                                      [--repeat 5] [--repeat-large 15] [--max-pdu 16384] [--no-socat] [--check]
+                                      [--repeat 5] [--repeat-large 15] [--max-pdu 16384] [--no-socat]
+                                      [--no-async] [--check]
                                       [--profile [--profile-gil]] [--gateway-launcher FILE]
 
 Needs Debian's dcmtk (/usr/bin/storescu, /usr/bin/storescp); socat (apt-get install -y socat) for
@@ -94,6 +97,7 @@ STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
 HOST = "127.0.0.1"
 SINK_AE, GW_AE, CLIENT_AE = "SINK", "GW", "BENCH"
+ASYNC = "gateway-async"  # the path through a gateway run with --respond-before-record
 CORPUS_VERSION = 1
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -425,6 +429,8 @@ def main() -> int:
                          "machine single runs vary by +-30 %%, so more of them steady the median")
     ap.add_argument("--max-pdu", type=int, default=16384, help="storescp/storescu max PDU (4096..131072)")
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
+    ap.add_argument("--no-async", action="store_true",
+                    help="skip the second gateway that answers before its record is durable")
     ap.add_argument("--profile", action="store_true", help="extra untimed runs with py-spy on the gateway")
     ap.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--profile-gil", action="store_true",
@@ -489,14 +495,27 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         stale.unlink(missing_ok=True)
     gw_port = free_port()
     launch = [str(args.gateway_launcher)] if args.gateway_launcher else ["-m", "pacsguard.cli"]
-    gw = subprocess.Popen([sys.executable, *launch, "gateway", "run", "--listen", f"{HOST}:{gw_port}",
-                           "--aet", GW_AE, "--upstream", f"{SINK_AE}@{HOST}:{sink_port}", "--allow-calling", CLIENT_AE,
-                           "--allow-host", HOST, "--store", str(store)],
-                          stdout=log("gateway.log"), stderr=subprocess.STDOUT)
-    procs.append(gw)
-    wait_port(gw_port, gw, "pacsguard gateway")
+    def start_gateway(port: int, db: Path, *extra: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, *launch, "gateway", "run", "--listen", f"{HOST}:{port}",
+                                 "--aet", GW_AE, "--upstream", f"{SINK_AE}@{HOST}:{sink_port}", "--allow-calling",
+                                 CLIENT_AE, "--allow-host", HOST, "--store", str(db), *extra],
+                                stdout=log(f"{db.stem}.log"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        wait_port(port, proc, "pacsguard gateway")
+        return proc
 
+    gw = start_gateway(gw_port, store)
     paths = [Path_("direct", sink_port, SINK_AE), Path_("gateway", gw_port, GW_AE, gw.pid)]
+    if not args.no_async:
+        # The same gateway answering before its record is durable: the difference is what holding
+        # each C-STORE-RSP for its record costs.
+        async_store = work / "gateway-async.db"
+        for stale in (async_store, Path(f"{async_store}.key"), Path(f"{async_store}-wal"),
+                      Path(f"{async_store}-shm")):
+            stale.unlink(missing_ok=True)
+        async_port = free_port()
+        gw_async = start_gateway(async_port, async_store, "--respond-before-record")
+        paths.append(Path_(ASYNC, async_port, GW_AE, gw_async.pid))
     socat_exe = None if args.no_socat else shutil.which("socat")
     if socat_exe:
         socat_port = free_port()
@@ -673,6 +692,9 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
     if "socat" in added:
         line += f"; socat {added['socat'] * 1e3:.3f} ms"
     console.print(line)
+    if ASYNC in added:
+        console.print(f"of which waiting for the record (gateway - {ASYNC}, median): "
+                      f"{(added['gateway'] - added[ASYNC]) * 1e3:.3f} ms; {ASYNC} adds {added[ASYNC] * 1e3:.3f} ms")
 
     uids: Counter[str] = recorded["uids"]  # type: ignore[assignment]
     statuses: Counter[str] = recorded["statuses"]  # type: ignore[assignment]

@@ -65,6 +65,10 @@ class RunningGateway:
             assert proc.returncode == check, (proc.stdout, proc.stderr)
         return proc
 
+    def restart(self) -> None:
+        """Start `pacsguard serve` again in the same folder (after stop() or a kill)."""
+        self.proc = serve(self.home, self.log, self.routes)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -88,14 +92,30 @@ def route(name: str, upstream_port: int, *, upstream_ae: str = "ORTHANC", ae_tit
     return r
 
 
+def serve(home: Path, log: Path, routes: list[dict]) -> subprocess.Popen:
+    """`pacsguard serve` in ``home``, its output appended to ``log``; returns once every route listens."""
+    proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve", "--log-level", "debug"], cwd=home,
+                            stdout=log.open("a"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+    for r in routes:
+        if not wait_for_port("127.0.0.1", r["listen"]["port"], timeout=30, proc=proc):
+            proc.kill()
+            raise AssertionError(f"gateway did not listen on {r['listen']['port']}:\n{log.read_text()}")
+    return proc
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
-    """`gateway(route(...), route(...))` starts `pacsguard serve` with those routes."""
+    """`gateway(route(...), route(...))` starts `pacsguard serve` with those routes; ``prepare(home)``
+    runs before `pacsguard init` (e.g. to mount a small file system on home/var)."""
     started: list[RunningGateway] = []
 
-    def start(*routes: dict, extra: dict | None = None) -> RunningGateway:
+    def start(*routes: dict, extra: dict | None = None,
+              prepare: Callable[[Path], None] | None = None) -> RunningGateway:
         home = tmp_path / f"gw{len(started)}"
         home.mkdir()
+        if prepare is not None:
+            prepare(home)
         config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5},
                   "gateway": {"routes": list(routes), "quarantine_poll_interval": 0.2}, **(extra or {})}
         (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
@@ -103,14 +123,10 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
                               capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, f"pacsguard init failed:\n{init.stdout}\n{init.stderr}"
         log = home / "serve.log"
-        proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve", "--log-level", "debug"], cwd=home,
-                                stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
-        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, list(routes))
+        log.write_text("")
+        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, serve(home, log, list(routes)),
+                            log, list(routes))
         started.append(gw)
-        for r in routes:
-            if not wait_for_port("127.0.0.1", r["listen"]["port"], timeout=30, proc=proc):
-                raise AssertionError(f"gateway did not listen on {r['listen']['port']}:\n{log.read_text()}")
         return gw
 
     yield start

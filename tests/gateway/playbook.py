@@ -192,6 +192,7 @@ class Playbook:
         self.quarantined = q.QuarantineList()
         self.checks = build_chain(route, Shared(self.quarantined, engine))  # type: ignore[arg-type]
         self.upstream_ssl = None
+        self.durability = None  # answers are never held here (tests/gateway/test_durable.py holds them)
         self.events: list[Event] = []
         self.relays: set[AssociationRelay] = set()
         self.host = host

@@ -62,6 +62,7 @@ class Runtime:
             "upstream": {"host": "127.0.0.1", "port": 11113, "ae_title": "PACS"}})
         self.checks = Chain([ServicesCheck(self.route)])
         self.upstream_ssl = None
+        self.durability = None  # answers are not held for their records here
         self.events: list = []
 
     def register(self, relay) -> None: ...

@@ -57,6 +57,11 @@ def run(
     key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key if it exists, "
                                     "else one named after the store in the key folder, made if missing: "
                                     "$PACSGUARD_KEY_DIR, /etc/pacsguard/keys for root, ~/.config/pacsguard/keys)"),
+    record_first: bool = typer.Option(True, "--record-before-response/--respond-before-record",
+                                      help="hold each answer until its record is durable (default), or answer "
+                                      "at once and record after (docs/gateway.md)"),
+    on_record_failure: str = typer.Option("refuse", "--on-record-failure",
+                                          help="refuse or relay while events cannot be recorded"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
@@ -64,6 +69,7 @@ def run(
     from pacsguard.cli.serve import announce_stopping, show_banner
     from pacsguard.config.loader import validate_model
     from pacsguard.config.schema import GatewayConfig
+    from pacsguard.events.durable import Durability
     from pacsguard.gateway.service import GatewayService
     from pacsguard.ids.part import rule_engine
     from pacsguard.runtime import outputs
@@ -82,6 +88,8 @@ def run(
                               "move_destinations": allow_move_dest or []}}
     if allow_service:
         route["policy"]["services"] = allow_service
+    route["record_before_response"] = record_first
+    route["on_record_failure"] = on_record_failure
     if max_pdu is not None:
         route["limits"] = {"max_pdu_length": max_pdu}
     if tls_cert or tls_key:
@@ -98,8 +106,8 @@ def run(
     engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True)
-        bus = outputs.open_outputs(stack, es).bus
-        service = GatewayService(config, bus.publish, es, engine=engine)
+        bus = outputs.open_outputs(stack, es, journal=True).bus
+        service = GatewayService(config, bus.publish_ticket, es, engine=engine, durability=Durability(bus))
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
                        on_stopping=announce_stopping)
 

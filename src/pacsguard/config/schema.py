@@ -261,6 +261,15 @@ class Route(Strict):
     rewrite_retrieve_ae_title: bool | None = Field(
         None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
         "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")
+    record_before_response: bool = Field(
+        True, description="hold every answer to the client until the events recorded before it are durable in the "
+        "store (docs/gateway.md, 'Nothing acknowledged without its record'); false: answer at once, record after")
+    on_record_failure: Literal["refuse", "relay"] = Field(
+        "refuse", description="while events cannot be made durable: refuse (transient A-ASSOCIATE-RJ for new "
+        "associations, a failure status for new requests) or relay (go on, keep events in memory, record the gap)")
+    record_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds an answer waits for its record while the store fails; then the "
+        "association is aborted (refuse) or the answer passes (relay)")
 
     @property
     def rewrites_retrieve_ae_title(self) -> bool:

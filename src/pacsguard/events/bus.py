@@ -2,9 +2,21 @@
 into the sink (the store, fanned out to JSON lines and syslog).
 
 Publishing is a deque append, so the gateway's hot path never waits on SQLite or a SIEM. If the
-sink fails (database down), the batch stays queued and is retried: nothing published is dropped,
-and `flush()` tells a caller when everything published so far is durable. `subscribe()` follows
-the stream live (see pacsguard.events.subscription for the delivery guarantee).
+sink fails (database down, disk full), the batch stays queued and is retried; `flush()` tells a
+caller when everything published so far is durable. `subscribe()` follows the stream live (see
+pacsguard.events.subscription for the delivery guarantee).
+
+Durability per event: `publish_ticket()` returns the event's ticket, its place in the stream; the
+event is durable once `durable_count` reaches it: it is in the sink, or in the write-ahead journal
+(pacsguard.events.journal) when the bus has one. A publisher that must not go on before its record
+is durable (the gateway holding a C-STORE-RSP) calls `hurry()` and waits for a `WriteListener` to
+report that count (pacsguard.events.durable bridges it to asyncio). Group commit: whatever was
+published while one append (or one batch) was being written goes into the next, so waiters on many
+associations share one fdatasync (or one commit).
+
+While the sink fails, at most ``max_spool`` events are held in memory; later ones are dropped and
+counted (`WriteHealth.dropped`), and the listeners are told when writing fails and recovers, so
+the gap is recorded once the sink takes events again.
 """
 
 from __future__ import annotations
@@ -15,8 +27,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
+from pacsguard.events.journal import Journal, JournalWriter
 from pacsguard.events.model import Event
 from pacsguard.events.sink import EventSink
 from pacsguard.events.subscription import Subscription
@@ -37,25 +50,62 @@ class WriteStats:
     failing: bool
 
 
+@dataclass(frozen=True, slots=True)
+class WriteHealth:
+    """Whether the sink takes events: since when it fails (epoch seconds, None while it writes), the
+    latest error, events held for retry and events dropped because the spool was full."""
+
+    failing_since: float | None
+    error: str
+    spooled: int
+    dropped: int
+
+
+class WriteListener(Protocol):
+    """Told by the writer thread what happened to the stream; must return quickly (hand work to
+    another thread or loop), since the writer waits for it."""
+
+    def durable(self, count: int) -> None:
+        """Every event up to ticket ``count`` is durable (in the sink or the journal)."""
+
+    def failed(self, health: WriteHealth) -> None:
+        """A write failed; called on every failed attempt (``health.failing_since`` is the first)."""
+
+    def recovered(self, health: WriteHealth, until: float) -> None:
+        """The sink took a batch again after failing from ``health.failing_since`` to ``until``."""
+
+
 class EventBus:
     MAX_BATCH = 65_536
+    MAX_SPOOL = 200_000
 
     # Group commit: a quiet system writes every max_delay what came in (a few events); under load
     # batches grow up to max_batch, a store bucket's worth: the store's commit rewrites the pages of
     # the current bucket that the batch's patients fall in, so it is paid per batch (bench/store.py,
     # 1M events on SQLite, every event another patient: 56k events/s in batches of 65,536, 43k in 20,000).
     def __init__(self, sink: EventSink, *, max_batch: int = MAX_BATCH, max_delay: float = 0.05,
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+                 on_error: Callable[[Exception], None] | None = None, max_spool: int = MAX_SPOOL,
+                 journal: Journal | None = None, backlog: Sequence[Event] = ()) -> None:
+        """``journal``: where events become durable before the sink takes them; ``backlog``: events
+        of an earlier run that the journal holds and the sink does not (written first)."""
         self.sink = sink
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.max_spool = max_spool
         self.on_error = on_error
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] = deque(backlog)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition()
-        self._counter = itertools.count(1)  # next() is atomic: safe from several threads
-        self._published = 0
+        # A ticket is the event's place in the queue's order, so the two are taken under one lock.
+        self._publish_lock = threading.Lock()
+        self._published = len(self._queue)
+        self._dropped = 0
+        self._failing_since: float | None = None
+        self._errors: dict[str, str] = {}  # what fails ("sink", "journal") -> its latest error
+        self._error = ""
+        self._failure_lock = threading.Lock()
+        self._listeners: tuple[WriteListener, ...] = ()
         self._written = 0
         self._batches = 0
         self._write_seconds = 0.0
@@ -63,14 +113,61 @@ class EventBus:
         self._failing = False
         self._subscribers: tuple[Subscription, ...] = ()
         self._subscribers_lock = threading.Lock()
+        # The backlog is in the journal already: durable, not yet in the sink.
+        self._journal = JournalWriter(journal, self, journaled=self._published) if journal is not None else None
         self._thread = threading.Thread(target=self._run, name="pacsguard-event-writer", daemon=True)
         self._thread.start()
 
     def publish(self, event: Event) -> None:
-        self._queue.append(event)
-        self._published = next(self._counter)
+        """Queue ``event`` for the sink (see `publish_ticket`)."""
+        self.publish_ticket(event)
+
+    def publish_ticket(self, event: Event) -> int | None:
+        """Queue ``event``; returns its ticket (durable once `durable_count` reaches it), or None when the
+        sink fails and the spool is full, so the event is dropped (counted for the gap record)."""
+        with self._publish_lock:
+            if self._failing and len(self._queue) >= self.max_spool:
+                self._dropped += 1
+                return None
+            self._queue.append(event)
+            self._published = ticket = self._published + 1
+            if self._journal is not None:
+                self._journal.pending.append((ticket, event))
         if len(self._queue) >= self.max_batch:
             self._wake.set()
+        return ticket
+
+    def hurry(self) -> None:
+        """Someone waits for the events published so far: make them durable now, not after max_delay."""
+        if self._journal is not None:
+            self._journal.wake.set()
+        else:
+            self._wake.set()
+
+    @property
+    def written(self) -> int:
+        """The ticket up to which every event is in the sink."""
+        return self._written
+
+    @property
+    def durable_count(self) -> int:
+        """The ticket up to which every event is durable: in the sink, or in the journal."""
+        if self._journal is None:
+            return self._written
+        return max(self._written, self._journal.journaled)
+
+    def report_durable(self) -> None:
+        """Tell the listeners how far the stream is durable (the writing threads call it)."""
+        count = self.durable_count
+        for listener in self._listeners:
+            listener.durable(count)
+
+    def listen(self, listener: WriteListener) -> None:
+        """Tell ``listener`` about every write, failure and recovery from now on."""
+        self._listeners = (*self._listeners, listener)
+
+    def health(self) -> WriteHealth:
+        return WriteHealth(self._failing_since, self._error, len(self._queue), self._dropped)
 
     def subscribe(self, callback: Callable[[Event], None], *, max_pending: int = 100_000) -> Subscription:
         """Call ``callback`` with every Event written from now on, on its own thread; thread-safe.
@@ -107,6 +204,8 @@ class EventBus:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._journal is not None:
+            self._journal.stop(timeout)
         for subscription in self._subscribers:
             subscription.unsubscribe(timeout)
 
@@ -121,6 +220,11 @@ class EventBus:
             return self._queue[0].time_us
         except IndexError:  # emptied by the writer between a check and the read: nothing pending
             return None
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed write to the sink until the next successful one."""
+        return self._failing
 
     @property
     def writing(self) -> bool:
@@ -141,24 +245,57 @@ class EventBus:
                 try:
                     self.sink.emit(batch)
                 except Exception as exc:  # noqa: BLE001 - keep the events and retry; report the cause
-                    self._failures += 1
-                    self._failing = True
-                    log.error("event sink failed, %d events kept for retry: %s", len(self._queue), exc)
-                    if self.on_error:
-                        self.on_error(exc)
+                    self._failed(exc)
+                    # Retry soon while the outage is young (a busy database), less often later.
                     if self._stop.wait(backoff):
                         return
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.1
                 self._write_seconds += time.perf_counter() - began
                 self._batches += 1
-                self._failing = False
                 for _ in batch:
                     self._queue.popleft()
-                self._deliver(batch)
                 with self._idle:
                     self._written += len(batch)
                     self._idle.notify_all()
+                self.succeeded("sink")
+                self.report_durable()
+                self._deliver(batch)
             if self._stop.is_set():
                 return
+
+    def _failed(self, exc: Exception) -> None:
+        if self.on_error:
+            self.on_error(exc)
+        self.failed("sink", exc)
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """``what`` ("sink", "journal") could not be written; the bus is failing until every one is
+        written again. Called by the thread that writes it."""
+        with self._failure_lock:
+            self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = time.time()
+            self._error = self._errors[what] = f"{what}: {exc or type(exc).__name__}"
+            self._failing = True
+        log.error("event %s failed, %d events kept for retry: %s", what, len(self._queue), exc)
+        health = self.health()
+        for listener in self._listeners:
+            listener.failed(health)
+
+    def succeeded(self, what: str) -> None:
+        """``what`` was written; when nothing else fails, the bus has recovered."""
+        if what not in self._errors:
+            return
+        with self._failure_lock:
+            self._errors.pop(what, None)
+            if self._errors or not self._failing:
+                return
+            health = self.health()
+            with self._publish_lock:
+                self._failing = False
+                self._failing_since = None
+                self._dropped = 0
+        for listener in self._listeners:
+            listener.recovered(health, time.time())

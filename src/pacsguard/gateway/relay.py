@@ -10,6 +10,11 @@ command set is complete and judged.
 
 States (after PS3.8 9.2, as a proxy sees them):
   awaiting-rq -> connecting (upstream TCP/TLS) -> awaiting-ac -> established -> releasing -> closed
+
+Nothing acknowledged without its record (route `record_before_response`, the default): what goes
+to the client after this association published an Event waits in its `Outbox` until that Event is
+durable (pacsguard.gateway.outbox), so a C-STORE-RSP, an A-ASSOCIATE-AC or a C-FIND's final
+response never reaches the client before the record of the exchange is in the store.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pacsguard.dicom.events import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
+from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
@@ -151,6 +157,9 @@ class AssociationRelay:
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        # Everything for the client goes through it: held until the records before it are durable.
+        self.outbox = Outbox(self.route, runtime.durability, self._write_client,
+                             lambda why: self.abort(why, kind="record-failure"))
 
     # --- connection lifecycle -----------------------------------------------------------------
 
@@ -222,6 +231,7 @@ class AssociationRelay:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self.outbox.drop()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for side in (self.client, self.upstream):
@@ -256,7 +266,10 @@ class AssociationRelay:
             return
         if notify:
             frame = P.encode_abort(source, 0)
-            for side, midway in ((self.client, self.through[False]), (self.upstream, self.through[True])):
+            # Frames held for their record are dropped: the client learns of nothing they would have
+            # acknowledged, and its stream may stop inside a PDU, so closing is its abort then.
+            for side, midway in ((self.client, self.through[False] or self.outbox.holding),
+                                 (self.upstream, self.through[True])):
                 # A leg in the middle of a cut-through PDU would read the A-ABORT as part of that PDU's
                 # data; closing the connection is its abort then.
                 if side is not None and side.transport is not None and not side.transport.is_closing() and not midway:
@@ -362,14 +375,30 @@ class AssociationRelay:
 
     def _forward(self, from_client: bool, data: bytes | memoryview) -> None:
         """Write to the other leg; after a completed cut-through PDU, the frames that waited for it."""
-        target = self.upstream if from_client else self.client
+        if not from_client:
+            self.outbox.send(data)
+            waiting = self.deferred[False]
+            if waiting and not self.through[False]:
+                self.outbox.send(b"".join(waiting), answers=False)
+                waiting.clear()
+            return
+        target = self.upstream
         if target is None or target.transport is None:
             return
         target.transport.write(data)
-        waiting = self.deferred[from_client]
-        if waiting and not self.through[from_client]:
+        waiting = self.deferred[True]
+        if waiting and not self.through[True]:
             target.transport.write(b"".join(waiting))
             waiting.clear()
+
+    def _write_client(self, data: bytes | memoryview) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.write(data)
+
+    def _close_soon(self) -> None:
+        """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
+        an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
+        self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
 
     def _relay(self, from_client: bool, data: bytes | memoryview) -> None:
         """The normal path: split into PDUs, decode and judge each, forward what passes in one write."""
@@ -472,8 +501,7 @@ class AssociationRelay:
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
         """Answer the A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4) and record why."""
         result, source, reason = verdict.rj or RJ_REFUSED
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.write(P.encode_associate_rj(result, source, reason))
+        self.outbox.send(P.encode_associate_rj(result, source, reason), answers=False)
         transient = result == P.RJ_RESULT_TRANSIENT
         self._record().association("rejected", severity=Severity.WARNING,
                                    outcome=Outcome.MINOR_FAILURE if transient else Outcome.SERIOUS_FAILURE,
@@ -482,8 +510,7 @@ class AssociationRelay:
         self.state = "closed"
         if by == "gateway":
             decide(self.rt.checks, "on_rejected", self, verdict)
-        # Let the RJ reach the client before the socket closes (PS3.8: the requestor closes; be brief).
-        asyncio.get_running_loop().call_later(0.05, self.close)
+        self._close_soon()
 
     async def _connect(self, raw_rq: bytes) -> None:
         """Open the upstream leg and send it *raw_rq*, the A-ASSOCIATE-RQ as the gateway forwards it."""
@@ -550,9 +577,8 @@ class AssociationRelay:
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
             self._record().upstream_rejected(rj)
             self.state = "closed"
-            if self.client is not None and self.client.transport is not None:
-                self.client.transport.write(raw_pdu.raw)
-            asyncio.get_running_loop().call_later(0.05, self.close)
+            self.outbox.send(raw_pdu.raw, answers=False)
+            self._close_soon()
             return []
         if kind == P.PDU_ABORT:
             events = self.decoder.on_pdu(False, raw_pdu)
@@ -672,6 +698,8 @@ class AssociationRelay:
             if self.through[not from_client]:
                 # The sender is receiving a cut-through PDU: answer after it, not inside it.
                 self.deferred[not from_client].extend(back)
+            elif from_client:
+                self.outbox.send(b"".join(back), answers=False)
             elif sender is not None and sender.transport is not None:
                 sender.transport.write(b"".join(back))
         frames.extend(self._pack(from_client, keep))
@@ -743,7 +771,7 @@ class AssociationRelay:
         self._forward(from_client, raw_rp)
         self._record().ended("released", message="released", **self._totals())
         self.state = "closed"
-        asyncio.get_running_loop().call_later(0.05, self.close)
+        self._close_soon()
 
     def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
         self._record().peer_aborted(from_client, ev, **self._totals())
@@ -753,7 +781,9 @@ class AssociationRelay:
     # --- helpers ------------------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        self.rt.publish(event)
+        ticket = self.rt.publish(event)
+        if ticket is not None:
+            self.outbox.ticket = ticket
 
     def _client_party(self) -> Party:
         user = self.cert.get("subject") if self.cert else None

@@ -12,6 +12,7 @@ from pacsguard.events import Event
 from pacsguard.gateway.check import Chain
 
 if TYPE_CHECKING:
+    from pacsguard.events.durable import Durability
     from pacsguard.gateway.relay import AssociationRelay
 
 
@@ -19,8 +20,11 @@ class RouteView(Protocol):
     route: Route  # the route's configuration
     checks: Chain  # how the route judges traffic, in order (pacsguard.gateway.check.decide)
     upstream_ssl: ssl.SSLContext | None  # for the upstream leg; None: plain TCP
+    durability: Durability | None  # when published events are durable; None: answers are never held
 
-    def publish(self, event: Event) -> None: ...
+    def publish(self, event: Event) -> int | None:
+        """Record an Event; returns its ticket for `durability` (None: no ticket, nothing to wait for)."""
+        ...
 
     def register(self, relay: AssociationRelay) -> None: ...
 

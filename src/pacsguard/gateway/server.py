@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pacsguard.config.schema import GatewayConfig, Route
 from pacsguard.events import Event, Outcome, Party, Severity
@@ -19,11 +19,15 @@ from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Side
 from pacsguard.ids import DicomAdapter, Engine
 
+if TYPE_CHECKING:
+    from pacsguard.events.durable import Durability
+
 log = logging.getLogger("pacsguard.gateway")
 
 ALERT_WINDOW_TICK = 5.0  # seconds between checks for IDS limit windows that have closed
 
-Publish = Callable[[Event], None]
+#: Publishes an Event; returns its ticket on the bus (pacsguard.events.bus) or None.
+Publish = Callable[[Event], "int | None"]
 Resolve = Callable[[Path], Path]
 
 
@@ -44,13 +48,14 @@ class RouteRuntime:
     def __init__(self, route: Route, gateway: "Gateway", resolve: Resolve) -> None:
         self.route = route
         self.gateway = gateway
-        self.checks = build_chain(route, Shared(gateway.quarantined, gateway.ips))
+        self.durability = gateway.durability
+        self.checks = build_chain(route, Shared(gateway.quarantined, gateway.ips, gateway.durability))
         self.server_ssl = _server_context(route, resolve)
         self.upstream_ssl = _upstream_context(route, resolve)
         self.relays: set[AssociationRelay] = set()
 
-    def publish(self, event: Event) -> None:
-        self.gateway.publish(event)
+    def publish(self, event: Event) -> int | None:
+        return self.gateway.publish(event)
 
     def register(self, relay: AssociationRelay) -> None:
         self.relays.add(relay)
@@ -127,9 +132,12 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, publish: Publish, *, resolve: Resolve = lambda p: p,
                  read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, durability: Durability | None = None) -> None:
         self.config = config
         self.publish = publish
+        # Tells a relay when the events it published are durable (docs/gateway.md, "Nothing
+        # acknowledged without its record"); None: answers are never held (the in-memory tests).
+        self.durability = durability
         self.engine = engine  # the IDS rules, run inline on every route (IPS); None: no rules
         self.ips = DicomAdapter(engine) if engine is not None else None
         self.quarantined = q.QuarantineList()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pacsguard.config.schema import GatewayConfig
     from pacsguard.events import Event
+    from pacsguard.events.durable import Durability
     from pacsguard.ids import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
@@ -28,13 +29,14 @@ def quarantine_reader(store: EventStore) -> Callable[[int], list[tuple[int, Even
 class GatewayService:
     """The gateway's listeners; with a rule engine, the IDS rules run inline on every route (IPS)."""
 
-    def __init__(self, config: GatewayConfig, publish: Callable[[Event], None], store: EventStore, *,
-                 resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None) -> None:
+    def __init__(self, config: GatewayConfig, publish: Callable[[Event], int | None], store: EventStore, *,
+                 resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None,
+                 durability: Durability | None = None) -> None:
         from pacsguard.gateway import Gateway
 
         self.engine = engine
         self.gateway = Gateway(config, publish, resolve=resolve, read_quarantine=quarantine_reader(store),
-                               engine=engine)
+                               engine=engine, durability=durability)
         # uvloop reads a new socket before start_tls() can take it over, so routes that terminate
         # TLS (whose explicit handshake records failures as events) need asyncio's own loop.
         self.needs_asyncio_loop = any(route.listen.tls is not None for route in config.routes)
@@ -55,10 +57,13 @@ class GatewayService:
 
 
 def make_service(ctx: ServiceContext) -> GatewayService | None:
-    """serve's gateway: none without routes; with routes, the configuration's IDS rules inline."""
+    """serve's gateway: none without routes; with routes, the configuration's IDS rules inline and
+    answers held until their records are durable on the shared bus."""
+    from pacsguard.events.durable import Durability
     from pacsguard.ids.part import rule_engine
 
     config: GatewayConfig = ctx.section
     if not config.routes:
         return None
-    return GatewayService(config, ctx.bus.publish, ctx.store, resolve=ctx.resolve, engine=rule_engine(ctx.loaded))
+    return GatewayService(config, ctx.bus.publish_ticket, ctx.store, resolve=ctx.resolve,
+                          engine=rule_engine(ctx.loaded), durability=Durability(ctx.bus))

@@ -53,12 +53,17 @@ class MetricsService:
         return Response(200, CONTENT_TYPE_LATEST, body)
 
     async def healthz(self) -> Response:
-        """200 while the bus writes and the store answers, 503 (naming what failed) otherwise."""
+        """200 while the bus writes and the store answers, 503 (naming what failed) otherwise: while
+        events cannot be made durable, ``recording`` says since when and why (docs/store.md)."""
         store = await self._store_reachable()
         bus = self.bus.writing
         ok = bus and store
-        body = {"status": "ok" if ok else "unavailable", "bus": "writing" if bus else "failing",
-                "store": "reachable" if store else "unreachable", "backlog": self.bus.pending}
+        body: dict[str, object] = {"status": "ok" if ok else "unavailable", "bus": "writing" if bus else "failing",
+                                   "store": "reachable" if store else "unreachable", "backlog": self.bus.pending}
+        health = self.bus.health()
+        if health.failing_since is not None:
+            body["recording"] = {"failing_since": health.failing_since, "error": health.error,
+                                 "spooled": health.spooled, "dropped": health.dropped}
         return Response(200 if ok else 503, "application/json", json.dumps(body).encode() + b"\n")
 
     async def _store_reachable(self) -> bool:

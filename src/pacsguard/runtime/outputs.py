@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pacsguard.config import LoadedConfig
-    from pacsguard.events import EventBus
+    from pacsguard.events import Event, EventBus
+    from pacsguard.events.journal import Journal
     from pacsguard.events.sink import EventSink
     from pacsguard.store import EventStore
 
@@ -52,10 +53,15 @@ def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writ
 
 
 def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[EventSink] = (), *,
-                 on_error: Callable[[Exception], None] | None = None, close_timeout: float = 30.0) -> Outputs:
+                 on_error: Callable[[Exception], None] | None = None, close_timeout: float = 30.0,
+                 journal: bool = False) -> Outputs:
     """The bus in front of ``store`` (primary) and ``sinks``; a failing secondary sink is logged and
-    never stops the primary. Everything is closed by ``stack``: the bus flushed first, the store last."""
+    never stops the primary. Everything is closed by ``stack``: the bus flushed first, the store last.
+    ``journal``: events become durable in the store's write-ahead journal (an SQLite store's file
+    with `.journal` appended) before its batched commit, and what an earlier run left there and the
+    store lacks is written first (pacsguard.events.journal)."""
     from pacsguard.events import EventBus, FanOut
+    from pacsguard.runtime.recording import RecordingAlarm
 
     if store is not None:
         stack.callback(store.close)
@@ -65,9 +71,59 @@ def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[Eve
     if not targets:
         raise ValueError("open_outputs needs a store or at least one sink")
     fan = FanOut(targets[0], targets[1:], on_error=lambda s, e: log.warning("sink %s: %s", type(s).__name__, e))
-    bus = EventBus(fan, on_error=on_error)
+    wal, backlog = open_journal(store) if journal and store is not None else (None, [])
+    bus = EventBus(fan, on_error=on_error, journal=wal, backlog=backlog)
     stack.callback(bus.close, close_timeout)
+    bus.listen(RecordingAlarm(bus))
     return Outputs(bus, store)
+
+
+def journal_path(store: EventStore) -> Path | None:
+    """Where an SQLite store's write-ahead journal lives; None for PostgreSQL (answers wait for
+    the store's group commit there: the journal would sit on one gateway's disk)."""
+    from pathlib import Path
+
+    prefix = "sqlite:///"
+    if not store.url.startswith(prefix):
+        return None
+    return Path(store.url[len(prefix):] + ".journal")
+
+
+def open_journal(store: EventStore) -> tuple[Journal | None, list[Event]]:
+    """The store's journal, and the events of an earlier run that it holds and the store lacks
+    (a crash between the journal's fdatasync and the store's commit), in their order."""
+    from pacsguard.events.journal import Journal, read
+
+    path = journal_path(store)
+    if path is None:
+        return None, []
+    try:
+        wal = Journal(path)
+    except BlockingIOError as exc:
+        log.warning("%s: answers wait for the store's commit instead", exc)
+        return None, []
+    left = read(path)
+    return wal, missing_from(store, left) if left else []
+
+
+def missing_from(store: EventStore, events: list[Event]) -> list[Event]:
+    """Those of ``events`` the store does not hold (looked up by id among the store's events from
+    the earliest of their times on), each once, in order."""
+    from datetime import timedelta
+
+    from pacsguard.store import EventQuery
+
+    since = min(e.time for e in events) - timedelta(seconds=1)
+    held = {s.event.id for s in store.search(EventQuery(since=since, limit=None))}
+    missing: list[Event] = []
+    for event in events:
+        if event.id not in held:
+            held.add(event.id)
+            missing.append(event)
+    if missing:
+        log.warning("%s: %d events of the journal were not in the store; writing them first", store.name,
+                    len(missing))
+    return missing
 
 
 def open_configured_outputs(stack: ExitStack, loaded: LoadedConfig) -> Outputs:
@@ -80,4 +136,4 @@ def open_configured_outputs(stack: ExitStack, loaded: LoadedConfig) -> Outputs:
     except BaseException:
         store.close()
         raise
-    return open_outputs(stack, store, sinks)
+    return open_outputs(stack, store, sinks, journal=True)

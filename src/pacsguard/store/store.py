@@ -138,7 +138,12 @@ class EventStore:
             except DBAPIError as exc:
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
         if self._signing_key is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except (StoreError, DBAPIError) as exc:
+                # The batch is committed: raising would make the bus write it a second time. The
+                # timer signs the head once the database takes writes again.
+                log.warning("%s: checkpoint after a write failed: %s", self.name, exc)
         return size
 
     def _append(self, conn: Connection, batch: Sequence[Event]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from pacsguard.config.schema import Route
 from pacsguard.gateway.check import Chain, Check
@@ -15,9 +15,13 @@ from pacsguard.gateway.checks.ids import IdsCheck
 from pacsguard.gateway.checks.limits import LimitsCheck
 from pacsguard.gateway.checks.quarantine import QuarantineCheck
 from pacsguard.gateway.checks.rate import RateCheck
+from pacsguard.gateway.checks.recording import RecordingCheck
 from pacsguard.gateway.checks.services import ServicesCheck
 from pacsguard.gateway.quarantine import QuarantineList
 from pacsguard.ids import DicomAdapter
+
+if TYPE_CHECKING:
+    from pacsguard.events.durable import Durability
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,7 @@ class Shared:
 
     quarantined: QuarantineList
     ips: DicomAdapter | None = None  # the IDS rules behind their DICOM adapter; None: `ids` has nothing to run
+    durability: Durability | None = None  # when the gateway's events are durable; None: not known (tests)
 
 
 #: name -> factory; None when the check has nothing to do on this gateway.
@@ -41,6 +46,9 @@ FACTORIES: Mapping[str, Callable[[Route, Shared], Check | None]] = MappingProxyT
 
 
 def build_chain(route: Route, shared: Shared) -> Chain:
-    """The route's checks in its configured order (`route.checks`)."""
+    """The route's checks in its configured order (`route.checks`), after the recording check when
+    the route refuses traffic it cannot record (`on_record_failure: refuse`)."""
     checks = [FACTORIES[name](route, shared) for name in route.checks]
+    if route.on_record_failure == "refuse" and shared.durability is not None:
+        checks.insert(0, RecordingCheck(shared.durability))
     return Chain([c for c in checks if c is not None])

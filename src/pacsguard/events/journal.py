@@ -1,0 +1,178 @@
+"""A write-ahead journal in front of the store: the point where an Event becomes durable before the
+store's batched commit takes it (docs/store.md, "Durable before the answer").
+
+Committing one small batch to the SQLite store costs milliseconds (six B-trees, the Merkle
+frontier, an fsync of the WAL); appending a line to a file and fdatasync()ing it costs about a
+tenth of a millisecond. So the bus appends every Event here first, answers waiting publishers
+when the append is on disk, and commits to the store in larger batches as before.
+
+Format: one Event per line, its canonical JSON (pacsguard.events.model.Event.to_json), each
+write ending in a newline. A failed write (disk full) is cut back to the last whole line, so the
+file always holds whole lines, except after a crash in the middle of a write: `read()` drops an
+unfinished last line. The journal is emptied once the store holds everything in it; entries
+still in it when a process starts are compared with the store by event id and the missing ones
+are written first (pacsguard.runtime.outputs). The file holds PHI: it is created 0600.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pacsguard.events.model import Event
+from pacsguard.owner_only import create_private_file
+
+if TYPE_CHECKING:
+    from pacsguard.events.bus import EventBus
+
+log = logging.getLogger("pacsguard.events")
+
+#: The journal is emptied when it is larger than this and the store holds all of it.
+TRUNCATE_AT = 1 << 20
+
+
+class Journal:
+    """An append-only file of Events, synced on every append; one writer (the bus) at a time."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (or create) the journal; BlockingIOError when another process has it open."""
+        self.path = path
+        create_private_file(path)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        try:
+            # One writer per journal: a second process on the same store must not empty it.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise BlockingIOError(f"{path} is in use by another process") from None
+        self.size = os.fstat(self._fd).st_size
+
+    def append(self, events: Sequence[Event]) -> None:
+        """Write ``events`` and wait until they are on disk; raises OSError (ENOSPC, EIO) with the
+        file as it was."""
+        data = "".join(f"{e.to_json()}\n" for e in events).encode()
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            os.fdatasync(self._fd)
+        except OSError:
+            self._cut_back()
+            raise
+        self.size += len(data)
+
+    def _cut_back(self) -> None:
+        """Drop a partial write, so the next append starts on a line of its own."""
+        try:
+            os.ftruncate(self._fd, self.size)
+        except OSError as exc:  # noqa: BLE001 - reported; read() drops what cannot be parsed
+            log.error("journal %s: cannot cut back a failed write: %s", self.path, exc)
+
+    def empty(self) -> None:
+        """Forget everything written: call only when the store holds all of it."""
+        os.ftruncate(self._fd, 0)
+        self.size = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read(path: Path) -> list[Event]:
+    """The Events a journal holds, in order; an unfinished or damaged line is skipped (reported)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    events: list[Event] = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line:
+            continue
+        try:
+            events.append(Event.from_json(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("journal %s: line %d skipped (%s)", path, number, exc)
+    return events
+
+
+
+class JournalWriter:
+    """The bus's journal thread. Events published since its last append wait in ``pending``; when a
+    publisher hurries, it appends them all at once (group commit: one fdatasync for every
+    association waiting) and reports the new durable count. Events the sink took meanwhile are
+    not journaled at all. A failed append is retried, sooner while the outage is young."""
+
+    def __init__(self, journal: Journal, bus: EventBus, *, journaled: int) -> None:
+        self.journal = journal
+        self.bus = bus
+        self.journaled = journaled  # the ticket up to which every event is in the journal or the sink
+        self.pending: deque[tuple[int, Event]] = deque()  # (ticket, event), appended by publishers
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pacsguard-event-journal", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop the thread; the journal is emptied if the sink holds everything in it, else what the
+        sink lacks is appended to it."""
+        self._stop.set()
+        self.wake.set()
+        self._thread.join(timeout)
+        self._forget_written()
+        if self.pending:
+            # The sink did not take everything before the bus closed: keep the rest for the next
+            # start rather than lose it with the process.
+            self._append()
+        elif self.bus.written >= self.journaled:
+            self._empty()
+        self.journal.close()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            hurried = self.wake.wait(self.bus.max_delay)
+            self.wake.clear()
+            self._forget_written()
+            if not self.pending:
+                self.bus.succeeded("journal")  # the sink holds all: a failed append no longer matters
+            if hurried and self.pending and not self._append():
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 2.0)
+                self.wake.set()  # someone still waits: try again
+                continue
+            backoff = 0.05
+            if self.journal.size > TRUNCATE_AT and self.bus.written >= self.journaled:
+                self._empty()
+
+    def _forget_written(self) -> None:
+        written = self.bus.written
+        pending = self.pending
+        while pending and pending[0][0] <= written:
+            pending.popleft()
+        self.journaled = max(self.journaled, written)
+
+    def _append(self) -> bool:
+        # Only this thread takes from the left; publishers append on the right meanwhile.
+        batch = [self.pending.popleft() for _ in range(len(self.pending))]
+        try:
+            self.journal.append([event for _, event in batch])
+        except OSError as exc:
+            self.pending.extendleft(reversed(batch))
+            self.bus.failed("journal", exc)
+            return False
+        self.journaled = batch[-1][0]
+        self.bus.succeeded("journal")
+        self.bus.report_durable()
+        return True
+
+    def _empty(self) -> None:
+        try:
+            self.journal.empty()
+        except OSError as exc:  # noqa: BLE001 - it only grows; replay skips what the store holds
+            log.warning("journal %s could not be emptied: %s", self.journal.path, exc)

@@ -1,0 +1,59 @@
+"""Raising a recording failure loudly: when the bus cannot make events durable (the store's disk
+is full, its database is down, the journal cannot be written), every process that publishes says
+so in its log at once and records `pacsguard.recording.failed`; when writing works again it
+records `pacsguard.recording.recovered`, which marks the gap: since when, for how long, and how
+many events were dropped because the spool in memory was full (docs/store.md).
+
+The alert events take the bus's ordinary path: the store gets them once it writes again, and the
+secondary sinks (syslog, JSON lines) at the next retry, since a failing store no longer stops
+them (pacsguard.events.sink.FanOut). /healthz reports the same state (pacsguard.metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pacsguard.events.bus import EventBus, WriteHealth
+from pacsguard.events.model import Event, Outcome, Severity
+
+log = logging.getLogger("pacsguard")
+
+FAILED = "pacsguard.recording.failed"
+RECOVERED = "pacsguard.recording.recovered"
+
+
+class RecordingAlarm:
+    """A bus WriteListener that turns the bus's failing and recovering into log lines and Events."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self._raised = False
+
+    def durable(self, count: int) -> None:
+        """Nothing to say while events are written."""
+
+    def failed(self, health: WriteHealth) -> None:
+        if self._raised:
+            return
+        self._raised = True
+        log.critical("RECORDING FAILED: events cannot be made durable (%s); routes with on_record_failure: refuse "
+                     "refuse new associations and requests until it recovers, routes with relay go on unrecorded "
+                     "(events held in memory: %d)", health.error, health.spooled)
+        self.bus.publish(Event(kind=FAILED, component="serve", severity=Severity.ALERT,
+                               outcome=Outcome.MAJOR_FAILURE,
+                               message=f"events cannot be made durable: {health.error}",
+                               details={"error": health.error, "spooled": health.spooled}))
+
+    def recovered(self, health: WriteHealth, until: float) -> None:
+        self._raised = False
+        since = health.failing_since if health.failing_since is not None else until
+        seconds = round(until - since, 3)
+        lost = f"; {health.dropped} events were dropped (the spool was full)" if health.dropped else ""
+        log.warning("recording recovered after %.1f s (%s)%s", seconds, health.error, lost)
+        self.bus.publish(Event(kind=RECOVERED, component="serve",
+                               severity=Severity.ALERT if health.dropped else Severity.WARNING,
+                               outcome=Outcome.MAJOR_FAILURE if health.dropped else Outcome.SUCCESS,
+                               message=f"events are durable again after {seconds:g} s{lost}",
+                               details={"error": health.error, "seconds": seconds, "dropped": health.dropped,
+                                        "failed_since": datetime.fromtimestamp(since, timezone.utc).isoformat()}))
