@@ -576,3 +576,21 @@ def test_midstream_observer_that_sees_the_request_decodes_normally() -> None:
     decoder = AssociationDecoder(midstream=True)
     assert decoder.state is AssociationState.ESTABLISHED
     assert run_on_pdu(decoder, conversation()) == expected_events()
+
+
+def test_tolerated_codes_become_warnings_and_others_still_raise() -> None:
+    bad_length = bytearray(ECHO)
+    struct.pack_into("<I", bad_length, 8, struct.unpack_from("<I", bad_length, 8)[0] + 84)
+    decoder = AssociationDecoder(tolerate=frozenset({E.COMMAND_GROUP_LENGTH_MISMATCH, E.RESERVED_FIELD_NONZERO}))
+    run_on_pdu(decoder, conversation()[:2])
+    frame = bytearray(pdata(P.PDV(1, True, True, bytes(bad_length))).raw)
+    frame[1] = 0x80
+    events = decoder.on_pdu(True, RawPDU(4, bytes(frame)))
+    assert [(type(e).__name__, getattr(e, "code", None)) for e in events] == [
+        ("ProtocolWarning", E.RESERVED_FIELD_NONZERO), ("ProtocolWarning", E.COMMAND_GROUP_LENGTH_MISMATCH),
+        ("DimseCommand", None)]
+    assert isinstance(events[-1], DimseCommand) and events[-1].command.message_id == 5
+    # Without the hook, the same bytes fail as they always did.
+    with pytest.raises(DecodeError) as info:
+        established().on_pdu(True, RawPDU(4, bytes(frame)))
+    assert info.value.code == E.COMMAND_GROUP_LENGTH_MISMATCH

@@ -590,3 +590,53 @@ def test_unknown_elements_are_kept_and_re_encoded() -> None:
 def test_encoder_rejects_foreign_other_tags() -> None:
     with pytest.raises(ValueError):
         D.encode_command_set(CommandSet(D.C_ECHO_RQ, other={0x00080016: b"x"}))
+
+
+# --- deviations a caller may tolerate (the gateway: gateway/violations.py) -------------------------
+
+TRAILING = element(0x0000, struct.pack("<I", 10), group=8) + element(0x0058, b"1\x00", group=8)
+
+
+def collecting(accept: bool) -> tuple[list[DecodeError], Any]:
+    offered: list[DecodeError] = []
+
+    def tolerate(err: DecodeError) -> bool:
+        offered.append(err)
+        return accept
+
+    return offered, tolerate
+
+
+def test_a_tolerated_group_length_mismatch_decodes_the_elements() -> None:
+    offered, tolerate = collecting(True)
+    raw = element(0, struct.pack("<I", 99)) + ECHO_BODY
+    assert D.decode_command_set(raw, tolerate=tolerate) == D.decode_command_set(with_group_length(ECHO_BODY))
+    assert [(e.code, e.offset) for e in offered] == [(E.COMMAND_GROUP_LENGTH_MISMATCH, 8)]
+
+
+def test_elements_after_the_delimited_command_group_are_offered_then_ignored() -> None:
+    offered, tolerate = collecting(True)
+    decoded = D.decode_command_set(with_group_length(ECHO_BODY) + TRAILING, tolerate=tolerate)
+    assert decoded == D.decode_command_set(with_group_length(ECHO_BODY)) and decoded.other == {}
+    assert [(e.code, e.offset) for e in offered] == [(E.COMMAND_SET_TRAILING_ELEMENTS, 12 + len(ECHO_BODY))]
+
+
+def test_refused_deviations_raise_as_without_a_hook() -> None:
+    for raw, code in ((element(0, struct.pack("<I", 99)) + ECHO_BODY, E.COMMAND_GROUP_LENGTH_MISMATCH),
+                      (with_group_length(ECHO_BODY) + TRAILING, E.COMMAND_SET_INVALID)):
+        offered, tolerate = collecting(False)
+        with pytest.raises(DecodeError) as info:
+            D.decode_command_set(raw, tolerate=tolerate)
+        assert info.value.code == code and len(offered) == 1
+
+
+def test_trailing_elements_are_tolerable_only_when_well_formed_and_where_the_group_length_ends() -> None:
+    cases = [with_group_length(ECHO_BODY) + TRAILING[:-1],  # truncated value
+             with_group_length(ECHO_BODY) + TRAILING[12:] + TRAILING[:12],  # descending tags
+             element(0, struct.pack("<I", 20)) + ECHO_BODY + TRAILING]  # group length ends elsewhere
+    for raw in cases:
+        offered, tolerate = collecting(True)
+        with pytest.raises(DecodeError) as info:
+            D.decode_command_set(raw, tolerate=tolerate)
+        assert info.value.code == E.COMMAND_SET_INVALID
+        assert E.COMMAND_SET_TRAILING_ELEMENTS not in [e.code for e in offered]

@@ -34,6 +34,7 @@ from .events import (
     DimseDatasetStart,
     ProtocolEvent,
     ProtocolViolation,
+    ProtocolWarning,
     ReleaseCompleted,
     ReleaseRequested,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "PresentationContextRQ",
     "ProtocolEvent",
     "ProtocolViolation",
+    "ProtocolWarning",
     "RawPDU",
     "ReleaseCompleted",
     "ReleaseRP",

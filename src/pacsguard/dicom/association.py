@@ -21,7 +21,7 @@ from typing import Final
 from . import events as ev
 from .dataset import peek_identifiers
 from .dimse import MAX_COMMAND_SET_LENGTH, CommandSet, decode_command_set
-from .errors import COMMAND_SET_TOO_LARGE, UNKNOWN_PDU_TYPE, DecodeError
+from .errors import COMMAND_SET_TOO_LARGE, RESERVED_FIELD_NONZERO, UNKNOWN_PDU_TYPE, DecodeError, Tolerate
 from .events import (
     Aborted,
     AssociationAccepted,
@@ -32,6 +32,7 @@ from .events import (
     DimseDatasetStart,
     ProtocolEvent,
     ProtocolViolation,
+    ProtocolWarning,
     ReleaseCompleted,
     ReleaseRequested,
 )
@@ -145,6 +146,11 @@ class AssociationDecoder:
         resync: let the internal readers skip garbage (IDS joining mid-stream).
         midstream: start in the established state with unknown contexts, for a
             capture that does not contain the association negotiation.
+        tolerate: DecodeError codes to report as :class:`ProtocolWarning` events
+            instead of raising, where decoding can go on: a Command Group Length
+            that does not match (PS3.7 E.1) and, in P-DATA-TF PDUs, a reserved
+            header byte or reserved control header bits that are not zero (PS3.8
+            9.3.1, E.2: "not tested").  Any other code is raised as before.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class AssociationDecoder:
         strict: bool = False,
         resync: bool = False,
         midstream: bool = False,
+        tolerate: frozenset[str] = frozenset(),
     ) -> None:
         if peek_bytes < 1:
             raise ValueError("peek_bytes must be positive")
@@ -163,6 +170,8 @@ class AssociationDecoder:
         self.strict = strict
         self.resync = resync
         self.midstream = midstream
+        self.tolerate = tolerate
+        self._reserved_ok = RESERVED_FIELD_NONZERO in tolerate and not strict
         self.state = AssociationState.ESTABLISHED if midstream else AssociationState.AWAITING_RQ
         self.rq: AssociateRQ | None = None
         self.ac: AssociateAC | None = None
@@ -271,6 +280,10 @@ class AssociationDecoder:
         counters.bytes += len(raw)
         pdu_type = pdu.pdu_type
         if pdu_type == PDU_P_DATA_TF:
+            if self._reserved_ok and raw[1]:
+                warning = ProtocolWarning(from_requestor, RESERVED_FIELD_NONZERO,
+                                        f"P-DATA-TF reserved header byte is 0x{raw[1]:02X}")
+                return [warning, *self._on_p_data(from_requestor, raw, counters)]
             return self._on_p_data(from_requestor, raw, counters)
         if pdu_type == PDU_ASSOCIATE_RQ:
             return self._on_associate_rq(from_requestor, raw)
@@ -436,6 +449,11 @@ class AssociationDecoder:
                 )
             )
         spans = pdv_spans(raw, strict=self.strict)
+        if self._reserved_ok:
+            stray = next((mch for _, mch, _, _ in spans if mch & 0xFC), None)
+            if stray is not None:
+                events.append(ProtocolWarning(from_requestor, RESERVED_FIELD_NONZERO,
+                                            f"PDV message control header 0x{stray:02X} has reserved bits 2-7 set"))
         counters.pdvs += len(spans)
         asm = self._asm_requestor if from_requestor else self._asm_acceptor
         try:
@@ -538,6 +556,19 @@ class AssociationDecoder:
                 )
             )
 
+    def _tolerator(self, from_requestor: bool, events: list[ProtocolEvent]) -> Tolerate | None:
+        """The hook handed to the DIMSE decoder: tolerated codes become warnings in *events*."""
+        if not self.tolerate:
+            return None
+
+        def tolerate(err: DecodeError) -> bool:
+            if err.code not in self.tolerate:
+                return False
+            events.append(ProtocolWarning(from_requestor, err.code, err.detail))
+            return True
+
+        return tolerate
+
     @staticmethod
     def _context_changed(from_requestor: bool, asm: _Assembly, context_id: int) -> ProtocolViolation:
         return ProtocolViolation(
@@ -553,7 +584,7 @@ class AssociationDecoder:
         counters: DirectionCounters,
         events: list[ProtocolEvent],
     ) -> None:
-        command = decode_command_set(asm.command_buf)
+        command = decode_command_set(asm.command_buf, tolerate=self._tolerator(from_requestor, events))
         asm.command_buf = bytearray()  # drop the old buffer, do not keep it growing
         counters.commands += 1
         abstract, transfer = self.contexts.get(asm.context_id, (None, None))

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Final
 
 from . import errors as E
-from .errors import DecodeError
+from .errors import DecodeError, Tolerate
 from .pdu import Buffer
 
 # --------------------------------------------------------------------------
@@ -245,7 +245,9 @@ def _text(value: bytes, vr: str, tag: int, offset: int) -> str:
     return text
 
 
-def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> CommandSet:
+def decode_command_set(
+    data: Buffer, *, require_group_length: bool = True, tolerate: Tolerate | None = None
+) -> CommandSet:
     """Decode an Implicit VR Little Endian command set (PS3.7 6.3.1, E.1).
 
     Validates: every element is in group 0000 and in strictly ascending order
@@ -253,6 +255,13 @@ def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> Co
     UI/AE values are ASCII, Command Group Length (0000,0000) is present (unless
     *require_group_length* is False) and equals the bytes that follow it, and
     Command Field and Command Data Set Type are present.
+
+    *tolerate* is offered two deviations peers live with, and decoding goes on
+    when it returns True (otherwise the error is raised): elements of later
+    groups after the group 0000 that the Command Group Length delimits (Orthanc
+    puts a C-GET-RSP's Failed SOP Instance UID List there; they are not part of
+    the command), and a Command Group Length that does not match (the elements
+    delimit themselves; the group length is bookkeeping only).
     """
     size = len(data)
     if size > MAX_COMMAND_SET_LENGTH:
@@ -266,6 +275,8 @@ def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> Co
     pos = 0
     previous = -1
     group_length: int | None = None
+    group_end = -1  # where the Command Group Length says group 0000 ends
+    mismatch: DecodeError | None = None  # a wrong group length, offered to *tolerate* at the end
     while pos < size:
         if size - pos < 8:
             raise DecodeError(
@@ -276,6 +287,16 @@ def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> Co
         group, element, length = _ELEMENT_HEADER.unpack_from(data, pos)
         tag = (group << 16) | element
         if group != 0:
+            if tolerate is not None and pos == group_end and _elements_fit(data, pos):
+                trailing = DecodeError(
+                    E.COMMAND_SET_TRAILING_ELEMENTS,
+                    f"{size - pos} bytes of elements from ({group:04X},{element:04X}) on follow "
+                    "the command group its group length delimits; not part of the command",
+                    pos,
+                )
+                if tolerate(trailing):
+                    mismatch = None  # the group length was right about group 0000
+                    break
             raise DecodeError(
                 E.COMMAND_SET_INVALID,
                 f"element ({group:04X},{element:04X}) is not in command group 0000",
@@ -316,16 +337,21 @@ def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> Co
                 value = _text(bytes(data[start:end]), vr, tag, start)
             if tag == 0:
                 group_length = value  # type: ignore[assignment]
+                group_end = end + group_length
                 if group_length != size - end:
-                    raise DecodeError(
+                    mismatch = DecodeError(
                         E.COMMAND_GROUP_LENGTH_MISMATCH,
                         f"Command Group Length (0000,0000) says {group_length} bytes but "
                         f"{size - end} bytes follow it",
                         start,
                     )
+                    if tolerate is None:
+                        raise mismatch
             else:
                 values[attr] = value
         pos = end
+    if mismatch is not None and (tolerate is None or not tolerate(mismatch)):
+        raise mismatch
     if group_length is None and require_group_length:
         raise DecodeError(
             E.COMMAND_SET_INVALID,
@@ -339,6 +365,23 @@ def decode_command_set(data: Buffer, *, require_group_length: bool = True) -> Co
         if attr not in values:
             raise DecodeError(E.COMMAND_SET_INVALID, f"{tag_name} is missing", None)
     return CommandSet(other=other, **values)  # type: ignore[arg-type]
+
+
+def _elements_fit(data: Buffer, pos: int) -> bool:
+    """Do ``data[pos:]`` split into whole elements of groups after 0000, in ascending order?
+    (Implicit VR Little Endian, PS3.5 7.1.3: no undefined lengths in a command set.)"""
+    size = len(data)
+    previous = 0xFFFF
+    while pos < size:
+        if size - pos < 8:
+            return False
+        group, element, length = _ELEMENT_HEADER.unpack_from(data, pos)
+        tag = (group << 16) | element
+        if tag <= previous or pos + 8 + length > size:
+            return False
+        previous = tag
+        pos += 8 + length
+    return True
 
 
 def _pad(raw: bytes, pad: bytes) -> bytes:

@@ -11,7 +11,7 @@ deduplication; the human readable message says what was wrong and where.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeAlias
 
 # Stable error codes.  They are part of the public API (IDS rules match on them),
 # so they are spelled out once here instead of as ad-hoc strings in each module.
@@ -47,6 +47,8 @@ COMMAND_ELEMENT_TRUNCATED = "command-element-truncated"
 COMMAND_ELEMENT_BAD_LENGTH = "command-element-bad-length"
 COMMAND_ELEMENT_ORDER = "command-element-order"
 COMMAND_ELEMENT_NOT_ASCII = "command-element-not-ascii"
+# Only offered to a decoder's Tolerate hook: refused, it is raised as COMMAND_SET_INVALID.
+COMMAND_SET_TRAILING_ELEMENTS = "command-set-trailing-elements"
 
 # Data sets
 IDENTIFIER_INVALID = "identifier-invalid"
@@ -80,6 +82,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         COMMAND_ELEMENT_BAD_LENGTH,
         COMMAND_ELEMENT_ORDER,
         COMMAND_ELEMENT_NOT_ASCII,
+        COMMAND_SET_TRAILING_ELEMENTS,
         IDENTIFIER_INVALID,
         IDENTIFIER_TOO_LARGE,
     }
@@ -118,3 +121,9 @@ class DecodeError(Exception):
         # The default Exception pickling replays self.args into __init__, which
         # would not match our signature (needed when errors cross process pools).
         return (type(self), (self.code, self.detail, self.offset))
+
+
+#: A decoder's hook for deviations it can step over (PS3.8 9.3.1 "shall not be tested", PS3.7 E.1
+#: bookkeeping): called with the error it would raise; True means "recorded, carry on", False
+#: means raise it.  Only codes a decoder can continue past are ever offered.
+Tolerate: TypeAlias = Callable[[DecodeError], bool]

@@ -105,6 +105,18 @@ class ProtocolViolation:
     message: str
 
 
+@dataclass(slots=True, frozen=True)
+class ProtocolWarning:
+    """A deviation the decoder was asked to step over (``AssociationDecoder(tolerate=...)``):
+    bookkeeping the peers ignore, such as a wrong Command Group Length (PS3.7 E.1) or a reserved
+    field that is not zero (PS3.8 9.3.1: not tested on receipt).  ``code`` is a DecodeError code.
+    """
+
+    from_requestor: bool
+    code: str
+    message: str
+
+
 ProtocolEvent: TypeAlias = Union[
     AssociationRequested,
     AssociationAccepted,
@@ -116,6 +128,7 @@ ProtocolEvent: TypeAlias = Union[
     DimseDatasetStart,
     DimseDatasetEnd,
     ProtocolViolation,
+    ProtocolWarning,
 ]
 
 

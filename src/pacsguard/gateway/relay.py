@@ -43,6 +43,7 @@ from pacsguard.dicom.events import (
     DimseDatasetStart,
     ProtocolEvent,
     ProtocolViolation,
+    ProtocolWarning,
     ReleaseCompleted,
     ReleaseRequested,
 )
@@ -53,6 +54,7 @@ from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
+from pacsguard.gateway.violations import DATA_BEFORE_AC, TOLERATED, classify
 from pacsguard.records.dicom import AssociationRecord, Pending
 
 log = logging.getLogger("pacsguard.gateway")
@@ -133,7 +135,9 @@ class AssociationRelay:
         self.client: Side | None = None
         self.upstream: Side | None = None
         self.state = "awaiting-rq"
-        self.decoder = AssociationDecoder(peek_bytes=PEEK_BYTES, max_pdu_length=limits.max_pdu_length)
+        # Bookkeeping deviations the peers themselves ignore pass with a warning (gateway/violations.py).
+        self.decoder = AssociationDecoder(peek_bytes=PEEK_BYTES, max_pdu_length=limits.max_pdu_length,
+                                          tolerate=TOLERATED)
         self.readers = {True: PDUReader(limits.max_pdu_length), False: PDUReader(limits.max_pdu_length)}
         self.host = ""
         self.port = 0
@@ -151,6 +155,7 @@ class AssociationRelay:
         self.through: dict[bool, int] = {True: 0, False: 0}
         self.deferred: dict[bool, list[bytes]] = {True: [], False: []}
         self.early: list[bytes] = []
+        self.warned: set[tuple[bool, str]] = set()  # (direction, code) of the warnings recorded
         self.started = time.monotonic()
         self.last_activity = self.started
         self.bytes_in = {True: 0, False: 0}
@@ -292,7 +297,7 @@ class AssociationRelay:
             # No upstream leg yet: keep what the client sends (bounded) until the RQ is passed on.
             self.early.append(bytes(data))
             if sum(map(len, self.early)) > self.route.limits.max_pdu_length:
-                self.protocol_error(from_client, "data-before-ac", "data sent before the association was accepted")
+                self.protocol_error(from_client, DATA_BEFORE_AC, "data sent before the association was accepted")
             return
         done = 0
         if self.state == "established" and (self.through[from_client] or (
@@ -439,6 +444,33 @@ class AssociationRelay:
         log.warning("route %s: protocol violation from %s: %s", self.route.name, who, message)
         self.abort(f"protocol violation ({code}) from {'client' if from_client else 'upstream'}", kind="protocol")
 
+    def _decode(self, from_client: bool, raw_pdu: RawPDU) -> list[ProtocolEvent]:
+        """The decoder's events for one PDU; the deviations it tolerated are recorded and left out."""
+        events = self.decoder.on_pdu(from_client, raw_pdu)
+        if not any(type(ev) is ProtocolWarning or type(ev) is ProtocolViolation for ev in events):
+            return events
+        kept: list[ProtocolEvent] = []
+        for ev in events:
+            if isinstance(ev, ProtocolWarning) or (isinstance(ev, ProtocolViolation) and ev.code in TOLERATED):
+                self.protocol_warning(from_client, ev.code, ev.message)
+            else:
+                kept.append(ev)
+        return kept
+
+    def protocol_warning(self, from_client: bool, code: str, message: str) -> None:
+        """Record a tolerated deviation, once per code and direction: the bytes pass unchanged."""
+        if (from_client, code) in self.warned:
+            return
+        self.warned.add((from_client, code))
+        who = "client" if from_client else "upstream"
+        self.publish(Event(kind="dicom.protocol.warning", component="gateway", severity=Severity.NOTICE,
+                           outcome=Outcome.SUCCESS,
+                           actor=self._client_party() if from_client else self._upstream_party(),
+                           target=self._upstream_party() if from_client else self._client_party(),
+                           message=f"{code} from {who}, passed on: {message}",
+                           details={"route": self.route.name, "code": code, "from": who, "state": self.state,
+                                    "reason": classify(code).reason}))
+
     def _on_pdu(self, from_client: bool, raw_pdu: RawPDU) -> list[bytes]:
         """Decode one PDU, apply the policy, and return the frames to forward to the other leg."""
         kind = raw_pdu.pdu_type
@@ -452,7 +484,7 @@ class AssociationRelay:
             return []
         if self.state == "awaiting-ac" and not from_client:
             return self._on_associate_answer(raw_pdu)
-        events = self.decoder.on_pdu(from_client, raw_pdu)
+        events = self._decode(from_client, raw_pdu)
         if self._stopped(events):
             return []
         for ev in events:
@@ -474,7 +506,7 @@ class AssociationRelay:
     # --- association negotiation --------------------------------------------------------------
 
     def _on_associate_rq(self, raw_pdu: RawPDU) -> None:
-        events = self.decoder.on_pdu(True, raw_pdu)
+        events = self._decode(True, raw_pdu)
         rq = next((e.rq for e in events if isinstance(e, AssociationRequested)), None)
         if rq is None:
             violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
@@ -560,11 +592,11 @@ class AssociationRelay:
             info = P.with_max_length(ac.user_information,
                                      P.capped_max_length(ac.max_length, self.route.limits.max_pdu_length))
             raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title, user_information=info))
-            events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
+            events = self._decode(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
             if self._stopped(events):
                 return []
-            if not any(isinstance(e, AssociationAccepted) for e in events):
-                violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
+            violation = next((e for e in events if isinstance(e, ProtocolViolation)), None)
+            if violation is not None or not any(isinstance(e, AssociationAccepted) for e in events):
                 self.protocol_error(False, violation.code if violation else "unexpected-pdu",
                                     violation.message if violation else "A-ASSOCIATE-AC not accepted")
                 return []
@@ -573,7 +605,7 @@ class AssociationRelay:
             self._record().accepted(self.decoder, refused)
             return [raw]
         if kind == P.PDU_ASSOCIATE_RJ:
-            events = self.decoder.on_pdu(False, raw_pdu)
+            events = self._decode(False, raw_pdu)
             rj = next((e.rj for e in events if isinstance(e, AssociationRejected)), None)
             self._record().upstream_rejected(rj)
             self.state = "closed"
@@ -581,7 +613,7 @@ class AssociationRelay:
             self._close_soon()
             return []
         if kind == P.PDU_ABORT:
-            events = self.decoder.on_pdu(False, raw_pdu)
+            events = self._decode(False, raw_pdu)
             if self.client is not None and self.client.transport is not None:
                 self.client.transport.write(raw_pdu.raw)
             ab = next((e for e in events if isinstance(e, Aborted)), None)
@@ -619,7 +651,7 @@ class AssociationRelay:
 
     def _sort_p_data(self, from_client: bool, raw_pdu: RawPDU, responses: list[DimseCommand]) -> list[bytes]:
         raw = raw_pdu.raw
-        events = self.decoder.on_pdu(from_client, raw_pdu)
+        events = self._decode(from_client, raw_pdu)
         # Per completed command: the refused request, a response to hold for rewriting, or None.
         decisions: deque[Pending | HeldResponse | None] = deque()
         rewriting = not from_client and self.route.rewrites_retrieve_ae_title

@@ -99,11 +99,19 @@ class TLSAcceptingSide(Side):
     async def _handshake(self, raw: asyncio.BaseTransport) -> None:
         peer = raw.get_extra_info("peername") or ("?", 0)
         loop = asyncio.get_running_loop()
+        # A second handle on the socket: asyncio closes its own when a handshake fails, before
+        # the alert OpenSSL wrote for the client has been sent (see pacsguard.tls.alerts).
+        held = raw.get_extra_info("socket")
+        spare = held.dup() if held is not None else None
         try:
             tls = await loop.start_tls(raw, self, self.context, server_side=True,  # type: ignore[arg-type]
                                        ssl_handshake_timeout=self.relay.route.limits.artim_timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             from pacsguard.tls import explain_tls_error
+            from pacsguard.tls.alerts import pending_alert, send_alert
+
+            if spare is not None:
+                send_alert(spare, pending_alert(exc))
 
             if isinstance(exc, ssl.SSLError):
                 why = explain_tls_error(exc)
@@ -119,6 +127,12 @@ class TLSAcceptingSide(Side):
                                      details={"route": self.relay.route.name, "error": why}))
             raw.close()
             return
+        except asyncio.CancelledError:
+            if spare is not None:
+                spare.close()
+            raise
+        if spare is not None:
+            spare.close()  # the handshake succeeded: the TLS transport owns the connection
         assert tls is not None  # start_tls returns the TLS transport once the handshake succeeded
         Side.connection_made(self, tls)
         self.ready = True

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from pacsguard.tls.alerts import keep_alerts
+
 StrPath = str | os.PathLike[str]
 
 # RFC 9325 4.2: ephemeral key exchange + AEAD only. The exclusions make sure no anonymous,
@@ -199,7 +201,7 @@ def server_context(cert_file: StrPath, key_file: StrPath, *, ca_file: StrPath | 
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     else:
         ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return keep_alerts(ctx)  # a refused client learns why (RFC 8446 6.2)
 
 
 def client_context(*, ca_file: StrPath | None = None, cert_file: StrPath | None = None,
