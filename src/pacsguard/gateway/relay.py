@@ -376,11 +376,18 @@ class AssociationRelay:
         try:
             pdus = self.readers[from_client].feed(data)
         except DecodeError as exc:
+            # The whole PDUs before the bad header are judged first: the first fault found ends the
+            # association, and one found while handling another is that fault, never a traceback.
             for raw_pdu in exc.partial:
                 if self.closed:
                     return
-                self._on_pdu(from_client, raw_pdu)
-            self.decode_error(from_client, exc)
+                try:
+                    self._on_pdu(from_client, raw_pdu)
+                except DecodeError as earlier:
+                    self.decode_error(from_client, earlier)
+                    return
+            if not self.closed:
+                self.decode_error(from_client, exc)
             return
         try:
             if len(pdus) == 1:
@@ -733,6 +740,12 @@ class AssociationRelay:
             return None
         record.track(pending)
         if verdict.allowed:
+            return None
+        if not dimse.has_response(ev.command):
+            # PS3.7 9.3: only a known request with a Message ID has a response message to refuse it
+            # with; anything else the PACS must never see, so the association ends here.
+            self.abort(f"{verdict.reason}; {dimse.command_name(ev.command.command_field)} has no response "
+                       "message to refuse it with", kind=verdict.component)
             return None
         pending.refuse(verdict.reason, verdict.rule, verdict.status)
         return pending
