@@ -30,7 +30,7 @@ def test_invalid_rq_then_bad_header_in_one_read() -> None:
     async def scenario(pb: Playbook) -> None:
         await pb.client(bytes(rq) + garbage)
 
-    pb = play(route_config(), scenario, engine=real_ids())  # type: ignore[arg-type]
+    pb = play(route_config(), scenario, engine=real_ids())
     kinds = pb.kinds()
     assert "dicom.protocol.violation" in kinds
     violation = next(e for e in pb.events if e.kind == "dicom.protocol.violation")

@@ -473,7 +473,8 @@ class AssociationRelay:
         self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
         max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
-        forwarded = P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title, max_length=max_length)
+        forwarded = _canonical_rq(P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title,
+                                                         max_length=max_length), rq)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(forwarded))
 
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
@@ -790,6 +791,20 @@ class AssociationRelay:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
                 "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}
+
+
+_VERSION_1 = b"\x00\x01"
+
+
+def _canonical_rq(raw: bytes, rq: P.AssociateRQ) -> bytes:
+    """The forwarded A-ASSOCIATE-RQ with the fields the decoder tolerates written as the standard
+    writes them: the protocol version the gateway speaks (PS3.8 9.3.2: only bit 0 is tested, so
+    other bits were accepted) and the calling AE title padded with spaces, not NULs (PS3.5 6.2)."""
+    if raw[6:8] != _VERSION_1:
+        raw = raw[:6] + _VERSION_1 + raw[8:]
+    if raw[P.CALLING_AE_OFFSET:P.CALLING_AE_OFFSET + P.AE_TITLE_LENGTH] != P.encode_ae_title(rq.calling_ae_title):
+        raw = P.with_calling_ae(raw, rq.calling_ae_title)
+    return raw
 
 
 def _describe_connect_error(exc: BaseException, timeout: float) -> str:

@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 from pacsguard.config.schema import Route
 from pacsguard.gateway.check import Chain, Check
 from pacsguard.gateway.checks.ae_titles import AETitlesCheck
+from pacsguard.gateway.checks.conformance import ConformanceCheck
 from pacsguard.gateway.checks.hosts import HostsCheck
 from pacsguard.gateway.checks.ids import IdsCheck
 from pacsguard.gateway.checks.limits import LimitsCheck
@@ -41,6 +42,7 @@ FACTORIES: Mapping[str, Callable[[Route, Shared], Check | None]] = MappingProxyT
 
 
 def build_chain(route: Route, shared: Shared) -> Chain:
-    """The route's checks in its configured order (`route.checks`)."""
+    """The route's checks in its configured order (`route.checks`), after `conformance`, which every
+    route runs first: a request the service provider cannot accept is no policy question."""
     checks = [FACTORIES[name](route, shared) for name in route.checks]
-    return Chain([c for c in checks if c is not None])
+    return Chain([ConformanceCheck(), *(c for c in checks if c is not None)])
