@@ -233,8 +233,14 @@ class AssociationRelay:
     # --- judging: every verdict comes from decide() (pacsguard.gateway.check) -------------------
 
     def quarantine(self, verdict: Verdict) -> None:
-        """Quarantine this association's source host (a check asked for it); this cuts it off."""
-        self.rt.quarantine(self.host, duration=verdict.quarantine_for, reason=verdict.reason,
+        """Quarantine this association's source (a check asked for it): its (calling AE title, host)
+        pair, or its host if `gateway.quarantine_scope` says so, never an administrative host; this
+        cuts it off. What is spared is logged: the check's own event records the verdict."""
+        target, spared = self.rt.quarantine_policy.target(self.host, self.calling_ae)
+        if target is None:
+            log.warning("route %s: not quarantined (%s): %s", self.route.name, spared, verdict.reason)
+            return
+        self.rt.quarantine(target, duration=verdict.quarantine_for, reason=verdict.reason,
                            component=verdict.component)
 
     def _stopped(self, events: list[ProtocolEvent]) -> bool:

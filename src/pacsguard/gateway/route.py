@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from pacsguard.config.schema import Route
 from pacsguard.events import Event
 from pacsguard.gateway.check import Chain
+from pacsguard.gateway.quarantine import QuarantinePolicy
 
 if TYPE_CHECKING:
     from pacsguard.gateway.relay import AssociationRelay
@@ -19,6 +20,7 @@ class RouteView(Protocol):
     route: Route  # the route's configuration
     checks: Chain  # how the route judges traffic, in order (pacsguard.gateway.check.decide)
     upstream_ssl: ssl.SSLContext | None  # for the upstream leg; None: plain TCP
+    quarantine_policy: QuarantinePolicy  # what a check's quarantine verdict takes (pair or host, admin hosts)
 
     def publish(self, event: Event) -> None: ...
 
