@@ -101,11 +101,24 @@ def change_event(action: str, target: str, *, duration: timedelta | None = None,
                  details={"target": target, "until": until.isoformat() if until else None, "reason": reason})
 
 
+#: QuarantineList drops expired entries once it holds this many (and again each time it doubles).
+PRUNE_AT = 1024
+
+
 class QuarantineList:
-    """The current quarantine, folded from change events in store order."""
+    """The current quarantine, folded from change events in store order.
+
+    Expired entries are dropped as new ones arrive (once the list has doubled since the last sweep),
+    so it holds about twice the active quarantine at most, however many a flood of sources caused.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
+        self._prune_at = PRUNE_AT
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._entries)
 
     def apply(self, event: Event) -> None:
         target = str(event.details.get("target", ""))
@@ -115,6 +128,10 @@ class QuarantineList:
             until = event.details.get("until")
             self._entries[target] = Entry(target, datetime.fromisoformat(until) if until else None,
                                           str(event.details.get("reason", "")), event.actor.user or event.component)
+            if len(self._entries) > self._prune_at:
+                now = datetime.now(timezone.utc)
+                self._entries = {k: e for k, e in self._entries.items() if e.active(now)}
+                self._prune_at = max(PRUNE_AT, 2 * len(self._entries))
         elif event.kind == REMOVED:
             self._entries.pop(target, None)
 
