@@ -549,7 +549,8 @@ class AssociationRelay:
             # The AE title fields are the client's own, echoed (PS3.8 9.3.3: the acceptor's echo "shall not be
             # tested", so the upstream's bytes there are never re-encoded).
             raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title,
-                                                calling_ae_title=self.calling_ae or ac.calling_ae_title, user_information=info))
+                                                calling_ae_title=self.calling_ae or ac.calling_ae_title,
+                                                user_information=info))
             events = self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
             if self._stopped(events):
                 return []
