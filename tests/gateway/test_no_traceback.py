@@ -83,3 +83,24 @@ def test_request_without_message_id_refused_by_abort() -> None:
     events: list[Event] = [e for e in pb.events if e.kind == "dicom.association.aborted"]
     assert len(events) == 1 and "has no response message" in str(events[0].details["reason"])
     assert [s.name for s in pb.to_upstream()] == ["A-ABORT"]
+
+
+def test_an_ac_with_a_mangled_echo_is_answered_with_the_client_s_own_ae_titles() -> None:
+    """PS3.8 9.3.3: the AE titles an A-ASSOCIATE-AC echoes "shall not be tested"; the gateway re-encodes
+    the AC with the client's own calling AE title, not the upstream's bytes (found by the fuzzer: a
+    non-ASCII byte there was a UnicodeEncodeError, a NUL inside it a ValueError)."""
+    from playbook import Seen, associate_ac
+
+    from pacsguard.dicom import pdu as P
+
+    for mangled in (b"W\xb31".ljust(16), b"WS1\x00       !".ljust(16)):
+        ac = associate_ac(calling="WS1")
+        ac = ac[:P.CALLING_AE_OFFSET] + mangled + ac[P.CALLING_AE_OFFSET + 16:]
+
+        async def scenario(pb: Playbook, ac: bytes = ac) -> None:
+            await pb.client(associate_rq("WS1"))
+            await pb.upstream(ac)
+
+        pb = play(route_config(), scenario)
+        assert pb.to_client() == [Seen("A-ASSOCIATE-AC", ((1, 0),))]
+        assert P.parse_associate_ac(bytes(pb.client_wire.out)).calling_ae_title == "WS1"
