@@ -164,6 +164,8 @@ def _shuffle_items(rng: random.Random, data: bytes) -> bytes:
     if not data or data[0] not in (P.PDU_ASSOCIATE_RQ, P.PDU_ASSOCIATE_AC):
         return data
     offsets = _item_offsets(data)
+    if not offsets:
+        return data
     items = [data[a:b] for a, b in zip(offsets, [*offsets[1:], len(data)], strict=True)]
     rng.shuffle(items)
     if items and rng.random() < 0.3:
