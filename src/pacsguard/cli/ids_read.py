@@ -301,7 +301,9 @@ def read_command(
     alerts_only: bool = NO_ASSOC_OPTION,
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
-    """Run the IDS rules over a capture file; exit 1 if any alert fired, 3 if it could not be read completely."""
+    """Run the IDS rules over a capture file; exit 1 if any alert fired.
+
+    Exit 3 if the capture could not be read completely (the summary says what was lost)."""
     from pacsguard.cli.common import err_console
     from pacsguard.ids.passive import read
 
@@ -330,8 +332,9 @@ def live_command(
     alerts_only: bool = NO_ASSOC_OPTION,
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
-    """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired,
-    3 if packets were lost (dropped by the kernel)."""
+    """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired.
+
+    Exit 3 if packets were lost (dropped by the kernel)."""
     from rich.markup import escape
 
     from pacsguard.cli.common import err_console
