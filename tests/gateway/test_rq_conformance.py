@@ -121,6 +121,15 @@ def test_each_field_is_refused_by_a_running_gateway(rec: tuple[RunningGateway, R
         assert pdus == [GATEWAY_ABORT], name
         (violation,) = gw.wait_for("dicom.protocol.violation", where=about)
         assert violation.details["code"] == code, name
+    # An RQ the decoder refuses followed, in the same read, by a PDU header of no known type: the
+    # first fault is reported, the second raises nothing (it once was a traceback and no event).
+    name, raw, code = undecodable("S")[0]
+    pdus, about = _send(gw, raw + bytes((0x55, 0)) + (4).to_bytes(4, "big") + b"oops")
+    assert pdus == [GATEWAY_ABORT]
+    (violation,) = gw.wait_for("dicom.protocol.violation", where=about)
+    assert violation.details["code"] == code
+    gw.wait_for("dicom.association.aborted", where=about)
+    gw.wait_for("ids.alert.dicom-malformed-pdu", where=lambda e: e.actor.port == violation.actor.port)
     time.sleep(0.2)
     assert upstream.count() == before, "a malformed A-ASSOCIATE-RQ reached the upstream"
     assert "Traceback" not in gw.log.read_text()
