@@ -60,6 +60,9 @@ def test_an_admin_host_is_never_quarantined_but_still_refused() -> None:
               quarantine_policy=policy)
     assert _caught(pb) == []
     assert "ids.alert.test-rule" in pb.kinds()  # the alert is recorded all the same
+    (spared,) = [e for e in pb.events if e.kind == q.SPARED]
+    assert spared.details["why"] == "127.0.0.1 is listed in gateway.admin_hosts"
+    assert spared.actor.ae_title == "ADMINWS" and spared.details["reason"].startswith("IDS rule test-rule")
 
 
 def test_pair_scope_quarantines_nothing_without_a_calling_ae_title() -> None:

@@ -19,6 +19,10 @@ KINDS = (
               _QUARANTINE, required=("target",)),
     EventKind("gateway.quarantine.enforced", "a live association of a quarantined device was cut off",
               {**_ROUTE, "target": STRING, "reason": STRING}, required=("route", "target")),
+    EventKind("gateway.quarantine.spared",
+              "an inline rule asked for a quarantine the gateway did not apply: the source is an administrative "
+              "host (gateway.admin_hosts), or no calling AE title is known and gateway.quarantine_scope is pair",
+              {**_ROUTE, "reason": STRING, "why": STRING}, required=("route", "why")),
     EventKind("tls.handshake.failed", "a TLS client failed the handshake with a route's listener",
               {**_ROUTE, "error": STRING, "certificate": nullable(OBJECT)}, required=("route", "error")),
     *DICOM_RECORDS,

@@ -24,6 +24,7 @@ from pacsguard.events.model import utc_now
 ADDED = "gateway.quarantine.added"
 REMOVED = "gateway.quarantine.removed"
 ENFORCED = "gateway.quarantine.enforced"
+SPARED = "gateway.quarantine.spared"
 
 
 def is_host(target: str) -> bool:

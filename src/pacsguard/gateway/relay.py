@@ -44,6 +44,7 @@ from pacsguard.dicom.events import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
+from pacsguard.gateway.quarantine import SPARED
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
@@ -235,10 +236,13 @@ class AssociationRelay:
     def quarantine(self, verdict: Verdict) -> None:
         """Quarantine this association's source (a check asked for it): its (calling AE title, host)
         pair, or its host if `gateway.quarantine_scope` says so, never an administrative host; this
-        cuts it off. What is spared is logged: the check's own event records the verdict."""
+        cuts it off. A source spared is recorded as such (the verdict still acts on this association)."""
         target, spared = self.rt.quarantine_policy.target(self.host, self.calling_ae)
         if target is None:
-            log.warning("route %s: not quarantined (%s): %s", self.route.name, spared, verdict.reason)
+            self.publish(Event(kind=SPARED, component="gateway", severity=Severity.NOTICE,
+                               actor=self._client_party(), target=self._upstream_party(),
+                               message=f"not quarantined: {spared} ({verdict.reason})",
+                               details={"route": self.route.name, "reason": verdict.reason, "why": spared}))
             return
         self.rt.quarantine(target, duration=verdict.quarantine_for, reason=verdict.reason,
                            component=verdict.component)
