@@ -187,9 +187,11 @@ class FakeEngine:
 class Playbook:
     """A route (the relay's RouteView) with one association at a time on in-memory transports."""
 
-    def __init__(self, route: Route, *, engine: FakeEngine | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, route: Route, *, engine: FakeEngine | None = None, host: str = "127.0.0.1",
+                 quarantine_policy: q.QuarantinePolicy = q.QuarantinePolicy()) -> None:
         self.route = route
         self.quarantined = q.QuarantineList()
+        self.quarantine_policy = quarantine_policy
         self.checks = build_chain(route, Shared(self.quarantined, engine))  # type: ignore[arg-type]
         self.upstream_ssl = None
         self.durability = None  # answers are never held here (tests/gateway/test_durable.py holds them)

@@ -32,7 +32,7 @@ from pacsguard.dicom import pdu as P
 from pacsguard.events import Outcome
 from pacsguard.gateway.check import Check
 from pacsguard.gateway.checks import FACTORIES
-from pacsguard.gateway.quarantine import change_event
+from pacsguard.gateway.quarantine import QuarantinePolicy, change_event
 
 RJ = "A-ASSOCIATE-RJ"
 USER_NO_REASON = (1, 1, 1)
@@ -311,7 +311,9 @@ def test_ids_quarantine_quarantines_the_source_and_cuts_it_off():
         await rq_from(pb)
         assert refused_by(pb)[2] == ["quarantine"]
 
-    pb = play(route_config(), scenario, engine=FakeEngine(on="DimseCommand", action="quarantine"))
+    # Whole-host quarantine is a deliberate setting (gateway.quarantine_scope: host).
+    pb = play(route_config(), scenario, engine=FakeEngine(on="DimseCommand", action="quarantine"),
+              quarantine_policy=QuarantinePolicy(scope="host"))
     added = [e for e in pb.events if e.kind == "gateway.quarantine.added"]
     assert added[0].details["target"] == "127.0.0.1" and added[0].component == "ids"
 

@@ -144,9 +144,12 @@ def test_nmap_sees_an_open_gateway_as_insecure(orthanc, gateway):
 
 def test_inline_ips_blocks_nmap_dicom_brute_and_quarantines_the_attacker(dcmtk, orthanc, gateway, tmp_path):
     """nmap's dicom-brute guesses called AE titles; the gateway rejects each one, the inline rule
-    dicom-ae-brute-force sees the pattern and quarantines the source (its built-in action)."""
+    dicom-ae-brute-force sees the pattern and quarantines the source (its built-in action), here the
+    whole host: gateway.quarantine_scope is set to host deliberately (the default is the pair)."""
     pacs = orthanc()
-    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet, port=NMAP_PORT))
+    main = route("main", pacs.dicom_port, upstream_ae=pacs.aet, port=NMAP_PORT)
+    gw = gateway(main, extra={"gateway": {"routes": [main], "quarantine_poll_interval": 0.2,
+                                          "quarantine_scope": "host"}})
     guesses = tmp_path / "aets.txt"
     guesses.write_text("\n".join(["PACS", "ARCHIVE", "ORTHANC", "STORESCP", "DCM4CHEE", "CONQUESTSRV1",
                                   "SERVER", "ANY-SCP", "AE_TITLE", "PACSGUARD"]) + "\n")

@@ -31,6 +31,8 @@ __all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPT
            "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_rule_problems"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+#: `ids read` / `ids live`: the capture could not be read completely (docs/ids.md).
+EXIT_INCOMPLETE = 7  # not 3-6: those are audit verify --witness findings (docs/cli.md)
 
 #: The two consoles, made on first use (PEP 562) so that a command's --help never loads rich.
 _CONSOLES = {"console": False, "err_console": True}

@@ -137,7 +137,7 @@ def _open(config: Path | None, store: str | None) -> EventStore:
 
 @quarantine_app.command("add")
 @guarded
-def quarantine_add(target: str = typer.Argument(..., help="host address or AE title"),
+def quarantine_add(target: str = typer.Argument(..., help="host address, AE title, or AE@host"),
                    duration: str | None = typer.Option(None, "--for",
                                                        help="e.g. 30m, 12h, 7d (default: until removed)"),
                    reason: str = typer.Option("", "--reason", help="why, for the audit trail"),

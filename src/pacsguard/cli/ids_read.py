@@ -14,8 +14,10 @@ the reading speed.  With ``--format json`` the summary is one JSON object ``{"su
 the last line of standard output.  ``read`` shows a progress bar (bytes of the file) on a
 terminal.
 
-Exit codes (docs/cli.md): 0 no alert fired, 1 at least one alert fired, 2 usage, configuration,
-rule or capture error (one line on stderr, no traceback).
+Exit codes (docs/ids.md): 0 no alert fired, 1 at least one alert fired, 2 usage, configuration,
+rule or capture error (one line on stderr, no traceback), 7 the capture could not be read
+completely (whatever the alerts; the summary says what was lost and lists the alerts of what was
+read).
 
 The functions here are typer commands; ``pacsguard.cli.ids`` registers them.
 """
@@ -34,7 +36,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, config_path, fail, guarded, load
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_FINDINGS,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_path,
+    fail,
+    guarded,
+    load,
+)
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 
 if TYPE_CHECKING:
@@ -203,6 +215,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
         commands = ", ".join(f"{n:,} {name}" for name, n in top[:8])
         t.add_row("DIMSE commands", commands + (", ..." if len(top) > 8 else ""))
     t.add_row("alerts", f"[bold red]{sen.alerts:,}[/]" if sen.alerts else "0")
+    if stats.incomplete:
+        t.add_row("read incompletely", f"[bold red]{escape(stats.lost())}[/]")
     console.print(t)
 
     if sen.alerts_by_rule:
@@ -249,6 +263,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
 
 
 def _exit_code(stats: PassiveStats) -> int:
+    if stats.incomplete:
+        return EXIT_INCOMPLETE  # "no alerts" would claim more than was read
     return EXIT_FINDINGS if stats.sensor.alerts else EXIT_OK
 
 
@@ -285,7 +301,9 @@ def read_command(
     alerts_only: bool = NO_ASSOC_OPTION,
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
-    """Run the IDS rules over a capture file; exit 1 if any alert fired."""
+    """Run the IDS rules over a capture file; exit 1 if any alert fired.
+
+    Exit 7 if the capture could not be read completely (the summary says what was lost)."""
     from pacsguard.cli.common import err_console
     from pacsguard.ids.passive import read
 
@@ -314,7 +332,9 @@ def live_command(
     alerts_only: bool = NO_ASSOC_OPTION,
     max_flows: int = MAX_FLOWS_OPTION,
 ) -> None:
-    """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired."""
+    """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired.
+
+    Exit 7 if packets were lost (dropped by the kernel)."""
     from rich.markup import escape
 
     from pacsguard.cli.common import err_console

@@ -290,6 +290,16 @@ class Route(Strict):
 class GatewayConfig(Strict):
     routes: list[Route] = []
     quarantine_poll_interval: float = Field(0.5, gt=0, le=10, description="seconds between quarantine checks")
+    quarantine_scope: Literal["pair", "host"] = Field(
+        "pair", description="what an inline rule with action quarantine cuts off: the (calling AE title, host) "
+        "pair it caught, or the whole host")
+    admin_hosts: list[IPv4Network | IPv6Network] = Field(
+        [], description="addresses/CIDRs an inline rule never quarantines (administrators' workstations)")
+
+    @field_validator("admin_hosts", mode="before")
+    @classmethod
+    def _admin(cls, value: Any) -> list[IPv4Network | IPv6Network]:
+        return parse_networks(value)
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":

@@ -423,6 +423,14 @@ def _ascii_comment(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")[:64]
 
 
+def has_response(request: CommandSet) -> bool:
+    """Whether *request* can be answered with :func:`response_for` (PS3.7 9.3, 10.3): a known
+    request other than C-CANCEL-RQ, carrying a Message ID."""
+    field_ = request.command_field
+    return (not field_ & RESPONSE_BIT and field_ != C_CANCEL_RQ and field_ in COMMAND_NAMES
+            and request.message_id is not None)
+
+
 def response_for(
     request: CommandSet, status: int, *, error_comment: str | None = None
 ) -> bytes:

@@ -23,6 +23,10 @@ KINDS = (
               "a peer's deviation the receivers tolerate (docs/gateway.md, protocol deviations) was passed on",
               {**_ROUTE, "code": STRING, "from": {"enum": ["client", "upstream"]}, "state": STRING,
                "reason": STRING}, required=("route", "code", "from")),
+    EventKind("gateway.quarantine.spared",
+              "an inline rule asked for a quarantine the gateway did not apply: the source is an administrative "
+              "host (gateway.admin_hosts), or no calling AE title is known and gateway.quarantine_scope is pair",
+              {**_ROUTE, "reason": STRING, "why": STRING}, required=("route", "why")),
     EventKind("tls.handshake.failed", "a TLS client failed the handshake with a route's listener",
               {**_ROUTE, "error": STRING, "certificate": nullable(OBJECT)}, required=("route", "error")),
     *DICOM_RECORDS,

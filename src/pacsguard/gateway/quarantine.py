@@ -1,5 +1,10 @@
-"""Quarantine: cut a device (host or AE title) off the PACS at once — the "disconnect the
-infected modality" action — and the hook the IPS calls.
+"""Quarantine: cut a device (host, AE title, or one AE title on one host) off the PACS at once —
+the "disconnect the infected modality" action — and the hook the IPS calls.
+
+A target is a host address, an AE title, or a pair ``AE@host``. An inline rule quarantines the pair
+it caught unless `gateway.quarantine_scope` is ``host``, and never a host in `gateway.admin_hosts`
+(`QuarantinePolicy`): one misconfigured device behind a NAT or on a shared workstation must not cut
+off every AE title of that host by default.
 
 The quarantine list is not a table of its own: it is the fold of the `gateway.quarantine.added`
 and `gateway.quarantine.removed` events in the store. So every change is audited and sealed like
@@ -8,9 +13,10 @@ any other event, and every gateway that reports to the same store (PostgreSQL) e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from ipaddress import ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Literal
 
 from pacsguard.events import Event, Party, Severity
 from pacsguard.events.model import utc_now
@@ -18,6 +24,7 @@ from pacsguard.events.model import utc_now
 ADDED = "gateway.quarantine.added"
 REMOVED = "gateway.quarantine.removed"
 ENFORCED = "gateway.quarantine.enforced"
+SPARED = "gateway.quarantine.spared"
 
 
 def is_host(target: str) -> bool:
@@ -26,6 +33,48 @@ def is_host(target: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def pair(ae_title: str, host: str) -> str:
+    """The target naming one calling AE title on one host."""
+    return f"{ae_title}@{host}"
+
+
+def split_pair(target: str) -> tuple[str, str] | None:
+    """``(AE title, host)`` of a pair target, or None for a host or an AE title alone."""
+    ae_title, sep, host = target.rpartition("@")  # an AE title may hold "@", an address never does
+    return (ae_title, host) if sep and ae_title and is_host(host) else None
+
+
+def party_of(target: str) -> Party:
+    """The device a target names, as an event's party."""
+    both = split_pair(target)
+    if both is not None:
+        return Party(ae_title=both[0], host=both[1])
+    return Party(host=target) if is_host(target) else Party(ae_title=target)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinePolicy:
+    """What an inline rule's quarantine takes (`gateway.quarantine_scope`, `gateway.admin_hosts`)."""
+
+    scope: Literal["pair", "host"] = "pair"
+    admin_hosts: tuple[IPv4Network | IPv6Network, ...] = field(default=())
+
+    def target(self, host: str, calling_ae: str | None) -> tuple[str | None, str]:
+        """The target to quarantine for a source, or None and why nothing is quarantined."""
+        try:
+            address = ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None, f"source {host!r} is not an IP address"
+        if any(address in net for net in self.admin_hosts):
+            return None, f"{host} is listed in gateway.admin_hosts"
+        if self.scope == "host":
+            return host, ""
+        if not calling_ae:
+            return None, (f"no calling AE title is known on this connection from {host}, and "
+                          "gateway.quarantine_scope is pair")
+        return pair(calling_ae, host), ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +91,7 @@ class Entry:
 def change_event(action: str, target: str, *, duration: timedelta | None = None, reason: str = "",
                  user: str | None = None, component: str = "gateway") -> Event:
     """The event that adds or removes a quarantine entry."""
-    party = Party(host=target) if is_host(target) else Party(ae_title=target)
+    party = party_of(target)
     until = utc_now() + duration if duration else None
     added = action == "add"
     return Event(kind=ADDED if added else REMOVED, component=component,
@@ -53,11 +102,24 @@ def change_event(action: str, target: str, *, duration: timedelta | None = None,
                  details={"target": target, "until": until.isoformat() if until else None, "reason": reason})
 
 
+#: QuarantineList drops expired entries once it holds this many (and again each time it doubles).
+PRUNE_AT = 1024
+
+
 class QuarantineList:
-    """The current quarantine, folded from change events in store order."""
+    """The current quarantine, folded from change events in store order.
+
+    Expired entries are dropped as new ones arrive (once the list has doubled since the last sweep),
+    so it holds about twice the active quarantine at most, however many a flood of sources caused.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
+        self._prune_at = PRUNE_AT
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._entries)
 
     def apply(self, event: Event) -> None:
         target = str(event.details.get("target", ""))
@@ -67,12 +129,17 @@ class QuarantineList:
             until = event.details.get("until")
             self._entries[target] = Entry(target, datetime.fromisoformat(until) if until else None,
                                           str(event.details.get("reason", "")), event.actor.user or event.component)
+            if len(self._entries) > self._prune_at:
+                now = datetime.now(timezone.utc)
+                self._entries = {k: e for k, e in self._entries.items() if e.active(now)}
+                self._prune_at = max(PRUNE_AT, 2 * len(self._entries))
         elif event.kind == REMOVED:
             self._entries.pop(target, None)
 
     def match(self, host: str | None, ae_title: str | None, now: datetime | None = None) -> Entry | None:
         now = now or datetime.now(timezone.utc)
-        for key in (host, ae_title):
+        both = pair(ae_title, host) if host and ae_title else None
+        for key in (host, ae_title, both):
             entry = self._entries.get(key) if key else None
             if entry is not None and entry.active(now):
                 return entry

@@ -51,6 +51,7 @@ from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
 from pacsguard.gateway.outbox import Outbox
+from pacsguard.gateway.quarantine import SPARED
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
@@ -248,8 +249,17 @@ class AssociationRelay:
     # --- judging: every verdict comes from decide() (pacsguard.gateway.check) -------------------
 
     def quarantine(self, verdict: Verdict) -> None:
-        """Quarantine this association's source host (a check asked for it); this cuts it off."""
-        self.rt.quarantine(self.host, duration=verdict.quarantine_for, reason=verdict.reason,
+        """Quarantine this association's source (a check asked for it): its (calling AE title, host)
+        pair, or its host if `gateway.quarantine_scope` says so, never an administrative host; this
+        cuts it off. A source spared is recorded as such (the verdict still acts on this association)."""
+        target, spared = self.rt.quarantine_policy.target(self.host, self.calling_ae)
+        if target is None:
+            self.publish(Event(kind=SPARED, component="gateway", severity=Severity.NOTICE,
+                               actor=self._client_party(), target=self._upstream_party(),
+                               message=f"not quarantined: {spared} ({verdict.reason})",
+                               details={"route": self.route.name, "reason": verdict.reason, "why": spared}))
+            return
+        self.rt.quarantine(target, duration=verdict.quarantine_for, reason=verdict.reason,
                            component=verdict.component)
 
     def _stopped(self, events: list[ProtocolEvent]) -> bool:
@@ -410,11 +420,18 @@ class AssociationRelay:
         try:
             pdus = self.readers[from_client].feed(data)
         except DecodeError as exc:
+            # The whole PDUs before the bad header are judged first: the first fault found ends the
+            # association, and one found while handling another is that fault, never a traceback.
             for raw_pdu in exc.partial:
                 if self.closed:
                     return
-                self._on_pdu(from_client, raw_pdu)
-            self.decode_error(from_client, exc)
+                try:
+                    self._on_pdu(from_client, raw_pdu)
+                except DecodeError as earlier:
+                    self.decode_error(from_client, earlier)
+                    return
+            if not self.closed:
+                self.decode_error(from_client, exc)
             return
         try:
             if len(pdus) == 1:
@@ -527,7 +544,8 @@ class AssociationRelay:
         self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
         max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
-        forwarded = P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title, max_length=max_length)
+        forwarded = _canonical_rq(P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title,
+                                                         max_length=max_length), rq)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(forwarded))
 
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
@@ -591,7 +609,11 @@ class AssociationRelay:
             # its PDUs are passed on unchanged.
             info = P.with_max_length(ac.user_information,
                                      P.capped_max_length(ac.max_length, self.route.limits.max_pdu_length))
-            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title, user_information=info))
+            # The AE title fields are the client's own, echoed (PS3.8 9.3.3: the acceptor's echo "shall not be
+            # tested", so the upstream's bytes there are never re-encoded).
+            raw = P.encode_associate_ac(replace(ac, called_ae_title=self.route.listen.ae_title,
+                                                calling_ae_title=self.calling_ae or ac.calling_ae_title,
+                                                user_information=info))
             events = self._decode(False, RawPDU(P.PDU_ASSOCIATE_AC, raw))
             if self._stopped(events):
                 return []
@@ -794,6 +816,12 @@ class AssociationRelay:
         record.track(pending)
         if verdict.allowed:
             return None
+        if not dimse.has_response(ev.command):
+            # PS3.7 9.3: only a known request with a Message ID has a response message to refuse it
+            # with; anything else the PACS must never see, so the association ends here.
+            self.abort(f"{verdict.reason}; {dimse.command_name(ev.command.command_field)} has no response "
+                       "message to refuse it with", kind=verdict.component)
+            return None
         pending.refuse(verdict.reason, verdict.rule, verdict.status)
         return pending
 
@@ -839,6 +867,20 @@ class AssociationRelay:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
                 "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}
+
+
+_VERSION_1 = b"\x00\x01"
+
+
+def _canonical_rq(raw: bytes, rq: P.AssociateRQ) -> bytes:
+    """The forwarded A-ASSOCIATE-RQ with the fields the decoder tolerates written as the standard
+    writes them: the protocol version the gateway speaks (PS3.8 9.3.2: only bit 0 is tested, so
+    other bits were accepted) and the calling AE title padded with spaces, not NULs (PS3.5 6.2)."""
+    if raw[6:8] != _VERSION_1:
+        raw = raw[:6] + _VERSION_1 + raw[8:]
+    if raw[P.CALLING_AE_OFFSET:P.CALLING_AE_OFFSET + P.AE_TITLE_LENGTH] != P.encode_ae_title(rq.calling_ae_title):
+        raw = P.with_calling_ae(raw, rq.calling_ae_title)
+    return raw
 
 
 def _describe_connect_error(exc: BaseException, timeout: float) -> str:

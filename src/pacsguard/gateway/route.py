@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from pacsguard.config.schema import Route
 from pacsguard.events import Event
 from pacsguard.gateway.check import Chain
+from pacsguard.gateway.quarantine import QuarantinePolicy
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -21,6 +22,7 @@ class RouteView(Protocol):
     checks: Chain  # how the route judges traffic, in order (pacsguard.gateway.check.decide)
     upstream_ssl: ssl.SSLContext | None  # for the upstream leg; None: plain TCP
     durability: Durability | None  # when published events are durable; None: answers are never held
+    quarantine_policy: QuarantinePolicy  # what a check's quarantine verdict takes (pair or host, admin hosts)
 
     def publish(self, event: Event) -> int | None:
         """Record an Event; returns its ticket for `durability` (None: no ticket, nothing to wait for)."""

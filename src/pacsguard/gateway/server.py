@@ -52,6 +52,7 @@ class RouteRuntime:
         self.checks = build_chain(route, Shared(gateway.quarantined, gateway.ips, gateway.durability))
         self.server_ssl = _server_context(route, resolve)
         self.upstream_ssl = _upstream_context(route, resolve)
+        self.quarantine_policy = gateway.quarantine_policy
         self.relays: set[AssociationRelay] = set()
 
     def publish(self, event: Event) -> int | None:
@@ -155,6 +156,7 @@ class Gateway:
         self.engine = engine  # the IDS rules, run inline on every route (IPS); None: no rules
         self.ips = DicomAdapter(engine) if engine is not None else None
         self.quarantined = q.QuarantineList()
+        self.quarantine_policy = q.QuarantinePolicy(config.quarantine_scope, tuple(config.admin_hosts))
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes]
         self._read_quarantine = read_quarantine
         self._quarantine_seq = -1

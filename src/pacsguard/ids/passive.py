@@ -65,6 +65,34 @@ class PassiveStats:
     def alerts(self) -> int:
         return self.sensor.alerts
 
+    @property
+    def unreadable_frames(self) -> int:
+        """Frames of a link type the decoder cannot read."""
+        return sum(n for what, n in self.capture.non_tcp.items() if what.startswith("linktype-"))
+
+    @property
+    def incomplete(self) -> bool:
+        """The capture could not be read completely: reading stopped at damage, frames were
+        skipped as damaged (or dropped by the kernel), or their link type cannot be read."""
+        return bool(self.capture.lost_problems or self.unreadable_frames)
+
+    def lost(self) -> str:
+        """What was not read, in one sentence ("" when the capture was read completely)."""
+        if not self.incomplete:
+            return ""
+        cap = self.capture
+        parts = [f"{cap.packets:,} frames read"]
+        if cap.stopped is not None:
+            where = f" at offset {cap.stopped.offset:,} of {self.size:,} bytes" if cap.stopped.offset >= 0 else ""
+            parts.append(f"reading stopped{where}: {cap.stopped.what}")
+        skipped = cap.lost_problems - (cap.stopped is not None)
+        if skipped:
+            parts.append(f"{skipped:,} damaged frames or blocks skipped")
+        if self.unreadable_frames:
+            kinds = ", ".join(sorted(k for k in cap.non_tcp if k.startswith("linktype-")))
+            parts.append(f"{self.unreadable_frames:,} frames of a link type that cannot be read ({kinds})")
+        return "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         cap = self.capture
         return {
@@ -87,6 +115,9 @@ class PassiveStats:
                 "close_reasons": dict(cap.close_reasons),
                 "problem_count": cap.problem_count,
                 "problems": [{"what": p.what, "offset": p.offset} for p in cap.problems],
+                "complete": not self.incomplete,
+                "lost": self.lost(),
+                "stopped": {"what": cap.stopped.what, "offset": cap.stopped.offset} if cap.stopped else None,
                 "first_ts_us": cap.first_ts_us,
                 "last_ts_us": cap.last_ts_us,
             },

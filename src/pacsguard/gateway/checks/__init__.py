@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from pacsguard.config.schema import Route
 from pacsguard.gateway.check import Chain, Check
 from pacsguard.gateway.checks.ae_titles import AETitlesCheck
+from pacsguard.gateway.checks.conformance import ConformanceCheck
 from pacsguard.gateway.checks.hosts import HostsCheck
 from pacsguard.gateway.checks.ids import IdsCheck
 from pacsguard.gateway.checks.limits import LimitsCheck
@@ -46,9 +47,10 @@ FACTORIES: Mapping[str, Callable[[Route, Shared], Check | None]] = MappingProxyT
 
 
 def build_chain(route: Route, shared: Shared) -> Chain:
-    """The route's checks in its configured order (`route.checks`), after the recording check when
-    the route refuses traffic it cannot record (`on_record_failure: refuse`)."""
+    """The route's checks in its configured order (`route.checks`), after `conformance`, which every
+    route runs first (a request the service provider cannot accept is no policy question), and the
+    recording check when the route refuses traffic it cannot record (`on_record_failure: refuse`)."""
     checks = [FACTORIES[name](route, shared) for name in route.checks]
     if route.on_record_failure == "refuse" and shared.durability is not None:
         checks.insert(0, RecordingCheck(shared.durability))
-    return Chain([c for c in checks if c is not None])
+    return Chain([ConformanceCheck(), *(c for c in checks if c is not None)])

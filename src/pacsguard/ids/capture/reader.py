@@ -101,6 +101,10 @@ _KNOWN_OTHER_MAGICS = {
 }
 _MAX_RECORD = 1 << 18  # 262144: libpcap's maximum snap length
 _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than this
+# pcapng timestamps are 64-bit ticks (with a resolution and an offset): a frame stamped before 1970
+# or after the year 9000 cannot be a capture time and would overflow the date arithmetic downstream
+# (a window of an hour past year 9999), so it is skipped as damage.
+_MAX_TS_US = 221_845_392_000_000_000  # 9000-01-01T00:00:00Z in microseconds since the epoch
 _TICK_US = 1_000_000  # the reassembler's clock is advanced once per second of capture time
 
 
@@ -261,8 +265,13 @@ class CaptureFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _problem(self, what: str, offset: int) -> None:
-        self.stats.add_problem(what, offset)
+    def _problem(self, what: str, offset: int, *, lost: bool = True) -> None:
+        self.stats.add_problem(what, offset, lost=lost)
+
+    def _stop(self, what: str, offset: int) -> None:
+        """Damage reading cannot step over: recorded as where and why reading stopped."""
+        self.stats.add_problem(what, offset, stopped=True)
+        self.done = True
 
     def _detect(self) -> None:
         buf, size = self.buf, self.size
@@ -271,14 +280,13 @@ class CaptureFile:
             self.format = "pcap"
             self.endian, self.nsec = _PCAP_MAGICS[magic]
             if size < 24:
-                self._problem(f"truncated pcap file header ({size} of 24 bytes)", 0)
-                self.done = True
+                self._stop(f"truncated pcap file header ({size} of 24 bytes)", 0)
                 return
             major, _minor, _zone, _sigfigs, snaplen, ltfield = struct.unpack_from(
                 self.endian + "HHiIII", buf, 4
             )
             if major != 2:
-                self._problem(f"pcap version {major}.{_minor} (expected 2.4); reading anyway", 4)
+                self._problem(f"pcap version {major}.{_minor} (expected 2.4); reading anyway", 4, lost=False)
             self.snaplen = snaplen
             self.linktype = ltfield & 0xFFFF
             self.off = 24
@@ -348,17 +356,16 @@ class CaptureFile:
                 nxt = off + 16 + incl
                 if nxt > size or incl > maxlen:
                     if incl > maxlen:
-                        self._problem(
+                        self._stop(
                             f"pcap record claims {incl} captured bytes (more than {maxlen}); "
                             "file damaged, reading stopped",
                             off,
                         )
                     else:
-                        self._problem(
+                        self._stop(
                             f"truncated pcap record: {incl} bytes announced, {size - off - 16} present",
                             off,
                         )
-                    self.done = True
                     break
                 ts = sec * 1000000 + (frac // 1000 if nsec else frac)
                 handler(buf, mv, off + 16, incl, ts)
@@ -370,7 +377,7 @@ class CaptureFile:
                     tick_at = ts + _TICK_US
             else:
                 if off < size:
-                    self._problem(f"truncated pcap record header ({size - off} of 16 bytes)", off)
+                    self._stop(f"truncated pcap record header ({size - off} of 16 bytes)", off)
                 self.done = True
         finally:
             self.off = off
@@ -405,7 +412,7 @@ class CaptureFile:
             while True:
                 if off + 12 > size:
                     if off < size:
-                        problem(f"truncated pcapng block header ({size - off} bytes left)", off)
+                        self._stop(f"truncated pcapng block header ({size - off} bytes left)", off)
                     self.done = True
                     break
                 if npk == limit:
@@ -434,6 +441,11 @@ class CaptureFile:
                         ts = ((th << 32) | tl) // div
                     else:
                         ts = ((th << 32) | tl) * mul // div + tsoff
+                    if not 0 <= ts <= _MAX_TS_US:
+                        problem(f"EPB timestamp {ts} µs since 1970 is out of range; frame skipped", off)
+                        ts = self.last_ts
+                        off += blen
+                        continue
                     ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                     off += blen
                     npk += 1
@@ -449,20 +461,17 @@ class CaptureFile:
                     elif bom == _BOM_BE:
                         e = ">"
                     else:
-                        problem(f"section header with invalid byte-order magic {bom.hex()}", off)
-                        self.done = True
+                        self._stop(f"section header with invalid byte-order magic {bom.hex()}", off)
                         break
                     if off + 16 > size:
-                        problem("truncated section header block", off)
-                        self.done = True
+                        self._stop("truncated section header block", off)
                         break
                     blen, _bom, major, minor = struct.unpack_from(e + "IIHH", buf, off + 4)
                     if blen < 28 or blen & 3 or off + blen > size:
                         self._bad_block_length(btype, blen, off)
                         break
                     if major != 1:
-                        problem(f"pcapng section version {major}.{minor} not supported", off)
-                        self.done = True
+                        self._stop(f"pcapng section version {major}.{minor} not supported", off)
                         break
                     self.endian = e
                     hdr7 = struct.Struct(e + "7I").unpack_from
@@ -475,10 +484,7 @@ class CaptureFile:
                     self._bad_block_length(btype, blen, off)
                     break
                 if struct.unpack_from(e + "I", buf, off + blen - 4)[0] != blen:
-                    problem(
-                        f"pcapng block type 0x{btype:08x}: trailing length differs from {blen}", off
-                    )
-                    self.done = True
+                    self._stop(f"pcapng block type 0x{btype:08x}: trailing length differs from {blen}", off)
                     break
                 if btype == 1:  # Interface Description Block
                     iface = self._parse_idb(off, blen, e)
@@ -508,10 +514,15 @@ class CaptureFile:
                             problem(f"packet block captured length {cl} exceeds its block", off)
                         else:
                             _lt, _snap, mode, mul, div, tsoff = ifaces[ifid]
-                            ts = ((th << 32) | tl) * mul // div + tsoff
-                            ifhandlers[ifid](buf, mv, off + 28, cl, ts)
-                            npk += 1
-                            nbytes += cl
+                            stamp = ((th << 32) | tl) * mul // div + tsoff
+                            if 0 <= stamp <= _MAX_TS_US:
+                                ts = stamp
+                                ifhandlers[ifid](buf, mv, off + 28, cl, ts)
+                                npk += 1
+                                nbytes += cl
+                            else:
+                                problem(f"packet block timestamp {stamp} µs since 1970 is out of range; "
+                                        "frame skipped", off)
                 else:
                     self.stats.skipped_blocks += 1
                 off += blen
@@ -526,8 +537,7 @@ class CaptureFile:
             what = f"truncated pcapng block type 0x{btype:08x}: {blen} bytes announced, {self.size - off} present"
         else:
             what = f"pcapng block type 0x{btype:08x} with invalid length {blen}; file damaged, reading stopped"
-        self._problem(what, off)
-        self.done = True
+        self._stop(what, off)
 
     def _parse_idb(self, off: int, blen: int, e: str) -> tuple[int, int, int, int, int, int] | None:
         """Interface Description Block -> (linktype, snaplen, ts mode, ts mul, ts div, offset µs)."""
@@ -545,13 +555,13 @@ class CaptureFile:
             if code == 0:
                 break
             if q + 4 + olen > oend:
-                self._problem(f"interface option {code} runs past its block", q)
+                self._problem(f"interface option {code} runs past its block", q, lost=False)
                 break
             if code == 9 and olen >= 1:  # if_tsresol
                 v = buf[q + 4]
                 exp = v & 0x7F
                 if exp > 30 if v & 0x80 else exp > 18:
-                    self._problem(f"if_tsresol {v:#x} out of range; using microseconds", q)
+                    self._problem(f"if_tsresol {v:#x} out of range; using microseconds", q, lost=False)
                 else:
                     per_s = (1 << exp) if v & 0x80 else 10**exp
             elif code == 14 and olen >= 8:  # if_tsoffset, seconds

@@ -104,12 +104,20 @@ class CaptureStats:
     last_ts_us: int | None = None
     problems: list[CaptureProblem] = field(default_factory=list)  # the first MAX_PROBLEMS
     problem_count: int = 0
+    lost_problems: int = 0  # problems that cost frames (all but those read past, e.g. an odd version)
+    stopped: CaptureProblem | None = None  # the damage that ended reading before the end of the file
 
-    def add_problem(self, what: str, offset: int) -> None:
-        """Record a problem (kept if fewer than MAX_PROBLEMS are stored, always counted)."""
+    def add_problem(self, what: str, offset: int, *, lost: bool = True, stopped: bool = False) -> None:
+        """Record a problem (kept if fewer than MAX_PROBLEMS are stored, always counted). *lost*: frames
+        were lost to it; *stopped*: reading ended there, the rest of the file is lost."""
         self.problem_count += 1
+        problem = CaptureProblem(what, offset)
         if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(CaptureProblem(what, offset))
+            self.problems.append(problem)
+        if lost or stopped:
+            self.lost_problems += 1
+        if stopped and self.stopped is None:
+            self.stopped = problem
 
     def count_non_tcp(self, what: str) -> None:
         d = self.non_tcp

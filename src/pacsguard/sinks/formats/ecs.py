@@ -37,6 +37,8 @@ def categorize(event: Event) -> tuple[str, list[str], list[str]]:
     if kind.startswith("gateway.quarantine."):
         if kind.endswith(".enforced"):
             return "event", ["network"], ["connection", "denied"]
+        if kind.endswith(".spared"):  # a quarantine not applied: no change to the configuration
+            return "event", ["configuration"], ["info"]
         return "event", ["configuration"], ["creation" if kind.endswith(".added") else "deletion"]
     if kind.startswith("dicom.association."):
         types = {"requested": ["connection", "start"], "accepted": ["connection", "allowed"],
