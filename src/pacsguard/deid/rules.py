@@ -1,0 +1,60 @@
+"""Which rule decides one attribute: its Table E.1-1 row under the chosen options (PS3.15 E.3),
+the private-attribute row with the safe list (E.3.10), or the project's rules for attributes the
+edition in use does not list (dates and instance UIDs, see ``decide``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pacsguard.deid.actions import Effect, effect
+from pacsguard.deid.profile import Option, Row, Table
+
+#: When two chosen options both name an action for a row, the more protective one wins.
+_PROTECTIVE = ("X", "Z", "D", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*", "C", "U", "K")
+
+_DATES = frozenset({"DA", "DT", "TM"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    code: str  # the action code that applies (Table E.1-1 legend), or "K" for attributes kept unlisted
+    effect: Effect
+    source: str  # what decided: "E.1-1 basic", "E.1-1 retain-uids", "private: safe list", "not listed", ...
+    row: Row | None = None
+
+
+def row_action(row: Row, options: frozenset[Option]) -> tuple[str, str]:
+    """The action code a row gives under ``options`` and the column it came from."""
+    chosen = [(a, o.value) for o in options if o.column and (a := row.action(o.column)) is not None]
+    if not chosen:
+        return row.basic, "basic"
+    chosen.sort(key=lambda c: (_PROTECTIVE.index(c[0]) if c[0] in _PROTECTIVE else 0, c[1]))
+    return chosen[0]
+
+
+def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
+           safe_private: bool = False, registered_uid: bool = False) -> Decision:
+    """The decision for one attribute. ``safe_private``: a private attribute on the configured safe
+    list; ``registered_uid``: a UI value that PS3.6 Annex A registers (a class, not an instance)."""
+    row = table.find(tag)
+    if row is not None and row.private:
+        if safe_private and Option.RETAIN_SAFE_PRIVATE in options:
+            return Decision("C", Effect.KEEP, "E.1-1 retain-safe-private: on the safe list", row)
+        return Decision(row.basic, effect(row.basic), "E.1-1 private attributes", row)
+    if row is not None:
+        code, column = row_action(row, options)
+        return Decision(code, effect(code), f"E.1-1 {row.tag} {column}", row)
+    # Attributes this edition does not list. Dates and times carry the same information as the
+    # listed ones (E.3.6 treats all of them alike), so they follow the date options; instance UIDs
+    # link back like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
+    if vr in _DATES:
+        if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+            return Decision("K", Effect.KEEP, "not listed: date/time, retain-longitudinal-full-dates")
+        if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+            return Decision("C", Effect.CLEAN, "not listed: date/time, retain-longitudinal-modified-dates")
+        return Decision("X", Effect.REMOVE, "not listed: date/time")
+    if vr == "UI" and not registered_uid:
+        if Option.RETAIN_UIDS in options:
+            return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")
+        return Decision("U", Effect.UID, "not listed: instance UID")
+    return Decision("K", Effect.KEEP, "not listed")
