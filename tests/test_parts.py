@@ -53,8 +53,8 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
-    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics"]
-    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics"]
+    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics", "deid"]
+    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics", "deid"]
 
 
 def test_a_part_name_or_section_is_registered_once() -> None:
@@ -228,12 +228,12 @@ print("MODULES", *sorted(sys.modules))
 """
 
 
-GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "deid")
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),
                                   ["ids", "read", "--help"], ["ids", "rules", "list", "--help"],
-                                  ["gateway", "quarantine", "--help"]])
+                                  ["gateway", "quarantine", "--help"], ["deid", "explain", "--help"]])
 def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "200"})
