@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
@@ -30,13 +31,53 @@ def read_whole(path: Path) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(path)
-            for elem in ds.iterall():
-                _ = elem.value
+            cut = _cut_off(ds)
     except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
         raise Withheld(f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if cut:
+        raise Withheld(f"the file is cut off inside {cut}")
     if "SOPInstanceUID" not in ds:
         raise Withheld("not a composite instance: no SOP Instance UID")
+    short = _short_pixel_data(ds)
+    if short:
+        raise Withheld(short)
     return ds
+
+
+def _cut_off(ds: Dataset) -> str:
+    """Decode every element, items included; name the first whose value is shorter than its
+    declared length (pydicom keeps what the file still had; dcmtk calls it a premature end)."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and raw.value is not None:
+            if len(raw.value) < raw.length:
+                return f"({tag.group:04X},{tag.element:04X})"
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                inner = _cut_off(item)
+                if inner:
+                    return inner
+    return ""
+
+
+def _short_pixel_data(ds: Dataset) -> str:
+    """Native Pixel Data shorter than Rows x Columns x Samples x Frames x Bits Allocated (PS3.5
+    8.1.1) means the file was cut off: it is withheld rather than passed on broken."""
+    elem = ds.get("PixelData")
+    if elem is None or ds.file_meta.get("TransferSyntaxUID", None) is None:
+        return ""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ""
+    try:
+        bits = int(ds.BitsAllocated)
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        count *= int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "pixel data without a usable Rows, Columns or Bits Allocated"
+    needed = (count * bits + 7) // 8
+    have = len(ds.PixelData or b"")
+    return f"pixel data is {have} bytes, {needed} expected: the file is cut off" if have < needed else ""
 
 
 def write(ds: Dataset, out: Path) -> None:
