@@ -9,7 +9,7 @@ hand. Regenerate it from a newer part15.html the same way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 from importlib.resources import files
@@ -100,22 +100,19 @@ class Row:
         return (tag & self.mask) == self.value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Table:
     edition: str
     rows: tuple[Row, ...]
+    exact: dict[int, Row] = field(init=False, repr=False, compare=False)
+    repeating: tuple[Row, ...] = field(init=False, repr=False, compare=False)
+    private_row: Row = field(init=False, repr=False, compare=False)
 
-    @property
-    def exact(self) -> dict[int, Row]:
-        return _exact(self)
-
-    @property
-    def repeating(self) -> tuple[Row, ...]:
-        return tuple(r for r in self.rows if r.mask != 0xFFFFFFFF and not r.private)
-
-    @property
-    def private_row(self) -> Row:
-        return next(r for r in self.rows if r.private)
+    def __post_init__(self) -> None:
+        # Indexes built once: find() runs for every attribute of every object.
+        object.__setattr__(self, "exact", {r.value: r for r in self.rows if r.mask == 0xFFFFFFFF and not r.private})
+        object.__setattr__(self, "repeating", tuple(r for r in self.rows if r.mask != 0xFFFFFFFF and not r.private))
+        object.__setattr__(self, "private_row", next(r for r in self.rows if r.private))
 
     def find(self, tag: int) -> Row | None:
         """The row that decides an attribute: its own, a repeating-group row, or the private row."""
@@ -126,11 +123,6 @@ class Table:
             if row.matches(tag):
                 return row
         return self.private_row if (tag >> 16) & 1 else None
-
-
-@cache
-def _exact(table: Table) -> dict[int, Row]:
-    return {r.value: r for r in table.rows if r.mask == 0xFFFFFFFF and not r.private}
 
 
 _TAG = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$")
