@@ -21,10 +21,10 @@ _BY_TAG = {t: r for r in reference_rows() if (t := exact_tag(r)) is not None}
 #: Rows added after 2020b whose action pacsguard's rules for unlisted attributes (dates and times
 #: follow the date options, instance UIDs are replaced) do not meet, per option: the edition gap,
 #: counted so any change shows (docs/deid.md lists what they are).
-EDITION_GAP = {None: 109, "retain-safe-private": 109, "retain-uids": 109, "retain-device-identity": 116,
-               "retain-institution-identity": 108, "retain-patient-characteristics": 108,
+EDITION_GAP = {None: 105, "retain-safe-private": 105, "retain-uids": 105, "retain-device-identity": 112,
+               "retain-institution-identity": 104, "retain-patient-characteristics": 104,
                "retain-longitudinal-full-dates": 66, "retain-longitudinal-modified-dates": 66,
-               "clean-descriptors": 109, "clean-structured-content": 109, "clean-graphics": 109}
+               "clean-descriptors": 105, "clean-structured-content": 105, "clean-graphics": 105}
 
 
 def _failures(before: Dataset, after: Dataset, option: str | None) -> tuple[list[str], set[int]]:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import dictionary_description, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -179,38 +180,45 @@ class Engine:
 
     # -- attribute by attribute ---------------------------------------------------------------
 
-    def decision(self, ds: Dataset, elem: DataElement) -> Decision:
-        tag = int(elem.tag)
+    def decision(self, ds: Dataset, tag: BaseTag, vr: str) -> Decision:
+        """The decision for the attribute ``tag`` of ``ds``, read from its still undecoded value
+        where one is needed (a UID's registration, a private creator)."""
         safe = False
-        if elem.tag.is_private and not elem.tag.is_private_creator:
-            safe = self._is_safe_private(ds, elem.tag)
-        registered = elem.VR == "UI" and _all_registered(elem.value)
-        return decide(self.table, tag, elem.VR, self.settings.options, safe_private=safe, registered_uid=registered)
+        if tag.is_private and not tag.is_private_creator:
+            safe = self._is_safe_private(ds, tag)
+        registered = vr == "UI" and _all_registered(_strings(ds.get_item(tag).value))
+        return decide(self.table, int(tag), vr, self.settings.options, safe_private=safe, registered_uid=registered)
 
     def _is_safe_private(self, ds: Dataset, tag: BaseTag) -> bool:
-        block = tag.element >> 8
-        creator_elem = ds.get(Tag(tag.group, block))
+        creator_elem = ds.get_item(Tag(tag.group, tag.element >> 8))
         if creator_elem is None:
             return False
-        creator = str(creator_elem.value or "").strip()
+        creator = next(iter(_strings(creator_elem.value)), "").strip()
         return SafePrivate(creator, tag.group, tag.element & 0xFF) in self.settings.safe_private
 
     def _walk(self, ds: Dataset, ctx: _Context, prefix: str, report: Report) -> None:
         kept_private_blocks: set[tuple[int, int]] = set()
         creators: list[BaseTag] = []
         removed_overlays: set[int] = set()
-        for elem in list(ds):
-            tag = elem.tag
+        for tag in list(ds.keys()):
             if tag.group == 0x0002:
                 continue  # file meta is handled by _file_meta
             if tag.is_private_creator:
                 creators.append(tag)
                 continue
             path = f"{prefix}{_tag_text(int(tag))}"
-            decision = self.decision(ds, elem)
-            report.changes.append(Change(path, decision.row.name if decision.row else _name(elem), elem.VR,
+            vr = _vr(tag, ds.get_item(tag))
+            decision = self.decision(ds, tag, vr)
+            report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
                                          decision.code, decision.effect, decision.source))
-            kept = self._apply(ds, elem, decision, ctx, path, report)
+            # Kept and removed values are never decoded: pydicom writes an undecoded value back as it was read.
+            if decision.effect is Effect.KEEP and vr != "SQ":
+                kept = True
+            elif decision.effect is Effect.REMOVE:
+                del ds[tag]
+                kept = False
+            else:
+                kept = self._apply(ds, ds[tag], decision, ctx, path, report)
             if kept and tag.is_private:
                 kept_private_blocks.add((tag.group, tag.element >> 8))
             if not kept and 0x6000 <= tag.group <= 0x601E and tag.element == OVERLAY_DATA:
@@ -220,9 +228,8 @@ class Engine:
                 del ds[tag]
         # An overlay plane without its data is not an overlay (PS3.3 C.9.2): the group goes with it.
         for group in removed_overlays:
-            for elem in list(ds):
-                if elem.tag.group == group:
-                    del ds[elem.tag]
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
 
     def _apply(self, ds: Dataset, elem: DataElement, decision: Decision, ctx: _Context, path: str,
                report: Report) -> bool:
@@ -283,8 +290,33 @@ class _Context:
     identifiers: frozenset[str]
 
 
-def _name(elem: DataElement) -> str:
-    return str(elem.name) if elem.name else _tag_text(int(elem.tag))
+def _name(tag: BaseTag) -> str:
+    try:
+        return str(dictionary_description(tag))
+    except KeyError:
+        return "Private attribute" if tag.is_private else _tag_text(int(tag))
+
+
+def _vr(tag: BaseTag, elem: Any) -> str:
+    """The VR of an element, decoded or not; implicit VR files leave it to the dictionary (PS3.5 7.1.3),
+    and so does UN for a public attribute (pydicom decodes it with the dictionary's VR)."""
+    if elem.VR and (elem.VR != "UN" or tag.is_private):
+        return str(elem.VR)
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _strings(value: Any) -> list[str]:
+    """The values of a string attribute, decoded or still bytes (backslash-separated, PS3.5 6.4)."""
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        return [v.strip("\0 ") for v in value.decode("latin-1").split("\\")]
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
 
 
 def _map_values(value: Any, fn: Callable[[str], str]) -> Any:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -52,6 +53,8 @@ def _cut_off(ds: Dataset) -> str:
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and raw.value is not None:
             if len(raw.value) < raw.length:
                 return f"({tag.group:04X},{tag.element:04X})"
+        if raw.VR != "SQ" and (raw.VR not in (None, "UN") or _dictionary_vr(tag) != "SQ"):
+            continue  # other values stay undecoded: they are written back as read
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value or ():
@@ -59,6 +62,13 @@ def _cut_off(ds: Dataset) -> str:
                 if inner:
                     return inner
     return ""
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
 
 
 def _short_pixel_data(ds: Dataset) -> str:

@@ -14,10 +14,14 @@ _PROTECTIVE = ("X", "Z", "D", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*", "C", "U", 
 
 _DATES = frozenset({"DA", "DT", "TM"})
 
-#: Attributes the edition marks X that an IOD requires (Type 2): removing them would make the
-#: object invalid, so they are emptied instead, as later editions' X/Z says.
+#: Attributes an IOD requires that the edition's X (or its silence, for dates) would remove,
+#: making the object invalid: emptied or given a dummy instead, as later editions also say.
 IOD_REQUIRED = {
     0x300A00B2: "X/Z",  # Treatment Machine Name: Type 2 in the RT Beams Module (PS3.3 C.8.8.14)
+    0x0040A030: "D",  # Verification DateTime: Type 1C in the SR Document General Module (PS3.3 C.17.2)
+    0x0040A120: "D",  # DateTime, Date, Time: Type 1C in the Document Content Macro (PS3.3 C.17.3)
+    0x0040A121: "D",
+    0x0040A122: "D",
 }
 
 
@@ -53,15 +57,17 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
             return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), f"E.1-1 {row.tag} {column}, IOD type 2", row)
         return Decision(code, effect(code), f"E.1-1 {row.tag} {column}", row)
     # Attributes this edition does not list. Dates and times carry the same information as the
-    # listed ones (E.3.6 treats all of them alike), so they follow the date options and otherwise get
-    # a dummy (D: many are Type 1 in their IOD, e.g. SR's Verification DateTime); instance UIDs link
-    # back like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
+    # listed ones (E.3.6 treats all of them alike), so they follow the date options and are otherwise
+    # removed, or given a dummy where an IOD requires them (IOD_REQUIRED); instance UIDs link back
+    # like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
     if vr in _DATES:
         if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
             return Decision("K", Effect.KEEP, "not listed: date/time, retain-longitudinal-full-dates")
         if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
             return Decision("C", Effect.CLEAN, "not listed: date/time, retain-longitudinal-modified-dates")
-        return Decision("D", Effect.DUMMY, "not listed: date/time")
+        if tag in IOD_REQUIRED:
+            return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), "not listed: date/time, IOD type 1")
+        return Decision("X", Effect.REMOVE, "not listed: date/time")
     if vr == "UI" and not registered_uid:
         if Option.RETAIN_UIDS in options:
             return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")
