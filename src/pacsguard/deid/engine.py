@@ -34,6 +34,9 @@ OVERLAY_DATA = 0x3000
 _META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 
+_FRESH = (Effect.EMPTY, Effect.DUMMY)
+
+
 class Withheld(Exception):
     """The object cannot be de-identified safely; nothing of it may be written or forwarded."""
 
@@ -75,15 +78,17 @@ class Change:
 
 @dataclass(slots=True)
 class Report:
+    """What was done to one object. ``changes`` (one per attribute) only when ``detailed``, as
+    ``explain`` needs; ``tally`` counts attributes per effect always (the manifest's columns)."""
+
+    detailed: bool = False
     changes: list[Change] = field(default_factory=list)
+    tally: dict[Effect, int] = field(default_factory=dict)
     pixels: str = "none"  # none | not checked | clean | masked N
     identities: dict[str, tuple[str, str]] = field(default_factory=dict)  # attribute -> (original, new)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.changes:
-            out[c.effect.value] = out.get(c.effect.value, 0) + 1
-        return out
+        return {e.value: n for e, n in self.tally.items()}
 
 
 #: Checks and cleans the pixels of one data set under Clean Pixel Data (pixels.py); returns
@@ -180,13 +185,13 @@ class Engine:
 
     # -- attribute by attribute ---------------------------------------------------------------
 
-    def decision(self, ds: Dataset, tag: BaseTag, vr: str) -> Decision:
-        """The decision for the attribute ``tag`` of ``ds``, read from its still undecoded value
-        where one is needed (a UID's registration, a private creator)."""
+    def decision(self, ds: Dataset, tag: BaseTag, vr: str, value: Any) -> Decision:
+        """The decision for the attribute ``tag`` of ``ds``, read from its value as it is (still
+        bytes, or decoded) where one is needed (a UID's registration, a private creator)."""
         safe = False
         if tag.is_private and not tag.is_private_creator:
             safe = self._is_safe_private(ds, tag)
-        registered = vr == "UI" and _all_registered(_strings(ds.get_item(tag).value))
+        registered = vr == "UI" and _all_registered(_strings(value))
         return decide(self.table, int(tag), vr, self.settings.options, safe_private=safe, registered_uid=registered)
 
     def _is_safe_private(self, ds: Dataset, tag: BaseTag) -> bool:
@@ -206,17 +211,24 @@ class Engine:
             if tag.is_private_creator:
                 creators.append(tag)
                 continue
-            path = f"{prefix}{_tag_text(int(tag))}"
-            vr = _vr(tag, ds.get_item(tag))
-            decision = self.decision(ds, tag, vr)
-            report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
-                                         decision.code, decision.effect, decision.source))
+            path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
+            raw = ds.get_item(tag)
+            vr = _vr(tag, raw)
+            decision = self.decision(ds, tag, vr, raw.value)
+            report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
+            if report.detailed:
+                report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
+                                             decision.code, decision.effect, decision.source))
             # Kept and removed values are never decoded: pydicom writes an undecoded value back as it was read.
             if decision.effect is Effect.KEEP and vr != "SQ":
                 kept = True
             elif decision.effect is Effect.REMOVE:
                 del ds[tag]
                 kept = False
+            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and int(tag) not in (PATIENT_ID, PATIENT_NAME):
+                # Z and D need nothing of the old value: a new element, the old one never decoded.
+                ds[tag] = DataElement(tag, vr, empty(vr) if decision.effect is Effect.EMPTY else dummy(vr))
+                kept = True
             else:
                 kept = self._apply(ds, ds[tag], decision, ctx, path, report)
             if kept and tag.is_private:

@@ -23,7 +23,7 @@ class Explanation:
 
 def explain(engine: Engine, ds: Dataset) -> Explanation:
     verdict = pixel_verdict(ds, Option.CLEAN_PIXEL_DATA in engine.settings.options)
-    report = Report()
+    report = Report(detailed=True)
     engine.apply_attributes(copy.deepcopy(ds), report)
     pixels = "the pixels would be checked for text (OCR, region masks)" if verdict.check else verdict.reason
     return Explanation(tuple(report.changes), pixels, verdict.reason if verdict.withhold else "")
