@@ -138,3 +138,11 @@ def test_bad_input_is_withheld_and_nothing_is_written(damage: str, tmp_path: Pat
     result = deidentify_file(engine(), bad, out)
     assert result.output is None and result.withheld
     assert not out.exists() and not list(tmp_path.glob(".*part"))
+
+
+def test_an_option_pacsguard_cannot_carry_out_is_refused() -> None:
+    # Recording 113102 would tell the recipient that faces were removed: pacsguard finds none.
+    with pytest.raises(ValueError, match="does not detect faces"):
+        Settings(frozenset({Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}))
+    with pytest.raises(ValueError, match="does not detect faces"):
+        DeidConfig(options=[Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES])

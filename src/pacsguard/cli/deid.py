@@ -156,7 +156,10 @@ def explain_cmd(
     except Withheld as exc:
         raise _fail(f"{file}: {exc}") from None
     # The what-if needs no key: replacement values are not shown, only what happens.
-    engine = make_engine(DeidKey(bytes(32)), chosen)
+    try:
+        engine = make_engine(DeidKey(bytes(32)), chosen)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     result = explain(engine, ds)
     console = Console(soft_wrap=True)
     grid = RichTable("attribute", "name", "VR", "action", "effect", "decided by", box=None)

@@ -56,6 +56,8 @@ class DeidConfig(Strict):
     @field_validator("options")
     @classmethod
     def _exclusive(cls, value: list[Option]) -> list[Option]:
+        if Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES in value:
+            raise ValueError("clean-recognizable-visual-features is not offered: pacsguard does not detect faces")
         for exclusive in EXCLUSIVE:
             if len(exclusive & set(value)) > 1:
                 raise ValueError(" and ".join(sorted(o.value for o in exclusive)) + " cannot be chosen together")

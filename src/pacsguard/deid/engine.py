@@ -57,6 +57,9 @@ class Settings:
     safe_private: frozenset[SafePrivate] = frozenset()
 
     def __post_init__(self) -> None:
+        if Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES in self.options:
+            # Its code in (0012,0064) would tell the recipient that faces are gone: pacsguard finds none.
+            raise ValueError("clean-recognizable-visual-features is not offered: pacsguard does not detect faces")
         for exclusive in EXCLUSIVE:
             if len(exclusive & self.options) > 1:
                 names = " and ".join(sorted(o.value for o in exclusive))
