@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -87,6 +88,8 @@ class PixelCleaner:
         self.settings = settings
 
     def __call__(self, ds: Dataset) -> str:
+        if self.settings.ocr and (find_spec("pytesseract") is None or find_spec("PIL") is None):
+            raise Withheld("OCR needs pytesseract and Pillow: pip install 'pacsguard[deid]'")
         if "PixelData" not in ds:
             raise Withheld("float pixel data cannot be checked for burned-in text")
         if ds.file_meta.TransferSyntaxUID.is_compressed:
