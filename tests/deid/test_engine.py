@@ -124,7 +124,7 @@ def test_burned_in_text_classes_are_withheld_without_clean_pixel_data() -> None:
         engine().deidentify(ds)
 
 
-@pytest.mark.parametrize("damage", ["not-dicom", "truncated", "short-pixels"])
+@pytest.mark.parametrize("damage", ["not-dicom", "truncated", "short-pixels", "invalid-vr"])
 def test_bad_input_is_withheld_and_nothing_is_written(damage: str, tmp_path: Path) -> None:
     source = next(p for p in pydicom_files() if p.name == "CT_small.dcm").read_bytes()
     bad = tmp_path / "in.dcm"
@@ -132,8 +132,11 @@ def test_bad_input_is_withheld_and_nothing_is_written(damage: str, tmp_path: Pat
         bad.write_bytes(b"MZ" + b"\0" * 400)
     elif damage == "truncated":
         bad.write_bytes(source[:1000])  # cut inside the data set, before the pixels
-    else:
+    elif damage == "short-pixels":
         bad.write_bytes(source[:-200])
+    else:  # Patient's Name with the VR "ZZ", which PS3.5 6.2 does not define
+        at = source.find(b"\x10\x00\x10\x00PN")
+        bad.write_bytes(source[:at + 4] + b"ZZ" + source[at + 6:])
     out = tmp_path / "out.dcm"
     result = deidentify_file(engine(), bad, out)
     assert result.output is None and result.withheld
@@ -146,3 +149,14 @@ def test_an_option_pacsguard_cannot_carry_out_is_refused() -> None:
         Settings(frozenset({Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}))
     with pytest.raises(ValueError, match="does not detect faces"):
         DeidConfig(options=[Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES])
+
+
+def test_a_wrong_character_set_is_still_de_identified(tmp_path: Path) -> None:
+    ds = _ct()
+    ds.SpecificCharacterSet = "ISO_IR 999"  # no such character set (PS3.3 C.12.1.1.2)
+    ds.PatientName = "M\xfcller^J\xf6rg"
+    ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    result = deidentify_file(engine(), tmp_path / "in.dcm", tmp_path / "out.dcm")
+    assert result.output is not None, result.withheld
+    assert b"ller" not in result.output.read_bytes()
+    assert str(read_whole(result.output).PatientName).startswith("ANON^")
