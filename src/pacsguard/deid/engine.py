@@ -112,6 +112,7 @@ class Engine:
         self.pseudonyms = pseudonyms
         self.table = profile or table()
         self.pixel_cleaner = pixel_cleaner
+        self._decisions: dict[tuple[int, str, bool, bool], Decision] = {}
 
     # -- the whole object ---------------------------------------------------------------------
 
@@ -195,7 +196,14 @@ class Engine:
         if tag.is_private and not tag.is_private_creator:
             safe = self._is_safe_private(ds, tag)
         registered = vr == "UI" and _all_registered(_strings(value))
-        return decide(self.table, int(tag), vr, self.settings.options, safe_private=safe, registered_uid=registered)
+        key = (int(tag), vr, safe, registered)
+        found = self._decisions.get(key)
+        if found is None:
+            # The same attribute decides the same way every time under one Settings: decided once.
+            found = decide(self.table, int(tag), vr, self.settings.options, safe_private=safe,
+                           registered_uid=registered)
+            self._decisions[key] = found
+        return found
 
     def _is_safe_private(self, ds: Dataset, tag: BaseTag) -> bool:
         creator_elem = ds.get_item(Tag(tag.group, tag.element >> 8))
