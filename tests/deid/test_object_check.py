@@ -53,3 +53,19 @@ def test_refuse_when_withheld(tmp_path: Path) -> None:
 def test_the_part_offers_the_check() -> None:
     part, ref = Registry.default().object_checks()["deidentify"]
     assert part.name == "deid" and ref == "pacsguard.deid.object_check:make_check"
+
+
+def test_the_factory_takes_the_key_and_options_from_the_section(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pacsguard.deid.config import DeidConfig
+    from pacsguard.deid.keys import generate_key
+    from pacsguard.deid.object_check import make_check
+    from pacsguard.deid.profile import Option
+
+    key = generate_key(tmp_path / "deid.key")
+    section = DeidConfig(options=[Option.RETAIN_UIDS], key_file=Path("deid.key"))
+    ctx = SimpleNamespace(section=section, resolve=lambda p: tmp_path / p)
+    check = make_check(ctx)  # type: ignore[arg-type]
+    assert check.fingerprint == key.fingerprint
+    assert check.engine.settings.options == frozenset({Option.RETAIN_UIDS})

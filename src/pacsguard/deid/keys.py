@@ -1,5 +1,6 @@
 """The de-identification key: 32 random bytes whose holder alone can link pseudonyms back to
-identities (the keyed pseudonyms of PS3.15 E.3.10 and E.3.6 are HMAC-SHA256 under it).
+identities (the U action of PS3.15 E.1.1, the Patient ID and name, and the date shift of E.3.6 are
+HMAC-SHA256 under it).
 
 A key is kept as 64 hex digits in a file of mode 0600, or given in an environment variable. It is
 never logged; what identifies it in manifests and Events is its fingerprint."""
