@@ -56,7 +56,8 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         if code == "X" and tag in IOD_REQUIRED:
             return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), f"E.1-1 {row.tag} {column}, IOD type 2", row)
         return Decision(code, effect(code), f"E.1-1 {row.tag} {column}", row)
-    # Attributes this edition does not list. Dates and times carry the same information as the
+    # Attributes this edition does not list (PS3.15 E.1.1 asks for every attribute that can identify
+    # to be handled; later editions list more of them). Dates and times carry the same information as the
     # listed ones (E.3.6 treats all of them alike), so they follow the date options and are otherwise
     # removed, or given a dummy where an IOD requires them (IOD_REQUIRED); instance UIDs link back
     # like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
@@ -68,6 +69,14 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         if tag in IOD_REQUIRED:
             return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), "not listed: date/time, IOD type 1")
         return Decision("X", Effect.REMOVE, "not listed: date/time")
+    # AE titles name devices and sites and person names name people: treated as the edition treats
+    # the listed ones (AE titles removed, or keyed under Retain Device Identity; names a dummy).
+    if vr == "AE":
+        if Option.RETAIN_DEVICE_IDENTITY in options:
+            return Decision("C", Effect.CLEAN, "not listed: AE title, retain-device-identity")
+        return Decision("X", Effect.REMOVE, "not listed: AE title")
+    if vr == "PN":
+        return Decision("D", Effect.DUMMY, "not listed: person name")
     if vr == "UI" and not registered_uid:
         if Option.RETAIN_UIDS in options:
             return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")
