@@ -13,6 +13,7 @@ from pacsguard.deid.profile import Option, Row, Table
 _PROTECTIVE = ("X", "Z", "D", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*", "C", "U", "K")
 
 _DATES = frozenset({"DA", "DT", "TM"})
+_FREE_TEXT = frozenset({"LT", "ST", "UT", "UC"})
 
 #: Attributes an IOD requires that the edition's X (or its silence, for dates) would remove,
 #: making the object invalid: emptied or given a dummy instead, as later editions also say.
@@ -22,6 +23,8 @@ IOD_REQUIRED = {
     0x0040A120: "D",  # DateTime, Date, Time: Type 1C in the Document Content Macro (PS3.3 C.17.3)
     0x0040A121: "D",
     0x0040A122: "D",
+    0x0040A160: "D",  # Text Value: Type 1C in the Document Content Macro (PS3.3 C.17.3)
+    0x00700006: "D",  # Unformatted Text Value: Type 1C in the Waveform Annotation Module (PS3.3 C.10.10)
 }
 
 
@@ -44,8 +47,19 @@ def row_action(row: Row, options: frozenset[Option]) -> tuple[str, str]:
 
 def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
            safe_private: bool = False, registered_uid: bool = False) -> Decision:
-    """The decision for one attribute. ``safe_private``: a private attribute on the configured safe
-    list; ``registered_uid``: a UI value that PS3.6 Annex A registers (a class, not an instance)."""
+    """The decision for one attribute; an attribute an IOD requires is never removed (IOD_REQUIRED)."""
+    decision = _decide(table, tag, vr, options, safe_private=safe_private, registered_uid=registered_uid)
+    if decision.effect is Effect.REMOVE and tag in IOD_REQUIRED:
+        code = IOD_REQUIRED[tag]
+        return Decision(code, effect(code), f"{decision.source}; required by its IOD", decision.row)
+    return decision
+
+
+def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
+            safe_private: bool, registered_uid: bool) -> Decision:
+    """The decision for one attribute before IOD requirements. ``safe_private``: a private attribute
+    on the configured safe list; ``registered_uid``: a UI value that PS3.6 Annex A registers (a class,
+    not an instance)."""
     row = table.find(tag)
     if row is not None and row.private:
         if safe_private and Option.RETAIN_SAFE_PRIVATE in options:
@@ -53,8 +67,6 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         return Decision(row.basic, effect(row.basic), "E.1-1 private attributes", row)
     if row is not None:
         code, column = row_action(row, options)
-        if code == "X" and tag in IOD_REQUIRED:
-            return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), f"E.1-1 {row.tag} {column}, IOD type 2", row)
         return Decision(code, effect(code), f"E.1-1 {row.tag} {column}", row)
     # Attributes this edition does not list (PS3.15 E.1.1 asks for every attribute that can identify
     # to be handled; later editions list more of them). Dates and times carry the same information as the
@@ -66,8 +78,6 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
             return Decision("K", Effect.KEEP, "not listed: date/time, retain-longitudinal-full-dates")
         if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
             return Decision("C", Effect.CLEAN, "not listed: date/time, retain-longitudinal-modified-dates")
-        if tag in IOD_REQUIRED:
-            return Decision(IOD_REQUIRED[tag], effect(IOD_REQUIRED[tag]), "not listed: date/time, IOD type 1")
         return Decision("X", Effect.REMOVE, "not listed: date/time")
     # AE titles name devices and sites and person names name people: treated as the edition treats
     # the listed ones (AE titles removed, or keyed under Retain Device Identity; names a dummy).
@@ -77,6 +87,11 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         return Decision("X", Effect.REMOVE, "not listed: AE title")
     if vr == "PN":
         return Decision("D", Effect.DUMMY, "not listed: person name")
+    # Free text (E.3.5): removed, or cleaned under Clean Descriptors, as the listed comments are.
+    if vr in _FREE_TEXT:
+        if Option.CLEAN_DESCRIPTORS in options:
+            return Decision("C", Effect.CLEAN, "not listed: free text, clean-descriptors")
+        return Decision("X", Effect.REMOVE, "not listed: free text")
     if vr == "UI" and not registered_uid:
         if Option.RETAIN_UIDS in options:
             return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")
