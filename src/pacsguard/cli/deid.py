@@ -29,7 +29,8 @@ class _RunByDefault(Group):
         return parsed
 
 
-app = App(name="deid", help="De-identify DICOM files (PS3.15 Annex E) with keyed pseudonyms.",
+app = App(name="deid", help="De-identify DICOM files (PS3.15 Annex E) with keyed pseudonyms. "
+          "`pacsguard deid IN... --out DIR` is short for `pacsguard deid run IN... --out DIR`.",
           no_args_is_help=True, cls=_RunByDefault)
 
 
