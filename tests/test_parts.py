@@ -53,9 +53,9 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
     assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics",
-                     "scan", "witness"]
+                     "scan", "deid", "witness"]
     assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics",
-                                                                      "scan", "witness"]
+                                                                      "scan", "deid", "witness"]
 
 
 def test_a_part_name_or_section_is_registered_once() -> None:
@@ -220,12 +220,12 @@ HEAVY = ("pydantic", "sqlalchemy", "alembic", "pydicom", "pynetdicom",
          "pacsguard.gateway.server", "pacsguard.ids.engine")
 
 
-GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "witness")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "deid", "witness")
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),
                                   ["ids", "read", "--help"], ["ids", "rules", "list", "--help"],
-                                  ["gateway", "quarantine", "--help"]])
+                                  ["gateway", "quarantine", "--help"], ["deid", "explain", "--help"]])
 def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
     proc, loaded = run_listing_modules(args, {**os.environ, "COLUMNS": "200"})
     assert not [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY], proc.stdout[-2000:]

@@ -25,6 +25,7 @@ PART_MODULES = (
     "pacsguard.ids.part",
     "pacsguard.metrics.part",
     "pacsguard.scan.part",
+    "pacsguard.deid.part",
     "pacsguard.witness.part",
 )
 

@@ -1,0 +1,189 @@
+"""`pacsguard deid ...`: de-identify files and folders (PS3.15 Annex E), explain what would be
+done to one file, make a key. The work is pacsguard.deid's; this module only parses and prints."""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pacsguard.cli.app import App, Group
+
+OPTION_HELP = "A PS3.15 E.3 option (repeatable): " + ", ".join(
+    ["clean-pixel-data", "clean-recognizable-visual-features", "clean-graphics", "clean-structured-content",
+     "clean-descriptors", "retain-longitudinal-full-dates", "retain-longitudinal-modified-dates",
+     "retain-patient-characteristics", "retain-device-identity", "retain-institution-identity",
+     "retain-uids", "retain-safe-private"]) + "."
+
+
+class _RunByDefault(Group):
+    """`pacsguard deid IN...` means `pacsguard deid run IN...`: arguments that name no command are
+    inputs."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        parsed: list[str] = super().parse_args(ctx, args)
+        return parsed
+
+
+app = App(name="deid", help="De-identify DICOM files (PS3.15 Annex E) with keyed pseudonyms. "
+          "`pacsguard deid IN... --out DIR` is short for `pacsguard deid run IN... --out DIR`.",
+          no_args_is_help=True, cls=_RunByDefault)
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text(f"error: {message}", style="bold red"))
+    return typer.Exit(2)
+
+
+def _options(names: list[str] | None) -> list[Any]:
+    from pacsguard.deid.profile import Option
+
+    try:
+        chosen = [Option(n) for n in names or []]
+    except ValueError as exc:
+        raise _fail(f"{exc}; {OPTION_HELP}") from None
+    return chosen
+
+
+def _inputs(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise _fail(f"{path}: no such file or folder")
+    return files
+
+
+def _one(job: tuple[bytes, list[str], Any, str, str]) -> Any:
+    """One file in a worker process: the engine is rebuilt there from the key and the settings."""
+    from pacsguard.deid.build import make_engine
+    from pacsguard.deid.files import deidentify_file
+    from pacsguard.deid.keys import DeidKey
+    from pacsguard.deid.profile import Option
+
+    secret, options, config, source, out = job
+    engine = make_engine(DeidKey(secret), [Option(o) for o in options], config)
+    return deidentify_file(engine, Path(source), Path(out), into_folder=True)
+
+
+@app.command("run")
+def run_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM files and folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the de-identified files.")],
+    profile: Annotated[str, typer.Option("--profile", help="The PS3.15 profile: basic.")] = "basic",
+    option: Annotated[Optional[list[str]], typer.Option("--option", help=OPTION_HELP)] = None,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", help="The key (pacsguard deid keygen); else $PACSGUARD_DEID_KEY.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes.")] = 1,
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", help="Manifest file, .json or .csv [default: OUT/manifest.json].")] = None,
+) -> None:
+    """De-identify files; exit 1 if any file was withheld (not safely de-identifiable)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from pacsguard.deid.config import DeidConfig
+    from pacsguard.deid.keys import KeyProblem, load_key
+    from pacsguard.deid.manifest import record, write_manifest
+    from pacsguard.deid.profile import table
+
+    if profile != "basic":
+        raise _fail(f"unknown profile {profile!r}: the profile is basic, with options")
+    chosen = _options(option)
+    try:
+        config = DeidConfig(options=chosen)
+        key = load_key(key_file)
+    except (KeyProblem, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    files = _inputs(inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [o.value for o in chosen]
+    jobs_list = [(key.secret, names, config, str(f), str(out)) for f in files]
+    records = []
+    withheld = 0
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("de-identifying", total=len(files))
+        if jobs > 1:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                results = pool.map(_one, jobs_list, chunksize=8)
+                for result in results:
+                    records.append(record(result, key.fingerprint, table().edition, names))
+                    withheld += result.output is None
+                    progress.advance(task)
+        else:
+            for job in jobs_list:
+                result = _one(job)
+                records.append(record(result, key.fingerprint, table().edition, names))
+                withheld += result.output is None
+                progress.advance(task)
+    write_manifest(manifest or out / "manifest.json", records)
+    for r in records:
+        if r["status"] == "withheld":
+            console.print(f"withheld {r['source']}: {r['reason']}", style="yellow", soft_wrap=True)
+    console.print(f"{len(files) - withheld} written, {withheld} withheld; key {key.fingerprint}")
+    if withheld:
+        raise typer.Exit(1)
+
+
+@app.command("explain")
+def explain_cmd(
+    file: Annotated[Path, typer.Argument(help="One DICOM file.")],
+    option: Annotated[Optional[list[str]], typer.Option("--option", help=OPTION_HELP)] = None,
+) -> None:
+    """What the profile would do to each attribute and why; writes nothing."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from pacsguard.deid.build import make_engine
+    from pacsguard.deid.engine import Withheld
+    from pacsguard.deid.explain import explain
+    from pacsguard.deid.files import read_whole
+    from pacsguard.deid.keys import DeidKey
+
+    chosen = _options(option)
+    try:
+        ds = read_whole(file)
+    except Withheld as exc:
+        raise _fail(f"{file}: {exc}") from None
+    # The what-if needs no key: replacement values are not shown, only what happens.
+    try:
+        engine = make_engine(DeidKey(bytes(32)), chosen)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    result = explain(engine, ds)
+    console = Console(soft_wrap=True)
+    grid = RichTable("attribute", "name", "VR", "action", "effect", "decided by", box=None)
+    for c in result.changes:
+        grid.add_row(c.path, c.name, c.vr, c.code, c.effect.value, c.source)
+    console.print(grid)
+    console.print(f"pixels: {result.pixels}")
+    if result.withheld:
+        console.print(f"the file would be withheld: {result.withheld}", style="yellow")
+
+
+@app.command("keygen")
+def keygen_cmd(
+    path: Annotated[Path, typer.Argument(help="Key file to create (mode 0600; never overwritten).")],
+) -> None:
+    """Make a new de-identification key; prints its fingerprint, never the key."""
+    from pacsguard.deid.keys import KeyProblem, generate_key
+
+    try:
+        key = generate_key(path)
+    except KeyProblem as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{path}: key {key.fingerprint}")
+
+
+

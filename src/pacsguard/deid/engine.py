@@ -1,0 +1,360 @@
+"""The de-identification engine: PS3.15 Annex E (E.1 Basic Application Level Confidentiality
+Profile, E.3 options) applied to a pydicom data set, recursively through every sequence item
+(nested and empty items too), with the file meta information kept consistent (PS3.10 7.1:
+Media Storage SOP Instance UID equals the new SOP Instance UID) and the attributes of E.1.1
+and E.3 that record what was done: Patient Identity Removed (0012,0062), De-identification
+Method (0012,0063), De-identification Method Code Sequence (0012,0064) with CID 7050 codes,
+Longitudinal Temporal Information Modified (0028,0303)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import dictionary_description, dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+
+from pacsguard.deid.actions import Effect
+from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
+from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
+from pacsguard.deid.rules import Decision, decide
+from pacsguard.deid.values import clean_text, dummy, empty, identifiers_of, is_text
+
+PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010
+SOP_INSTANCE_UID = 0x00080018
+OVERLAY_DATA = 0x3000
+#: File meta attributes that name devices or vendors' private data (PS3.10 7.1): removed.
+_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+
+
+_FRESH = (Effect.EMPTY, Effect.DUMMY)
+
+
+class Withheld(Exception):
+    """The object cannot be de-identified safely; nothing of it may be written or forwarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class SafePrivate:
+    """One private attribute the Retain Safe Private Option (PS3.15 E.3.10) keeps: its private
+    creator, group and element byte (the xx of (gggg,00xx)-reserved blocks, PS3.5 7.8.1)."""
+
+    creator: str
+    group: int
+    element: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    options: frozenset[Option] = frozenset()
+    safe_private: frozenset[SafePrivate] = frozenset()
+
+    def __post_init__(self) -> None:
+        if Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES in self.options:
+            # Its code in (0012,0064) would tell the recipient that faces are gone: pacsguard finds none.
+            raise ValueError("clean-recognizable-visual-features is not offered: pacsguard does not detect faces")
+        for exclusive in EXCLUSIVE:
+            if len(exclusive & self.options) > 1:
+                names = " and ".join(sorted(o.value for o in exclusive))
+                raise ValueError(f"options {names} cannot be chosen together (PS3.15 E.3.6)")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What happened to one attribute: ``path`` names it inside sequences, e.g.
+    ``(0008,1140)[0].(0008,1155)``."""
+
+    path: str
+    name: str
+    vr: str
+    code: str
+    effect: Effect
+    source: str
+
+
+@dataclass(slots=True)
+class Report:
+    """What was done to one object. ``changes`` (one per attribute) only when ``detailed``, as
+    ``explain`` needs; ``tally`` counts attributes per effect always (the manifest's columns)."""
+
+    detailed: bool = False
+    changes: list[Change] = field(default_factory=list)
+    tally: dict[Effect, int] = field(default_factory=dict)
+    pixels: str = "none"  # none | not checked | clean | masked N
+    identities: dict[str, tuple[str, str]] = field(default_factory=dict)  # attribute -> (original, new)
+
+    def counts(self) -> dict[str, int]:
+        return {e.value: n for e, n in self.tally.items()}
+
+
+#: Checks and cleans the pixels of one data set under Clean Pixel Data (pixels.py); returns
+#: what the report says about them, or raises Withheld.
+PixelCleaner = Callable[[Dataset], str]
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+class Engine:
+    """De-identifies data sets under one Settings and one key (Pseudonyms)."""
+
+    def __init__(self, settings: Settings, pseudonyms: Pseudonyms, profile: Table | None = None,
+                 pixel_cleaner: PixelCleaner | None = None) -> None:
+        self.settings = settings
+        self.pseudonyms = pseudonyms
+        self.table = profile or table()
+        self.pixel_cleaner = pixel_cleaner
+        self._decisions: dict[tuple[int, str, bool, bool], Decision] = {}
+
+    # -- the whole object ---------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset, report: Report | None = None) -> Report:
+        """De-identify ``ds`` in place (and its ``file_meta``); raise Withheld when it cannot be
+        done safely. The caller writes ds only when this returns."""
+        from pacsguard.deid.pixels import pixel_verdict
+
+        report = report or Report()
+        options = self.settings.options
+        verdict = pixel_verdict(ds, Option.CLEAN_PIXEL_DATA in options)
+        if verdict.withhold:
+            raise Withheld(verdict.reason)
+        if verdict.check:
+            if self.pixel_cleaner is None:
+                raise Withheld("the pixels must be checked for burned-in text and no checker is configured")
+            report.pixels = self.pixel_cleaner(ds)
+        else:
+            report.pixels = verdict.reason
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"):
+            if keyword in ds:
+                report.identities[keyword] = (str(ds.get(keyword) or ""), "")
+        self.apply_attributes(ds, report)
+        self._record_method(ds, verdict.clean_known or report.pixels.startswith(("clean", "masked")))
+        for keyword, (before, _) in list(report.identities.items()):
+            report.identities[keyword] = (before, str(ds.get(keyword, "") or ""))
+        self._file_meta(ds)
+        return report
+
+    def apply_attributes(self, ds: Dataset, report: Report) -> None:
+        """Table E.1-1 over every attribute of ``ds`` and its sequences (no pixels, no method
+        attributes): what ``pacsguard deid explain`` shows, on a copy."""
+        original_id = str(ds.get("PatientID", "") or "")
+        original_name = str(ds.get("PatientName", "") or "")
+        ctx = _Context(
+            shift=self.pseudonyms.day_shift(original_id),
+            patient_id=original_id,
+            identifiers=identifiers_of(original_id, original_name),
+        )
+        self._walk(ds, ctx, "", report)
+
+    def _file_meta(self, ds: Dataset) -> None:
+        meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
+        if meta is None:
+            return
+        for tag in _META_REMOVED:
+            if tag in meta:
+                del meta[tag]
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if "SOPClassUID" in ds:
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+
+    def _record_method(self, ds: Dataset, pixels_clean: bool) -> None:
+        options = self.settings.options
+        # E.1.1: YES only when nothing identifying is left, burned-in text included.
+        ds.PatientIdentityRemoved = "YES" if pixels_clean else "NO"
+        codes = [BASIC_PROFILE_CODE, *sorted(o.code for o in options)]
+        ds.DeidentificationMethod = [f"PS3.15 {self.table.edition} Table E.1-1", *(m for _, m in codes)]
+        items = []
+        for value, meaning in codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    # -- attribute by attribute ---------------------------------------------------------------
+
+    def decision(self, ds: Dataset, tag: BaseTag, vr: str, value: Any) -> Decision:
+        """The decision for the attribute ``tag`` of ``ds``, read from its value as it is (still
+        bytes, or decoded) where one is needed (a UID's registration, a private creator)."""
+        safe = False
+        if tag.is_private and not tag.is_private_creator:
+            safe = self._is_safe_private(ds, tag)
+        registered = vr == "UI" and _all_registered(_strings(value))
+        key = (int(tag), vr, safe, registered)
+        found = self._decisions.get(key)
+        if found is None:
+            # The same attribute decides the same way every time under one Settings: decided once.
+            found = decide(self.table, int(tag), vr, self.settings.options, safe_private=safe,
+                           registered_uid=registered)
+            self._decisions[key] = found
+        return found
+
+    def _is_safe_private(self, ds: Dataset, tag: BaseTag) -> bool:
+        creator_elem = ds.get_item(Tag(tag.group, tag.element >> 8))
+        if creator_elem is None:
+            return False
+        creator = next(iter(_strings(creator_elem.value)), "").strip()
+        return SafePrivate(creator, tag.group, tag.element & 0xFF) in self.settings.safe_private
+
+    def _walk(self, ds: Dataset, ctx: _Context, prefix: str, report: Report) -> None:
+        kept_private_blocks: set[tuple[int, int]] = set()
+        creators: list[BaseTag] = []
+        removed_overlays: set[int] = set()
+        for tag in list(ds.keys()):
+            if tag.group == 0x0002:
+                continue  # file meta is handled by _file_meta
+            if tag.is_private_creator:
+                creators.append(tag)
+                continue
+            path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
+            raw = ds.get_item(tag)
+            vr = _vr(tag, raw)
+            decision = self.decision(ds, tag, vr, raw.value)
+            report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
+            if report.detailed:
+                report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
+                                             decision.code, decision.effect, decision.source))
+            # Kept and removed values are never decoded: pydicom writes an undecoded value back as it was read.
+            if decision.effect is Effect.KEEP and vr != "SQ":
+                kept = True
+            elif decision.effect is Effect.REMOVE:
+                del ds[tag]
+                kept = False
+            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and int(tag) not in (PATIENT_ID, PATIENT_NAME):
+                # Z and D need nothing of the old value: a new element, the old one never decoded.
+                ds[tag] = DataElement(tag, vr, empty(vr) if decision.effect is Effect.EMPTY else dummy(vr))
+                kept = True
+            else:
+                kept = self._apply(ds, ds[tag], decision, ctx, path, report)
+            if kept and tag.is_private:
+                kept_private_blocks.add((tag.group, tag.element >> 8))
+            if not kept and 0x6000 <= tag.group <= 0x601E and tag.element == OVERLAY_DATA:
+                removed_overlays.add(tag.group)
+        for tag in creators:
+            if (tag.group, tag.element) not in kept_private_blocks:
+                del ds[tag]
+        # An overlay plane without its data is not an overlay (PS3.3 C.9.2): the group goes with it.
+        for group in removed_overlays:
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
+
+    def _apply(self, ds: Dataset, elem: DataElement, decision: Decision, ctx: _Context, path: str,
+               report: Report) -> bool:
+        """Carry out one decision; return whether the attribute is still there."""
+        effect, vr, tag = decision.effect, elem.VR, int(elem.tag)
+        if effect is Effect.REMOVE:
+            del ds[elem.tag]
+            return False
+        if vr == "SQ":
+            if effect is Effect.EMPTY:
+                elem.value = Sequence()
+                return True
+            # D, K, C, U and X/Z/U* on a sequence: keep it, de-identify every item by the same rules.
+            for i, item in enumerate(elem.value or ()):
+                self._walk(item, ctx, f"{path}[{i}].", report)
+            return True
+        if effect is Effect.KEEP:
+            return True
+        if effect is Effect.EMPTY and tag not in (PATIENT_ID, PATIENT_NAME):
+            elem.value = empty(vr)
+            return True
+        if effect is Effect.UID or (vr == "UI" and effect in (Effect.DUMMY, Effect.CLEAN, Effect.ITEMS)):
+            elem.value = _map_values(elem.value, self.pseudonyms.uid)
+            return True
+        if tag == PATIENT_ID:
+            elem.value = self.pseudonyms.patient_id(ctx.patient_id) if ctx.patient_id else dummy(vr)
+            return True
+        if tag == PATIENT_NAME:
+            elem.value = self.pseudonyms.patient_name(ctx.patient_id, str(elem.value or ""))
+            return True
+        if effect is Effect.CLEAN:
+            elem.value = self._clean(elem, ctx)
+            return True
+        elem.value = dummy(vr)  # D (and Z/D, X/D, X/Z/D)
+        return True
+
+    def _clean(self, elem: DataElement, ctx: _Context) -> Any:
+        vr = elem.VR
+        if vr == "DA":
+            return _map_values(elem.value, lambda v: shift_da(v, ctx.shift) or dummy("DA"))
+        if vr == "DT":
+            return _map_values(elem.value, lambda v: shift_dt(v, ctx.shift) or dummy("DT"))
+        if vr == "TM":
+            return elem.value  # the shift is whole days: the time of day carries no date
+        if vr == "AE":
+            return self.pseudonyms.text("ae", str(elem.value or ""))
+        if vr == "PN":
+            return _map_values(elem.value, lambda v: "ANON^" + self.pseudonyms.text("pn", v, 12))
+        if is_text(vr):
+            return _map_values(elem.value, lambda v: clean_text(v, ctx.identifiers))
+        return dummy(vr)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    shift: timedelta
+    patient_id: str
+    identifiers: frozenset[str]
+
+
+def _name(tag: BaseTag) -> str:
+    try:
+        return str(dictionary_description(tag))
+    except KeyError:
+        return "Private attribute" if tag.is_private else _tag_text(int(tag))
+
+
+def _vr(tag: BaseTag, elem: Any) -> str:
+    """The VR of an element, decoded or not; implicit VR files leave it to the dictionary (PS3.5 7.1.3),
+    and so does UN for a public attribute (pydicom decodes it with the dictionary's VR)."""
+    if elem.VR and (elem.VR != "UN" or tag.is_private):
+        return str(elem.VR)
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _strings(value: Any) -> list[str]:
+    """The values of a string attribute, decoded or still bytes (backslash-separated, PS3.5 6.4)."""
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        return [v.strip("\0 ") for v in value.decode("latin-1").split("\\")]
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
+    """Apply ``fn`` to each value of a multi-valued string attribute; empty values stay empty."""
+    if value is None or value == "":
+        return value
+    if isinstance(value, str | bytes):
+        return fn(value.decode("ascii", "replace") if isinstance(value, bytes) else str(value))
+    if isinstance(value, Iterable):
+        return [fn(str(v)) if str(v) else str(v) for v in value]
+    return fn(str(value))
+
+
+def _all_registered(value: Any) -> bool:
+    """True when every UID in ``value`` is registered in PS3.6 Annex A (a class or a scheme, not an instance)."""
+    values = [value] if isinstance(value, str) or value is None else list(value)
+    present = [str(v) for v in values if v]
+    return bool(present) and all(v in UID_dictionary for v in present)

@@ -1,0 +1,126 @@
+"""One Part-10 file (PS3.10 7.1) in, one de-identified file out, or nothing: a file that cannot be
+read whole, or de-identified safely, or written and read back, is withheld and reported."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from pacsguard.deid.engine import Engine, Report, Withheld
+
+
+@dataclass(slots=True)
+class FileResult:
+    source: Path
+    output: Path | None = None
+    withheld: str = ""
+    report: Report = field(default_factory=Report)
+
+
+def read_whole(path: Path) -> Dataset:
+    """Read and decode every element now (pydicom defers values), so a file that fails after some
+    offset fails here, before anything is changed. Raises Withheld."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path)
+            cut = _cut_off(ds)
+    except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
+        raise Withheld(f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if cut:
+        raise Withheld(f"the file is cut off inside {cut}")
+    if "SOPInstanceUID" not in ds:
+        raise Withheld("not a composite instance: no SOP Instance UID")
+    short = _short_pixel_data(ds)
+    if short:
+        raise Withheld(short)
+    return ds
+
+
+def _cut_off(ds: Dataset) -> str:
+    """Decode every element, items included; name the first whose value is shorter than its
+    declared length (pydicom keeps what the file still had; dcmtk calls it a premature end)."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and raw.value is not None:
+            if len(raw.value) < raw.length:
+                return f"({tag.group:04X},{tag.element:04X})"
+        if raw.VR != "SQ" and (raw.VR not in (None, "UN") or _dictionary_vr(tag) != "SQ"):
+            continue  # other values stay undecoded: they are written back as read
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                inner = _cut_off(item)
+                if inner:
+                    return inner
+    return ""
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _short_pixel_data(ds: Dataset) -> str:
+    """Native Pixel Data shorter than Rows x Columns x Samples x Frames x Bits Allocated (PS3.5
+    8.1.1) means the file was cut off: it is withheld rather than passed on broken."""
+    elem = ds.get("PixelData")
+    if elem is None or ds.file_meta.get("TransferSyntaxUID", None) is None:
+        return ""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ""
+    try:
+        bits = int(ds.BitsAllocated)
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        count *= int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "pixel data without a usable Rows, Columns or Bits Allocated"
+    needed = (count * bits + 7) // 8
+    have = len(ds.PixelData or b"")
+    return f"pixel data is {have} bytes, {needed} expected: the file is cut off" if have < needed else ""
+
+
+def write(ds: Dataset, out: Path) -> None:
+    """Write ``ds`` as a Part-10 file with its own transfer syntax (deflated and big endian ones
+    included), atomically, then read it back whole; raises Withheld if that fails."""
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcmwrite(tmp, ds, enforce_file_format=True)
+        read_whole(tmp)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise Withheld(f"the de-identified object could not be written: {type(exc).__name__}: {exc}") from None
+    os.replace(tmp, out)
+
+
+def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: bool = False) -> FileResult:
+    """De-identify ``source`` into ``out``; with ``into_folder``, ``out`` is a folder and the file is
+    named after its new SOP Instance UID (an input's name may itself identify the patient)."""
+    result = FileResult(source)
+    try:
+        ds = read_whole(source)
+        engine.deidentify(ds, result.report)
+        if into_folder:
+            out = out / f"{ds.SOPInstanceUID}.dcm"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write(ds, out)
+    except Withheld as exc:
+        result.withheld = str(exc)
+        return result
+    except Exception as exc:  # a value the engine cannot handle: withhold rather than half-write
+        result.withheld = f"de-identification failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return result
+    result.output = out
+    return result

@@ -1,0 +1,122 @@
+"""Finding and masking burned-in text under the Clean Pixel Data Option (PS3.15 E.3.1).
+
+Each frame is rendered to 8-bit grey, read by tesseract (Debian tesseract-ocr, through
+pytesseract), and every word box it finds with enough confidence is blanked in the stored pixel
+values, as are the administrator's region masks for the device. Only native (uncompressed)
+pixel data is changed; encapsulated pixel data cannot be rewritten in place without recompressing
+it, so such objects are withheld (decoding to native here would change the transfer syntax
+silently)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+
+from pacsguard.deid.engine import Withheld
+
+if TYPE_CHECKING:
+    from pacsguard.deid.config import PixelSettings, RegionMask
+
+#: A word must hold a letter or a digit to count as text (tesseract reports noise as punctuation).
+_WORDLIKE = re.compile(r"[A-Za-z0-9]")
+#: Boxes grow by this many pixels on every side so the edges of glyphs go too.
+_MARGIN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def render(frame: Any) -> Any:
+    """A frame (rows x columns, or x samples) scaled to 8-bit grey for OCR, as a PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    data = np.asarray(frame, dtype=np.float64)
+    if data.ndim == 3:
+        data = data.mean(axis=2)
+    low, high = float(data.min()), float(data.max())
+    scaled = np.zeros_like(data) if high <= low else (data - low) * (255.0 / (high - low))
+    image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    # tesseract reads small glyphs poorly: enlarge small images so text is ~20 pixels high.
+    factor = 3 if max(image.size) < 1024 else 1
+    return image.resize((image.width * factor, image.height * factor)) if factor > 1 else image, factor
+
+
+def find_text(frame: Any, settings: PixelSettings) -> tuple[list[Box], list[str]]:
+    """Word boxes (in frame pixels) and words tesseract finds in one frame."""
+    import pytesseract
+
+    image, factor = render(frame)
+    boxes: list[Box] = []
+    words: list[str] = []
+    for inverted in (False, True):  # light text on dark, then dark on light
+        from PIL import ImageOps
+
+        seen = ImageOps.invert(image) if inverted else image
+        data = pytesseract.image_to_data(seen, lang=settings.language, config="--psm 11",
+                                         output_type=pytesseract.Output.DICT)
+        for i, text in enumerate(data["text"]):
+            if not text or not _WORDLIKE.search(text) or float(data["conf"][i]) < settings.min_confidence:
+                continue
+            words.append(text)
+            boxes.append(Box(data["left"][i] // factor, data["top"][i] // factor,
+                             -(-data["width"][i] // factor), -(-data["height"][i] // factor)))
+    return boxes, words
+
+
+def _mask_matches(mask: RegionMask, ds: Dataset) -> bool:
+    return ((not mask.manufacturer or str(ds.get("Manufacturer", "")) == mask.manufacturer)
+            and (not mask.model or str(ds.get("ManufacturerModelName", "")) == mask.model)
+            and (mask.rows is None or int(ds.get("Rows", 0)) == mask.rows)
+            and (mask.columns is None or int(ds.get("Columns", 0)) == mask.columns))
+
+
+class PixelCleaner:
+    """The engine's PixelCleaner: OCR and region masks over every frame; raises Withheld when the
+    pixels cannot be checked or changed."""
+
+    def __init__(self, settings: PixelSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, ds: Dataset) -> str:
+        if self.settings.ocr and (find_spec("pytesseract") is None or find_spec("PIL") is None):
+            raise Withheld("OCR needs pytesseract and Pillow: pip install 'pacsguard[deid]'")
+        if "PixelData" not in ds:
+            raise Withheld("float pixel data cannot be checked for burned-in text")
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            raise Withheld(f"compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}) cannot be masked in place")
+        try:
+            pixels = ds.pixel_array.copy()
+        except Exception as exc:  # no handler, odd layout: unchecked pixels never leave
+            raise Withheld(f"the pixels cannot be decoded to be checked: {type(exc).__name__}") from None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        stack = pixels if frames > 1 else pixels[None, ...]
+        if ds.get("PhotometricInterpretation", "") not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"):
+            raise Withheld(f"photometric interpretation {ds.get('PhotometricInterpretation')} is not checked")
+        fixed = [Box(*b) for m in self.settings.region_masks if _mask_matches(m, ds) for b in m.boxes]
+        masked = 0
+        for index in range(stack.shape[0]):
+            found: list[Box] = []
+            if self.settings.ocr:
+                found, _ = find_text(stack[index], self.settings)
+            for box in [*fixed, *found]:
+                y0, x0 = max(box.y - _MARGIN, 0), max(box.x - _MARGIN, 0)
+                stack[index, y0:box.y + box.height + _MARGIN, x0:box.x + box.width + _MARGIN] = stack[index].min()
+                masked += 1
+        if masked:
+            ds.PixelData = (stack if frames > 1 else stack[0]).tobytes()
+            if int(ds.get("SamplesPerPixel", 1)) > 1:
+                ds.PlanarConfiguration = 0  # pixel_array is colour-by-pixel, and so are the bytes written back
+            ds.BurnedInAnnotation = "NO"
+            return f"masked {masked}"
+        ds.BurnedInAnnotation = "NO"
+        return "clean"
