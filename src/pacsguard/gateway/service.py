@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pacsguard.config.schema import GatewayConfig
+    from pacsguard.config.schema import GatewayConfig, Route
     from pacsguard.events import Event
+    from pacsguard.gateway.objects import ObjectCheck
     from pacsguard.ids import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
@@ -29,12 +30,13 @@ class GatewayService:
     """The gateway's listeners; with a rule engine, the IDS rules run inline on every route (IPS)."""
 
     def __init__(self, config: GatewayConfig, publish: Callable[[Event], None], store: EventStore, *,
-                 resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None) -> None:
+                 resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None,
+                 object_checks: Callable[[Route], list[ObjectCheck]] | None = None) -> None:
         from pacsguard.gateway import Gateway
 
         self.engine = engine
         self.gateway = Gateway(config, publish, resolve=resolve, read_quarantine=quarantine_reader(store),
-                               engine=engine)
+                               engine=engine, object_checks=object_checks)
         # uvloop reads a new socket before start_tls() can take it over, so routes that terminate
         # TLS (whose explicit handshake records failures as events) need asyncio's own loop.
         self.needs_asyncio_loop = any(route.listen.tls is not None for route in config.routes)
@@ -61,4 +63,25 @@ def make_service(ctx: ServiceContext) -> GatewayService | None:
     config: GatewayConfig = ctx.section
     if not config.routes:
         return None
-    return GatewayService(config, ctx.bus.publish, ctx.store, resolve=ctx.resolve, engine=rule_engine(ctx.loaded))
+    return GatewayService(config, ctx.bus.publish, ctx.store, resolve=ctx.resolve, engine=rule_engine(ctx.loaded),
+                          object_checks=object_check_builder(ctx))
+
+
+def object_check_builder(ctx: ServiceContext) -> Callable[[Route], list[ObjectCheck]]:
+    """Builds the object checks a store-and-forward route names (``object_checks``), each once,
+    from the part that offers it (pacsguard.runtime.part.Part.object_checks) with that part's section."""
+    from pacsguard.runtime.part import ServiceContext, load_ref
+    from pacsguard.runtime.registry import Registry
+
+    offered = Registry.default().object_checks()
+    built: dict[str, ObjectCheck] = {}
+
+    def checks(route: Route) -> list[ObjectCheck]:
+        for name in route.object_checks:
+            if name not in built:
+                part, ref = offered[name]
+                part.check_dependencies()
+                section = ctx.loaded.section(part.section) if part.section is not None else None
+                built[name] = load_ref(ref)(ServiceContext(ctx.loaded, section, ctx.bus, ctx.store))
+        return [built[name] for name in route.object_checks]
+    return checks

@@ -1,0 +1,364 @@
+"""Receiving: a store-and-forward route's Storage SCP (PS3.4 B.2.2) on pynetdicom.
+
+Each connection is judged first (pacsguard.gateway.store_forward.admission); pynetdicom then runs
+the association in its own thread. A C-STORE is answered only after the object is in the spool:
+written and fsync'd, checked by the route's object checks in order, renamed into place and the
+folder fsync'd. Success (0x0000) is never sent for an object that is not on disk; a spool that
+would leave less than its free-space floor answers 0xA700 (out of resources, PS3.4 B.2.3)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from socketserver import BaseServer
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse
+from pacsguard.dicom.dataset import peek_identifiers
+from pacsguard.dicom.events import DimseCommand, DimseDatasetEnd, DimseDatasetStart
+from pacsguard.events import Event, Outcome, Severity
+from pacsguard.gateway.check import Chain, decide
+from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ObjectVerdict, ReceivedObject
+from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation, peek_rq
+from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta, SpoolFull, copy_synced
+from pacsguard.gateway.verdict import Action, Verdict
+
+log = logging.getLogger("pacsguard.gateway")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # PS3.4 Table B.2-1
+STATUS_PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: the gateway itself failed to keep the object
+
+
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """What the SCP needs of its route (pacsguard.gateway.store_forward.route implements it)."""
+
+    route: Route
+    chain: Chain
+    spool: Spool
+    object_checks: Sequence[ObjectCheck]
+    lock: threading.Lock  # the route's checks keep state for one thread: judged one at a time
+    publish: Callable[[Event], None]
+    quarantine_source: Callable[[str, Verdict], None]
+    is_quarantined: Callable[[str, str | None], bool]
+    queued: Callable[[SpooledMeta], None]  # hands a committed object to the forwarders
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server, started and stopped by the route rather than by its AE."""
+
+    def shutdown(self) -> None:
+        BaseServer.shutdown(self)
+        self.server_close()
+
+
+def make_server(receiver: Receiver) -> ThreadedAssociationServer:
+    """A listening (not yet serving) Storage SCP for ``receiver``'s route."""
+    route = receiver.route
+    ae = AE(ae_title=route.listen.ae_title)
+    ae.maximum_pdu_size = route.limits.max_pdu_length
+    ae.acse_timeout = route.limits.artim_timeout
+    ae.network_timeout = route.limits.idle_timeout
+    ae.dimse_timeout = route.limits.idle_timeout
+    ae.maximum_associations = route.limits.max_associations
+    ae.require_called_aet = False  # the route's ae-titles check decides, as on a relayed route
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+
+    def handler(request: Any, address: Any, server: BaseServer) -> RequestHandler:
+        return _Connection(receiver, request, address, server)
+
+    server = ae.make_server((route.listen.host, route.listen.port), server_class=_Server,
+                            request_handler=handler)
+    return server
+
+
+class _Connection(RequestHandler):
+    """One TCP connection: judged by the route's checks, then handed to pynetdicom."""
+
+    def __init__(self, receiver: Receiver, request: Any, address: Any, server: BaseServer) -> None:
+        self.receiver = receiver
+        super().__init__(request, address, server)
+
+    def handle(self) -> None:
+        rx = self.receiver
+        sock: socket.socket = self.request
+        host, port = str(self.client_address[0]), int(self.client_address[1])
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        adm = Admission(rx.route, host, port, rx.chain, rx.publish, rx.quarantine_source)
+        try:
+            raw = peek_rq(sock, rx.route.limits.max_pdu_length, rx.route.limits.artim_timeout)
+            with rx.lock:
+                verdict = adm.judge(raw)
+                if verdict.refused:
+                    adm.reject(sock, verdict)
+        except (NotAnAssociation, OSError) as exc:
+            log.info("route %s: %s:%d: %s", rx.route.name, host, port, exc)
+            with rx.lock:
+                adm.closed()
+            _close(sock)
+            return
+        if verdict.refused:
+            with rx.lock:
+                adm.closed()
+            time.sleep(0.05)  # let the A-ASSOCIATE-RJ reach the requestor before the socket closes
+            _close(sock)
+            return
+        assoc = self._create_association()
+        if adm.refused_contexts:
+            refused = set(adm.refused_contexts)
+            assoc.acceptor.supported_contexts = [cx for cx in assoc.acceptor.supported_contexts
+                                                 if cx.abstract_syntax not in refused]
+        session = _Session(rx, adm)
+        assoc.bind(evt.EVT_C_STORE, session.on_store)
+        for event, method in ((evt.EVT_ACCEPTED, session.on_accepted), (evt.EVT_RELEASED, session.on_released),
+                              (evt.EVT_ABORTED, session.on_aborted), (evt.EVT_CONN_CLOSE, session.on_closed)):
+            assoc.bind(event, method)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Session:
+    """One association's handlers (they run on pynetdicom's association thread)."""
+
+    def __init__(self, receiver: Receiver, adm: Admission) -> None:
+        self.rx = receiver
+        self.adm = adm
+        self.closed = False
+        self.ended = False
+        self.stored = 0
+
+    @property
+    def record(self) -> Any:
+        return self.adm.record
+
+    def on_accepted(self, event: evt.Event) -> None:
+        accepted = sorted({str(cx.abstract_syntax) for cx in event.assoc.accepted_contexts})
+        self.record.association("accepted", message=f"{len(accepted)} SOP classes accepted", accepted=accepted,
+                                refused_by_policy=sorted(set(self.adm.refused_contexts)),
+                                max_pdu=event.assoc.requestor.maximum_length or None)
+
+    def _totals(self) -> dict[str, Any]:
+        return {"duration_ms": round((time.monotonic() - self.adm.started) * 1000, 3)}
+
+    def on_released(self, event: evt.Event) -> None:
+        self.ended = True
+        self.record.ended("released", message=f"released after {self.stored} objects", **self._totals())
+
+    def on_aborted(self, event: evt.Event) -> None:
+        self.ended = True
+        self.record.ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                          message="A-ABORT", by="client", **self._totals())
+
+    def on_closed(self, event: evt.Event) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.ended and self.record is not None:
+            self.record.ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                              message="the connection closed without A-RELEASE", by="client",
+                              cause="connection-closed", **self._totals())
+        with self.rx.lock:
+            self.adm.closed()
+
+    # --- C-STORE (PS3.4 B.2.2, PS3.7 9.1.1) ---------------------------------------------------
+
+    def on_store(self, event: evt.Event) -> int:
+        req: Any = event.request  # a C-STORE primitive (EVT_C_STORE)
+        context = event.context
+        command = dimse.CommandSet(
+            dimse.C_STORE_RQ, message_id=req.MessageID, affected_sop_class_uid=str(req.AffectedSOPClassUID or ""),
+            affected_sop_instance_uid=str(req.AffectedSOPInstanceUID or ""), priority=req.Priority,
+            command_data_set_type=0x0000, move_originator_ae=req.MoveOriginatorApplicationEntityTitle or None,
+            move_originator_message_id=req.MoveOriginatorMessageID)
+        ts = str(context.transfer_syntax)
+        command_event = DimseCommand(True, context.context_id, str(context.abstract_syntax), ts, command)
+        pending = self.record.request(command_event)
+        self.record.track(pending)
+        dataset = req.DataSet.getbuffer()
+        peek = peek_identifiers(dataset, ts, final=True)
+        pending.add_identifiers(peek.patient_id, peek.study_instance_uid)
+        pending.sop_instance_uid = command.affected_sop_instance_uid
+        pending.dataset_bytes = len(dataset)
+        status = self._judge_request(event, pending, command_event, peek, len(dataset))
+        if status is None:
+            status = self._spool(event, dataset, peek.patient_id, peek.study_instance_uid)
+        if status == STATUS_SUCCESS:
+            self.stored += 1
+        response = dimse.CommandSet(dimse.C_STORE_RSP, message_id_being_responded_to=req.MessageID, status=status,
+                                    affected_sop_class_uid=command.affected_sop_class_uid,
+                                    affected_sop_instance_uid=command.affected_sop_instance_uid)
+        self.record.answered(pending, response)
+        return status
+
+    def _judge_request(self, event: evt.Event, pending: Any, command_event: DimseCommand, peek: Any,
+                       size: int) -> int | None:
+        """The route's request checks (rate, services, the inline IDS), as on a relayed route;
+        None when the object may be spooled, else the status to answer."""
+        rx, adm = self.rx, self.adm
+        if rx.is_quarantined(adm.host, adm.calling_ae):
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
+            return dimse.STATUS_NOT_AUTHORIZED
+        with rx.lock:
+            verdict = decide(rx.chain, "on_request", adm, pending, command_event)
+            if not verdict.refused:
+                msg_id = command_event.command.message_id
+                start = DimseDatasetStart(True, command_event.context_id, msg_id, peek)
+                end = DimseDatasetEnd(True, msg_id, size)
+                verdict = max((verdict, decide(rx.chain, "on_data_event", adm, start),
+                               decide(rx.chain, "on_data_event", adm, end)), key=lambda v: v.action)
+        if not verdict.refused:
+            return None
+        status = verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED
+        pending.refuse(verdict.reason, verdict.rule, status)
+        if verdict.action >= Action.ABORT:
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
+        return status
+
+    def _meta(self, event: evt.Event, object_id: str, size: int, patient: str | None, study: str | None) -> SpooledMeta:
+        req: Any = event.request
+        adm = self.adm
+        return SpooledMeta(id=object_id, route=self.rx.route.name, sop_class_uid=str(req.AffectedSOPClassUID),
+                           sop_instance_uid=str(req.AffectedSOPInstanceUID),
+                           transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae=adm.calling_ae or "",
+                           called_ae=adm.rq.called_ae_title if adm.rq else "", peer_host=adm.host, received=time.time(),
+                           bytes=size, destinations=[d.key for d in self.rx.route.destinations], patient_id=patient,
+                           study_uid=study)
+
+    def _spool(self, event: evt.Event, dataset: memoryview, patient: str | None, study: str | None) -> int:
+        """Write, check and commit one object; the status to answer."""
+        rx = self.rx
+        from pynetdicom.dsutils import encode_file_meta
+
+        head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+        object_id = rx.spool.new_id()
+        meta = self._meta(event, object_id, len(head) + len(dataset), patient, study)
+        try:
+            rx.spool.check_room(meta.bytes)
+        except SpoolFull as exc:
+            rx.publish(records.refused(meta, status=STATUS_OUT_OF_RESOURCES, check="spool", rule="spool.min_free_mib",
+                                       reason=str(exc)))
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            received = rx.spool.receive(object_id, head, dataset)
+        except OSError as exc:  # ENOSPC, EIO: nothing was acknowledged, the modality may retry
+            rx.spool.discard(rx.spool.tmp / f"{object_id}.dcm")
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (28, 122) else STATUS_PROCESSING_FAILURE
+            rx.publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
+                                       reason=f"cannot write the spool: {exc.strerror or exc}"))
+            return status
+        verdict, path = self._check(meta, received)
+        if verdict.action is not ObjectAction.FORWARD:
+            return self._stop(meta, path, received, verdict)
+        try:
+            if path != received:
+                meta = replace(meta, bytes=path.stat().st_size, replaced_by=verdict.check or "object check")
+                path = _adopt(path, received)
+            rx.spool.commit(path, meta)
+        except OSError as exc:
+            rx.spool.discard(received)
+            rx.publish(records.refused(meta, status=STATUS_OUT_OF_RESOURCES, check="spool", rule="spool.directory",
+                                       reason=f"cannot commit to the spool: {exc.strerror or exc}"))
+            return STATUS_OUT_OF_RESOURCES
+        rx.publish(records.received(meta))
+        rx.queued(meta)
+        return STATUS_SUCCESS
+
+    def _check(self, meta: SpooledMeta, received: Path) -> tuple[ObjectVerdict, Path]:
+        """Run the route's object checks in order (pacsguard.gateway.objects): the first that does
+        not forward decides; a replacement is what the next check sees."""
+        adm = self.adm
+        obj = ReceivedObject(path=received, sop_class_uid=meta.sop_class_uid, sop_instance_uid=meta.sop_instance_uid,
+                             transfer_syntax_uid=meta.transfer_syntax_uid, calling_ae=meta.calling_ae,
+                             called_ae=meta.called_ae, peer_host=adm.host, route=meta.route,
+                             association_id=f"{adm.host}:{adm.port}")
+        last = ObjectVerdict()
+        for check in self.rx.object_checks:
+            try:
+                verdict = check.inspect(obj)
+            except Exception as exc:  # noqa: BLE001 - a check must not raise; if it does, nothing passes unjudged
+                log.exception("object check %s failed", check.name)
+                verdict = ObjectVerdict(ObjectAction.REFUSE, check.name, "error", f"the check failed: {exc}")
+            for ev in verdict.events:
+                self.rx.publish(ev)
+            if verdict.action is not ObjectAction.FORWARD:
+                return replace(verdict, check=verdict.check or check.name), obj.path
+            if verdict.replacement is not None:
+                obj = replace(obj, path=verdict.replacement)
+                last = replace(verdict, check=verdict.check or check.name)
+        return last, obj.path
+
+    def _stop(self, meta: SpooledMeta, path: Path, received: Path, verdict: ObjectVerdict) -> int:
+        rx = self.rx
+        status = verdict.status
+        if verdict.action is ObjectAction.QUARANTINE:
+            manifest = {"object": _meta_dict(meta), "check": verdict.check, "rule": verdict.rule,
+                        "reason": verdict.reason, "status": f"0x{status:04X}", "quarantined": time.time(),
+                        "sha256": _sha256(path)}
+            where = rx.spool.quarantine(path, meta.id, manifest)
+            if path != received:
+                rx.spool.discard(received)
+            rx.publish(records.refused(meta, status=status, check=verdict.check, rule=verdict.rule,
+                                       reason=verdict.reason, quarantine=str(where)))
+        else:
+            rx.spool.discard(received)
+            if path != received:
+                path.unlink(missing_ok=True)
+            rx.publish(records.refused(meta, status=status, check=verdict.check, rule=verdict.rule,
+                                       reason=verdict.reason))
+        return status
+
+
+def _adopt(replacement: Path, received: Path) -> Path:
+    """Make a check's replacement file durable in the spool's tmp/ and drop the original."""
+    target = received.with_suffix(".replaced.dcm")
+    try:
+        os.replace(replacement, target)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # another file system: copy it
+        copy_synced(replacement, target)
+        replacement.unlink(missing_ok=True)
+    received.unlink(missing_ok=True)
+    return target
+
+
+def _meta_dict(meta: SpooledMeta) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(meta)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
