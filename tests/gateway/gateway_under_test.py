@@ -28,6 +28,8 @@ class RunningGateway:
     proc: subprocess.Popen
     log: Path
     routes: list[dict] = field(default_factory=list)
+    #: How `pacsguard` is run: ``python -m pacsguard.cli`` unless a test adds parts through a runner.
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pacsguard.cli"])
 
     @property
     def store(self) -> Path:
@@ -59,11 +61,26 @@ class RunningGateway:
                              f"{[e.message for e in found]}\n--- gateway log ---\n{self.log.read_text()[-4000:]}")
 
     def cli(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "pacsguard.cli", *args], cwd=self.home, capture_output=True,
+        proc = subprocess.run([*self.program, *args], cwd=self.home, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
         if check is not None:
             assert proc.returncode == check, (proc.stdout, proc.stderr)
         return proc
+
+    def serve(self) -> subprocess.Popen:
+        """Start (or start again, after a stop or a kill) `pacsguard serve` in this home."""
+        self.proc = subprocess.Popen([*self.program, "serve", "--log-level", "debug"], cwd=self.home,
+                                     stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+        for r in self.routes:
+            if not wait_for_port("127.0.0.1", r["listen"]["port"], timeout=30, proc=self.proc):
+                raise AssertionError(f"gateway did not listen on {r['listen']['port']}:\n{self.log.read_text()}")
+        return self.proc
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what the gateway had not written is lost."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -93,24 +110,22 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     """`gateway(route(...), route(...))` starts `pacsguard serve` with those routes."""
     started: list[RunningGateway] = []
 
-    def start(*routes: dict, extra: dict | None = None) -> RunningGateway:
+    def start(*routes: dict, extra: dict | None = None, program: list[str] | None = None) -> RunningGateway:
         home = tmp_path / f"gw{len(started)}"
         home.mkdir()
         config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5},
                   "gateway": {"routes": list(routes), "quarantine_poll_interval": 0.2}, **(extra or {})}
         (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
-        init = subprocess.run([sys.executable, "-m", "pacsguard.cli", "init", "--no-demo"], cwd=home,
+        program = program or [sys.executable, "-m", "pacsguard.cli"]
+        init = subprocess.run([*program, "init", "--no-demo"], cwd=home,
                               capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, f"pacsguard init failed:\n{init.stdout}\n{init.stderr}"
         log = home / "serve.log"
-        proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve", "--log-level", "debug"], cwd=home,
-                                stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
-        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, list(routes))
+        log.write_text("")
+        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, None,  # type: ignore[arg-type]
+                            log, list(routes), program)
         started.append(gw)
-        for r in routes:
-            if not wait_for_port("127.0.0.1", r["listen"]["port"], timeout=30, proc=proc):
-                raise AssertionError(f"gateway did not listen on {r['listen']['port']}:\n{log.read_text()}")
+        gw.serve()
         return gw
 
     yield start

@@ -4,7 +4,11 @@ must reach Orthanc byte for byte, once, through SIGKILL, a stopped Orthanc and a
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from io import BytesIO
 from pathlib import Path
@@ -16,6 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from dicom_corpus import TEST_FILES
+from peers.dcmtk import free_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 
@@ -149,3 +154,207 @@ def test_clean_objects_arrive_byte_identical_in_their_own_transfer_syntax(dcmtk,
     assert all(e.details["status"] == "0x0000" for e in stores)
     wait_until(lambda: not spooled(gw), 10, "the spool empties once Orthanc has everything")
     assert gw.wait_for("dicom.association.accepted")
+
+
+def storescu_acknowledged(output: str, files: list[Path]) -> set[str]:
+    """The SOP Instance UIDs of the files storescu -v saw answered with Success: each "Sending
+    file" line is followed by its C-STORE response line."""
+    by_path = {str(p): str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    acknowledged, current = set(), None
+    for line in output.splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response" in line and current is not None:
+            if "(Success)" in line:
+                acknowledged.add(by_path[current])
+            current = None
+    return acknowledged
+
+
+class CountingSCP:
+    """A second destination (pynetdicom as a Storage SCP) that counts what it receives per SOP
+    Instance UID: exactly-once is checked there, Orthanc keeping one copy of a UID whatever."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        self.counts: Counter[str] = Counter()
+        ae = AE(ae_title="COUNTER")
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event) -> int:
+        self.counts[str(event.request.AffectedSOPInstanceUID)] += 1
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def counter():
+    scp = CountingSCP()
+    yield scp
+    scp.stop()
+
+
+def test_sigkill_mid_batch_loses_nothing_acknowledged_and_duplicates_nothing(dcmtk, orthanc, gateway, counter,
+                                                                             tmp_path):
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), (counter.port, "COUNTER")))
+    files = fresh_ct(tmp_path / "batch", 60, kib=256)
+    sender = subprocess.Popen([dcmtk.path("storescu"), "-v", "-xe", *target(gw), *map(str, files)],
+                              env=dcmtk.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Kill the gateway while the batch is half received and forwarding is under way.
+    wait_until(lambda: len(list((gw.home / "var/spool/sf/objects").glob("*.json"))) + len(counter.counts) >= 25,
+               60, "half the batch spooled")
+    gw.kill()
+    out, _ = sender.communicate(timeout=60)
+    acknowledged = storescu_acknowledged(out, files)
+    assert 10 <= len(acknowledged) < len(files), out[-2000:]
+
+    gw.serve()  # the same home and spool: it rescans and resumes
+    sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
+    wait_until(lambda: acknowledged <= set(counter.counts), 60, "every acknowledged object reaches the counter")
+    ids = pacs.wait_for_instances(len(acknowledged))
+    stored = orthanc_bytes(pacs)
+    assert acknowledged <= set(stored)
+    assert len(ids) == len(stored) == len(set(stored))
+    for uid in acknowledged:
+        assert dataset_bytes(stored[uid]) == sent_bytes(sent[uid])
+    # Nothing arrives that was not sent, and a destination gets each object once: the only object
+    # that may arrive twice is one in flight at the kill, between the destination's Success and the
+    # spool's note of it (docs/gateway.md, "What it guarantees").
+    assert set(counter.counts) <= set(sent)
+    assert sum(1 for n in counter.counts.values() if n > 1) <= 1, counter.counts
+    assert max(counter.counts.values()) <= 2
+    wait_until(lambda: not spooled(gw), 30, "the spool empties")
+
+
+def test_a_stopped_destination_gets_everything_once_when_it_is_back(dcmtk, orthanc, gateway, counter, tmp_path):
+    pacs = orthanc()
+    port = pacs.dicom_port
+    gw = gateway(sf_route("sf", (port, pacs.aet), (counter.port, "COUNTER"), retry={"max_delay": 30}))
+    pacs.stop(graceful=True)
+    files = fresh_ct(tmp_path / "down", 12, kib=128)
+    result = dcmtk.run("storescu", "-xe", *target(gw), *files)
+    assert result.returncode == 0, result.stderr  # acknowledged: they are in the spool
+    delayed = gw.wait_for("gateway.object.delayed", where=lambda e: e.details["destination"] == "d0")
+    assert "could not be reached" in delayed[0].details["error"]
+    wait_until(lambda: len(counter.counts) == len(files), 30, "the other destination is not held up")
+
+    listing = json.loads(gw.cli("spool", "list", "--json").stdout)
+    assert len(listing) == len(files)
+    assert all(e["state"] == "queued" and e["pending"] == ["d0"] and e["sent"] == ["d1"] for e in listing)
+    shown = gw.cli("spool", "show", listing[0]["id"]).stdout
+    assert listing[0]["meta"]["sop_instance_uid"] in shown
+
+    time.sleep(3)  # the forwarder backs off meanwhile (up to retry.max_delay)
+    back = orthanc(DicomPort=port)
+    gw.cli("spool", "retry")  # without it the next attempt could be up to 30 s away
+    back.wait_for_instances(len(files), timeout=30)
+    stored = orthanc_bytes(back)
+    sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
+    assert set(stored) == set(sent)
+    assert all(dataset_bytes(stored[uid]) == sent_bytes(sent[uid]) for uid in sent)
+    assert all(n == 1 for n in counter.counts.values()) and set(counter.counts) == set(sent)
+    wait_until(lambda: not spooled(gw), 20, "the spool empties")
+    assert "the spool is empty" in gw.cli("spool", "list").stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs for the spool, so that it can be filled."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"cannot mount a tmpfs (needs root): {result.stderr}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_nearly_full_spool_refuses_with_out_of_resources_before_the_disk_is_full(dcmtk, gateway, small_disk,
+                                                                                 tmp_path):
+    dead = free_port()  # no destination answers: everything stays spooled
+    gw = gateway(sf_route("sf", (dead, "NOBODY"), spool={"directory": str(small_disk), "min_free_mib": 8,
+                                                         "high_water_mib": 4}))
+    files = fresh_ct(tmp_path / "big", 12, kib=2048)
+    result = dcmtk.run("storescu", "-v", "-xe", *target(gw), *files, timeout=120)
+    out = result.stdout + result.stderr
+    acknowledged = storescu_acknowledged(out, files)
+    assert "Refused: OutOfResources" in out, out[-3000:]
+    # 24 MiB, 8 MiB kept free: at most 7 objects of 2 MiB fit, and every one acknowledged is there.
+    assert 3 <= len(acknowledged) <= 8
+    st = os.statvfs(small_disk)
+    assert st.f_bavail * st.f_frsize >= 6 * 2**20, "the floor was not kept"
+    on_disk = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (small_disk / "objects").glob("*.dcm")}
+    assert on_disk == acknowledged
+    refused = gw.wait_for("gateway.object.refused")
+    assert refused[0].details["status"] == "0xA700" and refused[0].details["rule"] == "spool.min_free_mib"
+    assert gw.wait_for("gateway.spool.high-water", timeout=10)[0].details["objects"] >= 2
+
+
+def test_an_object_check_quarantines_refuses_and_replaces(dcmtk, orthanc, gateway, tmp_path):
+    pacs = orthanc()
+    runner = [sys.executable, str(HERE / "pacsguard_with_test_part.py")]
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), object_checks=["patient-gate"]), program=runner)
+    evil, = fresh_ct(tmp_path / "evil", 1, patient="EVIL")
+    refused, = fresh_ct(tmp_path / "refuse", 1, patient="REFUSE")
+    renamed, = fresh_ct(tmp_path / "rename", 1, patient="RENAME")
+    clean, = fresh_ct(tmp_path / "clean", 1, patient="CLEAN")
+    outputs = {}
+    for path in (evil, refused, renamed, clean):
+        result = dcmtk.run("storescu", "-d", "-xe", *target(gw), path)  # -d shows the status in hex
+        outputs[path.parent.name] = result.stdout + result.stderr
+    assert "0xc321" in outputs["evil"].lower(), outputs["evil"]  # the check's own failure status
+    assert "0xc000" in outputs["refuse"].lower(), outputs["refuse"]
+    assert "0x0000: Success" in outputs["rename"] and "0x0000: Success" in outputs["clean"]
+
+    ids = pacs.wait_for_instances(2)
+    names = {pacs.rest(f"/instances/{i}/simplified-tags")["PatientID"]:
+             pacs.rest(f"/instances/{i}/simplified-tags")["PatientName"] for i in ids}
+    assert names == {"RENAME": "RENAMED^BY^CHECK", "CLEAN": str(dcmread(clean).PatientName)}
+
+    quarantined = gw.wait_for("gateway.object.quarantined")[0]
+    assert quarantined.details["status"] == "0xC321" and quarantined.details["check"] == "patient-gate"
+    assert quarantined.patient_ids == ("EVIL",)
+    kept = Path(quarantined.details["quarantine"])
+    assert dataset_bytes(kept.read_bytes()) == sent_bytes(evil)  # kept as received
+    manifest = json.loads(kept.with_name(kept.stem + ".manifest.json").read_text())
+    assert manifest["rule"] == "test.evil" and manifest["object"]["patient_id"] == "EVIL"
+    assert manifest["object"]["calling_ae"] == CALLING and len(manifest["sha256"]) == 64
+    assert gw.wait_for("gateway.object.refused")[0].details["rule"] == "test.refuse"
+    assert gw.wait_for("gateway.object.received", count=2)
+    assert [e for e in gw.events("gateway.object.received") if e.details["replaced_by"] == "patient-gate"]
+
+    listing = json.loads(gw.cli("spool", "list", "--json").stdout)
+    assert [e["state"] for e in listing] == ["quarantined"]
+    assert gw.cli("spool", "purge", listing[0]["id"], check=2).returncode == 2  # without --yes
+    gw.cli("spool", "purge", listing[0]["id"], "--yes")
+    assert not kept.exists()
+    purged = gw.wait_for("gateway.spool.purged")[0]
+    assert purged.details["spool_ids"] == [listing[0]["id"]] and purged.patient_ids == ("EVIL",)
+
+
+def test_the_routes_association_checks_apply_unchanged(dcmtk, gateway):
+    dead = free_port()
+    gw = gateway(sf_route("sf", (dead, "NOBODY")))
+    assert dcmtk.run("echoscu", *target(gw)).returncode == 0  # Verification is accepted
+    stranger = dcmtk.run("echoscu", "-aet", "STRANGER", "-aec", "PACSGUARD", "127.0.0.1", str(gw.port("sf")))
+    assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+    wrong_called = dcmtk.run("echoscu", "-aet", CALLING, "-aec", "OTHER", "127.0.0.1", str(gw.port("sf")))
+    assert "Called AE Title Not Recognized" in wrong_called.stdout + wrong_called.stderr
+    rejected = gw.wait_for("dicom.association.rejected", count=2)
+    assert {e.details["rule"] for e in rejected} == {"policy.calling_ae_titles", "listen.ae_title"}
+    assert all(e.details["by"] == "gateway" for e in rejected)
+    requested = gw.wait_for("dicom.association.requested", count=3)
+    assert {e.actor.ae_title for e in requested} == {CALLING, "STRANGER"}
+    gw.cli("gateway", "quarantine", "add", "127.0.0.1", "--reason", "test")
+    wait_until(lambda: dcmtk.run("echoscu", *target(gw)).returncode != 0, 10, "the quarantine applies")
+    assert gw.wait_for("dicom.association.rejected", where=lambda e: e.details["rule"] == "quarantine")
