@@ -248,15 +248,15 @@ def test_a_stopped_destination_gets_everything_once_when_it_is_back(dcmtk, ortha
     assert "could not be reached" in delayed[0].details["error"]
     wait_until(lambda: len(counter.counts) == len(files), 30, "the other destination is not held up")
 
-    listing = json.loads(gw.cli("spool", "list", "--json").stdout)
+    listing = json.loads(gw.cli("gateway", "spool", "list", "--json").stdout)
     assert len(listing) == len(files)
     assert all(e["state"] == "queued" and e["pending"] == ["d0"] and e["sent"] == ["d1"] for e in listing)
-    shown = gw.cli("spool", "show", listing[0]["id"]).stdout
+    shown = gw.cli("gateway", "spool", "show", listing[0]["id"]).stdout
     assert listing[0]["meta"]["sop_instance_uid"] in shown
 
     time.sleep(3)  # the forwarder backs off meanwhile (up to retry.max_delay)
     back = orthanc(DicomPort=port)
-    gw.cli("spool", "retry")  # without it the next attempt could be up to 30 s away
+    gw.cli("gateway", "spool", "retry")  # without it the next attempt could be up to 30 s away
     back.wait_for_instances(len(files), timeout=30)
     stored = orthanc_bytes(back)
     sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
@@ -264,7 +264,7 @@ def test_a_stopped_destination_gets_everything_once_when_it_is_back(dcmtk, ortha
     assert all(dataset_bytes(stored[uid]) == sent_bytes(sent[uid]) for uid in sent)
     assert all(n == 1 for n in counter.counts.values()) and set(counter.counts) == set(sent)
     wait_until(lambda: not spooled(gw), 20, "the spool empties")
-    assert "the spool is empty" in gw.cli("spool", "list").stdout
+    assert "the spool is empty" in gw.cli("gateway", "spool", "list").stdout
 
 
 @pytest.fixture
@@ -333,10 +333,10 @@ def test_an_object_check_quarantines_refuses_and_replaces(dcmtk, orthanc, gatewa
     assert gw.wait_for("gateway.object.received", count=2)
     assert [e for e in gw.events("gateway.object.received") if e.details["replaced_by"] == "patient-gate"]
 
-    listing = json.loads(gw.cli("spool", "list", "--json").stdout)
+    listing = json.loads(gw.cli("gateway", "spool", "list", "--json").stdout)
     assert [e["state"] for e in listing] == ["quarantined"]
-    assert gw.cli("spool", "purge", listing[0]["id"], check=2).returncode == 2  # without --yes
-    gw.cli("spool", "purge", listing[0]["id"], "--yes")
+    assert gw.cli("gateway", "spool", "purge", listing[0]["id"], check=2).returncode == 2  # without --yes
+    gw.cli("gateway", "spool", "purge", listing[0]["id"], "--yes")
     assert not kept.exists()
     purged = gw.wait_for("gateway.spool.purged")[0]
     assert purged.details["spool_ids"] == [listing[0]["id"]] and purged.patient_ids == ("EVIL",)

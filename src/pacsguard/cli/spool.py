@@ -1,4 +1,4 @@
-"""`pacsguard spool list|show|retry|purge`: what the store-and-forward routes hold (docs/gateway.md,
+"""`pacsguard gateway spool list|show|retry|purge`: what the store-and-forward routes hold (docs/gateway.md,
 "Store-and-forward routes"). They read the spool folders named in pacsguard.yaml; a running
 gateway picks up a retry request within a second."""
 

@@ -41,7 +41,7 @@ KINDS = (
     EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
               {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
               required=("route", "bytes", "objects")),
-    EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard spool purge`",
+    EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard gateway spool purge`",
               {**_ROUTE, "spool_ids": STRINGS, "states": STRINGS, "sop_instances": STRINGS},
               required=("route", "spool_ids")),
     *DICOM_RECORDS,

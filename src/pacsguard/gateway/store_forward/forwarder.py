@@ -6,7 +6,7 @@ Exactly once per destination: a destination's Success (or warning, PS3.4 B.2.3) 
 the spool (``ID.DEST.sent``, synced) before the next object; an object already marked is never
 sent to that destination again, also after a restart. The one window left is a crash between the
 destination's answer and that write: the object is then sent again (same SOP Instance UID).
-Failures wait with exponential backoff (``retry``), interrupted by `pacsguard spool retry`."""
+Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`."""
 
 from __future__ import annotations
 

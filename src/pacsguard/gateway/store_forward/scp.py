@@ -148,6 +148,7 @@ class _Session:
         self.adm = adm
         self.closed = False
         self.ended = False
+        self.aborting = ""  # why the gateway itself aborts, once it does
         self.stored = 0
 
     @property
@@ -169,8 +170,19 @@ class _Session:
 
     def on_aborted(self, event: evt.Event) -> None:
         self.ended = True
+        if self.aborting:
+            self.record.ended("aborted", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                              message=f"aborted by the gateway: {self.aborting}", by="gateway",
+                              reason=self.aborting, cause="policy", **self._totals())
+            return
         self.record.ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
-                          message="A-ABORT", by="client", **self._totals())
+                          message="A-ABORT from the client", by="client", **self._totals())
+
+    def _abort(self, event: evt.Event, why: str) -> None:
+        """A-ABORT (PS3.8 9.3.8) after this C-STORE is answered: from another thread, since this
+        handler runs on the association's own."""
+        self.aborting = why
+        threading.Thread(target=event.assoc.abort, daemon=True).start()
 
     def on_closed(self, event: evt.Event) -> None:
         if self.closed:
@@ -219,7 +231,8 @@ class _Session:
         None when the object may be spooled, else the status to answer."""
         rx, adm = self.rx, self.adm
         if rx.is_quarantined(adm.host, adm.calling_ae):
-            threading.Thread(target=event.assoc.abort, daemon=True).start()
+            self._abort(event, f"{adm.host} ({adm.calling_ae}) is quarantined")
+            pending.refuse("the source is quarantined", "quarantine", dimse.STATUS_NOT_AUTHORIZED)
             return dimse.STATUS_NOT_AUTHORIZED
         with rx.lock:
             verdict = decide(rx.chain, "on_request", adm, pending, command_event)
@@ -234,7 +247,7 @@ class _Session:
         status = verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED
         pending.refuse(verdict.reason, verdict.rule, status)
         if verdict.action >= Action.ABORT:
-            threading.Thread(target=event.assoc.abort, daemon=True).start()
+            self._abort(event, verdict.reason)
         return status
 
     def _meta(self, event: evt.Event, object_id: str, size: int, patient: str | None, study: str | None) -> SpooledMeta:
@@ -274,7 +287,7 @@ class _Session:
             return self._stop(meta, path, received, verdict)
         try:
             if path != received:
-                meta = replace(meta, bytes=path.stat().st_size, replaced_by=verdict.check or "object check")
+                meta = _replaced(meta, path, verdict.check or "object check")
                 path = _adopt(path, received)
             rx.spool.commit(path, meta)
         except OSError as exc:
@@ -329,6 +342,18 @@ class _Session:
             rx.publish(records.refused(meta, status=status, check=verdict.check, rule=verdict.rule,
                                        reason=verdict.reason))
         return status
+
+
+def _replaced(meta: SpooledMeta, replacement: Path, check: str) -> SpooledMeta:
+    """The metadata of a check's replacement file: its own SOP Class, SOP Instance and transfer
+    syntax (PS3.10 7.1 file meta; de-identification gives new UIDs), which the forwarder proposes."""
+    from pydicom.filereader import read_file_meta_info
+
+    fm = read_file_meta_info(replacement)
+    return replace(meta, bytes=replacement.stat().st_size, replaced_by=check,
+                   sop_class_uid=str(fm.get("MediaStorageSOPClassUID", meta.sop_class_uid)),
+                   sop_instance_uid=str(fm.get("MediaStorageSOPInstanceUID", meta.sop_instance_uid)),
+                   transfer_syntax_uid=str(fm.get("TransferSyntaxUID", meta.transfer_syntax_uid)))
 
 
 def _adopt(replacement: Path, received: Path) -> Path:

@@ -11,7 +11,7 @@ Layout (one folder per route)::
     objects/ID.DEST.fail  the last failed attempt for DEST (attempts, error): informative only
     quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
     sent/                 objects every destination has, when retention is "keep"
-    retry                 touched by `pacsguard spool retry`: forwarders try again now
+    retry                 touched by `pacsguard gateway spool retry`: forwarders try again now
 
 Durability: a file is written to tmp/, fsync'd, renamed into place, and the folder fsync'd
 (rename(2) is atomic; the folder's fsync makes the new name survive a power loss). An object
@@ -82,7 +82,7 @@ class SpooledMeta:
 
 @dataclass(slots=True)
 class SpoolEntry:
-    """A spooled object as `pacsguard spool list` shows it."""
+    """A spooled object as `pacsguard gateway spool list` shows it."""
 
     meta: SpooledMeta
     state: str  # queued, quarantined or sent
@@ -239,7 +239,7 @@ class Spool:
         for path in self.objects.glob(f"{object_id}.*"):
             path.unlink(missing_ok=True)
 
-    # --- what `pacsguard spool` shows -----------------------------------------------------------
+    # --- what `pacsguard gateway spool` shows -----------------------------------------------------------
 
     def entries(self) -> Iterator[SpoolEntry]:
         """Queued, quarantined and kept objects, oldest first."""
