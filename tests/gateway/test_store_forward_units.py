@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pacsguard.config.loader import ConfigError, parse_config
+from pacsguard.gateway.objects import ReceivedObject
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta, SpoolFull
 
 HERE = Path(__file__).parent
@@ -73,10 +74,11 @@ def test_a_check_a_registered_part_offers_is_accepted(monkeypatch: pytest.Monkey
 
 
 def meta(spool: Spool, destinations: list[str] | None = None) -> SpooledMeta:
-    return SpooledMeta(id=spool.new_id(), route="sf", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                       sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="MOD",
-                       called_ae="GW", peer_host="127.0.0.1", received=0.0, bytes=4,
-                       destinations=destinations or ["a", "b"])
+    object_id = spool.new_id()
+    obj = ReceivedObject(path=spool.object_path(object_id), sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                         sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="MOD",
+                         called_ae="GW", peer_host="127.0.0.1", route="sf")
+    return SpooledMeta(id=object_id, object=obj, received=0.0, bytes=4, destinations=destinations or ["a", "b"])
 
 
 def test_a_committed_object_survives_a_rescan_and_a_half_received_one_does_not(tmp_path: Path) -> None:
@@ -127,11 +129,11 @@ def test_quarantine_keeps_the_object_with_its_manifest(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
     m = meta(spool)
-    where = spool.quarantine(spool.receive(m.id, b"EVIL"), m.id, {"object": asdict(m), "reason": "test"})
+    where = spool.quarantine(spool.receive(m.id, b"EVIL"), m.id, {"object": m.to_json(), "reason": "test"})
     assert where.read_bytes() == b"EVIL"
     entry = spool.find(m.id)
     assert entry is not None and entry.state == "quarantined" and entry.manifest is not None
-    assert entry.manifest["reason"] == "test" and entry.meta == m
+    assert entry.manifest["reason"] == "test" and entry.meta == replace(m, object=replace(m.object, path=where))
     assert Spool(tmp_path).open() == []  # nothing of it is forwarded
 
 

@@ -58,7 +58,7 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
     now = time.time()
     for name, _, e in entries:
         waiting = ", ".join(f"{d} ({e.failures[d]['attempts']} failed)" if d in e.failures else d for d in e.pending)
-        table.add_row(name, e.meta.id, e.state, e.meta.sop_instance_uid, f"{e.meta.bytes / 1024:,.0f}",
+        table.add_row(name, e.meta.id, e.state, e.meta.object.sop_instance_uid, f"{e.meta.bytes / 1024:,.0f}",
                       _age(now - e.meta.received), waiting or "-")
     console.print(table if entries else "the spool is empty")
 

@@ -313,22 +313,25 @@ class Route(Strict):
         from pacsguard.runtime.registry import Registry
 
         offered = Registry.default().object_checks()
+        known = ", ".join(sorted(offered)) or "none: no part offers one"
         for i, name in enumerate(value):
             if name not in offered:
-                known = ", ".join(sorted(offered)) or "none: no part offers one"
                 raise ValueError(f"object_checks[{i}]: no part offers an object check named {name!r} "
                                  f"(known: {known})")
-            if name in value[:i]:
-                raise ValueError(f"object_checks[{i}]: {name!r} is listed twice")
-        return value
+        return _once_each("object_checks", value, known)
 
     @field_validator("checks")
     @classmethod
     def _once(cls, value: list[str]) -> list[str]:
-        for i, name in enumerate(value):
-            if name in value[:i]:
-                raise ValueError(f"checks[{i}]: {name!r} is listed twice (known checks: {', '.join(CHECK_NAMES)})")
-        return value
+        return _once_each("checks", value, ", ".join(CHECK_NAMES))
+
+
+def _once_each(key: str, value: list[str], known: str) -> list[str]:
+    """``value`` when no name in it is listed twice; else the error naming the second one."""
+    for i, name in enumerate(value):
+        if name in value[:i]:
+            raise ValueError(f"{key}[{i}]: {name!r} is listed twice (known checks: {known})")
+    return value
 
 
 class GatewayConfig(Strict):

@@ -123,8 +123,9 @@ class Forwarder:
         was recorded already (a failure status per object is)."""
         metas = [m for m in (self.spool.read_meta(i) for i in batch) if m is not None]
         metas = [m for m in metas if self.name not in self.spool.sent_to(m.id)]
-        pairs = list(dict.fromkeys((m.sop_class_uid, m.transfer_syntax_uid) for m in metas))[:MAX_CONTEXTS]
-        later = [m.id for m in metas if (m.sop_class_uid, m.transfer_syntax_uid) not in pairs]
+        kinds = [(m.object.sop_class_uid, m.object.transfer_syntax_uid) for m in metas]
+        pairs = list(dict.fromkeys(kinds))[:MAX_CONTEXTS]
+        later = [m.id for m, kind in zip(metas, kinds, strict=True) if kind not in pairs]
         if later:  # more kinds of object than one association can carry: the next batch takes them
             metas = [m for m in metas if m.id not in later]
             with self.wake:

@@ -25,17 +25,19 @@ def _patients(meta: SpooledMeta) -> dict[str, Any]:
 
 
 def _object(meta: SpooledMeta) -> dict[str, Any]:
-    return {"route": meta.route, "spool_id": meta.id, "sop_class": meta.sop_class_uid,
-            "sop_instance": meta.sop_instance_uid, "transfer_syntax": meta.transfer_syntax_uid, "bytes": meta.bytes}
+    obj = meta.object
+    return {"route": obj.route, "spool_id": meta.id, "sop_class": obj.sop_class_uid,
+            "sop_instance": obj.sop_instance_uid, "transfer_syntax": obj.transfer_syntax_uid, "bytes": meta.bytes}
 
 
 def _sender(meta: SpooledMeta) -> Party:
-    return Party(ae_title=meta.calling_ae or None, host=meta.peer_host or None)
+    return Party(ae_title=meta.object.calling_ae or None, host=meta.object.peer_host or None)
 
 
 def received(meta: SpooledMeta) -> Event:
-    return Event(kind=RECEIVED, component="gateway", actor=_sender(meta), target=Party(ae_title=meta.called_ae),
-                 message=f"spooled {meta.sop_instance_uid} ({meta.bytes:,} bytes) for {', '.join(meta.destinations)}",
+    return Event(kind=RECEIVED, component="gateway", actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
+                 message=f"spooled {meta.object.sop_instance_uid} ({meta.bytes:,} bytes) "
+                         f"for {', '.join(meta.destinations)}",
                  details={**_object(meta), "destinations": list(meta.destinations), "replaced_by": meta.replaced_by},
                  **_patients(meta))
 
@@ -51,14 +53,15 @@ def refused(meta: SpooledMeta, *, status: int, check: str, rule: str, reason: st
     if quarantine is not None:
         details["quarantine"] = quarantine
     return Event(kind=kind, component="gateway", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
-                 actor=_sender(meta), target=Party(ae_title=meta.called_ae),
-                 message=f"{verb} {meta.sop_instance_uid or 'an object'} from {meta.calling_ae or '?'}: {reason}",
+                 actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
+                 message=f"{verb} {meta.object.sop_instance_uid or 'an object'} "
+                         f"from {meta.object.calling_ae or '?'}: {reason}",
                  details=details, **_patients(meta))
 
 
 def forwarded(meta: SpooledMeta, destination: str, target: Party, status: int) -> Event:
     return Event(kind=FORWARDED, component="gateway", actor=_sender(meta), target=target,
-                 message=f"forwarded {meta.sop_instance_uid} to {destination} (0x{status:04X})",
+                 message=f"forwarded {meta.object.sop_instance_uid} to {destination} (0x{status:04X})",
                  details={**_object(meta), "destination": destination, "status": f"0x{status:04X}"},
                  **_patients(meta))
 
@@ -72,7 +75,7 @@ def delayed(route: str, destination: str, target: Party, error: str, *, retry_in
     if meta is not None:
         details.update(_object(meta), attempts=attempts)
         extra = _patients(meta)
-    what = meta.sop_instance_uid if meta is not None else "spooled objects"
+    what = meta.object.sop_instance_uid if meta is not None else "spooled objects"
     return Event(kind=DELAYED, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
                  target=target, message=f"{destination}: {what} not forwarded yet: {error}", details=details, **extra)
 
@@ -91,4 +94,4 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
                  message=f"route {route}: {user} purged {len(metas)} spooled object(s)",
                  patient_ids=tuple(patients), study_uids=tuple(studies), sop_instance_count=len(metas),
                  details={"route": route, "spool_ids": [m.id for m in metas], "states": states,
-                          "sop_instances": [m.sop_instance_uid for m in metas]})
+                          "sop_instances": [m.object.sop_instance_uid for m in metas]})

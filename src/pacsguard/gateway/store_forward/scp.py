@@ -253,11 +253,13 @@ class _Session:
     def _meta(self, event: evt.Event, object_id: str, size: int, patient: str | None, study: str | None) -> SpooledMeta:
         req: Any = event.request
         adm = self.adm
-        return SpooledMeta(id=object_id, route=self.rx.route.name, sop_class_uid=str(req.AffectedSOPClassUID),
-                           sop_instance_uid=str(req.AffectedSOPInstanceUID),
-                           transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae=adm.calling_ae or "",
-                           called_ae=adm.rq.called_ae_title if adm.rq else "", peer_host=adm.host, received=time.time(),
-                           bytes=size, destinations=[d.key for d in self.rx.route.destinations], patient_id=patient,
+        obj = ReceivedObject(path=self.rx.spool.object_path(object_id), sop_class_uid=str(req.AffectedSOPClassUID),
+                             sop_instance_uid=str(req.AffectedSOPInstanceUID),
+                             transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae=adm.calling_ae or "",
+                             called_ae=adm.rq.called_ae_title if adm.rq else "", peer_host=adm.host,
+                             route=self.rx.route.name, association_id=f"{adm.host}:{adm.port}")
+        return SpooledMeta(id=object_id, object=obj, received=time.time(), bytes=size,
+                           destinations=[d.key for d in self.rx.route.destinations], patient_id=patient,
                            study_uid=study)
 
     def _spool(self, event: evt.Event, dataset: memoryview, patient: str | None, study: str | None) -> int:
@@ -302,11 +304,7 @@ class _Session:
     def _check(self, meta: SpooledMeta, received: Path) -> tuple[ObjectVerdict, Path]:
         """Run the route's object checks in order (pacsguard.gateway.objects): the first that does
         not forward decides; a replacement is what the next check sees."""
-        adm = self.adm
-        obj = ReceivedObject(path=received, sop_class_uid=meta.sop_class_uid, sop_instance_uid=meta.sop_instance_uid,
-                             transfer_syntax_uid=meta.transfer_syntax_uid, calling_ae=meta.calling_ae,
-                             called_ae=meta.called_ae, peer_host=adm.host, route=meta.route,
-                             association_id=f"{adm.host}:{adm.port}")
+        obj = replace(meta.object, path=received)  # the checks read the synced file before it is committed
         last = ObjectVerdict()
         for check in self.rx.object_checks:
             try:
@@ -327,7 +325,7 @@ class _Session:
         rx = self.rx
         status = verdict.status
         if verdict.action is ObjectAction.QUARANTINE:
-            manifest = {"object": _meta_dict(meta), "check": verdict.check, "rule": verdict.rule,
+            manifest = {"object": meta.to_json(), "check": verdict.check, "rule": verdict.rule,
                         "reason": verdict.reason, "status": f"0x{status:04X}", "quarantined": time.time(),
                         "sha256": _sha256(path)}
             where = rx.spool.quarantine(path, meta.id, manifest)
@@ -350,10 +348,11 @@ def _replaced(meta: SpooledMeta, replacement: Path, check: str) -> SpooledMeta:
     from pydicom.filereader import read_file_meta_info
 
     fm = read_file_meta_info(replacement)
-    return replace(meta, bytes=replacement.stat().st_size, replaced_by=check,
-                   sop_class_uid=str(fm.get("MediaStorageSOPClassUID", meta.sop_class_uid)),
-                   sop_instance_uid=str(fm.get("MediaStorageSOPInstanceUID", meta.sop_instance_uid)),
-                   transfer_syntax_uid=str(fm.get("TransferSyntaxUID", meta.transfer_syntax_uid)))
+    obj = meta.object
+    obj = replace(obj, sop_class_uid=str(fm.get("MediaStorageSOPClassUID", obj.sop_class_uid)),
+                  sop_instance_uid=str(fm.get("MediaStorageSOPInstanceUID", obj.sop_instance_uid)),
+                  transfer_syntax_uid=str(fm.get("TransferSyntaxUID", obj.transfer_syntax_uid)))
+    return replace(meta, object=obj, bytes=replacement.stat().st_size, replaced_by=check)
 
 
 def _adopt(replacement: Path, received: Path) -> Path:
@@ -371,12 +370,6 @@ def _adopt(replacement: Path, received: Path) -> Path:
         replacement.unlink(missing_ok=True)
     received.unlink(missing_ok=True)
     return target
-
-
-def _meta_dict(meta: SpooledMeta) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(meta)
 
 
 def _sha256(path: Path) -> str:

@@ -26,10 +26,12 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
+
+from pacsguard.gateway.objects import ReceivedObject
 
 MIB = 1024 * 1024
 
@@ -56,18 +58,17 @@ def write_synced(path: Path, *chunks: bytes | memoryview) -> None:
         os.close(fd)
 
 
+#: What ID.json keeps of the ReceivedObject (its path is where the spool keeps the file).
+_OBJECT_KEYS = tuple(f.name for f in fields(ReceivedObject) if f.name != "path")
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledMeta:
-    """The ``ID.json`` of a spooled object."""
+    """The ``ID.json`` of a spooled object: the object as its checks saw it (the seam's
+    ReceivedObject, pacsguard.gateway.objects) and the spool's own bookkeeping."""
 
     id: str
-    route: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    calling_ae: str
-    called_ae: str
-    peer_host: str
+    object: ReceivedObject
     received: float  # seconds since the epoch
     bytes: int
     destinations: list[str]
@@ -75,9 +76,16 @@ class SpooledMeta:
     study_uid: str | None = None
     replaced_by: str | None = None  # the object check whose replacement file is spooled instead
 
+    def to_json(self) -> dict[str, Any]:
+        """One flat mapping: the object's fields (without its path) and the spool's."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "object"}
+        return {**{k: getattr(self.object, k) for k in _OBJECT_KEYS}, **own}
+
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SpooledMeta:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+    def from_json(cls, data: dict[str, Any], path: Path) -> SpooledMeta:
+        obj = ReceivedObject(path=path, **{k: data[k] for k in _OBJECT_KEYS if k in data})
+        own = {f.name: data[f.name] for f in fields(cls) if f.name != "object" and f.name in data}
+        return cls(object=obj, **own)
 
 
 @dataclass(slots=True)
@@ -98,7 +106,7 @@ class SpoolEntry:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.meta.id, "state": self.state, "path": str(self.path), "pending": self.pending,
                 "sent": self.sent, "failures": self.failures, **({"manifest": self.manifest} if self.manifest else {}),
-                "meta": asdict(self.meta)}
+                "meta": self.meta.to_json()}
 
 
 class SpoolFull(Exception):
@@ -165,7 +173,7 @@ class Spool:
         """Move a checked object into objects/ with its metadata, durably: after this returns the
         object may be acknowledged."""
         meta_tmp = self.tmp / f"{meta.id}.json"
-        write_synced(meta_tmp, json.dumps(asdict(meta)).encode())
+        write_synced(meta_tmp, json.dumps(meta.to_json()).encode())
         final = self.objects / f"{meta.id}.dcm"
         os.replace(received, final)
         os.replace(meta_tmp, self.objects / f"{meta.id}.json")  # the .json last: it makes the object count
@@ -192,8 +200,9 @@ class Spool:
 
     def read_meta(self, object_id: str, folder: Path | None = None) -> SpooledMeta | None:
         try:
-            data = json.loads(((folder or self.objects) / f"{object_id}.json").read_text())
-            return SpooledMeta.from_json(data)
+            folder = folder or self.objects
+            data = json.loads((folder / f"{object_id}.json").read_text())
+            return SpooledMeta.from_json(data, folder / f"{object_id}.dcm")
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
@@ -258,7 +267,7 @@ class Spool:
             object_id = meta_path.name.removesuffix(".manifest.json")
             try:
                 manifest = json.loads(meta_path.read_text())
-                kept = SpooledMeta.from_json(manifest["object"])
+                kept = SpooledMeta.from_json(manifest["object"], folder / f"{object_id}.dcm")
             except (OSError, ValueError, TypeError, KeyError):
                 return None
             return SpoolEntry(kept, state, folder / f"{object_id}.dcm", manifest=manifest)
