@@ -142,6 +142,11 @@ def test_the_free_space_floor_refuses_before_writing(tmp_path: Path) -> None:
     free_mib = st.f_bavail * st.f_frsize / 2**20
     spool = Spool(tmp_path, min_free_mib=free_mib - 1)
     spool.open()
-    spool.check_room(1024)
+    spool.reserve(1024)
     with pytest.raises(SpoolFull, match="spool.min_free_mib"):
-        spool.check_room(2 * 2**20)
+        spool.reserve(2 * 2**20)
+    spool.reserve(2**19)  # objects still arriving count against the floor
+    with pytest.raises(SpoolFull):
+        spool.reserve(2**19)
+    spool.release(2**19)
+    spool.reserve(2**19)

@@ -8,6 +8,7 @@ would leave less than its free-space floor answers 0xA700 (out of resources, PS3
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -271,22 +272,35 @@ class _Session:
         object_id = rx.spool.new_id()
         meta = self._meta(event, object_id, len(head) + len(dataset), patient, study)
         try:
-            rx.spool.check_room(meta.bytes)
+            rx.spool.reserve(meta.bytes)
         except SpoolFull as exc:
             rx.publish(records.refused(meta, status=STATUS_OUT_OF_RESOURCES, check="spool", rule="spool.min_free_mib",
                                        reason=str(exc)))
             return STATUS_OUT_OF_RESOURCES
         try:
+            return self._keep(meta, head, dataset)
+        finally:
+            rx.spool.release(meta.bytes)
+
+    def _keep(self, meta: SpooledMeta, head: bytes, dataset: memoryview) -> int:
+        """Receive durably, check, then commit (or quarantine, or drop) one object."""
+        rx, object_id = self.rx, meta.id
+        try:
             received = rx.spool.receive(object_id, head, dataset)
         except OSError as exc:  # ENOSPC, EIO: nothing was acknowledged, the modality may retry
             rx.spool.discard(rx.spool.tmp / f"{object_id}.dcm")
-            status = STATUS_OUT_OF_RESOURCES if exc.errno in (28, 122) else STATUS_PROCESSING_FAILURE
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
             rx.publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
                                        reason=f"cannot write the spool: {exc.strerror or exc}"))
             return status
         verdict, path = self._check(meta, received)
         if verdict.action is not ObjectAction.FORWARD:
-            return self._stop(meta, path, received, verdict)
+            try:
+                return self._stop(meta, path, received, verdict)
+            except OSError as exc:  # the quarantine folder could not take it: refused all the same
+                log.error("route %s: cannot quarantine %s: %s", rx.route.name, object_id, exc)
+                rx.spool.discard(received)
+                return verdict.status
         try:
             if path != received:
                 meta = _replaced(meta, path, verdict.check or "object check")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -124,6 +125,10 @@ class Spool:
         self.sent_dir = root / "sent"
         self.min_free = int(min_free_mib * MIB)
         self.retention = retention
+        # Associations receive in parallel: bytes being written count against the floor until
+        # committed or discarded, and two forwarders never finish the same object at once.
+        self._lock = threading.Lock()
+        self._reserved = 0
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -155,13 +160,20 @@ class Spool:
         """Time-ordered, so that a rescan forwards in arrival order."""
         return f"{time.time_ns():020d}-{uuid4().hex[:8]}"
 
-    def check_room(self, size: int) -> None:
-        """Raise SpoolFull when writing ``size`` bytes would leave less than the floor free."""
-        st = os.statvfs(self.tmp)
-        free = st.f_bavail * st.f_frsize
-        if free - size < self.min_free:
-            raise SpoolFull(f"{free // MIB} MiB free, the object needs {size // MIB + 1} MiB and the spool keeps "
-                            f"{self.min_free // MIB} MiB free (spool.min_free_mib)")
+    def reserve(self, size: int) -> None:
+        """Count ``size`` bytes against the free-space floor until `release`; raise SpoolFull when
+        writing them would leave less than the floor free (objects still arriving included)."""
+        with self._lock:
+            st = os.statvfs(self.tmp)
+            free = st.f_bavail * st.f_frsize - self._reserved
+            if free - size < self.min_free:
+                raise SpoolFull(f"{free // MIB} MiB free, the object needs {size // MIB + 1} MiB and the spool "
+                                f"keeps {self.min_free // MIB} MiB free (spool.min_free_mib)")
+            self._reserved += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
 
     def receive(self, object_id: str, *chunks: bytes | memoryview) -> Path:
         """Write a received object to tmp/, synced; it is not acknowledged yet."""
@@ -230,16 +242,17 @@ class Spool:
 
     def finish_if_done(self, meta: SpooledMeta) -> bool:
         """Remove (or keep in sent/) an object every destination has; True when it was done."""
-        sent = set(self.sent_to(meta.id))
-        if not set(meta.destinations) <= sent:
-            return False
-        if self.retention == "keep":
-            for suffix in (".dcm", ".json"):
-                source = self.objects / f"{meta.id}{suffix}"
-                if source.exists():
-                    os.replace(source, self.sent_dir / source.name)
-        self.remove(meta.id)
-        return True
+        with self._lock:
+            sent = set(self.sent_to(meta.id))
+            if not set(meta.destinations) <= sent:
+                return False
+            if self.retention == "keep":
+                for suffix in (".dcm", ".json"):
+                    source = self.objects / f"{meta.id}{suffix}"
+                    if source.exists():
+                        os.replace(source, self.sent_dir / source.name)
+            self.remove(meta.id)
+            return True
 
     def remove(self, object_id: str) -> None:
         """Remove a queued object and its state files; the .json first, so a crash midway leaves
