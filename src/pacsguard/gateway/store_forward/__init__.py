@@ -4,5 +4,6 @@ a spool before it answers, runs the route's object checks, and forwards what pas
 destination as a Storage SCU, exactly once per destination, across restarts.
 
 Modules: ``spool`` (the durable files), ``admission`` (the route's association checks before
-pynetdicom sees the association), ``scp`` (receiving), ``forwarder`` (sending), ``records``
-(the Events), ``route`` (one route's runtime, started by the gateway)."""
+pynetdicom sees the association), ``scp`` (receiving), ``judging`` (the object checks and their
+verdicts), ``forwarder`` (sending), ``records`` (the Events), ``route`` (one route's runtime,
+started by the gateway)."""

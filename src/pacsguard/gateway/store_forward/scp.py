@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from socketserver import BaseServer
 from typing import Any
 
@@ -30,10 +28,11 @@ from pacsguard.dicom.dataset import peek_identifiers
 from pacsguard.dicom.events import DimseCommand, DimseDatasetEnd, DimseDatasetStart
 from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import Chain, decide
-from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ObjectVerdict, ReceivedObject
+from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation, peek_rq
-from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta, SpoolFull, copy_synced
+from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
+from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta, SpoolFull
 from pacsguard.gateway.verdict import Action, Verdict
 
 log = logging.getLogger("pacsguard.gateway")
@@ -293,18 +292,18 @@ class _Session:
             rx.publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
                                        reason=f"cannot write the spool: {exc.strerror or exc}"))
             return status
-        verdict, path = self._check(meta, received)
+        checked = replace(meta.object, path=received)  # judged synced, before it is committed
+        verdict, path = run_checks(rx.object_checks, checked, rx.publish)
         if verdict.action is not ObjectAction.FORWARD:
             try:
-                return self._stop(meta, path, received, verdict)
+                return set_aside(rx.spool, meta, path, received, verdict, rx.publish)
             except OSError as exc:  # the quarantine folder could not take it: refused all the same
                 log.error("route %s: cannot quarantine %s: %s", rx.route.name, object_id, exc)
                 rx.spool.discard(received)
                 return verdict.status
         try:
             if path != received:
-                meta = _replaced(meta, path, verdict.check or "object check")
-                path = _adopt(path, received)
+                meta, path = adopt_replacement(meta, path, received, verdict.check or "object check")
             rx.spool.commit(path, meta)
         except OSError as exc:
             rx.spool.discard(received)
@@ -314,83 +313,3 @@ class _Session:
         rx.publish(records.received(meta))
         rx.queued(meta)
         return STATUS_SUCCESS
-
-    def _check(self, meta: SpooledMeta, received: Path) -> tuple[ObjectVerdict, Path]:
-        """Run the route's object checks in order (pacsguard.gateway.objects): the first that does
-        not forward decides; a replacement is what the next check sees."""
-        obj = replace(meta.object, path=received)  # the checks read the synced file before it is committed
-        last = ObjectVerdict()
-        for check in self.rx.object_checks:
-            try:
-                verdict = check.inspect(obj)
-            except Exception as exc:  # noqa: BLE001 - a check must not raise; if it does, nothing passes unjudged
-                log.exception("object check %s failed", check.name)
-                verdict = ObjectVerdict(ObjectAction.REFUSE, check.name, "error", f"the check failed: {exc}")
-            for ev in verdict.events:
-                self.rx.publish(ev)
-            if verdict.action is not ObjectAction.FORWARD:
-                return replace(verdict, check=verdict.check or check.name), obj.path
-            if verdict.replacement is not None:
-                obj = replace(obj, path=verdict.replacement)
-                last = replace(verdict, check=verdict.check or check.name)
-        return last, obj.path
-
-    def _stop(self, meta: SpooledMeta, path: Path, received: Path, verdict: ObjectVerdict) -> int:
-        rx = self.rx
-        status = verdict.status
-        if verdict.action is ObjectAction.QUARANTINE:
-            manifest = {"object": meta.to_json(), "check": verdict.check, "rule": verdict.rule,
-                        "reason": verdict.reason, "status": f"0x{status:04X}", "quarantined": time.time(),
-                        "sha256": _sha256(path)}
-            where = rx.spool.quarantine(path, meta.id, manifest)
-            if path != received:
-                rx.spool.discard(received)
-            rx.publish(records.refused(meta, status=status, check=verdict.check, rule=verdict.rule,
-                                       reason=verdict.reason, quarantine=str(where)))
-        else:
-            rx.spool.discard(received)
-            if path != received:
-                path.unlink(missing_ok=True)
-            rx.publish(records.refused(meta, status=status, check=verdict.check, rule=verdict.rule,
-                                       reason=verdict.reason))
-        return status
-
-
-def _replaced(meta: SpooledMeta, replacement: Path, check: str) -> SpooledMeta:
-    """The metadata of a check's replacement file: its own SOP Class, SOP Instance and transfer
-    syntax (PS3.10 7.1 file meta; de-identification gives new UIDs), which the forwarder proposes."""
-    from pydicom.filereader import read_file_meta_info
-
-    fm = read_file_meta_info(replacement)
-    obj = meta.object
-    obj = replace(obj, sop_class_uid=str(fm.get("MediaStorageSOPClassUID", obj.sop_class_uid)),
-                  sop_instance_uid=str(fm.get("MediaStorageSOPInstanceUID", obj.sop_instance_uid)),
-                  transfer_syntax_uid=str(fm.get("TransferSyntaxUID", obj.transfer_syntax_uid)))
-    return replace(meta, object=obj, bytes=replacement.stat().st_size, replaced_by=check)
-
-
-def _adopt(replacement: Path, received: Path) -> Path:
-    """Make a check's replacement file durable in the spool's tmp/ and drop the original."""
-    target = received.with_suffix(".replaced.dcm")
-    try:
-        os.replace(replacement, target)
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # another file system: copy it
-        copy_synced(replacement, target)
-        replacement.unlink(missing_ok=True)
-    received.unlink(missing_ok=True)
-    return target
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
