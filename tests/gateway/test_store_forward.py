@@ -39,7 +39,7 @@ AS_STORED = {"CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "test-S
 
 
 def sf_route(name: str, *destinations: tuple[int, str], spool: dict | None = None, retry: dict | None = None,
-             object_checks: list[str] | None = None) -> dict:
+             object_checks: list[str] | None = None, **more: object) -> dict:
     """A store-and-forward route to each (port, AE title) on loopback."""
     r = route(name, destinations[0][0], upstream_ae=destinations[0][1],
               policy={"calling_ae_titles": [CALLING], "hosts": ["127.0.0.0/8"]})
@@ -51,6 +51,7 @@ def sf_route(name: str, *destinations: tuple[int, str], spool: dict | None = Non
              retry={"initial_delay": 0.2, "max_delay": 1.0, **(retry or {})})
     if object_checks:
         r["object_checks"] = object_checks
+    r.update(more)
     return r
 
 
@@ -358,3 +359,21 @@ def test_the_routes_association_checks_apply_unchanged(dcmtk, gateway):
     gw.cli("gateway", "quarantine", "add", "127.0.0.1", "--reason", "test")
     wait_until(lambda: dcmtk.run("echoscu", *target(gw)).returncode != 0, 10, "the quarantine applies")
     assert gw.wait_for("dicom.association.rejected", where=lambda e: e.details["rule"] == "quarantine")
+
+
+def test_quarantine_sender_cuts_off_the_device_that_sent_a_quarantined_object(dcmtk, orthanc, gateway, tmp_path):
+    pacs = orthanc()
+    runner = [sys.executable, str(HERE / "pacsguard_with_test_part.py")]
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), object_checks=["patient-gate"], quarantine_sender=True),
+                 program=runner)
+    evil, = fresh_ct(tmp_path / "evil", 1, patient="EVIL")
+    clean = fresh_ct(tmp_path / "clean", 3, patient="CLEAN")
+    result = dcmtk.run("storescu", "-v", "-xe", *target(gw), evil, *clean)
+    out = result.stdout + result.stderr
+    assert not storescu_acknowledged(out, clean), out  # nothing after the quarantined object is taken
+    added = gw.wait_for("gateway.quarantine.added")[0]
+    assert added.target.host == "127.0.0.1" or added.details["target"] == "127.0.0.1"
+    assert "patient-gate" in added.details["reason"]
+    assert dcmtk.run("echoscu", *target(gw)).returncode != 0  # a new association is rejected
+    assert gw.wait_for("dicom.association.rejected", where=lambda e: e.details["rule"] == "quarantine")
+    assert pacs.instances() == []

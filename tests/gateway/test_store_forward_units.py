@@ -49,6 +49,9 @@ def test_route_mode_errors_name_their_key() -> None:
                      + "    upstream: {host: h, port: 104, ae_title: P}\n"
                        "    destinations: [{host: h, port: 104, ae_title: P}]\n")
     assert "destinations is for store-and-forward routes" in relay[0]
+    sender = problems(SF.replace("mode: store-and-forward", "mode: relay")
+                      + "    upstream: {host: h, port: 104, ae_title: P}\n    quarantine_sender: true\n")
+    assert "quarantine_sender is for store-and-forward routes" in sender[0]
     twice = problems(SF + "    destinations: [{host: h, port: 104, ae_title: P}, {host: h, port: 104, ae_title: P}]\n")
     assert "destinations[1]" in twice[0]
     tls = problems(SF.replace("ae_title: GW}", "ae_title: GW, tls: {cert_file: c.pem, key_file: k.pem}}")

@@ -262,6 +262,8 @@ class Route(Strict):
     destinations: list[Destination] = Field([], description="store-and-forward: where objects go; "
                                             "default: the upstream")
     retry: RetryConfig = RetryConfig()
+    quarantine_sender: bool = Field(False, description="store-and-forward: quarantine the sending host when an "
+                                    "object check quarantines one of its objects")
     rewrite_retrieve_ae_title: bool | None = Field(
         None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
         "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")
@@ -292,7 +294,7 @@ class Route(Strict):
     @model_validator(mode="after")
     def _mode(self) -> "Route":
         if self.mode == "relay":
-            for key in ("object_checks", "destinations"):
+            for key in ("object_checks", "destinations", "quarantine_sender"):
                 if getattr(self, key):
                     raise ValueError(f"{key} is for store-and-forward routes (set mode: store-and-forward)")
             return self

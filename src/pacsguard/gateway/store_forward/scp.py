@@ -149,6 +149,7 @@ class _Session:
         self.closed = False
         self.ended = False
         self.aborting = ""  # why the gateway itself aborts, once it does
+        self.cut_off = ""  # why this association takes nothing more (its sender was quarantined)
         self.stored = 0
 
     @property
@@ -219,6 +220,8 @@ class _Session:
             status = self._spool(event, dataset, peek.patient_id, peek.study_instance_uid)
         if status == STATUS_SUCCESS:
             self.stored += 1
+        if self.cut_off and not self.aborting:
+            self._abort(event, self.cut_off)
         response = dimse.CommandSet(dimse.C_STORE_RSP, message_id_being_responded_to=req.MessageID, status=status,
                                     affected_sop_class_uid=command.affected_sop_class_uid,
                                     affected_sop_instance_uid=command.affected_sop_instance_uid)
@@ -230,7 +233,7 @@ class _Session:
         """The route's request checks (rate, services, the inline IDS), as on a relayed route;
         None when the object may be spooled, else the status to answer."""
         rx, adm = self.rx, self.adm
-        if rx.is_quarantined(adm.host, adm.calling_ae):
+        if self.cut_off or rx.is_quarantined(adm.host, adm.calling_ae):
             self._abort(event, f"{adm.host} ({adm.calling_ae}) is quarantined")
             pending.refuse("the source is quarantined", "quarantine", dimse.STATUS_NOT_AUTHORIZED)
             return dimse.STATUS_NOT_AUTHORIZED
@@ -295,6 +298,11 @@ class _Session:
         checked = replace(meta.object, path=received)  # judged synced, before it is committed
         verdict, path = run_checks(rx.object_checks, checked, rx.publish)
         if verdict.action is not ObjectAction.FORWARD:
+            if verdict.action is ObjectAction.QUARANTINE and rx.route.quarantine_sender:
+                reason = f"sent an object that {verdict.check} quarantined: {verdict.reason}"
+                rx.quarantine_source(self.adm.host, Verdict(Action.QUARANTINE, reason, verdict.rule,
+                                                            component="gateway"))
+                self.cut_off = reason  # this association ends now, before the quarantine reaches the loop
             try:
                 return set_aside(rx.spool, meta, path, received, verdict, rx.publish)
             except OSError as exc:  # the quarantine folder could not take it: refused all the same
