@@ -176,7 +176,7 @@ class CountingSCP:
     """A second destination (pynetdicom as a Storage SCP) that counts what it receives per SOP
     Instance UID: exactly-once is checked there, Orthanc keeping one copy of a UID whatever."""
 
-    def __init__(self) -> None:
+    def __init__(self, transfer_syntaxes: list[str] | None = None) -> None:
         from collections import Counter
 
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -184,7 +184,7 @@ class CountingSCP:
         self.counts: Counter[str] = Counter()
         ae = AE(ae_title="COUNTER")
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
@@ -377,3 +377,24 @@ def test_quarantine_sender_cuts_off_the_device_that_sent_a_quarantined_object(dc
     assert dcmtk.run("echoscu", *target(gw)).returncode != 0  # a new association is rejected
     assert gw.wait_for("dicom.association.rejected", where=lambda e: e.details["rule"] == "quarantine")
     assert pacs.instances() == []
+
+
+def test_an_object_no_destination_context_fits_waits_and_the_rest_goes_on(dcmtk, gateway, tmp_path):
+    implicit_only = CountingSCP(["1.2.840.10008.1.2"])
+    try:
+        gw = gateway(sf_route("sf", (implicit_only.port, "COUNTER")))
+        explicit, = fresh_ct(tmp_path / "explicit", 1)  # Explicit VR Little Endian: the destination takes none
+        implicit = tmp_path / "implicit.dcm"
+        ds = dcmread(get_testdata_file("rtplan.dcm"))  # Implicit VR Little Endian
+        ds.save_as(implicit)
+        for path in (explicit, implicit):
+            result = dcmtk.run("storescu", "-R", ONLY[own_syntax(path)], *target(gw), path)
+            assert result.returncode == 0, result.stderr
+        wait_until(lambda: str(ds.SOPInstanceUID) in implicit_only.counts, 20, "the implicit object is forwarded")
+        delayed = gw.wait_for("gateway.object.delayed", where=lambda e: "sop_instance" in e.details)
+        assert delayed[0].details["sop_instance"] == str(dcmread(explicit).SOPInstanceUID)
+        listing = json.loads(gw.cli("gateway", "spool", "list", "--json").stdout)
+        assert [e["meta"]["transfer_syntax_uid"] for e in listing] == ["1.2.840.10008.1.2.1"]
+        assert listing[0]["failures"]["d0"]["attempts"] >= 1
+    finally:
+        implicit_only.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +31,9 @@ log = logging.getLogger("pacsguard.gateway")
 
 MAX_CONTEXTS = 128  # presentation contexts per A-ASSOCIATE-RQ (PS3.8 9.3.2.2: odd IDs 1-255)
 POLL = 0.5  # seconds between looks at the retry request while waiting
-
-
-class Unreachable(Exception):
-    """The destination could not be associated with, or the association broke."""
+# Stands for "the destination accepted no presentation context for this object" (PS3.8 9.3.3.2),
+# which has no C-STORE status: 0x0122, SOP class not supported (PS3.7 C.4.2), is the nearest.
+STATUS_NO_CONTEXT = 0x0122
 
 
 class Forwarder:
@@ -109,13 +109,12 @@ class Forwarder:
 
     def _backoff(self) -> None:
         """Wait before the next attempt: doubling up to retry.max_delay, cut short by a retry request."""
-        waited = 0.0
-        while waited < self.delay and not self.stopping:
+        deadline = time.monotonic() + self.delay
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
             if self.spool.take_retry_request():
                 break
             with self.wake:
-                self.wake.wait(min(POLL, self.delay - waited))
-            waited += POLL
+                self.wake.wait(min(POLL, left))
         self.delay = min(self.delay * 2, self.route.retry.max_delay)
 
     def _send(self, batch: list[str]) -> tuple[list[str], str, bool]:
@@ -149,7 +148,12 @@ class Forwarder:
                 path = self.spool.object_path(meta.id)
                 if not path.exists():  # purged while it waited
                     continue
-                status = None if self.stopping else _store(assoc, path)
+                try:
+                    status = None if self.stopping else _store(assoc, path)
+                except ValueError as exc:  # no accepted presentation context fits this object
+                    status, why = STATUS_NO_CONTEXT, str(exc)
+                else:
+                    why = f"status 0x{status:04X}" if status is not None else ""
                 if status is None:
                     return refused + [m.id for m in metas[i:]], "the association ended before every answer", False
                 if status_category(status) in ("success", "warning"):
@@ -157,9 +161,9 @@ class Forwarder:
                     self.publish(records.forwarded(meta, self.name, self.party, status))
                     self.spool.finish_if_done(meta)
                     continue
-                attempts = self.spool.mark_failed(meta.id, self.name, f"status 0x{status:04X}")
-                self.publish(records.delayed(self.route.name, self.name, self.party, f"status 0x{status:04X}",
-                                             retry_in=self.delay, meta=meta, attempts=attempts))
+                attempts = self.spool.mark_failed(meta.id, self.name, why)
+                self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
+                                             meta=meta, attempts=attempts))
                 refused.append(meta.id)
         finally:
             if assoc.is_established:
