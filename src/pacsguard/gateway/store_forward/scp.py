@@ -83,8 +83,17 @@ def make_server(receiver: Receiver) -> ThreadedAssociationServer:
         return _Connection(receiver, request, address, server)
 
     server = ae.make_server((route.listen.host, route.listen.port), server_class=_Server,
-                            request_handler=handler)
+                            contexts=_SharedContexts(ae.supported_contexts), request_handler=handler)
     return server
+
+
+class _SharedContexts(list):  # type: ignore[type-arg]
+    """The SCP's presentation contexts, shared by its associations. pynetdicom deep-copies them for
+    each association (~0.2 s with every transfer syntax of every storage SOP class); negotiation
+    only reads them (PS3.8 9.3.3.2: it builds the results anew), so one copy serves all."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return list(self)
 
 
 class _Connection(RequestHandler):
