@@ -92,6 +92,7 @@ def test_a_committed_object_survives_a_rescan_and_a_half_received_one_does_not(t
     spool.receive("half", b"partial")  # killed before the checks finished: never acknowledged
     (spool.objects / "orphan.dcm").write_bytes(b"x")  # killed between the two renames of a commit
     (spool.objects / "orphan.a.sent").write_bytes(b"")
+    spool.close()  # the process ends (a crash drops the lock too)
     again = Spool(tmp_path)
     assert again.open() == [kept]
     assert sorted(p.name for p in again.objects.iterdir()) == [f"{kept.id}.dcm", f"{kept.id}.json"]
@@ -107,7 +108,11 @@ def test_each_destination_is_marked_once_and_the_object_goes_when_all_have_it(tm
     assert spool.mark_failed(m.id, "a", "status 0xA700") == 2
     spool.mark_sent(m.id, "a")
     assert spool.sent_to(m.id) == ["a"] and not spool.finish_if_done(m)
-    assert Spool(tmp_path).open() == [m]  # after a restart only b is owed
+    spool.close()
+    restarted = Spool(tmp_path)
+    assert restarted.open() == [m]  # after a restart only b is owed
+    restarted.close()
+    spool.open()
     entry = spool.find(m.id)
     assert entry is not None and entry.pending == ["b"] and entry.failures == {}
     spool.mark_sent(m.id, "b")
@@ -137,6 +142,7 @@ def test_quarantine_keeps_the_object_with_its_manifest(tmp_path: Path) -> None:
     entry = spool.find(m.id)
     assert entry is not None and entry.state == "quarantined" and entry.manifest is not None
     assert entry.manifest["reason"] == "test" and entry.meta == replace(m, object=replace(m.object, path=where))
+    spool.close()
     assert Spool(tmp_path).open() == []  # nothing of it is forwarded
 
 
@@ -153,3 +159,12 @@ def test_the_free_space_floor_refuses_before_writing(tmp_path: Path) -> None:
         spool.reserve(2**19)
     spool.release(2**19)
     spool.reserve(2**19)
+
+
+def test_one_gateway_per_spool(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.open()
+    with pytest.raises(OSError, match="in use by another gateway"):
+        Spool(tmp_path).open()  # flock is per open file description: a second one in this process is refused too
+    first.close()
+    Spool(tmp_path).open()

@@ -101,6 +101,7 @@ class StoreForwardRoute:
                 assoc.abort()
         for forwarder in self.forwarders:
             forwarder.stop()
+        self.spool.close()
 
     # --- what the SCP calls (on pynetdicom's threads) ---------------------------------------------
 

@@ -21,6 +21,8 @@ counts as acknowledged only once its .dcm and .json are both in objects/: a .dcm
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -129,6 +131,7 @@ class Spool:
         # committed or discarded, and two forwarders never finish the same object at once.
         self._lock = threading.Lock()
         self._reserved = 0
+        self._lock_fd: int | None = None
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -137,6 +140,7 @@ class Spool:
         waiting for a destination (the forwarders' work after a restart), oldest first."""
         for folder in (self.tmp, self.objects, self.quarantine_dir, self.sent_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_lock()
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
         waiting: list[SpooledMeta] = []
@@ -153,6 +157,26 @@ class Spool:
                 continue
             waiting.append(meta)
         return waiting
+
+    def _take_lock(self) -> None:
+        """One gateway per spool: two would both forward what is pending (duplicates). The lock
+        (flock) is held while the process lives; the kernel drops it when the process dies, also on
+        SIGKILL, so a restart never finds a stale one."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"spool {self.root} is in use by another gateway process") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the spool's lock (at the route's stop)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --- receiving -----------------------------------------------------------------------------
 
