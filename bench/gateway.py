@@ -12,7 +12,14 @@ Needs Debian's dcmtk (/usr/bin/storescu, /usr/bin/storescp); socat (apt-get inst
 the relay reference and py-spy (.venv/bin/pip install py-spy) for --profile are optional.
 
 Targets (issue "bench/gateway.py"): large objects through the gateway at >= 0.9x the direct
-throughput, and <= 1 ms added median latency per small C-STORE.
+throughput, and <= 1 ms added median latency per small C-STORE; a store-and-forward route at
+>= 0.8x the relay's throughput (issue 19), every acknowledged object synced to its spool.
+
+The store-and-forward path is a second gateway, ``pacsguard serve`` with one route in
+``mode: store-and-forward`` whose destination is the same sink, its spool in the work dir: storescu
+sees each C-STORE answered once the object is written, fsync'd, renamed and its folder fsync'd;
+the forwarding to the sink runs meanwhile. After each of its runs the bench waits (untimed) until
+the spool is empty, so that no path's run competes with leftover forwarding.
 
 Corpus (made once, reused from ``--work DIR/corpus`` when its manifest matches): ``--small`` copies
 of pydicom's CT_small.dcm (128x128x16 bit, ~39 KB files) and ``--large`` CT objects with Rows and
@@ -431,6 +438,7 @@ def main() -> int:
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
     ap.add_argument("--no-async", action="store_true",
                     help="skip the second gateway that answers before its record is durable")
+    ap.add_argument("--no-store-forward", action="store_true", help="skip the store-and-forward route")
     ap.add_argument("--profile", action="store_true", help="extra untimed runs with py-spy on the gateway")
     ap.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--profile-gil", action="store_true",
@@ -528,6 +536,12 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     elif not args.no_socat:
         console.print("[yellow]socat not installed (apt-get install -y socat): no relay reference[/]")
 
+    spool = None
+    if not args.no_store_forward:
+        sf_port, sf_proc, spool = start_store_forward(work, sink_port, log("store-forward.log"), args.max_pdu)
+        procs.append(sf_proc)
+        paths.append(Path_("store-and-forward", sf_port, GW_AE, sf_proc.pid))
+
     sent_via_gateway: Counter[str] = Counter()
     gateway_assocs = 0
 
@@ -537,6 +551,8 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         if path.name == "gateway":
             sent_via_gateway.update(corpus.uids)
             gateway_assocs += 1
+        if path.name == "store-and-forward" and spool is not None:
+            drain(spool)
         return run
 
     results: dict[tuple[str, str], list[Run]] = {}
@@ -571,6 +587,39 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     for label, prof in profiles.items():
         print_profile(f"py-spy, gateway, {label} objects", prof)
     return status
+
+
+def start_store_forward(work: Path, sink_port: int, log: IO[str], max_pdu: int) -> tuple[int, subprocess.Popen, Path]:
+    """`pacsguard serve` with one store-and-forward route to the sink; its port, process and spool."""
+    import yaml
+
+    home = work / "store-forward"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    port = free_port()
+    route = {"name": "sf", "mode": "store-and-forward",
+             "listen": {"host": HOST, "port": port, "ae_title": GW_AE},
+             "policy": {"calling_ae_titles": [CLIENT_AE], "hosts": [HOST]},
+             "limits": {"max_pdu_length": max(max_pdu, 16384)},
+             "destinations": [{"name": "sink", "host": HOST, "port": sink_port, "ae_title": SINK_AE}],
+             "spool": {"min_free_mib": 256}}
+    (home / "pacsguard.yaml").write_text(yaml.safe_dump({"store": {"url": "var/pacsguard.db"},
+                                                        "gateway": {"routes": [route]}}))
+    subprocess.run([sys.executable, "-m", "pacsguard.cli", "init", "--no-demo"], cwd=home, check=True,
+                   stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve"], cwd=home, stdout=log,
+                            stderr=subprocess.STDOUT)
+    wait_port(port, proc, "pacsguard serve (store-and-forward)")
+    return port, proc, home / "var" / "spool" / "sf" / "objects"
+
+
+def drain(objects: Path, timeout: float = 600.0) -> None:
+    """Wait until the store-and-forward route has forwarded everything it spooled."""
+    deadline = time.monotonic() + timeout
+    while any(objects.glob("*.json")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the store-and-forward spool did not drain within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def check_store(store: Path) -> dict[str, object]:
@@ -695,6 +744,13 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
     if ASYNC in added:
         console.print(f"of which waiting for the record (gateway - {ASYNC}, median): "
                       f"{(added['gateway'] - added[ASYNC]) * 1e3:.3f} ms; {ASYNC} adds {added[ASYNC] * 1e3:.3f} ms")
+    ok_sf = True
+    if "store-and-forward" in ratios:
+        sf = ratios["store-and-forward"] / ratios["gateway"]
+        ok_sf = sf >= 0.8
+        console.print(f"store-and-forward large throughput {sf:.3f} x the relay's (target >= 0.8, acknowledged "
+                      f"objects synced) {verdict(ok_sf)}; {ratios['store-and-forward']:.3f} x direct; added median "
+                      f"latency per small C-STORE {added['store-and-forward'] * 1e3:.3f} ms")
 
     uids: Counter[str] = recorded["uids"]  # type: ignore[assignment]
     statuses: Counter[str] = recorded["statuses"]  # type: ignore[assignment]
@@ -706,7 +762,7 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
                   f"{verdict(same and recorded['events'] == sent_total)}; store holds {recorded['total']} events")
     if not (same and recorded["events"] == sent_total):
         return 1
-    return 1 if args.check and not (ok_tp and ok_lat) else 0
+    return 1 if args.check and not (ok_tp and ok_lat and ok_sf) else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ class RunningGateway:
     proc: subprocess.Popen
     log: Path
     routes: list[dict] = field(default_factory=list)
+    #: How `pacsguard` is run: ``python -m pacsguard.cli`` unless a test adds parts through a runner.
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pacsguard.cli"])
 
     @property
     def store(self) -> Path:
@@ -59,15 +61,26 @@ class RunningGateway:
                              f"{[e.message for e in found]}\n--- gateway log ---\n{self.log.read_text()[-4000:]}")
 
     def cli(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "pacsguard.cli", *args], cwd=self.home, capture_output=True,
+        proc = subprocess.run([*self.program, *args], cwd=self.home, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
         if check is not None:
             assert proc.returncode == check, (proc.stdout, proc.stderr)
         return proc
 
+    def serve(self) -> subprocess.Popen:
+        """Start (or start again, after a stop or a kill) `pacsguard serve` in this home."""
+        self.proc = serve(self.home, self.log, self.routes, self.program)
+        return self.proc
+
     def restart(self) -> None:
         """Start `pacsguard serve` again in the same folder (after stop() or a kill)."""
-        self.proc = serve(self.home, self.log, self.routes)
+        self.serve()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what the gateway had not written is lost."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -92,9 +105,10 @@ def route(name: str, upstream_port: int, *, upstream_ae: str = "ORTHANC", ae_tit
     return r
 
 
-def serve(home: Path, log: Path, routes: list[dict]) -> subprocess.Popen:
+def serve(home: Path, log: Path, routes: list[dict], program: list[str] | None = None) -> subprocess.Popen:
     """`pacsguard serve` in ``home``, its output appended to ``log``; returns once every route listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve", "--log-level", "debug"], cwd=home,
+    program = program or [sys.executable, "-m", "pacsguard.cli"]
+    proc = subprocess.Popen([*program, "serve", "--log-level", "debug"], cwd=home,
                             stdout=log.open("a"), stderr=subprocess.STDOUT,
                             env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
     for r in routes:
@@ -110,8 +124,8 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     runs before `pacsguard init` (e.g. to mount a small file system on home/var)."""
     started: list[RunningGateway] = []
 
-    def start(*routes: dict, extra: dict | None = None,
-              prepare: Callable[[Path], None] | None = None) -> RunningGateway:
+    def start(*routes: dict, extra: dict | None = None, prepare: Callable[[Path], None] | None = None,
+              program: list[str] | None = None) -> RunningGateway:
         home = tmp_path / f"gw{len(started)}"
         home.mkdir()
         if prepare is not None:
@@ -119,14 +133,16 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
         config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5},
                   "gateway": {"routes": list(routes), "quarantine_poll_interval": 0.2}, **(extra or {})}
         (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
-        init = subprocess.run([sys.executable, "-m", "pacsguard.cli", "init", "--no-demo"], cwd=home,
+        program = program or [sys.executable, "-m", "pacsguard.cli"]
+        init = subprocess.run([*program, "init", "--no-demo"], cwd=home,
                               capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, f"pacsguard init failed:\n{init.stdout}\n{init.stderr}"
         log = home / "serve.log"
         log.write_text("")
-        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, serve(home, log, list(routes)),
-                            log, list(routes))
+        gw = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, None,  # type: ignore[arg-type]
+                            log, list(routes), program)
         started.append(gw)
+        gw.serve()
         return gw
 
     yield start

@@ -1,4 +1,5 @@
-"""`pacsguard gateway run|quarantine`: the one-route quick start and the quarantine switch."""
+"""`pacsguard gateway run|quarantine|spool`: the one-route quick start, the quarantine switch and the
+store-and-forward spool (pacsguard.cli.spool)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.spool import app as spool_app
 
 if TYPE_CHECKING:
     from pacsguard.gateway.quarantine import QuarantineList
@@ -23,6 +25,7 @@ app = App(name="gateway", no_args_is_help=True, help="The DICOM security gateway
 quarantine_app = App(name="quarantine", no_args_is_help=True,
                      help="Cut a host or AE title off at once, on every gateway using this store.")
 app.add_typer(quarantine_app)
+app.add_typer(spool_app)
 
 
 def _endpoint(text: str, option: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ The gateway's models stay here until they move to pacsguard.gateway (the registr
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -246,6 +247,41 @@ class Limits(Strict):
     requests_per_minute: int | None = Field(None, ge=1, description="DIMSE requests per source per minute")
 
 
+class Destination(Upstream):
+    """One upstream a store-and-forward route forwards every object to (PS3.4 B.2, as a C-STORE SCU)."""
+
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="names the destination in the spool; default: AE_TITLE-HOST-PORT")
+
+    @property
+    def key(self) -> str:
+        """The destination's name in the spool's state files (stable across restarts)."""
+        if self.name:
+            return self.name
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.ae_title}-{self.host}-{self.port}")
+
+
+class SpoolConfig(Strict):
+    """Where a store-and-forward route keeps what it acknowledged until every destination has it."""
+
+    directory: Path | None = Field(None, description="spool folder; default: var/spool/ROUTE")
+    high_water_mib: float = Field(1024.0, gt=0, description="spool size (MiB) past which an event is raised")
+    min_free_mib: float = Field(512.0, ge=0, description="free space (MiB) the file system keeps: an object "
+                                "that would go below it is refused with 0xA700")
+    retention: Literal["delete", "keep"] = Field(
+        "delete", description="what happens to an object every destination has: delete, or keep in sent/")
+
+
+class RetryConfig(Strict):
+    """Backoff between attempts to reach a destination; objects wait in the spool meanwhile."""
+
+    initial_delay: float = Field(1.0, gt=0, le=3600, description="seconds before the first retry")
+    max_delay: float = Field(60.0, gt=0, le=86_400, description="longest wait between retries, seconds")
+    batch: int = Field(64, ge=1, le=10_000, description="objects sent per association")
+
+
+RouteMode = Literal["relay", "store-and-forward"]
+
 #: The checks a route can apply (docs/gateway.md, "How a route judges traffic"), in the default order.
 CheckName = Literal["quarantine", "hosts", "ae-titles", "limits", "services", "rate", "ids"]
 CHECK_NAMES: tuple[CheckName, ...] = get_args(CheckName)
@@ -258,6 +294,14 @@ class Route(Strict):
     policy: Policy = Policy()
     limits: Limits = Limits()
     checks: list[CheckName] = Field(list(CHECK_NAMES), description="the checks this route applies, in order")
+    mode: RouteMode = Field("relay", description="relay: cut-through; store-and-forward: spool, check, forward")
+    object_checks: list[str] = Field([], description="store-and-forward: the object checks run on each object")
+    spool: SpoolConfig = SpoolConfig()
+    destinations: list[Destination] = Field([], description="store-and-forward: where objects go; "
+                                            "default: the upstream")
+    retry: RetryConfig = RetryConfig()
+    quarantine_sender: bool = Field(False, description="store-and-forward: quarantine the sending host when an "
+                                    "object check quarantines one of its objects")
     rewrite_retrieve_ae_title: bool | None = Field(
         None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
         "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")
@@ -278,13 +322,65 @@ class Route(Strict):
             return self.rewrite_retrieve_ae_title
         return self.listen.ae_title != self.upstream.ae_title
 
+    @model_validator(mode="before")
+    @classmethod
+    def _destinations(cls, data: Any) -> Any:
+        """A store-and-forward route names its upstreams in ``destinations``; ``upstream`` then
+        defaults to the first of them, and ``destinations`` to ``[upstream]``."""
+        if not isinstance(data, dict) or data.get("mode") != "store-and-forward":
+            return data
+        data = dict(data)
+        dests = data.get("destinations")
+        if "upstream" not in data and isinstance(dests, list) and dests and isinstance(dests[0], dict):
+            data["upstream"] = {k: v for k, v in dests[0].items() if k != "name"}
+        elif not dests and isinstance(data.get("upstream"), (dict, Upstream)):
+            up = data["upstream"]
+            data["destinations"] = [up.model_dump() if isinstance(up, Upstream) else up]
+        return data
+
+    @model_validator(mode="after")
+    def _mode(self) -> "Route":
+        if self.mode == "relay":
+            for key in ("object_checks", "destinations", "quarantine_sender"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} is for store-and-forward routes (set mode: store-and-forward)")
+            return self
+        if self.listen.tls is not None:
+            raise ValueError("listen.tls: a store-and-forward route does not terminate TLS yet; put it on a "
+                             "relay route in front, or listen on loopback")
+        keys = [d.key for d in self.destinations]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise ValueError(f"destinations[{i}]: two destinations are named {key!r}; give each a name")
+        return self
+
+    @field_validator("object_checks")
+    @classmethod
+    def _known_object_checks(cls, value: list[str]) -> list[str]:
+        if not value:
+            return value
+        from pacsguard.runtime.registry import Registry
+
+        offered = Registry.default().object_checks()
+        known = ", ".join(sorted(offered)) or "none: no part offers one"
+        for i, name in enumerate(value):
+            if name not in offered:
+                raise ValueError(f"object_checks[{i}]: no part offers an object check named {name!r} "
+                                 f"(known: {known})")
+        return _once_each("object_checks", value, known)
+
     @field_validator("checks")
     @classmethod
     def _once(cls, value: list[str]) -> list[str]:
-        for i, name in enumerate(value):
-            if name in value[:i]:
-                raise ValueError(f"checks[{i}]: {name!r} is listed twice (known checks: {', '.join(CHECK_NAMES)})")
-        return value
+        return _once_each("checks", value, ", ".join(CHECK_NAMES))
+
+
+def _once_each(key: str, value: list[str], known: str) -> list[str]:
+    """``value`` when no name in it is listed twice; else the error naming the second one."""
+    for i, name in enumerate(value):
+        if name in value[:i]:
+            raise ValueError(f"{key}[{i}]: {name!r} is listed twice (known checks: {known})")
+    return value
 
 
 class GatewayConfig(Strict):

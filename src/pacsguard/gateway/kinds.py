@@ -3,11 +3,15 @@ DIMSE records it shares with the passive sensor are declared in pacsguard.record
 
 from __future__ import annotations
 
-from pacsguard.events.kinds import OBJECT, STRING, EventKind, nullable
+from pacsguard.events.kinds import INTEGER, NUMBER, OBJECT, STATUS, STRING, STRINGS, UID, EventKind, nullable
 from pacsguard.records.kinds import KINDS as DICOM_RECORDS
 
 _ROUTE = {"route": STRING}
 _QUARANTINE = {"target": STRING, "until": nullable(STRING), "reason": STRING}
+# A store-and-forward route's object (docs/gateway.md, "Store-and-forward routes").
+_OBJECT = {**_ROUTE, "spool_id": STRING, "sop_class": UID, "sop_instance": UID, "transfer_syntax": UID,
+           "bytes": INTEGER}
+_VERDICT = {**_OBJECT, "status": STATUS, "check": STRING, "rule": STRING, "reason": STRING}
 
 KINDS = (
     EventKind("gateway.upstream.unreachable",
@@ -29,5 +33,24 @@ KINDS = (
               {**_ROUTE, "reason": STRING, "why": STRING}, required=("route", "why")),
     EventKind("tls.handshake.failed", "a TLS client failed the handshake with a route's listener",
               {**_ROUTE, "error": STRING, "certificate": nullable(OBJECT)}, required=("route", "error")),
+    EventKind("gateway.object.received", "a store-and-forward route spooled an object durably and acknowledged it",
+              {**_OBJECT, "destinations": STRINGS, "replaced_by": nullable(STRING)},
+              required=("route", "spool_id", "sop_instance", "destinations")),
+    EventKind("gateway.object.refused", "a store-and-forward route answered a C-STORE with a failure status "
+              "(an object check, a full spool, a policy check)", _VERDICT, required=("route", "status", "reason")),
+    EventKind("gateway.object.quarantined", "an object check quarantined an object: refused and kept aside",
+              {**_VERDICT, "quarantine": STRING}, required=("route", "status", "reason", "quarantine")),
+    EventKind("gateway.object.forwarded", "a destination answered Success for a spooled object",
+              {**_OBJECT, "destination": STRING, "status": STATUS},
+              required=("route", "spool_id", "destination", "status")),
+    EventKind("gateway.object.delayed", "a destination could not take spooled objects yet; they wait and are retried",
+              {**_OBJECT, "destination": STRING, "error": STRING, "retry_in": NUMBER, "attempts": INTEGER},
+              required=("route", "destination", "error")),
+    EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
+              {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
+              required=("route", "bytes", "objects")),
+    EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard gateway spool purge`",
+              {**_ROUTE, "spool_ids": STRINGS, "states": STRINGS, "sop_instances": STRINGS},
+              required=("route", "spool_ids")),
     *DICOM_RECORDS,
 )

@@ -21,6 +21,8 @@ from pacsguard.ids import DicomAdapter, Engine
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
+    from pacsguard.gateway.objects import ObjectCheck
+    from pacsguard.gateway.store_forward.route import StoreForwardRoute
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -29,6 +31,8 @@ ALERT_WINDOW_TICK = 5.0  # seconds between checks for IDS limit windows that hav
 #: Publishes an Event; returns its ticket on the bus (pacsguard.events.bus) or None.
 Publish = Callable[[Event], "int | None"]
 Resolve = Callable[[Path], Path]
+#: A store-and-forward route's object checks, by route (pacsguard.gateway.objects).
+ObjectChecks = Callable[[Route], "list[ObjectCheck]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,8 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, publish: Publish, *, resolve: Resolve = lambda p: p,
                  read_quarantine: Callable[[int], list[tuple[int, Event]]] | None = None,
-                 engine: Engine | None = None, durability: Durability | None = None) -> None:
+                 engine: Engine | None = None, durability: Durability | None = None,
+                 object_checks: ObjectChecks | None = None) -> None:
         self.config = config
         self.publish = publish
         # Tells a relay when the events it published are durable (docs/gateway.md, "Nothing
@@ -157,7 +162,9 @@ class Gateway:
         self.ips = DicomAdapter(engine) if engine is not None else None
         self.quarantined = q.QuarantineList()
         self.quarantine_policy = q.QuarantinePolicy(config.quarantine_scope, tuple(config.admin_hosts))
-        self.routes = [RouteRuntime(r, self, resolve) for r in config.routes]
+        self.routes = [RouteRuntime(r, self, resolve) for r in config.routes if r.mode == "relay"]
+        self.stored = [self._store_forward(r, resolve, object_checks) for r in config.routes
+                       if r.mode == "store-and-forward"]
         self._read_quarantine = read_quarantine
         self._quarantine_seq = -1
         self._servers: list[asyncio.base_events.Server] = []
@@ -185,16 +192,34 @@ class Gateway:
             up = rt.route.upstream
             self.listeners.append(Listener(rt.route.name, listen.host, port, listen.ae_title, rt.server_ssl is not None,
                                            f"{up.ae_title}@{up.host}:{up.port}" + (" (TLS)" if up.tls else "")))
-            if rt.route.policy.calling_ae_titles is None and rt.route.policy.hosts is None:
-                log.warning("route %s accepts any calling AE title from any host: set policy.calling_ae_titles "
-                            "or policy.hosts", rt.route.name)
+            _warn_open(rt.route)
+        for sf in self.stored:
+            try:
+                port = await asyncio.to_thread(sf.start, loop)
+            except OSError:
+                await self.stop()
+                raise
+            r = sf.route
+            dests = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" + (" (TLS)" if d.tls else "") for d in r.destinations)
+            self.listeners.append(Listener(r.name, r.listen.host, port, r.listen.ae_title, False,
+                                           f"{dests} (store-and-forward)"))
+            _warn_open(r)
         return self.listeners
+
+    def _store_forward(self, route: Route, resolve: Resolve, object_checks: ObjectChecks | None) -> StoreForwardRoute:
+        from pacsguard.gateway.store_forward.route import StoreForwardRoute
+
+        return StoreForwardRoute(route, build_chain(route, Shared(self.quarantined, self.ips)), publish=self.publish,
+                                 quarantined=self.quarantined, quarantine=self.quarantine,
+                                 object_checks=object_checks(route) if object_checks else [], resolve=resolve)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:
             self._poller.cancel()
         for server in self._servers:
             server.close()
+        for sf in self.stored:
+            await asyncio.to_thread(sf.stop, grace)
         deadline = time.monotonic() + grace
         while any(rt.relays for rt in self.routes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -257,6 +282,12 @@ class Gateway:
                                             f"{entry.target} is quarantined"),
                                    details={"route": rt.route.name, "target": entry.target, "reason": entry.reason}))
                 relay.abort(f"{entry.target} is quarantined", kind="quarantine")
+
+
+def _warn_open(route: Route) -> None:
+    if route.policy.calling_ae_titles is None and route.policy.hosts is None:
+        log.warning("route %s accepts any calling AE title from any host: set policy.calling_ae_titles "
+                    "or policy.hosts", route.name)
 
 
 def _server_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:

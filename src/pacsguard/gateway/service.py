@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pacsguard.config.schema import GatewayConfig
+    from pacsguard.config.schema import GatewayConfig, Route
     from pacsguard.events import Event
     from pacsguard.events.durable import Durability
+    from pacsguard.gateway.objects import ObjectCheck
     from pacsguard.ids import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
@@ -31,12 +32,14 @@ class GatewayService:
 
     def __init__(self, config: GatewayConfig, publish: Callable[[Event], int | None], store: EventStore, *,
                  resolve: Callable[[Path], Path] = lambda p: p, engine: Engine | None = None,
-                 durability: Durability | None = None) -> None:
+                 durability: Durability | None = None,
+                 object_checks: Callable[[Route], list[ObjectCheck]] | None = None) -> None:
         from pacsguard.gateway import Gateway
 
         self.engine = engine
         self.gateway = Gateway(config, publish, resolve=resolve, read_quarantine=quarantine_reader(store),
-                               engine=engine, durability=durability)
+                               engine=engine, durability=durability,
+                               object_checks=object_checks)
         # uvloop reads a new socket before start_tls() can take it over, so routes that terminate
         # TLS (whose explicit handshake records failures as events) need asyncio's own loop.
         self.needs_asyncio_loop = any(route.listen.tls is not None for route in config.routes)
@@ -66,4 +69,26 @@ def make_service(ctx: ServiceContext) -> GatewayService | None:
     if not config.routes:
         return None
     return GatewayService(config, ctx.bus.publish_ticket, ctx.store, resolve=ctx.resolve,
-                          engine=rule_engine(ctx.loaded), durability=Durability(ctx.bus))
+                          engine=rule_engine(ctx.loaded), durability=Durability(ctx.bus),
+                          object_checks=object_check_builder(ctx))
+
+
+
+def object_check_builder(ctx: ServiceContext) -> Callable[[Route], list[ObjectCheck]]:
+    """Builds the object checks a store-and-forward route names (``object_checks``), each once,
+    from the part that offers it (pacsguard.runtime.part.Part.object_checks) with that part's section."""
+    from pacsguard.runtime.part import ServiceContext, load_ref
+    from pacsguard.runtime.registry import Registry
+
+    offered = Registry.default().object_checks()
+    built: dict[str, ObjectCheck] = {}
+
+    def checks(route: Route) -> list[ObjectCheck]:
+        for name in route.object_checks:
+            if name not in built:
+                part, ref = offered[name]
+                part.check_dependencies()
+                section = ctx.loaded.section(part.section) if part.section is not None else None
+                built[name] = load_ref(ref)(ServiceContext(ctx.loaded, section, ctx.bus, ctx.store))
+        return [built[name] for name in route.object_checks]
+    return checks

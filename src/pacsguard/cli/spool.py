@@ -1,0 +1,144 @@
+"""`pacsguard gateway spool list|show|retry|purge`: what the store-and-forward routes hold (docs/gateway.md,
+"Store-and-forward routes"). They read the spool folders named in pacsguard.yaml; a running
+gateway picks up a retry request within a second."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+
+if TYPE_CHECKING:
+    from pacsguard.config import LoadedConfig
+    from pacsguard.gateway.store_forward.spool import Spool, SpoolEntry
+
+app = App(name="spool", no_args_is_help=True, help="The store-and-forward spool: what waits, retry, purge.")
+
+ROUTE_OPTION = typer.Option(None, "--route", help="only this store-and-forward route (default: all)")
+JSON_OPTION = typer.Option(False, "--json", help="JSON instead of a table")
+
+
+def _spools(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool]]:
+    from pacsguard.gateway.store_forward.route import spool_for
+
+    routes = [r for r in loaded.section("gateway").routes if r.mode == "store-and-forward"]
+    if route is not None:
+        routes = [r for r in routes if r.name == route]
+        if not routes:
+            raise fail(f"no store-and-forward route is named {route!r}")
+    return [(r.name, spool_for(r, loaded.resolve)) for r in routes]
+
+
+def _entries(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool, SpoolEntry]]:
+    return [(name, spool, e) for name, spool in _spools(loaded, route) for e in spool.entries()]
+
+
+@app.command("list")
+@guarded
+def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
+    """Every spooled object: queued for a destination, quarantined, or kept after sending."""
+    from rich.table import Table
+
+    from pacsguard.cli.common import console
+
+    entries = _entries(load(config), route)
+    if as_json:
+        typer.echo(json.dumps([{"route": name, **e.as_dict()} for name, _, e in entries], indent=2))
+        return
+    table = Table(header_style="bold")
+    for col in ("route", "id", "state", "SOP instance", "KiB", "age", "waiting for"):
+        table.add_column(col, overflow="fold")
+    now = time.time()
+    for name, _, e in entries:
+        waiting = ", ".join(f"{d} ({e.failures[d]['attempts']} failed)" if d in e.failures else d for d in e.pending)
+        table.add_row(name, e.meta.id, e.state, e.meta.object.sop_instance_uid, f"{e.meta.bytes / 1024:,.0f}",
+                      _age(now - e.meta.received), waiting or "-")
+    console.print(table if entries else "the spool is empty")
+
+
+@app.command("show")
+@guarded
+def show(object_id: str = typer.Argument(..., help="the id `spool list` shows"), route: str | None = ROUTE_OPTION,
+         as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
+    """One spooled object: what the association said, its destinations, failures, manifest."""
+    from pacsguard.cli.common import console
+
+    found = [(name, e) for name, _, e in _entries(load(config), route) if e.meta.id == object_id]
+    if not found:
+        raise fail(f"no spooled object {object_id!r}", code=1)
+    name, entry = found[0]
+    data = {"route": name, **entry.as_dict()}
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key != "meta":
+            console.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+    for key, value in data["meta"].items():
+        console.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+
+
+@app.command("retry")
+@guarded
+def retry(route: str | None = ROUTE_OPTION, config: Path | None = CONFIG_OPTION) -> None:
+    """Ask the running gateway to try every waiting destination now, not after its backoff."""
+    from pacsguard.cli.common import console
+
+    spools = _spools(load(config), route)
+    for name, spool in spools:
+        spool.root.mkdir(parents=True, exist_ok=True)
+        spool.request_retry()
+        console.print(f"route {name}: retry requested", highlight=False)
+
+
+@app.command("purge")
+@guarded
+def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (default: every one the filters keep)"),
+          route: str | None = ROUTE_OPTION,
+          state: str | None = typer.Option(None, "--state", help="only queued, quarantined or sent objects"),
+          yes: bool = typer.Option(False, "--yes", help="really delete: spooled objects are then lost"),
+          config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
+    """Delete spooled objects for good, recording who did (gateway.spool.purged)."""
+    from pacsguard.cli.common import console
+    from pacsguard.gateway.store_forward import records
+
+    if state not in (None, "queued", "quarantined", "sent"):
+        raise fail(f"--state: expected queued, quarantined or sent, got {state!r}")
+    loaded = load(config)
+    chosen = [(n, s, e) for n, s, e in _entries(loaded, route)
+              if (not object_ids or e.meta.id in object_ids) and (state is None or e.state == state)]
+    missing = set(object_ids or ()) - {e.meta.id for _, _, e in chosen}
+    if missing:
+        raise fail(f"no spooled object {', '.join(sorted(missing))}", code=1)
+    if not chosen:
+        console.print("nothing to purge")
+        return
+    if not yes:
+        raise fail(f"{len(chosen)} object(s) would be deleted for good; add --yes to do it")
+    user = getpass.getuser()
+    events = []
+    for name in dict.fromkeys(n for n, _, _ in chosen):
+        mine = [(s, e) for n, s, e in chosen if n == name]
+        for spool, entry in mine:
+            spool.purge(entry)
+        events.append(records.purged(name, [e.meta for _, e in mine], user, [e.state for _, e in mine]))
+    es = open_store(loaded, store)
+    try:
+        es.append(events)
+    finally:
+        es.close()
+    console.print(f"purged {len(chosen)} object(s)")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,178 @@
+"""Sending: one forwarder thread per destination of a store-and-forward route, a Storage SCU
+(PS3.4 B.2.1) on pynetdicom that sends each spooled object in the transfer syntax it was
+received in, byte for byte (the file's data set is sent as stored, never decoded).
+
+Exactly once per destination: a destination's Success (or warning, PS3.4 B.2.3) is written to
+the spool (``ID.DEST.sent``, synced) before the next object; an object already marked is never
+sent to that destination again, also after a restart. The one window left is a crash between the
+destination's answer and that write: the object is then sent again (same SOP Instance UID).
+Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, _config, build_context
+
+from pacsguard.config.schema import Destination, Route
+from pacsguard.dicom.dimse import status_category
+from pacsguard.events import Event, Party
+from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
+
+log = logging.getLogger("pacsguard.gateway")
+
+MAX_CONTEXTS = 128  # presentation contexts per A-ASSOCIATE-RQ (PS3.8 9.3.2.2: odd IDs 1-255)
+POLL = 0.5  # seconds between looks at the retry request while waiting
+# Stands for "the destination accepted no presentation context for this object" (PS3.8 9.3.3.2),
+# which has no C-STORE status: 0x0122, SOP class not supported (PS3.7 C.4.2), is the nearest.
+STATUS_NO_CONTEXT = 0x0122
+
+
+class Forwarder:
+    """Sends a route's spooled objects to one destination until it has them all."""
+
+    def __init__(self, route: Route, destination: Destination, spool: Spool, publish: Callable[[Event], None],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.route = route
+        self.destination = destination
+        self.name = destination.key
+        self.spool = spool
+        self.publish = publish
+        self.ssl_context = ssl_context
+        self.queue: deque[str] = deque()
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.delay = route.retry.initial_delay
+        self.thread = threading.Thread(target=self._run, name=f"pacsguard-forward-{route.name}-{self.name}",
+                                       daemon=True)
+
+    @property
+    def party(self) -> Party:
+        d = self.destination
+        return Party(ae_title=d.ae_title, host=d.host, port=d.port)
+
+    def start(self) -> None:
+        # Send each spooled file's data set as stored: pynetdicom then neither decodes nor re-encodes it.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def add(self, meta: SpooledMeta) -> None:
+        if self.name not in meta.destinations:
+            return
+        with self.wake:
+            self.queue.append(meta.id)
+            self.wake.notify()
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.stopping:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                left, error, reported = self._send(batch)
+            except Exception as exc:  # noqa: BLE001 - the forwarder must outlive any one failure
+                log.exception("route %s: forwarding to %s failed", self.route.name, self.name)
+                left, error, reported = batch, f"{type(exc).__name__}: {exc}", False
+            if not left:
+                self.delay = self.route.retry.initial_delay
+                continue
+            with self.wake:
+                self.queue.extendleft(reversed(left))
+            if not reported:
+                self.publish(records.delayed(self.route.name, self.name, self.party, error, retry_in=self.delay))
+            self._backoff()
+
+    def _take(self) -> list[str]:
+        """Up to ``retry.batch`` queued objects (waiting a little when there are none)."""
+        with self.wake:
+            if not self.queue:
+                self.wake.wait(POLL)
+            count = min(len(self.queue), self.route.retry.batch)
+            return [self.queue.popleft() for _ in range(count)]
+
+    def _backoff(self) -> None:
+        """Wait before the next attempt: doubling up to retry.max_delay, cut short by a retry request."""
+        deadline = time.monotonic() + self.delay
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            if self.spool.take_retry_request():
+                break
+            with self.wake:
+                self.wake.wait(min(POLL, left))
+        self.delay = min(self.delay * 2, self.route.retry.max_delay)
+
+    def _send(self, batch: list[str]) -> tuple[list[str], str, bool]:
+        """Send ``batch`` on one association. Returns the ids still to send, why, and whether that
+        was recorded already (a failure status per object is)."""
+        metas = [m for m in (self.spool.read_meta(i) for i in batch) if m is not None]
+        metas = [m for m in metas if self.name not in self.spool.sent_to(m.id)]
+        kinds = [(m.object.sop_class_uid, m.object.transfer_syntax_uid) for m in metas]
+        pairs = list(dict.fromkeys(kinds))[:MAX_CONTEXTS]
+        later = [m.id for m, kind in zip(metas, kinds, strict=True) if kind not in pairs]
+        if later:  # more kinds of object than one association can carry: the next batch takes them
+            metas = [m for m in metas if m.id not in later]
+            with self.wake:
+                self.queue.extendleft(reversed(later))
+        if not metas:
+            return [], "", False
+        d = self.destination
+        ae = AE(ae_title=self.route.listen.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = max(d.connect_timeout, 30.0)
+        ae.connection_timeout = d.connect_timeout
+        ae.maximum_pdu_size = self.route.limits.max_pdu_length
+        tls: Any = (self.ssl_context, d.tls.server_name or d.host) if d.tls is not None else None
+        assoc = ae.associate(d.host, d.port, contexts=[build_context(sop, ts) for sop, ts in pairs],
+                             ae_title=d.ae_title, tls_args=tls)
+        if not assoc.is_established:
+            why = "rejected the association" if assoc.is_rejected else "could not be reached"
+            return [m.id for m in metas], f"{d.ae_title}@{d.host}:{d.port} {why}", False
+        refused: list[str] = []
+        try:
+            for i, meta in enumerate(metas):
+                path = self.spool.object_path(meta.id)
+                if not path.exists():  # purged while it waited
+                    continue
+                try:
+                    status = None if self.stopping else _store(assoc, path)
+                except ValueError as exc:  # no accepted presentation context fits this object
+                    status, why = STATUS_NO_CONTEXT, str(exc)
+                else:
+                    why = f"status 0x{status:04X}" if status is not None else ""
+                if status is None:
+                    return refused + [m.id for m in metas[i:]], "the association ended before every answer", False
+                if status_category(status) in ("success", "warning"):
+                    self.spool.mark_sent(meta.id, self.name)
+                    self.publish(records.forwarded(meta, self.name, self.party, status))
+                    self.spool.finish_if_done(meta)
+                    continue
+                attempts = self.spool.mark_failed(meta.id, self.name, why)
+                self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
+                                             meta=meta, attempts=attempts))
+                refused.append(meta.id)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return refused, "refused by the destination", True
+
+
+def _store(assoc: Any, path: Path) -> int | None:
+    """One C-STORE of a spooled file; its status, or None when no response came."""
+    rsp = assoc.send_c_store(path)
+    status = getattr(rsp, "Status", None)
+    return int(status) if status is not None else None

@@ -1,0 +1,97 @@
+"""The Events of a store-and-forward route's objects (declared in pacsguard.gateway.kinds): each
+object received, refused, quarantined or forwarded, a destination that failed, the spool past
+its high-water mark, and a purge. Each names the object's patient and study (PS3.15 A.5: the
+audit trail is patient-specific)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacsguard.events import Event, Outcome, Party, Severity
+from pacsguard.gateway.store_forward.spool import SpooledMeta
+
+RECEIVED = "gateway.object.received"
+REFUSED = "gateway.object.refused"
+QUARANTINED = "gateway.object.quarantined"
+FORWARDED = "gateway.object.forwarded"
+DELAYED = "gateway.object.delayed"
+HIGH_WATER = "gateway.spool.high-water"
+PURGED = "gateway.spool.purged"
+
+
+def _patients(meta: SpooledMeta) -> dict[str, Any]:
+    return {"patient_ids": (meta.patient_id,) if meta.patient_id else (),
+            "study_uids": (meta.study_uid,) if meta.study_uid else (), "sop_instance_count": 1}
+
+
+def _object(meta: SpooledMeta) -> dict[str, Any]:
+    obj = meta.object
+    return {"route": obj.route, "spool_id": meta.id, "sop_class": obj.sop_class_uid,
+            "sop_instance": obj.sop_instance_uid, "transfer_syntax": obj.transfer_syntax_uid, "bytes": meta.bytes}
+
+
+def _sender(meta: SpooledMeta) -> Party:
+    return Party(ae_title=meta.object.calling_ae or None, host=meta.object.peer_host or None)
+
+
+def received(meta: SpooledMeta) -> Event:
+    return Event(kind=RECEIVED, component="gateway", actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
+                 message=f"spooled {meta.object.sop_instance_uid} ({meta.bytes:,} bytes) "
+                         f"for {', '.join(meta.destinations)}",
+                 details={**_object(meta), "destinations": list(meta.destinations), "replaced_by": meta.replaced_by},
+                 **_patients(meta))
+
+
+def refused(meta: SpooledMeta, *, status: int, check: str, rule: str, reason: str,
+            quarantine: str | None = None) -> Event:
+    """An object answered with a failure status: refused, or quarantined when ``quarantine`` names
+    where it was kept."""
+    kind = QUARANTINED if quarantine is not None else REFUSED
+    verb = "quarantined" if quarantine is not None else "refused"
+    details: dict[str, Any] = {**_object(meta), "status": f"0x{status:04X}", "check": check, "rule": rule,
+                               "reason": reason}
+    if quarantine is not None:
+        details["quarantine"] = quarantine
+    return Event(kind=kind, component="gateway", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                 actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
+                 message=f"{verb} {meta.object.sop_instance_uid or 'an object'} "
+                         f"from {meta.object.calling_ae or '?'}: {reason}",
+                 details=details, **_patients(meta))
+
+
+def forwarded(meta: SpooledMeta, destination: str, target: Party, status: int) -> Event:
+    return Event(kind=FORWARDED, component="gateway", actor=_sender(meta), target=target,
+                 message=f"forwarded {meta.object.sop_instance_uid} to {destination} (0x{status:04X})",
+                 details={**_object(meta), "destination": destination, "status": f"0x{status:04X}"},
+                 **_patients(meta))
+
+
+def delayed(route: str, destination: str, target: Party, error: str, *, retry_in: float,
+            meta: SpooledMeta | None = None, attempts: int = 0) -> Event:
+    """A destination could not take an object (or could not be reached): it stays spooled."""
+    details: dict[str, Any] = {"route": route, "destination": destination, "error": error,
+                               "retry_in": round(retry_in, 3)}
+    extra: dict[str, Any] = {}
+    if meta is not None:
+        details.update(_object(meta), attempts=attempts)
+        extra = _patients(meta)
+    what = meta.object.sop_instance_uid if meta is not None else "spooled objects"
+    return Event(kind=DELAYED, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
+                 target=target, message=f"{destination}: {what} not forwarded yet: {error}", details=details, **extra)
+
+
+def high_water(route: str, size: int, count: int, mark_mib: float) -> Event:
+    return Event(kind=HIGH_WATER, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
+                 message=f"route {route}: the spool holds {size / 2**20:,.1f} MiB in {count} objects "
+                         f"(high-water mark {mark_mib:g} MiB)",
+                 details={"route": route, "bytes": size, "objects": count, "high_water_mib": mark_mib})
+
+
+def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -> Event:
+    patients = sorted({m.patient_id for m in metas if m.patient_id})
+    studies = sorted({m.study_uid for m in metas if m.study_uid})
+    return Event(kind=PURGED, component="gateway", severity=Severity.NOTICE, actor=Party(user=user),
+                 message=f"route {route}: {user} purged {len(metas)} spooled object(s)",
+                 patient_ids=tuple(patients), study_uids=tuple(studies), sop_instance_count=len(metas),
+                 details={"route": route, "spool_ids": [m.id for m in metas], "states": states,
+                          "sop_instances": [m.object.sop_instance_uid for m in metas]})

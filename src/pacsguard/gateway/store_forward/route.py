@@ -1,0 +1,144 @@
+"""One store-and-forward route at run time: its spool, its Storage SCP, a forwarder per
+destination and the spool's high-water watch. The gateway (pacsguard.gateway.server) starts and
+stops it next to its relayed routes; both share the gateway's checks, quarantine and events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pacsguard.config.schema import Destination, Route
+from pacsguard.events import Event
+from pacsguard.gateway.check import Chain
+from pacsguard.gateway.objects import ObjectCheck
+from pacsguard.gateway.quarantine import QuarantineList
+from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward.forwarder import Forwarder
+from pacsguard.gateway.store_forward.scp import Receiver, make_server
+from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
+from pacsguard.gateway.verdict import Verdict
+
+log = logging.getLogger("pacsguard.gateway")
+
+WATCH_INTERVAL = 2.0  # seconds between looks at the spool's size
+REARM = 0.9  # the high-water event fires again once the spool fell below 90 % of the mark
+
+
+def spool_for(route: Route, resolve: Callable[[Path], Path] = lambda p: p) -> Spool:
+    """The spool of a store-and-forward route (spool.directory, default var/spool/ROUTE)."""
+    folder = route.spool.directory or Path("var/spool") / route.name
+    return Spool(resolve(folder), min_free_mib=route.spool.min_free_mib, retention=route.spool.retention)
+
+
+class StoreForwardRoute:
+    """A route in ``mode: store-and-forward``."""
+
+    def __init__(self, route: Route, chain: Chain, *, publish: Callable[[Event], None], quarantined: QuarantineList,
+                 quarantine: Callable[..., None], object_checks: Sequence[ObjectCheck] = (),
+                 resolve: Callable[[Path], Path] = lambda p: p) -> None:
+        self.route = route
+        self.publish = publish
+        self.quarantined = quarantined
+        self._quarantine = quarantine
+        self.spool = spool_for(route, resolve)
+        self.forwarders = [Forwarder(route, d, self.spool, publish, _client_context(d, resolve))
+                           for d in route.destinations]
+        self.receiver = Receiver(route, chain, self.spool, tuple(object_checks), threading.Lock(), publish,
+                                 self._quarantine_source, self._is_quarantined, self._queued)
+        self.server: object | None = None
+        self.port = route.listen.port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_spool, name=f"pacsguard-spool-{route.name}", daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> int:
+        """Rescan the spool, start the forwarders and listen; returns the port listened on. ``loop``
+        is the gateway's (quarantine changes run there); this may run in a worker thread."""
+        self._loop = loop
+        from pynetdicom import _config
+
+        # pynetdicom's standard handlers describe every PDU and DIMSE message (a third of its CPU time
+        # on large objects); the gateway records its own events, so they are left unbound.
+        _config.LOG_HANDLER_LEVEL = "none"
+        waiting = self.spool.open()
+        for forwarder in self.forwarders:
+            for meta in waiting:
+                if forwarder.name not in self.spool.sent_to(meta.id):
+                    forwarder.add(meta)
+            forwarder.start()
+        try:
+            server = make_server(self.receiver)
+        except OSError as exc:
+            self.stop()
+            listen = self.route.listen
+            raise OSError(exc.errno, f"route {self.route.name}: cannot listen on {listen.host}:{listen.port}: "
+                                     f"{exc.strerror}") from None
+        self.server = server
+        self.port = int(server.server_address[1])
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name=f"pacsguard-scp-{self.route.name}", daemon=True).start()
+        self._watch.start()
+        if waiting:
+            log.info("route %s: %d spooled objects resume forwarding", self.route.name, len(waiting))
+        return self.port
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, let open associations finish within ``grace`` seconds (then abort them),
+        stop the forwarders. What is spooled stays for the next start."""
+        self._stop.set()
+        server = self.server
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
+            deadline = time.monotonic() + grace
+            while server.active_associations and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+            for assoc in list(server.active_associations):  # type: ignore[attr-defined]
+                assoc.abort()
+        for forwarder in self.forwarders:
+            forwarder.stop()
+        self.spool.close()
+
+    # --- what the SCP calls (on pynetdicom's threads) ---------------------------------------------
+
+    def _queued(self, meta: SpooledMeta) -> None:
+        for forwarder in self.forwarders:
+            forwarder.add(meta)
+
+    def _is_quarantined(self, host: str, calling_ae: str | None) -> bool:
+        return self.quarantined.match(host, calling_ae) is not None
+
+    def _quarantine_source(self, host: str, verdict: Verdict) -> None:
+        """A check asked to quarantine the source: done on the gateway's loop, like a relayed route's."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(lambda: self._quarantine(
+            host, duration=verdict.quarantine_for, reason=verdict.reason, component=verdict.component))
+
+    # --- the high-water watch ----------------------------------------------------------------------
+
+    def _watch_spool(self) -> None:
+        mark = self.route.spool.high_water_mib * MIB
+        raised = False
+        while not self._stop.wait(WATCH_INTERVAL):
+            size, count = self.spool.usage()
+            if size > mark and not raised:
+                raised = True
+                self.publish(records.high_water(self.route.name, size, count, self.route.spool.high_water_mib))
+            elif size < mark * REARM:
+                raised = False
+
+
+def _client_context(destination: Destination, resolve: Callable[[Path], Path]) -> ssl.SSLContext | None:
+    tls = destination.tls
+    if tls is None:
+        return None
+    from pacsguard.tls import client_context
+
+    return client_context(ca_file=resolve(tls.ca_file) if tls.ca_file else None,
+                          cert_file=resolve(tls.cert_file) if tls.cert_file else None,
+                          key_file=resolve(tls.key_file) if tls.key_file else None)

@@ -1,0 +1,367 @@
+"""The spool of a store-and-forward route: every object it acknowledged, on disk, until each
+destination has it. Nothing lives only in memory: after a crash (SIGKILL, power loss) a rescan
+of the folder is the whole state.
+
+Layout (one folder per route)::
+
+    tmp/                  objects being received; never acknowledged, emptied at start
+    objects/ID.dcm        a received Part-10 file (PS3.10 7.1), checked and acknowledged
+    objects/ID.json       what the association said about it, and its destinations
+    objects/ID.DEST.sent  written (and synced) once destination DEST answered Success
+    objects/ID.DEST.fail  the last failed attempt for DEST (attempts, error): informative only
+    quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
+    sent/                 objects every destination has, when retention is "keep"
+    retry                 touched by `pacsguard gateway spool retry`: forwarders try again now
+
+Durability: a file is written to tmp/, fsync'd, renamed into place, and the folder fsync'd
+(rename(2) is atomic; the folder's fsync makes the new name survive a power loss). An object
+counts as acknowledged only once its .dcm and .json are both in objects/: a .dcm without its
+.json is a reception that never finished and is removed on rescan.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from pacsguard.gateway.objects import ReceivedObject
+
+MIB = 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in a folder durable (POSIX: fsync on the directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write ``chunks`` to a new file and fsync it (the caller renames it into place)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: What ID.json keeps of the ReceivedObject (its path is where the spool keeps the file).
+_OBJECT_KEYS = tuple(f.name for f in fields(ReceivedObject) if f.name != "path")
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledMeta:
+    """The ``ID.json`` of a spooled object: the object as its checks saw it (the seam's
+    ReceivedObject, pacsguard.gateway.objects) and the spool's own bookkeeping."""
+
+    id: str
+    object: ReceivedObject
+    received: float  # seconds since the epoch
+    bytes: int
+    destinations: list[str]
+    patient_id: str | None = None
+    study_uid: str | None = None
+    replaced_by: str | None = None  # the object check whose replacement file is spooled instead
+
+    def to_json(self) -> dict[str, Any]:
+        """One flat mapping: the object's fields (without its path) and the spool's."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "object"}
+        return {**{k: getattr(self.object, k) for k in _OBJECT_KEYS}, **own}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> SpooledMeta:
+        obj = ReceivedObject(path=path, **{k: data[k] for k in _OBJECT_KEYS if k in data})
+        own = {f.name: data[f.name] for f in fields(cls) if f.name != "object" and f.name in data}
+        return cls(object=obj, **own)
+
+
+@dataclass(slots=True)
+class SpoolEntry:
+    """A spooled object as `pacsguard gateway spool list` shows it."""
+
+    meta: SpooledMeta
+    state: str  # queued, quarantined or sent
+    path: Path
+    sent: list[str] = field(default_factory=list)
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def pending(self) -> list[str]:
+        return [d for d in self.meta.destinations if d not in self.sent]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.meta.id, "state": self.state, "path": str(self.path), "pending": self.pending,
+                "sent": self.sent, "failures": self.failures, **({"manifest": self.manifest} if self.manifest else {}),
+                "meta": self.meta.to_json()}
+
+
+class SpoolFull(Exception):
+    """Taking the object would leave less free space than the floor (PS3.4 B.2.3: 0xA700)."""
+
+
+class Spool:
+    """One route's spool folder."""
+
+    def __init__(self, root: Path, *, min_free_mib: float = 0.0, retention: str = "delete") -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.objects = root / "objects"
+        self.quarantine_dir = root / "quarantine"
+        self.sent_dir = root / "sent"
+        self.min_free = int(min_free_mib * MIB)
+        self.retention = retention
+        # Associations receive in parallel: bytes being written count against the floor until
+        # committed or discarded, and two forwarders never finish the same object at once.
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self._lock_fd: int | None = None
+
+    # --- start ---------------------------------------------------------------------------------
+
+    def open(self) -> list[SpooledMeta]:
+        """Create the folders, drop what was never acknowledged, and return every object still
+        waiting for a destination (the forwarders' work after a restart), oldest first."""
+        for folder in (self.tmp, self.objects, self.quarantine_dir, self.sent_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_lock()
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        waiting: list[SpooledMeta] = []
+        metas = {p.stem for p in self.objects.glob("*.json")}
+        for path in self.objects.iterdir():
+            object_id = path.name.split(".", 1)[0]
+            if object_id not in metas:  # a reception cut off between its two renames, or a removal
+                path.unlink(missing_ok=True)
+        for object_id in sorted(metas):
+            meta = self.read_meta(object_id)
+            if meta is None:
+                continue
+            if self.finish_if_done(meta):
+                continue
+            waiting.append(meta)
+        return waiting
+
+    def _take_lock(self) -> None:
+        """One gateway per spool: two would both forward what is pending (duplicates). The lock
+        (flock) is held while the process lives; the kernel drops it when the process dies, also on
+        SIGKILL, so a restart never finds a stale one."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"spool {self.root} is in use by another gateway process") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the spool's lock (at the route's stop)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """Time-ordered, so that a rescan forwards in arrival order."""
+        return f"{time.time_ns():020d}-{uuid4().hex[:8]}"
+
+    def reserve(self, size: int) -> None:
+        """Count ``size`` bytes against the free-space floor until `release`; raise SpoolFull when
+        writing them would leave less than the floor free (objects still arriving included)."""
+        with self._lock:
+            st = os.statvfs(self.tmp)
+            free = st.f_bavail * st.f_frsize - self._reserved
+            if free - size < self.min_free:
+                raise SpoolFull(f"{free // MIB} MiB free, the object needs {size // MIB + 1} MiB and the spool "
+                                f"keeps {self.min_free // MIB} MiB free (spool.min_free_mib)")
+            self._reserved += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
+
+    def receive(self, object_id: str, *chunks: bytes | memoryview) -> Path:
+        """Write a received object to tmp/, synced; it is not acknowledged yet."""
+        path = self.tmp / f"{object_id}.dcm"
+        write_synced(path, *chunks)
+        return path
+
+    def commit(self, received: Path, meta: SpooledMeta) -> Path:
+        """Move a checked object into objects/ with its metadata, durably: after this returns the
+        object may be acknowledged."""
+        meta_tmp = self.tmp / f"{meta.id}.json"
+        write_synced(meta_tmp, json.dumps(meta.to_json()).encode())
+        final = self.objects / f"{meta.id}.dcm"
+        os.replace(received, final)
+        os.replace(meta_tmp, self.objects / f"{meta.id}.json")  # the .json last: it makes the object count
+        fsync_dir(self.objects)
+        return final
+
+    def discard(self, received: Path) -> None:
+        received.unlink(missing_ok=True)
+
+    def quarantine(self, received: Path, object_id: str, manifest: dict[str, Any]) -> Path:
+        """Keep a quarantined object aside with its manifest (what, from whom, which check, why)."""
+        target = self.quarantine_dir / f"{object_id}.dcm"
+        manifest_tmp = self.tmp / f"{object_id}.manifest.json"
+        write_synced(manifest_tmp, json.dumps(manifest, indent=2).encode())
+        os.replace(received, target)
+        os.replace(manifest_tmp, self.quarantine_dir / f"{object_id}.manifest.json")
+        fsync_dir(self.quarantine_dir)
+        return target
+
+    # --- forwarding ----------------------------------------------------------------------------
+
+    def object_path(self, object_id: str) -> Path:
+        return self.objects / f"{object_id}.dcm"
+
+    def read_meta(self, object_id: str, folder: Path | None = None) -> SpooledMeta | None:
+        try:
+            folder = folder or self.objects
+            data = json.loads((folder / f"{object_id}.json").read_text())
+            return SpooledMeta.from_json(data, folder / f"{object_id}.dcm")
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def sent_to(self, object_id: str) -> list[str]:
+        return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
+
+    def mark_sent(self, object_id: str, destination: str) -> None:
+        """Record, durably, that ``destination`` answered Success: it is never sent this object again."""
+        write_synced(self.tmp / f"{object_id}.{destination}.sent")
+        os.replace(self.tmp / f"{object_id}.{destination}.sent", self.objects / f"{object_id}.{destination}.sent")
+        fsync_dir(self.objects)
+        (self.objects / f"{object_id}.{destination}.fail").unlink(missing_ok=True)
+
+    def mark_failed(self, object_id: str, destination: str, error: str) -> int:
+        """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count."""
+        path = self.objects / f"{object_id}.{destination}.fail"
+        attempts = 1
+        try:
+            attempts += int(json.loads(path.read_text()).get("attempts", 0))
+        except (OSError, ValueError, AttributeError):
+            pass
+        if (self.objects / f"{object_id}.json").exists():
+            path.write_text(json.dumps({"attempts": attempts, "error": error, "at": time.time()}))
+        return attempts
+
+    def finish_if_done(self, meta: SpooledMeta) -> bool:
+        """Remove (or keep in sent/) an object every destination has; True when it was done."""
+        with self._lock:
+            sent = set(self.sent_to(meta.id))
+            if not set(meta.destinations) <= sent:
+                return False
+            if self.retention == "keep":
+                for suffix in (".dcm", ".json"):
+                    source = self.objects / f"{meta.id}{suffix}"
+                    if source.exists():
+                        os.replace(source, self.sent_dir / source.name)
+            self.remove(meta.id)
+            return True
+
+    def remove(self, object_id: str) -> None:
+        """Remove a queued object and its state files; the .json first, so a crash midway leaves
+        files the next rescan removes."""
+        (self.objects / f"{object_id}.json").unlink(missing_ok=True)
+        for path in self.objects.glob(f"{object_id}.*"):
+            path.unlink(missing_ok=True)
+
+    # --- what `pacsguard gateway spool` shows -----------------------------------------------------------
+
+    def entries(self) -> Iterator[SpoolEntry]:
+        """Queued, quarantined and kept objects, oldest first."""
+        for folder, state in ((self.objects, "queued"), (self.quarantine_dir, "quarantined"), (self.sent_dir, "sent")):
+            if not folder.is_dir():
+                continue
+            for meta_path in sorted(folder.glob("*.json")):
+                entry = self._entry(folder, state, meta_path)
+                if entry is not None:
+                    yield entry
+
+    def _entry(self, folder: Path, state: str, meta_path: Path) -> SpoolEntry | None:
+        if state == "quarantined":
+            if not meta_path.name.endswith(".manifest.json"):
+                return None
+            object_id = meta_path.name.removesuffix(".manifest.json")
+            try:
+                manifest = json.loads(meta_path.read_text())
+                kept = SpooledMeta.from_json(manifest["object"], folder / f"{object_id}.dcm")
+            except (OSError, ValueError, TypeError, KeyError):
+                return None
+            return SpoolEntry(kept, state, folder / f"{object_id}.dcm", manifest=manifest)
+        found = self.read_meta(meta_path.stem, folder)
+        if found is None:
+            return None
+        entry = SpoolEntry(found, state, folder / f"{found.id}.dcm")
+        if state == "queued":
+            entry.sent = self.sent_to(found.id)
+            for fail in self.objects.glob(f"{found.id}.*.fail"):
+                try:
+                    entry.failures[fail.name[len(found.id) + 1:-len(".fail")]] = json.loads(fail.read_text())
+                except (OSError, ValueError):
+                    continue
+        else:
+            entry.sent = list(found.destinations)
+        return entry
+
+    def find(self, object_id: str) -> SpoolEntry | None:
+        return next((e for e in self.entries() if e.meta.id == object_id), None)
+
+    def purge(self, entry: SpoolEntry) -> None:
+        """Delete one object for good (queued, quarantined or kept)."""
+        if entry.state == "queued":
+            self.remove(entry.meta.id)
+        elif entry.state == "quarantined":
+            (self.quarantine_dir / f"{entry.meta.id}.manifest.json").unlink(missing_ok=True)
+            entry.path.unlink(missing_ok=True)
+        else:
+            (self.sent_dir / f"{entry.meta.id}.json").unlink(missing_ok=True)
+            entry.path.unlink(missing_ok=True)
+
+    def request_retry(self) -> None:
+        (self.root / "retry").touch()
+
+    def take_retry_request(self) -> bool:
+        try:
+            (self.root / "retry").unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes and objects waiting in objects/."""
+        total = count = 0
+        for path in self.objects.glob("*.dcm"):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+            count += 1
+        return total, count
+
+
+def copy_synced(source: Path, target: Path) -> None:
+    """Copy a file durably (a check's replacement file on another file system)."""
+    with source.open("rb") as src, target.open("xb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())

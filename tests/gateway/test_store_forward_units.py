@@ -1,0 +1,170 @@
+"""Store-and-forward without peers: the route's configuration, and the spool's crash consistency
+(what a rescan after SIGKILL finds in each state a crash can leave)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pacsguard.config.loader import ConfigError, parse_config
+from pacsguard.gateway.objects import ReceivedObject
+from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta, SpoolFull
+
+HERE = Path(__file__).parent
+
+SF = """
+gateway:
+  routes:
+  - name: sf
+    mode: store-and-forward
+    listen: {port: 11200, ae_title: GW}
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return [str(p) for p in info.value.problems]
+
+
+def test_destinations_default_to_the_upstream_and_the_upstream_to_the_first_destination() -> None:
+    one = parse_config(SF + "    upstream: {host: 10.0.0.5, port: 104, ae_title: PACS}\n").gateway.routes[0]
+    assert [(d.host, d.port, d.ae_title, d.key) for d in one.destinations] == [("10.0.0.5", 104, "PACS",
+                                                                                 "PACS-10.0.0.5-104")]
+    two = parse_config(SF + "    destinations:\n    - {name: main, host: 10.0.0.5, port: 104, ae_title: PACS}\n"
+                            "    - {name: vna, host: 10.0.0.6, port: 11112, ae_title: VNA}\n").gateway.routes[0]
+    assert (two.upstream.host, two.upstream.ae_title) == ("10.0.0.5", "PACS")
+    assert [d.key for d in two.destinations] == ["main", "vna"]
+    assert two.spool.min_free_mib == 512 and two.retry.initial_delay == 1.0
+
+
+def test_route_mode_errors_name_their_key() -> None:
+    unknown = problems(SF + "    upstream: {host: h, port: 104, ae_title: P}\n    object_checks: [scan]\n")
+    assert unknown[0].startswith("gateway.routes.0.object_checks:") and "'scan'" in unknown[0]
+    relay = problems(SF.replace("mode: store-and-forward", "mode: relay")
+                     + "    upstream: {host: h, port: 104, ae_title: P}\n"
+                       "    destinations: [{host: h, port: 104, ae_title: P}]\n")
+    assert "destinations is for store-and-forward routes" in relay[0]
+    sender = problems(SF.replace("mode: store-and-forward", "mode: relay")
+                      + "    upstream: {host: h, port: 104, ae_title: P}\n    quarantine_sender: true\n")
+    assert "quarantine_sender is for store-and-forward routes" in sender[0]
+    twice = problems(SF + "    destinations: [{host: h, port: 104, ae_title: P}, {host: h, port: 104, ae_title: P}]\n")
+    assert "destinations[1]" in twice[0]
+    tls = problems(SF.replace("ae_title: GW}", "ae_title: GW, tls: {cert_file: c.pem, key_file: k.pem}}")
+                   + "    upstream: {host: h, port: 104, ae_title: P}\n")
+    assert "listen.tls" in tls[0]
+    mode = problems(SF.replace("store-and-forward", "store-forward")
+                    + "    upstream: {host: h, port: 104, ae_title: P}\n")
+    assert mode[0].startswith("gateway.routes.0.mode:")
+
+
+def test_a_check_a_registered_part_offers_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsguard.runtime import registry
+
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setattr(registry, "PART_MODULES", (*registry.PART_MODULES, "saf_test_part"))
+    route = parse_config(SF + "    upstream: {host: h, port: 104, ae_title: P}\n"
+                              "    object_checks: [patient-gate]\n").gateway.routes[0]
+    assert route.object_checks == ["patient-gate"]
+    twice = problems(SF + "    upstream: {host: h, port: 104, ae_title: P}\n"
+                          "    object_checks: [patient-gate, patient-gate]\n")
+    assert "listed twice" in twice[0]
+    sys.modules.pop("saf_test_part", None)
+
+
+def meta(spool: Spool, destinations: list[str] | None = None) -> SpooledMeta:
+    object_id = spool.new_id()
+    obj = ReceivedObject(path=spool.object_path(object_id), sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                         sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="MOD",
+                         called_ae="GW", peer_host="127.0.0.1", route="sf")
+    return SpooledMeta(id=object_id, object=obj, received=0.0, bytes=4, destinations=destinations or ["a", "b"])
+
+
+def test_a_committed_object_survives_a_rescan_and_a_half_received_one_does_not(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.open() == []
+    kept = meta(spool)
+    spool.commit(spool.receive(kept.id, b"DICM"), kept)
+    spool.receive("half", b"partial")  # killed before the checks finished: never acknowledged
+    (spool.objects / "orphan.dcm").write_bytes(b"x")  # killed between the two renames of a commit
+    (spool.objects / "orphan.a.sent").write_bytes(b"")
+    spool.close()  # the process ends (a crash drops the lock too)
+    again = Spool(tmp_path)
+    assert again.open() == [kept]
+    assert sorted(p.name for p in again.objects.iterdir()) == [f"{kept.id}.dcm", f"{kept.id}.json"]
+    assert list(again.tmp.iterdir()) == []
+
+
+def test_each_destination_is_marked_once_and_the_object_goes_when_all_have_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    m = meta(spool)
+    spool.commit(spool.receive(m.id, b"DICM"), m)
+    assert spool.mark_failed(m.id, "a", "status 0xA700") == 1
+    assert spool.mark_failed(m.id, "a", "status 0xA700") == 2
+    spool.mark_sent(m.id, "a")
+    assert spool.sent_to(m.id) == ["a"] and not spool.finish_if_done(m)
+    spool.close()
+    restarted = Spool(tmp_path)
+    assert restarted.open() == [m]  # after a restart only b is owed
+    restarted.close()
+    spool.open()
+    entry = spool.find(m.id)
+    assert entry is not None and entry.pending == ["b"] and entry.failures == {}
+    spool.mark_sent(m.id, "b")
+    assert spool.finish_if_done(m)
+    assert list(spool.objects.iterdir()) == [] and spool.find(m.id) is None
+
+
+def test_retention_keep_moves_what_was_sent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, retention="keep")
+    spool.open()
+    m = meta(spool, ["a"])
+    spool.commit(spool.receive(m.id, b"DICM"), m)
+    spool.mark_sent(m.id, "a")
+    assert spool.finish_if_done(m)
+    entry = spool.find(m.id)
+    assert entry is not None and entry.state == "sent" and entry.path.read_bytes() == b"DICM"
+    spool.purge(entry)
+    assert spool.find(m.id) is None
+
+
+def test_quarantine_keeps_the_object_with_its_manifest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    m = meta(spool)
+    where = spool.quarantine(spool.receive(m.id, b"EVIL"), m.id, {"object": m.to_json(), "reason": "test"})
+    assert where.read_bytes() == b"EVIL"
+    entry = spool.find(m.id)
+    assert entry is not None and entry.state == "quarantined" and entry.manifest is not None
+    assert entry.manifest["reason"] == "test" and entry.meta == replace(m, object=replace(m.object, path=where))
+    spool.close()
+    assert Spool(tmp_path).open() == []  # nothing of it is forwarded
+
+
+def test_the_free_space_floor_refuses_before_writing(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    free_mib = st.f_bavail * st.f_frsize / 2**20
+    spool = Spool(tmp_path, min_free_mib=free_mib - 1)
+    spool.open()
+    spool.reserve(1024)
+    with pytest.raises(SpoolFull, match="spool.min_free_mib"):
+        spool.reserve(2 * 2**20)
+    spool.reserve(2**19)  # objects still arriving count against the floor
+    with pytest.raises(SpoolFull):
+        spool.reserve(2**19)
+    spool.release(2**19)
+    spool.reserve(2**19)
+
+
+def test_one_gateway_per_spool(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.open()
+    with pytest.raises(OSError, match="in use by another gateway"):
+        Spool(tmp_path).open()  # flock is per open file description: a second one in this process is refused too
+    first.close()
+    Spool(tmp_path).open()
