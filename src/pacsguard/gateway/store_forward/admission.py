@@ -72,7 +72,7 @@ class Admission:
     host: str
     port: int
     chain: Chain
-    publish_event: Callable[[Event], None]
+    publish_event: Callable[[Event], object]
     quarantine_source: Callable[[str, Verdict], None]
     calling_ae: str | None = None
     cert: dict[str, Any] | None = None

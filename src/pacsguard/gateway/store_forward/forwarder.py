@@ -39,7 +39,7 @@ STATUS_NO_CONTEXT = 0x0122
 class Forwarder:
     """Sends a route's spooled objects to one destination until it has them all."""
 
-    def __init__(self, route: Route, destination: Destination, spool: Spool, publish: Callable[[Event], None],
+    def __init__(self, route: Route, destination: Destination, spool: Spool, publish: Callable[[Event], object],
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.route = route
         self.destination = destination

@@ -22,7 +22,7 @@ log = logging.getLogger("pacsguard.gateway")
 
 
 def run_checks(checks: Sequence[ObjectCheck], obj: ReceivedObject,
-               publish: Callable[[Event], None]) -> tuple[ObjectVerdict, Path]:
+               publish: Callable[[Event], object]) -> tuple[ObjectVerdict, Path]:
     """Run ``checks`` in order: the first that does not forward decides; a replacement is what the
     next check sees. Returns the deciding verdict (or the last replacing one) and the file it judged."""
     last = ObjectVerdict()
@@ -43,7 +43,7 @@ def run_checks(checks: Sequence[ObjectCheck], obj: ReceivedObject,
 
 
 def set_aside(spool: Spool, meta: SpooledMeta, path: Path, received: Path, verdict: ObjectVerdict,
-              publish: Callable[[Event], None]) -> int:
+              publish: Callable[[Event], object]) -> int:
     """Quarantine (with a manifest: what, from whom, which check and rule, why, SHA-256) or drop a
     refused object, record it, and return the status to answer."""
     status = verdict.status

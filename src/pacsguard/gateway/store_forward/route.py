@@ -38,7 +38,7 @@ def spool_for(route: Route, resolve: Callable[[Path], Path] = lambda p: p) -> Sp
 class StoreForwardRoute:
     """A route in ``mode: store-and-forward``."""
 
-    def __init__(self, route: Route, chain: Chain, *, publish: Callable[[Event], None], quarantined: QuarantineList,
+    def __init__(self, route: Route, chain: Chain, *, publish: Callable[[Event], object], quarantined: QuarantineList,
                  quarantine: Callable[..., None], object_checks: Sequence[ObjectCheck] = (),
                  resolve: Callable[[Path], Path] = lambda p: p) -> None:
         self.route = route

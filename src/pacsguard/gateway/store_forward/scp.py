@@ -51,7 +51,7 @@ class Receiver:
     spool: Spool
     object_checks: Sequence[ObjectCheck]
     lock: threading.Lock  # the route's checks keep state for one thread: judged one at a time
-    publish: Callable[[Event], None]
+    publish: Callable[[Event], object]
     quarantine_source: Callable[[str, Verdict], None]
     is_quarantined: Callable[[str, str | None], bool]
     queued: Callable[[SpooledMeta], None]  # hands a committed object to the forwarders
