@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .settings import ActionOverride, LimitOverride, Suppression, ThresholdOverride
+from typing import Any
 
 #: RFC 1918 private ranges and loopback (RFC 1122 3.2.1.3, RFC 4291 2.5.3).
 INTERNAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128")
@@ -49,10 +46,11 @@ class IdsDefaults:
     rules_dirs: list[Path] = field(default_factory=list)
     builtin_rules: bool = True
     disabled_rules: list[str] = field(default_factory=list)
-    thresholds: Mapping[str, ThresholdOverride] = field(default_factory=_empty)
-    actions: Mapping[str, ActionOverride] = field(default_factory=_empty)
-    limits: Mapping[str, LimitOverride] = field(default_factory=_empty)
-    suppress: list[Suppression] = field(default_factory=list)
+    thresholds: Mapping[str, Any] = field(default_factory=_empty)
+    actions: Mapping[str, Any] = field(default_factory=_empty)
+    limits: Mapping[str, Any] = field(default_factory=_empty)
+    # Empty by default; the overrides' models live in ids/settings.py (no pydantic here).
+    suppress: list[Any] = field(default_factory=list)
     expect_for: str = "2m"
     max_expected_connections: int = 4096
     max_tracked_sources: int = 100_000
