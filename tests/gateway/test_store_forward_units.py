@@ -43,8 +43,8 @@ def test_destinations_default_to_the_upstream_and_the_upstream_to_the_first_dest
 
 
 def test_route_mode_errors_name_their_key() -> None:
-    unknown = problems(SF + "    upstream: {host: h, port: 104, ae_title: P}\n    object_checks: [scan]\n")
-    assert unknown[0].startswith("gateway.routes.0.object_checks:") and "'scan'" in unknown[0]
+    unknown = problems(SF + "    upstream: {host: h, port: 104, ae_title: P}\n    object_checks: [antivirus]\n")
+    assert unknown[0].startswith("gateway.routes.0.object_checks:") and "'antivirus'" in unknown[0]
     relay = problems(SF.replace("mode: store-and-forward", "mode: relay")
                      + "    upstream: {host: h, port: 104, ae_title: P}\n"
                        "    destinations: [{host: h, port: 104, ae_title: P}]\n")
