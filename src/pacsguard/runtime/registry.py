@@ -24,6 +24,7 @@ PART_MODULES = (
     "pacsguard.gateway.part",
     "pacsguard.ids.part",
     "pacsguard.metrics.part",
+    "pacsguard.atna.part",
 )
 
 #: Sections of pacsguard.yaml that belong to the spine, not to a part.
