@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # Debian packages the tests drive as real peers (see docs/testing.md); systemd (systemd-analyze),
 # logrotate and pipx check the deployment files and the wheel (tests/test_deploy.py).
-PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls iproute2 openssl systemd logrotate pipx
+PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx
 
 .PHONY: run test venv peers bench wheel clean
 

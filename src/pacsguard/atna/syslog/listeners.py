@@ -64,7 +64,7 @@ class StreamListener:
             self._tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", None)
         sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.transport,
-                        certificate=_subject(writer.get_extra_info("peercert")))
+                        certificate=_subject(writer.get_extra_info("ssl_object")))
         splitter = Splitter(self.limits.max_message)
         received = 0
         try:
@@ -139,9 +139,11 @@ class DatagramListener(asyncio.DatagramProtocol):
             log.exception("datagram from %s", sender.host)
 
 
-def _subject(cert: object) -> str | None:
-    """The subject of a verified client certificate (ssl's getpeercert() form) as CN=..., or None."""
-    if not isinstance(cert, dict):
+def _subject(ssl_object: ssl.SSLObject | None) -> str | None:
+    """The RFC 4514 subject of the client's certificate, or None (plain TCP, or no certificate sent)."""
+    if ssl_object is None:
         return None
-    parts = [f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
-    return ",".join(parts) or None
+    from pacsguard.tls.contexts import describe_peer
+
+    subject: str | None = describe_peer(ssl_object)["subject"]
+    return subject
