@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -121,3 +123,95 @@ def _checkpoint_line(report: VerifyReport) -> str:
             None: "[red]events it sealed are missing[/]"}[report.newest_checkpoint_root_ok]
     return (f"size {report.newest_checkpoint}, signed by key {report.newest_checkpoint_key}, "
             f"signature {signature}, {root}")
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    json = "json"
+    html = "html"
+    csv = "csv"
+
+
+@app.command("patient")
+@guarded
+def patient(
+    patient_id: str = typer.Argument(..., help="patient ID, with or without its assigning authority (CX)"),
+    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601)"),
+    until: str | None = typer.Option(None, "--until", help="before this time"),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, json, html or csv"),
+    checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
+                                    help="sign a checkpoint first (needs the signing key) so every event is proven"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """The patient access report: every event naming the patient, each with an RFC 9162 inclusion
+    proof against the newest signed checkpoint (save the json or html form; `audit prove` checks it)."""
+    from pacsguard.atna.report import patient_report, to_csv, to_html
+    from pacsguard.cli.events import _when
+    from pacsguard.runtime.outputs import open_store as open_target
+
+    loaded = load(config, required=store is None)
+    es = open_store(loaded, store)
+    try:
+        if checkpoint:
+            # Without a signing key at hand, events after the newest checkpoint are listed as unproven.
+            key = next((k for k in _key_candidates(loaded, store) if k.is_file() and not k.name.endswith(".pub")),
+                       None)
+            if key is not None and es.unsigned():
+                writer = open_target(es.url, key=key)
+                try:
+                    writer.checkpoint()
+                finally:
+                    writer.close()
+        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"))
+    finally:
+        es.close()
+    if fmt is ReportFormat.json:
+        print(json.dumps(report, indent=1))
+    elif fmt is ReportFormat.html:
+        sys.stdout.write(to_html(report))
+    elif fmt is ReportFormat.csv:
+        sys.stdout.write(to_csv(report))
+    else:
+        _show_report(report)
+
+
+def _show_report(report: dict[str, Any]) -> None:
+    from pacsguard.cli.layout import Column, render, terminal_width, write_lines
+
+    columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
+               Column("host"), Column("purpose"), Column("proven"))
+    rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], r.get("user") or "", r.get("host") or "",
+             r.get("purpose") or "", "yes" if "proof" in r else "no"] for r in report["events"]]
+    cp = report["checkpoint"]
+    write_lines([f"patient {report['patient']}: {len(rows)} events; proven against "
+                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint"),
+                 *render(columns, rows, terminal_width())])
+
+
+@app.command("prove")
+@guarded
+def prove(
+    report: Path = typer.Argument(..., help="a saved report (json or html form of `audit patient`)"),
+    key: Path = typer.Option(..., "--key", help="the store's public checkpoint key (or a witness's copy)"),
+) -> None:
+    """Check a saved report offline: the checkpoint's signature, and each event's inclusion proof and
+    listed fields. Exit 1 if anything does not hold."""
+    from pacsguard.atna.report import load_report
+    from pacsguard.atna.report import prove as check
+    from pacsguard.cli.common import console
+    from pacsguard.store import keys
+
+    try:
+        data = load_report(report.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail(f"{report}: not a saved report ({exc})") from None
+    problems = check(data, keys.load_public_key(key))
+    if problems:
+        for problem in problems:
+            console.print(f"[bold red]FAILS[/]: {problem}", highlight=False)
+        raise typer.Exit(EXIT_FINDINGS)
+    proven = sum("proof" in r for r in data["events"])
+    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
+                  f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
+                  highlight=False)
