@@ -53,8 +53,8 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
-    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics"]
-    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics"]
+    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics", "atna"]
+    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics", "atna"]
 
 
 def test_a_part_name_or_section_is_registered_once() -> None:
@@ -228,7 +228,7 @@ print("MODULES", *sorted(sys.modules))
 """
 
 
-GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "atna")
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),
