@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from atna_corpus import BILLION_LAUGHS, every_event_id
-from receiver import DEADLINE, running
+from receiver import DEADLINE, free_port, running
 
 from pacsguard.tls import make_ca, make_cert
 
@@ -31,13 +31,6 @@ def logger(*args: str, message: str) -> None:
         pytest.fail(f"{LOGGER} (util-linux) is missing")
     subprocess.run([LOGGER, "--rfc5424", "--msgid", "IHE+RFC-3881", "--size", "300000", "-n", "127.0.0.1",
                     *args, message], check=True, timeout=DEADLINE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_logger_over_tcp_both_framings_and_udp() -> None:
