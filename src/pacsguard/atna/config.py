@@ -66,6 +66,8 @@ class Outbound(Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     server_name: str | None = None
+    source_id: str = Field("pacsguard", min_length=1, max_length=64,
+                           description="AuditSourceID of the messages, and the origin the repository dedupes by")
     spool: Path = Path("var/atna-outbound.db")
     retry: float = Field(5.0, gt=0, le=3600, description="seconds between reconnection attempts")
 

@@ -3,14 +3,16 @@ section names, each publishing the Events of what it receives to the bus."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener
+from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from pacsguard.atna.config import AtnaConfig
+    from pacsguard.atna.config import AtnaConfig, Outbound
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
 
@@ -19,14 +21,24 @@ class AtnaService:
     needs_asyncio_loop = False
 
     def __init__(self, config: AtnaConfig, publish: Publish, store: EventStore | None = None,
-                 resolve: Any = None) -> None:
+                 resolve: Any = None, subscribe: Any = None) -> None:
+        from pacsguard.atna.dedupe import Deduplicator
+
         self.config = config
-        self.publish = publish
+        self.deliver = publish
         self.store = store
+        self.subscribe = subscribe
+        self.dedupe = Deduplicator(store)
+        self._outbound: list[Any] = []
         self.resolve: Any = resolve or (lambda p: p)
         self.listeners: list[Any] = []
         #: Where each listener is bound, by name (tls, tcp, udp, http), once started.
         self.addresses: dict[str, tuple[str, int]] = {}
+
+    def publish(self, event: Event) -> None:
+        """What the listeners call: every received message once (a resent one is dropped)."""
+        if self.dedupe.fresh(event):
+            self.deliver(event)
 
     async def start(self) -> list[BannerRow]:
         from pacsguard.tls.contexts import server_context
@@ -58,10 +70,39 @@ class AtnaService:
                 await self._listen("http", http, cfg.http.host, cfg.http.port)
                 rows.append(("ATNA RESTful (ITI-81)", f"{http.scheme}://{self._where('http')}/AuditEvent",
                              "token" if cfg.http.token else "mutual TLS"))
+            if cfg.outbound is not None:
+                rows.append(self._start_outbound(cfg.outbound))
         except BaseException:
             await self.stop()
             raise
         return rows
+
+    def _start_outbound(self, out: Outbound) -> BannerRow:
+        from pacsguard.atna.outbound.forwarder import Forwarder
+        from pacsguard.atna.outbound.sender import OutboundSender
+        from pacsguard.atna.outbound.spool import Spool
+        from pacsguard.tls.contexts import client_context
+
+        if self.subscribe is None:
+            raise LookupError("the outbound feed needs the event bus (run it under `pacsguard serve`)")
+        context = client_context(ca_file=self._path(out.ca_file) if out.ca_file else None,
+                                 cert_file=self._path(out.cert_file) if out.cert_file else None,
+                                 key_file=self._path(out.key_file) if out.key_file else None)
+        spool = Spool(self._path(out.spool))
+        repository = f"{out.host}:{out.port}"
+
+        def delivered(first: int, last: int, reconnected: bool) -> None:
+            self.deliver(Event(kind="atna.outbound.delivered", component="atna",
+                               message=f"{last - first + 1} audit messages delivered to {repository}",
+                               details={"repository": repository, "messages": last - first + 1, "first": first,
+                                        "last": last, "reconnected": reconnected}))
+
+        sender = OutboundSender(spool, out.source_id, out.host, out.port, context, server_name=out.server_name,
+                                retry=out.retry, on_delivered=delivered)
+        subscription = self.subscribe(Forwarder(spool, out.source_id))
+        sender.start()
+        self._outbound = [subscription, sender, spool]
+        return ("ATNA outbound (RFC 5425 TLS)", repository, f"spool {out.spool}, {spool.pending()} pending")
 
     async def _listen(self, name: str, listener: Any, host: str, port: int) -> None:
         try:
@@ -82,10 +123,16 @@ class AtnaService:
         for listener in reversed(self.listeners):
             await listener.close()
         self.listeners.clear()
+        if self._outbound:
+            subscription, sender, spool = self._outbound
+            self._outbound = []
+            await asyncio.to_thread(subscription.unsubscribe)
+            await asyncio.to_thread(sender.stop)
+            spool.close()
 
 
 def make_service(ctx: ServiceContext) -> AtnaService | None:
     config: AtnaConfig = ctx.section
     if not config.enabled:
         return None
-    return AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve)
+    return AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
