@@ -7,12 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
-from atna_corpus import every_event_id
+from atna_corpus import every_event_id, record
+from typer.testing import CliRunner
 
 from pacsguard.atna.ingest import Sender, frame_event
+from pacsguard.atna.message.build import to_xml
+from pacsguard.atna.message.record import AuditRecord, Code
 from pacsguard.atna.report import load_report, patient_report, prove, to_html
+from pacsguard.cli import main
+from pacsguard.events.model import Event
 from pacsguard.store.keys import load_public_key, public_path
 from pacsguard.store.merkle import inclusion_proof, leaf_hash, root_of, verify_inclusion
 from pacsguard.store.proofs import _levels, _path
@@ -77,3 +84,39 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
     bad = subprocess.run([sys.executable, "-m", "pacsguard.cli", "audit", "prove", str(tmp_path / "fresh.json"),
                           "--key", str(public_path(key))], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "event #41" in bad.stdout
+
+
+def _frame(record_: AuditRecord) -> Event:
+    return frame_event(SENDER, b"<85>1 - vna1 audit - IHE+RFC-3881 - " + to_xml(record_))
+
+
+def test_audit_search_and_the_daily_report(tmp_path: Path) -> None:
+    night = datetime(2026, 12, 3, 2, 10, tzinfo=timezone.utc)
+    failed_login = replace(record("110114"), outcome="4")
+    glass = replace(record("110113"), event_types=(Code("110127", "DCM", "Emergency Override Started"),))
+    urgent = replace(record("110110"), time=night, purposes=(Code("ETREAT", "v3-ActReason", "Emergency Treatment"),))
+    target = str(tmp_path / "store.db")
+    store, _ = new_store(target, tmp_path)
+    store.append([_frame(r) for r in (record("110110"), record("110104"), failed_login, glass, urgent)])
+    store.close()
+    runner = CliRunner()
+    out = runner.invoke(main.app, ["audit", "search", "--store", target, "--user", "JSM", "--event-id", "110110",
+                                   "--format", "json"])
+    assert out.exit_code == 0, out.output
+    found = [json.loads(line) for line in out.output.splitlines()]
+    assert [f["time"] for f in found] == ["2026-12-03T09:30:15Z", "2026-12-03T02:10:00Z"]  # in order of storage
+    out = runner.invoke(main.app, ["audit", "search", "--store", target, "--patient", "PID-0042", "--action", "c",
+                                   "--format", "json"])
+    assert [json.loads(line)["details"]["event_id"]["code"] for line in out.output.splitlines()] == [
+        "110110", "110104", "110110"]  # the corpus creates (C) both; the others name no patient
+
+    out = runner.invoke(main.app, ["audit", "report", "--day", "2026-12-03", "--store", target, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    daily = json.loads(out.output)
+    assert daily["events"] == 5 and daily["top_users"] == [["jsmith", 5]]
+    assert [e["kind"] for e in daily["failed_authentications"]] == ["atna.audit.user-authentication"]
+    assert [e["kind"] for e in daily["security_alerts"]] == ["atna.audit.security-alert"]
+    assert len(daily["break_glass"]) == 2 and len(daily["after_hours_access"]) == 1
+    assert daily["per_hour"][2] == 1 and daily["per_hour"][9] == 4
+    page = runner.invoke(main.app, ["audit", "report", "--day", "2026-12-03", "--store", target]).output
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "Break-glass uses (2)" in page

@@ -23,6 +23,9 @@ class AuditQuery:
     agent_names: list[str] = field(default_factory=list)
     entity_types: list[str] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
     count: int = 100
 
     @classmethod
@@ -72,6 +75,12 @@ class AuditQuery:
             types = {o.get("type_code") for o in d.get("objects", ())}
             if not types & set(self.entity_types):
                 return False
+        if self.event_ids and (d.get("event_id") or {}).get("code") not in self.event_ids:
+            return False
+        if self.actions and d.get("action") not in self.actions:
+            return False
+        if self.sources and (d.get("source") or {}).get("id") not in self.sources:
+            return False
         return not self.outcomes or d.get("outcome_indicator") in self.outcomes
 
     def select(self, events: Iterable[Event]) -> list[Event]:

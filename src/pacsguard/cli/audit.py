@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,3 +216,76 @@ def prove(
     console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
                   f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
                   highlight=False)
+
+
+@app.command("search")
+@guarded
+def search(
+    patient: str | None = typer.Option(None, "--patient", help="patient ID, with or without its assigning authority"),
+    user: str | None = typer.Option(None, "--user", help="a participant's user ID or name (prefix, any case)"),
+    event_id: list[str] = typer.Option(None, "--event-id", help="PS3.15 event ID such as 110110 (repeat)"),
+    action: list[str] = typer.Option(None, "--action", help="EventActionCode C, R, U, D or E (repeat)"),
+    outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12 (repeat)"),
+    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (repeat)"),
+    entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4 (repeat)"),
+    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)"),
+    until: str | None = typer.Option(None, "--until", help="before this time"),
+    limit: int = typer.Option(1000, "--limit", min=1, help="at most this many events"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json (one event per line)"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
+    from pacsguard.atna.query import AuditQuery
+    from pacsguard.cli.events import _print, _when
+    from pacsguard.store import EventQuery
+
+    q = AuditQuery(patient=patient, since=_when(since, "since"), until=_when(until, "until"),
+                   agent_names=[user.lower()] if user else [], entity_types=entity_type or [],
+                   outcomes=outcome or [], event_ids=event_id or [], actions=[a.upper() for a in action or []],
+                   sources=source or [], count=limit)
+    es = open_store(load(config, required=store is None), store)
+    try:
+        found = es.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until, limit=None))
+        _print(islice((s for s in found if q.matches(s.event)), limit), fmt)
+    finally:
+        es.close()
+
+
+class DailyFormat(str, Enum):
+    html = "html"
+    json = "json"
+
+
+@app.command("report")
+@guarded
+def report(
+    day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD (UTC)"),
+    fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
+    hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END; access to patient data "
+                              "outside them is listed"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """The daily summary: top users and hosts, failed authentications, security alerts, break-glass
+    uses and access to patient data outside working hours."""
+    from datetime import date
+
+    from pacsguard.atna.daily import day_span, summarise, to_html
+    from pacsguard.store import EventQuery
+
+    try:
+        when = date.fromisoformat(day)
+        start_hour, end_hour = (int(h) for h in hours.split("-", 1))
+    except ValueError:
+        raise fail(f"--day YYYY-MM-DD and --hours START-END expected, got {day!r} and {hours!r}") from None
+    if not 0 <= start_hour < end_hour <= 24:
+        raise fail(f"--hours: expected 0 <= START < END <= 24, got {hours!r}")
+    since, until = day_span(when)
+    es = open_store(load(config, required=store is None), store)
+    try:
+        summary = summarise((s.event for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
+                            (start_hour, end_hour))
+    finally:
+        es.close()
+    sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")
