@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 
 class AtnaService:
+    """The listeners and the outbound feed of one `atna:` section."""
+
     needs_asyncio_loop = False
 
     def __init__(self, config: AtnaConfig, publish: Publish, store: EventStore | None = None,
@@ -52,6 +54,9 @@ class AtnaService:
                 context = server_context(self._path(t.cert_file), self._path(t.key_file),
                                          ca_file=self._path(t.ca_file) if t.ca_file else None,
                                          require_client_cert=t.require_client_cert)
+                # No TLS 1.3 session tickets: a syslog sender never reads, and a ticket left unread in
+                # its socket turns its close into a TCP reset that discards the tail of its stream here.
+                context.num_tickets = 0
                 await self._listen("tls", StreamListener(self.publish, limits, context), t.host, t.port)
                 rows.append(("ATNA syslog (RFC 5425 TLS)", self._where("tls"),
                              "mutual TLS" if t.require_client_cert else "server TLS"))

@@ -24,8 +24,6 @@ log = logging.getLogger("pacsguard.atna")
 
 Publish = Callable[[Event], None]
 
-READ_SIZE = 256 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -34,7 +32,7 @@ class Limits:
 
 
 class StreamListener:
-    """One TCP or TLS listener."""
+    """One TCP or TLS listener; each connection is a `_Connection` protocol."""
 
     def __init__(self, publish: Publish, limits: Limits, context: ssl.SSLContext | None = None) -> None:
         self.publish = publish
@@ -42,69 +40,97 @@ class StreamListener:
         self.context = context
         self.transport = "tls" if context is not None else "tcp"
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[_Connection] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.context,
-                                                  ssl_handshake_timeout=30 if self.context else None)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, ssl=self.context,
+                                                ssl_handshake_timeout=30 if self.context else None)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        peer = writer.get_extra_info("peername") or ("?", None)
-        sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.transport,
-                        certificate=_subject(writer.get_extra_info("ssl_object")))
-        splitter = Splitter(self.limits.max_message)
-        received = 0
+
+class _Connection(asyncio.Protocol):
+    """One sender's connection: every chunk asyncio delivers goes through the splitter at once, so
+    what arrived before a reset or a TLS end without close_notify is never lost."""
+
+    def __init__(self, listener: StreamListener) -> None:
+        self.listener = listener
+        self.publish = listener.publish
+        self.splitter = Splitter(listener.limits.max_message)
+        self.received = 0
+        self.sender = Sender("?", None, listener.transport)
+        self.transport: asyncio.BaseTransport | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check here.
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", None)
+        self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport,
+                             certificate=_subject(transport.get_extra_info("ssl_object")))
+        self.listener.connections.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self._arm()
         try:
-            while True:
-                try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), self.limits.idle_timeout)
-                except TimeoutError:
-                    if received == 0:
-                        self.publish(problem_event(sender, FrameProblem(
-                            "silent", f"connected and sent nothing for {self.limits.idle_timeout:g} s")))
-                    break
-                if not data:
-                    if received == 0:
-                        self.publish(problem_event(sender, FrameProblem("silent", "connected and sent nothing")))
-                    break
-                received += len(data)
-                frames, problems = splitter.feed(data)
-                self._publish(sender, splitter.framing, frames, problems)
-            for problem in splitter.finish():
-                self.publish(problem_event(sender, problem))
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
-            log.info("syslog connection from %s ended: %s", sender.host, exc)
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            frames, problems = self.splitter.feed(data)
+            self._publish(frames, problems)
+        except Exception:  # noqa: BLE001 - one sender's bytes must never end the listener
+            log.exception("syslog data from %s", self.sender.host)
 
-    def _publish(self, sender: Sender, framing: Framing | None, frames: list[bytes],
-                 problems: list[FrameProblem]) -> None:
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.listener.connections.discard(self)
+        if self.received == 0:
+            self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
+        for problem in self.splitter.finish():
+            self.publish(problem_event(self.sender, problem))
+        if exc is not None:
+            log.info("syslog connection from %s ended: %s", self.sender.host, exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.listener.limits.idle_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.received == 0:
+            self.received = -1  # reported here, not again when the connection is lost
+            self.publish(problem_event(self.sender, FrameProblem(
+                "silent", f"connected and sent nothing for {self.listener.limits.idle_timeout:g} s")))
+        self.close()
+
+    def _publish(self, frames: list[bytes], problems: list[FrameProblem]) -> None:
         for problem in problems:
-            self.publish(problem_event(sender, problem))
+            self.publish(problem_event(self.sender, problem))
         if not frames:
             return
-        # The framing of these frames (detection may have been reset by a later problem).
-        used = framing or Framing.OCTET_COUNTING
-        stamped = Sender(sender.host, sender.port, sender.transport, used.value, sender.certificate)
+        used = self.splitter.framing or Framing.OCTET_COUNTING
+        stamped = Sender(self.sender.host, self.sender.port, self.sender.transport, used.value,
+                         self.sender.certificate)
         # RFC 5425 4.3: over TLS only octet counting is allowed; read it anyway, but say so.
-        flags = ("wrong-framing",) if self.transport == "tls" and used is Framing.NON_TRANSPARENT else ()
+        flags = ("wrong-framing",) if self.listener.transport == "tls" and used is Framing.NON_TRANSPARENT else ()
         for frame in frames:
             self.publish(frame_event(stamped, frame, flags=flags))
 
