@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pacsguard.atna.syslog import rfc5424
 from pacsguard.atna.syslog.framing import Framing, Splitter
 
@@ -67,3 +70,21 @@ def test_missing_msgid_and_bsd_are_flagged_not_refused() -> None:
     assert bsd.flags == ("legacy-bsd",)
     assert (bsd.hostname, bsd.app_name, bsd.msg) == ("ctscanner", "audit", b"<AuditMessage/>")
     assert rfc5424.parse(b"<191>1 - - - - - - top").pri == 191
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=60),
+       sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=12))
+def test_any_split_of_the_stream_yields_the_same_frames(cuts: list[int], sizes: list[int]) -> None:
+    messages = [b"<85>1 - h a - IHE+RFC-3881 - " + bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(octet(m) for m in messages)
+    splitter, frames, at = Splitter(), [], 0
+    for cut in cuts * (len(stream) // max(sum(cuts), 1) + 1):
+        got, problems = splitter.feed(stream[at:at + cut])
+        assert problems == []
+        frames += got
+        at += cut
+        if at >= len(stream):
+            break
+    frames += splitter.feed(stream[at:])[0]
+    assert frames == messages and splitter.finish() == []
