@@ -121,7 +121,6 @@ def bench_pacsguard(work: Path, pki: dict[str, Path], streams: list[list[bytes]]
     proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", f"127.0.0.1:{port}",
                              "--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]), "--store", str(store)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port, proc)
 
     def stored() -> int:
         try:
@@ -130,14 +129,7 @@ def bench_pacsguard(work: Path, pki: dict[str, Path], streams: list[list[bytes]]
         except sqlite3.Error:
             return 0
 
-    try:
-        began = run_senders(port, pki["ca"], streams, rate)
-        seconds = wait_count(stored, total, began, 600 + (total / rate if rate else 0))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    assert stored() == total, f"pacsguard stored {stored()} of {total}"
-    return seconds
+    return measure("pacsguard", proc, port, pki, streams, rate, total, stored)
 
 
 def bench_rsyslog(work: Path, pki: dict[str, Path], streams: list[list[bytes]], rate: float, total: int) -> float:
@@ -157,7 +149,6 @@ input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="in")
 ''')
     proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    _wait_port(port, proc)
 
     def lines() -> int:
         try:
@@ -166,13 +157,20 @@ input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="in")
         except FileNotFoundError:
             return 0
 
+    return measure("rsyslog", proc, port, pki, streams, rate, total, lines)
+
+
+def measure(name: str, proc: subprocess.Popen[bytes], port: int, pki: dict[str, Path], streams: list[list[bytes]],
+            rate: float, total: int, count: Callable[[], int]) -> float:
+    """Seconds until the receiver ``proc`` on ``port`` holds every message (``count``); it is stopped after."""
+    _wait_port(port, proc)
     try:
         began = run_senders(port, pki["ca"], streams, rate)
-        seconds = wait_count(lines, total, began, 600 + (total / rate if rate else 0))
+        seconds = wait_count(count, total, began, 600 + (total / rate if rate else 0))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    assert lines() == total, f"rsyslog wrote {lines()} of {total}"
+    assert count() == total, f"{name} received {count()} of {total}"
     return seconds
 
 
