@@ -53,8 +53,10 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
-    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics", "atna"]
-    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics", "atna"]
+    assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics",
+                     "atna"]
+    assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics",
+                                                                     "atna"]
 
 
 def test_a_part_name_or_section_is_registered_once() -> None:
