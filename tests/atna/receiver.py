@@ -50,14 +50,16 @@ class Received:
 
 
 @contextmanager
-def running(section: dict[str, Any], store: Any = None) -> Iterator[Received]:
-    """The service configured by ``section`` (enabled), started on a background loop."""
+def running(section: dict[str, Any], store: Any = None,
+            setup: Callable[[AtnaService], None] = lambda service: None) -> Iterator[Received]:
+    """The service configured by ``section`` (enabled), prepared by ``setup``, started on a background loop."""
     received = Received()
     config = AtnaConfig.model_validate({"enabled": True, **section})
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     service = AtnaService(config, received.publish, store)
+    setup(service)
     asyncio.run_coroutine_threadsafe(service.start(), loop).result(DEADLINE)
     received.service = service
     try:

@@ -3,11 +3,13 @@ patients, a user looking up their own family, after-hours bulk access), through 
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from atna_corpus import record
+from receiver import free_port, running
 
 from pacsguard.atna.ingest import Sender, frame_event
 from pacsguard.atna.message.build import to_xml
@@ -74,3 +76,19 @@ def test_privacy_rules_fire_on_audit_messages(tmp_path: Path) -> None:
     assert fired == ["audit-after-hours-bulk"]
     assert audit.observe(Event(kind="dicom.dimse.c-store", component="gateway"), 3.0) == []
     assert audit.observe(event(replace(record("110110"), time=night)), 4.0) != []
+
+
+def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "privacy.yaml").write_text(RULES)
+    (tmp_path / "watch.txt").write_text("PID-0042\n")
+    engine = Engine(load_rules([tmp_path / "rules"], builtin=False), IdsSettings())
+    port = free_port()
+    section = {"tcp": {"port": port}, "privacy": {"watch_list": str(tmp_path / "watch.txt")}}
+    with running(section, setup=lambda service: service.use_privacy_rules(engine)) as rx:
+        body = b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(record("110110"))
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"%d %s" % (len(body), body))
+        got = rx.wait(lambda evs: any(e.kind.startswith("ids.alert.") for e in evs), "a privacy alert")
+    assert [e.kind for e in got] == ["atna.audit.patient-record", "ids.alert.audit-watched-patient"]
+    assert got[1].patient_ids[0] == "PID-0042"

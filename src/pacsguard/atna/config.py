@@ -72,6 +72,14 @@ class Outbound(Strict):
     retry: float = Field(5.0, gt=0, le=3600, description="seconds between reconnection attempts")
 
 
+class Privacy(Strict):
+    """Privacy monitoring: the IDS rules of ``protocol: audit`` (docs/ids.md) run over every received
+    audit message, with the administrator's lists joined in."""
+
+    watch_list: Path | None = Field(None, description="patient IDs to watch (VIPs, employees), one per line")
+    staff_directory: Path | None = Field(None, description="CSV with columns user, surname, address")
+
+
 class AtnaConfig(Strict):
     enabled: bool = False
     tls: TlsListener | None = None
@@ -83,3 +91,4 @@ class AtnaConfig(Strict):
     idle_timeout: float = Field(300.0, gt=0, le=86_400,
                                 description="seconds a connection may stay silent before it is closed")
     outbound: Outbound | None = None
+    privacy: Privacy | None = None

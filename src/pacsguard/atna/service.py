@@ -4,6 +4,7 @@ section names, each publishing the Events of what it receives to the bus."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pacsguard.atna.config import AtnaConfig, Outbound
+    from pacsguard.ids.audit.adapter import AuditAdapter
+    from pacsguard.ids.engine import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
 
@@ -31,6 +34,7 @@ class AtnaService:
         self.store = store
         self.subscribe = subscribe
         self.dedupe = Deduplicator(store)
+        self.privacy: AuditAdapter | None = None
         self._outbound: list[Any] = []
         self.resolve: Any = resolve or (lambda p: p)
         self.listeners: list[Any] = []
@@ -38,9 +42,24 @@ class AtnaService:
         self.addresses: dict[str, tuple[str, int]] = {}
 
     def publish(self, event: Event) -> None:
-        """What the listeners call: every received message once (a resent one is dropped)."""
-        if self.dedupe.fresh(event):
-            self.deliver(event)
+        """What the listeners call: every received message once (a resent one is dropped), then the
+        privacy rules' alerts about it."""
+        if not self.dedupe.fresh(event):
+            return
+        self.deliver(event)
+        if self.privacy is not None:
+            for alert in self.privacy.observe(event, time.monotonic()):
+                if alert.record:
+                    self.deliver(alert.event)
+
+    def use_privacy_rules(self, engine: Engine) -> None:
+        """Run the engine's ``protocol: audit`` rules over every received message (config ``privacy``)."""
+        from pacsguard.ids.audit.adapter import AuditAdapter, PrivacyLists
+
+        p = self.config.privacy
+        lists = PrivacyLists.load(self._path(p.watch_list) if p and p.watch_list else None,
+                                  self._path(p.staff_directory) if p and p.staff_directory else None)
+        self.privacy = AuditAdapter(engine, lists)
 
     async def start(self) -> list[BannerRow]:
         from pacsguard.tls.contexts import server_context
@@ -140,4 +159,9 @@ def make_service(ctx: ServiceContext) -> AtnaService | None:
     config: AtnaConfig = ctx.section
     if not config.enabled:
         return None
-    return AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
+    service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
+    if config.privacy is not None:
+        from pacsguard.ids.part import rule_engine
+
+        service.use_privacy_rules(rule_engine(ctx.loaded))
+    return service
