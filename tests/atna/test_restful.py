@@ -72,3 +72,32 @@ def test_iti81_search_and_post(tmp_path: Path, monkeypatch: Any) -> None:
     assert unparsed[0].details["raw"] == '{"resourceType": "Patient", "id": "x"}'
     posted = [e for e in events if e.kind == "atna.audit.patient-record"]
     assert len(posted) == 1 and posted[0].details["syntax"] == "fhir" and posted[0].patient_ids[0] == "PID-0042"
+
+
+def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
+    import ssl
+
+    from pacsguard.tls import make_ca, make_cert
+
+    pki = tmp_path / "pki"
+    ca, ca_key = make_ca(pki, "ATNA Test CA", 2)
+    cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
+    client, client_key = make_cert(pki, "portal", ca, ca_key, hosts=["portal"], client=True, days=1)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    store.append([frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"])])
+    port = free_port()
+    section = {"http": {"port": port, "cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True}}
+    with running(section, store):
+        url = f"https://localhost:{port}/AuditEvent?patient=PID-0042"
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(client, client_key)
+        with urllib.request.urlopen(url, context=context, timeout=20) as answer:
+            assert json.loads(answer.read())["total"] == 1
+        anonymous = ssl.create_default_context(cafile=str(ca))
+        try:
+            with urllib.request.urlopen(url, context=anonymous, timeout=20) as answer:
+                refused = answer.status
+        except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+            refused = 0
+        assert refused == 0  # no client certificate: no TLS session, no answer
+    store.close()
