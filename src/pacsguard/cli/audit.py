@@ -13,7 +13,7 @@ import typer
 
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, fail, guarded, load, open_store
-from pacsguard.cli.events import Format
+from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTIL_OPTION, Format
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -228,10 +228,10 @@ def search(
     outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12 (repeat)"),
     source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (repeat)"),
     entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4 (repeat)"),
-    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)"),
-    until: str | None = typer.Option(None, "--until", help="before this time"),
-    limit: int = typer.Option(1000, "--limit", min=1, help="at most this many events"),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json (one event per line)"),
+    since: str | None = SINCE_OPTION,
+    until: str | None = UNTIL_OPTION,
+    limit: int = LIMIT_OPTION,
+    fmt: Format = FORMAT_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
