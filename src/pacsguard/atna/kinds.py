@@ -22,7 +22,7 @@ _RECEIVED = {
     "syslog": OBJECT,
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
-    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, schema
+    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp
     "received": STRING,
 }
 
@@ -42,7 +42,6 @@ KINDS = (
                   "source": OBJECT,
                   "objects": {"type": "array", "items": OBJECT},
                   "patients": {"type": "array", "items": _PATIENT},
-                  "schema_problems": STRINGS,
               }, required=("sender", "syntax", "event_id")),
     EventKind("atna.message.unparsed", "a message that could not be read as an audit message, stored raw "
               "and flagged with the problem", {**_RECEIVED, "problem": {"enum": _PROBLEMS}, "error": STRING},
