@@ -17,7 +17,8 @@ from pacsguard.atna.message.record import AuditRecord, ParticipantObject
 from pacsguard.events.model import Event
 from pacsguard.ids.audit.adapter import AuditAdapter, PrivacyLists
 from pacsguard.ids.engine import Engine
-from pacsguard.ids.rules import IdsSettings, load_rules
+from pacsguard.ids.rules import load_rules
+from pacsguard.ids.settings import IdsSettings
 
 RULES = """
 - id: audit-watched-patient
