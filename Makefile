@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # logrotate and pipx check the deployment files and the wheel (tests/test_deploy.py); yara and
 # clamav are the scanner's peers (tests/scan); tesseract-ocr, dicom3tools (dciodvfy) and
 # fonts-dejavu-core are de-identification's (tests/deid).
-PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls iproute2 openssl systemd logrotate pipx \
+PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
 	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core
 
 .PHONY: run test venv peers bench wheel clean

@@ -53,9 +53,9 @@ def _problems(text: str, registry: Registry | None = None) -> list[str]:
 def test_default_registry_lists_the_parts_in_start_order() -> None:
     names = [p.name for p in Registry.default()]
     assert names == ["init", "serve", "config", "events", "audit", "store", "tls", "demo", "gateway", "ids", "metrics",
-                     "scan", "deid", "witness"]
+                     "scan", "deid", "atna", "witness"]
     assert [p.section for p in Registry.default().with_config()] == ["demo_upstream", "gateway", "ids", "metrics",
-                                                                      "scan", "deid", "witness"]
+                                                                      "scan", "deid", "atna", "witness"]
 
 
 def test_a_part_name_or_section_is_registered_once() -> None:
@@ -220,7 +220,8 @@ HEAVY = ("pydantic", "sqlalchemy", "alembic", "pydicom", "pynetdicom",
          "pacsguard.gateway.server", "pacsguard.ids.engine")
 
 
-GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "deid", "witness")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "deid", "atna",
+          "witness")
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([group, "--help"] for group in GROUPS),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
+from enum import Enum
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, fail, guarded, load, open_store
-from pacsguard.cli.events import Format
+from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTIL_OPTION, Format
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -164,3 +167,168 @@ def _checkpoint_line(report: VerifyReport) -> str:
             None: "[red]events it sealed are missing[/]"}[report.newest_checkpoint_root_ok]
     return (f"size {report.newest_checkpoint}, signed by key {report.newest_checkpoint_key}, "
             f"signature {signature}, {root}")
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    json = "json"
+    html = "html"
+    csv = "csv"
+
+
+@app.command("patient")
+@guarded
+def patient(
+    patient_id: str = typer.Argument(..., help="patient ID, with or without its assigning authority (CX)"),
+    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601)"),
+    until: str | None = typer.Option(None, "--until", help="before this time"),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, json, html or csv"),
+    checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
+                                    help="sign a checkpoint first (needs the signing key) so every event is proven"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """The patient access report: every event naming the patient, each with an RFC 9162 inclusion
+    proof against the newest signed checkpoint (save the json or html form; `audit prove` checks it)."""
+    from pacsguard.atna.report import patient_report, to_csv, to_html
+    from pacsguard.cli.events import _when
+    from pacsguard.runtime.outputs import open_store as open_target
+
+    loaded = load(config, required=store is None)
+    es = open_store(loaded, store)
+    try:
+        if checkpoint:
+            # Without a signing key at hand, events after the newest checkpoint are listed as unproven.
+            key = next((k for k in _key_candidates(loaded, store) if k.is_file() and not k.name.endswith(".pub")),
+                       None)
+            if key is not None and es.unsigned():
+                writer = open_target(es.url, key=key)
+                try:
+                    writer.checkpoint()
+                finally:
+                    writer.close()
+        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"))
+    finally:
+        es.close()
+    if fmt is ReportFormat.json:
+        print(json.dumps(report, indent=1))
+    elif fmt is ReportFormat.html:
+        sys.stdout.write(to_html(report))
+    elif fmt is ReportFormat.csv:
+        sys.stdout.write(to_csv(report))
+    else:
+        _show_report(report)
+
+
+def _show_report(report: dict[str, Any]) -> None:
+    from pacsguard.cli.layout import Column, render, terminal_width, write_lines
+
+    columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
+               Column("host"), Column("purpose"), Column("proven"))
+    rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], r.get("user") or "", r.get("host") or "",
+             r.get("purpose") or "", "yes" if "proof" in r else "no"] for r in report["events"]]
+    cp = report["checkpoint"]
+    write_lines([f"patient {report['patient']}: {len(rows)} events; proven against "
+                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint"),
+                 *render(columns, rows, terminal_width())])
+
+
+@app.command("prove")
+@guarded
+def prove(
+    report: Path = typer.Argument(..., help="a saved report (json or html form of `audit patient`)"),
+    key: Path = typer.Option(..., "--key", help="the store's public checkpoint key (or a witness's copy)"),
+) -> None:
+    """Check a saved report offline: the checkpoint's signature, and each event's inclusion proof and
+    listed fields. Exit 1 if anything does not hold."""
+    from pacsguard.atna.report import load_report
+    from pacsguard.atna.report import prove as check
+    from pacsguard.cli.common import console
+    from pacsguard.store import keys
+
+    try:
+        data = load_report(report.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail(f"{report}: not a saved report ({exc})") from None
+    problems = check(data, keys.load_public_key(key))
+    if problems:
+        for problem in problems:
+            console.print(f"[bold red]FAILS[/]: {problem}", highlight=False)
+        raise typer.Exit(EXIT_FINDINGS)
+    proven = sum("proof" in r for r in data["events"])
+    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
+                  f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
+                  highlight=False)
+
+
+@app.command("search")
+@guarded
+def search(
+    patient: str | None = typer.Option(None, "--patient", help="patient ID, with or without its assigning authority"),
+    user: str | None = typer.Option(None, "--user", help="a participant's user ID or name (prefix, any case)"),
+    event_id: list[str] = typer.Option(None, "--event-id", help="PS3.15 event ID such as 110110 (repeat)"),
+    action: list[str] = typer.Option(None, "--action", help="EventActionCode C, R, U, D or E (repeat)"),
+    outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12 (repeat)"),
+    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (repeat)"),
+    entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4 (repeat)"),
+    since: str | None = SINCE_OPTION,
+    until: str | None = UNTIL_OPTION,
+    limit: int = LIMIT_OPTION,
+    fmt: Format = FORMAT_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
+    from pacsguard.atna.query import AuditQuery
+    from pacsguard.cli.events import _print, _when
+    from pacsguard.store import EventQuery
+
+    q = AuditQuery(patient=patient, since=_when(since, "since"), until=_when(until, "until"),
+                   agent_names=[user.lower()] if user else [], entity_types=entity_type or [],
+                   outcomes=outcome or [], event_ids=event_id or [], actions=[a.upper() for a in action or []],
+                   sources=source or [], count=limit)
+    es = open_store(load(config, required=store is None), store)
+    try:
+        found = es.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until, limit=None))
+        _print(islice((s for s in found if q.matches(s.event)), limit), fmt)
+    finally:
+        es.close()
+
+
+class DailyFormat(str, Enum):
+    html = "html"
+    json = "json"
+
+
+@app.command("report")
+@guarded
+def report(
+    day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD (UTC)"),
+    fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
+    hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END; access to patient data "
+                              "outside them is listed"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """The daily summary: top users and hosts, failed authentications, security alerts, break-glass
+    uses and access to patient data outside working hours."""
+    from datetime import date
+
+    from pacsguard.atna.daily import day_span, summarise, to_html
+    from pacsguard.store import EventQuery
+
+    try:
+        when = date.fromisoformat(day)
+        start_hour, end_hour = (int(h) for h in hours.split("-", 1))
+    except ValueError:
+        raise fail(f"--day YYYY-MM-DD and --hours START-END expected, got {day!r} and {hours!r}") from None
+    if not 0 <= start_hour < end_hour <= 24:
+        raise fail(f"--hours: expected 0 <= START < END <= 24, got {hours!r}")
+    since, until = day_span(when)
+    es = open_store(load(config, required=store is None), store)
+    try:
+        summary = summarise((s.event for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
+                            (start_hour, end_hour))
+    finally:
+        es.close()
+    sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")

@@ -38,6 +38,13 @@ def _when(text: str | None, name: str) -> datetime | None:
                    f"got {text!r}") from None
 
 
+#: The time, limit and format options of every search command (`events search`, `audit search`).
+SINCE_OPTION = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)")
+UNTIL_OPTION = typer.Option(None, "--until", help="before this time")
+LIMIT_OPTION = typer.Option(1000, "--limit", min=1, help="at most this many events")
+FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (one event per line)")
+
+
 @app.command("search")
 @guarded
 def search(
@@ -45,10 +52,10 @@ def search(
     study: str | None = typer.Option(None, "--study", help="Study Instance UID"),
     actor: str | None = typer.Option(None, "--actor", help="AE title, host or user who acted"),
     kind: str | None = typer.Option(None, "--kind", help="event kind, e.g. dicom.association.rejected or dicom.*"),
-    since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)"),
-    until: str | None = typer.Option(None, "--until", help="before this time"),
-    limit: int = typer.Option(1000, "--limit", min=1, help="at most this many events"),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json (one event per line)"),
+    since: str | None = SINCE_OPTION,
+    until: str | None = UNTIL_OPTION,
+    limit: int = LIMIT_OPTION,
+    fmt: Format = FORMAT_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:

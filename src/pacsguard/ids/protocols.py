@@ -16,7 +16,7 @@ from .observation import KINDS
 __all__ = ["ADAPTER_KINDS", "KINDS"]
 
 #: Modules that register an adapter's kinds when imported.
-ADAPTER_KINDS: Final = ("pacsguard.ids.dicom.kinds",)
+ADAPTER_KINDS: Final = ("pacsguard.ids.dicom.kinds", "pacsguard.ids.audit.kinds")
 
 for _module in ADAPTER_KINDS:
     import_module(_module)

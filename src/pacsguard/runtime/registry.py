@@ -26,6 +26,7 @@ PART_MODULES = (
     "pacsguard.metrics.part",
     "pacsguard.scan.part",
     "pacsguard.deid.part",
+    "pacsguard.atna.part",
     "pacsguard.witness.part",
 )
 

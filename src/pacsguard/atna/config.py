@@ -1,0 +1,94 @@
+"""The `atna:` section of pacsguard.yaml: the audit record repository's listeners (syslog over TLS,
+TCP, UDP; the RESTful ATNA endpoint) and the outbound feed to another repository.
+
+Off by default and loopback by default: a repository listens where its administrator says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
+from pacsguard.config.schema import SecretRef, Strict
+
+
+class Address(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(..., ge=0, le=65535)  # 0: any free port (the banner shows which)
+
+
+class TlsListener(Address):
+    """RFC 5425 syslog over TLS; 6514 is its registered port. With ``ca_file`` client certificates are
+    asked for; ``require_client_cert`` makes them mandatory (mutual TLS, IHE ITI-19)."""
+
+    port: int = Field(6514, ge=0, le=65535)
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_mtls(self) -> TlsListener:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA client certificates must chain to)")
+        return self
+
+
+class HttpListener(Address):
+    """The RESTful ATNA endpoint (IHE ITI-81 query, and POST /AuditEvent). Every request needs the
+    bearer token, or a client certificate when TLS with ``require_client_cert`` is configured."""
+
+    port: int = Field(8089, ge=0, le=65535)
+    token: SecretRef | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _authenticated(self) -> HttpListener:
+        if self.token is None and not self.require_client_cert:
+            raise ValueError("the HTTP endpoint needs a token or require_client_cert (with cert_file, key_file, "
+                             "ca_file)")
+        if self.require_client_cert and (self.ca_file is None or self.cert_file is None or self.key_file is None):
+            raise ValueError("require_client_cert needs cert_file, key_file and ca_file")
+        return self
+
+
+class Outbound(Strict):
+    """pacsguard's own events as PS3.15 A.5 messages to another Audit Record Repository over
+    RFC 5425 TLS, through a durable spool."""
+
+    host: str
+    port: int = Field(6514, ge=1, le=65535)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    source_id: str = Field("pacsguard", min_length=1, max_length=64,
+                           description="AuditSourceID of the messages, and the origin the repository dedupes by")
+    spool: Path = Path("var/atna-outbound.db")
+    retry: float = Field(5.0, gt=0, le=3600, description="seconds between reconnection attempts")
+
+
+class Privacy(Strict):
+    """Privacy monitoring: the IDS rules of ``protocol: audit`` (docs/ids.md) run over every received
+    audit message, with the administrator's lists joined in."""
+
+    watch_list: Path | None = Field(None, description="patient IDs to watch (VIPs, employees), one per line")
+    staff_directory: Path | None = Field(None, description="CSV with columns user, surname, address")
+
+
+class AtnaConfig(Strict):
+    enabled: bool = False
+    tls: TlsListener | None = None
+    tcp: Address | None = None
+    udp: Address | None = None
+    http: HttpListener | None = None
+    max_message: int = Field(DEFAULT_MAX_MESSAGE, ge=65_536, le=64 * 1024 * 1024,
+                             description="largest message accepted, octets (at least 64 KiB)")
+    idle_timeout: float = Field(300.0, gt=0, le=86_400,
+                                description="seconds a connection may stay silent before it is closed")
+    outbound: Outbound | None = None
+    privacy: Privacy | None = None

@@ -1,0 +1,105 @@
+"""The daily summary of the audit trail (`pacsguard audit report --day`): top users and hosts,
+failed authentications, security alerts, access to patient data outside working hours and
+break-glass uses (PS3.15 A.5.3.13 Security Alert, event type 110127 Emergency Override Started, or a
+purpose of use of emergency treatment), as JSON and as an HTML page with bar charts (inline SVG)."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from pacsguard.events.model import Event, Outcome
+
+#: Purposes of use that mean emergency access (HL7 v3 ActReason ETREAT, BTG "break the glass").
+BREAK_GLASS_PURPOSES = frozenset({"ETREAT", "BTG"})
+EMERGENCY_OVERRIDE = "110127"
+_LISTED = 200  # at most this many events per list in the report
+
+
+def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19)) -> dict[str, Any]:
+    users: Counter[str] = Counter()
+    hosts: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    per_hour = [0] * 24
+    failed_auth: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
+    after_hours: list[dict[str, Any]] = []
+    break_glass: list[dict[str, Any]] = []
+    total = 0
+    for ev in events:
+        total += 1
+        kinds[ev.kind] += 1
+        per_hour[ev.time.astimezone(timezone.utc).hour] += 1
+        if ev.actor.user:
+            users[ev.actor.user] += 1
+        if ev.actor.host:
+            hosts[ev.actor.host] += 1
+        d = ev.details
+        if ev.kind == "atna.audit.user-authentication" and ev.outcome != Outcome.SUCCESS \
+                or ev.kind == "console.login.failed":
+            _add(failed_auth, ev)
+        if ev.kind in ("atna.audit.security-alert",) or ev.kind.startswith("ids.alert."):
+            _add(alerts, ev)
+        hour = ev.time.astimezone(timezone.utc).hour
+        if ev.patient_ids and not hours[0] <= hour < hours[1]:
+            _add(after_hours, ev)
+        types = {t.get("code") for t in d.get("event_types", ())}
+        purposes = {p.get("code") for p in d.get("purposes", ())}
+        if EMERGENCY_OVERRIDE in types or purposes & BREAK_GLASS_PURPOSES:
+            _add(break_glass, ev)
+    return {
+        "format": "pacsguard-daily-report/v1", "day": day.isoformat(), "working_hours_utc": list(hours),
+        "events": total, "kinds": dict(kinds.most_common()), "per_hour": per_hour,
+        "top_users": users.most_common(10), "top_hosts": hosts.most_common(10),
+        "failed_authentications": failed_auth, "security_alerts": alerts, "after_hours_access": after_hours,
+        "break_glass": break_glass,
+    }
+
+
+def day_span(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def _add(into: list[dict[str, Any]], ev: Event) -> None:
+    if len(into) < _LISTED:
+        into.append({"time": ev.time.isoformat(), "kind": ev.kind, "outcome": ev.outcome, "actor": ev.actor.label(),
+                     "patients": list(ev.patient_ids), "message": ev.message})
+
+
+def to_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+
+    def bars(title: str, pairs: list[tuple[str, int]]) -> str:
+        top = max((n for _, n in pairs), default=0) or 1
+        rows = "".join(
+            f'<text x="0" y="{i * 18 + 13}" font-size="12">{esc(label)}</text>'
+            f'<rect x="160" y="{i * 18 + 2}" width="{300 * n / top:.1f}" height="14" fill="#4a7bb7"/>'
+            f'<text x="{165 + 300 * n / top:.1f}" y="{i * 18 + 13}" font-size="12">{n}</text>'
+            for i, (label, n) in enumerate(pairs))
+        return f'<h2>{esc(title)}</h2><svg width="520" height="{len(pairs) * 18 + 4}">{rows}</svg>'
+
+    def table(title: str, rows: list[dict[str, Any]]) -> str:
+        body = "".join(f"<tr><td>{esc(r['time'][:19])}</td><td>{esc(r['kind'])}</td><td>{esc(r['outcome'])}</td>"
+                       f"<td>{esc(r['actor'])}</td><td>{esc(', '.join(r['patients']))}</td>"
+                       f"<td>{esc(r['message'])}</td></tr>" for r in rows)
+        return (f"<h2>{esc(title)} ({len(rows)})</h2><table><tr><th>time (UTC)</th><th>kind</th><th>outcome</th>"
+                f"<th>who</th><th>patients</th><th>message</th></tr>{body}</table>")
+
+    hours = [(f"{h:02d}:00", n) for h, n in enumerate(report["per_hour"])]
+    data = json.dumps(report).replace("</", "<\\/")  # no "</script>" inside the script element
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Audit report "
+            f"{esc(report['day'])}</title><style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;"
+            "padding:2px 6px}table{border-collapse:collapse}</style></head><body>"
+            f"<h1>Audit trail, {esc(report['day'])}</h1><p>{report['events']} events.</p>"
+            + bars("Events per hour (UTC)", hours) + bars("Top users", report["top_users"])
+            + bars("Top hosts", report["top_hosts"])
+            + table("Failed authentications", report["failed_authentications"])
+            + table("Security alerts", report["security_alerts"])
+            + table("Break-glass uses", report["break_glass"])
+            + table("Access to patient data outside working hours", report["after_hours_access"])
+            + '<script type="application/json" id="pacsguard-daily">' + data + "</script></body></html>\n")

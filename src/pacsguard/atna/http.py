@@ -1,0 +1,186 @@
+"""The RESTful ATNA endpoint: IHE ITI-81 (GET /AuditEvent?... answers a FHIR searchset Bundle) and
+FHIR AuditEvent intake (POST /AuditEvent, as ITI-20's RESTful option). A small, bounded HTTP/1.1
+server (RFC 9112): one request per connection, a head of at most 16 KiB, a body of at most the
+configured message size, every request authenticated by the bearer token (RFC 6750) or by a verified
+client certificate. A refused request is an Event naming the sender; the server goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from pacsguard.atna.ingest import Sender, payload_event, raw_fields
+from pacsguard.atna.message import fhir
+from pacsguard.atna.message.mapping import record_from_event
+from pacsguard.atna.query import AuditQuery, QueryError
+from pacsguard.events.model import Event, Outcome, Party, Severity
+
+if TYPE_CHECKING:
+    from pacsguard.atna.config import HttpListener
+    from pacsguard.atna.syslog.listeners import Publish
+    from pacsguard.store import EventStore
+
+log = logging.getLogger("pacsguard.atna")
+
+MAX_HEAD = 16 * 1024
+TIMEOUT = 30.0
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+    location: str | None = None
+
+
+def outcome(status: HTTPStatus, text: str) -> Reply:
+    """An OperationOutcome (FHIR R4) explaining a refusal."""
+    code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 413: "too-long"}.get(
+        status.value, "exception")
+    return Reply(status.value, {"resourceType": "OperationOutcome",
+                                "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
+
+
+class RestfulAtna:
+    def __init__(self, config: HttpListener, publish: Publish, store: EventStore, resolve: Any,
+                 max_body: int) -> None:
+        self.config = config
+        self.publish = publish
+        self.store = store
+        self.max_body = max_body
+        self.token = config.token.resolve().encode() if config.token is not None else None
+        self.context: ssl.SSLContext | None = None
+        if config.cert_file is not None and config.key_file is not None:
+            from pacsguard.tls.contexts import server_context
+
+            self.context = server_context(resolve(config.cert_file), resolve(config.key_file),
+                                          ca_file=resolve(config.ca_file) if config.ca_file else None,
+                                          require_client_cert=config.require_client_cert)
+        self.scheme = "https" if self.context else "http"
+        self.base = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.context, limit=MAX_HEAD)
+        bound = self._server.sockets[0].getsockname()
+        self.base = f"{self.scheme}://{bound[0]}:{bound[1]}"
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", None)
+        sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.scheme)
+        try:
+            reply = await asyncio.wait_for(self._handle(reader, writer, sender), TIMEOUT)
+            if reply is not None:
+                writer.write(_encode(reply))
+                await writer.drain()
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            pass  # a slow or vanished client: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      sender: Sender) -> Reply | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return self._refuse(sender, "bad-request", "request head too large", "", "",
+                                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        except asyncio.IncompleteReadError:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return self._refuse(sender, "bad-request", "not an HTTP/1.x request", "", "", HTTPStatus.BAD_REQUEST)
+        method, target = parts[0], parts[1]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        url = urlsplit(target)
+        if not self._authorised(headers, writer):
+            return self._refuse(sender, "unauthorized", "no valid bearer token or client certificate", method,
+                                url.path, HTTPStatus.UNAUTHORIZED)
+        if url.path.rstrip("/") not in ("/AuditEvent", "/fhir/AuditEvent"):
+            return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent is served")
+        if method == "GET":
+            return await self._search(url.query, sender)
+        if method == "POST":
+            length = headers.get("content-length", "")
+            if not length.isdigit():
+                return self._refuse(sender, "bad-request", "POST needs Content-Length", method, url.path,
+                                    HTTPStatus.LENGTH_REQUIRED)
+            if int(length) > self.max_body:
+                return self._refuse(sender, "bad-request", f"body of {length} octets exceeds {self.max_body}",
+                                    method, url.path, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            body = await reader.readexactly(int(length))
+            return self._ingest(body, sender)
+        return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
+
+    def _authorised(self, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+        if self.config.require_client_cert and writer.get_extra_info("peercert"):
+            return True  # verified by the TLS layer against ca_file
+        auth = headers.get("authorization", "")
+        if self.token is None or not auth.lower().startswith("bearer "):
+            return False
+        return hmac.compare_digest(auth[7:].strip().encode(), self.token)
+
+    def _ingest(self, body: bytes, sender: Sender) -> Reply:
+        base: dict[str, Any] = {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(),
+                                **raw_fields(body)}
+        event = payload_event(base, body, [], sender)
+        self.publish(event)  # stored either way: raw and flagged when it is not an AuditEvent
+        if event.kind == "atna.message.unparsed":
+            return outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
+        return Reply(201, fhir.render(record_from_event(event), event.id), f"{self.base}/AuditEvent/{event.id}")
+
+    async def _search(self, query: str, sender: Sender) -> Reply:
+        try:
+            q = AuditQuery.parse(parse_qs(query, keep_blank_values=False))
+        except QueryError as exc:
+            return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
+        found = await asyncio.to_thread(self._find, q)
+        resources = [fhir.render(record_from_event(e), e.id) for e in found]
+        return Reply(200, fhir.bundle(resources, self.base))
+
+    def _find(self, q: AuditQuery) -> list[Event]:
+        from pacsguard.store import EventQuery
+
+        stored = self.store.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until,
+                                              limit=None))
+        return q.select(s.event for s in stored)
+
+    def _refuse(self, sender: Sender, problem: str, error: str, method: str, path: str,
+                status: HTTPStatus) -> Reply:
+        self.publish(Event(kind="atna.http.rejected", component="atna", severity=Severity.WARNING,
+                           outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
+                           message=f"RESTful ATNA request from {sender.host} refused: {error}",
+                           details={"sender": sender.to_dict(), "problem": problem, "error": error,
+                                    "method": method, "path": path}))
+        return outcome(status, error)
+
+
+def _encode(reply: Reply) -> bytes:
+    body = json.dumps(reply.body).encode()
+    head = (f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}\r\nContent-Type: {FHIR_JSON}\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n")
+    if reply.location:
+        head += f"Location: {reply.location}\r\n"
+    if reply.status == 401:
+        head += 'WWW-Authenticate: Bearer realm="pacsguard-atna"\r\n'
+    return head.encode("latin-1") + b"\r\n" + body

@@ -1,0 +1,109 @@
+"""From one received frame to one Event (IHE ITI-20 Record Audit Event, receiver side): the syslog
+header (RFC 5424), the payload (PS3.15 A.5 / RFC 3881 XML, or FHIR AuditEvent JSON), and the raw
+bytes beside the parsed fields. Whatever fails, an Event is made: an unreadable message is stored
+raw and flagged, so the evidence is kept and `atna sources` can name the sender."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from pacsguard.atna.message import dicom_xml, fhir
+from pacsguard.atna.message.dicom_xml import AuditMessageError
+from pacsguard.atna.message.mapping import to_event
+from pacsguard.atna.message.record import AuditRecord
+from pacsguard.atna.syslog import rfc5424
+from pacsguard.atna.syslog.framing import FrameProblem
+from pacsguard.events.model import Event, Outcome, Party, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a frame and how: its address, the transport, the framing detected (stream
+    transports), the subject of its client certificate (TLS)."""
+
+    host: str
+    port: int | None
+    transport: str
+    framing: str | None = None
+    certificate: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "transport": self.transport}
+        if self.port is not None:
+            out["port"] = self.port
+        if self.framing is not None:
+            out["framing"] = self.framing
+        if self.certificate is not None:
+            out["certificate"] = self.certificate
+        return out
+
+
+def raw_fields(data: bytes) -> dict[str, str]:
+    """The raw message byte for byte: as text when it is UTF-8, else base64."""
+    try:
+        return {"raw": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_base64": base64.b64encode(data).decode("ascii")}
+
+
+def parse_payload(payload: bytes) -> AuditRecord:
+    """The audit message in a syslog MSG or an HTTP body: XML (A.5 / RFC 3881) or FHIR JSON."""
+    body = payload.lstrip()
+    if body.startswith(b"{"):
+        try:
+            resource = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise AuditMessageError("not-fhir", f"JSON: {exc}") from None
+        return fhir.parse(resource)
+    if body.startswith(b"<"):
+        return dicom_xml.parse(body)
+    raise AuditMessageError("not-audit-message", "the payload is neither XML nor JSON")
+
+
+def frame_event(sender: Sender, frame: bytes, *, flags: tuple[str, ...] = (),
+                now: datetime | None = None) -> Event:
+    """The Event of one syslog frame as received (``frame`` without its octet count)."""
+    received = (now or datetime.now(timezone.utc))
+    base: dict[str, Any] = {"sender": sender.to_dict(), "received": received.isoformat(), **raw_fields(frame)}
+    try:
+        message = rfc5424.parse(frame)
+    except rfc5424.SyslogError as exc:
+        return unparsed_event(base, "not-syslog", str(exc), list(flags), sender)
+    all_flags = [*flags, *message.flags]
+    base["syslog"] = message.header()
+    return payload_event(base, message.msg, all_flags, sender)
+
+
+def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender) -> Event:
+    """The Event of one audit message payload, ``base`` holding where and how it came."""
+    try:
+        record = parse_payload(payload)
+    except AuditMessageError as exc:
+        return unparsed_event(base, exc.problem, str(exc), flags, sender)
+    if flags:
+        base["flags"] = flags
+    return to_event(record, base)
+
+
+def unparsed_event(base: dict[str, Any], problem: str, error: str, flags: list[str], sender: Sender) -> Event:
+    details = {**base, "problem": problem, "error": error}
+    if flags:
+        details["flags"] = flags
+    return Event(kind="atna.message.unparsed", component="atna", severity=Severity.WARNING,
+                 outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
+                 message=f"unreadable audit message from {sender.host}: {error}", details=details)
+
+
+def problem_event(sender: Sender, problem: FrameProblem) -> Event:
+    """A framing problem (or a silent connection) as an Event naming the sender."""
+    details: dict[str, Any] = {"sender": sender.to_dict(), "problem": problem.problem, "error": problem.detail}
+    if problem.data:
+        details["sample_base64"] = base64.b64encode(problem.data[:256]).decode("ascii")
+    return Event(kind="atna.frame.rejected", component="atna", severity=Severity.WARNING,
+                 outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
+                 message=f"{problem.problem} from {sender.host}: {problem.detail}", details=details)

@@ -1,0 +1,60 @@
+"""The kinds of Event the audit record repository records (docs/events.md, docs/audit.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacsguard.events.kinds import BOOLEAN, INTEGER, OBJECT, STRING, STRINGS, EventKind
+
+_CODE: dict[str, Any] = {"type": "object", "properties": {"code": STRING, "system": STRING, "meaning": STRING},
+                         "required": ["code"], "additionalProperties": False}
+_SENDER: dict[str, Any] = {"type": "object", "properties": {
+    "host": STRING, "port": INTEGER, "transport": {"enum": ["tls", "tcp", "udp", "http", "https"]},
+    "framing": STRING, "certificate": STRING}, "required": ["host", "transport"], "additionalProperties": False}
+_PATIENT: dict[str, Any] = {"type": "object", "properties": {"id": STRING, "authority": STRING, "cx": STRING},
+                            "required": ["id"], "additionalProperties": False}
+_PROBLEMS = ["malformed-frame", "oversize", "truncated", "silent", "entity-expansion", "unparsable-xml",
+             "bad-encoding", "not-audit-message", "not-fhir", "unauthorized", "bad-request", "not-syslog"]
+
+#: What every received message carries: where it came from, its syslog header, its raw bytes.
+_RECEIVED = {
+    "sender": _SENDER,
+    "syslog": OBJECT,
+    "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
+    "raw_base64": STRING,
+    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp
+    "received": STRING,
+}
+
+KINDS = (
+    EventKind("atna.audit.*", "an audit message received (PS3.15 A.5, RFC 3881 or FHIR AuditEvent), named after "
+              "its event ID (atna.audit.patient-record, atna.audit.query, ...; atna.audit.other for codes "
+              "outside CID 400); the raw message is kept beside the parsed fields", {
+                  **_RECEIVED,
+                  "syntax": {"enum": ["dicom", "rfc3881", "fhir"]},
+                  "event_id": _CODE,
+                  "event_types": {"type": "array", "items": _CODE},
+                  "action": STRING,
+                  "outcome_indicator": STRING,
+                  "outcome_description": STRING,
+                  "purposes": {"type": "array", "items": _CODE},
+                  "participants": {"type": "array", "items": OBJECT},
+                  "source": OBJECT,
+                  "objects": {"type": "array", "items": OBJECT},
+                  "patients": {"type": "array", "items": _PATIENT},
+              }, required=("sender", "syntax", "event_id")),
+    EventKind("atna.message.unparsed", "a message that could not be read as an audit message, stored raw "
+              "and flagged with the problem", {**_RECEIVED, "problem": {"enum": _PROBLEMS}, "error": STRING},
+              required=("sender", "problem", "error")),
+    EventKind("atna.frame.rejected", "bytes that were not a syslog frame (malformed, oversize, truncated) or a "
+              "connection that sent nothing; the receiver went on",
+              {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "sample_base64": STRING},
+              required=("sender", "problem", "error")),
+    EventKind("atna.http.rejected", "a request to the RESTful ATNA endpoint that was refused: no valid token or "
+              "client certificate, or a body that is not a FHIR AuditEvent",
+              {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
+               "method": STRING}, required=("sender", "problem", "error")),
+    EventKind("atna.outbound.delivered", "a batch of pacsguard's own events reached the external repository",
+              {"repository": STRING, "messages": INTEGER, "first": INTEGER, "last": INTEGER,
+               "reconnected": BOOLEAN}, required=("repository", "messages")),
+)

@@ -1,0 +1,67 @@
+"""Writing DICOM audit messages (PS3.15 A.5.1) from an AuditRecord: the form pacsguard sends to an
+external Audit Record Repository. The output passes `schema.check`."""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+from pacsguard.atna.message.record import AuditRecord, Code
+
+
+def to_xml(record: AuditRecord) -> bytes:
+    """The AuditMessage document, UTF-8, with an XML declaration."""
+    root = Element("AuditMessage")
+    ident = SubElement(root, "EventIdentification", _attrs(
+        EventActionCode=record.action, EventOutcomeIndicator=record.outcome,
+        EventDateTime=record.time.isoformat().replace("+00:00", "Z") if record.time else None))
+    _code(ident, "EventID", record.event_id)
+    for code in record.event_types:
+        _code(ident, "EventTypeCode", code)
+    if record.outcome_description:
+        SubElement(ident, "EventOutcomeDescription").text = record.outcome_description
+    for code in record.purposes:
+        _code(ident, "PurposeOfUse", code)
+    for p in record.participants:
+        el = SubElement(root, "ActiveParticipant", _attrs(
+            UserID=p.user_id, AlternativeUserID=p.alternative_user_id, UserName=p.user_name,
+            UserIsRequestor="true" if p.requestor else "false", NetworkAccessPointID=p.access_point,
+            NetworkAccessPointTypeCode=p.access_point_type))
+        for role in p.roles:
+            _code(el, "RoleIDCode", role)
+    source = SubElement(root, "AuditSourceIdentification", _attrs(
+        AuditSourceID=record.source_id or "pacsguard", AuditEnterpriseSiteID=record.source_site))
+    for code in record.source_types:
+        _code(source, "AuditSourceTypeCode", code)
+    for o in record.objects:
+        el = SubElement(root, "ParticipantObjectIdentification", _attrs(
+            ParticipantObjectID=o.object_id, ParticipantObjectTypeCode=o.type_code,
+            ParticipantObjectTypeCodeRole=o.role, ParticipantObjectDataLifeCycle=o.life_cycle))
+        _code(el, "ParticipantObjectIDTypeCode", o.id_type)
+        if o.name is not None:
+            SubElement(el, "ParticipantObjectName").text = o.name
+        elif o.query is not None:
+            SubElement(el, "ParticipantObjectQuery").text = o.query
+        for kind, value in o.details:
+            SubElement(el, "ParticipantObjectDetail", {"type": kind, "value": value})
+        for sop in o.sop_classes:
+            sop_el = SubElement(el, "SOPClass", _attrs(
+                UID=sop.uid, NumberOfInstances=None if sop.instances is None else str(sop.instances)))
+            for uid in sop.instance_uids:
+                SubElement(sop_el, "Instance", {"UID": uid})
+        for number in o.accessions:
+            SubElement(el, "Accession", {"Number": number})
+        if o.studies:
+            holder = SubElement(el, "ParticipantObjectContainsStudy")
+            for uid in o.studies:
+                SubElement(holder, "StudyIDs", {"UID": uid})
+    body: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
+    return body
+
+
+def _code(parent: Element, name: str, code: Code) -> None:
+    SubElement(parent, name, _attrs(**{"csd-code": code.code, "codeSystemName": code.system or "DCM",
+                                       "originalText": code.meaning or code.code}))
+
+
+def _attrs(**values: str | None) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v is not None}

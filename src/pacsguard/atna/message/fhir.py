@@ -1,0 +1,170 @@
+"""FHIR R4 AuditEvent (http://hl7.org/fhir/R4/auditevent.html) as IHE Basic Audit Log Patterns
+(BALP) and the DICOM mapping of the AuditEvent page ("Mappings: DICOM") use it: type = event ID,
+subtype = event type codes, agent = active participants, source = audit source, entity =
+participant objects. Reading (POST /AuditEvent, syslog IHE+FHIR) and writing (ITI-81 Bundle).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Mapping
+
+from pacsguard.atna.message.dicom_xml import AuditMessageError, parse_datetime
+from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+LIFECYCLE = "http://terminology.hl7.org/CodeSystem/dicom-audit-lifecycle"
+NETWORK_TYPE = "http://terminology.hl7.org/CodeSystem/network-type"  # R4 uses the plain codes 1-5
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+#: Where DICOM's ParticipantObjectIDTypeCode goes: the entity's identifier type.
+_SYSTEMS = {"DCM": DCM, "RFC-3881": "http://terminology.hl7.org/CodeSystem/v2-0203"}
+_NAMES = {v: k for k, v in _SYSTEMS.items()}
+
+
+def parse(resource: Mapping[str, Any]) -> AuditRecord:
+    """An AuditEvent resource (JSON object) as an AuditRecord; AuditMessageError("not-fhir") if it is not one."""
+    if not isinstance(resource, Mapping) or resource.get("resourceType") != "AuditEvent":
+        raise AuditMessageError("not-fhir", "not a FHIR AuditEvent resource (resourceType)")
+    type_ = resource.get("type")
+    if not isinstance(type_, Mapping) or not type_.get("code"):
+        raise AuditMessageError("not-fhir", "AuditEvent.type (a Coding) is required")
+    recorded = resource.get("recorded")
+    if not isinstance(recorded, str) or parse_datetime(recorded) is None:
+        raise AuditMessageError("not-fhir", "AuditEvent.recorded (an instant) is required")
+    agents = resource.get("agent")
+    if not isinstance(agents, list) or not agents:
+        raise AuditMessageError("not-fhir", "AuditEvent.agent (1..*) is required")
+    source = resource.get("source")
+    if not isinstance(source, Mapping) or not isinstance(source.get("observer"), Mapping):
+        raise AuditMessageError("not-fhir", "AuditEvent.source.observer is required")
+    try:
+        return AuditRecord(
+            syntax="fhir", event_id=_coding(type_), action=resource.get("action"), time=parse_datetime(recorded),
+            outcome=str(resource.get("outcome", "")),
+            event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
+            outcome_description=resource.get("outcomeDesc"),
+            purposes=tuple(_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())),
+            participants=tuple(_agent(a) for a in agents),
+            source_id=_reference_text(source["observer"]), source_site=source.get("site"),
+            source_types=tuple(_coding(c) for c in source.get("type", ())),
+            objects=tuple(_entity(e) for e in resource.get("entity", ())))
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
+
+
+def _coding(c: Mapping[str, Any]) -> Code:
+    system = c.get("system")
+    return Code(str(c.get("code", "")), _NAMES.get(system, system) if isinstance(system, str) else None,
+                c.get("display"))
+
+
+def _reference_text(ref: Mapping[str, Any]) -> str:
+    ident = ref.get("identifier") or {}
+    return str(ident.get("value") or ref.get("display") or ref.get("reference") or "")
+
+
+def _agent(a: Mapping[str, Any]) -> Participant:
+    network = a.get("network") or {}
+    roles = [_coding(c) for cc in ([a["type"]] if a.get("type") else []) + list(a.get("role", ()))
+             for c in cc.get("coding", ())]
+    who = a.get("who") or {}
+    return Participant(user_id=_reference_text(who), alternative_user_id=a.get("altId"), user_name=a.get("name"),
+                       requestor=bool(a.get("requestor")), access_point=network.get("address"),
+                       access_point_type=network.get("type"), roles=tuple(roles))
+
+
+def _entity(e: Mapping[str, Any]) -> ParticipantObject:
+    what = e.get("what") or {}
+    ident = what.get("identifier") or {}
+    type_code = (e.get("type") or {}).get("code")
+    role = (e.get("role") or {}).get("code")
+    id_types = (ident.get("type") or {}).get("coding") or []
+    id_type = _coding(id_types[0]) if id_types else Code("2" if (type_code, role) == ("1", "1") else "")
+    object_id = str(ident.get("value") or what.get("reference", "").split("/", 1)[-1] or "")
+    if ident.get("system", "").startswith("urn:oid:") and "^" not in object_id and id_type.code == "2":
+        object_id = f"{object_id}^^^&{ident['system'][8:]}&ISO"
+    return ParticipantObject(
+        object_id=object_id, id_type=id_type, type_code=type_code, role=role,
+        life_cycle=(e.get("lifecycle") or {}).get("code"), name=e.get("name"), query=e.get("query"),
+        details=tuple((str(d.get("type", "")), str(d.get("valueBase64Binary") or d.get("valueString") or ""))
+                      for d in e.get("detail", ())))
+
+
+def render(record: AuditRecord, resource_id: str, time: datetime | None = None) -> dict[str, Any]:
+    """The AuditEvent of a record (what ITI-81 returns for a stored event)."""
+    when = record.time or time
+    out: dict[str, Any] = {
+        "resourceType": "AuditEvent", "id": resource_id, "type": _out_coding(record.event_id),
+        "recorded": when.isoformat().replace("+00:00", "Z") if when else None,
+        "agent": [_out_agent(p) for p in record.participants] or [
+            {"requestor": False, "who": {"display": "unknown"}}],
+        "source": {"observer": {"display": record.source_id or "unknown"}},
+    }
+    if record.event_types:
+        out["subtype"] = [_out_coding(c) for c in record.event_types]
+    if record.action:
+        out["action"] = record.action
+    if record.outcome in ("0", "4", "8", "12"):
+        out["outcome"] = record.outcome
+    if record.outcome_description:
+        out["outcomeDesc"] = record.outcome_description
+    if record.purposes:
+        out["purposeOfEvent"] = [{"coding": [_out_coding(c)]} for c in record.purposes]
+    if record.source_site:
+        out["source"]["site"] = record.source_site
+    if record.source_types:
+        out["source"]["type"] = [_out_coding(c) for c in record.source_types]
+    if record.objects:
+        out["entity"] = [_out_entity(o) for o in record.objects]
+    return out
+
+
+def _out_coding(code: Code) -> dict[str, str]:
+    out = {"system": _SYSTEMS.get(code.system or "", code.system or DCM), "code": code.code}
+    if code.meaning:
+        out["display"] = code.meaning
+    return out
+
+
+def _out_agent(p: Participant) -> dict[str, Any]:
+    out: dict[str, Any] = {"requestor": p.requestor, "who": {"identifier": {"value": p.user_id}}}
+    if p.roles:
+        out["role"] = [{"coding": [_out_coding(r)]} for r in p.roles]
+    if p.alternative_user_id:
+        out["altId"] = p.alternative_user_id
+    if p.user_name:
+        out["name"] = p.user_name
+    if p.access_point:
+        out["network"] = {"address": p.access_point}
+        if p.access_point_type in ("1", "2", "3", "4", "5"):
+            out["network"]["type"] = p.access_point_type
+    return out
+
+
+def _out_entity(o: ParticipantObject) -> dict[str, Any]:
+    ident: dict[str, Any] = {"value": o.object_id}
+    if o.id_type.code:
+        ident["type"] = {"coding": [_out_coding(o.id_type)]}
+    out: dict[str, Any] = {"what": {"identifier": ident}}
+    if o.type_code:
+        out["type"] = {"system": ENTITY_TYPE, "code": o.type_code}
+    if o.role:
+        out["role"] = {"system": OBJECT_ROLE, "code": o.role}
+    if o.life_cycle:
+        out["lifecycle"] = {"system": LIFECYCLE, "code": o.life_cycle}
+    if o.name:
+        out["name"] = o.name
+    if o.query:
+        out["query"] = o.query
+    if o.details:
+        out["detail"] = [{"type": t, "valueString": v} for t, v in o.details]
+    return out
+
+
+def bundle(resources: list[dict[str, Any]], base: str) -> dict[str, Any]:
+    """A searchset Bundle (FHIR R4 Bundle, as ITI-81 answers)."""
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "entry": [{"fullUrl": f"{base}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                      for r in resources]}

@@ -1,0 +1,41 @@
+"""Patient identifiers in HL7 v2 CX form (HL7 v2.5 2.A.14): ``ID^CHECK^SCHEME^AUTHORITY&OID&ISO``,
+as IHE ITI-20 writes them in ParticipantObjectID. Stored as the bare ID with its assigning
+authority, so a search finds the patient with or without the authority."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PatientId:
+    id: str
+    authority: str | None = None
+    cx: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PatientId:
+        value = text.strip()
+        if "^" not in value:
+            return cls(value)
+        parts = value.split("^")
+        authority = parts[3] if len(parts) > 3 and parts[3] else None
+        return cls(parts[0], authority, value)
+
+    def search_keys(self) -> tuple[str, ...]:
+        """What the store indexes: the bare ID first (the event is placed by it), then the CX form
+        and ID^^^AUTHORITY, so either spelling finds the event."""
+        keys = [self.id]
+        if self.authority is not None:
+            keys.append(f"{self.id}^^^{self.authority}")
+        if self.cx is not None:
+            keys.append(self.cx)
+        return tuple(dict.fromkeys(k for k in keys if k))
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"id": self.id}
+        if self.authority is not None:
+            out["authority"] = self.authority
+        if self.cx is not None:
+            out["cx"] = self.cx
+        return out

@@ -1,0 +1,131 @@
+"""The neutral form of one audit message, whatever its syntax (PS3.15 A.5 XML, RFC 3881 XML, FHIR
+AuditEvent): the elements of PS3.15 A.5.1, named as there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded value (PS3.15 A.5.1 CodedValueType: csd-code, codeSystemName, originalText)."""
+
+    code: str
+    system: str | None = None
+    meaning: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.code}
+        if self.system:
+            out["system"] = self.system
+        if self.meaning:
+            out["meaning"] = self.meaning
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """ActiveParticipant: a user, process or node that took part."""
+
+    user_id: str
+    alternative_user_id: str | None = None
+    user_name: str | None = None
+    requestor: bool = False
+    access_point: str | None = None
+    access_point_type: str | None = None
+    roles: tuple[Code, ...] = ()
+
+    @property
+    def ae_titles(self) -> tuple[str, ...]:
+        """AE titles from AlternativeUserID "AETITLES=A;B" (PS3.15 A.5.2.2)."""
+        alt = self.alternative_user_id or ""
+        if alt.upper().startswith("AETITLES="):
+            return tuple(a for a in alt[9:].split(";") if a)
+        return ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"user_id": self.user_id, "requestor": self.requestor}
+        for name in ("alternative_user_id", "user_name", "access_point", "access_point_type"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.roles:
+            out["roles"] = [r.to_dict() for r in self.roles]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SopClass:
+    uid: str
+    instances: int | None = None
+    instance_uids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantObject:
+    """ParticipantObjectIdentification: a patient, study, query, node or other object touched."""
+
+    object_id: str
+    id_type: Code
+    type_code: str | None = None
+    role: str | None = None
+    life_cycle: str | None = None
+    name: str | None = None
+    query: str | None = None  # base64, as sent
+    details: tuple[tuple[str, str], ...] = ()
+    sop_classes: tuple[SopClass, ...] = ()
+    accessions: tuple[str, ...] = ()
+    studies: tuple[str, ...] = ()  # ParticipantObjectContainsStudy
+
+    @property
+    def is_patient(self) -> bool:
+        if self.type_code == "1" and self.role == "1":
+            return True
+        return self.id_type.code == "2" and self.type_code in (None, "1")
+
+    @property
+    def is_study(self) -> bool:
+        return self.id_type.code == "110180"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.object_id, "id_type": self.id_type.to_dict()}
+        for name in ("type_code", "role", "life_cycle", "name", "query"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.details:
+            out["details"] = [{"type": t, "value": v} for t, v in self.details]
+        if self.sop_classes:
+            out["sop_classes"] = [{"uid": s.uid, "instances": s.instances, "instance_uids": list(s.instance_uids)}
+                                  for s in self.sop_classes]
+        if self.accessions:
+            out["accessions"] = list(self.accessions)
+        if self.studies:
+            out["studies"] = list(self.studies)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit message: EventIdentification, ActiveParticipants, AuditSourceIdentification and
+    ParticipantObjectIdentifications (PS3.15 A.5.1), and its syntax (dicom, rfc3881 or fhir)."""
+
+    syntax: str
+    event_id: Code
+    action: str | None
+    time: datetime | None
+    outcome: str  # EventOutcomeIndicator: 0, 4, 8, 12
+    event_types: tuple[Code, ...] = ()
+    outcome_description: str | None = None
+    purposes: tuple[Code, ...] = ()
+    participants: tuple[Participant, ...] = ()
+    source_id: str | None = None
+    source_site: str | None = None
+    source_types: tuple[Code, ...] = ()
+    objects: tuple[ParticipantObject, ...] = field(default=())
+
+    @property
+    def requestor(self) -> Participant | None:
+        return next((p for p in self.participants if p.requestor), None)

@@ -1,0 +1,113 @@
+"""The search parameters of IHE ITI-81 (Retrieve ATNA Audit Event, RESTful ATNA 3.81.4.1.2) over the
+stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``patient``,
+``agent-name``, ``entity-type``, ``outcome``, ``_count``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from pacsguard.events.model import Event
+
+
+class QueryError(ValueError):
+    """A search parameter that cannot be understood (answered 400 with an OperationOutcome)."""
+
+
+@dataclass(slots=True)
+class AuditQuery:
+    patient: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    agent_names: list[str] = field(default_factory=list)
+    entity_types: list[str] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    count: int = 100
+
+    @classmethod
+    def parse(cls, params: Mapping[str, list[str]]) -> AuditQuery:
+        q = cls()
+        for name, values in params.items():
+            for value in values:
+                q._add(name, value)
+        return q
+
+    def _add(self, name: str, value: str) -> None:
+        if name == "patient":
+            # Patient/ID, or system|value (a token), or the bare ID.
+            self.patient = value.rsplit("/", 1)[-1].split("|")[-1]
+        elif name == "date":
+            self._date(value)
+        elif name == "agent-name":
+            self.agent_names.append(value.lower())
+        elif name == "entity-type":
+            self.entity_types.append(value.split("|")[-1])
+        elif name == "outcome":
+            self.outcomes.append(value.split("|")[-1])
+        elif name == "_count":
+            if not value.isdigit() or not 1 <= int(value) <= 10_000:
+                raise QueryError(f"_count: expected 1..10000, got {value!r}")
+            self.count = int(value)
+        elif name not in ("_format",):
+            raise QueryError(f"unsupported search parameter {name!r}")
+
+    def _date(self, value: str) -> None:
+        prefix, text = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "gt", "le", "lt") else ("eq", value)
+        start, end = _period(text)
+        if prefix in ("ge", "gt", "eq"):
+            lower = end if prefix == "gt" else start
+            self.since = lower if self.since is None else max(self.since, lower)
+        if prefix in ("le", "lt", "eq"):
+            upper = start if prefix == "lt" else end
+            self.until = upper if self.until is None else min(self.until, upper)
+
+    def matches(self, event: Event) -> bool:
+        d = event.details
+        if self.agent_names:
+            names = [str(p.get(k, "")).lower() for p in d.get("participants", ()) for k in ("user_id", "user_name")]
+            if not any(n.startswith(a) for a in self.agent_names for n in names if n):
+                return False
+        if self.entity_types:
+            types = {o.get("type_code") for o in d.get("objects", ())}
+            if not types & set(self.entity_types):
+                return False
+        if self.event_ids and (d.get("event_id") or {}).get("code") not in self.event_ids:
+            return False
+        if self.actions and d.get("action") not in self.actions:
+            return False
+        if self.sources and (d.get("source") or {}).get("id") not in self.sources:
+            return False
+        return not self.outcomes or d.get("outcome_indicator") in self.outcomes
+
+    def select(self, events: Iterable[Event]) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            if self.matches(event):
+                out.append(event)
+                if len(out) >= self.count:
+                    break
+        return out
+
+
+def _period(text: str) -> tuple[datetime, datetime]:
+    """The time span a FHIR date(Time) denotes: a day, a month, a year, or an instant."""
+    try:
+        if len(text) == 4:
+            start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            return start, start.replace(year=start.year + 1)
+        if len(text) == 7:
+            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
+            return start, (start + timedelta(days=32)).replace(day=1)
+        if len(text) == 10:
+            start = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+            return start, start + timedelta(days=1)
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"date: expected a FHIR date or dateTime, got {text!r}") from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=timezone.utc)
+    return instant, instant + timedelta(seconds=1)

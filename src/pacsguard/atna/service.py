@@ -1,0 +1,167 @@
+"""The repository as a service of `serve` (and of `pacsguard atna listen`): the listeners the `atna:`
+section names, each publishing the Events of what it receives to the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener
+from pacsguard.events.model import Event
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pacsguard.atna.config import AtnaConfig, Outbound
+    from pacsguard.ids.audit.adapter import AuditAdapter
+    from pacsguard.ids.engine import Engine
+    from pacsguard.runtime.part import BannerRow, ServiceContext
+    from pacsguard.store import EventStore
+
+
+class AtnaService:
+    """The listeners and the outbound feed of one `atna:` section."""
+
+    needs_asyncio_loop = False
+
+    def __init__(self, config: AtnaConfig, publish: Publish, store: EventStore | None = None,
+                 resolve: Any = None, subscribe: Any = None) -> None:
+        from pacsguard.atna.dedupe import Deduplicator
+
+        self.config = config
+        self.deliver = publish
+        self.store = store
+        self.subscribe = subscribe
+        self.dedupe = Deduplicator(store)
+        self.privacy: AuditAdapter | None = None
+        self._outbound: list[Any] = []
+        self.resolve: Any = resolve or (lambda p: p)
+        self.listeners: list[Any] = []
+        #: Where each listener is bound, by name (tls, tcp, udp, http), once started.
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    def publish(self, event: Event) -> None:
+        """What the listeners call: every received message once (a resent one is dropped), then the
+        privacy rules' alerts about it."""
+        if not self.dedupe.fresh(event):
+            return
+        self.deliver(event)
+        if self.privacy is not None:
+            for alert in self.privacy.observe(event, time.monotonic()):
+                if alert.record:
+                    self.deliver(alert.event)
+
+    def use_privacy_rules(self, engine: Engine) -> None:
+        """Run the engine's ``protocol: audit`` rules over every received message (config ``privacy``)."""
+        from pacsguard.ids.audit.adapter import AuditAdapter, PrivacyLists
+
+        p = self.config.privacy
+        lists = PrivacyLists.load(self._path(p.watch_list) if p and p.watch_list else None,
+                                  self._path(p.staff_directory) if p and p.staff_directory else None)
+        self.privacy = AuditAdapter(engine, lists)
+
+    async def start(self) -> list[BannerRow]:
+        from pacsguard.tls.contexts import server_context
+
+        cfg = self.config
+        limits = Limits(cfg.max_message, cfg.idle_timeout)
+        rows: list[BannerRow] = []
+        try:
+            if cfg.tls is not None:
+                t = cfg.tls
+                context = server_context(self._path(t.cert_file), self._path(t.key_file),
+                                         ca_file=self._path(t.ca_file) if t.ca_file else None,
+                                         require_client_cert=t.require_client_cert)
+                # No TLS 1.3 session tickets: a syslog sender never reads, and a ticket left unread in
+                # its socket turns its close into a TCP reset that discards the tail of its stream here.
+                context.num_tickets = 0
+                await self._listen("tls", StreamListener(self.publish, limits, context), t.host, t.port)
+                rows.append(("ATNA syslog (RFC 5425 TLS)", self._where("tls"),
+                             "mutual TLS" if t.require_client_cert else "server TLS"))
+            if cfg.tcp is not None:
+                await self._listen("tcp", StreamListener(self.publish, limits), cfg.tcp.host, cfg.tcp.port)
+                rows.append(("ATNA syslog (RFC 6587 TCP)", self._where("tcp"), "octet counting or LF"))
+            if cfg.udp is not None:
+                await self._listen("udp", DatagramListener(self.publish), cfg.udp.host, cfg.udp.port)
+                rows.append(("ATNA syslog (RFC 5426 UDP)", self._where("udp"), ""))
+            if cfg.http is not None:
+                from pacsguard.atna.http import RestfulAtna
+
+                if self.store is None:
+                    raise LookupError("the RESTful ATNA endpoint needs the store")
+                http = RestfulAtna(cfg.http, self.publish, self.store, self.resolve, cfg.max_message)
+                await self._listen("http", http, cfg.http.host, cfg.http.port)
+                rows.append(("ATNA RESTful (ITI-81)", f"{http.scheme}://{self._where('http')}/AuditEvent",
+                             "token" if cfg.http.token else "mutual TLS"))
+            if cfg.outbound is not None:
+                rows.append(self._start_outbound(cfg.outbound))
+        except BaseException:
+            await self.stop()
+            raise
+        return rows
+
+    def _start_outbound(self, out: Outbound) -> BannerRow:
+        from pacsguard.atna.outbound.forwarder import Forwarder
+        from pacsguard.atna.outbound.sender import OutboundSender
+        from pacsguard.atna.outbound.spool import Spool
+        from pacsguard.tls.contexts import client_context
+
+        if self.subscribe is None:
+            raise LookupError("the outbound feed needs the event bus (run it under `pacsguard serve`)")
+        context = client_context(ca_file=self._path(out.ca_file) if out.ca_file else None,
+                                 cert_file=self._path(out.cert_file) if out.cert_file else None,
+                                 key_file=self._path(out.key_file) if out.key_file else None)
+        spool = Spool(self._path(out.spool))
+        repository = f"{out.host}:{out.port}"
+
+        def delivered(first: int, last: int, reconnected: bool) -> None:
+            self.deliver(Event(kind="atna.outbound.delivered", component="atna",
+                               message=f"{last - first + 1} audit messages delivered to {repository}",
+                               details={"repository": repository, "messages": last - first + 1, "first": first,
+                                        "last": last, "reconnected": reconnected}))
+
+        sender = OutboundSender(spool, out.source_id, out.host, out.port, context, server_name=out.server_name,
+                                retry=out.retry, on_delivered=delivered)
+        subscription = self.subscribe(Forwarder(spool, out.source_id))
+        sender.start()
+        self._outbound = [subscription, sender, spool]
+        return ("ATNA outbound (RFC 5425 TLS)", repository, f"spool {out.spool}, {spool.pending()} pending")
+
+    async def _listen(self, name: str, listener: Any, host: str, port: int) -> None:
+        try:
+            self.addresses[name] = await listener.start(host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"atna {name} listener cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.listeners.append(listener)
+
+    def _where(self, name: str) -> str:
+        host, port = self.addresses[name]
+        return f"{host}:{port}"
+
+    def _path(self, path: Path) -> Path:
+        resolved: Path = self.resolve(path)
+        return resolved
+
+    async def stop(self) -> None:
+        for listener in reversed(self.listeners):
+            await listener.close()
+        self.listeners.clear()
+        if self._outbound:
+            subscription, sender, spool = self._outbound
+            self._outbound = []
+            await asyncio.to_thread(subscription.unsubscribe)
+            await asyncio.to_thread(sender.stop)
+            spool.close()
+
+
+def make_service(ctx: ServiceContext) -> AtnaService | None:
+    config: AtnaConfig = ctx.section
+    if not config.enabled:
+        return None
+    service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
+    if config.privacy is not None:
+        from pacsguard.ids.part import rule_engine
+
+        service.use_privacy_rules(rule_engine(ctx.loaded))
+    return service

@@ -1,0 +1,175 @@
+"""The syslog listeners of the repository, on asyncio: TLS (RFC 5425: octet counting; a sender
+using non-transparent framing is read and flagged wrong-framing), plain TCP (RFC 6587, both framings,
+detected per connection) and UDP (RFC 5426: one message per datagram).
+
+Each frame becomes one Event handed to ``publish`` (the bus: a deque append, never blocking). A
+connection's problems (malformed or oversize frames, truncation, silence) are Events too, and
+never end the listener; only the offending connection may be closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pacsguard.atna.ingest import Sender, frame_event, problem_event
+from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
+from pacsguard.events.model import Event
+
+log = logging.getLogger("pacsguard.atna")
+
+Publish = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message: int
+    idle_timeout: float
+
+
+class StreamListener:
+    """One TCP or TLS listener; each connection is a `_Connection` protocol."""
+
+    def __init__(self, publish: Publish, limits: Limits, context: ssl.SSLContext | None = None) -> None:
+        self.publish = publish
+        self.limits = limits
+        self.context = context
+        self.transport = "tls" if context is not None else "tcp"
+        self._server: asyncio.Server | None = None
+        self.connections: set[_Connection] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, ssl=self.context,
+                                                ssl_handshake_timeout=30 if self.context else None)
+        address = self._server.sockets[0].getsockname()
+        return str(address[0]), int(address[1])
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+class _Connection(asyncio.Protocol):
+    """One sender's connection: every chunk asyncio delivers goes through the splitter at once, so
+    what arrived before a reset or a TLS end without close_notify is never lost."""
+
+    def __init__(self, listener: StreamListener) -> None:
+        self.listener = listener
+        self.publish = listener.publish
+        self.splitter = Splitter(listener.limits.max_message)
+        self.received = 0
+        self.sender = Sender("?", None, listener.transport)
+        self.transport: asyncio.BaseTransport | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check here.
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", None)
+        self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport,
+                             certificate=_subject(transport.get_extra_info("ssl_object")))
+        self.listener.connections.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self._arm()
+        try:
+            frames, problems = self.splitter.feed(data)
+            self._publish(frames, problems)
+        except Exception:  # noqa: BLE001 - one sender's bytes must never end the listener
+            log.exception("syslog data from %s", self.sender.host)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.listener.connections.discard(self)
+        if self.received == 0:
+            self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
+        for problem in self.splitter.finish():
+            self.publish(problem_event(self.sender, problem))
+        if exc is not None:
+            log.info("syslog connection from %s ended: %s", self.sender.host, exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.listener.limits.idle_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.received == 0:
+            self.received = -1  # reported here, not again when the connection is lost
+            self.publish(problem_event(self.sender, FrameProblem(
+                "silent", f"connected and sent nothing for {self.listener.limits.idle_timeout:g} s")))
+        self.close()
+
+    def _publish(self, frames: list[bytes], problems: list[FrameProblem]) -> None:
+        for problem in problems:
+            self.publish(problem_event(self.sender, problem))
+        if not frames:
+            return
+        used = self.splitter.framing or Framing.OCTET_COUNTING
+        stamped = Sender(self.sender.host, self.sender.port, self.sender.transport, used.value,
+                         self.sender.certificate)
+        # RFC 5425 4.3: over TLS only octet counting is allowed; read it anyway, but say so.
+        flags = ("wrong-framing",) if self.listener.transport == "tls" and used is Framing.NON_TRANSPARENT else ()
+        for frame in frames:
+            self.publish(frame_event(stamped, frame, flags=flags))
+
+
+class DatagramListener(asyncio.DatagramProtocol):
+    """RFC 5426: each datagram is one syslog message."""
+
+    def __init__(self, publish: Publish) -> None:
+        self.publish = publish
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self._transport = transport
+        address = transport.get_extra_info("sockname")
+        return str(address[0]), int(address[1])
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        sender = Sender(str(addr[0]), int(addr[1]), "udp")
+        frame = data.rstrip(b"\n")
+        if not frame:
+            self.publish(problem_event(sender, FrameProblem("malformed-frame", "empty datagram")))
+            return
+        try:
+            self.publish(frame_event(sender, frame))
+        except Exception:  # noqa: BLE001 - one datagram must never end the listener
+            log.exception("datagram from %s", sender.host)
+
+
+def _subject(ssl_object: ssl.SSLObject | None) -> str | None:
+    """The RFC 4514 subject of the client's certificate, or None (plain TCP, or no certificate sent)."""
+    if ssl_object is None:
+        return None
+    from pacsguard.tls.contexts import describe_peer
+
+    subject: str | None = describe_peer(ssl_object)["subject"]
+    return subject

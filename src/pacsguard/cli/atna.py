@@ -1,0 +1,110 @@
+"""`pacsguard atna listen|sources`: the audit record repository on its own, and its senders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pacsguard.cli.app import App
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.events import Format
+from pacsguard.cli.gateway import _endpoint
+
+app = App(name="atna", no_args_is_help=True,
+          help="The audit record repository: IHE ATNA syslog and RESTful audit events in, sources.")
+
+
+@app.command("listen")
+@guarded
+def listen(
+    tls: str | None = typer.Option(None, "--tls", help="HOST:PORT for syslog over TLS (RFC 5425; 6514 is usual)"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="the listener's certificate (PEM)"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="its private key (PEM)"),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA whose client certificates are required "
+                                       "(mutual TLS, IHE ITI-19)"),
+    tcp: str | None = typer.Option(None, "--tcp", help="HOST:PORT for syslog over TCP (RFC 6587)"),
+    udp: str | None = typer.Option(None, "--udp", help="HOST:PORT for syslog over UDP (RFC 5426)"),
+    http: str | None = typer.Option(None, "--http", help="HOST:PORT for the RESTful ATNA endpoint (ITI-81)"),
+    http_token_env: str | None = typer.Option(None, "--http-token-env",
+                                              help="environment variable holding the endpoint's bearer token"),
+    store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
+    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
+    max_message: int = typer.Option(1024 * 1024, "--max-message", min=65536, help="largest message, octets"),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Receive audit messages without a configuration file, recording each into --store."""
+    from pacsguard.atna.config import AtnaConfig
+    from pacsguard.atna.service import AtnaService
+    from pacsguard.cli.common import console
+    from pacsguard.cli.serve import show_banner
+    from pacsguard.config.loader import validate_model
+    from pacsguard.runtime import outputs
+    from pacsguard.runtime.services import run_foreground
+    from pacsguard.store import keys
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    section: dict[str, Any] = {"enabled": True, "max_message": max_message}
+    if tls is not None:
+        host, port = _endpoint(tls, "--tls")
+        if tls_cert is None or tls_key is None:
+            raise fail("--tls needs --tls-cert and --tls-key")
+        section["tls"] = {"host": host, "port": port, "cert_file": tls_cert, "key_file": tls_key,
+                          "ca_file": tls_ca, "require_client_cert": tls_ca is not None}
+    for name, value in (("tcp", tcp), ("udp", udp)):
+        if value is not None:
+            host, port = _endpoint(value, f"--{name}")
+            section[name] = {"host": host, "port": port}
+    if http is not None:
+        host, port = _endpoint(http, "--http")
+        section["http"] = {"host": host, "port": port, "token": {"env": http_token_env} if http_token_env else None}
+    if not ({"tls", "tcp", "udp", "http"} & set(section)):
+        raise fail("give at least one of --tls, --tcp, --udp, --http")
+    config = validate_model(AtnaConfig, section, "command line", prefix="atna")
+    key_path = key or Path(store + ".key" if "://" not in store else "pacsguard-store.key")
+    if not key_path.exists():
+        keys.generate_key(key_path)
+        console.print(f"generated checkpoint signing key {key_path}")
+    with ExitStack() as stack:
+        es = outputs.open_store(store, key=key_path, create=True)
+        bus = outputs.open_outputs(stack, es).bus
+        service = AtnaService(config, bus.publish, es)
+        run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")])
+
+
+@app.command("sources")
+@guarded
+def sources(
+    since: str | None = typer.Option(None, "--since", help="count from this time (ISO 8601)"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json"),
+    config: Path | None = CONFIG_OPTION,
+    store: str | None = STORE_OPTION,
+) -> None:
+    """Every sender with its counts: messages, malformed frames, wrong framing, missing MSGID,
+    unparsable XML, silent connections, and the last error."""
+    from pacsguard.atna.sources import count_sources
+    from pacsguard.cli.events import _when
+    from pacsguard.store import EventQuery
+
+    es = open_store(load(config, required=store is None), store)
+    try:
+        rows = count_sources(s.event for s in es.search(EventQuery(kind="atna.*", since=_when(since, "since"),
+                                                                   limit=None)))
+    finally:
+        es.close()
+    if fmt is Format.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    from pacsguard.cli.layout import Column, render, terminal_width, write_lines
+
+    columns = (Column("sender"), Column("via"), Column("messages"), Column("malformed frames"),
+               Column("wrong framing"), Column("missing MSGID"), Column("unparsable XML"), Column("silent"),
+               Column("last error", fold=True))
+    write_lines(render(columns, [[r.sender, ",".join(r.transports), str(r.messages), str(r.malformed_frames),
+                                  str(r.wrong_framing), str(r.missing_msgid), str(r.unparsable_xml),
+                                  str(r.silent_connections), r.last_error or ""] for r in rows],
+                       terminal_width()))

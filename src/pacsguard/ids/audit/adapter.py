@@ -1,0 +1,107 @@
+"""Audit events as observations for the rule engine (the ``audit`` protocol adapter): the privacy
+officer's lists (patients to watch, the staff directory) are joined here, so rules match plain
+fields: ``watched``, ``same_surname``, ``same_address``, ``hour`` and the access itself.
+
+One flow per user (client_host = the user's host, server_host = the audit source), so thresholds
+``by: [user]`` count a user's accesses across every sender."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+from pacsguard.events.model import Event
+from pacsguard.ids.audit.kinds import PROTOCOL
+from pacsguard.ids.engine import Alert, Engine
+from pacsguard.ids.observation import Flow
+
+
+@dataclass(frozen=True, slots=True)
+class StaffMember:
+    surname: str
+    address: str = ""
+
+
+@dataclass(slots=True)
+class PrivacyLists:
+    """Patient IDs to watch (VIPs, employees as patients) and the staff directory (user -> name, address)."""
+
+    watched: frozenset[str] = frozenset()
+    staff: Mapping[str, StaffMember] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, watch_file: Path | None = None, staff_csv: Path | None = None) -> PrivacyLists:
+        """``watch_file``: one patient ID per line (# comments); ``staff_csv``: columns user, surname,
+        address (a header row naming them)."""
+        watched: set[str] = set()
+        if watch_file is not None:
+            for line in watch_file.read_text(encoding="utf-8").splitlines():
+                text = line.split("#", 1)[0].strip()
+                if text:
+                    watched.add(text.split("^", 1)[0])
+        staff: dict[str, StaffMember] = {}
+        if staff_csv is not None:
+            with staff_csv.open(newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    user = (row.get("user") or "").strip().lower()
+                    if user:
+                        staff[user] = StaffMember(_norm(row.get("surname")), _norm(row.get("address")))
+        return cls(frozenset(watched), staff)
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").upper().split())
+
+
+def _patients(event: Event) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = list(event.details.get("patients") or ())
+    return found or [{"id": p} for p in event.patient_ids if "^" not in p]
+
+
+def _patient_names(event: Event) -> Iterable[tuple[str, str]]:
+    """(surname, address) of each patient object: ParticipantObjectName as a DICOM PN (FAMILY^GIVEN);
+    the address from a ParticipantObjectDetail of type "address", when the sender gives one."""
+    for obj in event.details.get("objects", ()):
+        if obj.get("type_code") == "1" and obj.get("role") == "1":
+            name = str(obj.get("name") or "")
+            address = next((str(d.get("value", "")) for d in obj.get("details", ()) if d.get("type") == "address"),
+                           "")
+            yield _norm(name.split("^", 1)[0]), _norm(address)
+
+
+class AuditAdapter:
+    def __init__(self, engine: Engine, lists: PrivacyLists | None = None) -> None:
+        self.engine = engine
+        self.lists = lists or PrivacyLists()
+
+    def observe(self, event: Event, now: float) -> list[Alert]:
+        """The alerts of one received audit message (other Events are not accesses: none)."""
+        if not event.kind.startswith("atna.audit."):
+            return []
+        rules = self.engine.rules_for(PROTOCOL).get("access")
+        self.engine.observations += 1
+        if not rules:
+            return []
+        d = event.details
+        patients = [str(p.get("id", "")) for p in _patients(event) if p.get("id")]
+        user = event.actor.user or ""
+        me = self.lists.staff.get(user.lower())
+        names = list(_patient_names(event))
+        fields = {
+            "user": user, "user_host": event.actor.host or "", "event": event.kind.rsplit(".", 1)[-1],
+            "event_id": str((d.get("event_id") or {}).get("code", "")), "action": str(d.get("action") or ""),
+            "outcome": str(d.get("outcome_indicator") or ""), "patient": patients[0] if patients else "",
+            "patients": patients, "patient_count": len(patients),
+            "purposes": [str(p.get("code", "")) for p in d.get("purposes", ())],
+            "hour": event.time.astimezone(timezone.utc).hour,
+            "watched": any(p in self.lists.watched for p in patients),
+            "same_surname": bool(me and me.surname and any(s == me.surname for s, _ in names)),
+            "same_address": bool(me and me.address and any(a == me.address for _, a in names)),
+        }
+        source = str((d.get("source") or {}).get("id") or "unknown")
+        flow = Flow(event.actor.host or user or "unknown", 0, source, 0, sensor="audit", id=f"audit:{user}")
+        return self.engine.run(rules, "access", PROTOCOL, fields, flow, now, None)

@@ -1,0 +1,36 @@
+"""The ``audit`` protocol's observation kind and its fields (docs/ids.md, "Observations"): one
+access to patient data as a received audit message (PS3.15 A.5, RFC 3881, FHIR AuditEvent) tells it."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pacsguard.ids.observation import Roles, register_kinds
+
+PROTOCOL: Final = "audit"
+
+register_kinds(
+    PROTOCOL,
+    {
+        "access": (
+            "one received audit message naming who did what to which patient's data",
+            {
+                "user": ("str", "the requesting user (UserName, else UserID)"),
+                "user_host": ("str", "the requesting user's network access point"),
+                "event": ("str", "the event, as the last part of its kind: patient-record, query, ..."),
+                "event_id": ("str", "the PS3.15 event ID code, e.g. 110110"),
+                "action": ("str", "EventActionCode: C, R, U, D or E"),
+                "outcome": ("str", "EventOutcomeIndicator: 0, 4, 8 or 12"),
+                "patient": ("str", "the first patient ID, without its assigning authority"),
+                "patients": ("str-list", "every patient ID the message names, without authority"),
+                "patient_count": ("int", "how many patients the message names"),
+                "purposes": ("str-list", "purpose of use codes, e.g. TREAT, ETREAT"),
+                "hour": ("int", "the hour of the access, 0-23, in UTC"),
+                "watched": ("bool", "a patient is on the administrator's watch list (VIPs, employees)"),
+                "same_surname": ("bool", "a patient's surname is the user's own (staff directory)"),
+                "same_address": ("bool", "a patient's address is the user's own (staff directory)"),
+            },
+        ),
+    },
+    Roles(patient="patient"),
+)

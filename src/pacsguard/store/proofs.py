@@ -1,0 +1,82 @@
+"""RFC 9162 inclusion proofs (section 2.1.3) of stored events against a signed checkpoint, for
+reports that are checked offline with only the store's public key.
+
+A proof names the sealed record (its exact text: its leaf hash is recomputed by the verifier,
+never read from the store), its index (the event's seq), the tree size of the checkpoint and the
+audit path. The leaves are read from the store once per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from pacsguard.store.merkle import node_hash
+from pacsguard.store.schema import events
+from pacsguard.store.store import Checkpoint, EventStore
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    seq: int
+    tree_size: int
+    sealed: str
+    path: tuple[bytes, ...]
+
+
+def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpoint) -> list[InclusionProof]:
+    """A proof per seq below the checkpoint's tree size (others are skipped: not yet signed)."""
+    size = checkpoint.tree_size
+    wanted = sorted({s for s in seqs if 0 <= s < size})
+    if not wanted:
+        return []
+    with store.engine.connect() as conn:
+        leaves = [bytes(leaf) for leaf in conn.execute(
+            select(events.c.leaf).where(events.c.seq < size).order_by(events.c.seq)).scalars()]
+        bodies = dict(conn.execute(select(events.c.seq, events.c.body).where(events.c.seq.in_(wanted))).all())
+    if len(leaves) != size:
+        # Rows are missing: no path can be computed; the proofs of what remains will fail to verify.
+        leaves += [bytes(32)] * (size - len(leaves))
+    levels = _levels(leaves)
+    return [InclusionProof(seq, size, bodies.get(seq, ""), tuple(_path(seq, size, levels, leaves)))
+            for seq in wanted]
+
+
+def _levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """The perfect-subtree hashes level by level (level 0 = leaves), so each path costs O(log n)."""
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+    return levels
+
+
+def _subtree(start: int, count: int, levels: list[list[bytes]], leaves: list[bytes]) -> bytes:
+    """MTH of leaves[start:start+count]; perfect, aligned subtrees come from the level cache."""
+    if count & (count - 1) == 0 and start % count == 0:
+        level = count.bit_length() - 1
+        if level < len(levels) and start // count < len(levels[level]):
+            return levels[level][start // count]
+    if count == 1:
+        return leaves[start]
+    k = 1 << ((count - 1).bit_length() - 1)
+    return node_hash(_subtree(start, k, levels, leaves), _subtree(start + k, count - k, levels, leaves))
+
+
+def _path(index: int, size: int, levels: list[list[bytes]], leaves: list[bytes]) -> list[bytes]:
+    """PATH(m, D[n]) of RFC 9162 2.1.3.1 over leaves[0:size], iteratively from the top."""
+    out: list[bytes] = []
+    start, count = 0, size
+    while count > 1:
+        k = 1 << ((count - 1).bit_length() - 1)
+        if index - start < k:
+            out.append(_subtree(start + k, count - k, levels, leaves))
+            count = k
+        else:
+            out.append(_subtree(start, k, levels, leaves))
+            start, count = start + k, count - k
+    out.reverse()
+    return out
+

@@ -1,0 +1,90 @@
+"""RFC 6587 framing detected per connection, RFC 5424 / RFC 3164 headers."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacsguard.atna.syslog import rfc5424
+from pacsguard.atna.syslog.framing import Framing, Splitter
+
+
+def octet(msg: bytes) -> bytes:
+    return b"%d %s" % (len(msg), msg)
+
+
+def test_octet_counting_across_reads_and_large_messages() -> None:
+    big = b"<85>1 - h app - IHE+RFC-3881 - " + b"x" * 70_000  # over 64 KiB
+    stream = octet(b"<13>1 - - - - - - one") + octet(big) + octet(b"<13>1 - - - - - - two")
+    splitter = Splitter()
+    frames: list[bytes] = []
+    for i in range(0, len(stream), 1000):  # arrives in pieces
+        got, problems = splitter.feed(stream[i:i + 1000])
+        assert problems == []
+        frames += got
+    assert frames == [b"<13>1 - - - - - - one", big, b"<13>1 - - - - - - two"]
+    assert splitter.framing is Framing.OCTET_COUNTING
+    assert splitter.finish() == []
+
+
+def test_non_transparent_detected_and_crlf_tolerated() -> None:
+    splitter = Splitter()
+    frames, problems = splitter.feed(b"<13>1 - - - - - - a\n<13>1 - - - - - - b\r\n<13>1 - - - - - - c")
+    assert frames == [b"<13>1 - - - - - - a", b"<13>1 - - - - - - b"] and problems == []
+    assert splitter.framing is Framing.NON_TRANSPARENT
+    assert [p.problem for p in splitter.finish()] == ["truncated"]
+
+
+def test_garbage_is_reported_and_the_next_frame_still_read() -> None:
+    splitter = Splitter()
+    frames, problems = splitter.feed(b"GET / HTTP/1.0\r\n" + octet(b"<14>1 - - - - - - ok"))
+    assert frames == [b"<14>1 - - - - - - ok"]
+    assert [p.problem for p in problems] == ["malformed-frame"]
+    frames, problems = splitter.feed(b"12x45 nonsense\n" + octet(b"<14>1 - - - - - - again"))
+    assert frames == [b"<14>1 - - - - - - again"]
+    assert [p.problem for p in problems] == ["malformed-frame"]
+
+
+def test_oversize_frame_is_skipped_whole() -> None:
+    splitter = Splitter(max_message=65_536)
+    payload = b"<14>1 - - - - - - " + b"y" * 100_000
+    frames, problems = splitter.feed(octet(payload) + octet(b"<14>1 - - - - - - after"))
+    assert frames == [b"<14>1 - - - - - - after"]
+    assert [p.problem for p in problems] == ["oversize"]
+
+
+def test_rfc5424_header() -> None:
+    m = rfc5424.parse(b'<85>1 2026-12-03T10:00:00.123+01:00 pacs01 dcm4chee 77 IHE+RFC-3881 '
+                      b'[meta x="a\\]b"] \xef\xbb\xbf<AuditMessage/>')
+    assert (m.pri, m.facility, m.severity) == (85, 10, 5)
+    assert (m.hostname, m.app_name, m.procid, m.msgid) == ("pacs01", "dcm4chee", "77", "IHE+RFC-3881")
+    assert m.structured_data == '[meta x="a\\]b"]'
+    assert m.msg == b"<AuditMessage/>"
+    assert m.timestamp is not None and m.timestamp.hour == 9
+    assert m.flags == ()
+
+
+def test_missing_msgid_and_bsd_are_flagged_not_refused() -> None:
+    assert rfc5424.parse(b"<13>1 - - - - - - x").flags == ("missing-msgid",)
+    bsd = rfc5424.parse(b"<38>Dec  3 10:01:02 ctscanner audit[12]: <AuditMessage/>")
+    assert bsd.flags == ("legacy-bsd",)
+    assert (bsd.hostname, bsd.app_name, bsd.msg) == ("ctscanner", "audit", b"<AuditMessage/>")
+    assert rfc5424.parse(b"<191>1 - - - - - - top").pri == 191
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=60),
+       sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=12))
+def test_any_split_of_the_stream_yields_the_same_frames(cuts: list[int], sizes: list[int]) -> None:
+    messages = [b"<85>1 - h a - IHE+RFC-3881 - " + bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(octet(m) for m in messages)
+    splitter, frames, at = Splitter(), [], 0
+    for cut in cuts * (len(stream) // max(sum(cuts), 1) + 1):
+        got, problems = splitter.feed(stream[at:at + cut])
+        assert problems == []
+        frames += got
+        at += cut
+        if at >= len(stream):
+            break
+    frames += splitter.feed(stream[at:])[0]
+    assert frames == messages and splitter.finish() == []

@@ -1,0 +1,123 @@
+"""PS3.15 A.5 messages (every event ID), RFC 3881 and FHIR payloads to Events; hostile payloads."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+from atna_corpus import (
+    BILLION_LAUGHS,
+    EXTERNAL_ENTITY,
+    LEGACY_RFC3881,
+    PATIENT_CX,
+    STUDY,
+    every_event_id,
+    fhir_patient_read,
+    record,
+)
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle
+
+from pacsguard.atna.ingest import Sender, frame_event, payload_event
+from pacsguard.atna.message import codes, dicom_xml, fhir, schema
+from pacsguard.atna.message.mapping import record_from_event
+
+SENDER = Sender("10.20.0.9", 50123, "tls", "octet-counting")
+
+
+def syslog(payload: bytes, msgid: bytes = b"IHE+RFC-3881") -> bytes:
+    return b"<85>1 2026-12-03T09:30:16Z vna1 audit 1 " + msgid + b" - " + payload
+
+
+@pytest.mark.parametrize("event_id", sorted(codes.EVENT_IDS))
+def test_every_event_id_passes_the_schema_check_and_becomes_its_event(event_id: str) -> None:
+    xml = every_event_id()[event_id]
+    assert schema.check(dicom_xml.parse_xml(xml)) == []
+    frame = syslog(xml)
+    ev = frame_event(SENDER, frame)
+    meaning = codes.EVENT_IDS[event_id][0]
+    assert ev.kind == "atna.audit." + codes.slug(meaning)
+    assert ev.details["raw"].encode() == frame  # byte for byte
+    assert ev.details["event_id"] == {"code": event_id, "system": "DCM", "meaning": meaning}
+    assert ev.actor.user == "jsmith" and ev.actor.host == "10.20.0.7"
+    assert ev.time == datetime(2026, 12, 3, 9, 30, 15, tzinfo=timezone.utc)
+    assert ev.details["purposes"][0]["code"] == "TREAT"
+    if event_id in schema.NEEDS_PATIENT:
+        assert ev.patient_ids[:2] == ("PID-0042", "PID-0042^^^STMARY&1.2.840.99999.1&ISO")
+        assert ev.details["patients"] == [{"id": "PID-0042", "authority": "STMARY&1.2.840.99999.1&ISO",
+                                           "cx": PATIENT_CX}]
+    if event_id in schema.NEEDS_STUDY:
+        assert ev.study_uids == (STUDY,) and ev.sop_instance_count == 3
+    # The stored details rebuild the same message.
+    assert record_from_event(ev) == record(event_id)
+
+
+def test_schema_check_finds_what_is_wrong() -> None:
+    good = every_event_id()["110104"]
+    broken = (good.replace(b'EventActionCode="C"', b'EventActionCode="E"')
+              .replace(b'EventOutcomeIndicator="0"', b'EventOutcomeIndicator="3"')
+              .replace(b"<Accession ", b"<Bogus "))
+    problems = schema.check(dicom_xml.parse_xml(broken))
+    assert any("EventOutcomeIndicator" in p for p in problems)
+    assert any("<Bogus> is not allowed" in p for p in problems)
+    no_patient = good.replace(b'csd-code="2" codeSystemName="RFC-3881"', b'csd-code="11" codeSystemName="RFC-3881"')
+    wrong_action = good.replace(b'EventActionCode="C"', b'EventActionCode="E"')
+    assert any("patient participant object" in p for p in schema.check(dicom_xml.parse_xml(no_patient)))
+    assert any("EventActionCode E not allowed" in p for p in schema.check(dicom_xml.parse_xml(wrong_action)))
+
+
+def test_legacy_rfc3881_form() -> None:
+    ev = frame_event(SENDER, syslog(LEGACY_RFC3881, b"DICOM+RFC3881"))
+    assert ev.kind == "atna.audit.user-authentication"
+    assert ev.details["syntax"] == "rfc3881"
+    assert ev.details["event_types"] == [{"code": "110122", "system": "DCM", "meaning": "Login"}]
+    assert ev.outcome == "minor-failure"
+    assert ev.actor.user == "tech7" and ev.actor.host == "ws-ct-3"
+    assert ev.time == datetime(2026, 12, 3, 7, 15, tzinfo=timezone.utc)
+    assert ev.details["source"] == {"id": "CTSCANNER3", "types": [{"code": "1"}]}
+
+
+def test_billion_laughs_is_refused_cheaply_and_kept_raw() -> None:
+    started = time.perf_counter()
+    ev = frame_event(SENDER, syslog(BILLION_LAUGHS))
+    assert time.perf_counter() - started < 0.05
+    assert ev.kind == "atna.message.unparsed" and ev.details["problem"] == "entity-expansion"
+    assert ev.details["raw"].encode() == syslog(BILLION_LAUGHS)
+    ext = frame_event(SENDER, syslog(EXTERNAL_ENTITY))
+    assert ext.details["problem"] == "entity-expansion" and "root:" not in ext.to_json()
+
+
+def test_bad_encodings_and_junk_are_stored_raw() -> None:
+    latin1_claiming_utf8 = b'<?xml version="1.0" encoding="UTF-8"?><AuditMessage><X a="M\xfcller"/></AuditMessage>'
+    ev = frame_event(SENDER, syslog(latin1_claiming_utf8))
+    assert ev.details["problem"] == "bad-encoding"
+    assert base64.b64decode(ev.details["raw_base64"]) == syslog(latin1_claiming_utf8)
+    assert frame_event(SENDER, syslog(b"<AuditMessage><EventIdent")).details["problem"] == "unparsable-xml"
+    assert frame_event(SENDER, syslog(b"<Other/>")).details["problem"] == "not-audit-message"
+    assert frame_event(SENDER, b"no pri at all").details["problem"] == "not-syslog"
+    assert frame_event(SENDER, syslog(b'{"resourceType": "Patient"}')).details["problem"] == "not-fhir"
+
+
+def test_latin1_declared_is_read() -> None:
+    xml = LEGACY_RFC3881.replace(b'<?xml version="1.0"?>', b'<?xml version="1.0" encoding="ISO-8859-1"?>') \
+        .replace(b'UserID="tech7"', b'UserID="M\xfcller"')
+    ev = frame_event(SENDER, syslog(xml))
+    assert ev.actor.user == "Müller"
+    assert base64.b64decode(ev.details["raw_base64"]) == syslog(xml)
+
+
+def test_fhir_auditevent_in_and_out_is_valid_r4() -> None:
+    resource = fhir_patient_read()
+    AuditEvent.model_validate(resource)  # the corpus itself is valid
+    ev = payload_event({"sender": SENDER.to_dict()}, orjson.dumps(resource), [], SENDER)
+    assert ev.kind == "atna.audit.patient-record"
+    assert ev.patient_ids[0] == "PID-0042" and "PID-0042^^^&1.2.840.99999.1&ISO" in ev.patient_ids
+    assert ev.actor.user == "Kim" and ev.actor.host == "10.30.1.4"
+    out = fhir.render(record_from_event(ev), ev.id)
+    AuditEvent.model_validate(out)
+    for event_id in sorted(codes.EVENT_IDS):
+        AuditEvent.model_validate(fhir.render(record(event_id), "x" + event_id))
+    Bundle.model_validate(fhir.bundle([out], "https://repo.example/fhir"))

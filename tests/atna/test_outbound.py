@@ -1,0 +1,177 @@
+"""Outbound: pacsguard's own events as PS3.15 A.5 messages over RFC 5425 TLS to a second pacsguard
+(`atna listen`) acting as the external repository, stopped mid-stream and restarted: every message
+arrives exactly once, and each passes the A.5.1 check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from receiver import free_port
+
+from pacsguard.atna.dedupe import delivery_of
+from pacsguard.atna.message import codes, dicom_xml, schema
+from pacsguard.atna.message.build import to_xml
+from pacsguard.atna.outbound.forwarder import Forwarder
+from pacsguard.atna.outbound.mapping import to_record
+from pacsguard.atna.outbound.sender import OutboundSender
+from pacsguard.atna.outbound.spool import Spool
+from pacsguard.events.model import Event, Outcome, Party, Severity
+from pacsguard.store import EventQuery, EventStore
+from pacsguard.tls import client_context, make_ca, make_cert
+
+DEADLINE = 60.0
+CT, PACS = Party("CT01", "10.20.0.9", 104), Party("PACS", "10.20.0.2", 104)
+
+
+def own_events(n: int) -> list[Event]:
+    """What the gateway records when a CT stores n images of one patient."""
+    return [Event(kind="dicom.dimse.c-store", component="gateway", actor=CT, target=PACS,
+                  patient_ids=("PID-7",), study_uids=("1.2.3.4.5",), sop_instance_count=1,
+                  details={"route": "main", "message_id": i, "sop_class": "1.2.840.10008.5.1.4.1.1.2",
+                           "duration_ms": 1.0, "status": "0x0000"}) for i in range(1, n + 1)]
+
+
+def test_every_mapped_kind_passes_the_a51_check() -> None:
+    events = [
+        own_events(1)[0],
+        Event(kind="dicom.dimse.c-find", component="gateway", actor=CT, target=PACS,
+              details={"route": "main", "message_id": 1, "sop_class": "1.2.840.10008.5.1.4.1.2.2.1",
+                       "duration_ms": 2.0, "status": "0x0000", "query": {"PatientName": "DOE*"}}),
+        Event(kind="dicom.association.rejected", component="gateway", actor=CT, severity=Severity.WARNING,
+              outcome=Outcome.MINOR_FAILURE, details={"route": "main"}),
+        Event(kind="ids.alert.dicom-brute", component="ids", actor=Party(host="10.66.0.13"),
+              severity=Severity.WARNING, details={}),
+        Event(kind="gateway.quarantine.added", component="gateway", actor=Party(user="admin"),
+              details={"target": "10.66.0.13", "reason": "scan"}),
+        Event(kind="pacsguard.service.started", component="serve", details={"config": "x"}),
+        Event(kind="console.login.succeeded", component="console", actor=Party(user="admin", host="10.1.1.1")),
+    ]
+    expected = ["110104", "110112", "110113", "110113", "110113", "110100", "110114"]
+    records = [to_record(e, "site-a") for e in events]
+    assert [r.event_id.code if r else None for r in records] == expected
+    for r in records:
+        assert r is not None
+        assert schema.check(dicom_xml.parse_xml(to_xml(r))) == [], r.event_id
+    assert to_record(Event(kind="dicom.association.released", component="gateway"), "site-a") is None
+
+
+class Repository:
+    """A second pacsguard: `pacsguard atna listen --tls ... --tls-ca` (mutual TLS) into its own store."""
+
+    def __init__(self, base: Path, port: int, pki: dict[str, Path]) -> None:
+        self.base, self.port, self.pki = base, port, pki
+        self.proc: subprocess.Popen[str] | None = None
+        self.store = base / "repository.db"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", f"127.0.0.1:{self.port}",
+             "--tls-cert", str(self.pki["cert"]), "--tls-key", str(self.pki["key"]), "--tls-ca", str(self.pki["ca"]),
+             "--store", str(self.store)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "COLUMNS": "200"})
+        assert self.proc.stdout is not None
+        end = time.monotonic() + DEADLINE
+        for line in self.proc.stdout:
+            if "ATNA syslog" in line:
+                return
+            assert time.monotonic() < end
+        raise AssertionError(f"the repository did not start: exit {self.proc.wait()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(DEADLINE)
+        self.proc = None
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    base = tmp_path / "pki"
+    ca, ca_key = make_ca(base, "ATNA Test CA", 2)
+    cert, key = make_cert(base, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
+    client, client_key = make_cert(base, "gateway-a", ca, ca_key, hosts=["gateway-a"], client=True, days=1)
+    return {"ca": ca, "cert": cert, "key": key, "client": client, "client_key": client_key}
+
+
+def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[str, Path]) -> None:
+    port = free_port()
+    repo = Repository(tmp_path, port, pki)
+    repo.start()
+    spool = Spool(tmp_path / "spool.db")
+    delivered: list[tuple[int, int, bool]] = []
+    context = client_context(ca_file=pki["ca"], cert_file=pki["client"], key_file=pki["client_key"])
+    sender = OutboundSender(spool, "site-a", "127.0.0.1", port, context, server_name="localhost", retry=0.2,
+                            confirm_after=0.5, on_delivered=lambda a, b, r: delivered.append((a, b, r)))
+    forward = Forwarder(spool, "site-a")
+    events = own_events(400)
+    sender.start()
+    try:
+        def produce() -> None:
+            for i, ev in enumerate(events):
+                forward(ev)
+                if i % 5 == 4:
+                    time.sleep(0.05)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        end = time.monotonic() + DEADLINE
+        while spool.delivered() < 60 and time.monotonic() < end:
+            time.sleep(0.02)
+        repo.stop()  # mid-stream: the producer goes on, the spool holds what cannot be sent
+        time.sleep(1.0)
+        repo.start()
+        producer.join(DEADLINE)
+        while spool.delivered() < len(events) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert spool.delivered() == len(events) and spool.pending() == 0
+    finally:
+        sender.stop()
+        spool.close()
+        repo.stop()
+    assert sender.connections >= 2 and any(r for _, _, r in delivered)
+    store = EventStore.open(str(repo.store))
+    try:
+        got = [s.event for s in store.search(EventQuery(kind="atna.audit.*", limit=None))]
+    finally:
+        store.close()
+    seqs = [delivery_of(e.details["syslog"].get("structured_data")) for e in got]
+    assert sorted(s[1] for s in seqs if s) == list(range(1, len(events) + 1))  # each once, none lost
+    first = got[0]
+    assert first.kind == "atna.audit.instances-transferred" and first.patient_ids == ("PID-7",)
+    assert first.details["sender"]["certificate"].endswith("CN=gateway-a") or "gateway-a" in \
+        first.details["sender"]["certificate"]
+    xml = first.details["raw"].split("] ", 1)[1].encode()
+    assert schema.check(dicom_xml.parse_xml(xml)) == []
+    assert first.details["event_id"]["meaning"] == codes.EVENT_IDS["110104"][0]
+    assert first.time <= datetime.now(timezone.utc)
+
+
+def test_the_repository_drops_what_it_already_stored(tmp_path: Path) -> None:
+    from pacsguard.atna.dedupe import Deduplicator
+    from pacsguard.atna.ingest import Sender, frame_event
+    from pacsguard.atna.outbound.sender import frame
+
+    message = to_xml(to_record(own_events(1)[0], "site-a"))  # type: ignore[arg-type]
+    sender = Sender("127.0.0.1", 4000, "tls", "octet-counting")
+
+    def received(origin: str, seq: int) -> Event:
+        framed = frame(origin, seq, message, "gw")
+        return frame_event(sender, framed.split(b" ", 1)[1])
+
+    store = EventStore.open(str(tmp_path / "r.db"), create=True)
+    store.append([received("site-a", 1), received("site-a", 2), received("site-b", 7)])
+    dedupe = Deduplicator(store)  # a restarted repository: it learns the highest seqs from its store
+    verdicts = [dedupe.fresh(received(o, s)) for o, s in
+                [("site-a", 2), ("site-a", 3), ("site-a", 3), ("site-b", 7), ("site-b", 8), ("site-c", 1)]]
+    store.close()
+    assert verdicts == [False, True, False, False, True, True]
+    assert dedupe.dropped == 3
+    assert delivery_of('[pacsguard@32473 origin="a\\"b\\]" seq="5"]') == ('a"b]', 5)

@@ -1,0 +1,95 @@
+"""The `audit` adapter: privacy rules in the IDS language over received audit messages (watched
+patients, a user looking up their own family, after-hours bulk access), through the unchanged engine."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from atna_corpus import record
+from receiver import free_port, running
+
+from pacsguard.atna.ingest import Sender, frame_event
+from pacsguard.atna.message.build import to_xml
+from pacsguard.atna.message.record import AuditRecord, ParticipantObject
+from pacsguard.events.model import Event
+from pacsguard.ids.audit.adapter import AuditAdapter, PrivacyLists
+from pacsguard.ids.engine import Engine
+from pacsguard.ids.rules import load_rules
+from pacsguard.ids.settings import IdsSettings
+
+RULES = """
+- id: audit-watched-patient
+  title: Access to a watched patient
+  severity: warning
+  protocol: audit
+  on: access
+  match:
+    watched: true
+  action: alert
+  reference: issue 18 (privacy monitoring)
+- id: audit-own-family
+  title: A user accessed a patient with their own surname
+  severity: warning
+  protocol: audit
+  on: access
+  match:
+    same_surname: true
+  action: alert
+  reference: issue 18 (privacy monitoring)
+- id: audit-after-hours-bulk
+  title: Many patients accessed at night
+  severity: warning
+  protocol: audit
+  on: access
+  match:
+    hour: {lt: 6}
+  threshold: {count: 3, within: 1h, by: [user]}
+  action: alert
+  reference: issue 18 (privacy monitoring)
+"""
+SENDER = Sender("10.20.0.9", 40000, "tls", "octet-counting")
+
+
+def event(r: AuditRecord) -> Event:
+    return frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(r))
+
+
+def test_privacy_rules_fire_on_audit_messages(tmp_path: Path) -> None:
+    (tmp_path / "privacy.yaml").write_text(RULES)
+    (tmp_path / "watch.txt").write_text("# VIPs\nPID-0042^^^STMARY&1.2.840.99999.1&ISO\n")
+    (tmp_path / "staff.csv").write_text("user,surname,address\njsmith,Doe,1 Main St\nkim,Park,\n")
+    lists = PrivacyLists.load(tmp_path / "watch.txt", tmp_path / "staff.csv")
+    engine = Engine(load_rules([tmp_path], builtin=False), IdsSettings(), clock=lambda: 0.0)
+    audit = AuditAdapter(engine, lists)
+
+    alerts = audit.observe(event(record("110110")), 1.0)  # jsmith reads PID-0042, DOE^JANE: watched, own family
+    assert sorted(a.rule_id for a in alerts) == ["audit-own-family", "audit-watched-patient"]
+    assert alerts[0].event.patient_ids[0] == "PID-0042"
+
+    night = datetime(2026, 12, 3, 2, 0, tzinfo=timezone.utc)
+    other = [replace(record("110110"), time=night, objects=(ParticipantObject(
+        f"P{i}", record("110110").objects[0].id_type, type_code="1", role="1", name="ROE^RICHARD"),))
+        for i in range(3)]
+    fired = [a.rule_id for r in other for a in audit.observe(event(r), 2.0)]
+    assert fired == ["audit-after-hours-bulk"]
+    assert audit.observe(Event(kind="dicom.dimse.c-store", component="gateway"), 3.0) == []
+    assert audit.observe(event(replace(record("110110"), time=night)), 4.0) != []
+
+
+def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "privacy.yaml").write_text(RULES)
+    (tmp_path / "watch.txt").write_text("PID-0042\n")
+    engine = Engine(load_rules([tmp_path / "rules"], builtin=False), IdsSettings())
+    port = free_port()
+    section = {"tcp": {"port": port}, "privacy": {"watch_list": str(tmp_path / "watch.txt")}}
+    with running(section, setup=lambda service: service.use_privacy_rules(engine)) as rx:
+        body = b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(record("110110"))
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"%d %s" % (len(body), body))
+        got = rx.wait(lambda evs: any(e.kind.startswith("ids.alert.") for e in evs), "a privacy alert")
+    assert [e.kind for e in got] == ["atna.audit.patient-record", "ids.alert.audit-watched-patient"]
+    assert got[1].patient_ids[0] == "PID-0042"

@@ -1,0 +1,103 @@
+"""The RESTful ATNA endpoint: ITI-81 search answering FHIR R4 Bundles, POST /AuditEvent, and the
+requests it refuses (no token, not FHIR, bad parameters), each recorded with the sender."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from atna_corpus import every_event_id, fhir_patient_read
+from fhir.resources.R4B.bundle import Bundle
+from receiver import free_port, running
+
+from pacsguard.atna.ingest import Sender, frame_event
+from store_helpers import make_events, new_store
+
+TOKEN = "s3cret-token-for-tests"
+SENDER = Sender("10.20.0.9", 40000, "tcp", "octet-counting")
+
+
+def call(url: str, *, token: str | None = TOKEN, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/fhir+json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_iti81_search_and_post(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    store.append(make_events(20))
+    frames = [frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()[e])
+              for e in ("110110", "110104", "110114", "110113")]
+    store.append(frames)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        base = f"http://127.0.0.1:{port}/AuditEvent"
+        status, bundle = call(f"{base}?patient=PID-0042")
+        assert status == 200
+        Bundle.model_validate(bundle)
+        assert [e["resource"]["type"]["code"] for e in bundle["entry"]] == ["110110", "110104"]
+        assert call(f"{base}?patient=Patient/PID-0042&date=ge2026-12-03&date=lt2026-12-04&agent-name=JSM")[1][
+            "total"] == 2
+        assert call(f"{base}?patient=PID-0042&date=2026-12-04")[1]["total"] == 0
+        assert call(f"{base}?entity-type=2&outcome=0")[1]["total"] == 2  # the study (110104), the node (110113)
+        assert call(f"{base}?patient=PID-0042&_count=1")[1]["total"] == 1
+
+        status, created = call(base, body=orjson.dumps(fhir_patient_read()))
+        assert status == 201 and created["resourceType"] == "AuditEvent"
+        assert created["entity"][0]["what"]["identifier"]["value"].startswith("PID-0042")
+
+        assert call(base, token=None)[0] == 401
+        assert call(base, token="wrong")[0] == 401
+        status, problem = call(base, body=b'{"resourceType": "Patient", "id": "x"}')
+        assert status == 400 and problem["resourceType"] == "OperationOutcome"
+        assert call(base, body=b"<html>not fhir</html>")[0] == 400
+        assert call(f"{base}?date=yesterday")[0] == 400
+        assert call(f"http://127.0.0.1:{port}/Patient")[0] == 404
+        events = list(rx.events)
+    store.close()
+    rejected = [e.details["problem"] for e in events if e.kind == "atna.http.rejected"]
+    assert rejected == ["unauthorized", "unauthorized", "bad-request"]
+    unparsed = [e for e in events if e.kind == "atna.message.unparsed"]
+    assert [e.details["problem"] for e in unparsed] == ["not-fhir", "not-audit-message"]
+    assert unparsed[0].details["raw"] == '{"resourceType": "Patient", "id": "x"}'
+    posted = [e for e in events if e.kind == "atna.audit.patient-record"]
+    assert len(posted) == 1 and posted[0].details["syntax"] == "fhir" and posted[0].patient_ids[0] == "PID-0042"
+
+
+def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
+    import ssl
+
+    from pacsguard.tls import make_ca, make_cert
+
+    pki = tmp_path / "pki"
+    ca, ca_key = make_ca(pki, "ATNA Test CA", 2)
+    cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
+    client, client_key = make_cert(pki, "portal", ca, ca_key, hosts=["portal"], client=True, days=1)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    store.append([frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"])])
+    port = free_port()
+    section = {"http": {"port": port, "cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True}}
+    with running(section, store):
+        url = f"https://localhost:{port}/AuditEvent?patient=PID-0042"
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(client, client_key)
+        with urllib.request.urlopen(url, context=context, timeout=20) as answer:
+            assert json.loads(answer.read())["total"] == 1
+        anonymous = ssl.create_default_context(cafile=str(ca))
+        try:
+            with urllib.request.urlopen(url, context=anonymous, timeout=20) as answer:
+                refused = answer.status
+        except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+            refused = 0
+        assert refused == 0  # no client certificate: no TLS session, no answer
+    store.close()
