@@ -233,16 +233,20 @@ class Engine:
         kept_private_blocks: set[tuple[int, int]] = set()
         creators: list[BaseTag] = []
         removed_overlays: set[int] = set()
-        for tag in list(ds.keys()):
-            if tag.group == 0x0002:
+        listed = self._listed
+        # elements() gives each element as stored (still undecoded where pydicom has not been asked
+        # for its value), so looking at one does not decode it.
+        for raw in list(ds.elements()):
+            tag = raw.tag
+            group, element = tag >> 16, tag & 0xFFFF
+            if group == 0x0002:
                 continue  # file meta is handled by _file_meta
-            if tag.is_private_creator:
-                creators.append(tag)
+            if group & 1 and 0x0010 <= element <= 0x00FF:
+                creators.append(tag)  # a private creator (PS3.5 7.8.1): kept with a block it reserves
                 continue
             path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
-            raw = ds.get_item(tag)
             vr = _vr(tag, raw)
-            decision = self.decision(ds, tag, vr, raw.value)
+            decision = listed.get(tag) or self.decision(ds, tag, vr, raw.value)
             report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
             if report.detailed:
                 report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
@@ -267,10 +271,10 @@ class Engine:
                 kept = True
             else:
                 kept = self._apply(ds, ds[tag], decision, ctx, path, report)
-            if kept and tag.is_private:
-                kept_private_blocks.add((tag.group, tag.element >> 8))
-            if not kept and 0x6000 <= tag.group <= 0x601E and tag.element == OVERLAY_DATA:
-                removed_overlays.add(tag.group)
+            if kept and group & 1:
+                kept_private_blocks.add((group, element >> 8))
+            if not kept and 0x6000 <= group <= 0x601E and element == OVERLAY_DATA:
+                removed_overlays.add(group)
         for tag in creators:
             if (tag.group, tag.element) not in kept_private_blocks:
                 del ds[tag]
