@@ -116,7 +116,7 @@ def _encode_dataset(ds: Dataset, syntax: _Syntax, parent: str | list[str], parts
     charset = ds.get_item(0x00080005)
     encodings: Any = parent if charset is None else (ds.SpecificCharacterSet or parent)
     encodings = convert_encodings(encodings)
-    for elem in sorted(ds.elements(), key=_tag_of):
+    for elem in stored_elements(ds):
         tag = elem.tag
         group, element = tag >> 16, tag & 0xFFFF
         if (element == 0 and group > 6) or tag == skip:
@@ -124,7 +124,9 @@ def _encode_dataset(ds: Dataset, syntax: _Syntax, parent: str | list[str], parts
         if isinstance(elem, RawDataElement):
             value = elem.value
             if value is None:
-                raise _Slow  # deferred: pydicom reads it back from the file
+                if elem.length:
+                    raise _Slow  # deferred: pydicom reads it back from the file
+                value = b""  # pydicom reads a zero-length value as None
             length = _UNDEFINED if elem.length == _UNDEFINED else len(value)
             parts.append(syntax.header(group, element, elem.VR, length))
             parts.append(value)
@@ -160,6 +162,14 @@ def _ascii_text(elem: DataElement) -> bytes | None:
     if len(data) % 2:
         data += b"\0" if vr == "UI" else b" "
     return data
+
+
+def stored_elements(ds: Dataset) -> list[DataElement | RawDataElement]:
+    """The elements of ``ds`` in tag order as pydicom stores them (undecoded ones still raw).
+    Read from the data set's element dict directly: ``Dataset.elements()`` gives the same, but
+    through pydicom's Python-level tag comparisons, which cost more than the de-identification of
+    most attributes."""
+    return sorted(ds._dict.values(), key=_tag_of)
 
 
 def _tag_of(elem: DataElement | RawDataElement) -> int:

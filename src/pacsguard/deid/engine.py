@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from pacsguard.deid.actions import Effect
+from pacsguard.deid.encode import stored_elements
 from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
 from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
 from pacsguard.deid.rules import Decision, decide
@@ -234,9 +235,9 @@ class Engine:
         creators: list[BaseTag] = []
         removed_overlays: set[int] = set()
         listed = self._listed
-        # elements() gives each element as stored (still undecoded where pydicom has not been asked
-        # for its value), so looking at one does not decode it.
-        for raw in list(ds.elements()):
+        # Each element as stored (still undecoded where pydicom has not been asked for its value),
+        # so looking at one does not decode it.
+        for raw in stored_elements(ds):
             tag = raw.tag
             group, element = tag >> 16, tag & 0xFFFF
             if group == 0x0002:
