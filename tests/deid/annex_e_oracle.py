@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
+from pacsguard.deid.dictionary import NEWER_VRS
 from pacsguard.deid.profile import Option, Row
 
 REFERENCE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
@@ -71,18 +72,8 @@ def expected(row: dict[str, Any], option: str | None) -> str:
     return str(row["basicProfile"])
 
 
-#: VRs (PS3.6 2026c) of Table E.1-1 attributes newer than pydicom's data dictionary.
-NEWER_VRS = {
-    0x0040B034: "DT", 0x0040E012: "UR", 0x0040A034: "DT", 0x0040A035: "DT", 0x00102162: "UC", 0x00100044: "SQ",
-    0x00100045: "UT", 0x00100041: "SQ", 0x00081304: "SQ", 0x0040B03F: "LO", 0x0040B03B: "LT", 0x00100012: "LT",
-    0x00100013: "UT", 0x00100011: "SQ", 0x00081302: "SQ", 0x00081301: "SQ", 0x00100015: "SQ", 0x00100016: "UT",
-    0x00081303: "SQ", 0x0040B036: "DT", 0x00100046: "SQ", 0x00100042: "UT", 0x00100047: "UR", 0x00100043: "SQ",
-    0x00100014: "SQ",
-}
-
-
 def vr_of(tag: int) -> str:
-    if tag in NEWER_VRS:
+    if tag in NEWER_VRS:  # attributes newer than pydicom's dictionary
         return NEWER_VRS[tag]
     vr = dictionary_VR(tag)
     return {"US or SS": "US", "OB or OW": "OB", "US or OW": "US", "US or SS or OW": "US"}.get(vr, vr)

@@ -15,13 +15,14 @@ from typing import Any
 
 from pydicom import config
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import dictionary_description, dictionary_VR
+from pydicom.datadict import dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from pacsguard.deid.actions import Effect
+from pacsguard.deid.dictionary import NEWER_VRS, known_vr
 from pacsguard.deid.encode import stored_elements
 from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
 from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
@@ -247,6 +248,11 @@ class Engine:
                 continue
             path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
             vr = _vr(tag, raw)
+            if isinstance(raw, RawDataElement) and raw.VR is None and tag in NEWER_VRS:
+                # Implicit VR: pydicom would read it as UN bytes; read with its own VR instead, so that
+                # it is cleaned or walked like any other.
+                raw = raw._replace(VR=vr)
+                ds[tag] = raw
             decision = listed.get(tag) or self.decision(ds, tag, vr, raw.value)
             report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
             if report.detailed:
@@ -378,10 +384,7 @@ def _vr(tag: BaseTag, elem: Any) -> str:
     and so does UN for a public attribute (pydicom decodes it with the dictionary's VR)."""
     if elem.VR and (elem.VR != "UN" or tag.is_private):
         return str(elem.VR)
-    try:
-        return str(dictionary_VR(tag)).split(" or ")[0]
-    except KeyError:
-        return "UN"
+    return known_vr(tag) or "UN"
 
 
 def _strings(value: Any) -> list[str]:
