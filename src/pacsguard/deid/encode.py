@@ -117,7 +117,7 @@ def _encode_dataset(ds: Dataset, syntax: _Syntax, parent: str | list[str], parts
     encodings: Any = parent if charset is None else (ds.SpecificCharacterSet or parent)
     encodings = convert_encodings(encodings)
     for elem in stored_elements(ds):
-        tag = elem.tag
+        tag = int(elem.tag)  # plain int: pydicom's tag type compares in Python
         group, element = tag >> 16, tag & 0xFFFF
         if (element == 0 and group > 6) or tag == skip:
             continue  # retired group lengths are not written (PS3.5 7.2); ``skip`` is recomputed

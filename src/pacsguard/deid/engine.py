@@ -240,20 +240,21 @@ class Engine:
         # so looking at one does not decode it.
         for raw in stored_elements(ds):
             tag = raw.tag
-            group, element = tag >> 16, tag & 0xFFFF
+            number = int(tag)  # plain int for lookups: pydicom's tag type compares in Python
+            group, element = number >> 16, number & 0xFFFF
             if group == 0x0002:
                 continue  # file meta is handled by _file_meta
             if group & 1 and 0x0010 <= element <= 0x00FF:
                 creators.append(tag)  # a private creator (PS3.5 7.8.1): kept with a block it reserves
                 continue
-            path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
+            path = f"{prefix}{_tag_text(number)}" if report.detailed else ""
             vr = _vr(tag, raw)
-            if isinstance(raw, RawDataElement) and raw.VR is None and tag in NEWER_VRS:
+            if raw.VR is None and number in NEWER_VRS and isinstance(raw, RawDataElement):
                 # Implicit VR: pydicom would read it as UN bytes; read with its own VR instead, so that
                 # it is cleaned or walked like any other.
                 raw = raw._replace(VR=vr)
                 ds[tag] = raw
-            decision = listed.get(tag) or self.decision(ds, tag, vr, raw.value)
+            decision = listed.get(number) or self.decision(ds, tag, vr, raw.value)
             report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
             if report.detailed:
                 report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
@@ -264,7 +265,7 @@ class Engine:
             elif decision.effect is Effect.REMOVE:
                 del ds[tag]
                 kept = False
-            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and int(tag) not in (PATIENT_ID, PATIENT_NAME):
+            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and number not in (PATIENT_ID, PATIENT_NAME):
                 # Z and D need nothing of the old value: a new element, the old one never decoded;
                 # the project's own dummies are valid for their VR, so pydicom need not check them.
                 ds[tag] = DataElement(tag, vr, empty(vr) if decision.effect is Effect.EMPTY else dummy(vr),
