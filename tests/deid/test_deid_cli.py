@@ -49,7 +49,7 @@ def test_keygen_then_run_writes_outputs_and_a_manifest(tmp_path: Path) -> None:
     assert {n: r["status"] for n, r in by_name.items()} == {
         "CT_small.dcm": "written", "MR_small.dcm": "written", "rtplan.dcm": "written",
         "SC_rgb_small_odd.dcm": "withheld", "notes.txt": "withheld"}
-    assert all(r["key_fingerprint"].startswith("sha256:") and r["edition"] == "2020b" for r in records)
+    assert all(r["key_fingerprint"].startswith("sha256:") and r["edition"] == "2026c" for r in records)
     written = sorted(out.glob("*.dcm"))
     assert len(written) == 3
     for path in written:

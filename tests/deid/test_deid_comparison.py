@@ -60,5 +60,6 @@ def test_what_each_tool_leaves_behind() -> None:
     counts = {name: len(_unsatisfied(fn)) for name, fn in
               (("pacsguard", _pacsguard), ("dicognito", _dicognito), ("deid", _deid))}
     print("rows (top level + nested) not satisfied:", counts)
+    assert counts["pacsguard"] == 0
     assert counts["pacsguard"] < counts["dicognito"]
     assert counts["pacsguard"] < counts["deid"]

@@ -74,7 +74,7 @@ def test_method_attributes_name_the_profile_and_options() -> None:
     codes = [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
     assert codes == ["113100", "113105", "113110"]
     assert all(i.CodingSchemeDesignator == "DCM" for i in ds.DeidentificationMethodCodeSequence)
-    assert "PS3.15 2020b Table E.1-1" in ds.DeidentificationMethod
+    assert "PS3.15 2026c Table E.1-1" in ds.DeidentificationMethod
     assert ds.LongitudinalTemporalInformationModified == "REMOVED"
     # CT pixels were not checked for burned-in text: the identity is not known to be removed.
     assert ds.PatientIdentityRemoved == "NO"

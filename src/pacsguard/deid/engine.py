@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from pydicom import config
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import dictionary_description, dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_description
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from pacsguard.deid.actions import Effect
+from pacsguard.deid.dictionary import NEWER_VRS, known_vr
+from pacsguard.deid.encode import stored_elements
 from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
 from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
 from pacsguard.deid.rules import Decision, decide
@@ -29,12 +32,18 @@ from pacsguard.deid.values import clean_text, dummy, empty, identifiers_of, is_t
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
 SOP_INSTANCE_UID = 0x00080018
+SOP_CLASS_UID = 0x00080016
+#: What the route's Event links, original to new (keyword, tag).
+_IDENTITIES = (("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E),
+               ("SOPInstanceUID", SOP_INSTANCE_UID), ("PatientID", PATIENT_ID))
 OVERLAY_DATA = 0x3000
 #: File meta attributes that name devices or vendors' private data (PS3.10 7.1): removed.
 _META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 
 _FRESH = (Effect.EMPTY, Effect.DUMMY)
+#: Effects that give a UID attribute its keyed replacement (see Engine._apply).
+_NEW_UIDS = (Effect.UID, Effect.DUMMY, Effect.CLEAN, Effect.ITEMS)
 
 
 class Withheld(Exception):
@@ -113,6 +122,11 @@ class Engine:
         self.table = profile or table()
         self.pixel_cleaner = pixel_cleaner
         self._decisions: dict[tuple[int, str, bool, bool], Decision] = {}
+        # A listed attribute (its own Table E.1-1 row) decides by its tag alone, whatever its VR or
+        # value: decided once per engine, before any object, so most attributes cost one lookup.
+        self._listed: dict[int, Decision] = {
+            tag: decide(self.table, tag, "", settings.options) for tag in self.table.exact}
+        self._safe_private_chosen = Option.RETAIN_SAFE_PRIVATE in settings.options
 
     # -- the whole object ---------------------------------------------------------------------
 
@@ -132,13 +146,14 @@ class Engine:
             report.pixels = self.pixel_cleaner(ds)
         else:
             report.pixels = verdict.reason
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"):
-            if keyword in ds:
-                report.identities[keyword] = (str(ds.get(keyword) or ""), "")
+        for keyword, tag in _IDENTITIES:
+            if tag in ds:
+                report.identities[keyword] = (_identity(ds, tag), "")
         self.apply_attributes(ds, report)
         self._record_method(ds, verdict.clean_known or report.pixels.startswith(("clean", "masked")))
-        for keyword, (before, _) in list(report.identities.items()):
-            report.identities[keyword] = (before, str(ds.get(keyword, "") or ""))
+        for keyword, tag in _IDENTITIES:
+            if keyword in report.identities:
+                report.identities[keyword] = (report.identities[keyword][0], _identity(ds, tag))
         self._file_meta(ds)
         return report
 
@@ -161,39 +176,43 @@ class Engine:
         for tag in _META_REMOVED:
             if tag in meta:
                 del meta[tag]
-        if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        if "SOPClassUID" in ds:
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        # PS3.10 7.1: the meta names the instance the file holds, under its new UIDs.
+        for meta_tag, tag in ((0x00020003, SOP_INSTANCE_UID), (0x00020002, SOP_CLASS_UID)):
+            if tag in ds:
+                meta[meta_tag] = DataElement(meta_tag, "UI", _text_of(ds, tag), validation_mode=config.IGNORE)
 
     def _record_method(self, ds: Dataset, pixels_clean: bool) -> None:
         options = self.settings.options
         # E.1.1: YES only when nothing identifying is left, burned-in text included.
-        ds.PatientIdentityRemoved = "YES" if pixels_clean else "NO"
+        _put(ds, 0x00120062, "CS", "YES" if pixels_clean else "NO")  # Patient Identity Removed
         codes = [BASIC_PROFILE_CODE, *sorted(o.code for o in options)]
-        ds.DeidentificationMethod = [f"PS3.15 {self.table.edition} Table E.1-1", *(m for _, m in codes)]
+        _put(ds, 0x00120063, "LO", [f"PS3.15 {self.table.edition} Table E.1-1", *(m for _, m in codes)])
         items = []
         for value, meaning in codes:
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            _put(item, 0x00080100, "SH", value)  # Code Value
+            _put(item, 0x00080102, "SH", "DCM")  # Coding Scheme Designator
+            _put(item, 0x00080104, "LO", meaning)  # Code Meaning
             items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        _put(ds, 0x00120064, "SQ", Sequence(items))  # De-identification Method Code Sequence
         if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            temporal = "UNMODIFIED"
         elif Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            temporal = "MODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            temporal = "REMOVED"
+        _put(ds, 0x00280303, "CS", temporal)  # Longitudinal Temporal Information Modified
 
     # -- attribute by attribute ---------------------------------------------------------------
 
     def decision(self, ds: Dataset, tag: BaseTag, vr: str, value: Any) -> Decision:
         """The decision for the attribute ``tag`` of ``ds``, read from its value as it is (still
         bytes, or decoded) where one is needed (a UID's registration, a private creator)."""
+        listed = self._listed.get(int(tag))
+        if listed is not None:
+            return listed
         safe = False
-        if tag.is_private and not tag.is_private_creator:
+        if self._safe_private_chosen and tag.is_private and not tag.is_private_creator:
             safe = self._is_safe_private(ds, tag)
         registered = vr == "UI" and _all_registered(_strings(value))
         key = (int(tag), vr, safe, registered)
@@ -216,16 +235,26 @@ class Engine:
         kept_private_blocks: set[tuple[int, int]] = set()
         creators: list[BaseTag] = []
         removed_overlays: set[int] = set()
-        for tag in list(ds.keys()):
-            if tag.group == 0x0002:
+        listed = self._listed
+        # Each element as stored (still undecoded where pydicom has not been asked for its value),
+        # so looking at one does not decode it.
+        for raw in stored_elements(ds):
+            tag = raw.tag
+            number = int(tag)  # plain int for lookups: pydicom's tag type compares in Python
+            group, element = number >> 16, number & 0xFFFF
+            if group == 0x0002:
                 continue  # file meta is handled by _file_meta
-            if tag.is_private_creator:
-                creators.append(tag)
+            if group & 1 and 0x0010 <= element <= 0x00FF:
+                creators.append(tag)  # a private creator (PS3.5 7.8.1): kept with a block it reserves
                 continue
-            path = f"{prefix}{_tag_text(int(tag))}" if report.detailed else ""
-            raw = ds.get_item(tag)
+            path = f"{prefix}{_tag_text(number)}" if report.detailed else ""
             vr = _vr(tag, raw)
-            decision = self.decision(ds, tag, vr, raw.value)
+            if raw.VR is None and number in NEWER_VRS and isinstance(raw, RawDataElement):
+                # Implicit VR: pydicom would read it as UN bytes; read with its own VR instead, so that
+                # it is cleaned or walked like any other.
+                raw = raw._replace(VR=vr)
+                ds[tag] = raw
+            decision = listed.get(number) or self.decision(ds, tag, vr, raw.value)
             report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
             if report.detailed:
                 report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
@@ -236,16 +265,24 @@ class Engine:
             elif decision.effect is Effect.REMOVE:
                 del ds[tag]
                 kept = False
-            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and int(tag) not in (PATIENT_ID, PATIENT_NAME):
-                # Z and D need nothing of the old value: a new element, the old one never decoded.
-                ds[tag] = DataElement(tag, vr, empty(vr) if decision.effect is Effect.EMPTY else dummy(vr))
+            elif decision.effect in _FRESH and vr not in ("SQ", "UI") and number not in (PATIENT_ID, PATIENT_NAME):
+                # Z and D need nothing of the old value: a new element, the old one never decoded;
+                # the project's own dummies are valid for their VR, so pydicom need not check them.
+                ds[tag] = DataElement(tag, vr, empty(vr) if decision.effect is Effect.EMPTY else dummy(vr),
+                                      validation_mode=config.IGNORE)
+                kept = True
+            elif vr == "UI" and isinstance(raw, RawDataElement) and decision.effect in _NEW_UIDS:
+                # A UID is ASCII whatever the character set (PS3.5 9.1): mapped from the bytes as read,
+                # never decoded into pydicom's UID objects.
+                ds[tag] = DataElement(tag, vr, _map_raw_uids(raw.value, self.pseudonyms.uid),
+                                      validation_mode=config.IGNORE)
                 kept = True
             else:
                 kept = self._apply(ds, ds[tag], decision, ctx, path, report)
-            if kept and tag.is_private:
-                kept_private_blocks.add((tag.group, tag.element >> 8))
-            if not kept and 0x6000 <= tag.group <= 0x601E and tag.element == OVERLAY_DATA:
-                removed_overlays.add(tag.group)
+            if kept and group & 1:
+                kept_private_blocks.add((group, element >> 8))
+            if not kept and 0x6000 <= group <= 0x601E and element == OVERLAY_DATA:
+                removed_overlays.add(group)
         for tag in creators:
             if (tag.group, tag.element) not in kept_private_blocks:
                 del ds[tag]
@@ -313,6 +350,29 @@ class _Context:
     identifiers: frozenset[str]
 
 
+def _put(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """Set an attribute the engine itself composes (valid for its VR by construction: not re-checked)."""
+    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
+def _text_of(ds: Dataset, tag: int) -> str:
+    """A single-valued string attribute as text, from the bytes as read where it is still undecoded
+    (UIDs are ASCII; PS3.5 6.2 pads them with NUL), so reading it costs no conversion."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return ""
+    if isinstance(elem.value, bytes):
+        return elem.value.decode("latin-1").strip("\0 ")
+    return str(elem.value)
+
+
+def _identity(ds: Dataset, tag: int) -> str:
+    """A UID as text from its bytes; the Patient ID decoded in the data set's character set."""
+    if tag == PATIENT_ID:
+        return str(ds[tag].value or "") if tag in ds else ""
+    return _text_of(ds, tag)
+
+
 def _name(tag: BaseTag) -> str:
     try:
         return str(dictionary_description(tag))
@@ -325,10 +385,7 @@ def _vr(tag: BaseTag, elem: Any) -> str:
     and so does UN for a public attribute (pydicom decodes it with the dictionary's VR)."""
     if elem.VR and (elem.VR != "UN" or tag.is_private):
         return str(elem.VR)
-    try:
-        return str(dictionary_VR(tag)).split(" or ")[0]
-    except KeyError:
-        return "UN"
+    return known_vr(tag) or "UN"
 
 
 def _strings(value: Any) -> list[str]:
@@ -351,6 +408,15 @@ def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(value, Iterable):
         return [fn(str(v)) if str(v) else str(v) for v in value]
     return fn(str(value))
+
+
+def _map_raw_uids(value: bytes | None, fn: Callable[[str], str]) -> str | list[str]:
+    """The keyed replacement of each UID of an undecoded UI value (backslash-separated, padded with
+    NUL, PS3.5 6.2); empty values stay empty."""
+    if not value:
+        return ""
+    mapped = [fn(v) if v else v for v in (u.strip("\0 ") for u in value.decode("ascii", "replace").split("\\"))]
+    return mapped[0] if len(mapped) == 1 else mapped
 
 
 def _all_registered(value: Any) -> bool:

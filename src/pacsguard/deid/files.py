@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 
+from pacsguard.deid.encode import encode_file
 from pacsguard.deid.engine import Engine, Report, Withheld
 
 
@@ -97,7 +97,9 @@ def write(ds: Dataset, out: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dcmwrite(tmp, ds, enforce_file_format=True)
+            data = encode_file(ds)
+        with open(tmp, "wb") as f:
+            f.write(data)
         read_whole(tmp)
     except Exception as exc:
         tmp.unlink(missing_ok=True)

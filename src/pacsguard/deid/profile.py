@@ -1,9 +1,10 @@
 """PS3.15 Annex E, Table E.1-1 (Application Level Confidentiality Profile Attributes) as data, and
 the profile's options (PS3.15 E.3) with their CID 7050 codes (PS3.16).
 
-The table is annex_e.tsv beside this module, generated from the standard's own HTML rendering of
-PS3.15 by tools/annex_e_table.py (its first line names the edition); nothing in it is typed by
-hand. Regenerate it from a newer part15.html the same way.
+The table is annex_e.tsv beside this module, generated from the standard's own text of PS3.15
+(NEMA's DocBook source part15.xml, or its HTML rendering) by tools/annex_e_table.py; its first
+line names the edition and the SHA-256 of the document read. Nothing in it is typed by hand.
+Regenerate it from a newer part15.xml the same way.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ _PROTECTIVE = ("X", "Z", "D", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*", "C", "U", 
 _DATES = frozenset({"DA", "DT", "TM"})
 _FREE_TEXT = frozenset({"LT", "ST", "UT", "UC"})
 
-#: Attributes an IOD requires that the edition's X (or its silence, for dates) would remove,
-#: making the object invalid: emptied or given a dummy instead, as later editions also say.
+#: Attributes an IOD requires that an X (of the table, or of the rules for unlisted attributes) would
+#: remove, making the object invalid: emptied or given a dummy instead, as Table E.1-1 since 2024
+#: says for the listed ones; Text Value is still unlisted in 2026c.
 IOD_REQUIRED = {
     0x300A00B2: "X/Z",  # Treatment Machine Name: Type 2 in the RT Beams Module (PS3.3 C.8.8.14)
     0x0040A030: "D",  # Verification DateTime: Type 1C in the SR Document General Module (PS3.3 C.17.2)
@@ -68,8 +69,8 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
     if row is not None:
         code, column = row_action(row, options)
         return Decision(code, effect(code), f"E.1-1 {row.tag} {column}", row)
-    # Attributes this edition does not list (PS3.15 E.1.1 asks for every attribute that can identify
-    # to be handled; later editions list more of them). Dates and times carry the same information as the
+    # Attributes the edition does not list (PS3.15 E.1.1 asks for every attribute that can identify
+    # to be handled; each edition lists more of them). Dates and times carry the same information as the
     # listed ones (E.3.6 treats all of them alike), so they follow the date options and are otherwise
     # removed, or given a dummy where an IOD requires them (IOD_REQUIRED); instance UIDs link back
     # like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
