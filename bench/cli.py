@@ -29,7 +29,8 @@ VENV = HERE.parent / ".venv" / "bin"
 PACSGUARD = str(VENV / "pacsguard")
 PYTHON = str(VENV / "python")
 TSHARK = "/usr/bin/tshark"
-GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "deid", "atna", "witness")
+GROUPS = ("init", "serve", "config", "events", "audit", "store", "tls", "gateway", "ids", "scan", "deid", "atna",
+          "witness")
 
 
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "COLUMNS": "120"}
