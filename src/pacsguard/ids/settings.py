@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from pacsguard.config.schema import Strict, parse_networks
 
@@ -17,19 +17,22 @@ from .defaults import default_dicom_ports, default_networks
 from .rules import Action, parse_duration
 
 
+def _checked_duration(value: str | None) -> str | None:
+    """A duration such as 60s, 15m or 1h, or unset; parse_duration names what is wrong."""
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+OptionalDuration = Annotated[str | None, AfterValidator(_checked_duration)]
+
+
 class ThresholdOverride(Strict):
     """Change a rule's threshold without editing the rule (docs/ids.md)."""
 
     count: int | None = Field(None, ge=1, description="events, distinct values or sum that fire the rule")
-    within: str | None = Field(None, description="window length, e.g. 60s, 15m, 1h")
+    within: OptionalDuration = Field(None, description="window length, e.g. 60s, 15m, 1h")
     baseline: float | None = Field(None, gt=0, description="factor over the learned per-key baseline")
-
-    @field_validator("within")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
 
 class LimitOverride(ThresholdOverride):
@@ -59,14 +62,7 @@ class ActionOverride(Strict):
     """Change what a rule does inline (e.g. turn an alert into a quarantine)."""
 
     action: Action
-    quarantine_for: str | None = Field(None, description="how long to quarantine, e.g. 15m")
-
-    @field_validator("quarantine_for")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
+    quarantine_for: OptionalDuration = Field(None, description="how long to quarantine, e.g. 15m")
 
 
 class IdsSettings(Strict):
