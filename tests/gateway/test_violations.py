@@ -299,3 +299,19 @@ def test_the_association_still_works_after_a_tolerated_deviation() -> None:
     assert forwarded_commands(pb) == [dimse.C_ECHO_RQ] * 2
     assert [e.kind for e in pb.events].count("dicom.dimse.c-echo") == 0  # no response yet: both in flight
     assert pb.relay is not None and pb.relay.state == "established"
+
+
+def test_a_release_rp_that_crosses_the_clients_abort_is_ignored() -> None:
+    """getscu sends A-RELEASE-RQ and then A-ABORT; the PACS's A-RELEASE-RP arrives after the abort.
+    PS3.8 9.2.3 (Sta13, AA-6): ignored. The association has one ending, the client's abort."""
+
+    async def scenario(pb: Playbook) -> None:
+        await pb.associate(VERIFICATION)
+        await pb.client(P.encode_release_rq())
+        await pb.client(P.encode_abort(0, 0))
+        await pb.upstream(P.encode_release_rp())
+
+    pb = play(route_config(), scenario)
+    ended = [e for e in pb.events if e.kind in ("dicom.association.aborted", "dicom.association.released")]
+    assert [(e.kind, e.details["by"]) for e in ended] == [("dicom.association.aborted", "client")]
+    assert [e for e in pb.events if e.kind == "dicom.protocol.violation"] == []

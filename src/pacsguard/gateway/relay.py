@@ -136,6 +136,8 @@ class AssociationRelay:
         self.client: Side | None = None
         self.upstream: Side | None = None
         self.state = "awaiting-rq"
+        #: a peer sent A-ABORT (passed on to the other leg): what arrives after it is ignored
+        self.peer_aborted = False
         # Bookkeeping deviations the peers themselves ignore pass with a warning (gateway/violations.py).
         self.decoder = AssociationDecoder(peek_bytes=PEEK_BYTES, max_pdu_length=limits.max_pdu_length,
                                           tolerate=TOLERATED)
@@ -303,6 +305,11 @@ class AssociationRelay:
             return
         self.last_activity = time.monotonic()
         self.bytes_in[from_client] += len(data)
+        if self.peer_aborted:
+            # A peer aborted and the other leg got its A-ABORT: a PDU that crossed it on the wire
+            # (an A-RELEASE-RP behind the client's A-ABORT) is ignored, as PS3.8 9.2.3's state
+            # Sta13 does (action AA-6), not recorded as a second, gateway-made abort.
+            return
         if self.state == "connecting":
             # No upstream leg yet: keep what the client sends (bounded) until the RQ is passed on.
             self.early.append(bytes(data))
@@ -836,6 +843,7 @@ class AssociationRelay:
     def _record_peer_abort(self, from_client: bool, ev: Aborted | None) -> None:
         self._record().peer_aborted(from_client, ev, **self._totals())
         self.state = "closed"
+        self.peer_aborted = True
         asyncio.get_running_loop().call_later(0.05, self.close)
 
     # --- helpers ------------------------------------------------------------------------------
