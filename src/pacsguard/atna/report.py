@@ -17,7 +17,7 @@ from pacsguard.events.model import Event
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from pacsguard.store import EventStore
+    from pacsguard.store import Checkpoint, EventStore
 
 FORMAT = "pacsguard-patient-report/v1"
 _SCRIPT_OPEN = '<script type="application/json" id="pacsguard-report">'
@@ -41,14 +41,15 @@ def row_of(event: Event) -> dict[str, Any]:
 
 
 def patient_report(store: EventStore, patient: str, since: datetime | None = None,
-                   until: datetime | None = None) -> dict[str, Any]:
-    """Every event naming ``patient`` (with or without its assigning authority), oldest first."""
+                   until: datetime | None = None, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """Every event naming ``patient`` (with or without its assigning authority), oldest first, proven
+    against ``checkpoint`` (default: the newest signed one)."""
     from pacsguard.store import EventQuery
     from pacsguard.store.proofs import inclusion_proofs
 
     found = list(store.search(EventQuery(patient=patient, since=since, until=until, limit=None)))
     checkpoints = store.checkpoints()
-    newest = checkpoints[-1] if checkpoints else None
+    newest = checkpoint or (checkpoints[-1] if checkpoints else None)
     proofs = {p.seq: p for p in inclusion_proofs(store, (s.seq for s in found), newest)} if newest else {}
     rows = []
     for stored in found:

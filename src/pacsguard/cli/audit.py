@@ -18,6 +18,7 @@ from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTI
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from pacsguard.atna.corroborate import Corroboration
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
@@ -185,11 +186,15 @@ def patient(
     fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, json, html or csv"),
     checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
                                     help="sign a checkpoint first (needs the signing key) so every event is proven"),
+    witness: str | None = typer.Option(None, "--witness", help="a witness of the store (its file, or a pacsguard "
+                                       "witness URL): the report carries an RFC 9162 consistency proof to the "
+                                       "newest checkpoint it holds, for `audit prove --checkpoint`"),
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
     """The patient access report: every event naming the patient, each with an RFC 9162 inclusion
     proof against the newest signed checkpoint (save the json or html form; `audit prove` checks it)."""
+    from pacsguard.atna.corroborate import witness_section
     from pacsguard.atna.report import patient_report, to_csv, to_html
     from pacsguard.cli.events import _when
     from pacsguard.runtime.outputs import open_store as open_target
@@ -208,6 +213,12 @@ def patient(
                 finally:
                     writer.close()
         report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"))
+        if witness is not None:
+            held = _witnessed(witness, es.checkpoints(), None, (None, None, None))
+            try:
+                report["witness"] = witness_section(es, report, held, witness)
+            except ValueError as exc:
+                raise fail(f"--witness {witness}: {exc}") from None
     finally:
         es.close()
     if fmt is ReportFormat.json:
@@ -238,9 +249,16 @@ def _show_report(report: dict[str, Any]) -> None:
 def prove(
     report: Path = typer.Argument(..., help="a saved report (json or html form of `audit patient`)"),
     key: Path = typer.Option(..., "--key", help="the store's public checkpoint key (or a witness's copy)"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="a witness's copy of the checkpoints (the "
+                                           "file witness's file, a witness service's ledger or its saved GET "
+                                           "answer): check that it holds the report's checkpoint, or one the "
+                                           "report's consistency proof links to"),
+    witness_key: Path | None = typer.Option(None, "--witness-key", help="the witness's public key: also check its "
+                                            "countersignature on the checkpoint it holds"),
 ) -> None:
     """Check a saved report offline: the checkpoint's signature, and each event's inclusion proof and
-    listed fields. Exit 1 if anything does not hold."""
+    listed fields; with --checkpoint, against a witness's copy. Exit 1 if anything does not hold,
+    6 if the witness saw another tree where the report's should be (forked)."""
     from pacsguard.atna.report import load_report
     from pacsguard.atna.report import prove as check
     from pacsguard.cli.common import console
@@ -250,15 +268,51 @@ def prove(
         data = load_report(report.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
-    problems = check(data, keys.load_public_key(key))
-    if problems:
-        for problem in problems:
-            console.print(f"[bold red]FAILS[/]: {problem}", highlight=False)
-        raise typer.Exit(EXIT_FINDINGS)
+    public = keys.load_public_key(key)
+    findings = [("report", p) for p in check(data, public)]
+    notes: list[str] = []
+    code = EXIT_FINDINGS if findings else 0
+    if checkpoint is not None and data.get("format") == "pacsguard-patient-report/v1":
+        held, notes = _corroborated(data, checkpoint, public, witness_key)
+        findings += held.findings
+        code = max(code, held.exit_code)
+    for kind, problem in findings:
+        console.print(f"[bold red]FAILS[/]{'' if kind == 'report' else f' ({kind})'}: {problem}", highlight=False)
+    if findings:
+        raise typer.Exit(code)
     proven = sum("proof" in r for r in data["events"])
     console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
                   f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
                   highlight=False)
+    for note in notes:
+        console.print(f"witness: {note}", highlight=False)
+
+
+def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
+                  witness_key: Path | None) -> tuple[Corroboration, list[str]]:
+    """The report's checkpoint against the witness's copy, and its countersignature with --witness-key."""
+    from pacsguard.atna.corroborate import corroborate
+    from pacsguard.store import keys
+    from pacsguard.witness.errors import WitnessError
+    from pacsguard.witness.held import read_copy
+
+    try:
+        copies = read_copy(copy)
+    except WitnessError as exc:
+        raise fail(str(exc)) from None
+    result = corroborate(data, [c.checkpoint for c in copies], public)
+    matched = result.matched
+    if witness_key is not None and matched is not None:
+        mine = [c for c in copies if c.checkpoint == matched]
+        if not any(c.held is not None for c in mine):
+            result.findings.append(("witness", f"{copy} carries no countersignature (a file witness's copy has none); "
+                                               "--witness-key needs a witness service's copy"))
+        elif not any(c.countersigned(keys.load_public_key(witness_key)) for c in mine):
+            result.findings.append(("witness", f"the countersignature on the checkpoint at size {matched.tree_size} "
+                                               f"does not verify with {witness_key}"))
+        else:
+            result.notes.append(f"countersigned by witness key {keys.key_id(keys.load_public_key(witness_key))}")
+    return result, result.notes
 
 
 @app.command("search")
