@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from pacsguard.atna.corroborate import Corroboration
+    from pacsguard.atna.explain import ExplainSettings
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
@@ -170,6 +171,11 @@ def _checkpoint_line(report: VerifyReport) -> str:
             f"signature {signature}, {root}")
 
 
+EXPLAIN_OPTION = typer.Option(True, "--explain/--no-explain", help="judge each access by the explanation templates "
+                              "(an order, the user's department, a C-MOVE to the workstation, a repeat): the share "
+                              "explained, the unexplained listed first (docs/audit.md)")
+
+
 class ReportFormat(str, Enum):
     table = "table"
     json = "json"
@@ -189,6 +195,7 @@ def patient(
     witness: str | None = typer.Option(None, "--witness", help="a witness of the store (its file, or a pacsguard "
                                        "witness URL): the report carries an RFC 9162 consistency proof to the "
                                        "newest checkpoint it holds, for `audit prove --checkpoint`"),
+    explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
@@ -212,7 +219,8 @@ def patient(
                     writer.checkpoint()
                 finally:
                     writer.close()
-        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"))
+        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"),
+                                explain=_explain_settings(loaded) if explain else None)
         if witness is not None:
             held = _witnessed(witness, es.checkpoints(), None, (None, None, None))
             try:
@@ -232,16 +240,28 @@ def patient(
 
 
 def _show_report(report: dict[str, Any]) -> None:
+    from pacsguard.atna.report import listed_rows, share_line, verdicts
     from pacsguard.cli.layout import Column, render, terminal_width, write_lines
 
     columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
-               Column("host"), Column("purpose"), Column("proven"))
+               Column("host"), Column("purpose"), Column("proven"), Column("explanation"))
+    told = verdicts(report)
     rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], r.get("user") or "", r.get("host") or "",
-             r.get("purpose") or "", "yes" if "proof" in r else "no"] for r in report["events"]]
+             r.get("purpose") or "", "yes" if "proof" in r else "no", told.get(r["seq"], "")]
+            for r in listed_rows(report)]
     cp = report["checkpoint"]
+    share = share_line(report)
     write_lines([f"patient {report['patient']}: {len(rows)} events; proven against "
-                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint"),
+                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint")
+                 + (f"; {share}, unexplained first" if share else ""),
                  *render(columns, rows, terminal_width())])
+
+
+def _explain_settings(loaded: LoadedConfig) -> ExplainSettings:
+    """The windows and departments of the configuration's atna.privacy (defaults without one)."""
+    from pacsguard.atna.explain import settings_of
+
+    return settings_of(loaded.section("atna").privacy, loaded.resolve)
 
 
 @app.command("prove")
@@ -361,6 +381,7 @@ def report(
     fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
     hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END; access to patient data "
                               "outside them is listed"),
+    explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
@@ -369,6 +390,8 @@ def report(
     from datetime import date
 
     from pacsguard.atna.daily import day_span, summarise, to_html
+    from pacsguard.atna.explain import Accesses
+    from pacsguard.atna.explain import summary as explained
     from pacsguard.store import EventQuery
 
     try:
@@ -379,10 +402,14 @@ def report(
     if not 0 <= start_hour < end_hour <= 24:
         raise fail(f"--hours: expected 0 <= START < END <= 24, got {hours!r}")
     since, until = day_span(when)
-    es = open_store(load(config, required=store is None), store)
+    loaded = load(config, required=store is None)
+    es = open_store(loaded, store)
     try:
-        summary = summarise((s.event for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
-                            (start_hour, end_hour))
+        seen = Accesses()
+        settings = _explain_settings(loaded) if explain else None
+        summary = summarise((seen.see(s) for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
+                            (start_hour, end_hour),
+                            None if settings is None else lambda: explained(seen.explain(es, since, until, settings)))
     finally:
         es.close()
     sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")
