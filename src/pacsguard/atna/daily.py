@@ -101,7 +101,7 @@ def to_html(report: dict[str, Any]) -> str:
     def accesses(ex: dict[str, Any] | None) -> str:
         if not ex:
             return ""
-        share = f", {100 * ex['share']:.1f}% explained" if ex["accesses"] else ""
+        share = f" ({100 * ex['share']:.1f}%)" if ex["accesses"] else ""
         body = "".join(f"<tr><td>{esc(v['time'][:19])}</td><td>{esc(v['kind'])}</td><td>{esc(v['user'] or '')}</td>"
                        f"<td>{esc(v['patient'])}</td><td>{esc(v['template'] or 'UNEXPLAINED')}</td>"
                        f"<td>{'' if v['evidence'] is None else v['evidence']}</td></tr>" for v in ex["list"])
