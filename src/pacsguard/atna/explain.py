@@ -191,7 +191,7 @@ def _department_study(access: Item, near: Sequence[Item], settings: ExplainSetti
 def _move_to_workstation(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
     if not access.ae_titles:
         return None
-    return next((c for c in near if c.event.kind == "dicom.dimse.c-move" and c.event.details.get("decision") is None
+    return next((c for c in near if _moved(c)
                  and str(c.event.details.get("move_destination", "")).strip() in access.ae_titles), None)
 
 
@@ -223,34 +223,38 @@ def template_docs() -> dict[str, str]:
 def explain_items(items: Sequence[Item], patient: str, settings: ExplainSettings,
                   wanted: Callable[[Item], bool] = lambda item: True) -> list[Explanation]:
     """The verdict on every access among one patient's ``items`` that ``wanted`` selects, in time
-    order; earlier accesses in ``items`` are judged too, so a repeat can rest on them."""
+    order; earlier accesses in ``items`` are judged too, so a repeat can rest on them. The evidence
+    (orders, studies, C-MOVEs) is picked out once: a patient's thousands of C-STOREs cost one pass
+    each over it, not over every event."""
     ordered = sorted(items, key=lambda i: (i.time, i.seq if i.seq != UNSTORED else float("inf")))
-    verdicts: dict[int, Explanation] = {}
+    evidence = [i for i in ordered if _care(i) or _moved(i)]
+    last_explained: dict[str, Item] = {}  # user -> their latest explained access so far
     out: list[Explanation] = []
-    for n, access in enumerate(ordered):
+    for access in ordered:
         if not access.access:
             continue
-        verdict = _judge(access, n, ordered, patient, settings, verdicts)
-        verdicts[id(access)] = verdict
+        verdict = _judge(access, evidence, patient, settings, last_explained.get(access.user))
+        if verdict.explained and access.user:
+            last_explained[access.user] = access
         if wanted(access):
             out.append(verdict)
     return out
 
 
-def _judge(access: Item, n: int, ordered: Sequence[Item], patient: str, settings: ExplainSettings,
-           verdicts: Mapping[int, Explanation]) -> Explanation:
+def _moved(item: Item) -> bool:
+    return item.event.kind == "dicom.dimse.c-move" and item.event.details.get("decision") is None
+
+
+def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: ExplainSettings,
+           earlier: Item | None) -> Explanation:
     window = settings.evidence_window
-    near = [c for c in ordered if c is not access and abs(c.time - access.time) <= window]
+    near = [c for c in evidence if c is not access and abs(c.time - access.time) <= window]
     for template in TEMPLATES:
         found = template.find(access, near, settings)
         if found is not None:
             return Explanation(access.seq, patient, access, template.name, found.seq)
-    for earlier in reversed(ordered[:n]):
-        if access.time - earlier.time > settings.repeat_window:
-            break
-        before = verdicts.get(id(earlier))
-        if before is not None and before.explained and earlier.user == access.user and access.user:
-            return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
+    if earlier is not None and access.time - earlier.time <= settings.repeat_window:
+        return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
     return Explanation(access.seq, patient, access)
 
 
