@@ -21,7 +21,7 @@ from pacsguard.atna.report import load_report, patient_report, prove, to_html
 from pacsguard.atna.service import AtnaService
 from pacsguard.cli import main
 from pacsguard.events.model import Event, Party
-from pacsguard.ids.audit.adapter import rule_set
+from pacsguard.ids.audit.adapter import rule_files
 from pacsguard.ids.engine import Engine
 from pacsguard.ids.rules import load_rules
 from pacsguard.ids.settings import IdsSettings
@@ -127,7 +127,7 @@ def test_the_unexplained_access_rule_judges_what_arrives(tmp_path: Path) -> None
     (tmp_path / "staff.csv").write_text(STAFF)
     config = AtnaConfig.model_validate({"enabled": True, "privacy": {"staff_directory": str(tmp_path / "staff.csv")}})
     service = AtnaService(config, lambda event: None, store)
-    service.use_privacy_rules(Engine(load_rules([rule_set()], builtin=False), IdsSettings()))
+    service.use_privacy_rules(Engine(load_rules(rule_files(unexplained=True), builtin=False), IdsSettings()))
     assert service.privacy is not None
     fired = {user: [a.rule_id for a in service.privacy.observe(message("110110", at(3, 9, 30), person(user),
                                                                         action="R"), 1.0)]
@@ -148,7 +148,7 @@ def access(user: str, patient: str, when: datetime) -> Event:
 def test_distinct_patients_per_hour_far_above_the_users_own_baseline(tmp_path: Path) -> None:
     config = AtnaConfig.model_validate({"enabled": True, "privacy": {"baseline": {"max_users": 2}}})
     service = AtnaService(config, lambda event: None)
-    service.use_privacy_rules(Engine(load_rules([rule_set()], builtin=False), IdsSettings()))
+    service.use_privacy_rules(Engine(load_rules(rule_files(unexplained=True), builtin=False), IdsSettings()))
     adapter = service.privacy
     assert adapter is not None
 
@@ -174,3 +174,23 @@ def test_distinct_patients_per_hour_far_above_the_users_own_baseline(tmp_path: P
     hour("lee", 2, 11, 1)  # a third user: jsmith, the least recently active, is evicted and learns anew
     assert "jsmith" not in adapter.hours.users and adapter.hours.users.evicted == 1
     assert hour("jsmith", 2, 12, 40) == []
+
+
+def test_serve_loads_the_adapters_rules_as_configured(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pacsguard.atna.service import make_service
+    from pacsguard.config.loader import load_config
+
+    def rules(privacy: str) -> list[str]:
+        (tmp_path / "pacsguard.yaml").write_text(f"atna:\n  enabled: true\n  privacy: {privacy}\n")
+        loaded = load_config(tmp_path / "pacsguard.yaml")
+        bus = SimpleNamespace(publish=lambda event: None, subscribe=None)
+        service = make_service(SimpleNamespace(loaded=loaded, section=loaded.section("atna"), bus=bus,
+                                               store=None, resolve=loaded.resolve))
+        assert service is not None and service.privacy is not None
+        return sorted(r.id for r in service.privacy.engine.active_rules if r.protocol == "audit")
+
+    assert rules("{}") == ["audit-patients-above-baseline"]
+    assert rules("{explain: {on_arrival: true}}") == ["audit-patients-above-baseline", "audit-unexplained-access"]
+    assert rules("{rule_set: false}") == []

@@ -90,6 +90,8 @@ class Explain(Strict):
                                       "(before or after) explains it")
     repeat_window: Duration = Field("7d", description="a repeat access is explained by an explained access of "
                                     "the same user to the same patient this long before")
+    on_arrival: bool = Field(False, description="judge each received access as it arrives (rule "
+                             "audit-unexplained-access): one query of the patient's events per access")
 
 
 class Baseline(Strict):
@@ -111,8 +113,8 @@ class Privacy(Strict):
     watch_list: Path | None = Field(None, description="patient IDs to watch (VIPs, employees), one per line")
     staff_directory: Path | None = Field(None, description="CSV with columns user, surname, address and "
                                          "(optional) department")
-    rule_set: bool = Field(True, description="load the audit adapter's own rules (audit-patients-above-baseline, "
-                           "audit-unexplained-access) with the ids: section's")
+    rule_set: bool = Field(True, description="load the audit adapter's rule audit-patients-above-baseline with the "
+                           "ids: section's rules (audit-unexplained-access comes with explain.on_arrival)")
     explain: Explain = Field(default_factory=Explain)
     baseline: Baseline = Field(default_factory=Baseline)
 

@@ -181,8 +181,10 @@ def make_service(ctx: ServiceContext) -> AtnaService | None:
         return None
     service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
     if config.privacy is not None:
-        from pacsguard.ids.audit.adapter import rule_set
+        from pacsguard.ids.audit.adapter import rule_files
         from pacsguard.ids.part import rule_engine
 
-        service.use_privacy_rules(rule_engine(ctx.loaded, [rule_set()] if config.privacy.rule_set else None))
+        p = config.privacy
+        service.use_privacy_rules(rule_engine(ctx.loaded, rule_files(baseline=p.rule_set,
+                                                                     unexplained=p.explain.on_arrival)))
     return service

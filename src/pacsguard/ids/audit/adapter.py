@@ -63,9 +63,12 @@ class PrivacyLists:
         return {user: m.department for user, m in self.staff.items() if m.department}
 
 
-def rule_set() -> Path:
-    """The adapter's own rules (rules/privacy.yaml), as a folder for the engine's rules_dirs."""
-    return Path(__file__).with_name("rules")
+def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path]:
+    """The adapter's own rule files (rules/), for the engine's rules_dirs: the per-user baseline, and
+    the unexplained access (which makes every received access query the store)."""
+    folder = Path(__file__).with_name("rules")
+    return [folder / name for name, wanted in (("baseline.yaml", baseline), ("unexplained.yaml", unexplained))
+            if wanted]
 
 
 def _norm(text: str | None) -> str:
