@@ -5,17 +5,17 @@ and unexplained accesses"):
 
 | template              | the access is explained when the store holds                        |
 |-----------------------|---------------------------------------------------------------------|
-| `order-names-user`    | an order for the patient (PS3.15 A.5.3.10 Order Record, created or   |
-|                       | updated) that names the user among its participants                  |
-| `department-study`    | an order, procedure record (A.5.3.12) or created/updated instances   |
-|                       | (A.5.3.4) for the patient by the user or a colleague of the user's   |
-|                       | department (staff directory), or naming that department (an          |
-|                       | organization participant object, ParticipantObjectTypeCode 3)        |
-| `move-to-workstation` | a C-MOVE (PS3.4 C.4.2) of the patient's objects, recorded by the     |
-|                       | gateway, whose Move Destination is an AE title of the user's         |
-|                       | workstation                                                          |
-| `repeat-access`       | an earlier, explained access by the same user to the same patient    |
-|                       | within the repeat window (the paper's repeat template)               |
+| `order-names-user`    | an order for the patient (PS3.15 A.5.3, event ID 110109 Order       |
+|                       | Record, created or updated) naming the user among its participants  |
+| `department-study`    | an order, a procedure record (110111) or created/updated instances  |
+|                       | (110103) for the patient by the user or a colleague of the user's   |
+|                       | department (staff directory), or naming that department (an         |
+|                       | organization participant object, ParticipantObjectTypeCode 3)       |
+| `move-to-workstation` | a C-MOVE (PS3.4 C.4.2) of the patient's objects, recorded by the    |
+|                       | gateway, whose Move Destination is an AE title of the user's        |
+|                       | workstation                                                         |
+| `repeat-access`       | an earlier, explained access by the same user to the same patient   |
+|                       | within the repeat window (the paper's repeat template)              |
 
 The first three look for evidence within the evidence window on either side of the access (a report
 written after the images were read is a reason to read them). HL7 v2 orders (ORM/OMI) count once they
