@@ -111,6 +111,10 @@ def test_explanations_in_the_daily_and_the_patient_report(tmp_path: Path) -> Non
     lines = [line for line in table.splitlines() if "UNEXPLAINED" in line or "department-study" in line]
     assert "UNEXPLAINED" in lines[0] and "UNEXPLAINED" in lines[1] and "department-study" in lines[2]
     assert load_report(to_html(report))["explanations"]["share"] == 0.75
+    rows = runner.invoke(main.app, ["audit", "patient", "PID-0042", "--no-checkpoint", "--format", "csv",
+                                    *common]).output.splitlines()
+    assert rows[0].endswith(",proven,explanation") and rows[1].endswith(",UNEXPLAINED")
+    assert rows[3].endswith(",order-names-user (#0)") and rows[-1].endswith(",yes,")  # an order: no access
 
     # Without the staff directory, jsmith's colleague's procedure no longer explains his access;
     # with the default 90-day window the Dec 1 order explains lee's access directly.

@@ -81,18 +81,21 @@ def patient_report(store: EventStore, patient: str, since: datetime | None = Non
 
 
 def verdicts(report: dict[str, Any]) -> dict[int, str]:
-    """seq -> the template that explains the access, or "UNEXPLAINED" (accesses only)."""
+    """seq -> the template that explains the access and its evidence ("order-names-user (#12)"), or
+    "UNEXPLAINED" (accesses only)."""
     listed = (report.get("explanations") or {}).get("list", ())
-    return {v["seq"]: v["template"] or "UNEXPLAINED" for v in listed}
+    return {v["seq"]: f"{v['template']} (#{v['evidence']})" if v["template"] else "UNEXPLAINED" for v in listed}
 
 
 def listed_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The events as a report lists them: unexplained accesses first, then explained ones, then the
     other events, each group oldest first."""
     told = verdicts(report)
-    rank = {"UNEXPLAINED": 0}
-    return sorted(report["events"], key=lambda r: (rank.get(told.get(r["seq"], ""), 1 if r["seq"] in told else 2),
-                                                    r["seq"]))
+    def rank(row: dict[str, Any]) -> tuple[int, int]:
+        verdict = told.get(row["seq"])
+        return (2 if verdict is None else 0 if verdict == "UNEXPLAINED" else 1), row["seq"]
+
+    return sorted(report["events"], key=rank)
 
 
 def share_line(report: dict[str, Any]) -> str:
