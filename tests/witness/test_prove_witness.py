@@ -17,6 +17,7 @@ from pacsguard.store.statement import to_statement
 from pacsguard.witness.accept import PinnedLog, Witness
 from pacsguard.witness.held import read_copy
 from pacsguard.witness.ledger import Ledger
+from pacsguard.witness.server import WitnessServer
 from test_cli import run
 
 PATIENT = "PID0005"  # events #5 and #55 name it (store_helpers.make_events)
@@ -115,6 +116,14 @@ def test_a_witness_service_copy_with_its_countersignature(tmp_path: Path) -> Non
     for copy in (ledger, answer):
         out = prove(site, report, 0, "--checkpoint", str(copy), "--witness-key", str(public_path(witness_key)))
         assert "countersigned by witness key" in out
+    server = WitnessServer(witness, "127.0.0.1", 0)
+    url = server.start()
+    try:
+        asked = saved_report(site, "asked.json", "--witness", url)
+    finally:
+        server.close()
+    carried = json.loads(asked.read_text())["witness"]
+    assert (carried["source"], carried["tree_size"], carried["consistency"]) == (url, 40, [])
     stranger = generate_key(tmp_path / "stranger.key")
     out = prove(site, report, 1, "--checkpoint", str(ledger), "--witness-key", str(public_path(stranger)))
     assert "countersignature on the checkpoint at size 40 does not verify" in out
