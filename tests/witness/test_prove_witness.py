@@ -90,6 +90,7 @@ def test_a_later_or_earlier_witnessed_checkpoint_needs_the_consistency_proof(tmp
     newest = saved_report(site, "newest.json", "--witness", str(only_20))
     carried = json.loads(newest.read_text())["witness"]
     assert carried["tree_size"] == 20 and carried["consistency"]
+    assert "consistency proof to the checkpoint at size 20 held by" in prove(site, newest, 0)
     out = prove(site, newest, 0, "--checkpoint", str(only_20))
     assert "events #0..#19 are corroborated" in out and "#20..#39 rest on the log's key alone" in out
     forged = json.loads(newest.read_text())

@@ -306,6 +306,11 @@ def prove(
                   highlight=False)
     for note in notes:
         console.print(f"witness: {note}", highlight=False)
+    carried = data.get("witness")
+    if checkpoint is None and isinstance(carried, dict):
+        console.print(f"the report carries a consistency proof to the checkpoint at size {carried.get('tree_size')} "
+                      f"held by {carried.get('source')}: check it against that witness's copy with --checkpoint",
+                      highlight=False)
 
 
 def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
