@@ -6,8 +6,9 @@ Off by default and loopback by default: a repository listens where its administr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
 from pacsguard.config.schema import SecretRef, Strict
@@ -72,12 +73,50 @@ class Outbound(Strict):
     retry: float = Field(5.0, gt=0, le=3600, description="seconds between reconnection attempts")
 
 
+def _duration(value: str) -> str:
+    from pacsguard.ids.rules import parse_duration
+
+    parse_duration(value)  # names what is wrong
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class Explain(Strict):
+    """Explanation-based auditing (docs/audit.md): how far around an access the templates look."""
+
+    evidence_window: Duration = Field("90d", description="an order, study or C-MOVE this close to the access "
+                                      "(before or after) explains it")
+    repeat_window: Duration = Field("7d", description="a repeat access is explained by an explained access of "
+                                    "the same user to the same patient this long before")
+    on_arrival: bool = Field(False, description="judge each received access as it arrives (rule "
+                             "audit-unexplained-access): one query of the patient's events per access")
+
+
+class Baseline(Strict):
+    """The per-user baseline of distinct patients per hour (rule audit-patients-above-baseline)."""
+
+    factor: float = Field(5.0, gt=1, description="fires above this many times the user's baseline")
+    min_patients: int = Field(10, ge=1, description="and only from this many distinct patients in the hour")
+    min_hours: int = Field(8, ge=1, description="active hours of history before a user's baseline is trusted")
+    history_hours: int = Field(168, ge=1, le=10_000, description="active hours the median is taken over")
+    max_users: int = Field(10_000, ge=1, description="users tracked; the least recently active is evicted first")
+    max_patients_per_hour: int = Field(256, ge=1, le=100_000,
+                                       description="distinct patients counted per user and hour, at most")
+
+
 class Privacy(Strict):
     """Privacy monitoring: the IDS rules of ``protocol: audit`` (docs/ids.md) run over every received
     audit message, with the administrator's lists joined in."""
 
     watch_list: Path | None = Field(None, description="patient IDs to watch (VIPs, employees), one per line")
-    staff_directory: Path | None = Field(None, description="CSV with columns user, surname, address")
+    staff_directory: Path | None = Field(None, description="CSV with columns user, surname, address and "
+                                         "(optional) department")
+    rule_set: bool = Field(True, description="load the audit adapter's rule audit-patients-above-baseline with the "
+                           "ids: section's rules (audit-unexplained-access comes with explain.on_arrival)")
+    explain: Explain = Field(default_factory=Explain)
+    baseline: Baseline = Field(default_factory=Baseline)
 
 
 class AtnaConfig(Strict):

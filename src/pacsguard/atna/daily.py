@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +20,10 @@ EMERGENCY_OVERRIDE = "110127"
 _LISTED = 200  # at most this many events per list in the report
 
 
-def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19)) -> dict[str, Any]:
+def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19),
+              explain: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The day's figures; ``explain`` (called once ``events`` are read) gives the explanations of its
+    accesses (atna/explain.py `summary`)."""
     users: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -51,13 +54,18 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         purposes = {p.get("code") for p in d.get("purposes", ())}
         if EMERGENCY_OVERRIDE in types or purposes & BREAK_GLASS_PURPOSES:
             _add(break_glass, ev)
-    return {
+    out = {
         "format": "pacsguard-daily-report/v1", "day": day.isoformat(), "working_hours_utc": list(hours),
         "events": total, "kinds": dict(kinds.most_common()), "per_hour": per_hour,
         "top_users": users.most_common(10), "top_hosts": hosts.most_common(10),
         "failed_authentications": failed_auth, "security_alerts": alerts, "after_hours_access": after_hours,
         "break_glass": break_glass,
     }
+    if explain is not None:
+        explained = explain()
+        explained["list"] = explained["list"][:_LISTED * 5]
+        out["explanations"] = explained
+    return out
 
 
 def day_span(day: date) -> tuple[datetime, datetime]:
@@ -90,12 +98,25 @@ def to_html(report: dict[str, Any]) -> str:
         return (f"<h2>{esc(title)} ({len(rows)})</h2><table><tr><th>time (UTC)</th><th>kind</th><th>outcome</th>"
                 f"<th>who</th><th>patients</th><th>message</th></tr>{body}</table>")
 
+    def accesses(ex: dict[str, Any] | None) -> str:
+        if not ex:
+            return ""
+        share = f" ({100 * ex['share']:.1f}%)" if ex["accesses"] else ""
+        body = "".join(f"<tr><td>{esc(v['time'][:19])}</td><td>{esc(v['kind'])}</td><td>{esc(v['user'] or '')}</td>"
+                       f"<td>{esc(v['patient'])}</td><td>{esc(v['template'] or 'UNEXPLAINED')}</td>"
+                       f"<td>{'' if v['evidence'] is None else v['evidence']}</td></tr>" for v in ex["list"])
+        return (f"<h2>Accesses to patient data: {ex['explained']} of {ex['accesses']} explained{share}</h2>"
+                "<p>Unexplained first (docs/audit.md, explanation templates).</p><table><tr><th>time (UTC)</th>"
+                "<th>kind</th><th>user</th><th>patient</th><th>explained by</th><th>evidence #</th></tr>"
+                f"{body}</table>")
+
     hours = [(f"{h:02d}:00", n) for h, n in enumerate(report["per_hour"])]
     data = json.dumps(report).replace("</", "<\\/")  # no "</script>" inside the script element
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Audit report "
             f"{esc(report['day'])}</title><style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;"
             "padding:2px 6px}table{border-collapse:collapse}</style></head><body>"
             f"<h1>Audit trail, {esc(report['day'])}</h1><p>{report['events']} events.</p>"
+            + accesses(report.get("explanations"))
             + bars("Events per hour (UTC)", hours) + bars("Top users", report["top_users"])
             + bars("Top hosts", report["top_hosts"])
             + table("Failed authentications", report["failed_authentications"])

@@ -17,7 +17,8 @@ from pacsguard.events.model import Event
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from pacsguard.store import EventStore
+    from pacsguard.atna.explain import ExplainSettings
+    from pacsguard.store import Checkpoint, EventStore
 
 FORMAT = "pacsguard-patient-report/v1"
 _SCRIPT_OPEN = '<script type="application/json" id="pacsguard-report">'
@@ -41,14 +42,18 @@ def row_of(event: Event) -> dict[str, Any]:
 
 
 def patient_report(store: EventStore, patient: str, since: datetime | None = None,
-                   until: datetime | None = None) -> dict[str, Any]:
-    """Every event naming ``patient`` (with or without its assigning authority), oldest first."""
+                   until: datetime | None = None, checkpoint: Checkpoint | None = None,
+                   explain: ExplainSettings | None = None) -> dict[str, Any]:
+    """Every event naming ``patient`` (with or without its assigning authority), oldest first, proven
+    against ``checkpoint`` (default: the newest signed one); with ``explain``, the verdict on each
+    access (atna/explain.py: the share explained, the unexplained first). The verdicts are judged when
+    the report is made: `prove` checks the events they rest on, not the judgement."""
     from pacsguard.store import EventQuery
     from pacsguard.store.proofs import inclusion_proofs
 
     found = list(store.search(EventQuery(patient=patient, since=since, until=until, limit=None)))
     checkpoints = store.checkpoints()
-    newest = checkpoints[-1] if checkpoints else None
+    newest = checkpoint or (checkpoints[-1] if checkpoints else None)
     proofs = {p.seq: p for p in inclusion_proofs(store, (s.seq for s in found), newest)} if newest else {}
     rows = []
     for stored in found:
@@ -58,7 +63,7 @@ def patient_report(store: EventStore, patient: str, since: datetime | None = Non
             row["sealed"] = proof.sealed
             row["proof"] = [h.hex() for h in proof.path]
         rows.append(row)
-    return {
+    report = {
         "format": FORMAT, "patient": patient, "store": store.name,
         "generated": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
@@ -68,6 +73,37 @@ def patient_report(store: EventStore, patient: str, since: datetime | None = Non
         "events": rows,
         "unproven": [r["seq"] for r in rows if "proof" not in r],
     }
+    if explain is not None:
+        from pacsguard.atna.explain import explain_patient, summary
+
+        report["explanations"] = summary(explain_patient(store, patient, since, until, explain))
+    return report
+
+
+def verdicts(report: dict[str, Any]) -> dict[int, str]:
+    """seq -> the template that explains the access and its evidence ("order-names-user (#12)"), or
+    "UNEXPLAINED" (accesses only)."""
+    listed = (report.get("explanations") or {}).get("list", ())
+    return {v["seq"]: f"{v['template']} (#{v['evidence']})" if v["template"] else "UNEXPLAINED" for v in listed}
+
+
+def listed_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events as a report lists them: unexplained accesses first, then explained ones, then the
+    other events, each group oldest first."""
+    told = verdicts(report)
+    def rank(row: dict[str, Any]) -> tuple[int, int]:
+        verdict = told.get(row["seq"])
+        return (2 if verdict is None else 0 if verdict == "UNEXPLAINED" else 1), row["seq"]
+
+    return sorted(report["events"], key=rank)
+
+
+def share_line(report: dict[str, Any]) -> str:
+    """"17 of 18 accesses explained (94.4%)", or "" when the report judged none."""
+    ex = report.get("explanations")
+    if not ex or not ex["accesses"]:
+        return ""
+    return f"{ex['explained']} of {ex['accesses']} accesses explained ({100 * ex['share']:.1f}%)"
 
 
 def prove(report: dict[str, Any], key: Ed25519PublicKey) -> list[str]:
@@ -139,9 +175,11 @@ _COLUMNS = ("time", "what", "action", "outcome", "user", "host", "ae_title", "ta
 def to_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["seq", *_COLUMNS, "proven"])
-    for row in report["events"]:
-        writer.writerow([row["seq"], *(row.get(c) or "" for c in _COLUMNS), "yes" if "proof" in row else "no"])
+    told = verdicts(report)
+    writer.writerow(["seq", *_COLUMNS, "proven", "explanation"])
+    for row in listed_rows(report):
+        writer.writerow([row["seq"], *(row.get(c) or "" for c in _COLUMNS), "yes" if "proof" in row else "no",
+                         told.get(row["seq"], "")])
     return out.getvalue()
 
 
@@ -149,10 +187,13 @@ def to_html(report: dict[str, Any]) -> str:
     """A page for the privacy officer; the JSON report rides along, so `prove` reads the page too."""
     esc = html.escape
     cp = report["checkpoint"]
-    head = "".join(f"<th>{esc(c)}</th>" for c in ("#", *_COLUMNS, "proven"))
+    told = verdicts(report)
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("#", *_COLUMNS, "proven", "explanation"))
     body = "".join(
         "<tr>" + f"<td>{row['seq']}</td>" + "".join(f"<td>{esc(str(row.get(c) or ''))}</td>" for c in _COLUMNS)
-        + f"<td>{'yes' if 'proof' in row else 'not yet'}</td></tr>" for row in report["events"])
+        + f"<td>{'yes' if 'proof' in row else 'not yet'}</td><td>{esc(told.get(row['seq'], ''))}</td></tr>"
+        for row in listed_rows(report))
+    share = share_line(report)
     proven_by = (f"checkpoint of {cp['tree_size']} events, root {cp['root']}, key {cp['key_id']}" if cp
                  else "no checkpoint")
     data = json.dumps(report).replace("</", "<\\/")
@@ -160,6 +201,7 @@ def to_html(report: dict[str, Any]) -> str:
             f"</title><style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:2px 6px}}"
             f"table{{border-collapse:collapse}}</style></head><body><h1>Who accessed patient "
             f"{esc(report['patient'])}</h1><p>{len(report['events'])} events from {esc(report['store'])}, "
-            f"generated {esc(report['generated'])}; proven against the {esc(proven_by)}. Check it offline with "
+            f"generated {esc(report['generated'])}; proven against the {esc(proven_by)}. "
+            f"{esc(share + ', unexplained listed first. ' if share else '')}Check it offline with "
             f"<code>pacsguard audit prove FILE --key STORE-KEY.pub</code>.</p><table><tr>{head}</tr>{body}</table>"
             f"{_SCRIPT_OPEN}{data}</script></body></html>\n")

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pacsguard.atna.config import AtnaConfig, Outbound
-    from pacsguard.ids.audit.adapter import AuditAdapter
+    from pacsguard.atna.explain import ExplainSettings
+    from pacsguard.ids.audit.adapter import AuditAdapter, Explainer
     from pacsguard.ids.engine import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
@@ -53,13 +54,32 @@ class AtnaService:
                     self.deliver(alert.event)
 
     def use_privacy_rules(self, engine: Engine) -> None:
-        """Run the engine's ``protocol: audit`` rules over every received message (config ``privacy``)."""
+        """Run the engine's ``protocol: audit`` rules over every received message (config ``privacy``),
+        with the store's explanations of each access when a rule asks for them."""
+        from pacsguard.atna.explain import settings_of
         from pacsguard.ids.audit.adapter import AuditAdapter, PrivacyLists
+        from pacsguard.ids.audit.baseline import BaselineSettings
 
         p = self.config.privacy
         lists = PrivacyLists.load(self._path(p.watch_list) if p and p.watch_list else None,
                                   self._path(p.staff_directory) if p and p.staff_directory else None)
-        self.privacy = AuditAdapter(engine, lists)
+        baseline = BaselineSettings(**p.baseline.model_dump()) if p else None
+        self.privacy = AuditAdapter(engine, lists, explain=self._explainer(settings_of(p, self._path)),
+                                    baseline=baseline)
+
+    def _explainer(self, settings: ExplainSettings) -> Explainer | None:
+        """Whether the store explains a received access (atna/explain.py), judged at its arrival."""
+        from pacsguard.atna.explain import explain_unstored
+
+        store = self.store
+        if store is None:
+            return None
+
+        def explain(event: Event) -> tuple[bool, str] | None:
+            verdict = explain_unstored(store, event, settings)
+            return None if verdict is None else (verdict.explained, verdict.template or "")
+
+        return explain
 
     async def start(self) -> list[BannerRow]:
         from pacsguard.tls.contexts import server_context
@@ -161,7 +181,10 @@ def make_service(ctx: ServiceContext) -> AtnaService | None:
         return None
     service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
     if config.privacy is not None:
+        from pacsguard.ids.audit.adapter import rule_files
         from pacsguard.ids.part import rule_engine
 
-        service.use_privacy_rules(rule_engine(ctx.loaded))
+        p = config.privacy
+        service.use_privacy_rules(rule_engine(ctx.loaded, rule_files(baseline=p.rule_set,
+                                                                     unexplained=p.explain.on_arrival)))
     return service

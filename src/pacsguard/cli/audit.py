@@ -18,6 +18,8 @@ from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTI
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from pacsguard.atna.corroborate import Corroboration
+    from pacsguard.atna.explain import ExplainSettings
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
@@ -169,6 +171,11 @@ def _checkpoint_line(report: VerifyReport) -> str:
             f"signature {signature}, {root}")
 
 
+EXPLAIN_OPTION = typer.Option(True, "--explain/--no-explain", help="judge each access by the explanation templates "
+                              "(an order, the user's department, a C-MOVE to the workstation, a repeat): the share "
+                              "explained, the unexplained listed first (docs/audit.md)")
+
+
 class ReportFormat(str, Enum):
     table = "table"
     json = "json"
@@ -185,11 +192,16 @@ def patient(
     fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, json, html or csv"),
     checkpoint: bool = typer.Option(True, "--checkpoint/--no-checkpoint",
                                     help="sign a checkpoint first (needs the signing key) so every event is proven"),
+    witness: str | None = typer.Option(None, "--witness", help="a witness of the store (its file, or a pacsguard "
+                                       "witness URL): the report carries an RFC 9162 consistency proof to the "
+                                       "newest checkpoint it holds, for `audit prove --checkpoint`"),
+    explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
     """The patient access report: every event naming the patient, each with an RFC 9162 inclusion
     proof against the newest signed checkpoint (save the json or html form; `audit prove` checks it)."""
+    from pacsguard.atna.corroborate import witness_section
     from pacsguard.atna.report import patient_report, to_csv, to_html
     from pacsguard.cli.events import _when
     from pacsguard.runtime.outputs import open_store as open_target
@@ -207,7 +219,14 @@ def patient(
                     writer.checkpoint()
                 finally:
                     writer.close()
-        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"))
+        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"),
+                                explain=_explain_settings(loaded) if explain else None)
+        if witness is not None:
+            held = _witnessed(witness, es.checkpoints(), None, (None, None, None))
+            try:
+                report["witness"] = witness_section(es, report, held, witness)
+            except ValueError as exc:
+                raise fail(f"--witness {witness}: {exc}") from None
     finally:
         es.close()
     if fmt is ReportFormat.json:
@@ -221,16 +240,28 @@ def patient(
 
 
 def _show_report(report: dict[str, Any]) -> None:
+    from pacsguard.atna.report import listed_rows, share_line, verdicts
     from pacsguard.cli.layout import Column, render, terminal_width, write_lines
 
     columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
-               Column("host"), Column("purpose"), Column("proven"))
+               Column("host"), Column("purpose"), Column("proven"), Column("explanation"))
+    told = verdicts(report)
     rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], r.get("user") or "", r.get("host") or "",
-             r.get("purpose") or "", "yes" if "proof" in r else "no"] for r in report["events"]]
+             r.get("purpose") or "", "yes" if "proof" in r else "no", told.get(r["seq"], "")]
+            for r in listed_rows(report)]
     cp = report["checkpoint"]
+    share = share_line(report)
     write_lines([f"patient {report['patient']}: {len(rows)} events; proven against "
-                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint"),
+                 + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint")
+                 + (f"; {share}, unexplained first" if share else ""),
                  *render(columns, rows, terminal_width())])
+
+
+def _explain_settings(loaded: LoadedConfig) -> ExplainSettings:
+    """The windows and departments of the configuration's atna.privacy (defaults without one)."""
+    from pacsguard.atna.explain import settings_of
+
+    return settings_of(loaded.section("atna").privacy, loaded.resolve)
 
 
 @app.command("prove")
@@ -238,9 +269,16 @@ def _show_report(report: dict[str, Any]) -> None:
 def prove(
     report: Path = typer.Argument(..., help="a saved report (json or html form of `audit patient`)"),
     key: Path = typer.Option(..., "--key", help="the store's public checkpoint key (or a witness's copy)"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="a witness's copy of the checkpoints (the "
+                                           "file witness's file, a witness service's ledger or its saved GET "
+                                           "answer): check that it holds the report's checkpoint, or one the "
+                                           "report's consistency proof links to"),
+    witness_key: Path | None = typer.Option(None, "--witness-key", help="the witness's public key: also check its "
+                                            "countersignature on the checkpoint it holds"),
 ) -> None:
     """Check a saved report offline: the checkpoint's signature, and each event's inclusion proof and
-    listed fields. Exit 1 if anything does not hold."""
+    listed fields; with --checkpoint, against a witness's copy. Exit 1 if anything does not hold,
+    6 if the witness saw another tree where the report's should be (forked)."""
     from pacsguard.atna.report import load_report
     from pacsguard.atna.report import prove as check
     from pacsguard.cli.common import console
@@ -250,15 +288,56 @@ def prove(
         data = load_report(report.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
-    problems = check(data, keys.load_public_key(key))
-    if problems:
-        for problem in problems:
-            console.print(f"[bold red]FAILS[/]: {problem}", highlight=False)
-        raise typer.Exit(EXIT_FINDINGS)
+    public = keys.load_public_key(key)
+    findings = [("report", p) for p in check(data, public)]
+    notes: list[str] = []
+    code = EXIT_FINDINGS if findings else 0
+    if checkpoint is not None and data.get("format") == "pacsguard-patient-report/v1":
+        held, notes = _corroborated(data, checkpoint, public, witness_key)
+        findings += held.findings
+        code = max(code, held.exit_code)
+    for kind, problem in findings:
+        console.print(f"[bold red]FAILS[/]{'' if kind == 'report' else f' ({kind})'}: {problem}", highlight=False)
+    if findings:
+        raise typer.Exit(code)
     proven = sum("proof" in r for r in data["events"])
     console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
                   f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
                   highlight=False)
+    for note in notes:
+        console.print(f"witness: {note}", highlight=False)
+    carried = data.get("witness")
+    if checkpoint is None and isinstance(carried, dict):
+        console.print(f"the report carries a consistency proof to the checkpoint at size {carried.get('tree_size')} "
+                      f"held by {carried.get('source')}: check it against that witness's copy with --checkpoint",
+                      highlight=False)
+
+
+def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
+                  witness_key: Path | None) -> tuple[Corroboration, list[str]]:
+    """The report's checkpoint against the witness's copy, and its countersignature with --witness-key."""
+    from pacsguard.atna.corroborate import corroborate
+    from pacsguard.store import keys
+    from pacsguard.witness.errors import WitnessError
+    from pacsguard.witness.held import read_copy
+
+    try:
+        copies = read_copy(copy)
+    except WitnessError as exc:
+        raise fail(str(exc)) from None
+    result = corroborate(data, [c.checkpoint for c in copies], public)
+    matched = result.matched
+    if witness_key is not None and matched is not None:
+        mine = [c for c in copies if c.checkpoint == matched]
+        if not any(c.held is not None for c in mine):
+            result.findings.append(("witness", f"{copy} carries no countersignature (a file witness's copy has none); "
+                                               "--witness-key needs a witness service's copy"))
+        elif not any(c.countersigned(keys.load_public_key(witness_key)) for c in mine):
+            result.findings.append(("witness", f"the countersignature on the checkpoint at size {matched.tree_size} "
+                                               f"does not verify with {witness_key}"))
+        else:
+            result.notes.append(f"countersigned by witness key {keys.key_id(keys.load_public_key(witness_key))}")
+    return result, result.notes
 
 
 @app.command("search")
@@ -307,6 +386,7 @@ def report(
     fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
     hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END; access to patient data "
                               "outside them is listed"),
+    explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
@@ -315,6 +395,8 @@ def report(
     from datetime import date
 
     from pacsguard.atna.daily import day_span, summarise, to_html
+    from pacsguard.atna.explain import Accesses
+    from pacsguard.atna.explain import summary as explained
     from pacsguard.store import EventQuery
 
     try:
@@ -325,10 +407,14 @@ def report(
     if not 0 <= start_hour < end_hour <= 24:
         raise fail(f"--hours: expected 0 <= START < END <= 24, got {hours!r}")
     since, until = day_span(when)
-    es = open_store(load(config, required=store is None), store)
+    loaded = load(config, required=store is None)
+    es = open_store(loaded, store)
     try:
-        summary = summarise((s.event for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
-                            (start_hour, end_hour))
+        seen = Accesses()
+        settings = _explain_settings(loaded) if explain else None
+        summary = summarise((seen.see(s) for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
+                            (start_hour, end_hour),
+                            None if settings is None else lambda: explained(seen.explain(es, since, until, settings)))
     finally:
         es.close()
     sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")

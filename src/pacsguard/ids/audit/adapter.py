@@ -1,6 +1,9 @@
 """Audit events as observations for the rule engine (the ``audit`` protocol adapter): the privacy
 officer's lists (patients to watch, the staff directory) are joined here, so rules match plain
-fields: ``watched``, ``same_surname``, ``same_address``, ``hour`` and the access itself.
+fields: ``watched``, ``same_surname``, ``same_address``, ``hour`` and the access itself; and, when a
+rule names them, the user's patients this hour against their own baseline (baseline.py) and whether
+the store explains the access (``explained``, ``explanation``: the caller's explainer, which the
+audit record repository gives from pacsguard.atna.explain).
 
 One flow per user (client_host = the user's host, server_host = the audit source), so thresholds
 ``by: [user]`` count a user's accesses across every sender."""
@@ -8,15 +11,16 @@ One flow per user (client_host = the user's host, server_host = the audit source
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from typing import Any
 
 from pacsguard.events.model import Event
-from pacsguard.ids.audit.kinds import PROTOCOL
-from pacsguard.ids.engine import Alert, Engine
+from pacsguard.ids.audit.baseline import BaselineSettings, PatientsPerHour
+from pacsguard.ids.audit.kinds import BASELINE_FIELDS, EXPLAIN_FIELDS, PROTOCOL
+from pacsguard.ids.engine import Alert, CompiledRule, Engine
 from pacsguard.ids.observation import Flow
 
 
@@ -24,6 +28,7 @@ from pacsguard.ids.observation import Flow
 class StaffMember:
     surname: str
     address: str = ""
+    department: str = ""
 
 
 @dataclass(slots=True)
@@ -36,7 +41,7 @@ class PrivacyLists:
     @classmethod
     def load(cls, watch_file: Path | None = None, staff_csv: Path | None = None) -> PrivacyLists:
         """``watch_file``: one patient ID per line (# comments); ``staff_csv``: columns user, surname,
-        address (a header row naming them)."""
+        address and, optionally, department (a header row naming them)."""
         watched: set[str] = set()
         if watch_file is not None:
             for line in watch_file.read_text(encoding="utf-8").splitlines():
@@ -49,8 +54,21 @@ class PrivacyLists:
                 for row in csv.DictReader(f):
                     user = (row.get("user") or "").strip().lower()
                     if user:
-                        staff[user] = StaffMember(_norm(row.get("surname")), _norm(row.get("address")))
+                        staff[user] = StaffMember(_norm(row.get("surname")), _norm(row.get("address")),
+                                                  _norm(row.get("department")))
         return cls(frozenset(watched), staff)
+
+    def departments(self) -> dict[str, str]:
+        """user (lower case) -> department, for the users the directory gives one."""
+        return {user: m.department for user, m in self.staff.items() if m.department}
+
+
+def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path]:
+    """The adapter's own rule files (rules/), for the engine's rules_dirs: the per-user baseline, and
+    the unexplained access (which makes every received access query the store)."""
+    folder = Path(__file__).with_name("rules")
+    return [folder / name for name, wanted in (("baseline.yaml", baseline), ("unexplained.yaml", unexplained))
+            if wanted]
 
 
 def _norm(text: str | None) -> str:
@@ -73,10 +91,32 @@ def _patient_names(event: Event) -> Iterable[tuple[str, str]]:
             yield _norm(name.split("^", 1)[0]), _norm(address)
 
 
+#: Tells whether the store explains an access: (explained, the template's name), or None for an
+#: event that is no access.
+Explainer = Callable[[Event], "tuple[bool, str] | None"]
+
+
 class AuditAdapter:
-    def __init__(self, engine: Engine, lists: PrivacyLists | None = None) -> None:
+    def __init__(self, engine: Engine, lists: PrivacyLists | None = None, *, explain: Explainer | None = None,
+                 baseline: BaselineSettings | None = None) -> None:
         self.engine = engine
         self.lists = lists or PrivacyLists()
+        self.explain = explain
+        self.hours = PatientsPerHour(baseline)
+        self._uses: tuple[int, frozenset[str]] = (0, frozenset())
+
+    def _used(self, rules: list[CompiledRule]) -> frozenset[str]:
+        """The fields the rules name (conditions, threshold keys and values): costly ones are made
+        only for them."""
+        if self._uses[0] != id(rules):
+            names: set[str] = set()
+            for compiled in rules:
+                names.update(c.field for c in compiled.rule.conditions)
+                t = compiled.threshold
+                if t is not None:
+                    names.update([*t.by, *(n for n in (t.distinct, t.sum) if n)])
+            self._uses = (id(rules), frozenset(names))
+        return self._uses[1]
 
     def observe(self, event: Event, now: float) -> list[Alert]:
         """The alerts of one received audit message (other Events are not accesses: none)."""
@@ -102,6 +142,15 @@ class AuditAdapter:
             "same_surname": bool(me and me.surname and any(s == me.surname for s, _ in names)),
             "same_address": bool(me and me.address and any(a == me.address for _, a in names)),
         }
+        used = self._used(rules)
+        if used & BASELINE_FIELDS and user:
+            figures = self.hours.add(user.lower(), patients, event.time.timestamp())
+            fields.update(hour_patients=figures.hour_patients, baseline_patients=figures.baseline_patients,
+                          baseline_hours=figures.baseline_hours, above_baseline=figures.above_baseline)
+        if used & EXPLAIN_FIELDS and self.explain is not None:
+            verdict = self.explain(event)
+            if verdict is not None:
+                fields.update(explained=verdict[0], explanation=verdict[1])
         source = str((d.get("source") or {}).get("id") or "unknown")
         flow = Flow(event.actor.host or user or "unknown", 0, source, 0, sensor="audit", id=f"audit:{user}")
         return self.engine.run(rules, "access", PROTOCOL, fields, flow, now, None)

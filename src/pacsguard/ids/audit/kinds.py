@@ -8,6 +8,9 @@ from typing import Final
 from pacsguard.ids.observation import Roles, register_kinds
 
 PROTOCOL: Final = "audit"
+#: Fields made only when a rule names them: they keep per-user state or query the store.
+BASELINE_FIELDS: Final = frozenset({"hour_patients", "baseline_patients", "baseline_hours", "above_baseline"})
+EXPLAIN_FIELDS: Final = frozenset({"explained", "explanation"})
 
 register_kinds(
     PROTOCOL,
@@ -29,6 +32,16 @@ register_kinds(
                 "watched": ("bool", "a patient is on the administrator's watch list (VIPs, employees)"),
                 "same_surname": ("bool", "a patient's surname is the user's own (staff directory)"),
                 "same_address": ("bool", "a patient's address is the user's own (staff directory)"),
+                "hour_patients": ("int", "distinct patients the user accessed in this clock hour (UTC), this "
+                                  "access included"),
+                "baseline_patients": ("float", "the user's baseline: median distinct patients over their past "
+                                      "active hours (0 before any)"),
+                "baseline_hours": ("int", "how many past active hours of the user the baseline knows"),
+                "above_baseline": ("bool", "this access first took the user's hour above factor x baseline "
+                                   "(atna.privacy.baseline); true once per user and hour"),
+                "explained": ("bool", "the store shows a reason for this access (explanation templates, "
+                              "docs/audit.md); absent for a message that is no access"),
+                "explanation": ("str", "the template that explains the access, empty when none does"),
             },
         ),
     },

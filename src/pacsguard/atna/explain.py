@@ -1,0 +1,339 @@
+"""Explanation-based auditing (Fabbri and LeFevre, "Explanation-Based Auditing", PVLDB 5(1), 2011):
+an access to a patient's data is *explained* when the store shows a reason for it. Each reason is a
+small named template, a query over the patient's events in the store (docs/audit.md, "Explained
+and unexplained accesses"):
+
+| template              | the access is explained when the store holds                        |
+|-----------------------|---------------------------------------------------------------------|
+| `order-names-user`    | an order for the patient (PS3.15 A.5.3, event ID 110109 Order       |
+|                       | Record, created or updated) naming the user among its participants  |
+| `department-study`    | an order, a procedure record (110111) or created/updated instances  |
+|                       | (110103) for the patient by the user or a colleague of the user's   |
+|                       | department (staff directory), or naming that department (an         |
+|                       | organization participant object, ParticipantObjectTypeCode 3)       |
+| `move-to-workstation` | a C-MOVE (PS3.4 C.4.2) of the patient's objects, recorded by the    |
+|                       | gateway, whose Move Destination is an AE title of the user's        |
+|                       | workstation                                                         |
+| `repeat-access`       | an earlier, explained access by the same user to the same patient   |
+|                       | within the repeat window (the paper's repeat template)              |
+
+The first three look for evidence within the evidence window on either side of the access (a report
+written after the images were read is a reason to read them). HL7 v2 orders (ORM/OMI) count once they
+are in the store as Order Record audit messages: pacsguard has no HL7 decoder yet.
+
+An access is one event and one patient it names: a received audit message that reads or queries
+(action R or E, or none), or a gateway C-FIND, C-MOVE, C-GET or C-STORE; its user is the
+requesting user, else the calling AE title.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pacsguard.events.model import Event
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pacsguard.atna.config import Privacy
+    from pacsguard.store import EventStore, StoredEvent
+
+ORDER = "atna.audit.order-record"
+PROCEDURE = "atna.audit.procedure-record"
+INSTANCES = "atna.audit.instances-accessed"
+GATEWAY_ACCESSES = frozenset({"dicom.dimse.c-find", "dicom.dimse.c-move", "dicom.dimse.c-get", "dicom.dimse.c-store"})
+#: Audit events that name patients but record no access to them.
+_NOT_ACCESSES = frozenset({"110100", "110108", "110113", "110114"})
+_CHANGES = frozenset({"C", "U"})
+#: The seq given to an event not stored yet (the access being received).
+UNSTORED = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainSettings:
+    """The windows (seconds) and the staff directory's departments (user, lower case -> department)."""
+
+    evidence_window: float = 90 * 86400.0
+    repeat_window: float = 7 * 86400.0
+    departments: Mapping[str, str] = field(default_factory=dict)
+
+    def department(self, user: str) -> str:
+        return self.departments.get(user, "")
+
+
+def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambda p: p) -> ExplainSettings:
+    """The settings of the `atna.privacy` section (its windows, its staff directory's departments)."""
+    from pacsguard.ids.audit.adapter import PrivacyLists
+    from pacsguard.ids.rules import parse_duration
+
+    if privacy is None:
+        return ExplainSettings()
+    staff = PrivacyLists.load(staff_csv=resolve(privacy.staff_directory)) if privacy.staff_directory else None
+    windows = privacy.explain
+    return ExplainSettings(parse_duration(windows.evidence_window), parse_duration(windows.repeat_window),
+                           staff.departments() if staff else {})
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One of a patient's events as the templates read it."""
+
+    seq: int
+    event: Event
+    time: float  # seconds since the epoch
+    user: str  # the requesting user, else the calling AE title, lower case ("" for none)
+    ae_titles: frozenset[str]
+    access: bool
+
+    @classmethod
+    def of(cls, seq: int, event: Event) -> Item:
+        return cls(seq, event, event.time.timestamp(), user_of(event), workstation_of(event), is_access(event))
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The verdict on one access: the template that explains it and the evidence event's seq."""
+
+    seq: int
+    patient: str
+    item: Item
+    template: str | None = None
+    evidence: int | None = None
+
+    @property
+    def explained(self) -> bool:
+        return self.template is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        ev = self.item.event
+        return {"seq": self.seq, "patient": self.patient, "time": ev.to_dict()["time"], "kind": ev.kind,
+                "user": self.item.user or None, "template": self.template, "evidence": self.evidence}
+
+
+def is_access(event: Event) -> bool:
+    """Whether ``event`` is an access to patient data that needs a reason (the module's docstring)."""
+    if not event.patient_ids:
+        return False
+    if event.kind in GATEWAY_ACCESSES:
+        return event.details.get("decision") is None  # a refused request disclosed nothing
+    if not event.kind.startswith("atna.audit."):
+        return False
+    d = event.details
+    if (d.get("event_id") or {}).get("code") in _NOT_ACCESSES:
+        return False
+    return d.get("action") in (None, "R", "E")
+
+
+def user_of(event: Event) -> str:
+    return (event.actor.user or event.actor.ae_title or "").strip().lower()
+
+
+def workstation_of(event: Event) -> frozenset[str]:
+    """The AE titles of the user's workstation: the actor's, and those of participants on the same
+    network access point as the requesting user (PS3.15 A.5.2.2 AETITLES=)."""
+    found = {event.actor.ae_title} if event.actor.ae_title else set()
+    host = event.actor.host
+    for p in event.details.get("participants", ()) if host else ():
+        alt = str(p.get("alternative_user_id") or "")
+        if p.get("access_point") == host and alt.upper().startswith("AETITLES="):
+            found.update(a for a in alt[9:].split(";") if a)
+    return frozenset(a.strip() for a in found)
+
+
+def _users_named(event: Event) -> set[str]:
+    names = {user_of(event)}
+    for p in event.details.get("participants", ()):
+        names.update(str(p.get(k) or "").strip().lower() for k in ("user_id", "user_name"))
+    names.discard("")
+    return names
+
+
+def _organizations(event: Event) -> set[str]:
+    """Departments an audit message names: participant objects of type 3 (organization)."""
+    return {" ".join(str(o.get(k) or "").upper().split()) for o in event.details.get("objects", ())
+            if o.get("type_code") == "3" for k in ("id", "name")} - {""}
+
+
+def _care(item: Item) -> bool:
+    """An order, a procedure record or new instances: evidence that someone cared for the patient."""
+    action = item.event.details.get("action")
+    if item.event.kind in (ORDER, PROCEDURE):
+        return action is None or action in _CHANGES
+    return item.event.kind == INSTANCES and action in _CHANGES
+
+
+# ------------------------------------------------------------------------------ the templates
+
+Finder = Callable[[Item, Sequence[Item], ExplainSettings], Item | None]
+
+
+def _order_names_user(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
+    return next((c for c in near if c.event.kind == ORDER and _care(c) and access.user in _users_named(c.event)),
+                None)
+
+
+def _department_study(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
+    mine = settings.department(access.user)
+    for c in near:
+        if not _care(c):
+            continue
+        named = _users_named(c.event)
+        if access.user in named:
+            return c
+        if mine and (mine in _organizations(c.event) or any(settings.department(u) == mine for u in named)):
+            return c
+    return None
+
+
+def _move_to_workstation(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
+    if not access.ae_titles:
+        return None
+    return next((c for c in near if _moved(c)
+                 and str(c.event.details.get("move_destination", "")).strip() in access.ae_titles), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    doc: str
+    find: Finder
+
+
+TEMPLATES: tuple[Template, ...] = (
+    Template("order-names-user", "an order for the patient names the user", _order_names_user),
+    Template("department-study", "the user or their department ordered, performed or reported a study for "
+             "the patient", _department_study),
+    Template("move-to-workstation", "the patient's objects were sent to the user's workstation by a C-MOVE",
+             _move_to_workstation),
+)
+REPEAT = Template("repeat-access", "the same user accessed the patient earlier, for an explained reason",
+                  lambda access, near, settings: None)  # needs the earlier verdicts: `explain_items` applies it
+
+
+def template_docs() -> dict[str, str]:
+    return {t.name: t.doc for t in (*TEMPLATES, REPEAT)}
+
+
+# ------------------------------------------------------------------------------ running them
+
+
+def explain_items(items: Sequence[Item], patient: str, settings: ExplainSettings,
+                  wanted: Callable[[Item], bool] = lambda item: True) -> list[Explanation]:
+    """The verdict on every access among one patient's ``items`` that ``wanted`` selects, in time
+    order; earlier accesses in ``items`` are judged too, so a repeat can rest on them. The evidence
+    (orders, studies, C-MOVEs) is picked out once: a patient's thousands of C-STOREs cost one pass
+    each over it, not over every event."""
+    ordered = sorted(items, key=lambda i: (i.time, i.seq if i.seq != UNSTORED else float("inf")))
+    evidence = [i for i in ordered if _care(i) or _moved(i)]
+    last_explained: dict[str, Item] = {}  # user -> their latest explained access so far
+    out: list[Explanation] = []
+    for access in ordered:
+        if not access.access:
+            continue
+        verdict = _judge(access, evidence, patient, settings, last_explained.get(access.user))
+        if verdict.explained and access.user:
+            last_explained[access.user] = access
+        if wanted(access):
+            out.append(verdict)
+    return out
+
+
+def _moved(item: Item) -> bool:
+    return item.event.kind == "dicom.dimse.c-move" and item.event.details.get("decision") is None
+
+
+def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: ExplainSettings,
+           earlier: Item | None) -> Explanation:
+    window = settings.evidence_window
+    near = [c for c in evidence if c is not access and abs(c.time - access.time) <= window]
+    for template in TEMPLATES:
+        found = template.find(access, near, settings)
+        if found is not None:
+            return Explanation(access.seq, patient, access, template.name, found.seq)
+    if earlier is not None and access.time - earlier.time <= settings.repeat_window:
+        return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
+    return Explanation(access.seq, patient, access)
+
+
+def patients_of(event: Event) -> list[str]:
+    """The patient IDs an event names, without their assigning authority, each once."""
+    return list(dict.fromkeys(p.split("^", 1)[0] for p in event.patient_ids if p.split("^", 1)[0]))
+
+
+def patient_items(store: EventStore, patient: str, since: datetime | None, until: datetime | None,
+                  settings: ExplainSettings) -> list[Item]:
+    """The query every template runs over: the patient's events from the evidence (or repeat) window
+    before ``since`` to the evidence window after ``until``."""
+    from pacsguard.store import EventQuery
+
+    back = timedelta(seconds=max(settings.evidence_window, settings.repeat_window))
+    ahead = timedelta(seconds=settings.evidence_window)
+    found = store.search(EventQuery(patient=patient, since=since - back if since else None,
+                                    until=until + ahead if until else None, limit=None))
+    return [Item.of(s.seq, s.event) for s in found]
+
+
+def explain_patient(store: EventStore, patient: str, since: datetime | None, until: datetime | None,
+                    settings: ExplainSettings) -> list[Explanation]:
+    """The verdicts on the patient's accesses from ``since`` to ``until``."""
+    lo = since.timestamp() if since else float("-inf")
+    hi = until.timestamp() if until else float("inf")
+    return explain_items(patient_items(store, patient, since, until, settings), patient, settings,
+                         lambda item: lo <= item.time < hi)
+
+
+class Accesses:
+    """The accesses among events read once (a day's, for the daily report), remembered by patient as
+    seqs only, then judged patient by patient with one query each."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, set[int]] = {}
+
+    def see(self, stored: StoredEvent) -> Event:
+        if is_access(stored.event):
+            for patient in patients_of(stored.event):
+                self.wanted.setdefault(patient, set()).add(stored.seq)
+        return stored.event
+
+    def explain(self, store: EventStore, since: datetime | None, until: datetime | None,
+                settings: ExplainSettings) -> list[Explanation]:
+        out: list[Explanation] = []
+        for patient, seqs in self.wanted.items():
+            items = patient_items(store, patient, since, until, settings)
+            out.extend(explain_items(items, patient, settings, _among(seqs)))
+        return out
+
+
+def _among(seqs: set[int]) -> Callable[[Item], bool]:
+    return lambda item: item.seq in seqs
+
+
+def explain_unstored(store: EventStore, event: Event, settings: ExplainSettings) -> Explanation | None:
+    """The verdict on an access being received (not stored yet); None when it is no access. Judged
+    against what the store holds at that moment, for its first patient."""
+    if not is_access(event):
+        return None
+    patients = patients_of(event)
+    if not patients:
+        return None
+    items = patient_items(store, patients[0], event.time, event.time, settings)
+    fresh = Item.of(UNSTORED, event)
+    verdicts = explain_items([*items, fresh], patients[0], settings, lambda item: item is fresh)
+    return verdicts[0] if verdicts else None
+
+
+def summary(verdicts: Sequence[Explanation]) -> dict[str, Any]:
+    """The figures and the list a report shows: unexplained accesses first, then the explained ones
+    with their template, each group in time order."""
+    explained = [v for v in verdicts if v.explained]
+    ordered = sorted(verdicts, key=lambda v: (v.explained, v.item.time, v.seq))
+    by_template: dict[str, int] = {}
+    for v in explained:
+        by_template[v.template or ""] = by_template.get(v.template or "", 0) + 1
+    return {"accesses": len(verdicts), "explained": len(explained),
+            "share": round(len(explained) / len(verdicts), 4) if verdicts else None,
+            "by_template": by_template, "templates": template_docs(),
+            "list": [v.to_dict() for v in ordered]}

@@ -1,0 +1,86 @@
+"""Each user's distinct patients per hour against their own baseline, for the ``audit`` adapter's
+fields ``hour_patients``, ``baseline_patients``, ``baseline_hours`` and ``above_baseline``.
+
+Hours are clock hours (UTC) of the access time. A user's baseline is the median of their distinct
+patient counts over their last ``history_hours`` *active* hours (hours with at least one patient):
+nights and days off are not hours of zero, so a morning's usual work is not far above a baseline
+dragged down by the night. ``above_baseline`` is true on the one access per user and hour that
+first takes the count above ``factor`` times the baseline (and to at least ``min_patients``), once
+``min_hours`` active hours are known.
+
+Memory is bounded: at most ``max_users`` users (the least recently active is evicted first and, if
+seen again, learns its baseline anew), per user at most ``history_hours`` counts and, for the
+current hour, at most ``max_patients_per_hour`` patient IDs (beyond that the count stays there).
+An access older than the user's current hour (a sender's backlog) changes no count.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+
+from pacsguard.ids.state import BoundedLRU
+
+#: Longest patient ID kept (a CX-free patient ID is at most 64 characters in HL7 and DICOM).
+_MAX_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineSettings:
+    factor: float = 5.0
+    min_patients: int = 10
+    min_hours: int = 8
+    history_hours: int = 168
+    max_users: int = 10_000
+    max_patients_per_hour: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class HourFigures:
+    """What the adapter adds to an access observation."""
+
+    hour_patients: int
+    baseline_patients: float
+    baseline_hours: int
+    above_baseline: bool
+
+
+class _User:
+    __slots__ = ("baseline", "fired", "history", "hour", "patients", "touched")
+
+    def __init__(self, history_hours: int) -> None:
+        self.touched = 0.0
+        self.hour = -1
+        self.patients: set[str] = set()
+        self.history: deque[int] = deque(maxlen=history_hours)
+        self.baseline = 0.0  # median of history, recomputed when an hour closes
+        self.fired = False
+
+
+class PatientsPerHour:
+    def __init__(self, settings: BaselineSettings | None = None) -> None:
+        self.settings = s = settings or BaselineSettings()
+        self.users: BoundedLRU[str, _User] = BoundedLRU(s.max_users)
+
+    def add(self, user: str, patients: list[str], when: float) -> HourFigures:
+        """Count ``user``'s access to ``patients`` at ``when`` (seconds since the epoch, UTC)."""
+        s = self.settings
+        state = self.users.get_or_create(user, when, lambda: _User(s.history_hours))
+        hour = int(when // 3600)
+        if hour > state.hour:
+            if state.patients:
+                state.history.append(len(state.patients))
+                state.baseline = float(median(state.history))
+            state.hour, state.patients, state.fired = hour, set(), False
+        if hour == state.hour:
+            for patient in patients:
+                if len(state.patients) >= s.max_patients_per_hour:
+                    break
+                state.patients.add(patient[:_MAX_ID])
+        count, known = len(state.patients), len(state.history)
+        above = (not state.fired and hour == state.hour and known >= s.min_hours and count >= s.min_patients
+                 and count > s.factor * state.baseline)
+        if above:
+            state.fired = True
+        return HourFigures(count, state.baseline if known else 0.0, known, above)
