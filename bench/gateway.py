@@ -700,11 +700,11 @@ def make_pki(folder: Path) -> dict[str, Path]:
     """A CA and certificates for the sink, the gateway and the client (pacsguard.tls, 127.0.0.1)."""
     from pacsguard.tls import make_ca, make_cert
 
-    ca_cert, ca_key = make_ca(folder, "Bench CA", 2)
+    ca_cert, ca_key = make_ca(folder, "Bench CA", 2, force=True)  # fresh for every run
     out = {"ca": ca_cert}
     for name in ("sink", "gateway", "client"):
         cert, key = make_cert(folder, name, ca_cert, ca_key, hosts=["127.0.0.1"], days=2, server=name != "client",
-                              client=name == "client")
+                              client=name == "client", force=True)
         out[f"{name}.crt"], out[f"{name}.key"] = cert, key
     return out
 
