@@ -213,6 +213,17 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20.
     raise SystemExit(f"{what} did not listen on {port} within {timeout:g} s")
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """Terminate the bench's peers and relays that still run (SIGKILL after 10 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
@@ -482,13 +493,7 @@ def main() -> int:
     try:
         return bench(args, work, procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
         if temp and not (args.keep or args.profile):  # --profile: keep the collapsed stacks
             shutil.rmtree(work, ignore_errors=True)
         elif temp:

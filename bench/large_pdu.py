@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import HOST, build_corpus, check_store, cpu_seconds, free_port, med, settle, wait_port  # noqa: E402
+from gateway import HOST, build_corpus, check_store, cpu_seconds, free_port, med, settle, stop_all, wait_port  # noqa: E402
 
 SINK_AE, GW_AE, CLIENT_AE = "SINK", "GW", "BENCH"
 DEFAULT_GATEWAY_MAX = 4 * 1024 * 1024  # the gateway's own default limit (limits.max_pdu_length)
@@ -86,10 +86,7 @@ def main() -> int:
     try:
         return bench(args, work, procs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+        stop_all(procs)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
