@@ -5,6 +5,7 @@ through ``pacsguard gateway run``, through a second gateway that answers before 
 
     .venv/bin/python bench/gateway.py [--work DIR] [--small 1000] [--large 20] [--large-mb 8]
                                       [--repeat 5] [--repeat-large 15] [--pdu 16384] [--no-socat]
+                                      [--postgres URL]
                                       [--no-async] [--tls] [--check]
                                       [--profile [--profile-gil]] [--gateway-launcher FILE]
 
@@ -117,6 +118,8 @@ STORESCP = "/usr/bin/storescp"
 HOST = "127.0.0.1"
 SINK_AE, GW_AE, CLIENT_AE = "SINK", "GW", "BENCH"
 ASYNC = "gateway-async"  # the path through a gateway run with --respond-before-record
+POSTGRES = "gateway-postgres"  # a gateway whose store is --postgres URL, with a local journal
+POSTGRES_COMMIT = "gateway-pg-commit"  # the same without a journal: answers wait for PostgreSQL's commit
 CORPUS_VERSION = 1
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -465,6 +468,8 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true",
                     help="add direct-tls, gateway-tls (uvloop) and gateway-tls-asyncio paths (mutual TLS)")
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
+    ap.add_argument("--postgres", default=None, metavar="URL",
+                    help="also two gateways whose store is this PostgreSQL database, with and without a local journal")
     ap.add_argument("--no-async", action="store_true",
                     help="skip the second gateway that answers before its record is durable")
     ap.add_argument("--no-store-forward", action="store_true", help="skip the store-and-forward route")
@@ -528,11 +533,11 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         stale.unlink(missing_ok=True)
     gw_port = free_port()
     launch = [str(args.gateway_launcher)] if args.gateway_launcher else ["-m", "pacsguard.cli"]
-    def start_gateway(port: int, db: Path, *extra: str) -> subprocess.Popen:
+    def start_gateway(port: int, db: Path | str, *extra: str, name: str = "") -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, *launch, "gateway", "run", "--listen", f"{HOST}:{port}",
                                  "--aet", GW_AE, "--upstream", f"{SINK_AE}@{HOST}:{sink_port}", "--allow-calling",
                                  CLIENT_AE, "--allow-host", HOST, "--store", str(db), *extra],
-                                stdout=log(f"{db.stem}.log"), stderr=subprocess.STDOUT)
+                                stdout=log(f"{name or Path(db).stem}.log"), stderr=subprocess.STDOUT)
         procs.append(proc)
         wait_port(port, proc, "pacsguard gateway")
         return proc
@@ -550,6 +555,15 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         async_port = free_port()
         gw_async = start_gateway(async_port, async_store, "--respond-before-record")
         paths.append(Path_(ASYNC, async_port, GW_AE, gw_async.pid))
+    if args.postgres:
+        # The same gateway on a PostgreSQL store, twice: with a local journal (answers wait for its
+        # fdatasync), and without (answers wait for the database's commit).
+        journal = work / "gateway-postgres.journal"
+        journal.unlink(missing_ok=True)
+        for label, setting in ((POSTGRES, str(journal)), (POSTGRES_COMMIT, "none")):
+            pg_port = free_port()
+            gw_pg = start_gateway(pg_port, args.postgres, "--journal", setting, name=label)
+            paths.append(Path_(label, pg_port, GW_AE, gw_pg.pid))
     socat_exe = None if args.no_socat else shutil.which("socat")
     if socat_exe:
         socat_port = free_port()
@@ -810,6 +824,10 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
     if ASYNC in added:
         console.print(f"of which waiting for the record (gateway - {ASYNC}, median): "
                       f"{(added['gateway'] - added[ASYNC]) * 1e3:.3f} ms; {ASYNC} adds {added[ASYNC] * 1e3:.3f} ms")
+    if POSTGRES in added:
+        console.print(f"on a PostgreSQL store with a local journal: {POSTGRES} adds {added[POSTGRES] * 1e3:.3f} ms "
+                      f"per small C-STORE (target <= 1 ms) {verdict(added[POSTGRES] <= 0.001)}; without a journal "
+                      f"(answers wait for the database's commit) {added[POSTGRES_COMMIT] * 1e3:.3f} ms")
     if "direct-tls" in ratios:
         tls = [f"{name} {ratios[name] / ratios['direct-tls']:.3f} x direct-tls (relay {relay_gb[name]:.2f} "
                f"CPU-s/GB, added median per small C-STORE {(added[name] - added['direct-tls']) * 1e3:+.3f} ms)"

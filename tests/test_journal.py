@@ -56,7 +56,8 @@ def test_an_event_is_durable_once_journaled_before_the_store_takes_it(tmp_path: 
         sink.failing = False
         bus.close(5)
     assert len(sink.events) == 1
-    assert (tmp_path / "j").stat().st_size == 0, "the journal is emptied once the store holds it all"
+    assert read(tmp_path / "j") == [] and not (tmp_path / "j").read_bytes().strip(b"\0"), \
+        "the journal is emptied (overwritten) once the store holds it all"
     assert (tmp_path / "j").stat().st_mode & 0o777 == 0o600
 
 
@@ -73,10 +74,25 @@ def test_a_failed_append_leaves_whole_lines(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(OSError):
         journal.append([second])
     monkeypatch.undo()
-    assert (tmp_path / "j").stat().st_size == size
+    raw = (tmp_path / "j").read_bytes()
+    assert raw[size - 1:size] == b"\n" and not raw[size:].strip(b"\0"), "the failed write was blanked"
     journal.append([second])
     journal.close()
     assert [e.id for e in read(tmp_path / "j")] == [first.id, second.id]
+
+
+def test_a_reopened_journal_appends_after_its_lines_into_room_allocated_ahead(tmp_path: Path) -> None:
+    first, second, third = make_events(3)
+    journal = Journal(tmp_path / "j")
+    journal.append([first, second])
+    used = journal.size
+    journal.close()
+    assert (tmp_path / "j").stat().st_size > used, "room is allocated ahead of the lines"
+    journal = Journal(tmp_path / "j")
+    assert journal.size == used
+    journal.append([third])
+    journal.close()
+    assert [e.id for e in read(tmp_path / "j")] == [first.id, second.id, third.id]
 
 
 def test_a_restart_writes_what_the_journal_holds_and_the_store_lacks(tmp_path: Path) -> None:

@@ -408,3 +408,35 @@ def test_decode_identifier_limits() -> None:
     with pytest.raises(DecodeError) as info:
         decode_identifier(bomb, DEFLATED)
     assert info.value.code == E.IDENTIFIER_TOO_LARGE
+
+
+def test_the_top_level_fast_path_reads_exactly_as_the_general_walk() -> None:
+    """`_skim` (the fast path for little-endian top levels) against `_walk`'s general loop alone, on
+    pydicom's test files cut at many lengths and with seeded byte damage: the same peek each time."""
+    import dataclasses
+    import random
+
+    import pydicom.data
+
+    from pacsguard.dicom.dataset import DatasetPeek, _walk
+
+    rng = random.Random(20261203)
+    compared = 0
+    # The files shipped with pydicom (get_testdata_files would also try to download others).
+    for path in sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm"))[:80]:
+        raw = Path(path).read_bytes()
+        if raw[128:132] != b"DICM":
+            continue
+        body = bytearray(raw[132 + 12 + int.from_bytes(raw[140:144], "little"):][:20000])
+        for trial in range(12):
+            data = bytearray(body[: rng.randrange(len(body) + 1)] if trial else body)
+            for _ in range(trial % 4):
+                if data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            for implicit in (True, False, None):
+                fast, reference = DatasetPeek(), DatasetPeek()
+                _walk(memoryview(bytes(data)), implicit, True, trial == 0, fast)
+                _walk(memoryview(bytes(data)), implicit, True, trial == 0, reference, skim=False)
+                assert dataclasses.asdict(fast) == dataclasses.asdict(reference), (path, trial, implicit)
+                compared += 1
+    assert compared > 1000

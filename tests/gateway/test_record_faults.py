@@ -76,16 +76,13 @@ def verify_ok(gw: RunningGateway) -> None:
     assert result.returncode == 0, f"audit verify failed:\n{result.stdout}\n{result.stderr}"
 
 
-def test_sigkill_mid_batch_loses_no_acknowledged_store(dcmtk, orthanc, gateway, tmp_path):
-    pacs = orthanc()
-    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet,
-                       policy={"calling_ae_titles": [CALLING], "hosts": ["127.0.0.0/8"]}))
-    files = corpus(tmp_path / "corpus", 400)
-    log = tmp_path / "storescu.log"
+def kill_mid_batch(dcmtk: Dcmtk, gw: RunningGateway, files: dict[str, str], log: Path, *, after: int) -> list[str]:
+    """storescu sends ``files``; the gateway is killed (SIGKILL) once ``after`` are acknowledged.
+    Returns the files storescu saw succeed."""
     client = storescu(dcmtk, gw, list(files), log)
     try:
         deadline = time.monotonic() + 60
-        while len(acknowledged(log)) < 40 and time.monotonic() < deadline and client.poll() is None:
+        while len(acknowledged(log)) < after and time.monotonic() < deadline and client.poll() is None:
             time.sleep(0.02)
         os.killpg(gw.proc.pid, signal.SIGKILL)  # serve runs in its own session: its group is its pid
         gw.proc.wait(10)
@@ -94,7 +91,17 @@ def test_sigkill_mid_batch_loses_no_acknowledged_store(dcmtk, orthanc, gateway, 
         if client.poll() is None:
             client.kill()
     acked = acknowledged(log)
-    assert 40 <= len(acked) < len(files), f"the gateway was not killed mid-batch ({len(acked)} acknowledged)"
+    assert after <= len(acked) < len(files), f"the gateway was not killed mid-batch ({len(acked)} acknowledged)"
+    return acked
+
+
+def test_sigkill_mid_batch_loses_no_acknowledged_store(dcmtk, orthanc, gateway, tmp_path):
+    pacs = orthanc()
+    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet,
+                       policy={"calling_ae_titles": [CALLING], "hosts": ["127.0.0.0/8"]}))
+    files = corpus(tmp_path / "corpus", 400)
+    log = tmp_path / "storescu.log"
+    acked = kill_mid_batch(dcmtk, gw, files, log, after=40)
 
     gw.restart()  # writes what the journal holds and the store lacks, first
     gw.stop()
@@ -102,6 +109,41 @@ def test_sigkill_mid_batch_loses_no_acknowledged_store(dcmtk, orthanc, gateway, 
     missing = [files[f] for f in acked if stores.get(files[f]) != "0x0000"]
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged C-STOREs have no success record"
     verify_ok(gw)
+
+
+def test_sigkill_on_a_postgresql_store_with_a_local_journal(dcmtk, orthanc, gateway, postgres_db_url, tmp_path):
+    """`store.journal: PATH` on a PostgreSQL store: answers wait for the local journal's fdatasync,
+    not for the database's commit, and a killed gateway's restart writes what PostgreSQL lacks."""
+    scheme, rest = postgres_db_url.split("://", 1)
+    credentials, where = rest.split("@", 1)
+    user, password = credentials.split(":", 1)
+    secret = tmp_path / "pg-password"
+    secret.write_text(password)
+    secret.chmod(0o600)
+    store = {"url": f"{scheme}://{user}@{where}", "password": {"file": str(secret)}, "checkpoint_interval": 5,
+             "journal": "var/events.journal"}
+    pacs = orthanc()
+    gw = gateway(route("main", pacs.dicom_port, upstream_ae=pacs.aet,
+                       policy={"calling_ae_titles": [CALLING], "hosts": ["127.0.0.0/8"]}), extra={"store": store})
+    files = corpus(tmp_path / "corpus", 200)
+    log = tmp_path / "storescu.log"
+    acked = kill_mid_batch(dcmtk, gw, files, log, after=30)
+    journal = gw.home / "var" / "events.journal"
+    assert journal.stat().st_mode & 0o777 == 0o600, "the journal holds PHI: owner-only"
+
+    gw.restart()
+    gw.stop()
+    from pacsguard.store import EventQuery, EventStore
+
+    es = EventStore.open(postgres_db_url)
+    try:
+        stores = {str(s.event.details.get("sop_instance")): str(s.event.details.get("status"))
+                  for s in es.search(EventQuery(kind="dicom.dimse.c-store", limit=None))}
+    finally:
+        es.close()
+    missing = [files[f] for f in acked if stores.get(files[f]) != "0x0000"]
+    assert missing == [], f"{len(missing)} of {len(acked)} acknowledged C-STOREs have no success record"
+    assert not journal.read_bytes().strip(b"\0"), "the journal is emptied once PostgreSQL holds everything"
 
 
 # --- a full disk under the store ---------------------------------------------------------------

@@ -60,6 +60,9 @@ def run(
     key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key if it exists, "
                                     "else one named after the store in the key folder, made if missing: "
                                     "$PACSGUARD_KEY_DIR, /etc/pacsguard/keys for root, ~/.config/pacsguard/keys)"),
+    journal: str = typer.Option("auto", "--journal",
+                                help="where events are durable before the store's commit: auto (beside an SQLite "
+                                "store; none for PostgreSQL), none, or a path on this host (docs/store.md)"),
     record_first: bool = typer.Option(True, "--record-before-response/--respond-before-record",
                                       help="hold each answer until its record is durable (default), or answer "
                                       "at once and record after (docs/gateway.md)"),
@@ -109,7 +112,7 @@ def run(
     engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True)
-        bus = outputs.open_outputs(stack, es, journal=True).bus
+        bus = outputs.open_outputs(stack, es, journal=outputs.journal_setting(journal)).bus
         service = GatewayService(config, bus.publish_ticket, es, engine=engine, durability=Durability(bus))
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],
                        on_stopping=announce_stopping)

@@ -104,6 +104,10 @@ class StoreConfig(Strict):
     password: SecretRef | None = Field(None, description="PostgreSQL password, from env or file")
     signing_key: Path = Field(Path("var/keys/store-signing.key"), description="Ed25519 checkpoint key")
     checkpoint_interval: float = Field(60.0, gt=0, le=86_400, description="seconds between signed checkpoints")
+    journal: str = Field("auto", min_length=1,
+                         description="where events are durable before the store's commit: auto (SQLite: FILE.journal "
+                                     "beside it; PostgreSQL: none), none (answers wait for the store's commit), or "
+                                     "a path on this host (docs/store.md)")
     witnesses: list[WitnessTarget] = Field(default_factory=list,
                                            description="where each signed checkpoint is sent, off this host")
 

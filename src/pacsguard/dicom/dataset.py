@@ -77,7 +77,11 @@ _LONG_VRS: Final = frozenset(
 _VR_SQ: Final = _vr_code("SQ")
 _VR_UN: Final = _vr_code("UN")
 
+# The same VR codes as two little-endian bytes, as the top-level skim reads them (see `_skim`).
+_LONG_VRS_LE: Final = frozenset(((code & 0xFF) << 8) | (code >> 8) for code in _LONG_VRS)
+
 _LE_TAG = struct.Struct("<HHI")  # tag + 4-byte length (implicit VR, items, delimiters)
+_LE_EXPLICIT = struct.Struct("<HHHH")  # tag, VR, 2-byte length (explicit VR little endian)
 _BE_TAG = struct.Struct(">HHI")
 _LE_U16 = struct.Struct("<H")
 _BE_U16 = struct.Struct(">H")
@@ -158,7 +162,10 @@ def _store(peek: DatasetPeek, attr: str, kind: int, raw: bytes) -> None:
     setattr(peek, attr, value.strip(" \x00"))
 
 
-def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: DatasetPeek) -> None:
+def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: DatasetPeek, *,
+          skim: bool = True) -> None:
+    """Walk the top level of a data set for `_WANTED` (``skim=False``: without the fast path, the
+    reference the tests hold `_skim` to)."""
     size = len(buf)
     if size >= 6:
         # Like pydicom, trust the bytes over the declared syntax: some senders
@@ -170,6 +177,12 @@ def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: D
     # Encoding of the content of each open undefined-length sequence / item.
     stack: list[tuple[bool, bool]] = []
     pos = 0
+    skim = skim and little
+    if skim:
+        pos, done = _skim(buf, pos, implicit, final, peek)
+        if done:
+            peek.bytes_examined = min(pos, size)
+            return
     while True:
         if size - pos < 8:
             if pos == size and not stack and final:
@@ -199,6 +212,10 @@ def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: D
                     peek.anomaly = "unexpected-delimiter"
                     break
                 stack.pop()
+                if not stack and skim:  # back at the top level: the fast path again
+                    pos, done = _skim(buf, pos, implicit, final, peek)
+                    if done:
+                        break
                 continue
             peek.anomaly = "bad-item-tag"
             break
@@ -237,6 +254,48 @@ def _walk(buf: Buffer, implicit: bool | None, little: bool, final: bool, peek: D
                 _store(peek, wanted[0], wanted[1], bytes(buf[value_start:value_end]))
         pos = value_end
     peek.bytes_examined = min(pos, size)
+
+
+def _skim(buf: Buffer, pos: int, implicit: bool, final: bool, peek: DatasetPeek) -> tuple[int, bool]:
+    """`_walk`'s fast path for the common case: the top level of a little-endian data set from
+    ``pos``, element after element, as long as every length is defined. Returns where it stopped
+    and whether the walk is over; an undefined length or an item tag hands the rest to `_walk`'s
+    general loop, which reads the same bytes the same way (this one only saves the per-element
+    bookkeeping of nesting)."""
+    size = len(buf)
+    wanted_of = _WANTED.get
+    u32 = _LE_U32.unpack_from
+    head = _LE_TAG.unpack_from if implicit else _LE_EXPLICIT.unpack_from
+    long_vrs = _LONG_VRS_LE
+    while size - pos >= 8:
+        if implicit:
+            group, element, length = head(buf, pos)
+            value_start = pos + 8
+        else:
+            group, element, vr, length = head(buf, pos)
+            if vr in long_vrs:
+                if size - pos < 12:
+                    return pos, True
+                length = u32(buf, pos + 8)[0]
+                value_start = pos + 12
+            else:
+                value_start = pos + 8
+        if group == 0xFFFE or length == _UNDEFINED:
+            return pos, False
+        tag = (group << 16) | element
+        if tag > _STOP_TAG:
+            peek.complete = True
+            return pos, True
+        value_end = value_start + length
+        wanted = wanted_of(tag)
+        if wanted is not None:
+            if value_end > size:
+                return pos, True  # value cut by the fragment end
+            _store(peek, wanted[0], wanted[1], bytes(buf[value_start:value_end]))
+        pos = value_end
+    if pos == size and final:
+        peek.complete = True
+    return pos, True
 
 
 _SEQUENCE, _ITEM = 0, 1

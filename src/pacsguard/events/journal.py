@@ -7,11 +7,16 @@ tenth of a millisecond. So the bus appends every Event here first, answers waiti
 when the append is on disk, and commits to the store in larger batches as before.
 
 Format: one Event per line, its canonical JSON (pacsguard.events.model.Event.to_json), each
-write ending in a newline. A failed write (disk full) is cut back to the last whole line, so the
-file always holds whole lines, except after a crash in the middle of a write: `read()` drops an
-unfinished last line. The journal is emptied once the store holds everything in it; entries
-still in it when a process starts are compared with the store by event id and the missing ones
-are written first (pacsguard.runtime.outputs). The file holds PHI: it is created 0600.
+write ending in a newline, followed by zero bytes up to the file's end. The file is allocated and
+zero-filled ahead of the lines (`PREALLOCATE` at a time): writing into blocks that already exist
+lets fdatasync() flush the data alone, without a file-system journal commit for the grown file,
+which on this project's disks took the median sync from 0.17 to 0.11 ms and its 90th percentile
+from milliseconds to a fraction of one. The lines end at the first zero byte. A failed write is
+zeroed again, so the file always holds whole lines, except after a crash in the middle of a
+write: `read()` drops an unfinished last line. The journal is emptied (zeroed) once the store
+holds everything in it; entries still in it when a process starts are compared with the store by
+event id and the missing ones are written first (pacsguard.runtime.outputs). The file holds PHI:
+it is created 0600, and emptying overwrites what it held.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacsguard.events")
 
-#: The journal is emptied when it is larger than this and the store holds all of it.
+#: The journal is emptied when its lines take more than this and the store holds all of them.
 TRUNCATE_AT = 1 << 20
+#: Zero-filled room allocated ahead of the lines, at a time.
+PREALLOCATE = 2 << 20
 
 
 class Journal:
@@ -44,49 +51,86 @@ class Journal:
         """Open (or create) the journal; BlockingIOError when another process has it open."""
         self.path = path
         create_private_file(path)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         try:
             # One writer per journal: a second process on the same store must not empty it.
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._fd)
             raise BlockingIOError(f"{path} is in use by another process") from None
-        self.size = os.fstat(self._fd).st_size
+        self.size = len(_lines(path.read_bytes()))  # where the next line goes
+        self.capacity = os.fstat(self._fd).st_size  # zero-filled up to here
 
     def append(self, events: Sequence[Event]) -> None:
         """Write ``events`` and wait until they are on disk; raises OSError (ENOSPC, EIO) with the
         file as it was."""
         data = "".join(f"{e.to_json()}\n" for e in events).encode()
+        if self.size + len(data) > self.capacity:
+            self._allocate(self.size + len(data))
         try:
-            written = os.write(self._fd, data)
+            written = os.pwrite(self._fd, data, self.size)
             if written != len(data):
                 raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
             os.fdatasync(self._fd)
         except OSError:
-            self._cut_back()
+            self._zero(self.size, len(data))
             raise
         self.size += len(data)
 
-    def _cut_back(self) -> None:
-        """Drop a partial write, so the next append starts on a line of its own."""
+    def _allocate(self, needed: int) -> None:
+        """Zero-fill the file up to past ``needed`` and sync it with its new size (OSError when
+        the disk is full: the file keeps what it had)."""
+        end = max(needed, self.capacity) + PREALLOCATE
         try:
-            os.ftruncate(self._fd, self.size)
+            self._write_zeros(self.capacity, end - self.capacity)
+            os.fsync(self._fd)
+        except OSError:
+            self._cut_back()
+            raise
+        self.capacity = end
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        block = bytes(min(length, 1 << 20))
+        while length > 0:
+            written = os.pwrite(self._fd, block[:length], offset)
+            offset += written
+            length -= written
+
+    def _zero(self, offset: int, length: int) -> None:
+        """Blank a failed write, so the next append starts on a line of its own."""
+        try:
+            self._write_zeros(offset, length)
         except OSError as exc:  # noqa: BLE001 - reported; read() drops what cannot be parsed
-            log.error("journal %s: cannot cut back a failed write: %s", self.path, exc)
+            log.error("journal %s: cannot blank a failed write: %s", self.path, exc)
+
+    def _cut_back(self) -> None:
+        """Give back what a failed allocation added."""
+        try:
+            os.ftruncate(self._fd, self.capacity)
+        except OSError as exc:  # noqa: BLE001 - the file is longer than counted: zeros, harmless
+            log.error("journal %s: cannot cut back a failed allocation: %s", self.path, exc)
 
     def empty(self) -> None:
-        """Forget everything written: call only when the store holds all of it."""
-        os.ftruncate(self._fd, 0)
+        """Forget everything written (overwritten with zeros, and synced): call only when the store
+        holds all of it."""
+        self._write_zeros(0, self.size)
+        os.fdatasync(self._fd)
         self.size = 0
 
     def close(self) -> None:
         os.close(self._fd)
 
 
+def _lines(raw: bytes) -> bytes:
+    """The written part of a journal's bytes: up to the first zero byte (JSON never holds one)."""
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
 def read(path: Path) -> list[Event]:
     """The Events a journal holds, in order; an unfinished or damaged line is skipped (reported)."""
     try:
-        raw = path.read_bytes()
+        raw = _lines(path.read_bytes())
     except FileNotFoundError:
         return []
     events: list[Event] = []

@@ -54,12 +54,13 @@ def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writ
 
 def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[EventSink] = (), *,
                  on_error: Callable[[Exception], None] | None = None, close_timeout: float = 30.0,
-                 journal: bool = False) -> Outputs:
+                 journal: bool | Path = False) -> Outputs:
     """The bus in front of ``store`` (primary) and ``sinks``; a failing secondary sink is logged and
     never stops the primary. Everything is closed by ``stack``: the bus flushed first, the store last.
-    ``journal``: events become durable in the store's write-ahead journal (an SQLite store's file
-    with `.journal` appended) before its batched commit, and what an earlier run left there and the
-    store lacks is written first (pacsguard.events.journal)."""
+    ``journal``: events become durable in a write-ahead journal before the store's batched commit,
+    and what an earlier run left there and the store lacks is written first
+    (pacsguard.events.journal): True for the store's own (an SQLite store's file with `.journal`
+    appended; none for PostgreSQL), or the journal's path."""
     from pacsguard.events import EventBus, FanOut
     from pacsguard.runtime.recording import RecordingAlarm
 
@@ -71,7 +72,8 @@ def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[Eve
     if not targets:
         raise ValueError("open_outputs needs a store or at least one sink")
     fan = FanOut(targets[0], targets[1:], on_error=lambda s, e: log.warning("sink %s: %s", type(s).__name__, e))
-    wal, backlog = open_journal(store) if journal and store is not None else (None, [])
+    wal, backlog = (open_journal(store, None if journal is True else journal)
+                    if journal is not False and store is not None else (None, []))
     bus = EventBus(fan, on_error=on_error, journal=wal, backlog=backlog)
     stack.callback(bus.close, close_timeout)
     bus.listen(RecordingAlarm(bus))
@@ -89,14 +91,17 @@ def journal_path(store: EventStore) -> Path | None:
     return Path(store.url[len(prefix):] + ".journal")
 
 
-def open_journal(store: EventStore) -> tuple[Journal | None, list[Event]]:
-    """The store's journal, and the events of an earlier run that it holds and the store lacks
-    (a crash between the journal's fdatasync and the store's commit), in their order."""
+def open_journal(store: EventStore, path: Path | None = None) -> tuple[Journal | None, list[Event]]:
+    """The journal at ``path`` (default: the store's own, `journal_path`), and the events of an
+    earlier run that it holds and the store lacks (a crash between the journal's fdatasync and the
+    store's commit), in their order."""
     from pacsguard.events.journal import Journal, read
 
-    path = journal_path(store)
+    if path is None:
+        path = journal_path(store)
     if path is None:
         return None, []
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         wal = Journal(path)
     except BlockingIOError as exc:
@@ -136,4 +141,15 @@ def open_configured_outputs(stack: ExitStack, loaded: LoadedConfig) -> Outputs:
     except BaseException:
         store.close()
         raise
-    return open_outputs(stack, store, sinks, journal=True)
+    return open_outputs(stack, store, sinks, journal=journal_setting(loaded.config.store.journal, loaded.resolve))
+
+
+def journal_setting(value: str, resolve: Callable[[Path], Path] = lambda p: p) -> bool | Path:
+    """``store.journal`` / ``--journal`` as `open_outputs` takes it: auto, none, or a path."""
+    from pathlib import Path
+
+    if value == "auto":
+        return True
+    if value == "none":
+        return False
+    return resolve(Path(value))
