@@ -4,9 +4,9 @@ through ``pacsguard gateway run``, through a second gateway that answers before 
 (for reference) through a plain socat TCP relay, in the same run.
 
     .venv/bin/python bench/gateway.py [--work DIR] [--small 1000] [--large 20] [--large-mb 8]
-                                      [--repeat 5] [--repeat-large 15] [--max-pdu 16384] [--no-socat]
+                                      [--repeat 5] [--repeat-large 15] [--pdu 16384] [--no-socat]
                                       [--postgres URL]
-                                      [--no-async] [--check]
+                                      [--no-async] [--tls] [--check]
                                       [--profile [--profile-gil]] [--gateway-launcher FILE]
 
 Needs Debian's dcmtk (/usr/bin/storescu, /usr/bin/storescp); socat (apt-get install -y socat) for
@@ -33,7 +33,19 @@ dcmtk, not pynetdicom's look-alikes in .venv/bin), both with ``TCP_NODELAY=1`` i
 environment; the gateway runs as ``python -m pacsguard.cli gateway run`` with a SQLite store in the
 work dir (its real event recording, writer thread included). ``socat -b 262144`` with ``nodelay``
 on both legs is the ceiling a relay without inspection reaches. Both dcmtk tools are given
-``--max-pdu`` (default 16384, dcmtk's own default), so every object travels in PDUs of that size.
+``--pdu`` (``-pdu``, default 16384, dcmtk's own default): the sink advertises it as its Maximum
+Length (PS3.8 D.1) and storescu sends P-DATA-TF PDUs of that size (checked with tshark at 16, 64
+and 128 KiB). dcmtk accepts at most 131072; storescu sends at most 131072-byte PDUs even to a
+receiver that advertises more (1 MiB to a pynetdicom SCP: still 131072), so larger PDUs need
+another sender. The gateway's own limit (4 MiB) is above all of these, so it passes each
+advertised length on unchanged.
+
+``--tls`` adds three paths over TLS (certificates made in the work dir by pacsguard.tls, mutual
+TLS on every leg that speaks it): ``direct-tls``, storescu ``+tls`` to a second sink
+``storescp +tls``; ``gateway-tls``, storescu ``+tls`` to a gateway that terminates TLS
+(``--tls-cert``, client certificate required) and relays in clear to the plain sink; and
+``gateway-tls-asyncio``, the same on asyncio's own loop (``PACSGUARD_EVENT_LOOP=asyncio``, where
+TLS routes ran before they ran on uvloop). The TLS gateways are judged against ``direct-tls``.
 storescu proposes its default list of 128 presentation contexts in every association, as a
 modality configured with dcmtk's defaults would.
 
@@ -204,6 +216,17 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20.
     raise SystemExit(f"{what} did not listen on {port} within {timeout:g} s")
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """Terminate the bench's peers and relays that still run (SIGKILL after 10 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
@@ -232,6 +255,8 @@ class Path_:
     port: int
     called_ae: str
     pid: int | None = None  # whose CPU time to read (the relay process), None for direct
+    client_args: tuple[str, ...] = ()  # storescu's extra options (TLS)
+    sink_pid: int | None = None  # the sink this path reaches, when it is not the plain one
 
 
 @dataclass
@@ -249,7 +274,8 @@ class Run:
 
 def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: int) -> Run:
     cmd = [STORESCU, "-lc", str(logcfg), "-aet", CLIENT_AE, "-aec", path.called_ae, "-pdu", str(max_pdu),
-           "+sd", HOST, str(path.port), str(corpus.directory)]
+           *path.client_args, "+sd", HOST, str(path.port), str(corpus.directory)]
+    sink_pid = path.sink_pid or sink_pid
     before = cpu_seconds(path.pid) if path.pid else None
     sink_before = cpu_seconds(sink_pid)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -437,7 +463,10 @@ def main() -> int:
     ap.add_argument("--repeat-large", type=int, default=15,
                     help="timed runs per path of the large objects: one takes ~0.2 s, and on a shared 2-core "
                          "machine single runs vary by +-30 %%, so more of them steady the median")
-    ap.add_argument("--max-pdu", type=int, default=16384, help="storescp/storescu max PDU (4096..131072)")
+    ap.add_argument("--pdu", "--max-pdu", dest="max_pdu", type=int, default=16384,
+                    help="the sink's advertised Maximum Length and storescu's -pdu (4096..131072: dcmtk's range)")
+    ap.add_argument("--tls", action="store_true",
+                    help="add direct-tls, gateway-tls (uvloop) and gateway-tls-asyncio paths (mutual TLS)")
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
     ap.add_argument("--postgres", default=None, metavar="URL",
                     help="also two gateways whose store is this PostgreSQL database, with and without a local journal")
@@ -455,6 +484,8 @@ def main() -> int:
                          "patches something, then calls pacsguard.cli.main.main()) instead of "
                          "`python -m pacsguard.cli`")
     args = ap.parse_args()
+    if not 4096 <= args.max_pdu <= 131072:
+        ap.error("--pdu: dcmtk's storescp and storescu accept 4096..131072")
 
     for tool in (STORESCU, STORESCP):
         version = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
@@ -467,13 +498,7 @@ def main() -> int:
     try:
         return bench(args, work, procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
         if temp and not (args.keep or args.profile):  # --profile: keep the collapsed stacks
             shutil.rmtree(work, ignore_errors=True)
         elif temp:
@@ -519,6 +544,7 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
 
     gw = start_gateway(gw_port, store)
     paths = [Path_("direct", sink_port, SINK_AE), Path_("gateway", gw_port, GW_AE, gw.pid)]
+    gateways = {"gateway": (gw, store)}  # whose record is checked at the end
     if not args.no_async:
         # The same gateway answering before its record is durable: the difference is what holding
         # each C-STORE-RSP for its record costs.
@@ -549,6 +575,31 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         paths.append(Path_("socat", socat_port, SINK_AE, socat.pid))
     elif not args.no_socat:
         console.print("[yellow]socat not installed (apt-get install -y socat): no relay reference[/]")
+    if args.tls:
+        pki = make_pki(work / "pki")
+        tls_sink_port = free_port()
+        tls_sink = subprocess.Popen([STORESCP, "--ignore", "-aet", SINK_AE, "-pdu", str(args.max_pdu),
+                                     "+tls", str(pki["sink.key"]), str(pki["sink.crt"]), "+cf", str(pki["ca"]),
+                                     str(tls_sink_port)], env=dcmtk_env(), stdout=log("storescp-tls.log"),
+                                    stderr=subprocess.STDOUT)
+        procs.append(tls_sink)
+        wait_port(tls_sink_port, tls_sink, "storescp +tls")
+        client_tls = ("+tls", str(pki["client.key"]), str(pki["client.crt"]), "+cf", str(pki["ca"]))
+        paths.append(Path_("direct-tls", tls_sink_port, SINK_AE, None, client_tls, tls_sink.pid))
+        serve_tls = ("--tls-cert", str(pki["gateway.crt"]), "--tls-key", str(pki["gateway.key"]),
+                     "--tls-ca", str(pki["ca"]), "--require-client-cert")
+        for name, loop in (("gateway-tls", "uvloop"), ("gateway-tls-asyncio", "asyncio")):
+            db = work / f"{name}.db"
+            for stale in (db, Path(f"{db}.key"), Path(f"{db}-wal"), Path(f"{db}-shm")):
+                stale.unlink(missing_ok=True)
+            port = free_port()
+            os.environ["PACSGUARD_EVENT_LOOP"] = loop  # read by the gateway process at start
+            try:
+                proc = start_gateway(port, db, *serve_tls)
+            finally:
+                del os.environ["PACSGUARD_EVENT_LOOP"]
+            paths.append(Path_(name, port, GW_AE, proc.pid, client_tls))
+            gateways[name] = (proc, db)
 
     spool = None
     if not args.no_store_forward:
@@ -556,15 +607,14 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         procs.append(sf_proc)
         paths.append(Path_("store-and-forward", sf_port, GW_AE, sf_proc.pid))
 
-    sent_via_gateway: Counter[str] = Counter()
-    gateway_assocs = 0
+    sent_via: dict[str, Counter[str]] = {name: Counter() for name in gateways}
+    assocs_via: Counter[str] = Counter()
 
     def send(path: Path_, corpus: Corpus) -> Run:
-        nonlocal gateway_assocs
         run = storescu(path, corpus, logcfg, args.max_pdu, sink.pid)
-        if path.name == "gateway":
-            sent_via_gateway.update(corpus.uids)
-            gateway_assocs += 1
+        if path.name in sent_via:
+            sent_via[path.name].update(corpus.uids)
+            assocs_via[path.name] += 1
         if path.name == "store-and-forward" and spool is not None:
             drain(spool)
         return run
@@ -588,16 +638,18 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
         profiles["small"] = profile(gw.pid, [lambda: send(gpath, small)] * 3, work / "profile-small", args.profile_rate,
                                    args.profile_gil)
 
-    # Stop the gateway cleanly (flushes its event bus), then check its record.
-    gw.send_signal(signal.SIGTERM)
-    try:
-        gw.wait(60)
-    except subprocess.TimeoutExpired:
-        gw.kill()
-        raise SystemExit("the gateway did not stop within 60 s of SIGTERM") from None
-    recorded = check_store(store)
+    # Stop each gateway cleanly (flushes its event bus), then check its record.
+    records = {}
+    for name, (proc, db) in gateways.items():
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise SystemExit(f"the {name} did not stop within 60 s of SIGTERM") from None
+        records[name] = (sent_via[name], assocs_via[name], check_store(db))
 
-    status = report(args, small, large, paths, results, sent_via_gateway, gateway_assocs, recorded)
+    status = report(args, small, large, paths, results, records)
     for label, prof in profiles.items():
         print_profile(f"py-spy, gateway, {label} objects", prof)
     return status
@@ -663,12 +715,26 @@ def check_store(store: Path) -> dict[str, object]:
             "total": total, "contexts": contexts, "accepted": len(accepted) if isinstance(accepted, list) else None}
 
 
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A CA and certificates for the sink, the gateway and the client (pacsguard.tls, 127.0.0.1)."""
+    from pacsguard.tls import make_ca, make_cert
+
+    ca_cert, ca_key = make_ca(folder, "Bench CA", 2, force=True)  # fresh for every run
+    out = {"ca": ca_cert}
+    for name in ("sink", "gateway", "client"):
+        cert, key = make_cert(folder, name, ca_cert, ca_key, hosts=["127.0.0.1"], days=2, server=name != "client",
+                              client=name == "client", force=True)
+        out[f"{name}.crt"], out[f"{name}.key"] = cert, key
+    return out
+
+
 def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[Path_],
-           results: dict[tuple[str, str], list[Run]], sent: Counter[str], assocs: int,
-           recorded: dict[str, object]) -> int:
+           results: dict[tuple[str, str], list[Run]],
+           records: dict[str, tuple[Counter[str], int, dict[str, object]]]) -> int:
     """Print the tables and verdicts; returns the exit status (1: record incomplete, or --check and a target missed)."""
     console.print()
-    console.print(f"[bold]machine[/]: {machine()}")
+    console.print(f"[bold]machine[/]: {machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    recorded = records["gateway"][2]
     if args.gateway_launcher:
         console.print(f"[bold yellow]gateway started through the launcher {args.gateway_launcher}[/]")
     pdv = results[("large", "direct")][0].max_pdv
@@ -692,7 +758,7 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
     direct_wall = med([large.file_bytes / r.wall for r in results[("large", "direct")]])
     per_object = large.file_bytes / large.count
     direct_obj = per_object / med([x for r in results[("large", "direct")] for x in r.rtts])
-    ratios, obj_ratios = {}, {}
+    ratios, obj_ratios, relay_gb = {}, {}, {}
     for name in names:
         runs = results[("large", name)]
         tp = med([large.file_bytes / r.in_assoc for r in runs])
@@ -701,7 +767,7 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
         obj = per_object / med([x for r in runs for x in r.rtts])
         obj_ratios[name] = obj / direct_obj
         gb = large.file_bytes / 1e9
-        relay = med([r.cpu for r in runs]) / gb if runs[0].cpu is not None else 0.0
+        relay = relay_gb[name] = med([r.cpu for r in runs]) / gb if runs[0].cpu is not None else 0.0
         client, sinkc = med([r.client_cpu for r in runs]) / gb, med([r.sink_cpu for r in runs]) / gb
         busy = med([(r.client_cpu + r.sink_cpu + (r.cpu or 0.0)) / r.wall for r in runs])
         table.add_row(name, f"{tp / 1e6:.0f}", f"{tp / direct_tp:.3f}",
@@ -762,6 +828,12 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
         console.print(f"on a PostgreSQL store with a local journal: {POSTGRES} adds {added[POSTGRES] * 1e3:.3f} ms "
                       f"per small C-STORE (target <= 1 ms) {verdict(added[POSTGRES] <= 0.001)}; without a journal "
                       f"(answers wait for the database's commit) {added[POSTGRES_COMMIT] * 1e3:.3f} ms")
+    if "direct-tls" in ratios:
+        tls = [f"{name} {ratios[name] / ratios['direct-tls']:.3f} x direct-tls (relay {relay_gb[name]:.2f} "
+               f"CPU-s/GB, added median per small C-STORE {(added[name] - added['direct-tls']) * 1e3:+.3f} ms)"
+               for name in ("gateway-tls", "gateway-tls-asyncio")]
+        console.print(f"TLS, large throughput (target: better than 0.77 x direct-tls): {'; '.join(tls)}; "
+                      f"direct-tls {ratios['direct-tls']:.3f} x direct")
     ok_sf = True
     if "store-and-forward" in ratios:
         sf = ratios["store-and-forward"] / ratios["gateway"]
@@ -770,15 +842,18 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
                       f"objects synced) {verdict(ok_sf)}; {ratios['store-and-forward']:.3f} x direct; added median "
                       f"latency per small C-STORE {added['store-and-forward'] * 1e3:.3f} ms")
 
-    uids: Counter[str] = recorded["uids"]  # type: ignore[assignment]
-    statuses: Counter[str] = recorded["statuses"]  # type: ignore[assignment]
-    sent_total = sum(sent.values())
-    same = uids == sent
-    console.print(f"gateway record: {recorded['events']} dicom.dimse.c-store events for {sent_total} C-STOREs sent "
-                  f"through it ({assocs} associations: {recorded['released']} released, {recorded['aborted']} aborted "
-                  f"events); statuses {dict(statuses)}; SOP Instance UIDs match what was sent: "
-                  f"{verdict(same and recorded['events'] == sent_total)}; store holds {recorded['total']} events")
-    if not (same and recorded["events"] == sent_total):
+    complete = True
+    for name, (sent, assocs, recorded) in records.items():
+        uids: Counter[str] = recorded["uids"]  # type: ignore[assignment]
+        statuses: Counter[str] = recorded["statuses"]  # type: ignore[assignment]
+        sent_total = sum(sent.values())
+        same = uids == sent and recorded["events"] == sent_total
+        complete = complete and same
+        console.print(f"{name} record: {recorded['events']} dicom.dimse.c-store events for {sent_total} C-STOREs "
+                      f"sent through it ({assocs} associations: {recorded['released']} released, "
+                      f"{recorded['aborted']} aborted events); statuses {dict(statuses)}; SOP Instance UIDs match "
+                      f"what was sent: {verdict(same)}; store holds {recorded['total']} events")
+    if not complete:
         return 1
     return 1 if args.check and not (ok_tp and ok_lat and ok_sf) else 0
 

@@ -2,10 +2,12 @@
 header (PS3.8 9.3.5), against copying through user space, per PDU size. No DICOM peers, no event
 loop: one blocking relay thread on loopback, the floor each technique sets.
 
-    python bench/splice_ceiling.py [--repeat 3] [--gib 1] [--sizes 16384 65536 1048576]
+    python bench/splice_ceiling.py [--repeat 3] [--gib 1] [--sizes 16384 65536 131072 1048576]
 
 A sender writes P-DATA-TF PDUs of one size (one data PDV each) to the relay, which forwards them to
-a sink that discards them. Relays:
+a sink that discards them. The default sizes are those bench/gateway.py measures with real peers
+(16, 64 and 128 KiB: dcmtk's range) and 1 MiB, which only other senders use (pynetdicom sends
+PDUs of whatever Maximum Length the receiver advertises). Relays:
   copy        recv_into a 256 KiB buffer, sendall: a byte relay with no parsing (socat's technique)
   splice      per PDU: read its 12-byte header, check it, send it, splice the body socket -> pipe ->
               socket (the issue's design: the next header is read before more bytes move)
@@ -193,7 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--gib", type=float, default=1.0, help="bytes per transfer, GiB")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536, 1 << 20], help="PDU sizes")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536, 131072, 1 << 20],
+                    help="PDU sizes")
     args = ap.parse_args()
     modes = [*RELAYS, *(["socat"] if shutil.which("socat") else [])]
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; medians of {args.repeat} runs")

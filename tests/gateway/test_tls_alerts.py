@@ -1,10 +1,12 @@
 """A TLS route that refuses a handshake says why, as OpenSSL servers do (RFC 8446 6.2, RFC 5246
 7.2.2): `openssl s_client` must see the alert (protocol_version, handshake_failure,
-certificate_required, unknown_ca), not an unexpected EOF. The refusal is recorded as before."""
+certificate_required, unknown_ca), not an unexpected EOF. The refusal is recorded as before. Both
+event loops are tried: uvloop reads a connection's first TLS records before start_tls() takes it over."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,11 +39,19 @@ def s_client(port: int, pki: dict[str, Path], *extra: str) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture
-def tls_gateway(gateway, pki):
+@pytest.fixture(params=["uvloop", "asyncio"])
+def tls_gateway(gateway, pki, monkeypatch, request):
+    """The gateway on uvloop (what serve chooses, TLS routes included) and on asyncio's own loop."""
+    monkeypatch.setenv("PACSGUARD_EVENT_LOOP", request.param)
     tls = {"cert_file": str(pki["gateway_cert"]), "key_file": str(pki["gateway_key"]), "ca_file": str(pki["ca"]),
            "require_client_cert": True}
-    return gateway(route("main", free_port(), listen_tls=tls))
+    gw = gateway(route("main", free_port(), listen_tls=tls))
+    expected = "uvloop" if request.param == "uvloop" else "asyncio"
+    deadline = time.monotonic() + 10
+    while f"event loop: {expected}" not in gw.log.read_text():
+        assert time.monotonic() < deadline, gw.log.read_text()
+        time.sleep(0.1)
+    return gw
 
 
 @pytest.mark.parametrize("case, args, alert", [

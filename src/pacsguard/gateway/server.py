@@ -79,12 +79,18 @@ class RouteRuntime:
 
 class TLSAcceptingSide(Side):
     """The client leg of a TLS route: the handshake runs explicitly (start_tls) so that a failed
-    one (no client certificate, wrong CA, TLS 1.1) is recorded as an event with the peer's address."""
+    one (no client certificate, wrong CA, TLS 1.1) is recorded as an event with the peer's address,
+    and the client gets OpenSSL's alert (RFC 8446 6.2). Runs on uvloop and on asyncio's loop."""
 
     def __init__(self, relay: AssociationRelay, context: ssl.SSLContext) -> None:
         super().__init__(relay, True)
         self.context = context
         self.ready = False
+        self.switched = False  # start_tls() has taken the connection over
+        self.gone = False  # the client closed (or reset) the connection before that
+        # The client's first TLS records, read before start_tls() took the connection over: uvloop
+        # starts reading a new connection once connection_made() returns, whatever it asked for.
+        self.hello: list[bytes] = []
         # Decrypted data can arrive before start_tls() returns: hold it until the relay knows the
         # peer's address and certificate, or the RQ would be judged without them.
         self.early: list[bytes] = []
@@ -92,44 +98,68 @@ class TLSAcceptingSide(Side):
     def buffer_updated(self, nbytes: int) -> None:
         if self.ready:
             super().buffer_updated(nbytes)
-        else:
+        elif self.switched:
             self.early.append(bytes(self._view[:nbytes]))
+        else:
+            self.hello.append(bytes(self._view[:nbytes]))
+            assert self.transport is not None  # set in connection_made, before any read
+            self.transport.pause_reading()  # start_tls() resumes reading once it owns the connection
+
+    def eof_received(self) -> bool:
+        if self.switched:
+            return super().eof_received()
+        self.gone = True
+        return True  # the handshake task records why and closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.switched:
+            super().connection_lost(exc)
+        else:
+            self.gone = True  # the relay never heard of this client: nothing to tell it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # Until start_tls() owns the socket, the ClientHello must not reach this (plaintext) protocol.
+        # Until start_tls() owns the socket, the ClientHello should not reach this (plaintext)
+        # protocol; asyncio's loop honours this, uvloop reads once more (kept in `hello`).
         transport.pause_reading()  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._handshake(transport))
 
+    def _replay_hello(self, raw: asyncio.BaseTransport) -> None:
+        """Give the TLS protocol that start_tls() put on *raw* the records this one read first.
+        Runs before that protocol's connection_made(), which start_tls() schedules after it: the
+        bytes wait in its incoming BIO, and the handshake starts with them."""
+        hello, self.hello = b"".join(self.hello), []
+        protocol = raw.get_protocol()
+        if hello and protocol is not self:
+            feed(protocol, hello)
+
+    async def _start_tls(self, raw: asyncio.BaseTransport) -> asyncio.BaseTransport:
+        if self.gone:
+            raise ConnectionResetError("the client closed the connection before its first TLS record")
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._replay_hello, raw)  # before the callbacks start_tls() schedules
+        self.switched = True
+        tls = await loop.start_tls(raw, self, self.context, server_side=True,  # type: ignore[arg-type]
+                                   ssl_handshake_timeout=self.relay.route.limits.artim_timeout)
+        if tls is None or tls.is_closing():
+            # uvloop completes start_tls() without an error when the connection is lost mid-handshake.
+            raise ConnectionResetError("the connection was lost during the handshake")
+        return tls
+
     async def _handshake(self, raw: asyncio.BaseTransport) -> None:
         peer = raw.get_extra_info("peername") or ("?", 0)
-        loop = asyncio.get_running_loop()
-        # A second handle on the socket: asyncio closes its own when a handshake fails, before
+        # A second handle on the socket: the loop closes its own when a handshake fails, before
         # the alert OpenSSL wrote for the client has been sent (see pacsguard.tls.alerts).
-        held = raw.get_extra_info("socket")
+        held = None if self.gone or raw.is_closing() else raw.get_extra_info("socket")
         spare = held.dup() if held is not None else None
         try:
-            tls = await loop.start_tls(raw, self, self.context, server_side=True,  # type: ignore[arg-type]
-                                       ssl_handshake_timeout=self.relay.route.limits.artim_timeout)
+            tls = await self._start_tls(raw)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            from pacsguard.tls import explain_tls_error
             from pacsguard.tls.alerts import pending_alert, send_alert
 
             if spare is not None:
                 send_alert(spare, pending_alert(exc))
-
-            if isinstance(exc, ssl.SSLError):
-                why = explain_tls_error(exc)
-            elif isinstance(exc, ConnectionError):
-                why = ("the client closed the connection during the handshake (it may not trust the gateway's "
-                       "certificate, or offer no common TLS version or cipher)")
-            else:
-                why = str(exc) or type(exc).__name__
-            self.relay.publish(Event(kind="tls.handshake.failed", component="gateway", severity=Severity.WARNING,
-                                     outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=str(peer[0]), port=int(peer[1])),
-                                     target=Party(ae_title=self.relay.route.listen.ae_title),
-                                     message=f"TLS handshake with {peer[0]}:{peer[1]} failed: {why}",
-                                     details={"route": self.relay.route.name, "error": why}))
+            self._refused(peer, exc)
             raw.close()
             return
         except asyncio.CancelledError:
@@ -138,12 +168,42 @@ class TLSAcceptingSide(Side):
             raise
         if spare is not None:
             spare.close()  # the handshake succeeded: the TLS transport owns the connection
-        assert tls is not None  # start_tls returns the TLS transport once the handshake succeeded
         Side.connection_made(self, tls)
         self.ready = True
         early, self.early = self.early, []
         for data in early:
             self.deliver(data)
+
+    def _refused(self, peer: tuple[str, int], exc: BaseException) -> None:
+        from pacsguard.tls import explain_tls_error
+
+        if isinstance(exc, ssl.SSLError):
+            why = explain_tls_error(exc)
+        elif isinstance(exc, ConnectionError):
+            why = ("the client closed the connection during the handshake (it may not trust the gateway's "
+                   "certificate, or offer no common TLS version or cipher)")
+        else:
+            why = str(exc) or type(exc).__name__
+        self.relay.publish(Event(kind="tls.handshake.failed", component="gateway", severity=Severity.WARNING,
+                                 outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=str(peer[0]), port=int(peer[1])),
+                                 target=Party(ae_title=self.relay.route.listen.ae_title),
+                                 message=f"TLS handshake with {peer[0]}:{peer[1]} failed: {why}",
+                                 details={"route": self.relay.route.name, "error": why}))
+
+
+def feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver *data* to *protocol* as its transport would (through its buffer if it has one)."""
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is None:
+        protocol.data_received(data)  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        buffer = get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        view = view[n:]
 
 
 class Gateway:

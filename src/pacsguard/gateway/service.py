@@ -40,9 +40,9 @@ class GatewayService:
         self.gateway = Gateway(config, publish, resolve=resolve, read_quarantine=quarantine_reader(store),
                                engine=engine, durability=durability,
                                object_checks=object_checks)
-        # uvloop reads a new socket before start_tls() can take it over, so routes that terminate
-        # TLS (whose explicit handshake records failures as events) need asyncio's own loop.
-        self.needs_asyncio_loop = any(route.listen.tls is not None for route in config.routes)
+        # Every route runs on uvloop, TLS ones too (the handshake's first records, which uvloop
+        # reads before start_tls() takes a connection over, are handed on: gateway.server).
+        self.needs_asyncio_loop = False
 
     async def start(self) -> list[BannerRow]:
         rows: list[BannerRow] = []

@@ -4,6 +4,7 @@ loop, stopped in reverse on Ctrl-C / SIGTERM (or when a caller's stop event is s
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -86,12 +87,13 @@ def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], No
     """Run the services until SIGINT or SIGTERM.
 
     uvloop (libuv) cuts the gateway relay's per-read cost by a third against asyncio's own loop
-    (bench/gateway.py, docs/PERFORMANCE.md); a service that needs asyncio's loop (the gateway with
-    routes that terminate TLS) gets it, and PACSGUARD_EVENT_LOOP=asyncio chooses it always."""
+    (bench/gateway.py, docs/PERFORMANCE.md); a service that needs asyncio's loop gets it (none does
+    today: the gateway's TLS routes run on uvloop too), and PACSGUARD_EVENT_LOOP=asyncio chooses it always."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        logging.getLogger("pacsguard").debug("event loop: %s", type(loop).__module__.split(".")[0])
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await run_services(services, stop, show, banner, on_stopping)
