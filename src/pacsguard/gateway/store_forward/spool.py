@@ -7,6 +7,7 @@ Layout (one folder per route)::
     tmp/                  objects being received; never acknowledged, emptied at start
     objects/ID.dcm        a received Part-10 file (PS3.10 7.1), checked and acknowledged
     objects/ID.json       what the association said about it, and its destinations
+    objects/ID.DEST.sending  written (and synced) before the object is sent to DEST
     objects/ID.DEST.sent  written (and synced) once destination DEST answered Success
     objects/ID.DEST.fail  the last failed attempt for DEST (attempts, error): informative only
     quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
@@ -245,15 +246,38 @@ class Spool:
     def sent_to(self, object_id: str) -> list[str]:
         return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
 
-    def mark_sent(self, object_id: str, destination: str) -> None:
-        """Record, durably, that ``destination`` answered Success: it is never sent this object again."""
-        write_synced(self.tmp / f"{object_id}.{destination}.sent")
-        os.replace(self.tmp / f"{object_id}.{destination}.sent", self.objects / f"{object_id}.{destination}.sent")
+    def in_doubt(self, object_id: str) -> list[str]:
+        """The destinations ``object_id`` was being sent to when the answer went missing (an attempt
+        marker without a sent marker): a crash, or an association that ended before the response."""
+        sent = set(self.sent_to(object_id))
+        return sorted(name for p in self.objects.glob(f"{object_id}.*.sending")
+                      if (name := p.name[len(object_id) + 1:-len(".sending")]) not in sent)
+
+    def _mark(self, object_id: str, destination: str, suffix: str) -> None:
+        """Write the empty marker ``ID.DEST.SUFFIX`` durably (synced, renamed, folder synced)."""
+        name = f"{object_id}.{destination}.{suffix}"
+        write_synced(self.tmp / name)
+        os.replace(self.tmp / name, self.objects / name)
         fsync_dir(self.objects)
+
+    def mark_sending(self, object_id: str, destination: str) -> None:
+        """Record, durably, that ``object_id`` is about to be sent to ``destination``: if no answer
+        is recorded after this, the destination may hold it (`in_doubt`)."""
+        self._mark(object_id, destination, "sending")
+
+    def mark_sent(self, object_id: str, destination: str) -> None:
+        """Record, durably, that ``destination`` has the object (it answered Success, or a C-FIND
+        found it): it is never sent this object again."""
+        self._mark(object_id, destination, "sent")
+        # The sent marker wins over the attempt marker: removing it needs no sync.
+        (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         (self.objects / f"{object_id}.{destination}.fail").unlink(missing_ok=True)
 
     def mark_failed(self, object_id: str, destination: str, error: str) -> int:
-        """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count."""
+        """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count.
+        A failure status says the destination did not store the object (PS3.4 B.2.3), so the attempt
+        marker goes: the object is not in doubt."""
+        (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         path = self.objects / f"{object_id}.{destination}.fail"
         attempts = 1
         try:
