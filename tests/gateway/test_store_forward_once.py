@@ -6,15 +6,14 @@ an attempt marker for every destination, and real Orthancs hold one of them alre
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from test_store_forward import CALLING, dataset_bytes, fresh_ct, orthanc_bytes, sf_route, wait_until
+from saf_spool import spool_file
+from test_store_forward import dataset_bytes, fresh_ct, orthanc_bytes, sf_route, wait_until
 
-from pacsguard.gateway.objects import ReceivedObject
-from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
+from pacsguard.gateway.store_forward.spool import Spool
 
 pytestmark = [pytest.mark.peers]
 
@@ -26,25 +25,10 @@ def spool_in_the_crash_window(folder: Path, files: list[Path]) -> dict[str, str]
     with no answer recorded; returns spool id -> SOP Instance UID."""
     spool = Spool(folder)
     spool.open()
-    ids = {}
-    for path in files:
-        ds = dcmread(path, stop_before_pixels=True)
-        object_id = spool.new_id()
-        obj = ReceivedObject(path=spool.object_path(object_id), sop_class_uid=str(ds.SOPClassUID),
-                             sop_instance_uid=str(ds.SOPInstanceUID),
-                             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_ae=CALLING,
-                             called_ae="PACSGUARD", peer_host="127.0.0.1", route="sf")
-        data = path.read_bytes()
-        meta = SpooledMeta(id=object_id, object=obj, received=time.time(), bytes=len(data),
-                           destinations=list(DESTINATIONS), patient_id=str(ds.PatientID),
-                           study_uid=str(ds.StudyInstanceUID))
-        spool.commit(spool.receive(object_id, data), meta)
-        for destination in DESTINATIONS:
-            spool.mark_sending(object_id, destination)
-        assert spool.in_doubt(object_id) == DESTINATIONS
-        ids[object_id] = str(ds.SOPInstanceUID)
+    metas = [spool_file(spool, path, list(DESTINATIONS), in_doubt=True) for path in files]
+    assert all(spool.in_doubt(m.id) == DESTINATIONS for m in metas)
     spool.close()
-    return ids
+    return {m.id: m.object.sop_instance_uid for m in metas}
 
 
 def test_an_object_in_the_crash_window_is_not_sent_again_to_a_destination_that_holds_it(orthanc, gateway, tmp_path):

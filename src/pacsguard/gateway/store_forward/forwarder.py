@@ -1,6 +1,6 @@
 """Sending: one forwarder thread per destination of a store-and-forward route, a Storage SCU
-(PS3.4 B.2.1) on pynetdicom that sends each spooled object in the transfer syntax it was
-received in, byte for byte (the file's data set is sent as stored, never decoded).
+(PS3.4 B.2.1, sender.py) that sends each spooled object in the transfer syntax it was received
+in, byte for byte (the file's data set is sent as stored, never decoded).
 
 Exactly once per destination, as far as DICOM allows: before each C-STORE an attempt marker
 (``ID.DEST.sending``) is written and synced; a destination's Success (or warning, PS3.4 B.2.3)
@@ -20,16 +20,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-from pynetdicom import _config, build_context
 
 from pacsguard.config.schema import Destination, Route
 from pacsguard.dicom.dimse import status_category
 from pacsguard.events import Event, Party
 from pacsguard.gateway.store_forward import records, verify
-from pacsguard.gateway.store_forward.scu import associate, unreachable
+from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
 
 log = logging.getLogger("pacsguard.gateway")
@@ -65,8 +61,6 @@ class Forwarder:
         return Party(ae_title=d.ae_title, host=d.host, port=d.port)
 
     def start(self) -> None:
-        # Send each spooled file's data set as stored: pynetdicom then neither decodes nor re-encodes it.
-        _config.STORE_SEND_CHUNKED_DATASET = True
         self.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -140,10 +134,10 @@ class Forwarder:
             return [m.id for m in metas], str(exc), False
         if not metas:
             return [], "", False
-        assoc = associate(self.route, self.destination, [build_context(sop, ts) for sop, ts in pairs],
-                          self.ssl_context)
-        if not assoc.is_established:
-            return [m.id for m in metas], unreachable(self.destination, assoc), False
+        try:
+            assoc = StoreAssociation.open(self.route, self.destination, pairs, self.ssl_context)
+        except Refused as exc:
+            return [m.id for m in metas], str(exc), False
         refused: list[str] = []
         try:
             for i, meta in enumerate(metas):
@@ -154,7 +148,7 @@ class Forwarder:
                     return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
                 self.spool.mark_sending(meta.id, self.name)
                 try:
-                    status = _store(assoc, path)
+                    status = assoc.store(path)
                 except ValueError as exc:  # no accepted presentation context fits this object
                     status, why = STATUS_NO_CONTEXT, str(exc)
                 else:
@@ -170,8 +164,7 @@ class Forwarder:
                                              meta=meta, attempts=attempts))
                 refused.append(meta.id)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            assoc.release()
         return refused, "refused by the destination", True
 
     def _delivered(self, meta: SpooledMeta) -> None:
@@ -200,9 +193,3 @@ class Forwarder:
                                           at_least_once=at_least_once))
         return [m for m in metas if m.id not in held]
 
-
-def _store(assoc: Any, path: Path) -> int | None:
-    """One C-STORE of a spooled file; its status, or None when no response came."""
-    rsp = assoc.send_c_store(path)
-    status = getattr(rsp, "Status", None)
-    return int(status) if status is not None else None

@@ -1,6 +1,6 @@
-"""The associations a store-and-forward route opens to a destination as an SCU (PS3.8 7.1: the
-route's AE title calls the destination's), for C-STORE and for the C-FIND that asks whether an
-object already arrived (pacsguard.gateway.store_forward.verify)."""
+"""The pynetdicom associations a store-and-forward route opens to a destination as an SCU (PS3.8
+7.1: the route's AE title calls the destination's): the C-FIND that asks whether an object already
+arrived (pacsguard.gateway.store_forward.verify). C-STOREs go on pacsguard's own SCU (sender.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def associate(route: Route, destination: Destination, contexts: Sequence[Present
     return ae.associate(d.host, d.port, contexts=list(contexts), ae_title=d.ae_title, tls_args=tls)
 
 
-def unreachable(destination: Destination, assoc: Any) -> str:
-    """Why an association with ``destination`` was not established."""
+def why_not(destination: Destination, *, rejected: bool) -> str:
+    """Why no association with ``destination`` was established."""
     d = destination
-    why = "rejected the association" if assoc.is_rejected else "could not be reached"
-    return f"{d.ae_title}@{d.host}:{d.port} {why}"
+    return f"{d.ae_title}@{d.host}:{d.port} {'rejected the association' if rejected else 'could not be reached'}"
+
+
+def unreachable(destination: Destination, assoc: Any) -> str:
+    """Why a pynetdicom association with ``destination`` was not established."""
+    return why_not(destination, rejected=bool(assoc.is_rejected))

@@ -1,0 +1,116 @@
+"""The forwarder's own Storage SCU (pacsguard.gateway.store_forward.sender) against real peers, in
+process: a spool, one Forwarder, one destination. Every data set must arrive as spooled, byte for
+byte, whatever the destination's Maximum Length (PS3.8 D.1), and over TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from saf_spool import spool_file
+from test_store_forward import dataset_bytes, fresh_ct, orthanc_bytes, wait_until
+
+from pacsguard.config.loader import parse_config
+from pacsguard.config.schema import Route
+from pacsguard.events import Event
+from pacsguard.gateway.store_forward.forwarder import Forwarder
+from pacsguard.gateway.store_forward.spool import Spool
+from pacsguard.tls import client_context, make_ca, make_cert
+from peers.dcmtk import free_port
+
+pytestmark = [pytest.mark.peers]
+
+
+def sf(destination: str) -> Route:
+    return parse_config(f"""
+gateway:
+  routes:
+  - name: sf
+    mode: store-and-forward
+    listen: {{port: {free_port()}, ae_title: PACSGUARD}}
+    destinations: [{destination}]
+""").gateway.routes[0]
+
+
+def forward(route: Route, folder: Path, files: list[Path], *, in_doubt: bool = False,
+            ssl_context: ssl.SSLContext | None = None) -> list[Event]:
+    """Spool ``files`` for the route's destination and run one Forwarder until the spool is empty;
+    the events it recorded."""
+    spool = Spool(folder)
+    spool.open()
+    events: list[Event] = []
+    destination = route.destinations[0]
+    forwarder = Forwarder(route, destination, spool, events.append, ssl_context)
+    for path in files:
+        forwarder.add(spool_file(spool, path, [destination.key], in_doubt=in_doubt))
+    forwarder.start()
+    try:
+        wait_until(lambda: not list(spool.objects.iterdir()), 60, "every object forwarded")
+    finally:
+        forwarder.stop()
+        spool.close()
+    return events
+
+
+class RecordingSCP:
+    """A pynetdicom Storage SCP that keeps each data set's bytes as received, with a chosen
+    Maximum Length (0: unlimited, PS3.8 D.1)."""
+
+    def __init__(self, max_pdu: int) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        self.received: dict[str, bytes] = {}
+        ae = AE(ae_title="RECORDER")
+        ae.maximum_pdu_size = max_pdu
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
+        self.received[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
+        return 0x0000
+
+
+def forwarded(events: list[Event]) -> int:
+    return len([e for e in events if e.kind == "gateway.object.forwarded"])
+
+
+@pytest.mark.parametrize("max_pdu", [0, 4096, 131072])
+def test_data_sets_arrive_as_spooled_whatever_the_maximum_length(max_pdu, tmp_path):
+    scp = RecordingSCP(max_pdu)
+    try:
+        files = fresh_ct(tmp_path / "ct", 3, kib=1024) + fresh_ct(tmp_path / "tiny", 1, kib=1)
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        assert forwarded(forward(route, tmp_path / "spool", files)) == len(files)
+        for path in files:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert scp.received[uid] == dataset_bytes(path.read_bytes()), f"{path.name} changed on the way"
+    finally:
+        scp.server.shutdown()
+
+
+def test_a_tls_destination_gets_every_object_as_spooled_and_answers_the_c_find(orthanc, tmp_path):
+    d = tmp_path / "pki"
+    ca_cert, ca_key = make_ca(d, "Test Hospital CA", 30)
+    certs = {name: make_cert(d, name, ca_cert, ca_key, hosts=["127.0.0.1"], days=30, server=True, client=True)
+             for name in ("gateway", "orthanc")}
+    pacs = orthanc(tls=(*certs["orthanc"], ca_cert), DicomAlwaysAllowFind=True, MaximumPduLength=8192)
+    cert, key = certs["gateway"]
+    route = sf(f"{{name: pacs, host: 127.0.0.1, port: {pacs.dicom_port}, ae_title: {pacs.aet}, "
+               f"tls: {{ca_file: {ca_cert}, cert_file: {cert}, key_file: {key}}}}}")
+    context = client_context(ca_file=ca_cert, cert_file=cert, key_file=key)
+    files = fresh_ct(tmp_path / "ct", 3, kib=512)
+    assert forwarded(forward(route, tmp_path / "spool", files, ssl_context=context)) == len(files)
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    for path in files:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored[uid]) == dataset_bytes(path.read_bytes())
+
+    # An object left in doubt is looked up over TLS too: found, so not sent again.
+    again = forward(route, tmp_path / "again", files[:1], in_doubt=True, ssl_context=context)
+    assert [(e.kind, e.details["answer"]) for e in again] == [("gateway.object.in-doubt", "found")]
