@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from saf_spool import spool_file
 from test_store_forward import dataset_bytes, fresh_ct, orthanc_bytes, wait_until
 
@@ -56,23 +57,44 @@ def forward(route: Route, folder: Path, files: list[Path], *, in_doubt: bool = F
 
 class RecordingSCP:
     """A pynetdicom Storage SCP that keeps each data set's bytes as received, with a chosen
-    Maximum Length (0: unlimited, PS3.8 D.1)."""
+    Maximum Length (0: unlimited, PS3.8 D.1), and answers C-FIND at IMAGE level from what it
+    holds. With ``lose_first_answer`` it stores an object and then aborts instead of answering,
+    the first time: the window where the sender cannot know whether the object arrived."""
 
-    def __init__(self, max_pdu: int) -> None:
+    def __init__(self, max_pdu: int, *, lose_first_answer: bool = False) -> None:
+        from collections import Counter
+
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
         self.received: dict[str, bytes] = {}
+        self.stores: Counter[str] = Counter()
+        self.lose_first_answer = lose_first_answer
         ae = AE(ae_title="RECORDER")
         ae.maximum_pdu_size = max_pdu
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)])
 
     def _store(self, event) -> int:  # type: ignore[no-untyped-def]
-        self.received[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
+        uid = str(event.request.AffectedSOPInstanceUID)
+        self.received[uid] = bytes(event.request.DataSet.getvalue())
+        self.stores[uid] += 1
+        if self.lose_first_answer and self.stores[uid] == 1:
+            event.assoc.abort()
         return 0x0000
+
+    def _find(self, event):  # type: ignore[no-untyped-def]
+        query = event.identifier
+        uid = str(query.SOPInstanceUID)
+        if query.QueryRetrieveLevel == "IMAGE" and uid in self.received:
+            match = Dataset()
+            match.QueryRetrieveLevel, match.SOPInstanceUID = "IMAGE", uid
+            yield 0xFF00, match
+        yield 0x0000, None
 
 
 def forwarded(events: list[Event]) -> int:
@@ -114,3 +136,21 @@ def test_a_tls_destination_gets_every_object_as_spooled_and_answers_the_c_find(o
     # An object left in doubt is looked up over TLS too: found, so not sent again.
     again = forward(route, tmp_path / "again", files[:1], in_doubt=True, ssl_context=context)
     assert [(e.kind, e.details["answer"]) for e in again] == [("gateway.object.in-doubt", "found")]
+
+
+def test_a_lost_answer_leaves_the_object_in_doubt_and_the_c_find_finds_it(tmp_path):
+    scp = RecordingSCP(16384, lose_first_answer=True)
+    try:
+        files = fresh_ct(tmp_path / "ct", 2, kib=256)
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        events = forward(route, tmp_path / "spool", files)
+        uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+        assert dict(scp.stores) == {uid: 1 for uid in uids}  # each stored once, though no answer came
+        checks = [e for e in events if e.kind == "gateway.object.in-doubt"]
+        assert sorted(e.details["sop_instance"] for e in checks) == sorted(uids)
+        assert all(e.details["answer"] == "found" for e in checks)
+        assert forwarded(events) == 0  # no Success was ever seen: found, not forwarded again
+        assert [e.details["error"] for e in events if e.kind == "gateway.object.delayed"][0] == \
+            "the association ended before every answer"
+    finally:
+        scp.server.shutdown()

@@ -129,7 +129,7 @@ class StoreAssociation:
             self._send_data_set(path, offset, context_id)
             return self._response(self._message_id)
         except (OSError, AssociationEnded, DecodeError):
-            self._close()
+            self.abort()  # a protocol error or a lost peer: nothing more on this association
             return None
 
     def release(self) -> None:
