@@ -188,3 +188,23 @@ def test_an_attempt_without_an_answer_leaves_the_object_in_doubt_until_an_answer
     again.mark_sending(m.id, "b")
     again.mark_sent(m.id, "b")
     assert again.finish_if_done(m) and list(again.objects.iterdir()) == []
+
+
+def test_the_c_find_keys_are_those_of_the_file_that_was_sent(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from pacsguard.gateway.store_forward.verify import identifier
+
+    source = Path(get_testdata_file("CT_small.dcm"))
+    ds = dcmread(source, stop_before_pixels=True)
+    spool = Spool(tmp_path)
+    spool.open()
+    m = replace(meta(spool), study_uid="1.2.999")  # as received; a replacement file has its own UIDs
+    spool.commit(spool.receive(m.id, source.read_bytes()), m)
+    query = identifier(m)
+    assert query.QueryRetrieveLevel == "IMAGE" and query.SOPInstanceUID == "1.2.3.4"
+    assert (query.StudyInstanceUID, query.SeriesInstanceUID) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    spool.object_path(m.id).unlink()  # unreadable: the metadata's keys
+    query = identifier(m)
+    assert query.StudyInstanceUID == "1.2.999" and "SeriesInstanceUID" not in query

@@ -50,20 +50,21 @@ class Unreachable(Exception):
 
 
 def identifier(meta: SpooledMeta) -> Dataset:
-    """The C-FIND identifier for a spooled object (PS3.4 C.4.1.1.3): IMAGE level, its unique keys.
-    The Study Instance UID comes from the spool's metadata; the Series Instance UID (and the Study
-    one when the metadata lacks it) from the spooled file's header."""
+    """The C-FIND identifier for a spooled object (PS3.4 C.4.1.1.3): IMAGE level and its unique
+    keys. The SOP Instance UID is the spool metadata's; the Study and Series Instance UIDs are read
+    from the spooled file, which is what was sent (a de-identifying check's replacement carries
+    new ones), with the metadata's Study Instance UID when the file has none."""
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
-    study, series = meta.study_uid, ""
+    study, series = "", ""
     try:
         header = dcmread(meta.object.path, stop_before_pixels=True,
                          specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-        study = study or str(header.get("StudyInstanceUID", ""))
+        study = str(header.get("StudyInstanceUID", ""))
         series = str(header.get("SeriesInstanceUID", ""))
     except (OSError, InvalidDicomError, ValueError):
-        pass  # the keys the metadata has are enough for most SCPs
-    query.StudyInstanceUID = study or ""
+        pass  # the metadata's keys are enough for most SCPs
+    query.StudyInstanceUID = study or meta.study_uid or ""
     if series:
         query.SeriesInstanceUID = series
     query.SOPInstanceUID = meta.object.sop_instance_uid
