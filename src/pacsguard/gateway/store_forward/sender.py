@@ -80,11 +80,16 @@ class StoreAssociation:
         d = destination
         try:
             sock = socket.create_connection((d.host, d.port), timeout=d.connect_timeout)
+        except OSError as exc:
+            raise Refused(f"{why_not(d, rejected=False)} ({exc})") from None
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if d.tls is not None and ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=d.tls.server_name or d.host)
+            if d.tls is not None:  # never in clear to a TLS destination: the system's CAs at least
+                context = ssl_context or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=d.tls.server_name or d.host)
             sock.settimeout(max(d.connect_timeout, 30.0))
         except OSError as exc:
+            sock.close()
             raise Refused(f"{why_not(d, rejected=False)} ({exc})") from None
         assoc = cls(sock, route.limits.max_pdu_length)
         proposed = {2 * i + 1: pair for i, pair in enumerate(pairs)}  # odd IDs (PS3.8 9.3.2.2)
