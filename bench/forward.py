@@ -143,7 +143,8 @@ def main() -> int:
         cpu = statistics.median(r[1] for r in runs)
         sink = statistics.median(r[2] for r in runs)
         print(f"sink max PDU {pdu:>6}: {gb / wall * 1e3:7.1f} MB/s, forwarder {cpu / gb:5.2f} CPU-s/GB "
-              f"(runs {', '.join(f'{r[1] / gb:.2f}' for r in runs)}), storescp {sink / gb:5.2f} CPU-s/GB")
+              f"(runs {', '.join(f'{r[1] / gb:.2f}' for r in runs)}), {cpu / len(files) * 1e3:.2f} ms CPU per object; "
+              f"storescp {sink / gb:5.2f} CPU-s/GB")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

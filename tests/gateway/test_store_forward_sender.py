@@ -154,3 +154,20 @@ def test_a_lost_answer_leaves_the_object_in_doubt_and_the_c_find_finds_it(tmp_pa
             "the association ended before every answer"
     finally:
         scp.server.shutdown()
+
+
+def test_a_rejected_or_unreachable_association_is_refused_with_the_reason(tmp_path):
+    from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation
+
+    scp = RecordingSCP(16384)
+    scp.server.ae.require_calling_aet = ["SOMEONE"]  # the route's AE title is not known there: A-ASSOCIATE-RJ
+    try:
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        ct = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        with pytest.raises(Refused, match=f"^RECORDER@127.0.0.1:{scp.port} rejected the association$"):
+            StoreAssociation.open(route, route.destinations[0], [ct])
+    finally:
+        scp.server.shutdown()
+    with pytest.raises(Refused, match=f"RECORDER@127.0.0.1:{scp.port} could not be reached"):
+        StoreAssociation.open(route, route.destinations[0], [ct])
+    assert scp.received == {}
