@@ -26,7 +26,7 @@ def spool_in_the_crash_window(folder: Path, files: list[Path]) -> dict[str, str]
     spool = Spool(folder)
     spool.open()
     metas = [spool_file(spool, path, list(DESTINATIONS), in_doubt=True) for path in files]
-    assert all(spool.in_doubt(m.id) == DESTINATIONS for m in metas)
+    assert all(spool.in_doubt(m.id, DESTINATIONS) == DESTINATIONS for m in metas)
     spool.close()
     return {m.id: m.object.sop_instance_uid for m in metas}
 

@@ -120,7 +120,7 @@ class Forwarder:
         """Send ``batch`` on one association. Returns the ids still to send, why, and whether that
         was recorded already (a failure status per object is)."""
         metas = [m for m in (self.spool.read_meta(i) for i in batch) if m is not None]
-        metas = [m for m in metas if self.name not in self.spool.sent_to(m.id)]
+        metas = [m for m in metas if not self.spool.sent_to(m.id, [self.name])]
         kinds = [(m.object.sop_class_uid, m.object.transfer_syntax_uid) for m in metas]
         pairs = list(dict.fromkeys(kinds))[:MAX_CONTEXTS]
         later = [m.id for m, kind in zip(metas, kinds, strict=True) if kind not in pairs]
@@ -174,7 +174,7 @@ class Forwarder:
     def _settle_doubts(self, metas: list[SpooledMeta]) -> list[SpooledMeta]:
         """Ask the destination about the objects whose last send to it had no recorded answer
         (verify.py); returns ``metas`` without those it holds, which are marked sent."""
-        doubtful = [m for m in metas if self.name in self.spool.in_doubt(m.id)]
+        doubtful = [m for m in metas if self.spool.in_doubt(m.id, [self.name])]
         if not doubtful:
             return metas
         if self.destination.verify_resend == "never":

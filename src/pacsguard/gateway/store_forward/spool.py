@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -243,15 +243,23 @@ class Spool:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def sent_to(self, object_id: str) -> list[str]:
-        return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
+    def sent_to(self, object_id: str, destinations: Iterable[str] | None = None) -> list[str]:
+        """The destinations that have the object. Given ``destinations``, only their markers are
+        looked at (a stat each, not a listing of the folder: a backlog of many thousand objects
+        after an outage is forwarded in linear time)."""
+        if destinations is None:
+            return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
+        return sorted(d for d in destinations if self._marker(object_id, d, "sent").exists())
 
-    def in_doubt(self, object_id: str) -> list[str]:
-        """The destinations ``object_id`` was being sent to when the answer went missing (an attempt
-        marker without a sent marker): a crash, or an association that ended before the response."""
-        sent = set(self.sent_to(object_id))
-        return sorted(name for p in self.objects.glob(f"{object_id}.*.sending")
-                      if (name := p.name[len(object_id) + 1:-len(".sending")]) not in sent)
+    def in_doubt(self, object_id: str, destinations: Iterable[str]) -> list[str]:
+        """Those of ``destinations`` the object was being sent to when the answer went missing (an
+        attempt marker without a sent marker): a crash, or an association that ended before the
+        response."""
+        return sorted(d for d in destinations if self._marker(object_id, d, "sending").exists()
+                      and not self._marker(object_id, d, "sent").exists())
+
+    def _marker(self, object_id: str, destination: str, suffix: str) -> Path:
+        return self.objects / f"{object_id}.{destination}.{suffix}"
 
     def _mark(self, object_id: str, destination: str, suffix: str) -> None:
         """Write the empty marker ``ID.DEST.SUFFIX`` durably (synced, renamed, folder synced)."""
@@ -291,15 +299,20 @@ class Spool:
     def finish_if_done(self, meta: SpooledMeta) -> bool:
         """Remove (or keep in sent/) an object every destination has; True when it was done."""
         with self._lock:
-            sent = set(self.sent_to(meta.id))
-            if not set(meta.destinations) <= sent:
+            if len(self.sent_to(meta.id, meta.destinations)) < len(set(meta.destinations)):
                 return False
             if self.retention == "keep":
                 for suffix in (".dcm", ".json"):
                     source = self.objects / f"{meta.id}{suffix}"
                     if source.exists():
                         os.replace(source, self.sent_dir / source.name)
-            self.remove(meta.id)
+            # Its files by name (the .json first), without listing the folder; markers of a
+            # destination no longer configured go at the next rescan.
+            for suffix in (".json", ".dcm"):
+                (self.objects / f"{meta.id}{suffix}").unlink(missing_ok=True)
+            for destination in meta.destinations:
+                for marker in ("sent", "sending", "fail"):
+                    self._marker(meta.id, destination, marker).unlink(missing_ok=True)
             return True
 
     def remove(self, object_id: str) -> None:
