@@ -4,7 +4,7 @@ files. A file's data set goes to the socket as stored, never decoded, read into 
 the headers of P-DATA-TF PDUs no longer than the destination's Maximum Length (PS3.8 D.1, 9.3.5),
 one PDV each (PS3.8 E.2).
 
-pynetdicom, which the route's SCP and the C-FIND check use, cost 3-4x the relay's CPU per GB here
+pynetdicom, which the route's SCP and the C-FIND check use, cost 3-5x the relay's CPU per GB here
 (a Python object, a queue hand-off and several copies per PDU): docs/PERFORMANCE.md."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from pynetdicom.dsutils import split_dataset
 
 from pacsguard.config.schema import Destination, Route
-from pacsguard.dicom.dimse import C_STORE_RQ, CommandSet, decode_command_set, encode_command_set
+from pacsguard.dicom.dimse import C_STORE_RQ, C_STORE_RSP, CommandSet, decode_command_set, encode_command_set
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.pdu import (
     PDU_ASSOCIATE_AC,
@@ -42,7 +42,6 @@ from pacsguard.gateway.store_forward.scu import why_not
 #: A fixed UUID-derived UID (PS3.5 B.2) naming this SCU in A-ASSOCIATE-RQ (PS3.7 D.3.3.2).
 IMPLEMENTATION_CLASS_UID = "2.25.220567916129943233734980202070779137249"
 IMPLEMENTATION_VERSION = "PACSGUARD"
-C_STORE_RSP = 0x8001
 PRIORITY_MEDIUM = 0x0000
 DATASET_PRESENT = 0x0000  # Command Data Set Type: any value but 0101H (PS3.7 E.1)
 CHUNK_WHEN_UNLIMITED = 1 << 20  # PDV size when the destination sets no maximum (0)
