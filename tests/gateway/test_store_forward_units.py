@@ -168,3 +168,43 @@ def test_one_gateway_per_spool(tmp_path: Path) -> None:
         Spool(tmp_path).open()  # flock is per open file description: a second one in this process is refused too
     first.close()
     Spool(tmp_path).open()
+
+
+def test_an_attempt_without_an_answer_leaves_the_object_in_doubt_until_an_answer(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    m = meta(spool)
+    spool.commit(spool.receive(m.id, b"DICM"), m)
+    assert spool.in_doubt(m.id, ["a", "b"]) == []
+    spool.mark_sending(m.id, "a")
+    spool.mark_sending(m.id, "b")
+    spool.close()  # a crash before either answer was written
+    again = Spool(tmp_path)
+    assert again.open() == [m]
+    assert again.in_doubt(m.id, ["a", "b"]) == ["a", "b"]
+    again.mark_sent(m.id, "a")  # Success, or a C-FIND found it
+    again.mark_failed(m.id, "b", "status 0xA700")  # a failure status: the destination did not store it
+    assert again.in_doubt(m.id, ["a", "b"]) == [] and not list(again.objects.glob("*.sending"))
+    again.mark_sending(m.id, "b")
+    again.mark_sent(m.id, "b")
+    assert again.finish_if_done(m) and list(again.objects.iterdir()) == []
+
+
+def test_the_c_find_keys_are_those_of_the_file_that_was_sent(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from pacsguard.gateway.store_forward.verify import identifier
+
+    source = Path(get_testdata_file("CT_small.dcm"))
+    ds = dcmread(source, stop_before_pixels=True)
+    spool = Spool(tmp_path)
+    spool.open()
+    m = replace(meta(spool), study_uid="1.2.999")  # as received; a replacement file has its own UIDs
+    spool.commit(spool.receive(m.id, source.read_bytes()), m)
+    query = identifier(m)
+    assert query.QueryRetrieveLevel == "IMAGE" and query.SOPInstanceUID == "1.2.3.4"
+    assert (query.StudyInstanceUID, query.SeriesInstanceUID) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    spool.object_path(m.id).unlink()  # unreadable: the metadata's keys
+    query = identifier(m)
+    assert query.StudyInstanceUID == "1.2.999" and "SeriesInstanceUID" not in query

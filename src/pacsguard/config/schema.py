@@ -256,6 +256,9 @@ class Destination(Upstream):
 
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                              description="names the destination in the spool; default: AE_TITLE-HOST-PORT")
+    verify_resend: Literal["find", "never"] = Field(
+        "find", description="before sending again an object whose last send had no recorded answer: ask the "
+        "destination with a C-FIND whether it holds it (find), or send it again without asking (never)")
 
     @property
     def key(self) -> str:

@@ -46,6 +46,11 @@ KINDS = (
     EventKind("gateway.object.delayed", "a destination could not take spooled objects yet; they wait and are retried",
               {**_OBJECT, "destination": STRING, "error": STRING, "retry_in": NUMBER, "attempts": INTEGER},
               required=("route", "destination", "error")),
+    EventKind("gateway.object.in-doubt",
+              "a spooled object's last send to a destination had no recorded answer (a crash, a lost response): "
+              "the destination was asked with a C-FIND whether it holds it (found: not sent again), or could not be",
+              {**_OBJECT, "destination": STRING, "answer": {"enum": ["found", "absent", "cannot-ask", "not-asked"]},
+               "reason": STRING}, required=("route", "spool_id", "destination", "answer")),
     EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
               {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
               required=("route", "bytes", "objects")),

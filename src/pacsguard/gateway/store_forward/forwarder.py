@@ -1,11 +1,15 @@
 """Sending: one forwarder thread per destination of a store-and-forward route, a Storage SCU
-(PS3.4 B.2.1) on pynetdicom that sends each spooled object in the transfer syntax it was
-received in, byte for byte (the file's data set is sent as stored, never decoded).
+(PS3.4 B.2.1, sender.py) that sends each spooled object in the transfer syntax it was received
+in, byte for byte (the file's data set is sent as stored, never decoded).
 
-Exactly once per destination: a destination's Success (or warning, PS3.4 B.2.3) is written to
-the spool (``ID.DEST.sent``, synced) before the next object; an object already marked is never
-sent to that destination again, also after a restart. The one window left is a crash between the
-destination's answer and that write: the object is then sent again (same SOP Instance UID).
+Exactly once per destination, as far as DICOM allows: before each C-STORE an attempt marker
+(``ID.DEST.sending``) is written and synced; a destination's Success (or warning, PS3.4 B.2.3)
+is written as ``ID.DEST.sent`` (synced) before the next object, and an object so marked is never
+sent to that destination again, also after a restart. An object with an attempt marker and no
+sent marker (a crash, or an association lost between the C-STORE and its response) may have
+arrived: before it is sent again the destination is asked with a C-FIND (verify.py, PS3.4 C.4.1)
+and an object it holds is marked sent instead. A destination that cannot be asked gets the object
+again (at-least-once for that one object; ``verify_resend: never`` chooses that without asking).
 Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`."""
 
 from __future__ import annotations
@@ -16,15 +20,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-from pynetdicom import AE, _config, build_context
 
 from pacsguard.config.schema import Destination, Route
 from pacsguard.dicom.dimse import status_category
 from pacsguard.events import Event, Party
-from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward import records, verify
+from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
 
 log = logging.getLogger("pacsguard.gateway")
@@ -60,8 +61,6 @@ class Forwarder:
         return Party(ae_title=d.ae_title, host=d.host, port=d.port)
 
     def start(self) -> None:
-        # Send each spooled file's data set as stored: pynetdicom then neither decodes nor re-encodes it.
-        _config.STORE_SEND_CHUNKED_DATASET = True
         self.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -121,7 +120,7 @@ class Forwarder:
         """Send ``batch`` on one association. Returns the ids still to send, why, and whether that
         was recorded already (a failure status per object is)."""
         metas = [m for m in (self.spool.read_meta(i) for i in batch) if m is not None]
-        metas = [m for m in metas if self.name not in self.spool.sent_to(m.id)]
+        metas = [m for m in metas if not self.spool.sent_to(m.id, [self.name])]
         kinds = [(m.object.sop_class_uid, m.object.transfer_syntax_uid) for m in metas]
         pairs = list(dict.fromkeys(kinds))[:MAX_CONTEXTS]
         later = [m.id for m, kind in zip(metas, kinds, strict=True) if kind not in pairs]
@@ -129,50 +128,68 @@ class Forwarder:
             metas = [m for m in metas if m.id not in later]
             with self.wake:
                 self.queue.extendleft(reversed(later))
+        try:
+            metas = self._settle_doubts(metas)
+        except verify.Unreachable as exc:
+            return [m.id for m in metas], str(exc), False
         if not metas:
             return [], "", False
-        d = self.destination
-        ae = AE(ae_title=self.route.listen.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = max(d.connect_timeout, 30.0)
-        ae.connection_timeout = d.connect_timeout
-        ae.maximum_pdu_size = self.route.limits.max_pdu_length
-        tls: Any = (self.ssl_context, d.tls.server_name or d.host) if d.tls is not None else None
-        assoc = ae.associate(d.host, d.port, contexts=[build_context(sop, ts) for sop, ts in pairs],
-                             ae_title=d.ae_title, tls_args=tls)
-        if not assoc.is_established:
-            why = "rejected the association" if assoc.is_rejected else "could not be reached"
-            return [m.id for m in metas], f"{d.ae_title}@{d.host}:{d.port} {why}", False
+        try:
+            assoc = StoreAssociation.open(self.route, self.destination, pairs, self.ssl_context)
+        except Refused as exc:
+            return [m.id for m in metas], str(exc), False
         refused: list[str] = []
         try:
             for i, meta in enumerate(metas):
                 path = self.spool.object_path(meta.id)
                 if not path.exists():  # purged while it waited
                     continue
+                if self.stopping:
+                    return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
+                self.spool.mark_sending(meta.id, self.name)
                 try:
-                    status = None if self.stopping else _store(assoc, path)
+                    status = assoc.store(path)
                 except ValueError as exc:  # no accepted presentation context fits this object
                     status, why = STATUS_NO_CONTEXT, str(exc)
                 else:
                     why = f"status 0x{status:04X}" if status is not None else ""
-                if status is None:
+                if status is None:  # the attempt marker stays: the object may have arrived
                     return refused + [m.id for m in metas[i:]], "the association ended before every answer", False
                 if status_category(status) in ("success", "warning"):
-                    self.spool.mark_sent(meta.id, self.name)
+                    self._delivered(meta)
                     self.publish(records.forwarded(meta, self.name, self.party, status))
-                    self.spool.finish_if_done(meta)
                     continue
                 attempts = self.spool.mark_failed(meta.id, self.name, why)
                 self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
                                              meta=meta, attempts=attempts))
                 refused.append(meta.id)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            assoc.release()
         return refused, "refused by the destination", True
 
+    def _delivered(self, meta: SpooledMeta) -> None:
+        self.spool.mark_sent(meta.id, self.name)
+        self.spool.finish_if_done(meta)
 
-def _store(assoc: Any, path: Path) -> int | None:
-    """One C-STORE of a spooled file; its status, or None when no response came."""
-    rsp = assoc.send_c_store(path)
-    status = getattr(rsp, "Status", None)
-    return int(status) if status is not None else None
+    def _settle_doubts(self, metas: list[SpooledMeta]) -> list[SpooledMeta]:
+        """Ask the destination about the objects whose last send to it had no recorded answer
+        (verify.py); returns ``metas`` without those it holds, which are marked sent."""
+        doubtful = [m for m in metas if self.spool.in_doubt(m.id, [self.name])]
+        if not doubtful:
+            return metas
+        if self.destination.verify_resend == "never":
+            reason = f"not asked (verify_resend: never); {verify.AT_LEAST_ONCE}"
+            replies = {m.id: verify.Reply(verify.Answer.NOT_ASKED, reason) for m in doubtful}
+        else:
+            replies = verify.ask(self.route, self.destination, doubtful, self.ssl_context)
+        held: set[str] = set()
+        for meta in doubtful:
+            reply = replies[meta.id]
+            if reply.answer is verify.Answer.FOUND:
+                self._delivered(meta)
+                held.add(meta.id)
+            at_least_once = reply.answer in (verify.Answer.CANNOT_ASK, verify.Answer.NOT_ASKED)
+            self.publish(records.in_doubt(meta, self.name, self.party, reply.answer.value, reply.reason,
+                                          at_least_once=at_least_once))
+        return [m for m in metas if m.id not in held]
+

@@ -15,6 +15,7 @@ REFUSED = "gateway.object.refused"
 QUARANTINED = "gateway.object.quarantined"
 FORWARDED = "gateway.object.forwarded"
 DELAYED = "gateway.object.delayed"
+IN_DOUBT = "gateway.object.in-doubt"
 HIGH_WATER = "gateway.spool.high-water"
 PURGED = "gateway.spool.purged"
 
@@ -78,6 +79,18 @@ def delayed(route: str, destination: str, target: Party, error: str, *, retry_in
     what = meta.object.sop_instance_uid if meta is not None else "spooled objects"
     return Event(kind=DELAYED, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
                  target=target, message=f"{destination}: {what} not forwarded yet: {error}", details=details, **extra)
+
+
+def in_doubt(meta: SpooledMeta, destination: str, target: Party, answer: str, reason: str, *,
+             at_least_once: bool) -> Event:
+    """An object whose last send to ``destination`` had no recorded answer, and what asking the
+    destination (C-FIND, PS3.4 C.4.1) said before it is sent again, or not."""
+    return Event(kind=IN_DOUBT, component="gateway", actor=_sender(meta), target=target,
+                 severity=Severity.WARNING if at_least_once else Severity.NOTICE,
+                 outcome=Outcome.MINOR_FAILURE if at_least_once else Outcome.SUCCESS,
+                 message=f"{destination}: {meta.object.sop_instance_uid}: {reason}",
+                 details={**_object(meta), "destination": destination, "answer": answer, "reason": reason},
+                 **_patients(meta))
 
 
 def high_water(route: str, size: int, count: int, mark_mib: float) -> Event:

@@ -68,7 +68,7 @@ class StoreForwardRoute:
         waiting = self.spool.open()
         for forwarder in self.forwarders:
             for meta in waiting:
-                if forwarder.name not in self.spool.sent_to(meta.id):
+                if not self.spool.sent_to(meta.id, [forwarder.name]):
                     forwarder.add(meta)
             forwarder.start()
         try:

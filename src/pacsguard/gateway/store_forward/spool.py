@@ -7,6 +7,7 @@ Layout (one folder per route)::
     tmp/                  objects being received; never acknowledged, emptied at start
     objects/ID.dcm        a received Part-10 file (PS3.10 7.1), checked and acknowledged
     objects/ID.json       what the association said about it, and its destinations
+    objects/ID.DEST.sending  written (and synced) before the object is sent to DEST
     objects/ID.DEST.sent  written (and synced) once destination DEST answered Success
     objects/ID.DEST.fail  the last failed attempt for DEST (attempts, error): informative only
     quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
@@ -28,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -242,18 +243,49 @@ class Spool:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def sent_to(self, object_id: str) -> list[str]:
-        return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
+    def sent_to(self, object_id: str, destinations: Iterable[str] | None = None) -> list[str]:
+        """The destinations that have the object. Given ``destinations``, only their markers are
+        looked at (a stat each, not a listing of the folder: a backlog of many thousand objects
+        after an outage is forwarded in linear time)."""
+        if destinations is None:
+            return sorted(p.name[len(object_id) + 1:-len(".sent")] for p in self.objects.glob(f"{object_id}.*.sent"))
+        return sorted(d for d in destinations if self._marker(object_id, d, "sent").exists())
+
+    def in_doubt(self, object_id: str, destinations: Iterable[str]) -> list[str]:
+        """Those of ``destinations`` the object was being sent to when the answer went missing (an
+        attempt marker without a sent marker): a crash, or an association that ended before the
+        response."""
+        return sorted(d for d in destinations if self._marker(object_id, d, "sending").exists()
+                      and not self._marker(object_id, d, "sent").exists())
+
+    def _marker(self, object_id: str, destination: str, suffix: str) -> Path:
+        return self.objects / f"{object_id}.{destination}.{suffix}"
+
+    def _mark(self, object_id: str, destination: str, suffix: str) -> None:
+        """Write the empty marker ``ID.DEST.SUFFIX`` durably (synced, renamed, folder synced)."""
+        name = f"{object_id}.{destination}.{suffix}"
+        write_synced(self.tmp / name)
+        os.replace(self.tmp / name, self.objects / name)
+        fsync_dir(self.objects)
+
+    def mark_sending(self, object_id: str, destination: str) -> None:
+        """Record, durably, that ``object_id`` is about to be sent to ``destination``: if no answer
+        is recorded after this, the destination may hold it (`in_doubt`)."""
+        self._mark(object_id, destination, "sending")
 
     def mark_sent(self, object_id: str, destination: str) -> None:
-        """Record, durably, that ``destination`` answered Success: it is never sent this object again."""
-        write_synced(self.tmp / f"{object_id}.{destination}.sent")
-        os.replace(self.tmp / f"{object_id}.{destination}.sent", self.objects / f"{object_id}.{destination}.sent")
-        fsync_dir(self.objects)
+        """Record, durably, that ``destination`` has the object (it answered Success, or a C-FIND
+        found it): it is never sent this object again."""
+        self._mark(object_id, destination, "sent")
+        # The sent marker wins over the attempt marker: removing it needs no sync.
+        (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         (self.objects / f"{object_id}.{destination}.fail").unlink(missing_ok=True)
 
     def mark_failed(self, object_id: str, destination: str, error: str) -> int:
-        """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count."""
+        """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count.
+        A failure status says the destination did not store the object (PS3.4 B.2.3), so the attempt
+        marker goes: the object is not in doubt."""
+        (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         path = self.objects / f"{object_id}.{destination}.fail"
         attempts = 1
         try:
@@ -267,15 +299,20 @@ class Spool:
     def finish_if_done(self, meta: SpooledMeta) -> bool:
         """Remove (or keep in sent/) an object every destination has; True when it was done."""
         with self._lock:
-            sent = set(self.sent_to(meta.id))
-            if not set(meta.destinations) <= sent:
+            if len(self.sent_to(meta.id, meta.destinations)) < len(set(meta.destinations)):
                 return False
             if self.retention == "keep":
                 for suffix in (".dcm", ".json"):
                     source = self.objects / f"{meta.id}{suffix}"
                     if source.exists():
                         os.replace(source, self.sent_dir / source.name)
-            self.remove(meta.id)
+            # Its files by name (the .json first), without listing the folder; markers of a
+            # destination no longer configured go at the next rescan.
+            for suffix in (".json", ".dcm"):
+                (self.objects / f"{meta.id}{suffix}").unlink(missing_ok=True)
+            for destination in meta.destinations:
+                for marker in ("sent", "sending", "fail"):
+                    self._marker(meta.id, destination, marker).unlink(missing_ok=True)
             return True
 
     def remove(self, object_id: str) -> None:

@@ -1,0 +1,221 @@
+"""The forwarder's Storage SCU (PS3.4 B.2.1) on pacsguard's own PDU and DIMSE codec
+(pacsguard.dicom): one association (PS3.8 7.1) carrying C-STOREs (PS3.7 9.1.1) of spooled Part-10
+files. A file's data set goes to the socket as stored, never decoded, read into place between
+the headers of P-DATA-TF PDUs no longer than the destination's Maximum Length (PS3.8 D.1, 9.3.5),
+one PDV each (PS3.8 E.2).
+
+pynetdicom, which the route's SCP and the C-FIND check use, cost 3-5x the relay's CPU per GB here
+(a Python object, a queue hand-off and several copies per PDU): docs/PERFORMANCE.md."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+from collections import deque
+from pathlib import Path
+
+from pynetdicom.dsutils import split_dataset
+
+from pacsguard.config.schema import Destination, Route
+from pacsguard.dicom.dimse import C_STORE_RQ, C_STORE_RSP, CommandSet, decode_command_set, encode_command_set
+from pacsguard.dicom.errors import DecodeError
+from pacsguard.dicom.pdu import (
+    PDU_ASSOCIATE_AC,
+    PDU_ASSOCIATE_RJ,
+    PDU_P_DATA_TF,
+    PDU_RELEASE_RP,
+    AssociateRQ,
+    PresentationContextRQ,
+    UserInformation,
+    encode_abort,
+    encode_associate_rq,
+    encode_dimse_message,
+    encode_release_rq,
+    parse_associate_ac,
+    parse_p_data_tf,
+)
+from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.gateway.store_forward.scu import why_not
+
+#: A fixed UUID-derived UID (PS3.5 B.2) naming this SCU in A-ASSOCIATE-RQ (PS3.7 D.3.3.2).
+IMPLEMENTATION_CLASS_UID = "2.25.220567916129943233734980202070779137249"
+IMPLEMENTATION_VERSION = "PACSGUARD"
+PRIORITY_MEDIUM = 0x0000
+DATASET_PRESENT = 0x0000  # Command Data Set Type: any value but 0101H (PS3.7 E.1)
+CHUNK_WHEN_UNLIMITED = 1 << 20  # PDV size when the destination sets no maximum (0)
+BATCH_BYTES = 1 << 20  # PDUs read and sent together
+RECEIVE = 1 << 16
+# PDU header (type, reserved, length) and PDV item header (length, context ID, control header).
+_DATA_HEADER = struct.Struct(">BBIIBB")
+_LAST_DATA = 0x02
+
+
+class Refused(Exception):
+    """No association: the destination rejected it or could not be reached."""
+
+
+class AssociationEnded(Exception):
+    """The destination aborted, closed or stopped answering."""
+
+
+class StoreAssociation:
+    """An established association for C-STOREs of files in the transfer syntax each was stored in."""
+
+    def __init__(self, sock: socket.socket, max_pdu_length: int) -> None:
+        self.sock = sock
+        self.contexts: dict[tuple[str, str], int] = {}  # (SOP class, transfer syntax) -> accepted context ID
+        self.peer_max = 0
+        self.is_established = False
+        self._reader = PDUReader(max(max_pdu_length, 1 << 16) + 6)
+        self._pending: deque[RawPDU] = deque()
+        self._message_id = 0
+
+    @classmethod
+    def open(cls, route: Route, destination: Destination, pairs: list[tuple[str, str]],
+             ssl_context: ssl.SSLContext | None = None) -> StoreAssociation:
+        """Request an association proposing one context per (SOP class, transfer syntax) pair."""
+        d = destination
+        try:
+            sock = socket.create_connection((d.host, d.port), timeout=d.connect_timeout)
+        except OSError as exc:
+            raise Refused(f"{why_not(d, rejected=False)} ({exc})") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if d.tls is not None:  # never in clear to a TLS destination: the system's CAs at least
+                context = ssl_context or ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=d.tls.server_name or d.host)
+            sock.settimeout(max(d.connect_timeout, 30.0))
+        except OSError as exc:
+            sock.close()
+            raise Refused(f"{why_not(d, rejected=False)} ({exc})") from None
+        assoc = cls(sock, route.limits.max_pdu_length)
+        proposed = {2 * i + 1: pair for i, pair in enumerate(pairs)}  # odd IDs (PS3.8 9.3.2.2)
+        info = UserInformation.build(max_length=route.limits.max_pdu_length,
+                                     implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                                     implementation_version_name=IMPLEMENTATION_VERSION)
+        rq = AssociateRQ(called_ae_title=d.ae_title, calling_ae_title=route.listen.ae_title, user_information=info,
+                         presentation_contexts=[PresentationContextRQ(i, sop, [ts])
+                                                for i, (sop, ts) in proposed.items()])
+        try:
+            sock.sendall(encode_associate_rq(rq))
+            answer = assoc._next()
+            if answer.pdu_type == PDU_ASSOCIATE_AC:
+                ac = parse_associate_ac(answer.raw)
+                assoc.contexts = {proposed[pc.context_id]: pc.context_id for pc in ac.presentation_contexts
+                                  if pc.accepted and pc.context_id in proposed
+                                  and pc.transfer_syntax == proposed[pc.context_id][1]}
+                assoc.peer_max = ac.max_length or 0
+                assoc.is_established = True
+                return assoc
+        except (OSError, AssociationEnded, DecodeError):
+            answer = None
+        sock.close()
+        raise Refused(why_not(d, rejected=answer is not None and answer.pdu_type == PDU_ASSOCIATE_RJ))
+
+    def store(self, path: Path) -> int | None:
+        """One C-STORE of a Part-10 file; its status, or None when the association ended first.
+        Raises ValueError when no accepted context fits the file (nothing is sent then)."""
+        file_meta, offset = split_dataset(path)
+        sop, instance = str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID)
+        syntax = str(file_meta.TransferSyntaxUID)
+        context_id = self.contexts.get((sop, syntax))
+        if context_id is None:
+            raise ValueError(f"the destination accepted no presentation context for {sop} in {syntax}")
+        self._message_id = self._message_id % 0xFFFF + 1
+        command = CommandSet(C_STORE_RQ, message_id=self._message_id, affected_sop_class_uid=sop,
+                             affected_sop_instance_uid=instance, priority=PRIORITY_MEDIUM,
+                             command_data_set_type=DATASET_PRESENT)
+        try:
+            for pdu in encode_dimse_message(context_id, encode_command_set(command), None, self.peer_max):
+                self.sock.sendall(pdu)
+            self._send_data_set(path, offset, context_id)
+            return self._response(self._message_id)
+        except (OSError, AssociationEnded, DecodeError):
+            self.abort()  # a protocol error or a lost peer: nothing more on this association
+            return None
+
+    def release(self) -> None:
+        """A-RELEASE-RQ, then wait for the A-RELEASE-RP (PS3.8 7.2); an abort if it does not come."""
+        if not self.is_established:
+            return
+        try:
+            self.sock.sendall(encode_release_rq())
+            while self._next().pdu_type != PDU_RELEASE_RP:
+                pass
+        except (OSError, AssociationEnded, DecodeError):
+            self.abort()
+        self._close()
+
+    def abort(self) -> None:
+        if self.is_established:
+            try:
+                self.sock.sendall(encode_abort())
+            except OSError:
+                pass
+        self._close()
+
+    # --- the wire ----------------------------------------------------------------------------------
+
+    def _send_data_set(self, path: Path, offset: int, context_id: int) -> None:
+        """The file's bytes from ``offset`` on as the data set's PDVs, the last one flagged: a batch
+        of PDUs at a time, their values read straight into place between their headers by one
+        preadv(2) and the batch written by one send (per-PDU work is packing 12 header bytes)."""
+        step = self.peer_max - 6 if self.peer_max else CHUNK_WHEN_UNLIMITED
+        slot = _DATA_HEADER.size + step
+        per_batch = max(1, BATCH_BYTES // slot)
+        buffer = memoryview(bytearray(slot * per_batch))
+        with path.open("rb") as f:
+            fd = f.fileno()
+            left = os.fstat(fd).st_size - offset
+            while left > 0:
+                values: list[memoryview] = []
+                used = 0
+                while left > 0 and len(values) < per_batch:
+                    size = min(step, left)
+                    left -= size
+                    _DATA_HEADER.pack_into(buffer, used, PDU_P_DATA_TF, 0, size + 6, size + 2, context_id,
+                                           _LAST_DATA if left == 0 else 0)
+                    values.append(buffer[used + _DATA_HEADER.size:used + _DATA_HEADER.size + size])
+                    used += _DATA_HEADER.size + size
+                wanted = used - _DATA_HEADER.size * len(values)
+                if os.preadv(fd, values, offset) != wanted:
+                    raise AssociationEnded(f"{path} is shorter than when it was spooled")
+                offset += wanted
+                self.sock.sendall(buffer[:used])
+
+    def _next(self) -> RawPDU:
+        while not self._pending:
+            data = self.sock.recv(RECEIVE)
+            if not data:
+                raise AssociationEnded("the destination closed the connection")
+            self._pending.extend(self._reader.feed(data))
+        return self._pending.popleft()
+
+    def _response(self, message_id: int) -> int:
+        """Read PDUs until the C-STORE-RSP to ``message_id``; its status. Anything but P-DATA-TF
+        (A-ABORT, A-RELEASE-RQ, ...) ends the association here."""
+        command = bytearray()
+        while True:
+            pdu = self._next()
+            if pdu.pdu_type != PDU_P_DATA_TF:
+                raise AssociationEnded(f"the destination sent {pdu.name} instead of a C-STORE-RSP")
+            for pdv in parse_p_data_tf(pdu.raw).pdvs:
+                if not pdv.is_command:
+                    continue
+                command += pdv.value
+                if not pdv.is_last:
+                    continue
+                rsp = decode_command_set(bytes(command))
+                command.clear()
+                if (rsp.command_field == C_STORE_RSP and rsp.message_id_being_responded_to == message_id
+                        and rsp.status is not None):
+                    return rsp.status
+
+    def _close(self) -> None:
+        self.is_established = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass

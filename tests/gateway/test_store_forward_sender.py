@@ -1,0 +1,173 @@
+"""The forwarder's own Storage SCU (pacsguard.gateway.store_forward.sender) against real peers, in
+process: a spool, one Forwarder, one destination. Every data set must arrive as spooled, byte for
+byte, whatever the destination's Maximum Length (PS3.8 D.1), and over TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from saf_spool import spool_file
+from test_store_forward import dataset_bytes, fresh_ct, orthanc_bytes, wait_until
+
+from pacsguard.config.loader import parse_config
+from pacsguard.config.schema import Route
+from pacsguard.events import Event
+from pacsguard.gateway.store_forward.forwarder import Forwarder
+from pacsguard.gateway.store_forward.spool import Spool
+from pacsguard.tls import client_context, make_ca, make_cert
+from peers.dcmtk import free_port
+
+pytestmark = [pytest.mark.peers]
+
+
+def sf(destination: str) -> Route:
+    return parse_config(f"""
+gateway:
+  routes:
+  - name: sf
+    mode: store-and-forward
+    listen: {{port: {free_port()}, ae_title: PACSGUARD}}
+    destinations: [{destination}]
+""").gateway.routes[0]
+
+
+def forward(route: Route, folder: Path, files: list[Path], *, in_doubt: bool = False,
+            ssl_context: ssl.SSLContext | None = None) -> list[Event]:
+    """Spool ``files`` for the route's destination and run one Forwarder until the spool is empty;
+    the events it recorded."""
+    spool = Spool(folder)
+    spool.open()
+    events: list[Event] = []
+    destination = route.destinations[0]
+    forwarder = Forwarder(route, destination, spool, events.append, ssl_context)
+    for path in files:
+        forwarder.add(spool_file(spool, path, [destination.key], in_doubt=in_doubt))
+    forwarder.start()
+    try:
+        wait_until(lambda: not list(spool.objects.iterdir()), 60, "every object forwarded")
+    finally:
+        forwarder.stop()
+        spool.close()
+    return events
+
+
+class RecordingSCP:
+    """A pynetdicom Storage SCP that keeps each data set's bytes as received, with a chosen
+    Maximum Length (0: unlimited, PS3.8 D.1), and answers C-FIND at IMAGE level from what it
+    holds. With ``lose_first_answer`` it stores an object and then aborts instead of answering,
+    the first time: the window where the sender cannot know whether the object arrived."""
+
+    def __init__(self, max_pdu: int, *, lose_first_answer: bool = False) -> None:
+        from collections import Counter
+
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        self.received: dict[str, bytes] = {}
+        self.stores: Counter[str] = Counter()
+        self.lose_first_answer = lose_first_answer
+        ae = AE(ae_title="RECORDER")
+        ae.maximum_pdu_size = max_pdu
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)])
+
+    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
+        uid = str(event.request.AffectedSOPInstanceUID)
+        self.received[uid] = bytes(event.request.DataSet.getvalue())
+        self.stores[uid] += 1
+        if self.lose_first_answer and self.stores[uid] == 1:
+            event.assoc.abort()
+        return 0x0000
+
+    def _find(self, event):  # type: ignore[no-untyped-def]
+        query = event.identifier
+        uid = str(query.SOPInstanceUID)
+        if query.QueryRetrieveLevel == "IMAGE" and uid in self.received:
+            match = Dataset()
+            match.QueryRetrieveLevel, match.SOPInstanceUID = "IMAGE", uid
+            yield 0xFF00, match
+        yield 0x0000, None
+
+
+def forwarded(events: list[Event]) -> int:
+    return len([e for e in events if e.kind == "gateway.object.forwarded"])
+
+
+@pytest.mark.parametrize("max_pdu", [0, 4096, 131072])
+def test_data_sets_arrive_as_spooled_whatever_the_maximum_length(max_pdu, tmp_path):
+    scp = RecordingSCP(max_pdu)
+    try:
+        files = fresh_ct(tmp_path / "ct", 3, kib=1024) + fresh_ct(tmp_path / "tiny", 1, kib=1)
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        assert forwarded(forward(route, tmp_path / "spool", files)) == len(files)
+        for path in files:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert scp.received[uid] == dataset_bytes(path.read_bytes()), f"{path.name} changed on the way"
+    finally:
+        scp.server.shutdown()
+
+
+def test_a_tls_destination_gets_every_object_as_spooled_and_answers_the_c_find(orthanc, tmp_path):
+    d = tmp_path / "pki"
+    ca_cert, ca_key = make_ca(d, "Test Hospital CA", 30)
+    certs = {name: make_cert(d, name, ca_cert, ca_key, hosts=["127.0.0.1"], days=30, server=True, client=True)
+             for name in ("gateway", "orthanc")}
+    pacs = orthanc(tls=(*certs["orthanc"], ca_cert), DicomAlwaysAllowFind=True, MaximumPduLength=8192)
+    cert, key = certs["gateway"]
+    route = sf(f"{{name: pacs, host: 127.0.0.1, port: {pacs.dicom_port}, ae_title: {pacs.aet}, "
+               f"tls: {{ca_file: {ca_cert}, cert_file: {cert}, key_file: {key}}}}}")
+    context = client_context(ca_file=ca_cert, cert_file=cert, key_file=key)
+    files = fresh_ct(tmp_path / "ct", 3, kib=512)
+    assert forwarded(forward(route, tmp_path / "spool", files, ssl_context=context)) == len(files)
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    for path in files:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored[uid]) == dataset_bytes(path.read_bytes())
+
+    # An object left in doubt is looked up over TLS too: found, so not sent again.
+    again = forward(route, tmp_path / "again", files[:1], in_doubt=True, ssl_context=context)
+    assert [(e.kind, e.details["answer"]) for e in again] == [("gateway.object.in-doubt", "found")]
+
+
+def test_a_lost_answer_leaves_the_object_in_doubt_and_the_c_find_finds_it(tmp_path):
+    scp = RecordingSCP(16384, lose_first_answer=True)
+    try:
+        files = fresh_ct(tmp_path / "ct", 2, kib=256)
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        events = forward(route, tmp_path / "spool", files)
+        uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+        assert dict(scp.stores) == {uid: 1 for uid in uids}  # each stored once, though no answer came
+        checks = [e for e in events if e.kind == "gateway.object.in-doubt"]
+        assert sorted(e.details["sop_instance"] for e in checks) == sorted(uids)
+        assert all(e.details["answer"] == "found" for e in checks)
+        assert forwarded(events) == 0  # no Success was ever seen: found, not forwarded again
+        assert [e.details["error"] for e in events if e.kind == "gateway.object.delayed"][0] == \
+            "the association ended before every answer"
+    finally:
+        scp.server.shutdown()
+
+
+def test_a_rejected_or_unreachable_association_is_refused_with_the_reason(tmp_path):
+    from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation
+
+    scp = RecordingSCP(16384)
+    scp.server.ae.require_calling_aet = ["SOMEONE"]  # the route's AE title is not known there: A-ASSOCIATE-RJ
+    try:
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        ct = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        with pytest.raises(Refused, match=f"^RECORDER@127.0.0.1:{scp.port} rejected the association$"):
+            StoreAssociation.open(route, route.destinations[0], [ct])
+    finally:
+        scp.server.shutdown()
+    with pytest.raises(Refused, match=f"RECORDER@127.0.0.1:{scp.port} could not be reached"):
+        StoreAssociation.open(route, route.destinations[0], [ct])
+    assert scp.received == {}
