@@ -141,6 +141,14 @@ class Run:
     seconds: float
     max_backlog: int
     drain: float
+    cpu: float = 0.0  # CPU seconds (user + system, all threads) the receiver spent on the run
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (proc(5): utime and stime, fields 14 and 15);
+    on a shared machine it says more than the wall clock what a message costs the receiver."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_senders(port: int, ca: Path, senders: int, per_sender: int, rate: float) -> tuple[float, list[Any]]:
@@ -273,8 +281,10 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, pki: dict[str, 
     total = args.senders * args.messages
     _wait_port(port, proc)
     try:
+        idle = cpu_seconds(proc.pid)
         began, progress = run_senders(port, pki["ca"], args.senders, args.messages, args.rate)
         run = follow(name, count, progress, total, began, 600 + (total / args.rate if args.rate else 0))
+        run.cpu = cpu_seconds(proc.pid) - idle
         time.sleep(1.0)  # a duplicate would arrive after the last one
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -300,8 +310,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 def report(name: str, run: Run, total: int) -> None:
     print(f"{name}: {total / run.seconds:,.0f} messages/s ({run.seconds:.2f} s, {total} stored exactly once); "
-          f"largest backlog {run.max_backlog:,} messages, last stored {run.drain:.2f} s after the last sent",
-          flush=True)
+          f"largest backlog {run.max_backlog:,} messages, last stored {run.drain:.2f} s after the last sent; "
+          f"receiver CPU {run.cpu / total * 1e6:,.0f} us per message", flush=True)
 
 
 def main() -> None:

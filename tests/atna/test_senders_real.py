@@ -94,16 +94,22 @@ input(type="imtcp" port="{inbound}" address="127.0.0.1" ruleset="fwd")
     with open(console, "ab") as out:
         proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_listening(proc, inbound, console, "rsyslogd")
+    return proc, inbound, console
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, console: Path, name: str) -> None:
+    """Until the relay ``proc`` accepts connections on ``port``; its ``console`` tells why it did not."""
     end = time.monotonic() + DEADLINE
     while time.monotonic() < end:
         try:
-            socket.create_connection(("127.0.0.1", inbound), timeout=1).close()
-            return proc, inbound, console
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
         except OSError:
             assert proc.poll() is None, console.read_text(errors="replace")
             time.sleep(0.05)
     proc.kill()
-    raise AssertionError(f"rsyslogd did not listen: {console.read_text(errors='replace')}")
+    raise AssertionError(f"{name} did not listen: {console.read_text(errors='replace')}")
 
 
 def mutual_pki(base: Path) -> dict[str, Path]:
@@ -228,16 +234,8 @@ log {{ source(s_local); destination(d_repository); flags(flow-control); }};
                                  "-f", str(conf), "--no-caps", "-R", str(base / "persist"), "-p", str(base / "pid"),
                                  "-c", str(base / "ctl"), "--module-path", str(modules)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", inbound), timeout=1).close()
-            return proc, inbound, console
-        except OSError:
-            assert proc.poll() is None, console.read_text(errors="replace")
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"syslog-ng did not listen: {console.read_text(errors='replace')}")
+    wait_listening(proc, inbound, console, "syslog-ng")
+    return proc, inbound, console
 
 
 def test_syslog_ng_forwards_over_mutual_tls_into_atna_listen(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ attributes, RFC 3881 ``code``/``displayName``; the record says which one a messa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from xml.etree.ElementTree import Element, ParseError
 from xml.parsers.expat import ExpatError
@@ -29,18 +31,25 @@ class AuditMessageError(ValueError):
 
 
 def parse_xml(payload: bytes) -> Element:
-    """The root element; DTDs and entities are refused (defusedxml), any parse fault is an
-    AuditMessageError."""
-    try:
+    """The root element (for the schema check); DTDs and entities are refused (defusedxml), any
+    parse fault is an AuditMessageError."""
+    with _faults(payload):
         root: Element = fromstring(payload, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    return root
+
+
+@contextmanager
+def _faults(payload: bytes) -> Iterator[None]:
+    """A parser's exceptions as AuditMessageErrors naming the class of fault."""
+    try:
+        yield
     except DefusedXmlException as exc:
         raise AuditMessageError("entity-expansion", f"refused: {type(exc).__name__}") from None
-    except ParseError as exc:
+    except (ParseError, ExpatError) as exc:
         problem = "bad-encoding" if _not_utf8(payload) else "unparsable-xml"
         raise AuditMessageError(problem, f"XML: {exc}") from None
     except (ValueError, LookupError) as exc:  # an unknown encoding declaration
         raise AuditMessageError("bad-encoding", f"XML: {exc}") from None
-    return root
 
 
 def _not_utf8(payload: bytes) -> bool:
@@ -53,15 +62,8 @@ def _not_utf8(payload: bytes) -> bool:
 
 def parse(payload: bytes) -> AuditRecord:
     """An AuditMessage document as an AuditRecord, read in one pass (pacsguard.atna.message.reader)."""
-    try:
+    with _faults(payload):
         document = Reader().read(payload)
-    except DefusedXmlException as exc:
-        raise AuditMessageError("entity-expansion", f"refused: {type(exc).__name__}") from None
-    except ExpatError as exc:
-        problem = "bad-encoding" if _not_utf8(payload) else "unparsable-xml"
-        raise AuditMessageError(problem, f"XML: {exc}") from None
-    except (ValueError, LookupError) as exc:  # an unknown encoding declaration
-        raise AuditMessageError("bad-encoding", f"XML: {exc}") from None
     if document.root != "AuditMessage":
         raise AuditMessageError("not-audit-message", f"root element is <{document.root}>, not <AuditMessage>")
     message = document.message
