@@ -293,7 +293,12 @@ class Reader:
 
     def read(self, payload: bytes) -> Document:
         """Parse the whole payload; expat's and defusedxml's exceptions pass through."""
-        self.parser.Parse(payload, True)
+        try:
+            self.parser.Parse(payload, True)
+        finally:
+            # The handlers are this reader's methods: unhooked, reader and parser are freed by their
+            # reference counts at once instead of waiting, as a cycle, for the garbage collector.
+            self.parser.StartElementHandler = self.parser.EndElementHandler = None
         return self.document
 
     def _start(self, name: str, attrs: Attrs) -> None:
