@@ -5,6 +5,7 @@ a plain file; messages/s for both and their ratio.
 
     .venv/bin/python bench/atna.py [--work DIR] [--senders 4] [--messages 20000] [--rate 0]
                                    [--no-rsyslog]
+    .venv/bin/python bench/atna.py --in-process 5000     # the per-message work alone, no TLS, no store
 
 ``--messages`` is per sender. ``--rate R`` paces the senders to R messages/s in total (0: as fast as
 they can), for the zero-loss run of the issue (``--rate 10000 --messages 1500000 --senders 4``:
@@ -308,6 +309,24 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("receiver did not listen")
 
 
+def in_process(count: int, rounds: int = 10) -> None:
+    """The receiver's own work on a message, alone: frame to Event (syslog header, the A.5 reader,
+    the mapping), no TLS, no store; CPU time of the best of ``rounds`` passes over ``count`` messages."""
+    from pacsguard.atna.ingest import Sender, frame_event
+
+    template = Template()
+    frames = [template.frame(i).split(b" ", 1)[1] for i in range(count)]  # without the octet count
+    sender = Sender("127.0.0.1", 50000, "tls", "octet-counting")
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.process_time()
+        for frame in frames:
+            frame_event(sender, frame)
+        best = min(best, time.process_time() - began)
+    print(f"frame_event in process: {best / count * 1e6:.1f} us per message (CPU time, best of {rounds} x {count}); "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def report(name: str, run: Run, total: int) -> None:
     print(f"{name}: {total / run.seconds:,.0f} messages/s ({run.seconds:.2f} s, {total} stored exactly once); "
           f"largest backlog {run.max_backlog:,} messages, last stored {run.drain:.2f} s after the last sent; "
@@ -321,7 +340,11 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20_000, help="per sender")
     ap.add_argument("--rate", type=float, default=0.0, help="total messages/s (0: unpaced)")
     ap.add_argument("--no-rsyslog", action="store_true")
+    ap.add_argument("--in-process", type=int, metavar="N", help="only time frame_event over N messages, in process")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(args.in_process)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="atna-bench-"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
