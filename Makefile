@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 # logrotate and pipx check the deployment files and the wheel (tests/test_deploy.py); yara and
 # clamav are the scanner's peers (tests/scan); tesseract-ocr, dicom3tools (dciodvfy) and
 # fonts-dejavu-core are de-identification's (tests/deid).
+SYSLOG_NG := .peers/syslog-ng
 PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
 	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core
 
@@ -27,13 +28,16 @@ $(STAMP): $(RUN_STAMP)
 	touch $@
 
 # Installs the missing peers when run as root; otherwise says what is missing (the tests fail loudly).
+# syslog-ng conflicts with rsyslog, so it is unpacked from its .deb into $(SYSLOG_NG), not installed.
 peers:
 	@missing=$$(for p in $(PEERS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-	  echo "installing test peers: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else echo "missing Debian packages (install as root): $$missing" >&2; fi
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing test peers: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages (install as root): $$missing" >&2; fi; \
+	fi
+	@tools/syslog-ng-peer $(SYSLOG_NG) >/dev/null || echo "syslog-ng could not be unpacked into $(SYSLOG_NG)" >&2
 
 run: $(RUN_STAMP)
 	$(BIN)/pacsguard init

@@ -1,13 +1,19 @@
-"""A repository under test: the atna service on a loop of its own thread, its Events in a list."""
+"""A repository under test: the atna service on a loop of its own thread, its Events in a list; or a second
+pacsguard, `pacsguard atna listen`, in a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pacsguard.atna.config import AtnaConfig
@@ -69,3 +75,32 @@ def running(section: dict[str, Any], store: Any = None,
         loop.call_soon_threadsafe(loop.stop)
         thread.join(DEADLINE)
         loop.close()
+
+
+class Repository:
+    """A second pacsguard: `pacsguard atna listen --tls ... --tls-ca` (mutual TLS) into its own store."""
+
+    def __init__(self, base: Path, port: int, pki: dict[str, Path], deadline: float = 60.0) -> None:
+        self.base, self.port, self.pki, self.deadline = base, port, pki, deadline
+        self.proc: subprocess.Popen[str] | None = None
+        self.store = base / "repository.db"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", f"127.0.0.1:{self.port}",
+             "--tls-cert", str(self.pki["cert"]), "--tls-key", str(self.pki["key"]), "--tls-ca", str(self.pki["ca"]),
+             "--store", str(self.store)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "COLUMNS": "200"})
+        assert self.proc.stdout is not None
+        end = time.monotonic() + self.deadline
+        for line in self.proc.stdout:
+            if "ATNA syslog" in line:
+                return
+            assert time.monotonic() < end
+        raise AssertionError(f"the repository did not start: exit {self.proc.wait()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(self.deadline)
+        self.proc = None

@@ -4,17 +4,13 @@ arrives exactly once, and each passes the A.5.1 check."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from receiver import free_port
+from receiver import Repository, free_port
 
 from pacsguard.atna.dedupe import delivery_of
 from pacsguard.atna.message import codes, dicom_xml, schema
@@ -61,35 +57,6 @@ def test_every_mapped_kind_passes_the_a51_check() -> None:
         assert r is not None
         assert schema.check(dicom_xml.parse_xml(to_xml(r))) == [], r.event_id
     assert to_record(Event(kind="dicom.association.released", component="gateway"), "site-a") is None
-
-
-class Repository:
-    """A second pacsguard: `pacsguard atna listen --tls ... --tls-ca` (mutual TLS) into its own store."""
-
-    def __init__(self, base: Path, port: int, pki: dict[str, Path]) -> None:
-        self.base, self.port, self.pki = base, port, pki
-        self.proc: subprocess.Popen[str] | None = None
-        self.store = base / "repository.db"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", f"127.0.0.1:{self.port}",
-             "--tls-cert", str(self.pki["cert"]), "--tls-key", str(self.pki["key"]), "--tls-ca", str(self.pki["ca"]),
-             "--store", str(self.store)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "COLUMNS": "200"})
-        assert self.proc.stdout is not None
-        end = time.monotonic() + DEADLINE
-        for line in self.proc.stdout:
-            if "ATNA syslog" in line:
-                return
-            assert time.monotonic() < end
-        raise AssertionError(f"the repository did not start: exit {self.proc.wait()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(DEADLINE)
-        self.proc = None
 
 
 @pytest.fixture

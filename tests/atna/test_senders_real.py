@@ -1,10 +1,12 @@
-"""Real senders: util-linux `logger` over TCP (octet counting and LF framing) and UDP, and Debian's
-rsyslogd forwarding over RFC 5425 TLS (GnuTLS and OpenSSL drivers, mutual TLS); plus hostile
-connections, each recorded and none stopping the receiver."""
+"""Real senders: util-linux `logger` over TCP (octet counting and LF framing) and UDP; Debian's rsyslogd
+forwarding over RFC 5425 TLS (GnuTLS and OpenSSL drivers, mutual TLS); Debian's syslog-ng forwarding
+over RFC 5425 TLS (mutual TLS) into `pacsguard atna listen --tls`; plus hostile connections, each
+recorded and none stopping the receiver."""
 
 from __future__ import annotations
 
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -12,12 +14,15 @@ from pathlib import Path
 
 import pytest
 from atna_corpus import BILLION_LAUGHS, every_event_id
-from receiver import DEADLINE, free_port, running
+from receiver import DEADLINE, Repository, free_port, running
 
+from pacsguard.events.model import Event
+from pacsguard.store import EventQuery, EventStore
 from pacsguard.tls import make_ca, make_cert
 
 LOGGER = "/usr/bin/logger"
 RSYSLOGD = "/usr/sbin/rsyslogd"
+ROOT = Path(__file__).resolve().parents[2]
 PATIENT = "PID-0042"
 CX = "PID-0042^^^STMARY&1.2.840.99999.1&ISO"
 
@@ -89,41 +94,63 @@ input(type="imtcp" port="{inbound}" address="127.0.0.1" ruleset="fwd")
     with open(console, "ab") as out:
         proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_listening(proc, inbound, console, "rsyslogd")
+    return proc, inbound, console
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, console: Path, name: str) -> None:
+    """Until the relay ``proc`` accepts connections on ``port``; its ``console`` tells why it did not."""
     end = time.monotonic() + DEADLINE
     while time.monotonic() < end:
         try:
-            socket.create_connection(("127.0.0.1", inbound), timeout=1).close()
-            return proc, inbound, console
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
         except OSError:
             assert proc.poll() is None, console.read_text(errors="replace")
             time.sleep(0.05)
     proc.kill()
-    raise AssertionError(f"rsyslogd did not listen: {console.read_text(errors='replace')}")
+    raise AssertionError(f"{name} did not listen: {console.read_text(errors='replace')}")
+
+
+def mutual_pki(base: Path) -> dict[str, Path]:
+    """A CA, the repository's server certificate (localhost) and a sender's client certificate
+    (CN=modality), for mutual TLS as IHE ITI-19 asks."""
+    ca, ca_key = make_ca(base, "ATNA Test CA", 2)
+    cert, key = make_cert(base, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
+    client, client_key = make_cert(base, "modality", ca, ca_key, hosts=["modality.local"], client=True, days=1)
+    return {"ca": ca, "cert": cert, "key": key, "client": client, "client_key": client_key}
 
 
 @pytest.mark.parametrize("driver", ["gtls", "ossl"])
 def test_rsyslog_forwards_over_mutual_tls(tmp_path: Path, driver: str) -> None:
-    pki = tmp_path / "pki"
-    ca, ca_key = make_ca(pki, "ATNA Test CA", 2)
-    server_cert, server_key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True,
-                                        days=1)
-    client_cert, client_key = make_cert(pki, "modality", ca, ca_key, hosts=["modality.local"], client=True, days=1)
+    pki = mutual_pki(tmp_path / "pki")
     port = free_port()
-    section = {"tls": {"port": port, "cert_file": server_cert, "key_file": server_key, "ca_file": ca,
+    section = {"tls": {"port": port, "cert_file": pki["cert"], "key_file": pki["key"], "ca_file": pki["ca"],
                        "require_client_cert": True}}
     with running(section) as rx:
         proc, inbound, console = _rsyslog_forwarder(tmp_path / "rsyslog", driver, port,
-                                                    {"ca": ca, "cert": client_cert, "key": client_key})
+                                                    {"ca": pki["ca"], "cert": pki["client"], "key": pki["client_key"]})
         try:
-            for event_id in ("110110", "110104", "110103"):
-                logger("-T", "--octet-count", "-P", str(inbound), message=one_line(event_id))
-            logger("-T", "--octet-count", "-P", str(inbound), message=BILLION_LAUGHS.decode())
-            logger("-T", "--octet-count", "-P", str(inbound), message=one_line("110106"))
+            send_through(inbound)
             got = rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 4,
                           f"four audits through rsyslog {driver}")
         finally:
             proc.terminate()
             proc.wait(DEADLINE)
+    assert_forwarded(got)
+
+
+def send_through(inbound: int) -> None:
+    """What a modality's local syslog daemon is handed: three A.5 messages, a billion laughs, one more."""
+    for event_id in ("110110", "110104", "110103"):
+        logger("-T", "--octet-count", "-P", str(inbound), message=one_line(event_id))
+    logger("-T", "--octet-count", "-P", str(inbound), message=BILLION_LAUGHS.decode())
+    logger("-T", "--octet-count", "-P", str(inbound), message=one_line("110106"))
+
+
+def assert_forwarded(got: list[Event]) -> None:
+    """The four messages of `send_through` arrived in order over mutual TLS from CN=modality, each
+    with its patient (bare ID and CX form) and its raw bytes; the billion laughs was refused."""
     audits = [e for e in got if e.kind.startswith("atna.audit.")]
     assert [e.details["event_id"]["code"] for e in audits] == ["110110", "110104", "110103", "110106"]
     for ev in audits:
@@ -171,3 +198,91 @@ def test_hostile_connections_never_stop_the_receiver(tmp_path: Path) -> None:
     assert tls_msg[0].details["flags"] == ["wrong-framing"]
     missing = [e for e in got if "missing-msgid" in e.details.get("flags", ())]
     assert len(missing) == 1 and missing[0].kind == "atna.message.unparsed"
+
+
+def syslog_ng() -> Path:
+    """Debian's syslog-ng unpacked by tools/syslog-ng-peer (it conflicts with rsyslog, so it is not
+    installed); fetched on first use, and the test fails when it cannot be run."""
+    done = subprocess.run([str(ROOT / "tools" / "syslog-ng-peer"), str(ROOT / ".peers" / "syslog-ng")],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"syslog-ng cannot be run (tools/syslog-ng-peer): {done.stderr}")
+    return Path(done.stdout.strip())
+
+
+def _syslog_ng_forwarder(base: Path, target: int, pki: dict[str, Path]) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """syslog-ng receiving RFC 5424 over TCP and forwarding with its syslog() destination over RFC 5425
+    TLS (octet counting), presenting the client certificate and verifying the repository's."""
+    peer = syslog_ng()
+    base.mkdir()
+    inbound = free_port()
+    conf = base / "syslog-ng.conf"
+    conf.write_text(f"""@version: 3.38
+options {{ log-msg-size(262144); stats-freq(0); }};
+source s_local {{ syslog(ip("127.0.0.1") port({inbound}) transport("tcp")); }};
+destination d_repository {{
+  syslog("127.0.0.1" port({target}) transport("tls")
+         tls(ca-file("{pki["ca"]}") cert-file("{pki["client"]}") key-file("{pki["client_key"]}")
+             peer-verify(required-trusted)));
+}};
+log {{ source(s_local); destination(d_repository); flags(flow-control); }};
+""")
+    console = base / "syslog-ng.out"
+    modules = next((peer / "usr" / "lib" / "syslog-ng").glob("*/libafsocket.so")).parent
+    with open(console, "ab") as out:
+        proc = subprocess.Popen([str(peer / "env"), str(peer / "usr" / "sbin" / "syslog-ng"), "-F", "-e",
+                                 "-f", str(conf), "--no-caps", "-R", str(base / "persist"), "-p", str(base / "pid"),
+                                 "-c", str(base / "ctl"), "--module-path", str(modules)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_listening(proc, inbound, console, "syslog-ng")
+    return proc, inbound, console
+
+
+def test_syslog_ng_forwards_over_mutual_tls_into_atna_listen(tmp_path: Path) -> None:
+    pki = mutual_pki(tmp_path / "pki")
+    port = free_port()
+    repository = Repository(tmp_path, port, pki)
+    repository.start()
+    try:
+        proc, inbound, console = _syslog_ng_forwarder(tmp_path / "syslog-ng", port, pki)
+        try:
+            send_through(inbound)
+            end = time.monotonic() + DEADLINE
+            while stored(repository.store) < 5:
+                assert time.monotonic() < end, f"{stored(repository.store)} of 5 stored; syslog-ng said: " \
+                    + console.read_text(errors="replace")
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(DEADLINE)
+    finally:
+        repository.stop()
+    store = EventStore.open(str(repository.store))
+    try:
+        got = [s.event for s in store.search(EventQuery(kind="atna.*", limit=None))]
+    finally:
+        store.close()
+    assert_forwarded(got)
+    for ev in got:
+        assert ev.details["syslog"]["msgid"] == "IHE+RFC-3881"  # syslog-ng keeps the MSGID logger gave
+        if ev.kind.startswith("atna.audit."):
+            assert ev.details["patients"][0] == {"id": PATIENT, "authority": "STMARY&1.2.840.99999.1&ISO", "cx": CX}
+    assert store_finds(repository.store, CX) == store_finds(repository.store, PATIENT) == 4
+
+
+def stored(path: Path) -> int:
+    """Events in the repository's store so far, read from outside while it writes."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT size FROM tree_state").fetchone()[0])
+    except (sqlite3.Error, TypeError):
+        return 0
+
+
+def store_finds(path: Path, patient: str) -> int:
+    """How many events `--patient` finds in the store."""
+    store = EventStore.open(str(path))
+    try:
+        return len(list(store.search(EventQuery(patient=patient, limit=None))))
+    finally:
+        store.close()

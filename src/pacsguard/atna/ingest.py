@@ -6,6 +6,7 @@ raw and flagged, so the evidence is kept and `atna sources` can name the sender.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -68,15 +69,26 @@ def parse_payload(payload: bytes) -> AuditRecord:
 def frame_event(sender: Sender, frame: bytes, *, flags: tuple[str, ...] = (),
                 now: datetime | None = None) -> Event:
     """The Event of one syslog frame as received (``frame`` without its octet count)."""
-    received = (now or datetime.now(timezone.utc))
-    base: dict[str, Any] = {"sender": sender.to_dict(), "received": received.isoformat(), **raw_fields(frame)}
-    try:
-        message = rfc5424.parse(frame)
-    except rfc5424.SyslogError as exc:
-        return unparsed_event(base, "not-syslog", str(exc), list(flags), sender)
-    all_flags = [*flags, *message.flags]
-    base["syslog"] = message.header()
-    return payload_event(base, message.msg, all_flags, sender)
+    return frame_events(sender, [frame], flags=flags, now=now)[0]
+
+
+def frame_events(sender: Sender, frames: Iterable[bytes], *, flags: tuple[str, ...] = (),
+                 now: datetime | None = None) -> list[Event]:
+    """The Events of frames that arrived together (one read of a connection): the sender's fields
+    and the time of receipt are made once for all of them."""
+    received = (now or datetime.now(timezone.utc)).isoformat()
+    who = sender.to_dict()
+    events = []
+    for frame in frames:
+        base: dict[str, Any] = {"sender": dict(who), "received": received, **raw_fields(frame)}
+        try:
+            message = rfc5424.parse(frame)
+        except rfc5424.SyslogError as exc:
+            events.append(unparsed_event(base, "not-syslog", str(exc), list(flags), sender))
+            continue
+        base["syslog"] = message.header()
+        events.append(payload_event(base, message.msg, [*flags, *message.flags], sender))
+    return events
 
 
 def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender) -> Event:

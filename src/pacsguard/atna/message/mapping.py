@@ -15,9 +15,12 @@ from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
 _SEVERITY = {"0": Severity.INFO, "4": Severity.NOTICE, "8": Severity.WARNING, "12": Severity.ERROR}
 
 
+#: The Event kind of each audit event ID (CID 400), made once.
+_KINDS = {code: "atna.audit." + codes.slug(meaning) for code, (meaning, _) in codes.EVENT_IDS.items()}
+
+
 def kind_of(record: AuditRecord) -> str:
-    entry = codes.EVENT_IDS.get(record.event_id.code)
-    return "atna.audit." + (codes.slug(entry[0]) if entry else "other")
+    return _KINDS.get(record.event_id.code, "atna.audit.other")
 
 
 def patients_of(record: AuditRecord) -> list[PatientId]:
@@ -34,16 +37,16 @@ def party_of(p: Participant | None) -> Party:
     if p is None:
         return Party()
     host = p.access_point if p.access_point_type in (None, "1", "2") else None
-    ae = p.ae_titles[0][:64] if p.ae_titles else None
-    user = p.user_name or p.user_id or None
-    return Party(ae_title=ae, host=host or None, user=user)
+    titles = p.ae_titles
+    return Party(ae_title=titles[0][:64] if titles else None, host=host or None, user=p.user_name or p.user_id or None)
 
 
 def to_event(record: AuditRecord, received: Mapping[str, Any], *, time: datetime | None = None) -> Event:
     """The Event of one received record; ``received`` holds sender, syslog header, raw bytes, flags."""
     patients = patients_of(record)
     requestor = record.requestor
-    others = [p for p in record.participants if p is not requestor]
+    actor = party_of(requestor)
+    target = next((party_of(p) for p in record.participants if p is not requestor), None)
     outcome = codes.OUTCOMES.get(record.outcome, Outcome.UNKNOWN)
     severity = _SEVERITY.get(record.outcome, Severity.NOTICE)
     if record.event_id.code == "110113":  # Security Alert
@@ -51,20 +54,21 @@ def to_event(record: AuditRecord, received: Mapping[str, Any], *, time: datetime
     entry = codes.EVENT_IDS.get(record.event_id.code)
     meaning = entry[0] if entry else (record.event_id.meaning or record.event_id.code)
     instances = sum(s.instances or len(s.instance_uids) for o in record.objects for s in o.sop_classes)
-    details: dict[str, Any] = {**received, **record_details(record)}
+    details = dict(received)
+    details.update(record_details(record))
+    text = meaning
+    if record.action:
+        text += f" ({codes.ACTIONS.get(record.action, record.action)})"
+    text += f" by {actor.label()}"
     if patients:
         details["patients"] = [p.to_dict() for p in patients]
-    who = party_of(requestor).label()
+        text += f", patient {', '.join(p.id for p in patients)}"
     keys = [k for p in patients for k in p.search_keys()]
-    when = time or record.time
     return Event(
-        kind=kind_of(record), time=when or utc_now(), component="atna", severity=severity, outcome=outcome,
-        actor=party_of(requestor), target=party_of(others[0]) if others else Party(),
+        kind=kind_of(record), time=time or record.time or utc_now(),
+        component="atna", severity=severity, outcome=outcome, actor=actor, target=target or Party(),
         patient_ids=tuple(dict.fromkeys(keys)), study_uids=tuple(studies_of(record)),
-        sop_instance_count=instances, details=details,
-        message=f"{meaning}" + (f" ({codes.ACTIONS.get(record.action or '', record.action)})" if record.action else "")
-        + f" by {who}" + (f", patient {', '.join(p.id for p in patients)}" if patients else ""))
-
+        sop_instance_count=instances, details=details, message=text)
 
 
 def record_details(record: AuditRecord) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pacsguard.atna.ingest import Sender, frame_event, problem_event
+from pacsguard.atna.ingest import Sender, frame_event, frame_events, problem_event
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
 from pacsguard.events.model import Event
 
@@ -131,8 +131,8 @@ class _Connection(asyncio.Protocol):
                          self.sender.certificate)
         # RFC 5425 4.3: over TLS only octet counting is allowed; read it anyway, but say so.
         flags = ("wrong-framing",) if self.listener.transport == "tls" and used is Framing.NON_TRANSPARENT else ()
-        for frame in frames:
-            self.publish(frame_event(stamped, frame, flags=flags))
+        for event in frame_events(stamped, frames, flags=flags):
+            self.publish(event)
 
 
 class DatagramListener(asyncio.DatagramProtocol):

@@ -1,0 +1,346 @@
+"""One pass over a DICOM audit message (PS3.15 A.5.1) or its RFC 3881 ancestor, straight from the
+expat callbacks into an AuditRecord: no element tree is built and nothing is walked twice, which is
+most of what receiving a message costs (docs/PERFORMANCE.md, ATNA ingest).
+
+The parser is hardened as defusedxml hardens expat: a document type declaration, an entity
+declaration or an external entity reference raises defusedxml's exception at once, before any
+expansion, so a billion-laughs message costs its first few hundred bytes.
+
+What is read matches the element tree reading it replaces exactly: only the first EventIdentification,
+AuditSourceIdentification and EventID count, an element's text is the character data before its
+first child, and a participant object's SOP classes, accessions and studies are its own followed by
+those of each ParticipantObjectDescription (the pre-2014 nesting of PS3.15), in that order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+from xml.parsers import expat
+
+from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+
+from pacsguard.atna.message.record import Code, Participant, ParticipantObject, SopClass
+
+Attrs = dict[str, str]
+
+
+def code_from(attrs: Attrs) -> Code:
+    """A CodedValueType in either syntax: DICOM ``csd-code``/``originalText``, RFC 3881
+    ``code``/``displayName``."""
+    return Code(attrs.get("csd-code") or attrs.get("code") or "",
+                attrs.get("codeSystemName") or attrs.get("codeSystem"),
+                attrs.get("originalText") or attrs.get("displayName"))
+
+
+class Context:
+    """What an open element collects: ``child`` returns the context of a child element (None: the
+    child and its subtree are not read), ``end`` is called when the element closes, ``text`` with
+    the element's text when the context asked for it (``wants_text``)."""
+
+    wants_text = False
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        return None
+
+    def text(self, value: str) -> None:
+        """The character data before the element's first child."""
+
+    def end(self) -> None:
+        """The element is closed."""
+
+
+class _Text(Context):
+    """An element read for its text only (EventOutcomeDescription, ParticipantObjectName, ...)."""
+
+    wants_text = True
+
+    def __init__(self, keep: Callable[[str], None]) -> None:
+        self.keep = keep
+
+    def text(self, value: str) -> None:
+        self.keep(value)
+
+
+class _SourceType(Context):
+    """AuditSourceTypeCode: coded (csd-code= or code=), or RFC 3881's code as the element's text."""
+
+    wants_text = True
+
+    def __init__(self, attrs: Attrs, into: list[Code]) -> None:
+        self.code = code_from(attrs)
+        self.into = into
+        self.body = ""
+
+    def text(self, value: str) -> None:
+        self.body = value
+
+    def end(self) -> None:
+        self.into.append(self.code if self.code.code else Code(self.body.strip()))
+
+
+class _Identification(Context):
+    """EventIdentification: EventID (the first), event types, outcome description, purposes of use."""
+
+    def __init__(self, attrs: Attrs) -> None:
+        self.attrs = attrs
+        self.event_id: Attrs | None = None
+        self.types: list[Code] = []
+        self.description: str | None = None
+        self.described = False
+        self.purposes: list[Code] = []
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "EventID":
+            if self.event_id is None:
+                self.event_id = attrs
+        elif name == "EventTypeCode":
+            self.types.append(code_from(attrs))
+        elif name == "PurposeOfUse":
+            self.purposes.append(code_from(attrs))
+        elif name == "EventOutcomeDescription" and not self.described:
+            self.described = True
+            return _Text(self._describe)
+        return None
+
+    def _describe(self, value: str) -> None:
+        self.description = value.strip() or None
+
+
+class _Participant(Context):
+    """ActiveParticipant and its RoleIDCodes."""
+
+    def __init__(self, attrs: Attrs, into: list[Participant]) -> None:
+        self.attrs = attrs
+        self.roles: list[Code] = []
+        self.into = into
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "RoleIDCode":
+            self.roles.append(code_from(attrs))
+        return None
+
+    def end(self) -> None:
+        a = self.attrs
+        self.into.append(Participant(
+            user_id=a.get("UserID", ""), alternative_user_id=a.get("AlternativeUserID"),
+            user_name=a.get("UserName"),
+            requestor=(a.get("UserIsRequestor") or "").strip().lower() in ("true", "1"),
+            access_point=a.get("NetworkAccessPointID"), access_point_type=a.get("NetworkAccessPointTypeCode"),
+            roles=tuple(self.roles)))
+
+
+class _Source(Context):
+    """AuditSourceIdentification and its AuditSourceTypeCodes."""
+
+    def __init__(self, attrs: Attrs) -> None:
+        self.attrs = attrs
+        self.types: list[Code] = []
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        return _SourceType(attrs, self.types) if name == "AuditSourceTypeCode" else None
+
+
+class _Holder(Context):
+    """Where SOPClass, Accession and ParticipantObjectContainsStudy are found: the participant object
+    itself or one of its ParticipantObjectDescriptions."""
+
+    def __init__(self) -> None:
+        self.sop_classes: list[SopClass] = []
+        self.accessions: list[str] = []
+        self.studies: list[str] = []
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "SOPClass":
+            return _SopClass(attrs, self.sop_classes)
+        if name == "Accession":
+            self.accessions.append(attrs.get("Number", ""))
+        elif name == "ParticipantObjectContainsStudy":
+            return _Studies(self.studies)
+        return None
+
+
+class _SopClass(Context):
+    def __init__(self, attrs: Attrs, into: list[SopClass]) -> None:
+        self.attrs = attrs
+        self.instances: list[str] = []
+        self.into = into
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "Instance":
+            self.instances.append(attrs.get("UID", ""))
+        return None
+
+    def end(self) -> None:
+        count = self.attrs.get("NumberOfInstances")
+        self.into.append(SopClass(self.attrs.get("UID", ""), int(count) if count and count.strip().isdigit() else None,
+                                  tuple(self.instances)))
+
+
+class _Studies(Context):
+    """ParticipantObjectContainsStudy: its StudyIDs."""
+
+    def __init__(self, into: list[str]) -> None:
+        self.into = into
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "StudyIDs":
+            self.into.append(attrs.get("UID", ""))
+        return None
+
+
+class _Object(_Holder):
+    """ParticipantObjectIdentification."""
+
+    def __init__(self, attrs: Attrs, into: list[ParticipantObject]) -> None:
+        super().__init__()
+        self.attrs = attrs
+        self.into = into
+        self.id_type: Code | None = None
+        self.name: str | None = None
+        self.query: str | None = None
+        self.seen: set[str] = set()
+        self.descriptions: list[_Holder] = []
+        self.details: list[tuple[str, str]] = []
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "ParticipantObjectDetail":
+            self.details.append((attrs.get("type", ""), attrs.get("value", "")))
+        elif name == "ParticipantObjectDescription":
+            self.descriptions.append(_Holder())
+            return self.descriptions[-1]
+        elif name in ("ParticipantObjectIDTypeCode", "ParticipantObjectName", "ParticipantObjectQuery"):
+            if name in self.seen:  # only the first of each is read
+                return None
+            self.seen.add(name)
+            if name == "ParticipantObjectIDTypeCode":
+                self.id_type = code_from(attrs)
+                return None
+            return _Text(self._name if name == "ParticipantObjectName" else self._query)
+        else:
+            return super().child(name, attrs)
+        return None
+
+    def _name(self, value: str) -> None:
+        self.name = value.strip() or None
+
+    def _query(self, value: str) -> None:
+        self.query = value.strip() or None
+
+    def end(self) -> None:
+        a = self.attrs
+        holders = [self, *self.descriptions]
+        self.into.append(ParticipantObject(
+            object_id=a.get("ParticipantObjectID", ""), id_type=self.id_type or Code(""),
+            type_code=a.get("ParticipantObjectTypeCode"), role=a.get("ParticipantObjectTypeCodeRole"),
+            life_cycle=a.get("ParticipantObjectDataLifeCycle"), name=self.name, query=self.query,
+            details=tuple(self.details), sop_classes=tuple(s for h in holders for s in h.sop_classes),
+            accessions=tuple(n for h in holders for n in h.accessions),
+            studies=tuple(u for h in holders for u in h.studies)))
+
+
+class _Message(Context):
+    """AuditMessage: its direct children."""
+
+    def __init__(self) -> None:
+        self.identification: _Identification | None = None
+        self.source: _Source | None = None
+        self.participants: list[Participant] = []
+        self.objects: list[ParticipantObject] = []
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        if name == "ActiveParticipant":
+            return _Participant(attrs, self.participants)
+        if name == "ParticipantObjectIdentification":
+            return _Object(attrs, self.objects)
+        if name == "EventIdentification" and self.identification is None:
+            self.identification = _Identification(attrs)
+            return self.identification
+        if name == "AuditSourceIdentification" and self.source is None:
+            self.source = _Source(attrs)
+            return self.source
+        return None
+
+
+class Document(Context):
+    """The document: its root element's name, and the message read when the root is AuditMessage."""
+
+    def __init__(self) -> None:
+        self.root = ""
+        self.message = _Message()
+
+    def child(self, name: str, attrs: Attrs) -> Context | None:
+        self.root = name
+        return self.message if name == "AuditMessage" else None
+
+
+class Reader:
+    """One document: feed it to ``read``, once (an expat parser cannot be reset)."""
+
+    def __init__(self) -> None:
+        # "}" as the namespace separator gives "URI}local" names, so the local name is what follows it.
+        parser = expat.ParserCreate(None, "}")
+        parser.buffer_text = True
+        parser.StartDoctypeDeclHandler = _refuse_doctype
+        parser.EntityDeclHandler = _refuse_entity
+        parser.UnparsedEntityDeclHandler = _refuse_unparsed_entity
+        parser.ExternalEntityRefHandler = _refuse_external
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        self.parser = parser
+        self.document = Document()
+        self.stack: list[Context | None] = [self.document]
+        self.chunks: list[str] | None = None  # the text of the innermost open element, while wanted
+
+    def read(self, payload: bytes) -> Document:
+        """Parse the whole payload; expat's and defusedxml's exceptions pass through."""
+        try:
+            self.parser.Parse(payload, True)
+        finally:
+            # The handlers are this reader's methods: unhooked, reader and parser are freed by their
+            # reference counts at once instead of waiting, as a cycle, for the garbage collector.
+            self.parser.StartElementHandler = self.parser.EndElementHandler = None
+        return self.document
+
+    def _start(self, name: str, attrs: Attrs) -> None:
+        if self.chunks is not None:
+            self._flush_text()
+        parent = self.stack[-1]
+        context = parent.child(name.rpartition("}")[2], attrs) if parent is not None else None
+        self.stack.append(context)
+        if context is not None and context.wants_text:
+            self.chunks = []
+            self.parser.CharacterDataHandler = self.chunks.append
+
+    def _end(self, name: str) -> None:
+        if self.chunks is not None:
+            self._flush_text()
+        context = self.stack.pop()
+        if context is not None:
+            context.end()
+
+    def _flush_text(self) -> None:
+        """The element's text ends at its first child or at its end tag."""
+        chunks = self.chunks
+        self.chunks = None
+        self.parser.CharacterDataHandler = None
+        context = self.stack[-1]
+        if chunks and context is not None:
+            context.text("".join(chunks))
+
+
+def _refuse_doctype(name: str, sysid: str | None, pubid: str | None, has_internal_subset: bool) -> None:
+    raise DTDForbidden(name, sysid, pubid)
+
+
+def _refuse_entity(name: str, is_parameter_entity: bool, value: str | None, base: str | None, sysid: str | None,
+                   pubid: str | None, notation_name: str | None) -> None:
+    raise EntitiesForbidden(name, value, base, sysid, pubid, notation_name)
+
+
+def _refuse_unparsed_entity(name: str, base: str | None, sysid: str | None, pubid: str | None,
+                            notation_name: str | None) -> None:
+    raise EntitiesForbidden(name, None, base, sysid, pubid, notation_name)
+
+
+def _refuse_external(context: str, base: str | None, sysid: str | None, pubid: str | None) -> int:
+    raise ExternalReferenceForbidden(context, base, sysid, pubid)
