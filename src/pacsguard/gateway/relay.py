@@ -27,8 +27,9 @@ import struct
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
+from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
@@ -71,6 +72,27 @@ _DATA_PDU = struct.Struct(">HIIBB")
 _DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
 
 
+class Endpoint(Protocol):
+    """What a `Side` hands its connection to: a relayed association (`AssociationRelay`), or a
+    store-and-forward route's Storage SCP (pacsguard.gateway.store_forward.acceptor)."""
+
+    route: Route
+    client: Side | None
+    upstream: Side | None
+
+    def client_connected(self, side: Side) -> None: ...
+
+    def data_received(self, from_client: bool, data: memoryview | bytes) -> None: ...
+
+    def connection_lost(self, from_client: bool, exc: Exception | None) -> None: ...
+
+    def set_paused(self, reading_client: bool, paused: bool) -> None: ...
+
+    def abort(self, reason: str, *, kind: str = ...) -> None: ...
+
+    def publish(self, event: Event) -> None: ...
+
+
 class Side(asyncio.BufferedProtocol):
     """One TCP (or TLS) leg of a relayed association; hands everything to the relay.
 
@@ -79,7 +101,7 @@ class Side(asyncio.BufferedProtocol):
     could not send at once, instead of copying it.
     """
 
-    def __init__(self, relay: "AssociationRelay", is_client: bool) -> None:
+    def __init__(self, relay: Endpoint, is_client: bool) -> None:
         self.relay = relay
         self.is_client = is_client
         self.transport: asyncio.Transport | None = None

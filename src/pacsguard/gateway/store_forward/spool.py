@@ -205,15 +205,24 @@ class Spool:
         write_synced(path, *chunks)
         return path
 
-    def commit(self, received: Path, meta: SpooledMeta) -> Path:
+    def create(self, object_id: str) -> tuple[int, Path]:
+        """A new file in tmp/ for an object that is written as it arrives (the caller writes,
+        fsyncs and closes the descriptor); like `receive`, it is not acknowledged yet."""
+        path = self.tmp / f"{object_id}.dcm"
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+
+    def commit(self, received: Path, meta: SpooledMeta, *, sync_folder: bool = True) -> Path:
         """Move a checked object into objects/ with its metadata, durably: after this returns the
-        object may be acknowledged."""
+        object may be acknowledged. With ``sync_folder=False`` the caller makes the new names
+        durable itself (one fsync of objects/ for several objects, `syncing.FolderSync`) before
+        it acknowledges any of them."""
         meta_tmp = self.tmp / f"{meta.id}.json"
         write_synced(meta_tmp, json.dumps(meta.to_json()).encode())
         final = self.objects / f"{meta.id}.dcm"
         os.replace(received, final)
         os.replace(meta_tmp, self.objects / f"{meta.id}.json")  # the .json last: it makes the object count
-        fsync_dir(self.objects)
+        if sync_folder:
+            fsync_dir(self.objects)
         return final
 
     def discard(self, received: Path) -> None:
