@@ -169,3 +169,37 @@ def test_one_gateway_per_spool(tmp_path: Path) -> None:
         Spool(tmp_path).open()  # flock is per open file description: a second one in this process is refused too
     first.close()
     Spool(tmp_path).open()
+
+
+def test_the_group_fsync_serves_concurrent_commits_with_fewer_syncs_and_never_before_their_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from pacsguard.gateway.store_forward import syncing
+
+    started: list[float] = []
+
+    def slow_fsync(path: Path) -> None:
+        started.append(time.monotonic())
+        time.sleep(0.05)
+
+    monkeypatch.setattr(syncing, "fsync_dir", slow_fsync)
+    group = syncing.FolderSync(tmp_path)
+    called: dict[int, float] = {}
+    returned: dict[int, float] = {}
+
+    def commit(i: int) -> None:
+        called[i] = time.monotonic()
+        group.sync()
+        returned[i] = time.monotonic()
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(returned) == 8
+    assert len(started) < 8  # shared: one sync for the callers that came while another ran
+    # Each caller returned only after a sync that began after it called.
+    assert all(any(called[i] <= s <= returned[i] for s in started) for i in called)

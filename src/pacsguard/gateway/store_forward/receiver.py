@@ -10,8 +10,8 @@ Durability before Success (docs/gateway.md, "Store-and-forward routes"):
   1. the object file is fsync'd in tmp/ (a worker thread), then judged by the route's object
      checks, in order, in that thread;
   2. its metadata (ID.json) is written and fsync'd, both files are renamed into objects/;
-  3. objects/ is fsync'd by a group fsync (`syncing.FolderSync`): one fsync covers every object
-     renamed before it began, so concurrent associations share it;
+  3. objects/ is fsync'd by a group fsync (`syncing.FolderSync`), still in that thread: one fsync
+     covers every object renamed before it began, so concurrent associations share it;
   4. only then is the object handed to the forwarders and answered with Success. A crash before
      step 3 ends leaves at most a file the next rescan removes; nothing was acknowledged.
 The spool's free-space floor (spool.min_free_mib) is checked as the object grows: past it, the
@@ -217,13 +217,6 @@ async def keep(rx: Receiver, incoming: Incoming, sender: Sender, publish: Callab
         incoming.release(rx.spool)
     if committed is None:
         return kept
-    try:
-        await rx.folder_sync.sync()
-    except OSError as exc:
-        rx.spool.remove(committed.id)  # not durable: never acknowledged, never forwarded
-        publish(records.refused(committed, status=STATUS_OUT_OF_RESOURCES, check="spool", rule="spool.directory",
-                                reason=f"cannot commit to the spool: {exc.strerror or exc}"))
-        return Kept(STATUS_OUT_OF_RESOURCES)
     publish(records.received(committed))
     rx.queued(committed)
     return kept
@@ -232,7 +225,8 @@ async def keep(rx: Receiver, incoming: Incoming, sender: Sender, publish: Callab
 def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, host: str,
                       publish: Callable[[Event], object]) -> tuple[Kept, SpooledMeta | None]:
     """In a worker thread: fsync the object, run the object checks, then commit it to objects/
-    (its folder not yet synced) or set it aside. Returns how it ended and the committed metadata."""
+    (the folder's fsync shared with the objects committed meanwhile) or set it aside. Returns how
+    it ended and the committed metadata."""
     try:
         try:
             os.fsync(fd)
@@ -240,10 +234,7 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
             os.close(fd)
     except OSError as exc:
         rx.spool.discard(received)
-        status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
-        publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
-                                reason=f"cannot write the spool: {exc.strerror or exc}"))
-        return Kept(status), None
+        return _not_kept(meta, exc, "write", publish), None
     checked = replace(meta.object, path=received)  # judged synced, before it is committed
     verdict, path = run_checks(rx.object_checks, checked, publish)
     if verdict.action is not ObjectAction.FORWARD:
@@ -263,7 +254,21 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
         rx.spool.commit(path, meta, sync_folder=False)
     except OSError as exc:
         rx.spool.discard(received)
-        publish(records.refused(meta, status=STATUS_OUT_OF_RESOURCES, check="spool", rule="spool.directory",
-                                reason=f"cannot commit to the spool: {exc.strerror or exc}"))
-        return Kept(STATUS_OUT_OF_RESOURCES), None
+        return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
+    try:
+        rx.folder_sync.sync()
+    except OSError as exc:
+        rx.spool.remove(meta.id)  # its name is not durable: never acknowledged, never forwarded
+        return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
     return Kept(STATUS_SUCCESS), meta
+
+
+def _not_kept(meta: SpooledMeta, exc: OSError, what: str, publish: Callable[[Event], object],
+              status: int | None = None) -> Kept:
+    """The spool failed the object (ENOSPC, EIO): recorded as refused; nothing was acknowledged, the
+    modality may send it again."""
+    if status is None:
+        status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+    publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
+                            reason=f"cannot {what} the spool: {exc.strerror or exc}"))
+    return Kept(status)
