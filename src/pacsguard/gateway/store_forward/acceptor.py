@@ -44,6 +44,7 @@ from pacsguard.gateway.check import decide
 from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
 from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep
+from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import Action
 from pacsguard.gateway.violations import TOLERATED, classify
 from pacsguard.records.dicom import AssociationRecord, Pending
@@ -117,7 +118,7 @@ class StoreAssociation:
         self.closed = False
         self.started = time.monotonic()
         self.last_activity = self.started
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer = AssociationTimer(self._expired)
 
     # --- the endpoint the relay's Side calls -----------------------------------------------------
 
@@ -134,7 +135,7 @@ class StoreAssociation:
             self.adm.tls = True
             self.adm.cert = describe_peer(ssl_object) or None
         self.live.add(self)
-        self._arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
+        self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
 
     def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
         """Bytes from the requestor; a view of the leg's buffer, valid only during this call (the
@@ -234,12 +235,12 @@ class StoreAssociation:
                                    max_pdu=rq.max_length or None)
         self.state = "established"
         self.outbox.send(raw)
-        self._arm(self.route.limits.idle_timeout, "idle")
+        self.timer.arm(self.route.limits.idle_timeout, "idle")
 
     def _release(self) -> None:
         """A-RELEASE-RQ (PS3.8 9.3.6): answered once every request before it has its answer."""
         self.state = "releasing"
-        self._arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
+        self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
 
         def answer() -> None:
             if self.closed:
@@ -459,8 +460,7 @@ class StoreAssociation:
             return
         self.closed = True
         self.state = "closed"
-        if self._timer is not None:
-            self._timer.cancel()
+        self.timer.cancel()
         self.outbox.drop()
         if self.incoming is not None:
             self.incoming.drop(self.rx.spool)
@@ -475,21 +475,15 @@ class StoreAssociation:
         an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
         self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
 
-    def _arm(self, seconds: float, why: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, why)
-
     def _expired(self, why: str) -> None:
         if self.closed:
             return
         if self.state == "established":
-            idle = time.monotonic() - self.last_activity
-            left = self.route.limits.idle_timeout - idle
+            left, idle = idle_left(self.last_activity, self.route.limits.idle_timeout)
             if left > 0.5 or (self.answers and not self.answers[-1].done()):
-                self._arm(max(left, 1.0), why)  # an object still being checked is not idleness
+                self.timer.arm(max(left, 1.0), why)  # an object still being checked is not idleness
                 return
-            why = f"idle for {idle:.0f} s (limit {self.route.limits.idle_timeout:.0f} s)"
+            why = idle
         self.abort(why, kind="timeout")
 
     # --- protocol errors and records ------------------------------------------------------------------
