@@ -197,3 +197,33 @@ def test_malformed_p_data_is_recorded_and_aborted_without_a_traceback(tmp_path: 
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []  # the half-received object is gone
     assert list((tmp_path / "spool" / "objects").glob("*.json")) == []
+
+
+def test_two_messages_in_one_pdu_are_kept_apart(tmp_path: Path) -> None:
+    """PS3.8 9.3.5 lets one P-DATA-TF carry PDVs of several messages: each data set goes to its own
+    object, with its own identifiers."""
+    other = struct.pack("<HHI", 0x0010, 0x0020, 6) + b"SCP02 "
+
+    def command(message_id: int) -> bytes:
+        return dimse.encode_command_set(dimse.CommandSet(
+            dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=CT_STORAGE,
+            affected_sop_instance_uid=f"1.2.3.{message_id}", priority=0, command_data_set_type=0x0000))
+
+    pdu = P.encode_p_data_tf([P.PDV(1, True, True, command(1)), P.PDV(1, False, True, DATASET),
+                              P.PDV(1, True, True, command(2)), P.PDV(1, False, True, other)])
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        await client.send(pdu)
+        answers: list[P.ParsedPDU] = []
+        while len(answers) < 2:
+            got = await client.read()
+            assert got, "no answer"
+            answers.extend(got)
+        assert [status_of(a) for a in answers] == [dimse.STATUS_SUCCESS] * 2
+
+    published = run(sf_route(tmp_path), scenario)
+    received = {e.details["sop_instance"]: e for e in published if e.kind == "gateway.object.received"}
+    assert {uid: e.patient_ids for uid, e in received.items()} == {"1.2.3.1": ("SCP01",), "1.2.3.2": ("SCP02",)}
+    bodies = sorted(p.read_bytes()[-len(DATASET):] for p in (tmp_path / "spool" / "objects").glob("*.dcm"))
+    assert bodies == sorted([DATASET, other])

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.dicom import dimse, uids
@@ -273,28 +273,37 @@ class StoreAssociation:
             incoming.write(self.rx.spool, memoryview(raw)[12:])
             return
         events = self._decode(pdu)
-        commands: deque[DimseCommand] = deque()
-        ends: deque[DimseDatasetEnd] = deque()
+        violation = next((ev for ev in events if isinstance(ev, ProtocolViolation)), None)
+        if violation is not None:
+            self.protocol_error(violation.code, violation.message)
+            return
+        # The decoder's events come in the order of the PDVs that completed them: a command with the
+        # last fragment of its command set, a data set's end with its last fragment. Data PDVs up to
+        # each of those go to the message in flight before the event is handled.
+        spans = iter(P.pdv_spans(raw))
+        view = memoryview(raw)
         for ev in events:
-            if isinstance(ev, ProtocolViolation):
-                self.protocol_error(ev.code, ev.message)
-                return
             if isinstance(ev, DimseCommand):
-                commands.append(ev)
-            elif isinstance(ev, DimseDatasetEnd):
-                ends.append(ev)
+                self._write_until(spans, view, command=True)
+                self._on_command(ev)
             elif isinstance(ev, DimseDatasetStart):
                 self._on_dataset_start(ev)
-        view = memoryview(raw)
-        for _, mch, start, end in P.pdv_spans(raw):
-            if mch & 0x01:
-                if mch & 0x02 and commands:
-                    self._on_command(commands.popleft())
-            elif self.incoming is not None:
-                self.incoming.write(self.rx.spool, view[start:end])
-                if mch & 0x02 and ends:
-                    self._on_dataset_end(ends.popleft())
+            elif isinstance(ev, DimseDatasetEnd):
+                self._write_until(spans, view, command=False)
+                self._on_dataset_end(ev)
             if self.closed:
+                return
+        self._write_until(spans, view, command=None)
+
+    def _write_until(self, spans: Iterator[tuple[int, int, int, int]], view: memoryview, *,
+                     command: bool | None) -> None:
+        """Write data PDVs to the message in flight, up to and including the last fragment of a
+        command set (``command=True``) or of a data set (False), or to the PDU's end (None)."""
+        for _, mch, start, end in spans:
+            is_command, is_last = bool(mch & 0x01), bool(mch & 0x02)
+            if not is_command and self.incoming is not None:
+                self.incoming.write(self.rx.spool, view[start:end])
+            if is_last and is_command is command:
                 return
 
     def _on_command(self, ev: DimseCommand) -> None:
