@@ -25,19 +25,10 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.dicom import dimse, uids
+from pacsguard.dicom import events as E
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
-from pacsguard.dicom.events import (
-    Aborted,
-    DimseCommand,
-    DimseDatasetEnd,
-    DimseDatasetStart,
-    ProtocolEvent,
-    ProtocolViolation,
-    ProtocolWarning,
-    ReleaseRequested,
-)
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import decide
@@ -190,19 +181,19 @@ class StoreAssociation:
             self._on_p_data(pdu)
             return
         for ev in self._decode(pdu):
-            if isinstance(ev, ProtocolViolation):
+            if isinstance(ev, E.ProtocolViolation):
                 self.protocol_error(ev.code, ev.message)
                 return
-            if isinstance(ev, ReleaseRequested):
+            if isinstance(ev, E.ReleaseRequested):
                 self._release()
-            elif isinstance(ev, Aborted):
+            elif isinstance(ev, E.Aborted):
                 self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
                                      message="A-ABORT from the client", by="client", source=ev.source,
                                      reason_code=ev.reason, **self._totals())
                 self.state = "closed"
                 self.close()
                 return
-            elif not isinstance(ev, (DimseCommand, DimseDatasetStart, DimseDatasetEnd)):
+            elif not isinstance(ev, (E.DimseCommand, E.DimseDatasetStart, E.DimseDatasetEnd)):
                 self.protocol_error("unexpected-pdu", f"{pdu.name} in state {self.state}")
                 return
 
@@ -226,7 +217,7 @@ class StoreAssociation:
                        max_length=self.route.limits.max_pdu_length)
         raw = P.encode_associate_ac(ac)
         for ev in self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw)):
-            if isinstance(ev, ProtocolViolation):  # our own AC: a bug, not the peer's fault
+            if isinstance(ev, E.ProtocolViolation):  # our own AC: a bug, not the peer's fault
                 self.abort(f"the A-ASSOCIATE-AC could not be made: {ev.message}", kind="internal-error")
                 return
         accepted = sorted({abstract for abstract, _ in self.decoder.contexts.values()})
@@ -273,7 +264,7 @@ class StoreAssociation:
             incoming.write(self.rx.spool, memoryview(raw)[12:])
             return
         events = self._decode(pdu)
-        violation = next((ev for ev in events if isinstance(ev, ProtocolViolation)), None)
+        violation = next((ev for ev in events if isinstance(ev, E.ProtocolViolation)), None)
         if violation is not None:
             self.protocol_error(violation.code, violation.message)
             return
@@ -283,12 +274,12 @@ class StoreAssociation:
         spans = iter(P.pdv_spans(raw))
         view = memoryview(raw)
         for ev in events:
-            if isinstance(ev, DimseCommand):
+            if isinstance(ev, E.DimseCommand):
                 self._write_until(spans, view, command=True)
                 self._on_command(ev)
-            elif isinstance(ev, DimseDatasetStart):
+            elif isinstance(ev, E.DimseDatasetStart):
                 self._on_dataset_start(ev)
-            elif isinstance(ev, DimseDatasetEnd):
+            elif isinstance(ev, E.DimseDatasetEnd):
                 self._write_until(spans, view, command=False)
                 self._on_dataset_end(ev)
             if self.closed:
@@ -306,7 +297,7 @@ class StoreAssociation:
             if is_last and is_command is command:
                 return
 
-    def _on_command(self, ev: DimseCommand) -> None:
+    def _on_command(self, ev: E.DimseCommand) -> None:
         """A complete command set from the requestor (PS3.7 9.3): C-STORE-RQ and C-ECHO-RQ are this
         SCP's services; another request is refused as an unrecognised operation (PS3.7 C.5.4)."""
         command = ev.command
@@ -338,7 +329,7 @@ class StoreAssociation:
         else:
             self._answer(incoming, None)
 
-    def _on_store(self, ev: DimseCommand, pending: Pending) -> None:
+    def _on_store(self, ev: E.DimseCommand, pending: Pending) -> None:
         """A C-STORE-RQ (PS3.4 B.2.2): judged as on a relayed route, then its data set goes to disk."""
         rx, adm = self.rx, self.adm
         self._record().track(pending)
@@ -362,7 +353,7 @@ class StoreAssociation:
         incoming.drop(self.rx.spool)
         incoming.abort_after = abort
 
-    def _on_dataset_start(self, ev: DimseDatasetStart) -> None:
+    def _on_dataset_start(self, ev: E.DimseDatasetStart) -> None:
         """The data set's identifiers (peeked by the decoder from its first fragments)."""
         self._record().dataset_start(ev)
         incoming = self.incoming
@@ -375,7 +366,7 @@ class StoreAssociation:
                          verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
                          abort=verdict.reason if verdict.action >= Action.ABORT else "")
 
-    def _on_dataset_end(self, ev: DimseDatasetEnd) -> None:
+    def _on_dataset_end(self, ev: E.DimseDatasetEnd) -> None:
         self._record().dataset_end(ev)
         incoming, self.incoming = self.incoming, None
         if incoming is None:
@@ -512,12 +503,12 @@ class StoreAssociation:
         log.warning("route %s: protocol violation from %s:%d: %s", self.route.name, adm.host, adm.port, message)
         self.abort(f"protocol violation ({code}) from client", kind="protocol", notify=notify)
 
-    def _decode(self, pdu: RawPDU) -> list[ProtocolEvent]:
+    def _decode(self, pdu: RawPDU) -> list[E.ProtocolEvent]:
         """The decoder's events for one PDU; tolerated deviations are recorded once and left out."""
         events = self.decoder.on_pdu(True, pdu)
-        kept: list[ProtocolEvent] = []
+        kept: list[E.ProtocolEvent] = []
         for ev in events:
-            if isinstance(ev, ProtocolWarning) or (isinstance(ev, ProtocolViolation) and ev.code in TOLERATED):
+            if isinstance(ev, E.ProtocolWarning) or (isinstance(ev, E.ProtocolViolation) and ev.code in TOLERATED):
                 self._warn(ev.code, ev.message)
             else:
                 kept.append(ev)

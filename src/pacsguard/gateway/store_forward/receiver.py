@@ -59,8 +59,8 @@ EARLY_SYNC_STEP = 4 * MIB
 @dataclass(frozen=True, slots=True)
 class Receiver:
     """What receiving needs of its route (pacsguard.gateway.store_forward.route implements it).
-    Everything here is called on the gateway's loop, except `publish` and `quarantine_source`,
-    which the object checks' worker thread calls too."""
+    Called on the gateway's loop, except what the worker thread that syncs, checks and commits an
+    object uses: `spool`, `folder_sync`, `object_checks`, `publish` and `quarantine_source`."""
 
     route: Route
     chain: Chain
