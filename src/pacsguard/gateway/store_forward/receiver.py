@@ -8,8 +8,11 @@ in memory: each data PDV is written from the PDU that carried it.
 
 Durability before Success (docs/gateway.md, "Store-and-forward routes"):
   1. the object file is fsync'd in tmp/ (a worker thread), then judged by the route's object
-     checks, in order, in that thread;
-  2. its metadata (ID.json) is written and fsync'd, both files are renamed into objects/;
+     checks, in order, in that thread (a large object was written back in the background as it
+     arrived, so little is left for that fsync);
+  2. its metadata (ID.json) is written and fsync'd in tmp/ by a second thread while the object is
+     fsync'd (the two syncs share a journal commit), and, once the checks pass, both files are
+     renamed into objects/ (a check's replacement gets its metadata rewritten);
   3. objects/ is fsync'd by a group fsync (`syncing.FolderSync`), still in that thread: one fsync
      covers every object renamed before it began, so concurrent associations share it;
   4. only then is the object handed to the forwarders and answered with Success. A crash before
@@ -24,6 +27,7 @@ import asyncio
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -251,16 +255,15 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
     (the folder's fsync shared with the objects committed meanwhile) or set it aside. Returns how
     it ended and the committed metadata."""
     try:
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_with_meta(rx.spool, meta, fd)
     except OSError as exc:
         rx.spool.discard(received)
+        rx.spool.discard(rx.spool.tmp / f"{meta.id}.json")
         return _not_kept(meta, exc, "write", publish), None
     checked = replace(meta.object, path=received)  # judged synced, before it is committed
     verdict, path = run_checks(rx.object_checks, checked, publish)
     if verdict.action is not ObjectAction.FORWARD:
+        rx.spool.discard(rx.spool.tmp / f"{meta.id}.json")
         cut_off = ""
         if verdict.action is ObjectAction.QUARANTINE and rx.route.quarantine_sender:
             cut_off = f"sent an object that {verdict.check} quarantined: {verdict.reason}"
@@ -272,9 +275,10 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
             rx.spool.discard(received)
             return Kept(verdict.status, cut_off), None
     try:
-        if path != received:
+        replaced = path != received
+        if replaced:
             meta, path = adopt_replacement(meta, path, received, verdict.check or "object check")
-        rx.spool.commit(path, meta, sync_folder=False)
+        rx.spool.commit(path, meta, sync_folder=False, meta_written=not replaced)
     except OSError as exc:
         rx.spool.discard(received)
         return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
@@ -284,6 +288,30 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
         rx.spool.remove(meta.id)  # its name is not durable: never acknowledged, never forwarded
         return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
     return Kept(STATUS_SUCCESS), meta
+
+
+def _sync_with_meta(spool: Spool, meta: SpooledMeta, fd: int) -> None:
+    """fsync the object (and close it) while another thread writes and fsyncs its metadata: on a
+    journaling file system both syncs then share one journal commit instead of taking turns."""
+    failed: list[OSError] = []
+
+    def write_meta() -> None:
+        try:
+            spool.write_meta(meta)
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write_meta, name="pacsguard-spool-meta")
+    writer.start()
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        writer.join()
+    if failed:
+        raise failed[0]
 
 
 def _not_kept(meta: SpooledMeta, exc: OSError, what: str, publish: Callable[[Event], object],
