@@ -227,3 +227,24 @@ def test_two_messages_in_one_pdu_are_kept_apart(tmp_path: Path) -> None:
     assert {uid: e.patient_ids for uid, e in received.items()} == {"1.2.3.1": ("SCP01",), "1.2.3.2": ("SCP02",)}
     bodies = sorted(p.read_bytes()[-len(DATASET):] for p in (tmp_path / "spool" / "objects").glob("*.dcm"))
     assert bodies == sorted([DATASET, other])
+
+
+def test_artim_and_the_pdu_limit_apply_as_on_a_relayed_route(tmp_path: Path) -> None:
+    async def silent(client: Client, gate: Gate, published: list[Any]) -> None:
+        # Nothing sent: the ARTIM timer (PS3.8 9.1.5) ends the connection.
+        assert [type(p) for p in await client.read(timeout=3.0)] == [P.Abort]
+        assert await client.reader.read() == b""  # closed
+
+    published = run(sf_route(tmp_path, limits={"artim_timeout": 0.5}), silent)
+    aborted = [e for e in published if e.kind == "dicom.association.aborted"]
+    assert aborted and aborted[0].details["cause"] == "timeout" and "ARTIM" in aborted[0].details["reason"]
+
+    async def oversized(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        body = struct.pack(">IBB", 8192 + 2, 1, 0x00) + bytes(8192)  # over the route's 4096-byte limit
+        await client.send(struct.pack(">BBI", P.PDU_P_DATA_TF, 0, len(body)) + body)
+        assert [type(p) for p in await client.read()] == [P.Abort]
+
+    published = run(sf_route(tmp_path / "pdu", limits={"max_pdu_length": 4096}), oversized)
+    violation = [e for e in published if e.kind == "dicom.protocol.violation"]
+    assert violation and violation[0].details["code"] == "pdu-length-exceeds-maximum"
