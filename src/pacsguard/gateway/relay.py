@@ -95,7 +95,8 @@ class Endpoint(Protocol):
 
 
 class Side(asyncio.BufferedProtocol):
-    """One TCP (or TLS) leg of a relayed association; hands everything to the relay.
+    """One TCP (or TLS) leg of a relayed association; hands everything to the relay (or, on a
+    store-and-forward route, to its Storage SCP: an `Endpoint` either way).
 
     Reads land in the leg's own buffer, so the data set fast path forwards them without a copy.
     The buffer is reused only when the other leg holds none of it: uvloop keeps a view of what it
