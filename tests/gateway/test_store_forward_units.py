@@ -54,9 +54,10 @@ def test_route_mode_errors_name_their_key() -> None:
     assert "quarantine_sender is for store-and-forward routes" in sender[0]
     twice = problems(SF + "    destinations: [{host: h, port: 104, ae_title: P}, {host: h, port: 104, ae_title: P}]\n")
     assert "destinations[1]" in twice[0]
-    tls = problems(SF.replace("ae_title: GW}", "ae_title: GW, tls: {cert_file: c.pem, key_file: k.pem}}")
-                   + "    upstream: {host: h, port: 104, ae_title: P}\n")
-    assert "listen.tls" in tls[0]
+    # A store-and-forward route terminates TLS itself, as a relayed route does (issue #19).
+    tls = parse_config(SF.replace("ae_title: GW}", "ae_title: GW, tls: {cert_file: c.pem, key_file: k.pem}}")
+                       + "    upstream: {host: h, port: 104, ae_title: P}\n").gateway.routes[0]
+    assert tls.listen.tls is not None and tls.listen.tls.cert_file.name == "c.pem"
     mode = problems(SF.replace("store-and-forward", "store-forward")
                     + "    upstream: {host: h, port: 104, ae_title: P}\n")
     assert mode[0].startswith("gateway.routes.0.mode:")
@@ -208,3 +209,37 @@ def test_the_c_find_keys_are_those_of_the_file_that_was_sent(tmp_path: Path) -> 
     spool.object_path(m.id).unlink()  # unreadable: the metadata's keys
     query = identifier(m)
     assert query.StudyInstanceUID == "1.2.999" and "SeriesInstanceUID" not in query
+
+
+def test_the_group_fsync_serves_concurrent_commits_with_fewer_syncs_and_never_before_their_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from pacsguard.gateway.store_forward import syncing
+
+    started: list[float] = []
+
+    def slow_fsync(path: Path) -> None:
+        started.append(time.monotonic())
+        time.sleep(0.05)
+
+    monkeypatch.setattr(syncing, "fsync_dir", slow_fsync)
+    group = syncing.FolderSync(tmp_path)
+    called: dict[int, float] = {}
+    returned: dict[int, float] = {}
+
+    def commit(i: int) -> None:
+        called[i] = time.monotonic()
+        group.sync()
+        returned[i] = time.monotonic()
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(returned) == 8
+    assert len(started) < 8  # shared: one sync for the callers that came while another ran
+    # Each caller returned only after a sync that began after it called.
+    assert all(any(called[i] <= s <= returned[i] for s in started) for i in called)

@@ -352,9 +352,6 @@ class Route(Strict):
                 if getattr(self, key):
                     raise ValueError(f"{key} is for store-and-forward routes (set mode: store-and-forward)")
             return self
-        if self.listen.tls is not None:
-            raise ValueError("listen.tls: a store-and-forward route does not terminate TLS yet; put it on a "
-                             "relay route in front, or listen on loopback")
         keys = [d.key for d in self.destinations]
         for i, key in enumerate(keys):
             if key in keys[:i]:

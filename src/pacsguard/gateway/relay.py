@@ -27,8 +27,9 @@ import struct
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
+from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
@@ -54,6 +55,7 @@ from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.quarantine import SPARED
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
+from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 from pacsguard.gateway.violations import DATA_BEFORE_AC, TOLERATED, classify
 from pacsguard.records.dicom import AssociationRecord, Pending
@@ -71,15 +73,37 @@ _DATA_PDU = struct.Struct(">HIIBB")
 _DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
 
 
+class Endpoint(Protocol):
+    """What a `Side` hands its connection to: a relayed association (`AssociationRelay`), or a
+    store-and-forward route's Storage SCP (pacsguard.gateway.store_forward.acceptor)."""
+
+    route: Route
+    client: Side | None
+    upstream: Side | None
+
+    def client_connected(self, side: Side) -> None: ...
+
+    def data_received(self, from_client: bool, data: memoryview | bytes) -> None: ...
+
+    def connection_lost(self, from_client: bool, exc: Exception | None) -> None: ...
+
+    def set_paused(self, reading_client: bool, paused: bool) -> None: ...
+
+    def abort(self, reason: str, *, kind: str = ...) -> None: ...
+
+    def publish(self, event: Event) -> None: ...
+
+
 class Side(asyncio.BufferedProtocol):
-    """One TCP (or TLS) leg of a relayed association; hands everything to the relay.
+    """One TCP (or TLS) leg of a relayed association; hands everything to the relay (or, on a
+    store-and-forward route, to its Storage SCP: an `Endpoint` either way).
 
     Reads land in the leg's own buffer, so the data set fast path forwards them without a copy.
     The buffer is reused only when the other leg holds none of it: uvloop keeps a view of what it
     could not send at once, instead of copying it.
     """
 
-    def __init__(self, relay: "AssociationRelay", is_client: bool) -> None:
+    def __init__(self, relay: Endpoint, is_client: bool) -> None:
         self.relay = relay
         self.is_client = is_client
         self.transport: asyncio.Transport | None = None
@@ -163,7 +187,7 @@ class AssociationRelay:
         self.last_activity = self.started
         self.bytes_in = {True: 0, False: 0}
         self.closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer = AssociationTimer(self._expired)
         self._connect_task: asyncio.Task[None] | None = None
         # Everything for the client goes through it: held until the records before it are durable.
         self.outbox = Outbox(self.route, runtime.durability, self._write_client,
@@ -183,23 +207,17 @@ class AssociationRelay:
 
             self.cert = describe_peer(ssl_object)
         self.rt.register(self)
-        self._arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
-
-    def _arm(self, seconds: float, why: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, why)
+        self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
 
     def _expired(self, why: str) -> None:
         if self.closed:
             return
         if self.state == "established":
-            idle = time.monotonic() - self.last_activity
-            left = self.route.limits.idle_timeout - idle
+            left, idle = idle_left(self.last_activity, self.route.limits.idle_timeout)
             if left > 0.5:
-                self._arm(left, why)
+                self.timer.arm(left, why)
                 return
-            why = f"idle for {idle:.0f} s (limit {self.route.limits.idle_timeout:.0f} s)"
+            why = idle
         elif self.state in ("connecting", "awaiting-ac"):
             # The client still waits for its A-ASSOCIATE-AC: it gets an answer, not an abort.
             up = self.route.upstream
@@ -237,8 +255,7 @@ class AssociationRelay:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self.timer.cancel()
         self.outbox.drop()
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
@@ -517,7 +534,7 @@ class AssociationRelay:
                 return []
             if isinstance(ev, ReleaseRequested):
                 self.state = "releasing"
-                self._arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
+                self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
             elif isinstance(ev, ReleaseCompleted):
                 self._finish_release(raw_pdu.raw, from_client)
                 return []
@@ -548,7 +565,7 @@ class AssociationRelay:
             self.reject(verdict)
             return
         self.state = "connecting"
-        self._arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
+        self.timer.arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
         max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
         forwarded = _canonical_rq(P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title,
@@ -630,7 +647,7 @@ class AssociationRelay:
                                     violation.message if violation else "A-ASSOCIATE-AC not accepted")
                 return []
             self.state = "established"
-            self._arm(self.route.limits.idle_timeout, "idle")
+            self.timer.arm(self.route.limits.idle_timeout, "idle")
             self._record().accepted(self.decoder, refused)
             return [raw]
         if kind == P.PDU_ASSOCIATE_RJ:

@@ -16,7 +16,7 @@ from pacsguard.config.schema import GatewayConfig, Route
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.checks import Shared, build_chain
-from pacsguard.gateway.relay import AssociationRelay, Side
+from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class TLSAcceptingSide(Side):
     one (no client certificate, wrong CA, TLS 1.1) is recorded as an event with the peer's address,
     and the client gets OpenSSL's alert (RFC 8446 6.2). Runs on uvloop and on asyncio's loop."""
 
-    def __init__(self, relay: AssociationRelay, context: ssl.SSLContext) -> None:
+    def __init__(self, relay: Endpoint, context: ssl.SSLContext) -> None:
         super().__init__(relay, True)
         self.context = context
         self.ready = False
@@ -255,13 +255,13 @@ class Gateway:
             _warn_open(rt.route)
         for sf in self.stored:
             try:
-                port = await asyncio.to_thread(sf.start, loop)
+                port = await sf.start()
             except OSError:
                 await self.stop()
                 raise
             r = sf.route
             dests = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" + (" (TLS)" if d.tls else "") for d in r.destinations)
-            self.listeners.append(Listener(r.name, r.listen.host, port, r.listen.ae_title, False,
+            self.listeners.append(Listener(r.name, r.listen.host, port, r.listen.ae_title, sf.server_ssl is not None,
                                            f"{dests} (store-and-forward)"))
             _warn_open(r)
         return self.listeners
@@ -269,9 +269,10 @@ class Gateway:
     def _store_forward(self, route: Route, resolve: Resolve, object_checks: ObjectChecks | None) -> StoreForwardRoute:
         from pacsguard.gateway.store_forward.route import StoreForwardRoute
 
-        return StoreForwardRoute(route, build_chain(route, Shared(self.quarantined, self.ips)), publish=self.publish,
-                                 quarantined=self.quarantined, quarantine=self.quarantine,
-                                 object_checks=object_checks(route) if object_checks else [], resolve=resolve)
+        return StoreForwardRoute(route, build_chain(route, Shared(self.quarantined, self.ips, self.durability)),
+                                 publish=self.publish, quarantined=self.quarantined, quarantine=self.quarantine,
+                                 object_checks=object_checks(route) if object_checks else [], resolve=resolve,
+                                 durability=self.durability, server_ssl=_server_context(route, resolve))
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:
@@ -279,7 +280,7 @@ class Gateway:
         for server in self._servers:
             server.close()
         for sf in self.stored:
-            await asyncio.to_thread(sf.stop, grace)
+            await sf.stop(grace)
         deadline = time.monotonic() + grace
         while any(rt.relays for rt in self.routes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

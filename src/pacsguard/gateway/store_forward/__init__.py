@@ -3,7 +3,8 @@ terminates the association itself as a Storage SCP (PS3.4 B.2), writes each obje
 a spool before it answers, runs the route's object checks, and forwards what passes to every
 destination as a Storage SCU, exactly once per destination, across restarts.
 
-Modules: ``spool`` (the durable files), ``admission`` (the route's association checks before
-pynetdicom sees the association), ``scp`` (receiving), ``judging`` (the object checks and their
-verdicts), ``forwarder`` (sending), ``records`` (the Events), ``route`` (one route's runtime,
-started by the gateway)."""
+Modules: ``spool`` (the durable files), ``syncing`` (the spool folder's group fsync),
+``admission`` (the route's association checks on the A-ASSOCIATE-RQ), ``acceptor`` (the Storage
+SCP's associations, on pacsguard's own decoder), ``receiver`` (one C-STORE into the spool),
+``judging`` (the object checks and their verdicts), ``forwarder`` (sending), ``records`` (the
+Events), ``route`` (one route's runtime, started by the gateway)."""

@@ -1,7 +1,7 @@
 """A store-and-forward route's object checks on one received object (pacsguard.gateway.objects),
 and what their verdict does to it: forwarded (possibly as a check's replacement file), refused
 (dropped), or quarantined (kept aside with a manifest). The C-STORE is answered with the
-verdict's status (PS3.4 B.2.3) by the SCP (pacsguard.gateway.store_forward.scp)."""
+verdict's status (PS3.4 B.2.3) by the SCP (pacsguard.gateway.store_forward.acceptor)."""
 
 from __future__ import annotations
 

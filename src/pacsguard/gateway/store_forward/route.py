@@ -1,6 +1,8 @@
-"""One store-and-forward route at run time: its spool, its Storage SCP, a forwarder per
+"""One store-and-forward route at run time: its spool, its Storage SCP (pacsguard.gateway.
+store_forward.acceptor, on the gateway's asyncio loop, over TCP or TLS), a forwarder per
 destination and the spool's high-water watch. The gateway (pacsguard.gateway.server) starts and
-stops it next to its relayed routes; both share the gateway's checks, quarantine and events."""
+stops it next to its relayed routes; both share the gateway's checks, quarantine, events and
+their durability."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacsguard.config.schema import Destination, Route
 from pacsguard.events import Event
@@ -18,10 +21,16 @@ from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectCheck
 from pacsguard.gateway.quarantine import QuarantineList
 from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward.acceptor import StoreAssociation, storage_sop_classes
 from pacsguard.gateway.store_forward.forwarder import Forwarder
-from pacsguard.gateway.store_forward.scp import Receiver, make_server
+from pacsguard.gateway.store_forward.receiver import Receiver
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
+from pacsguard.gateway.store_forward.syncing import FolderSync
 from pacsguard.gateway.verdict import Verdict
+
+if TYPE_CHECKING:
+    from pacsguard.events.durable import Durability
+    from pacsguard.gateway.relay import Side
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -38,28 +47,49 @@ def spool_for(route: Route, resolve: Callable[[Path], Path] = lambda p: p) -> Sp
 class StoreForwardRoute:
     """A route in ``mode: store-and-forward``."""
 
-    def __init__(self, route: Route, chain: Chain, *, publish: Callable[[Event], object], quarantined: QuarantineList,
-                 quarantine: Callable[..., None], object_checks: Sequence[ObjectCheck] = (),
-                 resolve: Callable[[Path], Path] = lambda p: p) -> None:
+    def __init__(self, route: Route, chain: Chain, *, publish: Callable[[Event], int | None],
+                 quarantined: QuarantineList, quarantine: Callable[..., None],
+                 object_checks: Sequence[ObjectCheck] = (),
+                 resolve: Callable[[Path], Path] = lambda p: p, durability: Durability | None = None,
+                 server_ssl: ssl.SSLContext | None = None) -> None:
         self.route = route
         self.publish = publish
         self.quarantined = quarantined
         self._quarantine = quarantine
+        self.durability = durability  # answers wait for their records (docs/gateway.md); None: never held
+        self.server_ssl = server_ssl  # route.listen.tls; None: plain TCP
         self.spool = spool_for(route, resolve)
         self.forwarders = [Forwarder(route, d, self.spool, publish, _client_context(d, resolve))
                            for d in route.destinations]
-        self.receiver = Receiver(route, chain, self.spool, tuple(object_checks), threading.Lock(), publish,
-                                 self._quarantine_source, self._is_quarantined, self._queued)
-        self.server: object | None = None
+        self.receiver = Receiver(route, chain, self.spool, FolderSync(self.spool.objects), tuple(object_checks),
+                                 publish, self._quarantine_source, self._is_quarantined, self._queued)
+        self.associations: set[StoreAssociation] = set()
+        self.server: asyncio.base_events.Server | None = None
         self.port = route.listen.port
+        self._supported = storage_sop_classes()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_spool, name=f"pacsguard-spool-{route.name}", daemon=True)
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> int:
-        """Rescan the spool, start the forwarders and listen; returns the port listened on. ``loop``
-        is the gateway's (quarantine changes run there); this may run in a worker thread."""
-        self._loop = loop
+    async def start(self) -> int:
+        """Rescan the spool, start the forwarders and listen on the running loop; returns the port
+        listened on."""
+        loop = self._loop = asyncio.get_running_loop()
+        waiting = await asyncio.to_thread(self._start_forwarders)
+        listen = self.route.listen
+        try:
+            self.server = await loop.create_server(self._accept, listen.host, listen.port, reuse_address=True)
+        except OSError as exc:
+            await self.stop()
+            raise OSError(exc.errno, f"route {self.route.name}: cannot listen on {listen.host}:{listen.port}: "
+                                     f"{exc.strerror}") from None
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        self._watch.start()
+        if waiting:
+            log.info("route %s: %d spooled objects resume forwarding", self.route.name, waiting)
+        return self.port
+
+    def _start_forwarders(self) -> int:
         from pynetdicom import _config
 
         # pynetdicom's standard handlers describe every PDU and DIMSE message (a third of its CPU time
@@ -71,39 +101,38 @@ class StoreForwardRoute:
                 if not self.spool.sent_to(meta.id, [forwarder.name]):
                     forwarder.add(meta)
             forwarder.start()
-        try:
-            server = make_server(self.receiver)
-        except OSError as exc:
-            self.stop()
-            listen = self.route.listen
-            raise OSError(exc.errno, f"route {self.route.name}: cannot listen on {listen.host}:{listen.port}: "
-                                     f"{exc.strerror}") from None
-        self.server = server
-        self.port = int(server.server_address[1])
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name=f"pacsguard-scp-{self.route.name}", daemon=True).start()
-        self._watch.start()
-        if waiting:
-            log.info("route %s: %d spooled objects resume forwarding", self.route.name, len(waiting))
-        return self.port
+        return len(waiting)
 
-    def stop(self, grace: float = 5.0) -> None:
+    def _accept(self) -> Side:
+        """A new connection's protocol: the relay's TCP leg, or its TLS leg (the handshake recorded)."""
+        association = StoreAssociation(self.receiver, self.durability, self._supported, self.associations)
+        if self.server_ssl is not None:
+            from pacsguard.gateway.server import TLSAcceptingSide
+
+            return TLSAcceptingSide(association, self.server_ssl)
+        from pacsguard.gateway.relay import Side
+
+        return Side(association, True)
+
+    async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, let open associations finish within ``grace`` seconds (then abort them),
         stop the forwarders. What is spooled stays for the next start."""
         self._stop.set()
-        server = self.server
-        if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
+        if self.server is not None:
+            self.server.close()
             deadline = time.monotonic() + grace
-            while server.active_associations and time.monotonic() < deadline:  # type: ignore[attr-defined]
-                time.sleep(0.05)
-            for assoc in list(server.active_associations):  # type: ignore[attr-defined]
-                assoc.abort()
+            while self.associations and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for association in list(self.associations):
+                association.abort("the gateway is shutting down", kind="shutdown")
+        await asyncio.to_thread(self._stop_forwarders)
+
+    def _stop_forwarders(self) -> None:
         for forwarder in self.forwarders:
             forwarder.stop()
         self.spool.close()
 
-    # --- what the SCP calls (on pynetdicom's threads) ---------------------------------------------
+    # --- what the Storage SCP calls --------------------------------------------------------------
 
     def _queued(self, meta: SpooledMeta) -> None:
         for forwarder in self.forwarders:
@@ -113,7 +142,8 @@ class StoreForwardRoute:
         return self.quarantined.match(host, calling_ae) is not None
 
     def _quarantine_source(self, host: str, verdict: Verdict) -> None:
-        """A check asked to quarantine the source: done on the gateway's loop, like a relayed route's."""
+        """A check asked to quarantine the source: done on the gateway's loop, like a relayed route's
+        (the object checks ask from their worker thread)."""
         if self._loop is None:
             return
         self._loop.call_soon_threadsafe(lambda: self._quarantine(

@@ -206,15 +206,33 @@ class Spool:
         write_synced(path, *chunks)
         return path
 
-    def commit(self, received: Path, meta: SpooledMeta) -> Path:
+    def create(self, object_id: str) -> tuple[int, Path]:
+        """A new file in tmp/ for an object that is written as it arrives (the caller writes,
+        fsyncs and closes the descriptor); like `receive`, it is not acknowledged yet."""
+        path = self.tmp / f"{object_id}.dcm"
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+
+    def write_meta(self, meta: SpooledMeta) -> Path:
+        """Write an object's metadata to tmp/ID.json, synced (replacing an earlier version): what
+        `commit` moves into objects/ with the object."""
+        path = self.tmp / f"{meta.id}.json"
+        path.unlink(missing_ok=True)
+        write_synced(path, json.dumps(meta.to_json()).encode())
+        return path
+
+    def commit(self, received: Path, meta: SpooledMeta, *, sync_folder: bool = True,
+               meta_written: bool = False) -> Path:
         """Move a checked object into objects/ with its metadata, durably: after this returns the
-        object may be acknowledged."""
-        meta_tmp = self.tmp / f"{meta.id}.json"
-        write_synced(meta_tmp, json.dumps(meta.to_json()).encode())
+        object may be acknowledged. With ``meta_written`` the metadata is the one `write_meta`
+        already wrote for it. With ``sync_folder=False`` the caller makes the new names durable
+        itself (one fsync of objects/ for several objects, `syncing.FolderSync`) before it
+        acknowledges any of them."""
+        meta_tmp = self.tmp / f"{meta.id}.json" if meta_written else self.write_meta(meta)
         final = self.objects / f"{meta.id}.dcm"
         os.replace(received, final)
         os.replace(meta_tmp, self.objects / f"{meta.id}.json")  # the .json last: it makes the object count
-        fsync_dir(self.objects)
+        if sync_folder:
+            fsync_dir(self.objects)
         return final
 
     def discard(self, received: Path) -> None:

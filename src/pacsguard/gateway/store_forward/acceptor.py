@@ -1,0 +1,547 @@
+"""The Storage SCP of a store-and-forward route, on pacsguard's own decoder (pacsguard.dicom): one
+`StoreAssociation` per connection, on the gateway's asyncio loop, over the relay's own TCP or TLS
+leg (pacsguard.gateway.relay.Side, pacsguard.gateway.server.TLSAcceptingSide).
+
+The association (PS3.8 9.2, as an acceptor): the A-ASSOCIATE-RQ is judged by the route's checks
+(pacsguard.gateway.store_forward.admission) and answered with an A-ASSOCIATE-RJ (PS3.8 9.3.4) or
+an A-ASSOCIATE-AC (PS3.8 9.3.3, `negotiate`); C-STORE-RQs (PS3.7 9.1.1) are received into the
+spool (pacsguard.gateway.store_forward.receiver) and C-ECHO-RQs answered (PS3.7 9.1.5); an
+A-RELEASE-RQ is answered once every request before it is (PS3.8 9.3.6); an A-ABORT ends it
+(PS3.8 9.3.8). ARTIM and idle timers, the route's PDU limit and the violation table
+(pacsguard.gateway.violations) apply as on a relayed route: a malformed PDU is recorded and
+answered with A-ABORT.
+
+Everything sent goes through the relay's `Outbox` (pacsguard.gateway.outbox): with
+`record_before_response` a C-STORE-RSP waits until the Events recorded before it (the object
+received, the C-STORE itself) are durable in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pacsguard.dicom import dimse, uids
+from pacsguard.dicom import events as E
+from pacsguard.dicom import pdu as P
+from pacsguard.dicom.association import AssociationDecoder
+from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
+from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.events import Event, Outcome, Severity
+from pacsguard.gateway.check import decide
+from pacsguard.gateway.outbox import Outbox
+from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
+from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep
+from pacsguard.gateway.timer import AssociationTimer, idle_left
+from pacsguard.gateway.verdict import Action
+from pacsguard.gateway.violations import TOLERATED, classify
+from pacsguard.records.dicom import AssociationRecord, Pending
+
+if TYPE_CHECKING:
+    from pacsguard.events.durable import Durability
+    from pacsguard.gateway.relay import Side
+
+log = logging.getLogger("pacsguard.gateway")
+
+
+def storage_sop_classes() -> frozenset[str]:
+    """The SOP classes the SCP accepts: every Storage SOP Class pynetdicom lists (PS3.4 B.5), and
+    Verification (PS3.4 A.4)."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts) | {uids.VERIFICATION}
+
+
+def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collection[str],
+              max_length: int) -> P.AssociateAC:
+    """The A-ASSOCIATE-AC answering ``rq`` (PS3.8 9.3.3): each presentation context accepted with
+    the first transfer syntax proposed, unless its abstract syntax is not ``supported`` (result 3)
+    or the route's checks ``refused`` it (result 1, PS3.8 Table 9-18); our Maximum Length (PS3.8
+    D.1), pacsguard's Implementation Class UID and Version Name (PS3.7 D.3.3.2), and the SCU role
+    for SOP classes whose role the requestor proposed (PS3.7 D.3.3.4: this acceptor is never the
+    requestor's SCP)."""
+    contexts = []
+    for pc in rq.presentation_contexts:
+        if pc.abstract_syntax in refused:
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_USER_REJECTION, None))
+        elif pc.abstract_syntax not in supported:
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, None))
+        elif not pc.transfer_syntaxes:
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None))
+        else:
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, pc.transfer_syntaxes[0]))
+    proposed = rq.user_information.role_selections if rq.user_information else []
+    roles = [P.RoleSelection(r.sop_class_uid, r.scu_role, 0) for r in proposed if r.sop_class_uid in supported]
+    info = P.UserInformation.build(max_length=max_length,
+                                   implementation_class_uid=uids.PACSGUARD_IMPLEMENTATION_CLASS_UID,
+                                   implementation_version_name=uids.PACSGUARD_IMPLEMENTATION_VERSION_NAME,
+                                   role_selections=roles)
+    return P.AssociateAC(called_ae_title=rq.called_ae_title, calling_ae_title=rq.calling_ae_title,
+                         presentation_contexts=contexts, user_information=info)
+
+
+class StoreAssociation:
+    """One connection to a store-and-forward route: the relay's `Side` calls it as its endpoint
+    (pacsguard.gateway.relay.Endpoint)."""
+
+    upstream: Side | None = None  # an SCP has no second leg
+
+    def __init__(self, rx: Receiver, durability: Durability | None, supported: frozenset[str],
+                 live: set[StoreAssociation]) -> None:
+        self.rx = rx
+        self.route = rx.route
+        limits = self.route.limits
+        self.supported = supported
+        self.live = live
+        self.client: Side | None = None
+        self.state = "awaiting-rq"
+        self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length, tolerate=TOLERATED)
+        self.reader = PDUReader(limits.max_pdu_length)
+        self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source)
+        self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
+        self.incoming: Incoming | None = None
+        self.answers: deque[asyncio.Task[None]] = deque()  # in the order their requests came
+        self.warned: set[str] = set()
+        self.stored = 0
+        self.closed = False
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.timer = AssociationTimer(self._expired)
+
+    # --- the endpoint the relay's Side calls -----------------------------------------------------
+
+    def client_connected(self, side: Side) -> None:
+        self.client = side
+        transport = side.transport
+        assert transport is not None  # called from the leg's connection_made
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.adm.host, self.adm.port = str(peer[0]), int(peer[1])
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            from pacsguard.tls import describe_peer
+
+            self.adm.tls = True
+            self.adm.cert = describe_peer(ssl_object) or None
+        self.live.add(self)
+        self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
+
+    def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
+        """Bytes from the requestor; a view of the leg's buffer, valid only during this call (the
+        PDU reader copies what it keeps)."""
+        if self.closed or self.state == "closed":
+            return
+        self.last_activity = time.monotonic()
+        error: DecodeError | None = None
+        try:
+            pdus = self.reader.feed(data)
+        except DecodeError as exc:
+            pdus, error = exc.partial, exc
+        for pdu in pdus:
+            if self.closed or self.state == "closed":
+                return
+            try:
+                self._on_pdu(pdu)
+            except DecodeError as exc:
+                self.decode_error(exc)
+                return
+        if error is not None and not self.closed:
+            self.decode_error(error)
+
+    def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        cut = self.reader.pending_bytes
+        if cut and self.state not in ("awaiting-rq", "closed"):
+            # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
+            self.protocol_error(TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU", notify=False)
+            return
+        if self.state in ("established", "releasing"):
+            self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                                 message="the connection closed without A-RELEASE", by="client",
+                                 cause="connection-closed", **self._totals())
+        self.close()
+
+    def set_paused(self, reading_client: bool, paused: bool) -> None:
+        """Backpressure from the client's leg: the SCP writes only short answers, it needs none."""
+
+    # --- the association ---------------------------------------------------------------------------
+
+    def _on_pdu(self, pdu: RawPDU) -> None:
+        kind = pdu.pdu_type
+        if self.state == "awaiting-rq":
+            if kind != P.PDU_ASSOCIATE_RQ:
+                self.protocol_error("unexpected-pdu", f"{pdu.name} before A-ASSOCIATE-RQ")
+                return
+            self._on_associate_rq(pdu)
+            return
+        if kind == P.PDU_P_DATA_TF and self.state == "established":
+            self._on_p_data(pdu)
+            return
+        for ev in self._decode(pdu):
+            if isinstance(ev, E.ProtocolViolation):
+                self.protocol_error(ev.code, ev.message)
+                return
+            if isinstance(ev, E.ReleaseRequested):
+                self._release()
+            elif isinstance(ev, E.Aborted):
+                self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                                     message="A-ABORT from the client", by="client", source=ev.source,
+                                     reason_code=ev.reason, **self._totals())
+                self.state = "closed"
+                self.close()
+                return
+            elif not isinstance(ev, (E.DimseCommand, E.DimseDatasetStart, E.DimseDatasetEnd)):
+                self.protocol_error("unexpected-pdu", f"{pdu.name} in state {self.state}")
+                return
+
+    def _on_associate_rq(self, pdu: RawPDU) -> None:
+        adm = self.adm
+        try:
+            verdict = adm.judge(pdu, self.decoder)
+        except NotAnAssociation as exc:
+            self.protocol_error("unexpected-pdu", str(exc))
+            return
+        if self.closed:  # a quarantine verdict cut it off already
+            return
+        if verdict.refused:
+            adm.reject(lambda frame: self.outbox.send(frame, answers=False), verdict)
+            self.state = "closed"
+            self._close_soon()
+            return
+        rq = adm.rq
+        assert rq is not None  # judged
+        ac = negotiate(rq, supported=self.supported, refused=adm.refused_contexts,
+                       max_length=self.route.limits.max_pdu_length)
+        raw = P.encode_associate_ac(ac)
+        for ev in self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw)):
+            if isinstance(ev, E.ProtocolViolation):  # our own AC: a bug, not the peer's fault
+                self.abort(f"the A-ASSOCIATE-AC could not be made: {ev.message}", kind="internal-error")
+                return
+        accepted = sorted({abstract for abstract, _ in self.decoder.contexts.values()})
+        self._record().association("accepted", message=f"{len(accepted)} SOP classes accepted", accepted=accepted,
+                                   refused_by_policy=sorted(set(adm.refused_contexts)),
+                                   max_pdu=rq.max_length or None)
+        self.state = "established"
+        self.outbox.send(raw)
+        self.timer.arm(self.route.limits.idle_timeout, "idle")
+
+    def _release(self) -> None:
+        """A-RELEASE-RQ (PS3.8 9.3.6): answered once every request before it has its answer."""
+        self.state = "releasing"
+        self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
+
+        def answer() -> None:
+            if self.closed:
+                return
+            self._record().ended("released", message=f"released after {self.stored} objects", **self._totals())
+            self.outbox.send(P.encode_release_rp())
+            self.state = "closed"
+            self._close_soon()
+
+        self._after_answers(answer)
+
+    def _after_answers(self, then: Callable[[], None]) -> None:
+        last = self.answers[-1] if self.answers else None
+        if last is None or last.done():
+            then()
+        else:
+            last.add_done_callback(lambda _: then())
+
+    # --- P-DATA: commands and data sets (PS3.8 9.3.5, PS3.7 6.3.1) ------------------------------------
+
+    def _on_p_data(self, pdu: RawPDU) -> None:
+        raw = pdu.raw
+        incoming = self.incoming
+        context_id = self.decoder.streaming_context(True)
+        # The bulk of a data set: one data PDV, not the last, on the message's context. The decoder
+        # only counts it (as on_pdu would); its value goes straight to the object's file.
+        if (incoming is not None and context_id is not None and len(raw) > 12 and raw[10] == context_id
+                and raw[11] == 0 and int.from_bytes(raw[6:10], "big") == len(raw) - 10):
+            self.decoder.count_data_fragments(True, 1, len(raw))
+            incoming.write(self.rx.spool, memoryview(raw)[12:])
+            return
+        events = self._decode(pdu)
+        violation = next((ev for ev in events if isinstance(ev, E.ProtocolViolation)), None)
+        if violation is not None:
+            self.protocol_error(violation.code, violation.message)
+            return
+        # The decoder's events come in the order of the PDVs that completed them: a command with the
+        # last fragment of its command set, a data set's end with its last fragment. Data PDVs up to
+        # each of those go to the message in flight before the event is handled.
+        spans = iter(P.pdv_spans(raw))
+        view = memoryview(raw)
+        for ev in events:
+            if isinstance(ev, E.DimseCommand):
+                self._write_until(spans, view, command=True)
+                self._on_command(ev)
+            elif isinstance(ev, E.DimseDatasetStart):
+                self._on_dataset_start(ev)
+            elif isinstance(ev, E.DimseDatasetEnd):
+                self._write_until(spans, view, command=False)
+                self._on_dataset_end(ev)
+            if self.closed:
+                return
+        self._write_until(spans, view, command=None)
+
+    def _write_until(self, spans: Iterator[tuple[int, int, int, int]], view: memoryview, *,
+                     command: bool | None) -> None:
+        """Write data PDVs to the message in flight, up to and including the last fragment of a
+        command set (``command=True``) or of a data set (False), or to the PDU's end (None)."""
+        for _, mch, start, end in spans:
+            is_command, is_last = bool(mch & 0x01), bool(mch & 0x02)
+            if not is_command and self.incoming is not None:
+                self.incoming.write(self.rx.spool, view[start:end])
+            if is_last and is_command is command:
+                return
+
+    def _on_command(self, ev: E.DimseCommand) -> None:
+        """A complete command set from the requestor (PS3.7 9.3): C-STORE-RQ and C-ECHO-RQ are this
+        SCP's services; another request is refused as an unrecognised operation (PS3.7 C.5.4)."""
+        command = ev.command
+        if not command.is_request or not dimse.has_response(command):
+            self.abort(f"{dimse.command_name(command.command_field)} is not a request this Storage SCP "
+                       "answers", kind="protocol")
+            return
+        record = self._record()
+        pending = record.request(ev)
+        if command.command_field == dimse.C_STORE_RQ and command.has_dataset:
+            self._on_store(ev, pending)
+            return
+        verdict = decide(self.rx.chain, "on_request", self.adm, pending, ev)
+        if verdict.action >= Action.ABORT:
+            self.abort(verdict.reason, kind=verdict.component)
+            return
+        record.track(pending)
+        status = dimse.STATUS_SUCCESS
+        if verdict.refused:
+            status = verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED
+            pending.refuse(verdict.reason, verdict.rule, status)
+        elif command.command_field != dimse.C_ECHO_RQ:
+            status = dimse.STATUS_UNRECOGNIZED_OPERATION
+            pending.refuse(f"{dimse.command_name(command.command_field)} is not a service of this Storage SCP",
+                           "store-and-forward", status)
+        incoming = Incoming(ev, pending, status)
+        if command.has_dataset:
+            self.incoming = incoming  # its data set is read and dropped, then it is answered
+        else:
+            self._answer(incoming, None)
+
+    def _on_store(self, ev: E.DimseCommand, pending: Pending) -> None:
+        """A C-STORE-RQ (PS3.4 B.2.2): judged as on a relayed route, then its data set goes to disk."""
+        rx, adm = self.rx, self.adm
+        self._record().track(pending)
+        incoming = Incoming(ev, pending)
+        self.incoming = incoming
+        if rx.is_quarantined(adm.host, adm.calling_ae):
+            self._refuse(incoming, "the source is quarantined", "quarantine", dimse.STATUS_NOT_AUTHORIZED,
+                         abort=f"{adm.host} ({adm.calling_ae}) is quarantined")
+            return
+        verdict = decide(rx.chain, "on_request", adm, pending, ev)
+        if verdict.refused:
+            self._refuse(incoming, verdict.reason, verdict.rule,
+                         verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
+                         abort=verdict.reason if verdict.action >= Action.ABORT else "")
+            return
+        incoming.open(rx.spool, self._sender())
+
+    def _refuse(self, incoming: Incoming, reason: str, rule: str, status: int, *, abort: str = "") -> None:
+        incoming.pending.refuse(reason, rule, status)
+        incoming.status = status
+        incoming.drop(self.rx.spool)
+        incoming.abort_after = abort
+
+    def _on_dataset_start(self, ev: E.DimseDatasetStart) -> None:
+        """The data set's identifiers (peeked by the decoder from its first fragments)."""
+        self._record().dataset_start(ev)
+        incoming = self.incoming
+        if incoming is None or incoming.status is not None:
+            return
+        incoming.peek = ev.peek
+        verdict = decide(self.rx.chain, "on_data_event", self.adm, ev)
+        if verdict.refused:
+            self._refuse(incoming, verdict.reason, verdict.rule,
+                         verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
+                         abort=verdict.reason if verdict.action >= Action.ABORT else "")
+
+    def _on_dataset_end(self, ev: E.DimseDatasetEnd) -> None:
+        self._record().dataset_end(ev)
+        incoming, self.incoming = self.incoming, None
+        if incoming is None:
+            return
+        if incoming.status is None:
+            verdict = decide(self.rx.chain, "on_data_event", self.adm, ev)
+            if verdict.refused:
+                self._refuse(incoming, verdict.reason, verdict.rule,
+                             verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
+                             abort=verdict.reason if verdict.action >= Action.ABORT else "")
+        if incoming.command.command.command_field != dimse.C_STORE_RQ:
+            self._answer(incoming, None)
+            return
+        self._answer(incoming, self._keep(incoming))
+
+    async def _keep(self, incoming: Incoming) -> Kept:
+        if incoming.pending.refused is not None and incoming.refusal is None:
+            return Kept(incoming.status if incoming.status is not None else dimse.STATUS_NOT_AUTHORIZED)
+        tickets: list[int] = []
+
+        def publish(event: Event) -> None:  # also from the object checks' worker thread
+            ticket = self.rx.publish(event)
+            if ticket is not None:
+                tickets.append(ticket)
+
+        try:
+            return await keep(self.rx, incoming, self._sender(), publish)
+        finally:
+            if tickets:
+                self.outbox.ticket = max(self.outbox.ticket, *tickets)
+
+    def _answer(self, incoming: Incoming, work: Any) -> None:
+        """Answer ``incoming`` once ``work`` (the object's keeping, if any) is done and every earlier
+        request is answered: responses go out in the order of their requests (PS3.7 D.3.3.3)."""
+        before = self.answers[-1] if self.answers else None
+        task = asyncio.get_running_loop().create_task(self._respond(incoming, work, before))
+        self.answers.append(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        while self.answers and self.answers[0].done():
+            self.answers.popleft()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("route %s: internal error answering a request: %r", self.route.name, exc)
+            self.abort(f"internal error: {type(exc).__name__}: {exc}", kind="internal-error")
+
+    async def _respond(self, incoming: Incoming, work: Any, before: asyncio.Task[None] | None) -> None:
+        kept = Kept(incoming.status if incoming.status is not None else dimse.STATUS_SUCCESS)
+        if work is not None:
+            kept = await work
+        if before is not None:
+            await asyncio.wait([before])
+        if self.closed:
+            return
+        cmd = incoming.command.command
+        if cmd.command_field == dimse.C_STORE_RQ and kept.status == dimse.STATUS_SUCCESS:
+            self.stored += 1
+        response = dimse.CommandSet(cmd.command_field | dimse.RESPONSE_BIT, status=kept.status,
+                                    message_id_being_responded_to=cmd.message_id,
+                                    affected_sop_class_uid=cmd.affected_sop_class_uid,
+                                    affected_sop_instance_uid=cmd.affected_sop_instance_uid,
+                                    command_data_set_type=dimse.NO_DATASET)
+        self._record().answered(incoming.pending, response)
+        frames = P.encode_dimse_message(incoming.command.context_id, dimse.encode_command_set(response), None,
+                                        self.decoder.requestor_max_pdu_length)
+        self.outbox.send(b"".join(frames))
+        why = kept.cut_off or incoming.abort_after
+        if why:
+            # After this answer reaches the requestor (it may wait for its record), A-ABORT.
+            self.outbox.when_sent(lambda: self.abort(why, kind="policy"))
+
+    # --- ending -----------------------------------------------------------------------------------
+
+    def abort(self, reason: str, *, kind: str = "policy", notify: bool = True) -> None:
+        """A-ABORT (PS3.8 9.3.8, source 2 = service-provider) and record why."""
+        if self.closed:
+            return
+        client = self.client
+        if notify and client is not None and client.transport is not None and not client.transport.is_closing() \
+                and not self.outbox.holding:
+            # With answers held for their records, closing is the abort: they acknowledged nothing yet.
+            client.transport.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
+        self._record().ended("aborted", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
+                             message=f"aborted by the gateway: {reason}", by="gateway", reason=reason, cause=kind,
+                             **self._totals())
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = "closed"
+        self.timer.cancel()
+        self.outbox.drop()
+        if self.incoming is not None:
+            self.incoming.drop(self.rx.spool)
+            self.incoming = None
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.close()
+        self.live.discard(self)
+        decide(self.rx.chain, "on_closed", self.adm)
+
+    def _close_soon(self) -> None:
+        """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
+        an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
+        self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
+
+    def _expired(self, why: str) -> None:
+        if self.closed:
+            return
+        if self.state == "established":
+            left, idle = idle_left(self.last_activity, self.route.limits.idle_timeout)
+            if left > 0.5 or (self.answers and not self.answers[-1].done()):
+                self.timer.arm(max(left, 1.0), why)  # an object still being checked is not idleness
+                return
+            why = idle
+        self.abort(why, kind="timeout")
+
+    # --- protocol errors and records ------------------------------------------------------------------
+
+    def decode_error(self, exc: DecodeError) -> None:
+        decide(self.rx.chain, "on_decode_error", self.adm, True, exc)  # aborted below in any case
+        self.protocol_error(exc.code, str(exc))
+
+    def protocol_error(self, code: str, message: str, *, notify: bool = True) -> None:
+        """A malformed or unexpected PDU (the violation table, pacsguard.gateway.violations): recorded,
+        then A-ABORT."""
+        adm = self.adm
+        self.publish(Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
+                           outcome=Outcome.SERIOUS_FAILURE, actor=adm.client_party(),
+                           target=self._record().server, message=f"{code}: {message}",
+                           details={"route": self.route.name, "code": code, "from": "client", "state": self.state}))
+        log.warning("route %s: protocol violation from %s:%d: %s", self.route.name, adm.host, adm.port, message)
+        self.abort(f"protocol violation ({code}) from client", kind="protocol", notify=notify)
+
+    def _decode(self, pdu: RawPDU) -> list[E.ProtocolEvent]:
+        """The decoder's events for one PDU; tolerated deviations are recorded once and left out."""
+        events = self.decoder.on_pdu(True, pdu)
+        kept: list[E.ProtocolEvent] = []
+        for ev in events:
+            if isinstance(ev, E.ProtocolWarning) or (isinstance(ev, E.ProtocolViolation) and ev.code in TOLERATED):
+                self._warn(ev.code, ev.message)
+            else:
+                kept.append(ev)
+        return kept
+
+    def _warn(self, code: str, message: str) -> None:
+        if code in self.warned:
+            return
+        self.warned.add(code)
+        self.publish(Event(kind="dicom.protocol.warning", component="gateway", severity=Severity.NOTICE,
+                           outcome=Outcome.SUCCESS, actor=self.adm.client_party(), target=self._record().server,
+                           message=f"{code} from client, tolerated: {message}",
+                           details={"route": self.route.name, "code": code, "from": "client", "state": self.state,
+                                    "reason": classify(code).reason}))
+
+    def publish(self, event: Event) -> None:
+        ticket = self.rx.publish(event)
+        if ticket is not None:
+            self.outbox.ticket = max(self.outbox.ticket, ticket)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if self.client is not None and self.client.transport is not None and not self.closed:
+            self.client.transport.write(data)
+
+    def _record(self) -> AssociationRecord:
+        """The association's record; before an A-ASSOCIATE-RQ, one that names the route's AE title."""
+        if self.adm.record is None:
+            self.adm.record = self.adm.new_record(self.route.listen.ae_title)
+        return self.adm.record
+
+    def _sender(self) -> Sender:
+        adm = self.adm
+        return Sender(adm.calling_ae or "", adm.rq.called_ae_title if adm.rq else "", adm.host, adm.port)
+
+    def _totals(self) -> dict[str, Any]:
+        return {"duration_ms": round((time.monotonic() - self.started) * 1000, 3)}

@@ -1,0 +1,325 @@
+"""Receiving one C-STORE on a store-and-forward route (PS3.7 9.1.1, PS3.4 B.2.2): its data set
+written straight into the spool as its P-DATA fragments arrive, then synced, checked and
+committed before the C-STORE-RSP is sent (pacsguard.gateway.store_forward.acceptor sends it).
+
+The object file is a Part-10 file (PS3.10 7.1): preamble, "DICM" and a file meta group
+(pacsguard.dicom.filemeta), then the data set exactly as received. Nothing of the object is held
+in memory: each data PDV is written from the PDU that carried it.
+
+Durability before Success (docs/gateway.md, "Store-and-forward routes"):
+  1. the object file is fsync'd in tmp/ (a worker thread), then judged by the route's object
+     checks, in order, in that thread (a large object was written back in the background as it
+     arrived, so little is left for that fsync);
+  2. its metadata (ID.json) is written and fsync'd in tmp/ by a second thread while the object is
+     fsync'd (the two syncs share a journal commit), and, once the checks pass, both files are
+     renamed into objects/ (a check's replacement gets its metadata rewritten);
+  3. objects/ is fsync'd by a group fsync (`syncing.FolderSync`), still in that thread: one fsync
+     covers every object renamed before it began, so concurrent associations share it;
+  4. only then is the object handed to the forwarders and answered with Success. A crash before
+     step 3 ends leaves at most a file the next rescan removes; nothing was acknowledged.
+The spool's free-space floor (spool.min_free_mib) is checked as the object grows: past it, the
+rest of the data set is read and dropped, and the answer is 0xA700 (out of resources, PS3.4
+Table B.2-1)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse
+from pacsguard.dicom.dataset import DatasetPeek
+from pacsguard.dicom.events import DimseCommand
+from pacsguard.dicom.filemeta import encode_file_meta
+from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
+from pacsguard.events import Event
+from pacsguard.gateway.check import Chain
+from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
+from pacsguard.gateway.store_forward import records
+from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
+from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, SpoolFull
+from pacsguard.gateway.store_forward.syncing import FolderSync
+from pacsguard.gateway.verdict import Action, Verdict
+from pacsguard.records.dicom import Pending
+
+log = logging.getLogger("pacsguard.gateway")
+
+STATUS_SUCCESS = dimse.STATUS_SUCCESS
+STATUS_OUT_OF_RESOURCES = dimse.STATUS_OUT_OF_RESOURCES  # PS3.4 Table B.2-1
+STATUS_PROCESSING_FAILURE = dimse.STATUS_PROCESSING_FAILURE  # PS3.7 C.4.2: the gateway failed to keep it
+RESERVE_STEP = MIB  # the free-space floor is checked for each further MiB an object grows
+# While a large object arrives, what was written is synced in the background every few MiB, so that
+# the fsync before its answer has only the tail left to write (the disk works while the network does).
+EARLY_SYNC_STEP = 4 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """What receiving needs of its route (pacsguard.gateway.store_forward.route implements it).
+    Called on the gateway's loop, except what the worker thread that syncs, checks and commits an
+    object uses: `spool`, `folder_sync`, `object_checks`, `publish` and `quarantine_source`."""
+
+    route: Route
+    chain: Chain
+    spool: Spool
+    folder_sync: FolderSync
+    object_checks: Sequence[ObjectCheck]
+    publish: Callable[[Event], int | None]
+    quarantine_source: Callable[[str, Verdict], None]
+    is_quarantined: Callable[[str, str | None], bool]
+    queued: Callable[[SpooledMeta], None]  # hands a committed object to the forwarders
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent the object: the association's side of its metadata (ID.json)."""
+
+    calling_ae: str
+    called_ae: str
+    host: str
+    port: int
+
+
+@dataclass(eq=False)
+class Incoming:
+    """One C-STORE-RQ and its data set, from the command until the answer (PS3.7 9.1.1)."""
+
+    command: DimseCommand
+    pending: Pending
+    status: int | None = None  # set once the answer is known to be a refusal
+    object_id: str = ""
+    path: Path | None = None
+    fd: int = -1
+    written: int = 0
+    reserved: int = 0
+    peek: DatasetPeek | None = None
+    refusal: tuple[str, str] | None = None  # (reason, rule) of a refusal the spool made
+    abort_after: str = ""  # why the association ends once this request is answered
+    early_synced: int = 0  # bytes written when the last background sync began
+    early_sync: asyncio.Future[None] | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def message_id(self) -> int:
+        return self.command.command.message_id or 0
+
+    @property
+    def receiving(self) -> bool:
+        """Whether the data set still goes to disk (not refused, not cut off by the floor)."""
+        return self.fd >= 0
+
+    def open(self, spool: Spool, sender: Sender) -> int | None:
+        """Create the object's file with its Part-10 header (PS3.10 7.1); None, or the refusal status."""
+        cmd = self.command.command
+        self.object_id = spool.new_id()
+        head = encode_file_meta(sop_class_uid=cmd.affected_sop_class_uid or "",
+                                sop_instance_uid=cmd.affected_sop_instance_uid or "",
+                                transfer_syntax_uid=self.command.transfer_syntax or "",
+                                implementation_class_uid=PACSGUARD_IMPLEMENTATION_CLASS_UID,
+                                implementation_version_name=PACSGUARD_IMPLEMENTATION_VERSION_NAME,
+                                source_ae_title=sender.calling_ae or None)
+        try:
+            self._reserve(spool, len(head))
+            self.fd, self.path = spool.create(self.object_id)
+        except SpoolFull as exc:
+            return self._refuse_full(spool, exc)
+        except OSError as exc:
+            return self._refuse_unwritable(spool, exc)
+        return self.write(spool, head)
+
+    def write(self, spool: Spool, data: bytes | memoryview) -> int | None:
+        """Append ``data`` to the object file; None, or the refusal status once it cannot be kept."""
+        if self.fd < 0:
+            return self.status
+        try:
+            if self.written + len(data) > self.reserved:
+                self._reserve(spool, max(RESERVE_STEP, self.written + len(data) - self.reserved))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            self.written += len(data)
+            if self.written - self.early_synced >= EARLY_SYNC_STEP and (
+                    self.early_sync is None or self.early_sync.done()):
+                self._sync_early()
+        except SpoolFull as exc:
+            return self._refuse_full(spool, exc)
+        except OSError as exc:
+            return self._refuse_unwritable(spool, exc)
+        return None
+
+    def _sync_early(self) -> None:
+        """Start writing back what is written so far, in a worker thread, on a duplicate descriptor
+        (this one may be closed meanwhile). Only a head start: the fsync before the answer counts."""
+        self.early_synced = self.written
+        self.early_sync = asyncio.get_running_loop().run_in_executor(None, _sync_and_close, os.dup(self.fd))
+
+    def _reserve(self, spool: Spool, size: int) -> None:
+        spool.reserve(size)
+        self.reserved += size
+
+    def _refuse_full(self, spool: Spool, exc: SpoolFull) -> int:
+        self.status = STATUS_OUT_OF_RESOURCES
+        self.refusal = (str(exc), "spool.min_free_mib")
+        self.drop(spool)
+        return self.status
+
+    def _refuse_unwritable(self, spool: Spool, exc: OSError) -> int:
+        # ENOSPC, EIO: nothing was acknowledged, the modality may retry.
+        self.status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else STATUS_PROCESSING_FAILURE
+        self.refusal = (f"cannot write the spool: {exc.strerror or exc}", "spool.directory")
+        self.drop(spool)
+        return self.status
+
+    def drop(self, spool: Spool) -> None:
+        """Stop receiving: the file goes, the rest of the data set is read and ignored."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            spool.discard(self.path)
+            self.path = None
+        self.release(spool)
+
+    def release(self, spool: Spool) -> None:
+        if self.reserved:
+            spool.release(self.reserved)
+            self.reserved = 0
+
+    def meta(self, rx: Receiver, sender: Sender) -> SpooledMeta:
+        """What ID.json keeps of the object (pacsguard.gateway.store_forward.spool)."""
+        cmd = self.command.command
+        peek = self.peek
+        obj = ReceivedObject(path=rx.spool.object_path(self.object_id), sop_class_uid=cmd.affected_sop_class_uid or "",
+                             sop_instance_uid=cmd.affected_sop_instance_uid or "",
+                             transfer_syntax_uid=self.command.transfer_syntax or "", calling_ae=sender.calling_ae,
+                             called_ae=sender.called_ae, peer_host=sender.host, route=rx.route.name,
+                             association_id=f"{sender.host}:{sender.port}")
+        return SpooledMeta(id=self.object_id, object=obj, received=self.started, bytes=self.written,
+                           destinations=[d.key for d in rx.route.destinations],
+                           patient_id=peek.patient_id if peek else None,
+                           study_uid=peek.study_instance_uid if peek else None)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # the fsync before the answer reports what fails
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """How one received object ended: its status, and why the association ends (its sender was
+    quarantined), if it does."""
+
+    status: int
+    cut_off: str = ""
+
+
+async def keep(rx: Receiver, incoming: Incoming, sender: Sender, publish: Callable[[Event], object]) -> Kept:
+    """Sync, check and commit a completely received object; the status to answer (PS3.4 B.2.3).
+    ``publish`` records the object's Events (it may be called from the worker thread)."""
+    meta = incoming.meta(rx, sender)
+    if incoming.refusal is not None or not incoming.receiving:
+        reason, rule = incoming.refusal or ("not received", "spool")
+        status = incoming.status if incoming.status is not None else STATUS_PROCESSING_FAILURE
+        publish(records.refused(meta, status=status, check="spool", rule=rule, reason=reason))
+        return Kept(status)
+    fd, received = incoming.fd, incoming.path
+    assert received is not None  # a receiving object has its file
+    incoming.fd, incoming.path = -1, None
+    try:
+        kept, committed = await asyncio.to_thread(_check_and_commit, rx, meta, fd, received, sender.host, publish)
+    finally:
+        incoming.release(rx.spool)
+    if committed is None:
+        return kept
+    publish(records.received(committed))
+    rx.queued(committed)
+    return kept
+
+
+def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, host: str,
+                      publish: Callable[[Event], object]) -> tuple[Kept, SpooledMeta | None]:
+    """In a worker thread: fsync the object, run the object checks, then commit it to objects/
+    (the folder's fsync shared with the objects committed meanwhile) or set it aside. Returns how
+    it ended and the committed metadata."""
+    try:
+        _sync_with_meta(rx.spool, meta, fd)
+    except OSError as exc:
+        rx.spool.discard(received)
+        rx.spool.discard(rx.spool.tmp / f"{meta.id}.json")
+        return _not_kept(meta, exc, "write", publish), None
+    checked = replace(meta.object, path=received)  # judged synced, before it is committed
+    verdict, path = run_checks(rx.object_checks, checked, publish)
+    if verdict.action is not ObjectAction.FORWARD:
+        rx.spool.discard(rx.spool.tmp / f"{meta.id}.json")
+        cut_off = ""
+        if verdict.action is ObjectAction.QUARANTINE and rx.route.quarantine_sender:
+            cut_off = f"sent an object that {verdict.check} quarantined: {verdict.reason}"
+            rx.quarantine_source(host, Verdict(Action.QUARANTINE, cut_off, verdict.rule, component="gateway"))
+        try:
+            return Kept(set_aside(rx.spool, meta, path, received, verdict, publish), cut_off), None
+        except OSError as exc:  # the quarantine folder could not take it: refused all the same
+            log.error("route %s: cannot quarantine %s: %s", rx.route.name, meta.id, exc)
+            rx.spool.discard(received)
+            return Kept(verdict.status, cut_off), None
+    try:
+        replaced = path != received
+        if replaced:
+            meta, path = adopt_replacement(meta, path, received, verdict.check or "object check")
+        rx.spool.commit(path, meta, sync_folder=False, meta_written=not replaced)
+    except OSError as exc:
+        rx.spool.discard(received)
+        return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
+    try:
+        rx.folder_sync.sync()
+    except OSError as exc:
+        rx.spool.remove(meta.id)  # its name is not durable: never acknowledged, never forwarded
+        return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES), None
+    return Kept(STATUS_SUCCESS), meta
+
+
+def _sync_with_meta(spool: Spool, meta: SpooledMeta, fd: int) -> None:
+    """fsync the object (and close it) while another thread writes and fsyncs its metadata: on a
+    journaling file system both syncs then share one journal commit instead of taking turns."""
+    failed: list[OSError] = []
+
+    def write_meta() -> None:
+        try:
+            spool.write_meta(meta)
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write_meta, name="pacsguard-spool-meta")
+    writer.start()
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        writer.join()
+    if failed:
+        raise failed[0]
+
+
+def _not_kept(meta: SpooledMeta, exc: OSError, what: str, publish: Callable[[Event], object],
+              status: int | None = None) -> Kept:
+    """The spool failed the object (ENOSPC, EIO): recorded as refused; nothing was acknowledged, the
+    modality may send it again."""
+    if status is None:
+        status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+    publish(records.refused(meta, status=status, check="spool", rule="spool.directory",
+                            reason=f"cannot {what} the spool: {exc.strerror or exc}"))
+    return Kept(status)

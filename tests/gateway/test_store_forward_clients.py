@@ -1,0 +1,95 @@
+"""A store-and-forward route with the clients a modality may be: dcmtk's storescu over TLS and with
+large and small PDUs, and pynetdicom as the Storage SCU; a real Orthanc behind the gateway. What
+each sends arrives byte for byte (issue #19)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from test_store_forward import (
+    CALLING,
+    dataset_bytes,
+    fresh_ct,
+    orthanc_bytes,
+    sent_bytes,
+    sf_route,
+    spooled,
+    target,
+    wait_until,
+)
+
+from pacsguard.tls import make_ca, make_cert
+
+pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
+
+
+def _uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_tls_route_delivers_byte_identical_objects(dcmtk, orthanc, gateway, tmp_path):
+    d = tmp_path / "pki"
+    ca, ca_key = make_ca(d, "Test Hospital CA", 30)
+    cert, key = make_cert(d, "gateway", ca, ca_key, hosts=["127.0.0.1", "localhost"], days=30, server=True)
+    modality, modality_key = make_cert(d, "modality", ca, ca_key, hosts=["127.0.0.1"], days=30, client=True)
+    pacs = orthanc()
+    r = sf_route("sf", (pacs.dicom_port, pacs.aet))
+    r["listen"]["tls"] = {"cert_file": str(cert), "key_file": str(key), "ca_file": str(ca),
+                          "require_client_cert": True}
+    gw = gateway(r)
+    files = fresh_ct(tmp_path / "ct", 3, kib=512, patient="TLS001")
+    tls = ["+tls", str(modality_key), str(modality), "+cf", str(ca)]
+    result = dcmtk.run("storescu", "-xe", *tls, *target(gw), *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    assert all(dataset_bytes(stored[_uid(p)]) == sent_bytes(p) for p in files)
+    requested = gw.wait_for("dicom.association.requested")
+    assert requested[0].details["tls"] and requested[0].details["certificate"]["subject_cn"] == "modality"
+    # Without TLS the route is not reachable: the handshake fails and is recorded.
+    plain = dcmtk.run("echoscu", *target(gw))
+    assert plain.returncode != 0
+    assert gw.wait_for("tls.handshake.failed")[0].details["route"] == "sf"
+
+
+@pytest.mark.parametrize("pdu", [16384, 131072])
+def test_storescu_with_small_and_large_pdus(pdu, dcmtk, orthanc, gateway, tmp_path):
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet)))
+    files = fresh_ct(tmp_path / "ct", 4, kib=1024, patient=f"PDU{pdu}")
+    result = dcmtk.run("storescu", "-xe", "-pdu", str(pdu), *target(gw), *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    assert all(dataset_bytes(stored[_uid(p)]) == sent_bytes(p) for p in files)
+    accepted = gw.wait_for("dicom.association.accepted")[0]
+    assert accepted.details["max_pdu"] == pdu
+    wait_until(lambda: not spooled(gw), 20, "the spool empties")
+
+
+def test_pynetdicom_as_the_storage_scu(orthanc, gateway, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.dsutils import encode
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet)))
+    files = fresh_ct(tmp_path / "ct", 3, kib=256, patient="PYNET01")
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port("sf"), ae_title="PACSGUARD")
+    assert assoc.is_established
+    try:
+        statuses = [assoc.send_c_store(dcmread(p)).Status for p in files]
+    finally:
+        assoc.release()
+    assert statuses == [0x0000] * len(files)
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    # pynetdicom sends the data set as pydicom encodes it, which is what must arrive.
+    sent = {_uid(p): bytes(encode(dcmread(p), False, True)) for p in files}
+    assert all(dataset_bytes(stored[uid]) == data for uid, data in sent.items())
+    released = gw.wait_for("dicom.association.released")[0]
+    assert f"released after {len(files)} objects" in released.message

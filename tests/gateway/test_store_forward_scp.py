@@ -1,0 +1,250 @@
+"""The store-and-forward route's Storage SCP in memory: a real StoreForwardRoute on a loopback port,
+its Events through a real EventBus into a sink the test holds shut (as test_durable.py does for
+the relay), a raw-socket client speaking PS3.8 PDUs. Negotiation, answers held for their
+records, and malformed P-DATA."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playbook import CT_STORAGE, IMPLICIT_LE, MAX_PDU, VERIFICATION, associate_rq, echo_rq, request, route_config
+from test_durable import Gate
+
+from pacsguard.config.schema import Route
+from pacsguard.dicom import dimse, uids
+from pacsguard.dicom import pdu as P
+from pacsguard.dicom.stream import PDUReader
+from pacsguard.events import EventBus
+from pacsguard.events.durable import Durability
+from pacsguard.gateway.checks import Shared, build_chain
+from pacsguard.gateway.quarantine import QuarantineList
+from pacsguard.gateway.store_forward.acceptor import negotiate, storage_sop_classes
+from pacsguard.gateway.store_forward.route import StoreForwardRoute
+from peers.dcmtk import free_port
+
+# A tiny data set (Implicit VR Little Endian): Patient ID (0010,0020) "SCP01".
+DATASET = struct.pack("<HHI", 0x0010, 0x0020, 6) + b"SCP01 "
+
+
+def sf_route(tmp_path: Path, **more: Any) -> Route:
+    listen = {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACSGUARD"}
+    return route_config(mode="store-and-forward", listen=listen,
+                        destinations=[{"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY",
+                                       "connect_timeout": 1}],
+                        spool={"directory": str(tmp_path / "spool"), "min_free_mib": 0},
+                        retry={"initial_delay": 5, "max_delay": 5}, **more)
+
+
+def store_rq(message_id: int = 7, dataset: bytes = DATASET) -> bytes:
+    command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=CT_STORAGE,
+                               affected_sop_instance_uid=f"1.2.3.{message_id}", priority=0,
+                               command_data_set_type=0x0000)
+    return request(command, dataset)
+
+
+class Client:
+    """A requestor on a raw socket: what it sends, and the PDUs it reads back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.pdus = PDUReader()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read(self, timeout: float = 5.0) -> list[P.ParsedPDU]:
+        """The PDUs that arrive within ``timeout`` seconds of the first read (at least one, or none)."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(1 << 20), timeout)
+        except asyncio.TimeoutError:
+            return []
+        return [P.parse_pdu(raw.raw) for raw in self.pdus.feed(data)]
+
+
+def status_of(pdu: P.ParsedPDU) -> int | None:
+    assert isinstance(pdu, P.PDataTF)
+    return dimse.decode_command_set(b"".join(bytes(v.value) for v in pdu.pdvs if v.is_command)).status
+
+
+Scenario = Callable[[Client, Gate, list[Any]], Awaitable[None]]
+
+
+def run(route: Route, scenario: Scenario) -> list[Any]:
+    """Start the route (its Events into a Gate through a real bus), connect, play ``scenario``."""
+    gate = Gate()
+    bus = EventBus(gate, max_delay=0.5)
+    durability = Durability(bus)
+    chain = build_chain(route, Shared(QuarantineList(), None, durability))
+    published: list[Any] = []
+
+    def publish(event: Any) -> int | None:
+        published.append(event)
+        return bus.publish_ticket(event)
+
+    sf = StoreForwardRoute(route, chain, publish=publish, quarantined=QuarantineList(),
+                           quarantine=lambda *a, **k: None, durability=durability)
+
+    async def main() -> None:
+        port = await sf.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await scenario(Client(reader, writer), gate, published)
+        finally:
+            writer.close()
+            gate.fail(False)
+            gate.open.set()
+            await sf.stop(grace=1.0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.close()
+        bus.close(5)
+    return published
+
+
+async def associate(client: Client) -> P.AssociateAC:
+    await client.send(associate_rq("WS1", "PACSGUARD", CT_STORAGE))
+    got = await client.read()
+    assert len(got) == 1 and isinstance(got[0], P.AssociateAC), got
+    return got[0]
+
+
+def test_negotiation_accepts_storage_with_the_first_transfer_syntax_and_answers_roles() -> None:
+    rq = P.AssociateRQ("PACSGUARD", "WS1", [
+        P.PresentationContextRQ(1, CT_STORAGE, [uids.EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_LE]),
+        P.PresentationContextRQ(3, uids.STUDY_ROOT_QR_FIND, [IMPLICIT_LE]),
+        P.PresentationContextRQ(5, uids.MR_IMAGE_STORAGE, [IMPLICIT_LE]),
+        P.PresentationContextRQ(7, VERIFICATION, [IMPLICIT_LE])],
+        P.UserInformation.build(max_length=MAX_PDU, role_selections=[P.RoleSelection(CT_STORAGE, 1, 1)]))
+    ac = negotiate(rq, supported=storage_sop_classes(), refused=[uids.MR_IMAGE_STORAGE], max_length=65536)
+    assert [(pc.context_id, pc.result, pc.transfer_syntax) for pc in ac.presentation_contexts] == [
+        (1, P.PC_ACCEPTANCE, uids.EXPLICIT_VR_LITTLE_ENDIAN), (3, P.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, None),
+        (5, P.PC_USER_REJECTION, None), (7, P.PC_ACCEPTANCE, IMPLICIT_LE)]
+    info = ac.user_information
+    assert info is not None and info.max_length == 65536
+    assert info.implementation_class_uid == uids.PACSGUARD_IMPLEMENTATION_CLASS_UID
+    # PS3.7 D.3.3.4: the requestor may be the SCU; the gateway never acts as its SCP.
+    assert [(r.sop_class_uid, r.scu_role, r.scp_role) for r in info.role_selections] == [(CT_STORAGE, 1, 0)]
+    assert (ac.called_ae_title, ac.calling_ae_title) == ("PACSGUARD", "WS1")
+
+
+def test_a_store_answer_waits_until_its_records_are_in_the_store(tmp_path: Path) -> None:
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        assert [e.kind for e in gate.events][:2] == ["dicom.association.requested", "dicom.association.accepted"]
+        gate.shut()
+        await client.send(store_rq())
+        assert await client.read(timeout=1.0) == [], "the C-STORE-RSP came before its records were durable"
+        assert any(e.kind == "gateway.object.received" for e in published)  # spooled, recorded, not yet durable
+        gate.open.set()
+        answer = await client.read()
+        assert len(answer) == 1 and status_of(answer[0]) == dimse.STATUS_SUCCESS
+        kinds = [e.kind for e in gate.events]
+        assert "gateway.object.received" in kinds and "dicom.dimse.c-store" in kinds
+        await client.send(echo_rq(9))
+        echoed = await client.read()
+        assert len(echoed) == 1 and status_of(echoed[0]) == dimse.STATUS_SUCCESS
+        await client.send(P.encode_release_rq())
+        assert [type(p) for p in await client.read()] == [P.ReleaseRP]
+
+    published = run(sf_route(tmp_path), scenario)
+    spooled = sorted((tmp_path / "spool" / "objects").glob("*.dcm"))
+    assert len(spooled) == 1 and spooled[0].read_bytes().endswith(DATASET)
+    store = next(e for e in published if e.kind == "dicom.dimse.c-store")
+    assert store.patient_ids == ("SCP01",)
+    ended = [e for e in published if e.kind == "dicom.association.released"]
+    assert ended and "released after 1 objects" in ended[0].message
+
+
+def test_respond_before_record_answers_at_once(tmp_path: Path) -> None:
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        gate.shut()
+        await client.send(store_rq())
+        answer = await client.read(timeout=2.0)
+        assert len(answer) == 1 and status_of(answer[0]) == dimse.STATUS_SUCCESS
+
+    run(sf_route(tmp_path, record_before_response=False), scenario)
+
+
+def test_malformed_p_data_is_recorded_and_aborted_without_a_traceback(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        first = store_rq()
+        command_pdu = first[:6 + struct.unpack_from(">I", first, 2)[0]]
+        await client.send(command_pdu)
+        # A data PDV whose item length runs past its PDU (PS3.8 9.3.5).
+        body = struct.pack(">IBB", 400, 1, 0x02) + DATASET
+        await client.send(struct.pack(">BBI", P.PDU_P_DATA_TF, 0, len(body)) + body)
+        got = await client.read()
+        assert [type(p) for p in got] == [P.Abort], got
+
+    with caplog.at_level(logging.DEBUG, logger="pacsguard"):
+        published = run(sf_route(tmp_path), scenario)
+    violation = [e for e in published if e.kind == "dicom.protocol.violation"]
+    assert violation and violation[0].details["from"] == "client"
+    aborted = [e for e in published if e.kind == "dicom.association.aborted"]
+    assert aborted and aborted[0].details["by"] == "gateway" and aborted[0].details["cause"] == "protocol"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []  # the half-received object is gone
+    assert list((tmp_path / "spool" / "objects").glob("*.json")) == []
+
+
+def test_two_messages_in_one_pdu_are_kept_apart(tmp_path: Path) -> None:
+    """PS3.8 9.3.5 lets one P-DATA-TF carry PDVs of several messages: each data set goes to its own
+    object, with its own identifiers."""
+    other = struct.pack("<HHI", 0x0010, 0x0020, 6) + b"SCP02 "
+
+    def command(message_id: int) -> bytes:
+        return dimse.encode_command_set(dimse.CommandSet(
+            dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=CT_STORAGE,
+            affected_sop_instance_uid=f"1.2.3.{message_id}", priority=0, command_data_set_type=0x0000))
+
+    pdu = P.encode_p_data_tf([P.PDV(1, True, True, command(1)), P.PDV(1, False, True, DATASET),
+                              P.PDV(1, True, True, command(2)), P.PDV(1, False, True, other)])
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        await client.send(pdu)
+        answers: list[P.ParsedPDU] = []
+        while len(answers) < 2:
+            got = await client.read()
+            assert got, "no answer"
+            answers.extend(got)
+        assert [status_of(a) for a in answers] == [dimse.STATUS_SUCCESS] * 2
+
+    published = run(sf_route(tmp_path), scenario)
+    received = {e.details["sop_instance"]: e for e in published if e.kind == "gateway.object.received"}
+    assert {uid: e.patient_ids for uid, e in received.items()} == {"1.2.3.1": ("SCP01",), "1.2.3.2": ("SCP02",)}
+    bodies = sorted(p.read_bytes()[-len(DATASET):] for p in (tmp_path / "spool" / "objects").glob("*.dcm"))
+    assert bodies == sorted([DATASET, other])
+
+
+def test_artim_and_the_pdu_limit_apply_as_on_a_relayed_route(tmp_path: Path) -> None:
+    async def silent(client: Client, gate: Gate, published: list[Any]) -> None:
+        # Nothing sent: the ARTIM timer (PS3.8 9.1.5) ends the connection.
+        assert [type(p) for p in await client.read(timeout=3.0)] == [P.Abort]
+        assert await client.reader.read() == b""  # closed
+
+    published = run(sf_route(tmp_path, limits={"artim_timeout": 0.5}), silent)
+    aborted = [e for e in published if e.kind == "dicom.association.aborted"]
+    assert aborted and aborted[0].details["cause"] == "timeout" and "ARTIM" in aborted[0].details["reason"]
+
+    async def oversized(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        body = struct.pack(">IBB", 8192 + 2, 1, 0x00) + bytes(8192)  # over the route's 4096-byte limit
+        await client.send(struct.pack(">BBI", P.PDU_P_DATA_TF, 0, len(body)) + body)
+        assert [type(p) for p in await client.read()] == [P.Abort]
+
+    published = run(sf_route(tmp_path / "pdu", limits={"max_pdu_length": 4096}), oversized)
+    violation = [e for e in published if e.kind == "dicom.protocol.violation"]
+    assert violation and violation[0].details["code"] == "pdu-length-exceeds-maximum"
