@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from saf_spool import spool_file
-from test_store_forward import dataset_bytes, fresh_ct, orthanc_bytes, sf_route, wait_until
+from test_store_forward import CountingSCP, dataset_bytes, fresh_ct, orthanc_bytes, sf_route, wait_until
 
 from pacsguard.gateway.store_forward.spool import Spool
 
@@ -83,3 +83,25 @@ def test_an_object_in_the_crash_window_is_not_sent_again_to_a_destination_that_h
         pacs.wait_for_instances(2)
         wait_until(lambda pacs=pacs: dataset_bytes(orthanc_bytes(pacs)[held_uid]) == spooled_held, 10,
                    "the object sent again replaced the earlier copy")
+
+
+def test_a_storage_only_destination_in_the_crash_window_is_sent_the_object_again_once(gateway, tmp_path):
+    """A destination that takes no C-FIND context at all (pynetdicom as a Storage SCP: it accepts the
+    association and refuses the context, and pynetdicom's requestor then aborts) is answered
+    "cannot ask", never retried as unreachable: the object is sent again, once."""
+    storage_only = CountingSCP()
+    try:
+        (item,) = fresh_ct(tmp_path / "ct", 1, kib=64)
+        folder = tmp_path / "spool"
+        spool = Spool(folder)
+        spool.open()
+        meta = spool_file(spool, item, ["d0"], in_doubt=True)
+        spool.close()
+        gw = gateway(sf_route("sf", (storage_only.port, "COUNTER"), spool={"directory": str(folder)}))
+        (checked,) = gw.wait_for("gateway.object.in-doubt", count=1, timeout=30)
+        assert checked.details["answer"] == "cannot-ask", checked.message
+        assert "accepted no Study Root FIND context" in checked.details["reason"]
+        wait_until(lambda: not list((folder / "objects").iterdir()), 30, "the object was forwarded")
+        assert dict(storage_only.counts) == {meta.object.sop_instance_uid: 1}
+    finally:
+        storage_only.stop()

@@ -79,6 +79,11 @@ def ask(route: Route, destination: Destination, metas: Sequence[SpooledMeta],
     if assoc.is_rejected:  # some SCPs reject an association none of whose contexts they take
         why = f"{CANNOT_ASK} (it rejected an association for C-FIND)"
         return {m.id: Reply(Answer.CANNOT_ASK, why) for m in metas}
+    if not assoc.is_established and assoc.rejected_contexts:
+        # pynetdicom aborts an association whose A-ASSOCIATE-AC accepted no context (a storage-only
+        # SCP): it was reached and answered, it just cannot be asked.
+        why = f"{CANNOT_ASK} (it accepted no Study Root FIND context)"
+        return {m.id: Reply(Answer.CANNOT_ASK, why) for m in metas}
     if not assoc.is_established:
         raise Unreachable(unreachable(destination, assoc))
     replies: dict[str, Reply] = {}
