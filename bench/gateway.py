@@ -5,6 +5,7 @@ through ``pacsguard gateway run``, through a second gateway that answers before 
 
     .venv/bin/python bench/gateway.py [--work DIR] [--small 1000] [--large 20] [--large-mb 8]
                                       [--repeat 5] [--repeat-large 15] [--pdu 16384] [--no-socat]
+                                      [--python-relay]
                                       [--postgres URL]
                                       [--no-async] [--tls] [--check]
                                       [--profile [--profile-gil]] [--gateway-launcher FILE]
@@ -118,6 +119,7 @@ STORESCP = "/usr/bin/storescp"
 HOST = "127.0.0.1"
 SINK_AE, GW_AE, CLIENT_AE = "SINK", "GW", "BENCH"
 ASYNC = "gateway-async"  # the path through a gateway run with --respond-before-record
+PYTHON_COPY = "python-copy"  # bench/python_relay.py: a Python relay that only copies
 POSTGRES = "gateway-postgres"  # a gateway whose store is --postgres URL, with a local journal
 POSTGRES_COMMIT = "gateway-pg-commit"  # the same without a journal: answers wait for PostgreSQL's commit
 CORPUS_VERSION = 1
@@ -468,6 +470,8 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true",
                     help="add direct-tls, gateway-tls (uvloop) and gateway-tls-asyncio paths (mutual TLS)")
     ap.add_argument("--no-socat", action="store_true", help="skip the plain socat relay")
+    ap.add_argument("--python-relay", action="store_true",
+                    help="also the floor of a relay in Python: bench/python_relay.py (uvloop, copies, no inspection)")
     ap.add_argument("--postgres", default=None, metavar="URL",
                     help="also two gateways whose store is this PostgreSQL database, with and without a local journal")
     ap.add_argument("--no-async", action="store_true",
@@ -564,6 +568,13 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
             pg_port = free_port()
             gw_pg = start_gateway(pg_port, args.postgres, "--journal", setting, name=label)
             paths.append(Path_(label, pg_port, GW_AE, gw_pg.pid))
+    if args.python_relay:
+        py_port = free_port()
+        py_relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("python_relay.py")), str(py_port),
+                                     HOST, str(sink_port)], stderr=log("python-relay.log"))
+        procs.append(py_relay)
+        wait_port(py_port, py_relay, "python relay")
+        paths.append(Path_(PYTHON_COPY, py_port, SINK_AE, py_relay.pid))
     socat_exe = None if args.no_socat else shutil.which("socat")
     if socat_exe:
         socat_port = free_port()
@@ -820,6 +831,8 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
             f"{verdict(ok_lat)}")
     if "socat" in added:
         line += f"; socat {added['socat'] * 1e3:.3f} ms"
+    if PYTHON_COPY in added:
+        line += f"; a Python relay that only copies {added[PYTHON_COPY] * 1e3:.3f} ms"
     console.print(line)
     if ASYNC in added:
         console.print(f"of which waiting for the record (gateway - {ASYNC}, median): "
