@@ -183,6 +183,11 @@ def test_an_attempt_without_an_answer_leaves_the_object_in_doubt_until_an_answer
     again = Spool(tmp_path)
     assert again.open() == [m]
     assert again.in_doubt(m.id, ["a", "b"]) == ["a", "b"]
+    (entry,) = again.entries()  # what `pacsguard gateway spool list` shows
+    assert entry.in_doubt == ["a", "b"] and entry.as_dict()["in_doubt"] == ["a", "b"]
+    from pacsguard.cli.spool import _waiting
+
+    assert [_waiting(entry, d) for d in entry.pending] == ["a (in doubt)", "b (in doubt)"]
     again.mark_sent(m.id, "a")  # Success, or a C-FIND found it
     again.mark_failed(m.id, "b", "status 0xA700")  # a failure status: the destination did not store it
     assert again.in_doubt(m.id, ["a", "b"]) == [] and not list(again.objects.glob("*.sending"))

@@ -57,10 +57,21 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
         table.add_column(col, overflow="fold")
     now = time.time()
     for name, _, e in entries:
-        waiting = ", ".join(f"{d} ({e.failures[d]['attempts']} failed)" if d in e.failures else d for d in e.pending)
+        waiting = ", ".join(_waiting(e, d) for d in e.pending)
         table.add_row(name, e.meta.id, e.state, e.meta.object.sop_instance_uid, f"{e.meta.bytes / 1024:,.0f}",
                       _age(now - e.meta.received), waiting or "-")
     console.print(table if entries else "the spool is empty")
+
+
+def _waiting(entry: SpoolEntry, destination: str) -> str:
+    """A destination the object still waits for, with why it waits (failed sends, an answer never
+    recorded: it is asked with a C-FIND before it is sent again)."""
+    notes = []
+    if destination in entry.failures:
+        notes.append(f"{entry.failures[destination]['attempts']} failed")
+    if destination in entry.in_doubt:
+        notes.append("in doubt")
+    return f"{destination} ({', '.join(notes)})" if notes else destination
 
 
 @app.command("show")

@@ -102,6 +102,9 @@ class SpoolEntry:
     sent: list[str] = field(default_factory=list)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
+    # Destinations whose last send has no recorded answer (an attempt marker): asked with a C-FIND
+    # before it is sent again (docs/gateway.md, "Exactly once").
+    in_doubt: list[str] = field(default_factory=list)
 
     @property
     def pending(self) -> list[str]:
@@ -109,7 +112,8 @@ class SpoolEntry:
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.meta.id, "state": self.state, "path": str(self.path), "pending": self.pending,
-                "sent": self.sent, "failures": self.failures, **({"manifest": self.manifest} if self.manifest else {}),
+                "sent": self.sent, "in_doubt": self.in_doubt, "failures": self.failures,
+                **({"manifest": self.manifest} if self.manifest else {}),
                 "meta": self.meta.to_json()}
 
 
@@ -369,6 +373,7 @@ class Spool:
         entry = SpoolEntry(found, state, folder / f"{found.id}.dcm")
         if state == "queued":
             entry.sent = self.sent_to(found.id)
+            entry.in_doubt = self.in_doubt(found.id, found.destinations)
             for fail in self.objects.glob(f"{found.id}.*.fail"):
                 try:
                     entry.failures[fail.name[len(found.id) + 1:-len(".fail")]] = json.loads(fail.read_text())
