@@ -10,8 +10,8 @@ from types import MappingProxyType
 from typing import Final
 
 # pacsguard's own Implementation Class UID and Version Name (PS3.7 D.3.3.2), sent in the
-# A-ASSOCIATE-AC of the gateway's Storage SCP and written in the file meta of what it spools
-# (PS3.10 7.1). A UUID-derived UID (PS3.5 B.2), so it needs no registered root.
+# A-ASSOCIATE-AC of the gateway's Storage SCP and the A-ASSOCIATE-RQ of its forwarder, and written
+# in the file meta of what it spools (PS3.10 7.1). A UUID-derived UID (PS3.5 B.2), so it needs no registered root.
 PACSGUARD_IMPLEMENTATION_CLASS_UID: Final = "2.25.24642229412218675495570054402685265748"
 PACSGUARD_IMPLEMENTATION_VERSION_NAME: Final = "PACSGUARD_01"
 

@@ -37,11 +37,9 @@ from pacsguard.dicom.pdu import (
     parse_p_data_tf,
 )
 from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
 from pacsguard.gateway.store_forward.scu import why_not
 
-#: A fixed UUID-derived UID (PS3.5 B.2) naming this SCU in A-ASSOCIATE-RQ (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID = "2.25.220567916129943233734980202070779137249"
-IMPLEMENTATION_VERSION = "PACSGUARD"
 PRIORITY_MEDIUM = 0x0000
 DATASET_PRESENT = 0x0000  # Command Data Set Type: any value but 0101H (PS3.7 E.1)
 CHUNK_WHEN_UNLIMITED = 1 << 20  # PDV size when the destination sets no maximum (0)
@@ -93,8 +91,8 @@ class StoreAssociation:
         assoc = cls(sock, route.limits.max_pdu_length)
         proposed = {2 * i + 1: pair for i, pair in enumerate(pairs)}  # odd IDs (PS3.8 9.3.2.2)
         info = UserInformation.build(max_length=route.limits.max_pdu_length,
-                                     implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                                     implementation_version_name=IMPLEMENTATION_VERSION)
+                                     implementation_class_uid=PACSGUARD_IMPLEMENTATION_CLASS_UID,
+                                     implementation_version_name=PACSGUARD_IMPLEMENTATION_VERSION_NAME)
         rq = AssociateRQ(called_ae_title=d.ae_title, calling_ae_title=route.listen.ae_title, user_information=info,
                          presentation_contexts=[PresentationContextRQ(i, sop, [ts])
                                                 for i, (sop, ts) in proposed.items()])
