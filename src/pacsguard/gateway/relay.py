@@ -44,7 +44,6 @@ from pacsguard.dicom.events import (
     DimseDatasetStart,
     ProtocolEvent,
     ProtocolViolation,
-    ProtocolWarning,
     ReleaseCompleted,
     ReleaseRequested,
 )
@@ -57,7 +56,13 @@ from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_
 from pacsguard.gateway.route import RouteView
 from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
-from pacsguard.gateway.violations import DATA_BEFORE_AC, TOLERATED, classify
+from pacsguard.gateway.violations import (
+    DATA_BEFORE_AC,
+    TOLERATED,
+    tolerated_apart,
+    violation_event,
+    warning_event,
+)
 from pacsguard.records.dicom import AssociationRecord, Pending
 
 log = logging.getLogger("pacsguard.gateway")
@@ -475,27 +480,16 @@ class AssociationRelay:
     def protocol_error(self, from_client: bool, code: str, message: str) -> None:
         upstream = self.route.upstream
         who = f"{self.host}:{self.port}" if from_client else f"upstream {upstream.host}:{upstream.port}"
-        self.publish(Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
-                           outcome=Outcome.SERIOUS_FAILURE,
-                           actor=self._client_party() if from_client else self._upstream_party(),
-                           target=self._upstream_party() if from_client else self._client_party(),
-                           message=f"{code}: {message}",
-                           details={"route": self.route.name, "code": code,
-                                    "from": "client" if from_client else "upstream", "state": self.state}))
+        self.publish(violation_event(self.route.name, code, message, sender="client" if from_client else "upstream",
+                                     state=self.state, **self._parties(from_client)))
         log.warning("route %s: protocol violation from %s: %s", self.route.name, who, message)
         self.abort(f"protocol violation ({code}) from {'client' if from_client else 'upstream'}", kind="protocol")
 
     def _decode(self, from_client: bool, raw_pdu: RawPDU) -> list[ProtocolEvent]:
         """The decoder's events for one PDU; the deviations it tolerated are recorded and left out."""
-        events = self.decoder.on_pdu(from_client, raw_pdu)
-        if not any(type(ev) is ProtocolWarning or type(ev) is ProtocolViolation for ev in events):
-            return events
-        kept: list[ProtocolEvent] = []
-        for ev in events:
-            if isinstance(ev, ProtocolWarning) or (isinstance(ev, ProtocolViolation) and ev.code in TOLERATED):
-                self.protocol_warning(from_client, ev.code, ev.message)
-            else:
-                kept.append(ev)
+        kept, tolerated = tolerated_apart(self.decoder.on_pdu(from_client, raw_pdu))
+        for ev in tolerated:
+            self.protocol_warning(from_client, ev.code, ev.message)
         return kept
 
     def protocol_warning(self, from_client: bool, code: str, message: str) -> None:
@@ -503,14 +497,13 @@ class AssociationRelay:
         if (from_client, code) in self.warned:
             return
         self.warned.add((from_client, code))
-        who = "client" if from_client else "upstream"
-        self.publish(Event(kind="dicom.protocol.warning", component="gateway", severity=Severity.NOTICE,
-                           outcome=Outcome.SUCCESS,
-                           actor=self._client_party() if from_client else self._upstream_party(),
-                           target=self._upstream_party() if from_client else self._client_party(),
-                           message=f"{code} from {who}, passed on: {message}",
-                           details={"route": self.route.name, "code": code, "from": who, "state": self.state,
-                                    "reason": classify(code).reason}))
+        self.publish(warning_event(self.route.name, code, message, sender="client" if from_client else "upstream",
+                                   state=self.state, handled="passed on", **self._parties(from_client)))
+
+    def _parties(self, from_client: bool) -> dict[str, Party]:
+        """The sender of what arrived from one leg as the actor, the other leg as the target."""
+        client, upstream = self._client_party(), self._upstream_party()
+        return {"actor": client, "target": upstream} if from_client else {"actor": upstream, "target": client}
 
     def _on_pdu(self, from_client: bool, raw_pdu: RawPDU) -> list[bytes]:
         """Decode one PDU, apply the policy, and return the frames to forward to the other leg."""

@@ -20,6 +20,7 @@ from typing import Final, Mapping
 
 from pacsguard.dicom import errors as E
 from pacsguard.dicom import events as V
+from pacsguard.events import Event, Outcome, Party, Severity
 
 # The relay's own code: more than one PDU's worth of bytes before the upstream accepted.
 DATA_BEFORE_AC: Final = "data-before-ac"
@@ -103,3 +104,39 @@ TOLERATED: Final[frozenset[str]] = frozenset(code for code, c in VIOLATIONS.item
 def classify(code: str) -> Classification:
     """The handling of *code*; a code not in the table (none should be) aborts."""
     return VIOLATIONS.get(code) or _abort("unclassified code")
+
+
+def tolerated_apart(
+        events: list[V.ProtocolEvent]) -> tuple[list[V.ProtocolEvent], list[V.ProtocolWarning | V.ProtocolViolation]]:
+    """The decoder's events for one PDU split into those to act on and the tolerated deviations
+    (warnings, and the violations `TOLERATED` lets pass), each in its order."""
+    if not any(type(ev) is V.ProtocolWarning or type(ev) is V.ProtocolViolation for ev in events):
+        return events, []  # the usual case, on every PDU: nothing to sort
+    kept: list[V.ProtocolEvent] = []
+    tolerated: list[V.ProtocolWarning | V.ProtocolViolation] = []
+    for ev in events:
+        if isinstance(ev, V.ProtocolWarning) or (isinstance(ev, V.ProtocolViolation) and ev.code in TOLERATED):
+            tolerated.append(ev)
+        else:
+            kept.append(ev)
+    return kept, tolerated
+
+
+def violation_event(route: str, code: str, message: str, *, sender: str, state: str, actor: Party,
+                    target: Party) -> Event:
+    """``dicom.protocol.violation``: what ``sender`` ("client" or "upstream") broke; the
+    association is aborted after it."""
+    return Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
+                 outcome=Outcome.SERIOUS_FAILURE, actor=actor, target=target, message=f"{code}: {message}",
+                 details={"route": route, "code": code, "from": sender, "state": state})
+
+
+def warning_event(route: str, code: str, message: str, *, sender: str, state: str, actor: Party, target: Party,
+                  handled: str) -> Event:
+    """``dicom.protocol.warning``: a tolerated deviation of ``sender``; ``handled`` says what became
+    of the bytes ("passed on" by a relay, "tolerated" where the gateway is the receiver)."""
+    return Event(kind="dicom.protocol.warning", component="gateway", severity=Severity.NOTICE,
+                 outcome=Outcome.SUCCESS, actor=actor, target=target,
+                 message=f"{code} from {sender}, {handled}: {message}",
+                 details={"route": route, "code": code, "from": sender, "state": state,
+                          "reason": classify(code).reason})

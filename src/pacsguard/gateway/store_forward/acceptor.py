@@ -37,7 +37,7 @@ from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociatio
 from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep
 from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import Action
-from pacsguard.gateway.violations import TOLERATED, classify
+from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
 from pacsguard.records.dicom import AssociationRecord, Pending
 
 if TYPE_CHECKING:
@@ -496,33 +496,24 @@ class StoreAssociation:
         """A malformed or unexpected PDU (the violation table, pacsguard.gateway.violations): recorded,
         then A-ABORT."""
         adm = self.adm
-        self.publish(Event(kind="dicom.protocol.violation", component="gateway", severity=Severity.WARNING,
-                           outcome=Outcome.SERIOUS_FAILURE, actor=adm.client_party(),
-                           target=self._record().server, message=f"{code}: {message}",
-                           details={"route": self.route.name, "code": code, "from": "client", "state": self.state}))
+        self.publish(violation_event(self.route.name, code, message, sender="client", state=self.state,
+                                     actor=adm.client_party(), target=self._record().server))
         log.warning("route %s: protocol violation from %s:%d: %s", self.route.name, adm.host, adm.port, message)
         self.abort(f"protocol violation ({code}) from client", kind="protocol", notify=notify)
 
     def _decode(self, pdu: RawPDU) -> list[E.ProtocolEvent]:
         """The decoder's events for one PDU; tolerated deviations are recorded once and left out."""
-        events = self.decoder.on_pdu(True, pdu)
-        kept: list[E.ProtocolEvent] = []
-        for ev in events:
-            if isinstance(ev, E.ProtocolWarning) or (isinstance(ev, E.ProtocolViolation) and ev.code in TOLERATED):
-                self._warn(ev.code, ev.message)
-            else:
-                kept.append(ev)
+        kept, tolerated = tolerated_apart(self.decoder.on_pdu(True, pdu))
+        for ev in tolerated:
+            self._warn(ev.code, ev.message)
         return kept
 
     def _warn(self, code: str, message: str) -> None:
         if code in self.warned:
             return
         self.warned.add(code)
-        self.publish(Event(kind="dicom.protocol.warning", component="gateway", severity=Severity.NOTICE,
-                           outcome=Outcome.SUCCESS, actor=self.adm.client_party(), target=self._record().server,
-                           message=f"{code} from client, tolerated: {message}",
-                           details={"route": self.route.name, "code": code, "from": "client", "state": self.state,
-                                    "reason": classify(code).reason}))
+        self.publish(warning_event(self.route.name, code, message, sender="client", state=self.state,
+                                   handled="tolerated", actor=self.adm.client_party(), target=self._record().server))
 
     def publish(self, event: Event) -> None:
         ticket = self.rx.publish(event)
