@@ -157,6 +157,34 @@ def test_clean_objects_arrive_byte_identical_in_their_own_transfer_syntax(dcmtk,
     assert gw.wait_for("dicom.association.accepted")
 
 
+def test_spent_spool_files_are_reused_and_nothing_of_the_last_object_is_left(dcmtk, orthanc, gateway, tmp_path):
+    """Each object is written over a spent file (reuse.py) when there is one: a smaller object
+    after a larger one must arrive with none of the larger one's bytes behind its own."""
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet)))
+    free = gw.home / "var" / "spool" / "sf" / "free"
+    big = fresh_ct(tmp_path / "big", 2, kib=1024)
+    small = fresh_ct(tmp_path / "small", 3, kib=16)
+    sent = 0
+    spent: list[dict[int, int]] = []  # per batch: inode -> size of the files in free/
+    for batch in (big, small, fresh_ct(tmp_path / "again", 2, kib=512)):
+        result = dcmtk.run("storescu", "-xe", *target(gw), *batch)
+        assert result.returncode == 0, result.stdout + result.stderr
+        sent += len(batch)
+        pacs.wait_for_instances(sent)
+        wait_until(lambda: not spooled(gw), 10, "the spool empties once Orthanc has everything")
+        wait_until(lambda: len(list(free.iterdir())) >= 2, 10, "spent files wait in free/")
+        spent.append({p.stat().st_ino: p.stat().st_size for p in free.iterdir()})
+    # The small objects were written into the big ones' files, cut to their own size.
+    reused = set(spent[0]) & set(spent[1])
+    assert reused and all(spent[1][ino] < 100_000 < spent[0][ino] for ino in reused)
+    stored = orthanc_bytes(pacs)
+    for path in big + small + sorted((tmp_path / "again").iterdir()):
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored[uid]) == sent_bytes(path), f"{path} changed on the way"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in free.iterdir())  # as private as the spool
+
+
 def storescu_acknowledged(output: str, files: list[Path]) -> set[str]:
     """The SOP Instance UIDs of the files storescu -v saw answered with Success: each "Sending
     file" line is followed by its C-STORE response line."""

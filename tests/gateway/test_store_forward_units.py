@@ -248,3 +248,82 @@ def test_the_group_fsync_serves_concurrent_commits_with_fewer_syncs_and_never_be
     assert len(started) < 8  # shared: one sync for the callers that came while another ran
     # Each caller returned only after a sync that began after it called.
     assert all(any(called[i] <= s <= returned[i] for s in started) for i in called)
+
+
+# --- spent files reused (reuse.py) -----------------------------------------------------------------
+
+
+def spend(spool: Spool, content: bytes) -> SpooledMeta:
+    """An object received, committed and sent to its one destination: its file goes to the pool."""
+    m = replace(meta(spool, ["a"]), bytes=len(content))
+    spool.commit(spool.receive(m.id, content), m)
+    spool.mark_sent(m.id, "a")
+    assert spool.finish_if_done(m)
+    return m
+
+
+def test_a_spent_file_is_overwritten_and_cut_to_the_new_objects_length(tmp_path: Path) -> None:
+    from pacsguard.gateway.store_forward.spool import sync_object
+
+    spool = Spool(tmp_path, reuse_mib=1)
+    spool.open()
+    spend(spool, b"A" * 5000)
+    assert len(spool.pool) == 1 and spool.pool.bytes == 5000 and not list(spool.objects.iterdir())
+    fd, path = spool.create(spool.new_id())
+    assert len(spool.pool) == 0 and path.stat().st_size == 5000  # the spent file, not a new one
+    os.write(fd, b"new object")
+    sync_object(fd, 10)
+    os.close(fd)
+    assert path.read_bytes() == b"new object"  # nothing of the previous object is left behind
+    fd, other = spool.create(spool.new_id())  # the pool is empty: a new file
+    os.close(fd)
+    assert other.stat().st_size == 0
+
+
+def test_the_pool_keeps_to_its_limit_and_survives_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, reuse_mib=0.01)  # 10,485 bytes
+    spool.open()
+    for _ in range(3):
+        spend(spool, b"B" * 4000)
+    assert len(spool.pool) == 2 and spool.pool.bytes == 8000  # the third did not fit: deleted
+    assert len(list((tmp_path / "free").iterdir())) == 2
+    spool.close()
+    smaller = Spool(tmp_path, reuse_mib=0.005)  # a lower limit at the next start: the oldest go
+    smaller.open()
+    assert len(smaller.pool) == 1 and len(list((tmp_path / "free").iterdir())) == 1
+    smaller.close()
+    off = Spool(tmp_path, reuse_mib=0)
+    off.open()
+    assert len(off.pool) == 0 and list((tmp_path / "free").iterdir()) == []
+    spend(off, b"C" * 100)
+    assert list((tmp_path / "free").iterdir()) == [] and list(off.objects.iterdir()) == []
+
+
+def test_the_pool_gives_its_space_back_before_an_object_is_refused(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from pacsguard.gateway.store_forward import spool as spool_module
+
+    spool = Spool(tmp_path, reuse_mib=64, min_free_mib=1)
+    spool.open()
+    spend(spool, b"D" * 100_000)
+    # A file system with 1 MiB + 50 KB free (the pool's 100 KB counted as used, as statvfs does).
+    monkeypatch.setattr(spool_module.os, "statvfs", lambda _: SimpleNamespace(f_bavail=2**20 + 50_000, f_frsize=1))
+    spool.reserve(40_000)  # fits without the pool
+    assert len(spool.pool) == 1
+    spool.reserve(60_000)  # fits only once the pool's file is deleted
+    assert len(spool.pool) == 0 and list((tmp_path / "free").iterdir()) == []
+    with pytest.raises(SpoolFull):
+        spool.reserve(60_000)
+
+
+def test_write_many_resumes_after_a_short_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsguard.gateway.store_forward import receiver
+
+    real = os.writev
+    monkeypatch.setattr(receiver.os, "writev", lambda fd, bufs: real(fd, [bytes(b)[:3] for b in bufs[:1]]))
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    receiver._write_all(fd, [memoryview(b"abcdefg"), memoryview(b""), memoryview(b"hij"), memoryview(b"k")])
+    os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"abcdefghijk"

@@ -277,6 +277,8 @@ class SpoolConfig(Strict):
                                 "that would go below it is refused with 0xA700")
     retention: Literal["delete", "keep"] = Field(
         "delete", description="what happens to an object every destination has: delete, or keep in sent/")
+    reuse_mib: float = Field(256.0, ge=0, description="spent object files (MiB) kept in free/ for new objects to "
+                             "overwrite, cheaper for the disk than new files; 0: delete them")
 
 
 class RetryConfig(Strict):

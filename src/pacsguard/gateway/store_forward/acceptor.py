@@ -139,14 +139,19 @@ class StoreAssociation:
             pdus = self.reader.feed(data)
         except DecodeError as exc:
             pdus, error = exc.partial, exc
+        fragments: list[memoryview] = []  # data set fragments of this read, written together
         for pdu in pdus:
             if self.closed or self.state == "closed":
                 return
+            if self._bulk_fragment(pdu, fragments):
+                continue
+            self._write_fragments(fragments)
             try:
                 self._on_pdu(pdu)
             except DecodeError as exc:
                 self.decode_error(exc)
                 return
+        self._write_fragments(fragments)
         if error is not None and not self.closed:
             self.decode_error(error)
 
@@ -252,17 +257,26 @@ class StoreAssociation:
 
     # --- P-DATA: commands and data sets (PS3.8 9.3.5, PS3.7 6.3.1) ------------------------------------
 
+    def _bulk_fragment(self, pdu: RawPDU, fragments: list[memoryview]) -> bool:
+        """The bulk of a data set: a P-DATA-TF of one data PDV, not the last, on the message's
+        context. The decoder only counts it (as on_pdu would); its value joins ``fragments``, which
+        go to the object's file before the next PDU that is not one (`_write_fragments`)."""
+        raw = pdu.raw
+        if (pdu.pdu_type != P.PDU_P_DATA_TF or self.state != "established" or self.incoming is None
+                or len(raw) <= 12 or raw[11] != 0 or int.from_bytes(raw[6:10], "big") != len(raw) - 10
+                or raw[10] != self.decoder.streaming_context(True)):
+            return False
+        self.decoder.count_data_fragments(True, 1, len(raw))
+        fragments.append(memoryview(raw)[12:])
+        return True
+
+    def _write_fragments(self, fragments: list[memoryview]) -> None:
+        if fragments and self.incoming is not None:
+            self.incoming.write_many(self.rx.spool, fragments)
+        fragments.clear()
+
     def _on_p_data(self, pdu: RawPDU) -> None:
         raw = pdu.raw
-        incoming = self.incoming
-        context_id = self.decoder.streaming_context(True)
-        # The bulk of a data set: one data PDV, not the last, on the message's context. The decoder
-        # only counts it (as on_pdu would); its value goes straight to the object's file.
-        if (incoming is not None and context_id is not None and len(raw) > 12 and raw[10] == context_id
-                and raw[11] == 0 and int.from_bytes(raw[6:10], "big") == len(raw) - 10):
-            self.decoder.count_data_fragments(True, 1, len(raw))
-            incoming.write(self.rx.spool, memoryview(raw)[12:])
-            return
         events = self._decode(pdu)
         violation = next((ev for ev in events if isinstance(ev, E.ProtocolViolation)), None)
         if violation is not None:

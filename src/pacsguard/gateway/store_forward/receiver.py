@@ -44,7 +44,7 @@ from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
-from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, SpoolFull
+from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, SpoolFull, sync_object
 from pacsguard.gateway.store_forward.syncing import FolderSync
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.records.dicom import Pending
@@ -58,6 +58,7 @@ RESERVE_STEP = MIB  # the free-space floor is checked for each further MiB an ob
 # While a large object arrives, what was written is synced in the background every few MiB, so that
 # the fsync before its answer has only the tail left to write (the disk works while the network does).
 EARLY_SYNC_STEP = 4 * MIB
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers per writev(2): 1024 on Linux
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +137,20 @@ class Incoming:
 
     def write(self, spool: Spool, data: bytes | memoryview) -> int | None:
         """Append ``data`` to the object file; None, or the refusal status once it cannot be kept."""
+        return self.write_many(spool, [memoryview(data)])
+
+    def write_many(self, spool: Spool, views: list[memoryview]) -> int | None:
+        """Append ``views`` in order with as few writev(2) calls as the system allows: the
+        fragments of one read go to the page cache in one call instead of one each (half the
+        CPU per GB of a 16 KiB write each, docs/PERFORMANCE.md)."""
         if self.fd < 0:
             return self.status
+        size = sum(len(v) for v in views)
         try:
-            if self.written + len(data) > self.reserved:
-                self._reserve(spool, max(RESERVE_STEP, self.written + len(data) - self.reserved))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-            self.written += len(data)
+            if self.written + size > self.reserved:
+                self._reserve(spool, max(RESERVE_STEP, self.written + size - self.reserved))
+            _write_all(self.fd, views)
+            self.written += size
             if self.written - self.early_synced >= EARLY_SYNC_STEP and (
                     self.early_sync is None or self.early_sync.done()):
                 self._sync_early()
@@ -206,6 +212,20 @@ class Incoming:
                            destinations=[d.key for d in rx.route.destinations],
                            patient_id=peek.patient_id if peek else None,
                            study_uid=peek.study_instance_uid if peek else None)
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """writev(2) until every byte of ``views`` is written (a short write resumes where it ended)."""
+    start = 0
+    while start < len(views):
+        batch = views[start:start + IOV_MAX]
+        done = os.writev(fd, batch)
+        for view in batch:
+            if done < len(view):
+                views[start] = view[done:]
+                break
+            done -= len(view)
+            start += 1
 
 
 def _sync_and_close(fd: int) -> None:
@@ -291,8 +311,9 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
 
 
 def _sync_with_meta(spool: Spool, meta: SpooledMeta, fd: int) -> None:
-    """fsync the object (and close it) while another thread writes and fsyncs its metadata: on a
-    journaling file system both syncs then share one journal commit instead of taking turns."""
+    """Sync the object at its length (and close it) while another thread writes and fsyncs its
+    metadata: on a journaling file system both syncs then share one journal commit instead of
+    taking turns."""
     failed: list[OSError] = []
 
     def write_meta() -> None:
@@ -305,7 +326,7 @@ def _sync_with_meta(spool: Spool, meta: SpooledMeta, fd: int) -> None:
     writer.start()
     try:
         try:
-            os.fsync(fd)
+            sync_object(fd, meta.bytes)
         finally:
             os.close(fd)
     finally:

@@ -25,7 +25,6 @@ from pacsguard.gateway.store_forward.acceptor import StoreAssociation, storage_s
 from pacsguard.gateway.store_forward.forwarder import Forwarder
 from pacsguard.gateway.store_forward.receiver import Receiver
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
-from pacsguard.gateway.store_forward.syncing import FolderSync
 from pacsguard.gateway.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -41,7 +40,8 @@ REARM = 0.9  # the high-water event fires again once the spool fell below 90 % o
 def spool_for(route: Route, resolve: Callable[[Path], Path] = lambda p: p) -> Spool:
     """The spool of a store-and-forward route (spool.directory, default var/spool/ROUTE)."""
     folder = route.spool.directory or Path("var/spool") / route.name
-    return Spool(resolve(folder), min_free_mib=route.spool.min_free_mib, retention=route.spool.retention)
+    return Spool(resolve(folder), min_free_mib=route.spool.min_free_mib, retention=route.spool.retention,
+                 reuse_mib=route.spool.reuse_mib)
 
 
 class StoreForwardRoute:
@@ -61,7 +61,7 @@ class StoreForwardRoute:
         self.spool = spool_for(route, resolve)
         self.forwarders = [Forwarder(route, d, self.spool, publish, _client_context(d, resolve))
                            for d in route.destinations]
-        self.receiver = Receiver(route, chain, self.spool, FolderSync(self.spool.objects), tuple(object_checks),
+        self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
                                  publish, self._quarantine_source, self._is_quarantined, self._queued)
         self.associations: set[StoreAssociation] = set()
         self.server: asyncio.base_events.Server | None = None

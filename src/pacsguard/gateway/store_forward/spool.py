@@ -12,12 +12,14 @@ Layout (one folder per route)::
     objects/ID.DEST.fail  the last failed attempt for DEST (attempts, error): informative only
     quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
     sent/                 objects every destination has, when retention is "keep"
+    free/                 spent object files, overwritten by the next objects (reuse.py)
     retry                 touched by `pacsguard gateway spool retry`: forwarders try again now
 
 Durability: a file is written to tmp/, fsync'd, renamed into place, and the folder fsync'd
 (rename(2) is atomic; the folder's fsync makes the new name survive a power loss). An object
 counts as acknowledged only once its .dcm and .json are both in objects/: a .dcm without its
-.json is a reception that never finished and is removed on rescan.
+.json is a reception that never finished and is removed on rescan. A marker is empty: it is
+created in objects/ directly and the folder fsync'd (its name is all it says).
 """
 
 from __future__ import annotations
@@ -36,17 +38,19 @@ from typing import Any
 from uuid import uuid4
 
 from pacsguard.gateway.objects import ReceivedObject
+from pacsguard.gateway.store_forward.reuse import FilePool
+from pacsguard.gateway.store_forward.syncing import FolderSync, fsync_dir
 
 MIB = 1024 * 1024
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the names in a folder durable (POSIX: fsync on the directory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sync_object(fd: int, length: int) -> None:
+    """Make an object file written through ``fd`` durable at ``length`` bytes: a reused file
+    (reuse.py) loses what its previous object left beyond them. fdatasync, not fsync: the size is
+    data it flushes, the times are not worth a journal commit per object."""
+    if os.fstat(fd).st_size > length:
+        os.ftruncate(fd, length)
+    os.fdatasync(fd)
 
 
 def write_synced(path: Path, *chunks: bytes | memoryview) -> None:
@@ -124,7 +128,8 @@ class SpoolFull(Exception):
 class Spool:
     """One route's spool folder."""
 
-    def __init__(self, root: Path, *, min_free_mib: float = 0.0, retention: str = "delete") -> None:
+    def __init__(self, root: Path, *, min_free_mib: float = 0.0, retention: str = "delete",
+                 reuse_mib: float = 0.0) -> None:
         self.root = root
         self.tmp = root / "tmp"
         self.objects = root / "objects"
@@ -132,6 +137,9 @@ class Spool:
         self.sent_dir = root / "sent"
         self.min_free = int(min_free_mib * MIB)
         self.retention = retention
+        self.pool = FilePool(root / "free", int(reuse_mib * MIB))
+        # objects/'s group fsync: the receiver's commits and the forwarders' markers share it.
+        self.folder_sync = FolderSync(self.objects)
         # Associations receive in parallel: bytes being written count against the floor until
         # committed or discarded, and two forwarders never finish the same object at once.
         self._lock = threading.Lock()
@@ -146,6 +154,7 @@ class Spool:
         for folder in (self.tmp, self.objects, self.quarantine_dir, self.sent_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._take_lock()
+        self.pool.load()
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
         waiting: list[SpooledMeta] = []
@@ -195,6 +204,8 @@ class Spool:
         with self._lock:
             st = os.statvfs(self.tmp)
             free = st.f_bavail * st.f_frsize - self._reserved
+            if free - size < self.min_free and self.pool.bytes:  # spent files go before an object is refused
+                free += self.pool.trim()
             if free - size < self.min_free:
                 raise SpoolFull(f"{free // MIB} MiB free, the object needs {size // MIB + 1} MiB and the spool "
                                 f"keeps {self.min_free // MIB} MiB free (spool.min_free_mib)")
@@ -211,9 +222,12 @@ class Spool:
         return path
 
     def create(self, object_id: str) -> tuple[int, Path]:
-        """A new file in tmp/ for an object that is written as it arrives (the caller writes,
-        fsyncs and closes the descriptor); like `receive`, it is not acknowledged yet."""
+        """A file in tmp/ for an object that is written as it arrives (the caller writes,
+        truncates, fsyncs and closes the descriptor; `sync_object`): a spent file from the pool when
+        there is one, else a new one. Like `receive`, it is not acknowledged yet."""
         path = self.tmp / f"{object_id}.dcm"
+        if self.pool.take(path):
+            return os.open(path, os.O_WRONLY), path
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
 
     def write_meta(self, meta: SpooledMeta) -> Path:
@@ -284,11 +298,11 @@ class Spool:
         return self.objects / f"{object_id}.{destination}.{suffix}"
 
     def _mark(self, object_id: str, destination: str, suffix: str) -> None:
-        """Write the empty marker ``ID.DEST.SUFFIX`` durably (synced, renamed, folder synced)."""
-        name = f"{object_id}.{destination}.{suffix}"
-        write_synced(self.tmp / name)
-        os.replace(self.tmp / name, self.objects / name)
-        fsync_dir(self.objects)
+        """Create the empty marker ``ID.DEST.SUFFIX`` durably. Its name is all it says, so the
+        folder's fsync (shared with whatever else was named there meanwhile) is all it needs: no
+        data to sync, no rename."""
+        os.close(os.open(self._marker(object_id, destination, suffix), os.O_WRONLY | os.O_CREAT, 0o600))
+        self.folder_sync.sync()
 
     def mark_sending(self, object_id: str, destination: str) -> None:
         """Record, durably, that ``object_id`` is about to be sent to ``destination``: if no answer
@@ -330,8 +344,10 @@ class Spool:
                         os.replace(source, self.sent_dir / source.name)
             # Its files by name (the .json first), without listing the folder; markers of a
             # destination no longer configured go at the next rescan.
-            for suffix in (".json", ".dcm"):
-                (self.objects / f"{meta.id}{suffix}").unlink(missing_ok=True)
+            (self.objects / f"{meta.id}.json").unlink(missing_ok=True)
+            spent = self.objects / f"{meta.id}.dcm"
+            if not self.pool.put(spent):
+                spent.unlink(missing_ok=True)
             for destination in meta.destinations:
                 for marker in ("sent", "sending", "fail"):
                     self._marker(meta.id, destination, marker).unlink(missing_ok=True)

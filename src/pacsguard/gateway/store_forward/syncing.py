@@ -10,10 +10,18 @@ object), so an object costs the event loop one hand-off to a thread, not two."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
-from pacsguard.gateway.store_forward.spool import fsync_dir
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in a folder durable (POSIX: fsync on the directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FolderSync:
