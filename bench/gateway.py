@@ -233,22 +233,37 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def settle(pid: int | None) -> None:
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(x) for x in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def settle(pid: int | None, persistent: set[int] = frozenset()) -> None:  # type: ignore[assignment]
     """After a run: let the relay finish it (socat's forked child exits and is reaped, the gateway
-    closes the association and its event writer flushes) so that its CPU time is all counted."""
+    closes the association and its event writer flushes) so that its CPU time is all counted.
+    ``persistent``: children that live on (a store-and-forward route's forwarding process)."""
     time.sleep(0.2)
     if pid is None:
         return
-    children = Path(f"/proc/{pid}/task/{pid}/children")
     deadline = time.monotonic() + 2.0
-    while children.exists() and children.read_text().strip() and time.monotonic() < deadline:
+    while children_of(pid) - persistent and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime+stime (+ reaped children, for socat's forks) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """utime+stime of a process, its reaped children (socat's forks) and its live descendants (a
+    store-and-forward route's forwarding process), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children_of(pid))
 
 
 @dataclass
@@ -272,9 +287,13 @@ class Run:
     cpu: float | None = None  # the relay process (gateway or socat)
     client_cpu: float = 0.0  # storescu
     sink_cpu: float = 0.0  # storescp
+    delivered: float | None = None  # store-and-forward: storescu's start -> the spool drained
 
 
-def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: int) -> Run:
+def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: int,
+             drain: Callable[[], None] | None = None) -> Run:
+    """One storescu run through ``path``. ``drain`` (store-and-forward): waits until everything
+    was forwarded, before CPU times are read, and gives the delivered time."""
     cmd = [STORESCU, "-lc", str(logcfg), "-aet", CLIENT_AE, "-aec", path.called_ae, "-pdu", str(max_pdu),
            *path.client_args, "+sd", HOST, str(path.port), str(corpus.directory)]
     sink_pid = path.sink_pid or sink_pid
@@ -282,9 +301,14 @@ def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: 
     sink_before = cpu_seconds(sink_pid)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    persistent = children_of(path.pid) if path.pid else set()
     proc = subprocess.run(cmd, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
-    settle(path.pid)
+    delivered = None
+    if drain is not None and proc.returncode == 0:
+        drain()
+        delivered = time.perf_counter() - t0
+    settle(path.pid, persistent)
     cpu = cpu_seconds(path.pid) - before if path.pid and before is not None else None
     sink_cpu = cpu_seconds(sink_pid) - sink_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # storescu, the only child reaped meanwhile
@@ -320,7 +344,7 @@ def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: 
         raise SystemExit(f"storescu via {path.name}: {ok}/{corpus.count} successful C-STOREs "
                          f"({len(rtts)} timed)\n{proc.stderr[-3000:]}")
     return Run(wall, marks["ac"] - marks["rq"], marks["last_rsp"] - marks["ac"], rtts, ok, max_pdv, cpu,
-               client_cpu, sink_cpu)
+               client_cpu, sink_cpu, delivered)
 
 
 # --- profiling -----------------------------------------------------------------------------------
@@ -622,12 +646,11 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     assocs_via: Counter[str] = Counter()
 
     def send(path: Path_, corpus: Corpus) -> Run:
-        run = storescu(path, corpus, logcfg, args.max_pdu, sink.pid)
+        wait = (lambda: drain(spool)) if path.name == "store-and-forward" and spool is not None else None
+        run = storescu(path, corpus, logcfg, args.max_pdu, sink.pid, wait)
         if path.name in sent_via:
             sent_via[path.name].update(corpus.uids)
             assocs_via[path.name] += 1
-        if path.name == "store-and-forward" and spool is not None:
-            drain(spool)
         return run
 
     results: dict[tuple[str, str], list[Run]] = {}
@@ -854,6 +877,15 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
         console.print(f"store-and-forward large throughput {sf:.3f} x the relay's (target >= 0.8, acknowledged "
                       f"objects synced) {verdict(ok_sf)}; {ratios['store-and-forward']:.3f} x direct; added median "
                       f"latency per small C-STORE {added['store-and-forward'] * 1e3:.3f} ms")
+        # What the destination sees: storescu's start -> the spool drained, against the relay's
+        # storescu wall time (each of its objects is at the sink when storescu ends).
+        runs = results[("large", "store-and-forward")]
+        if all(r.delivered for r in runs):
+            delivered = large.file_bytes / med([r.delivered or 0.0 for r in runs]) / 1e6
+            relay_wall = large.file_bytes / med([r.wall for r in results[("large", "gateway")]]) / 1e6
+            console.print(f"store-and-forward delivered to the sink: {delivered:.0f} MB/s = "
+                          f"{delivered / relay_wall:.3f} x the relay's {relay_wall:.0f} MB/s (storescu's start -> "
+                          "the spool drained, against storescu's wall time through the relay)")
 
     complete = True
     for name, (sent, assocs, recorded) in records.items():

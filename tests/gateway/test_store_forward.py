@@ -431,3 +431,57 @@ def test_an_object_no_destination_context_fits_waits_and_the_rest_goes_on(dcmtk,
         assert listing[0]["failures"]["d0"]["attempts"] >= 1
     finally:
         implicit_only.stop()
+
+
+def forwarding_child(gw) -> int:
+    """The pid of the route's forwarding process (forwarding.py), a child of the gateway."""
+    def find() -> int | None:
+        for task in Path(f"/proc/{gw.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                if b"store_forward.forwarding" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return int(pid)
+        return None
+
+    wait_until(lambda: find() is not None, 20, "the forwarding process runs")
+    found = find()
+    assert found is not None
+    return found
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_forwarding_process_is_restarted_when_killed_and_delivers_everything_once(dcmtk, orthanc, gateway,
+                                                                                      counter, tmp_path):
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), (counter.port, "COUNTER")))
+    first = forwarding_child(gw)
+    wait_until(lambda: niceness(first) == 10, 20, "the forwarding process lowers its priority (forward_nice)")
+    assert niceness(gw.proc.pid) == 0  # receiving goes first
+    files = fresh_ct(tmp_path / "batch", 60, kib=256)
+    sender = subprocess.Popen([dcmtk.path("storescu"), "-xe", *target(gw), *map(str, files)],
+                              env=dcmtk.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: len(counter.counts) >= 10, 60, "forwarding under way")
+    os.kill(first, 9)  # the forwarding process alone: the gateway goes on receiving
+    out, _ = sender.communicate(timeout=120)
+    assert sender.returncode == 0, out[-2000:]  # every object acknowledged
+    sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    wait_until(lambda: set(counter.counts) == sent, 60, "every object reaches the counter")
+    assert forwarding_child(gw) != first
+    pacs.wait_for_instances(len(files))
+    # Once each, but for at most the one in flight when it was killed (it cannot be asked: the
+    # counter answers no C-FIND), which is recorded as in doubt.
+    assert sum(1 for n in counter.counts.values() if n > 1) <= 1, counter.counts
+    wait_until(lambda: not spooled(gw), 30, "the spool empties")
+    assert len(gw.wait_for("gateway.object.forwarded", count=2 * len(files) - 2)) >= 2 * len(files) - 2
+
+
+def test_the_forwarding_process_ends_with_the_gateway(dcmtk, orthanc, gateway):
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet)))
+    child = forwarding_child(gw)
+    os.kill(gw.proc.pid, 9)  # the gateway alone, not its process group
+    gw.proc.wait(10)
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().rsplit(
+        ")", 1)[1].split()[:1], 10, "the forwarding process ends with its gateway")

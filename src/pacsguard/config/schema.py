@@ -311,6 +311,8 @@ class Route(Strict):
     retry: RetryConfig = RetryConfig()
     quarantine_sender: bool = Field(False, description="store-and-forward: quarantine the sending host when an "
                                     "object check quarantines one of its objects")
+    forward_nice: int = Field(10, ge=0, le=19, description="store-and-forward: the CPU niceness of the route's "
+                              "forwarding process; above 0, receiving from modalities goes first on a busy CPU")
     rewrite_retrieve_ae_title: bool | None = Field(
         None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
         "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")

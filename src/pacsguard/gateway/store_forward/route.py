@@ -22,7 +22,7 @@ from pacsguard.gateway.objects import ObjectCheck
 from pacsguard.gateway.quarantine import QuarantineList
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.acceptor import StoreAssociation, storage_sop_classes
-from pacsguard.gateway.store_forward.forwarder import Forwarder
+from pacsguard.gateway.store_forward.forwarding import ForwardingProcess
 from pacsguard.gateway.store_forward.receiver import Receiver
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
 from pacsguard.gateway.verdict import Verdict
@@ -59,8 +59,8 @@ class StoreForwardRoute:
         self.durability = durability  # answers wait for their records (docs/gateway.md); None: never held
         self.server_ssl = server_ssl  # route.listen.tls; None: plain TCP
         self.spool = spool_for(route, resolve)
-        self.forwarders = [Forwarder(route, d, self.spool, publish, _client_context(d, resolve))
-                           for d in route.destinations]
+        self.forwarding = ForwardingProcess(route, self.spool, [_resolved(d, resolve) for d in route.destinations],
+                                            publish)
         self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
                                  publish, self._quarantine_source, self._is_quarantined, self._queued)
         self.associations: set[StoreAssociation] = set()
@@ -90,17 +90,8 @@ class StoreForwardRoute:
         return self.port
 
     def _start_forwarders(self) -> int:
-        from pynetdicom import _config
-
-        # pynetdicom's standard handlers describe every PDU and DIMSE message (a third of its CPU time
-        # on large objects); the gateway records its own events, so they are left unbound.
-        _config.LOG_HANDLER_LEVEL = "none"
         waiting = self.spool.open()
-        for forwarder in self.forwarders:
-            for meta in waiting:
-                if not self.spool.sent_to(meta.id, [forwarder.name]):
-                    forwarder.add(meta)
-            forwarder.start()
+        self.forwarding.start(waiting)
         return len(waiting)
 
     def _accept(self) -> Side:
@@ -128,15 +119,13 @@ class StoreForwardRoute:
         await asyncio.to_thread(self._stop_forwarders)
 
     def _stop_forwarders(self) -> None:
-        for forwarder in self.forwarders:
-            forwarder.stop()
+        self.forwarding.stop()
         self.spool.close()
 
     # --- what the Storage SCP calls --------------------------------------------------------------
 
     def _queued(self, meta: SpooledMeta) -> None:
-        for forwarder in self.forwarders:
-            forwarder.add(meta)
+        self.forwarding.add(meta)
 
     def _is_quarantined(self, host: str, calling_ae: str | None) -> bool:
         return self.quarantined.match(host, calling_ae) is not None
@@ -163,12 +152,12 @@ class StoreForwardRoute:
                 raised = False
 
 
-def _client_context(destination: Destination, resolve: Callable[[Path], Path]) -> ssl.SSLContext | None:
+def _resolved(destination: Destination, resolve: Callable[[Path], Path]) -> Destination:
+    """``destination`` with its TLS files' paths resolved against the configuration's folder (the
+    forwarding process has no configuration of its own)."""
     tls = destination.tls
     if tls is None:
-        return None
-    from pacsguard.tls import client_context
-
-    return client_context(ca_file=resolve(tls.ca_file) if tls.ca_file else None,
-                          cert_file=resolve(tls.cert_file) if tls.cert_file else None,
-                          key_file=resolve(tls.key_file) if tls.key_file else None)
+        return destination
+    paths = {key: resolve(value) for key in ("ca_file", "cert_file", "key_file")
+             if (value := getattr(tls, key)) is not None}
+    return destination.model_copy(update={"tls": tls.model_copy(update=paths)})

@@ -31,7 +31,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,9 @@ class Spool:
         self.min_free = int(min_free_mib * MIB)
         self.retention = retention
         self.pool = FilePool(root / "free", int(reuse_mib * MIB))
+        # What becomes of a spent object file: the pool's, or (in the forwarding process) a message to
+        # the gateway that owns the pool; False: it is deleted.
+        self.spend: Callable[[Path], bool] = self.pool.put
         # objects/'s group fsync: the receiver's commits and the forwarders' markers share it.
         self.folder_sync = FolderSync(self.objects)
         # Associations receive in parallel: bytes being written count against the floor until
@@ -171,6 +174,16 @@ class Spool:
                 continue
             waiting.append(meta)
         return waiting
+
+    def waiting(self) -> list[SpooledMeta]:
+        """Every committed object a destination still lacks, oldest first; unlike `open`, nothing
+        is removed (objects may be arriving meanwhile)."""
+        owed = []
+        for object_id in sorted(p.stem for p in self.objects.glob("*.json")):
+            meta = self.read_meta(object_id)
+            if meta is not None and len(self.sent_to(meta.id, meta.destinations)) < len(set(meta.destinations)):
+                owed.append(meta)
+        return owed
 
     def _take_lock(self) -> None:
         """One gateway per spool: two would both forward what is pending (duplicates). The lock
@@ -346,7 +359,7 @@ class Spool:
             # destination no longer configured go at the next rescan.
             (self.objects / f"{meta.id}.json").unlink(missing_ok=True)
             spent = self.objects / f"{meta.id}.dcm"
-            if not self.pool.put(spent):
+            if not self.spend(spent):
                 spent.unlink(missing_ok=True)
             for destination in meta.destinations:
                 for marker in ("sent", "sending", "fail"):

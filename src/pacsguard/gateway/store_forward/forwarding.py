@@ -1,0 +1,229 @@
+"""The forwarding process of a store-and-forward route: its forwarders (forwarder.py, a thread
+per destination) run in a child process of the gateway, at a lower CPU priority
+(``forward_nice``), so that receiving from modalities goes first when the CPU is busy and the two
+never wait for each other's Python (one interpreter lock each).
+
+The gateway keeps everything else: the spool's lock and rescan, receiving, the events. The child
+is a new interpreter (`python -m pacsguard.gateway.store_forward.forwarding FD`: not a fork, the
+gateway runs threads and an event loop, which a fork would copy half-way; not multiprocessing's
+spawn, which re-runs the gateway's main script). Between the two, one socket pair carries
+pickled messages (multiprocessing.connection):
+
+    gateway -> child   (route, spool folder, destinations, objects owed)   first, once
+                       ("add", SpooledMeta)   an object committed to objects/, to forward
+                       ("stop", None)         finish the object in flight, then exit
+    child -> gateway   ("event", Event)       a forwarder's record, published by the gateway
+                       ("spent", path)        an object every destination has: the gateway
+                                              moves its file to the spool's pool (reuse.py)
+
+The spool on disk stays the whole state (spool.py): markers are written by the child as they
+were by the threads. A child that dies is started again after a second with what the spool
+still owes; a gateway that dies closes the pipe and its child ends at once, as the threads did
+(the spool's markers settle what was in flight at the next start). Two children never forward
+from one spool at once: each holds ``forward.lock`` while it forwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pacsguard.config.schema import Destination, Route
+from pacsguard.events import Event
+from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
+
+log = logging.getLogger("pacsguard.gateway")
+
+RESTART_DELAY = 1.0  # seconds before a child that died is started again
+LOCK_WAIT = 30.0  # seconds a child waits for an old one to let go of the spool
+
+
+class ForwardingProcess:
+    """The gateway's side: starts the child, hands it objects, publishes what it records."""
+
+    def __init__(self, route: Route, spool: Spool, destinations: list[Destination],
+                 publish: Callable[[Event], object]) -> None:
+        self.route = route
+        self.spool = spool
+        self.destinations = destinations  # TLS file paths resolved: the child has no config folder
+        self.publish = publish
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._pump: threading.Thread | None = None
+
+    def start(self, waiting: list[SpooledMeta]) -> None:
+        """Start the child with the objects the spool still owes a destination."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        conn = Connection(ours.detach())
+        conn.send((self.route, self.spool.root, self.destinations, waiting))
+        self._conn, self._process = conn, process
+        self._pump = threading.Thread(target=self._read, args=(conn,), name=f"pacsguard-forwarding-{self.route.name}",
+                                      daemon=True)
+        self._pump.start()
+
+    def add(self, meta: SpooledMeta) -> None:
+        self._send(("add", meta))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the object in flight finish, then end the child (killed after ``timeout``)."""
+        self._stopping.set()
+        self._send(("stop", None))
+        process = self._process
+        if process is not None:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(2)
+        if self._pump is not None:
+            self._pump.join(2)
+
+    def _send(self, message: tuple[str, Any]) -> None:
+        with self._send_lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):  # the child is gone: its restart rescans the spool
+                pass
+
+    def _read(self, conn: Connection) -> None:
+        """What the child says, until it ends; then, unless stopping, its restart."""
+        while True:
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "event":
+                self.publish(value)
+            elif kind == "spent":
+                path = Path(value)
+                if not self.spool.pool.put(path):
+                    path.unlink(missing_ok=True)
+        with self._send_lock:
+            self._conn = None
+        conn.close()
+        if self._stopping.is_set():
+            return
+        code = self._process.wait() if self._process is not None else None
+        log.error("route %s: the forwarding process ended (exit code %s); starting it again", self.route.name, code)
+        if self._stopping.wait(RESTART_DELAY):
+            return
+        self.start(self.spool.waiting())
+
+
+# --- the child -------------------------------------------------------------------------------------
+
+
+def child_main(route: Route, root: Path, destinations: list[Destination], waiting: list[SpooledMeta],
+               conn: Connection) -> None:
+    """The forwarding process: the route's forwarders, fed from the pipe, until told to stop or
+    the gateway is gone."""
+    from pacsguard.gateway.store_forward.forwarder import Forwarder
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when this ends (a terminal's ^C reaches both)
+    if route.forward_nice:
+        os.nice(route.forward_nice)
+    send_lock = threading.Lock()
+
+    def send(kind: str, value: Any) -> bool:
+        with send_lock:
+            try:
+                conn.send((kind, value))
+                return True
+            except (OSError, ValueError):
+                return False  # the gateway is gone; the spool keeps the state
+
+    def spend(path: Path) -> bool:
+        return send("spent", str(path))
+
+    from pynetdicom import _config
+
+    # pynetdicom (the C-FIND check, verify.py) describes every PDU with its standard handlers; the
+    # forwarders record their own events, so those stay unbound.
+    _config.LOG_HANDLER_LEVEL = "none"
+    lock = _lock_spool(root)
+    if lock is None:  # ends: the gateway starts another child, which waits again
+        log.error("route %s: another forwarding process still holds %s", route.name, root / "forward.lock")
+        return
+    spool = Spool(root, retention=route.spool.retention)
+    spool.spend = spend
+    forwarders = [Forwarder(route, d, spool, lambda ev: send("event", ev), client_context(d)) for d in destinations]
+    for forwarder in forwarders:
+        for meta in waiting:
+            if not spool.sent_to(meta.id, [forwarder.name]):
+                forwarder.add(meta)
+        forwarder.start()
+    while True:
+        try:
+            kind, value = conn.recv()
+        except (EOFError, OSError):
+            # The gateway died (SIGKILL, a crash): end as it did, at once. What was in flight is
+            # settled at its next start by the spool's markers (an object in doubt is asked about),
+            # and nothing is recorded that its store would never see.
+            os._exit(0)
+        if kind == "stop":
+            break
+        for forwarder in forwarders:
+            forwarder.add(value)
+    for forwarder in forwarders:
+        forwarder.stop()
+    os.close(lock)
+
+
+def _lock_spool(root: Path) -> int | None:
+    """Hold ``forward.lock``, waiting for a previous child to let go; None after LOCK_WAIT."""
+    fd = os.open(root / "forward.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
+
+
+def client_context(destination: Destination) -> Any:
+    """The TLS context for a destination with ``tls`` (its file paths already resolved), or None."""
+    tls = destination.tls
+    if tls is None:
+        return None
+    from pacsguard.tls import client_context as make
+
+    return make(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+
+
+def main(argv: list[str]) -> int:
+    """The child's entry point: the socket's descriptor as the only argument."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conn = Connection(int(argv[1]))
+    try:
+        route, root, destinations, waiting = conn.recv()
+    except (EOFError, OSError):
+        return 1
+    child_main(route, root, destinations, waiting, conn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
