@@ -196,6 +196,27 @@ def test_an_attempt_without_an_answer_leaves_the_object_in_doubt_until_an_answer
     assert again.finish_if_done(m) and list(again.objects.iterdir()) == []
 
 
+def test_a_batch_is_marked_with_one_folder_fsync_and_what_was_not_sent_is_unmarked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsguard.gateway.store_forward import syncing
+
+    spool = Spool(tmp_path)
+    spool.open()
+    batch = [meta(spool) for _ in range(5)]
+    for m in batch:
+        spool.commit(spool.receive(m.id, b"DICM"), m)
+    calls: list[Path] = []
+    real = syncing.fsync_dir
+    monkeypatch.setattr(syncing, "fsync_dir", lambda folder: (calls.append(folder), real(folder))[1])
+    spool.mark_sending([m.id for m in batch], "a")
+    assert calls == [spool.objects]  # five markers, one fsync
+    assert all(spool.in_doubt(m.id, ["a"]) == ["a"] for m in batch)
+    spool.mark_sent(batch[0].id, "a")
+    spool.unmark_sending([m.id for m in batch[2:]], "a")  # the association ended at batch[1]
+    assert [spool.in_doubt(m.id, ["a"]) for m in batch] == [[], ["a"], [], [], []]
+    assert len(calls) == 2  # the sent marker: one more
+
+
 def test_the_c_find_keys_are_those_of_the_file_that_was_sent(tmp_path: Path) -> None:
     from pydicom import dcmread
     from pydicom.data import get_testdata_file

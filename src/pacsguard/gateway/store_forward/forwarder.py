@@ -2,9 +2,10 @@
 (PS3.4 B.2.1, sender.py) that sends each spooled object in the transfer syntax it was received
 in, byte for byte (the file's data set is sent as stored, never decoded).
 
-Exactly once per destination, as far as DICOM allows: before each C-STORE an attempt marker
-(``ID.DEST.sending``) is written and synced; a destination's Success (or warning, PS3.4 B.2.3)
-is written as ``ID.DEST.sent`` (synced) before the next object, and an object so marked is never
+Exactly once per destination, as far as DICOM allows: before a batch of C-STOREs an attempt
+marker (``ID.DEST.sending``) per object is made durable (one fsync for the batch); a
+destination's Success (or warning, PS3.4 B.2.3) is written as ``ID.DEST.sent`` (synced) before
+the next object, and an object so marked is never
 sent to that destination again, also after a restart. An object with an attempt marker and no
 sent marker (a crash, or an association lost between the C-STORE and its response) may have
 arrived: before it is sent again the destination is asked with a C-FIND (verify.py, PS3.4 C.4.1)
@@ -139,21 +140,25 @@ class Forwarder:
         except Refused as exc:
             return [m.id for m in metas], str(exc), False
         refused: list[str] = []
+        # Every object of the batch is marked as being sent before the first goes, with one fsync
+        # instead of one per object; what is not sent after all is unmarked.
+        self.spool.mark_sending([m.id for m in metas], self.name)
         try:
             for i, meta in enumerate(metas):
                 path = self.spool.object_path(meta.id)
                 if not path.exists():  # purged while it waited
                     continue
                 if self.stopping:
+                    self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
                     return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
-                self.spool.mark_sending(meta.id, self.name)
                 try:
                     status = assoc.store(path)
                 except ValueError as exc:  # no accepted presentation context fits this object
                     status, why = STATUS_NO_CONTEXT, str(exc)
                 else:
                     why = f"status 0x{status:04X}" if status is not None else ""
-                if status is None:  # the attempt marker stays: the object may have arrived
+                if status is None:  # this one's attempt marker stays: it may have arrived
+                    self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
                     return refused + [m.id for m in metas[i:]], "the association ended before every answer", False
                 if status_category(status) in ("success", "warning"):
                     self._delivered(meta)

@@ -310,22 +310,31 @@ class Spool:
     def _marker(self, object_id: str, destination: str, suffix: str) -> Path:
         return self.objects / f"{object_id}.{destination}.{suffix}"
 
-    def _mark(self, object_id: str, destination: str, suffix: str) -> None:
-        """Create the empty marker ``ID.DEST.SUFFIX`` durably. Its name is all it says, so the
-        folder's fsync (shared with whatever else was named there meanwhile) is all it needs: no
-        data to sync, no rename."""
-        os.close(os.open(self._marker(object_id, destination, suffix), os.O_WRONLY | os.O_CREAT, 0o600))
+    def _mark(self, object_ids: Iterable[str], destination: str, suffix: str) -> None:
+        """Create the empty markers ``ID.DEST.SUFFIX`` durably. A marker's name is all it says, so
+        the folder's fsync (one for all of them, shared with whatever else was named there
+        meanwhile) is all it needs: no data to sync, no rename."""
+        for object_id in object_ids:
+            os.close(os.open(self._marker(object_id, destination, suffix), os.O_WRONLY | os.O_CREAT, 0o600))
         self.folder_sync.sync()
 
-    def mark_sending(self, object_id: str, destination: str) -> None:
-        """Record, durably, that ``object_id`` is about to be sent to ``destination``: if no answer
-        is recorded after this, the destination may hold it (`in_doubt`)."""
-        self._mark(object_id, destination, "sending")
+    def mark_sending(self, object_ids: str | Iterable[str], destination: str) -> None:
+        """Record, durably, that these objects are about to be sent to ``destination``: if no
+        answer is recorded after this, the destination may hold them (`in_doubt`). A batch is
+        marked at once, with one fsync (a crash then leaves the batch's unsent objects in doubt
+        too: the destination is asked about them, or they are sent, which is their first time)."""
+        self._mark([object_ids] if isinstance(object_ids, str) else object_ids, destination, "sending")
+
+    def unmark_sending(self, object_ids: Iterable[str], destination: str) -> None:
+        """Drop the attempt markers of objects that were not sent after all (not synced: a stale one
+        only costs a question to the destination)."""
+        for object_id in object_ids:
+            self._marker(object_id, destination, "sending").unlink(missing_ok=True)
 
     def mark_sent(self, object_id: str, destination: str) -> None:
         """Record, durably, that ``destination`` has the object (it answered Success, or a C-FIND
         found it): it is never sent this object again."""
-        self._mark(object_id, destination, "sent")
+        self._mark([object_id], destination, "sent")
         # The sent marker wins over the attempt marker: removing it needs no sync.
         (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         (self.objects / f"{object_id}.{destination}.fail").unlink(missing_ok=True)
