@@ -6,7 +6,7 @@ record, the Event's details), and a message arrives every few tens of microsecon
 Python's default threshold (a young collection every 700 allocations) a collection runs every few
 messages, walks the objects of the messages still being read and, every tenth time, the Events
 queued for the store: with 15,000 Events queued, a quarter of the time to read a message in process.
-Collected every 50,000 allocations instead, nearly all of those objects are freed by their
+Collected every 200,000 allocations instead, nearly all of those objects are freed by their
 reference counts before a collection sees them; cyclic garbage (an asyncio transport, an
 exception's traceback) is still collected, a little later. The objects of start-up (imported
 modules, the CLI) are frozen out of the walks: they live as long as the process.
@@ -20,8 +20,9 @@ from __future__ import annotations
 import gc
 
 #: Container allocations (less deallocations) between two young-generation collections; Python's
-#: default is 700.
-YOUNG_THRESHOLD = 50_000
+#: default is 700. In process with a backlog of 15,000 Events, 200,000 read a message as fast as with
+#: the collector off; 50,000 was ~10 us per message slower (docs/PERFORMANCE.md).
+YOUNG_THRESHOLD = 200_000
 
 
 def tune_for_ingest() -> None:
