@@ -1,6 +1,8 @@
-"""An AuditRecord as an Event and back (docs/audit.md "What is stored"): patients, studies, the
-requesting user as the actor, the other participant as the target, outcome and severity; the whole
-record in ``details`` so the RESTful query and the outbound sender can rebuild it."""
+"""An audit message (PS3.15 A.5.1) as an Event and back (docs/audit.md "What is stored"): patients,
+studies, the requesting user as the actor, the other participant as the target, outcome and
+severity; the whole record in ``details`` so the RESTful query and the outbound sender can rebuild
+it. The Event is made from that stored form (event_of), which the XML reader builds directly and
+an AuditRecord (FHIR) is turned into (record_details)."""
 
 from __future__ import annotations
 
