@@ -80,3 +80,10 @@ def test_entities_are_refused_before_any_expansion() -> None:
                 dicom_xml.parse(hostile)
         assert caught.value.problem == "entity-expansion" and str(caught.value) == f"refused: {refusal}"
         assert (time.perf_counter() - began) / 100 < 0.005  # a few hundred bytes parsed, nothing expanded
+
+
+def test_empty_optional_attributes_read_as_absent_as_they_are_stored() -> None:
+    r = dicom_xml.parse(b'<AuditMessage><EventIdentification EventOutcomeIndicator="0" EventActionCode="">'
+                        b'<EventID code="110114" codeSystem="" displayName=""/></EventIdentification>'
+                        b'<AuditSourceIdentification AuditSourceID=""/></AuditMessage>')
+    assert r.event_id == Code("110114") and r.action is None and r.source_id is None

@@ -14,9 +14,8 @@ from typing import Any
 import orjson
 
 from pacsguard.atna.message import dicom_xml, fhir
-from pacsguard.atna.message.dicom_xml import AuditMessageError
-from pacsguard.atna.message.mapping import to_event
-from pacsguard.atna.message.record import AuditRecord
+from pacsguard.atna.message.dicom_xml import AuditMessageError, Reading
+from pacsguard.atna.message.mapping import event_of, record_details
 from pacsguard.atna.syslog import rfc5424
 from pacsguard.atna.syslog.framing import FrameProblem
 from pacsguard.events.model import Event, Outcome, Party, Severity
@@ -52,17 +51,19 @@ def raw_fields(data: bytes) -> dict[str, str]:
         return {"raw_base64": base64.b64encode(data).decode("ascii")}
 
 
-def parse_payload(payload: bytes) -> AuditRecord:
-    """The audit message in a syslog MSG or an HTTP body: XML (A.5 / RFC 3881) or FHIR JSON."""
+def read_payload(payload: bytes) -> Reading:
+    """The audit message in a syslog MSG or an HTTP body, XML (A.5 / RFC 3881) or FHIR JSON, in the
+    form its Event stores."""
     body = payload.lstrip()
     if body.startswith(b"{"):
         try:
             resource = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise AuditMessageError("not-fhir", f"JSON: {exc}") from None
-        return fhir.parse(resource)
+        record = fhir.parse(resource)
+        return Reading(record_details(record), record.time)
     if body.startswith(b"<"):
-        return dicom_xml.parse(body)
+        return dicom_xml.read(body)
     raise AuditMessageError("not-audit-message", "the payload is neither XML nor JSON")
 
 
@@ -92,14 +93,16 @@ def frame_events(sender: Sender, frames: Iterable[bytes], *, flags: tuple[str, .
 
 
 def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender) -> Event:
-    """The Event of one audit message payload, ``base`` holding where and how it came."""
+    """The Event of one audit message payload, ``base`` (taken over as its details) holding where and
+    how it came."""
     try:
-        record = parse_payload(payload)
+        reading = read_payload(payload)
     except AuditMessageError as exc:
         return unparsed_event(base, exc.problem, str(exc), flags, sender)
     if flags:
         base["flags"] = flags
-    return to_event(record, base)
+    base.update(reading.fields)
+    return event_of(base, reading.time)
 
 
 def unparsed_event(base: dict[str, Any], problem: str, error: str, flags: list[str], sender: Sender) -> Event:

@@ -38,6 +38,7 @@ def listen(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
+    from pacsguard.atna.collector import tune_for_ingest
     from pacsguard.atna.config import AtnaConfig
     from pacsguard.atna.service import AtnaService
     from pacsguard.cli.common import console
@@ -73,6 +74,7 @@ def listen(
         es = outputs.open_store(store, key=key_path, create=True)
         bus = outputs.open_outputs(stack, es).bus
         service = AtnaService(config, bus.publish, es)
+        tune_for_ingest()
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")])
 
 

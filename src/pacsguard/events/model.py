@@ -7,7 +7,7 @@ The vocabulary of `kind` is documented in docs/events.md.
 
 from __future__ import annotations
 
-import os
+import random
 import time as _time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -94,7 +94,11 @@ NOBODY = Party()
 def new_event_id() -> str:
     """A time-ordered 128-bit id (UUIDv7 layout, RFC 9562 5.7) as 32 hex digits."""
     ms = _time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # The ids need to be unique, not secret: Python's generator (seeded from os.urandom at start-up
+    # and again in every forked child) costs no system call, where os.urandom makes one per event and
+    # lets go of the GIL for it, handing it to the store's writer thread mid-message (ATNA ingest,
+    # docs/PERFORMANCE.md).
+    rand = random.getrandbits(80)
     value = (ms << 80) | (0x7 << 76) | ((rand >> 68) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
     return f"{value:032x}"
 

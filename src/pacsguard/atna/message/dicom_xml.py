@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 from xml.parsers.expat import ExpatError
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from pacsguard.atna.message.reader import Reader, code_from
+from pacsguard.atna.message.mapping import record_from_details
+from pacsguard.atna.message.reader import Reader, code_dict
 from pacsguard.atna.message.record import AuditRecord
 
 
@@ -60,8 +63,17 @@ def _not_utf8(payload: bytes) -> bool:
     return False
 
 
-def parse(payload: bytes) -> AuditRecord:
-    """An AuditMessage document as an AuditRecord, read in one pass (pacsguard.atna.message.reader)."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one message says, in the form its Event stores (``fields``: mapping.record_details's), and
+    its EventDateTime."""
+
+    fields: dict[str, Any]
+    time: datetime | None
+
+
+def read(payload: bytes) -> Reading:
+    """An AuditMessage document read in one pass (pacsguard.atna.message.reader) into its stored form."""
     with _faults(payload):
         document = Reader().read(payload)
     if document.root != "AuditMessage":
@@ -72,18 +84,38 @@ def parse(payload: bytes) -> AuditRecord:
         raise AuditMessageError("not-audit-message", "no EventIdentification")
     if ident.event_id is None:
         raise AuditMessageError("not-audit-message", "no EventID")
-    source = message.source
     attrs = ident.attrs
-    return AuditRecord(
-        syntax="dicom" if "csd-code" in ident.event_id else "rfc3881",
-        event_id=code_from(ident.event_id), action=attrs.get("EventActionCode"),
-        time=parse_datetime(attrs.get("EventDateTime")), outcome=attrs.get("EventOutcomeIndicator", ""),
-        event_types=tuple(ident.types), outcome_description=ident.description, purposes=tuple(ident.purposes),
-        participants=tuple(message.participants),
-        source_id=source.attrs.get("AuditSourceID") if source is not None else None,
-        source_site=source.attrs.get("AuditEnterpriseSiteID") if source is not None else None,
-        source_types=tuple(source.types) if source is not None else (),
-        objects=tuple(message.objects))
+    fields: dict[str, Any] = {"syntax": "dicom" if "csd-code" in ident.event_id else "rfc3881",
+                              "event_id": code_dict(ident.event_id),
+                              "outcome_indicator": attrs.get("EventOutcomeIndicator", "")}
+    action = attrs.get("EventActionCode")
+    if action:
+        fields["action"] = action
+    if ident.types:
+        fields["event_types"] = ident.types
+    if ident.description:
+        fields["outcome_description"] = ident.description
+    if ident.purposes:
+        fields["purposes"] = ident.purposes
+    fields["participants"] = message.participants
+    source: dict[str, Any] = {}
+    if message.source is not None:
+        for key, attribute in (("id", "AuditSourceID"), ("site", "AuditEnterpriseSiteID")):
+            value = message.source.attrs.get(attribute)
+            if value:
+                source[key] = value
+        if message.source.types:
+            source["types"] = message.source.types
+    fields["source"] = source
+    fields["objects"] = message.objects
+    return Reading(fields, parse_datetime(attrs.get("EventDateTime")))
+
+
+def parse(payload: bytes) -> AuditRecord:
+    """An AuditMessage document as an AuditRecord (optional values sent empty read as absent, as
+    they are stored)."""
+    reading = read(payload)
+    return record_from_details(reading.fields, reading.time)
 
 
 def parse_datetime(text: str | None) -> datetime | None:

@@ -1,11 +1,13 @@
-"""An AuditRecord as an Event and back (docs/audit.md "What is stored"): patients, studies, the
-requesting user as the actor, the other participant as the target, outcome and severity; the whole
-record in ``details`` so the RESTful query and the outbound sender can rebuild it."""
+"""An audit message (PS3.15 A.5.1) as an Event and back (docs/audit.md "What is stored"): patients,
+studies, the requesting user as the actor, the other participant as the target, outcome and
+severity; the whole record in ``details`` so the RESTful query and the outbound sender can rebuild
+it. The Event is made from that stored form (event_of), which the XML reader builds directly and
+an AuditRecord (FHIR) is turned into (record_details)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.patient import PatientId
@@ -19,55 +21,82 @@ _SEVERITY = {"0": Severity.INFO, "4": Severity.NOTICE, "8": Severity.WARNING, "1
 _KINDS = {code: "atna.audit." + codes.slug(meaning) for code, (meaning, _) in codes.EVENT_IDS.items()}
 
 
-def kind_of(record: AuditRecord) -> str:
-    return _KINDS.get(record.event_id.code, "atna.audit.other")
+def kind_of(event_id: str) -> str:
+    return _KINDS.get(event_id, "atna.audit.other")
 
 
-def patients_of(record: AuditRecord) -> list[PatientId]:
-    return [PatientId.parse(o.object_id) for o in record.objects if o.is_patient and o.object_id.strip()]
+def is_patient(obj: Mapping[str, Any]) -> bool:
+    """A participant object naming a patient: type 1 (person) with role 1 (patient), or ID type 2
+    (PS3.15 A.5.1, RFC 3881 5.5)."""
+    type_code = obj.get("type_code")
+    if type_code == "1" and obj.get("role") == "1":
+        return True
+    return bool(obj["id_type"]["code"] == "2" and type_code in (None, "1"))
 
 
-def studies_of(record: AuditRecord) -> list[str]:
-    found = [o.object_id for o in record.objects if o.is_study and o.object_id]
-    found += [uid for o in record.objects for uid in o.studies if uid]
+def patients_of(objects: Sequence[Mapping[str, Any]]) -> list[PatientId]:
+    return [PatientId.parse(o["id"]) for o in objects if is_patient(o) and o["id"].strip()]
+
+
+def studies_of(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    found = [o["id"] for o in objects if o["id_type"]["code"] == codes.STUDY_UID_TYPE and o["id"]]
+    found += [uid for o in objects for uid in o.get("studies", ()) if uid]
     return list(dict.fromkeys(uid[:64] for uid in found))
 
 
-def party_of(p: Participant | None) -> Party:
+def party_of(p: Mapping[str, Any] | None) -> Party:
+    """An ActiveParticipant as a Party: its AE title (AlternativeUserID "AETITLES=A;B", PS3.15
+    A.5.2.2), its host when the access point is a machine name or an IP address, its user."""
     if p is None:
         return Party()
-    host = p.access_point if p.access_point_type in (None, "1", "2") else None
-    titles = p.ae_titles
-    return Party(ae_title=titles[0][:64] if titles else None, host=host or None, user=p.user_name or p.user_id or None)
+    kind = p.get("access_point_type")
+    host = p.get("access_point") if kind in (None, "1", "2") else None
+    alternative = p.get("alternative_user_id") or ""
+    titles = [a for a in alternative[9:].split(";") if a] if alternative.upper().startswith("AETITLES=") else []
+    return Party(ae_title=titles[0][:64] if titles else None, host=host or None,
+                 user=p.get("user_name") or p["user_id"] or None)
 
 
 def to_event(record: AuditRecord, received: Mapping[str, Any], *, time: datetime | None = None) -> Event:
     """The Event of one received record; ``received`` holds sender, syslog header, raw bytes, flags."""
-    patients = patients_of(record)
-    requestor = record.requestor
-    actor = party_of(requestor)
-    target = next((party_of(p) for p in record.participants if p is not requestor), None)
-    outcome = codes.OUTCOMES.get(record.outcome, Outcome.UNKNOWN)
-    severity = _SEVERITY.get(record.outcome, Severity.NOTICE)
-    if record.event_id.code == "110113":  # Security Alert
-        severity = min(severity, Severity.WARNING)
-    entry = codes.EVENT_IDS.get(record.event_id.code)
-    meaning = entry[0] if entry else (record.event_id.meaning or record.event_id.code)
-    instances = sum(s.instances or len(s.instance_uids) for o in record.objects for s in o.sop_classes)
     details = dict(received)
     details.update(record_details(record))
+    return event_of(details, time or record.time)
+
+
+def event_of(details: dict[str, Any], time: datetime | None) -> Event:
+    """The Event of one received message whose ``details`` hold how it came (sender, syslog header,
+    raw bytes, flags) and what it says in its stored form (record_details); the patients are added
+    to them. ``time`` is the message's EventDateTime (None: now)."""
+    participants = details["participants"]
+    objects = details["objects"]
+    patients = patients_of(objects)
+    requestor = next((p for p in participants if p["requestor"]), None)
+    actor = party_of(requestor)
+    target = next((party_of(p) for p in participants if p is not requestor), None)
+    indicator = details["outcome_indicator"]
+    outcome = codes.OUTCOMES.get(indicator, Outcome.UNKNOWN)
+    severity = _SEVERITY.get(indicator, Severity.NOTICE)
+    event_id = details["event_id"]
+    code = event_id["code"]
+    if code == "110113":  # Security Alert
+        severity = min(severity, Severity.WARNING)
+    entry = codes.EVENT_IDS.get(code)
+    meaning = entry[0] if entry else (event_id.get("meaning") or code)
+    instances = sum(s["instances"] or len(s["instance_uids"]) for o in objects for s in o.get("sop_classes", ()))
     text = meaning
-    if record.action:
-        text += f" ({codes.ACTIONS.get(record.action, record.action)})"
+    action = details.get("action")
+    if action:
+        text += f" ({codes.ACTIONS.get(action, action)})"
     text += f" by {actor.label()}"
     if patients:
         details["patients"] = [p.to_dict() for p in patients]
         text += f", patient {', '.join(p.id for p in patients)}"
     keys = [k for p in patients for k in p.search_keys()]
     return Event(
-        kind=kind_of(record), time=time or record.time or utc_now(),
+        kind=kind_of(code), time=time or utc_now(),
         component="atna", severity=severity, outcome=outcome, actor=actor, target=target or Party(),
-        patient_ids=tuple(dict.fromkeys(keys)), study_uids=tuple(studies_of(record)),
+        patient_ids=tuple(dict.fromkeys(keys)), study_uids=tuple(studies_of(objects)),
         sop_instance_count=instances, details=details, message=text)
 
 
@@ -97,10 +126,14 @@ def record_details(record: AuditRecord) -> dict[str, Any]:
 
 def record_from_event(event: Event) -> AuditRecord:
     """The AuditRecord a stored atna.audit.* Event was made from (its details)."""
-    d = event.details
+    return record_from_details(event.details, event.time)
+
+
+def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRecord:
+    """The AuditRecord of a message's stored form (record_details's) and its time."""
     source = d.get("source") or {}
     return AuditRecord(
-        syntax=d.get("syntax", "dicom"), event_id=_code(d["event_id"]), action=d.get("action"), time=event.time,
+        syntax=d.get("syntax", "dicom"), event_id=_code(d["event_id"]), action=d.get("action"), time=time,
         outcome=d.get("outcome_indicator", ""), event_types=tuple(_code(c) for c in d.get("event_types", ())),
         outcome_description=d.get("outcome_description"), purposes=tuple(_code(c) for c in d.get("purposes", ())),
         participants=tuple(Participant(

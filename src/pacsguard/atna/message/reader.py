@@ -1,6 +1,8 @@
 """One pass over a DICOM audit message (PS3.15 A.5.1) or its RFC 3881 ancestor, straight from the
-expat callbacks into an AuditRecord: no element tree is built and nothing is walked twice, which is
-most of what receiving a message costs (docs/PERFORMANCE.md, ATNA ingest).
+expat callbacks into the JSON form its Event stores (docs/audit.md "What is stored": the
+``details`` of mapping.record_details): no element tree is built, nothing is walked twice and no
+intermediate record is made, which is most of what receiving a message costs (docs/PERFORMANCE.md,
+ATNA ingest).
 
 The parser is hardened as defusedxml hardens expat: a document type declaration, an entity
 declaration or an external entity reference raises defusedxml's exception at once, before any
@@ -14,22 +16,36 @@ those of each ParticipantObjectDescription (the pre-2014 nesting of PS3.15), in 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 from xml.parsers import expat
 
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 
-from pacsguard.atna.message.record import Code, Participant, ParticipantObject, SopClass
-
 Attrs = dict[str, str]
+#: One element's stored form (a coded value, a participant, a participant object, ...).
+Json = dict[str, Any]
+
+#: Stored field -> attribute of ActiveParticipant, stored when the attribute is present.
+_PARTICIPANT_ATTRIBUTES = (("alternative_user_id", "AlternativeUserID"), ("user_name", "UserName"),
+                           ("access_point", "NetworkAccessPointID"),
+                           ("access_point_type", "NetworkAccessPointTypeCode"))
+#: Stored field -> attribute of ParticipantObjectIdentification, stored when the attribute is present.
+_OBJECT_ATTRIBUTES = (("type_code", "ParticipantObjectTypeCode"), ("role", "ParticipantObjectTypeCodeRole"),
+                      ("life_cycle", "ParticipantObjectDataLifeCycle"))
 
 
-def code_from(attrs: Attrs) -> Code:
-    """A CodedValueType in either syntax: DICOM ``csd-code``/``originalText``, RFC 3881
-    ``code``/``displayName``."""
-    return Code(attrs.get("csd-code") or attrs.get("code") or "",
-                attrs.get("codeSystemName") or attrs.get("codeSystem"),
-                attrs.get("originalText") or attrs.get("displayName"))
+def code_dict(attrs: Attrs) -> Json:
+    """A CodedValueType in either syntax (DICOM ``csd-code``/``codeSystemName``/``originalText``,
+    RFC 3881 ``code``/``codeSystem``/``displayName``) as stored: its code, and its system and meaning
+    when they are not empty."""
+    out: Json = {"code": attrs.get("csd-code") or attrs.get("code") or ""}
+    system = attrs.get("codeSystemName") or attrs.get("codeSystem")
+    if system:
+        out["system"] = system
+    meaning = attrs.get("originalText") or attrs.get("displayName")
+    if meaning:
+        out["meaning"] = meaning
+    return out
 
 
 class Context:
@@ -66,8 +82,8 @@ class _SourceType(Context):
 
     wants_text = True
 
-    def __init__(self, attrs: Attrs, into: list[Code]) -> None:
-        self.code = code_from(attrs)
+    def __init__(self, attrs: Attrs, into: list[Json]) -> None:
+        self.code = code_dict(attrs)
         self.into = into
         self.body = ""
 
@@ -75,7 +91,7 @@ class _SourceType(Context):
         self.body = value
 
     def end(self) -> None:
-        self.into.append(self.code if self.code.code else Code(self.body.strip()))
+        self.into.append(self.code if self.code["code"] else {"code": self.body.strip()})
 
 
 class _Identification(Context):
@@ -84,19 +100,19 @@ class _Identification(Context):
     def __init__(self, attrs: Attrs) -> None:
         self.attrs = attrs
         self.event_id: Attrs | None = None
-        self.types: list[Code] = []
+        self.types: list[Json] = []
         self.description: str | None = None
         self.described = False
-        self.purposes: list[Code] = []
+        self.purposes: list[Json] = []
 
     def child(self, name: str, attrs: Attrs) -> Context | None:
         if name == "EventID":
             if self.event_id is None:
                 self.event_id = attrs
         elif name == "EventTypeCode":
-            self.types.append(code_from(attrs))
+            self.types.append(code_dict(attrs))
         elif name == "PurposeOfUse":
-            self.purposes.append(code_from(attrs))
+            self.purposes.append(code_dict(attrs))
         elif name == "EventOutcomeDescription" and not self.described:
             self.described = True
             return _Text(self._describe)
@@ -109,24 +125,27 @@ class _Identification(Context):
 class _Participant(Context):
     """ActiveParticipant and its RoleIDCodes."""
 
-    def __init__(self, attrs: Attrs, into: list[Participant]) -> None:
+    def __init__(self, attrs: Attrs, into: list[Json]) -> None:
         self.attrs = attrs
-        self.roles: list[Code] = []
+        self.roles: list[Json] = []
         self.into = into
 
     def child(self, name: str, attrs: Attrs) -> Context | None:
         if name == "RoleIDCode":
-            self.roles.append(code_from(attrs))
+            self.roles.append(code_dict(attrs))
         return None
 
     def end(self) -> None:
         a = self.attrs
-        self.into.append(Participant(
-            user_id=a.get("UserID", ""), alternative_user_id=a.get("AlternativeUserID"),
-            user_name=a.get("UserName"),
-            requestor=(a.get("UserIsRequestor") or "").strip().lower() in ("true", "1"),
-            access_point=a.get("NetworkAccessPointID"), access_point_type=a.get("NetworkAccessPointTypeCode"),
-            roles=tuple(self.roles)))
+        out: Json = {"user_id": a.get("UserID", ""),
+                     "requestor": (a.get("UserIsRequestor") or "").strip().lower() in ("true", "1")}
+        for key, attribute in _PARTICIPANT_ATTRIBUTES:
+            value = a.get(attribute)
+            if value is not None:
+                out[key] = value
+        if self.roles:
+            out["roles"] = self.roles
+        self.into.append(out)
 
 
 class _Source(Context):
@@ -134,7 +153,7 @@ class _Source(Context):
 
     def __init__(self, attrs: Attrs) -> None:
         self.attrs = attrs
-        self.types: list[Code] = []
+        self.types: list[Json] = []
 
     def child(self, name: str, attrs: Attrs) -> Context | None:
         return _SourceType(attrs, self.types) if name == "AuditSourceTypeCode" else None
@@ -145,7 +164,7 @@ class _Holder(Context):
     itself or one of its ParticipantObjectDescriptions."""
 
     def __init__(self) -> None:
-        self.sop_classes: list[SopClass] = []
+        self.sop_classes: list[Json] = []
         self.accessions: list[str] = []
         self.studies: list[str] = []
 
@@ -160,7 +179,7 @@ class _Holder(Context):
 
 
 class _SopClass(Context):
-    def __init__(self, attrs: Attrs, into: list[SopClass]) -> None:
+    def __init__(self, attrs: Attrs, into: list[Json]) -> None:
         self.attrs = attrs
         self.instances: list[str] = []
         self.into = into
@@ -172,8 +191,9 @@ class _SopClass(Context):
 
     def end(self) -> None:
         count = self.attrs.get("NumberOfInstances")
-        self.into.append(SopClass(self.attrs.get("UID", ""), int(count) if count and count.strip().isdigit() else None,
-                                  tuple(self.instances)))
+        self.into.append({"uid": self.attrs.get("UID", ""),
+                          "instances": int(count) if count and count.strip().isdigit() else None,
+                          "instance_uids": self.instances})
 
 
 class _Studies(Context):
@@ -191,20 +211,20 @@ class _Studies(Context):
 class _Object(_Holder):
     """ParticipantObjectIdentification."""
 
-    def __init__(self, attrs: Attrs, into: list[ParticipantObject]) -> None:
+    def __init__(self, attrs: Attrs, into: list[Json]) -> None:
         super().__init__()
         self.attrs = attrs
         self.into = into
-        self.id_type: Code | None = None
+        self.id_type: Json | None = None
         self.name: str | None = None
         self.query: str | None = None
         self.seen: set[str] = set()
         self.descriptions: list[_Holder] = []
-        self.details: list[tuple[str, str]] = []
+        self.details: list[Json] = []
 
     def child(self, name: str, attrs: Attrs) -> Context | None:
         if name == "ParticipantObjectDetail":
-            self.details.append((attrs.get("type", ""), attrs.get("value", "")))
+            self.details.append({"type": attrs.get("type", ""), "value": attrs.get("value", "")})
         elif name == "ParticipantObjectDescription":
             self.descriptions.append(_Holder())
             return self.descriptions[-1]
@@ -213,7 +233,7 @@ class _Object(_Holder):
                 return None
             self.seen.add(name)
             if name == "ParticipantObjectIDTypeCode":
-                self.id_type = code_from(attrs)
+                self.id_type = code_dict(attrs)
                 return None
             return _Text(self._name if name == "ParticipantObjectName" else self._query)
         else:
@@ -228,14 +248,30 @@ class _Object(_Holder):
 
     def end(self) -> None:
         a = self.attrs
-        holders = [self, *self.descriptions]
-        self.into.append(ParticipantObject(
-            object_id=a.get("ParticipantObjectID", ""), id_type=self.id_type or Code(""),
-            type_code=a.get("ParticipantObjectTypeCode"), role=a.get("ParticipantObjectTypeCodeRole"),
-            life_cycle=a.get("ParticipantObjectDataLifeCycle"), name=self.name, query=self.query,
-            details=tuple(self.details), sop_classes=tuple(s for h in holders for s in h.sop_classes),
-            accessions=tuple(n for h in holders for n in h.accessions),
-            studies=tuple(u for h in holders for u in h.studies)))
+        out: Json = {"id": a.get("ParticipantObjectID", ""),
+                     "id_type": {"code": ""} if self.id_type is None else self.id_type}
+        for key, attribute in _OBJECT_ATTRIBUTES:
+            value = a.get(attribute)
+            if value is not None:
+                out[key] = value
+        if self.name is not None:
+            out["name"] = self.name
+        if self.query is not None:
+            out["query"] = self.query
+        if self.details:
+            out["details"] = self.details
+        sop_classes, accessions, studies = self.sop_classes, self.accessions, self.studies
+        for holder in self.descriptions:  # the pre-2014 nesting: after the object's own
+            sop_classes += holder.sop_classes
+            accessions += holder.accessions
+            studies += holder.studies
+        if sop_classes:
+            out["sop_classes"] = sop_classes
+        if accessions:
+            out["accessions"] = accessions
+        if studies:
+            out["studies"] = studies
+        self.into.append(out)
 
 
 class _Message(Context):
@@ -244,8 +280,8 @@ class _Message(Context):
     def __init__(self) -> None:
         self.identification: _Identification | None = None
         self.source: _Source | None = None
-        self.participants: list[Participant] = []
-        self.objects: list[ParticipantObject] = []
+        self.participants: list[Json] = []
+        self.objects: list[Json] = []
 
     def child(self, name: str, attrs: Attrs) -> Context | None:
         if name == "ActiveParticipant":

@@ -37,14 +37,6 @@ class Participant:
     access_point_type: str | None = None
     roles: tuple[Code, ...] = ()
 
-    @property
-    def ae_titles(self) -> tuple[str, ...]:
-        """AE titles from AlternativeUserID "AETITLES=A;B" (PS3.15 A.5.2.2)."""
-        alt = self.alternative_user_id or ""
-        if alt.upper().startswith("AETITLES="):
-            return tuple(a for a in alt[9:].split(";") if a)
-        return ()
-
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": self.user_id, "requestor": self.requestor}
         for name in ("alternative_user_id", "user_name", "access_point", "access_point_type"):
@@ -78,16 +70,6 @@ class ParticipantObject:
     sop_classes: tuple[SopClass, ...] = ()
     accessions: tuple[str, ...] = ()
     studies: tuple[str, ...] = ()  # ParticipantObjectContainsStudy
-
-    @property
-    def is_patient(self) -> bool:
-        if self.type_code == "1" and self.role == "1":
-            return True
-        return self.id_type.code == "2" and self.type_code in (None, "1")
-
-    @property
-    def is_study(self) -> bool:
-        return self.id_type.code == "110180"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.object_id, "id_type": self.id_type.to_dict()}
@@ -126,6 +108,3 @@ class AuditRecord:
     source_types: tuple[Code, ...] = ()
     objects: tuple[ParticipantObject, ...] = field(default=())
 
-    @property
-    def requestor(self) -> Participant | None:
-        return next((p for p in self.participants if p.requestor), None)
