@@ -229,6 +229,41 @@ def test_two_messages_in_one_pdu_are_kept_apart(tmp_path: Path) -> None:
     assert bodies == sorted([DATASET, other])
 
 
+def test_a_data_set_cut_anywhere_between_reads_is_spooled_whole(tmp_path: Path) -> None:
+    """The bulk of a data set is taken from each read in place; PDUs split between reads (in a
+    header, in a PDV header, in a value) go through the PDU reader: the file is the same."""
+    pixels = bytes(range(256)) * 1200  # 300 KB: ~19 P-DATA-TF PDUs of 16 KiB
+    dataset = DATASET + struct.pack("<HHI", 0x7FE0, 0x0010, len(pixels)) + pixels
+    messages = store_rq(7, dataset) + store_rq(8, dataset)
+    cuts = [1, 5, 6, 11, 12, 13, 4000, MAX_PDU + 6, MAX_PDU - 3, 70_000]
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        pos, i = 0, 0
+        while pos < len(messages):
+            size = cuts[i % len(cuts)]
+            await client.send(messages[pos:pos + size])
+            await asyncio.sleep(0.002)  # a read of its own, mostly
+            pos, i = pos + size, i + 1
+        answers: list[P.ParsedPDU] = []
+        while len(answers) < 2:
+            got = await client.read()
+            assert got, "no answer"
+            answers.extend(got)
+        assert [status_of(a) for a in answers] == [dimse.STATUS_SUCCESS] * 2
+
+    published = run(sf_route(tmp_path), scenario)
+    files = sorted((tmp_path / "spool" / "objects").glob("*.dcm"))
+    assert len(files) == 2
+    for f in files:  # the data set follows the file meta group, whose length is its first element
+        data = f.read_bytes()
+        assert data[128:132] == b"DICM" and data[144 + struct.unpack_from("<I", data, 140)[0]:] == dataset
+    # The decoder counted every byte, those taken in place included.
+    sizes = {e.details["sop_instance"]: e.details.get("bytes") for e in published
+             if e.kind == "dicom.dimse.c-store"}
+    assert sizes == {"1.2.3.7": len(dataset), "1.2.3.8": len(dataset)}
+
+
 def test_artim_and_the_pdu_limit_apply_as_on_a_relayed_route(tmp_path: Path) -> None:
     async def silent(client: Client, gate: Gate, published: list[Any]) -> None:
         # Nothing sent: the ARTIM timer (PS3.8 9.1.5) ends the connection.

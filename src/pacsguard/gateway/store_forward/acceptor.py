@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from pacsguard.gateway.relay import Side
 
 log = logging.getLogger("pacsguard.gateway")
+# A P-DATA-TF's first 12 bytes: type and reserved byte, PDU-length, PDV item length, context ID and
+# message control header (PS3.8 9.3.5, E.2): what `_bulk_run` checks in place.
+_DATA_PDU = struct.Struct(">HIIBB")
+_DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8
 
 
 def storage_sop_classes() -> frozenset[str]:
@@ -130,19 +135,66 @@ class StoreAssociation:
 
     def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
         """Bytes from the requestor; a view of the leg's buffer, valid only during this call (the
-        PDU reader copies what it keeps)."""
+        PDU reader copies what it keeps). The bulk of a data set is taken from it in place
+        (`_bulk_run`), the rest goes through the PDU reader."""
         if self.closed or self.state == "closed":
             return
         self.last_activity = time.monotonic()
+        view = memoryview(data)
+        fragments: list[memoryview] = []  # data set fragments of this read, written together
+        pos = 0
+        while pos < len(view) and not self.closed and self.state != "closed":
+            missing = self.reader.missing_bytes if self.reader.pending_bytes else 0
+            if missing:  # first the PDU the last read began, through the reader
+                cut = min(len(view), pos + missing)
+                if not self._feed(view[pos:cut], fragments):
+                    return
+                pos = cut
+                continue
+            ran = self._bulk_run(view, pos, fragments)
+            if ran == pos:
+                self._feed(view[pos:], fragments)
+                return
+            pos = ran
+        self._write_fragments(fragments)
+
+    def _bulk_run(self, view: memoryview, pos: int, fragments: list[memoryview]) -> int:
+        """From ``pos``, the whole P-DATA-TF PDUs of the data set in flight that `_bulk_fragment`
+        would take, checked in place: their values join ``fragments`` without a copy. Returns
+        where the run ends (``pos`` when there is none: a command, a last fragment, another PDU,
+        a header that fails a check, or one split between reads)."""
+        context_id = self.decoder.streaming_context(True)
+        if context_id is None or self.incoming is None or self.reader.pending_bytes:
+            return pos
+        limit = self.reader.max_pdu_length
+        negotiated = self.decoder.acceptor_max_pdu_length
+        if 0 < negotiated < limit:
+            limit = negotiated
+        start, end, count = pos, len(view), 0
+        while end - pos >= 12:
+            type_reserved, length, pdv_length, pdv_context, mch = _DATA_PDU.unpack_from(view, pos)
+            if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
+                    or pdv_context != context_id or mch or pos + 6 + length > end):
+                break
+            fragments.append(view[pos + 12:pos + 6 + length])
+            count += 1
+            pos += 6 + length
+        if count:
+            self.decoder.count_data_fragments(True, count, pos - start)
+            self.reader.skip(count, pos - start)
+        return pos
+
+    def _feed(self, data: memoryview, fragments: list[memoryview]) -> bool:
+        """``data`` through the PDU reader and each PDU it completes; False once the association
+        ended (a decode error, an abort)."""
         error: DecodeError | None = None
         try:
             pdus = self.reader.feed(data)
         except DecodeError as exc:
             pdus, error = exc.partial, exc
-        fragments: list[memoryview] = []  # data set fragments of this read, written together
         for pdu in pdus:
             if self.closed or self.state == "closed":
-                return
+                return False
             if self._bulk_fragment(pdu, fragments):
                 continue
             self._write_fragments(fragments)
@@ -150,10 +202,12 @@ class StoreAssociation:
                 self._on_pdu(pdu)
             except DecodeError as exc:
                 self.decode_error(exc)
-                return
+                return False
         self._write_fragments(fragments)
         if error is not None and not self.closed:
             self.decode_error(error)
+            return False
+        return not self.closed
 
     def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
         if self.closed:
