@@ -74,7 +74,9 @@ Request", "Received Store Response" and "Releasing Association" are parsed:
 
 CPU time is read around every run: storescu's from its rusage, storescp's and the relay's (the
 gateway with its event-writer thread, or socat with its forked child) from /proc, 0.2 s after
-storescu exits so that the relay's tail work (closing, flushing events) is counted. At the end the
+storescu exits so that the relay's tail work (closing, flushing events) is counted. For the Python
+relays the small table is followed by their CPU per C-STORE by thread: the event loop's (the main
+thread) user and system time, and that of the other threads (event writer, journal, workers). At the end the
 gateway is stopped (SIGTERM: open associations finish, the event bus is flushed) and its store is
 opened: every C-STORE sent through it must be recorded as one
 ``dicom.dimse.c-store`` event with status 0x0000, the SOP Instance UIDs matching what was sent.
