@@ -264,31 +264,18 @@ def _skim(buf: Buffer, pos: int, implicit: bool, final: bool, peek: DatasetPeek)
     bookkeeping of nesting).
 
     It runs once per stored object over every top-level element up to (0020,000E), ~120 of them in
-    a CT header: one loop per VR encoding, constants as literals and locals, and a value's end
-    computed only for the few wanted elements."""
+    a CT header: constants as literals and locals, and a value's end computed only for the few
+    wanted elements."""
     last = len(buf) - 8  # the last offset where an element header fits
     wanted_of = _WANTED.get
-    if implicit:
-        head = _LE_TAG.unpack_from
-        while pos <= last:
+    head = _LE_TAG.unpack_from if implicit else _LE_EXPLICIT.unpack_from
+    u32 = _LE_U32.unpack_from
+    long_vrs = _LONG_VRS_LE
+    while pos <= last:
+        if implicit:
             group, element, length = head(buf, pos)
-            if group == 0xFFFE or length == 0xFFFFFFFF:
-                return pos, False
-            tag = (group << 16) | element
-            if tag > 0x0020000E:  # _STOP_TAG
-                peek.complete = True
-                return pos, True
-            wanted = wanted_of(tag)
-            if wanted is not None:
-                if pos + 8 + length > last + 8:
-                    return pos, True  # value cut by the fragment end
-                _store(peek, wanted[0], wanted[1], bytes(buf[pos + 8:pos + 8 + length]))
-            pos += 8 + length
-    else:
-        head = _LE_EXPLICIT.unpack_from
-        u32 = _LE_U32.unpack_from
-        long_vrs = _LONG_VRS_LE
-        while pos <= last:
+            start = pos + 8
+        else:
             group, element, vr, length = head(buf, pos)
             if vr in long_vrs:
                 if pos + 4 > last:
@@ -297,18 +284,18 @@ def _skim(buf: Buffer, pos: int, implicit: bool, final: bool, peek: DatasetPeek)
                 start = pos + 12
             else:
                 start = pos + 8
-            if group == 0xFFFE or length == 0xFFFFFFFF:
-                return pos, False
-            tag = (group << 16) | element
-            if tag > 0x0020000E:  # _STOP_TAG
-                peek.complete = True
-                return pos, True
-            wanted = wanted_of(tag)
-            if wanted is not None:
-                if start + length > last + 8:
-                    return pos, True  # value cut by the fragment end
-                _store(peek, wanted[0], wanted[1], bytes(buf[start:start + length]))
-            pos = start + length
+        if group == 0xFFFE or length == 0xFFFFFFFF:
+            return pos, False
+        tag = (group << 16) | element
+        if tag > 0x0020000E:  # _STOP_TAG
+            peek.complete = True
+            return pos, True
+        wanted = wanted_of(tag)
+        if wanted is not None:
+            if start + length > last + 8:
+                return pos, True  # value cut by the fragment end
+            _store(peek, wanted[0], wanted[1], bytes(buf[start:start + length]))
+        pos = start + length
     if pos == last + 8 and final:
         peek.complete = True
     return pos, True
