@@ -74,7 +74,9 @@ Request", "Received Store Response" and "Releasing Association" are parsed:
 
 CPU time is read around every run: storescu's from its rusage, storescp's and the relay's (the
 gateway with its event-writer thread, or socat with its forked child) from /proc, 0.2 s after
-storescu exits so that the relay's tail work (closing, flushing events) is counted. At the end the
+storescu exits so that the relay's tail work (closing, flushing events) is counted. For the Python
+relays the small table is followed by their CPU per C-STORE by thread: the event loop's (the main
+thread) user and system time, and that of the other threads (event writer, journal, workers). At the end the
 gateway is stopped (SIGTERM: open associations finish, the event bus is flushed) and its store is
 opened: every C-STORE sent through it must be recorded as one
 ``dicom.dimse.c-store`` event with status 0x0000, the SOP Instance UIDs matching what was sent.
@@ -266,6 +268,24 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in children_of(pid))
 
 
+def thread_cpu(pid: int) -> tuple[float, float, float, float]:
+    """CPU seconds of a process by thread: the main thread's (the gateway's event loop) user and
+    system time, and the other threads' (event writer, journal, workers) user and system time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main_user = main_sys = other_user = other_sys = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        user, system = int(fields[11]) / tick, int(fields[12]) / tick
+        if task.name == str(pid):
+            main_user, main_sys = user, system
+        else:
+            other_user, other_sys = other_user + user, other_sys + system
+    return main_user, main_sys, other_user, other_sys
+
+
 @dataclass
 class Path_:
     name: str
@@ -288,6 +308,8 @@ class Run:
     client_cpu: float = 0.0  # storescu
     sink_cpu: float = 0.0  # storescp
     delivered: float | None = None  # store-and-forward: storescu's start -> the spool drained
+    # the relay by thread: loop user, loop system, other threads user, other threads system
+    threads: tuple[float, float, float, float] | None = None
 
 
 def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: int,
@@ -298,6 +320,7 @@ def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: 
            *path.client_args, "+sd", HOST, str(path.port), str(corpus.directory)]
     sink_pid = path.sink_pid or sink_pid
     before = cpu_seconds(path.pid) if path.pid else None
+    threads_before = thread_cpu(path.pid) if path.pid else None
     sink_before = cpu_seconds(sink_pid)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -310,6 +333,10 @@ def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: 
         delivered = time.perf_counter() - t0
     settle(path.pid, persistent)
     cpu = cpu_seconds(path.pid) - before if path.pid and before is not None else None
+    threads = None
+    if path.pid and threads_before is not None:
+        lu, ls, ou, os_ = (b - a for a, b in zip(threads_before, thread_cpu(path.pid), strict=True))
+        threads = (lu, ls, ou, os_)
     sink_cpu = cpu_seconds(sink_pid) - sink_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # storescu, the only child reaped meanwhile
     client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
@@ -344,7 +371,7 @@ def storescu(path: Path_, corpus: Corpus, logcfg: Path, max_pdu: int, sink_pid: 
         raise SystemExit(f"storescu via {path.name}: {ok}/{corpus.count} successful C-STOREs "
                          f"({len(rtts)} timed)\n{proc.stderr[-3000:]}")
     return Run(wall, marks["ac"] - marks["rq"], marks["last_rsp"] - marks["ac"], rtts, ok, max_pdv, cpu,
-               client_cpu, sink_cpu, delivered)
+               client_cpu, sink_cpu, delivered, threads)
 
 
 # --- profiling -----------------------------------------------------------------------------------
@@ -840,6 +867,17 @@ def report(args: argparse.Namespace, small: Corpus, large: Corpus, paths: list[P
     console.print(table)
     console.print("RTT = storescu's own timestamps, 'Sending Store Request' -> 'Received Store Response', every "
                   f"C-STORE of the {args.repeat} timed runs pooled; mean = in-association time / count")
+    split = []
+    for name in names:
+        runs = results[("small", name)]
+        if runs[0].threads is None or name == "socat":
+            continue
+        loop_user, loop_sys, other_user, other_sys = (med([r.threads[i] for r in runs]) * 1e3 / small.count  # type: ignore[index]
+                                                      for i in range(4))
+        split.append(f"{name} loop {loop_user:.3f} user + {loop_sys:.3f} sys, other threads {other_user:.3f} user + "
+                     f"{other_sys:.3f} sys")
+    if split:
+        console.print("relay CPU ms / C-STORE by thread (medians): " + "; ".join(split))
 
     ok_tp = ratios["gateway"] >= 0.9
     ok_lat = added["gateway"] <= 0.001

@@ -261,39 +261,42 @@ def _skim(buf: Buffer, pos: int, implicit: bool, final: bool, peek: DatasetPeek)
     ``pos``, element after element, as long as every length is defined. Returns where it stopped
     and whether the walk is over; an undefined length or an item tag hands the rest to `_walk`'s
     general loop, which reads the same bytes the same way (this one only saves the per-element
-    bookkeeping of nesting)."""
-    size = len(buf)
+    bookkeeping of nesting).
+
+    It runs once per stored object over every top-level element up to (0020,000E), ~120 of them in
+    a CT header: constants as literals and locals, and a value's end computed only for the few
+    wanted elements."""
+    last = len(buf) - 8  # the last offset where an element header fits
     wanted_of = _WANTED.get
-    u32 = _LE_U32.unpack_from
     head = _LE_TAG.unpack_from if implicit else _LE_EXPLICIT.unpack_from
+    u32 = _LE_U32.unpack_from
     long_vrs = _LONG_VRS_LE
-    while size - pos >= 8:
+    while pos <= last:
         if implicit:
             group, element, length = head(buf, pos)
-            value_start = pos + 8
+            start = pos + 8
         else:
             group, element, vr, length = head(buf, pos)
             if vr in long_vrs:
-                if size - pos < 12:
+                if pos + 4 > last:
                     return pos, True
                 length = u32(buf, pos + 8)[0]
-                value_start = pos + 12
+                start = pos + 12
             else:
-                value_start = pos + 8
-        if group == 0xFFFE or length == _UNDEFINED:
+                start = pos + 8
+        if group == 0xFFFE or length == 0xFFFFFFFF:
             return pos, False
         tag = (group << 16) | element
-        if tag > _STOP_TAG:
+        if tag > 0x0020000E:  # _STOP_TAG
             peek.complete = True
             return pos, True
-        value_end = value_start + length
         wanted = wanted_of(tag)
         if wanted is not None:
-            if value_end > size:
+            if start + length > last + 8:
                 return pos, True  # value cut by the fragment end
-            _store(peek, wanted[0], wanted[1], bytes(buf[value_start:value_end]))
-        pos = value_end
-    if pos == size and final:
+            _store(peek, wanted[0], wanted[1], bytes(buf[start:start + length]))
+        pos = start + length
+    if pos == last + 8 and final:
         peek.complete = True
     return pos, True
 

@@ -719,10 +719,14 @@ class AssociationRelay:
                 self._record().dataset_start(ev)
             elif isinstance(ev, DimseDatasetEnd):
                 self._record().dataset_end(ev)
-        # Fast path: one data PDV, nothing held or swallowed in this direction.
-        if (not decisions and not self.held[from_client] and self.dropping[from_client] is None
-                and self.collecting[from_client] is None and len(raw) > 11 and not raw[11] & 0x01
-                and int.from_bytes(raw[6:10], "big") == len(raw) - 10):
+        # Fast path: one PDV, nothing held or swallowed in this direction, and either a data fragment
+        # or a whole command set that passes as it came (what _sort_pdvs would re-encode byte for byte:
+        # reserved PDU byte and control header bits zero, PS3.8 9.3.5, E.2).
+        if (not self.held[from_client] and self.dropping[from_client] is None
+                and self.collecting[from_client] is None and len(raw) > 11
+                and int.from_bytes(raw[6:10], "big") == len(raw) - 10
+                and (not raw[11] & 0x01 and not decisions
+                     or raw[11] == 0x03 and not raw[1] and len(decisions) == 1 and decisions[0] is None)):
             return [raw]
         return self._sort_pdvs(from_client, raw, decisions)
 
