@@ -68,6 +68,16 @@ class Client:
         return [P.parse_pdu(raw.raw) for raw in self.pdus.feed(data)]
 
 
+async def answers(client: Client, count: int) -> list[P.ParsedPDU]:
+    """The next ``count`` PDUs from the gateway, however many reads they take."""
+    got: list[P.ParsedPDU] = []
+    while len(got) < count:
+        more = await client.read()
+        assert more, "no answer"
+        got.extend(more)
+    return got
+
+
 def status_of(pdu: P.ParsedPDU) -> int | None:
     assert isinstance(pdu, P.PDataTF)
     return dimse.decode_command_set(b"".join(bytes(v.value) for v in pdu.pdvs if v.is_command)).status
@@ -215,12 +225,7 @@ def test_two_messages_in_one_pdu_are_kept_apart(tmp_path: Path) -> None:
     async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
         await associate(client)
         await client.send(pdu)
-        answers: list[P.ParsedPDU] = []
-        while len(answers) < 2:
-            got = await client.read()
-            assert got, "no answer"
-            answers.extend(got)
-        assert [status_of(a) for a in answers] == [dimse.STATUS_SUCCESS] * 2
+        assert [status_of(a) for a in await answers(client, 2)] == [dimse.STATUS_SUCCESS] * 2
 
     published = run(sf_route(tmp_path), scenario)
     received = {e.details["sop_instance"]: e for e in published if e.kind == "gateway.object.received"}
@@ -245,12 +250,7 @@ def test_a_data_set_cut_anywhere_between_reads_is_spooled_whole(tmp_path: Path) 
             await client.send(messages[pos:pos + size])
             await asyncio.sleep(0.002)  # a read of its own, mostly
             pos, i = pos + size, i + 1
-        answers: list[P.ParsedPDU] = []
-        while len(answers) < 2:
-            got = await client.read()
-            assert got, "no answer"
-            answers.extend(got)
-        assert [status_of(a) for a in answers] == [dimse.STATUS_SUCCESS] * 2
+        assert [status_of(a) for a in await answers(client, 2)] == [dimse.STATUS_SUCCESS] * 2
 
     published = run(sf_route(tmp_path), scenario)
     files = sorted((tmp_path / "spool" / "objects").glob("*.dcm"))
