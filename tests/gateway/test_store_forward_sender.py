@@ -171,3 +171,31 @@ def test_a_rejected_or_unreachable_association_is_refused_with_the_reason(tmp_pa
     with pytest.raises(Refused, match=f"RECORDER@127.0.0.1:{scp.port} could not be reached"):
         StoreAssociation.open(route, route.destinations[0], [ct])
     assert scp.received == {}
+
+
+def test_a_destination_that_fails_a_c_find_is_asked_no_more_on_that_association(tmp_path):
+    """Orthanc refuses a C-FIND from an AE title it does not know and then aborts: a second query
+    sent as the abort arrives waited the whole DIMSE timeout. One failed C-FIND answers for the
+    rest of the objects in doubt (cannot ask: sent again, at-least-once)."""
+    scp = RecordingSCP(16384)
+    queries: list[str] = []
+
+    def refuse(event):  # type: ignore[no-untyped-def]
+        queries.append(str(event.identifier.SOPInstanceUID))
+        yield 0xC000, None  # unable to process (PS3.4 C.4.1.1.4)
+
+    from pynetdicom import evt
+
+    scp.server.unbind(evt.EVT_C_FIND, scp._find)
+    scp.server.bind(evt.EVT_C_FIND, refuse)
+    try:
+        files = fresh_ct(tmp_path / "ct", 3, kib=64)
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        events = forward(route, tmp_path / "spool", files, in_doubt=True)
+        checks = [e for e in events if e.kind == "gateway.object.in-doubt"]
+        assert len(queries) == 1 and len(checks) == 3
+        assert all(e.details["answer"] == "cannot-ask" for e in checks)
+        assert sum("an earlier C-FIND on the association failed" in e.details["reason"] for e in checks) == 2
+        assert forwarded(events) == 3 and len(scp.received) == 3  # sent, once each
+    finally:
+        scp.server.shutdown()

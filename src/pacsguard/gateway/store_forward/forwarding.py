@@ -9,7 +9,7 @@ gateway runs threads and an event loop, which a fork would copy half-way; not mu
 spawn, which re-runs the gateway's main script). Between the two, one socket pair carries
 pickled messages (multiprocessing.connection):
 
-    gateway -> child   (route, spool folder, destinations, objects owed)   first, once
+    gateway -> child   (route, spool folder, destinations, objects owed, log level)   first, once
                        ("add", SpooledMeta)   an object committed to objects/, to forward
                        ("stop", None)         finish the object in flight, then exit
     child -> gateway   ("event", Event)       a forwarder's record, published by the gateway
@@ -72,7 +72,8 @@ class ForwardingProcess:
             process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         conn = Connection(ours.detach())
-        conn.send((self.route, self.spool.root, self.destinations, waiting))
+        level = logging.getLogger("pacsguard").getEffectiveLevel()  # the child logs as the gateway does
+        conn.send((self.route, self.spool.root, self.destinations, waiting, level))
         self._conn, self._process = conn, process
         self._pump = threading.Thread(target=self._read, args=(conn,), name=f"pacsguard-forwarding-{self.route.name}",
                                       daemon=True)
@@ -215,12 +216,13 @@ def client_context(destination: Destination) -> Any:
 
 def main(argv: list[str]) -> int:
     """The child's entry point: the socket's descriptor as the only argument."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     conn = Connection(int(argv[1]))
     try:
-        route, root, destinations, waiting = conn.recv()
+        route, root, destinations, waiting, level = conn.recv()
     except (EOFError, OSError):
         return 1
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pacsguard").setLevel(level)
     child_main(route, root, destinations, waiting, conn)
     return 0
 

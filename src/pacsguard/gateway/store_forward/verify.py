@@ -92,7 +92,16 @@ def ask(route: Route, destination: Destination, metas: Sequence[SpooledMeta],
             why = f"{CANNOT_ASK} (it accepted no Study Root FIND context)"
             return {m.id: Reply(Answer.CANNOT_ASK, why) for m in metas}
         for meta in metas:
-            replies[meta.id] = _find(assoc, meta)
+            reply = _find(assoc, meta)
+            replies[meta.id] = reply
+            if reply.answer is Answer.CANNOT_ASK:
+                # A destination that failed one C-FIND (a refusal, then often an abort: Orthanc for an
+                # AE title it does not know) is not asked again on this association: a query sent as
+                # the abort arrives can wait the whole DIMSE timeout for an answer that never comes.
+                why = f"{CANNOT_ASK} (an earlier C-FIND on the association failed: {reply.reason})"
+                for rest in metas:
+                    replies.setdefault(rest.id, Reply(Answer.CANNOT_ASK, why))
+                break
     finally:
         if assoc.is_established:
             assoc.release()
