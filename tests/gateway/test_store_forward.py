@@ -236,12 +236,16 @@ def test_sigkill_mid_batch_loses_nothing_acknowledged_and_duplicates_nothing(dcm
                                                                              tmp_path):
     pacs = orthanc()
     gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), (counter.port, "COUNTER")))
-    files = fresh_ct(tmp_path / "batch", 100, kib=256)
+    files = fresh_ct(tmp_path / "batch", 200, kib=256)
     sender = subprocess.Popen([dcmtk.path("storescu"), "-v", "-xe", *target(gw), *map(str, files)],
                               env=dcmtk.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Kill the gateway while the batch is half received and forwarding is under way.
-    wait_until(lambda: len(list((gw.home / "var/spool/sf/objects").glob("*.json"))) + len(counter.counts) >= 25,
-               60, "half the batch spooled")
+    # Kill the gateway while the batch is being received and forwarded. The spool takes a few hundred
+    # 256 KiB objects a second, so it is watched closely (wait_until's 0.2 s would miss the window).
+    objects = gw.home / "var/spool/sf/objects"
+    deadline = time.monotonic() + 60
+    while len(list(objects.glob("*.json"))) + len(counter.counts) < 15:
+        assert time.monotonic() < deadline and sender.poll() is None, "the batch was not under way"
+        time.sleep(0.002)
     gw.kill()
     out, _ = sender.communicate(timeout=60)
     acknowledged = storescu_acknowledged(out, files)
