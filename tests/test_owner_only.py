@@ -74,3 +74,31 @@ def test_demo_pacs_storage_is_owner_only(tmp_path: Path, umask_022: None) -> Non
     stored = list(storage.rglob("*.dcm"))
     assert len(stored) == 1
     assert _mode(storage) == 0o700 and _mode(stored[0].parent) == 0o700 and _mode(stored[0]) == 0o600
+
+
+def test_a_lock_is_held_by_one_process_at_a_time_and_dropped_when_it_dies(tmp_path: Path, umask_022: None) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from pacsguard.owner_only import hold_lock
+
+    path = tmp_path / "locks" / "spool.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from pacsguard.owner_only import hold_lock; "
+                               f"assert hold_lock(Path({str(path)!r})) is not None; print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # created private, whatever the umask
+        started = time.monotonic()
+        assert hold_lock(path, wait=0.3) is None  # held elsewhere: waited, then gave up
+        assert time.monotonic() - started >= 0.3
+        holder.kill()  # SIGKILL: the kernel drops its lock, no stale file to clean up
+        holder.wait(10)
+        fd = hold_lock(path, wait=5)
+        assert fd is not None
+        os.close(fd)
+    finally:
+        holder.kill()
+        holder.wait(10)

@@ -7,7 +7,10 @@ cannot widen them. Files and folders that already exist keep the mode their owne
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import time
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -52,3 +55,22 @@ def write_private_file(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fh.fileno(), FILE_MODE)
         fh.write(data)
+
+
+def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
+    """Open ``path`` (created 0600 if missing) and take its exclusive lock (flock), waiting up to
+    ``wait`` seconds for another holder to let go. Returns the open descriptor, which holds the lock
+    until it is closed, or None when another process still holds it. The kernel drops the lock when
+    its process dies, SIGKILL included, so a restart never finds a stale one."""
+    create_private_file(path)
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)

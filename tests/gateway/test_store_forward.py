@@ -473,6 +473,9 @@ def test_the_forwarding_process_is_restarted_when_killed_and_delivers_everything
     sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
     wait_until(lambda: set(counter.counts) == sent, 60, "every object reaches the counter")
     assert forwarding_child(gw) != first
+    restarted = gw.wait_for("gateway.forwarding.restarted")[0]
+    assert restarted.details["signal"] == "SIGKILL" and restarted.details["exit_code"] == -9, restarted.details
+    assert restarted.severity <= 3 and restarted.details["route"] == "sf"
     pacs.wait_for_instances(len(files))
     # Once each, but for at most the one in flight when it was killed (it cannot be asked: the
     # counter answers no C-FIND), which is recorded as in doubt.

@@ -52,6 +52,39 @@ _U32 = struct.Struct(">I")
 _COMPACT_THRESHOLD: Final = 64 * 1024
 
 
+# The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length, PDV
+# item length, presentation context ID, message control header (PS3.8 9.3.5, E.2).
+_DATA_PDU = struct.Struct(">HIIBB")
+_DATA_PDU_TYPE: Final = PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
+
+
+def data_fragment_run(data: Buffer, pos: int, context_id: int, limit: int, *, whole: bool,
+                      values: list[memoryview] | None = None) -> tuple[int, int]:
+    """The run of P-DATA-TF PDUs from *pos* that each carry one data set fragment which is not
+    the last (PS3.8 9.3.5, E.2: one PDV, on *context_id*, message control header 0), with a
+    PDU-length of at most *limit*. Checks the headers in place, for callers that take the bulk of
+    a data set without splitting it into PDUs; the first PDU that is anything else ends the run.
+
+    Returns (where the run ends, how many PDUs). With *whole*, every PDU of the run lies within
+    *data*; otherwise the last one may run past its end (its header was checked: the caller passes
+    the rest on as it arrives). *values*, when given, receives a view of each fragment's bytes.
+    """
+    end = len(data)
+    view = memoryview(data)
+    count = 0
+    unpack = _DATA_PDU.unpack_from
+    while end - pos >= 12:
+        type_reserved, length, pdv_length, pdv_context, mch = unpack(view, pos)
+        if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
+                or pdv_context != context_id or mch or (whole and pos + 6 + length > end)):
+            break
+        if values is not None:
+            values.append(view[pos + 12:pos + 6 + length])
+        count += 1
+        pos += 6 + length
+    return pos, count
+
+
 @dataclass(slots=True, frozen=True)
 class RawPDU:
     """One complete PDU as received: type byte and the bytes *including* the header."""

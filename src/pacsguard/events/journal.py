@@ -21,7 +21,6 @@ it is created 0600, and emptying overwrites what it held.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacsguard.events.model import Event
-from pacsguard.owner_only import create_private_file
+from pacsguard.owner_only import hold_lock
 
 if TYPE_CHECKING:
     from pacsguard.events.bus import EventBus
@@ -50,14 +49,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         """Open (or create) the journal; BlockingIOError when another process has it open."""
         self.path = path
-        create_private_file(path)
-        self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        try:
-            # One writer per journal: a second process on the same store must not empty it.
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._fd)
-            raise BlockingIOError(f"{path} is in use by another process") from None
+        # One writer per journal: a second process on the same store must not empty it.
+        fd = hold_lock(path)
+        if fd is None:
+            raise BlockingIOError(f"{path} is in use by another process")
+        self._fd = fd
         self.size = len(_lines(path.read_bytes()))  # where the next line goes
         self.capacity = os.fstat(self._fd).st_size  # zero-filled up to here
 

@@ -51,6 +51,11 @@ KINDS = (
               "the destination was asked with a C-FIND whether it holds it (found: not sent again), or could not be",
               {**_OBJECT, "destination": STRING, "answer": {"enum": ["found", "absent", "cannot-ask", "not-asked"]},
                "reason": STRING}, required=("route", "spool_id", "destination", "answer")),
+    EventKind("gateway.forwarding.restarted",
+              "a store-and-forward route's forwarding process ended on its own (a crash, a kill) and is started "
+              "again; what it had in flight is settled from the spool's markers",
+              {**_ROUTE, "exit_code": nullable(INTEGER), "signal": nullable(STRING), "restart_in": NUMBER},
+              required=("route", "exit_code", "restart_in")),
     EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
               {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
               required=("route", "bytes", "objects")),

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
 import time
 from collections import deque
 from dataclasses import replace
@@ -47,7 +46,7 @@ from pacsguard.dicom.events import (
     ReleaseCompleted,
     ReleaseRequested,
 )
-from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
 from pacsguard.gateway.outbox import Outbox
@@ -72,10 +71,6 @@ PEEK_BYTES = 64 * 1024
 # it, up to what uvloop itself reads at once.
 READ_BUFFER_MIN = 16 * 1024
 READ_BUFFER_MAX = 256 * 1024
-# The first 12 bytes of a P-DATA-TF holding one PDV: PDU type and reserved byte, PDU-length,
-# PDV item length, presentation context ID, message control header (PS3.8 9.3.5, E.2).
-_DATA_PDU = struct.Struct(">HIIBB")
-_DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8  # type 0x04, reserved byte 0
 
 
 class Endpoint(Protocol):
@@ -398,15 +393,7 @@ class AssociationRelay:
         negotiated = decoder.acceptor_max_pdu_length if from_client else decoder.requestor_max_pdu_length
         if 0 < negotiated < limit:
             limit = negotiated
-        count = 0
-        unpack = _DATA_PDU.unpack_from
-        while end - pos >= 12:
-            type_reserved, length, pdv_length, pdv_context, mch = unpack(data, pos)
-            if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
-                    or pdv_context != context_id or mch):
-                break
-            count += 1
-            pos += 6 + length
+        pos, count = data_fragment_run(data, pos, context_id, limit, whole=False)
         if count:
             decoder.count_data_fragments(from_client, count, pos - scan)
             self.readers[from_client].skip(count, pos - scan)

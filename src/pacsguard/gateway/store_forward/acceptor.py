@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -30,7 +29,7 @@ from pacsguard.dicom import events as E
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
-from pacsguard.dicom.stream import PDUReader, RawPDU
+from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
 from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import decide
 from pacsguard.gateway.outbox import Outbox
@@ -46,10 +45,6 @@ if TYPE_CHECKING:
     from pacsguard.gateway.relay import Side
 
 log = logging.getLogger("pacsguard.gateway")
-# A P-DATA-TF's first 12 bytes: type and reserved byte, PDU-length, PDV item length, context ID and
-# message control header (PS3.8 9.3.5, E.2): what `_bulk_run` checks in place.
-_DATA_PDU = struct.Struct(">HIIBB")
-_DATA_PDU_TYPE = P.PDU_P_DATA_TF << 8
 
 
 def storage_sop_classes() -> frozenset[str]:
@@ -170,15 +165,8 @@ class StoreAssociation:
         negotiated = self.decoder.acceptor_max_pdu_length
         if 0 < negotiated < limit:
             limit = negotiated
-        start, end, count = pos, len(view), 0
-        while end - pos >= 12:
-            type_reserved, length, pdv_length, pdv_context, mch = _DATA_PDU.unpack_from(view, pos)
-            if (type_reserved != _DATA_PDU_TYPE or length > limit or pdv_length + 4 != length or pdv_length < 2
-                    or pdv_context != context_id or mch or pos + 6 + length > end):
-                break
-            fragments.append(view[pos + 12:pos + 6 + length])
-            count += 1
-            pos += 6 + length
+        start = pos
+        pos, count = data_fragment_run(view, pos, context_id, limit, whole=True, values=fragments)
         if count:
             self.decoder.count_data_fragments(True, count, pos - start)
             self.reader.skip(count, pos - start)
@@ -316,12 +304,12 @@ class StoreAssociation:
         context. The decoder only counts it (as on_pdu would); its value joins ``fragments``, which
         go to the object's file before the next PDU that is not one (`_write_fragments`)."""
         raw = pdu.raw
+        context_id = self.decoder.streaming_context(True)
         if (pdu.pdu_type != P.PDU_P_DATA_TF or self.state != "established" or self.incoming is None
-                or len(raw) <= 12 or raw[11] != 0 or int.from_bytes(raw[6:10], "big") != len(raw) - 10
-                or raw[10] != self.decoder.streaming_context(True)):
+                or context_id is None
+                or data_fragment_run(raw, 0, context_id, len(raw), whole=True, values=fragments)[1] != 1):
             return False
         self.decoder.count_data_fragments(True, 1, len(raw))
-        fragments.append(memoryview(raw)[12:])
         return True
 
     def _write_fragments(self, fragments: list[memoryview]) -> None:

@@ -25,8 +25,6 @@ from one spool at once: each holds ``forward.lock`` while it forwards.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import signal
@@ -34,7 +32,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,7 +39,9 @@ from typing import Any
 
 from pacsguard.config.schema import Destination, Route
 from pacsguard.events import Event
+from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
+from pacsguard.owner_only import hold_lock
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -124,7 +123,9 @@ class ForwardingProcess:
         if self._stopping.is_set():
             return
         code = self._process.wait() if self._process is not None else None
-        log.error("route %s: the forwarding process ended (exit code %s); starting it again", self.route.name, code)
+        event = records.forwarding_restarted(self.route.name, code, RESTART_DELAY)
+        log.error("%s", event.message)
+        self.publish(event)
         if self._stopping.wait(RESTART_DELAY):
             return
         self.start(self.spool.waiting())
@@ -160,7 +161,7 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
     # pynetdicom (the C-FIND check, verify.py) describes every PDU with its standard handlers; the
     # forwarders record their own events, so those stay unbound.
     _config.LOG_HANDLER_LEVEL = "none"
-    lock = _lock_spool(root)
+    lock = hold_lock(root / "forward.lock", wait=LOCK_WAIT)
     if lock is None:  # ends: the gateway starts another child, which waits again
         log.error("route %s: another forwarding process still holds %s", route.name, root / "forward.lock")
         return
@@ -187,21 +188,6 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
     for forwarder in forwarders:
         forwarder.stop()
     os.close(lock)
-
-
-def _lock_spool(root: Path) -> int | None:
-    """Hold ``forward.lock``, waiting for a previous child to let go; None after LOCK_WAIT."""
-    fd = os.open(root / "forward.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.1)
 
 
 def client_context(destination: Destination) -> Any:

@@ -5,6 +5,7 @@ audit trail is patient-specific)."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from pacsguard.events import Event, Outcome, Party, Severity
@@ -16,6 +17,7 @@ QUARANTINED = "gateway.object.quarantined"
 FORWARDED = "gateway.object.forwarded"
 DELAYED = "gateway.object.delayed"
 IN_DOUBT = "gateway.object.in-doubt"
+RESTARTED = "gateway.forwarding.restarted"
 HIGH_WATER = "gateway.spool.high-water"
 PURGED = "gateway.spool.purged"
 
@@ -108,3 +110,18 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
                  patient_ids=tuple(patients), study_uids=tuple(studies), sop_instance_count=len(metas),
                  details={"route": route, "spool_ids": [m.id for m in metas], "states": states,
                           "sop_instances": [m.object.sop_instance_uid for m in metas]})
+
+
+def forwarding_restarted(route: str, exit_code: int | None, restart_in: float) -> Event:
+    """The route's forwarding process ended while the gateway still ran (``exit_code`` as
+    subprocess reports it: negative for the signal that ended it)."""
+    sig = None
+    if exit_code is not None and exit_code < 0:
+        try:
+            sig = signal.Signals(-exit_code).name
+        except ValueError:
+            sig = f"signal {-exit_code}"
+    how = f"killed by {sig}" if sig else f"exit code {exit_code}"
+    return Event(kind=RESTARTED, component="gateway", severity=Severity.ERROR, outcome=Outcome.MAJOR_FAILURE,
+                 message=f"route {route}: the forwarding process ended ({how}); starting it again in {restart_in:g} s",
+                 details={"route": route, "exit_code": exit_code, "signal": sig, "restart_in": restart_in})

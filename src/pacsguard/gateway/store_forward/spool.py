@@ -25,7 +25,6 @@ created in objects/ directly and the folder fsync'd (its name is all it says).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from uuid import uuid4
 from pacsguard.gateway.objects import ReceivedObject
 from pacsguard.gateway.store_forward.reuse import FilePool
 from pacsguard.gateway.store_forward.syncing import FolderSync, fsync_dir
+from pacsguard.owner_only import hold_lock
 
 MIB = 1024 * 1024
 
@@ -191,13 +191,9 @@ class Spool:
         SIGKILL, so a restart never finds a stale one."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OSError(errno.EBUSY, f"spool {self.root} is in use by another gateway process") from None
-        self._lock_fd = fd
+        self._lock_fd = hold_lock(self.root / "lock")
+        if self._lock_fd is None:
+            raise OSError(errno.EBUSY, f"spool {self.root} is in use by another gateway process")
 
     def close(self) -> None:
         """Release the spool's lock (at the route's stop)."""
