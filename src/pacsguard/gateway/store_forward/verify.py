@@ -12,7 +12,9 @@ object again (at-least-once for that object), and the event says so."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -28,6 +30,7 @@ from pacsguard.dicom.dimse import status_category
 from pacsguard.gateway.store_forward.scu import associate, unreachable
 from pacsguard.gateway.store_forward.spool import SpooledMeta
 
+ABORT_POLL = 0.05  # seconds between looks at the association while a C-FIND waits
 AT_LEAST_ONCE = "at-least-once for this object"
 CANNOT_ASK = f"destination cannot be asked; {AT_LEAST_ONCE}"
 
@@ -114,7 +117,9 @@ def _find(assoc: Any, meta: SpooledMeta) -> Reply:
     uid = meta.object.sop_instance_uid
     found = False
     try:
-        for status, match in assoc.send_c_find(identifier(meta), FIND_MODEL):
+        with _woken_on_abort(assoc):
+            responses = list(assoc.send_c_find(identifier(meta), FIND_MODEL))
+        for status, match in responses:
             code = getattr(status, "Status", None)
             if code is None:
                 return Reply(Answer.CANNOT_ASK, f"{CANNOT_ASK} (no C-FIND response: the association ended)")
@@ -128,3 +133,31 @@ def _find(assoc: Any, meta: SpooledMeta) -> Reply:
     if found:
         return Reply(Answer.FOUND, "the destination holds it (C-FIND): not sent again")
     return Reply(Answer.ABSENT, "the destination does not hold it (C-FIND): sent again")
+
+
+@contextmanager
+def _woken_on_abort(assoc: Any) -> Iterator[None]:
+    """While a C-FIND waits for its responses, wake it as soon as the association is aborted.
+
+    pynetdicom (3.0) wakes a waiting request by queueing an empty message when the peer aborts,
+    but its reactor thread, which polls the same queue, can take that message first when the abort
+    comes just as the request is sent (Orthanc aborts at once on a C-FIND from an AE title it does
+    not know). The request then waited the whole DIMSE timeout, and the objects in doubt with it
+    (30 s, seen in a CI run). Here a watcher queues another empty message once an abort has arrived
+    or the connection is gone; a C-FIND that merely takes long still has the whole timeout."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(ABORT_POLL):
+            # The DUL's own view: the reactor, paused during the request, may not have looked yet.
+            if assoc.is_aborted or not assoc.is_established or assoc.acse.is_aborted() or not assoc.dul.is_alive():
+                assoc.dimse.msg_queue.put((None, None))
+                return
+
+    watcher = threading.Thread(target=watch, name="pacsguard-c-find-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
