@@ -218,7 +218,9 @@ class RecordingUpstream:
         if kind == P.PDU_P_DATA_TF:
             for context_id, mch, start, end in P.pdv_spans(frame):
                 if mch == 0x03:  # last command fragment: this upstream only knows one-PDV commands
-                    command = dimse.decode_command_set(frame[start:end])
+                    # Lenient as dcmtk is: the gateway passes the deviations peers tolerate (a
+                    # mutated Command Group Length) on, with a warning.
+                    command = dimse.decode_command_set(frame[start:end], tolerate=lambda _: True)
                     if command.command_field == dimse.C_ECHO_RQ:
                         return b"".join(P.encode_dimse_message(
                             context_id, dimse.response_for(command, dimse.STATUS_SUCCESS)))
