@@ -93,3 +93,38 @@ def test_pynetdicom_as_the_storage_scu(orthanc, gateway, tmp_path):
     assert all(dataset_bytes(stored[uid]) == data for uid, data in sent.items())
     released = gw.wait_for("dicom.association.released")[0]
     assert f"released after {len(files)} objects" in released.message
+
+
+def test_nmap_dicom_brute_against_a_store_and_forward_route(orthanc, gateway, tmp_path):
+    """The route's own Storage SCP faces nmap as a relayed route does: dicom-ping sees the
+    allow-list, every dicom-brute guess is rejected and recorded, the inline rules raise a handful
+    of alerts (thresholded), quarantine the attacker's host, and nothing is logged with a
+    traceback."""
+    import subprocess
+
+    port = 2762  # nmap's dicom scripts only run on DICOM's registered ports
+    pacs = orthanc()
+    sf = sf_route("sf", (pacs.dicom_port, pacs.aet))
+    sf["listen"]["port"] = port
+    gw = gateway(sf, extra={"gateway": {"routes": [sf], "quarantine_poll_interval": 0.2,
+                                        "quarantine_scope": "host"}})
+    ping = subprocess.run(["nmap", "-Pn", "-n", "-p", str(port), "--script", "dicom-ping", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=120)
+    assert ping.returncode == 0 and "dicom-ping" in ping.stdout, ping.stdout + ping.stderr
+    assert "Called AET check enabled" in ping.stdout, ping.stdout
+    guesses = tmp_path / "aets.txt"
+    guesses.write_text("\n".join(["PACS", "ARCHIVE", "ORTHANC", "STORESCP", "DCM4CHEE", "SERVER", "ANY-SCP"]) + "\n")
+    brute = subprocess.run(["nmap", "-Pn", "-n", "-p", str(port), "--script", "dicom-brute",
+                            "--script-args", f"passdb={guesses}", "127.0.0.1"],
+                           capture_output=True, text=True, timeout=240)
+    assert brute.returncode == 0, brute.stderr
+    assert "Valid credentials" not in brute.stdout, brute.stdout
+    rejected = gw.wait_for("dicom.association.rejected", count=5)
+    assert all(e.details["route"] == "sf" for e in rejected)
+    alert = gw.wait_for("ids.alert.dicom-ae-brute-force")[0]
+    assert alert.actor.host == "127.0.0.1"
+    assert gw.wait_for("gateway.quarantine.added")[0].target.host == "127.0.0.1"
+    alerts = [e for e in gw.events() if e.kind.startswith("ids.alert.")]
+    assert 1 <= len(alerts) <= 10, [e.kind for e in alerts]  # a handful, not one per guess
+    assert not gw.events("dicom.dimse.c-store") and not pacs.instances()  # nothing got through
+    assert "Traceback" not in gw.log.read_text()
