@@ -66,6 +66,21 @@ def test_deep_nesting_is_refused_without_a_traceback() -> None:
     assert _problems("store: " + "[" * 40 + "]" * 40 + "\n") == ["(file): nested too deeply (at most 32 levels)"]
 
 
+def test_hostile_yaml_aliases_are_refused_at_once() -> None:
+    """An alias inside its own anchor nests without end, and aliases of aliases multiply (the
+    "billion laughs": 9 to the 8th values here); both are refused before any section is read."""
+    import time
+
+    started = time.monotonic()
+    assert _problems("a: &a [*a]\n") == ["(file): nested too deeply (at most 32 levels)"]
+    assert _problems("gateway: &g {routes: [*g]}\n") == ["(file): nested too deeply (at most 32 levels)"]
+    laughs = "a: &a [" + ", ".join(["lol"] * 9) + "]\n"
+    for name, previous in zip("bcdefgh", "abcdefg", strict=True):
+        laughs += f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]\n"
+    assert _problems(laughs) == ["(file): holds more than 100,000 values once its YAML aliases are expanded"]
+    assert time.monotonic() - started < 5  # the old walk took ~20 s on the laughs alone
+
+
 def test_a_huge_or_special_configuration_file_is_refused_before_reading(tmp_path) -> None:
     from pathlib import Path
 

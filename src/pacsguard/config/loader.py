@@ -16,6 +16,7 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KiB; a larger file is a mistake or an attack
 MAX_CONFIG_DEPTH = 32  # deeper nesting than any section needs
+MAX_CONFIG_VALUES = 100_000  # values, aliases expanded: a real configuration has hundreds
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -38,16 +39,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _depth(data: Any) -> int:
-    """How deeply `data` nests (iteratively: the check itself must not recurse on hostile input)."""
-    deepest, stack = 0, [(data, 1)]
+def _shape_problem(data: Any) -> str | None:
+    """What makes ``data`` too deep or too big for a configuration, or None. Walked iteratively
+    with early stops, since YAML aliases make hostile input cheap to write: one that refers to
+    itself nests without end, and aliases of aliases multiply (the "billion laughs")."""
+    values, stack = 0, [(data, 1)]
     while stack:
         value, level = stack.pop()
+        values += 1
+        if values > MAX_CONFIG_VALUES:
+            return f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded"
         if isinstance(value, (dict, list)):
-            deepest = max(deepest, level)
+            if level > MAX_CONFIG_DEPTH:
+                return f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)"  # or an alias in its own anchor
             children = value.values() if isinstance(value, dict) else value
             stack.extend((child, level + 1) for child in children)
-    return deepest
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,9 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
     except RecursionError:
         raise ConfigError(source, [ConfigProblem(
             "(file)", f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")]) from None
-    if _depth(data) > MAX_CONFIG_DEPTH:
-        raise ConfigError(source, [ConfigProblem("(file)", f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")])
+    shape = _shape_problem(data)
+    if shape is not None:
+        raise ConfigError(source, [ConfigProblem("(file)", shape)])
     if data is None:
         data = {}
     if not isinstance(data, dict):
