@@ -51,6 +51,11 @@ def test_config_check(home):
     (home / "bad.yaml").write_text("store:\n  checkpoint_interval: -1\n  colour: red\n")
     err = run("config", "check", "bad.yaml", cwd=home, check_code=2).stderr
     assert "store.checkpoint_interval" in err and "greater than 0" in err and "store.colour: unknown key" in err
+    assert "store (spine): 2 problems" in err and "gateway (gateway): OK" in err
+    # A file that cannot be read as a configuration at all: no section is called OK.
+    (home / "broken.yaml").write_text("store: [unclosed\n")
+    err = run("config", "check", "broken.yaml", cwd=home, check_code=2).stderr
+    assert "not valid YAML" in err and "gateway (gateway): not checked" in err and ": OK" not in err
 
 
 def _fill(home: Path, n: int = 120) -> None:

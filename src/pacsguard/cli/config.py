@@ -34,9 +34,12 @@ def check(file: Path = typer.Argument(Path("pacsguard.yaml"), help="the configur
         for problem in exc.problems:
             section = problem.key.split(".", 1)[0]
             counts[section] = counts.get(section, 0) + 1
+        # A problem of the file itself ("(file)", "(top level)", "line 3, column 5": not YAML, too
+        # big, too deep) stops before any section is read: none of them can be called OK.
+        unread = any(p.key.startswith(("(", "line ")) for p in exc.problems)
         for section, owner in owners.items():
             n = counts.get(section, 0)
-            verdict = f"{n} problem{'s' * (n != 1)}" if n else "OK"
+            verdict = f"{n} problem{'s' * (n != 1)}" if n else "not checked" if unread else "OK"
             err_console.print(f"  {section} ({owner}): {verdict}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     console.print(f"{file}: [bold green]OK[/]", highlight=False)
