@@ -4,7 +4,10 @@ byte, whatever the destination's Maximum Length (PS3.8 D.1), and over TLS."""
 
 from __future__ import annotations
 
+import queue
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -197,5 +200,57 @@ def test_a_destination_that_fails_a_c_find_is_asked_no_more_on_that_association(
         assert all(e.details["answer"] == "cannot-ask" for e in checks)
         assert sum("an earlier C-FIND on the association failed" in e.details["reason"] for e in checks) == 2
         assert forwarded(events) == 3 and len(scp.received) == 3  # sent, once each
+    finally:
+        scp.server.shutdown()
+
+
+class _LostWakeUps(queue.Queue):  # type: ignore[type-arg]
+    """A DIMSE message queue that loses the empty messages pynetdicom's own threads put on an abort,
+    as when its reactor thread takes them first; the watcher's (pacsguard-c-find-watch) arrive."""
+
+    def put(self, item, block=True, timeout=None):  # type: ignore[no-untyped-def]
+        if item == (None, None) and threading.current_thread().name != "pacsguard-c-find-watch":
+            return
+        super().put(item, block, timeout)
+
+
+def test_a_c_find_the_destination_aborts_ends_at_once_even_when_its_wake_up_is_lost(tmp_path, monkeypatch):
+    """pynetdicom's reactor thread can take the wake-up an abort queues for a waiting C-FIND (the
+    request then waited the whole DIMSE timeout, 30 s, in a CI run against Orthanc, which aborts a
+    C-FIND from an AE title it does not know). Here the race is made certain: every such wake-up
+    is lost, and the destination aborts on every C-FIND."""
+    from pacsguard.gateway.store_forward import verify
+    from pacsguard.gateway.store_forward.scu import associate
+
+    scp = RecordingSCP(16384)
+
+    def abort(event):  # type: ignore[no-untyped-def]
+        event.assoc.abort()
+        yield 0xC000, None
+
+    from pynetdicom import evt
+
+    scp.server.unbind(evt.EVT_C_FIND, scp._find)
+    scp.server.bind(evt.EVT_C_FIND, abort)
+
+    def associate_losing_wake_ups(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assoc = associate(*args, **kwargs)
+        lost = _LostWakeUps()
+        while not assoc.dimse.msg_queue.empty():
+            lost.put(assoc.dimse.msg_queue.get())
+        assoc.dimse.msg_queue = lost
+        return assoc
+
+    try:
+        route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+        spool = Spool(tmp_path / "spool")
+        spool.open()
+        meta = spool_file(spool, fresh_ct(tmp_path / "ct", 1, kib=64)[0], ["rec"], in_doubt=True)
+        monkeypatch.setattr(verify, "associate", associate_losing_wake_ups)
+        started = time.monotonic()
+        replies = verify.ask(route, route.destinations[0], [meta])
+        took = time.monotonic() - started
+        assert replies[meta.id].answer is verify.Answer.CANNOT_ASK, replies
+        assert took < 5, f"the C-FIND waited {took:.1f} s for a destination that had aborted"
     finally:
         scp.server.shutdown()

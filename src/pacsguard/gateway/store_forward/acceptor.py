@@ -304,9 +304,8 @@ class StoreAssociation:
         context. The decoder only counts it (as on_pdu would); its value joins ``fragments``, which
         go to the object's file before the next PDU that is not one (`_write_fragments`)."""
         raw = pdu.raw
-        context_id = self.decoder.streaming_context(True)
         if (pdu.pdu_type != P.PDU_P_DATA_TF or self.state != "established" or self.incoming is None
-                or context_id is None
+                or (context_id := self.decoder.streaming_context(True)) is None
                 or data_fragment_run(raw, 0, context_id, len(raw), whole=True, values=fragments)[1] != 1):
             return False
         self.decoder.count_data_fragments(True, 1, len(raw))

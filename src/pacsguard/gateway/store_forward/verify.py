@@ -150,7 +150,7 @@ def _woken_on_abort(assoc: Any) -> Iterator[None]:
     def watch() -> None:
         while not done.wait(ABORT_POLL):
             # The DUL's own view: the reactor, paused during the request, may not have looked yet.
-            if assoc.is_aborted or not assoc.is_established or assoc.acse.is_aborted() or not assoc.dul.is_alive():
+            if not assoc.is_established or assoc.acse.is_aborted() or not assoc.dul.is_alive():
                 assoc.dimse.msg_queue.put((None, None))
                 return
 
