@@ -1,6 +1,6 @@
 """Files and folders that may hold patient data or keys are the owner's alone (0600/0700), even
-under a umask of 022: the store and its -wal/-shm files, the signing key and its folder, the demo
-PACS's storage."""
+under a umask of 022: the store and its -wal/-shm files, the ATNA outbound spool, the signing key and its folder, the
+demo PACS's storage."""
 
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ def test_store_wal_shm_and_key_are_owner_only(tmp_path: Path, umask_022: None) -
         es.close()
     assert _mode(key) == 0o600 and _mode(key.parent) == 0o700
     assert _mode(public_path(key)) == 0o644  # the public half is meant to be shared
+
+
+def test_atna_outbound_spool_is_owner_only(tmp_path: Path, umask_022: None) -> None:
+    from pacsguard.atna.outbound.spool import Spool
+
+    db = tmp_path / "var" / "atna" / "outbound.db"
+    spool = Spool(db)
+    try:
+        spool.add([b"<AuditMessage>patient 12345</AuditMessage>"])  # audit messages name patients
+        wal, shm = db.with_name("outbound.db-wal"), db.with_name("outbound.db-shm")
+        assert {p.name: _mode(p) for p in (db, wal, shm)} == {p.name: 0o600 for p in (db, wal, shm)}
+        assert _mode(db.parent) == 0o700
+    finally:
+        spool.close()
 
 
 def test_existing_folders_keep_their_mode(tmp_path: Path, umask_022: None) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 from pacsguard.store import EventStore
+from pacsguard.store.database import make_engine, normalise_target
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.verify import verify_store
 from store_helpers import make_events, new_store, raw_sql
@@ -52,6 +54,34 @@ def test_writers_started_together_on_a_fresh_store_all_succeed(target: str, tmp_
         es.close()
     assert report.ok, report.findings
     assert report.newest_checkpoint == WRITERS * EVENTS_EACH
+
+
+def test_openers_of_a_fresh_sqlite_file_all_switch_it_to_wal(tmp_path: Path) -> None:
+    """Many rounds of five connections opening one fresh file at once: SQLite refuses all but one of
+    the switches to WAL at once (no busy wait: it would deadlock), and each must try again, not fail."""
+    rounds, openers = 40, 5
+    errors: list[str] = []
+    for n in range(rounds):
+        url = normalise_target(str(tmp_path / f"{n}.db"))
+        together = threading.Barrier(openers)
+
+        def open_one(url: str = url, together: threading.Barrier = together) -> None:
+            engine = make_engine(url, create=True)
+            together.wait()
+            try:
+                with engine.connect() as conn:
+                    assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(str(exc).splitlines()[0])
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=open_one) for _ in range(openers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert errors == []
 
 
 def test_a_burst_is_signed_on_the_timer_without_further_events(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Alembic migrations of old ones, the latter only when asked (`migrate`).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ HEAD_REVISION = "0003"
 WRITE = "pacsguard_write"  # execution option that marks a writing transaction
 #: The PostgreSQL advisory lock key that serialises migrations (any fixed 64-bit number of our own).
 MIGRATION_LOCK = 0x7061637367756172
+#: How long an SQLite opener or writer waits for another's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def normalise_target(target: str) -> str:
@@ -66,7 +69,7 @@ def make_engine(url: str, *, create: bool) -> Engine:
             # Made 0600 before SQLite opens it: SQLite gives the file the umask's mode (0644 under
             # umask 022) and copies the file's mode to its -wal and -shm files.
             create_private_file(path)
-        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_connect)
         # pysqlite's own transaction handling cannot take the write lock up front: BEGIN IMMEDIATE does,
         # so two writers serialise instead of failing on upgrade from a read lock. Readers use a plain
@@ -83,12 +86,12 @@ def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur = dbapi_conn.cursor()
     # First: switching a fresh file to WAL takes an exclusive lock, and writers started together
     # must wait for it rather than fail with "database is locked".
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     # 16 KiB pages: sealed records are ~0.5-1 KB and six B-trees grow per event; measured 1.4x
     # the ingest rate of the 4 KiB default (bench/store.py). Only takes effect on a new file,
     # so it must come before WAL is switched on.
     cur.execute("PRAGMA page_size=16384")
-    cur.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cur)
     # FULL: an acknowledged event survives power loss, not only a killed process.
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the index B-trees' hot pages in memory
@@ -96,6 +99,22 @@ def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     # over the whole store (it did for a join of the patient search, on a 10M-event file).
     cur.execute("PRAGMA automatic_index=OFF")
     cur.close()
+
+
+def _switch_to_wal(cur: sqlite3.Cursor) -> None:
+    """Switch the file to WAL (a no-op once it is). On a fresh file every opener reads the header
+    under a shared lock and then wants the exclusive lock; SQLite answers all but one "database is
+    locked" at once, without waiting the busy timeout (waiting would deadlock), so the losers try
+    again until the file is WAL or the timeout has passed."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 MIGRATE_COMMAND = "pacsguard store migrate --backup-to DIR"

@@ -9,6 +9,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from pacsguard.owner_only import create_private_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, message BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), delivered INTEGER NOT NULL);
@@ -18,7 +20,9 @@ INSERT OR IGNORE INTO state (id, delivered) VALUES (1, 0);
 
 class Spool:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Audit messages name patients: the file is made 0600 before SQLite opens it (SQLite would
+        # give it the umask's mode, and copies that mode to its -wal and -shm files).
+        create_private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
