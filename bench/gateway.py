@@ -538,6 +538,8 @@ def main() -> int:
                     help="for what-if experiments: run the gateway as `python FILE gateway run ...` (a script that "
                          "patches something, then calls pacsguard.cli.main.main()) instead of "
                          "`python -m pacsguard.cli`")
+    ap.add_argument("--store-forward-launcher", type=Path, default=None,
+                    help="the same for the store-and-forward route's `serve` (e.g. bench/store_forward_timing.py)")
     args = ap.parse_args()
     if not 4096 <= args.max_pdu <= 131072:
         ap.error("--pdu: dcmtk's storescp and storescu accept 4096..131072")
@@ -665,7 +667,8 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
 
     spool = None
     if not args.no_store_forward:
-        sf_port, sf_proc, spool = start_store_forward(work, sink_port, log("store-forward.log"), args.max_pdu)
+        sf_port, sf_proc, spool = start_store_forward(work, sink_port, log("store-forward.log"), args.max_pdu,
+                                                      args.store_forward_launcher)
         procs.append(sf_proc)
         paths.append(Path_("store-and-forward", sf_port, GW_AE, sf_proc.pid))
 
@@ -716,7 +719,8 @@ def _bench(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen], 
     return status
 
 
-def start_store_forward(work: Path, sink_port: int, log: IO[str], max_pdu: int) -> tuple[int, subprocess.Popen, Path]:
+def start_store_forward(work: Path, sink_port: int, log: IO[str], max_pdu: int,
+                        launcher: Path | None = None) -> tuple[int, subprocess.Popen, Path]:
     """`pacsguard serve` with one store-and-forward route to the sink; its port, process and spool."""
     import yaml
 
@@ -734,8 +738,8 @@ def start_store_forward(work: Path, sink_port: int, log: IO[str], max_pdu: int) 
                                                         "gateway": {"routes": [route]}}))
     subprocess.run([sys.executable, "-m", "pacsguard.cli", "init", "--no-demo"], cwd=home, check=True,
                    stdout=log, stderr=subprocess.STDOUT)
-    proc = subprocess.Popen([sys.executable, "-m", "pacsguard.cli", "serve"], cwd=home, stdout=log,
-                            stderr=subprocess.STDOUT)
+    launch = [str(launcher.resolve())] if launcher else ["-m", "pacsguard.cli"]
+    proc = subprocess.Popen([sys.executable, *launch, "serve"], cwd=home, stdout=log, stderr=subprocess.STDOUT)
     wait_port(port, proc, "pacsguard serve (store-and-forward)")
     return port, proc, home / "var" / "spool" / "sf" / "objects"
 

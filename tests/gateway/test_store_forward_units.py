@@ -348,3 +348,37 @@ def test_write_many_resumes_after_a_short_write(tmp_path: Path, monkeypatch: pyt
     receiver._write_all(fd, [memoryview(b"abcdefg"), memoryview(b""), memoryview(b"hij"), memoryview(b"k")])
     os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"abcdefghijk"
+
+
+@pytest.mark.parametrize("shut_down", [False, True])
+def test_an_object_and_its_metadata_are_synced_together_or_the_error_is_raised(tmp_path: Path,
+                                                                                 shut_down: bool) -> None:
+    """The metadata threads write ID.json while the object is fsync'd; a route being stopped has
+    none left, and the metadata is then written in the calling thread. A metadata write that fails
+    is raised to the caller (the object is then refused, never acknowledged), its file closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacsguard.gateway.store_forward import receiver
+
+    spool = Spool(tmp_path, reuse_mib=1)
+    spool.open()
+    writers = ThreadPoolExecutor(1)
+    if shut_down:
+        writers.shutdown()
+    try:
+        for fails in (False, True):
+            m = meta(spool)
+            fd, path = spool.create(m.id)
+            os.write(fd, b"DICM")
+            if fails:
+                (spool.tmp / f"{m.id}.json").mkdir()  # ID.json cannot be written
+                with pytest.raises(IsADirectoryError):
+                    receiver._sync_with_meta(spool, writers, m, fd)
+            else:
+                receiver._sync_with_meta(spool, writers, m, fd)
+                assert path.read_bytes() == b"DICM"
+                assert (spool.tmp / f"{m.id}.json").is_file()
+            with pytest.raises(OSError):
+                os.fstat(fd)  # closed either way
+    finally:
+        writers.shutdown()

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.dicom import dimse, uids
@@ -34,7 +34,7 @@ from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import decide
 from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
-from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep
+from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep, kept_now
 from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import Action
 from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
@@ -437,9 +437,11 @@ class StoreAssociation:
             return
         self._answer(incoming, self._keep(incoming))
 
-    async def _keep(self, incoming: Incoming) -> Kept:
+    def _keep(self, incoming: Incoming) -> Awaitable[Kept]:
+        """Start keeping the object now (its worker thread starts at once); the awaitable gives the
+        status to answer, once the object's Events are the answer's to wait for."""
         if incoming.pending.refused is not None and incoming.refusal is None:
-            return Kept(incoming.status if incoming.status is not None else dimse.STATUS_NOT_AUTHORIZED)
+            return kept_now(Kept(incoming.status if incoming.status is not None else dimse.STATUS_NOT_AUTHORIZED))
         tickets: list[int] = []
 
         def publish(event: Event) -> None:  # also from the object checks' worker thread
@@ -447,8 +449,11 @@ class StoreAssociation:
             if ticket is not None:
                 tickets.append(ticket)
 
+        return self._kept_with_records(keep(self.rx, incoming, self._sender(), publish), tickets)
+
+    async def _kept_with_records(self, keeping: Awaitable[Kept], tickets: list[int]) -> Kept:
         try:
-            return await keep(self.rx, incoming, self._sender(), publish)
+            return await keeping
         finally:
             if tickets:
                 self.outbox.ticket = max(self.outbox.ticket, *tickets)
@@ -473,7 +478,9 @@ class StoreAssociation:
         kept = Kept(incoming.status if incoming.status is not None else dimse.STATUS_SUCCESS)
         if work is not None:
             kept = await work
-        if before is not None:
+        if before is not None and not before.done():
+            # Awaited only when pending: waiting on a finished task still costs a turn of the loop,
+            # and the object's record then reaches the journal one fdatasync before its answer's.
             await asyncio.wait([before])
         if self.closed:
             return

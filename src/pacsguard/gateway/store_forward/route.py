@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ log = logging.getLogger("pacsguard.gateway")
 
 WATCH_INTERVAL = 2.0  # seconds between looks at the spool's size
 REARM = 0.9  # the high-water event fires again once the spool fell below 90 % of the mark
+META_WRITERS = 4  # objects whose metadata is written at once; more wait their turn (~0.3 ms each)
 
 
 def spool_for(route: Route, resolve: Callable[[Path], Path] = lambda p: p) -> Spool:
@@ -61,8 +63,10 @@ class StoreForwardRoute:
         self.spool = spool_for(route, resolve)
         self.forwarding = ForwardingProcess(route, self.spool, [_resolved(d, resolve) for d in route.destinations],
                                             publish)
+        self._meta_writer = ThreadPoolExecutor(META_WRITERS, thread_name_prefix=f"pacsguard-meta-{route.name}")
         self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
-                                 publish, self._quarantine_source, self._is_quarantined, self._queued)
+                                 publish, self._quarantine_source, self._is_quarantined, self._queued,
+                                 self._meta_writer)
         self.associations: set[StoreAssociation] = set()
         self.server: asyncio.base_events.Server | None = None
         self.port = route.listen.port
@@ -119,6 +123,7 @@ class StoreForwardRoute:
         await asyncio.to_thread(self._stop_forwarders)
 
     def _stop_forwarders(self) -> None:
+        self._meta_writer.shutdown(wait=True)
         self.forwarding.stop()
         self.spool.close()
 
