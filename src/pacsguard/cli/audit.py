@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_FINDINGS,
+    STORE_OPTION,
+    fail,
+    guarded,
+    load,
+    open_store,
+    shown,
+)
 from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTIL_OPTION, Format
 
 if TYPE_CHECKING:
@@ -153,7 +162,7 @@ def _show(report: VerifyReport) -> None:
     table.add_column("event #", justify="right")
     table.add_column("what was found", overflow="fold")
     for f in report.findings:
-        table.add_row(f.kind, "" if f.seq is None else str(f.seq), f.message)
+        table.add_row(f.kind, "" if f.seq is None else str(f.seq), shown(f.message))
     console.print(table)
 
 
@@ -297,19 +306,22 @@ def prove(
         findings += held.findings
         code = max(code, held.exit_code)
     for kind, problem in findings:
-        console.print(f"[bold red]FAILS[/]{'' if kind == 'report' else f' ({kind})'}: {problem}", highlight=False)
+        console.print(f"[bold red]FAILS[/]{'' if kind == 'report' else f' ({kind})'}: {shown(problem)}",
+                      highlight=False)
     if findings:
         raise typer.Exit(code)
     proven = sum("proof" in r for r in data["events"])
-    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {data['checkpoint']['tree_size']}"
-                  f" (key {data['checkpoint']['key_id']}); {len(data['unproven'])} newer than it, unproven",
+    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint "
+                  f"{shown(data['checkpoint']['tree_size'])} (key {shown(data['checkpoint']['key_id'])}); "
+                  f"{len(data['unproven'])} newer than it, unproven",
                   highlight=False)
     for note in notes:
-        console.print(f"witness: {note}", highlight=False)
+        console.print(f"witness: {shown(note)}", highlight=False)
     carried = data.get("witness")
     if checkpoint is None and isinstance(carried, dict):
-        console.print(f"the report carries a consistency proof to the checkpoint at size {carried.get('tree_size')} "
-                      f"held by {carried.get('source')}: check it against that witness's copy with --checkpoint",
+        console.print(f"the report carries a consistency proof to the checkpoint at size "
+                      f"{shown(carried.get('tree_size'))} held by {shown(carried.get('source'))}: check it against "
+                      "that witness's copy with --checkpoint",
                       highlight=False)
 
 

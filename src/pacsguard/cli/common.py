@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     err_console: Console
 
 __all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPTION", "config_path", "console",
-           "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_rule_problems"]
+           "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_error",
+           "print_rule_problems", "shown"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 #: `ids read` / `ids live`: the capture could not be read completely (docs/ids.md).
@@ -61,8 +62,25 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="PACSGUARD_CONFIG",
 STORE_OPTION = typer.Option(None, "--store", help="store path (SQLite) or postgresql:// URL; overrides the config")
 
 
+def shown(text: object) -> str:
+    """Text from the network, files or archives inside rich markup: its control characters made
+    visible (`layout.printable`) and its square brackets escaped, so that it can neither drive the
+    terminal nor be read as markup (a stray "[/x]" would be an error)."""
+    from rich.markup import escape
+
+    from pacsguard.cli.layout import printable
+
+    return escape(printable(str(text)))
+
+
+def print_error(message: object) -> None:
+    """One red "error:" line on stderr. Messages quote paths, configuration values, peers' data:
+    shown as text, never as markup."""
+    _err_console().print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    _err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     return typer.Exit(code)
 
 
@@ -81,8 +99,7 @@ def guarded(func: F) -> F:
             loader = sys.modules.get("pacsguard.config.loader")
             if loader is not None and isinstance(exc, loader.ConfigError):
                 for problem in exc.problems:
-                    _err_console().print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False,
-                                         soft_wrap=True)
+                    print_error(f"{exc.source}: {problem}")
                 raise typer.Exit(EXIT_USAGE) from None
             rules = sys.modules.get("pacsguard.ids.rules")
             if rules is not None and isinstance(exc, rules.RuleError):
@@ -120,8 +137,6 @@ def load_ids_section(data: object, source: str, base: Path) -> IdsSettings:
 
 def print_rule_problems(exc: Exception) -> typer.Exit:
     """A broken rule file (RuleError): every problem on its own red line, exit 2."""
-    err_console = _err_console()
     for problem in getattr(exc, "problems", None) or [exc]:
-        err_console.print("[bold red]error:[/] ", end="", highlight=False)
-        err_console.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+        print_error(problem)
     return typer.Exit(EXIT_USAGE)

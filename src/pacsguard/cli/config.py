@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_USAGE, guarded, load
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_USAGE, guarded, load, print_error
 from pacsguard.runtime.registry import SPINE_SECTIONS, Registry
 
 app = App(name="config", no_args_is_help=True, help="Validate pacsguard.yaml and show the configuration in use.")
@@ -29,7 +29,7 @@ def check(file: Path = typer.Argument(Path("pacsguard.yaml"), help="the configur
         load_config(file, registry.config_model())
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[bold red]error:[/] {exc.source}: {problem}", highlight=False, soft_wrap=True)
+            print_error(f"{exc.source}: {problem}")
         counts: dict[str, int] = {}
         for problem in exc.problems:
             section = problem.key.split(".", 1)[0]

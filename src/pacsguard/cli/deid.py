@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pacsguard.cli.app import App, Group
+from pacsguard.cli.common import shown
 
 OPTION_HELP = "A PS3.15 E.3 option (repeatable): " + ", ".join(
     ["clean-pixel-data", "clean-recognizable-visual-features", "clean-graphics", "clean-structured-content",
@@ -130,7 +131,7 @@ def run_cmd(
     write_manifest(manifest or out / "manifest.json", records)
     for r in records:
         if r["status"] == "withheld":
-            console.print(f"withheld {r['source']}: {r['reason']}", style="yellow", soft_wrap=True)
+            console.print(f"withheld {shown(r['source'])}: {shown(r['reason'])}", style="yellow", soft_wrap=True)
     console.print(f"{len(files) - withheld} written, {withheld} withheld; key {key.fingerprint}")
     if withheld:
         raise typer.Exit(1)
@@ -165,11 +166,11 @@ def explain_cmd(
     console = Console(soft_wrap=True)
     grid = RichTable("attribute", "name", "VR", "action", "effect", "decided by", box=None)
     for c in result.changes:
-        grid.add_row(c.path, c.name, c.vr, c.code, c.effect.value, c.source)
+        grid.add_row(shown(c.path), shown(c.name), c.vr, c.code, c.effect.value, shown(c.source))
     console.print(grid)
     console.print(f"pixels: {result.pixels}")
     if result.withheld:
-        console.print(f"the file would be withheld: {result.withheld}", style="yellow")
+        console.print(f"the file would be withheld: {shown(result.withheld)}", style="yellow")
 
 
 @app.command("keygen")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store, shown
 from pacsguard.cli.spool import app as spool_app
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def quarantine_add(target: str = typer.Argument(..., help="host address, AE titl
         es.append([event])
     finally:
         es.close()
-    console.print(f"[bold]{event.message}[/] (recorded as event {event.id})", highlight=False)
+    console.print(f"[bold]{shown(event.message)}[/] (recorded as event {event.id})", highlight=False)
 
 
 @quarantine_app.command("remove")
@@ -177,7 +177,7 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
         es.append([q.change_event("remove", target, user=getpass.getuser())])
     finally:
         es.close()
-    console.print(f"released {target} from quarantine")
+    console.print(f"released {shown(target)} from quarantine", highlight=False)
 
 
 @quarantine_app.command("list")
@@ -197,7 +197,8 @@ def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STO
     for col in ("target", "until (UTC)", "reason", "by"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e.target, e.until.strftime("%Y-%m-%d %H:%M:%S") if e.until else "until removed", e.reason, e.by)
+        table.add_row(shown(e.target), e.until.strftime("%Y-%m-%d %H:%M:%S") if e.until else "until removed",
+                      shown(e.reason), shown(e.by))
     console.print(table if entries else "no device is quarantined")
 
 

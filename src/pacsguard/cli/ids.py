@@ -33,9 +33,9 @@ SETTINGS_OPTION = typer.Option(None, "--settings", "-s",
 
 
 def _error(text: str) -> None:
-    from pacsguard.cli.common import err_console
+    from pacsguard.cli.common import print_error
 
-    err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True, markup=True)
+    print_error(text)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -260,7 +260,7 @@ def test(
     settings: Path | None = SETTINGS_OPTION,
 ) -> None:
     """Feed observations to the rules and print each alert.  Exit 1 if any rule fired, 0 if none."""
-    from pacsguard.cli.common import console, err_console
+    from pacsguard.cli.common import console, err_console, shown
 
     # Only the rule file (and the built-in set if asked): the settings' own rules_dirs stay out.
     only = _load_settings(settings).model_copy(update={"rules_dirs": [], "builtin_rules": True})
@@ -273,7 +273,7 @@ def test(
         for alert in engine.observe(obs, now=at):
             fired += 1
             console.print(f"{at:>9g}  [bold]{alert.rule_id}[/] ({alert.severity.name.lower()}, "
-                          f"{alert.action})  {alert.message}", highlight=False, soft_wrap=True)
+                          f"{alert.action})  {shown(alert.message)}", highlight=False, soft_wrap=True)
     console.print(f"{len(observations)} observations, {fired} alerts", highlight=False)
     if fired:
         raise typer.Exit(EXIT_FINDINGS)

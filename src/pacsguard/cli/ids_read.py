@@ -41,11 +41,11 @@ from pacsguard.cli.common import (
     EXIT_FINDINGS,
     EXIT_INCOMPLETE,
     EXIT_OK,
-    EXIT_USAGE,
     config_path,
     fail,
     guarded,
     load,
+    print_rule_problems,
 )
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 
@@ -81,9 +81,6 @@ def _ids_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rich.markup import escape
-
-        from pacsguard.cli.common import err_console
         from pacsguard.ids import RuleError
 
         try:
@@ -91,10 +88,7 @@ def _ids_errors(func: F) -> F:
         except CaptureError as exc:
             raise fail(str(exc)) from None
         except RuleError as exc:
-            problems = getattr(exc, "problems", None) or [exc]
-            for problem in problems:
-                err_console.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE) from None
+            raise print_rule_problems(exc) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -125,9 +119,7 @@ class _Printer:
         self.fmt = fmt
 
     def __call__(self, event: Event) -> None:
-        from rich.markup import escape
-
-        from pacsguard.cli.common import console
+        from pacsguard.cli.common import console, shown
         from pacsguard.events import Severity
 
         if self.fmt is Format.json:
@@ -137,7 +129,7 @@ class _Printer:
         style = "bold red" if severity <= Severity.ERROR else "yellow" if severity <= Severity.WARNING else ""
         when = event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         kind = event.kind.removeprefix("ids.")
-        line = f"{when}  {kind:<34} {escape(event.message)}"
+        line = f"{when}  {kind:<34} {shown(event.message)}"
         console.print(f"[{style}]{line}[/]" if style else line, highlight=False, soft_wrap=True)
 
 
@@ -187,10 +179,9 @@ def _summary_dict(stats: PassiveStats, engine: Any) -> dict[str, Any]:
 
 def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     import orjson
-    from rich.markup import escape
     from rich.table import Table
 
-    from pacsguard.cli.common import console
+    from pacsguard.cli.common import console, shown
 
     if fmt is Format.json:
         summary = orjson.dumps({"summary": _summary_dict(stats, engine)}, option=orjson.OPT_NON_STR_KEYS)
@@ -200,7 +191,7 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     cap, sen = stats.capture, stats.sensor
     titles = {r.id: r.title for r in getattr(engine, "rules", [])}
 
-    t = Table(title=f"pacsguard ids: {escape(stats.source)}", show_header=False, title_justify="left")
+    t = Table(title=f"pacsguard ids: {shown(stats.source)}", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value", overflow="fold")
     avg = cap.bytes / cap.packets if cap.packets else 0
@@ -216,7 +207,7 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
         t.add_row("DIMSE commands", commands + (", ..." if len(top) > 8 else ""))
     t.add_row("alerts", f"[bold red]{sen.alerts:,}[/]" if sen.alerts else "0")
     if stats.incomplete:
-        t.add_row("read incompletely", f"[bold red]{escape(stats.lost())}[/]")
+        t.add_row("read incompletely", f"[bold red]{shown(stats.lost())}[/]")
     console.print(t)
 
     if sen.alerts_by_rule:
@@ -225,7 +216,7 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
         a.add_column("title")
         a.add_column("count", justify="right")
         for rule, n in sorted(sen.alerts_by_rule.items(), key=lambda kv: (-kv[1], kv[0])):
-            a.add_row(rule, escape(titles.get(rule, "")), f"{n:,}")
+            a.add_row(rule, shown(titles.get(rule, "")), f"{n:,}")
         console.print(a)
 
     rows: list[tuple[str, str, str]] = []
@@ -258,7 +249,7 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
         s.add_column("reason", overflow="fold")
         s.add_column("count", justify="right")
         for row in rows:
-            s.add_row(*(escape(x) for x in row))
+            s.add_row(*(shown(x) for x in row))
         console.print(s)
 
 
@@ -270,15 +261,14 @@ def _exit_code(stats: PassiveStats) -> int:
 
 def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int], None]:
     """A rich progress bar on the terminal for the capture being read; imported only when shown."""
-    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from pacsguard.cli.common import err_console
+    from pacsguard.cli.common import err_console, shown
 
     progress = stack.enter_context(Progress(
         TextColumn("[bold]reading[/] {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=err_console, transient=True))
-    task = progress.add_task(escape(name), total=None)
+    task = progress.add_task(shown(name), total=None)
 
     def report(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
@@ -335,9 +325,7 @@ def live_command(
     """Run the IDS rules over live traffic until Ctrl-C, SIGTERM or --duration; exit 1 if any alert fired.
 
     Exit 7 if packets were lost (dropped by the kernel)."""
-    from rich.markup import escape
-
-    from pacsguard.cli.common import err_console
+    from pacsguard.cli.common import err_console, shown
     from pacsguard.ids.passive import live
 
     engine, clock = _engine(rules_dir or [], config)
@@ -349,7 +337,7 @@ def live_command(
 
         def ready() -> None:
             where = f"{interface}" + (f" (filter: {bpf})" if bpf else "")
-            err_console.print(f"capturing on {escape(where)}; Ctrl-C to stop", highlight=False)
+            err_console.print(f"capturing on {shown(where)}; Ctrl-C to stop", highlight=False)
 
         def on_signal(signum: int, frame: Any) -> None:
             stop.set()

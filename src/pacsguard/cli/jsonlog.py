@@ -28,8 +28,20 @@ class JsonLineFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class TextLineFormatter(logging.Formatter):
+    """TEXT_FORMAT with the message's control characters made visible (`layout.printable`): a log
+    message may quote what a peer sent, and one record stays one line on a terminal or in a file
+    (a newline in it would forge the next record). A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from pacsguard.cli.layout import printable
+
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     """The root logger at ``level``, writing text or JSON lines to stderr."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLineFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonLineFormatter() if log_format == "json" else TextLineFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -11,11 +11,15 @@ One layout decision for every table a command prints:
 
 Key columns (AE titles, hosts, ports, patient IDs, paths) are never folded in any layout.
 Plain text only, so that importing it costs nothing at start-up.
+
+Every value is shown through `printable`: what a table shows came from the network, from files
+and from archives, and must not drive the administrator's terminal.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -23,12 +27,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-__all__ = ["Column", "Layout", "layout_for", "render", "terminal_width", "write_lines"]
+__all__ = ["Column", "Layout", "layout_for", "printable", "render", "terminal_width", "write_lines"]
 
 #: Spaces between two columns.
 GAP = 2
 #: The narrowest a folded column may become before the table gives way to blocks.
 MIN_FOLD = 16
+
+
+#: C0 controls, DEL, C1 controls, and the marks that reorder bidirectional text (embeddings,
+#: overrides, isolates: "Trojan Source", CVE-2021-42574).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: each control or reordering character becomes a
+    visible escape (``\\x1b``, ``\\n``, ``\\u202e``). A file name, AE title, patient name or syslog
+    field could otherwise carry escape sequences that move the cursor, recolour or retitle the
+    terminal, write its clipboard (OSC 52), hide a finding's row, or reverse the text shown."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                            else f"\\u{ord(m.group()):04x}"), text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +76,7 @@ class Layout:
 
     def record(self, values: Sequence[str]) -> list[str]:
         """The lines of one record: table rows (folded columns on continuation lines) or a block."""
+        values = [printable(v) for v in values]
         if self.widths is None:
             return _block(self.columns, values, self.line)
         folds = self.line is not None  # piped: nothing folds
@@ -97,7 +119,7 @@ def layout_for(columns: Sequence[Column], width: int | None,
                rows: Sequence[Sequence[str]] = ()) -> Layout:
     """The layout of ``rows`` (or, for a stream, of the columns' expected widths) in ``width``
     characters; ``width=None`` (piped): natural widths, never folded."""
-    natural = [max([len(c.name), c.width, *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    natural = [max([len(c.name), c.width, *(len(printable(r[i])) for r in rows)]) for i, c in enumerate(columns)]
     cols = tuple(columns)
     if width is None:
         return Layout(cols, tuple(natural), None)

@@ -11,6 +11,7 @@ configuration or rule error.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -20,7 +21,17 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_FINDINGS, EXIT_OK, config_path, fail, guarded, load
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_path,
+    fail,
+    guarded,
+    load,
+    print_error,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -133,7 +144,12 @@ def scan_command(
             _after(report, scanner, threshold, publish, out if sanitize else None, quarantine)
         summary.seconds = time.perf_counter() - started
     _print(reports, summary, format, show_info)
-    raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_OK)
+    # A PATH that is not there is a mistake in the command (a mount not made, a typo), not a clean
+    # scan: exit 2 as clamscan does, unless a finding's 1 says more.
+    missing = [p for p in paths if not os.path.lexists(p)]
+    for path in missing:
+        print_error(f"{path}: no such file or folder")
+    raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_USAGE if missing else EXIT_OK)
 
 
 def _progress(stack: ExitStack) -> Callable[[], None] | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store, shown
 
 if TYPE_CHECKING:
     from pacsguard.config import LoadedConfig
@@ -58,8 +58,8 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
     now = time.time()
     for name, _, e in entries:
         waiting = ", ".join(_waiting(e, d) for d in e.pending)
-        table.add_row(name, e.meta.id, e.state, e.meta.object.sop_instance_uid, f"{e.meta.bytes / 1024:,.0f}",
-                      _age(now - e.meta.received), waiting or "-")
+        table.add_row(shown(name), shown(e.meta.id), e.state, shown(e.meta.object.sop_instance_uid),
+                      f"{e.meta.bytes / 1024:,.0f}", _age(now - e.meta.received), shown(waiting or "-"))
     console.print(table if entries else "the spool is empty")
 
 
@@ -89,11 +89,8 @@ def show(object_id: str = typer.Argument(..., help="the id `spool list` shows"),
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    for key, value in data.items():
-        if key != "meta":
-            console.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
-    for key, value in data["meta"].items():
-        console.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+    for key, value in [*((k, v) for k, v in data.items() if k != "meta"), *data["meta"].items()]:
+        console.print(f"[bold]{key}:[/] {shown(value)}", highlight=False, soft_wrap=True)
 
 
 @app.command("retry")

@@ -100,10 +100,9 @@ def to_html(reports: list[FileReport], summary: Summary) -> str:
 
 
 def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool = False) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
-    from pacsguard.cli.common import console
+    from pacsguard.cli.common import console, shown
 
     table = Table(title="pacsguard scan", title_justify="left")
     for column in ("file", "level", "rule", "offset", "explanation"):
@@ -111,13 +110,13 @@ def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool 
     style = {Level.CRITICAL: "bold red", Level.HIGH: "red", Level.MEDIUM: "yellow"}
     for report in reports:
         if report.skipped:
-            table.add_row(escape(report.path), "skipped", "", "", escape(report.skipped))
+            table.add_row(shown(report.path), "skipped", "", "", shown(report.skipped))
         for f in report.findings:
             if f.level == Level.INFO and not show_info:
                 continue
             level = f"[{style[f.level]}]{f.level.label}[/]" if f.level in style else f.level.label
-            table.add_row(escape(report.path), level, escape(f.rule), "" if f.offset is None else str(f.offset),
-                          escape(f.explanation))
+            table.add_row(shown(report.path), level, shown(f.rule), "" if f.offset is None else str(f.offset),
+                          shown(f.explanation))
     if table.row_count:
         console.print(table)
     d = summary.to_dict()
@@ -125,5 +124,5 @@ def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool 
     skipped = ", ".join(f"{n} {why}" for why, n in summary.skipped.items()) or "none skipped"
     rate = summary.bytes / 1e6 / summary.seconds if summary.seconds else 0.0
     console.print(f"{summary.scanned:,} files scanned ({summary.bytes / 1e6:,.1f} MB, {rate:,.0f} MB/s); "
-                  f"{escape(skipped)}; {counts}; {summary.failing} at or above {summary.fail_on.label}",
+                  f"{shown(skipped)}; {counts}; {summary.failing} at or above {summary.fail_on.label}",
                   highlight=False)
