@@ -111,3 +111,32 @@ def test_a_text_log_record_stays_one_line() -> None:
     record = logging.LogRecord("pacsguard.gateway", logging.WARNING, __file__, 1, "peer sent %s", (HOSTILE,), None)
     line = formatter.format(record)
     assert "\n" not in line and SHOWN in line
+
+
+def test_a_bug_is_one_line_and_exit_70_and_its_traceback_is_there_when_asked(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from pacsguard.cli.common import EXIT_INTERNAL, guarded
+
+    @guarded
+    def broken() -> None:
+        raise ZeroDivisionError(f"divided by {HOSTILE}")
+
+    @guarded
+    def ends() -> None:
+        raise typer.Exit(3)
+
+    monkeypatch.delenv("PACSGUARD_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as info:
+        broken()
+    assert info.value.exit_code == EXIT_INTERNAL == 70
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: divided by" in err and "PACSGUARD_DEBUG=1" in err
+    assert_inert(err)
+    with pytest.raises(typer.Exit) as info:
+        ends()  # a command's own exit passes through
+    assert info.value.exit_code == 3
+    monkeypatch.setenv("PACSGUARD_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        broken()

@@ -34,6 +34,8 @@ __all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPT
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 #: `ids read` / `ids live`: the capture could not be read completely (docs/ids.md).
 EXIT_INCOMPLETE = 7  # not 3-6: those are audit verify --witness findings (docs/cli.md)
+#: A bug in pacsguard (sysexits.h EX_SOFTWARE): named on one line, the traceback with PACSGUARD_DEBUG=1.
+EXIT_INTERNAL = 70
 
 #: The two consoles, made on first use (PEP 562) so that a command's --help never loads rich.
 _CONSOLES = {"console": False, "err_console": True}
@@ -104,9 +106,19 @@ def guarded(func: F) -> F:
             rules = sys.modules.get("pacsguard.ids.rules")
             if rules is not None and isinstance(exc, rules.RuleError):
                 raise print_rule_problems(exc) from None
-            raise
+            if _is_click_flow(exc) or os.environ.get("PACSGUARD_DEBUG"):
+                raise
+            # A bug: one line that names it, not a traceback for the administrator to read.
+            print_error(f"internal error: {type(exc).__name__}: {exc} (a bug in pacsguard; "
+                        "PACSGUARD_DEBUG=1 shows the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_click_flow(exc: Exception) -> bool:
+    """typer.Exit, typer.Abort and the usage errors (TyperException): how a command ends on purpose."""
+    return isinstance(exc, (typer.Exit, typer.Abort, typer.exceptions.TyperException))
 
 
 def config_path(explicit: Path | None) -> Path:
