@@ -106,7 +106,7 @@ def guarded(func: F) -> F:
             rules = sys.modules.get("pacsguard.ids.rules")
             if rules is not None and isinstance(exc, rules.RuleError):
                 raise print_rule_problems(exc) from None
-            if _is_click_flow(exc) or os.environ.get("PACSGUARD_DEBUG"):
+            if _ends_on_purpose(exc) or os.environ.get("PACSGUARD_DEBUG"):
                 raise
             # A bug: one line that names it, not a traceback for the administrator to read.
             print_error(f"internal error: {type(exc).__name__}: {exc} (a bug in pacsguard; "
@@ -116,7 +116,7 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _is_click_flow(exc: Exception) -> bool:
+def _ends_on_purpose(exc: Exception) -> bool:
     """typer.Exit, typer.Abort and the usage errors (TyperException): how a command ends on purpose."""
     return isinstance(exc, (typer.Exit, typer.Abort, typer.exceptions.TyperException))
 

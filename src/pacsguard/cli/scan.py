@@ -6,7 +6,7 @@ per file (severity, rule, offset, explanation, reference) as ``--format table|js
 infected files aside with a manifest. With ``--store`` (or ``--jsonl``) every finding is an Event.
 
 Exit codes (docs/cli.md): 0 no finding reached ``--fail-on``, 1 at least one did, 2 usage,
-configuration or rule error.
+configuration or rule error, or a PATH given that does not exist (when no finding reached it).
 """
 
 from __future__ import annotations
