@@ -115,6 +115,8 @@ def test_quarantine_moves_the_file_with_a_manifest_and_records_events(tmp_path: 
     manifest = json.loads(manifests[0].read_text())
     assert manifest["original"].endswith("pe.dcm") and "preamble.pe" in {f["rule"] for f in manifest["findings"]}
     assert (tmp_path / "q" / f"{manifest['sha256']}.quarantined").read_bytes() == pe_in_preamble()
+    # The quarantine holds a patient's data: a folder it makes is 0700, each manifest 0600.
+    assert (tmp_path / "q").stat().st_mode & 0o777 == 0o700 and manifests[0].stat().st_mode & 0o777 == 0o600
     reader = EventStore.open(str(store))
     try:
         patient = manifest["patient_id"]

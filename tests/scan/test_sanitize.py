@@ -56,7 +56,7 @@ def test_cleaned_copies_have_the_same_data_set(build, tmp_path: Path, original: 
     notes = {f["rule"]: f["explanation"] for f in json.loads(result.output)["files"][0]["findings"]}
     assert "sanitize.written" in notes, notes
     assert (src / "x.dcm").read_bytes() == infected  # never modified
-    cleaned = out / "x.dcm"
+    cleaned = out / "in" / "x.dcm"  # laid out as under the folder scanned, its name first
     assert cleaned.read_bytes()[:128] == bytes(128)
     assert dump(cleaned) == dump(original)
     again = CliRunner().invoke(main.app, ["scan", "--fail-on", "low", str(cleaned)])
@@ -71,3 +71,28 @@ def test_what_cannot_be_cleaned_safely_is_not_written(tmp_path: Path) -> None:
     notes = {f["rule"]: f["explanation"] for f in json.loads(result.output)["files"][0]["findings"]}
     assert notes["sanitize.refused"].startswith("cannot be cleaned safely: documents.pdf-active")
     assert not (out / "pdf.dcm").exists()
+
+
+def test_every_series_of_a_medium_keeps_its_cleaned_copies_and_they_are_private(tmp_path: Path) -> None:
+    """Media number their files per series (S1/IM000001, S2/IM000001): each cleaned copy keeps its
+    place under --out instead of the second one being refused as existing. The copies hold patient
+    data: 0600 in 0700 folders, whatever the umask."""
+    import os
+    import stat
+
+    media = tmp_path / "usb"
+    for series in ("S1", "S2"):
+        (media / series).mkdir(parents=True)
+        (media / series / "IM000001").write_bytes(pe_in_preamble())
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(main.app, ["scan", "--format", "json", "--sanitize", "--out", str(out),
+                                               str(media)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 1, result.output
+    copies = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert copies == ["usb/S1/IM000001", "usb/S2/IM000001"]
+    for path in [out / "usb", out / "usb/S1", *(out / c for c in copies)]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path

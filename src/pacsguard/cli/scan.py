@@ -34,7 +34,7 @@ from pacsguard.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from pacsguard.events import Event
     from pacsguard.scan.config import ScanSettings
@@ -141,7 +141,7 @@ def scan_command(
             reports.append(report)
             if progress is not None:
                 progress()
-            _after(report, scanner, threshold, publish, out if sanitize else None, quarantine)
+            _after(report, scanner, threshold, publish, out if sanitize else None, quarantine, paths)
         summary.seconds = time.perf_counter() - started
     _print(reports, summary, format, show_info)
     # A PATH that is not there is a mistake in the command (a mount not made, a typo), not a clean
@@ -167,7 +167,7 @@ def _progress(stack: ExitStack) -> Callable[[], None] | None:
 
 
 def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Callable[[Event], None] | None,
-           out: Path | None, quarantine: Path | None) -> None:
+           out: Path | None, quarantine: Path | None, roots: Sequence[Path]) -> None:
     """Events, cleaned copy and quarantine for one file (only real files are moved or cleaned)."""
     from pacsguard.scan.events import finding_events, quarantine_event
     from pacsguard.scan.model import Level
@@ -179,7 +179,7 @@ def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Cal
     source = Path(report.path)
     on_disk = not report.skipped and source.is_file()  # archive members ("a.zip!b.dcm") are not files
     if out is not None and on_disk and report.findings:
-        _sanitize(report, scanner, source, out)
+        _sanitize(report, scanner, source, out / copy_path(source, roots))
     if quarantine is not None and on_disk and report.fails(threshold):
         from pacsguard.scan.quarantine import quarantine as move
 
@@ -188,8 +188,22 @@ def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Cal
             publish(quarantine_event(report, target, manifest))
 
 
-def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path) -> None:
-    from pacsguard.cli.common import err_console
+def copy_path(source: Path, roots: Sequence[Path]) -> Path:
+    """Where a file's cleaned copy goes under --out: its path from the PATH argument it was found
+    under, that folder's own name first (as `cp -r` lays it out), so that media whose series each
+    hold an IM000001 keep every one; a file given itself keeps its name."""
+    for root in sorted(roots, key=lambda r: len(r.parts), reverse=True):
+        try:
+            inside = source.relative_to(root)
+        except ValueError:
+            continue
+        name = root.name or root.resolve().name or "root"  # "." names the folder it stands for
+        return Path(name, inside) if inside.parts else Path(source.name)
+    return Path(source.name)
+
+
+def _sanitize(report: FileReport, scanner: Scanner, source: Path, target: Path) -> None:
+    from pacsguard.cli.common import err_console, shown
     from pacsguard.scan.model import Finding, Level
     from pacsguard.scan.sanitize import clean, write_clean
 
@@ -198,11 +212,10 @@ def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path) -> 
         if cleaned.refused != "nothing to clean":
             report.findings.append(Finding("sanitize.refused", Level.INFO, cleaned.refused))
         return
-    target = out / source.name
     try:
         write_clean(target, cleaned)
     except FileExistsError:
-        err_console.print(f"[yellow]warning:[/] {target} exists; not overwritten", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {shown(target)} exists; not overwritten", highlight=False)
         return
     report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {target}: "
                                    + "; ".join(cleaned.actions)))

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import orjson
 
+from pacsguard.owner_only import make_private_dir, write_private_file
 from pacsguard.scan.model import FileReport
 
 
 def quarantine(source: Path, report: FileReport, folder: Path) -> tuple[Path, Path]:
-    """Move ``source`` into ``folder``; returns the quarantined file and its manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Move ``source`` into ``folder``; returns the quarantined file and its manifest. Both hold a
+    patient's data: a new folder is made 0700 and the manifest 0600 (pacsguard.owner_only)."""
+    make_private_dir(folder)
     digest = report.sha256 or hashlib.sha256(source.read_bytes()).hexdigest()
     target = folder / f"{digest}.quarantined"
     manifest = folder / f"{digest}.json"
@@ -26,7 +28,8 @@ def quarantine(source: Path, report: FileReport, folder: Path) -> tuple[Path, Pa
            "quarantined": datetime.now(timezone.utc).isoformat(), "patient_id": report.patient_id or None,
            "study_uid": report.study_uid or None, "findings": [f.to_dict() for f in report.findings]}
     tmp = manifest.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    tmp.unlink(missing_ok=True)  # left by an interrupted run
+    write_private_file(tmp, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     os.replace(tmp, manifest)
     shutil.move(str(source), target)
     return target, manifest

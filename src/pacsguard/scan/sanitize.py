@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacsguard.owner_only import write_private_file
 from pacsguard.scan import part10
 from pacsguard.scan.model import FileReport, Level
 from pacsguard.scan.scanner import Scanner
@@ -64,8 +65,7 @@ def clean(data: bytes, report: FileReport, scanner: Scanner) -> Cleaned:
 
 
 def write_clean(path_in_out: Path, cleaned: Cleaned) -> Path:
-    """Write a cleaned copy (new file, never over an existing one)."""
-    path_in_out.parent.mkdir(parents=True, exist_ok=True)
-    with path_in_out.open("xb") as f:
-        f.write(cleaned.data)
+    """Write a cleaned copy (new file, never over an existing one; FileExistsError). It holds a
+    patient's data: mode 0600, its new folders 0700 (pacsguard.owner_only)."""
+    write_private_file(path_in_out, cleaned.data)
     return path_in_out
