@@ -146,6 +146,20 @@ def test_negotiation_accepts_storage_with_the_first_transfer_syntax_and_answers_
     assert (ac.called_ae_title, ac.calling_ae_title) == ("PACSGUARD", "WS1")
 
 
+def test_retired_and_less_common_storage_sop_classes_are_accepted_and_storage_commitment_is_not() -> None:
+    """Old ultrasound and nuclear medicine machines still send the retired SOP classes (dcmtk's
+    storescp and Orthanc take them); Hanging Protocol and Color Palette Storage are C-STOREs too.
+    Storage Commitment and the DICOMDIR's Media Storage Directory are not objects to store."""
+    accepted = storage_sop_classes()
+    for uid in ("1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (retired)
+                "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (retired)
+                "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (retired)
+                "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol Storage
+                "1.2.840.10008.5.1.4.39.1"):  # Color Palette Storage
+        assert uid in accepted, uid
+    assert not {"1.2.840.10008.1.20.1", "1.2.840.10008.1.3.10"} & accepted
+
+
 def test_a_store_answer_waits_until_its_records_are_in_the_store(tmp_path: Path) -> None:
     async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
         await associate(client)

@@ -64,7 +64,7 @@ class RecordingSCP:
     holds. With ``lose_first_answer`` it stores an object and then aborts instead of answering,
     the first time: the window where the sender cannot know whether the object arrived."""
 
-    def __init__(self, max_pdu: int, *, lose_first_answer: bool = False) -> None:
+    def __init__(self, max_pdu: int, *, lose_first_answer: bool = False, abort_on: str = "") -> None:
         from collections import Counter
 
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -73,6 +73,7 @@ class RecordingSCP:
         self.received: dict[str, bytes] = {}
         self.stores: Counter[str] = Counter()
         self.lose_first_answer = lose_first_answer
+        self.abort_on = abort_on  # a SOP Instance UID this destination aborts on, every time, unstored
         ae = AE(ae_title="RECORDER")
         ae.maximum_pdu_size = max_pdu
         for cx in AllStoragePresentationContexts:
@@ -84,6 +85,10 @@ class RecordingSCP:
 
     def _store(self, event) -> int:  # type: ignore[no-untyped-def]
         uid = str(event.request.AffectedSOPInstanceUID)
+        if uid == self.abort_on:
+            self.stores[uid] += 1
+            event.assoc.abort()
+            return 0xC000
         self.received[uid] = bytes(event.request.DataSet.getvalue())
         self.stores[uid] += 1
         if self.lose_first_answer and self.stores[uid] == 1:
@@ -157,6 +162,40 @@ def test_a_lost_answer_leaves_the_object_in_doubt_and_the_c_find_finds_it(tmp_pa
             "the association ended before every answer"
     finally:
         scp.server.shutdown()
+
+
+def test_an_object_the_destination_aborts_on_does_not_hold_back_the_others(tmp_path):
+    """A destination whose software aborts the association on one data set, every time: that
+    object waits at the back of the queue and is retried, and the objects behind it arrive."""
+    files = fresh_ct(tmp_path / "ct", 4, kib=64)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    scp = RecordingSCP(16384, abort_on=uids[0])
+    route = parse_config(f"""
+gateway:
+  routes:
+  - name: sf
+    mode: store-and-forward
+    listen: {{port: {free_port()}, ae_title: PACSGUARD}}
+    destinations: [{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}]
+    retry: {{initial_delay: 0.1, max_delay: 0.4, batch: 64}}
+""").gateway.routes[0]
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    events: list[Event] = []
+    forwarder = Forwarder(route, route.destinations[0], spool, events.append)
+    for path in files:  # the one it aborts on first
+        forwarder.add(spool_file(spool, path, ["rec"]))
+    forwarder.start()
+    try:
+        wait_until(lambda: set(scp.received) == set(uids[1:]), 30, "the other objects forwarded")
+        wait_until(lambda: scp.stores[uids[0]] >= 2, 30, "the aborted object retried")
+    finally:
+        forwarder.stop()
+        scp.server.shutdown()
+    assert forwarded(events) == 3
+    left = {p.name.split(".")[0] for p in spool.objects.glob("*.json")}
+    assert len(left) == 1  # still spooled: acknowledged to the modality, never dropped
+    spool.close()
 
 
 def test_a_rejected_or_unreachable_association_is_refused_with_the_reason(tmp_path):

@@ -42,6 +42,15 @@ def test_destinations_default_to_the_upstream_and_the_upstream_to_the_first_dest
     assert two.spool.min_free_mib == 512 and two.retry.initial_delay == 1.0
 
 
+def test_the_first_destination_may_have_every_destination_key() -> None:
+    """verify_resend and name on the first destination (which also makes the upstream) were
+    refused as "gateway.routes.0.upstream.verify_resend: unknown key"."""
+    route = parse_config(SF + "    destinations: [{name: pacs, host: 10.0.0.5, port: 104, ae_title: PACS, "
+                              "verify_resend: never}]\n").gateway.routes[0]
+    assert route.destinations[0].verify_resend == "never" and route.destinations[0].key == "pacs"
+    assert (route.upstream.host, route.upstream.port, route.upstream.ae_title) == ("10.0.0.5", 104, "PACS")
+
+
 def test_route_mode_errors_name_their_key() -> None:
     unknown = problems(SF + "    upstream: {host: h, port: 104, ae_title: P}\n    object_checks: [antivirus]\n")
     assert unknown[0].startswith("gateway.routes.0.object_checks:") and "'antivirus'" in unknown[0]

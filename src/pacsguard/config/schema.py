@@ -343,7 +343,8 @@ class Route(Strict):
         data = dict(data)
         dests = data.get("destinations")
         if "upstream" not in data and isinstance(dests, list) and dests and isinstance(dests[0], dict):
-            data["upstream"] = {k: v for k, v in dests[0].items() if k != "name"}
+            # Only what an upstream has: a destination's own keys (name, verify_resend) stay its own.
+            data["upstream"] = {k: v for k, v in dests[0].items() if k in Upstream.model_fields}
         elif not dests and isinstance(data.get("upstream"), (dict, Upstream)):
             up = data["upstream"]
             data["destinations"] = [up.model_dump() if isinstance(up, Upstream) else up]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -48,11 +49,23 @@ log = logging.getLogger("pacsguard.gateway")
 
 
 def storage_sop_classes() -> frozenset[str]:
-    """The SOP classes the SCP accepts: every Storage SOP Class pynetdicom lists (PS3.4 B.5), and
-    Verification (PS3.4 A.4)."""
+    """The SOP classes the SCP accepts: every Storage SOP Class pynetdicom lists (PS3.4 B.5), every
+    other SOP class PS3.6 Table A-1 names as a storage (pydicom's UID dictionary), retired or not,
+    and Verification (PS3.4 A.4). Retired ones are kept because old modalities still send them (an
+    ultrasound machine's Ultrasound Image Storage, 1.2.840.10008.5.1.4.1.1.6, retired in 1996),
+    as dcmtk's storescp and Orthanc accept them; a relayed route passes them on too."""
+    from pydicom._uid_dict import UID_dictionary  # PS3.6 Table A-1 as pydicom ships it (pydicom.uid uses it)
     from pynetdicom import AllStoragePresentationContexts
 
-    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts) | {uids.VERIFICATION}
+    named = {uid for uid, (name, kind, *_) in UID_dictionary.items()
+             if kind == "SOP Class" and _STORAGE_NAME.search(name) and not name.startswith(_NOT_STORAGE)}
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts) | named | {uids.VERIFICATION}
+
+
+#: A storage SOP class's name ends in "Storage" (some with " - Trial", " - For Presentation", ...).
+_STORAGE_NAME = re.compile(r"\bStorage( SOP Class)?( - .*)?$")
+#: Named like one, but not a C-STORE of an object (PS3.4 J, F.3).
+_NOT_STORAGE = ("Storage Commitment", "Media Storage Directory")
 
 
 def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collection[str],

@@ -11,7 +11,10 @@ sent marker (a crash, or an association lost between the C-STORE and its respons
 arrived: before it is sent again the destination is asked with a C-FIND (verify.py, PS3.4 C.4.1)
 and an object it holds is marked sent instead. A destination that cannot be asked gets the object
 again (at-least-once for that one object; ``verify_resend: never`` chooses that without asking).
-Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`."""
+Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`.
+The object in flight when an association ends goes to the back of the queue, so one object a
+destination aborts on is retried without holding back the others (objects may then arrive out of
+the order received; DICOM asks for none)."""
 
 from __future__ import annotations
 
@@ -159,7 +162,11 @@ class Forwarder:
                     why = f"status 0x{status:04X}" if status is not None else ""
                 if status is None:  # this one's attempt marker stays: it may have arrived
                     self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
-                    return refused + [m.id for m in metas[i:]], "the association ended before every answer", False
+                    # It waits behind every other queued object: a destination that aborts on one
+                    # object (a data set its software cannot take) must not hold back the rest.
+                    with self.wake:
+                        self.queue.append(meta.id)
+                    return refused + [m.id for m in metas[i + 1:]], "the association ended before every answer", False
                 if status_category(status) in ("success", "warning"):
                     self._delivered(meta)
                     self.publish(records.forwarded(meta, self.name, self.party, status))
