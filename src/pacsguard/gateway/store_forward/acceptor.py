@@ -52,8 +52,8 @@ def storage_sop_classes() -> frozenset[str]:
     """The SOP classes the SCP accepts: every Storage SOP Class pynetdicom lists (PS3.4 B.5), every
     other SOP class PS3.6 Table A-1 names as a storage (pydicom's UID dictionary), retired or not,
     and Verification (PS3.4 A.4). Retired ones are kept because old modalities still send them (an
-    ultrasound machine's Ultrasound Image Storage, 1.2.840.10008.5.1.4.1.1.6, retired in 1996),
-    as dcmtk's storescp and Orthanc accept them; a relayed route passes them on too."""
+    ultrasound machine's retired Ultrasound Image Storage, 1.2.840.10008.5.1.4.1.1.6), as dcmtk's
+    storescp and Orthanc accept them; a relayed route passes them on too."""
     from pydicom._uid_dict import UID_dictionary  # PS3.6 Table A-1 as pydicom ships it (pydicom.uid uses it)
     from pynetdicom import AllStoragePresentationContexts
 
