@@ -17,6 +17,7 @@ M = TypeVar("M", bound=BaseModel)
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KiB; a larger file is a mistake or an attack
 MAX_CONFIG_DEPTH = 32  # deeper nesting than any section needs
 MAX_CONFIG_VALUES = 100_000  # values, aliases expanded: a real configuration has hundreds
+_TOO_DEEP = f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -51,7 +52,7 @@ def _shape_problem(data: Any) -> str | None:
             return f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded"
         if isinstance(value, (dict, list)):
             if level > MAX_CONFIG_DEPTH:
-                return f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)"  # or an alias in its own anchor
+                return _TOO_DEEP  # or an alias in its own anchor
             children = value.values() if isinstance(value, dict) else value
             stack.extend((child, level + 1) for child in children)
     return None
@@ -125,8 +126,7 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
     except RecursionError:
-        raise ConfigError(source, [ConfigProblem(
-            "(file)", f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")]) from None
+        raise ConfigError(source, [ConfigProblem("(file)", _TOO_DEEP)]) from None
     shape = _shape_problem(data)
     if shape is not None:
         raise ConfigError(source, [ConfigProblem("(file)", shape)])
