@@ -293,3 +293,45 @@ def test_a_c_find_the_destination_aborts_ends_at_once_even_when_its_wake_up_is_l
         assert took < 5, f"the C-FIND waited {took:.1f} s for a destination that had aborted"
     finally:
         scp.server.shutdown()
+
+
+def test_objects_that_arrive_while_a_forwarding_process_restarts_are_forwarded_once_each(tmp_path):
+    """The gateway restarts a forwarding process that died while modalities go on sending: an
+    object committed while the spool is read for the new process, whose add comes after the
+    reading, still reaches the destination; one both read and added arrives once."""
+    from pacsguard.gateway.store_forward.forwarding import ForwardingProcess
+
+    scp = RecordingSCP(16384)
+    files = fresh_ct(tmp_path / "ct", 3, kib=16)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
+    adders: list[threading.Thread] = []
+
+    class ArrivingSpool(Spool):
+        def waiting(self):  # type: ignore[no-untyped-def]
+            owed = super().waiting()
+            both = spool_file(self, files[1], ["rec"])  # in the reading, and added too
+            later = spool_file(self, files[2], ["rec"])  # committed after the reading: only added
+            for meta in (both, later):
+                adders.append(threading.Thread(target=process.add, args=(meta,)))
+                adders[-1].start()
+            time.sleep(0.3)  # the adds come while the spool is still being read
+            return [*owed, both]
+
+    spool = ArrivingSpool(tmp_path / "spool")
+    spool.open()
+    spool_file(spool, files[0], ["rec"])
+    events: list[Event] = []
+    process = ForwardingProcess(route, spool, list(route.destinations), events.append)
+    try:
+        process.start()
+        wait_until(lambda: set(scp.received) == set(uids), 30, "every object forwarded")
+        wait_until(lambda: not list(spool.objects.glob("*.dcm")), 30, "the spool empties")
+        time.sleep(0.5)  # a second copy would have gone by now
+        assert dict(scp.stores) == {uid: 1 for uid in uids}
+    finally:
+        process.stop()
+        scp.server.shutdown()
+        spool.close()
+    for adder in adders:
+        adder.join(5)

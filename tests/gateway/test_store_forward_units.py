@@ -130,6 +130,52 @@ def test_each_destination_is_marked_once_and_the_object_goes_when_all_have_it(tm
     assert list(spool.objects.iterdir()) == [] and spool.find(m.id) is None
 
 
+def test_an_object_every_destination_has_is_finished_when_the_forwarding_process_restarts(
+        tmp_path: Path) -> None:
+    """A forwarding process killed between an object's last sent marker and its removal, and one
+    killed after handing the file on but before removing the .json: the restart's reading of the
+    spool finishes both, and leaves an object still owed alone."""
+    spool = Spool(tmp_path)
+    spool.open()
+    done, half, owed = meta(spool), meta(spool), meta(spool)
+    for m in (done, half, owed):
+        spool.commit(spool.receive(m.id, b"DICM"), m)
+        spool.mark_sent(m.id, "a")
+    spool.mark_sent(done.id, "b")
+    spool.mark_sent(half.id, "b")
+    spool.object_path(half.id).unlink()  # its file already went to the pool
+    assert spool.waiting() == [owed]
+    assert sorted(p.name for p in spool.objects.iterdir()) == sorted(
+        [f"{owed.id}.dcm", f"{owed.id}.json", f"{owed.id}.a.sent"])
+    spool.close()
+
+
+def test_a_crash_while_an_object_is_finished_never_leaves_a_file_no_one_owns(tmp_path: Path) -> None:
+    """The .dcm goes before the .json: a crash between the two leaves the .json and its markers,
+    which a restart finishes, never a .dcm that no .json accounts for."""
+    spool = Spool(tmp_path)
+    spool.open()
+    m = meta(spool, ["a"])
+    spool.commit(spool.receive(m.id, b"DICM"), m)
+    spool.mark_sent(m.id, "a")
+    order: list[str] = []
+
+    def spend_then_crash(path: Path) -> bool:
+        order.append(path.suffix)
+        assert (spool.objects / f"{m.id}.json").exists()
+        path.unlink()
+        raise KeyboardInterrupt  # stands for the process dying here
+
+    spool.spend = spend_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        spool.finish_if_done(m)
+    assert order == [".dcm"]
+    spool.close()
+    again = Spool(tmp_path)
+    assert again.open() == [] and list(again.objects.iterdir()) == []
+    again.close()
+
+
 def test_retention_keep_moves_what_was_sent(tmp_path: Path) -> None:
     spool = Spool(tmp_path, retention="keep")
     spool.open()

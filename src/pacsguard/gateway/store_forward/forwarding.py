@@ -64,16 +64,23 @@ class ForwardingProcess:
         self._stopping = threading.Event()
         self._pump: threading.Thread | None = None
 
-    def start(self, waiting: list[SpooledMeta]) -> None:
-        """Start the child with the objects the spool still owes a destination."""
+    def start(self, waiting: list[SpooledMeta] | None = None) -> None:
+        """Start the child with the objects the spool still owes a destination (``waiting``, or,
+        at a restart, what the spool shows now)."""
         ours, theirs = socket.socketpair()
         with theirs:
             process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         conn = Connection(ours.detach())
         level = logging.getLogger("pacsguard").getEffectiveLevel()  # the child logs as the gateway does
-        conn.send((self.route, self.spool.root, self.destinations, waiting, level))
-        self._conn, self._process = conn, process
+        # At a restart objects keep arriving: the spool is read and the pipe opened under the lock
+        # `add` takes, so that an object committed after the reading is added through the new pipe
+        # (one committed before it may come both ways; the child takes it once).
+        with self._send_lock:
+            if waiting is None:
+                waiting = self.spool.waiting()
+            conn.send((self.route, self.spool.root, self.destinations, waiting, level))
+            self._conn, self._process = conn, process
         self._pump = threading.Thread(target=self._read, args=(conn,), name=f"pacsguard-forwarding-{self.route.name}",
                                       daemon=True)
         self._pump.start()
@@ -128,7 +135,7 @@ class ForwardingProcess:
         self.publish(event)
         if self._stopping.wait(RESTART_DELAY):
             return
-        self.start(self.spool.waiting())
+        self.start()
 
 
 # --- the child -------------------------------------------------------------------------------------
@@ -173,6 +180,9 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
             if not spool.sent_to(meta.id, [forwarder.name]):
                 forwarder.add(meta)
         forwarder.start()
+    # An object committed while the gateway read the spool for this start may also be added
+    # through the pipe: the second time is dropped (once only: the set shrinks to nothing).
+    given = {meta.id for meta in waiting}
     while True:
         try:
             kind, value = conn.recv()
@@ -183,6 +193,9 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
             os._exit(0)
         if kind == "stop":
             break
+        if value.id in given:
+            given.discard(value.id)
+            continue
         for forwarder in forwarders:
             forwarder.add(value)
     for forwarder in forwarders:

@@ -176,12 +176,14 @@ class Spool:
         return waiting
 
     def waiting(self) -> list[SpooledMeta]:
-        """Every committed object a destination still lacks, oldest first; unlike `open`, nothing
-        is removed (objects may be arriving meanwhile)."""
+        """Every committed object a destination still lacks, oldest first, while no forwarding
+        process runs (its restart). One every destination has is finished now: its forwarding
+        process died between the last sent marker and the removal. Unlike `open`, nothing else is
+        removed (objects may be arriving meanwhile)."""
         owed = []
         for object_id in sorted(p.stem for p in self.objects.glob("*.json")):
             meta = self.read_meta(object_id)
-            if meta is not None and len(self.sent_to(meta.id, meta.destinations)) < len(set(meta.destinations)):
+            if meta is not None and not self.finish_if_done(meta):
                 owed.append(meta)
         return owed
 
@@ -360,12 +362,13 @@ class Spool:
                     source = self.objects / f"{meta.id}{suffix}"
                     if source.exists():
                         os.replace(source, self.sent_dir / source.name)
-            # Its files by name (the .json first), without listing the folder; markers of a
-            # destination no longer configured go at the next rescan.
-            (self.objects / f"{meta.id}.json").unlink(missing_ok=True)
+            # Its files by name, without listing the folder: the .dcm first, so that a crash midway
+            # leaves the .json and its markers, which `open` and `waiting` finish, never a .dcm no
+            # one owns. Markers of a destination no longer configured go at the next rescan.
             spent = self.objects / f"{meta.id}.dcm"
             if not self.spend(spent):
                 spent.unlink(missing_ok=True)
+            (self.objects / f"{meta.id}.json").unlink(missing_ok=True)
             for destination in meta.destinations:
                 for marker in ("sent", "sending", "fail"):
                     self._marker(meta.id, destination, marker).unlink(missing_ok=True)
