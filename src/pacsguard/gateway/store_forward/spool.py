@@ -160,20 +160,12 @@ class Spool:
         self.pool.load()
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
-        waiting: list[SpooledMeta] = []
         metas = {p.stem for p in self.objects.glob("*.json")}
         for path in self.objects.iterdir():
             object_id = path.name.split(".", 1)[0]
             if object_id not in metas:  # a reception cut off between its two renames, or a removal
                 path.unlink(missing_ok=True)
-        for object_id in sorted(metas):
-            meta = self.read_meta(object_id)
-            if meta is None:
-                continue
-            if self.finish_if_done(meta):
-                continue
-            waiting.append(meta)
-        return waiting
+        return self.waiting()
 
     def waiting(self) -> list[SpooledMeta]:
         """Every committed object a destination still lacks, oldest first, while no forwarding
