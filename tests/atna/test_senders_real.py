@@ -38,9 +38,10 @@ def logger(*args: str, message: str) -> None:
                     *args, message], check=True, timeout=DEADLINE)
 
 
-def test_logger_over_tcp_both_framings_and_udp() -> None:
+@pytest.mark.parametrize("readers", [0, 2])
+def test_logger_over_tcp_both_framings_and_udp(readers: int) -> None:
     port = free_port()
-    with running({"tcp": {"port": port}, "udp": {"port": port}}) as rx:
+    with running({"tcp": {"port": port}, "udp": {"port": port}, "readers": readers}) as rx:
         logger("-T", "--octet-count", "-P", str(port), message=one_line("110110"))
         logger("-T", "-P", str(port), message=one_line("110104"))
         logger("-d", "-P", str(port), message=one_line("110112"))
@@ -121,12 +122,12 @@ def mutual_pki(base: Path) -> dict[str, Path]:
     return {"ca": ca, "cert": cert, "key": key, "client": client, "client_key": client_key}
 
 
-@pytest.mark.parametrize("driver", ["gtls", "ossl"])
-def test_rsyslog_forwards_over_mutual_tls(tmp_path: Path, driver: str) -> None:
+@pytest.mark.parametrize(("driver", "readers"), [("gtls", 0), ("ossl", 0), ("gtls", 2)])
+def test_rsyslog_forwards_over_mutual_tls(tmp_path: Path, driver: str, readers: int) -> None:
     pki = mutual_pki(tmp_path / "pki")
     port = free_port()
     section = {"tls": {"port": port, "cert_file": pki["cert"], "key_file": pki["key"], "ca_file": pki["ca"],
-                       "require_client_cert": True}}
+                       "require_client_cert": True}, "readers": readers}
     with running(section) as rx:
         proc, inbound, console = _rsyslog_forwarder(tmp_path / "rsyslog", driver, port,
                                                     {"ca": pki["ca"], "cert": pki["client"], "key": pki["client_key"]})
@@ -166,14 +167,15 @@ def assert_forwarded(got: list[Event]) -> None:
     assert [e.details["problem"] for e in unparsed] == ["entity-expansion"]
 
 
-def test_hostile_connections_never_stop_the_receiver(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readers", [0, 2])
+def test_hostile_connections_never_stop_the_receiver(tmp_path: Path, readers: int) -> None:
     pki = tmp_path / "pki"
     ca, ca_key = make_ca(pki, "ATNA Test CA", 2)
     cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
     port, tls_port = free_port(), free_port()
     good = b"<85>1 - h a - IHE+RFC-3881 - " + one_line("110110").encode()  # one line: LF framing splits lines
     framed = b"%d %s" % (len(good), good)
-    with running({"tcp": {"port": port}, "idle_timeout": 1.0,
+    with running({"tcp": {"port": port}, "idle_timeout": 1.0, "readers": readers,
                   "tls": {"port": tls_port, "cert_file": cert, "key_file": key}}) as rx:
         with socket.create_connection(("127.0.0.1", port)) as s:  # silent, then gone
             time.sleep(0.2)

@@ -1,6 +1,7 @@
-"""`pacsguard serve` with an `atna:` section: its syslog listener records a logger message, and its
-outbound feed sends the gateway's own C-STOREs (real dcmtk traffic) as PS3.15 A.5 Instances
-Transferred messages over mutual TLS to a second pacsguard acting as the external repository."""
+"""`pacsguard serve` with an `atna:` section: its syslog listener (read by a reading process) records
+a logger message, and its outbound feed sends the gateway's own C-STOREs (real dcmtk traffic) as
+PS3.15 A.5 Instances Transferred messages over mutual TLS to a second pacsguard acting as the
+external repository."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_serve_receives_and_forwards(dcmtk, tmp_path: Path, pki: dict[str, Path]
 atna:
   enabled: true
   tcp: {{port: {syslog_port}}}
+  readers: 1                  # read by a child process, stored by serve
   outbound:
     host: 127.0.0.1
     port: {repo_port}

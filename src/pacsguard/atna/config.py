@@ -129,5 +129,8 @@ class AtnaConfig(Strict):
                              description="largest message accepted, octets (at least 64 KiB)")
     idle_timeout: float = Field(300.0, gt=0, le=86_400,
                                 description="seconds a connection may stay silent before it is closed")
+    readers: int = Field(0, ge=0, le=64,
+                         description="processes that read the TLS and TCP listeners' connections, each on its "
+                         "own core (0: read in the service's own event loop); see docs/audit.md")
     outbound: Outbound | None = None
     privacy: Privacy | None = None

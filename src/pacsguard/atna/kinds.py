@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacsguard.events.kinds import BOOLEAN, INTEGER, OBJECT, STRING, STRINGS, EventKind
+from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, STRINGS, EventKind, nullable
 
 _CODE: dict[str, Any] = {"type": "object", "properties": {"code": STRING, "system": STRING, "meaning": STRING},
                          "required": ["code"], "additionalProperties": False}
@@ -54,6 +54,11 @@ KINDS = (
               "client certificate, or a body that is not a FHIR AuditEvent",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
                "method": STRING}, required=("sender", "problem", "error")),
+    EventKind("atna.reader.restarted", "a process reading the TLS or TCP listener's connections (atna.readers) "
+              "ended while the repository ran; its connections were reset and it was started again",
+              {"transport": {"enum": ["tls", "tcp"]}, "reader": INTEGER, "exit_code": nullable(INTEGER),
+               "signal": nullable(STRING), "restart_in": NUMBER},
+              required=("transport", "reader", "exit_code")),
     EventKind("atna.outbound.delivered", "a batch of pacsguard's own events reached the external repository",
               {"repository": STRING, "messages": INTEGER, "first": INTEGER, "last": INTEGER,
                "reconnected": BOOLEAN}, required=("repository", "messages")),

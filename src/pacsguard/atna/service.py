@@ -7,13 +7,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener
+from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener, tls_context
+from pacsguard.atna.syslog.readers import ReadingProcesses
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from pacsguard.atna.config import AtnaConfig, Outbound
+    from pacsguard.atna.config import AtnaConfig, Outbound, TlsListener
     from pacsguard.atna.explain import ExplainSettings
     from pacsguard.ids.audit.adapter import AuditAdapter, Explainer
     from pacsguard.ids.engine import Engine
@@ -82,25 +83,19 @@ class AtnaService:
         return explain
 
     async def start(self) -> list[BannerRow]:
-        from pacsguard.tls.contexts import server_context
-
         cfg = self.config
         limits = Limits(cfg.max_message, cfg.idle_timeout)
         rows: list[BannerRow] = []
         try:
             if cfg.tls is not None:
-                t = cfg.tls
-                context = server_context(self._path(t.cert_file), self._path(t.key_file),
-                                         ca_file=self._path(t.ca_file) if t.ca_file else None,
-                                         require_client_cert=t.require_client_cert)
-                # No TLS 1.3 session tickets: a syslog sender never reads, and a ticket left unread in
-                # its socket turns its close into a TCP reset that discards the tail of its stream here.
-                context.num_tickets = 0
-                await self._listen("tls", StreamListener(self.publish, limits, context), t.host, t.port)
+                t = cfg.tls.model_copy(update={
+                    "cert_file": self._path(cfg.tls.cert_file), "key_file": self._path(cfg.tls.key_file),
+                    "ca_file": self._path(cfg.tls.ca_file) if cfg.tls.ca_file else None})
+                await self._listen("tls", self._stream(limits, t), t.host, t.port)
                 rows.append(("ATNA syslog (RFC 5425 TLS)", self._where("tls"),
                              "mutual TLS" if t.require_client_cert else "server TLS"))
             if cfg.tcp is not None:
-                await self._listen("tcp", StreamListener(self.publish, limits), cfg.tcp.host, cfg.tcp.port)
+                await self._listen("tcp", self._stream(limits, None), cfg.tcp.host, cfg.tcp.port)
                 rows.append(("ATNA syslog (RFC 6587 TCP)", self._where("tcp"), "octet counting or LF"))
             if cfg.udp is not None:
                 await self._listen("udp", DatagramListener(self.publish), cfg.udp.host, cfg.udp.port)
@@ -120,6 +115,13 @@ class AtnaService:
             await self.stop()
             raise
         return rows
+
+    def _stream(self, limits: Limits, tls: TlsListener | None) -> StreamListener | ReadingProcesses:
+        """A TLS (``tls``, its paths resolved) or TCP listener: read in this event loop, or by the
+        reading processes ``readers`` asks for."""
+        if self.config.readers:
+            return ReadingProcesses(self.publish, limits, tls, self.config.readers)
+        return StreamListener(self.publish, limits, tls_context(tls) if tls is not None else None)
 
     def _start_outbound(self, out: Outbound) -> BannerRow:
         from pacsguard.atna.outbound.forwarder import Forwarder

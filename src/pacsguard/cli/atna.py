@@ -35,6 +35,8 @@ def listen(
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
     key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
     max_message: int = typer.Option(1024 * 1024, "--max-message", min=65536, help="largest message, octets"),
+    readers: int = typer.Option(0, "--readers", min=0, max=64,
+                                help="processes reading the TLS and TCP connections (0: the listener's own loop)"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
@@ -49,7 +51,7 @@ def listen(
     from pacsguard.store import keys
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    section: dict[str, Any] = {"enabled": True, "max_message": max_message}
+    section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers}
     if tls is not None:
         host, port = _endpoint(tls, "--tls")
         if tls_cert is None or tls_key is None:

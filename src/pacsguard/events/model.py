@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time as _time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import IntEnum
@@ -171,7 +172,7 @@ class Event:
         # orjson writes the datetime, tuples and sorted keys itself, several times faster than
         # json.dumps; the store hashes the stored text, so a future change of serializer never
         # invalidates sealed events.
-        return orjson.dumps(self._json_fields(), default=_json_default, option=_JSON_OPTIONS).decode()
+        return orjson.dumps(self._json_fields(), default=json_default, option=JSON_OPTIONS).decode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Event":
@@ -198,7 +199,7 @@ class Event:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SEVERITY_NAMES = {s: s.name.lower() for s in Severity}
-_JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
 
 def json_time(value: datetime) -> str:
@@ -220,7 +221,46 @@ def time_from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-def _json_default(value: Any) -> Any:
+class JsonDetails(Mapping[str, Any]):
+    """An Event's details kept as their canonical JSON text (as ``Event.to_json`` writes them) and
+    decoded only when first read; ``to_json`` writes the text as it is. A process that receives
+    Events already serialised by another (the ATNA reading processes) stores them without building
+    every nested value again; what it reads at once (``eager``: a few top-level keys) is given
+    decoded beside the text."""
+
+    __slots__ = ("text", "eager", "_value")
+
+    def __init__(self, text: bytes, eager: Mapping[str, Any] | None = None) -> None:
+        self.text = text
+        self.eager = eager or {}
+        self._value: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = orjson.loads(self.text)
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.eager:
+            return self.eager[key]
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"JsonDetails({self._decoded()!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JsonDetails, (self.text, dict(self.eager)))
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, JsonDetails):
+        return orjson.Fragment(value.text)
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     if isinstance(value, Mapping):

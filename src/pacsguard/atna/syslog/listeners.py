@@ -15,10 +15,14 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, problem_event
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
 from pacsguard.events.model import Event
+
+if TYPE_CHECKING:
+    from pacsguard.atna.config import TlsListener
 
 log = logging.getLogger("pacsguard.atna")
 
@@ -43,8 +47,12 @@ class StreamListener:
         self.connections: set[_Connection] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        return await self.serve(host=host, port=port)
+
+    async def serve(self, **where: Any) -> tuple[str, int]:
+        """Listen where ``where`` says: ``host`` and ``port``, or ``sock`` (a listening socket)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, ssl=self.context,
+        self._server = await loop.create_server(lambda: _Connection(self), **where, ssl=self.context,
                                                 ssl_handshake_timeout=30 if self.context else None)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
@@ -163,6 +171,18 @@ class DatagramListener(asyncio.DatagramProtocol):
             self.publish(frame_event(sender, frame))
         except Exception:  # noqa: BLE001 - one datagram must never end the listener
             log.exception("datagram from %s", sender.host)
+
+
+def tls_context(tls: TlsListener) -> ssl.SSLContext:
+    """The server context of an RFC 5425 listener (its file paths resolved)."""
+    from pacsguard.tls.contexts import server_context
+
+    context = server_context(tls.cert_file, tls.key_file, ca_file=tls.ca_file,
+                             require_client_cert=tls.require_client_cert)
+    # No TLS 1.3 session tickets: a syslog sender never reads, and a ticket left unread in its
+    # socket turns its close into a TCP reset that discards the tail of its stream here.
+    context.num_tickets = 0
+    return context
 
 
 def _subject(ssl_object: ssl.SSLObject | None) -> str | None:

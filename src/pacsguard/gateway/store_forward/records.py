@@ -5,11 +5,11 @@ audit trail is patient-specific)."""
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.store_forward.spool import SpooledMeta
+from pacsguard.runtime.children import how_it_ended
 
 RECEIVED = "gateway.object.received"
 REFUSED = "gateway.object.refused"
@@ -115,13 +115,7 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
 def forwarding_restarted(route: str, exit_code: int | None, restart_in: float) -> Event:
     """The route's forwarding process ended while the gateway still ran (``exit_code`` as
     subprocess reports it: negative for the signal that ended it)."""
-    sig = None
-    if exit_code is not None and exit_code < 0:
-        try:
-            sig = signal.Signals(-exit_code).name
-        except ValueError:
-            sig = f"signal {-exit_code}"
-    how = f"killed by {sig}" if sig else f"exit code {exit_code}"
+    sig, how = how_it_ended(exit_code)
     return Event(kind=RESTARTED, component="gateway", severity=Severity.ERROR, outcome=Outcome.MAJOR_FAILURE,
                  message=f"route {route}: the forwarding process ended ({how}); starting it again in {restart_in:g} s",
                  details={"route": route, "exit_code": exit_code, "signal": sig, "restart_in": restart_in})

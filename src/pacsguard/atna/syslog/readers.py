@@ -1,0 +1,358 @@
+"""Reading processes for the syslog stream listeners (config ``atna.readers``; `pacsguard atna
+listen --readers N`): RFC 5425 TLS and RFC 6587 TCP connections read by N child processes.
+
+Reading a message is most of the receiver's work (TLS, the RFC 5424 header, the PS3.15 A.5 reader:
+docs/PERFORMANCE.md, "ATNA ingest"), and in one interpreter it shares one core with sealing and
+storing. With readers, the service binds the listening socket itself (its address, port 0 and
+the banner stay the service's) and the children accept on it. Each child is a new interpreter
+(`python -m pacsguard.atna.syslog.readers LISTEN_FD PIPE_FD`: not a fork, the service runs
+threads and an event loop) running the same StreamListener as the in-line mode, so a message
+makes the same Event either way. The Events come back over a socket pair in batches and the
+service publishes them as its own listeners do (duplicates dropped, the bus, the privacy rules,
+all in the service's event loop). One child reads a connection from its first byte to its last,
+so a sender's messages keep their order.
+
+The pipe, both ways: records of a 4-byte big-endian length and that many bytes.
+
+    service -> child   JSON settings (transport, limits, TLS files, log level)     first, once
+                       b"stop": close the listener and its connections, send what is left, exit
+    child -> service   a batch of Events (`wire`), each its fields and its details as their
+                       canonical JSON text: the service stores that text as it is and decodes it
+                       only if something reads it (events.model.JsonDetails; the syslog header,
+                       which duplicate detection reads of every message, comes decoded)
+
+A child writes with a blocking send: while the service is behind, the child stops reading its
+connections and TCP holds the senders back; nothing is dropped between the two. A child whose
+pipe closes (the service died) ends at once. A child that dies is started again after a second
+and an Event (atna.reader.restarted) says so; the connections it held are reset and their
+senders reconnect (rsyslog and syslog-ng do). RFC 5425 has no acknowledgement: what a sender had
+written into a connection that was reset is lost as it is when a single-process receiver dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pacsguard.atna.syslog.listeners import Limits, Publish, StreamListener, tls_context
+from pacsguard.events.model import (
+    JSON_OPTIONS,
+    Event,
+    JsonDetails,
+    Outcome,
+    Party,
+    Severity,
+    json_default,
+    time_from_us,
+)
+from pacsguard.runtime.children import how_it_ended
+
+log = logging.getLogger("pacsguard.atna")
+
+RESTARTED = "atna.reader.restarted"
+RESTART_DELAY = 1.0  # seconds before a reading process that died is started again
+STOP_WAIT = 10.0  # seconds a stopping child has to send what it read before it is killed
+_LENGTH = struct.Struct(">I")
+_STOP = b"stop"
+_READ = 4 * 1024 * 1024  # bytes the service takes from a child's pipe per read
+
+
+def record(data: bytes) -> bytes:
+    return _LENGTH.pack(len(data)) + data
+
+
+@dataclass(slots=True)
+class Records:
+    """Length-prefixed records out of a byte stream that arrives in pieces."""
+
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self.buffer
+        buf += data
+        out = []
+        start = 0
+        while len(buf) - start >= 4:
+            (size,) = _LENGTH.unpack_from(buf, start)
+            if len(buf) - start - 4 < size:
+                break
+            out.append(bytes(buf[start + 4:start + 4 + size]))
+            start += 4 + size
+        del buf[:start]
+        return out
+
+
+#: Details keys the service reads of every Event (atna.dedupe): sent decoded beside the text.
+_EAGER = ("syslog",)
+_ITEM = struct.Struct(">II")
+
+
+def wire(event: Event) -> bytes:
+    """An Event as the child sends it (`unwire` makes it again): the lengths of two parts, a JSON
+    array of its fields and of the few details the service reads of every Event, then its details
+    as their canonical JSON text, sent as they are (inside JSON, every quote of that text would
+    be escaped, and unescaped again by the service)."""
+    details = orjson.dumps(event.details, default=json_default, option=JSON_OPTIONS)
+    head = orjson.dumps([event.id, event.time_us, event.kind, int(event.severity), event.component, event.outcome,
+                         event.actor.to_dict(), event.target.to_dict(), event.patient_ids, event.study_uids,
+                         event.sop_instance_count, event.message,
+                         {k: event.details[k] for k in _EAGER if k in event.details}])
+    return _ITEM.pack(len(head), len(details)) + head + details
+
+
+def unwire(data: bytes) -> list[Event]:
+    """The Events of a batch of `wire` items."""
+    out = []
+    at, end = 0, len(data)
+    while at < end:
+        head_len, details_len = _ITEM.unpack_from(data, at)
+        at += _ITEM.size
+        (id_, time_us, kind, severity, component, outcome, actor, target, patients, studies, count, message,
+         eager) = orjson.loads(data[at:at + head_len])
+        at += head_len
+        details = JsonDetails(data[at:at + details_len], eager)
+        at += details_len
+        out.append(Event(kind=kind, component=component, severity=Severity(severity), outcome=outcome,
+                         actor=Party.from_dict(actor), target=Party.from_dict(target), patient_ids=tuple(patients),
+                         study_uids=tuple(studies), sop_instance_count=count, message=message, details=details,
+                         time=time_from_us(time_us), id=id_))
+    return out
+
+
+def restarted(transport: str, reader: int, exit_code: int | None) -> Event:
+    sig, how = how_it_ended(exit_code)
+    return Event(kind=RESTARTED, component="atna", severity=Severity.ERROR, outcome=Outcome.MAJOR_FAILURE,
+                 message=f"the {transport} listener's reading process {reader} ended ({how}); its connections were "
+                         "reset and it was started again",
+                 details={"transport": transport, "reader": reader, "exit_code": exit_code, "signal": sig,
+                          "restart_in": RESTART_DELAY})
+
+
+@dataclass(slots=True)
+class _Child:
+    """One reading process as the service sees it."""
+
+    slot: int
+    process: subprocess.Popen[bytes]
+    pipe: socket.socket
+    ended: asyncio.Future[None]
+    records: Records = field(default_factory=Records)
+
+
+class ReadingProcesses:
+    """The service's side: the listening socket, the children reading it, their Events published."""
+
+    def __init__(self, publish: Publish, limits: Limits, tls: Any, count: int) -> None:
+        self.publish = publish
+        self.limits = limits
+        self.tls = tls  # a TlsListener with its files resolved, or None for plain TCP
+        self.transport = "tls" if tls is not None else "tcp"
+        self.count = count
+        self.children: dict[int, _Child] = {}
+        self._listening: socket.socket | None = None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._loop = asyncio.get_running_loop()
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        self._listening = socket.create_server(address, family=family, backlog=512)
+        try:
+            for slot in range(self.count):
+                self._spawn(slot)
+        except BaseException:
+            await self.close()
+            raise
+        bound = self._listening.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    def _settings(self) -> bytes:
+        return orjson.dumps({
+            "transport": self.transport, "max_message": self.limits.max_message,
+            "idle_timeout": self.limits.idle_timeout,
+            "tls": self.tls.model_dump(mode="json") if self.tls is not None else None,
+            "log_level": logging.getLogger("pacsguard").getEffectiveLevel()})
+
+    def _spawn(self, slot: int) -> None:
+        assert self._listening is not None and self._loop is not None
+        ours, theirs = socket.socketpair()
+        listen_fd = self._listening.fileno()
+        with theirs:
+            process = subprocess.Popen([sys.executable, "-m", __name__, str(listen_fd), str(theirs.fileno())],
+                                       pass_fds=(listen_fd, theirs.fileno()), stdin=subprocess.DEVNULL)
+        ours.sendall(record(self._settings()))
+        ours.setblocking(False)
+        child = _Child(slot, process, ours, self._loop.create_future())
+        self.children[slot] = child
+        self._loop.add_reader(ours.fileno(), self._readable, child)
+
+    def _readable(self, child: _Child) -> None:
+        try:
+            data = child.pipe.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._ended(child)
+            return
+        for batch in child.records.feed(data):
+            for event in unwire(batch):
+                self.publish(event)
+
+    def _ended(self, child: _Child) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(child.pipe.fileno())
+        child.pipe.close()
+        if not child.ended.done():
+            child.ended.set_result(None)
+        if not self._stopping:
+            self._loop.call_later(RESTART_DELAY, self._restart, child)
+
+    def _restart(self, child: _Child) -> None:
+        if self._stopping:
+            return
+        code = child.process.poll()
+        if code is None:  # closed its pipe but lives on: it can no longer hand over what it reads
+            child.process.kill()
+            code = child.process.wait()
+        event = restarted(self.transport, child.slot, code)
+        log.error("%s", event.message)
+        self.publish(event)
+        self._spawn(child.slot)
+
+    async def close(self) -> None:
+        """Every child closes its connections, sends what it read, and ends; then the socket."""
+        self._stopping = True
+        children = list(self.children.values())
+        self.children.clear()
+        for child in children:
+            if not child.ended.done():
+                with contextlib.suppress(OSError):
+                    child.pipe.send(record(_STOP))
+        for child in children:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(child.ended), STOP_WAIT)
+            if not child.ended.done():
+                self._ended(child)
+            await asyncio.to_thread(_reap, child.process)
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.wait(2)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- the child -------------------------------------------------------------------------------------
+
+
+class _Outbox:
+    """The child's Events, sent to the service once per turn of the event loop."""
+
+    def __init__(self, pipe: socket.socket) -> None:
+        self.pipe = pipe
+        self.items: list[bytes] = []
+
+    def publish(self, event: Event) -> None:
+        if not self.items:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.items.append(wire(event))
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        data = b"".join(self.items)
+        self.items = []
+        try:
+            self.pipe.sendall(record(data))  # blocking: a busy service holds the senders back
+        except OSError:
+            os._exit(0)  # the service is gone
+
+
+async def _read_connections(listening: socket.socket, pipe: socket.socket, settings: dict[str, Any]) -> None:
+    from pacsguard.atna.config import TlsListener
+
+    loop = asyncio.get_running_loop()
+    outbox = _Outbox(pipe)
+    limits = Limits(settings["max_message"], settings["idle_timeout"])
+    tls = settings["tls"]
+    listener = StreamListener(outbox.publish, limits,
+                              tls_context(TlsListener.model_validate(tls)) if tls is not None else None)
+    await listener.serve(sock=listening)
+    stop = loop.create_future()
+
+    def told() -> None:
+        """The service's word, read in a thread: the pipe stays blocking for the outbox's sends
+        (an event loop watching it would make it non-blocking)."""
+        records = Records()
+        while True:
+            try:
+                data = pipe.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                os._exit(0)  # the service died: end as it did
+            if _STOP in records.feed(data):
+                loop.call_soon_threadsafe(_settle, stop)
+                return
+
+    threading.Thread(target=told, name="pacsguard-atna-reader-pipe", daemon=True).start()
+    await stop
+    await listener.close()
+    await asyncio.sleep(0)  # the connections' last Events
+    outbox.flush()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def main(argv: list[str]) -> int:
+    """The child's entry point: the listening socket's and the pipe's descriptors."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when this ends (^C reaches both)
+    listening = socket.socket(fileno=int(argv[1]))
+    pipe = socket.socket(fileno=int(argv[2]))
+    first = Records()
+    got: list[bytes] = []
+    while not got:
+        data = pipe.recv(65536)
+        if not data:
+            return 1
+        got = first.feed(data)
+    settings = orjson.loads(got[0])
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pacsguard").setLevel(settings["log_level"])
+    from pacsguard.atna.collector import tune_for_ingest
+
+    tune_for_ingest()
+    if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.run(_read_connections(listening, pipe, settings))
+    else:
+        asyncio.run(_read_connections(listening, pipe, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
