@@ -181,3 +181,18 @@ def stored_size(store: Path) -> int:
         return es.size()
     finally:
         es.close()
+
+
+@pytest.mark.parametrize("readers", ["0", "2"])
+def test_a_certificate_that_does_not_load_stops_the_start_with_its_reason(tmp_path: Path, readers: str) -> None:
+    bad = tmp_path / "repository.crt"
+    bad.write_text("not a certificate\n")
+    key = tmp_path / "repository.key"
+    key.write_text("not a key either\n")
+    done = subprocess.run([sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", "127.0.0.1:0",
+                           "--tls-cert", str(bad), "--tls-key", str(key), "--readers", readers,
+                           "--store", str(tmp_path / "s.db")], capture_output=True, text=True, timeout=DEADLINE,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cert file {bad}: no PEM certificate found" in done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr

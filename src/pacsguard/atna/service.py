@@ -119,9 +119,12 @@ class AtnaService:
     def _stream(self, limits: Limits, tls: TlsListener | None) -> StreamListener | ReadingProcesses:
         """A TLS (``tls``, its paths resolved) or TCP listener: read in this event loop, or by the
         reading processes ``readers`` asks for."""
+        # Made here in either case, so that a certificate that does not load stops the start with
+        # its reason rather than every reading process, one after the other.
+        context = tls_context(tls) if tls is not None else None
         if self.config.readers:
             return ReadingProcesses(self.publish, limits, tls, self.config.readers)
-        return StreamListener(self.publish, limits, tls_context(tls) if tls is not None else None)
+        return StreamListener(self.publish, limits, context)
 
     def _start_outbound(self, out: Outbound) -> BannerRow:
         from pacsguard.atna.outbound.forwarder import Forwarder

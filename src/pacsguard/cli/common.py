@@ -103,6 +103,9 @@ def guarded(func: F) -> F:
                 for problem in exc.problems:
                     print_error(f"{exc.source}: {problem}")
                 raise typer.Exit(EXIT_USAGE) from None
+            tls = sys.modules.get("pacsguard.tls.contexts")
+            if tls is not None and isinstance(exc, tls.TLSConfigError):  # names the file and what is wrong
+                raise fail(str(exc)) from None
             rules = sys.modules.get("pacsguard.ids.rules")
             if rules is not None and isinstance(exc, rules.RuleError):
                 raise print_rule_problems(exc) from None

@@ -190,10 +190,14 @@ class ReadingProcesses:
         assert self._listening is not None and self._loop is not None
         ours, theirs = socket.socketpair()
         listen_fd = self._listening.fileno()
-        with theirs:
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(listen_fd), str(theirs.fileno())],
-                                       pass_fds=(listen_fd, theirs.fileno()), stdin=subprocess.DEVNULL)
-        ours.sendall(record(self._settings()))
+        try:
+            with theirs:
+                process = subprocess.Popen([sys.executable, "-m", __name__, str(listen_fd), str(theirs.fileno())],
+                                           pass_fds=(listen_fd, theirs.fileno()), stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        ours.sendall(record(self._settings()))  # a child that died at once closes its end: then EOF below
         ours.setblocking(False)
         child = _Child(slot, process, ours, self._loop.create_future())
         self.children[slot] = child
@@ -232,7 +236,17 @@ class ReadingProcesses:
         event = restarted(self.transport, child.slot, code)
         log.error("%s", event.message)
         self.publish(event)
-        self._spawn(child.slot)
+        self._respawn(child.slot)
+
+    def _respawn(self, slot: int) -> None:
+        assert self._loop is not None
+        if self._stopping:
+            return
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # no process or descriptor to be had now: try again later
+            log.error("the %s listener cannot start reading process %d: %s", self.transport, slot, exc)
+            self._loop.call_later(RESTART_DELAY, self._respawn, slot)
 
     async def close(self) -> None:
         """Every child closes its connections, sends what it read, and ends; then the socket."""
