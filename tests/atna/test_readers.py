@@ -148,6 +148,7 @@ def test_atna_listen_with_readers_stores_everything_and_leaves_no_reader_behind(
     try:
         for line in proc.stdout:
             if "ATNA syslog" in line:
+                assert "2 reading processes" in line  # the banner says how the listener is read
                 break
         else:
             pytest.fail(f"atna listen did not start: exit {proc.wait()}")

@@ -93,10 +93,11 @@ class AtnaService:
                     "ca_file": self._path(cfg.tls.ca_file) if cfg.tls.ca_file else None})
                 await self._listen("tls", self._stream(limits, t), t.host, t.port)
                 rows.append(("ATNA syslog (RFC 5425 TLS)", self._where("tls"),
-                             "mutual TLS" if t.require_client_cert else "server TLS"))
+                             ("mutual TLS" if t.require_client_cert else "server TLS") + self._read_by()))
             if cfg.tcp is not None:
                 await self._listen("tcp", self._stream(limits, None), cfg.tcp.host, cfg.tcp.port)
-                rows.append(("ATNA syslog (RFC 6587 TCP)", self._where("tcp"), "octet counting or LF"))
+                rows.append(("ATNA syslog (RFC 6587 TCP)", self._where("tcp"),
+                             "octet counting or LF" + self._read_by()))
             if cfg.udp is not None:
                 await self._listen("udp", DatagramListener(self.publish), cfg.udp.host, cfg.udp.port)
                 rows.append(("ATNA syslog (RFC 5426 UDP)", self._where("udp"), ""))
@@ -115,6 +116,10 @@ class AtnaService:
             await self.stop()
             raise
         return rows
+
+    def _read_by(self) -> str:
+        n = self.config.readers
+        return f", {n} reading process{'es' if n > 1 else ''}" if n else ""
 
     def _stream(self, limits: Limits, tls: TlsListener | None) -> StreamListener | ReadingProcesses:
         """A TLS (``tls``, its paths resolved) or TCP listener: read in this event loop, or by the
