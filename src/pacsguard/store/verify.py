@@ -31,7 +31,8 @@ from sqlalchemy import Column, Connection, Row, Table, select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
+from pacsguard.store.clean_pass import COLUMNS, clean_chain, columns_of
+from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (
     checkpoints,
@@ -43,9 +44,6 @@ from pacsguard.store.schema import (
     tree_state,
 )
 from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
-
-# Search columns that must equal what the sealed event says.
-_COLUMNS = ("patient_id", "time_us", "kind", "actor_ae", "actor_host", "actor_user")
 
 #: An event's term-index inputs as sealed: (time_us, kind, actor AE title, host, user).
 _Terms = tuple[int, str, str | None, str | None, str | None]
@@ -115,18 +113,13 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     with store.engine.connect() as conn:
         head = conn.execute(select(tree_state).where(tree_state.c.id == 1)).one_or_none()
         total = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar() or 0
-        rows = _read_rows(conn, total + 1, progress)
         cps = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
-        index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id, report.findings)
-        index_std = _index_digest(conn, event_studies, event_studies.c.study_uid, report.findings)
-        batches = conn.execute(select(event_batches).order_by(event_batches.c.first_seq)).all()
-        terms = conn.execute(select(event_terms)).all()
-    report.events = len(rows)
-
-    chain = _reconstruct_chain(rows, report.findings)
-    _check_indexes(rows, index_pat, index_std, report.findings)
-    report.findings.extend(Finding("index", r.position, r.misplaced) for r in rows if r.misplaced)
-    _check_batches(rows, batches, terms, report.findings)
+        clean = clean_chain(conn, total + 1, progress)
+        if clean is not None:
+            chain = clean
+            report.events = len(chain)
+        else:
+            chain = _forensic_chain(conn, total + 1, progress, report)
     size = len(chain)
     report.chain, report.head_size = chain, head.size if head is not None else None
     if head is None:
@@ -142,10 +135,27 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     return report
 
 
+def _forensic_chain(conn: Connection, expected: int, progress: Callable[[int, int], None] | None,
+                    report: VerifyReport) -> list[bytes]:
+    """Every row, index row and batch held at once, so that each departure from the sealed chain is
+    told for what it is (the module's docstring); memory grows with the store (~3 KB per event)."""
+    rows = _read_rows(conn, expected, progress)
+    index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id, report.findings)
+    index_std = _index_digest(conn, event_studies, event_studies.c.study_uid, report.findings)
+    batches = conn.execute(select(event_batches).order_by(event_batches.c.first_seq)).all()
+    terms = conn.execute(select(event_terms)).all()
+    report.events = len(rows)
+    chain = _reconstruct_chain(rows, report.findings)
+    _check_indexes(rows, index_pat, index_std, report.findings)
+    report.findings.extend(Finding("index", r.position, r.misplaced) for r in rows if r.misplaced)
+    _check_batches(rows, batches, terms, report.findings)
+    return chain
+
+
 def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], None] | None) -> list[_Row]:
     # In place order: the table's own order, read straight through; sorted by seq afterwards.
     stmt = select(events.c.place, events.c.seq, events.c.body, events.c.leaf,
-                  *[events.c[c] for c in _COLUMNS]).order_by(events.c.place)
+                  *[events.c[c] for c in COLUMNS]).order_by(events.c.place)
     out: list[_Row] = []
     result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
     for n, r in enumerate(result):
@@ -166,12 +176,12 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
             event = Event.from_dict(sealed["event"])
             patients, studies = other_patients(event.patient_ids), tuple(dict.fromkeys(event.study_uids))
             terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
-            expected_cols = _columns_of(event)
+            expected_cols = columns_of(event)
             place = place_of(r.seq, expected_cols["patient_id"])
             if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
                 misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
                              "first patient put it: a search by patient would miss it")
-            diffs = [(name, getattr(r, name), expected_cols[name]) for name in _COLUMNS
+            diffs = [(name, getattr(r, name), expected_cols[name]) for name in COLUMNS
                      if getattr(r, name) != expected_cols[name]]
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
@@ -183,11 +193,6 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
         progress(len(out), len(out))
     out.sort(key=lambda row: row.position)
     return out
-
-
-def _columns_of(ev: Event) -> dict[str, Any]:
-    return {"patient_id": placed_by(ev.patient_ids), "time_us": ev.time_us, "kind": ev.kind,
-            "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
 
 
 def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]:
