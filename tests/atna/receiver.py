@@ -80,8 +80,8 @@ def running(section: dict[str, Any], store: Any = None,
 class Repository:
     """A second pacsguard: `pacsguard atna listen --tls ... --tls-ca` (mutual TLS) into its own store."""
 
-    def __init__(self, base: Path, port: int, pki: dict[str, Path], deadline: float = 60.0) -> None:
-        self.base, self.port, self.pki, self.deadline = base, port, pki, deadline
+    def __init__(self, base: Path, port: int, pki: dict[str, Path], deadline: float = 60.0, readers: int = 0) -> None:
+        self.base, self.port, self.pki, self.deadline, self.readers = base, port, pki, deadline, readers
         self.proc: subprocess.Popen[str] | None = None
         self.store = base / "repository.db"
 
@@ -89,8 +89,8 @@ class Repository:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsguard.cli", "atna", "listen", "--tls", f"127.0.0.1:{self.port}",
              "--tls-cert", str(self.pki["cert"]), "--tls-key", str(self.pki["key"]), "--tls-ca", str(self.pki["ca"]),
-             "--store", str(self.store)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "COLUMNS": "200"})
+             "--store", str(self.store), "--readers", str(self.readers)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
         assert self.proc.stdout is not None
         end = time.monotonic() + self.deadline
         for line in self.proc.stdout:

@@ -68,9 +68,10 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return {"ca": ca, "cert": cert, "key": key, "client": client, "client_key": client_key}
 
 
-def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[str, Path]) -> None:
+@pytest.mark.parametrize("readers", [0, 2])
+def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[str, Path], readers: int) -> None:
     port = free_port()
-    repo = Repository(tmp_path, port, pki)
+    repo = Repository(tmp_path, port, pki, readers=readers)
     repo.start()
     spool = Spool(tmp_path / "spool.db")
     delivered: list[tuple[int, int, bool]] = []

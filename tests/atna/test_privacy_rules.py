@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from atna_corpus import record
 from receiver import free_port, running
 
@@ -79,13 +80,14 @@ def test_privacy_rules_fire_on_audit_messages(tmp_path: Path) -> None:
     assert audit.observe(event(replace(record("110110"), time=night)), 4.0) != []
 
 
-def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readers", [0, 1])
+def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Path, readers: int) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "privacy.yaml").write_text(RULES)
     (tmp_path / "watch.txt").write_text("PID-0042\n")
     engine = Engine(load_rules([tmp_path / "rules"], builtin=False), IdsSettings())
     port = free_port()
-    section = {"tcp": {"port": port}, "privacy": {"watch_list": str(tmp_path / "watch.txt")}}
+    section = {"tcp": {"port": port}, "privacy": {"watch_list": str(tmp_path / "watch.txt")}, "readers": readers}
     with running(section, setup=lambda service: service.use_privacy_rules(engine)) as rx:
         body = b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(record("110110"))
         with socket.create_connection(("127.0.0.1", port)) as s:
