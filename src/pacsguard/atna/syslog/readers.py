@@ -197,7 +197,8 @@ class ReadingProcesses:
         except BaseException:
             ours.close()
             raise
-        ours.sendall(record(self._settings()))  # a child that died at once closes its end: then EOF below
+        with contextlib.suppress(OSError):  # a child that died at once: its EOF below restarts it
+            ours.sendall(record(self._settings()))
         ours.setblocking(False)
         child = _Child(slot, process, ours, self._loop.create_future())
         self.children[slot] = child
