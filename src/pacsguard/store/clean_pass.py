@@ -30,10 +30,11 @@ from pacsguard.store.store import GENESIS_PREV
 # Search columns that must equal what the sealed event says.
 COLUMNS = ("patient_id", "time_us", "kind", "actor_ae", "actor_host", "actor_user")
 
-_Terms = tuple[int, str, str | None, str | None, str | None]
+#: An event's term-index inputs as sealed: (time_us, kind, actor AE title, host, user).
+Terms = tuple[int, str, str | None, str | None, str | None]
 #: What a bucket's check needs of a row: seq, prev, leaf, its index values (patients after the
 #: first, studies) and its term-index inputs, as sealed.
-_Sealed = tuple[int, bytes, bytes, set[str], set[str], _Terms]
+_Sealed = tuple[int, bytes, bytes, set[str], set[str], Terms]
 
 
 class _Departure(Exception):
@@ -61,7 +62,7 @@ class _Reading:
         self.batches: Iterator[Row[Any]] = iter(conn.execute(select(event_batches)
                                                              .order_by(event_batches.c.first_seq)).all())
         self.batch: Row[Any] | None = next(self.batches, None)
-        self.pending: list[_Terms] = []  # the sealed terms of the current batch's events seen so far
+        self.pending: list[Terms] = []  # the sealed terms of the current batch's events seen so far
         self.terms: dict[tuple[str, int], bytes] = {}  # the term rows of self.terms_bucket
         self.terms_bucket: int | None = None
         self.index_rows = 0

@@ -31,7 +31,7 @@ from sqlalchemy import Column, Connection, Row, Table, select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.clean_pass import COLUMNS, clean_chain, columns_of
+from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (
@@ -44,9 +44,6 @@ from pacsguard.store.schema import (
     tree_state,
 )
 from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
-
-#: An event's term-index inputs as sealed: (time_us, kind, actor AE title, host, user).
-_Terms = tuple[int, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +100,7 @@ class _Row:
     column_diffs: list[tuple[str, Any, Any]]  # (column, stored in the column, said by the record)
     patients: tuple[str, ...]  # after the first (index.other_patients): the ones event_patients lists
     studies: tuple[str, ...]
-    terms_of: _Terms | None = None  # as sealed, for the term index
+    terms_of: Terms | None = None  # as sealed, for the term index
     misplaced: str | None = None
 
 
@@ -166,7 +163,7 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
         leaf_ok = leaf == bytes(r.leaf)
         sealed_seq: int | None = None
         prev: bytes | None = None
-        terms_of: _Terms | None = None
+        terms_of: Terms | None = None
         patients: tuple[str, ...] = ()
         studies: tuple[str, ...] = ()
         misplaced: str | None = None
