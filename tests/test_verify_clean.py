@@ -117,3 +117,30 @@ def test_any_change_sends_verify_to_the_forensic_reading(tmp_path: Path, change:
     finally:
         es.close()
     assert not report.ok and report.findings, change
+
+
+def test_a_rehashed_record_that_is_not_an_event_is_found_not_fatal(tmp_path: Path) -> None:
+    """A record rewritten into something that is no Event (an actor that is a number) and given a
+    matching leaf: both readings must report it, neither may stop on it."""
+    import orjson
+
+    from pacsguard.store.merkle import leaf_hash
+
+    target = str(tmp_path / "store.db")
+    es, key = new_store(target, tmp_path)
+    es.append(make_events(10))
+    es.close()
+    with raw_sql(target) as cur:
+        body = cur.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0]
+        sealed = orjson.loads(body)
+        sealed["event"]["actor"] = 5
+        forged = orjson.dumps(sealed).decode()
+        cur.execute("UPDATE events SET body = ?, leaf = ? WHERE seq = 4", (forged, leaf_hash(forged.encode())))
+    es = EventStore.open(target)
+    try:
+        report = verify_store(es, load_public_key(key))
+    finally:
+        es.close()
+    found = [f for f in report.findings if f.seq == 4]
+    assert found[0].kind == "modified" and "its sealed record is not valid" in found[0].message
+    assert {f.kind for f in found} <= {"modified", "index"}  # its index rows no longer match a readable record

@@ -104,7 +104,7 @@ class _Reading:
             sealed = orjson.loads(body)
             seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise _Departure from None
         cols = columns_of(event)
         if seq != r.seq or r.place != place_of(seq, cols["patient_id"]) \

@@ -180,7 +180,7 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
                              "first patient put it: a search by patient would miss it")
             diffs = [(name, getattr(r, name), expected_cols[name]) for name in COLUMNS
                      if getattr(r, name) != expected_cols[name]]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
         out.append(_Row(r.seq, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, terms_of,
                         misplaced))
