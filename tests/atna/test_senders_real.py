@@ -122,7 +122,7 @@ def mutual_pki(base: Path) -> dict[str, Path]:
     return {"ca": ca, "cert": cert, "key": key, "client": client, "client_key": client_key}
 
 
-@pytest.mark.parametrize(("driver", "readers"), [("gtls", 0), ("ossl", 0), ("gtls", 2)])
+@pytest.mark.parametrize(("driver", "readers"), [("gtls", 0), ("ossl", 0), ("gtls", 2), ("ossl", 2)])
 def test_rsyslog_forwards_over_mutual_tls(tmp_path: Path, driver: str, readers: int) -> None:
     pki = mutual_pki(tmp_path / "pki")
     port = free_port()
@@ -242,10 +242,11 @@ log {{ source(s_local); destination(d_repository); flags(flow-control); }};
     return proc, inbound, console
 
 
-def test_syslog_ng_forwards_over_mutual_tls_into_atna_listen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readers", [0, 2])
+def test_syslog_ng_forwards_over_mutual_tls_into_atna_listen(tmp_path: Path, readers: int) -> None:
     pki = mutual_pki(tmp_path / "pki")
     port = free_port()
-    repository = Repository(tmp_path, port, pki)
+    repository = Repository(tmp_path, port, pki, readers=readers)
     repository.start()
     try:
         proc, inbound, console = _syslog_ng_forwarder(tmp_path / "syslog-ng", port, pki)
