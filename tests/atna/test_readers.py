@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from atna_corpus import every_event_id
 from receiver import DEADLINE, free_port, running
@@ -73,6 +74,24 @@ def test_an_event_crosses_the_pipe_unchanged_and_stores_the_same_bytes() -> None
         assert crossed.details.get("syslog") == event.details.get("syslog")
         assert crossed == event and dict(crossed.details) == dict(event.details)
         assert pickle.loads(pickle.dumps(crossed)) == event
+
+
+def test_a_stop_that_comes_with_the_settings_is_obeyed(tmp_path: Path) -> None:
+    """A service that stops as soon as it started sends the settings and the stop in one write:
+    the child must see both, not read on until it is killed."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    ours, theirs = socket.socketpair()
+    with theirs:
+        child = subprocess.Popen([sys.executable, "-m", "pacsguard.atna.syslog.readers", str(listening.fileno()),
+                                  str(theirs.fileno())], pass_fds=(listening.fileno(), theirs.fileno()))
+    settings = orjson.dumps({"max_message": 65536, "idle_timeout": 5.0, "tls": None, "log_level": 30})
+    try:
+        ours.sendall(record(settings) + record(b"stop"))
+        assert child.wait(DEADLINE) == 0
+    finally:
+        child.kill()
+        ours.close()
+        listening.close()
 
 
 def test_a_reader_makes_the_event_the_in_line_listener_makes() -> None:

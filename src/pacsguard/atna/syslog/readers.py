@@ -14,7 +14,7 @@ so a sender's messages keep their order.
 
 The pipe, both ways: records of a 4-byte big-endian length and that many bytes.
 
-    service -> child   JSON settings (transport, limits, TLS files, log level)     first, once
+    service -> child   JSON settings (limits, TLS files, log level)                first, once
                        b"stop": close the listener and its connections, send what is left, exit
     child -> service   a batch of Events (`wire`), each its fields and its details as their
                        canonical JSON text: the service stores that text as it is and decodes it
@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -58,6 +58,9 @@ from pacsguard.events.model import (
     time_from_us,
 )
 from pacsguard.runtime.children import how_it_ended
+
+if TYPE_CHECKING:
+    from pacsguard.atna.config import TlsListener
 
 log = logging.getLogger("pacsguard.atna")
 
@@ -154,10 +157,10 @@ class _Child:
 class ReadingProcesses:
     """The service's side: the listening socket, the children reading it, their Events published."""
 
-    def __init__(self, publish: Publish, limits: Limits, tls: Any, count: int) -> None:
+    def __init__(self, publish: Publish, limits: Limits, tls: TlsListener | None, count: int) -> None:
         self.publish = publish
         self.limits = limits
-        self.tls = tls  # a TlsListener with its files resolved, or None for plain TCP
+        self.tls = tls  # its files resolved; None for plain TCP
         self.transport = "tls" if tls is not None else "tcp"
         self.count = count
         self.children: dict[int, _Child] = {}
@@ -181,7 +184,7 @@ class ReadingProcesses:
 
     def _settings(self) -> bytes:
         return orjson.dumps({
-            "transport": self.transport, "max_message": self.limits.max_message,
+            "max_message": self.limits.max_message,
             "idle_timeout": self.limits.idle_timeout,
             "tls": self.tls.model_dump(mode="json") if self.tls is not None else None,
             "log_level": logging.getLogger("pacsguard").getEffectiveLevel()})
@@ -303,7 +306,23 @@ class _Outbox:
             os._exit(0)  # the service is gone
 
 
-async def _read_connections(listening: socket.socket, pipe: socket.socket, settings: dict[str, Any]) -> None:
+def _receive(pipe: socket.socket, records: Records) -> list[bytes]:
+    """The next whole records the service sent; [] when it is gone."""
+    while True:
+        try:
+            data = pipe.recv(65536)
+        except OSError:
+            return []
+        if not data:
+            return []
+        got = records.feed(data)
+        if got:
+            return got
+
+
+async def _read_connections(listening: socket.socket, pipe: socket.socket, settings: dict[str, Any],
+                            records: Records, early: list[bytes]) -> None:
+    """Read the connections until the service says stop (``early``: what it said with the settings)."""
     from pacsguard.atna.config import TlsListener
 
     loop = asyncio.get_running_loop()
@@ -318,17 +337,12 @@ async def _read_connections(listening: socket.socket, pipe: socket.socket, setti
     def told() -> None:
         """The service's word, read in a thread: the pipe stays blocking for the outbox's sends
         (an event loop watching it would make it non-blocking)."""
-        records = Records()
-        while True:
-            try:
-                data = pipe.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
+        said = early
+        while _STOP not in said:
+            said = _receive(pipe, records)
+            if not said:
                 os._exit(0)  # the service died: end as it did
-            if _STOP in records.feed(data):
-                loop.call_soon_threadsafe(_settle, stop)
-                return
+        loop.call_soon_threadsafe(_settle, stop)
 
     threading.Thread(target=told, name="pacsguard-atna-reader-pipe", daemon=True).start()
     await stop
@@ -347,14 +361,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when this ends (^C reaches both)
     listening = socket.socket(fileno=int(argv[1]))
     pipe = socket.socket(fileno=int(argv[2]))
-    first = Records()
-    got: list[bytes] = []
-    while not got:
-        data = pipe.recv(65536)
-        if not data:
-            return 1
-        got = first.feed(data)
-    settings = orjson.loads(got[0])
+    records = Records()
+    got = _receive(pipe, records)
+    if not got:
+        return 1
+    settings, early = orjson.loads(got[0]), got[1:]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pacsguard").setLevel(settings["log_level"])
     from pacsguard.atna.collector import tune_for_ingest
@@ -363,9 +374,9 @@ def main(argv: list[str]) -> int:
     if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop":
         import uvloop
 
-        uvloop.run(_read_connections(listening, pipe, settings))
+        uvloop.run(_read_connections(listening, pipe, settings, records, early))
     else:
-        asyncio.run(_read_connections(listening, pipe, settings))
+        asyncio.run(_read_connections(listening, pipe, settings, records, early))
     return 0
 
 
