@@ -437,3 +437,47 @@ def test_an_object_and_its_metadata_are_synced_together_or_the_error_is_raised(t
                 os.fstat(fd)  # closed either way
     finally:
         writers.shutdown()
+
+
+def test_each_mib_received_is_handed_to_the_kernels_write_out_as_it_arrives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that the fsync before the answer has only the tail left (receiver.WRITEBACK_STEP): the
+    ranges asked for follow each other from the file's start, each at least a step, and only the
+    tail under a step is left to the fsync."""
+    from pacsguard.gateway.store_forward import receiver
+
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(receiver, "start_writeback", lambda fd, offset, length: asked.append((offset, length)))
+    spool = Spool(tmp_path, reuse_mib=0)
+    spool.open()
+    incoming = receiver.Incoming(command=None, pending=None)  # type: ignore[arg-type]  # only the file is used
+    incoming.fd, incoming.path = spool.create(spool.new_id())
+    piece = memoryview(os.urandom(16_000))
+    total = 0
+    while total < 3 * receiver.WRITEBACK_STEP + 12_345:
+        assert incoming.write_many(spool, [piece, piece[:5_000]]) is None
+        total += 21_000
+    os.close(incoming.fd)
+    assert incoming.written == total == incoming.path.stat().st_size
+    assert [offset for offset, _ in asked] == [0] + [sum(n for _, n in asked[:i + 1]) for i in range(len(asked) - 1)]
+    assert len(asked) == 3 and all(n >= receiver.WRITEBACK_STEP for _, n in asked)
+    assert 0 <= total - sum(n for _, n in asked) < receiver.WRITEBACK_STEP
+
+
+def test_the_write_out_call_is_found_and_never_raises(tmp_path: Path) -> None:
+    """On Linux the call is libc's sync_file_range(2); on a descriptor it cannot serve (a pipe:
+    ESPIPE) or a closed one it fails quietly, leaving everything to the fsync that follows."""
+    from pacsguard.gateway.store_forward import syncing
+
+    if sys.platform.startswith("linux"):
+        assert syncing._SYNC_FILE_RANGE is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"x" * 100_000)
+    syncing.start_writeback(fd, 0, 100_000)
+    os.close(fd)
+    read, write = os.pipe()
+    syncing.start_writeback(write, 0, 10)
+    os.close(read)
+    os.close(write)
+    syncing.start_writeback(write, 0, 10)  # closed: EBADF, quietly
+    assert (tmp_path / "f").stat().st_size == 100_000

@@ -8,8 +8,8 @@ in memory: each data PDV is written from the PDU that carried it.
 
 Durability before Success (docs/gateway.md, "Store-and-forward routes"):
   1. the object file is fsync'd in tmp/ by a worker thread started as its last PDV is handled,
-     then judged by the route's object checks, in order, in that thread (a large object was
-     written back in the background as it arrived, so little is left for that fsync);
+     then judged by the route's object checks, in order, in that thread (the kernel was asked to
+     write each MiB of it out as it arrived, so little is left for that fsync);
   2. its metadata (ID.json) is written and fsync'd in tmp/ by one of the route's metadata threads
      (`Receiver.meta_writer`) while the object is fsync'd (the two syncs share a journal commit),
      and, once the checks pass, both files are renamed into objects/ (a check's replacement gets
@@ -47,7 +47,7 @@ from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, SpoolFull, sync_object
-from pacsguard.gateway.store_forward.syncing import FolderSync
+from pacsguard.gateway.store_forward.syncing import FolderSync, start_writeback
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.records.dicom import Pending
 
@@ -57,9 +57,10 @@ STATUS_SUCCESS = dimse.STATUS_SUCCESS
 STATUS_OUT_OF_RESOURCES = dimse.STATUS_OUT_OF_RESOURCES  # PS3.4 Table B.2-1
 STATUS_PROCESSING_FAILURE = dimse.STATUS_PROCESSING_FAILURE  # PS3.7 C.4.2: the gateway failed to keep it
 RESERVE_STEP = MIB  # the free-space floor is checked for each further MiB an object grows
-# While a large object arrives, what was written is synced in the background every few MiB, so that
-# the fsync before its answer has only the tail left to write (the disk works while the network does).
-EARLY_SYNC_STEP = 4 * MIB
+# While an object arrives, each further MiB written is handed to the kernel's write-out at once
+# (syncing.start_writeback), so that the fsync before its answer has only the tail left to write.
+# 1 MiB: the tail's fsync 1.4 -> 0.4 ms for 8.4 MB objects, 256 KiB no better (docs/PERFORMANCE.md).
+WRITEBACK_STEP = MIB
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers per writev(2): 1024 on Linux
 
 
@@ -110,8 +111,7 @@ class Incoming:
     peek: DatasetPeek | None = None
     refusal: tuple[str, str] | None = None  # (reason, rule) of a refusal the spool made
     abort_after: str = ""  # why the association ends once this request is answered
-    early_synced: int = 0  # bytes written when the last background sync began
-    early_sync: asyncio.Future[None] | None = None
+    written_back: int = 0  # bytes handed to the kernel's write-out so far
     started: float = field(default_factory=time.time)
 
     @property
@@ -158,20 +158,14 @@ class Incoming:
                 self._reserve(spool, max(RESERVE_STEP, self.written + size - self.reserved))
             _write_all(self.fd, views)
             self.written += size
-            if self.written - self.early_synced >= EARLY_SYNC_STEP and (
-                    self.early_sync is None or self.early_sync.done()):
-                self._sync_early()
+            if self.written - self.written_back >= WRITEBACK_STEP:
+                start_writeback(self.fd, self.written_back, self.written - self.written_back)
+                self.written_back = self.written
         except SpoolFull as exc:
             return self._refuse_full(spool, exc)
         except OSError as exc:
             return self._refuse_unwritable(spool, exc)
         return None
-
-    def _sync_early(self) -> None:
-        """Start writing back what is written so far, in a worker thread, on a duplicate descriptor
-        (this one may be closed meanwhile). Only a head start: the fsync before the answer counts."""
-        self.early_synced = self.written
-        self.early_sync = asyncio.get_running_loop().run_in_executor(None, _sync_and_close, os.dup(self.fd))
 
     def _reserve(self, spool: Spool, size: int) -> None:
         spool.reserve(size)
@@ -233,15 +227,6 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
                 break
             done -= len(view)
             start += 1
-
-
-def _sync_and_close(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    except OSError:
-        pass  # the fsync before the answer reports what fails
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
