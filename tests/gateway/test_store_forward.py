@@ -204,18 +204,25 @@ class CountingSCP:
     """A second destination (pynetdicom as a Storage SCP) that counts what it receives per SOP
     Instance UID: exactly-once is checked there, Orthanc keeping one copy of a UID whatever."""
 
-    def __init__(self, transfer_syntaxes: list[str] | None = None) -> None:
+    def __init__(self, transfer_syntaxes: list[str] | None = None, *, idle_timeout: float | None = None) -> None:
         from collections import Counter
 
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         self.counts: Counter[str] = Counter()
+        self.associations = 0
         ae = AE(ae_title="COUNTER")
+        if idle_timeout is not None:
+            ae.network_timeout = idle_timeout  # an association idle this long is aborted by the SCP
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store),
+                                                    (evt.EVT_ACCEPTED, self._accepted)])
+
+    def _accepted(self, event) -> None:
+        self.associations += 1
 
     def _store(self, event) -> int:
         self.counts[str(event.request.AffectedSOPInstanceUID)] += 1
@@ -230,6 +237,43 @@ def counter():
     scp = CountingSCP()
     yield scp
     scp.stop()
+
+
+@pytest.mark.parametrize("idle_release", [5, 0])
+def test_objects_arriving_one_at_a_time_share_the_forwarders_association(dcmtk, gateway, counter, tmp_path,
+                                                                          idle_release):
+    """A modality sending one object per association, as many do: the forwarder keeps its
+    association to the destination open between them (destination.idle_release), instead of one
+    association per object; with idle_release 0 it releases after each."""
+    r = sf_route("sf", (counter.port, "COUNTER"))
+    r["destinations"][0]["idle_release"] = idle_release
+    gw = gateway(r)
+    files = fresh_ct(tmp_path / "one", 4, kib=16)
+    for n, path in enumerate(files, start=1):
+        assert dcmtk.run("storescu", "-xe", *target(gw), path).returncode == 0
+        wait_until(lambda n=n: len(counter.counts) == n, 20, f"object {n} reaches the destination")
+        time.sleep(0.3)
+    assert all(count == 1 for count in counter.counts.values())
+    assert counter.associations == (1 if idle_release else len(files))
+
+
+def test_an_association_the_destination_closed_while_idle_is_replaced_before_use(dcmtk, gateway, tmp_path):
+    """The destination's own idle timeout (here 1 s) ends the kept association: the next object
+    goes on a new one, once, and is never in doubt (nothing was sent on the dead one)."""
+    scp = CountingSCP(idle_timeout=1.0)
+    try:
+        gw = gateway(sf_route("sf", (scp.port, "COUNTER")))
+        first, second = fresh_ct(tmp_path / "idle", 2, kib=16)
+        assert dcmtk.run("storescu", "-xe", *target(gw), first).returncode == 0
+        wait_until(lambda: len(scp.counts) == 1, 20, "the first object arrives")
+        time.sleep(2.5)  # past the destination's idle timeout, within the forwarder's idle_release
+        assert dcmtk.run("storescu", "-xe", *target(gw), second).returncode == 0
+        wait_until(lambda: len(scp.counts) == 2, 20, "the second object arrives")
+        assert all(count == 1 for count in scp.counts.values())
+        assert scp.associations == 2
+        assert not gw.events("gateway.object.in-doubt") and not gw.events("gateway.object.delayed")
+    finally:
+        scp.stop()
 
 
 def test_sigkill_mid_batch_loses_nothing_acknowledged_and_duplicates_nothing(dcmtk, orthanc, gateway, counter,

@@ -259,6 +259,9 @@ class Destination(Upstream):
     verify_resend: Literal["find", "never"] = Field(
         "find", description="before sending again an object whose last send had no recorded answer: ask the "
         "destination with a C-FIND whether it holds it (find), or send it again without asking (never)")
+    idle_release: float = Field(
+        5.0, ge=0, le=3600, description="seconds an association to this destination stays open with nothing to "
+        "send, so that objects arriving one at a time share it; 0: released after each batch")
 
     @property
     def key(self) -> str:

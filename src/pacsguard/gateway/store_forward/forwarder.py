@@ -2,6 +2,12 @@
 (PS3.4 B.2.1, sender.py) that sends each spooled object in the transfer syntax it was received
 in, byte for byte (the file's data set is sent as stored, never decoded).
 
+The association stays open between batches for ``idle_release`` seconds (5 by default, as
+Orthanc's DicomAssociationCloseDelay): objects that arrive one at a time, as a modality sends
+them, share it instead of costing an association each. A batch with a kind of object the open
+association did not propose gets a new one; one the destination ended or spoke on while idle
+(its own idle timeout) is replaced before anything is sent on it.
+
 Exactly once per destination, as far as DICOM allows: before a batch of C-STOREs an attempt
 marker (``ID.DEST.sending``) per object is made durable (one fsync for the batch); a
 destination's Success (or warning, PS3.4 B.2.3) is written as ``ID.DEST.sent`` (synced) before
@@ -56,6 +62,11 @@ class Forwarder:
         self.wake = threading.Condition()
         self.stopping = False
         self.delay = route.retry.initial_delay
+        # The association kept open between batches (destination.idle_release), what it proposed,
+        # and since when it has had nothing to send. Used by the forwarder's thread only.
+        self._assoc: StoreAssociation | None = None
+        self._assoc_pairs: frozenset[tuple[str, str]] = frozenset()
+        self._idle_since = 0.0
         self.thread = threading.Thread(target=self._run, name=f"pacsguard-forward-{route.name}-{self.name}",
                                        daemon=True)
 
@@ -84,9 +95,16 @@ class Forwarder:
     # --- the thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._forward()
+        finally:
+            self._end_association()
+
+    def _forward(self) -> None:
         while not self.stopping:
             batch = self._take()
             if not batch:
+                self._release_if_idle()
                 continue
             try:
                 left, error, reported = self._send(batch)
@@ -100,6 +118,7 @@ class Forwarder:
                 self.queue.extendleft(reversed(left))
             if not reported:
                 self.publish(records.delayed(self.route.name, self.name, self.party, error, retry_in=self.delay))
+            self._end_association()  # not held open through the wait
             self._backoff()
 
     def _take(self) -> list[str]:
@@ -139,45 +158,85 @@ class Forwarder:
         if not metas:
             return [], "", False
         try:
-            assoc = StoreAssociation.open(self.route, self.destination, pairs, self.ssl_context)
+            assoc = self._association(pairs)
         except Refused as exc:
             return [m.id for m in metas], str(exc), False
+        try:
+            outcome = self._send_on(assoc, metas)
+        except BaseException:
+            self._end_association(abort=True)
+            raise
+        if self.destination.idle_release == 0 or self.stopping:
+            self._end_association()
+        self._idle_since = time.monotonic()
+        return outcome
+
+    def _send_on(self, assoc: StoreAssociation, metas: list[SpooledMeta]) -> tuple[list[str], str, bool]:
+        """The C-STOREs of a batch on ``assoc``; returns as `_send` does."""
         refused: list[str] = []
         # Every object of the batch is marked as being sent before the first goes, with one fsync
         # instead of one per object; what is not sent after all is unmarked.
         self.spool.mark_sending([m.id for m in metas], self.name)
-        try:
-            for i, meta in enumerate(metas):
-                path = self.spool.object_path(meta.id)
-                if not path.exists():  # purged while it waited
-                    continue
-                if self.stopping:
-                    self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
-                    return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
-                try:
-                    status = assoc.store(path)
-                except ValueError as exc:  # no accepted presentation context fits this object
-                    status, why = STATUS_NO_CONTEXT, str(exc)
-                else:
-                    why = f"status 0x{status:04X}" if status is not None else ""
-                if status is None:  # this one's attempt marker stays: it may have arrived
-                    self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
-                    # It waits behind every other queued object: a destination that aborts on one
-                    # object (a data set its software cannot take) must not hold back the rest.
-                    with self.wake:
-                        self.queue.append(meta.id)
-                    return refused + [m.id for m in metas[i + 1:]], "the association ended before every answer", False
-                if status_category(status) in ("success", "warning"):
-                    self._delivered(meta)
-                    self.publish(records.forwarded(meta, self.name, self.party, status))
-                    continue
-                attempts = self.spool.mark_failed(meta.id, self.name, why)
-                self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
-                                             meta=meta, attempts=attempts))
-                refused.append(meta.id)
-        finally:
-            assoc.release()
+        for i, meta in enumerate(metas):
+            path = self.spool.object_path(meta.id)
+            if not path.exists():  # purged while it waited
+                continue
+            if self.stopping:
+                self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
+                return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
+            try:
+                status = assoc.store(path)
+            except ValueError as exc:  # no accepted presentation context fits this object
+                status, why = STATUS_NO_CONTEXT, str(exc)
+            else:
+                why = f"status 0x{status:04X}" if status is not None else ""
+            if status is None:  # this one's attempt marker stays: it may have arrived
+                self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
+                # It waits behind every other queued object: a destination that aborts on one
+                # object (a data set its software cannot take) must not hold back the rest.
+                with self.wake:
+                    self.queue.append(meta.id)
+                return refused + [m.id for m in metas[i + 1:]], "the association ended before every answer", False
+            if status_category(status) in ("success", "warning"):
+                self._delivered(meta)
+                self.publish(records.forwarded(meta, self.name, self.party, status))
+                continue
+            attempts = self.spool.mark_failed(meta.id, self.name, why)
+            self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
+                                         meta=meta, attempts=attempts))
+            refused.append(meta.id)
         return refused, "refused by the destination", True
+
+    # --- the association kept between batches -------------------------------------------------------
+
+    def _association(self, pairs: list[tuple[str, str]]) -> StoreAssociation:
+        """The open association when it proposed every kind of object in ``pairs`` and the
+        destination left it alone while idle; else a new one (the old one released)."""
+        assoc = self._assoc
+        if assoc is not None:
+            if assoc.is_established and assoc.left_alone():
+                if self._assoc_pairs.issuperset(pairs):
+                    return assoc
+                self._end_association()  # other kinds of object: a new association proposes them
+            else:
+                self._end_association(abort=True)  # the destination ended it, or spoke while idle
+        assoc = StoreAssociation.open(self.route, self.destination, pairs, self.ssl_context)
+        self._assoc, self._assoc_pairs = assoc, frozenset(pairs)
+        return assoc
+
+    def _release_if_idle(self) -> None:
+        if self._assoc is not None and time.monotonic() - self._idle_since >= self.destination.idle_release:
+            self._end_association()
+
+    def _end_association(self, *, abort: bool = False) -> None:
+        """Release the kept association (A-RELEASE, PS3.8 7.2), or abort it."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        if abort:
+            assoc.abort()
+        else:
+            assoc.release()
 
     def _delivered(self, meta: SpooledMeta) -> None:
         self.spool.mark_sent(meta.id, self.name)

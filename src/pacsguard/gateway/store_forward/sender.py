@@ -10,6 +10,7 @@ pynetdicom, which the route's SCP and the C-FIND check use, cost 3-5x the relay'
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import struct
@@ -133,6 +134,20 @@ class StoreAssociation:
         except (OSError, AssociationEnded, DecodeError):
             self.abort()  # a protocol error or a lost peer: nothing more on this association
             return None
+
+    def left_alone(self) -> bool:
+        """Whether an idle association is still there to use: nothing arrived from the destination
+        since the last response (an A-RELEASE-RQ, an A-ABORT or the connection's end, which a
+        destination's own idle timeout sends, all mean it is not)."""
+        if not self.is_established or self._pending:
+            return False
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def release(self) -> None:
         """A-RELEASE-RQ, then wait for the A-RELEASE-RP (PS3.8 7.2); an abort if it does not come."""
