@@ -340,3 +340,48 @@ def test_objects_that_arrive_while_a_forwarding_process_restarts_are_forwarded_o
         spool.close()
     for adder in adders:
         adder.join(5)
+
+
+def test_a_tls_destination_keeps_one_association_across_batches(tmp_path):
+    """Over TLS 1.3 (whose session tickets arrive after the handshake, unasked) the forwarder still
+    sees the idle association as open and sends the next batch on it: one association for two
+    batches that came apart."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    d = tmp_path / "pki"
+    ca_cert, ca_key = make_ca(d, "Test Hospital CA", 30)
+    server_cert, server_key = make_cert(d, "archive", ca_cert, ca_key, hosts=["127.0.0.1"], days=30, server=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.load_cert_chain(server_cert, server_key)
+    accepted: list[int] = []
+    stored: list[str] = []
+    ae = AE(ae_title="ARCHIVE")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, "1.2.840.10008.1.2.1")
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server,
+                          evt_handlers=[(evt.EVT_ACCEPTED, lambda e: accepted.append(1)),
+                                        (evt.EVT_C_STORE, lambda e: stored.append(str(e.request.AffectedSOPInstanceUID))
+                                         or 0x0000)])
+    try:
+        route = sf(f"{{name: archive, host: 127.0.0.1, port: {port}, ae_title: ARCHIVE, tls: {{ca_file: {ca_cert}}}}}")
+        spool = Spool(tmp_path / "spool")
+        spool.open()
+        destination = route.destinations[0]
+        forwarder = Forwarder(route, destination, spool, lambda e: None, client_context(ca_file=ca_cert))
+        forwarder.start()
+        files = fresh_ct(tmp_path / "ct", 4, kib=32)
+        try:
+            for upto in (2, 4):
+                for path in files[upto - 2:upto]:
+                    forwarder.add(spool_file(spool, path, [destination.key]))
+                wait_until(lambda upto=upto: len(stored) == upto, 30, "the batch arrives")
+                time.sleep(0.5)
+        finally:
+            forwarder.stop()
+            spool.close()
+        assert len(stored) == len(set(stored)) == 4
+        assert len(accepted) == 1
+    finally:
+        scp.shutdown()

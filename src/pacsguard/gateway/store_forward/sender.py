@@ -10,7 +10,6 @@ pynetdicom, which the route's SCP and the C-FIND check use, cost 3-5x the relay'
 from __future__ import annotations
 
 import os
-import select
 import socket
 import ssl
 import struct
@@ -138,16 +137,21 @@ class StoreAssociation:
     def left_alone(self) -> bool:
         """Whether an idle association is still there to use: nothing arrived from the destination
         since the last response (an A-RELEASE-RQ, an A-ABORT or the connection's end, which a
-        destination's own idle timeout sends, all mean it is not)."""
+        destination's own idle timeout sends, all mean it is not). A TLS record without data (a
+        session ticket) is not something arriving."""
         if not self.is_established or self._pending:
             return False
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            return False
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            self.sock.recv(RECEIVE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        except OSError:
             return False
-        return not readable
+        finally:
+            self.sock.settimeout(timeout)
+        return False  # data or the end of the connection: either way it is over
 
     def release(self) -> None:
         """A-RELEASE-RQ, then wait for the A-RELEASE-RP (PS3.8 7.2); an abort if it does not come."""
