@@ -91,7 +91,7 @@ class Records:
             (size,) = _LENGTH.unpack_from(buf, start)
             if len(buf) - start - 4 < size:
                 break
-            out.append(bytes(buf[start + 4:start + 4 + size]))
+            out.append(bytes(memoryview(buf)[start + 4:start + 4 + size]))  # one copy, not two
             start += 4 + size
         del buf[:start]
         return out
