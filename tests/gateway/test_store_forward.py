@@ -211,6 +211,8 @@ class CountingSCP:
 
         self.counts: Counter[str] = Counter()
         self.associations = 0
+        self.released = 0
+        self.aborted = 0
         ae = AE(ae_title="COUNTER")
         if idle_timeout is not None:
             ae.network_timeout = idle_timeout  # an association idle this long is aborted by the SCP
@@ -219,10 +221,18 @@ class CountingSCP:
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store),
-                                                    (evt.EVT_ACCEPTED, self._accepted)])
+                                                    (evt.EVT_ACCEPTED, self._accepted),
+                                                    (evt.EVT_RELEASED, self._released),
+                                                    (evt.EVT_ABORTED, self._aborted)])
 
     def _accepted(self, event) -> None:
         self.associations += 1
+
+    def _released(self, event) -> None:
+        self.released += 1
+
+    def _aborted(self, event) -> None:
+        self.aborted += 1
 
     def _store(self, event) -> int:
         self.counts[str(event.request.AffectedSOPInstanceUID)] += 1
@@ -239,12 +249,13 @@ def counter():
     scp.stop()
 
 
-@pytest.mark.parametrize("idle_release", [5, 0])
+@pytest.mark.parametrize("idle_release", [2, 0])
 def test_objects_arriving_one_at_a_time_share_the_forwarders_association(dcmtk, gateway, counter, tmp_path,
                                                                           idle_release):
     """A modality sending one object per association, as many do: the forwarder keeps its
     association to the destination open between them (destination.idle_release), instead of one
-    association per object; with idle_release 0 it releases after each."""
+    association per object, and releases it (A-RELEASE, not an abort) once idle that long; with
+    idle_release 0 it releases after each."""
     r = sf_route("sf", (counter.port, "COUNTER"))
     r["destinations"][0]["idle_release"] = idle_release
     gw = gateway(r)
@@ -255,6 +266,8 @@ def test_objects_arriving_one_at_a_time_share_the_forwarders_association(dcmtk, 
         time.sleep(0.3)
     assert all(count == 1 for count in counter.counts.values())
     assert counter.associations == (1 if idle_release else len(files))
+    wait_until(lambda: counter.released == counter.associations, idle_release + 5, "the idle association released")
+    assert counter.aborted == 0
 
 
 def test_an_association_the_destination_closed_while_idle_is_replaced_before_use(dcmtk, gateway, tmp_path):
