@@ -60,6 +60,8 @@ RESERVE_STEP = MIB  # the free-space floor is checked for each further MiB an ob
 # While an object arrives, each further MiB written is handed to the kernel's write-out at once
 # (syncing.start_writeback), so that the fsync before its answer has only the tail left to write.
 # 1 MiB: the tail's fsync 1.4 -> 0.4 ms for 8.4 MB objects, 256 KiB no better (docs/PERFORMANCE.md).
+# Called on the loop: it only queues the write, but waits when the disk's queue is full (a spool
+# on a disk slower than the network), as the answer's fsync would (docs/gateway.md).
 WRITEBACK_STEP = MIB
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers per writev(2): 1024 on Linux
 
