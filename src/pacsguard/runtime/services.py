@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pacsguard.runtime.loop import run_event_loop
 from pacsguard.runtime.part import BannerRow, Service, ServiceContext
 
 if TYPE_CHECKING:
@@ -87,9 +87,8 @@ def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], No
                    on_stopping: Callable[[], None] = lambda: None) -> None:
     """Run the services until SIGINT or SIGTERM.
 
-    uvloop (libuv) cuts the gateway relay's per-read cost by a third against asyncio's own loop
-    (bench/gateway.py, docs/PERFORMANCE.md); a service that needs asyncio's loop gets it (none does
-    today: the gateway's TLS routes run on uvloop too), and PACSGUARD_EVENT_LOOP=asyncio chooses it always."""
+    On uvloop (pacsguard.runtime.loop); a service that needs asyncio's loop gets it (none does
+    today: the gateway's TLS routes run on uvloop too)."""
 
     def started(rows: list[BannerRow]) -> None:
         show(rows)
@@ -107,10 +106,4 @@ def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], No
             loop.add_signal_handler(sig, stop.set)
         await run_services(services, stop, started, banner, on_stopping)
 
-    plain = any(service.needs_asyncio_loop for service in services)
-    if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop" and not plain:
-        import uvloop
-
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_event_loop(main(), plain=any(service.needs_asyncio_loop for service in services))

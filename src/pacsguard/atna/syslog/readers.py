@@ -58,6 +58,7 @@ from pacsguard.events.model import (
     time_from_us,
 )
 from pacsguard.runtime.children import how_it_ended
+from pacsguard.runtime.loop import run_event_loop
 
 if TYPE_CHECKING:
     from pacsguard.atna.config import TlsListener
@@ -371,12 +372,7 @@ def main(argv: list[str]) -> int:
     from pacsguard.atna.collector import tune_for_ingest
 
     tune_for_ingest()
-    if os.environ.get("PACSGUARD_EVENT_LOOP", "uvloop") == "uvloop":
-        import uvloop
-
-        uvloop.run(_read_connections(listening, pipe, settings, records, early))
-    else:
-        asyncio.run(_read_connections(listening, pipe, settings, records, early))
+    run_event_loop(_read_connections(listening, pipe, settings, records, early))
     return 0
 
 
