@@ -46,6 +46,11 @@ def columns_of(ev: Event) -> dict[str, Any]:
             "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
 
 
+def terms_of(ev: Event) -> Terms:
+    actor = ev.actor
+    return ev.time_us, ev.kind, actor.ae_title, actor.host, actor.user
+
+
 def clean_chain(conn: Connection, expected: int, progress: Callable[[int, int], None] | None) -> list[bytes] | None:
     """The leaf hashes of the sealed events in order when every row, index row and batch is as
     sealed; None at the first departure."""
@@ -110,9 +115,7 @@ class _Reading:
         if seq != r.seq or r.place != place_of(seq, cols["patient_id"]) \
                 or any(getattr(r, name) != cols[name] for name in COLUMNS):
             raise _Departure
-        actor = event.actor
-        return (seq, prev, leaf, set(other_patients(event.patient_ids)), set(event.study_uids),
-                (event.time_us, event.kind, actor.ae_title, actor.host, actor.user))
+        return seq, prev, leaf, set(other_patients(event.patient_ids)), set(event.study_uids), terms_of(event)
 
     def _bucket(self, bucket: int, rows: list[_Sealed]) -> None:
         rows.sort(key=lambda row: row[0])

@@ -31,7 +31,7 @@ from sqlalchemy import Column, Connection, Row, Table, select
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of
+from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of, terms_of
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (
@@ -163,7 +163,7 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
         leaf_ok = leaf == bytes(r.leaf)
         sealed_seq: int | None = None
         prev: bytes | None = None
-        terms_of: Terms | None = None
+        sealed_terms: Terms | None = None
         patients: tuple[str, ...] = ()
         studies: tuple[str, ...] = ()
         misplaced: str | None = None
@@ -172,7 +172,7 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
             patients, studies = other_patients(event.patient_ids), tuple(dict.fromkeys(event.study_uids))
-            terms_of = (event.time_us, event.kind, event.actor.ae_title, event.actor.host, event.actor.user)
+            sealed_terms = terms_of(event)
             expected_cols = columns_of(event)
             place = place_of(r.seq, expected_cols["patient_id"])
             if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
@@ -182,7 +182,7 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
                      if getattr(r, name) != expected_cols[name]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problems.append(f"its sealed record is not valid ({exc})")
-        out.append(_Row(r.seq, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, terms_of,
+        out.append(_Row(r.seq, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms,
                         misplaced))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
