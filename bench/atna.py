@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gateway import cpu_seconds  # bench/gateway.py: a process's CPU with its children's (the readers)
 from pacsguard.atna.message.build import to_xml
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject, SopClass
 from pacsguard.tls import make_ca, make_cert
@@ -146,19 +147,14 @@ class Run:
     cpu_main: float = 0.0  # of which its main process (the rest: its reading processes)
 
 
-def cpu_seconds(pid: int, *, children: bool = True) -> float:
-    """User + system CPU time of process ``pid`` and its living children so far (proc(5): utime and
-    stime, fields 14 and 15; the children from /proc/PID/task/*/children: the reading processes of
-    ``--readers``); on a shared machine it says more than the wall clock what a message costs."""
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` alone so far (proc(5): utime and stime, fields 14
+    and 15): with ``--readers``, the main process; `cpu_seconds` adds its reading processes."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    if not children:
-        return own
-    pids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
-    return own + sum(cpu_seconds(c) for c in pids)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_senders(port: int, ca: Path, senders: int, per_sender: int, rate: float) -> tuple[float, list[Any]]:
@@ -292,11 +288,11 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, pki: dict[str, 
     total = args.senders * args.messages
     _wait_port(port, proc)
     try:
-        idle, idle_main = cpu_seconds(proc.pid), cpu_seconds(proc.pid, children=False)
+        idle, idle_main = cpu_seconds(proc.pid), own_cpu_seconds(proc.pid)
         began, progress = run_senders(port, pki["ca"], args.senders, args.messages, args.rate)
         run = follow(name, count, progress, total, began, 600 + (total / args.rate if args.rate else 0))
         run.cpu = cpu_seconds(proc.pid) - idle
-        run.cpu_main = cpu_seconds(proc.pid, children=False) - idle_main
+        run.cpu_main = own_cpu_seconds(proc.pid) - idle_main
         time.sleep(1.0)  # a duplicate would arrive after the last one
     finally:
         proc.send_signal(signal.SIGTERM)
