@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # fonts-dejavu-core are de-identification's (tests/deid).
 SYSLOG_NG := .peers/syslog-ng
 PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
-	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core
+	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools
 
 .PHONY: run test venv peers bench wheel clean
 
