@@ -1,6 +1,7 @@
 """Forwarding benchmark: what a store-and-forward route's forwarder (pacsguard.gateway.store_forward.
-forwarder, a pynetdicom Storage SCU sending each spooled file as stored, PS3.4 B.2.1) costs in CPU
-per GB, alone in its process, sending large objects to dcmtk's ``storescp --ignore``.
+forwarder, whose Storage SCU, sender.py, sends each spooled file's data set as stored, PS3.4
+B.2.1) costs in CPU per GB, alone in its process, sending large objects to dcmtk's
+``storescp --ignore``.
 
     .venv/bin/python bench/forward.py [--work DIR] [--count 16] [--mb 8] [--repeat 3]
                                       [--sink-pdu 16384 ...] [--log-handlers] [--what-if FILE]
@@ -12,7 +13,7 @@ Each run: a fresh spool holding every object (hard links to the corpus, committe
 commits, untimed), one Forwarder for one destination (``storescp --ignore`` with ``TCP_NODELAY=1``
 and ``--max-pdu`` the ``--sink-pdu`` value: the destination's maximum PDU length is what bounds
 every P-DATA-TF the forwarder sends, PS3.8 D.1), started and timed until the spool is empty.
-CPU is the bench process's (every thread: the forwarder's and pynetdicom's reactors; the main
+CPU is the bench process's (every thread: the forwarder's; the main
 thread only polls the spool every 20 ms) and storescp's, from /proc. CPU-s/GB = CPU seconds /
 (file bytes / 10^9). Medians of ``--repeat`` runs per ``--sink-pdu`` value, after one untimed run.
 
