@@ -123,51 +123,6 @@ def test_data_sets_arrive_as_spooled_whatever_the_maximum_length(max_pdu, tmp_pa
         scp.server.shutdown()
 
 
-def test_a_mapped_data_set_arrives_whole_through_short_sends(tmp_path):
-    """A data set of a few MiB goes from the mapped file with sendmsg(2); a destination whose
-    socket takes a little at a time makes each call send part of a batch: every PDU still arrives
-    whole, in order, within the Maximum Length, the last one flagged."""
-    import os
-    import socket
-    import struct
-
-    from pacsguard.gateway.store_forward.sender import MAP_AT_LEAST, StoreAssociation
-
-    data = os.urandom(3 * MAP_AT_LEAST + 12345)
-    path = tmp_path / "object.dcm"
-    path.write_bytes(b"H" * 100 + data)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        sender = socket.create_connection(server.getsockname())
-        receiver, _ = server.accept()
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sender.settimeout(30)
-    received = bytearray()
-
-    def read() -> None:
-        while chunk := receiver.recv(3000):
-            received.extend(chunk)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    assoc = StoreAssociation(sender, 16384)
-    assoc.peer_max = 16384
-    assoc._send_data_set(path, 100, 7)
-    sender.shutdown(socket.SHUT_WR)
-    reader.join(30)
-    sender.close()
-    receiver.close()
-    values, flags, pos = [], [], 0
-    while pos < len(received):
-        pdu_type, _, length, pdv_length, context, mch = struct.unpack_from(">BBIIBB", received, pos)
-        assert (pdu_type, context, pdv_length) == (4, 7, length - 4) and length <= 16384
-        values.append(bytes(received[pos + 12:pos + 6 + length]))
-        flags.append(mch)
-        pos += 6 + length
-    assert b"".join(values) == data
-    assert flags[-1] == 0x02 and set(flags[:-1]) == {0}
-
-
 def test_a_tls_destination_gets_every_object_as_spooled_and_answers_the_c_find(orthanc, tmp_path):
     d = tmp_path / "pki"
     ca_cert, ca_key = make_ca(d, "Test Hospital CA", 30)

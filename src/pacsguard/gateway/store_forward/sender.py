@@ -9,7 +9,6 @@ pynetdicom, which the route's SCP and the C-FIND check use, cost 3-5x the relay'
 
 from __future__ import annotations
 
-import mmap
 import os
 import socket
 import ssl
@@ -45,8 +44,6 @@ PRIORITY_MEDIUM = 0x0000
 DATASET_PRESENT = 0x0000  # Command Data Set Type: any value but 0101H (PS3.7 E.1)
 CHUNK_WHEN_UNLIMITED = 1 << 20  # PDV size when the destination sets no maximum (0)
 BATCH_BYTES = 1 << 20  # PDUs read and sent together
-MAP_AT_LEAST = 1 << 20  # data sets mapped rather than read (below, mapping costs more than it saves)
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers per sendmsg(2)
 RECEIVE = 1 << 16
 # PDU header (type, reserved, length) and PDV item header (length, context ID, control header).
 _DATA_HEADER = struct.Struct(">BBIIBB")
@@ -179,77 +176,31 @@ class StoreAssociation:
     # --- the wire ----------------------------------------------------------------------------------
 
     def _send_data_set(self, path: Path, offset: int, context_id: int) -> None:
-        """The file's bytes from ``offset`` on as the data set's PDVs, the last one flagged."""
+        """The file's bytes from ``offset`` on as the data set's PDVs, the last one flagged: a batch
+        of PDUs at a time, their values read straight into place between their headers by one
+        preadv(2) and the batch written by one send (per-PDU work is packing 12 header bytes)."""
         step = self.peer_max - 6 if self.peer_max else CHUNK_WHEN_UNLIMITED
-        with path.open("rb") as f:
-            fd = f.fileno()
-            size = os.fstat(fd).st_size
-            if size - offset >= MAP_AT_LEAST and not isinstance(self.sock, ssl.SSLSocket):
-                self._send_mapped(fd, size, offset, context_id, step)
-            else:
-                self._send_read(fd, size - offset, offset, context_id, step, path)
-
-    def _send_mapped(self, fd: int, size: int, offset: int, context_id: int, step: int) -> None:
-        """Plain TCP: the file mapped, and a batch of PDUs at a time handed to sendmsg(2) as their
-        headers and views of the mapping between them, so the kernel copies the values once, from
-        the page cache to the socket (a read would copy them into the process first: ~0.1 CPU-s/GB
-        less, docs/PERFORMANCE.md). Every full PDU but the last has the same header. The spool
-        never shortens a file while it is forwarded (reuse.py takes only spent ones)."""
-        full = _DATA_HEADER.pack(PDU_P_DATA_TF, 0, step + 6, step + 2, context_id, 0)
-        per_batch = max(1, min(BATCH_BYTES // (step + _DATA_HEADER.size), IOV_MAX // 2))
-        parts: list[bytes | memoryview] = []
-        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ) as mapped:
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)
-            try:
-                while offset < size:
-                    while offset < size and len(parts) < 2 * per_batch:
-                        length = min(step, size - offset)
-                        last = offset + length == size
-                        parts.append(full if length == step and not last else
-                                     _DATA_HEADER.pack(PDU_P_DATA_TF, 0, length + 6, length + 2, context_id,
-                                                       _LAST_DATA if last else 0))
-                        parts.append(view[offset:offset + length])
-                        offset += length
-                    self._sendmsg_all(parts)
-                    parts.clear()
-            finally:
-                parts.clear()  # every view goes before the mapping closes, also when a send failed
-                view.release()
-
-    def _sendmsg_all(self, parts: list[bytes | memoryview]) -> None:
-        """sendmsg(2) until every byte of ``parts`` is sent (a short send resumes where it ended)."""
-        start = 0
-        while start < len(parts):
-            sent = self.sock.sendmsg(parts[start:])
-            while start < len(parts) and sent >= len(parts[start]):
-                sent -= len(parts[start])
-                start += 1
-            if sent:
-                parts[start] = memoryview(parts[start])[sent:]
-
-    def _send_read(self, fd: int, left: int, offset: int, context_id: int, step: int, path: Path) -> None:
-        """TLS (or a short data set): a batch of PDUs at a time, their values read straight into
-        place between their headers by one preadv(2) and the batch written by one send (per-PDU
-        work is packing 12 header bytes)."""
         slot = _DATA_HEADER.size + step
         per_batch = max(1, BATCH_BYTES // slot)
         buffer = memoryview(bytearray(slot * per_batch))
-        while left > 0:
-            values: list[memoryview] = []
-            used = 0
-            while left > 0 and len(values) < per_batch:
-                size = min(step, left)
-                left -= size
-                _DATA_HEADER.pack_into(buffer, used, PDU_P_DATA_TF, 0, size + 6, size + 2, context_id,
-                                       _LAST_DATA if left == 0 else 0)
-                values.append(buffer[used + _DATA_HEADER.size:used + _DATA_HEADER.size + size])
-                used += _DATA_HEADER.size + size
-            wanted = used - _DATA_HEADER.size * len(values)
-            if os.preadv(fd, values, offset) != wanted:
-                raise AssociationEnded(f"{path} is shorter than when it was spooled")
-            offset += wanted
-            self.sock.sendall(buffer[:used])
+        with path.open("rb") as f:
+            fd = f.fileno()
+            left = os.fstat(fd).st_size - offset
+            while left > 0:
+                values: list[memoryview] = []
+                used = 0
+                while left > 0 and len(values) < per_batch:
+                    size = min(step, left)
+                    left -= size
+                    _DATA_HEADER.pack_into(buffer, used, PDU_P_DATA_TF, 0, size + 6, size + 2, context_id,
+                                           _LAST_DATA if left == 0 else 0)
+                    values.append(buffer[used + _DATA_HEADER.size:used + _DATA_HEADER.size + size])
+                    used += _DATA_HEADER.size + size
+                wanted = used - _DATA_HEADER.size * len(values)
+                if os.preadv(fd, values, offset) != wanted:
+                    raise AssociationEnded(f"{path} is shorter than when it was spooled")
+                offset += wanted
+                self.sock.sendall(buffer[:used])
 
     def _next(self) -> RawPDU:
         while not self._pending:
