@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import time
 from datetime import datetime, timezone
 
@@ -20,8 +21,10 @@ from atna_corpus import (
 )
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pacsguard.atna.ingest import Sender, frame_event, payload_event
+from pacsguard.atna.ingest import Sender, frame_event, frame_events, payload_event
 from pacsguard.atna.message import codes, dicom_xml, fhir, schema
 from pacsguard.atna.message.mapping import record_from_event
 
@@ -99,6 +102,110 @@ def test_bad_encodings_and_junk_are_stored_raw() -> None:
     assert frame_event(SENDER, syslog(b"<Other/>")).details["problem"] == "not-audit-message"
     assert frame_event(SENDER, b"no pri at all").details["problem"] == "not-syslog"
     assert frame_event(SENDER, syslog(b'{"resourceType": "Patient"}')).details["problem"] == "not-fhir"
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("action", True), ("outcomeDesc", ["x"]), ("agent.name", 5), ("agent.network.address", {"ip": 1}),
+    ("entity.name", 1.5), ("entity.type.code", 1), ("type.display", False), ("source.site", [])])
+def test_a_fhir_element_of_the_wrong_json_type_is_not_fhir_and_kept_raw(where: str, value: object) -> None:
+    """FHIR's strings, codes and uris are JSON strings (FHIR R4 2.24.0.1): another type (once, a bool
+    `action` raised a TypeError out of the reader, losing the frames read with it) is refused as
+    not-fhir, naming the element, and the message is kept raw."""
+    resource = fhir_patient_read()
+    element: object = resource
+    *path, key = where.split(".")
+    for step in path:
+        element = element[step]  # type: ignore[index]
+        if isinstance(element, list):
+            element = element[0]
+    element[key] = value  # type: ignore[index]
+    frame = syslog(orjson.dumps(resource))
+    ev = frame_event(SENDER, frame)
+    assert ev.kind == "atna.message.unparsed" and ev.details["problem"] == "not-fhir", ev.details
+    assert f"{key} is a JSON" in ev.details["error"]
+    assert ev.details["raw"].encode() == frame
+
+
+def test_a_message_the_reader_fails_on_unexpectedly_is_kept_raw_as_unreadable(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Whatever a reader raises on one message (a bug, not a rule), that message is stored raw as
+    unreadable and the frames read with it are not lost."""
+    from pacsguard.atna import ingest
+
+    def broken(details, time):  # type: ignore[no-untyped-def]
+        if details["event_id"]["code"] == "110110":
+            raise ValueError("a reader bug")
+        return real(details, time)
+
+    real = ingest.event_of
+    monkeypatch.setattr(ingest, "event_of", broken)
+    good = every_event_id()["110112"]
+    frames = [syslog(good), syslog(orjson.dumps(fhir_patient_read())), syslog(good)]
+    events = frame_events(SENDER, frames)
+    assert [e.kind for e in events][::2] == [frame_event(SENDER, frames[0]).kind] * 2
+    assert events[1].kind == "atna.message.unparsed" and events[1].details["problem"] == "unreadable"
+    assert events[1].details["error"] == "ValueError: a reader bug"
+    assert events[1].details["raw"].encode() == frames[1]
+
+
+_ODD_JSON: list[object] = [None, 0, -1, 1.5, 1e300, True, "", "x" * 300, [], {}, [None], {"a": 1}]
+_ODD_XML = [b"<", b">", b"&", b'"', b"\x00", b"]]>", b"<!--", b"&#0;", b"&#x110000;", b"\xff\xfe", b"<a>" * 40]
+
+
+def _mutate_json(rnd: random.Random, value: object) -> object:
+    """``value`` (a JSON document) with one or two of its members, at any depth, dropped or
+    replaced by a JSON value of another type: one wrong member at a time, so that it is the one
+    the reader meets."""
+    places: list[tuple[dict[str, object] | list[object], str | int]] = []
+
+    def walk(node: object) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            places.append((node, key))  # type: ignore[arg-type]
+            walk(child)
+
+    walk(value)
+    for container, key in rnd.sample(places, min(len(places), rnd.randint(1, 2))):
+        if isinstance(container, dict) and rnd.random() < 0.2:
+            container.pop(key, None)  # type: ignore[call-overload]
+        else:
+            container[key] = rnd.choice(_ODD_JSON)  # type: ignore[index]
+    return value
+
+
+def _mutate_bytes(rnd: random.Random, data: bytes) -> bytes:
+    """``data`` with a few bytes changed, cut out, or markup and copies of itself put in."""
+    out = bytearray(data)
+    for _ in range(rnd.randint(1, 8)):
+        at = rnd.randrange(len(out) + 1)
+        op = rnd.random()
+        if op < 0.3 and at < len(out):
+            out[at] = rnd.randrange(256)
+        elif op < 0.5:
+            del out[at:at + rnd.randint(1, 50)]
+        elif op < 0.75:
+            out[at:at] = rnd.choice(_ODD_XML)
+        else:
+            start = rnd.randrange(len(out) + 1)
+            out[at:at] = out[start:start + rnd.randint(1, 200)]
+    return bytes(out)
+
+
+@settings(max_examples=500, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32))
+def test_mutated_messages_always_become_an_event(seed: int) -> None:
+    """FHIR AuditEvents with members of the wrong JSON type, A.5 and RFC 3881 XML with bytes
+    changed, cut or inserted: each frame becomes one Event (read or unparsed), none raises. (A
+    seeded PRNG, not st.randoms(): Hypothesis's own leans towards its first choices.)"""
+    rnd = random.Random(seed)
+    xml = rnd.choice([*every_event_id().values(), LEGACY_RFC3881])
+    payloads = [orjson.dumps(_mutate_json(rnd, fhir_patient_read())), _mutate_bytes(rnd, xml),
+                _mutate_bytes(rnd, orjson.dumps(fhir_patient_read()))]
+    events = frame_events(SENDER, [syslog(p) for p in payloads])
+    assert len(events) == len(payloads)
+    for ev in events:
+        assert ev.kind.startswith("atna.") and ev.to_json()
+        if ev.kind == "atna.message.unparsed":
+            assert ev.details["problem"] != "unreadable", ev.details["error"]
 
 
 def test_latin1_declared_is_read() -> None:

@@ -6,6 +6,7 @@ raw and flagged, so the evidence is kept and `atna sources` can name the sender.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ from pacsguard.atna.message.mapping import event_of, record_details
 from pacsguard.atna.syslog import rfc5424
 from pacsguard.atna.syslog.framing import FrameProblem
 from pacsguard.events.model import Event, Outcome, Party, Severity
+
+log = logging.getLogger("pacsguard.atna")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +100,14 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
     how it came."""
     try:
         reading = read_payload(payload)
+        details = {**base, **({"flags": flags} if flags else {}), **reading.fields}
+        return event_of(details, reading.time)
     except AuditMessageError as exc:
         return unparsed_event(base, exc.problem, str(exc), flags, sender)
-    if flags:
-        base["flags"] = flags
-    base.update(reading.fields)
-    return event_of(base, reading.time)
+    except Exception as exc:  # noqa: BLE001 - a message the readers have no rule for: kept raw, the others go on
+        log.error("audit message from %s: cannot be read (%s: %s); stored unparsed", sender.host,
+                  type(exc).__name__, exc)
+        return unparsed_event(base, "unreadable", f"{type(exc).__name__}: {exc}", flags, sender)
 
 
 def unparsed_event(base: dict[str, Any], problem: str, error: str, flags: list[str], sender: Sender) -> Event:

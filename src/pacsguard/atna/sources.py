@@ -12,7 +12,7 @@ from typing import Any
 from pacsguard.events.model import Event
 
 #: Payload problems counted as "unparsable XML".
-_XML_PROBLEMS = frozenset({"unparsable-xml", "entity-expansion", "bad-encoding", "not-audit-message"})
+_XML_PROBLEMS = frozenset({"unparsable-xml", "entity-expansion", "bad-encoding", "not-audit-message", "unreadable"})
 _FRAME_PROBLEMS = frozenset({"malformed-frame", "oversize", "truncated", "not-syslog"})
 
 

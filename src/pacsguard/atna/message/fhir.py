@@ -41,23 +41,32 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
         raise AuditMessageError("not-fhir", "AuditEvent.source.observer is required")
     try:
         return AuditRecord(
-            syntax="fhir", event_id=_coding(type_), action=resource.get("action"), time=parse_datetime(recorded),
+            syntax="fhir", event_id=_coding(type_), action=_text(resource, "action"), time=parse_datetime(recorded),
             outcome=str(resource.get("outcome", "")),
             event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
-            outcome_description=resource.get("outcomeDesc"),
+            outcome_description=_text(resource, "outcomeDesc"),
             purposes=tuple(_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())),
             participants=tuple(_agent(a) for a in agents),
-            source_id=_reference_text(source["observer"]), source_site=source.get("site"),
+            source_id=_reference_text(source["observer"]), source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
             objects=tuple(_entity(e) for e in resource.get("entity", ())))
     except (AttributeError, TypeError, KeyError) as exc:
         raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
 
 
+def _text(element: Mapping[str, Any], key: str) -> str | None:
+    """A FHIR string, code or uri (FHIR R4 2.24.0.1: a JSON string), or None when absent; TypeError
+    (reported as not-fhir) for any other JSON type, which would otherwise reach the record as is."""
+    value = element.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"{key} is a JSON {type(value).__name__}, not a string")
+
+
 def _coding(c: Mapping[str, Any]) -> Code:
     system = c.get("system")
     return Code(str(c.get("code", "")), _NAMES.get(system, system) if isinstance(system, str) else None,
-                c.get("display"))
+                _text(c, "display"))
 
 
 def _reference_text(ref: Mapping[str, Any]) -> str:
@@ -70,16 +79,17 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     roles = [_coding(c) for cc in ([a["type"]] if a.get("type") else []) + list(a.get("role", ()))
              for c in cc.get("coding", ())]
     who = a.get("who") or {}
-    return Participant(user_id=_reference_text(who), alternative_user_id=a.get("altId"), user_name=a.get("name"),
-                       requestor=bool(a.get("requestor")), access_point=network.get("address"),
-                       access_point_type=network.get("type"), roles=tuple(roles))
+    return Participant(user_id=_reference_text(who), alternative_user_id=_text(a, "altId"),
+                       user_name=_text(a, "name"), requestor=bool(a.get("requestor")),
+                       access_point=_text(network, "address"), access_point_type=_text(network, "type"),
+                       roles=tuple(roles))
 
 
 def _entity(e: Mapping[str, Any]) -> ParticipantObject:
     what = e.get("what") or {}
     ident = what.get("identifier") or {}
-    type_code = (e.get("type") or {}).get("code")
-    role = (e.get("role") or {}).get("code")
+    type_code = _text(e.get("type") or {}, "code")
+    role = _text(e.get("role") or {}, "code")
     id_types = (ident.get("type") or {}).get("coding") or []
     id_type = _coding(id_types[0]) if id_types else Code("2" if (type_code, role) == ("1", "1") else "")
     object_id = str(ident.get("value") or what.get("reference", "").split("/", 1)[-1] or "")
@@ -87,7 +97,7 @@ def _entity(e: Mapping[str, Any]) -> ParticipantObject:
         object_id = f"{object_id}^^^&{ident['system'][8:]}&ISO"
     return ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role,
-        life_cycle=(e.get("lifecycle") or {}).get("code"), name=e.get("name"), query=e.get("query"),
+        life_cycle=_text(e.get("lifecycle") or {}, "code"), name=_text(e, "name"), query=_text(e, "query"),
         details=tuple((str(d.get("type", "")), str(d.get("valueBase64Binary") or d.get("valueString") or ""))
                       for d in e.get("detail", ())))
 
