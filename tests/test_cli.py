@@ -112,3 +112,11 @@ def test_bad_stores_are_one_line_and_exit_2(home):
     (home / "broken.yaml").write_text("store: [\n")
     err = run("events", "search", "-c", "broken.yaml", cwd=home, check_code=2).stderr
     assert "broken.yaml: line" in err and "not valid YAML" in err
+
+
+def test_a_port_of_unicode_digits_is_a_usage_error(tmp_path):
+    """"\u00b2" is a digit to str.isdigit but not to int(): once an internal error, now the option's
+    own message and exit code 2."""
+    proc = run("gateway", "run", "--listen", "127.0.0.1:\u00b2", "--upstream", "X@127.0.0.1:104", "--aet", "GW",
+               cwd=tmp_path, check_code=2)
+    assert "--listen: expected HOST:PORT, got '127.0.0.1:\u00b2'" in proc.stderr

@@ -52,6 +52,20 @@ def test_odd_but_well_formed_messages_read_as_the_tree_read_them() -> None:
     assert obj.accessions == ("A1", "A2") and obj.studies == ("s1", "s2")
 
 
+def test_a_count_of_unicode_digits_is_no_count_and_the_schema_check_says_so() -> None:
+    """"\u00b2" is a digit to str.isdigit but not to int() (once, a ValueError out of the reader):
+    NumberOfInstances made of it is read as absent, and the schema check names it."""
+    from pacsguard.atna.message import schema
+
+    odd = ODD.replace(b'NumberOfInstances=" 2 "', 'NumberOfInstances="\u00b2"'.encode())
+    (obj,) = dicom_xml.parse(odd).objects
+    assert obj.sop_classes[1] == SopClass("d1", None, ("i",))
+    valid = every_event_id()["110102"]
+    assert b'NumberOfInstances="3"' in valid and schema.check(dicom_xml.parse_xml(valid)) == []
+    unicode_count = valid.replace(b'NumberOfInstances="3"', 'NumberOfInstances="\u00b2"'.encode())
+    assert [p for p in schema.check(dicom_xml.parse_xml(unicode_count)) if "NumberOfInstances" in p]
+
+
 def test_namespaces_are_read_by_local_name() -> None:
     prefixed = (b'<a:AuditMessage xmlns:a="urn:x"><a:EventIdentification EventActionCode="E">'
                 b'<a:EventID csd-code="110100"/></a:EventIdentification></a:AuditMessage>')

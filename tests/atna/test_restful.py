@@ -74,6 +74,28 @@ def test_iti81_search_and_post(tmp_path: Path, monkeypatch: Any) -> None:
     assert len(posted) == 1 and posted[0].details["syntax"] == "fhir" and posted[0].patient_ids[0] == "PID-0042"
 
 
+def test_numbers_of_unicode_digits_and_the_last_day_there_is(tmp_path: Path, monkeypatch: Any) -> None:
+    """"\u00b2" is a digit to str.isdigit but not to int(): a _count or a Content-Length made of it
+    once raised out of the handler, and the client got no answer. They are refused as any other
+    bad value; a date at the end of the year 9999 is a day like any other."""
+    import socket
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        base = f"http://127.0.0.1:{port}/AuditEvent"
+        status, problem = call(f"{base}?_count=%C2%B2")
+        assert status == 400 and "_count" in json.dumps(problem)
+        status, bundle = call(f"{base}?date=9999-12-31")
+        assert status == 200 and bundle["total"] == 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(f"POST /AuditEvent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+                         + b"Content-Length: \xb2\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 411 ")
+    store.close()
+
+
 def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
     import ssl
 

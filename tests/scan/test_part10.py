@@ -7,7 +7,7 @@ import warnings
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scan_samples import ct, deflate_bomb, nesting_bomb
+from scan_samples import base, ct, deflate_bomb, encode, nesting_bomb
 
 from pacsguard.scan import part10
 from pacsguard.scan.model import Level
@@ -24,6 +24,18 @@ def test_a_clean_file_is_walked_to_its_end() -> None:
     assert parsed.end == len(CT) and not parsed.stopped and parsed.problems == []
     assert parsed.text(0x00100020)  # Patient ID
     assert parsed.top(part10.PIXEL_DATA) is not None
+
+
+def test_a_frame_count_of_unicode_digits_is_no_structure_error() -> None:
+    """Number of Frames (0028,0008) made of "\u00b2", a digit to str.isdigit but not to int():
+    read as one frame, not a rule that failed (once, a ValueError reported as structure.error)."""
+    ds = base()
+    ds.NumberOfFrames = "1"
+    data = encode(ds)
+    at = data.find(b"\x28\x00\x08\x00IS\x02\x001 ")
+    assert at > 0
+    odd = data[:at + 8] + "\u00b2 ".encode("latin-1") + data[at + 10:]
+    assert [f.rule for f in Scanner().scan_bytes(odd, "frames").findings if f.rule.startswith("structure")] == []
 
 
 def test_nesting_is_bounded_without_recursion() -> None:

@@ -122,7 +122,7 @@ class RestfulAtna:
             return await self._search(url.query, sender)
         if method == "POST":
             length = headers.get("content-length", "")
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit, not to int()
                 return self._refuse(sender, "bad-request", "POST needs Content-Length", method, url.path,
                                     HTTPStatus.LENGTH_REQUIRED)
             if int(length) > self.max_body:

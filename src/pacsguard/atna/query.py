@@ -4,7 +4,7 @@ stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``pat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -49,7 +49,7 @@ class AuditQuery:
         elif name == "outcome":
             self.outcomes.append(value.split("|")[-1])
         elif name == "_count":
-            if not value.isdigit() or not 1 <= int(value) <= 10_000:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 1..10000, got {value!r}")
             self.count = int(value)
         elif name not in ("_format",):
@@ -97,17 +97,25 @@ def _period(text: str) -> tuple[datetime, datetime]:
     """The time span a FHIR date(Time) denotes: a day, a month, a year, or an instant."""
     try:
         if len(text) == 4:
-            start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
-            return start, start.replace(year=start.year + 1)
+            year = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            return year, _until(lambda: year.replace(year=year.year + 1))
         if len(text) == 7:
-            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
-            return start, (start + timedelta(days=32)).replace(day=1)
+            month = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
+            return month, _until(lambda: (month + timedelta(days=32)).replace(day=1))
         if len(text) == 10:
-            start = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-            return start, start + timedelta(days=1)
+            day = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+            return day, _until(lambda: day + timedelta(days=1))
         instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise QueryError(f"date: expected a FHIR date or dateTime, got {text!r}") from None
     if instant.tzinfo is None:
         instant = instant.replace(tzinfo=timezone.utc)
-    return instant, instant + timedelta(seconds=1)
+    return instant, _until(lambda: instant + timedelta(seconds=1))
+
+
+def _until(end: Callable[[], datetime]) -> datetime:
+    """The end of a span; the last instant there is for one that would end after the year 9999."""
+    try:
+        return end()
+    except (ValueError, OverflowError):
+        return datetime.max.replace(tzinfo=timezone.utc)

@@ -30,7 +30,7 @@ app.add_typer(spool_app)
 
 def _endpoint(text: str, option: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise fail(f"{option}: expected HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

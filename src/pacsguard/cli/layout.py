@@ -166,7 +166,7 @@ def terminal_width(stream: TextIO | None = None) -> int | None:
     if not tty:
         return None
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return int(columns)
     return shutil.get_terminal_size().columns
 

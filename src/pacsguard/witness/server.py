@@ -88,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         if log_id is None:
             return
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit, not to int()
             self._send(Answer(411, {"error": "Content-Length required"}))
             return
         if int(length) > MAX_REQUEST:

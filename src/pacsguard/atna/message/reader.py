@@ -190,9 +190,9 @@ class _SopClass(Context):
         return None
 
     def end(self) -> None:
-        count = self.attrs.get("NumberOfInstances")
+        count = (self.attrs.get("NumberOfInstances") or "").strip()
         self.into.append({"uid": self.attrs.get("UID", ""),
-                          "instances": int(count) if count and count.strip().isdigit() else None,
+                          "instances": int(count) if count.isascii() and count.isdigit() else None,
                           "instance_uids": self.instances})
 
 

@@ -114,8 +114,8 @@ def _walk(el: Element, path: str, report: Callable[[str], None]) -> None:
         report(f"{path}: the query is not base64")
     if name == "ParticipantObjectDetail" and not _is_base64(el.get("value", "")):
         report(f"{path}/@value: not base64")
-    if name == "SOPClass" and el.get("NumberOfInstances") is not None and not el.get("NumberOfInstances",
-                                                                                      "").isdigit():
+    instances = el.get("NumberOfInstances")
+    if name == "SOPClass" and instances is not None and not (instances.isascii() and instances.isdigit()):
         report(f"{path}/@NumberOfInstances: not a non-negative integer")
     counts: dict[str, int] = {}
     for child in el:

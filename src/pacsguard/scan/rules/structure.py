@@ -108,7 +108,7 @@ def _pixels(parsed: Parsed) -> list[Finding]:
         return out
     samples = _us(parsed, parsed.top(SAMPLES)) or 1
     frames_text = parsed.text(FRAMES) or "1"
-    frames = int(frames_text) if frames_text.strip().isdigit() else 1
+    frames = int(frames_text) if frames_text.strip().isascii() and frames_text.strip().isdigit() else 1
     expected = (rows * cols * samples * frames * bits + 7) // 8
     if (parsed.text(PHOTOMETRIC) or "").startswith("YBR_FULL_422"):
         expected = expected * 2 // 3  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels
