@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from atna_corpus import every_event_id, record
 from typer.testing import CliRunner
@@ -84,6 +85,48 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
     bad = subprocess.run([sys.executable, "-m", "pacsguard.cli", "audit", "prove", str(tmp_path / "fresh.json"),
                           "--key", str(public_path(key))], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "event #41" in bad.stdout
+
+
+def test_an_edited_report_of_any_shape_fails_to_prove_and_never_raises(tmp_path: Path) -> None:
+    """`audit prove` reads a file someone may have edited by hand: members of another JSON type, or
+    dropped, at any depth (once, a string where a listed event belongs raised out of it) are each a
+    reason the report does not hold, and a witness's check of it says what it cannot read."""
+    import random
+
+    from pacsguard.atna.corroborate import corroborate
+
+    store, key = new_store(str(tmp_path / "store.db"), tmp_path)
+    store.append(make_events(10))
+    store.append([frame_event(SENDER, audit(e)) for e in ("110110", "110104", "110112")])
+    store.checkpoint()
+    public = load_public_key(public_path(key))
+    report = patient_report(store, "PID-0042")
+    store.close()
+    assert prove(report, public) == []
+    odd: list[object] = [None, 0, -1, 1.5, True, "", "x", "\u00b2", [], {}, [None], {"a": 1}]
+    rnd = random.Random(20261204)
+    failed = 0
+    for _ in range(600):
+        edited = json.loads(json.dumps(report))
+        for container, k in rnd.sample(_members(edited), rnd.randint(1, 3)):
+            if isinstance(container, dict) and rnd.random() < 0.2:
+                container.pop(k, None)
+            else:
+                container[k] = rnd.choice(odd)
+        problems = prove(edited, public)
+        assert all(isinstance(p, str) and p for p in problems)
+        failed += bool(problems)
+        witnessed = corroborate(edited, [], public)
+        assert witnessed.findings and all(isinstance(f, str) for _, f in witnessed.findings)
+    assert failed > 500  # nearly every edit is caught; some only drop an optional member
+    for top in ([], "report", 7, None):
+        assert prove(top, public) == ["not a patient report (pacsguard-patient-report/v1)"]  # type: ignore[arg-type]
+
+
+def _members(node: Any) -> list[tuple[Any, Any]]:
+    """(container, key) of every member of a JSON document, at any depth."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [place for k, child in items for place in [(node, k), *_members(child)]]
 
 
 def _frame(record_: AuditRecord) -> Event:

@@ -74,7 +74,11 @@ def corroborate(report: dict[str, Any], witnessed: Sequence[Checkpoint], key: Ed
     if cp is None:
         out.findings.append(("witness", "the report names no checkpoint: a witness has nothing to corroborate"))
         return out
-    size, root, log = int(cp["tree_size"]), bytes.fromhex(cp["root"]), str(cp["key_id"])
+    try:
+        size, root, log = int(cp["tree_size"]), bytes.fromhex(cp["root"]), str(cp["key_id"])
+    except (KeyError, TypeError, ValueError) as exc:  # an edited report: `report.prove` names it too
+        out.findings.append(("witness", f"the report's checkpoint is unreadable ({exc}): nothing to corroborate"))
+        return out
     mine = sorted((h for h in witnessed if h.key_id == log), key=lambda h: h.tree_size)
     if not mine:
         logs = sorted({h.key_id for h in witnessed})

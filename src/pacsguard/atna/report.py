@@ -114,7 +114,7 @@ def prove(report: dict[str, Any], key: Ed25519PublicKey) -> list[str]:
     from pacsguard.store.store import checkpoint_message
 
     problems: list[str] = []
-    if report.get("format") != FORMAT:
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
         return [f"not a patient report ({FORMAT})"]
     cp = report.get("checkpoint")
     if cp is None:
@@ -128,8 +128,14 @@ def prove(report: dict[str, Any], key: Ed25519PublicKey) -> list[str]:
         problems.append(f"checkpoint signed by key {cp.get('key_id')}, the key given is {keys.key_id(key)}")
     if not keys.verify_signature(key, signature, message):
         problems.append("the checkpoint's signature does not verify with the key given")
-    unproven = set(report.get("unproven", ()))
-    for row in report.get("events", ()):
+    rows, unproven_seqs = report.get("events"), report.get("unproven")
+    if not isinstance(rows, list) or not isinstance(unproven_seqs, list):
+        return [*problems, "the report's events or its unproven list is missing or not a list"]
+    unproven = {u for u in unproven_seqs if isinstance(u, int)}
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            problems.append(f"listed event {number}: not an object")
+            continue
         seq = row.get("seq")
         if "proof" not in row:
             if seq not in unproven:
@@ -147,7 +153,7 @@ def prove(report: dict[str, Any], key: Ed25519PublicKey) -> list[str]:
         try:
             envelope = json.loads(sealed)
             event = Event.from_dict(envelope["event"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # any JSON may have been sealed
             problems.append(f"event #{seq}: sealed record unreadable ({exc})")
             continue
         if envelope.get("seq") != seq:
