@@ -95,3 +95,37 @@ def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Pat
         got = rx.wait(lambda evs: any(e.kind.startswith("ids.alert.") for e in evs), "a privacy alert")
     assert [e.kind for e in got] == ["atna.audit.patient-record", "ids.alert.audit-watched-patient"]
     assert got[1].patient_ids[0] == "PID-0042"
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("watch_list", b"PID-1\n\xff\xfeVIP\n", "line 2: not UTF-8 text (byte 0xFF at offset 6); save it as UTF-8"),
+    ("staff_directory", b"user,surname,address\njdoe,M\xfcller,x\n",
+     "line 2: not UTF-8 text (byte 0xFC at offset 27); save it as UTF-8"),
+    ("staff_directory", b"login,surname\njdoe,Doe\n",
+     "line 1: a header row naming the columns user, surname, address (and department) is needed; it names "
+     "['login', 'surname']"),
+    ("staff_directory", b"user,surname\njdoe,D" + b"o" * 200_000 + b"\n", "line 2: field larger than field limit "
+                                                                        "(131072)"),
+])
+def test_a_list_file_that_cannot_be_read_is_a_configuration_error_naming_it(tmp_path: Path, name: str,
+                                                                             content: bytes, problem: str) -> None:
+    """An export in Latin-1 (as spreadsheets on Windows write), a header with other names, a runaway
+    field: each is the configuration's key, the file and the line, never an internal error at start."""
+    from pacsguard.atna.config import Privacy
+    from pacsguard.config.loader import ConfigError
+
+    path = tmp_path / "list"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        Privacy(**{name: path}).lists(lambda p: p)
+    assert err.value.source == str(path)
+    assert [(p.key, p.message) for p in err.value.problems] == [(f"atna.privacy.{name}", problem)]
+
+
+def test_a_staff_directory_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    from pacsguard.atna.config import Privacy
+
+    path = tmp_path / "staff.csv"
+    path.write_bytes("\ufeffuser,surname,address,department\nJDoe,Müller,Hauptstr. 1,Radiology\n".encode())
+    lists = Privacy(staff_directory=path).lists(lambda p: p)
+    assert lists.staff["jdoe"].surname == "MÜLLER" and lists.departments() == {"jdoe": "RADIOLOGY"}

@@ -5,13 +5,17 @@ Off by default and loopback by default: a repository listens where its administr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
 from pacsguard.config.schema import SecretRef, Strict
+
+if TYPE_CHECKING:
+    from pacsguard.ids.audit.adapter import PrivacyLists
 
 
 class Address(Strict):
@@ -117,6 +121,20 @@ class Privacy(Strict):
                            "ids: section's rules (audit-unexplained-access comes with explain.on_arrival)")
     explain: Explain = Field(default_factory=Explain)
     baseline: Baseline = Field(default_factory=Baseline)
+
+    def lists(self, resolve: Callable[[Path], Path], *, watch: bool = True) -> PrivacyLists:
+        """The watch list (with ``watch``) and the staff directory, read; a file that cannot be read
+        is a ConfigError naming its key and what is wrong where (not UTF-8, no header, a bad row)."""
+        from pacsguard.config.loader import ConfigError, ConfigProblem
+        from pacsguard.ids.audit.adapter import ListFileError, PrivacyLists
+
+        files = {"watch_list": self.watch_list if watch else None, "staff_directory": self.staff_directory}
+        paths = {key: resolve(path) for key, path in files.items() if path is not None}
+        try:
+            return PrivacyLists.load(paths.get("watch_list"), paths.get("staff_directory"))
+        except ListFileError as exc:
+            key = next(k for k, path in paths.items() if path == exc.path)
+            raise ConfigError(str(exc.path), [ConfigProblem(f"atna.privacy.{key}", exc.problem)]) from None
 
 
 class AtnaConfig(Strict):

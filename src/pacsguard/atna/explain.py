@@ -66,15 +66,13 @@ class ExplainSettings:
 
 def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambda p: p) -> ExplainSettings:
     """The settings of the `atna.privacy` section (its windows, its staff directory's departments)."""
-    from pacsguard.ids.audit.adapter import PrivacyLists
     from pacsguard.ids.rules import parse_duration
 
     if privacy is None:
         return ExplainSettings()
-    staff = PrivacyLists.load(staff_csv=resolve(privacy.staff_directory)) if privacy.staff_directory else None
     windows = privacy.explain
     return ExplainSettings(parse_duration(windows.evidence_window), parse_duration(windows.repeat_window),
-                           staff.departments() if staff else {})
+                           privacy.lists(resolve, watch=False).departments())
 
 
 @dataclass(frozen=True, slots=True)

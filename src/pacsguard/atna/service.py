@@ -62,8 +62,7 @@ class AtnaService:
         from pacsguard.ids.audit.baseline import BaselineSettings
 
         p = self.config.privacy
-        lists = PrivacyLists.load(self._path(p.watch_list) if p and p.watch_list else None,
-                                  self._path(p.staff_directory) if p and p.staff_directory else None)
+        lists = p.lists(self._path) if p else PrivacyLists()
         baseline = BaselineSettings(**p.baseline.model_dump()) if p else None
         self.privacy = AuditAdapter(engine, lists, explain=self._explainer(settings_of(p, self._path)),
                                     baseline=baseline)

@@ -11,6 +11,7 @@ One flow per user (client_host = the user's host, server_host = the audit source
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -22,6 +23,26 @@ from pacsguard.ids.audit.baseline import BaselineSettings, PatientsPerHour
 from pacsguard.ids.audit.kinds import BASELINE_FIELDS, EXPLAIN_FIELDS, PROTOCOL
 from pacsguard.ids.engine import Alert, CompiledRule, Engine
 from pacsguard.ids.observation import Flow
+
+
+class ListFileError(ValueError):
+    """A watch list or staff directory that cannot be read: the file, and what is wrong where."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _text_of(path: Path) -> str:
+    """A list file's text: UTF-8, with or without a byte order mark."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ListFileError(path, f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X} at offset "
+                                  f"{exc.start}); save it as UTF-8") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +62,28 @@ class PrivacyLists:
     @classmethod
     def load(cls, watch_file: Path | None = None, staff_csv: Path | None = None) -> PrivacyLists:
         """``watch_file``: one patient ID per line (# comments); ``staff_csv``: columns user, surname,
-        address and, optionally, department (a header row naming them)."""
+        address and, optionally, department (a header row naming them). Both UTF-8 (a byte order
+        mark is allowed, as spreadsheets write one); ListFileError names what is wrong and where."""
         watched: set[str] = set()
         if watch_file is not None:
-            for line in watch_file.read_text(encoding="utf-8").splitlines():
+            for line in _text_of(watch_file).splitlines():
                 text = line.split("#", 1)[0].strip()
                 if text:
                     watched.add(text.split("^", 1)[0])
         staff: dict[str, StaffMember] = {}
         if staff_csv is not None:
-            with staff_csv.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
+            reader = csv.DictReader(io.StringIO(_text_of(staff_csv), newline=""))
+            try:
+                if "user" not in (reader.fieldnames or ()):
+                    raise ListFileError(staff_csv, "line 1: a header row naming the columns user, surname, address "
+                                                   f"(and department) is needed; it names {reader.fieldnames or []}")
+                for row in reader:
                     user = (row.get("user") or "").strip().lower()
                     if user:
                         staff[user] = StaffMember(_norm(row.get("surname")), _norm(row.get("address")),
                                                   _norm(row.get("department")))
+            except csv.Error as exc:  # line_num counts the lines before the row that failed
+                raise ListFileError(staff_csv, f"line {reader.line_num + 1}: {exc}") from None
         return cls(frozenset(watched), staff)
 
     def departments(self) -> dict[str, str]:
