@@ -50,7 +50,8 @@ def test_iti81_search_and_post(tmp_path: Path, monkeypatch: Any) -> None:
             "total"] == 2
         assert call(f"{base}?patient=PID-0042&date=2026-12-04")[1]["total"] == 0
         assert call(f"{base}?entity-type=2&outcome=0")[1]["total"] == 2  # the study (110104), the node (110113)
-        assert call(f"{base}?patient=PID-0042&_count=1")[1]["total"] == 1
+        first = call(f"{base}?patient=PID-0042&_count=1")[1]
+        assert len(first["entry"]) == 1 and first["link"][0]["relation"] == "next"
 
         status, created = call(base, body=orjson.dumps(fhir_patient_read()))
         assert status == 201 and created["resourceType"] == "AuditEvent"
@@ -93,6 +94,38 @@ def test_numbers_of_unicode_digits_and_the_last_day_there_is(tmp_path: Path, mon
             conn.sendall(f"POST /AuditEvent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
                          + b"Content-Length: \xb2\r\n\r\n")
             assert conn.recv(4096).startswith(b"HTTP/1.1 411 ")
+    store.close()
+
+
+def test_a_search_larger_than_a_page_is_read_page_by_page_through_next_links(tmp_path: Path,
+                                                                            monkeypatch: Any) -> None:
+    """"Who accessed this patient" with more answers than `_count`: each page links the next
+    (FHIR R4 paging), following them gives every access once, in order; the total is only
+    claimed when one page holds the whole answer (once it claimed the first page's size)."""
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    read = b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"]
+    for _ in range(5):  # 250 accesses to PID-0042, with other events between them
+        store.append([frame_event(SENDER, read) for _ in range(50)] + make_events(7))
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        url: str | None = f"http://127.0.0.1:{port}/AuditEvent?patient=PID-0042&_count=100"
+        pages: list[dict[str, Any]] = []
+        while url is not None and len(pages) < 10:
+            status, bundle = call(url)
+            assert status == 200, bundle
+            Bundle.model_validate(bundle)
+            pages.append(bundle)
+            url = next((link["url"] for link in bundle.get("link", ()) if link["relation"] == "next"), None)
+        assert [len(p["entry"]) for p in pages] == [100, 100, 50]
+        assert all("total" not in p for p in pages)  # more than one page: not counted
+        ids = [e["resource"]["id"] for p in pages for e in p["entry"]]
+        assert len(set(ids)) == 250
+        assert "patient=PID-0042" in pages[0]["link"][0]["url"] and "_count=100" in pages[0]["link"][0]["url"]
+        status, whole = call(f"http://127.0.0.1:{port}/AuditEvent?patient=PID-0042&_count=300")
+        assert status == 200 and whole["total"] == 250 and "link" not in whole
+        assert [e["resource"]["id"] for e in whole["entry"]] == ids
+        assert call(f"http://127.0.0.1:{port}/AuditEvent?patient=PID-0042&_cursor=abc")[0] == 400
     store.close()
 
 

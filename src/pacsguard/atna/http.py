@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from pacsguard.atna.ingest import Sender, payload_event, raw_fields
 from pacsguard.atna.message import fhir
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pacsguard.atna.config import HttpListener
     from pacsguard.atna.syslog.listeners import Publish
     from pacsguard.store import EventStore
+    from pacsguard.store.store import StoredEvent
 
 log = logging.getLogger("pacsguard.atna")
 
@@ -155,15 +156,21 @@ class RestfulAtna:
         except QueryError as exc:
             return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
         found = await asyncio.to_thread(self._find, q)
-        resources = [fhir.render(record_from_event(e), e.id) for e in found]
-        return Reply(200, fhir.bundle(resources, self.base))
+        resources = [fhir.render(record_from_event(s.event), s.event.id) for s in found]
+        # A full page may have more after it: a next link with the cursor after its last event. The
+        # total is given only when the whole result is this page (counting every match of a large
+        # search would cost a scan of all of it; FHIR R4 makes Bundle.total optional).
+        full = len(found) >= q.count
+        next_url = f"{self.base}/AuditEvent?{_with_cursor(query, found[-1].seq)}" if full else None
+        return Reply(200, fhir.bundle(resources, self.base, total=None if full or q.after is not None else len(found),
+                                      next_url=next_url))
 
-    def _find(self, q: AuditQuery) -> list[Event]:
+    def _find(self, q: AuditQuery) -> list[StoredEvent]:
         from pacsguard.store import EventQuery
 
         stored = self.store.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until,
-                                              limit=None))
-        return q.select(s.event for s in stored)
+                                              after_seq=q.after, limit=None))
+        return q.page(stored)
 
     def _refuse(self, sender: Sender, problem: str, error: str, method: str, path: str,
                 status: HTTPStatus) -> Reply:
@@ -173,6 +180,12 @@ class RestfulAtna:
                            details={"sender": sender.to_dict(), "problem": problem, "error": error,
                                     "method": method, "path": path}))
         return outcome(status, error)
+
+
+def _with_cursor(query: str, after: int) -> str:
+    """The search's own parameters, with the cursor of the page after ``after`` (a store position)."""
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=False) if k != "_cursor"]
+    return urlencode([*kept, ("_cursor", str(after))])
 
 
 def _encode(reply: Reply) -> bytes:

@@ -1,14 +1,19 @@
 """The search parameters of IHE ITI-81 (Retrieve ATNA Audit Event, RESTful ATNA 3.81.4.1.2) over the
 stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``patient``,
-``agent-name``, ``entity-type``, ``outcome``, ``_count``."""
+``agent-name``, ``entity-type``, ``outcome``, ``_count`` (the page size), and ``_cursor``, the
+opaque position a Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from pacsguard.events.model import Event
+
+if TYPE_CHECKING:
+    from pacsguard.store.store import StoredEvent
 
 
 class QueryError(ValueError):
@@ -27,6 +32,7 @@ class AuditQuery:
     actions: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     count: int = 100
+    after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
 
     @classmethod
     def parse(cls, params: Mapping[str, list[str]]) -> AuditQuery:
@@ -52,6 +58,10 @@ class AuditQuery:
             if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 1..10000, got {value!r}")
             self.count = int(value)
+        elif name == "_cursor":
+            if not (value.isascii() and value.isdigit()) or len(value) > 19:
+                raise QueryError(f"_cursor: not a position this server gave (a next link's), got {value!r}")
+            self.after = int(value)
         elif name not in ("_format",):
             raise QueryError(f"unsupported search parameter {name!r}")
 
@@ -83,11 +93,12 @@ class AuditQuery:
             return False
         return not self.outcomes or d.get("outcome_indicator") in self.outcomes
 
-    def select(self, events: Iterable[Event]) -> list[Event]:
-        out: list[Event] = []
-        for event in events:
-            if self.matches(event):
-                out.append(event)
+    def page(self, stored: Iterable[StoredEvent]) -> list[StoredEvent]:
+        """The first `count` of ``stored`` (in store order, from after the cursor) that match."""
+        out: list[StoredEvent] = []
+        for item in stored:
+            if self.matches(item.event):
+                out.append(item)
                 if len(out) >= self.count:
                     break
         return out

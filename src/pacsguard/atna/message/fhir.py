@@ -173,8 +173,15 @@ def _out_entity(o: ParticipantObject) -> dict[str, Any]:
     return out
 
 
-def bundle(resources: list[dict[str, Any]], base: str) -> dict[str, Any]:
-    """A searchset Bundle (FHIR R4 Bundle, as ITI-81 answers)."""
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"{base}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                      for r in resources]}
+def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = None,
+           next_url: str | None = None) -> dict[str, Any]:
+    """A searchset Bundle (FHIR R4 Bundle, as ITI-81 answers): ``total`` when it is known, a
+    ``next`` link to the following page (FHIR R4 3.1.1.4.8) when there may be one."""
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        out["total"] = total
+    if next_url is not None:
+        out["link"] = [{"relation": "next", "url": next_url}]
+    out["entry"] = [{"fullUrl": f"{base}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                    for r in resources]
+    return out
