@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from atna_corpus import every_event_id, fhir_patient_read
+from atna_corpus import every_event_id, fhir_patient_read, record
 from fhir.resources.R4B.bundle import Bundle
 from receiver import free_port, running
 
@@ -126,6 +126,48 @@ def test_a_search_larger_than_a_page_is_read_page_by_page_through_next_links(tmp
         assert status == 200 and whole["total"] == 250 and "link" not in whole
         assert [e["resource"]["id"] for e in whole["entry"]] == ids
         assert call(f"http://127.0.0.1:{port}/AuditEvent?patient=PID-0042&_cursor=abc")[0] == 400
+    store.close()
+
+
+def test_every_iti81_search_parameter_selects_what_it_names(tmp_path: Path, monkeypatch: Any) -> None:
+    """The parameters an Audit Record Repository supports for ITI-81 (IHE RESTful ATNA 3.81.4.1.2.1):
+    each, as a token (system|code), a reference (Type/id) or a comma-separated list, keeps only the
+    messages that hold it; two parameters must both hold."""
+    from dataclasses import replace
+
+    from pacsguard.atna.message.build import to_xml
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    frames = {e: frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()[e])
+              for e in ("110110", "110104", "110114", "110113")}
+    by_kim = record("110110")
+    by_kim = replace(by_kim, participants=(replace(by_kim.participants[0], user_id="mkim", access_point="10.30.1.4"),
+                                           *by_kim.participants[1:]))
+    frames["kim"] = frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(by_kim))
+    store.append(list(frames.values()))
+    names = {event.id: name for name, event in frames.items()}
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        def found(query: str) -> list[str]:
+            status, bundle = call(f"http://127.0.0.1:{port}/AuditEvent?{query}")
+            assert status == 200, bundle
+            return sorted(names[e["resource"]["id"]] for e in bundle["entry"])
+
+        dcm = "http://dicom.nema.org/resources/ontology/DCM"
+        assert found("type=110113") == ["110113"]
+        assert found(f"type={dcm}|110114,{dcm}|110113") == ["110113", "110114"]
+        assert found("subtype=110122") == ["110114"]
+        assert found("entity-role=3") == ["110104"]
+        assert found("entity-identifier=PID-0042") == ["110104", "110110", "kim"]
+        assert found("entity-identifier=urn:oid:2.25|1.2.826.0.1.3680043.9.7777.1") == ["110104"]
+        assert found("agent-identifier=mkim") == ["kim"]
+        assert found("agent-identifier=AETITLES=CT01") == ["110104", "110110", "110113", "110114", "kim"]
+        assert found("address=10.30.1.4") == ["kim"] and found("address=10.99.9.9") == []
+        assert found("source=Device/VNA1") == ["110104", "110110", "110113", "110114", "kim"]
+        assert found("action=E") == ["110113", "110114"]
+        assert found("type=110110&entity-role=3") == []  # two parameters: both must hold
+        assert found("type=110110&address=10.20.0.7") == ["110110"]
     store.close()
 
 

@@ -1,7 +1,9 @@
 """The search parameters of IHE ITI-81 (Retrieve ATNA Audit Event, RESTful ATNA 3.81.4.1.2) over the
 stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``patient``,
-``agent-name``, ``entity-type``, ``outcome``, ``_count`` (the page size), and ``_cursor``, the
-opaque position a Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own)."""
+``agent-name``, the parameters matched by value (`_MATCHED`: ``address``, ``agent-identifier``,
+``entity-identifier``, ``entity-type``, ``entity-role``, ``outcome``, ``source``, ``type``,
+``subtype``, ``action``), ``_count`` (the page size), and ``_cursor``, the opaque position a
+Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ class AuditQuery:
     event_ids: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    subtypes: list[str] = field(default_factory=list)
+    agent_ids: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+    entity_ids: list[str] = field(default_factory=list)
+    entity_roles: list[str] = field(default_factory=list)
     count: int = 100
     after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
 
@@ -49,11 +56,10 @@ class AuditQuery:
         elif name == "date":
             self._date(value)
         elif name == "agent-name":
-            self.agent_names.append(value.lower())
-        elif name == "entity-type":
-            self.entity_types.append(value.split("|")[-1])
-        elif name == "outcome":
-            self.outcomes.append(value.split("|")[-1])
+            self.agent_names.extend(v.lower() for v in value.split(","))
+        elif name in _MATCHED:
+            reference = name == "source"  # Device/ID, or system|value
+            getattr(self, _MATCHED[name]).extend(_value(v, reference=reference) for v in value.split(","))
         elif name == "_count":
             if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 1..10000, got {value!r}")
@@ -76,22 +82,27 @@ class AuditQuery:
             self.until = upper if self.until is None else min(self.until, upper)
 
     def matches(self, event: Event) -> bool:
+        """Whether a stored message holds every parameter given: one of its values each (FHIR's
+        comma, and a parameter given twice, are both "or" here)."""
         d = event.details
+        participants, objects = d.get("participants", ()), d.get("objects", ())
         if self.agent_names:
-            names = [str(p.get(k, "")).lower() for p in d.get("participants", ()) for k in ("user_id", "user_name")]
+            names = [str(p.get(k, "")).lower() for p in participants for k in ("user_id", "user_name")]
             if not any(n.startswith(a) for a in self.agent_names for n in names if n):
                 return False
-        if self.entity_types:
-            types = {o.get("type_code") for o in d.get("objects", ())}
-            if not types & set(self.entity_types):
-                return False
-        if self.event_ids and (d.get("event_id") or {}).get("code") not in self.event_ids:
-            return False
-        if self.actions and d.get("action") not in self.actions:
-            return False
-        if self.sources and (d.get("source") or {}).get("id") not in self.sources:
-            return False
-        return not self.outcomes or d.get("outcome_indicator") in self.outcomes
+        wanted_and_held = (
+            (self.entity_types, {o.get("type_code") for o in objects}),
+            (self.entity_roles, {o.get("role") for o in objects}),
+            (self.entity_ids, {i for o in objects for i in (o.get("id"), str(o.get("id", "")).split("^", 1)[0])}),
+            (self.agent_ids, {p.get(k) for p in participants for k in ("user_id", "alternative_user_id")}),
+            (self.addresses, {p.get("access_point") for p in participants}),
+            (self.event_ids, {(d.get("event_id") or {}).get("code")}),
+            (self.subtypes, {c.get("code") for c in d.get("event_types", ())}),
+            (self.actions, {d.get("action")}),
+            (self.sources, {(d.get("source") or {}).get("id")}),
+            (self.outcomes, {d.get("outcome_indicator")}),
+        )
+        return all(not wanted or not held.isdisjoint(wanted) for wanted, held in wanted_and_held)
 
     def page(self, stored: Iterable[StoredEvent]) -> list[StoredEvent]:
         """The first `count` of ``stored`` (in store order, from after the cursor) that match."""
@@ -102,6 +113,20 @@ class AuditQuery:
                 if len(out) >= self.count:
                     break
         return out
+
+
+#: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
+_MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "entity-identifier": "entity_ids",
+            "agent-identifier": "agent_ids", "address": "addresses", "type": "event_ids", "subtype": "subtypes",
+            "action": "actions", "source": "sources", "outcome": "outcomes"}
+
+
+def _value(text: str, *, reference: bool = False) -> str:
+    """The value to match of a token (``system|code`` gives ``code``) or, with ``reference``, of a
+    reference (``Device/ID`` gives ``ID``)."""
+    if reference:
+        text = text.rsplit("/", 1)[-1]
+    return text.split("|")[-1]
 
 
 def _period(text: str) -> tuple[datetime, datetime]:
