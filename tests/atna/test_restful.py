@@ -21,10 +21,12 @@ TOKEN = "s3cret-token-for-tests"
 SENDER = Sender("10.20.0.9", 40000, "tcp", "octet-counting")
 
 
-def call(url: str, *, token: str | None = TOKEN, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+def call(url: str, *, token: str | None = TOKEN, body: bytes | None = None,
+         host: str | None = None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                      headers={"Content-Type": "application/fhir+json",
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+                                              **({"Authorization": f"Bearer {token}"} if token else {}),
+                                              **({"Host": host} if host else {})})
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             return response.status, json.loads(response.read())
@@ -126,6 +128,14 @@ def test_a_search_larger_than_a_page_is_read_page_by_page_through_next_links(tmp
         assert status == 200 and whole["total"] == 250 and "link" not in whole
         assert [e["resource"]["id"] for e in whole["entry"]] == ids
         assert call(f"http://127.0.0.1:{port}/AuditEvent?patient=PID-0042&_cursor=abc")[0] == 400
+        # Links name the endpoint as the client reached it (behind a name, under /fhir), never a
+        # Host header that is not a host.
+        proxied = call(f"http://127.0.0.1:{port}/fhir/AuditEvent?patient=PID-0042&_count=100",
+                       host="audit.hospital.example:8089")[1]
+        assert proxied["link"][0]["url"].startswith("http://audit.hospital.example:8089/fhir/AuditEvent?")
+        assert proxied["entry"][0]["fullUrl"].startswith("http://audit.hospital.example:8089/fhir/AuditEvent/")
+        odd = call(f"http://127.0.0.1:{port}/fhir/AuditEvent?patient=PID-0042&_count=100", host="a<b>")[1]
+        assert odd["link"][0]["url"].startswith(f"http://127.0.0.1:{port}/fhir/AuditEvent?")
     store.close()
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from pacsguard.store.store import StoredEvent
 
 log = logging.getLogger("pacsguard.atna")
+
+#: A Host header (RFC 9110 7.2) worth echoing in links: a name or IPv4 address, or a bracketed IPv6
+#: address, with an optional port; anything else is not repeated back.
+_HOST = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
 
 MAX_HEAD = 16 * 1024
 TIMEOUT = 30.0
@@ -119,8 +124,9 @@ class RestfulAtna:
                                 url.path, HTTPStatus.UNAUTHORIZED)
         if url.path.rstrip("/") not in ("/AuditEvent", "/fhir/AuditEvent"):
             return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent is served")
+        base = self._base_for(headers.get("host", ""), url.path)
         if method == "GET":
-            return await self._search(url.query, sender)
+            return await self._search(url.query, sender, base)
         if method == "POST":
             length = headers.get("content-length", "")
             if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit, not to int()
@@ -130,7 +136,7 @@ class RestfulAtna:
                 return self._refuse(sender, "bad-request", f"body of {length} octets exceeds {self.max_body}",
                                     method, url.path, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             body = await reader.readexactly(int(length))
-            return self._ingest(body, sender)
+            return self._ingest(body, sender, base)
         return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
 
     def _authorised(self, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
@@ -141,16 +147,23 @@ class RestfulAtna:
             return False
         return hmac.compare_digest(auth[7:].strip().encode(), self.token)
 
-    def _ingest(self, body: bytes, sender: Sender) -> Reply:
-        base: dict[str, Any] = {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(),
-                                **raw_fields(body)}
-        event = payload_event(base, body, [], sender)
+    def _base_for(self, host: str, path: str) -> str:
+        """The URL the client reached the endpoint by, for the links and locations it is given: its
+        Host header when that is a host name or address (else the address listened on), and the
+        path's prefix (/fhir, or none)."""
+        origin = f"{self.scheme}://{host}" if _HOST.fullmatch(host) else self.base
+        return origin + path.rstrip("/").removesuffix("/AuditEvent")
+
+    def _ingest(self, body: bytes, sender: Sender, base: str) -> Reply:
+        received: dict[str, Any] = {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(),
+                                    **raw_fields(body)}
+        event = payload_event(received, body, [], sender)
         self.publish(event)  # stored either way: raw and flagged when it is not an AuditEvent
         if event.kind == "atna.message.unparsed":
             return outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
-        return Reply(201, fhir.render(record_from_event(event), event.id), f"{self.base}/AuditEvent/{event.id}")
+        return Reply(201, fhir.render(record_from_event(event), event.id), f"{base}/AuditEvent/{event.id}")
 
-    async def _search(self, query: str, sender: Sender) -> Reply:
+    async def _search(self, query: str, sender: Sender, base: str) -> Reply:
         try:
             q = AuditQuery.parse(parse_qs(query, keep_blank_values=False))
         except QueryError as exc:
@@ -161,8 +174,8 @@ class RestfulAtna:
         # total is given only when the whole result is this page (counting every match of a large
         # search would cost a scan of all of it; FHIR R4 makes Bundle.total optional).
         full = len(found) >= q.count
-        next_url = f"{self.base}/AuditEvent?{_with_cursor(query, found[-1].seq)}" if full else None
-        return Reply(200, fhir.bundle(resources, self.base, total=None if full or q.after is not None else len(found),
+        next_url = f"{base}/AuditEvent?{_with_cursor(query, found[-1].seq)}" if full else None
+        return Reply(200, fhir.bundle(resources, base, total=None if full or q.after is not None else len(found),
                                       next_url=next_url))
 
     def _find(self, q: AuditQuery) -> list[StoredEvent]:
