@@ -181,6 +181,32 @@ def test_every_iti81_search_parameter_selects_what_it_names(tmp_path: Path, monk
     store.close()
 
 
+def test_the_capability_statement_names_what_is_served(tmp_path: Path, monkeypatch: Any) -> None:
+    """GET /metadata, which FHIR clients ask first (HAPI's before its first search): a valid R4
+    CapabilityStatement with AuditEvent search and create and every search parameter the endpoint
+    takes; like everything else there, only for a client with the token."""
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    from pacsguard.atna.query import AuditQuery
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        status, statement = call(f"http://127.0.0.1:{port}/fhir/metadata")
+        assert status == 200
+        CapabilityStatement.model_validate(statement)
+        assert statement["fhirVersion"] == "4.0.1"
+        (resource,) = statement["rest"][0]["resource"]
+        assert resource["type"] == "AuditEvent"
+        assert {i["code"] for i in resource["interaction"]} == {"search-type", "create"}
+        params = [p["name"] for p in resource["searchParam"]]
+        for name in params:  # each one named is one the search takes
+            AuditQuery.parse({name: ["ge2026-01-01" if name == "date" else "x"]})
+        assert call(f"http://127.0.0.1:{port}/metadata", token=None)[0] == 401
+    store.close()
+
+
 def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
     import ssl
 

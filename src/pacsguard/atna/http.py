@@ -122,9 +122,15 @@ class RestfulAtna:
         if not self._authorised(headers, writer):
             return self._refuse(sender, "unauthorized", "no valid bearer token or client certificate", method,
                                 url.path, HTTPStatus.UNAUTHORIZED)
-        if url.path.rstrip("/") not in ("/AuditEvent", "/fhir/AuditEvent"):
-            return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent is served")
-        base = self._base_for(headers.get("host", ""), url.path)
+        path = url.path.rstrip("/")
+        if path in ("/metadata", "/fhir/metadata") and method == "GET":
+            from pacsguard import __version__
+
+            base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
+            return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc)))
+        if path not in ("/AuditEvent", "/fhir/AuditEvent"):
+            return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
+        base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
             return await self._search(url.query, sender, base)
         if method == "POST":
@@ -147,12 +153,12 @@ class RestfulAtna:
             return False
         return hmac.compare_digest(auth[7:].strip().encode(), self.token)
 
-    def _base_for(self, host: str, path: str) -> str:
+    def _base_for(self, host: str, prefix: str) -> str:
         """The URL the client reached the endpoint by, for the links and locations it is given: its
         Host header when that is a host name or address (else the address listened on), and the
         path's prefix (/fhir, or none)."""
         origin = f"{self.scheme}://{host}" if _HOST.fullmatch(host) else self.base
-        return origin + path.rstrip("/").removesuffix("/AuditEvent")
+        return origin + prefix
 
     def _ingest(self, body: bytes, sender: Sender, base: str) -> Reply:
         received: dict[str, Any] = {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(),
