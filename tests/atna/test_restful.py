@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from atna_corpus import every_event_id, fhir_patient_read, record
 from fhir.resources.R4B.bundle import Bundle
 from receiver import free_port, running
@@ -204,6 +205,43 @@ def test_the_capability_statement_names_what_is_served(tmp_path: Path, monkeypat
         for name in params:  # each one named is one the search takes
             AuditQuery.parse({name: ["ge2026-01-01" if name == "date" else "x"]})
         assert call(f"http://127.0.0.1:{port}/metadata", token=None)[0] == 401
+    store.close()
+
+
+def test_a_fhir_client_as_the_audit_consumer(tmp_path: Path, monkeypatch: Any) -> None:
+    """fhirpy, a FHIR client from PyPI, as an Audit Consumer: it creates an AuditEvent, searches with
+    paging (it follows the next links itself), counts (_count=0), and a parameter the endpoint does
+    not know is ignored with a warning unless the client asks for strict handling."""
+    from fhirpy import SyncFHIRClient
+    from fhirpy.base.exceptions import OperationOutcome
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    read = b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"]
+    store.append([frame_event(SENDER, read) for _ in range(130)] + make_events(5))
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        client = SyncFHIRClient(f"http://127.0.0.1:{port}/fhir", authorization=f"Bearer {TOKEN}")
+        created = client.resource("AuditEvent", **fhir_patient_read())
+        created.save()
+        assert created["id"] and created["entity"][0]["what"]["identifier"]["value"].startswith("PID-0042")
+        posted = [e for e in rx.wait(lambda events: any(e.details.get("syntax") == "fhir" for e in events),
+                                     "the AuditEvent fhirpy created") if e.details.get("syntax") == "fhir"]
+        store.append(posted)  # what serve's bus does with what the endpoint publishes
+        accesses = client.resources("AuditEvent").search(patient="PID-0042").limit(50)
+        every = accesses.fetch_all()
+        assert len(every) == 131 and len({r["id"] for r in every}) == 131
+        assert accesses.count() == 131
+        by_kim = client.resources("AuditEvent").search(patient="PID-0042", **{"agent-identifier": "nurse.kim"})
+        assert by_kim.count() == 1
+        lenient = client.resources("AuditEvent").search(patient="PID-0042", color="blue").limit(200).fetch_raw()
+        Bundle.model_validate(lenient)
+        outcome = [e["resource"] for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+        assert len(lenient["entry"]) == 132 and "'color' is not supported" in outcome[0]["issue"][0]["diagnostics"]
+        strict = SyncFHIRClient(f"http://127.0.0.1:{port}/fhir", authorization=f"Bearer {TOKEN}",
+                                extra_headers={"Prefer": "handling=strict"})
+        with pytest.raises(OperationOutcome):
+            strict.resources("AuditEvent").search(patient="PID-0042", color="blue").fetch()
     store.close()
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -132,7 +133,7 @@ class RestfulAtna:
             return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
-            return await self._search(url.query, sender, base)
+            return await self._search(url.query, sender, base, headers.get("prefer", ""))
         if method == "POST":
             length = headers.get("content-length", "")
             if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit, not to int()
@@ -169,27 +170,38 @@ class RestfulAtna:
             return outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
         return Reply(201, fhir.render(record_from_event(event), event.id), f"{base}/AuditEvent/{event.id}")
 
-    async def _search(self, query: str, sender: Sender, base: str) -> Reply:
+    async def _search(self, query: str, sender: Sender, base: str, prefer: str) -> Reply:
+        strict = "handling=strict" in prefer.replace(" ", "").lower()
         try:
-            q = AuditQuery.parse(parse_qs(query, keep_blank_values=False))
+            q = AuditQuery.parse(parse_qs(query, keep_blank_values=False), strict=strict)
         except QueryError as exc:
             return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
-        found = await asyncio.to_thread(self._find, q)
+        found = await asyncio.to_thread(self._find, q) if q.count else []
         resources = [fhir.render(record_from_event(s.event), s.event.id) for s in found]
         # A full page may have more after it: a next link with the cursor after its last event. The
-        # total is given only when the whole result is this page (counting every match of a large
-        # search would cost a scan of all of it; FHIR R4 makes Bundle.total optional).
-        full = len(found) >= q.count
+        # total is given when the whole result is this page, or when asked for (_count=0,
+        # _total=accurate): counting every match of a large search costs a scan of all of it, and
+        # FHIR R4 makes Bundle.total optional.
+        full = q.count > 0 and len(found) >= q.count
         next_url = f"{base}/AuditEvent?{_with_cursor(query, found[-1].seq)}" if full else None
-        return Reply(200, fhir.bundle(resources, base, total=None if full or q.after is not None else len(found),
-                                      next_url=next_url))
+        if q.counted or not q.count:
+            total: int | None = await asyncio.to_thread(self._count, q)
+        else:
+            total = None if full or q.after is not None else len(found)
+        ignored = [f"search parameter {name!r} is not supported: ignored" for name in q.ignored]
+        return Reply(200, fhir.bundle(resources, base, total=total, next_url=next_url, warnings=ignored))
 
-    def _find(self, q: AuditQuery) -> list[StoredEvent]:
+    def _matching(self, q: AuditQuery, after: int | None) -> Iterator[StoredEvent]:
         from pacsguard.store import EventQuery
 
-        stored = self.store.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until,
-                                              after_seq=q.after, limit=None))
-        return q.page(stored)
+        return self.store.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until,
+                                            after_seq=after, limit=None))
+
+    def _find(self, q: AuditQuery) -> list[StoredEvent]:
+        return q.page(self._matching(q, q.after))
+
+    def _count(self, q: AuditQuery) -> int:
+        return sum(1 for s in self._matching(q, None) if q.matches(s.event))
 
     def _refuse(self, sender: Sender, problem: str, error: str, method: str, path: str,
                 status: HTTPStatus) -> Reply:

@@ -38,13 +38,21 @@ class AuditQuery:
     addresses: list[str] = field(default_factory=list)
     entity_ids: list[str] = field(default_factory=list)
     entity_roles: list[str] = field(default_factory=list)
-    count: int = 100
+    count: int = 100  # the page size; 0: only the number of matches (``_count=0``)
     after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
+    counted: bool = False  # ``_total=accurate``: every match counted, whatever the page
+    ignored: list[str] = field(default_factory=list)  # parameters not understood (lenient handling)
 
     @classmethod
-    def parse(cls, params: Mapping[str, list[str]]) -> AuditQuery:
+    def parse(cls, params: Mapping[str, list[str]], *, strict: bool = True) -> AuditQuery:
+        """The query of these parameters. A parameter this server does not know is a QueryError
+        when ``strict`` (FHIR's ``Prefer: handling=strict``), else left out and named in `ignored`
+        (FHIR R4 3.1.1.5.x: lenient handling, the default)."""
         q = cls()
         for name, values in params.items():
+            if name not in _KNOWN and not strict:
+                q.ignored.append(name)
+                continue
             for value in values:
                 q._add(name, value)
         return q
@@ -61,9 +69,13 @@ class AuditQuery:
             reference = name == "source"  # Device/ID, or system|value
             getattr(self, _MATCHED[name]).extend(_value(v, reference=reference) for v in value.split(","))
         elif name == "_count":
-            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
-                raise QueryError(f"_count: expected 1..10000, got {value!r}")
+            if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 10_000:
+                raise QueryError(f"_count: expected 0..10000, got {value!r}")
             self.count = int(value)
+        elif name == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise QueryError(f"_total: expected none, estimate or accurate, got {value!r}")
+            self.counted = value == "accurate"
         elif name == "_cursor":
             if not (value.isascii() and value.isdigit()) or len(value) > 19:
                 raise QueryError(f"_cursor: not a position this server gave (a next link's), got {value!r}")
@@ -119,6 +131,8 @@ class AuditQuery:
 _MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "entity-identifier": "entity_ids",
             "agent-identifier": "agent_ids", "address": "addresses", "type": "event_ids", "subtype": "subtypes",
             "action": "actions", "source": "sources", "outcome": "outcomes"}
+#: Every parameter the search understands.
+_KNOWN = frozenset({*_MATCHED, "patient", "date", "agent-name", "_count", "_cursor", "_total", "_format"})
 
 
 def _value(text: str, *, reference: bool = False) -> str:

@@ -174,9 +174,10 @@ def _out_entity(o: ParticipantObject) -> dict[str, Any]:
 
 
 def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = None,
-           next_url: str | None = None) -> dict[str, Any]:
+           next_url: str | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
     """A searchset Bundle (FHIR R4 Bundle, as ITI-81 answers): ``total`` when it is known, a
-    ``next`` link to the following page (FHIR R4 3.1.1.4.8) when there may be one."""
+    ``next`` link to the following page (FHIR R4 3.1.1.4.8) when there may be one, and the
+    ``warnings`` (parameters ignored) as an OperationOutcome entry of search mode "outcome"."""
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         out["total"] = total
@@ -184,6 +185,10 @@ def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = No
         out["link"] = [{"relation": "next", "url": next_url}]
     out["entry"] = [{"fullUrl": f"{base}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
                     for r in resources]
+    if warnings:
+        issues = [{"severity": "warning", "code": "not-supported", "diagnostics": w} for w in warnings]
+        out["entry"].append({"resource": {"resourceType": "OperationOutcome", "issue": issues},
+                             "search": {"mode": "outcome"}})
     return out
 
 
