@@ -35,6 +35,14 @@ def test_non_transparent_detected_and_crlf_tolerated() -> None:
     assert [p.problem for p in splitter.finish()] == ["truncated"]
 
 
+def test_nul_ends_a_non_transparent_frame_too() -> None:
+    """RFC 6587 3.4.2: LF is the usual TRAILER, NUL another seen in the field (alone, or before LF)."""
+    splitter = Splitter()
+    frames, problems = splitter.feed(b"<13>1 - - - - - - a\0<13>1 - - - - - - b\0\n<13>1 - - - - - - c\n<13>1 - d\0")
+    assert frames == [b"<13>1 - - - - - - a", b"<13>1 - - - - - - b", b"<13>1 - - - - - - c", b"<13>1 - d"]
+    assert problems == [] and splitter.finish() == []
+
+
 def test_garbage_is_reported_and_the_next_frame_still_read() -> None:
     splitter = Splitter()
     frames, problems = splitter.feed(b"GET / HTTP/1.0\r\n" + octet(b"<14>1 - - - - - - ok"))

@@ -58,6 +58,37 @@ def test_logger_over_tcp_both_framings_and_udp(readers: int) -> None:
         assert ev.details["syslog"]["msgid"] == "IHE+RFC-3881"
 
 
+@pytest.mark.parametrize("readers", [0, 2])
+def test_python_logging_syslog_handler_over_tcp_ends_messages_with_nul(readers: int) -> None:
+    """Python's own logging.handlers.SysLogHandler over TCP, as an application's audit logger: it
+    ends each message with NUL and no LF (RFC 6587 3.4.2 names both trailers). Once, its messages
+    ran together into one oversize line and were all lost."""
+    import logging
+    import logging.handlers
+
+    port = free_port()
+    with running({"tcp": {"port": port}, "readers": readers}) as rx:
+        handler = logging.handlers.SysLogHandler(("127.0.0.1", port), socktype=socket.SOCK_STREAM)
+        handler.setFormatter(logging.Formatter("1 %(asctime)s.000Z ris audit - IHE+RFC-3881 - %(message)s",
+                                               "%Y-%m-%dT%H:%M:%S"))
+        audit = logging.getLogger("pacsguard-test-audit")
+        audit.propagate = False
+        audit.addHandler(handler)
+        try:
+            for event_id in ("110110", "110104", "110112"):
+                audit.warning("%s", one_line(event_id))
+        finally:
+            audit.removeHandler(handler)
+            handler.close()
+        got = rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 3, "three audits")
+    audits = [e for e in got if e.kind.startswith("atna.audit.")]
+    assert sorted(e.details["event_id"]["code"] for e in audits) == ["110104", "110110", "110112"]
+    assert all(e.details["sender"]["framing"] == "non-transparent" for e in audits)
+    assert not [e for e in got if e.kind == "atna.frame.rejected"]
+    transfer = next(e for e in audits if e.details["event_id"]["code"] == "110104")
+    assert transfer.patient_ids[:2] == (PATIENT, CX) and transfer.details["syslog"]["msgid"] == "IHE+RFC-3881"
+
+
 def test_a_large_message_over_tcp() -> None:
     port = free_port()
     big = one_line("110104").replace("</AuditMessage>", "<ParticipantObjectIdentification ParticipantObjectID=\""

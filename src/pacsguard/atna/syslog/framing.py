@@ -1,7 +1,7 @@
 """Splitting a syslog byte stream into messages: octet counting (RFC 6587 3.4.1, the only framing
-RFC 5425 4.3 allows over TLS) and non-transparent framing (RFC 6587 3.4.2, LF-terminated), told
-apart per connection by the first byte, as RFC 6587 3.4 suggests: a digit starts an octet count,
-a '<' starts a message.
+RFC 5425 4.3 allows over TLS) and non-transparent framing (RFC 6587 3.4.2, LF- or NUL-terminated),
+told apart per connection by the first byte, as RFC 6587 3.4 suggests: a digit starts an octet
+count, a '<' starts a message.
 
 The splitter is a push parser: feed() takes whatever the socket gave and returns the complete
 frames and the problems found, so a bad frame never loses the good ones around it.
@@ -128,7 +128,7 @@ class Splitter:
         return frame
 
     def _line(self, problems: list[FrameProblem]) -> bytes | None:
-        end = self._buffer.find(b"\n")
+        end = _trailer(self._buffer)
         if end < 0:
             if len(self._buffer) > self.max_message:
                 problems.append(FrameProblem("oversize", f"line longer than {self.max_message} octets",
@@ -154,7 +154,15 @@ class Splitter:
         return b""
 
 
-def _next_start(buffer: bytearray) -> int:
-    """Where the next frame may start after garbage: after the next LF, else the whole buffer."""
+def _trailer(buffer: bytearray) -> int:
+    """Where the first non-transparent frame in ``buffer`` ends: its TRAILER, LF or NUL (RFC 6587
+    3.4.2 names both; Python's SysLogHandler over TCP ends each message with NUL alone), or -1."""
     nl = buffer.find(b"\n")
-    return nl + 1 if nl >= 0 else len(buffer)
+    nul = buffer.find(b"\0", 0, nl if nl >= 0 else len(buffer))  # only up to the LF: linear in the stream
+    return nul if nul >= 0 else nl
+
+
+def _next_start(buffer: bytearray) -> int:
+    """Where the next frame may start after garbage: after the next LF or NUL, else the whole buffer."""
+    end = _trailer(buffer)
+    return end + 1 if end >= 0 else len(buffer)
