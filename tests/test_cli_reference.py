@@ -68,3 +68,17 @@ def test_arguments_are_named_as_click_names_them_not_by_python_type() -> None:
     assert re.search(r"^Arguments:\n  CAPTURE +pcap or pcapng capture file", read, re.M)
     check = helps["pacsguard ids rules check"]
     assert "[OPTIONS] [PATHS]...\n" in check and re.search(r"^  PATHS\.\.\. +rule files", check, re.M)
+
+
+def test_the_reference_tables_read_at_80_columns() -> None:
+    """Every table line of docs/cli.md fits 80 columns, and a wrapped code span is closed and
+    opened again on each line it spans (pacsguard.cli.mdtable)."""
+    from pacsguard.cli.mdtable import table
+
+    assert all(len(line) <= 80 for line in DOC.read_text().splitlines() if line.startswith("|"))
+    lines = table(["option", "description"],
+                  [["`--format [table\\|json\\|sarif\\|html]`", "the report's form " * 8], ["`-j, --jobs N`", "x"]])
+    assert all(len(line) <= 80 for line in lines) and len({line.count(" | ") for line in lines if " | " in line}) == 1
+    first = [line.split(" | ")[0].removeprefix("| ").strip() for line in lines[2:]]
+    assert all(cell.count("`") % 2 == 0 for cell in first)
+    assert "".join(c.strip("`") for c in first[:2]).replace(" ", "") == "--format[table\\|json\\|sarif\\|html]"

@@ -48,8 +48,9 @@ def _section(command: Any, ctx: typer.Context) -> list[str]:
         names = [n for n in command.list_commands(ctx) if command.get_command(ctx, n) is not None]
         lines += ["Commands: " + ", ".join(f"`{n}`" for n in names) + ".", ""]
     if records:
-        lines += ["| option | description |", "|---|---|"]
-        lines += [f"| `{_cell(opts)}` | {_cell(text)} |" for opts, text in records]
+        from pacsguard.cli.mdtable import table
+
+        lines += table(["option", "description"], [[f"`{_cell(opts)}`", _cell(text)] for opts, text in records])
         lines.append("")
     return lines
 
