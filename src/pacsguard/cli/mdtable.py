@@ -18,7 +18,8 @@ def table(header: list[str], rows: list[list[str]], width: int = WIDTH) -> list[
     columns = len(header)
     every = [header, *rows]
     natural = [max(len(r[k]) for r in every) for k in range(columns)]
-    floor = [max(3, max(_longest_token(r[k]) for r in every)) for k in range(columns)]
+    # The header stays one line: a Markdown table has one header row before its delimiter row.
+    floor = [max(3, len(header[k]), max(_longest_token(r[k]) for r in every)) for k in range(columns)]
     sizes = natural[:]
     room = width - (3 * columns + 1)
     while sum(sizes) > room:
