@@ -1,6 +1,6 @@
 """A store-and-forward route with the clients a modality may be: dcmtk's storescu over TLS and with
-large and small PDUs, pynetdicom, GDCM's gdcmscu and an Orthanc as the Storage SCU; a real Orthanc
-behind the gateway. What each sends arrives byte for byte (issue #19)."""
+large and small PDUs, dcmtk's dcmsend, pynetdicom, GDCM's gdcmscu and an Orthanc as the Storage
+SCU; a real Orthanc behind the gateway. What each sends arrives byte for byte (issue #19)."""
 
 from __future__ import annotations
 
@@ -168,6 +168,22 @@ def test_gdcmscu_as_the_storage_scu(orthanc, gateway, tmp_path):
     statuses = [e.details["status"] for e in gw.wait_for("dicom.dimse.c-store", count=len(files))]
     assert statuses == ["0x0000"] * len(files)
     assert not gw.events("dicom.protocol.violation")
+    wait_until(lambda: not spooled(gw), 20, "the spool empties")
+
+
+def test_dcmsend_as_the_storage_scu(dcmtk, orthanc, gateway, tmp_path):
+    """dcmtk's dcmsend, a Storage SCU with its own negotiation and batching (not storescu's),
+    through the route, against the same files sent directly."""
+    pacs, direct = orthanc(), orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet)))
+    files = fresh_ct(tmp_path / "ct", 3, kib=512, patient="DCMSEND1")
+    for port in (gw.port("sf"), direct.dicom_port):
+        result = dcmtk.run("dcmsend", "-aet", CALLING, "-aec", "PACSGUARD", "127.0.0.1", str(port), *files)
+        assert result.returncode == 0, result.stdout + result.stderr
+    _same_as_direct(pacs, direct, len(files))
+    statuses = [e.details["status"] for e in gw.wait_for("dicom.dimse.c-store", count=len(files))]
+    assert statuses == ["0x0000"] * len(files)
+    assert "released after 3 objects" in gw.wait_for("dicom.association.released")[0].message
     wait_until(lambda: not spooled(gw), 20, "the spool empties")
 
 
