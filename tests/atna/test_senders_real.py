@@ -235,6 +235,37 @@ def test_hostile_connections_never_stop_the_receiver(tmp_path: Path, readers: in
     assert len(missing) == 1 and missing[0].kind == "atna.message.unparsed"
 
 
+@pytest.mark.parametrize("readers", [0, 1])
+def test_a_listener_full_of_connections_closes_the_next_ones_and_records_them_counted(readers: int) -> None:
+    """A flood of connections (or senders that never hang up) against `max_connections`: the ones
+    over it are closed at once, recorded once (the rest counted into the next record), and the
+    open ones still deliver; once one closes, a new sender gets in."""
+    port = free_port()
+    good = b"<85>1 - h a - IHE+RFC-3881 - " + one_line("110110").encode()
+    framed = b"%d %s" % (len(good), good)
+    with running({"tcp": {"port": port}, "readers": readers, "max_connections": 3}) as rx:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        for s in held:  # each accepted and reading before the next ones come
+            s.sendall(framed)
+        rx.wait(lambda evs: len(rx.audits()) == 3, "the three open connections' messages")
+        over = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        assert [s.recv(16) for s in over] == [b""] * 4  # closed at once
+        got = rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs),
+                      "the refusal recorded")
+        held[0].sendall(framed)
+        held[1].close()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as late:
+            late.sendall(framed)
+            got = rx.wait(lambda evs: len(rx.audits()) == 5, "a message on a held and on a new connection")
+        for s in [*held, *over]:
+            s.close()
+    refusals = [e for e in got if e.details.get("problem") == "too-many-connections"]
+    assert len(refusals) == 1 and refusals[0].kind == "atna.frame.rejected"
+    assert "3 connections already open" in refusals[0].details["error"]
+    assert not [e for e in got if e.details.get("problem") == "silent"]  # the refused are not silent senders
+
+
 def syslog_ng() -> Path:
     """Debian's syslog-ng unpacked by tools/syslog-ng-peer (it conflicts with rsyslog, so it is not
     installed); fetched on first use, and the test fails when it cannot be run."""

@@ -83,7 +83,7 @@ class AtnaService:
 
     async def start(self) -> list[BannerRow]:
         cfg = self.config
-        limits = Limits(cfg.max_message, cfg.idle_timeout)
+        limits = Limits(cfg.max_message, cfg.idle_timeout, cfg.max_connections)
         rows: list[BannerRow] = []
         try:
             if cfg.tls is not None:

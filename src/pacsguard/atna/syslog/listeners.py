@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,11 @@ Publish = Callable[[Event], None]
 class Limits:
     max_message: int
     idle_timeout: float
+    max_connections: int = 1000  # open at once on one listener in one process (rsyslog's MaxSessions: 200)
+
+
+#: A listener full of connections records the refused ones at most this often (seconds), counted.
+REFUSALS_RECORDED_EVERY = 10.0
 
 
 class StreamListener:
@@ -45,6 +51,8 @@ class StreamListener:
         self.transport = "tls" if context is not None else "tcp"
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
+        self._refused = 0  # connections refused since the last one recorded
+        self._refusal_recorded = -REFUSALS_RECORDED_EVERY
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         return await self.serve(host=host, port=port)
@@ -56,6 +64,24 @@ class StreamListener:
                                                 ssl_handshake_timeout=30 if self.context else None)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
+
+    def full(self, sender: Sender) -> bool:
+        """Whether a new connection finds the listener at `Limits.max_connections` (a flood of
+        connections, or senders that never hang up): then it is closed at once, and the refusals
+        are recorded, counted, one Event at most every REFUSALS_RECORDED_EVERY seconds."""
+        limit = self.limits.max_connections
+        if len(self.connections) < limit:
+            return False
+        now = time.monotonic()
+        if now - self._refusal_recorded >= REFUSALS_RECORDED_EVERY:
+            others = f", and {self._refused} more since the last one recorded" if self._refused else ""
+            self.publish(problem_event(sender, FrameProblem(
+                "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
+                                        f"(atna.max_connections): closed at once{others}")))
+            self._refused, self._refusal_recorded = 0, now
+        else:
+            self._refused += 1
+        return True
 
     async def close(self) -> None:
         if self._server is None:
@@ -79,6 +105,7 @@ class _Connection(asyncio.Protocol):
         self.sender = Sender("?", None, listener.transport)
         self.transport: asyncio.BaseTransport | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self.refused = False  # closed at once: the listener was full
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check here.
@@ -86,10 +113,16 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("?", None)
         self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport,
                              certificate=_subject(transport.get_extra_info("ssl_object")))
+        if self.listener.full(self.sender):
+            self.refused = True
+            transport.close()
+            return
         self.listener.connections.add(self)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         self.received += len(data)
         self._arm()
         try:
@@ -102,6 +135,8 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return  # recorded (counted) when it was refused
         if self._idle is not None:
             self._idle.cancel()
         self.listener.connections.discard(self)

@@ -187,6 +187,7 @@ class ReadingProcesses:
         return orjson.dumps({
             "max_message": self.limits.max_message,
             "idle_timeout": self.limits.idle_timeout,
+            "max_connections": self.limits.max_connections,
             "tls": self.tls.model_dump(mode="json") if self.tls is not None else None,
             "log_level": logging.getLogger("pacsguard").getEffectiveLevel()})
 
@@ -328,7 +329,7 @@ async def _read_connections(listening: socket.socket, pipe: socket.socket, setti
 
     loop = asyncio.get_running_loop()
     outbox = _Outbox(pipe)
-    limits = Limits(settings["max_message"], settings["idle_timeout"])
+    limits = Limits(settings["max_message"], settings["idle_timeout"], settings["max_connections"])
     tls = settings["tls"]
     listener = StreamListener(outbox.publish, limits,
                               tls_context(TlsListener.model_validate(tls)) if tls is not None else None)
