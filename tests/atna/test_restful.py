@@ -4,6 +4,7 @@ requests it refuses (no token, not FHIR, bad parameters), each recorded with the
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -242,6 +243,30 @@ def test_a_fhir_client_as_the_audit_consumer(tmp_path: Path, monkeypatch: Any) -
                                 extra_headers={"Prefer": "handling=strict"})
         with pytest.raises(OperationOutcome):
             strict.resources("AuditEvent").search(patient="PID-0042", color="blue").fetch()
+    store.close()
+
+
+def test_an_endpoint_full_of_connections_closes_the_next_ones_and_still_answers(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """Connections held open without a request, as many as `max_connections`: the next ones are
+    closed unanswered and recorded once; the held ones are still answered."""
+    import socket
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}, "max_connections": 2}, store) as rx:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        time.sleep(0.3)  # both accepted and waiting for their request
+        over = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        assert [s.recv(64) for s in over] == [b""] * 3
+        got = rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs), "refusal")
+        held[0].sendall(f"GET /AuditEvent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
+        for s in [*held, *over]:
+            s.close()
+    refusals = [e for e in got if e.details.get("problem") == "too-many-connections"]
+    assert len(refusals) == 1 and refusals[0].kind == "atna.http.rejected"
     store.close()
 
 

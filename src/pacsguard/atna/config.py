@@ -148,10 +148,10 @@ class AtnaConfig(Strict):
     idle_timeout: float = Field(300.0, gt=0, le=86_400,
                                 description="seconds a connection may stay silent before it is closed")
     max_connections: int = Field(1000, ge=1, le=100_000,
-                                 description="TLS or TCP connections open at once on one listener, in each process "
-                                             "that accepts them (the main one, or each reading process); more are "
-                                             "closed at once and recorded, counted (atna.frame.rejected, "
-                                             "too-many-connections)")
+                                 description="TLS, TCP or HTTP connections open at once on one listener, in each "
+                                             "process that accepts them (the main one, or each reading process); "
+                                             "more are closed at once and recorded, counted (atna.frame.rejected "
+                                             "or atna.http.rejected, too-many-connections)")
     readers: int = Field(0, ge=0, le=64,
                          description="processes that read the TLS and TCP listeners' connections, each on its "
                          "own core (0: read in the service's own event loop); see docs/audit.md")

@@ -24,6 +24,7 @@ from pacsguard.atna.ingest import Sender, payload_event, raw_fields
 from pacsguard.atna.message import fhir
 from pacsguard.atna.message.mapping import record_from_event
 from pacsguard.atna.query import AuditQuery, QueryError
+from pacsguard.atna.syslog.listeners import Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
 
 if TYPE_CHECKING:
@@ -60,11 +61,14 @@ def outcome(status: HTTPStatus, text: str) -> Reply:
 
 class RestfulAtna:
     def __init__(self, config: HttpListener, publish: Publish, store: EventStore, resolve: Any,
-                 max_body: int) -> None:
+                 max_body: int, max_connections: int = 1000) -> None:
         self.config = config
         self.publish = publish
         self.store = store
         self.max_body = max_body
+        self.max_connections = max_connections
+        self.open = 0  # connections being served
+        self.refusals = Refusals()
         self.token = config.token.resolve().encode() if config.token is not None else None
         self.context: ssl.SSLContext | None = None
         if config.cert_file is not None and config.key_file is not None:
@@ -92,6 +96,14 @@ class RestfulAtna:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", None)
         sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.scheme)
+        if self.open >= self.max_connections:  # a flood: closed unanswered, recorded now and then
+            others = self.refusals.due()
+            if others is not None:
+                self._refuse(sender, "too-many-connections", f"{self.max_connections} connections already open "
+                             f"(atna.max_connections): closed at once{others}", "", "", HTTPStatus.SERVICE_UNAVAILABLE)
+            writer.close()
+            return
+        self.open += 1
         try:
             reply = await asyncio.wait_for(self._handle(reader, writer, sender), TIMEOUT)
             if reply is not None:
@@ -100,6 +112,7 @@ class RestfulAtna:
         except (TimeoutError, ConnectionError, ssl.SSLError):
             pass  # a slow or vanished client: nothing to answer
         finally:
+            self.open -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -105,7 +105,8 @@ class AtnaService:
 
                 if self.store is None:
                     raise LookupError("the RESTful ATNA endpoint needs the store")
-                http = RestfulAtna(cfg.http, self.publish, self.store, self.resolve, cfg.max_message)
+                http = RestfulAtna(cfg.http, self.publish, self.store, self.resolve, cfg.max_message,
+                                   cfg.max_connections)
                 await self._listen("http", http, cfg.http.host, cfg.http.port)
                 rows.append(("ATNA RESTful (ITI-81)", f"{http.scheme}://{self._where('http')}/AuditEvent",
                              "token" if cfg.http.token else "mutual TLS"))

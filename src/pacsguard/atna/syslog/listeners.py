@@ -41,6 +41,25 @@ class Limits:
 REFUSALS_RECORDED_EVERY = 10.0
 
 
+class Refusals:
+    """The connections a full listener closed: one of them recorded at most every
+    REFUSALS_RECORDED_EVERY seconds, the others counted into the next record."""
+
+    def __init__(self) -> None:
+        self._since = 0  # refused since the last one recorded
+        self._recorded = -REFUSALS_RECORDED_EVERY
+
+    def due(self) -> str | None:
+        """Count a refusal; the words to add to its record when it is one to record, else None."""
+        now = time.monotonic()
+        if now - self._recorded < REFUSALS_RECORDED_EVERY:
+            self._since += 1
+            return None
+        others = f", and {self._since} more since the last one recorded" if self._since else ""
+        self._since, self._recorded = 0, now
+        return others
+
+
 class StreamListener:
     """One TCP or TLS listener; each connection is a `_Connection` protocol."""
 
@@ -51,8 +70,7 @@ class StreamListener:
         self.transport = "tls" if context is not None else "tcp"
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
-        self._refused = 0  # connections refused since the last one recorded
-        self._refusal_recorded = -REFUSALS_RECORDED_EVERY
+        self.refusals = Refusals()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         return await self.serve(host=host, port=port)
@@ -72,15 +90,11 @@ class StreamListener:
         limit = self.limits.max_connections
         if len(self.connections) < limit:
             return False
-        now = time.monotonic()
-        if now - self._refusal_recorded >= REFUSALS_RECORDED_EVERY:
-            others = f", and {self._refused} more since the last one recorded" if self._refused else ""
+        others = self.refusals.due()
+        if others is not None:
             self.publish(problem_event(sender, FrameProblem(
                 "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
                                         f"(atna.max_connections): closed at once{others}")))
-            self._refused, self._refusal_recorded = 0, now
-        else:
-            self._refused += 1
         return True
 
     async def close(self) -> None:
