@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -204,17 +203,11 @@ class RestfulAtna:
         ignored = [f"search parameter {name!r} is not supported: ignored" for name in q.ignored]
         return Reply(200, fhir.bundle(resources, base, total=total, next_url=next_url, warnings=ignored))
 
-    def _matching(self, q: AuditQuery, after: int | None) -> Iterator[StoredEvent]:
-        from pacsguard.store import EventQuery
-
-        return self.store.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until,
-                                            after_seq=after, limit=None))
-
     def _find(self, q: AuditQuery) -> list[StoredEvent]:
-        return q.page(self._matching(q, q.after))
+        return q.page(q.stored(self.store, after=q.after))
 
     def _count(self, q: AuditQuery) -> int:
-        return sum(1 for s in self._matching(q, None) if q.matches(s.event))
+        return sum(1 for s in q.stored(self.store) if q.matches(s.event))
 
     def _refuse(self, sender: Sender, problem: str, error: str, method: str, path: str,
                 status: HTTPStatus) -> Reply:

@@ -7,7 +7,7 @@ Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
+    from pacsguard.store import EventStore
     from pacsguard.store.store import StoredEvent
 
 
@@ -115,6 +116,15 @@ class AuditQuery:
             (self.outcomes, {d.get("outcome_indicator")}),
         )
         return all(not wanted or not held.isdisjoint(wanted) for wanted, held in wanted_and_held)
+
+    def stored(self, store: EventStore, *, after: int | None = None) -> Iterator[StoredEvent]:
+        """The stored audit messages of this query's patient and time span, from after the store
+        position ``after``, in store order: the store's indexes select those; `matches` judges
+        the rest of the query."""
+        from pacsguard.store import EventQuery
+
+        return store.search(EventQuery(patient=self.patient, kind="atna.audit.*", since=self.since,
+                                       until=self.until, after_seq=after, limit=None))
 
     def page(self, stored: Iterable[StoredEvent]) -> list[StoredEvent]:
         """The first `count` of ``stored`` (in store order, from after the cursor) that match."""

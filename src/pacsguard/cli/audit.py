@@ -372,7 +372,6 @@ def search(
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
     from pacsguard.atna.query import AuditQuery
     from pacsguard.cli.events import _print, _when
-    from pacsguard.store import EventQuery
 
     q = AuditQuery(patient=patient, since=_when(since, "since"), until=_when(until, "until"),
                    agent_names=[user.lower()] if user else [], entity_types=entity_type or [],
@@ -380,8 +379,7 @@ def search(
                    sources=source or [], count=limit)
     es = open_store(load(config, required=store is None), store)
     try:
-        found = es.search(EventQuery(patient=q.patient, kind="atna.audit.*", since=q.since, until=q.until, limit=None))
-        _print(islice((s for s in found if q.matches(s.event)), limit), fmt)
+        _print(islice((s for s in q.stored(es) if q.matches(s.event)), limit), fmt)
     finally:
         es.close()
 
