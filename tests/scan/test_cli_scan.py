@@ -208,3 +208,36 @@ def test_archives_nested_past_the_limit_are_not_opened(tmp_path: Path, clean_ct:
     nesting = [f for r in doc["files"] for f in r["findings"] if f["rule"] == "archive.nesting"]
     assert len(nesting) == 1 and nesting[0]["level"] == "high"
     assert not any(r["path"].endswith("!ct.dcm") for r in doc["files"])  # never reached
+
+
+def test_a_folder_that_cannot_be_written_stops_nothing_halfway(tmp_path: Path) -> None:
+    """--out or --quarantine that cannot be made is refused before the first file (exit 2, the
+    option named); a cleaned copy that cannot be written where --out is (a file in the way, a full
+    disk) is a warning and a note on that file, and the scan goes on to the others."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    for name, data in (("a.dcm", elf_preamble()), ("b.dcm", pe_in_preamble())):
+        (tmp_path / "in" / name).write_bytes(data)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+
+    def scan(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pacsguard.cli", "scan", "--format", "json", *map(str, args)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    for option in ("--out", "--quarantine"):
+        refused = scan(*(["--sanitize"] if option == "--out" else []), option, blocker / "sub", tmp_path / "in")
+        assert refused.returncode == 2 and f"{option} {blocker / 'sub'}: cannot create the folder" in refused.stderr
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "in").write_text("a file where the copies' folder would be")
+    done = scan("--sanitize", "--out", out, "in")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert report["summary"]["scanned"] == 2
+    notes = {f["path"]: [x["rule"] for x in f["findings"]] for f in report["files"]}
+    assert all("sanitize.failed" in rules for rules in notes.values()), notes
+    assert done.stderr.count("cleaned copy not written") == 2

@@ -104,6 +104,7 @@ def scan_command(
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Scan DICOM files, folders, media and archives for malware and hostile structure."""
+    from pacsguard.owner_only import make_private_dir
     from pacsguard.scan.model import Level
     from pacsguard.scan.report import Summary
     from pacsguard.scan.scanner import Scanner
@@ -112,6 +113,12 @@ def scan_command(
 
     if sanitize and out is None:
         raise fail("--sanitize needs --out DIR (originals are never modified)")
+    for option, folder in (("--out", out if sanitize else None), ("--quarantine", quarantine)):
+        try:  # before the first file: a folder that cannot be made stops nothing halfway
+            if folder is not None:
+                make_private_dir(folder)  # 0700, parents too: it will hold patient data
+        except OSError as exc:
+            raise fail(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
     settings, base = _settings(config)
     updates: dict[str, object] = {}
     if yara_dir:
@@ -183,9 +190,23 @@ def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Cal
     if quarantine is not None and on_disk and report.fails(threshold):
         from pacsguard.scan.quarantine import quarantine as move
 
-        target, manifest = move(source, report, quarantine)
+        try:
+            target, manifest = move(source, report, quarantine)
+        except OSError as exc:  # this file stays where it is; the scan goes on
+            _not_done(report, "quarantine.failed", f"not moved to {quarantine}: {exc.strerror or exc}")
+            return
         if publish is not None:
             publish(quarantine_event(report, target, manifest))
+
+
+def _not_done(report: FileReport, rule: str, why: str) -> None:
+    """An action on one file that could not be taken (a full disk, a folder without permission):
+    a warning now and a note in its report; the scan goes on."""
+    from pacsguard.cli.common import err_console, shown
+    from pacsguard.scan.model import Finding, Level
+
+    err_console.print(f"[yellow]warning:[/] {shown(report.path)}: {shown(why)}", highlight=False)
+    report.findings.append(Finding(rule, Level.INFO, why))
 
 
 def copy_path(source: Path, roots: Sequence[Path]) -> Path:
@@ -216,6 +237,9 @@ def _sanitize(report: FileReport, scanner: Scanner, source: Path, target: Path) 
         write_clean(target, cleaned)
     except FileExistsError:
         err_console.print(f"[yellow]warning:[/] {shown(target)} exists; not overwritten", highlight=False)
+        return
+    except OSError as exc:
+        _not_done(report, "sanitize.failed", f"cleaned copy not written to {target}: {exc.strerror or exc}")
         return
     report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {target}: "
                                    + "; ".join(cleaned.actions)))
