@@ -120,3 +120,13 @@ def test_a_port_of_unicode_digits_is_a_usage_error(tmp_path):
     proc = run("gateway", "run", "--listen", "127.0.0.1:\u00b2", "--upstream", "X@127.0.0.1:104", "--aet", "GW",
                cwd=tmp_path, check_code=2)
     assert "--listen: expected HOST:PORT, got '127.0.0.1:\u00b2'" in proc.stderr
+
+
+def test_atna_listen_names_what_its_options_lack(tmp_path):
+    """`atna listen --http` without a credential, and a connection bound out of range: one line
+    naming the option, exit 2, before anything is made (no key, no store)."""
+    proc = run("atna", "listen", "--http", "127.0.0.1:0", cwd=tmp_path, check_code=2)
+    assert "--http needs --http-token-env NAME" in proc.stderr
+    proc = run("atna", "listen", "--tcp", "127.0.0.1:0", "--max-connections", "0", cwd=tmp_path, check_code=2)
+    assert "--max-connections" in proc.stderr
+    assert not list(tmp_path.iterdir())

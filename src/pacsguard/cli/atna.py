@@ -37,6 +37,9 @@ def listen(
     max_message: int = typer.Option(1024 * 1024, "--max-message", min=65536, help="largest message, octets"),
     readers: int = typer.Option(0, "--readers", min=0, max=64,
                                 help="processes reading the TLS and TCP connections (0: the listener's own loop)"),
+    max_connections: int = typer.Option(1000, "--max-connections", min=1, max=100_000,
+                                        help="connections open at once per listener and process; more are closed "
+                                             "at once and recorded"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
@@ -51,7 +54,8 @@ def listen(
     from pacsguard.store import keys
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers}
+    section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers,
+                               "max_connections": max_connections}
     if tls is not None:
         host, port = _endpoint(tls, "--tls")
         if tls_cert is None or tls_key is None:
@@ -64,7 +68,9 @@ def listen(
             section[name] = {"host": host, "port": port}
     if http is not None:
         host, port = _endpoint(http, "--http")
-        section["http"] = {"host": host, "port": port, "token": {"env": http_token_env} if http_token_env else None}
+        if not http_token_env:  # the endpoint always asks for a credential (docs/audit.md)
+            raise fail("--http needs --http-token-env NAME: the environment variable holding its bearer token")
+        section["http"] = {"host": host, "port": port, "token": {"env": http_token_env}}
     if not ({"tls", "tcp", "udp", "http"} & set(section)):
         raise fail("give at least one of --tls, --tcp, --udp, --http")
     config = validate_model(AtnaConfig, section, "command line", prefix="atna")
