@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import ssl
 import threading
@@ -33,6 +32,7 @@ from itertools import islice
 from typing import Literal, Sequence
 
 from pacsguard.events.model import Event
+from pacsguard.runtime.peer import probe
 from pacsguard.sinks.formats import FormatName, formatter
 from pacsguard.tls.contexts import client_context, explain_tls_error
 
@@ -395,28 +395,13 @@ class SyslogSink:
 
     @staticmethod
     def _peer_gone(sock: socket.socket) -> Literal["eof", "reset"] | None:
-        """Probe before sending. A collector never sends application data, so a readable socket
-        means EOF ("eof"), a reset ("reset"), or (TLS 1.3) post-handshake records such as session
-        tickets, which are consumed here (None: still alive)."""
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):
-            return "reset"
-        if not readable:
-            return None
-        timeout = sock.gettimeout()
-        try:
-            sock.setblocking(False)
-            return "eof" if sock.recv(4096) == b"" else None
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-            return None
-        except (OSError, ssl.SSLError):
-            return "reset"
-        finally:
-            try:
-                sock.settimeout(timeout)
-            except OSError:
-                pass
+        """Probe before sending. A collector never sends application data, so what arrived is its
+        end (EOF, "eof"), a reset ("reset"), or TLS 1.3 post-handshake records such as session
+        tickets, which the probe consumes (None: still alive, as after any data)."""
+        state = probe(sock)
+        if state == "eof" or state == "reset":
+            return state
+        return None
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import select
 import socket
 import ssl
 import struct
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from pacsguard.atna.outbound.spool import Spool
+from pacsguard.runtime.peer import probe
 
 log = logging.getLogger("pacsguard.atna.outbound")
 
@@ -113,19 +113,9 @@ class OutboundSender:
 
 
 def _open(conn: ssl.SSLSocket) -> bool:
-    """Whether the peer still holds the connection open (no EOF, reset or close_notify pending)."""
-    readable, _, _ = select.select([conn], [], [], 0)
-    if not readable:
-        return True
-    try:
-        conn.setblocking(False)
-        return bool(conn.recv(1))  # a repository never sends; data would be odd but not an end
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return True
-    except (OSError, ssl.SSLError):
-        return False
-    finally:
-        conn.setblocking(True)
+    """Whether the peer still holds the connection open (no EOF, reset or close_notify pending); a
+    repository never sends, data would be odd but not an end."""
+    return probe(conn) in ("quiet", "data")
 
 
 def _unsent(conn: ssl.SSLSocket) -> int:

@@ -39,6 +39,7 @@ from pacsguard.dicom.pdu import (
 from pacsguard.dicom.stream import PDUReader, RawPDU
 from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
 from pacsguard.gateway.store_forward.scu import why_not
+from pacsguard.runtime.peer import probe
 
 PRIORITY_MEDIUM = 0x0000
 DATASET_PRESENT = 0x0000  # Command Data Set Type: any value but 0101H (PS3.7 E.1)
@@ -139,19 +140,8 @@ class StoreAssociation:
         since the last response (an A-RELEASE-RQ, an A-ABORT or the connection's end, which a
         destination's own idle timeout sends, all mean it is not). A TLS record without data (a
         session ticket) is not something arriving."""
-        if not self.is_established or self._pending:
-            return False
-        timeout = self.sock.gettimeout()
-        self.sock.setblocking(False)
-        try:
-            self.sock.recv(RECEIVE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True
-        except OSError:
-            return False
-        finally:
-            self.sock.settimeout(timeout)
-        return False  # data or the end of the connection: either way it is over
+        # Data (an A-RELEASE-RQ, an A-ABORT) or the connection's end: either way it is over.
+        return self.is_established and not self._pending and probe(self.sock) == "quiet"
 
     def release(self) -> None:
         """A-RELEASE-RQ, then wait for the A-RELEASE-RP (PS3.8 7.2); an abort if it does not come."""
