@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 from pacsguard.atna.ingest import Sender, payload_event, raw_fields
 from pacsguard.atna.message import fhir
 from pacsguard.atna.message.mapping import record_from_event
-from pacsguard.atna.query import AuditQuery, QueryError
+from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError
 from pacsguard.atna.syslog.listeners import Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
 
@@ -140,7 +140,8 @@ class RestfulAtna:
             from pacsguard import __version__
 
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
-            return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc)))
+            return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc),
+                                                        SEARCH_PARAMETERS))
         if path not in ("/AuditEvent", "/fhir/AuditEvent"):
             return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))

@@ -141,8 +141,11 @@ class AuditQuery:
 _MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "entity-identifier": "entity_ids",
             "agent-identifier": "agent_ids", "address": "addresses", "type": "event_ids", "subtype": "subtypes",
             "action": "actions", "source": "sources", "outcome": "outcomes"}
-#: Every parameter the search understands.
-_KNOWN = frozenset({*_MATCHED, "patient", "date", "agent-name", "_count", "_cursor", "_total", "_format"})
+#: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
+SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string",
+                     **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED}}
+#: Every parameter the search understands: those and the result parameters.
+_KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
 
 
 def _value(text: str, *, reference: bool = False) -> str:

@@ -192,17 +192,12 @@ def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = No
     return out
 
 
-#: The AuditEvent search parameters served (ITI-81), with their FHIR search types (FHIR R4 3.1.1.4).
-SEARCH_PARAMETERS = (("date", "date"), ("patient", "reference"), ("agent-name", "string"),
-                     ("agent-identifier", "token"), ("address", "string"), ("entity-identifier", "token"),
-                     ("entity-type", "token"), ("entity-role", "token"), ("type", "token"), ("subtype", "token"),
-                     ("action", "token"), ("outcome", "token"), ("source", "reference"))
-
-
-def capability_statement(base: str, version: str, now: datetime) -> dict[str, Any]:
+def capability_statement(base: str, version: str, now: datetime,
+                         search_parameters: Mapping[str, str]) -> dict[str, Any]:
     """What the endpoint serves, as a FHIR R4 CapabilityStatement (GET /metadata, FHIR R4 3.1.0.10.1):
-    AuditEvent search (ITI-81) and create (ITI-20's RESTful option). FHIR clients ask for it first
-    (HAPI's, by default, before their first request)."""
+    AuditEvent search (ITI-81) with ``search_parameters`` (name -> FHIR search type) and create
+    (ITI-20's RESTful option). FHIR clients ask for it first (HAPI's, by default, before their
+    first request)."""
     return {
         "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
         "date": now.isoformat(timespec="seconds"), "fhirVersion": "4.0.1", "format": ["json"],
@@ -214,7 +209,7 @@ def capability_statement(base: str, version: str, now: datetime) -> dict[str, An
             "resource": [{
                 "type": "AuditEvent",
                 "interaction": [{"code": "search-type"}, {"code": "create"}],
-                "searchParam": [{"name": name, "type": kind} for name, kind in SEARCH_PARAMETERS],
+                "searchParam": [{"name": name, "type": kind} for name, kind in search_parameters.items()],
             }],
         }],
     }
