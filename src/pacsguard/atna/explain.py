@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pacsguard.atna.config import Privacy
+    from pacsguard.ids.audit.adapter import PrivacyLists
     from pacsguard.store import EventStore, StoredEvent
 
 ORDER = "atna.audit.order-record"
@@ -64,15 +65,18 @@ class ExplainSettings:
         return self.departments.get(user, "")
 
 
-def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambda p: p) -> ExplainSettings:
-    """The settings of the `atna.privacy` section (its windows, its staff directory's departments)."""
+def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambda p: p,
+                lists: PrivacyLists | None = None) -> ExplainSettings:
+    """The settings of the `atna.privacy` section (its windows, its staff directory's departments:
+    from ``lists`` when the caller read them already, else read here)."""
     from pacsguard.ids.rules import parse_duration
 
     if privacy is None:
         return ExplainSettings()
     windows = privacy.explain
+    staff = lists if lists is not None else privacy.lists(resolve, watch=False)
     return ExplainSettings(parse_duration(windows.evidence_window), parse_duration(windows.repeat_window),
-                           privacy.lists(resolve, watch=False).departments())
+                           staff.departments())
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ class AtnaService:
         p = self.config.privacy
         lists = p.lists(self._path) if p else PrivacyLists()
         baseline = BaselineSettings(**p.baseline.model_dump()) if p else None
-        self.privacy = AuditAdapter(engine, lists, explain=self._explainer(settings_of(p, self._path)),
+        self.privacy = AuditAdapter(engine, lists, explain=self._explainer(settings_of(p, self._path, lists)),
                                     baseline=baseline)
 
     def _explainer(self, settings: ExplainSettings) -> Explainer | None:
