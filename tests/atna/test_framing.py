@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,3 +97,46 @@ def test_any_split_of_the_stream_yields_the_same_frames(cuts: list[int], sizes: 
             break
     frames += splitter.feed(stream[at:])[0]
     assert frames == messages and splitter.finish() == []
+
+
+@pytest.mark.parametrize("bad", [b"12x ", b"0 ", b"99999999999 ", b"junk without an end"])
+def test_a_bad_octet_count_loses_only_itself(bad: bytes) -> None:
+    """After a bad count the splitter hunts for the next 'MSG-LEN SP <PRI>'. It used to resume after
+    the next LF, which in an octet-counted stream lies inside the next message, so every message
+    after it was cut into pieces."""
+    good = [b"<85>1 - h a - IHE+RFC-3881 - <AuditMessage>\n  <x/>\n</AuditMessage> %d" % i for i in range(5)]
+    stream = bad + b"".join(octet(m) for m in good)
+    for step in (len(stream), 7, 1):
+        splitter, frames, problems = Splitter(), [], []
+        for i in range(0, len(stream), step):
+            got, found = splitter.feed(stream[i:i + step])
+            frames += got
+            problems += found
+        assert frames == good, step
+        assert [p.problem for p in problems] == ["malformed-frame"]
+        assert splitter.finish() == []
+
+
+def test_a_nul_framed_message_may_carry_lfs() -> None:
+    """Pretty-printed XML ended by NUL (Python's SysLogHandler), and an unescaped multi-line message
+    ended by LF: an LF followed by what cannot start a frame belongs to the message."""
+    pretty = b"<14>1 - ris audit - IHE+RFC-3881 - <AuditMessage>\n  <A/>\n<B/>\n</AuditMessage>"
+    splitter = Splitter()
+    frames, problems = splitter.feed(pretty + b"\0" + pretty + b"\n<13>1 - - - - - - next\n")
+    assert frames == [pretty, pretty, b"<13>1 - - - - - - next"] and problems == []
+    assert splitter.finish() == []
+
+
+def test_an_lf_framed_line_over_the_maximum_is_refused_even_when_complete() -> None:
+    splitter = Splitter(max_message=1000)
+    frames, problems = splitter.feed(b"<14>1 - - - - - - " + b"z" * 5000 + b"\n<14>1 - - - - - - after\n")
+    assert frames == [b"<14>1 - - - - - - after"]
+    assert [p.problem for p in problems] == ["oversize"]
+    splitter = Splitter(max_message=1000)  # and when it arrives in pieces, the first over the maximum
+    frames, problems = [], []
+    for piece in (b"<14>1 - - - - - - " + b"z" * 600, b"z" * 600, b"z\n<14>1 - - - - - - after\n"):
+        got, found = splitter.feed(piece)
+        frames += got
+        problems += found
+    assert frames == [b"<14>1 - - - - - - after"]
+    assert [p.problem for p in problems] == ["oversize"]

@@ -228,3 +228,18 @@ def test_fhir_auditevent_in_and_out_is_valid_r4() -> None:
     for event_id in sorted(codes.EVENT_IDS):
         AuditEvent.model_validate(fhir.render(record(event_id), "x" + event_id))
     Bundle.model_validate(fhir.bundle([out], "https://repo.example/fhir"))
+
+
+def test_a_time_outside_the_datetime_range_once_in_utc_is_flagged_not_fatal() -> None:
+    """0001-01-01T00:00:00+05:00 is a valid RFC 3339 / xsd:dateTime whose UTC instant falls before
+    year 1: converting it raised OverflowError, which lost the whole read with a traceback."""
+    early = "0001-01-01T00:00:00+05:00"
+    message = every_event_id()["110104"].replace(b'EventDateTime="', b'EventDateTime="' + early.encode() + b'" x="')
+    frames = [b"<85>1 " + early.encode() + b" h a - IHE+RFC-3881 - " + every_event_id()["110110"],
+              syslog(message), syslog(every_event_id()["110112"])]
+    events = frame_events(Sender("10.0.0.9", 514, "udp"), frames)
+    assert [e.kind for e in events] == ["atna.audit.patient-record", "atna.audit.instances-transferred",
+                                        "atna.audit.query"]
+    assert "bad-timestamp" in events[0].details["flags"]
+    assert events[1].details["flags"] == ["bad-event-time"]  # stored at its time of receipt
+    assert events[1].time.year >= 2026 and events[1].patient_ids[0] == "PID-0042"

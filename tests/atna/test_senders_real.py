@@ -62,7 +62,8 @@ def test_logger_over_tcp_both_framings_and_udp(readers: int) -> None:
 def test_python_logging_syslog_handler_over_tcp_ends_messages_with_nul(readers: int) -> None:
     """Python's own logging.handlers.SysLogHandler over TCP, as an application's audit logger: it
     ends each message with NUL and no LF (RFC 6587 3.4.2 names both trailers). Once, its messages
-    ran together into one oversize line and were all lost."""
+    ran together into one oversize line and were all lost; and a pretty-printed message (LFs inside,
+    NUL at its end) was cut at its first LF."""
     import logging
     import logging.handlers
 
@@ -75,8 +76,9 @@ def test_python_logging_syslog_handler_over_tcp_ends_messages_with_nul(readers: 
         audit.propagate = False
         audit.addHandler(handler)
         try:
-            for event_id in ("110110", "110104", "110112"):
+            for event_id in ("110110", "110112"):
                 audit.warning("%s", one_line(event_id))
+            audit.warning("%s", every_event_id()["110104"].decode().replace("><", ">\n  <"))  # pretty-printed
         finally:
             audit.removeHandler(handler)
             handler.close()
@@ -87,6 +89,31 @@ def test_python_logging_syslog_handler_over_tcp_ends_messages_with_nul(readers: 
     assert not [e for e in got if e.kind == "atna.frame.rejected"]
     transfer = next(e for e in audits if e.details["event_id"]["code"] == "110104")
     assert transfer.patient_ids[:2] == (PATIENT, CX) and transfer.details["syslog"]["msgid"] == "IHE+RFC-3881"
+
+
+@pytest.mark.parametrize("append_nul", [True, False])
+def test_python_logging_syslog_handler_over_udp(append_nul: bool) -> None:
+    """The same handler over UDP (its default transport) appends NUL to each datagram by default; the
+    NUL is not part of the XML. Once, every such datagram was stored as unparsable XML."""
+    import logging
+    import logging.handlers
+
+    port = free_port()
+    with running({"udp": {"port": port}}) as rx:
+        handler = logging.handlers.SysLogHandler(("127.0.0.1", port))
+        handler.append_nul = append_nul
+        handler.setFormatter(logging.Formatter("1 - ris audit - IHE+RFC-3881 - %(message)s"))
+        audit = logging.getLogger("pacsguard-test-audit-udp")
+        audit.propagate = False
+        audit.addHandler(handler)
+        try:
+            audit.warning("%s", every_event_id()["110104"].decode())
+        finally:
+            audit.removeHandler(handler)
+            handler.close()
+        got = rx.wait(lambda evs: bool(evs), "one event")
+    assert [e.kind for e in got] == ["atna.audit.instances-transferred"], got[0].details.get("error")
+    assert got[0].patient_ids[:2] == (PATIENT, CX)
 
 
 def test_a_large_message_over_tcp() -> None:

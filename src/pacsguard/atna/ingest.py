@@ -90,6 +90,9 @@ def frame_events(sender: Sender, frames: Iterable[bytes], *, flags: tuple[str, .
         except rfc5424.SyslogError as exc:
             events.append(unparsed_event(base, "not-syslog", str(exc), list(flags), sender))
             continue
+        except Exception as exc:  # noqa: BLE001 - one frame the header parser has no rule for: the rest go on
+            events.append(unreadable_event(base, exc, list(flags), sender))
+            continue
         base["syslog"] = message.header()
         events.append(payload_event(base, message.msg, [*flags, *message.flags], sender))
     return events
@@ -100,14 +103,22 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
     how it came."""
     try:
         reading = read_payload(payload)
+        if reading.time is None:  # EventDateTime missing or not an instant: stored at its time of receipt
+            flags = [*flags, "bad-event-time"]
         details = {**base, **({"flags": flags} if flags else {}), **reading.fields}
         return event_of(details, reading.time)
     except AuditMessageError as exc:
         return unparsed_event(base, exc.problem, str(exc), flags, sender)
     except Exception as exc:  # noqa: BLE001 - a message the readers have no rule for: kept raw, the others go on
-        log.error("audit message from %s: cannot be read (%s: %s); stored unparsed", sender.host,
-                  type(exc).__name__, exc)
-        return unparsed_event(base, "unreadable", f"{type(exc).__name__}: {exc}", flags, sender)
+        return unreadable_event(base, exc, flags, sender)
+
+
+def unreadable_event(base: dict[str, Any], exc: Exception, flags: list[str], sender: Sender) -> Event:
+    """A message that a reader failed on in a way it has no rule for (a pacsguard bug): logged
+    without a traceback and stored raw, so the evidence is kept and the messages around it go on."""
+    log.error("audit message from %s: cannot be read (%s: %s); stored unparsed", sender.host,
+              type(exc).__name__, exc)
+    return unparsed_event(base, "unreadable", f"{type(exc).__name__}: {exc}", flags, sender)
 
 
 def unparsed_event(base: dict[str, Any], problem: str, error: str, flags: list[str], sender: Sender) -> Event:

@@ -14,7 +14,8 @@ _SENDER: dict[str, Any] = {"type": "object", "properties": {
 _PATIENT: dict[str, Any] = {"type": "object", "properties": {"id": STRING, "authority": STRING, "cx": STRING},
                             "required": ["id"], "additionalProperties": False}
 _PROBLEMS = ["malformed-frame", "oversize", "truncated", "silent", "entity-expansion", "unparsable-xml",
-             "bad-encoding", "not-audit-message", "not-fhir", "unauthorized", "bad-request", "not-syslog"]
+             "bad-encoding", "not-audit-message", "not-fhir", "unauthorized", "bad-request", "not-syslog",
+             "unreadable", "too-many-connections"]
 
 #: What every received message carries: where it came from, its syslog header, its raw bytes.
 _RECEIVED = {
@@ -22,7 +23,7 @@ _RECEIVED = {
     "syslog": OBJECT,
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
-    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp
+    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time
     "received": STRING,
 }
 

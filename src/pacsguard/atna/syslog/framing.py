@@ -4,11 +4,14 @@ told apart per connection by the first byte, as RFC 6587 3.4 suggests: a digit s
 count, a '<' starts a message.
 
 The splitter is a push parser: feed() takes whatever the socket gave and returns the complete
-frames and the problems found, so a bad frame never loses the good ones around it.
+frames and the problems found, so a bad frame never loses the good ones around it. After a bad
+frame it hunts for the next place a frame starts (an octet count before '<PRI>', or '<PRI>' after
+a trailer), not merely the next LF: an octet-counted message carries LFs of its own.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -19,6 +22,13 @@ DEFAULT_MAX_MESSAGE = 1024 * 1024
 #: Digits of an octet count (MSG-LEN is at most 9 digits here: a count beyond the maximum is refused
 #: before the length is known).
 _MAX_DIGITS = 9
+
+#: Where a frame may start after a bad one: MSG-LEN SP "<" PRIVAL ">" (RFC 6587 3.4.1, RFC 5424 6.2.1),
+#: or "<" PRIVAL ">" just after a TRAILER (RFC 6587 3.4.2).
+_FRAME_START = re.compile(rb"(?<![0-9])[1-9][0-9]{0,8} <[0-9]{1,3}>|(?<=[\n\0])<[0-9]{1,3}>")
+
+#: The longest frame start that may sit, incomplete, at the end of a read ("123456789 <191").
+_START_TAIL = _MAX_DIGITS + 5
 
 
 class Framing(str, Enum):
@@ -44,6 +54,8 @@ class Splitter:
     framing: Framing | None = None
     _buffer: bytearray = field(default_factory=bytearray)
     _skip: int = 0  # bytes of an oversize octet-counted frame still to discard
+    _hunting: bool = False  # after a bad frame: looking for the next frame start
+    _line_from: int = 0  # how far the current non-transparent frame was searched for its end
 
     def feed(self, data: bytes) -> tuple[list[bytes], list[FrameProblem]]:
         self._buffer += data
@@ -56,6 +68,8 @@ class Splitter:
                 self._skip -= dropped
                 if self._skip:
                     break
+            if self._hunting and not self._hunt():
+                break
             if not self._buffer:
                 break
             if self.framing is None:
@@ -73,12 +87,15 @@ class Splitter:
     def finish(self) -> list[FrameProblem]:
         """The end of the stream: what is left in the buffer is a truncated frame."""
         problems: list[FrameProblem] = []
-        if self._skip:
+        if self._hunting:
+            pass  # the junk was reported when the hunt began
+        elif self._skip:
             problems.append(FrameProblem("truncated", f"stream ended {self._skip} octets into an oversize frame"))
         elif self._buffer.strip():
             problems.append(FrameProblem("truncated", f"stream ended inside a frame ({len(self._buffer)} octets "
                                                       "without their end)", bytes(self._buffer[:256])))
         self._buffer.clear()
+        self._hunting = False
         return problems
 
     @property
@@ -96,12 +113,7 @@ class Splitter:
             return Framing.OCTET_COUNTING
         if first == 0x3C:  # '<' opening PRI
             return Framing.NON_TRANSPARENT
-        # Neither: resynchronise at the next line or '<'.
-        cut = _next_start(self._buffer)
-        junk = bytes(self._buffer[:cut])
-        del self._buffer[:cut]
-        problems.append(FrameProblem("malformed-frame", "frame starts with neither an octet count nor '<'",
-                                     junk[:256]))
+        self._resync(problems, "frame starts with neither an octet count nor '<'")
         return None
 
     def _octet_counted(self, problems: list[FrameProblem]) -> bytes | None:
@@ -128,15 +140,20 @@ class Splitter:
         return frame
 
     def _line(self, problems: list[FrameProblem]) -> bytes | None:
-        end = _trailer(self._buffer)
+        end = self._line_end()
         if end < 0:
             if len(self._buffer) > self.max_message:
                 problems.append(FrameProblem("oversize", f"line longer than {self.max_message} octets",
                                              bytes(self._buffer[:256])))
-                self._buffer.clear()
-                self.framing = None
+                self._resync(problems=None)
                 return b""
             return None
+        self._line_from = 0
+        if end > self.max_message:
+            problems.append(FrameProblem("oversize", f"line of {end} octets exceeds {self.max_message}",
+                                         bytes(self._buffer[:256])))
+            del self._buffer[:end + 1]
+            return b""
         frame = bytes(self._buffer[:end]).rstrip(b"\r")
         del self._buffer[:end + 1]
         if frame[:1].isdigit():
@@ -146,23 +163,69 @@ class Splitter:
             return b""
         return frame
 
-    def _resync(self, problems: list[FrameProblem], detail: str) -> bytes:
-        cut = _next_start(self._buffer)
-        problems.append(FrameProblem("malformed-frame", detail, bytes(self._buffer[:min(cut, 256)])))
-        del self._buffer[:cut]
+    def _resync(self, problems: list[FrameProblem] | None, detail: str = "") -> bytes:
+        """A bad frame at the start of the buffer: report it (unless already reported) and hunt
+        for the next frame start from its second octet on."""
+        if problems is not None:
+            problems.append(FrameProblem("malformed-frame", detail, bytes(self._buffer[:256])))
+        del self._buffer[:1]
         self.framing = None
+        self._line_from = 0
+        self._hunting = True
         return b""
 
+    def _hunt(self) -> bool:
+        """Drop octets up to the next frame start; False when none is in the buffer yet (its tail,
+        which may be the beginning of one, is kept for the next read)."""
+        found = _FRAME_START.search(self._buffer)
+        if found is None:
+            del self._buffer[:max(0, len(self._buffer) - _START_TAIL)]
+            return False
+        del self._buffer[:found.start()]
+        self._hunting = False
+        return True
 
-def _trailer(buffer: bytearray) -> int:
-    """Where the first non-transparent frame in ``buffer`` ends: its TRAILER, LF or NUL (RFC 6587
-    3.4.2 names both; Python's SysLogHandler over TCP ends each message with NUL alone), or -1."""
-    nl = buffer.find(b"\n")
-    nul = buffer.find(b"\0", 0, nl if nl >= 0 else len(buffer))  # only up to the LF: linear in the stream
-    return nul if nul >= 0 else nl
+    def _line_end(self) -> int:
+        """Where the non-transparent frame at the start of the buffer ends, or -1: at its TRAILER, a
+        NUL or an LF (RFC 6587 3.4.2 names both; Python's SysLogHandler over TCP ends a message with
+        NUL alone). An LF followed by something that cannot start a frame (an indented XML line,
+        '<AuditMessage') is taken as part of the message: senders that frame with NUL, or that do
+        not escape LF, send pretty-printed XML. The search resumes where the last read left it."""
+        buffer = self._buffer
+        at = self._line_from
+        while True:
+            nl = buffer.find(b"\n", at)
+            nul = buffer.find(b"\0", at, nl if nl >= 0 else len(buffer))
+            if nul >= 0:
+                return nul
+            if nl < 0:
+                self._line_from = len(buffer)
+                return -1
+            if _may_start_frame(buffer, nl + 1):
+                return nl
+            at = self._line_from = nl + 1
 
 
-def _next_start(buffer: bytearray) -> int:
-    """Where the next frame may start after garbage: after the next LF or NUL, else the whole buffer."""
-    end = _trailer(buffer)
-    return end + 1 if end >= 0 else len(buffer)
+def _may_start_frame(buffer: bytearray, at: int) -> bool:
+    """Whether a frame may start at ``at``: an octet count then SP, '<' PRIVAL '>', a blank line, or
+    not yet known (the read ended there: the LF before it is then taken as the trailer)."""
+    if at >= len(buffer):
+        return True
+    first = buffer[at]
+    if first in b"\r\n\0":
+        return True
+    if first == 0x3C:  # '<'
+        digits, end = _digits(buffer, at + 1, 3)
+        return end >= len(buffer) or (digits > 0 and buffer[end] == 0x3E)
+    if 0x31 <= first <= 0x39:
+        _, end = _digits(buffer, at, _MAX_DIGITS)
+        return end >= len(buffer) or buffer[end] == 0x20
+    return False
+
+
+def _digits(buffer: bytearray, at: int, most: int) -> tuple[int, int]:
+    """How many ASCII digits (at most ``most``) start at ``at``, and where they end."""
+    end = at
+    while end < len(buffer) and end - at < most and 0x30 <= buffer[end] <= 0x39:
+        end += 1
+    return end - at, end

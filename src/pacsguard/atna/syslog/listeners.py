@@ -212,7 +212,9 @@ class DatagramListener(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         sender = Sender(str(addr[0]), int(addr[1]), "udp")
-        frame = data.rstrip(b"\n")
+        # RFC 5426 3.1: one message per datagram, no trailer; senders still add one (LF, or NUL as
+        # Python's SysLogHandler does), which is not part of the message.
+        frame = data.rstrip(b"\n\0")
         if not frame:
             self.publish(problem_event(sender, FrameProblem("malformed-frame", "empty datagram")))
             return

@@ -124,14 +124,15 @@ def _structured_data(rest: bytes) -> tuple[str | None, bytes]:
 
 
 def _timestamp(text: str) -> datetime | None:
-    """RFC 5424 6.2.3 (RFC 3339 with Z or an offset)."""
+    """RFC 5424 6.2.3 (RFC 3339 with Z or an offset). None when it is not one, or when it names an
+    instant outside what a datetime holds once in UTC (0001-01-01T00:00:00+05:00)."""
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if value.tzinfo is None:
+            return None
+        return value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    if value.tzinfo is None:
-        return None
-    return value.astimezone(timezone.utc)
 
 
 def _bsd(pri: int, rest: bytes) -> SyslogMessage:
