@@ -136,10 +136,39 @@ def test_the_repository_drops_what_it_already_stored(tmp_path: Path) -> None:
 
     store = EventStore.open(str(tmp_path / "r.db"), create=True)
     store.append([received("site-a", 1), received("site-a", 2), received("site-b", 7)])
-    dedupe = Deduplicator(store)  # a restarted repository: it learns the highest seqs from its store
+    records: list[Event] = []
+    dedupe = Deduplicator(records.append)
+    dedupe.learn(store)  # a restarted repository: it learns the highest seqs from its store
     verdicts = [dedupe.fresh(received(o, s)) for o, s in
-                [("site-a", 2), ("site-a", 3), ("site-a", 3), ("site-b", 7), ("site-b", 8), ("site-c", 1)]]
+                [("site-a", 2), ("site-a", 3), ("site-a", 3), ("site-a", 1), ("site-b", 7), ("site-b", 8),
+                 ("site-c", 1)]]
     store.close()
-    assert verdicts == [False, True, False, False, True, True]
-    assert dedupe.dropped == 3
+    assert verdicts == [False, True, False, False, False, True, True]
+    assert dedupe.dropped == 4
+    # One record per resend (site-a's run of two, then site-b's), naming the sender and the origin.
+    assert [(r.kind, r.details["origin"], r.details["seq"]) for r in records] == [
+        ("atna.delivery.duplicate", "site-a", 2), ("atna.delivery.duplicate", "site-a", 3),
+        ("atna.delivery.duplicate", "site-b", 7)]
+
+
+def test_another_sender_naming_an_origin_cannot_suppress_it(tmp_path: Path) -> None:
+    """An origin is compared only with what the same sender (certificate subject, else address)
+    delivered. Once, any sender's datagram naming the origin with a huge seq dropped all of the real
+    origin's messages, without a trace."""
+    from pacsguard.atna.dedupe import Deduplicator
+    from pacsguard.atna.ingest import Sender, frame_event
+    from pacsguard.atna.outbound.sender import frame
+
+    message = to_xml(to_record(own_events(1)[0], "site-a"))  # type: ignore[arg-type]
+    real = Sender("10.0.0.5", 4000, "tls", "octet-counting", certificate="CN=gateway-a")
+    forger = Sender("10.0.0.66", 514, "udp")
+
+    def received(sender: Sender, seq: int) -> Event:
+        return frame_event(sender, frame("site-a", seq, message, "gw").split(b" ", 1)[1])
+
+    records: list[Event] = []
+    dedupe = Deduplicator(records.append)
+    assert dedupe.fresh(received(forger, 10**12))
+    assert [dedupe.fresh(received(real, s)) for s in (1, 2, 3)] == [True, True, True]
+    assert not dedupe.fresh(received(forger, 5)) and records[0].details["sender"]["host"] == "10.0.0.66"
     assert delivery_of('[pacsguard@32473 origin="a\\"b\\]" seq="5"]') == ('a"b]', 5)

@@ -55,6 +55,11 @@ KINDS = (
               "client certificate, or a body that is not a FHIR AuditEvent",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
                "method": STRING}, required=("sender", "problem", "error")),
+    EventKind("atna.delivery.duplicate", "a sender resent a message it had numbered (pacsguard's outbound feed: "
+              "origin and seq in its structured data) that this repository already stored; it was dropped, and "
+              "the rest of that resend with it (one record per resend)",
+              {"sender": _SENDER, "origin": STRING, "seq": INTEGER, "highest": INTEGER},
+              required=("sender", "origin", "seq", "highest")),
     EventKind("atna.reader.restarted", "a process reading the TLS or TCP listener's connections (atna.readers) "
               "ended while the repository ran; its connections were reset and it was started again",
               {"transport": {"enum": ["tls", "tcp"]}, "reader": INTEGER, "exit_code": nullable(INTEGER),

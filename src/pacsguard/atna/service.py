@@ -35,7 +35,7 @@ class AtnaService:
         self.deliver = publish
         self.store = store
         self.subscribe = subscribe
-        self.dedupe = Deduplicator(store)
+        self.dedupe = Deduplicator(publish)
         self.privacy: AuditAdapter | None = None
         self._outbound: list[Any] = []
         self.resolve: Any = resolve or (lambda p: p)
@@ -85,6 +85,8 @@ class AtnaService:
         cfg = self.config
         limits = Limits(cfg.max_message, cfg.idle_timeout, cfg.max_connections)
         rows: list[BannerRow] = []
+        if self.store is not None:  # before any listener: what was delivered before a restart
+            await asyncio.to_thread(self.dedupe.learn, self.store)
         try:
             if cfg.tls is not None:
                 t = cfg.tls.model_copy(update={
