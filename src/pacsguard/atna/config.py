@@ -147,6 +147,11 @@ class AtnaConfig(Strict):
                              description="largest message accepted, octets (at least 64 KiB)")
     idle_timeout: float = Field(300.0, gt=0, le=86_400,
                                 description="seconds a connection may stay silent before it is closed")
+    frame_timeout: float = Field(60.0, gt=0, le=3600,
+                                 description="seconds from the first octet of a syslog frame to its last, and from "
+                                             "a TLS connection's start to the end of its handshake; a connection "
+                                             "slower than that is closed and recorded (too-slow, "
+                                             "tls-handshake-failed)")
     max_connections: int = Field(1000, ge=1, le=100_000,
                                  description="TLS, TCP or HTTP connections open at once on one listener, in each "
                                              "process that accepts them (the main one, or each reading process); "

@@ -83,7 +83,7 @@ class AtnaService:
 
     async def start(self) -> list[BannerRow]:
         cfg = self.config
-        limits = Limits(cfg.max_message, cfg.idle_timeout, cfg.max_connections)
+        limits = Limits(cfg.max_message, cfg.idle_timeout, cfg.max_connections, cfg.frame_timeout)
         rows: list[BannerRow] = []
         if self.store is not None:  # before any listener: what was delivered before a restart
             await asyncio.to_thread(self.dedupe.learn, self.store)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, problem_event
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
+from pacsguard.atna.syslog.tls_session import TlsFailure, TlsSession
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Limits:
     max_message: int
     idle_timeout: float
     max_connections: int = 1000  # open at once on one listener in one process (rsyslog's MaxSessions: 200)
+    frame_timeout: float = 60.0  # from a frame's first octet to its last (and for the TLS handshake)
 
 
 #: A listener full of connections records the refused ones at most this often (seconds), counted.
@@ -76,21 +78,35 @@ class StreamListener:
         return await self.serve(host=host, port=port)
 
     async def serve(self, **where: Any) -> tuple[str, int]:
-        """Listen where ``where`` says: ``host`` and ``port``, or ``sock`` (a listening socket)."""
+        """Listen where ``where`` says: ``host`` and ``port``, or ``sock`` (a listening socket). TLS
+        is started by each connection itself (`_Connection`), so that a connection still in its
+        handshake counts against max_connections and a failed handshake is recorded."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), **where, ssl=self.context,
-                                                ssl_handshake_timeout=30 if self.context else None)
+        self._server = await loop.create_server(lambda: _Connection(self), **where)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
     def full(self, sender: Sender) -> bool:
         """Whether a new connection finds the listener at `Limits.max_connections` (a flood of
-        connections, or senders that never hang up): then it is closed at once, and the refusals
-        are recorded, counted, one Event at most every REFUSALS_RECORDED_EVERY seconds."""
+        connections, or senders that never hang up). A connection that holds a place without
+        delivering (no complete frame yet, or a frame begun long ago: slowloris) makes room: the
+        one stalled longest is closed. Otherwise the new one is closed at once. Either is recorded,
+        counted, one Event at most every REFUSALS_RECORDED_EVERY seconds."""
         limit = self.limits.max_connections
         if len(self.connections) < limit:
             return False
+        stalled = [c for c in self.connections if c.stalled_since is not None]
+        victim = min(stalled, key=lambda c: c.stalled_since or 0.0, default=None)
         others = self.refusals.due()
+        if victim is not None:
+            if others is not None:
+                self.publish(problem_event(victim.sender, FrameProblem(
+                    "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
+                                            "(atna.max_connections): this one, which had not delivered a frame for "
+                                            f"{time.monotonic() - (victim.stalled_since or 0.0):.0f} s, was closed "
+                                            f"to make room{others}")))
+            victim.evict()
+            return False
         if others is not None:
             self.publish(problem_event(sender, FrameProblem(
                 "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
@@ -120,13 +136,17 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self._idle: asyncio.TimerHandle | None = None
         self.refused = False  # closed at once: the listener was full
+        #: Since when it holds a place without delivering: from its start until its first frame, then
+        #: from the first octet of a frame until that frame is complete; None while it delivers.
+        self.opened = time.monotonic()
+        self.stalled_since: float | None = self.opened
+        self._tls = TlsSession(listener.context) if listener.context is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check here.
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("?", None)
-        self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport,
-                             certificate=_subject(transport.get_extra_info("ssl_object")))
+        self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport)
         if self.listener.full(self.sender):
             self.refused = True
             transport.close()
@@ -134,25 +154,71 @@ class _Connection(asyncio.Protocol):
         self.listener.connections.add(self)
         self._arm()
 
+    def evict(self) -> None:
+        """Closed by its listener to make room (`StreamListener.full`, which recorded it)."""
+        self.listener.connections.discard(self)
+        self.received = max(self.received, 1)  # not reported again as silent or truncated
+        self.splitter = Splitter(self.listener.limits.max_message)
+        self.refused = True
+        self.close()
+
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
         self.received += len(data)
-        self._arm()
+        if self._tls is not None:
+            data = self._through_tls(data)
+            if not data:
+                if not self.refused:
+                    self._arm()  # the handshake done: from its deadline to the idle timeout
+                return
+        frames: list[bytes] = []
         try:
             frames, problems = self.splitter.feed(data)
             self._publish(frames, problems)
         except Exception:  # noqa: BLE001 - one sender's bytes must never end the listener
             log.exception("syslog data from %s", self.sender.host)
+        if not self.splitter.pending:
+            self.stalled_since = None
+        elif frames or self.stalled_since is None:
+            self.stalled_since = time.monotonic()  # a new frame began
+        self._arm()
+
+    def _through_tls(self, data: bytes) -> bytes:
+        """RFC 5425 4.2: the handshake (its failure recorded with OpenSSL's reason, the alert sent),
+        then the records' plaintext."""
+        assert self._tls is not None and self.transport is not None
+        established = self._tls.established
+        try:
+            plain = self._tls.feed(data)
+        except TlsFailure as exc:
+            self._write(self._tls.outgoing())
+            self.refused = True  # recorded here, not again when the connection is lost
+            self.listener.connections.discard(self)
+            self.publish(problem_event(self.sender, FrameProblem("tls-handshake-failed" if not established
+                                                                 else "malformed-frame", str(exc))))
+            self.close()
+            return b""
+        self._write(self._tls.outgoing())
+        if self._tls.established and not established:
+            self.sender = Sender(self.sender.host, self.sender.port, self.sender.transport,
+                                 certificate=_subject(self._tls.ssl_object))
+        if self._tls.closed:
+            self.close()  # close_notify: what came before it is kept (below and in connection_lost)
+        return plain
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)  # type: ignore[attr-defined]
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.refused:
-            return  # recorded (counted) when it was refused
         if self._idle is not None:
             self._idle.cancel()
+        if self.refused:
+            return  # recorded (counted) when it was refused or evicted
         self.listener.connections.discard(self)
         if self.received == 0:
             self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
@@ -166,16 +232,35 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _arm(self) -> None:
+        """The connection's one timer: idle_timeout after its last octet, or frame_timeout after the
+        first octet of a frame still incomplete (or after the start of a TLS handshake not yet
+        done), whichever comes first: a sender trickling one octet at a time cannot hold its place."""
         if self._idle is not None:
             self._idle.cancel()
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.listener.limits.idle_timeout, self._timed_out)
+        limits = self.listener.limits
+        delay = limits.idle_timeout
+        handshaking = self._tls is not None and not self._tls.established
+        if (self.splitter.pending or handshaking) and self.stalled_since is not None:
+            delay = min(delay, self.stalled_since + limits.frame_timeout - time.monotonic())
+        self._idle = loop.call_later(max(delay, 0.0), self._timed_out)
 
     def _timed_out(self) -> None:
-        if self.received == 0:
+        limits = self.listener.limits
+        if self._tls is not None and not self._tls.established and self.received > 0:
+            self.received = -1
+            self.publish(problem_event(self.sender, FrameProblem(
+                "tls-handshake-failed", f"TLS handshake not complete {limits.frame_timeout:g} s after it began")))
+        elif self.received == 0:
             self.received = -1  # reported here, not again when the connection is lost
             self.publish(problem_event(self.sender, FrameProblem(
-                "silent", f"connected and sent nothing for {self.listener.limits.idle_timeout:g} s")))
+                "silent", f"connected and sent nothing for {time.monotonic() - self.opened:.0f} s")))
+        elif self.splitter.pending:
+            pending = self.splitter.pending
+            self.splitter = Splitter(limits.max_message)  # reported here, not again as truncated
+            self.publish(problem_event(self.sender, FrameProblem(
+                "too-slow", f"a frame not complete {limits.frame_timeout:g} s after its first octet "
+                            f"({pending} octets so far): connection closed")))
         self.close()
 
     def _publish(self, frames: list[bytes], problems: list[FrameProblem]) -> None:

@@ -188,6 +188,7 @@ class ReadingProcesses:
             "max_message": self.limits.max_message,
             "idle_timeout": self.limits.idle_timeout,
             "max_connections": self.limits.max_connections,
+            "frame_timeout": self.limits.frame_timeout,
             "tls": self.tls.model_dump(mode="json") if self.tls is not None else None,
             "log_level": logging.getLogger("pacsguard").getEffectiveLevel()})
 
@@ -329,7 +330,8 @@ async def _read_connections(listening: socket.socket, pipe: socket.socket, setti
 
     loop = asyncio.get_running_loop()
     outbox = _Outbox(pipe)
-    limits = Limits(settings["max_message"], settings["idle_timeout"], settings["max_connections"])
+    limits = Limits(settings["max_message"], settings["idle_timeout"], settings["max_connections"],
+                    settings["frame_timeout"])
     tls = settings["tls"]
     listener = StreamListener(outbox.publish, limits,
                               tls_context(TlsListener.model_validate(tls)) if tls is not None else None)
