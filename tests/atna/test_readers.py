@@ -84,7 +84,8 @@ def test_a_stop_that_comes_with_the_settings_is_obeyed(tmp_path: Path) -> None:
     with theirs:
         child = subprocess.Popen([sys.executable, "-m", "pacsguard.atna.syslog.readers", str(listening.fileno()),
                                   str(theirs.fileno())], pass_fds=(listening.fileno(), theirs.fileno()))
-    settings = orjson.dumps({"max_message": 65536, "idle_timeout": 5.0, "max_connections": 10, "tls": None,
+    settings = orjson.dumps({"max_message": 65536, "idle_timeout": 5.0, "max_connections": 10, "frame_timeout": 5.0,
+                             "tls": None,
                              "log_level": 30})
     try:
         ours.sendall(record(settings) + record(b"stop"))

@@ -297,3 +297,223 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
             refused = 0
         assert refused == 0  # no client certificate: no TLS session, no answer
     store.close()
+
+
+# --- the connection itself: requests cut short, silent or slow clients, persistent connections ----------
+
+
+def post(body: bytes, *, length: int | str | None = None, version: str = "HTTP/1.1", extra: str = "") -> bytes:
+    """A POST /AuditEvent as a client writes it, its Content-Length ``length`` (default: the body's)."""
+    return (f"POST /AuditEvent {version}\r\nHost: 127.0.0.1\r\nContent-Type: application/fhir+json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body) if length is None else length}\r\n"
+            f"{extra}\r\n").encode() + body
+
+
+def get(target: str = "/metadata", *, version: str = "HTTP/1.1", extra: str = "") -> bytes:
+    return f"GET {target} {version}\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n{extra}\r\n".encode()
+
+
+def read_all(conn: Any) -> bytes:
+    out = b""
+    while chunk := conn.recv(65536):
+        out += chunk
+    return out
+
+
+def exchange(port: int, data: bytes, *, shut: bool = True) -> bytes:
+    """What the endpoint answers to ``data`` on one connection (with ``shut``, the client then
+    closes its sending side), up to its close."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        if shut:
+            conn.shutdown(socket.SHUT_WR)
+        return read_all(conn)
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The whole responses one after another in ``raw`` (one still arriving is left out): status,
+    header fields (names in lower case), body."""
+    out = []
+    while b"\r\n\r\n" in raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(fields["content-length"])
+        if len(rest) < length:
+            break
+        out.append((int(lines[0].split(" ")[1]), fields, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def problems(events: list[Any]) -> list[tuple[str, str]]:
+    return [(e.details["problem"], e.details["error"]) for e in events if e.kind == "atna.http.rejected"]
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing reached asyncio's log of unhandled exceptions, nor any log with a traceback."""
+    bad = [r for r in caplog.records if r.name.startswith("asyncio") or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+def token_endpoint(tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> tuple[Any, bytes, int]:
+    """A store, a FHIR AuditEvent body and a free port for an endpoint with a bearer token; warnings
+    and worse captured."""
+    caplog.set_level("WARNING")
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    return store, orjson.dumps(fhir_patient_read()), free_port()
+
+
+def test_a_request_cut_short_is_answered_and_recorded_and_logs_no_traceback(
+        tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A body shorter than its Content-Length (the client closes, or resets), a head cut short,
+    and heads that once raised out of the handler (a Content-Length of 5,000 digits, a target
+    urlsplit refuses): each is answered if the client still listens, recorded with the sender,
+    and nothing reaches asyncio's log of unhandled exceptions (it once logged an
+    IncompleteReadError, and the client got no answer)."""
+    import socket
+    import struct
+
+    store, body, port = token_endpoint(tmp_path, monkeypatch, caplog)
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        ((status, fields, answer),) = responses(exchange(port, post(body, length=len(body) + 100)))
+        assert status == 400 and fields["connection"] == "close"
+        assert f"{len(body)} of the {len(body) + 100} octets" in answer.decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:  # reset mid-body
+            conn.sendall(post(body)[:-50])
+            time.sleep(0.2)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert responses(exchange(port, post(body)[:40]))[0][0] == 400  # closed its side in the head
+        assert responses(exchange(port, post(body, length="9" * 5000)))[0][0] == 413
+        assert responses(exchange(port, get("//[")))[0][0] == 400
+        assert responses(exchange(port, get(extra="no colon here\r\n")))[0][0] == 400
+        assert responses(exchange(port, get(extra="Content-Length: 3\r\nContent-Length: 4\r\n")))[0][0] == 411
+        got = rx.wait(lambda evs: len(problems(evs)) >= 7, "seven records")
+    store.close()
+    recorded = problems(got)
+    assert [p for p, _ in recorded] == ["truncated", "truncated", "truncated", "bad-request", "bad-request",
+                                        "bad-request", "bad-request"]
+    assert f"body of {len(body)} of the {len(body) + 100} octets of its Content-Length" in recorded[0][1]
+    assert f"body of {len(body) - 50} of the {len(body)} octets" in recorded[1][1]
+    assert "request head" in recorded[2][1] and "(5000 digits)" in recorded[3][1]
+    assert not [e for e in got if e.kind.startswith("atna.audit.")]
+    no_tracebacks(caplog)
+
+
+def test_silent_and_slow_clients_are_recorded(tmp_path: Path, monkeypatch: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A connection that sends nothing (closed at once, or left open past the timeout) is recorded
+    as silent, as the syslog listeners do; a head or a body that does not arrive within the
+    timeout (slowloris) is answered 408 Request Timeout (RFC 9110 15.5.9), closed and recorded."""
+    import socket
+
+    from pacsguard.atna import http
+
+    caplog.set_level("WARNING")
+    monkeypatch.setattr(http, "TIMEOUT", 1.0)
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        rx.wait(lambda evs: len(problems(evs)) == 1, "the connection closed at once")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            started = time.monotonic()
+            assert read_all(idle) == b"" and time.monotonic() - started < 5
+        rx.wait(lambda evs: len(problems(evs)) == 2, "the idle connection")
+        assert exchange(port, b"\r\n") == b""  # an empty line is no request either
+        for slow in (b"POST /AuditEvent HTTP/1.1\r\nHost: x\r\n", post(b"x" * 100)[:-90]):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(slow)
+                ((status, fields, _),) = responses(read_all(conn))
+                assert status == 408 and fields["connection"] == "close"
+        got = rx.wait(lambda evs: len(problems(evs)) == 5, "five records")
+    store.close()
+    assert problems(got) == [("silent", "connected and sent nothing"), ("silent", "connected and sent nothing for 1 s"),
+                             ("silent", "connected and sent only empty lines"),
+                             ("truncated", "request head not complete after 1 s"),
+                             ("truncated", "body of 10 of the 100 octets of its Content-Length after 1 s")]
+    no_tracebacks(caplog)
+
+
+def test_pipelined_requests_are_each_served_in_order_on_a_persistent_connection(
+        tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 9112 9.3: an HTTP/1.1 connection carries requests one after another until the client
+    says "close"; pipelined requests are answered in the order sent, and every POST among them is
+    stored (the second was once dropped unread). HTTP/1.0 keeps the connection only when asked to.
+    A connection serves at most MAX_REQUESTS; a refused request ends it."""
+    import socket
+
+    from pacsguard.atna import http
+
+    store, body, port = token_endpoint(tmp_path, monkeypatch, caplog)
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        pipelined = (post(body.replace(b"nurse.kim", b"pipe.one")) + post(body.replace(b"nurse.kim", b"pipe.two"))
+                     + get(extra="Connection: close\r\n") + get())  # the last is after "close": not served
+        answers = responses(exchange(port, pipelined, shut=False))
+        assert [a[0] for a in answers] == [201, 201, 200]
+        assert [a[1].get("connection") for a in answers] == [None, None, "close"]
+        assert [json.loads(a[2])["agent"][0]["who"]["identifier"]["value"] for a in answers[:2]] == ["pipe.one",
+                                                                                                   "pipe.two"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:  # idle between two requests
+            conn.sendall(get())
+            time.sleep(0.3)
+            conn.sendall(post(body.replace(b"nurse.kim", b"later"), extra="Connection: close\r\n"))
+            assert [a[0] for a in responses(read_all(conn))] == [200, 201]
+        old = responses(exchange(port, get(version="HTTP/1.0") + get(version="HTTP/1.0"), shut=False))
+        assert [(a[0], a[1]["connection"]) for a in old] == [(200, "close")]
+        kept = responses(exchange(port, get(version="HTTP/1.0", extra="Connection: keep-alive\r\n") * 2))
+        assert [(a[0], a[1]["connection"]) for a in kept] == [(200, "keep-alive"), (200, "keep-alive")]
+        refused = get().replace(TOKEN.encode(), b"wrong") + get()
+        assert [a[0] for a in responses(exchange(port, refused, shut=False))] == [401]
+        monkeypatch.setattr(http, "MAX_REQUESTS", 3)
+        bounded = responses(exchange(port, get() * 5, shut=False))
+        assert [(a[0], a[1].get("connection")) for a in bounded] == [(200, None), (200, None), (200, "close")]
+        rx.wait(lambda evs: len(rx.audits()) == 3, "three AuditEvents")
+    store.close()
+    stored = [json.loads(e.details["raw"])["agent"][0]["who"]["identifier"]["value"] for e in rx.audits()]
+    assert stored == ["pipe.one", "pipe.two", "later"]
+    assert [p for p, _ in problems(rx.events)] == ["unauthorized"]
+    no_tracebacks(caplog)
+
+
+def test_over_tls_a_request_cut_short_is_recorded_and_the_connection_persists(
+        tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The same over TLS: two requests on one session, then a body cut short by a client that
+    drops the connection without a TLS close_notify; recorded, no traceback."""
+    import socket
+    import ssl
+
+    from pacsguard.tls import make_ca, make_cert
+
+    caplog.set_level("WARNING")
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    pki = tmp_path / "pki"
+    ca, ca_key = make_ca(pki, "ATNA Test CA", 2)
+    cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    body = orjson.dumps(fhir_patient_read())
+    port = free_port()
+    section = {"http": {"port": port, "cert_file": cert, "key_file": key, "token": {"env": "ATNA_TOKEN"}}}
+    with running(section, store) as rx:
+        context = ssl.create_default_context(cafile=str(ca))
+        conn = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                   server_hostname="localhost")
+        conn.sendall(get() + post(body))
+        seen = b""
+        while len(responses(seen)) < 2:
+            chunk = conn.recv(65536)
+            assert chunk, seen  # closed after the first answer: not persistent
+            seen += chunk
+        assert [a[0] for a in responses(seen)] == [200, 201]
+        conn.sendall(post(body)[:-20])
+        time.sleep(0.2)
+        conn.close()  # no unwrap(): the TCP connection ends without a TLS close_notify
+        got = rx.wait(lambda evs: len(problems(evs)) == 1, "the body cut short")
+    store.close()
+    assert problems(got)[0][0] == "truncated" and f"of the {len(body)} octets" in problems(got)[0][1]
+    no_tracebacks(caplog)
+

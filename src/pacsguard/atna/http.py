@@ -1,13 +1,16 @@
 """The RESTful ATNA endpoint: IHE ITI-81 (GET /AuditEvent?... answers a FHIR searchset Bundle) and
 FHIR AuditEvent intake (POST /AuditEvent, as ITI-20's RESTful option). A small, bounded HTTP/1.1
-server (RFC 9112): one request per connection, a head of at most 16 KiB, a body of at most the
-configured message size, every request authenticated by the bearer token (RFC 6750) or by a verified
-client certificate. A refused request is an Event naming the sender; the server goes on."""
+server (RFC 9112): persistent connections (RFC 9112 9.3) serving requests one after another, at most
+MAX_REQUESTS on one connection; a head of at most 16 KiB and a whole request within TIMEOUT; a body
+of at most the configured message size given by Content-Length; every request authenticated by the
+bearer token (RFC 6750) or by a verified client certificate. A refused, cut short or too slow
+request, and a connection that sent nothing, is an Event naming the sender; the server goes on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, urlencode, urlsplit
 
 from pacsguard.atna.ingest import Sender, payload_event, raw_fields
 from pacsguard.atna.message import fhir
@@ -37,9 +40,20 @@ log = logging.getLogger("pacsguard.atna")
 #: A Host header (RFC 9110 7.2) worth echoing in links: a name or IPv4 address, or a bracketed IPv6
 #: address, with an optional port; anything else is not repeated back.
 _HOST = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
+#: RFC 9112 2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT; only major version 1 is served.
+_VERSION = re.compile(r"HTTP/1\.[0-9]")
 
 MAX_HEAD = 16 * 1024
+#: Seconds a connection may stay idle before its first request or between two (then it is closed),
+#: and seconds a request may take from its first octet to its last (then 408 Request Timeout).
 TIMEOUT = 30.0
+#: Requests served on one connection; the last answer says "Connection: close" (RFC 9112 9.6), so
+#: that no client holds one of the max_connections places for ever.
+MAX_REQUESTS = 1000
+#: Seconds a connection being closed is still read, for the client to take its last answer.
+LINGER = 2.0
+#: Octets of a body read at a time.
+_CHUNK = 64 * 1024
 FHIR_JSON = "application/fhir+json"
 
 
@@ -48,12 +62,42 @@ class Reply:
     status: int
     body: dict[str, Any]
     location: str | None = None
+    close: bool = False  # the connection ends after this answer
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request's head (RFC 9112 2.1): its request line and its header fields, names in lower case."""
+
+    method: str
+    url: SplitResult  # the request target (RFC 9112 3.2)
+    version: str
+    headers: dict[str, str]
+
+    def persistent(self) -> bool:
+        """Whether the connection may carry another request after this one's answer (RFC 9112 9.3):
+        HTTP/1.1 unless the client says "close", HTTP/1.0 only when it says "keep-alive"."""
+        options = {o.strip().lower() for o in self.headers.get("connection", "").split(",")}
+        if "close" in options:
+            return False
+        return self.version != "HTTP/1.0" or "keep-alive" in options
+
+
+class Broken(Exception):
+    """A request the connection cannot go on after: refused before its body was read, not complete
+    when the client closed (RFC 9112 8), or too slow. It is recorded, answered with ``status`` if
+    the client still listens, and the connection is closed, since where a next request would start
+    is unknown (RFC 9112 9.6)."""
+
+    def __init__(self, problem: str, error: str, status: HTTPStatus, method: str = "", path: str = "") -> None:
+        super().__init__(error)
+        self.problem, self.error, self.status, self.method, self.path = problem, error, status, method, path
 
 
 def outcome(status: HTTPStatus, text: str) -> Reply:
     """An OperationOutcome (FHIR R4) explaining a refusal."""
-    code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 413: "too-long"}.get(
-        status.value, "exception")
+    code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 408: "timeout",
+            413: "too-long"}.get(status.value, "exception")
     return Reply(status.value, {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
 
@@ -67,6 +111,7 @@ class RestfulAtna:
         self.max_body = max_body
         self.max_connections = max_connections
         self.open = 0  # connections being served
+        self._writers: set[asyncio.StreamWriter] = set()  # theirs, closed with the server
         self.refusals = Refusals()
         self.token = config.token.resolve().encode() if config.token is not None else None
         self.context: ssl.SSLContext | None = None
@@ -89,6 +134,8 @@ class RestfulAtna:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._writers):  # idle persistent connections end with the server
+                writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
@@ -103,38 +150,114 @@ class RestfulAtna:
             writer.close()
             return
         self.open += 1
+        self._writers.add(writer)
         try:
-            reply = await asyncio.wait_for(self._handle(reader, writer, sender), TIMEOUT)
-            if reply is not None:
-                writer.write(_encode(reply))
-                await writer.drain()
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            pass  # a slow or vanished client: nothing to answer
+            await self._converse(reader, writer, sender)
+        except Exception:  # noqa: BLE001 - a pacsguard bug ends this connection, logged here, not the server
+            log.exception("RESTful ATNA connection from %s", sender.host)
         finally:
             self.open -= 1
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      sender: Sender) -> Reply | None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            return self._refuse(sender, "bad-request", "request head too large", "", "",
-                                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        except asyncio.IncompleteReadError:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: Sender) -> None:
+        """Requests one after another on one connection (RFC 9112 9.3), each read whole and answered
+        before the next is read, so that pipelined requests are answered in order (9.3.2); until
+        the client closes or asks to, a request breaks the connection, it idles past TIMEOUT, or
+        MAX_REQUESTS are served."""
+        for served in range(MAX_REQUESTS):
+            try:
+                found = await self._request(reader, writer, sender, first=served == 0)
+            except Broken as broken:
+                reply = self._refuse(sender, broken.problem, broken.error, broken.method, broken.path, broken.status)
+                reply, version = dataclasses.replace(reply, close=True), "HTTP/1.1"
+            else:
+                if found is None:
+                    return
+                request, body = found
+                reply, version = await self._respond(request, body, sender), request.version
+                if served + 1 == MAX_REQUESTS or not request.persistent():
+                    reply = dataclasses.replace(reply, close=True)
+            if not await _send(writer, reply, version):
+                return
+            if reply.close:
+                await _linger(reader, writer)
+                return
+
+    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: Sender, *,
+                       first: bool) -> tuple[Request, bytes] | None:
+        """The next request and its body; None when the connection ended or idled before one began."""
+        start = await self._began(reader, sender, first)
+        if start is None:
             return None
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return self._refuse(sender, "bad-request", "not an HTTP/1.x request", "", "", HTTPStatus.BAD_REQUEST)
-        method, target = parts[0], parts[1]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        url = urlsplit(target)
-        if not self._authorised(headers, writer):
-            return self._refuse(sender, "unauthorized", "no valid bearer token or client certificate", method,
-                                url.path, HTTPStatus.UNAUTHORIZED)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        request = _parse_head(start + await _read_head(reader, deadline))
+        path = request.url.path
+        if not self._authorised(request.headers, writer):
+            raise Broken("unauthorized", "no valid bearer token or client certificate", HTTPStatus.UNAUTHORIZED,
+                         request.method, path)
+        length = self._length(request, path)
+        return request, await _read_body(reader, length, deadline, request.method, path)
+
+    async def _began(self, reader: asyncio.StreamReader, sender: Sender, first: bool) -> bytes | None:
+        """The first octet of the next request, once it comes within TIMEOUT; empty lines before it
+        are skipped (RFC 9112 2.2). Without one the connection is closed: quietly after a request
+        (RFC 9112 9.5), and recorded as silent when it had sent no request at all."""
+        blank = 0
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while (octet := await reader.readexactly(1)) in (b"\r", b"\n"):
+                    blank += 1
+            return octet
+        except TimeoutError:
+            ended = f" for {TIMEOUT:g} s"
+        except (asyncio.IncompleteReadError, OSError):  # closed or reset (OSError covers ssl.SSLError)
+            ended = ""
+        if first:
+            sent = "only empty lines" if blank else "nothing"
+            self._record(sender, "silent", f"connected and sent {sent}{ended}", "", "")
+        return None
+
+    def _length(self, request: Request, path: str) -> int:
+        """The body's length (RFC 9112 6.3): from Content-Length, 0 when a request other than a
+        POST has none; a Transfer-Encoding (chunked) is not read, so such a request is refused."""
+        method = request.method
+        if "transfer-encoding" in request.headers:
+            raise Broken("bad-request", "Transfer-Encoding is not read: send the body with Content-Length",
+                         HTTPStatus.LENGTH_REQUIRED, method, path)
+        given = request.headers.get("content-length")
+        if given is None and method != "POST":
+            return 0
+        # RFC 9110 8.6: the same value repeated ("7, 7") is one. "²" is a digit to str.isdigit,
+        # not to int(): only ASCII digits are taken.
+        values = {v.strip() for v in (given or "").split(",")}
+        digits = values.pop() if len(values) == 1 else ""
+        if not (digits.isascii() and digits.isdigit()):
+            shown = "" if given is None else f" as one number of octets, not {given[:40]!r}"
+            raise Broken("bad-request", f"{method} needs Content-Length{shown}", HTTPStatus.LENGTH_REQUIRED,
+                         method, path)
+        digits = digits.lstrip("0") or "0"
+        # Compared as text first: int() refuses more than 4,300 digits with a ValueError.
+        if len(digits) > len(str(self.max_body)) or int(digits) > self.max_body:
+            shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise Broken("bad-request", f"body of {shown} octets exceeds {self.max_body}",
+                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE, method, path)
+        return int(digits)
+
+    async def _respond(self, request: Request, body: bytes, sender: Sender) -> Reply:
+        """The answer to a whole request; a failure of pacsguard's own (the store unreachable, a bug)
+        is logged and answered 500, and ends the connection."""
+        try:
+            return await self._handle(request, body, sender)
+        except Exception as exc:  # noqa: BLE001 - answered, and the server goes on
+            log.exception("RESTful ATNA %s from %s", request.method, sender.host)
+            failed = outcome(HTTPStatus.INTERNAL_SERVER_ERROR, f"the request failed: {type(exc).__name__}")
+            return dataclasses.replace(failed, close=True)
+
+    async def _handle(self, request: Request, body: bytes, sender: Sender) -> Reply:
+        method, headers, url = request.method, request.headers, request.url
         path = url.path.rstrip("/")
         if path in ("/metadata", "/fhir/metadata") and method == "GET":
             from pacsguard import __version__
@@ -148,14 +271,6 @@ class RestfulAtna:
         if method == "GET":
             return await self._search(url.query, sender, base, headers.get("prefer", ""))
         if method == "POST":
-            length = headers.get("content-length", "")
-            if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit, not to int()
-                return self._refuse(sender, "bad-request", "POST needs Content-Length", method, url.path,
-                                    HTTPStatus.LENGTH_REQUIRED)
-            if int(length) > self.max_body:
-                return self._refuse(sender, "bad-request", f"body of {length} octets exceeds {self.max_body}",
-                                    method, url.path, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            body = await reader.readexactly(int(length))
             return self._ingest(body, sender, base)
         return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
 
@@ -212,12 +327,110 @@ class RestfulAtna:
 
     def _refuse(self, sender: Sender, problem: str, error: str, method: str, path: str,
                 status: HTTPStatus) -> Reply:
+        """Record a refused request and explain the refusal."""
+        self._record(sender, problem, error, method, path)
+        return outcome(status, error)
+
+    def _record(self, sender: Sender, problem: str, error: str, method: str, path: str) -> None:
+        """An Event naming the sender of a refused, incomplete or missing request."""
+        what = {"silent": "connection from {} sent no request",
+                "truncated": "request from {} not complete"}.get(problem, "request from {} refused")
         self.publish(Event(kind="atna.http.rejected", component="atna", severity=Severity.WARNING,
                            outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
-                           message=f"RESTful ATNA request from {sender.host} refused: {error}",
+                           message=f"RESTful ATNA {what.format(sender.host)}: {error}",
                            details={"sender": sender.to_dict(), "problem": problem, "error": error,
                                     "method": method, "path": path}))
-        return outcome(status, error)
+
+
+async def _read_head(reader: asyncio.StreamReader, deadline: float) -> bytes:
+    """The rest of a request head, up to the empty line that ends it (RFC 9112 2.1), by
+    ``deadline``: at most MAX_HEAD octets (else 431), whole (else the client closed mid-head)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await reader.readuntil(b"\r\n\r\n")
+    except TimeoutError:
+        raise Broken("truncated", f"request head not complete after {TIMEOUT:g} s",
+                     HTTPStatus.REQUEST_TIMEOUT) from None
+    except asyncio.LimitOverrunError:
+        raise Broken("bad-request", "request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
+    except asyncio.IncompleteReadError as exc:
+        raise Broken("truncated", f"connection closed after {len(exc.partial) + 1} octets of a request head",
+                     HTTPStatus.BAD_REQUEST) from None
+    except OSError as exc:  # reset, or a TLS failure (ssl.SSLError)
+        raise Broken("truncated", f"connection lost in a request head ({type(exc).__name__})",
+                     HTTPStatus.BAD_REQUEST) from None
+
+
+def _parse_head(head: bytes) -> Request:
+    """The request line and header fields of ``head`` (RFC 9112 3, 5), or Broken (400). Field
+    names are taken in lower case; a field given twice is one, its values joined by commas
+    (RFC 9110 5.3)."""
+    lines = head.decode("latin-1").split("\r\n")  # latin-1 decodes any octet: never a UnicodeDecodeError
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _VERSION.fullmatch(parts[2]):
+        raise Broken("bad-request", "not an HTTP/1.x request", HTTPStatus.BAD_REQUEST)
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for line in filter(None, lines[1:]):
+        name, colon, value = line.partition(":")
+        # RFC 9112 5.1: no whitespace between a field name and its colon; 5.2: no line folding.
+        if not colon or not name or name != name.strip():
+            raise Broken("bad-request", f"not a header field: {line[:80]!r}", HTTPStatus.BAD_REQUEST, method)
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    try:
+        url = urlsplit(target)
+    except ValueError as exc:  # e.g. "//[": an unclosed IPv6 literal
+        raise Broken("bad-request", f"request target {target[:80]!r}: {exc}", HTTPStatus.BAD_REQUEST,
+                     method) from None
+    return Request(method, url, version, headers)
+
+
+async def _read_body(reader: asyncio.StreamReader, length: int, deadline: float, method: str, path: str) -> bytes:
+    """``length`` octets of body, by ``deadline`` (else 408); fewer when the client closes is an
+    incomplete message (RFC 9112 8), refused."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout_at(deadline):
+            while len(body) < length:
+                chunk = await reader.read(min(length - len(body), _CHUNK))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        raise Broken("truncated", f"body of {len(body)} of the {length} octets of its Content-Length after "
+                     f"{TIMEOUT:g} s", HTTPStatus.REQUEST_TIMEOUT, method, path) from None
+    except OSError as exc:  # reset, or a TLS failure (ssl.SSLError)
+        raise Broken("truncated", f"body of {len(body)} of the {length} octets of its Content-Length, then the "
+                     f"connection was lost ({type(exc).__name__})", HTTPStatus.BAD_REQUEST, method, path) from None
+    if len(body) < length:
+        raise Broken("truncated", f"body of {len(body)} of the {length} octets of its Content-Length, then the "
+                     "client closed", HTTPStatus.BAD_REQUEST, method, path)
+    return bytes(body)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close in stages (RFC 9112 9.6): the sending side first, then read and drop what the client
+    still sends until it closes or LINGER seconds pass. Closing with unread octets (a body not
+    read, pipelined requests after the last one served) would reset the connection, and the
+    client could lose the answer it was sent."""
+    if writer.can_write_eof():  # TLS cannot half-close: the client's close ends the reading
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(LINGER):
+            while await reader.read(_CHUNK):
+                pass
+
+
+async def _send(writer: asyncio.StreamWriter, reply: Reply, version: str) -> bool:
+    """Write ``reply``; False when the client is gone."""
+    try:
+        writer.write(_encode(reply, version))
+        await writer.drain()
+    except (OSError, RuntimeError):  # reset, TLS failure; RuntimeError: a transport already closing
+        return False
+    return True
 
 
 def _with_cursor(query: str, after: int) -> str:
@@ -226,10 +439,17 @@ def _with_cursor(query: str, after: int) -> str:
     return urlencode([*kept, ("_cursor", str(after))])
 
 
-def _encode(reply: Reply) -> bytes:
+def _encode(reply: Reply, version: str) -> bytes:
+    """The response (RFC 9112 4, 6): HTTP/1.1 whatever the request's minor version (RFC 9110 2.5).
+    "Connection: close" when the connection ends after it (RFC 9112 9.6); to an HTTP/1.0 client
+    that asked to keep it, "keep-alive" (RFC 9112 C.2.2)."""
     body = json.dumps(reply.body).encode()
     head = (f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}\r\nContent-Type: {FHIR_JSON}\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n")
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n")
+    if reply.close:
+        head += "Connection: close\r\n"
+    elif version == "HTTP/1.0":
+        head += "Connection: keep-alive\r\n"
     if reply.location:
         head += f"Location: {reply.location}\r\n"
     if reply.status == 401:

@@ -1,19 +1,31 @@
 """Sender diagnostics (`pacsguard atna sources`): per sender, what arrived and what was wrong with
 it, counted from the Events the receiver recorded, so the figures survive restarts and cover
-every receiver writing to the store."""
+every receiver writing to the store.
+
+Every time here is a time of receipt: a received message's `details.received`, not its
+EventDateTime, which is only what the sender claims (wrong with its clock, years old in a
+backlog); a refusal or framing problem is recorded when it is seen, at its own time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from pacsguard.events.model import Event
+from pacsguard.events.model import Event, parse_time
+from pacsguard.store import EventQuery
+
+if TYPE_CHECKING:
+    from pacsguard.store import EventStore
 
 #: Payload problems counted as "unparsable XML".
 _XML_PROBLEMS = frozenset({"unparsable-xml", "entity-expansion", "bad-encoding", "not-audit-message", "unreadable"})
-_FRAME_PROBLEMS = frozenset({"malformed-frame", "oversize", "truncated", "not-syslog"})
+_FRAME_PROBLEMS = frozenset({"malformed-frame", "oversize", "truncated", "not-syslog", "too-slow"})
+
+#: How much later than events made after it an event may be stored: the order of the store is the
+#: order of arrival but for the hand-over from the reading processes, which takes milliseconds.
+DISORDER = timedelta(hours=1)
 
 
 @dataclass(slots=True)
@@ -29,12 +41,27 @@ class SourceCounts:
     not_fhir: int = 0
     legacy_bsd: int = 0
     silent_connections: int = 0
+    http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
+    tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
     last_seen: str | None = None
     last_error: str | None = None
     last_error_time: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def received_at(ev: Event) -> datetime:
+    """When pacsguard received what ``ev`` records: a received message's ``details.received``, else
+    the Event's own time (a refusal, a framing problem or a silent connection is recorded as it is
+    seen)."""
+    text = ev.details.get("received")
+    if isinstance(text, str):
+        try:
+            return parse_time(text)
+        except ValueError:
+            pass
+    return ev.time
 
 
 def count_sources(events: Iterable[Event]) -> list[SourceCounts]:
@@ -48,32 +75,85 @@ def count_sources(events: Iterable[Event]) -> list[SourceCounts]:
         row = found.get(host)
         if row is None:
             row = found[host] = SourceCounts(host)
-        transport = sender.get("transport")
-        if transport and transport not in row.transports:
-            row.transports.append(transport)
-        row.last_seen = _later(row.last_seen, ev.time)
-        flags = ev.details.get("flags") or ()
-        problem = ev.details.get("problem")
-        if ev.kind.startswith("atna.audit.") or ev.kind == "atna.message.unparsed":
-            row.messages += 1
-            row.parsed += ev.kind.startswith("atna.audit.")
-            row.wrong_framing += "wrong-framing" in flags
-            row.missing_msgid += "missing-msgid" in flags
-            row.legacy_bsd += "legacy-bsd" in flags
-        if problem in _XML_PROBLEMS:
-            row.unparsable_xml += 1
-        elif problem == "not-fhir":
-            row.not_fhir += 1
-        elif problem in _FRAME_PROBLEMS:
-            row.malformed_frames += 1
-        elif problem == "silent":
-            row.silent_connections += 1
-        if problem is not None:
-            row.last_error = f"{problem}: {ev.details.get('error', '')}"
-            row.last_error_time = ev.time.isoformat()
+        _count(row, ev, sender.get("transport"))
     return sorted(found.values(), key=lambda r: (-r.messages, r.sender))
 
 
-def _later(current: str | None, when: datetime) -> str:
-    text = when.isoformat()
-    return text if current is None or text > current else current
+def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
+    if transport and transport not in row.transports:
+        row.transports.append(transport)
+    when = received_at(ev).isoformat()
+    row.last_seen = when if row.last_seen is None or when > row.last_seen else row.last_seen
+    flags = ev.details.get("flags") or ()
+    problem = ev.details.get("problem")
+    if ev.kind.startswith("atna.audit.") or ev.kind == "atna.message.unparsed":
+        row.messages += 1
+        row.parsed += ev.kind.startswith("atna.audit.")
+        row.wrong_framing += "wrong-framing" in flags
+        row.missing_msgid += "missing-msgid" in flags
+        row.legacy_bsd += "legacy-bsd" in flags
+    if problem == "silent":  # a syslog or an HTTP connection
+        row.silent_connections += 1
+    elif ev.kind == "atna.http.rejected":  # before the frame problems: HTTP has its "truncated" too
+        row.http_refused += 1
+    elif problem == "tls-handshake-failed":
+        row.tls_failed += 1
+    elif problem in _XML_PROBLEMS:
+        row.unparsable_xml += 1
+    elif problem == "not-fhir":
+        row.not_fhir += 1
+    elif problem in _FRAME_PROBLEMS:
+        row.malformed_frames += 1
+    if problem is not None and (row.last_error_time is None or when >= row.last_error_time):
+        row.last_error = f"{problem}: {ev.details.get('error', '')}"
+        row.last_error_time = when
+
+
+def recorded(store: EventStore, since: datetime | None = None) -> Iterator[Event]:
+    """The receiver's Events (kinds atna.*) in ``store``; with ``since``, those received at or after it.
+
+    The store finds events by their own time, which for a message is the sender's claim, not by
+    time of receipt; but it holds them in the order they arrived, and every Event's id begins with
+    the millisecond it was made (UUIDv7, RFC 9562 5.7), for a received message just after its
+    receipt. A binary search over the store's positions by that time finds where the events made
+    from ``since`` - DISORDER on begin (a few indexed reads, whatever the store's size); only the
+    events after it are read, and each is kept when received at or after ``since``."""
+    first = None if since is None else _first_made_from(store, since - DISORDER)
+    if since is None or first is None:  # everything (ids of another form: no position to start from)
+        events = (s.event for s in store.search(EventQuery(kind="atna.*", limit=None)))
+    else:
+        events = (s.event for s in store.search(EventQuery(after_seq=first - 1, limit=None))
+                  if s.event.kind.startswith("atna."))
+    for ev in events:
+        if since is None or received_at(ev) >= since:
+            yield ev
+
+
+def _first_made_from(store: EventStore, when: datetime) -> int | None:
+    """The first position in ``store`` whose event was made at or after ``when`` (binary search),
+    or None when an event's id does not say when it was made."""
+    cutoff = int(when.timestamp() * 1000)
+    lo, hi = 0, store.size()
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = list(store.search(EventQuery(after_seq=mid - 1, limit=1)))
+        made = _made_ms(found[0].event.id) if found else None
+        if made is None:
+            return None
+        if made < cutoff:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _made_ms(event_id: str) -> int | None:
+    """The Unix time in milliseconds at which an Event was made, from its id: unix_ts_ms is the
+    first 48 of 128 bits and version 7 the next 4 (RFC 9562 5.7); None for an id of another form."""
+    if len(event_id) != 32:
+        return None
+    try:
+        value = int(event_id, 16)
+    except ValueError:
+        return None
+    return value >> 80 if (value >> 76) & 0xF == 7 else None

@@ -95,15 +95,15 @@ def sources(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Every sender with its counts: messages, malformed frames, wrong framing, missing MSGID,
-    unparsable XML, silent connections, and the last error."""
-    from pacsguard.atna.sources import count_sources
+    unparsable XML, silent connections, failed TLS handshakes, refused HTTP requests, and the last
+    error."""
+    from pacsguard.atna.sources import count_sources, recorded
     from pacsguard.cli.events import _when
-    from pacsguard.store import EventQuery
 
     es = open_store(load(config, required=store is None), store)
     try:
-        rows = count_sources(s.event for s in es.search(EventQuery(kind="atna.*", since=_when(since, "since"),
-                                                                   limit=None)))
+        # --since is a time of receipt, not the messages' EventDateTime (pacsguard.atna.sources).
+        rows = count_sources(recorded(es, _when(since, "since")))
     finally:
         es.close()
     if fmt is Format.json:
@@ -113,8 +113,9 @@ def sources(
 
     columns = (Column("sender"), Column("via"), Column("messages"), Column("malformed frames"),
                Column("wrong framing"), Column("missing MSGID"), Column("unparsable XML"), Column("silent"),
-               Column("last error", fold=True))
+               Column("TLS failed"), Column("HTTP refused"), Column("last error", fold=True))
     write_lines(render(columns, [[r.sender, ",".join(r.transports), str(r.messages), str(r.malformed_frames),
                                   str(r.wrong_framing), str(r.missing_msgid), str(r.unparsable_xml),
-                                  str(r.silent_connections), r.last_error or ""] for r in rows],
-                       terminal_width()))
+                                  str(r.silent_connections), str(r.tls_failed), str(r.http_refused),
+                                  r.last_error or ""]
+                                 for r in rows], terminal_width()))
