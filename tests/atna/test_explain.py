@@ -102,7 +102,8 @@ def test_explanations_in_the_daily_and_the_patient_report(tmp_path: Path) -> Non
     assert "5 of 7 explained (71.4%)" in page
     assert page.index("mallory") < page.index("department-study")
 
-    out = runner.invoke(main.app, ["audit", "patient", "PID-0042", "--format", "json", "--no-checkpoint", *common])
+    out = runner.invoke(main.app, ["audit", "patient", "PID-0042", "--format", "json", "--no-checkpoint",
+                                   "--key", str(key), *common])
     report = json.loads(out.output)
     assert report["explanations"]["accesses"] == 8 and report["explanations"]["explained"] == 6
     assert prove(report, load_public_key(public_path(key))) == []  # the verdicts ride beside the proven events

@@ -18,15 +18,19 @@ from typer.testing import CliRunner
 from pacsguard.atna.ingest import Sender, frame_event
 from pacsguard.atna.message.build import to_xml
 from pacsguard.atna.message.record import AuditRecord, Code
-from pacsguard.atna.report import load_report, patient_report, prove, to_html
+from pacsguard.atna.report import FORMAT, load_report, page_problems, patient_report, prove, sign_report, to_html
 from pacsguard.cli import main
-from pacsguard.events.model import Event
-from pacsguard.store.keys import load_public_key, public_path
+from pacsguard.events.model import Event, Party
+from pacsguard.store import EventStore
+from pacsguard.store.keys import generate_key, load_private_key, load_public_key, public_path
 from pacsguard.store.merkle import inclusion_proof, leaf_hash, root_of, verify_inclusion
 from pacsguard.store.proofs import _levels, _path
 from store_helpers import make_events, new_store, raw_sql
 
 SENDER = Sender("10.20.0.9", 40000, "tcp", "octet-counting")
+CX = "PID-0042^^^STMARY&1.2.840.99999.1&ISO"  # the corpus's patient, with its assigning authority
+CHANGED = ("the report's signature does not verify with the key given: the report was changed after it was made "
+           "(a row removed or added, a field, the patient, the window or another member edited)")
 
 
 def audit(event_id: str) -> bytes:
@@ -51,14 +55,14 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
     store.append(make_events(9, 40))
     store.checkpoint()
     store.append([frame_event(SENDER, audit("110106"))])  # after the checkpoint: listed, unproven
-    public = load_public_key(public_path(key))
+    public, private = load_public_key(public_path(key)), load_private_key(key)
 
-    report = patient_report(store, "PID-0042")
-    by_cx = patient_report(store, "PID-0042^^^STMARY&1.2.840.99999.1&ISO")
+    report = patient_report(store, "PID-0042", key=private)
+    by_cx = patient_report(store, CX, key=private)
     assert [r["seq"] for r in report["events"]] == [r["seq"] for r in by_cx["events"]] == [40, 41, 43, 53]
-    assert report["unproven"] == [53]
+    assert report["matched"] == [40, 41, 43, 53] and report["unproven"] == [53]
     assert report["events"][0]["user"] == "jsmith" and report["events"][0]["purpose"] == "treatment"
-    assert prove(report, public) == []
+    assert prove(report, public) == [] and prove(by_cx, public) == []
     saved = tmp_path / "report.html"
     saved.write_text(to_html(report))
     assert prove(load_report(saved.read_text()), public) == []
@@ -68,16 +72,17 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
 
     edited = json.loads(json.dumps(report))
     edited["events"][1]["user"] = "someone-else"
-    assert prove(edited, public) == ["event #41: listed fields differ from the sealed record: user"]
+    assert prove(edited, public) == [CHANGED, "event #41: listed fields differ from the sealed record: user"]
     forged = json.loads(json.dumps(report))
     forged["events"][0]["sealed"] = forged["events"][0]["sealed"].replace("jsmith", "mallory")
     forged["events"][0]["user"] = "mallory"
+    sign_report(forged, private)  # even the key's holder cannot make a record the tree did not seal
     assert prove(forged, public) == ["event #40: not included in the signed tree of 53 events"]
 
     # Someone with database rights rewrites who accessed the patient: a fresh report no longer proves.
     with raw_sql(target) as cur:
         cur.execute("UPDATE events SET body = replace(body, 'jsmith', 'mallory') WHERE seq = 41")
-    fresh = patient_report(store, "PID-0042")
+    fresh = patient_report(store, "PID-0042", key=private)
     assert fresh["events"][1]["user"] == "mallory"
     assert prove(fresh, public) == ["event #41: not included in the signed tree of 53 events"]
     store.close()
@@ -90,7 +95,8 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
 def test_an_edited_report_of_any_shape_fails_to_prove_and_never_raises(tmp_path: Path) -> None:
     """`audit prove` reads a file someone may have edited by hand: members of another JSON type, or
     dropped, at any depth (once, a string where a listed event belongs raised out of it) are each a
-    reason the report does not hold, and a witness's check of it says what it cannot read."""
+    reason the report does not hold, and a witness's check of it says what it cannot read; the html
+    check renders any of them or says it cannot."""
     import random
 
     from pacsguard.atna.corroborate import corroborate
@@ -100,9 +106,10 @@ def test_an_edited_report_of_any_shape_fails_to_prove_and_never_raises(tmp_path:
     store.append([frame_event(SENDER, audit(e)) for e in ("110110", "110104", "110112")])
     store.checkpoint()
     public = load_public_key(public_path(key))
-    report = patient_report(store, "PID-0042")
+    report = patient_report(store, "PID-0042", key=load_private_key(key))
     store.close()
     assert prove(report, public) == []
+    page = to_html(report)
     odd: list[object] = [None, 0, -1, 1.5, True, "", "x", "\u00b2", [], {}, [None], {"a": 1}]
     rnd = random.Random(20261204)
     failed = 0
@@ -115,12 +122,13 @@ def test_an_edited_report_of_any_shape_fails_to_prove_and_never_raises(tmp_path:
                 container[k] = rnd.choice(odd)
         problems = prove(edited, public)
         assert all(isinstance(p, str) and p for p in problems)
+        assert all(isinstance(p, str) and p for p in page_problems(page, edited))  # rendering it never raises
         failed += bool(problems)
         witnessed = corroborate(edited, [], public)
         assert witnessed.findings and all(isinstance(f, str) for _, f in witnessed.findings)
-    assert failed > 500  # nearly every edit is caught; some only drop an optional member
+    assert failed > 590  # the signature covers every member: only an edit to the same value passes
     for top in ([], "report", 7, None):
-        assert prove(top, public) == ["not a patient report (pacsguard-patient-report/v1)"]  # type: ignore[arg-type]
+        assert prove(top, public) == [f"not a patient report ({FORMAT})"]  # type: ignore[arg-type]
 
 
 def _members(node: Any) -> list[tuple[Any, Any]]:
@@ -194,3 +202,178 @@ def csv_rows(text: str) -> list[list[str]]:
     import io
 
     return list(csv.reader(io.StringIO(text)))
+
+
+def _site(tmp_path: Path) -> tuple[str, Path]:
+    """A store whose events #40, #41 and #43 name PID-0042 (with its authority) below a checkpoint of
+    53 events, and #53 after it; #44, a gateway event whose AE title holds a CR and whose user is
+    HTML, names it too. Returns the store's path and its signing key."""
+    target = str(tmp_path / "store.db")
+    store, key = new_store(target, tmp_path)
+    store.append(make_events(40))
+    store.append([frame_event(SENDER, audit(e)) for e in ("110110", "110104", "110112", "110103")])
+    store.append([Event(kind="dicom.dimse.c-find", component="gateway", patient_ids=("PID-0042",),
+                        actor=Party("\r=1+2", "10.1.0.9", user="<b>dr who</b>"))])
+    store.append(make_events(8, 40))
+    store.close()  # signs the checkpoint of 53 events
+    store = EventStore.open(target)  # without the key: #53 stays after the checkpoint
+    store.append([frame_event(SENDER, audit("110106"))])
+    store.close()
+    return target, key
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    out = CliRunner().invoke(main.app, list(args))
+    return out.exit_code, " ".join(out.output.split())  # the console wraps long lines
+
+
+def test_an_edited_html_page_fails_naming_what_was_edited(tmp_path: Path) -> None:
+    """prove re-renders the page from the report it carries and requires the file to be exactly that:
+    an edited heading or table cell fails though the embedded json is untouched."""
+    target, key = _site(tmp_path)
+    pub = str(public_path(key))
+    made = CliRunner().invoke(main.app, ["audit", "patient", "PID-0042", "--store", target, "--key", str(key),
+                                         "--format", "html"])
+    page = made.stdout
+    assert made.exit_code == 0 and "\r" not in page and "&#13;=1+2" in page and "&lt;b&gt;dr who&lt;/b&gt;" in page
+    saved = tmp_path / "access.html"
+    saved.write_text(page)
+    # A reader's newline translation (read_text) and a CRLF line end leave what it shows unchanged.
+    assert prove(load_report(saved.read_text()), load_public_key(public_path(key))) == []
+    assert page_problems(saved.read_text(), load_report(saved.read_text())) == []
+    (tmp_path / "crlf.html").write_bytes(page.replace("\n", "\r\n").encode())
+    assert _cli("audit", "prove", str(tmp_path / "crlf.html"), "--key", pub)[0] == 0
+
+    row_41 = page[page.index("<tr><td>41</td>"):page.index("</tr>", page.index("<tr><td>41</td>"))]
+    edits = {
+        "heading": page.replace("Who accessed patient PID-0042", "Who accessed patient PID-0042 (nobody suspicious)"),
+        "row of event #41": page.replace(row_41, row_41.replace("<td>jsmith</td>", "<td>innocent</td>")),
+        "summary": page.replace("5 events in", "2 events in"),
+        "title": page.replace("<title>Access report: PID-0042", "<title>Access report: PID-0043"),
+    }
+    for part, edited in edits.items():
+        assert edited != page
+        saved.write_text(edited)
+        code, out = _cli("audit", "prove", str(saved), "--key", pub)
+        assert code == 1 and f"FAILS: the html page's {part} is not what the report it carries shows" in out, out
+    saved.write_text(page + "<p>all accesses were explained</p>\n")
+    code, out = _cli("audit", "prove", str(saved), "--key", pub)
+    assert code == 1 and "FAILS: the html page goes on after the report it carries" in out
+
+
+def test_a_removed_row_or_an_edited_header_fails(tmp_path: Path) -> None:
+    """The report is signed with the store's key (domain-separated from checkpoints): what a privacy
+    officer reads as "every access to the patient" cannot lose a row or change its patient."""
+    target, key = _site(tmp_path)
+    pub = str(public_path(key))
+    text = CliRunner().invoke(main.app, ["audit", "patient", "PID-0042", "--store", target, "--key", str(key),
+                                         "--no-checkpoint", "--format", "json"]).stdout
+    report = json.loads(text)
+    assert report["matched"] == [40, 41, 43, 44, 53] and report["signed"]["key_id"] == report["checkpoint"]["key_id"]
+    saved = tmp_path / "report.json"
+    saved.write_text(text)
+    code, out = _cli("audit", "prove", str(saved), "--key", pub)
+    assert code == 0 and "OK: 4 events proven against checkpoint 53" in out and "1 newer than it, unproven" in out
+    assert "5 events named patient PID-0042 (at any time)" in out
+
+    def fails(edit: dict[str, Any], *expected: str) -> None:
+        saved.write_text(json.dumps(edit))
+        code, out = _cli("audit", "prove", str(saved), "--key", pub)
+        assert code == 1 and all(f"FAILS: {e}" in out for e in expected), out
+
+    dropped = json.loads(text)
+    del dropped["events"][2]
+    fails(dropped, CHANGED, "event #43: matched (the report's list of matched events), but its row is missing")
+    dropped["matched"].remove(43)
+    fails(dropped, CHANGED)
+    other = json.loads(text)
+    other["patient"] = "PID-0043"
+    fails(other, CHANGED, f"event #40: the sealed record names patient PID-0042, {CX}, not the report's patient "
+                          "PID-0043", "event #44: the sealed record names patient PID-0042, not the report's")
+    narrowed = json.loads(text)
+    narrowed["since"] = "2027-01-01T00:00:00+00:00"
+    fails(narrowed, CHANGED, "event #40: its time 2026-12-03T09:30:15Z is outside the report's window")
+    vip = {**json.loads(text), "patient": "PID-VIP", "events": [], "matched": [], "unproven": []}
+    fails(vip, CHANGED)
+    unsigned = json.loads(text)
+    del unsigned["signed"]
+    fails(unsigned, "the report is not signed")
+    stranger = load_private_key(generate_key(tmp_path / "stranger.key"))
+    fails(sign_report(json.loads(text), stranger), "the report was signed by key")
+    fails({**json.loads(text), "format": "pacsguard-patient-report/v1"},
+          f"the report predates the format {FORMAT} (it is pacsguard-patient-report/v1)")
+    saved.write_text(text.replace('"patient": "PID-0042"', '"patient": "PID-VIP", "patient": "PID-0042"'))
+    assert _cli("audit", "prove", str(saved), "--key", pub)[0] == 2  # two readers could see two patients
+
+    # A patient nobody accessed: the signed report of no events is what proves it.
+    saved.write_text(CliRunner().invoke(main.app, ["audit", "patient", "PID-VIP", "--store", target, "--key",
+                                                   str(key), "--format", "json"]).stdout)
+    code, out = _cli("audit", "prove", str(saved), "--key", pub)
+    assert code == 0 and "OK: 0 events proven" in out and "0 events named patient PID-VIP (at any time)" in out
+
+    # Without the signing key the report is written, unsigned, and does not prove.
+    out = CliRunner().invoke(main.app, ["audit", "patient", "PID-0042", "--store", target, "--no-checkpoint",
+                                        "--format", "json"])
+    assert out.exit_code == 0 and "the report is not signed (no signing key found" in " ".join(out.stderr.split())
+    saved.write_text(out.stdout)
+    assert "FAILS: the report is not signed" in _cli("audit", "prove", str(saved), "--key", pub)[1]
+
+
+def test_every_listed_event_names_the_patient_within_the_window(tmp_path: Path) -> None:
+    """Checked per event against its sealed record, whatever signed the report: a report made for
+    another patient or window (by a bug, or by the key's holder) does not prove."""
+    target, key = _site(tmp_path)
+    public, private = load_public_key(public_path(key)), load_private_key(key)
+    store = EventStore.open(target)
+    try:
+        bare, by_cx = patient_report(store, "PID-0042", key=private), patient_report(store, CX, key=private)
+        since = datetime(2026, 12, 3, 9, 30, 15, 1, tzinfo=timezone.utc)  # just after the corpus's events
+        later = patient_report(store, "PID-0042", since=since, key=private)
+    finally:
+        store.close()
+    assert prove(bare, public) == prove(by_cx, public) == prove(later, public) == []
+    assert [r["seq"] for r in later["events"]] == [44]
+    assert [r["seq"] for r in by_cx["events"]] == [40, 41, 43, 53]  # #44 names the bare ID only
+
+    other = sign_report({**json.loads(json.dumps(by_cx)), "patient": "PID-0042^^^OTHER&9.9&ISO"}, private)
+    assert [p.split(":")[0] for p in prove(other, public)] == ["event #40", "event #41", "event #43", "event #53"]
+    assert prove(other, public)[0] == (f"event #40: the sealed record names patient PID-0042, {CX}, not the report's "
+                                       "patient PID-0042^^^OTHER&9.9&ISO")
+    widened = sign_report({**json.loads(json.dumps(bare)), "since": since.isoformat()}, private)
+    assert prove(widened, public) == [f"event #{s}: its time 2026-12-03T09:30:15Z is outside the report's window"
+                                      for s in (40, 41, 43, 53)]
+
+
+def test_only_events_newer_than_the_checkpoint_may_be_unproven(tmp_path: Path) -> None:
+    """An event below the checkpoint's tree size without its proof fails; an unproven one is still
+    checked against the sealed record it carries."""
+    target, key = _site(tmp_path)
+    public, private = load_public_key(public_path(key)), load_private_key(key)
+    store = EventStore.open(target)
+    try:
+        report = patient_report(store, "PID-0042", key=private)
+    finally:
+        store.close()
+    assert report["unproven"] == [53] and "sealed" in report["events"][-1]
+
+    def resigned(edit: Any) -> dict[str, Any]:
+        edited: dict[str, Any] = json.loads(json.dumps(report))
+        edit(edited)
+        return sign_report(edited, private)
+
+    def hide_proof(r: dict[str, Any]) -> None:
+        del r["events"][0]["proof"]
+        r["unproven"] = [40, 53]
+
+    assert prove(resigned(hide_proof), public) == [
+        "event #40: no inclusion proof, though it is below the checkpoint's tree size 53 (only events newer than "
+        "the checkpoint may be unproven)"]
+    assert prove(resigned(lambda r: r["events"][-1].update(user="nobody")), public) == [
+        "event #53: listed fields differ from the sealed record: user"]
+    assert prove(resigned(lambda r: r["events"][-1].update(sealed=r["events"][-1]["sealed"].replace(
+        "PID-0042", "PID-0099"))), public) == [
+        "event #53: listed fields differ from the sealed record: patient_ids",
+        f"event #53: the sealed record names patient PID-0099, {CX.replace('0042', '0099')}, not the report's "
+        "patient PID-0042"]
+    assert prove(resigned(lambda r: r.update(unproven=[])), public) == [
+        "the report's unproven list [] is not its events without a proof [53]"]

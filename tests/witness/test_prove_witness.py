@@ -10,7 +10,7 @@ from pathlib import Path
 from test_verify_witness import Site, _rewrite_and_resign
 
 from pacsguard.atna.corroborate import corroborate, witness_section
-from pacsguard.atna.report import patient_report
+from pacsguard.atna.report import patient_report, sign_report
 from pacsguard.store import EventStore
 from pacsguard.store.keys import generate_key, load_private_key, load_public_key, public_path
 from pacsguard.store.statement import to_statement
@@ -24,8 +24,8 @@ PATIENT = "PID0005"  # events #5 and #55 name it (store_helpers.make_events)
 
 
 def saved_report(site: Site, name: str, *options: str, code: int = 0) -> Path:
-    proc = run("audit", "patient", PATIENT, "--store", str(site.db), "--no-checkpoint", "--format", "json", *options,
-               cwd=site.db.parent, check_code=code)
+    proc = run("audit", "patient", PATIENT, "--store", str(site.db), "--no-checkpoint", "--format", "json",
+               "--key", str(site.key), *options, cwd=site.db.parent, check_code=code)
     path = site.db.parent / name
     path.write_text(proc.stdout)
     return path
@@ -81,6 +81,7 @@ def test_a_later_or_earlier_witnessed_checkpoint_needs_the_consistency_proof(tmp
         missing = corroborate(at_20, [c.checkpoint for c in read_copy(only_40)], public)
         assert missing.exit_code == 1 and "a consistency proof is needed" in missing.findings[0][1]
         at_20["witness"] = witness_section(es, at_20, [cps[3]], str(only_40))
+        sign_report(at_20, load_private_key(site.key))  # as `audit patient` does, last
     finally:
         es.close()
     report = tmp_path / "at20.json"

@@ -204,12 +204,16 @@ def patient(
     witness: str | None = typer.Option(None, "--witness", help="a witness of the store (its file, or a pacsguard "
                                        "witness URL): the report carries an RFC 9162 consistency proof to the "
                                        "newest checkpoint it holds, for `audit prove --checkpoint`"),
+    key: Path | None = typer.Option(None, "--key", help="the store's private signing key, which signs the checkpoint "
+                                    "and the json or html report; default: found beside the store, in the key "
+                                    "folder, or at the config's store.signing_key"),
     explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
 ) -> None:
     """The patient access report: every event naming the patient, each with an RFC 9162 inclusion
-    proof against the newest signed checkpoint (save the json or html form; `audit prove` checks it)."""
+    proof against the newest signed checkpoint; the json and html forms are signed with the store's
+    key (save one; `audit prove` checks it)."""
     from pacsguard.atna.corroborate import witness_section
     from pacsguard.atna.report import patient_report, to_csv, to_html
     from pacsguard.cli.events import _when
@@ -217,17 +221,17 @@ def patient(
 
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
+    # Without a signing key at hand, events after the newest checkpoint are listed as unproven,
+    # and the report is not signed (`audit prove` refuses it).
+    signing = key or next((k for k in _key_candidates(loaded, store) if k.is_file() and not k.name.endswith(".pub")),
+                          None)
     try:
-        if checkpoint:
-            # Without a signing key at hand, events after the newest checkpoint are listed as unproven.
-            key = next((k for k in _key_candidates(loaded, store) if k.is_file() and not k.name.endswith(".pub")),
-                       None)
-            if key is not None and es.unsigned():
-                writer = open_target(es.url, key=key)
-                try:
-                    writer.checkpoint()
-                finally:
-                    writer.close()
+        if checkpoint and signing is not None and es.unsigned():
+            writer = open_target(es.url, key=signing)
+            try:
+                writer.checkpoint()
+            finally:
+                writer.close()
         report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"),
                                 explain=_explain_settings(loaded) if explain else None)
         if witness is not None:
@@ -238,6 +242,8 @@ def patient(
                 raise fail(f"--witness {witness}: {exc}") from None
     finally:
         es.close()
+    if fmt in (ReportFormat.json, ReportFormat.html):
+        _sign_report(report, signing)  # last: the signature covers every member, the witness's too
     if fmt is ReportFormat.json:
         print(json.dumps(report, indent=1))
     elif fmt is ReportFormat.html:
@@ -246,6 +252,25 @@ def patient(
         sys.stdout.write(to_csv(report))
     else:
         _show_report(report)
+
+
+def _sign_report(report: dict[str, Any], signing: Path | None) -> None:
+    """Sign the report with the key that signed its checkpoint, so `audit prove` needs one public
+    key; otherwise leave it unsigned and say why on stderr (the report is still written)."""
+    from pacsguard.atna.report import sign_report
+    from pacsguard.cli.common import err_console
+    from pacsguard.store import keys
+
+    private = keys.load_private_key(signing) if signing is not None else None
+    cp = report["checkpoint"]
+    if private is not None and (cp is None or cp["key_id"] == keys.key_id(private.public_key())):
+        sign_report(report, private)
+        return
+    why = (f"its checkpoint was signed by key {cp['key_id']}, the signing key at hand ({signing}) is key "
+           f"{keys.key_id(private.public_key())}" if private is not None else
+           "no signing key found: give it with --key")
+    err_console.print(f"[bold yellow]warning[/]: the report is not signed ({shown(why)}): `audit prove` will "
+                      "refuse it", highlight=False, soft_wrap=True)
 
 
 def _show_report(report: dict[str, Any]) -> None:
@@ -285,23 +310,26 @@ def prove(
     witness_key: Path | None = typer.Option(None, "--witness-key", help="the witness's public key: also check its "
                                             "countersignature on the checkpoint it holds"),
 ) -> None:
-    """Check a saved report offline: the checkpoint's signature, and each event's inclusion proof and
-    listed fields; with --checkpoint, against a witness's copy. Exit 1 if anything does not hold,
-    6 if the witness saw another tree where the report's should be (forked)."""
-    from pacsguard.atna.report import load_report
+    """Check a saved report offline: the report's and the checkpoint's signatures, each event's
+    inclusion proof, listed fields, patient and time, and that an html page shows what it carries;
+    with --checkpoint, against a witness's copy. Exit 1 if anything does not hold, 6 if the witness
+    saw another tree where the report's should be (forked)."""
+    from pacsguard.atna.report import FORMAT, load_report, page_problems
     from pacsguard.atna.report import prove as check
     from pacsguard.cli.common import console
     from pacsguard.store import keys
 
     try:
-        data = load_report(report.read_text(encoding="utf-8"))
+        # Bytes, not read_text: newline translation would change the page `page_problems` compares.
+        text = report.read_bytes().decode("utf-8")
+        data = load_report(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
     public = keys.load_public_key(key)
-    findings = [("report", p) for p in check(data, public)]
+    findings = [("report", p) for p in [*check(data, public), *page_problems(text, data)]]
     notes: list[str] = []
     code = EXIT_FINDINGS if findings else 0
-    if checkpoint is not None and data.get("format") == "pacsguard-patient-report/v1":
+    if checkpoint is not None and data.get("format") == FORMAT:
         held, notes = _corroborated(data, checkpoint, public, witness_key)
         findings += held.findings
         code = max(code, held.exit_code)
@@ -310,11 +338,7 @@ def prove(
                       highlight=False)
     if findings:
         raise typer.Exit(code)
-    proven = sum("proof" in r for r in data["events"])
-    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint "
-                  f"{shown(data['checkpoint']['tree_size'])} (key {shown(data['checkpoint']['key_id'])}); "
-                  f"{len(data['unproven'])} newer than it, unproven",
-                  highlight=False)
+    _proven(data)
     for note in notes:
         console.print(f"witness: {shown(note)}", highlight=False)
     carried = data.get("witness")
@@ -323,6 +347,20 @@ def prove(
                       f"{shown(carried.get('tree_size'))} held by {shown(carried.get('source'))}: check it against "
                       "that witness's copy with --checkpoint",
                       highlight=False)
+
+
+def _proven(data: dict[str, Any]) -> None:
+    """What a report that holds says: the proven events, and what its signature states."""
+    from pacsguard.atna.report import window_text
+    from pacsguard.cli.common import console
+
+    cp = data["checkpoint"]
+    proven = sum("proof" in r for r in data["events"])
+    console.print(f"[bold green]OK[/]: {proven} events proven against checkpoint {shown(cp['tree_size'])} "
+                  f"(key {shown(cp['key_id'])}); {len(data['unproven'])} newer than it, unproven", highlight=False)
+    console.print(f"signed by key {shown(data['signed']['key_id'])}: {len(data['events'])} events named patient "
+                  f"{shown(data['patient'])} ({shown(window_text(data))}) in {shown(data['store'])} when the report "
+                  f"was made ({shown(data['generated'])}); that none was left out rests on that key", highlight=False)
 
 
 def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
