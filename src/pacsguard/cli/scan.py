@@ -7,6 +7,7 @@ infected files aside with a manifest. With ``--store`` (or ``--jsonl``) every fi
 
 Exit codes (docs/cli.md): 0 no finding reached ``--fail-on``, 1 at least one did, 2 usage,
 configuration or rule error, or a PATH given that does not exist (when no finding reached it).
+A PATH that exists but cannot be read is reported on its own line, as any unreadable file is.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def _publisher(stack: ExitStack, store: str | None, jsonl: Path | None) -> Calla
 
 @guarded
 def scan_command(
-    paths: list[Path] = typer.Argument(..., help="files, folders (DICOMDIR media), zip or tar archives"),
+    # readable=False: a PATH that cannot be read is reported on its own line (walk), not a usage
+    # error that would stop the scan of every other PATH.
+    paths: list[Path] = typer.Argument(..., readable=False,
+                                       help="files, folders (DICOMDIR media), zip or tar archives"),
     format: Format = typer.Option(Format.table, "--format", "-f", help="table, json, sarif or html"),
     fail_on: FailOn | None = typer.Option(None, "--fail-on", help="exit 1 when a finding reaches this level "
                                           "(default: scan.fail_on, medium)"),
@@ -106,7 +110,7 @@ def scan_command(
     """Scan DICOM files, folders, media and archives for malware and hostile structure."""
     from pacsguard.owner_only import make_private_dir
     from pacsguard.scan.model import Level
-    from pacsguard.scan.report import Summary
+    from pacsguard.scan.report import Summary, display_path
     from pacsguard.scan.scanner import Scanner
     from pacsguard.scan.walk import ArchiveLimits, walk
     from pacsguard.scan.yara_engine import YaraError
@@ -137,13 +141,19 @@ def scan_command(
                            lim.max_archive_members, lim.max_file_size)
     summary = Summary(threshold)
     reports: list[FileReport] = []
+    # A PATH that is not there is a mistake in the command (a mount not made, a typo), not a clean
+    # scan: exit 2 as clamscan does, unless a finding's 1 says more. Looked at before the scan,
+    # which may move the files given (--quarantine).
+    missing = [p for p in paths if not os.path.lexists(p)]
+    exclude = _own_folders(out if sanitize else None, quarantine)
     started = time.perf_counter()
     with ExitStack() as stack:
         publish = _publisher(stack, store, jsonl)
         progress = _progress(stack)
         from pacsguard.scan.run import scan_all
 
-        for report in scan_all(walk(paths, limits), scanner, jobs=jobs, settings=settings, base=base):
+        items = walk(paths, limits, exclude)
+        for report in scan_all(items, scanner, jobs=jobs, settings=settings, base=base):
             summary.add(report)
             reports.append(report)
             if progress is not None:
@@ -151,12 +161,16 @@ def scan_command(
             _after(report, scanner, threshold, publish, out if sanitize else None, quarantine, paths)
         summary.seconds = time.perf_counter() - started
     _print(reports, summary, format, show_info)
-    # A PATH that is not there is a mistake in the command (a mount not made, a typo), not a clean
-    # scan: exit 2 as clamscan does, unless a finding's 1 says more.
-    missing = [p for p in paths if not os.path.lexists(p)]
     for path in missing:
-        print_error(f"{path}: no such file or folder")
+        print_error(f"{display_path(str(path))}: no such file or folder")
     raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_USAGE if missing else EXIT_OK)
+
+
+def _own_folders(out: Path | None, quarantine: Path | None) -> list[tuple[Path, str]]:
+    """The folders pacsguard writes to, kept out of the walk: a quarantined file scanned again
+    would be moved onto itself, a cleaned copy cleaned again."""
+    return [(folder, f"the {option} folder") for option, folder in (("--quarantine", quarantine), ("--out", out))
+            if folder is not None]
 
 
 def _progress(stack: ExitStack) -> Callable[[], None] | None:
@@ -176,27 +190,38 @@ def _progress(stack: ExitStack) -> Callable[[], None] | None:
 def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Callable[[Event], None] | None,
            out: Path | None, quarantine: Path | None, roots: Sequence[Path]) -> None:
     """Events, cleaned copy and quarantine for one file (only real files are moved or cleaned)."""
-    from pacsguard.scan.events import finding_events, quarantine_event
+    from pacsguard.scan.events import finding_events
     from pacsguard.scan.model import Level
 
     assert isinstance(threshold, Level)
     if publish is not None:
         for event in finding_events(report):
             publish(event)
-    source = Path(report.path)
+    source = Path(report.path)  # the name as the OS gave it (surrogate escapes): the file itself
     on_disk = not report.skipped and source.is_file()  # archive members ("a.zip!b.dcm") are not files
     if out is not None and on_disk and report.findings:
-        _sanitize(report, scanner, source, out / copy_path(source, roots))
+        _sanitize(report, scanner, source, out, copy_path(source, roots))
     if quarantine is not None and on_disk and report.fails(threshold):
-        from pacsguard.scan.quarantine import quarantine as move
+        _quarantine(report, source, quarantine, publish)
 
-        try:
-            target, manifest = move(source, report, quarantine)
-        except OSError as exc:  # this file stays where it is; the scan goes on
-            _not_done(report, "quarantine.failed", f"not moved to {quarantine}: {exc.strerror or exc}")
-            return
-        if publish is not None:
-            publish(quarantine_event(report, target, manifest))
+
+def _quarantine(report: FileReport, source: Path, folder: Path, publish: Callable[[Event], None] | None) -> None:
+    """Move one failing file aside; what could not be done is a warning and a note on the file."""
+    from pacsguard.scan.events import quarantine_event
+    from pacsguard.scan.quarantine import QuarantineRefused, quarantine
+
+    try:
+        moved = quarantine(source, report, folder)
+    except OSError as exc:  # this file stays where it is; the scan goes on
+        _not_done(report, "quarantine.failed", f"not moved to {folder}: {exc.strerror or exc}")
+        return
+    except QuarantineRefused as exc:
+        _not_done(report, "quarantine.failed", str(exc))
+        return
+    if moved.note:
+        _not_done(report, "quarantine.link-kept", moved.note)
+    if publish is not None:
+        publish(quarantine_event(report, moved.file, moved.manifest))
 
 
 def _not_done(report: FileReport, rule: str, why: str) -> None:
@@ -204,28 +229,44 @@ def _not_done(report: FileReport, rule: str, why: str) -> None:
     a warning now and a note in its report; the scan goes on."""
     from pacsguard.cli.common import err_console, shown
     from pacsguard.scan.model import Finding, Level
+    from pacsguard.scan.report import display_path
 
-    err_console.print(f"[yellow]warning:[/] {shown(report.path)}: {shown(why)}", highlight=False)
+    why = display_path(why)  # it quotes paths: text that is valid UTF-8 in every format
+    err_console.print(f"[yellow]warning:[/] {shown(display_path(report.path))}: {shown(why)}", highlight=False)
     report.findings.append(Finding(rule, Level.INFO, why))
 
 
 def copy_path(source: Path, roots: Sequence[Path]) -> Path:
     """Where a file's cleaned copy goes under --out: its path from the PATH argument it was found
     under, that folder's own name first (as `cp -r` lays it out), so that media whose series each
-    hold an IM000001 keep every one; a file given itself keeps its name."""
+    hold an IM000001 keep every one; a file given itself keeps its name. The folder's name is
+    taken once the PATH is made absolute: "." and ".." name the folders they stand for."""
     for root in sorted(roots, key=lambda r: len(r.parts), reverse=True):
         try:
-            inside = source.relative_to(root)
+            within = source.relative_to(root)
         except ValueError:
             continue
-        name = root.name or root.resolve().name or "root"  # "." names the folder it stands for
-        return Path(name, inside) if inside.parts else Path(source.name)
+        if not within.parts:
+            return Path(source.name)
+        # abspath, not resolve: a PATH that is a symbolic link keeps its own name, as with cp -r
+        return Path(Path(os.path.abspath(root)).name or "root", within)
     return Path(source.name)
 
 
-def _sanitize(report: FileReport, scanner: Scanner, source: Path, target: Path) -> None:
+def inside(out: Path, relative: Path) -> Path | None:
+    """``out / relative`` if it stays inside ``out`` (no absolute or ".." part, and no symbolic
+    link already in ``out`` leading elsewhere once resolved); None: it would escape."""
+    if relative.is_absolute() or not relative.parts or ".." in relative.parts:
+        return None
+    target = out / relative
+    return target if target.resolve().is_relative_to(out.resolve()) else None
+
+
+def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path, relative: Path) -> None:
+    """The cleaned copy of one file, written at ``out / relative`` (refused if that escapes out)."""
     from pacsguard.cli.common import err_console, shown
     from pacsguard.scan.model import Finding, Level
+    from pacsguard.scan.report import display_path
     from pacsguard.scan.sanitize import clean, write_clean
 
     cleaned = clean(source.read_bytes(), report, scanner)
@@ -233,15 +274,20 @@ def _sanitize(report: FileReport, scanner: Scanner, source: Path, target: Path) 
         if cleaned.refused != "nothing to clean":
             report.findings.append(Finding("sanitize.refused", Level.INFO, cleaned.refused))
         return
+    target = inside(out, relative)
+    if target is None:
+        _not_done(report, "sanitize.refused", f"cleaned copy not written: {relative} would be outside {out}")
+        return
     try:
         write_clean(target, cleaned)
     except FileExistsError:
-        err_console.print(f"[yellow]warning:[/] {shown(target)} exists; not overwritten", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {shown(display_path(str(target)))} exists; not overwritten",
+                          highlight=False)
         return
     except OSError as exc:
         _not_done(report, "sanitize.failed", f"cleaned copy not written to {target}: {exc.strerror or exc}")
         return
-    report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {target}: "
+    report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {display_path(str(target))}: "
                                    + "; ".join(cleaned.actions)))
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.scan.model import FileReport, Level
+from pacsguard.scan.report import display_path
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,25 +28,27 @@ def finding_events(report: FileReport, *, route: str | None = None, action: str 
                    actor: Party | None = None, least: Level = Level.INFO) -> list[Event]:
     """One Event per finding at ``least`` or above."""
     out: list[Event] = []
+    path = display_path(report.path)  # a name that is not UTF-8 must not fail the event sinks
     for finding in report.findings:
         if finding.level < least:
             continue
-        details = {"file": report.path, "sha256": report.sha256, "size": report.size, "route": route,
+        details = {"file": path, "sha256": report.sha256, "size": report.size, "route": route,
                    "sop_instance_uid": report.sop_instance_uid or None, "rule": finding.rule,
                    "level": finding.level.label, "explanation": finding.explanation, "offset": finding.offset,
                    "reference": finding.reference, "tag": finding.tag, "inflated": finding.inflated,
                    "action": action}
         out.append(Event(kind="scan.finding", component="scan", severity=SEVERITY[finding.level],
                          outcome=Outcome.SUCCESS if finding.level <= Level.LOW else Outcome.MINOR_FAILURE,
-                         actor=actor or Party(), message=f"{report.path}: {finding.rule}: {finding.explanation}",
+                         actor=actor or Party(), message=f"{path}: {finding.rule}: {finding.explanation}",
                          details=details, **_context(report)))  # type: ignore[arg-type]
     return out
 
 
 def quarantine_event(report: FileReport, where: Path, manifest: Path) -> Event:
-    details = {"file": report.path, "sha256": report.sha256, "size": report.size, "route": None,
-               "sop_instance_uid": report.sop_instance_uid or None, "quarantine": str(where),
-               "manifest": str(manifest), "rules": sorted({f.rule for f in report.findings})}
+    path, where_shown = display_path(report.path), display_path(str(where))
+    details = {"file": path, "sha256": report.sha256, "size": report.size, "route": None,
+               "sop_instance_uid": report.sop_instance_uid or None, "quarantine": where_shown,
+               "manifest": display_path(str(manifest)), "rules": sorted({f.rule for f in report.findings})}
     return Event(kind="scan.quarantined", component="scan", severity=Severity.WARNING, outcome=Outcome.SUCCESS,
-                 message=f"{report.path} moved to quarantine {where}", details=details,
+                 message=f"{path} moved to quarantine {where_shown}", details=details,
                  **_context(report))  # type: ignore[arg-type]

@@ -1,13 +1,19 @@
 """A scan's results in the four formats of `pacsguard scan --format`: table (rich, for a person),
 json (one document), SARIF 2.1.0 (OASIS, for code-scanning dashboards) and a self-contained HTML
-page. The summary counts what was scanned, skipped and why, and findings per level."""
+page. The summary counts what was scanned, skipped and why, and findings per level.
+
+A file name is bytes; Python hands one that is not UTF-8 over as text with surrogate escapes
+(PEP 383), which no JSON encoder, terminal or event sink accepts. Every format shows names through
+`display_path` (the bytes that are not UTF-8 as ``\\xNN``); SARIF's ``uri`` is `path_uri`."""
 
 from __future__ import annotations
 
 import html
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -47,8 +53,67 @@ class Summary:
                 "failing": self.failing, "fail_on": self.fail_on.label, "seconds": round(self.seconds, 3)}
 
 
+def display_path(name: str) -> str:
+    """``name`` as valid text: bytes that are not UTF-8 (PEP 383 surrogate escapes, as os.fsdecode
+    and tarfile give them) become ``\\xNN``; any other text is returned as it is."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decoding made
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def json_safe(value: Any) -> Any:
+    """A report document with every string valid UTF-8 (`display_path`), so that it serialises."""
+    if isinstance(value, str):
+        return display_path(value)
+    if isinstance(value, dict):
+        return {display_path(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+#: RFC 3986 2.2 sub-delims plus "@" (pchar), and "/" between segments: kept as they are. ":" is
+#: encoded: in a relative reference's first segment it would read as a scheme (RFC 3986 4.2).
+_URI_SAFE = "/!$&'()*+,;=@"
+
+
+#: SARIF 2.1.0 uriBaseId of relative paths: the folder the scan ran in (run.originalUriBaseIds).
+SCAN_ROOT = "SCANROOT"
+
+
+def path_uri(name: str) -> str:
+    """A SARIF ``artifactLocation.uri`` (SARIF 2.1.0: a URI reference, RFC 3986 4.1) for a
+    scanned file: the name's bytes percent-encoded (RFC 3986 2.1: spaces, "#", "%", controls,
+    non-ASCII), an absolute path as a ``file://`` URI (RFC 8089), a relative one as a relative
+    reference. Members keep their "!" (a sub-delim, legal in a path)."""
+    raw = os.fsencode(name) if _encodable(name) else name.encode("utf-8", "backslashreplace")
+    encoded = quote(raw, safe=_URI_SAFE)
+    return f"file://{encoded}" if name.startswith("/") else encoded
+
+
+def _artifact(name: str) -> dict[str, str]:
+    """A SARIF artifactLocation: a relative reference names its base (uriBaseId)."""
+    uri = path_uri(name)
+    return {"uri": uri} if uri.startswith("file:") else {"uri": uri, "uriBaseId": SCAN_ROOT}
+
+
+def _encodable(name: str) -> bool:
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_json(reports: list[FileReport], summary: Summary) -> str:
-    return orjson.dumps({"files": [r.to_dict() for r in reports], "summary": summary.to_dict()},
+    return orjson.dumps(json_safe({"files": [r.to_dict() for r in reports], "summary": summary.to_dict()}),
                         option=orjson.OPT_INDENT_2).decode()
 
 
@@ -61,7 +126,7 @@ def to_sarif(reports: list[FileReport], summary: Summary, version: str) -> str:
                                       "helpUri": "https://pacsguard.invalid/docs/scan.html",
                                       "properties": {"reference": f.reference}})
             region = {"byteOffset": f.offset} if f.offset is not None and not f.inflated else {}
-            location: dict[str, Any] = {"artifactLocation": {"uri": report.path}}
+            location: dict[str, Any] = {"artifactLocation": _artifact(report.path)}
             if region:
                 location["region"] = region
             results.append({"ruleId": f.rule, "level": SARIF_LEVEL[f.level],
@@ -72,23 +137,25 @@ def to_sarif(reports: list[FileReport], summary: Summary, version: str) -> str:
               "rules": list(rules.values())}
     doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0",
            "runs": [{"tool": {"driver": driver}, "results": results,
+                     "originalUriBaseIds": {SCAN_ROOT: {"uri": path_uri(os.getcwd()).rstrip("/") + "/"}},
                      "properties": {"summary": summary.to_dict()}}]}
-    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+    return orjson.dumps(json_safe(doc), option=orjson.OPT_INDENT_2).decode()
 
 
 def to_html(reports: list[FileReport], summary: Summary) -> str:
     """One page, no scripts, every value escaped (the findings quote hostile files)."""
     rows = []
     for report in reports:
+        path = _html(report.path)
         if report.skipped:
-            rows.append(f"<tr><td>{html.escape(report.path)}</td><td>skipped</td><td></td><td></td>"
-                        f"<td>{html.escape(report.skipped)}</td><td></td></tr>")
+            rows.append(f"<tr><td>{path}</td><td>skipped</td><td></td><td></td>"
+                        f"<td>{_html(report.skipped)}</td><td></td></tr>")
         for f in report.findings:
-            rows.append(f"<tr class='{f.level.label}'><td>{html.escape(report.path)}</td><td>{f.level.label}</td>"
-                        f"<td>{html.escape(f.rule)}</td><td>{'' if f.offset is None else f.offset}</td>"
-                        f"<td>{html.escape(f.explanation)}</td><td>{html.escape(f.reference)}</td></tr>")
+            rows.append(f"<tr class='{f.level.label}'><td>{path}</td><td>{f.level.label}</td>"
+                        f"<td>{_html(f.rule)}</td><td>{'' if f.offset is None else f.offset}</td>"
+                        f"<td>{_html(f.explanation)}</td><td>{_html(f.reference)}</td></tr>")
     counts = ", ".join(f"{n} {lv}" for lv, n in summary.to_dict()["findings"].items() if n) or "no findings"
-    skipped = ", ".join(f"{n} {html.escape(why)}" for why, n in summary.skipped.items()) or "none"
+    skipped = ", ".join(f"{n} {_html(why)}" for why, n in summary.skipped.items()) or "none"
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
             "<title>pacsguard scan</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}"
@@ -97,6 +164,10 @@ def to_html(reports: list[FileReport], summary: Summary) -> str:
             f" findings: {counts}; {summary.failing} files at or above {summary.fail_on.label}.</p>"
             "<table><tr><th>file</th><th>level</th><th>rule</th><th>offset</th><th>explanation</th>"
             "<th>reference</th></tr>" + "".join(rows) + "</table></body></html>\n")
+
+
+def _html(text: str) -> str:
+    return html.escape(display_path(text))
 
 
 def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool = False) -> None:
@@ -109,14 +180,15 @@ def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool 
         table.add_column(column, overflow="fold")
     style = {Level.CRITICAL: "bold red", Level.HIGH: "red", Level.MEDIUM: "yellow"}
     for report in reports:
+        path = shown(display_path(report.path))
         if report.skipped:
-            table.add_row(shown(report.path), "skipped", "", "", shown(report.skipped))
+            table.add_row(path, "skipped", "", "", shown(display_path(report.skipped)))
         for f in report.findings:
             if f.level == Level.INFO and not show_info:
                 continue
             level = f"[{style[f.level]}]{f.level.label}[/]" if f.level in style else f.level.label
-            table.add_row(shown(report.path), level, shown(f.rule), "" if f.offset is None else str(f.offset),
-                          shown(f.explanation))
+            table.add_row(path, level, shown(f.rule), "" if f.offset is None else str(f.offset),
+                          shown(display_path(f.explanation)))
     if table.row_count:
         console.print(table)
     d = summary.to_dict()
@@ -124,5 +196,5 @@ def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool 
     skipped = ", ".join(f"{n} {why}" for why, n in summary.skipped.items()) or "none skipped"
     rate = summary.bytes / 1e6 / summary.seconds if summary.seconds else 0.0
     console.print(f"{summary.scanned:,} files scanned ({summary.bytes / 1e6:,.1f} MB, {rate:,.0f} MB/s); "
-                  f"{shown(skipped)}; {counts}; {summary.failing} at or above {summary.fail_on.label}",
+                  f"{shown(display_path(skipped))}; {counts}; {summary.failing} at or above {summary.fail_on.label}",
                   highlight=False)

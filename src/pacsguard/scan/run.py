@@ -3,8 +3,9 @@ rules: compiled YARA rules do not cross processes). Reports come back in the wal
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,11 +42,30 @@ def _work(item: Item) -> FileReport:
     return scan_item(_WORKER["scanner"], item)
 
 
+#: Items in flight per worker process: enough to keep each busy while the walk reads the next.
+WINDOW_PER_JOB = 4
+
+
 def scan_all(items: Iterable[Item], scanner: Scanner, *, jobs: int = 1, settings: ScanSettings | None = None,
              base: Path | None = None) -> Iterator[FileReport]:
+    """A report per item, in the items' order. With ``jobs`` > 1 at most ``jobs`` x WINDOW_PER_JOB
+    items are in flight: an archive's members are read by the walk as they are needed, not all at
+    once (Executor.map would take the whole walk up front and hold every member in memory)."""
     if jobs <= 1 or settings is None:
         for item in items:
             yield scan_item(scanner, item)
         return
     with ProcessPoolExecutor(max_workers=jobs, initializer=_init, initargs=(settings, base)) as pool:
-        yield from pool.map(_work, items, chunksize=8)
+        yield from _bounded(pool, iter(items), jobs * WINDOW_PER_JOB)
+
+
+def _bounded(pool: ProcessPoolExecutor, items: Iterator[Item], window: int) -> Iterator[FileReport]:
+    """Results of ``_work`` over ``items`` in order, with no more than ``window`` submitted and not
+    yet handed out."""
+    pending: deque[Future[FileReport]] = deque()
+    for item in items:
+        pending.append(pool.submit(_work, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
