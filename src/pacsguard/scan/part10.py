@@ -111,7 +111,8 @@ class Parsed:
     #: For a deflated data set: the compressed bytes consumed (end of the deflate stream in the file).
     compressed_end: int = 0
     #: (needle index, offset in ``body``) of pacsguard.scan.signatures.NEEDLES, when a YARA pass
-    #: found them already; None: the embedded family searches itself.
+    #: found them already; None: the embedded family searches itself. (index, -1) marks a needle
+    #: YARA stopped recording at its match limit (a flood): that one is searched again.
     needles: list[tuple[int, int]] | None = None
     _top: dict[int, Element] | None = None
 
@@ -253,39 +254,101 @@ def _choose_encoding(parsed: Parsed, start: int) -> None:
 
 
 def _plausible(data: bytes, start: int, order: str = "<") -> bool:
-    """Does a file without a Part-10 header start like a data set (PS3.5 7.1: a group 0008 or lower,
-    even, with a VR or a length that fits)? Text and other files are then reported as not DICOM."""
+    """Does a file without a Part-10 header start like a data set (PS3.5 7.1: a group 0010 or lower,
+    even, with a VR or a length that fits)? Text and other files are then reported as not DICOM.
+    Group 0000 is DIMSE's command group, never in a data set (PS3.5 7.1.1, PS3.7 E.1): a file of
+    zeros reads as (0000,0000) of length 0 over and over, and is no data set."""
     if len(data) < start + 8:
         return False
     group, elem, length = struct.unpack_from(order + "HHI", data, start)
-    if group > 0x0010 or group & 1:
+    if group == 0x0000 or group > 0x0010 or group & 1:
         return False
     return _is_vr(bytes(data[start + 4:start + 6])) or length <= len(data) - start - 8
 
 
+#: Compressed bytes fed at a time when a corrupt stream is inflated again for what precedes the
+#: damage: deflate expands at most ~1032x, so one step overshoots max_inflated by 16 MiB at most.
+_SALVAGE_STEP = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Inflated:
+    """One inflation attempt: the bytes, the compressed bytes it used, whether it passed the cap
+    and the zlib error that stopped it (None: the stream is sound)."""
+
+    body: bytes
+    consumed: int
+    over: bool
+    error: str | None
+
+
 def _inflate(parsed: Parsed, start: int, limits: Limits) -> None:
-    """PS3.5 A.5: the data set after the meta group is a raw deflate stream. Inflation is capped,
-    so a bomb costs at most ``max_inflated`` bytes of memory."""
-    compressed = bytes(parsed.data[start:])
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        body = inflater.decompress(compressed, limits.max_inflated + 1)
-    except zlib.error as exc:
-        parsed.problems.append(Problem("structure.deflate-corrupt", Level.LOW, f"deflated data set is corrupt: {exc}",
-                                       start))
-        body = b""
+    """PS3.5 A.5: the data set after the meta group is a raw deflate stream (RFC 1951). Inflation is
+    capped, so a bomb costs at most ``max_inflated`` bytes of memory; the compressed bytes are read
+    in place (a memoryview), never copied."""
+    compressed = memoryview(parsed.data)[start:]
+    done = _inflate_stream(compressed, -zlib.MAX_WBITS, limits.max_inflated)
+    if done.error is not None and not done.body and _zlib_header(compressed):
+        # A zlib-wrapped stream (RFC 1950), the wrong wrapping: dcmtk reads it when asked
+        # (dcmZlibExpectRFC1950Encoding), so what it holds is judged like any data set.
+        wrapped = _inflate_stream(compressed, zlib.MAX_WBITS, limits.max_inflated)
+        if wrapped.body:
+            parsed.problems.append(Problem("structure.deflate-corrupt", Level.LOW,
+                                           "deflated data set has a zlib header (RFC 1950); PS3.5 A.5 wants raw "
+                                           "deflate (RFC 1951)", start))
+            done = wrapped
+    if done.error is not None:
+        salvaged = f" after {len(done.body):,} bytes" if done.body else ""
+        parsed.problems.append(Problem("structure.deflate-corrupt", Level.LOW,
+                                       f"deflated data set is corrupt{salvaged}: {done.error}", start))
     parsed.inflated = True
-    parsed.body = body
     parsed.dataset_start = 0
-    parsed.compressed_end = len(parsed.data) - len(inflater.unused_data)
-    ratio = len(body) / max(1, len(compressed) - len(inflater.unused_data))
-    if len(body) > limits.max_inflated or inflater.unconsumed_tail:
+    parsed.compressed_end = start + done.consumed
+    parsed.body = done.body[:limits.max_inflated] if done.over else done.body
+    if done.over:
         parsed.problems.append(Problem("structure.deflate-bomb", Level.HIGH,
                                        f"deflated data set inflates past {limits.max_inflated:,} bytes", start))
-        parsed.body = body[:limits.max_inflated]
-    elif len(body) > 16 * 1024 * 1024 and ratio > limits.max_inflate_ratio:
+        return
+    ratio = len(done.body) / max(1, done.consumed)
+    if len(done.body) > 16 * 1024 * 1024 and ratio > limits.max_inflate_ratio:
         parsed.problems.append(Problem("structure.deflate-bomb", Level.HIGH,
-                                       f"deflated data set inflates {ratio:,.0f}x to {len(body):,} bytes", start))
+                                       f"deflated data set inflates {ratio:,.0f}x to {len(done.body):,} bytes", start))
+
+
+def _zlib_header(stream: memoryview) -> bool:
+    """RFC 1950 2.2: CM 8 (deflate), a window of at most 32 KiB, and CMF*256+FLG a multiple of 31."""
+    return len(stream) >= 2 and stream[0] & 0x0F == 8 and stream[0] >> 4 <= 7 and (stream[0] << 8 | stream[1]) % 31 == 0
+
+
+def _inflate_stream(compressed: memoryview, wbits: int, cap: int) -> _Inflated:
+    """Inflate in one call (the common, sound case); a corrupt stream is inflated again in steps to
+    keep what precedes the damage, which a streaming reader (dcmtk) would also have read."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        body = inflater.decompress(compressed, cap + 1)
+    except zlib.error as exc:
+        # unconsumed_tail says nothing after an error: the stream is corrupt, not over the cap.
+        body, over = _salvage(compressed, wbits, cap)
+        return _Inflated(body, len(compressed), over, str(exc))
+    over = len(body) > cap or bool(inflater.unconsumed_tail)
+    return _Inflated(body, len(compressed) - len(inflater.unused_data), over, None)
+
+
+def _salvage(compressed: memoryview, wbits: int, cap: int) -> tuple[bytes, bool]:
+    """What a corrupt stream inflates to before its damage, and whether that passes ``cap``."""
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size = 0
+    for at in range(0, len(compressed), _SALVAGE_STEP):
+        try:
+            part = inflater.decompress(compressed[at:at + _SALVAGE_STEP])
+        except zlib.error:
+            break
+        parts.append(part)
+        size += len(part)
+        if size > cap or inflater.eof:
+            break
+    return b"".join(parts), size > cap
 
 
 @dataclass(slots=True)
@@ -324,7 +387,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
     stack: list[_Frame] = []
     elements = parsed.elements
     problems = parsed.problems
-    last_tag = 0
+    last_tag = -1
     truncated_by_cap = any(p.rule == "structure.deflate-bomb" for p in problems)
 
     def stop(rule: str, level: Level, why: str, at: int, tag: int | None = None) -> None:
@@ -356,10 +419,11 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
             pos += 8
             continue
         if not stack:
-            if tag < last_tag:
-                # PS3.5 7.1: top-level elements ascend; bytes that go back are not this data set's.
-                stop("structure.tag-order", Level.LOW,
-                     f"{tag_label(tag)} after {tag_label(last_tag)}: not in tag order", pos, tag)
+            if tag <= last_tag:
+                # PS3.5 7.1: top-level elements ascend and occur once; bytes that go back or repeat
+                # (a run of zeros: (0000,0000) again and again) are not this data set's.
+                again = "again" if tag == last_tag else f"after {tag_label(last_tag)}"
+                stop("structure.tag-order", Level.LOW, f"{tag_label(tag)} {again}: not in tag order", pos, tag)
                 break
             last_tag = tag
         if stack and stack[-1].kind == "seq":

@@ -3,7 +3,8 @@ the magic number so that a few bytes of pixel data that happen to match do not c
 
 Formats: PE/COFF (Microsoft PE format: MZ, e_lfanew at 0x3C, "PE\\0\\0", machine), ELF (System V
 ABI 4.1: e_ident), Mach-O (mach-o/loader.h, fat.h: both byte orders, fat), zip (APPNOTE 4.3.7
-local file header), OLE2 compound files, PDF (ISO 32000 7.5.2 header), shebang and shell scripts."""
+local file header), OLE2 compound files, PDF (ISO 32000 7.5.2 header), shebang and shell scripts,
+PowerShell, batch, PHP and HTML, in ASCII and in UTF-16 (either byte order, as Windows writes them)."""
 
 from __future__ import annotations
 
@@ -33,18 +34,85 @@ NEEDLES: tuple[tuple[str, bytes], ...] = (
     ("pdf", b"%PDF-"),
 )
 
+#: NEEDLES as one alternation, for the few bytes around a pixel data fragment boundary.
+NEEDLE_RE = re.compile(b"|".join(re.escape(needle) for _, needle in NEEDLES))
+LONGEST_NEEDLE = max(len(needle) for _, needle in NEEDLES)
+
+#: HTML elements that run or load content (a web viewer showing a value renders them), and the
+#: event attributes that run script without any element of their own (<img onerror=...>).
+ACTIVE_TAGS = ("script", "iframe", "html", "svg", "object", "embed")
+EVENTS = ("error", "load", "mouseover", "focus", "click", "toggle", "begin", "animationstart", "pageshow")
+#: "\b" before an opening whose first byte was consumed by SCRIPT's leading class (see _openings).
+_WORD_BEFORE = rb"(?<![0-9A-Za-z_].)"
+#: Between two UTF-16 code units of ASCII: the zero byte, or a run of whitespace units.
+_NUL, _WS_ANY, _WS_SOME = rb"\x00", rb"(?:\x00\s)*\x00", rb"(?:\x00\s)+\x00"
+
+
+def _wide(text: str) -> bytes:
+    """``text`` (ASCII) as a pattern for UTF-16: a zero byte between its characters. Without the
+    zero after the last one (LE) or before the first (BE), the same bytes match both orders."""
+    return _NUL.join(re.escape(bytes([c])) for c in text.encode("ascii"))
+
+
+def _any(*patterns: bytes) -> bytes:
+    return b"(?:" + b"|".join(patterns) + b")"
+
+
+def _openings() -> list[tuple[bytes, bytes]]:
+    """(first byte, pattern of the rest) of each script opening: shebang (POSIX exec), PHP, HTML
+    elements and event handlers, javascript: URLs, PowerShell, cmd and batch; each in ASCII, then
+    in UTF-16 (PowerShell, HTML and .NET text are UTF-16 as often as not)."""
+    tags, events = "|".join(ACTIVE_TAGS).encode(), "|".join(EVENTS).encode()
+    ascii_ = [
+        (b"#", rb"!\s*/(?:usr/)?(?:local/)?bin/"),
+        (b"<", rb"(?:\?php\s|(?:" + tags + rb")[\s/>])"),
+        (b"j", rb"avascript:"),
+        (b"o", _WORD_BEFORE + rb"n(?:" + events + rb")\s*="),
+        (b"p", rb"owershell(?:\.exe)?\s+-"),
+        (b"c", _WORD_BEFORE + rb"md(?:\.exe)?\s+/c\b"),
+        (b"@", rb"echo\s+off"),
+        (b"i", _WORD_BEFORE + rb"ex\s*\("),
+    ]
+    wide = [
+        (b"#", _NUL + _wide("!") + _WS_ANY + _wide("/") + _NUL + b"(?:" + _wide("usr/") + _NUL + b")?(?:"
+         + _wide("local/") + _NUL + b")?" + _wide("bin/")),
+        (b"<", _NUL + _any(_wide("?php") + _NUL + rb"\s",
+                           _any(*(_wide(t) for t in ACTIVE_TAGS)) + _NUL + rb"[\s/>]")),
+        (b"j", _NUL + _wide("avascript:")),
+        (b"o", _NUL + _wide("n") + _NUL + _any(*(_wide(e) for e in EVENTS)) + _WS_ANY + _wide("=")),
+        (b"p", _NUL + _wide("owershell") + b"(?:" + _NUL + _wide(".exe") + b")?" + _WS_SOME + _wide("-")),
+        (b"c", _NUL + _wide("md") + b"(?:" + _NUL + _wide(".exe") + b")?" + _WS_SOME + _wide("/c")),
+        (b"@", _NUL + _wide("echo") + _WS_SOME + _wide("off")),
+        (b"i", _NUL + _wide("ex") + _WS_ANY + _wide("(")),
+    ]
+    return ascii_ + wide
+
+
+def _script_pattern() -> re.Pattern[bytes]:
+    """One regular expression for every opening, led by a class of their first bytes: re skips
+    the bytes outside it in C, case-sensitively (a case-insensitive lead would disable that), and
+    only then tries the rest, case-insensitively, behind a look-behind at the consumed byte. Four
+    times the speed of a plain alternation on binary values, with twice the openings."""
+    openings = _openings()
+    firsts = sorted({c for first, _ in openings for c in first.lower() + first.upper()})
+    lead = b"[" + b"".join(re.escape(bytes([c])) for c in firsts) + b"]"
+    rest = b"|".join(b"(?<=" + re.escape(first) + b")" + pattern for first, pattern in openings)
+    return re.compile(lead + b"(?i:" + rest + b")")
+
+
 #: Script and markup openings, searched case-insensitively in text and small binary values.
-SCRIPT = re.compile(
-    rb"#!\s*/(?:usr/)?(?:local/)?bin/|<script[\s>]|<iframe[\s>]|javascript:|\bon(?:error|load)\s*="
-    rb"|powershell(?:\.exe)?\s+-|\bcmd(?:\.exe)?\s+/c\b|@echo\s+off|<html[\s>]|<svg[\s>]|\bIEX\s*\(",
-    re.IGNORECASE)
+SCRIPT = _script_pattern()
 
 DESCRIPTIONS = {
     "pe": "a Windows PE executable", "pe-header": "a PE header", "elf": "an ELF executable",
     "macho": "a Mach-O executable", "zip": "a zip archive", "ole": "an OLE2 compound file (Office)",
     "7z": "a 7-Zip archive", "rar": "a RAR archive", "pdf": "a PDF document", "gzip": "a gzip stream",
     "script": "script or markup", "json": "JSON configuration text",
+    "flood": "a flood of one signature's magic number",
 }
+#: Failed verifications of one needle in one searched span after which the span is a flood: far
+#: above what chance gives a 2 GiB image (a 4-byte needle: one in 4 GiB of random bytes).
+FLOOD = 10_000
 
 MZ_LOOKBACK = 4096
 EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho"})
@@ -54,11 +122,13 @@ ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A verified signature: ``kind`` (a key of DESCRIPTIONS) at ``offset`` in the searched buffer;
-    ``target`` is where a PE's e_lfanew points (its "PE\\0\\0")."""
+    ``target`` is where a PE's e_lfanew points (its "PE\\0\\0"). A "flood" names the kind whose
+    magic number it repeats in ``of``, from its first copy at ``offset``."""
 
     kind: str
     offset: int
     target: int | None = None
+    of: str = ""
 
     @property
     def description(self) -> str:
@@ -131,43 +201,79 @@ def needle_rule() -> str:
     return f"rule {NEEDLE_RULE}\n{{\n    strings:\n{strings}\n    condition:\n        any of them\n}}\n"
 
 
-def verify_all(raw: bytes, candidates: list[tuple[int, int]], start: int, end: int, limit: int = 8) -> list[Hit]:
-    """Verified hits among ``candidates`` ((needle index, offset), sorted by offset) in [start, end)."""
+@dataclass(slots=True)
+class Budget:
+    """Failed verifications one file may still cost: a value of magic numbers that start nothing
+    costs a verification each, so a file of them is cut short (and reported as a flood)."""
+
+    misses: int = 1_000_000
+
+
+def _flood(kind: str, at: int) -> Hit:
+    return Hit("flood", at, of=kind)
+
+
+def verify_all(raw: bytes, candidates: list[tuple[int, int]], start: int, end: int, limit: int = 8, *,
+               skip: frozenset[int] = frozenset(), budget: Budget | None = None) -> list[Hit]:
+    """Verified hits among ``candidates`` ((needle index, offset), sorted by offset) in [start, end),
+    but for the needles in ``skip``; a kind that fails FLOOD times (or the budget) is a flood hit."""
     from bisect import bisect_left
 
+    budget = budget if budget is not None else Budget()
     hits: list[Hit] = []
     counts: dict[str, int] = {}
+    misses: dict[str, int] = {}
     for index, at in candidates[bisect_left(candidates, (start, -1), key=lambda c: (c[1], c[0])):]:
         if at >= end:
             break
         kind = NEEDLES[index][0]
-        if counts.get(kind, 0) >= limit:
+        if index in skip or counts.get(kind, 0) >= limit or misses.get(kind, 0) > FLOOD:
             continue
         hit = verify(kind, raw, at)
         if hit is not None:
             hits.append(hit)
             counts[kind] = counts.get(kind, 0) + 1
+            continue
+        misses[kind] = misses.get(kind, 0) + 1
+        budget.misses -= 1
+        if misses[kind] == FLOOD or budget.misses <= 0:
+            hits.append(_flood(kind, at))
+            misses[kind] = FLOOD + 1  # stop verifying this kind here
     return hits
 
 
 def find(raw: bytes, start: int = 0, end: int | None = None, *, limit: int = 8,
-         kinds: frozenset[str] | None = None) -> list[Hit]:
+         kinds: frozenset[str] | None = None, budget: Budget | None = None) -> list[Hit]:
     """Verified signatures in ``raw[start:end]`` (offsets in ``raw``), at most ``limit`` of each kind.
-    bytes.find per needle runs at memchr speed and copies nothing, so pixel data costs little."""
+    bytes.find per needle runs at memchr speed and copies nothing, so pixel data costs little. A
+    needle that fails verification FLOOD times (or exhausts ``budget``) ends in a flood hit."""
     stop = len(raw) if end is None else end
+    budget = budget if budget is not None else Budget()
     hits: list[Hit] = []
     for kind, needle in NEEDLES:
-        if kinds is not None and kind not in kinds:
-            continue
-        found = 0
-        at = raw.find(needle, start, stop)
-        while at >= 0 and found < limit:
-            hit = verify(kind, raw, at)
-            if hit is not None:
-                hits.append(hit)
-                found += 1
-            at = raw.find(needle, at + 1, stop)
+        if kinds is None or kind in kinds:
+            hits.extend(_find_needle(raw, kind, needle, start, stop, limit, budget))
     hits.sort(key=lambda h: h.offset)
+    return hits
+
+
+def _find_needle(raw: bytes, kind: str, needle: bytes, start: int, stop: int, limit: int,
+                 budget: Budget) -> list[Hit]:
+    """Up to ``limit`` verified hits of one needle, or those found before it floods."""
+    hits: list[Hit] = []
+    misses = 0
+    at = raw.find(needle, start, stop)
+    while at >= 0 and len(hits) < limit:
+        hit = verify(kind, raw, at)
+        if hit is not None:
+            hits.append(hit)
+        else:
+            misses += 1
+            budget.misses -= 1
+            if misses >= FLOOD or budget.misses <= 0:
+                hits.append(_flood(kind, at))
+                break
+        at = raw.find(needle, at + 1, stop)
     return hits
 
 
@@ -179,7 +285,7 @@ def identify(buf: bytes) -> str | None:
             return kind
     if head.startswith(b"\x1f\x8b\x08"):
         return "gzip"
-    stripped = head.lstrip(b"\x00 \t\r\n\xef\xbb\xbf")
+    stripped = head.lstrip(b"\x00 \t\r\n\xef\xbb\xbf\xff\xfe")  # and the UTF-8 and UTF-16 byte order marks
     if SCRIPT.search(bytes(buf[:4096])) and stripped[:1] in (b"#", b"<", b"@", b"p", b"P", b"c", b"C", b"I"):
         return "script"
     return None

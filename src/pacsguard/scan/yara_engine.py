@@ -5,6 +5,8 @@ become the finding's; an administrator's rule without ``level`` is medium."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +17,9 @@ from pacsguard.scan.model import Finding, Level
 BUILTIN = files("pacsguard.scan") / "yara"
 #: Seconds one match may take before YARA gives up (bounded time per file).
 TIMEOUT = 60
+#: Matches libyara records of one string per scan (YR_MAX_STRING_MATCHES); past it the string's
+#: later occurrences are dropped, with a warning.
+MATCH_LIMIT = 1_000_000
 
 
 class YaraError(Exception):
@@ -75,13 +80,19 @@ class YaraEngine:
     def match_needles(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
                       inflated: bool = False) -> tuple[list[Finding], list[tuple[int, int]] | None]:
         """Findings, and the (needle index, offset) of every signature needle in ``data``, sorted by
-        offset (None when YARA could not finish: the embedded family then searches by itself)."""
+        offset (None when YARA could not finish: the embedded family then searches by itself). A
+        needle YARA stopped recording at MATCH_LIMIT (a value flooded with its magic number, which
+        would hide a real one further on) comes first as (index, -1): that one is searched again."""
         import yara
 
         from pacsguard.scan.signatures import NEEDLE_RULE
 
+        flooded: set[tuple[str, str]] = set()
         try:
-            matches = self.rules.match(data=data, timeout=TIMEOUT)
+            with warnings.catch_warnings():
+                # The limit is reported through the callback; never as a raw RuntimeWarning on stderr.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                matches = self.rules.match(data=data, timeout=TIMEOUT, warnings_callback=_recorder(flooded))
         except yara.TimeoutError:
             return [Finding("yara.timeout", Level.MEDIUM, f"YARA gave up on the {where} after {TIMEOUT} s", base,
                             "", tag, inflated)], None
@@ -92,17 +103,51 @@ class YaraEngine:
         needles: list[tuple[int, int]] = []
         for m in matches:
             if m.rule == NEEDLE_RULE:
-                needles = sorted(((int(s.identifier[1:]), i.offset) for s in m.strings for i in s.instances),
-                                 key=lambda c: (c[1], c[0]))
-                continue
-            meta = m.meta
-            try:
-                level = Level.parse(str(meta.get("level", "medium")))
-            except KeyError:
-                level = Level.MEDIUM
-            first = min((i.offset for s in m.strings for i in s.instances), default=None)
-            offset = base + first if first is not None else (base if where != "file" else None)
-            why = str(meta.get("description", m.rule))
-            out.append(Finding(f"yara.{m.rule}", level, f"{why} (in the {where})", offset,
-                               str(meta.get("reference", "")), tag, inflated))
+                needles = _needles(m, {string for rule, string in flooded if rule == NEEDLE_RULE})
+            else:
+                out.append(_finding(m, base, tag, where, inflated))
+        out.extend(_too_many({(r, s) for r, s in flooded if r != NEEDLE_RULE}, base, tag, where, inflated))
         return out, needles
+
+
+def _recorder(flooded: set[tuple[str, str]]) -> Callable[[int, Any], int]:
+    """yara-python's warnings callback: adds (rule, string) to ``flooded`` for each string YARA
+    stopped recording at MATCH_LIMIT."""
+    import yara
+
+    def warned(kind: int, message: Any) -> int:
+        if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+            flooded.add((str(getattr(message, "rule", "")), str(getattr(message, "string", ""))))
+        return int(yara.CALLBACK_CONTINUE)
+
+    return warned
+
+
+def _needles(match: Any, flooded: set[str]) -> list[tuple[int, int]]:
+    """The internal needle rule's matches as sorted (index, offset), led by (index, -1) for each
+    needle cut off at MATCH_LIMIT (named by the callback, or seen to have MATCH_LIMIT matches)."""
+    full = {int(s.identifier[1:]) for s in match.strings if s.identifier in flooded or len(s.instances) >= MATCH_LIMIT}
+    found = [(int(s.identifier[1:]), i.offset) for s in match.strings for i in s.instances]
+    return sorted([(index, -1) for index in full] + found, key=lambda c: (c[1], c[0]))
+
+
+def _finding(m: Any, base: int, tag: str | None, where: str, inflated: bool) -> Finding:
+    meta = m.meta
+    try:
+        level = Level.parse(str(meta.get("level", "medium")))
+    except KeyError:
+        level = Level.MEDIUM
+    first = min((i.offset for s in m.strings for i in s.instances), default=None)
+    offset = base + first if first is not None else (base if where != "file" else None)
+    why = str(meta.get("description", m.rule))
+    return Finding(f"yara.{m.rule}", level, f"{why} (in the {where})", offset, str(meta.get("reference", "")), tag,
+                   inflated)
+
+
+def _too_many(flooded: set[tuple[str, str]], base: int, tag: str | None, where: str, inflated: bool) -> list[Finding]:
+    """A note per string of a rule YARA stopped counting: a rule that needs it at a given place
+    (``$eocd in (filesize-65557..filesize)``) may have missed it."""
+    return [Finding("yara.too-many-matches", Level.LOW,
+                    f"YARA stopped recording {string} of rule {rule} after {MATCH_LIMIT:,} matches in the {where}: "
+                    "a rule that needs it at a given place may have missed it", base if where != "file" else None,
+                    "", tag, inflated) for rule, string in sorted(flooded)]

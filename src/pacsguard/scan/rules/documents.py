@@ -17,7 +17,9 @@ DOCUMENT = 0x00420011
 #: PDF names that run or launch something (ISO 32000 12.6.3, 12.6.4.5, 7.11.4, Adobe RichMedia).
 PDF_ACTIVE = ("JavaScript", "JS", "OpenAction", "Launch", "AA", "EmbeddedFile", "EmbeddedFiles", "RichMedia",
               "XFA", "SubmitForm", "ImportData")
-PDF_NAME = re.compile(rb"/([A-Za-z#0-9]{2,24})")
+#: A name: a solidus, then regular characters, any but white space and delimiters (ISO 32000-1
+#: 7.3.5, 7.2.2); up to 127 bytes (Annex C.2), each written as #xx at worst: 381 characters.
+PDF_NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]{2,381})")
 HEX_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 XML_ENTITY = re.compile(rb"<!ENTITY\s+%?\s*[\w.-]+\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
@@ -53,7 +55,7 @@ def _finding(parsed: Parsed, element: Element, rule: str, why: str, at: int, ref
 
 def _pdf(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
     """PDF names are matched after #xx escapes are decoded (ISO 32000 7.3.5), the usual way to hide
-    /JavaScript from a naive search."""
+    /JavaScript from a naive search; escaped, /EmbeddedFiles is 39 characters."""
     seen: dict[str, int] = {}
     for match in PDF_NAME.finditer(doc):
         name = HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), match.group(1)).decode("latin-1")

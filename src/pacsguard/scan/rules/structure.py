@@ -60,25 +60,53 @@ def _meta(parsed: Parsed) -> list[Finding]:
     return out
 
 
+#: A UID value is at most 64 bytes (PS3.5 9.1); an element of this many bytes is judged by
+#: searching it in place for path characters, not decoded value by value.
+UID_DECODE_MAX = 64 * 1024
+PATH_MARKS = (b"/", b"..", b":")
+TRAVERSAL_REF = "PS3.5 9.1; CVE-2022-2119, CVE-2022-2120"
+
+
 def _uids(parsed: Parsed) -> list[Finding]:
-    """UIDs are digits and dots (PS3.5 9.1); receivers that name files after them are open to ../."""
+    """UIDs are digits and dots, at most 64 bytes each (PS3.5 9.1); receivers that name files
+    after them are open to ../, whatever the length (a long one is malformed too: both are said)."""
     out: list[Finding] = []
     for element in [*parsed.meta.values(), *parsed.elements]:
-        if element.vr != "UI" or element.length <= 0 or element.length > 1024:
+        if element.vr != "UI" or element.length <= 0:
+            continue
+        if element.length > UID_DECODE_MAX:
+            out.extend(_huge_uid(parsed, element))
             continue
         for value in parsed.value(element).decode("latin-1").rstrip("\x00 ").split("\\"):
             if not value or UID.match(value) and len(value) <= 64:
                 continue
-            if "/" in value or "\\" in value or ".." in value or ":" in value:
-                out.append(Finding("structure.uid-path-traversal", Level.HIGH,
-                                   f"{element.label} is a path, not a UID: {value[:80]!r}", element.value_offset,
-                                   "PS3.5 9.1; CVE-2022-2119, CVE-2022-2120", element.label,
-                                   parsed.inflated and not element.meta))
-            else:
-                out.append(Finding("structure.bad-uid", Level.LOW, f"{element.label} is not a valid UID: "
-                                   f"{value[:80]!r}", element.value_offset, "PS3.5 9.1", element.label))
+            path = "/" in value or ".." in value or ":" in value  # a backslash separates values
+            if path:
+                out.append(_uid_finding(parsed, element, "structure.uid-path-traversal", Level.HIGH,
+                                        f"{element.label} is a path, not a UID: {value[:80]!r}", TRAVERSAL_REF))
+            if len(value) > 64 or not path:
+                out.append(_uid_finding(parsed, element, "structure.bad-uid", Level.LOW,
+                                        f"{element.label} is not a valid UID ({len(value):,} bytes): {value[:80]!r}",
+                                        "PS3.5 9.1"))
             break
     return out
+
+
+def _huge_uid(parsed: Parsed, element: Element) -> list[Finding]:
+    """A UI element of more than UID_DECODE_MAX bytes: malformed, and searched in place (no copy)."""
+    src = parsed.data if element.meta else parsed.body
+    start, end = element.value_offset, element.value_offset + element.length
+    head = bytes(src[start:start + 80]).decode("latin-1")
+    out = [_uid_finding(parsed, element, "structure.bad-uid", Level.LOW,
+                        f"{element.label} is not a valid UID ({element.length:,} bytes): {head!r}", "PS3.5 9.1")]
+    if any(src.find(mark, start, end) >= 0 for mark in PATH_MARKS):
+        out.insert(0, _uid_finding(parsed, element, "structure.uid-path-traversal", Level.HIGH,
+                                   f"{element.label} is a path, not a UID: {head!r}", TRAVERSAL_REF))
+    return out
+
+
+def _uid_finding(parsed: Parsed, element: Element, rule: str, level: Level, why: str, ref: str) -> Finding:
+    return Finding(rule, level, why, element.value_offset, ref, element.label, parsed.inflated and not element.meta)
 
 
 def _us(parsed: Parsed, element: Element | None) -> int | None:
@@ -133,8 +161,13 @@ def _file_ids(parsed: Parsed) -> list[Finding]:
     return out
 
 
+#: Short texts are searched up to this size: longer than any VR allows (PN: 64 characters a
+#: component group), so a value padded past a few KiB to escape a search is still searched.
+MARKUP_SCAN_MAX = 1 << 20
+
+
 def _markup(parsed: Parsed) -> list[Finding]:
-    texts = [e for e in parsed.elements if e.vr in SHORT_TEXT_VRS and 0 < e.length <= 4096]
+    texts = [e for e in parsed.elements if e.vr in SHORT_TEXT_VRS and 0 < e.length <= MARKUP_SCAN_MAX]
     # One search over all of them first: nearly every file has no markup at all.
     if not signatures.scripts(b"\0".join(parsed.value(e) for e in texts), limit=1):
         return []
