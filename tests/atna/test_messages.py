@@ -6,6 +6,7 @@ import base64
 import random
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 import pytest
@@ -243,3 +244,31 @@ def test_a_time_outside_the_datetime_range_once_in_utc_is_flagged_not_fatal() ->
     assert "bad-timestamp" in events[0].details["flags"]
     assert events[1].details["flags"] == ["bad-event-time"]  # stored at its time of receipt
     assert events[1].time.year >= 2026 and events[1].patient_ids[0] == "PID-0042"
+
+
+def test_a_cx_patient_is_found_by_each_spelling_of_its_assigning_authority(tmp_path: Any) -> None:
+    """ID^^^NAMESPACE&OID&ISO is also found as ID^^^NAMESPACE and ID^^^&OID&ISO (the spellings PIX
+    and XDS consumers use); once, only the bare ID and the full CX found it. Another authority
+    does not find it."""
+    from pacsguard.store import EventQuery, EventStore
+
+    store = EventStore.open(str(tmp_path / "s.db"), create=True)
+    try:
+        store.append([frame_event(SENDER, syslog(every_event_id()["110104"]))])
+        for spelling, found in [("PID-0042", 1), ("PID-0042^^^STMARY&1.2.840.99999.1&ISO", 1),
+                                ("PID-0042^^^STMARY", 1), ("PID-0042^^^&1.2.840.99999.1&ISO", 1),
+                                ("PID-0042^^^OTHER", 0), ("PID-0042^^^&1.2.3&ISO", 0)]:
+            assert len(list(store.search(EventQuery(patient=spelling, limit=None)))) == found, spelling
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_xml_in_utf16_with_its_byte_order_mark_is_read(codec: str) -> None:
+    """XML 1.0 4.3.3: an entity in UTF-16 begins with a byte order mark. It was stored unread as
+    not-audit-message."""
+    text = every_event_id()["110104"].decode().replace("encoding='utf-8'", "encoding='UTF-16'")
+    bom = b"\xff\xfe" if codec.endswith("le") else b"\xfe\xff"
+    event = frame_event(SENDER, syslog(bom + text.encode(codec)))
+    assert event.kind == "atna.audit.instances-transferred" and event.patient_ids[0] == "PID-0042"
+    assert "raw_base64" in event.details  # the evidence kept byte for byte

@@ -54,6 +54,10 @@ def raw_fields(data: bytes) -> dict[str, str]:
         return {"raw_base64": base64.b64encode(data).decode("ascii")}
 
 
+#: XML in UTF-16 starts with its byte order mark (XML 1.0 4.3.3); expat reads it as such.
+_UTF16_XML = (b"\xff\xfe<\x00", b"\xfe\xff\x00<")
+
+
 def read_payload(payload: bytes) -> Reading:
     """The audit message in a syslog MSG or an HTTP body, XML (A.5 / RFC 3881) or FHIR JSON, in the
     form its Event stores."""
@@ -65,7 +69,7 @@ def read_payload(payload: bytes) -> Reading:
             raise AuditMessageError("not-fhir", f"JSON: {exc}") from None
         record = fhir.parse(resource)
         return Reading(record_details(record), record.time)
-    if body.startswith(b"<"):
+    if body.startswith((b"<", *_UTF16_XML)):
         return dicom_xml.read(body)
     raise AuditMessageError("not-audit-message", "the payload is neither XML nor JSON")
 

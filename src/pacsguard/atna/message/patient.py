@@ -24,12 +24,20 @@ class PatientId:
 
     def search_keys(self) -> tuple[str, ...]:
         """What the store indexes: the bare ID first (the event is placed by it), then the CX form
-        and ID^^^AUTHORITY, so either spelling finds the event."""
+        and ID^^^AUTHORITY, then the authority by each of its HD parts (HL7 v2.5 2.A.33: namespace
+        ID, universal ID and its type), ID^^^NAMESPACE and ID^^^&OID&ISO, the spellings other
+        systems (PIX, XDS) use for the same patient; so any of them finds the event."""
         keys = [self.id]
         if self.authority is not None:
             keys.append(f"{self.id}^^^{self.authority}")
         if self.cx is not None:
             keys.append(self.cx)
+        if self.authority is not None and "&" in self.authority:
+            namespace, _, universal = self.authority.partition("&")
+            if namespace:
+                keys.append(f"{self.id}^^^{namespace}")
+            if universal.strip("&"):
+                keys.append(f"{self.id}^^^&{universal}")
         return tuple(dict.fromkeys(k for k in keys if k))
 
     def to_dict(self) -> dict[str, str]:
