@@ -283,7 +283,7 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
     store.append([frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"])])
     port = free_port()
     section = {"http": {"port": port, "cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True}}
-    with running(section, store):
+    with running(section, store) as rx:
         url = f"https://localhost:{port}/AuditEvent?patient=PID-0042"
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(client, client_key)
@@ -296,7 +296,17 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
         except (urllib.error.URLError, ssl.SSLError, ConnectionError):
             refused = 0
         assert refused == 0  # no client certificate: no TLS session, no answer
+        with pytest.raises(OSError):  # plain HTTP to the HTTPS port: closed unanswered
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=20)
+        # Each failed handshake is recorded with the sender and OpenSSL's reason: the event loop's
+        # own TLS once let them vanish.
+        failed = rx.wait(lambda evs: len([e for e in evs if e.details.get("problem") == "tls-handshake-failed"]) == 2,
+                         "two failed handshakes")
     store.close()
+    reasons = [e.details["error"] for e in failed if e.details.get("problem") == "tls-handshake-failed"]
+    assert any("CERTIFICATE" in r for r in reasons) and any("HTTP_REQUEST" in r for r in reasons), reasons
+    assert all(e.kind == "atna.http.rejected" and e.details["sender"]["transport"] == "https" for e in failed
+               if e.details.get("problem") == "tls-handshake-failed")
 
 
 # --- the connection itself: requests cut short, silent or slow clients, persistent connections ----------

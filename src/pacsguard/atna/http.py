@@ -126,7 +126,14 @@ class RestfulAtna:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.context, limit=MAX_HEAD)
+        if self.context is not None:  # TLS run by each connection, so that a failed handshake is recorded
+            from pacsguard.atna.https import TlsConnection
+
+            context = self.context
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: TlsConnection(context, self._serve, self._handshake_failed, TIMEOUT, MAX_HEAD), host, port)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         bound = self._server.sockets[0].getsockname()
         self.base = f"{self.scheme}://{bound[0]}:{bound[1]}"
         return str(bound[0]), int(bound[1])
@@ -138,6 +145,9 @@ class RestfulAtna:
                 writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    def _handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None:
+        self._record(Sender(peer[0], peer[1], self.scheme), problem, why, "", "")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", None)

@@ -51,8 +51,9 @@ KINDS = (
               "connection that sent nothing; the receiver went on",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "sample_base64": STRING},
               required=("sender", "problem", "error")),
-    EventKind("atna.http.rejected", "a request to the RESTful ATNA endpoint that was refused: no valid token or "
-              "client certificate, or a body that is not a FHIR AuditEvent",
+    EventKind("atna.http.rejected", "a request to the RESTful ATNA endpoint that was refused (no valid token or "
+              "client certificate, a body that is not a FHIR AuditEvent), cut short or too slow, a connection that "
+              "sent nothing, or a failed TLS handshake",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
                "method": STRING}, required=("sender", "problem", "error")),
     EventKind("atna.delivery.duplicate", "a sender resent a message it had numbered (pacsguard's outbound feed: "

@@ -94,10 +94,10 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
         row.legacy_bsd += "legacy-bsd" in flags
     if problem == "silent":  # a syslog or an HTTP connection
         row.silent_connections += 1
+    elif problem == "tls-handshake-failed":  # syslog over TLS, or HTTPS
+        row.tls_failed += 1
     elif ev.kind == "atna.http.rejected":  # before the frame problems: HTTP has its "truncated" too
         row.http_refused += 1
-    elif problem == "tls-handshake-failed":
-        row.tls_failed += 1
     elif problem in _XML_PROBLEMS:
         row.unparsable_xml += 1
     elif problem == "not-fhir":

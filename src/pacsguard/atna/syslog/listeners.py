@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, problem_event
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
-from pacsguard.atna.syslog.tls_session import TlsFailure, TlsSession
+from pacsguard.atna.tls_session import TlsFailure, TlsSession
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""RFC 5425's TLS, run by the connection itself over memory BIOs instead of by the event loop.
+"""TLS (RFC 5425 for syslog, RFC 9110 for HTTPS) run by the connection itself over memory BIOs
+instead of by the event loop.
 
 The loop's own server-side TLS hides a failed handshake (a plain-text sender on the TLS port, a
 client certificate that is missing or from another CA, a port scan): the connection's protocol is
@@ -56,6 +57,15 @@ class TlsSession:
 
     def outgoing(self) -> bytes:
         return self._outgoing.read()
+
+    def send(self, data: bytes) -> bytes:
+        """``data`` as TLS records, to be written to the socket."""
+        assert self._tls is not None and self.established
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise TlsFailure(f"TLS record not written: {exc.reason or exc}") from None
+        return self.outgoing()
 
     def _read(self) -> bytes:
         assert self._tls is not None

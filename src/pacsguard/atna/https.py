@@ -1,0 +1,155 @@
+"""The RESTful endpoint's HTTPS (RFC 9110 4.2.2) with its TLS run by each connection
+(`tls_session.TlsSession`): the plaintext is handed to the endpoint as an asyncio stream, and a
+handshake that fails or never ends is recorded with the sender instead of vanishing inside the
+event loop's TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pacsguard.atna.tls_session import TlsFailure, TlsSession
+
+#: What the endpoint is given for each connection whose handshake is done.
+Serve = Callable[[asyncio.StreamReader, Any], Coroutine[Any, Any, None]]
+#: How a failed handshake is told: the peer (host, port) and what went wrong.
+Failed = Callable[[tuple[str, int | None], str, str], None]
+
+
+class TlsWriter:
+    """The part of asyncio.StreamWriter the endpoint uses, writing through the TLS session."""
+
+    def __init__(self, connection: TlsConnection) -> None:
+        self._connection = connection
+
+    def write(self, data: bytes) -> None:
+        self._connection.send(data)
+
+    async def drain(self) -> None:
+        await self._connection.writable()
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close (a close_notify ends both directions)
+
+    def write_eof(self) -> None:
+        raise RuntimeError("TLS cannot half-close")
+
+    def close(self) -> None:
+        self._connection.close()
+
+    async def wait_closed(self) -> None:
+        await self._connection.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._connection.extra(name, default)
+
+
+class TlsConnection(asyncio.Protocol):
+    """One HTTPS connection: its TLS handshake within ``timeout`` seconds, then its plaintext fed to a
+    StreamReader that ``serve`` reads, as asyncio.start_server would."""
+
+    def __init__(self, context: ssl.SSLContext, serve: Serve, failed: Failed, timeout: float, limit: int) -> None:
+        self.session = TlsSession(context)
+        self.serve, self.failed, self.timeout, self.limit = serve, failed, timeout, limit
+        self.transport: asyncio.Transport | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._received = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._deadline = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        try:
+            plain = self.session.feed(data)
+        except TlsFailure as exc:
+            self._write(self.session.outgoing())
+            self._fail(str(exc))
+            return
+        self._write(self.session.outgoing())
+        if self.session.established and self.reader is None:
+            self._started()
+        if self.reader is not None:
+            if plain:
+                self.reader.feed_data(plain)
+            if self.session.closed:
+                self.reader.feed_eof()
+
+    def eof_received(self) -> bool | None:
+        if self.reader is not None:
+            self.reader.feed_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.reader is not None:
+            self.reader.feed_eof()
+        elif self._deadline is not None:  # gone before its handshake was done
+            self._fail("connected and sent nothing" if not self._received else "TLS handshake not complete when "
+                       "the client closed", record_only=True)
+        self._can_write.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    async def writable(self) -> None:
+        await self._can_write.wait()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._write(self.session.send(data))
+        except TlsFailure:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        tls = self.session.ssl_object
+        if name == "ssl_object":
+            return tls
+        if name == "peercert":
+            return tls.getpeercert() if tls is not None else default
+        return self.transport.get_extra_info(name, default) if self.transport is not None else default
+
+    def _started(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.reader = asyncio.StreamReader(limit=self.limit)
+        self._task = asyncio.get_running_loop().create_task(self.serve(self.reader, TlsWriter(self)))
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._fail("connected and sent nothing" if not self._received else
+                   f"TLS handshake not complete {self.timeout:g} s after the connection opened")
+
+    def _fail(self, why: str, *, record_only: bool = False) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        peer = peer or ("?", None)
+        self.failed((str(peer[0]), int(peer[1]) if peer[1] is not None else None),
+                    "silent" if why.startswith("connected and sent nothing") else "tls-handshake-failed", why)
+        if not record_only:
+            self.close()
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
