@@ -101,6 +101,29 @@ def test_numbers_of_unicode_digits_and_the_last_day_there_is(tmp_path: Path, mon
     store.close()
 
 
+def test_a_chunked_body_is_read(tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 9112 7.1: a recipient must parse the chunked transfer coding (it was answered 411).
+    Chunk extensions and trailer fields are read past; a bad chunk size, Content-Length beside
+    Transfer-Encoding (a smuggling vector, 6.3) and an unknown coding are refused and recorded."""
+    store, body, port = token_endpoint(tmp_path, monkeypatch, caplog)
+    head = f"POST /AuditEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 100]), body[i:i + 100])
+                      for i in range(0, len(body), 100))
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
+        sent = head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\nX-Trailer: t\r\n\r\n"
+        assert [a[0] for a in responses(exchange(port, sent + get()))] == [201, 200]  # and the next request
+        assert responses(exchange(port, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"))[0][0] == 400
+        both = head + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+        assert responses(exchange(port, both))[0][0] == 400
+        assert responses(exchange(port, head + b"Transfer-Encoding: br\r\n\r\n"))[0][0] == 501
+        got = rx.wait(lambda evs: len(rx.audits()) == 1 and sum(e.kind == "atna.http.rejected" for e in evs) == 3,
+                      "one stored, three refused")
+    store.close()
+    assert rx.audits()[0].patient_ids[0] == "PID-0042"
+    assert sorted(e.details["error"][:20] for e in got if e.kind == "atna.http.rejected") == [
+        "both Transfer-Encodi", "not a chunk size: b'", "transfer coding 'br'"]
+
+
 def test_a_search_larger_than_a_page_is_read_page_by_page_through_next_links(tmp_path: Path,
                                                                             monkeypatch: Any) -> None:
     """"Who accessed this patient" with more answers than `_count`: each page links the next

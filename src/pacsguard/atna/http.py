@@ -52,6 +52,8 @@ TIMEOUT = 30.0
 MAX_REQUESTS = 1000
 #: Seconds a connection being closed is still read, for the client to take its last answer.
 LINGER = 2.0
+#: `_length` of a body sent with Transfer-Encoding: chunked.
+CHUNKED = -1
 #: Octets of a body read at a time.
 _CHUNK = 64 * 1024
 FHIR_JSON = "application/fhir+json"
@@ -209,6 +211,8 @@ class RestfulAtna:
             raise Broken("unauthorized", "no valid bearer token or client certificate", HTTPStatus.UNAUTHORIZED,
                          request.method, path)
         length = self._length(request, path)
+        if length == CHUNKED:
+            return request, await _read_chunked(reader, self.max_body, deadline, request.method, path)
         return request, await _read_body(reader, length, deadline, request.method, path)
 
     async def _began(self, reader: asyncio.StreamReader, sender: Sender, first: bool) -> bytes | None:
@@ -231,12 +235,20 @@ class RestfulAtna:
         return None
 
     def _length(self, request: Request, path: str) -> int:
-        """The body's length (RFC 9112 6.3): from Content-Length, 0 when a request other than a
-        POST has none; a Transfer-Encoding (chunked) is not read, so such a request is refused."""
+        """The body's length (RFC 9112 6.3): CHUNKED for Transfer-Encoding: chunked (7.1), else from
+        Content-Length, 0 when a request other than a POST has none. Both at once is refused, as
+        request smuggling may hide in it (6.3 item 3); another transfer coding is not implemented
+        (501, RFC 9112 6.1)."""
         method = request.method
-        if "transfer-encoding" in request.headers:
-            raise Broken("bad-request", "Transfer-Encoding is not read: send the body with Content-Length",
-                         HTTPStatus.LENGTH_REQUIRED, method, path)
+        coding = request.headers.get("transfer-encoding")
+        if coding is not None:
+            if "content-length" in request.headers:
+                raise Broken("bad-request", "both Transfer-Encoding and Content-Length", HTTPStatus.BAD_REQUEST,
+                             method, path)
+            if coding.strip().lower() != "chunked":
+                raise Broken("bad-request", f"transfer coding {coding[:40]!r} is not implemented: send chunked or "
+                             "Content-Length", HTTPStatus.NOT_IMPLEMENTED, method, path)
+            return CHUNKED
         given = request.headers.get("content-length")
         if given is None and method != "POST":
             return 0
@@ -394,6 +406,39 @@ def _parse_head(head: bytes) -> Request:
         raise Broken("bad-request", f"request target {target[:80]!r}: {exc}", HTTPStatus.BAD_REQUEST,
                      method) from None
     return Request(method, url, version, headers)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, most: int, deadline: float, method: str, path: str) -> bytes:
+    """A chunked body (RFC 9112 7.1): chunks of a hexadecimal size (extensions ignored, 7.1.1), the
+    last of size 0, then trailer fields (dropped, 7.1.2), by ``deadline``, at most ``most`` octets."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout_at(deadline):
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                size_text = line[:-2].split(b";", 1)[0].strip()
+                if not size_text or len(size_text) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                    raise Broken("bad-request", f"not a chunk size: {line[:40]!r}", HTTPStatus.BAD_REQUEST, method,
+                                 path)
+                size = int(size_text, 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, up to the empty line
+                        pass
+                    return bytes(body)
+                if len(body) + size > most:
+                    raise Broken("bad-request", f"chunked body over {most} octets", HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                 method, path)
+                body += await reader.readexactly(size)
+                if await reader.readexactly(2) != b"\r\n":
+                    raise Broken("bad-request", "a chunk not followed by CRLF", HTTPStatus.BAD_REQUEST, method, path)
+    except TimeoutError:
+        raise Broken("truncated", f"chunked body not complete after {TIMEOUT:g} s ({len(body)} octets)",
+                     HTTPStatus.REQUEST_TIMEOUT, method, path) from None
+    except asyncio.LimitOverrunError:
+        raise Broken("bad-request", "a chunk-size line too long", HTTPStatus.BAD_REQUEST, method, path) from None
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise Broken("truncated", f"chunked body cut short after {len(body)} octets ({type(exc).__name__})",
+                     HTTPStatus.BAD_REQUEST, method, path) from None
 
 
 async def _read_body(reader: asyncio.StreamReader, length: int, deadline: float, method: str, path: str) -> bytes:
