@@ -305,7 +305,8 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
     store.append([frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"])])
     port = free_port()
-    section = {"http": {"port": port, "cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True}}
+    section = {"http": {"port": port, "cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True},
+               "max_connections": 3}
     with running(section, store) as rx:
         url = f"https://localhost:{port}/AuditEvent?patient=PID-0042"
         context = ssl.create_default_context(cafile=str(ca))
@@ -325,6 +326,16 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
         # own TLS once let them vanish.
         failed = rx.wait(lambda evs: len([e for e in evs if e.details.get("problem") == "tls-handshake-failed"]) == 2,
                          "two failed handshakes")
+        # Connections that never begin their handshake hold places too: the fourth is refused.
+        import socket
+
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        assert idle[3].recv(16) == b""
+        rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs), "the refusal")
+        for conn in idle:
+            conn.close()
+        with urllib.request.urlopen(url, context=context, timeout=20) as answer:  # and then served again
+            assert json.loads(answer.read())["total"] == 1
     store.close()
     reasons = [e.details["error"] for e in failed if e.details.get("problem") == "tls-handshake-failed"]
     assert any("CERTIFICATE" in r for r in reasons) and any("HTTP_REQUEST" in r for r in reasons), reasons

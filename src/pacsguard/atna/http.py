@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -113,6 +114,7 @@ class RestfulAtna:
         self.max_body = max_body
         self.max_connections = max_connections
         self.open = 0  # connections being served
+        self.handshaking = 0  # HTTPS connections still in their TLS handshake
         self._writers: set[asyncio.StreamWriter] = set()  # theirs, closed with the server
         self.refusals = Refusals()
         self.token = config.token.resolve().encode() if config.token is not None else None
@@ -133,7 +135,7 @@ class RestfulAtna:
 
             context = self.context
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: TlsConnection(context, self._serve, self._handshake_failed, TIMEOUT, MAX_HEAD), host, port)
+                lambda: TlsConnection(context, self, TIMEOUT, MAX_HEAD), host, port)
         else:
             self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         bound = self._server.sockets[0].getsockname()
@@ -148,17 +150,37 @@ class RestfulAtna:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
-    def _handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None:
+    # The owner of HTTPS connections (https.Owner): those still in their TLS handshake count too.
+
+    def handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None:
         self._record(Sender(peer[0], peer[1], self.scheme), problem, why, "", "")
+
+    def admit(self, peer: tuple[str, int | None]) -> bool:
+        if not self._full(Sender(peer[0], peer[1], self.scheme)):
+            self.handshaking += 1
+            return True
+        return False
+
+    def handshake_over(self) -> None:
+        self.handshaking -= 1
+
+    def serve(self, reader: asyncio.StreamReader, writer: Any) -> Coroutine[Any, Any, None]:
+        return self._serve(reader, writer)
+
+    def _full(self, sender: Sender) -> bool:
+        """At max_connections (a flood): the new connection is closed unanswered, recorded now and then."""
+        if self.open + self.handshaking < self.max_connections:
+            return False
+        others = self.refusals.due()
+        if others is not None:
+            self._refuse(sender, "too-many-connections", f"{self.max_connections} connections already open "
+                         f"(atna.max_connections): closed at once{others}", "", "", HTTPStatus.SERVICE_UNAVAILABLE)
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", None)
         sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.scheme)
-        if self.open >= self.max_connections:  # a flood: closed unanswered, recorded now and then
-            others = self.refusals.due()
-            if others is not None:
-                self._refuse(sender, "too-many-connections", f"{self.max_connections} connections already open "
-                             f"(atna.max_connections): closed at once{others}", "", "", HTTPStatus.SERVICE_UNAVAILABLE)
+        if self._full(sender):
             writer.close()
             return
         self.open += 1

@@ -8,14 +8,22 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
 
-#: What the endpoint is given for each connection whose handshake is done.
-Serve = Callable[[asyncio.StreamReader, Any], Coroutine[Any, Any, None]]
-#: How a failed handshake is told: the peer (host, port) and what went wrong.
+#: How a failed handshake is told: the peer (host, port), the problem and what went wrong.
 Failed = Callable[[tuple[str, int | None], str, str], None]
+
+
+class Owner(Protocol):
+    """The endpoint a connection belongs to: it serves the plaintext, records a failed handshake,
+    and counts connections still in their handshake against its max_connections."""
+
+    def serve(self, reader: asyncio.StreamReader, writer: Any) -> Coroutine[Any, Any, None]: ...
+    def handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None: ...
+    def admit(self, peer: tuple[str, int | None]) -> bool: ...
+    def handshake_over(self) -> None: ...
 
 
 class TlsWriter:
@@ -50,9 +58,10 @@ class TlsConnection(asyncio.Protocol):
     """One HTTPS connection: its TLS handshake within ``timeout`` seconds, then its plaintext fed to a
     StreamReader that ``serve`` reads, as asyncio.start_server would."""
 
-    def __init__(self, context: ssl.SSLContext, serve: Serve, failed: Failed, timeout: float, limit: int) -> None:
+    def __init__(self, context: ssl.SSLContext, owner: Owner, timeout: float, limit: int) -> None:
         self.session = TlsSession(context)
-        self.serve, self.failed, self.timeout, self.limit = serve, failed, timeout, limit
+        self.owner, self.timeout, self.limit = owner, timeout, limit
+        self._counted = False  # in the owner's count of connections in their handshake
         self.transport: asyncio.Transport | None = None
         self.reader: asyncio.StreamReader | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -64,6 +73,10 @@ class TlsConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if not self.owner.admit(self._peer()):
+            transport.close()  # the owner recorded it, counted
+            return
+        self._counted = True
         self._deadline = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
@@ -89,6 +102,7 @@ class TlsConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._uncount()
         if self._deadline is not None:
             self._deadline.cancel()
         if self.reader is not None:
@@ -131,8 +145,19 @@ class TlsConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._uncount()
         self.reader = asyncio.StreamReader(limit=self.limit)
-        self._task = asyncio.get_running_loop().create_task(self.serve(self.reader, TlsWriter(self)))
+        self._task = asyncio.get_running_loop().create_task(self.owner.serve(self.reader, TlsWriter(self)))
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.owner.handshake_over()
+
+    def _peer(self) -> tuple[str, int | None]:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        peer = peer or ("?", None)
+        return str(peer[0]), int(peer[1]) if peer[1] is not None else None
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -143,10 +168,9 @@ class TlsConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        peer = peer or ("?", None)
-        self.failed((str(peer[0]), int(peer[1]) if peer[1] is not None else None),
-                    "silent" if why.startswith("connected and sent nothing") else "tls-handshake-failed", why)
+        self._uncount()
+        self.owner.handshake_failed(self._peer(), "silent" if why.startswith("connected and sent nothing")
+                                    else "tls-handshake-failed", why)
         if not record_only:
             self.close()
 
