@@ -40,6 +40,9 @@ def listen(
     max_connections: int = typer.Option(1000, "--max-connections", min=1, max=100_000,
                                         help="connections open at once per listener and process; more are closed "
                                              "at once and recorded"),
+    frame_timeout: float = typer.Option(60.0, "--frame-timeout", min=0.1, max=3600,
+                                        help="seconds from a frame's first octet to its last, and for a TLS "
+                                             "handshake; a slower sender is closed and recorded"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
@@ -55,7 +58,7 @@ def listen(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers,
-                               "max_connections": max_connections}
+                               "max_connections": max_connections, "frame_timeout": frame_timeout}
     if tls is not None:
         host, port = _endpoint(tls, "--tls")
         if tls_cert is None or tls_key is None:
