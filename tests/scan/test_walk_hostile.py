@@ -172,3 +172,20 @@ def test_jobs_keep_a_bounded_window_of_items_in_flight() -> None:
     rest = list(reports)
     assert taken_at_first <= 16
     assert [r.path for r in [first, *rest]] == [f"f{i}" for i in range(60)]
+
+
+def test_a_damaged_member_does_not_hide_the_members_after_it(tmp_path: Path) -> None:
+    """A clean member with a bad CRC-32 (or a local header naming another file) before an infected
+    one: the whole archive used to end at the first, so the infected member was never scanned and
+    the scan passed. Now the damaged one is a medium finding and the next is read."""
+    evil = pe_in_preamble()
+    good = zip_of({"a_clean.dcm": b"DICM" * 1000, "b_evil.dcm": evil})
+    crc = good.replace(zipfile.ZipFile(io.BytesIO(good)).getinfo("a_clean.dcm").CRC.to_bytes(4, "little"),
+                       b"\0\0\0\0")  # in the local header and the central directory
+    renamed = good.replace(b"a_clean.dcm", b"x_clean.dcm", 1)  # the local header's name only
+    for name, data in (("crc.zip", crc), ("renamed.zip", renamed)):
+        (tmp_path / name).write_bytes(data)
+        found = items(tmp_path / name)
+        assert scanned(found) == [f"{tmp_path / name}!b_evil.dcm"], name
+        damaged = [f for f in rules(found, str(tmp_path / name)) if f.startswith("archive.")]
+        assert damaged[0] == "archive.member-unreadable", (name, damaged)  # then the PE member's own

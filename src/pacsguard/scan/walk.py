@@ -202,7 +202,15 @@ def expand(name: str, data: bytes, kind: str, limits: ArchiveLimits, depth: int)
     try:
         members = _zip_members(data, problems, limits) if kind == "zip" else _tar_members(data, problems, limits)
         for member_name, read in members:
-            content = read()
+            try:
+                content = read()
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, RuntimeError) as exc:
+                # One damaged member (a bad CRC-32, a local header naming another file) must not hide
+                # the members after it; it is not scanned itself, which must not pass unseen either.
+                problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{display_path(member_name)} "
+                                        f"cannot be read, so it was not scanned (an extractor may still write "
+                                        f"it out): {display_path(str(exc))}", None, REF))
+                continue
             if content is None:
                 continue
             total += len(content)
