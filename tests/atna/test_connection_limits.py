@@ -100,23 +100,53 @@ def test_a_frame_trickled_slower_than_frame_timeout_is_cut(readers: int) -> None
 
 
 @pytest.mark.parametrize("readers", [0, 1])
-def test_a_full_listener_gives_the_place_held_longest_without_delivering_to_the_next_sender(readers: int) -> None:
-    """max_connections places held by connections that sent one octet each (slowloris): a new sender
-    still gets in, by closing the one stalled longest; once, it was shut out until they hung up."""
+def test_a_full_listener_gives_the_quietest_place_to_the_next_sender(readers: int) -> None:
+    """max_connections places held by connections that sent one octet, or an empty line, and went
+    quiet (nothing pending then, so once never chosen): a new sender still gets in, by closing
+    the one quiet longest; once, it was shut out until they hung up. A sender still sending a
+    large frame, slowly, is never the one closed."""
     port = free_port()
-    with running({"tcp": {"port": port}, "readers": readers, "max_connections": 3}) as rx:
+    big = b"<85>1 - h a - IHE+RFC-3881 - " + one_line("110110").encode().replace(
+        b"</AuditMessage>", b"<!--" + b"z" * 300_000 + b"--></AuditMessage>")
+    with running({"tcp": {"port": port}, "readers": readers, "max_connections": 4}) as rx:
         held = []
-        for _ in range(3):
+        for octets in (b"\n", b"1", b"\n"):  # an empty line leaves nothing pending: quiet all the same
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            s.sendall(b"1")
+            s.sendall(octets)
             held.append(s)
-            time.sleep(0.2)  # accepted in this order: the first is the one stalled longest
+            time.sleep(0.2)  # accepted in this order: the first is the one quiet longest
+        steady = socket.create_connection(("127.0.0.1", port), timeout=5)
+        framed = b"%d %s" % (len(big), big)
+        steady.sendall(framed[:20_000])
+        time.sleep(1.1)  # the held ones quiet for over a second; the steady one keeps sending
         for n in range(3):
+            steady.sendall(framed[20_000 * (n + 1):20_000 * (n + 2)])
             with socket.create_connection(("127.0.0.1", port), timeout=5) as legit:
                 legit.sendall(FRAMED)
                 rx.wait(lambda evs, n=n: len(rx.audits()) == n + 1, f"legitimate message {n + 1}")
-        assert held[0].recv(16) == b""  # the first closed to make room
-        for s in held:
+        steady.sendall(framed[80_000:])
+        rx.wait(lambda evs: len(rx.audits()) == 4, "the steady sender's large message")
+        assert held[0].recv(16) == b""  # closed to make room: the quietest (the others had room after)
+        for s in [*held, steady]:
             s.close()
     evicted = problems(rx, "too-many-connections")
     assert evicted and "closed to make room" in evicted[0]
+
+
+@pytest.mark.parametrize("readers", [0, 1])
+def test_a_tls_close_notify_ends_the_connection_at_once(tmp_path: Path, readers: int) -> None:
+    """RFC 8446 6.1: a sender's close_notify is answered and the connection closed; it was not seen
+    (SSLObject.read gives b"" then) and the connection stayed open until idle_timeout."""
+    pki = mutual_pki(tmp_path / "pki")
+    port = free_port()
+    section = {"tls": {"port": port, "cert_file": pki["cert"], "key_file": pki["key"]}, "readers": readers}
+    with running(section) as rx:
+        context = client_context(pki["ca"])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            tls = context.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(FRAMED)
+            began = time.monotonic()
+            tls.unwrap()  # sends close_notify, waits for the server's
+            assert time.monotonic() - began < 3
+        rx.wait(lambda evs: len(rx.audits()) == 1, "the message sent before close_notify")
+    assert not [e for e in rx.events if e.kind == "atna.frame.rejected"]

@@ -123,13 +123,46 @@ def test_a_nul_framed_message_may_carry_lfs() -> None:
     pretty = b"<14>1 - ris audit - IHE+RFC-3881 - <AuditMessage>\n  <A/>\n<B/>\n</AuditMessage>"
     splitter = Splitter()
     frames, problems = splitter.feed(pretty + b"\0" + pretty + b"\n<13>1 - - - - - - next\n")
-    assert frames == [pretty, pretty, b"<13>1 - - - - - - next"] and problems == []
+    assert frames == [pretty, pretty] and problems == []
+    assert splitter.held  # its LF ended the read: the end of the message, or of one of its lines?
+    assert splitter.flush() == [b"<13>1 - - - - - - next"]  # nothing more came: the end
     assert splitter.finish() == []
+
+
+def test_a_read_that_ends_just_after_an_lf_inside_a_message_does_not_cut_it() -> None:
+    """Pretty-printed XML ended by NUL, arriving in reads cut just after one of its LFs: the LF is
+    held until the next read shows it does not end the message. It was cut there."""
+    pretty = b"<14>1 - ris audit - IHE+RFC-3881 - <AuditMessage>\n  <A/>\n<B/>\n</AuditMessage>"
+    stream = pretty + b"\0" + pretty + b"\0"
+    for cut in [i + 1 for i, octet in enumerate(stream) if octet == 0x0A]:
+        splitter = Splitter()
+        first, _ = splitter.feed(stream[:cut])
+        second, problems = splitter.feed(stream[cut:])
+        assert first + second == [pretty, pretty] and problems == [], cut
+        assert not splitter.held and splitter.finish() == []
+    splitter = Splitter()  # a message of a million short lines, in 64 KiB reads
+    big = b"<14>1 - ris audit - IHE+RFC-3881 - <AuditMessage>" + b"\n " * 500_000 + b"</AuditMessage>"
+    frames = []
+    data = big + b"\0"
+    for at in range(0, len(data), 65536):
+        frames += splitter.feed(data[at:at + 65536])[0]
+    assert frames == [big]
+
+
+def test_octet_counted_frames_after_lf_framed_ones_are_followed() -> None:
+    """A sender that switches from LF framing to octet counting, with no LF after its counted
+    frames: they were all lost in line mode, searching for an LF that never came."""
+    lf = b"<13>1 - - - - - - first"
+    counted = [b"<14>1 - h a - IHE+RFC-3881 - <AuditMessage>\n  <x/>\n</AuditMessage> %d" % i for i in range(3)]
+    splitter = Splitter()
+    frames, problems = splitter.feed(lf + b"\n" + b"".join(octet(m) for m in counted))
+    assert frames == [lf, *counted] and problems == [] and splitter.finish() == []
 
 
 def test_an_lf_framed_line_over_the_maximum_is_refused_even_when_complete() -> None:
     splitter = Splitter(max_message=1000)
     frames, problems = splitter.feed(b"<14>1 - - - - - - " + b"z" * 5000 + b"\n<14>1 - - - - - - after\n")
+    frames += splitter.flush()
     assert frames == [b"<14>1 - - - - - - after"]
     assert [p.problem for p in problems] == ["oversize"]
     splitter = Splitter(max_message=1000)  # and when it arrives in pieces, the first over the maximum
@@ -138,5 +171,6 @@ def test_an_lf_framed_line_over_the_maximum_is_refused_even_when_complete() -> N
         got, found = splitter.feed(piece)
         frames += got
         problems += found
+    frames += splitter.flush()
     assert frames == [b"<14>1 - - - - - - after"]
     assert [p.problem for p in problems] == ["oversize"]

@@ -29,6 +29,8 @@ from store_helpers import make_events, new_store, raw_sql
 
 SENDER = Sender("10.20.0.9", 40000, "tcp", "octet-counting")
 CX = "PID-0042^^^STMARY&1.2.840.99999.1&ISO"  # the corpus's patient, with its assigning authority
+#: How a sealed record names that patient: bare, in CX form, and by each part of the authority.
+NAMES = f"PID-0042, {CX}, PID-0042^^^STMARY, PID-0042^^^&1.2.840.99999.1&ISO"
 CHANGED = ("the report's signature does not verify with the key given: the report was changed after it was made "
            "(a row removed or added, a field, the patient, the window or another member edited)")
 
@@ -288,8 +290,8 @@ def test_a_removed_row_or_an_edited_header_fails(tmp_path: Path) -> None:
     fails(dropped, CHANGED)
     other = json.loads(text)
     other["patient"] = "PID-0043"
-    fails(other, CHANGED, f"event #40: the sealed record names patient PID-0042, {CX}, not the report's patient "
-                          "PID-0043", "event #44: the sealed record names patient PID-0042, not the report's")
+    fails(other, CHANGED, f"event #40: the sealed record names patient {NAMES}, not the report's patient PID-0043",
+          "event #44: the sealed record names patient PID-0042, not the report's")
     narrowed = json.loads(text)
     narrowed["since"] = "2027-01-01T00:00:00+00:00"
     fails(narrowed, CHANGED, "event #40: its time 2026-12-03T09:30:15Z is outside the report's window")
@@ -337,7 +339,7 @@ def test_every_listed_event_names_the_patient_within_the_window(tmp_path: Path) 
 
     other = sign_report({**json.loads(json.dumps(by_cx)), "patient": "PID-0042^^^OTHER&9.9&ISO"}, private)
     assert [p.split(":")[0] for p in prove(other, public)] == ["event #40", "event #41", "event #43", "event #53"]
-    assert prove(other, public)[0] == (f"event #40: the sealed record names patient PID-0042, {CX}, not the report's "
+    assert prove(other, public)[0] == (f"event #40: the sealed record names patient {NAMES}, not the report's "
                                        "patient PID-0042^^^OTHER&9.9&ISO")
     widened = sign_report({**json.loads(json.dumps(bare)), "since": since.isoformat()}, private)
     assert prove(widened, public) == [f"event #{s}: its time 2026-12-03T09:30:15Z is outside the report's window"
@@ -373,7 +375,7 @@ def test_only_events_newer_than_the_checkpoint_may_be_unproven(tmp_path: Path) -
     assert prove(resigned(lambda r: r["events"][-1].update(sealed=r["events"][-1]["sealed"].replace(
         "PID-0042", "PID-0099"))), public) == [
         "event #53: listed fields differ from the sealed record: patient_ids",
-        f"event #53: the sealed record names patient PID-0099, {CX.replace('0042', '0099')}, not the report's "
+        f"event #53: the sealed record names patient {NAMES.replace('0042', '0099')}, not the report's "
         "patient PID-0042"]
     assert prove(resigned(lambda r: r.update(unproven=[])), public) == [
         "the report's unproven list [] is not its events without a proof [53]"]

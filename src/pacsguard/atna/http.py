@@ -83,6 +83,8 @@ class Request:
         options = {o.strip().lower() for o in self.headers.get("connection", "").split(",")}
         if "close" in options:
             return False
+        if self.version == "HTTP/1.0" and "transfer-encoding" in self.headers:
+            return False  # RFC 9112 6.1: its framing is to be taken as faulty; close after answering
         return self.version != "HTTP/1.0" or "keep-alive" in options
 
 
@@ -416,6 +418,9 @@ def _parse_head(head: bytes) -> Request:
     method, target, version = parts
     headers: dict[str, str] = {}
     for line in filter(None, lines[1:]):
+        if any(c in line for c in "\r\n\0"):  # RFC 9112 5.5, 2.2: a bare CR or LF, or a NUL, may hide a field
+            raise Broken("bad-request", f"a CR, LF or NUL inside a header line: {line[:80]!r}", HTTPStatus.BAD_REQUEST,
+                         method)
         name, colon, value = line.partition(":")
         # RFC 9112 5.1: no whitespace between a field name and its colon; 5.2: no line folding.
         if not colon or not name or name != name.strip():

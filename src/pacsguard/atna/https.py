@@ -93,7 +93,8 @@ class TlsConnection(asyncio.Protocol):
         if self.reader is not None:
             if plain:
                 self.reader.feed_data(plain)
-            if self.session.closed:
+            if self.session.closed:  # close_notify: answered, and the end of the requests
+                self._write(self.session.goodbye())
                 self.reader.feed_eof()
 
     def eof_received(self) -> bool | None:

@@ -58,6 +58,15 @@ class TlsSession:
     def outgoing(self) -> bytes:
         return self._outgoing.read()
 
+    def goodbye(self) -> bytes:
+        """Our close_notify, in answer to the peer's (RFC 8446 6.1), to be written before closing."""
+        assert self._tls is not None
+        try:
+            self._tls.unwrap()
+        except ssl.SSLError:
+            pass  # want-read, or the peer's side already gone: what could be said is in outgoing
+        return self.outgoing()
+
     def send(self, data: bytes) -> bytes:
         """``data`` as TLS records, to be written to the socket."""
         assert self._tls is not None and self.established
@@ -78,7 +87,8 @@ class TlsSession:
             except ssl.SSLZeroReturnError:
                 self.closed = True
                 break
-            if not chunk:
+            if not chunk:  # SSLObject.read gives b"" at the peer's close_notify (RFC 8446 6.1)
+                self.closed = True
                 break
             chunks.append(chunk)
         return b"".join(chunks)

@@ -56,6 +56,9 @@ class Splitter:
     _skip: int = 0  # bytes of an oversize octet-counted frame still to discard
     _hunting: bool = False  # after a bad frame: looking for the next frame start
     _line_from: int = 0  # how far the current non-transparent frame was searched for its end
+    #: A non-transparent frame whose LF ended the data read so far: complete if nothing follows
+    #: (`flush`), a line of a longer message if what follows cannot start a frame.
+    held: bool = False
 
     def feed(self, data: bytes) -> tuple[list[bytes], list[FrameProblem]]:
         self._buffer += data
@@ -140,6 +143,12 @@ class Splitter:
         return frame
 
     def _line(self, problems: list[FrameProblem]) -> bytes | None:
+        if 0x31 <= self._buffer[0] <= 0x39:
+            # An octet count where a frame starts: the sender switched to octet counting, follow it
+            # (a non-transparent frame starts with '<').
+            self.framing = None
+            self._line_from = 0
+            return b""
         end = self._line_end()
         if end < 0:
             if len(self._buffer) > self.max_message:
@@ -154,14 +163,25 @@ class Splitter:
                                          bytes(self._buffer[:256])))
             del self._buffer[:end + 1]
             return b""
+        return self._take_line(end)
+
+    def _take_line(self, end: int) -> bytes:
         frame = bytes(self._buffer[:end]).rstrip(b"\r")
         del self._buffer[:end + 1]
-        if frame[:1].isdigit():
-            # An octet-counted frame after non-transparent ones: the sender switched, follow it.
-            self._buffer[:0] = frame + b"\n"
-            self.framing = None
-            return b""
+        self._line_from = 0
+        self.held = False
         return frame
+
+    def flush(self) -> list[bytes]:
+        """The frame ``held`` back: its LF ended the data read so far, so whether it ends the
+        message (or a line of a pretty-printed one) was not known. Called when nothing more came
+        for a moment, or when the stream ends: it is taken as the frame's end."""
+        if not self.held:
+            return []
+        end = self._buffer.find(b"\n", self._line_from)
+        frames = [self._take_line(end)] if end >= 0 else []
+        got, _ = self.feed(b"")
+        return frames + got
 
     def _resync(self, problems: list[FrameProblem] | None, detail: str = "") -> bytes:
         """A bad frame at the start of the buffer: report it (unless already reported) and hunt
@@ -171,6 +191,7 @@ class Splitter:
         del self._buffer[:1]
         self.framing = None
         self._line_from = 0
+        self.held = False
         self._hunting = True
         return b""
 
@@ -193,6 +214,7 @@ class Splitter:
         not escape LF, send pretty-printed XML. The search resumes where the last read left it."""
         buffer = self._buffer
         at = self._line_from
+        self.held = False
         while True:
             nl = buffer.find(b"\n", at)
             nul = buffer.find(b"\0", at, nl if nl >= 0 else len(buffer))
@@ -201,25 +223,30 @@ class Splitter:
             if nl < 0:
                 self._line_from = len(buffer)
                 return -1
-            if _may_start_frame(buffer, nl + 1):
+            starts = _may_start_frame(buffer, nl + 1)
+            if starts is None:  # the read ended at (or just after) this LF: wait for more, or flush()
+                self._line_from = nl
+                self.held = True
+                return -1
+            if starts:
                 return nl
             at = self._line_from = nl + 1
 
 
-def _may_start_frame(buffer: bytearray, at: int) -> bool:
-    """Whether a frame may start at ``at``: an octet count then SP, '<' PRIVAL '>', a blank line, or
-    not yet known (the read ended there: the LF before it is then taken as the trailer)."""
+def _may_start_frame(buffer: bytearray, at: int) -> bool | None:
+    """Whether a frame may start at ``at``: an octet count then SP, '<' PRIVAL '>', a blank line;
+    None when the read ended before that could be told."""
     if at >= len(buffer):
-        return True
+        return None
     first = buffer[at]
     if first in b"\r\n\0":
         return True
     if first == 0x3C:  # '<'
         digits, end = _digits(buffer, at + 1, 3)
-        return end >= len(buffer) or (digits > 0 and buffer[end] == 0x3E)
+        return None if end >= len(buffer) else digits > 0 and buffer[end] == 0x3E
     if 0x31 <= first <= 0x39:
         _, end = _digits(buffer, at, _MAX_DIGITS)
-        return end >= len(buffer) or buffer[end] == 0x20
+        return None if end >= len(buffer) else buffer[end] == 0x20
     return False
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,12 @@ class Limits:
 
 #: A listener full of connections records the refused ones at most this often (seconds), counted.
 REFUSALS_RECORDED_EVERY = 10.0
+
+#: Seconds a connection must have been quiet to be closed for a new one when the listener is full.
+EVICT_QUIET = 1.0
+
+#: Seconds a non-transparent frame whose LF ended a read waits for what follows (`Splitter.held`).
+HOLD = 0.2
 
 
 class Refusals:
@@ -88,29 +95,33 @@ class StreamListener:
 
     def full(self, sender: Sender) -> bool:
         """Whether a new connection finds the listener at `Limits.max_connections` (a flood of
-        connections, or senders that never hang up). A connection that holds a place without
-        delivering (no complete frame yet, or a frame begun long ago: slowloris) makes room: the
-        one stalled longest is closed. Otherwise the new one is closed at once. Either is recorded,
+        connections, or senders that never hang up). Then a connection quiet for EVICT_QUIET
+        seconds or more makes room: of the sender holding the most connections, the one quiet
+        longest (a flood from one host pays for itself; one that sends, even slowly, is never
+        chosen). When none is that quiet, the new one is closed at once. Either is recorded,
         counted, one Event at most every REFUSALS_RECORDED_EVERY seconds."""
         limit = self.limits.max_connections
         if len(self.connections) < limit:
             return False
-        stalled = [c for c in self.connections if c.stalled_since is not None]
-        victim = min(stalled, key=lambda c: c.stalled_since or 0.0, default=None)
+        now = time.monotonic()
+        held = Counter(c.sender.host for c in self.connections)
+        quiet = [c for c in self.connections if now - c.last_heard >= EVICT_QUIET]
+        victim = min(quiet, key=lambda c: (-held[c.sender.host], c.last_heard), default=None)
         others = self.refusals.due()
         if victim is not None:
             if others is not None:
                 self.publish(problem_event(victim.sender, FrameProblem(
                     "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
-                                            "(atna.max_connections): this one, which had not delivered a frame for "
-                                            f"{time.monotonic() - (victim.stalled_since or 0.0):.0f} s, was closed "
-                                            f"to make room{others}")))
+                                            f"(atna.max_connections): this one, quiet for {now - victim.last_heard:.0f}"
+                                            f" s, of a sender holding {held[victim.sender.host]}, was closed to make "
+                                            f"room{others}")))
             victim.evict()
             return False
         if others is not None:
             self.publish(problem_event(sender, FrameProblem(
                 "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
-                                        f"(atna.max_connections): closed at once{others}")))
+                                        f"(atna.max_connections), none quiet for {EVICT_QUIET:g} s: closed at "
+                                        f"once{others}")))
         return True
 
     async def close(self) -> None:
@@ -136,10 +147,12 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self._idle: asyncio.TimerHandle | None = None
         self.refused = False  # closed at once: the listener was full
-        #: Since when it holds a place without delivering: from its start until its first frame, then
-        #: from the first octet of a frame until that frame is complete; None while it delivers.
+        #: When its frame (or its TLS handshake, or for want of either the connection) began; None
+        #: while no frame is incomplete. A frame has frame_timeout seconds from there.
         self.opened = time.monotonic()
-        self.stalled_since: float | None = self.opened
+        self.frame_began: float | None = self.opened
+        self.last_heard = self.opened  # its last octet: the quietest connection is the one closed for a new one
+        self._hold: asyncio.TimerHandle | None = None
         self._tls = TlsSession(listener.context) if listener.context is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,6 +179,7 @@ class _Connection(asyncio.Protocol):
         if self.refused:
             return
         self.received += len(data)
+        self.last_heard = time.monotonic()
         if self._tls is not None:
             data = self._through_tls(data)
             if not data:
@@ -178,11 +192,28 @@ class _Connection(asyncio.Protocol):
             self._publish(frames, problems)
         except Exception:  # noqa: BLE001 - one sender's bytes must never end the listener
             log.exception("syslog data from %s", self.sender.host)
+        self._frame_state(bool(frames))
+
+    def _frame_state(self, delivered: bool) -> None:
+        """After a read (or a flush): when the incomplete frame began, the held frame's timer, and
+        the connection's timer."""
         if not self.splitter.pending:
-            self.stalled_since = None
-        elif frames or self.stalled_since is None:
-            self.stalled_since = time.monotonic()  # a new frame began
+            self.frame_began = None
+        elif delivered or self.frame_began is None:
+            self.frame_began = time.monotonic()  # a new frame began
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
+        if self.splitter.held:
+            self._hold = asyncio.get_running_loop().call_later(HOLD, self._flush_held)
         self._arm()
+
+    def _flush_held(self) -> None:
+        """Nothing followed the held frame's LF: it is complete."""
+        self._hold = None
+        frames = self.splitter.flush()
+        self._publish(frames, [])
+        self._frame_state(bool(frames))
 
     def _through_tls(self, data: bytes) -> bytes:
         """RFC 5425 4.2: the handshake (its failure recorded with OpenSSL's reason, the alert sent),
@@ -203,8 +234,9 @@ class _Connection(asyncio.Protocol):
         if self._tls.established and not established:
             self.sender = Sender(self.sender.host, self.sender.port, self.sender.transport,
                                  certificate=_subject(self._tls.ssl_object))
-        if self._tls.closed:
-            self.close()  # close_notify: what came before it is kept (below and in connection_lost)
+        if self._tls.closed:  # close_notify: answered; what came before it is kept (below, connection_lost)
+            self._write(self._tls.goodbye())
+            self.close()
         return plain
 
     def _write(self, data: bytes) -> None:
@@ -217,9 +249,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        if self._hold is not None:
+            self._hold.cancel()
         if self.refused:
             return  # recorded (counted) when it was refused or evicted
         self.listener.connections.discard(self)
+        self._publish(self.splitter.flush(), [])  # a frame held at its LF: the stream ended there
         if self.received == 0:
             self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
         for problem in self.splitter.finish():
@@ -241,8 +276,8 @@ class _Connection(asyncio.Protocol):
         limits = self.listener.limits
         delay = limits.idle_timeout
         handshaking = self._tls is not None and not self._tls.established
-        if (self.splitter.pending or handshaking) and self.stalled_since is not None:
-            delay = min(delay, self.stalled_since + limits.frame_timeout - time.monotonic())
+        if (self.splitter.pending or handshaking) and self.frame_began is not None:
+            delay = min(delay, self.frame_began + limits.frame_timeout - time.monotonic())
         self._idle = loop.call_later(max(delay, 0.0), self._timed_out)
 
     def _timed_out(self) -> None:
