@@ -297,3 +297,133 @@ def test_artim_and_the_pdu_limit_apply_as_on_a_relayed_route(tmp_path: Path) -> 
     published = run(sf_route(tmp_path / "pdu", limits={"max_pdu_length": 4096}), oversized)
     violation = [e for e in published if e.kind == "dicom.protocol.violation"]
     assert violation and violation[0].details["code"] == "pdu-length-exceeds-maximum"
+
+
+# --- an object whose Success could not be sent is not forwarded --------------------------------------
+
+
+def handed_to_forwarders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SOP Instance UIDs the route hands its forwarders, in order (its Receiver is built with
+    the patched method)."""
+    handed: list[str] = []
+    original = StoreForwardRoute._queued
+
+    def queued(self: StoreForwardRoute, meta: Any) -> None:
+        handed.append(meta.object.sop_instance_uid)
+        original(self, meta)
+
+    monkeypatch.setattr(StoreForwardRoute, "_queued", queued)
+    return handed
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def resend(route: Route) -> None:
+    """The modality, which saw no Success, sends the object (1.2.3.7) again on a new association."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", route.listen.port)
+    client = Client(reader, writer)
+    try:
+        await associate(client)
+        await client.send(store_rq(7))
+        assert [status_of(a) for a in await answers(client, 1)] == [dimse.STATUS_SUCCESS]
+        await client.send(P.encode_release_rq())
+        assert [type(p) for p in await client.read()] == [P.ReleaseRP]
+    finally:
+        writer.close()
+
+
+def assert_withdrawn_once(tmp_path: Path, published: list[Any], handed: list[str]) -> None:
+    """The aborted copy was recorded as received, then discarded, never handed on; the copy sent
+    again was handed on once: the destination gets the object once."""
+    kinds = [(e.kind, e.details.get("spool_id")) for e in published if e.kind.startswith("gateway.object.")]
+    discarded = [e for e in published if e.kind == "gateway.object.discarded"]
+    assert len(discarded) == 1, kinds
+    first = discarded[0].details["spool_id"]
+    assert kinds.index(("gateway.object.received", first)) < kinds.index(("gateway.object.discarded", first))
+    assert discarded[0].details["sop_instance"] == "1.2.3.7" and discarded[0].patient_ids == ("SCP01",)
+    assert "C-STORE-RSP" in discarded[0].details["reason"]
+    assert handed == ["1.2.3.7"]
+    spooled = [p.stem for p in (tmp_path / "spool" / "objects").glob("*.json")]
+    assert len(spooled) == 1 and spooled[0] != first  # only the copy sent again is spooled
+
+
+async def committed_and_held(client: Client, gate: Gate, published: list[Any]) -> None:
+    """One C-STORE sent whole and committed, its Success held (the gate shut on its records)."""
+    await associate(client)
+    gate.shut()
+    await client.send(store_rq())
+    await until(lambda: any(e.kind == "gateway.object.received" for e in published), "committed")
+
+
+def test_an_abort_while_the_answer_waits_for_its_records_withdraws_the_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object is synced and committed, its Success waits for its records; the modality aborts.
+    It never saw Success and sends the object again: had the first copy been forwarded as well,
+    the destination would hold it twice (dcmtk's storescp kept two files)."""
+    handed = handed_to_forwarders(monkeypatch)
+    route = sf_route(tmp_path)
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await committed_and_held(client, gate, published)
+        assert await client.read(timeout=0.3) == []  # the answer is held
+        await client.send(P.encode_abort())
+        await until(lambda: any(e.kind == "gateway.object.discarded" for e in published), "discarded")
+        gate.open.set()
+        await asyncio.sleep(0.2)
+        assert handed == []
+        await resend(route)
+
+    assert_withdrawn_once(tmp_path, run(route, scenario), handed)
+
+
+def test_an_abort_while_the_object_is_committed_withdraws_it(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The A-ABORT arrives after the last P-DATA while the object is still being synced and
+    checked: it is committed after the association ended, and not forwarded."""
+    from pacsguard.gateway.store_forward import receiver
+
+    handed = handed_to_forwarders(monkeypatch)
+    checked = receiver.run_checks
+
+    def slow_checks(*args: Any, **kwargs: Any) -> Any:
+        import time
+
+        time.sleep(0.5)  # in the object's worker thread: the abort comes meanwhile
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(receiver, "run_checks", slow_checks)
+    route = sf_route(tmp_path)
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        await client.send(store_rq())
+        await asyncio.sleep(0.1)
+        await client.send(P.encode_abort())
+        await until(lambda: any(e.kind == "gateway.object.discarded" for e in published), "discarded")
+        assert handed == []
+        await resend(route)
+
+    assert_withdrawn_once(tmp_path, run(route, scenario), handed)
+
+
+def test_an_answered_object_is_handed_on_once_its_success_is_sent(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    handed = handed_to_forwarders(monkeypatch)
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await committed_and_held(client, gate, published)
+        await asyncio.sleep(0.2)
+        assert handed == []  # committed, its Success held for its records: not yet
+        gate.open.set()
+        assert [status_of(a) for a in await answers(client, 1)] == [dimse.STATUS_SUCCESS]
+        await until(lambda: handed == ["1.2.3.7"], "handed on")
+        await client.send(P.encode_release_rq())
+        assert [type(p) for p in await client.read()] == [P.ReleaseRP]
+
+    published = run(sf_route(tmp_path), scenario)
+    assert handed == ["1.2.3.7"] and not [e for e in published if e.kind == "gateway.object.discarded"]

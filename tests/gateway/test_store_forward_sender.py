@@ -27,7 +27,7 @@ from peers.dcmtk import free_port
 pytestmark = [pytest.mark.peers]
 
 
-def sf(destination: str) -> Route:
+def sf(destination: str, retry: str = "") -> Route:
     return parse_config(f"""
 gateway:
   routes:
@@ -35,6 +35,7 @@ gateway:
     mode: store-and-forward
     listen: {{port: {free_port()}, ae_title: PACSGUARD}}
     destinations: [{destination}]
+    {retry}
 """).gateway.routes[0]
 
 
@@ -385,3 +386,83 @@ def test_a_tls_destination_keeps_one_association_across_batches(tmp_path):
         assert len(accepted) == 1
     finally:
         scp.shutdown()
+
+
+def retrying(scp_port: int, delay: float) -> Route:
+    return sf(f"{{name: rec, host: 127.0.0.1, port: {scp_port}, ae_title: RECORDER}}",
+              f"retry: {{initial_delay: {delay}, max_delay: {delay}, batch: 64}}")
+
+
+def test_an_object_the_destination_aborts_on_alone_is_retried_after_the_backoff(tmp_path):
+    """The object the destination aborts on is the last of its batch (here the only one): it waits
+    out the backoff like any failure. It was sent again at once, in a loop (764 tries in 10 s,
+    one gateway.object.in-doubt each and no gateway.object.delayed)."""
+    files = fresh_ct(tmp_path / "ct", 1, kib=16)
+    uid = str(dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    scp = RecordingSCP(16384, abort_on=uid)
+    route = retrying(scp.port, 0.5)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    events: list[Event] = []
+    forwarder = Forwarder(route, route.destinations[0], spool, events.append)
+    forwarder.add(spool_file(spool, files[0], ["rec"]))
+    forwarder.start()
+    try:
+        time.sleep(2.5)
+    finally:
+        forwarder.stop()
+        scp.server.shutdown()
+    tries = scp.stores[uid]
+    ended = "the association ended before every answer"
+    delayed = [e for e in events if e.kind == "gateway.object.delayed" and e.details["error"] == ended]
+    in_doubt = [e for e in events if e.kind == "gateway.object.in-doubt"]
+    # However fast the machine: one try, then one per 0.5 s of backoff at most.
+    assert 2 <= tries <= 1 + 2.5 / 0.5, f"{tries} tries in 2.5 s with a backoff of 0.5 s"
+    assert len(delayed) == tries  # one record per round, each saying when it retries
+    assert {e.details["retry_in"] for e in delayed} == {0.5}
+    assert len(in_doubt) <= tries  # asked about once per round, before it is sent again
+    assert len(list(spool.objects.glob("*.json"))) == 1  # still spooled, retried until taken or purged
+    spool.close()
+
+
+def test_a_spooled_object_without_a_data_set_is_never_sent_and_holds_back_nothing(tmp_path):
+    """Defence in depth behind the SCP's refusal (test_store_forward_refusals.py): a spooled file
+    that ends with its file meta information has no data set to send. Its C-STORE-RQ went out
+    with no data PDV after it: the destination waited for one, the forwarder waited out its DIMSE
+    timeout (30 s), and sent it again, for ever, with everything behind it waiting."""
+    import json
+
+    from pynetdicom.dsutils import split_dataset
+
+    files = fresh_ct(tmp_path / "ct", 2, kib=16)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    scp = RecordingSCP(16384)
+    route = retrying(scp.port, 0.2)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    events: list[Event] = []
+    forwarder = Forwarder(route, route.destinations[0], spool, events.append)
+    empty = spool_file(spool, files[0], ["rec"])
+    path = spool.object_path(empty.id)
+    path.write_bytes(path.read_bytes()[:split_dataset(path)[1]])  # the file meta information only
+    forwarder.add(empty)
+    forwarder.add(spool_file(spool, files[1], ["rec"]))
+    forwarder.start()
+    try:
+        wait_until(lambda: any(e.kind == "gateway.object.undeliverable" for e in events), 10, "recorded")
+        wait_until(lambda: set(scp.received) == {uids[1]}, 10, "the object behind it forwarded")
+        time.sleep(0.6)  # retries would come now
+    finally:
+        forwarder.stop()
+        scp.server.shutdown()
+    assert dict(scp.stores) == {uids[1]: 1}
+    undeliverable = [e for e in events if e.kind == "gateway.object.undeliverable"]
+    assert len(undeliverable) == 1  # not retried before the next start
+    details = undeliverable[0].details
+    assert (details["spool_id"], details["destination"], details["sop_instance"]) == (empty.id, "rec", uids[0])
+    assert "no data set" in details["reason"]
+    assert (spool.objects / f"{empty.id}.json").exists()  # spooled until an administrator purges it
+    assert spool.in_doubt(empty.id, ["rec"]) == []  # nothing was sent
+    failure = json.loads((spool.objects / f"{empty.id}.rec.fail").read_text())
+    assert failure["error"].startswith("undeliverable")
+    spool.close()

@@ -37,9 +37,19 @@ KINDS = (
               {**_OBJECT, "destinations": STRINGS, "replaced_by": nullable(STRING)},
               required=("route", "spool_id", "sop_instance", "destinations")),
     EventKind("gateway.object.refused", "a store-and-forward route answered a C-STORE with a failure status "
-              "(an object check, a full spool, a policy check)", _VERDICT, required=("route", "status", "reason")),
+              "(an object check, a full spool, a policy check, a malformed request: check reception)", _VERDICT,
+              required=("route", "status", "reason")),
     EventKind("gateway.object.quarantined", "an object check quarantined an object: refused and kept aside",
               {**_VERDICT, "quarantine": STRING}, required=("route", "status", "reason", "quarantine")),
+    EventKind("gateway.object.discarded",
+              "a store-and-forward route received and spooled an object but its association ended before the "
+              "C-STORE-RSP could be sent: withdrawn from the spool, never forwarded (the modality sends it again)",
+              {**_OBJECT, "reason": STRING}, required=("route", "spool_id", "sop_instance", "reason")),
+    EventKind("gateway.object.undeliverable",
+              "a spooled object the forwarder will not send as it is (its file holds no data set): nothing sent, "
+              "it stays spooled until purged",
+              {**_OBJECT, "destination": STRING, "reason": STRING},
+              required=("route", "spool_id", "destination", "reason")),
     EventKind("gateway.object.forwarded", "a destination answered Success for a spooled object",
               {**_OBJECT, "destination": STRING, "status": STATUS},
               required=("route", "spool_id", "destination", "status")),

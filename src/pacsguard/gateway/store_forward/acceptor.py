@@ -13,11 +13,19 @@ answered with A-ABORT.
 
 Everything sent goes through the relay's `Outbox` (pacsguard.gateway.outbox): with
 `record_before_response` a C-STORE-RSP waits until the Events recorded before it (the object
-received, the C-STORE itself) are durable in the store."""
+received, the C-STORE itself) are durable in the store. An object goes to the forwarders only
+once its C-STORE-RSP is sent; one whose association ends before that is withdrawn from the spool
+(the modality saw no Success and sends it again: forwarding it too would make a duplicate).
+
+A C-STORE the route could not forward as received (no UIDs in its command, no data set, a data
+set in another transfer syntax or of another SOP Instance) is refused at reception
+(pacsguard.gateway.store_forward.screening), once per object: at its command and at its data
+set's first PDV."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -34,8 +42,10 @@ from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
 from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import decide
 from pacsguard.gateway.outbox import Outbox
+from pacsguard.gateway.store_forward import records, screening
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
 from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep, kept_now
+from pacsguard.gateway.store_forward.spool import SpooledMeta
 from pacsguard.gateway.timer import AssociationTimer, idle_left
 from pacsguard.gateway.verdict import Action
 from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
@@ -117,6 +127,10 @@ class StoreAssociation:
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
         self.incoming: Incoming | None = None
         self.answers: deque[asyncio.Task[None]] = deque()  # in the order their requests came
+        # Committed objects whose Success is written or held by the outbox, not yet sent: the
+        # forwarders get each once it is sent; those left when the association ends are withdrawn.
+        self.unanswered: dict[str, SpooledMeta] = {}
+        self._after_sent: list[Callable[[], object]] = []  # run once the outbox holds nothing
         self.warned: set[str] = set()
         self.stored = 0
         self.closed = False
@@ -341,29 +355,37 @@ class StoreAssociation:
         # each of those go to the message in flight before the event is handled.
         spans = iter(P.pdv_spans(raw))
         view = memoryview(raw)
+        ended = False  # the data set's last fragment is written already
         for ev in events:
             if isinstance(ev, E.DimseCommand):
                 self._write_until(spans, view, command=True)
                 self._on_command(ev)
             elif isinstance(ev, E.DimseDatasetStart):
+                # Its data PDVs in this PDU first (none of another message comes before its last
+                # one): the data set's first bytes are then in the file for `_screen_dataset`.
+                ended = self._write_until(spans, view, command=False)
                 self._on_dataset_start(ev)
             elif isinstance(ev, E.DimseDatasetEnd):
-                self._write_until(spans, view, command=False)
+                if not ended:
+                    self._write_until(spans, view, command=False)
+                ended = False
                 self._on_dataset_end(ev)
             if self.closed:
                 return
         self._write_until(spans, view, command=None)
 
     def _write_until(self, spans: Iterator[tuple[int, int, int, int]], view: memoryview, *,
-                     command: bool | None) -> None:
+                     command: bool | None) -> bool:
         """Write data PDVs to the message in flight, up to and including the last fragment of a
-        command set (``command=True``) or of a data set (False), or to the PDU's end (None)."""
+        command set (``command=True``) or of a data set (False), or to the PDU's end (None).
+        Returns whether that last fragment was reached."""
         for _, mch, start, end in spans:
             is_command, is_last = bool(mch & 0x01), bool(mch & 0x02)
             if not is_command and self.incoming is not None:
                 self.incoming.write(self.rx.spool, view[start:end])
             if is_last and is_command is command:
-                return
+                return True
+        return False
 
     def _on_command(self, ev: E.DimseCommand) -> None:
         """A complete command set from the requestor (PS3.7 9.3): C-STORE-RQ and C-ECHO-RQ are this
@@ -413,6 +435,10 @@ class StoreAssociation:
                          verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
                          abort=verdict.reason if verdict.action >= Action.ABORT else "")
             return
+        problem = screening.command_problem(ev.command)
+        if problem is not None:
+            self._refuse_malformed(incoming, problem)
+            return
         incoming.open(rx.spool, self._sender())
 
     def _refuse(self, incoming: Incoming, reason: str, rule: str, status: int, *, abort: str = "") -> None:
@@ -420,6 +446,16 @@ class StoreAssociation:
         incoming.status = status
         incoming.drop(self.rx.spool)
         incoming.abort_after = abort
+
+    def _refuse_malformed(self, incoming: Incoming, problem: screening.Problem) -> None:
+        """A C-STORE the route cannot forward as received: its C-STORE record and the object's
+        `gateway.object.refused` (check ``reception``) say why; the rest of the data set is read and
+        dropped, and the answer carries an Error Comment."""
+        incoming.pending.refuse(problem.reason, problem.rule, problem.status)
+        incoming.refuse(self.rx.spool, problem.status, problem.reason, problem.rule, screening.CHECK,
+                        problem.comment)
+        log.info("route %s: refused a C-STORE from %s (%s): %s", self.route.name, self.adm.host,
+                 self.adm.calling_ae, problem.reason)
 
     def _on_dataset_start(self, ev: E.DimseDatasetStart) -> None:
         """The data set's identifiers (peeked by the decoder from its first fragments)."""
@@ -433,6 +469,21 @@ class StoreAssociation:
             self._refuse(incoming, verdict.reason, verdict.rule,
                          verdict.status if verdict.status is not None else dimse.STATUS_NOT_AUTHORIZED,
                          abort=verdict.reason if verdict.action >= Action.ABORT else "")
+            return
+        self._screen_dataset(incoming, ev)
+
+    def _screen_dataset(self, incoming: Incoming, ev: E.DimseDatasetStart) -> None:
+        """The data set's first bytes, read back from its file once (screening.dataset_problem)."""
+        if not incoming.receiving:  # refused already, or the spool could not take it
+            return
+        try:
+            first, size = incoming.first_bytes(screening.HEADER)
+        except OSError:  # its write's own error path answers for the file
+            return
+        problem = screening.dataset_problem(incoming.command.command, incoming.command.transfer_syntax, first,
+                                            size, ev.peek)
+        if problem is not None:
+            self._refuse_malformed(incoming, problem)
 
     def _on_dataset_end(self, ev: E.DimseDatasetEnd) -> None:
         self._record().dataset_end(ev)
@@ -496,6 +547,8 @@ class StoreAssociation:
             # and the object's record then reaches the journal one fdatasync before its answer's.
             await asyncio.wait([before])
         if self.closed:
+            if kept.meta is not None:  # committed, and its Success can no longer be sent
+                self._withdraw(kept.meta)
             return
         cmd = incoming.command.command
         if cmd.command_field == dimse.C_STORE_RQ and kept.status == dimse.STATUS_SUCCESS:
@@ -504,15 +557,60 @@ class StoreAssociation:
                                     message_id_being_responded_to=cmd.message_id,
                                     affected_sop_class_uid=cmd.affected_sop_class_uid,
                                     affected_sop_instance_uid=cmd.affected_sop_instance_uid,
-                                    command_data_set_type=dimse.NO_DATASET)
+                                    command_data_set_type=dimse.NO_DATASET,
+                                    error_comment=incoming.comment or None)
         self._record().answered(incoming.pending, response)
         frames = P.encode_dimse_message(incoming.command.context_id, dimse.encode_command_set(response), None,
                                         self.decoder.requestor_max_pdu_length)
+        meta = kept.meta
+        if meta is not None:
+            self.unanswered[meta.id] = meta
         self.outbox.send(b"".join(frames))
+        if meta is not None:
+            self._when_sent(functools.partial(self._acknowledged, meta))
         why = kept.cut_off or incoming.abort_after
         if why:
             # After this answer reaches the requestor (it may wait for its record), A-ABORT.
-            self.outbox.when_sent(lambda: self.abort(why, kind="policy"))
+            self._when_sent(lambda: self.abort(why, kind="policy"))
+
+    def _when_sent(self, then: Callable[[], object]) -> None:
+        """Call ``then`` once every frame sent so far has left the outbox (now, if none is held), in
+        the order asked (the outbox keeps one callback: this keeps them all)."""
+        if not self.outbox.holding:
+            then()
+            return
+        self._after_sent.append(then)
+        if len(self._after_sent) == 1:
+            self.outbox.when_sent(self._sent)
+
+    def _sent(self) -> None:
+        callbacks, self._after_sent = self._after_sent, []
+        for then in callbacks:
+            then()
+
+    def _acknowledged(self, meta: SpooledMeta) -> None:
+        """The object's Success is sent (PS3.4 B.2.3): now, and only now, it is the forwarders'."""
+        if self.unanswered.pop(meta.id, None) is not None:
+            self.rx.queued(meta)
+
+    def _withdraw(self, meta: SpooledMeta) -> None:
+        """A committed object whose Success was never sent: not forwarded, withdrawn from the spool
+        (off the loop: a folder fsync), and recorded. The modality sends it again."""
+        self.unanswered.pop(meta.id, None)
+        reason = "the association ended before its C-STORE-RSP was sent; the sender will send it again"
+        self.rx.publish(records.discarded(meta, reason))
+        log.info("route %s: %s from %s was not acknowledged (the association ended first): withdrawn",
+                 self.route.name, meta.object.sop_instance_uid, self.adm.host)
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._withdraw_from_spool, meta.id)
+        except RuntimeError:  # no loop runs (a route stopped from outside it): here, then
+            self._withdraw_from_spool(meta.id)
+
+    def _withdraw_from_spool(self, object_id: str) -> None:
+        try:
+            self.rx.spool.withdraw(object_id)
+        except OSError as exc:  # left in objects/: forwarded after all (at-least-once), and said so
+            log.error("route %s: cannot withdraw %s from the spool: %s", self.route.name, object_id, exc)
 
     # --- ending -----------------------------------------------------------------------------------
 
@@ -537,6 +635,9 @@ class StoreAssociation:
         self.state = "closed"
         self.timer.cancel()
         self.outbox.drop()
+        self._after_sent.clear()
+        for meta in list(self.unanswered.values()):  # their Success never left: not acknowledged
+            self._withdraw(meta)
         if self.incoming is not None:
             self.incoming.drop(self.rx.spool)
             self.incoming = None
@@ -548,7 +649,7 @@ class StoreAssociation:
     def _close_soon(self) -> None:
         """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
         an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
-        self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
+        self._when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
 
     def _expired(self, why: str) -> None:
         if self.closed:

@@ -18,9 +18,11 @@ arrived: before it is sent again the destination is asked with a C-FIND (verify.
 and an object it holds is marked sent instead. A destination that cannot be asked gets the object
 again (at-least-once for that one object; ``verify_resend: never`` chooses that without asking).
 Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`.
-The object in flight when an association ends goes to the back of the queue, so one object a
-destination aborts on is retried without holding back the others (objects may then arrive out of
-the order received; DICOM asks for none)."""
+The object in flight when an association ends goes to the back of the queue and the forwarder
+waits out the backoff, as after any failure, so one object a destination aborts on is retried
+without holding back the others, and without a tight loop when it is the only one (objects may
+then arrive out of the order received; DICOM asks for none). A spooled file without a data set
+is never sent (sender.Undeliverable): recorded, left spooled for an administrator."""
 
 from __future__ import annotations
 
@@ -30,12 +32,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from pacsguard.config.schema import Destination, Route
 from pacsguard.dicom.dimse import status_category
 from pacsguard.events import Event, Party
 from pacsguard.gateway.store_forward import records, verify
-from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation
+from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation, Undeliverable
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
 
 log = logging.getLogger("pacsguard.gateway")
@@ -45,6 +48,22 @@ POLL = 0.5  # seconds between looks at the retry request while waiting
 # Stands for "the destination accepted no presentation context for this object" (PS3.8 9.3.3.2),
 # which has no C-STORE status: 0x0122, SOP class not supported (PS3.7 C.4.2), is the nearest.
 STATUS_NO_CONTEXT = 0x0122
+
+
+class Round(NamedTuple):
+    """How one batch ended: the ids to send again first, why, whether that was recorded already (a
+    failure status per object is), and the object whose association ended before its answer (it
+    waits at the back of the queue, in doubt: PS3.4 B.2 cannot say whether it arrived)."""
+
+    left: list[str]
+    error: str = ""
+    reported: bool = False
+    ended_on: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the forwarder waits before the next batch."""
+        return bool(self.left) or self.ended_on is not None
 
 
 class Forwarder:
@@ -107,17 +126,23 @@ class Forwarder:
                 self._release_if_idle()
                 continue
             try:
-                left, error, reported = self._send(batch)
+                outcome = self._send(batch)
             except Exception as exc:  # noqa: BLE001 - the forwarder must outlive any one failure
                 log.exception("route %s: forwarding to %s failed", self.route.name, self.name)
-                left, error, reported = batch, f"{type(exc).__name__}: {exc}", False
-            if not left:
+                outcome = Round(batch, f"{type(exc).__name__}: {exc}")
+            if not outcome.failed:
                 self.delay = self.route.retry.initial_delay
                 continue
             with self.wake:
-                self.queue.extendleft(reversed(left))
-            if not reported:
-                self.publish(records.delayed(self.route.name, self.name, self.party, error, retry_in=self.delay))
+                self.queue.extendleft(reversed(outcome.left))
+                if outcome.ended_on is not None:
+                    # Behind every other queued object: a destination that aborts on one object (a
+                    # data set its software cannot take) must not hold back the rest. Retried after
+                    # the backoff even when it is the only one: one try per round, not a tight loop.
+                    self.queue.append(outcome.ended_on)
+            if not outcome.reported:
+                self.publish(records.delayed(self.route.name, self.name, self.party, outcome.error,
+                                             retry_in=self.delay))
             self._end_association()  # not held open through the wait
             self._backoff()
 
@@ -139,9 +164,8 @@ class Forwarder:
                 self.wake.wait(min(POLL, left))
         self.delay = min(self.delay * 2, self.route.retry.max_delay)
 
-    def _send(self, batch: list[str]) -> tuple[list[str], str, bool]:
-        """Send ``batch`` on one association. Returns the ids still to send, why, and whether that
-        was recorded already (a failure status per object is)."""
+    def _send(self, batch: list[str]) -> Round:
+        """Send ``batch`` on one association; how it ended."""
         metas = [m for m in (self.spool.read_meta(i) for i in batch) if m is not None]
         metas = [m for m in metas if not self.spool.sent_to(m.id, [self.name])]
         kinds = [(m.object.sop_class_uid, m.object.transfer_syntax_uid) for m in metas]
@@ -154,13 +178,13 @@ class Forwarder:
         try:
             metas = self._settle_doubts(metas)
         except verify.Unreachable as exc:
-            return [m.id for m in metas], str(exc), False
+            return Round([m.id for m in metas], str(exc))
         if not metas:
-            return [], "", False
+            return Round([])
         try:
             assoc = self._association(pairs)
         except Refused as exc:
-            return [m.id for m in metas], str(exc), False
+            return Round([m.id for m in metas], str(exc))
         try:
             outcome = self._send_on(assoc, metas)
         except BaseException:
@@ -171,7 +195,7 @@ class Forwarder:
         self._idle_since = time.monotonic()
         return outcome
 
-    def _send_on(self, assoc: StoreAssociation, metas: list[SpooledMeta]) -> tuple[list[str], str, bool]:
+    def _send_on(self, assoc: StoreAssociation, metas: list[SpooledMeta]) -> Round:
         """The C-STOREs of a batch on ``assoc``; returns as `_send` does."""
         refused: list[str] = []
         # Every object of the batch is marked as being sent before the first goes, with one fsync
@@ -183,20 +207,20 @@ class Forwarder:
                 continue
             if self.stopping:
                 self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
-                return refused + [m.id for m in metas[i:]], "the forwarder stopped", False
+                return Round(refused + [m.id for m in metas[i:]], "the forwarder stopped")
             try:
                 status = assoc.store(path)
+            except Undeliverable as exc:  # nothing sent: retrying cannot help
+                self._undeliverable(meta, str(exc))
+                continue
             except ValueError as exc:  # no accepted presentation context fits this object
                 status, why = STATUS_NO_CONTEXT, str(exc)
             else:
                 why = f"status 0x{status:04X}" if status is not None else ""
             if status is None:  # this one's attempt marker stays: it may have arrived
                 self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
-                # It waits behind every other queued object: a destination that aborts on one
-                # object (a data set its software cannot take) must not hold back the rest.
-                with self.wake:
-                    self.queue.append(meta.id)
-                return refused + [m.id for m in metas[i + 1:]], "the association ended before every answer", False
+                return Round(refused + [m.id for m in metas[i + 1:]], "the association ended before every answer",
+                             ended_on=meta.id)
             if status_category(status) in ("success", "warning"):
                 self._delivered(meta)
                 self.publish(records.forwarded(meta, self.name, self.party, status))
@@ -205,7 +229,15 @@ class Forwarder:
             self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay,
                                          meta=meta, attempts=attempts))
             refused.append(meta.id)
-        return refused, "refused by the destination", True
+        return Round(refused, "refused by the destination", True)
+
+    def _undeliverable(self, meta: SpooledMeta, why: str) -> None:
+        """An object that cannot be sent as spooled: its failure noted (`spool list` shows it, the
+        attempt marker goes: nothing was sent), recorded, and not queued again before the next
+        start; an administrator purges it."""
+        self.spool.mark_failed(meta.id, self.name, f"undeliverable: {why}")
+        log.error("route %s: %s cannot be sent to %s: %s", self.route.name, meta.id, self.name, why)
+        self.publish(records.undeliverable(meta, self.name, self.party, why))
 
     # --- the association kept between batches -------------------------------------------------------
 

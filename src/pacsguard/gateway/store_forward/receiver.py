@@ -16,9 +16,11 @@ Durability before Success (docs/gateway.md, "Store-and-forward routes"):
      its metadata rewritten);
   3. objects/ is fsync'd by a group fsync (`syncing.FolderSync`), still in that thread: one fsync
      covers every object renamed before it began, so concurrent associations share it;
-  4. only then is the object recorded and handed to the forwarders (still in that thread), and
-     answered with Success. A crash before step 3 ends leaves at most a file the next rescan
-     removes; nothing was acknowledged.
+  4. only then is the object recorded (still in that thread) and answered with Success. A crash
+     before step 3 ends leaves at most a file the next rescan removes; nothing was acknowledged.
+  5. the acceptor hands it to the forwarders once its C-STORE-RSP is out: an association that
+     ends before that (an A-ABORT after the last P-DATA) has its object withdrawn from the spool
+     (`Spool.withdraw`), since the modality, which saw no Success, sends it again.
 The spool's free-space floor (spool.min_free_mib) is checked as the object grows: past it, the
 rest of the data set is read and dropped, and the answer is 0xA700 (out of resources, PS3.4
 Table B.2-1)."""
@@ -81,7 +83,7 @@ class Receiver:
     publish: Callable[[Event], int | None]
     quarantine_source: Callable[[str, Verdict], None]
     is_quarantined: Callable[[str, str | None], bool]
-    queued: Callable[[SpooledMeta], None]  # hands a committed object to the forwarders
+    queued: Callable[[SpooledMeta], None]  # hands an acknowledged object to the forwarders
     # Writes each object's ID.json while its worker thread fsyncs the object: threads kept for
     # it, since starting one per object put ~0.4 ms before every object's fsync. Its tasks never
     # wait for anything, so the worker threads that wait for them cannot deadlock it.
@@ -111,7 +113,10 @@ class Incoming:
     written: int = 0
     reserved: int = 0
     peek: DatasetPeek | None = None
-    refusal: tuple[str, str] | None = None  # (reason, rule) of a refusal the spool made
+    refusal: tuple[str, str] | None = None  # (reason, rule) of a refusal the spool or reception made
+    refused_by: str = "spool"  # the `check` of that refusal's event
+    comment: str = ""  # Error Comment (0000,0902) of a refusal's C-STORE-RSP
+    data_start: int = 0  # where the data set begins in the file (after the Part-10 header)
     abort_after: str = ""  # why the association ends once this request is answered
     written_back: int = 0  # bytes handed to the kernel's write-out so far
     started: float = field(default_factory=time.time)
@@ -135,6 +140,7 @@ class Incoming:
                                 implementation_class_uid=PACSGUARD_IMPLEMENTATION_CLASS_UID,
                                 implementation_version_name=PACSGUARD_IMPLEMENTATION_VERSION_NAME,
                                 source_ae_title=sender.calling_ae or None)
+        self.data_start = len(head)
         try:
             self._reserve(spool, len(head))
             self.fd, self.path = spool.create(self.object_id)
@@ -172,6 +178,18 @@ class Incoming:
     def _reserve(self, spool: Spool, size: int) -> None:
         spool.reserve(size)
         self.reserved += size
+
+    def first_bytes(self, size: int) -> tuple[bytes, int]:
+        """Up to ``size`` bytes of the data set from its start, read back from the file (once per
+        object, from the page cache), and how many bytes of it were written so far."""
+        have = self.written - self.data_start
+        return os.pread(self.fd, min(size, have), self.data_start) if have > 0 else b"", max(have, 0)
+
+    def refuse(self, spool: Spool, status: int, reason: str, rule: str, check: str, comment: str = "") -> None:
+        """Stop receiving and answer ``status``: the rest of the data set is read and dropped, and
+        the refusal is recorded as the object's when it is answered (`keep`)."""
+        self.status, self.refusal, self.refused_by, self.comment = status, (reason, rule), check, comment
+        self.drop(spool)
 
     def _refuse_full(self, spool: Spool, exc: SpoolFull) -> int:
         self.status = STATUS_OUT_OF_RESOURCES
@@ -233,11 +251,13 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Kept:
-    """How one received object ended: its status, and why the association ends (its sender was
-    quarantined), if it does."""
+    """How one received object ended: its status, why the association ends (its sender was
+    quarantined), if it does, and the committed object, if it was (the forwarders get it once its
+    Success is sent)."""
 
     status: int
     cut_off: str = ""
+    meta: SpooledMeta | None = None
 
 
 def kept_now(kept: Kept) -> asyncio.Future[Kept]:
@@ -256,7 +276,7 @@ def keep(rx: Receiver, incoming: Incoming, sender: Sender, publish: Callable[[Ev
     if incoming.refusal is not None or not incoming.receiving:
         reason, rule = incoming.refusal or ("not received", "spool")
         status = incoming.status if incoming.status is not None else STATUS_PROCESSING_FAILURE
-        publish(records.refused(meta, status=status, check="spool", rule=rule, reason=reason))
+        publish(records.refused(meta, status=status, check=incoming.refused_by, rule=rule, reason=reason))
         return kept_now(Kept(status))
     fd, received = incoming.fd, incoming.path
     assert received is not None  # a receiving object has its file
@@ -277,8 +297,9 @@ async def _committed(rx: Receiver, incoming: Incoming, committing: Awaitable[Kep
 def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, host: str,
                       publish: Callable[[Event], object]) -> Kept:
     """In a worker thread: fsync the object, run the object checks, then commit it to objects/
-    (the folder's fsync shared with the objects committed meanwhile), record it and hand it to
-    the forwarders, or set it aside. Returns how it ended."""
+    (the folder's fsync shared with the objects committed meanwhile) and record it, or set it
+    aside. Returns how it ended; a committed object goes to the forwarders once the acceptor has
+    sent its Success."""
     try:
         _sync_with_meta(rx.spool, rx.meta_writer, meta, fd)
     except OSError as exc:
@@ -314,8 +335,7 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
         return _not_kept(meta, exc, "commit to", publish, STATUS_OUT_OF_RESOURCES)
     # Here, not back on the loop: the loop's turn after this thread is then only the answer's.
     publish(records.received(meta))
-    rx.queued(meta)
-    return Kept(STATUS_SUCCESS)
+    return Kept(STATUS_SUCCESS, meta=meta)
 
 
 def _sync_with_meta(spool: Spool, meta_writer: Executor, meta: SpooledMeta, fd: int) -> None:

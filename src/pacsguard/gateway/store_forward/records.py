@@ -1,7 +1,7 @@
 """The Events of a store-and-forward route's objects (declared in pacsguard.gateway.kinds): each
-object received, refused, quarantined or forwarded, a destination that failed, the spool past
-its high-water mark, and a purge. Each names the object's patient and study (PS3.15 A.5: the
-audit trail is patient-specific)."""
+object received, refused, quarantined, discarded unacknowledged, forwarded or undeliverable, a
+destination that failed, the spool past its high-water mark, and a purge. Each names the
+object's patient and study (PS3.15 A.5: the audit trail is patient-specific)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pacsguard.runtime.children import how_it_ended
 RECEIVED = "gateway.object.received"
 REFUSED = "gateway.object.refused"
 QUARANTINED = "gateway.object.quarantined"
+DISCARDED = "gateway.object.discarded"
 FORWARDED = "gateway.object.forwarded"
+UNDELIVERABLE = "gateway.object.undeliverable"
 DELAYED = "gateway.object.delayed"
 IN_DOUBT = "gateway.object.in-doubt"
 RESTARTED = "gateway.forwarding.restarted"
@@ -60,6 +62,26 @@ def refused(meta: SpooledMeta, *, status: int, check: str, rule: str, reason: st
                  message=f"{verb} {meta.object.sop_instance_uid or 'an object'} "
                          f"from {meta.object.calling_ae or '?'}: {reason}",
                  details=details, **_patients(meta))
+
+
+def discarded(meta: SpooledMeta, reason: str) -> Event:
+    """A received and committed object whose C-STORE-RSP could not be sent (the association ended
+    first): withdrawn from the spool, never forwarded; the modality, which saw no Success, sends it
+    again (docs/gateway.md, "What it guarantees")."""
+    return Event(kind=DISCARDED, component="gateway", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
+                 actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
+                 message=f"discarded {meta.object.sop_instance_uid} from {meta.object.calling_ae or '?'}, "
+                         f"received but not acknowledged: {reason}",
+                 details={**_object(meta), "reason": reason}, **_patients(meta))
+
+
+def undeliverable(meta: SpooledMeta, destination: str, target: Party, reason: str) -> Event:
+    """A spooled object the forwarder will not send as it is (its file holds no data set): nothing
+    was sent; it stays spooled until purged, and is not retried before the next start."""
+    return Event(kind=UNDELIVERABLE, component="gateway", severity=Severity.ERROR, outcome=Outcome.SERIOUS_FAILURE,
+                 actor=_sender(meta), target=target,
+                 message=f"{destination}: {meta.object.sop_instance_uid} cannot be sent: {reason}",
+                 details={**_object(meta), "destination": destination, "reason": reason}, **_patients(meta))
 
 
 def forwarded(meta: SpooledMeta, destination: str, target: Party, status: int) -> Event:

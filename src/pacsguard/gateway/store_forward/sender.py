@@ -49,6 +49,7 @@ RECEIVE = 1 << 16
 # PDU header (type, reserved, length) and PDV item header (length, context ID, control header).
 _DATA_HEADER = struct.Struct(">BBIIBB")
 _LAST_DATA = 0x02
+MIN_DATA_SET = 8  # one data element header (PS3.5 7.1.2): a data set is at least that long
 
 
 class Refused(Exception):
@@ -57,6 +58,11 @@ class Refused(Exception):
 
 class AssociationEnded(Exception):
     """The destination aborted, closed or stopped answering."""
+
+
+class Undeliverable(Exception):
+    """The spooled file holds no data set to send (PS3.7 9.1.1.1: a C-STORE-RQ carries one):
+    nothing was sent, the association stays usable."""
 
 
 class StoreAssociation:
@@ -115,25 +121,33 @@ class StoreAssociation:
 
     def store(self, path: Path) -> int | None:
         """One C-STORE of a Part-10 file; its status, or None when the association ended first.
-        Raises ValueError when no accepted context fits the file (nothing is sent then)."""
+        Raises ValueError when no accepted context fits the file, Undeliverable when it holds no
+        data set (nothing is sent then: a C-STORE-RQ announcing a data set that never comes
+        leaves the destination waiting, PS3.7 9.1.1.1)."""
         file_meta, offset = split_dataset(path)
         sop, instance = str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID)
         syntax = str(file_meta.TransferSyntaxUID)
         context_id = self.contexts.get((sop, syntax))
         if context_id is None:
             raise ValueError(f"the destination accepted no presentation context for {sop} in {syntax}")
-        self._message_id = self._message_id % 0xFFFF + 1
-        command = CommandSet(C_STORE_RQ, message_id=self._message_id, affected_sop_class_uid=sop,
-                             affected_sop_instance_uid=instance, priority=PRIORITY_MEDIUM,
-                             command_data_set_type=DATASET_PRESENT)
-        try:
-            for pdu in encode_dimse_message(context_id, encode_command_set(command), None, self.peer_max):
-                self.sock.sendall(pdu)
-            self._send_data_set(path, offset, context_id)
-            return self._response(self._message_id)
-        except (OSError, AssociationEnded, DecodeError):
-            self.abort()  # a protocol error or a lost peer: nothing more on this association
-            return None
+        with path.open("rb") as f:
+            fd = f.fileno()
+            size = os.fstat(fd).st_size - offset
+            if size < MIN_DATA_SET:
+                raise Undeliverable(f"the spooled file holds no data set ({max(size, 0)} bytes after its "
+                                    "file meta information)")
+            self._message_id = self._message_id % 0xFFFF + 1
+            command = CommandSet(C_STORE_RQ, message_id=self._message_id, affected_sop_class_uid=sop,
+                                 affected_sop_instance_uid=instance, priority=PRIORITY_MEDIUM,
+                                 command_data_set_type=DATASET_PRESENT)
+            try:
+                for pdu in encode_dimse_message(context_id, encode_command_set(command), None, self.peer_max):
+                    self.sock.sendall(pdu)
+                self._send_data_set(fd, offset, size, context_id)
+                return self._response(self._message_id)
+            except (OSError, AssociationEnded, DecodeError):
+                self.abort()  # a protocol error or a lost peer: nothing more on this association
+                return None
 
     def left_alone(self) -> bool:
         """Whether an idle association is still there to use: nothing arrived from the destination
@@ -165,32 +179,30 @@ class StoreAssociation:
 
     # --- the wire ----------------------------------------------------------------------------------
 
-    def _send_data_set(self, path: Path, offset: int, context_id: int) -> None:
-        """The file's bytes from ``offset`` on as the data set's PDVs, the last one flagged: a batch
-        of PDUs at a time, their values read straight into place between their headers by one
-        preadv(2) and the batch written by one send (per-PDU work is packing 12 header bytes)."""
+    def _send_data_set(self, fd: int, offset: int, left: int, context_id: int) -> None:
+        """The ``left`` bytes of the open file ``fd`` from ``offset`` on (at least one element, see
+        `store`) as the data set's PDVs, the last one flagged: a batch of PDUs at a time, their
+        values read straight into place between their headers by one preadv(2) and the batch
+        written by one send (per-PDU work is packing 12 header bytes)."""
         step = self.peer_max - 6 if self.peer_max else CHUNK_WHEN_UNLIMITED
         slot = _DATA_HEADER.size + step
         per_batch = max(1, BATCH_BYTES // slot)
         buffer = memoryview(bytearray(slot * per_batch))
-        with path.open("rb") as f:
-            fd = f.fileno()
-            left = os.fstat(fd).st_size - offset
-            while left > 0:
-                values: list[memoryview] = []
-                used = 0
-                while left > 0 and len(values) < per_batch:
-                    size = min(step, left)
-                    left -= size
-                    _DATA_HEADER.pack_into(buffer, used, PDU_P_DATA_TF, 0, size + 6, size + 2, context_id,
-                                           _LAST_DATA if left == 0 else 0)
-                    values.append(buffer[used + _DATA_HEADER.size:used + _DATA_HEADER.size + size])
-                    used += _DATA_HEADER.size + size
-                wanted = used - _DATA_HEADER.size * len(values)
-                if os.preadv(fd, values, offset) != wanted:
-                    raise AssociationEnded(f"{path} is shorter than when it was spooled")
-                offset += wanted
-                self.sock.sendall(buffer[:used])
+        while left > 0:
+            values: list[memoryview] = []
+            used = 0
+            while left > 0 and len(values) < per_batch:
+                size = min(step, left)
+                left -= size
+                _DATA_HEADER.pack_into(buffer, used, PDU_P_DATA_TF, 0, size + 6, size + 2, context_id,
+                                       _LAST_DATA if left == 0 else 0)
+                values.append(buffer[used + _DATA_HEADER.size:used + _DATA_HEADER.size + size])
+                used += _DATA_HEADER.size + size
+            wanted = used - _DATA_HEADER.size * len(values)
+            if os.preadv(fd, values, offset) != wanted:
+                raise AssociationEnded("the spooled file is shorter than when it was spooled")
+            offset += wanted
+            self.sock.sendall(buffer[:used])
 
     def _next(self) -> RawPDU:
         while not self._pending:

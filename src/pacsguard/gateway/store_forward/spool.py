@@ -227,11 +227,12 @@ class Spool:
     def create(self, object_id: str) -> tuple[int, Path]:
         """A file in tmp/ for an object that is written as it arrives (the caller writes,
         truncates, fsyncs and closes the descriptor; `sync_object`): a spent file from the pool when
-        there is one, else a new one. Like `receive`, it is not acknowledged yet."""
+        there is one, else a new one. Like `receive`, it is not acknowledged yet. Opened for reading
+        too: the receiver reads the data set's first bytes back once (screening.py)."""
         path = self.tmp / f"{object_id}.dcm"
         if self.pool.take(path):
-            return os.open(path, os.O_WRONLY), path
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+            return os.open(path, os.O_RDWR), path
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
 
     def write_meta(self, meta: SpooledMeta) -> Path:
         """Write an object's metadata to tmp/ID.json, synced (replacing an earlier version): what
@@ -365,6 +366,17 @@ class Spool:
                 for marker in ("sent", "sending", "fail"):
                     self._marker(meta.id, destination, marker).unlink(missing_ok=True)
             return True
+
+    def withdraw(self, object_id: str) -> None:
+        """Take back a committed object that was never acknowledged (its association ended before
+        its C-STORE-RSP went out) nor handed to a forwarder: the modality sends it again. Its .json
+        goes first, durably (after a crash it is not forwarded either), then its file, to the pool
+        of spent files like a forwarded object's."""
+        (self.objects / f"{object_id}.json").unlink(missing_ok=True)
+        self.folder_sync.sync()
+        spent = self.objects / f"{object_id}.dcm"
+        if not self.spend(spent):
+            spent.unlink(missing_ok=True)
 
     def remove(self, object_id: str) -> None:
         """Remove a queued object and its state files; the .json first, so a crash midway leaves

@@ -1,0 +1,163 @@
+"""C-STOREs a store-and-forward route cannot forward as received are refused at reception
+(pacsguard.gateway.store_forward.screening, docs/gateway.md "What is refused at reception"): no
+UIDs in the command, no data set, a data set in another transfer syntax than the presentation
+context's, or one of another SOP Instance. Each is answered with a failure status and an Error
+Comment, recorded as gateway.object.refused (check reception) and never spooled, so never
+forwarded. A raw-socket requestor against a real StoreForwardRoute (test_store_forward_scp.py)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playbook import CT_STORAGE, IMPLICIT_LE, MAX_PDU, request
+from test_durable import Gate
+from test_store_forward_scp import Client, answers, associate, run, sf_route
+
+from pacsguard.dicom import dimse, uids
+from pacsguard.dicom import pdu as P
+from pacsguard.events import Event
+
+EXPLICIT_LE = uids.EXPLICIT_VR_LITTLE_ENDIAN
+UID = "1.2.3.7"
+
+
+def implicit(tag: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian element (PS3.5 7.1.3)."""
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def explicit(tag: int, vr: str, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element of a short VR (PS3.5 7.1.2)."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def ui(uid: str) -> bytes:
+    return uid.encode() + b"\0" * (len(uid) % 2)  # UI pads with NUL to an even length (PS3.5 6.2)
+
+
+def ct(instance: str, *, explicit_vr: bool = False) -> bytes:
+    """A small CT data set: SOP Class, SOP Instance and Patient ID."""
+    if explicit_vr:
+        return (explicit(0x00080016, "UI", ui(CT_STORAGE)) + explicit(0x00080018, "UI", ui(instance))
+                + explicit(0x00100020, "LO", b"REFUSE"))
+    return implicit(0x00080016, ui(CT_STORAGE)) + implicit(0x00080018, ui(instance)) + implicit(0x00100020, b"REFUSE")
+
+
+def store(dataset: bytes | None, *, instance: str | None = UID, sop_class: str | None = CT_STORAGE,
+          message_id: int = 7) -> bytes:
+    """A C-STORE-RQ announcing a data set, then ``dataset`` (None: nothing, the caller sends it)."""
+    command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=sop_class,
+                               affected_sop_instance_uid=instance, priority=0, command_data_set_type=0x0000)
+    return request(command, dataset)
+
+
+def associate_explicit() -> bytes:
+    """An A-ASSOCIATE-RQ proposing CT Image Storage in Explicit VR Little Endian only."""
+    return P.encode_associate_rq(P.AssociateRQ(
+        called_ae_title="PACSGUARD", calling_ae_title="WS1",
+        presentation_contexts=[P.PresentationContextRQ(1, CT_STORAGE, [EXPLICIT_LE])],
+        user_information=P.UserInformation.build(max_length=MAX_PDU, implementation_class_uid="1.2.3")))
+
+
+def response(pdu: P.ParsedPDU) -> dimse.CommandSet:
+    assert isinstance(pdu, P.PDataTF), pdu
+    return dimse.decode_command_set(b"".join(bytes(v.value) for v in pdu.pdvs if v.is_command))
+
+
+def play(tmp_path: Path, messages: list[bytes], *,
+         syntax: str = IMPLICIT_LE) -> tuple[dimse.CommandSet, list[Event]]:
+    """Associate (CT in ``syntax``), send ``messages`` (one C-STORE in pieces) and return its
+    answer and the route's Events. A well-formed C-STORE (SOP Instance 1.2.3.8) follows on the
+    same association and must be spooled, alone; then the association is released."""
+    got: list[dimse.CommandSet] = []
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        if syntax == IMPLICIT_LE:
+            await associate(client)
+        else:
+            await client.send(associate_explicit())
+            ac = await client.read()
+            assert len(ac) == 1 and isinstance(ac[0], P.AssociateAC), ac
+            assert ac[0].presentation_contexts[0].transfer_syntax == syntax
+        for message in messages:
+            await client.send(message)
+        got.append(response((await answers(client, 1))[0]))
+        await client.send(store(ct("1.2.3.8", explicit_vr=syntax != IMPLICIT_LE), instance="1.2.3.8", message_id=8))
+        assert response((await answers(client, 1))[0]).status == dimse.STATUS_SUCCESS
+        await client.send(P.encode_release_rq())
+        assert [type(p) for p in await client.read()] == [P.ReleaseRP]
+
+    published = run(sf_route(tmp_path), scenario)
+    received = [e.details["sop_instance"] for e in published if e.kind == "gateway.object.received"]
+    assert received == ["1.2.3.8"]
+    return got[0], published
+
+
+def refused_at_reception(tmp_path: Path, answer: dimse.CommandSet, published: list[Event], *, status: int,
+                         rule: str, naming: str) -> Event:
+    """The answer is ``status`` with an Error Comment, the object's refusal is recorded with
+    ``rule`` and a reason holding ``naming``, and nothing of it was spooled (nothing to forward)."""
+    assert answer.status == status, f"0x{answer.status or 0:04X}"
+    assert answer.error_comment
+    refused = [e for e in published if e.kind == "gateway.object.refused"]
+    assert len(refused) == 1, [e.kind for e in published]
+    event = refused[0]
+    assert event.details["check"] == "reception" and event.details["rule"] == rule
+    assert event.details["status"] == f"0x{status:04X}" and naming in event.details["reason"]
+    c_store = [e for e in published if e.kind == "dicom.dimse.c-store"]
+    assert c_store and c_store[0].details["status"] == f"0x{status:04X}"
+    spool = tmp_path / "spool"
+    spooled = [e.details["spool_id"] for e in published if e.kind == "gateway.object.received"]
+    assert sorted(p.stem for p in (spool / "objects").glob("*.json")) == spooled
+    assert list((spool / "tmp").iterdir()) == []
+    return event
+
+
+@pytest.mark.parametrize("size", [0, 3])
+def test_a_c_store_whose_data_set_is_empty_is_refused(tmp_path: Path, size: int) -> None:
+    """The command announces a data set; one last data PDV follows, empty (or shorter than an
+    element header). Acknowledged and spooled, it was forwarded as a C-STORE with no data PDV at
+    all: the destination waited for it, the forwarder timed out and sent it again, for ever."""
+    command = store(None)
+    empty = P.encode_p_data_tf([P.PDV(1, False, True, b"\x08\x00\x16"[:size])])
+    answer, published = play(tmp_path, [command, empty])
+    refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
+                         rule="c-store.data-set-empty", naming="empty" if size == 0 else "shorter")
+
+
+def test_a_data_set_of_another_sop_instance_than_the_command_is_refused(tmp_path: Path) -> None:
+    """PS3.4 B.2.2: the Affected SOP Instance UID names the data set's instance. Spooled under the
+    command's UID, the object was refused by the destination (0xA900) at every retry. The next
+    C-STORE, whose UIDs agree, is spooled."""
+    answer, published = play(tmp_path, [store(ct("1.2.3.99"))])
+    event = refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
+                                 rule="c-store.sop-instance-mismatch", naming="1.2.3.99")
+    assert UID in event.details["reason"] and event.patient_ids == ("REFUSE",)
+
+
+@pytest.mark.parametrize(("syntax", "explicit_vr"), [(EXPLICIT_LE, False), (IMPLICIT_LE, True)],
+                         ids=["implicit-in-explicit", "explicit-in-implicit"])
+def test_a_data_set_in_another_transfer_syntax_than_negotiated_is_refused(tmp_path: Path, syntax: str,
+                                                                         explicit_vr: bool) -> None:
+    """Spooled with file meta claiming the context's transfer syntax, the object could not be read
+    by the destination (Orthanc: "DIMSE Failed to receive message"), in doubt, sent again for ever.
+    The next C-STORE, in the negotiated syntax, is spooled."""
+    answer, published = play(tmp_path, [store(ct(UID, explicit_vr=explicit_vr))], syntax=syntax)
+    refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
+                         rule="c-store.transfer-syntax", naming=syntax)
+
+
+@pytest.mark.parametrize(("instance", "sop_class", "status", "rule"), [
+    ("", CT_STORAGE, 0x0115, "c-store.affected-sop-instance-uid"),
+    (None, CT_STORAGE, 0x0115, "c-store.affected-sop-instance-uid"),
+    (UID, "", dimse.STATUS_SOP_CLASS_NOT_SUPPORTED, "c-store.affected-sop-class-uid"),
+], ids=["empty-instance", "no-instance", "empty-class"])
+def test_a_c_store_rq_without_its_uids_is_refused(tmp_path: Path, instance: str | None, sop_class: str,
+                                                  status: int, rule: str) -> None:
+    """PS3.7 9.1.1.1: both UIDs are mandatory in a C-STORE-RQ. Forwarded with an empty one, the
+    object made dcmtk's storescp abort the association, again at every retry."""
+    answer, published = play(tmp_path, [store(ct(UID), instance=instance, sop_class=sop_class)])
+    refused_at_reception(tmp_path, answer, published, status=status, rule=rule, naming="Affected SOP")
