@@ -23,7 +23,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs, parse_qsl, urlencode, urlsplit
 
-from pacsguard.atna.ingest import Sender, payload_event, raw_fields
+from pacsguard.atna.ingest import Sender, payload_event, peer_address, raw_fields
 from pacsguard.atna.message import fhir
 from pacsguard.atna.message.mapping import record_from_event
 from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError
@@ -180,8 +180,7 @@ class RestfulAtna:
         return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", None)
-        sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.scheme)
+        sender = Sender(*peer_address(writer.get_extra_info("peername")), self.scheme)
         if self._full(sender):
             writer.close()
             return

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from pacsguard.atna.ingest import peer_address
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
 
 #: How a failed handshake is told: the peer (host, port), the problem and what went wrong.
@@ -156,9 +157,7 @@ class TlsConnection(asyncio.Protocol):
             self.owner.handshake_over()
 
     def _peer(self) -> tuple[str, int | None]:
-        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        peer = peer or ("?", None)
-        return str(peer[0]), int(peer[1]) if peer[1] is not None else None
+        return peer_address(self.transport.get_extra_info("peername") if self.transport is not None else None)
 
     def _too_slow(self) -> None:
         self._deadline = None

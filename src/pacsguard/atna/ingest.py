@@ -46,6 +46,12 @@ class Sender:
         return out
 
 
+def peer_address(peername: Any) -> tuple[str, int | None]:
+    """(host, port) of a transport's ``peername`` extra info; ("?", None) when it has none."""
+    peer = peername or ("?", None)
+    return str(peer[0]), int(peer[1]) if peer[1] is not None else None
+
+
 def raw_fields(data: bytes) -> dict[str, str]:
     """The raw message byte for byte: as text when it is UTF-8, else base64."""
     try:

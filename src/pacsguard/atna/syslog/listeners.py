@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pacsguard.atna.ingest import Sender, frame_event, frame_events, problem_event
+from pacsguard.atna.ingest import Sender, frame_event, frame_events, peer_address, problem_event
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
 from pacsguard.events.model import Event
@@ -158,8 +158,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check here.
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("?", None)
-        self.sender = Sender(str(peer[0]), int(peer[1]) if peer[1] is not None else None, self.listener.transport)
+        self.sender = Sender(*peer_address(transport.get_extra_info("peername")), self.listener.transport)
         if self.listener.full(self.sender):
             self.refused = True
             transport.close()
