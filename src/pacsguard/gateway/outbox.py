@@ -38,7 +38,7 @@ class Outbox:
         self._write = write
         self._late = late
         self._timer: asyncio.TimerHandle | None = None
-        self._then: Callable[[], object] | None = None
+        self._then: list[Callable[[], object]] = []  # run in the order asked once nothing is held
         self._dropped = False
 
     @property
@@ -57,9 +57,10 @@ class Outbox:
         self._write(data)
 
     def when_sent(self, callback: Callable[[], object]) -> None:
-        """Call ``callback`` once nothing is held (now, if nothing is)."""
+        """Call ``callback`` once nothing is held (now, if nothing is); callbacks asked while frames
+        are held run in the order asked."""
         if self._held:
-            self._then = callback
+            self._then.append(callback)
         else:
             callback()
 
@@ -67,7 +68,7 @@ class Outbox:
         """The association is over: forget what is held (it acknowledged nothing yet)."""
         self._dropped = True
         self._held.clear()
-        self._then = None
+        self._then.clear()
         self._stop_timer()
 
     def _wait(self) -> None:
@@ -109,9 +110,9 @@ class Outbox:
             self._write(b"".join(frames))
         if not self._held:
             self._stop_timer()
-            then, self._then = self._then, None
-            if then is not None:
-                then()
+            then, self._then = self._then, []
+            for callback in then:
+                callback()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

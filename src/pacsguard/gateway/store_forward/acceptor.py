@@ -130,7 +130,6 @@ class StoreAssociation:
         # Committed objects whose Success is written or held by the outbox, not yet sent: the
         # forwarders get each once it is sent; those left when the association ends are withdrawn.
         self.unanswered: dict[str, SpooledMeta] = {}
-        self._after_sent: list[Callable[[], object]] = []  # run once the outbox holds nothing
         self.warned: set[str] = set()
         self.stored = 0
         self.closed = False
@@ -567,26 +566,11 @@ class StoreAssociation:
             self.unanswered[meta.id] = meta
         self.outbox.send(b"".join(frames))
         if meta is not None:
-            self._when_sent(functools.partial(self._acknowledged, meta))
+            self.outbox.when_sent(functools.partial(self._acknowledged, meta))
         why = kept.cut_off or incoming.abort_after
         if why:
             # After this answer reaches the requestor (it may wait for its record), A-ABORT.
-            self._when_sent(lambda: self.abort(why, kind="policy"))
-
-    def _when_sent(self, then: Callable[[], object]) -> None:
-        """Call ``then`` once every frame sent so far has left the outbox (now, if none is held), in
-        the order asked (the outbox keeps one callback: this keeps them all)."""
-        if not self.outbox.holding:
-            then()
-            return
-        self._after_sent.append(then)
-        if len(self._after_sent) == 1:
-            self.outbox.when_sent(self._sent)
-
-    def _sent(self) -> None:
-        callbacks, self._after_sent = self._after_sent, []
-        for then in callbacks:
-            then()
+            self.outbox.when_sent(lambda: self.abort(why, kind="policy"))
 
     def _acknowledged(self, meta: SpooledMeta) -> None:
         """The object's Success is sent (PS3.4 B.2.3): now, and only now, it is the forwarders'."""
@@ -635,7 +619,6 @@ class StoreAssociation:
         self.state = "closed"
         self.timer.cancel()
         self.outbox.drop()
-        self._after_sent.clear()
         for meta in list(self.unanswered.values()):  # their Success never left: not acknowledged
             self._withdraw(meta)
         if self.incoming is not None:
@@ -649,7 +632,7 @@ class StoreAssociation:
     def _close_soon(self) -> None:
         """Close once the last answer is out (PS3.8: the requestor closes after an A-RELEASE-RP or
         an A-ASSOCIATE-RJ; a brief wait lets it reach the client first)."""
-        self._when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
+        self.outbox.when_sent(lambda: asyncio.get_running_loop().call_later(0.05, self.close))
 
     def _expired(self, why: str) -> None:
         if self.closed:
