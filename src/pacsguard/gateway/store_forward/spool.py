@@ -358,9 +358,7 @@ class Spool:
             # Its files by name, without listing the folder: the .dcm first, so that a crash midway
             # leaves the .json and its markers, which `open` and `waiting` finish, never a .dcm no
             # one owns. Markers of a destination no longer configured go at the next rescan.
-            spent = self.objects / f"{meta.id}.dcm"
-            if not self.spend(spent):
-                spent.unlink(missing_ok=True)
+            self._let_go(self.objects / f"{meta.id}.dcm")
             (self.objects / f"{meta.id}.json").unlink(missing_ok=True)
             for destination in meta.destinations:
                 for marker in ("sent", "sending", "fail"):
@@ -374,7 +372,10 @@ class Spool:
         of spent files like a forwarded object's."""
         (self.objects / f"{object_id}.json").unlink(missing_ok=True)
         self.folder_sync.sync()
-        spent = self.objects / f"{object_id}.dcm"
+        self._let_go(self.objects / f"{object_id}.dcm")
+
+    def _let_go(self, spent: Path) -> None:
+        """A spent object file: to the pool of spent files (`spend`), else deleted."""
         if not self.spend(spent):
             spent.unlink(missing_ok=True)
 
