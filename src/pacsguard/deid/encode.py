@@ -21,8 +21,8 @@ from pydicom.filewriter import dcmwrite, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
-#: VRs whose explicit VR header has 2 reserved bytes and a 32-bit length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+from pacsguard.dicom.vr import LONG_VRS
+
 #: String VRs whose ASCII values need no character set (PS3.5 6.1.2.3: the default repertoire).
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR",
                        "UT"})
@@ -53,7 +53,7 @@ class _Syntax:
             return self.plain.pack(group, element, length)
         if vr is None or len(vr) != 2:
             raise _Slow  # no VR to write, or an ambiguous one ("US or SS") only pydicom resolves
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             return self.long.pack(group, element, vr.encode("ascii"), length)
         if length > 0xFFFF:
             raise _Slow  # pydicom turns it into UN (PS3.5 6.2.2)

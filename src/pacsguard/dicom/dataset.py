@@ -27,6 +27,7 @@ from .uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
+from .vr import LONG_VRS
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -70,10 +71,7 @@ def _vr_code(vr: str) -> int:
 
 
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2, Table 7.1-1).
-_LONG_VRS: Final = frozenset(
-    _vr_code(vr)
-    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
-)
+_LONG_VRS: Final = frozenset(_vr_code(vr) for vr in LONG_VRS)
 _VR_SQ: Final = _vr_code("SQ")
 _VR_UN: Final = _vr_code("UN")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from pacsguard.dicom.vr import LONG_VRS, VRS
 from pacsguard.scan.model import Level
 
 PREAMBLE = 128
@@ -27,10 +28,6 @@ TS_EXPLICIT_BE = EXPLICIT_VR_BIG_ENDIAN
 #: PS3.5 A.5 deflate, and the JPIP referenced deflate syntax whose data set is deflated the same way.
 TS_DEFLATED = (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.95")
 
-#: PS3.5 Table 7.1-1: VRs whose explicit header has a reserved word and a 32-bit length.
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-VRS = LONG_VRS | frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN",
-                            "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 
 
 @dataclass(frozen=True, slots=True)

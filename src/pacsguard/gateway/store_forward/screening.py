@@ -19,6 +19,7 @@ from typing import Final
 from pacsguard.dicom import dimse
 from pacsguard.dicom.dataset import DatasetPeek, transfer_syntax_encoding
 from pacsguard.dicom.dimse import CommandSet
+from pacsguard.dicom.vr import VRS
 
 CHECK = "reception"  # `check` of the refusal's event
 HEADER: Final = 8  # bytes of a data element header read (tag, VR or length, PS3.5 7.1.2)
@@ -30,9 +31,7 @@ STATUS_INVALID_ARGUMENT_VALUE: Final = 0x0115
 META_GROUP: Final = b"\x02\x00"
 
 #: The value representations of PS3.5 Table 6.2-1, as the two bytes an explicit VR header holds.
-VRS: Final = frozenset(vr.encode() for vr in (
-    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV",
-    "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"))
+VR_BYTES: Final = frozenset(vr.encode() for vr in VRS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +90,7 @@ def encoding_problem(first: bytes, transfer_syntax: str | None) -> Problem | Non
     implicit, _, deflated = transfer_syntax_encoding(transfer_syntax)
     if implicit is None or deflated or len(first) < HEADER or first[:2] == META_GROUP:
         return None
-    spelled = first[4:6] in VRS
+    spelled = first[4:6] in VR_BYTES
     if spelled is not implicit:
         return None
     found, agreed = ("Explicit VR", "Implicit VR") if implicit else ("Implicit VR", "Explicit VR")
