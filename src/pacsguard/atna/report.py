@@ -77,8 +77,10 @@ def names_patient(event: Event, patient: str) -> bool:
 
 
 def window_us(when: datetime | None) -> int | None:
-    """A window bound as the store's search compares it (store/search.py `_us`), to the microsecond."""
-    return None if when is None else int(when.timestamp() * 1_000_000)
+    """A window bound as the store's search compares it (store/search.py `bound_us`)."""
+    from pacsguard.store.search import bound_us
+
+    return None if when is None else bound_us(when)
 
 
 def patient_report(store: EventStore, patient: str, since: datetime | None = None,

@@ -155,9 +155,9 @@ def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]
     the order of storage closely, so the span is little more than the events in the range."""
     stmt = select(func.min(event_batches.c.first_seq), func.max(event_batches.c.last_seq))
     if q.since is not None:
-        stmt = stmt.where(event_batches.c.max_time_us >= _us(q.since))
+        stmt = stmt.where(event_batches.c.max_time_us >= bound_us(q.since))
     if q.until is not None:
-        stmt = stmt.where(event_batches.c.min_time_us < _us(q.until))
+        stmt = stmt.where(event_batches.c.min_time_us < bound_us(q.until))
     lo, hi = conn.execute(stmt).one()
     return lo, hi
 
@@ -183,11 +183,12 @@ def _row_filter(q: EventQuery) -> _Conditions:
         else:
             out.append(events.c.kind == q.kind)
     if q.since is not None:
-        out.append(events.c.time_us >= _us(q.since))
+        out.append(events.c.time_us >= bound_us(q.since))
     if q.until is not None:
-        out.append(events.c.time_us < _us(q.until))
+        out.append(events.c.time_us < bound_us(q.until))
     return out
 
 
-def _us(value: datetime) -> int:
+def bound_us(value: datetime) -> int:
+    """A search's time bound as it is compared with the stored `time_us` (microseconds)."""
     return int(value.timestamp() * 1_000_000)
