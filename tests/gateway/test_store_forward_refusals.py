@@ -38,12 +38,12 @@ def ui(uid: str) -> bytes:
     return uid.encode() + b"\0" * (len(uid) % 2)  # UI pads with NUL to an even length (PS3.5 6.2)
 
 
-def ct(instance: str, *, explicit_vr: bool = False) -> bytes:
+def ct(instance: str, *, explicit_vr: bool = False, sop_class: str = CT_STORAGE) -> bytes:
     """A small CT data set: SOP Class, SOP Instance and Patient ID."""
     if explicit_vr:
-        return (explicit(0x00080016, "UI", ui(CT_STORAGE)) + explicit(0x00080018, "UI", ui(instance))
+        return (explicit(0x00080016, "UI", ui(sop_class)) + explicit(0x00080018, "UI", ui(instance))
                 + explicit(0x00100020, "LO", b"REFUSE"))
-    return implicit(0x00080016, ui(CT_STORAGE)) + implicit(0x00080018, ui(instance)) + implicit(0x00100020, b"REFUSE")
+    return implicit(0x00080016, ui(sop_class)) + implicit(0x00080018, ui(instance)) + implicit(0x00100020, b"REFUSE")
 
 
 def store(dataset: bytes | None, *, instance: str | None = UID, sop_class: str | None = CT_STORAGE,
@@ -136,6 +136,18 @@ def test_a_data_set_of_another_sop_instance_than_the_command_is_refused(tmp_path
     event = refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
                                  rule="c-store.sop-instance-mismatch", naming="1.2.3.99")
     assert UID in event.details["reason"] and event.patient_ids == ("REFUSE",)
+
+
+def test_a_data_set_of_another_sop_class_than_the_command_is_refused(tmp_path: Path) -> None:
+    """PS3.4 B.2.3: 0xA900, the data set does not match the SOP class. Spooled, it was filed under
+    the command's class (CT Image Storage) in its file meta and forwarded in a CT context, though
+    it says it is an MR image: the destination either refused it at every retry or filed it
+    under the wrong class."""
+    mr_storage = "1.2.840.10008.5.1.4.1.1.4"
+    answer, published = play(tmp_path, [store(ct(UID, sop_class=mr_storage))])
+    event = refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                 rule="c-store.sop-class-mismatch", naming=mr_storage)
+    assert CT_STORAGE in event.details["reason"]
 
 
 @pytest.mark.parametrize(("syntax", "explicit_vr"), [(EXPLICIT_LE, False), (IMPLICIT_LE, True)],

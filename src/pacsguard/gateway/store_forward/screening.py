@@ -67,7 +67,10 @@ def dataset_problem(command: CommandSet, transfer_syntax: str | None, first: byt
     all of it, when shorter), ``size`` the bytes received so far, ``peek`` the decoder's look at its
     identifiers. Refused with 0xC000 (cannot understand, PS3.4 B.2.3): no data set at all, one in
     another transfer syntax than the presentation context's, or one whose SOP Instance UID
-    (0008,0018) is not the command's Affected SOP Instance UID (PS3.4 B.2.2, PS3.7 9.1.1.1.4)."""
+    (0008,0018) is not the command's Affected SOP Instance UID (PS3.4 B.2.2, PS3.7 9.1.1.1.4).
+    One whose SOP Class UID (0008,0016) is not the command's Affected SOP Class UID is refused
+    with 0xA900 (data set does not match SOP class, PS3.4 B.2.3): it would be filed, and
+    forwarded, under a class it is not."""
     if size < HEADER:
         what = "empty" if size == 0 else f"{size} bytes, shorter than one data element"
         return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.data-set-empty",
@@ -80,6 +83,11 @@ def dataset_problem(command: CommandSet, transfer_syntax: str | None, first: byt
         return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.sop-instance-mismatch",
                        f"the data set's SOP Instance UID {theirs} is not the Affected SOP Instance UID {ours} "
                        "of the C-STORE-RQ (PS3.4 B.2.2)", "SOP Instance UID differs from the command's")
+    theirs, ours = peek.sop_class_uid, command.affected_sop_class_uid
+    if theirs and theirs != ours:
+        return Problem(dimse.STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, "c-store.sop-class-mismatch",
+                       f"the data set's SOP Class UID {theirs} is not the Affected SOP Class UID {ours} "
+                       "of the C-STORE-RQ (PS3.4 B.2.3)", "SOP Class UID differs from the command's")
     return None
 
 
