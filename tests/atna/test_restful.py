@@ -95,7 +95,7 @@ def test_numbers_of_unicode_digits_and_the_last_day_there_is(tmp_path: Path, mon
         status, bundle = call(f"{base}?date=9999-12-31")
         assert status == 200 and bundle["total"] == 0
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(f"POST /AuditEvent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+            conn.sendall(f"POST /AuditEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
                          + b"Content-Length: \xb2\r\n\r\n")
             assert conn.recv(4096).startswith(b"HTTP/1.1 411 ")
     store.close()
@@ -234,7 +234,7 @@ def test_the_capability_statement_names_what_is_served(tmp_path: Path, monkeypat
         assert statement["fhirVersion"] == "4.0.1"
         (resource,) = statement["rest"][0]["resource"]
         assert resource["type"] == "AuditEvent"
-        assert {i["code"] for i in resource["interaction"]} == {"search-type", "create"}
+        assert {i["code"] for i in resource["interaction"]} == {"read", "search-type", "create"}
         params = [p["name"] for p in resource["searchParam"]]
         for name in params:  # each one named is one the search takes
             AuditQuery.parse({name: ["ge2026-01-01" if name == "date" else "x"]})
@@ -294,7 +294,7 @@ def test_an_endpoint_full_of_connections_closes_the_next_ones_and_still_answers(
         over = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
         assert [s.recv(64) for s in over] == [b""] * 3
         got = rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs), "refusal")
-        held[0].sendall(f"GET /AuditEvent HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        held[0].sendall(f"GET /AuditEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
         assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
         for s in [*held, *over]:
             s.close()

@@ -1,10 +1,13 @@
-"""The RESTful ATNA endpoint: IHE ITI-81 (GET /AuditEvent?... answers a FHIR searchset Bundle) and
-FHIR AuditEvent intake (POST /AuditEvent, as ITI-20's RESTful option). A small, bounded HTTP/1.1
-server (RFC 9112): persistent connections (RFC 9112 9.3) serving requests one after another, at most
-MAX_REQUESTS on one connection; a head of at most 16 KiB and a whole request within TIMEOUT; a body
-of at most the configured message size given by Content-Length; every request authenticated by the
-bearer token (RFC 6750) or by a verified client certificate. A refused, cut short or too slow
-request, and a connection that sent nothing, is an Event naming the sender; the server goes on."""
+"""The RESTful ATNA endpoint: IHE ITI-81 (GET /AuditEvent?... answers a FHIR searchset Bundle, and
+GET /AuditEvent/ID reads one of its entries, FHIR R4 3.1.0.1) and FHIR AuditEvent intake (POST
+/AuditEvent, as ITI-20's RESTful option). A small, bounded HTTP/1.1 server (RFC 9112): persistent
+connections (RFC 9112 9.3) serving requests one after another, at most MAX_REQUESTS on one
+connection; a head of at most 16 KiB, with one Host field (RFC 9112 3.2), and a whole request
+within TIMEOUT; a body of at most the configured message size given by Content-Length, a 100
+(Continue) sent first when the client waits for one (RFC 9110 10.1.1); every request
+authenticated by the bearer token (RFC 6750) or by a verified client certificate. A refused, cut
+short or too slow request, and a connection that sent nothing, is an Event naming the sender; the
+server goes on."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from urllib.parse import SplitResult, parse_qs, parse_qsl, urlencode, urlsplit
 from pacsguard.atna.ingest import Sender, payload_event, peer_address, raw_fields
 from pacsguard.atna.message import fhir
 from pacsguard.atna.message.mapping import record_from_event
-from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError
+from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
 from pacsguard.atna.syslog.listeners import Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
 
@@ -43,6 +46,12 @@ log = logging.getLogger("pacsguard.atna")
 _HOST = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
 #: RFC 9112 2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT; only major version 1 is served.
 _VERSION = re.compile(r"HTTP/1\.[0-9]")
+#: The paths of the AuditEvent type, with or without the /fhir prefix: searched (GET), posted to.
+_AUDIT_EVENTS = ("/AuditEvent", "/fhir/AuditEvent")
+#: The path of one AuditEvent (FHIR R4 3.1.0.1, read): a search Bundle's fullUrl, a POST's Location.
+_AUDIT_EVENT = re.compile(r"(/fhir)?/AuditEvent/([^/]+)")
+#: The interim response that tells a client waiting with "Expect: 100-continue" to send its body.
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 MAX_HEAD = 16 * 1024
 #: Seconds a connection may stay idle before its first request or between two (then it is closed),
@@ -102,7 +111,7 @@ class Broken(Exception):
 def outcome(status: HTTPStatus, text: str) -> Reply:
     """An OperationOutcome (FHIR R4) explaining a refusal."""
     code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 408: "timeout",
-            413: "too-long"}.get(status.value, "exception")
+            413: "too-long", 417: "not-supported"}.get(status.value, "exception")
     return Reply(status.value, {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
 
@@ -212,8 +221,9 @@ class RestfulAtna:
                 if found is None:
                     return
                 request, body = found
-                reply, version = await self._respond(request, body, sender), request.version
-                if served + 1 == MAX_REQUESTS or not request.persistent():
+                reply, version = await self._respond(request, body or b"", sender), request.version
+                # A body left unread may still come: where the next request begins is unknown.
+                if body is None or served + 1 == MAX_REQUESTS or not request.persistent():
                     reply = dataclasses.replace(reply, close=True)
             if not await _send(writer, reply, version):
                 return
@@ -222,8 +232,11 @@ class RestfulAtna:
                 return
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: Sender, *,
-                       first: bool) -> tuple[Request, bytes] | None:
-        """The next request and its body; None when the connection ended or idled before one began."""
+                       first: bool) -> tuple[Request, bytes | None] | None:
+        """The next request and its body; None when the connection ended or idled before one began.
+        The body is None when it was not read: the client waits for a 100 (Continue) before it
+        sends it, and the request does not take one (RFC 9110 10.1.1), so it is answered at once
+        and its connection closed."""
         start = await self._began(reader, sender, first)
         if start is None:
             return None
@@ -234,6 +247,12 @@ class RestfulAtna:
             raise Broken("unauthorized", "no valid bearer token or client certificate", HTTPStatus.UNAUTHORIZED,
                          request.method, path)
         length = self._length(request, path)
+        # No 100 when the framing shows no body (RFC 9110 10.1.1); nor for a request that takes
+        # none: answered at once, its body left unread.
+        if _expects_continue(request, path) and length:
+            if request.method != "POST" or path.rstrip("/") not in _AUDIT_EVENTS:
+                return request, None
+            await _continue(writer)
         if length == CHUNKED:
             return request, await _read_chunked(reader, self.max_body, deadline, request.method, path)
         return request, await _read_body(reader, length, deadline, request.method, path)
@@ -310,7 +329,11 @@ class RestfulAtna:
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
             return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc),
                                                         SEARCH_PARAMETERS))
-        if path not in ("/AuditEvent", "/fhir/AuditEvent"):
+        if (one := _AUDIT_EVENT.fullmatch(path)) is not None:
+            if method != "GET":
+                return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of an AuditEvent is not supported")
+            return await self._read(one.group(2))
+        if path not in _AUDIT_EVENTS:
             return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
@@ -342,6 +365,15 @@ class RestfulAtna:
         if event.kind == "atna.message.unparsed":
             return outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
         return Reply(201, fhir.render(record_from_event(event), event.id), f"{base}/AuditEvent/{event.id}")
+
+    async def _read(self, resource_id: str) -> Reply:
+        """FHIR read (R4 3.1.0.1) of the AuditEvent a search Bundle's entry gives with this id (its
+        fullUrl, as a POST's Location): the resource as the search renders it, or 404."""
+        found = await asyncio.to_thread(stored_by_id, self.store, resource_id)
+        if found is None:
+            shown = resource_id if len(resource_id) <= 64 else f"{resource_id[:64]}..."
+            return outcome(HTTPStatus.NOT_FOUND, f"no AuditEvent with the id {shown!r}")
+        return Reply(200, fhir.render(record_from_event(found.event), found.event.id))
 
     async def _search(self, query: str, sender: Sender, base: str, prefer: str) -> Reply:
         strict = "handling=strict" in prefer.replace(" ", "").lower()
@@ -416,6 +448,7 @@ def _parse_head(head: bytes) -> Request:
         raise Broken("bad-request", "not an HTTP/1.x request", HTTPStatus.BAD_REQUEST)
     method, target, version = parts
     headers: dict[str, str] = {}
+    hosts = 0
     for line in filter(None, lines[1:]):
         if any(c in line for c in "\r\n\0"):  # RFC 9112 5.5, 2.2: a bare CR or LF, or a NUL, may hide a field
             raise Broken("bad-request", f"a CR, LF or NUL inside a header line: {line[:80]!r}", HTTPStatus.BAD_REQUEST,
@@ -425,13 +458,46 @@ def _parse_head(head: bytes) -> Request:
         if not colon or not name or name != name.strip():
             raise Broken("bad-request", f"not a header field: {line[:80]!r}", HTTPStatus.BAD_REQUEST, method)
         key = name.lower()
+        hosts += key == "host"
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
     try:
         url = urlsplit(target)
     except ValueError as exc:  # e.g. "//[": an unclosed IPv6 literal
         raise Broken("bad-request", f"request target {target[:80]!r}: {exc}", HTTPStatus.BAD_REQUEST,
                      method) from None
+    # RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one (which
+    # of two hosts was meant is a guess, and a proxy before pacsguard may have guessed otherwise).
+    # HTTP/1.x above 1.1 is taken as 1.1 (RFC 9110 2.5).
+    if hosts > 1:
+        raise Broken("bad-request", f"{hosts} Host header fields (RFC 9112 3.2: exactly one)", HTTPStatus.BAD_REQUEST,
+                     method, url.path)
+    if not hosts and version != "HTTP/1.0":
+        raise Broken("bad-request", f"an {version} request without a Host header field (RFC 9112 3.2)",
+                     HTTPStatus.BAD_REQUEST, method, url.path)
     return Request(method, url, version, headers)
+
+
+def _expects_continue(request: Request, path: str) -> bool:
+    """Whether the client waits for a 100 (Continue) before it sends the body (RFC 9110 10.1.1:
+    "Expect: 100-continue", case-insensitive); Broken (417 Expectation Failed) for an expectation
+    this server cannot meet, which is any other. An HTTP/1.0 request's Expect is ignored (10.1.1:
+    it was not defined then, a proxy may have passed it on unread)."""
+    if request.version == "HTTP/1.0":
+        return False
+    given = request.headers.get("expect", "")
+    expected = {e.strip().lower() for e in given.split(",")} - {""}
+    if expected - {"100-continue"}:
+        raise Broken("bad-request", f"Expect: {given[:80]!r} cannot be met: only 100-continue is",
+                     HTTPStatus.EXPECTATION_FAILED, request.method, path)
+    return bool(expected)
+
+
+async def _continue(writer: asyncio.StreamWriter) -> None:
+    """Send the 100 (Continue) a client waits for before it sends the body (RFC 9110 15.2.1): curl
+    waits a second for it, then sends the body anyway. A client gone is found by the body's read."""
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write(_CONTINUE)
+        await writer.drain()
 
 
 async def _read_chunked(reader: asyncio.StreamReader, most: int, deadline: float, method: str, path: str) -> bytes:

@@ -3,10 +3,12 @@ stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``pat
 ``agent-name``, the parameters matched by value (`_MATCHED`: ``address``, ``agent-identifier``,
 ``entity-identifier``, ``entity-type``, ``entity-role``, ``outcome``, ``source``, ``type``,
 ``subtype``, ``action``), ``_count`` (the page size), and ``_cursor``, the opaque position a
-Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own)."""
+Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own). `stored_by_id` finds
+the one stored audit message a FHIR read (``GET /AuditEvent/ID``, FHIR R4 3.1.0.1) names."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -17,6 +19,16 @@ from pacsguard.events.model import Event
 if TYPE_CHECKING:
     from pacsguard.store import EventStore
     from pacsguard.store.store import StoredEvent
+
+
+#: Store positions read at a time around the place an id's time points to (`stored_by_id`).
+_READ_CHUNK = 64
+#: Events read each way from that place at most: a well-formed id of no stored event must not make
+#: a read walk the hour of disorder `sources.DISORDER` allows (millions of events on a busy store);
+#: the hand-over's real disorder is a few of its batches, thousands of events.
+_MOST_READ = 50_000
+#: An Event id as this repository gives it (`events.model.new_event_id`): 32 hex digits, lower case.
+_EVENT_ID = re.compile("[0-9a-f]{32}")
 
 
 class QueryError(ValueError):
@@ -146,6 +158,59 @@ SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "stri
                      **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED}}
 #: Every parameter the search understands: those and the result parameters.
 _KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
+
+
+def stored_by_id(store: EventStore, resource_id: str) -> StoredEvent | None:
+    """The stored audit message whose Event id is ``resource_id`` (the AuditEvent id a search
+    Bundle gives it), or None: for an id of no such message, or of a form this repository does
+    not give (FHIR R4 3.1.0.1: read answers 404).
+
+    The store has no index by id, but it holds events in the order they arrived and every id
+    begins with the millisecond it was made (UUIDv7, RFC 9562 5.7): a binary search by that time
+    finds where the event was stored, give or take the disorder of the hand-over from the reading
+    processes (`sources.DISORDER`), and `_around` reads outwards from there: a few reads for an
+    event that is there, whatever the store's size."""
+    from pacsguard.atna.sources import first_made_from, made_ms
+    from pacsguard.store import EventQuery
+
+    made = made_ms(resource_id) if _EVENT_ID.fullmatch(resource_id) else None
+    if made is None:
+        return None
+    at = first_made_from(store, datetime.fromtimestamp(made / 1000, timezone.utc))
+    if at is None:  # an event in the store with an id of another form: no time to start from
+        around: Iterable[StoredEvent] = store.search(EventQuery(kind="atna.audit.*", limit=None))
+    else:
+        around = _around(store, at, made)
+    found = next((s for s in around if s.event.id == resource_id), None)
+    return found if found is not None and found.event.kind.startswith("atna.audit.") else None
+
+
+def _around(store: EventStore, at: int, made: int) -> Iterator[StoredEvent]:
+    """The stored events from position ``at`` outwards, a chunk forwards and a chunk backwards in
+    turn; each way until the store ends or an event there was made further from ``made`` (Unix
+    ms) than the store's disorder: the event of ``made`` cannot lie beyond one stored out of
+    order by more than that."""
+    from pacsguard.atna.sources import DISORDER, made_ms
+    from pacsguard.store import EventQuery
+
+    def beyond(chunk: list[StoredEvent], far: Callable[[int], bool]) -> bool:
+        return any(m is not None and far(m) for m in (made_ms(s.event.id) for s in chunk))
+
+    margin = DISORDER // timedelta(milliseconds=1)
+    ahead: int | None = at  # the next position to read forwards
+    behind: int | None = at  # the position after the next chunk to read backwards
+    first, last = max(at - _MOST_READ, 0), at + _MOST_READ
+    while ahead is not None or behind is not None:
+        if ahead is not None:
+            chunk = list(store.search(EventQuery(after_seq=ahead - 1, limit=_READ_CHUNK)))
+            yield from chunk
+            done = len(chunk) < _READ_CHUNK or beyond(chunk, lambda m: m > made + margin)
+            ahead = None if done or chunk[-1].seq + 1 >= last else chunk[-1].seq + 1
+        if behind is not None:
+            start = max(behind - _READ_CHUNK, first)
+            chunk = list(store.search(EventQuery(after_seq=start - 1, limit=behind - start))) if behind > start else []
+            yield from reversed(chunk)
+            behind = None if start == first or beyond(chunk, lambda m: m < made - margin) else start
 
 
 def _value(text: str, *, reference: bool = False) -> str:

@@ -118,7 +118,7 @@ def recorded(store: EventStore, since: datetime | None = None) -> Iterator[Event
     receipt. A binary search over the store's positions by that time finds where the events made
     from ``since`` - DISORDER on begin (a few indexed reads, whatever the store's size); only the
     events after it are read, and each is kept when received at or after ``since``."""
-    first = None if since is None else _first_made_from(store, since - DISORDER)
+    first = None if since is None else first_made_from(store, since - DISORDER)
     if since is None or first is None:  # everything (ids of another form: no position to start from)
         events = (s.event for s in store.search(EventQuery(kind="atna.*", limit=None)))
     else:
@@ -129,7 +129,7 @@ def recorded(store: EventStore, since: datetime | None = None) -> Iterator[Event
             yield ev
 
 
-def _first_made_from(store: EventStore, when: datetime) -> int | None:
+def first_made_from(store: EventStore, when: datetime) -> int | None:
     """The first position in ``store`` whose event was made at or after ``when`` (binary search),
     or None when an event's id does not say when it was made."""
     cutoff = int(when.timestamp() * 1000)
@@ -137,7 +137,7 @@ def _first_made_from(store: EventStore, when: datetime) -> int | None:
     while lo < hi:
         mid = (lo + hi) // 2
         found = list(store.search(EventQuery(after_seq=mid - 1, limit=1)))
-        made = _made_ms(found[0].event.id) if found else None
+        made = made_ms(found[0].event.id) if found else None
         if made is None:
             return None
         if made < cutoff:
@@ -147,7 +147,7 @@ def _first_made_from(store: EventStore, when: datetime) -> int | None:
     return lo
 
 
-def _made_ms(event_id: str) -> int | None:
+def made_ms(event_id: str) -> int | None:
     """The Unix time in milliseconds at which an Event was made, from its id: unix_ts_ms is the
     first 48 of 128 bits and version 7 the next 4 (RFC 9562 5.7); None for an id of another form."""
     if len(event_id) != 32:

@@ -208,7 +208,7 @@ def capability_statement(base: str, version: str, now: datetime,
             "security": {"description": "a bearer token or a client certificate (mutual TLS)"},
             "resource": [{
                 "type": "AuditEvent",
-                "interaction": [{"code": "search-type"}, {"code": "create"}],
+                "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "create"}],
                 "searchParam": [{"name": name, "type": kind} for name, kind in search_parameters.items()],
             }],
         }],
