@@ -4,22 +4,37 @@ arrives exactly once, and each passes the A.5.1 check."""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from receiver import Repository, free_port
 
 from pacsguard.atna.dedupe import delivery_of
+from pacsguard.atna.ingest import Sender, frame_event
 from pacsguard.atna.message import codes, dicom_xml, schema
 from pacsguard.atna.message.build import to_xml
 from pacsguard.atna.outbound.forwarder import Forwarder
 from pacsguard.atna.outbound.mapping import to_record
-from pacsguard.atna.outbound.sender import OutboundSender
+from pacsguard.atna.outbound.sender import OutboundSender, frame
 from pacsguard.atna.outbound.spool import Spool
+from pacsguard.dicom import dimse
+from pacsguard.dicom.dataset import peek_identifiers
+from pacsguard.dicom.dimse import CommandSet
+from pacsguard.dicom.events import DimseCommand, DimseDatasetStart
 from pacsguard.events.model import Event, Outcome, Party, Severity
+from pacsguard.records.dicom import AssociationRecord
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.tls import client_context, make_ca, make_cert
 
@@ -57,6 +72,94 @@ def test_every_mapped_kind_passes_the_a51_check() -> None:
         assert r is not None
         assert schema.check(dicom_xml.parse_xml(to_xml(r))) == [], r.event_id
     assert to_record(Event(kind="dicom.association.released", component="gateway"), "site-a") is None
+
+
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve - FIND
+MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+
+def message_objects(record: Any) -> list[dict[str, Any]]:
+    """The participant objects of a record as a pacsguard repository stores them (its reader's JSON)."""
+    framed = frame("site-a", 1, to_xml(record), "gw")
+    stored = frame_event(Sender("127.0.0.1", 4000, "tls", "octet-counting"), framed.split(b" ", 1)[1])
+    assert stored.kind == "atna.audit.instances-transferred" or stored.kind == "atna.audit.query", stored.kind
+    objects: list[dict[str, Any]] = stored.details["objects"]
+    return objects
+
+
+@pytest.mark.parametrize("event", [
+    # A de-identified CT: no Patient ID in the object, so none in the event.
+    Event(kind="dicom.dimse.c-store", component="gateway", actor=CT, target=PACS, study_uids=("1.2.3",),
+          sop_instance_count=1, details={"route": "main", "message_id": 1, "sop_class": "1.2.840.10008.5.1.4.1.1.2",
+                                         "duration_ms": 1.0, "status": "0x0000"}),
+    # A malformed object: neither Patient ID nor Study Instance UID.
+    Event(kind="dicom.dimse.c-store", component="gateway", actor=CT, target=PACS, sop_instance_count=1,
+          details={"route": "main", "message_id": 2, "sop_class": "1.2.840.10008.5.1.4.1.1.2", "duration_ms": 1.0,
+                   "status": "0x0000"}),
+    # A C-MOVE at STUDY level names the study, not the patient.
+    Event(kind="dicom.dimse.c-move", component="gateway", actor=PACS, target=CT, study_uids=("1.2.3",),
+          sop_instance_count=3, details={"route": "main", "message_id": 3, "sop_class": MOVE, "duration_ms": 1.0,
+                                         "status": "0x0000", "level": "STUDY",
+                                         "query": {"StudyInstanceUID": "1.2.3"}, "move_destination": "CT01"}),
+    # A C-GET at PATIENT level names the patient, not the studies.
+    Event(kind="dicom.dimse.c-get", component="gateway", actor=PACS, target=CT, patient_ids=("PID-7",),
+          sop_instance_count=2, details={"route": "main", "message_id": 4, "sop_class": GET, "duration_ms": 1.0,
+                                         "status": "0x0000", "level": "PATIENT", "query": {"PatientID": "PID-7"}}),
+], ids=["c-store-no-patient", "c-store-no-patient-no-study", "c-move-study-level", "c-get-patient-level"])
+def test_a_transfer_naming_no_patient_or_study_is_still_audited(event: Event) -> None:
+    """PS3.15 A.5.3.7 requires the Patient and the Studies participant objects, so a transfer whose
+    patient or study is unknown names them with an empty ParticipantObjectID. Once, it was not sent."""
+    record = to_record(event, "site-a")
+    assert record is not None and record.event_id.code == "110104"
+    assert record.action == ("C" if event.kind.endswith("c-store") else "R")
+    assert schema.check(dicom_xml.parse_xml(to_xml(record))) == []
+    patients = [o.object_id for o in record.objects if o.id_type.code == "2"]
+    studies = [o.object_id for o in record.objects if o.id_type.code == "110180"]
+    assert patients == (list(event.patient_ids) or [""])
+    assert studies == (list(event.study_uids) or [""])
+    # A pacsguard repository stores the message without inventing a patient or a study for it.
+    objects = message_objects(record)
+    assert [o["id"] for o in objects if o["id_type"]["code"] == "2"] == patients
+
+
+def find_event(query: dict[str, str], level: str = "STUDY") -> Event:
+    return Event(kind="dicom.dimse.c-find", component="gateway", actor=CT, target=PACS,
+                 details={"route": "main", "message_id": 1, "sop_class": FIND, "duration_ms": 2.0,
+                          "status": "0x0000", "level": level, "query": query})
+
+
+def query_of(objects: list[dict[str, Any]]) -> Dataset:
+    """The identifier a Query message carries (PS3.15 A.5.3.10): the SOP Queried object's
+    ParticipantObjectQuery, read in the transfer syntax its TransferSyntax detail names."""
+    (queried,) = [o for o in objects if o["id_type"]["code"] == "110181"]
+    (syntax,) = [base64.b64decode(d["value"]).decode() for d in queried["details"] if d["type"] == "TransferSyntax"]
+    assert syntax == ExplicitVRLittleEndian
+    return read_dataset(io.BytesIO(base64.b64decode(queried["query"])), is_implicit_VR=False, is_little_endian=True)
+
+
+def test_the_query_is_the_identifier_as_a_dicom_data_set() -> None:
+    """ParticipantObjectQuery holds the C-FIND identifier as a DICOM data set (Explicit VR Little
+    Endian), with a TransferSyntax ParticipantObjectDetail (PS3.15 A.5.3.10). Once, it was JSON
+    of the recorded keys, with no TransferSyntax."""
+    event = find_event({"PatientName": "MÜLLER^JÖRG*", "PatientID": "", "StudyInstanceUID": "",
+                        "AccessionNumber": "A-17", "NotADicomKeyword": "x"})
+    record = to_record(event, "site-a")
+    assert record is not None and record.event_id.code == "110112"
+    xml = to_xml(record)
+    assert schema.check(dicom_xml.parse_xml(xml)) == []
+    assert re.search(rb'<ParticipantObjectDetail type="TransferSyntax" value="MS4yLjg0MC4xMDAwOC4xLjIuMQ=="', xml)
+    ds = query_of(message_objects(record))
+    # The keys pydicom knows, the level, and the character set the non-ASCII name needs, in tag
+    # order; the unknown keyword is left out.
+    assert [e.keyword for e in ds] == ["SpecificCharacterSet", "AccessionNumber", "QueryRetrieveLevel",
+                                       "PatientName", "PatientID", "StudyInstanceUID"]
+    assert (ds.SpecificCharacterSet, ds.QueryRetrieveLevel, ds.AccessionNumber, str(ds.PatientName),
+            ds.PatientID, ds.StudyInstanceUID) == ("ISO_IR 192", "STUDY", "A-17", "MÜLLER^JÖRG*", "", "")
+    # Without any non-ASCII value, no character set is added.
+    plain = to_record(find_event({"PatientID": "PID-7"}, level="PATIENT"), "site-a")
+    assert plain is not None
+    assert [e.keyword for e in query_of(message_objects(plain))] == ["QueryRetrieveLevel", "PatientID"]
 
 
 @pytest.fixture
@@ -172,3 +275,79 @@ def test_another_sender_naming_an_origin_cannot_suppress_it(tmp_path: Path) -> N
     assert [dedupe.fresh(received(real, s)) for s in (1, 2, 3)] == [True, True, True]
     assert not dedupe.fresh(received(forger, 5)) and records[0].details["sender"]["host"] == "10.0.0.66"
     assert delivery_of('[pacsguard@32473 origin="a\\"b\\]" seq="5"]') == ('a"b]', 5)
+
+
+def gateway_find_event(identifier: Dataset) -> Event:
+    """The c-find Event the gateway's association record makes of a C-FIND carrying ``identifier``
+    (encoded Implicit VR Little Endian, as most SCUs send it) and answered with success."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, identifier)
+    events: list[Event] = []
+    record = AssociationRecord(events.append, component="gateway", client=CT, server=PACS, route="main",
+                               called_ae="PACSGUARD")
+    request = CommandSet(command_field=dimse.C_FIND_RQ, message_id=5, affected_sop_class_uid=FIND,
+                         command_data_set_type=0x0000)  # type: ignore[call-arg]
+    record.command(DimseCommand(True, 1, FIND, ImplicitVRLittleEndian, request))
+    record.dataset_start(DimseDatasetStart(True, 1, 5, peek_identifiers(fp.getvalue(), ImplicitVRLittleEndian,
+                                                                        final=True)))
+    response = CommandSet(command_field=dimse.C_FIND_RSP, message_id_being_responded_to=5,
+                          status=dimse.STATUS_SUCCESS, command_data_set_type=0x0101)  # type: ignore[call-arg]
+    record.command(DimseCommand(False, 1, None, None, response))
+    (find,) = events
+    assert find.kind == "dicom.dimse.c-find"
+    return find
+
+
+def test_a_real_repository_stores_the_query_as_a_data_set(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """A gateway C-FIND and a C-STORE without a patient, mapped, spooled and sent over mutual TLS to
+    `pacsguard atna listen`: the stored Query's ParticipantObjectQuery decodes as a DICOM data set
+    holding the keys the gateway recorded, with their values; the transfer is stored with no patient."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "DOE^J*"
+    identifier.PatientID = ""
+    identifier.StudyInstanceUID = ""
+    identifier.AccessionNumber = "A-17"
+    identifier.StudyDate = "20240101-"  # not a key the gateway records
+    find = gateway_find_event(identifier)
+    recorded = {**find.details["query"], "QueryRetrieveLevel": find.details["level"]}
+    assert recorded == {"QueryRetrieveLevel": "STUDY", "PatientName": "DOE^J*", "PatientID": "",
+                        "StudyInstanceUID": "", "AccessionNumber": "A-17"}
+    anonymous = Event(kind="dicom.dimse.c-store", component="gateway", actor=CT, target=PACS,
+                      study_uids=("1.2.3",), sop_instance_count=1,
+                      details={"route": "main", "message_id": 6, "sop_class": "1.2.840.10008.5.1.4.1.1.2",
+                               "duration_ms": 1.0, "status": "0x0000"})
+    port = free_port()
+    repo = Repository(tmp_path, port, pki)
+    repo.start()
+    spool = Spool(tmp_path / "spool.db")
+    context = client_context(ca_file=pki["ca"], cert_file=pki["client"], key_file=pki["client_key"])
+    sender = OutboundSender(spool, "site-a", "127.0.0.1", port, context, server_name="localhost", retry=0.2,
+                            confirm_after=0.3)
+    forward = Forwarder(spool, "site-a")
+    sender.start()
+    try:
+        forward(find)
+        forward(anonymous)
+        end = time.monotonic() + DEADLINE
+        while spool.delivered() < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert spool.delivered() == 2
+    finally:
+        sender.stop()
+        spool.close()
+        repo.stop()
+    store = EventStore.open(str(repo.store))
+    try:
+        (query,) = [s.event for s in store.search(EventQuery(kind="atna.audit.query"))]
+        (transfer,) = [s.event for s in store.search(EventQuery(kind="atna.audit.instances-transferred"))]
+    finally:
+        store.close()
+    ds = query_of(query.details["objects"])
+    assert {e.keyword: e.value for e in ds} == recorded
+    assert all(identifier[keyword].value == value for keyword, value in recorded.items())
+    assert transfer.patient_ids == () and transfer.study_uids == ("1.2.3",)
+    assert [o["id"] for o in transfer.details["objects"] if o["id_type"]["code"] == "2"] == [""]
+    for event in (query, transfer):
+        assert schema.check(dicom_xml.parse_xml(event.details["raw"].split("] ", 1)[1].encode())) == []

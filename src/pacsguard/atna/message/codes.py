@@ -42,7 +42,7 @@ EVENT_TYPES: dict[str, dict[str, str]] = {
     "110114": {"110122": "Login", "110123": "Logout"},
 }
 
-#: Event IDs whose event type code is mandatory (PS3.15 A.5.3.1, A.5.3.9, A.5.3.13, A.5.3.14).
+#: Event IDs whose event type code is mandatory (PS3.15 A.5.3.1, A.5.3.9, A.5.3.11, A.5.3.12).
 TYPE_REQUIRED = frozenset({"110100", "110108", "110113", "110114"})
 
 #: CID 402 Audit Active Participant Role ID Codes.

@@ -1,13 +1,23 @@
 """pacsguard's own Events as DICOM audit messages (PS3.15 A.5.3): a stored or retrieved object as
-DICOM Instances Transferred (A.5.3.4), a C-FIND as Query (A.5.3.12), a refused association, a failed
-TLS handshake, an IDS alert or a quarantine as Security Alert (A.5.3.13, the device as a Node ID
+DICOM Instances Transferred (A.5.3.7), a C-FIND as Query (A.5.3.10), a refused association, a failed
+TLS handshake, an IDS alert or a quarantine as Security Alert (A.5.3.11, the device as a Node ID
 participant object), serve's start and stop as Application Activity (A.5.3.1), a login as User
-Authentication (A.5.3.14). Events with no A.5 counterpart are not sent."""
+Authentication (A.5.3.12). Events with no A.5 counterpart are not sent."""
 
 from __future__ import annotations
 
 import base64
-import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import STR_VR
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject, SopClass
@@ -38,18 +48,84 @@ def _participant(party: Party, requestor: bool, role: Code | None = None) -> Par
                        roles=(role,) if role else ())
 
 
-def _patients(event: Event) -> tuple[ParticipantObject, ...]:
+def _patients(event: Event, *, required: bool = False) -> tuple[ParticipantObject, ...]:
+    """One Patient participant object per patient the event names (PS3.15 A.5.3.7 "Patient").
+    ``required``: the message must name a patient (A.5.3.7: Patient is M, and ParticipantObjectID a
+    required attribute, PS3.15 A.5.1), so an event without a Patient ID (a de-identified or
+    malformed object) gets one with an empty ID: DICOM's own encoding of an unknown Patient ID
+    (Type 2, zero length, PS3.5 7.4), which no real ID can collide with, unlike "UNKNOWN"."""
     # An event lists a patient's IDs and their CX forms; one participant object per patient.
     ids = [p for p in event.patient_ids if "^" not in p] or list(event.patient_ids[:1])
+    if not ids and required:
+        ids = [""]
     return tuple(ParticipantObject(p, Code("2", "RFC-3881", "Patient Number"), type_code="1", role="1")
                  for p in dict.fromkeys(ids))
 
 
-def _studies(event: Event) -> tuple[ParticipantObject, ...]:
+def _studies(event: Event, *, required: bool = False) -> tuple[ParticipantObject, ...]:
+    """One Study participant object per Study Instance UID (PS3.15 A.5.3.7 "Studies being
+    transferred", 1..N); ``required``: an empty ID when none is known (a C-STORE of an object
+    without one, a C-MOVE at PATIENT level), as for the patient."""
     sop = event.details.get("sop_class")
     classes = (SopClass(str(sop), event.sop_instance_count or 1),) if sop else ()
+    uids = list(event.study_uids) or ([""] if required else [])
     return tuple(ParticipantObject(uid, Code("110180", "DCM", "Study Instance UID"), type_code="2", role="3",
-                                   sop_classes=classes) for uid in event.study_uids)
+                                   sop_classes=classes) for uid in uids)
+
+
+def _identifier(details: Mapping[str, Any]) -> bytes:
+    """The C-FIND request's Identifier (PS3.4 C.4.1.1.3) rebuilt from what the gateway recorded
+    (``details.level``, the Query/Retrieve Level, and ``details.query``, keyword -> value), as a
+    data set in Explicit VR Little Endian (PS3.5 A.2): what PS3.15 A.5.3.10 puts, base64-encoded,
+    in the SOP Queried object's ParticipantObjectQuery."""
+    keys: dict[str, str] = {}
+    query = details.get("query")
+    if isinstance(query, Mapping):
+        keys.update({str(k): v for k, v in query.items() if isinstance(v, str)})
+    level = details.get("level")
+    if isinstance(level, str):
+        keys["QueryRetrieveLevel"] = level
+    # The recorded values are decoded text: any outside ASCII needs a Specific Character Set that
+    # holds them, UTF-8 (ISO_IR 192, PS3.3 C.12.1.1.2) holds all.
+    charset = None if all(v.isascii() for v in keys.values()) else "ISO_IR 192"
+    if charset:
+        keys["SpecificCharacterSet"] = charset
+    encoded: dict[int, bytes] = {}
+    for keyword, value in keys.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            continue  # not a keyword pydicom knows (private or misspelt): no tag to encode it under
+        vr = dictionary_VR(tag)
+        # A binary VR (US, AT, SQ, ...) or one that depends on other attributes ("US or SS"): the
+        # recorded text is not its value. The gateway records only text keys anyway.
+        if vr not in STR_VR:
+            continue
+        # The values are what the requestor sent, valid or not (a wildcard in a UI, an overlong
+        # key): the audit must carry them, so pydicom's VR checks are off for them.
+        ds = Dataset()
+        ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        try:
+            write_dataset(fp, ds, parent_encoding=charset or "iso8859")
+        except (OSError, ValueError):  # how pydicom reports a value it cannot encode
+            continue  # that key is left out rather than the whole message lost
+        encoded[tag] = fp.getvalue()
+    # A data set is its elements in ascending tag order (PS3.5 7.1), each encoded on its own above.
+    return b"".join(encoded[tag] for tag in sorted(encoded))
+
+
+def _query_object(event: Event) -> ParticipantObject:
+    """The SOP Queried object of PS3.15 A.5.3.10 (Table A.5.3.10-1): the SOP Class UID as its ID,
+    the identifier data set, base64, as ParticipantObjectQuery, and a ParticipantObjectDetail of
+    type "TransferSyntax" naming the transfer syntax of that data set (its value base64 like every
+    ParticipantObjectDetail value, xs:base64Binary in PS3.15 A.5.1), the detail dcm4chee-arc
+    sends too."""
+    sop = str(event.details.get("sop_class") or "1.2.840.10008.5.1.4.1.2.2.1")
+    query = base64.b64encode(_identifier(event.details)).decode("ascii")
+    syntax = base64.b64encode(str(ExplicitVRLittleEndian).encode("ascii")).decode("ascii")
+    return ParticipantObject(sop, Code("110181", "DCM", "SOP Class UID"), type_code="2", role="3", query=query,
+                             details=(("TransferSyntax", syntax),))
 
 
 def _node(target: str) -> ParticipantObject:
@@ -64,20 +140,17 @@ def to_record(event: Event, source_id: str) -> AuditRecord | None:
     base = {"syntax": "dicom", "time": event.time, "outcome": outcome, "source_id": source_id,
             "source_types": (_SOURCE_TYPE,)}
     me = Participant(source_id, requestor=False, roles=(_APPLICATION,))
-    if kind in ("dicom.dimse.c-store", "dicom.dimse.c-move", "dicom.dimse.c-get") and event.patient_ids \
-            and event.study_uids:
+    if kind in ("dicom.dimse.c-store", "dicom.dimse.c-move", "dicom.dimse.c-get"):
+        # Every transfer is audited, even one naming no patient or study (PS3.15 A.5.3.7).
         action = "C" if kind.endswith("c-store") else "R"
         return AuditRecord(event_id=_event_id("110104"), action=action,
                            participants=(_participant(actor, True, _SOURCE), _participant(target, False, _DEST)),
-                           objects=(*_patients(event), *_studies(event)), **base)  # type: ignore[arg-type]
+                           objects=(*_patients(event, required=True), *_studies(event, required=True)),
+                           **base)  # type: ignore[arg-type]
     if kind == "dicom.dimse.c-find":
-        query = json.dumps(event.details.get("query") or {}, sort_keys=True).encode()
-        sop = str(event.details.get("sop_class") or "1.2.840.10008.5.1.4.1.2.2.1")
         return AuditRecord(event_id=_event_id("110112"), action="E",
                            participants=(_participant(actor, True, _SOURCE), _participant(target, False, _DEST)),
-                           objects=(*_patients(event), ParticipantObject(
-                               sop, Code("110181", "DCM", "SOP Class UID"), type_code="2", role="3",
-                               query=base64.b64encode(query).decode("ascii"))), **base)  # type: ignore[arg-type]
+                           objects=(*_patients(event), _query_object(event)), **base)  # type: ignore[arg-type]
     alert: tuple[str, str] | None = None
     if kind in ("dicom.association.rejected", "tls.handshake.failed"):
         alert = ("110126", actor.host or actor.ae_title or "unknown")
