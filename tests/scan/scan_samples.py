@@ -143,7 +143,9 @@ def pdf_javascript() -> bytes:
 
 
 def pdf_hex_escaped() -> bytes:
-    return pdf_document(PDF_CLEAN.replace(b"/Pages 2 0 R", b"/Open#41ction 2 0 R"))
+    # ISO 32000-1 7.3.5: /J#61vaScript is /JavaScript to a viewer, not to a byte search.
+    action = b"/Open#41ction << /S /J#61vaScript /J#53 (app.alert\\(1\\)) >>"
+    return pdf_document(PDF_CLEAN.replace(b"/Pages 2 0 R", b"/Pages 2 0 R " + action))
 
 
 def mime_mismatch() -> bytes:

@@ -159,6 +159,12 @@ def read(data: bytes, limits: Limits = Limits()) -> Parsed:
         parsed.preamble = bytes(data[:PREAMBLE])
         _read_meta(parsed, PREAMBLE + 4)
         start = parsed.meta_end
+    elif _magic_first(data):
+        parsed.part10 = True
+        parsed.problems.append(Problem("structure.missing-preamble", Level.LOW,
+                                       '"DICM" at offset 0: the 128-byte preamble is missing', 0))
+        _read_meta(parsed, len(MAGIC))
+        start = parsed.meta_end
     else:
         start = 0
         if size >= 6 and data[0:2] == b"\x02\x00" and _is_vr(bytes(data[4:6])):
@@ -178,6 +184,14 @@ def read(data: bytes, limits: Limits = Limits()) -> Parsed:
         parsed.dataset_start = start
     _walk(parsed, limits)
     return parsed
+
+
+def _magic_first(data: bytes) -> bool:
+    """PS3.10 7.1: "DICM" comes after a 128-byte preamble; some writers leave the preamble out and
+    start with "DICM". A reader looking for it at 0 too reads the file, so its content is judged as
+    DICOM: "DICM", then the meta group (or, failing that, what starts like a data set)."""
+    return (len(data) >= 12 and bytes(data[:4]) == MAGIC
+            and (bytes(data[4:6]) == b"\x02\x00" and _is_vr(bytes(data[8:10])) or _plausible(data, 4)))
 
 
 def _is_vr(two: bytes) -> bool:

@@ -1,26 +1,25 @@
 """Encapsulated documents (PS3.3 A.45, C.24: Encapsulated PDF, CDA, STL, OBJ/MTL): the document
 in (0042,0011) is opened by other programs, so its own active content is judged: PDF actions and
-scripts (ISO 32000 12.6, 12.5.6.18, 7.11.4), XML external entities and processing instructions
+scripts (ISO 32000 12.6, 12.5.6.18, 7.11.4), in its raw bytes and in its compressed streams (ISO
+32000-1 7.3.8, 7.5.7; pacsguard.scan.pdf), XML external entities and processing instructions
 (XML 1.0 4.2.2, 2.6), scripts in CDA narrative, Office macros (MS-OVBA), 3D models that lie about
-their size."""
+their size. A PDF that is a file of its own (a report beside the images on a CD, a member of an
+archive) is opened by the same viewers, and judged the same way."""
 
 from __future__ import annotations
 
 import re
 import struct
 
-from pacsguard.scan import signatures
+from pacsguard.scan import pdf, signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import Element, Parsed
 
 DOCUMENT = 0x00420011
-#: PDF names that run or launch something (ISO 32000 12.6.3, 12.6.4.5, 7.11.4, Adobe RichMedia).
-PDF_ACTIVE = ("JavaScript", "JS", "OpenAction", "Launch", "AA", "EmbeddedFile", "EmbeddedFiles", "RichMedia",
-              "XFA", "SubmitForm", "ImportData")
-#: A name: a solidus, then regular characters, any but white space and delimiters (ISO 32000-1
-#: 7.3.5, 7.2.2); up to 127 bytes (Annex C.2), each written as #xx at worst: 381 characters.
-PDF_NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]{2,381})")
-HEX_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+PDF_REF = "ISO 32000-1 12.6, 7.11.4; PS3.3 A.45"
+STREAM_REF = "ISO 32000-1 12.6, 7.3.8, 7.4.4, 7.5.7; PS3.3 A.45"
+#: Compressed streams with active names reported one by one; the rest are counted in the last.
+PDF_STREAMS_REPORTED = 4
 XML_ENTITY = re.compile(rb"<!ENTITY\s+%?\s*[\w.-]+\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
@@ -33,11 +32,14 @@ def documents(parsed: Parsed) -> list[tuple[Element, bytes]]:
 
 def check(parsed: Parsed) -> list[Finding]:
     findings: list[Finding] = []
+    if not parsed.dicom and b"%PDF-" in parsed.data[:1024]:
+        # ISO 32000-1 7.5.2: the header may follow up to 1 KiB of other bytes, as viewers allow.
+        findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
     for element, doc in documents(parsed):
         kind = signatures.identify(doc)
         stripped = doc[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
         if kind == "pdf" or b"%PDF-" in doc[:1024]:
-            findings.extend(_pdf(parsed, element, doc))
+            findings.extend(_pdf(doc, element.value_offset, element.label, parsed.inflated, "the encapsulated PDF"))
         elif stripped.startswith(b"<"):
             findings.extend(_xml(parsed, element, doc))
         elif kind in ("ole", "zip"):
@@ -53,19 +55,63 @@ def _finding(parsed: Parsed, element: Element, rule: str, why: str, at: int, ref
     return Finding(rule, level, why, element.value_offset + at, ref, element.label, parsed.inflated)
 
 
-def _pdf(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
-    """PDF names are matched after #xx escapes are decoded (ISO 32000 7.3.5), the usual way to hide
-    /JavaScript from a naive search; escaped, /EmbeddedFiles is 39 characters."""
-    seen: dict[str, int] = {}
-    for match in PDF_NAME.finditer(doc):
-        name = HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), match.group(1)).decode("latin-1")
-        if name in PDF_ACTIVE and name not in seen:
-            seen[name] = match.start()
-    if not seen:
-        return []
-    names = ", ".join(f"/{n}" for n in seen)
-    return [_finding(parsed, element, "documents.pdf-active", f"the encapsulated PDF has active content: {names}",
-                     min(seen.values()), "ISO 32000-1 12.6, 7.11.4; PS3.3 A.45")]
+def _pdf(doc: bytes, base: int, tag: str | None, inflated: bool, what: str) -> list[Finding]:
+    """Active names in the raw bytes, then in the decoded streams (pacsguard.scan.pdf). PDF names
+    are matched after #xx escapes are decoded (ISO 32000 7.3.5), the usual way to hide /JavaScript
+    from a naive search; escaped, /EmbeddedFiles is 39 characters. ``base`` is where the PDF
+    starts in the scanned bytes, ``tag`` the element holding it (None: the file is the PDF)."""
+    out: list[Finding] = []
+
+    def finding(rule: str, why: str, at: int, ref: str, level: Level = Level.HIGH) -> Finding:
+        # No remedy: the document is the object (PS3.3 A.45, Type 1), or the file itself.
+        return Finding(rule, level, why, base + at, ref, tag, inflated)
+
+    seen = pdf.active_names(doc)
+    found = pdf.look(doc)
+    active = found.active
+    if not _acts(seen, *(names for _, names in active)):
+        # Only /OpenAction or /AA: what to do on opening, but no action that runs, launches,
+        # submits or embeds anything (each of those has its own name). A report writer's "open at
+        # page 1" is that; quarantining it would keep a clinical report from the archive.
+        weak = dict(seen)
+        for stream, names in active:
+            weak.update({n: stream.offset for n in names if n not in weak})
+        if weak:
+            out.append(finding("documents.pdf-open-action", f"{what} names what to do on opening "
+                               f"({_names(weak)}), with no script, launch, form submission or embedded file",
+                               min(weak.values()), PDF_REF, Level.LOW))
+        active = []
+    elif seen:
+        out.append(finding("documents.pdf-active", f"{what} has active content: {_names(seen)}", min(seen.values()),
+                           PDF_REF))
+    shown = active[:PDF_STREAMS_REPORTED]
+    for index, (stream, names) in enumerate(shown):
+        more = len(active) - len(shown) if index == len(shown) - 1 else 0
+        rest = f"; {more} more compressed streams have active names too" if more else ""
+        out.append(finding("documents.pdf-active", f"{what} has active content in a compressed stream "
+                           f"({stream.describe()}) at offset {stream.offset:,} of the PDF: {_names(names)}{rest}",
+                           stream.offset, STREAM_REF))
+    if found.bomb is not None:
+        stream, why = found.bomb
+        out.append(finding("documents.pdf-bomb", f"a compressed stream of {what} ({stream.describe()}) at offset "
+                           f"{stream.offset:,} {why}: a decompression bomb for the viewer", stream.offset,
+                           "ISO 32000-1 7.3.8, 7.4.4"))
+    if found.unread:
+        listed = "; ".join(found.unread[:3]) + (f"; and {len(found.unread) - 3} more" if len(found.unread) > 3 else "")
+        # More streams than any report has is suspicious (a flood that hides what follows, as
+        # embedded.flood); a filter or an encryption pacsguard does not undo is a note.
+        out.append(finding("documents.pdf-unscanned", f"part of {what} was not looked into for active names: "
+                           f"{listed}", 0, "ISO 32000-1 7.3.8, 7.4", Level.MEDIUM if found.flood else Level.LOW))
+    return out
+
+
+def _acts(*found: dict[str, int]) -> bool:
+    """Whether any of ``found`` holds a name that acts (pdf.ACTIVE but pdf.TRIGGERS)."""
+    return any(name not in pdf.TRIGGERS for names in found for name in names)
+
+
+def _names(seen: dict[str, int]) -> str:
+    return ", ".join(f"/{n}" for n in seen)
 
 
 def _xml(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:

@@ -112,17 +112,17 @@ rule pacsguard_pdf_active
     meta:
         level = "high"
         reference = "ISO 32000-1 12.6; PS3.3 A.45"
-        description = "a PDF with JavaScript, automatic or launch actions, or embedded files"
+        description = "a PDF with JavaScript, launch actions, rich media or embedded files"
     strings:
         $pdf = "%PDF-"
         $js = "/JavaScript"
         $js2 = "/JS"
-        $open = "/OpenAction"
         $launch = "/Launch"
         $embedded = "/EmbeddedFile"
         $rich = "/RichMedia"
     condition:
-        $pdf and any of ($js, $js2, $open, $launch, $embedded, $rich)
+        // /OpenAction alone is where to open (a page), as report writers set: not matched.
+        $pdf and any of ($js, $js2, $launch, $embedded, $rich)
 }
 
 rule pacsguard_xml_external_entity

@@ -1,0 +1,348 @@
+"""Looking into a PDF for the names that make it active, in its raw bytes and in its streams
+(ISO 32000-1 7.3.8). A name inside a compressed stream is in no raw byte of the file: above all
+in an object stream (7.5.7, PDF 1.5), where whole dictionaries such as
+``<< /S /JavaScript /JS (...) >>`` live deflated. Streams are decoded as a viewer decodes them:
+FlateDecode (7.4.4), ASCIIHexDecode (7.4.2) and ASCII85Decode (7.4.3), alone or chained, with
+the broken forms viewers still read (no end-of-line, or more white space, after ``stream``; a
+wrong /Length, which is never trusted; data cut short: what inflates is kept). What that may cost
+is bounded per stream and per document (inflated bytes, the ratio, the number of streams, the
+ASCII85 input); a stream that inflates past its bound at a bomb's ratio is itself reported.
+Nothing here raises for a document's content."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from dataclasses import dataclass, field
+
+#: PDF names that run or launch something (ISO 32000-1 12.6.3, 12.6.4.5, 7.11.4, Adobe RichMedia).
+ACTIVE = frozenset({"JavaScript", "JS", "OpenAction", "Launch", "AA", "EmbeddedFile", "EmbeddedFiles",
+                    "RichMedia", "XFA", "SubmitForm", "ImportData"})
+#: Of those, the names that say when an action runs (ISO 32000-1 12.6.3 on opening, 12.6.3 Table 197
+#: on events), not what it does: alone, a destination to open at, as report writers set.
+TRIGGERS = frozenset({"OpenAction", "AA"})
+#: A name: a solidus, then regular characters, any but white space and delimiters (ISO 32000-1
+#: 7.3.5, 7.2.2); up to 127 bytes (Annex C.2), each written as #xx at worst: 381 characters.
+NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]{2,381})")
+HEX_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+#: White-space characters (7.2.2, Table 1).
+WHITE = b"\x00\t\n\x0c\r "
+
+FLATE, AHX, A85 = "FlateDecode", "ASCIIHexDecode", "ASCII85Decode"
+#: Filter names and the abbreviations of Table 94, which viewers accept on streams too (7.4.1).
+FILTERS = {"FlateDecode": FLATE, "Fl": FLATE, "ASCIIHexDecode": AHX, "AHx": AHX, "ASCII85Decode": A85,
+           "A85": A85}
+
+#: The keyword that opens a stream's data, after its dictionary (7.3.8.1), white space or
+#: comments between (7.2.3: a comment is white space). Starting with ">>", the search is fast.
+KEYWORD = re.compile(rb">>(?:[\x00\t\n\x0c\r ]|%[^\r\n]*[\r\n])*stream")
+#: How far before ``stream`` its dictionary is looked for: stream dictionaries are short; one
+#: padded past this still has its data inflated when the data has a zlib header.
+DICT_BACK = 4096
+OBJECT = re.compile(rb"(\d{1,10})[\x00\t\n\x0c\r ]+(\d{1,5})[\x00\t\n\x0c\r ]+obj")
+FILTER = re.compile(rb"/Filter[\x00\t\n\x0c\r ]*(\[[^\]]*\]|/[^\x00\t\n\x0c\r ()<>\[\]{}/%]+)")
+FILTER_NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]+)")
+PREDICTOR = re.compile(rb"/Predictor[\x00\t\n\x0c\r ]+([0-9]+)")
+#: Object streams by type, or by the /First and /N a viewer reads them with (7.5.7, Table 16).
+OBJECT_STREAM = re.compile(rb"/Type[\x00\t\n\x0c\r ]*/ObjStm\b|/First[\x00\t\n\x0c\r ]+[0-9]")
+#: Streams whose bytes are no PDF syntax: images (8.9.5), font programs (9.9), cross-reference
+#: streams (7.5.8). Inflated for their size only: a name matched in their bytes means nothing.
+BINARY = re.compile(rb"/Subtype[\x00\t\n\x0c\r ]*/(?:Image|Type1C|CIDFontType0C|OpenType)\b|/Length[123]\b"
+                    rb"|/Type[\x00\t\n\x0c\r ]*/XRef\b")
+HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]*")
+A85_TEXT = re.compile(rb"(?:<~)?[!-uz]*")
+
+#: Compressed bytes fed to zlib at a time, and inflated bytes taken from it at a time: memory
+#: stays at the stream's bound plus one step, whatever the ratio.
+IN_STEP, OUT_STEP = 16 * 1024, 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What looking into one PDF's streams may cost (issue #19: bounded time and memory per file)."""
+
+    #: Inflated bytes of one stream: a page's content or an object stream is far smaller.
+    max_stream: int = 16 * 1024 * 1024
+    #: Inflated bytes of all the streams of one document together.
+    max_total: int = 64 * 1024 * 1024
+    #: A stream (or a document) past its bound at more than this ratio is a decompression bomb:
+    #: zlib reaches ~1,030x on zeros; page content, fonts and real images stay well under 100x.
+    max_ratio: int = 500
+    #: Streams looked at per document (decoded or not): a 2,000-page report has about this many.
+    max_streams: int = 10_000
+    #: ASCII85 characters decoded per document: Python's decoder reads ~7 MB a second.
+    max_ascii85: int = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A stream as found: where its data starts in the PDF, the object it is (when the bytes
+    before it say), its filters (names decoded, abbreviations spelled out), and what its
+    dictionary says it holds."""
+
+    offset: int
+    obj: str
+    filters: tuple[str, ...]
+    object_stream: bool
+    binary: bool
+    predictor: bool
+
+    def describe(self) -> str:
+        kind = "object stream" if self.object_stream else "stream"
+        number = f" {self.obj}" if self.obj else ""
+        return f"{kind}{number}, {' '.join('/' + f for f in self.filters)}"
+
+
+@dataclass(slots=True)
+class Found:
+    """What the streams of one PDF hold: the active names of each stream that has any (name ->
+    offset in its decoded bytes), a bomb, and what could not be looked into."""
+
+    active: list[tuple[Stream, dict[str, int]]] = field(default_factory=list)
+    #: (the stream where the bound was passed, why it is a bomb)
+    bomb: tuple[Stream, str] | None = None
+    unread: list[str] = field(default_factory=list)
+    #: More streams than Bounds.max_streams: the rest were not looked at.
+    flood: bool = False
+    #: Bytes decoded from all the streams together.
+    inflated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One filter applied: its output, the input bytes it used, whether it stopped at the cap on
+    its output (``over``) or at a bound on its input before the data's end (``cut``)."""
+
+    data: bytes | bytearray
+    consumed: int
+    over: bool
+    cut: bool = False
+
+
+def unescape(raw: bytes) -> bytes:
+    """A name's #xx escapes decoded (7.3.5): /J#61vaScript is /JavaScript."""
+    return HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw) if b"#" in raw else raw
+
+
+def active_names(text: bytes | bytearray) -> dict[str, int]:
+    """The active names in ``text`` (raw PDF bytes, or a stream's decoded bytes), each with the
+    offset of its first occurrence, in the order first met."""
+    seen: dict[str, int] = {}
+    for match in NAME.finditer(text):
+        name = unescape(match.group(1)).decode("latin-1")
+        if name in ACTIVE and name not in seen:
+            seen[name] = match.start()
+    return seen
+
+
+def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
+    """Decode the streams of ``doc`` within ``bounds`` and find active names in them."""
+    found = Found()
+    listed, found.flood = _streams(doc, bounds.max_streams)
+    if found.flood:
+        found.unread.append(f"streams past the first {bounds.max_streams:,}")
+    # Streams a viewer parses as PDF syntax first, images and fonts last: the budget goes to
+    # where a name means something, and the rest is inflated for its size only.
+    listed.sort(key=lambda s: s.binary)
+    left, consumed, ascii85 = bounds.max_total, 0, bounds.max_ascii85
+    for index, stream in enumerate(listed):
+        if left <= 0:
+            if any(not s.binary for s in listed[index:]):
+                found.unread.append(f"streams past {bounds.max_total:,} inflated bytes")
+            break
+        cap = min(bounds.max_stream, left)
+        step, why, ascii85 = _decode(doc, stream, cap, ascii85)
+        found.inflated += len(step.data)
+        left -= len(step.data)
+        consumed += step.consumed
+        if step.over:
+            whole = cap == bounds.max_stream
+            ratio = len(step.data) / max(1, step.consumed) if whole else found.inflated / max(1, consumed)
+            if ratio > bounds.max_ratio:
+                what = (f"inflates past {bounds.max_stream:,} bytes" if whole else
+                        f"brings the document's streams past {bounds.max_total:,} inflated bytes")
+                found.bomb = (stream, f"{what} at {ratio:,.0f}x")
+                break
+            if not stream.binary:
+                found.unread.append(f"the {stream.describe()} past {len(step.data):,} inflated bytes")
+        if stream.object_stream and not why:
+            why = "does not decode (encrypted, or corrupt)" if not step.data else (
+                "its /Predictor is not undone" if stream.predictor else "")
+        if why and not stream.binary and (stream.object_stream or step.cut):
+            found.unread.append(f"the {stream.describe()} at offset {stream.offset:,}: {why}")
+        if not stream.binary:
+            names = active_names(step.data)
+            if names:
+                found.active.append((stream, names))
+    return found
+
+
+def _streams(doc: bytes, limit: int) -> tuple[list[Stream], bool]:
+    """The streams that can be decoded, with what the bytes before each say of it, among the first
+    ``limit`` stream keywords; and whether there are more keywords than that."""
+    out: list[Stream] = []
+    previous = 0
+    for count, match in enumerate(KEYWORD.finditer(doc)):
+        if count >= limit:
+            return out, True
+        at = match.start() + 2  # the dictionary ends with this ">>"
+        # The dictionary is what lies between this object's "obj" and the keyword, never further
+        # back than the previous keyword: the bytes read for all dictionaries stay under the file's.
+        low = max(previous, at - DICT_BACK)
+        previous = match.end()
+        opened = doc.rfind(b"obj", low, at)
+        window = unescape(doc[opened if opened >= 0 else low:at])
+        stream = _stream(doc, window, doc[max(low, opened - 24):opened + 3] if opened >= 0 else b"", match.end())
+        if stream is not None:
+            out.append(stream)
+    return out, False
+
+
+def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None:
+    """The stream whose keyword ends at ``after``, its dictionary in ``window``; None when it is
+    no stream that can be decoded (no filter this module decodes, no zlib header)."""
+    pos = after
+    while pos < len(doc) and doc[pos] in b" \t\x00\x0c":
+        pos += 1  # white space a broken writer left before the end-of-line
+    if doc.startswith(b"\r\n", pos):
+        pos += 2
+    elif pos < len(doc) and doc[pos] in b"\r\n":
+        pos += 1
+    declared = FILTER.findall(window)
+    filters = tuple(unescape(n).decode("latin-1") for n in FILTER_NAME.findall(declared[-1])) if declared else ()
+    if not filters:
+        if not _zlib_header(doc, pos):
+            return None
+        # No filter that can be read (an indirect /Filter, a dictionary padded past DICT_BACK):
+        # zlib's own header says the data is deflated.
+        filters = (FLATE,)
+    filters = tuple(FILTERS.get(f, f) for f in filters)
+    if filters[0] not in (FLATE, AHX, A85) and not OBJECT_STREAM.search(window):
+        return None  # an image's DCT, a font's LZW...: no names there, and not decoded
+    if filters[0] == FLATE and not _zlib_header(doc, pos):
+        # more white space after the end-of-line: the zlib header (7.4.4) is after it
+        skip = pos
+        while skip < min(len(doc), pos + 16) and doc[skip] in WHITE:
+            skip += 1
+        if _zlib_header(doc, skip):
+            pos = skip
+    number = OBJECT.findall(head)
+    predictor = PREDICTOR.search(window)
+    return Stream(pos, f"{number[-1][0].decode()} {number[-1][1].decode()}" if number else "", filters,
+                  OBJECT_STREAM.search(window) is not None,
+                  BINARY.search(window) is not None and OBJECT_STREAM.search(window) is None,
+                  predictor is not None and int(predictor.group(1)) >= 2)
+
+
+def _zlib_header(buf: bytes | bytearray, at: int) -> bool:
+    """RFC 1950 2.2: CM 8 (deflate), a window of at most 32 KiB, and CMF*256+FLG a multiple of 31."""
+    if at + 2 > len(buf):
+        return False
+    cmf, flg = buf[at], buf[at + 1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
+
+
+def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int) -> tuple[_Step, str, int]:
+    """The stream's filters applied in order (7.4: the first filter decodes the raw data), up to
+    ``cap`` bytes; with why it was not decoded to its end ("": it was, or stopped at ``cap``) and
+    what is left of the document's ASCII85 allowance."""
+    data: bytes | bytearray = doc
+    start, consumed = stream.offset, 0
+    for index, name in enumerate(stream.filters):
+        if name == FLATE:
+            step = _inflate(data, start, cap)
+        elif name == AHX:
+            step = _ascii_hex(data, start, cap)
+        elif name == A85:
+            step = _ascii85(data, start, cap, ascii85)
+            ascii85 -= step.consumed
+        else:
+            return _Step(b"" if index == 0 else data, consumed, False), f"/{name} is not decoded", ascii85
+        if index == 0:
+            consumed = step.consumed
+        data, start = step.data, 0
+        if step.cut:
+            return _Step(data, consumed, False, True), f"/{name} past the allowance is not decoded", ascii85
+        if step.over:
+            return _Step(data, consumed, True), "", ascii85
+    return _Step(data, consumed, False), "", ascii85
+
+
+def _inflate(buf: bytes | bytearray, start: int, cap: int) -> _Step:
+    """7.4.4: a zlib stream (RFC 1950), or raw deflate (RFC 1951) as broken writers leave it,
+    inflated until it ends, breaks or passes ``cap``. The end is zlib's, not /Length's; a stream
+    cut short or damaged keeps what inflates before the damage (a viewer shows that much too)."""
+    view = memoryview(buf)
+    inflater = zlib.decompressobj(zlib.MAX_WBITS if _zlib_header(buf, start) else -zlib.MAX_WBITS)
+    out = bytearray()
+    at = start
+    while at < len(buf) and not inflater.eof and len(out) <= cap:
+        piece = view[at:at + IN_STEP]
+        mark, before = len(out), inflater.copy()
+        try:
+            pending: bytes | memoryview = piece
+            # At the stream's end zlib keeps the rest in unconsumed_tail too: eof ends the loop.
+            while pending and len(out) <= cap and not inflater.eof:
+                out += inflater.decompress(pending, min(OUT_STEP, cap + 1 - len(out)))
+                pending = inflater.unconsumed_tail
+        except zlib.error:
+            # This piece again, a byte at a time, from before it: everything up to the damage.
+            del out[mark:]
+            at += _salvage(before, piece, out, cap)
+            break
+        if inflater.eof:
+            at += len(piece) - len(inflater.unused_data)
+            break
+        if pending:  # stopped at the cap inside this piece
+            at += len(piece) - len(pending)
+            break
+        at += len(piece)
+    over = len(out) > cap
+    if over:
+        del out[cap:]
+    return _Step(out, at - start, over)
+
+
+def _salvage(inflater: zlib._Decompress, piece: memoryview, out: bytearray, cap: int) -> int:
+    """Feed ``piece`` a byte at a time until zlib fails; appends to ``out``; the bytes used."""
+    for used in range(len(piece)):
+        try:
+            out += inflater.decompress(piece[used:used + 1], cap + 1 - len(out))
+        except zlib.error:
+            return used
+        if inflater.unconsumed_tail or len(out) > cap or inflater.eof:
+            return used + 1
+    return len(piece)
+
+
+def _ascii_hex(buf: bytes | bytearray, start: int, cap: int) -> _Step:
+    """7.4.2: hex digits up to ">", white space ignored, an odd last digit followed by 0; what
+    precedes a character that is no digit is kept."""
+    bound = start + 2 * cap + DICT_BACK  # room for white space between the digits
+    end = buf.find(b">", start, bound)
+    stop = end if end >= 0 else min(len(buf), bound)
+    text = bytes(buf[start:stop]).translate(None, WHITE)
+    digits = HEX_DIGITS.match(text)
+    hexa = digits.group() if digits else b""
+    out = binascii.unhexlify(hexa + b"0" if len(hexa) % 2 else hexa)
+    return _Step(out[:cap], (end + 1 if end >= 0 else stop) - start, len(out) > cap)
+
+
+def _ascii85(buf: bytes | bytearray, start: int, cap: int, allowance: int) -> _Step:
+    """7.4.3: base-85 groups up to "~>", white space ignored, "z" for four zero bytes; decoded by
+    base64.a85decode (adobe=True also takes the "<~" some writers put first). Python decodes it
+    slowly, so at most ``allowance`` characters are read."""
+    bound = start + max(0, min(allowance, 5 * cap // 4 + DICT_BACK))
+    end = buf.find(b"~>", start, bound)
+    stop = end if end >= 0 else min(len(buf), bound)
+    text = bytes(buf[start:stop]).translate(None, WHITE)
+    valid = A85_TEXT.match(text)
+    groups = valid.group() if valid else b""
+    try:
+        out = base64.a85decode(groups + b"~>", adobe=True)
+    except ValueError:  # a "z" inside a group, a last group of one character: nothing to read
+        out = b""
+    cut = end < 0 and stop == bound < len(buf)
+    return _Step(out[:cap], (end + 2 if end >= 0 else stop) - start, len(out) > cap, cut and len(out) <= cap)
