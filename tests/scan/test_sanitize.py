@@ -44,8 +44,14 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("build", [pe_in_preamble, pe_past_preamble, json_preamble, appended_zip, elf_in_private],
-                         ids=lambda b: b.__name__)
+def elf_in_private_without_preamble() -> bytes:
+    """A broken writer's file ("DICM" at offset 0, PS3.10 7.1) carrying an ELF: the copy gets the
+    ELF dropped and a preamble of zeros put back."""
+    return elf_in_private()[128:]
+
+
+@pytest.mark.parametrize("build", [pe_in_preamble, pe_past_preamble, json_preamble, appended_zip, elf_in_private,
+                                   elf_in_private_without_preamble], ids=lambda b: b.__name__)
 def test_cleaned_copies_have_the_same_data_set(build, tmp_path: Path, original: Path) -> None:  # type: ignore[no-untyped-def]
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

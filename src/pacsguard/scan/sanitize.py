@@ -1,6 +1,6 @@
 """Cleaning a file where that is safe, never touching the original: a hostile preamble zeroed
-(PS3.10 7.1 allows zeros), data after the data set cut off, a top-level element carrying an
-executable dropped. The copy is scanned again and kept only if nothing above INFO remains;
+(PS3.10 7.1 allows zeros), a missing one put back as zeros, data after the data set cut off, a
+top-level element carrying an executable dropped. The copy is scanned again and kept only if nothing above INFO remains;
 anything else (pixel data, structure, documents) cannot be cleaned and is said so."""
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def clean(data: bytes, report: FileReport, scanner: Scanner) -> Cleaned:
         stop = element.value_offset + max(element.length, 0)
         del out[element.offset:stop]
         actions.append(f"{element.label} removed")
+    if "preamble-missing" in remedies:  # after the drops: their offsets are the file's as read
+        out[:0] = bytes(part10.PREAMBLE)
+        actions.append("a preamble of zeros put back")
     cleaned = bytes(out)
     again = scanner.scan_bytes(cleaned, report.path)
     left = [f.rule for f in again.findings if f.level > Level.INFO]

@@ -13,6 +13,10 @@ from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, tag_label
 from pacsguard.scan.rules.polyglot import GARBAGE_STOPS
 
+#: The structure problems a cleaned copy can repair: where the walk stopped on bytes that are no
+#: element, cutting them off (the polyglot family's trailing data); a preamble left out, putting
+#: 128 zero bytes back before "DICM" (PS3.10 7.1: a preamble of zeros is the plain one).
+REMEDIES = {**dict.fromkeys(GARBAGE_STOPS, "trailing"), "structure.missing-preamble": "preamble-missing"}
 UID = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
 #: Text VRs a web viewer shows as they are; the long-text VRs are searched by the embedded family.
 SHORT_TEXT_VRS = frozenset({"PN", "LO", "SH", "CS", "AE", "UR", "DS", "IS", "DA", "TM", "DT", "AS"})
@@ -30,11 +34,9 @@ def check(parsed: Parsed) -> list[Finding]:
                             0, "PS3.10 7.1; PS3.12")]
         return [Finding("structure.not-dicom", Level.INFO, "not a DICOM file (no Part-10 header, no data set)", None,
                         "PS3.10 7.1")]
-    # Where the walk stopped on bytes that are no element, cutting them off (the polyglot family's
-    # trailing data) is the remedy.
     findings = [Finding(p.rule, p.level, p.explanation, p.offset, "PS3.5 7.1, 7.5; PS3.10 7.1",
                         None if p.tag is None else tag_label(p.tag), parsed.inflated,
-                        remedy="trailing" if p.rule in GARBAGE_STOPS else "")
+                        remedy=REMEDIES.get(p.rule, ""))
                 for p in parsed.problems]
     findings += _meta(parsed) + _uids(parsed) + _pixels(parsed) + _file_ids(parsed) + _markup(parsed)
     return findings
