@@ -240,7 +240,10 @@ class EventBus:
             self._wake.wait(self.max_delay)
             self._wake.clear()
             while self._queue:
-                batch = list(itertools.islice(self._queue, self.max_batch))
+                # Under the publishers' lock: a deque appended to while it is iterated raises
+                # RuntimeError, which ended this thread (events then reached the journal only).
+                with self._publish_lock:
+                    batch = list(itertools.islice(self._queue, self.max_batch))
                 began = time.perf_counter()
                 try:
                     self.sink.emit(batch)
@@ -259,9 +262,12 @@ class EventBus:
                 with self._idle:
                     self._written += len(batch)
                     self._idle.notify_all()
-                self.succeeded("sink")
-                self.report_durable()
-                self._deliver(batch)
+                try:
+                    self.succeeded("sink")
+                    self.report_durable()
+                    self._deliver(batch)
+                except Exception:  # a listener's or subscriber's fault must not end the writer
+                    log.exception("event writer: telling listeners of %d written events failed", len(batch))
             if self._stop.is_set():
                 return
 
