@@ -25,6 +25,7 @@ from pacsguard.ids.audit.adapter import rule_files
 from pacsguard.ids.engine import Engine
 from pacsguard.ids.rules import load_rules
 from pacsguard.ids.settings import IdsSettings
+from pacsguard.store import EventQuery
 from pacsguard.store.keys import load_public_key, public_path
 from store_helpers import new_store
 
@@ -199,3 +200,36 @@ def test_serve_loads_the_adapters_rules_as_configured(tmp_path: Path) -> None:
     assert rules("{}") == ["audit-patients-above-baseline"]
     assert rules("{explain: {on_arrival: true}}") == ["audit-patients-above-baseline", "audit-unexplained-access"]
     assert rules("{rule_set: false}") == []
+
+
+def test_users_are_told_apart_by_their_user_id_not_their_display_name(tmp_path: Path) -> None:
+    """A.5's UserID is the user's identity (PS3.15 A.5.2.1, RFC 3881 5.2.1), UserName a display name
+    two users may share: an order naming jsmith explains jsmith's access whether or not either
+    message gives his name, and not the access of jsmith2, also shown as John Smith; the department
+    is looked up by login. A message stored while the actor's user was the UserName is judged by its
+    UserID too."""
+    from pacsguard.atna.explain import Item, explain_items
+
+    def named(user: str, name: str | None) -> Participant:
+        return Participant(user, user_name=name, requestor=True, access_point="10.20.0.7", access_point_type="2")
+
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    store.append([
+        message("110109", at(3, 8), named("orderdesk", None), named("jsmith", None), action="C"),  # RIS: login only
+        message("110110", at(3, 9), named("jsmith", "John Smith"), action="R"),  # viewer: login and name
+        message("110110", at(3, 10), named("jsmith2", "John Smith"), action="R"),  # another John Smith
+        message("110110", at(3, 11), named("ann", "Ann Lee"), action="R"),  # jsmith's colleague in Radiology
+    ])
+    settings = ExplainSettings(departments={"ann": "RADIOLOGY", "jsmith": "RADIOLOGY"})  # the staff directory's
+    got = [(v.item.user, v.template) for v in explain_patient(store, "PID-0042", None, None, settings)]
+    assert got == [("jsmith", "order-names-user"), ("jsmith2", None), ("ann", "department-study")]
+    stored = [s.event for s in store.search(EventQuery(kind="atna.audit.*", limit=None))]
+    assert [e.actor.user for e in stored] == ["orderdesk", "jsmith", "jsmith2", "ann"]
+    assert stored[2].details["participants"][0]["user_name"] == "John Smith"  # kept for reports
+    store.close()
+
+    # As stored before: the actor's user was the display name; the stored UserID still decides.
+    before = [replace(e, actor=replace(e.actor, user=e.details["participants"][0].get("user_name") or e.actor.user))
+              for e in stored]
+    items = [Item.of(seq, e) for seq, e in enumerate(before)]
+    assert [(v.item.user, v.template) for v in explain_items(items, "PID-0042", settings)] == got

@@ -223,12 +223,60 @@ def test_fhir_auditevent_in_and_out_is_valid_r4() -> None:
     ev = payload_event({"sender": SENDER.to_dict()}, orjson.dumps(resource), [], SENDER)
     assert ev.kind == "atna.audit.patient-record"
     assert ev.patient_ids[0] == "PID-0042" and "PID-0042^^^&1.2.840.99999.1&ISO" in ev.patient_ids
-    assert ev.actor.user == "Kim" and ev.actor.host == "10.30.1.4"
+    # The agent's identity (who.identifier) is the user; its name is a display name, kept beside it.
+    assert ev.actor.user == "nurse.kim" and ev.actor.host == "10.30.1.4"
+    assert ev.details["participants"][0]["user_name"] == "Kim"
     out = fhir.render(record_from_event(ev), ev.id)
     AuditEvent.model_validate(out)
     for event_id in sorted(codes.EVENT_IDS):
         AuditEvent.model_validate(fhir.render(record(event_id), "x" + event_id))
     Bundle.model_validate(fhir.bundle([out], "https://repo.example/fhir"))
+
+
+def test_the_user_is_the_user_id_and_the_display_name_is_kept_beside_it() -> None:
+    """UserID is the user's unique identity, UserName a display name (PS3.15 A.5.2.1, RFC 3881
+    5.2.1): the Event's user is the UserID. In a FHIR AuditEvent it is who.identifier.value, else
+    who.reference; who.display only when there is nothing else, and otherwise the display name
+    when the agent has no name."""
+    xml = every_event_id()["110110"].replace(b'UserID="jsmith" UserName="jsmith"',
+                                             b'UserID="jsmith" UserName="John Smith"')
+    assert b"John Smith" in xml
+    ev = frame_event(SENDER, syslog(xml))
+    assert ev.actor.user == "jsmith" and "jsmith" in ev.message
+    assert ev.details["participants"][0]["user_name"] == "John Smith"
+
+    def agent_of(**agent: Any) -> tuple[str | None, str | None]:
+        resource = fhir_patient_read()
+        resource["agent"] = [{"requestor": True, **agent}]
+        got = payload_event({"sender": SENDER.to_dict()}, orjson.dumps(resource), [], SENDER)
+        return got.actor.user, got.details["participants"][0].get("user_name")
+
+    assert agent_of(who={"identifier": {"value": "kim7"}, "display": "Kim Park"}) == ("kim7", "Kim Park")
+    assert agent_of(who={"identifier": {"value": "kim7"}, "display": "K. P."}, name="Kim Park") == ("kim7", "Kim Park")
+    assert agent_of(who={"reference": "Practitioner/17", "display": "Kim Park"}) == ("Practitioner/17", "Kim Park")
+    assert agent_of(who={"display": "Kim Park"}) == ("Kim Park", None)
+
+
+def test_fhir_rendering_of_details_and_of_an_entity_without_an_id_type() -> None:
+    """ITI-81's AuditEvent: an A.5 ParticipantObjectDetail value, xs:base64Binary (PS3.15 A.5.1),
+    is entity.detail.valueBase64Binary (FHIR R4 AuditEvent.entity.detail.value[x]); a FHIR patient
+    entity sent without an identifier type gets none made up (its type, 1 Person, and role, 1
+    Patient, say it is the patient), and keeps its system as the patient's assigning authority."""
+    query = frame_event(SENDER, syslog(every_event_id()["110112"]))
+    (entity,) = fhir.render(record_from_event(query), query.id)["entity"]
+    assert entity["detail"] == [{"type": "TransferSyntax",
+                                 "valueBase64Binary": base64.b64encode(b"1.2.840.10008.1.2").decode()}]
+    AuditEvent.model_validate(fhir.render(record_from_event(query), query.id))
+
+    ev = payload_event({"sender": SENDER.to_dict()}, orjson.dumps(fhir_patient_read()), [], SENDER)
+    out = fhir.render(record_from_event(ev), ev.id)
+    (patient,) = out["entity"]
+    assert "type" not in patient["what"]["identifier"]
+    assert patient["type"] == {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"}
+    assert patient["what"]["identifier"]["value"] == "PID-0042^^^&1.2.840.99999.1&ISO"
+    assert ev.details["patients"] == [{"id": "PID-0042", "authority": "&1.2.840.99999.1&ISO",
+                                       "cx": "PID-0042^^^&1.2.840.99999.1&ISO"}]
+    AuditEvent.model_validate(out)
 
 
 def test_a_time_outside_the_datetime_range_once_in_utc_is_flagged_not_fatal() -> None:

@@ -102,10 +102,10 @@ def test_the_repository_runs_the_privacy_rules_on_what_it_receives(tmp_path: Pat
     ("staff_directory", b"user,surname,address\njdoe,M\xfcller,x\n",
      "line 2: not UTF-8 text (byte 0xFC at offset 27); save it as UTF-8"),
     ("staff_directory", b"login,surname\njdoe,Doe\n",
-     "line 1: a header row naming the columns user, surname, address (and department) is needed; it names "
-     "['login', 'surname']"),
-    ("staff_directory", b"user,surname\njdoe,D" + b"o" * 200_000 + b"\n", "line 2: field larger than field limit "
-                                                                        "(131072)"),
+     "line 1: a header row naming the column user (and any of surname, address, department) is needed; it names "
+     "['login', 'surname']: missing user; unknown 'login'"),
+    ("staff_directory", b"user,surname,address\njdoe,D" + b"o" * 200_000 + b"\n",
+     "line 2: field larger than field limit (131072)"),
 ])
 def test_a_list_file_that_cannot_be_read_is_a_configuration_error_naming_it(tmp_path: Path, name: str,
                                                                              content: bytes, problem: str) -> None:
@@ -129,3 +129,87 @@ def test_a_staff_directory_with_a_byte_order_mark_is_read(tmp_path: Path) -> Non
     path.write_bytes("\ufeffuser,surname,address,department\nJDoe,Müller,Hauptstr. 1,Radiology\n".encode())
     lists = Privacy(staff_directory=path).lists(lambda p: p)
     assert lists.staff["jdoe"].surname == "MÜLLER" and lists.departments() == {"jdoe": "RADIOLOGY"}
+
+
+def test_the_staff_directory_is_looked_up_by_user_id_not_display_name(tmp_path: Path) -> None:
+    """The directory lists logins; a sender that gives the UserName too (PS3.15 A.5.2.1: UserID is
+    the identity, UserName a display name) is still matched by its UserID, and the observation's
+    ``user`` (what thresholds and the baseline count by) is the UserID, its display name beside it."""
+    from pacsguard.atna.message.record import Participant
+    from pacsguard.ids.engine import Alert
+
+    (tmp_path / "privacy.yaml").write_text(RULES + """
+- id: audit-every-access
+  title: any access, to see the observation
+  severity: info
+  protocol: audit
+  on: access
+  match: {event: patient-record}
+  action: alert
+  reference: tests
+""")
+    (tmp_path / "staff.csv").write_text("user,surname,address\njsmith,Doe,1 Main St\n")
+    engine = Engine(load_rules([tmp_path], builtin=False), IdsSettings(), clock=lambda: 0.0)
+    audit = AuditAdapter(engine, PrivacyLists.load(None, tmp_path / "staff.csv"))
+    base = record("110110")  # jsmith reads DOE^JANE
+    for name in (None, "John Smith"):
+        r = replace(base, participants=(Participant("jsmith", user_name=name, requestor=True), *base.participants[1:]))
+        alerts: list[Alert] = audit.observe(event(r), 1.0)
+        assert sorted(a.rule_id for a in alerts) == ["audit-every-access", "audit-own-family"], name
+        seen = next(a for a in alerts if a.rule_id == "audit-every-access").event.details["observation"]
+        assert (seen["user"], seen.get("user_name")) == ("jsmith", name), name
+        assert seen["flow_id"] == "audit:jsmith"  # thresholds by user count the login
+    # Another user whose display name is the directory's login is not jsmith.
+    r = replace(base, participants=(Participant("jdoe2", user_name="jsmith", requestor=True),))
+    assert [a.rule_id for a in audit.observe(event(r), 2.0)] == ["audit-every-access"]
+
+
+@pytest.mark.parametrize("header", ["user,surname,address", "user, surname, address", "User,Surname,Address",
+                                    " USER ,surname , Address,Department"])
+def test_staff_directory_column_names_are_read_whatever_their_case_and_spaces(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "staff.csv"
+    path.write_text(f"{header}\njsmith,Doe,1 Main St" + (",Radiology" if "Department" in header else "") + "\n")
+    lists = PrivacyLists.load(None, path)
+    assert lists.staff["jsmith"].surname == "DOE" and lists.staff["jsmith"].address == "1 MAIN ST"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("login,surname\njsmith,Doe\n", "line 1: a header row naming the column user (and any of surname, address, "
+                                    "department) is needed; it names ['login', 'surname']: missing user; unknown "
+                                    "'login'"),
+    ("user,surname,adress\njsmith,Doe,x\n", "line 1: a header row naming the column user (and any of surname, "
+                                            "address, department) is needed; it names ['user', 'surname', 'adress']: "
+                                            "unknown 'adress'"),
+    ("user,surname,address,User\n", "line 1: a header row naming the column user (and any of surname, address, "
+                                    "department) is needed; it names ['user', 'surname', 'address', 'User']: user "
+                                    "named twice"),
+    ("user,surname,address\njsmith,Doe,1 Main St\n\nkim,Park,\nJSmith,Roe,2 High St\n",
+     "line 5: user 'JSmith' is already on line 2 ('jsmith'); a user may have one entry"),
+    ('user,surname,address\n"kim","Park","1\nHigh St"\njsmith,Doe,x\n jsmith ,Roe,y\n',
+     "line 5: user 'jsmith' is already on line 4 ('jsmith'); a user may have one entry"),
+    ("user,surname,address\njsmith,Doe,1 Main St, Springfield\n",
+     "line 2: 4 values, but the header names 3 columns (quote a value that holds a comma)"),
+    ("user,surname,,address\njsmith,Doe,1 Main St, Springfield\n",
+     "line 2: 4 values, but the header names 3 columns (quote a value that holds a comma)"),
+])
+def test_a_staff_directory_that_would_load_wrong_is_refused_naming_the_line(tmp_path: Path, content: str,
+                                                                              problem: str) -> None:
+    """A column missing or misspelt, a user listed twice (logins are told apart without case: the
+    second entry would silently replace the first), an unquoted comma: each a configuration error
+    naming the line (and for a repeated user both lines), not a directory that compares with
+    nothing."""
+    from pacsguard.atna.config import Privacy
+    from pacsguard.config.loader import ConfigError
+
+    path = tmp_path / "staff.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        Privacy(staff_directory=path).lists(lambda p: p)
+    assert [(p.key, p.message) for p in err.value.problems] == [("atna.privacy.staff_directory", problem)]
+
+
+def test_a_staff_row_may_leave_trailing_values_out_or_empty(tmp_path: Path) -> None:
+    path = tmp_path / "staff.csv"
+    path.write_text("user,surname,address,department,\njsmith,Doe\nkim,Park,,Radiology,,\n")
+    lists = PrivacyLists.load(None, path)
+    assert lists.staff["jsmith"].address == "" and lists.departments() == {"kim": "RADIOLOGY"}

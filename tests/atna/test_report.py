@@ -21,7 +21,7 @@ from pacsguard.atna.message.record import AuditRecord, Code
 from pacsguard.atna.report import FORMAT, load_report, page_problems, patient_report, prove, sign_report, to_html
 from pacsguard.cli import main
 from pacsguard.events.model import Event, Party
-from pacsguard.store import EventStore
+from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.keys import generate_key, load_private_key, load_public_key, public_path
 from pacsguard.store.merkle import inclusion_proof, leaf_hash, root_of, verify_inclusion
 from pacsguard.store.proofs import _levels, _path
@@ -379,3 +379,41 @@ def test_only_events_newer_than_the_checkpoint_may_be_unproven(tmp_path: Path) -
         "patient PID-0042"]
     assert prove(resigned(lambda r: r.update(unproven=[])), public) == [
         "the report's unproven list [] is not its events without a proof [53]"]
+
+
+def test_the_report_names_the_user_by_login_with_the_display_name_beside_it(tmp_path: Path) -> None:
+    """The user column is the UserID (PS3.15 A.5.2.1: the identity; UserName is a display name two
+    users may share), with the display name after it; a message stored while the user was the
+    UserName keeps that in its row, so reports made then still prove. The daily report counts top
+    users by login, also for such a message."""
+    from pacsguard.atna.daily import summarise
+    from pacsguard.atna.message.record import Participant
+    from pacsguard.atna.report import to_csv
+
+    def read_by(user: str, name: str) -> Event:
+        base = record("110110")
+        r = replace(base, participants=(Participant(user, user_name=name, requestor=True), *base.participants[1:]))
+        return frame_event(SENDER, b"<85>1 - vna1 audit - IHE+RFC-3881 - " + to_xml(r))
+
+    store, key = new_store(str(tmp_path / "store.db"), tmp_path)
+    older = read_by("jsmith", "John Smith")
+    older = replace(older, actor=replace(older.actor, user="John Smith"))  # as stored before
+    store.append([read_by("jsmith", "John Smith"), older, read_by("jsmith2", "John Smith")])
+    store.checkpoint()
+    public, private = load_public_key(public_path(key)), load_private_key(key)
+    report = patient_report(store, "PID-0042", key=private)
+    assert [(r["user"], r.get("user_name")) for r in report["events"]] == [
+        ("jsmith", "John Smith"), ("John Smith", None), ("jsmith2", "John Smith")]
+    assert prove(report, public) == []
+    page = to_html(report)
+    assert "<td>jsmith (John Smith)</td>" in page and "<td>jsmith2 (John Smith)</td>" in page
+    assert prove(load_report(page), public) == [] and page_problems(page, report) == []
+    assert "jsmith (John Smith)" in to_csv(report)
+    stripped = json.loads(json.dumps(report))
+    del stripped["events"][0]["user_name"]
+    sign_report(stripped, private)
+    assert prove(stripped, public) == ["event #0: listed fields differ from the sealed record: user_name"]
+
+    day = summarise((s.event for s in store.search(EventQuery(limit=None))), record("110110").time.date())
+    assert day["top_users"] == [("jsmith", 2), ("jsmith2", 1)]
+    store.close()

@@ -216,6 +216,137 @@ def test_every_iti81_search_parameter_selects_what_it_names(tmp_path: Path, monk
     store.close()
 
 
+def _patients_store(tmp_path: Path) -> tuple[Any, dict[str, str]]:
+    """A store of patient record reads of the same ID 123 from two assigning authorities and none,
+    and of 456 from the first; event id -> the patient's CX."""
+    from dataclasses import replace
+
+    from pacsguard.atna.message.build import to_xml
+    from pacsguard.atna.message.record import Code, ParticipantObject
+
+    store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
+    base = record("110110")
+    names = {}
+    for cx, when, user in (("123^^^HOSP&1.2.3.4&ISO", 3, "jsmith"), ("123^^^OTHER&9.9.9&ISO", 4, "mkim"),
+                           ("123", 5, "jsmith"), ("456^^^HOSP&1.2.3.4&ISO", 6, "mkim")):
+        patient = ParticipantObject(cx, Code("2", "RFC-3881", "Patient Number"), type_code="1", role="1")
+        r = replace(base, time=base.time.replace(day=when), objects=(patient,),
+                    participants=(replace(base.participants[0], user_id=user, user_name=None), *base.participants[1:]))
+        ev = frame_event(SENDER, b"<85>1 - h a - IHE+RFC-3881 - " + to_xml(r))
+        names[ev.id] = cx
+        store.append([ev])
+    return store, names
+
+
+def test_a_patient_token_with_a_system_finds_only_that_authoritys_patient(tmp_path: Path, monkeypatch: Any) -> None:
+    """FHIR token search (FHIR R4 search, token): ``system|value`` is the patient of that ID from the
+    assigning authority the system names (``urn:oid:X``: universal ID X), ``|value`` the ID without
+    an authority, ``value`` alone any authority, or the one its CX form names; ``patient`` and
+    ``entity-identifier`` alike, as ``audit search --patient`` matches (the same ID from two
+    authorities is two patients)."""
+    from urllib.parse import urlencode
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, names = _patients_store(tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        def found(**params: str) -> list[str]:
+            query = urlencode([(k.replace("_", "-"), v) for k, v in params.items()])
+            status, bundle = call(f"http://127.0.0.1:{port}/AuditEvent?{query}")
+            assert status == 200, bundle
+            return [names[e["resource"]["id"]] for e in bundle["entry"]]
+
+        hosp, other, bare = "123^^^HOSP&1.2.3.4&ISO", "123^^^OTHER&9.9.9&ISO", "123"
+        for name in ("patient", "entity_identifier"):
+            assert found(**{name: "urn:oid:1.2.3.4|123"}) == [hosp], name
+            assert found(**{name: "urn:oid:9.9.9|123"}) == [other], name
+            assert found(**{name: "urn:oid:1.2.3.99|123"}) == [], name
+            assert found(**{name: "|123"}) == [bare], name
+            assert found(**{name: "123"}) == [hosp, other, bare], name
+            assert found(**{name: "123^^^HOSP"}) == [hosp], name
+            assert found(**{name: "123^^^&1.2.3.4&ISO"}) == [hosp], name
+            assert found(**{name: hosp}) == [hosp], name
+        assert found(patient="Patient/123") == [hosp, other, bare]
+    store.close()
+
+
+def test_a_fhir_patient_is_found_by_the_system_it_came_with() -> None:
+    """A FHIR AuditEvent's patient identifier keeps its system as the assigning authority (an OID as
+    type ISO, any other URI as type URI), and a token search with that system finds it, another
+    system does not; a comma escaped (FHIR R4 search, "Escaping Search Parameters") is a comma."""
+    from pacsguard.atna.ingest import payload_event
+    from pacsguard.atna.query import AuditQuery
+
+    def posted(system: str) -> Any:
+        resource = fhir_patient_read()
+        resource["entity"][0]["what"]["identifier"] = {"system": system, "value": "PID,42"}
+        return payload_event({"sender": SENDER.to_dict()}, orjson.dumps(resource), [], SENDER)
+
+    by_uri, by_oid = posted("http://hospital.example/mrn"), posted("urn:oid:1.2.3")
+    assert "PID,42^^^&http://hospital.example/mrn&URI" in by_uri.patient_ids
+    assert "PID,42^^^&1.2.3&ISO" in by_oid.patient_ids
+
+    def found(value: str) -> list[bool]:
+        q = AuditQuery.parse({"patient": [value]})
+        return [q.matches(by_uri), q.matches(by_oid)]
+
+    assert found("http://hospital.example/mrn|PID\\,42") == [True, False]
+    assert found("urn:oid:1.2.3|PID\\,42") == [False, True]
+    assert found("PID\\,42") == [True, True]
+    assert found("PID,42") == [False, False]  # PID or 42
+    assert found("http://other.example/mrn|PID\\,42") == [False, False]
+
+
+def test_a_comma_is_or_and_a_repeated_parameter_is_and(tmp_path: Path, monkeypatch: Any) -> None:
+    """FHIR R4 search ("Composite Search Parameters"): values joined by a comma are "or", the same
+    parameter given twice is "and", for every parameter; a known parameter with a modifier is
+    refused (none is supported, and leaving it out would widen the answer); an escaped comma is a
+    comma. Paging through an "or" of patients gives each event once, in store order."""
+    from urllib.parse import urlencode
+
+    monkeypatch.setenv("ATNA_TOKEN", TOKEN)
+    store, names = _patients_store(tmp_path)
+    port = free_port()
+    with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
+        def answer(*params: tuple[str, str]) -> tuple[int, dict[str, Any]]:
+            return call(f"http://127.0.0.1:{port}/AuditEvent?{urlencode(params)}")
+
+        def found(*params: tuple[str, str]) -> list[str]:
+            status, bundle = answer(*params)
+            assert status == 200, bundle
+            return [names[e["resource"]["id"]] for e in bundle["entry"]]
+
+        hosp, other, bare, second = "123^^^HOSP&1.2.3.4&ISO", "123^^^OTHER&9.9.9&ISO", "123", "456^^^HOSP&1.2.3.4&ISO"
+        assert found(("patient", "123^^^HOSP,456^^^HOSP")) == [hosp, second]
+        assert found(("patient", "456^^^HOSP,urn:oid:9.9.9|123,123^^^HOSP")) == [hosp, other, second]
+        assert found(("patient", "123^^^HOSP"), ("patient", "456^^^HOSP")) == []  # no event names both
+        assert found(("patient", "123"), ("patient", "urn:oid:1.2.3.4|123")) == [hosp]
+        assert found(("entity-identifier", "123^^^HOSP,456^^^HOSP")) == [hosp, second]
+        assert found(("entity-identifier", "123"), ("entity-identifier", "|123")) == [bare]
+        assert found(("agent-name", "jsm,mki")) == [hosp, other, bare, second]
+        assert found(("agent-name", "jsm"), ("agent-name", "mki")) == []
+        assert found(("agent-identifier", "mkim"), ("agent-identifier", "AETITLES=CT01")) == [other, second]
+        assert found(("date", "2026-12-03,2026-12-05")) == [hosp, bare]
+        assert found(("date", "2026-12-03,2026-12-05"), ("date", "ge2026-12-04")) == [bare]
+        assert found(("date", "ge2026-12-04"), ("date", "lt2026-12-06")) == [other, bare]
+        assert found(("type", "110110,110112"), ("outcome", "0")) == [hosp, other, bare, second]
+        assert found(("type", "110110"), ("type", "110112")) == []
+        assert found(("agent-name", "jsm\\,mki")) == []  # one name, with a comma in it
+
+        pages, url = [], f"http://127.0.0.1:{port}/AuditEvent?" + urlencode([("patient", "456^^^HOSP,123"),
+                                                                              ("_count", "1")])
+        while url:
+            page = call(url)[1]
+            pages += [names[e["resource"]["id"]] for e in page["entry"]]
+            url = next((link["url"] for link in page.get("link", ()) if link["relation"] == "next"), "")
+        assert pages == [hosp, other, bare, second]
+
+        for modified in ("patient:missing", "agent-name:exact", "entity-identifier:not"):
+            status, problem = answer((modified, "123"))
+            assert status == 400 and "modifier" in problem["issue"][0]["diagnostics"], modified
+    store.close()
+
+
 def test_the_capability_statement_names_what_is_served(tmp_path: Path, monkeypatch: Any) -> None:
     """GET /metadata, which FHIR clients ask first (HAPI's before its first search): a valid R4
     CapabilityStatement with AuditEvent search and create and every search parameter the endpoint

@@ -1,6 +1,6 @@
 """The daily summary of the audit trail (`pacsguard audit report --day`): top users and hosts,
 failed authentications, security alerts, access to patient data outside working hours and
-break-glass uses (PS3.15 A.5.3.13 Security Alert, event type 110127 Emergency Override Started, or a
+break-glass uses (PS3.15 A.5.3.11 Security Alert, event type 110127 Emergency Override Started, or a
 purpose of use of emergency treatment), as JSON and as an HTML page with bar charts (inline SVG)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from pacsguard.atna.message.mapping import user_of
 from pacsguard.events.model import Event, Outcome
 
 #: Purposes of use that mean emergency access (HL7 v3 ActReason ETREAT, BTG "break the glass").
@@ -37,8 +38,9 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         total += 1
         kinds[ev.kind] += 1
         per_hour[ev.time.astimezone(timezone.utc).hour] += 1
-        if ev.actor.user:
-            users[ev.actor.user] += 1
+        user = user_of(ev)  # the identity (UserID), as explain and the privacy rules count users
+        if user:
+            users[user] += 1
         if ev.actor.host:
             hosts[ev.actor.host] += 1
         d = ev.details

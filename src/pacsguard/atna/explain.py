@@ -23,7 +23,8 @@ are in the store as Order Record audit messages: pacsguard has no HL7 decoder ye
 
 An access is one event and one patient it names: a received audit message that reads or queries
 (action R or E, or none), or a gateway C-FIND, C-MOVE, C-GET or C-STORE; its user is the
-requesting user, else the calling AE title.
+requesting user's identity (UserID, PS3.15 A.5.2.1: never the display name UserName), else the
+calling AE title.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pacsguard.atna.message import mapping
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
@@ -130,7 +132,10 @@ def is_access(event: Event) -> bool:
 
 
 def user_of(event: Event) -> str:
-    return (event.actor.user or event.actor.ae_title or "").strip().lower()
+    """The access's user as the templates compare users: the requesting user's identity (UserID,
+    PS3.15 A.5.2.1; mapping.user_of), else the calling AE title; lower case. Never the display name
+    (UserName): two users may share one, and the staff directory and other messages name logins."""
+    return (mapping.user_of(event) or event.actor.ae_title or "").strip().lower()
 
 
 def workstation_of(event: Event) -> frozenset[str]:
@@ -146,9 +151,10 @@ def workstation_of(event: Event) -> frozenset[str]:
 
 
 def _users_named(event: Event) -> set[str]:
+    """The users an event names: its user and the identity of each participant (not their display
+    names, which would let one John Smith's order explain another's access)."""
     names = {user_of(event)}
-    for p in event.details.get("participants", ()):
-        names.update(str(p.get(k) or "").strip().lower() for k in ("user_id", "user_name"))
+    names.update(str(mapping.identity_of(p) or "").strip().lower() for p in event.details.get("participants", ()))
     names.discard("")
     return names
 

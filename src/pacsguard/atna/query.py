@@ -8,16 +8,19 @@ the one stored audit message a FHIR read (``GET /AuditEvent/ID``, FHIR R4 3.1.0.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+from pacsguard.atna.message.mapping import is_patient, patients_of
+from pacsguard.atna.message.patient import PatientId
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
-    from pacsguard.store import EventStore
+    from pacsguard.store import EventQuery, EventStore
     from pacsguard.store.store import StoredEvent
 
 
@@ -35,22 +38,77 @@ class QueryError(ValueError):
     """A search parameter that cannot be understood (answered 400 with an OperationOutcome)."""
 
 
+#: One parameter given once: the values it lists, any of which may hold (FHIR's comma, "or").
+#: A query holds a list of them per parameter, every one of which must hold (the parameter given
+#: again, "and"): FHIR R4 search, "Composite Search Parameters" (joining values with AND or OR).
+AnyOf = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A patient (or other entity) as an ITI-81 search names it: a FHIR token ``system|value``
+    (the ID ``value`` assigned by the authority the system names: ``urn:oid:1.2.3|123`` is CX
+    ``123^^^&1.2.3&ISO``), ``|value`` (an ID without an assigning authority), a reference
+    (``Patient/ID``) or the ID alone in any CX form (``123``, ``123^^^HOSP``, ``123^^^&OID&ISO``, the
+    full CX): any authority, or that one. ``key`` is the form the store's patient index holds
+    (patient.PatientId.search_keys), so a patient is matched exactly as ``audit search --patient``
+    and ``audit patient`` match it."""
+
+    key: str
+    value: str = ""  # the value as given, for an entity that is no patient (a UID, a node)
+    no_authority: bool = False
+
+    @classmethod
+    def parse(cls, text: str, *, reference: bool = False) -> Identifier:
+        parts = [_unescape(p) for p in _split(text, "|")]
+        if len(parts) > 2:
+            raise QueryError(f"expected system|value, got {text!r}")
+        if len(parts) == 2:
+            system, value = parts
+            if not system:
+                return cls(value, value, no_authority=True)
+            return cls(PatientId.of_system(system, value).key(), value)
+        value = parts[0]
+        if reference and "/" in value:  # Patient/ID, or the whole URL of one
+            value = value.rsplit("/", 1)[-1]
+        return cls(value, value)
+
+    def names_patient(self, patient: PatientId) -> bool:
+        """Whether ``patient`` (one a message names) is this one: one of its indexed forms is the key."""
+        return self.key in patient.search_keys() and (not self.no_authority or patient.authority is None)
+
+    def names(self, event: Event, *, patients_only: bool = True) -> bool:
+        """Whether ``event`` names this patient; without ``patients_only``, or any participant object
+        of that ID: a study UID or a node has no assigning authority kept, and is matched by its ID
+        whatever system is given (a DICOM UID is unique by itself, PS3.5 9)."""
+        objects = event.details.get("objects", ())
+        if any(self.names_patient(p) for p in patients_of(objects)):
+            return True
+        return not patients_only and any(o.get("id") == self.value for o in objects if not is_patient(o))
+
+
 @dataclass(slots=True)
 class AuditQuery:
-    patient: str | None = None
+    """A search over the stored audit messages. Each list holds one entry per time its parameter
+    was given (all must hold), each entry the values listed (one must hold): ``patients=[(a, b),
+    (c,)]`` is "a or b, and c". ``since``/``until`` bound the time (the ``date`` parameters given
+    once each); ``periods`` holds the ``date`` parameters that list several dates."""
+
+    patients: list[tuple[Identifier, ...]] = field(default_factory=list)
     since: datetime | None = None
     until: datetime | None = None
-    agent_names: list[str] = field(default_factory=list)
-    entity_types: list[str] = field(default_factory=list)
-    outcomes: list[str] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    subtypes: list[str] = field(default_factory=list)
-    agent_ids: list[str] = field(default_factory=list)
-    addresses: list[str] = field(default_factory=list)
-    entity_ids: list[str] = field(default_factory=list)
-    entity_roles: list[str] = field(default_factory=list)
+    periods: list[tuple[tuple[datetime, datetime], ...]] = field(default_factory=list)
+    agent_names: list[AnyOf] = field(default_factory=list)
+    entity_types: list[AnyOf] = field(default_factory=list)
+    outcomes: list[AnyOf] = field(default_factory=list)
+    event_ids: list[AnyOf] = field(default_factory=list)
+    actions: list[AnyOf] = field(default_factory=list)
+    sources: list[AnyOf] = field(default_factory=list)
+    subtypes: list[AnyOf] = field(default_factory=list)
+    agent_ids: list[AnyOf] = field(default_factory=list)
+    addresses: list[AnyOf] = field(default_factory=list)
+    entity_ids: list[tuple[Identifier, ...]] = field(default_factory=list)
+    entity_roles: list[AnyOf] = field(default_factory=list)
     count: int = 100  # the page size; 0: only the number of matches (``_count=0``)
     after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
     counted: bool = False  # ``_total=accurate``: every match counted, whatever the page
@@ -60,9 +118,15 @@ class AuditQuery:
     def parse(cls, params: Mapping[str, list[str]], *, strict: bool = True) -> AuditQuery:
         """The query of these parameters. A parameter this server does not know is a QueryError
         when ``strict`` (FHIR's ``Prefer: handling=strict``), else left out and named in `ignored`
-        (FHIR R4 3.1.1.5.x: lenient handling, the default)."""
+        (FHIR R4 search, "Handling Errors": lenient handling, the default). A known parameter with a
+        modifier (``patient:missing``, ``agent-name:exact``) is a QueryError either way: none is
+        supported (FHIR R4 search, "Modifiers"), and leaving the parameter out would widen the
+        answer to every patient."""
         q = cls()
         for name, values in params.items():
+            base, colon, modifier = name.partition(":")
+            if colon and base in SEARCH_PARAMETERS:
+                raise QueryError(f"search parameter {base!r}: the modifier {modifier!r} is not supported")
             if name not in _KNOWN and not strict:
                 q.ignored.append(name)
                 continue
@@ -71,16 +135,18 @@ class AuditQuery:
         return q
 
     def _add(self, name: str, value: str) -> None:
-        if name == "patient":
-            # Patient/ID, or system|value (a token), or the bare ID.
-            self.patient = value.rsplit("/", 1)[-1].split("|")[-1]
+        """One occurrence of a parameter: its comma-separated values are one more condition."""
+        if name == "patient":  # a reference (Patient/ID), a token (system|value) or the ID
+            self.patients.append(tuple(Identifier.parse(v, reference=True) for v in _split(value, ",")))
+        elif name == "entity-identifier":
+            self.entity_ids.append(tuple(Identifier.parse(v) for v in _split(value, ",")))
         elif name == "date":
-            self._date(value)
+            self._date([_unescape(v) for v in _split(value, ",")])
         elif name == "agent-name":
-            self.agent_names.extend(v.lower() for v in value.split(","))
+            self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
             reference = name == "source"  # Device/ID, or system|value
-            getattr(self, _MATCHED[name]).extend(_value(v, reference=reference) for v in value.split(","))
+            getattr(self, _MATCHED[name]).append(tuple(_value(v, reference=reference) for v in _split(value, ",")))
         elif name == "_count":
             if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 0..10000, got {value!r}")
@@ -96,29 +162,37 @@ class AuditQuery:
         elif name not in ("_format",):
             raise QueryError(f"unsupported search parameter {name!r}")
 
-    def _date(self, value: str) -> None:
-        prefix, text = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "gt", "le", "lt") else ("eq", value)
-        start, end = _period(text)
-        if prefix in ("ge", "gt", "eq"):
-            lower = end if prefix == "gt" else start
+    def _date(self, values: list[str]) -> None:
+        """One ``date`` parameter: the span each value (with its prefix) allows; the time bounds the
+        store's index reads are narrowed to the span around them all."""
+        spans = tuple(_span(v) for v in values)
+        lower = min((lo for lo, _ in spans), default=None)
+        upper = max((hi for _, hi in spans), default=None)
+        if lower is not None and lower > _EARLIEST:
             self.since = lower if self.since is None else max(self.since, lower)
-        if prefix in ("le", "lt", "eq"):
-            upper = start if prefix == "lt" else end
+        if upper is not None and upper < _LATEST:
             self.until = upper if self.until is None else min(self.until, upper)
+        if len(spans) > 1:
+            self.periods.append(spans)
 
     def matches(self, event: Event) -> bool:
-        """Whether a stored message holds every parameter given: one of its values each (FHIR's
-        comma, and a parameter given twice, are both "or" here)."""
+        """Whether a stored message holds every condition: one of the values of each (FHIR's comma
+        is "or"; a parameter given twice, and different parameters, are "and")."""
         d = event.details
         participants, objects = d.get("participants", ()), d.get("objects", ())
+        if not all(any(i.names(event) for i in anyof) for anyof in self.patients):
+            return False
+        if not all(any(i.names(event, patients_only=False) for i in anyof) for anyof in self.entity_ids):
+            return False
+        if not all(any(lo <= event.time < hi for lo, hi in anyof) for anyof in self.periods):
+            return False
         if self.agent_names:
-            names = [str(p.get(k, "")).lower() for p in participants for k in ("user_id", "user_name")]
-            if not any(n.startswith(a) for a in self.agent_names for n in names if n):
+            names = [n for p in participants for k in ("user_id", "user_name") if (n := str(p.get(k) or "").lower())]
+            if not all(any(n.startswith(a) for a in anyof for n in names) for anyof in self.agent_names):
                 return False
         wanted_and_held = (
             (self.entity_types, {o.get("type_code") for o in objects}),
             (self.entity_roles, {o.get("role") for o in objects}),
-            (self.entity_ids, {i for o in objects for i in (o.get("id"), str(o.get("id", "")).split("^", 1)[0])}),
             (self.agent_ids, {p.get(k) for p in participants for k in ("user_id", "alternative_user_id")}),
             (self.addresses, {p.get("access_point") for p in participants}),
             (self.event_ids, {(d.get("event_id") or {}).get("code")}),
@@ -127,16 +201,21 @@ class AuditQuery:
             (self.sources, {(d.get("source") or {}).get("id")}),
             (self.outcomes, {d.get("outcome_indicator")}),
         )
-        return all(not wanted or not held.isdisjoint(wanted) for wanted, held in wanted_and_held)
+        return all(not held.isdisjoint(anyof) for wanted, held in wanted_and_held for anyof in wanted)
 
     def stored(self, store: EventStore, *, after: int | None = None) -> Iterator[StoredEvent]:
-        """The stored audit messages of this query's patient and time span, from after the store
-        position ``after``, in store order: the store's indexes select those; `matches` judges
-        the rest of the query."""
+        """The stored audit messages of this query's time span and, when it names patients, of the
+        first patient condition, from after the store position ``after``, in store order: the
+        store's indexes select those; `matches` judges the rest of the query."""
         from pacsguard.store import EventQuery
 
-        return store.search(EventQuery(patient=self.patient, kind="atna.audit.*", since=self.since,
-                                       until=self.until, after_seq=after, limit=None))
+        base = EventQuery(kind="atna.audit.*", since=self.since, until=self.until, after_seq=after, limit=None)
+        if not self.patients:
+            return store.search(base)
+        keys = list(dict.fromkeys(i.key for i in self.patients[0]))
+        if len(keys) == 1:
+            return store.search(replace(base, patient=keys[0]))
+        return _merged(store, keys, base)
 
     def page(self, stored: Iterable[StoredEvent]) -> list[StoredEvent]:
         """The first `count` of ``stored`` (in store order, from after the cursor) that match."""
@@ -149,15 +228,39 @@ class AuditQuery:
         return out
 
 
+def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[StoredEvent]:
+    """The stored events of any of several patients (``patient=A,B``), in store order, each once.
+    Each patient's are read a chunk at a time, a connection held only while a chunk is read, so a
+    long list cannot hold more connections than the store's pool has."""
+
+    def of(key: str) -> Iterator[StoredEvent]:
+        after = base.after_seq
+        while True:
+            chunk = list(store.search(replace(base, patient=key, after_seq=after, limit=_READ_CHUNK)))
+            yield from chunk
+            if len(chunk) < _READ_CHUNK:
+                return
+            after = chunk[-1].seq
+
+    last = None
+    for item in heapq.merge(*(of(k) for k in keys), key=lambda s: s.seq):
+        if item.seq != last:
+            last = item.seq
+            yield item
+
+
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
-_MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "entity-identifier": "entity_ids",
-            "agent-identifier": "agent_ids", "address": "addresses", "type": "event_ids", "subtype": "subtypes",
-            "action": "actions", "source": "sources", "outcome": "outcomes"}
+_MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "agent-identifier": "agent_ids",
+            "address": "addresses", "type": "event_ids", "subtype": "subtypes", "action": "actions",
+            "source": "sources", "outcome": "outcomes"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
-SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string",
+SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string", "entity-identifier": "token",
                      **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED}}
 #: Every parameter the search understands: those and the result parameters.
 _KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
+#: The ends of time: a span that reaches one does not bound the store's index.
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+_LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def stored_by_id(store: EventStore, resource_id: str) -> StoredEvent | None:
@@ -214,11 +317,54 @@ def _around(store: EventStore, at: int, made: int) -> Iterator[StoredEvent]:
 
 
 def _value(text: str, *, reference: bool = False) -> str:
-    """The value to match of a token (``system|code`` gives ``code``) or, with ``reference``, of a
-    reference (``Device/ID`` gives ``ID``)."""
+    """The value to match of a token (``system|code`` gives ``code``: the systems of codes, agents
+    and sources are not kept apart, ``type=110110`` and ``type=DCM-URI|110110`` are one search) or,
+    with ``reference``, of a reference (``Device/ID`` gives ``ID``)."""
     if reference:
         text = text.rsplit("/", 1)[-1]
-    return text.split("|")[-1]
+    return _unescape(_split(text, "|")[-1])
+
+
+#: What FHIR escapes with a backslash in a search value (FHIR R4 search, "Escaping Search Parameters").
+_ESCAPED = ",|$\\"
+
+
+def _split(text: str, separator: str) -> list[str]:
+    r"""``text`` at each ``separator`` (``,`` between values, ``|`` in a token) that is not escaped
+    (``\,``, ``\|``); the parts keep their escapes, for the next split (`_unescape` undoes them)."""
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPED:
+            i += 2
+            continue
+        if text[i] == separator:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape(text: str) -> str:
+    r"""``text`` with FHIR's escapes undone (``\,`` ``\|`` ``\$`` ``\\``); a backslash before
+    anything else is kept, as HL7 v2 escapes in a CX (``\T\`` for ``&``) use it."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPED:
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _span(value: str) -> tuple[datetime, datetime]:
+    """The instants ``date=value`` allows, from the first to before the last: the FHIR date(Time)'s
+    period, with its prefix (eq, the default, ge, gt, le, lt)."""
+    prefix, text = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "gt", "le", "lt") else ("eq", value)
+    start, end = _period(text)
+    lower = {"ge": start, "gt": end, "eq": start}.get(prefix, _EARLIEST)
+    upper = {"le": end, "lt": start, "eq": end}.get(prefix, _LATEST)
+    return lower, upper
 
 
 def _period(text: str) -> tuple[datetime, datetime]:

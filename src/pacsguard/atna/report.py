@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from pacsguard.atna.message.mapping import user_name_of
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def row_of(event: Event) -> dict[str, Any]:
     d = event.details
     purposes = [p.get("meaning") or p.get("code") for p in d.get("purposes", ())]
     event_id = d.get("event_id") or {}
-    return {
+    row = {
         "time": event.time.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "kind": event.kind, "what": event_id.get("meaning") or event.kind,
         "action": d.get("action"), "outcome": event.outcome,
@@ -68,6 +69,19 @@ def row_of(event: Event) -> dict[str, Any]:
         "patient_ids": list(event.patient_ids), "study_uids": list(event.study_uids),
         "source": (d.get("source") or {}).get("id") or event.component,
     }
+    # The user is the sealed actor's: the UserID (mapping.identity_of), or the UserName for a message
+    # stored before the identity was the UserID, so reports made then still prove. The display name
+    # comes beside the identity only when it is another text: then no earlier report had it.
+    name = user_name_of(event)
+    if name and name != event.actor.user:
+        row["user_name"] = name
+    return row
+
+
+def user_cell(row: dict[str, Any]) -> str:
+    """A row's user as the table, csv and html show it: the identity, and the display name after it."""
+    user, name = row.get("user") or "", row.get("user_name")
+    return f"{user} ({name})" if name else str(user)
 
 
 def names_patient(event: Event, patient: str) -> bool:
@@ -443,7 +457,7 @@ def to_csv(report: dict[str, Any]) -> str:
     told = verdicts(report)
     writer.writerow(["seq", *_COLUMNS, "proven", "explanation"])
     for row in listed_rows(report):
-        writer.writerow([row["seq"], *(_cell(row.get(c) or "") for c in _COLUMNS),
+        writer.writerow([row["seq"], *(_cell(user_cell(row) if c == "user" else row.get(c) or "") for c in _COLUMNS),
                          "yes" if "proof" in row else "no", told.get(row["seq"], "")])
     return out.getvalue()
 
@@ -480,7 +494,8 @@ def _page_parts(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _html_row(row: dict[str, Any], told: dict[int, str]) -> str:
-    return ("<tr>" + f"<td>{_text(row['seq'])}</td>" + "".join(f"<td>{_text(row.get(c) or '')}</td>" for c in _COLUMNS)
+    cells = (user_cell(row) if c == "user" else row.get(c) or "" for c in _COLUMNS)
+    return ("<tr>" + f"<td>{_text(row['seq'])}</td>" + "".join(f"<td>{_text(v)}</td>" for v in cells)
             + f"<td>{'yes' if 'proof' in row else 'not yet'}</td><td>{_text(told.get(row['seq'], ''))}</td></tr>")
 
 

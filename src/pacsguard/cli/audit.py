@@ -274,13 +274,13 @@ def _sign_report(report: dict[str, Any], signing: Path | None) -> None:
 
 
 def _show_report(report: dict[str, Any]) -> None:
-    from pacsguard.atna.report import listed_rows, share_line, verdicts
+    from pacsguard.atna.report import listed_rows, share_line, user_cell, verdicts
     from pacsguard.cli.layout import Column, render, terminal_width, write_lines
 
     columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
                Column("host"), Column("purpose"), Column("proven"), Column("explanation"))
     told = verdicts(report)
-    rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], r.get("user") or "", r.get("host") or "",
+    rows = [[str(r["seq"]), r["time"][:19], str(r["what"]), r["outcome"], user_cell(r), r.get("host") or "",
              r.get("purpose") or "", "yes" if "proof" in r else "no", told.get(r["seq"], "")]
             for r in listed_rows(report)]
     cp = report["checkpoint"]
@@ -408,13 +408,16 @@ def search(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
-    from pacsguard.atna.query import AuditQuery
+    from pacsguard.atna.query import AuditQuery, Identifier
     from pacsguard.cli.events import _print, _when
 
-    q = AuditQuery(patient=patient, since=_when(since, "since"), until=_when(until, "until"),
-                   agent_names=[user.lower()] if user else [], entity_types=entity_type or [],
-                   outcomes=outcome or [], event_ids=event_id or [], actions=[a.upper() for a in action or []],
-                   sources=source or [], count=limit)
+    def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
+        return [tuple(values)] if values else []
+
+    q = AuditQuery(patients=[(Identifier(patient, patient),)] if patient else [], since=_when(since, "since"),
+                   until=_when(until, "until"), agent_names=anyof([user.lower()] if user else None),
+                   entity_types=anyof(entity_type), outcomes=anyof(outcome), event_ids=anyof(event_id),
+                   actions=anyof([a.upper() for a in action or []]), sources=anyof(source), count=limit)
     es = open_store(load(config, required=store is None), store)
     try:
         _print(islice((s for s in q.stored(es) if q.matches(s.event)), limit), fmt)

@@ -6,10 +6,13 @@ participant objects. Reading (POST /AuditEvent, syslog IHE+FHIR) and writing (IT
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Any, Mapping
 
 from pacsguard.atna.message.dicom_xml import AuditMessageError, parse_datetime
+from pacsguard.atna.message.patient import PatientId
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -75,14 +78,21 @@ def _reference_text(ref: Mapping[str, Any]) -> str:
 
 
 def _agent(a: Mapping[str, Any]) -> Participant:
+    """An agent as an ActiveParticipant. UserID is the user's identity (PS3.15 A.5.2.1: unique
+    within the enterprise, as the mapping of AuditEvent.agent.who gives it): who.identifier.value,
+    else who.reference; who.display, a name as anyone may bear it, only when there is nothing else.
+    UserName is the display name: agent.name, else who.display."""
     network = a.get("network") or {}
     roles = [_coding(c) for cc in ([a["type"]] if a.get("type") else []) + list(a.get("role", ()))
              for c in cc.get("coding", ())]
     who = a.get("who") or {}
-    return Participant(user_id=_reference_text(who), alternative_user_id=_text(a, "altId"),
-                       user_name=_text(a, "name"), requestor=bool(a.get("requestor")),
-                       access_point=_text(network, "address"), access_point_type=_text(network, "type"),
-                       roles=tuple(roles))
+    ident = who.get("identifier") or {}
+    display = _text(who, "display")
+    user_id = str(ident.get("value") or who.get("reference") or "")
+    return Participant(user_id=user_id or display or "", alternative_user_id=_text(a, "altId"),
+                       user_name=_text(a, "name") or (display if user_id else None),
+                       requestor=bool(a.get("requestor")), access_point=_text(network, "address"),
+                       access_point_type=_text(network, "type"), roles=tuple(roles))
 
 
 def _entity(e: Mapping[str, Any]) -> ParticipantObject:
@@ -91,10 +101,16 @@ def _entity(e: Mapping[str, Any]) -> ParticipantObject:
     type_code = _text(e.get("type") or {}, "code")
     role = _text(e.get("role") or {}, "code")
     id_types = (ident.get("type") or {}).get("coding") or []
-    id_type = _coding(id_types[0]) if id_types else Code("2" if (type_code, role) == ("1", "1") else "")
+    # No ID type is made up for an entity without one: a patient is told by its type (1, Person)
+    # and role (1, Patient), as ParticipantObjectTypeCode and its role are in A.5 (mapping.is_patient).
+    id_type = _coding(id_types[0]) if id_types else Code("")
     object_id = str(ident.get("value") or what.get("reference", "").split("/", 1)[-1] or "")
-    if ident.get("system", "").startswith("urn:oid:") and "^" not in object_id and id_type.code == "2":
-        object_id = f"{object_id}^^^&{ident['system'][8:]}&ISO"
+    system = ident.get("system") or ""
+    patient = (type_code, role) == ("1", "1") or id_type.code == "2"
+    if patient and isinstance(system, str) and system and not any(c in object_id + system for c in "^&~\\"):
+        # The identifier's system is the patient's assigning authority: kept in CX form, as ITI-20
+        # writes a patient ID, so a search names it as it names any other (patient.PatientId).
+        object_id = PatientId.of_system(system, object_id).key()
     return ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role,
         life_cycle=_text(e.get("lifecycle") or {}, "code"), name=_text(e, "name"), query=_text(e, "query"),
@@ -127,7 +143,7 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
     if record.source_types:
         out["source"]["type"] = [_out_coding(c) for c in record.source_types]
     if record.objects:
-        out["entity"] = [_out_entity(o) for o in record.objects]
+        out["entity"] = [_out_entity(o, record.syntax) for o in record.objects]
     return out
 
 
@@ -153,7 +169,7 @@ def _out_agent(p: Participant) -> dict[str, Any]:
     return out
 
 
-def _out_entity(o: ParticipantObject) -> dict[str, Any]:
+def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
     ident: dict[str, Any] = {"value": o.object_id}
     if o.id_type.code:
         ident["type"] = {"coding": [_out_coding(o.id_type)]}
@@ -169,8 +185,26 @@ def _out_entity(o: ParticipantObject) -> dict[str, Any]:
     if o.query:
         out["query"] = o.query
     if o.details:
-        out["detail"] = [{"type": t, "valueString": v} for t, v in o.details]
+        out["detail"] = [_out_detail(t, v, syntax) for t, v in o.details]
     return out
+
+
+def _out_detail(kind: str, value: str, syntax: str) -> dict[str, str]:
+    """A ParticipantObjectDetail as entity.detail (FHIR R4 AuditEvent.entity.detail.value[x]). In
+    A.5 and RFC 3881 its value is xs:base64Binary (PS3.15 A.5.1, RFC 3881 5.5.9): valueBase64Binary,
+    unless a sender wrote text that is not base64. A FHIR message's value is kept as it was read, of
+    either kind: valueString, as before."""
+    if syntax != "fhir" and value and _is_base64(value):
+        return {"type": kind, "valueBase64Binary": value}
+    return {"type": kind, "valueString": value}
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = None,

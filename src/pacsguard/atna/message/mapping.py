@@ -44,17 +44,51 @@ def studies_of(objects: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(uid[:64] for uid in found))
 
 
+def identity_of(p: Mapping[str, Any]) -> str | None:
+    """Who an ActiveParticipant is: its UserID, the user's unique identity (PS3.15 A.5.2.1, RFC 3881
+    5.2.1: the login, as the staff directory and other messages name the user); UserName, a display
+    name two users may share, only when there is no UserID. The display name stays in the stored
+    participant (``user_name``) for reports."""
+    return p.get("user_id") or p.get("user_name") or None
+
+
 def party_of(p: Mapping[str, Any] | None) -> Party:
     """An ActiveParticipant as a Party: its AE title (AlternativeUserID "AETITLES=A;B", PS3.15
-    A.5.2.2), its host when the access point is a machine name or an IP address, its user."""
+    A.5.2.2), its host when the access point is a machine name or an IP address, its user
+    (identity_of: the UserID)."""
     if p is None:
         return Party()
     kind = p.get("access_point_type")
     host = p.get("access_point") if kind in (None, "1", "2") else None
     alternative = p.get("alternative_user_id") or ""
     titles = [a for a in alternative[9:].split(";") if a] if alternative.upper().startswith("AETITLES=") else []
-    return Party(ae_title=titles[0][:64] if titles else None, host=host or None,
-                 user=p.get("user_name") or p["user_id"] or None)
+    return Party(ae_title=titles[0][:64] if titles else None, host=host or None, user=identity_of(p))
+
+
+def requestor_of(event: Event) -> Mapping[str, Any] | None:
+    """The requesting participant (UserIsRequestor) of a received audit message, None for none or
+    for another Event."""
+    if not event.kind.startswith("atna.audit."):
+        return None
+    return next((p for p in event.details.get("participants", ()) if p.get("requestor")), None)
+
+
+def user_of(event: Event) -> str | None:
+    """The identity of an Event's user: for a received audit message, its requesting participant's
+    identity_of, read from the stored message, so that a message stored while the actor's user was
+    the UserName is judged by its UserID too; for any other Event, its actor's user."""
+    if event.kind.startswith("atna.audit."):
+        p = requestor_of(event)
+        return identity_of(p) if p is not None else None
+    return event.actor.user
+
+
+def user_name_of(event: Event) -> str | None:
+    """The requesting user's display name (UserName, FHIR agent.name), for a reader; None when the
+    message gives none or only the identity itself."""
+    p = requestor_of(event)
+    name = p.get("user_name") if p is not None else None
+    return name if name and name != identity_of(p or {}) else None
 
 
 def to_event(record: AuditRecord, received: Mapping[str, Any], *, time: datetime | None = None) -> Event:

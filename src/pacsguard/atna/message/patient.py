@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: FHIR Identifier.system prefixes that name an HL7 v2 universal ID and its type (HL7 v2.5 table
+#: 0301); any other system is itself a universal ID of type URI.
+_UNIVERSAL_TYPES = (("urn:oid:", "ISO"), ("urn:uuid:", "UUID"))
+
 
 @dataclass(frozen=True, slots=True)
 class PatientId:
@@ -21,6 +25,21 @@ class PatientId:
         parts = value.split("^")
         authority = parts[3] if len(parts) > 3 and parts[3] else None
         return cls(parts[0], authority, value)
+
+    @classmethod
+    def of_system(cls, system: str, value: str) -> PatientId:
+        """The patient a FHIR Identifier (``system``, ``value``) names: ID ``value`` assigned by the
+        authority whose universal ID the system is (HL7 v2.5 2.A.33 HD: ``&UNIVERSAL-ID&TYPE``):
+        ``urn:oid:1.2.3`` is ``&1.2.3&ISO``, the same patient as CX ``value^^^NS&1.2.3&ISO``."""
+        universal, kind = next(((system[len(p):], t) for p, t in _UNIVERSAL_TYPES if system.startswith(p)),
+                               (system, "URI"))
+        return cls(value, f"&{universal}&{kind}")
+
+    def key(self) -> str:
+        """The most specific of `search_keys`: what finds this patient and no other."""
+        if self.cx is not None:
+            return self.cx
+        return f"{self.id}^^^{self.authority}" if self.authority is not None else self.id
 
     def search_keys(self) -> tuple[str, ...]:
         """What the store indexes: the bare ID first (the event is placed by it), then the CX form

@@ -18,6 +18,7 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
+from pacsguard.atna.message import mapping
 from pacsguard.events.model import Event
 from pacsguard.ids.audit.baseline import BaselineSettings, PatientsPerHour
 from pacsguard.ids.audit.kinds import BASELINE_FIELDS, EXPLAIN_FIELDS, PROTOCOL
@@ -61,34 +62,74 @@ class PrivacyLists:
 
     @classmethod
     def load(cls, watch_file: Path | None = None, staff_csv: Path | None = None) -> PrivacyLists:
-        """``watch_file``: one patient ID per line (# comments); ``staff_csv``: columns user, surname,
-        address and, optionally, department (a header row naming them). Both UTF-8 (a byte order
-        mark is allowed, as spreadsheets write one); ListFileError names what is wrong and where."""
+        """``watch_file``: one patient ID per line (# comments); ``staff_csv``: columns user (the
+        login: the UserID senders give) and any of surname, address, department (a header row
+        naming them, `_staff`). Both UTF-8 (a byte order mark is allowed, as spreadsheets write
+        one); ListFileError names what is wrong and where."""
         watched: set[str] = set()
         if watch_file is not None:
             for line in _text_of(watch_file).splitlines():
                 text = line.split("#", 1)[0].strip()
                 if text:
                     watched.add(text.split("^", 1)[0])
-        staff: dict[str, StaffMember] = {}
-        if staff_csv is not None:
-            reader = csv.DictReader(io.StringIO(_text_of(staff_csv), newline=""))
-            try:
-                if "user" not in (reader.fieldnames or ()):
-                    raise ListFileError(staff_csv, "line 1: a header row naming the columns user, surname, address "
-                                                   f"(and department) is needed; it names {reader.fieldnames or []}")
-                for row in reader:
-                    user = (row.get("user") or "").strip().lower()
-                    if user:
-                        staff[user] = StaffMember(_norm(row.get("surname")), _norm(row.get("address")),
-                                                  _norm(row.get("department")))
-            except csv.Error as exc:  # line_num counts the lines before the row that failed
-                raise ListFileError(staff_csv, f"line {reader.line_num + 1}: {exc}") from None
-        return cls(frozenset(watched), staff)
+        return cls(frozenset(watched), _staff(staff_csv) if staff_csv is not None else {})
 
     def departments(self) -> dict[str, str]:
         """user (lower case) -> department, for the users the directory gives one."""
         return {user: m.department for user, m in self.staff.items() if m.department}
+
+
+#: The staff directory's columns: the one it needs (the login), and those it may have: a site that
+#: keeps departments only, for the explanations, needs no surname or address.
+STAFF_COLUMNS = ("user",)
+STAFF_OPTIONAL = ("surname", "address", "department")
+
+
+def _staff(path: Path) -> dict[str, StaffMember]:
+    """The staff directory: user (lower case) -> entry. Column names are read as a spreadsheet user
+    means them, whatever their case and surrounding spaces (``User, Surname``); a column that is
+    missing or unknown (a misspelt ``adress``), a row with more values than columns (an address with
+    an unquoted comma) and a user listed twice (case does not tell logins apart) are refused with
+    the line: each would otherwise leave a rule comparing against nothing, without a word."""
+    reader = csv.reader(io.StringIO(_text_of(path), newline=""))
+    end = 0  # the last line read whole: a row starts on the next
+    try:
+        header = next(reader, None)
+        names = [n.strip().casefold() for n in header or ()]
+        missing = [n for n in STAFF_COLUMNS if n not in names]
+        # An empty name (a spreadsheet's stray cell after the last column) names no column.
+        unknown = [n for n in names if n and n not in (*STAFF_COLUMNS, *STAFF_OPTIONAL)]
+        twice = sorted({n for n in names if n and names.count(n) > 1})
+        if missing or unknown or twice:
+            problems = [f"missing {', '.join(missing)}" if missing else "",
+                        f"unknown {', '.join(repr(n) for n in unknown)}" if unknown else "",
+                        f"{', '.join(twice)} named twice" if twice else ""]
+            raise ListFileError(path, "line 1: a header row naming the column user (and any of surname, "
+                                      f"address, department) is needed; it names {header or []}: "
+                                      + "; ".join(p for p in problems if p))
+        staff: dict[str, StaffMember] = {}
+        lines: dict[str, tuple[int, str]] = {}  # user -> the line it is on, and as written there
+        end = reader.line_num
+        for row in reader:
+            line, end = end + 1, reader.line_num  # where the row starts: a quoted value may span lines
+            if any(v.strip() for i, v in enumerate(row) if i >= len(names) or not names[i]):
+                raise ListFileError(path, f"line {line}: {len(row)} values, but the header names "
+                                          f"{sum(1 for n in names if n)} columns (quote a value that holds a comma)")
+            values = dict(zip(names, row, strict=False))  # a short row: the rest empty
+            written = values.get("user", "").strip()
+            user = written.lower()
+            if not user:
+                continue
+            if user in lines:
+                first, as_first = lines[user]
+                raise ListFileError(path, f"line {line}: user {written!r} is already on line {first} "
+                                          f"({as_first!r}); a user may have one entry")
+            lines[user] = (line, written)
+            staff[user] = StaffMember(_norm(values.get("surname")), _norm(values.get("address")),
+                                      _norm(values.get("department")))
+    except csv.Error as exc:
+        raise ListFileError(path, f"line {end + 1}: {exc}") from None
+    return staff
 
 
 def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path]:
@@ -156,11 +197,14 @@ class AuditAdapter:
             return []
         d = event.details
         patients = [str(p.get("id", "")) for p in _patients(event) if p.get("id")]
-        user = event.actor.user or ""
-        me = self.lists.staff.get(user.lower())
+        # The user's identity (UserID), never the display name: the directory is keyed by login,
+        # and the baseline and thresholds count per user (PS3.15 A.5.2.1).
+        user = mapping.user_of(event) or ""
+        me = self.lists.staff.get(user.strip().lower())
         names = list(_patient_names(event))
         fields = {
-            "user": user, "user_host": event.actor.host or "", "event": event.kind.rsplit(".", 1)[-1],
+            "user": user, "user_name": mapping.user_name_of(event) or "", "user_host": event.actor.host or "",
+            "event": event.kind.rsplit(".", 1)[-1],
             "event_id": str((d.get("event_id") or {}).get("code", "")), "action": str(d.get("action") or ""),
             "outcome": str(d.get("outcome_indicator") or ""), "patient": patients[0] if patients else "",
             "patients": patients, "patient_count": len(patients),
@@ -172,7 +216,7 @@ class AuditAdapter:
         }
         used = self._used(rules)
         if used & BASELINE_FIELDS and user:
-            figures = self.hours.add(user.lower(), patients, event.time.timestamp())
+            figures = self.hours.add(user.strip().lower(), patients, event.time.timestamp())
             fields.update(hour_patients=figures.hour_patients, baseline_patients=figures.baseline_patients,
                           baseline_hours=figures.baseline_hours, above_baseline=figures.above_baseline)
         if used & EXPLAIN_FIELDS and self.explain is not None:

@@ -18,7 +18,9 @@ register_kinds(
         "access": (
             "one received audit message naming who did what to which patient's data",
             {
-                "user": ("str", "the requesting user (UserName, else UserID)"),
+                "user": ("str", "the requesting user's identity: UserID (FHIR who.identifier), else UserName"),
+                "user_name": ("str", "the requesting user's display name (UserName, FHIR agent.name), empty "
+                              "when none is given; for reading: rules key on user"),
                 "user_host": ("str", "the requesting user's network access point"),
                 "event": ("str", "the event, as the last part of its kind: patient-record, query, ..."),
                 "event_id": ("str", "the PS3.15 event ID code, e.g. 110110"),
