@@ -450,3 +450,27 @@ def test_ids_names_the_c_move_on_its_sub_association_record() -> None:
     assert "expected_by" not in other.details
     # route ports are DICOM ports inline anyway; what the expectation changes is the record
     assert "ids.alert.dicom-unexpected-port" not in sub.kinds() + stranger.kinds()
+
+
+def mr_store_rq(context_id: int) -> bytes:
+    command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=9, affected_sop_class_uid=MR_STORAGE,
+                               affected_sop_instance_uid="1.2.3.5", priority=0, command_data_set_type=0x0000)
+    return request(command, b"\x08\x00\x16\x00\x00\x00\x00\x00" * 8, context_id=context_id)
+
+
+@pytest.mark.parametrize(("policy", "rule"), [({"sop_classes": ["CTImageStorage"]}, "policy.sop_classes"),
+                                              ({}, "dimse.context-sop-class")], ids=["refused-class", "any-class"])
+@pytest.mark.parametrize("context_id", [1, 3], ids=["ct-context", "verification-context"])
+def test_a_c_store_of_another_sop_class_than_its_context_is_refused_with_0122(policy, rule, context_id):
+    """An outside tester's MR image went through a route that allows only CT, on the accepted CT
+    context or on the Verification one (always accepted), and reached the archive."""
+    async def scenario(pb: Playbook) -> None:
+        await pb.associate(CT_STORAGE, VERIFICATION)
+        await pb.client(mr_store_rq(context_id))
+        assert pb.to_upstream() == []
+        assert pb.to_client() == [Seen("P-DATA-TF", (("C-STORE-RSP", dimse.STATUS_SOP_CLASS_NOT_SUPPORTED),))]
+        await pb.client(store_rq())  # the association goes on; a CT on its context passes
+        assert pb.to_upstream() == [Seen("P-DATA-TF", (("C-STORE-RQ", None),)), Seen("P-DATA-TF", (("data", 64),))]
+
+    pb = play(route_config(policy=policy), scenario)
+    assert pb.rules("dicom.dimse.c-store") == [rule]

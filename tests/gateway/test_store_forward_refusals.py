@@ -173,3 +173,14 @@ def test_a_c_store_rq_without_its_uids_is_refused(tmp_path: Path, instance: str 
     object made dcmtk's storescp abort the association, again at every retry."""
     answer, published = play(tmp_path, [store(ct(UID), instance=instance, sop_class=sop_class)])
     refused_at_reception(tmp_path, answer, published, status=status, rule=rule, naming="Affected SOP")
+
+
+def test_a_c_store_of_another_sop_class_than_its_context_is_refused_before_it_is_spooled(tmp_path: Path) -> None:
+    """An MR C-STORE (command and data set agree) on the accepted CT context: answered Success,
+    spooled and forwarded before; the route's services check now refuses it with 0x0122."""
+    mr_storage = "1.2.840.10008.5.1.4.1.1.4"
+    answer, published = play(tmp_path, [store(ct(UID, sop_class=mr_storage), sop_class=mr_storage)])
+    assert answer.status == dimse.STATUS_SOP_CLASS_NOT_SUPPORTED, f"0x{answer.status or 0:04X}"
+    c_store = [e for e in published if e.kind == "dicom.dimse.c-store"]
+    assert c_store[0].details["status"] == "0x0122" and c_store[0].details["rule"] == "dimse.context-sop-class"
+    assert not [e for e in published if e.kind == "gateway.object.received" and e.details["sop_instance"] == UID]

@@ -3,7 +3,9 @@
 
 A presentation context for a service or SOP class not allowed is user-rejected in the
 A-ASSOCIATE-AC (PS3.8 Table 9-18, result 1). A request for a service not allowed is refused with
-0x0124 (not authorized), a C-MOVE to an unlisted destination with 0xA801 (PS3.4 C.4.2.1.4)."""
+0x0124 (not authorized), a C-MOVE to an unlisted destination with 0xA801 (PS3.4 C.4.2.1.4), a
+DIMSE-C request whose SOP class is not its context's abstract syntax with 0x0122 (SOP class not
+supported)."""
 
 from __future__ import annotations
 
@@ -89,6 +91,15 @@ class ServicesCheck(Check):
         if service not in self.services:
             return refuse(f"{service} is not allowed on this route", "policy.services",
                           status=dimse.STATUS_NOT_AUTHORIZED)
+        # A DIMSE-C request names its SOP class, which must be the abstract syntax of the context
+        # it comes on (PS3.7 9.1, PS3.8 7.1.1.13): else an MR image rides an accepted CT context,
+        # or the Verification one, past the contexts the policy refused. (DIMSE-N requests are
+        # left alone: a Meta SOP Class context carries its component classes, PS3.4 H.)
+        sop = command.affected_sop_class_uid
+        if sop and event.abstract_syntax and sop != event.abstract_syntax and command.command_field in _REQUESTS:
+            return refuse(f"{service} of {_name(sop)} on a presentation context for {_name(event.abstract_syntax)}",
+                          "policy.sop_classes" if self.sop_classes is not None and sop not in self.sop_classes
+                          else "dimse.context-sop-class", status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
         if service == "C-MOVE":
             dest = (command.move_destination or "").strip()
             if dest not in self.move_destinations:
