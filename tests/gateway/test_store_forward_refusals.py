@@ -19,6 +19,7 @@ from test_store_forward_scp import Client, answers, associate, run, sf_route
 from pacsguard.dicom import dimse, uids
 from pacsguard.dicom import pdu as P
 from pacsguard.events import Event
+from pacsguard.gateway.store_forward import screening
 
 EXPLICIT_LE = uids.EXPLICIT_VR_LITTLE_ENDIAN
 UID = "1.2.3.7"
@@ -184,3 +185,43 @@ def test_a_c_store_of_another_sop_class_than_its_context_is_refused_before_it_is
     c_store = [e for e in published if e.kind == "dicom.dimse.c-store"]
     assert c_store[0].details["status"] == "0x0122" and c_store[0].details["rule"] == "dimse.context-sop-class"
     assert not [e for e in published if e.kind == "gateway.object.received" and e.details["sop_instance"] == UID]
+
+
+def hidden(instance: str, padding: int) -> bytes:
+    """A CT data set whose Image Type (0008,0008) is ``padding`` bytes long: its SOP Class and
+    Instance UIDs come after it, beyond the decoder's first look at the data set."""
+    image_type = b"ORIGINAL\\PRIMARY\\" + b"X" * padding
+    return implicit(0x00080008, image_type + b" " * (len(image_type) % 2)) + ct(instance)
+
+
+def test_a_sop_instance_uid_hidden_past_the_first_fragments_is_still_compared(tmp_path: Path) -> None:
+    """An outside tester pushed (0008,0018) past 64 KiB with a 90 KB Image Type: the mismatch went
+    through, and the destination filed the object under another UID than the gateway's records.
+    The data set is now read back whole when its first fragments did not show the UID."""
+    answer, published = play(tmp_path, [store(hidden("1.2.3.99", 90_000))])
+    refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
+                         rule="c-store.sop-instance-mismatch", naming="1.2.3.99")
+
+
+def test_a_sop_instance_uid_past_the_first_fragments_that_agrees_is_spooled(tmp_path: Path) -> None:
+    got: list[dimse.CommandSet] = []
+
+    async def scenario(client: Client, gate: Gate, published: list[Any]) -> None:
+        await associate(client)
+        await client.send(store(hidden(UID, 90_000)))
+        got.append(response((await answers(client, 1))[0]))
+        await client.send(P.encode_release_rq())
+        assert [type(p) for p in await client.read()] == [P.ReleaseRP]
+
+    published = run(sf_route(tmp_path), scenario)
+    assert got[0].status == dimse.STATUS_SUCCESS
+    assert [e.details["sop_instance"] for e in published if e.kind == "gateway.object.received"] == [UID]
+
+
+def test_a_sop_instance_uid_beyond_what_is_read_back_is_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read back up to screening.DEEP (16 MiB); a UID hidden further cannot be compared: refused."""
+    monkeypatch.setattr(screening, "DEEP", 80_000)
+    answer, published = play(tmp_path, [store(hidden(UID, 90_000))])
+    refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
+                         rule="c-store.sop-instance-unseen", naming="80,000")

@@ -498,7 +498,22 @@ class StoreAssociation:
         if incoming.command.command.command_field != dimse.C_STORE_RQ:
             self._answer(incoming, None)
             return
+        if incoming.status is None and screening.unseen_identity(incoming.command.command, incoming.peek):
+            self._screen_whole(incoming)
         self._answer(incoming, self._keep(incoming))
+
+    def _screen_whole(self, incoming: Incoming) -> None:
+        """A data set whose first fragments did not reach its SOP Instance UID, read back whole
+        (up to screening.DEEP) from the page cache, on the loop: only such a data set pays it."""
+        if not incoming.receiving:
+            return
+        try:
+            data, size = incoming.first_bytes(screening.DEEP)
+        except OSError:  # its keeping reports the file's error
+            return
+        problem = screening.whole_problem(incoming.command.command, incoming.command.transfer_syntax, data, size)
+        if problem is not None:
+            self._refuse_malformed(incoming, problem)
 
     def _keep(self, incoming: Incoming) -> Awaitable[Kept]:
         """Start keeping the object now (its worker thread starts at once); the awaitable gives the

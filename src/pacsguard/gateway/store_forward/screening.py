@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from pacsguard.dicom import dimse
-from pacsguard.dicom.dataset import DatasetPeek, transfer_syntax_encoding
+from pacsguard.dicom.dataset import DatasetPeek, peek_identifiers, transfer_syntax_encoding
 from pacsguard.dicom.dimse import CommandSet
 from pacsguard.dicom.vr import VRS
 
 CHECK = "reception"  # `check` of the refusal's event
+#: Bytes of a data set read back, once it is whole, when its first fragments did not reach its SOP
+#: Instance UID (`unseen_identity`): group 0008 comes first (PS3.5 7.1), so only a data set built
+#: to hide the UID behind long elements takes that read, and one hiding it further is refused.
+DEEP: Final = 16 * 1024 * 1024
 HEADER: Final = 8  # bytes of a data element header read (tag, VR or length, PS3.5 7.1.2)
 # PS3.7 Annex C: a failure status a C-STORE SCP may give for a request it cannot take.
 STATUS_INVALID_ARGUMENT_VALUE: Final = 0x0115
@@ -78,6 +82,12 @@ def dataset_problem(command: CommandSet, transfer_syntax: str | None, first: byt
     problem = encoding_problem(first, transfer_syntax)
     if problem is not None:
         return problem
+    return identity_problem(command, peek)
+
+
+def identity_problem(command: CommandSet, peek: DatasetPeek) -> Problem | None:
+    """The data set's SOP Instance and SOP Class UIDs, where ``peek`` found them, against the
+    command's Affected ones (PS3.4 B.2.2, B.2.3)."""
     theirs, ours = peek.sop_instance_uid, command.affected_sop_instance_uid
     if theirs and theirs != ours:
         return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.sop-instance-mismatch",
@@ -89,6 +99,27 @@ def dataset_problem(command: CommandSet, transfer_syntax: str | None, first: byt
                        f"the data set's SOP Class UID {theirs} is not the Affected SOP Class UID {ours} "
                        "of the C-STORE-RQ (PS3.4 B.2.3)", "SOP Class UID differs from the command's")
     return None
+
+
+def unseen_identity(command: CommandSet, peek: DatasetPeek | None) -> bool:
+    """Whether the decoder's look at the data set's first fragments stopped before its SOP Instance
+    UID: a walk that ended (complete) found none, so there is nothing more to see."""
+    return peek is not None and not peek.sop_instance_uid and not peek.complete and bool(
+        command.affected_sop_instance_uid)
+
+
+def whole_problem(command: CommandSet, transfer_syntax: str | None, data: bytes, size: int) -> Problem | None:
+    """The identity of a data set whose first fragments did not show it (`unseen_identity`), from
+    its first ``len(data)`` bytes read back (of ``size``): a SOP Instance UID hidden past 64 KiB
+    behind long elements went through unchecked, and the destination filed the object under
+    another UID than the gateway's records and spool."""
+    peek = peek_identifiers(data, transfer_syntax, final=len(data) == size)
+    problem = identity_problem(command, peek)
+    if problem is None and not peek.sop_instance_uid and not peek.complete:
+        return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.sop-instance-unseen",
+                       f"the data set's SOP Instance UID (0008,0018) is not within its first {len(data):,} bytes "
+                       f"(of {size:,}): it cannot be checked against the command's", "SOP Instance UID not found")
+    return problem
 
 
 def encoding_problem(first: bytes, transfer_syntax: str | None) -> Problem | None:
