@@ -204,3 +204,29 @@ def test_orthanc_as_the_storage_scu(orthanc, gateway, tmp_path):
     assert requested.actor.ae_title == CALLING
     assert not gw.events("dicom.protocol.violation")
     wait_until(lambda: not spooled(gw), 20, "the spool empties")
+
+
+def test_a_route_accepting_only_implicit_vr_gets_storescu_to_send_it_so(dcmtk, orthanc, gateway, tmp_path):
+    """`accepted_transfer_syntaxes`: storescu proposes its uncompressed syntaxes, explicit VR first;
+    the route takes Implicit VR Little Endian, storescu converts, and Orthanc stores that. A
+    JPEG-compressed file, which storescu cannot decompress, has no syntax the route takes: storescu
+    fails it and nothing reaches the spool."""
+    from io import BytesIO
+
+    from pydicom.data import get_testdata_file
+
+    pacs = orthanc()
+    gw = gateway(sf_route("sf", (pacs.dicom_port, pacs.aet), accepted_transfer_syntaxes=["ImplicitVRLittleEndian"]))
+    files = fresh_ct(tmp_path / "ct", 2, kib=64, patient="TSX001")
+    result = dcmtk.run("storescu", *target(gw), *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pacs.wait_for_instances(len(files))
+    stored = orthanc_bytes(pacs)
+    assert {str(dcmread(BytesIO(stored[_uid(p)])).file_meta.TransferSyntaxUID) for p in files} == \
+        {"1.2.840.10008.1.2"}
+    jpeg = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    refused = dcmtk.run("storescu", "-R", *target(gw), str(jpeg))
+    said = (refused.stdout + refused.stderr).lower()
+    assert refused.returncode != 0 and ("unable to convert" in said or "no presentation context" in said), said
+    wait_until(lambda: not spooled(gw), 20, "the spool empties")
+    assert _uid(jpeg) not in orthanc_bytes(pacs)

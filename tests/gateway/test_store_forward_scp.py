@@ -427,3 +427,34 @@ def test_an_answered_object_is_handed_on_once_its_success_is_sent(tmp_path: Path
 
     published = run(sf_route(tmp_path), scenario)
     assert handed == ["1.2.3.7"] and not [e for e in published if e.kind == "gateway.object.discarded"]
+
+
+def test_accepted_transfer_syntaxes_choose_by_the_routes_preference_or_refuse_the_context() -> None:
+    """A route listing the syntaxes its destinations take (Orthanc's AcceptedTransferSyntaxes, storescp
+    +x= options): the first of them proposed, whatever the requestor's order; a context proposing
+    none of them is refused with result 4 (PS3.8 Table 9-18), so nothing is acknowledged that no
+    destination can store."""
+    jpeg2000 = "1.2.840.10008.1.2.4.90"
+    rq = P.AssociateRQ("PACSGUARD", "WS1", [
+        P.PresentationContextRQ(1, CT_STORAGE, [jpeg2000, IMPLICIT_LE, uids.EXPLICIT_VR_LITTLE_ENDIAN]),
+        P.PresentationContextRQ(3, uids.MR_IMAGE_STORAGE, [jpeg2000])],
+        P.UserInformation.build(max_length=MAX_PDU))
+    ac = negotiate(rq, supported=storage_sop_classes(), refused=[], max_length=65536,
+                   syntaxes=[uids.EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_LE])
+    assert [(pc.context_id, pc.result, pc.transfer_syntax) for pc in ac.presentation_contexts] == [
+        (1, P.PC_ACCEPTANCE, uids.EXPLICIT_VR_LITTLE_ENDIAN), (3, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None)]
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    (["ExplicitVRLittleEndian", "1.2.840.10008.1.2"], None),
+    (["CTImageStorage"], "not a transfer syntax"),
+    (["NoSuchSyntax"], "transfer syntax keyword"),
+])
+def test_accepted_transfer_syntaxes_are_checked_when_the_config_loads(tmp_path: Path, given: list[str],
+                                                                       words: str | None) -> None:
+    if words is None:
+        route = sf_route(tmp_path, accepted_transfer_syntaxes=given)
+        assert route.accepted_transfer_syntaxes == [uids.EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_LE]
+        return
+    with pytest.raises(ValueError, match=words):
+        sf_route(tmp_path, accepted_transfer_syntaxes=given)

@@ -223,23 +223,30 @@ class Policy(Strict):
     @field_validator("sop_classes")
     @classmethod
     def _uids(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        from pydicom._uid_dict import UID_dictionary
-        from pydicom.uid import UID
+        return None if value is None else uids_of(value, "SOP class keyword (e.g. CTImageStorage)")
 
-        by_keyword = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
-        out = []
-        for item in value:
-            if item and item[0].isdigit():
-                if not UID(item).is_valid:
-                    raise ValueError(f"{item!r} is not a valid UID")
-                out.append(item)
-            elif item in by_keyword:
-                out.append(by_keyword[item])
-            else:
-                raise ValueError(f"{item!r} is neither a UID nor a known SOP class keyword (e.g. CTImageStorage)")
-        return out
+
+def uids_of(value: list[str], what: str, *, transfer_syntaxes: bool = False) -> list[str]:
+    """UIDs, or pydicom's keywords for them (PS3.6 Table A-1), as UIDs; ``what`` names the keyword
+    expected in the error. ``transfer_syntaxes``: each must be one (PS3.5 10)."""
+    from pydicom._uid_dict import UID_dictionary
+    from pydicom.uid import UID
+
+    by_keyword = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
+    out = []
+    for item in value:
+        if item and item[0].isdigit():
+            if not UID(item).is_valid:
+                raise ValueError(f"{item!r} is not a valid UID")
+            uid = item
+        elif item in by_keyword:
+            uid = by_keyword[item]
+        else:
+            raise ValueError(f"{item!r} is neither a UID nor a known {what}")
+        if transfer_syntaxes and not UID(uid).is_transfer_syntax:
+            raise ValueError(f"{item!r} is not a transfer syntax (PS3.6 Table A-1)")
+        out.append(uid)
+    return out
 
 
 class Limits(Strict):
@@ -316,6 +323,17 @@ class Route(Strict):
                                     "object check quarantines one of its objects")
     forward_nice: int = Field(10, ge=0, le=19, description="store-and-forward: the CPU niceness of the route's "
                               "forwarding process; above 0, receiving from modalities goes first on a busy CPU")
+    accepted_transfer_syntaxes: list[str] | None = Field(
+        None, description="store-and-forward: the transfer syntaxes a presentation context is accepted with, in "
+        "order of preference (UIDs or keywords, e.g. ExplicitVRLittleEndian); a context proposing none of them is "
+        "refused (result 4), so the modality sends another way. List what every destination takes: an object in "
+        "another syntax is acknowledged, then no destination may store it. Default: the first one proposed")
+
+    @field_validator("accepted_transfer_syntaxes")
+    @classmethod
+    def _syntaxes(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else uids_of(value, "transfer syntax keyword (e.g. ExplicitVRLittleEndian)",
+                                                  transfer_syntaxes=True)
     rewrite_retrieve_ae_title: bool | None = Field(
         None, description="in C-FIND responses, replace Retrieve AE Title (0008,0054) with listen.ae_title, so a "
         "workstation retrieves through the gateway; default: on when listen.ae_title differs from the upstream's")
@@ -356,7 +374,7 @@ class Route(Strict):
     @model_validator(mode="after")
     def _mode(self) -> "Route":
         if self.mode == "relay":
-            for key in ("object_checks", "destinations", "quarantine_sender"):
+            for key in ("object_checks", "destinations", "quarantine_sender", "accepted_transfer_syntaxes"):
                 if getattr(self, key):
                     raise ValueError(f"{key} is for store-and-forward routes (set mode: store-and-forward)")
             return self

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.dicom import dimse, uids
@@ -79,10 +79,11 @@ _NOT_STORAGE = ("Storage Commitment", "Media Storage Directory")
 
 
 def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collection[str],
-              max_length: int) -> P.AssociateAC:
+              max_length: int, syntaxes: Sequence[str] | None = None) -> P.AssociateAC:
     """The A-ASSOCIATE-AC answering ``rq`` (PS3.8 9.3.3): each presentation context accepted with
-    the first transfer syntax proposed, unless its abstract syntax is not ``supported`` (result 3)
-    or the route's checks ``refused`` it (result 1, PS3.8 Table 9-18); our Maximum Length (PS3.8
+    the first transfer syntax proposed, or with ``syntaxes`` (the route's accepted ones) the first
+    of them proposed (result 4 when none is, PS3.8 Table 9-18), unless its abstract syntax is not
+    ``supported`` (result 3) or the route's checks ``refused`` it (result 1); our Maximum Length (PS3.8
     D.1), pacsguard's Implementation Class UID and Version Name (PS3.7 D.3.3.2), and the SCU role
     for SOP classes whose role the requestor proposed (PS3.7 D.3.3.4: this acceptor is never the
     requestor's SCP)."""
@@ -92,10 +93,10 @@ def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collect
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_USER_REJECTION, None))
         elif pc.abstract_syntax not in supported:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, None))
-        elif not pc.transfer_syntaxes:
+        elif (chosen := _chosen(pc.transfer_syntaxes, syntaxes)) is None:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None))
         else:
-            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, pc.transfer_syntaxes[0]))
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, chosen))
     proposed = rq.user_information.role_selections if rq.user_information else []
     roles = [P.RoleSelection(r.sop_class_uid, r.scu_role, 0) for r in proposed if r.sop_class_uid in supported]
     info = P.UserInformation.build(max_length=max_length,
@@ -104,6 +105,14 @@ def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collect
                                    role_selections=roles)
     return P.AssociateAC(called_ae_title=rq.called_ae_title, calling_ae_title=rq.calling_ae_title,
                          presentation_contexts=contexts, user_information=info)
+
+
+def _chosen(proposed: Sequence[str], accepted: Sequence[str] | None) -> str | None:
+    """The transfer syntax a context is accepted with: the first proposed, or the route's most
+    preferred one among those proposed; None: no proposal can be taken."""
+    if accepted is None:
+        return proposed[0] if proposed else None
+    return next((ts for ts in accepted if ts in proposed), None)
 
 
 class StoreAssociation:
@@ -287,7 +296,7 @@ class StoreAssociation:
         rq = adm.rq
         assert rq is not None  # judged
         ac = negotiate(rq, supported=self.supported, refused=adm.refused_contexts,
-                       max_length=self.route.limits.max_pdu_length)
+                       max_length=self.route.limits.max_pdu_length, syntaxes=self.route.accepted_transfer_syntaxes)
         raw = P.encode_associate_ac(ac)
         for ev in self.decoder.on_pdu(False, RawPDU(P.PDU_ASSOCIATE_AC, raw)):
             if isinstance(ev, E.ProtocolViolation):  # our own AC: a bug, not the peer's fault
