@@ -162,6 +162,13 @@ def test_audit_search_and_the_daily_report(tmp_path: Path) -> None:
                                    "--format", "json"])
     assert [json.loads(line)["details"]["event_id"]["code"] for line in out.output.splitlines()] == [
         "110110", "110104", "110110"]  # the corpus creates (C) both; the others name no patient
+    # A FHIR token, as ITI-81 takes it: that authority's patient only; another authority's is none.
+    for token, count in (("urn:oid:1.2.840.99999.1|PID-0042", 3), ("urn:oid:1.2.3.4|PID-0042", 0)):
+        out = runner.invoke(main.app, ["audit", "search", "--store", target, "--patient", token, "--action", "C",
+                                       "--format", "json"])
+        assert out.exit_code == 0 and len(out.output.splitlines()) == count, (token, out.output)
+    bad = runner.invoke(main.app, ["audit", "search", "--store", target, "--patient", "a|b|c"])
+    assert bad.exit_code == 2 and "--patient" in bad.output and "Traceback" not in bad.output
 
     out = runner.invoke(main.app, ["audit", "report", "--day", "2026-12-03", "--store", target, "--format", "json"])
     assert out.exit_code == 0, out.output

@@ -393,7 +393,8 @@ def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
 @app.command("search")
 @guarded
 def search(
-    patient: str | None = typer.Option(None, "--patient", help="patient ID, with or without its assigning authority"),
+    patient: str | None = typer.Option(None, "--patient", help="patient ID, with or without its assigning "
+                                       "authority, or system|ID (urn:oid:OID|ID)"),
     user: str | None = typer.Option(None, "--user", help="a participant's user ID or name (prefix, any case)"),
     event_id: list[str] = typer.Option(None, "--event-id", help="PS3.15 event ID such as 110110 (repeat)"),
     action: list[str] = typer.Option(None, "--action", help="EventActionCode C, R, U, D or E (repeat)"),
@@ -408,14 +409,20 @@ def search(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
-    from pacsguard.atna.query import AuditQuery, Identifier
+    from pacsguard.atna.query import AuditQuery, Identifier, QueryError
     from pacsguard.cli.events import _print, _when
 
     def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
         return [tuple(values)] if values else []
 
-    q = AuditQuery(patients=[(Identifier(patient, patient),)] if patient else [], since=_when(since, "since"),
-                   until=_when(until, "until"), agent_names=anyof([user.lower()] if user else None),
+    who: list[tuple[Identifier, ...]] = []
+    try:
+        if patient:
+            who.append((Identifier.parse(patient),))
+    except QueryError as exc:
+        raise fail(f"--patient: {exc}") from None
+    q = AuditQuery(patients=who, since=_when(since, "since"), until=_when(until, "until"),
+                   agent_names=anyof([user.lower()] if user else None),
                    entity_types=anyof(entity_type), outcomes=anyof(outcome), event_ids=anyof(event_id),
                    actions=anyof([a.upper() for a in action or []]), sources=anyof(source), count=limit)
     es = open_store(load(config, required=store is None), store)
