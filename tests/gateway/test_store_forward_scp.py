@@ -121,7 +121,8 @@ def run(route: Route, scenario: Scenario) -> list[Any]:
 
 
 async def associate(client: Client) -> P.AssociateAC:
-    await client.send(associate_rq("WS1", "PACSGUARD", CT_STORAGE))
+    """CT Image Storage on context 1, Verification on context 3."""
+    await client.send(associate_rq("WS1", "PACSGUARD", CT_STORAGE, VERIFICATION))
     got = await client.read()
     assert len(got) == 1 and isinstance(got[0], P.AssociateAC), got
     return got[0]
@@ -173,7 +174,7 @@ def test_a_store_answer_waits_until_its_records_are_in_the_store(tmp_path: Path)
         assert len(answer) == 1 and status_of(answer[0]) == dimse.STATUS_SUCCESS
         kinds = [e.kind for e in gate.events]
         assert "gateway.object.received" in kinds and "dicom.dimse.c-store" in kinds
-        await client.send(echo_rq(9))
+        await client.send(echo_rq(9, context_id=3))
         echoed = await client.read()
         assert len(echoed) == 1 and status_of(echoed[0]) == dimse.STATUS_SUCCESS
         await client.send(P.encode_release_rq())
