@@ -1,21 +1,29 @@
 """What `pacsguard scan PATH...` scans: files, folders (DICOMDIR media copied or mounted as a
-folder), and zip and tar archives, nested, with bomb limits. Every input becomes Items: a file to
-scan, or a file reported as skipped and why (device, symlink loop, unreadable, too big, 0 bytes);
-nothing stops the walk. Archive members are checked as ZIP media may hold them (PS3.12, ZIP file media:
-no encryption, no executable content) before they are scanned."""
+folder), and archives, nested, with bomb limits. Every input becomes Items: a file to scan, or a
+file reported as skipped and why (device, symlink loop, unreadable, too big, 0 bytes); nothing
+stops the walk. Archives are known by their content, whatever they are called (`sniff`): zip,
+tar, and gzip, bzip2 or xz, of a tar or of a single file. Archive members are checked as ZIP
+media may hold them (PS3.12, ZIP file media: no encryption, no executable content) before they
+are scanned."""
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
 import io
+import lzma
 import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
@@ -150,7 +158,7 @@ def _stat_failed(path: Path, exc: OSError, *, given: bool) -> str:
 
 
 def _file_items(path: Path, st: os.stat_result, limits: ArchiveLimits) -> Iterator[Item]:
-    """A file that is not a folder: skipped, scanned, or expanded when it is an archive."""
+    """A file that is not a folder: skipped, scanned, or expanded when its content is an archive."""
     if not stat.S_ISREG(st.st_mode):
         kind = "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else \
             "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "special file"
@@ -159,8 +167,8 @@ def _file_items(path: Path, st: os.stat_result, limits: ArchiveLimits) -> Iterat
     if st.st_size == 0:
         yield Item(str(path), skipped="empty (0 bytes)")
         return
-    archive = _archive_kind(path)
-    if archive is None:
+    sniffed = _sniff_file(path, st.st_size)
+    if sniffed is None:
         yield Item(str(path), path=path, size=st.st_size)
         return
     try:
@@ -171,40 +179,196 @@ def _file_items(path: Path, st: os.stat_result, limits: ArchiveLimits) -> Iterat
     if not data:
         yield Item(str(path), skipped=f"archive larger than the limit ({st.st_size:,} bytes)", size=st.st_size)
         return
-    yield from expand(str(path), data, archive, limits, 0)
+    notes: list[Finding] = []
+    opened = _open(sniffed, data, notes)
+    if opened is None:  # not the container it looked like: the file it is, read again by the scan
+        yield Item(str(path), path=path, size=st.st_size, findings=notes)
+        return
+    yield from expand(str(path), path.name, data, sniffed.kind, opened, limits, 0)
 
 
-def _archive_kind(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            head = f.read(512)
-    except OSError:
+ZIP, TAR, GZIP, BZIP2, XZ = "zip", "tar", "gzip", "bzip2", "xz"
+#: tarfile's mode for a tar inside each compressed stream (a .tar.gz, whatever its name).
+TAR_MODES: dict[str, Literal["r:gz", "r:bz2", "r:xz"]] = {GZIP: "r:gz", BZIP2: "r:bz2", XZ: "r:xz"}
+DESCRIBED = {ZIP: "a zip archive", TAR: "a tar archive", GZIP: "a gzip stream", BZIP2: "a bzip2 stream",
+             XZ: "an xz stream"}
+#: What gunzip, bunzip2 and unxz take off a name to name what they write.
+SUFFIXES = {GZIP: (".gz", ".gzip", ".z"), BZIP2: (".bz2", ".bz"), XZ: (".xz",)}
+#: The bytes sniffed at the start: one tar header block (POSIX ustar: 512 bytes, "ustar" at 257).
+HEAD = 512
+#: The end of central directory record is 22 bytes and a comment of up to 65,535 (APPNOTE.TXT
+#: 4.3.16): zipfile looks for it in this many last bytes, so does `sniff`.
+EOCD, EOCD_SIZE = b"PK\x05\x06", 22
+TAIL = EOCD_SIZE + 0xFFFF
+#: A zip's first bytes: a local file header (APPNOTE 4.3.7), an empty archive's end record, or the
+#: split/spanning signature or its temporary "PK00" before the first header (APPNOTE 8.5.3, 8.5.4).
+SPLIT_MARKERS = (b"PK\x07\x08", b"PK00")
+ZIP_STARTS = (b"PK\x03\x04", EOCD, *(marker + b"PK\x03\x04" for marker in SPLIT_MARKERS))
+#: What a member name stands for when it is the bytes before a zip (a self-extractor's program).
+BEFORE_ZIP = "(data before the zip)"
+#: What the archive readers raise on damaged input (zlib.error and LZMAError are no OSError).
+ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, zlib.error,
+                  lzma.LZMAError, struct.error)
+
+
+@dataclass(frozen=True, slots=True)
+class Sniffed:
+    """A container known by its content: its ``kind`` and whether its magic number starts the bytes
+    (``at_start``); a zip known only by an end record near the end may be bytes that hold one by
+    chance, so failing to open it is no finding."""
+
+    kind: str
+    at_start: bool
+
+
+def part10(head: bytes) -> bool:
+    """"DICM" after the 128-byte preamble (PS3.10 7.1), or at 0 where a writer left the preamble out
+    (part10 reads both as DICOM): scanned as DICOM, whatever the preamble or the end holds (an
+    appended zip is the polyglot rule's, a zip header in the preamble the preamble rule's)."""
+    return head[128:132] == b"DICM" or head[:4] == b"DICM"
+
+
+def sniff(head: bytes, tail: Callable[[], bytes]) -> Sniffed | None:
+    """The container ``head`` (the first HEAD bytes) starts or ``tail()`` (the last TAIL bytes, read
+    only when the start says nothing) ends, whatever the name; None for a Part-10 file first:
+    gzip ID1 ID2 1F 8B (RFC 1952 2.3.1), bzip2 "BZh" and a block size 1-9, xz FD 37 7A 58 5A 00
+    (xz file format 2.1.1.1), a zip's first bytes (ZIP_STARTS), a tar header ("ustar" at 257, or a
+    pre-POSIX header whose checksum at 148 holds: POSIX ustar), else a zip's end of central
+    directory record in the tail, as zipfile.is_zipfile looks for it (APPNOTE.TXT 4.3.16): bytes
+    before a zip (a self-extractor) do not hide it."""
+    if part10(head):
         return None
-    return archive_kind(head, path.name)
-
-
-def archive_kind(head: bytes, name: str) -> str | None:
-    """"zip", "tar" (also gzip/bzip2/xz-compressed tar by name) or None."""
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
-    lower = name.lower()
-    if lower.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")):
-        return "tar"
+    kind = _magic(head)
+    if kind is not None:
+        return Sniffed(kind, True)
+    end = tail()
+    # The record without a comment ends the file; with one, the last signature is where zipfile reads it.
+    if end[-EOCD_SIZE:-EOCD_SIZE + 4] == EOCD or 0 <= end.rfind(EOCD) <= len(end) - EOCD_SIZE:
+        return Sniffed(ZIP, False)
     return None
 
 
-def expand(name: str, data: bytes, kind: str, limits: ArchiveLimits, depth: int) -> Iterator[Item]:
-    """The members of an archive as Items, then the archive's own Item with what it broke."""
+def _magic(head: bytes) -> str | None:
+    if head.startswith(b"\x1f\x8b"):
+        return GZIP
+    if head.startswith(b"BZh") and head[3:4] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"):
+        return BZIP2
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return XZ
+    if head.startswith(ZIP_STARTS):
+        return ZIP
+    if head[257:262] == b"ustar" or _tar_header(head):
+        return TAR
+    return None
+
+
+def _tar_header(block: bytes) -> bool:
+    """A tar header block: its checksum (8 octal digits at 148) is the sum of its bytes, the field
+    counted as spaces (POSIX ustar; tarfile's own test, so that it opens what this accepts)."""
+    try:
+        tarfile.TarInfo.frombuf(block[:HEAD], "utf-8", "surrogateescape")
+    except (tarfile.HeaderError, ValueError):
+        return False
+    return True
+
+
+def _sniff_file(path: Path, size: int) -> Sniffed | None:
+    """`sniff` of a file: one read of its first bytes (all a Part-10 file costs), its last only when
+    the first say nothing."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(HEAD)
+
+            def tail() -> bytes:
+                if len(head) < HEAD:  # the whole file
+                    return head
+                f.seek(max(0, size - TAIL))
+                return f.read(TAIL)
+
+            return sniff(head, tail)
+    except OSError:
+        return None  # the scan reads it, and says why it cannot
+
+
+#: An opened container: a zip, a tar (compressed or not), or the first bytes of a single file
+#: compressed as a gzip, bzip2 or xz stream.
+Opened = zipfile.ZipFile | tarfile.TarFile | bytes
+
+
+def _open(sniffed: Sniffed, data: bytes, notes: list[Finding]) -> Opened | None:
+    """The container ``data`` was sniffed as, opened; None when it is not one after all (then, if its
+    magic number said so, an archive.corrupt note in ``notes``, and it is scanned as a file)."""
+    try:
+        if sniffed.kind == ZIP:
+            archive = zipfile.ZipFile(io.BytesIO(data))  # bytes before the zip are offset (APPNOTE 4.3.16)
+            # An empty zip found only by its end record: 22 bytes that happen to end some other file.
+            return archive if archive.infolist() or sniffed.at_start else None
+        if sniffed.kind == TAR:
+            return tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        first, error = _inflate(sniffed.kind, data, HEAD)
+        if error and not first:
+            raise ValueError(error)
+        if _tar_header(first):
+            try:  # a compressed tar: tarfile inflates it member by member as it reads
+                return tarfile.open(fileobj=io.BytesIO(data), mode=TAR_MODES[sniffed.kind])
+            except ARCHIVE_ERRORS:
+                pass  # a first block like a tar header and no tar: the one file it is
+        return first
+    except ARCHIVE_ERRORS as exc:
+        if sniffed.at_start:
+            notes.append(Finding("archive.corrupt", Level.LOW, f"starts as {DESCRIBED[sniffed.kind]} that cannot be "
+                                 f"read ({display_path(str(exc))}): scanned as a file", None, REF))
+        return None
+
+
+def _stream(kind: str, data: bytes) -> gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile:
+    if kind == GZIP:
+        return gzip.GzipFile(fileobj=io.BytesIO(data))
+    if kind == BZIP2:
+        return bz2.BZ2File(io.BytesIO(data))
+    return lzma.LZMAFile(io.BytesIO(data))
+
+
+#: Bytes inflated per read of a compressed stream.
+CHUNK = 1 << 20
+
+
+def _inflate(kind: str, data: bytes, limit: int) -> tuple[bytes, str]:
+    """Up to ``limit`` bytes of the file compressed in ``data`` (one more if there are more: a bomb
+    is known without inflating it), and why the stream broke off ("" if it did not). What came
+    before a break is kept: read1 hands over each block as it is inflated, so a cut stream or bytes
+    after it (gunzip: "trailing garbage") cost nothing already inflated."""
+    out = io.BytesIO()
+    try:
+        with _stream(kind, data) as stream:
+            while out.tell() <= limit:
+                chunk = stream.read1(min(CHUNK, limit + 1 - out.tell()))
+                if not chunk:
+                    break
+                out.write(chunk)
+    except ARCHIVE_ERRORS as exc:
+        return out.getvalue(), str(exc) or type(exc).__name__
+    return out.getvalue(), ""
+
+
+def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits: ArchiveLimits, depth: int,
+           ) -> Iterator[Item]:
+    """The members of an opened container as Items, then the container's own Item with what it broke.
+    ``name`` is the container as reported, ``base`` its own file or member name."""
     problems: list[Finding] = []
     total = 0
     try:
-        members = _zip_members(data, problems, limits) if kind == "zip" else _tar_members(data, problems, limits)
+        if isinstance(opened, zipfile.ZipFile):
+            yield from _before_zip(name, data, opened, problems, limits, depth)
+            members = _zip_members(opened, len(data), problems, limits)
+        elif isinstance(opened, tarfile.TarFile):
+            members = _tar_members(opened, len(data), problems, limits)
+        else:
+            members = _stream_members(kind, base, data, problems, limits)
         for member_name, read in members:
             try:
                 content = read()
-            except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, RuntimeError) as exc:
+            except ARCHIVE_ERRORS as exc:
                 # One damaged member (a bad CRC-32, a local header naming another file) must not hide
                 # the members after it; it is not scanned itself, which must not pass unseen either.
                 problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{display_path(member_name)} "
@@ -219,23 +383,36 @@ def expand(name: str, data: bytes, kind: str, limits: ArchiveLimits, depth: int)
                 problems.append(bomb)
                 break
             yield from _member_items(f"{name}!{member_name}", member_name, content, problems, limits, depth)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, RuntimeError) as exc:
+    except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
     yield Item(name, findings=problems, container=True, size=len(data))
 
 
+def _before_zip(name: str, data: bytes, archive: zipfile.ZipFile, problems: list[Finding], limits: ArchiveLimits,
+                depth: int) -> Iterator[Item]:
+    """The bytes before a zip's first member, scanned as a member of their own: a self-extractor's
+    program runs, its zip only feeds it (a split archive's 4-byte marker is no content)."""
+    starts = [info.header_offset for info in archive.infolist()]
+    start = min(starts, default=archive.start_dir)  # zipfile's offset of what came before the zip
+    before = data[:max(0, min(start, archive.start_dir, len(data)))]
+    if before and before not in SPLIT_MARKERS:
+        yield from _member_items(f"{name}!{BEFORE_ZIP}", BEFORE_ZIP, before, problems, limits, depth)
+
+
 def _member_items(full: str, member_name: str, content: bytes, problems: list[Finding], limits: ArchiveLimits,
                   depth: int) -> Iterator[Item]:
-    """One member read: a nested archive expanded, an executable noted, the member scanned."""
+    """One member read: a nested container expanded, an executable noted, the member scanned."""
     shown = display_path(member_name)
-    nested = archive_kind(content[:512], member_name)
-    if nested is not None:
+    notes: list[Finding] = []
+    sniffed = sniff(content[:HEAD], lambda: content[-TAIL:])
+    opened = None if sniffed is None else _open(sniffed, content, notes)
+    if sniffed is not None and opened is not None:
         if depth + 1 > limits.max_depth:
             problems.append(Finding("archive.nesting", Level.HIGH, f"archives nested deeper than "
                                     f"{limits.max_depth} ({shown})", None, REF))
             return
-        yield from expand(full, content, nested, limits, depth + 1)
+        yield from expand(full, member_name, content, sniffed.kind, opened, limits, depth + 1)
         return
     found = signatures.identify(content)
     if found in signatures.EXECUTABLE or found == "script":
@@ -244,7 +421,7 @@ def _member_items(full: str, member_name: str, content: bytes, problems: list[Fi
     if not content:
         yield Item(full, skipped="empty (0 bytes)")
         return
-    yield Item(full, data=content, size=len(content))
+    yield Item(full, data=content, size=len(content), findings=notes)
 
 
 #: Members inflating to less than this in all are never a bomb, whatever their ratio.
@@ -291,17 +468,17 @@ def _traversal(name: str, problems: list[Finding]) -> None:
 Member = tuple[str, Callable[[], "bytes | None"]]
 
 
-def _zip_members(data: bytes, problems: list[Finding], limits: ArchiveLimits) -> Iterator[Member]:
+def _zip_members(archive: zipfile.ZipFile, size: int, problems: list[Finding], limits: ArchiveLimits,
+                 ) -> Iterator[Member]:
     """The members worth reading. The central directory declares every size before anything is
     inflated: an archive whose members declare past the archive-wide limits is not read at all."""
-    archive = zipfile.ZipFile(io.BytesIO(data))
     infos = archive.infolist()
     if len(infos) > limits.max_members:
         problems.append(Finding("archive.bomb", Level.HIGH, f"{len(infos):,} members (limit {limits.max_members:,})",
                                 None, REF))
         infos = infos[:limits.max_members]
     wanted = [info for info in infos if _zip_member_ok(info, problems, limits)]
-    bomb = _bomb(sum(info.file_size for info in wanted), len(data), limits, "declare")
+    bomb = _bomb(sum(info.file_size for info in wanted), size, limits, "declare")
     if bomb is not None:
         problems.append(bomb)
         return
@@ -338,10 +515,10 @@ def _zip_member_ok(info: zipfile.ZipInfo, problems: list[Finding], limits: Archi
     return True
 
 
-def _tar_members(data: bytes, problems: list[Finding], limits: ArchiveLimits) -> Iterator[Member]:
+def _tar_members(archive: tarfile.TarFile, size: int, problems: list[Finding], limits: ArchiveLimits,
+                 ) -> Iterator[Member]:
     """The regular members, their sizes summed as the headers come (a compressed tar has no
     directory up front): reading stops once the sum breaks the archive-wide limits."""
-    archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
     count = declared = 0
     for info in archive:
         count += 1
@@ -350,10 +527,10 @@ def _tar_members(data: bytes, problems: list[Finding], limits: ArchiveLimits) ->
                                     REF))
             break
         _traversal(info.name, problems)
-        if not _tar_member_ok(info, len(data), problems, limits):
+        if not _tar_member_ok(info, size, problems, limits):
             continue
         declared += info.size
-        bomb = _bomb(declared, len(data), limits, "declare")
+        bomb = _bomb(declared, size, limits, "declare")
         if bomb is not None:
             problems.append(bomb)
             break
@@ -380,3 +557,39 @@ def _tar_member_ok(info: tarfile.TarInfo, size: int, problems: list[Finding], li
                                 f"{size:,}-byte archive", None, REF))
         return False
     return True
+
+
+def _stream_members(kind: str, base: str, data: bytes, problems: list[Finding], limits: ArchiveLimits,
+                    ) -> Iterator[Member]:
+    """The one file a gzip (RFC 1952; its members, concatenated, are one file), bzip2 or xz stream
+    holds, named as gunzip would name it, inflated no further than the bomb limits allow: more
+    than max_archive_ratio times the stream past 1 MiB, max_archive_total, the largest file."""
+    ratio_bound = max(SMALL, len(data) * limits.max_ratio)
+    bound = min(ratio_bound, limits.max_total, limits.max_member)
+    member = _stream_name(base, kind)
+
+    def read() -> bytes | None:
+        content, error = _inflate(kind, data, bound)
+        if len(content) > bound:
+            why = (f"more than {limits.max_ratio}x the {len(data):,}-byte stream" if bound == ratio_bound
+                   else f"past the limit of {bound:,} bytes")
+            problems.append(Finding("archive.bomb", Level.HIGH, f"{display_path(member)} inflates {why}; "
+                                    "the rest is not read", None, REF))
+            return None
+        if error:
+            problems.append(Finding("archive.corrupt", Level.LOW, f"the {kind} stream breaks off after "
+                                    f"{len(content):,} bytes ({display_path(error)}): what came before is "
+                                    "scanned", None, REF))
+        return content
+
+    yield member, read
+
+
+def _stream_name(name: str, kind: str) -> str:
+    """What gunzip (bunzip2, unxz) names the file it writes: the last part of ``name`` (a member's
+    may have folders) without its suffix, or as it is when it has none."""
+    base = _SEPARATORS.split(name)[-1]
+    for suffix in SUFFIXES[kind]:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            return base[:-len(suffix)]
+    return base
