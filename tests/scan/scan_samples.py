@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -13,6 +15,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacsguard.scan.model import FileReport, Level
 
 CT = "CT_small.dcm"
 PDF_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -275,3 +279,46 @@ SAMPLES: dict[str, tuple[Callable[[], bytes], str]] = {
     "deflate_bomb": (deflate_bomb, "structure.deflate-bomb"),
     "dicomdir_traversal": (dicomdir_traversal, "structure.fileid-traversal"),
 }
+
+def encapsulated(*fragments: bytes) -> bytes:
+    """pydicom's RLE sample with its pixel data replaced by an empty offset table and these
+    fragments (PS3.5 A.4)."""
+    ds = pydicom.dcmread(str(get_testdata_file("SC_rgb_rle.dcm")))
+    items = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f for f in fragments)
+    ds.PixelData = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + items + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    ds["PixelData"].is_undefined_length = True
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+# --- helpers the scanner tests share ---------------------------------------------------------------
+
+
+def quiet(build: Callable[[], bytes]) -> bytes:
+    """Run a builder with pydicom's warnings about the invalid values the samples are made of silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build()
+
+
+def rules(report: FileReport) -> dict[str, Level]:
+    """rule -> worst level."""
+    out: dict[str, Level] = {}
+    for f in report.findings:
+        out[f.rule] = max(out.get(f.rule, Level.INFO), f.level)
+    return out
+
+
+def above(report: FileReport, level: Level) -> list[str]:
+    return [f"{f.rule}={f.level.label}" for f in report.findings if f.level > level]
+
+
+def stop_process(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Terminate a peer started for a test (clamd), killed if it does not end within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

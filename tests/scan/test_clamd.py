@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scan_samples import pe_in_preamble
+from scan_samples import pe_in_preamble, stop_process
 from typer.testing import CliRunner
 
 from pacsguard.cli import main
@@ -53,12 +53,7 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
             time.sleep(0.2)
         yield client
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_instream_finds_the_signatures_it_was_given(clamd: Clamd) -> None:

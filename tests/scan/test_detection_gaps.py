@@ -3,22 +3,18 @@ pydicom's test files, and each test failed before the fix it names."""
 
 from __future__ import annotations
 
-import io
 import struct
 import tracemalloc
 import warnings
 import zlib
-from collections.abc import Callable
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
-from scan_samples import base, encode, pdf_document, zip_bytes
+from scan_samples import above, base, encapsulated, encode, pdf_document, quiet, rules, zip_bytes
 
 from pacsguard.scan import part10
-from pacsguard.scan.model import FileReport, Level
+from pacsguard.scan.model import Level
 from pacsguard.scan.scanner import Scanner
 
 #: ELF identification (System V ABI 4.1: 64-bit, little endian, version 1) and some header.
@@ -28,23 +24,7 @@ MACHO = b"\xcf\xfa\xed\xfe" + struct.pack("<I", 0x01000007) + bytes(24)
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
 
-def quiet(build: Callable[[], bytes]) -> bytes:
-    """Run a builder with pydicom's warnings about the invalid values silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return build()
 
-
-def rules(report: FileReport) -> dict[str, Level]:
-    """rule -> worst level."""
-    out: dict[str, Level] = {}
-    for f in report.findings:
-        out[f.rule] = max(out.get(f.rule, Level.INFO), f.level)
-    return out
-
-
-def above(report: FileReport, level: Level) -> list[str]:
-    return [f"{f.rule}={f.level.label}" for f in report.findings if f.level > level]
 
 
 def meta_end(data: bytes) -> int:
@@ -235,17 +215,6 @@ def test_markup_in_a_person_name_is_found(name: str) -> None:
 
 
 # 8. Content split across pixel data fragments (rules/embedded).
-
-def encapsulated(*fragments: bytes) -> bytes:
-    """pydicom's RLE sample with its pixel data replaced by these fragments (PS3.5 A.4)."""
-    ds = pydicom.dcmread(str(get_testdata_file("SC_rgb_rle.dcm")))
-    items = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f for f in fragments)
-    ds.PixelData = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + items + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    ds["PixelData"].is_undefined_length = True
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
 
 def split(payload: bytes, *cuts: int) -> list[bytes]:
     """``payload`` after 32 bytes of codec stream, cut at these offsets into fragments (even lengths)."""

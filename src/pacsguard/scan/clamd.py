@@ -1,9 +1,13 @@
 """ClamAV as an optional second engine, through clamd's socket with the INSTREAM command
 (clamd(8): a "z"-prefixed command, then chunks each preceded by a 4-byte big-endian length, a
-zero length to end; the answer is "stream: OK", "stream: NAME FOUND" or "... ERROR")."""
+zero length to end; the answer is "stream: OK", "stream: NAME FOUND" or "... ERROR"). clamd
+scans at most StreamMaxLength bytes of a stream (clamd.conf(5)): past it, it answers "INSTREAM
+size limit exceeded. ERROR" and closes the connection, so a file it did not judge is reported as
+such, never as clean nor as a clamd that cannot be reached."""
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -12,10 +16,17 @@ from pacsguard.scan.model import Finding, Level
 
 CHUNK = 1 << 20
 REF = "clamd(8) INSTREAM"
+LIMITS_REF = "clamd.conf(5) StreamMaxLength, MaxFileSize, MaxScanSize"
+#: The names clamd gives, with AlertExceedsMax, to a file it stopped scanning at a limit.
+LIMIT_SIGNATURE = "Heuristics.Limits.Exceeded"
 
 
 class ClamdError(Exception):
     """clamd could not be reached or answered with an error."""
+
+
+class ClamdNotScanned(ClamdError):
+    """clamd was reached and refused to judge the data: over one of its size limits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +58,32 @@ class Clamd:
             return False
 
     def instream(self, data: bytes) -> str | None:
-        """The signature clamd found in ``data``, or None when clean; ClamdError when it could not say."""
+        """The signature clamd found in ``data``, or None when clean; ClamdNotScanned when clamd
+        refused it for its size, ClamdError when it could not say."""
         try:
-            with self._connect() as sock:
-                sock.sendall(b"zINSTREAM\0")
-                view = memoryview(data)
-                for at in range(0, len(view), CHUNK):
-                    chunk = view[at:at + CHUNK]
-                    sock.sendall(struct.pack(">I", len(chunk)) + chunk)
-                sock.sendall(struct.pack(">I", 0))
-                reply = b""
-                while not reply.endswith(b"\0"):
-                    part = sock.recv(4096)
-                    if not part:
-                        break
-                    reply += part
+            sock = self._connect()
         except OSError as exc:
             raise ClamdError(f"clamd at {self.address}: {exc}") from exc
+        with sock:
+            sent, failed = _send(sock, data)
+            reply, read_failed = _reply(sock)
         text = reply.rstrip(b"\0\n").decode("utf-8", "replace")
+        if "size limit exceeded" in text:
+            # The same answer on either transport: a Unix socket's sender sees EPIPE first, TCP's
+            # may not, and the refusal is read before the broken pipe is reported.
+            # clamd does not say its limit; it refused a chunk among those sent, so it is below them.
+            within = f"; it refused the stream within its first {sent:,} bytes" if sent < len(data) else ""
+            raise ClamdNotScanned(f"clamd at {self.address} did not scan this file: its {len(data):,} bytes are "
+                                  f"over clamd's StreamMaxLength (set in clamd.conf{within}): {text}")
+        if not text and (failed or read_failed):
+            raise ClamdError(f"clamd at {self.address}: {failed or read_failed}")
         if text.endswith("FOUND"):
-            return text.removeprefix("stream:").strip().removesuffix("FOUND").strip()
+            name = text.removeprefix("stream:").strip().removesuffix("FOUND").strip()
+            if name.startswith(LIMIT_SIGNATURE):
+                raise ClamdNotScanned(f"clamd at {self.address} did not scan all of this file ({len(data):,} "
+                                      f"bytes): {name} (past MaxFileSize, MaxScanSize or MaxRecursion in "
+                                      "clamd.conf, reported as AlertExceedsMax asks)")
+            return name
         if text.endswith("OK"):
             return None
         raise ClamdError(f"clamd at {self.address}: {text or 'no answer'}")
@@ -74,8 +91,47 @@ class Clamd:
     def findings(self, data: bytes) -> list[Finding]:
         try:
             name = self.instream(data)
+        except ClamdNotScanned as exc:
+            # Not judged is not clean: medium, so the default fail_on holds such a file for review.
+            return [Finding("clamav.not-scanned", Level.MEDIUM, str(exc), None, LIMITS_REF)]
         except ClamdError as exc:
             return [Finding("clamav.error", Level.LOW, str(exc), None, REF)]
         if name is None:
             return []
         return [Finding("clamav.found", Level.HIGH, f"ClamAV signature {name}", None, REF)]
+
+
+def _send(sock: socket.socket, data: bytes) -> tuple[int, OSError | None]:
+    """Send ``data`` as INSTREAM chunks: the bytes of the chunks sent, or begun, and the error that
+    stopped it (clamd closing its end once it refused the stream), or None. clamd answers before
+    the end only to refuse: once an answer waits, the rest is not sent."""
+    sent = 0
+    waiting = select.poll()  # poll, not select: a gateway process may hold more than 1024 descriptors
+    waiting.register(sock, select.POLLIN)
+    try:
+        sock.sendall(b"zINSTREAM\0")
+        view = memoryview(data)
+        for at in range(0, len(view), CHUNK):
+            if waiting.poll(0):  # an answer, or the connection closed
+                return sent, None
+            chunk = view[at:at + CHUNK]
+            sent += len(chunk)
+            sock.sendall(struct.pack(">I", len(chunk)) + chunk)
+        sock.sendall(struct.pack(">I", 0))
+    except OSError as exc:
+        return sent, exc
+    return sent, None
+
+
+def _reply(sock: socket.socket) -> tuple[bytes, OSError | None]:
+    """clamd's answer, up to its NUL or the connection's end, and the error that cut it short."""
+    reply = b""
+    try:
+        while not reply.endswith(b"\0"):
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    except OSError as exc:
+        return reply, exc
+    return reply, None

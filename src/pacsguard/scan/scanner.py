@@ -5,13 +5,14 @@ becomes a finding naming the failure, and the scan goes on."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacsguard.scan import part10
+from pacsguard.scan import part10, signatures
 from pacsguard.scan.model import FileReport, Finding, Level
 from pacsguard.scan.rules import FAMILIES
 
@@ -84,6 +85,13 @@ class Scanner:
             findings.extend(_run_family(family, parsed))
         if self.clamd is not None:
             findings.extend(self.clamd.findings(data))
+        if not parsed.dicom and signatures.script_name(name) and \
+                not any(f.rule == "structure.executable-file" for f in findings):
+            # Windows runs it by its name whatever it holds (a .bat of plain commands, AUTORUN.INF).
+            findings = [f for f in findings if f.rule != "structure.not-dicom"]
+            findings.append(Finding("structure.executable-file", Level.MEDIUM,
+                                    f"not DICOM: named as a program or script Windows runs ({_base(name)})", 0,
+                                    "PS3.10 7.1; PS3.12"))
         report.findings = _unique(findings)
         if report.findings:
             # Hashed only when there is something to record or quarantine: on a clean 500 MB CT the
@@ -149,3 +157,8 @@ def _text(parsed: part10.Parsed, tag: int) -> str:
         return (parsed.text(tag) or "")[:64]
     except Exception:  # a value in an encoding nobody can read: no patient context, no failure
         return ""
+
+
+def _base(name: str) -> str:
+    """The last part of a path or of an archive member's name ("a.zip!dir/x.bat" gives x.bat)."""
+    return re.split(r"[/\\!]", name)[-1]

@@ -2,14 +2,17 @@
 the magic number so that a few bytes of pixel data that happen to match do not count.
 
 Formats: PE/COFF (Microsoft PE format: MZ, e_lfanew at 0x3C, "PE\\0\\0", machine), ELF (System V
-ABI 4.1: e_ident), Mach-O (mach-o/loader.h, fat.h: both byte orders, fat), zip (APPNOTE 4.3.7
-local file header), OLE2 compound files, PDF (ISO 32000 7.5.2 header), shebang and shell scripts,
-PowerShell, batch, PHP and HTML, in ASCII and in UTF-16 (either byte order, as Windows writes them)."""
+ABI 4.1: e_ident), Mach-O (mach-o/loader.h, fat.h: both byte orders, fat and fat 64), zip (APPNOTE 4.3.7
+local file header), OLE2 compound files, PDF (ISO 32000 7.5.2 header), Windows shortcuts (MS-SHLLINK
+2.1), shebang and shell scripts, PowerShell, batch, PHP and HTML, in ASCII and in UTF-16 (either byte
+order, as Windows writes them); as whole files also Windows Script Host (VBScript, JScript, encoded),
+PowerShell download cradles, batch files and AUTORUN.INF."""
 
 from __future__ import annotations
 
 import re
 import struct
+from bisect import bisect_left
 from dataclasses import dataclass
 
 #: IMAGE_FILE_MACHINE values of executables that run on hospital workstations and servers.
@@ -18,6 +21,10 @@ PE_MACHINES = frozenset({0x014C, 0x8664, 0xAA64, 0x01C4, 0x0200})
 MACHO_CPUS = frozenset({7, 0x01000007, 12, 0x0100000C, 18, 0x01000012})
 MACHO_MAGICS = {b"\xfe\xed\xfa\xce": ">", b"\xfe\xed\xfa\xcf": ">", b"\xce\xfa\xed\xfe": "<", b"\xcf\xfa\xed\xfe": "<"}
 FAT_MAGIC = b"\xca\xfe\xba\xbe"
+FAT_MAGIC_64 = b"\xca\xfe\xba\xbf"
+#: fat.h: FAT_MAGIC and FAT_MAGIC_64 (a fat binary of 64-bit offsets), then both byte-swapped
+#: (FAT_CIGAM, FAT_CIGAM_64); each with the byte order of its nfat_arch.
+FAT_MAGICS = {FAT_MAGIC: ">", FAT_MAGIC_64: ">", b"\xbe\xba\xfe\xca": "<", b"\xbf\xba\xfe\xca": "<"}
 
 #: Binary signatures searched for inside element values: (kind, needle). Each hit is verified. A PE
 #: is found by its header ("PE\0\0"), then its MZ looked for before it: "MZ" alone is two bytes,
@@ -26,7 +33,7 @@ NEEDLES: tuple[tuple[str, bytes], ...] = (
     ("pe-header", b"PE\x00\x00"),
     ("elf", b"\x7fELF"),
     ("macho", b"\xfe\xed\xfa\xce"), ("macho", b"\xfe\xed\xfa\xcf"),
-    ("macho", b"\xce\xfa\xed\xfe"), ("macho", b"\xcf\xfa\xed\xfe"), ("macho", FAT_MAGIC),
+    ("macho", b"\xce\xfa\xed\xfe"), ("macho", b"\xcf\xfa\xed\xfe"), ("macho", FAT_MAGIC), ("macho", FAT_MAGIC_64),
     ("zip", b"PK\x03\x04"),
     ("ole", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"),
     ("7z", b"7z\xbc\xaf\x27\x1c"),
@@ -34,9 +41,17 @@ NEEDLES: tuple[tuple[str, bytes], ...] = (
     ("pdf", b"%PDF-"),
 )
 
+#: What a whole file, a preamble or appended data may also start with: a fat header byte-swapped.
+#: fat.h keeps the fat header big endian on disk (FAT_CIGAM is how a little-endian reader sees it in
+#: memory), so these are recognised where it costs nothing, not searched for in every value: each
+#: needle is one more YARA string over every byte (these two cost 5% on pixel data).
+LEADING: tuple[tuple[str, bytes], ...] = (("macho", b"\xbe\xba\xfe\xca"), ("macho", b"\xbf\xba\xfe\xca"))
 #: NEEDLES as one alternation, for the few bytes around a pixel data fragment boundary.
 NEEDLE_RE = re.compile(b"|".join(re.escape(needle) for _, needle in NEEDLES))
 LONGEST_NEEDLE = max(len(needle) for _, needle in NEEDLES)
+#: The fewest bytes verify() accepts as a signature: "PE\0\0" and its machine (a PE header whose MZ
+#: is elsewhere, CVE-2019-11687), a 7-Zip or RAR signature. A shorter value holds none of them.
+SMALLEST_HEADER = 6
 
 #: HTML elements that run or load content (a web viewer showing a value renders them), and the
 #: event attributes that run script without any element of their own (<img onerror=...>).
@@ -108,6 +123,7 @@ DESCRIPTIONS = {
     "macho": "a Mach-O executable", "zip": "a zip archive", "ole": "an OLE2 compound file (Office)",
     "7z": "a 7-Zip archive", "rar": "a RAR archive", "pdf": "a PDF document", "gzip": "a gzip stream",
     "script": "script or markup", "json": "JSON configuration text",
+    "lnk": "a Windows shortcut (.lnk), which runs what it points at",
     "flood": "a flood of one signature's magic number",
 }
 #: Failed verifications of one needle in one searched span after which the span is a flood: far
@@ -115,7 +131,7 @@ DESCRIPTIONS = {
 FLOOD = 10_000
 
 MZ_LOOKBACK = 4096
-EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho"})
+EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho", "lnk"})
 ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
 
 
@@ -170,24 +186,48 @@ def verify(kind: str, buf: bytes, at: int) -> Hit | None:
         head = bytes(buf[at:at + 8])
         if len(head) < 8:
             return None
-        if head[:4] == FAT_MAGIC:
-            # fat header: a few architectures; a Java class file (same magic) has a version >= 45 here
-            count = struct.unpack_from(">I", head, 4)[0]
+        fat = FAT_MAGICS.get(head[:4])
+        if fat is not None:
+            # fat header: a few architectures; a Java class file (CAFEBABE too) has a version >= 45 here
+            count = struct.unpack_from(fat + "I", head, 4)[0]
             return Hit(kind, at) if 0 < count <= 8 else None
         order = MACHO_MAGICS.get(head[:4])
         return Hit(kind, at) if order and struct.unpack_from(order + "I", head, 4)[0] in MACHO_CPUS else None
     if kind == "zip":
-        if at + 30 > end:
-            return None
-        version, flags, method = struct.unpack_from("<HHH", buf, at + 4)
-        name_len = struct.unpack_from("<H", buf, at + 26)[0]
-        name = bytes(buf[at + 30:at + 30 + name_len])
-        ok = version <= 63 and method in (0, 8, 9, 12, 14, 93, 95, 99) and 0 < name_len <= 1024 \
-            and len(name) == name_len and all(32 <= c < 127 for c in name)
-        return Hit(kind, at) if ok else None
+        return Hit(kind, at) if _zip_header(buf, at) else None
     if kind == "pdf":
         return Hit(kind, at) if bytes(buf[at + 5:at + 7]) in (b"1.", b"2.") else None
     return Hit(kind, at)
+
+
+#: Bytes no member name holds (APPNOTE.TXT 4.4.17: a name is text, in IBM code page 437 or, with
+#: bit 11 of the flags, UTF-8, Appendix D): NUL, the C0 controls and DEL. Any other byte may be a
+#: letter of either; these are what random or pixel bytes after "PK\3\4" give away.
+NAME_CONTROLS = bytes(range(32)) + b"\x7f"
+#: Compression methods of APPNOTE.TXT 4.4.5 that writers use: stored, deflate, deflate64, bzip2,
+#: LZMA, zstd, xz, AES (99).
+ZIP_METHODS = frozenset({0, 8, 9, 12, 14, 93, 95, 99})
+
+
+def _zip_header(buf: bytes, at: int) -> bool:
+    """A zip local file header at ``at`` (APPNOTE.TXT 4.3.7): the version needed to extract, a known
+    method, and a file name (4.4.17) of 1 to 1024 bytes without controls; UTF-8 when flag bit 11
+    says so (4.4.4), else any code page (names of CDs written on other systems)."""
+    if at + 30 > len(buf):
+        return False
+    version, flags, method = struct.unpack_from("<HHH", buf, at + 4)
+    name_len = struct.unpack_from("<H", buf, at + 26)[0]
+    if version > 63 or method not in ZIP_METHODS or not 0 < name_len <= 1024:
+        return False
+    name = bytes(buf[at + 30:at + 30 + name_len])
+    if len(name) != name_len or len(name.translate(None, NAME_CONTROLS)) != name_len:
+        return False
+    if flags & 0x0800 and not name.isascii():
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 #: The name of the internal YARA rule that finds every needle in the same pass as the other rules.
@@ -216,14 +256,16 @@ def _flood(kind: str, at: int) -> Hit:
 def verify_all(raw: bytes, candidates: list[tuple[int, int]], start: int, end: int, limit: int = 8, *,
                skip: frozenset[int] = frozenset(), budget: Budget | None = None) -> list[Hit]:
     """Verified hits among ``candidates`` ((needle index, offset), sorted by offset) in [start, end),
-    but for the needles in ``skip``; a kind that fails FLOOD times (or the budget) is a flood hit."""
-    from bisect import bisect_left
-
+    but for the needles in ``skip``; a kind that fails FLOOD times (or the budget) is a flood hit.
+    Walked by index from a bisection: a file of many values costs no copy of the list per value."""
     budget = budget if budget is not None else Budget()
     hits: list[Hit] = []
     counts: dict[str, int] = {}
     misses: dict[str, int] = {}
-    for index, at in candidates[bisect_left(candidates, (start, -1), key=lambda c: (c[1], c[0])):]:
+    i, stop = bisect_left(candidates, (start, -1), key=lambda c: (c[1], c[0])), len(candidates)
+    while i < stop:
+        index, at = candidates[i]
+        i += 1
         if at >= end:
             break
         kind = NEEDLES[index][0]
@@ -277,18 +319,117 @@ def _find_needle(raw: bytes, kind: str, needle: bytes, start: int, stop: int, li
     return hits
 
 
+#: MS-SHLLINK 2.1: HeaderSize 0x4C, then LinkCLSID 00021401-0000-0000-C000-000000000046.
+LNK_HEADER = b"\x4c\x00\x00\x00\x01\x14\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"
+
+#: Byte order marks (Unicode 15.0, 23.8) and the encodings they stand for; UTF-32 LE's before the
+#: UTF-16 LE mark it starts with.
+BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def unbom(buf: bytes) -> bytes:
+    """``buf`` without its byte order mark: UTF-16 and UTF-32 text decoded and written as UTF-8, so
+    that checks written for ASCII (a "<", a "{", a keyword) read it; without a mark, ``buf``."""
+    for bom, codec in BOMS:
+        if buf.startswith(bom):
+            rest = bytes(buf[len(bom):])
+            return rest if codec == "utf-8" else rest.decode(codec, "replace").encode("utf-8")
+    return bytes(buf)
+
+
+#: What Windows Script Host files call (WSH's WScript object, VBScript's CreateObject, JScript's
+#: ActiveXObject), PowerShell download cradles and the cmdlets that run what they fetch, encoded
+#: scripts (.vbe/.jse: the script encoder's "#@~^" and a base64 length) and an AUTORUN.INF section
+#: that runs a program: calls a script makes and a text about it hardly ever writes.
+TEXT_SCRIPT = re.compile(
+    rb"(?im)\bWScript\s*\.\s*(?!exe\b)[a-z]|\bCreateObject\s*\(|\bGetObject\s*\(\s*\"|\bActiveXObject\s*\("
+    rb"|\b(?:Invoke-Expression|Invoke-WebRequest|Invoke-RestMethod|Start-BitsTransfer|DownloadString|DownloadFile"
+    rb"|DownloadData|FromBase64String)\b|\biex\s*[($]|\|\s*iex\b|\bNew-Object\s+(?:System\.)?Net\.WebClient\b"
+    rb"|(?<![\w-])-EncodedCommand\b|\b(?:powershell|pwsh)(?:\.exe)?\b[^\r\n]*?\s-e(?:c|nc?\w*)?\s+[a-z0-9+/]{16}"
+    rb"|#@~\^[a-z0-9+/]{6}=="
+    rb"|^[ \t]*\[autorun\][ \t]*\r?$.*?^[ \t]*(?:open|shellexecute|shell\\[^\r\n=]*\\command)[ \t]*=[ \t]*\S",
+    re.DOTALL)
+#: cmd.exe's commands, beginning a line, in lower or upper case as batch files write them (a
+#: README's sentence starts "Start", "Copy", "If").
+_COMMANDS = ("start", "call", "copy", "xcopy", "robocopy", "del", "erase", "set", "setlocal", "endlocal", "echo",
+             "rem", "if", "for", "goto", "cd", "chdir", "pushd", "popd", "md", "mkdir", "rd", "rmdir", "move", "ren",
+             "rename", "exit", "pause", "cls", "title", "cmd", "reg", "attrib", "taskkill", "shift", "timeout")
+#: Programs batch files run to fetch, decode or start more (any case: they are file names).
+_PROGRAMS = rb"(?i:powershell|pwsh|wscript|cscript|mshta|rundll32|regsvr32|bitsadmin|certutil|schtasks|msiexec)" \
+    rb"(?i:\.exe)?\b"
+#: A program run by its file name, quoted or not, from a variable ("%~dp0viewer.exe") or a drive.
+_RUNS = rb'"?(?:%~?\w*%?|[A-Za-z]:)?[^\s"%]*(?i:\.(?:exe|com|bat|cmd|msi|ps1|vbs|vbe|js|jse|wsf|hta|scr))"?(?=\s|$)'
+BATCH_LINE = re.compile(rb"[ \t]*(?:@|::|:[A-Za-z_]|(?:" + b"|".join(c.encode() + b"|" + c.upper().encode()
+                                                                     for c in _COMMANDS)
+                        + rb")(?:[ \t]|$)|" + _PROGRAMS + b"|" + _RUNS + b")")
+#: What only a batch file has: "@echo", a variable or argument (%NAME%, %~dp0, %1, %*), a program
+#: started or called by its file name, one of _PROGRAMS. (A line that only names a program is a
+#: command, not a sign: "viewer.exe shows the images." is a README's.)
+BATCH_SIGN = re.compile(rb"(?m)^[ \t]*@(?i:echo)\b|%[A-Za-z_]\w*%|%~[a-z]*[0-9]|%[0-9*]"
+                        rb'|^[ \t]*(?i:start|call)[ \t]+(?:"[^"\r\n]*"[ \t]+)?' + _RUNS
+                        + rb"|^[ \t]*" + _PROGRAMS)
+#: Bytes of text: tab, line feed, form feed, carriage return, the DOS end-of-file mark, printable
+#: ASCII and every byte of UTF-8 or a code page above it.
+_TEXT_BYTES = b"\t\n\x0c\r\x1a" + bytes(range(32, 127)) + bytes(range(128, 256))
+#: Bytes of a file looked at to tell what it is.
+HEAD = 4096
+
+
+def _text(head: bytes) -> bytes | None:
+    """``head`` as ASCII-compatible text: behind a byte order mark decoded (unbom), UTF-16 without
+    one too (every other byte zero); None when it holds bytes no text has (a binary file)."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[:3] == b"\xef\xbb\xbf" or head[:4] == b"\x00\x00\xfe\xff":
+        head = unbom(head).replace("\ufffd".encode(), b"")
+    elif len(head) >= 4 and not head[1::2].strip(b"\x00") and b"\x00" not in head[0::2]:
+        head = head[0::2]
+    elif len(head) >= 4 and not head[0::2].strip(b"\x00") and b"\x00" not in head[1::2]:
+        head = head[1::2]
+    return None if head.translate(None, _TEXT_BYTES) else head
+
+
+def _batch(text: bytes, cut: bool) -> bool:
+    """A batch file (cmd.exe): every line that is not blank a command, a label or a comment, and
+    one of them what only batch files write. The last line of a ``cut`` head is left out."""
+    lines = text.splitlines()[:-1] if cut else text.splitlines()
+    lines = [line for line in lines if line.strip()]
+    return bool(lines) and all(BATCH_LINE.match(line) for line in lines) and BATCH_SIGN.search(text) is not None
+
+
 def identify(buf: bytes) -> str | None:
-    """What ``buf`` starts with, when it is one of the kinds above (or gzip, a script, JSON)."""
+    """What ``buf`` starts with, when it is one of the kinds above (or gzip, a script, JSON, a
+    shortcut). A script is recognised by its content: an opening of SCRIPT at the start, or, for a
+    whole text file (a CD's or USB stick's), what Windows Script Host, PowerShell, batch files and
+    AUTORUN.INF write (TEXT_SCRIPT, _batch)."""
     head = bytes(buf[:64])
-    for kind, needle in (("pe", b"MZ"), *NEEDLES):
+    for kind, needle in (("pe", b"MZ"), *NEEDLES, *LEADING):
         if head.startswith(needle) and verify(kind, buf, 0) is not None:
             return kind
     if head.startswith(b"\x1f\x8b\x08"):
         return "gzip"
+    if head.startswith(LNK_HEADER):
+        return "lnk"
     stripped = head.lstrip(b"\x00 \t\r\n\xef\xbb\xbf\xff\xfe")  # and the UTF-8 and UTF-16 byte order marks
-    if SCRIPT.search(bytes(buf[:4096])) and stripped[:1] in (b"#", b"<", b"@", b"p", b"P", b"c", b"C", b"I"):
+    start = bytes(buf[:HEAD])
+    if SCRIPT.search(start) and stripped[:1] in (b"#", b"<", b"@", b"p", b"P", b"c", b"C", b"I"):
+        return "script"
+    text = _text(start)
+    if text is not None and (TEXT_SCRIPT.search(text) or _batch(text, len(buf) > HEAD)):
         return "script"
     return None
+
+
+#: File names Windows runs on a double-click (or AutoPlay): scripts for cmd.exe, PowerShell and
+#: Windows Script Host, HTML applications, shortcuts and screen savers (PE files by another name).
+SCRIPT_EXTENSIONS = frozenset({".bat", ".cmd", ".ps1", ".vbs", ".vbe", ".js", ".jse", ".wsf", ".hta", ".lnk", ".scr"})
+
+
+def script_name(name: str) -> bool:
+    """Is ``name`` (a path, or an archive member "a.zip!dir/x") one Windows runs as a program or
+    script, whatever it holds: SCRIPT_EXTENSIONS, and AUTORUN.INF (AutoPlay, any case)?"""
+    base = re.split(r"[/\\!]", name)[-1].lower()
+    dot = base.rfind(".")
+    return base == "autorun.inf" or (dot > 0 and base[dot:] in SCRIPT_EXTENSIONS)
 
 
 def scripts(buf: bytes, limit: int = 4) -> list[Hit]:

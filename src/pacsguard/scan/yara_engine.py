@@ -61,16 +61,16 @@ class YaraEngine:
         from pacsguard.scan.signatures import needle_rule
 
         paths = rule_files(list(dirs or []), builtin)
-        try:
-            sources = {f"{i}_{p.stem}": p.read_text(encoding="utf-8") for i, p in enumerate(paths)}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise YaraError(f"YARA rules cannot be read: {exc}") from exc
+        texts = [_read(p) for p in paths]
+        sources = {f"{i}_{p.stem}": text for i, (p, text) in enumerate(zip(paths, texts, strict=True))}
         # The needles of the embedded family ride along: one pass over the file finds them all.
         sources["pacsguard_internal"] = needle_rule()
         try:
             rules = yara.compile(sources=sources)
         except yara.Error as exc:
-            raise YaraError(f"YARA rules do not compile: {exc}") from exc
+            # libyara's message names a line, not which of the sources: each file is compiled alone
+            # (only now: compiling is the slow part of starting) to name the one at fault.
+            raise YaraError(f"YARA rules do not compile: {_culprit(yara, paths, texts) or exc}") from exc
         return cls(rules, tuple(paths), site_rules=bool(dirs))
 
     def match(self, data: bytes, *, base: int = 0, tag: str | None = None, where: str = "file",
@@ -108,6 +108,26 @@ class YaraEngine:
                 out.append(_finding(m, base, tag, where, inflated))
         out.extend(_too_many({(r, s) for r, s in flooded if r != NEEDLE_RULE}, base, tag, where, inflated))
         return out, needles
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YaraError(f"YARA rules cannot be read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise YaraError(f"YARA rules cannot be read: {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
+def _culprit(yara: Any, paths: list[Path], texts: list[str]) -> str | None:
+    """The first rule file that does not compile on its own, as "FILE: line N: why"; None when
+    each does (the fault is between them)."""
+    for path, source in zip(paths, texts, strict=True):
+        try:
+            yara.compile(source=source)
+        except yara.Error as exc:
+            return f"{path}: {exc}"
+    return None
 
 
 def _recorder(flooded: set[tuple[str, str]]) -> Callable[[int, Any], int]:

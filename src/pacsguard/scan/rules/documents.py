@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 
 from pacsguard.scan import pdf, signatures
 from pacsguard.scan.model import Finding, Level
@@ -20,7 +21,14 @@ PDF_REF = "ISO 32000-1 12.6, 7.11.4; PS3.3 A.45"
 STREAM_REF = "ISO 32000-1 12.6, 7.3.8, 7.4.4, 7.5.7; PS3.3 A.45"
 #: Compressed streams with active names reported one by one; the rest are counted in the last.
 PDF_STREAMS_REPORTED = 4
-XML_ENTITY = re.compile(rb"<!ENTITY\s+%?\s*[\w.-]+\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
+#: XML 1.0 2.3 Name in bytes: any run of bytes that are not white space (S) or the delimiters
+#: around a name, so "a:b" and UTF-8 letters ("x\xc3\xa9") count, as expat and libxml2 read them.
+XML_NAME = rb"""[^\s<>"'%]+"""
+#: An external entity (XML 1.0 4.2.2: ExternalID, general or parameter) or an external DTD subset
+#: (2.8 doctypedecl: itself an external parameter entity): a parser fetches either (XXE).
+#: pacsguard_xml_external_entity in yara/dicom.yar is the same pattern.
+XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+)" + XML_NAME + rb"\s+(?:SYSTEM|PUBLIC)",
+                          re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
 
@@ -37,14 +45,18 @@ def check(parsed: Parsed) -> list[Finding]:
         findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
     for element, doc in documents(parsed):
         kind = signatures.identify(doc)
-        stripped = doc[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
+        # XML in UTF-16 or UTF-32 (a byte order mark, XML 1.0 4.3.3) is read as its UTF-8 text: the
+        # patterns are ASCII; its findings then point at the document's start.
+        text = signatures.unbom(doc) if doc[:2] in (b"\xff\xfe", b"\xfe\xff") or doc[:4] == b"\x00\x00\xfe\xff" \
+            else doc
+        stripped = text[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
         if kind == "pdf" or b"%PDF-" in doc[:1024]:
             findings.extend(_pdf(doc, element.value_offset, element.label, parsed.inflated, "the encapsulated PDF"))
         elif stripped.startswith(b"<"):
-            findings.extend(_xml(parsed, element, doc))
+            findings.extend(_xml(parsed, element, text, exact=text is doc))
         elif kind in ("ole", "zip"):
             findings.extend(_office(parsed, element, doc))
-        elif stripped[:5].lower() != b"solid" and len(doc) >= 84:
+        elif len(doc) >= 84:
             findings.extend(_stl(parsed, element, doc))
     return findings
 
@@ -114,19 +126,26 @@ def _names(seen: dict[str, int]) -> str:
     return ", ".join(f"/{n}" for n in seen)
 
 
-def _xml(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
+def _xml(parsed: Parsed, element: Element, doc: bytes, *, exact: bool = True) -> list[Finding]:
+    """``exact``: ``doc`` is the value's own bytes, so offsets in it are offsets in the file; else
+    it is the value decoded, and findings point at the value's start."""
     out: list[Finding] = []
-    if (m := XML_ENTITY.search(doc)) is not None:
+    at: Callable[[int], int] = (lambda offset: offset) if exact else (lambda offset: 0)
+    if (m := XML_EXTERNAL.search(doc)) is not None:
+        dtd = m.group()[2:3] in b"Dd"
+        what = "names an external DTD" if dtd else "declares an external entity"
         out.append(_finding(parsed, element, "documents.xml-external-entity",
-                            "the encapsulated XML declares an external entity (XXE)", m.start(), "XML 1.0 4.2.2"))
+                            f"the encapsulated XML {what}, which a parser fetches (XXE): "
+                            f"{m.group()[:120].decode('utf-8', 'replace')!r}", at(m.start()),
+                            "XML 1.0 2.8" if dtd else "XML 1.0 4.2.2"))
     if (m := XML_STYLESHEET.search(doc)) is not None:
         out.append(_finding(parsed, element, "documents.xml-stylesheet",
-                            "the encapsulated XML names a stylesheet a viewer would fetch and run", m.start(),
+                            "the encapsulated XML names a stylesheet a viewer would fetch and run", at(m.start()),
                             "XML 1.0 2.6; HL7 CDA R2", Level.MEDIUM))
     scripts = signatures.scripts(doc, limit=1)
     if scripts:
         out.append(_finding(parsed, element, "documents.xml-script", "the encapsulated XML holds script",
-                            scripts[0].offset, "HL7 CDA R2 (narrative block has no script)"))
+                            at(scripts[0].offset), "HL7 CDA R2 (narrative block has no script)"))
     return out
 
 
@@ -141,13 +160,37 @@ def _office(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
 
 
 def _stl(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
-    """Binary STL: an 80-byte header, a triangle count, 50 bytes per triangle; a count the bytes
-    cannot hold makes a viewer read or allocate past the document."""
+    """Binary STL (3D Systems' StereoLithography Interface Specification, 1989; Library of Congress
+    format description fdd000505): an 80-byte header, a triangle count, 50 bytes per triangle; a
+    count the bytes cannot hold makes a viewer read or allocate past the document. ASCII STL
+    (fdd000506) starts with "solid", but so do the headers of binary files some CAD programs write
+    (SolidWorks: "solid NAME"), so "solid" alone decides nothing: readers (Assimp, VTK, numpy-stl)
+    take a file as binary when its size fits the count, or when it is not ASCII text; only ASCII
+    text has no count to judge."""
     mime = (parsed.text(0x00420012) or "").lower()
     if mime != "model/stl":
         return []
     (count,) = struct.unpack_from("<I", doc, 80)
-    if 84 + 50 * count == len(doc):
+    if 84 + 50 * count == len(doc) or _ascii_stl(doc):
         return []
     return [_finding(parsed, element, "documents.stl-size", f"binary STL claims {count:,} triangles in "
                      f"{len(doc):,} bytes", 80, "PS3.3 A.85 (Encapsulated STL)")]
+
+
+#: Bytes no ASCII STL holds: the controls but white space (a binary STL's floats and count have them).
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+_STL_SOLID = re.compile(rb"[ \t\r\n]*solid", re.IGNORECASE)
+_STL_WORDS = re.compile(rb"facet|endsolid", re.IGNORECASE)
+
+
+def _ascii_stl(doc: bytes) -> bool:
+    """ASCII STL ("solid NAME", "facet normal ...", "endsolid NAME"): "solid" first, text throughout
+    (UTF-8 names allowed: no control bytes), and a facet or the closing "endsolid" after the
+    opening word. A binary file with a "solid" header fails on its count or triangles, whose
+    bytes are not text; a reader that tries ASCII first falls back to binary there, count and all."""
+    opening = _STL_SOLID.match(doc)
+    if opening is None:
+        return False
+    # An odd-length document is padded with a zero byte in its OB value (PS3.5 6.2, 7.1.1): not content.
+    end = len(doc) - 1 if doc.endswith(b"\x00") else len(doc)
+    return _NOT_TEXT.search(doc, 0, end) is None and _STL_WORDS.search(doc, opening.end(), end) is not None

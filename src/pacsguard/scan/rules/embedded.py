@@ -1,11 +1,16 @@
 """Executables, archives and scripts hidden in element values (PS3.5 6.2: OB, OW, UN, UT, LT and
-private elements carry arbitrary bytes; pixel data too, its fragments searched where they join
-as a codec reads them, PS3.5 A.4; the file meta group's OB values as well, PS3.10 7.1), values
-flooded with a signature's magic number to blind scanners, and a MIME Type of Encapsulated
+private elements carry arbitrary bytes, and a value of any other VR holds whatever its writer put
+there, a VR no reader knows included, PS3.5 7.1.2; pixel data too, its fragments searched where
+they join as a codec reads them, PS3.5 A.4; the file meta group's values as well, PS3.10 7.1),
+values flooded with a signature's magic number to blind scanners, and a MIME Type of Encapsulated
 Document (0042,0012) that contradicts what the document is (PS3.3 C.24.2)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
+
+from pacsguard.dicom.vr import VRS
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed
@@ -19,20 +24,43 @@ MIME_MAGIC = {"application/pdf": (b"%PDF-",), "text/xml": (b"<",), "application/
               "model/stl": (b"solid", b""), "model/obj": (b"",), "model/mtl": (b"",)}
 #: Script searches stop at this size: scripts hide in small values; pixel data gets binary needles only.
 SCRIPT_SCAN_MAX = 1 << 20
-#: Bytes before a fragment boundary where a signature may start and still read past it while
-#: verified: a zip's local header and file name (APPNOTE 4.3.7: 30 bytes, a name up to 1024 here)
-#: are the longest; and the bytes joined after a candidate to verify it.
-SEAM_BACK, SEAM_AHEAD = 30 + 1024, 4096
+#: Values up to this size without YARA's needles are searched by one regular expression for every
+#: needle (one call instead of one per needle: most are a few bytes); larger ones by bytes.find.
+QUICK_MAX = 4096
+#: The longest header verify() reads past a needle: a zip's local header and file name (APPNOTE
+#: 4.3.7: 30 bytes, a name up to 1024 here). A signature starting this far before a fragment
+#: boundary may still read past it while verified; as many bytes after a candidate verify it.
+SEAM_BACK = SEAM_AHEAD = 30 + 1024
 _KIND_OF = {needle: kind for kind, needle in signatures.NEEDLES}
 
 
 def candidates(parsed: Parsed) -> list[Element]:
-    """Elements whose value may carry a payload: binary and long-text VRs, private elements, pixel
-    data, and the file meta group's binary values ((0002,0102) Private Information is OB)."""
+    """Elements whose value is made to carry arbitrary bytes: binary and long-text VRs, private
+    elements, pixel data, and the file meta group's binary values ((0002,0102) Private Information
+    is OB). YARA's per-value pass takes these (the whole file is matched anyway)."""
     meta = [e for e in parsed.meta.values() if e.length >= 8 and (e.vr in BINARY_VRS or e.vr in TEXT_VRS)]
     return meta + [e for e in parsed.elements
                    if (e.length >= 8 or e.fragments) and (e.vr in BINARY_VRS or e.vr in TEXT_VRS or e.private
                                                          or e.tag == PIXEL_DATA)]
+
+
+def searched(parsed: Parsed) -> list[Element]:
+    """Elements searched for signatures: every value long enough to hold one (SMALLEST_HEADER), of
+    any VR (PS3.5 6.2): a UR, LO or PN holds whatever bytes its writer put there, and a VR no reader
+    knows is read as bytes with a 4-byte length (PS3.5 7.1.2), as dcmtk does; the meta group's
+    values and pixel data's fragments too. Most standard values (dates, codes, short UIDs) are
+    shorter; the others cost a bisection in YARA's needles, or one regular expression without them."""
+    least = signatures.SMALLEST_HEADER
+    meta = [e for e in parsed.meta.values() if e.length >= least]
+    return meta + [e for e in parsed.elements if e.length >= least or e.fragments]
+
+
+def _scripted(element: Element) -> bool:
+    """Values searched for scripts as well: binary and long-text VRs, private elements and VRs no
+    reader knows (bytes no viewer shows as text). Short texts a viewer shows (PN, LO, UR...) are
+    the structure family's (structure.markup)."""
+    return (element.vr in BINARY_VRS or element.vr in TEXT_VRS or element.private or element.vr not in VRS) \
+        and element.tag != PIXEL_DATA
 
 
 def _spans(element: Element) -> list[tuple[int, int]]:
@@ -50,33 +78,28 @@ def _source(parsed: Parsed, element: Element) -> bytes:
 def check(parsed: Parsed) -> list[Finding]:
     findings: list[Finding] = []
     # the documents family judges encapsulated documents as documents
-    elements = [e for e in candidates(parsed) if e.tag != DOCUMENT]
+    elements = [e for e in searched(parsed) if e.tag != DOCUMENT]
     # One script search over every small value first: nearly no file has any.
-    small = [_source(parsed, el)[s:e] for el in elements if el.tag != PIXEL_DATA for s, e in _spans(el)
+    small = [_source(parsed, el)[s:e] for el in elements if _scripted(el) for s, e in _spans(el)
              if e - s <= SCRIPT_SCAN_MAX]
     any_script = bool(signatures.scripts(b"\0".join(small), limit=1))
-    budget = signatures.Budget()
-    flooded = _flooded(parsed.needles)
-    spent = False  # the file's budget of failed verifications ran out: said once, not per value
+    search = _Search(parsed)
     for element in elements:
         floods: set[str] = set()
         for start, end in _spans(element):
-            for hit in _hits(parsed, element, start, end, flooded, budget):
+            for hit in search.hits(element, start, end):
                 if hit.kind == "flood":
-                    if hit.of not in floods and not spent:
-                        floods.add(hit.of)
-                        spent = budget.misses <= 0
-                        findings.append(_flood(parsed, element, hit, spent))
+                    findings.extend(search.flood(element, hit, floods))
                     continue
                 if hit.offset < start and hit.target is not None:
                     # its MZ is outside this value (the preamble's, CVE-2019-11687): the header is here
                     hit = signatures.Hit("pe-header", hit.target)
                 if hit.kind != "pdf":  # a PDF outside (0042,0011): the documents family looks into it
                     findings.append(_payload(parsed, element, hit, f"at +{hit.offset - element.value_offset}"))
-            if any_script and end - start <= SCRIPT_SCAN_MAX and element.tag != PIXEL_DATA:
+            if any_script and end - start <= SCRIPT_SCAN_MAX and _scripted(element):
                 findings.extend(_scripts(parsed, element, start, end))
         if len(element.fragments) > 1:
-            findings.extend(_across_fragments(parsed, element))
+            findings.extend(_across_fragments(search, element, floods))
     findings.extend(_mime(parsed))
     return findings
 
@@ -107,19 +130,43 @@ def _flooded(needles: list[tuple[int, int]] | None) -> frozenset[int]:
     return frozenset(i for i, (kind, _) in enumerate(signatures.NEEDLES) if kind in kinds)
 
 
-def _hits(parsed: Parsed, element: Element, start: int, end: int, flooded: frozenset[int],
-          budget: signatures.Budget) -> list[signatures.Hit]:
-    """Verified signatures in [start, end) of the element's buffer: from YARA's needles where they
-    cover it, by bytes.find where they do not (no YARA, the meta group of a deflated file, a
-    needle YARA gave up on)."""
-    src = _source(parsed, element)
-    if parsed.needles is None or (element.meta and parsed.inflated):
-        return signatures.find(src, start, end, limit=2, budget=budget)
-    hits = signatures.verify_all(src, parsed.needles, start, end, limit=2, skip=flooded, budget=budget)
-    if flooded:
-        kinds = frozenset(signatures.NEEDLES[i][0] for i in flooded)
-        hits += signatures.find(src, start, end, limit=2, kinds=kinds, budget=budget)
-    return hits
+class _Search:
+    """The signature search of one file: YARA's needles (their offsets, for a bisection per value),
+    the needles YARA gave up on, and the file's budget of failed verifications."""
+
+    def __init__(self, parsed: Parsed) -> None:
+        self.parsed = parsed
+        self.budget = signatures.Budget()
+        self.flooded = _flooded(parsed.needles)
+        self.offsets = [at for _, at in parsed.needles or () if at >= 0]
+        self.spent = False  # the budget ran out: said once, not per value
+
+    def hits(self, element: Element, start: int, end: int) -> list[signatures.Hit]:
+        """Verified signatures in [start, end) of the element's buffer: from YARA's needles where
+        they cover it, by bytes.find where they do not (no YARA, the meta group of a deflated file,
+        a needle YARA gave up on)."""
+        parsed, budget = self.parsed, self.budget
+        src = _source(parsed, element)
+        if parsed.needles is None or (element.meta and parsed.inflated):
+            if end - start <= QUICK_MAX and signatures.NEEDLE_RE.search(src, start, end) is None:
+                return []
+            return signatures.find(src, start, end, limit=2, budget=budget)
+        i = bisect_left(self.offsets, start)
+        hits = [] if i == len(self.offsets) or self.offsets[i] >= end else \
+            signatures.verify_all(src, parsed.needles, start, end, limit=2, skip=self.flooded, budget=budget)
+        if self.flooded:
+            kinds = frozenset(signatures.NEEDLES[i][0] for i in self.flooded)
+            hits += signatures.find(src, start, end, limit=2, kinds=kinds, budget=budget)
+        return hits
+
+    def flood(self, element: Element, hit: signatures.Hit, floods: set[str]) -> list[Finding]:
+        """The flood finding of ``hit`` once per kind and element (``floods``), none once the
+        file's budget is spent and said so."""
+        if hit.of in floods or self.spent:
+            return []
+        floods.add(hit.of)
+        self.spent = self.budget.misses <= 0
+        return [_flood(self.parsed, element, hit, self.spent)]
 
 
 def _payload(parsed: Parsed, element: Element, hit: signatures.Hit, where: str) -> Finding:
@@ -139,66 +186,85 @@ def _flood(parsed: Parsed, element: Element, hit: signatures.Hit, spent: bool) -
                    hit.offset, REF, element.label, _inflated(parsed, element), remedy=_remedy(element))
 
 
-def _seam(body: bytes, frags: tuple[tuple[int, int], ...], index: int, back: int,
-          ahead: int) -> tuple[bytes, list[tuple[int, int, int]], int]:
-    """The codec stream around the start of fragment ``index`` (PS3.5 A.4: a frame's fragments
-    concatenated): ``back`` bytes before it and ``ahead`` from it, over as many fragments as that
-    takes; with (start in the window, offset in ``body``, length) of each piece joined, and where
-    fragment ``index`` starts in the window."""
-    before: list[tuple[int, int]] = []
-    j, need_back = index - 1, back
-    while need_back > 0 and j >= 0:
-        at, n = frags[j]
-        take = min(n, need_back)
-        before.append((at + n - take, take))
-        need_back, j = need_back - take, j - 1
-    after: list[tuple[int, int]] = []
-    j, need = index, ahead
-    while need > 0 and j < len(frags):
-        at, n = frags[j]
-        take = min(n, need)
-        after.append((at, take))
-        need, j = need - take, j + 1
-    pieces, placed, pos = before[::-1] + after, [], 0
-    for at, n in pieces:
-        placed.append((pos, at, n))
-        pos += n
-    return b"".join(body[at:at + n] for at, n in pieces), placed, back - need_back
+class _Stream:
+    """The codec stream of a frame's fragments (PS3.5 A.4: concatenated, zero-length ones adding
+    nothing), read forward through a window of bounded size: ``read`` joins only bytes the window
+    does not hold yet, ``trim`` drops those no later read needs. However many fragments there are,
+    each byte is joined at most once, and a boundary costs a bisection, not a walk back."""
+
+    def __init__(self, body: bytes, pieces: list[tuple[int, int]]) -> None:
+        self.body = body
+        self.pieces = pieces  # (offset in body, length) of each fragment that is not empty
+        self.starts = list(accumulate((n for _, n in pieces), initial=0))  # where each starts, then the end
+        self.window = bytearray()
+        self.low = 0  # the stream position of window[0]
+
+    def trim(self, at: int) -> None:
+        """Forget the stream before ``at`` (reads start there or later from now on)."""
+        drop = min(max(0, at - self.low), len(self.window))
+        del self.window[:drop]  # cheap: CPython moves the start of a bytearray, not its bytes
+        self.low = max(self.low + drop, at)
+
+    def read(self, start: int, end: int) -> bytes:
+        """Stream bytes [start, end), fewer at the end of the stream; ``start`` not before a trim."""
+        end = min(end, self.starts[-1])
+        held = self.low + len(self.window)
+        while held < end:
+            j = bisect_right(self.starts, held) - 1
+            at, n = self.pieces[j]
+            skip = held - self.starts[j]
+            take = min(n - skip, end - held)
+            self.window += self.body[at + skip:at + skip + take]
+            held += take
+        return bytes(self.window[start - self.low:end - self.low])
+
+    def offset(self, pos: int) -> int:
+        """Where stream position ``pos`` is in the body."""
+        j = bisect_right(self.starts, pos) - 1
+        return self.pieces[j][0] + pos - self.starts[j]
 
 
-def _offset_in_body(placed: list[tuple[int, int, int]], pos: int) -> int:
-    return next(at + pos - start for start, at, n in placed if start <= pos < start + n)
-
-
-def _across_fragments(parsed: Parsed, element: Element) -> list[Finding]:
+def _across_fragments(search: _Search, element: Element, floods: set[str]) -> list[Finding]:
     """Signatures split by a fragment boundary, or whose verified fields run past it, which no
-    search of one fragment sees: only SEAM_BACK bytes before each boundary and the needle's
-    length after it are joined (memory stays bounded), then SEAM_AHEAD bytes from a candidate's
-    first byte to verify it. One found inside a fragment too is the same finding (same offset)."""
-    body, frags = parsed.body, element.fragments
+    search of one fragment sees. The stream is searched around each boundary between fragments
+    that are not empty (an empty one joins nothing): from SEAM_BACK bytes before it, or where the
+    last boundary's search ended, to the needle's length after it, so each candidate is verified
+    once, over SEAM_AHEAD bytes joined from its first byte. Memory and time stay linear in the
+    fragments; failed verifications count against the file's budget, and a kind failing FLOOD
+    times is a flood. One found inside a fragment too is the same finding (same offset)."""
+    parsed = search.parsed
+    kept = [(index, at, n) for index, (at, n) in enumerate(element.fragments) if n > 0]
+    stream = _Stream(parsed.body, [(at, n) for _, at, n in kept])
     out: list[Finding] = []
-    for index in range(1, len(frags)):
-        window, _, boundary = _seam(body, frags, index, SEAM_BACK, signatures.LONGEST_NEEDLE - 1)
+    misses: dict[str, int] = {}
+    done = 0  # needles starting before this stream position have been looked at
+    for k in range(1, len(kept)):
+        boundary = stream.starts[k]
+        first = max(done, boundary - SEAM_BACK)
+        stream.trim(first)
+        window = stream.read(first, boundary + signatures.LONGEST_NEEDLE - 1)
+        done = boundary
         match = signatures.NEEDLE_RE.search(window)
-        while match is not None and match.start() < boundary:
-            hit = _verify_seam(body, frags, index, boundary - match.start(), _KIND_OF[match.group()])
-            if hit is not None:
-                out.append(_payload(parsed, element, hit, f"across fragments {index} and {index + 1} "
-                                    "(item 1 is the Basic Offset Table)"))
-                if len(out) >= 4:
-                    return out
+        while match is not None and first + match.start() < boundary:
+            pos, kind = first + match.start(), _KIND_OF[match.group()]
             match = signatures.NEEDLE_RE.search(window, match.start() + 1)
+            if misses.get(kind, 0) >= signatures.FLOOD or search.spent:
+                continue
+            hit = signatures.verify(kind, stream.read(pos, pos + SEAM_AHEAD), 0)
+            if hit is None:
+                misses[kind] = misses.get(kind, 0) + 1
+                search.budget.misses -= 1
+                if misses[kind] == signatures.FLOOD or search.budget.misses <= 0:
+                    out += search.flood(element, signatures.Hit("flood", stream.offset(pos), of=kind), floods)
+                    search.spent = search.budget.misses <= 0
+                continue
+            if hit.kind == "pdf":
+                continue
+            where = f"across fragments {kept[k - 1][0] + 1} and {kept[k][0] + 1} (item 1 is the Basic Offset Table)"
+            out.append(_payload(parsed, element, signatures.Hit(hit.kind, stream.offset(pos)), where))
+            if len(out) >= 4:
+                return out
     return out
-
-
-def _verify_seam(body: bytes, frags: tuple[tuple[int, int], ...], index: int, back: int,
-                 kind: str) -> signatures.Hit | None:
-    """The verified hit that starts ``back`` bytes before fragment ``index``, at its body offset."""
-    window, placed, _ = _seam(body, frags, index, back, SEAM_AHEAD)
-    hit = signatures.verify(kind, window, 0)
-    if hit is None or hit.kind == "pdf":
-        return None
-    return signatures.Hit(hit.kind, _offset_in_body(placed, 0))
 
 
 def _mime(parsed: Parsed) -> list[Finding]:
@@ -206,7 +272,10 @@ def _mime(parsed: Parsed) -> list[Finding]:
     if document is None or document.length <= 0:
         return []
     declared = (parsed.text(MIME_TYPE) or "").lower()
-    head = parsed.value(document)[:64].lstrip()
+    # XML (a CDA) may start with a byte order mark, and be UTF-16 or UTF-32 (XML 1.0 4.3.3, F.1):
+    # its "<" is looked for in the text the mark stands for.
+    start = document.value_offset
+    head = signatures.unbom(parsed.body[start:start + min(document.length, 256)]).lstrip()
     actual = signatures.identify(parsed.body[document.value_offset:document.value_offset + document.length])
     expected = MIME_MAGIC.get(declared)
     wrong = actual is not None and actual != "pdf" or (expected is not None and not any(head.startswith(m)

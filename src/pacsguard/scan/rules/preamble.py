@@ -1,7 +1,7 @@
 """The 128-byte preamble (PS3.10 7.1): free for application use, so attackers put executables,
 scripts or configuration text there and the file runs or is read as that format too
-(CVE-2019-11687 PE/DICOM, CVE-2023-33466 Orthanc configuration JSON). Zero or TIFF (PS3.10 7.5)
-are expected; anything else is at least noted."""
+(CVE-2019-11687 PE/DICOM, CVE-2023-33466 Orthanc configuration JSON), also behind a byte order
+mark. Zero or TIFF (PS3.10 7.5) are expected; anything else is at least noted."""
 
 from __future__ import annotations
 
@@ -42,13 +42,17 @@ def check(parsed: Parsed) -> list[Finding]:
         return [Finding(f"preamble.{kind}", Level.HIGH,
                         f"the preamble is {signatures.DESCRIPTIONS[kind]}: the file is also that format", 0,
                         REF, remedy="preamble")]
-    if JSON.match(pre):
+    # A byte order mark before the text (UTF-8, UTF-16 either way) hides it from a byte pattern,
+    # not from a reader of JSON or scripts that skips the mark, as text readers do: judged without it.
+    text = signatures.unbom(pre)
+    if JSON.match(pre) or JSON.match(text):
         return [Finding("preamble.json", Level.HIGH, "the preamble holds JSON configuration text "
                         "(a PACS reading it as its configuration: CVE-2023-33466)", 0,
                         f"{REF}; CVE-2023-33466", remedy="preamble")]
     scripts = signatures.scripts(pre, limit=1)
-    if scripts:
-        return [Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", scripts[0].offset,
+    if scripts or signatures.scripts(text, limit=1):
+        at = scripts[0].offset if scripts else 0  # found once decoded: at the byte order mark
+        return [Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", at,
                         REF, remedy="preamble")]
     bits = entropy(pre)
     if bits > 6.2:

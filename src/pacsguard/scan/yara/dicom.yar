@@ -129,12 +129,15 @@ rule pacsguard_xml_external_entity
 {
     meta:
         level = "high"
-        reference = "XML 1.0 4.2.2"
-        description = "an XML document declaring an external entity"
+        reference = "XML 1.0 4.2.2, 2.8"
+        description = "an XML document declaring an external entity or naming an external DTD"
     strings:
-        $entity = /<!ENTITY\s+%?\s*[A-Za-z0-9_.-]{1,64}\s+(SYSTEM|PUBLIC)/ nocase
+        // XML 1.0 2.3 Name: any bytes but white space and the delimiters around it ("a:b", UTF-8
+        // letters); the same pattern as XML_EXTERNAL in rules/documents.py
+        $entity = /<!ENTITY\s+(%\s*)?[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
+        $dtd = /<!DOCTYPE\s+[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
     condition:
-        $entity
+        any of them
 }
 
 rule pacsguard_markup
