@@ -474,3 +474,26 @@ def test_a_c_store_of_another_sop_class_than_its_context_is_refused_with_0122(po
 
     pb = play(route_config(policy=policy), scenario)
     assert pb.rules("dicom.dimse.c-store") == [rule]
+
+
+@pytest.mark.parametrize(("policy", "rule"), [({"sop_classes": ["CTImageStorage"]}, "policy.sop_classes"),
+                                              ({}, "dimse.dataset-sop-class")], ids=["refused-class", "any-class"])
+def test_a_data_set_of_another_sop_class_than_its_context_aborts_a_relayed_association(policy, rule):
+    """An outside tester's MR data set under a CT command, on the CT context: the command agrees
+    with its context, so only the data set tells; a PACS that does not compare them stored an MR
+    image on a route allowing CT only. The command is on its way upstream by then: A-ABORT."""
+    mr = MR_STORAGE.encode() + b"\0" * (len(MR_STORAGE) % 2)
+    dataset = b"\x08\x00\x16\x00" + len(mr).to_bytes(4, "little") + mr + b"\x08\x00\x18\x00\x08\x00\x00\x001.2.3.4\0"
+    command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=7, affected_sop_class_uid=CT_STORAGE,
+                               affected_sop_instance_uid="1.2.3.4", priority=0, command_data_set_type=0x0000)
+
+    async def scenario(pb: Playbook) -> None:
+        await pb.associate(CT_STORAGE)
+        await pb.client(request(command, dataset))
+        assert pb.to_client()[-1:] == [Seen("A-ABORT", (2,))]
+        assert pb.to_upstream()[-1:] == [Seen("A-ABORT", (2,))]
+
+    pb = play(route_config(policy=policy), scenario)
+    aborted = [e for e in pb.events if e.kind == "dicom.association.aborted"]
+    assert aborted and "MR Image Storage" in aborted[0].details["reason"], aborted
+    assert f"({rule})" in aborted[0].details["reason"]

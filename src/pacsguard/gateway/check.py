@@ -39,6 +39,10 @@ class Association(Protocol):
 
     def quarantine(self, verdict: Verdict) -> None: ...
 
+    def abstract_syntax(self, context_id: int) -> str | None:
+        """The abstract syntax of an accepted presentation context (PS3.8 7.1.1.13), if known."""
+        ...
+
 
 class Check:
     """Base of every check: each hook allows. A check overrides the hooks it judges; `observer`

@@ -15,9 +15,9 @@ from pydicom.uid import UID
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
-from pacsguard.dicom.events import DimseCommand
+from pacsguard.dicom.events import DimseCommand, DimseDatasetStart, ProtocolEvent
 from pacsguard.gateway.check import Association, Check
-from pacsguard.gateway.verdict import ALLOW, Verdict, refuse
+from pacsguard.gateway.verdict import ALLOW, Action, Verdict, refuse
 from pacsguard.records.dicom import Pending
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -67,6 +67,7 @@ class ServicesCheck(Check):
         self.services = set(policy.services)
         self.sop_classes = None if policy.sop_classes is None else set(policy.sop_classes)
         self.move_destinations = set(policy.move_destinations)
+        self.store_and_forward = route.mode == "store-and-forward"
 
     def on_context(self, assoc: Association, abstract_syntax: str) -> Verdict:
         service = service_of_abstract_syntax(abstract_syntax)
@@ -106,6 +107,23 @@ class ServicesCheck(Check):
                 return refuse(f"C-MOVE destination {dest!r} is not allowed", "policy.move_destinations",
                               status=dimse.STATUS_MOVE_DESTINATION_UNKNOWN)
         return ALLOW
+
+
+    def on_data_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
+        """A requestor's data set whose SOP Class UID (0008,0016), in its first fragments, is not
+        the class of the context it comes on (which on_request held to the command's): an MR image
+        under a CT command on a route allowing CT only. A relayed route has passed the command on
+        already, so the association is aborted (PS3.8 9.3.8); a store-and-forward route refuses
+        the object itself at reception (0xA900, store_forward.screening)."""
+        if not isinstance(event, DimseDatasetStart) or not event.from_requestor or self.store_and_forward:
+            return ALLOW
+        theirs, context = event.peek.sop_class_uid, assoc.abstract_syntax(event.context_id)
+        if not theirs or not context or theirs == context or context == VERIFICATION:
+            return ALLOW
+        rule = "policy.sop_classes" if self.sop_classes is not None and theirs not in self.sop_classes \
+            else "dimse.dataset-sop-class"
+        return Verdict(Action.ABORT, f"a data set of {_name(theirs)} sent on a presentation context for "
+                       f"{_name(context)}, PS3.4 B.2.3 ({rule})", rule)
 
 
 def _name(uid: str) -> str:
