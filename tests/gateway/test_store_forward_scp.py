@@ -438,17 +438,20 @@ def test_accepted_transfer_syntaxes_choose_by_the_routes_preference_or_refuse_th
     jpeg2000 = "1.2.840.10008.1.2.4.90"
     rq = P.AssociateRQ("PACSGUARD", "WS1", [
         P.PresentationContextRQ(1, CT_STORAGE, [jpeg2000, IMPLICIT_LE, uids.EXPLICIT_VR_LITTLE_ENDIAN]),
-        P.PresentationContextRQ(3, uids.MR_IMAGE_STORAGE, [jpeg2000])],
+        P.PresentationContextRQ(3, uids.MR_IMAGE_STORAGE, [jpeg2000]),
+        P.PresentationContextRQ(5, VERIFICATION, [IMPLICIT_LE])],  # no data set: any syntax
         P.UserInformation.build(max_length=MAX_PDU))
     ac = negotiate(rq, supported=storage_sop_classes(), refused=[], max_length=65536,
-                   syntaxes=[uids.EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_LE])
+                   syntaxes=[uids.EXPLICIT_VR_LITTLE_ENDIAN])
     assert [(pc.context_id, pc.result, pc.transfer_syntax) for pc in ac.presentation_contexts] == [
-        (1, P.PC_ACCEPTANCE, uids.EXPLICIT_VR_LITTLE_ENDIAN), (3, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None)]
+        (1, P.PC_ACCEPTANCE, uids.EXPLICIT_VR_LITTLE_ENDIAN), (3, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None),
+        (5, P.PC_ACCEPTANCE, IMPLICIT_LE)]
 
 
 @pytest.mark.parametrize(("given", "words"), [
     (["ExplicitVRLittleEndian", "1.2.840.10008.1.2"], None),
     (["CTImageStorage"], "not a transfer syntax"),
+    ([], "at least 1 item"),
     (["NoSuchSyntax"], "transfer syntax keyword"),
 ])
 def test_accepted_transfer_syntaxes_are_checked_when_the_config_loads(tmp_path: Path, given: list[str],

@@ -324,10 +324,11 @@ class Route(Strict):
     forward_nice: int = Field(10, ge=0, le=19, description="store-and-forward: the CPU niceness of the route's "
                               "forwarding process; above 0, receiving from modalities goes first on a busy CPU")
     accepted_transfer_syntaxes: list[str] | None = Field(
-        None, description="store-and-forward: the transfer syntaxes a presentation context is accepted with, in "
-        "order of preference (UIDs or keywords, e.g. ExplicitVRLittleEndian); a context proposing none of them is "
-        "refused (result 4), so the modality sends another way. List what every destination takes: an object in "
-        "another syntax is acknowledged, then no destination may store it. Default: the first one proposed")
+        None, min_length=1, description="store-and-forward: the transfer syntaxes a presentation context is "
+        "accepted with, in order of preference (UIDs or keywords, e.g. ExplicitVRLittleEndian); a context "
+        "proposing none of them is refused (result 4), so the modality sends another way (Verification takes "
+        "any). List what every destination takes: an object in another syntax is acknowledged, then no "
+        "destination may store it. Default: the first one proposed")
 
     @field_validator("accepted_transfer_syntaxes")
     @classmethod

@@ -93,7 +93,8 @@ def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collect
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_USER_REJECTION, None))
         elif pc.abstract_syntax not in supported:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, None))
-        elif (chosen := _chosen(pc.transfer_syntaxes, syntaxes)) is None:
+        elif (chosen := _chosen(pc.transfer_syntaxes, None if pc.abstract_syntax == uids.VERIFICATION
+                                else syntaxes)) is None:  # C-ECHO has no data set to convert
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None))
         else:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, chosen))
