@@ -145,18 +145,20 @@ def test_a_request_without_one_host_header_is_refused_and_recorded(
     store, body, port = token_endpoint(tmp_path, monkeypatch, caplog)
     without = get("/AuditEvent").replace(b"Host: 127.0.0.1\r\n", b"")
     twice = get("/AuditEvent", extra="Host: other.example\r\n")
+    invalid = [get("/AuditEvent").replace(b"Host: 127.0.0.1", b"Host: " + value)
+               for value in (b"a, b", b"a b/c", b"[::1")]
     with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store) as rx:
         for request in (without, twice, twice.replace(b"HTTP/1.1", b"HTTP/1.0"),
-                        post(body).replace(b"Host: 127.0.0.1\r\n", b"")):
+                        post(body).replace(b"Host: 127.0.0.1\r\n", b""), *invalid):
             ((status, fields, problem),) = responses(exchange(port, request + get(), shut=False))
             assert status == 400 and fields["connection"] == "close"  # and the request after it not served
             assert "Host" in json.loads(problem)["issue"][0]["diagnostics"]
         assert [a[0] for a in responses(exchange(port, without.replace(b"HTTP/1.1", b"HTTP/1.0")))] == [200]
-        got = rx.wait(lambda evs: len(problems(evs)) == 4, "four refused")
+        got = rx.wait(lambda evs: len(problems(evs)) == 7, "seven refused")
     store.close()
-    assert [p for p, _ in problems(got)] == ["bad-request"] * 4
+    assert [p for p, _ in problems(got)] == ["bad-request"] * 7
     assert "without a Host" in problems(got)[0][1] and "2 Host" in problems(got)[1][1]
     assert not rx.audits()
     (row,) = count_sources(got)
-    assert row.sender == "127.0.0.1" and row.http_refused == 4
+    assert row.sender == "127.0.0.1" and row.http_refused == 7
     no_tracebacks(caplog)

@@ -474,6 +474,12 @@ def _parse_head(head: bytes) -> Request:
     if not hosts and version != "HTTP/1.0":
         raise Broken("bad-request", f"an {version} request without a Host header field (RFC 9112 3.2)",
                      HTTPStatus.BAD_REQUEST, method, url.path)
+    # 3.2: an invalid field value is a 400 too (a list, "a, b", is two hosts in one line); empty
+    # is allowed, for a target without an authority.
+    given = headers.get("host", "")
+    if given and not _HOST.fullmatch(given):
+        raise Broken("bad-request", f"Host {given[:80]!r} is not a host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)",
+                     HTTPStatus.BAD_REQUEST, method, url.path)
     return Request(method, url, version, headers)
 
 
