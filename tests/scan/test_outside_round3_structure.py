@@ -144,6 +144,9 @@ INTERNAL = {
     "internal subset": b'<!DOCTYPE ClinicalDocument [ <!ELEMENT title (#PCDATA)> ]>',
     "plain doctype": b"<!DOCTYPE ClinicalDocument>",
     "none": b"",
+    "html 4.01": b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">',
+    "xhtml 1.0": b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN"\n'
+                 b'  "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">',
 }
 
 
@@ -312,3 +315,12 @@ def test_an_external_entity_in_a_utf16_or_utf32_cda_is_found(codec: str, scanner
     found = rules(report)
     assert found.get("documents.xml-external-entity") == Level.HIGH, found
     assert "embedded.mime-mismatch" not in found
+
+
+def test_a_patient_cds_html_index_is_no_xxe(scanner: Scanner) -> None:
+    """An outside tester's index.htm with an HTML 4.01 DOCTYPE was a high XXE finding: the W3C's
+    DTD is named, never fetched by a browser."""
+    page = (b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">\n'
+            b"<html><head><title>Patient CD</title></head><body><a href='DICOMDIR'>images</a></body></html>\n")
+    found = rules(scanner.scan_bytes(page, "cd/INDEX.HTM"))
+    assert not {"documents.xml-external-entity", "yara.pacsguard_xml_external_entity"} & set(found), found

@@ -27,7 +27,9 @@ XML_NAME = rb"""[^\s<>"'%]+"""
 #: An external entity (XML 1.0 4.2.2: ExternalID, general or parameter) or an external DTD subset
 #: (2.8 doctypedecl: itself an external parameter entity): a parser fetches either (XXE).
 #: pacsguard_xml_external_entity in yara/dicom.yar is the same pattern.
-XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+)" + XML_NAME + rb"\s+(?:SYSTEM|PUBLIC)",
+#: An HTML or XHTML page's DOCTYPE (HTML 4.01, XHTML 1.0: PUBLIC with the W3C's DTD URL) names an
+#: external DTD that browsers never fetch: a patient CD's index.htm has one. Not XXE.
+XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!html\s))" + XML_NAME + rb"\s+(?:SYSTEM|PUBLIC)",
                           re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")

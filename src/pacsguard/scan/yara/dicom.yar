@@ -136,8 +136,10 @@ rule pacsguard_xml_external_entity
         // letters); the same pattern as XML_EXTERNAL in rules/documents.py
         $entity = /<!ENTITY\s+(%\s*)?[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
         $dtd = /<!DOCTYPE\s+[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
+        // An HTML or XHTML page's DOCTYPE (a patient CD's index.htm): browsers never fetch its DTD.
+        $html = /<!DOCTYPE\s+html\s/ nocase
     condition:
-        any of them
+        $entity or ($dtd and not $html)
 }
 
 rule pacsguard_markup
