@@ -272,6 +272,11 @@ class AssociationDecoder:
                 raise
         return events
 
+    def abstract_syntax(self, context_id: int) -> str | None:
+        """The abstract syntax of an accepted presentation context (PS3.8 7.1.1.13), if known."""
+        context = self.contexts.get(context_id)
+        return context[0] if context else None
+
     def on_pdu(self, from_requestor: bool, pdu: RawPDU) -> list[ProtocolEvent]:
         """Decode one complete PDU sent by the requestor (True) or the acceptor."""
         raw = pdu.raw

@@ -850,9 +850,7 @@ class AssociationRelay:
     # --- helpers ------------------------------------------------------------------------------
 
     def abstract_syntax(self, context_id: int) -> str | None:
-        """The abstract syntax of an accepted presentation context (checks, PS3.8 7.1.1.13)."""
-        context = self.decoder.contexts.get(context_id)
-        return context[0] if context else None
+        return self.decoder.abstract_syntax(context_id)
 
     def publish(self, event: Event) -> None:
         ticket = self.rt.publish(event)

@@ -5,7 +5,6 @@ becomes a finding naming the failure, and the scan goes on."""
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -89,8 +88,9 @@ class Scanner:
                 not any(f.rule == "structure.executable-file" for f in findings):
             # Windows runs it by its name whatever it holds (a .bat of plain commands, AUTORUN.INF).
             findings = [f for f in findings if f.rule != "structure.not-dicom"]
+            named = signatures.base_name(name)
             findings.append(Finding("structure.executable-file", Level.MEDIUM,
-                                    f"not DICOM: named as a program or script Windows runs ({_base(name)})", 0,
+                                    f"not DICOM: named as a program or script Windows runs ({named})", 0,
                                     "PS3.10 7.1; PS3.12"))
         report.findings = _unique(findings)
         if report.findings:
@@ -158,7 +158,3 @@ def _text(parsed: part10.Parsed, tag: int) -> str:
     except Exception:  # a value in an encoding nobody can read: no patient context, no failure
         return ""
 
-
-def _base(name: str) -> str:
-    """The last part of a path or of an archive member's name ("a.zip!dir/x.bat" gives x.bat)."""
-    return re.split(r"[/\\!]", name)[-1]

@@ -424,10 +424,15 @@ def identify(buf: bytes) -> str | None:
 SCRIPT_EXTENSIONS = frozenset({".bat", ".cmd", ".ps1", ".vbs", ".vbe", ".js", ".jse", ".wsf", ".hta", ".lnk", ".scr"})
 
 
+def base_name(name: str) -> str:
+    """The last part of a path or of an archive member's name ("a.zip!dir/x.bat" gives x.bat)."""
+    return re.split(r"[/\\!]", name)[-1]
+
+
 def script_name(name: str) -> bool:
     """Is ``name`` (a path, or an archive member "a.zip!dir/x") one Windows runs as a program or
     script, whatever it holds: SCRIPT_EXTENSIONS, and AUTORUN.INF (AutoPlay, any case)?"""
-    base = re.split(r"[/\\!]", name)[-1].lower()
+    base = base_name(name).lower()
     dot = base.rfind(".")
     return base == "autorun.inf" or (dot > 0 and base[dot:] in SCRIPT_EXTENSIONS)
 

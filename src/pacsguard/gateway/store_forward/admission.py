@@ -48,8 +48,7 @@ class Admission:
     record: AssociationRecord | None = None
     refused_contexts: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    #: The decoder's accepted presentation contexts (id -> abstract, transfer syntax), once judged.
-    contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
+    decoder: AssociationDecoder | None = None  # the association's, once judged: its contexts
 
     def publish(self, event: Event) -> None:
         self.publish_event(event)
@@ -58,9 +57,7 @@ class Admission:
         self.quarantine_source(self.host, verdict)
 
     def abstract_syntax(self, context_id: int) -> str | None:
-        """The abstract syntax of an accepted presentation context (PS3.8 7.1.1.13), if known."""
-        context = self.contexts.get(context_id)
-        return context[0] if context else None
+        return self.decoder.abstract_syntax(context_id) if self.decoder is not None else None
 
     def client_party(self) -> Party:
         user = self.cert.get("subject") if self.cert else None
@@ -69,7 +66,7 @@ class Admission:
     def judge(self, raw: RawPDU, decoder: AssociationDecoder) -> Verdict:
         """Decode the A-ASSOCIATE-RQ with the association's ``decoder``, record it as requested, and
         run the route's checks on it and on each proposed abstract syntax."""
-        self.contexts = decoder.contexts  # the decoder fills it in as the A-ASSOCIATE-AC goes out
+        self.decoder = decoder
         self.events = decoder.on_pdu(True, raw)
         self.rq = next((e.rq for e in self.events if isinstance(e, AssociationRequested)), None)
         if self.rq is None:
