@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import tarfile
 import warnings
 import zipfile
 import zlib
@@ -99,6 +100,17 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED
     with zipfile.ZipFile(out, "w", compression) as z:
         for name, content in members.items():
             z.writestr(name, content)
+    return out.getvalue()
+
+
+def tar_of(members: dict[str, bytes], mode: str = "w") -> bytes:
+    """A tar archive of ``members`` (``mode`` "w:gz", "w:bz2", "w:xz" compresses it)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode) as tar:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
 

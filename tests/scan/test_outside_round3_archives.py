@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import lzma
 import struct
-import tarfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from scan_samples import appended_zip, ct, pe_in_preamble, zip_preamble
+from scan_samples import appended_zip, ct, pe_in_preamble, tar_of, zip_bytes, zip_preamble
 
 from pacsguard.scan.model import FileReport, Level
 from pacsguard.scan.report import Summary
@@ -34,24 +31,6 @@ def pe() -> bytes:
     dos[:2] = b"MZ"
     struct.pack_into("<I", dos, 0x3C, 0x40)
     return bytes(dos) + b"PE\x00\x00" + struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, 0xF0, 0x22) + bytes(300)
-
-
-def tar_of(members: dict[str, bytes], mode: str = "w") -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode=mode) as tar:  # type: ignore[call-overload]
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return out.getvalue()
 
 
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
@@ -129,7 +108,7 @@ def test_a_compressed_dicom_file_is_scanned_as_dicom(tmp_path: Path, scanner: Sc
 def test_a_zip_after_other_bytes_is_opened(tmp_path: Path) -> None:
     """zipfile finds the end of central directory from the end and offsets what comes before."""
     path = tmp_path / "sfx_like.zip"
-    path.write_bytes(bytes(8) + zip_of({"evil.exe": pe()}))
+    path.write_bytes(bytes(8) + zip_bytes({"evil.exe": pe()}))
     found = items(path)
     assert rules(found[str(path)]) == [("archive.executable", "high")]
     assert f"{path}!evil.exe" in scanned(found)
@@ -139,7 +118,7 @@ def test_the_bytes_before_a_zip_are_scanned_too(tmp_path: Path) -> None:
     """A self-extracting archive: a PE stub, then a zip of harmless members. Opening the zip alone
     would pass the program that runs."""
     path = tmp_path / "viewer"
-    path.write_bytes(pe() + zip_of({"DICOM/IM1": ct()}))
+    path.write_bytes(pe() + zip_bytes({"DICOM/IM1": ct()}))
     found = items(path)
     assert rules(found[str(path)]) == [("archive.executable", "high")]
     assert found[str(path)].findings[0].explanation.startswith("(data before the zip) is a Windows PE")
@@ -150,7 +129,7 @@ def test_the_bytes_before_a_zip_are_scanned_too(tmp_path: Path) -> None:
 def test_a_zip_starting_with_the_split_marker_is_opened(tmp_path: Path) -> None:
     """APPNOTE.TXT 8.5.3: the first segment of a split archive starts with PK\\x07\\x08."""
     path = tmp_path / "split.zip"
-    path.write_bytes(b"PK\x07\x08" + zip_of({"evil.exe": pe()}))
+    path.write_bytes(b"PK\x07\x08" + zip_bytes({"evil.exe": pe()}))
     found = items(path)
     assert rules(found[str(path)]) == [("archive.executable", "high")]
     assert scanned(found) == [f"{path}!evil.exe"]  # the marker is no member of its own
@@ -199,7 +178,7 @@ def test_part10_files_are_scanned_as_dicom_whatever_they_hold(tmp_path: Path, sc
         assert list(found) == [str(path)] and found[str(path)].path == path, name  # one file, not an archive
         assert rule in {f.rule for f in reports(scanner, path)[str(path)].findings}, name
     missing = tmp_path / "no_preamble.dcm"  # "DICM" at 0: part10 reads it as DICOM too
-    missing.write_bytes(ct()[128:] + zip_of({"evil.exe": pe()}))
+    missing.write_bytes(ct()[128:] + zip_bytes({"evil.exe": pe()}))
     assert list(items(missing)) == [str(missing)] and items(missing)[str(missing)].path == missing
 
 
@@ -231,7 +210,7 @@ def test_a_container_that_cannot_be_opened_is_noted_and_scanned_as_a_file(tmp_pa
 
 def test_a_member_whose_deflate_stream_is_corrupt_does_not_stop_the_scan(tmp_path: Path) -> None:
     """zlib.error escaped the walk: "internal error", no report at all."""
-    data = bytearray(zip_of({"a.dcm": b"hello" * 1000, "b.exe": pe()}))
+    data = bytearray(zip_bytes({"a.dcm": b"hello" * 1000, "b.exe": pe()}))
     data[30 + len("a.dcm")] = 0xFF  # the first deflate block: BTYPE 11, invalid (RFC 1951 3.2.3)
     path = tmp_path / "damaged.zip"
     path.write_bytes(bytes(data))
@@ -246,7 +225,7 @@ def test_summary_counts_by_content(tmp_path: Path, scanner: Scanner) -> None:
     (tmp_path / "study_export").write_bytes(tar_of({"IM1.dcm": ct(), "empty": b""}, "w:gz"))  # 2 scanned, 1 skipped
     (tmp_path / "setup.exe.gz").write_bytes(gzip.compress(pe()))  # 2
     (tmp_path / "fake.tar.gz").write_bytes(pe())  # 1
-    (tmp_path / "sfx_like.zip").write_bytes(bytes(8) + zip_of({"evil.exe": pe()}))  # 3: the 8 bytes too
+    (tmp_path / "sfx_like.zip").write_bytes(bytes(8) + zip_bytes({"evil.exe": pe()}))  # 3: the 8 bytes too
     summary = Summary(Level.MEDIUM)
     for report in scan_all(walk([tmp_path]), scanner):
         summary.add(report)

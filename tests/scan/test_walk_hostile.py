@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from scan_samples import pe_in_preamble
+from scan_samples import pe_in_preamble, tar_of
 
 from pacsguard.scan.config import ScanRules, ScanSettings
 from pacsguard.scan.run import scan_all
@@ -42,16 +41,6 @@ def zip_of(members: dict[str, bytes]) -> bytes:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
             z.writestr(zipfile.ZipInfo(name), data, zipfile.ZIP_DEFLATED)
-    return out.getvalue()
-
-
-def tar_of(members: dict[str, bytes], mode: str = "w") -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode=mode) as tar:  # type: ignore[call-overload]
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
 
