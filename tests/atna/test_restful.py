@@ -202,6 +202,10 @@ def test_every_iti81_search_parameter_selects_what_it_names(tmp_path: Path, monk
         dcm = "http://dicom.nema.org/resources/ontology/DCM"
         assert found("type=110113") == ["110113"]
         assert found(f"type={dcm}|110114,{dcm}|110113") == ["110113", "110114"]
+        # A token's system is compared: DCM's URI, its name and its OID are one; another is not.
+        assert found("type=DCM|110113") == found("type=urn:oid:1.2.840.10008.2.16.4|110113") == ["110113"]
+        assert found("type=http://loinc.org|110113") == [] and found("type=|110113") == []
+        assert found(f"subtype={dcm}|110122") == ["110114"] and found("subtype=http://snomed.info/sct|110122") == []
         assert found("subtype=110122") == ["110114"]
         assert found("entity-role=3") == ["110104"]
         assert found("entity-identifier=PID-0042") == ["110104", "110110", "kim"]

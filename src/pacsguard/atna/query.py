@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+from pacsguard.atna.message.fhir import system_uri
 from pacsguard.atna.message.mapping import is_patient, patients_of
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.events.model import Event
@@ -87,6 +88,31 @@ class Identifier:
         return not patients_only and any(o.get("id") == self.value for o in objects if not is_patient(o))
 
 
+@dataclass(frozen=True, slots=True)
+class CodeToken:
+    """A coded value as an ITI-81 token names it (FHIR R4 search, "token"): ``code`` (in any
+    system), ``system|code`` (in that system: ``DCM``, DICOM's OID or its URI are one), ``|code``
+    (in no system). Matches an event ID or event type code as stored (`reader.code_dict`)."""
+
+    code: str
+    system: str | None = None  # None: any system; "": no system
+
+    @classmethod
+    def parse(cls, text: str) -> CodeToken:
+        parts = [_unescape(p) for p in _split(text, "|")]
+        if len(parts) > 2:
+            raise QueryError(f"expected system|code, got {text!r}")
+        if len(parts) == 1:
+            return cls(parts[0])
+        return cls(parts[1], system_uri(parts[0]) if parts[0] else "")
+
+    def names(self, held: Mapping[str, str]) -> bool:
+        """Whether the stored code ``held`` is this one."""
+        if held.get("code") != self.code:
+            return False
+        return self.system is None or system_uri(held.get("system") or "") == self.system
+
+
 @dataclass(slots=True)
 class AuditQuery:
     """A search over the stored audit messages. Each list holds one entry per time its parameter
@@ -101,10 +127,10 @@ class AuditQuery:
     agent_names: list[AnyOf] = field(default_factory=list)
     entity_types: list[AnyOf] = field(default_factory=list)
     outcomes: list[AnyOf] = field(default_factory=list)
-    event_ids: list[AnyOf] = field(default_factory=list)
+    event_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
     actions: list[AnyOf] = field(default_factory=list)
     sources: list[AnyOf] = field(default_factory=list)
-    subtypes: list[AnyOf] = field(default_factory=list)
+    subtypes: list[tuple[CodeToken, ...]] = field(default_factory=list)
     agent_ids: list[AnyOf] = field(default_factory=list)
     addresses: list[AnyOf] = field(default_factory=list)
     entity_ids: list[tuple[Identifier, ...]] = field(default_factory=list)
@@ -142,6 +168,8 @@ class AuditQuery:
             self.entity_ids.append(tuple(Identifier.parse(v) for v in _split(value, ",")))
         elif name == "date":
             self._date([_unescape(v) for v in _split(value, ",")])
+        elif name in _CODED:
+            getattr(self, _CODED[name]).append(tuple(CodeToken.parse(v) for v in _split(value, ",")))
         elif name == "agent-name":
             self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
@@ -190,13 +218,14 @@ class AuditQuery:
             names = [n for p in participants for k in ("user_id", "user_name") if (n := str(p.get(k) or "").lower())]
             if not all(any(n.startswith(a) for a in anyof for n in names) for anyof in self.agent_names):
                 return False
+        for tokens, codes in ((self.event_ids, (d.get("event_id") or {},)), (self.subtypes, d.get("event_types", ()))):
+            if not all(any(t.names(c) for t in anyof for c in codes) for anyof in tokens):
+                return False
         wanted_and_held = (
             (self.entity_types, {o.get("type_code") for o in objects}),
             (self.entity_roles, {o.get("role") for o in objects}),
             (self.agent_ids, {p.get(k) for p in participants for k in ("user_id", "alternative_user_id")}),
             (self.addresses, {p.get("access_point") for p in participants}),
-            (self.event_ids, {(d.get("event_id") or {}).get("code")}),
-            (self.subtypes, {c.get("code") for c in d.get("event_types", ())}),
             (self.actions, {d.get("action")}),
             (self.sources, {(d.get("source") or {}).get("id")}),
             (self.outcomes, {d.get("outcome_indicator")}),
@@ -251,11 +280,13 @@ def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[St
 
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
 _MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "agent-identifier": "agent_ids",
-            "address": "addresses", "type": "event_ids", "subtype": "subtypes", "action": "actions",
-            "source": "sources", "outcome": "outcomes"}
+            "address": "addresses", "action": "actions", "source": "sources", "outcome": "outcomes"}
+#: The ITI-81 parameters that name a coded value (its system compared too), and where each is kept.
+_CODED = {"type": "event_ids", "subtype": "subtypes"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
 SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string", "entity-identifier": "token",
-                     **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED}}
+                     **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED},
+                     **dict.fromkeys(_CODED, "token")}
 #: Every parameter the search understands: those and the result parameters.
 _KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
 #: The ends of time: a span that reaches one does not bound the store's index.
@@ -317,8 +348,8 @@ def _around(store: EventStore, at: int, made: int) -> Iterator[StoredEvent]:
 
 
 def _value(text: str, *, reference: bool = False) -> str:
-    """The value to match of a token (``system|code`` gives ``code``: the systems of codes, agents
-    and sources are not kept apart, ``type=110110`` and ``type=DCM-URI|110110`` are one search) or,
+    """The value to match of a token (``system|code`` gives ``code``: the systems of entity types,
+    roles, outcomes, actions and agents are fixed or not kept, see `CodeToken` for codes) or,
     with ``reference``, of a reference (``Device/ID`` gives ``ID``)."""
     if reference:
         text = text.rsplit("/", 1)[-1]

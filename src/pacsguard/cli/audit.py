@@ -409,7 +409,7 @@ def search(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
-    from pacsguard.atna.query import AuditQuery, Identifier, QueryError
+    from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError
     from pacsguard.cli.events import _print, _when
 
     def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
@@ -423,7 +423,8 @@ def search(
         raise fail(f"--patient: {exc}") from None
     q = AuditQuery(patients=who, since=_when(since, "since"), until=_when(until, "until"),
                    agent_names=anyof([user.lower()] if user else None),
-                   entity_types=anyof(entity_type), outcomes=anyof(outcome), event_ids=anyof(event_id),
+                   entity_types=anyof(entity_type), outcomes=anyof(outcome),
+                   event_ids=[tuple(CodeToken(e) for e in event_id)] if event_id else [],
                    actions=anyof([a.upper() for a in action or []]), sources=anyof(source), count=limit)
     es = open_store(load(config, required=store is None), store)
     try:

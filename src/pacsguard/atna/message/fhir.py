@@ -24,6 +24,14 @@ SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 #: Where DICOM's ParticipantObjectIDTypeCode goes: the entity's identifier type.
 _SYSTEMS = {"DCM": DCM, "RFC-3881": "http://terminology.hl7.org/CodeSystem/v2-0203"}
 _NAMES = {v: k for k, v in _SYSTEMS.items()}
+#: DICOM's coding scheme by its OID (PS3.16 8: DCM is 1.2.840.10008.2.16.4), as RFC 3881 senders name it.
+_DCM_OIDS = ("1.2.840.10008.2.16.4", "urn:oid:1.2.840.10008.2.16.4")
+
+
+def system_uri(system: str) -> str:
+    """A code system as FHIR names it: DICOM's ``DCM`` (or its OID) and RFC 3881's names as their
+    URIs, any other system as it is; so that a stored code and a search token compare."""
+    return DCM if system in _DCM_OIDS else _SYSTEMS.get(system, system)
 
 
 def parse(resource: Mapping[str, Any]) -> AuditRecord:
