@@ -9,6 +9,8 @@ import subprocess
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 from pacsguard.cli import main
 from pacsguard.scan import part10
 from pacsguard.scan.clamd import Clamd
+from pacsguard.scan.config import ScanSettings
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.rules import documents
 from pacsguard.scan.scanner import Scanner
@@ -220,12 +223,12 @@ def free_port() -> int:
 MARKER = b"PACSGUARD-ROUND3-CLAMAV-MARKER"
 
 
-@pytest.fixture(scope="module")
-def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Clamd, Clamd]]:
+@contextmanager
+def small_clamd_running(tmp: Path, *, alert_exceeds_max: bool) -> Iterator[tuple[Clamd, Clamd]]:
     """A clamd (Debian's clamav-daemon, as test_clamd.py starts it) with a 1 MiB StreamMaxLength, a
-    256 KiB MaxFileSize reported by AlertExceedsMax, one signature, on a Unix socket and on TCP."""
+    256 KiB MaxFileSize (named as AlertExceedsMax asks, or passed silently), one signature, on a Unix
+    socket and on TCP."""
     assert CLAMD.exists(), "install Debian's clamav-daemon package: apt-get install clamav-daemon"
-    tmp = tmp_path_factory.mktemp("clamd")
     db = tmp / "db"
     db.mkdir()
     (db / "round3.ndb").write_text(f"PacsguardTest.Marker:0:*:{MARKER.hex()}\n")
@@ -234,7 +237,7 @@ def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Clam
     conf.write_text(f"LocalSocket {sock}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {db}\n"
                     f"Foreground yes\nLogFile {tmp / 'clamd.log'}\nPidFile {tmp / 'clamd.pid'}\n"
                     f"TemporaryDirectory {tmp}\nMaxThreads 2\nStreamMaxLength 1M\nMaxFileSize 256K\n"
-                    "AlertExceedsMax yes\n")
+                    f"AlertExceedsMax {'yes' if alert_exceeds_max else 'no'}\n")
     proc = subprocess.Popen([str(CLAMD), "--config-file", str(conf)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     unix, tcp = Clamd(str(sock), timeout=30), Clamd(f"tcp://127.0.0.1:{port}", timeout=30)
@@ -247,6 +250,12 @@ def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Clam
         yield unix, tcp
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Clamd, Clamd]]:
+    with small_clamd_running(tmp_path_factory.mktemp("clamd"), alert_exceeds_max=True) as clients:
+        yield clients
 
 
 def clamav(findings: list[Finding]) -> list[tuple[str, Level]]:
@@ -271,6 +280,25 @@ def test_a_file_past_max_file_size_is_not_scanned(small_clamd: tuple[Clamd, Clam
     not judged, not malware."""
     found = small_clamd[0].findings(MARKER + bytes(512 << 10))
     assert clamav(found) == [("clamav.not-scanned", Level.MEDIUM)] and "MaxFileSize" in found[0].explanation
+
+
+def test_an_ok_past_max_file_size_is_not_taken_as_clean(tmp_path: Path) -> None:
+    """Without AlertExceedsMax clamd answers OK, unscanned, for a file past MaxFileSize: the scanner,
+    told that size (scan.clamd_max_file_size), reports it not scanned; below it an OK is clean."""
+    with small_clamd_running(tmp_path, alert_exceeds_max=False) as (unix, _):
+        infected = MARKER + bytes(512 << 10)
+        assert unix.instream(infected) is None  # clamd's own answer: OK, though the marker is there
+        told = replace(unix, max_file_size=256 << 10)
+        found = told.findings(infected)
+        assert clamav(found) == [("clamav.not-scanned", Level.MEDIUM)], found
+        assert "MaxFileSize" in found[0].explanation and f"{len(infected):,} bytes" in found[0].explanation
+        assert clamav(told.findings(bytes(100 << 10))) == []
+        assert clamav(told.findings(MARKER + bytes(1000))) == [("clamav.found", Level.HIGH)]
+        # The default is Debian's clamd.conf (25 MiB), and the configuration key reaches the engine.
+        settings = ScanSettings(clamd=unix.address, clamd_max_file_size=256 << 10)
+        engine = Scanner.from_settings(settings).clamd
+        assert engine is not None and engine.max_file_size == 256 << 10
+        assert Clamd(unix.address).max_file_size == ScanSettings().clamd_max_file_size == 25 << 20
 
 
 def test_small_files_are_still_scanned_and_the_command_fails_on_a_refused_one(

@@ -3,7 +3,9 @@
 zero length to end; the answer is "stream: OK", "stream: NAME FOUND" or "... ERROR"). clamd
 scans at most StreamMaxLength bytes of a stream (clamd.conf(5)): past it, it answers "INSTREAM
 size limit exceeded. ERROR" and closes the connection, so a file it did not judge is reported as
-such, never as clean nor as a clamd that cannot be reached."""
+such, never as clean nor as a clamd that cannot be reached. Past MaxFileSize clamd answers OK
+without scanning (unless AlertExceedsMax): clamd does not tell its settings, so the scanner is
+told MaxFileSize (scan.clamd_max_file_size) and an OK for a larger file is not taken as clean."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Clamd:
 
     address: str
     timeout: float = 60.0
+    max_file_size: int = 25 * 1024**2  # clamd.conf MaxFileSize, as Debian's clamav-daemon writes it
 
     def _connect(self) -> socket.socket:
         if self.address.startswith("tcp://"):
@@ -96,6 +99,11 @@ class Clamd:
             return [Finding("clamav.not-scanned", Level.MEDIUM, str(exc), None, LIMITS_REF)]
         except ClamdError as exc:
             return [Finding("clamav.error", Level.LOW, str(exc), None, REF)]
+        if name is None and len(data) > self.max_file_size:
+            return [Finding("clamav.not-scanned", Level.MEDIUM,
+                            f"clamd at {self.address} answered OK for this file of {len(data):,} bytes, but it "
+                            f"passes files over its MaxFileSize unscanned ({self.max_file_size:,} bytes as "
+                            "scan.clamd_max_file_size says): raise both, with AlertExceedsMax", None, LIMITS_REF)]
         if name is None:
             return []
         return [Finding("clamav.found", Level.HIGH, f"ClamAV signature {name}", None, REF)]

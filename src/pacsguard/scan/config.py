@@ -43,5 +43,7 @@ class ScanSettings(Strict):
     rules: ScanRules = Field(default_factory=ScanRules)
     yara_dirs: list[Path] = Field(default_factory=list, description="administrator YARA rule folders (.yar/.yara)")
     clamd: str | None = Field(None, description="clamd socket path or tcp://host:port; none: ClamAV not used")
+    clamd_max_file_size: int = Field(
+        25 * 1024**2, gt=0, description="bytes: clamd's MaxFileSize (clamd.conf); clamd answers OK unscanned past it")
     limits: ScanLimits = Field(default_factory=ScanLimits)
     fail_on: LevelName = "medium"

@@ -49,7 +49,7 @@ class Scanner:
         if settings.clamd:
             from pacsguard.scan.clamd import Clamd
 
-            clamd = Clamd(settings.clamd)
+            clamd = Clamd(settings.clamd, max_file_size=settings.clamd_max_file_size)
         lim = settings.limits
         limits = part10.Limits(max_depth=lim.max_depth, max_elements=lim.max_elements, max_inflated=lim.max_inflated)
         return cls(families, limits, engine, clamd, lim.max_file_size)
