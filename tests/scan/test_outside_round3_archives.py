@@ -231,3 +231,18 @@ def test_summary_counts_by_content(tmp_path: Path, scanner: Scanner) -> None:
         summary.add(report)
     assert summary.scanned == 8 and dict(summary.skipped) == {"empty": 1}
     assert summary.failing == 5  # two containers of a PE, and the three PE files
+
+
+@pytest.mark.parametrize("magic", [b"7z\xbc\xaf\x27\x1c\x00\x04", b"Rar!\x1a\x07\x01\x00", b"Rar!\x1a\x07\x00",
+                                   b"\x28\xb5\x2f\xfd\x24\x04"], ids=["7z", "rar5", "rar4", "zstd"])
+def test_an_archive_that_is_not_opened_is_not_passed_as_clean(tmp_path: Path, scanner: Scanner,
+                                                              magic: bytes) -> None:
+    """A 7-Zip, RAR or Zstandard file (on media, or a zip's member) was a "not DICOM" note: what it
+    holds, perhaps a program, was never looked at. Not judged is not clean: medium, as an encrypted
+    member is."""
+    data = magic + bytes(200)
+    (tmp_path / "IM000001").write_bytes(data)
+    (tmp_path / "export.zip").write_bytes(zip_bytes({"DICOM/IM000002": data}))
+    found = {path: [(f.rule, f.level) for f in r.findings] for path, r in reports(scanner, tmp_path).items()}
+    member = f"{tmp_path / 'export.zip'}!DICOM/IM000002"
+    assert found[str(tmp_path / "IM000001")] == found[member] == [("structure.unopened-archive", Level.MEDIUM)], found

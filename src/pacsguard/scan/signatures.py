@@ -133,6 +133,10 @@ FLOOD = 10_000
 MZ_LOOKBACK = 4096
 EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho", "lnk"})
 ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
+#: Archives the scanner recognises but does not open (walk.py opens zip, tar, gzip, bzip2, xz).
+UNOPENED_ARCHIVES = frozenset({"7z", "rar"})
+#: A Zstandard frame's magic number (RFC 8878 3.1.1), recognised only where a file starts.
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,12 @@ def check(parsed: Parsed) -> list[Finding]:
             # the viewer many CDs carry unless fail_on is medium or lower.
             return [Finding("structure.executable-file", Level.MEDIUM, f"not DICOM: {signatures.DESCRIPTIONS[kind]}",
                             0, "PS3.10 7.1; PS3.12")]
+        if kind in signatures.UNOPENED_ARCHIVES or parsed.data[:4] == signatures.ZSTD_MAGIC:
+            # What it holds was not scanned: not judged is not clean, as an encrypted member.
+            what = signatures.DESCRIPTIONS[kind] if kind else "a Zstandard stream"
+            return [Finding("structure.unopened-archive", Level.MEDIUM,
+                            f"not DICOM: {what}, which pacsguard does not open: its members were not scanned "
+                            "(media archives are zip, PS3.12)", 0, "PS3.12; PS3.10 7.1")]
         return [Finding("structure.not-dicom", Level.INFO, "not a DICOM file (no Part-10 header, no data set)", None,
                         "PS3.10 7.1")]
     findings = [Finding(p.rule, p.level, p.explanation, p.offset, "PS3.5 7.1, 7.5; PS3.10 7.1",
