@@ -246,3 +246,26 @@ def test_an_archive_that_is_not_opened_is_not_passed_as_clean(tmp_path: Path, sc
     found = {path: [(f.rule, f.level) for f in r.findings] for path, r in reports(scanner, tmp_path).items()}
     member = f"{tmp_path / 'export.zip'}!DICOM/IM000002"
     assert found[str(tmp_path / "IM000001")] == found[member] == [("structure.unopened-archive", Level.MEDIUM)], found
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "tar"])
+def test_a_zip_appended_to_a_tar_or_a_compressed_file_is_opened_too(tmp_path: Path, scanner: Scanner,
+                                                                    kind: str) -> None:
+    """gunzip (bunzip2, unxz, tar) reads a file from its start, a zip reader from its end record: a
+    clean study.dcm.gz with a zip after it showed the scanner the study and an unzip tool a program.
+    Both are scanned now, and the file is a polyglot (high)."""
+    front = tar_of({"study.dcm": ct()}) if kind == "tar" else COMPRESS[kind](ct())
+    path = tmp_path / f"study.{kind}"
+    path.write_bytes(front + zip_bytes({"setup.exe": pe()}))
+    found = reports(scanner, path)
+    assert f"{path}!setup.exe" in found, sorted(found)
+    assert f"{path}!study.dcm" in found or f"{path}!study" in found, sorted(found)  # the front's member
+    archive = next(i for i in walk([path]) if i.container and i.name == str(path))
+    assert {("archive.polyglot", "high"), ("archive.executable", "high")} <= set(rules(archive)), rules(archive)
+
+
+def test_a_compressed_file_without_a_zip_after_it_is_no_polyglot(tmp_path: Path) -> None:
+    path = tmp_path / "study.dcm.gz"
+    path.write_bytes(gzip.compress(ct()))
+    archive = next(i for i in walk([path]) if i.container)
+    assert not any(rule == "archive.polyglot" for rule, _ in rules(archive)), rules(archive)

@@ -20,7 +20,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -241,11 +241,13 @@ def sniff(head: bytes, tail: Callable[[], bytes]) -> Sniffed | None:
     kind = _magic(head)
     if kind is not None:
         return Sniffed(kind, True)
-    end = tail()
-    # The record without a comment ends the file; with one, the last signature is where zipfile reads it.
-    if end[-EOCD_SIZE:-EOCD_SIZE + 4] == EOCD or 0 <= end.rfind(EOCD) <= len(end) - EOCD_SIZE:
-        return Sniffed(ZIP, False)
-    return None
+    return Sniffed(ZIP, False) if _ends_as_zip(tail()) else None
+
+
+def _ends_as_zip(end: bytes) -> bool:
+    """Whether ``end`` (a file's last TAIL bytes) holds a zip's end of central directory record:
+    without a comment it ends the file; with one, the last signature is where zipfile reads it."""
+    return end[-EOCD_SIZE:-EOCD_SIZE + 4] == EOCD or 0 <= end.rfind(EOCD) <= len(end) - EOCD_SIZE
 
 
 def _magic(head: bytes) -> str | None:
@@ -356,7 +358,6 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
     """The members of an opened container as Items, then the container's own Item with what it broke.
     ``name`` is the container as reported, ``base`` its own file or member name."""
     problems: list[Finding] = []
-    total = 0
     try:
         if isinstance(opened, zipfile.ZipFile):
             yield from _before_zip(name, data, opened, problems, limits, depth)
@@ -365,28 +366,55 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
             members = _tar_members(opened, len(data), problems, limits)
         else:
             members = _stream_members(kind, base, data, problems, limits)
-        for member_name, read in members:
-            try:
-                content = read()
-            except ARCHIVE_ERRORS as exc:
-                # One damaged member (a bad CRC-32, a local header naming another file) must not hide
-                # the members after it; it is not scanned itself, which must not pass unseen either.
-                problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{display_path(member_name)} "
-                                        f"cannot be read, so it was not scanned (an extractor may still write "
-                                        f"it out): {display_path(str(exc))}", None, REF))
-                continue
-            if content is None:
-                continue
-            total += len(content)
-            bomb = _bomb(total, len(data), limits, "inflate to")
-            if bomb is not None:  # headers that understate what they hold: stop at the limit
-                problems.append(bomb)
-                break
-            yield from _member_items(f"{name}!{member_name}", member_name, content, problems, limits, depth)
+        yield from _member_list(name, data, members, problems, limits, depth)
+        if not isinstance(opened, zipfile.ZipFile):
+            yield from _appended_zip(name, data, kind, problems, limits, depth)
     except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
     yield Item(name, findings=problems, container=True, size=len(data))
+
+
+def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], limits: ArchiveLimits,
+                  depth: int) -> Iterator[Item]:
+    """The members of a zip after a tar or a compressed stream: tar and gunzip read from the start,
+    a zip reader from the end record (APPNOTE.TXT 4.3.16), so one file shows each its own members.
+    Both sets are scanned; the file itself is a polyglot made to show tools different contents."""
+    if not _ends_as_zip(data[-TAIL:]):
+        return
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except ARCHIVE_ERRORS:
+        return  # an end record by chance, with no zip behind it
+    if not archive.infolist():
+        return
+    problems.append(Finding("archive.polyglot", Level.HIGH, f"{DESCRIBED[kind]} that is also a zip archive: "
+                            "zip readers open other members than it holds, scanned too", None, REF))
+    yield from _member_list(name, data, _zip_members(archive, len(data), problems, limits), problems, limits, depth)
+
+
+def _member_list(name: str, data: bytes, members: Iterable[Member], problems: list[Finding], limits: ArchiveLimits,
+                 depth: int) -> Iterator[Item]:
+    """The Items of an archive's members, each read in turn, stopping at the bomb limits."""
+    total = 0
+    for member_name, read in members:
+        try:
+            content = read()
+        except ARCHIVE_ERRORS as exc:
+            # One damaged member (a bad CRC-32, a local header naming another file) must not hide
+            # the members after it; it is not scanned itself, which must not pass unseen either.
+            problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{display_path(member_name)} "
+                                    f"cannot be read, so it was not scanned (an extractor may still write "
+                                    f"it out): {display_path(str(exc))}", None, REF))
+            continue
+        if content is None:
+            continue
+        total += len(content)
+        bomb = _bomb(total, len(data), limits, "inflate to")
+        if bomb is not None:  # headers that understate what they hold: stop at the limit
+            problems.append(bomb)
+            break
+        yield from _member_items(f"{name}!{member_name}", member_name, content, problems, limits, depth)
 
 
 def _before_zip(name: str, data: bytes, archive: zipfile.ZipFile, problems: list[Finding], limits: ArchiveLimits,
