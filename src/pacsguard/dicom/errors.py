@@ -102,18 +102,23 @@ class DecodeError(Exception):
         partial: results produced before the failure by a batch API (for
             ``AssociationDecoder.feed`` the events of the PDUs that decoded
             fine), so a caller can still act on them.
+        head: the first bytes (up to 16) where a PDU header was expected, when
+            they are no PDU at all (``unknown-pdu-type``): at a stream's offset 0
+            they tell what the peer speaks instead (HTTP, TLS, SSH...).
     """
 
     code: str
     offset: int | None
     detail: str
     partial: list[Any]
+    head: bytes
 
     def __init__(self, code: str, detail: str, offset: int | None = None) -> None:
         self.code = code
         self.offset = offset
         self.detail = detail
         self.partial = []
+        self.head = b""
         where = f" at offset {offset}" if offset is not None else ""
         super().__init__(f"[{code}]{where}: {detail}")
 

@@ -365,7 +365,11 @@ class PDUReader:
                     continue
             pdu_type, reserved, length = _HEADER.unpack_from(src, pos)
             if not resync:
-                self._check(pdu_type, reserved, length, base + pos)
+                try:
+                    self._check(pdu_type, reserved, length, base + pos)
+                except DecodeError as exc:
+                    exc.head = bytes(src[pos : pos + 16])  # what was sent instead of a PDU header
+                    raise
             total = PDU_HEADER_LENGTH + length
             if avail < total:
                 self._need = total

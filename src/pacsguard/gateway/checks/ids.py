@@ -20,7 +20,7 @@ from typing import Any
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
-from pacsguard.dicom.errors import DecodeError
+from pacsguard.dicom.errors import UNKNOWN_PDU_TYPE, DecodeError
 from pacsguard.dicom.events import DimseCommand, ProtocolEvent
 from pacsguard.dicom.reasons import rj_reason
 from pacsguard.gateway.check import Association, Check
@@ -71,6 +71,10 @@ class IdsCheck(Check):
     on_data_event = on_event
 
     def on_decode_error(self, assoc: Association, from_client: bool, error: DecodeError) -> Verdict:
+        if from_client and error.code == UNKNOWN_PDU_TYPE and error.offset == 0:
+            # The client's very first bytes are no PDU: not DICOM at all (HTTP, TLS, SSH...), as the
+            # passive sensor tells it on a DICOM port (PS3.8 9.2: the requestor opens with an RQ).
+            return _verdict(assoc, self.dicom.non_dicom(self._flow(assoc), error.head))
         return _verdict(assoc, self.dicom.decode_error(self._flow(assoc), from_client, error))
 
     def on_rejected(self, assoc: Association, verdict: Verdict) -> Verdict:
