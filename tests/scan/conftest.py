@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from scan_samples import SAMPLES
+from scan_samples import SAMPLES, ct
 
 from pacsguard.scan.scanner import Scanner
 from pacsguard.scan.yara_engine import YaraEngine
@@ -22,3 +22,11 @@ def built() -> dict[str, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid values the samples are made of
         return {name: build() for name, (build, _) in SAMPLES.items()}
+
+
+@pytest.fixture(scope="session")
+def clean_ct() -> bytes:
+    """pydicom's CT_small.dcm as scan_samples.ct writes it: a clean Part-10 file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ct()

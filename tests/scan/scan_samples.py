@@ -334,3 +334,22 @@ def stop_process(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def invoke(*args: object) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `pacsguard scan ARGS` in this process (200 columns)."""
+    from typer.testing import CliRunner
+
+    from pacsguard.cli import main
+
+    result = CliRunner().invoke(main.app, ["scan", *map(str, args)], env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def scan_json(*args: object) -> tuple[int, dict]:
+    """Exit code and JSON report of `pacsguard scan --format json ARGS`."""
+    import json
+
+    code, out, err = invoke("--format", "json", *args)
+    assert out, err
+    return code, json.loads(out)

@@ -10,34 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import pytest
-from scan_samples import ct, elf_preamble, pe_in_preamble
-from typer.testing import CliRunner
+from scan_samples import elf_preamble, invoke, pe_in_preamble, scan_json
 
-from pacsguard.cli import main
 from pacsguard.cli.scan import copy_path
-
-
-@pytest.fixture(scope="module")
-def clean_ct() -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ct()
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `pacsguard scan ARGS` in this process."""
-    result = CliRunner().invoke(main.app, ["scan", *map(str, args)], env={"COLUMNS": "200"})
-    return result.exit_code, result.stdout, result.stderr
-
-
-def scan_json(*args: str | Path) -> tuple[int, dict]:
-    code, out, _ = invoke("--format", "json", *args)
-    return code, json.loads(out)
 
 
 def by_name(doc: dict) -> dict[str, dict]:

@@ -69,13 +69,14 @@ def test_the_quarantine_folder_inside_the_scanned_one_is_not_scanned(tmp_path: P
 
 
 def test_a_file_reached_through_a_symlink_is_the_file_moved(tmp_path: Path) -> None:
+    """A link given on the command line (a link met inside a folder is not followed at all)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "evil.dcm").write_bytes(pe_in_preamble())
     (tmp_path / "usb").mkdir()
     link = tmp_path / "usb" / "link.dcm"
     link.symlink_to("../elsewhere/evil.dcm")
-    code, _ = run("--quarantine", tmp_path / "q", tmp_path / "usb")
+    code, _ = run("--quarantine", tmp_path / "q", link)
     assert code == 1
     assert not (elsewhere / "evil.dcm").exists() and not os.path.lexists(link)  # no infected file, no dangling link
     [moved] = (tmp_path / "q").glob("*.quarantined")

@@ -73,14 +73,17 @@ def test_a_file_reached_twice_names_where_it_was_scanned(tmp_path: Path) -> None
     (usb / "b.dcm").symlink_to("a.dcm")  # the same file under a second name
     found = items(usb, usb / "a.dcm")
     assert scanned(found) == [str(usb / "a.dcm")]
-    assert skipped(found) == {str(usb / "b.dcm"): [f"already scanned (as {usb / 'a.dcm'})"],
+    assert skipped(found) == {str(usb / "b.dcm"): ["symbolic link, not followed (-> a.dcm)"],
                               str(usb / "a.dcm"): [f"already scanned (as {usb / 'a.dcm'})"]}
 
 
 def test_a_real_symlink_loop_says_where_it_leads(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "up").symlink_to("..")
-    assert skipped(items(tmp_path)) == {str(tmp_path / "sub" / "up"): [f"symlink loop (back to {tmp_path})"]}
+    # A link met inside a folder is not followed (docs/scan.md); given on the command line, it is.
+    assert skipped(items(tmp_path)) == {str(tmp_path / "sub" / "up"): ["symbolic link, not followed (-> ..)"]}
+    assert skipped(items(tmp_path / "sub" / "up")) == {str(tmp_path / "sub" / "up" / "sub" / "up"): [
+        "symbolic link, not followed (-> ..)"]}
 
 
 def test_a_missing_path_is_named_so(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ infected files aside with a manifest. With ``--store`` (or ``--jsonl``) every fi
 
 Exit codes (docs/cli.md): 0 no finding reached ``--fail-on``, 1 at least one did, 2 usage,
 configuration or rule error, or a PATH given that does not exist (when no finding reached it).
-A PATH that exists but cannot be read is reported on its own line, as any unreadable file is.
+A PATH that exists but cannot be read is reported on its own line, as any unreadable file is: a
+scan.not-scanned finding (medium), so it is not judged clean.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,12 +38,13 @@ from pacsguard.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from pacsguard.events import Event
     from pacsguard.scan.config import ScanSettings
-    from pacsguard.scan.model import FileReport
+    from pacsguard.scan.model import FileReport, Level
     from pacsguard.scan.scanner import Scanner
+    from pacsguard.scan.walk import Item
 
 __all__ = ["Format", "scan_command"]
 
@@ -117,7 +121,10 @@ def scan_command(
 
     if sanitize and out is None:
         raise fail("--sanitize needs --out DIR (originals are never modified)")
-    for option, folder in (("--out", out if sanitize else None), ("--quarantine", quarantine)):
+    if out is not None and not sanitize:
+        raise fail("--out DIR is the folder of --sanitize's cleaned copies: give --sanitize too")
+    _check_overlap(paths, out, quarantine)
+    for option, folder in (("--out", out), ("--quarantine", quarantine)):
         try:  # before the first file: a folder that cannot be made stops nothing halfway
             if folder is not None:
                 make_private_dir(folder)  # 0700, parents too: it will hold patient data
@@ -145,25 +152,46 @@ def scan_command(
     # scan: exit 2 as clamscan does, unless a finding's 1 says more. Looked at before the scan,
     # which may move the files given (--quarantine).
     missing = [p for p in paths if not os.path.lexists(p)]
-    exclude = _own_folders(out if sanitize else None, quarantine)
+    exclude = _own_folders(out, quarantine)
     started = time.perf_counter()
     with ExitStack() as stack:
         publish = _publisher(stack, store, jsonl)
         progress = _progress(stack)
         from pacsguard.scan.run import scan_all
 
-        items = walk(paths, limits, exclude)
+        acts = _Actions(scanner, threshold, publish, out, quarantine, paths)
+        kinds: deque[_Kind] = deque()
+        items = _tap(walk(paths, limits, exclude), kinds)
         for report in scan_all(items, scanner, jobs=jobs, settings=settings, base=base):
             summary.add(report)
             reports.append(report)
             if progress is not None:
                 progress()
-            _after(report, scanner, threshold, publish, out if sanitize else None, quarantine, paths)
+            acts.after(report, kinds.popleft())  # reports come in the walk's order
         summary.seconds = time.perf_counter() - started
     _print(reports, summary, format, show_info)
     for path in missing:
         print_error(f"{display_path(str(path))}: no such file or folder")
     raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_USAGE if missing else EXIT_OK)
+
+
+def _check_overlap(paths: Sequence[Path], out: Path | None, quarantine: Path | None) -> None:
+    """A usage error (exit 2) for a PATH that is pacsguard's own --quarantine or --out folder, or
+    inside it: its files would be left out whole (excluded), and a scan of nothing is no clean scan.
+    The folder inside a PATH is fine: it alone is left out."""
+    from pacsguard.scan.report import display_path
+
+    for option, folder in (("--quarantine", quarantine), ("--out", out)):
+        if folder is None:
+            continue
+        mine = Path(os.path.realpath(folder))
+        for path in paths:
+            real = Path(os.path.realpath(path))
+            if real == mine or real.is_relative_to(mine):
+                where = "is" if real == mine else "is inside"
+                raise fail(f"{display_path(str(path))} {where} the {option} folder {display_path(str(folder))}: "
+                           f"pacsguard's own output is not scanned, so nothing of it would be; give {option} "
+                           "a folder outside the PATHs")
 
 
 def _own_folders(out: Path | None, quarantine: Path | None) -> list[tuple[Path, str]]:
@@ -187,31 +215,72 @@ def _progress(stack: ExitStack) -> Callable[[], None] | None:
     return lambda: bar.advance(task)
 
 
-def _after(report: FileReport, scanner: Scanner, threshold: object, publish: Callable[[Event], None] | None,
-           out: Path | None, quarantine: Path | None, roots: Sequence[Path]) -> None:
-    """Events, cleaned copy and quarantine for one file (only real files are moved or cleaned)."""
-    from pacsguard.scan.events import finding_events
-    from pacsguard.scan.model import Level
-
-    assert isinstance(threshold, Level)
-    if publish is not None:
-        for event in finding_events(report):
-            publish(event)
-    source = Path(report.path)  # the name as the OS gave it (surrogate escapes): the file itself
-    on_disk = not report.skipped and source.is_file()  # archive members ("a.zip!b.dcm") are not files
-    if out is not None and on_disk and report.findings:
-        _sanitize(report, scanner, source, out, copy_path(source, roots))
-    if quarantine is not None and on_disk and report.fails(threshold):
-        _quarantine(report, source, quarantine, publish)
+#: What the walk gave for each report, in the same order: the file on disk (None for an archive's
+#: member, a skipped entry), whether it is an archive's own report, whether it is inside an archive.
+_Kind = tuple["Path | None", bool, bool]
 
 
-def _quarantine(report: FileReport, source: Path, folder: Path, publish: Callable[[Event], None] | None) -> None:
+def _tap(items: Iterable[Item], kinds: deque[_Kind]) -> Iterator[Item]:
+    """``items``, noting each one's kind in ``kinds`` as it goes to the scan: the reports come back
+    in the same order (scan_all), so the first kind noted is that of the next report."""
+    for item in items:
+        member = item.data is not None or (item.container and item.path is None)
+        kinds.append((item.path if not item.skipped and item.data is None else None, item.container, member))
+        yield item
+
+
+@dataclass
+class _Actions:
+    """Events, cleaned copies and quarantine, report by report, for the files under ``roots``."""
+
+    scanner: Scanner
+    threshold: Level
+    publish: Callable[[Event], None] | None
+    out: Path | None
+    quarantine: Path | None
+    roots: Sequence[Path]
+    #: Cleaned copies written by this scan (two files whose copies would take one place).
+    written: set[Path] = field(default_factory=set)
+    #: Members that failed, of the archive whose own report comes next (the walk gives it last).
+    members: list[FileReport] = field(default_factory=list)
+
+    def after(self, report: FileReport, kind: _Kind) -> None:
+        """Only files on disk are cleaned or moved; an archive is moved when it, or a member at any
+        depth, fails (a member alone cannot be taken out of it)."""
+        from pacsguard.scan.events import finding_events
+
+        if self.publish is not None:
+            for event in finding_events(report):
+                self.publish(event)
+        on_disk, container, member = kind
+        failing = report.fails(self.threshold)
+        if member:
+            if failing and self.quarantine is not None:
+                self.members.append(report)
+            return
+        if on_disk is None or report.skipped:
+            return
+        if container:
+            members, self.members = [m for m in self.members if m.path.startswith(report.path + "!")], []
+            if self.quarantine is not None and (failing or members):
+                _quarantine(report, self.quarantine, self.publish, self.roots, members)
+            return
+        if self.out is not None and report.findings:
+            _sanitize(report, self.scanner, Path(report.path), self.out, copy_path(Path(report.path), self.roots),
+                      self.roots, self.written)
+        if self.quarantine is not None and failing:
+            _quarantine(report, self.quarantine, self.publish, self.roots, [])
+
+
+def _quarantine(report: FileReport, folder: Path, publish: Callable[[Event], None] | None, roots: Sequence[Path],
+                members: list[FileReport]) -> None:
     """Move one failing file aside; what could not be done is a warning and a note on the file."""
     from pacsguard.scan.events import quarantine_event
     from pacsguard.scan.quarantine import QuarantineRefused, quarantine
 
+    source = Path(report.path)  # the name as the OS gave it (surrogate escapes): the file itself
     try:
-        moved = quarantine(source, report, folder)
+        moved = quarantine(source, report, folder, roots, members)
     except OSError as exc:  # this file stays where it is; the scan goes on
         _not_done(report, "quarantine.failed", f"not moved to {folder}: {exc.strerror or exc}")
         return
@@ -220,8 +289,9 @@ def _quarantine(report: FileReport, source: Path, folder: Path, publish: Callabl
         return
     if moved.note:
         _not_done(report, "quarantine.link-kept", moved.note)
-    if publish is not None:
-        publish(quarantine_event(report, moved.file, moved.manifest))
+    if publish is not None:  # an archive's Event names its members' rules too
+        every = replace(report, findings=[*report.findings, *(f for m in members for f in m.findings)])
+        publish(quarantine_event(every, moved.file, moved.manifest))
 
 
 def _not_done(report: FileReport, rule: str, why: str) -> None:
@@ -262,14 +332,28 @@ def inside(out: Path, relative: Path) -> Path | None:
     return target if target.resolve().is_relative_to(out.resolve()) else None
 
 
-def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path, relative: Path) -> None:
-    """The cleaned copy of one file, written at ``out / relative`` (refused if that escapes out)."""
-    from pacsguard.cli.common import err_console, shown
+def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path, relative: Path,
+              roots: Sequence[Path], written: set[Path]) -> None:
+    """The cleaned copy of one file, written at ``out / relative`` (refused if that escapes out; a
+    place another file's copy took in this scan gets a name of its own: ``IM1-2``). The file is read
+    as quarantine reads it: beneath its PATH, through no link, unchanged since it was scanned."""
+    import hashlib
+
     from pacsguard.scan.model import Finding, Level
+    from pacsguard.scan.quarantine import QuarantineRefused, read_beneath
     from pacsguard.scan.report import display_path
     from pacsguard.scan.sanitize import clean, write_clean
 
-    cleaned = clean(source.read_bytes(), report, scanner)
+    try:
+        data = read_beneath(source, roots)
+    except (OSError, QuarantineRefused) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _not_done(report, "sanitize.failed", f"cleaned copy not written: {why}")
+        return
+    if report.sha256 and hashlib.sha256(data).hexdigest() != report.sha256:
+        _not_done(report, "sanitize.failed", "cleaned copy not written: the file changed since it was scanned")
+        return
+    cleaned = clean(data, report, scanner)
     if cleaned.refused:
         if cleaned.refused != "nothing to clean":
             report.findings.append(Finding("sanitize.refused", Level.INFO, cleaned.refused))
@@ -278,17 +362,36 @@ def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path, rel
     if target is None:
         _not_done(report, "sanitize.refused", f"cleaned copy not written: {relative} would be outside {out}")
         return
-    try:
-        write_clean(target, cleaned)
-    except FileExistsError:
-        err_console.print(f"[yellow]warning:[/] {shown(display_path(str(target)))} exists; not overwritten",
-                          highlight=False)
+    for place in _places(target):
+        try:
+            write_clean(place, cleaned)
+        except FileExistsError:
+            if place != target or target in written:
+                continue  # the place of another file's copy, written by this scan: a name of its own
+            _not_done(report, "sanitize.failed", f"cleaned copy not written: {place} exists (never overwritten)")
+            return
+        except OSError as exc:
+            _not_done(report, "sanitize.failed", f"cleaned copy not written to {place}: {exc.strerror or exc}")
+            return
+        written.add(place)
+        report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {display_path(str(place))}: "
+                                       + "; ".join(cleaned.actions)))
         return
-    except OSError as exc:
-        _not_done(report, "sanitize.failed", f"cleaned copy not written to {target}: {exc.strerror or exc}")
-        return
-    report.findings.append(Finding("sanitize.written", Level.INFO, f"cleaned copy {display_path(str(target))}: "
-                                   + "; ".join(cleaned.actions)))
+    _not_done(report, "sanitize.failed", f"cleaned copy not written: {MAX_SAME_NAME} copies named {target.name} "
+              "already")
+
+
+#: Copies of files with one name in one place of --out (IM1, IM1-2 ... IM1-99).
+MAX_SAME_NAME = 99
+
+
+def _places(target: Path) -> Iterator[Path]:
+    """``target``, then ``NAME-2`` ... (before a .dcm suffix: ``IM1-2.dcm``)."""
+    yield target
+    suffix = target.suffix if target.suffix.lower() in (".dcm", ".dicom") else ""
+    stem = target.name[:len(target.name) - len(suffix)]
+    for n in range(2, MAX_SAME_NAME + 1):
+        yield target.with_name(f"{stem}-{n}{suffix}")
 
 
 def _print(reports: list[FileReport], summary: object, fmt: Format, show_info: bool) -> None:

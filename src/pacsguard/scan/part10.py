@@ -1,7 +1,8 @@
 """A defensive Part-10 reader (PS3.10 7.1): preamble, file meta information, then the data set's
 elements walked without recursion, trusting no length, with bounded depth, element count and
 inflated size. It never raises for any input: what it cannot parse becomes a Problem, and the
-walk stops there, so callers always know how far the file made sense.
+walk stops there, so callers always know how far the file made sense. A top-level element that
+repeats or goes back in tag order is noted and read on, as dcmtk does.
 
 Encodings: PS3.5 7.1 (explicit and implicit VR, both byte orders), 7.5 (sequences, items and
 their delimiters), A.4 (encapsulated pixel data fragments), A.5 (deflated data sets)."""
@@ -399,6 +400,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
     elements = parsed.elements
     problems = parsed.problems
     last_tag = -1
+    noted = 0
     truncated_by_cap = any(p.rule == "structure.deflate-bomb" for p in problems)
 
     def stop(rule: str, level: Level, why: str, at: int, tag: int | None = None) -> None:
@@ -431,12 +433,20 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
             continue
         if not stack:
             if tag <= last_tag:
-                # PS3.5 7.1: top-level elements ascend and occur once; bytes that go back or repeat
-                # (a run of zeros: (0000,0000) again and again) are not this data set's.
-                again = "again" if tag == last_tag else f"after {tag_label(last_tag)}"
-                stop("structure.tag-order", Level.LOW, f"{tag_label(tag)} {again}: not in tag order", pos, tag)
-                break
-            last_tag = tag
+                # PS3.5 7.1: top-level elements ascend and occur once. A repeated or out-of-order
+                # element that reads as one is malformed, not hostile: dcmtk keeps reading ("found
+                # twice, ignoring second entry"), so the walk goes on and every rule judges what
+                # follows. Bytes that go back and read as no element (a run of zeros: (0000,0000)
+                # again and again) are not this data set's: the walk stops there.
+                if not _readable(body, pos, explicit, little, size):
+                    stop("structure.not-elements", Level.LOW, f"{tag_label(tag)} after {tag_label(last_tag)}: "
+                         "bytes that go back in tag order and read as no element", pos, tag)
+                    break
+                if noted < MAX_ORDER_NOTES:
+                    noted += 1
+                    _disorder(parsed, tag, last_tag, pos)
+            else:
+                last_tag = tag
         if stack and stack[-1].kind == "seq":
             stop("structure.bad-item", Level.LOW, "a sequence holds an element where an item should be", pos, tag)
             break
@@ -510,6 +520,65 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
 def tag_label(tag: int) -> str:
     """A tag as PS3.5 7.1 writes it: (gggg,eeee)."""
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+#: Repeated or out-of-order top-level tags noted per file: one says the file is malformed, a
+#: flood of them (every element written twice) says nothing more.
+MAX_ORDER_NOTES = 8
+
+
+def _disorder(parsed: Parsed, tag: int, last_tag: int, pos: int) -> None:
+    """Note a top-level element that repeats an earlier tag or comes after a higher one (PS3.5 7.1)."""
+    if any(e.tag == tag for e in parsed.elements if e.depth == 0):
+        parsed.problems.append(Problem("structure.repeated-tag", Level.LOW,
+                                       f"{tag_label(tag)} occurs twice in the data set", pos, tag))
+    else:
+        parsed.problems.append(Problem("structure.tag-order", Level.LOW,
+                                       f"{tag_label(tag)} after {tag_label(last_tag)}: not in tag order", pos, tag))
+
+
+def _readable(body: bytes, pos: int, explicit: bool, little: bool, end: int) -> bool:
+    """Does ``body[pos:]`` read as an element, and what follows it as the header of another (or the
+    end)? Asked of a top-level tag out of order (PS3.5 7.1), to tell a malformed data set from
+    bytes that are none (zeros, an appended file): two headers in a row that fit are an element's."""
+    after = _element_end(body, pos, explicit, little, end)
+    if after is None:
+        return False
+    return after >= end or _element_end(body, after, explicit, little, end, header_only=True) is not None
+
+
+def _element_end(body: bytes, pos: int, explicit: bool, little: bool, end: int,
+                 header_only: bool = False) -> int | None:
+    """Where the element at ``pos`` ends (its value's end; for an undefined length, where its value
+    starts), or None when it reads as no element: group 0000 (DIMSE's, never in a data set, PS3.5
+    7.1.1), no VR where one belongs, a length past ``end``. ``header_only``: an item or delimiter
+    (PS3.5 7.5) is a header too."""
+    if pos + 8 > end:
+        return None
+    group, elem = struct.unpack_from("<HH" if little else ">HH", body, pos)
+    if group == 0x0000:
+        return None
+    u32 = "<I" if little else ">I"
+    if group == 0xFFFE:
+        return pos + 8 if header_only and elem in (0xE000, 0xE00D, 0xE0DD) else None
+    if explicit:
+        vr = bytes(body[pos + 4:pos + 6])
+        if not _is_vr(vr):
+            return None
+        if vr.decode("ascii") in LONG_VRS or vr.decode("ascii") not in VRS:
+            if pos + 12 > end:
+                return None
+            (length,) = struct.unpack_from(u32, body, pos + 8)
+            header = 12
+        else:
+            (length,) = struct.unpack_from("<H" if little else ">H", body, pos + 6)
+            header = 8
+    else:
+        (length,) = struct.unpack_from(u32, body, pos + 4)
+        header = 8
+    if length == UNDEFINED:
+        return pos + header
+    return pos + header + length if pos + header + length <= end else None
 
 
 def _push(parsed: Parsed, stack: list[_Frame], frame: _Frame, pos: int, limits: Limits) -> bool:

@@ -92,10 +92,32 @@ def path_uri(name: str) -> str:
     """A SARIF ``artifactLocation.uri`` (SARIF 2.1.0: a URI reference, RFC 3986 4.1) for a
     scanned file: the name's bytes percent-encoded (RFC 3986 2.1: spaces, "#", "%", controls,
     non-ASCII), an absolute path as a ``file://`` URI (RFC 8089), a relative one as a relative
-    reference. Members keep their "!" (a sub-delim, legal in a path)."""
-    raw = os.fsencode(name) if _encodable(name) else name.encode("utf-8", "backslashreplace")
-    encoded = quote(raw, safe=_URI_SAFE)
+    reference. Members keep their "!" (a sub-delim, legal in a path); a member's own name has its
+    "/" encoded too, so that it is one segment with the archive's: its "../" (a hostile archive's
+    name) is then no dot segment (RFC 3986 5.2.4) and never resolves outside the archive."""
+    archive, member = _split_member(name)
+    encoded = quote(_raw(archive), safe=_URI_SAFE)
+    if member is not None:
+        encoded += "!" + quote(_raw(member), safe=_URI_SAFE.replace("/", ""))
     return f"file://{encoded}" if name.startswith("/") else encoded
+
+
+def _raw(name: str) -> bytes:
+    return os.fsencode(name) if _encodable(name) else name.encode("utf-8", "backslashreplace")
+
+
+def _split_member(name: str) -> tuple[str, str | None]:
+    """(archive, member) of an archive member's name ("a.zip!dir/x.dcm", pacsguard.scan.walk), or
+    (name, None) for a file. A "!" in a real file's path is no member: the files on disk decide (the
+    archive is the first left side that is a file); a name no longer on disk (quarantined, moved)
+    splits at its first "!" whose left side is no folder."""
+    if "!" not in name or os.path.lexists(name):
+        return name, None
+    bangs = [at for at, c in enumerate(name) if c == "!"]
+    at = next((b for b in bangs if os.path.isfile(name[:b])), None)
+    if at is None:
+        at = next((b for b in bangs if not os.path.isdir(name[:b])), None)
+    return (name, None) if at is None else (name[:at], name[at + 1:])
 
 
 def _artifact(name: str) -> dict[str, str]:
@@ -135,11 +157,32 @@ def to_sarif(reports: list[FileReport], summary: Summary, version: str) -> str:
                             "properties": {"pacsguardLevel": f.level.label, "tag": f.tag, "sha256": report.sha256}})
     driver = {"name": "pacsguard scan", "version": version, "informationUri": "https://pacsguard.invalid/",
               "rules": list(rules.values())}
+    invocation = {"executionSuccessful": True,
+                  "toolExecutionNotifications": [_skipped(r) for r in reports if r.skipped]}
     doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0",
-           "runs": [{"tool": {"driver": driver}, "results": results,
+           "runs": [{"tool": {"driver": driver}, "invocations": [invocation], "results": results,
                      "originalUriBaseIds": {SCAN_ROOT: {"uri": path_uri(os.getcwd()).rstrip("/") + "/"}},
                      "properties": {"summary": summary.to_dict()}}]}
     return orjson.dumps(json_safe(doc), option=orjson.OPT_INDENT_2).decode()
+
+
+#: SARIF level of a file not scanned, by the start of its skip reason: what could not be read at
+#: all is an error, what was left out by a limit or its kind a warning; anything else (empty, met
+#: again, pacsguard's own output) a note.
+SKIP_LEVELS = (("unreadable", "error"), ("no such file", "error"), ("larger than", "warning"),
+               ("archive larger than", "warning"), ("not a regular file", "warning"), ("gone during", "warning"),
+               ("symlink loop", "warning"), ("dangling symlink", "warning"))
+
+
+def _skipped(report: FileReport) -> dict[str, Any]:
+    """A file not scanned as a SARIF notification of the run's invocation (SARIF 2.1.0 3.20.21
+    toolExecutionNotifications, 3.58 notification): its reason and where, so that a dashboard
+    does not show a medium as clean when some of its files were never read."""
+    level = next((lv for start, lv in SKIP_LEVELS if report.skipped.startswith(start)), "note")
+    return {"level": level, "message": {"text": f"not scanned: {report.skipped}"},
+            "descriptor": {"id": "scan.skipped"},
+            "locations": [{"physicalLocation": {"artifactLocation": _artifact(report.path)}}],
+            "properties": {"reason": report.skipped}}
 
 
 def to_html(reports: list[FileReport], summary: Summary) -> str:

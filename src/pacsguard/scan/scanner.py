@@ -55,19 +55,17 @@ class Scanner:
         return cls(families, limits, engine, clamd, lim.max_file_size)
 
     def scan_file(self, path: Path, name: str | None = None) -> FileReport:
-        """Scan a regular file; one that cannot be read is a report with ``skipped`` set."""
-        report = FileReport(str(name or path))
+        """Scan a regular file; one that is not read is a report with ``skipped`` set (and a
+        scan.not-scanned finding when it exists and could not be read). It is opened as walk's
+        read_regular opens it: never through a link, never blocking on a FIFO (a file swapped after
+        the walk saw it), the opened descriptor checked, at most max_file_size bytes read."""
+        from pacsguard.scan.walk import NotRead, read_regular
+
         try:
-            size = path.stat().st_size
-            report.size = size
-            if size > self.max_file_size:
-                report.skipped = f"larger than the limit ({size:,} > {self.max_file_size:,} bytes)"
-                return report
-            data = path.read_bytes()
-        except OSError as exc:
-            report.skipped = f"unreadable: {exc.strerror or exc}"
-            return report
-        return self.scan_bytes(data, report.path)
+            data = read_regular(path, self.max_file_size)
+        except NotRead as exc:
+            return FileReport(str(name or path), size=exc.size, skipped=exc.reason, findings=list(exc.findings))
+        return self.scan_bytes(data, str(name or path))
 
     def scan_bytes(self, data: bytes, name: str) -> FileReport:
         started = time.perf_counter()

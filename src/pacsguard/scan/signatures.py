@@ -10,6 +10,7 @@ PowerShell download cradles, batch files and AUTORUN.INF."""
 
 from __future__ import annotations
 
+import html
 import re
 import struct
 from bisect import bisect_left
@@ -83,6 +84,9 @@ def _openings() -> list[tuple[bytes, bytes]]:
         (b"<", rb"(?:\?php\s|(?:" + tags + rb")[\s/>])"),
         (b"j", rb"avascript:"),
         (b"o", _WORD_BEFORE + rb"n(?:" + events + rb")\s*="),
+        # Any on* attribute inside a tag is an event handler (HTML Living Standard 8.1.8.2: the
+        # set grows; sanitizers drop every on* attribute): <input autofocus onfocusin=...>.
+        (b"<", rb"[a-z][^<>]{0,256}?[\s/\"']on[a-z]+\s*="),
         (b"p", rb"owershell(?:\.exe)?\s+-"),
         (b"c", _WORD_BEFORE + rb"md(?:\.exe)?\s+/c\b"),
         (b"@", rb"echo\s+off"),
@@ -439,6 +443,28 @@ def script_name(name: str) -> bool:
     base = base_name(name).lower()
     dot = base.rfind(".")
     return base == "autorun.inf" or (dot > 0 and base[dot:] in SCRIPT_EXTENSIONS)
+
+
+#: URL schemes that run script where a viewer puts a value in a link or a source (HTML Living
+#: Standard 7.11.1; data: with an HTML type renders a page), searched in text decoded as a browser
+#: decodes an attribute value: character references (HTML 13.2.5.72) undone, then the tab, line
+#: feed and carriage return the URL parser removes anywhere (WHATWG URL 4.4), and NUL, dropped.
+SCHEMES = re.compile(r"(?:java|vb)script:|data:text/html", re.IGNORECASE)
+#: Bytes a browser removes or decodes before it reads a URL's scheme.
+_URL_NOISE = str.maketrans("", "", "\t\n\r\x00")
+
+
+def markup(buf: bytes) -> int | None:
+    """Where ``buf`` (a short text a web viewer shows) holds script or markup: SCRIPT's openings as
+    written, or a script-running URL scheme once decoded as a browser decodes an attribute value
+    (&#106;avascript:, java&#x09;script:, javascript&colon;). None: nothing."""
+    hits = scripts(buf, limit=1)
+    if hits:
+        return hits[0].offset
+    text = bytes(buf).decode("latin-1")
+    if "&" in text:  # most values have none: no decoding
+        text = html.unescape(text)
+    return 0 if SCHEMES.search(text.translate(_URL_NOISE)) else None
 
 
 def scripts(buf: bytes, limit: int = 4) -> list[Hit]:

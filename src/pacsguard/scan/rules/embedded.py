@@ -14,6 +14,7 @@ from pacsguard.dicom.vr import VRS
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed
+from pacsguard.scan.rules import guarded
 
 REF = "PS3.5 6.2; PS3.3 C.24.2"
 BINARY_VRS = frozenset({"OB", "OW", "UN", "OD", "OF", "OL", "OV"})
@@ -100,7 +101,7 @@ def check(parsed: Parsed) -> list[Finding]:
                 findings.extend(_scripts(parsed, element, start, end))
         if len(element.fragments) > 1:
             findings.extend(_across_fragments(search, element, floods))
-    findings.extend(_mime(parsed))
+    findings.extend(guarded("embedded", _mime, parsed))  # on its own: a failure leaves the search's findings
     return findings
 
 

@@ -12,11 +12,12 @@ import struct
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Parsed, Problem, tag_label
+from pacsguard.scan.rules import guarded
 
 REF = "PS3.10 7.1"
 STOP_REF = "PS3.5 7.1, 7.5; PS3.10 7.1"
 #: Stops after which the rest of the file is not a cut element but something else.
-GARBAGE_STOPS = frozenset({"structure.bad-vr", "structure.tag-order", "structure.bad-item",
+GARBAGE_STOPS = frozenset({"structure.bad-vr", "structure.not-elements", "structure.bad-item",
                            "structure.stray-delimiter"})
 
 
@@ -43,7 +44,13 @@ def zeros(data: bytes, start: int) -> bool:
 
 
 def check(parsed: Parsed) -> list[Finding]:
-    findings = _after_stop(parsed)
+    """Each check on its own: one failing on a crafted file leaves the other's findings."""
+    return guarded("polyglot", _after_stop, parsed) + guarded("polyglot", _appended, parsed)
+
+
+def _appended(parsed: Parsed) -> list[Finding]:
+    """What the bytes after the data set are (an archive, an executable, zeros, unknown)."""
+    findings: list[Finding] = []
     data = parsed.data
     start = trailing(parsed)
     size = len(data) - start

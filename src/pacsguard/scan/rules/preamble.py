@@ -15,8 +15,11 @@ from pacsguard.scan.part10 import PREAMBLE, Parsed
 
 REF = "PS3.10 7.1, 7.5"
 TIFF = (b"II*\x00", b"MM\x00*")
-#: JSON object text: a brace, then a quoted key and a colon (Orthanc's configuration, CVE-2023-33466).
-JSON = re.compile(rb'^\s*\{\s*"[^"]{1,64}"\s*:', re.DOTALL)
+#: JSON object text: a brace, then a quoted key and a colon (Orthanc's configuration, CVE-2023-33466),
+#: after whitespace and comments: Orthanc reads its configuration with comments allowed (JsonCpp's
+#: allowComments: /* ... */ and // to the line's end), and its own Configuration.json starts with them.
+_GAP = rb'(?:\s|/\*.*?\*/|//[^\n]*\n)*'
+JSON = re.compile(rb'^' + _GAP + rb'\{' + _GAP + rb'"[^"]{1,64}"' + _GAP + rb':', re.DOTALL)
 
 
 def entropy(buf: bytes) -> float:

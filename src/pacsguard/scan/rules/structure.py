@@ -11,6 +11,7 @@ import struct
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, tag_label
+from pacsguard.scan.rules import guarded
 from pacsguard.scan.rules.polyglot import GARBAGE_STOPS
 
 #: The structure problems a cleaned copy can repair: where the walk stopped on bytes that are no
@@ -44,7 +45,8 @@ def check(parsed: Parsed) -> list[Finding]:
                         None if p.tag is None else tag_label(p.tag), parsed.inflated,
                         remedy=REMEDIES.get(p.rule, ""))
                 for p in parsed.problems]
-    findings += _meta(parsed) + _uids(parsed) + _pixels(parsed) + _file_ids(parsed) + _markup(parsed)
+    for rule in (_meta, _uids, _pixels, _file_ids, _markup):
+        findings += guarded("structure", rule, parsed)
     return findings
 
 
@@ -61,10 +63,13 @@ def _meta(parsed: Parsed) -> list[Finding]:
     for meta_tag, data_tag, what, level in ((0x00020002, 0x00080016, "SOP Class", Level.MEDIUM),
                                             (0x00020003, 0x00080018, "SOP Instance", Level.LOW)):
         meta, data = parsed.text(meta_tag), parsed.text(data_tag)
-        if meta and data and meta != data:
+        # parsed.top, not parsed.meta: a meta group cut short by a foreign element leaves the rest
+        # of group 0002 in the data set, where parsed.text found it.
+        element = parsed.top(meta_tag)
+        if meta and data and meta != data and element is not None:
             out.append(Finding("structure.media-storage-mismatch", level,
                                f"Media Storage {what} UID {meta} disagrees with the data set's {data}",
-                               parsed.meta[meta_tag].offset, "PS3.10 7.1", parsed.meta[meta_tag].label))
+                               element.offset, "PS3.10 7.1", element.label, parsed.inflated and not element.meta))
     return out
 
 
@@ -124,11 +129,19 @@ def _us(parsed: Parsed, element: Element | None) -> int | None:
     return int(struct.unpack_from(fmt, parsed.body, element.value_offset)[0])
 
 
+def _image_size_elements(parsed: Parsed) -> list[Element]:
+    """Rows, Columns and Bits Allocated at the top level: each occurrence when one is repeated
+    (a reader keeping the second copy, as pydicom does, reads that one's VR)."""
+    tags = (ROWS, COLUMNS, BITS_ALLOCATED)
+    if any(p.rule == "structure.repeated-tag" for p in parsed.problems):
+        return [e for e in parsed.elements if e.depth == 0 and e.tag in tags]
+    return [e for e in (parsed.top(t) for t in tags) if e is not None]
+
+
 def _pixels(parsed: Parsed) -> list[Finding]:
     out: list[Finding] = []
-    for tag in (ROWS, COLUMNS, BITS_ALLOCATED):
-        element = parsed.top(tag)
-        if element is not None and parsed.explicit and element.vr not in ("US", "UN"):
+    for element in _image_size_elements(parsed):
+        if parsed.explicit and element.vr not in ("US", "UN"):
             out.append(Finding("structure.pixel-vr", Level.HIGH, f"{element.label} is {element.vr}, not US: "
                                "readers that trust the VR misread the image size", element.offset,
                                "PS3.3 C.7.6.3; PS3.6", element.label, parsed.inflated))
@@ -177,12 +190,12 @@ MARKUP_SCAN_MAX = 1 << 20
 def _markup(parsed: Parsed) -> list[Finding]:
     texts = [e for e in parsed.elements if e.vr in SHORT_TEXT_VRS and 0 < e.length <= MARKUP_SCAN_MAX]
     # One search over all of them first: nearly every file has no markup at all.
-    if not signatures.scripts(b"\0".join(parsed.value(e) for e in texts), limit=1):
+    if signatures.markup(b"\0".join(parsed.value(e) for e in texts)) is None:
         return []
     for element in texts:
-        hits = signatures.scripts(parsed.value(element), limit=1)
-        if hits:
+        at = signatures.markup(parsed.value(element))
+        if at is not None:
             return [Finding("structure.markup", Level.HIGH, f"script or markup in {element.label} ({element.vr}),"
-                            " run by web viewers that show it (stored XSS)", element.value_offset + hits[0].offset,
+                            " run by web viewers that show it (stored XSS)", element.value_offset + at,
                             "PS3.5 6.2; OWASP stored XSS", element.label, parsed.inflated, remedy="element")]
     return []
