@@ -79,6 +79,16 @@ def cases(prefix: str) -> list[Malformed]:
         Malformed("no-user-information", build(ae("NU"), info=None), "user-information", "absent", RJ_INVALID),
         Malformed("sub-item-type", build(ae("ST"), info=_info(P.UnknownSubItem(0x20, b"x"))),
                   "user-information.sub-item-type", "0x20", RJ_INVALID),
+        # User Identity Negotiation values PS3.7 D.3.3.7.1 does not define (Table D.3-14)
+        Malformed("identity-type-0", build(ae("T0"), info=_info(P.UserIdentityRQ(0, 0, b"alice"))),
+                  "user-identity.type", "0", RJ_INVALID),
+        Malformed("identity-type-9", build(ae("T9"), info=_info(P.UserIdentityRQ(9, 0, b"alice", b"secret"))),
+                  "user-identity.type", "9", RJ_INVALID),
+        Malformed("identity-positive-response-2", build(ae("PR"), info=_info(P.UserIdentityRQ(1, 2, b"alice"))),
+                  "user-identity.positive-response-requested", "2", RJ_INVALID),
+        Malformed("identity-passcode-with-type-1",
+                  build(ae("SF"), info=_info(P.UserIdentityRQ(1, 1, b"alice", b"secret"))),
+                  "user-identity.secondary-field", "<6 bytes>", RJ_INVALID),
     ]
 
 

@@ -153,3 +153,28 @@ def test_real_peers_still_associate(rec: tuple[RunningGateway, RecordingUpstream
         assoc.release()
         ae.shutdown()
     assert upstream.by_calling_ae("PYNETECHO").calling_ae == "PYNETECHO"
+
+
+@pytest.mark.peers
+@pytest.mark.timeout(60)
+def test_pynetdicom_with_a_user_identity_still_associates(rec: tuple[RunningGateway, RecordingUpstream]) -> None:
+    """A well-formed User Identity Negotiation (type 2, PS3.7 D.3.3.7.1) passes the checks that
+    refuse the undefined values, and reaches the PACS."""
+    from pynetdicom.pdu_primitives import UserIdentityNegotiation
+
+    gw, upstream = rec
+    ae = AE(ae_title="PYNETUSER")
+    ae.add_requested_context(Verification)
+    identity = UserIdentityNegotiation()
+    identity.user_identity_type = 2
+    identity.positive_response_requested = True
+    identity.primary_field = b"alice"
+    identity.secondary_field = b"s3cret"
+    assoc = ae.associate("127.0.0.1", gw.port("rec"), ae_title="PACSGUARD", ext_neg=[identity])
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert upstream.by_calling_ae("PYNETUSER").calling_ae == "PYNETUSER"

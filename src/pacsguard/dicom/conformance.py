@@ -15,6 +15,9 @@ the standard, and each fault names the field, its value, and the A-ASSOCIATE-RJ
   characters, digits and periods, no empty component, no leading zero in a component).
 - User information item: present (PS3.8 9.3.2: it carries the mandatory Maximum Length, D.1).
 - SCP/SCU Role Selection: each role value 0 or 1 (PS3.7 D.3.3.4).
+- User Identity Negotiation (PS3.7 D.3.3.7.1, Table D.3-14): User-Identity-Type 1-5,
+  Positive-response-requested 0 or 1, a secondary field (the passcode) only with type 2.
+  Its fields are never quoted: they carry passcodes and tokens.
 - User information sub-item types: 0x51-0xFF are the extension range (PS3.8 Annex D); a
   receiver ignores a type it does not know there (PS3.7 D.3.3), so such a sub-item is no
   fault.  A type below 0x51 is not a sub-item at all.
@@ -34,6 +37,8 @@ _UID: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 MAX_UID_LENGTH: Final = 64
 #: PS3.8 Annex D: the first type of the user information sub-item range.
 FIRST_SUB_ITEM_TYPE: Final = 0x51
+#: PS3.7 Table D.3-14: username, username and passcode, Kerberos, SAML, JWT.
+USER_IDENTITY_TYPES: Final = range(P.USER_IDENTITY_USERNAME, P.USER_IDENTITY_JWT + 1)
 
 _USER = (P.RJ_RESULT_PERMANENT, P.RJ_SOURCE_SERVICE_USER)
 #: Refused by the service provider for a PDU parameter it cannot accept (PS3.8 Table 9-21).
@@ -106,6 +111,9 @@ def _user_information_faults(info: P.UserInformation | None) -> list[Fault | Non
             if value not in (0, 1):
                 faults.append(Fault(f"role-selection.{name}", str(value),
                                     f"for {role.sop_class_uid} is neither 0 nor 1 (PS3.7 D.3.3.4)", RJ_INVALID))
+    identity = info.user_identity
+    if isinstance(identity, P.UserIdentityRQ):
+        faults.extend(user_identity_faults(identity))
     for ext in info.extended_negotiations:
         faults.append(_uid_fault("extended-negotiation.sop-class-uid", ext.sop_class_uid))
     for common in info.common_extended_negotiations:
@@ -118,4 +126,24 @@ def _user_information_faults(info: P.UserInformation | None) -> list[Fault | Non
             faults.append(Fault("user-information.sub-item-type", f"0x{unknown.item_type:02X}",
                                 f"is below 0x{FIRST_SUB_ITEM_TYPE:02X}, the first user information sub-item "
                                 "type (PS3.8 Annex D)", RJ_INVALID))
+    return faults
+
+
+def user_identity_faults(identity: P.UserIdentityRQ) -> list[Fault | None]:
+    """The values of a User Identity Negotiation sub-item (RQ) that PS3.7 D.3.3.7.1 (Table D.3-14)
+    does not define; an acceptor cannot act on them (pynetdicom's association thread dies on an
+    unknown type, leaving the requestor waiting)."""
+    faults: list[Fault | None] = []
+    kind = identity.identity_type
+    if kind not in USER_IDENTITY_TYPES:
+        faults.append(Fault("user-identity.type", str(kind),
+                            "is not a User-Identity-Type: 1 username, 2 username and passcode, 3 Kerberos, "
+                            "4 SAML, 5 JWT (PS3.7 D.3.3.7.1, Table D.3-14)", RJ_INVALID))
+    if identity.positive_response_requested not in (0, 1):
+        faults.append(Fault("user-identity.positive-response-requested", str(int(identity.positive_response_requested)),
+                            "is neither 0 nor 1 (PS3.7 D.3.3.7.1, Table D.3-14)", RJ_INVALID))
+    if identity.secondary_field and kind != P.USER_IDENTITY_USERNAME_AND_PASSCODE:
+        faults.append(Fault("user-identity.secondary-field", f"<{len(identity.secondary_field)} bytes>",
+                            f"with User-Identity-Type {kind}: only type 2 (username and passcode) has a secondary "
+                            "field (PS3.7 D.3.3.7.1, Table D.3-14)", RJ_INVALID))
     return faults

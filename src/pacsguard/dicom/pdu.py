@@ -265,7 +265,7 @@ class UserIdentityRQ:
     """
 
     identity_type: int
-    positive_response_requested: bool
+    positive_response_requested: int  # 1 requested, 0 not (PS3.7 D.3.3.7.1); kept as sent
     primary_field: bytes
     secondary_field: bytes = b""
 
@@ -798,7 +798,7 @@ def _parse_user_identity_rq(buf: Buffer, s: int, e: int, off: int) -> UserIdenti
     _exact(e - s, 6 + primary_len + secondary_len, f"{what} with field lengths "
            f"{primary_len}/{secondary_len}", off)
     return UserIdentityRQ(
-        identity_type, positive == 1, bytes(buf[s + 4 : pos]), bytes(buf[pos + 2 : e])
+        identity_type, positive, bytes(buf[s + 4 : pos]), bytes(buf[pos + 2 : e])
     )
 
 
@@ -1165,7 +1165,7 @@ def _encode_sub_item(item: UserInfoSubItem) -> bytes:
     if isinstance(item, UserIdentityRQ):
         return _item(
             SUB_ITEM_USER_IDENTITY_RQ,
-            bytes((item.identity_type, 1 if item.positive_response_requested else 0))
+            bytes((item.identity_type, int(item.positive_response_requested)))
             + _u16_prefixed(bytes(item.primary_field))
             + _u16_prefixed(bytes(item.secondary_field)),
         )

@@ -229,6 +229,13 @@ class AssociationRelay:
     def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
         if self.closed:
             return
+        if not from_client and self.state in ("connecting", "awaiting-ac") and isinstance(exc, ssl.SSLError):
+            # A TLS alert on the upstream leg before its A-ASSOCIATE-AC: in TLS 1.3 the server judges the
+            # gateway's client certificate after the client's handshake has completed, so its refusal
+            # is read here, not in create_connection() (RFC 8446 4.4.2.4, 6.2). Unreachable, as any
+            # TLS failure of the upstream is: the client gets the transient A-ASSOCIATE-RJ.
+            self._upstream_failed(_describe_upstream_tls_refusal(exc))
+            return
         cut = self.readers[from_client].pending_bytes
         if cut and self.state != "closed":
             # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
@@ -579,7 +586,8 @@ class AssociationRelay:
             if not self.closed:
                 self._upstream_failed(_describe_connect_error(exc, up.connect_timeout))
             return
-        if self.closed:
+        if self.closed or self.state != "connecting":
+            # Closed meanwhile, or already answered: a TLS alert can end the leg before this resumes.
             transport.close()
             return
         self.upstream = side
@@ -600,8 +608,9 @@ class AssociationRelay:
                            outcome=Outcome.MAJOR_FAILURE, actor=self._client_party(), target=self._upstream_party(),
                            message=f"upstream {up.ae_title}@{up.host}:{up.port} unreachable: {why}",
                            details={"route": self.route.name, "error": why}))
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
+        leg = self.upstream.transport if self.upstream is not None else None
+        if leg is not None and not leg.is_closing():
+            leg.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
         self.reject(refuse(f"upstream unreachable: {why}", "upstream", rj=RJ_CONGESTION))
 
     def _on_associate_answer(self, raw_pdu: RawPDU) -> list[bytes]:
@@ -905,3 +914,11 @@ def _describe_connect_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def _describe_upstream_tls_refusal(exc: ssl.SSLError) -> str:
+    """The TLS alert an upstream sent after the handshake, in the words of a connect failure."""
+    reason = (exc.reason or str(exc)).replace("_", " ").lower()
+    hint = (" (the PACS did not accept the gateway's client certificate: see upstream.tls.cert_file and "
+            "key_file, and the CA the PACS trusts)" if "certificate" in reason or " ca" in reason else "")
+    return f"TLS refused by the upstream after the handshake: {reason}{hint}"

@@ -152,6 +152,8 @@ class TLSAcceptingSide(Side):
         # the alert OpenSSL wrote for the client has been sent (see pacsguard.tls.alerts).
         held = None if self.gone or raw.is_closing() else raw.get_extra_info("socket")
         spare = held.dup() if held is not None else None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             tls = await self._start_tls(raw)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
@@ -159,7 +161,7 @@ class TLSAcceptingSide(Side):
 
             if spare is not None:
                 send_alert(spare, pending_alert(exc))
-            self._refused(peer, exc)
+            self._refused(peer, exc, timed_out=self._timed_out(exc, loop.time() - started))
             raw.close()
             return
         except asyncio.CancelledError:
@@ -174,10 +176,21 @@ class TLSAcceptingSide(Side):
         for data in early:
             self.deliver(data)
 
-    def _refused(self, peer: tuple[str, int], exc: BaseException) -> None:
+    def _timed_out(self, exc: BaseException, elapsed: float) -> bool:
+        """Whether the loop's handshake timeout (limits.artim_timeout, given to start_tls) ended the
+        handshake: both loops then close the connection and report it as lost or aborted
+        (ConnectionAbortedError), which alone reads as the client's doing."""
+        if isinstance(exc, ssl.SSLError) or not isinstance(exc, (ConnectionError, TimeoutError)):
+            return False
+        return isinstance(exc, TimeoutError) or elapsed >= self.relay.route.limits.artim_timeout - 0.1
+
+    def _refused(self, peer: tuple[str, int], exc: BaseException, *, timed_out: bool = False) -> None:
         from pacsguard.tls import explain_tls_error
 
-        if isinstance(exc, ssl.SSLError):
+        if timed_out:
+            why = (f"the gateway timed the handshake out after {self.relay.route.limits.artim_timeout:g} s "
+                   "(limits.artim_timeout): the client did not complete it in time")
+        elif isinstance(exc, ssl.SSLError):
             why = explain_tls_error(exc)
         elif isinstance(exc, ConnectionError):
             why = ("the client closed the connection during the handshake (it may not trust the gateway's "

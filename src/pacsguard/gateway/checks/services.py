@@ -4,8 +4,12 @@
 A presentation context for a service or SOP class not allowed is user-rejected in the
 A-ASSOCIATE-AC (PS3.8 Table 9-18, result 1). A request for a service not allowed is refused with
 0x0124 (not authorized), a C-MOVE to an unlisted destination with 0xA801 (PS3.4 C.4.2.1.4), a
-DIMSE-C request whose SOP class is not its context's abstract syntax with 0x0122 (SOP class not
-supported)."""
+request whose SOP class is not its context's abstract syntax (or, on a Meta SOP Class context, one
+of its component classes) with 0x0122 (SOP class not supported).
+
+`storage-commitment` is what Storage Commitment Push is made of (PS3.4 J.3): an N-ACTION-RQ with
+Action Type ID 1 and the N-EVENT-REPORT-RQ (Event Type ID 1 or 2) that answers it, on a Storage
+Commitment Push Model context. Any other normalized request, on that context too, is `N-*`."""
 
 from __future__ import annotations
 
@@ -25,6 +29,35 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 _REQUESTS = {dimse.C_ECHO_RQ: "C-ECHO", dimse.C_STORE_RQ: "C-STORE", dimse.C_FIND_RQ: "C-FIND",
              dimse.C_MOVE_RQ: "C-MOVE", dimse.C_GET_RQ: "C-GET"}
+#: PS3.4 J.3.2: Request Storage Commitment; J.3.3: storage commitment request successful (1) or
+#: complete with failures (2).
+_COMMITMENT_ACTION = 1
+_COMMITMENT_EVENTS = (1, 2)
+
+_FILM_SESSION, _FILM_BOX, _PRINTER = "1.2.840.10008.5.1.1.1", "1.2.840.10008.5.1.1.2", "1.2.840.10008.5.1.1.16"
+#: The optional Print Management SOP classes (PS3.4 Annex H), which printers also take on a Meta
+#: context: Print Job, Basic Annotation Box, Presentation LUT, Printer Configuration Retrieval,
+#: Image Overlay Box and Basic Print Image Overlay Box (retired).
+_PRINT_OPTIONAL = ("1.2.840.10008.5.1.1.14", "1.2.840.10008.5.1.1.15", "1.2.840.10008.5.1.1.23",
+                   "1.2.840.10008.5.1.1.16.376", "1.2.840.10008.5.1.1.24", "1.2.840.10008.5.1.1.24.1")
+_UPS_PUSH, _UPS_PUSH_TRIAL = "1.2.840.10008.5.1.4.34.6.1", "1.2.840.10008.5.1.4.34.4.1"
+#: The SOP classes a DIMSE-N request may name on a context other than its own class. A Print
+#: Management Meta SOP Class context carries its component SOP classes (PS3.4 Annex H; the retired
+#: Referenced ones the Referenced Image Box); the UPS Pull, Watch, Event and Query contexts carry
+#: N-requests naming the UPS Push SOP Class (PS3.4 CC.3.1). Other Meta SOP Classes are retired and
+#: not listed here: their contexts are not checked (see context_carries).
+META_COMPONENTS: dict[str, frozenset[str]] = {
+    "1.2.840.10008.5.1.1.9": frozenset({_FILM_SESSION, _FILM_BOX, "1.2.840.10008.5.1.1.4", _PRINTER,
+                                        *_PRINT_OPTIONAL}),
+    "1.2.840.10008.5.1.1.18": frozenset({_FILM_SESSION, _FILM_BOX, "1.2.840.10008.5.1.1.4.1", _PRINTER,
+                                         *_PRINT_OPTIONAL}),
+    "1.2.840.10008.5.1.1.9.1": frozenset({_FILM_SESSION, _FILM_BOX, "1.2.840.10008.5.1.1.4.2", _PRINTER,
+                                          *_PRINT_OPTIONAL}),
+    "1.2.840.10008.5.1.1.18.1": frozenset({_FILM_SESSION, _FILM_BOX, "1.2.840.10008.5.1.1.4.2", _PRINTER,
+                                           *_PRINT_OPTIONAL}),
+    **{f"1.2.840.10008.5.1.4.34.6.{n}": frozenset({_UPS_PUSH}) for n in (2, 3, 4, 5)},
+    **{f"1.2.840.10008.5.1.4.34.4.{n}": frozenset({_UPS_PUSH_TRIAL}) for n in (2, 3, 4)},
+}
 
 
 @lru_cache(maxsize=4096)
@@ -46,17 +79,36 @@ def service_of_abstract_syntax(uid: str) -> str:
     return "N-*"
 
 
-def service_of_command(command_field: int, abstract_syntax: str | None) -> str | None:
+def service_of_command(command: dimse.CommandSet, abstract_syntax: str | None) -> str | None:
     """The policy service of a DIMSE request (PS3.7 9.1, 10.1); None for responses and C-CANCEL,
-    which follow their request."""
-    base = command_field & 0x7FFF
-    if command_field & 0x8000 or base == dimse.C_CANCEL_RQ:
+    which follow their request. Storage commitment is judged by what the request does, not only by
+    the context it comes on (PS3.4 J.3): an N-CREATE there is `N-*` like anywhere else."""
+    field = command.command_field
+    base = field & 0x7FFF
+    if field & 0x8000 or base == dimse.C_CANCEL_RQ:
         return None
     if base in _REQUESTS:
         return _REQUESTS[base]
-    if abstract_syntax == STORAGE_COMMITMENT_PUSH:
+    if abstract_syntax == STORAGE_COMMITMENT_PUSH and (
+            field == dimse.N_ACTION_RQ and command.action_type_id == _COMMITMENT_ACTION
+            or field == dimse.N_EVENT_REPORT_RQ and command.event_type_id in _COMMITMENT_EVENTS):
         return "storage-commitment"
     return "N-*"
+
+
+def context_carries(abstract_syntax: str, sop_class: str) -> bool:
+    """Whether a request naming *sop_class* belongs on a context for *abstract_syntax*: the same
+    class (PS3.7 9.1, 10.1; PS3.8 7.1.1.13), or a component class of a Meta SOP Class context
+    (PS3.4 Annex H). A retired Meta SOP Class whose components are not listed carries any."""
+    if sop_class == abstract_syntax:
+        return True
+    components = META_COMPONENTS.get(abstract_syntax)
+    return sop_class in components if components is not None else _is_meta(abstract_syntax)
+
+
+@lru_cache(maxsize=1024)
+def _is_meta(uid: str) -> bool:
+    return UID(uid).type == "Meta SOP Class"
 
 
 class ServicesCheck(Check):
@@ -68,6 +120,10 @@ class ServicesCheck(Check):
         self.sop_classes = None if policy.sop_classes is None else set(policy.sop_classes)
         self.move_destinations = set(policy.move_destinations)
         self.store_and_forward = route.mode == "store-and-forward"
+        # Per association, the client's last request announcing a data set, as on_request saw it:
+        # its data set follows it (PS3.7 6.3.1, messages are not interleaved), and one the gateway
+        # refused is swallowed, not judged (see on_data_event).
+        self._announced: dict[Association, Pending] = {}
 
     def on_context(self, assoc: Association, abstract_syntax: str) -> Verdict:
         service = service_of_abstract_syntax(abstract_syntax)
@@ -86,19 +142,23 @@ class ServicesCheck(Check):
 
     def on_request(self, assoc: Association, pending: Pending, event: DimseCommand) -> Verdict:
         command = event.command
-        service = service_of_command(command.command_field, event.abstract_syntax)
+        if command.has_dataset and not self.store_and_forward:
+            self._announced[assoc] = pending
+        service = service_of_command(command, event.abstract_syntax)
         if service is None:
             return ALLOW
         if service not in self.services:
-            return refuse(f"{service} is not allowed on this route", "policy.services",
-                          status=dimse.STATUS_NOT_AUTHORIZED)
-        # A DIMSE-C request names its SOP class, which must be the abstract syntax of the context
-        # it comes on (PS3.7 9.1, PS3.8 7.1.1.13): else an MR image rides an accepted CT context,
-        # or the Verification one, past the contexts the policy refused. (DIMSE-N requests are
-        # left alone: a Meta SOP Class context carries its component classes, PS3.4 H.)
-        sop = command.affected_sop_class_uid
-        if sop and event.abstract_syntax and sop != event.abstract_syntax and command.command_field in _REQUESTS:
-            return refuse(f"{service} of {_name(sop)} on a presentation context for {_name(event.abstract_syntax)}",
+            return refuse(f"{_service_name(command, service, event.abstract_syntax)} is not allowed on this route",
+                          "policy.services", status=dimse.STATUS_NOT_AUTHORIZED)
+        # A request names its SOP class, which must be the abstract syntax of the context it comes on
+        # (PS3.7 9.1, 10.1, PS3.8 7.1.1.13): else an MR image rides an accepted CT context, or the
+        # Verification one, past the contexts the policy refused, and an N-ACTION of any class rides
+        # the Storage Commitment one. A Meta SOP Class context carries its component classes (PS3.4 H).
+        dimse_c = command.command_field in _REQUESTS
+        sop = command.affected_sop_class_uid if dimse_c else command.sop_class_uid
+        if sop and event.abstract_syntax and not context_carries(event.abstract_syntax, sop):
+            what = service if dimse_c else dimse.command_name(command.command_field)
+            return refuse(f"{what} of {_name(sop)} on a presentation context for {_name(event.abstract_syntax)}",
                           "policy.sop_classes" if self.sop_classes is not None and sop not in self.sop_classes
                           else "dimse.context-sop-class", status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
         if service == "C-MOVE":
@@ -108,6 +168,9 @@ class ServicesCheck(Check):
                               status=dimse.STATUS_MOVE_DESTINATION_UNKNOWN)
         return ALLOW
 
+    def on_closed(self, assoc: Association) -> Verdict:
+        self._announced.pop(assoc, None)
+        return ALLOW
 
     def on_data_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
         """A requestor's data set whose SOP Class UID (0008,0016), in its first fragments, is not
@@ -117,6 +180,12 @@ class ServicesCheck(Check):
         the object itself at reception (0xA900, store_forward.screening)."""
         if not isinstance(event, DimseDatasetStart) or not event.from_requestor or self.store_and_forward:
             return ALLOW
+        # The data set of a refused request is swallowed: the PACS never sees it, and the client gets
+        # the refusal once it is in, as docs/gateway.md says. A request on_request never saw was
+        # refused by a check before this one (decide() stops there).
+        announced = self._announced.pop(assoc, None)
+        if announced is None or announced.refused is not None:
+            return ALLOW
         theirs, context = event.peek.sop_class_uid, assoc.abstract_syntax(event.context_id)
         if not theirs or not context or theirs == context or context == VERIFICATION:
             return ALLOW
@@ -124,6 +193,14 @@ class ServicesCheck(Check):
             else "dimse.dataset-sop-class"
         return Verdict(Action.ABORT, f"a data set of {_name(theirs)} sent on a presentation context for "
                        f"{_name(context)}, PS3.4 B.2.3 ({rule})", rule)
+
+
+def _service_name(command: dimse.CommandSet, service: str, abstract_syntax: str | None) -> str:
+    """How a refusal names the request: its service, and for `N-*` the command and its context."""
+    if service != "N-*":
+        return service
+    where = f" on a presentation context for {_name(abstract_syntax)}" if abstract_syntax else ""
+    return f"{dimse.command_name(command.command_field)}{where} (service N-*)"
 
 
 def _name(uid: str) -> str:
