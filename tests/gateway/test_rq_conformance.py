@@ -47,6 +47,7 @@ def test_refused_with_its_rj_and_never_forwarded(case: Malformed) -> None:
     assert rejected.details["rule"] == f"conformance.{case.field}"
     assert case.value in rejected.details["reason"]
     assert (rejected.details["result"], rejected.details["source"], rejected.details["reason_code"]) == case.rj
+    assert "secret" not in rejected.message and "secret" not in str(rejected.details)  # a passcode is never quoted
 
 
 @pytest.mark.parametrize("name, raw, code", undecodable("M"), ids=lambda v: v if isinstance(v, str) else "")
