@@ -18,5 +18,12 @@ KINDS = (
                # an aggregate: the matches a limit window held back, and when the first and last were
                "aggregate": BOOLEAN, "count": INTEGER, "first": TIME, "last": TIME},
               required=("rule_id", "title", "action", "protocol", "on", "observation")),
+    EventKind("ids.anomaly.*", "the passive sensor saw traffic a receiver may read otherwise than a naive "
+              "observer (an IDS evasion attempt): the kind ends with the anomaly (docs/ids.md)",
+              {"anomaly": {"enum": ["tcp-rst-invalid", "tcp-overlap-different-data", "ip-fragment-overlap",
+                                    "ip-fragment-different-data"]},
+               "sensor": STRING, "flow_id": nullable(STRING), "from_client": nullable(BOOLEAN),
+               "offset": INTEGER, "length": INTEGER, "detail": STRING},
+              required=("anomaly", "sensor", "offset", "length", "detail")),
     *DICOM_RECORDS,
 )

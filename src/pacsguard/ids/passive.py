@@ -73,7 +73,8 @@ class PassiveStats:
     @property
     def incomplete(self) -> bool:
         """The capture could not be read completely: reading stopped at damage, frames were
-        skipped as damaged (or dropped by the kernel), or their link type cannot be read."""
+        skipped as damaged (or dropped by the kernel, or IP fragments over the reassembly limits),
+        frames were cut short by the snap length, or their link type cannot be read."""
         return bool(self.capture.lost_problems or self.unreadable_frames)
 
     def lost(self) -> str:
@@ -85,9 +86,12 @@ class PassiveStats:
         if cap.stopped is not None:
             where = f" at offset {cap.stopped.offset:,} of {self.size:,} bytes" if cap.stopped.offset >= 0 else ""
             parts.append(f"reading stopped{where}: {cap.stopped.what}")
-        skipped = cap.lost_problems - (cap.stopped is not None)
+        skipped = cap.lost_problems - (cap.stopped is not None) - (cap.snap_truncated > 0)
         if skipped:
             parts.append(f"{skipped:,} damaged frames or blocks skipped")
+        if cap.snap_truncated:
+            parts.append(f"{cap.snap_truncated:,} frames cut short by the snap length "
+                         f"({cap.snap_missing_bytes:,} TCP payload bytes not captured)")
         if self.unreadable_frames:
             kinds = ", ".join(sorted(k for k in cap.non_tcp if k.startswith("linktype-")))
             parts.append(f"{self.unreadable_frames:,} frames of a link type that cannot be read ({kinds})")
@@ -110,6 +114,13 @@ class PassiveStats:
                 "gap_bytes": cap.gap_bytes,
                 "retransmissions": cap.retransmissions,
                 "out_of_order": cap.out_of_order,
+                "ip_fragments": cap.ip_fragments,
+                "ip_reassembled": cap.ip_reassembled,
+                "ip_fragments_expired": cap.ip_fragments_expired,
+                "ip_fragments_dropped": cap.ip_fragments_dropped,
+                "snap_truncated": cap.snap_truncated,
+                "snap_missing_bytes": cap.snap_missing_bytes,
+                "anomalies": dict(cap.anomalies),
                 "evicted": cap.evicted,
                 "timed_out": cap.timed_out,
                 "close_reasons": dict(cap.close_reasons),

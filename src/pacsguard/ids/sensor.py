@@ -121,6 +121,7 @@ from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.events.model import time_from_us
 from pacsguard.ids.capture import Connection
+from pacsguard.ids.capture.reassembly import StreamAnomaly
 from pacsguard.ids.dicom.adapter import DicomAdapter
 from pacsguard.ids.dicom.sniff import ASSOCIATE_HEAD_BYTES, looks_like_acceptor_pdu, plausible_pdata_header
 from pacsguard.ids.observation import Flow
@@ -464,6 +465,11 @@ class PassiveSensor:
                 self.stats.midstream_associations += 1
         if st.told_engine:
             self._alerts(st, self.dicom.flow_closed(st.flow, now=self._now(ts)))
+
+    def on_anomaly(self, anomaly: StreamAnomaly) -> None:
+        """Traffic the PACS may read otherwise than a naive observer (an evasion attempt): recorded
+        as ``ids.anomaly.<what>`` at its capture time, whatever ``log_associations`` (docs/ids.md)."""
+        self._emit(anomaly_event(anomaly, self.sensor))
 
     # ------------------------------------------------------------------ deciding
 
@@ -889,6 +895,19 @@ class PassiveSensor:
     def _emit(self, event: Event) -> None:
         self.stats.events_published += 1
         self.publish(event)
+
+
+def anomaly_event(a: StreamAnomaly, sensor: str) -> Event:
+    """The ``ids.anomaly.<what>`` Event of a capture-layer anomaly (docs/events.md)."""
+    details = {"anomaly": a.what, "sensor": sensor, "flow_id": f"C{a.conn.conn_id}" if a.conn is not None else None,
+               "from_client": a.from_client, "offset": a.offset, "length": a.length, "detail": a.detail}
+    src = f"{a.src}:{a.sport}" if a.sport else a.src
+    dst = f"{a.dst}:{a.dport}" if a.dport else a.dst
+    return Event(kind=f"ids.anomaly.{a.what}", component="ids",
+                 severity=Severity.NOTICE if a.what == "tcp-rst-invalid" else Severity.WARNING,
+                 outcome=Outcome.UNKNOWN, actor=Party(host=a.src, port=a.sport or None),
+                 target=Party(host=a.dst, port=a.dport or None), details=details, time=time_from_us(a.ts_us),
+                 message=f"{a.detail} ({src} -> {dst})")
 
 
 def _implementation(ui: Any) -> dict[str, str] | None:

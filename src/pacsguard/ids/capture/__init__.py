@@ -1,7 +1,7 @@
 """The passive sensor's packet layer: capture bytes in, ordered per-connection byte streams out.
 
 Two entry points drive a :class:`StreamConsumer` (``on_open``, ``on_data``, ``on_gap``,
-``on_close``) through a :class:`TCPReassembler`:
+``on_close``, and ``on_anomaly`` if it has one: :class:`StreamAnomaly`) through a :class:`TCPReassembler`:
 
 * :func:`read_capture` reads a pcap or pcapng file (formats: :mod:`.reader`; link, IP and TCP
   decoding: :mod:`.decode`; reassembly, per RFC 9293: :mod:`.reassembly`);
@@ -21,21 +21,25 @@ from typing import Callable, Iterable
 from .decode import SUPPORTED_LINKTYPES, decode_tcp
 from .reader import CaptureError, CaptureFile, compile_bpf, iter_frames, live_loop, process_file
 from .reassembly import (
+    ANOMALIES,
     CaptureProblem,
     CaptureStats,
     Connection,
     NullConsumer,
+    StreamAnomaly,
     StreamConsumer,
     TCPReassembler,
 )
 
 __all__ = [
+    "ANOMALIES",
     "CaptureError",
     "CaptureFile",
     "CaptureProblem",
     "CaptureStats",
     "Connection",
     "NullConsumer",
+    "StreamAnomaly",
     "StreamConsumer",
     "SUPPORTED_LINKTYPES",
     "TCPReassembler",

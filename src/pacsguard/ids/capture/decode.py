@@ -14,11 +14,16 @@ Formats:
   LINUX_SLL (113): 16-byte cooked header, protocol type at offset 14;
   LINUX_SLL2 (276): 20-byte cooked header, protocol type at offset 0.
 * IPv4 (RFC 791): header length from IHL, total length bounds the payload (Ethernet padding
-  ignored); fragments (MF set or a fragment offset) are counted and skipped, not reassembled.
+  ignored); fragments (MF set or a fragment offset) are counted and, when they carry TCP, handed
+  to the reassembler of :mod:`.ipfrag`.
 * IPv6 (RFC 8200): hop-by-hop (0), routing (43), destination options (60), mobility (135),
   HIP (139) and shim6 (140) headers skipped by their length field, AH (RFC 4302, 51) too;
-  a fragment header (44) counts as a fragment and the packet is skipped.
+  a fragment header (44) counts as a fragment and goes to :mod:`.ipfrag`.
 * TCP (RFC 9293 section 3.1): data offset, flags, sequence and acknowledgment numbers.
+
+A frame the capture cut short (captured length below what the IP header declares: the snap
+length) keeps its headers; the payload it lacks is reported to the reassembler as missing (a gap)
+and the frame is counted in ``CaptureStats.snap_truncated``, the first one as a capture problem.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ import mmap
 import struct
 from typing import TYPE_CHECKING
 
+from .ipfrag import note_truncated
+
 if TYPE_CHECKING:
+    from .ipfrag import IPDefragmenter
     from .reassembly import CaptureStats
 
 __all__ = [
@@ -120,7 +128,13 @@ def _proto_name(ver: int, proto: int) -> str:
 
 
 def decode_tcp(
-    buf: bytes | mmap.mmap | memoryview, off: int, caplen: int, linktype: int, stats: CaptureStats
+    buf: bytes | mmap.mmap | memoryview,
+    off: int,
+    caplen: int,
+    linktype: int,
+    stats: CaptureStats,
+    defrag: IPDefragmenter | None = None,
+    ts: int = 0,
 ) -> TCPSegment | None:
     """Decode the frame ``buf[off:off+caplen]`` of link type ``linktype`` down to TCP.
 
@@ -128,8 +142,9 @@ def decode_tcp(
     payload is ``buf[payload_start:payload_end]`` (absolute offsets), ``key`` the directional
     4-tuple bytes (see :mod:`.reassembly`) and ``missing`` the payload bytes the IP header declares
     but the capture cut off.  For anything else it counts the frame in ``stats`` (``non_tcp`` by
-    protocol, or ``ip_fragments``) and returns ``None``.  ``buf`` slices must give ``bytes``
-    (``bytes``, ``mmap``), because the key is a slice.
+    protocol, or ``ip_fragments``) and returns ``None``; a fragment goes to ``defrag`` (at capture
+    time ``ts``), which appends the datagram it completes to ``defrag.ready``.  ``buf`` slices must
+    give ``bytes`` (``bytes``, ``mmap``), because the key is a slice.
     """
     end = off + caplen
     count = stats.count_non_tcp
@@ -204,6 +219,8 @@ def decode_tcp(
             return None
         if frag & 0x3FFF:
             stats.ip_fragments += 1
+            if defrag is not None and proto == 6:
+                defrag.add_v4(buf, p, ihl, totlen, end, frag, ts)
             return None
         if proto != 6:
             count(_proto_name(4, proto))
@@ -246,6 +263,8 @@ def decode_tcp(
                 nh = nh2
             elif nh == 44:
                 stats.ip_fragments += 1
+                if defrag is not None:
+                    defrag.add_v6(buf, p, tcp, ip_end, end, ts)
                 return None
             else:
                 break
@@ -283,4 +302,5 @@ def decode_tcp(
     if ip_end > end:
         missing = ip_end - end
         ip_end = end
+        note_truncated(stats, missing, off)
     return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing

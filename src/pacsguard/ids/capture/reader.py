@@ -119,10 +119,13 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
     drain = reasm._drain
     on_data = reasm.on_data
     stats = reasm.stats
+    defrag = reasm.defrag
 
     def generic(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
-        seg = decode_tcp(buf, off, caplen, linktype, stats)
+        seg = decode_tcp(buf, off, caplen, linktype, stats, defrag, ts)
         if seg is None:
+            if defrag.ready:
+                _reassembled(reasm, ts)
             return
         key, _ver, seq, ack, flags, start, end, missing = seg
         half = flows_get(key)
@@ -134,7 +137,8 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
                 half.bytes += end - start
                 on_data(half.conn, half.from_client, mv[start:end], ts)
                 if half.ooo:
-                    drain(half, ts)
+                    drain(half, ts, mv[start:end])
+            half.last_ack = ack
             return
         segment(half, key, seq, ack, flags, mv, start, end, missing, ts)
 
@@ -163,13 +167,26 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
                             half.bytes += end - start
                             on_data(half.conn, half.from_client, mv[start:end], ts)
                             if half.ooo:
-                                drain(half, ts)
+                                drain(half, ts, mv[start:end])
+                        half.last_ack = ack  # what the RST check compares with (reassembly)
                         return
                     segment(half, key, seq, ack, offflags & 0x3F, mv, start, end, 0, ts)
                     return
         generic(buf, mv, off, caplen, ts)
 
     return ethernet
+
+
+def _reassembled(reasm: TCPReassembler, ts: int) -> None:
+    """Feed the datagrams the last fragment completed (:mod:`.ipfrag`) to the reassembler."""
+    ready = reasm.defrag.ready
+    stats = reasm.stats
+    while ready:
+        dg = ready.pop(0)
+        seg = decode_tcp(dg, 0, len(dg), LINKTYPE_RAW, stats)
+        if seg is not None:
+            key, _ver, seq, ack, flags, start, end, missing = seg
+            reasm.segment(reasm.flows.get(key), key, seq, ack, flags, memoryview(dg), start, end, missing, ts)
 
 
 def _noop_tick(ts: int) -> None:

@@ -21,6 +21,26 @@ direction's half with one dict lookup and no canonicalisation.  ``_Half.next_seq
 the fast path must not be taken (direction not started yet, or connection closed), so the reader's
 inlined fast path needs just ``seq == half.next_seq``.
 
+Where a receiver and an observer could read different bytes (IDS evasion, RFC 9293 and Ptacek &
+Newsham 1998), the reassembler does what the protected host, a Linux PACS, does and reports the
+ambiguity as a :class:`StreamAnomaly` (``StreamConsumer.on_anomaly``, optional; counted in
+``CaptureStats.anomalies``):
+
+* RST (RFC 9293 section 3.10.7.4, RFC 5961 section 3.2, Linux ``tcp_validate_incoming``): a RST
+  resets the connection only when its sequence number is exactly the next expected one (also
+  one past a FIN, or what the receiver last acknowledged when that is ahead of it: the capture
+  missed bytes the receiver got, reported as a gap).  Any other RST is one Linux drops (out of window) or answers with a
+  challenge ACK (in window): the connection goes on and is still inspected; the RST is reported
+  as ``tcp-rst-invalid`` and its payload, like Linux, is not taken.
+* Overlapping out-of-order data (Linux ``tcp_data_queue_ofo``): data already delivered in order
+  wins; among buffered segments the one that starts first wins, and at the same start the longer
+  (at the same length, the first to arrive: Linux keeps a segment that covers one from the same
+  start and drops one inside another).  Where the bytes of the segment that lost differ from
+  those delivered, ``tcp-overlap-different-data`` is reported with the stream offset.  Compared
+  are the bytes delivered while the hole was filled (the segment that filled it and the buffered
+  ones drained behind it); a plain retransmission of data delivered earlier is not compared.
+* IP fragments: reassembled by :mod:`.ipfrag` before TCP sees them.
+
 Consumer contract: ``data`` passed to :meth:`StreamConsumer.on_data` is valid only during the call
 (it is usually a zero-copy ``memoryview`` of the capture file's mmap or of a live receive buffer);
 copy it (``bytes(data)``) to keep it.  Exceptions raised by the consumer propagate to the caller.
@@ -32,10 +52,13 @@ import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from .ipfrag import IPDefragmenter
 
 __all__ = [
     "CaptureProblem",
+    "StreamAnomaly",
     "CaptureStats",
     "Connection",
     "StreamConsumer",
@@ -76,6 +99,40 @@ class CaptureProblem:
 
 
 @dataclass(slots=True)
+class StreamAnomaly:
+    """Traffic a receiver and a passive observer may read differently: an IDS evasion technique
+    (or a broken stack).  ``what`` is one of :data:`ANOMALIES`.
+
+    ``src``/``sport`` sent it to ``dst``/``dport`` (ports 0 for an IP fragment).  ``offset``: for
+    TCP the position in the sender's byte stream (0 = the first byte after the SYN, or the first
+    byte seen mid-stream) where the difference starts; for a fragment its offset in the datagram.
+    ``length``: the bytes concerned.  ``conn``/``from_client``: the TCP connection and direction
+    (None for IP fragments).  ``detail`` says what was kept.
+    """
+
+    what: str
+    ts_us: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    offset: int
+    length: int
+    detail: str
+    conn: Connection | None = None
+    from_client: bool | None = None
+
+
+#: anomaly -> what it is (docs/ids.md, "Evasion and ambiguity").
+ANOMALIES = {
+    "tcp-rst-invalid": "a RST whose sequence number a Linux receiver does not accept (RFC 5961 3.2)",
+    "tcp-overlap-different-data": "overlapping TCP segments carry different bytes for the same position",
+    "ip-fragment-overlap": "IP fragments overlap: the datagram is discarded (RFC 5722, Linux)",
+    "ip-fragment-different-data": "a duplicate IP fragment carries different bytes (the first is kept)",
+}
+
+
+@dataclass(slots=True)
 class CaptureStats:
     """Counters for one capture run.  Packet and byte counts are frames read from the capture."""
 
@@ -85,7 +142,13 @@ class CaptureStats:
     # frames given to no connection, by protocol or reason ("ipv4-udp", "arp", "truncated-tcp",
     # "tcp-rst-without-connection", ...)
     non_tcp: dict[str, int] = field(default_factory=dict)
-    ip_fragments: int = 0
+    ip_fragments: int = 0  # IP fragments seen (any protocol)
+    ip_reassembled: int = 0  # TCP datagrams reassembled from fragments
+    ip_fragments_expired: int = 0  # incomplete datagrams given up after the reassembly timeout
+    ip_fragments_dropped: int = 0  # fragments dropped: overlapping, malformed, or over a limit
+    snap_truncated: int = 0  # frames the capture cut short (captured length < what IP declares)
+    snap_missing_bytes: int = 0  # TCP payload bytes those frames did not keep
+    anomalies: dict[str, int] = field(default_factory=dict)  # StreamAnomaly.what -> count
     retransmissions: int = 0  # segments wholly inside already-delivered data (incl. SYN repeats)
     overlaps: int = 0  # segments partly inside delivered data, trimmed
     out_of_order: int = 0  # segments that arrived ahead of a hole and were buffered
@@ -145,6 +208,7 @@ class _Half:
         "ooo",  # heap of (stream position, tiebreak, data, missing) ahead of a hole
         "ooo_bytes",
         "fin_seq",  # sequence number of the FIN, or -1
+        "last_ack",  # acknowledgment number of the last segment this side sent (peer's stream), or -1
     )
 
     def __init__(self, conn: Connection, from_client: bool, key: bytes, ts: int) -> None:
@@ -158,9 +222,12 @@ class _Half:
         self.bytes = 0
         self.gap_bytes = 0
         self.last_ts = ts
-        self.ooo: list[tuple[int, int, bytes, int]] = []
+        # (stream position, -length, arrival, data, missing): the heap pops the segment that wins
+        # an overlap first (lowest start, then the longest, then the first to arrive: Linux)
+        self.ooo: list[tuple[int, int, int, bytes, int]] = []
         self.ooo_bytes = 0
         self.fin_seq = -1
+        self.last_ack = -1
 
     def start(self, seq: int) -> None:
         self.next_seq = seq & _M32
@@ -247,6 +314,8 @@ class StreamConsumer(Protocol):
 
     def on_close(self, conn: Connection, reason: str) -> None: ...
 
+    # Optional (looked up with getattr): ``on_anomaly(anomaly: StreamAnomaly) -> None``.
+
 
 class NullConsumer:
     """A consumer that ignores everything; subclass it and override what you need."""
@@ -263,6 +332,9 @@ class NullConsumer:
         pass
 
     def on_close(self, conn: Connection, reason: str) -> None:
+        pass
+
+    def on_anomaly(self, anomaly: StreamAnomaly) -> None:
         pass
 
 
@@ -340,6 +412,9 @@ class TCPReassembler:
         self._on_gap = consumer.on_gap
         self._on_open = consumer.on_open
         self._on_close = consumer.on_close
+        self._on_anomaly: Callable[[StreamAnomaly], None] | None = getattr(consumer, "on_anomaly", None)
+        #: IP fragments of TCP datagrams, reassembled for :mod:`.reader` (see :mod:`.ipfrag`)
+        self.defrag = IPDefragmenter(self.stats, self.anomaly)
 
     # ------------------------------------------------------------------ public entry points
 
@@ -386,7 +461,15 @@ class TCPReassembler:
         for conn in self._timewait:
             self._forget(conn)
         self._timewait.clear()
+        self.defrag.finish()
         return self.stats
+
+    def anomaly(self, anomaly: StreamAnomaly) -> None:
+        """Count ``anomaly`` and hand it to the consumer's ``on_anomaly`` (if it has one)."""
+        counts = self.stats.anomalies
+        counts[anomaly.what] = counts.get(anomaly.what, 0) + 1
+        if self._on_anomaly is not None:
+            self._on_anomaly(anomaly)
 
     # ------------------------------------------------------------------ slow path
 
@@ -438,6 +521,21 @@ class TCPReassembler:
         half.packets += 1
         half.last_ts = ts
         conn = half.conn
+        if flags & ACK:
+            half.last_ack = ack
+
+        if flags & RST:
+            # RFC 9293 3.10.7.4 / RFC 5961 3.2: checked before the data, whose payload a receiver
+            # never takes from a RST segment, acceptable or not.
+            if not self._rst_acceptable(half, seq):
+                self._rst_invalid(half, seq, ts)
+                return
+            if conn.closed_first_by_client is None:
+                conn.closed_first_by_client = half.from_client
+            if half.started and half.fin_seq < 0:
+                half.fin_seq = seq  # the stream ended there: bytes before it the capture lacks are a gap
+            self._close(conn, "rst", ts)
+            return
 
         if flags & SYN:
             seq1 = (seq + 1) & _M32
@@ -464,7 +562,7 @@ class TCPReassembler:
             if d == 0:
                 self._deliver(half, mv[start:end], missing, ts)
                 if half.ooo:
-                    self._drain(half, ts)
+                    self._drain(half, ts, None if missing else mv[start:end])
             elif d > 0:
                 if d > _MAX_AHEAD:
                     self.stats.out_of_window += 1
@@ -482,20 +580,68 @@ class TCPReassembler:
                 else:
                     self._deliver(half, mv[0:0], missing - (cut - captured), ts)
                 if half.ooo:
-                    self._drain(half, ts)
+                    self._drain(half, ts, None if missing or cut >= captured else mv[start + cut : end])
 
-        if flags & (FIN | RST):
+        if flags & FIN:
             if conn.closed_first_by_client is None:
                 conn.closed_first_by_client = half.from_client
-            if flags & RST:
-                self._close(conn, "rst", ts)
-                return
             half.fin_seq = (seq + n) & _M32
             peer = self._peer(half)
             if peer.fin_seq >= 0:
                 self._close(conn, "fin", ts)
 
     # ------------------------------------------------------------------ internals
+
+    def _rst_acceptable(self, half: _Half, seq: int) -> bool:
+        """RFC 5961 3.2 as Linux applies it: a RST resets only at exactly RCV.NXT.  The observer's
+        RCV.NXT is the next sequence number it expects, one past the sender's FIN, or what the
+        receiver last acknowledged when that is ahead of it (the capture lacks bytes the receiver
+        got; an acknowledgment behind it is stale: the receiver has had those bytes since, and a RST
+        sent there before the ACK caught up is dropped).  A direction that sent nothing yet (a
+        refused SYN, a mid-stream start) has nothing to check against."""
+        nxt = half.next_seq
+        if not half.started or seq == nxt:
+            return True
+        if half.fin_seq >= 0 and seq == (half.fin_seq + 1) & _M32:
+            return True
+        acked = self._peer(half).last_ack
+        return acked == seq and 0 < ((acked - nxt) & _M32) < _MAX_AHEAD
+
+    def _rst_invalid(self, half: _Half, seq: int, ts: int) -> None:
+        d = ((seq - half.next_seq + _HALF32) & _M32) - _HALF32
+        self._report(half, "tcp-rst-invalid", half.bytes + half.gap_bytes, 0, ts,
+                     f"RST with sequence number {seq}, {d:+,} bytes from the next expected {half.next_seq}: a "
+                     "Linux receiver does not reset the connection (RFC 5961 3.2); it is still inspected")
+
+    def _report(self, half: _Half, what: str, offset: int, length: int, ts: int, detail: str) -> None:
+        c = half.conn
+        if half.from_client:
+            ends = (c.client_ip, c.client_port, c.server_ip, c.server_port)
+        else:
+            ends = (c.server_ip, c.server_port, c.client_ip, c.client_port)
+        self.anomaly(StreamAnomaly(what, ts, *ends, offset, length, detail, c, half.from_client))
+
+    def _compare(
+        self, half: _Half, recent: Sequence[tuple[int, bytes | memoryview]], spos: int, data: bytes, n: int, ts: int
+    ) -> None:
+        """Compare the first ``n`` bytes of a segment at stream position ``spos`` that lost an overlap
+        with the ``recent`` chunks (position, bytes) delivered in its place; report a difference."""
+        end = spos + min(n, len(data))
+        for cpos, chunk in reversed(recent):
+            cend = cpos + len(chunk)
+            if cend <= spos:
+                break
+            lo, hi = max(spos, cpos), min(end, cend)
+            if lo >= hi:
+                continue
+            mine, kept = data[lo - spos : hi - spos], bytes(chunk[lo - cpos : hi - cpos])
+            if mine != kept:
+                i = next(k for k in range(hi - lo) if mine[k] != kept[k])
+                self._report(half, "tcp-overlap-different-data", lo + i, hi - lo - i, ts,
+                             f"overlapping TCP segments differ in {hi - lo - i} bytes from stream offset "
+                             f"{lo + i}: kept {kept[i : i + 16].hex()} (what a Linux receiver reads), "
+                             f"dropped {mine[i : i + 16].hex()}")
+                return
 
     @staticmethod
     def _peer(half: _Half) -> _Half:
@@ -563,7 +709,7 @@ class TCPReassembler:
         st = self.stats
         st.out_of_order += 1
         ln = len(data)
-        heappush(half.ooo, (pos, st.out_of_order, data, missing))
+        heappush(half.ooo, (pos, -(ln + missing), st.out_of_order, data, missing))
         half.ooo_bytes += ln
         self._buffered += ln
         self._buffering.add(half)
@@ -583,23 +729,32 @@ class TCPReassembler:
             self._gap(half, first - pos)
         self._drain(half, ts)
 
-    def _drain(self, half: _Half, ts: int) -> None:
-        """Deliver buffered segments that have become contiguous with the delivered stream."""
+    def _drain(self, half: _Half, ts: int, filler: bytes | memoryview | None = None) -> None:
+        """Deliver buffered segments that have become contiguous with the delivered stream.
+
+        ``filler``: the bytes just delivered in order that ended at the current position (the
+        segment that filled the hole), to compare overlapping buffered data with."""
         ooo = half.ooo
         pos = half.bytes + half.gap_bytes
+        # what was delivered while the hole filled: (stream position, bytes) in stream order
+        recent: list[tuple[int, bytes | memoryview]] = [] if filler is None else [(pos - len(filler), filler)]
         while ooo and ooo[0][0] <= pos:
-            spos, _, data, missing = heappop(ooo)
+            spos, _, _, data, missing = heappop(ooo)
             ln = len(data)
             half.ooo_bytes -= ln
             self._buffered -= ln
+            skip = pos - spos
+            if skip and recent:
+                self._compare(half, recent, spos, data, skip, ts)
             if spos + ln + missing <= pos:
                 self.stats.retransmissions += 1
                 continue
-            skip = pos - spos
             if skip:
                 self.stats.overlaps += 1
             if skip < ln:
-                self._deliver(half, memoryview(data)[skip:] if skip else data, 0, ts)
+                chunk = memoryview(data)[skip:] if skip else data
+                recent.append((pos, chunk))
+                self._deliver(half, chunk, 0, ts)
                 skip = 0
             else:
                 skip -= ln
@@ -663,6 +818,7 @@ class TCPReassembler:
 
     def _sweep(self, now: int) -> None:
         cutoff = now - self.idle_timeout_us
+        self.defrag.expire(now)
         idle = [c for c in self._open if c.last_ts_us < cutoff]
         for conn in idle:
             self.stats.timed_out += 1
