@@ -1400,12 +1400,16 @@ def _sub_items(buf: Buffer, start: int, end: int, where: str, *, known_only: boo
             if not known_only or sub_type in KNOWN_ITEM_TYPES]
 
 
-def rewrite_associate_rq(raw: Buffer, *, called_ae: str, max_length: int) -> bytes:
+def rewrite_associate_rq(raw: Buffer, *, called_ae: str, max_length: int,
+                         withheld: frozenset[int] = frozenset()) -> bytes:
     """The A-ASSOCIATE-RQ a relay forwards (PS3.8 9.3.2): *raw* with the Called AE title replaced,
     the Maximum Length sub-item (PS3.8 D.1) set to *max_length* (added if absent), and the items
     and presentation context sub-items of unrecognised types left out, since the relay ignores
     them (PS3.8 9.3.1, 9.3.2).  User information sub-items are the application entities' own
     extension point (PS3.7 D.3.3): unknown ones pass, as when the relay decodes and re-encodes.
+
+    The presentation contexts whose IDs are in *withheld* are left out (the relay refuses them
+    itself, so the acceptor never accepts them, PS3.8 9.3.2.2).
 
     Everything else is copied byte for byte: a request that needs no change comes out identical
     but for the Called AE title.  *raw* must have passed :func:`parse_associate_rq`.
@@ -1416,6 +1420,8 @@ def rewrite_associate_rq(raw: Buffer, *, called_ae: str, max_length: int) -> byt
     has_user_information = False
     for item_type, s, e, off in _items(raw, ASSOCIATE_ITEMS_OFFSET, len(raw), "A-ASSOCIATE-RQ"):
         if item_type == ITEM_PRESENTATION_CONTEXT_RQ:
+            if raw[s] in withheld:
+                continue
             subs = _sub_items(raw, s + 4, e, "presentation context", known_only=True)
             body.append(_item(item_type, bytes(raw[s : s + 4]) + b"".join(subs)))
         elif item_type == ITEM_USER_INFORMATION:

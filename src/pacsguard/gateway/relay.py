@@ -169,6 +169,8 @@ class AssociationRelay:
         self.host = ""
         self.port = 0
         self.calling_ae: str | None = None
+        # Contexts of the client's A-ASSOCIATE-RQ the policy refuses: not proposed to the upstream.
+        self.withheld: dict[int, str] = {}
         self.cert: dict[str, Any] | None = None
         self.record: AssociationRecord | None = None
         # Per direction (True = from the client): command PDVs held until the command set is judged,
@@ -555,8 +557,10 @@ class AssociationRelay:
         self.timer.arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
         max_length = P.capped_max_length(rq.max_length, self.route.limits.max_pdu_length)
+        self.withheld = self._refused_contexts(rq)
         forwarded = _canonical_rq(P.rewrite_associate_rq(raw_pdu.raw, called_ae=self.route.upstream.ae_title,
-                                                         max_length=max_length), rq)
+                                                         max_length=max_length, withheld=frozenset(self.withheld)),
+                                  rq)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect(forwarded))
 
     def reject(self, verdict: Verdict, *, by: str = "gateway") -> None:
@@ -657,12 +661,24 @@ class AssociationRelay:
         self.protocol_error(False, "unexpected-pdu", f"{raw_pdu.name} while awaiting A-ASSOCIATE-AC")
         return []
 
+    def _refused_contexts(self, rq: P.AssociateRQ) -> dict[int, str]:
+        """The client's proposed contexts the policy does not allow (ID -> abstract syntax), to be
+        withheld from the upstream: a PACS that accepted one would use it, as for a C-GET's
+        sub-operations of a refused SOP class (PS3.4 C.4.3), which the gateway could only abort.
+        None withheld when every context is refused: the upstream then answers for them all."""
+        refused = {pc.context_id: pc.abstract_syntax for pc in rq.presentation_contexts
+                   if decide(self.rt.checks, "on_context", self, pc.abstract_syntax).refused}
+        return refused if len(refused) < len(rq.presentation_contexts) else {}
+
     def _filter_contexts(self, ac: P.AssociateAC) -> tuple[P.AssociateAC, list[str]]:
-        """Mark contexts the policy does not allow as user-rejected (PS3.8 Table 9-18, result 1)."""
+        """Mark contexts the policy does not allow as user-rejected (PS3.8 Table 9-18, result 1),
+        the withheld ones too, in the order of their IDs."""
         rq = self.decoder.rq
-        refused: list[str] = []
-        contexts = []
+        refused: list[str] = list(self.withheld.values())
+        contexts = [P.PresentationContextAC(cid, P.PC_USER_REJECTION, None) for cid in self.withheld]
         for pc in ac.presentation_contexts:
+            if pc.context_id in self.withheld:
+                continue  # not proposed to it: an upstream that answers for it anyway is not heard
             if pc.result == 0 and rq is not None:
                 proposed = rq.context(pc.context_id)
                 abstract = proposed.abstract_syntax if proposed is not None else None
@@ -670,6 +686,7 @@ class AssociationRelay:
                     refused.append(abstract)
                     pc = replace(pc, result=P.PC_USER_REJECTION)
             contexts.append(pc)
+        contexts.sort(key=lambda pc: pc.context_id)
         return (replace(ac, presentation_contexts=contexts) if refused else ac), refused
 
     # --- P-DATA -------------------------------------------------------------------------------
