@@ -82,7 +82,7 @@ def cases(prefix: str) -> list[Malformed]:
         # User Identity Negotiation values PS3.7 D.3.3.7.1 does not define (Table D.3-14)
         Malformed("identity-type-0", build(ae("T0"), info=_info(P.UserIdentityRQ(0, 0, b"alice"))),
                   "user-identity.type", "0", RJ_INVALID),
-        Malformed("identity-type-9", build(ae("T9"), info=_info(P.UserIdentityRQ(9, 0, b"alice", b"secret"))),
+        Malformed("identity-type-9", build(ae("T9"), info=_info(P.UserIdentityRQ(9, 0, b"alice"))),
                   "user-identity.type", "9", RJ_INVALID),
         Malformed("identity-positive-response-2", build(ae("PR"), info=_info(P.UserIdentityRQ(1, 2, b"alice"))),
                   "user-identity.positive-response-requested", "2", RJ_INVALID),

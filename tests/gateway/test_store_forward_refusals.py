@@ -220,8 +220,11 @@ def test_a_sop_instance_uid_past_the_first_fragments_that_agrees_is_spooled(tmp_
 
 def test_a_sop_instance_uid_beyond_what_is_read_back_is_refused(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read back up to screening.DEEP (16 MiB); a UID hidden further cannot be compared: refused."""
+    """Read back up to screening.DEEP (16 MiB); a UID not found within it cannot be compared: refused.
+    The decoder's walk reads a data set to its UIDs however far in they lie, so here it is stopped
+    before them: by a 90 KB SOP Class UID, past the 64 KiB of a value it holds (PS3.5 6.2: 64 bytes)."""
     monkeypatch.setattr(screening, "DEEP", 80_000)
-    answer, published = play(tmp_path, [store(hidden(UID, 90_000))])
+    blocked = implicit(0x00080016, b"1" * 90_000) + implicit(0x00080018, ui(UID)) + implicit(0x00100020, b"REFUSE")
+    answer, published = play(tmp_path, [store(blocked)])
     refused_at_reception(tmp_path, answer, published, status=dimse.STATUS_CANNOT_UNDERSTAND,
                          rule="c-store.sop-instance-unseen", naming="80,000")

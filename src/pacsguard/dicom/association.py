@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import events as ev
-from .dataset import peek_identifiers
+from .dataset import PeekWalker, peek_walker
 from .dimse import MAX_COMMAND_SET_LENGTH, CommandSet, decode_command_set
 from .errors import COMMAND_SET_TOO_LARGE, RESERVED_FIELD_NONZERO, UNKNOWN_PDU_TYPE, DecodeError, Tolerate
 from .events import (
@@ -59,7 +59,7 @@ from .pdu import (
 )
 from .stream import DEFAULT_MAX_PDU_LENGTH, PDUReader, RawPDU
 
-#: Data set bytes kept per message for :func:`peek_identifiers`.
+#: Largest wanted value (a UID, a patient ID) the identifier walk holds across data set fragments.
 DEFAULT_PEEK_BYTES: Final = 64 * 1024
 
 _IDLE: Final = 0
@@ -94,7 +94,7 @@ class _Assembly:
 
     Messages are not interleaved within an association, so one per direction
     suffices.  Command fragments are joined (command sets are small); data set
-    fragments are counted, and only the first ``peek_bytes`` are kept.
+    fragments are counted and walked for identifiers as they come, not kept.
     """
 
     __slots__ = (
@@ -104,7 +104,7 @@ class _Assembly:
         "command",
         "transfer_syntax",
         "message_id",
-        "peek_buf",
+        "walker",
         "peek_done",
         "dataset_bytes",
         "synced",
@@ -117,7 +117,7 @@ class _Assembly:
         self.command: CommandSet | None = None
         self.transfer_syntax: str | None = None
         self.message_id: int | None = None
-        self.peek_buf = bytearray()
+        self.walker: PeekWalker | None = None
         self.peek_done = False
         self.dataset_bytes = 0
         # False while a mid-stream observer has not yet seen a command start in
@@ -128,7 +128,7 @@ class _Assembly:
         self.phase = _IDLE
         self.command_buf = bytearray()
         self.command = None
-        self.peek_buf = bytearray()
+        self.walker = None
         self.peek_done = False
         self.dataset_bytes = 0
 
@@ -140,7 +140,8 @@ class AssociationDecoder:
     ``feed`` splits raw bytes with one :class:`PDUReader` per direction (the IDS).
 
     Args:
-        peek_bytes: data set prefix kept for identifier extraction.
+        peek_bytes: largest wanted value (Patient ID, a UID...) the identifier walk holds
+            while it is cut by a fragment boundary; the walk itself sees the whole data set.
         max_pdu_length: largest PDU the internal readers accept (``feed`` only).
         strict: stricter-than-standard checks of reserved fields (see PDUReader).
         resync: let the internal readers skip garbage (IDS joining mid-stream).
@@ -599,7 +600,7 @@ class AssociationDecoder:
             asm.command = command
             asm.transfer_syntax = transfer
             asm.message_id = command.correlation_id
-            asm.peek_buf = bytearray()
+            asm.walker = None
             asm.peek_done = False
             asm.dataset_bytes = 0
         else:
@@ -615,22 +616,19 @@ class AssociationDecoder:
         is_last: bool,
         events: list[ProtocolEvent],
     ) -> None:
-        take = min(end - start, self.peek_bytes - len(asm.peek_buf))
-        chunk = memoryview(raw)[start : start + take]
-        if asm.peek_buf:
-            asm.peek_buf += chunk
-            data: bytes | bytearray | memoryview = asm.peek_buf
-        else:
-            data = chunk  # first fragment: peek in place, copy only if more is needed
-        # The peek sees the whole data set only if nothing was cut by peek_bytes.
-        whole = is_last and asm.dataset_bytes == len(data)
-        peek = peek_identifiers(data, asm.transfer_syntax, final=whole)
-        if peek.complete or is_last or len(data) >= self.peek_bytes:
-            events.append(DimseDatasetStart(from_requestor, asm.context_id, asm.message_id, peek))
+        """Walk one data set fragment for identifiers; once they are all seen, or the walk ends (the
+        last fragment, or a structural problem), report them with DimseDatasetStart."""
+        walker = asm.walker
+        if walker is None:
+            walker = asm.walker = peek_walker(asm.transfer_syntax, value_cap=self.peek_bytes)
+        # The fragment is read in place: the walker keeps no reference to it.
+        walker.feed(memoryview(raw)[start:end])
+        if is_last:
+            walker.finish()
+        if walker.done:
+            events.append(DimseDatasetStart(from_requestor, asm.context_id, asm.message_id, walker.peek))
             asm.peek_done = True
-            asm.peek_buf = bytearray()
-        elif not asm.peek_buf:
-            asm.peek_buf += chunk
+            asm.walker = None
 
     def _end_dataset(
         self,

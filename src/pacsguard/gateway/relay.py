@@ -715,6 +715,10 @@ class AssociationRelay:
                     return []
                 decisions.append(refused)
                 continue
+            if isinstance(ev, DimseDatasetStart):
+                # Recorded before it is judged: a data set the checks abort on is still named with
+                # its patient and study in the C-STORE's record.
+                self._record().dataset_start(ev)
             if self._aborted_for(decide(self.rt.checks, "on_data_event", self, ev)):
                 return []
             if isinstance(ev, ProtocolViolation):
@@ -728,8 +732,6 @@ class AssociationRelay:
                     continue
                 self._record().command(ev)
                 decisions.append(None)
-            elif isinstance(ev, DimseDatasetStart):
-                self._record().dataset_start(ev)
             elif isinstance(ev, DimseDatasetEnd):
                 self._record().dataset_end(ev)
         # Fast path: one PDV, nothing held or swallowed in this direction, and either a data fragment
