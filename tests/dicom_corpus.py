@@ -67,3 +67,20 @@ def el_implicit(tag: int, value: bytes, length: int | None = None, little: bool 
         value += pad
     e = "<" if little else ">"
     return struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value) if length is None else length) + value
+
+
+def language_codes(ds: Dataset, count: int, *, undefined: bool = False) -> Dataset:
+    """Give pydicom data set *ds* a Language Code Sequence (0008,0006) of *count* items, ~90 bytes
+    each (3000: 270 KB, before every identifier of a data set); of defined length (pydicom's
+    default) or undefined length, items too (PS3.5 7.5)."""
+    from pydicom.sequence import Sequence
+
+    items = []
+    for _ in range(count):
+        it = Dataset()
+        it.CodeValue, it.CodingSchemeDesignator, it.CodeMeaning = "en", "RFC5646", "English" + "x" * 40
+        it.is_undefined_length_sequence_item = undefined
+        items.append(it)
+    ds.LanguageCodeSequence = Sequence(items)
+    ds["LanguageCodeSequence"].is_undefined_length = undefined
+    return ds

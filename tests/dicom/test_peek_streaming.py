@@ -19,8 +19,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.sequence import Sequence
 
+from dicom_corpus import language_codes
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.dataset import (
@@ -250,20 +250,6 @@ def encode(ds: Dataset, implicit: bool = False, little: bool = True) -> bytes:
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
     write_dataset(buffer, ds)
     return buffer.getvalue()
-
-
-def language_codes(ds: Dataset, count: int, *, undefined: bool = False) -> Dataset:
-    """Give *ds* a Language Code Sequence (0008,0006) of *count* items, ~90 bytes each; pydicom
-    writes defined lengths unless told otherwise."""
-    items = []
-    for _ in range(count):
-        it = Dataset()
-        it.CodeValue, it.CodingSchemeDesignator, it.CodeMeaning = "en", "RFC5646", "English" + "x" * 40
-        it.is_undefined_length_sequence_item = undefined
-        items.append(it)
-    ds.LanguageCodeSequence = Sequence(items)
-    ds["LanguageCodeSequence"].is_undefined_length = undefined
-    return ds
 
 
 def identified(ds: Dataset, sop_class: str = MR) -> Dataset:

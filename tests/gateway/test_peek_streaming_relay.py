@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
 )
 
+from dicom_corpus import language_codes
 from peers.dcmtk import free_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(120)]
@@ -65,20 +66,6 @@ def pacs() -> Iterator[Pacs]:
     made.server.shutdown()
 
 
-def language_codes(ds: Dataset, count: int = 3000, *, undefined: bool = False) -> Dataset:
-    """Give *ds* a Language Code Sequence (0008,0006) of *count* items, ~90 bytes each: 270 KB for
-    3000; of defined length (pydicom's default) or undefined length, items too (PS3.5 7.5)."""
-    items = []
-    for _ in range(count):
-        it = Dataset()
-        it.CodeValue, it.CodingSchemeDesignator, it.CodeMeaning = "en", "RFC5646", "English" + "x" * 40
-        it.is_undefined_length_sequence_item = undefined
-        items.append(it)
-    ds.LanguageCodeSequence = Sequence(items)
-    ds["LanguageCodeSequence"].is_undefined_length = undefined
-    return ds
-
-
 def modality(port: int) -> Any:
     client = AE(ae_title="CT1")
     client.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -95,7 +82,7 @@ def test_an_mr_data_set_with_its_sop_class_past_270_kb_is_aborted_on_a_ct_only_r
     never saw (0008,0016). Now the data set is walked to it and the association aborted before its
     last fragment is passed on."""
     gw = gateway(route("main", pacs.port, upstream_ae="PYPACS", policy={"sop_classes": ["CTImageStorage"]}))
-    ds = language_codes(Dataset(), undefined=undefined)
+    ds = language_codes(Dataset(), 3000, undefined=undefined)
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MR, generate_uid(), "MR"
     ds.PatientID, ds.PatientName, ds.StudyInstanceUID = "PEEKPAT1", "Peek^Pat", generate_uid()
     # A file whose meta says CT: pynetdicom sends its data set as it is, under a CT command.
