@@ -231,7 +231,8 @@ def test_the_repository_drops_what_it_already_stored(tmp_path: Path) -> None:
     from pacsguard.atna.outbound.sender import frame
 
     message = to_xml(to_record(own_events(1)[0], "site-a"))  # type: ignore[arg-type]
-    sender = Sender("127.0.0.1", 4000, "tls", "octet-counting")
+    # Only an authenticated sender's resends are dropped (tests/atna/test_outside_round4_feed.py).
+    sender = Sender("127.0.0.1", 4000, "tls", "octet-counting", certificate="CN=gateway-a")
 
     def received(origin: str, seq: int) -> Event:
         framed = frame(origin, seq, message, "gw")
@@ -273,7 +274,8 @@ def test_another_sender_naming_an_origin_cannot_suppress_it(tmp_path: Path) -> N
     dedupe = Deduplicator(records.append)
     assert dedupe.fresh(received(forger, 10**12))
     assert [dedupe.fresh(received(real, s)) for s in (1, 2, 3)] == [True, True, True]
-    assert not dedupe.fresh(received(forger, 5)) and records[0].details["sender"]["host"] == "10.0.0.66"
+    # Nor is anything from an unauthenticated sender ever dropped: the forger's datagram is stored too.
+    assert dedupe.fresh(received(forger, 5)) and records == []
     assert delivery_of('[pacsguard@32473 origin="a\\"b\\]" seq="5"]') == ('a"b]', 5)
 
 

@@ -416,20 +416,25 @@ def test_a_fhir_client_as_the_audit_consumer(tmp_path: Path, monkeypatch: Any) -
 
 def test_an_endpoint_full_of_connections_closes_the_next_ones_and_still_answers(tmp_path: Path,
                                                                                monkeypatch: Any) -> None:
-    """Connections held open without a request, as many as `max_connections`: the next ones are
-    closed unanswered and recorded once; the held ones are still answered."""
+    """Connections of clients that showed the token, as many as `max_connections`: the next ones
+    are answered 503 with Retry-After and recorded once; the held ones are still answered.
+    (Connections that have shown no token are closed to make room: test_outside_round4_receiver.)"""
     import socket
 
     monkeypatch.setenv("ATNA_TOKEN", TOKEN)
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
     port = free_port()
+    request = f"GET /AuditEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}, "max_connections": 2}, store) as rx:
         held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-        time.sleep(0.3)  # both accepted and waiting for their request
+        for s in held:  # authenticated, and kept open (HTTP/1.1 persistent connections)
+            s.sendall(request)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
         over = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
-        assert [s.recv(64) for s in over] == [b""] * 3
+        answers = [read_all(s) for s in over]
+        assert all(a.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 5\r\n" in a for a in answers), answers
         got = rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs), "refusal")
-        held[0].sendall(f"GET /AuditEvent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        held[0].sendall(request)
         assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
         for s in [*held, *over]:
             s.close()
@@ -471,11 +476,12 @@ def test_mutual_tls_instead_of_a_token(tmp_path: Path) -> None:
         # own TLS once let them vanish.
         failed = rx.wait(lambda evs: len([e for e in evs if e.details.get("problem") == "tls-handshake-failed"]) == 2,
                          "two failed handshakes")
-        # Connections that never begin their handshake hold places too: the fourth is refused.
+        # Connections that never begin their handshake hold places too: the fourth closes the first
+        # (the longest waiting without a token or certificate) to make room.
         import socket
 
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
-        assert idle[3].recv(16) == b""
+        assert idle[0].recv(16) == b""
         rx.wait(lambda evs: any(e.details.get("problem") == "too-many-connections" for e in evs), "the refusal")
         for conn in idle:
             conn.close()
@@ -603,6 +609,7 @@ def test_silent_and_slow_clients_are_recorded(tmp_path: Path, monkeypatch: Any,
 
     caplog.set_level("WARNING")
     monkeypatch.setattr(http, "TIMEOUT", 1.0)
+    monkeypatch.setattr(http, "HEAD_TIMEOUT", 1.0)
     monkeypatch.setenv("ATNA_TOKEN", TOKEN)
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
     port = free_port()

@@ -1,96 +1,231 @@
-"""The repository's side of exactly-once delivery: a sender that resends after a reconnection
-(pacsguard's outbound feed) numbers its messages per origin in its structured data; a message at or
-below the highest sequence already stored for its origin is dropped.
+"""The repository's side of exactly-once delivery. A sender that resends after a reconnection
+(pacsguard's outbound feed) numbers its messages in its structured data: the origin (its
+AuditSourceID), the instance of its spool (random, made with the spool) and a sequence.
 
-An origin is only ever compared with what the same sender delivered (its client certificate's
-subject, else its address): a message from another sender that names the origin cannot suppress
-the real one's. What was stored before a restart is learnt once, at start, from the newest
-LOOKBACK audit messages in the store; an origin whose last delivery is older than that starts from
-nothing, so a message it resends may be stored twice (a duplicate, never a loss)."""
+Audit messages are evidence, so a message is dropped as a resend only when this repository already
+stored the very same message: the same payload bytes (their digest) under the same origin,
+instance and sequence, from the same authenticated sender (the subject of a TLS client
+certificate). A message from UDP, plain TCP or TLS without a client certificate is always stored:
+anyone can send one with any numbers. A number used again with other content (a forged message,
+a sender restored from a backup) is stored too, and flagged with an ``atna.delivery.sequence-reused``
+record naming both messages. So a message can be stored twice, never lost.
+
+What was stored is remembered for the newest ``REMEMBER`` numbered messages (a digest and an id
+each, in memory: bounded), learnt once at start from the newest ``LOOKBACK`` audit messages in the
+store; a resend of an older one is stored a second time."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import sys
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pacsguard.events.model import Event, Party, Severity
+from pacsguard.events.model import Event, Outcome, Party, Severity
 
 if TYPE_CHECKING:
     from pacsguard.store import EventStore
 
-_PARAMS = re.compile(r'\[pacsguard@32473 origin="((?:[^"\\]|\\.)*)" seq="(\d+)"\]')
+#: Where the element starts: most messages have none, and a substring test is cheaper than the regex.
+_SD_START = "[pacsguard@32473"
+#: The SD-ELEMENT of the delivery parameters (RFC 5424 6.3), its SD-PARAMs in any order.
+_ELEMENT = re.compile(r'\[pacsguard@32473((?:\s+[^\s="\]]+="(?:[^"\\]|\\.)*")*)\s*\]')
+_PARAM = re.compile(r'([^\s="\]]+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r'\\(["\\\]])')
 
-#: Audit messages read back at start to learn each origin's highest sequence (~20 us each).
+#: Audit messages read back at start to learn what was stored (~20 us each).
 LOOKBACK = 50_000
+#: Numbered messages remembered (about 270 bytes each, 14 MB in all): what a sender resends after a
+#: reconnection is what it sent since its last confirmed delivery, seconds' worth.
+REMEMBER = 50_000
 
-#: (sender, origin): the sender is its certificate subject or its address.
-Key = tuple[str, str]
+
+class Delivery(NamedTuple):
+    """The delivery parameters of a numbered message; ``instance`` is "" from senders that predate it."""
+
+    origin: str
+    instance: str
+    seq: int
+
+
+#: (certificate subject, origin, instance): one sender's sequence space.
+Stream = tuple[str, str, str]
+#: A stream and a sequence number.
+Key = tuple[str, str, str, int]
+
+
+def delivery_params(structured_data: str | None) -> Delivery | None:
+    """The pacsguard@32473 parameters of a message's STRUCTURED-DATA, when it has them."""
+    if not structured_data or _SD_START not in structured_data:
+        return None
+    element = _ELEMENT.search(structured_data)
+    if element is None:
+        return None
+    params = {name: _UNESCAPE.sub(r"\1", value) if "\\" in value else value
+              for name, value in _PARAM.findall(element.group(1))}
+    origin, seq = params.get("origin"), params.get("seq")
+    if origin is None or seq is None or not seq.isdigit() or not seq.isascii():
+        return None
+    return Delivery(origin, params.get("instance", ""), int(seq))
 
 
 def delivery_of(structured_data: str | None) -> tuple[str, int] | None:
-    if not structured_data:
-        return None
-    match = _PARAMS.search(structured_data)
-    if match is None:
-        return None
-    return match.group(1).replace('\\"', '"').replace("\\]", "]").replace("\\\\", "\\"), int(match.group(2))
+    """(origin, seq) of a numbered message (see `delivery_params`)."""
+    found = delivery_params(structured_data)
+    return None if found is None else (found.origin, found.seq)
 
 
-def _delivery(event: Event) -> tuple[Key, int] | None:
+def _numbered(event: Event) -> tuple[Key, Delivery] | None:
+    """The key of a numbered message from an authenticated sender; None for any other message."""
+    # The syslog header first: the reading processes send it decoded, the rest of the details is
+    # decoded only when read (atna/syslog/readers.py), here only for numbered messages.
     syslog = event.details.get("syslog")
-    found = delivery_of(syslog.get("structured_data") if isinstance(syslog, dict) else None)
+    found = delivery_params(syslog.get("structured_data") if isinstance(syslog, dict) else None)
     if found is None:
         return None
     sender: Any = event.details.get("sender")
-    sender = sender if isinstance(sender, dict) else {}
-    who = str(sender.get("certificate") or sender.get("host") or "?")
-    return (who, found[0]), found[1]
+    # Only a client certificate says who sent it: an address is forged with one datagram.
+    if not isinstance(sender, dict) or sender.get("transport") != "tls" or not sender.get("certificate"):
+        return None
+    # Interned: the many keys of one sender share its strings.
+    stream = (sys.intern(str(sender["certificate"])), sys.intern(found.origin), sys.intern(found.instance))
+    return (*stream, found.seq), found
+
+
+def payload_digest(event: Event) -> bytes | None:
+    """A digest of the message's payload (MSG, RFC 5424 6.4) as received: what a resend repeats byte
+    for byte (its header, with the time of sending, changes)."""
+    raw = event.details.get("raw")
+    syslog = event.details.get("syslog")
+    sd = syslog.get("structured_data") if isinstance(syslog, dict) else None
+    payload: bytes | None = None
+    if isinstance(raw, str) and isinstance(sd, str) and sd in raw:
+        # The MSG follows the STRUCTURED-DATA (RFC 5424 6): cheaper than parsing the frame again.
+        payload = raw[raw.index(sd) + len(sd):].strip().encode("utf-8")
+    else:
+        payload = _parsed_payload(event)
+    if payload is None:
+        return None
+    return hashlib.blake2b(payload.removeprefix(b"\xef\xbb\xbf"), digest_size=_DIGEST).digest()
+
+
+def _parsed_payload(event: Event) -> bytes | None:
+    """The MSG of a frame received as bytes that are not UTF-8 (``raw_base64``)."""
+    from pacsguard.atna.syslog import rfc5424
+
+    try:
+        frame = base64.b64decode(event.details["raw_base64"])
+        return rfc5424.parse(frame).msg.strip()
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 class Deduplicator:
-    """The highest sequence stored per (sender, origin); ``record`` is given one Event for the first
-    resent message of each run of them, so a drop leaves a trace without a record per message."""
+    """What was stored per numbered message (a digest and an event id); ``record`` is given one Event
+    for the first resent message of each run of them, so a drop leaves a trace without a record per
+    message, and one for each number used again with other content."""
 
-    def __init__(self, record: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, record: Callable[[Event], None] | None = None, remember: int = REMEMBER) -> None:
         self.record = record
-        self.highest: dict[Key, int] = {}
+        self.remember = remember
+        #: key -> digest + event id (`_pack`), oldest first; a number used again keeps its other
+        #: messages in ``others`` (rare: a forger or a sender restored from a backup).
+        self.stored: OrderedDict[Key, bytes] = OrderedDict()
+        self.others: dict[Key, list[bytes]] = {}
         self.dropped = 0
-        self._in_run: set[Key] = set()
+        self._in_run: set[Stream] = set()
 
     def learn(self, store: EventStore, lookback: int = LOOKBACK) -> None:
-        """Each (sender, origin)'s highest sequence among the newest ``lookback`` audit messages."""
+        """What the newest ``lookback`` audit messages of the store were (oldest remembered first)."""
         from pacsguard.store import EventQuery
 
-        for stored in store.search(EventQuery(kind="atna.*", newest_first=True, limit=lookback)):
-            found = _delivery(stored.event)
-            if found is not None:
-                key, seq = found
-                self.highest[key] = max(seq, self.highest.get(key, 0))
+        found = []
+        for stored in store.search(EventQuery(kind="atna.audit.*", newest_first=True, limit=lookback)):
+            numbered = _numbered(stored.event)
+            if numbered is not None:
+                digest = payload_digest(stored.event)
+                if digest is not None:
+                    found.append((numbered[0], _pack(digest, stored.event.id)))
+        for key, packed in reversed(found):
+            if self._match(key, packed[:_DIGEST]) is None:
+                self._remember(key, packed)
 
     def fresh(self, event: Event) -> bool:
         """False for a message this repository already stored (then it is not published again)."""
-        found = _delivery(event)
-        if found is None:
+        numbered = _numbered(event)
+        if numbered is None:
             return True
-        key, seq = found
-        highest = self.highest.get(key, 0)
-        if seq > highest:
-            self.highest[key] = seq
-            self._in_run.discard(key)
+        key, delivery = numbered
+        digest = payload_digest(event)
+        if digest is None:
             return True
-        self.dropped += 1
-        if key not in self._in_run and self.record is not None:
-            self._in_run.add(key)
-            self.record(_duplicate(event, key, seq, highest))
-        return False
+        stream = key[:3]
+        same = self._match(key, digest)
+        if same is not None:
+            self.dropped += 1
+            if stream not in self._in_run and self.record is not None:
+                self._in_run.add(stream)
+                self.record(_duplicate(event, delivery, same))
+            return False
+        self._in_run.discard(stream)
+        first = self.stored.get(key)
+        if first is not None and self.record is not None:
+            self.record(_reused(event, delivery, first[_DIGEST:].decode()))
+        self._remember(key, _pack(digest, event.id))
+        return True
+
+    def _match(self, key: Key, digest: bytes) -> str | None:
+        """The id of the stored message under ``key`` with this digest, if any."""
+        candidates: list[bytes] = [self.stored.get(key, b""), *self.others.get(key, [])]
+        for packed in candidates:
+            if packed[:_DIGEST] == digest:
+                return packed[_DIGEST:].decode()
+        return None
+
+    def _remember(self, key: Key, packed: bytes) -> None:
+        if key in self.stored:
+            self.others.setdefault(key, []).append(packed)
+            return
+        self.stored[key] = packed
+        while len(self.stored) > self.remember:
+            oldest, _ = self.stored.popitem(last=False)
+            self.others.pop(oldest, None)
 
 
-def _duplicate(event: Event, key: Key, seq: int, highest: int) -> Event:
-    who, origin = key
-    sender: Any = event.details.get("sender") or {}
+_DIGEST = 16
+
+
+def _pack(digest: bytes, event_id: str) -> bytes:
+    """One remembered message in one object (~50 bytes, not a tuple of two): its digest, its id."""
+    return digest + event_id.encode()
+
+
+def _sender(event: Event) -> dict[str, Any]:
+    sender: Any = event.details.get("sender")
+    return dict(sender) if isinstance(sender, dict) else {}
+
+
+def _duplicate(event: Event, delivery: Delivery, stored_id: str) -> Event:
+    sender = _sender(event)
+    instance = f" instance {delivery.instance}" if delivery.instance else ""
     return Event(kind="atna.delivery.duplicate", component="atna", severity=Severity.NOTICE,
                  actor=Party(host=sender.get("host"), port=sender.get("port")),
-                 message=f"{origin} via {who} resent message {seq}, already stored (highest {highest}): dropped, "
-                         "and any more of this resend",
-                 details={"sender": sender, "origin": origin, "seq": seq, "highest": highest})
+                 message=f"{delivery.origin}{instance} via {sender.get('certificate')} resent message "
+                         f"{delivery.seq}, already stored byte for byte (event {stored_id}): dropped, and any "
+                         "more of this resend",
+                 details={"sender": sender, "origin": delivery.origin, "instance": delivery.instance,
+                          "seq": delivery.seq, "stored_id": stored_id})
+
+
+def _reused(event: Event, delivery: Delivery, stored_id: str) -> Event:
+    sender = _sender(event)
+    instance = f" instance {delivery.instance}" if delivery.instance else ""
+    return Event(kind="atna.delivery.sequence-reused", component="atna", severity=Severity.WARNING,
+                 outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.get("host"), port=sender.get("port")),
+                 message=f"{delivery.origin}{instance} via {sender.get('certificate')} numbered two different "
+                         f"messages {delivery.seq}: event {stored_id} and event {event.id}; both are stored",
+                 details={"sender": sender, "origin": delivery.origin, "instance": delivery.instance,
+                          "seq": delivery.seq, "stored_id": stored_id, "new_id": event.id})

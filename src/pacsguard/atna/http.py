@@ -2,12 +2,15 @@
 GET /AuditEvent/ID reads one of its entries, FHIR R4 3.1.0.1) and FHIR AuditEvent intake (POST
 /AuditEvent, as ITI-20's RESTful option). A small, bounded HTTP/1.1 server (RFC 9112): persistent
 connections (RFC 9112 9.3) serving requests one after another, at most MAX_REQUESTS on one
-connection; a head of at most 16 KiB, with one Host field (RFC 9112 3.2), and a whole request
-within TIMEOUT; a body of at most the configured message size given by Content-Length, a 100
+connection; a head of at most 16 KiB, with one Host field (RFC 9112 3.2), within HEAD_TIMEOUT
+(of the connection's opening for its first request: slowloris), and a whole request within
+TIMEOUT; a body of at most the configured message size given by Content-Length, a 100
 (Continue) sent first when the client waits for one (RFC 9110 10.1.1); every request
-authenticated by the bearer token (RFC 6750) or by a verified client certificate. A refused, cut
-short or too slow request, and a connection that sent nothing, is an Event naming the sender; the
-server goes on."""
+authenticated by the bearer token (RFC 6750), a verified client certificate, or both when both
+are configured. At most max_connections connections: when full, the one waiting longest without
+having shown the token makes room, else the newcomer is answered 503. A refused, cut short or too
+slow request, and a connection that sent nothing, is an Event naming the sender; the server goes
+on."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -46,6 +50,9 @@ log = logging.getLogger("pacsguard.atna")
 _HOST = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
 #: RFC 9112 2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT; only major version 1 is served.
 _VERSION = re.compile(r"HTTP/1\.[0-9]")
+#: A run of a header value up to a separator (RFC 7240 2: "," between preferences, ";" before a
+#: preference's parameters), a quoted-string (RFC 9110 5.6.4) in it taken whole.
+_ITEM = re.compile(r'(?:[^,;"]|"(?:[^"\\]|\\.)*")+|[,;]')
 #: The paths of the AuditEvent type, with or without the /fhir prefix: searched (GET), posted to.
 _AUDIT_EVENTS = ("/AuditEvent", "/fhir/AuditEvent")
 #: The path of one AuditEvent (FHIR R4 3.1.0.1, read): a search Bundle's fullUrl, a POST's Location.
@@ -54,9 +61,21 @@ _AUDIT_EVENT = re.compile(r"(/fhir)?/AuditEvent/([^/]+)")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 MAX_HEAD = 16 * 1024
-#: Seconds a connection may stay idle before its first request or between two (then it is closed),
-#: and seconds a request may take from its first octet to its last (then 408 Request Timeout).
+#: Seconds a connection may stay idle between two requests (then it is closed), and seconds a
+#: request may take from its first octet to its last (then 408 Request Timeout).
 TIMEOUT = 30.0
+#: Seconds a new connection has for its first request's whole head (from when it opened, or when
+#: its TLS handshake was done; that handshake has as long), and a later request for its head from
+#: its first octet: a client that has not yet shown the token holds a place this long at most
+#: (slowloris; Apache's mod_reqtimeout allows 20-40 s, nginx's client_header_timeout 60 s).
+HEAD_TIMEOUT = 10.0
+#: Seconds a client turned away (every place held by authenticated clients) is told to wait
+#: (503 Service Unavailable, Retry-After: RFC 9110 10.2.3).
+RETRY_AFTER = 5
+#: Seconds a connection turned away with 503 is still read, for the client to take the answer, and
+#: how many may be so at once (beyond, closed unanswered: a flood must not hold sockets this way).
+TURNED_AWAY_LINGER = 1.0
+TURNED_AWAY_MOST = 64
 #: Requests served on one connection; the last answer says "Connection: close" (RFC 9112 9.6), so
 #: that no client holds one of the max_connections places for ever.
 MAX_REQUESTS = 1000
@@ -75,6 +94,7 @@ class Reply:
     body: dict[str, Any]
     location: str | None = None
     close: bool = False  # the connection ends after this answer
+    retry_after: int | None = None  # seconds, for a 503 (RFC 9110 10.2.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +136,19 @@ def outcome(status: HTTPStatus, text: str) -> Reply:
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
 
 
+@dataclass(eq=False, slots=True)
+class Place:
+    """One of the max_connections places, held by a connection: its sender, when it opened (or its
+    TLS handshake was done; the event loop's clock), whether a request on it has shown the token
+    or certificate, and how to close it to make room for another (without recording it again)."""
+
+    sender: Sender
+    opened: float
+    drop: Callable[[], object]
+    authenticated: bool = False
+    dropped: bool = False  # closed to make room
+
+
 class RestfulAtna:
     def __init__(self, config: HttpListener, publish: Publish, store: EventStore, resolve: Any,
                  max_body: int, max_connections: int = 1000) -> None:
@@ -124,8 +157,9 @@ class RestfulAtna:
         self.store = store
         self.max_body = max_body
         self.max_connections = max_connections
-        self.open = 0  # connections being served
-        self.handshaking = 0  # HTTPS connections still in their TLS handshake
+        #: The connections holding a place: served, or (HTTPS) still in their TLS handshake.
+        self.places: set[Place] = set()
+        self._turning_away = 0  # connections being answered 503
         self._writers: set[asyncio.StreamWriter] = set()  # theirs, closed with the server
         self.refusals = Refusals()
         self.token = config.token.resolve().encode() if config.token is not None else None
@@ -146,7 +180,7 @@ class RestfulAtna:
 
             context = self.context
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: TlsConnection(context, self, TIMEOUT, MAX_HEAD), host, port)
+                lambda: TlsConnection(context, self, HEAD_TIMEOUT, MAX_HEAD), host, port)
         else:
             self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         bound = self._server.sockets[0].getsockname()
@@ -166,54 +200,102 @@ class RestfulAtna:
     def handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None:
         self._record(Sender(peer[0], peer[1], self.scheme), problem, why, "", "")
 
-    def admit(self, peer: tuple[str, int | None]) -> bool:
-        if not self._full(Sender(peer[0], peer[1], self.scheme)):
-            self.handshaking += 1
-            return True
-        return False
+    def admit(self, peer: tuple[str, int | None], drop: Callable[[], object]) -> Place | None:
+        return self._admit(Sender(peer[0], peer[1], self.scheme), drop)
 
-    def handshake_over(self) -> None:
-        self.handshaking -= 1
+    def release(self, place: Place) -> None:
+        self.places.discard(place)
 
-    def serve(self, reader: asyncio.StreamReader, writer: Any) -> Coroutine[Any, Any, None]:
-        return self._serve(reader, writer)
+    def serve(self, reader: asyncio.StreamReader, writer: Any, place: Place) -> Coroutine[Any, Any, None]:
+        return self._serve(reader, writer, place)
 
-    def _full(self, sender: Sender) -> bool:
-        """At max_connections (a flood): the new connection is closed unanswered, recorded now and then."""
-        if self.open + self.handshaking < self.max_connections:
-            return False
-        others = self.refusals.due()
-        if others is not None:
-            self._refuse(sender, "too-many-connections", f"{self.max_connections} connections already open "
-                         f"(atna.max_connections): closed at once{others}", "", "", HTTPStatus.SERVICE_UNAVAILABLE)
-        return True
+    def _admit(self, sender: Sender, drop: Callable[[], object]) -> Place | None:
+        """A place for a new connection, or None when every place is held by an authenticated client.
+        At max_connections, the connection that has waited longest without showing the token or
+        certificate, of the sender holding the most such, is closed to make room (as the syslog
+        listeners close the quietest): connections that send nothing, or half a head (slowloris),
+        cannot shut out a client with the token, and a flood from one host pays for itself first.
+        Either is recorded, counted, one event at most every REFUSALS_RECORDED_EVERY seconds."""
+        now = asyncio.get_running_loop().time()
+        if len(self.places) >= self.max_connections:
+            waiting = [p for p in self.places if not p.authenticated]
+            held = Counter(p.sender.host for p in waiting)
+            victim = min(waiting, key=lambda p: (-held[p.sender.host], p.opened), default=None)
+            others = self.refusals.due()
+            if victim is None:
+                if others is not None:
+                    self._record(sender, "too-many-connections", f"{self.max_connections} connections already open "
+                                 f"(atna.max_connections), each authenticated: turned away (503){others}", "", "")
+                return None
+            if others is not None:
+                self._record(victim.sender, "too-many-connections", f"{self.max_connections} connections already "
+                             f"open (atna.max_connections): this one, {now - victim.opened:.0f} s without a request "
+                             f"showing the token, of a sender holding {held[victim.sender.host]} such, was closed "
+                             f"to make room{others}", "", "")
+            self.places.discard(victim)
+            victim.dropped = True
+            victim.drop()
+        place = Place(sender, now, drop)
+        self.places.add(place)
+        return place
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sender = Sender(*peer_address(writer.get_extra_info("peername")), self.scheme)
-        if self._full(sender):
-            writer.close()
-            return
-        self.open += 1
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     place: Place | None = None) -> None:
+        """One connection, from its place (HTTPS: taken before the handshake) to its close. A
+        connection closed to make room is cancelled while it waits for a request: nothing else is
+        recorded for it."""
+        task = asyncio.current_task()
+        assert task is not None
+        if place is None:
+            sender = Sender(*peer_address(writer.get_extra_info("peername")), self.scheme)
+            place = self._admit(sender, task.cancel)
+            if place is None:
+                await self._turn_away(reader, writer)
+                return
         self._writers.add(writer)
         try:
-            await self._converse(reader, writer, sender)
+            await self._converse(reader, writer, place)
+        except asyncio.CancelledError:
+            if not place.dropped:
+                raise
+            task.uncancel()  # ended as asked: the task ends normally (Python 3.11's streams log a cancelled one)
         except Exception:  # noqa: BLE001 - a pacsguard bug ends this connection, logged here, not the server
-            log.exception("RESTful ATNA connection from %s", sender.host)
+            log.exception("RESTful ATNA connection from %s", place.sender.host)
         finally:
-            self.open -= 1
+            self.places.discard(place)
             self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: Sender) -> None:
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Every place held by an authenticated client: 503 with Retry-After (RFC 9110 15.6.4), the
+        connection read for TURNED_AWAY_LINGER seconds so that the answer is not lost to a reset.
+        At most TURNED_AWAY_MOST are being turned away at once; beyond, closed unanswered."""
+        if self._turning_away >= TURNED_AWAY_MOST:
+            writer.close()
+            return
+        self._turning_away += 1
+        self._writers.add(writer)  # closed with the server too
+        try:
+            reply = outcome(HTTPStatus.SERVICE_UNAVAILABLE, f"{self.max_connections} connections already open "
+                            f"(atna.max_connections): try again in {RETRY_AFTER} s")
+            if await _send(writer, dataclasses.replace(reply, close=True, retry_after=RETRY_AFTER), "HTTP/1.1"):
+                await _linger(reader, writer, TURNED_AWAY_LINGER)
+        finally:
+            self._turning_away -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, place: Place) -> None:
         """Requests one after another on one connection (RFC 9112 9.3), each read whole and answered
         before the next is read, so that pipelined requests are answered in order (9.3.2); until
         the client closes or asks to, a request breaks the connection, it idles past TIMEOUT, or
         MAX_REQUESTS are served."""
+        sender = place.sender
         for served in range(MAX_REQUESTS):
             try:
-                found = await self._request(reader, writer, sender, first=served == 0)
+                found = await self._request(reader, writer, place, first=served == 0)
             except Broken as broken:
                 reply = self._refuse(sender, broken.problem, broken.error, broken.method, broken.path, broken.status)
                 reply, version = dataclasses.replace(reply, close=True), "HTTP/1.1"
@@ -231,21 +313,26 @@ class RestfulAtna:
                 await _linger(reader, writer)
                 return
 
-    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sender: Sender, *,
+    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, place: Place, *,
                        first: bool) -> tuple[Request, bytes | None] | None:
         """The next request and its body; None when the connection ended or idled before one began.
         The body is None when it was not read: the client waits for a 100 (Continue) before it
         sends it, and the request does not take one (RFC 9110 10.1.1), so it is answered at once
-        and its connection closed."""
-        start = await self._began(reader, sender, first)
+        and its connection closed. The head has HEAD_TIMEOUT seconds: from when the connection
+        opened for its first request, from its first octet for a later one; the whole request has
+        TIMEOUT seconds from its first octet."""
+        start = await self._began(reader, place, first)
         if start is None:
             return None
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        request = _parse_head(start + await _read_head(reader, deadline))
+        began = asyncio.get_running_loop().time()
+        head_by = place.opened + HEAD_TIMEOUT if first else began + HEAD_TIMEOUT
+        request = _parse_head(start + await _read_head(reader, head_by))
+        deadline = began + TIMEOUT
         path = request.url.path
-        if not self._authorised(request.headers, writer):
-            raise Broken("unauthorized", "no valid bearer token or client certificate", HTTPStatus.UNAUTHORIZED,
-                         request.method, path)
+        refused = self._unauthorised(request.headers, writer)
+        if refused is not None:
+            raise Broken("unauthorized", refused, HTTPStatus.UNAUTHORIZED, request.method, path)
+        place.authenticated = True  # no longer closed to make room for another
         length = self._length(request, path)
         # No 100 when the framing shows no body (RFC 9110 10.1.1); nor for a request that takes
         # none: answered at once, its body left unread.
@@ -257,23 +344,24 @@ class RestfulAtna:
             return request, await _read_chunked(reader, self.max_body, deadline, request.method, path)
         return request, await _read_body(reader, length, deadline, request.method, path)
 
-    async def _began(self, reader: asyncio.StreamReader, sender: Sender, first: bool) -> bytes | None:
-        """The first octet of the next request, once it comes within TIMEOUT; empty lines before it
-        are skipped (RFC 9112 2.2). Without one the connection is closed: quietly after a request
-        (RFC 9112 9.5), and recorded as silent when it had sent no request at all."""
+    async def _began(self, reader: asyncio.StreamReader, place: Place, first: bool) -> bytes | None:
+        """The first octet of the next request, once it comes: within HEAD_TIMEOUT of the connection's
+        opening for the first, TIMEOUT after the last answer for another; empty lines before it are
+        skipped (RFC 9112 2.2). Without one the connection is closed: quietly after a request (RFC
+        9112 9.5), and recorded as silent when it had sent no request at all."""
         blank = 0
         try:
-            async with asyncio.timeout(TIMEOUT):
+            async with asyncio.timeout_at(place.opened + HEAD_TIMEOUT) if first else asyncio.timeout(TIMEOUT):
                 while (octet := await reader.readexactly(1)) in (b"\r", b"\n"):
                     blank += 1
             return octet
         except TimeoutError:
-            ended = f" for {TIMEOUT:g} s"
+            ended = f" for {HEAD_TIMEOUT if first else TIMEOUT:g} s"
         except (asyncio.IncompleteReadError, OSError):  # closed or reset (OSError covers ssl.SSLError)
             ended = ""
         if first:
             sent = "only empty lines" if blank else "nothing"
-            self._record(sender, "silent", f"connected and sent {sent}{ended}", "", "")
+            self._record(place.sender, "silent", f"connected and sent {sent}{ended}", "", "")
         return None
 
     def _length(self, request: Request, path: str) -> int:
@@ -342,13 +430,26 @@ class RestfulAtna:
             return self._ingest(body, sender, base)
         return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
 
-    def _authorised(self, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
-        if self.config.require_client_cert and writer.get_extra_info("peercert"):
-            return True  # verified by the TLS layer against ca_file
+    @property
+    def authentication(self) -> str:
+        """What a request must carry, for the banner: the token, a client certificate, or both."""
+        return " and ".join(name for name, needed in (("token", self.token is not None),
+                                                      ("mutual TLS", self.config.require_client_cert)) if needed)
+
+    def _unauthorised(self, headers: dict[str, str], writer: asyncio.StreamWriter) -> str | None:
+        """Why a request is refused (401), or None. Each configured credential is needed: with both
+        a token and require_client_cert, a certificate of the CA alone (any modality's syslog
+        certificate) is not enough, nor the token alone (defence in depth, as configured)."""
+        if self.config.require_client_cert and not writer.get_extra_info("peercert"):
+            return "no verified client certificate"  # the TLS layer verifies it against ca_file
+        if self.token is None:
+            return None
         auth = headers.get("authorization", "")
-        if self.token is None or not auth.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(auth[7:].strip().encode(), self.token)
+        if auth.lower().startswith("bearer ") and hmac.compare_digest(auth[7:].strip().encode(), self.token):
+            return None
+        both = " (a client certificate alone is not enough: both are configured)" \
+            if self.config.require_client_cert else ""
+        return f"no valid bearer token{both}"
 
     def _base_for(self, host: str, prefix: str) -> str:
         """The URL the client reached the endpoint by, for the links and locations it is given: its
@@ -376,7 +477,7 @@ class RestfulAtna:
         return Reply(200, fhir.render(record_from_event(found.event), found.event.id))
 
     async def _search(self, query: str, sender: Sender, base: str, prefer: str) -> Reply:
-        strict = "handling=strict" in prefer.replace(" ", "").lower()
+        strict = _preferences(prefer).get("handling") == "strict"
         try:
             q = AuditQuery.parse(parse_qs(query, keep_blank_values=False), strict=strict)
         except QueryError as exc:
@@ -426,7 +527,7 @@ async def _read_head(reader: asyncio.StreamReader, deadline: float) -> bytes:
         async with asyncio.timeout_at(deadline):
             return await reader.readuntil(b"\r\n\r\n")
     except TimeoutError:
-        raise Broken("truncated", f"request head not complete after {TIMEOUT:g} s",
+        raise Broken("truncated", f"request head not complete after {HEAD_TIMEOUT:g} s",
                      HTTPStatus.REQUEST_TIMEOUT) from None
     except asyncio.LimitOverrunError:
         raise Broken("bad-request", "request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
@@ -562,16 +663,16 @@ async def _read_body(reader: asyncio.StreamReader, length: int, deadline: float,
     return bytes(body)
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, most: float = LINGER) -> None:
     """Close in stages (RFC 9112 9.6): the sending side first, then read and drop what the client
-    still sends until it closes or LINGER seconds pass. Closing with unread octets (a body not
+    still sends until it closes or ``most`` seconds (LINGER) pass. Closing with unread octets (a body not
     read, pipelined requests after the last one served) would reset the connection, and the
     client could lose the answer it was sent."""
     if writer.can_write_eof():  # TLS cannot half-close: the client's close ends the reading
         with contextlib.suppress(OSError, RuntimeError):
             writer.write_eof()
     with contextlib.suppress(TimeoutError, OSError):
-        async with asyncio.timeout(LINGER):
+        async with asyncio.timeout(most):
             while await reader.read(_CHUNK):
                 pass
 
@@ -584,6 +685,26 @@ async def _send(writer: asyncio.StreamWriter, reply: Reply, version: str) -> boo
     except (OSError, RuntimeError):  # reset, TLS failure; RuntimeError: a transport already closing
         return False
     return True
+
+
+def _preferences(given: str) -> dict[str, str]:
+    """The preferences of a Prefer header (RFC 7240 2: ``token [BWS "=" BWS word]``, a word a token
+    or a quoted-string, so ``handling="strict"`` is ``handling=strict``), their parameters after
+    ";" left out; names and values in lower case, the first of a name given twice taken (2)."""
+    found: dict[str, str] = {}
+    parameter = False  # after a ";": a parameter of the preference before it
+    for item in _ITEM.findall(given):
+        if item in (",", ";"):
+            parameter = item == ";"
+            continue
+        if parameter:
+            continue
+        name, _, value = (part.strip() for part in item.partition("="))
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])  # RFC 9110 5.6.4: a quoted-pair is its octet
+        if name:
+            found.setdefault(name.lower(), value.lower())
+    return found
 
 
 def _with_cursor(query: str, after: int) -> str:
@@ -607,4 +728,6 @@ def _encode(reply: Reply, version: str) -> bytes:
         head += f"Location: {reply.location}\r\n"
     if reply.status == 401:
         head += 'WWW-Authenticate: Bearer realm="pacsguard-atna"\r\n'
+    if reply.retry_after is not None:
+        head += f"Retry-After: {reply.retry_after}\r\n"
     return head.encode("latin-1") + b"\r\n" + body

@@ -8,23 +8,28 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pacsguard.atna.ingest import peer_address
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
+
+if TYPE_CHECKING:
+    from pacsguard.atna.http import Place
 
 #: How a failed handshake is told: the peer (host, port), the problem and what went wrong.
 Failed = Callable[[tuple[str, int | None], str, str], None]
 
 
 class Owner(Protocol):
-    """The endpoint a connection belongs to: it serves the plaintext, records a failed handshake,
-    and counts connections still in their handshake against its max_connections."""
+    """The endpoint a connection belongs to: it gives the connection one of its max_connections
+    places from the start, its handshake included (or None: closed at once), may close it to make
+    room for another (``drop``), records a failed handshake, and serves the plaintext in the place
+    the connection holds (released when the handshake fails)."""
 
-    def serve(self, reader: asyncio.StreamReader, writer: Any) -> Coroutine[Any, Any, None]: ...
+    def serve(self, reader: asyncio.StreamReader, writer: Any, place: Place) -> Coroutine[Any, Any, None]: ...
     def handshake_failed(self, peer: tuple[str, int | None], problem: str, why: str) -> None: ...
-    def admit(self, peer: tuple[str, int | None]) -> bool: ...
-    def handshake_over(self) -> None: ...
+    def admit(self, peer: tuple[str, int | None], drop: Callable[[], object]) -> Place | None: ...
+    def release(self, place: Place) -> None: ...
 
 
 class TlsWriter:
@@ -62,7 +67,8 @@ class TlsConnection(asyncio.Protocol):
     def __init__(self, context: ssl.SSLContext, owner: Owner, timeout: float, limit: int) -> None:
         self.session = TlsSession(context)
         self.owner, self.timeout, self.limit = owner, timeout, limit
-        self._counted = False  # in the owner's count of connections in their handshake
+        self._place: Place | None = None  # the owner's place, held until the handshake is over
+        self._dropped = False  # closed by the owner to make room: not recorded again
         self.transport: asyncio.Transport | None = None
         self.reader: asyncio.StreamReader | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -74,10 +80,10 @@ class TlsConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.owner.admit(self._peer()):
+        self._place = self.owner.admit(self._peer(), self._drop)
+        if self._place is None:
             transport.close()  # the owner recorded it, counted
             return
-        self._counted = True
         self._deadline = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
@@ -109,7 +115,7 @@ class TlsConnection(asyncio.Protocol):
             self._deadline.cancel()
         if self.reader is not None:
             self.reader.feed_eof()
-        elif self._deadline is not None:  # gone before its handshake was done
+        elif self._deadline is not None and not self._dropped:  # gone before its handshake was done
             self._fail("connected and sent nothing" if not self._received else "TLS handshake not complete when "
                        "the client closed", record_only=True)
         self._can_write.set()
@@ -147,14 +153,35 @@ class TlsConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self._uncount()
+        place, self._place = self._place, None
+        assert place is not None
         self.reader = asyncio.StreamReader(limit=self.limit)
-        self._task = asyncio.get_running_loop().create_task(self.owner.serve(self.reader, TlsWriter(self)))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.owner.serve(self.reader, TlsWriter(self), place))
+        # Served from now on: its head's time counts from here.
+        place.opened, place.drop = loop.time(), self._drop_served
+
+    def _drop_served(self) -> None:
+        """Closed by the owner to make room while served (before its first request showed the token):
+        its task cancelled, and the connection closed here, as a task cancelled before it began
+        would never close it."""
+        if self._task is not None:
+            self._task.cancel()
+        self.close()
+
+    def _drop(self) -> None:
+        """Closed by the owner, still in its handshake, to make room (the owner recorded it)."""
+        self._dropped = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._place = None
+        self.close()
 
     def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.owner.handshake_over()
+        if self._place is not None:
+            self.owner.release(self._place)
+            self._place = None
 
     def _peer(self) -> tuple[str, int | None]:
         return peer_address(self.transport.get_extra_info("peername") if self.transport is not None else None)

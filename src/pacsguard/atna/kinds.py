@@ -56,11 +56,18 @@ KINDS = (
               "sent nothing, or a failed TLS handshake",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
                "method": STRING}, required=("sender", "problem", "error")),
-    EventKind("atna.delivery.duplicate", "a sender resent a message it had numbered (pacsguard's outbound feed: "
-              "origin and seq in its structured data) that this repository already stored; it was dropped, and "
-              "the rest of that resend with it (one record per resend)",
-              {"sender": _SENDER, "origin": STRING, "seq": INTEGER, "highest": INTEGER},
-              required=("sender", "origin", "seq", "highest")),
+    EventKind("atna.delivery.duplicate", "an authenticated sender (TLS client certificate) resent a message it "
+              "had numbered (pacsguard's outbound feed: origin, instance and seq in its structured data) that this "
+              "repository already stored byte for byte; it was dropped, and the rest of that resend with it (one "
+              "record per resend)",
+              {"sender": _SENDER, "origin": STRING, "instance": STRING, "seq": INTEGER, "stored_id": STRING,
+               "highest": INTEGER},  # highest: records of versions that kept only the highest seq
+              required=("sender", "origin", "seq")),
+    EventKind("atna.delivery.sequence-reused", "an authenticated sender numbered a message with the origin, "
+              "instance and seq of one already stored, with other content (a forged or restored sender): both "
+              "are stored, this record names them",
+              {"sender": _SENDER, "origin": STRING, "instance": STRING, "seq": INTEGER, "stored_id": STRING,
+               "new_id": STRING}, required=("sender", "origin", "instance", "seq", "stored_id", "new_id")),
     EventKind("atna.reader.restarted", "a process reading the TLS or TCP listener's connections (atna.readers) "
               "ended while the repository ran; its connections were reset and it was started again",
               {"transport": {"enum": ["tls", "tcp"]}, "reader": INTEGER, "exit_code": nullable(INTEGER),
@@ -69,4 +76,9 @@ KINDS = (
     EventKind("atna.outbound.delivered", "a batch of pacsguard's own events reached the external repository",
               {"repository": STRING, "messages": INTEGER, "first": INTEGER, "last": INTEGER,
                "reconnected": BOOLEAN}, required=("repository", "messages")),
+    EventKind("atna.outbound.failed", "the outbound feed could not connect to the external repository, or its "
+              "certificate did not verify (another CA, another name: a possible man in the middle); recorded when "
+              "it starts failing and when the reason changes, while the messages wait in the spool",
+              {"repository": STRING, "error": STRING, "certificate": BOOLEAN, "pending": INTEGER},
+              required=("repository", "error", "certificate")),
 )

@@ -290,6 +290,14 @@ SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "stri
 #: Every parameter the search understands: those and the result parameters.
 _KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
 #: The ends of time: a span that reaches one does not bound the store's index.
+#: The forms a ``date`` value may take (FHIR R4 dateTime, and search's minute precision, 3.1.1.4.5):
+#: YYYY, YYYY-MM, YYYY-MM-DD, and a time of the day to the minute or the second (with a fraction),
+#: with a zone (Z, +hh:mm, -hh:mm) or none (UTC).
+_DATE = re.compile(r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
+                   r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?)?"
+                   r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?")
+_DATE_FORMS = ("YYYY, YYYY-MM, YYYY-MM-DD, YYYY-MM-DDThh:mm or YYYY-MM-DDThh:mm:ss[.fff], "
+               "a time with Z or +hh:mm (else UTC)")
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
@@ -399,23 +407,53 @@ def _span(value: str) -> tuple[datetime, datetime]:
 
 
 def _period(text: str) -> tuple[datetime, datetime]:
-    """The time span a FHIR date(Time) denotes: a day, a month, a year, or an instant."""
+    """The time span a FHIR date(Time) denotes: the implicit range of its precision (FHIR R4 search
+    3.1.1.4.5: a year, a month, a day, a minute, a second, or the last digit of a fraction of one).
+    Any other form (``20261203``, an hour alone) is a QueryError naming the forms taken: read as
+    something else, it would answer too little without saying so."""
+    parts = _DATE.fullmatch(text)
+    if parts is None:
+        raise QueryError(f"date: {text[:64]!r} is not a FHIR date or dateTime: expected {_DATE_FORMS}")
     try:
-        if len(text) == 4:
-            year = datetime(int(text), 1, 1, tzinfo=timezone.utc)
-            return year, _until(lambda: year.replace(year=year.year + 1))
-        if len(text) == 7:
-            month = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
-            return month, _until(lambda: (month + timedelta(days=32)).replace(day=1))
-        if len(text) == 10:
-            day = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-            return day, _until(lambda: day + timedelta(days=1))
-        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise QueryError(f"date: expected a FHIR date or dateTime, got {text!r}") from None
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=timezone.utc)
-    return instant, _until(lambda: instant + timedelta(seconds=1))
+        return _bounds(parts)
+    except (ValueError, OverflowError) as exc:  # month 13, 31 February, hour 24, zone +25:00
+        raise QueryError(f"date: {text[:64]!r} is no time there is ({exc}): expected {_DATE_FORMS}") from None
+
+
+def _bounds(parts: re.Match[str]) -> tuple[datetime, datetime]:
+    """The first instant of a `_DATE` match and the one after its last."""
+    year, month, day = (int(parts[name] or 1) for name in ("year", "month", "day"))
+    if parts["month"] is None:
+        start = datetime(year, 1, 1, tzinfo=timezone.utc)
+        return start, _until(lambda: start.replace(year=year + 1))
+    if parts["day"] is None:
+        start = datetime(year, month, 1, tzinfo=timezone.utc)
+        return start, _until(lambda: (start + timedelta(days=32)).replace(day=1))
+    if parts["hour"] is None:
+        start = datetime(year, month, day, tzinfo=timezone.utc)
+        return start, _until(lambda: start + timedelta(days=1))
+    tz = _zone(parts["zone"])
+    fraction = parts["fraction"] or ""
+    # FHIR allows second 60 (a leap second): taken as the last second of its minute.
+    second = min(int(parts["second"] or 0), 59)
+    start = datetime(year, month, day, int(parts["hour"]), int(parts["minute"]), second,
+                     int(fraction[:6].ljust(6, "0")), tzinfo=tz)
+    if parts["second"] is None:
+        step = timedelta(minutes=1)
+    else:  # a second, or the last digit of its fraction (a microsecond at the finest)
+        step = timedelta(microseconds=10 ** (6 - min(len(fraction), 6)))
+    return start, _until(lambda: start + step)
+
+
+def _zone(given: str | None) -> timezone:
+    """A dateTime's zone: Z or none is UTC, else +hh:mm or -hh:mm (hours up to 23, minutes to 59)."""
+    if given in (None, "Z"):
+        return timezone.utc
+    assert given is not None
+    hours, minutes = int(given[1:3]), int(given[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"the zone {given} is no offset there is")
+    return timezone((-1 if given[0] == "-" else 1) * timedelta(hours=hours, minutes=minutes))
 
 
 def _until(end: Callable[[], datetime]) -> datetime:

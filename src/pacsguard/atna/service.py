@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener, tls_context
 from pacsguard.atna.syslog.readers import ReadingProcesses
-from pacsguard.events.model import Event
+from pacsguard.events.model import Event, Outcome, Severity
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from pacsguard.atna.config import AtnaConfig, Outbound, TlsListener
     from pacsguard.atna.explain import ExplainSettings
+    from pacsguard.atna.outbound.spool import Spool
     from pacsguard.ids.audit.adapter import AuditAdapter, Explainer
     from pacsguard.ids.engine import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
@@ -38,6 +39,9 @@ class AtnaService:
         self.dedupe = Deduplicator(publish)
         self.privacy: AuditAdapter | None = None
         self._outbound: list[Any] = []
+        # Where the store stood before this run published anything (serve's "started" comes next):
+        # the outbound feed sends what was written from here on, also before it subscribed.
+        self._since = store.size() if store is not None and config.outbound is not None else 0
         self.resolve: Any = resolve or (lambda p: p)
         self.listeners: list[Any] = []
         #: Where each listener is bound, by name (tls, tcp, udp, http), once started.
@@ -111,9 +115,9 @@ class AtnaService:
                                    cfg.max_connections)
                 await self._listen("http", http, cfg.http.host, cfg.http.port)
                 rows.append(("ATNA RESTful (ITI-81)", f"{http.scheme}://{self._where('http')}/AuditEvent",
-                             "token" if cfg.http.token else "mutual TLS"))
+                             http.authentication))
             if cfg.outbound is not None:
-                rows.append(self._start_outbound(cfg.outbound))
+                rows.append(await asyncio.to_thread(self._start_outbound, cfg.outbound))
         except BaseException:
             await self.stop()
             raise
@@ -135,8 +139,7 @@ class AtnaService:
 
     def _start_outbound(self, out: Outbound) -> BannerRow:
         from pacsguard.atna.outbound.forwarder import Forwarder
-        from pacsguard.atna.outbound.sender import OutboundSender
-        from pacsguard.atna.outbound.spool import Spool
+        from pacsguard.atna.outbound.sender import Failure, OutboundSender
         from pacsguard.tls.contexts import client_context
 
         if self.subscribe is None:
@@ -144,7 +147,7 @@ class AtnaService:
         context = client_context(ca_file=self._path(out.ca_file) if out.ca_file else None,
                                  cert_file=self._path(out.cert_file) if out.cert_file else None,
                                  key_file=self._path(out.key_file) if out.key_file else None)
-        spool = Spool(self._path(out.spool))
+        spool = self._spool(out)
         repository = f"{out.host}:{out.port}"
 
         def delivered(first: int, last: int, reconnected: bool) -> None:
@@ -153,12 +156,37 @@ class AtnaService:
                                details={"repository": repository, "messages": last - first + 1, "first": first,
                                         "last": last, "reconnected": reconnected}))
 
+        def failed(failure: Failure) -> None:
+            pending = spool.pending()
+            self.deliver(Event(kind="atna.outbound.failed", component="atna", severity=Severity.WARNING,
+                               outcome=Outcome.MINOR_FAILURE,
+                               message=f"the outbound feed cannot deliver to {repository}: {failure.reason}; "
+                                       f"{pending} audit messages wait in the spool",
+                               details={"repository": repository, "error": failure.reason,
+                                        "certificate": failure.certificate, "pending": pending}))
+
         sender = OutboundSender(spool, out.source_id, out.host, out.port, context, server_name=out.server_name,
-                                retry=out.retry, on_delivered=delivered)
-        subscription = self.subscribe(Forwarder(spool, out.source_id))
+                                retry=out.retry, on_delivered=delivered, on_failed=failed)
+        try:
+            # With what the store took before the subscription began (serve's "started").
+            subscription = Forwarder(spool, out.source_id).follow(self.subscribe, self.store, self._since)
+        except BaseException:
+            spool.close()
+            raise
         sender.start()
         self._outbound = [subscription, sender, spool]
         return ("ATNA outbound (RFC 5425 TLS)", repository, f"spool {out.spool}, {spool.pending()} pending")
+
+    def _spool(self, out: Outbound) -> Spool:
+        """The outbound spool; one that cannot be used is a configuration error naming its key."""
+        from pacsguard.atna.outbound.spool import Spool, SpoolError
+        from pacsguard.config.loader import ConfigError, ConfigProblem
+
+        path = self._path(out.spool)
+        try:
+            return Spool(path)
+        except SpoolError as exc:
+            raise ConfigError(str(path), [ConfigProblem("atna.outbound.spool", exc.problem)]) from None
 
     async def _listen(self, name: str, listener: Any, host: str, port: int) -> None:
         try:
@@ -182,9 +210,12 @@ class AtnaService:
         if self._outbound:
             subscription, sender, spool = self._outbound
             self._outbound = []
-            await asyncio.to_thread(subscription.unsubscribe)
             await asyncio.to_thread(sender.stop)
-            spool.close()
+            # The subscription goes on until the bus closes, after serve recorded its stop: that
+            # Event (110121 Application Stop) and what the other services record while they stop
+            # are spooled too, and sent at the next start. The spool closes with the process.
+            if not subscription.active:
+                spool.close()
 
 
 def make_service(ctx: ServiceContext) -> AtnaService | None:

@@ -11,14 +11,31 @@ handshake against the listener's limits.
 from __future__ import annotations
 
 import ssl
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Plaintext taken out of the TLS records per call (OpenSSL returns at most one record, 16 KiB).
 _READ = 65536
 
 
+#: OpenSSL's message callback on a context (SSL_CTX_set_msg_callback) as the _ssl module sets it,
+#: without the ssl module's wrapper, which makes enums of every record's numbers (the callback runs
+#: for each record read, not only in the handshake). None where this Python has none.
+_RAW_MESSAGE_CALLBACK: Any = getattr(getattr(ssl, "_SSLContext", None), "_msg_callback", None)
+#: TLS content type handshake (RFC 8446 5.1) and handshake type certificate (4.4.2, RFC 5246 7.4.2).
+_HANDSHAKE, _CERTIFICATE = 22, 11
+_TLS13 = 0x0304
+#: The Certificate message each session's client sent (with the TLS version), while it is needed:
+#: OpenSSL forgets a certificate it refuses, so the one a failed handshake names is kept from the
+#: handshake message itself.
+_CERTIFICATES: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+
+
 class TlsFailure(Exception):
-    """The handshake or a record failed; the text says why, in OpenSSL's words where it has them."""
+    """The handshake or a record failed; the text says why, in OpenSSL's words where it has them:
+    its verify result for a refused client certificate ("certificate has expired", "unable to get
+    local issuer certificate") and that certificate's subject, issuer and end of validity."""
 
 
 @dataclass(slots=True)
@@ -34,6 +51,7 @@ class TlsSession:
     closed: bool = False  # the peer sent close_notify
 
     def __post_init__(self) -> None:
+        _keep_client_certificates(self.context)
         self._tls = self.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
 
     @property
@@ -48,12 +66,14 @@ class TlsSession:
             if not self.established:
                 self._tls.do_handshake()
                 self.established = True
+                _CERTIFICATES.pop(self._tls, None)  # verified: getpeercert tells it now
             return self._read()
         except ssl.SSLWantReadError:
             return b""
         except ssl.SSLError as exc:
-            what = "TLS handshake failed" if not self.established else "TLS record refused"
-            raise TlsFailure(f"{what}: {exc.reason or exc}") from None
+            if self.established:
+                raise TlsFailure(f"TLS record refused: {exc.reason or exc}") from None
+            raise TlsFailure(f"TLS handshake failed: {_why(exc)}{_refused_certificate(self._tls)}") from None
 
     def outgoing(self) -> bytes:
         return self._outgoing.read()
@@ -92,3 +112,59 @@ class TlsSession:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _keep_client_certificates(context: ssl.SSLContext) -> None:
+    """Have ``context`` tell `_on_message` each handshake message, unless something else listens."""
+    if _RAW_MESSAGE_CALLBACK is not None and _RAW_MESSAGE_CALLBACK.__get__(context) is None:
+        _RAW_MESSAGE_CALLBACK.__set__(context, _on_message)
+
+
+def _on_message(conn: Any, direction: str, version: int, content_type: int, kind: int, data: bytes) -> None:
+    """OpenSSL's message callback ("read" or "write", then numbers): keeps the Certificate message a
+    client sends (RFC 8446 4.4.2, RFC 5246 7.4.6). It must not raise: the _ssl module would raise
+    it from the handshake."""
+    if kind == _CERTIFICATE and content_type == _HANDSHAKE and direction == "read":
+        _CERTIFICATES[conn] = (version, bytes(data))
+
+
+def _why(exc: ssl.SSLError) -> str:
+    """OpenSSL's words: its verify result for a refused certificate, with the reason code after it
+    (CERTIFICATE_VERIFY_FAILED alone does not tell an expired certificate from a foreign one)."""
+    told = getattr(exc, "verify_message", None)
+    reason = exc.reason or str(exc)
+    return f"{told} ({reason})" if told else reason
+
+
+def _refused_certificate(tls: ssl.SSLObject) -> str:
+    """The client certificate of a failed handshake, in words ("; client certificate CN=...,
+    issued by CN=..., valid ... until ..."), or "" when none was sent or it cannot be read."""
+    kept = _CERTIFICATES.pop(tls, None)
+    if kept is None:
+        return ""
+    version, message = kept
+    try:
+        from cryptography import x509
+
+        der = _first_certificate(version, message)
+        if der is None:
+            return ""
+        cert = x509.load_der_x509_certificate(der)
+        valid = f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+        return (f"; client certificate {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()}, "
+                f"valid from {valid}")
+    except (ValueError, IndexError):  # not a certificate the library reads: the reason alone is told
+        return ""
+
+
+def _first_certificate(version: int, message: bytes) -> bytes | None:
+    """The first (the client's own) certificate of a Certificate handshake message: its 4-octet
+    header, in TLS 1.3 a certificate_request_context (RFC 8446 4.4.2), then the list's 3-octet
+    length and the first entry's 3-octet length and DER (RFC 5246 7.4.2)."""
+    at = 4
+    if version == _TLS13:
+        at += 1 + message[at]
+    at += 3
+    length = int.from_bytes(message[at:at + 3], "big")
+    der = message[at + 3:at + 3 + length]
+    return der if length and len(der) == length else None

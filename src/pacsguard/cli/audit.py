@@ -397,10 +397,13 @@ def search(
                                        "authority, or system|ID (urn:oid:OID|ID)"),
     user: str | None = typer.Option(None, "--user", help="a participant's user ID or name (prefix, any case)"),
     event_id: list[str] = typer.Option(None, "--event-id", help="PS3.15 event ID such as 110110 (repeat)"),
-    action: list[str] = typer.Option(None, "--action", help="EventActionCode C, R, U, D or E (repeat)"),
-    outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12 (repeat)"),
+    action: list[str] = typer.Option(None, "--action", help="EventActionCode C, R, U, D or E, or its name "
+                                     "create, read, update, delete, execute (any case; repeat)"),
+    outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12, or its name "
+                                      "success, minor-failure, serious-failure, major-failure (repeat)"),
     source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (repeat)"),
-    entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4 (repeat)"),
+    entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4, or its name "
+                                          "person, system-object, organization, other (repeat)"),
     since: str | None = SINCE_OPTION,
     until: str | None = UNTIL_OPTION,
     limit: int = LIMIT_OPTION,
@@ -409,6 +412,7 @@ def search(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
+    from pacsguard.atna.message.codes import ACTIONS, OUTCOMES
     from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError
     from pacsguard.cli.events import _print, _when
 
@@ -423,14 +427,36 @@ def search(
         raise fail(f"--patient: {exc}") from None
     q = AuditQuery(patients=who, since=_when(since, "since"), until=_when(until, "until"),
                    agent_names=anyof([user.lower()] if user else None),
-                   entity_types=anyof(entity_type), outcomes=anyof(outcome),
+                   entity_types=_coded("--entity-type", entity_type, ENTITY_TYPES),
+                   outcomes=_coded("--outcome", outcome, OUTCOMES),
                    event_ids=[tuple(CodeToken(e) for e in event_id)] if event_id else [],
-                   actions=anyof([a.upper() for a in action or []]), sources=anyof(source), count=limit)
+                   actions=_coded("--action", action, ACTIONS), sources=anyof(source), count=limit)
     es = open_store(load(config, required=store is None), store)
     try:
         _print(islice((s for s in q.stored(es) if q.matches(s.event)), limit), fmt)
     finally:
         es.close()
+
+
+#: ParticipantObjectTypeCode (PS3.15 A.5.1, RFC 3881 5.5.1) and the names `audit search` takes for them.
+ENTITY_TYPES = {"1": "person", "2": "system-object", "3": "organization", "4": "other"}
+
+
+def _coded(option: str, given: list[str] | None, names: dict[str, str]) -> list[tuple[str, ...]]:
+    """An option's values (repeated: any of them) as the codes stored, each given as its code or its
+    name, in any case. Anything else is refused (exit 2), naming the option and what it takes:
+    compared as given, it could only match nothing, and the search would answer nothing silently."""
+    if not given:
+        return []
+    words = {**{code.lower(): code for code in names}, **{name.lower(): code for code, name in names.items()}}
+    codes: list[str] = []
+    for value in given:
+        code = words.get(value.strip().lower())
+        if code is None:
+            accepted = ", ".join(f"{code} ({name})" for code, name in names.items())
+            raise fail(f"{option} {value!r}: expected one of {accepted}")
+        codes.append(code)
+    return [tuple(dict.fromkeys(codes))]
 
 
 class DailyFormat(str, Enum):

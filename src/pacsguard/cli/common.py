@@ -36,6 +36,9 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 EXIT_INCOMPLETE = 7  # not 3-6: those are audit verify --witness findings (docs/cli.md)
 #: A bug in pacsguard (sysexits.h EX_SOFTWARE): named on one line, the traceback with PACSGUARD_DEBUG=1.
 EXIT_INTERNAL = 70
+#: The reader of stdout went away (`... | head`): 128 + SIGPIPE, what a shell reports for a Unix tool
+#: that SIGPIPE ended.
+EXIT_PIPE_CLOSED = 141
 
 #: The two consoles, made on first use (PEP 562) so that a command's --help never loads rich.
 _CONSOLES = {"console": False, "err_console": True}
@@ -93,6 +96,10 @@ def guarded(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError as exc:
+            if _stdout_closed():
+                raise typer.Exit(EXIT_PIPE_CLOSED) from None
+            raise fail(str(exc)) from None
         except (StoreError, LookupError, OSError, MissingDependency) as exc:
             raise fail(str(exc)) from None
         except Exception as exc:
@@ -117,6 +124,27 @@ def guarded(func: F) -> F:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (POLLERR on its write end, Linux pipe(7)), as
+    when `pacsguard audit search | head` has its lines. Then the command stops quietly, as Unix tools
+    do on SIGPIPE, and stdout is pointed at /dev/null: Python's flush of it at exit would fail again
+    and print "Exception ignored". Another broken pipe (a socket) is an error as before."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout closed, replaced (tests), or no file
+        return False
+    return True
 
 
 def _ends_on_purpose(exc: Exception) -> bool:

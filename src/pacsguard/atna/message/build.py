@@ -9,7 +9,7 @@ from pacsguard.atna.message.record import AuditRecord, Code
 
 
 def to_xml(record: AuditRecord) -> bytes:
-    """The AuditMessage document, UTF-8, with an XML declaration."""
+    """The AuditMessage document, UTF-8, with an XML declaration, on one line."""
     root = Element("AuditMessage")
     ident = SubElement(root, "EventIdentification", _attrs(
         EventActionCode=record.action, EventOutcomeIndicator=record.outcome,
@@ -54,8 +54,24 @@ def to_xml(record: AuditRecord) -> bytes:
             holder = SubElement(el, "ParticipantObjectContainsStudy")
             for uid in o.studies:
                 SubElement(holder, "StudyIDs", {"UID": uid})
-    body: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
-    return body
+    return _one_line(tostring(root, encoding="utf-8", xml_declaration=False))
+
+
+#: XML 1.0 2.8: the declaration as ElementTree writes it, without the line feed it puts after it.
+_DECLARATION = b"<?xml version='1.0' encoding='utf-8'?>"
+#: Line breaks and tabs of text content, as character references (XML 1.0 4.1): the same text.
+_CONTROLS = {b"\n": b"&#10;", b"\r": b"&#13;", b"\t": b"&#9;"}
+
+
+def _one_line(body: bytes) -> bytes:
+    """The document on one line: a syslog relay escapes a control character it receives (rsyslog
+    writes a line feed as ``#012`` by default), and an escaped one between the declaration and the
+    root element is no XML. ElementTree writes those only in text content (attribute values it
+    escapes already), where a character reference means the same (XML 1.0 2.11: a literal CR
+    would even be read as LF)."""
+    for char, ref in _CONTROLS.items():
+        body = body.replace(char, ref)
+    return _DECLARATION + body
 
 
 def _code(parent: Element, name: str, code: Code) -> None:

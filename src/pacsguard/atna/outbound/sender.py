@@ -5,9 +5,14 @@ Syslog has no acknowledgement, so delivery is decided from the connection: a mes
 delivered once every byte of it has been acknowledged by the peer's TCP (the socket's send queue is
 empty) and the connection has stayed open for ``confirm_after`` seconds since (a repository that
 stops or crashes closes the connection well within that). Anything not yet delivered is sent again
-after a reconnection; each message carries its origin and spool sequence in its structured data
-(``[pacsguard@32473 origin=... seq=...]``), so the receiving repository drops what it already
-stored: nothing is lost while it is down, nothing is stored twice after it returns.
+after a reconnection; each message carries its origin, its spool's instance and its sequence in its
+structured data (``[pacsguard@32473 origin=... instance=... seq=...]``), so the receiving repository
+drops a resent copy of what it already stored (the same bytes under the same numbers from the same
+client certificate): nothing is lost while it is down, nothing is stored twice after it returns.
+
+A connection that fails is logged, and recorded once as an ``atna.outbound.failed`` Event (again
+when the reason changes): a repository whose certificate does not verify (another CA, another
+name) may be a man in the middle, and the messages wait in the spool meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 import ssl
 import struct
@@ -22,6 +28,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pacsguard.atna.outbound.spool import Spool
@@ -36,11 +43,13 @@ SD_ID = "pacsguard@32473"
 PRI = 85
 
 
-def frame(origin: str, seq: int, message: bytes, hostname: str) -> bytes:
-    """One octet-counted RFC 5424 frame (RFC 5425 4.3) carrying ``message``."""
+def frame(origin: str, seq: int, message: bytes, hostname: str, instance: str | None = None) -> bytes:
+    """One octet-counted RFC 5424 frame (RFC 5425 4.3) carrying ``message``; its SD-PARAMs (RFC 5424
+    6.3.3) name the origin, the spool's instance and the sequence."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    params = f'origin="{_sd_escape(origin)}"' + (f' instance="{_sd_escape(instance)}"' if instance else "")
     head = (f'<{PRI}>1 {stamp} {hostname} pacsguard {os.getpid()} IHE+RFC-3881 '
-            f'[{SD_ID} origin="{_sd_escape(origin)}" seq="{seq}"] ').encode()
+            f'[{SD_ID} {params} seq="{seq}"] ').encode()
     body = head + message
     return b"%d %s" % (len(body), body)
 
@@ -52,7 +61,8 @@ def _sd_escape(value: str) -> str:
 class OutboundSender:
     def __init__(self, spool: Spool, origin: str, host: str, port: int, context: ssl.SSLContext, *,
                  server_name: str | None = None, retry: float = 5.0, confirm_after: float = 1.0,
-                 on_delivered: Callable[[int, int, bool], None] = lambda first, last, reconnected: None) -> None:
+                 on_delivered: Callable[[int, int, bool], None] = lambda first, last, reconnected: None,
+                 on_failed: Callable[[Failure], None] = lambda failure: None) -> None:
         self.spool = spool
         self.origin = origin
         self.address = (host, port)
@@ -61,6 +71,9 @@ class OutboundSender:
         self.retry = retry
         self.confirm_after = confirm_after
         self.on_delivered = on_delivered
+        self.on_failed = on_failed
+        #: The reason of the latest failed connection, until one succeeds (a change is recorded again).
+        self.failing: str | None = None
         self.hostname = socket.gethostname() or "-"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pacsguard-atna-outbound", daemon=True)
@@ -81,10 +94,27 @@ class OutboundSender:
                 with socket.create_connection(self.address, timeout=10) as raw, \
                         self.context.wrap_socket(raw, server_hostname=self.server_name) as conn:
                     self.connections += 1
+                    self.failing = None
                     self._send(conn)
             except (OSError, ssl.SSLError) as exc:
-                log.info("outbound to %s:%s: %s", *self.address, exc)
+                self._failed(exc)
             self._stop.wait(self.retry)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Log a failed connection; the first of a kind, or a new reason, becomes an Event too."""
+        failure = failure_of(exc)
+        where = "%s:%s" % self.address
+        # WARNING when it starts or its reason changes (a certificate that stops verifying may be a
+        # man in the middle); the same failure again at every retry is INFO.
+        level = logging.WARNING if failure.reason != self.failing else logging.INFO
+        log.log(level, "outbound to %s: %s (audit messages wait in the spool: %d)", where, failure.reason,
+                self.spool.pending())
+        if failure.reason != self.failing:
+            self.failing = failure.reason
+            try:
+                self.on_failed(failure)
+            except Exception:  # noqa: BLE001 - recording the failure must not stop the retries
+                log.exception("outbound to %s: recording the failure failed", where)
 
     def _send(self, conn: ssl.SSLSocket) -> None:
         delivered = written = self.spool.delivered()
@@ -103,13 +133,36 @@ class OutboundSender:
                 delivered, reconnected, candidate = candidate[0], False, None
             rows = self.spool.after(written)
             if rows:
-                conn.sendall(b"".join(frame(self.origin, seq, msg, self.hostname) for seq, msg in rows))
+                conn.sendall(b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
+                                      for seq, msg in rows))
                 written = rows[-1][0]
                 continue
             if not _open(conn):
                 return
             with self.spool.added:
                 self.spool.added.wait(0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a connection to the repository failed: ``reason`` without what changes from one attempt
+    to the next; ``certificate`` when the repository's certificate did not verify."""
+
+    reason: str
+    certificate: bool
+
+
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+def failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(f"TLS certificate verify failed: {exc.verify_message}", True)
+    if isinstance(exc, ssl.SSLError):
+        return Failure(f"TLS: {_SSL_SOURCE.sub('', exc.reason or str(exc))}", False)
+    if isinstance(exc, OSError) and exc.strerror:
+        return Failure(exc.strerror, False)
+    return Failure(str(exc) or type(exc).__name__, False)
 
 
 def _open(conn: ssl.SSLSocket) -> bool:

@@ -1,10 +1,16 @@
 """The durable outbound spool: each message to send is a row (SQLite, committed before the event
 is acknowledged by the subscription), with a sequence number the repository sees in the message's
 structured data; ``delivered`` is the highest sequence known to have arrived. A restart of
-pacsguard resends from there, never skipping a message."""
+pacsguard resends from there, never skipping a message.
+
+Each spool has an ``instance``: a random identifier made when the spool is created (or first
+opened by a version that knows it), sent beside the sequence. A spool made again (a new disk, a
+reinstall) starts its sequence at 1 again under a new instance, and two gateways sharing a
+``source_id`` have different ones: the repository never confuses their numbers."""
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from pathlib import Path
@@ -15,18 +21,33 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, message BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), delivered INTEGER NOT NULL);
 INSERT OR IGNORE INTO state (id, delivered) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class SpoolError(Exception):
+    """The spool file cannot be used (not an SQLite database, a folder, unreadable): ``path`` and why."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
 class Spool:
     def __init__(self, path: Path) -> None:
-        # Audit messages name patients: the file is made 0600 before SQLite opens it (SQLite would
-        # give it the umask's mode, and copies that mode to its -wal and -shm files).
-        create_private_file(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _open(path)
+            self._db.executescript(_SCHEMA)
+            # 128 random bits: no two spools ever share one (RFC 4122's bound for random UUIDs).
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)",
+                             (secrets.token_hex(16),))
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        except sqlite3.DatabaseError as exc:  # sqlite3.OperationalError is one too
+            raise SpoolError(path, _why(path, exc)) from None
+        except OSError as exc:
+            raise SpoolError(path, f"cannot create it: {exc.strerror or exc}") from None
+        self.instance: str = str(row[0])
         self._lock = threading.Lock()
         self.added = threading.Condition(self._lock)
 
@@ -63,3 +84,30 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    # Audit messages name patients: the file is made 0600 before SQLite opens it (SQLite would
+    # give it the umask's mode, and copies that mode to its -wal and -shm files).
+    if path.is_dir():
+        raise sqlite3.OperationalError("is a folder")
+    create_private_file(path)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _why(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """What is wrong with the file, in words an administrator acts on."""
+    text = str(exc)
+    if text == "is a folder":
+        return "is a folder, not the spool's SQLite file"
+    if "not a database" in text or "malformed" in text:
+        return (f"is not a usable SQLite spool ({text}): damaged, or another file; move it aside to start a new "
+                "spool (its unsent messages are then lost)")
+    return f"cannot be opened as the spool's SQLite database: {text}"

@@ -120,6 +120,12 @@ class Splitter:
         return None
 
     def _octet_counted(self, problems: list[FrameProblem]) -> bytes | None:
+        if self._buffer[0] in b"<\r\n\0 ":
+            # RFC 6587 3.4: the framing is told per frame, not per connection. A '<' (or the blank
+            # line some senders end a frame with) where a frame starts: detected again, as rsyslog's
+            # imtcp does; the sender switched to non-transparent framing.
+            self.framing = None
+            return b""
         space = self._buffer.find(b" ", 0, _MAX_DIGITS + 1)
         if space < 0:
             if len(self._buffer) > _MAX_DIGITS or not self._buffer.isdigit():
@@ -172,16 +178,30 @@ class Splitter:
         self.held = False
         return frame
 
-    def flush(self) -> list[bytes]:
+    def flush(self, *, final: bool = False) -> list[bytes]:
         """The frame ``held`` back: its LF ended the data read so far, so whether it ends the
         message (or a line of a pretty-printed one) was not known. Called when nothing more came
-        for a moment, or when the stream ends: it is taken as the frame's end."""
-        if not self.held:
-            return []
-        end = self._buffer.find(b"\n", self._line_from)
-        frames = [self._take_line(end)] if end >= 0 else []
-        got, _ = self.feed(b"")
-        return frames + got
+        for a moment, or when the stream ends: it is taken as the frame's end. At the end of the
+        stream (``final``) a non-transparent frame without its TRAILER is a frame too, as rsyslog's
+        imtcp submits it: the sender closed after its last message instead of an LF (RFC 6587
+        3.4.2 leaves the last TRAILER to the sender). An octet-counted frame cut short is not."""
+        frames: list[bytes] = []
+        if self.held:
+            end = self._buffer.find(b"\n", self._line_from)
+            frames = [self._take_line(end)] if end >= 0 else []
+            frames += self.feed(b"")[0]
+        if final and self._unterminated():
+            frames.append(bytes(self._buffer).rstrip(b"\r"))
+            self._buffer.clear()
+            self._line_from = 0
+        return frames
+
+    def _unterminated(self) -> bool:
+        """Whether the buffer holds the start of a non-transparent frame and nothing else: a '<'
+        where a frame starts, no octet count, no frame being skipped or hunted for."""
+        if self._skip or self._hunting or not self._buffer.strip(b"\r\n\0 "):
+            return False
+        return self.framing is Framing.NON_TRANSPARENT and self._buffer[0] == 0x3C
 
     def _resync(self, problems: list[FrameProblem] | None, detail: str = "") -> bytes:
         """A bad frame at the start of the buffer: report it (unless already reported) and hunt

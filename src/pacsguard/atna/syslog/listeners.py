@@ -253,7 +253,7 @@ class _Connection(asyncio.Protocol):
         if self.refused:
             return  # recorded (counted) when it was refused or evicted
         self.listener.connections.discard(self)
-        self._publish(self.splitter.flush(), [])  # a frame held at its LF: the stream ended there
+        self._publish(self.splitter.flush(final=True), [])  # a frame held at its LF, or without one: it ended
         if self.received == 0:
             self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
         for problem in self.splitter.finish():
