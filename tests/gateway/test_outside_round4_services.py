@@ -241,3 +241,14 @@ def test_pynetdicom_commits_through_the_gateway_and_its_n_create_is_refused(gate
     refused = gw.events("dicom.dimse.*")
     assert sorted(e.details.get("rule", "") for e in refused if e.details.get("decision") == "refused") == [
         "policy.services", "policy.services"]
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.1.27", "1.2.840.10008.5.1.1.29", "1.2.840.10008.5.1.1.30"],
+                         ids=["stored-print", "hardcopy-grayscale", "hardcopy-color"])
+def test_retired_print_storage_classes_are_storage(uid: str) -> None:
+    """Stored Print and Hardcopy Grayscale/Color Image Storage (retired, PS3.4 B.5) are Storage SOP
+    Classes, accepted by the default policy as storescp accepts them; pydicom names them "... Storage
+    SOP Class", which read as no storage class and fell to N-* (refused by default)."""
+    from pacsguard.gateway.checks.services import service_of_abstract_syntax
+
+    assert service_of_abstract_syntax(uid) == "C-STORE"

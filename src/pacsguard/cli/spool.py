@@ -43,7 +43,8 @@ def _entries(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool, 
 @app.command("list")
 @guarded
 def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
-    """Every spooled object: queued for a destination, quarantined, or kept after sending."""
+    """Every spooled object: queued for a destination, damaged (its metadata unreadable), quarantined,
+    or kept after sending."""
     from rich.table import Table
 
     from pacsguard.cli.common import console
@@ -57,7 +58,7 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
         table.add_column(col, overflow="fold")
     now = time.time()
     for name, _, e in entries:
-        waiting = ", ".join(_waiting(e, d) for d in e.pending)
+        waiting = ", ".join(_waiting(e, d) for d in e.pending) or e.damage
         table.add_row(shown(name), shown(e.meta.id), e.state, shown(e.meta.object.sop_instance_uid),
                       f"{e.meta.bytes / 1024:,.0f}", _age(now - e.meta.received), shown(waiting or "-"))
     console.print(table if entries else "the spool is empty")
@@ -110,15 +111,15 @@ def retry(route: str | None = ROUTE_OPTION, config: Path | None = CONFIG_OPTION)
 @guarded
 def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (default: every one the filters keep)"),
           route: str | None = ROUTE_OPTION,
-          state: str | None = typer.Option(None, "--state", help="only queued, quarantined or sent objects"),
+          state: str | None = typer.Option(None, "--state", help="only queued, damaged, quarantined or sent objects"),
           yes: bool = typer.Option(False, "--yes", help="really delete: spooled objects are then lost"),
           config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """Delete spooled objects for good, recording who did (gateway.spool.purged)."""
     from pacsguard.cli.common import console
     from pacsguard.gateway.store_forward import records
 
-    if state not in (None, "queued", "quarantined", "sent"):
-        raise fail(f"--state: expected queued, quarantined or sent, got {state!r}")
+    if state not in (None, "queued", "damaged", "quarantined", "sent"):
+        raise fail(f"--state: expected queued, damaged, quarantined or sent, got {state!r}")
     loaded = load(config)
     chosen = [(n, s, e) for n, s, e in _entries(loaded, route)
               if (not object_ids or e.meta.id in object_ids) and (state is None or e.state == state)]

@@ -54,7 +54,8 @@ KINDS = (
               {**_OBJECT, "destination": STRING, "status": STATUS},
               required=("route", "spool_id", "destination", "status")),
     EventKind("gateway.object.delayed", "a destination could not take spooled objects yet; they wait and are retried",
-              {**_OBJECT, "destination": STRING, "error": STRING, "retry_in": NUMBER, "attempts": INTEGER},
+              {**_OBJECT, "destination": STRING, "error": STRING, "retry_in": NUMBER, "attempts": INTEGER,
+               "waiting": INTEGER},
               required=("route", "destination", "error")),
     EventKind("gateway.object.in-doubt",
               "a spooled object's last send to a destination had no recorded answer (a crash, a lost response): "
@@ -69,6 +70,11 @@ KINDS = (
     EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
               {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
               required=("route", "bytes", "objects")),
+    EventKind("gateway.spool.damaged",
+              "a spooled object's metadata (ID.json) cannot be read: it is not forwarded, and `spool list` shows "
+              "it as damaged until an administrator purges it",
+              {**_ROUTE, "spool_id": STRING, "reason": STRING, "path": STRING},
+              required=("route", "spool_id", "reason")),
     EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard gateway spool purge`",
               {**_ROUTE, "spool_ids": STRINGS, "states": STRINGS, "sop_instances": STRINGS},
               required=("route", "spool_ids")),

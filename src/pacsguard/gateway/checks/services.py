@@ -74,7 +74,10 @@ def service_of_abstract_syntax(uid: str) -> str:
             return service
     if uid == MODALITY_WORKLIST_FIND or "WORKLIST" in upper:
         return "C-FIND"
-    if uid.startswith("1.2.840.10008.5.1.4.1.1.") or (upper.endswith("STORAGE") and "COMMITMENT" not in upper):
+    # pydicom names three retired storage classes "... Storage SOP Class" (Stored Print, Hardcopy
+    # Grayscale and Color Image Storage, PS3.4 B.5): C-STORE too, as storescp takes them.
+    storage = upper.removesuffix(" SOP CLASS").endswith("STORAGE") and "COMMITMENT" not in upper
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.") or storage:
         return "C-STORE"
     return "N-*"
 

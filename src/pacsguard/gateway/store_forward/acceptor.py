@@ -18,9 +18,9 @@ once its C-STORE-RSP is sent; one whose association ends before that is withdraw
 (the modality saw no Success and sends it again: forwarding it too would make a duplicate).
 
 A C-STORE the route could not forward as received (no UIDs in its command, no data set, a data
-set in another transfer syntax or of another SOP Instance) is refused at reception
-(pacsguard.gateway.store_forward.screening), once per object: at its command and at its data
-set's first PDV."""
+set in another transfer syntax or of another SOP Instance, one that does not hold together) is
+refused at reception (pacsguard.gateway.store_forward.screening), once per object: at its command,
+at its data set's first PDV, and, for its structure, once it is whole (receiver.py)."""
 
 from __future__ import annotations
 
@@ -406,8 +406,11 @@ class StoreAssociation:
             return
         record = self._record()
         pending = record.request(ev)
-        if command.command_field == dimse.C_STORE_RQ and command.has_dataset:
-            self._on_store(ev, pending)
+        if command.command_field == dimse.C_STORE_RQ:
+            if command.has_dataset:
+                self._on_store(ev, pending)
+            else:
+                self._on_store_without_dataset(ev, pending)
             return
         verdict = decide(self.rx.chain, "on_request", self.adm, pending, ev)
         if verdict.action >= Action.ABORT:
@@ -449,6 +452,17 @@ class StoreAssociation:
             self._refuse_malformed(incoming, problem)
             return
         incoming.open(rx.spool, self._sender())
+
+    def _on_store_without_dataset(self, ev: E.DimseCommand, pending: Pending) -> None:
+        """A C-STORE-RQ whose Command Data Set Type (0000,0800) says it has no data set (PS3.7
+        9.1.1.1, E.1): a C-STORE of nothing, refused at reception as an empty data set (0xC000)."""
+        self._record().track(pending)
+        incoming = Incoming(ev, pending)
+        self._refuse_malformed(incoming, screening.Problem(
+            dimse.STATUS_CANNOT_UNDERSTAND, "c-store.data-set-empty",
+            "the C-STORE-RQ says it carries no data set (Command Data Set Type 0x0101, PS3.7 9.1.1.1, E.1): "
+            "there is nothing to store", "no data set"))
+        self._answer(incoming, self._keep(incoming))
 
     def _refuse(self, incoming: Incoming, reason: str, rule: str, status: int, *, abort: str = "") -> None:
         incoming.pending.refuse(reason, rule, status)
@@ -575,6 +589,9 @@ class StoreAssociation:
                 self._withdraw(kept.meta)
             return
         cmd = incoming.command.command
+        if kept.refusal is not None:  # found once the data set was whole (its structure)
+            incoming.pending.refuse(kept.refusal.reason, kept.refusal.rule, kept.refusal.status)
+            incoming.comment = kept.refusal.comment
         if cmd.command_field == dimse.C_STORE_RQ and kept.status == dimse.STATUS_SUCCESS:
             self.stored += 1
         response = dimse.CommandSet(cmd.command_field | dimse.RESPONSE_BIT, status=kept.status,

@@ -17,7 +17,12 @@ sent marker (a crash, or an association lost between the C-STORE and its respons
 arrived: before it is sent again the destination is asked with a C-FIND (verify.py, PS3.4 C.4.1)
 and an object it holds is marked sent instead. A destination that cannot be asked gets the object
 again (at-least-once for that one object; ``verify_resend: never`` chooses that without asking).
-Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`.
+Failures wait with exponential backoff (``retry``), interrupted by `pacsguard gateway spool retry`
+(a token in the spool each forwarder compares with the last it saw: one request reaches all).
+Any error of a round (the spool read-only for a moment, a bug) is recorded with the destination's
+name and the batch retried after the backoff: a forwarder outlives it. A forwarder thread that
+ends anyway ends the forwarding process (``died``), which the gateway starts again: a destination
+is never left unserved while the process looks alive.
 The object in flight when an association ends goes to the back of the queue and the forwarder
 waits out the backoff, as after any failure, so one object a destination aborts on is retried
 without holding back the others, and without a tight loop when it is the only one (objects may
@@ -70,7 +75,7 @@ class Forwarder:
     """Sends a route's spooled objects to one destination until it has them all."""
 
     def __init__(self, route: Route, destination: Destination, spool: Spool, publish: Callable[[Event], object],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, died: Callable[[str], object] | None = None) -> None:
         self.route = route
         self.destination = destination
         self.name = destination.key
@@ -81,6 +86,9 @@ class Forwarder:
         self.wake = threading.Condition()
         self.stopping = False
         self.delay = route.retry.initial_delay
+        self.died = died  # called when the thread ends while not stopping (forwarding.py ends the process)
+        self._retry_seen = spool.retry_token()  # the last retry request this forwarder answered
+        self._failing = True  # whether the destination's failure note may exist (cleared at a success)
         # The association kept open between batches (destination.idle_release), what it proposed,
         # and since when it has had nothing to send. Used by the forwarder's thread only.
         self._assoc: StoreAssociation | None = None
@@ -114,37 +122,122 @@ class Forwarder:
     # --- the thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        why = "it returned"
         try:
             self._forward()
+        except BaseException as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            self._end_association()
+            try:
+                self._end_association()
+            except Exception:  # noqa: BLE001 - ending anyway
+                log.exception("route %s: ending the association to %s failed", self.route.name, self.name)
+            if not self.stopping and self.died is not None:
+                self._ended(why)
+
+    def _ended(self, why: str) -> None:
+        """The thread ends while it should not: recorded, then ``died`` (the process ends and is
+        started again: a forwarder's queue is only rebuilt from the spool at a start)."""
+        why = f"the forwarder of {self.name} ended ({why}); the forwarding process is started again"
+        try:
+            self.publish(records.delayed(self.route.name, self.name, self.party, why, retry_in=self.delay))
+        except BaseException:  # noqa: BLE001 - ending anyway: `died` must be called
+            log.exception("route %s: recording the end of %s failed", self.route.name, self.name)
+        assert self.died is not None
+        self.died(why)
 
     def _forward(self) -> None:
         while not self.stopping:
-            batch = self._take()
-            if not batch:
-                self._release_if_idle()
-                continue
+            batch: list[str] = []
             try:
-                outcome = self._send(batch)
+                batch = self._take()
+                if not batch:
+                    self._release_if_idle()
+                    continue
+                self._round(batch)
             except Exception as exc:  # noqa: BLE001 - the forwarder must outlive any one failure
-                log.exception("route %s: forwarding to %s failed", self.route.name, self.name)
-                outcome = Round(batch, f"{type(exc).__name__}: {exc}")
-            if not outcome.failed:
-                self.delay = self.route.retry.initial_delay
-                continue
+                self._failed(batch, exc)
+
+    def _round(self, batch: list[str]) -> None:
+        """Send ``batch``; after a failure, queue what is left and wait out the backoff."""
+        try:
+            outcome = self._send(batch)
+        except Exception as exc:  # noqa: BLE001 - recorded; the batch is retried
+            log.exception("route %s: forwarding to %s failed", self.route.name, self.name)
+            outcome = Round(batch, f"{type(exc).__name__}: {exc}")
+        if not outcome.failed:
+            self.delay = self.route.retry.initial_delay
+            self._reachable()
+            return
+        with self.wake:
+            self.queue.extendleft(reversed(outcome.left))
+            if outcome.ended_on is not None:
+                # Behind every other queued object: a destination that aborts on one object (a
+                # data set its software cannot take) must not hold back the rest. Retried after
+                # the backoff even when it is the only one: one try per round, not a tight loop.
+                self.queue.append(outcome.ended_on)
+        if outcome.ended_on is not None and not self.stopping:
+            self._charge(outcome.ended_on, outcome.error)
+        elif not outcome.reported and not self.stopping:
+            self._unreachable(outcome.error)
+        self._end_association()  # not held open through the wait
+        self._backoff()
+
+    def _charge(self, object_id: str, error: str) -> None:
+        """The object whose association ended before its answer bears the failure (`spool list`
+        counts it; the event names it, its patient and study, PS3.15 A.5). Its attempt marker stays:
+        it may have arrived."""
+        meta = self.spool.read_meta(object_id)
+        if meta is None:  # purged meanwhile
+            return
+        attempts = self.spool.mark_failed(object_id, self.name, error, in_doubt=True)
+        self.publish(records.delayed(self.route.name, self.name, self.party, error, retry_in=self.delay,
+                                     meta=meta, attempts=attempts))
+
+    def _unreachable(self, error: str) -> None:
+        """The destination as a whole failed (not reached, association refused): noted once for
+        all the objects waiting for it (`spool list` shows it for each) and recorded."""
+        self._failing = True
+        try:
+            attempts = self.spool.mark_destination_failed(self.name, error)
+        except OSError as exc:  # the note is informative; the failure is still recorded below
+            log.warning("route %s: cannot note the failure of %s: %s", self.route.name, self.name, exc)
+            attempts = 0
+        self.publish(records.delayed(self.route.name, self.name, self.party, error, retry_in=self.delay,
+                                     attempts=attempts, waiting=len(self.queue)))
+
+    def _reachable(self) -> None:
+        """The destination took a batch: its failure note goes (it is tried again next time when
+        the spool cannot drop it now)."""
+        if self._failing:
+            try:
+                self.spool.clear_destination_failure(self.name)
+            except OSError as exc:
+                log.warning("route %s: cannot clear the failure note of %s: %s", self.route.name, self.name, exc)
+                return
+            self._failing = False
+
+    def _failed(self, batch: list[str], exc: Exception) -> None:
+        """An error outside one send (the spool unwritable for a moment, a bug): recorded with the
+        destination's name, the batch back in the queue, the destination tried again after its
+        backoff. Nothing here may end the thread."""
+        log.error("route %s: the forwarder of %s failed: %s: %s", self.route.name, self.name,
+                  type(exc).__name__, exc, exc_info=exc)
+        try:
             with self.wake:
-                self.queue.extendleft(reversed(outcome.left))
-                if outcome.ended_on is not None:
-                    # Behind every other queued object: a destination that aborts on one object (a
-                    # data set its software cannot take) must not hold back the rest. Retried after
-                    # the backoff even when it is the only one: one try per round, not a tight loop.
-                    self.queue.append(outcome.ended_on)
-            if not outcome.reported:
-                self.publish(records.delayed(self.route.name, self.name, self.party, outcome.error,
-                                             retry_in=self.delay))
-            self._end_association()  # not held open through the wait
+                queued = set(self.queue)
+                self.queue.extendleft(reversed([i for i in batch if i not in queued]))
+            self.publish(records.delayed(self.route.name, self.name, self.party,
+                                         f"the forwarder failed: {type(exc).__name__}: {exc}", retry_in=self.delay))
+            self._end_association(abort=True)
+        except Exception:  # noqa: BLE001 - the wait below is what matters
+            log.exception("route %s: recording the failure of %s failed", self.route.name, self.name)
+        try:
             self._backoff()
+        except Exception:  # noqa: BLE001 - a plain wait, then
+            with self.wake:
+                self.wake.wait(self.delay)
 
     def _take(self) -> list[str]:
         """Up to ``retry.batch`` queued objects (waiting a little when there are none)."""
@@ -158,8 +251,11 @@ class Forwarder:
         """Wait before the next attempt: doubling up to retry.max_delay, cut short by a retry request."""
         deadline = time.monotonic() + self.delay
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
-            if self.spool.take_retry_request():
-                break
+            token = self.spool.retry_token()
+            if token != self._retry_seen:  # a new request; the file stays for the other destinations
+                self._retry_seen = token
+                if token:
+                    break
             with self.wake:
                 self.wake.wait(min(POLL, left))
         self.delay = min(self.delay * 2, self.route.retry.max_delay)

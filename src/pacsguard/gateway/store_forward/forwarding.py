@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -47,6 +48,11 @@ log = logging.getLogger("pacsguard.gateway")
 
 RESTART_DELAY = 1.0  # seconds before a child that died is started again
 LOCK_WAIT = 30.0  # seconds a child waits for an old one to let go of the spool
+# A SIGTERM the child gets is most often the one its gateway got too (systemd's KillMode=control-group,
+# `kill` of the process group): it waits this long for the gateway's "stop" (or its end) before it
+# ends on its own, so that an orderly stop is neither cut short nor recorded as a failure.
+TERM_WAIT = 20.0
+FORWARDER_DIED = 70  # the child's exit code when one of its forwarder threads ended (EX_SOFTWARE)
 
 
 class ForwardingProcess:
@@ -87,6 +93,11 @@ class ForwardingProcess:
 
     def add(self, meta: SpooledMeta) -> None:
         self._send(("add", meta))
+
+    def stopping(self) -> None:
+        """The route is being stopped: the child's end from now on is no failure (not recorded, not
+        restarted), also when a signal meant for the whole service ends it before `stop`."""
+        self._stopping.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the object in flight finish, then end the child (killed after ``timeout``)."""
@@ -174,7 +185,18 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
         return
     spool = Spool(root, retention=route.spool.retention)
     spool.spend = spend
-    forwarders = [Forwarder(route, d, spool, lambda ev: send("event", ev), client_context(d)) for d in destinations]
+
+    def died(why: str) -> None:
+        """A forwarder thread ended while the route runs: end the process, which the gateway starts
+        again (`ForwardingProcess._read`) with what the spool owes; living on would leave that
+        destination unserved, silently, while new objects are still acknowledged."""
+        log.critical("route %s: %s", route.name, why)
+        logging.shutdown()
+        os._exit(FORWARDER_DIED)
+
+    forwarders = [Forwarder(route, d, spool, lambda ev: send("event", ev), client_context(d), died)
+                  for d in destinations]
+    _wait_for_gateway_on_sigterm(route, forwarders, lock)
     for forwarder in forwarders:
         for meta in waiting:
             if not spool.sent_to(meta.id, [forwarder.name]):
@@ -201,6 +223,30 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
     for forwarder in forwarders:
         forwarder.stop()
     os.close(lock)
+
+
+def _wait_for_gateway_on_sigterm(route: Route, forwarders: list[Any], lock: int) -> None:
+    """SIGTERM does not end the child at once: the gateway got it too, as a rule, and sends "stop"
+    once its routes stop (the object in flight finishes). Only when no word comes within
+    `TERM_WAIT` seconds (the child alone was signalled) does it stop its forwarders and end."""
+    termed = threading.Event()
+
+    def end_unless_told() -> None:
+        time.sleep(TERM_WAIT)
+        log.warning("route %s: the forwarding process got SIGTERM and no word from the gateway in %g s: it ends",
+                    route.name, TERM_WAIT)
+        for forwarder in forwarders:
+            forwarder.stop()
+        os.close(lock)
+        logging.shutdown()
+        os._exit(128 + signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        if not termed.is_set():
+            termed.set()
+            threading.Thread(target=end_unless_told, name="pacsguard-forwarding-term", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def client_context(destination: Destination) -> Any:

@@ -7,9 +7,12 @@ The object file is a Part-10 file (PS3.10 7.1): preamble, "DICM" and a file meta
 in memory: each data PDV is written from the PDU that carried it.
 
 Durability before Success (docs/gateway.md, "Store-and-forward routes"):
-  1. the object file is fsync'd in tmp/ by a worker thread started as its last PDV is handled,
-     then judged by the route's object checks, in order, in that thread (the kernel was asked to
-     write each MiB of it out as it arrived, so little is left for that fsync);
+  0. in a worker thread started as its last PDV is handled, the data set's element headers are
+     walked from the page cache (structure.py, PS3.5 7.1, 7.5): one that does not hold together
+     is refused at reception (0xC000, docs/gateway.md "What is refused at reception");
+  1. the object file is fsync'd in tmp/ by that thread, then judged by the route's object
+     checks, in order, in that thread (the kernel was asked to write each MiB of it out as it
+     arrived, so little is left for that fsync);
   2. its metadata (ID.json) is written and fsync'd in tmp/ by one of the route's metadata threads
      (`Receiver.meta_writer`) while the object is fsync'd (the two syncs share a journal commit),
      and, once the checks pass, both files are renamed into objects/ (a check's replacement gets
@@ -23,7 +26,8 @@ Durability before Success (docs/gateway.md, "Store-and-forward routes"):
      (`Spool.withdraw`), since the modality, which saw no Success, sends it again.
 The spool's free-space floor (spool.min_free_mib) is checked as the object grows: past it, the
 rest of the data set is read and dropped, and the answer is 0xA700 (out of resources, PS3.4
-Table B.2-1)."""
+Table B.2-1). What is written stops counting as reserved (the file system's free space counts it
+already), so an object counts once."""
 
 from __future__ import annotations
 
@@ -48,7 +52,10 @@ from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
+from pacsguard.gateway.store_forward.screening import CHECK as SCREENING_CHECK
+from pacsguard.gateway.store_forward.screening import Problem, structure_problem
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, SpoolFull, sync_object
+from pacsguard.gateway.store_forward.structure import walk_file
 from pacsguard.gateway.store_forward.syncing import FolderSync, start_writeback
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.records.dicom import Pending
@@ -111,7 +118,8 @@ class Incoming:
     path: Path | None = None
     fd: int = -1
     written: int = 0
-    reserved: int = 0
+    reserved: int = 0  # bytes counted against the spool's free-space floor (Spool.reserve)
+    settled: int = 0  # of `written`, those the spool was told of: they no longer count as reserved
     peek: DatasetPeek | None = None
     refusal: tuple[str, str] | None = None  # (reason, rule) of a refusal the spool or reception made
     refused_by: str = "spool"  # the `check` of that refusal's event
@@ -176,7 +184,10 @@ class Incoming:
         return None
 
     def _reserve(self, spool: Spool, size: int) -> None:
-        spool.reserve(size)
+        """Reserve ``size`` more bytes, telling the spool what was written since the last time
+        (statvfs counts those already: counting them as reserved too refused objects that fit)."""
+        written, self.settled = self.written - self.settled, self.written
+        spool.reserve(size, written)
         self.reserved += size
 
     def first_bytes(self, size: int) -> tuple[bytes, int]:
@@ -216,9 +227,11 @@ class Incoming:
         self.release(spool)
 
     def release(self, spool: Spool) -> None:
-        if self.reserved:
-            spool.release(self.reserved)
-            self.reserved = 0
+        """Give back what was reserved and not written (the file written is the file system's)."""
+        unwritten = self.reserved - self.settled
+        if unwritten > 0:
+            spool.release(unwritten)
+        self.reserved = self.settled = 0
 
     def meta(self, rx: Receiver, sender: Sender) -> SpooledMeta:
         """What ID.json keeps of the object (pacsguard.gateway.store_forward.spool)."""
@@ -258,6 +271,7 @@ class Kept:
     status: int
     cut_off: str = ""
     meta: SpooledMeta | None = None
+    refusal: Problem | None = None  # a refusal at reception found once the object was whole
 
 
 def kept_now(kept: Kept) -> asyncio.Future[Kept]:
@@ -282,7 +296,7 @@ def keep(rx: Receiver, incoming: Incoming, sender: Sender, publish: Callable[[Ev
     assert received is not None  # a receiving object has its file
     incoming.fd, incoming.path = -1, None
     committing = asyncio.get_running_loop().run_in_executor(None, _check_and_commit, rx, meta, fd, received,
-                                                            sender.host, publish)
+                                                            sender.host, publish, incoming.data_start)
     return _committed(rx, incoming, committing)
 
 
@@ -295,11 +309,14 @@ async def _committed(rx: Receiver, incoming: Incoming, committing: Awaitable[Kep
 
 
 def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, host: str,
-                      publish: Callable[[Event], object]) -> Kept:
-    """In a worker thread: fsync the object, run the object checks, then commit it to objects/
-    (the folder's fsync shared with the objects committed meanwhile) and record it, or set it
-    aside. Returns how it ended; a committed object goes to the forwarders once the acceptor has
-    sent its Success."""
+                      publish: Callable[[Event], object], data_start: int = 0) -> Kept:
+    """In a worker thread: walk the data set's structure, fsync the object, run the object checks,
+    then commit it to objects/ (the folder's fsync shared with the objects committed meanwhile) and
+    record it, or set it aside. Returns how it ended; a committed object goes to the forwarders once
+    the acceptor has sent its Success."""
+    malformed = _malformed(rx, meta, fd, received, data_start, publish)
+    if malformed is not None:
+        return malformed
     try:
         _sync_with_meta(rx.spool, rx.meta_writer, meta, fd)
     except OSError as exc:
@@ -336,6 +353,27 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
     # Here, not back on the loop: the loop's turn after this thread is then only the answer's.
     publish(records.received(meta))
     return Kept(STATUS_SUCCESS, meta=meta)
+
+
+def _malformed(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, data_start: int,
+               publish: Callable[[Event], object]) -> Kept | None:
+    """Walk the whole data set's element headers (structure.py, PS3.5 7.1, 7.5) from the page
+    cache before anything else is spent on it; one that does not hold together is refused at
+    reception (0xC000, check ``reception``), its file dropped. None: it holds together."""
+    try:
+        flaw = walk_file(fd, data_start, meta.bytes, meta.object.transfer_syntax_uid)
+    except (OSError, ValueError):  # unreadable: its sync reports the file's error
+        return None
+    if flaw is None:
+        return None
+    problem = structure_problem(flaw)
+    os.close(fd)
+    rx.spool.discard(received)
+    log.info("route %s: refused %s from %s: %s", rx.route.name, meta.object.sop_instance_uid,
+             meta.object.calling_ae, problem.reason)
+    publish(records.refused(meta, status=problem.status, check=SCREENING_CHECK, rule=problem.rule,
+                            reason=problem.reason))
+    return Kept(problem.status, refusal=problem)
 
 
 def _sync_with_meta(spool: Spool, meta_writer: Executor, meta: SpooledMeta, fd: int) -> None:

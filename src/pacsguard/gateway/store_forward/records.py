@@ -22,6 +22,7 @@ IN_DOUBT = "gateway.object.in-doubt"
 RESTARTED = "gateway.forwarding.restarted"
 HIGH_WATER = "gateway.spool.high-water"
 PURGED = "gateway.spool.purged"
+DAMAGED = "gateway.spool.damaged"
 
 
 def _patients(meta: SpooledMeta) -> dict[str, Any]:
@@ -92,11 +93,16 @@ def forwarded(meta: SpooledMeta, destination: str, target: Party, status: int) -
 
 
 def delayed(route: str, destination: str, target: Party, error: str, *, retry_in: float,
-            meta: SpooledMeta | None = None, attempts: int = 0) -> Event:
-    """A destination could not take an object (or could not be reached): it stays spooled."""
+            meta: SpooledMeta | None = None, attempts: int = 0, waiting: int | None = None) -> Event:
+    """A destination could not take an object (or could not be reached: ``attempts`` then counts its
+    failures in a row, ``waiting`` the objects queued for it): it stays spooled."""
     details: dict[str, Any] = {"route": route, "destination": destination, "error": error,
                                "retry_in": round(retry_in, 3)}
     extra: dict[str, Any] = {}
+    if attempts:
+        details["attempts"] = attempts
+    if waiting is not None:
+        details["waiting"] = waiting
     if meta is not None:
         details.update(_object(meta), attempts=attempts)
         extra = _patients(meta)
@@ -132,6 +138,14 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
                  patient_ids=tuple(patients), study_uids=tuple(studies), sop_instance_count=len(metas),
                  details={"route": route, "spool_ids": [m.id for m in metas], "states": states,
                           "sop_instances": [m.object.sop_instance_uid for m in metas]})
+
+
+def damaged(route: str, spool_id: str, reason: str, path: str) -> Event:
+    """A spooled object whose ID.json cannot be read: not forwarded (its destinations, patient and
+    study are unknown), listed as damaged until an administrator purges it."""
+    return Event(kind=DAMAGED, component="gateway", severity=Severity.ERROR, outcome=Outcome.SERIOUS_FAILURE,
+                 message=f"route {route}: spooled object {spool_id} is damaged and not forwarded: {reason}",
+                 details={"route": route, "spool_id": spool_id, "reason": reason, "path": path})
 
 
 def forwarding_restarted(route: str, exit_code: int | None, restart_in: float) -> Event:

@@ -95,6 +95,9 @@ class StoreForwardRoute:
 
     def _start_forwarders(self) -> int:
         waiting = self.spool.open()
+        for spool_id, reason in self.spool.damaged.items():  # not forwarded: said once per start
+            log.error("route %s: spooled object %s is damaged and not forwarded: %s", self.route.name, spool_id, reason)
+            self.publish(records.damaged(self.route.name, spool_id, reason, str(self.spool.object_path(spool_id))))
         self.forwarding.start(waiting)
         return len(waiting)
 
@@ -113,6 +116,7 @@ class StoreForwardRoute:
         """Stop listening, let open associations finish within ``grace`` seconds (then abort them),
         stop the forwarders. What is spooled stays for the next start."""
         self._stop.set()
+        self.forwarding.stopping()  # from now on the forwarding process's end is no failure
         if self.server is not None:
             self.server.close()
             deadline = time.monotonic() + grace

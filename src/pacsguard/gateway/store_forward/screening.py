@@ -20,6 +20,7 @@ from pacsguard.dicom import dimse
 from pacsguard.dicom.dataset import DatasetPeek, peek_identifiers, transfer_syntax_encoding
 from pacsguard.dicom.dimse import CommandSet
 from pacsguard.dicom.vr import VRS
+from pacsguard.gateway.store_forward.structure import Flaw
 
 CHECK = "reception"  # `check` of the refusal's event
 #: Bytes of a data set read back, once it is whole, when its first fragments did not reach its SOP
@@ -136,3 +137,12 @@ def encoding_problem(first: bytes, transfer_syntax: str | None) -> Problem | Non
     return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.transfer-syntax",
                    f"the data set is encoded in {found}, not in the presentation context's transfer syntax "
                    f"{transfer_syntax} ({agreed}, PS3.5 7.1)", f"data set not in {agreed}")
+
+
+def structure_problem(flaw: Flaw) -> Problem:
+    """A whole data set that does not hold together (structure.walk_file, PS3.5 7.1, 7.5): refused
+    with 0xC000 (cannot understand, PS3.4 B.2.3), as dcmtk's storescp and Orthanc refuse it; an
+    acknowledged one could never be delivered."""
+    return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.data-set-structure",
+                   f"the data set does not hold together at byte {flaw.offset:,}: {flaw.reason}",
+                   f"data set malformed at byte {flaw.offset}"[:64])

@@ -13,7 +13,10 @@ Layout (one folder per route)::
     quarantine/ID.dcm     an object a check quarantined, with ID.manifest.json
     sent/                 objects every destination has, when retention is "keep"
     free/                 spent object files, overwritten by the next objects (reuse.py)
-    retry                 touched by `pacsguard gateway spool retry`: forwarders try again now
+    retry                 a token `pacsguard gateway spool retry` rewrites: each forwarder that sees it
+                          change tries again now (none deletes it: every destination sees it)
+    destinations/DEST.json  the last failure of DEST as a whole (unreachable, association refused):
+                          informative only, shown for every object waiting for DEST
 
 Durability: a file is written to tmp/, fsync'd, renamed into place, and the folder fsync'd
 (rename(2) is atomic; the folder's fsync makes the new name survive a power loss). An object
@@ -101,7 +104,7 @@ class SpoolEntry:
     """A spooled object as `pacsguard gateway spool list` shows it."""
 
     meta: SpooledMeta
-    state: str  # queued, quarantined or sent
+    state: str  # queued, quarantined, sent, or damaged (its ID.json unreadable: never forwarded)
     path: Path
     sent: list[str] = field(default_factory=list)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -109,15 +112,21 @@ class SpoolEntry:
     # Destinations whose last send has no recorded answer (an attempt marker): asked with a C-FIND
     # before it is sent again (docs/gateway.md, "Exactly once").
     in_doubt: list[str] = field(default_factory=list)
+    damage: str = ""  # why a damaged object's ID.json cannot be read
 
     @property
     def pending(self) -> list[str]:
+        """The destinations it waits for: only a queued object waits (a quarantined one is never
+        sent, a damaged one not until an administrator deals with it)."""
+        if self.state != "queued":
+            return []
         return [d for d in self.meta.destinations if d not in self.sent]
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.meta.id, "state": self.state, "path": str(self.path), "pending": self.pending,
                 "sent": self.sent, "in_doubt": self.in_doubt, "failures": self.failures,
                 **({"manifest": self.manifest} if self.manifest else {}),
+                **({"damage": self.damage} if self.damage else {}),
                 "meta": self.meta.to_json()}
 
 
@@ -148,6 +157,8 @@ class Spool:
         self._lock = threading.Lock()
         self._reserved = 0
         self._lock_fd: int | None = None
+        # Objects whose ID.json the last rescan (`waiting`) could not read, and why.
+        self.damaged: dict[str, str] = {}
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -173,9 +184,12 @@ class Spool:
         process died between the last sent marker and the removal. Unlike `open`, nothing else is
         removed (objects may be arriving meanwhile)."""
         owed = []
+        self.damaged = {}
         for object_id in sorted(p.stem for p in self.objects.glob("*.json")):
             meta = self.read_meta(object_id)
-            if meta is not None and not self.finish_if_done(meta):
+            if meta is None:  # never forwarded blindly: listed as damaged, recorded by the route
+                self.damaged[object_id] = self.meta_damage(object_id)
+            elif not self.finish_if_done(meta):
                 owed.append(meta)
         return owed
 
@@ -201,10 +215,14 @@ class Spool:
         """Time-ordered, so that a rescan forwards in arrival order."""
         return f"{time.time_ns():020d}-{uuid4().hex[:8]}"
 
-    def reserve(self, size: int) -> None:
-        """Count ``size`` bytes against the free-space floor until `release`; raise SpoolFull when
-        writing them would leave less than the floor free (objects still arriving included)."""
+    def reserve(self, size: int, written: int = 0) -> None:
+        """Count ``size`` bytes against the free-space floor until they are written or released;
+        raise SpoolFull when writing them would leave less than the floor free (objects still
+        arriving included). ``written``: bytes of the caller's earlier reservations written since its
+        last call, which the file system's free space no longer counts (statvfs): they stop counting
+        here too, or an object would count twice and one larger than half the room be refused."""
         with self._lock:
+            self._reserved -= written
             st = os.statvfs(self.tmp)
             free = st.f_bavail * st.f_frsize - self._reserved
             if free - size < self.min_free and self.pool.bytes:  # spent files go before an object is refused
@@ -215,6 +233,7 @@ class Spool:
             self._reserved += size
 
     def release(self, size: int) -> None:
+        """Stop counting ``size`` reserved bytes that were not written (`reserve`)."""
         with self._lock:
             self._reserved -= size
 
@@ -275,12 +294,25 @@ class Spool:
     def object_path(self, object_id: str) -> Path:
         return self.objects / f"{object_id}.dcm"
 
+    def meta_damage(self, object_id: str, folder: Path | None = None) -> str:
+        """Why an object's ID.json cannot be read ("" when it can)."""
+        path = (folder or self.objects) / f"{object_id}.json"
+        try:
+            SpooledMeta.from_json(json.loads(path.read_text()), path.with_suffix(".dcm"))
+        except OSError as exc:
+            return f"{path.name} cannot be read: {exc.strerror or exc}"
+        except ValueError as exc:
+            return f"{path.name} is not JSON: {exc}"
+        except (TypeError, KeyError, AttributeError) as exc:
+            return f"{path.name} lacks what the spool keeps: {type(exc).__name__}: {exc}"
+        return ""
+
     def read_meta(self, object_id: str, folder: Path | None = None) -> SpooledMeta | None:
         try:
             folder = folder or self.objects
             data = json.loads((folder / f"{object_id}.json").read_text())
             return SpooledMeta.from_json(data, folder / f"{object_id}.dcm")
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def sent_to(self, object_id: str, destinations: Iterable[str] | None = None) -> list[str]:
@@ -330,11 +362,13 @@ class Spool:
         (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         (self.objects / f"{object_id}.{destination}.fail").unlink(missing_ok=True)
 
-    def mark_failed(self, object_id: str, destination: str, error: str) -> int:
+    def mark_failed(self, object_id: str, destination: str, error: str, *, in_doubt: bool = False) -> int:
         """Note a failed attempt (not synced: it only informs `spool list`); returns the attempt count.
         A failure status says the destination did not store the object (PS3.4 B.2.3), so the attempt
-        marker goes: the object is not in doubt."""
-        (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
+        marker goes: the object is not in doubt. With ``in_doubt`` (the association ended before the
+        answer: it may have arrived) the attempt marker stays."""
+        if not in_doubt:
+            (self.objects / f"{object_id}.{destination}.sending").unlink(missing_ok=True)
         path = self.objects / f"{object_id}.{destination}.fail"
         attempts = 1
         try:
@@ -411,7 +445,7 @@ class Spool:
             return SpoolEntry(kept, state, folder / f"{object_id}.dcm", manifest=manifest)
         found = self.read_meta(meta_path.stem, folder)
         if found is None:
-            return None
+            return self._damaged_entry(folder, state, meta_path.stem)
         entry = SpoolEntry(found, state, folder / f"{found.id}.dcm")
         if state == "queued":
             entry.sent = self.sent_to(found.id)
@@ -421,16 +455,36 @@ class Spool:
                     entry.failures[fail.name[len(found.id) + 1:-len(".fail")]] = json.loads(fail.read_text())
                 except (OSError, ValueError):
                     continue
+            for destination in entry.pending:  # a destination that failed as a whole fails each object
+                if destination not in entry.failures and (failed := self.destination_failure(destination)):
+                    entry.failures[destination] = failed
         else:
             entry.sent = list(found.destinations)
         return entry
+
+    def _damaged_entry(self, folder: Path, state: str, object_id: str) -> SpoolEntry | None:
+        """An object whose ID.json cannot be read: shown (state "damaged", with why) so that it can
+        be purged, not hidden; only in objects/ (an object in sent/ has been forwarded already)."""
+        damage = self.meta_damage(object_id, folder)
+        if state != "queued" or not damage:
+            return None
+        path = folder / f"{object_id}.dcm"
+        try:
+            stat = path.stat()
+            size, received = stat.st_size, stat.st_mtime
+        except OSError:
+            size, received = 0, 0.0
+        obj = ReceivedObject(path=path, sop_class_uid="", sop_instance_uid="", transfer_syntax_uid="", calling_ae="",
+                             called_ae="", peer_host="", route="")
+        meta = SpooledMeta(id=object_id, object=obj, received=received, bytes=size, destinations=[])
+        return SpoolEntry(meta, "damaged", path, damage=damage)
 
     def find(self, object_id: str) -> SpoolEntry | None:
         return next((e for e in self.entries() if e.meta.id == object_id), None)
 
     def purge(self, entry: SpoolEntry) -> None:
-        """Delete one object for good (queued, quarantined or kept)."""
-        if entry.state == "queued":
+        """Delete one object for good (queued, damaged, quarantined or kept)."""
+        if entry.state in ("queued", "damaged"):
             self.remove(entry.meta.id)
         elif entry.state == "quarantined":
             (self.quarantine_dir / f"{entry.meta.id}.manifest.json").unlink(missing_ok=True)
@@ -440,14 +494,44 @@ class Spool:
             entry.path.unlink(missing_ok=True)
 
     def request_retry(self) -> None:
-        (self.root / "retry").touch()
+        """Ask every forwarder to try its destination now: a new token in ``retry`` (written whole,
+        then renamed over the old), which each forwarder compares with the last it saw. Nothing
+        deletes it, so one request reaches every destination (docs/gateway.md)."""
+        token = self.root / f"retry.{uuid4().hex[:8]}.tmp"
+        token.write_text(f"{time.time_ns()}-{uuid4().hex}\n")
+        os.replace(token, self.root / "retry")
 
-    def take_retry_request(self) -> bool:
+    def retry_token(self) -> str:
+        """The last retry request's token ("" when there is none or it cannot be read: a spool
+        turned read-only or unreadable for a moment is no request, and no error)."""
         try:
-            (self.root / "retry").unlink()
-        except FileNotFoundError:
-            return False
-        return True
+            return (self.root / "retry").read_text()
+        except OSError:
+            return ""
+
+    # --- a destination's failure as a whole ---------------------------------------------------------
+
+    def _destination_state(self, destination: str) -> Path:
+        return self.root / "destinations" / f"{destination}.json"
+
+    def mark_destination_failed(self, destination: str, error: str) -> int:
+        """Note that ``destination`` could not be reached or refused the association (informative:
+        `spool list` shows it for each object waiting for it); returns the failures in a row."""
+        path = self._destination_state(destination)
+        attempts = 1 + int((self.destination_failure(destination) or {}).get("attempts", 0))
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        path.write_text(json.dumps({"attempts": attempts, "error": error, "at": time.time(), "destination": True}))
+        return attempts
+
+    def destination_failure(self, destination: str) -> dict[str, Any] | None:
+        try:
+            found = json.loads(self._destination_state(destination).read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def clear_destination_failure(self, destination: str) -> None:
+        self._destination_state(destination).unlink(missing_ok=True)
 
     def usage(self) -> tuple[int, int]:
         """Bytes and objects waiting in objects/."""
