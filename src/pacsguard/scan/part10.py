@@ -131,6 +131,12 @@ class Parsed:
                     self._top.setdefault(element.tag, element)
         return self._top.get(tag)
 
+    def is_pixel_data(self, element: Element) -> bool:
+        """Is ``element`` the pixel data: the data set's first top-level (7FE0,0010), the one the walk
+        took as the image, or one inside an item (an icon's, PS3.3 C.7.6.1)? A repeated top-level one
+        is not (PS3.5 7.1: a tag occurs once; pydicom reads the last), and is searched as any value."""
+        return element.tag == PIXEL_DATA and (element.depth > 0 or self.top(PIXEL_DATA) is element)
+
     def text(self, tag: int) -> str | None:
         """The top-level string value of ``tag``, stripped of padding; None when absent."""
         element = self.top(tag)

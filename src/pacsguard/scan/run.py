@@ -22,7 +22,11 @@ _WORKER: dict[str, Scanner] = {}
 
 def scan_item(scanner: Scanner, item: Item) -> FileReport:
     if item.container or item.skipped:
-        return FileReport(item.name, size=item.size, findings=list(item.findings), skipped=item.skipped)
+        report = FileReport(item.name, size=item.size, findings=list(item.findings), skipped=item.skipped)
+        if item.container and item.own is not None:
+            # The archive's own bytes: what belongs to no member (a zip comment, data after a tar's end).
+            report.findings += scanner.scan_container(item.own)
+        return report
     if item.data is not None:
         report = scanner.scan_bytes(item.data, item.name)
     else:

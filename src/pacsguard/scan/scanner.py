@@ -102,6 +102,20 @@ class Scanner:
         report.seconds = time.perf_counter() - started
         return report
 
+    def scan_container(self, data: bytes) -> list[Finding]:
+        """An archive's own bytes through YARA's whole-file pass and clamd, as `yara` and clamscan
+        scan a file before (or without) its members: a zip's comment (APPNOTE.TXT 4.3.16) or bytes
+        after a tar's end-of-archive blocks (POSIX ustar) belong to no member. Once per container;
+        one larger than max_file_size is left to its members (the rule families judge those)."""
+        if len(data) > self.max_file_size:
+            return []
+        findings: list[Finding] = []
+        if self.yara is not None:
+            findings.extend(_dedupe_yara(self.yara.match(data, where="archive")))
+        if self.clamd is not None:
+            findings.extend(self.clamd.findings(data))
+        return _unique(findings)
+
     def _yara(self, parsed: part10.Parsed) -> list[Finding]:
         assert self.yara is not None
         out, needles = self.yara.match_needles(parsed.data)
@@ -111,7 +125,7 @@ class Scanner:
         parsed.needles = needles
         from pacsguard.scan.rules.embedded import candidates
 
-        values = [e for e in candidates(parsed) if e.length >= YARA_MIN_VALUE and e.tag != part10.PIXEL_DATA
+        values = [e for e in candidates(parsed) if e.length >= YARA_MIN_VALUE and not parsed.is_pixel_data(e)
                   and (self.yara.site_rules or e.tag == DOCUMENT)]
         for element in values[:YARA_MAX_VALUES]:
             where = "encapsulated document" if element.tag == DOCUMENT else f"value of {element.label}"

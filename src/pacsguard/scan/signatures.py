@@ -58,6 +58,10 @@ SMALLEST_HEADER = 6
 #: event attributes that run script without any element of their own (<img onerror=...>).
 ACTIVE_TAGS = ("script", "iframe", "html", "svg", "object", "embed")
 EVENTS = ("error", "load", "mouseover", "focus", "click", "toggle", "begin", "animationstart", "pageshow")
+#: Attribute names that start with "on" and are common words, no event handler (HTML Living Standard
+#: 8.1.8.2 lists none of them): onset, online, oncology... A handler named after one ("ononline")
+#: still counts: the look-ahead reads what follows "on" up to the "=".
+NOT_HANDLERS = rb"(?!(?:set|line|colog[a-z]*|going|ly|to|wards?|call|site)\s*=)"
 #: "\b" before an opening whose first byte was consumed by SCRIPT's leading class (see _openings).
 _WORD_BEFORE = rb"(?<![0-9A-Za-z_].)"
 #: Between two UTF-16 code units of ASCII: the zero byte, or a run of whitespace units.
@@ -86,7 +90,8 @@ def _openings() -> list[tuple[bytes, bytes]]:
         (b"o", _WORD_BEFORE + rb"n(?:" + events + rb")\s*="),
         # Any on* attribute inside a tag is an event handler (HTML Living Standard 8.1.8.2: the
         # set grows; sanitizers drop every on* attribute): <input autofocus onfocusin=...>.
-        (b"<", rb"[a-z][^<>]{0,256}?[\s/\"']on[a-z]+\s*="),
+        # Words clinical shorthand writes as "attributes" (<pain onset=acute>) are no handler.
+        (b"<", rb"[a-z][^<>]{0,256}?[\s/\"']on" + NOT_HANDLERS + rb"[a-z]+\s*="),
         (b"p", rb"owershell(?:\.exe)?\s+-"),
         (b"c", _WORD_BEFORE + rb"md(?:\.exe)?\s+/c\b"),
         (b"@", rb"echo\s+off"),
@@ -141,6 +146,14 @@ ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
 UNOPENED_ARCHIVES = frozenset({"7z", "rar"})
 #: A Zstandard frame's magic number (RFC 8878 3.1.1), recognised only where a file starts.
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: A Zstandard skippable frame (RFC 8878 3.1.2): magic 0x184D2A50 to 0x184D2A5F, little endian,
+#: which decoders skip; a file may start with one before its first frame.
+ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18", re.DOTALL)
+
+
+def zstd(head: bytes) -> bool:
+    """Does ``head`` start as a Zstandard file: a frame (RFC 8878 3.1.1) or a skippable frame (3.1.2)?"""
+    return head[:4] == ZSTD_MAGIC or ZSTD_SKIPPABLE.match(head[:4]) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,10 +467,24 @@ SCHEMES = re.compile(r"(?:java|vb)script:|data:text/html", re.IGNORECASE)
 _URL_NOISE = str.maketrans("", "", "\t\n\r\x00")
 
 
+#: An ISO 2022 escape sequence (ISO/IEC 2022 13; PS3.5 6.1.2.5): ESC, intermediate bytes 0x20-0x2F,
+#: a final byte 0x30-0x7E. Readers decoding a value drop it: "<scr ESC ( B ipt>" shows as "<script>".
+ISO2022_ESCAPE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")
+
+
+def unescaped(buf: bytes) -> bytes:
+    """``buf`` without its ISO 2022 escape sequences, as a reader decoding it shows it (PS3.5
+    6.1.2.5); ``buf`` itself when it holds no ESC (nearly every value: no cost)."""
+    raw = bytes(buf)
+    return ISO2022_ESCAPE.sub(b"", raw) if b"\x1b" in raw else raw
+
+
 def markup(buf: bytes) -> int | None:
     """Where ``buf`` (a short text a web viewer shows) holds script or markup: SCRIPT's openings as
     written, or a script-running URL scheme once decoded as a browser decodes an attribute value
-    (&#106;avascript:, java&#x09;script:, javascript&colon;). None: nothing."""
+    (&#106;avascript:, java&#x09;script:, javascript&colon;). The text is judged without its ISO
+    2022 escape sequences (PS3.5 6.1.2.5), as readers show it. None: nothing."""
+    buf = unescaped(buf)
     hits = scripts(buf, limit=1)
     if hits:
         return hits[0].offset

@@ -51,7 +51,9 @@ class ArchiveLimits:
 @dataclass(slots=True)
 class Item:
     """One thing to report on: a file on disk (``path``), a member's bytes (``data``), a skipped
-    entry (``skipped``), or an archive's own findings (``findings``; ``container`` set)."""
+    entry (``skipped``), or an archive's own findings (``findings``; ``container`` set) and bytes
+    (``own``: YARA and clamd look at them whole, as clamscan and yara do: a zip's comment or data
+    after a tar's end belong to no member)."""
 
     name: str
     path: Path | None = None
@@ -60,6 +62,7 @@ class Item:
     findings: list[Finding] = field(default_factory=list)
     container: bool = False
     size: int = 0
+    own: bytes | None = None
 
 
 #: (st_dev, st_ino, real path or ""): one file or folder, whatever the names it is reached by.
@@ -574,29 +577,48 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
             members = _stream_members(kind, base, data, problems, limits)
         yield from _member_list(name, data, members, problems, limits, depth)
         if not isinstance(opened, zipfile.ZipFile):
-            yield from _appended_zip(name, data, kind, problems, limits, depth)
+            tar = opened if kind == TAR and isinstance(opened, tarfile.TarFile) else None
+            yield from _appended_zip(name, data, kind, problems, limits, depth, tar)
     except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
-    yield Item(name, findings=problems, container=True, size=len(data))
+    yield Item(name, findings=problems, container=True, size=len(data), own=data)
+
+
+def _member_ranges(archive: tarfile.TarFile | None) -> list[tuple[int, int]]:
+    """[start, end) of the data of each tar member read so far (POSIX ustar: after its header). The
+    members the walk read, not getmembers(): that would read on past a bomb's member limit."""
+    # TarFile.members: the list tarfile fills as it reads headers (typeshed leaves it out).
+    members: list[tarfile.TarInfo] = getattr(archive, "members", []) if archive is not None else []
+    return [(info.offset_data, info.offset_data + info.size) for info in members if info.isfile()]
 
 
 def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], limits: ArchiveLimits,
-                  depth: int) -> Iterator[Item]:
+                  depth: int, tar: tarfile.TarFile | None) -> Iterator[Item]:
     """The members of a zip after a tar or a compressed stream: tar and gunzip read from the start,
     a zip reader from the end record (APPNOTE.TXT 4.3.16), so one file shows each its own members.
-    Both sets are scanned; the file itself is a polyglot made to show tools different contents."""
+    Both sets are scanned; the file itself is a polyglot made to show tools different contents. A
+    zip lying wholly inside the data of a member of ``tar`` (an uncompressed tar: a study export's
+    reports.zip as its last member) is that member, already scanned: no polyglot."""
     if not _ends_as_zip(data[-TAIL:]):
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except ARCHIVE_ERRORS:
         return  # an end record by chance, with no zip behind it
-    if not archive.infolist():
+    if not archive.infolist() or _in_member(data, archive, _member_ranges(tar)):
         return
     problems.append(Finding("archive.polyglot", Level.HIGH, f"{DESCRIBED[kind]} that is also a zip archive: "
                             "zip readers open other members than it holds, scanned too", None, REF))
     yield from _member_list(name, data, _zip_members(archive, len(data), problems, limits), problems, limits, depth)
+
+
+def _in_member(data: bytes, archive: zipfile.ZipFile, inside: list[tuple[int, int]]) -> bool:
+    """Whether the zip zipfile found from the end of ``data`` lies in one of the ``inside`` ranges:
+    its first local header, its central directory and its end record (APPNOTE.TXT 4.3.6)."""
+    first = min((info.header_offset for info in archive.infolist()), default=archive.start_dir)
+    end = data.rfind(EOCD, max(0, len(data) - TAIL))
+    return any(start <= min(first, archive.start_dir, end) and end + EOCD_SIZE <= stop for start, stop in inside)
 
 
 def _member_list(name: str, data: bytes, members: Iterable[Member], problems: list[Finding], limits: ArchiveLimits,

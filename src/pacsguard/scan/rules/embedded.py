@@ -56,12 +56,12 @@ def searched(parsed: Parsed) -> list[Element]:
     return meta + [e for e in parsed.elements if e.length >= least or e.fragments]
 
 
-def _scripted(element: Element) -> bool:
+def _scripted(parsed: Parsed, element: Element) -> bool:
     """Values searched for scripts as well: binary and long-text VRs, private elements and VRs no
-    reader knows (bytes no viewer shows as text). Short texts a viewer shows (PN, LO, UR...) are
-    the structure family's (structure.markup)."""
+    reader knows (bytes no viewer shows as text), a repeated Pixel Data but not the image's own.
+    Short texts a viewer shows (PN, LO, UR...) are the structure family's (structure.markup)."""
     return (element.vr in BINARY_VRS or element.vr in TEXT_VRS or element.private or element.vr not in VRS) \
-        and element.tag != PIXEL_DATA
+        and not parsed.is_pixel_data(element)
 
 
 def _spans(element: Element) -> list[tuple[int, int]]:
@@ -81,9 +81,12 @@ def check(parsed: Parsed) -> list[Finding]:
     # the documents family judges encapsulated documents as documents
     elements = [e for e in searched(parsed) if e.tag != DOCUMENT]
     # One script search over every small value first: nearly no file has any.
-    small = [_source(parsed, el)[s:e] for el in elements if _scripted(el) for s, e in _spans(el)
+    small = [_source(parsed, el)[s:e] for el in elements if _scripted(parsed, el) for s, e in _spans(el)
              if e - s <= SCRIPT_SCAN_MAX]
-    any_script = bool(signatures.scripts(b"\0".join(small), limit=1))
+    joined = b"\0".join(small)
+    # ISO 2022 escapes (PS3.5 6.1.2.5) are dropped by readers: "<scr ESC ( B ipt>" is a <script>.
+    any_script = bool(signatures.scripts(joined, limit=1)
+                      or b"\x1b" in joined and signatures.scripts(signatures.unescaped(joined), limit=1))
     search = _Search(parsed)
     for element in elements:
         floods: set[str] = set()
@@ -97,7 +100,7 @@ def check(parsed: Parsed) -> list[Finding]:
                     hit = signatures.Hit("pe-header", hit.target)
                 if hit.kind != "pdf":  # a PDF outside (0042,0011): the documents family looks into it
                     findings.append(_payload(parsed, element, hit, f"at +{hit.offset - element.value_offset}"))
-            if any_script and end - start <= SCRIPT_SCAN_MAX and _scripted(element):
+            if any_script and end - start <= SCRIPT_SCAN_MAX and _scripted(parsed, element):
                 findings.extend(_scripts(parsed, element, start, end))
         if len(element.fragments) > 1:
             findings.extend(_across_fragments(search, element, floods))
@@ -108,7 +111,16 @@ def check(parsed: Parsed) -> list[Finding]:
 def _scripts(parsed: Parsed, element: Element, start: int, end: int) -> list[Finding]:
     return [Finding("embedded.script", Level.HIGH, f"script or markup inside {element.label} ({element.vr})",
                     start + hit.offset, REF, element.label, _inflated(parsed, element), remedy=_remedy(element))
-            for hit in signatures.scripts(_source(parsed, element)[start:end], limit=1)]
+            for hit in _script_hits(element, _source(parsed, element)[start:end])]
+
+
+def _script_hits(element: Element, value: bytes) -> list[signatures.Hit]:
+    """Script openings in ``value``; in a text VR also in the text a reader decodes, without its
+    ISO 2022 escape sequences (PS3.5 6.1.2.5), offsets then those of the unescaped text."""
+    hits = signatures.scripts(value, limit=1)
+    if not hits and element.vr in TEXT_VRS and b"\x1b" in value:
+        hits = signatures.scripts(signatures.unescaped(value), limit=1)
+    return hits
 
 
 def _inflated(parsed: Parsed, element: Element) -> bool:

@@ -154,10 +154,12 @@ def _hits(parsed: Parsed, body: bytes, start: int, stop: Problem) -> list[signat
 
 
 def _scripts(parsed: Parsed, body: bytes, start: int, stop: Problem) -> list[signatures.Hit]:
-    if stop.tag == PIXEL_DATA:
+    # Only the data set's first Pixel Data is the image, exempt: one after it is a repeat (PS3.5 7.1).
+    first = parsed.top(PIXEL_DATA) is None
+    if stop.tag == PIXEL_DATA and first:
         return []
     end = min(len(body), start + SCRIPT_SCAN_MAX)
     pixels = body.find(struct.pack("<HH" if parsed.little else ">HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF),
-                       start, end)
+                       start, end) if first else -1
     window = bytes(body[start:pixels if pixels >= 0 else end])
     return [signatures.Hit("script", start + h.offset) for h in signatures.scripts(window, limit=1)]

@@ -33,7 +33,7 @@ def check(parsed: Parsed) -> list[Finding]:
             # the viewer many CDs carry unless fail_on is medium or lower.
             return [Finding("structure.executable-file", Level.MEDIUM, f"not DICOM: {signatures.DESCRIPTIONS[kind]}",
                             0, "PS3.10 7.1; PS3.12")]
-        if kind in signatures.UNOPENED_ARCHIVES or parsed.data[:4] == signatures.ZSTD_MAGIC:
+        if kind in signatures.UNOPENED_ARCHIVES or signatures.zstd(parsed.data[:4]):
             # What it holds was not scanned: not judged is not clean, as an encrypted member.
             what = signatures.DESCRIPTIONS[kind] if kind else "a Zstandard stream"
             return [Finding("structure.unopened-archive", Level.MEDIUM,
