@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -242,17 +243,44 @@ def describe_peer(ssl_object: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return info
-    cert = x509.load_der_x509_certificate(der)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    info.update(
-        subject_cn=str(cns[0].value) if cns else None,
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "X"),
-        not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
-    )
+    info["fingerprint_sha256"] = hashlib.sha256(der).hexdigest()
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        info.update(
+            subject_cn=str(cns[0].value) if cns else None,
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=format(cert.serial_number, "X"),
+            not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    except ValueError:
+        # A certificate OpenSSL verified but `cryptography` will not read (a PrintableString holding
+        # "_", 8-bit bytes in an IA5String: older CA tools write them): OpenSSL's own reading.
+        info.update(_openssl_fields(ssl_object.getpeercert()))
     return info
+
+
+#: OpenSSL's long attribute names (getpeercert) and their RFC 4514 short forms.
+_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+                "stateOrProvinceName": "ST", "localityName": "L", "domainComponent": "DC", "userId": "UID"}
+
+
+def _openssl_fields(decoded: dict[str, Any] | None) -> dict[str, Any]:
+    """describe_peer's certificate fields from the ssl module's decoding (``getpeercert()``):
+    subject and issuer in RFC 4514's order (last RDN first), as `cryptography` writes them."""
+    if not decoded:
+        return {}
+
+    def name(rdns: Any) -> str:
+        return ",".join("+".join(f"{_SHORT_NAMES.get(k, k)}={v}" for k, v in rdn) for rdn in reversed(rdns or ()))
+
+    cns = [v for rdn in decoded.get("subject", ()) for k, v in rdn if k == "commonName"]
+    after = decoded.get("notAfter")
+    return {"subject_cn": cns[0] if cns else None, "subject": name(decoded.get("subject")),
+            "issuer": name(decoded.get("issuer")), "serial": decoded.get("serialNumber"),
+            "not_after": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ssl.cert_time_to_seconds(after)))
+            if after else None}
 
 
 def explain_tls_error(exc: BaseException) -> str:
