@@ -129,6 +129,20 @@ def test_what_it_remembers_is_bounded() -> None:
     assert len(dedupe.stored) == 100
 
 
+def test_one_sequence_number_reused_many_times_costs_bounded_work() -> None:
+    """A sender (any valid certificate) reusing one number with other content every time: each is
+    stored and flagged, and the repository remembers at most MAX_OTHERS of them under that number
+    (a re-probe measured 51 s of the listener's CPU for 40,000 such messages, quadratic)."""
+    from pacsguard.atna.dedupe import MAX_OTHERS
+
+    cert = Sender("10.0.0.5", 4000, "tls", "octet-counting", certificate="CN=gateway-a")
+    dedupe = Deduplicator()
+    for n in range(60):
+        message = to_xml(to_record(alerts(f"X{n}", 1)[0], "GW-A"))  # type: ignore[arg-type]
+        assert dedupe.fresh(frame_event(cert, frame("GW-A", 1, message, "gw", "i").split(b" ", 1)[1]))
+    assert len(dedupe.stored) == 1 and max(len(v) for v in dedupe.others.values()) == MAX_OTHERS
+
+
 def test_a_spool_made_again_is_a_new_sequence(tmp_path: Path, pki: dict[str, Path]) -> None:  # noqa: F811
     """The spool is lost (a new disk, a reinstall) and made again: its sequence starts at 1 again.
     Once, the repository (here restarted in between, so it learns from its store) dropped those

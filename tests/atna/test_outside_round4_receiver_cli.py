@@ -64,6 +64,13 @@ def test_a_value_outside_the_code_set_is_refused_naming_the_option(tmp_path: Pat
     assert f"{option} {value!r}: expected one of" in out.output and accepted in out.output, out.output
 
 
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_patient_is_refused_not_dropped(tmp_path: Path, empty: str) -> None:
+    """`audit search --patient "$PID"` with PID unset listed every patient's audit messages."""
+    out = CliRunner().invoke(main.app, ["audit", "search", "--store", audit_store(tmp_path), "--patient", empty])
+    assert out.exit_code == 2 and "--patient: empty" in out.output, out.output
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     """`pacsguard audit search | head`: no "error: [Errno 32] Broken pipe" (nor Python's "Exception
     ignored" at exit), and 141, as a shell reports a tool SIGPIPE ended (grep, cat)."""

@@ -187,7 +187,9 @@ class Deduplicator:
 
     def _remember(self, key: Key, packed: bytes) -> None:
         if key in self.stored:
-            self.others.setdefault(key, []).append(packed)
+            others = self.others.setdefault(key, [])
+            if len(others) < MAX_OTHERS:  # past it, more reuses are stored and flagged, not remembered
+                others.append(packed)
             return
         self.stored[key] = packed
         while len(self.stored) > self.remember:
@@ -196,6 +198,10 @@ class Deduplicator:
 
 
 _DIGEST = 16
+#: Other messages remembered under one sequence number: a sender reusing one number for thousands
+#: of messages must not make each new one cost a walk of them all (a resend of one past this is
+#: stored again and flagged, never lost).
+MAX_OTHERS = 16
 
 
 def _pack(digest: bytes, event_id: str) -> bytes:

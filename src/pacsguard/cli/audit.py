@@ -420,6 +420,9 @@ def search(
         return [tuple(values)] if values else []
 
     who: list[tuple[Identifier, ...]] = []
+    if patient is not None and not patient.strip():
+        # An empty "$PID" in a script: no filter at all would list every patient's accesses.
+        raise fail("--patient: empty; give a patient ID (PID, PID^^^AUTHORITY, or system|PID)")
     try:
         if patient:
             who.append((Identifier.parse(patient),))
