@@ -27,7 +27,7 @@ from test_senders_real import mutual_pki
 
 from pacsguard.atna.ingest import Sender, frame_event
 from pacsguard.atna.message.build import to_xml
-from pacsguard.atna.syslog.framing import Splitter
+from pacsguard.atna.syslog.framing import Framing, Splitter
 from pacsguard.tls import make_ca, make_cert
 from store_helpers import new_store
 
@@ -321,6 +321,11 @@ def test_an_lf_framed_message_after_an_octet_counted_one_is_read() -> None:
         assert first + rest == [one, two, three] and not problems_a + problems_b, cut
     # and a blank line some senders end an octet-counted frame with
     assert Splitter().feed(b"%d %s\n%d %s" % (len(one), one, len(two), two)) == ([one, two], [])
+    # Each frame keeps its own framing, so a listener stamps (and flags, over TLS) each on its own:
+    # both were once stamped with the framing the read ended in.
+    splitter = Splitter()
+    assert splitter.feed(stream)[0] == [one, two, three]
+    assert splitter.kinds == [Framing.OCTET_COUNTING, Framing.NON_TRANSPARENT, Framing.OCTET_COUNTING]
 
 
 def test_the_last_lf_framed_message_of_a_connection_needs_no_lf() -> None:

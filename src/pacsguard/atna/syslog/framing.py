@@ -59,10 +59,15 @@ class Splitter:
     #: A non-transparent frame whose LF ended the data read so far: complete if nothing follows
     #: (`flush`), a line of a longer message if what follows cannot start a frame.
     held: bool = False
+    #: The framing of each frame the last `feed` or `flush` returned, in order (RFC 6587 3.4: told
+    #: per frame, so one read may hold both).
+    kinds: list[Framing] = field(default_factory=list)
 
     def feed(self, data: bytes) -> tuple[list[bytes], list[FrameProblem]]:
         self._buffer += data
         frames: list[bytes] = []
+        kinds: list[Framing] = []
+        self.kinds = kinds
         problems: list[FrameProblem] = []
         while True:
             if self._skip:
@@ -79,12 +84,13 @@ class Splitter:
                 self.framing = self._detect(problems)
                 if self.framing is None:
                     continue
-            got = self._octet_counted(problems) if self.framing is Framing.OCTET_COUNTING \
-                else self._line(problems)
+            framing = self.framing
+            got = self._octet_counted(problems) if framing is Framing.OCTET_COUNTING else self._line(problems)
             if got is None:
                 break
             if got:
                 frames.append(got)
+                kinds.append(framing)
         return frames, problems
 
     def finish(self) -> list[FrameProblem]:
@@ -186,14 +192,19 @@ class Splitter:
         imtcp submits it: the sender closed after its last message instead of an LF (RFC 6587
         3.4.2 leaves the last TRAILER to the sender). An octet-counted frame cut short is not."""
         frames: list[bytes] = []
+        kinds: list[Framing] = []
         if self.held:
             end = self._buffer.find(b"\n", self._line_from)
             frames = [self._take_line(end)] if end >= 0 else []
+            kinds = [Framing.NON_TRANSPARENT] * len(frames)
             frames += self.feed(b"")[0]
+            kinds += self.kinds
         if final and self._unterminated():
             frames.append(bytes(self._buffer).rstrip(b"\r"))
+            kinds.append(Framing.NON_TRANSPARENT)
             self._buffer.clear()
             self._line_from = 0
+        self.kinds = kinds
         return frames
 
     def _unterminated(self) -> bool:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, peer_address, problem_event
@@ -302,13 +303,17 @@ class _Connection(asyncio.Protocol):
             self.publish(problem_event(self.sender, problem))
         if not frames:
             return
-        used = self.splitter.framing or Framing.OCTET_COUNTING
-        stamped = Sender(self.sender.host, self.sender.port, self.sender.transport, used.value,
-                         self.sender.certificate)
-        # RFC 5425 4.3: over TLS only octet counting is allowed; read it anyway, but say so.
-        flags = ("wrong-framing",) if self.listener.transport == "tls" and used is Framing.NON_TRANSPARENT else ()
-        for event in frame_events(stamped, frames, flags=flags):
-            self.publish(event)
+        kinds = self.splitter.kinds
+        if len(kinds) != len(frames):  # not the splitter's last frames: as it frames now
+            kinds = [self.splitter.framing or Framing.OCTET_COUNTING] * len(frames)
+        # Each frame stamped with its own framing (one read may hold both, RFC 6587 3.4).
+        for used, run in groupby(zip(frames, kinds, strict=True), key=lambda pair: pair[1]):
+            stamped = Sender(self.sender.host, self.sender.port, self.sender.transport, used.value,
+                             self.sender.certificate)
+            # RFC 5425 4.3: over TLS only octet counting is allowed; read it anyway, but say so.
+            wrong = self.listener.transport == "tls" and used is Framing.NON_TRANSPARENT
+            for event in frame_events(stamped, [frame for frame, _ in run], flags=("wrong-framing",) if wrong else ()):
+                self.publish(event)
 
 
 class DatagramListener(asyncio.DatagramProtocol):
