@@ -69,7 +69,10 @@ def store_rq(message_id: int = 7) -> bytes:
     command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=CT_STORAGE,
                                affected_sop_instance_uid=f"1.2.3.{message_id}", priority=0,
                                command_data_set_type=0x0000)
-    return request(command, b"\x08\x00\x16\x00\x00\x00\x00\x00" * 8)
+    # 64 bytes: Image Type (0008,0008) and the CT SOP Class UID (0008,0016), which a C-STORE's data set
+    # must carry (PS3.3 C.12.1) to pass a relayed route
+    return request(command, b"\x08\x00\x08\x00\x16\x00\x00\x00ORIGINAL\\PRIMARY\\AXIAL"
+                            b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.2\0")
 
 
 async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:

@@ -388,6 +388,27 @@ def test_find_wildcard_patient_name_quiet() -> None:
     assert "dicom-find-wildcard-patient-name" not in s.fired()
 
 
+def test_dataset_walk_stopped_fires() -> None:
+    """A query behind 200 nested undefined-length sequences (PS3.5 7.5), or with a key given twice."""
+    engine, _ = make_engine()
+    seq, item = struct.pack("<HHI", 0x0008, 0x1140, 0xFFFFFFFF), struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    ends = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    deep = (seq + item) * 200 + ends * 200 + identifier("STUDY", patient_name="*")
+    twice = identifier("STUDY") + identifier("PATIENT")
+    for ident, anomaly in ((deep, "nesting-too-deep"), (twice, "repeated-element")):
+        s = Session(engine).associate(abstracts=(FIND_STUDY_ROOT,))
+        s.find(ident, FIND_STUDY_ROOT)
+        alert = s.alert("dicom-dataset-walk-stopped")
+        assert alert.severity is Severity.WARNING and f"anomaly={anomaly}" in alert.message
+
+
+def test_dataset_walk_stopped_quiet() -> None:
+    engine, _ = make_engine()
+    s = Session(engine).associate(abstracts=(FIND_STUDY_ROOT,))
+    s.find(identifier("STUDY", patient_name="SMITH^JOHN"), FIND_STUDY_ROOT)
+    assert "dicom-dataset-walk-stopped" not in s.fired()
+
+
 def test_find_patient_universal_fires() -> None:
     engine, _ = make_engine()
     s = Session(engine).associate(abstracts=(FIND_PATIENT_ROOT,))

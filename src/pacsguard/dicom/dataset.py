@@ -46,7 +46,8 @@ PEEK_VALUE_CAP: Final = 64 * 1024
 MAX_IDENTIFIER_LENGTH: Final = 1024 * 1024
 
 _UNDEFINED: Final = 0xFFFFFFFF
-# Deepest nesting of undefined-length sequences and items a peek follows; data sets nest a handful.
+# Open undefined-length sequences and items a peek follows: sequences nested 128 deep, each with its item
+# (docs/gateway.md); data sets nest a handful.
 _MAX_DEPTH: Final = 256
 #: Element and item headers a walk reads one by one (inside undefined-length sequences; a long value
 #: or a defined-length sequence is skipped whole): the wanted attributes come before (0020,000E), so
@@ -405,6 +406,12 @@ class PeekWalker:
             if not stack:
                 wanted = _WANTED.get(tag)
                 if wanted is not None:
+                    if getattr(peek, wanted[0]) is not None:
+                        # A repeated identifying element is malformed (PS3.5 7.1: each tag once per data
+                        # set); readers differ on which copy they keep, so the first is kept and the walk
+                        # ends on it.
+                        self._stop(base, pos, size, "repeated-element")
+                        return
                     if value_end > size or length > self._cap:
                         if final and value_end > size:
                             self._stop(base, pos, size)  # value cut by the end of the data set
@@ -517,8 +524,9 @@ def _skim(buf: Buffer, pos: int, implicit: bool, peek: DatasetPeek, cap: int) ->
             return pos
         wanted = wanted_of(tag)
         if wanted is not None:
-            if start + length > last + 8 or length > cap:
-                return pos  # value cut by the fragment end, or one for `PeekWalker._collect`
+            if start + length > last + 8 or length > cap or getattr(peek, wanted[0]) is not None:
+                # Cut by the fragment end, long (for `PeekWalker._collect`) or repeated: the general loop's
+                return pos
             _store(peek, wanted[0], wanted[1], bytes(buf[start:start + length]))
         pos = start + length
     return pos

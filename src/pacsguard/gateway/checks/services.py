@@ -5,7 +5,9 @@ A presentation context for a service or SOP class not allowed is user-rejected i
 A-ASSOCIATE-AC (PS3.8 Table 9-18, result 1). A request for a service not allowed is refused with
 0x0124 (not authorized), a C-MOVE to an unlisted destination with 0xA801 (PS3.4 C.4.2.1.4), a
 request whose SOP class is not its context's abstract syntax (or, on a Meta SOP Class context, one
-of its component classes) with 0x0122 (SOP class not supported).
+of its component classes), or a DIMSE-N request naming two different ones, with 0x0122 (SOP class
+not supported). On a relayed route a C-STORE data set whose SOP Class UID is another class, cannot
+be read, or is given twice, aborts the association (the command has gone on).
 
 `storage-commitment` is what Storage Commitment Push is made of (PS3.4 J.3): an N-ACTION-RQ with
 Action Type ID 1 and the N-EVENT-REPORT-RQ (Event Type ID 1 or 2) that answers it, on a Storage
@@ -20,6 +22,7 @@ from pydicom.uid import UID
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom.events import DimseCommand, DimseDatasetStart, ProtocolEvent
+from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.gateway.check import Association, Check
 from pacsguard.gateway.verdict import ALLOW, Action, Verdict, refuse
 from pacsguard.records.dicom import Pending
@@ -29,6 +32,9 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 _REQUESTS = {dimse.C_ECHO_RQ: "C-ECHO", dimse.C_STORE_RQ: "C-STORE", dimse.C_FIND_RQ: "C-FIND",
              dimse.C_MOVE_RQ: "C-MOVE", dimse.C_GET_RQ: "C-GET"}
+#: The DIMSE-N requests naming their SOP class in Affected SOP Class UID (PS3.7 10.1.1.1, 10.1.5.1); the
+#: others name it in Requested SOP Class UID.
+_N_BY_AFFECTED = (dimse.N_EVENT_REPORT_RQ, dimse.N_CREATE_RQ)
 #: PS3.4 J.3.2: Request Storage Commitment; J.3.3: storage commitment request successful (1) or
 #: complete with failures (2).
 _COMMITMENT_ACTION = 1
@@ -158,9 +164,14 @@ class ServicesCheck(Check):
         # Verification one, past the contexts the policy refused, and an N-ACTION of any class rides
         # the Storage Commitment one. A Meta SOP Class context carries its component classes (PS3.4 H).
         dimse_c = command.command_field in _REQUESTS
-        sop = command.affected_sop_class_uid if dimse_c else command.sop_class_uid
+        what = service if dimse_c else dimse.command_name(command.command_field)
+        named = _named_sop_classes(command, dimse_c)
+        if len(named) > 1:
+            # Which one the SCP acts on is its own reading: hold the request to neither.
+            return refuse(f"{what} naming two SOP classes, {_name(named[0])} and {_name(named[1])} (PS3.7 10.1)",
+                          "dimse.context-sop-class", status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
+        sop = named[0] if named else None
         if sop and event.abstract_syntax and not context_carries(event.abstract_syntax, sop):
-            what = service if dimse_c else dimse.command_name(command.command_field)
             return refuse(f"{what} of {_name(sop)} on a presentation context for {_name(event.abstract_syntax)}",
                           "policy.sop_classes" if self.sop_classes is not None and sop not in self.sop_classes
                           else "dimse.context-sop-class", status=dimse.STATUS_SOP_CLASS_NOT_SUPPORTED)
@@ -189,6 +200,10 @@ class ServicesCheck(Check):
         announced = self._announced.pop(assoc, None)
         if announced is None or announced.refused is not None:
             return ALLOW
+        unread = _unheld_store(announced, event)
+        if unread is not None:
+            return Verdict(Action.ABORT, f"a C-STORE data set whose SOP Class UID (0008,0016) cannot be read: "
+                           f"{unread}, PS3.3 C.12.1 (dimse.dataset-sop-class)", "dimse.dataset-sop-class")
         theirs, context = event.peek.sop_class_uid, assoc.abstract_syntax(event.context_id)
         if not theirs or not context or theirs == context or context == VERIFICATION:
             return ALLOW
@@ -196,6 +211,42 @@ class ServicesCheck(Check):
             else "dimse.dataset-sop-class"
         return Verdict(Action.ABORT, f"a data set of {_name(theirs)} sent on a presentation context for "
                        f"{_name(context)}, PS3.4 B.2.3 ({rule})", rule)
+
+
+def _named_sop_classes(command: dimse.CommandSet, dimse_c: bool) -> list[str]:
+    """The SOP Class UIDs a request names, the one it is judged by first (PS3.7 9.1, 10.1): a DIMSE-C
+    request its Affected SOP Class UID; N-ACTION, N-GET, N-SET and N-DELETE their Requested SOP Class
+    UID, N-CREATE and N-EVENT-REPORT their Affected one. The other field, if present too and different,
+    follows: an SCP may act on it (an N-ACTION requesting UPS Push under an Affected Storage Commitment)."""
+    affected, requested = command.affected_sop_class_uid, command.requested_sop_class_uid
+    if dimse_c:
+        return [affected] if affected else []
+    if command.command_field in _N_BY_AFFECTED:
+        affected, requested = requested, affected
+    named = [uid for uid in (requested, affected) if uid]
+    return named[:1] if len(named) == 2 and named[0] == named[1] else named
+
+
+def _unheld_store(announced: Pending, event: DimseDatasetStart) -> str | None:
+    """Why a C-STORE's data set cannot be held to the policy, or None. A composite instance carries its
+    SOP Class UID (0008,0016), Type 1 (PS3.3 C.12.1): a walk that ended without one (a structural
+    problem, a limit, or the element out of order past (0020,000E), where a PACS that sorts still finds
+    it), or read one of two copies (PS3.5 7.1: the PACS may keep the other), leaves the gateway blind
+    to what the PACS will store. C-FIND/C-MOVE/C-GET identifiers have no SOP class."""
+    if announced.command.command_field != dimse.C_STORE_RQ:
+        return None
+    peek = event.peek
+    if peek.anomaly == "repeated-element":
+        return "an identifying element occurs twice (repeated-element), PS3.5 7.1"
+    if peek.sop_class_uid:
+        return None
+    if peek.anomaly:
+        return f"the walk stopped at byte {peek.bytes_examined:,} ({peek.anomaly})"
+    if peek.complete:
+        return "no SOP Class UID before (0020,000E)"
+    where = " inflated (a deflated data set is walked through its first 256 KiB)" \
+        if announced.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else ""
+    return f"none in the {peek.bytes_examined:,} bytes walked{where}"
 
 
 def _service_name(command: dimse.CommandSet, service: str, abstract_syntax: str | None) -> str:

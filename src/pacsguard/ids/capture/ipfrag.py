@@ -4,7 +4,8 @@ A PACS's IP stack reassembles fragmented datagrams before TCP sees them, so the 
 or a client that fragments its DICOM requests is answered by the PACS and unseen by the IDS.
 :func:`.decode.decode_tcp` hands every fragment to :class:`IPDefragmenter`; a completed datagram
 is appended to :attr:`IPDefragmenter.ready` as a plain IPv4 or IPv6 packet (no fragmentation, no
-extension headers) that the reader decodes like any other.
+extension headers: those of an IPv6 datagram's fragmentable part, a destination options header say,
+are walked to its TCP header, RFC 8200 4.1) that the reader decodes like any other.
 
 Policy (that of Linux since 4.19, ``inet_frag_queue_insert``, the protected PACS's): a datagram
 is identified by source, destination, protocol and identification (IPv4; only TCP datagrams are
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IPDefragmenter"]
 
+#: Extension headers in the uniform format (RFC 8200 4.8; length in 8-octet units, not counting the
+#: first 8): routing (43), destination options (60), mobility (135, RFC 6275), HIP (139, RFC 7401),
+#: shim6 (140, RFC 5533), experimental (253, 254, RFC 3692).
+_EXT_GENERIC = frozenset({43, 60, 135, 139, 140, 253, 254})
+_AH = 51
 _MAX_DATAGRAM = 65535  # IPv4 total length / IPv6 payload length (no fragmented jumbograms)
 _DUP, _OVERLAP = 1, 2
 
@@ -231,10 +237,12 @@ class IPDefragmenter:
                 return
             hdr = _V4(0x45, 0, 20 + len(payload), _U16(key, 8)[0], 0, 64, 6, 0, key[0:4], key[4:8])
         else:
-            if dg.nh != 6:
-                self.stats.count_non_tcp(f"ipv6-fragmented-proto-{dg.nh}")
+            nh, start = _upper_layer(dg.nh, payload)
+            if nh != 6:
+                self.stats.count_non_tcp("truncated-ipv6" if nh < 0 else f"ipv6-fragmented-proto-{nh}")
                 return
-            hdr = _V6(0x60000000, len(payload), dg.nh, 64) + key[0:32]
+            payload = payload[start:]
+            hdr = _V6(0x60000000, len(payload), 6, 64) + key[0:32]
         self.stats.ip_reassembled += 1
         self.ready.append(hdr + payload)
 
@@ -283,6 +291,24 @@ class IPDefragmenter:
         ident = int.from_bytes(key[2 * n :], "big")
         src, dst = socket.inet_ntop(fam, key[0:n]), socket.inet_ntop(fam, key[n : 2 * n])
         self.report(StreamAnomaly(what, ts, src, 0, dst, 0, offset, length, f"IPv{ver} id {ident:#x}: {detail}"))
+
+
+def _upper_layer(nh: int, payload: bytes) -> tuple[int, int]:
+    """The upper-layer header of a reassembled IPv6 datagram whose fragmentable part starts with next
+    header *nh*: ``(protocol, offset)`` past the extension headers, or ``(-1, 0)`` if they run past
+    its end (RFC 8200 4, 4.5: routing and destination options may follow the Fragment header; AH, RFC
+    4302 2.2, counts 4-octet units). Hop-by-hop (0) may only follow the IPv6 header itself (RFC 8200
+    4.3): Linux discards a datagram that has it here (unknown next header), so it ends the walk."""
+    pos, size = 0, len(payload)
+    while nh in _EXT_GENERIC or nh == _AH:
+        if pos + 2 > size:
+            return -1, 0
+        # Every header is at least 8 octets: the walk ends.
+        step = (payload[pos + 1] + 2) << 2 if nh == _AH else (payload[pos + 1] + 1) << 3
+        nh, pos = payload[pos], pos + step
+    if pos > size:
+        return -1, 0
+    return nh, pos
 
 
 def note_truncated(stats: CaptureStats, missing: int, offset: int) -> None:
