@@ -213,16 +213,17 @@ def frags_v4(packet: bytes, size: int, ident: int) -> list[bytes]:
     return out
 
 
-def frags_v6(packet: bytes, size: int, ident: int) -> list[bytes]:
-    """RFC 8200 4.5 fragments of an IPv6 packet without extension headers."""
-    hdr, payload = packet[:40], packet[40:]
+def frags_v6(packet: bytes, size: int, ident: int, headers: bytes = b"", first: int = 6) -> list[bytes]:
+    """RFC 8200 4.5 fragments of an IPv6/TCP packet; its fragmentable part may start with extension
+    *headers*, the first of type *first* (without them: TCP, 6)."""
+    hdr, payload = packet[:40], headers + packet[40:]
     out = []
     for off in range(0, len(payload), size):
         part = payload[off : off + size]
         more = 1 if off + size < len(payload) else 0
         h = bytearray(hdr)
         struct.pack_into("!HB", h, 4, 8 + len(part), 44)
-        out.append(bytes(h) + struct.pack("!BBHI", 6, 0, off | more, ident) + part)
+        out.append(bytes(h) + struct.pack("!BBHI", first, 0, off | more, ident) + part)
     return out
 
 

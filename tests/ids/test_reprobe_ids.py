@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import Flow, eth_frames, pcap_bytes  # noqa: E402
-from test_capture_evasion import REQ, RSP, WILDCARD, _ids_read, read  # noqa: E402
+from test_capture_evasion import REQ, RSP, WILDCARD, _ids_read, frags_v6, read  # noqa: E402
 from test_sensor import FIND, ac, message, rq, rsp  # noqa: E402
 
 from pacsguard.cli.common import EXIT_FINDINGS  # noqa: E402
@@ -46,18 +46,8 @@ def ext(nh_self: int, nh_next: int, units: int = 0) -> bytes:
 def frags_v6_ext(packet: bytes, size: int, ident: int, chain: list[tuple[int, int]]) -> list[bytes]:
     """RFC 8200 4.5 fragments of an IPv6/TCP packet whose fragmentable part starts with the extension
     headers *chain* ((type, units) each), the last one followed by TCP."""
-    hdr, tcp = packet[:40], packet[40:]
     headers = b"".join(ext(t, chain[i + 1][0] if i + 1 < len(chain) else 6, u) for i, (t, u) in enumerate(chain))
-    payload = headers + tcp
-    first = chain[0][0] if chain else 6
-    out = []
-    for off in range(0, len(payload), size):
-        part = payload[off : off + size]
-        more = 1 if off + size < len(payload) else 0
-        h = bytearray(hdr)
-        struct.pack_into("!HB", h, 4, 8 + len(part), 44)
-        out.append(bytes(h) + struct.pack("!BBHI", first, 0, off | more, ident) + part)
-    return out
+    return frags_v6(packet, size, ident, headers, chain[0][0] if chain else 6)
 
 
 def _conversation(chain: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
