@@ -348,3 +348,19 @@ def test_the_unit_lets_the_gateway_stop_its_own_children() -> None:
     unit = (Path(__file__).parents[2] / "deploy" / "pacsguard.service").read_text()
     settings = [line.strip() for line in unit.splitlines() if line.strip().startswith("KillMode=")]
     assert settings == ["KillMode=mixed"]
+
+
+def test_a_refusal_for_an_unread_instance_uid_names_where_the_walk_stopped() -> None:
+    """A data set nesting 200 undefined-length sequences before its UIDs: refused, as before, but
+    the reason once said the UID "is not within its first 7,330 bytes" when it lay at 7,242; it now
+    names the walk's limit (a re-probe)."""
+    from pacsguard.gateway.store_forward.screening import whole_problem
+
+    open_sq = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+    open_item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    data = (open_sq + open_item) * 200 + explicit(0x00080018, "UI", ui("1.2.3.4"))
+    command = dimse.CommandSet(dimse.C_STORE_RQ, message_id=1, affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                               affected_sop_instance_uid="1.2.3.4", command_data_set_type=0x0000)
+    problem = whole_problem(command, EXPLICIT_LE, data, len(data))
+    assert problem is not None and problem.rule == "c-store.sop-instance-unseen", problem
+    assert "nesting-too-deep" in problem.reason and "stopped at offset" in problem.reason, problem.reason

@@ -117,9 +117,14 @@ def whole_problem(command: CommandSet, transfer_syntax: str | None, data: bytes,
     peek = peek_identifiers(data, transfer_syntax, final=len(data) == size)
     problem = identity_problem(command, peek)
     if problem is None and not peek.sop_instance_uid and not peek.complete:
+        # Where the walk stopped says why: at a limit of its own (a flood of headers, deep nesting,
+        # a repeated element) or past the bytes read back.
+        where = (f"the walk of its first {len(data):,} bytes (of {size:,}) stopped at offset "
+                 f"{peek.bytes_examined:,}: {peek.anomaly}" if peek.anomaly
+                 else f"it is not within its first {len(data):,} bytes (of {size:,})")
         return Problem(dimse.STATUS_CANNOT_UNDERSTAND, "c-store.sop-instance-unseen",
-                       f"the data set's SOP Instance UID (0008,0018) is not within its first {len(data):,} bytes "
-                       f"(of {size:,}): it cannot be checked against the command's", "SOP Instance UID not found")
+                       f"the data set's SOP Instance UID (0008,0018) was not read: {where}; it cannot be "
+                       "checked against the command's", "SOP Instance UID not found")
     return problem
 
 
