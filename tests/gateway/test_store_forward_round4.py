@@ -364,3 +364,14 @@ def test_a_refusal_for_an_unread_instance_uid_names_where_the_walk_stopped() -> 
     problem = whole_problem(command, EXPLICIT_LE, data, len(data))
     assert problem is not None and problem.rule == "c-store.sop-instance-unseen", problem
     assert "nesting-too-deep" in problem.reason and "stopped at offset" in problem.reason, problem.reason
+
+
+def test_two_routes_cannot_share_a_spool_folder_through_a_link(tmp_path: Path) -> None:
+    """/x/link -> /x/spool passed `config check` (paths were compared as written); serve then
+    failed with the false "in use by another gateway process" (a re-probe)."""
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "spool")
+    two = SF + (f"    upstream: {{host: h, port: 104, ae_title: P}}\n    spool: {{directory: {tmp_path / 'spool'}}}\n"
+                "  - name: sf2\n    mode: store-and-forward\n    listen: {port: 11201, ae_title: GW}\n"
+                f"    upstream: {{host: h, port: 104, ae_title: P}}\n    spool: {{directory: {tmp_path / 'link'}}}\n")
+    assert any("'sf' and 'sf2'" in p and "spool.directory" in p for p in problems(two)), problems(two)

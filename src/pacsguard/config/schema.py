@@ -446,13 +446,13 @@ class GatewayConfig(Strict):
     def _spools_apart(self) -> None:
         """Each store-and-forward route has a spool of its own: two routes on one folder would
         forward each other's objects, and the second could not take the folder's lock at start
-        (docs/gateway.md, "Store-and-forward routes"). Paths are compared as written, normalised
-        (relative ones resolve against the same configuration folder)."""
+        (docs/gateway.md, "Store-and-forward routes"). Paths are compared resolved, through any
+        symbolic link (relative ones resolve against the same configuration folder)."""
         owners: dict[str, str] = {}
         for route in self.routes:
             if route.mode != "store-and-forward":
                 continue
-            folder = os.path.normpath(route.spool.directory or Path("var/spool") / route.name)
+            folder = os.path.realpath(route.spool.directory or Path("var/spool") / route.name)
             if folder in owners:
                 raise ValueError(f"routes {owners[folder]!r} and {route.name!r} share the spool folder {folder} "
                                  "(spool.directory): each store-and-forward route needs its own")
