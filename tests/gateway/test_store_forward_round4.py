@@ -375,3 +375,16 @@ def test_two_routes_cannot_share_a_spool_folder_through_a_link(tmp_path: Path) -
                 "  - name: sf2\n    mode: store-and-forward\n    listen: {port: 11201, ae_title: GW}\n"
                 f"    upstream: {{host: h, port: 104, ae_title: P}}\n    spool: {{directory: {tmp_path / 'link'}}}\n")
     assert any("'sf' and 'sf2'" in p and "spool.directory" in p for p in problems(two)), problems(two)
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True], ids=["explicit", "implicit"])
+def test_a_file_meta_element_in_the_data_set_is_refused(implicit_vr: bool) -> None:
+    """(0002,0010) leading a data set was spooled after the gateway's own file meta, read back as the
+    object's transfer syntax, and the acknowledged object was retried for ever (a re-probe)."""
+    from pacsguard.gateway.store_forward.structure import walk
+
+    meta = explicit(0x00020010, "UI", ui("1.2.840.10008.1.2"))
+    body = ct("1.2.3.4", explicit_vr=not implicit_vr)
+    flaw = walk(meta + body, 0, len(meta + body), implicit=implicit_vr)
+    assert flaw is not None and "(0002,0010)" in flaw.reason and "File Meta" in flaw.reason, flaw
+    assert walk(body, 0, len(body), implicit=implicit_vr) is None

@@ -136,6 +136,12 @@ def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit
         if group == 0xFFFE:
             return Flaw(f"{_tag_text(tag)} at byte {pos - start:,} outside the sequence it belongs in "
                         "(PS3.5 7.5)", pos - start)
+        if group == 0x0002 and len(stack) == 1:
+            # Spooled after the file meta the gateway writes, it would run on from it: a reader takes
+            # it for the object's own (its transfer syntax, its SOP class) and the object is sent as
+            # something else, or never (a re-probe: acknowledged, then retried for ever).
+            return Flaw(f"{_tag_text(tag)} at byte {pos - start:,}: a File Meta Information element in the "
+                        "data set (PS3.10 7.1: group 0002 is the file's, never a data set's)", pos - start)
         explicit = not top.implicit or group == 0x0002  # file meta elements left in: Explicit VR LE (PS3.10 7.1)
         header = 8
         vr = b""
@@ -192,7 +198,7 @@ def _skip_explicit(buf: bytes | mmap.mmap | memoryview, pos: int, limit: int, he
     while pos + 8 <= limit:
         group, _, vr, length = header.unpack_from(buf, pos)
         following = pos + 8 + length
-        if vr not in _SHORT or group == 0xFFFE or following > limit:
+        if vr not in _SHORT or group in (0xFFFE, 0x0002) or following > limit:
             break
         pos = following
     return pos
