@@ -269,3 +269,20 @@ def test_a_compressed_file_without_a_zip_after_it_is_no_polyglot(tmp_path: Path)
     path.write_bytes(gzip.compress(ct()))
     archive = next(i for i in walk([path]) if i.container)
     assert not any(rule == "archive.polyglot" for rule, _ in rules(archive)), rules(archive)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+def test_a_zip_after_a_tar_inside_a_compressed_stream_is_opened_too(tmp_path: Path, scanner: Scanner,
+                                                                    kind: str) -> None:
+    """gunzip writes the tar with the zip after it, which unzip opens: the plain tar was a polyglot,
+    the same tar gzipped passed clean (a re-probe)."""
+    path = tmp_path / f"study.tar.{kind}"
+    path.write_bytes(COMPRESS[kind](tar_of({"study.dcm": ct()}) + zip_bytes({"setup.exe": pe()})))
+    found = reports(scanner, path)
+    assert f"{path}!setup.exe" in found and f"{path}!study.dcm" in found, sorted(found)
+    archive = next(i for i in walk([path]) if i.container and i.name == str(path))
+    assert ("archive.polyglot", "high") in rules(archive), rules(archive)
+    plain = tmp_path / f"plain.tar.{kind}"
+    plain.write_bytes(COMPRESS[kind](tar_of({"study.dcm": ct(), "reports.zip": zip_bytes({"r.txt": b"x"})})))
+    archive = next(i for i in walk([plain]) if i.container and i.name == str(plain))
+    assert not any(rule == "archive.polyglot" for rule, _ in rules(archive)), rules(archive)

@@ -579,6 +579,8 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
         if not isinstance(opened, zipfile.ZipFile):
             tar = opened if kind == TAR and isinstance(opened, tarfile.TarFile) else None
             yield from _appended_zip(name, data, kind, problems, limits, depth, tar)
+            if isinstance(opened, tarfile.TarFile) and kind != TAR:
+                yield from _zip_after_compressed_tar(name, data, kind, opened, problems, limits, depth)
     except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
@@ -611,6 +613,35 @@ def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], li
     problems.append(Finding("archive.polyglot", Level.HIGH, f"{DESCRIBED[kind]} that is also a zip archive: "
                             "zip readers open other members than it holds, scanned too", None, REF))
     yield from _member_list(name, data, _zip_members(archive, len(data), problems, limits), problems, limits, depth)
+
+
+def _zip_after_compressed_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems: list[Finding],
+                              limits: ArchiveLimits, depth: int) -> Iterator[Item]:
+    """A zip after the end of a tar that is itself gzip, bzip2 or xz compressed: it is in the tar
+    gunzip writes, which unzip then opens (a re-probe: the plain tar was a polyglot, the same tar
+    gzipped passed clean). The inflated stream's end is looked at first, a window at a time; only
+    a stream that ends as a zip is inflated whole, within the bomb limits."""
+    bound = min(limits.max_total, limits.max_member, max(SMALL, len(data) * limits.max_ratio))
+    if not _inflated_end_is_zip(kind, data, bound):
+        return
+    inflated, _ = _inflate(kind, data, bound)
+    if len(inflated) <= bound:
+        yield from _appended_zip(name, inflated, TAR, problems, limits, depth, tar)
+
+
+def _inflated_end_is_zip(kind: str, data: bytes, bound: int) -> bool:
+    """Whether the stream compressed in ``data`` ends (within ``bound`` bytes) as a zip does: its
+    last TAIL bytes hold an end of central directory record. Nothing but that window is kept."""
+    tail = b""
+    seen = 0
+    try:
+        with _stream(kind, data) as stream:
+            while seen <= bound and (chunk := stream.read1(CHUNK)):
+                seen += len(chunk)
+                tail = (tail + chunk)[-TAIL:]
+    except ARCHIVE_ERRORS:
+        pass  # what came before a break is judged
+    return seen <= bound and _ends_as_zip(tail)
 
 
 def _in_member(data: bytes, archive: zipfile.ZipFile, inside: list[tuple[int, int]]) -> bool:
