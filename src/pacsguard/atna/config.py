@@ -42,7 +42,8 @@ class TlsListener(Address):
 
 class HttpListener(Address):
     """The RESTful ATNA endpoint (IHE ITI-81 query, and POST /AuditEvent). Every request needs the
-    bearer token, or a client certificate when TLS with ``require_client_cert`` is configured."""
+    bearer token, a client certificate when TLS with ``require_client_cert`` is configured, or both
+    when both are (each is then required)."""
 
     port: int = Field(8089, ge=0, le=65535)
     token: SecretRef | None = None
