@@ -30,22 +30,17 @@ PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.8.498.99.1"  # no SCU proposes a contex
 UNDERSTATED = 84  # Orthanc's 106 declared against 190 present
 
 
-class FailingPacs:
-    """pynetdicom serving a study of two objects by C-GET; the second cannot be sent."""
+class GetPacs:
+    """pynetdicom serving *objects* (pydicom data sets) by C-GET, with a storage context in the SCP
+    role for each of *storage_classes*: a sub-operation of another class cannot be sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, objects: list[Any], storage_classes: tuple[str, ...]) -> None:
         self.port = free_port()
-        self.study = generate_uid()
-        ct = dcmread(get_testdata_file("CT_small.dcm"))
-        ct.StudyInstanceUID = self.study
-        odd = dcmread(get_testdata_file("CT_small.dcm"))
-        odd.StudyInstanceUID = self.study
-        odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
-        odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        self.objects = [ct, odd]
+        self.objects = objects
         ae = AE(ae_title="PYPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_supported_context(CTImageStorage, scu_role=False, scp_role=True)
+        for storage in storage_classes:
+            ae.add_supported_context(storage, scu_role=False, scp_role=True)
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_GET, self._get)])
 
     def _get(self, event: Any) -> Iterator[Any]:
@@ -55,6 +50,20 @@ class FailingPacs:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+class FailingPacs(GetPacs):
+    """A study of two objects served by C-GET; the second cannot be sent."""
+
+    def __init__(self) -> None:
+        self.study = generate_uid()
+        ct = dcmread(get_testdata_file("CT_small.dcm"))
+        ct.StudyInstanceUID = self.study
+        odd = dcmread(get_testdata_file("CT_small.dcm"))
+        odd.StudyInstanceUID = self.study
+        odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
+        odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        super().__init__([ct, odd], (CTImageStorage,))
 
 
 @pytest.fixture

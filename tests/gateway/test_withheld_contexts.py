@@ -20,36 +20,22 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
 )
-
-from peers.dcmtk import free_port
+from test_failed_suboperation import GetPacs
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(120)]
 
 
-class Pacs:
-    """pynetdicom serving a study of a CT and an MR by C-GET, for any storage context it is given."""
+class Pacs(GetPacs):
+    """A study of a CT and an MR served by C-GET, over a storage context for either."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.study = generate_uid()
-        self.objects = []
+        objects = []
         for name in ("CT_small.dcm", "MR_small.dcm"):
             ds = dcmread(get_testdata_file(name))
             ds.StudyInstanceUID = self.study
-            self.objects.append(ds)
-        ae = AE(ae_title="PYPACS")
-        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-        for storage in (CTImageStorage, MRImageStorage):
-            ae.add_supported_context(storage, scu_role=False, scp_role=True)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_GET, self._get)])
-
-    def _get(self, event: Any) -> Iterator[Any]:
-        yield len(self.objects)
-        for ds in self.objects:
-            yield 0xFF00, ds
-
-    def close(self) -> None:
-        self.server.shutdown()
+            objects.append(ds)
+        super().__init__(objects, (CTImageStorage, MRImageStorage))
 
 
 @pytest.fixture
