@@ -109,7 +109,9 @@ def _archives(folder: Path) -> dict[str, Path]:
 
 def _container_rules(scanner: Scanner, path: Path) -> dict[str, Level]:
     reports = list(scan_all(walk([path]), scanner))
-    assert all(not rules(r) or r.path == str(path) for r in reports), [(r.path, rules(r)) for r in reports]
+    # The tar's bytes after its end are also a member of their own (test_after_the_tar.py).
+    own = (str(path), f"{path}!(data after the tar)")
+    assert all(not rules(r) or r.path in own for r in reports), [(r.path, rules(r)) for r in reports]
     return rules(reports[-1])
 
 

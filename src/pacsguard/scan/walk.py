@@ -579,8 +579,8 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
         if not isinstance(opened, zipfile.ZipFile):
             tar = opened if kind == TAR and isinstance(opened, tarfile.TarFile) else None
             yield from _appended_zip(name, data, kind, problems, limits, depth, tar)
-            if isinstance(opened, tarfile.TarFile) and kind != TAR:
-                yield from _zip_after_compressed_tar(name, data, kind, opened, problems, limits, depth)
+            if isinstance(opened, tarfile.TarFile):
+                yield from _after_tar(name, data, kind, opened, problems, limits, depth)
     except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
@@ -615,33 +615,66 @@ def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], li
     yield from _member_list(name, data, _zip_members(archive, len(data), problems, limits), problems, limits, depth)
 
 
-def _zip_after_compressed_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems: list[Finding],
-                              limits: ArchiveLimits, depth: int) -> Iterator[Item]:
-    """A zip after the end of a tar that is itself gzip, bzip2 or xz compressed: it is in the tar
-    gunzip writes, which unzip then opens (a re-probe: the plain tar was a polyglot, the same tar
-    gzipped passed clean). The inflated stream's end is looked at first, a window at a time; only
-    a stream that ends as a zip is inflated whole, within the bomb limits."""
+#: What a member name stands for when it is what a compressed tar holds after its end-of-archive.
+AFTER_TAR = "(data after the tar)"
+
+
+def _after_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems: list[Finding],
+               limits: ArchiveLimits, depth: int) -> Iterator[Item]:
+    """What a tar holds after its end-of-archive: tar extracts none of it, so it can carry a
+    payload past tools that only look at members. It is scanned as a member of its own
+    (AFTER_TAR). In a gzip, bzip2 or xz compressed tar it is inside the stream, seen only
+    inflated; a zip there is in the tar gunzip writes, which unzip then opens (a re-probe: the
+    plain tar was a polyglot, the same tar gzipped passed clean): its members are scanned too (a
+    plain tar's appended zip is `_appended_zip`'s). The stream is inflated once, keeping only its
+    last TAIL bytes and what follows the tar, within the bomb limits. A tar whose reading stopped
+    early (a member limit) has no end to look past."""
+    # TarFile._loaded: set once iteration reached the end-of-archive (typeshed leaves it out).
+    if not getattr(tar, "_loaded", False):
+        return
+    if kind == TAR:
+        if not _ends_as_zip(data[-TAIL:]):
+            yield from _trailing_member(name, data[tar.offset:], problems, limits, depth)
+        return
     bound = min(limits.max_total, limits.max_member, max(SMALL, len(data) * limits.max_ratio))
-    if not _inflated_end_is_zip(kind, data, bound):
+    tail, after, seen = _inflated_after(kind, data, tar.offset, bound)
+    if seen > bound:
+        return
+    if not _ends_as_zip(tail):
+        yield from _trailing_member(name, after, problems, limits, depth)
         return
     inflated, _ = _inflate(kind, data, bound)
     if len(inflated) <= bound:
         yield from _appended_zip(name, inflated, TAR, problems, limits, depth, tar)
 
 
-def _inflated_end_is_zip(kind: str, data: bytes, bound: int) -> bool:
-    """Whether the stream compressed in ``data`` ends (within ``bound`` bytes) as a zip does: its
-    last TAIL bytes hold an end of central directory record. Nothing but that window is kept."""
+def _trailing_member(name: str, after: bytes, problems: list[Finding], limits: ArchiveLimits,
+                     depth: int) -> Iterator[Item]:
+    """The bytes after a tar's last member, as a member, unless they are only the end-of-archive's
+    zero blocks and the record's padding (POSIX ustar: two or more zero blocks)."""
+    skip = len(after) - len(after.lstrip(b"\0"))
+    rest = after[skip - skip % tarfile.BLOCKSIZE:]
+    if rest.strip(b"\0"):
+        yield from _member_items(f"{name}!{AFTER_TAR}", AFTER_TAR, rest, problems, limits, depth)
+
+
+def _inflated_after(kind: str, data: bytes, offset: int, bound: int) -> tuple[bytes, bytes, int]:
+    """Inflate the stream compressed in ``data`` no further than ``bound`` (+1) bytes; its last TAIL
+    bytes, the bytes from ``offset`` on, and how many were inflated. What came before a break is
+    kept (a cut stream is judged on what it gave)."""
     tail = b""
+    after = io.BytesIO()
     seen = 0
     try:
         with _stream(kind, data) as stream:
             while seen <= bound and (chunk := stream.read1(CHUNK)):
+                if seen + len(chunk) > offset:
+                    after.write(chunk[max(0, offset - seen):])
                 seen += len(chunk)
                 tail = (tail + chunk)[-TAIL:]
     except ARCHIVE_ERRORS:
-        pass  # what came before a break is judged
-    return seen <= bound and _ends_as_zip(tail)
+        pass
+    return tail, after.getvalue(), seen
 
 
 def _in_member(data: bytes, archive: zipfile.ZipFile, inside: list[tuple[int, int]]) -> bool:
