@@ -350,10 +350,10 @@ def test_dataset_start_waits_for_identifiers() -> None:
     assert starts[1][1] == DimseDatasetEnd(True, 9, len(CT_BODY))
 
 
-def test_peek_bytes_bounds_a_held_value_not_the_walk() -> None:
-    """peek_bytes caps a wanted value held across fragments; the walk still reads the data set to its
-    identifiers (it used to stop after peek_bytes)."""
-    decoder = AssociationDecoder(peek_bytes=100)
+def test_value_cap_bounds_a_held_value_not_the_walk() -> None:
+    """value_cap caps a wanted value held across fragments; the walk still reads the data set to its
+    identifiers (it used to stop after that many bytes, when it was peek_bytes)."""
+    decoder = AssociationDecoder(value_cap=100)
     events = run_on_pdu(decoder, conversation()[:5])
     [start] = [e for e in events if isinstance(e, DimseDatasetStart)]
     assert start.peek.complete and start.peek.bytes_examined > 100

@@ -238,7 +238,7 @@ def test_identifier_decoder(data: bytes, syntax: str) -> None:
 @FUZZ
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120)), max_size=8))
 def test_association_on_random_bytes(turns: list[tuple[bool, bytes]]) -> None:
-    for decoder in (AssociationDecoder(), AssociationDecoder(resync=True, midstream=True, peek_bytes=64)):
+    for decoder in (AssociationDecoder(), AssociationDecoder(resync=True, midstream=True, value_cap=64)):
         # keep feeding after an error: later calls must fail the same clean way
         for from_requestor, data in turns:
             only_decode_error(decoder.feed, from_requestor, data)
@@ -252,7 +252,7 @@ def test_association_on_mutated_conversation(data: st.DataObject) -> None:
     side, raw = turns[index]
     turns[index] = (side, data.draw(mutated([raw])))
     chunk = data.draw(st.sampled_from([1, 7, 64, 100_000]))
-    for decoder in (AssociationDecoder(), AssociationDecoder(strict=True, peek_bytes=32),
+    for decoder in (AssociationDecoder(), AssociationDecoder(strict=True, value_cap=32),
                     AssociationDecoder(resync=True)):
         for from_requestor, stream in turns:
             for pos in range(0, len(stream), chunk):

@@ -8,7 +8,7 @@ identifiers), :mod:`.association` (state machine), :mod:`.events`,
 """
 
 from .association import (
-    DEFAULT_PEEK_BYTES,
+    DEFAULT_VALUE_CAP,
     AssociationDecoder,
     AssociationState,
     DirectionCounters,
@@ -87,7 +87,7 @@ from .uids import uid_name
 
 __all__ = [
     "DEFAULT_MAX_PDU_LENGTH",
-    "DEFAULT_PEEK_BYTES",
+    "DEFAULT_VALUE_CAP",
     "COMMAND_NAMES",
     "ERROR_CODES",
     "PDV",

@@ -60,7 +60,7 @@ from .pdu import (
 from .stream import DEFAULT_MAX_PDU_LENGTH, PDUReader, RawPDU
 
 #: Largest wanted value (a UID, a patient ID) the identifier walk holds across data set fragments.
-DEFAULT_PEEK_BYTES: Final = 64 * 1024
+DEFAULT_VALUE_CAP: Final = 64 * 1024
 
 _IDLE: Final = 0
 _COMMAND: Final = 1
@@ -140,7 +140,7 @@ class AssociationDecoder:
     ``feed`` splits raw bytes with one :class:`PDUReader` per direction (the IDS).
 
     Args:
-        peek_bytes: largest wanted value (Patient ID, a UID...) the identifier walk holds
+        value_cap: largest wanted value (Patient ID, a UID...) the identifier walk holds
             while it is cut by a fragment boundary; the walk itself sees the whole data set.
         max_pdu_length: largest PDU the internal readers accept (``feed`` only).
         strict: stricter-than-standard checks of reserved fields (see PDUReader).
@@ -157,16 +157,16 @@ class AssociationDecoder:
     def __init__(
         self,
         *,
-        peek_bytes: int = DEFAULT_PEEK_BYTES,
+        value_cap: int = DEFAULT_VALUE_CAP,
         max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH,
         strict: bool = False,
         resync: bool = False,
         midstream: bool = False,
         tolerate: frozenset[str] = frozenset(),
     ) -> None:
-        if peek_bytes < 1:
-            raise ValueError("peek_bytes must be positive")
-        self.peek_bytes = peek_bytes
+        if value_cap < 1:
+            raise ValueError("value_cap must be positive")
+        self.value_cap = value_cap
         self.max_pdu_length = max_pdu_length
         self.strict = strict
         self.resync = resync
@@ -620,7 +620,7 @@ class AssociationDecoder:
         last fragment, or a structural problem), report them with DimseDatasetStart."""
         walker = asm.walker
         if walker is None:
-            walker = asm.walker = peek_walker(asm.transfer_syntax, value_cap=self.peek_bytes)
+            walker = asm.walker = peek_walker(asm.transfer_syntax, value_cap=self.value_cap)
         # The fragment is read in place: the walker keeps no reference to it.
         walker.feed(memoryview(raw)[start:end])
         if is_last:

@@ -66,7 +66,6 @@ from pacsguard.records.dicom import AssociationRecord, Pending
 
 log = logging.getLogger("pacsguard.gateway")
 
-PEEK_BYTES = 64 * 1024
 # Receive buffer per leg: starts small (probes and floods cost little) and grows while reads fill
 # it, up to what uvloop itself reads at once.
 READ_BUFFER_MIN = 16 * 1024
@@ -163,7 +162,7 @@ class AssociationRelay:
         #: a peer sent A-ABORT (passed on to the other leg): what arrives after it is ignored
         self.peer_aborted = False
         # Bookkeeping deviations the peers themselves ignore pass with a warning (gateway/violations.py).
-        self.decoder = AssociationDecoder(peek_bytes=PEEK_BYTES, max_pdu_length=limits.max_pdu_length,
+        self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length,
                                           tolerate=TOLERATED)
         self.readers = {True: PDUReader(limits.max_pdu_length), False: PDUReader(limits.max_pdu_length)}
         self.host = ""
