@@ -231,7 +231,9 @@ def describe_peer(ssl_object: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
 
     Keys: subject_cn, subject (RFC 4514 string), issuer (RFC 4514), serial (upper-case hex),
     not_after (ISO 8601 UTC), fingerprint_sha256 (hex of the DER certificate), tls_version, cipher.
-    Certificate fields are None when the peer sent no certificate.
+    Certificate fields are None when the peer sent no certificate. subject_cn is None unless the
+    subject holds exactly one Common Name: with two (CN=ct1,CN=evil, or CN=ct1+CN=evil) which one
+    names the peer depends on who reads it, so a bare-CN allow-list entry must not match either.
     """
     cipher = ssl_object.cipher()
     info: dict[str, Any] = {
@@ -248,7 +250,7 @@ def describe_peer(ssl_object: ssl.SSLSocket | ssl.SSLObject) -> dict[str, Any]:
         cert = x509.load_der_x509_certificate(der)
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         info.update(
-            subject_cn=str(cns[0].value) if cns else None,
+            subject_cn=str(cns[0].value) if len(cns) == 1 else None,
             subject=cert.subject.rfc4514_string(),
             issuer=cert.issuer.rfc4514_string(),
             serial=format(cert.serial_number, "X"),
@@ -277,7 +279,7 @@ def _openssl_fields(decoded: dict[str, Any] | None) -> dict[str, Any]:
 
     cns = [v for rdn in decoded.get("subject", ()) for k, v in rdn if k == "commonName"]
     after = decoded.get("notAfter")
-    return {"subject_cn": cns[0] if cns else None, "subject": name(decoded.get("subject")),
+    return {"subject_cn": cns[0] if len(cns) == 1 else None, "subject": name(decoded.get("subject")),
             "issuer": name(decoded.get("issuer")), "serial": decoded.get("serialNumber"),
             "not_after": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ssl.cert_time_to_seconds(after)))
             if after else None}
