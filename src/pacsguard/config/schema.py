@@ -6,17 +6,43 @@ from __future__ import annotations
 
 import os
 import re
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_SECRET_BYTES = 64 * 1024  # a password or token, never a whole file
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's `yes`, `on` and `true` are booleans, which pydantic would take as the number 1:
+        `port: yes` must be an error naming the key, not port 1 (an outside tester, round 5)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _wants_number(annotation) and not _admits(annotation, bool):
+                raise ValueError(f"expected a number, not the boolean {str(value).lower()}")
+        return value
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a field's annotation admits (the members of a union, or the type itself)."""
+    args = get_args(annotation)
+    return tuple(m for a in args for m in _members(a)) if args and type(annotation).__name__ in (
+        "UnionType", "_UnionGenericAlias") else (annotation,)
+
+
+def _wants_number(annotation: Any) -> bool:
+    return any(m in (int, float) for m in _members(annotation))
+
+
+def _admits(annotation: Any, kind: type) -> bool:
+    return kind in _members(annotation)
 
 
 class SecretRef(Strict):
@@ -161,6 +187,30 @@ def _check_ae(value: str) -> str:
     return text
 
 
+#: A host name's label (RFC 1123 2.1): letters, digits and hyphens, not at either end.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+#: Addresses that listen on every interface (IPv4, IPv6).
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def check_host(value: str) -> str:
+    """An IP address (IPv4 or IPv6) or a host name (RFC 1123): `999.1.1.1` and `a b c` are
+    neither, and an empty host would listen on every interface (say 0.0.0.0 or :: for that)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("expected an IP address or a host name, got an empty string (for every interface "
+                         "say 0.0.0.0 or ::)")
+    try:
+        ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if len(text) > 253 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError(f"expected an IP address or a host name (RFC 1123), got {value!r}")
+    return text
+
+
 class ListenTLS(Strict):
     cert_file: Path
     key_file: Path
@@ -188,6 +238,7 @@ class Listen(Strict):
     tls: ListenTLS | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class Upstream(Strict):
@@ -198,6 +249,7 @@ class Upstream(Strict):
     connect_timeout: float = Field(10.0, gt=0, le=300)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class Policy(Strict):
@@ -434,8 +486,12 @@ class GatewayConfig(Strict):
         names: set[str] = set()
         for route in self.routes:
             key = (route.listen.host, route.listen.port)
-            if key in seen:
-                raise ValueError(f"routes {seen[key]!r} and {route.name!r} both listen on {key[0]}:{key[1]}")
+            # A wildcard address takes its port on every interface: no other route can have it.
+            clash = next((k for k in seen if k[1] == key[1] and (k[0] == key[0] or {k[0], key[0]} & WILDCARDS)),
+                         None)
+            if clash is not None:
+                raise ValueError(f"routes {seen[clash]!r} and {route.name!r} both listen on port {key[1]} "
+                                 f"({clash[0]} and {key[0]})")
             if route.name in names:
                 raise ValueError(f"two routes are named {route.name!r}")
             seen[key] = route.name

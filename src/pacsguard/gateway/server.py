@@ -54,8 +54,8 @@ class RouteRuntime:
         self.gateway = gateway
         self.durability = gateway.durability
         self.checks = build_chain(route, Shared(gateway.quarantined, gateway.ips, gateway.durability))
-        self.server_ssl = _server_context(route, resolve)
-        self.upstream_ssl = _upstream_context(route, resolve)
+        self.server_ssl = listen_tls_context(route, resolve)
+        self.upstream_ssl = upstream_tls_context(route, resolve)
         self.quarantine_policy = gateway.quarantine_policy
         self.relays: set[AssociationRelay] = set()
 
@@ -285,7 +285,7 @@ class Gateway:
         return StoreForwardRoute(route, build_chain(route, Shared(self.quarantined, self.ips, self.durability)),
                                  publish=self.publish, quarantined=self.quarantined, quarantine=self.quarantine,
                                  object_checks=object_checks(route) if object_checks else [], resolve=resolve,
-                                 durability=self.durability, server_ssl=_server_context(route, resolve))
+                                 durability=self.durability, server_ssl=listen_tls_context(route, resolve))
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:
@@ -364,7 +364,9 @@ def _warn_open(route: Route) -> None:
                     "or policy.hosts", route.name)
 
 
-def _server_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+def listen_tls_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+    """The route's listening TLS context, None without TLS; TLSConfigError names what is wrong
+    (`serve` and `config check` both build it)."""
     tls = route.listen.tls
     if tls is None:
         return None
@@ -375,7 +377,8 @@ def _server_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
                           require_client_cert=tls.require_client_cert)
 
 
-def _upstream_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+def upstream_tls_context(route: Route, resolve: Resolve) -> ssl.SSLContext | None:
+    """The route's TLS context toward its PACS, None without TLS (as `listen_tls_context`)."""
     tls = route.upstream.tls
     if tls is None:
         return None
