@@ -25,6 +25,7 @@ ellipsis when it takes many values (``FILE``, ``PATHS...``; ``[PATHS]...`` in th
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -135,4 +136,24 @@ class App(typer.Typer):
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
         kwargs.setdefault("cls", Command)
-        return super().command(*args, **kwargs)
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: CommandFunctionType) -> CommandFunctionType:
+            return register(_guarded(func))
+
+        return decorator
+
+
+def _guarded(func: CommandFunctionType) -> CommandFunctionType:
+    """Every command as `pacsguard.cli.common.guarded` runs it: a reader that went away is exit 141,
+    a full disk under stdout one line and exit 2, never a traceback or click's silent exit 1 (an
+    outside tester found `ids rules list | head` and `config check > /dev/full` without it).
+    common is imported when the command runs, not when it is registered (start-up time)."""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from pacsguard.cli.common import guarded
+
+        return guarded(func)(*args, **kwargs)
+
+    return run  # type: ignore[return-value]

@@ -6,6 +6,7 @@ Exit codes (documented in docs/cli.md): 0 ok, 1 findings (verify found tampering
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -48,11 +49,23 @@ def __getattr__(name: str) -> Any:
     stderr = _CONSOLES.get(name)
     if stderr is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Kept as the module's attribute: later uses get this same console, as when it was made at import.
+    made = globals()[name] = new_console(stderr=stderr)
+    return made
+
+
+def new_console(**options: Any) -> Console:
+    """A rich Console (``options`` as rich takes them) whose broken pipe is a BrokenPipeError, which
+    `guarded` turns into exit 141: rich's own answer is SystemExit(1), which scripts read as
+    "found something" (`audit verify | true` exited 1 on a clean store)."""
     from rich.console import Console
 
-    # Kept as the module's attribute: later uses get this same console, as when it was made at import.
-    made = globals()[name] = Console(stderr=stderr)
-    return made
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
+
+    return PipedConsole(**options)
 
 
 def _err_console() -> Console:
@@ -95,7 +108,11 @@ def guarded(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            # Flushed here, not by click at exit: there a reader gone away is a silent exit 1
+            # (click's EPIPE handling), and a full disk a traceback.
+            sys.stdout.flush()
+            return result
         except BrokenPipeError as exc:
             if _stdout_closed():
                 raise typer.Exit(EXIT_PIPE_CLOSED) from None

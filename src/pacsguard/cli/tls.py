@@ -23,10 +23,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _written(cert: Path, key: Path) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    out = Console(soft_wrap=True)
+    from pacsguard.cli.common import new_console
+
+    out = new_console(soft_wrap=True)
     out.print(Text.assemble(("certificate ", "green"), str(cert)))
     out.print(Text.assemble(("private key ", "green"), str(key), (" (mode 0600)", "dim")))
 

@@ -1,0 +1,54 @@
+"""Output that cannot be written (an outside tester, round 5): `ids rules list | true` and `audit
+verify | true` exited 1 silently (click's and rich's answers to a broken pipe; for `audit verify`
+1 means "found tampering"), and `config check > /dev/full` printed a traceback. docs/cli.md: 141
+when the reader went away, nothing on stderr; one line and exit 2 on other errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIG = """gateway:
+  routes:
+    - name: r1
+      listen: {host: 127.0.0.1, port: 11112, ae_title: GW}
+      upstream: {host: 127.0.0.2, port: 104, ae_title: PACS}
+"""
+
+
+def run(args: list[str], cwd: Path, stdout: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pacsguard.cli", *args], cwd=cwd, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone (as `| true` leaves it)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize("args", [["ids", "rules", "list"], ["events", "schema"], ["config", "check", "p.yaml"]],
+                         ids=["plain-lines", "json", "rich"])
+def test_a_reader_gone_away_is_exit_141_quietly(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "p.yaml").write_text(CONFIG)
+    write = closed_pipe()
+    try:
+        done = run(args, tmp_path, write)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("args", [["ids", "rules", "list"], ["config", "check", "p.yaml"]])
+def test_a_full_disk_under_stdout_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "p.yaml").write_text(CONFIG)
+    with open("/dev/full", "w") as full:
+        done = run(args, tmp_path, full.fileno())
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "No space left on device" in done.stderr, done.stderr
