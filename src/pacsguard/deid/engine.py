@@ -8,6 +8,8 @@ Longitudinal Temporal Information Modified (0028,0303)."""
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,8 +39,17 @@ SOP_CLASS_UID = 0x00080016
 _IDENTITIES = (("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E),
                ("SOPInstanceUID", SOP_INSTANCE_UID), ("PatientID", PATIENT_ID))
 OVERLAY_DATA = 0x3000
-#: File meta attributes that name devices or vendors' private data (PS3.10 7.1): removed.
-_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+#: File meta attributes that name devices, hosts or vendors' private data (PS3.10 7.1): removed.
+#: Source, Sending and Receiving AE Titles (0002,0016-0018), Source, Sending and Receiving
+#: Presentation Addresses (0002,0026-0028: host names and IP addresses of the modality and the
+#: site), Private Information Creator UID and Private Information (0002,0100, 0002,0102).
+_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100,
+                 0x00020102)
+#: The Item tag (FFFE,E000) as implicit VR little endian bytes: how a sequence encoded as UN
+#: begins (PS3.5 6.2.2: its value is the sequence in Implicit VR Little Endian).
+_ITEM_LE = b"\xfe\xff\x00\xe0"
+ENCAPSULATED_DOCUMENT = 0x00420011
+ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
 
 
 _FRESH = (Effect.EMPTY, Effect.DUMMY)
@@ -168,6 +179,7 @@ class Engine:
             identifiers=identifiers_of(original_id, original_name),
         )
         self._walk(ds, ctx, "", report)
+        _document_length(ds)
 
     def _file_meta(self, ds: Dataset) -> None:
         meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
@@ -243,7 +255,11 @@ class Engine:
             number = int(tag)  # plain int for lookups: pydicom's tag type compares in Python
             group, element = number >> 16, number & 0xFFFF
             if group == 0x0002:
-                continue  # file meta is handled by _file_meta
+                # Group 0002 belongs in the file meta only (PS3.10 7.1), which _file_meta handles;
+                # one inside the data set or an item is malformed and may hold anything (an
+                # original SOP Instance UID, an AE title): removed, never passed on unchecked.
+                self._misplaced_meta(ds, tag, prefix, report)
+                continue
             if group & 1 and 0x0010 <= element <= 0x00FF:
                 creators.append(tag)  # a private creator (PS3.5 7.8.1): kept with a block it reserves
                 continue
@@ -259,6 +275,13 @@ class Engine:
             if report.detailed:
                 report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
                                              decision.code, decision.effect, decision.source))
+            if decision.effect is Effect.KEEP and vr == "UN" and group & 1:
+                # A safe private attribute read without its VR (implicit VR, or UN): when it is a
+                # sequence its items must be de-identified like any other sequence's.
+                vr = self._private_as_sequence(ds, tag, raw.value)
+                if vr == "":
+                    del ds[tag]
+                    continue
             # Kept and removed values are never decoded: pydicom writes an undecoded value back as it was read.
             if decision.effect is Effect.KEEP and vr != "SQ":
                 kept = True
@@ -290,6 +313,27 @@ class Engine:
         for group in removed_overlays:
             for tag in [t for t in ds.keys() if t.group == group]:
                 del ds[tag]
+
+    @staticmethod
+    def _misplaced_meta(ds: Dataset, tag: BaseTag, prefix: str, report: Report) -> None:
+        del ds[tag]
+        report.tally[Effect.REMOVE] = report.tally.get(Effect.REMOVE, 0) + 1
+        if report.detailed:
+            report.changes.append(Change(f"{prefix}{_tag_text(int(tag))}", _name(tag), "", "X", Effect.REMOVE,
+                                         "group 0002 outside the file meta (PS3.10 7.1)"))
+
+    @staticmethod
+    def _private_as_sequence(ds: Dataset, tag: BaseTag, value: Any) -> str:
+        """The VR to treat a kept private UN attribute with: "SQ" when its value is a sequence
+        (then ``ds[tag]`` is replaced by the parsed sequence), "UN" when it is not one, "" when it
+        looks like one but cannot be parsed (it must then go: its content cannot be checked)."""
+        if not isinstance(value, bytes) or not value.startswith(_ITEM_LE):
+            return "UN"
+        items = _parse_un_sequence(value, getattr(ds, "_character_set", None) or ["iso8859"])
+        if items is None:
+            return ""
+        ds[tag] = DataElement(tag, "SQ", items)
+        return "SQ"
 
     def _apply(self, ds: Dataset, elem: DataElement, decision: Decision, ctx: _Context, path: str,
                report: Report) -> bool:
@@ -348,6 +392,31 @@ class _Context:
     shift: timedelta
     patient_id: str
     identifiers: frozenset[str]
+
+
+def _parse_un_sequence(value: bytes, encodings: list[str]) -> Sequence | None:
+    """A sequence's value encoded as UN, which PS3.5 6.2.2 says is Implicit VR Little Endian
+    whatever the transfer syntax; None when it does not parse as one exactly."""
+    from pydicom.filereader import read_sequence
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            items = read_sequence(io.BytesIO(value), True, True, len(value), encodings)
+            for item in items:
+                for tag in list(item.keys()):
+                    item[tag]  # decode now: a malformed item must fail here, not when written
+    except Exception:  # pydicom raises many types for malformed bytes; each means "not a sequence"
+        return None
+    return items
+
+
+def _document_length(ds: Dataset) -> None:
+    """Encapsulated Document Length (0042,0015) is the length of Encapsulated Document (PS3.3
+    C.24.2): kept true when D replaced the document by a dummy."""
+    if ENCAPSULATED_DOCUMENT in ds and ENCAPSULATED_DOCUMENT_LENGTH in ds:
+        document = ds[ENCAPSULATED_DOCUMENT].value or b""
+        _put(ds, ENCAPSULATED_DOCUMENT_LENGTH, "UL", len(document))
 
 
 def _put(ds: Dataset, tag: int, vr: str, value: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pacsguard.deid.actions import Effect, effect
+from pacsguard.deid.dictionary import known_vr
 from pacsguard.deid.profile import Option, Row, Table
 
 #: When two chosen options both name an action for a row, the more protective one wins.
@@ -26,7 +27,60 @@ IOD_REQUIRED = {
     0x0040A122: "D",
     0x0040A160: "D",  # Text Value: Type 1C in the Document Content Macro (PS3.3 C.17.3)
     0x00700006: "D",  # Unformatted Text Value: Type 1C in the Waveform Annotation Module (PS3.3 C.10.10)
+    0x00420010: "X/Z",  # Document Title: Type 2 in the Encapsulated Document Module (PS3.3 C.24.2)
+    0x00287FE0: "D",  # Pixel Data Provider URL: Type 1C in the JPIP Referenced Pixel Macro (PS3.3 C.7.6.3)
 }
+
+#: X/Z sequences that a storage IOD makes Type 2 (PS3.3), so an empty one (Z) is valid; for every
+#: other X/Z sequence the attribute is Type 3 and an empty one is an error (a Type 3 sequence, if
+#: present, holds one or more items), so X is the form the IOD permits.
+TYPE2_SEQUENCES = frozenset({
+    0x00400555,  # Acquisition Context Sequence: Type 2 in the Acquisition Context Module (C.7.6.14)
+})
+
+#: Attributes whose UIDs name a class, a transfer syntax or a coding scheme by definition (PS3.3,
+#: PS3.5 9.1), registered in PS3.6 Annex A or privately (a vendor's SOP class, a class newer than
+#: pydicom's dictionary): they identify no patient, study or device and are kept, because
+#: replacing one makes the object unreadable.
+CLASS_UIDS = frozenset({
+    0x00020002,  # Media Storage SOP Class UID
+    0x00020010,  # Transfer Syntax UID
+    0x00020012,  # Implementation Class UID
+    0x00020032,  # RTV Communication SOP Class UID
+    0x00041510,  # Referenced SOP Class UID in File
+    0x00041512,  # Referenced Transfer Syntax UID in File
+    0x0004151A,  # Referenced Related General SOP Class UID in File
+    0x00080016,  # SOP Class UID
+    0x0008001A,  # Related General SOP Class UID
+    0x0008001B,  # Original Specialized SOP Class UID
+    0x00080062,  # SOP Classes in Study
+    0x0008010C,  # Coding Scheme UID
+    0x00080118,  # Mapping Resource UID
+    0x0008040E,  # Stored Instance Transfer Syntax UID
+    0x00081150,  # Referenced SOP Class UID
+    0x0008115A,  # SOP Classes Supported
+    0x00083002,  # Available Transfer Syntax UID
+    0x00340003,  # Flow Transfer Syntax UID
+    0x04000010,  # MAC Calculation Transfer Syntax UID
+    0x04000510,  # Encrypted Content Transfer Syntax UID
+    0x3010001F,  # Segmentation Template UID
+    0x30100052,  # Pertinent SOP Classes in Study
+    0x30100053,  # Pertinent SOP Classes in Series
+})
+
+#: Dates whose VR is not DA or DT: the patient's birth and death dates in an alternative calendar
+#: (PS3.3 C.7.1.1, LO). They carry what Patient's Birth Date and Patient's Death in Institution
+#: carry, so they follow the date rules; a shift cannot be applied to a calendar pacsguard does not
+#: compute, so under Retain Longitudinal Modified Dates they are removed.
+DATES_AS_TEXT = frozenset({0x00100033, 0x00100034})
+
+#: URIs (VR UR) that name a code system or a code, not a place: kept. Every other URI the edition
+#: does not list is removed: Retrieve URL/URI, File Access URI, Storage URL and the like embed the
+#: original Study/Series/SOP Instance UIDs, host names and file paths (often the patient's name).
+PUBLIC_URIS = frozenset({
+    0x0008010E,  # Coding Scheme URL
+    0x00080120,  # URN Code Value
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +104,25 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
            safe_private: bool = False, registered_uid: bool = False) -> Decision:
     """The decision for one attribute; an attribute an IOD requires is never removed (IOD_REQUIRED)."""
     decision = _decide(table, tag, vr, options, safe_private=safe_private, registered_uid=registered_uid)
+    if decision.effect is Effect.EMPTY and decision.code == "X/Z" and tag not in TYPE2_SEQUENCES \
+            and (vr or known_vr(tag)) == "SQ":
+        # X/Z: "X unless Z is required to maintain IOD conformance (Type 2)" (PS3.15 E.1.1).
+        return Decision(decision.code, Effect.REMOVE, f"{decision.source}; a Type 3 sequence", decision.row)
+    if decision.effect is Effect.CLEAN and _graphics_group(tag):
+        # Clean Graphics (PS3.15 E.3.3): pacsguard does not redraw curves and overlays; it removes
+        # them (the 60xx group goes whole once its Overlay Data does), the form that leaves none
+        # of their text or drawings.
+        return Decision(decision.code, Effect.REMOVE, f"{decision.source}; removed, not cleaned", decision.row)
     if decision.effect is Effect.REMOVE and tag in IOD_REQUIRED:
         code = IOD_REQUIRED[tag]
         return Decision(code, effect(code), f"{decision.source}; required by its IOD", decision.row)
     return decision
+
+
+def _graphics_group(tag: int) -> bool:
+    """A curve (50xx) or overlay (60xx) repeating group, even groups only (PS3.5 7.6)."""
+    group = tag >> 16
+    return (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E) and not group & 1
 
 
 def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
@@ -74,6 +143,11 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
     # listed ones (E.3.6 treats all of them alike), so they follow the date options and are otherwise
     # removed, or given a dummy where an IOD requires them (IOD_REQUIRED); instance UIDs link back
     # like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
+    if tag in DATES_AS_TEXT:
+        if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+            return Decision("K", Effect.KEEP, "not listed: date in an alternative calendar, "
+                            "retain-longitudinal-full-dates")
+        return Decision("X", Effect.REMOVE, "not listed: date in an alternative calendar")
     if vr in _DATES:
         if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
             return Decision("K", Effect.KEEP, "not listed: date/time, retain-longitudinal-full-dates")
@@ -93,6 +167,10 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         if Option.CLEAN_DESCRIPTORS in options:
             return Decision("C", Effect.CLEAN, "not listed: free text, clean-descriptors")
         return Decision("X", Effect.REMOVE, "not listed: free text")
+    if vr == "UR" and tag not in PUBLIC_URIS:
+        return Decision("X", Effect.REMOVE, "not listed: URI (may hold original UIDs, hosts, paths)")
+    if vr == "UI" and tag in CLASS_UIDS:
+        return Decision("K", Effect.KEEP, "not listed: class UID")
     if vr == "UI" and not registered_uid:
         if Option.RETAIN_UIDS in options:
             return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")

@@ -4,6 +4,7 @@ of action C for text (PS3.15 E.1.1), and the empty values of action Z."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 #: D: "a non-zero length value that may be a dummy value and consistent with the VR".
@@ -41,23 +42,44 @@ _WORD = re.compile(r"[^\s^,;:/\\()\[\]]+")
 
 
 def clean_text(value: str, identifiers: frozenset[str]) -> str:
-    """C for free text: words that are, or hold, a known identifier (a name part, an ID) and words
-    with four or more digits (dates, numbers) become 'X'; the rest keeps its meaning."""
+    """C for free text (PS3.15 E.3.5): words that are, or hold, a known identifier (a name part, an
+    ID) and words with four or more digits (dates, numbers) become 'X'; the rest keeps its meaning.
+
+    An identifier of three characters or more is looked for inside words; a shorter one ("Li",
+    "Wu") only as a whole word, so that it does not take ordinary words with it. A part written
+    in a script without spaces between words (kanji, hanzi, kana: "山田", "王") is looked for inside
+    words whatever its length, and only that part becomes 'X' ("山田太郎胸部CT" -> "XX胸部CT")."""
+    long = tuple(i for i in identifiers if len(i) >= 3 and not _unspaced(i))
+    short = frozenset(i for i in identifiers if len(i) < 3 and not _unspaced(i))
+    unspaced = sorted((i for i in identifiers if _unspaced(i)), key=len, reverse=True)
+
     def scrub(match: re.Match[str]) -> str:
         word = match.group(0)
         low = word.lower()
-        if sum(ch.isdigit() for ch in word) >= 4 or any(i in low for i in identifiers):
+        if sum(ch.isdigit() for ch in word) >= 4 or low in short or any(i in low for i in long):
             return "X"
+        for part in unspaced:
+            word = word.replace(part, "X" * len(part))
         return word
 
     return _WORD.sub(scrub, value)
 
 
+def _unspaced(part: str) -> bool:
+    """True for text in a script written without spaces between words (PS3.5 6.1.2.5.3 names in
+    ideographic and phonetic groups): CJK ideographs, kana, and their full-width forms."""
+    return any(unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS) for ch in part)
+
+
+_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "IDEOGRAPHIC")
+
+
 def identifiers_of(*values: str) -> frozenset[str]:
-    """The lower-case parts (three characters or more) of names and IDs, for clean_text."""
+    """The lower-case parts of names and IDs, for clean_text (every part, however short: a
+    Chinese or Japanese name part is often one or two characters)."""
     parts: set[str] = set()
     for value in values:
         for part in re.split(r"[\s^=,.\-]+", value.lower()):
-            if len(part) >= 3:
+            if part:
                 parts.add(part)
     return frozenset(parts)
