@@ -28,10 +28,12 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Column, Connection, Row, Table, select
+from sqlalchemy.exc import DBAPIError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
 from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of, terms_of
+from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (
@@ -107,16 +109,22 @@ class _Row:
 def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
                  progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     report = VerifyReport(store=store.name)
-    with store.engine.connect() as conn:
-        head = conn.execute(select(tree_state).where(tree_state.c.id == 1)).one_or_none()
-        total = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar() or 0
-        cps = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
-        clean = clean_chain(conn, total + 1, progress)
-        if clean is not None:
-            chain = clean
-            report.events = len(chain)
-        else:
-            chain = _forensic_chain(conn, total + 1, progress, report)
+    try:
+        with store.engine.connect() as conn:
+            head = conn.execute(select(tree_state).where(tree_state.c.id == 1)).one_or_none()
+            total = conn.execute(select(events.c.seq).order_by(events.c.seq.desc()).limit(1)).scalar() or 0
+            cps = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
+            clean = clean_chain(conn, total + 1, progress)
+            if clean is not None:
+                chain = clean
+                report.events = len(chain)
+            else:
+                chain = _forensic_chain(conn, total + 1, progress, report)
+    except DBAPIError as exc:
+        # A damaged database (a zeroed page, a dropped table) cannot be read to the end: that is
+        # "the store cannot be read" (exit 2), not a bug (an outside tester saw exit 70).
+        raise StoreError(f"{store.name}: cannot read the store to verify it: {exc.orig or exc}; the "
+                         "database is damaged (restore it from a backup and verify that)") from None
     size = len(chain)
     report.chain, report.head_size = chain, head.size if head is not None else None
     if head is None:
