@@ -94,3 +94,30 @@ def test_config_check_loads_the_tls_files_serve_loads(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout
     assert "gateway.routes.0.listen.tls: cert file" in done.stderr and "does not exist" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+SHARED = """x-pacs: &pacs
+  upstream: {host: 127.0.0.2, port: 104, ae_title: ARCHIVE}
+  policy: {services: [C-ECHO, C-STORE]}
+gateway:
+  routes:
+    - <<: *pacs
+      name: ct
+      listen: {host: 127.0.0.1, port: 11112, ae_title: GW}
+    - <<: *pacs
+      name: mr
+      listen: {host: 127.0.0.1, port: 11113, ae_title: GW}
+      upstream: {host: 127.0.0.3, port: 104, ae_title: OTHER}
+"""
+
+
+def test_a_yaml_merge_key_shares_settings_between_routes() -> None:
+    """`<<: *base` was "not valid YAML: could not determine a constructor for the tag ...merge";
+    the anchor's holder, a top-level x- key, is the file's own, as in Compose files."""
+    routes = parse_config(SHARED).gateway.routes  # type: ignore[attr-defined]
+    assert [r.upstream.ae_title for r in routes] == ["ARCHIVE", "OTHER"]  # the route's own key wins
+    assert routes[0].policy.services == routes[1].policy.services
+    [found] = problems(SHARED.replace("      name: ct\n", "      name: ct\n      name: again\n"))
+    assert "given twice" in found, found  # the mapping's own keys are still checked for repeats
+    [found] = problems("y-pacs: {}\n")
+    assert found.startswith("y-pacs: unknown key"), found

@@ -20,6 +20,9 @@ MAX_CONFIG_VALUES = 100_000  # values, aliases expanded: a real configuration ha
 _TOO_DEEP = f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)"
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe YAML whose mappings refuse a key given twice (YAML 1.2 requires unique keys; PyYAML
     would keep the last one silently), naming the lines of both."""
@@ -27,6 +30,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                # `<<: *base` (YAML 1.1 merge): the base's keys come in, and the mapping's own keys
+                # may override them; the base class merges them. Only the mapping's own keys are
+                # checked for repeats.
+                continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             try:
@@ -135,6 +143,9 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
     if not isinstance(data, dict):
         problem = ConfigProblem("(top level)", f"expected a mapping of sections, got {type(data).__name__}")
         raise ConfigError(source, [problem])
+    # Top-level keys starting with "x-" are the file's own (as in Compose files): a place for YAML
+    # anchors that routes share (`x-pacs: &pacs {...}`, then `upstream: *pacs` or `<<: *pacs`).
+    data = {key: value for key, value in data.items() if not (isinstance(key, str) and key.startswith("x-"))}
     return validate_model(model or default_model(), data, source)
 
 
