@@ -152,6 +152,10 @@ def quarantine_add(target: str = typer.Argument(..., help="host address, AE titl
     from pacsguard.cli.common import console
     from pacsguard.gateway import quarantine as q
 
+    try:
+        target = q.check_target(target)
+    except ValueError as exc:
+        raise fail(f"TARGET {exc}") from None
     es = _open(config, store)
     try:
         event = q.change_event("add", target, duration=_duration(duration), reason=reason, user=getpass.getuser())

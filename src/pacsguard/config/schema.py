@@ -180,7 +180,7 @@ def parse_networks(value: Any) -> list[IPv4Network | IPv6Network]:
     return out
 
 
-def _check_ae(value: str) -> str:
+def check_ae_title(value: str) -> str:
     text = value.strip()
     if not 1 <= len(text) <= 16 or "\\" in text or not all(32 <= ord(c) < 127 for c in text):
         raise ValueError(f"an AE title is 1-16 printable ASCII characters without backslash, got {value!r}")
@@ -237,7 +237,7 @@ class Listen(Strict):
     ae_title: AETitle
     tls: ListenTLS | None = None
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
@@ -248,7 +248,7 @@ class Upstream(Strict):
     tls: UpstreamTLS | None = None
     connect_timeout: float = Field(10.0, gt=0, le=300)
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
     _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
@@ -265,7 +265,7 @@ class Policy(Strict):
     @field_validator("calling_ae_titles", "move_destinations")
     @classmethod
     def _aes(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [_check_ae(v) for v in value]
+        return None if value is None else [check_ae_title(v) for v in value]
 
     @field_validator("hosts", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Literal
 
 from pacsguard.events import Event, Party, Severity
@@ -33,6 +33,33 @@ def is_host(target: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_target(target: str) -> str:
+    """``target`` as a quarantine can match it: an IP address, an AE title (PS3.5 Table 6.2-1 AE:
+    1-16 characters, no backslash) or AE@address; ValueError naming what is wrong otherwise. A
+    network (`10.30.1.0/24`), an address with an octet past 255 or a 17-character title would be
+    stored and match no device, while the administrator reads "quarantined"."""
+    from pacsguard.config.schema import check_ae_title
+
+    if is_host(target):
+        return target
+    ae_title, sep, host = target.rpartition("@")
+    if sep and ae_title:
+        if not is_host(host):
+            raise ValueError(f"{target!r}: {host!r} after the @ is not an IP address")
+        check_ae_title(ae_title)
+        return target
+    try:
+        ip_network(target, strict=False)
+    except ValueError:
+        pass
+    else:  # "/" and digits: a network
+        raise ValueError(f"{target!r} is a network: quarantine takes one address (or an AE title, AE@address)")
+    if all(part.isdigit() for part in target.split(".")) and "." in target:
+        raise ValueError(f"{target!r} is not an IP address (each IPv4 part is 0-255)")
+    check_ae_title(target)
+    return target
 
 
 def pair(ae_title: str, host: str) -> str:

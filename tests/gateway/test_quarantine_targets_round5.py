@@ -1,0 +1,37 @@
+"""`gateway quarantine add` took targets that match no device and said "quarantined" (an outside
+tester, round 5): a network, an address with an octet past 255, AE@host with such a host, an AE
+title of 17 characters or with a backslash. Each is now a usage error naming what is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacsguard.gateway.quarantine import check_target
+
+BAD = {"127.0.0.0/8": "is a network", "10.30.1.0/24": "is a network", "10.30.1.256": "not an IP address",
+       "CT9@10.0.0.999": "after the @ is not an IP address", "ABCDEFGHIJKLMNOPQ": "1-16",
+       "A\\B": "without backslash", "": "1-16"}
+
+
+@pytest.mark.parametrize("target", sorted(BAD))
+def test_a_target_that_can_match_no_device_is_refused(target: str) -> None:
+    with pytest.raises(ValueError, match=BAD[target]):
+        check_target(target)
+
+
+@pytest.mark.parametrize("target", ["10.30.1.7", "::1", "fe80::1", "CT1", "CT1@10.30.1.7", "MR@LAB@10.0.0.1",
+                                    "PACS.MAIN"])
+def test_addresses_titles_and_pairs_pass(target: str) -> None:
+    assert check_target(target) == target
+
+
+def test_the_command_says_so_and_records_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    done = subprocess.run([sys.executable, "-m", "pacsguard.cli", "gateway", "quarantine", "add", "127.0.0.0/8",
+                           "--store", str(store)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "is a network" in done.stderr, (done.returncode, done.stderr)
+    assert not store.exists() or store.stat().st_size == 0 or "quarantined" not in done.stdout
