@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pacsguard.store import EventStore
+from pacsguard.store.keys import generate_key
+
 CONFIG = """gateway:
   routes:
     - name: r1
@@ -52,3 +55,23 @@ def test_a_full_disk_under_stdout_is_one_line_and_exit_2(tmp_path: Path, args: l
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "No space left on device" in done.stderr, done.stderr
+
+
+def test_piped_output_is_never_folded(tmp_path: Path) -> None:
+    """docs/cli.md: piped, every row is one line with every value whole. `audit verify` cut a long
+    store path at 80 columns, `gateway quarantine list` folded a row over several lines."""
+    deep = tmp_path / ("a_rather_long_directory_name_for_the_audit_store_of_radiology" * 2) / "site-01"
+    deep.mkdir(parents=True)
+    (deep / "p.yaml").write_text(CONFIG)
+    done = run(["config", "check", str(deep / "p.yaml")], tmp_path, subprocess.PIPE)
+    assert done.returncode == 0 and f"{deep / 'p.yaml'}: OK" in done.stdout.splitlines()[0], done.stdout
+    store = str(tmp_path / "s.db")
+    generate_key(tmp_path / "k.key")
+    EventStore.open(store, key_path=tmp_path / "k.key", create=True).close()
+    reason = "scanner sends malformed objects, vendor ticket 4711 open; " * 3
+    added = run(["gateway", "quarantine", "add", "CT7@127.0.0.77", "--reason", reason, "--store", store], tmp_path,
+                subprocess.PIPE)
+    assert added.returncode == 0, added.stderr
+    listed = run(["gateway", "quarantine", "list", "--store", store], tmp_path, subprocess.PIPE)
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("CT7@127.0.0.77") and reason.strip() in lines[1], lines

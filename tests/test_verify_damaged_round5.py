@@ -8,12 +8,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from store_helpers import make_events, new_store, raw_sql
 
 from pacsguard.store import EventStore
 from pacsguard.store.errors import StoreError
 from pacsguard.store.keys import load_public_key
 from pacsguard.store.verify import verify_store
+from store_helpers import make_events, new_store, raw_sql
 
 
 def test_a_dropped_table_is_a_store_that_cannot_be_read(target: str, tmp_path: Path) -> None:

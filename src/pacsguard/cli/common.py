@@ -65,7 +65,12 @@ def new_console(**options: Any) -> Console:
             self.quiet = True
             raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
 
-    return PipedConsole(**options)
+    made = PipedConsole(**options)
+    if not made.is_terminal:
+        # Piped or redirected: a line is never folded at rich's default 80 columns (a store path
+        # cut in the middle, docs/cli.md "never folded or cut").
+        made.soft_wrap = True
+    return made
 
 
 def _err_console() -> Console:

@@ -188,22 +188,21 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
 @guarded
 def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """The devices quarantined now."""
-    from rich.table import Table
-
-    from pacsguard.cli.common import console
+    from pacsguard.cli.layout import Column, printable, render, terminal_width, write_lines
 
     es = _open(config, store)
     try:
         entries = _current(es).active()
     finally:
         es.close()
-    table = Table(header_style="bold")
-    for col in ("target", "until (UTC)", "reason", "by"):
-        table.add_column(col)
-    for e in entries:
-        table.add_row(shown(e.target), e.until.strftime("%Y-%m-%d %H:%M:%S") if e.until else "until removed",
-                      shown(e.reason), shown(e.by))
-    console.print(table if entries else "no device is quarantined")
+    if not entries:
+        write_lines(["no device is quarantined"])
+        return
+    # Targets are never folded; piped, each device is one line (docs/cli.md).
+    columns = (Column("target"), Column("until (UTC)"), Column("reason", fold=True), Column("by"))
+    rows = [[printable(e.target), e.until.strftime("%Y-%m-%d %H:%M:%S") if e.until else "until removed",
+             printable(e.reason), printable(e.by)] for e in entries]
+    write_lines(render(columns, rows, terminal_width()))
 
 
 def _current(es: EventStore) -> QuarantineList:
