@@ -173,13 +173,32 @@ class Engine:
         attributes): what ``pacsguard deid explain`` shows, on a copy."""
         original_id = str(ds.get("PatientID", "") or "")
         original_name = str(ds.get("PatientName", "") or "")
-        ctx = _Context(
-            shift=self.pseudonyms.day_shift(original_id),
-            patient_id=original_id,
-            identifiers=identifiers_of(original_id, original_name),
-        )
-        self._walk(ds, ctx, "", report)
+        self._walk(ds, self._patient_context(original_id, original_name, frozenset()), "", report)
         _document_length(ds)
+
+    def _patient_context(self, patient_id: str, name: str, known: frozenset[str]) -> _Context:
+        """The pseudonym key and date offset of one patient, keyed by the original Patient ID (the
+        offset of E.3.6 kept per patient), and the identifiers free text is cleaned of: this
+        patient's and those ``known`` from the enclosing patient."""
+        return _Context(shift=self.pseudonyms.day_shift(patient_id), patient_id=patient_id,
+                        identifiers=known | identifiers_of(patient_id, name))
+
+    def _item_context(self, item: Dataset, ctx: _Context) -> _Context:
+        """The patient a sequence item speaks of. An item with a Patient ID of its own names that
+        patient, who may be another one than the object's: an item of Group of Patients
+        Identification Sequence (0010,0027) or Source Patient Group Identification Sequence
+        (0010,0026) of the Patient Module (PS3.3 C.7.1.1). Its Patient ID, Patient's Name and dates
+        then get that patient's own pseudonyms and offset, the ones that patient's own objects get,
+        so that distinct patients stay distinct and each stays linkable across files. An item
+        without one (or with the enclosing patient's) belongs to the enclosing patient."""
+        if PATIENT_ID not in item:
+            return ctx
+        own_id = str(item[PATIENT_ID].value or "")
+        if not own_id or own_id == ctx.patient_id:
+            return ctx
+        own_name = str(item[PATIENT_NAME].value or "") if PATIENT_NAME in item else ""
+        # Text in the item may name either patient: it is cleaned of both.
+        return self._patient_context(own_id, own_name, ctx.identifiers)
 
     def _file_meta(self, ds: Dataset) -> None:
         meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
@@ -348,7 +367,7 @@ class Engine:
                 return True
             # D, K, C, U and X/Z/U* on a sequence: keep it, de-identify every item by the same rules.
             for i, item in enumerate(elem.value or ()):
-                self._walk(item, ctx, f"{path}[{i}].", report)
+                self._walk(item, self._item_context(item, ctx), f"{path}[{i}].", report)
             return True
         if effect is Effect.KEEP:
             return True
@@ -359,9 +378,14 @@ class Engine:
             elem.value = _map_values(elem.value, self.pseudonyms.uid)
             return True
         if tag == PATIENT_ID:
-            elem.value = self.pseudonyms.patient_id(ctx.patient_id) if ctx.patient_id else dummy(vr)
+            # Keyed by its own value wherever it is (a sequence item may name another patient): the
+            # same original ID gets the same pseudonym in every object. At the top level this is
+            # the ID the context was made from, so the patient's pseudonym is what it always was.
+            own_id = str(elem.value or "")
+            elem.value = self.pseudonyms.patient_id(own_id) if own_id else dummy(vr)
             return True
         if tag == PATIENT_NAME:
+            # Keyed under the patient whose item holds it (see _item_context).
             elem.value = self.pseudonyms.patient_name(ctx.patient_id, str(elem.value or ""))
             return True
         if effect is Effect.CLEAN:
@@ -389,6 +413,9 @@ class Engine:
 
 @dataclass(frozen=True, slots=True)
 class _Context:
+    """The patient the attributes being walked belong to: the object's, or the one a sequence
+    item names (Engine._item_context); ``patient_id`` is the original, unmapped ID."""
+
     shift: timedelta
     patient_id: str
     identifiers: frozenset[str]
