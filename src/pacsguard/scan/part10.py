@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.dicom.vr import LONG_VRS, VRS
+from pacsguard.scan import signatures
 from pacsguard.scan.model import Level
 
 PREAMBLE = 128
@@ -146,7 +147,7 @@ class Parsed:
 
 
 @lru_cache(maxsize=8192)
-def _dictionary_vr(tag: int) -> str:
+def dictionary_vr(tag: int) -> str:
     """The VR an implicit-VR element has (PS3.6); UN when the dictionary does not know it."""
     try:
         from pydicom.datadict import dictionary_VR
@@ -155,6 +156,16 @@ def _dictionary_vr(tag: int) -> str:
     except Exception:  # pydicom raises KeyError for unknown tags, and worse for odd ones
         return "UN"
     return vr.split(" ")[0] if vr else "UN"
+
+
+@lru_cache(maxsize=8)
+def dictionary_tags(vrs: frozenset[str]) -> frozenset[int]:
+    """The standard tags whose dictionary VR (PS3.6; the first of "US or SS") is one of ``vrs``."""
+    try:
+        from pydicom._dicom_dict import DicomDictionary
+    except ImportError:
+        return frozenset()
+    return frozenset(tag for tag, entry in DicomDictionary.items() if str(entry[0]).split(" ")[0] in vrs)
 
 
 def read(data: bytes, limits: Limits = Limits()) -> Parsed:
@@ -190,7 +201,31 @@ def read(data: bytes, limits: Limits = Limits()) -> Parsed:
         parsed.body = data
         parsed.dataset_start = start
     _walk(parsed, limits)
+    if any(p.rule == "structure.vr-encoding" for p in parsed.problems):
+        _stated_encoding(parsed, limits)
     return parsed
+
+
+def _stated_encoding(parsed: Parsed, limits: Limits) -> None:
+    """The data set read as its transfer syntax says, after the walk read it as its first element
+    looked (_choose_encoding). dcmtk, and Orthanc on it, trust the transfer syntax (and read a VR of
+    no letters with a 2-byte length), so a file can be crafted to be two data sets: one for a
+    reader that corrects the encoding, one for dcmtk. When the stated reading goes through to the
+    end, its elements are judged too and the file is a confusion attack (high)."""
+    other = Parsed(data=parsed.data, part10=parsed.part10, transfer_syntax=parsed.transfer_syntax,
+                   explicit=not parsed.explicit, little=parsed.little, body=parsed.body,
+                   dataset_start=parsed.dataset_start)
+    _walk(other, limits, dcmtk_vr=True)
+    if other.stopped or not other.elements or any(p.level >= Level.HIGH for p in other.problems):
+        return  # a malformed file whose meta names the wrong encoding: what readers read is the walk's
+    seen = {e.offset for e in parsed.elements}
+    parsed.elements.extend(e for e in other.elements if e.offset not in seen)
+    parsed._top = None
+    parsed.problems.append(Problem(
+        "structure.transfer-syntax-confusion", Level.HIGH,
+        f"the data set reads to its end both as {'explicit' if parsed.explicit else 'implicit'} VR (its first "
+        f"element) and as {'explicit' if other.explicit else 'implicit'} VR (its transfer syntax, as dcmtk "
+        "reads it): two data sets in one file, both judged", parsed.dataset_start))
 
 
 def _magic_first(data: bytes) -> bool:
@@ -234,7 +269,11 @@ def _read_meta(parsed: Parsed, pos: int) -> None:
             parsed.meta_end = size
             return
         tag = (group << 16) | elem
-        parsed.meta[tag] = Element(tag, vr, pos, pos + header, length, 0, meta=True)
+        element = Element(tag, vr, pos, pos + header, length, 0, meta=True)
+        if tag in parsed.meta:
+            _meta_repeated(parsed, parsed.meta[tag], element)
+        else:
+            parsed.meta[tag] = element
         if tag == 0x00020000 and length == 4:
             declared_end = pos + header + 4 + struct.unpack_from("<I", data, pos + header)[0]
         pos += header + length
@@ -250,6 +289,23 @@ def _read_meta(parsed: Parsed, pos: int) -> None:
             f"(0002,0000) says the meta group ends at {declared_end}, it ends at {pos}"
             + ("; a reader trusting it never sees the transfer syntax" if hides else ""),
             parsed.meta[0x00020000].offset, 0x00020000))
+
+
+def _meta_repeated(parsed: Parsed, first: Element, again: Element) -> None:
+    """A file meta element given twice (PS3.10 7.1, PS3.5 7.1: a tag occurs once). dcmtk, and
+    Orthanc on it, keep the first ("found twice, ignoring second entry"), so the first is the one
+    read here; a second Transfer Syntax UID that says otherwise makes readers that keep the last
+    (pydicom) decode another data set than the one judged: crafted, high."""
+    data = parsed.data
+    differs = bytes(data[first.value_offset:first.value_offset + first.length]).strip(b"\x00 ") != \
+        bytes(data[again.value_offset:again.value_offset + again.length]).strip(b"\x00 ")
+    confusing = first.tag == 0x00020010 and differs
+    parsed.problems.append(Problem(
+        "structure.meta-repeated", Level.HIGH if confusing else Level.LOW,
+        f"{tag_label(first.tag)} occurs twice in the file meta information"
+        + ("; with another transfer syntax: readers keeping the first (dcmtk) and the last (pydicom) "
+           "decode different data sets; the first is judged" if confusing else ""),
+        again.offset, first.tag))
 
 
 def _choose_encoding(parsed: Parsed, start: int) -> None:
@@ -279,9 +335,21 @@ def _plausible(data: bytes, start: int, order: str = "<") -> bool:
     if len(data) < start + 8:
         return False
     group, elem, length = struct.unpack_from(order + "HHI", data, start)
-    if group == 0x0000 or group > 0x0010 or group & 1:
+    if group == 0x0000 or group == 0xFFFE:
         return False
+    if group > 0x0010 or group & 1:
+        return _plausible_later(data, start, order)
     return _is_vr(bytes(data[start + 4:start + 6])) or length <= len(data) - start - 8
+
+
+def _plausible_later(data: bytes, start: int, order: str) -> bool:
+    """A data set whose first element is in a higher or a private group (PS3.5 7.1: any group may
+    come first; dcmtk reads such a file whole): accepted on more evidence than a low group, since
+    other formats' first bytes read as some tag: an explicit VR header of a known VR (PS3.5 7.1.2)
+    followed by another that fits. Executables, archives and scripts stay what they are."""
+    if bytes(data[start + 4:start + 6]) not in _VR_BYTES or signatures.identify(data) is not None:
+        return False
+    return _readable(data, start, True, order == "<", len(data))
 
 
 #: Compressed bytes fed at a time when a corrupt stream is inflated again for what precedes the
@@ -382,25 +450,36 @@ class _Frame:
     #: kept here so that each element costs no walk over the stack.
     depth: int = 0
     limit: int | None = None
+    #: The byte order inside: a UN sequence's items are implicit VR little endian whatever the
+    #: transfer syntax (PS3.5 6.2.2, CP-246), so in a big endian file it differs from the file's.
+    little: bool = True
+    #: (u16, u32, tag) struct formats of ``little``: looked up once per frame, not per element.
+    formats: tuple[str, str, str] = ("<H", "<I", "<HH")
 
 
-def _frame(stack: list[_Frame], kind: str, end: int | None, explicit: bool, tag: int) -> _Frame:
+def _frame(stack: list[_Frame], kind: str, end: int | None, explicit: bool, tag: int,
+           little: bool | None = None) -> _Frame:
     outer = stack[-1] if stack else None
     depth = (outer.depth if outer else 0) + (kind == "seq")
     limit = end if end is not None else (outer.limit if outer else None)
-    return _Frame(kind, end, explicit, tag, depth, limit)
+    order = little if little is not None else (outer.little if outer else True)
+    return _Frame(kind, end, explicit, tag, depth, limit, order, _FORMATS[order])
 
 
 #: The VRs as the two bytes of an explicit header, for the common case without decoding.
 _VR_BYTES = {vr.encode("ascii"): vr for vr in VRS}
 
 
-def _walk(parsed: Parsed, limits: Limits) -> None:
+#: (u16, u32, tag) struct formats of each byte order, little endian first.
+_FORMATS = {True: ("<H", "<I", "<HH"), False: (">H", ">I", ">HH")}
+
+
+def _walk(parsed: Parsed, limits: Limits, *, dcmtk_vr: bool = False) -> None:
+    """Walk the data set's elements. ``dcmtk_vr``: read an explicit VR of bytes that are no letters
+    as dcmtk does (an unknown VR with a 2-byte length) instead of stopping there."""
     body = parsed.body
     size = len(body)
-    little = parsed.little
-    u16, u32 = ("<H", "<I") if little else (">H", ">I")
-    tag_fmt = "<HH" if little else ">HH"
+    file_formats = _FORMATS[parsed.little]
     pos = parsed.dataset_start
     stack: list[_Frame] = []
     elements = parsed.elements
@@ -425,6 +504,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
         if pos >= size:
             break
         explicit = stack[-1].explicit if stack else parsed.explicit
+        u16, u32, tag_fmt = stack[-1].formats if stack else file_formats
         if pos + 8 > size:
             stop("structure.truncated", Level.LOW, f"{size - pos} stray bytes where an element header should be", pos)
             break
@@ -444,7 +524,7 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                 # twice, ignoring second entry"), so the walk goes on and every rule judges what
                 # follows. Bytes that go back and read as no element (a run of zeros: (0000,0000)
                 # again and again) are not this data set's: the walk stops there.
-                if not _readable(body, pos, explicit, little, size):
+                if not _readable(body, pos, explicit, parsed.little, size):
                     stop("structure.not-elements", Level.LOW, f"{tag_label(tag)} after {tag_label(last_tag)}: "
                          "bytes that go back in tag order and read as no element", pos, tag)
                     break
@@ -464,11 +544,17 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
             vr_bytes = body[pos + 4:pos + 6]
             known = _VR_BYTES.get(vr_bytes)
             if known is None and not _is_vr(vr_bytes):
-                stop("structure.bad-vr", Level.LOW, f"element {tag_label(tag)} has no valid VR ({vr_bytes!r})",
-                     pos, tag)
-                break
-            vr = known or vr_bytes.decode("ascii")
-            if vr in LONG_VRS or vr not in VRS:
+                if not dcmtk_vr:
+                    stop("structure.bad-vr", Level.LOW, f"element {tag_label(tag)} has no valid VR ({vr_bytes!r})",
+                         pos, tag)
+                    break
+                vr = ""  # dcmtk's EVR_UNKNOWN2B: a 2-byte length, the value read as bytes
+            else:
+                vr = known or vr_bytes.decode("ascii")
+            if not vr:
+                (length,) = struct.unpack_from(u16, body, pos + 6)
+                header, vr = 8, "UN"
+            elif vr in LONG_VRS or vr not in VRS:
                 if pos + 12 > size:
                     stop("structure.truncated", Level.LOW, "the file ends inside an element header", pos, tag)
                     break
@@ -480,13 +566,16 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
         else:
             (length,) = struct.unpack_from(u32, body, pos + 4)
             header = 8
-            vr = _dictionary_vr(tag) if not group & 1 else "UN"
+            vr = dictionary_vr(tag) if not group & 1 else "UN"
             if length == UNDEFINED and vr != "SQ" and tag != PIXEL_DATA:
                 vr = "SQ"  # implicit VR: only a sequence may have an undefined length (PS3.5 7.5.1)
         value_at = pos + header
         if length == UNDEFINED:
-            if tag == PIXEL_DATA and depth == 0 and vr != "SQ":
-                element, pos_after = _fragments(parsed, tag, vr, pos, value_at, limits)
+            little = u32 == "<I"
+            if vr != "SQ" and (tag == PIXEL_DATA or vr in ("OB", "OW") and _item_at(body, value_at, little)):
+                # PS3.5 A.4: encapsulated pixel data, at the top level or in an item (an icon, PS3.3
+                # C.7.6.1), and any OB or OW of undefined length holding items (pydicom reads it so).
+                element, pos_after = _fragments(parsed, tag, vr, pos, value_at, limits, depth, little)
                 elements.append(element)
                 if pos_after < 0:
                     break
@@ -497,7 +586,9 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
                      pos, tag)
                 break
             elements.append(Element(tag, "SQ", pos, value_at, -1, depth))
-            if not _push(parsed, stack, _frame(stack, "seq", None, explicit and vr == "SQ", tag), pos, limits):
+            # A UN sequence's items are implicit VR little endian (PS3.5 6.2.2, CP-246).
+            frame = _frame(stack, "seq", None, explicit and vr == "SQ", tag, little if vr == "SQ" else True)
+            if not _push(parsed, stack, frame, pos, limits):
                 break
             pos = value_at
             continue
@@ -505,9 +596,14 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
         if value_at + length > container_end:
             _overrun(parsed, tag, length, pos, value_at, size, container_end)
             break
-        if vr == "SQ":
-            elements.append(Element(tag, vr, pos, value_at, -1, depth))
-            if not _push(parsed, stack, _frame(stack, "seq", value_at + length, explicit, tag), pos, limits):
+        if vr == "SQ" or vr == "UN" and _un_items(body, value_at, length):
+            un_items = vr == "UN"
+            # A UN of defined length whose value is items is a sequence too (PS3.5 6.2.2): readers
+            # knowing the attribute read it so (pydicom, dcmtk), in implicit VR little endian.
+            elements.append(Element(tag, "SQ", pos, value_at, -1, depth))
+            frame = _frame(stack, "seq", value_at + length, explicit and not un_items, tag,
+                           True if un_items else u32 == "<I")
+            if not _push(parsed, stack, frame, pos, limits):
                 break
             pos = value_at
             continue
@@ -521,6 +617,43 @@ def _walk(parsed: Parsed, limits: Limits) -> None:
         problems.append(Problem("structure.unterminated", Level.HIGH,
                                 f"{len(open_frames)} undefined-length sequences or items never close",
                                 None, open_frames[-1].tag))
+
+
+def _item_at(body: bytes, at: int, little: bool) -> bool:
+    """Does an item tag (FFFE,E000) start at ``at`` (PS3.5 7.5)?"""
+    return body[at:at + 4] == (b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00")
+
+
+def _un_items(body: bytes, at: int, length: int) -> bool:
+    """Is a UN value of defined ``length`` at ``at`` a sequence's items (PS3.5 6.2.2: implicit VR
+    little endian)? It starts with an item tag and reads as headers to its last byte. A value
+    that only starts like one is bytes, as readers then keep it (pydicom leaves it UN, dcmtk reads
+    on after it): walking it as items would stop the walk there and hide what follows."""
+    return length >= 8 and _item_at(body, at, True) and _headers_fill(body, at, at + length)
+
+
+def _headers_fill(body: bytes, start: int, end: int) -> bool:
+    """Do the bytes [start, end) read as implicit VR little endian items and elements (PS3.5 7.5)
+    to their last byte, every length fitting? Read flat: an item, a delimiter, an element of
+    undefined length or one whose value starts with an item is entered, any other skipped."""
+    pos = start
+    while pos < end:
+        if pos + 8 > end:
+            return False
+        group, elem, length = struct.unpack_from("<HHI", body, pos)
+        if group == 0xFFFE:
+            if elem not in (0xE000, 0xE00D, 0xE0DD):
+                return False
+            pos += 8
+        elif group == 0x0000:
+            return False
+        elif length == UNDEFINED or (length >= 8 and _item_at(body, pos + 8, True)):
+            pos += 8
+        elif pos + 8 + length > end:
+            return False
+        else:
+            pos += 8 + length
+    return pos == end
 
 
 def tag_label(tag: int) -> str:
@@ -609,7 +742,7 @@ def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: 
         if end is not None and end > bound:
             _overrun(parsed, tag, length, pos, pos + 8, size, bound)
             return False
-        stack.append(_frame(stack, "item", end, top.explicit, tag))
+        stack.append(_frame(stack, "item", end, top.explicit, tag, top.little))
         return True
     if tag == ITEM_END and top is not None and top.kind == "item" and top.end is None:
         stack.pop()
@@ -646,11 +779,11 @@ def _overrun(parsed: Parsed, tag: int, length: int, pos: int, value_at: int, siz
 
 
 def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
-               limits: Limits) -> tuple[Element, int]:
+               limits: Limits, depth: int = 0, little: bool = True) -> tuple[Element, int]:
     """PS3.5 A.4: the basic offset table and fragments of encapsulated pixel data, up to the
     sequence delimiter. Returns the element and where the walk goes on (-1: it stops)."""
     body, size = parsed.body, len(parsed.body)
-    fmt = "<HHI" if parsed.little else ">HHI"
+    fmt = "<HHI" if little else ">HHI"
     frags: list[tuple[int, int]] = []
     at = value_at
     while True:
@@ -659,17 +792,17 @@ def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
                                            "encapsulated pixel data ends without its sequence delimiter", at, tag))
             parsed.stopped = True
             parsed.end = size
-            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+            return Element(tag, vr, pos, value_at, -1, depth, fragments=tuple(frags)), -1
         group, elem, length = struct.unpack_from(fmt, body, at)
         item = (group << 16) | elem
         if item == SEQ_END:
-            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), at + 8
+            return Element(tag, vr, pos, value_at, -1, depth, fragments=tuple(frags)), at + 8
         if item != ITEM or length == UNDEFINED:
             parsed.problems.append(Problem("structure.bad-fragment", Level.MEDIUM,
                                            f"{tag_label(item)} inside encapsulated pixel data", at, tag))
             parsed.stopped = True
             parsed.end = at
-            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+            return Element(tag, vr, pos, value_at, -1, depth, fragments=tuple(frags)), -1
         if at + 8 + length > size:
             level = Level.HIGH if length >= 1 << 20 and length > 4 * size else Level.LOW
             parsed.problems.append(Problem("structure.fragment-length", level,
@@ -677,12 +810,12 @@ def _fragments(parsed: Parsed, tag: int, vr: str, pos: int, value_at: int,
                                            at, tag))
             parsed.stopped = True
             parsed.end = at
-            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+            return Element(tag, vr, pos, value_at, -1, depth, fragments=tuple(frags)), -1
         if len(frags) >= limits.max_fragments:
             parsed.problems.append(Problem("structure.too-many-fragments", Level.HIGH,
                                            f"more than {limits.max_fragments:,} pixel data fragments", at, tag))
             parsed.stopped = True
             parsed.end = at
-            return Element(tag, vr, pos, value_at, -1, 0, fragments=tuple(frags)), -1
+            return Element(tag, vr, pos, value_at, -1, depth, fragments=tuple(frags)), -1
         frags.append((at + 8, length))
         at += 8 + length

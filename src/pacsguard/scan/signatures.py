@@ -200,9 +200,7 @@ def verify(kind: str, buf: bytes, at: int) -> Hit | None:
             mz = buf.rfind(b"MZ", max(0, at - MZ_LOOKBACK), mz)
         return Hit(kind, at)
     if kind == "elf":
-        ident = bytes(buf[at + 4:at + 7])
-        return Hit(kind, at) if len(ident) == 3 and ident[0] in (1, 2) and ident[1] in (1, 2) and ident[2] == 1 \
-            else None
+        return Hit(kind, at) if _elf_ident(buf, at) or _elf_loadable(buf, at) else None
     if kind == "macho":
         head = bytes(buf[at:at + 8])
         if len(head) < 8:
@@ -219,6 +217,30 @@ def verify(kind: str, buf: bytes, at: int) -> Hit | None:
     if kind == "pdf":
         return Hit(kind, at) if bytes(buf[at + 5:at + 7]) in (b"1.", b"2.") else None
     return Hit(kind, at)
+
+
+#: ELF e_machine values (System V ABI 4.1, gABI's list) of the processors hospital machines run:
+#: x86, MIPS, PowerPC (32, 64), s390, ARM, x86-64, AArch64, RISC-V, LoongArch.
+ELF_MACHINES = frozenset({3, 8, 0x14, 0x15, 0x16, 0x28, 0x3E, 0xB7, 0xF3, 0x102})
+#: e_type: relocatable, executable, shared object (a PIE executable), core.
+ELF_TYPES = frozenset({1, 2, 3, 4})
+
+
+def _elf_ident(buf: bytes, at: int) -> bool:
+    """e_ident as System V ABI 4.1 writes it: a class and data encoding of 1 or 2, version 1."""
+    ident = bytes(buf[at + 4:at + 7])
+    return len(ident) == 3 and ident[0] in (1, 2) and ident[1] in (1, 2) and ident[2] == 1
+
+
+def _elf_loadable(buf: bytes, at: int) -> bool:
+    """What a loader checks, whatever the rest of e_ident says: Linux's binfmt_elf reads the magic,
+    e_type and e_machine (in the machine's own byte order), not EI_CLASS, EI_DATA or EI_VERSION, so
+    an ELF with version 0 still runs. A known e_type and e_machine, in either byte order."""
+    fields = bytes(buf[at + 16:at + 20])
+    if len(fields) < 4:
+        return False
+    return any(struct.unpack(order + "HH", fields)[0] in ELF_TYPES
+               and struct.unpack(order + "HH", fields)[1] in ELF_MACHINES for order in "<>")
 
 
 #: Bytes no member name holds (APPNOTE.TXT 4.4.17: a name is text, in IBM code page 437 or, with
@@ -357,6 +379,31 @@ def unbom(buf: bytes) -> bytes:
             rest = bytes(buf[len(bom):])
             return rest if codec == "utf-8" else rest.decode(codec, "replace").encode("utf-8")
     return bytes(buf)
+
+
+#: XML 1.0 Appendix F.1: the encodings an XML document's first four bytes give away without a byte
+#: order mark ("<?" or "<" in UTF-32 or UTF-16, either order; "<?xm" in EBCDIC), as expat, libxml2
+#: and Java's parsers detect them.
+XML_SNIFF = ((b"\x00\x00\x00<", "utf-32-be"), (b"<\x00\x00\x00", "utf-32-le"), (b"\x00<\x00?", "utf-16-be"),
+             (b"<\x00?\x00", "utf-16-le"), (b"\x4c\x6f\xa7\x94", "cp037"))
+#: UTF-16 text (either order) of white space or "<", whatever follows: a parser reading it.
+_UTF16_OPENING = re.compile(rb"(?:[\t\n\r <]\x00){2}|(?:\x00[\t\n\r <]){2}")
+
+
+def xml_text(doc: bytes) -> bytes:
+    """An XML document's text as UTF-8 (ASCII-compatible), so that patterns written for ASCII read
+    it: behind a byte order mark (unbom), or in an encoding its first bytes give away without one
+    (XML 1.0 Appendix F.1: UTF-16 and UTF-32 either order, EBCDIC); else ``doc`` itself."""
+    head = bytes(doc[:4])
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[:3] == b"\xef\xbb\xbf" or head == b"\x00\x00\xfe\xff":
+        return unbom(doc)
+    for magic, codec in XML_SNIFF:
+        if head == magic:
+            return bytes(doc).decode(codec, "replace").encode("utf-8")
+    if _UTF16_OPENING.match(head):
+        codec = "utf-16-le" if head[1:2] == b"\x00" else "utf-16-be"
+        return bytes(doc).decode(codec, "replace").encode("utf-8")
+    return bytes(doc)
 
 
 #: What Windows Script Host files call (WSH's WScript object, VBScript's CreateObject, JScript's

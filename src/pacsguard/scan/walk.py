@@ -17,6 +17,7 @@ import bz2
 import errno
 import gzip
 import io
+import itertools
 import lzma
 import os
 import re
@@ -25,7 +26,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -567,10 +568,12 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
     """The members of an opened container as Items, then the container's own Item with what it broke.
     ``name`` is the container as reported, ``base`` its own file or member name."""
     problems: list[Finding] = []
+    members: Iterable[Member]
     try:
         if isinstance(opened, zipfile.ZipFile):
             yield from _before_zip(name, data, opened, problems, limits, depth)
-            members = _zip_members(opened, len(data), problems, limits)
+            members = itertools.chain(_zip_members(opened, len(data), problems, limits),
+                                      _unlisted_entries(data, opened, problems, limits))
         elif isinstance(opened, tarfile.TarFile):
             members = _tar_members(opened, len(data), problems, limits)
         else:
@@ -592,7 +595,8 @@ def _member_ranges(archive: tarfile.TarFile | None) -> list[tuple[int, int]]:
     members the walk read, not getmembers(): that would read on past a bomb's member limit."""
     # TarFile.members: the list tarfile fills as it reads headers (typeshed leaves it out).
     members: list[tarfile.TarInfo] = getattr(archive, "members", []) if archive is not None else []
-    return [(info.offset_data, info.offset_data + info.size) for info in members if info.isfile()]
+    return [(info.offset_data, info.offset_data + info.size) for info in members
+            if info.isfile() or info.type not in tarfile.SUPPORTED_TYPES]
 
 
 def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], limits: ArchiveLimits,
@@ -633,7 +637,8 @@ def _after_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems
     if not getattr(tar, "_loaded", False):
         return
     if kind == TAR:
-        if not _ends_as_zip(data[-TAIL:]):
+        if not _ends_as_zip(data[-TAIL:]) and not (yield from _past_damage(name, data[tar.offset:], problems,
+                                                                            limits, depth)):
             yield from _trailing_member(name, data[tar.offset:], problems, limits, depth)
         return
     bound = min(limits.max_total, limits.max_member, max(SMALL, len(data) * limits.max_ratio))
@@ -641,11 +646,51 @@ def _after_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems
     if seen > bound:
         return
     if not _ends_as_zip(tail):
-        yield from _trailing_member(name, after, problems, limits, depth)
+        if not (yield from _past_damage(name, after, problems, limits, depth)):
+            yield from _trailing_member(name, after, problems, limits, depth)
         return
     inflated, _ = _inflate(kind, data, bound)
     if len(inflated) <= bound:
         yield from _appended_zip(name, inflated, TAR, problems, limits, depth, tar)
+
+
+#: Damaged header blocks a tar is read past, one after another (GNU tar skips each).
+MAX_RESUMES = 64
+
+
+def _past_damage(name: str, rest: bytes, problems: list[Finding], limits: ArchiveLimits,
+                 depth: int) -> Generator[Item, None, bool]:
+    """The members after a damaged header. tarfile ends a tar at a header it cannot read; GNU tar
+    says "Skipping to next header", looks for the next valid header block and extracts on (POSIX
+    ustar headers are block-aligned). ``rest`` starts where tarfile stopped: not a zero block (the
+    end-of-archive) there means damage. The members found are scanned as this archive's, and the
+    damage is a finding: a tar made to show tools different members. False: no damage, or no
+    header after it (the bytes are then the trailing member they were)."""
+    resumed = False
+    for _ in range(MAX_RESUMES):
+        if not rest[:tarfile.BLOCKSIZE].strip(b"\0"):
+            break  # the end-of-archive: what follows is _trailing_member's
+        at = next((k for k in range(tarfile.BLOCKSIZE, len(rest) - tarfile.BLOCKSIZE + 1, tarfile.BLOCKSIZE)
+                   if rest[k:k + tarfile.BLOCKSIZE].strip(b"\0") and _tar_header(rest[k:k + tarfile.BLOCKSIZE])),
+                  None)
+        if at is None:
+            break
+        problems.append(Finding("archive.damaged-header", Level.MEDIUM, f"{at:,} bytes that are no tar header "
+                                "between members: tarfile stops there, GNU tar skips to the next header and "
+                                "extracts the members after it, scanned too", None, REF))
+        rest = rest[at:]
+        try:
+            sub = tarfile.open(fileobj=io.BytesIO(rest), mode="r:")
+        except ARCHIVE_ERRORS:
+            break
+        resumed = True
+        yield from _member_list(name, rest, _tar_members(sub, len(rest), problems, limits), problems, limits, depth)
+        if not getattr(sub, "_loaded", False):
+            break
+        rest = rest[sub.offset:]
+    if resumed and rest.strip(b"\0"):
+        yield from _trailing_member(name, rest, problems, limits, depth)
+    return resumed
 
 
 def _trailing_member(name: str, after: bytes, problems: list[Finding], limits: ArchiveLimits,
@@ -817,6 +862,109 @@ def _zip_members(archive: zipfile.ZipFile, size: int, problems: list[Finding], l
         yield info.filename, read
 
 
+#: APPNOTE.TXT 4.3.7 local file header, 4.3.9 data descriptor (its signature optional).
+LOCAL_HEADER, DESCRIPTOR = b"PK\x03\x04", b"PK\x07\x08"
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """One local file header (APPNOTE.TXT 4.3.7) as a streaming reader meets it: its offset, name,
+    flags, method, sizes, and where its data starts and ends."""
+
+    offset: int
+    name: str
+    flags: int
+    method: int
+    size: int
+    start: int
+    end: int
+
+
+def _local_entries(data: bytes, archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[_Local]:
+    """The local entries in file order, as a streaming reader (Java's ZipInputStream, upload
+    handlers) reads them: header after header from the first member up to the central directory,
+    each entry's end from its compressed size, or, for an entry with a data descriptor (flag bit 3,
+    4.4.4), from the central directory when it lists the entry, else from where its deflate stream
+    ends (inflated no further than the member limit). Stops at what is no local header."""
+    listed = {info.header_offset: info.compress_size for info in archive.infolist()}
+    # A streaming reader starts at the file's first byte: an entry before the first listed one counts.
+    pos = 0 if data[:4] == LOCAL_HEADER else min(listed, default=archive.start_dir)
+    out: list[_Local] = []
+    while len(out) < limits.max_members and data[pos:pos + 4] == LOCAL_HEADER and pos + 30 <= len(data):
+        flags, method = struct.unpack_from("<HH", data, pos + 6)
+        packed, size, name_len, extra_len = struct.unpack_from("<IIHH", data, pos + 18)
+        start = pos + 30 + name_len + extra_len
+        end = start + packed
+        if flags & 0x8 and packed == 0:
+            found = listed.get(pos)
+            found = _deflate_end(data, start, limits.max_member) if found is None and method == zipfile.ZIP_DEFLATED \
+                else (None if found is None else start + found)
+            if found is None:
+                break  # a stored entry of unknown length, or a broken stream: where it ends is unknown
+            end = found
+        name = data[pos + 30:pos + 30 + name_len].decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        out.append(_Local(pos, name, flags, method, size, start, min(end, len(data))))
+        pos = end
+        if flags & 0x8:  # the data descriptor: its signature, CRC-32 and two sizes (8 bytes each in ZIP64)
+            pos += (4 if data[pos:pos + 4] == DESCRIPTOR else 0) + 12
+            pos += 8 if data[pos:pos + 4] not in (LOCAL_HEADER, b"PK\x01\x02") and \
+                data[pos + 8:pos + 12] in (LOCAL_HEADER, b"PK\x01\x02") else 0
+    return out
+
+
+def _deflate_end(data: bytes, start: int, most: int) -> int | None:
+    """Where the raw deflate stream (RFC 1951) starting at ``start`` ends, inflating no more than
+    ``most`` bytes on the way; None when it breaks or runs past that."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes | memoryview = memoryview(data)[start:]
+    seen = 0
+    try:
+        while not inflater.eof and pending and seen <= most:
+            seen += len(inflater.decompress(pending, CHUNK))
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        return None
+    return len(data) - len(inflater.unused_data) if inflater.eof else None
+
+
+def _unlisted_entries(data: bytes, archive: zipfile.ZipFile, problems: list[Finding],
+                      limits: ArchiveLimits) -> Iterator[Member]:
+    """Local entries the central directory does not list (APPNOTE.TXT 4.3.6: the central directory
+    is the archive's index, but streaming readers never read it and extract every local entry):
+    a zip made to show tools different members. Each is read (stored or deflated) within the bomb
+    limits and scanned as a member."""
+    listed = {info.header_offset for info in archive.infolist()}
+    for entry in _local_entries(data, archive, limits):
+        if entry.offset in listed:
+            continue
+        shown = display_path(entry.name)
+        problems.append(Finding("archive.unlisted-entry", Level.HIGH, f"{shown} is a local entry the central "
+                                "directory does not list: zip readers skip it, streaming extractors write it "
+                                "out; scanned too", None, REF))
+        if entry.flags & 0x1:
+            problems.append(Finding("archive.encrypted", Level.MEDIUM, f"{shown} is encrypted: it cannot be "
+                                    "scanned, and media may not be encrypted", None, REF))
+            continue
+        if entry.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{shown} uses compression method "
+                                    f"{entry.method}, which is not read here, so it was not scanned", None, REF))
+            continue
+
+        def read(entry: _Local = entry) -> bytes | None:
+            raw = data[entry.start:entry.end]
+            if entry.method == zipfile.ZIP_STORED:
+                return raw
+            bound = min(limits.max_member, max(SMALL, len(raw) * limits.max_ratio))
+            content = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, bound + 1)
+            if len(content) > bound:
+                problems.append(Finding("archive.bomb", Level.HIGH, f"{display_path(entry.name)} inflates past "
+                                        f"{bound:,} bytes", None, REF))
+                return None
+            return content
+
+        yield entry.name, read
+
+
 def _zip_member_ok(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: list[Finding],
                    limits: ArchiveLimits) -> bool:
     """Whether a zip member is read: not a folder, not a symbolic link (checked as a tar's is), not
@@ -896,10 +1044,25 @@ def _tar_members(archive: tarfile.TarFile, size: int, problems: list[Finding], l
             break
 
         def read(info: tarfile.TarInfo = info) -> bytes | None:
+            if info.issparse():
+                return _stored(archive, info)
             member = archive.extractfile(info)
             return member.read(info.size) if member is not None else None
 
         yield info.name, read
+
+
+def _stored(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    """The bytes a GNU sparse member (type "S") stores, as its header's size field counts them: GNU
+    tar writes them out as the file when the sparse map is empty, where tarfile reads the map's
+    (empty) file; scanning what is stored covers both."""
+    archive.fileobj.seek(info.offset)
+    header = archive.fileobj.read(tarfile.BLOCKSIZE)
+    # POSIX ustar size: octal digits; GNU tar's base-256 form (a leading 0x80 byte) for large ones.
+    field = header[124:136]
+    stored = int.from_bytes(field[1:], "big") if field[:1] == b"\x80" else int(field.strip(b"\0 ") or b"0", 8)
+    archive.fileobj.seek(info.offset_data)
+    return bytes(archive.fileobj.read(stored))
 
 
 def _tar_member_ok(info: tarfile.TarInfo, size: int, problems: list[Finding], limits: ArchiveLimits) -> bool:
@@ -910,7 +1073,10 @@ def _tar_member_ok(info: tarfile.TarInfo, size: int, problems: list[Finding], li
             problems.append(Finding("archive.link-traversal", Level.HIGH, f"{name} links outside the "
                                     f"archive ({display_path(info.linkname)})", None, REF))
         return False
-    if not info.isfile():
+    # GNU tar extracts a member of a type it does not know as a regular file ("Unknown file type
+    # 'Z', extracted as normal file"; POSIX ustar: unknown types read as regular), and so does
+    # tarfile's extractfile; a GNU sparse member is a file too.
+    if not (info.isfile() or info.issparse() or info.type not in tarfile.SUPPORTED_TYPES):
         return False
     if info.size > limits.max_member or (info.size > SMALL and info.size > size * limits.max_ratio):
         problems.append(Finding("archive.bomb", Level.HIGH, f"{name} is {info.size:,} bytes in a "

@@ -29,8 +29,10 @@ XML_NAME = rb"""[^\s<>"'%]+"""
 #: pacsguard_xml_external_entity in yara/dicom.yar is the same pattern.
 #: An HTML or XHTML page's DOCTYPE (HTML 4.01, XHTML 1.0: PUBLIC with the W3C's DTD URL) names an
 #: external DTD that browsers never fetch: a patient CD's index.htm has one. Not XXE.
-XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!html\s))" + XML_NAME + rb"\s+(?:SYSTEM|PUBLIC)",
-                          re.IGNORECASE)
+#: Only the W3C's PUBLIC identifiers are exempt: "<!DOCTYPE html SYSTEM url>" names a DTD of the
+#: writer's choosing, which XML tooling (Java's default DocumentBuilder) fetches and expands.
+XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!html\s+PUBLIC\s+[\"']-//W3C//DTD\s))" + XML_NAME
+                          + rb"\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
 
@@ -47,10 +49,11 @@ def check(parsed: Parsed) -> list[Finding]:
         findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
     for element, doc in documents(parsed):
         kind = signatures.identify(doc)
-        # XML in UTF-16 or UTF-32 (a byte order mark, XML 1.0 4.3.3) is read as its UTF-8 text: the
-        # patterns are ASCII; its findings then point at the document's start.
-        text = signatures.unbom(doc) if doc[:2] in (b"\xff\xfe", b"\xfe\xff") or doc[:4] == b"\x00\x00\xfe\xff" \
-            else doc
+        # XML in UTF-16, UTF-32 or EBCDIC (a byte order mark, XML 1.0 4.3.3, or without one the
+        # first bytes, Appendix F.1, as parsers detect it) is read as its UTF-8 text: the patterns
+        # are ASCII; its findings then point at the document's start.
+        text = signatures.xml_text(doc)
+        text = doc if text == doc else text
         stripped = text[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
         if kind == "pdf" or b"%PDF-" in doc[:1024]:
             findings.extend(_pdf(doc, element.value_offset, element.label, parsed.inflated, "the encapsulated PDF"))

@@ -285,10 +285,10 @@ def _mime(parsed: Parsed) -> list[Finding]:
     if document is None or document.length <= 0:
         return []
     declared = (parsed.text(MIME_TYPE) or "").lower()
-    # XML (a CDA) may start with a byte order mark, and be UTF-16 or UTF-32 (XML 1.0 4.3.3, F.1):
-    # its "<" is looked for in the text the mark stands for.
+    # XML (a CDA) may start with a byte order mark, and be UTF-16 or UTF-32 with or without one
+    # (XML 1.0 4.3.3, F.1): its "<" is looked for in the text the first bytes stand for.
     start = document.value_offset
-    head = signatures.unbom(parsed.body[start:start + min(document.length, 256)]).lstrip()
+    head = signatures.xml_text(parsed.body[start:start + min(document.length, 256)]).lstrip()
     actual = signatures.identify(parsed.body[document.value_offset:document.value_offset + document.length])
     expected = MIME_MAGIC.get(declared)
     wrong = actual is not None and actual != "pdf" or (expected is not None and not any(head.startswith(m)

@@ -36,6 +36,13 @@ def check(parsed: Parsed) -> list[Finding]:
     if not parsed.part10 or not pre.strip(b"\x00"):
         return []
     if pre[:4] in TIFF:
+        # PS3.10 7.5: the TIFF header makes the file a TIFF too; the other 124 bytes are still read
+        # by whatever runs or parses them (cmd.exe skips a line it cannot run, a browser the bytes
+        # before "<html"), so they are judged as any preamble's, the marker only not counting.
+        # A TIFF's IFD is binary by nature: its entropy says nothing.
+        hostile = _contents(pre, binary_too=False)
+        if hostile is not None:
+            return [hostile]
         return [Finding("preamble.tiff", Level.INFO, "TIFF-compatible preamble (dual-personality file, benign)", 0,
                         REF)]
     kind = signatures.identify(pre)
@@ -45,25 +52,31 @@ def check(parsed: Parsed) -> list[Finding]:
         return [Finding(f"preamble.{kind}", Level.HIGH,
                         f"the preamble is {signatures.DESCRIPTIONS[kind]}: the file is also that format", 0,
                         REF, remedy="preamble")]
+    return [_contents(pre) or Finding("preamble.nonzero", Level.INFO, "non-zero preamble of no known format", 0,
+                                      REF, remedy="preamble")]
+
+
+def _contents(pre: bytes, *, binary_too: bool = True) -> Finding | None:
+    """What text the preamble holds, whatever its first bytes (a TIFF header included): JSON
+    configuration, script or markup; with ``binary_too``, encrypted or compressed data too."""
     # A byte order mark before the text (UTF-8, UTF-16 either way) hides it from a byte pattern,
     # not from a reader of JSON or scripts that skips the mark, as text readers do: judged without it.
     text = signatures.unbom(pre)
     if JSON.match(pre) or JSON.match(text):
-        return [Finding("preamble.json", Level.HIGH, "the preamble holds JSON configuration text "
-                        "(a PACS reading it as its configuration: CVE-2023-33466)", 0,
-                        f"{REF}; CVE-2023-33466", remedy="preamble")]
+        return Finding("preamble.json", Level.HIGH, "the preamble holds JSON configuration text "
+                       "(a PACS reading it as its configuration: CVE-2023-33466)", 0,
+                       f"{REF}; CVE-2023-33466", remedy="preamble")
     scripts = signatures.scripts(pre, limit=1)
     if scripts or signatures.scripts(text, limit=1):
         at = scripts[0].offset if scripts else 0  # found once decoded: at the byte order mark
-        return [Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", at,
-                        REF, remedy="preamble")]
+        return Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", at,
+                       REF, remedy="preamble")
     bits = entropy(pre)
-    if bits > 6.2:
-        return [Finding("preamble.entropy", Level.MEDIUM,
-                        f"the preamble looks encrypted or compressed ({bits:.1f} bits per byte)", 0, REF,
-                        remedy="preamble")]
-    return [Finding("preamble.nonzero", Level.INFO, "non-zero preamble of no known format", 0, REF,
-                    remedy="preamble")]
+    if binary_too and bits > 6.2:
+        return Finding("preamble.entropy", Level.MEDIUM,
+                       f"the preamble looks encrypted or compressed ({bits:.1f} bits per byte)", 0, REF,
+                       remedy="preamble")
+    return None
 
 
 def _pe(parsed: Parsed) -> Finding:

@@ -10,7 +10,7 @@ import struct
 
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
-from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, tag_label
+from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, dictionary_tags, tag_label
 from pacsguard.scan.rules import guarded
 from pacsguard.scan.rules.polyglot import GARBAGE_STOPS
 
@@ -84,8 +84,9 @@ def _uids(parsed: Parsed) -> list[Finding]:
     """UIDs are digits and dots, at most 64 bytes each (PS3.5 9.1); receivers that name files
     after them are open to ../, whatever the length (a long one is malformed too: both are said)."""
     out: list[Finding] = []
+    uids = dictionary_tags(UID_VRS)
     for element in [*parsed.meta.values(), *parsed.elements]:
-        if element.vr != "UI" or element.length <= 0:
+        if element.length <= 0 or element.vr != "UI" and (element.tag not in uids or element.vr == "SQ"):
             continue
         if element.length > UID_DECODE_MAX:
             out.extend(_huge_uid(parsed, element))
@@ -103,6 +104,13 @@ def _uids(parsed: Parsed) -> list[Finding]:
                                         "PS3.5 9.1"))
             break
     return out
+
+
+#: The UID rule and the markup rule judge a value by its attribute (the tag's dictionary VR,
+#: PS3.6) as well as by the VR written: a receiver names files after the SOP Instance UID
+#: (0008,0018) whatever VR the file gives it (LO, UN: pydicom reads a UN back as UI, dcmtk shows it
+#: as the attribute), and a viewer shows a Patient Name written as UN, LT or UT as the name.
+UID_VRS = frozenset({"UI"})
 
 
 def _huge_uid(parsed: Parsed, element: Element) -> list[Finding]:
@@ -188,7 +196,11 @@ MARKUP_SCAN_MAX = 1 << 20
 
 
 def _markup(parsed: Parsed) -> list[Finding]:
-    texts = [e for e in parsed.elements if e.vr in SHORT_TEXT_VRS and 0 < e.length <= MARKUP_SCAN_MAX]
+    # By the VR written or the attribute's own (PS3.6): a Patient Name written as UN or LT is shown
+    # as a name all the same.
+    shown = dictionary_tags(SHORT_TEXT_VRS)
+    texts = [e for e in parsed.elements if 0 < e.length <= MARKUP_SCAN_MAX
+             and (e.vr in SHORT_TEXT_VRS or e.tag in shown and e.vr != "SQ")]
     # One search over all of them first: nearly every file has no markup at all.
     if signatures.markup(b"\0".join(parsed.value(e) for e in texts)) is None:
         return []
@@ -197,5 +209,7 @@ def _markup(parsed: Parsed) -> list[Finding]:
         if at is not None:
             return [Finding("structure.markup", Level.HIGH, f"script or markup in {element.label} ({element.vr}),"
                             " run by web viewers that show it (stored XSS)", element.value_offset + at,
-                            "PS3.5 6.2; OWASP stored XSS", element.label, parsed.inflated, remedy="element")]
+                            "PS3.5 6.2; OWASP stored XSS", element.label, parsed.inflated)]
+            # No remedy: the value is the patient's or the study's own (a name, a modality, often
+            # Type 1); a copy without it is no longer the same object, so cleaning refuses.
     return []

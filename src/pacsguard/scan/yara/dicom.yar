@@ -28,7 +28,11 @@ rule pacsguard_preamble_elf
         reference = "PS3.10 7.1; System V ABI 4.1"
         description = "the preamble is an ELF executable"
     condition:
-        pacsguard_part10 and uint32(0) == 0x464C457F and uint8(4) <= 2 and uint8(6) == 1
+        // e_ident as written (class, data, version 1), or what Linux's loader checks instead:
+        // e_type and e_machine (x86, x86-64, ARM, AArch64, RISC-V), whatever the version byte says
+        pacsguard_part10 and uint32(0) == 0x464C457F and ((uint8(4) <= 2 and uint8(6) == 1)
+        or (uint16(16) >= 1 and uint16(16) <= 4 and (uint16(18) == 3 or uint16(18) == 0x3E
+        or uint16(18) == 0x28 or uint16(18) == 0xB7 or uint16(18) == 0xF3)))
 }
 
 rule pacsguard_preamble_macho
@@ -78,8 +82,10 @@ rule pacsguard_embedded_elf
         description = "an ELF header inside the data set"
     strings:
         $elf = { 7F 45 4C 46 (01 | 02) (01 | 02) 01 }
+        // what Linux's loader checks instead of e_ident's version: e_type and e_machine
+        $loadable = { 7F 45 4C 46 [12] (02 | 03) 00 (03 | 3E | 28 | B7 | F3) 00 }
     condition:
-        pacsguard_part10 and $elf in (132..filesize)
+        pacsguard_part10 and ($elf in (132..filesize) or $loadable in (132..filesize))
 }
 
 rule pacsguard_embedded_pe
@@ -136,8 +142,9 @@ rule pacsguard_xml_external_entity
         // letters); the same pattern as XML_EXTERNAL in rules/documents.py
         $entity = /<!ENTITY\s+(%\s*)?[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
         $dtd = /<!DOCTYPE\s+[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
-        // An HTML or XHTML page's DOCTYPE (a patient CD's index.htm): browsers never fetch its DTD.
-        $html = /<!DOCTYPE\s+html\s/ nocase
+        // An HTML or XHTML page's DOCTYPE (a patient CD's index.htm) with the W3C's PUBLIC
+        // identifier: browsers never fetch its DTD. "html SYSTEM url" is exempt no more.
+        $html = /<!DOCTYPE\s+html\s+PUBLIC\s+["']-\/\/W3C\/\/DTD\s/ nocase
     condition:
         $entity or ($dtd and not $html)
 }
