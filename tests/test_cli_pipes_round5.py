@@ -75,3 +75,20 @@ def test_piped_output_is_never_folded(tmp_path: Path) -> None:
     listed = run(["gateway", "quarantine", "list", "--store", store], tmp_path, subprocess.PIPE)
     lines = listed.stdout.splitlines()
     assert len(lines) == 2 and lines[1].startswith("CT7@127.0.0.77") and reason.strip() in lines[1], lines
+
+
+def test_a_piped_table_keeps_each_row_on_one_line() -> None:
+    """`audit verify`'s findings table, piped, wrapped each finding over several lines and cut a
+    quoted AE title in the middle."""
+    import io
+
+    from rich.table import Table
+
+    from pacsguard.cli.common import new_console
+
+    out = io.StringIO()
+    table = Table("kind", "message")
+    long = "calling AE title 'CT_" + "X" * 120 + "' was refused by policy.calling_ae_titles"
+    table.add_row("modified", long)
+    new_console(file=out).print(table)
+    assert any(long in line for line in out.getvalue().splitlines()), out.getvalue()

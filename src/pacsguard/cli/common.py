@@ -54,6 +54,11 @@ def __getattr__(name: str) -> Any:
     return made
 
 
+#: The width rich lays out piped output to: wider than any row (tables never fill it: they take
+#: the width their cells need).
+PIPED_WIDTH = 1 << 16
+
+
 def new_console(**options: Any) -> Console:
     """A rich Console (``options`` as rich takes them) whose broken pipe is a BrokenPipeError, which
     `guarded` turns into exit 141: rich's own answer is SystemExit(1), which scripts read as
@@ -68,8 +73,10 @@ def new_console(**options: Any) -> Console:
     made = PipedConsole(**options)
     if not made.is_terminal:
         # Piped or redirected: a line is never folded at rich's default 80 columns (a store path
-        # cut in the middle, docs/cli.md "never folded or cut").
+        # cut in the middle, a table's finding over several lines: docs/cli.md "never folded or
+        # cut"); a table takes the width its cells need.
         made.soft_wrap = True
+        made.width = PIPED_WIDTH
     return made
 
 
@@ -132,6 +139,12 @@ def guarded(func: F) -> F:
                 for problem in exc.problems:
                     print_error(f"{exc.source}: {problem}")
                 raise typer.Exit(EXIT_USAGE) from None
+            database = sys.modules.get("sqlalchemy.exc")
+            if database is not None and isinstance(exc, database.DBAPIError):
+                # The store's database failed under a query (a damaged page, a dropped table, a
+                # server gone): the store cannot be read, not a bug (docs/store.md, exit 2).
+                raise fail(f"the store's database failed: {exc.orig or exc}; `pacsguard audit verify` "
+                           "tells what is damaged") from None
             tls = sys.modules.get("pacsguard.tls.contexts")
             if tls is not None and isinstance(exc, tls.TLSConfigError):  # names the file and what is wrong
                 raise fail(str(exc)) from None

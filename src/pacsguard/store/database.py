@@ -232,6 +232,9 @@ def _state(conn: Connection, where: str, *, create: bool) -> str:
             raise StoreError(f"{where}: empty database, not a pacsguard store (run `pacsguard init`)")
         return "new"
     fmt = conn.execute(select(meta.c.value).where(meta.c.key == "format")).scalar()
+    if fmt is None:  # the table is there, its row is not: a cut or damaged file, or a hand edit
+        raise StoreError(f"{where}: a pacsguard store whose format record is missing: the database is "
+                         "damaged (a cut file?); restore it from a backup and verify that")
     if fmt != STORE_FORMAT:
         raise StoreError(f"{where}: not a pacsguard store (format {fmt!r})")
     return "current" if _revisions(conn, tables) == [HEAD_REVISION] else "old"
