@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from pacsguard.atna.explain import touches_patient
 from pacsguard.atna.message.mapping import user_of
 from pacsguard.events.model import Event, Outcome
 
@@ -19,6 +20,8 @@ from pacsguard.events.model import Event, Outcome
 BREAK_GLASS_PURPOSES = frozenset({"ETREAT", "BTG"})
 EMERGENCY_OVERRIDE = "110127"
 _LISTED = 200  # at most this many events per list in the report
+#: The report's lists: each is cut at _LISTED events, its full count is in ``counts``.
+LISTS = ("failed_authentications", "security_alerts", "after_hours_access", "break_glass")
 
 
 def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19),
@@ -33,6 +36,7 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
     alerts: list[dict[str, Any]] = []
     after_hours: list[dict[str, Any]] = []
     break_glass: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter({name: 0 for name in LISTS})
     total = 0
     for ev in events:
         total += 1
@@ -46,22 +50,24 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         d = ev.details
         if ev.kind == "atna.audit.user-authentication" and ev.outcome != Outcome.SUCCESS \
                 or ev.kind == "console.login.failed":
-            _add(failed_auth, ev)
+            _add(failed_auth, ev, counts, "failed_authentications")
         if ev.kind in ("atna.audit.security-alert",) or ev.kind.startswith("ids.alert."):
-            _add(alerts, ev)
+            _add(alerts, ev, counts, "security_alerts")
         hour = ev.time.astimezone(timezone.utc).hour
-        if ev.patient_ids and not hours[0] <= hour < hours[1]:
-            _add(after_hours, ev)
+        # What was done to patient data (explain.touches_patient): a Security Alert or an IDS alert
+        # naming a patient, timed when it was raised, is no access at night.
+        if not hours[0] <= hour < hours[1] and touches_patient(ev):
+            _add(after_hours, ev, counts, "after_hours_access")
         types = {t.get("code") for t in d.get("event_types", ())}
         purposes = {p.get("code") for p in d.get("purposes", ())}
         if EMERGENCY_OVERRIDE in types or purposes & BREAK_GLASS_PURPOSES:
-            _add(break_glass, ev)
+            _add(break_glass, ev, counts, "break_glass")
     out = {
         "format": "pacsguard-daily-report/v1", "day": day.isoformat(), "working_hours_utc": list(hours),
         "events": total, "kinds": dict(kinds.most_common()), "per_hour": per_hour,
         "top_users": users.most_common(10), "top_hosts": hosts.most_common(10),
         "failed_authentications": failed_auth, "security_alerts": alerts, "after_hours_access": after_hours,
-        "break_glass": break_glass,
+        "break_glass": break_glass, "counts": dict(counts), "listed_at_most": _LISTED,
     }
     if explain is not None:
         explained = explain()
@@ -75,7 +81,9 @@ def day_span(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _add(into: list[dict[str, Any]], ev: Event) -> None:
+def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str) -> None:
+    """Count ``ev`` under ``name``; list it while the list holds fewer than _LISTED."""
+    counts[name] += 1
     if len(into) < _LISTED:
         into.append({"time": ev.time.isoformat(), "kind": ev.kind, "outcome": ev.outcome, "actor": ev.actor.label(),
                      "patients": list(ev.patient_ids), "message": ev.message})
@@ -93,11 +101,15 @@ def to_html(report: dict[str, Any]) -> str:
             for i, (label, n) in enumerate(pairs))
         return f'<h2>{esc(title)}</h2><svg width="520" height="{len(pairs) * 18 + 4}">{rows}</svg>'
 
-    def table(title: str, rows: list[dict[str, Any]]) -> str:
+    def table(title: str, name: str) -> str:
+        rows: list[dict[str, Any]] = report[name]
+        # The heading counts the day's events, not the listed ones (reports made before `counts`: the list).
+        count = int((report.get("counts") or {}).get(name, len(rows)))
+        cut = f"<p>The first {len(rows)} of {count} are listed.</p>" if count > len(rows) else ""
         body = "".join(f"<tr><td>{esc(r['time'][:19])}</td><td>{esc(r['kind'])}</td><td>{esc(r['outcome'])}</td>"
                        f"<td>{esc(r['actor'])}</td><td>{esc(', '.join(r['patients']))}</td>"
                        f"<td>{esc(r['message'])}</td></tr>" for r in rows)
-        return (f"<h2>{esc(title)} ({len(rows)})</h2><table><tr><th>time (UTC)</th><th>kind</th><th>outcome</th>"
+        return (f"<h2>{esc(title)} ({count})</h2>{cut}<table><tr><th>time (UTC)</th><th>kind</th><th>outcome</th>"
                 f"<th>who</th><th>patients</th><th>message</th></tr>{body}</table>")
 
     def accesses(ex: dict[str, Any] | None) -> str:
@@ -121,8 +133,8 @@ def to_html(report: dict[str, Any]) -> str:
             + accesses(report.get("explanations"))
             + bars("Events per hour (UTC)", hours) + bars("Top users", report["top_users"])
             + bars("Top hosts", report["top_hosts"])
-            + table("Failed authentications", report["failed_authentications"])
-            + table("Security alerts", report["security_alerts"])
-            + table("Break-glass uses", report["break_glass"])
-            + table("Access to patient data outside working hours", report["after_hours_access"])
+            + table("Failed authentications", "failed_authentications")
+            + table("Security alerts", "security_alerts")
+            + table("Break-glass uses", "break_glass")
+            + table("Access to patient data outside working hours", "after_hours_access")
             + '<script type="application/json" id="pacsguard-daily">' + data + "</script></body></html>\n")

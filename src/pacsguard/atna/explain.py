@@ -22,9 +22,16 @@ written after the images were read is a reason to read them). HL7 v2 orders (ORM
 are in the store as Order Record audit messages: pacsguard has no HL7 decoder yet.
 
 An access is one event and one patient it names: a received audit message that reads or queries
-(action R or E, or none), or a gateway C-FIND, C-MOVE, C-GET or C-STORE; its user is the
-requesting user's identity (UserID, PS3.15 A.5.2.1: never the display name UserName), else the
-calling AE title.
+(action R or E, or none; an EventActionCode outside PS3.15 A.5.1's C, R, U, D, E is judged too, so
+that a sender's wrong code hides no access), or a gateway C-FIND, C-MOVE, C-GET or C-STORE; its
+user is the requesting user's identity (UserID, PS3.15 A.5.2.1: never the display name UserName),
+else the calling AE title.
+
+Evidence is for the same patient: an event naming the ID under another assigning authority (HL7 v2.5
+2.A.33 HD: another namespace or universal ID) is another patient's; an ID given without an authority
+(the gateway's) is taken as the same patient. An order, procedure or instances record whose
+EventOutcomeIndicator is 8 or 12 (serious or major failure, PS3.15 A.5.1) did not happen and is no
+evidence.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.message import mapping
+from pacsguard.atna.message.patient import PatientId
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
@@ -51,6 +59,11 @@ GATEWAY_ACCESSES = frozenset({"dicom.dimse.c-find", "dicom.dimse.c-move", "dicom
 #: Audit events that name patients but record no access to them.
 _NOT_ACCESSES = frozenset({"110100", "110108", "110113", "110114"})
 _CHANGES = frozenset({"C", "U"})
+#: EventActionCodes that change or delete data (PS3.15 A.5.1): an event with any other code, or
+#: none, reads or executes, and is judged as an access.
+_NOT_READS = frozenset({"C", "U", "D"})
+#: EventOutcomeIndicator 8 and 12 (serious, major failure, PS3.15 A.5.1): the action did not happen.
+_FAILED = frozenset({"8", "12"})
 #: The seq given to an event not stored yet (the access being received).
 UNSTORED = -1
 
@@ -117,18 +130,25 @@ class Explanation:
                 "user": self.item.user or None, "template": self.template, "evidence": self.evidence}
 
 
-def is_access(event: Event) -> bool:
-    """Whether ``event`` is an access to patient data that needs a reason (the module's docstring)."""
+def touches_patient(event: Event) -> bool:
+    """Whether ``event`` records something done to patient data, whatever the action: a gateway
+    request that was not refused, or a received audit message naming a patient that is not
+    Application Activity, Network Entry, Security Alert or User Authentication (those name patients
+    but do nothing to their data)."""
     if not event.patient_ids:
         return False
     if event.kind in GATEWAY_ACCESSES:
         return event.details.get("decision") is None  # a refused request disclosed nothing
     if not event.kind.startswith("atna.audit."):
+        return False  # pacsguard's own events (an IDS alert is timed when it was raised)
+    return (event.details.get("event_id") or {}).get("code") not in _NOT_ACCESSES
+
+
+def is_access(event: Event) -> bool:
+    """Whether ``event`` is an access to patient data that needs a reason (the module's docstring)."""
+    if not touches_patient(event):
         return False
-    d = event.details
-    if (d.get("event_id") or {}).get("code") in _NOT_ACCESSES:
-        return False
-    return d.get("action") in (None, "R", "E")
+    return event.kind in GATEWAY_ACCESSES or event.details.get("action") not in _NOT_READS
 
 
 def user_of(event: Event) -> str:
@@ -168,6 +188,8 @@ def _organizations(event: Event) -> set[str]:
 def _care(item: Item) -> bool:
     """An order, a procedure record or new instances: evidence that someone cared for the patient."""
     action = item.event.details.get("action")
+    if item.event.details.get("outcome_indicator") in _FAILED:
+        return False  # a refused or failed order created nothing (PS3.15 A.5.1 EventOutcomeIndicator)
     if item.event.kind in (ORDER, PROCEDURE):
         return action is None or action in _CHANGES
     return item.event.kind == INSTANCES and action in _CHANGES
@@ -256,7 +278,10 @@ def _moved(item: Item) -> bool:
 def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: ExplainSettings,
            earlier: Item | None) -> Explanation:
     window = settings.evidence_window
-    near = [c for c in evidence if c is not access and abs(c.time - access.time) <= window]
+    bare = PatientId.parse(patient).id
+    mine = authorities_of(access.event, bare)
+    near = [c for c in evidence if c is not access and abs(c.time - access.time) <= window
+            and same_patient(mine, authorities_of(c.event, bare))]
     for template in TEMPLATES:
         found = template.find(access, near, settings)
         if found is not None:
@@ -264,6 +289,37 @@ def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: Expla
     if earlier is not None and access.time - earlier.time <= settings.repeat_window:
         return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
     return Explanation(access.seq, patient, access)
+
+
+def authorities_of(event: Event, patient: str) -> frozenset[str]:
+    """The assigning authorities under which ``event`` names the bare ID ``patient`` ("" for the ID
+    given without one: the gateway's events, a FHIR identifier without a system)."""
+    named = [p for p in event.details.get("patients") or () if p.get("id") == patient]
+    if not named:
+        return frozenset({""})
+    return frozenset(str(p.get("authority") or "") for p in named)
+
+
+def same_patient(one: frozenset[str], other: frozenset[str]) -> bool:
+    """Whether two events naming one ID under these authorities may name the same patient: yes when
+    either gives the ID without an authority, else when two of their authorities agree."""
+    if "" in one or "" in other:
+        return True
+    return any(_same_authority(a, b) for a in one for b in other)
+
+
+def _same_authority(one: str, other: str) -> bool:
+    """Two HL7 v2.5 HD values (2.A.33: NAMESPACE&UNIVERSAL-ID&TYPE) name the same authority: their
+    universal IDs agree when both give one, else their namespaces when both give one; an HD giving
+    only a namespace and another only a universal ID cannot be told apart (taken as the same)."""
+    ns1, _, rest1 = one.partition("&")
+    ns2, _, rest2 = other.partition("&")
+    uid1, uid2 = rest1.partition("&")[0].strip().lower(), rest2.partition("&")[0].strip().lower()
+    if uid1 and uid2:
+        return uid1 == uid2
+    if ns1.strip() and ns2.strip():
+        return ns1.strip().casefold() == ns2.strip().casefold()
+    return True
 
 
 def patients_of(event: Event) -> list[str]:
@@ -319,18 +375,29 @@ def _among(seqs: set[int]) -> Callable[[Item], bool]:
     return lambda item: item.seq in seqs
 
 
-def explain_unstored(store: EventStore, event: Event, settings: ExplainSettings) -> Explanation | None:
+def explain_unstored(store: EventStore, event: Event, settings: ExplainSettings,
+                     recent: Callable[[str], Sequence[Event]] = lambda patient: ()) -> Explanation | None:
     """The verdict on an access being received (not stored yet); None when it is no access. Judged
-    against what the store holds at that moment, for its first patient."""
+    for every patient it names against what the store holds at that moment and ``recent(patient)``:
+    the events naming the patient received before it that may not have reached the store yet (an
+    order sent just before the access on the same connection). The first unexplained patient's
+    verdict, else the first patient's: the access is explained only when it is for each of them (as
+    `audit patient` judges each)."""
     if not is_access(event):
         return None
-    patients = patients_of(event)
-    if not patients:
-        return None
-    items = patient_items(store, patients[0], event.time, event.time, settings)
+    verdicts = [v for patient in patients_of(event)
+                for v in _verdicts_on_arrival(store, event, patient, settings, recent)]
+    return next((v for v in verdicts if not v.explained), verdicts[0] if verdicts else None)
+
+
+def _verdicts_on_arrival(store: EventStore, event: Event, patient: str, settings: ExplainSettings,
+                         recent: Callable[[str], Sequence[Event]]) -> list[Explanation]:
+    stored = patient_items(store, patient, event.time, event.time, settings)
+    seen = {i.event.id for i in stored} | {event.id}  # an event both stored and recent counts once
+    waiting = [Item.of(UNSTORED, e) for e in recent(patient) if e.id not in seen]
     fresh = Item.of(UNSTORED, event)
-    verdicts = explain_items([*items, fresh], patients[0], settings, lambda item: item is fresh)
-    return verdicts[0] if verdicts else None
+    items = [i for i in stored if i.event.id != event.id]
+    return explain_items([*items, *waiting, fresh], patient, settings, lambda item: item is fresh)
 
 
 def summary(verdicts: Sequence[Explanation]) -> dict[str, Any]:

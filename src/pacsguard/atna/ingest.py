@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pacsguard.atna.message import dicom_xml, fhir
+from pacsguard.atna.message import codes, dicom_xml, fhir
 from pacsguard.atna.message.dicom_xml import AuditMessageError, Reading
 from pacsguard.atna.message.mapping import event_of, record_details
 from pacsguard.atna.syslog import rfc5424
@@ -115,6 +115,11 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
         reading = read_payload(payload)
         if reading.time is None:  # EventDateTime missing or not an instant: stored at its time of receipt
             flags = [*flags, "bad-event-time"]
+        action = reading.fields.get("action")
+        if action is not None and action not in codes.ACTIONS:
+            # PS3.15 A.5.1 enumerates C R U D E: another code is kept as sent and flagged, and the
+            # message is judged as an access (explain.is_access), so a wrong code hides nothing.
+            flags = [*flags, "bad-action-code"]
         details = {**base, **({"flags": flags} if flags else {}), **reading.fields}
         return event_of(details, reading.time)
     except AuditMessageError as exc:

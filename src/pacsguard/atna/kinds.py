@@ -23,7 +23,7 @@ _RECEIVED = {
     "syslog": OBJECT,
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
-    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time
+    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, bad-action-code
     "received": STRING,
 }
 

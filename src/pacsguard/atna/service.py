@@ -4,7 +4,9 @@ section names, each publishing the Events of what it receives to the bus."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener, tls_context
@@ -23,6 +25,47 @@ if TYPE_CHECKING:
     from pacsguard.store import EventStore
 
 
+class RecentEvents:
+    """The received messages naming a patient of the last ``keep`` seconds (at most ``most``), by
+    patient (bare ID): the store writer takes an Event a moment after it is published, so an access
+    judged on arrival would not see the order received just before it on the same connection
+    without them."""
+
+    def __init__(self, keep: float = 30.0, most: int = 10_000) -> None:
+        self.keep = keep
+        self.most = most
+        self._order: deque[tuple[float, Event, list[str]]] = deque()
+        self._by_patient: dict[str, deque[Event]] = {}
+        self._lock = threading.Lock()  # the reading processes' threads publish too
+
+    def add(self, event: Event, now: float) -> None:
+        from pacsguard.atna.explain import patients_of
+
+        patients = patients_of(event)
+        if not patients:
+            return
+        with self._lock:
+            self._order.append((now, event, patients))
+            for patient in patients:
+                self._by_patient.setdefault(patient, deque()).append(event)
+            self._expire(now)
+
+    def of(self, patient: str, now: float) -> list[Event]:
+        """The recent messages naming ``patient``, oldest first."""
+        with self._lock:
+            self._expire(now)
+            return list(self._by_patient.get(patient, ()))
+
+    def _expire(self, now: float) -> None:
+        while self._order and (now - self._order[0][0] > self.keep or len(self._order) > self.most):
+            _, _, patients = self._order.popleft()
+            for patient in patients:  # the oldest message is first under each of its patients
+                held = self._by_patient[patient]
+                held.popleft()
+                if not held:
+                    del self._by_patient[patient]
+
+
 class AtnaService:
     """The listeners and the outbound feed of one `atna:` section."""
 
@@ -38,6 +81,7 @@ class AtnaService:
         self.subscribe = subscribe
         self.dedupe = Deduplicator(publish)
         self.privacy: AuditAdapter | None = None
+        self.recent = RecentEvents()
         self._outbound: list[Any] = []
         # Where the store stood before this run published anything (serve's "started" comes next):
         # the outbound feed sends what was written from here on, also before it subscribed.
@@ -54,9 +98,12 @@ class AtnaService:
             return
         self.deliver(event)
         if self.privacy is not None:
-            for alert in self.privacy.observe(event, time.monotonic()):
+            now = time.monotonic()
+            for alert in self.privacy.observe(event, now):
                 if alert.record:
                     self.deliver(alert.event)
+            if self.privacy.wants_explanations():  # else nothing reads them: no memory spent
+                self.recent.add(event, now)
 
     def use_privacy_rules(self, engine: Engine) -> None:
         """Run the engine's ``protocol: audit`` rules over every received message (config ``privacy``),
@@ -80,7 +127,8 @@ class AtnaService:
             return None
 
         def explain(event: Event) -> tuple[bool, str] | None:
-            verdict = explain_unstored(store, event, settings)
+            now = time.monotonic()
+            verdict = explain_unstored(store, event, settings, lambda patient: self.recent.of(patient, now))
             return None if verdict is None else (verdict.explained, verdict.template or "")
 
         return explain

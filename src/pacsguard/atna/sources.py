@@ -40,6 +40,7 @@ class SourceCounts:
     unparsable_xml: int = 0
     not_fhir: int = 0
     legacy_bsd: int = 0
+    bad_action_code: int = 0  # EventActionCode outside PS3.15 A.5.1's C R U D E (stored, judged, flagged)
     silent_connections: int = 0
     http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
     tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
@@ -92,6 +93,10 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
         row.wrong_framing += "wrong-framing" in flags
         row.missing_msgid += "missing-msgid" in flags
         row.legacy_bsd += "legacy-bsd" in flags
+        if "bad-action-code" in flags:
+            row.bad_action_code += 1
+            _error(row, when, f"bad-action-code: EventActionCode {ev.details.get('action')!r} is not "
+                              "C, R, U, D or E (PS3.15 A.5.1)")
     if problem == "silent":  # a syslog or an HTTP connection
         row.silent_connections += 1
     elif problem == "tls-handshake-failed":  # syslog over TLS, or HTTPS
@@ -104,8 +109,13 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
         row.not_fhir += 1
     elif problem in _FRAME_PROBLEMS:
         row.malformed_frames += 1
-    if problem is not None and (row.last_error_time is None or when >= row.last_error_time):
-        row.last_error = f"{problem}: {ev.details.get('error', '')}"
+    if problem is not None:
+        _error(row, when, f"{problem}: {ev.details.get('error', '')}")
+
+
+def _error(row: SourceCounts, when: str, text: str) -> None:
+    if row.last_error_time is None or when >= row.last_error_time:
+        row.last_error = text
         row.last_error_time = when
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -53,7 +54,7 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
     try:
         return AuditRecord(
             syntax="fhir", event_id=_coding(type_), action=_text(resource, "action"), time=parse_datetime(recorded),
-            outcome=str(resource.get("outcome", "")),
+            outcome=_text(resource, "outcome") or "",
             event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
             outcome_description=_text(resource, "outcomeDesc"),
             purposes=tuple(_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())),
@@ -72,6 +73,44 @@ def _text(element: Mapping[str, Any], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"{key} is a JSON {type(value).__name__}, not a string")
+
+
+def _boolean(element: Mapping[str, Any], key: str) -> bool:
+    """A FHIR boolean (FHIR R4 2.24.0.1: JSON true or false), False when absent; TypeError (reported
+    as not-fhir) for any other JSON type: the string "false" read as true would make the server agent
+    the requesting user."""
+    value = element.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise TypeError(f"{key} is a JSON {type(value).__name__}, not a boolean")
+
+
+#: A FHIR R4 literal reference (2.3.0.1, References: [base]/Type/id[/_history/version]): a relative
+#: or absolute URL ending in a resource type and a logical id (1-64 of [A-Za-z0-9-.]).
+_LITERAL = re.compile(r"(?:^|/)[A-Z][A-Za-z]+/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+#: HL7 v2.5 2.7.4 escape sequences for the delimiters a CX component may hold (\ first).
+_HL7_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
+
+
+def reference_id(reference: str) -> str:
+    """The logical id a FHIR literal reference names (``Patient/PX1``,
+    ``http://ehr.example.org/fhir/Patient/PX2``, ``Patient/PX3/_history/2``: PX1, PX2, PX3); another
+    reference (``urn:uuid:...``, a fragment) after its first ``/``, as it is."""
+    found = _LITERAL.search(reference)
+    return found.group(1) if found else reference.split("/", 1)[-1]
+
+
+def hl7_escape(text: str) -> str:
+    """``text`` as one component of an HL7 v2 field (HL7 v2.5 2.7.4): a FHIR identifier value ``123^45``
+    is ``123\\S\\45`` in CX form, as ITI-20 senders write the same patient."""
+    for char, escape in _HL7_ESCAPES:
+        text = text.replace(char, escape)
+    return text
+
+
+def _is_cx(value: str) -> bool:
+    """Whether an identifier value is a whole CX naming its assigning authority (ID^^^AUTHORITY)."""
+    return PatientId.parse(value).authority is not None
 
 
 def _coding(c: Mapping[str, Any]) -> Code:
@@ -96,10 +135,10 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     who = a.get("who") or {}
     ident = who.get("identifier") or {}
     display = _text(who, "display")
-    user_id = str(ident.get("value") or who.get("reference") or "")
+    user_id = _text(ident, "value") or _text(who, "reference") or ""
     return Participant(user_id=user_id or display or "", alternative_user_id=_text(a, "altId"),
                        user_name=_text(a, "name") or (display if user_id else None),
-                       requestor=bool(a.get("requestor")), access_point=_text(network, "address"),
+                       requestor=_boolean(a, "requestor"), access_point=_text(network, "address"),
                        access_point_type=_text(network, "type"), roles=tuple(roles))
 
 
@@ -112,13 +151,19 @@ def _entity(e: Mapping[str, Any]) -> ParticipantObject:
     # No ID type is made up for an entity without one: a patient is told by its type (1, Person)
     # and role (1, Patient), as ParticipantObjectTypeCode and its role are in A.5 (mapping.is_patient).
     id_type = _coding(id_types[0]) if id_types else Code("")
-    object_id = str(ident.get("value") or what.get("reference", "").split("/", 1)[-1] or "")
-    system = ident.get("system") or ""
+    value = _text(ident, "value")
+    object_id = value or reference_id(_text(what, "reference") or "")
+    system = _text(ident, "system") or ""
     patient = (type_code, role) == ("1", "1") or id_type.code == "2"
-    if patient and isinstance(system, str) and system and not any(c in object_id + system for c in "^&~\\"):
-        # The identifier's system is the patient's assigning authority: kept in CX form, as ITI-20
-        # writes a patient ID, so a search names it as it names any other (patient.PatientId).
-        object_id = PatientId.of_system(system, object_id).key()
+    if patient and value and (system or not _is_cx(value)):
+        # Identifier.value is an ID, never a CX: its delimiters are escaped (HL7 v2.5 2.7.4), as
+        # ITI-20 senders write them, or "123^45" would be read as patient 123. Without a system, a
+        # value that is a whole CX with its authority is taken as sent (senders copying ITI-20).
+        object_id = hl7_escape(value)
+        if system:
+            # The system is the patient's assigning authority: kept in CX form, as ITI-20 writes a
+            # patient ID, so a search names it as it names any other (patient.PatientId).
+            object_id = PatientId.of_system(hl7_escape(system), object_id).key()
     return ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role,
         life_cycle=_text(e.get("lifecycle") or {}, "code"), name=_text(e, "name"), query=_text(e, "query"),

@@ -27,6 +27,7 @@ import struct
 import termios
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,18 +120,24 @@ class OutboundSender:
     def _send(self, conn: ssl.SSLSocket) -> None:
         delivered = written = self.spool.delivered()
         reconnected = self.connections > 1
-        # (seq, when): every byte up to seq had been acknowledged by the peer's TCP at `when`.
-        candidate: tuple[int, float] | None = None
+        # (seq, when): every byte up to seq had been acknowledged by the peer's TCP at `when`; one
+        # entry per burst, so a burst written while an earlier one waits out ``confirm_after`` is
+        # confirmed ``confirm_after`` after its own acknowledgement, not after the earlier's
+        # confirmation (else a repository stopping in between gets it twice).
+        acked: deque[tuple[int, float]] = deque()  # in the order written: seqs and times ascend
         while not self._stop.is_set():
             now = time.monotonic()
-            if candidate is None and written > delivered and _unsent(conn) == 0:
-                candidate = (written, now)
-            if candidate is not None and now - candidate[1] >= self.confirm_after:
+            if written > (acked[-1][0] if acked else delivered) and _unsent(conn) == 0:
+                acked.append((written, now))
+            due = _confirmable(acked, now, self.confirm_after)
+            if due is not None:
                 if not _open(conn):
                     return  # the repository went away: what is not delivered is sent again
-                self.spool.mark_delivered(candidate[0])
-                self.on_delivered(delivered + 1, candidate[0], reconnected)
-                delivered, reconnected, candidate = candidate[0], False, None
+                self.spool.mark_delivered(due)
+                self.on_delivered(delivered + 1, due, reconnected)
+                delivered, reconnected = due, False
+                while acked and acked[0][0] <= due:
+                    acked.popleft()
             rows = self.spool.after(written)
             if rows:
                 conn.sendall(b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
@@ -141,6 +148,17 @@ class OutboundSender:
                 return
             with self.spool.added:
                 self.spool.added.wait(0.1)
+
+
+def _confirmable(acked: deque[tuple[int, float]], now: float, confirm_after: float) -> int | None:
+    """The highest seq whose acknowledgement is at least ``confirm_after`` old, None for none
+    (``acked`` ascends in time: the old enough ones come first)."""
+    due = None
+    for seq, when in acked:
+        if now - when < confirm_after:
+            break
+        due = seq
+    return due
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,14 @@ One flow per user (client_host = the user's host, server_host = the audit source
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +144,20 @@ def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path
 
 
 def _norm(text: str | None) -> str:
-    return " ".join((text or "").upper().split())
+    """A name or address as compared: Unicode NFC (a decomposed u + U+0308 from one system equals the
+    precomposed ü of another, Unicode UAX #15), upper case, single spaces."""
+    return " ".join(unicodedata.normalize("NFC", text or "").upper().split())
+
+
+def _detail_texts(value: str) -> list[str]:
+    """A ParticipantObjectDetail value as the texts it may say: as sent, and decoded from base64
+    (PS3.15 A.5.1 and RFC 3881 type it xs:base64Binary, FHIR valueBase64Binary) when it is valid
+    base64 of UTF-8 text; a plain-text value (FHIR valueString, a lax sender) is itself."""
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return [value]
+    return [value, decoded] if decoded else [value]
 
 
 def _patients(event: Event) -> list[dict[str, Any]]:
@@ -149,15 +165,25 @@ def _patients(event: Event) -> list[dict[str, Any]]:
     return found or [{"id": p} for p in event.patient_ids if "^" not in p]
 
 
-def _patient_names(event: Event) -> Iterable[tuple[str, str]]:
-    """(surname, address) of each patient object: ParticipantObjectName as a DICOM PN (FAMILY^GIVEN);
-    the address from a ParticipantObjectDetail of type "address", when the sender gives one."""
+def _patient_names(event: Event) -> Iterable[tuple[str, frozenset[str]]]:
+    """(surname, addresses) of each patient object: ParticipantObjectName as a DICOM PN
+    (FAMILY^GIVEN); the address from a ParticipantObjectDetail of type "address", when the sender
+    gives one, as sent and base64-decoded (_detail_texts)."""
     for obj in event.details.get("objects", ()):
         if obj.get("type_code") == "1" and obj.get("role") == "1":
             name = str(obj.get("name") or "")
-            address = next((str(d.get("value", "")) for d in obj.get("details", ()) if d.get("type") == "address"),
-                           "")
-            yield _norm(name.split("^", 1)[0]), _norm(address)
+            addresses = frozenset(_norm(t) for d in obj.get("details", ()) if d.get("type") == "address"
+                                  for t in _detail_texts(str(d.get("value", ""))))
+            yield _norm(name.split("^", 1)[0]), addresses - {""}
+
+
+def _received(event: Event) -> float | None:
+    """When a received message arrived (``details.received``), None when not recorded."""
+    text = event.details.get("received")
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 #: Tells whether the store explains an access: (explained, the template's name), or None for an
@@ -187,6 +213,11 @@ class AuditAdapter:
             self._uses = (id(rules), frozenset(names))
         return self._uses[1]
 
+    def wants_explanations(self) -> bool:
+        """Whether an access is judged by the explainer: a loaded rule names its fields."""
+        rules = self.engine.rules_for(PROTOCOL).get("access")
+        return rules is not None and self.explain is not None and bool(self._used(rules) & EXPLAIN_FIELDS)
+
     def observe(self, event: Event, now: float) -> list[Alert]:
         """The alerts of one received audit message (other Events are not accesses: none)."""
         if not event.kind.startswith("atna.audit."):
@@ -198,9 +229,10 @@ class AuditAdapter:
         d = event.details
         patients = [str(p.get("id", "")) for p in _patients(event) if p.get("id")]
         # The user's identity (UserID), never the display name: the directory is keyed by login,
-        # and the baseline and thresholds count per user (PS3.15 A.5.2.1).
-        user = mapping.user_of(event) or ""
-        me = self.lists.staff.get(user.strip().lower())
+        # and the baseline and thresholds count per user (PS3.15 A.5.2.1); in lower case, as logins
+        # are compared (JSMITH from the EMR and jsmith from the viewer are one user).
+        user = (mapping.user_of(event) or "").strip().lower()
+        me = self.lists.staff.get(user)
         names = list(_patient_names(event))
         fields = {
             "user": user, "user_name": mapping.user_name_of(event) or "", "user_host": event.actor.host or "",
@@ -212,11 +244,11 @@ class AuditAdapter:
             "hour": event.time.astimezone(timezone.utc).hour,
             "watched": any(p in self.lists.watched for p in patients),
             "same_surname": bool(me and me.surname and any(s == me.surname for s, _ in names)),
-            "same_address": bool(me and me.address and any(a == me.address for _, a in names)),
+            "same_address": bool(me and me.address and any(me.address in a for _, a in names)),
         }
         used = self._used(rules)
         if used & BASELINE_FIELDS and user:
-            figures = self.hours.add(user.strip().lower(), patients, event.time.timestamp())
+            figures = self.hours.add(user, patients, event.time.timestamp(), _received(event))
             fields.update(hour_patients=figures.hour_patients, baseline_patients=figures.baseline_patients,
                           baseline_hours=figures.baseline_hours, above_baseline=figures.above_baseline)
         if used & EXPLAIN_FIELDS and self.explain is not None:

@@ -11,7 +11,10 @@ first takes the count above ``factor`` times the baseline (and to at least ``min
 Memory is bounded: at most ``max_users`` users (the least recently active is evicted first and, if
 seen again, learns its baseline anew), per user at most ``history_hours`` counts and, for the
 current hour, at most ``max_patients_per_hour`` patient IDs (beyond that the count stays there).
-An access older than the user's current hour (a sender's backlog) changes no count.
+An access older than the user's current hour (a sender's backlog) changes no count, nor does one
+dated more than ``AHEAD`` seconds after it was received (a sender's wrong clock, or a forged
+message): else one message dated years ahead would make every later access "older" and silence the
+user's alert until then.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pacsguard.ids.state import BoundedLRU
 
 #: Longest patient ID kept (a CX-free patient ID is at most 64 characters in HL7 and DICOM).
 _MAX_ID = 64
+#: How far after its receipt an access may be dated and still count (senders' clocks drift).
+AHEAD = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +68,14 @@ class PatientsPerHour:
         self.settings = s = settings or BaselineSettings()
         self.users: BoundedLRU[str, _User] = BoundedLRU(s.max_users)
 
-    def add(self, user: str, patients: list[str], when: float) -> HourFigures:
-        """Count ``user``'s access to ``patients`` at ``when`` (seconds since the epoch, UTC)."""
+    def add(self, user: str, patients: list[str], when: float, received: float | None = None) -> HourFigures:
+        """Count ``user``'s access to ``patients`` at ``when`` (seconds since the epoch, UTC), received
+        at ``received`` (None: not known, ``when`` is trusted)."""
         s = self.settings
         state = self.users.get_or_create(user, when, lambda: _User(s.history_hours))
+        if received is not None and when > received + AHEAD:
+            known = len(state.history)  # dated in the future: counts nothing, moves no hour
+            return HourFigures(len(state.patients), state.baseline if known else 0.0, known, False)
         hour = int(when // 3600)
         if hour > state.hour:
             if state.patients:

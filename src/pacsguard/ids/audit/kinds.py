@@ -18,7 +18,8 @@ register_kinds(
         "access": (
             "one received audit message naming who did what to which patient's data",
             {
-                "user": ("str", "the requesting user's identity: UserID (FHIR who.identifier), else UserName"),
+                "user": ("str", "the requesting user's identity in lower case (logins are compared without "
+                         "case): UserID (FHIR who.identifier), else UserName"),
                 "user_name": ("str", "the requesting user's display name (UserName, FHIR agent.name), empty "
                               "when none is given; for reading: rules key on user"),
                 "user_host": ("str", "the requesting user's network access point"),
