@@ -1,6 +1,6 @@
 """The ``deidentify`` object check (gateway/objects.py seam): FORWARD with a de-identified
-replacement and an Event linking original and new identifiers under the key's fingerprint (never
-the key), or REFUSE naming why; offered by the deid part to store-and-forward routes."""
+replacement and an Event holding original and new identifiers sealed under the key (never the
+key, never either in clear), or REFUSE naming why; offered by the deid part to store-and-forward routes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from deid_helpers import KEY, engine, pydicom_files
 
 from pacsguard.deid.files import read_whole
-from pacsguard.deid.object_check import DeidentifyCheck
+from pacsguard.deid.object_check import DeidentifyCheck, open_link
 from pacsguard.gateway.objects import ObjectAction, ReceivedObject
 from pacsguard.runtime.registry import Registry
 
@@ -33,10 +33,12 @@ def test_forward_with_replacement_and_a_linking_event(tmp_path: Path) -> None:
     (event,) = verdict.events
     assert event.kind == "deid.object.deidentified"
     assert event.details["key_fingerprint"] == KEY.fingerprint
-    assert event.details["original"]["sop_instance_uid"] == original.SOPInstanceUID
-    assert event.details["new"]["sop_instance_uid"] == new.SOPInstanceUID
-    assert event.details["new"]["study_uid"] == new.StudyInstanceUID
-    assert event.patient_ids == (original.PatientID,)
+    # The link is sealed under the key: only its holder opens it (docs/deid.md, Routes).
+    opened, pseudonyms = open_link(KEY, event.details)
+    assert opened["sop_instance_uid"] == original.SOPInstanceUID
+    assert pseudonyms["sop_instance_uid"] == new.SOPInstanceUID
+    assert pseudonyms["study_uid"] == new.StudyInstanceUID
+    assert event.patient_ids == () and original.PatientID not in event.to_json()
     assert KEY.secret.hex() not in event.to_json()
 
 

@@ -4,6 +4,7 @@ real Orthanc behind it (issues #19 and #20; the route itself: test_store_forward
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,16 @@ def test_a_deidentifying_route_sends_only_pseudonymous_objects_and_links_them_in
     # stays NO (PS3.15 E.1.1), while the method says what was done.
     assert tags["PatientIdentityRemoved"] == "NO" and tags["DeidentificationMethod"]
 
-    # The store links original and new identifiers under the key's fingerprint, never the key.
+    # The store links original and new identifiers only sealed under the key (docs/deid.md):
+    # nothing in the Event names the patient or the pseudonyms; the key holder opens the link.
     linked = gw.wait_for("deid.object.deidentified")[0]
-    assert linked.details["original"]["sop_instance_uid"] == original.SOPInstanceUID
-    assert linked.details["new"]["sop_instance_uid"] == tags["SOPInstanceUID"]
-    assert linked.details["new"]["patient_id"] == tags["PatientID"]
+    for value in ("REALID42", original.SOPInstanceUID, tags["SOPInstanceUID"], tags["PatientID"]):
+        assert value not in linked.to_json()
+    exported = gw.cli("events", "search", "--kind", "deid.object.deidentified", "--format", "json").stdout
+    (gw.home / "deid.jsonl").write_text(exported)
+    opened = json.loads(gw.cli("deid", "reidentify", "deid.jsonl").stdout)  # deid.key_file of pacsguard.yaml
+    assert opened["original"]["sop_instance_uid"] == original.SOPInstanceUID
+    assert opened["new"]["sop_instance_uid"] == tags["SOPInstanceUID"]
+    assert opened["new"]["patient_id"] == tags["PatientID"]
     assert linked.details["key_fingerprint"].startswith("sha256:")
     assert (gw.home / "deid.key").read_bytes().hex() not in (gw.home / "serve.log").read_text()

@@ -1,17 +1,27 @@
 """`pacsguard deid ...`: de-identify files and folders (PS3.15 Annex E), explain what would be
-done to one file, make a key. The work is pacsguard.deid's; this module only parses and prints."""
+done to one file, make a key, open the sealed originals of a route's records. The work is
+pacsguard.deid's; this module only parses and prints.
+
+The settings are the ``deid:`` section of pacsguard.yaml (the same a route's ``deidentify`` check
+uses): key file or variable, options, safe private list, pixel checks. ``--option`` and
+``--key-file`` on the command line take the place of the section's options and key."""
 
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from pacsguard.cli.app import App, Group
-from pacsguard.cli.common import shown
+from pacsguard.cli.common import CONFIG_OPTION, shown
 
+if TYPE_CHECKING:
+    from pacsguard.deid.config import DeidConfig
+    from pacsguard.deid.keys import DeidKey
+
+KEY_HELP = "The key (pacsguard deid keygen); else deid.key_file, else $PACSGUARD_DEID_KEY (deid.key_env)."
 OPTION_HELP = "A PS3.15 E.3 option (repeatable): " + ", ".join(
     ["clean-pixel-data", "clean-recognizable-visual-features", "clean-graphics", "clean-structured-content",
      "clean-descriptors", "retain-longitudinal-full-dates", "retain-longitudinal-modified-dates",
@@ -53,6 +63,39 @@ def _options(names: list[str] | None) -> list[Any]:
     return chosen
 
 
+def _settings(config_file: Path | None, option: list[str] | None) -> tuple[DeidConfig, Path | None]:
+    """The ``deid:`` section of the configuration (defaults when there is no ./pacsguard.yaml and
+    none was named), with ``--option`` replacing its options when given; and the folder its
+    relative paths are relative to."""
+    from pacsguard.cli.common import load
+    from pacsguard.config.loader import ConfigError
+    from pacsguard.deid.config import DeidConfig
+
+    try:
+        loaded = load(config_file, required=config_file is not None)
+    except ConfigError as exc:
+        raise _fail("; ".join(f"{exc.source}: {p}" for p in exc.problems)) from None
+    section: DeidConfig = loaded.section("deid")
+    if option:
+        try:
+            section = DeidConfig.model_validate({**section.model_dump(), "options": _options(option)})
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    return section, (loaded.path.parent if loaded.path is not None else None)
+
+
+def _key(key_file: Path | None, section: DeidConfig, base: Path | None) -> DeidKey:
+    """--key-file, else the section's key_file (relative to pacsguard.yaml), else its key_env."""
+    from pacsguard.deid.keys import KeyProblem, load_key
+
+    if key_file is None and section.key_file is not None:
+        key_file = section.key_file if base is None or section.key_file.is_absolute() else base / section.key_file
+    try:
+        return load_key(key_file, section.key_env)
+    except KeyProblem as exc:
+        raise _fail(str(exc)) from None
+
+
 def _inputs(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
@@ -83,32 +126,27 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the de-identified files.")],
     profile: Annotated[str, typer.Option("--profile", help="The PS3.15 profile: basic.")] = "basic",
     option: Annotated[Optional[list[str]], typer.Option("--option", help=OPTION_HELP)] = None,
-    key_file: Annotated[Optional[Path], typer.Option(
-        "--key-file", help="The key (pacsguard deid keygen); else $PACSGUARD_DEID_KEY.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help=KEY_HELP)] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes.")] = 1,
     manifest: Annotated[Optional[Path], typer.Option(
         "--manifest", help="Manifest file, .json or .csv [default: OUT/manifest.json].")] = None,
+    config_file: Optional[Path] = CONFIG_OPTION,
 ) -> None:
-    """De-identify files; exit 1 if any file was withheld (not safely de-identifiable)."""
+    """De-identify files with the deid: settings of pacsguard.yaml; exit 1 if any file was
+    withheld (not safely de-identifiable, or its output name already taken by another object)."""
     from rich.console import Console
     from rich.progress import Progress
 
-    from pacsguard.deid.config import DeidConfig
-    from pacsguard.deid.keys import KeyProblem, load_key
     from pacsguard.deid.manifest import record, write_manifest
     from pacsguard.deid.profile import table
 
     if profile != "basic":
         raise _fail(f"unknown profile {profile!r}: the profile is basic, with options")
-    chosen = _options(option)
-    try:
-        config = DeidConfig(options=chosen)
-        key = load_key(key_file)
-    except (KeyProblem, ValueError) as exc:
-        raise _fail(str(exc)) from None
+    config, base = _settings(config_file, option)
+    key = _key(key_file, config, base)
     files = _inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
-    names = [o.value for o in chosen]
+    names = [o.value for o in config.options]
     jobs_list = [(key.secret, names, config, str(f), str(out)) for f in files]
     records = []
     withheld = 0
@@ -141,8 +179,10 @@ def run_cmd(
 def explain_cmd(
     file: Annotated[Path, typer.Argument(help="One DICOM file.")],
     option: Annotated[Optional[list[str]], typer.Option("--option", help=OPTION_HELP)] = None,
+    config_file: Optional[Path] = CONFIG_OPTION,
 ) -> None:
-    """What the profile would do to each attribute and why; writes nothing."""
+    """What the profile would do to each attribute and why, with the deid: settings of
+    pacsguard.yaml; writes nothing."""
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -152,14 +192,14 @@ def explain_cmd(
     from pacsguard.deid.files import read_whole
     from pacsguard.deid.keys import DeidKey
 
-    chosen = _options(option)
+    config, _ = _settings(config_file, option)
     try:
         ds = read_whole(file)
     except Withheld as exc:
         raise _fail(f"{file}: {exc}") from None
     # The what-if needs no key: replacement values are not shown, only what happens.
     try:
-        engine = make_engine(DeidKey(bytes(32)), chosen)
+        engine = make_engine(DeidKey(bytes(32)), config.options, config)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     result = explain(engine, ds)
@@ -187,4 +227,57 @@ def keygen_cmd(
     typer.echo(f"{path}: key {key.fingerprint}")
 
 
+@app.command("reidentify")
+def reidentify_cmd(
+    events: Annotated[str, typer.Argument(help=(
+        "deid.object.deidentified events as JSON lines, as `pacsguard events search --kind "
+        "deid.object.deidentified --format json` prints them; - reads standard input."))],
+    find: Annotated[Optional[str], typer.Option(
+        "--find", help="Only the objects one of whose identifiers (new or original UID, Patient ID) is this.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help=KEY_HELP)] = None,
+    config_file: Optional[Path] = CONFIG_OPTION,
+) -> None:
+    """Open, with the key, the original identifiers a deidentify route sealed in its records:
+    one JSON line per object (time, route, new, original). Exit 1 if a record under this key
+    does not open (altered)."""
+    import json
+    import sys
 
+    from rich.console import Console
+
+    from pacsguard.deid.keys import KeyProblem
+    from pacsguard.deid.object_check import DEIDENTIFIED, open_link
+
+    config, base = _settings(config_file, None)
+    key = _key(key_file, config, base)
+    try:
+        text = sys.stdin.read() if events == "-" else Path(events).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"{events}: {exc}") from None
+    console = Console(stderr=True, soft_wrap=True)
+    other_key = broken = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            event = json.loads(line) if line.strip() else None
+        except ValueError:
+            raise _fail(f"{events}:{number}: not a JSON event") from None
+        if not isinstance(event, dict) or event.get("kind") != DEIDENTIFIED:
+            continue
+        details = event.get("details") or {}
+        if details.get("key_fingerprint") != key.fingerprint:
+            other_key += 1
+            continue
+        try:
+            original, new = open_link(key, details)
+        except KeyProblem as exc:
+            broken += 1
+            console.print(f"{events}:{number}: {shown(exc)}", style="yellow")
+            continue
+        if find is not None and find not in (*new.values(), *original.values()):
+            continue
+        typer.echo(json.dumps({"time": event.get("time"), "route": details.get("route"), "new": new,
+                               "original": original}, sort_keys=True))
+    if other_key:
+        console.print(f"{other_key} record(s) sealed under another key were skipped")
+    if broken:
+        raise typer.Exit(1)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from pacsguard.deid.engine import Change, Engine, Report
-from pacsguard.deid.pixels import pixel_verdict
+from pacsguard.deid.engine import Change, Engine, Report, Withheld
+from pacsguard.deid.ocr import PixelCleaner
+from pacsguard.deid.pixels import pixel_verdict, remove_embedded_overlays
 from pacsguard.deid.profile import Option
 
 
@@ -22,8 +23,21 @@ class Explanation:
 
 
 def explain(engine: Engine, ds: Dataset) -> Explanation:
-    verdict = pixel_verdict(ds, Option.CLEAN_PIXEL_DATA in engine.settings.options)
+    work = copy.deepcopy(ds)
+    verdict = pixel_verdict(work, Option.CLEAN_PIXEL_DATA in engine.settings.options)
+    withheld = verdict.reason if verdict.withhold else ""
+    try:
+        # As files.deidentify_file does first: overlay groups without Overlay Data, and the bit
+        # planes of embedded overlays, go before the attributes are decided.
+        overlays = remove_embedded_overlays(work)
+    except Withheld as exc:
+        overlays, withheld = [], withheld or str(exc)
     report = Report(detailed=True)
-    engine.apply_attributes(copy.deepcopy(ds), report)
+    engine.apply_attributes(work, report)
     pixels = "the pixels would be checked for text (OCR, region masks)" if verdict.check else verdict.reason
-    return Explanation(tuple(report.changes), pixels, verdict.reason if verdict.withhold else "")
+    unchecked = engine.pixel_cleaner.unchecked(ds) if isinstance(engine.pixel_cleaner, PixelCleaner) else ""
+    if verdict.check and unchecked:
+        pixels, withheld = unchecked, withheld or unchecked
+    if overlays:
+        pixels += "; overlay group " + ", ".join(f"{g:04X}" for g in overlays) + " without Overlay Data removed"
+    return Explanation(tuple(report.changes), pixels, withheld)

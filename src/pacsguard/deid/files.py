@@ -1,5 +1,8 @@
 """One Part-10 file (PS3.10 7.1) in, one de-identified file out, or nothing: a file that cannot be
-read whole, or de-identified safely, or written and read back, is withheld and reported."""
+read whole, or de-identified safely, or written and read back, is withheld and reported. In a
+folder an output never replaces another object's file: two inputs with one SOP Instance UID
+(PS3.3 C.12.1.1.1 says it is unique; modalities and test corpora still repeat them) would
+otherwise leave one file where the manifest said two were written."""
 
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from pacsguard.deid.encode import encode_file
 from pacsguard.deid.engine import Engine, Report, Withheld
+from pacsguard.deid.pixels import remove_embedded_overlays
 
 
 @dataclass(slots=True)
@@ -37,6 +42,9 @@ def read_whole(path: Path) -> Dataset:
         raise Withheld(f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
     if cut:
         raise Withheld(f"the file is cut off inside {cut}")
+    early = _ends_early(path, ds)
+    if early:
+        raise Withheld(early)
     if "SOPInstanceUID" not in ds:
         raise Withheld("not a composite instance: no SOP Instance UID")
     short = _short_pixel_data(ds)
@@ -62,6 +70,20 @@ def _cut_off(ds: Dataset) -> str:
                 if inner:
                     return inner
     return ""
+
+
+def _ends_early(path: Path, ds: Dataset) -> str:
+    """The last element must end where the file ends: pydicom stops silently at an element header
+    cut short (fewer than 8 bytes left), dropping everything after it (PS3.5 7.1)."""
+    if ds.file_meta.get("TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian or not ds._dict:
+        return ""  # offsets are in the inflated stream
+    last = ds._dict[max(ds._dict)]
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
+        return ""
+    extra = path.stat().st_size - (last.value_tell + last.length)
+    if extra < 0:
+        return f"the file is cut off: its last element runs {-extra} bytes past the end"
+    return f"the file is cut off: {extra} bytes after its last whole element" if extra else ""
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -90,10 +112,12 @@ def _short_pixel_data(ds: Dataset) -> str:
     return f"pixel data is {have} bytes, {needed} expected: the file is cut off" if have < needed else ""
 
 
-def write(ds: Dataset, out: Path) -> None:
+def write(ds: Dataset, out: Path, *, replace: bool = True) -> None:
     """Write ``ds`` as a Part-10 file with its own transfer syntax (deflated and big endian ones
-    included), atomically, then read it back whole; raises Withheld if that fails."""
-    tmp = out.with_name(f".{out.name}.part")
+    included), atomically, then read it back whole; raises Withheld if that fails. Without
+    ``replace`` an existing ``out`` is never overwritten: the same bytes again (a second run with
+    the same key and options) are accepted, other bytes (another object) are withheld."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")  # --jobs: one temporary name per worker
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -104,7 +128,37 @@ def write(ds: Dataset, out: Path) -> None:
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise Withheld(f"the de-identified object could not be written: {type(exc).__name__}: {exc}") from None
-    os.replace(tmp, out)
+    if replace:
+        os.replace(tmp, out)
+        return
+    try:
+        _place_new(tmp, out, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _place_new(tmp: Path, out: Path, data: bytes) -> None:
+    """Give ``tmp`` the name ``out`` only if no file has it (a hard link is atomic and never
+    replaces, so two workers cannot both win); else accept identical bytes or raise Withheld."""
+    try:
+        os.link(tmp, out)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: exclusive creation instead
+        try:
+            with open(out, "xb") as f:
+                f.write(data)
+            return
+        except FileExistsError:
+            pass
+    try:
+        same = out.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        raise Withheld(f"{out.name} already holds another object with the same new SOP Instance UID "
+                       "(its input repeats an earlier input's SOP Instance UID); not overwritten")
 
 
 def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: bool = False) -> FileResult:
@@ -113,11 +167,15 @@ def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: boo
     result = FileResult(source)
     try:
         ds = read_whole(source)
+        overlays = remove_embedded_overlays(ds)
         engine.deidentify(ds, result.report)
+        if overlays:
+            groups = ", ".join(f"{g:04X}" for g in overlays)
+            result.report.pixels += f"; overlay group {groups} without Overlay Data removed"
         if into_folder:
             out = out / f"{ds.SOPInstanceUID}.dcm"
         out.parent.mkdir(parents=True, exist_ok=True)
-        write(ds, out)
+        write(ds, out, replace=not into_folder)
     except Withheld as exc:
         result.withheld = str(exc)
         return result

@@ -18,6 +18,9 @@ from pacsguard.deid.values import clean_text, identifiers_of
 _PID_EMPTY = frozenset({4, 6, 9, 11, 12, 13, 14, 19, 20, 21, 23, 26, 27})
 _PID_DATES = frozenset({7, 29})  # date/time of birth, of death
 _PV1_EMPTY = frozenset({3, 6, 7, 8, 9, 11, 17, 37, 42, 43, 52})  # locations and doctors
+#: PV1 visit identifiers (CX) keyed like PID-3: Preadmit Number, Visit Number, Alternate Visit ID.
+#: Under one label, so one visit identifier gets one pseudonym in whichever field it appears.
+_PV1_KEYED = frozenset({5, 19, 50})
 _PV1_DATES = frozenset({44, 45})  # admit, discharge
 _TEXT_TYPES = frozenset({"TX", "FT", "ST"})
 
@@ -56,7 +59,7 @@ def deidentify_message(message: str, pseudonyms: Pseudonyms, *, keep_dates_shift
             for i in range(1, len(fields)):
                 if i in _PV1_EMPTY:
                     fields[i] = ""
-                elif i == 19 and fields[i]:
+                elif i in _PV1_KEYED and fields[i]:
                     fields[i] = pseudonyms.text("hl7-visit", fields[i], 16)
                 elif i in _PV1_DATES:
                     fields[i] = _date(fields[i], keep_dates_shifted, shift)

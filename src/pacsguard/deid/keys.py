@@ -7,6 +7,7 @@ never logged; what identifies it in manifests and Events is its fingerprint."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -69,3 +70,39 @@ def generate_key(path: Path) -> DeidKey:
     except FileExistsError:
         raise KeyProblem(f"{path} exists; a key is never overwritten") from None
     return key
+
+
+#: The AES key that seals originals is derived from the de-identification key (HKDF, RFC 5869),
+#: so no second secret is needed and the HMAC pseudonyms never share a key with the cipher.
+_SEAL_INFO = b"pacsguard-deid-seal v1"
+_NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D 8.2.2: random nonces)
+
+
+def _seal_key(key: DeidKey) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(key.secret)
+
+
+def seal(key: DeidKey, plaintext: bytes, context: bytes) -> str:
+    """``plaintext`` encrypted and authenticated under ``key`` (AES-256-GCM, NIST SP 800-38D, a
+    random nonce), bound to ``context`` (authenticated, not encrypted): base64 text. Only the key's
+    holder can open it; a sealed value moved to another context does not open."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    return base64.b64encode(nonce + AESGCM(_seal_key(key)).encrypt(nonce, plaintext, context)).decode("ascii")
+
+
+def unseal(key: DeidKey, sealed: str, context: bytes) -> bytes:
+    """Open what :func:`seal` made; KeyProblem when it was sealed under another key, in another
+    context, or altered."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        data = base64.b64decode(sealed, validate=True)
+        return AESGCM(_seal_key(key)).decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], context)
+    except (InvalidTag, ValueError):
+        raise KeyProblem("the sealed value does not open with this key (another key, or altered)") from None

@@ -9,7 +9,8 @@ _OBJECT = {"route": STRING, "key_fingerprint": STRING, "sop_class_uid": STRING}
 
 KINDS = (
     EventKind("deid.object.deidentified",
-              "an object was de-identified for a route; original and new identifiers under the key's fingerprint",
+              "an object was de-identified for a route; its original and new identifiers sealed "
+              "under the key (pacsguard deid reidentify opens them)",
               {**_OBJECT, "original": OBJECT, "new": OBJECT, "options": {"type": "array", "items": STRING},
                "pixels": STRING, "edition": STRING},
               required=("route", "key_fingerprint", "original", "new")),

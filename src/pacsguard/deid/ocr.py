@@ -82,16 +82,35 @@ def _mask_matches(mask: RegionMask, ds: Dataset) -> bool:
 
 class PixelCleaner:
     """The engine's PixelCleaner: OCR and region masks over every frame; raises Withheld when the
-    pixels cannot be checked or changed."""
+    pixels cannot be checked or changed.
+
+    Burned In Annotation (PS3.3 C.7.6.1.1.7) becomes NO only when the pixels were looked at: by
+    OCR, or by the administrator's region masks for the device when ``pixels.ocr`` is off. With
+    OCR off and no mask for the device nothing looks at the pixels, so the object is withheld
+    (issue 20: a file whose pixels cannot be checked is never forwarded)."""
 
     def __init__(self, settings: PixelSettings) -> None:
         self.settings = settings
+
+    def region_boxes(self, ds: Dataset) -> list[Box]:
+        """The boxes of every region mask that matches this object's device."""
+        return [Box(*b) for m in self.settings.region_masks if _mask_matches(m, ds) for b in m.boxes]
+
+    def unchecked(self, ds: Dataset) -> str:
+        """Why nothing would look at these pixels (then the object is withheld), or ''."""
+        if not self.settings.ocr and not self.region_boxes(ds):
+            return "pixels.ocr is off and no region mask matches this device: the pixels cannot be checked"
+        return ""
 
     def __call__(self, ds: Dataset) -> str:
         if self.settings.ocr and (find_spec("pytesseract") is None or find_spec("PIL") is None):
             raise Withheld("OCR needs pytesseract and Pillow: pip install 'pacsguard[deid]'")
         if "PixelData" not in ds:
             raise Withheld("float pixel data cannot be checked for burned-in text")
+        unchecked = self.unchecked(ds)
+        if unchecked:
+            raise Withheld(unchecked)
+        fixed = self.region_boxes(ds)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             raise Withheld(f"compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}) cannot be masked in place")
         try:
@@ -102,7 +121,6 @@ class PixelCleaner:
         stack = pixels if frames > 1 else pixels[None, ...]
         if ds.get("PhotometricInterpretation", "") not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"):
             raise Withheld(f"photometric interpretation {ds.get('PhotometricInterpretation')} is not checked")
-        fixed = [Box(*b) for m in self.settings.region_masks if _mask_matches(m, ds) for b in m.boxes]
         masked = 0
         for index in range(stack.shape[0]):
             found: list[Box] = []
@@ -113,10 +131,33 @@ class PixelCleaner:
                 stack[index, y0:box.y + box.height + _MARGIN, x0:box.x + box.width + _MARGIN] = stack[index].min()
                 masked += 1
         if masked:
-            ds.PixelData = (stack if frames > 1 else stack[0]).tobytes()
+            ds.PixelData = native_bytes(ds, stack if frames > 1 else stack[0])
             if int(ds.get("SamplesPerPixel", 1)) > 1:
                 ds.PlanarConfiguration = 0  # pixel_array is colour-by-pixel, and so are the bytes written back
             ds.BurnedInAnnotation = "NO"
             return f"masked {masked}"
         ds.BurnedInAnnotation = "NO"
         return "clean"
+
+
+def native_bytes(ds: Dataset, pixels: Any) -> bytes:
+    """Masked pixels as native Pixel Data of the data set's own layout (PS3.5 8.1.1): Bits
+    Allocated 1 packed eight pixels to a byte, least significant bit first (pydicom's pack_bits);
+    others at Bits Allocated bits each. Raises Withheld when the result would not have the
+    length Rows x Columns x Samples x Frames x Bits Allocated / 8 (rounded up) asks, rather than
+    write an object whose frames a reader would split wrongly."""
+    bits = int(ds.BitsAllocated)
+    if bits == 1:
+        from pydicom.pixels.utils import pack_bits
+
+        data = pack_bits(pixels)
+    elif bits == pixels.dtype.itemsize * 8:
+        data = pixels.tobytes()
+    else:
+        raise Withheld(f"{bits}-bit pixels decode to {pixels.dtype.itemsize * 8}-bit values: cannot be written back")
+    count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    count *= int(ds.get("NumberOfFrames", 1) or 1)
+    needed = (count * bits + 7) // 8
+    if len(data) != needed:
+        raise Withheld(f"the masked pixel data would be {len(data)} bytes, {needed} expected: not written")
+    return data

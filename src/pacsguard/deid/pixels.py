@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from pacsguard.deid.engine import Withheld
+
 _PIXELS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 #: SOP classes (PS3.4 Annex B) whose images routinely hold burned-in text.
@@ -59,3 +61,67 @@ def pixel_verdict(ds: Dataset, clean_pixel_data: bool) -> PixelVerdict:
         return PixelVerdict(True, False, why or "clean-pixel-data checks every image", False)
     declared_clean = str(ds.get("BurnedInAnnotation", "")).upper() == "NO"
     return PixelVerdict(False, False, "not checked", declared_clean)
+
+
+#: Overlay groups (PS3.3 C.9.2: 6000-601E, even) and their elements this module reads.
+_OVERLAY_GROUPS = range(0x6000, 0x6020, 2)
+_OVERLAY_DATA = 0x3000
+_OVERLAY_BITS_ALLOCATED = 0x0100
+_OVERLAY_BIT_POSITION = 0x0102
+
+
+def remove_embedded_overlays(ds: Dataset) -> list[int]:
+    """Take out every overlay group (60xx) that has no Overlay Data (60xx,3000) of its own, and
+    the bit plane of Pixel Data it names when it is an embedded overlay; return the groups.
+
+    Overlay Data is X in Table E.1-1 (PS3.15), yet an overlay may still live in the unused high
+    bits of Pixel Data (Overlay Bits Allocated equal to Bits Allocated, Overlay Bit Position the
+    bit; PS3.5 8.1.2, the form retired in 2004 that viewers such as dcmtk still render). Removing
+    the group alone would leave the text in the pixel values; removing the data alone would leave
+    a group that names no overlay. A group without data and without an embedded plane is no
+    overlay either (PS3.3 C.9.2) and goes too: only its descriptions and labels were left.
+    Raises Withheld when the plane overlaps the stored bits, or the pixel data is
+    compressed or of a size whose bits cannot be addressed."""
+    by_group: dict[int, list[int]] = {}
+    for found in ds.keys():  # one pass: most objects have no overlay group at all
+        if found.group in _OVERLAY_GROUPS:
+            by_group.setdefault(found.group, []).append(int(found))
+    removed: list[int] = []
+    for group, tags in sorted(by_group.items()):
+        if (group << 16 | _OVERLAY_DATA) in ds:
+            continue
+        allocated = _int(ds, group << 16 | _OVERLAY_BITS_ALLOCATED, 1)
+        if allocated > 1 and "PixelData" in ds:
+            _clear_bit_plane(ds, _int(ds, group << 16 | _OVERLAY_BIT_POSITION, 0))
+        for tag in tags:
+            del ds[tag]
+        removed.append(group)
+    return removed
+
+
+def _int(ds: Dataset, tag: int, default: int) -> int:
+    try:
+        value = ds[tag].value
+        return int(value[0] if isinstance(value, list | tuple) else value)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return default
+
+
+def _clear_bit_plane(ds: Dataset, position: int) -> None:
+    """Clear bit ``position`` of every native pixel value (PS3.5 8.1.1: values of Bits Allocated
+    bits, in the transfer syntax's byte order), leaving the stored bits untouched."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        raise Withheld(f"an embedded overlay in compressed pixel data ({syntax.name}) cannot be removed")
+    bits, stored, high = _int(ds, 0x00280100, 0), _int(ds, 0x00280101, 0), _int(ds, 0x00280102, -1)
+    if bits not in (8, 16, 32) or not 0 <= position < bits:
+        raise Withheld(f"an embedded overlay at bit {position} of {bits}-bit pixels cannot be removed")
+    if high - stored < position <= high:
+        raise Withheld(f"an embedded overlay at bit {position} lies in the stored bits "
+                                     f"{high - stored + 1}-{high}: removing it would change the image")
+    size = bits // 8
+    index = position // 8 if syntax.is_little_endian else size - 1 - position // 8
+    table = bytes(b & ~(1 << position % 8) & 0xFF for b in range(256))
+    data = bytearray(ds.PixelData)
+    data[index::size] = bytes(data[index::size]).translate(table)
+    ds.PixelData = bytes(data)
