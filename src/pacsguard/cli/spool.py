@@ -17,7 +17,9 @@ from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, loa
 
 if TYPE_CHECKING:
     from pacsguard.config import LoadedConfig
+    from pacsguard.config.schema import Route
     from pacsguard.gateway.store_forward.spool import Spool, SpoolEntry
+    from pacsguard.store import EventStore
 
 app = App(name="spool", no_args_is_help=True, help="The store-and-forward spool: what waits, retry, purge.")
 
@@ -25,19 +27,31 @@ ROUTE_OPTION = typer.Option(None, "--route", help="only this store-and-forward r
 JSON_OPTION = typer.Option(False, "--json", help="JSON instead of a table")
 
 
-def _spools(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool]]:
-    from pacsguard.gateway.store_forward.route import spool_for
-
+def _routes(loaded: LoadedConfig, route: str | None) -> list[Route]:
     routes = [r for r in loaded.section("gateway").routes if r.mode == "store-and-forward"]
     if route is not None:
         routes = [r for r in routes if r.name == route]
         if not routes:
             raise fail(f"no store-and-forward route is named {route!r}")
-    return [(r.name, spool_for(r, loaded.resolve)) for r in routes]
+    return routes
+
+
+def _spools(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool]]:
+    from pacsguard.gateway.store_forward.route import spool_for
+
+    return [(r.name, spool_for(r, loaded.resolve)) for r in _routes(loaded, route)]
 
 
 def _entries(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool, SpoolEntry]]:
-    return [(name, spool, e) for name, spool in _spools(loaded, route) for e in spool.entries()]
+    """Every spooled object, each queued one's destinations checked against its route's
+    configuration (a destination renamed, moved or removed strands what waits for it)."""
+    from pacsguard.gateway.store_forward.route import spool_for
+
+    found = []
+    for r in _routes(loaded, route):
+        spool = spool_for(r, loaded.resolve)
+        found += [(r.name, spool, e) for e in spool.entries(configured={d.key for d in r.destinations})]
+    return found
 
 
 @app.command("list")
@@ -62,12 +76,29 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
         table.add_row(shown(name), shown(e.meta.id), e.state, shown(e.meta.object.sop_instance_uid),
                       f"{e.meta.bytes / 1024:,.0f}", _age(now - e.meta.received), shown(waiting or "-"))
     console.print(table if entries else "the spool is empty")
+    _warn_stranded(entries)
+
+
+def _warn_stranded(entries: list[tuple[str, Spool, SpoolEntry]]) -> None:
+    """Name each destination objects wait for that their route no longer has, and what to do."""
+    from pacsguard.cli.common import console
+    from pacsguard.gateway.store_forward.route import stranded_reason
+
+    stranded: dict[tuple[str, str], int] = {}
+    for name, _, e in entries:
+        for destination in e.unconfigured:
+            stranded[name, destination] = stranded.get((name, destination), 0) + 1
+    for (name, destination), count in stranded.items():
+        console.print(f"[yellow]warning:[/] {count} object(s) wait for {shown(stranded_reason(name, destination))}",
+                      highlight=False, soft_wrap=True)
 
 
 def _waiting(entry: SpoolEntry, destination: str) -> str:
     """A destination the object still waits for, with why it waits (failed sends, an answer never
     recorded: it is asked with a C-FIND before it is sent again)."""
     notes = []
+    if destination in entry.unconfigured:  # no forwarder serves it: docs/gateway.md says what to do
+        notes.append("no longer configured: name a destination so, or purge")
     if destination in entry.failures:
         notes.append(f"{entry.failures[destination]['attempts']} failed")
     if destination in entry.in_doubt:
@@ -116,7 +147,6 @@ def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (defa
           config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """Delete spooled objects for good, recording who did (gateway.spool.purged)."""
     from pacsguard.cli.common import console
-    from pacsguard.gateway.store_forward import records
 
     if state not in (None, "queued", "damaged", "quarantined", "sent"):
         raise fail(f"--state: expected queued, damaged, quarantined or sent, got {state!r}")
@@ -131,19 +161,34 @@ def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (defa
         return
     if not yes:
         raise fail(f"{len(chosen)} object(s) would be deleted for good; add --yes to do it")
-    user = getpass.getuser()
-    events = []
-    for name in dict.fromkeys(n for n, _, _ in chosen):
-        mine = [(s, e) for n, s, e in chosen if n == name]
-        for spool, entry in mine:
-            spool.purge(entry)
-        events.append(records.purged(name, [e.meta for _, e in mine], user, [e.state for _, e in mine]))
+    # The store first: a purge that cannot be recorded (no store, PostgreSQL down) deletes nothing.
     es = open_store(loaded, store)
     try:
-        es.append(events)
+        for name in dict.fromkeys(n for n, _, _ in chosen):
+            _purge_route(es, name, [(s, e) for n, s, e in chosen if n == name], getpass.getuser())
     finally:
         es.close()
     console.print(f"purged {len(chosen)} object(s)")
+
+
+def _purge_route(es: EventStore, route: str, chosen: list[tuple[Spool, SpoolEntry]], user: str) -> None:
+    """Delete one route's chosen objects and record it (gateway.spool.purged): what was deleted is
+    recorded also when a deletion fails midway; a record that cannot be written names what is gone."""
+    from pacsguard.gateway.store_forward import records
+
+    done: list[SpoolEntry] = []
+    try:
+        for spool, entry in chosen:
+            spool.purge(entry)
+            done.append(entry)
+    finally:
+        if done:
+            event = records.purged(route, [e.meta for e in done], user, [e.state for e in done])
+            try:
+                es.append([event])
+            except Exception as exc:  # noqa: BLE001 - say what is gone before failing
+                raise fail(f"route {route}: deleted {', '.join(e.meta.id for e in done)} but could not record "
+                           f"it (gateway.spool.purged): {exc}") from exc
 
 
 def _age(seconds: float) -> str:

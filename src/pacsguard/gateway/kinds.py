@@ -46,8 +46,9 @@ KINDS = (
               "C-STORE-RSP could be sent: withdrawn from the spool, never forwarded (the modality sends it again)",
               {**_OBJECT, "reason": STRING}, required=("route", "spool_id", "sop_instance", "reason")),
     EventKind("gateway.object.undeliverable",
-              "a spooled object the forwarder will not send as it is (its file holds no data set): nothing sent, "
-              "it stays spooled until purged",
+              "a spooled object the forwarder will not send: its file holds no data set or is gone, or its "
+              "destination is no longer configured (renamed, moved, removed); nothing sent, it stays spooled "
+              "until re-routed or purged",
               {**_OBJECT, "destination": STRING, "reason": STRING},
               required=("route", "spool_id", "destination", "reason")),
     EventKind("gateway.object.forwarded", "a destination answered Success for a spooled object",
@@ -67,12 +68,13 @@ KINDS = (
               "again; what it had in flight is settled from the spool's markers",
               {**_ROUTE, "exit_code": nullable(INTEGER), "signal": nullable(STRING), "restart_in": NUMBER},
               required=("route", "exit_code", "restart_in")),
-    EventKind("gateway.spool.high-water", "a route's spool grew past its high-water mark",
+    EventKind("gateway.spool.high-water", "a route's spool (objects/ and quarantine/) grew past its high-water "
+              "mark",
               {**_ROUTE, "bytes": INTEGER, "objects": INTEGER, "high_water_mib": NUMBER},
               required=("route", "bytes", "objects")),
     EventKind("gateway.spool.damaged",
-              "a spooled object's metadata (ID.json) cannot be read: it is not forwarded, and `spool list` shows "
-              "it as damaged until an administrator purges it",
+              "a spooled object's metadata (ID.json) cannot be read, or its file (ID.dcm) is gone: it is not "
+              "forwarded, and `spool list` shows it as damaged until an administrator purges it",
               {**_ROUTE, "spool_id": STRING, "reason": STRING, "path": STRING},
               required=("route", "spool_id", "reason")),
     EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard gateway spool purge`",

@@ -7,10 +7,11 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from pacsguard.config.schema import GatewayConfig, Route
 from pacsguard.events import Event, Outcome, Party, Severity
@@ -285,7 +286,8 @@ class Gateway:
         return StoreForwardRoute(route, build_chain(route, Shared(self.quarantined, self.ips, self.durability)),
                                  publish=self.publish, quarantined=self.quarantined, quarantine=self.quarantine,
                                  object_checks=object_checks(route) if object_checks else [], resolve=resolve,
-                                 durability=self.durability, server_ssl=listen_tls_context(route, resolve))
+                                 durability=self.durability, server_ssl=listen_tls_context(route, resolve),
+                                 quarantine_policy=self.quarantine_policy)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:
@@ -343,19 +345,46 @@ class Gateway:
                 log.error("quarantine refresh failed: %s", exc)
 
     def enforce(self) -> None:
-        """Cut off live associations of quarantined devices (A-ABORT both legs)."""
+        """Cut off live associations of quarantined devices (A-ABORT), on every route: a relayed
+        route's (both legs) and a store-and-forward route's, whose object in flight is then never
+        answered Success (its file is dropped, or withdrawn from the spool if committed)."""
+        for route, live in self._live():
+            entry = self.quarantined.match(live.host, live.calling_ae)
+            if entry is None or live.closed or live.state == "closed":
+                continue
+            self.publish(Event(kind=q.ENFORCED, component="gateway", severity=Severity.WARNING,
+                               outcome=Outcome.SUCCESS, actor=Party(user=entry.by),
+                               target=Party(ae_title=live.calling_ae, host=live.host, port=live.port),
+                               message=(f"cut off {live.calling_ae or '?'}@{live.host}: "
+                                        f"{entry.target} is quarantined"),
+                               details={"route": route, "target": entry.target, "reason": entry.reason}))
+            live.abort(f"{entry.target} is quarantined", kind="quarantine")
+
+    def _live(self) -> Iterator[tuple[str, LiveAssociation]]:
+        """Every open association of every route, with its route's name."""
         for rt in self.routes:
             for relay in list(rt.relays):
-                entry = self.quarantined.match(relay.host, relay.calling_ae)
-                if entry is None or relay.closed or relay.state == "closed":
-                    continue
-                self.publish(Event(kind=q.ENFORCED, component="gateway", severity=Severity.WARNING,
-                                   outcome=Outcome.SUCCESS, actor=Party(user=entry.by),
-                                   target=Party(ae_title=relay.calling_ae, host=relay.host, port=relay.port),
-                                   message=(f"cut off {relay.calling_ae or '?'}@{relay.host}: "
-                                            f"{entry.target} is quarantined"),
-                                   details={"route": rt.route.name, "target": entry.target, "reason": entry.reason}))
-                relay.abort(f"{entry.target} is quarantined", kind="quarantine")
+                yield rt.route.name, relay
+        for sf in self.stored:
+            for association in list(sf.associations):
+                yield sf.route.name, association
+
+
+class LiveAssociation(Protocol):
+    """What quarantine enforcement needs of an open association, relayed or store-and-forward."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def calling_ae(self) -> str | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def state(self) -> str: ...
+
+    def abort(self, reason: str, *, kind: str = ...) -> None: ...
 
 
 def _warn_open(route: Route) -> None:

@@ -47,7 +47,7 @@ from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociatio
 from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep, kept_now
 from pacsguard.gateway.store_forward.spool import SpooledMeta
 from pacsguard.gateway.timer import AssociationTimer, idle_left
-from pacsguard.gateway.verdict import Action
+from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
 from pacsguard.records.dicom import AssociationRecord, Pending
 
@@ -133,7 +133,8 @@ class StoreAssociation:
         self.state = "awaiting-rq"
         self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length, tolerate=TOLERATED)
         self.reader = PDUReader(limits.max_pdu_length)
-        self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source)
+        self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source,
+                             quarantine_policy=rx.quarantine_policy)
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
         self.incoming: Incoming | None = None
         self.answers: deque[asyncio.Task[None]] = deque()  # in the order their requests came
@@ -141,11 +142,28 @@ class StoreAssociation:
         # forwarders get each once it is sent; those left when the association ends are withdrawn.
         self.unanswered: dict[str, SpooledMeta] = {}
         self.warned: set[str] = set()
+        # Quarantines of this sender an object check asked for (quarantine_sender), made once the
+        # object's failure status is sent, or the association ended.
+        self.quarantines: list[Verdict] = []
         self.stored = 0
         self.closed = False
         self.started = time.monotonic()
         self.last_activity = self.started
         self.timer = AssociationTimer(self._expired)
+
+    # --- who is on the other end (quarantine enforcement, pacsguard.gateway.server) -----------------
+
+    @property
+    def host(self) -> str:
+        return self.adm.host
+
+    @property
+    def port(self) -> int:
+        return self.adm.port
+
+    @property
+    def calling_ae(self) -> str | None:
+        return self.adm.calling_ae
 
     # --- the endpoint the relay's Side calls -----------------------------------------------------
 
@@ -584,9 +602,19 @@ class StoreAssociation:
             # Awaited only when pending: waiting on a finished task still costs a turn of the loop,
             # and the object's record then reaches the journal one fdatasync before its answer's.
             await asyncio.wait([before])
+        if kept.quarantine is not None:  # quarantine_sender: once its failure status is out
+            self.quarantines.append(kept.quarantine)
+            self.outbox.when_sent(self._quarantine_sender)
         if self.closed:
             if kept.meta is not None:  # committed, and its Success can no longer be sent
                 self._withdraw(kept.meta)
+            self._quarantine_sender()
+            return
+        if kept.meta is not None and self.rx.is_quarantined(self.adm.host, self.adm.calling_ae):
+            # The source was quarantined while its object was synced and checked: it is cut off
+            # (as enforcement would), and the object, never acknowledged, is withdrawn.
+            self.abort(f"{self.adm.host} ({self.adm.calling_ae}) is quarantined", kind="quarantine")
+            self._withdraw(kept.meta)
             return
         cmd = incoming.command.command
         if kept.refusal is not None:  # found once the data set was whole (its structure)
@@ -613,6 +641,12 @@ class StoreAssociation:
         if why:
             # After this answer reaches the requestor (it may wait for its record), A-ABORT.
             self.outbox.when_sent(lambda: self.abort(why, kind="policy"))
+
+    def _quarantine_sender(self) -> None:
+        """Quarantine the sending host as the object checks asked (`quarantine_sender`): the
+        gateway then cuts off its other associations too (pacsguard.gateway.server.enforce)."""
+        while self.quarantines:
+            self.rx.quarantine_source(self.adm.host, self.quarantines.pop(0))
 
     def _acknowledged(self, meta: SpooledMeta) -> None:
         """The object's Success is sent (PS3.4 B.2.3): now, and only now, it is the forwarders'."""
@@ -663,6 +697,7 @@ class StoreAssociation:
         self.outbox.drop()
         for meta in list(self.unanswered.values()):  # their Success never left: not acknowledged
             self._withdraw(meta)
+        self._quarantine_sender()  # its failure status may not have left: quarantined all the same
         if self.incoming is not None:
             self.incoming.drop(self.rx.spool)
             self.incoming = None

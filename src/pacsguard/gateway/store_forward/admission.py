@@ -21,6 +21,7 @@ from pacsguard.dicom.events import AssociationRequested, ProtocolEvent, Protocol
 from pacsguard.dicom.stream import RawPDU
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import Chain, decide, expected_by
+from pacsguard.gateway.quarantine import SPARED, QuarantinePolicy
 from pacsguard.gateway.verdict import RJ_REFUSED, Verdict
 from pacsguard.records.dicom import AssociationRecord
 
@@ -49,12 +50,28 @@ class Admission:
     refused_contexts: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     decoder: AssociationDecoder | None = None  # the association's, once judged: its contexts
+    # What a check's quarantine takes (gateway.quarantine_scope, gateway.admin_hosts), as on a
+    # relayed route (pacsguard.gateway.relay.AssociationRelay.quarantine).
+    quarantine_policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
 
     def publish(self, event: Event) -> None:
         self.publish_event(event)
 
     def quarantine(self, verdict: Verdict) -> None:
-        self.quarantine_source(self.host, verdict)
+        """Quarantine this association's source (a check, an inline IDS rule, asked for it) through
+        the gateway's policy, as a relayed route does: the (calling AE title, host) pair, or the host
+        when `gateway.quarantine_scope` is ``host``; never a host of `gateway.admin_hosts`. A source
+        spared is recorded as such (`gateway.quarantine.spared`); the verdict still acts on this
+        association."""
+        target, spared = self.quarantine_policy.target(self.host, self.calling_ae)
+        if target is None:
+            server = self.record.server if self.record is not None else Party(ae_title=self.route.listen.ae_title)
+            self.publish(Event(kind=SPARED, component="gateway", severity=Severity.NOTICE,
+                               actor=self.client_party(), target=server,
+                               message=f"not quarantined: {spared} ({verdict.reason})",
+                               details={"route": self.route.name, "reason": verdict.reason, "why": spared}))
+            return
+        self.quarantine_source(target, verdict)
 
     def abstract_syntax(self, context_id: int) -> str | None:
         return self.decoder.abstract_syntax(context_id) if self.decoder is not None else None

@@ -299,8 +299,11 @@ class Forwarder:
         self.spool.mark_sending([m.id for m in metas], self.name)
         for i, meta in enumerate(metas):
             path = self.spool.object_path(meta.id)
-            if not path.exists():  # purged while it waited
-                continue
+            if not path.exists():
+                self.spool.unmark_sending([meta.id], self.name)  # nothing was sent
+                if (missing := self.spool.file_damage(meta.id)) and self.spool.read_meta(meta.id) is not None:
+                    self._undeliverable(meta, missing)  # its file deleted outside pacsguard: said, not skipped
+                continue  # else purged while it waited
             if self.stopping:
                 self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
                 return Round(refused + [m.id for m in metas[i:]], "the forwarder stopped")

@@ -50,6 +50,7 @@ from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_I
 from pacsguard.events import Event
 from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectAction, ObjectCheck, ReceivedObject
+from pacsguard.gateway.quarantine import QuarantinePolicy
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.judging import adopt_replacement, run_checks, set_aside
 from pacsguard.gateway.store_forward.screening import CHECK as SCREENING_CHECK
@@ -79,8 +80,7 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers 
 class Receiver:
     """What receiving needs of its route (pacsguard.gateway.store_forward.route implements it).
     Called on the gateway's loop, except what the worker thread that syncs, checks and commits an
-    object uses: `spool`, `folder_sync`, `meta_writer`, `object_checks`, `publish`,
-    `quarantine_source` and `queued`."""
+    object uses: `spool`, `folder_sync`, `meta_writer`, `object_checks`, `publish` and `queued`."""
 
     route: Route
     chain: Chain
@@ -88,13 +88,16 @@ class Receiver:
     folder_sync: FolderSync
     object_checks: Sequence[ObjectCheck]
     publish: Callable[[Event], int | None]
-    quarantine_source: Callable[[str, Verdict], None]
+    quarantine_source: Callable[[str, Verdict], None]  # quarantines a target (host, AE@host) now
     is_quarantined: Callable[[str, str | None], bool]
     queued: Callable[[SpooledMeta], None]  # hands an acknowledged object to the forwarders
     # Writes each object's ID.json while its worker thread fsyncs the object: threads kept for
     # it, since starting one per object put ~0.4 ms before every object's fsync. Its tasks never
     # wait for anything, so the worker threads that wait for them cannot deadlock it.
     meta_writer: Executor
+    # What an association check's quarantine takes (admission.Admission.quarantine); an object
+    # check's `quarantine_sender` takes the sending host, as documented.
+    quarantine_policy: QuarantinePolicy = QuarantinePolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +275,7 @@ class Kept:
     cut_off: str = ""
     meta: SpooledMeta | None = None
     refusal: Problem | None = None  # a refusal at reception found once the object was whole
+    quarantine: Verdict | None = None  # the sender's host is to be quarantined (quarantine_sender)
 
 
 def kept_now(kept: Kept) -> asyncio.Future[Kept]:
@@ -328,15 +332,18 @@ def _check_and_commit(rx: Receiver, meta: SpooledMeta, fd: int, received: Path, 
     if verdict.action is not ObjectAction.FORWARD:
         rx.spool.discard(rx.spool.tmp / f"{meta.id}.json")
         cut_off = ""
+        sender: Verdict | None = None
         if verdict.action is ObjectAction.QUARANTINE and rx.route.quarantine_sender:
+            # The acceptor quarantines the sender once this object's failure status is sent (or its
+            # association ended): quarantining now would cut the association off before the answer.
             cut_off = f"sent an object that {verdict.check} quarantined: {verdict.reason}"
-            rx.quarantine_source(host, Verdict(Action.QUARANTINE, cut_off, verdict.rule, component="gateway"))
+            sender = Verdict(Action.QUARANTINE, cut_off, verdict.rule, component="gateway")
         try:
-            return Kept(set_aside(rx.spool, meta, path, received, verdict, publish), cut_off)
+            return Kept(set_aside(rx.spool, meta, path, received, verdict, publish), cut_off, quarantine=sender)
         except OSError as exc:  # the quarantine folder could not take it: refused all the same
             log.error("route %s: cannot quarantine %s: %s", rx.route.name, meta.id, exc)
             rx.spool.discard(received)
-            return Kept(verdict.status, cut_off)
+            return Kept(verdict.status, cut_off, quarantine=sender)
     try:
         replaced = path != received
         if replaced:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pacsguard.events import Event, Outcome, Party, Severity
-from pacsguard.gateway.store_forward.spool import SpooledMeta
+from pacsguard.gateway.store_forward.spool import SpooledMeta, Usage
 from pacsguard.runtime.children import how_it_ended
 
 RECEIVED = "gateway.object.received"
@@ -123,11 +123,14 @@ def in_doubt(meta: SpooledMeta, destination: str, target: Party, answer: str, re
                  **_patients(meta))
 
 
-def high_water(route: str, size: int, count: int, mark_mib: float) -> Event:
+def high_water(route: str, usage: Usage, mark_mib: float) -> Event:
+    """The spool's objects (waiting and quarantined: both fill its disk) passed the high-water mark."""
+    held = f"{usage.bytes / 2**20:,.1f} MiB in {usage.objects} objects"
+    if usage.quarantined:
+        held += f" ({usage.quarantined_bytes / 2**20:,.1f} MiB in {usage.quarantined} quarantined)"
     return Event(kind=HIGH_WATER, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
-                 message=f"route {route}: the spool holds {size / 2**20:,.1f} MiB in {count} objects "
-                         f"(high-water mark {mark_mib:g} MiB)",
-                 details={"route": route, "bytes": size, "objects": count, "high_water_mib": mark_mib})
+                 message=f"route {route}: the spool holds {held} (high-water mark {mark_mib:g} MiB)",
+                 details={"route": route, "bytes": usage.bytes, "objects": usage.objects, "high_water_mib": mark_mib})
 
 
 def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -> Event:
@@ -140,12 +143,15 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
                           "sop_instances": [m.object.sop_instance_uid for m in metas]})
 
 
-def damaged(route: str, spool_id: str, reason: str, path: str) -> Event:
-    """A spooled object whose ID.json cannot be read: not forwarded (its destinations, patient and
-    study are unknown), listed as damaged until an administrator purges it."""
+def damaged(route: str, spool_id: str, reason: str, path: str, meta: SpooledMeta | None = None) -> Event:
+    """A spooled object that cannot be forwarded: its ID.json cannot be read (its destinations,
+    patient and study are unknown), or its file is gone (``meta``: what its ID.json says, with the
+    patient and study); listed as damaged until an administrator purges it."""
     return Event(kind=DAMAGED, component="gateway", severity=Severity.ERROR, outcome=Outcome.SERIOUS_FAILURE,
+                 actor=_sender(meta) if meta is not None else Party(),
                  message=f"route {route}: spooled object {spool_id} is damaged and not forwarded: {reason}",
-                 details={"route": route, "spool_id": spool_id, "reason": reason, "path": path})
+                 details={"route": route, "spool_id": spool_id, "reason": reason, "path": path},
+                 **(_patients(meta) if meta is not None else {}))
 
 
 def forwarding_restarted(route: str, exit_code: int | None, restart_in: float) -> Event:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacsguard.config.schema import Destination, Route
-from pacsguard.events import Event
+from pacsguard.events import Event, Party
 from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectCheck
-from pacsguard.gateway.quarantine import QuarantineList
+from pacsguard.gateway.quarantine import QuarantineList, QuarantinePolicy
 from pacsguard.gateway.store_forward import records
 from pacsguard.gateway.store_forward.acceptor import StoreAssociation, storage_sop_classes
 from pacsguard.gateway.store_forward.forwarding import ForwardingProcess
@@ -53,7 +53,8 @@ class StoreForwardRoute:
                  quarantined: QuarantineList, quarantine: Callable[..., None],
                  object_checks: Sequence[ObjectCheck] = (),
                  resolve: Callable[[Path], Path] = lambda p: p, durability: Durability | None = None,
-                 server_ssl: ssl.SSLContext | None = None) -> None:
+                 server_ssl: ssl.SSLContext | None = None,
+                 quarantine_policy: QuarantinePolicy | None = None) -> None:
         self.route = route
         self.publish = publish
         self.quarantined = quarantined
@@ -66,7 +67,7 @@ class StoreForwardRoute:
         self._meta_writer = ThreadPoolExecutor(META_WRITERS, thread_name_prefix=f"pacsguard-meta-{route.name}")
         self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
                                  publish, self._quarantine_source, self._is_quarantined, self._queued,
-                                 self._meta_writer)
+                                 self._meta_writer, quarantine_policy or QuarantinePolicy())
         self.associations: set[StoreAssociation] = set()
         self.server: asyncio.base_events.Server | None = None
         self.port = route.listen.port
@@ -94,12 +95,38 @@ class StoreForwardRoute:
         return self.port
 
     def _start_forwarders(self) -> int:
+        """Rescan the spool, say what cannot be forwarded, start the forwarding process; returns
+        how many spooled objects wait for a configured destination."""
         waiting = self.spool.open()
         for spool_id, reason in self.spool.damaged.items():  # not forwarded: said once per start
             log.error("route %s: spooled object %s is damaged and not forwarded: %s", self.route.name, spool_id, reason)
-            self.publish(records.damaged(self.route.name, spool_id, reason, str(self.spool.object_path(spool_id))))
+            self.publish(records.damaged(self.route.name, spool_id, reason, str(self.spool.object_path(spool_id)),
+                                         self.spool.read_meta(spool_id)))
+        stranded = self._report_stranded(waiting)
         self.forwarding.start(waiting)
-        return len(waiting)
+        return len(waiting) - stranded
+
+    def _report_stranded(self, waiting: list[SpooledMeta]) -> int:
+        """Objects spooled for a destination the configuration no longer has (renamed, removed, or
+        moved: an unnamed destination is named AET-HOST-PORT): no forwarder serves that name, so
+        they would wait for ever. Each is recorded (`gateway.object.undeliverable`, once per start)
+        and the log says how to re-route or purge them; returns how many wait for nothing else."""
+        configured = {d.key for d in self.route.destinations}
+        stranded: dict[str, list[SpooledMeta]] = {}
+        only = 0
+        for meta in waiting:
+            owed = [d for d in dict.fromkeys(meta.destinations) if not self.spool.sent_to(meta.id, [d])]
+            gone = [d for d in owed if d not in configured]
+            for destination in gone:
+                stranded.setdefault(destination, []).append(meta)
+            only += bool(gone) and len(gone) == len(owed)
+        for destination, metas in stranded.items():
+            why = stranded_reason(self.route.name, destination)
+            log.warning("route %s: %d spooled objects (%s) wait for %s", self.route.name, len(metas),
+                        ", ".join(m.id for m in metas[:5]) + (", ..." if len(metas) > 5 else ""), why)
+            for meta in metas:
+                self.publish(records.undeliverable(meta, destination, Party(), why))
+        return only
 
     def _accept(self) -> Side:
         """A new connection's protocol: the relay's TCP leg, or its TLS leg (the handshake recorded)."""
@@ -139,13 +166,15 @@ class StoreForwardRoute:
     def _is_quarantined(self, host: str, calling_ae: str | None) -> bool:
         return self.quarantined.match(host, calling_ae) is not None
 
-    def _quarantine_source(self, host: str, verdict: Verdict) -> None:
-        """A check asked to quarantine the source: done on the gateway's loop, like a relayed route's
-        (the object checks ask from their worker thread)."""
+    def _quarantine_source(self, target: str, verdict: Verdict) -> None:
+        """Quarantine ``target`` (a host, or AE@host: what the gateway's policy chose for an
+        association check, the sending host for `quarantine_sender`): done on the gateway's loop,
+        like a relayed route's, which also cuts off its open associations (the object checks ask
+        from their worker thread)."""
         if self._loop is None:
             return
         self._loop.call_soon_threadsafe(lambda: self._quarantine(
-            host, duration=verdict.quarantine_for, reason=verdict.reason, component=verdict.component))
+            target, duration=verdict.quarantine_for, reason=verdict.reason, component=verdict.component))
 
     # --- the high-water watch ----------------------------------------------------------------------
 
@@ -153,12 +182,21 @@ class StoreForwardRoute:
         mark = self.route.spool.high_water_mib * MIB
         raised = False
         while not self._stop.wait(WATCH_INTERVAL):
-            size, count = self.spool.usage()
-            if size > mark and not raised:
+            usage = self.spool.usage()
+            if usage.bytes > mark and not raised:
                 raised = True
-                self.publish(records.high_water(self.route.name, size, count, self.route.spool.high_water_mib))
-            elif size < mark * REARM:
+                self.publish(records.high_water(self.route.name, usage, self.route.spool.high_water_mib))
+            elif usage.bytes < mark * REARM:
                 raised = False
+
+
+def stranded_reason(route: str, destination: str) -> str:
+    """Why an object spooled for ``destination`` is not forwarded, and what to do (docs/gateway.md,
+    "A destination renamed, moved or removed")."""
+    return (f"destination {destination!r}, which route {route} no longer has (renamed, removed, or moved: an "
+            f"unnamed destination is named AET-HOST-PORT); to send them on, give the destination that replaces it "
+            f"`name: {destination}` in pacsguard.yaml and restart; otherwise delete them with "
+            f"`pacsguard gateway spool purge ID... --yes`")
 
 
 def _resolved(destination: Destination, resolve: Callable[[Path], Path]) -> Destination:

@@ -33,7 +33,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class SpoolEntry:
     """A spooled object as `pacsguard gateway spool list` shows it."""
 
     meta: SpooledMeta
-    state: str  # queued, quarantined, sent, or damaged (its ID.json unreadable: never forwarded)
+    state: str  # queued, quarantined, sent, or damaged (its ID.json unreadable, or its file gone: never forwarded)
     path: Path
     sent: list[str] = field(default_factory=list)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -112,7 +112,10 @@ class SpoolEntry:
     # Destinations whose last send has no recorded answer (an attempt marker): asked with a C-FIND
     # before it is sent again (docs/gateway.md, "Exactly once").
     in_doubt: list[str] = field(default_factory=list)
-    damage: str = ""  # why a damaged object's ID.json cannot be read
+    damage: str = ""  # why a damaged object cannot be forwarded (its ID.json unreadable, its file gone)
+    # Pending destinations the route's configuration no longer has (renamed, moved, removed): no
+    # forwarder serves them (docs/gateway.md, "A destination renamed, moved or removed").
+    unconfigured: list[str] = field(default_factory=list)
 
     @property
     def pending(self) -> list[str]:
@@ -127,6 +130,7 @@ class SpoolEntry:
                 "sent": self.sent, "in_doubt": self.in_doubt, "failures": self.failures,
                 **({"manifest": self.manifest} if self.manifest else {}),
                 **({"damage": self.damage} if self.damage else {}),
+                **({"unconfigured": self.unconfigured} if self.unconfigured else {}),
                 "meta": self.meta.to_json()}
 
 
@@ -189,9 +193,22 @@ class Spool:
             meta = self.read_meta(object_id)
             if meta is None:  # never forwarded blindly: listed as damaged, recorded by the route
                 self.damaged[object_id] = self.meta_damage(object_id)
-            elif not self.finish_if_done(meta):
+            elif self.finish_if_done(meta):
+                continue
+            elif missing := self.file_damage(object_id):  # nothing to send: said, not waited for
+                self.damaged[object_id] = missing
+            else:
                 owed.append(meta)
         return owed
+
+    def file_damage(self, object_id: str, folder: Path | None = None) -> str:
+        """Why an object whose ID.json is intact cannot be sent: its file is gone (deleted outside
+        pacsguard, a file-system repair); "" when it is there."""
+        path = (folder or self.objects) / f"{object_id}.dcm"
+        if path.exists():
+            return ""
+        return (f"{path.name} is missing (deleted outside pacsguard?): the object cannot be sent; its "
+                f"{object_id}.json remains (`pacsguard gateway spool purge {object_id} --yes` removes it)")
 
     def _take_lock(self) -> None:
         """One gateway per spool: two would both forward what is pending (duplicates). The lock
@@ -422,14 +439,18 @@ class Spool:
 
     # --- what `pacsguard gateway spool` shows -----------------------------------------------------------
 
-    def entries(self) -> Iterator[SpoolEntry]:
-        """Queued, quarantined and kept objects, oldest first."""
+    def entries(self, configured: Collection[str] | None = None) -> Iterator[SpoolEntry]:
+        """Queued, quarantined and kept objects, oldest first. Given the route's ``configured``
+        destination names, a queued object's pending destinations outside them are named in
+        `SpoolEntry.unconfigured`."""
         for folder, state in ((self.objects, "queued"), (self.quarantine_dir, "quarantined"), (self.sent_dir, "sent")):
             if not folder.is_dir():
                 continue
             for meta_path in sorted(folder.glob("*.json")):
                 entry = self._entry(folder, state, meta_path)
                 if entry is not None:
+                    if configured is not None:
+                        entry.unconfigured = [d for d in entry.pending if d not in configured]
                     yield entry
 
     def _entry(self, folder: Path, state: str, meta_path: Path) -> SpoolEntry | None:
@@ -449,6 +470,10 @@ class Spool:
         entry = SpoolEntry(found, state, folder / f"{found.id}.dcm")
         if state == "queued":
             entry.sent = self.sent_to(found.id)
+            if set(entry.sent) < set(found.destinations) and (missing := self.file_damage(found.id)):
+                # Not an object being finished (every destination has that one): a file gone.
+                entry.state, entry.damage = "damaged", missing
+                return entry
             entry.in_doubt = self.in_doubt(found.id, found.destinations)
             for fail in self.objects.glob(f"{found.id}.*.fail"):
                 try:
@@ -533,16 +558,43 @@ class Spool:
     def clear_destination_failure(self, destination: str) -> None:
         self._destination_state(destination).unlink(missing_ok=True)
 
-    def usage(self) -> tuple[int, int]:
-        """Bytes and objects waiting in objects/."""
-        total = count = 0
-        for path in self.objects.glob("*.dcm"):
-            try:
-                total += path.stat().st_size
-            except FileNotFoundError:
-                continue
-            count += 1
-        return total, count
+    def usage(self) -> Usage:
+        """What the spool's objects take on its file system: those waiting in objects/ and those
+        an object check set aside in quarantine/ (both fill the same disk: `spool.high_water_mib`
+        counts both)."""
+        waiting = _files_size(self.objects.glob("*.dcm"))
+        quarantined = _files_size(self.quarantine_dir.glob("*.dcm"))
+        return Usage(*waiting, *quarantined)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Bytes and objects of the spool (`Spool.usage`)."""
+
+    waiting_bytes: int
+    waiting: int
+    quarantined_bytes: int = 0
+    quarantined: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.waiting_bytes + self.quarantined_bytes
+
+    @property
+    def objects(self) -> int:
+        return self.waiting + self.quarantined
+
+
+def _files_size(paths: Iterable[Path]) -> tuple[int, int]:
+    """Total size and count of the files in ``paths`` (one removed meanwhile is not counted)."""
+    total = count = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+        count += 1
+    return total, count
 
 
 def copy_synced(source: Path, target: Path) -> None:
