@@ -347,9 +347,33 @@ def _plausible_later(data: bytes, start: int, order: str) -> bool:
     come first; dcmtk reads such a file whole): accepted on more evidence than a low group, since
     other formats' first bytes read as some tag: an explicit VR header of a known VR (PS3.5 7.1.2)
     followed by another that fits. Executables, archives and scripts stay what they are."""
-    if bytes(data[start + 4:start + 6]) not in _VR_BYTES or signatures.identify(data) is not None:
+    if signatures.identify(data) is not None:
         return False
-    return _readable(data, start, True, order == "<", len(data))
+    if bytes(data[start + 4:start + 6]) in _VR_BYTES:
+        return _readable(data, start, True, order == "<", len(data))
+    return order == "<" and _implicit_run(data, start)
+
+
+#: Implicit VR elements (PS3.5 7.1.3) that make a file with no VR to show a data set: more than any
+#: other format's first bytes read as by chance (each needs a length that fits and ascending tags).
+IMPLICIT_EVIDENCE = 3
+
+
+def _implicit_run(data: bytes, start: int) -> bool:
+    """Does ``data`` read from ``start`` as implicit VR little endian elements (PS3.5 7.1.3, A.1: the
+    default transfer syntax, which dcmtk tries on a file without a header): tags ascending, no group
+    0000 or FFFE, even lengths (7.1.1) that fit, to the end of the file or for IMPLICIT_EVIDENCE
+    elements? A text or another binary format gives a length past its end within a step or two."""
+    pos, last, count, size = start, -1, 0, len(data)
+    while count < IMPLICIT_EVIDENCE and pos < size:
+        if pos + 8 > size:
+            return False
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        tag = group << 16 | elem
+        if group in (0x0000, 0xFFFE) or tag <= last or length == UNDEFINED or length & 1 or pos + 8 + length > size:
+            return False
+        pos, last, count = pos + 8 + length, tag, count + 1
+    return count >= 2
 
 
 #: Compressed bytes fed at a time when a corrupt stream is inflated again for what precedes the
@@ -494,9 +518,12 @@ def _walk(parsed: Parsed, limits: Limits, *, dcmtk_vr: bool = False) -> None:
         parsed.stopped = True
 
     while True:
-        while stack and stack[-1].end is not None and pos >= stack[-1].end:
+        while stack and stack[-1].limit is not None and pos >= stack[-1].limit:
             frame = stack.pop()
-            if pos > (frame.end or 0):
+            if frame.end is None:
+                _closed_by_end(parsed, frame, pos)
+                continue
+            if pos > frame.end:
                 stop("structure.length-overrun", Level.LOW, "an element runs past the end of its item or sequence",
                      pos, frame.tag)
                 parsed.end = pos
@@ -619,6 +646,16 @@ def _walk(parsed: Parsed, limits: Limits, *, dcmtk_vr: bool = False) -> None:
                                 None, open_frames[-1].tag))
 
 
+def _closed_by_end(parsed: Parsed, frame: _Frame, pos: int) -> None:
+    """An undefined-length item or sequence (PS3.5 7.5.2) still open where an enclosing one of
+    defined length ends: its delimiter is missing. dcmtk and pydicom end it there and read on, so
+    the walk does too (malformed, low), and every rule judges what follows."""
+    parsed.problems.append(Problem("structure.missing-delimiter", Level.LOW,
+                                   f"an undefined-length {'item' if frame.kind == 'item' else 'sequence'} ends "
+                                   "with the sequence or item of defined length around it, without its delimiter",
+                                   pos, frame.tag))
+
+
 def _item_at(body: bytes, at: int, little: bool) -> bool:
     """Does an item tag (FFFE,E000) start at ``at`` (PS3.5 7.5)?"""
     return body[at:at + 4] == (b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00")
@@ -739,7 +776,7 @@ def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: 
     if tag == ITEM and top is not None and top.kind == "seq":
         end = None if length == UNDEFINED else pos + 8 + length
         bound = top.limit if top.limit is not None else size
-        if end is not None and end > bound:
+        if end is not None and end > bound and not _item_past_sequence(parsed, stack, end, pos, size):
             _overrun(parsed, tag, length, pos, pos + 8, size, bound)
             return False
         stack.append(_frame(stack, "item", end, top.explicit, tag, top.little))
@@ -758,6 +795,22 @@ def _delimiter(parsed: Parsed, stack: list[_Frame], tag: int, length: int, pos: 
     parsed.stopped = True
     parsed.end = pos
     return False
+
+
+def _item_past_sequence(parsed: Parsed, stack: list[_Frame], end: int, pos: int, size: int) -> bool:
+    """An item of defined length that ends past its sequence's defined length (PS3.5 7.5.1), but
+    within what encloses the sequence: dcmtk reads the item whole and goes on after it, so the
+    walk does too, the sequence taken to end with the item (malformed, low). False: the item runs
+    past the enclosing item or the file as well."""
+    seq = stack[-1]
+    outer = stack[-2].limit if len(stack) >= 2 and stack[-2].limit is not None else size
+    if seq.end is None or end > outer:
+        return False
+    parsed.problems.append(Problem("structure.item-past-sequence", Level.LOW,
+                                   f"an item runs {end - seq.end:,} bytes past the end of its sequence "
+                                   f"{tag_label(seq.tag)}; read whole, as dcmtk reads it", pos, seq.tag))
+    seq.end = seq.limit = end
+    return True
 
 
 def _overrun(parsed: Parsed, tag: int, length: int, pos: int, value_at: int, size: int, container_end: int) -> None:

@@ -85,7 +85,9 @@ def _openings() -> list[tuple[bytes, bytes]]:
     tags, events = "|".join(ACTIVE_TAGS).encode(), "|".join(EVENTS).encode()
     ascii_ = [
         (b"#", rb"!\s*/(?:usr/)?(?:local/)?bin/"),
-        (b"<", rb"(?:\?php\s|(?:" + tags + rb")[\s/>])"),
+        # PHP's short echo tag "<?=" (always on since PHP 5.4) runs as "<?php echo" does; PHP parses
+        # a whole file before it runs any, so code amid binary bytes only runs closed by "?>".
+        (b"<", rb"(?:\?php\s|\?=[^\x00-\x08\x0e-\x1f]{0,512}?\?>|(?:" + tags + rb")[\s/>])"),
         (b"j", rb"avascript:"),
         (b"o", _WORD_BEFORE + rb"n(?:" + events + rb")\s*="),
         # Any on* attribute inside a tag is an event handler (HTML Living Standard 8.1.8.2: the
@@ -260,7 +262,9 @@ def _zip_header(buf: bytes, at: int) -> bool:
         return False
     version, flags, method = struct.unpack_from("<HHH", buf, at + 4)
     name_len = struct.unpack_from("<H", buf, at + 26)[0]
-    if version > 63 or method not in ZIP_METHODS or not 0 < name_len <= 1024:
+    # 4.4.3: the lower byte is the version (at most 6.3); the upper byte is read by no extractor
+    # (unzip, Python, Java ignore it; writers copy "version made by"'s host there, 0x0314).
+    if version & 0xFF > 63 or method not in ZIP_METHODS or not 0 < name_len <= 1024:
         return False
     name = bytes(buf[at + 30:at + 30 + name_len])
     if len(name) != name_len or len(name.translate(None, NAME_CONTROLS)) != name_len:
@@ -535,10 +539,17 @@ def markup(buf: bytes) -> int | None:
     hits = scripts(buf, limit=1)
     if hits:
         return hits[0].offset
+    return 0 if url_scheme(buf) else None
+
+
+def url_scheme(buf: bytes) -> bool:
+    """Does ``buf`` hold a script-running URL scheme once decoded as a browser decodes an attribute
+    value: character references undone (HTML 13.2.5.72: &#106;avascript:, javascript&colon;),
+    then tab, line feed, carriage return and NUL removed (WHATWG URL 4.4: java&#x09;script:)?"""
     text = bytes(buf).decode("latin-1")
     if "&" in text:  # most values have none: no decoding
         text = html.unescape(text)
-    return 0 if SCHEMES.search(text.translate(_URL_NOISE)) else None
+    return SCHEMES.search(text.translate(_URL_NOISE)) is not None
 
 
 def scripts(buf: bytes, limit: int = 4) -> list[Hit]:

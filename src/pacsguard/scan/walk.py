@@ -859,7 +859,36 @@ def _zip_members(archive: zipfile.ZipFile, size: int, problems: list[Finding], l
                 return None
             return content
 
-        yield info.filename, read
+        yield written_name(info.filename, unicode_path(info.extra)), read
+
+
+#: APPNOTE.TXT 4.6.9: the Info-ZIP Unicode Path Extra Field's header ID.
+UNICODE_PATH = 0x7075
+
+
+def unicode_path(extra: bytes) -> str | None:
+    """The name of the Info-ZIP Unicode Path Extra Field (APPNOTE.TXT 4.6.9: version 1, the CRC-32
+    of the header's name, the name in UTF-8), which Info-ZIP unzip and 7-Zip write the member as
+    instead of the header's name; Python's zipfile ignores it. None: no such field. The CRC is not
+    required to match (4.6.9 says to ignore the field then): an extractor that does not check it
+    writes the name all the same, and judging one name more costs nothing."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        ident, size = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4:pos + 4 + size]
+        if ident == UNICODE_PATH and len(body) >= 5 and body[0] == 1:
+            return bytes(body[5:]).decode("utf-8", "replace")
+        pos += 4 + size
+    return None
+
+
+def written_name(header: str, unicode: str | None) -> str:
+    """The name a member is judged by: the Unicode Path's (what unzip writes) when it has one,
+    unless only the header's is a name Windows runs (signatures.script_name): tools that ignore
+    the field (Python, Windows Explorer) write that one."""
+    if unicode is None or unicode == header:
+        return header
+    return header if signatures.script_name(header) and not signatures.script_name(unicode) else unicode
 
 
 #: APPNOTE.TXT 4.3.7 local file header, 4.3.9 data descriptor (its signature optional).
@@ -902,7 +931,8 @@ def _local_entries(data: bytes, archive: zipfile.ZipFile, limits: ArchiveLimits)
             if found is None:
                 break  # a stored entry of unknown length, or a broken stream: where it ends is unknown
             end = found
-        name = data[pos + 30:pos + 30 + name_len].decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        header = bytes(data[pos + 30:pos + 30 + name_len]).decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        name = written_name(header, unicode_path(bytes(data[pos + 30 + name_len:start])))
         out.append(_Local(pos, name, flags, method, size, start, min(end, len(data))))
         pos = end
         if flags & 0x8:  # the data descriptor: its signature, CRC-32 and two sizes (8 bytes each in ZIP64)
@@ -970,12 +1000,20 @@ def _zip_member_ok(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: li
     """Whether a zip member is read: not a folder, not a symbolic link (checked as a tar's is), not
     encrypted, not a bomb on its own."""
     _traversal(info.filename, problems)
+    written = unicode_path(info.extra)
+    if written is not None and written != info.filename:
+        _traversal(written, problems)
     name = display_path(info.filename)
     if info.is_dir():
         return False
     if _zip_symlink(info):
-        _zip_link(archive, info, problems)
-        return False
+        # Where extractors disagree (another host: one writes a link, another a file holding the
+        # target's bytes), the member is scanned as a file too, and only a target that leaves the
+        # archive counts (a file's bytes are no target that cannot be read).
+        certain = info.create_system in LINK_HOSTS
+        _zip_link(archive, info, problems, certain=certain)
+        if certain:
+            return False
     if info.flag_bits & 0x1:
         problems.append(Finding("archive.encrypted", Level.MEDIUM, f"{name} is encrypted: it cannot be "
                                 "scanned, and media may not be encrypted", None, REF))
@@ -992,14 +1030,24 @@ def _zip_member_ok(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: li
 MAX_LINK = 4096
 
 
+#: "Version made by" hosts (APPNOTE.TXT 4.4.2.2) whose external attributes Info-ZIP unzip reads as
+#: a Unix mode, symbolic links included (unix.c mapattr): VMS 2, Unix 3, Atari 5, QDOS 12, Acorn
+#: 13, BeOS 16, Tandem 17, AtheOS 30. For FAT (0) it takes the mode when its owner bits agree with
+#: the DOS attributes; other extractors read the mode whatever the host.
+LINK_HOSTS = frozenset({2, 3, 5, 12, 13, 16, 17, 30})
+
+
 def _zip_symlink(info: zipfile.ZipInfo) -> bool:
-    """A member that Info-ZIP unzip, bsdtar and 7-Zip create as a symbolic link: a Unix mode S_IFLNK
-    in the high 16 bits of its external attributes (APPNOTE.TXT 4.4.15), its data the target."""
-    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+    """A member an extractor may create as a symbolic link: a Unix mode S_IFLNK in the high 16 bits
+    of its external attributes (APPNOTE.TXT 4.4.15), its data the target, whatever host wrote it:
+    Info-ZIP unzip makes the link for every host of LINK_HOSTS and for FAT, not only Unix."""
+    return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def _zip_link(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: list[Finding]) -> None:
-    """archive.link-traversal for a zip symbolic link leading outside the archive, as for a tar's."""
+def _zip_link(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: list[Finding], *,
+              certain: bool = True) -> None:
+    """archive.link-traversal for a zip symbolic link leading outside the archive, as for a tar's;
+    ``certain``: the member is a link to every extractor, so a target that cannot be read counts."""
     if info.file_size > MAX_LINK or info.flag_bits & 0x1:
         target = ""
     else:
@@ -1009,7 +1057,7 @@ def _zip_link(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: list[Fi
         except ARCHIVE_ERRORS:
             target = ""
     name = display_path(info.filename)
-    if not target:  # encrypted, damaged or too long: where it leads cannot be known
+    if not target and certain:  # encrypted, damaged or too long: where it leads cannot be known
         problems.append(Finding("archive.link-traversal", Level.HIGH, f"{name} is a symbolic link whose target "
                                 "cannot be read: it may lead outside the archive", None, REF))
     elif _link_escapes(target):

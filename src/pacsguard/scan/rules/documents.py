@@ -29,9 +29,13 @@ XML_NAME = rb"""[^\s<>"'%]+"""
 #: pacsguard_xml_external_entity in yara/dicom.yar is the same pattern.
 #: An HTML or XHTML page's DOCTYPE (HTML 4.01, XHTML 1.0: PUBLIC with the W3C's DTD URL) names an
 #: external DTD that browsers never fetch: a patient CD's index.htm has one. Not XXE.
-#: Only the W3C's PUBLIC identifiers are exempt: "<!DOCTYPE html SYSTEM url>" names a DTD of the
-#: writer's choosing, which XML tooling (Java's default DocumentBuilder) fetches and expands.
-XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!html\s+PUBLIC\s+[\"']-//W3C//DTD\s))" + XML_NAME
+#: Only the W3C's PUBLIC identifiers, followed by no system identifier or by the W3C's own, are
+#: exempt: "<!DOCTYPE html SYSTEM url>", or a W3C public identifier followed by a system identifier
+#: of the writer's choosing (XML 1.0 4.2.2: a parser fetches the system identifier, the public one
+#: only names it), is a DTD that XML tooling (Java's default DocumentBuilder) fetches and expands.
+W3C_DOCTYPE = (rb"html\s+PUBLIC\s+[\"']-//W3C//DTD\s[^\"'>]*[\"']"
+               rb"(?:\s+[\"']https?://www\.w3\.org/[^\"'>]*[\"'])?\s*[\[>]")
+XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!" + W3C_DOCTYPE + rb"))" + XML_NAME
                           + rb"\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
@@ -44,8 +48,7 @@ def documents(parsed: Parsed) -> list[tuple[Element, bytes]]:
 
 def check(parsed: Parsed) -> list[Finding]:
     findings: list[Finding] = []
-    if not parsed.dicom and b"%PDF-" in parsed.data[:1024]:
-        # ISO 32000-1 7.5.2: the header may follow up to 1 KiB of other bytes, as viewers allow.
+    if _whole_file_pdf(parsed):
         findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
     for element, doc in documents(parsed):
         kind = signatures.identify(doc)
@@ -64,6 +67,20 @@ def check(parsed: Parsed) -> list[Finding]:
         elif len(doc) >= 84:
             findings.extend(_stl(parsed, element, doc))
     return findings
+
+
+def _whole_file_pdf(parsed: Parsed) -> bool:
+    """Is the file itself a PDF to a viewer: a PDF header in its first KiB (ISO 32000-1 7.5.2: the
+    header may follow up to 1 KiB of other bytes, as viewers allow)? A DICOM file too: a preamble
+    (PS3.10 7.1) or an early value starting "%PDF-" makes a DICOM/PDF polyglot, whose objects a
+    viewer finds anywhere in the file (a private element). Not when that header is the start of
+    an Encapsulated Document the loop below judges already."""
+    at = bytes(parsed.data[:1024]).find(b"%PDF-")
+    if at < 0:
+        return False
+    if not parsed.dicom or parsed.inflated:  # an inflated data set's documents are not in the file's bytes
+        return True
+    return not any(e.tag == DOCUMENT and e.value_offset <= at < e.value_offset + e.length for e in parsed.elements)
 
 
 def _finding(parsed: Parsed, element: Element, rule: str, why: str, at: int, ref: str,

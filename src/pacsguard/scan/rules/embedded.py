@@ -23,8 +23,14 @@ DOCUMENT, MIME_TYPE = 0x00420011, 0x00420012
 #: What the first bytes of an encapsulated document must be for each MIME type (PS3.3 C.24.2.1).
 MIME_MAGIC = {"application/pdf": (b"%PDF-",), "text/xml": (b"<",), "application/xml": (b"<",),
               "model/stl": (b"solid", b""), "model/obj": (b"",), "model/mtl": (b"",)}
-#: Script searches stop at this size: scripts hide in small values; pixel data gets binary needles only.
+#: Values up to this size are searched whole for scripts, in one pass over them all; pixel data
+#: gets binary needles only. A larger text value (UT, LT, ST, UC: what a viewer shows) is searched
+#: whole, in windows of this size; a larger binary one (waveforms, float pixel data, a vendor's raw
+#: data: hundreds of MiB, searched at ~60 MB/s) in its first and last window only.
 SCRIPT_SCAN_MAX = 1 << 20
+#: Bytes each script window shares with the next: more than the longest opening SCRIPT matches
+#: (an on* attribute 256 bytes into its tag, a PHP short echo tag of 512), so none is cut in two.
+SCRIPT_OVERLAP = 2048
 #: Values up to this size without YARA's needles are searched by one regular expression for every
 #: needle (one call instead of one per needle: most are a few bytes); larger ones by bytes.find.
 QUICK_MAX = 4096
@@ -100,27 +106,55 @@ def check(parsed: Parsed) -> list[Finding]:
                     hit = signatures.Hit("pe-header", hit.target)
                 if hit.kind != "pdf":  # a PDF outside (0042,0011): the documents family looks into it
                     findings.append(_payload(parsed, element, hit, f"at +{hit.offset - element.value_offset}"))
-            if any_script and end - start <= SCRIPT_SCAN_MAX and _scripted(parsed, element):
-                findings.extend(_scripts(parsed, element, start, end))
+            if _scripted(parsed, element):
+                large = end - start > SCRIPT_SCAN_MAX  # not in the joined search above
+                # Small values without any opening among them all still hold an encoded URL in text.
+                if large or any_script or element.vr in TEXT_VRS:
+                    findings.extend(_scripts(parsed, element, start, end, openings=any_script or large))
         if len(element.fragments) > 1:
             findings.extend(_across_fragments(search, element, floods))
     findings.extend(guarded("embedded", _mime, parsed))  # on its own: a failure leaves the search's findings
     return findings
 
 
-def _scripts(parsed: Parsed, element: Element, start: int, end: int) -> list[Finding]:
-    return [Finding("embedded.script", Level.HIGH, f"script or markup inside {element.label} ({element.vr})",
-                    start + hit.offset, REF, element.label, _inflated(parsed, element), remedy=_remedy(element))
-            for hit in _script_hits(element, _source(parsed, element)[start:end])]
+def _scripts(parsed: Parsed, element: Element, start: int, end: int, *, openings: bool = True) -> list[Finding]:
+    """The first script in the value [start, end), searched window by window (_script_windows);
+    ``openings`` False: the value is known to hold no SCRIPT opening, only encoded URLs are left."""
+    src = _source(parsed, element)
+    for low, high in _script_windows(element, start, end):
+        at = _script_at(element, bytes(src[low:high]), openings)
+        if at is not None:
+            return [Finding("embedded.script", Level.HIGH, f"script or markup inside {element.label} ({element.vr})",
+                            low + at, REF, element.label, _inflated(parsed, element), remedy=_remedy(element))]
+    return []
 
 
-def _script_hits(element: Element, value: bytes) -> list[signatures.Hit]:
-    """Script openings in ``value``; in a text VR also in the text a reader decodes, without its
-    ISO 2022 escape sequences (PS3.5 6.1.2.5), offsets then those of the unescaped text."""
-    hits = signatures.scripts(value, limit=1)
-    if not hits and element.vr in TEXT_VRS and b"\x1b" in value:
-        hits = signatures.scripts(signatures.unescaped(value), limit=1)
-    return hits
+def _script_windows(element: Element, start: int, end: int) -> list[tuple[int, int]]:
+    """The spans of a value searched for scripts: all of a small one; all of a large text value,
+    in windows that overlap (SCRIPT_OVERLAP); the first and the last window of a large binary one."""
+    if end - start <= SCRIPT_SCAN_MAX:
+        return [(start, end)]
+    if element.vr in TEXT_VRS:
+        return [(at, min(end, at + SCRIPT_SCAN_MAX + SCRIPT_OVERLAP)) for at in range(start, end, SCRIPT_SCAN_MAX)]
+    return [(start, start + SCRIPT_SCAN_MAX), (end - SCRIPT_SCAN_MAX, end)]
+
+
+def _script_at(element: Element, value: bytes, openings: bool) -> int | None:
+    """Where ``value`` holds a script opening; in a text VR also in the text a reader decodes,
+    without its ISO 2022 escape sequences (PS3.5 6.1.2.5), and a script-running URL once character
+    references are undone as a browser does in a link (signatures.url_scheme: a viewer shows a
+    long text as HTML, "jav&#x61;script:" is "javascript:" there); such a URL is reported at the
+    value's start. None: nothing."""
+    if openings:
+        hits = signatures.scripts(value, limit=1)
+        if hits:
+            return hits[0].offset
+    if element.vr not in TEXT_VRS:
+        return None
+    text = signatures.unescaped(value)
+    if openings and b"\x1b" in value and (hits := signatures.scripts(text, limit=1)):
+        return hits[0].offset
+    return 0 if signatures.url_scheme(text) else None
 
 
 def _inflated(parsed: Parsed, element: Element) -> bool:

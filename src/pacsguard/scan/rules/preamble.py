@@ -48,7 +48,13 @@ def check(parsed: Parsed) -> list[Finding]:
     kind = signatures.identify(pre)
     if kind == "pe" or pre[:2] == b"MZ":
         return [_pe(parsed)]
-    if kind is not None and kind != "pdf":
+    if kind == "pdf":
+        # A viewer opens the file as a PDF (ISO 32000-1 7.5.2); what the PDF does is judged by the
+        # documents family over the whole file (documents.pdf-active): the header alone is a note.
+        return [_contents(pre, binary_too=False)
+                or Finding("preamble.pdf", Level.LOW, "the preamble starts a PDF header: PDF viewers open the "
+                           "file as a PDF, judged as one", 0, f"{REF}; ISO 32000-1 7.5.2", remedy="preamble")]
+    if kind is not None:
         return [Finding(f"preamble.{kind}", Level.HIGH,
                         f"the preamble is {signatures.DESCRIPTIONS[kind]}: the file is also that format", 0,
                         REF, remedy="preamble")]

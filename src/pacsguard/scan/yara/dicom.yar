@@ -58,8 +58,10 @@ rule pacsguard_preamble_script
         $bat = "@echo off" nocase
         $html = "<html" nocase
         $script = "<script" nocase
+        $php = "<?php" nocase
+        $php_echo = "<?="
     condition:
-        pacsguard_part10 and ($shebang at 0 or any of ($ps, $bat, $html, $script) in (0..127))
+        pacsguard_part10 and ($shebang at 0 or any of ($ps, $bat, $html, $script, $php, $php_echo) in (0..127))
 }
 
 rule pacsguard_preamble_json
@@ -143,8 +145,9 @@ rule pacsguard_xml_external_entity
         $entity = /<!ENTITY\s+(%\s*)?[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
         $dtd = /<!DOCTYPE\s+[^\s<>"'%]+\s+(SYSTEM|PUBLIC)/ nocase
         // An HTML or XHTML page's DOCTYPE (a patient CD's index.htm) with the W3C's PUBLIC
-        // identifier: browsers never fetch its DTD. "html SYSTEM url" is exempt no more.
-        $html = /<!DOCTYPE\s+html\s+PUBLIC\s+["']-\/\/W3C\/\/DTD\s/ nocase
+        // identifier and none but the W3C's system identifier: browsers never fetch its DTD.
+        // "html SYSTEM url", or a W3C public identifier before another system one, is no longer exempt.
+        $html = /<!DOCTYPE\s+html\s+PUBLIC\s+["']-\/\/W3C\/\/DTD\s[^"'>]*["'](\s+["']https?:\/\/www\.w3\.org\/[^"'>]*["'])?\s*[\[>]/ nocase
     condition:
         $entity or ($dtd and not $html)
 }
