@@ -84,6 +84,22 @@ def split(data: bytes) -> list[bytes]:
     return out
 
 
+def client_data_sets(pb: Playbook, max_pdu: int) -> list[bytes]:
+    """The data sets the gateway wrote to the client after its A-ASSOCIATE-AC, each whole; every
+    P-DATA-TF it sent carries at most ``max_pdu`` bytes (PS3.8 D.1)."""
+    received: list[bytes] = []
+    current = bytearray()
+    for raw in split(bytes(pb.client_wire.out))[1:]:
+        for pdv in P.parse_p_data_tf(raw).pdvs:
+            assert len(raw) - 6 <= max_pdu
+            if not pdv.is_command:
+                current += pdv.value
+                if pdv.is_last:
+                    received.append(bytes(current))
+                    current.clear()
+    return received
+
+
 @dataclass(frozen=True)
 class Seen:
     """One PDU as a test compares it: its name and key fields."""

@@ -6,7 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from playbook import IMPLICIT_LE, STUDY_FIND, VERIFICATION, Playbook, Seen, echo_rq, play, response, route_config, split
+from playbook import (
+    IMPLICIT_LE,
+    STUDY_FIND,
+    VERIFICATION,
+    Playbook,
+    Seen,
+    client_data_sets,
+    echo_rq,
+    play,
+    response,
+    route_config,
+    split,
+)
 
 from dicom_corpus import el_implicit
 from pacsguard.dicom import dimse
@@ -149,17 +161,7 @@ def find_through(route: Any, client_max: int, upstream_pdu: int, *matches: bytes
                           + find_response(0x0000, None, upstream_pdu))
 
     pb = play(route, scenario)
-    received: list[bytes] = []
-    current = bytearray()
-    for raw in split(bytes(pb.client_wire.out))[1:]:
-        for pdv in P.parse_p_data_tf(raw).pdvs:
-            assert len(raw) - 6 <= (client_max or OWN_LIMIT)
-            if not pdv.is_command:
-                current += pdv.value
-                if pdv.is_last:
-                    received.append(bytes(current))
-                    current.clear()
-    return pb, received
+    return pb, client_data_sets(pb, (client_max or OWN_LIMIT))
 
 
 def _find_rq(client_max: int) -> bytes:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 #: Largest inflated prefix examined for Deflated Explicit VR Little Endian; the
 #: identifiers sit in the first few KiB, the cap defuses deflate bombs.
 PEEK_INFLATE_LIMIT: Final = 256 * 1024
+#: `DatasetPeek.anomaly` of a deflated data set whose walk reached `PEEK_INFLATE_LIMIT` before it
+#: got past (0020,000E): the identifiers further on were not read.
+INFLATE_LIMIT: Final = "inflate-limit"
 #: Largest wanted value a peek keeps (a UI, CS, SH, LO or PN: 64 characters or so, PS3.5 6.2); past
 #: it only padding may follow. Covers every value an explicit VR's 2-byte length can announce.
 PEEK_VALUE_CAP: Final = 64 * 1024
@@ -128,6 +131,18 @@ class DatasetPeek:
     complete: bool = False
     bytes_examined: int = 0
     anomaly: str | None = None
+
+
+def walk_stop(peek: DatasetPeek) -> str:
+    """Where and why the walk of a data set ended before it got past (0020,000E) (``peek.complete``
+    False), in the words a refusal or a record gives: what lies further on was not read."""
+    at = peek.bytes_examined
+    if peek.anomaly == INFLATE_LIMIT:
+        return (f"the walk stopped at byte {at:,} inflated ({INFLATE_LIMIT}: a deflated data set is "
+                f"walked through its first {PEEK_INFLATE_LIMIT // 1024} KiB, PS3.5 A.5)")
+    if peek.anomaly:
+        return f"the walk stopped at byte {at:,} ({peek.anomaly})"
+    return f"the data set ended {at:,} bytes in, inside an element or a sequence (PS3.5 7.1, 7.5)"
 
 
 def transfer_syntax_encoding(transfer_syntax_uid: str | None) -> tuple[bool | None, bool, bool]:
@@ -266,8 +281,13 @@ class PeekWalker:
         self._inflate_left -= len(data)
         self._feed(data)
         if self._inflate_left <= 0 and not inflater.eof:
-            self.done = True  # the limit is reached: nothing more will be walked
-            self._inflater = None  # nor its unconsumed input held
+            self._inflater = None  # nothing more will be walked, nor its unconsumed input held
+            if not self.done:
+                # The walk had not got past (0020,000E): what follows is unread, and says so, like a
+                # walk stopped at any other limit (a record must not pass off "not read" as "absent").
+                self.peek.anomaly = INFLATE_LIMIT
+                self.peek.bytes_examined = self._fed
+                self.done = True
 
     def _fail(self) -> None:
         self.peek.anomaly = self.peek.anomaly or "internal-error"
@@ -662,19 +682,7 @@ def decode_identifier(
             None,
         )
     implicit, little, deflated = transfer_syntax_encoding(transfer_syntax_uid)
-    raw = bytes(data)
-    if deflated:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(raw, max_length)
-        except zlib.error as exc:
-            raise DecodeError(E.IDENTIFIER_INVALID, f"deflated identifier: {exc}", None) from None
-        if inflater.unconsumed_tail:
-            raise DecodeError(
-                E.IDENTIFIER_TOO_LARGE,
-                f"deflated identifier inflates to more than {max_length} bytes",
-                None,
-            )
+    raw = inflate_dataset(data, max_length) if deflated else bytes(data)
     if len(raw) >= 6:
         implicit = not _looks_explicit(raw, 0)  # the same guess pydicom makes
     problem = _structure_problem(raw, bool(implicit), little)
@@ -698,3 +706,34 @@ def decode_identifier(
             None,
         ) from exc
     return dataset
+
+
+def inflate_dataset(data: Buffer, max_length: int = MAX_IDENTIFIER_LENGTH) -> bytes:
+    """The Explicit VR Little Endian encoding of a whole data set in Deflated Explicit VR Little
+    Endian (PS3.5 A.5: raw deflate, RFC 1951, no zlib header), at most *max_length* bytes inflated.
+
+    Raises ``DecodeError``: ``identifier-invalid`` for a damaged or unfinished deflate stream,
+    ``identifier-too-large`` past *max_length* (a deflate bomb costs no more than that)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        raw = inflater.decompress(bytes(data), max_length)
+    except zlib.error as exc:
+        raise DecodeError(E.IDENTIFIER_INVALID, f"deflated identifier: {exc}", None) from None
+    if inflater.unconsumed_tail:
+        raise DecodeError(
+            E.IDENTIFIER_TOO_LARGE,
+            f"deflated identifier inflates to more than {max_length} bytes",
+            None,
+        )
+    if not inflater.eof:
+        raise DecodeError(E.IDENTIFIER_INVALID, "deflated identifier: the deflate stream does not end", None)
+    return raw
+
+
+def deflate_dataset(raw: Buffer) -> bytes:
+    """*raw*, an Explicit VR Little Endian data set, in Deflated Explicit VR Little Endian (PS3.5
+    A.5): raw deflate, padded with one NUL to an even length as pydicom and pynetdicom write it
+    (an inflater stops at the end of the deflate stream and never reads the pad)."""
+    packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = packer.compress(raw) + packer.flush()
+    return out + b"\0" if len(out) % 2 else out

@@ -32,6 +32,7 @@ from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
+from pacsguard.dicom.dataset import deflate_dataset, inflate_dataset
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
 from pacsguard.dicom.events import (
     Aborted,
@@ -47,6 +48,7 @@ from pacsguard.dicom.events import (
     ReleaseRequested,
 )
 from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
+from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
 from pacsguard.gateway.outbox import Outbox
@@ -820,10 +822,12 @@ class AssociationRelay:
         Retrieve AE, else as received; fragmented for the receiver's Maximum Length (PS3.8 D.1)."""
         self.collecting[from_client] = None
         receiver_max = self._receiver_max(from_client)
-        data = held.rewritten() if complete else None
+        data, unexamined = _rewritten(held) if complete else (None, f"larger than the {MAX_HELD:,} bytes held")
         if data is not None:
             self._record().rewrote(not from_client, held.message_id, KEYWORD)
         else:
+            if unexamined is not None:
+                self._record().not_rewritten(not from_client, held.message_id, KEYWORD, unexamined)
             data = bytes(held.data)
         if complete:
             return P.encode_dimse_message(held.context_id, None, data, receiver_max)
@@ -906,6 +910,25 @@ class AssociationRelay:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
                 "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}
+
+
+def _rewritten(held: HeldResponse) -> tuple[bytes | None, str | None]:
+    """*held*'s data set naming the gateway as Retrieve AE, or None (it names none, or its structure
+    cannot be followed); and why it could not be examined at all, if so.
+
+    A deflated one (Deflated Explicit VR Little Endian, PS3.5 A.5) is inflated, rewritten as the
+    Explicit VR Little Endian it encodes, and deflated again: the peers negotiated that syntax, so
+    the client gets it. The inflated data set is held to the bound of any identifier the gateway
+    decodes (MAX_HELD); a larger one, or a damaged deflate stream, passes as it came, like a
+    response too large to hold, and the C-FIND's record says so."""
+    if held.transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return held.rewritten(), None
+    try:
+        inflated = inflate_dataset(held.data, MAX_HELD)
+    except DecodeError as exc:
+        return None, exc.detail
+    data = replace(held, data=bytearray(inflated), transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN).rewritten()
+    return (None if data is None else deflate_dataset(data)), None
 
 
 _VERSION_1 = b"\x00\x01"

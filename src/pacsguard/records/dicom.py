@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pacsguard.dicom.association import AssociationDecoder
+from pacsguard.dicom.dataset import DatasetPeek, walk_stop
 from pacsguard.dicom.dimse import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ, CommandSet, command_name, status_category
 from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
 from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ
@@ -59,6 +60,10 @@ class Pending:
     refused_rule: str | None = None
     refused_status: int | None = None
     rewritten: dict[str, int] = field(default_factory=dict)
+    #: which identifiers of the request's data set were not read, and why (the walk stopped early)
+    unread: str | None = None
+    #: attribute -> (responses passed as received because they could not be examined, the first why)
+    not_rewritten: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
         if patient_id and len(self.patient_ids) < MAX_IDS_PER_EVENT:
@@ -198,6 +203,7 @@ class AssociationRecord:
         peek = ev.peek
         own = self.pending.get((ev.from_requestor, ev.message_id or 0))
         if own is not None and own.from_requestor == ev.from_requestor and not own.command.is_response:
+            own.unread = _unread(peek)
             if peek.query_retrieve_level:
                 own.level = peek.query_retrieve_level
                 own.query = {k: v for k, v in zip(_QUERY_KEYS, (peek.patient_id, peek.patient_name,
@@ -229,6 +235,15 @@ class AssociationRecord:
         pending = self.pending.get((from_requestor, message_id))
         if pending is not None:
             pending.rewritten[keyword] = pending.rewritten.get(keyword, 0) + 1
+
+    def not_rewritten(self, from_requestor: bool, message_id: int, keyword: str, why: str) -> None:
+        """The gateway could not examine a response to request *message_id* for attribute *keyword*
+        (*why*: too large to hold, an unreadable deflate stream) and passed it as received; the
+        request's event says so, so that a response left unrewritten is never silent."""
+        pending = self.pending.get((from_requestor, message_id))
+        if pending is not None:
+            count, _ = pending.not_rewritten.get(keyword, (0, why))
+            pending.not_rewritten[keyword] = (count + 1, why)
 
     def answered(self, pending: Pending, response: CommandSet) -> None:
         """The final response to `pending` came from the gateway itself (a refusal)."""
@@ -282,6 +297,11 @@ class AssociationRecord:
         message = pending.refused or f"{name} {'refused' if refused else ''}{'aborted' if aborted else ''}".strip()
         if status is not None and not refused:
             message = f"{name} status 0x{status:04X}"
+        if pending.unread:
+            # An empty patient_ids must not read as "no patient" when the patient was never read.
+            message = f"{message}; {pending.unread}"
+        for keyword, (count, why) in pending.not_rewritten.items():
+            message = f"{message}; {keyword} not rewritten in {count} response(s), passed as received: {why}"
         return Event(kind=f"dicom.dimse.{name.lower()}", component=self.component,
                      severity=Severity.WARNING if refused or aborted else Severity.INFO,
                      outcome=outcome, actor=actor, target=target,
@@ -293,6 +313,20 @@ class AssociationRecord:
 
     def _emit(self, event: Event) -> None:
         self.publish(event)
+
+
+def _unread(peek: DatasetPeek) -> str | None:
+    """Which of the identifiers a record keys on (Patient ID, Study Instance UID) a data set's walk
+    stopped before, and why; None when the walk read them, or got past (0020,000E) without them
+    (then the object has none: PS3.5 7.1, elements in ascending order)."""
+    if peek.complete:
+        return None
+    missing = [name for name, value in (("Patient ID (0010,0020)", peek.patient_id),
+                                        ("Study Instance UID (0020,000D)", peek.study_instance_uid))
+               if value is None]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} not read: {walk_stop(peek)}"
 
 
 def capture_time(seconds: float) -> datetime:

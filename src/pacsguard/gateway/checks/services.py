@@ -7,7 +7,8 @@ A-ASSOCIATE-AC (PS3.8 Table 9-18, result 1). A request for a service not allowed
 request whose SOP class is not its context's abstract syntax (or, on a Meta SOP Class context, one
 of its component classes), or a DIMSE-N request naming two different ones, with 0x0122 (SOP class
 not supported). On a relayed route a C-STORE data set whose SOP Class UID is another class, cannot
-be read, or is given twice, aborts the association (the command has gone on).
+be read, or is given twice, aborts the association (the command has gone on); so does one whose
+Patient ID the walk stopped before (it could not be recorded).
 
 `storage-commitment` is what Storage Commitment Push is made of (PS3.4 J.3): an N-ACTION-RQ with
 Action Type ID 1 and the N-EVENT-REPORT-RQ (Event Type ID 1 or 2) that answers it, on a Storage
@@ -21,12 +22,14 @@ from pydicom.uid import UID
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
+from pacsguard.dicom.dataset import walk_stop
 from pacsguard.dicom.events import DimseCommand, DimseDatasetStart, ProtocolEvent
-from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.gateway.check import Association, Check
 from pacsguard.gateway.verdict import ALLOW, Action, Verdict, refuse
 from pacsguard.records.dicom import Pending
 
+#: The rule that aborts a C-STORE whose Patient ID the walk could not reach (docs/gateway.md, Refusals).
+PATIENT_RULE = "dimse.dataset-patient"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
@@ -204,6 +207,10 @@ class ServicesCheck(Check):
         if unread is not None:
             return Verdict(Action.ABORT, f"a C-STORE data set whose SOP Class UID (0008,0016) cannot be read: "
                            f"{unread}, PS3.3 C.12.1 (dimse.dataset-sop-class)", "dimse.dataset-sop-class")
+        unread = _unrecorded_patient(announced, event)
+        if unread is not None:
+            return Verdict(Action.ABORT, f"a C-STORE data set whose Patient ID (0010,0020) cannot be read: "
+                           f"{unread}, PS3.3 C.7.1.1 ({PATIENT_RULE})", PATIENT_RULE)
         theirs, context = event.peek.sop_class_uid, assoc.abstract_syntax(event.context_id)
         if not theirs or not context or theirs == context or context == VERIFICATION:
             return ALLOW
@@ -240,13 +247,24 @@ def _unheld_store(announced: Pending, event: DimseDatasetStart) -> str | None:
         return "an identifying element occurs twice (repeated-element), PS3.5 7.1"
     if peek.sop_class_uid:
         return None
-    if peek.anomaly:
-        return f"the walk stopped at byte {peek.bytes_examined:,} ({peek.anomaly})"
     if peek.complete:
         return "no SOP Class UID before (0020,000E)"
-    where = " inflated (a deflated data set is walked through its first 256 KiB)" \
-        if announced.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else ""
-    return f"none in the {peek.bytes_examined:,} bytes walked{where}"
+    return walk_stop(peek)
+
+
+def _unrecorded_patient(announced: Pending, event: DimseDatasetStart) -> str | None:
+    """Why a C-STORE's Patient ID cannot be recorded, or None. The Patient Module gives every composite
+    instance a Patient ID (0010,0020), Type 2 (PS3.3 C.7.1.1): a walk that got past (0020,000E)
+    without one read an object that has none, and that is what the record says; a walk that stopped
+    before it (at a limit, a malformed element, past the 256 KiB a deflated data set is inflated to)
+    leaves the gateway unable to say whose object the PACS files, so, as for an unread SOP class,
+    the object does not go through unrecorded."""
+    if announced.command.command_field != dimse.C_STORE_RQ:
+        return None
+    peek = event.peek
+    if peek.patient_id is not None or peek.complete:
+        return None
+    return walk_stop(peek)
 
 
 def _service_name(command: dimse.CommandSet, service: str, abstract_syntax: str | None) -> str:
