@@ -76,9 +76,11 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
     return out
 
 
-def day_span(day: date) -> tuple[datetime, datetime]:
+def day_span(day: date) -> tuple[datetime, datetime | None]:
+    """The UTC day as [start, end); the last day there is (9999-12-31) has no next midnight to end
+    at, so its end is None (no bound)."""
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    return start, start + timedelta(days=1)
+    return start, (start + timedelta(days=1) if day < date.max else None)
 
 
 def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str) -> None:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.message import mapping
 from pacsguard.atna.message.patient import PatientId
+from pacsguard.atna.timespan import shifted
 from pacsguard.events.model import Event
 
 if TYPE_CHECKING:
@@ -335,8 +336,8 @@ def patient_items(store: EventStore, patient: str, since: datetime | None, until
 
     back = timedelta(seconds=max(settings.evidence_window, settings.repeat_window))
     ahead = timedelta(seconds=settings.evidence_window)
-    found = store.search(EventQuery(patient=patient, since=since - back if since else None,
-                                    until=until + ahead if until else None, limit=None))
+    found = store.search(EventQuery(patient=patient, since=shifted(since, -back) if since else None,
+                                    until=shifted(until, ahead) if until else None, limit=None))
     return [Item.of(s.seq, s.event) for s in found]
 
 

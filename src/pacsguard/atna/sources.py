@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pacsguard.atna.timespan import shifted
 from pacsguard.events.model import Event, parse_time
 from pacsguard.store import EventQuery
 
@@ -128,7 +129,8 @@ def recorded(store: EventStore, since: datetime | None = None) -> Iterator[Event
     receipt. A binary search over the store's positions by that time finds where the events made
     from ``since`` - DISORDER on begin (a few indexed reads, whatever the store's size); only the
     events after it are read, and each is kept when received at or after ``since``."""
-    first = None if since is None else first_made_from(store, since - DISORDER)
+    start = None if since is None else shifted(since, -DISORDER)  # None: since is in year 1
+    first = None if start is None else first_made_from(store, start)
     if since is None or first is None:  # everything (ids of another form: no position to start from)
         events = (s.event for s in store.search(EventQuery(kind="atna.*", limit=None)))
     else:

@@ -172,7 +172,11 @@ def _entity(e: Mapping[str, Any]) -> ParticipantObject:
 
 
 def render(record: AuditRecord, resource_id: str, time: datetime | None = None) -> dict[str, Any]:
-    """The AuditEvent of a record (what ITI-81 returns for a stored event)."""
+    """The AuditEvent of a record (what ITI-81 returns for a stored event). FHIR R4 forbids empty
+    strings (R4 2.6.2, "string values SHALL NOT be empty", and every element needs a value or
+    children, ele-1): an A.5 attribute present but empty (a 110104's Patient without an ID, an empty
+    UserID or code) leaves its element out; a detail with an empty type or value, both required in
+    entity.detail, is left out whole. The raw message keeps them."""
     when = record.time or time
     out: dict[str, Any] = {
         "resourceType": "AuditEvent", "id": resource_id, "type": _out_coding(record.event_id),
@@ -181,36 +185,56 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
             {"requestor": False, "who": {"display": "unknown"}}],
         "source": {"observer": {"display": record.source_id or "unknown"}},
     }
-    if record.event_types:
-        out["subtype"] = [_out_coding(c) for c in record.event_types]
+    if subtypes := _out_codings(record.event_types):
+        out["subtype"] = subtypes
     if record.action:
         out["action"] = record.action
     if record.outcome in ("0", "4", "8", "12"):
         out["outcome"] = record.outcome
     if record.outcome_description:
         out["outcomeDesc"] = record.outcome_description
-    if record.purposes:
-        out["purposeOfEvent"] = [{"coding": [_out_coding(c)]} for c in record.purposes]
+    if purposes := _out_codings(record.purposes):
+        out["purposeOfEvent"] = [{"coding": [c]} for c in purposes]
     if record.source_site:
         out["source"]["site"] = record.source_site
-    if record.source_types:
-        out["source"]["type"] = [_out_coding(c) for c in record.source_types]
-    if record.objects:
-        out["entity"] = [_out_entity(o, record.syntax) for o in record.objects]
+    if source_types := _out_codings(record.source_types):
+        out["source"]["type"] = source_types
+    # An entity with nothing left (every attribute empty) would be an empty element (ele-1).
+    if entities := [e for e in (_out_entity(o, record.syntax) for o in record.objects) if e]:
+        out["entity"] = entities
     return out
 
 
 def _out_coding(code: Code) -> dict[str, str]:
-    out = {"system": _SYSTEMS.get(code.system or "", code.system or DCM), "code": code.code}
+    """A Coding; an empty code is left out (the system, and the display if any, remain: AuditEvent.type
+    is required)."""
+    out = {"system": _SYSTEMS.get(code.system or "", code.system or DCM)}
+    if value := _token(code.code):
+        out["code"] = value
     if code.meaning:
         out["display"] = code.meaning
     return out
 
 
+def _out_codings(codes: tuple[Code, ...]) -> list[dict[str, str]]:
+    """The Codings of optional coded elements; one with neither a code nor a meaning says nothing
+    and is left out."""
+    return [_out_coding(c) for c in codes if _token(c.code) or c.meaning]
+
+
+def _token(text: str | None) -> str:
+    """A code as FHIR's ``code`` type allows it (no leading, trailing or repeated whitespace, R4
+    2.24.0.1): A.5's codes are ``xs:token`` (PS3.15 A.5.1), whose value is whitespace-collapsed
+    anyway, so " 110110 " is 110110; "" for none."""
+    return " ".join((text or "").split())
+
+
 def _out_agent(p: Participant) -> dict[str, Any]:
-    out: dict[str, Any] = {"requestor": p.requestor, "who": {"identifier": {"value": p.user_id}}}
-    if p.roles:
-        out["role"] = [{"coding": [_out_coding(r)]} for r in p.roles]
+    out: dict[str, Any] = {"requestor": p.requestor}
+    if p.user_id:  # agent.who is optional (0..1); an empty UserID names no one
+        out["who"] = {"identifier": {"value": p.user_id}}
+    if roles := _out_codings(p.roles):
+        out["role"] = [{"coding": [r]} for r in roles]
     if p.alternative_user_id:
         out["altId"] = p.alternative_user_id
     if p.user_name:
@@ -223,22 +247,24 @@ def _out_agent(p: Participant) -> dict[str, Any]:
 
 
 def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
-    ident: dict[str, Any] = {"value": o.object_id}
-    if o.id_type.code:
+    # An empty ParticipantObjectID (pacsguard's own 110104 for an object without Patient ID): the
+    # identifier keeps its type (a patient number, not known) and has no value.
+    ident: dict[str, Any] = {"value": o.object_id} if o.object_id else {}
+    if _token(o.id_type.code):
         ident["type"] = {"coding": [_out_coding(o.id_type)]}
-    out: dict[str, Any] = {"what": {"identifier": ident}}
-    if o.type_code:
-        out["type"] = {"system": ENTITY_TYPE, "code": o.type_code}
-    if o.role:
-        out["role"] = {"system": OBJECT_ROLE, "code": o.role}
-    if o.life_cycle:
-        out["lifecycle"] = {"system": LIFECYCLE, "code": o.life_cycle}
+    out: dict[str, Any] = {"what": {"identifier": ident}} if ident else {}
+    if type_code := _token(o.type_code):
+        out["type"] = {"system": ENTITY_TYPE, "code": type_code}
+    if role := _token(o.role):
+        out["role"] = {"system": OBJECT_ROLE, "code": role}
+    if life_cycle := _token(o.life_cycle):
+        out["lifecycle"] = {"system": LIFECYCLE, "code": life_cycle}
     if o.name:
         out["name"] = o.name
     if o.query:
         out["query"] = o.query
-    if o.details:
-        out["detail"] = [_out_detail(t, v, syntax) for t, v in o.details]
+    if details := [_out_detail(t, v, syntax) for t, v in o.details if t and v]:
+        out["detail"] = details
     return out
 
 
@@ -247,7 +273,7 @@ def _out_detail(kind: str, value: str, syntax: str) -> dict[str, str]:
     A.5 and RFC 3881 its value is xs:base64Binary (PS3.15 A.5.1, RFC 3881 5.5.9): valueBase64Binary,
     unless a sender wrote text that is not base64. A FHIR message's value is kept as it was read, of
     either kind: valueString, as before."""
-    if syntax != "fhir" and value and _is_base64(value):
+    if syntax != "fhir" and _is_base64(value):
         return {"type": kind, "valueBase64Binary": value}
     return {"type": kind, "valueString": value}
 

@@ -12,7 +12,12 @@ client certificate): nothing is lost while it is down, nothing is stored twice a
 
 A connection that fails is logged, and recorded once as an ``atna.outbound.failed`` Event (again
 when the reason changes): a repository whose certificate does not verify (another CA, another
-name) may be a man in the middle, and the messages wait in the spool meanwhile.
+name) may be a man in the middle, and the messages wait in the spool meanwhile. A connection
+counts as working only once it has stayed open ``confirm_after`` seconds: in TLS 1.3 (RFC 8446
+4.4.4) the client's handshake is complete before the server has checked the client's certificate,
+so a repository refusing pacsguard's certificate answers with an alert (RFC 8446 6.2) or simply
+closes the connection *after* the handshake, and the first read or write after it fails. Such an
+end is a failed connection like any other, named by the alert when there is one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import fcntl
 import logging
 import os
 import re
+import select
 import socket
 import ssl
 import struct
@@ -33,7 +39,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pacsguard.atna.outbound.spool import Spool
-from pacsguard.runtime.peer import probe
 
 log = logging.getLogger("pacsguard.atna.outbound")
 
@@ -91,15 +96,36 @@ class OutboundSender:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            link: _Link | None = None
             try:
                 with socket.create_connection(self.address, timeout=10) as raw, \
                         self.context.wrap_socket(raw, server_hostname=self.server_name) as conn:
                     self.connections += 1
-                    self.failing = None
-                    self._send(conn)
+                    link = _Link(conn, time.monotonic())
+                    self._send(link)
             except (OSError, ssl.SSLError) as exc:
-                self._failed(exc)
+                self._ended(link, exc)
             self._stop.wait(self.retry)
+
+    def _ended(self, link: _Link | None, exc: BaseException) -> None:
+        """A connection that ended: the repository closing one that worked is not a failure (it
+        restarts, or drops idle clients); an error, or a close before it worked, is."""
+        if isinstance(exc, Closed):
+            if link is not None and link.working:
+                log.info("outbound to %s:%s: the repository closed the connection; reconnecting", *self.address)
+                return
+            exc = Closed(EARLY_CLOSE)
+        self._failed(exc)
+
+    def _working(self, link: _Link, now: float) -> None:
+        """The connection has stayed open ``confirm_after`` seconds (the caller just saw it open):
+        the repository accepted pacsguard's certificate, so a failure from now on is news again."""
+        if link.working or now - link.opened < self.confirm_after:
+            return
+        link.working = True
+        if self.failing is not None:
+            log.info("outbound to %s:%s: connected again after %s", *self.address, self.failing)
+            self.failing = None
 
     def _failed(self, exc: BaseException) -> None:
         """Log a failed connection; the first of a kind, or a new reason, becomes an Event too."""
@@ -117,7 +143,10 @@ class OutboundSender:
             except Exception:  # noqa: BLE001 - recording the failure must not stop the retries
                 log.exception("outbound to %s: recording the failure failed", where)
 
-    def _send(self, conn: ssl.SSLSocket) -> None:
+    def _send(self, link: _Link) -> None:
+        """Write the spool to the connection and confirm what arrived, until stopped; raises why the
+        connection ended (:class:`Closed`, a TLS alert, a socket error)."""
+        conn = link.conn
         delivered = written = self.spool.delivered()
         reconnected = self.connections > 1
         # (seq, when): every byte up to seq had been acknowledged by the peer's TCP at `when`; one
@@ -131,8 +160,8 @@ class OutboundSender:
                 acked.append((written, now))
             due = _confirmable(acked, now, self.confirm_after)
             if due is not None:
-                if not _open(conn):
-                    return  # the repository went away: what is not delivered is sent again
+                _check_open(conn)  # the repository went away: what is not delivered is sent again
+                self._working(link, now)
                 self.spool.mark_delivered(due)
                 self.on_delivered(delivered + 1, due, reconnected)
                 delivered, reconnected = due, False
@@ -140,14 +169,82 @@ class OutboundSender:
                     acked.popleft()
             rows = self.spool.after(written)
             if rows:
-                conn.sendall(b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
+                _write(conn, b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
                                       for seq, msg in rows))
                 written = rows[-1][0]
                 continue
-            if not _open(conn):
-                return
+            _check_open(conn)
+            self._working(link, now)
             with self.spool.added:
                 self.spool.added.wait(0.1)
+
+
+@dataclass(slots=True)
+class _Link:
+    """One connection to the repository: when its handshake completed, and whether it has worked
+    (stayed open ``confirm_after`` seconds since)."""
+
+    conn: ssl.SSLSocket
+    opened: float
+    working: bool = False
+
+
+class Closed(ConnectionError):
+    """The repository ended the connection (EOF or close_notify) without an error."""
+
+    def __init__(self, reason: str = "the repository closed the connection") -> None:
+        super().__init__(reason)
+
+
+#: Why a connection closed before it worked: what a repository refusing pacsguard's client
+#: certificate without an alert does (rsyslog's gtls driver with a PermittedPeer not naming it).
+EARLY_CLOSE = ("the repository closed the connection right after the TLS handshake (does it accept "
+               "pacsguard's client certificate?)")
+
+
+def _check_open(conn: ssl.SSLSocket) -> None:
+    """Return if the repository still holds the connection open, else raise why it ended: the TLS
+    alert it sent (an ``ssl.SSLError`` naming it), :class:`Closed`, or the socket's error. A
+    repository never sends data; TLS records that carry none (TLS 1.3 session tickets) are read and
+    dropped, as is data. (Like ``pacsguard.runtime.peer.probe``, which does not keep the reason.)"""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except ValueError as exc:  # a closed descriptor
+        raise Closed() from exc
+    if not readable and not conn.pending():  # decrypted, not yet read
+        return
+    timeout = conn.gettimeout()
+    try:
+        conn.setblocking(False)
+        if not conn.recv(65536):
+            raise Closed()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return
+    finally:
+        try:
+            conn.settimeout(timeout)
+        except OSError:
+            pass
+
+
+def _write(conn: ssl.SSLSocket, data: bytes) -> None:
+    """Send ``data``; when the repository has ended the connection, raise how it did: the alert it
+    sent, or :class:`Closed` (OpenSSL reports a write after a TLS 1.3 alert or a close as a bare EOF
+    or a broken pipe, while the alert or the EOF waits unread in the receive buffer; one reason for
+    one cause, so the same refusal is not recorded again under another name)."""
+    try:
+        conn.sendall(data)
+    except OSError as exc:
+        try:
+            _check_open(conn)
+        except Closed as end:
+            raise end from exc
+        except ssl.SSLError as end:
+            if _ALERT.fullmatch(end.reason or ""):
+                raise end from exc
+        except OSError:
+            pass
+        raise
 
 
 def _confirmable(acked: deque[tuple[int, float]], now: float, confirm_after: float) -> int | None:
@@ -171,22 +268,29 @@ class Failure:
 
 
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+#: OpenSSL's reason for a TLS alert received from the peer (RFC 8446 6.2): SSLV3_ALERT_BAD_CERTIFICATE,
+#: TLSV1_ALERT_UNKNOWN_CA, TLSV13_ALERT_CERTIFICATE_REQUIRED, ...
+_ALERT = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)")
+#: The alerts a server sends about the client's certificate (RFC 8446 6.2): the repository refuses
+#: pacsguard's (another CA, expired, a name it does not permit).
+_CERTIFICATE_ALERTS = frozenset({"bad certificate", "unsupported certificate", "certificate revoked",
+                                 "certificate expired", "certificate unknown", "unknown ca", "access denied",
+                                 "certificate required"})
 
 
 def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure(f"TLS certificate verify failed: {exc.verify_message}", True)
+    alert = _ALERT.fullmatch(exc.reason or "") if isinstance(exc, ssl.SSLError) else None
+    if alert:
+        name = alert.group(1).lower().replace("_", " ")
+        hint = " (it refuses pacsguard's client certificate)" if name in _CERTIFICATE_ALERTS else ""
+        return Failure(f"TLS alert from the repository: {name}{hint}", False)
     if isinstance(exc, ssl.SSLError):
         return Failure(f"TLS: {_SSL_SOURCE.sub('', exc.reason or str(exc))}", False)
     if isinstance(exc, OSError) and exc.strerror:
         return Failure(exc.strerror, False)
     return Failure(str(exc) or type(exc).__name__, False)
-
-
-def _open(conn: ssl.SSLSocket) -> bool:
-    """Whether the peer still holds the connection open (no EOF, reset or close_notify pending); a
-    repository never sends, data would be odd but not an end."""
-    return probe(conn) in ("quiet", "data")
 
 
 def _unsent(conn: ssl.SSLSocket) -> int:
