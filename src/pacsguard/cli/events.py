@@ -33,9 +33,10 @@ def _when(text: str | None, name: str) -> datetime | None:
 
     try:
         return parse_time(text if "T" in text or len(text) > 10 else text + "T00:00:00")
-    except ValueError:
+    except ValueError as exc:
+        why = f" ({exc})" if "outside the years" in str(exc) else ""
         raise fail(f"--{name}: expected an ISO 8601 date or time such as 2026-11-23 or 2026-11-23T08:00:00Z, "
-                   f"got {text!r}") from None
+                   f"got {text!r}{why}") from None
 
 
 #: The time, limit and format options of every search command (`events search`, `audit search`).

@@ -38,7 +38,10 @@ def code_dict(attrs: Attrs) -> Json:
     """A CodedValueType in either syntax (DICOM ``csd-code``/``codeSystemName``/``originalText``,
     RFC 3881 ``code``/``codeSystem``/``displayName``) as stored: its code, and its system and meaning
     when they are not empty."""
-    out: Json = {"code": attrs.get("csd-code") or attrs.get("code") or ""}
+    code = attrs.get("csd-code") or attrs.get("code") or ""
+    if code[:1].isspace() or code[-1:].isspace():  # an xs:token: " 110110 " is 110110 (XSD 3.3.3)
+        code = " ".join(code.split())
+    out: Json = {"code": code}
     system = attrs.get("codeSystemName") or attrs.get("codeSystem")
     if system:
         out["system"] = system
