@@ -35,3 +35,26 @@ def test_the_command_says_so_and_records_nothing(tmp_path: Path) -> None:
                            "--store", str(store)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "is a network" in done.stderr, (done.returncode, done.stderr)
     assert not store.exists() or store.stat().st_size == 0 or "quarantined" not in done.stdout
+
+
+@pytest.mark.parametrize(("typed", "kept"), [("127.0.0.1 ", "127.0.0.1"), ("::ffff:127.0.0.1", "127.0.0.1"),
+                                             ("CT1@::FFFF:10.0.0.7", "CT1@10.0.0.7"),
+                                             ("2001:DB8:0:0:0:0:0:1", "2001:db8::1")])
+def test_an_address_is_kept_in_the_spelling_connections_report(typed: str, kept: str) -> None:
+    """`quarantine add "127.0.0.1 "` (pasted) and `::ffff:127.0.0.1` said "quarantined" and blocked
+    nothing: the first was taken for an AE title, the second never equals a peer's 127.0.0.1."""
+    assert check_target(typed) == kept
+
+
+def test_a_quarantine_matches_a_peer_whatever_its_address_spelling() -> None:
+    from datetime import datetime, timezone
+
+    from pacsguard.events import Event
+    from pacsguard.gateway.quarantine import ADDED, QuarantineList
+
+    q = QuarantineList()
+    q.apply(Event(kind=ADDED, component="cli", details={"target": "::ffff:10.0.0.7"}))
+    now = datetime.now(timezone.utc)
+    assert q.match("10.0.0.7", None, now) is not None
+    assert q.match("::ffff:10.0.0.7", "CT1", now) is not None
+    assert q.match("10.0.0.8", None, now) is None

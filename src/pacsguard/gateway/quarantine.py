@@ -42,14 +42,15 @@ def check_target(target: str) -> str:
     stored and match no device, while the administrator reads "quarantined"."""
     from pacsguard.config.schema import check_ae_title
 
+    target = target.strip()  # pasted with a space: "127.0.0.1 " would be an AE title
     if is_host(target):
-        return target
+        return canonical(target)
     ae_title, sep, host = target.rpartition("@")
     if sep and ae_title:
         if not is_host(host):
             raise ValueError(f"{target!r}: {host!r} after the @ is not an IP address")
         check_ae_title(ae_title)
-        return target
+        return pair(ae_title, canonical(host))
     try:
         ip_network(target, strict=False)
     except ValueError:
@@ -60,6 +61,18 @@ def check_target(target: str) -> str:
         raise ValueError(f"{target!r} is not an IP address (each IPv4 part is 0-255)")
     check_ae_title(target)
     return target
+
+
+def canonical(host: str) -> str:
+    """One spelling per address, as connections report theirs: an IPv4-mapped IPv6 address
+    (::ffff:10.0.0.1, what a dual-stack socket reports for an IPv4 client) is its IPv4 address, an
+    IPv6 address its compressed lower-case form (RFC 5952). Anything else is returned as it is."""
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else address)
 
 
 def pair(ae_title: str, host: str) -> str:
@@ -149,7 +162,7 @@ class QuarantineList:
         return len(self._entries)
 
     def apply(self, event: Event) -> None:
-        target = str(event.details.get("target", ""))
+        target = _canonical_target(str(event.details.get("target", "")))
         if not target:
             return
         if event.kind == ADDED:
@@ -165,6 +178,7 @@ class QuarantineList:
 
     def match(self, host: str | None, ae_title: str | None, now: datetime | None = None) -> Entry | None:
         now = now or datetime.now(timezone.utc)
+        host = canonical(host) if host else host
         both = pair(ae_title, host) if host and ae_title else None
         for key in (host, ae_title, both):
             entry = self._entries.get(key) if key else None
@@ -175,3 +189,13 @@ class QuarantineList:
     def active(self, now: datetime | None = None) -> list[Entry]:
         now = now or datetime.now(timezone.utc)
         return sorted((e for e in self._entries.values() if e.active(now)), key=lambda e: e.target)
+
+
+def _canonical_target(target: str) -> str:
+    """A recorded target in the spelling `match` compares (events recorded before `check_target`
+    canonicalised them, or by another tool, may spell an address otherwise)."""
+    target = target.strip()
+    ae_title, sep, host = target.rpartition("@")
+    if sep and ae_title and is_host(host):
+        return pair(ae_title, canonical(host))
+    return canonical(target)
