@@ -74,7 +74,8 @@ def adopt_replacement(meta: SpooledMeta, replacement: Path, received: Path, chec
     obj = replace(obj, sop_class_uid=str(fm.get("MediaStorageSOPClassUID", obj.sop_class_uid)),
                   sop_instance_uid=str(fm.get("MediaStorageSOPInstanceUID", obj.sop_instance_uid)),
                   transfer_syntax_uid=str(fm.get("TransferSyntaxUID", obj.transfer_syntax_uid)))
-    meta = replace(meta, object=obj, bytes=replacement.stat().st_size, replaced_by=check)
+    meta = replace(meta, object=obj, bytes=replacement.stat().st_size, replaced_by=check,
+                   received_sop_instance_uid=meta.received_sop_instance_uid or meta.object.sop_instance_uid)
     target = received.with_suffix(".replaced.dcm")
     try:
         os.replace(replacement, target)

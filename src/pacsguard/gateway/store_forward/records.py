@@ -30,10 +30,16 @@ def _patients(meta: SpooledMeta) -> dict[str, Any]:
             "study_uids": (meta.study_uid,) if meta.study_uid else (), "sop_instance_count": 1}
 
 
+def _uid(meta: SpooledMeta) -> str:
+    """The object's SOP Instance UID as the modality sent it: a replaced (de-identified) copy's new
+    UID never appears beside the patient in an event (it is sealed in deid.object.deidentified)."""
+    return meta.received_sop_instance_uid or meta.object.sop_instance_uid
+
+
 def _object(meta: SpooledMeta) -> dict[str, Any]:
     obj = meta.object
     return {"route": obj.route, "spool_id": meta.id, "sop_class": obj.sop_class_uid,
-            "sop_instance": obj.sop_instance_uid, "transfer_syntax": obj.transfer_syntax_uid, "bytes": meta.bytes}
+            "sop_instance": _uid(meta), "transfer_syntax": obj.transfer_syntax_uid, "bytes": meta.bytes}
 
 
 def _sender(meta: SpooledMeta) -> Party:
@@ -42,7 +48,7 @@ def _sender(meta: SpooledMeta) -> Party:
 
 def received(meta: SpooledMeta) -> Event:
     return Event(kind=RECEIVED, component="gateway", actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
-                 message=f"spooled {meta.object.sop_instance_uid} ({meta.bytes:,} bytes) "
+                 message=f"spooled {_uid(meta)} ({meta.bytes:,} bytes) "
                          f"for {', '.join(meta.destinations)}",
                  details={**_object(meta), "destinations": list(meta.destinations), "replaced_by": meta.replaced_by},
                  **_patients(meta))
@@ -60,7 +66,7 @@ def refused(meta: SpooledMeta, *, status: int, check: str, rule: str, reason: st
         details["quarantine"] = quarantine
     return Event(kind=kind, component="gateway", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
                  actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
-                 message=f"{verb} {meta.object.sop_instance_uid or 'an object'} "
+                 message=f"{verb} {_uid(meta) or 'an object'} "
                          f"from {meta.object.calling_ae or '?'}: {reason}",
                  details=details, **_patients(meta))
 
@@ -71,7 +77,7 @@ def discarded(meta: SpooledMeta, reason: str) -> Event:
     again (docs/gateway.md, "What it guarantees")."""
     return Event(kind=DISCARDED, component="gateway", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
                  actor=_sender(meta), target=Party(ae_title=meta.object.called_ae),
-                 message=f"discarded {meta.object.sop_instance_uid} from {meta.object.calling_ae or '?'}, "
+                 message=f"discarded {_uid(meta)} from {meta.object.calling_ae or '?'}, "
                          f"received but not acknowledged: {reason}",
                  details={**_object(meta), "reason": reason}, **_patients(meta))
 
@@ -81,13 +87,13 @@ def undeliverable(meta: SpooledMeta, destination: str, target: Party, reason: st
     was sent; it stays spooled until purged, and is not retried before the next start."""
     return Event(kind=UNDELIVERABLE, component="gateway", severity=Severity.ERROR, outcome=Outcome.SERIOUS_FAILURE,
                  actor=_sender(meta), target=target,
-                 message=f"{destination}: {meta.object.sop_instance_uid} cannot be sent: {reason}",
+                 message=f"{destination}: {_uid(meta)} cannot be sent: {reason}",
                  details={**_object(meta), "destination": destination, "reason": reason}, **_patients(meta))
 
 
 def forwarded(meta: SpooledMeta, destination: str, target: Party, status: int) -> Event:
     return Event(kind=FORWARDED, component="gateway", actor=_sender(meta), target=target,
-                 message=f"forwarded {meta.object.sop_instance_uid} to {destination} (0x{status:04X})",
+                 message=f"forwarded {_uid(meta)} to {destination} (0x{status:04X})",
                  details={**_object(meta), "destination": destination, "status": f"0x{status:04X}"},
                  **_patients(meta))
 
@@ -106,7 +112,7 @@ def delayed(route: str, destination: str, target: Party, error: str, *, retry_in
     if meta is not None:
         details.update(_object(meta), attempts=attempts)
         extra = _patients(meta)
-    what = meta.object.sop_instance_uid if meta is not None else "spooled objects"
+    what = _uid(meta) if meta is not None else "spooled objects"
     return Event(kind=DELAYED, component="gateway", severity=Severity.WARNING, outcome=Outcome.MINOR_FAILURE,
                  target=target, message=f"{destination}: {what} not forwarded yet: {error}", details=details, **extra)
 
@@ -118,7 +124,7 @@ def in_doubt(meta: SpooledMeta, destination: str, target: Party, answer: str, re
     return Event(kind=IN_DOUBT, component="gateway", actor=_sender(meta), target=target,
                  severity=Severity.WARNING if at_least_once else Severity.NOTICE,
                  outcome=Outcome.MINOR_FAILURE if at_least_once else Outcome.SUCCESS,
-                 message=f"{destination}: {meta.object.sop_instance_uid}: {reason}",
+                 message=f"{destination}: {_uid(meta)}: {reason}",
                  details={**_object(meta), "destination": destination, "answer": answer, "reason": reason},
                  **_patients(meta))
 
@@ -140,7 +146,7 @@ def purged(route: str, metas: list[SpooledMeta], user: str, states: list[str]) -
                  message=f"route {route}: {user} purged {len(metas)} spooled object(s)",
                  patient_ids=tuple(patients), study_uids=tuple(studies), sop_instance_count=len(metas),
                  details={"route": route, "spool_ids": [m.id for m in metas], "states": states,
-                          "sop_instances": [m.object.sop_instance_uid for m in metas]})
+                          "sop_instances": [_uid(m) for m in metas]})
 
 
 def damaged(route: str, spool_id: str, reason: str, path: str, meta: SpooledMeta | None = None) -> Event:

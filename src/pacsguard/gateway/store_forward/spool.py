@@ -86,6 +86,9 @@ class SpooledMeta:
     patient_id: str | None = None
     study_uid: str | None = None
     replaced_by: str | None = None  # the object check whose replacement file is spooled instead
+    # The SOP Instance UID as received, when a check's replacement has another (de-identification):
+    # the spool's events name this one, so that no event pairs the patient with the new UID.
+    received_sop_instance_uid: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """One flat mapping: the object's fields (without its path) and the spool's."""
