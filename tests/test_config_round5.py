@@ -121,3 +121,25 @@ def test_a_yaml_merge_key_shares_settings_between_routes() -> None:
     assert "given twice" in found, found  # the mapping's own keys are still checked for repeats
     [found] = problems("y-pacs: {}\n")
     assert found.startswith("y-pacs: unknown key"), found
+
+
+def test_a_key_given_twice_on_one_line_is_an_error() -> None:
+    """`{hosts: [10.0.0.0/8], hosts: [0.0.0.0/0]}` kept the last list (a re-probe, round 5)."""
+    text = route() + "      policy: {hosts: [10.0.0.0/8], hosts: [0.0.0.0/0]}\n"
+    [found] = problems(text)
+    assert "'hosts' is given twice on line 6" in found, found
+
+
+def test_a_boolean_in_a_list_of_numbers_is_an_error() -> None:
+    [found] = problems("ids:\n  dicom_ports: [yes, 104]\n")
+    assert found.startswith("ids.dicom_ports: ") and "booleans" in found, found
+
+
+@pytest.mark.parametrize(("section", "key"), [("metrics: {host: ''}", "metrics.host"),
+                                              ("witness: {host: '999.1.1.1'}", "witness.host"),
+                                              ("atna: {tcp: {host: 'a b', port: 601}}", "atna.tcp.host"),
+                                              ("sinks: {syslog: {host: ''}}", "sinks.syslog.host")])
+def test_every_host_key_takes_an_address_or_a_name(section: str, key: str) -> None:
+    """metrics.host '' listened on every interface; only the gateway's hosts were checked."""
+    found = problems(section + "\n")
+    assert any(p.startswith(f"{key}: expected an IP address or a host name") for p in found), found

@@ -105,3 +105,27 @@ def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> 
     assert verdict("CN=ct1", "ct1") == "ALLOW"
     assert verdict("CN=ct1+CN=evil", None) != "ALLOW"
     assert verdict("CN=evil,CN=ct1", None) == "ALLOW"  # listed whole
+
+
+def test_a_cn_that_spells_a_subject_is_no_subject() -> None:
+    """cert_subjects ["CN=ct1,O=Radiology"] admitted a certificate whose one CN is that text (a
+    re-probe, round 5): an entry with "=" matches only a subject, one without only a CN."""
+    from types import SimpleNamespace
+
+    from pacsguard.config.schema import Route
+    from pacsguard.gateway.checks.ae_titles import AETitlesCheck
+
+    route = Route.model_validate({"name": "r", "listen": {"host": "127.0.0.1", "port": 11112, "ae_title": "GW"},
+                                  "upstream": {"host": "127.0.0.1", "port": 104, "ae_title": "PACS"},
+                                  "policy": {"cert_subjects": ["CN=ct1,O=Radiology", "ct2"]}})
+    check = AETitlesCheck(route)
+    rq = SimpleNamespace(called_ae_title="GW", calling_ae_title="CT")
+
+    def verdict(subject: str, cn: str | None) -> str:
+        assoc = SimpleNamespace(cert={"subject": subject, "subject_cn": cn})
+        return check.on_associate(assoc, rq, []).action.name  # type: ignore[arg-type]
+
+    assert verdict("CN=ct1,O=Radiology", "ct1") == "ALLOW"
+    assert verdict("CN=CN\\=ct1\\,O\\=Radiology", "CN=ct1,O=Radiology") != "ALLOW"
+    assert verdict("CN=ct2,O=Cardiology", "ct2") == "ALLOW"
+    assert verdict("CN=ct2", "ct2") == "ALLOW"

@@ -58,3 +58,29 @@ def test_a_quarantine_matches_a_peer_whatever_its_address_spelling() -> None:
     assert q.match("10.0.0.7", None, now) is not None
     assert q.match("::ffff:10.0.0.7", "CT1", now) is not None
     assert q.match("10.0.0.8", None, now) is None
+
+
+def test_spaces_around_an_ae_title_are_not_part_of_it() -> None:
+    """'CTC @127.0.0.1' was kept with its space and matched no association from CTC (a re-probe)."""
+    assert check_target("CTC @127.0.0.1") == "CTC@127.0.0.1"
+    assert check_target(" CT2 ") == "CT2"
+
+
+def test_remove_takes_the_target_in_any_spelling_add_took(tmp_path: Path) -> None:
+    store = str(tmp_path / "s.db")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pacsguard.cli", "gateway", "quarantine", *args, "--store",
+                               store], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    from pacsguard.store import EventStore
+    from pacsguard.store.keys import generate_key
+
+    generate_key(tmp_path / "k.key")
+    EventStore.open(store, key_path=tmp_path / "k.key", create=True).close()
+    for typed in ("CT1@2001:DB8::1", " CT2", "CT3@::ffff:10.0.0.3"):
+        assert cli("add", typed).returncode == 0
+        removed = cli("remove", typed)
+        assert removed.returncode == 0, (typed, removed.stderr)
+    assert "no device is quarantined" in cli("list").stdout
+    assert cli("remove", "CT9").returncode == 1

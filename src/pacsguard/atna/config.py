@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import AfterValidator, Field, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
-from pacsguard.config.schema import SecretRef, Strict
+from pacsguard.config.schema import Host, SecretRef, Strict
 
 if TYPE_CHECKING:
     from pacsguard.ids.audit.adapter import PrivacyLists
 
 
 class Address(Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(..., ge=0, le=65535)  # 0: any free port (the banner shows which)
 
 
@@ -66,7 +66,7 @@ class Outbound(Strict):
     """pacsguard's own events as PS3.15 A.5 messages to another Audit Record Repository over
     RFC 5425 TLS, through a durable spool."""
 
-    host: str
+    host: Host
     port: int = Field(6514, ge=1, le=65535)
     ca_file: Path | None = None
     cert_file: Path | None = None

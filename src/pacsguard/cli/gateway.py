@@ -173,11 +173,14 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
     from pacsguard.cli.common import console
     from pacsguard.gateway import quarantine as q
 
+    try:
+        target = q.check_target(target)  # the spelling `add` kept (spaces, ::ffff:, IPv6 case)
+    except ValueError as exc:
+        raise fail(f"TARGET {exc}") from None
     es = _open(config, store)
     try:
-        current = _current(es)
-        if current.match(target if q.is_host(target) else None, None if q.is_host(target) else target) is None:
-            raise fail(f"{target} is not quarantined", code=1)
+        if target not in {entry.target for entry in _current(es).active()}:
+            raise fail(f"{target} is not quarantined (`gateway quarantine list` shows what is)", code=1)
         es.append([q.change_event("remove", target, user=getpass.getuser())])
     finally:
         es.close()

@@ -38,13 +38,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, line)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: the base class reports it
                 break
-            if first != line:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice, on line {first} and on line {line}",
-                    key_node.start_mark)
+            if first is not None:  # on another line, or the same one (`{hosts: [a], hosts: [b]}`)
+                where = f"twice on line {line}" if first == line else f"twice, on line {first} and on line {line}"
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given {where}",
+                                                        key_node.start_mark)
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 

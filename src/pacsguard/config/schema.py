@@ -8,9 +8,9 @@ import os
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_SECRET_BYTES = 64 * 1024  # a password or token, never a whole file
 
@@ -23,10 +23,16 @@ class Strict(BaseModel):
     def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """YAML's `yes`, `on` and `true` are booleans, which pydantic would take as the number 1:
         `port: yes` must be an error naming the key, not port 1 (an outside tester, round 5)."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool):
             if _wants_number(annotation) and not _admits(annotation, bool):
                 raise ValueError(f"expected a number, not the boolean {str(value).lower()}")
+        elif isinstance(value, list) and any(isinstance(item, bool) for item in value):
+            items = [m for a in _members(annotation) if get_args(a) for m in _members(get_args(a)[0])]
+            if any(m in (int, float) for m in items) and bool not in items:  # dicom_ports: [yes, 104]
+                raise ValueError("expected numbers, not booleans (`yes`, `on`, `true` are booleans in YAML)")
         return value
 
 
@@ -85,7 +91,7 @@ class SecretRef(Strict):
 class SyslogCollector(Strict):
     """An RFC 5424 collector: where the syslog sink sends events and a syslog witness checkpoints."""
 
-    host: str
+    host: Host
     port: int = Field(6514, ge=1, le=65535)
     transport: Literal["tcp", "tls"] = "tls"
     ca_file: Path | None = None
@@ -211,6 +217,10 @@ def check_host(value: str) -> str:
     return text
 
 
+#: A host field: an IP address or an RFC 1123 host name, never empty (check_host).
+Host = Annotated[str, AfterValidator(check_host)]
+
+
 class ListenTLS(Strict):
     cert_file: Path
     key_file: Path
@@ -232,24 +242,22 @@ class UpstreamTLS(Strict):
 
 
 class Listen(Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(..., ge=1, le=65535)
     ae_title: AETitle
     tls: ListenTLS | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
-    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class Upstream(Strict):
-    host: str
+    host: Host
     port: int = Field(..., ge=1, le=65535)
     ae_title: AETitle
     tls: UpstreamTLS | None = None
     connect_timeout: float = Field(10.0, gt=0, le=300)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
-    _host = field_validator("host")(classmethod(lambda cls, v: check_host(v)))
 
 
 class Policy(Strict):

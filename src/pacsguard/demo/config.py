@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pacsguard.config.schema import Strict
+from pacsguard.config.schema import Host, Strict
 
 
 class DemoUpstreamConfig(Strict):
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(11113, ge=1, le=65535)
     ae_title: str = Field("DEMOPACS", min_length=1, max_length=16)
     storage: Path = Path("var/demo-pacs")

@@ -47,10 +47,10 @@ def check_target(target: str) -> str:
         return canonical(target)
     ae_title, sep, host = target.rpartition("@")
     if sep and ae_title:
-        if not is_host(host):
+        if not is_host(host.strip()):
             raise ValueError(f"{target!r}: {host!r} after the @ is not an IP address")
-        check_ae_title(ae_title)
-        return pair(ae_title, canonical(host))
+        # An AE title's leading and trailing spaces are not significant (PS3.5 Table 6.2-1 AE).
+        return pair(check_ae_title(ae_title), canonical(host.strip()))
     try:
         ip_network(target, strict=False)
     except ValueError:
@@ -59,8 +59,7 @@ def check_target(target: str) -> str:
         raise ValueError(f"{target!r} is a network: quarantine takes one address (or an AE title, AE@address)")
     if all(part.isdigit() for part in target.split(".")) and "." in target:
         raise ValueError(f"{target!r} is not an IP address (each IPv4 part is 0-255)")
-    check_ae_title(target)
-    return target
+    return check_ae_title(target)
 
 
 def canonical(host: str) -> str:
@@ -194,8 +193,7 @@ class QuarantineList:
 def _canonical_target(target: str) -> str:
     """A recorded target in the spelling `match` compares (events recorded before `check_target`
     canonicalised them, or by another tool, may spell an address otherwise)."""
-    target = target.strip()
-    ae_title, sep, host = target.rpartition("@")
-    if sep and ae_title and is_host(host):
-        return pair(ae_title, canonical(host))
-    return canonical(target)
+    try:
+        return check_target(target)
+    except ValueError:  # recorded by an older pacsguard or another tool: kept as it is
+        return target.strip()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pacsguard.config.schema import Strict
+from pacsguard.config.schema import Host, Strict
 
 
 class MetricsConfig(Strict):
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)  # 0: any free port (the banner shows which)
     timeout: float = Field(5.0, gt=0, le=60)  # seconds a client has to send its request and a probe to answer

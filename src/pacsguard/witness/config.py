@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from pacsguard.config.schema import ListenTLS, SecretRef, Strict
+from pacsguard.config.schema import Host, ListenTLS, SecretRef, Strict
 
 
 class WitnessedLog(Strict):
@@ -17,7 +17,7 @@ class WitnessedLog(Strict):
 
 class WitnessServiceConfig(Strict):
     enabled: bool = False
-    host: str = Field("127.0.0.1", description="address to listen on (loopback unless you say otherwise)")
+    host: Host = Field("127.0.0.1", description="address to listen on (loopback unless you say otherwise)")
     port: int = Field(8471, ge=0, le=65535)
     storage: Path = Field(Path("var/witness"), description="folder of the checkpoints held, one file per log")
     signing_key: Path = Field(Path("var/keys/witness-signing.key"),

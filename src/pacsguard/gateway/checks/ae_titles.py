@@ -19,7 +19,12 @@ class AETitlesCheck(Check):
     def __init__(self, route: Route) -> None:
         self.own = route.listen.ae_title
         self.calling = route.policy.calling_ae_titles
-        self.subjects = None if route.policy.cert_subjects is None else set(route.policy.cert_subjects)
+        subjects = route.policy.cert_subjects
+        # An entry with "=" is a whole RFC 4514 subject and matches only a subject; one without is
+        # a bare CN and matches only a CN: a certificate whose one CN is the text "CN=ct1,O=Radiology"
+        # must not pass for that subject.
+        self.subjects = None if subjects is None else {s for s in subjects if "=" in s}
+        self.cns = None if subjects is None else {s for s in subjects if "=" not in s}
 
     def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
         called, calling = rq.called_ae_title, rq.calling_ae_title
@@ -31,7 +36,7 @@ class AETitlesCheck(Check):
                           rj=(*_USER, P.RJ_REASON_USER_CALLING_AE_NOT_RECOGNIZED))
         if self.subjects is not None:
             cert = assoc.cert or {}
-            if not {cert.get("subject"), cert.get("subject_cn")} & self.subjects:
+            if cert.get("subject") not in self.subjects and cert.get("subject_cn") not in (self.cns or ()):
                 who = cert.get("subject") or "no client certificate"
                 return refuse(f"client certificate subject ({who}) is not allowed", "policy.cert_subjects",
                               rj=RJ_REFUSED)
