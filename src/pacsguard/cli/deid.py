@@ -239,7 +239,7 @@ def reidentify_cmd(
 ) -> None:
     """Open, with the key, the original identifiers a deidentify route sealed in its records:
     one JSON line per object (time, route, new, original). Exit 1 if a record under this key
-    does not open (altered)."""
+    does not open (altered); exit 3 if --find matched no record that opened."""
     import json
     import sys
 
@@ -255,7 +255,7 @@ def reidentify_cmd(
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(f"{events}: {exc}") from None
     console = Console(stderr=True, soft_wrap=True)
-    other_key = broken = 0
+    other_key = broken = shown_count = 0
     for number, line in enumerate(text.splitlines(), start=1):
         try:
             event = json.loads(line) if line.strip() else None
@@ -277,7 +277,14 @@ def reidentify_cmd(
             continue
         typer.echo(json.dumps({"time": event.get("time"), "route": details.get("route"), "new": new,
                                "original": original}, sort_keys=True))
+        shown_count += 1
     if other_key:
         console.print(f"{other_key} record(s) sealed under another key were skipped")
     if broken:
         raise typer.Exit(1)
+    if find is not None and not shown_count:
+        # An empty answer must not pass for "no such object": the export may have stopped at
+        # `events search --limit`, or cover another time or key.
+        console.print(f"no record under this key matches {find}; if {events} is an `events search` "
+                      "export, check that it was not cut at --limit", style="yellow")
+        raise typer.Exit(3)

@@ -63,13 +63,25 @@ def search(
     """Find events by patient, study, actor, kind and time; oldest first."""
     from pacsguard.store import EventQuery
 
+    # One event more than asked tells whether the output stops short of what matched.
     query = EventQuery(patient=patient, study=study, actor=actor, kind=kind,
-                       since=_when(since, "since"), until=_when(until, "until"), limit=limit)
+                       since=_when(since, "since"), until=_when(until, "until"), limit=limit + 1)
     es = open_store(load(config, required=store is None), store)
     try:
-        _print(list(es.search(query)), fmt)
+        found = list(es.search(query))
     finally:
         es.close()
+    _print(found[:limit], fmt)
+    if len(found) > limit:
+        _limit_notice(limit, found[limit - 1])
+
+
+def _limit_notice(limit: int, last: StoredEvent) -> None:
+    """Say on standard error (standard output stays the events alone, for scripts) that more
+    events matched than --limit let through, and how to go on."""
+    when = last.event.time.astimezone(timezone.utc).isoformat()
+    typer.echo(f"events search: stopped at --limit {limit} with more events left (the last shown "
+               f"is #{last.seq} of {when}); raise --limit or narrow with --since", err=True)
 
 
 @app.command("tail")

@@ -30,6 +30,7 @@ from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table,
 from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
 from pacsguard.deid.rules import Decision, decide
 from pacsguard.deid.values import clean_text, dummy, empty, identifiers_of, is_text
+from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
 
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
@@ -39,12 +40,15 @@ SOP_CLASS_UID = 0x00080016
 _IDENTITIES = (("StudyInstanceUID", 0x0020000D), ("SeriesInstanceUID", 0x0020000E),
                ("SOPInstanceUID", SOP_INSTANCE_UID), ("PatientID", PATIENT_ID))
 OVERLAY_DATA = 0x3000
-#: File meta attributes that name devices, hosts or vendors' private data (PS3.10 7.1): removed.
-#: Source, Sending and Receiving AE Titles (0002,0016-0018), Source, Sending and Receiving
-#: Presentation Addresses (0002,0026-0028: host names and IP addresses of the modality and the
-#: site), Private Information Creator UID and Private Information (0002,0100, 0002,0102).
-_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100,
-                 0x00020102)
+#: File meta attributes (PS3.10 7.1) an output keeps from its input: File Meta Information
+#: Version (0002,0001) and Transfer Syntax UID (0002,0010), which describe the encoding. The meta
+#: is otherwise written by pacsguard itself: Media Storage SOP Class and Instance UIDs (0002,0002,
+#: 0002,0003) from the de-identified data set, Implementation Class UID and Version Name (0002,0012,
+#: 0002,0013) its own. Everything else goes, whatever its tag: AE titles and presentation
+#: addresses (0002,0016-0028), the RTV elements (0002,0031-0035: a Communication SOP Instance UID
+#: that is the original instance UID, a Source Identifier that names the device), private
+#: information (0002,0100, 0002,0102), and any element a later edition adds.
+_META_KEPT = frozenset({0x00020001, 0x00020010})
 #: The Item tag (FFFE,E000) as implicit VR little endian bytes: how a sequence encoded as UN
 #: begins (PS3.5 6.2.2: its value is the sequence in Implicit VR Little Endian).
 _ITEM_LE = b"\xfe\xff\x00\xe0"
@@ -201,16 +205,20 @@ class Engine:
         return self._patient_context(own_id, own_name, ctx.identifiers)
 
     def _file_meta(self, ds: Dataset) -> None:
+        """Rebuild the File Meta Information (PS3.10 7.1) from an allow-list (_META_KEPT) and what
+        pacsguard writes itself, so that no meta element of the input passes unchecked."""
         meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
         if meta is None:
             return
-        for tag in _META_REMOVED:
-            if tag in meta:
-                del meta[tag]
+        for dropped in [t for t in meta.keys() if int(t) not in _META_KEPT]:
+            del meta[dropped]
         # PS3.10 7.1: the meta names the instance the file holds, under its new UIDs.
         for meta_tag, tag in ((0x00020003, SOP_INSTANCE_UID), (0x00020002, SOP_CLASS_UID)):
             if tag in ds:
                 meta[meta_tag] = DataElement(meta_tag, "UI", _text_of(ds, tag), validation_mode=config.IGNORE)
+        # The writer of the file is pacsguard, not the source device (whose name would stay).
+        meta[0x00020012] = DataElement(0x00020012, "UI", PACSGUARD_IMPLEMENTATION_CLASS_UID)
+        meta[0x00020013] = DataElement(0x00020013, "SH", PACSGUARD_IMPLEMENTATION_VERSION_NAME)
 
     def _record_method(self, ds: Dataset, pixels_clean: bool) -> None:
         options = self.settings.options

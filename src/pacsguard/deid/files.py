@@ -37,12 +37,13 @@ def read_whole(path: Path) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(path)
+            end = _raw_end(ds)  # before _cut_off decodes sequences: a decoded element has no offsets
             cut = _cut_off(ds)
     except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
         raise Withheld(f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
     if cut:
         raise Withheld(f"the file is cut off inside {cut}")
-    early = _ends_early(path, ds)
+    early = _ends_early(path, end)
     if early:
         raise Withheld(early)
     if "SOPInstanceUID" not in ds:
@@ -72,15 +73,25 @@ def _cut_off(ds: Dataset) -> str:
     return ""
 
 
-def _ends_early(path: Path, ds: Dataset) -> str:
-    """The last element must end where the file ends: pydicom stops silently at an element header
-    cut short (fewer than 8 bytes left), dropping everything after it (PS3.5 7.1)."""
+def _raw_end(ds: Dataset) -> int | None:
+    """Where the last top-level element ends in the file, as read (PS3.5 7.1: its value offset
+    plus its length); None when that is unknown: a deflated file (offsets are in the inflated
+    stream), an element already decoded or of undefined length, or no element at all. Taken
+    before anything is decoded: decoding a sequence replaces its raw element, offsets and all."""
     if ds.file_meta.get("TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian or not ds._dict:
-        return ""  # offsets are in the inflated stream
+        return None
     last = ds._dict[max(ds._dict)]
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
+        return None
+    return int(last.value_tell) + int(last.length)
+
+
+def _ends_early(path: Path, end: int | None) -> str:
+    """The last element must end where the file ends: pydicom stops silently at an element header
+    cut short (fewer than 8 bytes left), dropping everything after it (PS3.5 7.1)."""
+    if end is None:
         return ""
-    extra = path.stat().st_size - (last.value_tell + last.length)
+    extra = path.stat().st_size - end
     if extra < 0:
         return f"the file is cut off: its last element runs {-extra} bytes past the end"
     return f"the file is cut off: {extra} bytes after its last whole element" if extra else ""

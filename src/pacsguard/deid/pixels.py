@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from pacsguard.deid.engine import Withheld
@@ -71,7 +72,8 @@ _OVERLAY_BIT_POSITION = 0x0102
 
 
 def remove_embedded_overlays(ds: Dataset) -> list[int]:
-    """Take out every overlay group (60xx) that has no Overlay Data (60xx,3000) of its own, and
+    """Take out every overlay group (60xx) that has no Overlay Data (60xx,3000) of its own, or an
+    empty one (a value of length 0 holds no overlay: PS3.5 7.1.1), and
     the bit plane of Pixel Data it names when it is an embedded overlay; return the groups.
 
     Overlay Data is X in Table E.1-1 (PS3.15), yet an overlay may still live in the unused high
@@ -88,7 +90,7 @@ def remove_embedded_overlays(ds: Dataset) -> list[int]:
             by_group.setdefault(found.group, []).append(int(found))
     removed: list[int] = []
     for group, tags in sorted(by_group.items()):
-        if (group << 16 | _OVERLAY_DATA) in ds:
+        if _has_overlay_data(ds, group):
             continue
         allocated = _int(ds, group << 16 | _OVERLAY_BITS_ALLOCATED, 1)
         if allocated > 1 and "PixelData" in ds:
@@ -97,6 +99,15 @@ def remove_embedded_overlays(ds: Dataset) -> list[int]:
             del ds[tag]
         removed.append(group)
     return removed
+
+
+def _has_overlay_data(ds: Dataset, group: int) -> bool:
+    """True if the group's Overlay Data (60xx,3000) is present with a value: an empty one leaves
+    the overlay, if any, where Overlay Bits Allocated and Bit Position put it (in Pixel Data)."""
+    elem = ds.get_item(group << 16 | _OVERLAY_DATA)  # raw: the length alone answers, nothing decoded
+    if elem is None:
+        return False
+    return bool(elem.length if isinstance(elem, RawDataElement) else elem.value)
 
 
 def _int(ds: Dataset, tag: int, default: int) -> int:

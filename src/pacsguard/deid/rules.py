@@ -162,13 +162,16 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         return Decision("X", Effect.REMOVE, "not listed: AE title")
     if vr == "PN":
         return Decision("D", Effect.DUMMY, "not listed: person name")
+    # A URI goes by its VR in the file or in the dictionary: Retrieve URI (0040,E010) was UT before
+    # the UR VR existed (PS3.5 2014), and an older Explicit VR file still encodes it so; as free text
+    # Clean Descriptors would keep its host name and path.
+    if (vr == "UR" or known_vr(tag) == "UR") and tag not in PUBLIC_URIS:
+        return Decision("X", Effect.REMOVE, "not listed: URI (may hold original UIDs, hosts, paths)")
     # Free text (E.3.5): removed, or cleaned under Clean Descriptors, as the listed comments are.
     if vr in _FREE_TEXT:
         if Option.CLEAN_DESCRIPTORS in options:
             return Decision("C", Effect.CLEAN, "not listed: free text, clean-descriptors")
         return Decision("X", Effect.REMOVE, "not listed: free text")
-    if vr == "UR" and tag not in PUBLIC_URIS:
-        return Decision("X", Effect.REMOVE, "not listed: URI (may hold original UIDs, hosts, paths)")
     if vr == "UI" and tag in CLASS_UIDS:
         return Decision("K", Effect.KEEP, "not listed: class UID")
     if vr == "UI" and not registered_uid:

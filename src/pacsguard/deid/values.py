@@ -39,6 +39,9 @@ def is_text(vr: str) -> bool:
 
 
 _WORD = re.compile(r"[^\s^,;:/\\()\[\]]+")
+#: What joins parts inside a word: an apostrophe (straight or typographic: "Li's", "O'Neil") or a
+#: hyphen ("Wu-Li"). A short name part is a whole word between them as much as between spaces.
+_JOINERS = re.compile(r"['\u2019\u02bc\-\u2010\u2011]+")
 
 
 def clean_text(value: str, identifiers: frozenset[str]) -> str:
@@ -46,9 +49,11 @@ def clean_text(value: str, identifiers: frozenset[str]) -> str:
     ID) and words with four or more digits (dates, numbers) become 'X'; the rest keeps its meaning.
 
     An identifier of three characters or more is looked for inside words; a shorter one ("Li",
-    "Wu") only as a whole word, so that it does not take ordinary words with it. A part written
-    in a script without spaces between words (kanji, hanzi, kana: "山田", "王") is looked for inside
-    words whatever its length, and only that part becomes 'X' ("山田太郎胸部CT" -> "XX胸部CT")."""
+    "Wu") only as a whole word, or a whole part of a word joined by an apostrophe or a hyphen
+    ("Li's", "Wu-Li"), so that it does not take ordinary words with it. A part written in a
+    script without spaces inside a name (kanji, hanzi, kana, Hangul: "山田", "王", "홍", "길동") is
+    looked for inside words whatever its length, and only that part becomes 'X' ("山田太郎胸部CT"
+    -> "XX胸部CT", "홍길동님" -> "XXX님")."""
     long = tuple(i for i in identifiers if len(i) >= 3 and not _unspaced(i))
     short = frozenset(i for i in identifiers if len(i) < 3 and not _unspaced(i))
     unspaced = sorted((i for i in identifiers if _unspaced(i)), key=len, reverse=True)
@@ -56,7 +61,7 @@ def clean_text(value: str, identifiers: frozenset[str]) -> str:
     def scrub(match: re.Match[str]) -> str:
         word = match.group(0)
         low = word.lower()
-        if sum(ch.isdigit() for ch in word) >= 4 or low in short or any(i in low for i in long):
+        if sum(ch.isdigit() for ch in word) >= 4 or _holds_short(low, short) or any(i in low for i in long):
             return "X"
         for part in unspaced:
             word = word.replace(part, "X" * len(part))
@@ -65,13 +70,22 @@ def clean_text(value: str, identifiers: frozenset[str]) -> str:
     return _WORD.sub(scrub, value)
 
 
+def _holds_short(word: str, short: frozenset[str]) -> bool:
+    """True if the word, or one of its parts between apostrophes and hyphens, is a short
+    identifier."""
+    return word in short or any(part in short for part in _JOINERS.split(word))
+
+
 def _unspaced(part: str) -> bool:
-    """True for text in a script written without spaces between words (PS3.5 6.1.2.5.3 names in
-    ideographic and phonetic groups): CJK ideographs, kana, and their full-width forms."""
+    """True for text in a script whose names are written without spaces between their parts
+    (PS3.5 6.1.2.5.3 names in ideographic and phonetic groups; PS3.5 Annex I, Korean): CJK
+    ideographs, kana, Hangul (syllables, jamo, compatibility jamo) and their full- and half-width
+    forms. Korean spaces words, yet writes a full name as one ("홍길동", "홍길동님")."""
     return any(unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS) for ch in part)
 
 
-_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "IDEOGRAPHIC")
+_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "IDEOGRAPHIC", "HANGUL",
+                     "HALFWIDTH HANGUL")
 
 
 def identifiers_of(*values: str) -> frozenset[str]:
