@@ -92,3 +92,30 @@ def test_a_piped_table_keeps_each_row_on_one_line() -> None:
     table.add_row("modified", long)
     new_console(file=out).print(table)
     assert any(long in line for line in out.getvalue().splitlines()), out.getvalue()
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["gateway", "run", "--help"]])
+def test_help_and_version_answer_a_closed_pipe_and_a_full_disk(tmp_path: Path, args: list[str]) -> None:
+    """click writes them before any command's guard runs: `--version | true` exited 1 and
+    `--help > /dev/full` printed a traceback (a re-probe, round 5)."""
+    write = closed_pipe()
+    try:
+        done = run(args, tmp_path, write)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
+    with open("/dev/full", "w") as full:
+        done = run(args, tmp_path, full.fileno())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert done.stderr.strip().splitlines() == ["error: cannot write the output: No space left on device"]
+
+
+def test_deid_explain_into_a_closed_pipe_is_141(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    write = closed_pipe()
+    try:
+        done = run(["deid", "explain", get_testdata_file("CT_small.dcm")], tmp_path, write)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)

@@ -126,7 +126,7 @@ def guarded(func: F) -> F:
             sys.stdout.flush()
             return result
         except BrokenPipeError as exc:
-            if _stdout_closed():
+            if stdout_closed():
                 raise typer.Exit(EXIT_PIPE_CLOSED) from None
             raise fail(str(exc)) from None
         except (StoreError, LookupError, OSError, MissingDependency) as exc:
@@ -161,7 +161,7 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _stdout_closed() -> bool:
+def stdout_closed() -> bool:
     """Whether stdout is a pipe whose reader has gone (POLLERR on its write end, Linux pipe(7)), as
     when `pacsguard audit search | head` has its lines. Then the command stops quietly, as Unix tools
     do on SIGPIPE, and stdout is pointed at /dev/null: Python's flush of it at exit would fail again

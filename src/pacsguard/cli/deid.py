@@ -183,7 +183,6 @@ def explain_cmd(
 ) -> None:
     """What the profile would do to each attribute and why, with the deid: settings of
     pacsguard.yaml; writes nothing."""
-    from rich.console import Console
     from rich.table import Table as RichTable
 
     from pacsguard.deid.build import make_engine
@@ -203,7 +202,9 @@ def explain_cmd(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     result = explain(engine, ds)
-    console = Console(soft_wrap=True)
+    from pacsguard.cli.common import new_console
+
+    console = new_console(soft_wrap=True)  # piped into `head`: exit 141, as every command
     grid = RichTable("attribute", "name", "VR", "action", "effect", "decided by", box=None)
     for c in result.changes:
         grid.add_row(shown(c.path), shown(c.name), c.vr, c.code, c.effect.value, shown(c.source))

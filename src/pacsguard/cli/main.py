@@ -5,6 +5,7 @@ Nothing heavy is imported before the arguments are parsed: a part's commands loa
 from __future__ import annotations
 
 import gc
+import sys
 
 import typer
 
@@ -39,8 +40,23 @@ def command(registry: Registry | None = None) -> PartsGroup:
 def main() -> None:
     try:
         command().main(prog_name="pacsguard")
+    except SystemExit as exc:
+        # --help and --version are written by click before any command (and its guard) runs: click
+        # answers a reader gone away with a silent exit 1, which scripts read as "findings".
+        if exc.code == 1 and _reader_gone():
+            raise SystemExit(141) from None
+        raise
+    except OSError as exc:  # the same on a full disk (> /dev/full): one line, not a traceback
+        print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         # The command has closed what it opened; what is left is the imported libraries' state, which
         # Python's collections at exit would walk object by object (~70 ms after `ids read`) only to
         # free memory the process gives back anyway. Frozen objects are left out of those walks.
         gc.freeze()
+
+
+def _reader_gone() -> bool:
+    from pacsguard.cli.common import stdout_closed
+
+    return stdout_closed()
