@@ -78,7 +78,10 @@ def make_engine(url: str, *, create: bool) -> Engine:
             "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"))
         return engine
     if backend == "postgresql":
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # client_encoding utf8: a SQL_ASCII database would otherwise hand back bytes, which SQLAlchemy
+        # cannot even read the server version from; `_check_encoding` then refuses it by name.
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10,
+                                                                    "client_encoding": "utf8"})
     raise StoreError(f"store URL {describe(url)}: only sqlite and postgresql stores are supported")
 
 
@@ -134,6 +137,7 @@ def check_or_create(engine: Engine, url: str, *, create: bool,
     where = describe(url)
     with _store_errors(where):
         with engine.connect() as conn:
+            _check_encoding(conn, where)
             state = _state(conn, where, create=create)
             if state == "current":
                 return False
@@ -179,6 +183,20 @@ def outdated_message(where: str, found: str | None) -> str:
     return (f"{where}: the store is at schema revision {found or 'none'}, this pacsguard needs revision "
             f"{HEAD_REVISION}; it does not migrate the audit trail on its own: stop what writes to it, "
             f"then run `{MIGRATE_COMMAND}` (it backs the store up first)")
+
+
+def _check_encoding(conn: Connection, where: str) -> None:
+    """PostgreSQL must store text as UTF-8: a SQL_ASCII database (initdb's default under LC_ALL=C)
+    hands text back as bytes and accepts any byte sequence, which a patient's name in another
+    script would turn into mojibake in the audit trail (psycopg's docs on SQL_ASCII)."""
+    if conn.dialect.name != "postgresql":
+        return
+    encoding = conn.execute(text("SHOW server_encoding")).scalar()
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode("ascii", "replace")
+    if str(encoding).upper() not in ("UTF8", "UTF-8"):
+        raise StoreError(f"{where}: the database's encoding is {encoding}; pacsguard stores UTF-8 text: "
+                         "create the database with ENCODING 'UTF8' (createdb -E UTF8 -T template0 NAME)")
 
 
 @contextmanager
