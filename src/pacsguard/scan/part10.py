@@ -146,26 +146,49 @@ class Parsed:
         return self.value(element).decode("latin-1").strip("\x00 ")
 
 
+@lru_cache(maxsize=1)
+def _dictionary() -> tuple[dict[int, tuple[str, ...]], tuple[tuple[int, int, str], ...]]:
+    """PS3.6's data dictionary as pydicom ships it (its _dicom_dict module, a plain table), loaded
+    without importing pydicom itself: that import (~170 ms, numpy with it) was most of a
+    `pacsguard scan` run's start-up. The standard tags, and the repeating groups (60xx, 50xx) as
+    (mask, value, VR)."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        package = importlib.util.find_spec("pydicom")
+        if package is None or package.origin is None:
+            return {}, ()
+        spec = importlib.util.spec_from_file_location("pacsguard_ps36_dictionary",
+                                                      Path(package.origin).parent / "_dicom_dict.py")
+        if spec is None or spec.loader is None:
+            return {}, ()
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError, SyntaxError):
+        return {}, ()
+    # The most specific mask first: 50xx3000 (Curve Data) before 50xx0000-style wider ones.
+    masks = sorted(module.RepeatersDictionary.items(), key=lambda item: item[0].count("x"))
+    repeaters = tuple((int("".join("0" if c == "x" else "F" for c in mask), 16), int(mask.replace("x", "0"), 16),
+                       entry[0]) for mask, entry in masks)
+    return module.DicomDictionary, repeaters
+
+
 @lru_cache(maxsize=8192)
 def dictionary_vr(tag: int) -> str:
-    """The VR an implicit-VR element has (PS3.6); UN when the dictionary does not know it."""
-    try:
-        from pydicom.datadict import dictionary_VR
-
-        vr = str(dictionary_VR(tag))
-    except Exception:  # pydicom raises KeyError for unknown tags, and worse for odd ones
-        return "UN"
+    """The VR an implicit-VR element has (PS3.6; the first of "US or SS"); UN when the dictionary
+    does not know it."""
+    standard, repeaters = _dictionary()
+    entry = standard.get(tag)
+    vr = str(entry[0]) if entry is not None else next((v for m, value, v in repeaters if tag & m == value), "")
     return vr.split(" ")[0] if vr else "UN"
 
 
 @lru_cache(maxsize=8)
 def dictionary_tags(vrs: frozenset[str]) -> frozenset[int]:
     """The standard tags whose dictionary VR (PS3.6; the first of "US or SS") is one of ``vrs``."""
-    try:
-        from pydicom._dicom_dict import DicomDictionary
-    except ImportError:
-        return frozenset()
-    return frozenset(tag for tag, entry in DicomDictionary.items() if str(entry[0]).split(" ")[0] in vrs)
+    standard, _ = _dictionary()
+    return frozenset(tag for tag, entry in standard.items() if str(entry[0]).split(" ")[0] in vrs)
 
 
 def read(data: bytes, limits: Limits = Limits()) -> Parsed:
