@@ -28,22 +28,21 @@ def run(args: list[str], cwd: Path, stdout: int) -> subprocess.CompletedProcess[
                           stderr=subprocess.PIPE, text=True, timeout=120)
 
 
-def closed_pipe() -> int:
-    """The write end of a pipe whose reader is gone (as `| true` leaves it)."""
+def into_closed_pipe(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``args`` run with stdout on a pipe whose reader is gone (as `| true` leaves it)."""
     read, write = os.pipe()
     os.close(read)
-    return write
+    try:
+        return run(args, cwd, write)
+    finally:
+        os.close(write)
 
 
 @pytest.mark.parametrize("args", [["ids", "rules", "list"], ["events", "schema"], ["config", "check", "p.yaml"]],
                          ids=["plain-lines", "json", "rich"])
 def test_a_reader_gone_away_is_exit_141_quietly(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "p.yaml").write_text(CONFIG)
-    write = closed_pipe()
-    try:
-        done = run(args, tmp_path, write)
-    finally:
-        os.close(write)
+    done = into_closed_pipe(args, tmp_path)
     assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
 
 
@@ -98,11 +97,7 @@ def test_a_piped_table_keeps_each_row_on_one_line() -> None:
 def test_help_and_version_answer_a_closed_pipe_and_a_full_disk(tmp_path: Path, args: list[str]) -> None:
     """click writes them before any command's guard runs: `--version | true` exited 1 and
     `--help > /dev/full` printed a traceback (a re-probe, round 5)."""
-    write = closed_pipe()
-    try:
-        done = run(args, tmp_path, write)
-    finally:
-        os.close(write)
+    done = into_closed_pipe(args, tmp_path)
     assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
     with open("/dev/full", "w") as full:
         done = run(args, tmp_path, full.fileno())
@@ -113,9 +108,5 @@ def test_help_and_version_answer_a_closed_pipe_and_a_full_disk(tmp_path: Path, a
 def test_deid_explain_into_a_closed_pipe_is_141(tmp_path: Path) -> None:
     from pydicom.data import get_testdata_file
 
-    write = closed_pipe()
-    try:
-        done = run(["deid", "explain", get_testdata_file("CT_small.dcm")], tmp_path, write)
-    finally:
-        os.close(write)
+    done = into_closed_pipe(["deid", "explain", get_testdata_file("CT_small.dcm")], tmp_path)
     assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)
