@@ -9,6 +9,7 @@ import datetime
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,8 @@ def test_a_bare_cn_names_only_a_subject_with_one_cn(tmp_path: Path, shape: str) 
     assert peer["subject_cn"] == ("ct1" if shape == "one" else None), peer
 
 
-def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> None:
+def allow_list(*entries: str) -> Callable[[str, str | None], str]:
+    """The verdict (its action's name) of a route's `cert_subjects` on a certificate's subject and CN."""
     from types import SimpleNamespace
 
     from pacsguard.config.schema import Route
@@ -94,7 +96,7 @@ def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> 
 
     route = Route.model_validate({"name": "r", "listen": {"host": "127.0.0.1", "port": 11112, "ae_title": "GW"},
                                   "upstream": {"host": "127.0.0.1", "port": 104, "ae_title": "PACS"},
-                                  "policy": {"cert_subjects": ["ct1", "CN=evil,CN=ct1"]}})
+                                  "policy": {"cert_subjects": list(entries)}})
     check = AETitlesCheck(route)
     rq = SimpleNamespace(called_ae_title="GW", calling_ae_title="CT")
 
@@ -102,6 +104,11 @@ def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> 
         assoc = SimpleNamespace(cert={"subject": subject, "subject_cn": cn})
         return check.on_associate(assoc, rq, []).action.name  # type: ignore[arg-type]
 
+    return verdict
+
+
+def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> None:
+    verdict = allow_list("ct1", "CN=evil,CN=ct1")
     assert verdict("CN=ct1", "ct1") == "ALLOW"
     assert verdict("CN=ct1+CN=evil", None) != "ALLOW"
     assert verdict("CN=evil,CN=ct1", None) == "ALLOW"  # listed whole
@@ -110,21 +117,7 @@ def test_the_allow_list_refuses_a_subject_with_two_cns_unless_listed_whole() -> 
 def test_a_cn_that_spells_a_subject_is_no_subject() -> None:
     """cert_subjects ["CN=ct1,O=Radiology"] admitted a certificate whose one CN is that text (a
     re-probe, round 5): an entry with "=" matches only a subject, one without only a CN."""
-    from types import SimpleNamespace
-
-    from pacsguard.config.schema import Route
-    from pacsguard.gateway.checks.ae_titles import AETitlesCheck
-
-    route = Route.model_validate({"name": "r", "listen": {"host": "127.0.0.1", "port": 11112, "ae_title": "GW"},
-                                  "upstream": {"host": "127.0.0.1", "port": 104, "ae_title": "PACS"},
-                                  "policy": {"cert_subjects": ["CN=ct1,O=Radiology", "ct2"]}})
-    check = AETitlesCheck(route)
-    rq = SimpleNamespace(called_ae_title="GW", calling_ae_title="CT")
-
-    def verdict(subject: str, cn: str | None) -> str:
-        assoc = SimpleNamespace(cert={"subject": subject, "subject_cn": cn})
-        return check.on_associate(assoc, rq, []).action.name  # type: ignore[arg-type]
-
+    verdict = allow_list("CN=ct1,O=Radiology", "ct2")
     assert verdict("CN=ct1,O=Radiology", "ct1") == "ALLOW"
     assert verdict("CN=CN\\=ct1\\,O\\=Radiology", "CN=ct1,O=Radiology") != "ALLOW"
     assert verdict("CN=ct2,O=Cardiology", "ct2") == "ALLOW"
