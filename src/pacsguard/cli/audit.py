@@ -414,7 +414,7 @@ def search(
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
     from pacsguard.atna.message.codes import ACTIONS, OUTCOMES
     from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError
-    from pacsguard.cli.events import _print, _when
+    from pacsguard.cli.events import _when, print_limited
 
     def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
         return [tuple(values)] if values else []
@@ -433,12 +433,14 @@ def search(
                    entity_types=_coded("--entity-type", entity_type, ENTITY_TYPES),
                    outcomes=_coded("--outcome", outcome, OUTCOMES),
                    event_ids=[tuple(CodeToken(e) for e in event_id)] if event_id else [],
-                   actions=_coded("--action", action, ACTIONS), sources=anyof(source), count=limit)
+                   actions=_coded("--action", action, ACTIONS), sources=anyof(source), count=limit + 1)
     es = open_store(load(config, required=store is None), store)
     try:
-        _print(islice((s for s in q.stored(es) if q.matches(s.event)), limit), fmt)
+        # One event more than asked tells whether the output stops short of what matched.
+        found = list(islice((s for s in q.stored(es) if q.matches(s.event)), limit + 1))
     finally:
         es.close()
+    print_limited(found, limit, fmt, "audit search")
 
 
 #: ParticipantObjectTypeCode (PS3.15 A.5.1, RFC 3881 5.5.1) and the names `audit search` takes for them.

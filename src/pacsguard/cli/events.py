@@ -71,17 +71,19 @@ def search(
         found = list(es.search(query))
     finally:
         es.close()
+    print_limited(found, limit, fmt, "events search")
+
+
+def print_limited(found: list[StoredEvent], limit: int, fmt: Format, command: str) -> None:
+    """Print the first ``limit`` of ``found`` (asked for one more than ``limit``), then say on
+    standard error (standard output stays the events alone, for scripts) when more matched than
+    --limit let through, and how to go on."""
     _print(found[:limit], fmt)
     if len(found) > limit:
-        _limit_notice(limit, found[limit - 1])
-
-
-def _limit_notice(limit: int, last: StoredEvent) -> None:
-    """Say on standard error (standard output stays the events alone, for scripts) that more
-    events matched than --limit let through, and how to go on."""
-    when = last.event.time.astimezone(timezone.utc).isoformat()
-    typer.echo(f"events search: stopped at --limit {limit} with more events left (the last shown "
-               f"is #{last.seq} of {when}); raise --limit or narrow with --since", err=True)
+        last = found[limit - 1]
+        when = last.event.time.astimezone(timezone.utc).isoformat()
+        typer.echo(f"{command}: stopped at --limit {limit} with more events left (the last shown "
+                   f"is #{last.seq} of {when}); raise --limit or narrow with --since", err=True)
 
 
 @app.command("tail")
