@@ -6,9 +6,7 @@ hanging on the gateway (an outside tester's re-probe). Now OpenSSL's own reading
 from __future__ import annotations
 
 import datetime
-import socket
 import ssl
-import threading
 from pathlib import Path
 
 from cryptography import x509
@@ -16,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pacsguard.tls.contexts import describe_peer
+from tls_helpers import peer_as_described
 
 
 def _der_length(n: int) -> bytes:
@@ -76,19 +74,6 @@ def test_a_certificate_cryptography_will_not_read_is_named_by_openssl(tmp_path: 
     server_ctx.verify_mode = ssl.CERT_REQUIRED
     client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     client_ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
-    a, b = socket.socketpair()
-    with a, b:
-        a.settimeout(10)
-        b.settimeout(10)
-        peer: dict[str, object] = {}
-
-        def serve() -> None:
-            with server_ctx.wrap_socket(a, server_side=True) as tls:
-                peer.update(describe_peer(tls))
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        with client_ctx.wrap_socket(b, server_hostname="localhost"):
-            thread.join(10)
+    peer = peer_as_described(server_ctx, client_ctx)
     assert peer["subject_cn"] == "CT_SCANNER_1" and peer["subject"] == "CN=CT_SCANNER_1", peer
     assert peer["issuer"] == "CN=Hospital CA" and peer["fingerprint_sha256"] and peer["not_after"], peer

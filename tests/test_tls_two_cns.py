@@ -6,9 +6,7 @@ order was compared. A bare CN now names only a subject with exactly one CN."""
 from __future__ import annotations
 
 import datetime
-import socket
 import ssl
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pacsguard.tls.contexts import describe_peer
+from tls_helpers import peer_as_described
 
 CN = NameOID.COMMON_NAME
 SUBJECTS = {
@@ -62,21 +60,7 @@ def _peer(folder: Path) -> dict[str, object]:
     server.verify_mode = ssl.CERT_REQUIRED
     client = ssl.create_default_context(cafile=str(folder / "ca.crt"))
     client.load_cert_chain(folder / "leaf.crt", folder / "leaf.key")
-    a, b = socket.socketpair()
-    peer: dict[str, object] = {}
-    with a, b:
-        a.settimeout(10)
-        b.settimeout(10)
-
-        def serve() -> None:
-            with server.wrap_socket(a, server_side=True) as tls:
-                peer.update(describe_peer(tls))
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        with client.wrap_socket(b, server_hostname="localhost"):
-            thread.join(10)
-    return peer
+    return peer_as_described(server, client)
 
 
 @pytest.mark.parametrize("shape", sorted(SUBJECTS))
