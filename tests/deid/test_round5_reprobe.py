@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 from deid_helpers import KEY, engine, pydicom_files
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pacsguard.deid.engine import Withheld
 from pacsguard.deid.files import deidentify_file, read_whole
 from pacsguard.deid.values import clean_text, identifiers_of
 from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
@@ -175,32 +173,6 @@ def test_free_text_is_still_cleaned_under_clean_descriptors() -> None:
     ds.add_new(0x00324000, "LT", "Quixote follow-up")  # Study Comments: free text, cleaned
     engine("clean-descriptors").deidentify(ds)
     assert ds[0x00324000].value == "X follow-up"
-
-
-# -- a file cut after a sequence -------------------------------------------------------------------
-
-
-SR = Path(get_testdata_file("test-SR.dcm")).read_bytes()
-
-
-def _after_verifying_observer_sequence() -> int:
-    start = SR.find(b"\x40\x00\x73\xa0SQ")  # Verifying Observer Sequence, explicit VR, defined length
-    assert start > 0
-    return start + 12 + int.from_bytes(SR[start + 8:start + 12], "little")
-
-
-@pytest.mark.parametrize("into", [2, 4, 7])
-def test_a_file_cut_in_a_header_after_a_sequence_is_withheld(tmp_path: Path, into: int) -> None:
-    path = tmp_path / "cut.dcm"
-    path.write_bytes(SR[:_after_verifying_observer_sequence() + into])
-    with pytest.raises(Withheld, match="cut off"):
-        read_whole(path)
-
-
-def test_the_whole_sr_is_read(tmp_path: Path) -> None:
-    path = tmp_path / "sr.dcm"
-    path.write_bytes(SR)
-    assert "ContentSequence" in read_whole(path)
 
 
 # -- re-identification: --find that matches nothing; events search at its --limit ----------------
