@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pydicom.data
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.utils import pack_bits
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from pacsguard.deid.build import make_engine
 from pacsguard.deid.engine import Engine
@@ -24,3 +28,29 @@ def pydicom_files() -> list[Path]:
     """Every local file of pydicom's test data (never the downloadable ones)."""
     root = Path(os.path.dirname(pydicom.data.__file__)) / "test_files"
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def image(sop_class: str, pixels: np.ndarray, *, modality: str, bits: int = 8, stored: int | None = None,
+          syntax: str = ExplicitVRLittleEndian, **attrs: object) -> Dataset:
+    """A one-frame MONOCHROME2 image of ``sop_class`` holding ``pixels`` (Bits Allocated ``bits``,
+    1 packed), patient Quixote^Zebulon PID77341, fresh UIDs; ``attrs`` set as given."""
+    fm = FileMetaDataset()
+    fm.TransferSyntaxUID = syntax
+    fm.MediaStorageSOPClassUID = sop_class
+    ds = Dataset()
+    ds.file_meta = fm
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", modality
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored = bits, stored or bits
+    ds.HighBit = ds.BitsStored - 1
+    for name, value in attrs.items():
+        setattr(ds, name, value)
+    if bits == 1:
+        ds.PixelData = pack_bits(pixels)
+    else:
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">" if syntax == ExplicitVRBigEndian else "<")).tobytes()
+    return ds

@@ -21,10 +21,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from deid_helpers import KEY, OTHER_KEY, engine, pydicom_files
+from deid_helpers import KEY, OTHER_KEY, engine, image, pydicom_files
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels.utils import pack_bits
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from pacsguard.deid import object_check
@@ -45,30 +44,6 @@ def _pacsguard(*args: str, cwd: Path | None = None, env: dict[str, str] | None =
                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pacsguard.cli", *args], capture_output=True, text=True,
                           timeout=240, cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})}, input=stdin)
-
-
-def _image(sop_class: str, pixels: np.ndarray, *, modality: str, bits: int = 8, stored: int | None = None,
-           syntax: str = ExplicitVRLittleEndian, **attrs: object) -> Dataset:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID = syntax
-    fm.MediaStorageSOPClassUID = sop_class
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", modality
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored = bits, stored or bits
-    ds.HighBit = ds.BitsStored - 1
-    for name, value in attrs.items():
-        setattr(ds, name, value)
-    if bits == 1:
-        ds.PixelData = pack_bits(pixels)
-    else:
-        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">" if syntax == ExplicitVRBigEndian else "<")).tobytes()
-    return ds
 
 
 def _save(ds: Dataset, path: Path) -> Path:
@@ -163,7 +138,7 @@ def test_reidentify_opens_exported_events_with_the_key(tmp_path: Path) -> None:
 def _text_ultrasound() -> Dataset:
     pixels = np.full((64, 128), 40, np.uint8)
     pixels[2:14, 2:60] = 200  # stands for burned-in text
-    return _image(US, pixels, modality="US", BurnedInAnnotation="YES", Manufacturer="ACME")
+    return image(US, pixels, modality="US", BurnedInAnnotation="YES", Manufacturer="ACME")
 
 
 def test_ocr_off_without_a_region_mask_withholds(tmp_path: Path) -> None:
@@ -192,7 +167,7 @@ def _embedded_overlay_ct(position: int = 12, syntax: str = ExplicitVRLittleEndia
     stored = rng.integers(900, 1100, (32, 48)).astype(np.uint16)
     plane = np.zeros((32, 48), np.uint16)
     plane[4:12, 4:40] = 1  # stands for the patient's name drawn in the overlay plane
-    ds = _image(CTImageStorage, stored | (plane << position), modality="CT", bits=16, stored=12, syntax=syntax,
+    ds = image(CTImageStorage, stored | (plane << position), modality="CT", bits=16, stored=12, syntax=syntax,
                 BurnedInAnnotation="NO")
     for element, vr, value in ((0x0010, "US", 32), (0x0011, "US", 48), (0x0040, "CS", "G"),
                                (0x0050, "SS", [1, 1]), (0x0100, "US", 16), (0x0102, "US", position),
@@ -264,7 +239,7 @@ def test_masking_a_single_bit_image_keeps_it_packed(tmp_path: Path) -> None:
     frame = np.zeros((40, 80), np.uint8)
     frame[2:12, 2:30] = 1  # masked by the region mask
     frame[30:38, 60:78] = 1  # outside it: must survive
-    ds = _image(SINGLE_BIT_SC, np.stack([frame, frame]), modality="OT", bits=1, NumberOfFrames=2,
+    ds = image(SINGLE_BIT_SC, np.stack([frame, frame]), modality="OT", bits=1, NumberOfFrames=2,
                 Manufacturer="ACME")
     config = DeidConfig(options=[Option.CLEAN_PIXEL_DATA],
                         pixels={"ocr": False, "region_masks": [{"manufacturer": "ACME", "boxes": [[0, 0, 40, 16]]}]})

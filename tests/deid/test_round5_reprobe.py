@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deid_helpers import KEY, engine, pydicom_files
+from deid_helpers import KEY, engine, image, pydicom_files
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from pacsguard.deid.files import deidentify_file, read_whole
 from pacsguard.deid.values import clean_text, identifiers_of
@@ -110,21 +110,9 @@ def test_the_rebuilt_meta_is_written_and_read_back(tmp_path: Path) -> None:
 def _ct_with_embedded_overlay(overlay_data: bytes | None) -> Dataset:
     """A 16-bit CT (Bits Stored 12) whose bit 12 holds an overlay (PS3.5 8.1.2), declared by a 6000
     group with Overlay Bits Allocated 16, Bit Position 12, and ``overlay_data`` (None: absent)."""
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    fm.MediaStorageSOPClassUID = CTImageStorage
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality, ds.BurnedInAnnotation = "Quixote^Zebulon", "PID77341", "CT", "NO"
-    ds.Rows = ds.Columns = 32
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     pixels = np.full((32, 32), 1000, np.uint16)
     pixels[4:10, 2:30] |= 1 << 12  # the overlay's text
-    ds.PixelData = pixels.tobytes()
+    ds = image(CTImageStorage, pixels, modality="CT", bits=16, stored=12, BurnedInAnnotation="NO")
     ds.add_new(0x60000010, "US", 32)
     ds.add_new(0x60000011, "US", 32)
     ds.add_new(0x60000040, "CS", "G")
