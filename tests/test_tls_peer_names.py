@@ -68,12 +68,6 @@ def _pki(tmp: Path) -> None:
 
 def test_a_certificate_cryptography_will_not_read_is_named_by_openssl(tmp_path: Path) -> None:
     _pki(tmp_path)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
-    server_ctx.load_verify_locations(tmp_path / "ca.crt")
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
-    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
-    client_ctx.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
-    peer = peer_as_described(server_ctx, client_ctx)
+    peer = peer_as_described(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "client.crt")
     assert peer["subject_cn"] == "CT_SCANNER_1" and peer["subject"] == "CN=CT_SCANNER_1", peer
     assert peer["issuer"] == "CN=Hospital CA" and peer["fingerprint_sha256"] and peer["not_after"], peer

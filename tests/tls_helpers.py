@@ -5,13 +5,21 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 from pacsguard.tls.contexts import describe_peer
 
 
-def peer_as_described(server: ssl.SSLContext, client: ssl.SSLContext) -> dict[str, object]:
-    """Handshake ``client`` with ``server`` over a socket pair (server name "localhost") and
-    return describe_peer of the client, as the server sees it."""
+def peer_as_described(ca: Path, server_cert: Path, client_cert: Path) -> dict[str, object]:
+    """Handshake a client presenting ``client_cert`` (its key beside it, .key) with a server
+    presenting ``server_cert`` and requiring a certificate from ``ca``, over a socket pair (server
+    name "localhost"); describe_peer of the client, as the server sees it."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(server_cert, server_cert.with_suffix(".key"))
+    server.load_verify_locations(ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(cafile=str(ca))
+    client.load_cert_chain(client_cert, client_cert.with_suffix(".key"))
     a, b = socket.socketpair()
     peer: dict[str, object] = {}
     with a, b:
