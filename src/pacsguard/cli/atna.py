@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store
 from pacsguard.cli.events import Format
 from pacsguard.cli.gateway import _endpoint
 
@@ -20,7 +20,6 @@ app = App(name="atna", no_args_is_help=True,
 
 
 @app.command("listen")
-@guarded
 def listen(
     tls: str | None = typer.Option(None, "--tls", help="HOST:PORT for syslog over TLS (RFC 5425; 6514 is usual)"),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="the listener's certificate (PEM)"),
@@ -90,7 +89,6 @@ def listen(
 
 
 @app.command("sources")
-@guarded
 def sources(
     since: str | None = typer.Option(None, "--since", help="count from this time (ISO 8601)"),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json"),

@@ -17,7 +17,6 @@ from pacsguard.cli.common import (
     EXIT_FINDINGS,
     STORE_OPTION,
     fail,
-    guarded,
     load,
     open_store,
     shown,
@@ -37,7 +36,6 @@ app = App(name="audit", no_args_is_help=True, help="The audit trail: verificatio
 
 
 @app.command("verify")
-@guarded
 def verify(
     key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the key "
                                     "that signed the checkpoints, found beside the store (STORE.key.pub, "
@@ -193,7 +191,6 @@ class ReportFormat(str, Enum):
 
 
 @app.command("patient")
-@guarded
 def patient(
     patient_id: str = typer.Argument(..., help="patient ID, with or without its assigning authority (CX)"),
     since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601)"),
@@ -299,7 +296,6 @@ def _explain_settings(loaded: LoadedConfig) -> ExplainSettings:
 
 
 @app.command("prove")
-@guarded
 def prove(
     report: Path = typer.Argument(..., help="a saved report (json or html form of `audit patient`)"),
     key: Path = typer.Option(..., "--key", help="the store's public checkpoint key (or a witness's copy)"),
@@ -391,7 +387,6 @@ def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
 
 
 @app.command("search")
-@guarded
 def search(
     patient: str | None = typer.Option(None, "--patient", help="patient ID, with or without its assigning "
                                        "authority, or system|ID (urn:oid:OID|ID)"),
@@ -470,7 +465,6 @@ class DailyFormat(str, Enum):
 
 
 @app.command("report")
-@guarded
 def report(
     day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD (UTC)"),
     fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),

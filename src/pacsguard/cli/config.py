@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, EXIT_USAGE, guarded, load, print_error
+from pacsguard.cli.common import CONFIG_OPTION, EXIT_USAGE, load, print_error
 from pacsguard.runtime.registry import SPINE_SECTIONS, Registry
 
 if TYPE_CHECKING:
@@ -86,7 +86,6 @@ class ShowFormat(str, Enum):
 
 
 @app.command("show")
-@guarded
 def show(config: Path | None = CONFIG_OPTION,
          fmt: ShowFormat = typer.Option(ShowFormat.yaml, "--format", help="yaml or json")) -> None:
     """The effective configuration, every default filled in and every secret masked, with the file it came from."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store
 from pacsguard.cli.layout import Column, Layout, layout_for, terminal_width, write_lines
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (one 
 
 
 @app.command("search")
-@guarded
 def search(
     patient: str | None = typer.Option(None, "--patient", help="patient ID"),
     study: str | None = typer.Option(None, "--study", help="Study Instance UID"),
@@ -87,7 +86,6 @@ def print_limited(found: list[StoredEvent], limit: int, fmt: Format, command: st
 
 
 @app.command("tail")
-@guarded
 def tail(
     count: int = typer.Option(20, "--lines", "-n", min=0, help="show the newest N events first"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new events until Ctrl-C"),

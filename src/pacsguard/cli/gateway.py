@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store, shown
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store, shown
 from pacsguard.cli.spool import app as spool_app
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ def _endpoint(text: str, option: str) -> tuple[str, int]:
 
 
 @app.command("run")
-@guarded
 def run(
     listen: str = typer.Option(..., "--listen", help="HOST:PORT to listen on (loopback unless you say otherwise)"),
     aet: str = typer.Option(..., "--aet", help="the gateway's AE title, which modalities call"),
@@ -142,7 +141,6 @@ def _open(config: Path | None, store: str | None) -> EventStore:
 
 
 @quarantine_app.command("add")
-@guarded
 def quarantine_add(target: str = typer.Argument(..., help="host address, AE title, or AE@host"),
                    duration: str | None = typer.Option(None, "--for",
                                                        help="e.g. 30m, 12h, 7d (default: until removed)"),
@@ -166,7 +164,6 @@ def quarantine_add(target: str = typer.Argument(..., help="host address, AE titl
 
 
 @quarantine_app.command("remove")
-@guarded
 def quarantine_remove(target: str = typer.Argument(...), config: Path | None = CONFIG_OPTION,
                       store: str | None = STORE_OPTION) -> None:
     """Let a device back in."""
@@ -188,7 +185,6 @@ def quarantine_remove(target: str = typer.Argument(...), config: Path | None = C
 
 
 @quarantine_app.command("list")
-@guarded
 def quarantine_list(config: Path | None = CONFIG_OPTION, store: str | None = STORE_OPTION) -> None:
     """The devices quarantined now."""
     from pacsguard.cli.layout import Column, printable, render, terminal_width, write_lines

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load, open_store, shown
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store, shown
 
 if TYPE_CHECKING:
     from pacsguard.config import LoadedConfig
@@ -55,7 +55,6 @@ def _entries(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool, 
 
 
 @app.command("list")
-@guarded
 def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
     """Every spooled object: queued for a destination, damaged (its metadata unreadable), quarantined,
     or kept after sending."""
@@ -107,7 +106,6 @@ def _waiting(entry: SpoolEntry, destination: str) -> str:
 
 
 @app.command("show")
-@guarded
 def show(object_id: str = typer.Argument(..., help="the id `spool list` shows"), route: str | None = ROUTE_OPTION,
          as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
     """One spooled object: what the association said, its destinations, failures, manifest."""
@@ -126,7 +124,6 @@ def show(object_id: str = typer.Argument(..., help="the id `spool list` shows"),
 
 
 @app.command("retry")
-@guarded
 def retry(route: str | None = ROUTE_OPTION, config: Path | None = CONFIG_OPTION) -> None:
     """Ask the running gateway to try every waiting destination now, not after its backoff."""
     from pacsguard.cli.common import console
@@ -139,7 +136,6 @@ def retry(route: str | None = ROUTE_OPTION, config: Path | None = CONFIG_OPTION)
 
 
 @app.command("purge")
-@guarded
 def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (default: every one the filters keep)"),
           route: str | None = ROUTE_OPTION,
           state: str | None = typer.Option(None, "--state", help="only queued, damaged, quarantined or sent objects"),

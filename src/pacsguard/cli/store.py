@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, guarded, load
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -19,7 +19,6 @@ app = App(name="store", no_args_is_help=True, help="The store itself: schema mig
 
 
 @app.command("migrate")
-@guarded
 def migrate(
     backup_to: Path | None = typer.Option(None, "--backup-to", help="folder for the backup taken before migrating "
                                           "(SQLite: a verified copy; PostgreSQL: a pg_dump -Fc file); required"),

@@ -9,14 +9,13 @@ from pathlib import Path
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, config_path, fail, guarded
+from pacsguard.cli.common import CONFIG_OPTION, config_path, fail
 
 app = App(name="witness", no_args_is_help=True,
           help="Checkpoints held outside the host: be a witness for other pacsguards' logs.")
 
 
 @app.command("serve")
-@guarded
 def serve(config: Path | None = CONFIG_OPTION,
           log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error")) -> None:
     """Serve the `witness:` section until Ctrl-C or SIGTERM: take the checkpoints of the pinned logs,
