@@ -86,10 +86,11 @@ def test_an_elf_of_version_zero_inside_a_value_is_found(plain: Scanner) -> None:
 
 
 # Bug 2: the transfer syntax says implicit, the first element reads as explicit (and back).
-def _confused() -> bytes:
+def confused(tail: bytes = b"") -> bytes:
     """Implicit VR LE says the meta; (0008,0005) of implicit length 0x4955 reads as explicit "UI"
-    of length 0, then a private OB to the end: the data set dcmtk reads hides behind it."""
-    real = el(8, 0x16, "UI", SC, explicit=False) + el(8, 0x18, "UI", "../../../../tmp/pwned", explicit=False)
+    of length 0, then a private OB to the end: the data set dcmtk reads hides behind it (a SOP
+    Instance UID that climbs, then ``tail``, which may stop that reading)."""
+    real = el(8, 0x16, "UI", SC, explicit=False) + el(8, 0x18, "UI", "../../../../tmp/pwned", explicit=False) + tail
     fill = el(0x9, 0x10, "LO", "AB") + struct.pack("<HH", 0x9, 0x1000) + b"OB\0\0"
     fill += struct.pack("<I", 0x4955 - len(fill) - 4)
     first = struct.pack("<HH", 8, 5) + b"UI" + b"\0\0"  # implicit: length 0x00004955
@@ -100,7 +101,7 @@ def _confused() -> bytes:
 
 
 def test_a_data_set_that_reads_both_ways_is_judged_both_ways(plain: Scanner) -> None:
-    rules = found(plain.scan_bytes(_confused(), "c.dcm"))
+    rules = found(plain.scan_bytes(confused(), "c.dcm"))
     assert rules.get("structure.transfer-syntax-confusion") == Level.HIGH, rules
     assert rules.get("structure.uid-path-traversal") == Level.HIGH, rules
 

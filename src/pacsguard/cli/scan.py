@@ -95,7 +95,7 @@ def scan_command(
     # readable=False: a PATH that cannot be read is reported on its own line (walk), not a usage
     # error that would stop the scan of every other PATH.
     paths: list[Path] = typer.Argument(..., readable=False,
-                                       help="files, folders (DICOMDIR media), zip or tar archives"),
+                                       help="files, folders (DICOMDIR media), zip, tar, gz/bz2/xz/lzma archives"),
     format: Format = typer.Option(Format.table, "--format", "-f", help="table, json, sarif or html"),
     fail_on: FailOn | None = typer.Option(None, "--fail-on", help="exit 1 when a finding reaches this level "
                                           "(default: scan.fail_on, medium)"),

@@ -233,22 +233,35 @@ def _stated_encoding(parsed: Parsed, limits: Limits) -> None:
     """The data set read as its transfer syntax says, after the walk read it as its first element
     looked (_choose_encoding). dcmtk, and Orthanc on it, trust the transfer syntax (and read a VR of
     no letters with a 2-byte length), so a file can be crafted to be two data sets: one for a
-    reader that corrects the encoding, one for dcmtk. When the stated reading goes through to the
-    end, its elements are judged too and the file is a confusion attack (high)."""
+    reader that corrects the encoding, one for dcmtk. The elements the stated reading reads are
+    judged by every rule, whether or not it reaches the end: a reader acts on what it read before
+    it failed (dcmtk's dcmIgnoreParsingErrors, a viewer showing what it parsed), so a payload cannot
+    hide behind bytes that stop that reading. Bounded as any walk (Limits); its structure problems
+    are the misreading's, not the file's, and are dropped. Reading through to the end, it is a
+    confusion attack (high); stopping early, a note (low) of what was read that way."""
     other = Parsed(data=parsed.data, part10=parsed.part10, transfer_syntax=parsed.transfer_syntax,
                    explicit=not parsed.explicit, little=parsed.little, body=parsed.body,
                    dataset_start=parsed.dataset_start)
     _walk(other, limits, dcmtk_vr=True)
-    if other.stopped or not other.elements or any(p.level >= Level.HIGH for p in other.problems):
-        return  # a malformed file whose meta names the wrong encoding: what readers read is the walk's
     seen = {e.offset for e in parsed.elements}
-    parsed.elements.extend(e for e in other.elements if e.offset not in seen)
+    read = [e for e in other.elements if e.offset not in seen]
+    if not read:
+        return  # nothing read that way that the walk did not read: one data set
+    parsed.elements.extend(read)
     parsed._top = None
+    first, second = "explicit" if parsed.explicit else "implicit", "explicit" if other.explicit else "implicit"
+    if not other.stopped and not any(p.level >= Level.HIGH for p in other.problems):
+        parsed.problems.append(Problem(
+            "structure.transfer-syntax-confusion", Level.HIGH,
+            f"the data set reads to its end both as {first} VR (its first element) and as {second} VR (its "
+            "transfer syntax, as dcmtk reads it): two data sets in one file, both judged", parsed.dataset_start))
+        return
+    # Mostly a writer's slip (the meta names the wrong encoding): low, what the elements hold is
+    # judged by the rules like any value (a payload there is reported at its own level).
     parsed.problems.append(Problem(
-        "structure.transfer-syntax-confusion", Level.HIGH,
-        f"the data set reads to its end both as {'explicit' if parsed.explicit else 'implicit'} VR (its first "
-        f"element) and as {'explicit' if other.explicit else 'implicit'} VR (its transfer syntax, as dcmtk "
-        "reads it): two data sets in one file, both judged", parsed.dataset_start))
+        "structure.transfer-syntax-confusion", Level.LOW,
+        f"read as {second} VR (its transfer syntax, as dcmtk reads it) the data set stops at offset "
+        f"{other.end:,}; the {len(read):,} elements read that way before it are judged too", parsed.dataset_start))
 
 
 def _magic_first(data: bytes) -> bool:

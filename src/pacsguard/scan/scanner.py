@@ -143,21 +143,32 @@ def _run_family(family: str, parsed: part10.Parsed) -> list[Finding]:
 
 
 def _dedupe_yara(findings: list[Finding]) -> list[Finding]:
-    """One finding per YARA rule (the first place it matched)."""
+    """One finding per YARA rule (the first place it matched), and one yara.too-many-matches note
+    per rule and string YARA stopped counting: the notes of two rules are two (one rule's low note,
+    its match reported, must not hide another's at that rule's level)."""
     seen: set[str] = set()
     out: list[Finding] = []
     for f in findings:
-        if f.rule not in seen:
-            seen.add(f.rule)
+        key = _kind(f)
+        if key not in seen:
+            seen.add(key)
             out.append(f)
     return out
+
+
+def _kind(f: Finding) -> str:
+    """What makes two findings the same: their rule, and for yara.too-many-matches the rule and
+    string it is about ("YARA stopped recording $z of rule R")."""
+    if f.rule == "yara.too-many-matches":
+        return f.rule + " " + f.explanation.split(" after ", 1)[0]
+    return f.rule
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:
     seen: set[tuple[str, int | None, str | None]] = set()
     out: list[Finding] = []
     for f in findings:
-        key = (f.rule, f.offset, f.tag)
+        key = (_kind(f), f.offset, f.tag)
         if key not in seen:
             seen.add(key)
             out.append(f)

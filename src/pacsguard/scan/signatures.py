@@ -144,7 +144,7 @@ FLOOD = 10_000
 MZ_LOOKBACK = 4096
 EXECUTABLE = frozenset({"pe", "pe-header", "elf", "macho", "lnk"})
 ARCHIVE = frozenset({"zip", "7z", "rar", "gzip"})
-#: Archives the scanner recognises but does not open (walk.py opens zip, tar, gzip, bzip2, xz).
+#: Archives the scanner recognises but does not open (walk.py opens zip, tar, gzip, bzip2, xz, LZMA-alone).
 UNOPENED_ARCHIVES = frozenset({"7z", "rar"})
 #: A Zstandard frame's magic number (RFC 8878 3.1.1), recognised only where a file starts.
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -162,7 +162,8 @@ def zstd(head: bytes) -> bool:
 class Hit:
     """A verified signature: ``kind`` (a key of DESCRIPTIONS) at ``offset`` in the searched buffer;
     ``target`` is where a PE's e_lfanew points (its "PE\\0\\0"). A "flood" names the kind whose
-    magic number it repeats in ``of``, from its first copy at ``offset``."""
+    magic number it repeats in ``of``, from its first copy at ``offset``; a "script" found by
+    command_line holds in ``of`` the run of text it is in."""
 
     kind: str
     offset: int
@@ -560,3 +561,41 @@ def scripts(buf: bytes, limit: int = 4) -> list[Hit]:
         if len(out) >= limit:
             break
     return out
+
+
+#: Programs a script written as plain commands runs to fetch, open a shell or run what it fetched:
+#: POSIX shells and interpreters, downloaders, network tools, and Windows' own programs that do the
+#: same (PowerShell, certutil, mshta, bitsadmin...): what a dropper without a "#!" line is made of.
+_COMMAND_PROGRAMS = (
+    "curl", "wget", "fetch", "tftp", "ftp", "scp", "sh", "bash", "dash", "zsh", "ksh", "ash", "busybox", "nc", "ncat",
+    "netcat", "socat", "telnet", "python[0-9.]*", "perl", "ruby", "php", "node", "lua", "chmod", "chown", "rm",
+    "mkfifo", "base64", "openssl", "xxd", "eval", "crontab", "nohup", "setsid", "powershell", "pwsh", "certutil",
+    "mshta", "bitsadmin", "rundll32", "regsvr32", "wscript", "cscript", "msiexec", "schtasks", "wmic", "iex")
+#: One of them as a command: first on a line of text or after a shell's separator (; & | ` $( or
+#: a newline), behind sudo/env/exec and a path if any; then the rest of its line.
+COMMAND = re.compile(rb"(^|[;&|`\n]|\$\()[ \t]*(?:(?:sudo|env|exec|nohup|setsid|command)[ \t]+)*(?:[\w.~-]*/)*"
+                     rb"(?i:" + "|".join(_COMMAND_PROGRAMS).encode() + rb")(?i:\.exe)?(?=[ \t|;&<>]|$)([^\n]*)",
+                     re.MULTILINE)
+#: What a command line has and a sentence about the program does not: a URL, a pipe, a separator,
+#: a redirection, a substitution, an option, a mode change, a socket or a temporary file.
+COMMAND_SYNTAX = re.compile(rb"://|[|;`<>]|&&|\$\(|[ \t]--?[A-Za-z]|[ \t][+-]x\b|/dev/(?:tcp|udp)/|/tmp/")
+#: Text inside binary bytes: a run of printable ASCII (tab included) at least this long.
+_TEXT_RUN = re.compile(rb"[\t\x20-\x7e]{6,}")
+
+
+def command_line(buf: bytes) -> Hit | None:
+    """Commands a shell or cmd.exe runs, judged by content, not by a "#!" line (POSIX exec needs none:
+    ``sh file`` runs any text): in each run of printable text of ``buf`` (NUL padding, binary bytes
+    and line ends split runs), a program of _COMMAND_PROGRAMS used as a command with command-line
+    syntax (COMMAND_SYNTAX: ``curl http://x/a|sh``, ``wget ...; chmod +x ...``, ``powershell -enc``),
+    or what Windows Script Host and PowerShell droppers write (TEXT_SCRIPT). The Hit is the first,
+    with its text in ``of``."""
+    for run in _TEXT_RUN.finditer(bytes(buf)):
+        text = run.group()
+        for m in COMMAND.finditer(text):
+            # After a separator the command is chained or piped into: shell syntax already.
+            if m.group(1) not in (b"", b"\n") or COMMAND_SYNTAX.search(m.group(2)):
+                return Hit("script", run.start() + m.start(1) + len(m.group(1)), of=text.decode("ascii").strip())
+        if (m2 := TEXT_SCRIPT.search(text)) is not None:
+            return Hit("script", run.start() + m2.start(), of=text.decode("ascii").strip())
+    return None

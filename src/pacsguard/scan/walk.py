@@ -7,9 +7,11 @@ are opened without following a link and only when they are regular (a FIFO or a 
 after the walk never blocks a read), and by directory file descriptors past PATH_MAX, as find(1)
 reaches them. A file that exists and cannot be read is not judged clean: it carries a
 scan.not-scanned finding (medium). Archives are known by their content, whatever they are called
-(`sniff`): zip, tar, and gzip, bzip2 or xz, of a tar or of a single file. Archive members are checked as ZIP
-media may hold them (PS3.12, ZIP file media: no encryption, no executable content) before they
-are scanned."""
+(`sniff`): zip, tar, and gzip, bzip2, xz or LZMA-alone, of a tar or of a single file; a stream
+the standard library cannot open (LZ4, lzip...) is noted, not passed as clean. Archive members
+are checked as ZIP media may hold them (PS3.12, ZIP file media: no encryption, no executable
+content) and as a Windows import station would write them before they are scanned; the bomb
+limits count the whole archive file, nested archives included (`Bounds`)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +49,33 @@ class ArchiveLimits:
     max_depth: int = 4
     max_members: int = 100_000
     max_member: int = 2 * 1024**3
+
+
+@dataclass(slots=True)
+class Spent:
+    """What one archive's walk has read so far, every section and nested archive included."""
+
+    members: int = 0
+    total: int = 0
+    over: bool = False  # a whole-archive limit broke: nothing more of the archive is read
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds(ArchiveLimits):
+    """The limits as one archive on disk spends them: max_archive_members and max_archive_total
+    (and max_archive_ratio against ``size``, the archive's own bytes) count the whole archive,
+    nested archives and every section of a tar read past damage included, not each level or
+    section on its own (a bomb of 10 nested archives, each under the limits, breaks them)."""
+
+    size: int = 0
+    spent: Spent = field(default_factory=Spent)
+
+    @classmethod
+    def of(cls, limits: ArchiveLimits, size: int) -> Bounds:
+        """``limits`` for an archive of ``size`` bytes (a Bounds already: the same one, shared)."""
+        if isinstance(limits, Bounds):
+            return limits
+        return cls(**{f.name: getattr(limits, f.name) for f in fields(ArchiveLimits)}, size=size)
 
 
 @dataclass(slots=True)
@@ -370,8 +399,9 @@ def _file_items(path: Path, real: Path, st: os.stat_result, limits: ArchiveLimit
         yield Item(str(path), skipped="empty (0 bytes)")
         return
     sniffed = _sniff_file(real)
-    if sniffed is None:
-        yield Item(str(path), path=real, size=st.st_size)
+    if sniffed is None or sniffed.kind in UNOPENED:
+        # A stream that cannot be opened is still scanned as the file it is, with what it hides noted.
+        yield Item(str(path), path=real, size=st.st_size, findings=[] if sniffed is None else [unopened(sniffed.kind)])
         return
     try:
         data = read_regular(real, limits.max_member, too_big="archive larger than the limit")
@@ -383,18 +413,30 @@ def _file_items(path: Path, real: Path, st: os.stat_result, limits: ArchiveLimit
     if opened is None:  # not the container it looked like: the file it is, read again by the scan
         yield Item(str(path), path=real, size=st.st_size, findings=notes)
         return
-    for item in expand(str(path), path.name, data, sniffed.kind, opened, limits, 0):
+    for item in expand(str(path), path.name, data, sniffed.kind, opened, limits, 0, notes):
         if item.container and item.name == str(path):
             item.path = real  # the archive on disk (what --quarantine moves when a member fails)
         yield item
 
-ZIP, TAR, GZIP, BZIP2, XZ = "zip", "tar", "gzip", "bzip2", "xz"
-#: tarfile's mode for a tar inside each compressed stream (a .tar.gz, whatever its name).
-TAR_MODES: dict[str, Literal["r:gz", "r:bz2", "r:xz"]] = {GZIP: "r:gz", BZIP2: "r:bz2", XZ: "r:xz"}
+ZIP, TAR, GZIP, BZIP2, XZ, LZMA = "zip", "tar", "gzip", "bzip2", "xz", "lzma"
+#: tarfile's mode for a tar inside each compressed stream (a .tar.gz, whatever its name; "r:xz"
+#: reads an LZMA-alone stream too: lzma.LZMAFile's FORMAT_AUTO takes both).
+TAR_MODES: dict[str, Literal["r:gz", "r:bz2", "r:xz"]] = {GZIP: "r:gz", BZIP2: "r:bz2", XZ: "r:xz", LZMA: "r:xz"}
 DESCRIBED = {ZIP: "a zip archive", TAR: "a tar archive", GZIP: "a gzip stream", BZIP2: "a bzip2 stream",
-             XZ: "an xz stream"}
-#: What gunzip, bunzip2 and unxz take off a name to name what they write.
-SUFFIXES = {GZIP: (".gz", ".gzip", ".z"), BZIP2: (".bz2", ".bz"), XZ: (".xz",)}
+             XZ: "an xz stream", LZMA: "an LZMA stream"}
+#: What gunzip, bunzip2, unxz and unlzma take off a name to name what they write.
+SUFFIXES = {GZIP: (".gz", ".gzip", ".z"), BZIP2: (".bz2", ".bz"), XZ: (".xz",), LZMA: (".lzma",)}
+#: Compressed streams known by their magic number that the standard library cannot open, so what
+#: they hold (a .tar.lz4's members) is not scanned: an archive.unopened finding names the format.
+#: Zstandard, 7-Zip and RAR are structure.unopened-archive's (the structure rules know them).
+UNOPENED: dict[str, tuple[bytes, str]] = {
+    "lz4": (b"\x04\x22\x4d\x18", "an LZ4 frame (.lz4)"),
+    "lz4-legacy": (b"\x02\x21\x4c\x18", "an LZ4 legacy frame (.lz4)"),
+    "lzip": (b"LZIP", "an lzip stream (.lz)"),
+    "lzop": (b"\x89LZO\x00\r\n\x1a\n", "an lzop stream (.lzo)"),
+    "bzip3": (b"BZ3v1", "a bzip3 stream (.bz3)"),
+    "compress": (b"\x1f\x9d", "a compress (LZW) stream (.Z)"),
+}
 #: The bytes sniffed at the start: one tar header block (POSIX ustar: 512 bytes, "ustar" at 257).
 HEAD = 512
 #: The end of central directory record is 22 bytes and a comment of up to 65,535 (APPNOTE.TXT
@@ -416,10 +458,12 @@ ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, Value
 class Sniffed:
     """A container known by its content: its ``kind`` and whether its magic number starts the bytes
     (``at_start``); a zip known only by an end record near the end may be bytes that hold one by
-    chance, so failing to open it is no finding."""
+    chance, so failing to open it is no finding. ``unopened``: the kind of UNOPENED stream the
+    bytes start with when a zip ends them (the zip is opened, the stream noted)."""
 
     kind: str
     at_start: bool
+    unopened: str = ""
 
 
 def part10(head: bytes) -> bool:
@@ -440,6 +484,9 @@ def sniff(head: bytes, tail: Callable[[], bytes]) -> Sniffed | None:
     if part10(head):
         return None
     kind = _magic(head)
+    if kind in UNOPENED:
+        # A zip after the stream (its end record last) is a zip to zip readers: opened, the stream noted.
+        return Sniffed(ZIP, False, kind) if _ends_as_zip(tail()) else Sniffed(kind, True)
     if kind is not None:
         return Sniffed(kind, True)
     return Sniffed(ZIP, False) if _ends_as_zip(tail()) else None
@@ -462,7 +509,40 @@ def _magic(head: bytes) -> str | None:
         return ZIP
     if head[257:262] == b"ustar" or _tar_header(head):
         return TAR
-    return None
+    if _lzma_alone(head):
+        return LZMA
+    return next((kind for kind, (magic, _) in UNOPENED.items() if head.startswith(magic)
+                 and (kind != "compress" or _lzw_flags(head[2:3]))), None)
+
+
+#: liblzma's check on an LZMA-alone dictionary size (lzma_alone_decoder, as FORMAT_AUTO reads it):
+#: 2^n or 2^n + 2^(n-1) bytes, or unknown (all ones), here from liblzma's and the LZMA SDK's
+#: smallest dictionary, 4 KiB; a file that merely starts with a byte below 225 is not one.
+_LZMA_DICTS = frozenset({1 << n for n in range(12, 32)} | {(1 << n) + (1 << (n - 1)) for n in range(12, 32)}
+                        | {0xFFFFFFFF})
+
+
+def _lzma_alone(head: bytes) -> bool:
+    """An LZMA-alone header (.lzma, xz-utils' lzma --format=lzma; the LZMA SDK's lzma.txt): a
+    properties byte lc/lp/pb below 225, a dictionary size liblzma accepts, an uncompressed size
+    unknown (all ones) or under 2^38, and the range coder's first byte 0. No magic number: these
+    checks are liblzma's own when it detects the format (FORMAT_AUTO)."""
+    if len(head) < 14 or head[0] > 224:
+        return False
+    dictionary, size = struct.unpack_from("<IQ", head, 1)
+    return dictionary in _LZMA_DICTS and (size == (1 << 64) - 1 or size < 1 << 38) and head[13] == 0
+
+
+def _lzw_flags(flags: bytes) -> bool:
+    """compress(1)'s third byte: 9 to 16 bits per code, the unused bits 0x60 clear."""
+    return bool(flags) and 9 <= flags[0] & 0x1F <= 16 and not flags[0] & 0x60
+
+
+def unopened(kind: str) -> Finding:
+    """archive.unopened: a compressed stream pacsguard knows and cannot open (UNOPENED): what it
+    holds was not scanned, and what is not scanned is not judged clean."""
+    return Finding("archive.unopened", Level.MEDIUM, f"{UNOPENED[kind][1]}, which pacsguard cannot open: what it "
+                   "holds (a tar's members) was not scanned; decompress it and scan the result", 0, REF)
 
 
 def _tar_header(block: bytes) -> bool:
@@ -509,7 +589,12 @@ Opened = zipfile.ZipFile | tarfile.TarFile | bytes
 
 def _open(sniffed: Sniffed, data: bytes, notes: list[Finding]) -> Opened | None:
     """The container ``data`` was sniffed as, opened; None when it is not one after all (then, if its
-    magic number said so, an archive.corrupt note in ``notes``, and it is scanned as a file)."""
+    magic number said so, an archive.corrupt note in ``notes``, and it is scanned as a file). A
+    stream that does not open and a zip ending the bytes: the zip, as zip readers open it."""
+    if sniffed.unopened or sniffed.kind in UNOPENED:
+        notes.append(unopened(sniffed.unopened or sniffed.kind))
+    if sniffed.kind in UNOPENED:
+        return None
     try:
         if sniffed.kind == ZIP:
             archive = zipfile.ZipFile(io.BytesIO(data))  # bytes before the zip are offset (APPNOTE 4.3.16)
@@ -530,6 +615,8 @@ def _open(sniffed: Sniffed, data: bytes, notes: list[Finding]) -> Opened | None:
         if sniffed.at_start:
             notes.append(Finding("archive.corrupt", Level.LOW, f"starts as {DESCRIBED[sniffed.kind]} that cannot be "
                                  f"read ({display_path(str(exc))}): scanned as a file", None, REF))
+        if sniffed.kind != ZIP and _ends_as_zip(data[-TAIL:]):
+            return _open(Sniffed(ZIP, False), data, notes)
         return None
 
 
@@ -538,7 +625,7 @@ def _stream(kind: str, data: bytes) -> gzip.GzipFile | bz2.BZ2File | lzma.LZMAFi
         return gzip.GzipFile(fileobj=io.BytesIO(data))
     if kind == BZIP2:
         return bz2.BZ2File(io.BytesIO(data))
-    return lzma.LZMAFile(io.BytesIO(data))
+    return lzma.LZMAFile(io.BytesIO(data), format=lzma.FORMAT_ALONE if kind == LZMA else lzma.FORMAT_AUTO)
 
 
 #: Bytes inflated per read of a compressed stream.
@@ -564,10 +651,13 @@ def _inflate(kind: str, data: bytes, limit: int) -> tuple[bytes, str]:
 
 
 def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits: ArchiveLimits, depth: int,
-           ) -> Iterator[Item]:
+           notes: Sequence[Finding] = ()) -> Iterator[Item]:
     """The members of an opened container as Items, then the container's own Item with what it broke.
-    ``name`` is the container as reported, ``base`` its own file or member name."""
-    problems: list[Finding] = []
+    ``name`` is the container as reported, ``base`` its own file or member name. ``limits`` are
+    the whole archive's (Bounds: a nested archive spends its outer archive's). ``notes``: what
+    opening it found (an unopened stream before a zip), on the container's own Item."""
+    limits = Bounds.of(limits, len(data))
+    problems: list[Finding] = list(notes)
     members: Iterable[Member]
     try:
         if isinstance(opened, zipfile.ZipFile):
@@ -599,7 +689,7 @@ def _member_ranges(archive: tarfile.TarFile | None) -> list[tuple[int, int]]:
             if info.isfile() or info.type not in tarfile.SUPPORTED_TYPES]
 
 
-def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], limits: ArchiveLimits,
+def _appended_zip(name: str, data: bytes, kind: str, problems: list[Finding], limits: Bounds,
                   depth: int, tar: tarfile.TarFile | None) -> Iterator[Item]:
     """The members of a zip after a tar or a compressed stream: tar and gunzip read from the start,
     a zip reader from the end record (APPNOTE.TXT 4.3.16), so one file shows each its own members.
@@ -624,7 +714,7 @@ AFTER_TAR = "(data after the tar)"
 
 
 def _after_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems: list[Finding],
-               limits: ArchiveLimits, depth: int) -> Iterator[Item]:
+               limits: Bounds, depth: int) -> Iterator[Item]:
     """What a tar holds after its end-of-archive: tar extracts none of it, so it can carry a
     payload past tools that only look at members. It is scanned as a member of its own
     (AFTER_TAR). In a gzip, bzip2 or xz compressed tar it is inside the stream, seen only
@@ -658,7 +748,7 @@ def _after_tar(name: str, data: bytes, kind: str, tar: tarfile.TarFile, problems
 MAX_RESUMES = 64
 
 
-def _past_damage(name: str, rest: bytes, problems: list[Finding], limits: ArchiveLimits,
+def _past_damage(name: str, rest: bytes, problems: list[Finding], limits: Bounds,
                  depth: int) -> Generator[Item, None, bool]:
     """The members after a damaged header. tarfile ends a tar at a header it cannot read; GNU tar
     says "Skipping to next header", looks for the next valid header block and extracts on (POSIX
@@ -693,7 +783,7 @@ def _past_damage(name: str, rest: bytes, problems: list[Finding], limits: Archiv
     return resumed
 
 
-def _trailing_member(name: str, after: bytes, problems: list[Finding], limits: ArchiveLimits,
+def _trailing_member(name: str, after: bytes, problems: list[Finding], limits: Bounds,
                      depth: int) -> Iterator[Item]:
     """The bytes after a tar's last member, as a member, unless they are only the end-of-archive's
     zero blocks and the record's padding (POSIX ustar: two or more zero blocks)."""
@@ -730,11 +820,14 @@ def _in_member(data: bytes, archive: zipfile.ZipFile, inside: list[tuple[int, in
     return any(start <= min(first, archive.start_dir, end) and end + EOCD_SIZE <= stop for start, stop in inside)
 
 
-def _member_list(name: str, data: bytes, members: Iterable[Member], problems: list[Finding], limits: ArchiveLimits,
+def _member_list(name: str, data: bytes, members: Iterable[Member], problems: list[Finding], limits: Bounds,
                  depth: int) -> Iterator[Item]:
-    """The Items of an archive's members, each read in turn, stopping at the bomb limits."""
+    """The Items of an archive's members, each read in turn, stopping at the bomb limits: this
+    archive's own (its members against its size) and the whole archive's (``limits.spent``)."""
     total = 0
     for member_name, read in members:
+        if limits.spent.over:
+            break
         try:
             content = read()
         except ARCHIVE_ERRORS as exc:
@@ -747,14 +840,15 @@ def _member_list(name: str, data: bytes, members: Iterable[Member], problems: li
         if content is None:
             continue
         total += len(content)
-        bomb = _bomb(total, len(data), limits, "inflate to")
+        limits.spent.total += len(content)
+        bomb = _bomb(total, len(data), limits, "inflate to") or _spent_bomb(limits, 0, "inflate to")
         if bomb is not None:  # headers that understate what they hold: stop at the limit
             problems.append(bomb)
             break
         yield from _member_items(f"{name}!{member_name}", member_name, content, problems, limits, depth)
 
 
-def _before_zip(name: str, data: bytes, archive: zipfile.ZipFile, problems: list[Finding], limits: ArchiveLimits,
+def _before_zip(name: str, data: bytes, archive: zipfile.ZipFile, problems: list[Finding], limits: Bounds,
                 depth: int) -> Iterator[Item]:
     """The bytes before a zip's first member, scanned as a member of their own: a self-extractor's
     program runs, its zip only feeds it (a split archive's 4-byte marker is no content)."""
@@ -765,9 +859,12 @@ def _before_zip(name: str, data: bytes, archive: zipfile.ZipFile, problems: list
         yield from _member_items(f"{name}!{BEFORE_ZIP}", BEFORE_ZIP, before, problems, limits, depth)
 
 
-def _member_items(full: str, member_name: str, content: bytes, problems: list[Finding], limits: ArchiveLimits,
+def _member_items(full: str, member_name: str, content: bytes, problems: list[Finding], limits: Bounds,
                   depth: int) -> Iterator[Item]:
-    """One member read: a nested container expanded, an executable noted, the member scanned."""
+    """One member read: a nested container expanded, an executable noted, the member scanned.
+    Nothing once the whole archive broke a limit (the rest is not read)."""
+    if limits.spent.over:
+        return
     shown = display_path(member_name)
     notes: list[Finding] = []
     sniffed = sniff(content[:HEAD], lambda: content[-TAIL:])
@@ -777,7 +874,7 @@ def _member_items(full: str, member_name: str, content: bytes, problems: list[Fi
             problems.append(Finding("archive.nesting", Level.HIGH, f"archives nested deeper than "
                                     f"{limits.max_depth} ({shown})", None, REF))
             return
-        yield from expand(full, member_name, content, sniffed.kind, opened, limits, depth + 1)
+        yield from expand(full, member_name, content, sniffed.kind, opened, limits, depth + 1, notes)
         return
     found = signatures.identify(content)
     if found in signatures.EXECUTABLE or found == "script":
@@ -807,6 +904,31 @@ def _bomb(total: int, size: int, limits: ArchiveLimits, verb: str) -> Finding | 
     return Finding("archive.bomb", Level.HIGH, why + "; the rest is not read", None, REF)
 
 
+def _spent_bomb(limits: Bounds, more: int, verb: str) -> Finding | None:
+    """archive.bomb when what the whole archive has read, nested archives and every section
+    included, and ``more`` bytes about to be, break max_archive_total or max_archive_ratio
+    against the archive's own size; the walk of the whole archive then stops (``spent.over``)."""
+    found = _bomb(limits.spent.total + more, limits.size, limits, verb)
+    if found is None:
+        return None
+    limits.spent.over = True
+    return Finding(found.rule, found.level, found.explanation.replace("members ", "members in all (nested "
+                   "archives included) ", 1), None, REF)
+
+
+def _count(limits: Bounds, members: int, problems: list[Finding]) -> int:
+    """Count ``members`` more against the whole archive's max_archive_members; how many of them
+    fit (the rest are not read: an archive.bomb finding, and the whole walk stops)."""
+    room = max(0, limits.max_members - limits.spent.members)
+    limits.spent.members += members
+    if members <= room:
+        return members
+    limits.spent.over = True
+    problems.append(Finding("archive.bomb", Level.HIGH, f"{limits.spent.members:,} members or more (limit "
+                            f"{limits.max_members:,}, nested archives included); the rest is not read", None, REF))
+    return room
+
+
 #: Why a member name escapes the folder it is extracted to (zip slip, CVE-2007-4559 for tar).
 TRAVERSAL_REF = "PS3.10 8.2 (File IDs); APPNOTE.TXT 4.4.17.1"
 _DRIVE = re.compile(r"[A-Za-z]:")
@@ -815,35 +937,76 @@ _SEPARATORS = re.compile(r"[/\\]")
 
 def _traversal(name: str, problems: list[Finding]) -> None:
     """archive.path-traversal for a member name that an extractor would write outside its folder:
-    absolute ("/", "\\" or a drive letter: APPNOTE 4.4.17.1 forbids them) or with a ".."
-    component, "/" or "\\" separated (Windows extractors split on both)."""
+    absolute ("/", "\\", a UNC "\\\\server\\share", or a drive letter: APPNOTE 4.4.17.1 forbids
+    them) or with a ".." component, "/" or "\\" separated (Windows extractors split on both), once
+    Windows trims a component's trailing dots and spaces (".. ", "..."). archive.windows-name for
+    one Windows writes elsewhere than named (`windows_name`)."""
+    parts = _SEPARATORS.split(name)
     if name.startswith(("/", "\\")):
         why = "an absolute path"
     elif _DRIVE.match(name):
         why = "a path on a drive"
-    elif ".." in _SEPARATORS.split(name):
+    elif ".." in parts:
         why = 'a path with a ".." component'
+    elif any(_windows_parent(part) for part in parts):
+        why = 'a path with a component Windows reads as ".." (it trims trailing dots and spaces)'
     else:
+        why = ""
+    if why:
+        problems.append(Finding("archive.path-traversal", Level.HIGH, f"member {display_path(name)!r} is {why}: "
+                                "extracted, it would be written outside the extraction folder", None, TRAVERSAL_REF))
         return
-    problems.append(Finding("archive.path-traversal", Level.HIGH, f"member {display_path(name)!r} is {why}: "
-                            "extracted, it would be written outside the extraction folder", None, TRAVERSAL_REF))
+    windows = windows_name(parts)
+    if windows:
+        problems.append(Finding("archive.windows-name", Level.HIGH, f"member {display_path(name)!r} has {windows}: "
+                                "extracted on Windows (a PACS import station), it is not written as the file "
+                                "scanned", None, WINDOWS_REF))
+
+
+#: Where Win32 path rules are written down: Microsoft's "Naming Files, Paths, and Namespaces"
+#: (reserved device names, trailing dots and spaces, ":" for streams) and MS-FSCC (pathnames:
+#: a stream name after the file name's colon).
+WINDOWS_REF = "APPNOTE.TXT 4.4.17.1; Win32 Naming Files, Paths, and Namespaces; MS-FSCC (pathnames)"
+#: DOS device names: Windows opens the device whatever the folder or the extension ("NUL.dcm",
+#: "COM1 .txt"), so a member named so is written to a device, not to a file; CONIN$ and CONOUT$
+#: are the console's; COM and LPT with a superscript digit are devices too.
+_DEVICE = re.compile(r"(?i)(?:CON|PRN|AUX|NUL|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3]|CONIN\$|CONOUT\$)"
+                     r"[ .]*(?:\..*)?")
+
+
+def _windows_parent(part: str) -> bool:
+    """A component that Windows reads as ".." once it trims trailing dots and spaces: only dots
+    and spaces, at least two dots (".. ", "...", ". ."), as Win32 path normalisation does."""
+    return part.count(".") >= 2 and not part.strip(". ")
+
+
+def windows_name(parts: Sequence[str]) -> str:
+    """Why Windows would not write a member of these name components as named, or "": a reserved
+    device name, a colon (an alternate data stream, "report.dcm:payload"; a drive letter first is
+    `_traversal`'s), a component ending in a dot or a space (trimmed: "run.bat." is run.bat)."""
+    for part in parts:
+        if _DEVICE.fullmatch(part):
+            return f"a reserved device name ({display_path(part)!r})"
+        if ":" in part:
+            return f"an alternate data stream ({display_path(part)!r}: the part after the colon)"
+        if part not in ("", ".") and part.endswith((".", " ")):
+            return f"a name Windows trims of its trailing dots and spaces ({display_path(part)!r})"
+    return ""
 
 
 #: A member's name and how to read it (None: it broke a limit while being read, noted in problems).
 Member = tuple[str, Callable[[], "bytes | None"]]
 
 
-def _zip_members(archive: zipfile.ZipFile, size: int, problems: list[Finding], limits: ArchiveLimits,
+def _zip_members(archive: zipfile.ZipFile, size: int, problems: list[Finding], limits: Bounds,
                  ) -> Iterator[Member]:
     """The members worth reading. The central directory declares every size before anything is
     inflated: an archive whose members declare past the archive-wide limits is not read at all."""
     infos = archive.infolist()
-    if len(infos) > limits.max_members:
-        problems.append(Finding("archive.bomb", Level.HIGH, f"{len(infos):,} members (limit {limits.max_members:,})",
-                                None, REF))
-        infos = infos[:limits.max_members]
+    infos = infos[:_count(limits, len(infos), problems)]
     wanted = [info for info in infos if _zip_member_ok(archive, info, problems, limits)]
-    bomb = _bomb(sum(info.file_size for info in wanted), size, limits, "declare")
+    declared = sum(info.file_size for info in wanted)
+    bomb = _bomb(declared, size, limits, "declare") or _spent_bomb(limits, declared, "declare")
     if bomb is not None:
         problems.append(bomb)
         return
@@ -909,42 +1072,157 @@ class _Local:
     end: int
 
 
-def _local_entries(data: bytes, archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[_Local]:
-    """The local entries in file order, as a streaming reader (Java's ZipInputStream, upload
-    handlers) reads them: header after header from the first member up to the central directory,
-    each entry's end from its compressed size, or, for an entry with a data descriptor (flag bit 3,
-    4.4.4), from the central directory when it lists the entry, else from where its deflate stream
-    ends (inflated no further than the member limit). Stops at what is no local header."""
+def _local_entries(data: bytes, archive: zipfile.ZipFile, limits: Bounds, problems: list[Finding]) -> list[_Local]:
+    """The local entries in file order, as a streaming reader (Java's ZipInputStream, libarchive,
+    upload handlers) reads them: header after header from the first member up to the central
+    directory, each entry's end from its compressed size (a ZIP64 one's from its Zip64 extra
+    field, 4.5.3), or, for an entry with a data descriptor (flag bit 3, 4.4.4), `_described_end`.
+    Stops at what is no local header (a streaming reader stops there too); an entry whose end
+    cannot be found, or more than max_archive_members entries, stop it with a finding, since the
+    entries after it would go unseen."""
     listed = {info.header_offset: info.compress_size for info in archive.infolist()}
     # A streaming reader starts at the file's first byte: an entry before the first listed one counts.
     pos = 0 if data[:4] == LOCAL_HEADER else min(listed, default=archive.start_dir)
     out: list[_Local] = []
-    while len(out) < limits.max_members and data[pos:pos + 4] == LOCAL_HEADER and pos + 30 <= len(data):
-        flags, method = struct.unpack_from("<HH", data, pos + 6)
-        packed, size, name_len, extra_len = struct.unpack_from("<IIHH", data, pos + 18)
+    while data[pos:pos + 4] == LOCAL_HEADER and pos + 30 <= len(data):
+        if len(out) >= limits.max_members:
+            problems.append(Finding("archive.bomb", Level.HIGH, f"more than {limits.max_members:,} local entries; "
+                                    "the rest is not read", None, REF))
+            break
+        flags, method, _, _, _, packed, size, name_len, extra_len = struct.unpack_from("<HHHHIIIHH", data, pos + 6)
         start = pos + 30 + name_len + extra_len
-        end = start + packed
-        if flags & 0x8 and packed == 0:
-            found = listed.get(pos)
-            found = _deflate_end(data, start, limits.max_member) if found is None and method == zipfile.ZIP_DEFLATED \
-                else (None if found is None else start + found)
-            if found is None:
-                break  # a stored entry of unknown length, or a broken stream: where it ends is unknown
-            end = found
         header = bytes(data[pos + 30:pos + 30 + name_len]).decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        name = written_name(header, unicode_path(bytes(data[pos + 30 + name_len:start])))
+        extra = bytes(data[pos + 30 + name_len:start])
+        name = written_name(header, unicode_path(extra))
+        if ZIP64_MARK in (packed, size):
+            size, packed = _zip64_sizes(extra, size, packed)
+        end, why = (start + packed, "") if not flags & 0x8 and packed != ZIP64_MARK else \
+            _described_end(data, start, method, packed, listed.get(pos), limits)
+        if end is None:
+            # An entry inflating past the bound is a bomb in itself; any other is a walk cut short.
+            rule, level = ("archive.bomb", Level.HIGH) if why.startswith(INFLATES_PAST) else \
+                ("archive.local-walk-stopped", Level.MEDIUM)
+            problems.append(Finding(rule, level, f"the local entries cannot be walked past {display_path(name)!r} "
+                                    f"at offset {pos:,}: {why}; an entry after it that the central directory does "
+                                    "not list (streaming extractors write it out) was not looked for", pos, REF))
+            break
         out.append(_Local(pos, name, flags, method, size, start, min(end, len(data))))
-        pos = end
-        if flags & 0x8:  # the data descriptor: its signature, CRC-32 and two sizes (8 bytes each in ZIP64)
-            pos += (4 if data[pos:pos + 4] == DESCRIPTOR else 0) + 12
-            pos += 8 if data[pos:pos + 4] not in (LOCAL_HEADER, b"PK\x01\x02") and \
-                data[pos + 8:pos + 12] in (LOCAL_HEADER, b"PK\x01\x02") else 0
+        pos = end + (_descriptor_length(data, end, end - start) if flags & 0x8 else 0)
     return out
 
 
-def _deflate_end(data: bytes, start: int, most: int) -> int | None:
+#: APPNOTE.TXT 4.5.3: the Zip64 extended information extra field's ID; 4.4.8, 4.4.9: a size of
+#: 0xFFFFFFFF in a header says the real one is in that field.
+ZIP64_EXTRA, ZIP64_MARK = 0x0001, 0xFFFFFFFF
+#: 4.3.7, 4.3.12, 4.3.14, 4.3.16: what may follow an entry's data (and its descriptor).
+NEXT_RECORDS = (LOCAL_HEADER, b"PK\x01\x02", b"PK\x06\x06", EOCD)
+
+
+def _zip64_sizes(extra: bytes, size: int, packed: int) -> tuple[int, int]:
+    """(uncompressed, compressed) sizes of a local header whose fields say 0xFFFFFFFF: the Zip64
+    extra field holds 8-byte values for the marked ones, uncompressed first (4.5.3). A marked size
+    with no value for it stays marked (its end is then found as a data descriptor entry's)."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        ident, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        if ident != ZIP64_EXTRA:
+            continue
+        values = [struct.unpack_from("<Q", body, at)[0] for at in range(0, len(body) - 7, 8)]
+        if size == ZIP64_MARK and values:
+            size = values.pop(0)
+        if packed == ZIP64_MARK and values:
+            packed = values.pop(0)
+        break
+    return size, packed
+
+
+def _described_end(data: bytes, start: int, method: int, packed: int, listed: int | None,
+                   limits: Bounds) -> tuple[int | None, str]:
+    """Where the data of an entry whose sizes follow it ends (flag bit 3, 4.4.4; or a ZIP64 size
+    with no extra field), and why not when it cannot be found: from the central directory when it
+    lists the entry; a deflated one where its deflate stream ends (what ZipInputStream does),
+    inflated no further than the whole archive allows; else at the data descriptor (4.3.9) that
+    follows its data (what libarchive looks for: its signature, its compressed size the distance
+    from ``start``, a stored entry's CRC-32 that of the bytes between), looked for no further than
+    max_archive_member bytes. A size the local header gives (a writer setting bit 3 and the
+    sizes) is used when none of these is found."""
+    if listed is not None:
+        return start + listed, ""
+    why = f"no data descriptor after its data fits it (up to {MAX_DESCRIPTORS:,} signatures looked at)"
+    if method == zipfile.ZIP_DEFLATED:
+        most = min(limits.max_member, max(SMALL, (len(data) - start) * limits.max_ratio))
+        end, why = _deflate_end(data, start, most)
+        if end is not None:
+            return end, ""
+    end = _descriptor_end(data, start, method == zipfile.ZIP_STORED, limits.max_member)
+    if end is not None:
+        return end, ""
+    if 0 < packed != ZIP64_MARK:
+        return start + packed, ""
+    return None, why
+
+
+def _descriptor_end(data: bytes, start: int, stored: bool, most: int) -> int | None:
+    """Where the first data descriptor after ``start`` that fits is (4.3.9: "PK\\7\\8", CRC-32, the
+    compressed and uncompressed sizes, 4 or 8 bytes each): its compressed size is the distance from
+    ``start``, and for a stored entry its uncompressed size the same and its CRC-32 that of the
+    bytes between. The CRC-32 is carried on from one candidate to the next: each byte is summed
+    once, so the search is linear in what it looks at (at most ``most`` bytes and MAX_DESCRIPTORS
+    signatures: a flood of fake ones costs no more)."""
+    view = memoryview(data)
+    stop = min(len(data), start + most + len(DESCRIPTOR))
+    crc, summed = 0, start
+    at = data.find(DESCRIPTOR, start, stop)
+    for _ in range(MAX_DESCRIPTORS):
+        if at < 0:
+            break
+        for fmt in ("<III", "<IQQ"):
+            if at + 4 + struct.calcsize(fmt) > len(data):
+                continue
+            want, packed, size = struct.unpack_from(fmt, data, at + 4)
+            if packed != at - start or (stored and size != packed):
+                continue
+            if not stored:
+                return at
+            crc, summed = zlib.crc32(view[summed:at], crc), at
+            if crc == want:
+                return at
+        at = data.find(DESCRIPTOR, at + 1, stop)
+    return None
+
+
+#: Data descriptor signatures tried for one entry: a real descriptor is the first that fits, after
+#: as many signatures as the entry's bytes hold by chance (one in 4 GiB of random bytes).
+MAX_DESCRIPTORS = 10_000
+
+
+def _descriptor_length(data: bytes, end: int, packed: int) -> int:
+    """The length of the data descriptor at ``end`` (4.3.9): its signature is optional and its sizes
+    4 or 8 bytes (ZIP64); the form whose compressed size is ``packed`` and that a record follows
+    (or the file ends) is it, else one of the two, else the plain 12 or 16 bytes."""
+    signed = 4 if data[end:end + 4] == DESCRIPTOR else 0
+    forms = [(signed + 4, width) for width in (4, 8)]
+
+    def sized(form: tuple[int, int]) -> bool:
+        field = data[end + form[0]:end + form[0] + form[1]]
+        return len(field) == form[1] and int.from_bytes(field, "little") == packed
+
+    def followed(form: tuple[int, int]) -> bool:
+        after = end + form[0] + 2 * form[1]
+        return after == len(data) or data[after:after + 4] in NEXT_RECORDS
+
+    for fits in (lambda f: sized(f) and followed(f), sized, followed):
+        form = next((f for f in forms if fits(f)), None)
+        if form is not None:
+            return form[0] + 2 * form[1]
+    return signed + 12
+
+
+def _deflate_end(data: bytes, start: int, most: int) -> tuple[int | None, str]:
     """Where the raw deflate stream (RFC 1951) starting at ``start`` ends, inflating no more than
-    ``most`` bytes on the way; None when it breaks or runs past that."""
+    ``most`` bytes on the way; None and why when it breaks or runs past that."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending: bytes | memoryview = memoryview(data)[start:]
     seen = 0
@@ -952,22 +1230,30 @@ def _deflate_end(data: bytes, start: int, most: int) -> int | None:
         while not inflater.eof and pending and seen <= most:
             seen += len(inflater.decompress(pending, CHUNK))
             pending = inflater.unconsumed_tail
-    except zlib.error:
-        return None
-    return len(data) - len(inflater.unused_data) if inflater.eof else None
+    except zlib.error as exc:
+        return None, f"its deflate stream breaks ({exc})"
+    if inflater.eof:
+        return len(data) - len(inflater.unused_data), ""
+    return None, f"{INFLATES_PAST} {most:,} bytes" if seen > most else "its deflate stream is cut short"
+
+
+INFLATES_PAST = "its deflate stream inflates past"
 
 
 def _unlisted_entries(data: bytes, archive: zipfile.ZipFile, problems: list[Finding],
-                      limits: ArchiveLimits) -> Iterator[Member]:
+                      limits: Bounds) -> Iterator[Member]:
     """Local entries the central directory does not list (APPNOTE.TXT 4.3.6: the central directory
     is the archive's index, but streaming readers never read it and extract every local entry):
     a zip made to show tools different members. Each is read (stored or deflated) within the bomb
     limits and scanned as a member."""
     listed = {info.header_offset for info in archive.infolist()}
-    for entry in _local_entries(data, archive, limits):
+    for entry in _local_entries(data, archive, limits, problems):
         if entry.offset in listed:
             continue
+        if limits.spent.over or not _count(limits, 1, problems):
+            return
         shown = display_path(entry.name)
+        _traversal(entry.name, problems)
         problems.append(Finding("archive.unlisted-entry", Level.HIGH, f"{shown} is a local entry the central "
                                 "directory does not list: zip readers skip it, streaming extractors write it "
                                 "out; scanned too", None, REF))
@@ -1067,26 +1353,27 @@ def _zip_link(archive: zipfile.ZipFile, info: zipfile.ZipInfo, problems: list[Fi
 
 def _link_escapes(target: str) -> bool:
     """Whether a member link's target leads outside the extraction folder: absolute ("/", "\\", a
-    drive letter) or with a ".." component ("/" or "\\" separated)."""
-    return target.startswith(("/", "\\")) or bool(_DRIVE.match(target)) or ".." in _SEPARATORS.split(target)
+    drive letter) or with a ".." component ("/" or "\\" separated; ".. " and "..." too, as Windows
+    trims them to "..")."""
+    parts = _SEPARATORS.split(target)
+    return target.startswith(("/", "\\")) or bool(_DRIVE.match(target)) or any(
+        part == ".." or _windows_parent(part) for part in parts)
 
 
-def _tar_members(archive: tarfile.TarFile, size: int, problems: list[Finding], limits: ArchiveLimits,
+def _tar_members(archive: tarfile.TarFile, size: int, problems: list[Finding], limits: Bounds,
                  ) -> Iterator[Member]:
     """The regular members, their sizes summed as the headers come (a compressed tar has no
-    directory up front): reading stops once the sum breaks the archive-wide limits."""
-    count = declared = 0
+    directory up front): reading stops once the sum breaks the limits, this tar's or the whole
+    archive's (the members read so far in every section and nested archive, and this one)."""
+    declared = 0
     for info in archive:
-        count += 1
-        if count > limits.max_members:
-            problems.append(Finding("archive.bomb", Level.HIGH, f"more than {limits.max_members:,} members", None,
-                                    REF))
+        if limits.spent.over or not _count(limits, 1, problems):
             break
         _traversal(info.name, problems)
         if not _tar_member_ok(info, size, problems, limits):
             continue
         declared += info.size
-        bomb = _bomb(declared, size, limits, "declare")
+        bomb = _bomb(declared, size, limits, "declare") or _spent_bomb(limits, info.size, "declare")
         if bomb is not None:
             problems.append(bomb)
             break
@@ -1133,20 +1420,30 @@ def _tar_member_ok(info: tarfile.TarInfo, size: int, problems: list[Finding], li
     return True
 
 
-def _stream_members(kind: str, base: str, data: bytes, problems: list[Finding], limits: ArchiveLimits,
+def _stream_members(kind: str, base: str, data: bytes, problems: list[Finding], limits: Bounds,
                     ) -> Iterator[Member]:
     """The one file a gzip (RFC 1952; its members, concatenated, are one file), bzip2 or xz stream
     holds, named as gunzip would name it, inflated no further than the bomb limits allow: more
-    than max_archive_ratio times the stream past 1 MiB, max_archive_total, the largest file."""
+    than max_archive_ratio times the stream past 1 MiB, what is left of max_archive_total for the
+    whole archive (the outer archive's members read so far count), the largest file."""
     ratio_bound = max(SMALL, len(data) * limits.max_ratio)
-    bound = min(ratio_bound, limits.max_total, limits.max_member)
     member = _stream_name(base, kind)
+    if not _count(limits, 1, problems):
+        return
 
     def read() -> bytes | None:
+        left = max(0, limits.max_total - limits.spent.total)
+        bound = min(ratio_bound, left, limits.max_member)
         content, error = _inflate(kind, data, bound)
         if len(content) > bound:
-            why = (f"more than {limits.max_ratio}x the {len(data):,}-byte stream" if bound == ratio_bound
-                   else f"past the limit of {bound:,} bytes")
+            if bound == ratio_bound:
+                why = f"more than {limits.max_ratio}x the {len(data):,}-byte stream"
+            elif bound == left:
+                limits.spent.over = True
+                why = (f"past the {left:,} bytes left of the limit of {limits.max_total:,} for all members "
+                       "(nested archives included)")
+            else:
+                why = f"past the limit of {bound:,} bytes"
             problems.append(Finding("archive.bomb", Level.HIGH, f"{display_path(member)} inflates {why}; "
                                     "the rest is not read", None, REF))
             return None

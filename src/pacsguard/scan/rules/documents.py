@@ -2,15 +2,17 @@
 in (0042,0011) is opened by other programs, so its own active content is judged: PDF actions and
 scripts (ISO 32000 12.6, 12.5.6.18, 7.11.4), in its raw bytes and in its compressed streams (ISO
 32000-1 7.3.8, 7.5.7; pacsguard.scan.pdf), XML external entities and processing instructions
-(XML 1.0 4.2.2, 2.6), scripts in CDA narrative, Office macros (MS-OVBA), 3D models that lie about
+(XML 1.0 4.2.2, 2.6), XInclude and XSLT reading other resources (XInclude 1.0 4.1, XSLT 1.0 2.6,
+12.1), scripts in CDA narrative, Office macros (MS-OVBA), 3D models that lie about
 their size. A PDF that is a file of its own (a report beside the images on a CD, a member of an
 archive) is opened by the same viewers, and judged the same way."""
 
 from __future__ import annotations
 
+import html
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pacsguard.scan import pdf, signatures
 from pacsguard.scan.model import Finding, Level
@@ -38,6 +40,34 @@ W3C_DOCTYPE = (rb"html\s+PUBLIC\s+[\"']-//W3C//DTD\s[^\"'>]*[\"']"
 XML_EXTERNAL = re.compile(rb"<!(?:ENTITY\s+(?:%\s*)?|DOCTYPE\s+(?!" + W3C_DOCTYPE + rb"))" + XML_NAME
                           + rb"\s+(?:SYSTEM|PUBLIC)", re.IGNORECASE)
 XML_STYLESHEET = re.compile(rb"<\?xml-stylesheet", re.IGNORECASE)
+#: The longest tag, attribute value or instruction searched for what it names: bounded, so that a
+#: document of unclosed openings costs a linear search, not a quadratic one; none holds a "<" (XML 1.0
+#: 3.1 AttValue), so the search of one ends where the next opening starts.
+MAX_TAG = 4096  # also written out in NS_DECLARATION
+#: An xml-stylesheet processing instruction (Associating Style Sheets with XML documents 1.0, 2)
+#: with its pseudo-attributes.
+XML_STYLESHEET_PI = re.compile(rb"<\?xml-stylesheet(?=\s)([^<]{0,%d}?)\?>" % MAX_TAG, re.IGNORECASE)
+#: Namespaces whose elements make an XML processor read another resource into the document:
+#: XInclude 1.0 (W3C 2006, 4.1: xi:include, href; libxml2 also reads the 2003 draft's namespace)
+#: and XSLT (1.0 2.6: xsl:include, xsl:import).
+XINCLUDE_NS = frozenset({"http://www.w3.org/2001/XInclude", "http://www.w3.org/2003/XInclude"})
+XSLT_NS = frozenset({"http://www.w3.org/1999/XSL/Transform"})
+#: A namespace declaration (Namespaces in XML 1.0, 3): xmlns (the default, no prefix) or xmlns:PREFIX.
+#: Also as a DTD's default for an attribute (XML 1.0 3.3.2: <!ATTLIST doc xmlns:xi CDATA #FIXED "...">),
+#: which binds the prefix in every element without a declaration in the start tag.
+NS_DECLARATION = re.compile(rb"""\sxmlns(?::([^\s<>"'%:=/]{1,256}))?(?:\s*=|\s+CDATA\s+(?:#FIXED\s+)?)\s*"""
+                            rb"""(?:"([^"]{0,4096})"|'([^']{0,4096})')""")
+HREF = re.compile(rb"""\shref\s*=\s*(["'])(.*?)\1""", re.DOTALL)  # searched in one tag, bounded
+#: An attribute value (XML 1.0 3.1), where XSLT writes its XPath expressions.
+ATTRIBUTE_VALUE = re.compile(rb"""=\s*(?:"([^"<]*)"|'([^'<]*)')""")
+#: XPath and XSLT functions that read a document or a file by URI (XSLT 1.0 12.1 document();
+#: XPath Functions 3.1 14.6 doc(), 14.8 unparsed-text(), 17.5 json-doc(), 14.6 collection()), and
+#: their literal argument when there is one; with a prefix too (XPath 2.0's fn:doc).
+READ_FUNCTION = re.compile(r"""(?<![\w.-])(document|doc|unparsed-text(?:-lines)?|json-doc|collection)\s*\("""
+                           r"""\s*(?:(["'])(.{0,%d}?)\2)?""" % MAX_TAG, re.DOTALL)
+#: An absolute URI (RFC 3986 4.3: a scheme, "file:", "http:"; a Windows drive "C:" reads as one),
+#: a network-path or absolute-path reference (4.2: "//host", "/etc"), or a UNC path.
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:|[/\\]")
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
 
 
@@ -160,15 +190,96 @@ def _xml(parsed: Parsed, element: Element, doc: bytes, *, exact: bool = True) ->
                             f"the encapsulated XML {what}, which a parser fetches (XXE): "
                             f"{m.group()[:120].decode('utf-8', 'replace')!r}", at(m.start()),
                             "XML 1.0 2.8" if dtd else "XML 1.0 4.2.2"))
-    if (m := XML_STYLESHEET.search(doc)) is not None:
+    external = next((m for m in XML_STYLESHEET_PI.finditer(doc) if _external(_href(m.group(1)))), None)
+    if external is not None:
+        # Fetched from elsewhere: an external reference as an external entity is (below, high).
+        out.append(_finding(parsed, element, "documents.xml-external-reference",
+                            f"the encapsulated XML names a stylesheet at an external URI{_of(_href(external.group(1)))}"
+                            ", which a viewer fetches and runs", at(external.start()),
+                            "XML-stylesheet 1.0 2; XSLT 1.0 2.6"))
+    elif (m := XML_STYLESHEET.search(doc)) is not None:
         out.append(_finding(parsed, element, "documents.xml-stylesheet",
                             "the encapsulated XML names a stylesheet a viewer would fetch and run", at(m.start()),
                             "XML 1.0 2.6; HL7 CDA R2", Level.MEDIUM))
+    out.extend(_references(parsed, element, doc, at))
     scripts = signatures.scripts(doc, limit=1)
     if scripts:
         out.append(_finding(parsed, element, "documents.xml-script", "the encapsulated XML holds script",
                             at(scripts[0].offset), "HL7 CDA R2 (narrative block has no script)"))
     return out
+
+
+def _references(parsed: Parsed, element: Element, doc: bytes, at: Callable[[int], int]) -> list[Finding]:
+    """What makes an XML processor read another resource into the document, judged like an external
+    entity (XML 1.0 4.2.2): an XInclude include (any href: parse="text" reads any file), a stylesheet
+    included or imported from an external URI (xsl:include, xsl:import), and XSLT/XPath functions
+    that read a document by URI. One finding of each kind, at its first place."""
+    out: list[Finding] = []
+    include = next(_elements(doc, XINCLUDE_NS, (b"include",)), None)
+    if include is not None:
+        target = _href(include.group())
+        out.append(_finding(parsed, element, "documents.xml-external-reference",
+                            f"the encapsulated XML has an XInclude include{_of(target)}, which an XInclude "
+                            "processor (libxml2, Xerces, .NET) reads into the document", at(include.start()),
+                            "XInclude 1.0 4.1; XML 1.0 4.2.2"))
+    imported = next((m for m in _elements(doc, XSLT_NS, (b"include", b"import")) if _external(_href(m.group()))),
+                    None)
+    if imported is not None:
+        target = _of(_href(imported.group()))
+        out.append(_finding(parsed, element, "documents.xml-external-reference",
+                            f"the encapsulated XSLT includes a stylesheet at an external URI{target}",
+                            at(imported.start()), "XSLT 1.0 2.6.1, 2.6.2"))
+    read = _read_call(doc) if _prefixes(doc, XSLT_NS) else None
+    if read is not None:
+        offset, call = read
+        out.append(_finding(parsed, element, "documents.xml-external-reference",
+                            f"the encapsulated XSLT reads a document by URI: {call[:120]!r}", at(offset),
+                            "XSLT 1.0 12.1; XPath Functions 3.1 14.6, 14.8"))
+    return out
+
+
+def _prefixes(doc: bytes, namespaces: frozenset[str]) -> set[bytes]:
+    """The prefixes (b"" for the default namespace) bound anywhere in ``doc`` to one of
+    ``namespaces``, the value read as a parser reads it (character references undone)."""
+    return {m.group(1) or b"" for m in NS_DECLARATION.finditer(doc)
+            if html.unescape((m.group(2) or m.group(3) or b"").decode("utf-8", "replace")).strip() in namespaces}
+
+
+def _elements(doc: bytes, namespaces: frozenset[str], names: tuple[bytes, ...]) -> Iterator[re.Match[bytes]]:
+    """Start tags of ``names`` in one of ``namespaces``, by the prefixes bound to it (the default
+    namespace: unprefixed), each up to its closing ">"."""
+    for prefix in sorted(_prefixes(doc, namespaces)):
+        qualified = b"|".join(re.escape(prefix + b":" + name if prefix else name) for name in names)
+        yield from re.finditer(rb"<(?:" + qualified + rb")(?=[\s/>])[^<>]{0,%d}" % MAX_TAG, doc)
+
+
+def _href(tag: bytes) -> str:
+    """The href attribute (or pseudo-attribute) of a start tag, as a parser reads it; "" when none."""
+    m = HREF.search(tag)
+    return html.unescape(m.group(2).decode("utf-8", "replace")).strip() if m else ""
+
+
+def _of(target: str) -> str:
+    return f" of {target[:120]!r}" if target else ""
+
+
+def _external(uri: str) -> bool:
+    """A URI that leaves the document's own folder: absolute (ABSOLUTE_URI) or climbing ("..")."""
+    return bool(uri) and (ABSOLUTE_URI.match(uri) is not None or ".." in re.split(r"[/\\]", uri))
+
+
+def _read_call(doc: bytes) -> tuple[int, str] | None:
+    """The first call in an attribute value (where XSLT writes XPath) of a function that reads a
+    document by URI, other than document('') (XSLT 1.0 12.1: the stylesheet itself): a literal URI
+    that leaves the document's folder, or one computed at run time from the data (any URI)."""
+    for value in ATTRIBUTE_VALUE.finditer(doc):
+        raw = value.group(1) if value.group(1) is not None else value.group(2)
+        text = html.unescape(raw.decode("utf-8", "replace"))
+        for call in READ_FUNCTION.finditer(text):
+            literal = call.group(3)
+            if literal is None or (literal.strip() and _external(literal.strip())):
+                return value.start(), text[call.start():call.end() + 40].strip()
+    return None
 
 
 def _office(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:

@@ -77,6 +77,14 @@ def _contents(pre: bytes, *, binary_too: bool = True) -> Finding | None:
         at = scripts[0].offset if scripts else 0  # found once decoded: at the byte order mark
         return Finding("preamble.script", Level.HIGH, "the preamble holds script or markup", at,
                        REF, remedy="preamble")
+    # Commands without a "#!" line: ``sh file.dcm`` (or cmd.exe, PowerShell) runs plain text too, so
+    # the text is judged by what it runs, padded with spaces or NULs or not.
+    command = signatures.command_line(pre)
+    at = command.offset if command is not None else 0  # found once decoded: at the byte order mark
+    command = command or signatures.command_line(text)
+    if command is not None:
+        return Finding("preamble.script", Level.HIGH, f"the preamble holds commands a shell runs: {command.of[:100]!r}",
+                       at, REF, remedy="preamble")
     bits = entropy(pre)
     if binary_too and bits > 6.2:
         return Finding("preamble.entropy", Level.MEDIUM,

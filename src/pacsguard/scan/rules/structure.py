@@ -176,18 +176,60 @@ def _pixels(parsed: Parsed) -> list[Finding]:
     return out
 
 
+#: The attributes of a DICOMDIR (PS3.3 F.3, F.5) that name a file or folder on the media: the File-set
+#: Descriptor File ID (0004,1141) and each record's Referenced File ID (0004,1500) are relative paths
+#: of CS components (PS3.10 8.2, 8.5); the File-set ID (0004,1130) is a name, which importers copying
+#: the media make a folder of. A reader joins each with the media's root to open it.
+FILE_IDS = {FILE_ID: "file ID", 0x00041141: "file-set descriptor file ID", 0x00041130: "file-set ID"}
+#: Windows device names (Win32 file naming: CON, PRN, AUX, NUL, COM0-9, LPT0-9 and the console's
+#: CONIN$/CONOUT$), also with an extension or trailing dots and spaces (Win32 path normalisation
+#: drops those): a reader opening MEDIA\DIR\CON opens the device, not a file on the media.
+#: A file ID is judged up to this many bytes: past any path a system opens (Linux PATH_MAX 4,096,
+#: Windows' 32,767 characters), so a value padded beyond it cannot hide a component that opens.
+FILE_ID_MAX = 64 * 1024
+WINDOWS_DEVICE = re.compile(r"(?:CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9]|CONIN\$|CONOUT\$)(?:\.[^.]*)?[ .]*",
+                            re.IGNORECASE)
+
+
 def _file_ids(parsed: Parsed) -> list[Finding]:
-    """DICOMDIR Referenced File IDs are relative paths of CS components inside the media (PS3.10 8.5)."""
+    """DICOMDIR file IDs are relative paths of CS components inside the media (PS3.10 8.2, 8.5):
+    uppercase letters, digits and "_" (PS3.5 6.2), so any component that climbs, names a root, a
+    drive or a Windows device leads a reader out of the media."""
     out: list[Finding] = []
     for element in parsed.elements:
-        if element.tag != FILE_ID or element.length <= 0:
+        what = FILE_IDS.get(element.tag)
+        if what is None or element.length <= 0:
             continue
-        parts = parsed.value(element).decode("latin-1").strip("\x00 ").split("\\")
-        if any(p.strip() in ("..", ".") or "/" in p or ":" in p for p in parts) or parts[0].strip() == "":
+        src = parsed.data if element.meta else parsed.body
+        raw = bytes(src[element.value_offset:element.value_offset + min(element.length, FILE_ID_MAX)])
+        value = raw.decode("latin-1").strip("\x00 ")
+        why = _path_problem(value.split("\\"))
+        if why is None and "\x00" in value:
+            # A reader in C (dcmtk) hands the path to the system cut at its first NUL byte.
+            why = _path_problem(value.split("\x00", 1)[0].split("\\"))
+        if why is not None:
             out.append(Finding("structure.fileid-traversal", Level.HIGH,
-                               f"DICOMDIR file ID {'/'.join(parts)!r} climbs out of the media", element.value_offset,
-                               "PS3.10 8.2, 8.5", element.label, parsed.inflated))
+                               f"DICOMDIR {what} {'/'.join(value.split(chr(92)))[:120]!r} in {element.label} {why}",
+                               element.value_offset, "PS3.10 8.2, 8.5; PS3.3 F.5", element.label, parsed.inflated))
     return out
+
+
+def _path_problem(parts: list[str]) -> str | None:
+    """What makes a file ID's components (PS3.10 8.5) lead out of the media, or None."""
+    if not parts[0].strip():
+        return "is absolute: it starts at a root (\\ or \\\\server), not in the media"
+    for part in parts:
+        name = part.strip()
+        if name and not name.strip("."):
+            # ".", "..", and "..." (Win32 normalisation drops trailing dots) climb or stay above.
+            return f"climbs out of the media ({name!r})"
+        if "/" in name:
+            return f"holds a path of its own ({name!r}: \"/\" separates folders to the reader)"
+        if ":" in name:
+            return f"names a drive, URL or stream ({name!r}), not a file in the media"
+        if WINDOWS_DEVICE.fullmatch(name):
+            return f"names the Windows device {name!r}, which Windows opens instead of a file"
+    return None
 
 
 #: Short texts are searched up to this size: longer than any VR allows (PN: 64 characters a

@@ -152,6 +152,22 @@ rule pacsguard_xml_external_entity
         $entity or ($dtd and not $html)
 }
 
+rule pacsguard_xml_xinclude
+{
+    meta:
+        level = "high"
+        reference = "XInclude 1.0 4.1; XML 1.0 4.2.2"
+        description = "an XML document with an XInclude include, which an XInclude processor reads into it"
+    strings:
+        // A prefix (or the default namespace) bound to XInclude's namespace (or libxml2's 2003
+        // draft one), and an include element; documents.xml-external-reference in rules/documents.py
+        // ties the element to the prefix.
+        $ns = /xmlns(:[^\s<>"'%:=\/]{1,256})?\s*=\s*["']http:\/\/www\.w3\.org\/200[13]\/XInclude["']/
+        $include = /<([^\s<>"'%:=\/]{1,256}:)?include[\s\/>]/
+    condition:
+        $ns and $include
+}
+
 rule pacsguard_markup
 {
     meta:
