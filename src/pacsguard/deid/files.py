@@ -7,19 +7,24 @@ otherwise leave one file where the manifest said two were written."""
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from pacsguard.deid.encode import encode_file
 from pacsguard.deid.engine import Engine, Report, Withheld
 from pacsguard.deid.pixels import remove_embedded_overlays
+from pacsguard.dicom.vr import LONG_VRS, VRS
 
 
 @dataclass(slots=True)
@@ -39,11 +44,14 @@ def read_whole(path: Path) -> Dataset:
             ds = dcmread(path)
             end = _raw_end(ds)  # before _cut_off decodes sequences: a decoded element has no offsets
             cut = _cut_off(ds)
+    except zlib.error as exc:  # the deflate stream (RFC 1951, PS3.5 A.5) stops early or is damaged
+        raise Withheld(_not_inflated(path, exc)) from None
     except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
-        raise Withheld(f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
+        where = _walk_unread(path)  # pydicom's "No tag to read at ..." does not say the file is cut
+        raise Withheld(where or f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
     if cut:
         raise Withheld(f"the file is cut off inside {cut}")
-    early = _ends_early(path, end)
+    early = _ends_early(path, end) if end is not None else _walk_cut(path, ds.file_meta, _encoding_of(ds))
     if early:
         raise Withheld(early)
     if "SOPInstanceUID" not in ds:
@@ -95,6 +103,210 @@ def _ends_early(path: Path, end: int | None) -> str:
     if extra < 0:
         return f"the file is cut off: its last element runs {-extra} bytes past the end"
     return f"the file is cut off: {extra} bytes after its last whole element" if extra else ""
+
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+class _Ends(Exception):
+    """The bytes stop before a header or value the structure still promises (PS3.5 7.1, 7.5)."""
+
+    def __init__(self, where: str, *, header: bool = False) -> None:
+        super().__init__(where)
+        self.where, self.header = where, header
+
+
+class _Unknown(Exception):
+    """A structure the walk does not follow (a VR it does not know): no verdict, pydicom's stands."""
+
+
+def _not_inflated(path: Path, exc: zlib.error) -> str:
+    """Why a deflated data set does not inflate: zlib's Z_BUF_ERROR (-5) means its stream ends
+    before its final block, i.e. the file was cut off."""
+    if "Error -5" in str(exc):
+        return (f"the deflated data set is cut off: the file ends at byte {path.stat().st_size} "
+                "before the deflate stream's final block")
+    return f"the deflated data set does not inflate: {str(exc)[:200]}"
+
+
+def _walk_unread(path: Path) -> str:
+    """After pydicom failed: whether the data set stops short (by _walk_cut), '' if it does not or
+    the file meta cannot be read either."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = read_file_meta_info(path)
+        syntax = UID(str(meta.TransferSyntaxUID))
+        encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
+    except Exception:  # no usable meta: pydicom's own message stands
+        return ""
+    return _walk_cut(path, meta, encoding)
+
+
+def _walk_cut(path: Path, meta: Dataset, encoding: tuple[bool, bool]) -> str:
+    """Where _raw_end cannot tell (the last top-level element has undefined length, or the data set
+    is deflated and offsets are in the inflated stream), walk the element headers of the data set
+    itself, through items and delimiters (PS3.5 7.1, 7.5), and name where it stops short: pydicom
+    accepts a file that ends 1-7 bytes into the header after an undefined-length sequence, or an
+    inflated data set cut the same way, as if it ended at the last whole element."""
+    deflated = meta.get("TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian
+    implicit, little = (False, True) if deflated else encoding
+    with open(path, "rb") as f:
+        try:
+            _walk_meta(f)
+            start = f.tell()
+            if deflated:
+                stream = _Bytes(zlib.decompress(f.read(), -zlib.MAX_WBITS))
+                return _walk_top(stream, implicit, little, f"byte {len(stream.data)} of its inflated data set "
+                                 f"(deflated from byte {start} of the file)")
+            stream = _File(f)
+            return _walk_top(stream, implicit, little, f"byte {stream.size} of the file")
+        except (_Unknown, zlib.error, struct.error):
+            return ""
+
+
+def _encoding_of(ds: Dataset) -> tuple[bool, bool]:
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    return bool(implicit), little is not False
+
+
+class _Bytes:
+    """Reading from bytes in memory (an inflated data set)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+    def skip(self, n: int) -> bool:
+        """Move n bytes on; False when fewer are left."""
+        if self.pos + n > len(self.data):
+            return False
+        self.pos += n
+        return True
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+class _File(_Bytes):
+    """Reading a file by its headers, seeking over values (Pixel Data is never read)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+        self.pos = f.tell()
+
+    def read(self, n: int) -> bytes:
+        self.f.seek(self.pos)
+        chunk: bytes = self.f.read(n)
+        self.pos += len(chunk)
+        return chunk
+
+    def skip(self, n: int) -> bool:
+        if self.pos + n > self.size:
+            return False
+        self.pos += n
+        return True
+
+    def at_end(self) -> bool:
+        return self.pos >= self.size
+
+
+def _walk_meta(f: BinaryIO) -> None:
+    """Past the preamble, DICM and the group 0002 elements (PS3.10 7.1: explicit VR little endian)."""
+    f.seek(128)
+    if f.read(4) != b"DICM":
+        raise _Unknown
+    while True:
+        at = f.tell()
+        head = f.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            f.seek(at)
+            return
+        vr = head[4:6].decode("latin-1")
+        if vr in LONG_VRS:
+            length = struct.unpack("<L", f.read(4))[0]
+        elif vr in VRS:
+            length = struct.unpack("<H", head[6:8])[0]
+        else:
+            raise _Unknown
+        f.seek(f.tell() + length)
+
+
+def _walk_top(stream: _Bytes, implicit: bool, little: bool, end: str) -> str:
+    """'' when the top-level data set ends exactly at its last whole element, else what stops short
+    and where."""
+    last = ""
+    try:
+        while not stream.at_end():
+            last = _element(stream, implicit, little, in_item=False) or last
+    except _Ends as cut:
+        where = f"{cut.where} of the element after {last}" if cut.header and last else cut.where
+        return f"the file is cut off: it ends at {end}, {where}"
+    return ""
+
+
+def _element(stream: _Bytes, implicit: bool, little: bool, *, in_item: bool) -> str:
+    """Walk one element (or meet an item's end: ''); its tag as (gggg,eeee)."""
+    order = "<" if little else ">"
+    head = stream.read(8)
+    if len(head) < 8:
+        raise _Ends(f"{len(head)} byte{'s' if len(head) > 1 else ''} into the header", header=True)
+    group, elem = struct.unpack(order + "HH", head[:4])
+    tag = f"({group:04X},{elem:04X})"
+    if in_item and (group << 16 | elem) == _ITEM_END:
+        return ""
+    vr = None if implicit else head[4:6].decode("latin-1")
+    if vr is None:
+        length = struct.unpack(order + "L", head[4:])[0]
+    elif vr in LONG_VRS:
+        rest = stream.read(4)
+        if len(rest) < 4:
+            raise _Ends(f"{8 + len(rest)} bytes into the 12-byte header", header=True)
+        length = struct.unpack(order + "L", rest)[0]
+    elif vr in VRS:
+        length = struct.unpack(order + "H", head[6:])[0]
+    else:
+        raise _Unknown
+    if length != _UNDEFINED:
+        if not stream.skip(length):
+            raise _Ends(f"inside the value of {tag}")
+        return tag
+    # Undefined length: items up to a Sequence Delimitation Item (PS3.5 7.5.1); a UN sequence's
+    # items are implicit VR little endian (PS3.5 6.2.2), and encapsulated pixel data's items have
+    # defined lengths (A.4).
+    if vr == "UN":
+        implicit, little = True, True
+    _items(stream, implicit, little, tag)
+    return tag
+
+
+def _items(stream: _Bytes, implicit: bool, little: bool, tag: str) -> None:
+    order = "<" if little else ">"
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            raise _Ends(f"inside {tag} of undefined length, whose Sequence Delimitation Item never comes")
+        group, elem, length = struct.unpack(order + "HHL", head)
+        kind = group << 16 | elem
+        if kind == _SEQUENCE_END:
+            return
+        if kind != _ITEM:
+            raise _Unknown
+        if length != _UNDEFINED:
+            if not stream.skip(length):
+                raise _Ends(f"inside an item of {tag}")
+            continue
+        try:
+            while _element(stream, implicit, little, in_item=True):
+                pass
+        except _Ends:
+            raise _Ends(f"inside an item of {tag}, whose Item Delimitation Item never comes") from None
 
 
 def _dictionary_vr(tag: int) -> str:
