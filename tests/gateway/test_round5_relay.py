@@ -182,20 +182,22 @@ def test_a_response_too_large_to_hold_is_recorded_as_not_rewritten() -> None:
     assert f"passed as received: larger than the {MAX_IDENTIFIER_LENGTH:,} bytes held" in find.message
 
 
-def test_a_deflated_query_whose_keys_lie_past_the_limit_is_recorded_as_unread() -> None:
-    """The C-FIND passes (no SOP class, no patient to hold it to: as for the other limits, with the
-    alert), and its record says its Patient ID was not read rather than showing an empty query."""
+def test_a_deflated_query_whose_keys_lie_past_the_limit_is_aborted_and_recorded_as_unread() -> None:
+    """The C-FIND is aborted (round 6: its patient would be hidden from the checks, rule
+    dimse.dataset-identifier), and its record says its Patient ID was not read rather than showing an
+    empty query."""
     query = (el(0x00080052, b"CS", b"STUDY") + el(0x00091010, b"OB", b"\0" * (400 * 1024))
              + el(0x00100020, b"LO", b"SECRETPAT") + el(0x0020000D, b"UI", b""))
 
     async def scenario(pb: Playbook) -> None:
         await associate(pb, (1, STUDY_FIND, DEFLATED))
         await pb.client(request(FIND, deflate(query)))
-        await pb.upstream(find_response(0x0000, None))
 
     pb = play(route_config(), scenario)
-    assert "dicom.association.aborted" not in pb.kinds()
+    (aborted,) = [e for e in pb.events if e.kind == "dicom.association.aborted"]
+    assert "(dimse.dataset-identifier)" in aborted.details["reason"], aborted.details
     (find,) = [e for e in pb.events if e.kind == "dicom.dimse.c-find"]
+    assert find.details["decision"] == "aborted"
     assert "Patient ID (0010,0020) and Study Instance UID (0020,000D) not read" in find.message
     assert "inflate-limit" in find.message and find.details["query"] == {}
 

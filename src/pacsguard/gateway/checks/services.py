@@ -8,7 +8,9 @@ request whose SOP class is not its context's abstract syntax (or, on a Meta SOP 
 of its component classes), or a DIMSE-N request naming two different ones, with 0x0122 (SOP class
 not supported). On a relayed route a C-STORE data set whose SOP Class UID is another class, cannot
 be read, or is given twice, aborts the association (the command has gone on); so does one whose
-Patient ID the walk stopped before (it could not be recorded).
+Patient ID the walk stopped before (it could not be recorded), whichever side sends it: the
+upstream's C-STORE-RQ of a C-GET sub-operation (PS3.4 C.4.3.3) too. A C-FIND, C-MOVE or C-GET
+identifier whose walk stopped before its keys (its patient hidden from the checks) aborts it too.
 
 `storage-commitment` is what Storage Commitment Push is made of (PS3.4 J.3): an N-ACTION-RQ with
 Action Type ID 1 and the N-EVENT-REPORT-RQ (Event Type ID 1 or 2) that answers it, on a Storage
@@ -22,7 +24,7 @@ from pydicom.uid import UID
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
-from pacsguard.dicom.dataset import walk_stop
+from pacsguard.dicom.dataset import DatasetPeek, walk_stop
 from pacsguard.dicom.events import DimseCommand, DimseDatasetStart, ProtocolEvent
 from pacsguard.gateway.check import Association, Check
 from pacsguard.gateway.verdict import ALLOW, Action, Verdict, refuse
@@ -30,6 +32,8 @@ from pacsguard.records.dicom import Pending
 
 #: The rule that aborts a C-STORE whose Patient ID the walk could not reach (docs/gateway.md, Refusals).
 PATIENT_RULE = "dimse.dataset-patient"
+#: The rule that aborts a C-FIND/C-MOVE/C-GET whose identifier the walk could not read to its end.
+IDENTIFIER_RULE = "dimse.dataset-identifier"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
@@ -136,6 +140,9 @@ class ServicesCheck(Check):
         # its data set follows it (PS3.7 6.3.1, messages are not interleaved), and one the gateway
         # refused is swallowed, not judged (see on_data_event).
         self._announced: dict[Association, Pending] = {}
+        # Per association, the upstream's last command announcing a data set (a C-GET's C-STORE
+        # sub-operation, a C-FIND match): its data set follows it as the client's follows its request.
+        self._upstream_announced: dict[Association, dimse.CommandSet] = {}
 
     def on_context(self, assoc: Association, abstract_syntax: str) -> Verdict:
         service = service_of_abstract_syntax(abstract_syntax)
@@ -187,16 +194,26 @@ class ServicesCheck(Check):
 
     def on_closed(self, assoc: Association) -> Verdict:
         self._announced.pop(assoc, None)
+        self._upstream_announced.pop(assoc, None)
         return ALLOW
 
     def on_data_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
-        """A requestor's data set whose SOP Class UID (0008,0016), in its first fragments, is not
+        """A requestor's C-STORE data set whose SOP Class UID (0008,0016), in its first fragments, is not
         the class of the context it comes on (which on_request held to the command's): an MR image
-        under a CT command on a route allowing CT only. A relayed route has passed the command on
-        already, so the association is aborted (PS3.8 9.3.8); a store-and-forward route refuses
-        the object itself at reception (0xA900, store_forward.screening)."""
-        if not isinstance(event, DimseDatasetStart) or not event.from_requestor or self.store_and_forward:
+        under a CT command on a route allowing CT only; a C-STORE data set whose SOP Class UID or
+        Patient ID cannot be read; a query or retrieve identifier not read to its end; and of the
+        upstream, a C-GET sub-operation whose Patient ID cannot be read. A relayed route has passed
+        the command on already, so the association is aborted (PS3.8 9.3.8); a store-and-forward
+        route refuses the object itself at reception (0xA900, store_forward.screening)."""
+        if self.store_and_forward:
             return ALLOW
+        if isinstance(event, DimseCommand) and not event.from_requestor:
+            self._upstream_command(assoc, event.command)
+            return ALLOW
+        if not isinstance(event, DimseDatasetStart):
+            return ALLOW
+        if not event.from_requestor:
+            return self._judge_suboperation(assoc, event)
         # The data set of a refused request is swallowed: the PACS never sees it, and the client gets
         # the refusal once it is in, as docs/gateway.md says. A request on_request never saw was
         # refused by a check before this one (decide() stops there).
@@ -207,10 +224,20 @@ class ServicesCheck(Check):
         if unread is not None:
             return Verdict(Action.ABORT, f"a C-STORE data set whose SOP Class UID (0008,0016) cannot be read: "
                            f"{unread}, PS3.3 C.12.1 (dimse.dataset-sop-class)", "dimse.dataset-sop-class")
-        unread = _unrecorded_patient(announced, event)
+        unread = _unrecorded_patient(announced.command, event.peek)
         if unread is not None:
             return Verdict(Action.ABORT, f"a C-STORE data set whose Patient ID (0010,0020) cannot be read: "
                            f"{unread}, PS3.3 C.7.1.1 ({PATIENT_RULE})", PATIENT_RULE)
+        unread = _unread_identifier(announced.command, event.peek)
+        if unread is not None:
+            service = _REQUESTS[announced.command.command_field]
+            return Verdict(Action.ABORT, f"a {service} identifier whose keys cannot all be read: {unread}; "
+                           f"its patient is hidden from the checks, PS3.4 C.4 ({IDENTIFIER_RULE})", IDENTIFIER_RULE)
+        if announced.command.command_field != dimse.C_STORE_RQ:
+            # In a query or retrieve identifier, SOP Class UID is a matching key of the instance level
+            # (PS3.4 C.6.1.1.5): an IMAGE level C-FIND for CT images names CT Image Storage on the FIND
+            # context, and is no object sent on the wrong context.
+            return ALLOW
         theirs, context = event.peek.sop_class_uid, assoc.abstract_syntax(event.context_id)
         if not theirs or not context or theirs == context or context == VERIFICATION:
             return ALLOW
@@ -218,6 +245,28 @@ class ServicesCheck(Check):
             else "dimse.dataset-sop-class"
         return Verdict(Action.ABORT, f"a data set of {_name(theirs)} sent on a presentation context for "
                        f"{_name(context)}, PS3.4 B.2.3 ({rule})", rule)
+
+    def _upstream_command(self, assoc: Association, command: dimse.CommandSet) -> None:
+        """Note the upstream's command whose data set comes next (PS3.7 6.3.1: not interleaved)."""
+        if command.has_dataset:
+            self._upstream_announced[assoc] = command
+        else:
+            self._upstream_announced.pop(assoc, None)
+
+    def _judge_suboperation(self, assoc: Association, event: DimseDatasetStart) -> Verdict:
+        """The upstream's data set of a C-STORE sub-operation on a C-GET association (PS3.4 C.4.3.3),
+        judged as a modality's C-STORE is: the client is about to get an object whose patient the
+        gateway could not record. The C-STORE-RQ has gone on to the client, so the association is
+        aborted (PS3.8 9.3.8). A C-MOVE's sub-operations come on their own association, from the
+        archive as requestor: a route in front of the move destination judges them as any C-STORE."""
+        command = self._upstream_announced.pop(assoc, None)
+        if command is None:
+            return ALLOW
+        unread = _unrecorded_patient(command, event.peek)
+        if unread is None:
+            return ALLOW
+        return Verdict(Action.ABORT, f"a C-GET sub-operation (the upstream's C-STORE-RQ) whose Patient ID (0010,0020) "
+                       f"cannot be read: {unread}, PS3.3 C.7.1.1 ({PATIENT_RULE})", PATIENT_RULE)
 
 
 def _named_sop_classes(command: dimse.CommandSet, dimse_c: bool) -> list[str]:
@@ -252,17 +301,28 @@ def _unheld_store(announced: Pending, event: DimseDatasetStart) -> str | None:
     return walk_stop(peek)
 
 
-def _unrecorded_patient(announced: Pending, event: DimseDatasetStart) -> str | None:
+def _unrecorded_patient(command: dimse.CommandSet, peek: DatasetPeek) -> str | None:
     """Why a C-STORE's Patient ID cannot be recorded, or None. The Patient Module gives every composite
     instance a Patient ID (0010,0020), Type 2 (PS3.3 C.7.1.1): a walk that got past (0020,000E)
     without one read an object that has none, and that is what the record says; a walk that stopped
     before it (at a limit, a malformed element, past the 256 KiB a deflated data set is inflated to)
     leaves the gateway unable to say whose object the PACS files, so, as for an unread SOP class,
     the object does not go through unrecorded."""
-    if announced.command.command_field != dimse.C_STORE_RQ:
+    if command.command_field != dimse.C_STORE_RQ:
         return None
-    peek = event.peek
     if peek.patient_id is not None or peek.complete:
+        return None
+    return walk_stop(peek)
+
+
+def _unread_identifier(command: dimse.CommandSet, peek: DatasetPeek) -> str | None:
+    """Why a C-FIND, C-MOVE or C-GET identifier (PS3.7 9.1.2-9.1.4) cannot be held to the checks, or
+    None. A query or retrieve identifier is a handful of keys in a few hundred bytes (PS3.4 C.4): one
+    whose walk stopped before its end (past the 256 KiB a deflated one is inflated to, 128 nested
+    sequences, 100,000 headers, a key longer than 64 KiB, a key given twice, or cut) has no reason to
+    be so, and hides the keys the SCP still matches on, its patient first, from the checks, the
+    inline IDS and the record."""
+    if command.command_field not in (dimse.C_FIND_RQ, dimse.C_MOVE_RQ, dimse.C_GET_RQ) or peek.complete:
         return None
     return walk_stop(peek)
 
