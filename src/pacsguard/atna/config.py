@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
 from pacsguard.config.schema import Host, SecretRef, Strict
@@ -75,7 +75,21 @@ class Outbound(Strict):
     source_id: str = Field("pacsguard", min_length=1, max_length=64,
                            description="AuditSourceID of the messages, and the origin the repository dedupes by")
     spool: Path = Path("var/atna-outbound.db")
-    retry: float = Field(5.0, gt=0, le=3600, description="seconds between reconnection attempts")
+    retry: float = Field(5.0, gt=0, le=3600,
+                         description="seconds before reconnecting after a failed attempt (or after the repository "
+                         "closed a working connection); doubled after each further failed attempt, up to retry_max, "
+                         "and jittered down to half")
+    retry_max: float = Field(300.0, gt=0, le=86_400,
+                             description="the longest wait between two reconnection attempts, seconds")
+
+    @field_validator("retry_max")
+    @classmethod
+    def _retry_max_not_below_retry(cls, value: float, info: ValidationInfo) -> float:
+        retry = info.data.get("retry")
+        if isinstance(retry, float) and value < retry:
+            raise ValueError(f"retry_max ({value:g} s) is shorter than retry ({retry:g} s): the backoff starts at "
+                             "retry and doubles up to retry_max")
+        return value
 
 
 def _duration(value: str) -> str:

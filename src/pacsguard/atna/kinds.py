@@ -79,6 +79,7 @@ KINDS = (
     EventKind("atna.outbound.failed", "the outbound feed could not connect to the external repository, or its "
               "certificate did not verify (another CA, another name: a possible man in the middle); recorded when "
               "it starts failing and when the reason changes, while the messages wait in the spool",
-              {"repository": STRING, "error": STRING, "certificate": BOOLEAN, "pending": INTEGER},
+              {"repository": STRING, "error": STRING, "certificate": BOOLEAN, "pending": INTEGER,
+               "attempts": INTEGER},
               required=("repository", "error", "certificate")),
 )

@@ -211,10 +211,12 @@ class AtnaService:
                                message=f"the outbound feed cannot deliver to {repository}: {failure.reason}; "
                                        f"{pending} audit messages wait in the spool",
                                details={"repository": repository, "error": failure.reason,
-                                        "certificate": failure.certificate, "pending": pending}))
+                                        "certificate": failure.certificate, "pending": pending,
+                                        "attempts": failure.attempts}))
 
         sender = OutboundSender(spool, out.source_id, out.host, out.port, context, server_name=out.server_name,
-                                retry=out.retry, on_delivered=delivered, on_failed=failed)
+                                retry=out.retry, retry_max=out.retry_max, on_delivered=delivered,
+                                on_failed=failed)
         try:
             # With what the store took before the subscription began (serve's "started").
             subscription = Forwarder(spool, out.source_id).follow(self.subscribe, self.store, self._since)

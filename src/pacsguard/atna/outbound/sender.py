@@ -18,6 +18,13 @@ counts as working only once it has stayed open ``confirm_after`` seconds: in TLS
 so a repository refusing pacsguard's certificate answers with an alert (RFC 8446 6.2) or simply
 closes the connection *after* the handshake, and the first read or write after it fails. Such an
 end is a failed connection like any other, named by the alert when there is one.
+
+After a failed connection the next attempt waits ``retry`` seconds, doubled with each further
+failed attempt up to ``retry_max``, and jittered down to half of that (a repository down for a
+day costs each gateway a few hundred connections and TLS handshakes, not 17,000, and gateways
+whose repository comes back do not all reconnect in the same second). The wait falls back to
+``retry`` once a connection has worked. A failing streak is recorded once per reason, with the
+count of failed attempts so far, however long it lasts.
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import re
-import select
 import socket
 import ssl
 import struct
@@ -39,6 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pacsguard.atna.outbound.spool import Spool
+from pacsguard.runtime.peer import look, tls_alert
 
 log = logging.getLogger("pacsguard.atna.outbound")
 
@@ -66,7 +74,8 @@ def _sd_escape(value: str) -> str:
 
 class OutboundSender:
     def __init__(self, spool: Spool, origin: str, host: str, port: int, context: ssl.SSLContext, *,
-                 server_name: str | None = None, retry: float = 5.0, confirm_after: float = 1.0,
+                 server_name: str | None = None, retry: float = 5.0, retry_max: float = 300.0,
+                 confirm_after: float = 1.0,
                  on_delivered: Callable[[int, int, bool], None] = lambda first, last, reconnected: None,
                  on_failed: Callable[[Failure], None] = lambda failure: None) -> None:
         self.spool = spool
@@ -75,11 +84,17 @@ class OutboundSender:
         self.context = context
         self.server_name = server_name or host
         self.retry = retry
+        self.retry_max = max(retry_max, retry)
         self.confirm_after = confirm_after
         self.on_delivered = on_delivered
         self.on_failed = on_failed
-        #: The reason of the latest failed connection, until one succeeds (a change is recorded again).
+        #: The reason of the latest failed connection, until one works (a new reason is a WARNING again).
         self.failing: str | None = None
+        #: Failed connection attempts since a connection last worked (0 while one works).
+        self.attempts = 0
+        # The reasons recorded as Events in the current failing streak: a repository alternating
+        # between two failures (one of two backends down) is not one Event per attempt.
+        self._recorded: set[str] = set()
         self.hostname = socket.gethostname() or "-"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pacsguard-atna-outbound", daemon=True)
@@ -105,7 +120,16 @@ class OutboundSender:
                     self._send(link)
             except (OSError, ssl.SSLError) as exc:
                 self._ended(link, exc)
-            self._stop.wait(self.retry)
+            self._stop.wait(self.delay())
+
+    def delay(self) -> float:
+        """Seconds before the next connection attempt: ``retry`` doubled for each failed attempt
+        beyond the first, at most ``retry_max``, then a random part of it between half and all
+        (equal jitter); after a connection that worked (no failed attempt since), ``retry`` so
+        jittered."""
+        doublings = min(max(self.attempts - 1, 0), 32)  # 2**32 * retry is far above any retry_max
+        ceiling = min(self.retry_max, self.retry * 2**doublings)
+        return random.uniform(ceiling / 2, ceiling)
 
     def _ended(self, link: _Link | None, exc: BaseException) -> None:
         """A connection that ended: the repository closing one that worked is not a failure (it
@@ -123,25 +147,35 @@ class OutboundSender:
         if link.working or now - link.opened < self.confirm_after:
             return
         link.working = True
+        attempts, self.attempts = self.attempts, 0  # the backoff starts again from ``retry``
+        self._recorded.clear()
         if self.failing is not None:
-            log.info("outbound to %s:%s: connected again after %s", *self.address, self.failing)
+            log.info("outbound to %s:%s: connected again after %s (%d failed attempts)", *self.address,
+                     self.failing, attempts)
             self.failing = None
 
     def _failed(self, exc: BaseException) -> None:
-        """Log a failed connection; the first of a kind, or a new reason, becomes an Event too."""
-        failure = failure_of(exc)
+        """Log a failed connection; the first of a streak, or a reason not yet recorded in it,
+        becomes an Event too (with the count of failed attempts so far)."""
+        self.attempts += 1
+        failure = failure_of(exc, self.attempts)
         where = "%s:%s" % self.address
         # WARNING when it starts or its reason changes (a certificate that stops verifying may be a
-        # man in the middle); the same failure again at every retry is INFO.
-        level = logging.WARNING if failure.reason != self.failing else logging.INFO
-        log.log(level, "outbound to %s: %s (audit messages wait in the spool: %d)", where, failure.reason,
-                self.spool.pending())
+        # man in the middle); the same failure again at a later attempt is INFO.
         if failure.reason != self.failing:
-            self.failing = failure.reason
-            try:
-                self.on_failed(failure)
-            except Exception:  # noqa: BLE001 - recording the failure must not stop the retries
-                log.exception("outbound to %s: recording the failure failed", where)
+            log.warning("outbound to %s: %s (audit messages wait in the spool: %d)", where, failure.reason,
+                        self.spool.pending())
+        else:
+            log.info("outbound to %s: %s (failed attempts since it last worked: %d; audit messages wait in the "
+                     "spool: %d)", where, failure.reason, self.attempts, self.spool.pending())
+        self.failing = failure.reason
+        if failure.reason in self._recorded:
+            return
+        self._recorded.add(failure.reason)
+        try:
+            self.on_failed(failure)
+        except Exception:  # noqa: BLE001 - recording the failure must not stop the retries
+            log.exception("outbound to %s: recording the failure failed", where)
 
     def _send(self, link: _Link) -> None:
         """Write the spool to the connection and confirm what arrived, until stopped; raises why the
@@ -206,25 +240,12 @@ def _check_open(conn: ssl.SSLSocket) -> None:
     """Return if the repository still holds the connection open, else raise why it ended: the TLS
     alert it sent (an ``ssl.SSLError`` naming it), :class:`Closed`, or the socket's error. A
     repository never sends data; TLS records that carry none (TLS 1.3 session tickets) are read and
-    dropped, as is data. (Like ``pacsguard.runtime.peer.probe``, which does not keep the reason.)"""
-    try:
-        readable, _, _ = select.select([conn], [], [], 0)
-    except ValueError as exc:  # a closed descriptor
-        raise Closed() from exc
-    if not readable and not conn.pending():  # decrypted, not yet read
-        return
-    timeout = conn.gettimeout()
-    try:
-        conn.setblocking(False)
-        if not conn.recv(65536):
-            raise Closed()
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-        return
-    finally:
-        try:
-            conn.settimeout(timeout)
-        except OSError:
-            pass
+    dropped, as is data (``pacsguard.runtime.peer.look``)."""
+    seen = look(conn)
+    if seen.state == "eof":
+        raise Closed()
+    if seen.state == "reset":
+        raise seen.error if seen.error is not None else Closed()  # None: the descriptor was closed
 
 
 def _write(conn: ssl.SSLSocket, data: bytes) -> None:
@@ -240,7 +261,7 @@ def _write(conn: ssl.SSLSocket, data: bytes) -> None:
         except Closed as end:
             raise end from exc
         except ssl.SSLError as end:
-            if _ALERT.fullmatch(end.reason or ""):
+            if tls_alert(end):
                 raise end from exc
         except OSError:
             pass
@@ -261,16 +282,15 @@ def _confirmable(acked: deque[tuple[int, float]], now: float, confirm_after: flo
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why a connection to the repository failed: ``reason`` without what changes from one attempt
-    to the next; ``certificate`` when the repository's certificate did not verify."""
+    to the next; ``certificate`` when the repository's certificate did not verify; ``attempts``,
+    the failed connection attempts since a connection last worked, this one included."""
 
     reason: str
     certificate: bool
+    attempts: int = 1
 
 
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
-#: OpenSSL's reason for a TLS alert received from the peer (RFC 8446 6.2): SSLV3_ALERT_BAD_CERTIFICATE,
-#: TLSV1_ALERT_UNKNOWN_CA, TLSV13_ALERT_CERTIFICATE_REQUIRED, ...
-_ALERT = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)")
 #: The alerts a server sends about the client's certificate (RFC 8446 6.2): the repository refuses
 #: pacsguard's (another CA, expired, a name it does not permit).
 _CERTIFICATE_ALERTS = frozenset({"bad certificate", "unsupported certificate", "certificate revoked",
@@ -278,19 +298,20 @@ _CERTIFICATE_ALERTS = frozenset({"bad certificate", "unsupported certificate", "
                                  "certificate required"})
 
 
-def failure_of(exc: BaseException) -> Failure:
+def failure_of(exc: BaseException, attempts: int = 1) -> Failure:
+    """Why ``exc`` ended a connection, in words that stay the same from one attempt to the next:
+    a TLS alert by its RFC 8446 6.2 name, whether it came in the handshake or after it."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return Failure(f"TLS certificate verify failed: {exc.verify_message}", True)
-    alert = _ALERT.fullmatch(exc.reason or "") if isinstance(exc, ssl.SSLError) else None
-    if alert:
-        name = alert.group(1).lower().replace("_", " ")
+        return Failure(f"TLS certificate verify failed: {exc.verify_message}", True, attempts)
+    name = tls_alert(exc)
+    if name:
         hint = " (it refuses pacsguard's client certificate)" if name in _CERTIFICATE_ALERTS else ""
-        return Failure(f"TLS alert from the repository: {name}{hint}", False)
+        return Failure(f"TLS alert from the repository: {name}{hint}", False, attempts)
     if isinstance(exc, ssl.SSLError):
-        return Failure(f"TLS: {_SSL_SOURCE.sub('', exc.reason or str(exc))}", False)
+        return Failure(f"TLS: {_SSL_SOURCE.sub('', exc.reason or str(exc))}", False, attempts)
     if isinstance(exc, OSError) and exc.strerror:
-        return Failure(exc.strerror, False)
-    return Failure(str(exc) or type(exc).__name__, False)
+        return Failure(exc.strerror, False, attempts)
+    return Failure(str(exc) or type(exc).__name__, False, attempts)
 
 
 def _unsent(conn: ssl.SSLSocket) -> int:
