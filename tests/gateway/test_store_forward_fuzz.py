@@ -14,21 +14,15 @@ import logging
 import random
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fuzz_relay import Read, mutate
 from playbook import CT_STORAGE, IMPLICIT_LE, VERIFICATION, echo_rq, request
 from test_durable import Gate
-from test_store_forward_scp import Client, answers, sf_route, status_of
+from test_store_forward_scp import Client, answers, route_under_test, sf_route, status_of
 
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
-from pacsguard.events import EventBus
-from pacsguard.events.durable import Durability
-from pacsguard.gateway.checks import Shared, build_chain
-from pacsguard.gateway.quarantine import QuarantineList
-from pacsguard.gateway.store_forward.route import StoreForwardRoute
 
 SEED = 19  # the store-and-forward issue's number: any fixed seed keeps the run reproducible
 INPUTS = 4_000
@@ -89,17 +83,8 @@ def make_input(index: int) -> tuple[list[Read], list[str]]:
 def test_mutated_requestor_streams_never_break_the_store_and_forward_scp(tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     gate = Gate()
-    bus = EventBus(gate, max_delay=0.05)
-    durability = Durability(bus)
     route = sf_route(tmp_path)
-    published: list[Any] = []
-
-    def publish(event: Any) -> int | None:
-        published.append(event)
-        return bus.publish_ticket(event)
-
-    sf = StoreForwardRoute(route, build_chain(route, Shared(QuarantineList(), None, durability)), publish=publish,
-                           quarantined=QuarantineList(), quarantine=lambda *a, **k: None, durability=durability)
+    sf, bus, published = route_under_test(route, gate, 0.05)
     mutations_seen: set[str] = set()
 
     async def one(port: int, reads: list[Read]) -> None:

@@ -86,20 +86,26 @@ def status_of(pdu: P.ParsedPDU) -> int | None:
 Scenario = Callable[[Client, Gate, list[Any]], Awaitable[None]]
 
 
-def run(route: Route, scenario: Scenario) -> list[Any]:
-    """Start the route (its Events into a Gate through a real bus), connect, play ``scenario``."""
-    gate = Gate()
-    bus = EventBus(gate, max_delay=0.5)
+def route_under_test(route: Route, gate: Gate, max_delay: float) -> tuple[StoreForwardRoute, EventBus, list[Any]]:
+    """The route with its checks, its Events published through a real bus into ``gate`` and kept
+    in the returned list as well."""
+    bus = EventBus(gate, max_delay=max_delay)
     durability = Durability(bus)
-    chain = build_chain(route, Shared(QuarantineList(), None, durability))
     published: list[Any] = []
 
     def publish(event: Any) -> int | None:
         published.append(event)
         return bus.publish_ticket(event)
 
-    sf = StoreForwardRoute(route, chain, publish=publish, quarantined=QuarantineList(),
-                           quarantine=lambda *a, **k: None, durability=durability)
+    sf = StoreForwardRoute(route, build_chain(route, Shared(QuarantineList(), None, durability)), publish=publish,
+                           quarantined=QuarantineList(), quarantine=lambda *a, **k: None, durability=durability)
+    return sf, bus, published
+
+
+def run(route: Route, scenario: Scenario) -> list[Any]:
+    """Start the route (its Events into a Gate through a real bus), connect, play ``scenario``."""
+    gate = Gate()
+    sf, bus, published = route_under_test(route, gate, 0.5)
 
     async def main() -> None:
         port = await sf.start()

@@ -222,10 +222,33 @@ def keygen_cmd(
     from pacsguard.deid.keys import KeyProblem, generate_key
 
     try:
-        key = generate_key(path)
+        generate_key(path, announce=lambda key: _announce(f"{path}: key {key.fingerprint}"))
     except KeyProblem as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"{path}: key {key.fingerprint}")
+
+
+def _announce(line: str) -> None:
+    """Print ``line`` on standard output now, flushed: keygen keeps its key only once this worked.
+    An output that cannot be written (`> /dev/full`, a reader gone away) is an OSError naming it;
+    stdout then points at /dev/null, so Python's own flush at exit does not fail a second time."""
+    import errno
+    import os
+    import sys
+
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except UnicodeError:  # a PATH the output's encoding cannot spell
+        raise OSError(errno.EILSEQ, "cannot write its fingerprint to standard output (a character of the "
+                      "path its encoding cannot show)") from None
+    except OSError as exc:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout replaced or closed: nothing to flush at exit
+            pass
+        raise OSError(exc.errno, f"cannot write its fingerprint to standard output ({exc.strerror})") from None
 
 
 @app.command("reidentify")

@@ -159,32 +159,42 @@ def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (defa
         raise fail(f"{len(chosen)} object(s) would be deleted for good; add --yes to do it")
     # The store first: a purge that cannot be recorded (no store, PostgreSQL down) deletes nothing.
     es = open_store(loaded, store)
+    purged = 0
     try:
         for name in dict.fromkeys(n for n, _, _ in chosen):
-            _purge_route(es, name, [(s, e) for n, s, e in chosen if n == name], getpass.getuser())
+            route_chosen = [(s, e) for n, s, e in chosen if n == name]
+            purged += _purge_route(es, name, route_chosen, getpass.getuser(), purged, len(chosen))
     finally:
         es.close()
     console.print(f"purged {len(chosen)} object(s)")
 
 
-def _purge_route(es: EventStore, route: str, chosen: list[tuple[Spool, SpoolEntry]], user: str) -> None:
-    """Delete one route's chosen objects and record it (gateway.spool.purged): what was deleted is
-    recorded also when a deletion fails midway; a record that cannot be written names what is gone."""
+def _purge_route(es: EventStore, route: str, chosen: list[tuple[Spool, SpoolEntry]], user: str,
+                 before: int, total: int) -> int:
+    """Record one route's chosen objects as purged (gateway.spool.purged), then delete them; how many
+    went. Nothing is deleted whose record did not land: a store that fails (full, read-only, locked)
+    stops the purge here, naming how many of ``total`` were purged (``before``, by earlier routes)
+    and what stopped it (exit 2). An object that cannot be deleted after its record is named too."""
     from pacsguard.gateway.store_forward import records
 
-    done: list[SpoolEntry] = []
+    event = records.purged(route, [e.meta for _, e in chosen], user, [e.state for _, e in chosen])
     try:
-        for spool, entry in chosen:
+        es.append([event])
+    except Exception as exc:  # noqa: BLE001 - any store failure stops the purge before it deletes
+        raise fail(f"purged {before} of {total} object(s); stopped at route {route}: its "
+                   f"{len(chosen)} object(s) were not deleted, since the store could not record their purge "
+                   f"(gateway.spool.purged): {exc}") from None
+    left: list[str] = []
+    for spool, entry in chosen:
+        try:
             spool.purge(entry)
-            done.append(entry)
-    finally:
-        if done:
-            event = records.purged(route, [e.meta for e in done], user, [e.state for e in done])
-            try:
-                es.append([event])
-            except Exception as exc:  # noqa: BLE001 - say what is gone before failing
-                raise fail(f"route {route}: deleted {', '.join(e.meta.id for e in done)} but could not record "
-                           f"it (gateway.spool.purged): {exc}") from exc
+        except OSError as exc:
+            left.append(f"{entry.meta.id} ({exc.strerror or exc})")
+    if left:
+        raise fail(f"purged {before + len(chosen) - len(left)} of {total} object(s); stopped at route {route}: "
+                   f"recorded as purged but could not delete {', '.join(left)}: delete them by hand or run "
+                   "the purge again") from None
+    return len(chosen)
 
 
 def _age(seconds: float) -> str:

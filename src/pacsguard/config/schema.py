@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -490,22 +491,34 @@ class GatewayConfig(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":
-        seen: dict[tuple[str, int], str] = {}
+        self._listeners_apart()
         names: set[str] = set()
         for route in self.routes:
-            key = (route.listen.host, route.listen.port)
-            # A wildcard address takes its port on every interface: no other route can have it.
-            clash = next((k for k in seen if k[1] == key[1] and (k[0] == key[0] or {k[0], key[0]} & WILDCARDS)),
-                         None)
-            if clash is not None:
-                raise ValueError(f"routes {seen[clash]!r} and {route.name!r} both listen on port {key[1]} "
-                                 f"({clash[0]} and {key[0]})")
             if route.name in names:
                 raise ValueError(f"two routes are named {route.name!r}")
-            seen[key] = route.name
             names.add(route.name)
         self._spools_apart()
         return self
+
+    def _listeners_apart(self) -> None:
+        """No two routes take one port on one address: `serve` would fail at bind. Hosts are compared
+        by the addresses they resolve to as the listener binds them (getaddrinfo with AI_PASSIVE, as
+        asyncio's create_server does), so `localhost`, `127.0.0.1` and `::1` meet where the host's
+        resolver says they do. A wildcard (0.0.0.0, ::) takes its port on every interface."""
+        ports = [route.listen.port for route in self.routes]
+        resolved: dict[str, frozenset[str]] = {}
+        seen: list[tuple[int, Route, frozenset[str]]] = []
+        for n, route in enumerate(self.routes):
+            host, port = route.listen.host, route.listen.port
+            if ports.count(port) < 2:  # alone on its port: no name looked up (a resolver may be slow)
+                continue
+            if host not in resolved:
+                resolved[host] = listen_addresses(host, port)
+            mine = resolved[host]
+            for m, other, theirs in seen:
+                if other.listen.port == port and (mine & theirs or (mine | theirs) & WILDCARDS):
+                    raise ValueError(_clash_message(m, other, n, route, mine & theirs))
+            seen.append((n, route, mine))
 
     def _spools_apart(self) -> None:
         """Each store-and-forward route has a spool of its own: two routes on one folder would
@@ -521,6 +534,39 @@ class GatewayConfig(Strict):
                 raise ValueError(f"routes {owners[folder]!r} and {route.name!r} share the spool folder {folder} "
                                  "(spool.directory): each store-and-forward route needs its own")
             owners[folder] = route.name
+
+
+def listen_addresses(host: str, port: int) -> frozenset[str]:
+    """The addresses a listener on ``host`` binds (getaddrinfo with AI_PASSIVE, RFC 3493 6.1, as
+    asyncio's create_server resolves it), in canonical text form; a name that does not resolve on
+    this host stands for itself (lower case, no trailing dot), so that two spellings of one name
+    still meet."""
+    name = host.lower().rstrip(".") or host
+    try:
+        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError: no such name here (yet)
+        return frozenset({name})
+    return frozenset(_canonical(str(sockaddr[0])) for _, _, _, _, sockaddr in found)
+
+
+def _canonical(address: str) -> str:
+    """``address`` as ipaddress writes it (`0:0:0:0:0:0:0:1` is `::1`)."""
+    try:
+        return str(ip_address(address))
+    except ValueError:
+        return address
+
+
+def _clash_message(m: int, first: Route, n: int, second: Route, shared: frozenset[str]) -> str:
+    """Two routes' listeners on one port: both keys, both hosts as written, and what they share."""
+    port = first.listen.port
+    if shared:
+        why = f"both are {', '.join(sorted(shared))}" if first.listen.host != second.listen.host else "the same host"
+    else:
+        why = "a wildcard address (0.0.0.0, ::) takes its port on every interface"
+    return (f"routes {first.name!r} and {second.name!r} both listen on port {port}: "
+            f"gateway.routes.{m}.listen.host is {first.listen.host}, gateway.routes.{n}.listen.host is "
+            f"{second.listen.host} ({why}); `serve` could not bind the second; give one another port or address")
 
 
 class PacsguardConfig(Strict):

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,16 +61,67 @@ def load_key(key_file: Path | None = None, env: str = DEFAULT_ENV) -> DeidKey:
     return parse_key(value, f"${env}")
 
 
-def generate_key(path: Path) -> DeidKey:
-    """Write a new key to ``path`` (mode 0600, refusing to overwrite) and return it."""
-    from pacsguard.owner_only import write_private_file
+def generate_key(path: Path, announce: Callable[[DeidKey], None] | None = None) -> DeidKey:
+    """Write a new key to ``path`` (mode 0600, refusing to overwrite) and return it, all or nothing:
+    the file is created exclusively, written, flushed to the disk with its folder (fsync), and then
+    ``announce`` tells of it (the command prints its fingerprint). When any step fails (a full disk,
+    a folder that cannot be written, an output that cannot be written) the file this call made is
+    removed again and KeyProblem says why, so no partial key, nor one nobody was told of, remains."""
+    from pacsguard.owner_only import FILE_MODE, make_private_dir
 
     key = DeidKey(secrets.token_bytes(KEY_BYTES))
     try:
-        write_private_file(path, key.secret.hex().encode("ascii") + b"\n")
+        make_private_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except FileExistsError:
         raise KeyProblem(f"{path} exists; a key is never overwritten") from None
+    except OSError as exc:
+        raise KeyProblem(f"{path}: cannot create the key file ({exc.strerror or exc})") from None
+    try:
+        _write_durably(fd, path, key.secret.hex().encode("ascii") + b"\n")
+    except OSError as exc:
+        raise KeyProblem(f"{path}: cannot write the key ({exc.strerror or exc}); "
+                         f"{_take_back(path, key, whole=False)}") from None
+    if announce is not None:
+        try:
+            announce(key)
+        except OSError as exc:
+            raise KeyProblem(f"{path}: {exc.strerror or exc}; {_take_back(path, key, whole=True)}") from None
     return key
+
+
+def _write_durably(fd: int, path: Path, data: bytes) -> None:
+    """``data`` written whole to ``fd`` (closed after) and flushed to the disk, with the folder entry
+    naming ``path`` (fsync(2) of the file, then of its folder: a crash after it keeps the file)."""
+    try:
+        os.fchmod(fd, 0o600)  # as owner_only does: the umask cannot widen it
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (a signal, a nearly full disk)
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _take_back(path: Path, key: DeidKey, *, whole: bool) -> str:
+    """Remove the key file this call made, after a later step failed; what the error adds. When it
+    cannot be removed, say plainly what the file holds: a whole, durable key (``whole``), or a key
+    cut short, which no command would take."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if whole:
+            return (f"the key in it is complete and on disk (key {key.fingerprint}), but could not be removed "
+                    f"({exc.strerror or exc}): use it, or delete it")
+        return f"it holds a key cut short and could not be removed ({exc.strerror or exc}): delete it"
+    return "no key file was kept"
 
 
 #: The AES key that seals originals is derived from the de-identification key (HKDF, RFC 5869),

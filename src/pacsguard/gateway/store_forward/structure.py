@@ -14,11 +14,12 @@ written a moment ago; pread up to 1 MiB, mmap beyond), so a walk costs a fractio
 per element and nothing per byte of pixel data (~60 us for a CT of 262 elements). Not walked: a
 transfer syntax that is not one of the standard's (1.2.840.10008.1.2...: its encoding is unknown).
 
-A deflated data set (Deflated Explicit VR Little Endian, PS3.5 A.5) is checked as far as it can be
-without unbounded work: its length must be even (PS3.5 7.1.1, A.5: the deflated stream is padded
-to an even length), its stream must inflate, and its first `INFLATE_LIMIT` bytes inflated are
-walked as above (the whole data set when it inflates to no more; past the limit only what was
-inflated, and a deflate bomb costs no more than that: the scanner judges its ratio).
+A deflated data set (Deflated Explicit VR Little Endian, PS3.5 A.5) is checked whole, as it is
+inflated: its length must be even (PS3.5 7.1.1, A.5: the deflated stream is padded to an even
+length), its stream must inflate, and what it inflates to is walked as above, `INFLATE_LIMIT` bytes
+at a time (the walk keeps its place between them, so memory stays bounded and a value is skipped
+without being held). One that inflates past `MAX_INFLATED` is refused unjudged: that bounds the
+work a deflate bomb buys (its ratio is the scanner's to judge).
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ ITEM_END: Final = 0xFFFEE00D  # (FFFE,E00D) Item Delimitation Item
 SEQUENCE_END: Final = 0xFFFEE0DD  # (FFFE,E0DD) Sequence Delimitation Item
 STANDARD_SYNTAXES: Final = "1.2.840.10008.1.2"  # every transfer syntax of PS3.5 Section 10 and Annex A
 READ_WHOLE: Final = 1024 * 1024  # data sets up to this are read (pread) rather than mapped (mmap)
-#: Bytes of a deflated data set inflated and walked (as the reception's read-back of a data set
-#: whose SOP Instance UID its first fragments did not show, screening.DEEP).
+#: Bytes of a deflated data set's inflated stream held and walked at a time: the walk resumes where
+#: the previous window ended, so the whole data set is judged in bounded memory.
 INFLATE_LIMIT: Final = 16 * 1024 * 1024
+#: The largest size a deflated data set may inflate to; past it the data set is refused unjudged
+#: (a deflate bomb: PS3.5 A.5 sets no bound, and inflating costs up to a second per GiB).
+MAX_INFLATED: Final = 2 * 1024 * 1024 * 1024
 READ_CHUNK: Final = 1024 * 1024  # deflated bytes read back (pread) at a time
 _UNKNOWN_END: Final = 1 << 62  # where a data set ends when only its first bytes are walked
 
@@ -92,53 +96,115 @@ def walk_file(fd: int, start: int, stop: int, transfer_syntax: str | None) -> Fl
         return walk(view, start, stop, implicit=implicit, little_endian=little)
 
 
-def walk_deflated(fd: int, start: int, stop: int) -> Flaw | None:
+def walk_deflated(fd: int, start: int, stop: int, max_inflated: int = MAX_INFLATED) -> Flaw | None:
     """Check the deflated data set (PS3.5 A.5) in bytes ``start``-``stop`` of the file ``fd``: an
-    even length, a stream that inflates, and the first `INFLATE_LIMIT` bytes it inflates to walked
-    as Explicit VR Little Endian (all of it when it is no longer)."""
+    even length, a stream that inflates, and all it inflates to walked as Explicit VR Little Endian,
+    `INFLATE_LIMIT` bytes at a time; one that inflates past ``max_inflated`` bytes is a flaw."""
     size = stop - start
     if size % 2:
         return Flaw(f"the deflated data set is {size:,} bytes long, an odd length (PS3.5 7.1.1, A.5: the "
                     "deflated stream is padded to an even length)", size)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, no zlib header (PS3.5 A.5, RFC 1951)
-    inflated = bytearray()
-    pos = start
+    state = _Walk([_Frame(_DATASET, None, False, 0, 0)], 0)
+    window = bytearray()  # inflated bytes base .. base + len(window), from where the walk stands
+    base = 0
+    pos, pending = start, b""
     try:
-        while pos < stop and not inflater.eof and len(inflated) < INFLATE_LIMIT:
-            chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-            if not chunk:
-                return Flaw(f"only {pos - start:,} of {size:,} bytes could be read back", pos - start)
-            pos += len(chunk)
-            while chunk and not inflater.eof and len(inflated) < INFLATE_LIMIT:
-                inflated += inflater.decompress(chunk, INFLATE_LIMIT - len(inflated))
-                chunk = inflater.unconsumed_tail
+        while not inflater.eof:
+            if not pending:
+                if pos >= stop:  # a stream left unclosed: it gave all it holds
+                    break
+                pending = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                if not pending:
+                    return Flaw(f"only {pos - start:,} of {size:,} bytes could be read back", pos - start)
+                pos += len(pending)
+            out = inflater.decompress(pending, INFLATE_LIMIT)
+            pending = inflater.unconsumed_tail
+            if base + len(window) + len(out) > max_inflated:
+                return Flaw(f"the deflated data set inflates to more than {max_inflated:,} bytes, more than a "
+                            "store-and-forward route inflates to judge it (PS3.5 A.5 sets no bound: a deflate "
+                            "bomb is refused unjudged)", max_inflated)
+            window += out
+            base = _slide(state, window, base)
+            if state.pos < base + len(window):  # the walk has bytes to go on with
+                flaw = _advance(state, window, base, 0, base + len(window), complete=False)
+                if flaw is not None:
+                    return _inflated(flaw)
     except zlib.error as exc:
         return Flaw(f"the deflated data set does not inflate (PS3.5 A.5, RFC 1951): {exc}", pos - start)
-    # All of it inflated (a stream left unclosed gave all it holds): the walk checks its end too.
-    whole = inflater.eof or len(inflated) < INFLATE_LIMIT
-    flaw = walk(memoryview(inflated), 0, len(inflated), implicit=False, complete=whole)
-    if flaw is None:
-        return None
+    return _deflated_end(state, window, base)
+
+
+def _slide(state: _Walk, window: bytearray, base: int) -> int:
+    """Drop from ``window`` (inflated bytes from offset ``base``) what the walk has passed, values
+    it skips included; the window's new base."""
+    drop = min(state.pos, base + len(window)) - base
+    if drop > 0:
+        del window[:drop]
+    return base + max(drop, 0)
+
+
+def _deflated_end(state: _Walk, window: bytearray, base: int) -> Flaw | None:
+    """The walk of a whole inflated data set finished, now that its length is known (``base`` +
+    ``len(window)``): an even length, no value past it, every container closed."""
+    total = base + len(window)
+    if total % 2:
+        return _inflated(Flaw(f"the data set is {total:,} bytes long, an odd length (PS3.5 7.1.1: every value, "
+                              "and so the data set, has an even length)", total))
+    if state.pos > total and state.jump is not None:  # a value ran past what the stream held
+        tag, offset, length, value = state.jump
+        return _inflated(_overrun(tag, offset, length, total - value, state.stack[-1]))
+    state.stack[0].end = total
+    flaw = _advance(state, window, base, 0, total, complete=True)
+    return None if flaw is None else _inflated(flaw)
+
+
+def _inflated(flaw: Flaw) -> Flaw:
     return Flaw(f"in the inflated data set (PS3.5 A.5, byte offsets inflated): {flaw.reason}", flaw.offset)
 
 
-def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit: bool,
-         little_endian: bool = True, complete: bool = True) -> Flaw | None:
+Buffer = bytes | bytearray | mmap.mmap | memoryview
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Where a walk stands between the windows it is given (walk_deflated): the containers open,
+    the next header's offset, and the last element whose value ran past the bytes given so far
+    (tag, header offset, length, value offset: judged once the data set's end is known)."""
+
+    stack: list[_Frame]
+    pos: int
+    jump: tuple[int, int, int, int] | None = None
+
+
+def walk(buf: Buffer, start: int, stop: int, *, implicit: bool, little_endian: bool = True,
+         complete: bool = True) -> Flaw | None:
     """Walk the data set in ``buf[start:stop]`` header by header (PS3.5 7.1.2 explicit VR, 7.1.3
     implicit VR, 7.5 nesting, A.4 encapsulated pixel data); the first flaw, or None. Without
-    ``complete`` the bytes are the data set's first ones only (an inflate stopped at its limit):
-    running out of them is no flaw, what is in them must hold together."""
+    ``complete`` the bytes are the data set's first ones only: running out of them is no flaw,
+    what is in them must hold together."""
     if complete and (stop - start) % 2:
         return Flaw(f"the data set is {stop - start:,} bytes long, an odd length (PS3.5 7.1.1: every value, "
                     "and so the data set, has an even length)", stop - start)
+    state = _Walk([_Frame(_DATASET, stop if complete else None, implicit, 0, 0)], start)
+    return _advance(state, buf, 0, start, stop, complete=complete, little_endian=little_endian)
+
+
+def _advance(state: _Walk, buf: Buffer, base: int, start: int, stop: int, *, complete: bool,
+             little_endian: bool = True) -> Flaw | None:
+    """Go on with the walk ``state`` over the bytes at hand: ``buf`` holds those from offset ``base``
+    up to ``stop`` (offsets count from the buffer's first byte as given to :func:`walk`, flaws from
+    ``start``, the data set's first). ``complete``: ``stop`` is the data set's end. Returns the first
+    flaw, or None: the walk is done, or (not ``complete``) it stopped where its bytes ran out,
+    ``state.pos``, to go on when more are given."""
     unknown = stop if complete else _UNKNOWN_END  # where a container of undefined length can end
     order = "<" if little_endian else ">"
     tag_length = struct.Struct(order + "HHI")  # tag and 32-bit length (implicit VR, items)
     short_length = struct.Struct(order + "H")
     long_length = struct.Struct(order + "I")
     explicit_header = struct.Struct(order + "HH2sH")  # tag, VR and 16-bit length (PS3.5 Table 7.1-2)
-    stack = [_Frame(_DATASET, stop if complete else None, implicit, 0, 0)]
-    pos = start
+    stack = state.stack
+    pos = state.pos
     while True:
         top = stack[-1]
         # ``limit``: where the container ends (as far as known); ``readable``: up to where its bytes
@@ -146,16 +212,19 @@ def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit
         limit = top.end if top.end is not None else unknown
         readable = limit if limit <= stop else stop
         if top.kind <= _ITEM:  # the common case first, in a tight loop: elements of a defined length
-            pos = (_skip_implicit(buf, pos, readable, tag_length) if top.implicit
-                   else _skip_explicit(buf, pos, readable, explicit_header))
+            pos = (_skip_implicit(buf, base, pos, readable, tag_length) if top.implicit
+                   else _skip_explicit(buf, base, pos, readable, explicit_header))
         if pos == top.end:
             if len(stack) == 1:
                 return None
             stack.pop()
             continue
         if pos + 8 > readable:
-            return None if pos + 8 > stop and not complete else _cut_header(pos - start, limit - pos, top)
-        group, element, length = tag_length.unpack_from(buf, pos)
+            if pos + 8 > stop and not complete:  # to go on from here with more bytes
+                state.pos = pos
+                return None
+            return _cut_header(pos - start, limit - pos, top)
+        group, element, length = tag_length.unpack_from(buf, pos - base)
         tag = group << 16 | element
         if top.kind in (_SEQUENCE, _FRAGMENTS):
             if tag == ITEM:
@@ -169,6 +238,8 @@ def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit
                     stack.append(_Frame(_ITEM, pos + length, top.implicit, pos - 8 - start, tag))
                 else:
                     pos += length  # a fragment: its bytes are not elements
+                    if pos > stop:
+                        state.jump = (tag, pos - length - 8 - start, length, pos - length)
                 continue
             if tag == SEQUENCE_END and top.end is None:
                 pos += 8
@@ -194,14 +265,17 @@ def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit
         header = 8
         vr = b""
         if explicit:
-            vr = bytes(buf[pos + 4:pos + 6])
+            vr = bytes(buf[pos - base + 4:pos - base + 6])
             if vr in _LONG:
                 if pos + 12 > readable:
-                    return None if pos + 12 > stop and not complete else _cut_header(pos - start, limit - pos, top)
-                (length,) = long_length.unpack_from(buf, pos + 8)
+                    if pos + 12 > stop and not complete:
+                        state.pos = pos
+                        return None
+                    return _cut_header(pos - start, limit - pos, top)
+                (length,) = long_length.unpack_from(buf, pos - base + 8)
                 header = 12
             elif vr in _SHORT:
-                (length,) = short_length.unpack_from(buf, pos + 6)
+                (length,) = short_length.unpack_from(buf, pos - base + 6)
             else:
                 return Flaw(f"element {_tag_text(tag)} at byte {pos - start:,} has no value representation of "
                             f"PS3.5 Table 6.2-1 ({vr!r}) in an explicit VR transfer syntax (PS3.5 7.1.2)",
@@ -226,14 +300,16 @@ def walk(buf: bytes | mmap.mmap | memoryview, start: int, stop: int, *, implicit
             stack.append(_Frame(_SEQUENCE, value + length, top.implicit, pos - start, tag))
             pos = value
             continue
+        if value + length > stop:  # a value past the bytes at hand: judged when the end is known
+            state.jump = (tag, pos - start, length, value)
         pos = value + length
 
 
-def _skip_implicit(buf: bytes | mmap.mmap | memoryview, pos: int, limit: int, tag_length: struct.Struct) -> int:
+def _skip_implicit(buf: Buffer, base: int, pos: int, limit: int, tag_length: struct.Struct) -> int:
     """Past the Implicit VR elements of a defined length from ``pos`` (PS3.5 7.1.3); where one that
     is not, or does not fit, begins (the walk's general path takes it from there)."""
     while pos + 8 <= limit:
-        group, _, length = tag_length.unpack_from(buf, pos)
+        group, _, length = tag_length.unpack_from(buf, pos - base)
         following = pos + 8 + length
         if length == UNDEFINED or group in (0xFFFE, 0x0002) or following > limit:
             break
@@ -241,10 +317,10 @@ def _skip_implicit(buf: bytes | mmap.mmap | memoryview, pos: int, limit: int, ta
     return pos
 
 
-def _skip_explicit(buf: bytes | mmap.mmap | memoryview, pos: int, limit: int, header: struct.Struct) -> int:
+def _skip_explicit(buf: Buffer, base: int, pos: int, limit: int, header: struct.Struct) -> int:
     """Past the Explicit VR elements with a 16-bit length from ``pos`` (PS3.5 Table 7.1-2)."""
     while pos + 8 <= limit:
-        group, _, vr, length = header.unpack_from(buf, pos)
+        group, _, vr, length = header.unpack_from(buf, pos - base)
         following = pos + 8 + length
         if vr not in _SHORT or group in (0xFFFE, 0x0002) or following > limit:
             break
