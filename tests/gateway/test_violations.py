@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 
 import pytest
 from playbook import (
+    CT_STORAGE,
     IMPLICIT_LE,
     MAX_PDU,
     VERIFICATION,
@@ -19,6 +20,7 @@ from playbook import (
     associate_rq,
     echo_rq,
     play,
+    request,
     route_config,
     split,
 )
@@ -132,6 +134,11 @@ def injected(code: str) -> Scenario:
     return scenario
 
 
+def _store(message_id: int) -> dimse.CommandSet:
+    return dimse.CommandSet(dimse.C_STORE_RQ, message_id=message_id, affected_sop_class_uid=CT_STORAGE,
+                            affected_sop_instance_uid=f"1.2.3.{message_id}", priority=0, command_data_set_type=0)
+
+
 def _echo_claiming_a_data_set() -> bytes:
     return command_pdu(with_group_length(ECHO_BODY[:-2] + b"\x02\x02"))
 
@@ -182,7 +189,8 @@ SCENARIOS: dict[str, Scenario] = {
     V.VIOLATION_CONTEXT_CHANGED: client(command_pdu(with_group_length(ECHO_BODY)[:20], last=False),
                                         command_pdu(with_group_length(ECHO_BODY), context_id=3),
                                         setup=(VERIFICATION, VERIFICATION)),
-    V.VIOLATION_COMMAND_WHILE_DATASET_EXPECTED: client(_echo_claiming_a_data_set(), echo_rq(message_id=2)),
+    V.VIOLATION_COMMAND_WHILE_DATASET_EXPECTED: client(request(_store(1)), request(_store(2)), setup=(CT_STORAGE,)),
+    V.VIOLATION_DATASET_NOT_ALLOWED: client(_echo_claiming_a_data_set()),
     V.VIOLATION_DATASET_WITHOUT_COMMAND: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(10))])),
     V.VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(MAX_PDU + 100))])),
     V.VIOLATION_CONTEXT_NOT_PROPOSED: upstream_ac(P.PresentationContextAC(1, 0, IMPLICIT_LE),

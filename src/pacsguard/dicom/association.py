@@ -20,7 +20,16 @@ from typing import Final
 
 from . import events as ev
 from .dataset import PeekWalker, peek_walker
-from .dimse import MAX_COMMAND_SET_LENGTH, CommandSet, decode_command_set
+from .dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RSP,
+    COMMAND_NAMES,
+    MAX_COMMAND_SET_LENGTH,
+    CommandSet,
+    decode_command_set,
+)
 from .errors import COMMAND_SET_TOO_LARGE, RESERVED_FIELD_NONZERO, UNKNOWN_PDU_TYPE, DecodeError, Tolerate
 from .events import (
     Aborted,
@@ -66,6 +75,9 @@ _IDLE: Final = 0
 _COMMAND: Final = 1
 _DATASET: Final = 2
 
+
+#: Commands whose Command Data Set Type must be 0x0101, no data set (PS3.7 9.3.1.2, 9.3.2.3, 9.3.5).
+_NO_DATASET_COMMANDS: Final = frozenset({C_ECHO_RQ, C_ECHO_RSP, C_STORE_RSP, C_CANCEL_RQ})
 
 class AssociationState(enum.StrEnum):
     """Where the association stands, as seen on the wire (PS3.8 9.2, simplified)."""
@@ -595,6 +607,17 @@ class AssociationDecoder:
         counters.commands += 1
         abstract, transfer = self.contexts.get(asm.context_id, (None, None))
         events.append(DimseCommand(from_requestor, asm.context_id, abstract, transfer, command))
+        if command.has_dataset and command.command_field in _NO_DATASET_COMMANDS:
+            # The peer may take the data set that follows for something else (an identifier): it
+            # must not reach it unjudged. Assembled as any, so its PDVs raise nothing further.
+            events.append(
+                ProtocolViolation(
+                    from_requestor,
+                    ev.VIOLATION_DATASET_NOT_ALLOWED,
+                    f"{COMMAND_NAMES[command.command_field]} announces a data set (Command Data Set "
+                    f"Type 0x{command.command_data_set_type:04X}); PS3.7 9.3 requires 0x0101 (none)",
+                )
+            )
         if command.has_dataset:
             asm.phase = _DATASET
             asm.command = command

@@ -141,6 +141,8 @@ VIOLATION_CONTEXT_NOT_ACCEPTED = "context-not-accepted"
 VIOLATION_CONTEXT_CHANGED = "context-changed-mid-message"
 VIOLATION_COMMAND_WHILE_DATASET_EXPECTED = "command-while-dataset-expected"
 VIOLATION_DATASET_WITHOUT_COMMAND = "dataset-without-command"
+#: A command that takes no data set announcing one (PS3.7 9.3: C-ECHO, C-STORE-RSP, C-CANCEL-RQ).
+VIOLATION_DATASET_NOT_ALLOWED = "dataset-not-allowed"
 VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX = "pdu-exceeds-negotiated-max"
 VIOLATION_CONTEXT_NOT_PROPOSED = "context-not-proposed"
 VIOLATION_TRANSFER_SYNTAX_NOT_PROPOSED = "transfer-syntax-not-proposed"

@@ -828,6 +828,8 @@ def _parse_user_information(
 ) -> UserInformation:
     items: list[UserInfoSubItem] = []
     seen: set[int] = set()
+    # Role selection and extended negotiation: one sub-item per SOP class each (PS3.7 D.3.3.4-6).
+    per_class: set[tuple[int, str]] = set()
     wrong_identity = SUB_ITEM_USER_IDENTITY_AC if request else SUB_ITEM_USER_IDENTITY_RQ
     for sub_type, s, e, off in _items(buf, start, end, "user information item"):
         if len(items) >= MAX_USER_INFORMATION_SUB_ITEMS:
@@ -883,6 +885,16 @@ def _parse_user_information(
             # PS3.7 D.3.3: unknown sub-items are ignored by receivers; keep them so
             # the IDS can report them and re-encoding stays faithful.
             item = UnknownSubItem(sub_type, bytes(buf[s:e]))
+        if isinstance(item, (RoleSelection, SOPClassExtendedNegotiation, SOPClassCommonExtendedNegotiation)):
+            key = (sub_type, item.sop_class_uid)
+            if key in per_class:  # two answers for one class: peers may act on different ones
+                raise DecodeError(
+                    E.DUPLICATE_ITEM,
+                    f"user information: sub-item 0x{sub_type:02X} appears more than once for SOP class "
+                    f"{item.sop_class_uid}",
+                    off,
+                )
+            per_class.add(key)
         items.append(item)
     return UserInformation(items)
 
