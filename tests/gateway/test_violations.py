@@ -191,6 +191,7 @@ SCENARIOS: dict[str, Scenario] = {
                                         setup=(VERIFICATION, VERIFICATION)),
     V.VIOLATION_COMMAND_WHILE_DATASET_EXPECTED: client(request(_store(1)), request(_store(2)), setup=(CT_STORAGE,)),
     V.VIOLATION_DATASET_NOT_ALLOWED: client(_echo_claiming_a_data_set()),
+    V.VIOLATION_MESSAGE_ID_IN_USE: client(echo_rq(message_id=3), echo_rq(message_id=3)),
     V.VIOLATION_DATASET_WITHOUT_COMMAND: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(10))])),
     V.VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(MAX_PDU + 100))])),
     V.VIOLATION_CONTEXT_NOT_PROPOSED: upstream_ac(P.PresentationContextAC(1, 0, IMPLICIT_LE),
@@ -244,14 +245,17 @@ def test_each_code_is_handled_as_the_table_says(code: str) -> None:
 
 def test_a_mismatched_group_length_passes_byte_for_byte_and_is_recorded_once() -> None:
     bad = with_group_length(ECHO_BODY, declared=106)
+    # The second under another Message ID: one still unanswered may not be reused (message-id-in-use).
+    bad2 = with_group_length(ECHO_BODY.replace(element(0x0110, b"\x07\x00"), element(0x0110, b"\x08\x00")),
+                             declared=106)
 
     async def scenario(pb: Playbook) -> None:
         await pb.associate(VERIFICATION)
-        await pb.client(command_pdu(bad), command_pdu(bad))
+        await pb.client(command_pdu(bad), command_pdu(bad2))
 
     pb = play(route_config(), scenario)
     sent = split(bytes(pb.upstream_wire.out))[-2:]
-    assert sent == [command_pdu(bad)] * 2
+    assert sent == [command_pdu(bad), command_pdu(bad2)]
     assert [e.details["code"] for e in pb.events if e.kind == "dicom.protocol.warning"] == [
         E.COMMAND_GROUP_LENGTH_MISMATCH]
 

@@ -143,6 +143,8 @@ VIOLATION_COMMAND_WHILE_DATASET_EXPECTED = "command-while-dataset-expected"
 VIOLATION_DATASET_WITHOUT_COMMAND = "dataset-without-command"
 #: A command that takes no data set announcing one (PS3.7 9.3: C-ECHO, C-STORE-RSP, C-CANCEL-RQ).
 VIOLATION_DATASET_NOT_ALLOWED = "dataset-not-allowed"
+#: A request whose Message ID is that of a request of the same sender still unanswered (PS3.7 9.1.1).
+VIOLATION_MESSAGE_ID_IN_USE = "message-id-in-use"
 VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX = "pdu-exceeds-negotiated-max"
 VIOLATION_CONTEXT_NOT_PROPOSED = "context-not-proposed"
 VIOLATION_TRANSFER_SYNTAX_NOT_PROPOSED = "transfer-syntax-not-proposed"

@@ -193,6 +193,10 @@ class AssociationRecord:
         """A request, not yet tracked: a judge may decide first whether it is recorded at all."""
         return Pending(ev.command, ev.from_requestor, ev.abstract_syntax, ev.transfer_syntax, started=self.clock())
 
+    def outstanding(self, from_requestor: bool, message_id: int) -> bool:
+        """Whether a request of this sender with this Message ID still waits for its final response."""
+        return (from_requestor, message_id) in self.pending
+
     def track(self, pending: Pending) -> Pending:
         """Wait for the final response to `pending`; its Event is published then (or at the end)."""
         self.pending[(pending.from_requestor, pending.command.message_id or 0)] = pending
