@@ -11,13 +11,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pacsguard.config.schema import PacsguardConfig
+from pacsguard.yaml_shape import TOO_DEEP, shape_problem
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KiB; a larger file is a mistake or an attack
-MAX_CONFIG_DEPTH = 32  # deeper nesting than any section needs
-MAX_CONFIG_VALUES = 100_000  # values, aliases expanded: a real configuration has hundreds
-_TOO_DEEP = f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)"
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -47,24 +45,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
-
-
-def _shape_problem(data: Any) -> str | None:
-    """What makes ``data`` too deep or too big for a configuration, or None. Walked iteratively
-    with early stops, since YAML aliases make hostile input cheap to write: one that refers to
-    itself nests without end, and aliases of aliases multiply (the "billion laughs")."""
-    values, stack = 0, [(data, 1)]
-    while stack:
-        value, level = stack.pop()
-        values += 1
-        if values > MAX_CONFIG_VALUES:
-            return f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded"
-        if isinstance(value, (dict, list)):
-            if level > MAX_CONFIG_DEPTH:
-                return _TOO_DEEP  # or an alias in its own anchor
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, level + 1) for child in children)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +115,8 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
     except RecursionError:
-        raise ConfigError(source, [ConfigProblem("(file)", _TOO_DEEP)]) from None
-    shape = _shape_problem(data)
+        raise ConfigError(source, [ConfigProblem("(file)", TOO_DEEP)]) from None
+    shape = shape_problem(data)
     if shape is not None:
         raise ConfigError(source, [ConfigProblem("(file)", shape)])
     if data is None:

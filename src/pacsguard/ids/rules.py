@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +37,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from pacsguard.events import Severity
+from pacsguard.yaml_shape import TOO_DEEP, shape_problem
 
 from .observation import FieldType, KindSpec
 from .protocols import KINDS
@@ -67,16 +69,33 @@ SETTINGS_REFS: Final[Mapping[str, Literal["str", "int", "cidr"]]] = {
 }
 
 
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = 80
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 8
+    shown.maxlevel = 3
+    return shown
+
+
+_SHOWN: Final = _bounded_repr()
+
+
+def _shown(value: object) -> str:
+    """A YAML value as a problem message quotes it: like repr(), but cut short. YAML aliases let a
+    few hundred bytes of a rule file stand for a value of gigabytes once written out."""
+    return _SHOWN.repr(value)
+
+
 def parse_duration(value: object) -> float:
     """``"500ms"``, ``"60s"``, ``"15m"``, ``"1h"``, ``"2d"`` -> seconds.  Raises ValueError."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a duration with a unit such as 60s, 15m, 1h or 1d, got {value!r}")
+        raise ValueError(f"expected a duration with a unit such as 60s, 15m, 1h or 1d, got {_shown(value)}")
     match = _DURATION.match(value)
     if match is None:
-        raise ValueError(f"expected a duration with a unit such as 60s, 15m, 1h or 1d, got {value!r}")
+        raise ValueError(f"expected a duration with a unit such as 60s, 15m, 1h or 1d, got {_shown(value)}")
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
+        raise ValueError(f"a duration must be positive, got {_shown(value)}")
     return seconds
 
 
@@ -234,7 +253,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
                 None, None, "a mapping key must be a plain value", key_node.start_mark) from None
         if key in out:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
+                None, None, f"duplicate key {_shown(key)}", key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=deep)
     return out
 
@@ -267,6 +286,11 @@ def parse_rules_text(text: str, file: str, *, builtin: bool = False) -> tuple[li
             loader.dispose()
     except yaml.YAMLError as exc:
         return [], [_yaml_problem(file, exc)]
+    except RecursionError:  # the pure-Python constructor recurses per nesting level
+        return [], [RuleProblem(file, None, "file", TOO_DEEP)]
+    shape = shape_problem([data for _, data in items])  # the limits pacsguard.yaml has, aliases expanded
+    if shape is not None:
+        return [], [RuleProblem(file, None, "file", shape)]
     rules: list[Rule] = []
     problems: list[RuleProblem] = []
     for index, (line, data) in enumerate(items, 1):
@@ -296,11 +320,11 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
     if raw_id is None:
         bad("id", "missing")
     elif not isinstance(raw_id, str) or not _ID.match(raw_id):
-        bad("id", f"expected lower-case letters, digits, '.', '_' or '-' (1-64), got {raw_id!r}")
+        bad("id", f"expected lower-case letters, digits, '.', '_' or '-' (1-64), got {_shown(raw_id)}")
 
     title = data.get("title")
     if not isinstance(title, str) or not title.strip():
-        bad("title", "missing" if title is None else f"expected text, got {title!r}")
+        bad("title", "missing" if title is None else f"expected text, got {_shown(title)}")
 
     severity: Severity | None = None
     raw_sev = data.get("severity")
@@ -313,14 +337,14 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
                 raise KeyError
             severity = Severity.parse(raw_sev)
         except KeyError:
-            bad("severity", f"expected one of {names}, got {raw_sev!r}")
+            bad("severity", f"expected one of {names}, got {_shown(raw_sev)}")
 
     protocol = data.get("protocol")
     kinds = KINDS.get(protocol) if isinstance(protocol, str) else None
     if protocol is None:
         bad("protocol", f"missing (one of {', '.join(KINDS)})")
     elif kinds is None:
-        bad("protocol", f"unknown protocol {protocol!r} (known: {', '.join(KINDS)})")
+        bad("protocol", f"unknown protocol {_shown(protocol)} (known: {', '.join(KINDS)})")
 
     on = data.get("on")
     spec: KindSpec | None = None
@@ -329,7 +353,7 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
     elif kinds is not None:
         spec = kinds.get(on) if isinstance(on, str) else None
         if spec is None:
-            bad("on", f"unknown observation kind {on!r} for {protocol} (known: {', '.join(kinds)})")
+            bad("on", f"unknown observation kind {_shown(on)} for {protocol} (known: {', '.join(kinds)})")
 
     conditions: list[Condition] = []
     match = data.get("match", {})
@@ -348,7 +372,7 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
 
     action = data.get("action", "alert")
     if action not in ACTIONS:
-        bad("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
+        bad("action", f"expected one of {', '.join(ACTIONS)}, got {_shown(action)}")
     quarantine_for = None
     if "quarantine_for" in data:
         if action != "quarantine":
@@ -364,7 +388,7 @@ def parse_rule(data: object, file: str, *, line: int | None = None, index: int =
     reference = data.get("reference")
     if not isinstance(reference, str) or not reference.strip():
         bad("reference", "missing (a URL, a standard's section, a CVE or an ATT&CK id)"
-            if reference is None else f"expected text, got {reference!r}")
+            if reference is None else f"expected text, got {_shown(reference)}")
     description = data.get("description", "")
     if not isinstance(description, str):
         bad("description", "expected text")
@@ -389,17 +413,17 @@ def _scalar_for(ftype: FieldType, value: object, where: str, bad: _Report) -> tu
     if ftype == "bool":
         if isinstance(value, bool):
             return True, value
-        bad(where, f"expected true or false, got {value!r}")
+        bad(where, f"expected true or false, got {_shown(value)}")
         return False, None
     if ftype in _NUMERIC:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, value
-        bad(where, f"expected a number, got {value!r}")
+        bad(where, f"expected a number, got {_shown(value)}")
         return False, None
     # str, ip, str-list elements: YAML may read an AE title such as 1234 as a number.
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return True, str(value)
-    bad(where, f"expected text, got {value!r}")
+    bad(where, f"expected text, got {_shown(value)}")
     return False, None
 
 
@@ -439,7 +463,7 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
             continue
         if op in ("exists", "empty"):
             if not isinstance(arg, bool):
-                bad(at, f"expected true or false, got {arg!r}")
+                bad(at, f"expected true or false, got {_shown(arg)}")
                 continue
             out.append(Condition(field, op, arg))
         elif op == "equals":
@@ -453,7 +477,7 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
             elif isinstance(arg, str) and arg.startswith("$"):
                 continue
             elif not isinstance(arg, list) or not arg:
-                bad(at, f"expected a non-empty list or a $settings list, got {arg!r}")
+                bad(at, f"expected a non-empty list or a $settings list, got {_shown(arg)}")
             else:
                 values = []
                 for item in arg:
@@ -467,7 +491,7 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
                 bad(at, f"{op} applies to text fields; {field} is {ftype}")
                 continue
             if not isinstance(arg, str):
-                bad(at, f"expected a pattern string, got {arg!r}")
+                bad(at, f"expected a pattern string, got {_shown(arg)}")
                 continue
             try:
                 re.compile(arg if op == "regex" else fnmatch.translate(arg))
@@ -491,7 +515,7 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
                 try:
                     nets.append(str(ip_network(str(item), strict=False)))
                 except ValueError:
-                    bad(at, f"expected CIDRs such as 10.0.0.0/8 or a $settings list, got {item!r}")
+                    bad(at, f"expected CIDRs such as 10.0.0.0/8 or a $settings list, got {_shown(item)}")
             if len(nets) == len(items) and nets:
                 out.append(Condition(field, op, tuple(nets)))
         else:  # gt, lt
@@ -509,12 +533,12 @@ def _parse_by(spec: KindSpec | None, by: object, fail: _Report) -> list[str]:
     if isinstance(by, str):
         by = [by]
     if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
-        fail("by", f"expected a list of field names, got {by!r}")
+        fail("by", f"expected a list of field names, got {_shown(by)}")
         return []
     if spec is not None:
         for name in by:
             if spec.field_type(name) is None:
-                fail("by", f"unknown field {name!r} for on: {spec.kind}")
+                fail("by", f"unknown field {_shown(name)} for on: {spec.kind}")
     return by
 
 
@@ -536,7 +560,7 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Thres
     if count is None:
         fail("count", "missing")
     elif isinstance(count, bool) or not isinstance(count, (int, float)) or count < 1:
-        fail("count", f"expected a number of at least 1, got {count!r}")
+        fail("count", f"expected a number of at least 1, got {_shown(count)}")
     within = 0.0
     if "within" not in data:
         fail("within", "missing (e.g. 60s, 10m, 1h)")
@@ -552,9 +576,9 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Thres
         if name is None:
             continue
         if not isinstance(name, str):
-            fail(key, f"expected a field name, got {name!r}")
+            fail(key, f"expected a field name, got {_shown(name)}")
         elif spec is not None and spec.field_type(name) is None:
-            fail(key, f"unknown field {name!r} for on: {spec.kind}")
+            fail(key, f"unknown field {_shown(name)} for on: {spec.kind}")
         elif key == "sum" and spec is not None and spec.field_type(name) not in _NUMERIC:
             fail(key, f"{name} is not numeric")
     if distinct is not None and total is not None:
@@ -562,7 +586,7 @@ def _parse_threshold(spec: KindSpec | None, data: object, bad: _Report) -> Thres
     baseline = data.get("baseline")
     if baseline is not None:
         if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or baseline <= 0:
-            fail("baseline", f"expected a positive factor such as 5, got {baseline!r}")
+            fail("baseline", f"expected a positive factor such as 5, got {_shown(baseline)}")
         elif distinct is not None:
             fail("baseline", "a baseline applies to count or sum thresholds, not distinct")
     if not ok or count is None:
@@ -586,7 +610,7 @@ def _parse_limit(spec: KindSpec | None, data: object, bad: _Report) -> Limit | N
             fail(str(key), f"unknown field (known: {', '.join(LIMIT_KEYS)})")
     count = data.get("count")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        fail("count", "missing" if count is None else f"expected a whole number of at least 1, got {count!r}")
+        fail("count", "missing" if count is None else f"expected a whole number of at least 1, got {_shown(count)}")
     within = 0.0
     try:
         within = parse_duration(data.get("within"))

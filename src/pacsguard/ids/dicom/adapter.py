@@ -36,7 +36,7 @@ from pacsguard.dicom.events import (
     ReleaseRequested,
 )
 from pacsguard.dicom.reasons import RJ_REASONS, RJ_RESULTS, RJ_SOURCES, rj_reason
-from pacsguard.ids.engine import Alert, Engine
+from pacsguard.ids.engine import Alert, CompiledRule, Engine
 from pacsguard.ids.expect import Expectation
 from pacsguard.ids.observation import Flow
 from pacsguard.ids.sniff import guess_protocol
@@ -73,11 +73,35 @@ def _service(name: str) -> str:
 #: command field -> (command name, service)
 _COMMANDS: Final = {cf: (name, _service(name)) for cf, name in COMMAND_NAMES.items()}
 _RETRIEVES: Final = frozenset({"C-MOVE", "C-GET"})
+# Characters of a key value that restrict no match: the wildcards `*` and `?` (PS3.4 C.2.2.2.4; a
+# value of only `*` is universal matching), and the component and group delimiters and padding of a
+# Person Name (PS3.5 6.2.1), so that `*^*` or `*=*` is no name either.
 _WILDCARD_ONLY: Final = frozenset("*?^= ")
+#: The value delimiter of a multi-valued string element (PS3.5 6.4, Value Multiplicity).
+_VALUE_SEPARATOR: Final = "\\"
+#: The field that names the queried patient; rules that test, count or group by it see every patient of a list.
+_QUERIED: Final = "queried_patient"
+#: Values of one key run through those rules at most (a rule whose threshold counts more raises it).
+MAX_LISTED_PATIENTS: Final = 1024
 
 
-def _names_patient(value: str | None) -> bool:
-    return bool(value) and not set(value) <= _WILDCARD_ONLY  # type: ignore[arg-type]
+def _named_patients(value: str | None) -> list[str]:
+    """The patients one key names, once each and in order: every value of a backslash-separated
+    list (PS3.5 6.4; an archive may answer each value as its own match) that is not empty and
+    not only wildcards, which restrict nothing (PS3.4 C.2.2.2.4)."""
+    if not value:
+        return []
+    values = dict.fromkeys(v.strip() for v in value.split(_VALUE_SEPARATOR))
+    return [v for v in values if v and not set(v) <= _WILDCARD_ONLY]
+
+
+def _per_patient(compiled: CompiledRule) -> bool:
+    """Whether ``compiled`` tests, counts or groups by the queried patient: it then runs once per
+    patient a query lists, so that one C-FIND naming 60 patients counts as 60."""
+    t = compiled.threshold
+    if t is not None and (t.distinct == _QUERIED or _QUERIED in t.by):
+        return True
+    return any(cond.field == _QUERIED for cond in compiled.rule.conditions)
 
 
 Handler = Callable[[Flow, DicomFlowState, Any, float], list[Alert]]
@@ -355,7 +379,8 @@ class DicomAdapter:
         cmd = st.cmd_rq if from_rq else st.cmd_ac
         name, service, sop_class = cmd if cmd is not None else (None, None, None)
         pname = peek.patient_name
-        queried = pid if _names_patient(pid) else pname if _names_patient(pname) else None
+        # the patients the data set names: by Patient ID, else by Patient's Name
+        named = _named_patients(pid) or _named_patients(pname)
         fields = {
             "calling_ae": st.calling_ae, "called_ae": st.called_ae, "from_requestor": from_rq,
             "command": name, "service": service, "sender_ae": st.calling_ae if from_rq else st.called_ae,
@@ -363,10 +388,28 @@ class DicomAdapter:
             "patient_id": pid, "patient_name": pname, "study_instance_uid": study,
             "series_instance_uid": peek.series_instance_uid, "accession_number": peek.accession_number,
             "modality": peek.modality, "query_level": peek.query_retrieve_level,
-            "patient_keys_empty": not pid and not pname, "queried_patient": queried,
+            # absent, empty and wildcard-only keys alike match every patient (PS3.4 C.2.2.2.3, C.2.2.2.4)
+            "patient_keys_empty": not named, _QUERIED: named[0] if named else None,
             "complete": peek.complete, "anomaly": peek.anomaly,
         }
-        return self._run(rules, "dataset", PROTOCOL, fields, flow, now, st)
+        alerts = self._run(rules, "dataset", PROTOCOL, fields, flow, now, st)
+        if len(named) > 1:
+            alerts += self._listed_patients(rules, named[1:], fields, flow, now, st)
+        return alerts
+
+    def _listed_patients(self, rules: list[CompiledRule], others: list[str], fields: dict[str, Any], flow: Flow,
+                         now: float, st: DicomFlowState) -> list[Alert]:
+        """The rules on the queried patient, once for each further patient a key lists (PS3.5 6.4):
+        a threshold on distinct patients counts them all. Bounded: past the largest such count,
+        one query already fires the threshold on its own."""
+        per_patient = [r for r in rules if _per_patient(r)]
+        if not per_patient:
+            return []
+        most = max([MAX_LISTED_PATIENTS] + [int(r.threshold.count) for r in per_patient if r.threshold is not None])
+        alerts: list[Alert] = []
+        for value in others[:most]:
+            alerts += self._run(per_patient, "dataset", PROTOCOL, {**fields, _QUERIED: value}, flow, now, st)
+        return alerts
 
     def _on_violation(self, flow: Flow, st: DicomFlowState, ev: ProtocolViolation, now: float) -> list[Alert]:
         rules = self._rules.get("protocol-violation")

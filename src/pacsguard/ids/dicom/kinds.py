@@ -125,12 +125,14 @@ register_kinds(
                 "query_level": ("str", "Query/Retrieve Level (0008,0052): PATIENT, STUDY, SERIES, IMAGE"),
                 "patient_keys_empty": (
                     "bool",
-                    "Patient ID and Patient's Name are both absent or empty (universal matching, PS3.4 C.2.2.2.3)",
+                    ("Patient ID and Patient's Name are both absent, empty or only wildcards such as * "
+                     "(universal matching, PS3.4 C.2.2.2.3 and C.2.2.2.4)"),
                 ),
                 "queried_patient": (
                     "str",
                     ("the patient a query or retrieve names: Patient ID, else Patient's Name; absent when "
-                     "neither names one (empty or wildcard only)"),
+                     "neither names one (empty or wildcard only). A key listing several values (PS3.5 6.4, "
+                     "A\\B) names each: rules that test, count or group by this field see every one"),
                 ),
                 "complete": ("bool", "every identifier the peek looks for was seen"),
                 "anomaly": ("str", "structural problem that stopped the peek early"),
