@@ -4,6 +4,7 @@ sensor's association records are the shared DICOM ones (pacsguard.records.kinds)
 from __future__ import annotations
 
 from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, EventKind, nullable
+from pacsguard.ids.capture.reassembly import ANOMALIES
 from pacsguard.records.kinds import KINDS as DICOM_RECORDS
 
 #: an aggregate's first/last match, as an Event time is written (ISO 8601, RFC 3339)
@@ -20,8 +21,7 @@ KINDS = (
               required=("rule_id", "title", "action", "protocol", "on", "observation")),
     EventKind("ids.anomaly.*", "the passive sensor saw traffic a receiver may read otherwise than a naive "
               "observer (an IDS evasion attempt): the kind ends with the anomaly (docs/ids.md)",
-              {"anomaly": {"enum": ["tcp-rst-invalid", "tcp-overlap-different-data", "ip-fragment-overlap",
-                                    "ip-fragment-different-data"]},
+              {"anomaly": {"enum": list(ANOMALIES)},
                "sensor": STRING, "flow_id": nullable(STRING), "from_client": nullable(BOOLEAN),
                "offset": INTEGER, "length": INTEGER, "detail": STRING},
               required=("anomaly", "sensor", "offset", "length", "detail")),

@@ -21,9 +21,12 @@ Formats:
   a fragment header (44) counts as a fragment and goes to :mod:`.ipfrag`.
 * TCP (RFC 9293 section 3.1): data offset, flags, sequence and acknowledgment numbers.
 
-A frame the capture cut short (captured length below what the IP header declares: the snap
+A frame the capture cut short (its record's captured length below the original length: the snap
 length) keeps its headers; the payload it lacks is reported to the reassembler as missing (a gap)
 and the frame is counted in ``CaptureStats.snap_truncated``, the first one as a capture problem.
+A frame captured whole that still holds less than its IP length is a packet Linux drops (an
+evasion: the sensor would otherwise read padding as payload): it is dropped too and reported as
+the anomaly ``ip-length-exceeds-frame``.
 """
 
 from __future__ import annotations
@@ -119,8 +122,8 @@ _IPV4 = struct.Struct("!BxHxxHxB").unpack_from  # ver/ihl, total length, flags/f
 _IPV6 = struct.Struct("!4xHB").unpack_from  # payload length, next header
 _TCP = struct.Struct("!4xIIH").unpack_from  # seq, ack, data offset / flags
 
-# (key, ip_version, seq, ack, flags, payload_start, payload_end, missing)
-TCPSegment = tuple[bytes, int, int, int, int, int, int, int]
+# (key, ip_version, seq, ack, flags, payload_start, payload_end, missing, tcp_header)
+TCPSegment = tuple[bytes, int, int, int, int, int, int, int, int]
 
 
 def _proto_name(ver: int, proto: int) -> str:
@@ -138,13 +141,18 @@ def decode_tcp(
 ) -> TCPSegment | None:
     """Decode the frame ``buf[off:off+caplen]`` of link type ``linktype`` down to TCP.
 
-    Returns ``(key, ip_version, seq, ack, flags, payload_start, payload_end, missing)`` where the
-    payload is ``buf[payload_start:payload_end]`` (absolute offsets), ``key`` the directional
-    4-tuple bytes (see :mod:`.reassembly`) and ``missing`` the payload bytes the IP header declares
-    but the capture cut off.  For anything else it counts the frame in ``stats`` (``non_tcp`` by
-    protocol, or ``ip_fragments``) and returns ``None``; a fragment goes to ``defrag`` (at capture
-    time ``ts``), which appends the datagram it completes to ``defrag.ready``.  ``buf`` slices must
-    give ``bytes`` (``bytes``, ``mmap``), because the key is a slice.
+    Returns ``(key, ip_version, seq, ack, flags, payload_start, payload_end, missing, tcp_header)``
+    where the payload is ``buf[payload_start:payload_end]`` (absolute offsets), ``key`` the
+    directional 4-tuple bytes (see :mod:`.reassembly`), ``missing`` the payload bytes the IP header
+    declares but the capture cut off and ``tcp_header`` the offset of the TCP header.  A frame is
+    taken as cut by the capture only when its record says so (``stats.cut_at == off``: captured
+    length below the original length); a complete frame shorter than its IP length is one Linux
+    drops (``ip_rcv_core``: "skb->len < len"): reported to ``defrag.report`` as
+    ``ip-length-exceeds-frame``, counted in ``non_tcp`` and not returned.  For anything else it
+    counts the frame in ``stats`` (``non_tcp`` by protocol, or ``ip_fragments``) and returns
+    ``None``; a fragment goes to ``defrag`` (at capture time ``ts``), which appends the datagram
+    it completes to ``defrag.ready``.  ``buf`` slices must give ``bytes`` (``bytes``, ``mmap``),
+    because the key is a slice.
     """
     end = off + caplen
     count = stats.count_non_tcp
@@ -300,7 +308,34 @@ def decode_tcp(
         return None
     missing = 0
     if ip_end > end:
+        if stats.cut_at != off:
+            _length_lie(buf, key, p, ip_end - p, end - p, stats, defrag, ts)
+            return None
         missing = ip_end - end
         ip_end = end
         note_truncated(stats, missing, off)
-    return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing
+    return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing, tcp
+
+
+def _length_lie(
+    buf: bytes | mmap.mmap | memoryview,
+    key: bytes,
+    p: int,
+    claimed: int,
+    present: int,
+    stats: CaptureStats,
+    defrag: IPDefragmenter | None,
+    ts: int,
+) -> None:
+    """A whole frame (not cut by the capture) holds less than its IP header claims: Linux drops the
+    packet (ip_rcv_core / ip6_rcv_core), so the PACS never reads its payload, nor does the sensor."""
+    stats.count_non_tcp("ip-length-exceeds-frame")
+    if defrag is None:
+        return
+    from .reassembly import StreamAnomaly, _endpoints  # here: reassembly imports this module's users
+
+    ver, src, sport, dst, dport = _endpoints(key)
+    defrag.report(StreamAnomaly(
+        "ip-length-exceeds-frame", ts, src, sport, dst, dport, 0, claimed - present,
+        f"IPv{ver} packet claims {claimed} bytes but the frame, captured whole, holds {present}: a Linux "
+        "receiver discards it; its TCP segment is not inspected"))

@@ -51,10 +51,11 @@ import socket
 import struct
 import subprocess
 import time
+from collections import deque
 from typing import Callable, Iterator, Protocol
 
 from .decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, decode_tcp
-from .reassembly import CaptureStats, TCPReassembler
+from .reassembly import RECENT_SEGMENTS, CaptureStats, TCPReassembler
 
 __all__ = [
     "CaptureError",
@@ -79,9 +80,15 @@ class FrameHandler(Protocol):
 
 # Ethernet type, IPv4 version/IHL, total length, flags/fragment offset, protocol, then (for a
 # 20-byte IPv4 header) TCP sequence, acknowledgment, data offset/flags: one unpack for the
-# common frame.  Offsets: ethertype 12, IPv4 at 14, TCP at 34.
-_FAST = struct.Struct("!12xHBxHxxHxB10x4xIIH")
+# common frame.  Offsets: ethertype 12, IPv4 at 14, TCP at 34 (window at 48).
+_FAST = struct.Struct("!12xHBxHxxHxB10x4xIIHH")  # ... data offset/flags, window
 _MIN_FAST = 54  # 14 + 20 + 20
+# The same and the first TCP option word with the TSval after it, where Linux puts its timestamps
+# (NOP, NOP, kind 8, length 10: RFC 7323 Appendix A) in every segment once they are in use.
+_FAST_TS = struct.Struct("!12xHBxHxxHxB10x4xIIHH4xII")  # checksum, urgent pointer skipped
+_MIN_FAST_TS = 62
+_TSOPT = struct.Struct("!II")
+_U16 = struct.Struct("!H").unpack_from
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -113,6 +120,12 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
 
     ``buf`` must slice to ``bytes`` (``bytes`` or ``mmap``); ``mv`` is a memoryview of the same
     buffer (payload slices handed to the consumer come from it).
+
+    The in-order fast path takes a segment only when the reassembler would do nothing else with
+    it: the next expected sequence number, ACK set and none of SYN, FIN, RST, URG (a segment
+    without ACK is one Linux discards), and, if it carries data, the direction's ``gate`` clear or
+    set only for PAWS with the timestamp in the usual place (NOP, NOP, timestamps: a 32-byte TCP
+    header) and not below the last one accepted.  Everything else goes to ``reasm.segment``.
     """
     flows_get = reasm.flows.get
     segment = reasm.segment
@@ -120,6 +133,7 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
     on_data = reasm.on_data
     stats = reasm.stats
     defrag = reasm.defrag
+    tsopt = _TSOPT.unpack_from
 
     def generic(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
         seg = decode_tcp(buf, off, caplen, linktype, stats, defrag, ts)
@@ -127,51 +141,94 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
             if defrag.ready:
                 _reassembled(reasm, ts)
             return
-        key, _ver, seq, ack, flags, start, end, missing = seg
+        key, _ver, seq, ack, flags, start, end, missing, tcp = seg
         half = flows_get(key)
-        if half is not None and seq == half.next_seq and not flags & 7 and not missing:
-            half.packets += 1
-            half.last_ts = ts
+        if half is not None and seq == half.next_seq and flags & 0x37 == 0x10 and not missing:
             if end > start:
+                g = half.gate
+                if g:
+                    # the PAWS check of the Ethernet fast path below, for any link type
+                    if g != 1 or start != tcp + 32:
+                        segment(half, key, seq, ack, flags, mv, start, end, missing, ts, tcp)
+                        return
+                    o, tsv = tsopt(buf, tcp + 20)
+                    if o != 0x0101080A or tsv < half.ts_recent:
+                        segment(half, key, seq, ack, flags, mv, start, end, missing, ts, tcp)
+                        return
+                    half.ts_recent = tsv
+                v = mv[start:end]
                 half.next_seq = (seq + end - start) & 0xFFFFFFFF
                 half.bytes += end - start
-                on_data(half.conn, half.from_client, mv[start:end], ts)
+                on_data(half.conn, half.from_client, v, ts)
+                rc = half.recent
+                if rc is None:
+                    rc = half.recent = deque((), RECENT_SEGMENTS)
+                rc.append(v)
                 if half.ooo:
-                    drain(half, ts, mv[start:end])
+                    drain(half, ts, v)
+            half.packets += 1
+            half.last_ts = ts
+            win = _U16(buf, tcp + 14)[0]
+            if win > half.max_win:
+                half.max_win = win
             half.last_ack = ack
             return
-        segment(half, key, seq, ack, flags, mv, start, end, missing, ts)
+        segment(half, key, seq, ack, flags, mv, start, end, missing, ts, tcp)
 
     if linktype != LINKTYPE_ETHERNET:
         return generic
 
     unpack = _FAST.unpack_from
+    unpack_ts = _FAST_TS.unpack_from
 
     # The in-order branch below repeats generic()'s on purpose: one function call less per frame
     # is a measurable share of the ~1.6 µs a frame costs here (bench/capture.py).
     def ethernet(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
-        if caplen >= _MIN_FAST:
-            et, vihl, totlen, frag, proto, seq, ack, offflags = unpack(buf, off)
-            if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
-                ipo = off + 14
-                end = ipo + totlen
-                start = ipo + 20 + ((offflags >> 10) & 0x3C)
-                if start <= end <= off + caplen and offflags >= 0x5000:
-                    key = buf[ipo + 12 : ipo + 24]
-                    half = flows_get(key)
-                    if half is not None and seq == half.next_seq and not offflags & 7:
-                        half.packets += 1
-                        half.last_ts = ts
-                        if end > start:
-                            half.next_seq = (seq + end - start) & 0xFFFFFFFF
-                            half.bytes += end - start
-                            on_data(half.conn, half.from_client, mv[start:end], ts)
-                            if half.ooo:
-                                drain(half, ts, mv[start:end])
-                        half.last_ack = ack  # what the RST check compares with (reassembly)
-                        return
-                    segment(half, key, seq, ack, offflags & 0x3F, mv, start, end, 0, ts)
+        if caplen >= _MIN_FAST_TS:
+            et, vihl, totlen, frag, proto, seq, ack, offflags, win, o, tsv = unpack_ts(buf, off)
+        elif caplen >= _MIN_FAST:
+            et, vihl, totlen, frag, proto, seq, ack, offflags, win = unpack(buf, off)
+            o = tsv = 0
+        else:
+            generic(buf, mv, off, caplen, ts)
+            return
+        if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+            ipo = off + 14
+            end = ipo + totlen
+            start = ipo + 20 + ((offflags >> 10) & 0x3C)
+            if start <= end <= off + caplen and offflags >= 0x5000:
+                key = buf[ipo + 12 : ipo + 24]
+                half = flows_get(key)
+                # ACK and none of FIN, SYN, RST, URG (docstring)
+                if half is not None and seq == half.next_seq and offflags & 0x37 == 0x10:
+                    if end > start:
+                        g = half.gate
+                        if g:
+                            # PAWS (RFC 7323 5): the TSval at its usual place and not below TS.Recent
+                            # (below: older, or the clock wrapped; segment() tells them apart)
+                            if g != 1 or o != 0x0101080A or start != ipo + 52 or tsv < half.ts_recent:
+                                segment(half, key, seq, ack, offflags & 0x3F, mv, start, end, 0, ts, ipo + 20)
+                                return
+                            half.ts_recent = tsv
+                        v = mv[start:end]
+                        half.next_seq = (seq + end - start) & 0xFFFFFFFF
+                        half.bytes += end - start
+                        on_data(half.conn, half.from_client, v, ts)
+                        # remembered to compare retransmissions with (reassembly._pass)
+                        rc = half.recent
+                        if rc is None:
+                            rc = half.recent = deque((), RECENT_SEGMENTS)
+                        rc.append(v)
+                        if half.ooo:
+                            drain(half, ts, v)
+                    half.packets += 1
+                    half.last_ts = ts
+                    if win > half.max_win:  # the receive window bound (reassembly._beyond_window)
+                        half.max_win = win
+                    half.last_ack = ack  # what the RST check compares with (reassembly)
                     return
+                segment(half, key, seq, ack, offflags & 0x3F, mv, start, end, 0, ts, ipo + 20)
+                return
         generic(buf, mv, off, caplen, ts)
 
     return ethernet
@@ -185,8 +242,8 @@ def _reassembled(reasm: TCPReassembler, ts: int) -> None:
         dg = ready.pop(0)
         seg = decode_tcp(dg, 0, len(dg), LINKTYPE_RAW, stats)
         if seg is not None:
-            key, _ver, seq, ack, flags, start, end, missing = seg
-            reasm.segment(reasm.flows.get(key), key, seq, ack, flags, memoryview(dg), start, end, missing, ts)
+            key, _ver, seq, ack, flags, start, end, missing, tcp = seg
+            reasm.segment(reasm.flows.get(key), key, seq, ack, flags, memoryview(dg), start, end, missing, ts, tcp)
 
 
 def _noop_tick(ts: int) -> None:
@@ -355,6 +412,7 @@ class CaptureFile:
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
     ) -> int:
         buf, mv, size = self.buf, self.mv, self.size
+        stats = self.stats
         handler = handler_for(self.linktype)
         rec = struct.Struct(self.endian + "IIII").unpack_from
         nsec = self.nsec
@@ -385,6 +443,8 @@ class CaptureFile:
                         )
                     break
                 ts = sec * 1000000 + (frac // 1000 if nsec else frac)
+                if incl < _orig:
+                    stats.cut_at = off + 16  # cut by the snap length (decode: a gap, not a lie)
                 handler(buf, mv, off + 16, incl, ts)
                 off = nxt
                 npk += 1
@@ -413,6 +473,7 @@ class CaptureFile:
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
     ) -> int:
         buf, mv, size = self.buf, self.mv, self.size
+        stats = self.stats
         problem = self._problem
         off = self.off
         ts = self.last_ts
@@ -463,6 +524,8 @@ class CaptureFile:
                         ts = self.last_ts
                         off += blen
                         continue
+                    if cl < _ol:
+                        stats.cut_at = off + 28
                     ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                     off += blen
                     npk += 1
@@ -517,6 +580,8 @@ class CaptureFile:
                         olen = struct.unpack_from(e + "I", buf, off + 8)[0]
                         snap = ifaces[0][1]
                         cl = min(olen, blen - 16, snap) if snap else min(olen, blen - 16)
+                        if cl < olen:
+                            stats.cut_at = off + 12
                         ifhandlers[0](buf, mv, off + 12, cl, ts)
                         npk += 1
                         nbytes += cl
@@ -534,6 +599,8 @@ class CaptureFile:
                             stamp = ((th << 32) | tl) * mul // div + tsoff
                             if 0 <= stamp <= _MAX_TS_US:
                                 ts = stamp
+                                if cl < _ol:
+                                    stats.cut_at = off + 28
                                 ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                                 npk += 1
                                 nbytes += cl
@@ -812,6 +879,7 @@ def live_loop(
             if not ts:
                 ts = time.time_ns() // 1000
             caplen = n if n <= snaplen else snaplen
+            stats.cut_at = 0 if n > caplen else -1  # MSG_TRUNC: n is the frame's real length
             frame = bytes(view[:caplen])
             handler(frame, memoryview(frame), 0, caplen, ts)
             npk += 1

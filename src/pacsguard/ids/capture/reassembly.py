@@ -22,24 +22,44 @@ the fast path must not be taken (direction not started yet, or connection closed
 inlined fast path needs just ``seq == half.next_seq``.
 
 Where a receiver and an observer could read different bytes (IDS evasion, RFC 9293 and Ptacek &
-Newsham 1998), the reassembler does what the protected host, a Linux PACS, does and reports the
-ambiguity as a :class:`StreamAnomaly` (``StreamConsumer.on_anomaly``, optional; counted in
-``CaptureStats.anomalies``):
+Newsham 1998), the reassembler does what the protected host, a Linux PACS, does (the target
+policy, like Suricata's host-os policy "linux") and reports the attempt as a
+:class:`StreamAnomaly` (``StreamConsumer.on_anomaly``, optional; counted in
+``CaptureStats.anomalies``; the names are :data:`ANOMALIES`):
 
+* A segment with none of ACK, SYN, RST (Linux: "if (!th->ack && !th->rst && !th->syn) goto
+  discard") is not stream data (``tcp-no-ack``), nor is data on a SYN without ACK: no TCP Fast
+  Open on the listener (``tcp-syn-data``).
+* PAWS (RFC 7323 5, Linux ``tcp_paws_discard``): when both SYNs carried timestamps, a segment whose
+  TSval is older than TS.Recent (the newest accepted at or before RCV.NXT) by more than one is
+  dropped (``tcp-paws-old-timestamp``).  TCP options are parsed on SYNs and, once timestamps are
+  in use, on segments the reader's fast path cannot check itself.
 * RST (RFC 9293 section 3.10.7.4, RFC 5961 section 3.2, Linux ``tcp_validate_incoming``): a RST
-  resets the connection only when its sequence number is exactly the next expected one (also
-  one past a FIN, or what the receiver last acknowledged when that is ahead of it: the capture
-  missed bytes the receiver got, reported as a gap).  Any other RST is one Linux drops (out of window) or answers with a
-  challenge ACK (in window): the connection goes on and is still inspected; the RST is reported
-  as ``tcp-rst-invalid`` and its payload, like Linux, is not taken.
+  resets the connection only when its sequence number is exactly the next expected one (or one
+  past a FIN).  One at what the receiver acknowledged beyond that (bytes the capture lacks, or a
+  forged acknowledgment sent in the receiver's name, which the receiver never sees) waits: data on
+  the connection afterwards refutes it, the end of the connection confirms it.  Any other RST is
+  one Linux drops (out of window) or answers with a challenge ACK (in window): the connection goes
+  on and is still inspected; the RST is reported as ``tcp-rst-invalid`` and its payload, like
+  Linux, is not taken.
+* A SYN with another ISN in a connection that carried data and saw no FIN or RST gets a challenge
+  ACK from Linux (RFC 5961 4.2): the connection goes on (``tcp-syn-in-connection``); only a SYN-ACK
+  answering that SYN (the server's socket was gone) starts a new connection (``"reused"``).
+* Urgent data (Linux ``tcp_check_urg``/``tcp_recvmsg`` without ``SO_OOBINLINE``): the byte before
+  the urgent pointer is taken out of the stream (``tcp-urgent-data``; stream offsets count it).
+* Receive window (RFC 9293 3.10.7.4, RFC 7323 2): data starting at or beyond the next expected
+  byte plus the largest window the receiver ever advertised (scaled if both SYNs carried the
+  option) is dropped (``tcp-beyond-window``); only when the handshake was seen.
 * Overlapping out-of-order data (Linux ``tcp_data_queue_ofo``): data already delivered in order
   wins; among buffered segments the one that starts first wins, and at the same start the longer
   (at the same length, the first to arrive: Linux keeps a segment that covers one from the same
   start and drops one inside another).  Where the bytes of the segment that lost differ from
   those delivered, ``tcp-overlap-different-data`` is reported with the stream offset.  Compared
   are the bytes delivered while the hole was filled (the segment that filled it and the buffered
-  ones drained behind it); a plain retransmission of data delivered earlier is not compared.
-* IP fragments: reassembled by :mod:`.ipfrag` before TCP sees them.
+  ones drained behind it).  A retransmission of data delivered earlier is compared with the last
+  :data:`RECENT_SEGMENTS` segments delivered in its direction (``tcp-retransmission-different-data``).
+* IP: fragments are reassembled by :mod:`.ipfrag` before TCP sees them; a whole frame shorter than
+  its IP length is dropped by :mod:`.decode` (``ip-length-exceeds-frame``).
 
 Consumer contract: ``data`` passed to :meth:`StreamConsumer.on_data` is valid only during the call
 (it is usually a zero-copy ``memoryview`` of the capture file's mmap or of a live receive buffer);
@@ -49,7 +69,8 @@ copy it (``bytes(data)``) to keep it.  Exceptions raised by the consumer propaga
 from __future__ import annotations
 
 import socket
-from collections import OrderedDict
+import struct
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -76,6 +97,15 @@ SYN = 0x02
 RST = 0x04
 PSH = 0x08
 ACK = 0x10
+URG = 0x20
+
+# _Half.gate bits
+_GATE_PAWS = 1
+_GATE_URG = 2
+_GATE_RST = 4
+
+_U16 = struct.Struct("!H").unpack_from
+_U32 = struct.Struct("!I").unpack_from
 
 _M32 = 0xFFFFFFFF
 _HALF32 = 0x80000000
@@ -84,6 +114,8 @@ _HALF32 = 0x80000000
 _MAX_AHEAD = 1 << 30
 
 MAX_PROBLEMS = 100
+#: delivered segments remembered per direction to compare retransmissions with
+RECENT_SEGMENTS = 8
 
 
 @dataclass(slots=True)
@@ -127,6 +159,18 @@ class StreamAnomaly:
 ANOMALIES = {
     "tcp-rst-invalid": "a RST whose sequence number a Linux receiver does not accept (RFC 5961 3.2)",
     "tcp-overlap-different-data": "overlapping TCP segments carry different bytes for the same position",
+    "tcp-retransmission-different-data": "a retransmission carries other bytes than those delivered at its position",
+    "tcp-no-ack": "a segment without the ACK flag carries data or a FIN: Linux discards it (RFC 9293 3.10.7.4)",
+    "tcp-syn-data": "data on a SYN: a Linux PACS (no TCP Fast Open) discards it, the client sends it again",
+    "tcp-paws-old-timestamp": "a segment with a TCP timestamp older than the last one accepted: discarded "
+    "(PAWS, RFC 7323 5)",
+    "tcp-urgent-data": "an urgent byte (URG): Linux without SO_OOBINLINE takes it out of the stream (RFC 9293 3.8.5)",
+    "tcp-beyond-window": "data beyond any receive window the receiver advertised: Linux discards it "
+    "(RFC 9293 3.10.7.4)",
+    "tcp-syn-in-connection": "a SYN with another ISN in an open connection: Linux answers with a challenge ACK "
+    "and keeps the connection (RFC 5961 4)",
+    "ip-length-exceeds-frame": "the IP header claims more bytes than the whole captured frame holds: Linux "
+    "discards the packet",
     "ip-fragment-overlap": "IP fragments overlap: the datagram is discarded (RFC 5722, Linux)",
     "ip-fragment-different-data": "a duplicate IP fragment carries different bytes (the first is kept)",
 }
@@ -148,11 +192,14 @@ class CaptureStats:
     ip_fragments_dropped: int = 0  # fragments dropped: overlapping, malformed, or over a limit
     snap_truncated: int = 0  # frames the capture cut short (captured length < what IP declares)
     snap_missing_bytes: int = 0  # TCP payload bytes those frames did not keep
+    # file offset of the frame being decoded when its record says the capture cut it (captured
+    # length below the original length; 0 for such a live frame), else -1: set by the reader
+    cut_at: int = -1
     anomalies: dict[str, int] = field(default_factory=dict)  # StreamAnomaly.what -> count
     retransmissions: int = 0  # segments wholly inside already-delivered data (incl. SYN repeats)
     overlaps: int = 0  # segments partly inside delivered data, trimmed
     out_of_order: int = 0  # segments that arrived ahead of a hole and were buffered
-    out_of_window: int = 0  # segments more than 2**30 bytes ahead: dropped
+    out_of_window: int = 0  # segments beyond the receiver's window (or 2**30 bytes ahead): dropped
     gaps: int = 0
     gap_bytes: int = 0
     flows: int = 0  # connections opened
@@ -209,6 +256,22 @@ class _Half:
         "ooo_bytes",
         "fin_seq",  # sequence number of the FIN, or -1
         "last_ack",  # acknowledgment number of the last segment this side sent (peer's stream), or -1
+        # What the fast path must look at before taking an in-order segment (bits): _GATE_PAWS
+        # (check the TCP timestamp), _GATE_URG (an urgent byte is pending), _GATE_RST (a RST
+        # waits to be confirmed).  0: nothing, the plain fast path.
+        "gate",
+        "ts_recent",  # RFC 7323 5.3 TS.Recent: the newest TSval accepted from this sender, or -1
+        "syn_ts",  # TSval on this side's SYN, -1 without the option
+        "ws",  # window scale shift on this side's SYN: -1 without the option, -2 SYN options unknown
+        "scale",  # shift of the windows this side advertises, -1 unknown (handshake not seen)
+        "syn_win",  # window on this side's SYN (never scaled, RFC 7323 2.2)
+        "max_win",  # largest window field this side advertised after its SYN
+        "urg_seq",  # sequence number of the pending urgent byte, or -1
+        # the last segments delivered (bytes or views of the capture), contiguous and ending at
+        # next_seq, to compare retransmissions with; None until the first one
+        "recent",
+        "syn_cand",  # (ISN + 1, window, ws, TSval) of a SYN ignored in the open connection, or None
+        "rst_pending",  # sequence number of a RST at the receiver's acknowledgment, or -1
     )
 
     def __init__(self, conn: Connection, from_client: bool, key: bytes, ts: int) -> None:
@@ -228,6 +291,21 @@ class _Half:
         self.ooo_bytes = 0
         self.fin_seq = -1
         self.last_ack = -1
+        self.gate = 0
+        self.ts_recent = -1
+        self.syn_ts = -1
+        self.ws = -2
+        self.scale = -1
+        self.syn_win = 0
+        self.max_win = 0
+        self.urg_seq = -1
+        self.recent: deque[bytes | memoryview] | None = None
+        self.syn_cand: tuple[int, int, int, int] | None = None
+        self.rst_pending = -1
+
+    def pos(self, seq: int) -> int:
+        """Stream position (0 = the first byte) of sequence number ``seq`` of this started direction."""
+        return self.bytes + self.gap_bytes + ((((seq - self.next_seq) + _HALF32) & _M32) - _HALF32)
 
     def start(self, seq: int) -> None:
         self.next_seq = seq & _M32
@@ -338,6 +416,49 @@ class NullConsumer:
         pass
 
 
+def _tcp_options(mv: memoryview, p: int, end: int) -> tuple[int, int]:
+    """(window scale shift, TSval) from the TCP options ``mv[p:end]``, -1 for each one absent.
+
+    RFC 9293 3.1 (end of list 0, no-operation 1, others kind/length), RFC 7323 2.2 (window scale,
+    kind 3 length 3; a shift above 14 is taken as 14, as Linux does) and 3.2 (timestamps, kind 8
+    length 10).  A malformed option ends the parse, as in Linux tcp_parse_options."""
+    ws = ts = -1
+    while p < end:
+        kind = mv[p]
+        if kind == 0:
+            break
+        if kind == 1:
+            p += 1
+            continue
+        if p + 1 >= end:
+            break
+        ln = mv[p + 1]
+        if ln < 2 or p + ln > end:
+            break
+        if kind == 3 and ln == 3:
+            ws = min(mv[p + 2], 14)
+        elif kind == 8 and ln == 10:
+            ts = _U32(mv, p + 2)[0]
+        p += ln
+    return ws, ts
+
+
+def _negotiate(synack: _Half, syn: _Half) -> None:
+    """After the SYN-ACK: window scaling is in effect when both SYNs carried the option (RFC 7323
+    2.2, else both shifts are 0); PAWS when both carried timestamps (RFC 7323 5.3, Linux
+    tstamp_ok).  Nothing is decided when either SYN's options are unknown."""
+    if synack.ws == -2 or syn.ws == -2 or syn.syn_next < 0:
+        return
+    both = synack.ws >= 0 and syn.ws >= 0
+    synack.scale = synack.ws if both else 0
+    syn.scale = syn.ws if both else 0
+    if synack.syn_ts >= 0 and syn.syn_ts >= 0:
+        for h in (synack, syn):
+            if h.ts_recent < 0:
+                h.ts_recent = h.syn_ts
+            h.gate |= _GATE_PAWS
+
+
 def reverse_key(key: bytes) -> bytes:
     """The 4-tuple key of the opposite direction (12-byte IPv4 or 36-byte IPv6 key)."""
     if len(key) == 12:
@@ -373,7 +494,8 @@ class TCPReassembler:
     end (closes everything still open with reason ``"end"``).
 
     Close reasons: ``"fin"`` (FIN seen in both directions), ``"rst"``, ``"timeout"`` (idle),
-    ``"evicted"`` (flow table full), ``"reused"`` (a new SYN with another ISN on the same 4-tuple),
+    ``"evicted"`` (flow table full), ``"reused"`` (a new SYN with another ISN on the same 4-tuple
+    before any data, or answered by a SYN-ACK),
     ``"end"`` (end of capture).
     """
 
@@ -485,13 +607,21 @@ class TCPReassembler:
         end: int,
         missing: int,
         ts: int,
+        hdr: int = -1,
     ) -> None:
         """Process one TCP segment whose payload is ``mv[start:end]``.
 
         ``half`` is ``self.flows.get(key)`` (the reader has looked it up already); ``missing`` is
         payload the IP header declares but the capture cut off (snap length): it becomes a gap.
+        ``hdr``: offset of the TCP header in ``mv`` (window, urgent pointer and options are read
+        from it), or -1 when there is none (:meth:`feed`).
         """
         self._now = ts
+        if not flags & (ACK | RST | SYN):
+            # RFC 9293 3.10.7.4 (fifth check), Linux tcp_rcv_established / tcp_rcv_state_process:
+            # "if (!th->ack && !th->rst && !th->syn) goto discard"
+            self._no_ack(half, seq, flags, end - start + missing, ts)
+            return
         if half is None:
             if flags & RST:
                 self.stats.count_non_tcp("tcp-rst-without-connection")
@@ -508,73 +638,132 @@ class TCPReassembler:
                 if end > start or missing:
                     self.stats.retransmissions += 1
                 return
-        elif flags & SYN and not flags & ACK:
+        elif flags & SYN:
             seq1 = (seq + 1) & _M32
-            fresh = half.bytes == 0 and half.gap_bytes == 0 and not half.ooo
-            if half.syn_next != seq1 and not (half.started and half.next_seq == seq1 and fresh):
-                # The same 4-tuple with another ISN: a new connection replaces the old one.
-                self._close(half.conn, "reused", ts)
-                self._timewait.pop(half.conn, None)
-                self._forget(half.conn)
-                half = self._create(key, seq, ack, flags, ts)
+            if not flags & ACK:
+                fresh = half.bytes == 0 and half.gap_bytes == 0 and not half.ooo
+                if half.syn_next != seq1 and not (half.started and half.next_seq == seq1 and fresh):
+                    if self._established(half):
+                        self._syn_in_connection(half, seq1, mv, start, end, hdr, ts)
+                        return
+                    # The same 4-tuple with another ISN before any data: a new connection.
+                    self._close(half.conn, "reused", ts)
+                    self._timewait.pop(half.conn, None)
+                    self._forget(half.conn)
+                    half = self._create(key, seq, ack, flags, ts)
+            else:
+                cand = self._peer(half).syn_cand
+                if cand is not None and ack == cand[0]:
+                    # the server accepted the SYN the open connection ignored: its socket was gone
+                    # (the capture missed the end), so this is a new connection after all
+                    half = self._reuse(half, key, ts)
+
+        conn = half.conn
+        n = end - start + missing
+        if half.gate & _GATE_RST and not flags & RST and (n or flags & (SYN | FIN)):
+            self._rst_refuted(half, ts)
+        tsval = ws = -1
+        if hdr >= 0 and start - hdr > 20 and (flags & SYN or half.gate & _GATE_PAWS):
+            ws, tsval = _tcp_options(mv, hdr + 20, start)
+        if tsval >= 0 and half.gate & _GATE_PAWS and not flags & RST:
+            # RFC 7323 5.3, Linux tcp_paws_discard: older than TS.Recent by more than one tick
+            dd = (half.ts_recent - tsval) & _M32
+            if 1 < dd < _HALF32:
+                half.packets += 1
+                if n or flags & FIN:
+                    self._report(half, "tcp-paws-old-timestamp", half.pos(seq), n, ts,
+                                 f"segment with TCP timestamp {tsval}, older than the last accepted "
+                                 f"{half.ts_recent}: a Linux receiver discards it (PAWS, RFC 7323 5); "
+                                 f"its {n} bytes are not inspected")
+                return
+            if dd > 1 and ((seq - half.next_seq + _HALF32) & _M32) <= _HALF32:
+                half.ts_recent = tsval  # RFC 7323 4.3: only from a segment at or before RCV.NXT
 
         half.packets += 1
         half.last_ts = ts
-        conn = half.conn
         if flags & ACK:
             half.last_ack = ack
+            if hdr >= 0 and not flags & SYN:
+                win = _U16(mv, hdr + 14)[0]
+                if win > half.max_win:
+                    half.max_win = win
 
         if flags & RST:
             # RFC 9293 3.10.7.4 / RFC 5961 3.2: checked before the data, whose payload a receiver
             # never takes from a RST segment, acceptable or not.
-            if not self._rst_acceptable(half, seq):
+            if self._rst_acceptable(half, seq):
+                self._rst_close(half, seq, ts)
+            elif self._rst_at_ack(half, seq):
+                # Where the receiver acknowledged bytes the capture lacks: the RST is right if the
+                # capture lost them, forged if the acknowledgment was (a segment sent in the
+                # receiver's name to the attacker, which the receiver never sees).  Decided by what
+                # follows: data on the connection refutes it, silence until the end confirms it.
+                half.rst_pending = seq
+                half.gate |= _GATE_RST
+                self._peer(half).gate |= _GATE_RST
+            else:
                 self._rst_invalid(half, seq, ts)
-                return
-            if conn.closed_first_by_client is None:
-                conn.closed_first_by_client = half.from_client
-            if half.started and half.fin_seq < 0:
-                half.fin_seq = seq  # the stream ended there: bytes before it the capture lacks are a gap
-            self._close(conn, "rst", ts)
             return
 
         if flags & SYN:
             seq1 = (seq + 1) & _M32
+            if not flags & ACK and n:
+                # Linux discards a SYN's data unless TCP Fast Open is on for the listener
+                # (net.ipv4.tcp_fastopen bit 2, off by default): the client sends it again.
+                self._report(half, "tcp-syn-data", 0, n, ts,
+                             f"{n} bytes of data on a SYN: a Linux PACS without TCP Fast Open discards them; "
+                             "not taken as stream data")
+                end = start
+                missing = n = 0
             if half.syn_next == seq1:
                 # retransmitted SYN / SYN-ACK
-                if not (end > start or missing):
+                if not n:
                     self.stats.retransmissions += 1
                     return
             else:
                 half.syn_next = seq1
+                if hdr >= 0:
+                    half.syn_win = _U16(mv, hdr + 14)[0]
+                    half.ws = ws
+                    half.syn_ts = tsval
                 if not half.started or (half.bytes == 0 and half.gap_bytes == 0 and not half.ooo):
                     half.start(seq1)
                 if flags & ACK:
                     peer = self._peer(half)
                     if not peer.started:
                         peer.start(ack)
+                    _negotiate(half, peer)
             seq = seq1
         elif not half.started:
             half.start(seq)
 
-        n = end - start + missing
+        d = ((seq - half.next_seq + _HALF32) & _M32) - _HALF32
+        if d > 0 and n:
+            if d > _MAX_AHEAD:
+                self.stats.out_of_window += 1
+                return
+            if self._beyond_window(half, d, n, ts):
+                return
+        if flags & URG and hdr >= 0:
+            self._urgent_pointer(half, seq, _U16(mv, hdr + 18)[0])
         if n:
-            d = ((seq - half.next_seq + _HALF32) & _M32) - _HALF32
             if d == 0:
                 self._deliver(half, mv[start:end], missing, ts)
                 if half.ooo:
                     self._drain(half, ts, None if missing else mv[start:end])
             elif d > 0:
-                if d > _MAX_AHEAD:
-                    self.stats.out_of_window += 1
-                else:
-                    self._buffer(half, d, mv, start, end, missing, ts)
+                self._buffer(half, d, mv, start, end, missing, ts)
             elif d + n <= 0:
                 self.stats.retransmissions += 1
+                if half.recent:
+                    self._recheck(half, seq, mv[start:end], ts)
             else:
                 # partial overlap with delivered data: deliver only the new tail
                 self.stats.overlaps += 1
                 cut = -d
                 captured = end - start
+                if half.recent:
+                    self._recheck(half, seq, mv[start : start + min(cut, captured)], ts)
                 if cut < captured:
                     self._deliver(half, mv[start + cut : end], missing, ts)
                 else:
@@ -590,27 +779,186 @@ class TCPReassembler:
             if peer.fin_seq >= 0:
                 self._close(conn, "fin", ts)
 
+    # ------------------------------------------------------------------ evasion checks
+
+    def _no_ack(self, half: _Half | None, seq: int, flags: int, n: int, ts: int) -> None:
+        """A segment with neither ACK, RST nor SYN: Linux discards it in every state but LISTEN and
+        SYN-SENT, where it is answered or ignored; it never becomes stream data."""
+        if half is None:
+            self.stats.count_non_tcp("tcp-without-ack")
+            return
+        if half.conn.close_reason is not None:
+            self.stats.late_packets += 1
+            return
+        half.packets += 1
+        half.last_ts = ts
+        if n or flags & FIN:
+            what = f"{n} bytes" + (" and a FIN" if flags & FIN else "") if n else "a FIN"
+            self._report(half, "tcp-no-ack", half.pos(seq) if half.started else 0, n, ts,
+                         f"segment without the ACK flag carrying {what}: a Linux receiver discards it "
+                         "(RFC 9293 3.10.7.4); not taken as stream data")
+
+    def _established(self, half: _Half) -> bool:
+        """Both directions started, data seen, and neither FIN nor RST: a Linux receiver is in
+        ESTABLISHED (or CLOSE-WAIT), where a SYN gets a challenge ACK (RFC 5961 4.2)."""
+        peer = self._peer(half)
+        if half.fin_seq >= 0 or peer.fin_seq >= 0 or not (half.started and peer.started):
+            return False
+        return bool(half.bytes or half.gap_bytes or half.ooo or peer.bytes or peer.gap_bytes or peer.ooo)
+
+    def _syn_in_connection(
+        self, half: _Half, seq1: int, mv: memoryview, start: int, end: int, hdr: int, ts: int
+    ) -> None:
+        """RFC 5961 4.2 (Linux tcp_validate_incoming "syn_challenge"): the SYN is answered with a
+        challenge ACK and dropped, the connection goes on.  Kept as a candidate: if the other side
+        answers it with a SYN-ACK, its socket was gone and a new connection starts (:meth:`_reuse`)."""
+        half.packets += 1
+        half.last_ts = ts
+        if hdr >= 0:
+            ws, tsval = _tcp_options(mv, hdr + 20, start) if start - hdr > 20 else (-1, -1)
+            half.syn_cand = (seq1, _U16(mv, hdr + 14)[0], ws, tsval)
+        else:
+            half.syn_cand = (seq1, 0, -2, -1)
+        isn = (seq1 - 1) & _M32
+        self._report(half, "tcp-syn-in-connection", half.bytes + half.gap_bytes, end - start, ts,
+                     f"SYN with ISN {isn} in an open connection (next expected {half.next_seq}): a Linux "
+                     "receiver answers with a challenge ACK and keeps the connection (RFC 5961 4), "
+                     "so the sensor keeps inspecting it")
+
+    def _reuse(self, half: _Half, key: bytes, ts: int) -> _Half:
+        """The peer's SYN that the open connection ignored was answered by this SYN-ACK: close the
+        old connection ("reused") and start the new one with that SYN; returns this side's half."""
+        peer = self._peer(half)
+        assert peer.syn_cand is not None
+        seq1, win, ws, tsval = peer.syn_cand
+        conn = half.conn
+        self._close(conn, "reused", ts)
+        self._timewait.pop(conn, None)
+        self._forget(conn)
+        syn = self._create(peer.key, (seq1 - 1) & _M32, 0, SYN, ts)
+        syn.syn_next = seq1
+        syn.syn_win, syn.ws, syn.syn_ts = win, ws, tsval
+        syn.start(seq1)
+        syn.packets = 1
+        return self.flows[key]
+
+    def _beyond_window(self, half: _Half, d: int, n: int, ts: int) -> bool:
+        """RFC 9293 3.10.7.4 (first check), Linux tcp_sequence / tcp_data_queue: a segment starting
+        at or beyond RCV.NXT + RCV.WND is dropped.  The window is the largest the receiver ever
+        advertised (scaled, RFC 7323 2.3): a window it never offered cannot be in force, and a
+        forged smaller one cannot make the sensor drop what the receiver takes.  Not checked while
+        unknown: the handshake was not seen, or the receiver sent nothing after its SYN yet (a
+        capture of one direction only would otherwise freeze the window at the SYN's)."""
+        peer = self._peer(half)
+        if peer.scale < 0 or not peer.max_win:
+            return False
+        wnd = peer.max_win << peer.scale
+        if peer.syn_win > wnd:
+            wnd = peer.syn_win
+        if d < wnd:
+            return False
+        self.stats.out_of_window += 1
+        self._report(half, "tcp-beyond-window", half.bytes + half.gap_bytes + d, n, ts,
+                     f"{n} bytes {d:,} bytes ahead of the next expected, beyond the largest receive window "
+                     f"the receiver advertised ({wnd:,} bytes): a Linux receiver discards them; not inspected")
+        return True
+
+    def _urgent_pointer(self, half: _Half, seq: int, urp: int) -> None:
+        """Linux tcp_check_urg (BSD urgent pointer: it points one past the urgent byte): note the
+        urgent byte unless it was already passed or a later one is pending."""
+        if not half.started:
+            return
+        ptr = (seq + urp - 1 if urp else seq) & _M32
+        if ((ptr - half.next_seq) & _M32) >= _HALF32:
+            return  # before RCV.NXT: "do not replay urg ptr"
+        if half.urg_seq >= 0 and not 0 < ((ptr - half.urg_seq) & _M32) < _HALF32:
+            return  # a newer (or the same) urgent pointer is pending
+        half.urg_seq = ptr
+        half.gate |= _GATE_URG
+
+    def _take_urgent(self, half: _Half, data: memoryview | bytes, i: int, ts: int) -> None:
+        """Deliver ``data`` without its byte ``i``, the urgent byte: Linux without SO_OOBINLINE
+        (which DICOM toolkits do not set) skips it in tcp_recvmsg; it is read only with MSG_OOB."""
+        pos = half.bytes + half.gap_bytes + i
+        urgent = data[i]
+        if i:
+            self._pass(half, data[:i], ts)
+        half.next_seq = (half.next_seq + 1) & _M32
+        half.bytes += 1  # a position in the stream, though the consumer does not get it
+        half.recent = None  # what is remembered must end at next_seq
+        half.urg_seq = -1
+        half.gate &= ~_GATE_URG
+        self._report(half, "tcp-urgent-data", pos, 1, ts,
+                     f"urgent byte 0x{urgent:02x} (URG) at stream offset {pos}: a Linux receiver without "
+                     "SO_OOBINLINE takes it out of the stream; the sensor does the same")
+        if i + 1 < len(data):
+            self._pass(half, data[i + 1 :], ts)
+
+    def _recheck(self, half: _Half, seq: int, data: memoryview | bytes, ts: int) -> None:
+        """A retransmission of delivered data: compare it with the recently delivered segments it
+        overlaps and report the first difference (the delivered bytes stay: Linux keeps them)."""
+        n = len(data)
+        assert half.recent is not None
+        cend = half.next_seq
+        for chunk in reversed(half.recent):
+            cseq = (cend - len(chunk)) & _M32
+            cend = cseq
+            off = ((seq - cseq + _HALF32) & _M32) - _HALF32  # position of data in chunk
+            lo = off if off > 0 else 0
+            hi = min(len(chunk), off + n)
+            if lo >= hi:
+                continue
+            mine, kept = bytes(data[lo - off : hi - off]), bytes(chunk[lo:hi])
+            if mine != kept:
+                i = next(k for k in range(hi - lo) if mine[k] != kept[k])
+                pos = half.pos((cseq + lo + i) & _M32)
+                self._report(half, "tcp-retransmission-different-data", pos, hi - lo - i, ts,
+                             f"retransmitted TCP segment differs in {hi - lo - i} bytes from stream offset {pos}: "
+                             f"kept {kept[i : i + 16].hex()} (delivered first, what a Linux receiver keeps), "
+                             f"dropped {mine[i : i + 16].hex()}")
+                return
+
+    def _rst_close(self, half: _Half, seq: int, ts: int) -> None:
+        conn = half.conn
+        if conn.closed_first_by_client is None:
+            conn.closed_first_by_client = half.from_client
+        if half.started and half.fin_seq < 0:
+            half.fin_seq = seq  # the stream ended there: bytes before it the capture lacks are a gap
+        self._close(conn, "rst", ts)
+
+    def _rst_refuted(self, half: _Half, ts: int) -> None:
+        """The connection went on after a RST at the receiver's acknowledgment: that RST did not
+        reset it (the acknowledgment was forged or stale), as a challenge ACK would show."""
+        peer = self._peer(half)
+        sender = half if half.rst_pending >= 0 else peer
+        seq = sender.rst_pending
+        half.gate &= ~_GATE_RST
+        peer.gate &= ~_GATE_RST
+        half.rst_pending = peer.rst_pending = -1
+        if seq >= 0:
+            self._rst_invalid(sender, seq, ts, " (where the other side had acknowledged, but the connection "
+                              "went on: that acknowledgment never reached the sender or was forged)")
+
+    def _rst_at_ack(self, half: _Half, seq: int) -> bool:
+        """A RST at what the receiver acknowledged ahead of the sensor's next expected byte."""
+        acked = self._peer(half).last_ack
+        return acked == seq and 0 < ((acked - half.next_seq) & _M32) < _MAX_AHEAD
+
     # ------------------------------------------------------------------ internals
 
     def _rst_acceptable(self, half: _Half, seq: int) -> bool:
-        """RFC 5961 3.2 as Linux applies it: a RST resets only at exactly RCV.NXT.  The observer's
-        RCV.NXT is the next sequence number it expects, one past the sender's FIN, or what the
-        receiver last acknowledged when that is ahead of it (the capture lacks bytes the receiver
-        got; an acknowledgment behind it is stale: the receiver has had those bytes since, and a RST
-        sent there before the ACK caught up is dropped).  A direction that sent nothing yet (a
-        refused SYN, a mid-stream start) has nothing to check against."""
-        nxt = half.next_seq
-        if not half.started or seq == nxt:
+        """RFC 5961 3.2 as Linux applies it: a RST resets only at exactly RCV.NXT, which for the
+        observer is the next sequence number it expects or one past the sender's FIN.  A direction
+        that sent nothing yet (a refused SYN, a mid-stream start) has nothing to check against.
+        (A RST at what the receiver acknowledged beyond that waits to be confirmed: segment().)"""
+        if not half.started or seq == half.next_seq:
             return True
-        if half.fin_seq >= 0 and seq == (half.fin_seq + 1) & _M32:
-            return True
-        acked = self._peer(half).last_ack
-        return acked == seq and 0 < ((acked - nxt) & _M32) < _MAX_AHEAD
+        return half.fin_seq >= 0 and seq == (half.fin_seq + 1) & _M32
 
-    def _rst_invalid(self, half: _Half, seq: int, ts: int) -> None:
+    def _rst_invalid(self, half: _Half, seq: int, ts: int, why: str = "") -> None:
         d = ((seq - half.next_seq + _HALF32) & _M32) - _HALF32
         self._report(half, "tcp-rst-invalid", half.bytes + half.gap_bytes, 0, ts,
-                     f"RST with sequence number {seq}, {d:+,} bytes from the next expected {half.next_seq}: a "
+                     f"RST with sequence number {seq}, {d:+,} bytes from the next expected {half.next_seq}{why}: a "
                      "Linux receiver does not reset the connection (RFC 5961 3.2); it is still inspected")
 
     def _report(self, half: _Half, what: str, offset: int, length: int, ts: int, detail: str) -> None:
@@ -685,15 +1033,33 @@ class TCPReassembler:
         return mine
 
     def _deliver(self, half: _Half, data: memoryview | bytes, missing: int, ts: int) -> None:
+        """Deliver in-order ``data``, then ``missing`` bytes as a gap."""
         k = len(data)
         if k:
-            half.next_seq = (half.next_seq + k) & _M32
-            half.bytes += k
-            self.on_data(half.conn, half.from_client, data, ts)
+            if half.gate & _GATE_URG and (half.urg_seq - half.next_seq) & _M32 < k:
+                self._take_urgent(half, data, (half.urg_seq - half.next_seq) & _M32, ts)
+            else:
+                self._pass(half, data, ts)
         if missing > 0:
             self._gap(half, missing)
 
+    def _pass(self, half: _Half, data: memoryview | bytes, ts: int) -> None:
+        """Hand in-order ``data`` (non-empty) to the consumer and remember it for retransmission
+        checks (the reader's fast path does the same inline)."""
+        k = len(data)
+        half.next_seq = (half.next_seq + k) & _M32
+        half.bytes += k
+        self.on_data(half.conn, half.from_client, data, ts)
+        rc = half.recent
+        if rc is None:
+            rc = half.recent = deque((), RECENT_SEGMENTS)
+        rc.append(data)
+
     def _gap(self, half: _Half, nbytes: int) -> None:
+        half.recent = None  # what is remembered must end at next_seq
+        if half.gate & _GATE_URG and (half.urg_seq - half.next_seq) & _M32 < nbytes:
+            half.urg_seq = -1  # the urgent byte is in what the capture lacks
+            half.gate &= ~_GATE_URG
         half.next_seq = (half.next_seq + nbytes) & _M32
         half.gap_bytes += nbytes
         st = self.stats
@@ -776,11 +1142,22 @@ class TCPReassembler:
     def _close(self, conn: Connection, reason: str, ts: int, from_queue: bool = True) -> None:
         c2s, s2c = conn._c2s, conn._s2c
         assert c2s is not None and s2c is not None
+        if reason in ("end", "timeout", "evicted", "reused"):
+            for h in (c2s, s2c):
+                if h.rst_pending >= 0:
+                    # nothing refuted the RST at the receiver's acknowledgment: it was the end
+                    if conn.closed_first_by_client is None:
+                        conn.closed_first_by_client = h.from_client
+                    if h.started and h.fin_seq < 0:
+                        h.fin_seq = h.rst_pending
+                    if reason != "evicted":
+                        reason = "rst"
         self._flush(c2s, ts)
         self._flush(s2c, ts)
         conn.close_reason = reason
         c2s.next_seq = -1
         s2c.next_seq = -1
+        c2s.recent = s2c.recent = None  # views of the capture: let it go
         st = self.stats
         st.payload_bytes += c2s.bytes + s2c.bytes
         st.close_reasons[reason] = st.close_reasons.get(reason, 0) + 1
