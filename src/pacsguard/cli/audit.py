@@ -310,7 +310,7 @@ def prove(
     inclusion proof, listed fields, patient and time, and that an html page shows what it carries;
     with --checkpoint, against a witness's copy. Exit 1 if anything does not hold, 6 if the witness
     saw another tree where the report's should be (forked)."""
-    from pacsguard.atna.report import FORMAT, load_report, page_problems
+    from pacsguard.atna.report import FORMAT, OLD_FORMATS, load_report, page_problems
     from pacsguard.atna.report import prove as check
     from pacsguard.cli.common import console
     from pacsguard.store import keys
@@ -321,6 +321,14 @@ def prove(
         data = load_report(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
+    except RecursionError:  # Python's JSON reader stops at its recursion limit (RFC 8259 section 9)
+        raise fail(f"{report}: not a saved report (its JSON is nested deeper than pacsguard reads)") from None
+    if data.get("format") not in (FORMAT, *OLD_FORMATS):
+        # Any JSON object is not a report: docs/audit.md gives exit 2 for a file that is not one, and
+        # keeps exit 1 for a report that does not hold (an old format's is refused by `check`).
+        named = data.get("format")
+        what = "it names no format" if named is None else f"its format is {str(named)[:60]!r}"
+        raise fail(f"{report}: not a saved report ({what}; a report's is {FORMAT})") from None
     public = keys.load_public_key(key)
     findings = [("report", p) for p in [*check(data, public), *page_problems(text, data)]]
     notes: list[str] = []

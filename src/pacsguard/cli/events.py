@@ -16,7 +16,7 @@ from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_s
 from pacsguard.cli.layout import Column, Layout, layout_for, terminal_width, write_lines
 
 if TYPE_CHECKING:
-    from pacsguard.store import StoredEvent
+    from pacsguard.store import EventQuery, EventStore, StoredEvent
 
 app = App(name="events", no_args_is_help=True, help="Search and follow the event store.")
 
@@ -67,10 +67,25 @@ def search(
                        since=_when(since, "since"), until=_when(until, "until"), limit=limit + 1)
     es = open_store(load(config, required=store is None), store)
     try:
-        found = list(es.search(query))
+        found = read_events(es, query)
     finally:
         es.close()
     print_limited(found, limit, fmt, "events search")
+
+
+def read_events(es: EventStore, query: EventQuery) -> list[StoredEvent]:
+    """The events ``query`` finds. A stored event whose record is framed right but does not decode as
+    an Event (a damaged or edited row: no writer of pacsguard stores one) is an error that says
+    where the search stopped and what to run, not an internal error."""
+    found: list[StoredEvent] = []
+    try:
+        for row in es.search(query):
+            found.append(row)
+    except (ValueError, LookupError, TypeError) as exc:
+        where = f"the event read after #{found[-1].seq}" if found else "the first event read"
+        raise fail(f"{es.name}: the store is damaged: {where} does not decode as an event "
+                   f"({type(exc).__name__}: {exc}); run `pacsguard audit verify` to see which rows are") from None
+    return found
 
 
 def print_limited(found: list[StoredEvent], limit: int, fmt: Format, command: str) -> None:
@@ -100,7 +115,7 @@ def tail(
 
     es = open_store(load(config, required=store is None), store)
     try:
-        newest = list(es.search(EventQuery(kind=kind, limit=count, newest_first=True)))[::-1] if count else []
+        newest = read_events(es, EventQuery(kind=kind, limit=count, newest_first=True))[::-1] if count else []
         if not follow:
             _print(newest, fmt)
             return
@@ -112,7 +127,7 @@ def tail(
         last = newest[-1].seq if newest else es.size() - 1
         while True:
             time.sleep(interval)
-            batch = list(es.search(EventQuery(kind=kind, after_seq=last, limit=1000)))
+            batch = read_events(es, EventQuery(kind=kind, after_seq=last, limit=1000))
             if batch:
                 _stream(batch, fmt, layout)
                 last = batch[-1].seq

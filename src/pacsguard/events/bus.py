@@ -36,6 +36,11 @@ from pacsguard.events.subscription import Subscription
 
 log = logging.getLogger("pacsguard.events")
 
+#: While one part keeps failing, its error line (with the latest error) is repeated at most this
+#: often (seconds), with the count of attempts since: a line per retry (every 2 s) fills the log of
+#: a long outage, and with a full disk the disk that the outage is about.
+REPEAT_LOG_S = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class WriteStats:
@@ -103,6 +108,8 @@ class EventBus:
         self._dropped = 0
         self._failing_since: float | None = None
         self._errors: dict[str, str] = {}  # what fails ("sink", "journal") -> its latest error
+        # what fails -> (when its error line was logged, failed attempts not logged since)
+        self._logged: dict[str, tuple[float, int]] = {}
         self._error = ""
         self._failure_lock = threading.Lock()
         self._listeners: tuple[WriteListener, ...] = ()
@@ -285,10 +292,24 @@ class EventBus:
                 self._failing_since = time.time()
             self._error = self._errors[what] = f"{what}: {exc or type(exc).__name__}"
             self._failing = True
-        log.error("event %s failed, %d events kept for retry: %s", what, len(self._queue), exc)
+            unlogged = self._unlogged(what)
+        if unlogged is not None:
+            again = f" ({unlogged} more failed attempts since the last line)" if unlogged else ""
+            log.error("event %s failed, %d events kept for retry: %s%s", what, len(self._queue), exc, again)
         health = self.health()
         for listener in self._listeners:
             listener.failed(health)
+
+    def _unlogged(self, what: str) -> int | None:
+        """When this failure of ``what`` is to be logged (its first, or REPEAT_LOG_S after the last
+        line), the failed attempts not logged since; None to stay quiet. Under the failure lock."""
+        now = time.monotonic()
+        last = self._logged.get(what)
+        if last is None or now - last[0] >= REPEAT_LOG_S:
+            self._logged[what] = (now, 0)
+            return 0 if last is None else last[1]
+        self._logged[what] = (last[0], last[1] + 1)
+        return None
 
     def succeeded(self, what: str) -> None:
         """``what`` was written; when nothing else fails, the bus has recovered."""
@@ -296,6 +317,7 @@ class EventBus:
             return
         with self._failure_lock:
             self._errors.pop(what, None)
+            self._logged.pop(what, None)
             if self._errors or not self._failing:
                 return
             health = self.health()

@@ -41,6 +41,11 @@ log = logging.getLogger("pacsguard.events")
 TRUNCATE_AT = 1 << 20
 #: Zero-filled room allocated ahead of the lines, at a time.
 PREALLOCATE = 2 << 20
+#: Room a failed journal must have ahead of its lines again before it counts as writable (`probe`):
+#: a few batches of events, so the next append does not fail on allocating at once.
+PROBE_ROOM = 64 << 10
+#: Longest wait between two attempts while the journal fails (seconds).
+RETRY_MAX = 2.0
 
 
 class Journal:
@@ -72,6 +77,15 @@ class Journal:
             self._zero(self.size, len(data))
             raise
         self.size += len(data)
+
+    def probe(self) -> None:
+        """Check, without writing an event, that appends work again after one failed: room for
+        the next lines is allocated (as `append` allocates it) and a zero byte where they go is
+        written and synced. OSError as `append` raises it; the lines are not touched."""
+        if self.size + PROBE_ROOM > self.capacity:
+            self._allocate(self.size + PROBE_ROOM)
+        os.pwrite(self._fd, b"\0", self.size)  # within the zero-filled room: the file reads the same
+        os.fdatasync(self._fd)
 
     def _allocate(self, needed: int) -> None:
         """Zero-fill the file up to past ``needed`` and sync it with its new size (OSError when
@@ -145,7 +159,9 @@ class JournalWriter:
     """The bus's journal thread. Events published since its last append wait in ``pending``; when a
     publisher hurries, it appends them all at once (group commit: one fdatasync for every
     association waiting) and reports the new durable count. Events the sink took meanwhile are
-    not journaled at all. A failed append is retried, sooner while the outage is young."""
+    not journaled at all. A failed append is retried, sooner while the outage is young; once the
+    sink holds everything the journal could not take, the journal is probed instead (`Journal.probe`),
+    and only a write that works again ends its failure: the sink taking the events does not."""
 
     def __init__(self, journal: Journal, bus: EventBus, *, journaled: int) -> None:
         self.journal = journal
@@ -154,6 +170,7 @@ class JournalWriter:
         self.pending: deque[tuple[int, Event]] = deque()  # (ticket, event), appended by publishers
         self.wake = threading.Event()
         self._stop = threading.Event()
+        self._failing = False  # an append or probe failed, and none has worked since
         self._thread = threading.Thread(target=self._run, name="pacsguard-event-journal", daemon=True)
         self._thread.start()
 
@@ -178,17 +195,36 @@ class JournalWriter:
             hurried = self.wake.wait(self.bus.max_delay)
             self.wake.clear()
             self._forget_written()
-            if not self.pending:
-                self.bus.succeeded("journal")  # the sink holds all: a failed append no longer matters
-            if hurried and self.pending and not self._append():
+            if not self._attempt(hurried):
                 if self._stop.wait(backoff):
                     return
-                backoff = min(backoff * 2, 2.0)
-                self.wake.set()  # someone still waits: try again
+                backoff = min(backoff * 2, RETRY_MAX)
+                self.wake.set()  # someone still waits, or the journal is still to be proven: try again
                 continue
             backoff = 0.05
             if self.journal.size > TRUNCATE_AT and self.bus.written >= self.journaled:
                 self._empty()
+
+    def _attempt(self, hurried: bool) -> bool:
+        """Append what waits when someone hurries (or a failed append is retried). A failed journal
+        whose events the sink took meanwhile is probed: it stays failed, and the bus with it, until
+        a write works, else the bus would say "recovered" while appends still fail, then "failed"
+        at the next one, in a loop that lasts as long as the disk stays full."""
+        if self.pending and (hurried or self._failing):
+            return self._append()
+        if self._failing:
+            return self._probe()
+        return True
+
+    def _probe(self) -> bool:
+        try:
+            self.journal.probe()
+        except OSError as exc:
+            self.bus.failed("journal", exc)
+            return False
+        self._failing = False
+        self.bus.succeeded("journal")
+        return True
 
     def _forget_written(self) -> None:
         written = self.bus.written
@@ -204,8 +240,10 @@ class JournalWriter:
             self.journal.append([event for _, event in batch])
         except OSError as exc:
             self.pending.extendleft(reversed(batch))
+            self._failing = True
             self.bus.failed("journal", exc)
             return False
+        self._failing = False
         self.journaled = batch[-1][0]
         self.bus.succeeded("journal")
         self.bus.report_durable()

@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy import Connection, Row, Table, func, select
 
 from pacsguard.events.model import Event
+from pacsguard.store.columns import ae_key, host_key, kind_key, optional, study_keys, user_key
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
 from pacsguard.store.merkle import leaf_hash
 from pacsguard.store.schema import event_batches, event_patients, event_studies, event_terms, events
@@ -41,9 +42,18 @@ class _Departure(Exception):
     """Something the forensic reading must look at."""
 
 
+def _as_written(r: Row[Any]) -> bool:
+    """Whether a row's seq, body and leaf have the types pacsguard writes: SQLite keeps whatever an
+    UPDATE writes (a real seq, a text leaf), which the forensic reading names as a finding."""
+    return (isinstance(r.seq, int) and not isinstance(r.seq, bool) and isinstance(r.body, str)
+            and isinstance(r.leaf, (bytes, memoryview)))
+
+
 def columns_of(ev: Event) -> dict[str, Any]:
-    return {"patient_id": placed_by(ev.patient_ids), "time_us": ev.time_us, "kind": ev.kind,
-            "actor_ae": ev.actor.ae_title, "actor_host": ev.actor.host, "actor_user": ev.actor.user}
+    """The search columns as the store writes them from the sealed event (keyed as columns.py says)."""
+    return {"patient_id": placed_by(ev.patient_ids), "time_us": ev.time_us, "kind": kind_key(ev.kind),
+            "actor_ae": optional(ae_key, ev.actor.ae_title), "actor_host": optional(host_key, ev.actor.host),
+            "actor_user": optional(user_key, ev.actor.user)}
 
 
 def terms_of(ev: Event) -> Terms:
@@ -57,6 +67,10 @@ def clean_chain(conn: Connection, expected: int, progress: Callable[[int, int], 
     try:
         return _Reading(conn, expected, progress).run()
     except _Departure:
+        return None
+    except TypeError:
+        # An index or batch column edited to another type (text where a seq belongs): a departure
+        # like any other, which the forensic reading names.
         return None
 
 
@@ -82,6 +96,8 @@ class _Reading:
         bucket: int | None = None
         rows: list[_Sealed] = []
         for n, r in enumerate(result):
+            if not _as_written(r):
+                raise _Departure
             b = bucket_of(r.seq)
             if b != bucket:
                 if bucket is not None:
@@ -101,6 +117,7 @@ class _Reading:
 
     @staticmethod
     def _row(r: Row[Any]) -> _Sealed:
+        # _as_written(r) holds: seq an integer, body text, leaf bytes.
         body = r.body.encode()
         leaf = leaf_hash(body)
         if leaf != bytes(r.leaf):
@@ -115,7 +132,8 @@ class _Reading:
         if seq != r.seq or r.place != place_of(seq, cols["patient_id"]) \
                 or any(getattr(r, name) != cols[name] for name in COLUMNS):
             raise _Departure
-        return seq, prev, leaf, set(other_patients(event.patient_ids)), set(event.study_uids), terms_of(event)
+        others, studies = set(other_patients(event.patient_ids)), set(study_keys(event.study_uids))
+        return seq, prev, leaf, others, studies, terms_of(event)
 
     def _bucket(self, bucket: int, rows: list[_Sealed]) -> None:
         rows.sort(key=lambda row: row[0])

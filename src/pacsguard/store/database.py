@@ -255,7 +255,38 @@ def _state(conn: Connection, where: str, *, create: bool) -> str:
                          "damaged (a cut file?); restore it from a backup and verify that")
     if fmt != STORE_FORMAT:
         raise StoreError(f"{where}: not a pacsguard store (format {fmt!r})")
-    return "current" if _revisions(conn, tables) == [HEAD_REVISION] else "old"
+    if _revisions(conn, tables) == [HEAD_REVISION]:
+        return "current"
+    # Only on this path, so opening a current store stays one query: a damaged version table
+    # reads as no revision or a wrong one, and must not send the administrator to `migrate`.
+    _refuse_damaged(conn, where, tables & {"alembic_version", meta.name})
+    return "old"
+
+
+#: Findings of SQLite's quick_check shown in the message (it lists up to 100).
+_SHOWN_FINDINGS = 3
+
+
+def _refuse_damaged(conn: Connection, where: str, tables: set[str]) -> None:
+    """StoreError with SQLite's own findings when its page check (PRAGMA quick_check, sqlite.org
+    pragma.html#pragma_quick_check) finds ``tables`` damaged: the records the revision is read from,
+    so a refused old store is not read page by page at every start. PostgreSQL checks its pages
+    itself and fails the query that meets a damaged one."""
+    if conn.dialect.name != "sqlite":
+        return
+    found: list[str] = []
+    for table in sorted(tables):
+        found += [line for row in conn.exec_driver_sql(f'PRAGMA quick_check("{table}")')
+                  for line in str(row[0]).splitlines()]
+    # "ok" per table when clean; "*** in database main ***" heads a list: a title, not a finding.
+    findings = [f for f in found if f != "ok" and not f.startswith("*** ")]
+    if not findings:
+        return
+    more = f" and {len(findings) - _SHOWN_FINDINGS} more" if len(findings) > _SHOWN_FINDINGS else ""
+    raise StoreError(f"{where}: the database is damaged (SQLite's quick_check: "
+                     f"{'; '.join(findings[:_SHOWN_FINDINGS])}{more}): its schema revision cannot be trusted "
+                     "and a damaged store is not migrated; restore the store from a backup and run "
+                     "`pacsguard audit verify` on it")
 
 
 def _revisions(conn: Connection, tables: set[str]) -> list[str]:

@@ -32,6 +32,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from pacsguard.store.columns import patient_key, study_key, study_keys, term_key
+
 #: Events per bucket of the patient and study indexes (2^16 = 65,536): a batch of 20,000 events
 #: touches at most a bucket's worth of index pages; 2^19 measured 45k instead of 57k events/s.
 BUCKET_BITS = 16
@@ -68,16 +70,18 @@ def patient_run(bucket: int, patient_id: str) -> tuple[int, int]:
 
 
 def placed_by(patient_ids: Sequence[str]) -> str | None:
-    """The patient an event is placed by and listed under in the events table: its first."""
-    return patient_ids[0] if patient_ids else None
+    """The patient an event is placed by and listed under in the events table: its first, as the
+    column holds it (columns.py: a key for one too long or holding U+0000)."""
+    return patient_key(patient_ids[0]) if patient_ids else None
 
 
 def other_patients(patient_ids: Sequence[str]) -> tuple[str, ...]:
-    """An event's patient IDs after its first (the one it is placed by), each once."""
+    """An event's patient IDs after its first (the one it is placed by), each once, as
+    event_patients holds them (columns.py)."""
     if len(patient_ids) < 2:
         return ()
-    first = patient_ids[0]
-    return tuple(p for p in dict.fromkeys(patient_ids[1:]) if p != first)
+    first = patient_key(patient_ids[0])
+    return tuple(p for p in dict.fromkeys(patient_key(p) for p in patient_ids[1:]) if p != first)
 
 
 def buckets_upto(size: int) -> list[int]:
@@ -108,9 +112,9 @@ class BatchIndex:
         offsets.append(seq - self.first_seq)
         self.times.append(time_us)
         if len(study_uids) == 1:
-            self.studies.append((seq >> BUCKET_BITS, study_uids[0], seq))
+            self.studies.append((seq >> BUCKET_BITS, study_key(study_uids[0]), seq))
         elif study_uids:
-            self.studies.extend((seq >> BUCKET_BITS, uid, seq) for uid in dict.fromkeys(study_uids))
+            self.studies.extend((seq >> BUCKET_BITS, uid, seq) for uid in study_keys(study_uids))
         if len(patient_ids) > 1:
             self.patients.extend((seq >> BUCKET_BITS, pid, seq) for pid in other_patients(patient_ids))
         return place_of(seq, placed_by(patient_ids))
@@ -132,13 +136,27 @@ class BatchIndex:
                          ACTOR + host if host and host != ae_title else None,
                          ACTOR + user if user and user != ae_title and user != host else None):
                 if term is not None:
-                    postings.setdefault(term, []).extend(offsets)
+                    postings.setdefault(term_key(term), []).extend(offsets)
         bucket = bucket_of(self.first_seq)
         return [(bucket, term, self.first_seq, _little_endian(array("I", sorted(offsets))))
                 for term, offsets in postings.items()]
 
 
+#: Bytes per offset of a posting list (unsigned 32-bit, little endian).
+OFFSET_BYTES = 4
+
+
 def decode_postings(first_seq: int, blob: bytes) -> list[int]:
+    """The seqs a term row lists. ValueError, saying what is wrong, when the row cannot be one that
+    `term_rows` wrote (a damaged page or a hand edit): a blob that is not whole offsets, or values
+    of the wrong type (SQLite keeps whatever type a row was given)."""
+    if not isinstance(first_seq, int) or isinstance(first_seq, bool):
+        raise ValueError(f"its first seq is {first_seq!r}, not an integer")
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"its posting list is {type(blob).__name__}, not bytes")
+    if len(blob) % OFFSET_BYTES:
+        raise ValueError(f"its posting list is {len(blob)} bytes long, not a whole number of "
+                         f"{OFFSET_BYTES}-byte offsets")
     offsets = array("I")
     offsets.frombytes(blob)
     if _BIG_ENDIAN:

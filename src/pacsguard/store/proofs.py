@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from pacsguard.store.errors import StoreError
 from pacsguard.store.merkle import node_hash
 from pacsguard.store.schema import events
 from pacsguard.store.store import Checkpoint, EventStore
@@ -33,8 +34,8 @@ def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpo
     if not wanted:
         return []
     with store.engine.connect() as conn:
-        leaves = [bytes(leaf) for leaf in conn.execute(
-            select(events.c.leaf).where(events.c.seq < size).order_by(events.c.seq)).scalars()]
+        leaves = [_leaf(seq, leaf, store.name) for seq, leaf in conn.execute(
+            select(events.c.seq, events.c.leaf).where(events.c.seq < size).order_by(events.c.seq))]
         bodies = dict(conn.execute(select(events.c.seq, events.c.body).where(events.c.seq.in_(wanted))).all())
     if len(leaves) != size:
         # Rows are missing: no path can be computed; the proofs of what remains will fail to verify.
@@ -42,6 +43,15 @@ def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpo
     levels = _levels(leaves)
     return [InclusionProof(seq, size, bodies.get(seq, ""), tuple(_path(seq, size, levels, leaves)))
             for seq in wanted]
+
+
+def _leaf(seq: int, leaf: object, store: str) -> bytes:
+    """A stored leaf hash; one of another type (SQLite keeps whatever an UPDATE writes) is named,
+    not a crash: no proof can be computed over it."""
+    if not isinstance(leaf, (bytes, memoryview)):
+        raise StoreError(f"{store}: event #{seq}'s leaf column holds {str(leaf)[:40]!r} ({type(leaf).__name__}), not a "
+                         "hash: the store was edited outside pacsguard; run `pacsguard audit verify`")
+    return bytes(leaf)
 
 
 def _levels(leaves: list[bytes]) -> list[list[bytes]]:

@@ -16,6 +16,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.engine import Connection
 
+from pacsguard.store.columns import ae_key, host_key, kind_key, patient_key, study_key, term_key, user_key
+from pacsguard.store.database import describe
+from pacsguard.store.errors import StoreError
 from pacsguard.store.index import ACTOR, KIND, bucket_of, buckets_upto, decode_postings, patient_run
 from pacsguard.store.schema import event_batches, event_patients, event_studies, event_terms, events, tree_state
 
@@ -44,12 +47,45 @@ class EventQuery:
 
 
 def select_events(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
-    """(seq, sealed body) of the matching events, in seq order (or newest first), up to q.limit."""
+    """(seq, sealed body) of the matching events, in seq order (or newest first), up to q.limit.
+    StoreError, naming the row, when a body is not a sealed record (the store is damaged)."""
+    for seq, body in _select(conn, q):
+        yield seq, _sealed(conn, seq, body)
+
+
+#: How every sealed record begins, and what follows its event (pacsguard.store.store seals them so).
+_SEALED_START = '{"event":'
+_SEALED_PREV = ',"prev":"'
+
+
+def _sealed(conn: Connection, seq: int, body: object) -> str:
+    """``body`` when it has the sealed record's frame (two string checks: readers cut the event out
+    by that frame rather than parse the envelope); a damaged row is refused by name, not left to
+    fail later as an internal error."""
+    if isinstance(body, str) and body.startswith(_SEALED_START) and body.rfind(_SEALED_PREV) > len(_SEALED_START):
+        return body
+    # The length and type only: a body holds patient data, which an error line should not echo.
+    found = f"{len(body)} characters" if isinstance(body, str) else f"a value of type {type(body).__name__}"
+    raise damaged(conn, f"events row #{seq}: its body is not a sealed record ({found} without its frame)")
+
+
+def damaged(conn: Connection, what: str) -> StoreError:
+    """The error for a row no writer of pacsguard could have stored: the store is damaged or edited
+    (docs/store.md: `audit verify` tells what else is)."""
+    where = describe(conn.engine.url.render_as_string(hide_password=True))
+    return StoreError(f"{where}: the store is damaged: {what}; run `pacsguard audit verify` to see what "
+                      "else is, and restore a backup")
+
+
+def _select(conn: Connection, q: EventQuery) -> Iterator[tuple[int, str]]:
     if q.limit is not None and q.limit <= 0:
         return
+    if q.kind is not None and q.kind.endswith("*") and "\x00" in q.kind:
+        return  # no stored kind begins so: columns.py keys one holding U+0000 (and PostgreSQL cannot be asked)
     exact = _row_filter(q)
     if q.patient is not None:
-        yield from _by_patient(conn, q, q.patient, exact)
+        # Columns and index keys hold what columns.py makes of a value: the search asks for the same.
+        yield from _by_patient(conn, q, patient_key(q.patient), exact)
         return
     candidates = _candidates(conn, q)
     if candidates is None:
@@ -93,7 +129,7 @@ def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Condition
         exact.append(events.c.seq > q.after_seq)
     if q.study is not None:
         exact.append(events.c.seq.in_(select(event_studies.c.seq).where(
-            event_studies.c.study_uid == q.study, event_studies.c.bucket.in_(buckets))))
+            event_studies.c.study_uid == study_key(q.study), event_studies.c.bucket.in_(buckets))))
     if q.newest_first:
         buckets.reverse()
 
@@ -118,7 +154,10 @@ def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Condition
 
 def _buckets(conn: Connection) -> list[int]:
     """Every bucket the store has events in now."""
-    return buckets_upto(conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0)
+    size = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar() or 0
+    if not isinstance(size, int):
+        raise damaged(conn, f"tree_state.size holds {str(size)[:40]!r}, not a count of events")
+    return buckets_upto(size)
 
 
 def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
@@ -131,22 +170,26 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
 
     if q.study is not None:
         narrow(set(conn.execute(select(event_studies.c.seq).where(
-            event_studies.c.bucket.in_(_buckets(conn)), event_studies.c.study_uid == q.study)).scalars()))
+            event_studies.c.bucket.in_(_buckets(conn)), event_studies.c.study_uid == study_key(q.study))).scalars()))
     if q.actor is not None and (found is None or len(found) > _FETCH):
-        narrow(_postings(conn, event_terms.c.term == ACTOR + q.actor))
+        narrow(_postings(conn, event_terms.c.term == term_key(ACTOR + q.actor)))
     if q.kind is not None and (found is None or len(found) > _FETCH):
         if q.kind.endswith("*"):
             prefix = KIND + q.kind[:-1]
             narrow(_postings(conn, and_(event_terms.c.term >= prefix, event_terms.c.term < prefix + "\U0010ffff")))
         else:
-            narrow(_postings(conn, event_terms.c.term == KIND + q.kind))
+            narrow(_postings(conn, event_terms.c.term == term_key(KIND + q.kind)))
     return found
 
 
 def _postings(conn: Connection, term_clause: ColumnElement[bool]) -> set[int]:
     out: set[int] = set()
-    for first_seq, blob in conn.execute(select(event_terms.c.first_seq, event_terms.c.seqs).where(term_clause)):
-        out.update(decode_postings(first_seq, blob))
+    rows = conn.execute(select(event_terms.c.term, event_terms.c.first_seq, event_terms.c.seqs).where(term_clause))
+    for term, first_seq, blob in rows:
+        try:
+            out.update(decode_postings(first_seq, blob))
+        except ValueError as exc:
+            raise damaged(conn, f"event_terms row of term {term!r} (first seq {first_seq!r}): {exc}") from None
     return out
 
 
@@ -176,12 +219,13 @@ def _row_filter(q: EventQuery) -> _Conditions:
     """The filters as conditions on the events rows (the index may over-select, never under)."""
     out: _Conditions = []
     if q.actor is not None:
-        out.append(or_(events.c.actor_ae == q.actor, events.c.actor_host == q.actor, events.c.actor_user == q.actor))
+        out.append(or_(events.c.actor_ae == ae_key(q.actor), events.c.actor_host == host_key(q.actor),
+                       events.c.actor_user == user_key(q.actor)))
     if q.kind is not None:
         if q.kind.endswith("*"):
             out.append(events.c.kind.startswith(q.kind[:-1], autoescape=True))
         else:
-            out.append(events.c.kind == q.kind)
+            out.append(events.c.kind == kind_key(q.kind))
     if q.since is not None:
         out.append(events.c.time_us >= bound_us(q.since))
     if q.until is not None:

@@ -16,15 +16,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
+from pacsguard.store.columns import REFUSALS, ae_key, append_refusing, host_key, kind_key, optional, user_key
 from pacsguard.store.database import WRITE, check_or_create, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
@@ -41,7 +42,7 @@ from pacsguard.store.schema import (
     meta,
     tree_state,
 )
-from pacsguard.store.search import EventQuery, select_events
+from pacsguard.store.search import EventQuery, damaged, select_events
 
 GENESIS_PREV = bytes(HASH_SIZE)
 log = logging.getLogger("pacsguard.store")
@@ -97,6 +98,7 @@ class EventStore:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         check_or_create(self.engine, self.url, create=create, initialise=_initialise)
+        self._damaged = self._check_head()
         paramstyle = self.engine.dialect.paramstyle
         self._insert_event, self._insert_patient, self._insert_study, self._insert_term, self._insert_batch = (
             _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,
@@ -121,6 +123,30 @@ class EventStore:
         except OperationalError as exc:
             raise StoreError(f"{self.name}: {exc.orig}") from None
 
+    def _check_head(self) -> str | None:
+        """What is wrong with the tree head as the store opens (None: nothing), logged at once. Only a
+        hint: another writer may append between the reads, so each append and checkpoint checks again
+        in its own transaction, which decides (RFC 9162 2.1.1: the frontier holds the tree's
+        perfect-subtree roots, whose root the next checkpoint signs)."""
+        try:
+            with self.engine.connect() as conn:
+                state = conn.execute(select(tree_state).where(tree_state.c.id == 1)).one_or_none()
+                problem = "the tree head (tree_state) is missing" if state is None else _head_damage(conn, state)
+        except DBAPIError:
+            return None  # unreadable: reading and writing report that themselves, naming the error
+        if problem is not None:
+            log.warning("%s: the tree head looks damaged (%s): appends and checkpoints will be refused while it "
+                        "is; run `pacsguard audit verify`", self.name, problem)
+        return problem
+
+    def _refuse_damaged(self, conn: Connection, state: Row[Any]) -> None:
+        """Within the writer's transaction (tree_state locked: no other writer moves the head): refuse
+        a damaged head, so that nothing is chained to it and no root of no stored tree is signed."""
+        self._damaged = _head_damage(conn, state)
+        if self._damaged is not None:
+            raise StoreError(f"{self.name}: the tree head is damaged ({self._damaged}); refusing to append or "
+                             "sign: run `pacsguard audit verify` and restore the store from a backup")
+
     # --- writing -------------------------------------------------------------------------------
 
     def emit(self, batch: Sequence[Event]) -> None:
@@ -135,6 +161,10 @@ class EventStore:
             try:
                 with self._writer.begin() as conn:
                     size = self._append(conn, batch)
+            except REFUSALS:
+                # What an event holds, not the database's state, failed: retried whole, the batch
+                # would fail for ever and stall every later event (columns.py).
+                size = self._append_refusing(batch)
             except DBAPIError as exc:
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
         if self._signing_key is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
@@ -146,9 +176,19 @@ class EventStore:
                 log.warning("%s: checkpoint after a write failed: %s", self.name, exc)
         return size
 
+    def _append_refusing(self, batch: Sequence[Event]) -> int:
+        """Store the batch without the events the database refuses, a refusal record in the place of
+        each (columns.append_refusing), in one transaction."""
+        try:
+            with self._writer.begin() as conn:
+                return append_refusing(conn, batch, self._append)[0]
+        except DBAPIError as exc:
+            raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
+
     def _append(self, conn: Connection, batch: Sequence[Event]) -> int:
         # FOR UPDATE serialises writers on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
         state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
+        self._refuse_damaged(conn, state)
         frontier = Frontier.from_bytes(state.size, state.frontier)
         prev, first = state.last_leaf, int(state.size)
         rows = []
@@ -164,8 +204,9 @@ class EventStore:
             patients = ev.patient_ids
             place = index(seq, time_us, ev.kind, actor.ae_title, actor.host, actor.user, patients, ev.study_uids)
             # Column order of schema.events.
-            rows.append((place, seq, placed_by(patients), time_us, ev.kind, actor.ae_title,
-                         actor.host, actor.user, body, prev))
+            # Column copies as columns.py keys them; the body keeps every value as it is.
+            rows.append((place, seq, placed_by(patients), time_us, kind_key(ev.kind), optional(ae_key, actor.ae_title),
+                         optional(host_key, actor.host), optional(user_key, actor.user), body, prev))
         seq = first + len(rows)
         rows.sort()  # in place order the B-tree takes the batch in one sweep
         # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
@@ -189,6 +230,7 @@ class EventStore:
         with self._lock, self._begin() as conn:
             self._last_checkpoint = time.monotonic()
             state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
+            self._refuse_damaged(conn, state)
             last = conn.execute(select(func.max(checkpoints.c.tree_size))).scalar()
             if state.size == 0 or last == state.size:
                 return None
@@ -225,7 +267,13 @@ class EventStore:
             self._timer.join()
         try:
             if self._signing_key is not None:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except StoreError as exc:
+                    if self._damaged is None:
+                        raise
+                    # A damaged head is never signed; closing still releases the database.
+                    log.warning("%s: no final checkpoint: %s", self.name, exc)
         finally:
             try:
                 for listener in self._listeners:
@@ -243,7 +291,11 @@ class EventStore:
     def checkpoints(self) -> list[Checkpoint]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size)).all()
-        return [Checkpoint(r.tree_size, r.root, r.time_us, r.key_id, r.signature) for r in rows]
+        # A row edited to hold another type (a root as text) proves nothing: left out here, named
+        # by `audit verify` (verify.py reads the rows itself).
+        return [Checkpoint(r.tree_size, r.root, r.time_us, r.key_id, r.signature) for r in rows
+                if _int(r.tree_size) and _int(r.time_us) is not None and isinstance(r.root, bytes)
+                and len(r.root) == HASH_SIZE and isinstance(r.signature, bytes) and isinstance(r.key_id, str)]
 
     def leaves(self, start: int, end: int) -> list[bytes]:
         """The stored leaf hashes of events #start..#end-1, in seq order (for consistency proofs)."""
@@ -255,7 +307,12 @@ class EventStore:
     def search(self, query: EventQuery) -> Iterator[StoredEvent]:
         with self.engine.connect() as conn:
             for seq, body in select_events(conn, query):
-                yield StoredEvent(seq, Event.from_json(_event_part(body)))
+                try:
+                    event = Event.from_json(_event_part(body))
+                except (ValueError, LookupError, TypeError) as exc:
+                    raise damaged(conn, f"events row #{seq}: its event does not decode "
+                                        f"({type(exc).__name__})") from None
+                yield StoredEvent(seq, event)
 
 
 def _sign_on_timer(ref: weakref.ref[EventStore], closing: threading.Event) -> None:
@@ -286,6 +343,41 @@ def _sign_on_timer(ref: weakref.ref[EventStore], closing: threading.Event) -> No
             store._last_checkpoint = time.monotonic()
             log.warning("%s: timed checkpoint failed: %s", store.name, exc)
         del store
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _head_damage(conn: Connection, state: Row[Any]) -> str | None:
+    """The cheap checks of the tree head, made before each append and checkpoint: a size that is a
+    count, a frontier of one hash per set bit of it, the last leaf that of the newest event, no
+    event past the head; with an odd size the frontier's last node is that leaf itself; with a
+    checkpoint at the head's size, the frontier's root is its root. None: as the writer left it (a
+    frontier edited within these bounds is found by `audit verify`)."""
+    size, frontier, last = state.size, state.frontier, state.last_leaf
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"tree_state.size holds {size!r}, not a count of events"
+    if not isinstance(frontier, bytes) or len(frontier) != bin(size).count("1") * HASH_SIZE:
+        return f"tree_state.frontier is not the {bin(size).count('1')} hashes a tree of {size} events has"
+    newest = conn.execute(select(events.c.seq, events.c.leaf).where(events.c.seq >= size - 1)
+                          .order_by(events.c.seq).limit(2)).all()
+    if size == 0:
+        expected = GENESIS_PREV if not newest else None
+    else:
+        expected = newest[0].leaf if newest and newest[0].seq == size - 1 and len(newest) == 1 else None
+    if expected is None:
+        return (f"the tree head counts {size} events but the stored events end elsewhere"
+                f" (newest #{newest[-1].seq})" if newest else f"the tree head counts {size} events but none is stored")
+    if last != expected:
+        return f"tree_state.last_leaf is not the leaf of event #{size - 1}" if size else \
+            "tree_state.last_leaf of the empty tree is not the genesis value"
+    if size & 1 and frontier[-HASH_SIZE:] != expected:
+        return f"tree_state.frontier does not end with the leaf of event #{size - 1}"
+    signed = conn.execute(select(checkpoints.c.root).where(checkpoints.c.tree_size == size)).scalar()
+    if isinstance(signed, bytes) and Frontier.from_bytes(size, frontier).root() != signed:
+        return f"tree_state.frontier does not give the root signed at size {size}"
+    return None
 
 
 def _initialise(conn: Connection) -> None:

@@ -11,9 +11,15 @@ How each tampering shows (the sealed record of event n is {"event", "prev", "seq
 - inserted: a row whose sealed record is not in the chain (a second claimant for n, or a forgery);
 - reordered: sealed event n is stored at another position;
 - truncated: a checkpoint or the tree head counts more events than are stored;
+- tree head: tree_state (size, frontier, last leaf) is not what the stored events give: the writer
+  would chain the next event to a wrong predecessor or sign a root of no stored tree;
 - inserted past the head: a sealed event beyond the size the tree head counts;
 - checkpoint: its Ed25519 signature fails with the key it names, it names another key than the one
-  given (each checkpoint records its key's fingerprint), or its root differs from the recomputed tree.
+  given (each checkpoint records its key's fingerprint), or its root differs from the recomputed tree
+  (events rewritten when the signature verifies, the checkpoint row edited when it does not).
+A deleted event's leaf hash is still known from the next event's seal, so the tree, the
+checkpoints and the witnesses are checked past it. A column holding a value of a type pacsguard
+never writes (SQLite keeps whatever is written) is a finding naming the column, not a crash.
 Events after the newest checkpoint are protected by the chain only: an attacker holding the
 database can rewrite that tail consistently, which is why checkpoints are frequent and exported.
 """
@@ -33,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from pacsguard.events.model import Event
 from pacsguard.store import keys
 from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of, terms_of
+from pacsguard.store.columns import study_keys
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
 from pacsguard.store.merkle import Frontier, leaf_hash
@@ -45,12 +52,12 @@ from pacsguard.store.schema import (
     events,
     tree_state,
 )
-from pacsguard.store.store import GENESIS_PREV, EventStore, checkpoint_message
+from pacsguard.store.store import GENESIS_PREV, Checkpoint, EventStore, checkpoint_message
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # modified | deleted | inserted | reordered | truncated | checkpoint | index | database
+    kind: str  # modified | deleted | inserted | reordered | truncated | tree head | checkpoint | index | database
     seq: int | None
     message: str
 
@@ -74,6 +81,9 @@ class VerifyReport:
     #: witnessed checkpoints are compared with (store/witnessed.py). Not part of the JSON report.
     chain: list[bytes] = field(default_factory=list, repr=False)
     head_size: int | None = None
+    #: The first event whose leaf hash is lost (it and its successor deleted): the chain ends there
+    #: although later events remain, so what lies past it cannot be recomputed (not in the JSON).
+    lost: int | None = field(default=None, repr=False)
     witnesses: list[dict[str, Any]] = field(default_factory=list)  # what each witness held (witnessed.py)
 
     @property
@@ -127,18 +137,89 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
         raise StoreError(f"{store.name}: cannot read the store to verify it: {exc.orig or exc}; the "
                          "database is damaged (restore it from a backup and verify that)") from None
     size = len(chain)
-    report.chain, report.head_size = chain, head.size if head is not None else None
+    head_size = _as_int(head.size) if head is not None else None
+    report.chain, report.head_size = chain, head_size
     if head is None:
         report.findings.append(Finding("truncated", None, "the tree head (tree_state) is missing"))
-    elif head.size < size:
+    elif head_size is None or head_size < 0:
+        report.findings.append(Finding("tree head", None, f"tree_state.size holds {_shown_value(head.size)}, not a "
+                                       "count of events: the tree head was edited outside pacsguard"))
+    elif head_size < size:
         report.findings.extend(Finding("inserted", seq, f"event #{seq} lies past the tree head, which counts "
-                                       f"{head.size} events: it was appended behind pacsguard's back (inserted)")
-                               for seq in range(head.size, size))
-    elif head.size > size:
-        report.findings.append(Finding("truncated", size, f"the tree head counts {head.size} events but only "
-                                       f"{size} are stored: events #{size}..#{head.size - 1} were removed"))
-    _check_checkpoints(chain, cps, public_key, report)
+                                       f"{head_size} events: it was appended behind pacsguard's back (inserted)")
+                               for seq in range(head_size, size))
+    elif head_size > size and report.lost is None:
+        report.findings.append(Finding("truncated", size, f"the tree head counts {head_size} events but only "
+                                       f"{size} are stored: events #{size}..#{head_size - 1} were removed"))
+    frontier = _check_checkpoints(chain, cps, public_key, report)
+    if head is not None and head_size is not None and 0 <= head_size <= size:
+        report.findings.extend(_check_head(chain, head_size, head, frontier))
     return report
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer column as stored, or None: SQLite keeps whatever type an UPDATE writes (a real,
+    text), which pacsguard never writes itself."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _as_blob(value: Any, size: int | None = None) -> bytes | None:
+    """A binary column as stored (of ``size`` bytes if given), or None for text or a number."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    blob = bytes(value)
+    return blob if size is None or len(blob) == size else None
+
+
+def _shown_value(value: Any) -> str:
+    """A stored value and its type, for a finding: "'x' (text)", "5.5 (real)"."""
+    kind = {str: "text", float: "real", int: "integer", bytes: "blob", type(None): "NULL"}.get(type(value), "value")
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} ({kind})"
+
+
+def _check_head(chain: list[bytes], size: int, head: Row[Any], frontier: Frontier) -> list[Finding]:
+    """The tree head (tree_state) against the stored events: its frontier must be the RFC 9162
+    (2.1.1) perfect-subtree roots of leaves #0..#size-1 and its last leaf that of event #size-1,
+    since the writer chains the next event to the one and signs the root of the other.
+    ``frontier`` is the tree built so far by the checkpoint check (reused: the leaves are hashed once)."""
+    if frontier.size > size:
+        frontier = Frontier()
+    while frontier.size < size - 1:
+        frontier.append(chain[frontier.size])
+    before_last = frontier.copy()
+    if frontier.size < size:
+        frontier.append(chain[size - 1])
+    stored_frontier, last_leaf = _as_blob(head.frontier), _as_blob(head.last_leaf, 32)
+    expected_last = chain[size - 1] if size else GENESIS_PREV
+    frontier_ok, last_ok = stored_frontier == frontier.to_bytes(), last_leaf == expected_last
+    if frontier_ok and last_ok:
+        return []
+    if size and not last_ok and last_leaf is not None:
+        # The head holds another leaf for the newest event, and its frontier agrees with that
+        # leaf: the head is as the writer left it, the event's row was re-hashed since.
+        as_sealed = before_last.copy()
+        as_sealed.append(last_leaf)
+        if stored_frontier == as_sealed.to_bytes():
+            return [Finding("modified", size - 1, f"event #{size - 1}: its sealed record was edited and re-hashed: "
+                            "the tree head (tree_state.last_leaf and frontier) recorded another leaf for it when it "
+                            "was sealed")]
+    what = []
+    if not last_ok:
+        what.append(f"tree_state.last_leaf holds {_shown_hash(head.last_leaf)}, not the leaf of event #{size - 1} "
+                    "(the next event would seal a wrong predecessor)" if size else
+                    f"tree_state.last_leaf holds {_shown_hash(head.last_leaf)}, not the genesis value of an empty tree")
+    if not frontier_ok:
+        what.append(f"tree_state.frontier ({_shown_hash(head.frontier)}) is not the tree of events "
+                    f"#0..#{size - 1} (the next checkpoint would sign a root of no stored tree)")
+    return [Finding("tree head", None, "the tree head was edited outside pacsguard: " + "; ".join(what))]
+
+
+def _shown_hash(value: Any) -> str:
+    blob = _as_blob(value)
+    if blob is None:
+        return _shown_value(value)
+    return f"{len(blob)} bytes {blob.hex()[:16]}..." if blob else "0 bytes"
 
 
 def _database_damage(conn: Connection) -> list[Finding]:
@@ -166,6 +247,9 @@ def _forensic_chain(conn: Connection, expected: int, progress: Callable[[int, in
     terms = conn.execute(select(event_terms)).all()
     report.events = len(rows)
     chain = _reconstruct_chain(rows, report.findings)
+    sealed = [row.sealed_seq for row in rows if row.sealed_seq is not None]
+    if sealed and len(chain) <= max(sealed):
+        report.lost = len(chain)
     _check_indexes(rows, index_pat, index_std, report.findings)
     report.findings.extend(Finding("index", r.position, r.misplaced) for r in rows if r.misplaced)
     _check_batches(rows, batches, terms, report.findings)
@@ -181,9 +265,13 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
     for n, r in enumerate(result):
         problems: list[str] = []
         diffs: list[tuple[str, Any, Any]] = []
-        body_bytes = r.body.encode()
+        if isinstance(r.body, str):
+            body_bytes = r.body.encode()
+        else:  # pacsguard writes text; the record was replaced by a value of another type
+            body_bytes = b""
+            problems.append(f"its body column holds {_shown_value(r.body)}, not a sealed record")
         leaf = leaf_hash(body_bytes)
-        leaf_ok = leaf == bytes(r.leaf)
+        leaf_ok = leaf == _as_blob(r.leaf)
         sealed_seq: int | None = None
         prev: bytes | None = None
         sealed_terms: Terms | None = None
@@ -194,18 +282,27 @@ def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], N
             sealed = orjson.loads(body_bytes)
             sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
             event = Event.from_dict(sealed["event"])
-            patients, studies = other_patients(event.patient_ids), tuple(dict.fromkeys(event.study_uids))
+            patients, studies = other_patients(event.patient_ids), study_keys(event.study_uids)
             sealed_terms = terms_of(event)
             expected_cols = columns_of(event)
-            place = place_of(r.seq, expected_cols["patient_id"])
-            if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
-                misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
-                             "first patient put it: a search by patient would miss it")
             diffs = [(name, getattr(r, name), expected_cols[name]) for name in COLUMNS
                      if getattr(r, name) != expected_cols[name]]
+            seq_column = _as_int(r.seq)
+            if seq_column is None:  # a seq of another type (5.5, text): edited outside pacsguard
+                diffs.append(("seq", r.seq, sealed_seq))
+            else:
+                place = place_of(seq_column, expected_cols["patient_id"])
+                if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
+                    misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
+                                 "first patient put it: a search by patient would miss it")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"its sealed record is not valid ({exc})")
-        out.append(_Row(r.seq, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms,
+            if body_bytes:
+                problems.append(f"its sealed record is not valid ({exc})")
+        # The row's position is its seq column; one of another type stands at the seq it sealed.
+        position = _as_int(r.seq)
+        if position is None:
+            position = sealed_seq if sealed_seq is not None else -1 - n
+        out.append(_Row(position, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms,
                         misplaced))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
@@ -233,8 +330,15 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
     for seq in range(last + 1):
         rows_for = claimants.get(seq, [])
         if not rows_for:
-            findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted)"))
-            prev_leaf = None
+            prev_leaf = _sealed_by_successor(claimants.get(seq + 1, []))
+            if prev_leaf is not None and len(chain) == seq:
+                # The next event sealed this one's leaf hash: the tree, the checkpoints and the
+                # witnesses are still checked past the gap (a gap, not a cut tail).
+                chain.append(prev_leaf)
+                findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted); event #{seq + 1} "
+                                        "sealed its hash, so the events and checkpoints past it are still checked"))
+            else:
+                findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted)"))
             continue
         genuine = genuine_of[seq] = _choose(rows_for, prev_leaf, referenced)
         for other in rows_for:
@@ -253,6 +357,13 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
         if what:
             findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(what)))
     return chain
+
+
+def _sealed_by_successor(successors: list[_Row]) -> bytes | None:
+    """The leaf hash of a deleted event as the event after it sealed it (its "prev"); None when no
+    row, or rows that disagree, claim to follow it."""
+    sealed = {row.prev for row in successors if row.prev is not None}
+    return sealed.pop() if len(sealed) == 1 else None
 
 
 def _modification(seq: int, row: _Row, next_prev: bytes | None) -> list[str]:
@@ -294,6 +405,10 @@ def _index_digest(conn: Connection, table: Table, column: Column[str],
                   findings: list[Finding]) -> dict[int, set[str]]:
     out: dict[int, set[str]] = defaultdict(set)
     for bucket, value, seq in conn.execute(select(table.c.bucket, column, table.c.seq)):
+        if _as_int(seq) is None:
+            findings.append(Finding("index", None, f"the {table.name} row of {value!r} has seq {_shown_value(seq)}, "
+                                    "not an event number: it was edited outside pacsguard"))
+            continue
         out[seq].add(value)
         if bucket != bucket_of(seq):
             findings.append(Finding("index", seq, f"the {table.name} row of {value!r} for event #{seq} is in bucket "
@@ -321,16 +436,25 @@ def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequenc
     """The batch time ranges must tile the stored events, and the term postings of each batch must be
     exactly what its sealed events say (index.py builds both the same way for the store)."""
     expected: dict[tuple[str, int], tuple[int, bytes]] = {}
+    # By seq: after a deleted event, list positions no longer equal seqs (an outside tester saw
+    # every later batch's term rows reported as not carried).
+    by_seq = {row.position: row for row in rows}
+    unchecked: set[int] = set()  # batches with a missing or unreadable event: their term rows too
     covered = 0
     for b in batches:
+        if _as_int(b.first_seq) is None or _as_int(b.last_seq) is None:
+            findings.append(Finding("index", None, f"event_batches: the batch row #{_shown_value(b.first_seq)}..#"
+                                    f"{_shown_value(b.last_seq)} does not hold event numbers: it was edited outside "
+                                    "pacsguard"))
+            continue
         if b.first_seq != covered or b.last_seq < b.first_seq:
             findings.append(Finding("index", b.first_seq, f"event_batches: the batch #{b.first_seq}..#{b.last_seq} "
                                     f"does not start where the one before ended (#{covered})"))
         covered = max(covered, b.last_seq + 1)
-        sealed = [rows[s].terms_of if s < len(rows) and rows[s].position == s else None
-                  for s in range(b.first_seq, b.last_seq + 1)]
+        sealed = [by_seq[s].terms_of if s in by_seq else None for s in range(b.first_seq, b.last_seq + 1)]
         members = [m for m in sealed if m is not None]
         if len(members) != len(sealed):
+            unchecked.add(b.first_seq)
             continue  # a missing or unreadable event: reported by the chain check
         idx = BatchIndex(b.first_seq)
         for seq, m in enumerate(members, b.first_seq):
@@ -340,16 +464,19 @@ def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequenc
                                     f"#{b.last_seq} was changed (time-range searches would miss events)"))
         for bucket, term, first_seq, blob in idx.term_rows():
             expected[(term, first_seq)] = (bucket, blob)
-    if covered < len(rows):
-        findings.append(Finding("index", covered, f"event_batches: events #{covered}..#{len(rows) - 1} are in no "
+    end = max(by_seq, default=-1) + 1
+    if covered < end:
+        findings.append(Finding("index", covered, f"event_batches: events #{covered}..#{end - 1} are in no "
                                 "batch (time-range searches would miss them)"))
     for t in terms:
         key = (t.term, t.first_seq)
         want = expected.pop(key, None)
+        if want is None and t.first_seq in unchecked:
+            continue
         if want is None:
             findings.append(Finding("index", t.first_seq, f"event_terms: {t.term!r} is listed for batch "
                                     f"#{t.first_seq}, whose sealed events do not carry it"))
-        elif (t.bucket, bytes(t.seqs)) != want:
+        elif (t.bucket, _as_blob(t.seqs)) != want:
             findings.append(Finding("index", t.first_seq, f"event_terms: the events listed for {t.term!r} in batch "
                                     f"#{t.first_seq} differ from the sealed events"))
     for term, first_seq in expected:
@@ -358,37 +485,88 @@ def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequenc
 
 
 def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: Ed25519PublicKey | None,
-                       report: VerifyReport) -> None:
+                       report: VerifyReport) -> Frontier:
     """Each checkpoint's Ed25519 signature (RFC 8032) and, separately, its root against the tree
     recomputed from the stored events (RFC 9162 2.1): a forged signature and rewritten events are
-    different findings."""
+    different findings. Returns the tree as far as it was built (the tree head's check goes on)."""
     report.checkpoints = len(cps)
     frontier = Frontier()
     given = keys.key_id(public_key) if public_key is not None else None
     report.key_id = given
-    for cp in cps:
+    beyond_gap: list[int] = []
+    for row in cps:
+        cp = _checkpoint_of(row, report.findings)
+        if cp is None:
+            continue
         signature = _signature(cp, public_key, given, report.findings)
         root_ok: bool | None = None
-        if cp.tree_size > len(chain):
+        if cp.tree_size > len(chain) and report.lost is not None:
+            beyond_gap.append(cp.tree_size)
+        elif cp.tree_size > len(chain):
             report.findings.append(Finding("truncated", len(chain), f"checkpoint at size {cp.tree_size} sealed "
                                            f"{cp.tree_size} events but only {len(chain)} remain in order: events "
                                            f"#{len(chain)}..#{cp.tree_size - 1} were removed"))
         else:
             while frontier.size < cp.tree_size:
                 frontier.append(chain[frontier.size])
-            root_ok = frontier.root() == cp.root
+            recomputed = frontier.root()
+            root_ok = recomputed == cp.root
             if not root_ok:
-                report.findings.append(Finding("checkpoint", cp.tree_size, f"checkpoint at size {cp.tree_size}: the "
-                                               "signed root differs from the tree recomputed from the stored events "
-                                               "(events before it were rewritten)"))
+                report.findings.append(_root_differs(cp, recomputed, signature, public_key))
         report.newest_checkpoint = cp.tree_size
         report.newest_checkpoint_key = cp.key_id or None
         report.newest_checkpoint_signature = signature
         report.newest_checkpoint_root_ok = root_ok
         report.newest_checkpoint_valid = signature == "valid" and root_ok is True
+    if beyond_gap:
+        report.findings.append(Finding("deleted", report.lost, f"{len(beyond_gap)} checkpoint(s), at size "
+                                       f"{beyond_gap[0]}..{beyond_gap[-1]}, cannot be checked: event #{report.lost} "
+                                       "and the one after it are missing, so its leaf hash is lost (see the "
+                                       "deleted events)"))
+    return frontier
 
 
-def _signature(cp: Row[Any], public_key: Ed25519PublicKey | None, given: str | None,
+def _checkpoint_of(row: Row[Any], findings: list[Finding]) -> Checkpoint | None:
+    """A checkpoint row with the types pacsguard writes; None (and a finding naming the column) for a
+    row edited to hold another type, e.g. a root as text."""
+    size, time_us = _as_int(row.tree_size), _as_int(row.time_us)
+    root, signature = _as_blob(row.root, 32), _as_blob(row.signature)
+    wrong = [(name, value, what) for name, value, ok, what in (
+        ("tree_size", row.tree_size, size is not None, "a count of events"),
+        ("root", row.root, root is not None, "a 32-byte hash"),
+        ("time_us", row.time_us, time_us is not None, "a time in microseconds"),
+        ("signature", row.signature, signature is not None, "a signature"),
+        ("key_id", row.key_id, isinstance(row.key_id, str), "a key fingerprint")) if not ok]
+    if size is None or root is None or time_us is None or signature is None or not isinstance(row.key_id, str):
+        findings.append(Finding("checkpoint", size, f"the checkpoint row at size {_shown_value(row.tree_size)} was "
+                                "edited outside pacsguard: " + "; ".join(f"column {name} holds {_shown_value(value)}, "
+                                                                         f"not {what}" for name, value, what in wrong)))
+        return None
+    return Checkpoint(size, root, time_us, row.key_id, signature)
+
+
+def _root_differs(cp: Checkpoint, recomputed: bytes, signature: str,
+                  public_key: Ed25519PublicKey | None) -> Finding:
+    """A root that differs from the stored events' tree: the events were rewritten only if the
+    signature over that root verifies; when it fails, the checkpoint row is what was edited."""
+    at = f"checkpoint at size {cp.tree_size}"
+    if signature == "valid":
+        return Finding("checkpoint", cp.tree_size, f"{at}: the signed root differs from the tree recomputed from the "
+                       "stored events (events before it were rewritten)")
+    if public_key is not None and keys.verify_signature(public_key, cp.signature,
+                                                        checkpoint_message(cp.tree_size, recomputed, cp.time_us)):
+        return Finding("checkpoint", cp.tree_size, f"{at}: its root column was edited: the signature verifies over "
+                       "the root recomputed from the stored events, which are as signed")
+    if signature == "invalid":
+        return Finding("checkpoint", cp.tree_size, f"{at}: the checkpoint row was edited (its signature fails and its "
+                       "root is not the tree of the stored events); the events are not blamed from it alone (compare "
+                       "the other checkpoints and `audit verify --witness`)")
+    return Finding("checkpoint", cp.tree_size, f"{at}: its root differs from the tree recomputed from the stored "
+                   "events: events before it were rewritten, or the checkpoint row was edited (verify with its "
+                   "key to tell which)")
+
+
+def _signature(cp: Checkpoint, public_key: Ed25519PublicKey | None, given: str | None,
                findings: list[Finding]) -> str:
     """"valid", "invalid" (fails with the key it names), "other key" (it names another key than the one
     given, so it could not be checked) or "unchecked" (no key given); findings for all but "valid"."""

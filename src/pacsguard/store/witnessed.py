@@ -14,7 +14,10 @@ fall short of what was witnessed has its own finding and exit code:
 | `forked`             | 6    | the events up to a witnessed size hash to another root: rewritten    |
 |                      |      | after the witness saw them (re-signed if the store's own checkpoint  |
 |                      |      | at that size verifies)                                               |
-| `witness`            | 1    | a witnessed checkpoint whose signature fails with the log's key      |
+| `witness`            | 1    | a witnessed checkpoint whose signature fails with the log's key, or  |
+|                      |      | none of this log's key while the witness or the store holds some:    |
+|                      |      | the witness saw another log, or the store was re-signed with a new   |
+|                      |      | key                                                                  |
 
 When several apply, verify exits with the highest code.
 """
@@ -51,6 +54,15 @@ def check_witnessed(report: VerifyReport, stored: Sequence[Checkpoint], witnesse
                    if log is None or cp.key_id == log}.values(), key=lambda cp: cp.tree_size)
     report.witnesses.append({"source": source, "log": log, "checkpoints": len(held),
                              "newest": held[-1].tree_size if held else None})
+    if not held and (witnessed or stored):
+        # What `audit prove` says of such a copy too (docs/audit.md): nothing of this log to prove
+        # against is no proof; a store re-signed with a new key looks exactly like this (a witness
+        # service, asked for this log only, then answers that it knows none).
+        report.findings.append(_other_log(witnessed, log, report.chain, source) if witnessed else
+                               Finding("witness", None, f"{source} holds no checkpoint of log {log}, the store's, "
+                                       f"which signed {len(stored)}: the witness never saw this log (none was "
+                                       "delivered to it), or the store was re-signed with a new key"))
+        return
     trusted: list[Checkpoint] = []
     for cp in held:
         if key is not None and not signed_by(cp, key):
@@ -78,8 +90,32 @@ def check_witnessed(report: VerifyReport, stored: Sequence[Checkpoint], witnesse
                                        f"{len(deleted)} checkpoint(s) the store lacks, at size {sizes}: the "
                                        "events still match them, so the checkpoints were deleted"))
     beyond = [cp for cp in trusted if cp.tree_size > size]
-    if beyond:
+    if beyond and report.lost is not None:
+        # Not a cut tail: the chain breaks at deleted events whose hashes are lost, later ones remain.
+        report.findings.append(Finding("deleted", report.lost, f"{source} saw the log at size "
+                                       f"{beyond[-1].tree_size}; the store's events past the missing event "
+                                       f"#{report.lost} cannot be compared with it (its leaf hash is lost)"))
+    elif beyond:
         report.findings.append(_shorter(beyond[-1], size, max([report.head_size or 0, *own]), source))
+
+
+def _other_log(witnessed: Sequence[Checkpoint], log: str | None, chain: Sequence[bytes], source: str) -> Finding:
+    """The witness holds checkpoints, but none of the key the store is verified with. Their roots are
+    compared with the stored events (unverified: the key that signed them is not at hand) to say
+    whether the events too differ from what the witness saw."""
+    logs = sorted({cp.key_id for cp in witnessed})
+    newest = max(witnessed, key=lambda cp: cp.tree_size)
+    tree = LeafTree(chain)
+    if newest.tree_size > len(chain):
+        events = f"it saw {newest.tree_size} events, the store holds {len(chain)}"
+    elif tree.root(0, newest.tree_size) == newest.root:
+        events = f"the stored events still hash to the root it saw at size {newest.tree_size}"
+    else:
+        events = (f"the stored events #0..#{newest.tree_size - 1} hash to another root than the one it saw: "
+                  "they were rewritten")
+    return Finding("witness", None, f"{source} holds {len(witnessed)} checkpoint(s) of log {', '.join(logs)}, none "
+                   f"signed by key {log}, the store's: it saw another log, or the store was re-signed with a new "
+                   f"key; {events} (verify with --key and that log's public key to check them)")
 
 
 def _when(cp: Checkpoint) -> str:

@@ -6,7 +6,6 @@ witness's lines, a witness service's ledger lines (statement plus countersignatu
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pacsguard.store.store import Checkpoint
 from pacsguard.witness.cosign import cosigned_by
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
+from pacsguard.witness.jsontext import loads
 from pacsguard.witness.ledger import Held
 
 
@@ -59,7 +59,7 @@ def read_copy(path: Path) -> list[WitnessedCopy]:
     """Every checkpoint a saved witness copy holds, whichever form it has (the module's docstring)."""
     text = _read(path)
     try:
-        whole = json.loads(text)
+        whole = loads(text)
     except ValueError:
         items = list(_json_lines(path, text))
     else:
@@ -92,9 +92,9 @@ def _json_lines(path: Path, text: str) -> Iterable[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            yield n, json.loads(line)
-        except ValueError:
-            raise WitnessError(f"{path} line {n}: not JSON") from None
+            yield n, loads(line)
+        except ValueError as exc:
+            raise WitnessError(f"{path} line {n}: not JSON ({exc})") from None
 
 
 def _parse(item: object, source: str, n: int) -> Checkpoint:

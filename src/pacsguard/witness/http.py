@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacsguard.witness.errors import WitnessError, WitnessRefused
+from pacsguard.witness.jsontext import loads
 
 API = "/v1/logs"
 MAX_BODY = 1 << 20
@@ -80,7 +81,7 @@ def _json(data: bytes, url: str, strict: bool = True) -> dict[str, Any]:
     if len(data) > MAX_BODY:
         raise WitnessError(f"witness {url}: answer larger than {MAX_BODY} bytes")
     try:
-        value = json.loads(data) if data else {}
+        value = loads(data) if data else {}
     except ValueError:
         if not strict:
             return {"error": data[:200].decode("utf-8", "replace")}

@@ -17,6 +17,7 @@ from pacsguard.owner_only import create_private_file, make_private_dir
 from pacsguard.store.statement import from_statement, to_statement
 from pacsguard.store.store import Checkpoint
 from pacsguard.witness.errors import WitnessError
+from pacsguard.witness.jsontext import loads
 
 _LOG_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -53,7 +54,7 @@ class Ledger:
     @staticmethod
     def _parse(path: Path, n: int, line: str) -> Held:
         try:
-            return Held.from_dict(json.loads(line))
+            return Held.from_dict(loads(line))
         except (ValueError, KeyError, TypeError) as exc:
             raise WitnessError(f"{path} line {n}: not a held checkpoint ({exc}); the witness will not start "
                                "over a damaged ledger") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 from pacsguard.witness.accept import Answer, Witness
 from pacsguard.witness.http import API
+from pacsguard.witness.jsontext import loads
 
 log = logging.getLogger("pacsguard.witness")
 
@@ -95,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Answer(413, {"error": f"a request body is at most {MAX_REQUEST} bytes"}))
             return
         try:
-            body: Any = json.loads(self.rfile.read(int(length)))
+            body: Any = loads(self.rfile.read(int(length)))
         except ValueError:
             self._send(Answer(400, {"error": "the body is not JSON"}))
             return
