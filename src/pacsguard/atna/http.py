@@ -30,8 +30,19 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs, parse_qsl, urlencode, urlsplit
 
-from pacsguard.atna.ingest import Sender, payload_event, peer_address, raw_fields
+import orjson
+
+from pacsguard.atna.ingest import (
+    Sender,
+    fhir_body_event,
+    payload_event,
+    peer_address,
+    raw_fields,
+    read_json,
+    unparsed_event,
+)
 from pacsguard.atna.message import fhir
+from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.mapping import record_from_event
 from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
 from pacsguard.atna.syslog.listeners import Refusals
@@ -55,6 +66,9 @@ _VERSION = re.compile(r"HTTP/1\.[0-9]")
 _ITEM = re.compile(r'(?:[^,;"]|"(?:[^"\\]|\\.)*")+|[,;]')
 #: The paths of the AuditEvent type, with or without the /fhir prefix: searched (GET), posted to.
 _AUDIT_EVENTS = ("/AuditEvent", "/fhir/AuditEvent")
+#: The FHIR base, with or without the /fhir prefix (after the trailing "/" is taken off): where a
+#: batch or transaction Bundle is POSTed (FHIR R4 3.1.0.11, ITI-20's FHIR feed).
+_BASES = ("", "/fhir")
 #: The path of one AuditEvent (FHIR R4 3.1.0.1, read): a search Bundle's fullUrl, a POST's Location.
 _AUDIT_EVENT = re.compile(r"(/fhir)?/AuditEvent/([^/]+)")
 #: The interim response that tells a client waiting with "Expect: 100-continue" to send its body.
@@ -86,6 +100,24 @@ CHUNKED = -1
 #: Octets of a body read at a time.
 _CHUNK = 64 * 1024
 FHIR_JSON = "application/fhir+json"
+#: Media types of XML (FHIR's XML format, RFC 7303): refused with 415, only FHIR JSON is read.
+_XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml")
+#: Seconds an answer may wait to be taken by the client (its socket's buffers full): a client that
+#: pipelines requests and reads none of the answers is closed then, not held for ever.
+WRITE_TIMEOUT = 30.0
+#: Refusals (each problem, from each sender host) recorded one by one in each RECORD_INTERVAL
+#: seconds; the others are counted into one record at its end, so a flood of bad requests cannot
+#: fill the sealed store (as too-many-connections is recorded at most every 10 s).
+RECORDED_EACH = 10
+RECORD_INTERVAL = 60.0
+#: (sender, problem) pairs and hosts tracked at once; beyond, a flood from many addresses is counted
+#: under the sender "*", so that the tracking itself stays bounded.
+MOST_TRACKED = 10_000
+#: Requests without valid credentials from one host within GUESS_WINDOW seconds after which its
+#: requests are answered 429 Too Many Requests (RFC 6585 4) unchecked until the window ends:
+#: guessing the token one request at a time is too slow to be worth it.
+MOST_GUESSES = 20
+GUESS_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +155,93 @@ class Broken(Exception):
     the client still listens, and the connection is closed, since where a next request would start
     is unknown (RFC 9112 9.6)."""
 
-    def __init__(self, problem: str, error: str, status: HTTPStatus, method: str = "", path: str = "") -> None:
+    def __init__(self, problem: str, error: str, status: HTTPStatus, method: str = "", path: str = "",
+                 retry_after: int | None = None) -> None:
         super().__init__(error)
         self.problem, self.error, self.status, self.method, self.path = problem, error, status, method, path
+        self.retry_after = retry_after
+
+
+class Stalled(Exception):
+    """An answer the client did not take within WRITE_TIMEOUT seconds: its connection was aborted."""
+
+
+@dataclass(slots=True)
+class _Repeats:
+    """The refusals of one problem from one sender host in the current interval: how many were
+    recorded, how many counted since, and the last one's words."""
+
+    sender: Sender
+    problem: str
+    started: float
+    recorded: int = 0
+    counted: int = 0
+    error: str = ""
+    method: str = ""
+    path: str = ""
+
+
+class Repeats:
+    """Which refusals to record one by one: the first RECORDED_EACH of each problem from each host in
+    each RECORD_INTERVAL; `due` gives the intervals over, whose others are recorded as one count."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], _Repeats] = {}
+        self._looked = float("-inf")  # when `due` last looked through them all
+
+    def note(self, sender: Sender, problem: str, error: str, method: str, path: str, now: float) -> bool:
+        """Count one refusal; whether to record it by itself."""
+        key = (sender.host, problem)
+        if key not in self._open and len(self._open) >= MOST_TRACKED:
+            key, sender = ("*", problem), Sender("*", None, sender.transport)
+        slot = self._open.get(key)
+        if slot is None:
+            slot = self._open[key] = _Repeats(sender, problem, now)
+        if slot.recorded < (1 if problem == "throttled" else RECORDED_EACH):  # a 429 says the same each time
+            slot.recorded += 1
+            return True
+        slot.counted += 1
+        slot.error, slot.method, slot.path = error, method, path
+        return False
+
+    def due(self, now: float) -> list[_Repeats]:
+        """The intervals over by ``now`` (all of them for infinity), forgotten; those with refusals
+        counted, not recorded, returned."""
+        if now - self._looked < 1.0:  # once a second at most: a flood must not make each refusal a scan
+            return []
+        self._looked = now
+        over = [k for k, slot in self._open.items() if now - slot.started >= RECORD_INTERVAL]
+        return [slot for slot in (self._open.pop(k) for k in over) if slot.counted]
+
+
+class Guesses:
+    """Requests without valid credentials per host in its current GUESS_WINDOW."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, tuple[float, int]] = {}
+
+    def failed(self, host: str, now: float) -> None:
+        if host not in self._hosts and len(self._hosts) >= MOST_TRACKED:
+            self._hosts = {h: w for h, w in self._hosts.items() if now - w[0] < GUESS_WINDOW}
+            if len(self._hosts) >= MOST_TRACKED:
+                host = "*"  # so many guessing hosts at once: they share one count
+        started, count = self._hosts.get(host, (now, 0))
+        if now - started >= GUESS_WINDOW:
+            started, count = now, 0
+        self._hosts[host] = (started, count + 1)
+
+    def blocked(self, host: str, now: float) -> float | None:
+        """Seconds ``host`` is still answered 429 unchecked, or None."""
+        started, count = self._hosts.get(host) or self._hosts.get("*") or (now, 0)
+        left = started + GUESS_WINDOW - now
+        return left if count >= MOST_GUESSES and left > 0 else None
 
 
 def outcome(status: HTTPStatus, text: str) -> Reply:
     """An OperationOutcome (FHIR R4) explaining a refusal."""
     code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 408: "timeout",
-            413: "too-long", 417: "not-supported"}.get(status.value, "exception")
+            413: "too-long", 415: "not-supported", 417: "not-supported", 429: "throttled"}.get(status.value,
+                                                                                               "exception")
     return Reply(status.value, {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
 
@@ -162,6 +272,9 @@ class RestfulAtna:
         self._turning_away = 0  # connections being answered 503
         self._writers: set[asyncio.StreamWriter] = set()  # theirs, closed with the server
         self.refusals = Refusals()
+        self.repeats = Repeats()
+        self.guesses = Guesses()
+        self._summaries: asyncio.Task[None] | None = None
         self.token = config.token.resolve().encode() if config.token is not None else None
         self.context: ssl.SSLContext | None = None
         if config.cert_file is not None and config.key_file is not None:
@@ -185,6 +298,7 @@ class RestfulAtna:
             self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         bound = self._server.sockets[0].getsockname()
         self.base = f"{self.scheme}://{bound[0]}:{bound[1]}"
+        self._summaries = asyncio.get_running_loop().create_task(self._summarise_every())
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
@@ -194,6 +308,24 @@ class RestfulAtna:
                 writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self._summaries is not None:
+            self._summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summaries
+        self._summarise(float("inf"))  # what was counted, not yet recorded, is not lost with the server
+
+    async def _summarise_every(self) -> None:
+        """Record the counts of the intervals over, a quarter of an interval at most after each ends."""
+        while True:
+            await asyncio.sleep(RECORD_INTERVAL / 4)
+            self._summarise(asyncio.get_running_loop().time())
+
+    def _summarise(self, now: float) -> None:
+        for slot in self.repeats.due(now):
+            counted = f"{slot.counted} more" if slot.sender.host != "*" else f"{slot.counted} from other senders"
+            error = (f"{counted} in {RECORD_INTERVAL:g} s after the first {slot.recorded} recorded, counted in this "
+                     f"record (the last: {slot.error})")
+            self._publish(slot.sender, slot.problem, error, slot.method, slot.path, repeats=slot.counted)
 
     # The owner of HTTPS connections (https.Owner): those still in their TLS handshake count too.
 
@@ -264,9 +396,7 @@ class RestfulAtna:
         finally:
             self.places.discard(place)
             self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _close(writer)
 
     async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Every place held by an authenticated client: 503 with Retry-After (RFC 9110 15.6.4), the
@@ -280,8 +410,9 @@ class RestfulAtna:
         try:
             reply = outcome(HTTPStatus.SERVICE_UNAVAILABLE, f"{self.max_connections} connections already open "
                             f"(atna.max_connections): try again in {RETRY_AFTER} s")
-            if await _send(writer, dataclasses.replace(reply, close=True, retry_after=RETRY_AFTER), "HTTP/1.1"):
-                await _linger(reader, writer, TURNED_AWAY_LINGER)
+            with contextlib.suppress(Stalled):
+                if await _send(writer, dataclasses.replace(reply, close=True, retry_after=RETRY_AFTER), "HTTP/1.1"):
+                    await _linger(reader, writer, TURNED_AWAY_LINGER)
         finally:
             self._turning_away -= 1
             self._writers.discard(writer)
@@ -298,16 +429,22 @@ class RestfulAtna:
                 found = await self._request(reader, writer, place, first=served == 0)
             except Broken as broken:
                 reply = self._refuse(sender, broken.problem, broken.error, broken.method, broken.path, broken.status)
-                reply, version = dataclasses.replace(reply, close=True), "HTTP/1.1"
+                reply = dataclasses.replace(reply, close=True, retry_after=broken.retry_after)
+                version, method, path = "HTTP/1.1", broken.method, broken.path
             else:
                 if found is None:
                     return
                 request, body = found
                 reply, version = await self._respond(request, body or b"", sender), request.version
+                method, path = request.method, request.url.path
                 # A body left unread may still come: where the next request begins is unknown.
                 if body is None or served + 1 == MAX_REQUESTS or not request.persistent():
                     reply = dataclasses.replace(reply, close=True)
-            if not await _send(writer, reply, version):
+            try:
+                if not await _send(writer, reply, version):
+                    return
+            except Stalled as stalled:
+                self._record(sender, "too-slow", str(stalled), method, path)
                 return
             if reply.close:
                 await _linger(reader, writer)
@@ -329,15 +466,22 @@ class RestfulAtna:
         request = _parse_head(start + await _read_head(reader, head_by))
         deadline = began + TIMEOUT
         path = request.url.path
+        now = asyncio.get_running_loop().time()
+        if (left := self.guesses.blocked(place.sender.host, now)) is not None:
+            # Not checked: a guess gets the same answer whether it is right or wrong.
+            raise Broken("throttled", f"{MOST_GUESSES} requests without valid credentials from {place.sender.host} "
+                         f"within {GUESS_WINDOW:g} s: answered 429 unchecked for {left:.0f} s more",
+                         HTTPStatus.TOO_MANY_REQUESTS, request.method, path, retry_after=max(1, round(left)))
         refused = self._unauthorised(request.headers, writer)
         if refused is not None:
+            self.guesses.failed(place.sender.host, now)
             raise Broken("unauthorized", refused, HTTPStatus.UNAUTHORIZED, request.method, path)
         place.authenticated = True  # no longer closed to make room for another
         length = self._length(request, path)
         # No 100 when the framing shows no body (RFC 9110 10.1.1); nor for a request that takes
         # none: answered at once, its body left unread.
         if _expects_continue(request, path) and length:
-            if request.method != "POST" or path.rstrip("/") not in _AUDIT_EVENTS:
+            if request.method != "POST" or path.rstrip("/") not in (*_AUDIT_EVENTS, *_BASES):
                 return request, None
             await _continue(writer)
         if length == CHUNKED:
@@ -421,13 +565,15 @@ class RestfulAtna:
             if method != "GET":
                 return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of an AuditEvent is not supported")
             return await self._read(one.group(2))
+        if path in _BASES and method == "POST":
+            return self._feed(body, sender, self._base_for(headers.get("host", ""), path))
         if path not in _AUDIT_EVENTS:
             return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
             return await self._search(url.query, sender, base, headers.get("prefer", ""))
         if method == "POST":
-            return self._ingest(body, sender, base)
+            return self._ingest(body, sender, base, headers.get("content-type", ""))
         return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
 
     @property
@@ -458,14 +604,51 @@ class RestfulAtna:
         origin = f"{self.scheme}://{host}" if _HOST.fullmatch(host) else self.base
         return origin + prefix
 
-    def _ingest(self, body: bytes, sender: Sender, base: str) -> Reply:
-        received: dict[str, Any] = {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(),
-                                    **raw_fields(body)}
-        event = payload_event(received, body, [], sender)
-        self.publish(event)  # stored either way: raw and flagged when it is not an AuditEvent
+    def _ingest(self, body: bytes, sender: Sender, base: str, content_type: str) -> Reply:
+        """FHIR create of one AuditEvent (ITI-20's FHIR feed): FHIR JSON only, whatever the
+        Content-Type says, and an XML one (FHIR's XML format) refused with 415. Stored either way:
+        raw and flagged when it is not an AuditEvent."""
+        received = _received(sender, body)
+        media = content_type.partition(";")[0].strip().lower()
+        if media in _XML_TYPES:
+            error = f"Content-Type {media}: FHIR XML is not supported, only FHIR JSON ({FHIR_JSON})"
+            self.publish(unparsed_event(received, "not-fhir", error, [], sender))
+            return outcome(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, error)
+        event = fhir_body_event(received, body, sender)
+        self.publish(event)
         if event.kind == "atna.message.unparsed":
             return outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
         return Reply(201, fhir.render(record_from_event(event), event.id), f"{base}/AuditEvent/{event.id}")
+
+    def _feed(self, body: bytes, sender: Sender, base: str) -> Reply:
+        """A batch or transaction Bundle of AuditEvents POSTed to the FHIR base (FHIR R4 3.1.0.11,
+        IHE ITI-20's FHIR feed, which an Audit Record Repository takes besides single creates): each
+        entry, a POST of an AuditEvent, stored as its own message, and a batch-response or
+        transaction-response Bundle answered (200), an entry's response 201 with its location. A
+        transaction is all or nothing: an entry that is no valid AuditEvent refuses it whole (400,
+        nothing stored of it but the body raw, unparsed). In a batch, each entry stands alone: one
+        that is not an AuditEvent is stored raw, unparsed, and answered 400 in its place. A body that
+        is no such Bundle is stored raw, unparsed, and answered 400."""
+        received = _received(sender, body)
+        try:
+            kind, resources = _audit_bundle(body)
+        except AuditMessageError as exc:
+            self.publish(unparsed_event(received, exc.problem, str(exc), [], sender))
+            return outcome(HTTPStatus.BAD_REQUEST, str(exc))
+        # Each entry is its own message, its raw form the entry's resource as JSON (the Bundle's own
+        # bytes, other entries included, are not repeated in each).
+        events = [payload_event(_received(sender, payload), payload, [], sender)
+                  for payload in (orjson.dumps(resource) for resource in resources)]
+        failed = next(((n, e) for n, e in enumerate(events) if e.kind == "atna.message.unparsed"), None)
+        if kind == "transaction" and failed is not None:
+            error = f"transaction Bundle entry {failed[0]}: {failed[1].details['error']} (nothing of it stored)"
+            self.publish(unparsed_event(received, str(failed[1].details["problem"]), error, [], sender))
+            return outcome(HTTPStatus.BAD_REQUEST, error)
+        answers = []
+        for event in events:
+            self.publish(event)
+            answers.append(_entry_response(event, base))
+        return Reply(200, {"resourceType": "Bundle", "type": f"{kind}-response", "entry": answers})
 
     async def _read(self, resource_id: str) -> Reply:
         """FHIR read (R4 3.1.0.1) of the AuditEvent a search Bundle's entry gives with this id (its
@@ -479,7 +662,7 @@ class RestfulAtna:
     async def _search(self, query: str, sender: Sender, base: str, prefer: str) -> Reply:
         strict = _preferences(prefer).get("handling") == "strict"
         try:
-            q = AuditQuery.parse(parse_qs(query, keep_blank_values=False), strict=strict)
+            q = AuditQuery.parse(parse_qs(query, keep_blank_values=True), strict=strict)
         except QueryError as exc:
             return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
         found = await asyncio.to_thread(self._find, q) if q.count else []
@@ -510,13 +693,23 @@ class RestfulAtna:
         return outcome(status, error)
 
     def _record(self, sender: Sender, problem: str, error: str, method: str, path: str) -> None:
-        """An Event naming the sender of a refused, incomplete or missing request."""
-        what = {"silent": "connection from {} sent no request",
-                "truncated": "request from {} not complete"}.get(problem, "request from {} refused")
+        """An Event naming the sender of a refused, incomplete or missing request: the first few of a
+        problem from a host in an interval, the others counted into one (`Repeats`). Connections
+        closed when the endpoint is full are recorded at most every 10 s already (`Refusals`)."""
+        now = asyncio.get_running_loop().time()
+        self._summarise(now)
+        if problem == "too-many-connections" or self.repeats.note(sender, problem, error, method, path, now):
+            self._publish(sender, problem, error, method, path)
+
+    def _publish(self, sender: Sender, problem: str, error: str, method: str, path: str, repeats: int = 0) -> None:
+        what = {"silent": "connection{} from {} sent no request",
+                "truncated": "request{} from {} not complete"}.get(problem, "request{} from {} refused")
+        # A 429 (throttled) is a request refused for want of credentials: recorded as unauthorized.
+        recorded = "unauthorized" if problem == "throttled" else problem
         self.publish(Event(kind="atna.http.rejected", component="atna", severity=Severity.WARNING,
                            outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
-                           message=f"RESTful ATNA {what.format(sender.host)}: {error}",
-                           details={"sender": sender.to_dict(), "problem": problem, "error": error,
+                           message=f"RESTful ATNA {what.format('s' if repeats else '', sender.host)}: {error}",
+                           details={"sender": sender.to_dict(), "problem": recorded, "error": error,
                                     "method": method, "path": path}))
 
 
@@ -678,13 +871,87 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mo
 
 
 async def _send(writer: asyncio.StreamWriter, reply: Reply, version: str) -> bool:
-    """Write ``reply``; False when the client is gone."""
+    """Write ``reply``; False when the client is gone. Stalled, the connection aborted, when the
+    client has not taken it within WRITE_TIMEOUT seconds (its buffers full: it reads nothing)."""
     try:
         writer.write(_encode(reply, version))
-        await writer.drain()
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
+    except TimeoutError:
+        _abort(writer)
+        raise Stalled(f"the client took none of an answer for {WRITE_TIMEOUT:g} s (it reads nothing): "
+                      "connection closed") from None
     except (OSError, RuntimeError):  # reset, TLS failure; RuntimeError: a transport already closing
         return False
     return True
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection: what is still to be sent is sent first (asyncio's close waits for it),
+    for WRITE_TIMEOUT seconds at most, then the connection is aborted: a client that reads nothing
+    does not hold it open."""
+    writer.close()
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.wait_closed()
+    except TimeoutError:
+        _abort(writer)
+    except Exception:  # noqa: BLE001, S110 - closed with an error (a reset): closed all the same
+        pass
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close at once, dropping what is still to be sent (a reset)."""
+    abort = getattr(writer, "abort", None)  # https.TlsWriter
+    if abort is not None:
+        abort()
+    else:
+        writer.transport.abort()
+
+
+def _received(sender: Sender, body: bytes) -> dict[str, Any]:
+    """The details of a body received over HTTP: who sent it, when, and the body byte for byte."""
+    return {"sender": sender.to_dict(), "received": datetime.now(timezone.utc).isoformat(), **raw_fields(body)}
+
+
+def _audit_bundle(body: bytes) -> tuple[str, list[Any]]:
+    """The type (batch or transaction) and the AuditEvent resources of a Bundle POSTed to the FHIR
+    base (FHIR R4 Bundle, 3.1.0.11); AuditMessageError (not-fhir, bad-encoding) for a body that is
+    not one, or has an entry other than a POST of an AuditEvent (this repository creates nothing
+    else)."""
+    bundle = read_json(body)
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise AuditMessageError("not-fhir", "a POST to the FHIR base takes a batch or transaction Bundle of "
+                                "AuditEvents; POST one AuditEvent to /AuditEvent")
+    kind = bundle.get("type")
+    if kind not in ("batch", "transaction"):
+        raise AuditMessageError("not-fhir", f"Bundle.type {str(kind)[:40]!r}: only a batch or transaction Bundle "
+                                "is processed (FHIR R4 3.1.0.11)")
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise AuditMessageError("not-fhir", "Bundle.entry is not a JSON array")
+    resources = []
+    for number, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        request = entry.get("request") if isinstance(entry, dict) else None
+        url = request.get("url") if isinstance(request, dict) else None
+        if not (isinstance(resource, dict) and resource.get("resourceType") == "AuditEvent"
+                and isinstance(request, dict) and request.get("method") == "POST"
+                and isinstance(url, str) and url.rstrip("/").rsplit("/", 1)[-1] == "AuditEvent"):
+            raise AuditMessageError("not-fhir", f"Bundle entry {number}: only a POST of an AuditEvent (request.method "
+                                    "POST, request.url AuditEvent, resource an AuditEvent) is taken")
+        resources.append(resource)
+    return str(kind), resources
+
+
+def _entry_response(event: Event, base: str) -> dict[str, Any]:
+    """The response of one batch or transaction entry (FHIR R4 Bundle.entry.response): 201 with the
+    created AuditEvent's location, or 400 with the OperationOutcome saying why it is not one."""
+    if event.kind == "atna.message.unparsed":
+        refused = outcome(HTTPStatus.BAD_REQUEST, str(event.details["error"]))
+        return {"response": {"status": "400 Bad Request", "outcome": refused.body}}
+    return {"fullUrl": f"{base}/AuditEvent/{event.id}",
+            "response": {"status": "201 Created", "location": f"AuditEvent/{event.id}"}}
 
 
 def _preferences(given: str) -> dict[str, str]:

@@ -53,6 +53,10 @@ class TlsWriter:
     def close(self) -> None:
         self._connection.close()
 
+    def abort(self) -> None:
+        """Close at once, what is still to be sent dropped: a client that reads nothing."""
+        self._connection.abort()
+
     async def wait_closed(self) -> None:
         await self._connection.closed
 
@@ -140,6 +144,10 @@ class TlsConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def extra(self, name: str, default: Any = None) -> Any:
         tls = self.session.ssl_object

@@ -6,6 +6,7 @@ raw and flagged, so the evidence is kept and `atna sources` can name the sender.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,20 +65,61 @@ def raw_fields(data: bytes) -> dict[str, str]:
 _UTF16_XML = (b"\xff\xfe<\x00", b"\xfe\xff\x00<")
 
 
+#: The UTF-8 byte order mark: RFC 8259 8.1 lets a JSON parser ignore it, and XML 1.0 4.3.3 allows it.
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_payload(payload: bytes) -> Reading:
     """The audit message in a syslog MSG or an HTTP body, XML (A.5 / RFC 3881) or FHIR JSON, in the
     form its Event stores."""
-    body = payload.lstrip()
+    body = payload.lstrip().removeprefix(_UTF8_BOM).lstrip()
     if body.startswith(b"{"):
-        try:
-            resource = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise AuditMessageError("not-fhir", f"JSON: {exc}") from None
-        record = fhir.parse(resource)
-        return Reading(record_details(record), record.time)
+        return read_fhir(body)
     if body.startswith((b"<", *_UTF16_XML)):
         return dicom_xml.read(body)
     raise AuditMessageError("not-audit-message", "the payload is neither XML nor JSON")
+
+
+def read_fhir(body: bytes) -> Reading:
+    """A FHIR AuditEvent (JSON) in the form its Event stores; AuditMessageError for anything else."""
+    record = fhir.parse(read_json(body))
+    return Reading(record_details(record), record.time)
+
+
+def read_json(body: bytes) -> Any:
+    """A FHIR JSON document (FHIR R4 json.html), its UTF-8 byte order mark ignored (RFC 8259 8.1).
+    AuditMessageError ``bad-encoding`` when it is not UTF-8 (RFC 8259 8.1: JSON exchanged between
+    systems SHALL be UTF-8), naming where; ``not-fhir`` when it is not JSON, or names a member of
+    an object twice (FHIR: "property names SHALL be unique"; which of the two a reader keeps differs
+    from one parser to the next, so the stored meaning could differ from what another reads)."""
+    body = body.removeprefix(_UTF8_BOM)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = body[exc.start:exc.start + 4].hex(" ")
+        raise AuditMessageError("bad-encoding", f"JSON: not UTF-8 (RFC 8259 8.1): octet {exc.start} ({shown}) "
+                                "is no UTF-8 character; send the AuditEvent in UTF-8") from None
+    try:
+        resource = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise AuditMessageError("not-fhir", f"JSON: {exc}") from None
+    # orjson keeps the last of two members of a name without a word: read again, only to find one.
+    try:
+        json.loads(body, object_pairs_hook=_unique_members)
+    except RecursionError:  # nesting orjson takes (up to 1024) and Python's stack does not
+        raise AuditMessageError("not-fhir", "JSON: objects and arrays nested too deeply") from None
+    return resource
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> None:
+    """An object_pairs_hook refusing an object that names a member twice; the object itself is not
+    needed (orjson made it)."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise AuditMessageError("not-fhir", f"JSON: the member {name[:64]!r} is given twice in one object "
+                                    "(FHIR R4 JSON: property names SHALL be unique)")
+        seen.add(name)
 
 
 def frame_event(sender: Sender, frame: bytes, *, flags: tuple[str, ...] = (),
@@ -126,6 +168,19 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
         return unparsed_event(base, exc.problem, str(exc), flags, sender)
     except Exception as exc:  # noqa: BLE001 - a message the readers have no rule for: kept raw, the others go on
         return unreadable_event(base, exc, flags, sender)
+
+
+def fhir_body_event(base: dict[str, Any], payload: bytes, sender: Sender) -> Event:
+    """The Event of an HTTP body POSTed as a FHIR AuditEvent (ITI-20's FHIR feed): FHIR JSON only. A
+    body of another form is stored raw as unparsed; an A.5 or RFC 3881 XML audit message too, as
+    `not-fhir` (read as XML, it would be taken on a path that promises FHIR: its sender should use
+    the syslog listeners, or FHIR), any other XML with the problem the XML reader finds in it."""
+    event = payload_event(base, payload, [], sender)
+    if payload.lstrip().removeprefix(_UTF8_BOM).lstrip().startswith(b"{") or event.kind == "atna.message.unparsed":
+        return event
+    return unparsed_event(base, "not-fhir", f"an XML audit message ({event.details.get('syntax')}), not a FHIR "
+                          "AuditEvent: this endpoint takes FHIR AuditEvent JSON only (send XML audit messages "
+                          "to the syslog listeners)", [], sender)
 
 
 def unreadable_event(base: dict[str, Any], exc: Exception, flags: list[str], sender: Sender) -> Event:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from pacsguard.atna.message.fhir import system_uri
+from pacsguard.atna.message.fhir import hl7_escape, system_uri
 from pacsguard.atna.message.mapping import is_patient, patients_of
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.events.model import Event
@@ -61,17 +61,27 @@ class Identifier:
 
     @classmethod
     def parse(cls, text: str, *, reference: bool = False) -> Identifier:
+        """The identifier a search value names. A token's value (and its system) is a FHIR
+        Identifier's, never a CX: its HL7 delimiters are escaped (HL7 v2.5 2.7.4) as a POSTed
+        AuditEvent's are when stored (fhir._entity), so ``urn:oid:1.2.3|123^45`` finds what was
+        posted as that system and value. An empty value is a QueryError: left out, it would widen
+        the search to every patient."""
         parts = [_unescape(p) for p in _split(text, "|")]
         if len(parts) > 2:
             raise QueryError(f"expected system|value, got {text!r}")
+        if not parts[-1]:
+            raise QueryError(f"an empty identifier value ({text[:64]!r}): name the patient or leave the "
+                             "parameter out")
         if len(parts) == 2:
             system, value = parts
             if not system:
-                return cls(value, value, no_authority=True)
-            return cls(PatientId.of_system(system, value).key(), value)
+                return cls(hl7_escape(value), value, no_authority=True)
+            return cls(PatientId.of_system(hl7_escape(system), hl7_escape(value)).key(), value)
         value = parts[0]
         if reference and "/" in value:  # Patient/ID, or the whole URL of one
             value = value.rsplit("/", 1)[-1]
+            if not value:
+                raise QueryError(f"a reference without an id ({text[:64]!r}): name the patient")
         return cls(value, value)
 
     def names_patient(self, patient: PatientId) -> bool:
@@ -149,7 +159,12 @@ class AuditQuery:
         supported (FHIR R4 search, "Modifiers"), and leaving the parameter out would widen the
         answer to every patient."""
         q = cls()
-        for name, values in params.items():
+        for name, given in params.items():
+            # An empty value is no condition (FHIR R4 search: ignored), but for the parameters that
+            # name a patient: a portal sending patient= must not get every patient's trail.
+            values = [v for v in given if v or name in _IDENTIFYING]
+            if not values:
+                continue
             base, colon, modifier = name.partition(":")
             if colon and base in SEARCH_PARAMETERS:
                 raise QueryError(f"search parameter {base!r}: the modifier {modifier!r} is not supported")
@@ -281,6 +296,8 @@ def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[St
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
 _MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "agent-identifier": "agent_ids",
             "address": "addresses", "action": "actions", "source": "sources", "outcome": "outcomes"}
+#: The parameters that name a patient: an empty value of one is refused, not ignored.
+_IDENTIFYING = frozenset({"patient", "entity-identifier"})
 #: The ITI-81 parameters that name a coded value (its system compared too), and where each is kept.
 _CODED = {"type": "event_ids", "subtype": "subtypes"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.

@@ -104,6 +104,8 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
         row.tls_failed += 1
     elif ev.kind == "atna.http.rejected":  # before the frame problems: HTTP has its "truncated" too
         row.http_refused += 1
+    elif problem == "bad-encoding" and str(ev.details.get("error", "")).startswith("JSON"):
+        row.not_fhir += 1  # a FHIR AuditEvent not in UTF-8: no XML was sent
     elif problem in _XML_PROBLEMS:
         row.unparsable_xml += 1
     elif problem == "not-fhir":

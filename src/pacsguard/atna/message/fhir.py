@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from pacsguard.atna.message.dicom_xml import AuditMessageError, parse_datetime
+from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
 
@@ -43,8 +43,9 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
     if not isinstance(type_, Mapping) or not type_.get("code"):
         raise AuditMessageError("not-fhir", "AuditEvent.type (a Coding) is required")
     recorded = resource.get("recorded")
-    if not isinstance(recorded, str) or parse_datetime(recorded) is None:
+    if not isinstance(recorded, str):
         raise AuditMessageError("not-fhir", "AuditEvent.recorded (an instant) is required")
+    when = parse_instant(recorded)
     agents = resource.get("agent")
     if not isinstance(agents, list) or not agents:
         raise AuditMessageError("not-fhir", "AuditEvent.agent (1..*) is required")
@@ -53,7 +54,7 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
         raise AuditMessageError("not-fhir", "AuditEvent.source.observer is required")
     try:
         return AuditRecord(
-            syntax="fhir", event_id=_coding(type_), action=_text(resource, "action"), time=parse_datetime(recorded),
+            syntax="fhir", event_id=_coding(type_), action=_text(resource, "action"), time=when,
             outcome=_text(resource, "outcome") or "",
             event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
             outcome_description=_text(resource, "outcomeDesc"),
@@ -61,9 +62,40 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
             participants=tuple(_agent(a) for a in agents),
             source_id=_reference_text(source["observer"]), source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
-            objects=tuple(_entity(e) for e in resource.get("entity", ())))
+            objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e)))
     except (AttributeError, TypeError, KeyError) as exc:
         raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
+
+
+#: A FHIR R4 instant (R4 2.24.0.1, instant: its regular expression): a whole date and time to the
+#: second, a fraction optional, a zone required (Z, or +/-hh:mm up to 14:00), second 60 (a leap
+#: second) allowed.
+_INSTANT = re.compile(r"(?P<date>[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]))"
+                      r"T(?P<hour>[01][0-9]|2[0-3]):(?P<minute>[0-5][0-9]):(?P<second>[0-5][0-9]|60)"
+                      r"(?:\.(?P<fraction>[0-9]{1,9}))?(?P<zone>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))")
+_INSTANT_FORM = "YYYY-MM-DDThh:mm:ss[.fff] with a zone, Z or +hh:mm (FHIR R4 instant)"
+
+
+def parse_instant(text: str) -> datetime:
+    """A FHIR R4 instant (AuditEvent.recorded) in UTC; AuditMessageError("not-fhir") naming what is
+    wrong for any other form. A zone is required: a time without one, taken as UTC, would be hours
+    off for a sender writing local time. A leap second (23:59:60) is taken as the last instant of
+    its minute, as Python's datetime has no second 60."""
+    found = _INSTANT.fullmatch(text)
+    if found is None:
+        raise AuditMessageError("not-fhir", f"AuditEvent.recorded {text[:40]!r} is not an instant: expected "
+                                f"{_INSTANT_FORM}")
+    leap = found["second"] == "60"
+    fraction = found["fraction"] or ""
+    zone = found["zone"].replace("Z", "+00:00")
+    second = "59" if leap else found["second"]
+    try:
+        value = datetime.fromisoformat(f"{found['date']}T{found['hour']}:{found['minute']}:{second}{zone}")
+        value = value.replace(microsecond=int(fraction[:6].ljust(6, "0")))
+        value = value.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:  # 31 February; an offset out of the years 1-9999
+        raise AuditMessageError("not-fhir", f"AuditEvent.recorded {text[:40]!r} is no time there is ({exc})") from None
+    return value.replace(microsecond=999_999) if leap else value
 
 
 def _text(element: Mapping[str, Any], key: str) -> str | None:
@@ -114,14 +146,29 @@ def _is_cx(value: str) -> bool:
 
 
 def _coding(c: Mapping[str, Any]) -> Code:
-    system = c.get("system")
-    return Code(str(c.get("code", "")), _NAMES.get(system, system) if isinstance(system, str) else None,
+    """A Coding (FHIR R4 2.24.0.13): its code, system and display JSON strings, else TypeError
+    (not-fhir): a number would be stored as text a search by the code never finds as sent."""
+    system = _text(c, "system")
+    return Code(_text(c, "code") or "", _NAMES.get(system, system) if system is not None else None,
                 _text(c, "display"))
 
 
 def _reference_text(ref: Mapping[str, Any]) -> str:
-    ident = ref.get("identifier") or {}
-    return str(ident.get("value") or ref.get("display") or ref.get("reference") or "")
+    """Who a Reference names (source.observer): its identifier's value, display or reference, each
+    a JSON string (else TypeError: not-fhir)."""
+    ident = _object(ref, "identifier")
+    return _text(ident, "value") or _text(ref, "display") or _text(ref, "reference") or ""
+
+
+def _object(element: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A FHIR complex element (a JSON object, FHIR R4 json.html), {} when absent; TypeError (not-fhir)
+    for another JSON type."""
+    value = element.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    raise TypeError(f"{key} is a JSON {type(value).__name__}, not an object")
 
 
 def _agent(a: Mapping[str, Any]) -> Participant:
@@ -142,12 +189,15 @@ def _agent(a: Mapping[str, Any]) -> Participant:
                        access_point_type=_text(network, "type"), roles=tuple(roles))
 
 
-def _entity(e: Mapping[str, Any]) -> ParticipantObject:
-    what = e.get("what") or {}
-    ident = what.get("identifier") or {}
-    type_code = _text(e.get("type") or {}, "code")
-    role = _text(e.get("role") or {}, "code")
-    id_types = (ident.get("type") or {}).get("coding") or []
+def _entity(e: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
+    """An entity as its participant object; a patient entity naming the patient both by a literal
+    reference and by an identifier (a Reference may carry both, FHIR R4 2.3.0) as two, one per name,
+    so that a search by either (``patient=Patient/ID`` or ``system|value``) finds it."""
+    what = _object(e, "what")
+    ident = _object(what, "identifier")
+    type_code = _text(_object(e, "type"), "code")
+    role = _text(_object(e, "role"), "code")
+    id_types = _object(ident, "type").get("coding") or []
     # No ID type is made up for an entity without one: a patient is told by its type (1, Person)
     # and role (1, Patient), as ParticipantObjectTypeCode and its role are in A.5 (mapping.is_patient).
     id_type = _coding(id_types[0]) if id_types else Code("")
@@ -164,11 +214,16 @@ def _entity(e: Mapping[str, Any]) -> ParticipantObject:
             # The system is the patient's assigning authority: kept in CX form, as ITI-20 writes a
             # patient ID, so a search names it as it names any other (patient.PatientId).
             object_id = PatientId.of_system(hl7_escape(system), object_id).key()
-    return ParticipantObject(
+    named = ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role,
-        life_cycle=_text(e.get("lifecycle") or {}, "code"), name=_text(e, "name"), query=_text(e, "query"),
-        details=tuple((str(d.get("type", "")), str(d.get("valueBase64Binary") or d.get("valueString") or ""))
+        life_cycle=_text(_object(e, "lifecycle"), "code"), name=_text(e, "name"), query=_text(e, "query"),
+        details=tuple((_text(d, "type") or "", _text(d, "valueBase64Binary") or _text(d, "valueString") or "")
                       for d in e.get("detail", ())))
+    reference = _text(what, "reference")
+    also = reference_id(reference) if patient and value and reference else None
+    if also is None or also == object_id:
+        return (named,)
+    return named, ParticipantObject(object_id=also, id_type=Code(""), type_code=type_code, role=role)
 
 
 def render(record: AuditRecord, resource_id: str, time: datetime | None = None) -> dict[str, Any]:
@@ -309,7 +364,8 @@ def capability_statement(base: str, version: str, now: datetime,
                          search_parameters: Mapping[str, str]) -> dict[str, Any]:
     """What the endpoint serves, as a FHIR R4 CapabilityStatement (GET /metadata, FHIR R4 3.1.0.10.1):
     AuditEvent search (ITI-81) with ``search_parameters`` (name -> FHIR search type) and create
-    (ITI-20's RESTful option). FHIR clients ask for it first (HAPI's, by default, before their
+    (ITI-20's RESTful option), and batch and transaction at the base (its FHIR feed of Bundles). FHIR
+    clients ask for it first (HAPI's, by default, before their
     first request)."""
     return {
         "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
@@ -319,6 +375,8 @@ def capability_statement(base: str, version: str, now: datetime,
         "rest": [{
             "mode": "server",
             "security": {"description": "a bearer token or a client certificate (mutual TLS)"},
+            # A batch or transaction Bundle of AuditEvent creates at the base (ITI-20's FHIR feed).
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "resource": [{
                 "type": "AuditEvent",
                 "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "create"}],
