@@ -24,6 +24,7 @@ from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Side
 from pacsguard.ids import Alert, Flow
+from pacsguard.records.dicom import RefusalLog
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -213,6 +214,7 @@ class Playbook:
         self.durability = None  # answers are never held here (tests/gateway/test_durable.py holds them)
         self.events: list[Event] = []
         self.relays: set[AssociationRelay] = set()
+        self.refusals = RefusalLog(route.limits.refusals_recorded_per_minute, self.publish)
         self.host = host
         self.relay: AssociationRelay | None = None
         self.client_wire = self.upstream_wire = Wire(host, 0)

@@ -18,6 +18,7 @@ from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.gateway.check import Chain
 from pacsguard.gateway.relay import AssociationRelay, Side
+from pacsguard.records.dicom import RefusalLog
 
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -63,6 +64,7 @@ class Runtime:
         self.checks = Chain([ServicesCheck(self.route)])
         self.upstream_ssl = None
         self.durability = None  # answers are not held for their records here
+        self.refusals = RefusalLog(self.route.limits.refusals_recorded_per_minute, lambda event: None)
         self.events: list = []
 
     def register(self, relay) -> None: ...

@@ -317,6 +317,12 @@ class Limits(Strict):
     artim_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for A-ASSOCIATE-RQ / release")
     idle_timeout: float = Field(300.0, gt=0, le=86_400, description="seconds without traffic before abort")
     requests_per_minute: int | None = Field(None, ge=1, description="DIMSE requests per source per minute")
+    refusals_recorded_per_minute: int = Field(
+        10, ge=0, le=100_000, description="associations refused from one host by one rule recorded one by one "
+        "per minute; the rest are counted in one gateway.refusals.summary event a minute")
+    min_pdu_rate: float = Field(
+        32.0, gt=0, le=1_048_576, description="KiB/s: a PDU must arrive whole within artim_timeout plus its "
+        "length at this rate, or the association is aborted (slow senders holding a slot)")
 
 
 class Destination(Upstream):

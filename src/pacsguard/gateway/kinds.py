@@ -77,8 +77,25 @@ KINDS = (
               "forwarded, and `spool list` shows it as damaged until an administrator purges it",
               {**_ROUTE, "spool_id": STRING, "reason": STRING, "path": STRING},
               required=("route", "spool_id", "reason")),
+    EventKind("gateway.spool.unreadable",
+              "a store-and-forward route's high-water watch could not read the spool's size for a minute (no file "
+              "descriptor left, an I/O error): it cannot announce a filling spool until a look succeeds again",
+              {**_ROUTE, "error": STRING, "seconds": NUMBER}, required=("route", "error")),
+    EventKind("gateway.descriptors.exhausted",
+              "connections refused because the gateway ran out of file descriptors (EMFILE: its RLIMIT_NOFILE; "
+              "ENFILE: the system's): the first recorded at once, later ones summed up at most every 60 s",
+              {**_ROUTE, "routes": {"type": "object", "additionalProperties": INTEGER}, "refused": INTEGER,
+               "hosts": {"type": "object", "additionalProperties": INTEGER}, "error": STRING, "limit": INTEGER,
+               "seconds": NUMBER},
+              required=("routes", "refused", "error")),
     EventKind("gateway.spool.purged", "spooled objects were deleted by `pacsguard gateway spool purge`",
               {**_ROUTE, "spool_ids": STRINGS, "states": STRINGS, "sop_instances": STRINGS},
               required=("route", "spool_ids")),
+    EventKind("gateway.refusals.summary",
+              "associations a route refused from one host by one rule past limits.refusals_recorded_per_minute "
+              "in a minute: counted, not recorded one by one (each would be a requested and a rejected record)",
+              {**_ROUTE, "host": STRING, "rule": STRING, "suppressed": INTEGER, "recorded": INTEGER,
+               "first": STRING, "last": STRING, "calling_ae_titles": STRINGS, "window_s": NUMBER},
+              required=("route", "host", "rule", "suppressed", "first", "last")),
     *DICOM_RECORDS,
 )

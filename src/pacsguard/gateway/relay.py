@@ -56,7 +56,7 @@ from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.quarantine import SPARED
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
 from pacsguard.gateway.route import RouteView
-from pacsguard.gateway.timer import AssociationTimer, idle_left
+from pacsguard.gateway.timer import AssociationTimer, PduClock, idle_left, pdu_left
 from pacsguard.gateway.verdict import RJ_CONGESTION, RJ_REFUSED, Action, Verdict, refuse
 from pacsguard.gateway.violations import (
     DATA_BEFORE_AC,
@@ -65,7 +65,7 @@ from pacsguard.gateway.violations import (
     violation_event,
     warning_event,
 )
-from pacsguard.records.dicom import AssociationRecord, Pending
+from pacsguard.records.dicom import AssociationRecord, Pending, RefusalFilter
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -105,9 +105,12 @@ class Side(asyncio.BufferedProtocol):
     could not send at once, instead of copying it.
     """
 
-    def __init__(self, relay: Endpoint, is_client: bool) -> None:
+    def __init__(self, relay: Endpoint, is_client: bool, peer: tuple[str, int] | None = None) -> None:
         self.relay = relay
         self.is_client = is_client
+        # The client's address as accept() returned it (pacsguard.gateway.server.Acceptor): after a
+        # reset the kernel no longer knows it, and uvloop asks only on get_extra_info("peername").
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
         self._view = memoryview(bytearray(READ_BUFFER_MIN))
 
@@ -192,10 +195,12 @@ class AssociationRelay:
         self.bytes_in = {True: 0, False: 0}
         self.closed = False
         self.timer = AssociationTimer(self._expired)
+        self.pdu_clocks = {True: PduClock(), False: PduClock()}  # per direction: the PDU still arriving
         self._connect_task: asyncio.Task[None] | None = None
         # Everything for the client goes through it: held until the records before it are durable.
         self.outbox = Outbox(self.route, runtime.durability, self._write_client,
                              lambda why: self.abort(why, kind="record-failure"))
+        self.refusals = RefusalFilter(runtime.refusals, self._publish_now)
 
     # --- connection lifecycle -----------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class AssociationRelay:
         self.client = side
         transport = side.transport
         assert transport is not None  # called from the leg's connection_made
-        peer = transport.get_extra_info("peername") or ("?", 0)
+        peer = side.peer or transport.get_extra_info("peername") or ("?", 0)
         self.host, self.port = str(peer[0]), int(peer[1])
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
@@ -217,9 +222,14 @@ class AssociationRelay:
         if self.closed:
             return
         if self.state == "established":
-            left, idle = idle_left(self.last_activity, self.route.limits.idle_timeout)
+            limits = self.route.limits
+            slow, overdue = pdu_left(self.pdu_clocks, limits.artim_timeout, limits.min_pdu_rate)
+            if slow <= 0.5:
+                self.abort(overdue, kind="timeout")  # a PDU trickling in: idleness never comes
+                return
+            left, idle = idle_left(self.last_activity, limits.idle_timeout)
             if left > 0.5:
-                self.timer.arm(left, why)
+                self.timer.arm(min(left, slow), why)
                 return
             why = idle
         elif self.state in ("connecting", "awaiting-ac"):
@@ -257,6 +267,7 @@ class AssociationRelay:
         side = self.client if reading_client else self.upstream
         if side is None or side.transport is None or self.closed:
             return
+        self.pdu_clocks[reading_client].pause(paused, time.monotonic())
         if paused:
             side.transport.pause_reading()
         else:
@@ -327,6 +338,29 @@ class AssociationRelay:
     # --- bytes in -----------------------------------------------------------------------------
 
     def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
+        """Bytes from one leg (`_received`); then when the PDU left incomplete began (`PduClock`)."""
+        self._received(from_client, data)
+        if not self.closed:
+            self._watch_pdu(from_client)
+
+    def _watch_pdu(self, from_client: bool) -> None:
+        """Note the PDU this leg left incomplete; the timer fires by the time it must be whole."""
+        reader, through = self.readers[from_client], self.through[from_client]
+        pdu: tuple[str, int] | None
+        size: int | None
+        if through:
+            pdu, size = ("through", reader.stream_offset), through
+        elif reader.pending_bytes:
+            missing = reader.missing_bytes
+            pdu, size = ("reader", reader.stream_offset), (reader.pending_bytes + missing if missing else None)
+        else:
+            pdu, size = None, None
+        if self.pdu_clocks[from_client].update(pdu, size, time.monotonic()) and self.state == "established":
+            limits = self.route.limits
+            left, why = pdu_left(self.pdu_clocks, limits.artim_timeout, limits.min_pdu_rate, describe=False)
+            self.timer.arm_by(max(left, 0.0), why)
+
+    def _received(self, from_client: bool, data: memoryview | bytes) -> None:
         """Bytes from one leg. *data* may be a view of the leg's receive buffer, valid only during
         this call: whatever is kept or handed to the normal path is copied."""
         if self.closed:
@@ -555,6 +589,7 @@ class AssociationRelay:
         if verdict.refused:
             self.reject(verdict)
             return
+        self.refusals.flush()  # let through: its A-ASSOCIATE-RQ is recorded now, not at the answer
         self.state = "connecting"
         self.timer.arm(self.route.upstream.connect_timeout + self.route.limits.artim_timeout, "upstream did not answer")
         # The upstream may send what the client accepts, and no more than the gateway reads (PS3.8 D.1).
@@ -894,6 +929,9 @@ class AssociationRelay:
         return self.decoder.abstract_syntax(context_id)
 
     def publish(self, event: Event) -> None:
+        self.refusals.publish(event)  # a refusal past limits.refusals_recorded_per_minute is only counted
+
+    def _publish_now(self, event: Event) -> None:
         ticket = self.rt.publish(event)
         if ticket is not None:
             self.outbox.ticket = ticket

@@ -11,6 +11,7 @@ from pacsguard.config.schema import Route
 from pacsguard.events import Event
 from pacsguard.gateway.check import Chain
 from pacsguard.gateway.quarantine import QuarantinePolicy
+from pacsguard.records.dicom import RefusalLog
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -23,6 +24,7 @@ class RouteView(Protocol):
     upstream_ssl: ssl.SSLContext | None  # for the upstream leg; None: plain TCP
     durability: Durability | None  # when published events are durable; None: answers are never held
     quarantine_policy: QuarantinePolicy  # what a check's quarantine verdict takes (pair or host, admin hosts)
+    refusals: RefusalLog  # the route's own refusals, counted per source and rule (records.dicom)
 
     def publish(self, event: Event) -> int | None:
         """Record an Event; returns its ticket for `durability` (None: no ticket, nothing to wait for)."""

@@ -4,10 +4,15 @@ enforcement. `Gateway.start()` opens the listeners on the running asyncio loop."
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import resource
+import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +24,7 @@ from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
+from pacsguard.records.dicom import RefusalLog
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -28,12 +34,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacsguard.gateway")
 
 ALERT_WINDOW_TICK = 5.0  # seconds between checks for IDS limit windows that have closed
+ACCEPT_BACKLOG = 100  # listen() backlog: what asyncio's and uvloop's create_server() use
+ACCEPT_BATCH = 64  # connections taken per readiness of a listener before the loop serves others
+# With not even the reserve descriptor free, a listener rests this long (asyncio's own accept retry delay).
+ACCEPT_RETRY_DELAY = 1.0
+SHORTAGE_REPORTED_EVERY = 60.0  # seconds: refusals for want of descriptors summed up at most this often
+SHORTAGE_HOSTS = 20  # sources named in one record of a descriptor shortage, most refused first
+DESCRIPTORS_EXHAUSTED = "gateway.descriptors.exhausted"
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 #: Publishes an Event; returns its ticket on the bus (pacsguard.events.bus) or None.
 Publish = Callable[[Event], "int | None"]
 Resolve = Callable[[Path], Path]
 #: A store-and-forward route's object checks, by route (pacsguard.gateway.objects).
 ObjectChecks = Callable[[Route], "list[ObjectCheck]"]
+#: A client's address as accept() returned it (host, port).
+Peer = tuple[str, int]
+#: A listener's protocol for one accepted connection, given the client's address.
+ProtocolFactory = Callable[[Peer], asyncio.BaseProtocol]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +77,8 @@ class RouteRuntime:
         self.upstream_ssl = upstream_tls_context(route, resolve)
         self.quarantine_policy = gateway.quarantine_policy
         self.relays: set[AssociationRelay] = set()
+        # The route's own refusals, counted per source and rule (records.dicom.RefusalLog).
+        self.refusals = RefusalLog(route.limits.refusals_recorded_per_minute, self.publish)
 
     def publish(self, event: Event) -> int | None:
         return self.gateway.publish(event)
@@ -72,10 +92,10 @@ class RouteRuntime:
     def quarantine(self, target: str, *, duration: timedelta | None, reason: str, component: str) -> None:
         self.gateway.quarantine(target, duration=duration, reason=reason, component=component)
 
-    def protocol_factory(self) -> Side:
+    def protocol_factory(self, peer: Peer) -> Side:
         if self.server_ssl:
-            return TLSAcceptingSide(AssociationRelay(self), self.server_ssl)
-        return Side(AssociationRelay(self), True)
+            return TLSAcceptingSide(AssociationRelay(self), self.server_ssl, peer, self.gateway.shortage)
+        return Side(AssociationRelay(self), True, peer)
 
 
 class TLSAcceptingSide(Side):
@@ -83,9 +103,11 @@ class TLSAcceptingSide(Side):
     one (no client certificate, wrong CA, TLS 1.1) is recorded as an event with the peer's address,
     and the client gets OpenSSL's alert (RFC 8446 6.2). Runs on uvloop and on asyncio's loop."""
 
-    def __init__(self, relay: Endpoint, context: ssl.SSLContext) -> None:
-        super().__init__(relay, True)
+    def __init__(self, relay: Endpoint, context: ssl.SSLContext, peer: Peer | None = None,
+                 shortage: DescriptorShortage | None = None) -> None:
+        super().__init__(relay, True, peer)
         self.context = context
+        self.shortage = shortage  # where a connection refused for want of a descriptor is counted
         self.ready = False
         self.switched = False  # start_tls() has taken the connection over
         self.gone = False  # the client closed (or reset) the connection before that
@@ -148,11 +170,15 @@ class TLSAcceptingSide(Side):
         return tls
 
     async def _handshake(self, raw: asyncio.BaseTransport) -> None:
-        peer = raw.get_extra_info("peername") or ("?", 0)
+        peer = self.peer or raw.get_extra_info("peername") or ("?", 0)
         # A second handle on the socket: the loop closes its own when a handshake fails, before
         # the alert OpenSSL wrote for the client has been sent (see pacsguard.tls.alerts).
         held = None if self.gone or raw.is_closing() else raw.get_extra_info("socket")
-        spare = held.dup() if held is not None else None
+        try:
+            spare = held.dup() if held is not None else None
+        except OSError as exc:
+            self._no_descriptor(raw, peer, exc)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -176,6 +202,17 @@ class TLSAcceptingSide(Side):
         early, self.early = self.early, []
         for data in early:
             self.deliver(data)
+
+    def _no_descriptor(self, raw: asyncio.BaseTransport, peer: Peer, exc: OSError) -> None:
+        """The spare handle could not be made: the process has no descriptor left (EMFILE), or the
+        system none (ENFILE). The connection is refused (closed before its handshake, which frees
+        its descriptor) and counted as such (`DescriptorShortage`: aggregated, never one record
+        per connection of a flood); any other failure is recorded as a failed handshake."""
+        raw.abort()  # type: ignore[attr-defined]  # a transport, as start_tls() needs
+        if exc.errno in OUT_OF_DESCRIPTORS and self.shortage is not None:
+            self.shortage.refused(self.relay.route.name, [peer], exc)
+            return
+        self._refused(peer, exc)
 
     def _timed_out(self, exc: BaseException, elapsed: float) -> bool:
         """Whether the loop's handshake timeout (limits.artim_timeout, given to start_tls) ended the
@@ -203,6 +240,260 @@ class TLSAcceptingSide(Side):
                                  target=Party(ae_title=self.relay.route.listen.ae_title),
                                  message=f"TLS handshake with {peer[0]}:{peer[1]} failed: {why}",
                                  details={"route": self.relay.route.name, "error": why}))
+
+
+class DescriptorShortage:
+    """Connections refused because the process ran out of file descriptors (EMFILE: its
+    RLIMIT_NOFILE; ENFILE: the system's), when accepting them (`Acceptor`) or when a TLS handshake
+    needs its spare handle (`TLSAcceptingSide`). Never silent, never one record per connection of
+    a flood: the first refusal is logged and recorded (`gateway.descriptors.exhausted`) at once,
+    those after it are counted and summed up in one warning and one record at most every
+    SHORTAGE_REPORTED_EVERY seconds, with the count, the routes and the sources."""
+
+    def __init__(self, publish: Publish, every: float = SHORTAGE_REPORTED_EVERY) -> None:
+        self.publish = publish
+        self.every = every
+        self.total = 0  # refusals since the start
+        self.routes: Counter[str] = Counter()  # refusals not yet reported, per route
+        self.hosts: Counter[str] = Counter()  # ... per source host
+        self.error = errno.EMFILE
+        self._since = 0.0  # when the refusals not yet reported began
+        self._last_report = -every
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, route: str, peers: Sequence[Peer], exc: OSError) -> None:
+        """``peers`` were refused on ``route`` (none: accept() itself failed, the client waits)."""
+        now = time.monotonic()
+        if not self.routes:
+            self._since = now
+        self.total += len(peers)
+        self.routes[route] += len(peers)  # named even when none was refused: accept() failed, the client waits
+        self.hosts.update(peer[0] for peer in peers)
+        self.error = exc.errno or errno.EMFILE
+        if now - self._last_report >= self.every:
+            self.report()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._last_report + self.every - now, self.report)
+
+    def report(self) -> None:
+        """Log and record what was counted since the last report (nothing when nothing was)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.routes:
+            return
+        now = time.monotonic()
+        routes, hosts, self.routes, self.hosts = self.routes, self.hosts, Counter(), Counter()
+        self._last_report = now
+        event = shortage_event(self.error, routes, hosts, now - self._since)
+        log.warning("%s", event.message)
+        self.publish(event)
+
+
+def descriptor_limit() -> int:
+    """The process's soft RLIMIT_NOFILE: how many descriptors it may hold."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def shortage_event(error: int, routes: Counter[str], hosts: Counter[str], seconds: float) -> Event:
+    """The record of connections refused for want of a descriptor (`DescriptorShortage`)."""
+    refused = sum(routes.values())
+    code = errno.errorcode.get(error, str(error))
+    whose = (f"the process's limit of {descriptor_limit()} (RLIMIT_NOFILE, LimitNOFILE= of a systemd unit)"
+             if error == errno.EMFILE else "the system's limit (fs.file-max)")
+    named = ", ".join(f"{h} ({n})" for h, n in hosts.most_common(SHORTAGE_HOSTS))
+    message = (f"the gateway ran out of file descriptors ({code}: {whose}): {refused} connection(s) refused "
+               f"in {seconds:.0f} s on route(s) {', '.join(sorted(routes))}"
+               + (f", from {named}" if named else "")
+               + (" (and new connections wait while none is free)" if refused == 0 else "")
+               + "; raise the limit, or find who holds the connections open")
+    only = next(iter(hosts)) if len(hosts) == 1 else None
+    return Event(kind=DESCRIPTORS_EXHAUSTED, component="gateway", severity=Severity.ERROR,
+                 outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=only) if only else Party(), message=message,
+                 details={**({"route": next(iter(routes))} if len(routes) == 1 else {}), "routes": dict(routes),
+                          "refused": refused, "hosts": dict(hosts.most_common(SHORTAGE_HOSTS)), "error": code,
+                          "limit": descriptor_limit(), "seconds": round(seconds, 1)})
+
+
+class Acceptor:
+    """A route's listening sockets, whose connections the gateway accepts itself and hands to the
+    loop (`loop.connect_accepted_socket`) with the address accept() returned. That address is the
+    only one sure to be known: a client that resets its connection at once (an A-ASSOCIATE-RQ,
+    then RST) leaves the kernel nothing to answer getpeername() with, and uvloop asks it only when
+    the protocol wants the address; the record, the host policy and the IDS would get "?".
+
+    When accept() fails for want of a descriptor (EMFILE, ENFILE), the reserve descriptor each
+    acceptor holds is freed to take the waiting connections and close them at once (what libuv
+    does, so that a client is told at once rather than left waiting in the backlog), and they
+    are counted by the gateway's `DescriptorShortage`; with not even that possible the listener
+    rests ACCEPT_RETRY_DELAY seconds."""
+
+    def __init__(self, route: str, sockets: list[socket.socket], factory: ProtocolFactory,
+                 shortage: DescriptorShortage) -> None:
+        self.route = route
+        self.sockets = sockets
+        self.factory = factory
+        self.shortage = shortage
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self._reserve = _reserve_descriptor()
+        self._handing: set[asyncio.Task[object]] = set()  # hand-overs not yet done
+        self._resting: dict[int, asyncio.TimerHandle] = {}
+        for listener in sockets:
+            self.loop.add_reader(listener.fileno(), self._readable, listener)
+
+    @classmethod
+    async def open(cls, route: str, host: str, port: int, factory: ProtocolFactory,
+                   shortage: DescriptorShortage) -> Acceptor:
+        """Listen on every address ``host`` resolves to (as create_server(reuse_address=True) does);
+        OSError names the route, the address and what failed."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            sockets = _bound(infos)
+        except OSError as exc:
+            raise OSError(exc.errno, f"route {route}: cannot listen on {host}:{port}: "
+                                     f"{exc.strerror or exc}") from None
+        return cls(route, sockets, factory, shortage)
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop listening; connections already accepted go on."""
+        if self.closed:
+            return
+        self.closed = True
+        for timer in self._resting.values():
+            timer.cancel()
+        for listener in self.sockets:
+            self.loop.remove_reader(listener.fileno())
+            listener.close()
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+
+    def _readable(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued: nobody to serve or record
+            except OSError as exc:
+                self._accept_failed(listener, exc)
+                return
+            self._hand_over(conn, address)
+
+    def _hand_over(self, conn: socket.socket, address: tuple[object, ...]) -> None:
+        peer = (str(address[0]), int(address[1]))  # type: ignore[call-overload]
+        conn.setblocking(False)
+        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: self.factory(peer), conn))
+        self._handing.add(task)
+        task.add_done_callback(lambda done: self._handed(done, conn, peer))
+
+    def _handed(self, task: asyncio.Task[object], conn: socket.socket, peer: Peer) -> None:
+        self._handing.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.warning("route %s: the connection from %s:%d could not be set up: %s", self.route, peer[0], peer[1],
+                    task.exception())
+        if conn.fileno() >= 0:  # the loop did not take it over (it detaches what it closes)
+            conn.close()
+
+    def _accept_failed(self, listener: socket.socket, exc: OSError) -> None:
+        if exc.errno not in OUT_OF_DESCRIPTORS:
+            # ENOBUFS, ENOMEM, a firewall's EPERM: the next connection may fare better, after a rest.
+            log.warning("route %s: accepting a connection failed: %s", self.route, exc)
+            self._rest(listener)
+            return
+        refused, emptied = self._refuse_waiting(listener)
+        # Linux reserves the new descriptor before it looks at the queue: accept() fails with
+        # EMFILE even when nobody waits. Only a refusal, or a queue not known empty, is news.
+        if refused or not emptied:
+            self.shortage.refused(self.route, refused, exc)
+        if not emptied:
+            self._rest(listener)
+
+    def _refuse_waiting(self, listener: socket.socket) -> tuple[list[Peer], bool]:
+        """Take the waiting connections with the reserve descriptor freed, and close each at once;
+        returns their addresses and whether none waits any more."""
+        if self._reserve is None:
+            self._reserve = _reserve_descriptor()
+            return [], False
+        os.close(self._reserve)
+        self._reserve = None
+        refused: list[Peer] = []
+        emptied = False
+        try:
+            while len(refused) < ACCEPT_BATCH:
+                try:
+                    conn, address = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    emptied = True
+                    break
+                except ConnectionAbortedError:
+                    continue
+                except OSError:
+                    break  # another thread took the freed descriptor first
+                conn.close()
+                refused.append((str(address[0]), int(address[1])))
+        finally:
+            self._reserve = _reserve_descriptor()
+        return refused, emptied
+
+    def _rest(self, listener: socket.socket) -> None:
+        """Stop accepting on ``listener`` for ACCEPT_RETRY_DELAY seconds (it would be ready again
+        at once: a busy loop)."""
+        fd = listener.fileno()
+        if self.closed or fd in self._resting:
+            return
+        self.loop.remove_reader(fd)
+        self._resting[fd] = self.loop.call_later(ACCEPT_RETRY_DELAY, self._wake, listener)
+
+    def _wake(self, listener: socket.socket) -> None:
+        self._resting.pop(listener.fileno(), None)
+        if not self.closed:
+            self.loop.add_reader(listener.fileno(), self._readable, listener)
+
+
+def _reserve_descriptor() -> int | None:
+    """A descriptor held in reserve for `Acceptor._refuse_waiting` (None: none was free)."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+#: One answer of getaddrinfo(): family, type, protocol, canonical name, address.
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str,
+                 "tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]"]
+
+
+def _bound(infos: Sequence[AddrInfo]) -> list[socket.socket]:
+    """Listening, non-blocking sockets bound to each distinct address of ``infos`` (getaddrinfo)."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            listener = socket.socket(family, kind, proto)
+            sockets.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # As create_server: an IPv6 socket serves IPv6 only, the IPv4 address gets its own.
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+            listener.listen(ACCEPT_BACKLOG)
+            listener.setblocking(False)
+    except OSError:
+        for listener in sockets:
+            listener.close()
+        raise
+    if not sockets:
+        raise OSError(errno.EADDRNOTAVAIL, "the address resolves to nothing")
+    return sockets
 
 
 def feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
@@ -236,12 +527,14 @@ class Gateway:
         self.ips = DicomAdapter(engine) if engine is not None else None
         self.quarantined = q.QuarantineList()
         self.quarantine_policy = q.QuarantinePolicy(config.quarantine_scope, tuple(config.admin_hosts))
+        # Connections refused for want of a file descriptor, on every route: logged and recorded.
+        self.shortage = DescriptorShortage(publish)
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes if r.mode == "relay"]
         self.stored = [self._store_forward(r, resolve, object_checks) for r in config.routes
                        if r.mode == "store-and-forward"]
         self._read_quarantine = read_quarantine
         self._quarantine_seq = -1
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Acceptor] = []
         self._poller: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
@@ -256,13 +549,13 @@ class Gateway:
         for rt in self.routes:
             listen = rt.route.listen
             try:
-                server = await loop.create_server(rt.protocol_factory, listen.host, listen.port, reuse_address=True)
-            except OSError as exc:
+                server = await Acceptor.open(rt.route.name, listen.host, listen.port, rt.protocol_factory,
+                                             self.shortage)
+            except OSError:
                 await self.stop()
-                raise OSError(exc.errno, f"route {rt.route.name}: cannot listen on {listen.host}:{listen.port}: "
-                                         f"{exc.strerror}") from None
+                raise
             self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
+            port = server.port
             up = rt.route.upstream
             self.listeners.append(Listener(rt.route.name, listen.host, port, listen.ae_title, rt.server_ssl is not None,
                                            f"{up.ae_title}@{up.host}:{up.port}" + (" (TLS)" if up.tls else "")))
@@ -287,7 +580,7 @@ class Gateway:
                                  publish=self.publish, quarantined=self.quarantined, quarantine=self.quarantine,
                                  object_checks=object_checks(route) if object_checks else [], resolve=resolve,
                                  durability=self.durability, server_ssl=listen_tls_context(route, resolve),
-                                 quarantine_policy=self.quarantine_policy)
+                                 quarantine_policy=self.quarantine_policy, shortage=self.shortage)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:
@@ -304,6 +597,9 @@ class Gateway:
                 relay.abort("the gateway is shutting down", kind="shutdown")
         if self._ticker is not None:
             self._ticker.cancel()
+        self.shortage.report()  # refusals counted since the last report are not lost
+        for rt in self.routes:
+            rt.refusals.flush()  # open refusal summaries, before the bus closes
         if self.engine is not None:  # the aggregate alerts of limit windows still open (docs/ids.md)
             for alert in self.engine.flush():
                 self.publish(alert.event)

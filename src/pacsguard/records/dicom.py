@@ -13,6 +13,7 @@ or an empty (universal) key names nobody.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -336,3 +337,140 @@ def _unread(peek: DatasetPeek) -> str | None:
 def capture_time(seconds: float) -> datetime:
     """A packet time (seconds since the epoch) as an Event time."""
     return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+# --- refusal floods --------------------------------------------------------------------------
+
+REFUSALS_SUMMARY = "gateway.refusals.summary"
+REFUSAL_WINDOW = 60.0  # seconds: `limits.refusals_recorded_per_minute` counts per window
+MAX_AE_TITLES = 32  # calling AE titles listed in one summary; a brute force shows in the first ones
+MAX_SOURCES = 10_000  # (host, rule) windows kept at once; past it, refusals are recorded one by one
+
+
+@dataclass(slots=True)
+class _Window:
+    """One (source host, rule)'s refusals since `started` (monotonic)."""
+
+    started: float
+    recorded: int = 0
+    suppressed: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    route: Any = None
+    target: Party | None = None
+    ae_titles: dict[str, None] = field(default_factory=dict)
+    handle: asyncio.TimerHandle | None = None
+
+
+class RefusalLog:
+    """A route's own refusals of associations (A-ASSOCIATE-RJ, PS3.8 9.3.4), counted per (source
+    host, rule): the first `per_minute` of each window of REFUSAL_WINDOW seconds are recorded one
+    by one (requested + rejected, enough to tell who and why), the others only counted; one
+    `gateway.refusals.summary` Event per window then says how many were not recorded, between
+    which times, with which calling AE titles. An unauthenticated flood of refusals so costs a
+    bounded number of records a minute instead of filling the audit store, whose full disk would
+    refuse every modality (record before response). Accepted associations never pass here, and
+    the route's checks (the inline IDS counting floods) still see every refusal."""
+
+    def __init__(self, per_minute: int, publish: Callable[[Event], object], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.publish = publish
+        self.clock = clock
+        self.windows: dict[tuple[str, str], _Window] = {}
+
+    def admit(self, rejected: Event) -> bool:
+        """Whether this `dicom.association.rejected` Event (and its `requested`) is to be recorded;
+        False: it is counted in its source's summary instead."""
+        details = rejected.details
+        key = (rejected.actor.host or "?", str(details.get("rule") or details.get("reason") or "?"))
+        now = self.clock()
+        window = self.windows.get(key)
+        if window is not None and now - window.started >= REFUSAL_WINDOW:
+            self._close(key, window)  # its timer is late (a busy loop): the next window starts here
+            window = None
+        if window is None:
+            if len(self.windows) >= MAX_SOURCES:
+                return True  # never silently lose a refusal for want of room to count it
+            window = self.windows[key] = _Window(now)
+            window.handle = _call_later(REFUSAL_WINDOW, self._close, key, window)
+        if window.recorded < self.per_minute:
+            window.recorded += 1
+            return True
+        window.suppressed += 1
+        window.first = window.first or rejected.time
+        window.last = rejected.time
+        window.route, window.target = details.get("route"), rejected.target
+        if rejected.actor.ae_title and len(window.ae_titles) < MAX_AE_TITLES:
+            window.ae_titles[rejected.actor.ae_title] = None
+        return False
+
+    def flush(self) -> None:
+        """Record the summary of every open window now (the gateway stops)."""
+        for key, window in list(self.windows.items()):
+            self._close(key, window)
+
+    def _close(self, key: tuple[str, str], window: _Window) -> None:
+        if self.windows.get(key) is not window:
+            return
+        del self.windows[key]
+        if window.handle is not None:
+            window.handle.cancel()
+        if window.suppressed:
+            self.publish(self._summary(key, window))
+
+    def _summary(self, key: tuple[str, str], window: _Window) -> Event:
+        host, rule = key
+        assert window.first is not None and window.last is not None
+        titles = list(window.ae_titles)
+        return Event(kind=REFUSALS_SUMMARY, component="gateway", severity=Severity.WARNING,
+                     outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=host), target=window.target or Party(),
+                     message=f"{window.suppressed} more associations from {host} refused by rule {rule} between "
+                             f"{window.first.isoformat()} and {window.last.isoformat()}, not recorded one by one "
+                             f"(the first {window.recorded} were: limits.refusals_recorded_per_minute)",
+                     details={"route": window.route, "host": host, "rule": rule, "suppressed": window.suppressed,
+                              "recorded": window.recorded, "first": window.first.isoformat(),
+                              "last": window.last.isoformat(), "calling_ae_titles": titles,
+                              "window_s": REFUSAL_WINDOW},
+                     time=window.last)
+
+
+def _call_later(delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle | None:
+    """``callback`` in ``delay`` seconds on the running loop; None without one (then the next
+    refusal of the same source closes the window)."""
+    try:
+        return asyncio.get_running_loop().call_later(delay, callback, *args)
+    except RuntimeError:
+        return None
+
+
+class RefusalFilter:
+    """Between one association's Events and the store: its `dicom.association.requested` waits
+    until the association is judged, so that a refusal past the route's per-minute count
+    (`RefusalLog`) leaves neither record. Anything else published first lets it through, in order."""
+
+    __slots__ = ("log", "publish_now", "_held")
+
+    def __init__(self, log: RefusalLog | None, publish_now: Publish) -> None:
+        self.log = log
+        self.publish_now = publish_now
+        self._held: Event | None = None
+
+    def publish(self, event: Event) -> None:
+        if self.log is not None and event.kind == "dicom.association.requested" and self._held is None:
+            self._held = event
+            return
+        if event.kind == "dicom.association.rejected" and self._held is not None \
+                and event.details.get("by") == "gateway" and self.log is not None:
+            held, self._held = self._held, None
+            if not self.log.admit(event):
+                return
+            self.publish_now(held)
+        self.flush()
+        self.publish_now(event)
+
+    def flush(self) -> None:
+        """Record the held A-ASSOCIATE-RQ now: the association was let through."""
+        held, self._held = self._held, None
+        if held is not None:
+            self.publish_now(held)

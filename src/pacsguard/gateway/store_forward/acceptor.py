@@ -46,10 +46,10 @@ from pacsguard.gateway.store_forward import records, screening
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
 from pacsguard.gateway.store_forward.receiver import Incoming, Kept, Receiver, Sender, keep, kept_now
 from pacsguard.gateway.store_forward.spool import SpooledMeta
-from pacsguard.gateway.timer import AssociationTimer, idle_left
+from pacsguard.gateway.timer import AssociationTimer, PduClock, idle_left, pdu_left
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
-from pacsguard.records.dicom import AssociationRecord, Pending
+from pacsguard.records.dicom import AssociationRecord, Pending, RefusalFilter
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -136,6 +136,7 @@ class StoreAssociation:
         self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source,
                              quarantine_policy=rx.quarantine_policy)
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
+        self.refusals = RefusalFilter(rx.refusals, self._publish_now)
         self.incoming: Incoming | None = None
         self.answers: deque[asyncio.Task[None]] = deque()  # in the order their requests came
         # Committed objects whose Success is written or held by the outbox, not yet sent: the
@@ -150,6 +151,7 @@ class StoreAssociation:
         self.started = time.monotonic()
         self.last_activity = self.started
         self.timer = AssociationTimer(self._expired)
+        self.pdu_clock = PduClock()  # the PDU still arriving from the requestor
 
     # --- who is on the other end (quarantine enforcement, pacsguard.gateway.server) -----------------
 
@@ -171,7 +173,7 @@ class StoreAssociation:
         self.client = side
         transport = side.transport
         assert transport is not None  # called from the leg's connection_made
-        peer = transport.get_extra_info("peername") or ("?", 0)
+        peer = side.peer or transport.get_extra_info("peername") or ("?", 0)  # accept()'s, kept after a reset
         self.adm.host, self.adm.port = str(peer[0]), int(peer[1])
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
@@ -183,6 +185,19 @@ class StoreAssociation:
         self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired: no A-ASSOCIATE-RQ")
 
     def data_received(self, from_client: bool, data: memoryview | bytes) -> None:
+        """Bytes from the requestor (`_received`); then when the PDU left incomplete began (`PduClock`)."""
+        self._received(from_client, data)
+        reader = self.reader
+        pdu = ("reader", reader.stream_offset) if reader.pending_bytes else None
+        size = reader.pending_bytes + reader.missing_bytes if reader.missing_bytes else None
+        if self.closed or not self.pdu_clock.update(pdu, size, time.monotonic()):
+            return
+        if self.state == "established":  # the timer fires by the time the PDU must be whole
+            limits = self.route.limits
+            left, why = pdu_left({True: self.pdu_clock}, limits.artim_timeout, limits.min_pdu_rate, describe=False)
+            self.timer.arm_by(max(left, 0.0), why)
+
+    def _received(self, from_client: bool, data: memoryview | bytes) -> None:
         """Bytes from the requestor; a view of the leg's buffer, valid only during this call (the
         PDU reader copies what it keeps). The bulk of a data set is taken from it in place
         (`_bulk_run`), the rest goes through the PDU reader."""
@@ -720,9 +735,14 @@ class StoreAssociation:
         if self.closed:
             return
         if self.state == "established":
-            left, idle = idle_left(self.last_activity, self.route.limits.idle_timeout)
+            limits = self.route.limits
+            slow, overdue = pdu_left({True: self.pdu_clock}, limits.artim_timeout, limits.min_pdu_rate)
+            if slow <= 0.5:
+                self.abort(overdue, kind="timeout")  # a PDU trickling in: idleness never comes
+                return
+            left, idle = idle_left(self.last_activity, limits.idle_timeout)
             if left > 0.5 or (self.answers and not self.answers[-1].done()):
-                self.timer.arm(max(left, 1.0), why)  # an object still being checked is not idleness
+                self.timer.arm(min(max(left, 1.0), slow), why)  # an object still being checked is not idleness
                 return
             why = idle
         self.abort(why, kind="timeout")
@@ -757,6 +777,9 @@ class StoreAssociation:
                                    handled="tolerated", actor=self.adm.client_party(), target=self._record().server))
 
     def publish(self, event: Event) -> None:
+        self.refusals.publish(event)  # a refusal past limits.refusals_recorded_per_minute is only counted
+
+    def _publish_now(self, event: Event) -> None:
         ticket = self.rx.publish(event)
         if ticket is not None:
             self.outbox.ticket = max(self.outbox.ticket, ticket)

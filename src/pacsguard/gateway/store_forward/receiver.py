@@ -59,7 +59,7 @@ from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta, Spool
 from pacsguard.gateway.store_forward.structure import walk_file
 from pacsguard.gateway.store_forward.syncing import FolderSync, start_writeback
 from pacsguard.gateway.verdict import Action, Verdict
-from pacsguard.records.dicom import Pending
+from pacsguard.records.dicom import Pending, RefusalLog
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -95,6 +95,7 @@ class Receiver:
     # it, since starting one per object put ~0.4 ms before every object's fsync. Its tasks never
     # wait for anything, so the worker threads that wait for them cannot deadlock it.
     meta_writer: Executor
+    refusals: RefusalLog  # the route's own refusals, counted per source and rule (records.dicom)
     # What an association check's quarantine takes (admission.Admission.quarantine); an object
     # check's `quarantine_sender` takes the sending host, as documented.
     quarantine_policy: QuarantinePolicy = QuarantinePolicy()

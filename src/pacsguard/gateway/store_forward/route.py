@@ -7,6 +7,7 @@ their durability."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacsguard.config.schema import Destination, Route
-from pacsguard.events import Event, Party
+from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import Chain
 from pacsguard.gateway.objects import ObjectCheck
 from pacsguard.gateway.quarantine import QuarantineList, QuarantinePolicy
@@ -27,15 +28,21 @@ from pacsguard.gateway.store_forward.forwarding import ForwardingProcess
 from pacsguard.gateway.store_forward.receiver import Receiver
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
 from pacsguard.gateway.verdict import Verdict
+from pacsguard.records.dicom import RefusalLog
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
     from pacsguard.gateway.relay import Side
+    from pacsguard.gateway.server import Acceptor, DescriptorShortage, Peer
 
 log = logging.getLogger("pacsguard.gateway")
 
 WATCH_INTERVAL = 2.0  # seconds between looks at the spool's size
 REARM = 0.9  # the high-water event fires again once the spool fell below 90 % of the mark
+# A look at the spool can fail for a moment (a descriptor shortage during a connection flood): it is
+# recorded only when it lasts, as the watch cannot announce a filling spool meanwhile.
+UNREADABLE_RECORDED_AFTER = 60.0
+UNREADABLE = "gateway.spool.unreadable"
 META_WRITERS = 4  # objects whose metadata is written at once; more wait their turn (~0.3 ms each)
 
 
@@ -54,41 +61,48 @@ class StoreForwardRoute:
                  object_checks: Sequence[ObjectCheck] = (),
                  resolve: Callable[[Path], Path] = lambda p: p, durability: Durability | None = None,
                  server_ssl: ssl.SSLContext | None = None,
-                 quarantine_policy: QuarantinePolicy | None = None) -> None:
+                 quarantine_policy: QuarantinePolicy | None = None,
+                 shortage: DescriptorShortage | None = None) -> None:
         self.route = route
         self.publish = publish
         self.quarantined = quarantined
         self._quarantine = quarantine
         self.durability = durability  # answers wait for their records (docs/gateway.md); None: never held
         self.server_ssl = server_ssl  # route.listen.tls; None: plain TCP
+        self._shortage = shortage  # the gateway's count of connections refused for want of descriptors
         self.spool = spool_for(route, resolve)
         self.forwarding = ForwardingProcess(route, self.spool, [_resolved(d, resolve) for d in route.destinations],
                                             publish)
         self._meta_writer = ThreadPoolExecutor(META_WRITERS, thread_name_prefix=f"pacsguard-meta-{route.name}")
         self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
                                  publish, self._quarantine_source, self._is_quarantined, self._queued,
-                                 self._meta_writer, quarantine_policy or QuarantinePolicy())
+                                 self._meta_writer, RefusalLog(route.limits.refusals_recorded_per_minute, publish),
+                                 quarantine_policy or QuarantinePolicy())
         self.associations: set[StoreAssociation] = set()
-        self.server: asyncio.base_events.Server | None = None
+        self.server: Acceptor | None = None
         self.port = route.listen.port
         self._supported = storage_sop_classes()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
+        self.spool_watch = SpoolWatch(route, self.spool, publish)
         self._watch = threading.Thread(target=self._watch_spool, name=f"pacsguard-spool-{route.name}", daemon=True)
 
     async def start(self) -> int:
         """Rescan the spool, start the forwarders and listen on the running loop; returns the port
         listened on."""
-        loop = self._loop = asyncio.get_running_loop()
+        from pacsguard.gateway.server import Acceptor, DescriptorShortage
+
+        self._loop = asyncio.get_running_loop()
         waiting = await asyncio.to_thread(self._start_forwarders)
         listen = self.route.listen
+        if self._shortage is None:  # a route run on its own (the tests): it counts its refusals itself
+            self._shortage = DescriptorShortage(self.publish)
         try:
-            self.server = await loop.create_server(self._accept, listen.host, listen.port, reuse_address=True)
-        except OSError as exc:
+            self.server = await Acceptor.open(self.route.name, listen.host, listen.port, self._accept, self._shortage)
+        except OSError:
             await self.stop()
-            raise OSError(exc.errno, f"route {self.route.name}: cannot listen on {listen.host}:{listen.port}: "
-                                     f"{exc.strerror}") from None
-        self.port = int(self.server.sockets[0].getsockname()[1])
+            raise
+        self.port = self.server.port
         self._watch.start()
         if waiting:
             log.info("route %s: %d spooled objects resume forwarding", self.route.name, waiting)
@@ -128,16 +142,17 @@ class StoreForwardRoute:
                 self.publish(records.undeliverable(meta, destination, Party(), why))
         return only
 
-    def _accept(self) -> Side:
-        """A new connection's protocol: the relay's TCP leg, or its TLS leg (the handshake recorded)."""
+    def _accept(self, peer: Peer) -> Side:
+        """A new connection's protocol, given the client's address as accept() returned it: the
+        relay's TCP leg, or its TLS leg (the handshake recorded)."""
         association = StoreAssociation(self.receiver, self.durability, self._supported, self.associations)
         if self.server_ssl is not None:
             from pacsguard.gateway.server import TLSAcceptingSide
 
-            return TLSAcceptingSide(association, self.server_ssl)
+            return TLSAcceptingSide(association, self.server_ssl, peer, self._shortage)
         from pacsguard.gateway.relay import Side
 
-        return Side(association, True)
+        return Side(association, True, peer)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, let open associations finish within ``grace`` seconds (then abort them),
@@ -146,11 +161,14 @@ class StoreForwardRoute:
         self.forwarding.stopping()  # from now on the forwarding process's end is no failure
         if self.server is not None:
             self.server.close()
+            if self._shortage is not None:
+                self._shortage.report()  # refusals counted since the last report are not lost
             deadline = time.monotonic() + grace
             while self.associations and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             for association in list(self.associations):
                 association.abort("the gateway is shutting down", kind="shutdown")
+        self.receiver.refusals.flush()  # open refusal summaries, before the bus closes
         await asyncio.to_thread(self._stop_forwarders)
 
     def _stop_forwarders(self) -> None:
@@ -179,15 +197,78 @@ class StoreForwardRoute:
     # --- the high-water watch ----------------------------------------------------------------------
 
     def _watch_spool(self) -> None:
-        mark = self.route.spool.high_water_mib * MIB
-        raised = False
+        """The watch's thread: one look every WATCH_INTERVAL seconds until the route stops (a
+        look that fails is retried at the next tick: `SpoolWatch`)."""
         while not self._stop.wait(WATCH_INTERVAL):
+            self.spool_watch.look()
+
+
+class SpoolWatch:
+    """The spool's high-water watch (docs/gateway.md, "The high-water mark"): each look compares
+    what the spool holds with `spool.high_water_mib` and records `gateway.spool.high-water` once
+    per crossing. A look that fails (no file descriptor left, EMFILE, while a connection flood
+    holds them all; an I/O error) is logged once and tried again at the next look: the watch
+    never ends on its own, or the spool could fill to 0xA700 unannounced. Blind for
+    UNREADABLE_RECORDED_AFTER seconds, it records `gateway.spool.unreadable`, once until a look
+    succeeds again."""
+
+    def __init__(self, route: Route, spool: Spool, publish: Callable[[Event], int | None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.route = route.name
+        self.mark_mib = route.spool.high_water_mib
+        self.spool = spool
+        self.publish = publish
+        self.clock = clock
+        self.raised = False  # the spool is above the mark and that was recorded
+        self.blind_since: float | None = None  # the first of the failed looks in a row
+        self.recorded = False  # this blind spell was recorded
+
+    def look(self) -> None:
+        try:
             usage = self.spool.usage()
-            if usage.bytes > mark and not raised:
-                raised = True
-                self.publish(records.high_water(self.route.name, usage, self.route.spool.high_water_mib))
-            elif usage.bytes < mark * REARM:
-                raised = False
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if self.blind_since is not None:
+            log.warning("route %s: the spool's size can be read again (the high-water watch was blind for %.0f s)",
+                        self.route, self.clock() - self.blind_since)
+            self.blind_since, self.recorded = None, False
+        mark = self.mark_mib * MIB
+        if usage.bytes > mark and not self.raised:
+            self.raised = True
+            self.publish(records.high_water(self.route, usage, self.mark_mib))
+        elif usage.bytes < mark * REARM:
+            self.raised = False
+
+    def _failed(self, exc: OSError) -> None:
+        now = self.clock()
+        if self.blind_since is None:
+            self.blind_since = now
+            log.warning("route %s: the high-water watch cannot read the spool's size: %s; it tries again every "
+                        "%g s", self.route, unreadable_reason(exc), WATCH_INTERVAL)
+            return
+        if not self.recorded and now - self.blind_since >= UNREADABLE_RECORDED_AFTER:
+            self.recorded = True
+            self.publish(unreadable(self.route, unreadable_reason(exc), now - self.blind_since))
+
+
+def unreadable_reason(exc: OSError) -> str:
+    """What stopped a look at the spool, in words (EMFILE named: it passes once connections end)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    where = f" on {exc.filename}" if exc.filename else ""
+    hint = (" (the gateway has no file descriptor left: RLIMIT_NOFILE, e.g. LimitNOFILE= of its systemd unit, "
+            "is too low for the connections it holds)" if exc.errno in (errno.EMFILE, errno.ENFILE) else "")
+    return f"{what}{f' ({code})' if code else ''}{where}{hint}"
+
+
+def unreadable(route: str, reason: str, seconds: float) -> Event:
+    """The high-water watch could not read the spool's size for ``seconds``: it cannot announce a
+    filling spool until it can again."""
+    return Event(kind=UNREADABLE, component="gateway", severity=Severity.ERROR, outcome=Outcome.SERIOUS_FAILURE,
+                 message=(f"route {route}: the spool's size could not be read for {seconds:.0f} s, the high-water "
+                          f"watch is blind until it can: {reason}"),
+                 details={"route": route, "error": reason, "seconds": round(seconds, 1)})
 
 
 def stranded_reason(route: str, destination: str) -> str:
