@@ -224,6 +224,12 @@ def test_refusals_are_recorded_a_few_then_counted_and_token_guessing_is_throttle
     assert len(errors) == 2
     assert errors[0].startswith(f"{http.MOST_GUESSES - http.RECORDED_EACH} more in 60 s after the first 10")
     assert errors[1].startswith(f"{45 + 1 - http.MOST_GUESSES - 1} more in 60 s after the first 1 recorded")
+    # The 429s are named as such, and `atna sources` counts every request a summary stands for.
+    assert rejected[-1].details["problem"] == "throttled"
+    assert sorted(e.details["repeats"] for e in summaries) == sorted(
+        [http.MOST_GUESSES - http.RECORDED_EACH, 45 + 1 - http.MOST_GUESSES - 1])
+    [row] = count_sources([e for e in rx.events if e.kind == "atna.http.rejected"])
+    assert row.http_refused == 45 + 1
 
 
 def test_a_bundle_posted_to_the_fhir_base_is_each_of_its_audit_events(tmp_path: Path, monkeypatch: Any) -> None:

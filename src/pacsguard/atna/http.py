@@ -704,13 +704,14 @@ class RestfulAtna:
     def _publish(self, sender: Sender, problem: str, error: str, method: str, path: str, repeats: int = 0) -> None:
         what = {"silent": "connection{} from {} sent no request",
                 "truncated": "request{} from {} not complete"}.get(problem, "request{} from {} refused")
-        # A 429 (throttled) is a request refused for want of credentials: recorded as unauthorized.
-        recorded = "unauthorized" if problem == "throttled" else problem
+        details: dict[str, object] = {"sender": sender.to_dict(), "problem": problem, "error": error,
+                                      "method": method, "path": path}
+        if repeats:  # a summary: it stands for this many requests (`atna sources` counts them all)
+            details["repeats"] = repeats
         self.publish(Event(kind="atna.http.rejected", component="atna", severity=Severity.WARNING,
                            outcome=Outcome.MINOR_FAILURE, actor=Party(host=sender.host, port=sender.port),
                            message=f"RESTful ATNA {what.format('s' if repeats else '', sender.host)}: {error}",
-                           details={"sender": sender.to_dict(), "problem": recorded, "error": error,
-                                    "method": method, "path": path}))
+                           details=details))
 
 
 async def _read_head(reader: asyncio.StreamReader, deadline: float) -> bytes:

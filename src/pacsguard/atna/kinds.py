@@ -15,7 +15,7 @@ _PATIENT: dict[str, Any] = {"type": "object", "properties": {"id": STRING, "auth
                             "required": ["id"], "additionalProperties": False}
 _PROBLEMS = ["malformed-frame", "oversize", "truncated", "silent", "entity-expansion", "unparsable-xml",
              "bad-encoding", "not-audit-message", "not-fhir", "unauthorized", "bad-request", "not-syslog",
-             "unreadable", "too-many-connections", "too-slow", "tls-handshake-failed"]
+             "unreadable", "too-many-connections", "too-slow", "tls-handshake-failed", "throttled"]
 
 #: What every received message carries: where it came from, its syslog header, its raw bytes.
 _RECEIVED = {
@@ -55,7 +55,7 @@ KINDS = (
               "client certificate, a body that is not a FHIR AuditEvent), cut short or too slow, a connection that "
               "sent nothing, or a failed TLS handshake",
               {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "path": STRING,
-               "method": STRING}, required=("sender", "problem", "error")),
+               "method": STRING, "repeats": INTEGER}, required=("sender", "problem", "error")),
     EventKind("atna.delivery.duplicate", "an authenticated sender (TLS client certificate) resent a message it "
               "had numbered (pacsguard's outbound feed: origin, instance and seq in its structured data) that this "
               "repository already stored byte for byte; it was dropped, and the rest of that resend with it (one "

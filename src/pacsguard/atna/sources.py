@@ -98,12 +98,14 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
             row.bad_action_code += 1
             _error(row, when, f"bad-action-code: EventActionCode {ev.details.get('action')!r} is not "
                               "C, R, U, D or E (PS3.15 A.5.1)")
+    # An HTTP summary stands for the requests it counted (`repeats`), each other event for one.
+    weight = int(ev.details.get("repeats") or 1) if ev.kind == "atna.http.rejected" else 1
     if problem == "silent":  # a syslog or an HTTP connection
-        row.silent_connections += 1
+        row.silent_connections += weight
     elif problem == "tls-handshake-failed":  # syslog over TLS, or HTTPS
-        row.tls_failed += 1
+        row.tls_failed += weight
     elif ev.kind == "atna.http.rejected":  # before the frame problems: HTTP has its "truncated" too
-        row.http_refused += 1
+        row.http_refused += weight
     elif problem == "bad-encoding" and str(ev.details.get("error", "")).startswith("JSON"):
         row.not_fhir += 1  # a FHIR AuditEvent not in UTF-8: no XML was sent
     elif problem in _XML_PROBLEMS:
