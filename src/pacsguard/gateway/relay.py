@@ -745,14 +745,10 @@ class AssociationRelay:
         decisions: deque[Pending | HeldResponse | None] = deque()
         rewriting = not from_client and self.route.rewrites_retrieve_ae_title
         for ev in events:
-            if isinstance(ev, DimseCommand) and ev.command.is_request \
-                    and ev.command.command_field != dimse.C_CANCEL_RQ \
-                    and self._record().outstanding(ev.from_requestor, ev.command.message_id or 0):
-                # Two requests under one Message ID (PS3.7 9.1.1): the answers cannot be told apart,
-                # so one of them would pass unrecorded.
-                self.protocol_error(from_client, VIOLATION_MESSAGE_ID_IN_USE,
-                                    f"{dimse.command_name(ev.command.command_field)} reuses Message ID "
-                                    f"{ev.command.message_id} of a request still unanswered (PS3.7 9.1.1)")
+            reused = self._record().reused_message_id(ev.from_requestor, ev.command) \
+                if isinstance(ev, DimseCommand) else None
+            if reused is not None:
+                self.protocol_error(from_client, VIOLATION_MESSAGE_ID_IN_USE, reused)
                 return []
             if isinstance(ev, DimseCommand) and from_client and ev.command.is_request \
                     and ev.command.command_field != dimse.C_CANCEL_RQ:

@@ -194,9 +194,16 @@ class AssociationRecord:
         """A request, not yet tracked: a judge may decide first whether it is recorded at all."""
         return Pending(ev.command, ev.from_requestor, ev.abstract_syntax, ev.transfer_syntax, started=self.clock())
 
-    def outstanding(self, from_requestor: bool, message_id: int) -> bool:
-        """Whether a request of this sender with this Message ID still waits for its final response."""
-        return (from_requestor, message_id) in self.pending
+    def reused_message_id(self, from_requestor: bool, command: CommandSet) -> str | None:
+        """Why request ``command`` of this sender may not go on, or None: its Message ID is that of
+        one of its requests still waiting for the final response (PS3.7 9.1.1), so the answers
+        could not be told apart and one request would pass unrecorded. A C-CANCEL-RQ names the
+        request it cancels and has no Message ID of its own."""
+        if not command.is_request or command.command_field == C_CANCEL_RQ \
+                or (from_requestor, command.message_id or 0) not in self.pending:
+            return None
+        return (f"{command_name(command.command_field)} reuses Message ID {command.message_id} of a request "
+                "still unanswered (PS3.7 9.1.1)")
 
     def track(self, pending: Pending) -> Pending:
         """Wait for the final response to `pending`; its Event is published then (or at the end)."""

@@ -438,10 +438,9 @@ class StoreAssociation:
                        "answers", kind="protocol")
             return
         record = self._record()
-        if record.outstanding(True, command.message_id or 0):  # answers could not be told apart (PS3.7 9.1.1)
-            self.protocol_error(E.VIOLATION_MESSAGE_ID_IN_USE,
-                                f"{dimse.command_name(command.command_field)} reuses Message ID "
-                                f"{command.message_id} of a request still unanswered (PS3.7 9.1.1)")
+        reused = record.reused_message_id(True, command)
+        if reused is not None:
+            self.protocol_error(E.VIOLATION_MESSAGE_ID_IN_USE, reused)
             return
         pending = record.request(ev)
         if command.command_field == dimse.C_STORE_RQ:
