@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 import sys
 from pathlib import Path
 
 import pytest
+from test_engine import identifier
 from typer.testing import CliRunner
 
 from pacsguard.dicom import AssociationDecoder, encode_dimse_message
@@ -118,22 +118,6 @@ def test_a_long_aliased_value_is_quoted_short(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- 10, 11: query keys
-
-
-def element(tag: int, value: bytes) -> bytes:
-    """One Implicit VR Little Endian data element (PS3.5 7.1.3), padded to even length."""
-    if len(value) % 2:
-        value += b" "
-    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
-
-
-def identifier(level: str, *, patient_name: str | None = None, patient_id: str | None = None) -> bytes:
-    parts = [element(0x00080052, level.encode())]
-    if patient_name is not None:
-        parts.append(element(0x00100010, patient_name.encode()))
-    if patient_id is not None:
-        parts.append(element(0x00100020, patient_id.encode()))
-    return b"".join(parts)
 
 
 def listed(prefix: str, count: int) -> str:
