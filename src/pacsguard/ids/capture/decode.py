@@ -26,7 +26,7 @@ length) keeps its headers; the payload it lacks is reported to the reassembler a
 and the frame is counted in ``CaptureStats.snap_truncated``, the first one as a capture problem.
 A frame captured whole that still holds less than its IP length is a packet Linux drops (an
 evasion: the sensor would otherwise read padding as payload): it is dropped too and reported as
-the anomaly ``ip-length-exceeds-frame``.
+the anomaly ``ip-length-exceeds-frame``; so is such an IP fragment, before it reaches reassembly.
 """
 
 from __future__ import annotations
@@ -228,7 +228,11 @@ def decode_tcp(
         if frag & 0x3FFF:
             stats.ip_fragments += 1
             if defrag is not None and proto == 6:
-                defrag.add_v4(buf, p, ihl, totlen, end, frag, ts)
+                if p + totlen > end and stats.cut_at != off:
+                    key = _fragment_key(buf, p + 12, p + 20, p + ihl, not frag & 0x1FFF, end)
+                    _length_lie(buf, key, p, totlen, end - p, stats, defrag, ts)
+                else:
+                    defrag.add_v4(buf, p, ihl, totlen, end, frag, ts)
             return None
         if proto != 6:
             count(_proto_name(4, proto))
@@ -272,7 +276,12 @@ def decode_tcp(
             elif nh == 44:
                 stats.ip_fragments += 1
                 if defrag is not None:
-                    defrag.add_v6(buf, p, tcp, ip_end, end, ts)
+                    if ip_end > end and stats.cut_at != off:
+                        first = tcp + 8 <= end and buf[tcp] == 6 and not _U16(buf, tcp + 2)[0] & 0xFFF8
+                        key = _fragment_key(buf, p + 8, p + 40, tcp + 8, first, end)
+                        _length_lie(buf, key, p, ip_end - p, end - p, stats, defrag, ts)
+                    else:
+                        defrag.add_v6(buf, p, tcp, ip_end, end, ts)
                 return None
             else:
                 break
@@ -315,6 +324,14 @@ def decode_tcp(
         ip_end = end
         note_truncated(stats, missing, off)
     return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing, tcp
+
+
+def _fragment_key(buf: bytes | mmap.mmap | memoryview, addrs: int, addrs_end: int, data: int, first: bool,
+                  end: int) -> bytes:
+    """The directional key of a fragment, for reporting: its addresses, and its ports when it is a
+    first fragment that carries them (later fragments have none: 0)."""
+    ports = bytes(buf[data : data + 4]) if first and data + 4 <= end else bytes(4)
+    return bytes(buf[addrs:addrs_end]) + ports
 
 
 def _length_lie(
