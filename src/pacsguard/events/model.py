@@ -172,7 +172,17 @@ class Event:
         # orjson writes the datetime, tuples and sorted keys itself, several times faster than
         # json.dumps; the store hashes the stored text, so a future change of serializer never
         # invalidates sealed events.
-        return orjson.dumps(self._json_fields(), default=json_default, option=JSON_OPTIONS).decode()
+        fields = self._json_fields()
+        try:
+            return orjson.dumps(fields, default=json_default, option=JSON_OPTIONS).decode()
+        except TypeError as exc:
+            # A lone surrogate (a file name or a value decoded with surrogateescape) is not UTF-8:
+            # written as its escape text instead, so the event is still recorded, readably.
+            try:
+                escaped = _surrogates_escaped(fields)
+            except RecursionError:  # a cycle in the details: not writable at all
+                raise exc from None
+            return orjson.dumps(escaped, default=json_default, option=JSON_OPTIONS).decode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Event":
@@ -222,6 +232,17 @@ def time_from_us(us: int) -> datetime:
     from datetime import timedelta
 
     return _EPOCH + timedelta(microseconds=us)
+
+
+def _surrogates_escaped(value: Any) -> Any:
+    """*value* with every lone surrogate in its strings (keys too) written as its ``\\udcXX`` text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {_surrogates_escaped(k): _surrogates_escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_surrogates_escaped(v) for v in value]
+    return value
 
 
 class JsonDetails(Mapping[str, Any]):

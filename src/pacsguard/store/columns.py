@@ -56,6 +56,13 @@ _NUL = "\x00"
 
 def column_key(value: str, size: int) -> str:
     """``value`` as a column or index key of ``size`` characters holds it (module docstring)."""
+    if not value.isascii():  # O(1) in CPython: the check below costs only non-ASCII values
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate: the sealed record holds its escape text (Event.to_json), and so
+            # does the column, so that verify finds the copy equal to the record.
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(value) <= size and _NUL not in value and MARKER not in value:
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
@@ -103,7 +110,8 @@ def optional(key: Callable[[str], str], value: str | None) -> str | None:
 #: Refusals that lie in the events themselves, not in the database's state: retrying the same batch
 #: cannot succeed. SQLSTATE class 22 (data exception: a value too long, U+0000 in text, a number out
 #: of range) reaches SQLAlchemy as DataError; ValueError and TypeError come from sealing an event
-#: whose text cannot be written as UTF-8 JSON (orjson refuses a lone surrogate).
+#: that cannot be written as JSON (details nested beyond orjson's limit, or a cycle; a lone
+#: surrogate is written as its escape text: Event.to_json).
 REFUSALS: tuple[type[BaseException], ...] = (DataError, ValueError, TypeError)
 REFUSED_KIND = "pacsguard.recording.failed"
 
