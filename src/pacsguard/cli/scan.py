@@ -134,7 +134,13 @@ def scan_command(
     updates: dict[str, object] = {}
     if yara_dir:
         updates["yara_dirs"] = [*settings.yara_dirs, *(d.resolve() for d in yara_dir)]
-    if clamd:
+    if clamd is not None:
+        from pacsguard.scan.clamd import ClamdAddressError, parse_address
+
+        try:  # before anything is scanned: a mistyped address is said once, not on every file
+            parse_address(clamd)
+        except ClamdAddressError as exc:
+            raise fail(f"--clamd: {exc}") from None
         updates["clamd"] = clamd
     if updates:
         settings = settings.model_copy(update=updates)

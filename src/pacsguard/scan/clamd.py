@@ -12,6 +12,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from pacsguard.scan.model import Finding, Level
@@ -21,6 +22,41 @@ REF = "clamd(8) INSTREAM"
 LIMITS_REF = "clamd.conf(5) StreamMaxLength, MaxFileSize, MaxScanSize"
 #: The names clamd gives, with AlertExceedsMax, to a file it stopped scanning at a limit.
 LIMIT_SIGNATURE = "Heuristics.Limits.Exceeded"
+#: The longest answer read from clamd: its answers are one line ("stream: NAME FOUND", an error),
+#: a few hundred bytes at most; a peer that is no clamd (a wrong port) may send without end.
+MAX_REPLY = 4096
+#: How a TCP address is written (clamd.conf(5) TCPAddr and TCPSocket; RFC 3986 3.2.2 brackets
+#: an IPv6 address).
+TCP_FORM = "tcp://HOST:PORT (tcp://127.0.0.1:3310, tcp://[::1]:3310)"
+
+
+class ClamdAddressError(ValueError):
+    """A clamd address that names no socket: a TCP address without a port, or a port that is no
+    number from 1 to 65535, or an empty address."""
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """``(host, port)`` for ``tcp://HOST:PORT`` (an IPv6 host in brackets, RFC 3986 3.2.2), the
+    socket's path for any other address; ClamdAddressError, naming what is wrong, for an address
+    that names no socket, so that a mistyped setting is said once, not met on every file."""
+    if not address:
+        raise ClamdAddressError("the clamd address is empty: give a socket path or " + TCP_FORM)
+    if not address.startswith("tcp://"):
+        return address
+    rest = address[6:].rstrip("/")
+    if rest.startswith("["):
+        host, close, tail = rest[1:].partition("]")
+        port = tail[1:] if close and tail.startswith(":") else ""
+    else:
+        host, colon, port = rest.rpartition(":")
+        if not colon or ":" in host:
+            host, port = rest, ""
+    if not host or not port:
+        raise ClamdAddressError(f"clamd address {address!r} has no port: write it {TCP_FORM}")
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClamdAddressError(f"clamd address {address!r}: the port {port!r} is no number from 1 to 65535; "
+                                f"write it {TCP_FORM}")
+    return host, int(port)
 
 
 class ClamdError(Exception):
@@ -36,17 +72,21 @@ class Clamd:
     """A clamd address: a Unix socket path, or ``tcp://host:port``."""
 
     address: str
+    #: Seconds to connect, to send each chunk, and for clamd's whole answer.
     timeout: float = 60.0
     max_file_size: int = 25 * 1024**2  # clamd.conf MaxFileSize, as Debian's clamav-daemon writes it
 
+    def __post_init__(self) -> None:
+        parse_address(self.address)  # a mistyped address is a configuration error, said at once
+
     def _connect(self) -> socket.socket:
-        if self.address.startswith("tcp://"):
-            host, _, port = self.address[6:].rpartition(":")
-            return socket.create_connection((host, int(port)), timeout=self.timeout)
+        where = parse_address(self.address)
+        if isinstance(where, tuple):
+            return socket.create_connection(where, timeout=self.timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.address)
+            sock.connect(where)
         except OSError:
             sock.close()
             raise
@@ -69,7 +109,10 @@ class Clamd:
             raise ClamdError(f"clamd at {self.address}: {exc}") from exc
         with sock:
             sent, failed = _send(sock, data)
-            reply, read_failed = _reply(sock)
+            reply, read_failed = _reply(sock, self.timeout)
+        if read_failed is None and len(reply) >= MAX_REPLY and not reply.endswith(b"\0"):
+            raise ClamdError(f"clamd at {self.address}: an answer of more than {MAX_REPLY:,} bytes without its end, "
+                             f"which clamd never sends (is it clamd?): {_shown(reply[:80])}...")
         text = reply.rstrip(b"\0\n").decode("utf-8", "replace")
         if "size limit exceeded" in text:
             # The same answer on either transport: a Unix socket's sender sees EPIPE first, TCP's
@@ -80,6 +123,9 @@ class Clamd:
                                   f"over clamd's StreamMaxLength (set in clamd.conf{within}): {text}")
         if not text and (failed or read_failed):
             raise ClamdError(f"clamd at {self.address}: {failed or read_failed}")
+        if read_failed is not None and not reply.endswith(b"\0"):
+            # An answer cut short ("stream: OK" and no NUL, then silence) is no verdict.
+            raise ClamdError(f"clamd at {self.address}: its answer was cut short ({read_failed}): {text[:80]!r}")
         if text.endswith("FOUND"):
             name = text.removeprefix("stream:").strip().removesuffix("FOUND").strip()
             if name.startswith(LIMIT_SIGNATURE):
@@ -131,15 +177,27 @@ def _send(sock: socket.socket, data: bytes) -> tuple[int, OSError | None]:
     return sent, None
 
 
-def _reply(sock: socket.socket) -> tuple[bytes, OSError | None]:
-    """clamd's answer, up to its NUL or the connection's end, and the error that cut it short."""
+def _reply(sock: socket.socket, timeout: float) -> tuple[bytes, OSError | None]:
+    """clamd's answer, up to its NUL or the connection's end, and the error that cut it short. At
+    most MAX_REPLY bytes, within ``timeout`` seconds in all: a peer that is no clamd, sending
+    without end or a byte at a time, costs neither unbounded memory nor time per file."""
     reply = b""
+    deadline = time.monotonic() + timeout
     try:
-        while not reply.endswith(b"\0"):
-            part = sock.recv(4096)
+        while not reply.endswith(b"\0") and len(reply) < MAX_REPLY:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole answer within {timeout:g} s")
+            sock.settimeout(left)
+            part = sock.recv(MAX_REPLY - len(reply))
             if not part:
                 break
             reply += part
     except OSError as exc:
         return reply, exc
     return reply, None
+
+
+def _shown(raw: bytes) -> str:
+    """Bytes of a peer's answer as text for a message."""
+    return raw.decode("ascii", "backslashreplace")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pacsguard.config.schema import Strict
 
@@ -47,3 +47,14 @@ class ScanSettings(Strict):
         25 * 1024**2, gt=0, description="bytes: clamd's MaxFileSize (clamd.conf); clamd answers OK unscanned past it")
     limits: ScanLimits = Field(default_factory=ScanLimits)
     fail_on: LevelName = "medium"
+
+    @field_validator("clamd")
+    @classmethod
+    def _clamd_address(cls, value: str | None) -> str | None:
+        """A socket path or tcp://HOST:PORT (clamd.conf(5) LocalSocket, TCPSocket): one with no
+        port, or no number for one, is said when the configuration is loaded, not on each file."""
+        if value is not None:
+            from pacsguard.scan.clamd import parse_address
+
+            parse_address(value)
+        return value

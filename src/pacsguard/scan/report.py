@@ -169,7 +169,9 @@ def to_sarif(reports: list[FileReport], summary: Summary, version: str) -> str:
 #: SARIF level of a file not scanned, by the start of its skip reason: what could not be read at
 #: all is an error, what was left out by a limit or its kind a warning; anything else (empty, met
 #: again, pacsguard's own output) a note.
-SKIP_LEVELS = (("unreadable", "error"), ("no such file", "error"), ("larger than", "warning"),
+SKIP_LEVELS = (("unreadable", "error"), ("no such file", "error"), ("scan process ended", "error"),
+               ("out of memory", "error"),
+               ("larger than", "warning"),
                ("archive larger than", "warning"), ("not a regular file", "warning"), ("gone during", "warning"),
                ("symlink loop", "warning"), ("dangling symlink", "warning"))
 
@@ -210,7 +212,12 @@ def to_html(reports: list[FileReport], summary: Summary) -> str:
 
 
 def _html(text: str) -> str:
-    return html.escape(display_path(text))
+    """A name, reason or explanation as HTML text: escaped (the findings quote hostile files), and
+    its control and reordering characters shown as escapes, as on the terminal: a file named
+    ``IM1<U+202E>gpj.exe`` would otherwise read "IM1exe.jpg" in the page (Unicode 15 UAX #9)."""
+    from pacsguard.cli.layout import printable
+
+    return html.escape(printable(display_path(text)))
 
 
 def print_table(reports: list[FileReport], summary: Summary, *, show_info: bool = False) -> None:

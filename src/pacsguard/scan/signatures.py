@@ -153,6 +153,80 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18", re.DOTALL)
 
 
+#: Where an ISO 9660 volume descriptor set starts (ECMA-119 6.2.1, 8.1: the system area is
+#: sectors 0-15 of 2048 bytes), and how many of its sectors are looked at: the primary descriptor,
+#: a boot record (El Torito), Joliet's supplementary one, or UDF's volume recognition sequence
+#: (ECMA-167 2/8.3: "BEA01", "NSR02"/"NSR03", "TEA01"), each an identifier at byte 1.
+DISC_DESCRIPTORS, DISC_SECTOR, DISC_SECTORS = 16 * 2048, 2048, 8
+_DISC_IDS = (b"CD001", b"BEA01", b"NSR02", b"NSR03", b"TEA01")
+_OCTAL, _HEX = frozenset(b"01234567"), frozenset(b"0123456789abcdefABCDEF")
+#: An LHA header's method ID at byte 2 (after its size and checksum): -lh0- to -lh7-, -lhd-, -lzs-...
+LHA_METHOD = re.compile(rb"-l(?:h[0-7ds]|z[s45])-")
+
+
+def unopened_container(buf: bytes) -> str | None:
+    """What ``buf`` is, when it is a container or disc image pacsguard recognises and does not
+    open, so that what it holds was not scanned: an optical disc image (ISO 9660, ECMA-119 8.1;
+    UDF, ECMA-167 2/8.3: a CD or DVD of another hospital as a file), a Microsoft cabinet (MS-CAB
+    2.1: "MSCF", reserved zero), an ARJ archive (0x60 0xEA and a basic header of at most 2,600
+    bytes), a cpio archive (POSIX.1 pax cpio format: "070707" and octal fields; SVR4 "070701",
+    "070702" and hexadecimal ones; the old binary header 070707 in either byte order with a
+    name ended by its NUL), compiled HTML Help ("ITSF", version 3: its pages run script in
+    HTML Help), an MS-DOS COMPRESS.EXE file ("SZDD", "KWAJ": setup.ex_), a Windows imaging file
+    ("MSWIM"), LHA (a method ID, "-lh5-", at byte 2), ACE ("**ACE**" at byte 7), xar ("xar!"),
+    an Apple disk image (the "koly" trailer 512 bytes from the end) and a VHDX or VHD virtual
+    disk ("vhdxfile"; "conectix" first or 512 bytes from the end). The description names the
+    format; None: none of these."""
+    head = bytes(buf[:32])
+    if len(head) < 8:
+        return None
+    for sector in range(DISC_SECTORS):
+        at = DISC_DESCRIPTORS + sector * DISC_SECTOR
+        if bytes(buf[at + 1:at + 6]) in _DISC_IDS:
+            return "an optical disc image (ISO 9660 or UDF, a CD or DVD as a file)"
+    if head.startswith(b"MSCF\0\0\0\0"):
+        return "a Microsoft cabinet (.cab)"
+    if head.startswith(b"\x60\xea") and 0 < struct.unpack_from("<H", head, 2)[0] <= 2600:
+        return "an ARJ archive"
+    if _cpio(bytes(buf[:512])):
+        return "a cpio archive"
+    if head.startswith(b"ITSF") and struct.unpack_from("<I", head, 4)[0] == 3:
+        return "a compiled HTML Help file (.chm), whose pages run script when it is opened"
+    if head.startswith((b"SZDD\x88\xf0\x27\x33", b"KWAJ\x88\xf0\x27\xd1")):
+        return "an MS-DOS COMPRESS.EXE file (setup.ex_)"
+    if head.startswith(b"MSWIM\0\0\0"):
+        return "a Windows imaging file (.wim)"
+    if LHA_METHOD.match(head, 2) and head[0] > 0:
+        return "an LHA archive (.lzh)"
+    if head[7:14] == b"**ACE**":
+        return "an ACE archive"
+    if head.startswith(b"xar!"):
+        return "a xar archive"
+    if head.startswith((b"vhdxfile", b"conectix")):
+        return "a virtual disk image (VHD, VHDX)"
+    tail = bytes(buf[-512:-504]) if len(buf) >= 1024 else b""
+    if tail.startswith(b"koly"):
+        return "an Apple disk image (.dmg)"
+    if tail == b"conectix":
+        return "a virtual disk image (VHD, VHDX)"
+    return None
+
+
+def _cpio(head: bytes) -> bool:
+    """A cpio header: ASCII ("070707" and 70 octal digits; "070701"/"070702" and 104 hexadecimal
+    ones), or binary (magic 070707 as a 16-bit word, either byte order, and the name of namesize
+    bytes, NUL included, after the 26-byte header)."""
+    if head.startswith(b"070707"):
+        return len(head) >= 76 and all(c in _OCTAL for c in head[6:76])
+    if head.startswith((b"070701", b"070702")):
+        return len(head) >= 110 and all(c in _HEX for c in head[6:110])
+    order = {b"\xc7\x71": "<", b"\x71\xc7": ">"}.get(head[:2])
+    if order is None or len(head) < 28:
+        return False
+    size = struct.unpack_from(order + "H", head, 20)[0]
+    return 1 < size <= len(head) - 26 and head[26 + size - 1] == 0 and 0 not in head[26:26 + size - 1]
+
+
 def zstd(head: bytes) -> bool:
     """Does ``head`` start as a Zstandard file: a frame (RFC 8878 3.1.1) or a skippable frame (3.1.2)?"""
     return head[:4] == ZSTD_MAGIC or ZSTD_SKIPPABLE.match(head[:4]) is not None
@@ -493,8 +567,13 @@ def identify(buf: bytes) -> str | None:
 
 
 #: File names Windows runs on a double-click (or AutoPlay): scripts for cmd.exe, PowerShell and
-#: Windows Script Host, HTML applications, shortcuts and screen savers (PE files by another name).
-SCRIPT_EXTENSIONS = frozenset({".bat", ".cmd", ".ps1", ".vbs", ".vbe", ".js", ".jse", ".wsf", ".hta", ".lnk", ".scr"})
+#: Windows Script Host (.wsh its settings, naming a script), HTML applications, shortcuts and
+#: screen savers (PE files by another name); also what runs with no header to know it by: a .com
+#: (MS-DOS programs have none; a PE named .com runs as well) and a .pif; installers (.msi, .msp:
+#: OLE files msiexec runs), Control Panel items (.cpl), compiled HTML Help (.chm), console
+#: snap-ins (.msc) and registry files (.reg, which regedit merges).
+SCRIPT_EXTENSIONS = frozenset({".bat", ".cmd", ".ps1", ".vbs", ".vbe", ".js", ".jse", ".wsf", ".wsh", ".hta", ".lnk",
+                               ".scr", ".com", ".pif", ".msi", ".msp", ".cpl", ".chm", ".msc", ".reg"})
 
 
 def base_name(name: str) -> str:

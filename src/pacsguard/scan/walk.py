@@ -347,7 +347,7 @@ def read_regular(path: Path, limit: int, *, too_big: str = "larger than the limi
             raise NotRead("empty (0 bytes)")
         if st.st_size > limit:
             raise NotRead(f"{too_big} ({st.st_size:,} > {limit:,} bytes)", size=st.st_size)
-        data = _read_fd(fd, limit + 1)
+        data = _read_fd(fd, limit + 1, st.st_size)
     except OSError as exc:
         raise NotRead(f"unreadable: {exc.strerror or exc}", failed=True, size=0) from None
     finally:
@@ -357,12 +357,21 @@ def read_regular(path: Path, limit: int, *, too_big: str = "larger than the limi
     return data
 
 
-def _read_fd(fd: int, most: int) -> bytes:
+#: Bytes asked for at once past a file's size as fstat gave it (a file that grew since).
+READ_CHUNK = 16 * 1024 * 1024
+
+
+def _read_fd(fd: int, most: int, size: int) -> bytes:
+    """At most ``most`` bytes of the file, to its end. FileIO.read(n) allocates n bytes before it
+    reads: asked for ``most`` (the 2 GiB limit) it reserved 2 GiB for every file, which fails
+    (MemoryError) where memory is not overcommitted (vm.overcommit_memory=2, a ulimit -v). So the
+    first read asks for the size fstat gave and one byte more, and a file that grew since is read
+    on in READ_CHUNK pieces."""
     parts: list[bytes] = []
     got = 0
     with io.FileIO(fd, closefd=False) as f:
         while got < most:
-            chunk = f.read(most - got)
+            chunk = f.read(min(most - got, size + 1 - got if got <= size else READ_CHUNK))
             if not chunk:
                 break
             parts.append(chunk)

@@ -69,6 +69,10 @@ READ_FUNCTION = re.compile(r"""(?<![\w.-])(document|doc|unparsed-text(?:-lines)?
 #: a network-path or absolute-path reference (4.2: "//host", "/etc"), or a UNC path.
 ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:|[/\\]")
 OFFICE_MACRO = (b"vbaProject.bin", b"_VBA_PROJECT", b"V\x00B\x00A\x00", b"Macros")
+#: VBA in an OLE compound file of its own (MS-CFB 2.6: a directory entry's name is UTF-16LE,
+#: zero-padded to 64 bytes): the "VBA" storage and its "_VBA_PROJECT" stream (MS-OVBA 2.2.1,
+#: 2.3.4.1), and Word 97's "Macros" storage. With their padding's NUL after them: a name, not text.
+OLE_MACRO = tuple(name.encode("utf-16-le") + b"\x00\x00" for name in ("VBA", "_VBA_PROJECT", "Macros"))
 
 
 def documents(parsed: Parsed) -> list[tuple[Element, bytes]]:
@@ -80,6 +84,8 @@ def check(parsed: Parsed) -> list[Finding]:
     findings: list[Finding] = []
     if _whole_file_pdf(parsed):
         findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
+    if not parsed.dicom and signatures.identify(parsed.data) == "ole":
+        findings.extend(_office_file(parsed.data))
     for element, doc in documents(parsed):
         kind = signatures.identify(doc)
         # XML in UTF-16, UTF-32 or EBCDIC (a byte order mark, XML 1.0 4.3.3, or without one the
@@ -290,6 +296,18 @@ def _office(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:
                              "the encapsulated document is an Office file with macros", at, "MS-OVBA 2.2")]
     return [_finding(parsed, element, "documents.archive", "the encapsulated document is an archive or Office file",
                      0, "PS3.3 C.24.2", Level.MEDIUM)]
+
+
+def _office_file(data: bytes) -> list[Finding]:
+    """An Office file of its own (a .doc or .xls beside the images on a CD; the vbaProject.bin
+    member of an .docm, which the walk opens as a zip) is opened by the same programs as an
+    encapsulated one, and its macros run the same way: judged as the encapsulated document is."""
+    for marker in OLE_MACRO:
+        at = bytes(data).find(marker)
+        if at >= 0:
+            return [Finding("documents.office-macro", Level.HIGH, "an Office file with macros (VBA): they run "
+                            "when it is opened and macros are allowed", at, "MS-OVBA 2.2; MS-CFB 2.6")]
+    return []
 
 
 def _stl(parsed: Parsed, element: Element, doc: bytes) -> list[Finding]:

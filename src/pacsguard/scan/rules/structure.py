@@ -33,9 +33,11 @@ def check(parsed: Parsed) -> list[Finding]:
             # the viewer many CDs carry unless fail_on is medium or lower.
             return [Finding("structure.executable-file", Level.MEDIUM, f"not DICOM: {signatures.DESCRIPTIONS[kind]}",
                             0, "PS3.10 7.1; PS3.12")]
-        if kind in signatures.UNOPENED_ARCHIVES or signatures.zstd(parsed.data[:4]):
-            # What it holds was not scanned: not judged is not clean, as an encrypted member.
-            what = signatures.DESCRIPTIONS[kind] if kind else "a Zstandard stream"
+        other = None if kind else signatures.unopened_container(parsed.data)
+        if kind in signatures.UNOPENED_ARCHIVES or signatures.zstd(parsed.data[:4]) or other:
+            # What it holds was not scanned: not judged is not clean, as an encrypted member. A
+            # disc image, a cabinet or a cpio archive holds a medium's files as a zip does.
+            what = signatures.DESCRIPTIONS[kind] if kind else other or "a Zstandard stream"
             return [Finding("structure.unopened-archive", Level.MEDIUM,
                             f"not DICOM: {what}, which pacsguard does not open: its members were not scanned "
                             "(media archives are zip, PS3.12)", 0, "PS3.12; PS3.10 7.1")]
