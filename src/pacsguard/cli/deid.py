@@ -91,21 +91,59 @@ def _key(key_file: Path | None, section: DeidConfig, base: Path | None) -> DeidK
     if key_file is None and section.key_file is not None:
         key_file = section.key_file if base is None or section.key_file.is_absolute() else base / section.key_file
     try:
-        return load_key(key_file, section.key_env)
+        key = load_key(key_file, section.key_env)
     except KeyProblem as exc:
         raise _fail(str(exc)) from None
+    if key_file is not None:
+        _warn_if_shared(key_file)
+    return key
 
 
-def _inputs(paths: list[Path]) -> list[Path]:
+def _warn_if_shared(key_file: Path) -> None:
+    """Say so when others than the owner may read the key (keygen writes it 0600): whoever reads
+    it can confirm a guessed identity behind any pseudonym and open the sealed Events. A warning,
+    not a refusal: the run itself leaks nothing, and the owner may have reasons (a group of
+    operators sharing it)."""
+    import stat
+
+    from rich.console import Console
+    from rich.text import Text
+
+    try:
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+    except OSError:
+        return  # it was just read; a file gone since then is not this warning's business
+    if mode & 0o077:
+        Console(stderr=True, soft_wrap=True).print(Text(
+            f"warning: {key_file} can be read by others than its owner (mode {mode:04o}): whoever reads "
+            f"it can link pseudonyms to patients; chmod 600 {key_file}", style="yellow"))
+
+
+def _inputs(paths: list[Path], out: Path, manifest: Path) -> list[Path]:
+    """The files to de-identify: those named, and every file in the folders named, except what a
+    run writes. When --out lies inside an input folder (`deid run . --out anon`), the files of an
+    earlier run are there: taken as inputs, they were de-identified again into copies under
+    unrelated UIDs beside the first ones, and the manifest was withheld as not DICOM. An --out that
+    is itself an input folder would put the outputs among the originals: refused."""
+    outputs, written = out.resolve(), manifest.resolve()
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            if path.resolve() == outputs:
+                raise _fail(f"{path}: the folder --out writes to is also an input; the de-identified "
+                            f"files would sit among the originals: give --out another folder")
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _written(p, outputs, written)))
         elif path.is_file():
             files.append(path)
         else:
             raise _fail(f"{path}: no such file or folder")
     return files
+
+
+def _written(path: Path, outputs: Path, manifest: Path) -> bool:
+    """True for a file a run writes: anything under the --out folder, and the manifest."""
+    resolved = path.resolve()
+    return resolved == manifest or resolved.is_relative_to(outputs)
 
 
 def _one(job: tuple[bytes, list[str], Any, str, str]) -> Any:
@@ -144,7 +182,8 @@ def run_cmd(
         raise _fail(f"unknown profile {profile!r}: the profile is basic, with options")
     config, base = _settings(config_file, option)
     key = _key(key_file, config, base)
-    files = _inputs(inputs)
+    manifest = manifest or out / "manifest.json"
+    files = _inputs(inputs, out, manifest)
     out.mkdir(parents=True, exist_ok=True)
     names = [o.value for o in config.options]
     jobs_list = [(key.secret, names, config, str(f), str(out)) for f in files]
@@ -166,7 +205,7 @@ def run_cmd(
                 records.append(record(result, key.fingerprint, table().edition, names))
                 withheld += result.output is None
                 progress.advance(task)
-    write_manifest(manifest or out / "manifest.json", records)
+    write_manifest(manifest, records)
     for r in records:
         if r["status"] == "withheld":
             console.print(f"withheld {shown(r['source'])}: {shown(r['reason'])}", style="yellow", soft_wrap=True)

@@ -9,6 +9,7 @@ Longitudinal Temporal Information Modified (0028,0303)."""
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
@@ -52,6 +54,11 @@ _META_KEPT = frozenset({0x00020001, 0x00020010})
 #: The Item tag (FFFE,E000) as implicit VR little endian bytes: how a sequence encoded as UN
 #: begins (PS3.5 6.2.2: its value is the sequence in Implicit VR Little Endian).
 _ITEM_LE = b"\xfe\xff\x00\xe0"
+#: Groups that have no place in a stored data set, with what explain says of an element of one.
+_NOT_IN_A_DATA_SET = {
+    0x0000: "group 0000 (a DIMSE command) inside a data set (PS3.7 6.3)",
+    0x0002: "group 0002 outside the file meta (PS3.10 7.1)",
+}
 ENCAPSULATED_DOCUMENT = 0x00420011
 ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
 
@@ -142,6 +149,10 @@ class Engine:
         self._listed: dict[int, Decision] = {
             tag: decide(self.table, tag, "", settings.options) for tag in self.table.exact}
         self._safe_private_chosen = Option.RETAIN_SAFE_PRIVATE in settings.options
+        # Whether any text is cleaned (C on a text attribute, PS3.15 E.3.5) rather than removed: only
+        # then are the names of everyone the object holds gathered for clean_text (a pass of its own).
+        self._cleans_text = Option.CLEAN_DESCRIPTORS in settings.options or any(
+            d.effect is Effect.CLEAN and known_vr(tag) in _CLEANED_TEXT for tag, d in self._listed.items())
 
     # -- the whole object ---------------------------------------------------------------------
 
@@ -177,7 +188,10 @@ class Engine:
         attributes): what ``pacsguard deid explain`` shows, on a copy."""
         original_id = str(ds.get("PatientID", "") or "")
         original_name = str(ds.get("PatientName", "") or "")
-        self._walk(ds, self._patient_context(original_id, original_name, frozenset()), "", report)
+        people: set[str] = set()
+        if self._cleans_text:
+            _people_named(ds, people)
+        self._walk(ds, self._patient_context(original_id, original_name, frozenset(people)), "", report)
         _document_length(ds)
 
     def _patient_context(self, patient_id: str, name: str, known: frozenset[str]) -> _Context:
@@ -207,6 +221,11 @@ class Engine:
     def _file_meta(self, ds: Dataset) -> None:
         """Rebuild the File Meta Information (PS3.10 7.1) from an allow-list (_META_KEPT) and what
         pacsguard writes itself, so that no meta element of the input passes unchecked."""
+        if getattr(ds, "preamble", None) is not None:
+            # The 128-byte File Preamble heads the meta (PS3.10 7.1) and is free for an application's
+            # use: a DICOM-TIFF file keeps a TIFF header there, a device may keep the patient's name.
+            # pacsguard uses none of it, so it writes what PS3.10 asks then: 128 bytes of 00H.
+            ds.preamble = bytes(128)
         meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
         if meta is None:
             return
@@ -281,10 +300,12 @@ class Engine:
             tag = raw.tag
             number = int(tag)  # plain int for lookups: pydicom's tag type compares in Python
             group, element = number >> 16, number & 0xFFFF
-            if group == 0x0002:
+            if group in _NOT_IN_A_DATA_SET:
                 # Group 0002 belongs in the file meta only (PS3.10 7.1), which _file_meta handles;
-                # one inside the data set or an item is malformed and may hold anything (an
-                # original SOP Instance UID, an AE title): removed, never passed on unchecked.
+                # group 0000 is a DIMSE Command Set (PS3.7 6.3, E.1), part of a message, never of
+                # a stored object (pydicom refuses to write one into a file). One inside the data set
+                # or an item is malformed and may hold anything (an original SOP Instance UID, an AE
+                # title, an Error Comment naming the patient): removed, never passed on unchecked.
                 self._misplaced_meta(ds, tag, prefix, report)
                 continue
             if group & 1 and 0x0010 <= element <= 0x00FF:
@@ -298,6 +319,17 @@ class Engine:
                 raw = raw._replace(VR=vr)
                 ds[tag] = raw
             decision = listed.get(number) or self.decision(ds, tag, vr, raw.value)
+            if raw.VR == "UN" and number in NEWER_VRS and decision.effect is not Effect.REMOVE \
+                    and isinstance(raw, RawDataElement):
+                # Explicit VR, written as UN by a writer whose dictionary lacks it (pydicom 3.0.2's
+                # does, for every NEWER_VRS attribute): pydicom keeps such a value as bytes, so an
+                # option that keeps the attribute would pass its items or text unchecked.
+                converted = _newer_as_own_vr(ds, tag, raw, vr)
+                if converted is None:
+                    decision = Decision("X", Effect.REMOVE, "VR UN that does not parse as the sequence its "
+                                        "dictionary VR says (PS3.5 6.2.2)", decision.row)
+                else:
+                    raw = converted
             report.tally[decision.effect] = report.tally.get(decision.effect, 0) + 1
             if report.detailed:
                 report.changes.append(Change(path, decision.row.name if decision.row else _name(tag), vr,
@@ -347,7 +379,7 @@ class Engine:
         report.tally[Effect.REMOVE] = report.tally.get(Effect.REMOVE, 0) + 1
         if report.detailed:
             report.changes.append(Change(f"{prefix}{_tag_text(int(tag))}", _name(tag), "", "X", Effect.REMOVE,
-                                         "group 0002 outside the file meta (PS3.10 7.1)"))
+                                         _NOT_IN_A_DATA_SET[tag.group]))
 
     @staticmethod
     def _private_as_sequence(ds: Dataset, tag: BaseTag, value: Any) -> str:
@@ -429,21 +461,137 @@ class _Context:
     identifiers: frozenset[str]
 
 
+#: VRs whose C is clean_text (E.3.5 descriptors and comments).
+_CLEANED_TEXT = frozenset({"CS", "LO", "SH", "LT", "ST", "UT", "UC"})
+#: Identifiers of a patient that are not person names: Patient ID and Other Patient IDs (PS3.3 C.7.1.1).
+_PATIENT_IDS = frozenset({PATIENT_ID, 0x00101000})
+
+
+def _people_named(ds: Dataset, found: set[str]) -> None:
+    """Add to ``found`` the parts of every person name (VR PN) and patient ID the data set holds,
+    in its sequences too: the referring and performing physicians, operators, other names and IDs
+    of the patient, a member of a group. Clean Descriptors (PS3.15 E.3.5) is to leave descriptions
+    that identify no one, and these are the names a description most often repeats ("CT for Dr
+    Holmes"); the table replaces or removes each of them where it stands. Private attributes and
+    those newer than pydicom (NEWER_VRS) are not decoded here: _walk reads them from their bytes."""
+    for raw in stored_elements(ds):
+        tag = raw.tag
+        number = int(tag)
+        if tag.is_private or number in NEWER_VRS or tag.group == 0x0002:
+            continue
+        vr = _vr(tag, raw)
+        if vr == "PN" or number in _PATIENT_IDS:
+            value = ds[tag].value
+            # A PersonName iterates over its characters: only a multi-valued attribute is a list.
+            values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+            found.update(identifiers_of(*(str(v) for v in values if v and not isinstance(v, bytes))))
+        elif vr == "SQ":
+            for item in ds[tag].value or ():
+                _people_named(item, found)
+
+
 def _parse_un_sequence(value: bytes, encodings: list[str]) -> Sequence | None:
     """A sequence's value encoded as UN, which PS3.5 6.2.2 says is Implicit VR Little Endian
     whatever the transfer syntax; None when it does not parse as one exactly."""
     from pydicom.filereader import read_sequence
 
+    if not _well_formed_items(value):
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             items = read_sequence(io.BytesIO(value), True, True, len(value), encodings)
             for item in items:
                 for tag in list(item.keys()):
+                    raw = item.get_item(tag)
+                    if isinstance(raw, RawDataElement) and raw.VR is None and int(tag) in NEWER_VRS:
+                        # Implicit VR inside: decoded with its PS3.6 VR, not as UN bytes (as _walk does)
+                        item[tag] = raw._replace(VR=NEWER_VRS[int(tag)])
                     item[tag]  # decode now: a malformed item must fail here, not when written
     except Exception:  # pydicom raises many types for malformed bytes; each means "not a sequence"
         return None
     return items
+
+
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _well_formed_items(value: bytes) -> bool:
+    """True when ``value`` is exactly a sequence's items in Implicit VR Little Endian (PS3.5 7.5):
+    each an Item (FFFE,E000) of defined length, or of undefined length closed by its Item
+    Delimitation Item, every element inside within its item. pydicom's read_sequence takes any
+    bytes for an item ("Quixote Zebulon" reads as one item of a tag (7551,7869)), so its answer
+    alone would let text that is no sequence through as one."""
+    try:
+        return _scan_items(value, 0, len(value), delimited=False) == len(value)
+    except ValueError:
+        return False
+
+
+def _header(value: bytes, pos: int, end: int) -> tuple[int, int]:
+    if pos + 8 > end:
+        raise ValueError("a header runs past the end")
+    group, element, length = struct.unpack_from("<HHI", value, pos)
+    return group << 16 | element, length
+
+
+def _scan_items(value: bytes, pos: int, end: int, *, delimited: bool) -> int:
+    """Where the items from ``pos`` end: at ``end``, or after the Sequence Delimitation Item when
+    the sequence is of undefined length (``delimited``); ValueError when they are not items."""
+    while pos < end:
+        tag, length = _header(value, pos, end)
+        if tag == _SEQUENCE_END and delimited:
+            return pos + 8
+        if tag != _ITEM:
+            raise ValueError("not an item")
+        if length == _UNDEFINED:
+            pos = _scan_elements(value, pos + 8, end, delimited=True)
+        else:
+            if pos + 8 + length > end:
+                raise ValueError("an item runs past the end")
+            _scan_elements(value, pos + 8, pos + 8 + length, delimited=False)
+            pos += 8 + length
+    if delimited:
+        raise ValueError("no Sequence Delimitation Item")
+    return pos
+
+
+def _scan_elements(value: bytes, pos: int, end: int, *, delimited: bool) -> int:
+    """Where the elements of an item from ``pos`` end (after its Item Delimitation Item when the
+    item is of undefined length); an element of undefined length is a sequence (PS3.5 7.5.2)."""
+    while pos < end:
+        tag, length = _header(value, pos, end)
+        if tag == _ITEM_END and delimited:
+            return pos + 8
+        if tag >> 16 == 0xFFFE:
+            raise ValueError("a delimiter out of place")
+        if length == _UNDEFINED:
+            pos = _scan_items(value, pos + 8, end, delimited=True)
+        elif pos + 8 + length > end:
+            raise ValueError("an element runs past its item")
+        else:
+            pos += 8 + length
+    if delimited:
+        raise ValueError("no Item Delimitation Item")
+    return pos
+
+
+def _newer_as_own_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement, vr: str) -> Any | None:
+    """An attribute newer than pydicom's dictionary that an Explicit VR file encodes as UN, made an
+    element of its PS3.6 VR (``vr``), so that it is cleaned or walked like any other; None when it is
+    a sequence whose value does not parse. A sequence's UN value is an Implicit VR Little Endian
+    sequence whatever the transfer syntax (PS3.5 6.2.2); a text value is the same bytes either way."""
+    if vr != "SQ":
+        converted = raw._replace(VR=vr)
+        ds[tag] = converted
+        return converted
+    items = _parse_un_sequence(raw.value or b"", getattr(ds, "_character_set", None) or ["iso8859"])
+    if items is None:
+        return None
+    element = DataElement(tag, "SQ", items)
+    ds[tag] = element
+    return element
 
 
 def _document_length(ds: Dataset) -> None:

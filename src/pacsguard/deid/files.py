@@ -35,6 +35,15 @@ class FileResult:
     report: Report = field(default_factory=Report)
 
 
+def _failure(exc: Exception) -> str:
+    """What went wrong, for the manifest and the console. Sequences nested in sequences (PS3.5 7.5)
+    are read and de-identified recursively: an object nesting them some hundred levels deep (no
+    IOD comes near: a crafted file) exhausts Python's recursion limit, which says nothing of where."""
+    if isinstance(exc, RecursionError):
+        return "its sequences nest too deeply to be followed (hundreds of levels; no IOD nests so deep)"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 def read_whole(path: Path) -> Dataset:
     """Read and decode every element now (pydicom defers values), so a file that fails after some
     offset fails here, before anything is changed. Raises Withheld."""
@@ -48,7 +57,7 @@ def read_whole(path: Path) -> Dataset:
         raise Withheld(_not_inflated(path, exc)) from None
     except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
         where = _walk_unread(path)  # pydicom's "No tag to read at ..." does not say the file is cut
-        raise Withheld(where or f"not readable as DICOM: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise Withheld(where or f"not readable as DICOM: {_failure(exc)}") from None
     if cut:
         raise Withheld(f"the file is cut off inside {cut}")
     early = _ends_early(path, end) if end is not None else _walk_cut(path, ds.file_meta, _encoding_of(ds))
@@ -403,7 +412,7 @@ def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: boo
         result.withheld = str(exc)
         return result
     except Exception as exc:  # a value the engine cannot handle: withhold rather than half-write
-        result.withheld = f"de-identification failed: {type(exc).__name__}: {str(exc)[:200]}"
+        result.withheld = f"de-identification failed: {_failure(exc)}"
         return result
     result.output = out
     return result

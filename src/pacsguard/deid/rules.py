@@ -83,6 +83,43 @@ PUBLIC_URIS = frozenset({
 })
 
 
+#: Code values (PS3.3 Table 8.8-1, the Code Sequence Macro): Long Code Value (0008,0119) holds a code
+#: of more than 16 characters in place of Code Value (0008,0100), which is kept. Its VR is UC, so the
+#: free-text rule below would remove it (leaving a code item with no value at all, invalid) or,
+#: under Clean Descriptors, scrub its digits (another code). A code names a concept, not a person.
+CODE_VALUES = frozenset({
+    0x00080119,  # Long Code Value
+})
+
+#: Unlisted attributes that name a person in a VR other than PN: given a dummy, as an unlisted PN is.
+PERSON_NAMES = frozenset({
+    0x0074100C,  # Contact Display Name: the person to contact about a procedure step (PS3.3 C.30.1)
+})
+
+#: Unlisted attributes that identify a patient or a person by a number: removed, as Other Patient IDs
+#: and the listed identifiers are. Breed Registration Number (PS3.3 C.7.1.1) is a non-human
+#: patient's registration in a studbook or kennel club, as unique as a Patient ID; Owner ID
+#: (2100,0160) names the user who owns a print job.
+IDENTIFIERS = frozenset({
+    0x00102295,  # Breed Registration Number
+    0x21000160,  # Owner ID
+})
+
+#: Breed Registration Sequence (0010,2294): each item pairs a registration number with its registry;
+#: the number is Type 1 in the item, the sequence Type 2C in the Patient Module (PS3.3 C.7.1.1),
+#: so the sequence is emptied (Z) rather than left with items missing their number.
+BREED_REGISTRATION_SEQUENCE = 0x00102294
+
+#: Unlisted free text written as LO (comments a user types): treated as free text (removed, or
+#: cleaned under Clean Descriptors), as the listed comments and the unlisted LT, ST, UT, UC are.
+TEXT_AS_LO = frozenset({
+    0x00287007,  # System Status Comment
+    0x0028702A,  # Test Result Comment
+    0x30040006,  # Dose Comment
+    0x300600C8,  # Frame of Reference Transformation Comment
+})
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     code: str  # the action code that applies (Table E.1-1 legend), or "K" for attributes kept unlisted
@@ -160,15 +197,21 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         if Option.RETAIN_DEVICE_IDENTITY in options:
             return Decision("C", Effect.CLEAN, "not listed: AE title, retain-device-identity")
         return Decision("X", Effect.REMOVE, "not listed: AE title")
-    if vr == "PN":
+    if vr == "PN" or tag in PERSON_NAMES:
         return Decision("D", Effect.DUMMY, "not listed: person name")
+    if tag in IDENTIFIERS:
+        return Decision("X", Effect.REMOVE, "not listed: identifier of a patient or person")
+    if tag == BREED_REGISTRATION_SEQUENCE:
+        return Decision("Z", Effect.EMPTY, "not listed: registration numbers of the patient (Type 2C)")
+    if tag in CODE_VALUES:
+        return Decision("K", Effect.KEEP, "not listed: code value")
     # A URI goes by its VR in the file or in the dictionary: Retrieve URI (0040,E010) was UT before
     # the UR VR existed (PS3.5 2014), and an older Explicit VR file still encodes it so; as free text
     # Clean Descriptors would keep its host name and path.
     if (vr == "UR" or known_vr(tag) == "UR") and tag not in PUBLIC_URIS:
         return Decision("X", Effect.REMOVE, "not listed: URI (may hold original UIDs, hosts, paths)")
     # Free text (E.3.5): removed, or cleaned under Clean Descriptors, as the listed comments are.
-    if vr in _FREE_TEXT:
+    if vr in _FREE_TEXT or tag in TEXT_AS_LO:
         if Option.CLEAN_DESCRIPTORS in options:
             return Decision("C", Effect.CLEAN, "not listed: free text, clean-descriptors")
         return Decision("X", Effect.REMOVE, "not listed: free text")
