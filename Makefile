@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests drive as real peers (see docs/testing.md); systemd (systemd-analyze),
 # logrotate and pipx check the deployment files and the wheel (tests/test_deploy.py); yara and
 # clamav are the scanner's peers (tests/scan); tesseract-ocr, dicom3tools (dciodvfy) and
-# fonts-dejavu-core are de-identification's (tests/deid).
+# fonts-dejavu-core are de-identification's (tests/deid); sqlite3 takes the online backup that
+# docs/deployment.md gives (tests/test_r7_admin_deploy.py).
 SYSLOG_NG := .peers/syslog-ng
 PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
-	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools
+	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools sqlite3
 
 .PHONY: run test venv peers bench wheel clean
 

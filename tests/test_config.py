@@ -19,8 +19,10 @@ def test_defaults_are_valid():
 
 
 def test_unknown_keys_are_errors_with_their_path():
-    assert _problems("store:\n  ur1: x\n") == ["store.ur1: unknown key (check its spelling and section)"]
-    assert _problems("stor: {}\n") == ["stor: unknown key (check its spelling and section)"]
+    # A key close to one the section takes is named (outside round 7); one like none keeps the hint.
+    assert _problems("store:\n  ur1: x\n") == ["store.ur1: unknown key (did you mean url?)"]
+    assert _problems("stor: {}\n") == ["stor: unknown key (did you mean store?)"]
+    assert _problems("store:\n  colour: x\n") == ["store.colour: unknown key (check its spelling and section)"]
 
 
 def test_wrong_types_say_what_was_expected():

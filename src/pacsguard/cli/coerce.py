@@ -7,7 +7,8 @@ start-up"). Most values need no such machinery: a string is a string, a path is 
 checked by typer's own path rules, a whole number is ``int(text)``, a choice is one of its
 members. :func:`plain_runtime_param` takes those; for anything it does not accept exactly (a bad
 number, a date, a tuple, a custom parser) it hands the value to typer's adapter unchanged, so
-accepted values are the ones typer accepts and every error message is typer's own.
+accepted values are the ones typer accepts and every error message is typer's own (without
+pydantic's "Value error, " before it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+import typer
 from typer._coercion import RuntimeParam, build_runtime_param
 from typer._param_types import coerce_cli_choice, coerce_cli_path, routes_to_path
 from typer._typing import is_literal_type, literal_values
@@ -66,7 +68,13 @@ class _PlainRuntimeParam(RuntimeParam):
                 return self._leaf(self.annotation, value, param, ctx)
             except _Declined:
                 pass
-        return self._typer._coerce_value(value, param=param, ctx=ctx)
+        try:
+            return self._typer._coerce_value(value, param=param, ctx=ctx)
+        except typer.BadParameter as exc:
+            # typer words a bad choice through pydantic: "Value error, 'xml' is not one of ...". The
+            # prefix is pydantic's class of error, not something the administrator typed or can act on.
+            exc.message = exc.message.removeprefix("Value error, ")
+            raise
 
     def _leaf(self, annotation: Any, value: Any, param: Any, ctx: Any) -> Any:
         info = self.parameter_info

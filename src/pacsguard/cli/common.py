@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
     console: Console
     err_console: Console
 
-__all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPTION", "config_path", "console",
-           "err_console", "fail", "guarded", "load", "load_ids_section", "open_store", "print_error",
-           "print_rule_problems", "shown"]
+__all__ = ["CONFIG_OPTION", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "STORE_OPTION", "LogLevel", "config_path",
+           "console", "err_console", "fail", "guarded", "load", "load_ids_section", "log_level_option", "open_store",
+           "print_error", "print_rule_problems", "shown"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 #: `ids read` / `ids live`: the capture could not be read completely (docs/ids.md).
@@ -90,6 +91,21 @@ F = TypeVar("F", bound=Callable[..., object])
 CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="PACSGUARD_CONFIG",
                              help="pacsguard.yaml to use (default: ./pacsguard.yaml)")
 STORE_OPTION = typer.Option(None, "--store", help="store path (SQLite) or postgresql:// URL; overrides the config")
+
+
+class LogLevel(str, Enum):
+    """`--log-level` of the long-running commands: a choice, so that a word logging does not know
+    (`verbose`) is a usage error naming the choices (exit 2), not an internal error (exit 70)."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def log_level_option(default: LogLevel) -> Any:
+    """The `--log-level` option, case-insensitive as logging's own names are (`DEBUG` works)."""
+    return typer.Option(default, "--log-level", case_sensitive=False, help="how much the log says")
 
 
 def shown(text: object) -> str:

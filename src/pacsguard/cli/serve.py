@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard import __version__
-from pacsguard.cli.common import CONFIG_OPTION, config_path, fail, guarded, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, LogLevel, config_path, fail, guarded, load, log_level_option, open_store
 from pacsguard.cli.layout import Column
 from pacsguard.runtime.registry import Registry
 
@@ -70,6 +70,10 @@ def init(config: Path | None = CONFIG_OPTION,
         console.print(f"wrote {path}")
     loaded = load(path)
     key_path = loaded.resolve(loaded.config.store.signing_key)
+    if key_path.exists() and not key_path.is_file():
+        # Not "exists, kept" and then "[Errno 21] Is a directory" from the store: the key named as such.
+        raise fail(f"store.signing_key: {key_path} is not a file (a folder?); name the key file, or a path "
+                   "where `pacsguard init` can write one")
     if key_path.exists():
         console.print(f"signing key {key_path} exists, kept")
     else:
@@ -82,17 +86,18 @@ def init(config: Path | None = CONFIG_OPTION,
 
 @guarded
 def serve(config: Path | None = CONFIG_OPTION,
-          log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
+          log_level: LogLevel = log_level_option(LogLevel.info),
           log_format: LogFormat = typer.Option(LogFormat.text, "--log-format",
                                                help="text, or json: one JSON object per line (journald)")) -> None:
-    """Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM."""
+    """Run the services the configuration names, in the foreground, until Ctrl-C, SIGTERM or a hang-up
+    (SIGHUP: the terminal's session ended; ignored under nohup)."""
     from pacsguard.cli.jsonlog import configure_logging
     from pacsguard.config.loader import load_config
     from pacsguard.events import Event, Outcome, Severity
     from pacsguard.runtime.outputs import open_configured_outputs
     from pacsguard.runtime.services import build_services, run_foreground
 
-    configure_logging(log_level, log_format.value)
+    configure_logging(log_level.value, log_format.value)
     # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -6,10 +6,8 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-import typer
-
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, config_path, fail
+from pacsguard.cli.common import CONFIG_OPTION, LogLevel, config_path, fail, log_level_option
 
 app = App(name="witness", no_args_is_help=True,
           help="Checkpoints held outside the host: be a witness for other pacsguards' logs.")
@@ -17,9 +15,10 @@ app = App(name="witness", no_args_is_help=True,
 
 @app.command("serve")
 def serve(config: Path | None = CONFIG_OPTION,
-          log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error")) -> None:
-    """Serve the `witness:` section until Ctrl-C or SIGTERM: take the checkpoints of the pinned logs,
-    check each extends the one held (RFC 9162 consistency proof), store and countersign it."""
+          log_level: LogLevel = log_level_option(LogLevel.info)) -> None:
+    """Serve the `witness:` section until Ctrl-C, SIGTERM or SIGHUP: take the checkpoints of the
+    pinned logs, check each extends the one held (RFC 9162 consistency proof), store and
+    countersign it."""
     from pacsguard.cli.serve import show_banner
     from pacsguard.config.loader import load_config
     from pacsguard.runtime.outputs import open_configured_outputs
@@ -28,7 +27,7 @@ def serve(config: Path | None = CONFIG_OPTION,
     from pacsguard.runtime.services import run_foreground
     from pacsguard.witness.service import WitnessService
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loaded = load_config(config_path(config), Registry.default().config_model())
     section = loaded.section("witness")
     if not section.enabled:

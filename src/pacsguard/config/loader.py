@@ -3,6 +3,10 @@ problem with its key path (e.g. `store.checkpoint_interval`) and what was expect
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,17 +97,35 @@ def load_config(path: Path, model: type[PacsguardConfig] | None = None) -> Loade
         if path.exists() and path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(str(path), [ConfigProblem(
                 "(file)", f"is {path.stat().st_size:,} bytes; a configuration is at most {MAX_CONFIG_BYTES:,}")])
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         problem = ConfigProblem("(file)", "not found (run `pacsguard init` to write one)")
         raise ConfigError(str(path), [problem]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [not_utf8(raw, exc)]) from None
+    except OSError as exc:
         raise ConfigError(str(path), [ConfigProblem("(file)", f"cannot read it: {exc}")]) from None
-    return LoadedConfig(parse_config(text, str(path), model), path.resolve())
+    resolved = path.resolve()
+    return LoadedConfig(parse_config(text, str(path), model, base=resolved.parent), resolved)
 
 
-def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfig] | None = None) -> PacsguardConfig:
-    """Validate a pacsguard.yaml text with ``model`` (default: every registered part's section)."""
+def not_utf8(raw: bytes, exc: UnicodeDecodeError) -> ConfigProblem:
+    """Where a file that is not UTF-8 (YAML 1.2, 5.2) first fails, as a line and column an editor
+    shows, not the byte offset Python's codec gives; a UTF-16 file (an editor's "Unicode") is named."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return ConfigProblem("(file)", "is UTF-16 text; save it as UTF-8")
+    before = raw[:exc.start]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1  # characters, as editors count
+    return ConfigProblem(f"line {line}, column {column}",
+                         f"not UTF-8 text: byte 0x{raw[exc.start]:02x} (save the file as UTF-8)")
+
+
+def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfig] | None = None,
+                 base: Path | None = None) -> PacsguardConfig:
+    """Validate a pacsguard.yaml text with ``model`` (default: every registered part's section).
+    ``base`` is the file's folder: a secret's relative ``{file: PATH}`` is read from there."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(source, [ConfigProblem(
             "(file)", f"is {len(text):,} characters; a configuration is at most {MAX_CONFIG_BYTES:,} bytes")])
@@ -127,26 +149,86 @@ def parse_config(text: str, source: str = "<config>", model: type[PacsguardConfi
     # Top-level keys starting with "x-" are the file's own (as in Compose files): a place for YAML
     # anchors that routes share (`x-pacs: &pacs {...}`, then `upstream: *pacs` or `<<: *pacs`).
     data = {key: value for key, value in data.items() if not (isinstance(key, str) and key.startswith("x-"))}
-    return validate_model(model or default_model(), data, source)
+    # A section whose keys are all commented out (`store:` alone) is YAML's null: its defaults, as
+    # when the section is left out, not "expected a mapping".
+    data = {key: {} if value is None else value for key, value in data.items()}
+    context = {"base": base} if base is not None else None
+    return validate_model(model or default_model(), data, source, context=context)
 
 
-def validate_model(model: type[M], data: object, source: str, prefix: str = "") -> M:
+def validate_model(model: type[M], data: object, source: str, prefix: str = "",
+                   context: dict[str, Any] | None = None) -> M:
     """``model`` validated from ``data``; every problem, with its key path under ``prefix``, in one ConfigError."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(source, [problem_from_pydantic(err, prefix) for err in exc.errors()]) from None
+        raise ConfigError(source, [problem_from_pydantic(err, prefix, model) for err in exc.errors()]) from None
 
 
-def problem_from_pydantic(err: Any, prefix: str = "") -> ConfigProblem:
-    """One pydantic error as a ConfigProblem naming its key path (``prefix.`` before it) in the file's words."""
-    key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]]) or "(top level)"
+#: A key whose value is a secret: what was written there is never quoted back (an error goes to the
+#: terminal, and from `serve` under systemd to the journal, which many people read).
+_SECRET_KEY = re.compile(r"password|passphrase|secret|token", re.IGNORECASE)
+
+_SECRET_INLINE = ("a secret is never written in the file: give {env: NAME} (an environment variable) or "
+                  "{file: PATH} (a file holding only it); docs/configuration.md, \"Secrets\"")
+
+
+def problem_from_pydantic(err: Any, prefix: str = "", model: type[BaseModel] | None = None) -> ConfigProblem:
+    """One pydantic error as a ConfigProblem naming its key path (``prefix.`` before it) in the file's
+    words. Under ``model``, an unknown key names the nearest key that section does take."""
+    loc = tuple(err["loc"])
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in loc]) or "(top level)"
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return ConfigProblem(key, "unknown key (check its spelling and section)")
+        hint = _nearest_key(model, loc) if model is not None else None
+        return ConfigProblem(key, "unknown key (" + (f"did you mean {hint}?" if hint else
+                                                    "check its spelling and section") + ")")
     if kind == "missing":
         return ConfigProblem(key, "required key is missing")
+    secret = any(isinstance(p, str) and _SECRET_KEY.search(p) for p in loc)
+    if kind == "model_type":
+        # pydantic says "a valid dictionary or instance of StoreConfig": the class is pydantic's, not the file's.
+        if (err.get("ctx") or {}).get("class_name") == "SecretRef":
+            return ConfigProblem(key, _SECRET_INLINE)
+        msg = "expected a mapping of keys (`key: value` lines under it)"
     msg = msg.removeprefix("Value error, ")
-    if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)):
+    if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], (dict, list)) and not secret:
         msg += f" (got {err['input']!r})"
     return ConfigProblem(key, msg)
+
+
+def _nearest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The key of the section at ``loc[:-1]`` spelled most like the unknown ``loc[-1]`` (a typo:
+    `checkpoint_intervl`), if one is close; None when none is or the section cannot be told."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    models = _models_at(model, loc[:-1])
+    names = sorted({name for m in models for name in m.model_fields})
+    close = difflib.get_close_matches(loc[-1], names, n=1)  # cutoff 0.6: `ur1` is `url`
+    return close[0] if close else None
+
+
+def _models_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The models that validate the mapping at ``path`` under ``model``. A step that names no field
+    (a list index, a dict's key, the class name pydantic gives a union member) leaves them as they are."""
+    found: list[type[BaseModel]] = [model]
+    for step in path:
+        inner = [sub for m in found if isinstance(step, str) and step in m.model_fields
+                 for sub in _models_in(m.model_fields[step].annotation)]
+        found = inner or found
+    return found
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds: itself, a union's members, a list's or a dict's values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _models_in(args[0])
+    if origin in (typing.Union, types.UnionType, list, tuple, set, frozenset):
+        return [m for a in args for m in _models_in(a)]
+    if origin is dict and len(args) == 2:
+        return _models_in(args[1])
+    return []

@@ -10,6 +10,7 @@ import socket
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import unquote_plus
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -58,6 +59,17 @@ class SecretRef(Strict):
     env: str | None = None
     file: Path | None = None
 
+    @field_validator("file")
+    @classmethod
+    def _beside_the_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative `{file: PATH}` is relative to pacsguard.yaml's folder, as every path of the file
+        is (docs/configuration.md), not to the folder `serve` happens to run in (systemd's
+        WorkingDirectory=/var/lib/pacsguard for a file in /etc/pacsguard)."""
+        base = (info.context or {}).get("base")
+        if value is not None and base is not None and not value.is_absolute():
+            return Path(base) / value
+        return value
+
     @model_validator(mode="after")
     def _one(self) -> "SecretRef":
         if (self.env is None) == (self.file is None):
@@ -75,6 +87,8 @@ class SecretRef(Strict):
         assert self.file is not None
         try:
             # A regular file of bounded size only: {file: /dev/zero} must not read until memory runs out.
+            if not self.file.exists():
+                raise LookupError(f"{self.file}: no such secret file")
             if not self.file.is_file():
                 raise LookupError(f"{self.file}: not a regular file; a secret is read from a file holding only it")
             with self.file.open("rb") as f:
@@ -151,6 +165,13 @@ class StoreConfig(Strict):
             auth = value.split("://", 1)[1].split("@", 1)
             if len(auth) == 2 and ":" in auth[0]:
                 raise ValueError("the URL holds a password; put it in store.password as {env: NAME} or {file: PATH}")
+            # libpq takes connection parameters in the query too (PostgreSQL docs, 34.1.1.2,
+            # "Connection URIs"): `?password=` is as inline as `user:password@`.
+            query = value.split("?", 1)[1] if "?" in value else ""
+            names = {unquote_plus(part.split("=", 1)[0]).strip().lower() for part in query.split("&")}
+            if names & {"password", "sslpassword"}:
+                raise ValueError("the URL holds a password in its query; put it in store.password as "
+                                 "{env: NAME} or {file: PATH}")
         return value
 
 

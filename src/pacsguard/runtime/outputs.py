@@ -41,7 +41,21 @@ def config_store_target(loaded: LoadedConfig, override: str | None = None) -> st
     if override is not None:
         return override
     cfg = loaded.config.store
-    return store_target(cfg.url, loaded.resolve, cfg.password.resolve if cfg.password is not None else None)
+    return store_target(cfg.url, loaded.resolve, _named("store.password", cfg.password.resolve)
+                        if cfg.password is not None else None)
+
+
+def _named(key: str, resolve: Callable[[], str]) -> Callable[[], str]:
+    """``resolve`` whose failure names the configuration key it is for: "environment variable X is
+    not set" alone leaves the administrator to search which of the file's secrets said X."""
+
+    def named() -> str:
+        try:
+            return resolve()
+        except LookupError as exc:
+            raise LookupError(f"{key}: {exc}") from None
+
+    return named
 
 
 def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writer: bool = False,

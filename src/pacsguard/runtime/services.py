@@ -1,11 +1,12 @@
 """Running the parts' services: built from the registry, started in registry order on one asyncio
-loop, stopped in reverse on Ctrl-C / SIGTERM (or when a caller's stop event is set)."""
+loop, stopped in reverse on Ctrl-C, SIGTERM or a hang-up (or when a caller's stop event is set)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -83,9 +84,43 @@ def _watchdog(notifier: Notifier, loop: asyncio.AbstractEventLoop) -> Watchdog |
     return Watchdog(notifier, interval, healthy=loop_answers).start()
 
 
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set ``stop`` on the signals that stop the services cleanly (their events recorded, a final
+    checkpoint signed): SIGINT, SIGTERM, and SIGHUP, which the terminal sends when the SSH session
+    that ran `make run` or `serve` goes away (POSIX "General Terminal Interface", modem disconnect);
+    its default action ended the process on the spot, leaving a start without a stop in the audit
+    trail. A SIGHUP ignored on purpose (`nohup pacsguard serve`) stays ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return
+    # Known now, while the terminal is there: once it hung up, isatty() fails on it like any write.
+    terminals = [fd for fd in (1, 2) if _isatty(fd)]
+
+    def hang_up() -> None:
+        # Whatever is printed while stopping ("stopping: ...", a log line) would fail with EIO on
+        # the terminal that is gone and turn the clean stop into a failed one: it goes nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in terminals:
+                os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
 def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], None], banner: list[BannerRow],
                    on_stopping: Callable[[], None] = lambda: None) -> None:
-    """Run the services until SIGINT or SIGTERM.
+    """Run the services until SIGINT, SIGTERM or SIGHUP (:func:`stop_on_signals`).
 
     On uvloop (pacsguard.runtime.loop); a service that needs asyncio's loop gets it (none does
     today: the gateway's TLS routes run on uvloop too)."""
@@ -102,8 +137,7 @@ def run_foreground(services: list[Service], show: Callable[[list[BannerRow]], No
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         logging.getLogger("pacsguard").debug("event loop: %s", type(loop).__module__.split(".")[0])
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(loop, stop)
         await run_services(services, stop, started, banner, on_stopping)
 
     run_event_loop(main(), plain=any(service.needs_asyncio_loop for service in services))
