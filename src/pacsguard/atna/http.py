@@ -45,7 +45,7 @@ from pacsguard.atna.message import fhir
 from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.mapping import record_from_event
 from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
-from pacsguard.atna.syslog.listeners import Refusals
+from pacsguard.atna.syslog.listeners import REFUSALS_RECORDED_EVERY, Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
 
 if TYPE_CHECKING:
@@ -321,6 +321,12 @@ class RestfulAtna:
             self._summarise(asyncio.get_running_loop().time())
 
     def _summarise(self, now: float) -> None:
+        for host, count in self.refusals.summaries(final=now == float("inf")):
+            who = "senders beyond the hosts counted apart" if host == "*" else "this sender"
+            self._publish(Sender(host, None, self.scheme), "too-many-connections",
+                          f"{count} more connections of {who} turned away or closed on the full endpoint "
+                          f"(atna.max_connections) in the {REFUSALS_RECORDED_EVERY:g} s after the one recorded, "
+                          "counted in this record", "", "", repeats=count)
         for slot in self.repeats.due(now):
             counted = f"{slot.counted} more" if slot.sender.host != "*" else f"{slot.counted} from other senders"
             error = (f"{counted} in {RECORD_INTERVAL:g} s after the first {slot.recorded} recorded, counted in this "
@@ -347,23 +353,24 @@ class RestfulAtna:
         certificate, of the sender holding the most such, is closed to make room (as the syslog
         listeners close the quietest): connections that send nothing, or half a head (slowloris),
         cannot shut out a client with the token, and a flood from one host pays for itself first.
-        Either is recorded, counted, one event at most every REFUSALS_RECORDED_EVERY seconds."""
+        Either is recorded, one event at most every REFUSALS_RECORDED_EVERY seconds, the others
+        counted into a summary per host at the interval's end (`Refusals`, `_summarise`)."""
         now = asyncio.get_running_loop().time()
         if len(self.places) >= self.max_connections:
             waiting = [p for p in self.places if not p.authenticated]
             held = Counter(p.sender.host for p in waiting)
             victim = min(waiting, key=lambda p: (-held[p.sender.host], p.opened), default=None)
-            others = self.refusals.due()
+            due = self.refusals.due((sender if victim is None else victim.sender).host)
             if victim is None:
-                if others is not None:
+                if due:
                     self._record(sender, "too-many-connections", f"{self.max_connections} connections already open "
-                                 f"(atna.max_connections), each authenticated: turned away (503){others}", "", "")
+                                 "(atna.max_connections), each authenticated: turned away (503)", "", "")
                 return None
-            if others is not None:
+            if due:
                 self._record(victim.sender, "too-many-connections", f"{self.max_connections} connections already "
                              f"open (atna.max_connections): this one, {now - victim.opened:.0f} s without a request "
                              f"showing the token, of a sender holding {held[victim.sender.host]} such, was closed "
-                             f"to make room{others}", "", "")
+                             "to make room", "", "")
             self.places.discard(victim)
             victim.dropped = True
             victim.drop()

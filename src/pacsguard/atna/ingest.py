@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -146,15 +147,46 @@ def frame_events(sender: Sender, frames: Iterable[bytes], *, flags: tuple[str, .
             events.append(unreadable_event(base, exc, list(flags), sender))
             continue
         base["syslog"] = message.header()
-        events.append(payload_event(base, message.msg, [*flags, *message.flags], sender))
+        events.append(payload_event(base, message.msg, [*flags, *message.flags], sender, relayed=True))
     return events
 
 
-def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender) -> Event:
+#: rsyslog's escape of a control character it received (parser.escapeControlCharactersOnReceive, on
+#: by default): "#" and the character's three octal digits. Only those of XML's white space (XML 1.0
+#: 2.3 S: TAB, LF, CR) are undone; any other control character is no XML character anyway.
+_RSYSLOG_ESCAPE = re.compile(rb"#0(11|12|15)")
+_ESCAPED = {b"11": b"\t", b"12": b"\n", b"15": b"\r"}
+
+
+def unescape_relayed(payload: bytes) -> bytes | None:
+    """``payload`` with rsyslog's escapes of TAB, LF and CR (``#011``, ``#012``, ``#015``) undone,
+    or None when it has none. A pretty-printed audit message relayed by an rsyslog with its default
+    settings arrives with the line feed between its XML declaration and its root element written
+    ``#012``, which XML 1.0 2.8 does not allow there (nor RFC 8259 2 between JSON tokens)."""
+    if b"#0" not in payload or _RSYSLOG_ESCAPE.search(payload) is None:
+        return None
+    return _RSYSLOG_ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], payload)
+
+
+def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender, *,
+                  relayed: bool = False) -> Event:
     """The Event of one audit message payload, ``base`` (taken over as its details) holding where and
-    how it came."""
+    how it came. A syslog MSG (``relayed``) that is no well-formed XML (or JSON) as received is read
+    again with rsyslog's escapes of white space undone (`unescape_relayed`), and flagged
+    ``relay-escaped`` when that reads; the raw bytes stay as received."""
     try:
-        reading = read_payload(payload)
+        try:
+            reading = read_payload(payload)
+        except AuditMessageError as exc:
+            retry = relayed and exc.problem in ("unparsable-xml", "not-fhir")
+            unescaped = unescape_relayed(payload) if retry else None
+            if unescaped is None:
+                raise
+            try:
+                reading = read_payload(unescaped)
+            except AuditMessageError:
+                raise exc from None  # the fault as received is the one to show the sender's vendor
+            flags = [*flags, "relay-escaped"]
         if reading.time is None:  # EventDateTime missing or not an instant: stored at its time of receipt
             flags = [*flags, "bad-event-time"]
         action = reading.fields.get("action")
@@ -200,9 +232,12 @@ def unparsed_event(base: dict[str, Any], problem: str, error: str, flags: list[s
                  message=f"unreadable audit message from {sender.host}: {error}", details=details)
 
 
-def problem_event(sender: Sender, problem: FrameProblem) -> Event:
-    """A framing problem (or a silent connection) as an Event naming the sender."""
+def problem_event(sender: Sender, problem: FrameProblem, *, repeats: int = 0) -> Event:
+    """A framing problem (or a silent connection) as an Event naming the sender; with ``repeats``,
+    a summary standing for that many (`atna sources` counts each)."""
     details: dict[str, Any] = {"sender": sender.to_dict(), "problem": problem.problem, "error": problem.detail}
+    if repeats:
+        details["repeats"] = repeats
     if problem.data:
         details["sample_base64"] = base64.b64encode(problem.data[:256]).decode("ascii")
     return Event(kind="atna.frame.rejected", component="atna", severity=Severity.WARNING,

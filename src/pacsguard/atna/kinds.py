@@ -23,7 +23,8 @@ _RECEIVED = {
     "syslog": OBJECT,
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
-    "flags": STRINGS,  # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, bad-action-code
+    # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, bad-action-code, relay-escaped
+    "flags": STRINGS,
     "received": STRING,
 }
 
@@ -47,9 +48,11 @@ KINDS = (
     EventKind("atna.message.unparsed", "a message that could not be read as an audit message, stored raw "
               "and flagged with the problem", {**_RECEIVED, "problem": {"enum": _PROBLEMS}, "error": STRING},
               required=("sender", "problem", "error")),
-    EventKind("atna.frame.rejected", "bytes that were not a syslog frame (malformed, oversize, truncated) or a "
-              "connection that sent nothing; the receiver went on",
-              {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "sample_base64": STRING},
+    EventKind("atna.frame.rejected", "bytes that were not a syslog frame (malformed, oversize, truncated), a "
+              "connection that sent nothing or was closed because the listener was full (a summary of such "
+              "connections carries their number, repeats); the receiver went on",
+              {"sender": _SENDER, "problem": {"enum": _PROBLEMS}, "error": STRING, "sample_base64": STRING,
+               "repeats": INTEGER},
               required=("sender", "problem", "error")),
     EventKind("atna.http.rejected", "a request to the RESTful ATNA endpoint that was refused (no valid token or "
               "client certificate, a body that is not a FHIR AuditEvent), cut short or too slow, a connection that "

@@ -45,6 +45,7 @@ class SourceCounts:
     silent_connections: int = 0
     http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
     tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
+    refused_connections: int = 0  # syslog connections closed because the listener was full (too-many-connections)
     last_seen: str | None = None
     last_error: str | None = None
     last_error_time: str | None = None
@@ -98,8 +99,8 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
             row.bad_action_code += 1
             _error(row, when, f"bad-action-code: EventActionCode {ev.details.get('action')!r} is not "
                               "C, R, U, D or E (PS3.15 A.5.1)")
-    # An HTTP summary stands for the requests it counted (`repeats`), each other event for one.
-    weight = int(ev.details.get("repeats") or 1) if ev.kind == "atna.http.rejected" else 1
+    # A summary stands for the requests or connections it counted (`repeats`), each other event for one.
+    weight = _weight(ev.details.get("repeats"))
     if problem == "silent":  # a syslog or an HTTP connection
         row.silent_connections += weight
     elif problem == "tls-handshake-failed":  # syslog over TLS, or HTTPS
@@ -114,8 +115,16 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
         row.not_fhir += 1
     elif problem in _FRAME_PROBLEMS:
         row.malformed_frames += 1
+    elif problem == "too-many-connections":  # a syslog listener's (the endpoint's are counted above)
+        row.refused_connections += weight
     if problem is not None:
         _error(row, when, f"{problem}: {ev.details.get('error', '')}")
+
+
+def _weight(repeats: Any) -> int:
+    """How many refusals an Event stands for: its ``repeats`` (a summary), else one; a stored value
+    that is no positive whole number (an edited store) counts as one, never as none or an error."""
+    return repeats if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0 else 1
 
 
 def _error(row: SourceCounts, when: str, text: str) -> None:

@@ -96,8 +96,8 @@ def sources(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Every sender with its counts: messages, malformed frames, wrong framing, missing MSGID,
-    unparsable XML, silent connections, failed TLS handshakes, refused HTTP requests, and the last
-    error."""
+    unparsable XML, silent connections, failed TLS handshakes, syslog connections refused on a full
+    listener, refused HTTP requests, and the last error."""
     from pacsguard.atna.sources import count_sources, recorded
     from pacsguard.cli.events import _when
 
@@ -114,9 +114,10 @@ def sources(
 
     columns = (Column("sender"), Column("via"), Column("messages"), Column("malformed frames"),
                Column("wrong framing"), Column("missing MSGID"), Column("unparsable XML"), Column("silent"),
-               Column("TLS failed"), Column("HTTP refused"), Column("last error", fold=True))
+               Column("TLS failed"), Column("refused"), Column("HTTP refused"), Column("last error", fold=True))
     write_lines(render(columns, [[r.sender, ",".join(r.transports), str(r.messages), str(r.malformed_frames),
                                   str(r.wrong_framing), str(r.missing_msgid), str(r.unparsable_xml),
-                                  str(r.silent_connections), str(r.tls_failed), str(r.http_refused),
+                                  str(r.silent_connections), str(r.tls_failed), str(r.refused_connections),
+                                  str(r.http_refused),
                                   r.last_error or ""]
                                  for r in rows], terminal_width()))

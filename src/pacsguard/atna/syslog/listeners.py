@@ -51,23 +51,47 @@ EVICT_QUIET = 1.0
 HOLD = 0.2
 
 
+#: Hosts whose refused connections are counted apart within one interval; beyond, under "*".
+MOST_TRACKED = 10_000
+
+
 class Refusals:
     """The connections a full listener closed: one of them recorded at most every
-    REFUSALS_RECORDED_EVERY seconds, the others counted into the next record."""
+    REFUSALS_RECORDED_EVERY seconds, the others counted per sender host and recorded, once that
+    interval is over, as one summary per host carrying their number (`summaries`, details
+    ``repeats``), so that `atna sources` counts every one, also of a flood that stopped."""
 
     def __init__(self) -> None:
-        self._since = 0  # refused since the last one recorded
+        self._counted: Counter[str] = Counter()  # refused since the last one recorded, per host
         self._recorded = -REFUSALS_RECORDED_EVERY
 
-    def due(self) -> str | None:
-        """Count a refusal; the words to add to its record when it is one to record, else None."""
+    def due(self, host: str) -> bool:
+        """Count a refusal of a connection from ``host``: True when it is one to record (the first
+        of an interval), else it is counted into the interval's summary."""
         now = time.monotonic()
         if now - self._recorded < REFUSALS_RECORDED_EVERY:
-            self._since += 1
+            if host not in self._counted and len(self._counted) >= MOST_TRACKED:
+                host = "*"  # so many hosts at once: they share one count, so the counting stays bounded
+            self._counted[host] += 1
+            return False
+        self._recorded = now
+        return True
+
+    def left(self) -> float | None:
+        """Seconds until the interval's summaries are due, None when nothing is counted."""
+        if not self._counted:
             return None
-        others = f", and {self._since} more since the last one recorded" if self._since else ""
-        self._since, self._recorded = 0, now
-        return others
+        return max(0.0, self._recorded + REFUSALS_RECORDED_EVERY - time.monotonic())
+
+    def summaries(self, *, final: bool = False) -> list[tuple[str, int]]:
+        """(host, refusals counted) once the interval is over (or at once, ``final``: the listener
+        closes), forgotten."""
+        left = self.left()
+        if left is None or (left > 0 and not final):
+            return []
+        out = list(self._counted.items())
+        self._counted.clear()
+        return out
 
 
 class StreamListener:
@@ -81,6 +105,7 @@ class StreamListener:
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.refusals = Refusals()
+        self._summary: asyncio.TimerHandle | None = None  # when the counted refusals are recorded
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         return await self.serve(host=host, port=port)
@@ -99,8 +124,9 @@ class StreamListener:
         connections, or senders that never hang up). Then a connection quiet for EVICT_QUIET
         seconds or more makes room: of the sender holding the most connections, the one quiet
         longest (a flood from one host pays for itself; one that sends, even slowly, is never
-        chosen). When none is that quiet, the new one is closed at once. Either is recorded,
-        counted, one Event at most every REFUSALS_RECORDED_EVERY seconds."""
+        chosen). When none is that quiet, the new one is closed at once. Either is recorded, one
+        Event at most every REFUSALS_RECORDED_EVERY seconds, the others counted into a summary
+        per host at the interval's end (`Refusals`)."""
         limit = self.limits.max_connections
         if len(self.connections) < limit:
             return False
@@ -108,22 +134,39 @@ class StreamListener:
         held = Counter(c.sender.host for c in self.connections)
         quiet = [c for c in self.connections if now - c.last_heard >= EVICT_QUIET]
         victim = min(quiet, key=lambda c: (-held[c.sender.host], c.last_heard), default=None)
-        others = self.refusals.due()
+        closed = victim.sender if victim is not None else sender
+        if self.refusals.due(closed.host):
+            if victim is not None:
+                detail = (f"{limit} connections already open on this {self.transport} listener "
+                          f"(atna.max_connections): this one, quiet for {now - victim.last_heard:.0f} s, of a sender "
+                          f"holding {held[victim.sender.host]}, was closed to make room")
+            else:
+                detail = (f"{limit} connections already open on this {self.transport} listener "
+                          f"(atna.max_connections), none quiet for {EVICT_QUIET:g} s: closed at once")
+            self.publish(problem_event(closed, FrameProblem("too-many-connections", detail)))
+        else:
+            self._summarise_later()
         if victim is not None:
-            if others is not None:
-                self.publish(problem_event(victim.sender, FrameProblem(
-                    "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
-                                            f"(atna.max_connections): this one, quiet for {now - victim.last_heard:.0f}"
-                                            f" s, of a sender holding {held[victim.sender.host]}, was closed to make "
-                                            f"room{others}")))
             victim.evict()
             return False
-        if others is not None:
-            self.publish(problem_event(sender, FrameProblem(
-                "too-many-connections", f"{limit} connections already open on this {self.transport} listener "
-                                        f"(atna.max_connections), none quiet for {EVICT_QUIET:g} s: closed at "
-                                        f"once{others}")))
         return True
+
+    def _summarise_later(self) -> None:
+        """Record the interval's counted refusals when it ends (one timer at a time)."""
+        left = self.refusals.left()
+        if self._summary is None and left is not None:
+            self._summary = asyncio.get_running_loop().call_later(left, self._summarise)
+
+    def _summarise(self, *, final: bool = False) -> None:
+        self._summary = None
+        for host, count in self.refusals.summaries(final=final):
+            who = "senders beyond the hosts counted apart" if host == "*" else "this sender"
+            self.publish(problem_event(Sender(host, None, self.transport), FrameProblem(
+                "too-many-connections", f"{count} more connections of {who} closed on this full {self.transport} "
+                                        f"listener (atna.max_connections) in the {REFUSALS_RECORDED_EVERY:g} s "
+                                        "after the one recorded, counted in this record"), repeats=count))
+        if not final:
+            self._summarise_later()  # counted meanwhile
 
     async def close(self) -> None:
         if self._server is None:
@@ -131,6 +174,9 @@ class StreamListener:
         self._server.close()
         for conn in list(self.connections):
             conn.close()
+        if self._summary is not None:
+            self._summary.cancel()
+        self._summarise(final=True)  # what was counted, not yet recorded, is not lost with the listener
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
 

@@ -24,8 +24,10 @@ The pipe, both ways: records of a 4-byte big-endian length and that many bytes.
 A child writes with a blocking send: while the service is behind, the child stops reading its
 connections and TCP holds the senders back; nothing is dropped between the two. A child whose
 pipe closes (the service died) ends at once. A child that dies is started again after a second
-and an Event (atna.reader.restarted) says so; the connections it held are reset and their
-senders reconnect (rsyslog and syslog-ng do). RFC 5425 has no acknowledgement: what a sender had
+(twice as long each time it dies again soon after its start, up to a minute: one that cannot start,
+its certificate file replaced by one that does not load, says why in one line of the log) and an
+Event (atna.reader.restarted) says so; the connections it held are reset and their senders
+reconnect (rsyslog and syslog-ng do). RFC 5425 has no acknowledgement: what a sender had
 written into a connection that was reset is lost as it is when a single-process receiver dies.
 """
 
@@ -37,6 +39,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -67,6 +70,13 @@ log = logging.getLogger("pacsguard.atna")
 
 RESTARTED = "atna.reader.restarted"
 RESTART_DELAY = 1.0  # seconds before a reading process that died is started again
+#: A child that dies within STABLE seconds of its start waits twice as long as the last time before
+#: it is started again, up to RESTART_MAX: one that cannot start (its certificate file replaced by
+#: one that does not load) is retried, and recorded, once a minute, not every second for ever.
+STABLE = 30.0
+RESTART_MAX = 60.0
+#: The exit code of a child that cannot start: what it cannot do is on its standard error, in one line.
+CANNOT_START = 2
 STOP_WAIT = 10.0  # seconds a stopping child has to send what it read before it is killed
 _LENGTH = struct.Struct(">I")
 _STOP = b"stop"
@@ -135,13 +145,15 @@ def unwire(data: bytes) -> list[Event]:
     return out
 
 
-def restarted(transport: str, reader: int, exit_code: int | None) -> Event:
+def restarted(transport: str, reader: int, exit_code: int | None, restart_in: float = RESTART_DELAY) -> Event:
+    """The Event of a reading process that ended and was started again ``restart_in`` seconds later."""
     sig, how = how_it_ended(exit_code)
+    why = " (it could not start: its reason is in the log)" if exit_code == CANNOT_START else ""
     return Event(kind=RESTARTED, component="atna", severity=Severity.ERROR, outcome=Outcome.MAJOR_FAILURE,
-                 message=f"the {transport} listener's reading process {reader} ended ({how}); its connections were "
-                         "reset and it was started again",
+                 message=f"the {transport} listener's reading process {reader} ended ({how}){why}; its connections "
+                         f"were reset and it was started again after {restart_in:g} s",
                  details={"transport": transport, "reader": reader, "exit_code": exit_code, "signal": sig,
-                          "restart_in": RESTART_DELAY})
+                          "restart_in": restart_in})
 
 
 @dataclass(slots=True)
@@ -152,6 +164,7 @@ class _Child:
     process: subprocess.Popen[bytes]
     pipe: socket.socket
     ended: asyncio.Future[None]
+    started: float  # the event loop's time when it was started
     records: Records = field(default_factory=Records)
 
 
@@ -165,6 +178,7 @@ class ReadingProcesses:
         self.transport = "tls" if tls is not None else "tcp"
         self.count = count
         self.children: dict[int, _Child] = {}
+        self._delays: dict[int, float] = {}  # per slot: the wait before its last restart (`_delay`)
         self._listening: socket.socket | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,7 +220,7 @@ class ReadingProcesses:
         with contextlib.suppress(OSError):  # a child that died at once: its EOF below restarts it
             ours.sendall(record(self._settings()))
         ours.setblocking(False)
-        child = _Child(slot, process, ours, self._loop.create_future())
+        child = _Child(slot, process, ours, self._loop.create_future(), self._loop.time())
         self.children[slot] = child
         self._loop.add_reader(ours.fileno(), self._readable, child)
 
@@ -231,16 +245,27 @@ class ReadingProcesses:
         if not child.ended.done():
             child.ended.set_result(None)
         if not self._stopping:
-            self._loop.call_later(RESTART_DELAY, self._restart, child)
+            delay = self._delay(child)
+            self._loop.call_later(delay, self._restart, child, delay)
 
-    def _restart(self, child: _Child) -> None:
+    def _delay(self, child: _Child) -> float:
+        """Seconds before ``child`` is started again: RESTART_DELAY, doubled each time it died again
+        within STABLE seconds of its start, up to RESTART_MAX."""
+        assert self._loop is not None
+        last = self._delays.get(child.slot)
+        early = self._loop.time() - child.started < STABLE
+        delay = min(last * 2, RESTART_MAX) if last is not None and early else RESTART_DELAY
+        self._delays[child.slot] = delay
+        return delay
+
+    def _restart(self, child: _Child, delay: float = RESTART_DELAY) -> None:
         if self._stopping:
             return
         code = child.process.poll()
         if code is None:  # closed its pipe but lives on: it can no longer hand over what it reads
             child.process.kill()
             code = child.process.wait()
-        event = restarted(self.transport, child.slot, code)
+        event = restarted(self.transport, child.slot, code, delay)
         log.error("%s", event.message)
         self.publish(event)
         self._respawn(child.slot)
@@ -324,17 +349,13 @@ def _receive(pipe: socket.socket, records: Records) -> list[bytes]:
 
 
 async def _read_connections(listening: socket.socket, pipe: socket.socket, settings: dict[str, Any],
-                            records: Records, early: list[bytes]) -> None:
+                            records: Records, early: list[bytes], context: ssl.SSLContext | None) -> None:
     """Read the connections until the service says stop (``early``: what it said with the settings)."""
-    from pacsguard.atna.config import TlsListener
-
     loop = asyncio.get_running_loop()
     outbox = _Outbox(pipe)
     limits = Limits(settings["max_message"], settings["idle_timeout"], settings["max_connections"],
                     settings["frame_timeout"])
-    tls = settings["tls"]
-    listener = StreamListener(outbox.publish, limits,
-                              tls_context(TlsListener.model_validate(tls)) if tls is not None else None)
+    listener = StreamListener(outbox.publish, limits, context)
     await listener.serve(sock=listening)
     stop = loop.create_future()
 
@@ -375,8 +396,34 @@ def main(argv: list[str]) -> int:
     from pacsguard.atna.collector import tune_for_ingest
 
     tune_for_ingest()
-    run_event_loop(_read_connections(listening, pipe, settings, records, early))
+    try:
+        context = _context(settings["tls"])
+    except CannotStart as exc:
+        # One line, no traceback: the administrator reads it in the repository's log, and the
+        # service records the restart (exit code CANNOT_START) and waits longer each time.
+        log.error("%s", exc)
+        return CANNOT_START
+    run_event_loop(_read_connections(listening, pipe, settings, records, early, context))
     return 0
+
+
+class CannotStart(Exception):
+    """The child cannot make its listener; the text says what is wrong and where."""
+
+
+def _context(tls: dict[str, Any] | None) -> ssl.SSLContext | None:
+    """The TLS listener's context, made again from its files (RFC 5425 4.2): they may have been
+    replaced since the service started (a renewed certificate). CannotStart naming the file and
+    the fault when they do not load."""
+    if tls is None:
+        return None
+    from pacsguard.atna.config import TlsListener
+    from pacsguard.tls.contexts import TLSConfigError
+
+    try:
+        return tls_context(TlsListener.model_validate(tls))
+    except (TLSConfigError, OSError, ssl.SSLError, ValueError) as exc:
+        raise CannotStart(f"the tls listener's reading process cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 NIL = "-"
 
@@ -17,6 +17,10 @@ NIL = "-"
 AUDIT_MSGIDS = frozenset({"IHE+RFC-3881", "IHE+RFC3881", "DICOM+RFC3881", "DICOM+RFC-3881", "IHE+FHIR"})
 
 _BSD_TIME = re.compile(rb"^([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) ")
+#: An RFC 3339 TIMESTAMP where RFC 3164 has its own (rsyslog's RSYSLOG_ForwardFormat).
+_RFC3339_START = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)) ")
+#: A TAG without its colon (printable, no colon), ended by the space before an XML or JSON message.
+_TAG_BEFORE_PAYLOAD = re.compile(rb"^([!-9;-~]{1,48}) (?=[<{])")
 _MONTHS = {m: i for i, m in enumerate(
     (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
 
@@ -136,22 +140,58 @@ def _timestamp(text: str) -> datetime | None:
 
 
 def _bsd(pri: int, rest: bytes) -> SyslogMessage:
-    """RFC 3164 4.1.2: "Mmm dd hh:mm:ss HOSTNAME TAG: MSG"; the year is not sent, this one is assumed."""
+    """RFC 3164 4.1.2: "Mmm dd hh:mm:ss HOSTNAME TAG: MSG"; the year is not sent (`_bsd_time`). The
+    TIMESTAMP may be an RFC 3339 one instead, as rsyslog's RSYSLOG_ForwardFormat template writes it
+    (and rsyslog reads it). The TAG ends at a colon, or (RFC 3164 4.1.3: at the first character
+    that is not alphanumeric) at a space when an audit message, XML or JSON, follows it."""
     timestamp: datetime | None = None
     hostname = tag = None
-    match = _BSD_TIME.match(rest)
-    if match is not None and match.group(1) in _MONTHS:
-        now = datetime.now(timezone.utc)
-        try:
-            timestamp = datetime(now.year, _MONTHS[match.group(1)], int(match.group(2)), int(match.group(3)),
-                                 int(match.group(4)), int(match.group(5)), tzinfo=timezone.utc)
-        except ValueError:
-            timestamp = None
-        rest = rest[match.end():]
+    classic = _BSD_TIME.match(rest)
+    modern = _RFC3339_START.match(rest) if classic is None else None
+    if classic is not None and classic.group(1) in _MONTHS:
+        day, hour, minute, second = (int(classic.group(i)) for i in range(2, 6))
+        timestamp = _bsd_time(_MONTHS[classic.group(1)], day, hour, minute, second)
+        end = classic.end()
+    elif modern is not None:
+        timestamp = _timestamp(modern.group(1).decode("ascii"))
+        end = modern.end()
+    else:
+        end = -1
+    if end >= 0:
+        rest = rest[end:]
+        if rest[:1] in (b"<", b"{"):  # no HOSTNAME nor TAG: the audit message follows the TIMESTAMP
+            return SyslogMessage(pri, None, timestamp, None, None, None, None, None, rest, ("legacy-bsd",))
         host, _, rest = rest.partition(b" ")
         hostname = host.decode("utf-8", "replace") or None
         colon = rest.find(b":", 0, 48)
+        bare = _TAG_BEFORE_PAYLOAD.match(rest)
         if colon > 0 and b" " not in rest[:colon].strip():
             tag = rest[:colon].decode("utf-8", "replace").split("[", 1)[0]
             rest = rest[colon + 1:].lstrip(b" ")
+        elif bare is not None:
+            tag = bare.group(1).decode("utf-8", "replace").split("[", 1)[0]
+            rest = rest[bare.end():]
     return SyslogMessage(pri, None, timestamp, hostname, tag, None, None, None, rest, ("legacy-bsd",))
+
+
+def _bsd_time(month: int, day: int, hour: int, minute: int, second: int,
+              now: datetime | None = None) -> datetime | None:
+    """An RFC 3164 TIMESTAMP, which has no year: the latest of last year's, this year's and next
+    year's that is not more than a day after ``now`` (the sender's local time, up to 14 hours
+    ahead of UTC, or its clock a little fast). So "Dec 31 23:59:59" received just after midnight on
+    1 January is last year's, not a date a year ahead, and "Jan  1 00:00:05" from a sender a few
+    seconds fast at the end of the year is next year's (rsyslog decides the same way); a message
+    from a backlog is in the past. None when it is no such date (Feb 30; Feb 29 outside those
+    years)."""
+    now = now or datetime.now(timezone.utc)
+    found = []
+    for year in (now.year - 1, now.year, now.year + 1):
+        try:
+            found.append(datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc))
+        except ValueError:
+            continue
+    return max((when for when in found if when <= now + _BSD_AHEAD), default=None)
+
+
+#: How far after the time of receipt an RFC 3164 TIMESTAMP may lie (see `_bsd_time`).
+_BSD_AHEAD = timedelta(days=1)
