@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from module_probe import run_listing_modules
 from pacsguard.cli import main
 from pacsguard.config import ConfigError, LoadedConfig, parse_config
-from pacsguard.config.schema import Strict
+from pacsguard.config.strict import Strict
 from pacsguard.events import Event, EventBus
 from pacsguard.runtime.outputs import open_config_store, open_outputs
 from pacsguard.runtime.part import BannerRow, Dependency, Part, ServiceContext

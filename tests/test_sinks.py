@@ -162,7 +162,9 @@ def test_format_rfc5424_escaping_and_nil_values() -> None:
     assert header == b"<84>1 2024-03-05T07:08:09.012345Z - - - dicom.c-store"
     sd, _, body = ("[" + rest.decode()).partition("] \ufeff")
     assert sd == (f'[{SD_ID} kind="dicom.c-store" outcome="success" '
-                  'actor=" (evil\\"\\] [x@1 y=\\"z\\\\)" patient="A\\]1" patient="B\\"2"')
+                  'actor=" (evil\\"\\] [x@1 y=\\"z\\\\)" patient="A\\]1" patient="B\\"2"'
+                  # round 7: all of them once more, joined by DICOM's delimiter (collectors keep the last)
+                  ' patients="A\\]1\\\\B\\"2"')
     assert Event.from_json(body).to_dict() == event.to_dict()
 
 

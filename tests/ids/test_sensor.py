@@ -347,9 +347,19 @@ def test_server_speaking_first_on_a_dicom_port_is_not_dicom() -> None:
 
 
 def test_short_garbage_then_close_on_a_dicom_port() -> None:
+    conv = Conversation(sport=104, cport=40032).c(b"\x00\x00hello").fin()
+    engine, _, _ = run(conv.frames())
+    assert [c.args[0] for c in engine.of("non_dicom")] == [b"\x00\x00hello"]
+
+
+def test_short_pdu_header_with_a_lying_length_is_a_decode_error() -> None:
+    """Round 7: a first byte that is a PDU type (01H) is decoded, as the gateway does: the
+    PDU-length "hell" (1.7 GB) is the decoder's length error, not non-DICOM bytes."""
     conv = Conversation(sport=104, cport=40032).c(b"\x01\x00hello").fin()
     engine, _, _ = run(conv.frames())
-    assert [c.args[0] for c in engine.of("non_dicom")] == [b"\x01\x00hello"]
+    assert not engine.of("non_dicom")
+    (call,) = engine.of("decode_error")
+    assert call.args[1].code == "pdu-length-exceeds-maximum"
 
 
 def test_non_dicom_elsewhere_and_tls_on_a_dicom_port_are_skipped() -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
-from pacsguard.config.schema import Host, SecretRef, Strict
+from pacsguard.config.schema import Host, SecretRef
+from pacsguard.config.strict import Strict
 
 if TYPE_CHECKING:
     from pacsguard.ids.audit.adapter import PrivacyLists

@@ -140,16 +140,21 @@ def _output(stack: ExitStack, store: str | None, jsonl: Path | None, fmt: Format
 
     if store is None and jsonl is None:
         return _Printer(fmt)
-    es = outputs.open_store(store, create=True) if store is not None else None
+    try:
+        es = outputs.open_store(store, create=True) if store is not None else None
+    except OSError as exc:  # a SQLite path in a missing or unwritable directory
+        raise fail(f"--store {store}: cannot open it: {exc.strerror or exc}") from None
     sinks: list[EventSink] = []
     if jsonl is not None:
         from pacsguard.sinks import JsonLinesSink
 
         try:
             sinks.append(JsonLinesSink(jsonl))
-        except BaseException:
+        except BaseException as exc:
             if es is not None:
                 es.close()
+            if isinstance(exc, OSError):  # name the option and the file, not just an errno
+                raise fail(f"--jsonl {jsonl}: cannot open it for appending: {exc.strerror or exc}") from None
             raise
     failures: list[Exception] = []
     bus = outputs.open_outputs(stack, es, sinks, on_error=failures.append, close_timeout=5).bus

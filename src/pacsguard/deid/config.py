@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pacsguard.config.schema import Strict
+from pacsguard.config.strict import Strict
 from pacsguard.deid.profile import EXCLUSIVE, Option
 
 

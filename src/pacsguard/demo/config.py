@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pacsguard.config.schema import Host, Strict
+from pacsguard.config.schema import Host
+from pacsguard.config.strict import Strict
 
 
 class DemoUpstreamConfig(Strict):

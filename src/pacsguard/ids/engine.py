@@ -233,9 +233,15 @@ def _not_in_live(members: set[Any]) -> Pred:
     return lambda x: x not in members
 
 
+#: Characters of a value a ``regex`` condition searches: no DICOM identifier comes near (PS3.5
+#: Table 6.2-1: LO 64, PN 64 per component group), while the decoder passes values up to 64 KiB,
+#: on which even a plain ``.*X.*`` backtracks for seconds (quadratic); ``$`` matches at the cut.
+MAX_REGEX_TEXT: Final = 4096
+
+
 def _search(pattern: re.Pattern[str]) -> Pred:
     search = pattern.search
-    return lambda x: search(x) is not None
+    return lambda x: search(x, 0, MAX_REGEX_TEXT) is not None
 
 
 def _whole(pattern: re.Pattern[str]) -> Pred:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import re._parser as _sre  # the stdlib's regex parser: backtracking_risk reads the parsed pattern
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -408,6 +409,74 @@ _NUMERIC: Final = ("int", "float")
 _Report = Callable[[str, str], None]
 
 
+#: A repeat that may run more times than this is "unbounded" for :func:`backtracking_risk`.
+_FEW_REPEATS: Final = 16
+_REPEATS: Final = (_sre.MAX_REPEAT, _sre.MIN_REPEAT)
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """Why a regular expression can backtrack exponentially, or None.
+
+    Python's ``re`` backtracks: a repeat whose body can match the same text in more than one way
+    tries every way before it fails, 2**n of them for n characters (the classic ReDoS patterns
+    ``(a+)+``, ``(\\w+\\s?)*``, ``(A|AA)+``).  This is a conservative test on the parsed pattern
+    (the stdlib's own parser, ``re._parser``): an unbounded repeat (more than 16 times) whose
+    body holds another repeat or an alternation is refused, unless the body is an atomic group or
+    the repeat possessive (Python 3.11), which never backtrack into what they matched.  Some
+    harmless patterns are refused (``(CT|MR)+``); each has an atomic spelling (``(?>CT|MR)+``).
+    """
+    try:
+        tree = _sre.parse(pattern)
+    except re.error:
+        return None  # reported as invalid by the caller
+    return _risk_in(list(tree))
+
+
+def _risk_in(items: list[tuple[Any, Any]]) -> str | None:
+    for op, av in items:
+        if op in _REPEATS:
+            _, high, body = av
+            if high > _FEW_REPEATS and _ambiguous(list(body)):
+                return "repeats a part that itself repeats or has alternatives"
+            found = _risk_in(list(body))
+        elif op in (_sre.POSSESSIVE_REPEAT, _sre.ATOMIC_GROUP):
+            continue  # nothing inside is retried once matched
+        else:
+            found = None
+            for sub in _children(op, av):
+                found = found or _risk_in(list(sub))
+        if found:
+            return found
+    return None
+
+
+def _ambiguous(items: list[tuple[Any, Any]]) -> bool:
+    """Does a repeated body hold a repeat (more than once) or an alternation, outside atomic parts?"""
+    for op, av in items:
+        if op in _REPEATS and av[1] > 1:
+            return True
+        if op is _sre.BRANCH:
+            return True
+        if op in (_sre.POSSESSIVE_REPEAT, _sre.ATOMIC_GROUP):
+            continue
+        if any(_ambiguous(list(sub)) for sub in _children(op, av)):
+            return True
+    return False
+
+
+def _children(op: Any, av: Any) -> list[Any]:
+    """The sub-patterns of one parsed node (groups, alternatives, look-arounds, conditionals)."""
+    if op is _sre.SUBPATTERN:
+        return [av[3]]
+    if op is _sre.BRANCH:
+        return list(av[1])
+    if op in (_sre.ASSERT, _sre.ASSERT_NOT):
+        return [av[1]]
+    if op is _sre.GROUPREF_EXISTS:
+        return [p for p in av[1:] if p is not None]
+    return []
+
+
 def _scalar_for(ftype: FieldType, value: object, where: str, bad: _Report) -> tuple[bool, object]:
     """Check/convert one literal for a field of type *ftype*."""
     if ftype == "bool":
@@ -497,6 +566,12 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
                 re.compile(arg if op == "regex" else fnmatch.translate(arg))
             except re.error as exc:
                 bad(at, f"invalid regular expression: {exc}")
+                continue
+            risk = backtracking_risk(arg) if op == "regex" else None
+            if risk is not None:
+                bad(at, f"{_shown(arg)} {risk}, which can take exponential time on a value a peer "
+                        "chooses (ReDoS) and stall the sensor or the gateway: make the repeated part "
+                        "atomic, (?>...), or the quantifier possessive (*+, ++)")
                 continue
             out.append(Condition(field, op, arg))
         elif op in ("cidr_in", "not_cidr_in"):

@@ -37,6 +37,11 @@ Which connections are DICOM
       ``AssociationDecoder(resync=True, midstream=True)``; ``details.capture.midstream`` is true;
     - the client's first bytes are a TLS record header (DICOM TLS, PS3.15 B.1): not decodable,
       counted as skipped (``"tls on a DICOM port"``), nothing reported to the engine;
+    - the client's first byte is a PDU type (PS3.8 9.3.1, 01H-07H) but the A-ASSOCIATE-RQ test
+      fails (a lying PDU-length, a bad protocol version or AE title, another PDU first), and the
+      bytes do not look like another protocol (``guess_protocol``: RDP's TPKT is 03 00):
+      decoded, so the decoder names the fault (a decode error or a protocol violation) as it
+      does inline, where the gateway decodes whatever a client sends on its port;
     - otherwise (the client sent something else, or the server spoke first - a DICOM acceptor
       never does, PS3.8 9.2): :meth:`~pacsguard.ids.dicom.DicomAdapter.non_dicom` with the first bytes, and the
       connection is not decoded further.
@@ -116,7 +121,7 @@ from pacsguard.dicom import (
     looks_like_associate_rq,
 )
 from pacsguard.dicom.association import AssociationState
-from pacsguard.dicom.pdu import AssociateRJ
+from pacsguard.dicom.pdu import PDU_TYPE_NAMES, AssociateRJ
 from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.events.model import time_from_us
@@ -125,7 +130,7 @@ from pacsguard.ids.capture.reassembly import StreamAnomaly
 from pacsguard.ids.dicom.adapter import DicomAdapter
 from pacsguard.ids.dicom.sniff import ASSOCIATE_HEAD_BYTES, looks_like_acceptor_pdu, plausible_pdata_header
 from pacsguard.ids.observation import Flow
-from pacsguard.ids.sniff import looks_like_tls
+from pacsguard.ids.sniff import guess_protocol, looks_like_tls
 from pacsguard.records.dicom import AssociationRecord, capture_time
 
 if TYPE_CHECKING:  # the engine is only needed for its API, not at import time
@@ -530,6 +535,14 @@ class PassiveSensor:
             self._skip(st, "not DICOM")
         elif looks_like_tls(head):
             self._skip(st, "tls on a DICOM port")
+        elif head and head[0] in PDU_TYPE_NAMES and guess_protocol(head) == "unknown":
+            # A PDU the plausibility test refused (a PDU-length lie, a control character in an AE
+            # title, a P-DATA-TF first): the gateway's decoder reads it and names the fault
+            # (dicom-length-overflow, -malformed-pdu, -protocol-state-violation); so does this one,
+            # or the same bytes would get another verdict here than inline.  RDP's TPKT header
+            # (03 00) also reads as an A-ASSOCIATE-RJ: what another protocol's bytes look like
+            # stays a non-DICOM alert that says which.
+            self._start_dicom(st, midstream=False)
         else:
             self._not_dicom(st, head, ts, "client did not send an A-ASSOCIATE-RQ")
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator
 
-from pacsguard.config.schema import Strict, parse_networks
+from pacsguard.config.schema import parse_networks
+from pacsguard.config.strict import Strict
 
 from .defaults import IdsDefaults as _D
 from .defaults import default_dicom_ports, default_networks

@@ -20,23 +20,41 @@ _UNREACHABLE = "gateway.upstream.unreachable"
 _ENDED = ("released", "aborted")
 
 
+def label(value: object) -> str:
+    """A label value the exposition can carry: text that is valid UTF-8 (the text format is UTF-8,
+    Prometheus exposition formats, "Text format details"). A lone surrogate (a rule id read from a
+    YAML escape, say) would make every scrape fail with a UnicodeEncodeError; it is written as its
+    escape text instead, as the event's canonical JSON writes it."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def where(details: Mapping[str, Any]) -> str:
     """The route an event belongs to; a passive sensor's records have none and are named by sensor."""
     route = details.get("route")
     if route:
-        return str(route)
+        return label(route)
     sensor = details.get("sensor")
-    return f"sensor:{sensor}" if sensor else ""
+    return label(f"sensor:{sensor}") if sensor else ""
 
 
 def dimse_status(details: Mapping[str, Any]) -> str:
     """The request's outcome as a PS3.7 Annex C status category, or how the gateway ended it."""
     decision = details.get("decision")
     if decision:
-        return str(decision)
+        return label(decision)
     status = details.get("status")
+    if isinstance(status, int) and not isinstance(status, bool):  # a passive sensor's records: the number
+        return status_category(status)
     if isinstance(status, str) and status.startswith("0x"):
-        return status_category(int(status, 16))
+        try:
+            return status_category(int(status, 16))
+        except ValueError:
+            return "none"  # not a number: no category rather than a lost count
     return "none"  # the association ended before the final response
 
 
@@ -67,7 +85,7 @@ class EventCounters:
             self._request(kind.removeprefix(_DIMSE), details)
         elif kind.startswith(_ALERT):
             rule = details.get("rule_id") or kind.removeprefix(_ALERT)
-            self.alerts.labels(str(rule), str(details.get("action", ""))).inc()
+            self.alerts.labels(label(rule), label(details.get("action", ""))).inc()
         elif kind == _UNREACHABLE:
             self.upstream_up.labels(where(details)).set(0)
 
@@ -77,7 +95,7 @@ class EventCounters:
         if what == "accepted" and details.get("route"):
             self.upstream_up.labels(route).set(1)
         elif what == "rejected" and details.get("by") == "gateway":
-            self.refusals.labels(route, "association", str(details.get("rule") or "none")).inc()
+            self.refusals.labels(route, "association", label(details.get("rule") or "none")).inc()
         elif what in _ENDED:
             for direction in ("from_client", "from_upstream"):
                 count = details.get(f"bytes_{direction}")
@@ -86,6 +104,6 @@ class EventCounters:
 
     def _request(self, service: str, details: Mapping[str, Any]) -> None:
         route = where(details)
-        self.requests.labels(route, service.upper(), dimse_status(details)).inc()
+        self.requests.labels(route, label(service.upper()), dimse_status(details)).inc()
         if details.get("decision") == "refused":
-            self.refusals.labels(route, "request", str(details.get("rule") or "none")).inc()
+            self.refusals.labels(route, "request", label(details.get("rule") or "none")).inc()

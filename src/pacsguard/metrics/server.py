@@ -44,12 +44,18 @@ def encode(response: Response, *, head_only: bool = False) -> bytes:
 
 
 def parse_request_line(head: bytes) -> tuple[str, str] | None:
-    """Method and path (query string dropped) of a request head, or None when it is not HTTP/1.x."""
+    """Method and path (query string dropped) of a request head, or None when it is not HTTP/1.x.
+    The request target may be in origin-form (`/metrics`) or absolute-form
+    (`http://host:9464/metrics`), which RFC 9112 3.2.2 says a server MUST accept."""
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return None
-    return parts[0], parts[1].split("?", 1)[0]
+    target = parts[1]
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        target = "/" + rest.partition("/")[2]
+    return parts[0], target.split("?", 1)[0]
 
 
 class MonitoringServer:

@@ -17,7 +17,11 @@ def build_sinks(cfg: SinksConfig, resolve: Callable[[Path], Path]) -> list[Event
     if cfg.jsonl is not None:
         from pacsguard.sinks.jsonl import JsonLinesSink
 
-        sinks.append(JsonLinesSink(resolve(cfg.jsonl.path), message_format=cfg.jsonl.format))
+        path = resolve(cfg.jsonl.path)
+        try:
+            sinks.append(JsonLinesSink(path, message_format=cfg.jsonl.format))
+        except OSError as exc:  # say which setting names the file: the administrator fixes that line
+            raise OSError(f"sinks.jsonl.path: cannot open {path} for appending ({exc.strerror or exc})") from None
     if cfg.syslog is not None:
         from pacsguard.sinks.syslog import SyslogSink
         from pacsguard.tls.contexts import client_context

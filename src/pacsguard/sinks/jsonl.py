@@ -26,6 +26,13 @@ class JsonLinesSink:
     identifiers. Each batch is handed to the kernel before emit() returns (nothing waits in a
     user-space buffer, so a tailing reader sees whole batches and a process crash loses none);
     `fsync=True` also forces it to disk.
+
+    Rotation: before each batch the path is checked (one stat(2)); when it no longer names the open
+    file (logrotate's `create` mode renamed it, or it was removed) the path is opened anew, so no
+    event goes on into a renamed or deleted file. A write cut short (a full disk: POSIX write()
+    may take part of a buffer) leaves half a line; the next batch then starts on a new line, so
+    the half line never swallows a whole event. Events not written are counted in `lost` (the
+    store has them) and the error names how many.
     """
 
     def __init__(self, path: StrPath, *, fsync: bool = False, message_format: JsonLinesFormat = "json") -> None:
@@ -37,6 +44,9 @@ class JsonLinesSink:
         self._fsync = fsync
         self._lock = threading.Lock()  # emit() may be called from several threads
         self._file: BinaryIO | None = self._open(self.path)
+        self._torn = False  # the last write stopped inside a line
+        self.lost = 0  # events not written (a full disk, an unwritable new file after rotation)
+        self.reopened = 0  # times the path was opened anew after a rotation or a removal
 
     @staticmethod
     def _open(path: Path) -> BinaryIO:
@@ -58,12 +68,47 @@ class JsonLinesSink:
         with self._lock:
             if self._file is None:
                 raise ValueError(f"JsonLinesSink({self.path}) is closed")
+            try:
+                self._follow_path()
+            except OSError as exc:
+                self.lost += len(events)
+                raise OSError(exc.errno, f"{self.path}: moved or removed and cannot be opened again "
+                                         f"({exc.strerror}); {len(events)} event(s) not written") from None
+            lead = b"\n" if self._torn else b""
+            data = lead + data
             view = memoryview(data)
-            while view:
-                written = self._file.write(view)
-                view = view[written:]
+            try:
+                while view:
+                    written = self._file.write(view)
+                    view = view[written:]
+            except OSError as exc:
+                done = len(data) - len(view)
+                if done:
+                    self._torn = data[done - 1] != 0x0A
+                whole = max(0, data[:done].count(b"\n") - len(lead))  # the lead is no event
+                self.lost += len(events) - whole
+                raise OSError(exc.errno, f"{self.path}: {len(events) - whole} of {len(events)} event(s) not "
+                                         f"written ({exc.strerror})") from None
+            self._torn = False
             if self._fsync:
                 os.fsync(self._file.fileno())
+
+    def _follow_path(self) -> None:
+        """Open the path anew when it no longer names the open file (call with the lock held)."""
+        assert self._file is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return  # the path cannot be looked at now (its folder's permissions): keep the open file
+        now = os.fstat(self._file.fileno())
+        if st is not None and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+            return
+        fresh = self._open(self.path)
+        self._file.close()
+        self._file, self._torn = fresh, False
+        self.reopened += 1
 
     def close(self) -> None:
         with self._lock:

@@ -16,10 +16,15 @@ and can check it byte for byte against the store.
 With `message_format` the MSG is instead a SIEM's own record (pacsguard.sinks.formats): `ecs` JSON
 keeps the BOM (it is Unicode text); `cef` and `leef` records go without one (MSG-ANY, 6.4), since
 their parsers expect the record to start at "CEF:" / "LEEF:". The header and SD element stay.
+
+No message is longer than `max_message_size` octets (default MAX_MESSAGE): an event that would be
+is sent shortened (`shorten`), with `truncated="OCTETS"` in its SD element (RFC 5424 6.1: a
+receiver MAY truncate or discard what it cannot take; the collectors here do worse, see MAX_MESSAGE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -29,11 +34,12 @@ import time
 from collections import deque
 from datetime import timezone
 from itertools import islice
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
-from pacsguard.events.model import Event
+from pacsguard.events.model import Event, Party
 from pacsguard.runtime.peer import probe
 from pacsguard.sinks.formats import FormatName, formatter
+from pacsguard.sinks.formats.common import VALUE_DELIMITER
 from pacsguard.tls.contexts import client_context, explain_tls_error
 
 # 32473 is the Private Enterprise Number RFC 5612 reserves for documentation and examples; an
@@ -42,6 +48,20 @@ SD_ID = "pacsguard@32473"
 BOM = b"\xef\xbb\xbf"
 FACILITY_AUTHPRIV = 10
 NILVALUE = "-"
+
+# The longest message the sink sends, in octets. RFC 5425 4.3.1 asks a receiver to take 2048 and
+# SHOULD take 8192; Debian's rsyslog takes 8096 by default (maxMessageSize "8k") and, over TCP,
+# reads the rest of a longer octet-counted frame as a message of its own, so text inside an event
+# (an attacker's, say) would reach the SIEM as a forged syslog message with any host and program
+# name; syslog-ng closes the connection on a frame above its log-msg-size(), losing the messages
+# sent behind it. A smaller limit than 8096 is never needed; a larger one only for a collector
+# configured for it.
+MAX_MESSAGE = 8096
+# RFC 5424 6.1: every receiver takes 480 octets; a header and SD element need about that much.
+MIN_MESSAGE = 480
+# What a shortened event keeps (see shorten()).
+_KEEP_IDS = 8
+_KEEP_TEXT = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,19 +82,27 @@ def escape_param_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def _structured_data(event: Event) -> str:
+def _structured_data(event: Event, truncated: int | None = None) -> str:
     params = [("kind", event.kind), ("outcome", event.outcome), ("actor", event.actor.label())]
+    if truncated is not None:  # the whole message's length: the event in the store is the full one
+        params.append(("truncated", str(truncated)))
     # RFC 5424 6.3.3 lets an SD-PARAM repeat: one `patient` per patient id, none when no
     # patient data was touched.
     params += [("patient", pid) for pid in event.patient_ids]
+    if len(event.patient_ids) > 1:
+        # rsyslog's mmpstrucdata and syslog-ng keep only the last value of a repeated name, so
+        # all of them once more in one value, joined by DICOM's value delimiter, which no
+        # Patient ID (LO) contains (PS3.5 6.2), as CEF's cs1 and LEEF's patientIds have them.
+        params.append(("patients", VALUE_DELIMITER.join(event.patient_ids)))
     body = " ".join(f'{name}="{escape_param_value(str(value))}"' for name, value in params)
     return f"[{SD_ID} {body}]"
 
 
 def format_rfc5424(event: Event, *, hostname: str, app_name: str = "pacsguard",
                    facility: int = FACILITY_AUTHPRIV, procid: str | int | None = None,
-                   message_format: FormatName = "json") -> bytes:
-    """One RFC 5424 message for `event` (without transport framing); MSG in `message_format`."""
+                   message_format: FormatName = "json", truncated: int | None = None) -> bytes:
+    """One RFC 5424 message for `event` (without transport framing); MSG in `message_format`.
+    `truncated`: the length of the whole message when `event` is a shortened copy (`shorten`)."""
     if not 0 <= facility <= 23:
         raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
     pri = facility * 8 + int(event.severity)
@@ -90,9 +118,44 @@ def format_rfc5424(event: Event, *, hostname: str, app_name: str = "pacsguard",
     bom = BOM if message_format in ("json", "ecs") else b""
     return b"".join([
         header.encode("ascii"), b" ",
-        _structured_data(event).encode("utf-8", "replace"), b" ",
+        _structured_data(event, truncated).encode("utf-8", "replace"), b" ",
         bom, formatter(message_format)(event).encode("utf-8", "replace"),
     ])
+
+
+def _short_text(value: str | None, limit: int = _KEEP_TEXT) -> str | None:
+    return value if value is None or len(value) <= limit else value[:limit - 1] + "\u2026"
+
+
+def _short_party(party: Party) -> Party:
+    # An A-ASSOCIATE-RQ's user identity alone may be 65535 octets (PS3.7 D.3.3.7).
+    ae_title, host, user = _short_text(party.ae_title), _short_text(party.host), _short_text(party.user)
+    if ae_title is party.ae_title and host is party.host and user is party.user:
+        return party  # the same object: formats tell an empty side by identity (NOBODY)
+    return dataclasses.replace(party, ae_title=ae_title, host=host, user=user)
+
+
+def shorten(event: Event) -> Event:
+    """A copy of `event` small enough for one syslog message: the same id, kind, time, severity and
+    outcome (so the SIEM can find the whole event in the store), texts cut to 256 characters, at
+    most 8 patient IDs and study UIDs, and only the details that are numbers, booleans or short
+    texts."""
+    details: dict[str, Any] = {key: value for key, value in event.details.items()
+                               if isinstance(value, (bool, int, float)) or
+                               (isinstance(value, str) and len(value) <= _KEEP_TEXT)}
+    return dataclasses.replace(event, actor=_short_party(event.actor), target=_short_party(event.target),
+                               patient_ids=tuple(_short_text(p) or "" for p in event.patient_ids[:_KEEP_IDS]),
+                               study_uids=tuple(_short_text(u) or "" for u in event.study_uids[:_KEEP_IDS]),
+                               component=_short_text(event.component) or "", details=details,
+                               message=_short_text(event.message) or "")
+
+
+def cut_message(message: bytes, limit: int) -> bytes:
+    """`message` cut to at most `limit` octets, never inside a UTF-8 sequence (RFC 5424 6.4 wants
+    a BOM-marked MSG to stay valid UTF-8)."""
+    if len(message) <= limit:
+        return message
+    return message[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def frame_octet_counted(message: bytes) -> bytes:
@@ -128,7 +191,7 @@ class SyslogSink:
                  connect_timeout: float = 5.0, send_timeout: float = 10.0,
                  backoff_initial: float = 0.2, backoff_max: float = 30.0,
                  batch_size: int = 256, replay: int = 1000,
-                 message_format: FormatName = "json",
+                 message_format: FormatName = "json", max_message_size: int = MAX_MESSAGE,
                  logger: logging.Logger | None = None) -> None:
         if transport not in ("tcp", "tls"):
             raise ValueError(f"transport must be 'tcp' or 'tls', not {transport!r}")
@@ -138,6 +201,9 @@ class SyslogSink:
             raise ValueError("queue_size and batch_size must be >= 1, replay >= 0")
         if not 0 <= facility <= 23:
             raise ValueError(f"syslog facility must be 0..23 (RFC 5424 6.2.1), not {facility}")
+        if max_message_size < MIN_MESSAGE:
+            raise ValueError(f"max_message_size must be at least {MIN_MESSAGE} octets (RFC 5424 6.1), "
+                             f"not {max_message_size}")
         formatter(message_format)  # an unknown format fails here, not in the sender thread
         self.message_format = message_format
         self.host, self.port, self.transport = host, port, transport
@@ -156,6 +222,7 @@ class SyslogSink:
         self._backoff_max = backoff_max
         self._batch_size = batch_size
         self._replay = replay
+        self._max_message = max_message_size
         self._log = logger or logging.getLogger(__name__)
 
         self._cond = threading.Condition()
@@ -167,22 +234,41 @@ class SyslogSink:
         self.dropped = 0
         self.sent = 0
         self.connects = 0
+        self.truncated = 0  # events sent shortened because their message was too long
         self._thread = threading.Thread(target=self._run, name=f"syslog-{host}:{port}", daemon=True)
         self._thread.start()
 
     # ---- caller side -------------------------------------------------------------------------
 
     def format(self, event: Event) -> bytes:
+        """The event's message; shortened (`shorten`) when longer than `max_message_size` octets."""
+        whole = self._format(event, None)
+        if len(whole) <= self._max_message:
+            return whole
+        self.truncated += 1
+        if self.truncated == 1:  # once: the count is in `truncated`, the whole events in the store
+            self._log.warning("syslog %s:%d: event %s is %d octets, more than the %d a message may have; "
+                              "sent shortened (truncated=\"%d\" in its structured data)", self.host, self.port,
+                              event.id, len(whole), self._max_message, len(whole))
+        smaller = shorten(event)
+        short = self._format(smaller, len(whole))
+        if len(short) > self._max_message:  # many short details or IDs: keep the record's frame only
+            short = self._format(dataclasses.replace(smaller, details={}, patient_ids=smaller.patient_ids[:1],
+                                                     study_uids=smaller.study_uids[:1]), len(whole))
+        return cut_message(short, self._max_message)
+
+    def _format(self, event: Event, truncated: int | None) -> bytes:
         return format_rfc5424(event, hostname=self._hostname, app_name=self._app_name,
                               facility=self._facility, procid=self._procid,
-                              message_format=self.message_format)
+                              message_format=self.message_format, truncated=truncated)
 
     def emit(self, events: Sequence[Event]) -> None:
         self.send_messages([self.format(e) for e in events])
 
     def send_messages(self, messages: Sequence[bytes]) -> None:
-        """Queue RFC 5424 messages formatted elsewhere (a witness's checkpoint: another SD-ELEMENT)."""
-        frames = [frame_octet_counted(m) for m in messages]
+        """Queue RFC 5424 messages formatted elsewhere (a witness's checkpoint: another SD-ELEMENT);
+        one longer than `max_message_size` is cut there (a collector would split or drop it)."""
+        frames = [frame_octet_counted(cut_message(m, self._max_message)) for m in messages]
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"SyslogSink({self.host}:{self.port}) is closed")

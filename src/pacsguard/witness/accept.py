@@ -9,7 +9,9 @@ smaller tree than it held, has been forked or rolled back: refused (422) and rec
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,14 @@ from pacsguard.store.merkle import verify_consistency
 from pacsguard.store.statement import from_statement, signed_by
 from pacsguard.store.store import Checkpoint
 from pacsguard.witness.cosign import cosign
+from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.ledger import Held, Ledger
+
+log = logging.getLogger("pacsguard.witness")
+
+# Checkpoints in one paged answer: about 500 KB, half the answer a client reads (http.MAX_BODY);
+# a checkpoint a minute fills 2,000 in a day and a half, so a whole list would outgrow it.
+PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +58,21 @@ class Witness:
         self.logs = dict(logs)
         self.publish = publish
 
-    def held(self, log: str) -> Answer:
+    def held(self, log: str, start: int | None = None) -> Answer:
+        """The checkpoints held for ``log``: all of them, or with ``start`` (`?from=SIZE`) a page of
+        at most PAGE from tree size ``start`` on, with ``next`` (the size to ask from) while more
+        remain. Sizes only grow in a ledger (`_take`), so a page is a slice found by bisection."""
         if log not in self.logs:
             return Answer(404, {"error": f"no log {log} is pinned at this witness"})
-        return Answer(200, {"log": log, "checkpoints": [h.to_dict() for h in self.ledger.held(log)]})
+        items = self.ledger.held(log)
+        if start is None:
+            return Answer(200, {"log": log, "checkpoints": [h.to_dict() for h in items]})
+        first = bisect_left(items, start, key=lambda h: h.checkpoint.tree_size)
+        page = items[first:first + PAGE]
+        body: dict[str, Any] = {"log": log, "checkpoints": [h.to_dict() for h in page]}
+        if first + PAGE < len(items):
+            body["next"] = items[first + PAGE].checkpoint.tree_size
+        return Answer(200, body)
 
     def submit(self, log: str, token: str | None, body: Any, peer: str) -> Answer:
         pinned = self.logs.get(log)
@@ -96,7 +116,12 @@ class Witness:
                                           f"{held.tree_size} held (the consistency proof fails)", peer)
         received = time.time_ns() // 1000
         taken = Held(cp, received, cosign(self.key, cp, received), self.key_id)
-        self.ledger.append(taken)
+        try:
+            self.ledger.append(taken)
+        except WitnessError as exc:
+            # Not held, so not countersigned: 503 (RFC 9110 15.6.4) tells the log to try again later.
+            log.error("%s", exc)
+            return Answer(503, {"error": f"the witness cannot store the checkpoint now: {exc}"})
         return self._taken(taken)
 
     def _taken(self, held: Held) -> Answer:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from pacsguard.config.schema import Host, ListenTLS, SecretRef, Strict
+from pacsguard.config.schema import Host, ListenTLS, SecretRef
+from pacsguard.config.strict import Strict
 
 
 class WitnessedLog(Strict):

@@ -5,12 +5,11 @@ shipper watches; `audit verify --witness FILE` reads it back."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from pacsguard.owner_only import create_private_file
 from pacsguard.store.statement import to_statement
 from pacsguard.store.store import Checkpoint
+from pacsguard.witness.append import append_line
 from pacsguard.witness.errors import WitnessError
 
 
@@ -22,15 +21,12 @@ class FileWitness:
     def deliver(self, checkpoint: Checkpoint) -> None:
         line = json.dumps(to_statement(checkpoint), sort_keys=True).encode() + b"\n"
         try:
-            create_private_file(self.path)  # statements hold no patient data; the file is the log's own
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # Owner-only: statements hold no patient data, but the file is the log's own. A line
+            # not written whole (a full disk) is cut off again, so the next one starts clean.
+            append_line(self.path, line)
         except OSError as exc:
-            raise WitnessError(f"witness {self.path}: cannot append ({exc.strerror})") from None
+            raise WitnessError(f"witness {self.path}: cannot append the checkpoint at size "
+                               f"{checkpoint.tree_size} ({exc.strerror}); it stays queued") from None
 
     def close(self) -> None:
         return None

@@ -89,6 +89,9 @@ def _read(path: Path) -> str:
 
 def _json_lines(path: Path, text: str) -> Iterable[tuple[int, object]]:
     for n, line in enumerate(text.splitlines(), 1):
+        # A SIEM's export of the syslog witness's MSG (rsyslog's %msg%) keeps the BOM that marks
+        # it as UTF-8 (RFC 5424 6.4); it belongs to the syslog message, not to the JSON.
+        line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:

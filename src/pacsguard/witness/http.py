@@ -1,6 +1,7 @@
 """The HTTP(S) API of a pacsguard witness (witness/server.py), as a client speaks it.
 
-    GET  /v1/logs/{log}/checkpoints   every checkpoint the witness holds for the log (JSON)
+    GET  /v1/logs/{log}/checkpoints   every checkpoint the witness holds for the log (JSON);
+         with ?from=SIZE a page of them from that tree size on, and "next": SIZE while more remain
     POST /v1/logs/{log}/checkpoints   {"checkpoint": statement, "consistency": {"from": m, "proof": [hex]}}
          with "Authorization: Bearer TOKEN" (RFC 6750 2.1), answered with the witness's
          countersignature, or 409 {"held": m} when a consistency proof from m is needed.
@@ -43,15 +44,21 @@ class WitnessClient:
     def checkpoints_url(self, log: str) -> str:
         return f"{self.url.rstrip('/')}{API}/{log}/checkpoints"
 
-    def request(self, method: str, log: str, body: dict[str, Any] | None = None) -> Reply:
+    def request(self, method: str, log: str, body: dict[str, Any] | None = None, query: str = "") -> Reply:
         """One request; a Reply for any status the API defines, WitnessError when the witness is away."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         if self.token is not None:
+            if not self.token or not all(32 <= ord(ch) <= 126 for ch in self.token):
+                # RFC 6750 2.1: a bearer token is visible ASCII; anything else cannot go in the header
+                # (http.client raises on it), and this witness could never take it.
+                raise WitnessError(f"witness {self.url}: the token holds characters a bearer token cannot "
+                                   "(RFC 6750 2.1: printable ASCII only, no line breaks); check the "
+                                   "token this log was given")
             headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(self.checkpoints_url(log), data=data, method=method, headers=headers)
+        req = urllib.request.Request(self.checkpoints_url(log) + query, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
                 return Reply(resp.status, _json(resp.read(MAX_BODY + 1), self.url))
@@ -65,16 +72,27 @@ class WitnessClient:
             raise WitnessError(f"witness {self.url}: unreachable ({reason})") from None
 
     def held(self, log: str) -> list[dict[str, Any]]:
-        """Every checkpoint statement the witness holds for ``log`` (empty if it knows no such log)."""
-        reply = self.request("GET", log)
-        if reply.status == 404:
-            return []
-        if reply.status != 200:
-            raise WitnessRefused(f"witness {self.url}: GET answered {reply.status} ({_error(reply)})")
-        items = reply.body.get("checkpoints")
-        if not isinstance(items, list):
-            raise WitnessError(f"witness {self.url}: the answer holds no list of checkpoints")
-        return items
+        """Every checkpoint statement the witness holds for ``log`` (empty if it knows no such log),
+        read page by page (`?from=SIZE`), so no answer outgrows MAX_BODY however many it holds."""
+        out: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            reply = self.request("GET", log, query=f"?from={start}")
+            if reply.status == 404:
+                return out
+            if reply.status != 200:
+                raise WitnessRefused(f"witness {self.url}: GET answered {reply.status} ({_error(reply)})")
+            items = reply.body.get("checkpoints")
+            if not isinstance(items, list):
+                raise WitnessError(f"witness {self.url}: the answer holds no list of checkpoints")
+            out += items
+            following = reply.body.get("next")
+            if following is None:  # the last page (or a witness that answers all at once)
+                return out
+            if type(following) is not int or following <= start or not items:  # a bool is no size
+                raise WitnessError(f"witness {self.url}: its answer names next page {following!r} after "
+                                   f"page {start}: not a larger tree size")
+            start = following
 
 
 def _json(data: bytes, url: str, strict: bool = True) -> dict[str, Any]:

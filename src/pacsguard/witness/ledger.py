@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pacsguard.owner_only import create_private_file, make_private_dir
+from pacsguard.owner_only import make_private_dir
 from pacsguard.store.statement import from_statement, to_statement
 from pacsguard.store.store import Checkpoint
+from pacsguard.witness.append import append_line
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.jsontext import loads
 
@@ -70,16 +70,16 @@ class Ledger:
         return next((h for h in self._held.get(log, ()) if h.checkpoint.tree_size == size), None)
 
     def append(self, held: Held) -> None:
-        """Durably add ``held`` (call with ``lock`` held)."""
+        """Durably add ``held`` (call with ``lock`` held); WitnessError, and nothing held, if the
+        ledger file cannot take it whole."""
         log = held.checkpoint.key_id
         if not _LOG_ID.fullmatch(log):
             raise ValueError(f"log {log!r} is not a key fingerprint")
         path = self.folder / f"{log}.jsonl"
-        create_private_file(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
         try:
-            os.write(fd, json.dumps(held.to_dict(), sort_keys=True).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            # Whole or not at all: a half line (a full disk) would stop the witness's next start.
+            append_line(path, json.dumps(held.to_dict(), sort_keys=True).encode() + b"\n")
+        except OSError as exc:
+            raise WitnessError(f"{path}: cannot append the checkpoint at size {held.checkpoint.tree_size} "
+                               f"({exc.strerror or exc}); it is not held") from None
         self._held.setdefault(log, []).append(held)

@@ -12,6 +12,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from pacsguard.witness.accept import Answer, Witness
 from pacsguard.witness.http import API
@@ -21,6 +22,10 @@ log = logging.getLogger("pacsguard.witness")
 
 MAX_REQUEST = 64 * 1024  # a checkpoint and a proof of at most 128 hashes fit many times over
 MAX_CLIENTS = 32
+# Whole-list answers (GET without ?from) made at once: each holds the whole ledger in memory, as
+# objects and as JSON (a year at a checkpoint a minute is some 250 MB of JSON), and GET needs no
+# token, so clients must not be able to multiply that by MAX_CLIENTS. Pages are not limited.
+WHOLE_AT_ONCE = 2
 _PATH = re.compile(re.escape(API) + r"/([0-9a-f]{16})/checkpoints")
 
 
@@ -33,6 +38,7 @@ class _BoundedServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.whole_lists = threading.BoundedSemaphore(WHOLE_AT_ONCE)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -81,8 +87,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
         log_id = self._log_id()
-        if log_id is not None:
+        if log_id is None:
+            return
+        query = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
+        start = query.get("from", [None])[-1]
+        if start is not None and not (start.isascii() and start.isdigit()):
+            self._send(Answer(400, {"error": f"from: expected a tree size (0 or more), got {start[:40]!r}"}))
+            return
+        if start is not None:
+            self._send(self.witness.held(log_id, int(start)))
+            return
+        assert isinstance(self.server, _BoundedServer)
+        whole_lists = self.server.whole_lists
+        if not whole_lists.acquire(blocking=False):
+            self._send(Answer(503, {"error": f"{WHOLE_AT_ONCE} whole lists are being sent; try again later, or ask "
+                                    "for pages: ?from=0"}))
+            return
+        try:
             self._send(self.witness.held(log_id))
+        finally:
+            whole_lists.release()
 
     def do_POST(self) -> None:  # noqa: N802
         log_id = self._log_id()

@@ -11,7 +11,12 @@ beyond what a receiver does this module also:
   connection ended) and tells the consumer how many bytes are missing (:meth:`StreamConsumer.on_gap`);
 * bounds memory: at most ``max_flows`` open connections (least recently used evicted, CLOCK
   approximation), idle connections closed after ``idle_timeout_us`` of *capture* time, out-of-order
-  data bounded per flow and globally.
+  data bounded per flow and globally.  A connection *in use* (payload delivered in both
+  directions, no FIN or RST seen) is closed only after ``established_timeout_us``: Linux keeps an
+  ESTABLISHED socket without traffic for ever (RFC 9293 has no idle timeout; 2 h is when a peer
+  with SO_KEEPALIVE would first probe, ``tcp_keepalive_time``), so a DICOM association a PACS holds
+  open while its user reads images must not be forgotten after minutes: its later commands would
+  be decoded mid-stream, without the AE titles rules match on (an evasion by waiting).
 
 Flow table. Every connection has two :class:`_Half` objects, one per direction, stored in one dict
 under the raw directional 4-tuple bytes exactly as they appear in the packet (IPv4: source address,
@@ -73,7 +78,7 @@ import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Final, Iterable, Protocol, Sequence
 
 from .ipfrag import IPDefragmenter
 
@@ -236,6 +241,11 @@ class CaptureStats:
     @property
     def non_tcp_packets(self) -> int:
         return sum(self.non_tcp.values())
+
+
+#: Capture time a connection in use (payload both ways, no FIN or RST) may stay silent before it
+#: is closed as ``"timeout"``: Linux's ``tcp_keepalive_time`` (module docstring).
+ESTABLISHED_TIMEOUT_S: Final = 7200.0
 
 
 class _Half:
@@ -505,6 +515,7 @@ class TCPReassembler:
         *,
         max_flows: int = 65536,
         idle_timeout_s: float = 300.0,
+        established_timeout_s: float = ESTABLISHED_TIMEOUT_S,
         timewait_s: float = 30.0,
         max_buffer_per_flow: int = 1 << 20,
         max_buffer_total: int = 64 << 20,
@@ -517,6 +528,7 @@ class TCPReassembler:
         self.stats = stats if stats is not None else CaptureStats()
         self.max_flows = max_flows
         self.idle_timeout_us = int(idle_timeout_s * 1_000_000)
+        self.established_timeout_us = max(self.idle_timeout_us, int(established_timeout_s * 1_000_000))
         self.timewait_us = int(timewait_s * 1_000_000)
         self.max_buffer_per_flow = max_buffer_per_flow
         self.max_buffer_total = max_buffer_total
@@ -1195,8 +1207,9 @@ class TCPReassembler:
 
     def _sweep(self, now: int) -> None:
         cutoff = now - self.idle_timeout_us
+        long_cutoff = now - self.established_timeout_us
         self.defrag.expire(now)
-        idle = [c for c in self._open if c.last_ts_us < cutoff]
+        idle = [c for c in self._open if c.last_ts_us < cutoff and (c.last_ts_us < long_cutoff or not _in_use(c))]
         for conn in idle:
             self.stats.timed_out += 1
             self._close(conn, "timeout", now)
@@ -1205,3 +1218,14 @@ class TCPReassembler:
         for conn in expired:
             del tw[conn]
             self._forget(conn)
+
+
+def _in_use(conn: Connection) -> bool:
+    """Did both directions deliver payload, and neither send a FIN or a RST (not even one
+    waiting to be confirmed)?  Such a connection gets the long ``established_timeout_us``."""
+    if conn.closed_first_by_client is not None:
+        return False
+    for h in (conn._c2s, conn._s2c):
+        if h is None or h.bytes == 0 or h.fin_seq >= 0 or h.rst_pending >= 0:
+            return False
+    return True

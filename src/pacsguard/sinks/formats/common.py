@@ -44,20 +44,25 @@ def severity_0_10(severity: Severity) -> int:
 class Endpoint:
     """A party's network side as SIEM formats want it: an address field, a name field, a port."""
 
-    ip: str | None  # the address as the event wrote it (str() of an ip_address would rewrite it)
+    ip: str | None  # the address as the event wrote it (str() of an ip_address would rewrite it), no zone
     ip_version: int | None
     hostname: str | None
     port: int | None
 
 
 def endpoint(party: Party) -> Endpoint:
-    """Split `party.host` into an IP address or a host name (formats keep them in different fields)."""
+    """Split `party.host` into an IP address or a host name (formats keep them in different fields).
+
+    A link-local IPv6 peer's address carries its zone ("fe80::1%eth0", RFC 4007 11.2), which only
+    the receiving host can interpret. The IP fields get the address without it: Elasticsearch's
+    `ip` type refuses a zone (so the whole ECS document would be refused), and CEF's IPv6 Address
+    and LEEF's src/dst are plain addresses. ECS's `address` keeps the text as the event has it."""
     if party.host:
         try:
             version = ip_address(party.host).version
         except ValueError:
             return Endpoint(ip=None, ip_version=None, hostname=party.host, port=party.port)
-        return Endpoint(ip=party.host, ip_version=version, hostname=None, port=party.port)
+        return Endpoint(ip=party.host.partition("%")[0], ip_version=version, hostname=None, port=party.port)
     return Endpoint(ip=None, ip_version=None, hostname=None, port=party.port)
 
 
