@@ -1,7 +1,7 @@
 """What the store's row layout costs per large event, measured with SQLite alone (no pacsguard
-code): the layout of today (the sealed body in the events row, rows placed by patient within a
-bucket of 65,536: store/index.py) against the bodies in a table of their own, appended in seq
-order, with only the small columns placed by patient.
+code): store format 3 (the sealed body in the events row, rows placed by patient within a bucket
+of 65,536: store/index.py) against format 4, the store's layout since 2026-12-05 (the bodies in a
+table of their own, appended in seq order, with only the small columns placed by patient).
 
 What-if tooling for issue #18's ingest target (the ATNA events carry their raw message: ~3.7 KB a
 row): it measures the one step that the store's commit of patient-placed rows costs, so a layout

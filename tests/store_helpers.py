@@ -72,10 +72,11 @@ def rehashed(target: str, tmp: Path, seq: int = 9) -> VerifyReport:
     es.checkpoint()
     es.engine.dispose()
     with raw_sql(target) as cur:
-        cur.execute(f"SELECT body FROM events WHERE seq = {seq}")
+        cur.execute(f"SELECT body FROM event_bodies WHERE seq = {seq}")
         body = cur.fetchone()[0].replace(f"event {seq} ", "event X ")
         p = param(target)
-        cur.execute(f"UPDATE events SET body = {p}, leaf = {p} WHERE seq = {seq}", (body, leaf_hash(body.encode())))
+        cur.execute(f"UPDATE event_bodies SET body = {p} WHERE seq = {seq}", (body,))
+        cur.execute(f"UPDATE events SET leaf = {p} WHERE seq = {seq}", (leaf_hash(body.encode()),))
     return verify_store(EventStore.open(target), load_public_key(key))
 
 

@@ -154,6 +154,9 @@ def test_a_data_exception_from_postgresql_is_split_out(postgres_db_url: str, tmp
     are stored in one transaction, and the store verifies."""
     store, key = new_store(postgres_db_url, tmp_path)
     with raw_sql(postgres_db_url) as cur:
+        # The view for SQL readers (store format 4) depends on the column: PostgreSQL alters no
+        # column a view reads, so it goes first.
+        cur.execute("DROP VIEW events_with_body")
         cur.execute("ALTER TABLE events ALTER COLUMN actor_host TYPE varchar(8)")
     sent = [_event((f"P{i}",), actor=Party(host="h-long-name" if i == 5 else f"h{i}")) for i in range(12)]
     assert store.append(sent) == 12

@@ -72,7 +72,7 @@ def test_a_posting_list_of_odd_length_is_a_damaged_store_named_by_row(tmp_path: 
 
 def test_a_body_that_is_not_a_sealed_record_is_named_by_seq(tmp_path: Path) -> None:
     path, _ = _store(tmp_path)
-    _sql(path, "UPDATE events SET body = 'not json' WHERE seq = 5")
+    _sql(path, "UPDATE event_bodies SET body = 'not json' WHERE seq = 5")
     done = run("events", "search", "--store", str(path), "--since", "2000-01-01", cwd=tmp_path, check_code=2)
     assert "events row #5: its body is not a sealed record" in done.stderr, done.stderr
     assert "pacsguard audit verify" in done.stderr and "internal error" not in done.stderr
@@ -80,7 +80,7 @@ def test_a_body_that_is_not_a_sealed_record_is_named_by_seq(tmp_path: Path) -> N
 
 def test_a_framed_body_whose_event_does_not_decode_is_a_damaged_store(tmp_path: Path) -> None:
     path, _ = _store(tmp_path)
-    _sql(path, """UPDATE events SET body = '{"event":{"x":1},"prev":"00","seq":5}' WHERE seq = 5""")
+    _sql(path, """UPDATE event_bodies SET body = '{"event":{"x":1},"prev":"00","seq":5}' WHERE seq = 5""")
     for args in (["search", "--kind", "dicom.*"], ["tail", "-n", "50"]):
         done = run("events", *args, "--store", str(path), cwd=tmp_path, check_code=2)
         assert "the store is damaged: events row #5: its event does not decode" in done.stderr, done.stderr

@@ -10,6 +10,7 @@ import pytest
 from pacsguard.store import EventQuery, EventStore, StoreError
 from pacsguard.store.keys import generate_key, load_public_key
 from pacsguard.store.merkle import Frontier, inclusion_proof, leaf_hash, root_of, verify_inclusion
+from pacsguard.store.schema import STORE_FORMAT_VERSION
 from pacsguard.store.verify import verify_store
 from store_helpers import make_events, new_store, raw_sql, rehashed, write_revision_0001_store
 
@@ -98,7 +99,7 @@ def test_verify_catches_edited_column(target, tmp_path):
 
 def test_verify_catches_edited_body(target, tmp_path):
     report = _tampered(target, tmp_path,
-                       ["UPDATE events SET body = replace(body, 'PID0013', 'PID9999') WHERE seq = 13"])
+                       ["UPDATE event_bodies SET body = replace(body, 'PID0013', 'PID9999') WHERE seq = 13"])
     assert ("modified", 13) in _kinds(report)
 
 
@@ -111,15 +112,17 @@ def test_verify_catches_rehashed_body(target, tmp_path):
 
 
 def test_verify_catches_deleted_row(target, tmp_path):
-    report = _tampered(target, tmp_path, ["DELETE FROM events WHERE seq = 20"])
-    assert ("deleted", 20) in _kinds(report)
+    report = _tampered(target, tmp_path, [f"DELETE FROM {t} WHERE seq = 20" for t in ("events", "event_bodies")])
+    assert ("deleted", 20) in _kinds(report) and not any(k == "inserted" for k, _ in _kinds(report))
 
 
 def test_verify_catches_inserted_row(target, tmp_path):
     # Shift the tail to make room, then insert a forged copy of event 5 as event 6.
-    shift = ["UPDATE events SET seq = seq + 1000 WHERE seq >= 6", "UPDATE events SET seq = seq - 999 WHERE seq >= 1000",
-             "INSERT INTO events SELECT -6, 6, patient_id, time_us, kind, actor_ae, actor_host, actor_user, body, leaf"
-             " FROM events WHERE seq = 5"]
+    shift = [f"UPDATE {t} SET seq = seq + 1000 WHERE seq >= 6; UPDATE {t} SET seq = seq - 999 WHERE seq >= 1000"
+             for t in ("events", "event_bodies")]
+    shift = [q for pair in shift for q in pair.split("; ")] + [
+        "INSERT INTO events SELECT -6, 6, patient_id, time_us, kind, actor_ae, actor_host, actor_user, leaf"
+        " FROM events WHERE seq = 5", "INSERT INTO event_bodies SELECT 6, body FROM event_bodies WHERE seq = 5"]
     report = _tampered(target, tmp_path, shift)
     kinds = _kinds(report)
     assert any(k == "inserted" for k, _ in kinds), report.findings
@@ -127,14 +130,15 @@ def test_verify_catches_inserted_row(target, tmp_path):
 
 
 def test_verify_catches_swapped_rows(target, tmp_path):
-    swap = ["UPDATE events SET seq = -1 WHERE seq = 3", "UPDATE events SET seq = 3 WHERE seq = 17",
-            "UPDATE events SET seq = 17 WHERE seq = -1"]
+    swap = [f"UPDATE {t} SET seq = {a} WHERE seq = {b}" for t in ("events", "event_bodies")
+            for a, b in ((-1, 3), (3, 17), (17, -1))]
     report = _tampered(target, tmp_path, swap)
     assert {("reordered", 3), ("reordered", 17)} <= _kinds(report)
 
 
 def test_verify_catches_truncated_tail_after_checkpoint(target, tmp_path):
     report = _tampered(target, tmp_path, ["DELETE FROM events WHERE seq >= 35",
+                                          "DELETE FROM event_bodies WHERE seq >= 35",
                                           "UPDATE tree_state SET size = 35"])
     assert any(f.kind == "truncated" and f.seq == 35 for f in report.findings), report.findings
     assert not report.newest_checkpoint_valid
@@ -303,7 +307,7 @@ def test_store_of_format_1_is_migrated(target, tmp_path):
     assert [s.seq for s in es.search(EventQuery(patient="PID0010", limit=None))] == [10, 60]
     with raw_sql(target) as cur:
         cur.execute("SELECT value FROM pacsguard_meta WHERE key = 'format_version'")
-        assert cur.fetchone()[0] == "3"
+        assert cur.fetchone()[0] == STORE_FORMAT_VERSION == "4"
         cur.execute("SELECT patient_id, seq FROM event_patients")
         assert cur.fetchall() == [("PIDX", 20)]
     es.close()

@@ -79,13 +79,18 @@ def test_the_clean_reading_holds_one_bucket_not_the_store(tmp_path: Path, small_
 
 
 TAMPERINGS = {
-    "record edited": "UPDATE events SET body = replace(body, '\"MOD0\"', '\"CT1_\"') WHERE seq = 12",
+    "record edited": "UPDATE event_bodies SET body = replace(body, '\"MOD0\"', '\"CT1_\"') WHERE seq = 12",
+    "record deleted": "DELETE FROM event_bodies WHERE seq = 30",
+    "record of no event": "INSERT INTO event_bodies SELECT 45, body FROM event_bodies WHERE seq = 5",
+    "records swapped": "UPDATE event_bodies SET seq = -1 WHERE seq = 8; UPDATE event_bodies SET seq = 8 WHERE seq = 9; "
+                       "UPDATE event_bodies SET seq = 9 WHERE seq = -1",
     "leaf column": "UPDATE events SET leaf = zeroblob(32) WHERE seq = 7",
     "search column": "UPDATE events SET actor_ae = 'X' WHERE seq = 3",
     "place": "UPDATE events SET place = place + 1 WHERE seq = 20",
-    "row deleted": "DELETE FROM events WHERE seq = 30",
+    "row deleted": "DELETE FROM events WHERE seq = 30; DELETE FROM event_bodies WHERE seq = 30",
     "row copied past the end": "INSERT INTO events SELECT place + 1, 41, patient_id, time_us, kind, actor_ae, "
-                               "actor_host, actor_user, body, leaf FROM events WHERE seq = 5",
+                               "actor_host, actor_user, leaf FROM events WHERE seq = 5; "
+                               "INSERT INTO event_bodies SELECT 41, body FROM event_bodies WHERE seq = 5",
     "seqs swapped": "UPDATE events SET seq = -1 WHERE seq = 8; UPDATE events SET seq = 8 WHERE seq = 9; "
                     "UPDATE events SET seq = 9 WHERE seq = -1",
     "study index row deleted": "DELETE FROM event_studies WHERE seq = 11",
@@ -131,11 +136,12 @@ def test_a_rehashed_record_that_is_not_an_event_is_found_not_fatal(tmp_path: Pat
     es.append(make_events(10))
     es.close()
     with raw_sql(target) as cur:
-        body = cur.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0]
+        body = cur.execute("SELECT body FROM event_bodies WHERE seq = 4").fetchone()[0]
         sealed = orjson.loads(body)
         sealed["event"]["actor"] = 5
         forged = orjson.dumps(sealed).decode()
-        cur.execute("UPDATE events SET body = ?, leaf = ? WHERE seq = 4", (forged, leaf_hash(forged.encode())))
+        cur.execute("UPDATE event_bodies SET body = ? WHERE seq = 4", (forged,))
+        cur.execute("UPDATE events SET leaf = ? WHERE seq = 4", (leaf_hash(forged.encode()),))
     es = EventStore.open(target)
     try:
         report = verify_store(es, load_public_key(key))

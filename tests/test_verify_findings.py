@@ -30,7 +30,8 @@ def _messages(report: VerifyReport, seq: int) -> str:
 
 
 def test_edited_record_names_the_column_as_the_original(target: str, tmp_path: Path) -> None:
-    report = _after(target, tmp_path, "UPDATE events SET body = replace(body, '\"MOD0\"', '\"CT1_\"') WHERE seq = 12")
+    report = _after(target, tmp_path,
+                    "UPDATE event_bodies SET body = replace(body, '\"MOD0\"', '\"CT1_\"') WHERE seq = 12")
     said = _messages(report, 12)
     assert "its sealed record was edited" in said
     assert "the record now says actor_ae 'CT1_'; its column, copied at sealing, holds 'MOD0'" in said
@@ -80,8 +81,9 @@ def test_row_forged_past_the_tree_head_is_inserted(target: str, tmp_path: Path) 
         body = seal(forged.to_json(), prev, 20)
         patient = placed_by(forged.patient_ids)
         p = param(target)
-        cur.execute(f"INSERT INTO events VALUES ({', '.join([p] * 10)})",
+        cur.execute(f"INSERT INTO events VALUES ({', '.join([p] * 9)})",
                     (place_of(20, patient), 20, patient, forged.time_us, forged.kind, forged.actor.ae_title,
-                     forged.actor.host, forged.actor.user, body, leaf_hash(body.encode())))
+                     forged.actor.host, forged.actor.user, leaf_hash(body.encode())))
+        cur.execute(f"INSERT INTO event_bodies VALUES ({p}, {p})", (20, body))
     report = verify_store(EventStore.open(target), load_public_key(key))
     assert ("inserted", 20) in {(f.kind, f.seq) for f in report.findings}

@@ -83,7 +83,7 @@ def test_report_proves_offline_and_fails_after_tampering(tmp_path: Path) -> None
 
     # Someone with database rights rewrites who accessed the patient: a fresh report no longer proves.
     with raw_sql(target) as cur:
-        cur.execute("UPDATE events SET body = replace(body, 'jsmith', 'mallory') WHERE seq = 41")
+        cur.execute("UPDATE event_bodies SET body = replace(body, 'jsmith', 'mallory') WHERE seq = 41")
     fresh = patient_report(store, "PID-0042", key=private)
     assert fresh["events"][1]["user"] == "mallory"
     assert prove(fresh, public) == ["event #41: not included in the signed tree of 53 events"]

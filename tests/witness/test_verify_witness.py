@@ -130,7 +130,7 @@ def _rewrite_and_resign(site: Site, seq: int) -> None:
     checkpoints by one signed with the store's own key: what a root user holding the key can do."""
     conn = sqlite3.connect(site.db, isolation_level=None)
     try:
-        rows = conn.execute("SELECT seq, body FROM events ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT seq, body FROM event_bodies ORDER BY seq").fetchall()
         frontier, prev = Frontier(), bytes(32)
         conn.execute("BEGIN")
         for s, body in rows:
@@ -139,7 +139,8 @@ def _rewrite_and_resign(site: Site, seq: int) -> None:
                 event = event.replace(f"event {seq} ", "event rewritten ")
             if s >= seq:
                 body = seal(event, prev, s)
-                conn.execute("UPDATE events SET body = ?, leaf = ? WHERE seq = ?", (body, leaf_hash(body.encode()), s))
+                conn.execute("UPDATE event_bodies SET body = ? WHERE seq = ?", (body, s))
+                conn.execute("UPDATE events SET leaf = ? WHERE seq = ?", (leaf_hash(body.encode()), s))
             prev = leaf_hash(body.encode())
             frontier.append(prev)
         conn.execute("UPDATE tree_state SET frontier = ?, last_leaf = ? WHERE id = 1", (frontier.to_bytes(), prev))

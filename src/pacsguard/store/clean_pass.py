@@ -2,12 +2,14 @@
 bucket (65,536 events) rather than by the store, for the case that matters most often, a store
 nobody changed.
 
-Rows come in their stored order (place: bucket first, store/index.py), one bucket at a time. Each
-row must be exactly what sealing wrote: its record hashes to its leaf column, names its own seq,
+Rows come in their stored order (place: bucket first, store/index.py), one bucket at a time, each
+with its sealed record from event_bodies (read by seq). Each row must be exactly what sealing
+wrote: its record (present) hashes to its leaf column, names its own seq,
 links to the leaf before it (RFC 9162 leaves, the chain of store.py), its search columns and its
 place are what the record gives, and the seqs run on without a gap. The bucket's index rows
 (event_patients, event_studies) and the term postings and time range of every batch must be what
-the sealed events give, and the tables must hold nothing else. At the first departure the reading
+the sealed events give, and the tables must hold nothing else (event_bodies no record without
+its events row). At the first departure the reading
 stops and returns None: the forensic reading (verify.py) then reads everything at once and tells
 what each departure is. What this one accepts, that one would find nothing in.
 """
@@ -19,13 +21,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Table, func, select
+from sqlalchemy import Connection, Row, Select, Table, func, select
 
 from pacsguard.events.model import Event
 from pacsguard.store.columns import ae_key, host_key, kind_key, optional, study_keys, user_key
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
 from pacsguard.store.merkle import leaf_hash
-from pacsguard.store.schema import event_batches, event_patients, event_studies, event_terms, events
+from pacsguard.store.schema import (
+    event_batches,
+    event_bodies,
+    event_patients,
+    event_studies,
+    event_terms,
+    events,
+)
 from pacsguard.store.store import GENESIS_PREV
 
 # Search columns that must equal what the sealed event says.
@@ -47,6 +56,14 @@ def _as_written(r: Row[Any]) -> bool:
     UPDATE writes (a real seq, a text leaf), which the forensic reading names as a finding."""
     return (isinstance(r.seq, int) and not isinstance(r.seq, bool) and isinstance(r.body, str)
             and isinstance(r.leaf, (bytes, memoryview)))
+
+
+def select_rows() -> Select[Any]:
+    """Every events row with its sealed record (body None when event_bodies lacks it): the record
+    is looked up by seq in the bodies' own B-tree, which is in seq order as a bucket is."""
+    return select(events.c.place, events.c.seq, event_bodies.c.body, events.c.leaf,
+                  *[events.c[c] for c in COLUMNS]).select_from(
+        events.outerjoin(event_bodies, event_bodies.c.seq == events.c.seq))
 
 
 def columns_of(ev: Event) -> dict[str, Any]:
@@ -88,8 +105,7 @@ class _Reading:
         self.term_rows = 0
 
     def run(self) -> list[bytes]:
-        stmt = select(events.c.place, events.c.seq, events.c.body, events.c.leaf,
-                      *[events.c[c] for c in COLUMNS]).order_by(events.c.place)
+        stmt = select_rows().order_by(events.c.place)
         # Rows fetched 2,000 at a time: what the reading holds is one bucket's sealed fields, these
         # rows and a leaf hash per event, whatever the size of the store.
         result = self.conn.execution_options(stream_results=True, yield_per=2_000).execute(stmt)
@@ -196,4 +212,7 @@ class _Reading:
                       for t in (event_patients, event_studies))
         terms = self.conn.execute(select(func.count()).select_from(event_terms)).scalar() or 0
         if counted != self.index_rows or terms != self.term_rows:
+            raise _Departure
+        # Each events row was read with its own record: more records are ones without an event.
+        if (self.conn.execute(select(func.count()).select_from(event_bodies)).scalar() or 0) != len(self.leaves):
             raise _Departure

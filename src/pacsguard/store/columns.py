@@ -1,6 +1,6 @@
 """What the store's search columns and index keys hold for a value they cannot hold as it is.
 
-The sealed record (events.body, canonical JSON) keeps every value exactly: JSON writes U+0000 as
+The sealed record (event_bodies.body, canonical JSON) keeps every value exactly: JSON writes U+0000 as
 the six characters ``\\u0000`` and a text column has no length limit. The copies made for searching
 are narrower: `events.patient_id` is VARCHAR(128), `event_studies.study_uid` 64, `event_terms.term`
 300, the actor columns 64 and 255 (schema.py), and PostgreSQL's text types cannot hold U+0000 at

@@ -30,7 +30,7 @@ _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 #: the two together). Opening a store at this revision reads it with one query and loads no Alembic
 #: (~0.2 s of imports and migration scripts); a store at an older revision is refused until
 #: `pacsguard store migrate` upgrades it.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 WRITE = "pacsguard_write"  # execution option that marks a writing transaction
 #: The PostgreSQL advisory lock key that serialises migrations (any fixed 64-bit number of our own).
 MIGRATION_LOCK = 0x7061637367756172

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from pacsguard.store.errors import StoreError
 from pacsguard.store.merkle import node_hash
-from pacsguard.store.schema import events
+from pacsguard.store.schema import event_bodies, events
 from pacsguard.store.store import Checkpoint, EventStore
 
 
@@ -36,7 +36,8 @@ def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpo
     with store.engine.connect() as conn:
         leaves = [_leaf(seq, leaf, store.name) for seq, leaf in conn.execute(
             select(events.c.seq, events.c.leaf).where(events.c.seq < size).order_by(events.c.seq))]
-        bodies = dict(conn.execute(select(events.c.seq, events.c.body).where(events.c.seq.in_(wanted))).all())
+        bodies = dict(conn.execute(select(event_bodies.c.seq, event_bodies.c.body)
+                                   .where(event_bodies.c.seq.in_(wanted))).all())
     if len(leaves) != size:
         # Rows are missing: no path can be computed; the proofs of what remains will fail to verify.
         leaves += [bytes(32)] * (size - len(leaves))

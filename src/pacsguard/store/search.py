@@ -5,6 +5,10 @@ A patient search reads, bucket by bucket, the run of rows placed by that patient
 the events that name the patient second or later (event_patients). Otherwise candidates come from
 the indexed filters given: study (its index), actor or kind (term postings); a time range alone
 reads the seq span of the batches that overlap it; no filter reads the table in seq order.
+
+The filters apply to the `events` rows; each match's sealed record is then read from
+`event_bodies` by seq, in the same statement (an outer join, so that a missing record is named
+rather than its event silently left out).
 """
 
 from __future__ import annotations
@@ -12,15 +16,24 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text
 from sqlalchemy.engine import Connection
 
 from pacsguard.store.columns import ae_key, host_key, kind_key, patient_key, study_key, term_key, user_key
 from pacsguard.store.database import describe
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import ACTOR, KIND, bucket_of, buckets_upto, decode_postings, patient_run
-from pacsguard.store.schema import event_batches, event_patients, event_studies, event_terms, events, tree_state
+from pacsguard.store.schema import (
+    event_batches,
+    event_bodies,
+    event_patients,
+    event_studies,
+    event_terms,
+    events,
+    tree_state,
+)
 
 #: Events read per statement when fetching candidates by seq.
 _FETCH = 500
@@ -29,6 +42,14 @@ _BUCKETS = 64
 
 #: Conditions on the events rows, all of which must hold.
 _Conditions = list[ColumnElement[bool]]
+
+#: Each events row with its sealed record (None when the event_bodies row is missing).
+_WITH_BODY = events.outerjoin(event_bodies, event_bodies.c.seq == events.c.seq)
+
+
+def _rows() -> Select[Any]:
+    """(seq, body) of events rows: the filters go on `events`, the body is read by seq."""
+    return select(events.c.seq, event_bodies.c.body).select_from(_WITH_BODY)
 
 
 @dataclass(slots=True)
@@ -64,6 +85,8 @@ def _sealed(conn: Connection, seq: int, body: object) -> str:
     fail later as an internal error."""
     if isinstance(body, str) and body.startswith(_SEALED_START) and body.rfind(_SEALED_PREV) > len(_SEALED_START):
         return body
+    if body is None:
+        raise damaged(conn, f"events row #{seq}: its sealed record is missing (event_bodies has no row #{seq})")
     # The length and type only: a body holds patient data, which an error line should not echo.
     found = f"{len(body)} characters" if isinstance(body, str) else f"a value of type {type(body).__name__}"
     raise damaged(conn, f"events row #{seq}: its body is not a sealed record ({found} without its frame)")
@@ -106,11 +129,10 @@ def _fetch(conn: Connection, seqs: Sequence[int], exact: _Conditions) -> Iterato
     """The events of *seqs* that pass *exact*, in the order of *seqs*."""
     for i in range(0, len(seqs), _FETCH):
         chunk = seqs[i:i + _FETCH]
-        found = dict(conn.execute(select(events.c.seq, events.c.body).where(events.c.seq.in_(chunk), *exact)).all())
+        found: dict[int, Any] = dict(conn.execute(_rows().where(events.c.seq.in_(chunk), *exact)).all())
         for seq in chunk:
-            body = found.get(seq)
-            if body is not None:
-                yield seq, body
+            if seq in found:
+                yield seq, found[seq]
 
 
 def _limited(rows: Iterator[tuple[int, str]], limit: int | None) -> Iterator[tuple[int, str]]:
@@ -140,7 +162,7 @@ def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Condition
             # buckets, and PostgreSQL sees each range (a join against a list of runs made it scan).
             runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, patient)
                                           for b in chunk) + ")")
-            rows = [(seq, body) for seq, body in conn.execute(select(events.c.seq, events.c.body).where(
+            rows = [(seq, body) for seq, body in conn.execute(_rows().where(
                 runs, events.c.patient_id == patient, *exact))]
             others = conn.execute(select(event_patients.c.seq).where(
                 event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == patient)).scalars().all()
@@ -206,7 +228,7 @@ def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]
 
 
 def _scan(conn: Connection, q: EventQuery, exact: _Conditions) -> Iterator[tuple[int, str]]:
-    stmt = select(events.c.seq, events.c.body).where(*exact)
+    stmt = _rows().where(*exact)
     if q.after_seq is not None:
         stmt = stmt.where(events.c.seq > q.after_seq)
     stmt = stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq)

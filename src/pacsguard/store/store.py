@@ -35,6 +35,7 @@ from pacsguard.store.schema import (
     STORE_FORMAT_VERSION,
     checkpoints,
     event_batches,
+    event_bodies,
     event_patients,
     event_studies,
     event_terms,
@@ -100,9 +101,9 @@ class EventStore:
         check_or_create(self.engine, self.url, create=create, initialise=_initialise)
         self._damaged = self._check_head()
         paramstyle = self.engine.dialect.paramstyle
-        self._insert_event, self._insert_patient, self._insert_study, self._insert_term, self._insert_batch = (
-            _positional_insert(paramstyle, t) for t in (events, event_patients, event_studies, event_terms,
-                                                        event_batches))
+        (self._insert_event, self._insert_body, self._insert_patient, self._insert_study, self._insert_term,
+         self._insert_batch) = (_positional_insert(paramstyle, t) for t in (
+            events, event_bodies, event_patients, event_studies, event_terms, event_batches))
         self._timer: threading.Thread | None = None
         self._listeners: list[CheckpointListener] = []
         if signing_key is not None:
@@ -192,6 +193,7 @@ class EventStore:
         frontier = Frontier.from_bytes(state.size, state.frontier)
         prev, first = state.last_leaf, int(state.size)
         rows = []
+        bodies = []
         append_leaf = frontier.append
         idx = BatchIndex(first)
         index = idx.add
@@ -206,13 +208,16 @@ class EventStore:
             # Column order of schema.events.
             # Column copies as columns.py keys them; the body keeps every value as it is.
             rows.append((place, seq, placed_by(patients), time_us, kind_key(ev.kind), optional(ae_key, actor.ae_title),
-                         optional(host_key, actor.host), optional(user_key, actor.user), body, prev))
+                         optional(host_key, actor.host), optional(user_key, actor.user), prev))
+            bodies.append((seq, body))
         seq = first + len(rows)
         rows.sort()  # in place order the B-tree takes the batch in one sweep
         # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
         # more than hashing and SQLite together (bench/store.py).
         run = conn.exec_driver_sql
         run(self._insert_event, rows)
+        # In seq order: appended at the end of the bodies' B-tree (schema.event_bodies).
+        run(self._insert_body, bodies)
         if idx.patients:
             run(self._insert_patient, idx.patients)
         if idx.studies:

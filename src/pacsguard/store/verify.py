@@ -3,12 +3,15 @@
 How each tampering shows (the sealed record of event n is {"event", "prev", "seq": n}):
 - modified: the record no longer hashes to the leaf the next event sealed (edited), or it does but
   the stored leaf column differs (the hash was changed), or it was re-hashed but the next event
-  sealed a different predecessor; or a search column differs from the record. Which of the record
+  sealed a different predecessor; or a search column differs from the record; or the record was
+  moved to another event_bodies row, where nothing reads it. Which of the record
   and the column was edited is told by the next event's seal;
 - misplaced (an index finding): the row's place is not the one its seq and first patient give, so
   a search by patient would miss it;
-- deleted: no row holds sealed event n;
+- deleted: no row holds sealed event n; or its events row is there but its sealed record
+  (event_bodies, format 4) is not: the stored leaf and the next event's seal still give its hash;
 - inserted: a row whose sealed record is not in the chain (a second claimant for n, or a forgery);
+  or an event_bodies row with no events row of its seq;
 - reordered: sealed event n is stored at another position;
 - truncated: a checkpoint or the tree head counts more events than are stored;
 - tree head: tree_state (size, frontier, last leaf) is not what the stored events give: the writer
@@ -46,6 +49,7 @@ from pacsguard.store.merkle import Frontier, leaf_hash
 from pacsguard.store.schema import (
     checkpoints,
     event_batches,
+    event_bodies,
     event_patients,
     event_studies,
     event_terms,
@@ -84,6 +88,8 @@ class VerifyReport:
     #: The first event whose leaf hash is lost (it and its successor deleted): the chain ends there
     #: although later events remain, so what lies past it cannot be recomputed (not in the JSON).
     lost: int | None = field(default=None, repr=False)
+    #: event_bodies rows that no events row claims, (seq, body): told once the chain is known.
+    unclaimed: list[tuple[int, Any]] = field(default_factory=list, repr=False)
     witnesses: list[dict[str, Any]] = field(default_factory=list)  # what each witness held (witnessed.py)
 
     @property
@@ -114,6 +120,7 @@ class _Row:
     studies: tuple[str, ...]
     terms_of: Terms | None = None  # as sealed, for the term index
     misplaced: str | None = None
+    missing: bool = False  # the events row has no sealed record (event_bodies row): leaf is the stored one
 
 
 def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
@@ -154,6 +161,7 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
     frontier = _check_checkpoints(chain, cps, public_key, report)
     if head is not None and head_size is not None and 0 <= head_size <= size:
         report.findings.extend(_check_head(chain, head_size, head, frontier))
+    _unclaimed_records(report)
     return report
 
 
@@ -240,7 +248,7 @@ def _forensic_chain(conn: Connection, expected: int, progress: Callable[[int, in
                     report: VerifyReport) -> list[bytes]:
     """Every row, index row and batch held at once, so that each departure from the sealed chain is
     told for what it is (the module's docstring); memory grows with the store (~3 KB per event)."""
-    rows = _read_rows(conn, expected, progress)
+    rows, report.unclaimed = _read_rows(conn, expected, progress)
     index_pat = _index_digest(conn, event_patients, event_patients.c.patient_id, report.findings)
     index_std = _index_digest(conn, event_studies, event_studies.c.study_uid, report.findings)
     batches = conn.execute(select(event_batches).order_by(event_batches.c.first_seq)).all()
@@ -256,60 +264,94 @@ def _forensic_chain(conn: Connection, expected: int, progress: Callable[[int, in
     return chain
 
 
-def _read_rows(conn: Connection, expected: int, progress: Callable[[int, int], None] | None) -> list[_Row]:
+def _read_rows(conn: Connection, expected: int,
+               progress: Callable[[int, int], None] | None) -> tuple[list[_Row], list[tuple[int, Any]]]:
+    """Every events row with its sealed record, sorted by seq, and the event_bodies rows no events
+    row claims. A row whose record is not at its seq (its seq column was edited) is given the
+    unclaimed record that hashes to its stored leaf, so the edit is told as an edited column."""
+    bodies: dict[int, Any] = {seq: body for seq, body in conn.execution_options(
+        stream_results=True, yield_per=20_000).execute(select(event_bodies.c.seq, event_bodies.c.body))}
     # In place order: the table's own order, read straight through; sorted by seq afterwards.
-    stmt = select(events.c.place, events.c.seq, events.c.body, events.c.leaf,
-                  *[events.c[c] for c in COLUMNS]).order_by(events.c.place)
+    stmt = select(events.c.place, events.c.seq, events.c.leaf, *[events.c[c] for c in COLUMNS]).order_by(events.c.place)
     out: list[_Row] = []
+    apart: list[tuple[int, Row[Any]]] = []
     result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
     for n, r in enumerate(result):
-        problems: list[str] = []
-        diffs: list[tuple[str, Any, Any]] = []
-        if isinstance(r.body, str):
-            body_bytes = r.body.encode()
-        else:  # pacsguard writes text; the record was replaced by a value of another type
-            body_bytes = b""
-            problems.append(f"its body column holds {_shown_value(r.body)}, not a sealed record")
-        leaf = leaf_hash(body_bytes)
-        leaf_ok = leaf == _as_blob(r.leaf)
-        sealed_seq: int | None = None
-        prev: bytes | None = None
-        sealed_terms: Terms | None = None
-        patients: tuple[str, ...] = ()
-        studies: tuple[str, ...] = ()
-        misplaced: str | None = None
-        try:
-            sealed = orjson.loads(body_bytes)
-            sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
-            event = Event.from_dict(sealed["event"])
-            patients, studies = other_patients(event.patient_ids), study_keys(event.study_uids)
-            sealed_terms = terms_of(event)
-            expected_cols = columns_of(event)
-            diffs = [(name, getattr(r, name), expected_cols[name]) for name in COLUMNS
-                     if getattr(r, name) != expected_cols[name]]
-            seq_column = _as_int(r.seq)
-            if seq_column is None:  # a seq of another type (5.5, text): edited outside pacsguard
-                diffs.append(("seq", r.seq, sealed_seq))
-            else:
-                place = place_of(seq_column, expected_cols["patient_id"])
-                if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
-                    misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
-                                 "first patient put it: a search by patient would miss it")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            if body_bytes:
-                problems.append(f"its sealed record is not valid ({exc})")
-        # The row's position is its seq column; one of another type stands at the seq it sealed.
-        position = _as_int(r.seq)
-        if position is None:
-            position = sealed_seq if sealed_seq is not None else -1 - n
-        out.append(_Row(position, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms,
-                        misplaced))
+        seq = _as_int(r.seq)
+        if seq is not None and seq in bodies:
+            out.append(_row_of(r, bodies.pop(seq), n))
+        else:
+            apart.append((n, r))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
+    if apart:
+        by_leaf = {leaf_hash(body.encode()): seq for seq, body in bodies.items() if isinstance(body, str)}
+        for n, r in apart:
+            found = by_leaf.pop(_as_blob(r.leaf, 32) or b"", None)
+            if found is not None:
+                row = _row_of(r, bodies.pop(found), n)
+                if _as_int(r.seq) is not None:
+                    # Searches and proofs read a record by its row's seq: this one they do not find.
+                    row.problems.append(f"its sealed record was moved to event_bodies row #{found}, where no "
+                                        f"search or proof reads it (it belongs in row #{r.seq})")
+                out.append(row)
+            elif _as_int(r.seq) is not None:
+                # No record for it at all: the stored leaf stands in for the record's hash.
+                stored = _as_blob(r.leaf, 32) or bytes(32)
+                out.append(_Row(r.seq, r.seq, None, stored, True, [], [], (), (), None, None, missing=True))
+            else:
+                out.append(_row_of(r, None, n))
     if progress is not None:
         progress(len(out), len(out))
     out.sort(key=lambda row: row.position)
-    return out
+    return out, sorted(bodies.items())
+
+
+def _row_of(r: Row[Any], body: Any, n: int) -> _Row:
+    """An events row read with ``body``, its sealed record (None: none was found for it)."""
+    problems: list[str] = []
+    diffs: list[tuple[str, Any, Any]] = []
+    if isinstance(body, str):
+        body_bytes = body.encode()
+    elif body is None:  # no event_bodies row of its seq, nor one holding the record of its leaf
+        body_bytes = b""
+        problems.append(f"its sealed record is missing: event_bodies has no row #{_shown_value(r.seq)}")
+    else:  # pacsguard writes text; the record was replaced by a value of another type
+        body_bytes = b""
+        problems.append(f"its sealed record (event_bodies.body) holds {_shown_value(body)}, not a sealed record")
+    leaf = leaf_hash(body_bytes)
+    leaf_ok = leaf == _as_blob(r.leaf)
+    sealed_seq: int | None = None
+    prev: bytes | None = None
+    sealed_terms: Terms | None = None
+    patients: tuple[str, ...] = ()
+    studies: tuple[str, ...] = ()
+    misplaced: str | None = None
+    try:
+        sealed = orjson.loads(body_bytes)
+        sealed_seq, prev = int(sealed["seq"]), bytes.fromhex(sealed["prev"])
+        event = Event.from_dict(sealed["event"])
+        patients, studies = other_patients(event.patient_ids), study_keys(event.study_uids)
+        sealed_terms = terms_of(event)
+        expected_cols = columns_of(event)
+        diffs = [(name, getattr(r, name), expected_cols[name]) for name in COLUMNS
+                 if getattr(r, name) != expected_cols[name]]
+        seq_column = _as_int(r.seq)
+        if seq_column is None:  # a seq of another type (5.5, text): edited outside pacsguard
+            diffs.append(("seq", r.seq, sealed_seq))
+        else:
+            place = place_of(seq_column, expected_cols["patient_id"])
+            if r.place != place and leaf_ok:  # an edited record names another patient: reported as edited
+                misplaced = (f"event #{r.seq} is stored at place {r.place}, not at {place} where its seq and "
+                             "first patient put it: a search by patient would miss it")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if body_bytes:
+            problems.append(f"its sealed record is not valid ({exc})")
+    # The row's position is its seq column; one of another type stands at the seq it sealed.
+    position = _as_int(r.seq)
+    if position is None:
+        position = sealed_seq if sealed_seq is not None else -1 - n
+    return _Row(position, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms, misplaced)
 
 
 def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]:
@@ -341,6 +383,8 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
                 findings.append(Finding("deleted", seq, f"event #{seq} is missing (deleted)"))
             continue
         genuine = genuine_of[seq] = _choose(rows_for, prev_leaf, referenced)
+        if genuine.missing:
+            findings.append(_missing_record(seq, genuine, _sealed_by_successor(claimants.get(seq + 1, []))))
         for other in rows_for:
             if other is not genuine:
                 findings.append(Finding("inserted", other.position, f"the row at position #{other.position} "
@@ -352,11 +396,87 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
         if len(chain) == seq:
             chain.append(genuine.leaf)
     for seq, row in genuine_of.items():
+        if row.missing:
+            continue  # told by _missing_record
         successor = genuine_of.get(seq + 1)
         what = _modification(seq, row, successor.prev if successor is not None else None)
         if what:
             findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(what)))
     return chain
+
+
+def _missing_record(seq: int, row: _Row, sealed: bytes | None) -> Finding:
+    """The finding for an events row whose sealed record (its event_bodies row) is gone. The chain
+    goes on with the leaf hash event #seq+1 sealed when there is one (``row.leaf`` is set to it),
+    else with the stored leaf column, which nothing then confirms."""
+    at = f"event #{seq}: its sealed record is missing (event_bodies has no row #{seq}; deleted)"
+    if sealed is None:
+        return Finding("deleted", seq, f"{at}; no later event sealed its hash, so the checks past it rely on "
+                       "its stored leaf column")
+    stored, row.leaf = row.leaf, sealed
+    if stored != sealed:
+        return Finding("deleted", seq, f"{at}, and its stored hash (the leaf column) was changed; event "
+                       f"#{seq + 1} sealed its hash, so the events and checkpoints past it are still checked")
+    return Finding("deleted", seq, f"{at}; its leaf column and event #{seq + 1}'s seal keep its hash, so the "
+                   "events and checkpoints past it are still checked")
+
+
+def _unclaimed_records(report: VerifyReport) -> None:
+    """Tell the event_bodies rows that no events row claims (report.unclaimed). pacsguard writes an
+    event's two rows in one transaction, so each is either what is left of a deleted event or a
+    record stored outside pacsguard. Left of a deleted event: it seals its own seq and hashes to the
+    chain's leaf there (past the remaining chain: links to the record before it); the deletion is
+    already a finding (deleted, truncated), which then says where the record is left, and only a
+    deletion nothing else tells becomes a finding of its own."""
+    chain, findings = report.chain, report.findings
+    left: dict[int, bytes] = {}  # seq -> leaf of the records left past the remaining chain
+    deleted = {f.seq: i for i, f in enumerate(findings) if f.kind == "deleted" and f.seq is not None}
+    cut = [i for i, f in enumerate(findings) if f.kind == "truncated"]
+    beyond: list[int] = []
+    for seq, body in report.unclaimed:
+        sealed = _sealed_fields(body)
+        genuine = False
+        if sealed is not None and sealed[0] == seq:
+            _, prev, leaf = sealed
+            if seq < len(chain):
+                genuine = leaf == chain[seq]
+            else:
+                genuine = prev == (chain[seq - 1] if seq - 1 < len(chain) else left.get(seq - 1))
+                if genuine:
+                    left[seq] = leaf
+        where = f"event_bodies row #{seq}"
+        if genuine and seq in deleted:
+            i = deleted[seq]
+            findings[i] = Finding("deleted", seq, f"{findings[i].message}; its sealed record is left in {where}")
+        elif genuine and seq >= len(chain):
+            beyond.append(seq)
+        elif genuine:
+            findings.append(Finding("deleted", seq, f"event #{seq}'s events row is missing (deleted); its sealed "
+                                    f"record is left in {where}"))
+        else:
+            findings.append(Finding("inserted", seq, f"{where} holds a record that no events row claims and that "
+                                    "is not part of the sealed chain: it was stored outside pacsguard (inserted)"))
+    if not beyond:
+        return
+    span = f"#{beyond[0]}..#{beyond[-1]}" if len(beyond) > 1 else f"#{beyond[0]}"
+    if cut:
+        i = cut[0]
+        findings[i] = Finding("truncated", findings[i].seq, f"{findings[i].message} (the sealed records of "
+                              f"{len(beyond)} of them are left in event_bodies rows {span})")
+    else:
+        findings.append(Finding("deleted", beyond[0], f"events {span} are missing (deleted), and the tree head "
+                                f"was cut back to match; their sealed records are left in event_bodies rows {span}"))
+
+
+def _sealed_fields(body: Any) -> tuple[int, bytes, bytes] | None:
+    """(seq, prev, leaf hash) of a sealed record, None when it is not one."""
+    if not isinstance(body, str):
+        return None
+    try:
+        sealed = orjson.loads(body)
+        return int(sealed["seq"]), bytes.fromhex(sealed["prev"]), leaf_hash(body.encode())
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _sealed_by_successor(successors: list[_Row]) -> bytes | None:
@@ -422,6 +542,8 @@ def _check_indexes(rows: list[_Row], patients: dict[int, set[str]], studies: dic
     for row in rows:
         for (table, index, what), sealed in zip(tables, (row.patients, row.studies), strict=True):
             have = index.pop(row.position, set())
+            if row.missing:
+                continue  # what the record named is unknown; its absence is the finding
             if have != set(sealed):
                 findings.append(Finding("index", row.position, f"event #{row.position}: {table} lists "
                                         f"{sorted(have)} but the sealed event names the {what} {sorted(sealed)}"))
