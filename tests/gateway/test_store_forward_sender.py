@@ -207,7 +207,8 @@ def test_a_rejected_or_unreachable_association_is_refused_with_the_reason(tmp_pa
     try:
         route = sf(f"{{name: rec, host: 127.0.0.1, port: {scp.port}, ae_title: RECORDER}}")
         ct = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
-        with pytest.raises(Refused, match=f"^RECORDER@127.0.0.1:{scp.port} rejected the association$"):
+        with pytest.raises(Refused, match=f"^RECORDER@127.0.0.1:{scp.port} rejected the association: "
+                                          "calling-ae-not-recognized"):
             StoreAssociation.open(route, route.destinations[0], [ct])
     finally:
         scp.server.shutdown()
@@ -445,6 +446,10 @@ def test_a_spooled_object_without_a_data_set_is_never_sent_and_holds_back_nothin
     empty = spool_file(spool, files[0], ["rec"])
     path = spool.object_path(empty.id)
     path.write_bytes(path.read_bytes()[:split_dataset(path)[1]])  # the file meta information only
+    # Spooled so, its ID.json saying that size (a file cut short after it was spooled is damaged:
+    # test_r7_saf_spool_files.py).
+    meta_path = spool.objects / f"{empty.id}.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "bytes": path.stat().st_size}))
     forwarder.add(empty)
     forwarder.add(spool_file(spool, files[1], ["rec"]))
     forwarder.start()

@@ -43,7 +43,7 @@ from pacsguard.config.schema import Destination, Route
 from pacsguard.dicom.dimse import status_category
 from pacsguard.events import Event, Party
 from pacsguard.gateway.store_forward import records, verify
-from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation, Undeliverable
+from pacsguard.gateway.store_forward.sender import Refused, StoreAssociation, Undeliverable, status_text
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
 
 log = logging.getLogger("pacsguard.gateway")
@@ -299,10 +299,12 @@ class Forwarder:
         self.spool.mark_sending([m.id for m in metas], self.name)
         for i, meta in enumerate(metas):
             path = self.spool.object_path(meta.id)
-            if not path.exists():
+            if damage := self.spool.file_damage(meta.id, size=meta.bytes):
                 self.spool.unmark_sending([meta.id], self.name)  # nothing was sent
-                if (missing := self.spool.file_damage(meta.id)) and self.spool.read_meta(meta.id) is not None:
-                    self._undeliverable(meta, missing)  # its file deleted outside pacsguard: said, not skipped
+                if self.spool.read_meta(meta.id) is not None:
+                    # Deleted, truncated or appended to outside pacsguard: said, not skipped, and
+                    # never sent as it is now (not the data set the modality was told was stored).
+                    self._undeliverable(meta, damage)
                 continue  # else purged while it waited
             if self.stopping:
                 self.spool.unmark_sending([m.id for m in metas[i:]], self.name)
@@ -315,7 +317,7 @@ class Forwarder:
             except ValueError as exc:  # no accepted presentation context fits this object
                 status, why = STATUS_NO_CONTEXT, str(exc)
             else:
-                why = f"status 0x{status:04X}" if status is not None else ""
+                why = status_text(status, assoc.error_comment) if status is not None else ""
             if status is None:  # this one's attempt marker stays: it may have arrived
                 self.spool.unmark_sending([m.id for m in metas[i + 1:]], self.name)
                 return Round(refused + [m.id for m in metas[i + 1:]], "the association ended before every answer",

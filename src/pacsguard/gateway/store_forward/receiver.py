@@ -213,10 +213,18 @@ class Incoming:
         return self.status
 
     def _refuse_unwritable(self, spool: Spool, exc: OSError) -> int:
-        # ENOSPC, EIO: nothing was acknowledged, the modality may retry.
-        self.status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+        # ENOSPC, EIO: nothing was acknowledged, the modality may retry. An object larger than a
+        # file may be here (EFBIG: the file system's largest file, or the service's RLIMIT_FSIZE,
+        # systemd's LimitFSIZE=; Python ignores SIGXFSZ) is out of resources too, PS3.4 B.2.3's
+        # status for a C-STORE the SCP has no room for, not a processing failure (0110H), which
+        # storescu reports as "Unknown Status".
+        self.status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) \
             else STATUS_PROCESSING_FAILURE
-        self.refusal = (f"cannot write the spool: {exc.strerror or exc}", "spool.directory")
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EFBIG:
+            why += (f" (the object is larger than a file in the spool may be, past {self.written:,} bytes: "
+                    "the file system's or the service's file size limit, RLIMIT_FSIZE)")
+        self.refusal = (f"cannot write the spool: {why}", "spool.directory")
         self.drop(spool)
         return self.status
 

@@ -17,11 +17,15 @@ hands the pool's space back (`trim`) before it refuses an object for want of fre
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 from uuid import uuid4
+
+log = logging.getLogger("pacsguard.gateway")
 
 MAX_FILES = 1024  # a bound on the folder, whatever the byte limit
 
@@ -44,14 +48,21 @@ class FilePool:
         return len(self._files)
 
     def load(self) -> None:
-        """Adopt the files a previous run left in the folder (any content: they are only overwritten)."""
+        """Adopt the files a previous run left in the folder (any content: they are only
+        overwritten). Only plain files: a symbolic link or a folder there is not pacsguard's, and
+        writing an object through a link would put patient data wherever it points (the spool
+        checks again when it takes one, `Spool.create`)."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         found: list[tuple[str, int]] = []
         for path in self.folder.iterdir():
             try:
-                found.append((path.name, path.stat().st_size))
+                st = path.lstat()
             except OSError:
                 continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((path.name, st.st_size))
+            else:
+                log.warning("spool: %s is not a plain file; not reused for objects, left as it is", path)
         with self._lock:
             self._files = sorted(found)
             self._bytes = sum(size for _, size in found)
@@ -62,7 +73,7 @@ class FilePool:
         if self.max_bytes <= 0:
             return False
         try:
-            size = path.stat().st_size
+            size = path.lstat().st_size
         except OSError:
             return False
         with self._lock:

@@ -111,7 +111,10 @@ class StoreForwardRoute:
     def _start_forwarders(self) -> int:
         """Rescan the spool, say what cannot be forwarded, start the forwarding process; returns
         how many spooled objects wait for a configured destination."""
-        waiting = self.spool.open()
+        try:
+            waiting = self.spool.open()
+        except OSError as exc:
+            raise spool_unusable(self.route.name, self.spool.root, exc) from exc
         for spool_id, reason in self.spool.damaged.items():  # not forwarded: said once per start
             log.error("route %s: spooled object %s is damaged and not forwarded: %s", self.route.name, spool_id, reason)
             self.publish(records.damaged(self.route.name, spool_id, reason, str(self.spool.object_path(spool_id)),
@@ -250,6 +253,21 @@ class SpoolWatch:
         if not self.recorded and now - self.blind_since >= UNREADABLE_RECORDED_AFTER:
             self.recorded = True
             self.publish(unreadable(self.route, unreadable_reason(exc), now - self.blind_since))
+
+
+def spool_unusable(route: str, root: Path, exc: OSError) -> OSError:
+    """The error `pacsguard serve` stops with when a route's spool cannot be opened: the route,
+    the folder, what failed and where (the lock, a subfolder), and, when the cause is the file
+    system's, what the service needs (an OSError still, with the errno, as the CLI expects)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename and str(exc.filename) not in reason:
+        reason += f" ({exc.filename})"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += ("; spool.directory must be on a writable file system, owned by the service user "
+                   "(docs/gateway.md, \"The spool\")")
+    error = OSError(f"route {route}: cannot open its spool {root}: {reason}")
+    error.errno = exc.errno
+    return error
 
 
 def unreadable_reason(exc: OSError) -> str:

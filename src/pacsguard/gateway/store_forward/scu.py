@@ -12,6 +12,15 @@ from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext
 
 from pacsguard.config.schema import Destination, Route
+from pacsguard.dicom.pdu import (
+    RJ_REASON_USER_CALLED_AE_NOT_RECOGNIZED,
+    RJ_REASON_USER_CALLING_AE_NOT_RECOGNIZED,
+    RJ_RESULT_PERMANENT,
+    RJ_RESULT_TRANSIENT,
+    RJ_SOURCE_SERVICE_USER,
+    AssociateRJ,
+)
+from pacsguard.dicom.reasons import rj_reason
 
 
 def associate(route: Route, destination: Destination, contexts: Sequence[PresentationContext],
@@ -27,10 +36,24 @@ def associate(route: Route, destination: Destination, contexts: Sequence[Present
     return ae.associate(d.host, d.port, contexts=list(contexts), ae_title=d.ae_title, tls_args=tls)
 
 
-def why_not(destination: Destination, *, rejected: bool) -> str:
-    """Why no association with ``destination`` was established."""
+def why_not(destination: Destination, *, rejected: bool, rj: AssociateRJ | None = None) -> str:
+    """Why no association with ``destination`` was established; given its A-ASSOCIATE-RJ, with
+    the rejection's reason and result (PS3.8 9.3.4, Table 9-21), so that an administrator tells a
+    destination that no longer knows the AE title it is called by (its AE title changed) or the
+    route's calling AE title from one that is busy for a moment."""
     d = destination
-    return f"{d.ae_title}@{d.host}:{d.port} {'rejected the association' if rejected else 'could not be reached'}"
+    if not rejected:
+        return f"{d.ae_title}@{d.host}:{d.port} could not be reached"
+    said = "rejected the association"
+    if rj is not None:
+        result = {RJ_RESULT_PERMANENT: "permanent", RJ_RESULT_TRANSIENT: "transient"}.get(rj.result,
+                                                                                        f"result {rj.result}")
+        said += f": {rj_reason(rj.source, rj.reason)} ({result}, PS3.8 Table 9-21)"
+        if (rj.source, rj.reason) == (RJ_SOURCE_SERVICE_USER, RJ_REASON_USER_CALLED_AE_NOT_RECOGNIZED):
+            said += f"; is its AE title still {d.ae_title}?"
+        elif (rj.source, rj.reason) == (RJ_SOURCE_SERVICE_USER, RJ_REASON_USER_CALLING_AE_NOT_RECOGNIZED):
+            said += "; it must know the route's AE title as a modality"
+    return f"{d.ae_title}@{d.host}:{d.port} {said}"
 
 
 def unreachable(destination: Destination, assoc: Any) -> str:

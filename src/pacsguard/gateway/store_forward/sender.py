@@ -16,6 +16,7 @@ import struct
 from collections import deque
 from pathlib import Path
 
+from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
 from pacsguard.config.schema import Destination, Route
@@ -34,6 +35,7 @@ from pacsguard.dicom.pdu import (
     encode_dimse_message,
     encode_release_rq,
     parse_associate_ac,
+    parse_associate_rj,
     parse_p_data_tf,
 )
 from pacsguard.dicom.stream import PDUReader, RawPDU
@@ -65,6 +67,63 @@ class Undeliverable(Exception):
     nothing was sent, the association stays usable."""
 
 
+_FILE_META_KEYWORDS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+
+
+def _file_meta(path: Path) -> tuple[str, str, str, int]:
+    """The SOP Class, SOP Instance and Transfer Syntax UIDs of a spooled Part-10 file's File Meta
+    Information (PS3.10 7.1, Table 7.1-1: all three mandatory) and where its data set starts.
+    Raises Undeliverable when they cannot be read: the gateway wrote them, so the file was
+    changed outside pacsguard, and what is left cannot be sent as a C-STORE of any context."""
+    try:
+        file_meta, offset = split_dataset(path)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's parser fails on damaged bytes in many ways
+        raise Undeliverable(f"the spooled file's File Meta Information (PS3.10 7.1) cannot be read "
+                            f"({type(exc).__name__}: {exc})") from None
+    missing = [k for k in _FILE_META_KEYWORDS if not str(file_meta.get(k, "") or "")]
+    if missing:
+        raise Undeliverable(f"the spooled file's File Meta Information (PS3.10 7.1) lacks {', '.join(missing)} "
+                            f"(it ends or stops being group 0002 at byte {offset})")
+    sop, instance, syntax = (str(file_meta[k].value) for k in _FILE_META_KEYWORDS)
+    return sop, instance, syntax, offset
+
+
+# What a C-STORE-RSP's status means (PS3.4 B.2.3, Table B.2-1; PS3.7 C.4.2 for the general ones),
+# by its exact value or, for a range the standard leaves to the SCP (A7xx, A9xx, Cxxx), its mask.
+_STATUS_MEANINGS = {0x0001: "warning", 0x0110: "processing failure", 0x0117: "invalid SOP instance",
+                    0x0122: "SOP class not supported", 0x0124: "not authorized", 0x0211: "unrecognised operation",
+                    0xB000: "coercion of data elements", 0xB006: "elements discarded",
+                    0xB007: "data set does not match SOP class"}
+_STATUS_RANGES = ((0xFF00, 0xA700, "out of resources"), (0xFF00, 0xA900, "data set does not match SOP class"),
+                  (0xF000, 0xC000, "cannot understand"))
+
+
+def no_context(sop_class: str, transfer_syntax: str) -> str:
+    """Why an object is not sent when the destination accepted no presentation context for its
+    SOP class in its transfer syntax (PS3.8 9.3.3.2: it rejected or changed the one proposed):
+    both named, and what the administrator can do. The object is sent as received, never
+    converted ("Objects arrive as sent"), so it waits until the destination takes it."""
+    def named(uid: str) -> str:
+        name = UID(uid).name
+        return f"{name} ({uid})" if name and name != uid else uid
+
+    return (f"the destination accepted no presentation context for {named(sop_class)} in "
+            f"{named(transfer_syntax)}: it does not take that SOP class in that transfer syntax; the object "
+            "waits until it does, or is purged (a route's accepted_transfer_syntaxes, listing what the "
+            "destinations take, makes modalities send in one of those)")
+
+
+def status_text(status: int, error_comment: str = "") -> str:
+    """A destination's C-STORE status as an administrator reads it: the value, what it means
+    and the destination's Error Comment (0000,0902), e.g. ``status 0xA700 (out of resources):
+    disk full``."""
+    meaning = _STATUS_MEANINGS.get(status) or next((m for mask, v, m in _STATUS_RANGES if status & mask == v), "")
+    text = f"status 0x{status:04X}" + (f" ({meaning})" if meaning else "")
+    return f"{text}: {error_comment}" if error_comment else text
+
+
 class StoreAssociation:
     """An established association for C-STOREs of files in the transfer syntax each was stored in."""
 
@@ -76,6 +135,9 @@ class StoreAssociation:
         self._reader = PDUReader(max(max_pdu_length, 1 << 16) + 6)
         self._pending: deque[RawPDU] = deque()
         self._message_id = 0
+        # The Error Comment (0000,0902) of the last C-STORE-RSP, "" when it had none: what the
+        # destination said of a failure, for the administrator (PS3.7 C.4.2.1.2).
+        self.error_comment = ""
 
     @classmethod
     def open(cls, route: Route, destination: Destination, pairs: list[tuple[str, str]],
@@ -117,19 +179,23 @@ class StoreAssociation:
         except (OSError, AssociationEnded, DecodeError):
             answer = None
         sock.close()
-        raise Refused(why_not(d, rejected=answer is not None and answer.pdu_type == PDU_ASSOCIATE_RJ))
+        rj = None
+        if answer is not None and answer.pdu_type == PDU_ASSOCIATE_RJ:
+            try:
+                rj = parse_associate_rj(answer.raw)
+            except DecodeError:
+                pass  # "rejected" is all that can be said of a malformed A-ASSOCIATE-RJ
+        raise Refused(why_not(d, rejected=answer is not None and answer.pdu_type == PDU_ASSOCIATE_RJ, rj=rj))
 
     def store(self, path: Path) -> int | None:
         """One C-STORE of a Part-10 file; its status, or None when the association ended first.
         Raises ValueError when no accepted context fits the file, Undeliverable when it holds no
-        data set (nothing is sent then: a C-STORE-RQ announcing a data set that never comes
-        leaves the destination waiting, PS3.7 9.1.1.1)."""
-        file_meta, offset = split_dataset(path)
-        sop, instance = str(file_meta.MediaStorageSOPClassUID), str(file_meta.MediaStorageSOPInstanceUID)
-        syntax = str(file_meta.TransferSyntaxUID)
+        data set or its File Meta Information cannot be read (nothing is sent then: a C-STORE-RQ
+        announcing a data set that never comes leaves the destination waiting, PS3.7 9.1.1.1)."""
+        sop, instance, syntax, offset = _file_meta(path)
         context_id = self.contexts.get((sop, syntax))
         if context_id is None:
-            raise ValueError(f"the destination accepted no presentation context for {sop} in {syntax}")
+            raise ValueError(no_context(sop, syntax))
         with path.open("rb") as f:
             fd = f.fileno()
             size = os.fstat(fd).st_size - offset
@@ -230,6 +296,10 @@ class StoreAssociation:
                 command.clear()
                 if (rsp.command_field == C_STORE_RSP and rsp.message_id_being_responded_to == message_id
                         and rsp.status is not None):
+                    # The destination's words go into events and logs: printable and bounded
+                    # (an LO is 64 characters, PS3.5 6.2; a peer may send more, or line breaks).
+                    said = "".join(c if c.isprintable() else " " for c in (rsp.error_comment or ""))
+                    self.error_comment = said.strip()[:128]
                     return rsp.status
 
     def _close(self) -> None:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -43,6 +45,8 @@ from pacsguard.gateway.objects import ReceivedObject
 from pacsguard.gateway.store_forward.reuse import FilePool
 from pacsguard.gateway.store_forward.syncing import FolderSync, fsync_dir
 from pacsguard.owner_only import hold_lock
+
+log = logging.getLogger("pacsguard.gateway")
 
 MIB = 1024 * 1024
 
@@ -177,12 +181,12 @@ class Spool:
         self._take_lock()
         self.pool.load()
         for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+            _remove_file(leftover)
         metas = {p.stem for p in self.objects.glob("*.json")}
         for path in self.objects.iterdir():
             object_id = path.name.split(".", 1)[0]
             if object_id not in metas:  # a reception cut off between its two renames, or a removal
-                path.unlink(missing_ok=True)
+                _remove_file(path)
         return self.waiting()
 
     def waiting(self) -> list[SpooledMeta]:
@@ -198,20 +202,35 @@ class Spool:
                 self.damaged[object_id] = self.meta_damage(object_id)
             elif self.finish_if_done(meta):
                 continue
-            elif missing := self.file_damage(object_id):  # nothing to send: said, not waited for
+            elif missing := self.file_damage(object_id, size=meta.bytes):  # nothing to send: said
                 self.damaged[object_id] = missing
             else:
                 owed.append(meta)
         return owed
 
-    def file_damage(self, object_id: str, folder: Path | None = None) -> str:
+    def file_damage(self, object_id: str, folder: Path | None = None, *, size: int | None = None) -> str:
         """Why an object whose ID.json is intact cannot be sent: its file is gone (deleted outside
-        pacsguard, a file-system repair); "" when it is there."""
+        pacsguard, a file-system repair) or, given the ``size`` its metadata records, no longer that
+        long (truncated, emptied or appended to outside pacsguard: what would be sent is not the
+        data set the modality was told was stored), or replaced by a link or folder; "" when it
+        is there as spooled. An lstat(2), no read: `spool list` and a start look at every object."""
         path = (folder or self.objects) / f"{object_id}.dcm"
-        if path.exists():
-            return ""
-        return (f"{path.name} is missing (deleted outside pacsguard?): the object cannot be sent; its "
-                f"{object_id}.json remains (`pacsguard gateway spool purge {object_id} --yes` removes it)")
+        purge = f"`pacsguard gateway spool purge {object_id} --yes` removes it"
+        try:
+            st = path.lstat()
+            found = st.st_size
+        except FileNotFoundError:
+            return (f"{path.name} is missing (deleted outside pacsguard?): the object cannot be sent; its "
+                    f"{object_id}.json remains ({purge})")
+        except OSError as exc:
+            return f"{path.name} cannot be looked at: {exc.strerror or exc}; the object cannot be sent ({purge})"
+        if not stat.S_ISREG(st.st_mode):  # a link would send whatever it points to
+            return (f"{path.name} is not a plain file (a link or folder put there outside pacsguard?): the "
+                    f"object is not sent ({purge})")
+        if size is not None and found != size:
+            return (f"{path.name} is {found:,} bytes, {size:,} when it was acknowledged (changed outside "
+                    f"pacsguard?): the object is not sent as it is now ({purge})")
+        return ""
 
     def _take_lock(self) -> None:
         """One gateway per spool: two would both forward what is pending (duplicates). The lock
@@ -270,8 +289,10 @@ class Spool:
         too: the receiver reads the data set's first bytes back once (screening.py)."""
         path = self.tmp / f"{object_id}.dcm"
         if self.pool.take(path):
-            return os.open(path, os.O_RDWR), path
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
+            fd = _open_spent(path)
+            if fd is not None:
+                return fd, path
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), path
 
     def write_meta(self, meta: SpooledMeta) -> Path:
         """Write an object's metadata to tmp/ID.json, synced (replacing an earlier version): what
@@ -473,7 +494,8 @@ class Spool:
         entry = SpoolEntry(found, state, folder / f"{found.id}.dcm")
         if state == "queued":
             entry.sent = self.sent_to(found.id)
-            if set(entry.sent) < set(found.destinations) and (missing := self.file_damage(found.id)):
+            if set(entry.sent) < set(found.destinations) and (
+                    missing := self.file_damage(found.id, size=found.bytes)):
                 # Not an object being finished (every destination has that one): a file gone.
                 entry.state, entry.damage = "damaged", missing
                 return entry
@@ -498,8 +520,8 @@ class Spool:
             return None
         path = folder / f"{object_id}.dcm"
         try:
-            stat = path.stat()
-            size, received = stat.st_size, stat.st_mtime
+            st = path.stat()
+            size, received = st.st_size, st.st_mtime
         except OSError:
             size, received = 0, 0.0
         obj = ReceivedObject(path=path, sop_class_uid="", sop_instance_uid="", transfer_syntax_uid="", calling_ae="",
@@ -606,3 +628,36 @@ def copy_synced(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 1024 * 1024)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _open_spent(path: Path) -> int | None:
+    """Open a spent file taken from ``free/`` for overwriting, or None (the entry removed) when it
+    is not a plain file of its own: a symbolic link would have the object, patient data, written
+    wherever it points, over whatever is there, and a hard link into a file that shares its
+    blocks; a folder cannot be written. None of these is made by pacsguard (the folder is 0700):
+    whatever put it there, the object goes to a new file instead."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:  # ELOOP: a symbolic link; EISDIR: a folder
+        _remove_file(path)
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        return fd
+    os.close(fd)
+    _remove_file(path)
+    return None
+
+
+def _remove_file(path: Path) -> None:
+    """Remove a leftover name of the spool's private folders: a file or link (never what a link
+    points to); a folder is left, and said (pacsguard makes none there; its contents may be
+    someone's)."""
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        log.warning("spool: %s is a folder, not a spooled file; left as it is", path)
+    except PermissionError as exc:  # unlink(2) of a folder is EISDIR on Linux, EPERM elsewhere
+        if not path.is_dir():
+            raise
+        log.warning("spool: %s is a folder, not a spooled file; left as it is (%s)", path, exc)
