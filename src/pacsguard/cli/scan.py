@@ -49,6 +49,32 @@ if TYPE_CHECKING:
 __all__ = ["Format", "scan_command"]
 
 
+#: The most worker processes --jobs takes: each is about 47 MB (its compiled YARA rules and
+#: imports) before it holds a file, so a mistyped --jobs 1000 would ask for 47 GB; refused (exit 2).
+MAX_JOBS = 64
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def bounded_jobs(jobs: int) -> int:
+    """``jobs`` no higher than the CPUs usable: the scan is CPU-bound, so a worker more than there
+    are CPUs adds its memory and no speed. Said on stderr when lowered."""
+    cpus = usable_cpus()
+    if jobs <= cpus:
+        return jobs
+    from pacsguard.cli.common import err_console
+
+    err_console.print(f"[yellow]warning:[/] --jobs {jobs} lowered to {cpus}, the CPUs this process may use: "
+                      "more workers add memory (about 47 MB each), not speed", highlight=False)
+    return cpus
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -99,7 +125,8 @@ def scan_command(
     format: Format = typer.Option(Format.table, "--format", "-f", help="table, json, sarif or html"),
     fail_on: FailOn | None = typer.Option(None, "--fail-on", help="exit 1 when a finding reaches this level "
                                           "(default: scan.fail_on, medium)"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="worker processes"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=MAX_JOBS,
+                             help=f"worker processes (at most {MAX_JOBS}, and no more than the CPUs)"),
     sanitize: bool = typer.Option(False, "--sanitize", help="write cleaned copies to --out where cleaning is safe"),
     out: Path | None = typer.Option(None, "--out", help="folder for --sanitize's cleaned copies"),
     quarantine: Path | None = typer.Option(None, "--quarantine", help="move infected files here, with a manifest"),
@@ -113,6 +140,7 @@ def scan_command(
 ) -> None:
     """Scan DICOM files, folders, media and archives for malware and hostile structure."""
     from pacsguard.owner_only import make_private_dir
+    from pacsguard.scan.clamd import NOT_CHECKED
     from pacsguard.scan.model import Level
     from pacsguard.scan.report import Summary, display_path
     from pacsguard.scan.scanner import Scanner
@@ -130,6 +158,10 @@ def scan_command(
                 make_private_dir(folder)  # 0700, parents too: it will hold patient data
         except OSError as exc:
             raise fail(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    jobs = bounded_jobs(jobs)
+    # The warning console made now, not at the first warning: one about a file that ran out of
+    # memory must not need memory to import rich.
+    from pacsguard.cli.common import err_console  # noqa: F401
     settings, base = _settings(config)
     updates: dict[str, object] = {}
     if yara_dir:
@@ -145,7 +177,7 @@ def scan_command(
     if updates:
         settings = settings.model_copy(update=updates)
     try:
-        scanner = Scanner.from_settings(settings, base)
+        scanner = Scanner.from_settings(settings, base, one_scan=True)
     except YaraError as exc:
         raise fail(str(exc)) from None
     threshold = Level.parse(fail_on.value if fail_on else settings.fail_on)
@@ -168,7 +200,9 @@ def scan_command(
         acts = _Actions(scanner, threshold, publish, out, quarantine, paths)
         kinds: deque[_Kind] = deque()
         items = _tap(walk(paths, limits, exclude), kinds)
+        without_clamd = 0
         for report in scan_all(items, scanner, jobs=jobs, settings=settings, base=base):
+            without_clamd += any(f.rule == NOT_CHECKED for f in report.findings)
             summary.add(report)
             reports.append(report)
             if progress is not None:
@@ -176,9 +210,23 @@ def scan_command(
             acts.after(report, kinds.popleft())  # reports come in the walk's order
         summary.seconds = time.perf_counter() - started
     _print(reports, summary, format, show_info)
+    if without_clamd:
+        _clamd_given_up(settings.clamd or "", without_clamd)
     for path in missing:
         print_error(f"{display_path(str(path))}: no such file or folder")
     raise typer.Exit(EXIT_FINDINGS if summary.failing else EXIT_USAGE if missing else EXIT_OK)
+
+
+def _clamd_given_up(address: str, files: int) -> None:
+    """The scan's note that clamd stopped being asked: why, and how many files went without it
+    (each carries clamav.not-checked, counted here over every worker's reports)."""
+    from pacsguard.cli.common import err_console, shown
+    from pacsguard.scan.clamd import GIVE_UP_AFTER, NOT_CHECKED
+    from pacsguard.scan.report import display_path
+
+    err_console.print(f"[yellow]warning:[/] clamd at {shown(display_path(address))} failed {GIVE_UP_AFTER} times in "
+                      f"a row (see its clamav.error findings) and was no longer asked: {files:,} "
+                      f"file{'' if files == 1 else 's'} scanned without ClamAV ({NOT_CHECKED})", highlight=False)
 
 
 def _check_overlap(paths: Sequence[Path], out: Path | None, quarantine: Path | None) -> None:
@@ -293,6 +341,9 @@ def _quarantine(report: FileReport, folder: Path, publish: Callable[[Event], Non
     except QuarantineRefused as exc:
         _not_done(report, "quarantine.failed", str(exc))
         return
+    except MemoryError:  # one file's failure, not the scan's: the others are still moved
+        _not_done(report, "quarantine.failed", f"not moved to {folder}: out of memory while moving it")
+        return
     if moved.note:
         _not_done(report, "quarantine.link-kept", moved.note)
     if publish is not None:  # an archive's Event names its members' rules too
@@ -352,14 +403,19 @@ def _sanitize(report: FileReport, scanner: Scanner, source: Path, out: Path, rel
 
     try:
         data = read_beneath(source, roots)
+        if report.sha256 and hashlib.sha256(data).hexdigest() != report.sha256:
+            _not_done(report, "sanitize.failed", "cleaned copy not written: the file changed since it was scanned")
+            return
+        cleaned = clean(data, report, scanner)
     except (OSError, QuarantineRefused) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         _not_done(report, "sanitize.failed", f"cleaned copy not written: {why}")
         return
-    if report.sha256 and hashlib.sha256(data).hexdigest() != report.sha256:
-        _not_done(report, "sanitize.failed", "cleaned copy not written: the file changed since it was scanned")
+    except MemoryError:
+        # A file too large for the memory left (held whole to be cleaned, and its copy rescanned):
+        # this file has no copy; the scan and the other files' copies go on.
+        _not_done(report, "sanitize.failed", "cleaned copy not written: out of memory while cleaning it")
         return
-    cleaned = clean(data, report, scanner)
     if cleaned.refused:
         if cleaned.refused != "nothing to clean":
             report.findings.append(Finding("sanitize.refused", Level.INFO, cleaned.refused))

@@ -13,7 +13,7 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pacsguard.scan.model import Finding, Level
 
@@ -67,14 +67,37 @@ class ClamdNotScanned(ClamdError):
     """clamd was reached and refused to judge the data: over one of its size limits."""
 
 
+#: The rule of a file clamd was not asked about: it had failed GIVE_UP_AFTER times in a row.
+NOT_CHECKED = "clamav.not-checked"
+#: Consecutive failures (no connection, a timeout, an answer that is no verdict) after which one
+#: `pacsguard scan` stops asking clamd: a clamd that accepts connections and never answers costs
+#: up to two timeouts (send, answer) per file, two minutes with the 60-second default.
+GIVE_UP_AFTER = 3
+
+
+@dataclass(slots=True)
+class _Failures:
+    """Consecutive failures of one clamd in one scan, the last one's text, and the files not
+    checked since it was given up (mutable state of a frozen Clamd, as a counter is)."""
+
+    consecutive: int = 0
+    last: str = ""
+    not_checked: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Clamd:
-    """A clamd address: a Unix socket path, or ``tcp://host:port``."""
+    """A clamd address: a Unix socket path, or ``tcp://host:port``. ``give_up_after``: after that
+    many consecutive failures clamd is no longer asked (0: always asked, as a gateway route does,
+    whose clamd may come back; `pacsguard scan` gives up after GIVE_UP_AFTER for the rest of the
+    scan); each file then carries clamav.not-checked, never passing as judged clean by ClamAV."""
 
     address: str
     #: Seconds to connect, to send each chunk, and for clamd's whole answer.
     timeout: float = 60.0
     max_file_size: int = 25 * 1024**2  # clamd.conf MaxFileSize, as Debian's clamav-daemon writes it
+    give_up_after: int = 0
+    failures: _Failures = field(default_factory=_Failures, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         parse_address(self.address)  # a mistyped address is a configuration error, said at once
@@ -137,14 +160,31 @@ class Clamd:
             return None
         raise ClamdError(f"clamd at {self.address}: {text or 'no answer'}")
 
+    @property
+    def given_up(self) -> bool:
+        """Whether this scan stopped asking clamd (give_up_after consecutive failures)."""
+        return 0 < self.give_up_after <= self.failures.consecutive
+
     def findings(self, data: bytes) -> list[Finding]:
+        failures = self.failures
+        if self.given_up:
+            failures.not_checked += 1
+            return [Finding(NOT_CHECKED, Level.LOW, f"not checked by ClamAV: clamd at {self.address} failed "
+                            f"{failures.consecutive} times in a row (last: {failures.last}), so this scan no longer "
+                            f"asks it; file {failures.not_checked:,} scanned without it", None, REF)]
         try:
             name = self.instream(data)
         except ClamdNotScanned as exc:
+            failures.consecutive = 0  # an answer: clamd works, this file is over its limits
             # Not judged is not clean: medium, so the default fail_on holds such a file for review.
             return [Finding("clamav.not-scanned", Level.MEDIUM, str(exc), None, LIMITS_REF)]
         except ClamdError as exc:
-            return [Finding("clamav.error", Level.LOW, str(exc), None, REF)]
+            failures.consecutive += 1
+            failures.last = str(exc)[:200]
+            more = (f"; after {failures.consecutive} failures in a row clamd is no longer asked in this scan (the "
+                    f"files after this one carry {NOT_CHECKED})") if self.given_up else ""
+            return [Finding("clamav.error", Level.LOW, f"{exc}{more}", None, REF)]
+        failures.consecutive = 0
         if name is None and len(data) > self.max_file_size:
             return [Finding("clamav.not-scanned", Level.MEDIUM,
                             f"clamd at {self.address} answered OK for this file of {len(data):,} bytes, but it "

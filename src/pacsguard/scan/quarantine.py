@@ -77,12 +77,10 @@ def quarantine(source: Path, report: FileReport, folder: Path, roots: Sequence[P
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped since it was scanned
                 raise QuarantineRefused(f"{display_path(str(place.real))} is no longer a regular file; not moved")
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read()
-            digest = hashlib.sha256(data).hexdigest()
+            digest, md5, size = _hashes(fd)
             if report.sha256 and digest != report.sha256:  # a file rewritten meanwhile
                 raise QuarantineRefused(f"{display_path(str(place.real))} changed since it was scanned; not moved")
-            doc = _manifest(source, place.real, place.link, data, digest, report, members)
+            doc = _manifest(source, place.real, place.link, (digest, md5, size), report, members)
             target, manifest = _claim(folder, digest, doc)
             try:
                 _move(place, fd, st, target)
@@ -140,6 +138,23 @@ def read_beneath(source: Path, roots: Sequence[Path]) -> bytes:
                 return f.read()
         finally:
             os.close(fd)
+
+
+#: Bytes hashed at a time: a file is moved whatever its size, never held whole in memory (a file
+#: the scan could not hold, reported scan.not-scanned, is moved all the same).
+HASH_CHUNK = 1 << 20
+
+
+def _hashes(fd: int) -> tuple[str, str, int]:
+    """SHA-256 and MD5 (hex) and size of the file open as ``fd``, read from its start in
+    HASH_CHUNK pieces."""
+    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, HASH_CHUNK):
+        sha.update(chunk)
+        md5.update(chunk)
+        size += len(chunk)
+    return sha.hexdigest(), md5.hexdigest(), size
 
 
 def _open_file(place: _Place, source: Path) -> int:
@@ -203,13 +218,15 @@ def _copy_then_remove(place: _Place, fd: int, st: os.stat_result, target: Path) 
         raise
 
 
-def _manifest(source: Path, real: Path, link: Path | None, data: bytes, digest: str,
+def _manifest(source: Path, real: Path, link: Path | None, hashes: tuple[str, str, int],
               report: FileReport, members: Sequence[FileReport] = ()) -> dict[str, Any]:
-    """The manifest's fields. Paths are shown as text (bytes that are not UTF-8 as ``\\xNN``); the
-    exact bytes of a path that is not UTF-8 are kept in base64, to put the file back."""
+    """The manifest's fields (``hashes``: SHA-256, MD5, size). Paths are shown as text (bytes that
+    are not UTF-8 as ``\\xNN``); the exact bytes of a path that is not UTF-8 are kept in base64,
+    to put the file back."""
+    digest, md5, size = hashes
     doc: dict[str, Any] = {
         "original": display_path(str(real)), "scanned_as": display_path(report.path), "sha256": digest,
-        "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(), "size": len(data),
+        "md5": md5, "size": size,
         "quarantined": datetime.now(timezone.utc).isoformat(), "patient_id": report.patient_id or None,
         "study_uid": report.study_uid or None, "findings": [f.to_dict() for f in report.findings]}
     if display_path(str(real)) != str(real):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacsguard.scan.model import FileReport
-from pacsguard.scan.walk import Item, not_scanned
+from pacsguard.scan.walk import OUT_OF_MEMORY, Item, not_scanned
 
 if TYPE_CHECKING:
     from pacsguard.scan.config import ScanSettings
@@ -50,7 +50,7 @@ def _scan_item(scanner: Scanner, item: Item) -> FileReport:
 def _init(settings: ScanSettings, base: Path | None) -> None:
     from pacsguard.scan.scanner import Scanner
 
-    _WORKER["scanner"] = Scanner.from_settings(settings, base)
+    _WORKER["scanner"] = Scanner.from_settings(settings, base, one_scan=True)
 
 
 def _work(item: Item) -> FileReport:
@@ -64,8 +64,6 @@ WINDOW_PER_JOB = 4
 #: The skip reason of a file whose worker process ended while scanning it, alone too: the
 #: system's OOM killer, a signal, or a crash in native code (YARA) on the file's bytes.
 WORKER_ENDED = "scan process ended while scanning it (killed, or out of memory), also when scanned alone"
-#: The skip reason of a file whose scan ran out of memory (MemoryError).
-OUT_OF_MEMORY = "out of memory while scanning it"
 
 
 def scan_all(items: Iterable[Item], scanner: Scanner, *, jobs: int = 1, settings: ScanSettings | None = None,

@@ -37,8 +37,10 @@ class Scanner:
     max_file_size: int = 2 * 1024**3
 
     @classmethod
-    def from_settings(cls, settings: ScanSettings, base: Path | None = None) -> Scanner:
-        """The scanner a `scan:` section describes; relative yara_dirs are taken from ``base``."""
+    def from_settings(cls, settings: ScanSettings, base: Path | None = None, *, one_scan: bool = False) -> Scanner:
+        """The scanner a `scan:` section describes; relative yara_dirs are taken from ``base``.
+        ``one_scan``: for one `pacsguard scan` run, which stops asking a clamd that keeps failing
+        (clamd.GIVE_UP_AFTER); a gateway's long-lived scanner keeps asking (clamd may come back)."""
         from pacsguard.scan.yara_engine import YaraEngine
 
         rules = settings.rules
@@ -47,9 +49,10 @@ class Scanner:
         engine = YaraEngine.compile(dirs, builtin=rules.yara) if rules.yara or dirs else None
         clamd = None
         if settings.clamd:
-            from pacsguard.scan.clamd import Clamd
+            from pacsguard.scan.clamd import GIVE_UP_AFTER, Clamd
 
-            clamd = Clamd(settings.clamd, max_file_size=settings.clamd_max_file_size)
+            clamd = Clamd(settings.clamd, max_file_size=settings.clamd_max_file_size,
+                          give_up_after=GIVE_UP_AFTER if one_scan else 0)
         lim = settings.limits
         limits = part10.Limits(max_depth=lim.max_depth, max_elements=lim.max_elements, max_inflated=lim.max_inflated)
         return cls(families, limits, engine, clamd, lim.max_file_size)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from pacsguard.scan import signatures
+from pacsguard.scan import disc, signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.report import display_path
 
@@ -264,6 +264,9 @@ def _stat_failed(path: Path, exc: OSError, *, given: bool) -> str:
     return f"unreadable: {exc.strerror or exc}"
 
 
+#: The skip reason of a file that could not be held in memory to be scanned (MemoryError).
+OUT_OF_MEMORY = "out of memory while scanning it"
+
 #: The rule of a file that exists and could not be read: not judged clean (it fails at the
 #: default fail_on), as clamscan counts a file it could not read as an error, not as clean.
 NOT_SCANNED = "scan.not-scanned"
@@ -412,13 +415,18 @@ def _file_items(path: Path, real: Path, st: os.stat_result, limits: ArchiveLimit
         # A stream that cannot be opened is still scanned as the file it is, with what it hides noted.
         yield Item(str(path), path=real, size=st.st_size, findings=[] if sniffed is None else [unopened(sniffed.kind)])
         return
+    notes: list[Finding] = []
     try:
         data = read_regular(real, limits.max_member, too_big="archive larger than the limit")
+        opened = _open(sniffed, data, notes, limits.max_members)
     except NotRead as exc:
         yield Item(str(path), skipped=exc.reason, findings=exc.findings, size=exc.size or st.st_size)
         return
-    notes: list[Finding] = []
-    opened = _open(sniffed, data, notes)
+    except MemoryError:
+        # The archive itself cannot be held (a scan with an address space limit, other jobs): this
+        # file is not scanned, the walk goes on (as scan_item does for a file).
+        yield Item(str(path), skipped=OUT_OF_MEMORY, findings=[not_scanned(OUT_OF_MEMORY)], size=st.st_size)
+        return
     if opened is None:  # not the container it looked like: the file it is, read again by the scan
         yield Item(str(path), path=real, size=st.st_size, findings=notes)
         return
@@ -427,12 +435,12 @@ def _file_items(path: Path, real: Path, st: os.stat_result, limits: ArchiveLimit
             item.path = real  # the archive on disk (what --quarantine moves when a member fails)
         yield item
 
-ZIP, TAR, GZIP, BZIP2, XZ, LZMA = "zip", "tar", "gzip", "bzip2", "xz", "lzma"
+ZIP, TAR, GZIP, BZIP2, XZ, LZMA, DISC = "zip", "tar", "gzip", "bzip2", "xz", "lzma", "disc"
 #: tarfile's mode for a tar inside each compressed stream (a .tar.gz, whatever its name; "r:xz"
 #: reads an LZMA-alone stream too: lzma.LZMAFile's FORMAT_AUTO takes both).
 TAR_MODES: dict[str, Literal["r:gz", "r:bz2", "r:xz"]] = {GZIP: "r:gz", BZIP2: "r:bz2", XZ: "r:xz", LZMA: "r:xz"}
 DESCRIBED = {ZIP: "a zip archive", TAR: "a tar archive", GZIP: "a gzip stream", BZIP2: "a bzip2 stream",
-             XZ: "an xz stream", LZMA: "an LZMA stream"}
+             XZ: "an xz stream", LZMA: "an LZMA stream", DISC: "a disc image"}
 #: What gunzip, bunzip2, unxz and unlzma take off a name to name what they write.
 SUFFIXES = {GZIP: (".gz", ".gzip", ".z"), BZIP2: (".bz2", ".bz"), XZ: (".xz",), LZMA: (".lzma",)}
 #: Compressed streams known by their magic number that the standard library cannot open, so what
@@ -482,17 +490,21 @@ def part10(head: bytes) -> bool:
     return head[128:132] == b"DICM" or head[:4] == b"DICM"
 
 
-def sniff(head: bytes, tail: Callable[[], bytes]) -> Sniffed | None:
+def sniff(head: bytes, tail: Callable[[], bytes], descriptors: Callable[[], bytes] = bytes) -> Sniffed | None:
     """The container ``head`` (the first HEAD bytes) starts or ``tail()`` (the last TAIL bytes, read
     only when the start says nothing) ends, whatever the name; None for a Part-10 file first:
     gzip ID1 ID2 1F 8B (RFC 1952 2.3.1), bzip2 "BZh" and a block size 1-9, xz FD 37 7A 58 5A 00
     (xz file format 2.1.1.1), a zip's first bytes (ZIP_STARTS), a tar header ("ustar" at 257, or a
     pre-POSIX header whose checksum at 148 holds: POSIX ustar), else a zip's end of central
     directory record in the tail, as zipfile.is_zipfile looks for it (APPNOTE.TXT 4.3.16): bytes
-    before a zip (a self-extractor) do not hide it."""
+    before a zip (a self-extractor) do not hide it. Between the two, ``descriptors()`` (the bytes
+    from disc.FIRST_DESCRIPTOR on): an ISO 9660 or UDF disc image, whose files are opened as
+    members; its last file may be a zip, which is that file, not the image."""
     if part10(head):
         return None
     kind = _magic(head)
+    if kind is None and disc.is_disc(descriptors()):
+        return Sniffed(DISC, True)
     if kind in UNOPENED:
         # A zip after the stream (its end record last) is a zip to zip readers: opened, the stream noted.
         return Sniffed(ZIP, False, kind) if _ends_as_zip(tail()) else Sniffed(kind, True)
@@ -584,7 +596,13 @@ def _sniff_file(path: Path) -> Sniffed | None:
                 f.seek(max(0, st.st_size - TAIL))
                 return f.read(TAIL) or b""
 
-            return sniff(head, tail)
+            def descriptors() -> bytes:
+                if st.st_size <= disc.FIRST_DESCRIPTOR:
+                    return b""
+                f.seek(disc.FIRST_DESCRIPTOR)
+                return f.read(8 * disc.SECTOR) or b""
+
+            return sniff(head, tail, descriptors)
     except OSError:
         return None
     finally:
@@ -593,17 +611,22 @@ def _sniff_file(path: Path) -> Sniffed | None:
 
 #: An opened container: a zip, a tar (compressed or not), or the first bytes of a single file
 #: compressed as a gzip, bzip2 or xz stream.
-Opened = zipfile.ZipFile | tarfile.TarFile | bytes
+Opened = zipfile.ZipFile | tarfile.TarFile | disc.Disc | bytes
 
 
-def _open(sniffed: Sniffed, data: bytes, notes: list[Finding]) -> Opened | None:
+def _open(sniffed: Sniffed, data: bytes, notes: list[Finding], max_members: int = 100_000) -> Opened | None:
     """The container ``data`` was sniffed as, opened; None when it is not one after all (then, if its
     magic number said so, an archive.corrupt note in ``notes``, and it is scanned as a file). A
-    stream that does not open and a zip ending the bytes: the zip, as zip readers open it."""
+    stream that does not open and a zip ending the bytes: the zip, as zip readers open it. A disc
+    image whose directory records number more than ``max_members`` is not opened."""
     if sniffed.unopened or sniffed.kind in UNOPENED:
         notes.append(unopened(sniffed.unopened or sniffed.kind))
     if sniffed.kind in UNOPENED:
         return None
+    if sniffed.kind == DISC:
+        # None: more records than members allowed, or pycdlib cannot open it (noted): then it is
+        # scanned as the one file it is, structure.unopened-archive.
+        return disc.open_disc(data, max_members, notes)
     try:
         if sniffed.kind == ZIP:
             archive = zipfile.ZipFile(io.BytesIO(data))  # bytes before the zip are offset (APPNOTE 4.3.16)
@@ -675,14 +698,18 @@ def expand(name: str, base: str, data: bytes, kind: str, opened: Opened, limits:
                                       _unlisted_entries(data, opened, problems, limits))
         elif isinstance(opened, tarfile.TarFile):
             members = _tar_members(opened, len(data), problems, limits)
+        elif isinstance(opened, disc.Disc):
+            members = _disc_members(opened, problems, limits)
         else:
             members = _stream_members(kind, base, data, problems, limits)
         yield from _member_list(name, data, members, problems, limits, depth)
-        if not isinstance(opened, zipfile.ZipFile):
+        if not isinstance(opened, zipfile.ZipFile | disc.Disc):
             tar = opened if kind == TAR and isinstance(opened, tarfile.TarFile) else None
             yield from _appended_zip(name, data, kind, problems, limits, depth, tar)
             if isinstance(opened, tarfile.TarFile):
                 yield from _after_tar(name, data, kind, opened, problems, limits, depth)
+        if not isinstance(opened, disc.Disc):
+            yield from _disc_too(name, data, kind, problems, limits, depth)
     except ARCHIVE_ERRORS as exc:
         problems.append(Finding("archive.corrupt", Level.LOW, f"the archive cannot be read: {display_path(str(exc))}",
                                 None, REF))
@@ -839,6 +866,13 @@ def _member_list(name: str, data: bytes, members: Iterable[Member], problems: li
             break
         try:
             content = read()
+        except MemoryError:
+            # A member too large for the memory left (the archive is held too): not scanned, which
+            # is said; the members after it and the files after the archive still are.
+            problems.append(Finding("archive.member-unreadable", Level.MEDIUM, f"{display_path(member_name)} "
+                                    "could not be held in memory to be scanned (out of memory), so it was not "
+                                    "scanned", None, REF))
+            continue
         except ARCHIVE_ERRORS as exc:
             # One damaged member (a bad CRC-32, a local header naming another file) must not hide
             # the members after it; it is not scanned itself, which must not pass unseen either.
@@ -876,8 +910,10 @@ def _member_items(full: str, member_name: str, content: bytes, problems: list[Fi
         return
     shown = display_path(member_name)
     notes: list[Finding] = []
-    sniffed = sniff(content[:HEAD], lambda: content[-TAIL:])
-    opened = None if sniffed is None else _open(sniffed, content, notes)
+    sniffed = sniff(content[:HEAD], lambda: content[-TAIL:],
+                    lambda: content[disc.FIRST_DESCRIPTOR:disc.FIRST_DESCRIPTOR + 8 * disc.SECTOR])
+    opened = None if sniffed is None else _open(sniffed, content, notes,
+                                                 max(0, limits.max_members - limits.spent.members))
     if sniffed is not None and opened is not None:
         if depth + 1 > limits.max_depth:
             problems.append(Finding("archive.nesting", Level.HIGH, f"archives nested deeper than "
@@ -1463,6 +1499,44 @@ def _stream_members(kind: str, base: str, data: bytes, problems: list[Finding], 
         return content
 
     yield member, read
+
+
+def _disc_too(name: str, data: bytes, kind: str, problems: list[Finding], limits: Bounds,
+              depth: int) -> Iterator[Item]:
+    """The files of a disc image that is also the archive ``data`` was opened as: ECMA-119 leaves
+    the first 32 KiB (the system area) to the writer, room for a tar or a zip's first entries, so
+    an archive tool sees one set of files and a CD drive another. Both are scanned, the file is
+    archive.polyglot. Only an image pycdlib opens counts (descriptor bytes met by chance in a
+    member's data are no image)."""
+    if len(data) <= disc.FIRST_DESCRIPTOR or not disc.is_disc(data[disc.FIRST_DESCRIPTOR:disc.FIRST_DESCRIPTOR
+                                                                      + 8 * disc.SECTOR]):
+        return
+    notes: list[Finding] = []
+    image = disc.open_disc(data, max(0, limits.max_members - limits.spent.members), notes)
+    if image is None:
+        return
+    problems.append(Finding("archive.polyglot", Level.HIGH, f"{DESCRIBED[kind]} that is also a disc image: a CD "
+                            "drive shows other files than the archive holds; both are scanned", None, REF))
+    problems.extend(notes)
+    yield from _member_list(name, data, _disc_members(image, problems, limits), problems, limits, depth)
+
+
+def _disc_members(image: disc.Disc, problems: list[Finding], limits: Bounds) -> Iterator[Member]:
+    """The files of a disc image, each counted against the whole archive's member limit, its
+    names judged as a zip's or tar's member names are (every tree's: a Windows import station
+    reads the Joliet names, Linux the Rock Ridge ones)."""
+    room = max(0, limits.max_members - limits.spent.members)
+    for member in disc.disc_members(image, problems, room, limits.max_member, _traversal, _disc_name):
+        if limits.spent.over or not _count(limits, 1, problems):
+            return
+        yield member
+
+
+def _disc_name(names: list[str]) -> str:
+    """The name a disc image's file is scanned under: the first (Joliet, else Rock Ridge, else
+    ISO 9660) unless another names it as a program Windows runs (AUTORUN.INF), as written_name
+    chooses between a zip's two names."""
+    return next((n for n in names if signatures.script_name(n)), names[0])
 
 
 def _stream_name(name: str, kind: str) -> str:
