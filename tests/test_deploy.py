@@ -94,16 +94,17 @@ def test_systemd_security_exposure(tmp_path: Path) -> None:
 def test_logrotate_snippet_parses(tmp_path: Path) -> None:
     logrotate = _tool("logrotate", "logrotate")
     text = LOGROTATE.read_text()
-    assert "copytruncate" in text  # the sink keeps its file open in append mode
+    assert "create 0640 pacsguard pacsguard" in text and "    copytruncate" not in text  # lossless (docs/sinks.md)
     conf = tmp_path / "pacsguard"
     conf.write_text(text.replace("/var/log/pacsguard/", f"{tmp_path}/log/")
-                    .replace("su pacsguard pacsguard", "su root root"))
+                    .replace("su pacsguard pacsguard", "su root root")
+                    .replace("create 0640 pacsguard pacsguard", "create 0640 root root"))
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "events.json").write_text("{}\n" * 10)
     done = subprocess.run([logrotate, "--debug", "--force", "--state", str(tmp_path / "state"), str(conf)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "copying" in done.stderr and "truncating" in done.stderr
+    assert "renaming" in done.stderr and "creating new" in done.stderr, done.stderr
 
 
 def test_make_run_installs_runtime_dependencies_only(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ class RestfulAtna:
         self.repeats = Repeats()
         self.guesses = Guesses()
         self._summaries: asyncio.Task[None] | None = None
-        self.token = config.token.resolve().encode() if config.token is not None else None
+        self.token = config.token.resolve("atna.http.token").encode() if config.token is not None else None
         self.context: ssl.SSLContext | None = None
         if config.cert_file is not None and config.key_file is not None:
             from pacsguard.tls.contexts import server_context

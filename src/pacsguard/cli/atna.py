@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, LogLevel, fail, load, log_level_option, open_store
 from pacsguard.cli.events import Format
 from pacsguard.cli.gateway import _endpoint
 
@@ -42,7 +42,7 @@ def listen(
     frame_timeout: float = typer.Option(60.0, "--frame-timeout", min=0.1, max=3600,
                                         help="seconds from a frame's first octet to its last, and for a TLS "
                                              "handshake; a slower sender is closed and recorded"),
-    log_level: str = typer.Option("warning", "--log-level"),
+    log_level: LogLevel = log_level_option(LogLevel.warning),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
     from pacsguard.atna.collector import tune_for_ingest
@@ -55,7 +55,7 @@ def listen(
     from pacsguard.runtime.services import run_foreground
     from pacsguard.store import keys
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers,
                                "max_connections": max_connections, "frame_timeout": frame_timeout}
     if tls is not None:

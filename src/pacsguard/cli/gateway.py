@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store, shown
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, LogLevel, fail, load, log_level_option, open_store, shown
 from pacsguard.cli.spool import app as spool_app
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def run(
                                       "at once and record after (docs/gateway.md)"),
     on_record_failure: str = typer.Option("refuse", "--on-record-failure",
                                           help="refuse or relay while events cannot be recorded"),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: LogLevel = log_level_option(LogLevel.info),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
     from pacsguard.cli.common import console
@@ -81,7 +81,7 @@ def run(
     from pacsguard.runtime.services import run_foreground
     from pacsguard.store import keys
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     match = re.fullmatch(r"([^@]+)@(.+)", upstream)
     if not match:
         raise fail(f"--upstream: expected AET@HOST:PORT, got {upstream!r}")

@@ -44,7 +44,17 @@ class SecretRef(Strict):
             raise ValueError(f"{self.file} is not a regular file (a secret is read from a file holding only it)")
         return self
 
-    def resolve(self) -> str:
+    def resolve(self, key: str | None = None) -> str:
+        """The secret. LookupError says why not; with ``key`` (where the file names this secret,
+        e.g. `atna.http.token`) the message starts with it, so the administrator knows which."""
+        if key is None:
+            return self._resolve()
+        try:
+            return self._resolve()
+        except LookupError as exc:
+            raise LookupError(f"{key}: {exc}") from None
+
+    def _resolve(self) -> str:
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
@@ -150,6 +160,10 @@ class JsonLinesConfig(Strict):
 class SyslogConfig(SyslogCollector):
     format: Literal["json", "cef", "leef", "ecs"] = Field(
         "json", description="MSG format: json (pacsguard's own), cef (ArcSight), leef (QRadar), ecs (Elastic)")
+    # pacsguard.sinks.syslog's MAX_MESSAGE and MIN_MESSAGE (a test holds them together): the most a
+    # default Debian rsyslog takes, and the least RFC 5424 6.1 lets a receiver take.
+    max_message_size: int = Field(8096, ge=480, le=1024 * 1024,
+                                  description="octets; a longer event is sent shortened (docs/sinks.md)")
 
 
 class SinksConfig(Strict):

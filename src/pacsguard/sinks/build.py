@@ -33,5 +33,5 @@ def build_sinks(cfg: SinksConfig, resolve: Callable[[Path], Path]) -> list[Event
                                      cert_file=s.cert_file and resolve(s.cert_file),
                                      key_file=s.key_file and resolve(s.key_file))
         sinks.append(SyslogSink(s.host, s.port, transport=s.transport, ssl_context=context, facility=s.facility,
-                                message_format=s.format))
+                                message_format=s.format, max_message_size=s.max_message_size))
     return sinks

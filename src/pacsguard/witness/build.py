@@ -24,7 +24,7 @@ def destinations(targets: Sequence[WitnessTarget], resolve: Resolve, leaves: Lea
     from pacsguard.tls.contexts import client_context
 
     out: list[Destination] = []
-    for t in targets:
+    for n, t in enumerate(targets):
         if t.file is not None:
             from pacsguard.witness.file import FileWitness
 
@@ -44,7 +44,7 @@ def destinations(targets: Sequence[WitnessTarget], resolve: Resolve, leaves: Lea
                                      cert_file=t.cert_file and resolve(t.cert_file),
                                      key_file=t.key_file and resolve(t.key_file)) \
                 if t.url.startswith("https://") else None
-            out.append(HttpWitness(WitnessClient(t.url, t.token.resolve(), context), leaves,
+            out.append(HttpWitness(WitnessClient(t.url, t.token.resolve(f"store.witnesses.{n}.token"), context), leaves,
                                    t.witness_key and resolve(t.witness_key)))
     return out
 
@@ -57,9 +57,9 @@ def witness_server(cfg: WitnessServiceConfig, resolve: Resolve, publish: Callabl
     if not key_path.exists():
         keys.generate_key(key_path)
     pinned: dict[str, PinnedLog] = {}
-    for log in cfg.logs:
+    for n, log in enumerate(cfg.logs):
         public = keys.load_public_key(resolve(log.public_key))
-        pinned[keys.key_id(public)] = PinnedLog(public, log.token.resolve(), log.name)
+        pinned[keys.key_id(public)] = PinnedLog(public, log.token.resolve(f"witness.logs.{n}.token"), log.name)
     witness = Witness(Ledger(make_private_dir(resolve(cfg.storage))), keys.load_private_key(key_path), pinned,
                       publish)
     context = None

@@ -383,7 +383,9 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 def main(argv: list[str]) -> int:
     """The child's entry point: the listening socket's and the pipe's descriptors."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when this ends (^C reaches both)
+    # The service decides when this ends: ^C and a terminal's hang-up reach the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     listening = socket.socket(fileno=int(argv[1]))
     pipe = socket.socket(fileno=int(argv[2]))
     records = Records()

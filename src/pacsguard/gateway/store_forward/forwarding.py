@@ -158,7 +158,9 @@ def child_main(route: Route, root: Path, destinations: list[Destination], waitin
     the gateway is gone."""
     from pacsguard.gateway.store_forward.forwarder import Forwarder
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when this ends (a terminal's ^C reaches both)
+    # The gateway decides when this ends: a terminal's ^C and hang-up reach the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if route.forward_nice:
         os.nice(route.forward_nice)
     send_lock = threading.Lock()
