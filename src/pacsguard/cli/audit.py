@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
+    from pacsguard.store.witnessed import Unreadable
 
 app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
 
@@ -54,8 +55,9 @@ def verify(
     store: str | None = STORE_OPTION,
 ) -> None:
     """Recompute every seal, chain link and signed checkpoint; with --witness, compare with what
-    witnesses hold. Exit 1 on a finding in the store, 3 deleted checkpoint, 4 truncated tail,
-    5 rollback, 6 forked (the highest applies)."""
+    witnesses hold. Exit 1 on a finding in the store or a witness file's unreadable line (the other
+    lines are still checked), 3 deleted checkpoint, 4 truncated tail, 5 rollback, 6 forked (the
+    highest applies)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pacsguard.cli.common import err_console
@@ -75,7 +77,8 @@ def verify(
         stored = es.checkpoints()
         for source in witness:
             tls = (witness_ca, witness_cert, witness_key)
-            check_witnessed(report, stored, _witnessed(source, stored, public, tls), public, source)
+            held, unreadable = _witnessed(source, stored, public, tls)
+            check_witnessed(report, stored, held, public, source, unreadable)
     finally:
         es.close()
     if fmt is Format.json:
@@ -87,10 +90,12 @@ def verify(
 
 
 def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey | None,
-               tls: tuple[Path | None, Path | None, Path | None]) -> list[Checkpoint]:
+               tls: tuple[Path | None, Path | None, Path | None]) -> tuple[list[Checkpoint], list[Unreadable]]:
     """What the witness ``source`` holds of this store's log(s): a URL is asked for each key that
-    signed the store's checkpoints and the key verify uses."""
+    signed the store's checkpoints and the key verify uses; a file is read line by line, and its
+    lines that hold no checkpoint are returned beside the checkpoints of the others."""
     from pacsguard.store import keys
+    from pacsguard.store.witnessed import read_witness_file
     from pacsguard.tls.contexts import client_context
     from pacsguard.witness.errors import WitnessError
     from pacsguard.witness.held import is_url, read_witness
@@ -102,7 +107,9 @@ def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey |
     context = client_context(ca_file=ca, cert_file=cert, key_file=key) \
         if any(tls) and source.startswith("https://") else None
     try:
-        return read_witness(source, logs, context=context)
+        if is_url(source):
+            return read_witness(source, logs, context=context), []
+        return read_witness_file(Path(source))
     except WitnessError as exc:
         raise fail(str(exc)) from None
 
@@ -149,8 +156,10 @@ def _show(report: VerifyReport) -> None:
     console.print(f"store {report.store}: {report.events} events, {report.checkpoints} checkpoints; "
                   f"newest checkpoint: {_checkpoint_line(report)}", highlight=False)
     for seen in report.witnesses:
-        console.print(f"witness {seen['source']}: {seen['checkpoints']} checkpoints of this log, newest at size "
-                      f"{seen['newest']}", highlight=False)
+        bad = seen.get("unreadable_lines", [])
+        unread = f"; {len(bad)} unreadable line(s) left out (findings below)" if bad else ""
+        console.print(f"witness {shown(seen['source'])}: {seen['checkpoints']} checkpoints of this log, newest at "
+                      f"size {seen['newest']}{unread}", highlight=False)
     if report.ok:
         held = " and the store extends every checkpoint the witnesses hold" if report.witnesses else ""
         console.print(f"[bold green]OK[/]: every event, chain link, index row and checkpoint verifies{held}")
@@ -232,7 +241,8 @@ def patient(
         report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"),
                                 explain=_explain_settings(loaded) if explain else None)
         if witness is not None:
-            held = _witnessed(witness, es.checkpoints(), None, (None, None, None))
+            held, unreadable = _witnessed(witness, es.checkpoints(), None, (None, None, None))
+            _unreadable_warning(unreadable)
             try:
                 report["witness"] = witness_section(es, report, held, witness)
             except ValueError as exc:
@@ -249,6 +259,15 @@ def patient(
         sys.stdout.write(to_csv(report))
     else:
         _show_report(report)
+
+
+def _unreadable_warning(unreadable: list[Unreadable]) -> None:
+    """Lines of the witness's copy that were left out, on stderr: the rest still links the report."""
+    from pacsguard.cli.common import err_console
+
+    for line in unreadable:
+        err_console.print(f"[bold yellow]warning[/]: {shown(str(line))}; left out, the other lines are read",
+                          highlight=False, soft_wrap=True)
 
 
 def _sign_report(report: dict[str, Any], signing: Path | None) -> None:
@@ -372,14 +391,21 @@ def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
     """The report's checkpoint against the witness's copy, and its countersignature with --witness-key."""
     from pacsguard.atna.corroborate import corroborate
     from pacsguard.store import keys
+    from pacsguard.store.witnessed import read_witness_copy
     from pacsguard.witness.errors import WitnessError
-    from pacsguard.witness.held import read_copy
 
     try:
-        copies = read_copy(copy)
+        copies, unreadable = read_witness_copy(copy)
     except WitnessError as exc:
         raise fail(str(exc)) from None
     result = corroborate(data, [c.checkpoint for c in copies], public)
+    # The other lines still count: a report whose checkpoint they hold (or link to) is proven; when
+    # they do not, the lines left out are named with the failure (one may have held it).
+    for line in unreadable:
+        if result.findings:
+            result.findings.append(("unreadable line", f"{line}; left out, it may have held the checkpoint"))
+        else:
+            result.notes.append(f"{line}; left out, the other lines hold the report up")
     matched = result.matched
     if witness_key is not None and matched is not None:
         mine = [c for c in copies if c.checkpoint == matched]

@@ -69,13 +69,15 @@ def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writ
 def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[EventSink] = (), *,
                  on_error: Callable[[Exception], None] | None = None, close_timeout: float = 30.0,
                  journal: bool | Path = False) -> Outputs:
-    """The bus in front of ``store`` (primary) and ``sinks``; a failing secondary sink is logged and
-    never stops the primary. Everything is closed by ``stack``: the bus flushed first, the store last.
+    """The bus in front of ``store`` (primary) and ``sinks``; a failing secondary sink is logged
+    (rate-limited: `SinkFailureLog`) and never stops the primary. Everything is closed by
+    ``stack``: the bus flushed first, the store last.
     ``journal``: events become durable in a write-ahead journal before the store's batched commit,
     and what an earlier run left there and the store lacks is written first
     (pacsguard.events.journal): True for the store's own (an SQLite store's file with `.journal`
     appended; none for PostgreSQL), or the journal's path."""
     from pacsguard.events import EventBus, FanOut
+    from pacsguard.events.sink import SinkFailureLog
     from pacsguard.runtime.recording import RecordingAlarm
 
     if store is not None:
@@ -85,7 +87,8 @@ def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[Eve
     targets: list[EventSink] = [*([store] if store is not None else []), *sinks]
     if not targets:
         raise ValueError("open_outputs needs a store or at least one sink")
-    fan = FanOut(targets[0], targets[1:], on_error=lambda s, e: log.warning("sink %s: %s", type(s).__name__, e))
+    failures = SinkFailureLog(log)  # a line per failed batch would flood the log of a long outage
+    fan = FanOut(targets[0], targets[1:], on_error=failures.failed, on_recovered=failures.recovered)
     wal, backlog = (open_journal(store, None if journal is True else journal)
                     if journal is not False and store is not None else (None, []))
     bus = EventBus(fan, on_error=on_error, journal=wal, backlog=backlog)

@@ -18,22 +18,33 @@ fall short of what was witnessed has its own finding and exit code:
 |                      |      | none of this log's key while the witness or the store holds some:    |
 |                      |      | the witness saw another log, or the store was re-signed with a new   |
 |                      |      | key                                                                  |
+| `unreadable line`    | 1    | a line of a witness file that is not a checkpoint (a half line an    |
+|                      |      | older version left on a full disk, damage in transit): the other     |
+|                      |      | lines are still read and checked, but what the line held cannot be   |
+|                      |      | compared, so verify cannot say the store extends everything          |
 
-When several apply, verify exits with the highest code.
+When several apply, verify exits with the highest code. A file none of whose lines is a checkpoint
+is not a witness's copy at all: a WitnessError (exit 2), as for a file that cannot be read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pacsguard.events.model import json_time, time_from_us
 from pacsguard.store import keys
 from pacsguard.store.merkle import LeafTree, consistency_proof, verify_consistency
-from pacsguard.store.statement import signed_by
+from pacsguard.store.statement import from_statement, signed_by
 from pacsguard.store.store import Checkpoint
 from pacsguard.store.verify import Finding, VerifyReport
+from pacsguard.witness.errors import WitnessError
+from pacsguard.witness.held import WitnessedCopy, read_copy
+from pacsguard.witness.jsontext import loads
+from pacsguard.witness.ledger import Held
 
 EXIT_CODES = {"witness": 1, "deleted checkpoint": 3, "truncated tail": 4, "rollback": 5, "forked": 6}
 
@@ -44,16 +55,117 @@ def exit_code(findings: Iterable[Finding]) -> int:
     return max(codes, default=0)
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A line of a witness's copy that holds no checkpoint that can be read: ``why`` says what it is."""
+
+    source: str
+    line: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.source} line {self.line}: {self.why}"
+
+    def finding(self) -> Finding:
+        return Finding("unreadable line", None, f"{self}; left out, the other lines are checked: what it held "
+                       "(a checkpoint, or half of one) cannot be compared with the store")
+
+
+def read_witness_file(path: Path) -> tuple[list[Checkpoint], list[Unreadable]]:
+    """The checkpoint statements of a witness file (JSON lines: the file witness's, or a SIEM's
+    export of the syslog witness's MSG), and the lines that hold none. One damaged line must not
+    hide what every other line proves; WitnessError when no line at all holds a checkpoint."""
+    items, bad = _json_lines(path)
+    held: list[Checkpoint] = []
+    for n, item in items:
+        try:
+            held.append(from_statement(item))
+        except ValueError as exc:
+            bad.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
+    return held, _unless_none_read(path, bool(held), bad)
+
+
+def read_witness_copy(path: Path) -> tuple[list[WitnessedCopy], list[Unreadable]]:
+    """`witness.held.read_copy` for `audit prove --checkpoint`, reading on past lines that hold no
+    checkpoint: a whole-file JSON answer (a saved GET) is read as before, a JSON-lines copy (the file
+    witness's, a witness service's ledger) line by line."""
+    data = _whole(path)
+    try:
+        loads(data.decode("utf-8"))
+    except ValueError:
+        pass
+    else:
+        return read_copy(path), []
+    items, bad = _json_lines(path, data)
+    copies: list[WitnessedCopy] = []
+    for n, item in items:
+        try:
+            if isinstance(item, dict) and "cosignature" in item:  # a witness service's ledger line
+                held = Held.from_dict(item)
+                copies.append(WitnessedCopy(held.checkpoint, held))
+            else:
+                copies.append(WitnessedCopy(from_statement(item)))
+        except (ValueError, KeyError, TypeError) as exc:
+            bad.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
+    return copies, _unless_none_read(path, bool(copies), bad)
+
+
+def _whole(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise WitnessError(f"{path}: witness file not found") from None
+    except OSError as exc:
+        raise WitnessError(f"{path}: cannot read the witness file ({exc.strerror or exc})") from None
+
+
+def _json_lines(path: Path, data: bytes | None = None) -> tuple[list[tuple[int, object]], list[Unreadable]]:
+    """Each line's JSON value with its number, and the lines that are not JSON. Lines end at LF
+    (JSON Lines; CR LF too): the bytes are split, not the text, so one line that is not UTF-8
+    spoils only itself."""
+    items: list[tuple[int, object]] = []
+    bad: list[Unreadable] = []
+    for n, raw in enumerate((_whole(path) if data is None else data).split(b"\n"), 1):
+        try:
+            line = raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append(Unreadable(str(path), n, f"not UTF-8 (byte {exc.start + 1} of the line)"))
+            continue
+        # A SIEM's export of the syslog witness's MSG (rsyslog's %msg%) keeps the BOM that marks
+        # it as UTF-8 (RFC 5424 6.4); it belongs to the syslog message, not to the JSON.
+        line = line.removeprefix("\ufeff")
+        if not line.strip():
+            continue
+        try:
+            items.append((n, loads(line)))
+        except ValueError as exc:
+            bad.append(Unreadable(str(path), n, f"not JSON ({exc})"))
+    return items, bad
+
+
+def _unless_none_read(path: Path, any_read: bool, bad: list[Unreadable]) -> list[Unreadable]:
+    """``bad`` in line order; a file of which not one line is a checkpoint is refused whole: it is
+    not a witness's copy (another file given by mistake), and findings line by line would hide that."""
+    bad.sort(key=lambda u: u.line)
+    if bad and not any_read:
+        more = f"; {len(bad) - 1} more unreadable line(s)" if len(bad) > 1 else ""
+        raise WitnessError(f"{bad[0]}{more}; no line holds a checkpoint: not a witness's copy")
+    return bad
+
+
 def check_witnessed(report: VerifyReport, stored: Sequence[Checkpoint], witnessed: Sequence[Checkpoint],
-                    key: Ed25519PublicKey | None, source: str) -> None:
+                    key: Ed25519PublicKey | None, source: str, unreadable: Sequence[Unreadable] = ()) -> None:
     """Add to ``report`` what ``witnessed`` (checkpoints held by the witness ``source``) says about the
     store whose sealed tree and checkpoints ``report`` and ``stored`` hold. Checkpoints of another log
-    (another key) are left out; with ``key``, each witnessed signature is checked first."""
+    (another key) are left out; with ``key``, each witnessed signature is checked first. Each of
+    ``unreadable`` (lines of the witness's file that hold no checkpoint) is a finding of its own."""
     log = keys.key_id(key) if key is not None else None
     held = sorted({(cp.tree_size, cp.root, cp.time_us): cp for cp in witnessed
                    if log is None or cp.key_id == log}.values(), key=lambda cp: cp.tree_size)
     report.witnesses.append({"source": source, "log": log, "checkpoints": len(held),
-                             "newest": held[-1].tree_size if held else None})
+                             "newest": held[-1].tree_size if held else None,
+                             **({"unreadable_lines": [u.line for u in unreadable]} if unreadable else {})})
+    report.findings.extend(u.finding() for u in unreadable)
     if not held and (witnessed or stored):
         # What `audit prove` says of such a copy too (docs/audit.md): nothing of this log to prove
         # against is no proof; a store re-signed with a new key looks exactly like this (a witness
