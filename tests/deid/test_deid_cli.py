@@ -44,7 +44,8 @@ def test_keygen_then_run_writes_outputs_and_a_manifest(tmp_path: Path) -> None:
     run = _pacsguard("deid", str(_corpus(tmp_path)), "--out", str(out), "--key-file", str(key), "--jobs", "2")
     assert run.returncode == 1, run.stderr  # the SC image and the text file were withheld
     assert secret not in run.stdout + run.stderr
-    records = json.loads((out / "manifest.json").read_text())
+    records = json.loads((tmp_path / "out.manifest.json").read_text())  # beside out/, never in it
+    assert sorted(p.suffix for p in out.iterdir()) == [".dcm"] * 3
     by_name = {Path(r["source"]).name: r for r in records}
     assert {n: r["status"] for n, r in by_name.items()} == {
         "CT_small.dcm": "written", "MR_small.dcm": "written", "rtplan.dcm": "written",

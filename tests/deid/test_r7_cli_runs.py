@@ -48,7 +48,7 @@ def test_a_second_run_into_a_folder_inside_the_input_adds_nothing(tmp_path: Path
     second = _pacsguard("deid", "run", str(export), "--out", str(out), "--key-file", str(key))
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in out.glob("*.dcm")) == written
-    records = json.loads((out / "manifest.json").read_text())
+    records = json.loads((export / "anon.manifest.json").read_text())  # beside out, in the input: no input
     assert sorted(Path(r["source"]).name for r in records) == ["CT_small.dcm", "MR_small.dcm"]
 
 

@@ -227,9 +227,9 @@ def test_the_cli_reports_the_collision_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "deid.key").write_text(KEY.secret.hex() + "\n")
     run = _pacsguard("deid", "in", "--out", "out", "--key-file", "deid.key", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
-    records = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    records = json.loads((tmp_path / "out.manifest.json").read_text())  # beside out/, not in it
     assert sorted(r["status"] for r in records) == ["withheld", "written"]
-    assert len(list((tmp_path / "out").glob("*.dcm"))) == 1
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 1 and not (tmp_path / "out" / "manifest.json").exists()
 
 
 # -- 5. single-bit images -----------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_the_cli_uses_the_deid_section_of_pacsguard_yaml(tmp_path: Path) -> None
     assert KEY.fingerprint in run.stderr
     (written,) = (tmp_path / "out").glob("*.dcm")
     assert dcmread(written).pixel_array[0:16, 0:64].max() == 40
-    record = json.loads((tmp_path / "out" / "manifest.json").read_text())[0]
+    record = json.loads((tmp_path / "out.manifest.json").read_text())[0]
     assert record["options"] == "clean-pixel-data" and record["pixels"].startswith("masked")
     # --option takes the place of the section's options: without clean-pixel-data an US is withheld.
     run = _pacsguard("deid", "in.dcm", "--out", "o2", "--option", "retain-uids", cwd=tmp_path)

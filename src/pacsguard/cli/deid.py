@@ -140,6 +140,62 @@ def _inputs(paths: list[Path], out: Path, manifest: Path) -> list[Path]:
     return files
 
 
+def _manifest_path(out: Path, manifest: Path | None) -> Path:
+    """Where the manifest goes: ``--manifest``, else ``OUT.manifest.json`` beside OUT. Never inside
+    OUT: the manifest pairs each input path (a PACS export's ``DOE^JOHN/`` folder, a file named
+    after the Patient ID) with the output it became, the very link de-identification removes
+    (PS3.15 E.1), so OUT as written must be fit to send as it is."""
+    if manifest is None:
+        # ".", ".." and "anon/.." name no folder by themselves: the name beside is the real one's.
+        named = out if out.name not in ("", ".", "..") else out.resolve()
+        if not named.name:
+            raise _fail(f"--out {out}: the root folder has nothing beside it for the manifest; give "
+                        f"--out a folder under it")
+        return named.with_name(f"{named.name}.manifest.json")
+    outputs, resolved = out.resolve(), manifest.resolve()
+    if resolved.is_relative_to(outputs):
+        raise _fail(f"--manifest {manifest}: it lies inside --out {out}, which must be fit to send "
+                    f"as it is, and the manifest links every input path (often the patient's name "
+                    f"or ID) to its output; give --manifest a file outside {out}")
+    return manifest
+
+
+def _check_manifest(manifest: Path, files: list[Path], given: bool) -> None:
+    """Refuse, before anything is written, a manifest that cannot be written or would replace a
+    file that is not an earlier run's manifest: `--manifest ct.dcm` used to overwrite the original
+    the run had just read, after all the work. The default's folder is OUT's parent, which the run
+    makes with OUT (``given``: False)."""
+    from pacsguard.deid.manifest import is_manifest
+
+    resolved = manifest.resolve()
+    if any(f.resolve() == resolved for f in files):
+        raise _fail(f"--manifest {manifest}: it is one of the inputs; give --manifest a new file")
+    if manifest.is_dir():
+        raise _fail(f"--manifest {manifest}: it is a folder; give --manifest a file (.json or .csv)")
+    if given and not manifest.parent.is_dir():
+        raise _fail(f"--manifest {manifest}: no folder {manifest.parent} to write it in")
+    # Only a regular file is read to tell: /dev/null is a fair way to want no manifest, and a FIFO
+    # would block the check.
+    if manifest.is_file() and not is_manifest(manifest):
+        raise _fail(f"--manifest {manifest}: the file exists and is not the manifest of an earlier "
+                    f"run; move it away or give --manifest another file")
+
+
+def _warn_if_old_manifest(out: Path) -> None:
+    """Name the OUT/manifest.json an earlier version wrote by default: this run leaves it where it
+    is (it is not this run's to delete), and with it OUT is not fit to send."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from pacsguard.deid.manifest import is_manifest
+
+    old = out / "manifest.json"
+    if old.is_file() and is_manifest(old):
+        Console(stderr=True, soft_wrap=True).print(Text(
+            f"warning: {old} is an earlier run's manifest, which links input paths to outputs: move it "
+            f"out of {out} before {out} leaves the hospital", style="yellow"))
+
+
 def _written(path: Path, outputs: Path, manifest: Path) -> bool:
     """True for a file a run writes: anything under the --out folder, and the manifest."""
     resolved = path.resolve()
@@ -167,7 +223,8 @@ def run_cmd(
     key_file: Annotated[Optional[Path], typer.Option("--key-file", help=KEY_HELP)] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes.")] = 1,
     manifest: Annotated[Optional[Path], typer.Option(
-        "--manifest", help="Manifest file, .json or .csv [default: OUT/manifest.json].")] = None,
+        "--manifest", help="Manifest file, .json or .csv, outside OUT: it links input paths to outputs "
+        "[default: OUT.manifest.json beside OUT].")] = None,
     config_file: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """De-identify files with the deid: settings of pacsguard.yaml; exit 1 if any file was
@@ -182,8 +239,11 @@ def run_cmd(
         raise _fail(f"unknown profile {profile!r}: the profile is basic, with options")
     config, base = _settings(config_file, option)
     key = _key(key_file, config, base)
-    manifest = manifest or out / "manifest.json"
+    given = manifest is not None
+    manifest = _manifest_path(out, manifest)
     files = _inputs(inputs, out, manifest)
+    _check_manifest(manifest, files, given)
+    _warn_if_old_manifest(out)
     out.mkdir(parents=True, exist_ok=True)
     names = [o.value for o in config.options]
     jobs_list = [(key.secret, names, config, str(f), str(out)) for f in files]
@@ -205,11 +265,16 @@ def run_cmd(
                 records.append(record(result, key.fingerprint, table().edition, names))
                 withheld += result.output is None
                 progress.advance(task)
-    write_manifest(manifest, records)
+    try:
+        write_manifest(manifest, records)
+    except OSError as exc:
+        raise _fail(f"--manifest {manifest}: cannot write it ({exc.strerror or exc}); the "
+                    f"{len(files) - withheld} de-identified file(s) are in {out}") from None
     for r in records:
         if r["status"] == "withheld":
             console.print(f"withheld {shown(r['source'])}: {shown(r['reason'])}", style="yellow", soft_wrap=True)
-    console.print(f"{len(files) - withheld} written, {withheld} withheld; key {key.fingerprint}")
+    console.print(f"{len(files) - withheld} written, {withheld} withheld; key {key.fingerprint}; "
+                  f"manifest {shown(str(manifest))}", soft_wrap=True)
     if withheld:
         raise typer.Exit(1)
 

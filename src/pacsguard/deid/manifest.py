@@ -1,6 +1,9 @@
-"""The manifest of a ``pacsguard deid`` run: one record per input file (JSON lines, or CSV): where
+"""The manifest of a ``pacsguard deid`` run: one record per input file (a JSON list, or CSV): where
 it went or why it was withheld, how many attributes each action touched, the key's fingerprint
-and the profile's edition. It holds no original identifier: that link is the key holder's."""
+and the profile's edition. It holds no attribute of the originals, but it names each input by its
+path beside its output, and input paths often hold the patient's name or ID: it is the
+administrator's, written beside the output folder and never inside it (PS3.15 E.1: the link
+between original and de-identified object is the key holder's)."""
 
 from __future__ import annotations
 
@@ -41,3 +44,24 @@ def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(records)
+
+
+def is_manifest(path: Path) -> bool:
+    """True when ``path`` holds what :func:`write_manifest` writes (or nothing): a file a run may
+    replace. Anything else (an original named by mistake, another tool's file) is not replaced.
+    Only a file that starts like a manifest is read whole: an image named by mistake is not."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+            if not head.strip():
+                return not fh.read(1)
+            if path.suffix.lower() != ".json":
+                # A later version may count more actions: the first columns are what matters.
+                return head.startswith(",".join(FIELDS[:3]).encode() + b",")
+            if not head.lstrip().startswith(b"["):
+                return False
+            doc = json.loads(head + fh.read())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(doc, list) and all(isinstance(r, dict) and {"source", "output", "status"} <= r.keys()
+                                         for r in doc)
