@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,19 @@ def test_is_manifest_tells_a_manifest_from_other_files(tmp_path: Path) -> None:
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     assert {n for n in cases if is_manifest(tmp_path / n)} == {"empty.json", "list.json", "run.csv", "older.csv"}
+
+
+@pytest.mark.parametrize("name", ["run.manifest.json", "run.manifest.csv"])
+def test_the_manifest_is_readable_by_its_owner_only(tmp_path: Path, name: str) -> None:
+    """It links input paths (often the patient's name) to the outputs: 0600, also when it replaces
+    an earlier manifest that was readable by others (coordinator, round 7)."""
+    from pacsguard.deid.manifest import write_manifest
+
+    path = tmp_path / name
+    path.write_text("")
+    path.chmod(0o644)
+    write_manifest(path, [])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.unlink()
+    write_manifest(path, [])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

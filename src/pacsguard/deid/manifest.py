@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pacsguard.deid.actions import Effect
 from pacsguard.deid.files import FileResult
@@ -36,14 +38,29 @@ def record(result: FileResult, fingerprint: str, edition: str, options: Iterable
 
 
 def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
-    """JSON (a list) when ``path`` ends in .json, CSV otherwise."""
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-        return
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    """JSON (a list) when ``path`` ends in .json, CSV otherwise. Readable by its owner only (0600,
+    also when it replaces an earlier manifest): it links input paths, which often name the
+    patient, to the outputs, the link de-identification removed."""
+    with _owner_only(path) as fh:
+        if path.suffix.lower() == ".json":
+            fh.write(json.dumps(records, indent=1) + "\n")
+            return
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(records)
+
+
+def _owner_only(path: Path) -> TextIO:
+    """``path`` opened for writing text, created 0600 or made 0600 if it exists as a regular file
+    (a device such as /dev/null keeps its mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "w", newline="", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def is_manifest(path: Path) -> bool:
