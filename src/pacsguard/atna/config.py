@@ -82,6 +82,14 @@ class Outbound(Strict):
                          "and jittered down to half")
     retry_max: float = Field(300.0, gt=0, le=86_400,
                              description="the longest wait between two reconnection attempts, seconds")
+    stall_timeout: float = Field(60.0, gt=0, le=3600,
+                                 description="seconds the repository may acknowledge no byte while audit messages "
+                                 "wait before it is taken for dead and the connection reopened (what it took but did "
+                                 "not confirm is then sent again); a slow repository still taking bytes is waited for")
+    max_spool_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, le=1024**4,
+                                 description="the most the spool holds, bytes of audit messages (at least 1 MiB); "
+                                 "beyond, new messages are held back (not sent) and that is recorded, with the count, "
+                                 "as atna.outbound.failed events")
 
     @field_validator("retry_max")
     @classmethod

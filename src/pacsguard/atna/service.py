@@ -215,8 +215,8 @@ class AtnaService:
                                         "attempts": failure.attempts}))
 
         sender = OutboundSender(spool, out.source_id, out.host, out.port, context, server_name=out.server_name,
-                                retry=out.retry, retry_max=out.retry_max, on_delivered=delivered,
-                                on_failed=failed)
+                                retry=out.retry, retry_max=out.retry_max, stall_timeout=out.stall_timeout,
+                                on_delivered=delivered, on_failed=failed)
         try:
             # With what the store took before the subscription began (serve's "started").
             subscription = Forwarder(spool, out.source_id).follow(self.subscribe, self.store, self._since)
@@ -234,7 +234,7 @@ class AtnaService:
 
         path = self._path(out.spool)
         try:
-            return Spool(path)
+            return Spool(path, max_bytes=out.max_spool_bytes)
         except SpoolError as exc:
             raise ConfigError(str(path), [ConfigProblem("atna.outbound.spool", exc.problem)]) from None
 

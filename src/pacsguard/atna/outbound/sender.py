@@ -2,13 +2,23 @@
 its own, and deciding what has arrived.
 
 Syslog has no acknowledgement, so delivery is decided from the connection: a message counts as
-delivered once every byte of it has been acknowledged by the peer's TCP (the socket's send queue is
-empty) and the connection has stayed open for ``confirm_after`` seconds since (a repository that
-stops or crashes closes the connection well within that). Anything not yet delivered is sent again
-after a reconnection; each message carries its origin, its spool's instance and its sequence in its
-structured data (``[pacsguard@32473 origin=... instance=... seq=...]``), so the receiving repository
-drops a resent copy of what it already stored (the same bytes under the same numbers from the same
-client certificate): nothing is lost while it is down, nothing is stored twice after it returns.
+delivered once every byte of it has been acknowledged by the peer's TCP (counted in bytes: Linux's
+``tcpi_bytes_acked``, RFC 4898 tcpEStatsAppHCThruOctetsAcked) and the connection has stayed open
+for ``confirm_after`` seconds since (a repository that stops or crashes closes the connection well
+within that). Each burst written is confirmed on its own, so a repository slower than the feed,
+the send queue never empty, still has what it took confirmed.
+
+A repository that acknowledges no byte for ``stall_timeout`` seconds while some wait (its TCP
+window stays shut: its store stalls, it hangs) is taken for a dead one: the connection is closed
+and a new one sent what is not confirmed. One that drains slowly, however slowly, is not: a write
+waits as long as the peer's TCP keeps acknowledging bytes, since a reconnection resends what it
+took but did not confirm, and a repository keeping no delivery numbers (rsyslog) stores that twice.
+
+Anything not yet delivered is sent again after a reconnection; each message carries its origin,
+its spool's instance and its sequence in its structured data
+(``[pacsguard@32473 origin=... instance=... seq=...]``), so the receiving repository drops a resent
+copy of what it already stored (the same bytes under the same numbers from the same client
+certificate): nothing is lost while it is down, nothing is stored twice after it returns.
 
 A connection that fails is logged, and recorded once as an ``atna.outbound.failed`` Event (again
 when the reason changes): a repository whose certificate does not verify (another CA, another
@@ -75,7 +85,7 @@ def _sd_escape(value: str) -> str:
 class OutboundSender:
     def __init__(self, spool: Spool, origin: str, host: str, port: int, context: ssl.SSLContext, *,
                  server_name: str | None = None, retry: float = 5.0, retry_max: float = 300.0,
-                 confirm_after: float = 1.0,
+                 confirm_after: float = 1.0, stall_timeout: float = 60.0,
                  on_delivered: Callable[[int, int, bool], None] = lambda first, last, reconnected: None,
                  on_failed: Callable[[Failure], None] = lambda failure: None) -> None:
         self.spool = spool
@@ -86,6 +96,7 @@ class OutboundSender:
         self.retry = retry
         self.retry_max = max(retry_max, retry)
         self.confirm_after = confirm_after
+        self.stall_timeout = stall_timeout
         self.on_delivered = on_delivered
         self.on_failed = on_failed
         #: The reason of the latest failed connection, until one works (a new reason is a WARNING again).
@@ -95,6 +106,8 @@ class OutboundSender:
         # The reasons recorded as Events in the current failing streak: a repository alternating
         # between two failures (one of two backends down) is not one Event per attempt.
         self._recorded: set[str] = set()
+        # A stall recorded since something was last delivered (see _failed).
+        self._stall_recorded = False
         self.hostname = socket.gethostname() or "-"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pacsguard-atna-outbound", daemon=True)
@@ -116,11 +129,16 @@ class OutboundSender:
                 with socket.create_connection(self.address, timeout=10) as raw, \
                         self.context.wrap_socket(raw, server_hostname=self.server_name) as conn:
                     self.connections += 1
+                    # Short waits from now on: a write blocked on a full window comes back every
+                    # tick to see whether the repository still takes bytes (``stall_timeout``).
+                    conn.settimeout(_TICK)
                     link = _Link(conn, time.monotonic())
                     self._send(link)
             except (OSError, ssl.SSLError) as exc:
                 self._ended(link, exc)
-            self._stop.wait(self.delay())
+            end = time.monotonic() + self.delay()
+            while not self._stop.wait(max(0.0, min(_TICK, end - time.monotonic()))) and time.monotonic() < end:
+                self._held_back()  # the spool fills most while the repository is down
 
     def delay(self) -> float:
         """Seconds before the next connection attempt: ``retry`` doubled for each failed attempt
@@ -160,6 +178,15 @@ class OutboundSender:
         self.attempts += 1
         failure = failure_of(exc, self.attempts)
         where = "%s:%s" % self.address
+        if isinstance(exc, Stalled):
+            # Each stalled connection worked (it stayed open), which ends a failing streak: a hung
+            # repository is one Event until something is delivered again, not one per stall.
+            if self._stall_recorded:
+                log.info("outbound to %s: %s (again; audit messages wait in the spool: %d)", where, failure.reason,
+                         self.spool.pending())
+                self.failing = failure.reason
+                return
+            self._stall_recorded = True
         # WARNING when it starts or its reason changes (a certificate that stops verifying may be a
         # man in the middle); the same failure again at a later attempt is INFO.
         if failure.reason != self.failing:
@@ -188,29 +215,126 @@ class OutboundSender:
         # confirmed ``confirm_after`` after its own acknowledgement, not after the earlier's
         # confirmation (else a repository stopping in between gets it twice).
         acked: deque[tuple[int, float]] = deque()  # in the order written: seqs and times ascend
+        # (seq, mark): the burst ending at seq is in the peer's hands once ``tcpi_bytes_acked``
+        # reaches mark (the connection's bytes up to and including it).
+        sent: deque[tuple[int, int]] = deque()
+        progress = _Progress(conn, time.monotonic())
         while not self._stop.is_set():
             now = time.monotonic()
-            if written > (acked[-1][0] if acked else delivered) and _unsent(conn) == 0:
-                acked.append((written, now))
+            self._held_back()
+            taken = progress.check(now, self.stall_timeout)
+            while sent and sent[0][1] <= taken:
+                acked.append((sent.popleft()[0], now))
             due = _confirmable(acked, now, self.confirm_after)
             if due is not None:
                 _check_open(conn)  # the repository went away: what is not delivered is sent again
                 self._working(link, now)
                 self.spool.mark_delivered(due)
                 self.on_delivered(delivered + 1, due, reconnected)
+                self._stall_recorded = False
                 delivered, reconnected = due, False
                 while acked and acked[0][0] <= due:
                     acked.popleft()
-            rows = self.spool.after(written)
+            rows = _burst(self.spool.after(written))
             if rows:
-                _write(conn, b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
-                                      for seq, msg in rows))
+                self._write(conn, b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
+                                           for seq, msg in rows), progress)
                 written = rows[-1][0]
+                sent.append((written, _queued(conn)))
                 continue
             _check_open(conn)
             self._working(link, now)
             with self.spool.added:
                 self.spool.added.wait(0.1)
+
+    def _write(self, conn: ssl.SSLSocket, data: bytes, progress: _Progress) -> None:
+        """Send ``data`` a TLS record's worth at a time; while the repository's window is shut, wait
+        as long as it acknowledged a byte within ``stall_timeout`` (else :class:`Stalled`)."""
+        view = memoryview(data)
+        for start in range(0, len(view), _RECORD):
+            chunk = view[start:start + _RECORD]
+            while True:
+                try:
+                    _write(conn, chunk)
+                    break
+                except TimeoutError:
+                    # OpenSSL holds the record half sent: the same bytes must be offered again
+                    # (SSL_write, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
+                    if self._stop.is_set():
+                        return  # what is not confirmed is sent at the next start
+                    progress.check(time.monotonic(), self.stall_timeout)
+
+    def _held_back(self) -> None:
+        """Record it when the spool starts holding messages back at its bound, and when it takes
+        them again, with how many it held back (an ``atna.outbound.failed`` Event each)."""
+        bound = f"max_spool_bytes ({self.spool.max_bytes} bytes)"
+        if not self.spool.held_recorded:
+            if self.spool.held == 0:
+                return
+            self.spool.held_recorded = True
+            reason = (f"the spool is at its bound, {bound}: new audit messages are held back, neither spooled nor "
+                      "sent (pacsguard's own event store keeps their events)")
+        else:
+            held = self.spool.release_held()
+            if held == 0:  # still at the bound
+                return
+            self.spool.held_recorded = False
+            reason = (f"{held} audit messages were held back, neither spooled nor sent, while the spool was at its "
+                      f"bound, {bound} (pacsguard's own event store keeps their events); it takes new ones again")
+        log.warning("outbound to %s:%s: %s", *self.address, reason)
+        try:
+            self.on_failed(Failure(reason, False, self.attempts))
+        except Exception:  # noqa: BLE001 - recording must not stop the feed
+            log.exception("outbound to %s:%s: recording the spool's bound failed", *self.address)
+
+
+#: The socket's timeout once connected: how often a blocked write looks at the repository's progress.
+_TICK = 0.25
+#: Bytes per write: at most one TLS record (RFC 8446 5.1, 2^14), so a timed-out write is one record.
+_RECORD = 16_384
+
+
+#: Bytes of messages written at a time (at least one message): what a slow repository took is
+#: confirmed between two such writes, not after the whole of a long backlog.
+_BURST = 65_536
+
+
+def _burst(rows: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The first of ``rows`` up to ``_BURST`` bytes of messages, at least one."""
+    size = 0
+    for i, (_, message) in enumerate(rows):
+        size += len(message)
+        if size > _BURST and i:
+            return rows[:i]
+    return rows
+
+
+class Stalled(ConnectionError):
+    """The repository acknowledged no byte for ``stall_timeout`` seconds while some waited."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the repository accepted no byte for {seconds:g} s (stall_timeout) while audit messages "
+                         "waited: taken for dead, reconnecting")
+
+
+class _Progress:
+    """Whether the repository's TCP still takes bytes: ``tcpi_bytes_acked`` moving, or nothing
+    unacknowledged."""
+
+    def __init__(self, conn: ssl.SSLSocket, now: float) -> None:
+        self.conn = conn
+        self.taken = _bytes_acked(conn)
+        self.moved = now
+
+    def check(self, now: float, stall_timeout: float) -> int:
+        """The bytes acknowledged so far; raises :class:`Stalled` when none were for ``stall_timeout``
+        seconds while some wait."""
+        taken = _bytes_acked(self.conn)
+        if taken != self.taken or _unsent(self.conn) == 0:
+            self.taken, self.moved = taken, now
+        elif now - self.moved >= stall_timeout:
+            raise Stalled(stall_timeout)
+        return taken
 
 
 @dataclass(slots=True)
@@ -248,13 +372,15 @@ def _check_open(conn: ssl.SSLSocket) -> None:
         raise seen.error if seen.error is not None else Closed()  # None: the descriptor was closed
 
 
-def _write(conn: ssl.SSLSocket, data: bytes) -> None:
+def _write(conn: ssl.SSLSocket, data: bytes | memoryview) -> None:
     """Send ``data``; when the repository has ended the connection, raise how it did: the alert it
     sent, or :class:`Closed` (OpenSSL reports a write after a TLS 1.3 alert or a close as a bare EOF
     or a broken pipe, while the alert or the EOF waits unread in the receive buffer; one reason for
     one cause, so the same refusal is not recorded again under another name)."""
     try:
         conn.sendall(data)
+    except TimeoutError:
+        raise
     except OSError as exc:
         try:
             _check_open(conn)
@@ -312,6 +438,24 @@ def failure_of(exc: BaseException, attempts: int = 1) -> Failure:
     if isinstance(exc, OSError) and exc.strerror:
         return Failure(exc.strerror, False, attempts)
     return Failure(str(exc) or type(exc).__name__, False, attempts)
+
+
+def _bytes_acked(conn: ssl.SSLSocket) -> int:
+    """Bytes of the connection the peer's TCP has acknowledged (Linux ``struct tcp_info``
+    ``tcpi_bytes_acked``, at offset 120 since Linux 4.1)."""
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    acked: int = struct.unpack_from("Q", info, 120)[0]
+    return acked
+
+
+def _queued(conn: ssl.SSLSocket) -> int:
+    """Bytes given to the connection so far, counted as ``tcpi_bytes_acked`` counts them: the
+    acknowledged ones and the send queue, read until no acknowledgement came in between."""
+    while True:
+        before = _bytes_acked(conn)
+        unsent = _unsent(conn)
+        if _bytes_acked(conn) == before:
+            return before + unsent
 
 
 def _unsent(conn: ssl.SSLSocket) -> int:

@@ -6,7 +6,14 @@ pacsguard resends from there, never skipping a message.
 Each spool has an ``instance``: a random identifier made when the spool is created (or first
 opened by a version that knows it), sent beside the sequence. A spool made again (a new disk, a
 reinstall) starts its sequence at 1 again under a new instance, and two gateways sharing a
-``source_id`` have different ones: the repository never confuses their numbers."""
+``source_id`` have different ones: the repository never confuses their numbers.
+
+The spool holds at most ``max_bytes`` of messages (``atna.outbound.max_spool_bytes``): a
+repository down for weeks, or slower than the feed, cannot fill the disk. A message that would
+pass the bound is held back: not spooled, so never sent, and counted (``held``, kept in the file
+across restarts, recorded by the sender as an Event when the streak starts and when it ends, with
+the count); its Event stays in pacsguard's own store. Adding never waits for the repository: the
+gateway's recording goes on."""
 
 from __future__ import annotations
 
@@ -34,8 +41,12 @@ class SpoolError(Exception):
         self.problem = problem
 
 
+#: The default bound of a spool's messages, bytes: some 170,000 audit messages of 1.5 KB.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
 class Spool:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         try:
             self._db = _open(path)
             self._db.executescript(_SCHEMA)
@@ -43,20 +54,73 @@ class Spool:
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?)",
                              (secrets.token_hex(16),))
             row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            size = self._db.execute("SELECT COALESCE(SUM(LENGTH(message)), 0) FROM spool").fetchone()
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('held', 'held_recorded')"))
         except sqlite3.DatabaseError as exc:  # sqlite3.OperationalError is one too
             raise SpoolError(path, _why(path, exc)) from None
         except OSError as exc:
             raise SpoolError(path, f"cannot create it: {exc.strerror or exc}") from None
         self.instance: str = str(row[0])
+        self.max_bytes = max_bytes
+        #: Bytes of the messages spooled and not delivered.
+        self.size = int(size[0])
+        # Kept in the file: a restart while messages are held back still records their count.
+        #: Messages held back at the bound since it was last released (:meth:`release_held`).
+        self.held = int(meta.get("held", 0))
+        #: Whether the latest message offered was held back.
+        self.full = self.held > 0
+        self._held_recorded = meta.get("held_recorded") == "1"
         self._lock = threading.Lock()
         self.added = threading.Condition(self._lock)
 
-    def add(self, messages: list[bytes]) -> None:
+    def add(self, messages: list[bytes]) -> int:
+        """Spool ``messages`` in order, up to the bound; return how many were held back (the
+        first that does not fit and all after it, so that what is spooled keeps its order)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT INTO spool (message) VALUES (?)", [(m,) for m in messages])
-            self._db.execute("COMMIT")
-            self.added.notify_all()
+            room, fits = self.max_bytes - self.size, 0
+            for message in messages:
+                if len(message) > room:
+                    break
+                room -= len(message)
+                fits += 1
+            if fits:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT INTO spool (message) VALUES (?)", [(m,) for m in messages[:fits]])
+                self._db.execute("COMMIT")
+                self.size = self.max_bytes - room
+                self.added.notify_all()
+            held = len(messages) - fits
+            if messages:
+                self.full = held > 0
+            if held:
+                self.held += held
+                self._keep("held", str(self.held))
+            return held
+
+    @property
+    def held_recorded(self) -> bool:
+        """Whether the sender recorded that the spool holds messages back (it records the end too)."""
+        return self._held_recorded
+
+    @held_recorded.setter
+    def held_recorded(self, value: bool) -> None:
+        with self._lock:
+            self._held_recorded = value
+            self._keep("held_recorded", "1" if value else "0")
+
+    def _keep(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def release_held(self) -> int:
+        """The count of messages held back, once the spool takes messages again (then reset); 0
+        while it is still at its bound."""
+        with self._lock:
+            if self.full:
+                return 0
+            held, self.held = self.held, 0
+            if held:
+                self._keep("held", "0")
+            return held
 
     def delivered(self) -> int:
         with self._lock:
@@ -73,8 +137,11 @@ class Spool:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE state SET delivered = MAX(delivered, ?) WHERE id = 1", (seq,))
+            freed = self._db.execute("SELECT COALESCE(SUM(LENGTH(message)), 0) FROM spool WHERE seq <= ?",
+                                     (seq,)).fetchone()
             self._db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
             self._db.execute("COMMIT")
+            self.size -= int(freed[0])
 
     def pending(self) -> int:
         with self._lock:
