@@ -9,6 +9,7 @@ update or delete API.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import weakref
@@ -105,6 +106,7 @@ class EventStore:
          self._insert_batch) = (_positional_insert(paramstyle, t) for t in (
             events, event_bodies, event_patients, event_studies, event_terms, event_batches))
         self._timer: threading.Thread | None = None
+        self._disk_full = False  # a write failed with SQLITE_FULL: reclaim the WAL once one succeeds
         self._listeners: list[CheckpointListener] = []
         if signing_key is not None:
             # Holds only a weak reference: a store dropped without close() ends its timer too.
@@ -167,7 +169,14 @@ class EventStore:
                 # would fail for ever and stall every later event (columns.py).
                 size = self._append_refusing(batch)
             except DBAPIError as exc:
+                self._disk_full = self._disk_full or _disk_full(exc)
+                if self._disk_full:
+                    self._reclaim_wal()
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
+            if self._disk_full:
+                # Space came back: give back at once what the log of writes (SQLite's WAL) took
+                # while it was short, so that the next writes do not fill the disk again.
+                self._disk_full = not self._reclaim_wal()
         if self._signing_key is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
             try:
                 self.checkpoint()
@@ -176,6 +185,25 @@ class EventStore:
                 # timer signs the head once the database takes writes again.
                 log.warning("%s: checkpoint after a write failed: %s", self.name, exc)
         return size
+
+    def _reclaim_wal(self) -> bool:
+        """SQLite only: copy the write-ahead log into the database and truncate it to nothing
+        (sqlite.org/pragma.html#pragma_wal_checkpoint, TRUNCATE). The WAL keeps every version of
+        every page written since its last checkpoint, which runs only after 1,000 pages (16 MiB
+        here); on a disk that filled up it is most of what the store holds on it. True when done;
+        on a disk still too full for it, the next write tries again."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        try:
+            with self.engine.connect() as conn:
+                # The driver's own connection: no BEGIN (a checkpoint cannot run in a transaction).
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("%s: could not give back the write-ahead log's space: %s", self.name, exc)
+            return False
+        return not busy
 
     def _append_refusing(self, batch: Sequence[Event]) -> int:
         """Store the batch without the events the database refuses, a refusal record in the place of
@@ -348,6 +376,11 @@ def _sign_on_timer(ref: weakref.ref[EventStore], closing: threading.Event) -> No
             store._last_checkpoint = time.monotonic()
             log.warning("%s: timed checkpoint failed: %s", store.name, exc)
         del store
+
+
+def _disk_full(exc: DBAPIError) -> bool:
+    """SQLite's SQLITE_FULL (13): "database or disk is full"."""
+    return getattr(exc.orig, "sqlite_errorcode", None) == 13
 
 
 def _int(value: Any) -> int | None:
