@@ -130,8 +130,15 @@ def retry(route: str | None = ROUTE_OPTION, config: Path | None = CONFIG_OPTION)
 
     spools = _spools(load(config), route)
     for name, spool in spools:
-        spool.root.mkdir(parents=True, exist_ok=True)
-        spool.request_retry()
+        try:
+            spool.root.mkdir(parents=True, exist_ok=True)
+            spool.request_retry()
+        except OSError as exc:
+            # The request is a file the gateway reads (docs/gateway.md): a spool this user cannot
+            # write (read-only file system, another owner) gets no request, and the route says so.
+            raise fail(f"route {name}: retry not requested: cannot write the request into its spool "
+                       f"{spool.root} ({exc.strerror or exc}); run this as the user the gateway runs as, "
+                       "or make the spool folder writable, then retry") from None
         console.print(f"route {name}: retry requested", highlight=False)
 
 

@@ -19,8 +19,8 @@ from pacsguard.events import Event
 from pacsguard.gateway.verdict import ALLOW, Action, Verdict
 from pacsguard.records.dicom import Pending
 
-HOOKS = ("on_associate", "on_context", "on_request", "on_event", "on_data_event", "on_decode_error", "on_rejected",
-         "on_closed", "expected_by")
+HOOKS = ("on_associate", "on_context", "on_request", "on_event", "on_data_event", "on_decode_error", "on_not_dicom",
+         "on_rejected", "on_closed", "expected_by")
 # Before the association exists there is nothing to abort: every acting verdict is an
 # A-ASSOCIATE-RJ or a context rejection, and the first check to refuse names the rule.
 _FIRST_REFUSAL_WINS = frozenset({"on_associate", "on_context"})
@@ -82,6 +82,13 @@ class Check:
 
     def on_decode_error(self, assoc: Association, from_client: bool, error: DecodeError) -> Verdict:
         """Bytes the decoder refused; the association ends with a protocol violation anyway."""
+        return ALLOW
+
+    def on_not_dicom(self, assoc: Association, head: bytes) -> Verdict:
+        """The client's first bytes read as a PDU header but look like another protocol (RDP's
+        TPKT header reads as an A-ASSOCIATE-RJ); *head* is up to their first 16 bytes. The
+        association ends with a protocol violation anyway (PS3.8 9.2: the requestor opens with an
+        A-ASSOCIATE-RQ)."""
         return ALLOW
 
     def on_rejected(self, assoc: Association, verdict: Verdict) -> Verdict:

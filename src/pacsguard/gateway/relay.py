@@ -52,6 +52,7 @@ from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
 from pacsguard.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.gateway.check import decide, expected_by
+from pacsguard.gateway.first_bytes import FirstBytes
 from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.quarantine import SPARED
 from pacsguard.gateway.retrieve_ae import KEYWORD, MAX_HELD, HeldResponse, hold_response
@@ -189,6 +190,7 @@ class AssociationRelay:
         self.through: dict[bool, int] = {True: 0, False: 0}
         self.deferred: dict[bool, list[bytes]] = {True: [], False: []}
         self.early: list[bytes] = []
+        self.first = FirstBytes()  # the client's first bytes: another protocol's, read as a PDU header?
         self.warned: set[tuple[bool, str]] = set()  # (direction, code) of the warnings recorded
         self.started = time.monotonic()
         self.last_activity = self.started
@@ -372,6 +374,11 @@ class AssociationRelay:
             # (an A-RELEASE-RP behind the client's A-ABORT) is ignored, as PS3.8 9.2.3's state
             # Sta13 does (action AA-6), not recorded as a second, gateway-made abort.
             return
+        if from_client and not self.first.done and self.state == "awaiting-rq":
+            guess = self.first.feed(data)
+            if guess is not None:
+                self._not_dicom(guess)
+                return
         if self.state == "connecting":
             # No upstream leg yet: keep what the client sends (bounded) until the RQ is passed on.
             self.early.append(bytes(data))
@@ -505,6 +512,16 @@ class AssociationRelay:
         if out and not self.closed:
             self._forward(from_client, out[0] if len(out) == 1 else b"".join(out))
 
+    def _not_dicom(self, guess: str) -> None:
+        """The client's first bytes look like another protocol (pacsguard.gateway.first_bytes): the
+        IDS hears of them as the passive sensor's non-DICOM bytes, and the connection ends."""
+        head = bytes(self.first.head)
+        decide(self.rt.checks, "on_not_dicom", self, head)  # aborted below in any case
+        if self.closed:  # a quarantine verdict has cut it off already
+            return
+        self.protocol_error(True, "unexpected-pdu", f"the first bytes ({head[:8].hex(' ')}) are no "
+                                                    f"A-ASSOCIATE-RQ: they look like {guess}")
+
     def decode_error(self, from_client: bool, exc: DecodeError) -> None:
         decide(self.rt.checks, "on_decode_error", self, from_client, exc)  # aborted below in any case
         self.protocol_error(from_client, exc.code, str(exc))
@@ -544,6 +561,13 @@ class AssociationRelay:
             return self._on_p_data(from_client, raw_pdu)
         if self.state == "awaiting-rq":
             if not from_client or kind != P.PDU_ASSOCIATE_RQ:
+                # The IDS sees what the decoder makes of it (a state violation, a malformed PDU),
+                # as the passive sensor does with the same bytes (PS3.8 9.2, Sta2: AA-1); the
+                # violation is recorded and the connection aborted below in any case.
+                for ev in self._decode(from_client, raw_pdu):
+                    decide(self.rt.checks, "on_event", self, ev)
+                if self.closed:  # a quarantine verdict has cut it off already
+                    return []
                 self.protocol_error(from_client, "unexpected-pdu", f"{raw_pdu.name} before A-ASSOCIATE-RQ")
                 return []
             self._on_associate_rq(raw_pdu)

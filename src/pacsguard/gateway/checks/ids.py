@@ -1,5 +1,6 @@
-"""`ids`: the inline IPS. The IDS rules (docs/ids.md) see every decoder event of the association,
-every decode error, the gateway's own rejections and the end of the connection; each alert is
+"""`ids`: the inline IPS. The IDS rules (docs/ids.md) see every decoder event of the association
+(a client's first PDU that is no A-ASSOCIATE-RQ too), every decode error, first bytes of another
+protocol (RDP), the gateway's own rejections and the end of the connection; each alert is
 recorded, and a rule's action becomes the verdict: alert (pass), drop (refuse: A-ASSOCIATE-RJ on
 the RQ, 0x0124 not authorized on a request, PS3.7 C.4), abort (A-ABORT, PS3.8 9.3.8) or quarantine.
 
@@ -76,6 +77,11 @@ class IdsCheck(Check):
             # passive sensor tells it on a DICOM port (PS3.8 9.2: the requestor opens with an RQ).
             return _verdict(assoc, self.dicom.non_dicom(self._flow(assoc), error.head))
         return _verdict(assoc, self.dicom.decode_error(self._flow(assoc), from_client, error))
+
+    def on_not_dicom(self, assoc: Association, head: bytes) -> Verdict:
+        # The passive sensor reports these bytes on a DICOM port as non-DICOM, naming the protocol
+        # they look like (protocol_guess); inline says the same for the same bytes.
+        return _verdict(assoc, self.dicom.non_dicom(self._flow(assoc), head))
 
     def on_rejected(self, assoc: Association, verdict: Verdict) -> Verdict:
         # The gateway's own rejections feed the rules too: AE-title brute forcing is caught inline.

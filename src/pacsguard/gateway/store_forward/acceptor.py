@@ -41,6 +41,7 @@ from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
 from pacsguard.dicom.stream import PDUReader, RawPDU, data_fragment_run
 from pacsguard.events import Event, Outcome, Severity
 from pacsguard.gateway.check import decide
+from pacsguard.gateway.first_bytes import FirstBytes
 from pacsguard.gateway.outbox import Outbox
 from pacsguard.gateway.store_forward import records, screening
 from pacsguard.gateway.store_forward.admission import Admission, NotAnAssociation
@@ -133,6 +134,7 @@ class StoreAssociation:
         self.state = "awaiting-rq"
         self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length, tolerate=TOLERATED)
         self.reader = PDUReader(limits.max_pdu_length)
+        self.first = FirstBytes()  # the client's first bytes: another protocol's, read as a PDU header?
         self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source,
                              quarantine_policy=rx.quarantine_policy)
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
@@ -204,6 +206,16 @@ class StoreAssociation:
         if self.closed or self.state == "closed":
             return
         self.last_activity = time.monotonic()
+        if not self.first.done and self.state == "awaiting-rq":
+            guess = self.first.feed(data)
+            if guess is not None:
+                head = bytes(self.first.head)
+                decide(self.rx.chain, "on_not_dicom", self.adm, head)  # aborted below in any case
+                if self.closed:  # a quarantine verdict has cut it off already
+                    return
+                self.protocol_error("unexpected-pdu", f"the first bytes ({head[:8].hex(' ')}) are no "
+                                                      f"A-ASSOCIATE-RQ: they look like {guess}")
+                return
         view = memoryview(data)
         fragments: list[memoryview] = []  # data set fragments of this read, written together
         pos = 0
@@ -289,6 +301,13 @@ class StoreAssociation:
         kind = pdu.pdu_type
         if self.state == "awaiting-rq":
             if kind != P.PDU_ASSOCIATE_RQ:
+                # The IDS sees what the decoder makes of it (a state violation, a malformed PDU),
+                # as the passive sensor does with the same bytes (PS3.8 9.2, Sta2: AA-1); the
+                # violation is recorded and the connection aborted below in any case.
+                for ev in self._decode(pdu):
+                    decide(self.rx.chain, "on_event", self.adm, ev)
+                if self.closed:  # a quarantine verdict has cut it off already
+                    return
                 self.protocol_error("unexpected-pdu", f"{pdu.name} before A-ASSOCIATE-RQ")
                 return
             self._on_associate_rq(pdu)

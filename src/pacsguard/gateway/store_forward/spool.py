@@ -27,6 +27,7 @@ created in objects/ directly and the folder fsync'd (its name is all it says).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -548,8 +549,13 @@ class Spool:
         then renamed over the old), which each forwarder compares with the last it saw. Nothing
         deletes it, so one request reaches every destination (docs/gateway.md)."""
         token = self.root / f"retry.{uuid4().hex[:8]}.tmp"
-        token.write_text(f"{time.time_ns()}-{uuid4().hex}\n")
-        os.replace(token, self.root / "retry")
+        try:
+            token.write_text(f"{time.time_ns()}-{uuid4().hex}\n")
+            os.replace(token, self.root / "retry")
+        except OSError:
+            with contextlib.suppress(OSError):  # a full spool keeps no half-written request behind
+                token.unlink()
+            raise
 
     def retry_token(self) -> str:
         """The last retry request's token ("" when there is none or it cannot be read: a spool
