@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,20 +18,14 @@ import pytest
 from pacsguard.events.model import Event, Party, Severity
 from pacsguard.sinks import SyslogSink, format_rfc5424
 from pacsguard.sinks.syslog import BOM
+from peers.rsyslog import tcp_collector
 from test_sink_formats import parse_cef, parse_leef
 
-RSYSLOGD = "/usr/sbin/rsyslogd"
 HOST = "127.0.0.1"
 DEADLINE = 20.0
 MAX_MESSAGE = 8096  # rsyslog's default maxMessageSize, the sink's default limit
 # A syslog message an attacker would like the SIEM to believe, from another host and program.
 FORGED = "<10>1 2026-01-01T00:00:00Z pacs-admin-ws sshd - - - Accepted password for root from 10.9.9.9 "
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _huge(pad: int) -> Event:
@@ -102,30 +94,11 @@ def test_a_message_limit_below_rfc5424s_minimum_is_refused_and_other_messages_ar
 
 def test_rsyslog_in_its_default_configuration_gets_no_forged_message(tmp_path: Path) -> None:
     base = tmp_path / "rsyslog"
-    (base / "work").mkdir(parents=True)
-    port, raw = _free_port(), base / "raw.log"
-    conf = base / "rsyslog.conf"
+    raw = base / "raw.log"
     # No maxMessageSize: rsyslog's default, as a SIEM relay installed from Debian has it.
-    conf.write_text(f'''
-global(workDirectory="{base / "work"}")
-module(load="imtcp")
-template(name="raw" type="string" string="%hostname%|%app-name%|%structured-data%|%msg%\\n")
-ruleset(name="in") {{ action(type="omfile" file="{raw}" template="raw") }}
-input(type="imtcp" port="{port}" address="{HOST}" ruleset="in")
-''')
-    console = base / "console"
-    with open(console, "wb") as out:
-        proc = subprocess.Popen(["timeout", "60", RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + DEADLINE
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < end and proc.poll() is None, console.read_text(errors="replace")
-                time.sleep(0.05)
+    with tcp_collector(base, HOST, "%hostname%|%app-name%|%structured-data%|%msg%\\n",
+                       f'action(type="omfile" file="{raw}" template="t")') as rsyslog:
+        port, console, end = rsyslog.port, rsyslog.console, time.monotonic() + DEADLINE
         sink = SyslogSink(HOST, port, hostname="gw1")
         huge = _place_forgery_at(8097)  # where this rsyslog starts the second message
         after = Event(kind="dicom.association.requested", component="gateway", message="after")
@@ -135,9 +108,6 @@ input(type="imtcp" port="{port}" address="{HOST}" ruleset="in")
         while after.id not in (raw.read_text(errors="replace") if raw.exists() else ""):
             assert time.monotonic() < end, console.read_text(errors="replace")
             time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(DEADLINE)
     lines = raw.read_text(encoding="utf-8").splitlines()
     assert [line.split("|", 2)[:2] for line in lines] == [["gw1", "pacsguard"], ["gw1", "pacsguard"]], lines
     assert "pacs-admin-ws" not in raw.read_text(encoding="utf-8")

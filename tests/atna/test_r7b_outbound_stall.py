@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from receiver import DEADLINE
 from test_outbound import own_events
-from test_senders_real import RSYSLOGD
+from test_round6_outbound import _rsyslog as rsyslog_repository
+from test_round6_outbound import free_port_in, until
 
 from pacsguard.atna.config import AtnaConfig
 from pacsguard.atna.dedupe import delivery_of
@@ -48,23 +49,7 @@ PAD = 2000
 
 def port() -> int:
     """A port of this module's range free on HOST right now (bound and released to check)."""
-    for candidate in _ports:
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, candidate))
-            except OSError:
-                continue
-            return candidate
-    raise AssertionError("no free port left in 23000-23999 on " + HOST)
-
-
-def until(check: Callable[[], Any], what: str, seconds: float = DEADLINE) -> Any:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if found := check():
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return free_port_in(HOST, _ports)
 
 
 @pytest.fixture
@@ -135,35 +120,10 @@ RAW = re.compile(rb'seq="(\d+)"\] <AuditMessage>m(\d+) x+</AuditMessage>$')
 
 
 def _rsyslog(base: Path, pki: dict[str, Path], repo_port: int, received: Path) -> subprocess.Popen[bytes]:
-    """rsyslogd receiving RFC 5425 TLS (gtls) with mutual TLS; each message's raw text is one line
-    of ``received``."""
-    if not Path(RSYSLOGD).exists() or not list(Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")):
-        pytest.fail("rsyslog's gtls driver is missing: apt-get install rsyslog rsyslog-gnutls")
-    (base / "work").mkdir(parents=True)
-    conf = base / "rsyslog.conf"
-    conf.write_text(f'''
-global(workDirectory="{base}/work" DefaultNetstreamDriverCAFile="{pki["ca"]}" maxMessageSize="8k"
-       DefaultNetstreamDriverCertFile="{pki["cert"]}" DefaultNetstreamDriverKeyFile="{pki["key"]}")
-module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/name"
-       PermittedPeer=["pacsguard-site"])
-template(name="raw" type="string" string="%rawmsg%\\n")
-ruleset(name="in") {{ action(type="omfile" file="{received}" template="raw") }}
-input(type="imtcp" port="{repo_port}" address="{HOST}" ruleset="in")
-''')
-    console = base / "console.log"
-    with console.open("wb") as out:
-        proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        try:
-            socket.create_connection((HOST, repo_port), timeout=1).close()
-            return proc
-        except OSError:
-            assert proc.poll() is None, console.read_text(errors="replace")
-            time.sleep(0.05)
-    _stop(proc)
-    raise AssertionError(f"rsyslogd did not listen: {console.read_text(errors='replace')}")
+    """rsyslogd receiving RFC 5425 TLS (gtls) on HOST with mutual TLS; each message's raw text is
+    one line of ``received``."""
+    return rsyslog_repository(base, "gtls", pki["ca"], pki, repo_port, "pacsguard-site", received, host=HOST,
+                              settings='maxMessageSize="8k"')
 
 
 def test_rsyslog_stalled_longer_than_the_old_timeout_stores_each_message_once(

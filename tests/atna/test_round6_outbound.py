@@ -44,14 +44,19 @@ _ports = iter(range(21000 + (time.monotonic_ns() // 1000) % 500, 22000))
 
 def port() -> int:
     """A port of this module's range free on HOST right now (bound and released to check)."""
-    for candidate in _ports:
+    return free_port_in(HOST, _ports)
+
+
+def free_port_in(host: str, ports: Iterator[int]) -> int:
+    """The next of ``ports`` free on ``host`` right now (bound and released to check)."""
+    for candidate in ports:
         with socket.socket() as s:
             try:
-                s.bind((HOST, candidate))
+                s.bind((host, candidate))
             except OSError:
                 continue
             return candidate
-    raise AssertionError("no free port left in 21000-21999 on " + HOST)
+    raise AssertionError(f"no free port left in the range on {host}")
 
 
 def until(check: Callable[[], Any], what: str, seconds: float = DEADLINE) -> Any:
@@ -342,11 +347,11 @@ def test_the_recorded_failure_names_the_alert(tmp_path: Path, pki: dict[str, Pat
 # ------------------------------------------------------------------------------ 3. exactly once, rsyslog
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, console: Path) -> None:
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, console: Path, host: str = HOST) -> None:
     end = time.monotonic() + DEADLINE
     while time.monotonic() < end:
         try:
-            socket.create_connection((HOST, port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             assert proc.poll() is None, console.read_text(errors="replace")
@@ -356,27 +361,28 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, console: Path) -> 
 
 
 def _rsyslog(base: Path, driver: str, ca: Path, pki: dict[str, Path], port: int, peer: str,
-             received: Path) -> subprocess.Popen[bytes]:
-    """rsyslogd receiving RFC 5425 TLS (``driver``) with mutual TLS: client certificates must chain
-    to ``ca`` and name ``peer``; each message's raw text is one line of ``received``."""
+             received: Path, *, host: str = HOST, settings: str = "") -> subprocess.Popen[bytes]:
+    """rsyslogd receiving RFC 5425 TLS (``driver``) on ``host`` with mutual TLS: client
+    certificates must chain to ``ca`` and name ``peer``; each message's raw text is one line of
+    ``received``. ``settings``: more parameters of its global() (maxMessageSize="8k")."""
     if not Path(RSYSLOGD).exists() or not list(Path("/usr/lib").glob(f"*/rsyslog/lmnsd_{driver}.so")):
         pytest.fail(f"rsyslog's {driver} driver is missing: apt-get install rsyslog rsyslog-gnutls rsyslog-openssl")
     (base / "work").mkdir(parents=True)
     conf = base / "rsyslog.conf"
     conf.write_text(f'''
-global(workDirectory="{base}/work" DefaultNetstreamDriverCAFile="{ca}"
+global(workDirectory="{base}/work" DefaultNetstreamDriverCAFile="{ca}" {settings}
        DefaultNetstreamDriverCertFile="{pki["cert"]}" DefaultNetstreamDriverKeyFile="{pki["key"]}")
 module(load="imtcp" StreamDriver.Name="{driver}" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/name"
        PermittedPeer=["{peer}"])
 template(name="raw" type="string" string="%rawmsg%\\n")
 ruleset(name="in") {{ action(type="omfile" file="{received}" template="raw") }}
-input(type="imtcp" port="{port}" address="{HOST}" ruleset="in")
+input(type="imtcp" port="{port}" address="{host}" ruleset="in")
 ''')
     console = base / "console.log"
     with console.open("wb") as out:
         proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _wait_listening(proc, port, console)
+    _wait_listening(proc, port, console, host)
     return proc
 
 

@@ -10,7 +10,6 @@ export of the syslog witness keeps the UTF-8 BOM, which the reader refused as "n
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +20,11 @@ from pacsguard.store.keys import generate_key
 from pacsguard.witness.held import read_file
 from pacsguard.witness.ledger import Ledger
 from pacsguard.witness.syslog import SyslogWitness
+from peers.rsyslog import tcp_collector
 from store_helpers import make_events
 from test_cli import run
 
 TESTS = Path(__file__).resolve().parents[1]
-RSYSLOGD = "/usr/sbin/rsyslogd"
 HOST = "127.0.0.1"
 DEADLINE = 20.0
 
@@ -150,33 +149,11 @@ def test_a_ledger_that_cannot_take_a_checkpoint_answers_503_and_starts_again(tmp
 
 def test_rsyslogs_msg_export_of_the_syslog_witness_verifies(tmp_path: Path) -> None:
     base = tmp_path / "rsyslog"
-    (base / "work").mkdir(parents=True)
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
     export = base / "export.jsonl"
-    conf = base / "rsyslog.conf"
-    # What an administrator writes to export the MSG parts: rsyslog's %msg% property.
-    conf.write_text(f'''
-global(workDirectory="{base / "work"}")
-module(load="imtcp")
-template(name="msg" type="string" string="%msg%\\n")
-ruleset(name="in") {{ action(type="omfile" file="{export}" template="msg") }}
-input(type="imtcp" port="{port}" address="{HOST}" ruleset="in")
-''')
-    with open(base / "console", "wb") as out:
-        proc = subprocess.Popen(["timeout", "60", RSYSLOGD, "-n", "-f", str(conf), "-i", str(base / "pid")],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     key = generate_key(tmp_path / "site.key")
-    try:
-        end = time.monotonic() + DEADLINE
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < end and proc.poll() is None
-                time.sleep(0.05)
+    # What an administrator writes to export the MSG parts: rsyslog's %msg% property.
+    with tcp_collector(base, HOST, "%msg%\\n", f'action(type="omfile" file="{export}" template="t")') as rsyslog:
+        port, end = rsyslog.port, time.monotonic() + DEADLINE
         es = EventStore.open(str(tmp_path / "site.db"), key_path=key, create=True)
         witness = SyslogWitness(HOST, port, transport="tcp")
         for n in (4, 3):
@@ -187,9 +164,6 @@ input(type="imtcp" port="{port}" address="{HOST}" ruleset="in")
         while not export.exists() or len(export.read_bytes().splitlines()) < 2:
             assert time.monotonic() < end
             time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(DEADLINE)
     assert export.read_bytes().startswith(b"\xef\xbb\xbf{")  # rsyslog keeps the BOM
     out = run("audit", "verify", "--store", str(tmp_path / "site.db"), "--key", str(key), "--witness", str(export),
               cwd=tmp_path).stdout
