@@ -42,9 +42,8 @@ from pacsguard.store.statement import from_statement, signed_by
 from pacsguard.store.store import Checkpoint
 from pacsguard.store.verify import Finding, VerifyReport
 from pacsguard.witness.errors import WitnessError
-from pacsguard.witness.held import WitnessedCopy, read_copy
+from pacsguard.witness.held import WitnessedCopy, copy_of, json_lines, read_bytes, read_copy
 from pacsguard.witness.jsontext import loads
-from pacsguard.witness.ledger import Held
 
 EXIT_CODES = {"witness": 1, "deleted checkpoint": 3, "truncated tail": 4, "rollback": 5, "forked": 6}
 
@@ -75,7 +74,7 @@ def read_witness_file(path: Path) -> tuple[list[Checkpoint], list[Unreadable]]:
     """The checkpoint statements of a witness file (JSON lines: the file witness's, or a SIEM's
     export of the syslog witness's MSG), and the lines that hold none. One damaged line must not
     hide what every other line proves; WitnessError when no line at all holds a checkpoint."""
-    items, bad = _json_lines(path)
+    items, bad = _lines(path)
     held: list[Checkpoint] = []
     for n, item in items:
         try:
@@ -89,58 +88,27 @@ def read_witness_copy(path: Path) -> tuple[list[WitnessedCopy], list[Unreadable]
     """`witness.held.read_copy` for `audit prove --checkpoint`, reading on past lines that hold no
     checkpoint: a whole-file JSON answer (a saved GET) is read as before, a JSON-lines copy (the file
     witness's, a witness service's ledger) line by line."""
-    data = _whole(path)
+    data = read_bytes(path)
     try:
         loads(data.decode("utf-8"))
     except ValueError:
         pass
     else:
         return read_copy(path), []
-    items, bad = _json_lines(path, data)
+    items, bad = _lines(path, data)
     copies: list[WitnessedCopy] = []
     for n, item in items:
         try:
-            if isinstance(item, dict) and "cosignature" in item:  # a witness service's ledger line
-                held = Held.from_dict(item)
-                copies.append(WitnessedCopy(held.checkpoint, held))
-            else:
-                copies.append(WitnessedCopy(from_statement(item)))
-        except (ValueError, KeyError, TypeError) as exc:
+            copies.append(copy_of(item))
+        except ValueError as exc:
             bad.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
     return copies, _unless_none_read(path, bool(copies), bad)
 
 
-def _whole(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise WitnessError(f"{path}: witness file not found") from None
-    except OSError as exc:
-        raise WitnessError(f"{path}: cannot read the witness file ({exc.strerror or exc})") from None
-
-
-def _json_lines(path: Path, data: bytes | None = None) -> tuple[list[tuple[int, object]], list[Unreadable]]:
-    """Each line's JSON value with its number, and the lines that are not JSON. Lines end at LF
-    (JSON Lines; CR LF too): the bytes are split, not the text, so one line that is not UTF-8
-    spoils only itself."""
-    items: list[tuple[int, object]] = []
-    bad: list[Unreadable] = []
-    for n, raw in enumerate((_whole(path) if data is None else data).split(b"\n"), 1):
-        try:
-            line = raw.removesuffix(b"\r").decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.append(Unreadable(str(path), n, f"not UTF-8 (byte {exc.start + 1} of the line)"))
-            continue
-        # A SIEM's export of the syslog witness's MSG (rsyslog's %msg%) keeps the BOM that marks
-        # it as UTF-8 (RFC 5424 6.4); it belongs to the syslog message, not to the JSON.
-        line = line.removeprefix("\ufeff")
-        if not line.strip():
-            continue
-        try:
-            items.append((n, loads(line)))
-        except ValueError as exc:
-            bad.append(Unreadable(str(path), n, f"not JSON ({exc})"))
-    return items, bad
+def _lines(path: Path, data: bytes | None = None) -> tuple[list[tuple[int, object]], list[Unreadable]]:
+    """`witness.held.json_lines`, its unreadable lines as Unreadable."""
+    items, bad = json_lines(path, data)
+    return items, [Unreadable(str(path), n, why) for n, why in bad]
 
 
 def _unless_none_read(path: Path, any_read: bool, bad: list[Unreadable]) -> list[Unreadable]:

@@ -38,7 +38,13 @@ def read_witness(source: str, logs: Iterable[str], *, token: str | None = None,
 
 
 def read_file(path: Path) -> list[Checkpoint]:
-    return [_parse(item, str(path), n) for n, item in _json_lines(path, _read(path))]
+    """Every checkpoint statement of a witness file; WitnessError at the first line that holds none
+    (`store.witnessed.read_witness_file` reads on past such lines, for `audit`)."""
+    items, bad = json_lines(path)
+    if bad:
+        n, why = bad[0]
+        raise WitnessError(f"{path} line {n}: {why}")
+    return [_parse(item, str(path), n) for n, item in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,48 +62,71 @@ class WitnessedCopy:
 
 
 def read_copy(path: Path) -> list[WitnessedCopy]:
-    """Every checkpoint a saved witness copy holds, whichever form it has (the module's docstring)."""
-    text = _read(path)
+    """Every checkpoint a saved witness copy holds, whichever form it has (the module's docstring);
+    WitnessError at the first line that holds none."""
+    data = read_bytes(path)
     try:
-        whole = loads(text)
+        whole = loads(data.decode("utf-8"))
     except ValueError:
-        items = list(_json_lines(path, text))
+        items, bad = json_lines(path, data)
+        if bad:
+            n, why = bad[0]
+            raise WitnessError(f"{path} line {n}: {why}") from None
     else:
         listed = whole.get("checkpoints") if isinstance(whole, dict) else None
         items = list(enumerate(listed if isinstance(listed, list) else [whole], 1))
-    return [_copy(item, str(path), n) for n, item in items]
+    out = []
+    for n, item in items:
+        try:
+            out.append(copy_of(item))
+        except ValueError as exc:
+            raise WitnessError(f"{path}: checkpoint {n}: {exc}") from None
+    return out
 
 
-def _copy(item: object, source: str, n: int) -> WitnessedCopy:
+def copy_of(item: object) -> WitnessedCopy:
+    """One item of a copy: a witness service's ledger line (statement and countersignature) or a
+    bare checkpoint statement. ValueError saying what it lacks."""
     if isinstance(item, dict) and "cosignature" in item:
         try:
             held = Held.from_dict(item)
         except (ValueError, KeyError, TypeError) as exc:
-            raise WitnessError(f"{source}: checkpoint {n}: unreadable countersignature ({exc})") from None
+            raise ValueError(f"unreadable countersignature ({exc})") from None
         return WitnessedCopy(held.checkpoint, held)
-    return WitnessedCopy(_parse(item, source, n))
+    return WitnessedCopy(from_statement(item))
 
 
-def _read(path: Path) -> str:
+def read_bytes(path: Path) -> bytes:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise WitnessError(f"{path}: witness file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WitnessError(f"{path}: cannot read the witness file ({exc})") from None
+    except OSError as exc:
+        raise WitnessError(f"{path}: cannot read the witness file ({exc.strerror or exc})") from None
 
 
-def _json_lines(path: Path, text: str) -> Iterable[tuple[int, object]]:
-    for n, line in enumerate(text.splitlines(), 1):
+def json_lines(path: Path, data: bytes | None = None) -> tuple[list[tuple[int, object]], list[tuple[int, str]]]:
+    """Each line's JSON value with its number, and the lines that are not JSON (number, why). Lines
+    end at LF (JSON Lines; CR LF too): the bytes are split, not the text, so one line that is not
+    UTF-8 spoils only itself. Blank lines are skipped."""
+    items: list[tuple[int, object]] = []
+    bad: list[tuple[int, str]] = []
+    for n, raw in enumerate((read_bytes(path) if data is None else data).split(b"\n"), 1):
+        try:
+            line = raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append((n, f"not UTF-8 (byte {exc.start + 1} of the line)"))
+            continue
         # A SIEM's export of the syslog witness's MSG (rsyslog's %msg%) keeps the BOM that marks
         # it as UTF-8 (RFC 5424 6.4); it belongs to the syslog message, not to the JSON.
         line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
-            yield n, loads(line)
+            items.append((n, loads(line)))
         except ValueError as exc:
-            raise WitnessError(f"{path} line {n}: not JSON ({exc})") from None
+            bad.append((n, f"not JSON ({exc})"))
+    return items, bad
 
 
 def _parse(item: object, source: str, n: int) -> Checkpoint:
