@@ -29,9 +29,10 @@ is not a witness's copy at all: a WitnessError (exit 2), as for a file that cann
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -46,6 +47,9 @@ from pacsguard.witness.held import WitnessedCopy, copy_of, json_lines, read_byte
 from pacsguard.witness.jsontext import loads
 
 EXIT_CODES = {"witness": 1, "deleted checkpoint": 3, "truncated tail": 4, "rollback": 5, "forked": 6}
+
+
+T = TypeVar("T")
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
@@ -74,14 +78,7 @@ def read_witness_file(path: Path) -> tuple[list[Checkpoint], list[Unreadable]]:
     """The checkpoint statements of a witness file (JSON lines: the file witness's, or a SIEM's
     export of the syslog witness's MSG), and the lines that hold none. One damaged line must not
     hide what every other line proves; WitnessError when no line at all holds a checkpoint."""
-    items, bad = _lines(path)
-    held: list[Checkpoint] = []
-    for n, item in items:
-        try:
-            held.append(from_statement(item))
-        except ValueError as exc:
-            bad.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
-    return held, _unless_none_read(path, bool(held), bad)
+    return _read_on(path, None, from_statement)
 
 
 def read_witness_copy(path: Path) -> tuple[list[WitnessedCopy], list[Unreadable]]:
@@ -92,23 +89,22 @@ def read_witness_copy(path: Path) -> tuple[list[WitnessedCopy], list[Unreadable]
     try:
         loads(data.decode("utf-8"))
     except ValueError:
-        pass
-    else:
-        return read_copy(path), []
-    items, bad = _lines(path, data)
-    copies: list[WitnessedCopy] = []
+        return _read_on(path, data, copy_of)
+    return read_copy(path), []
+
+
+def _read_on(path: Path, data: bytes | None, convert: Callable[[object], T]) -> tuple[list[T], list[Unreadable]]:
+    """Each JSON line of ``path`` (or of ``data``, its bytes) made into what ``convert`` makes of it,
+    and the lines that are not JSON or that ``convert`` refuses (ValueError)."""
+    items, bad = json_lines(path, data)
+    unreadable = [Unreadable(str(path), n, why) for n, why in bad]
+    read: list[T] = []
     for n, item in items:
         try:
-            copies.append(copy_of(item))
+            read.append(convert(item))
         except ValueError as exc:
-            bad.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
-    return copies, _unless_none_read(path, bool(copies), bad)
-
-
-def _lines(path: Path, data: bytes | None = None) -> tuple[list[tuple[int, object]], list[Unreadable]]:
-    """`witness.held.json_lines`, its unreadable lines as Unreadable."""
-    items, bad = json_lines(path, data)
-    return items, [Unreadable(str(path), n, why) for n, why in bad]
+            unreadable.append(Unreadable(str(path), n, f"not a checkpoint statement ({exc})"))
+    return read, _unless_none_read(path, bool(read), unreadable)
 
 
 def _unless_none_read(path: Path, any_read: bool, bad: list[Unreadable]) -> list[Unreadable]:
