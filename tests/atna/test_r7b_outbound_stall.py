@@ -10,7 +10,6 @@ TLS 1.3 repository that reads slowly or not at all."""
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import signal
@@ -28,7 +27,7 @@ import pytest
 from receiver import DEADLINE
 from test_outbound import own_events
 from test_round6_outbound import _rsyslog as rsyslog_repository
-from test_round6_outbound import free_port_in, until
+from test_round6_outbound import assert_each_once, free_port_in, until
 
 from pacsguard.atna.config import AtnaConfig
 from pacsguard.atna.dedupe import delivery_of
@@ -146,12 +145,7 @@ def test_rsyslog_stalled_longer_than_the_old_timeout_stores_each_message_once(
         spool.close()
         time.sleep(0.5)  # a resend would come within confirm_after; give it time to show
         _stop(proc)
-    lines = received.read_bytes().splitlines()
-    numbers = [(int(m.group(1)), int(m.group(2))) for m in map(RAW.search, lines) if m]
-    assert len(numbers) == len(lines), lines[:1]
-    copies = collections.Counter(numbers)
-    assert {k: v for k, v in copies.items() if v > 1} == {}
-    assert sorted(copies) == [(n, n) for n in range(1, feed.count + 1)]
+    assert_each_once(received, RAW, feed.count)
     assert failures == [] and out.connections == 1  # a stalled repository is not a dead one
 
 

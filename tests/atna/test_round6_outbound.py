@@ -386,6 +386,17 @@ input(type="imtcp" port="{port}" address="{host}" ruleset="in")
     return proc
 
 
+def assert_each_once(received: Path, numbered: re.Pattern[bytes], count: int) -> None:
+    """Every line of ``received`` carries a message number ``numbered`` finds (twice, as the test
+    messages repeat it), and messages 1 to ``count`` are each there exactly once."""
+    lines = received.read_bytes().splitlines()
+    numbers = [(int(m.group(1)), int(m.group(2))) for m in map(numbered.search, lines) if m]
+    assert len(numbers) == len(lines), lines[:3]
+    copies = collections.Counter(numbers)
+    assert {k: v for k, v in copies.items() if v > 1} == {}
+    assert sorted(copies) == [(n, n) for n in range(1, count + 1)]
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -451,10 +462,5 @@ def test_each_message_reaches_rsyslog_once_across_a_refused_certificate(
         if fixed is not None:
             time.sleep(0.5)  # a resend would come within confirm_after; give it time to show
             _stop(fixed)
-    lines = received.read_bytes().splitlines()
-    numbers = [(int(m.group(1)), int(m.group(2))) for m in map(SEQ.search, lines) if m]
-    assert len(numbers) == len(lines), lines[:3]
-    copies = collections.Counter(numbers)
-    assert {k: v for k, v in copies.items() if v > 1} == {}
-    assert sorted(copies) == [(n, n) for n in range(1, count + 1)]
+    assert_each_once(received, SEQ, count)
     assert [f.reason for f in failures][0] == reason and failures[0].attempts == 1

@@ -20,12 +20,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from capture_craft import Recorder, ether, pcap_bytes
+from capture_craft import ether, pcap_bytes
+from test_capture_evasion import Anomalies, read
 from test_sensor import FIND, ac, dataset_bytes, message, rq
 
 from pacsguard.dicom import dimse as D
-from pacsguard.ids.capture import StreamAnomaly, TCPReassembler
-from pacsguard.ids.capture.reader import process_file
+from pacsguard.ids.capture import StreamAnomaly
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 M32 = 0xFFFFFFFF
@@ -100,22 +100,6 @@ class Conv:
 
     def pcap(self) -> bytes:
         return pcap_bytes(self.frames)
-
-
-class Anomalies(Recorder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.anomalies: list[StreamAnomaly] = []
-
-    def on_anomaly(self, anomaly: StreamAnomaly) -> None:
-        self.anomalies.append(anomaly)
-
-
-def read(data: bytes, **kw: object) -> tuple[Anomalies, TCPReassembler]:
-    rec = Anomalies()
-    reasm = TCPReassembler(rec, **kw)  # type: ignore[arg-type]
-    process_file(data, reasm)
-    return rec, reasm
 
 
 def only(rec: Anomalies, what: str) -> StreamAnomaly:
