@@ -19,11 +19,10 @@ import json
 import logging
 import os
 import sqlite3
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from pacsguard.store.errors import StoreError
 from pacsguard.store.keys import generate_key
 from store_helpers import make_events
 from test_cli import run
+from tmpfs_helpers import small_tmpfs
 
 #: The loopback address and port this module's network test may use (round 6, helper "robust").
 HOST, PORT = "127.0.72.1", 25311
@@ -180,19 +180,6 @@ def test_a_report_of_the_old_format_still_fails_as_a_report(tmp_path: Path) -> N
 # --- item 7: a journal that cannot grow while the store commits ----------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` on ``folder``; the test fails (never skips) when it cannot be mounted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs (root needed): {done.stderr}"
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 def _fill_until(folder: Path, free: int) -> Path:
     """A file that leaves about ``free`` bytes of the file system: enough for SQLite's few pages,
     not for the journal's 2 MiB of room."""
@@ -227,7 +214,7 @@ def test_a_journal_that_cannot_grow_is_one_failure_not_a_flapping_pair(tmp_path:
     """1 MiB free: the store commits, the journal cannot allocate its room (the tester's case);
     none free: both fail, and the store comes back first once space returns."""
     caplog.set_level(logging.INFO, logger="pacsguard")
-    with _tmpfs(tmp_path / "disk", "4m") as disk:
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
         key = generate_key(tmp_path / "k.key")
         store = EventStore.open(str(disk / "s.db"), key_path=key, create=True, checkpoint_interval=3600)
         filler = _fill_until(disk, free)

@@ -27,7 +27,7 @@ import pytest
 from receiver import DEADLINE
 from test_outbound import own_events
 from test_round6_outbound import _rsyslog as rsyslog_repository
-from test_round6_outbound import assert_each_once, free_port_in, until
+from test_round6_outbound import _stop, assert_each_once, free_port_in, until
 
 from pacsguard.atna.config import AtnaConfig
 from pacsguard.atna.dedupe import delivery_of
@@ -80,18 +80,6 @@ class Feed:
     def burst(self, n: int) -> None:
         self.spool.add([self.message(self.count + i + 1) for i in range(n)])
         self.count += n
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(DEADLINE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(DEADLINE)
 
 
 def _stall_and_resume(proc: subprocess.Popen[Any], feed: Feed, out: OutboundSender) -> None:

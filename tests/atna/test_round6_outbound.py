@@ -397,7 +397,12 @@ def assert_each_once(received: Path, numbered: re.Pattern[bytes], count: int) ->
     assert sorted(copies) == [(n, n) for n in range(1, count + 1)]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after DEADLINE; a process stopped with SIGSTOP is continued first (it
+    cannot act on SIGTERM otherwise); one already gone is left alone."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(DEADLINE)

@@ -15,7 +15,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from peers.dcmtk import Dcmtk, free_port
+from tmpfs_helpers import small_tmpfs
 
 pytestmark = [pytest.mark.peers]
 
@@ -147,19 +147,6 @@ def test_sigkill_on_a_postgresql_store_with_a_local_journal(dcmtk, orthanc, gate
 
 
 # --- a full disk under the store ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_tmpfs(folder: Path, size: str = "4m") -> Iterator[Path]:
-    """A tmpfs of ``size`` on ``folder``; the test fails (never skips) when it cannot be mounted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f"cannot mount a tmpfs under the store (root needed): {result.stderr}"
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def fill(folder: Path) -> Path:

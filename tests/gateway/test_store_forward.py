@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from dicom_corpus import TEST_FILES
 from peers.dcmtk import free_port
+from tmpfs_helpers import small_tmpfs
 
 pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 
@@ -365,13 +366,8 @@ def test_a_stopped_destination_gets_everything_once_when_it_is_back(dcmtk, ortha
 @pytest.fixture
 def small_disk(tmp_path):
     """A 24 MiB tmpfs for the spool, so that it can be filled."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, f"cannot mount a tmpfs (needs root): {result.stderr}"
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "small", "24m") as mount:
+        yield mount
 
 
 def test_a_nearly_full_spool_refuses_with_out_of_resources_before_the_disk_is_full(dcmtk, gateway, small_disk,
