@@ -363,6 +363,15 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="atna-bench-"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        run(work, args)
+    finally:
+        if args.work is None:  # a temporary folder holds GBs of store after a long run: not left behind
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, args: argparse.Namespace) -> None:
+    """Both receivers, one after the other, in ``work``."""
     ca, ca_key = make_ca(work / "pki", "bench CA", 2)
     cert, key = make_cert(work / "pki", "localhost", ca, ca_key, hosts=["localhost", "127.0.0.1"], server=True, days=1)
     pki = {"ca": ca, "cert": cert, "key": key}

@@ -19,7 +19,7 @@ import pytest
 from atna_corpus import every_event_id
 from receiver import DEADLINE, free_port, running
 
-from pacsguard.atna.syslog.readers import ReadingProcesses, Records, record, unwire, wire
+from pacsguard.atna.syslog.readers import Intake, ReadingProcesses, Records, record, unwire, wire
 from pacsguard.events.model import Event
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.verify import verify_store
@@ -57,6 +57,35 @@ def test_records_come_out_whole_from_any_split() -> None:
         assert not records.buffer
 
 
+def test_the_service_takes_whole_records_from_any_split_into_one_buffer() -> None:
+    """Intake: each record whole, whatever pieces the pipe gives it in; a later, larger record
+    grows the buffer; what has not come yet is kept for the next call; a pipe closed mid-record
+    ends it."""
+    payloads = [b"first", b"", b"x" * 70_000, b"y" * 3, b"z" * 200_000]
+    stream = b"".join(record(p) for p in payloads)
+    for cut in (1, 3, 4, 5, 9, 4096, 65_536):  # each piece taken before the next is sent
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            intake, got = Intake(), []
+            for i in range(0, len(stream), cut):
+                theirs.sendall(stream[i:i + cut])
+                while True:
+                    try:
+                        view = intake.receive(ours)
+                    except BlockingIOError:
+                        break
+                    with view:
+                        got.append(bytes(view))
+            assert got == payloads, cut
+            theirs.sendall(record(b"cut short")[:-2])
+            with pytest.raises(BlockingIOError):
+                intake.receive(ours)
+            theirs.close()
+            with pytest.raises(EOFError):
+                intake.receive(ours)
+
+
 def test_an_event_crosses_the_pipe_unchanged_and_stores_the_same_bytes() -> None:
     from atna_corpus import BILLION_LAUGHS
 
@@ -68,7 +97,7 @@ def test_an_event_crosses_the_pipe_unchanged_and_stores_the_same_bytes() -> None
     made = frame_events(sender, [FRAME, b"<85>1 - h a - - - " + BILLION_LAUGHS, b"\xff\xfe not syslog"])
     made.append(problem_event(sender, FrameProblem("oversize", "99999999 octets", b"99999999 zzz")))
     for event in made:
-        crossed = unwire(wire(made[0]) + wire(event))[1]
+        crossed = unwire(memoryview(wire(made[0]) + wire(event)))[1]  # as the service's Intake gives it
         assert isinstance(crossed.details, JsonDetails)
         assert crossed.to_json() == event.to_json()  # the bytes the store hashes
         assert crossed.details.get("syslog") == event.details.get("syslog")

@@ -80,7 +80,6 @@ CANNOT_START = 2
 STOP_WAIT = 10.0  # seconds a stopping child has to send what it read before it is killed
 _LENGTH = struct.Struct(">I")
 _STOP = b"stop"
-_READ = 4 * 1024 * 1024  # bytes the service takes from a child's pipe per read
 
 
 def record(data: bytes) -> bytes:
@@ -89,7 +88,8 @@ def record(data: bytes) -> bytes:
 
 @dataclass(slots=True)
 class Records:
-    """Length-prefixed records out of a byte stream that arrives in pieces."""
+    """Length-prefixed records out of a byte stream that arrives in pieces (the child's side: the
+    service's settings and its stop; the service reads its children with an Intake)."""
 
     buffer: bytearray = field(default_factory=bytearray)
 
@@ -106,6 +106,49 @@ class Records:
             start += 4 + size
         del buf[:start]
         return out
+
+
+class Intake:
+    """The service's end of a child's pipe: each record is received straight into one buffer that
+    is kept and grown to the largest record so far. A child's batch is several MB; taken in
+    pieces, joined and cut out again, each batch was copied three times into memory freshly
+    mapped (and faulted in) for it (docs/PERFORMANCE.md, "The hand-over into one buffer")."""
+
+    __slots__ = ("head", "have", "size", "body")
+
+    def __init__(self) -> None:
+        self.head = bytearray(_LENGTH.size)
+        self.have = 0  # octets of the current record's length (while size < 0), else of its body
+        self.size = -1  # the current record's length; -1 while it is still being read
+        self.body = bytearray()
+
+    def receive(self, pipe: socket.socket) -> memoryview:
+        """The next whole record, as a view into the buffer that the next call reuses (release it,
+        and keep nothing of it). BlockingIOError when the pipe has no more for now (what came is
+        kept for the next call); EOFError when the child closed it."""
+        while True:
+            if self.size < 0:
+                with memoryview(self.head) as view:
+                    got = pipe.recv_into(view[self.have:])
+                if not got:
+                    raise EOFError
+                self.have += got
+                if self.have < len(self.head):
+                    continue
+                (self.size,) = _LENGTH.unpack(self.head)
+                self.have = 0
+                if self.size > len(self.body):
+                    self.body = bytearray(self.size)
+            if self.have < self.size:
+                with memoryview(self.body) as view:
+                    got = pipe.recv_into(view[self.have:self.size])
+                if not got:
+                    raise EOFError
+                self.have += got
+                if self.have < self.size:
+                    continue
+            size, self.size, self.have = self.size, -1, 0
+            return memoryview(self.body)[:size]
 
 
 #: Details keys the service reads of every Event (atna.dedupe): sent decoded beside the text.
@@ -126,8 +169,8 @@ def wire(event: Event) -> bytes:
     return _ITEM.pack(len(head), len(details)) + head + details
 
 
-def unwire(data: bytes) -> list[Event]:
-    """The Events of a batch of `wire` items."""
+def unwire(data: bytes | memoryview) -> list[Event]:
+    """The Events of a batch of `wire` items (nothing of the Events refers to ``data`` after)."""
     out = []
     at, end = 0, len(data)
     while at < end:
@@ -136,7 +179,7 @@ def unwire(data: bytes) -> list[Event]:
         (id_, time_us, kind, severity, component, outcome, actor, target, patients, studies, count, message,
          eager) = orjson.loads(data[at:at + head_len])
         at += head_len
-        details = JsonDetails(data[at:at + details_len], eager)
+        details = JsonDetails(bytes(data[at:at + details_len]), eager)
         at += details_len
         out.append(Event(kind=kind, component=component, severity=Severity(severity), outcome=outcome,
                          actor=Party.from_dict(actor), target=Party.from_dict(target), patient_ids=tuple(patients),
@@ -165,7 +208,7 @@ class _Child:
     pipe: socket.socket
     ended: asyncio.Future[None]
     started: float  # the event loop's time when it was started
-    records: Records = field(default_factory=Records)
+    intake: Intake = field(default_factory=Intake)
 
 
 class ReadingProcesses:
@@ -225,18 +268,19 @@ class ReadingProcesses:
         self._loop.add_reader(ours.fileno(), self._readable, child)
 
     def _readable(self, child: _Child) -> None:
+        """One whole batch at most per call, so that each child and the loop's other work get their
+        turn; the loop calls again while the pipe has more."""
         try:
-            data = child.pipe.recv(_READ)
+            batch = child.intake.receive(child.pipe)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
-        if not data:
+        except (OSError, EOFError):
             self._ended(child)
             return
-        for batch in child.records.feed(data):
-            for event in unwire(batch):
-                self.publish(event)
+        with batch:
+            events = unwire(batch)
+        for event in events:
+            self.publish(event)
 
     def _ended(self, child: _Child) -> None:
         assert self._loop is not None
@@ -326,10 +370,12 @@ class _Outbox:
     def flush(self) -> None:
         if not self.items:
             return
-        data = b"".join(self.items)
-        self.items = []
+        items, self.items = self.items, []
+        # The record's length first, joined in the same copy as the items (`record` would copy the
+        # batch, several MB, a second time).
+        data = b"".join([_LENGTH.pack(sum(map(len, items))), *items])
         try:
-            self.pipe.sendall(record(data))  # blocking: a busy service holds the senders back
+            self.pipe.sendall(data)  # blocking: a busy service holds the senders back
         except OSError:
             os._exit(0)  # the service is gone
 
