@@ -11,7 +11,7 @@ import random
 import time as _time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from typing import Any, Mapping
 
@@ -229,8 +229,6 @@ def parse_time(text: str) -> datetime:
 
 
 def time_from_us(us: int) -> datetime:
-    from datetime import timedelta
-
     return _EPOCH + timedelta(microseconds=us)
 
 
