@@ -8,11 +8,12 @@ attributes, RFC 3881 ``code``/``displayName``; the record says which one a messa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from xml.etree.ElementTree import Element, ParseError
 from xml.parsers.expat import ExpatError
 
@@ -20,7 +21,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from pacsguard.atna.message.mapping import record_from_details
-from pacsguard.atna.message.reader import Reader, code_dict
+from pacsguard.atna.message.reader import Reader, code_dict, token
 from pacsguard.atna.message.record import AuditRecord
 
 
@@ -36,9 +37,55 @@ class AuditMessageError(ValueError):
 def parse_xml(payload: bytes) -> Element:
     """The root element (for the schema check); DTDs and entities are refused (defusedxml), any
     parse fault is an AuditMessageError."""
-    with _faults(payload):
-        root: Element = fromstring(payload, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    root: Element = _in_declared_encoding(
+        payload, lambda data: fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True))
     return root
+
+
+_T = TypeVar("_T")
+#: The encoding declaration at the start of a document in an ASCII-compatible encoding (XML 1.0 4.3.3,
+#: [80] EncodingDecl, [81] EncName).
+_DECLARED = re.compile(rb"<\?xml\s[^>]*?encoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]*)[\"']")
+#: The encodings expat reads itself; any other is read through Python's codecs, by expat one octet per
+#: character only (pyexpat: "multi-byte encodings are not supported").
+_EXPAT_ENCODINGS = frozenset({"utf-8", "utf-16", "iso-8859-1", "us-ascii"})
+
+
+def _in_declared_encoding(payload: bytes, parse: Callable[[bytes], _T]) -> _T:
+    """``parse(payload)``; when expat cannot read the encoding the document declares (Shift_JIS,
+    EUC-JP, GB18030, Big5: several octets a character; "UTF8", a name it does not know), the
+    document decoded in it and given to ``parse`` again as UTF-8, so that a Japanese or Chinese
+    modality's message is read as its sender wrote it (XML 1.0 4.3.3). Only a message that fails
+    pays for this; the fault reported is that of the document read in its encoding."""
+    try:
+        with _faults(payload):
+            return parse(payload)
+    except AuditMessageError as exc:
+        transcoded = None if exc.problem == "entity-expansion" else _transcoded(payload)
+        if transcoded is None:
+            raise
+    with _faults(transcoded):
+        return parse(transcoded)
+
+
+def _transcoded(payload: bytes) -> bytes | None:
+    """The document in UTF-8, declared so, when it declares an encoding other than expat's own that
+    Python knows; None otherwise. A ``bad-encoding`` AuditMessageError naming the first octet that
+    is not in the encoding declared."""
+    declared = _DECLARED.match(payload)
+    name = declared.group(1).decode("ascii") if declared is not None else "utf-8"
+    if declared is None or name.lower() in _EXPAT_ENCODINGS:
+        return None
+    start, end = declared.span(1)
+    try:
+        text = (payload[:start] + b"UTF-8" + payload[end:]).decode(name)
+    except LookupError:  # no such codec, or not one of text
+        return None
+    except UnicodeDecodeError as exc:
+        at = exc.start + (end - start - 5 if exc.start >= end else 0)  # an offset in the payload as sent
+        raise AuditMessageError("bad-encoding", f"XML: octet {at} ({payload[at:at + 4].hex(' ')}) is no "
+                                f"{name} character, the encoding the message declares") from None
+    return text.encode("utf-8", "surrogatepass")
 
 
 @contextmanager
@@ -74,8 +121,7 @@ class Reading:
 
 def read(payload: bytes) -> Reading:
     """An AuditMessage document read in one pass (pacsguard.atna.message.reader) into its stored form."""
-    with _faults(payload):
-        document = Reader().read(payload)
+    document = _in_declared_encoding(payload, lambda data: Reader().read(data))
     if document.root != "AuditMessage":
         raise AuditMessageError("not-audit-message", f"root element is <{document.root}>, not <AuditMessage>")
     message = document.message
@@ -87,8 +133,8 @@ def read(payload: bytes) -> Reading:
     attrs = ident.attrs
     fields: dict[str, Any] = {"syntax": "dicom" if "csd-code" in ident.event_id else "rfc3881",
                               "event_id": code_dict(ident.event_id),
-                              "outcome_indicator": attrs.get("EventOutcomeIndicator", "")}
-    action = attrs.get("EventActionCode")
+                              "outcome_indicator": token(attrs.get("EventOutcomeIndicator", ""))}
+    action = token(attrs.get("EventActionCode") or "")  # tokens of A.5.1's enumerations: " R " is R
     if action:
         fields["action"] = action
     if ident.types:
@@ -119,11 +165,14 @@ def parse(payload: bytes) -> AuditRecord:
 
 
 def parse_datetime(text: str | None) -> datetime | None:
-    """xsd:dateTime; without a zone it is taken as UTC (A.5.1 asks for one, senders forget it)."""
-    if not text:
+    """xsd:dateTime; without a zone it is taken as UTC (A.5.1 asks for one, senders forget it). A
+    date alone (xsd:date, ``2026-12-03``) is no instant: None, not its midnight, which would date the
+    event up to a day wrong without a word."""
+    text = (text or "").strip()
+    if "T" not in text and " " not in text:  # datetime.fromisoformat takes a date alone as its midnight
         return None
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
     except (ValueError, OverflowError):  # OverflowError: an offset that moves it out of years 1-9999
         return None

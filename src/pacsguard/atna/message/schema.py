@@ -15,6 +15,7 @@ from xml.etree.ElementTree import Element
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.dicom_xml import parse_datetime
+from pacsguard.atna.message.reader import token
 
 #: Per element: (attributes required, attributes optional, children as name -> (min, max or None)).
 _Shape = tuple[frozenset[str], frozenset[str], dict[str, tuple[int, int | None]]]
@@ -30,7 +31,10 @@ SHAPES: dict[str, _Shape] = {
         "EventID": (1, 1), "EventTypeCode": (0, None), "EventOutcomeDescription": (0, 1),
         "PurposeOfUse": (0, None)}),
     "EventID": _CODED, "EventTypeCode": _CODED, "PurposeOfUse": _CODED, "RoleIDCode": _CODED,
-    "MediaType": _CODED, "AuditSourceTypeCode": _CODED, "ParticipantObjectIDTypeCode": _CODED,
+    "MediaType": _CODED, "ParticipantObjectIDTypeCode": _CODED,
+    # AuditSourceTypeCodeContent: csd-code alone (one of A.5.1.2.1's 1-9), or with the other attributes
+    # of a coded value (_source_type checks the pairing).
+    "AuditSourceTypeCode": (frozenset({"csd-code"}), _CODED[0] - {"csd-code"} | _CODED[1], {}),
     "EventOutcomeDescription": (frozenset(), frozenset(), {}),
     "ActiveParticipant": (frozenset({"UserID", "UserIsRequestor"}),
                           frozenset({"AlternativeUserID", "UserName", "NetworkAccessPointID",
@@ -74,6 +78,12 @@ _VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("Anonymized", ""): frozenset({"true", "false"}),
 }
 
+#: A.5.1.2.1: the audit source types an AuditSourceTypeCode may name by its csd-code alone.
+_SOURCE_TYPES = frozenset(str(n) for n in range(1, 10))
+#: XSD 1.0 Part 1 3.2.7: the xsi: attributes (xsi:noNamespaceSchemaLocation, as dcm4che writes it on
+#: AuditMessage) are allowed on any element without being declared by the schema.
+_XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
+
 #: PS3.15 A.5.3: participant objects an event must name (patient, study), per event ID.
 NEEDS_PATIENT = frozenset({"110102", "110103", "110104", "110105", "110106", "110107", "110110"})
 NEEDS_STUDY = frozenset({"110102", "110103", "110104", "110105", "110106", "110107"})
@@ -97,14 +107,14 @@ def _walk(el: Element, path: str, report: Callable[[str], None]) -> None:
         report(f"{path}: element <{name}> is not in the schema")
         return
     required, optional, children = shape
-    attrs = set(el.attrib)
+    attrs = {a for a in el.attrib if not a.startswith(_XSI)}
     for missing in sorted(required - attrs):
         report(f"{path}: attribute {missing} is required")
     for extra in sorted(attrs - required - optional):
         report(f"{path}: attribute {extra} is not allowed")
     for attr, value in el.attrib.items():
         allowed = _VALUES.get((name, attr))
-        if allowed is not None and value not in allowed:
+        if allowed is not None and token(value) not in allowed:  # tokens: " 0 " is 0 (XSD 3.3.3)
             report(f"{path}/@{attr}: {value!r} is not one of {sorted(allowed)}")
     if (name, "") in _VALUES and (el.text or "").strip() not in _VALUES[(name, "")]:
         report(f"{path}: {el.text!r} is not a boolean")
@@ -114,6 +124,11 @@ def _walk(el: Element, path: str, report: Callable[[str], None]) -> None:
         report(f"{path}: the query is not base64")
     if name == "ParticipantObjectDetail" and not _is_base64(el.get("value", "")):
         report(f"{path}/@value: not base64")
+    if name == "AuditSourceTypeCode":
+        _source_type(el, path, report)
+    if name == "ParticipantObjectIdentification" and all(
+            _child_or_none(el, n) is not None for n in ("ParticipantObjectName", "ParticipantObjectQuery")):
+        report(f"{path}: either <ParticipantObjectName> or <ParticipantObjectQuery>, not both (A.5.1)")
     instances = el.get("NumberOfInstances")
     if name == "SOPClass" and instances is not None and not (instances.isascii() and instances.isdigit()):
         report(f"{path}/@NumberOfInstances: not a non-negative integer")
@@ -133,18 +148,29 @@ def _walk(el: Element, path: str, report: Callable[[str], None]) -> None:
             report(f"{path}: at most {most} <{child_name}>, found {n}")
 
 
+def _source_type(el: Element, path: str, report: Callable[[str], None]) -> None:
+    """AuditSourceTypeCodeContent (A.5.1): a csd-code of 1-9 alone, or any code with its
+    codeSystemName and originalText (other-csd-attributes, all or none)."""
+    given = sorted(a for a in ("codeSystemName", "originalText") if a in el.attrib)
+    if len(given) == 1:
+        missing = "originalText" if given == ["codeSystemName"] else "codeSystemName"
+        report(f"{path}: attribute {missing} is required with {given[0]}")
+    elif not given and "csd-code" in el.attrib and token(el.attrib["csd-code"]) not in _SOURCE_TYPES:
+        report(f"{path}/@csd-code: {el.get('csd-code')!r} is none of A.5.1.2.1's 1-9: it needs its codeSystemName")
+
+
 def _event_rules(root: Element, report: Callable[[str], None]) -> None:
     ident = _child(root, "EventIdentification")
-    event_id = _child(ident, "EventID").get("csd-code", "")
+    event_id = token(_child(ident, "EventID").get("csd-code", ""))
     entry = codes.EVENT_IDS.get(event_id)
     if entry is None:
         report(f"EventID {event_id} is not in CID 400 (110100-110114)")
         return
     meaning, actions = entry
     action = ident.get("EventActionCode")
-    if action is not None and action not in actions:
+    if action is not None and token(action) not in actions:
         report(f"{meaning}: EventActionCode {action} not allowed (PS3.15 A.5.3 allows {', '.join(actions)})")
-    types = [t.get("csd-code", "") for t in ident if _local(t.tag) == "EventTypeCode"]
+    types = [token(t.get("csd-code", "")) for t in ident if _local(t.tag) == "EventTypeCode"]
     allowed = codes.EVENT_TYPES.get(event_id)
     if event_id in codes.TYPE_REQUIRED and not types:
         report(f"{meaning}: an EventTypeCode is required")
@@ -153,14 +179,14 @@ def _event_rules(root: Element, report: Callable[[str], None]) -> None:
             if t not in allowed:
                 report(f"{meaning}: EventTypeCode {t} is not one of {sorted(allowed)}")
     objects = [o for o in root if _local(o.tag) == "ParticipantObjectIdentification"]
-    id_types = [_child(o, "ParticipantObjectIDTypeCode").get("csd-code", "") for o in objects]
+    id_types = [token(_child(o, "ParticipantObjectIDTypeCode").get("csd-code", "")) for o in objects]
     if event_id in NEEDS_PATIENT and "2" not in id_types:
         report(f"{meaning}: a patient participant object (ID type 2) is required")
     if event_id in NEEDS_STUDY and codes.STUDY_UID_TYPE not in id_types:
         report(f"{meaning}: a study participant object (ID type 110180) is required")
     if event_id == "110112" and not any(_child_or_none(o, "ParticipantObjectQuery") is not None for o in objects):
         report(f"{meaning}: the query participant object with ParticipantObjectQuery is required")
-    if not any((p.get("UserIsRequestor") or "").lower() in ("true", "1")
+    if not any(token(p.get("UserIsRequestor") or "").lower() in ("true", "1")
                for p in root if _local(p.tag) == "ActiveParticipant"):
         report(f"{meaning}: no ActiveParticipant is the requestor (UserIsRequestor=true)")
 
