@@ -15,6 +15,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacsguard.runtime.peer import tls_alert
+from pacsguard.tls.alerts import pending_alert
+
 #: Plaintext taken out of the TLS records per call (OpenSSL returns at most one record, 16 KiB).
 _READ = 65536
 
@@ -25,11 +28,19 @@ _READ = 65536
 _RAW_MESSAGE_CALLBACK: Any = getattr(getattr(ssl, "_SSLContext", None), "_msg_callback", None)
 #: TLS content type handshake (RFC 8446 5.1) and handshake type certificate (4.4.2, RFC 5246 7.4.2).
 _HANDSHAKE, _CERTIFICATE = 22, 11
+_CLIENT_HELLO = 1  # handshake type client_hello (RFC 8446 4.1.2, RFC 5246 7.4.1.2)
 _TLS13 = 0x0304
 #: The Certificate message each session's client sent (with the TLS version), while it is needed:
 #: OpenSSL forgets a certificate it refuses, so the one a failed handshake names is kept from the
 #: handshake message itself.
 _CERTIFICATES: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+#: The legacy_version of each session's ClientHello (RFC 8446 4.1.2): for a client too old to offer
+#: supported_versions, the highest version it speaks, named when no version is in common.
+_OFFERED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_VERSIONS = {0x0300: "SSL 3.0", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1"}
+#: Alerts (RFC 8446 6.2) with which a client refuses the server's certificate.
+_CERTIFICATE_ALERTS = frozenset({"bad certificate", "unsupported certificate", "certificate revoked",
+                                 "certificate expired", "certificate unknown", "unknown ca"})
 
 
 class TlsFailure(Exception):
@@ -67,13 +78,24 @@ class TlsSession:
                 self._tls.do_handshake()
                 self.established = True
                 _CERTIFICATES.pop(self._tls, None)  # verified: getpeercert tells it now
+                _OFFERED.pop(self._tls, None)  # a ClientHello from now on asks to renegotiate
             return self._read()
         except ssl.SSLWantReadError:
             return b""
         except ssl.SSLError as exc:
             if self.established:
-                raise TlsFailure(f"TLS record refused: {exc.reason or exc}") from None
-            raise TlsFailure(f"TLS handshake failed: {_why(exc)}{_refused_certificate(self._tls)}") from None
+                # RFC 9325 3.5: renegotiation is refused (OP_NO_RENEGOTIATION); a client that asked
+                # for it and then gave up with an alert is told by its second ClientHello.
+                asked = "the client asked to renegotiate, which is refused (RFC 9325 3.5); then " \
+                    if _OFFERED.pop(self._tls, None) is not None else ""
+                raise TlsFailure(f"TLS record refused: {asked}{_why(exc)}") from None
+            # A server context's SSLObject (tls.alerts.keep_alerts) moves the alert OpenSSL wrote
+            # (protocol_version, certificate_required, unknown_ca...) off the BIO onto the
+            # exception: it goes back, so that `outgoing` gives it and the client learns why
+            # (RFC 8446 6.2) instead of reading an unexpected EOF.
+            self._outgoing.write(pending_alert(exc))
+            raise TlsFailure(f"TLS handshake failed: {_why(exc, _OFFERED.pop(self._tls, None))}"
+                             f"{_refused_certificate(self._tls)}") from None
 
     def outgoing(self) -> bytes:
         return self._outgoing.read()
@@ -126,14 +148,33 @@ def _on_message(conn: Any, direction: str, version: int, content_type: int, kind
     it from the handshake."""
     if kind == _CERTIFICATE and content_type == _HANDSHAKE and direction == "read":
         _CERTIFICATES[conn] = (version, bytes(data))
+    elif kind == _CLIENT_HELLO and content_type == _HANDSHAKE and direction == "read" and len(data) >= 6:
+        _OFFERED[conn] = int.from_bytes(data[4:6], "big")  # after the 4-octet handshake header
 
 
-def _why(exc: ssl.SSLError) -> str:
+def _why(exc: ssl.SSLError, offered: int | None = None) -> str:
     """OpenSSL's words: its verify result for a refused certificate, with the reason code after it
-    (CERTIFICATE_VERIFY_FAILED alone does not tell an expired certificate from a foreign one)."""
+    (CERTIFICATE_VERIFY_FAILED alone does not tell an expired certificate from a foreign one). An
+    alert the client sent (RFC 8446 6.2) is said to be the client's, with the likely cause when it
+    refused this server's certificate; a client offering only versions below TLS 1.2 (``offered``,
+    its ClientHello's version) is told apart from other failures: BCP 195 (RFC 9325 3.1.1) refuses
+    those versions."""
     told = getattr(exc, "verify_message", None)
     reason = exc.reason or str(exc)
-    return f"{told} ({reason})" if told else reason
+    if told:
+        return f"{told} ({reason})"
+    alert = tls_alert(exc)
+    if alert is not None:
+        cause = (": it does not accept this server's certificate (not of a CA it trusts, or not for the "
+                 "name it connects to)") if alert in _CERTIFICATE_ALERTS else ""
+        return f'the client sent the alert "{alert}" ({reason}){cause}'
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":  # RFC 8446 4.4.2.4, RFC 5246 7.4.6
+        return f"the client sent no certificate, and this listener requires one (mutual TLS) ({reason})"
+    if reason == "UNSUPPORTED_PROTOCOL":
+        version = _VERSIONS.get(offered or 0)
+        at_most = f"the client offers {version} at most" if version else "the client offers no version accepted"
+        return f"{at_most}; TLS 1.2 or later is required (BCP 195, RFC 9325 3.1.1) ({reason})"
+    return reason
 
 
 def _refused_certificate(tls: ssl.SSLObject) -> str:

@@ -23,9 +23,12 @@ DEFAULT_MAX_MESSAGE = 1024 * 1024
 #: before the length is known).
 _MAX_DIGITS = 9
 
-#: Where a frame may start after a bad one: MSG-LEN SP "<" PRIVAL ">" (RFC 6587 3.4.1, RFC 5424 6.2.1),
+#: Where a frame may start after a bad one: MSG-LEN SP "<" PRIVAL ">" (RFC 6587 3.4.1, RFC 5424 6.2.1;
+#: also a count with a sign or leading zeros, which `Splitter._octet_counted` reads and reports),
 #: or "<" PRIVAL ">" just after a TRAILER (RFC 6587 3.4.2).
-_FRAME_START = re.compile(rb"(?<![0-9])[1-9][0-9]{0,8} <[0-9]{1,3}>|(?<=[\n\0])<[0-9]{1,3}>")
+_FRAME_START = re.compile(rb"(?<![0-9+])\+?0*[1-9][0-9]{0,8} <[0-9]{1,3}>|(?<=[\n\0])<[0-9]{1,3}>")
+
+_BOM = b"\xef\xbb\xbf"
 
 #: The longest frame start that may sit, incomplete, at the end of a read ("123456789 <191").
 _START_TAIL = _MAX_DIGITS + 5
@@ -55,6 +58,9 @@ class Splitter:
     _buffer: bytearray = field(default_factory=bytearray)
     _skip: int = 0  # bytes of an oversize octet-counted frame still to discard
     _hunting: bool = False  # after a bad frame: looking for the next frame start
+    #: While hunting, the octet dropped just before the buffer: what precedes its first octet, for
+    #: the look-behind of `_FRAME_START` (the rest of a 10-digit count is no frame start).
+    _before: int = 0
     _line_from: int = 0  # how far the current non-transparent frame was searched for its end
     #: A non-transparent frame whose LF ended the data read so far: complete if nothing follows
     #: (`flush`), a line of a longer message if what follows cannot start a frame.
@@ -117,8 +123,17 @@ class Splitter:
             del self._buffer[0]
         if not self._buffer:
             return None
+        if self._buffer.startswith(_BOM):
+            # A sender writing through a text stream that starts with its encoding's mark (.NET's
+            # StreamWriter with Encoding.UTF8): reported, dropped, and the frame after it read.
+            problems.append(FrameProblem("malformed-frame", "a UTF-8 byte order mark before the frame, skipped "
+                                         "(RFC 5424 6.4 allows it only where MSG begins)", _BOM))
+            del self._buffer[:len(_BOM)]
+            return None
         first = self._buffer[0]
         if 0x31 <= first <= 0x39:  # NONZERO-DIGIT (RFC 6587 3.4.1 MSG-LEN)
+            return Framing.OCTET_COUNTING
+        if first in b"0+":  # a count written "0023" or "+23": read and reported (`_octet_counted`)
             return Framing.OCTET_COUNTING
         if first == 0x3C:  # '<' opening PRI
             return Framing.NON_TRANSPARENT
@@ -126,21 +141,27 @@ class Splitter:
         return None
 
     def _octet_counted(self, problems: list[FrameProblem]) -> bytes | None:
-        if self._buffer[0] in b"<\r\n\0 ":
+        if not (0x30 <= self._buffer[0] <= 0x39 or self._buffer[0] == 0x2B):
             # RFC 6587 3.4: the framing is told per frame, not per connection. A '<' (or the blank
             # line some senders end a frame with) where a frame starts: detected again, as rsyslog's
-            # imtcp does; the sender switched to non-transparent framing.
+            # imtcp does; the sender switched to non-transparent framing. Anything else, no count,
+            # is reported as such by `_detect`.
             self.framing = None
             return b""
         space = self._buffer.find(b" ", 0, _MAX_DIGITS + 1)
         if space < 0:
-            if len(self._buffer) > _MAX_DIGITS or not self._buffer.isdigit():
+            if self._buffer[:_MAX_DIGITS + 1].isdigit() and len(self._buffer) > _MAX_DIGITS:
+                return self._resync(problems, f"octet count of more than {_MAX_DIGITS} digits "
+                                              f"({bytes(self._buffer[:16])!r}...), beyond any frame accepted")
+            arriving = self._buffer[1:] if self._buffer[0] == 0x2B else self._buffer
+            if len(self._buffer) > _MAX_DIGITS or not (arriving.isdigit() or not arriving):
                 return self._resync(problems, "octet count not followed by a space")
             return None  # the count is still arriving
         digits = bytes(self._buffer[:space])
-        if not digits.isdigit() or digits.startswith(b"0"):
+        value = digits[1:] if digits.startswith(b"+") else digits
+        if not value.isdigit() or not int(value):
             return self._resync(problems, f"bad octet count {digits[:16]!r}")
-        length = int(digits)
+        length = int(value)
         if length > self.max_message:
             del self._buffer[:space + 1]
             self._skip = length
@@ -150,6 +171,12 @@ class Splitter:
         end = space + 1 + length
         if len(self._buffer) < end:
             return None
+        if digits.startswith((b"+", b"0")):
+            # Not the MSG-LEN of RFC 6587 3.4.1 (NONZERO-DIGIT first), but its value is plain (and
+            # rsyslog's imtcp reads leading zeros): reported (once, with its frame), and the frame read.
+            problems.append(FrameProblem("malformed-frame", f"octet count {digits.decode()!r} with a sign or a "
+                                         "leading zero (RFC 6587 3.4.1: MSG-LEN begins with a nonzero digit); "
+                                         "the frame was read by its value", digits))
         frame = bytes(self._buffer[space + 1:end])
         del self._buffer[:end]
         return frame
@@ -219,6 +246,7 @@ class Splitter:
         for the next frame start from its second octet on."""
         if problems is not None:
             problems.append(FrameProblem("malformed-frame", detail, bytes(self._buffer[:256])))
+        self._before = self._buffer[0]
         del self._buffer[:1]
         self.framing = None
         self._line_from = 0
@@ -229,13 +257,24 @@ class Splitter:
     def _hunt(self) -> bool:
         """Drop octets up to the next frame start; False when none is in the buffer yet (its tail,
         which may be the beginning of one, is kept for the next read)."""
-        found = _FRAME_START.search(self._buffer)
-        if found is None:
-            del self._buffer[:max(0, len(self._buffer) - _START_TAIL)]
+        start = self._next_start()
+        if start < 0:
+            drop = max(0, len(self._buffer) - _START_TAIL)
+            if drop:
+                self._before = self._buffer[drop - 1]
+            del self._buffer[:drop]
             return False
-        del self._buffer[:found.start()]
+        del self._buffer[:start]
         self._hunting = False
         return True
+
+    def _next_start(self) -> int:
+        """Where the next frame start is in the buffer, or -1. The octet dropped before the buffer
+        (`_before`) is what precedes its first octet: after a digit, the digits there are the rest
+        of a count too long, no count of their own (a count of 2**31 is no frame of 147483648
+        octets). A TRAILER before '<PRI>' is always in the buffer: the tail kept is longer."""
+        found = _FRAME_START.search(self._buffer, 1 if 0x30 <= self._before <= 0x39 else 0)
+        return -1 if found is None else found.start()
 
     def _line_end(self) -> int:
         """Where the non-transparent frame at the start of the buffer ends, or -1: at its TRAILER, a

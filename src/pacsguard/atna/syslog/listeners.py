@@ -190,6 +190,9 @@ class _Connection(asyncio.Protocol):
         self.publish = listener.publish
         self.splitter = Splitter(listener.limits.max_message)
         self.received = 0
+        #: Octets of the syslog stream itself (over TLS its plaintext, not the handshake): none, a
+        #: silent sender, as one that connects over TCP and sends nothing.
+        self.said = 0
         self.sender = Sender("?", None, listener.transport)
         self.transport: asyncio.BaseTransport | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -217,6 +220,7 @@ class _Connection(asyncio.Protocol):
         """Closed by its listener to make room (`StreamListener.full`, which recorded it)."""
         self.listener.connections.discard(self)
         self.received = max(self.received, 1)  # not reported again as silent or truncated
+        self.said = max(self.said, 1)
         self.splitter = Splitter(self.listener.limits.max_message)
         self.refused = True
         self.close()
@@ -232,6 +236,7 @@ class _Connection(asyncio.Protocol):
                 if not self.refused:
                     self._arm()  # the handshake done: from its deadline to the idle timeout
                 return
+        self.said += len(data)
         frames: list[bytes] = []
         try:
             frames, problems = self.splitter.feed(data)
@@ -301,8 +306,14 @@ class _Connection(asyncio.Protocol):
             return  # recorded (counted) when it was refused or evicted
         self.listener.connections.discard(self)
         self._publish(self.splitter.flush(final=True), [])  # a frame held at its LF, or without one: it ended
-        if self.received == 0:
-            self.publish(problem_event(self.sender, FrameProblem("silent", "connected and sent nothing")))
+        handshaking = self._tls is not None and not self._tls.established
+        if handshaking and self.received > 0:  # a ClientHello, or part of one, then gone
+            self.publish(problem_event(self.sender, FrameProblem(
+                "tls-handshake-failed", "TLS handshake not complete: the client closed the connection in it "
+                                        "(RFC 5425 4.2), without an alert saying why")))
+        elif self.said == 0:
+            after = " after its TLS handshake" if self._tls is not None and self._tls.established else ""
+            self.publish(problem_event(self.sender, FrameProblem("silent", f"connected and sent nothing{after}")))
         for problem in self.splitter.finish():
             self.publish(problem_event(self.sender, problem))
         if exc is not None:
@@ -329,13 +340,14 @@ class _Connection(asyncio.Protocol):
     def _timed_out(self) -> None:
         limits = self.listener.limits
         if self._tls is not None and not self._tls.established and self.received > 0:
-            self.received = -1
+            self.received = self.said = -1  # reported here, not again when the connection is lost
             self.publish(problem_event(self.sender, FrameProblem(
                 "tls-handshake-failed", f"TLS handshake not complete {limits.frame_timeout:g} s after it began")))
-        elif self.received == 0:
-            self.received = -1  # reported here, not again when the connection is lost
+        elif self.said == 0:
+            self.received = self.said = -1  # reported here, not again when the connection is lost
+            after = " after its TLS handshake" if self._tls is not None and self._tls.established else ""
             self.publish(problem_event(self.sender, FrameProblem(
-                "silent", f"connected and sent nothing for {time.monotonic() - self.opened:.0f} s")))
+                "silent", f"connected and sent nothing{after} for {time.monotonic() - self.opened:.0f} s")))
         elif self.splitter.pending:
             pending = self.splitter.pending
             self.splitter = Splitter(limits.max_message)  # reported here, not again as truncated
