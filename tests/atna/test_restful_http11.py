@@ -90,9 +90,10 @@ def test_expect_100_continue_is_answered_before_the_body_is_read(
             assert [a[0] for a in responses(read_all(conn))] == [201]
         searched = exchange(port, get("/AuditEvent?patient=PID-0042", extra=expecting))
         assert CONTINUE not in searched and responses(searched)[0][0] == 200  # no content: no 100
-        got = rx.wait(lambda evs: len(rx.audits()) == 3 and len(problems(evs)) == 4, "three stored, four refused")
+        got = rx.wait(lambda evs: len(rx.audits()) == 3 and len(problems(evs)) == 5, "three stored, five refused")
     store.close()
-    assert [p for p, _ in problems(got)] == ["unauthorized", "bad-request", "bad-request", "bad-request"]
+    # 401, 413, 411, the POST to /Patient (404), 417
+    assert [p for p, _ in problems(got)] == ["unauthorized", "bad-request", "bad-request", "bad-request", "bad-request"]
     assert "200-ok" in problems(got)[-1][1]
     no_tracebacks(caplog)
 

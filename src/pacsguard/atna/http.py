@@ -71,6 +71,9 @@ _AUDIT_EVENTS = ("/AuditEvent", "/fhir/AuditEvent")
 _BASES = ("", "/fhir")
 #: The path of one AuditEvent (FHIR R4 3.1.0.1, read): a search Bundle's fullUrl, a POST's Location.
 _AUDIT_EVENT = re.compile(r"(/fhir)?/AuditEvent/([^/]+)")
+#: The methods of RFC 9110 9 (and PATCH, RFC 5789): one a target does not take is answered 405 with
+#: the Allow field; any other, "get" too (a method is case-sensitive, 9.1), 501 Not Implemented.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 #: The interim response that tells a client waiting with "Expect: 100-continue" to send its body.
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -127,6 +130,8 @@ class Reply:
     location: str | None = None
     close: bool = False  # the connection ends after this answer
     retry_after: int | None = None  # seconds, for a 503 (RFC 9110 10.2.3)
+    allow: str | None = None  # the methods the target takes, for a 405 (RFC 9110 10.2.1, 15.5.6)
+    bodiless: bool = False  # an answer to HEAD: its header fields only (RFC 9110 9.3.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +245,8 @@ class Guesses:
 def outcome(status: HTTPStatus, text: str) -> Reply:
     """An OperationOutcome (FHIR R4) explaining a refusal."""
     code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 408: "timeout",
-            413: "too-long", 415: "not-supported", 417: "not-supported", 429: "throttled"}.get(status.value,
-                                                                                               "exception")
+            413: "too-long", 415: "not-supported", 417: "not-supported", 429: "throttled",
+            501: "not-supported"}.get(status.value, "exception")
     return Reply(status.value, {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
 
@@ -447,6 +452,8 @@ class RestfulAtna:
                 # A body left unread may still come: where the next request begins is unknown.
                 if body is None or served + 1 == MAX_REQUESTS or not request.persistent():
                     reply = dataclasses.replace(reply, close=True)
+            if method == "HEAD":  # RFC 9112 6.3: content after it would be read as the next answer
+                reply = dataclasses.replace(reply, bodiless=True)
             try:
                 if not await _send(writer, reply, version):
                     return
@@ -560,9 +567,18 @@ class RestfulAtna:
             return dataclasses.replace(failed, close=True)
 
     async def _handle(self, request: Request, body: bytes, sender: Sender) -> Reply:
+        """Route a request. HEAD is answered as GET, its content then left out (RFC 9110 9.3.2: every
+        general-purpose server supports GET and HEAD)."""
         method, headers, url = request.method, request.headers, request.url
+        if method not in _METHODS:
+            return self._unserved(sender, request, outcome(
+                HTTPStatus.NOT_IMPLEMENTED, f"method {method[:40]!r} is not implemented (RFC 9110 9.1: methods are "
+                "case-sensitive; GET, HEAD and POST are served)"))
+        method = "GET" if method == "HEAD" else method
         path = url.path.rstrip("/")
-        if path in ("/metadata", "/fhir/metadata") and method == "GET":
+        if path in ("/metadata", "/fhir/metadata"):
+            if method != "GET":
+                return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD"))
             from pacsguard import __version__
 
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
@@ -570,18 +586,28 @@ class RestfulAtna:
                                                         SEARCH_PARAMETERS))
         if (one := _AUDIT_EVENT.fullmatch(path)) is not None:
             if method != "GET":
-                return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of an AuditEvent is not supported")
+                return self._unserved(sender, request, _not_allowed(method, "an AuditEvent", "GET, HEAD"))
             return await self._read(one.group(2))
-        if path in _BASES and method == "POST":
+        if path in _BASES:
+            if method != "POST":
+                return self._unserved(sender, request, _not_allowed(method, url.path, "POST"))
             return self._feed(body, sender, self._base_for(headers.get("host", ""), path))
         if path not in _AUDIT_EVENTS:
-            return outcome(HTTPStatus.NOT_FOUND, f"{url.path}: only /AuditEvent (and /metadata) is served")
+            return self._unserved(sender, request, outcome(HTTPStatus.NOT_FOUND,
+                                                           f"{url.path}: only /AuditEvent (and /metadata) is served"))
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
             return await self._search(url.query, sender, base, headers.get("prefer", ""))
         if method == "POST":
             return self._ingest(body, sender, base, headers.get("content-type", ""))
-        return outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not supported")
+        return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD, POST"))
+
+    def _unserved(self, sender: Sender, request: Request, reply: Reply) -> Reply:
+        """A request for a path not served or with a method not taken (404, 405, 501), recorded as
+        bad-request: a PUT or DELETE of an AuditEvent, or a scan of paths, leaves its trace."""
+        self._record(sender, "bad-request", str(reply.body["issue"][0]["diagnostics"]), request.method,
+                     request.url.path)
+        return reply
 
     @property
     def authentication(self) -> str:
@@ -679,13 +705,18 @@ class RestfulAtna:
         # _total=accurate): counting every match of a large search costs a scan of all of it, and
         # FHIR R4 makes Bundle.total optional.
         full = q.count > 0 and len(found) >= q.count
-        next_url = f"{base}/AuditEvent?{_with_cursor(query, found[-1].seq)}" if full else None
+        # FHIR R4 search ("Server Conformance"): the server SHALL return the parameters it used, in
+        # the self link; one ignored (lenient handling) is not among them.
+        used = urlencode([(k, v) for k, v in parse_qsl(query) if k not in q.ignored])
+        self_url = f"{base}/AuditEvent" + (f"?{used}" if used else "")
+        next_url = f"{base}/AuditEvent?{_with_cursor(used, found[-1].seq)}" if full else None
         if q.counted or not q.count:
             total: int | None = await asyncio.to_thread(self._count, q)
         else:
             total = None if full or q.after is not None else len(found)
         ignored = [f"search parameter {name!r} is not supported: ignored" for name in q.ignored]
-        return Reply(200, fhir.bundle(resources, base, total=total, next_url=next_url, warnings=ignored))
+        return Reply(200, fhir.bundle(resources, base, total=total, self_url=self_url, next_url=next_url,
+                                      warnings=ignored))
 
     def _find(self, q: AuditQuery) -> list[StoredEvent]:
         return q.page(q.stored(self.store, after=q.after))
@@ -783,6 +814,12 @@ def _parse_head(head: bytes) -> Request:
         raise Broken("bad-request", f"Host {given[:80]!r} is not a host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)",
                      HTTPStatus.BAD_REQUEST, method, url.path)
     return Request(method, url, version, headers)
+
+
+def _not_allowed(method: str, target: str, allow: str) -> Reply:
+    """405 Method Not Allowed, with the Allow field the status requires (RFC 9110 15.5.6)."""
+    return dataclasses.replace(outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of {target} is not supported "
+                                       f"(allowed: {allow})"), allow=allow)
 
 
 def _expects_continue(request: Request, path: str) -> bool:
@@ -993,6 +1030,7 @@ def _encode(reply: Reply, version: str) -> bytes:
     "Connection: close" when the connection ends after it (RFC 9112 9.6); to an HTTP/1.0 client
     that asked to keep it, "keep-alive" (RFC 9112 C.2.2)."""
     body = json.dumps(reply.body).encode()
+    # To HEAD, the Content-Length the GET would have (RFC 9110 8.6), and no content.
     head = (f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}\r\nContent-Type: {FHIR_JSON}\r\n"
             f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n")
     if reply.close:
@@ -1005,4 +1043,6 @@ def _encode(reply: Reply, version: str) -> bytes:
         head += 'WWW-Authenticate: Bearer realm="pacsguard-atna"\r\n'
     if reply.retry_after is not None:
         head += f"Retry-After: {reply.retry_after}\r\n"
-    return head.encode("latin-1") + b"\r\n" + body
+    if reply.allow is not None:
+        head += f"Allow: {reply.allow}\r\n"
+    return head.encode("latin-1") + b"\r\n" + (b"" if reply.bodiless else body)

@@ -207,8 +207,17 @@ def fhir_body_event(base: dict[str, Any], payload: bytes, sender: Sender) -> Eve
     body of another form is stored raw as unparsed; an A.5 or RFC 3881 XML audit message too, as
     `not-fhir` (read as XML, it would be taken on a path that promises FHIR: its sender should use
     the syslog listeners, or FHIR), any other XML with the problem the XML reader finds in it."""
+    body = payload.lstrip().removeprefix(_UTF8_BOM).lstrip()
+    # Named as what they are: "neither XML nor JSON" would blame the sender's JSON (FHIR R4 JSON: a
+    # resource is one JSON object) or say nothing of a body that is not there.
+    if not body:
+        return unparsed_event(base, "not-fhir", "an empty body: POST one FHIR AuditEvent as a JSON object", [],
+                              sender)
+    if body.startswith(b"["):
+        return unparsed_event(base, "not-fhir", "a JSON array, not a FHIR resource: POST one AuditEvent (a JSON "
+                              "object) to /AuditEvent, or a batch Bundle of them to the FHIR base", [], sender)
     event = payload_event(base, payload, [], sender)
-    if payload.lstrip().removeprefix(_UTF8_BOM).lstrip().startswith(b"{") or event.kind == "atna.message.unparsed":
+    if body.startswith(b"{") or event.kind == "atna.message.unparsed":
         return event
     return unparsed_event(base, "not-fhir", f"an XML audit message ({event.details.get('syntax')}), not a FHIR "
                           "AuditEvent: this endpoint takes FHIR AuditEvent JSON only (send XML audit messages "

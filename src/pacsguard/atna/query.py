@@ -168,6 +168,13 @@ class AuditQuery:
             base, colon, modifier = name.partition(":")
             if colon and base in SEARCH_PARAMETERS:
                 raise QueryError(f"search parameter {base!r}: the modifier {modifier!r} is not supported")
+            # A chain (FHIR R4 search, "Chaining": patient.name) on a reference that names a patient
+            # or another entity is refused for the same reason, but for the two identifier chains
+            # taken: ignored, patient.identifier=X would answer every patient's trail.
+            chained, dot, _ = name.partition(".")
+            if dot and chained in _CHAINABLE and name not in _CHAINS:
+                raise QueryError(f"search parameter {name!r}: the chain {name.partition('.')[2]!r} is not supported "
+                                 f"(only {' and '.join(sorted(_CHAINS))})")
             if name not in _KNOWN and not strict:
                 q.ignored.append(name)
                 continue
@@ -177,9 +184,10 @@ class AuditQuery:
 
     def _add(self, name: str, value: str) -> None:
         """One occurrence of a parameter: its comma-separated values are one more condition."""
-        if name == "patient":  # a reference (Patient/ID), a token (system|value) or the ID
-            self.patients.append(tuple(Identifier.parse(v, reference=True) for v in _split(value, ",")))
-        elif name == "entity-identifier":
+        if name in ("patient", "patient.identifier"):  # a reference (Patient/ID), a token (system|value), the ID
+            reference = name == "patient"  # the chain names the identifier: a token, never a reference
+            self.patients.append(tuple(Identifier.parse(v, reference=reference) for v in _split(value, ",")))
+        elif name in ("entity-identifier", "entity.identifier"):
             self.entity_ids.append(tuple(Identifier.parse(v) for v in _split(value, ",")))
         elif name == "date":
             self._date([_unescape(v) for v in _split(value, ",")])
@@ -296,16 +304,23 @@ def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[St
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
 _MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "agent-identifier": "agent_ids",
             "address": "addresses", "action": "actions", "source": "sources", "outcome": "outcomes"}
+#: The chained parameters taken (FHIR R4 search, "Chaining"): ``patient.identifier`` is ``patient``
+#: given a token, ``entity.identifier`` (as IHE ITI-81 national extensions, CH:ATC, send it) is
+#: ``entity-identifier``. Any other chain on one of `_CHAINABLE` is a QueryError.
+_CHAINS = frozenset({"patient.identifier", "entity.identifier"})
 #: The parameters that name a patient: an empty value of one is refused, not ignored.
-_IDENTIFYING = frozenset({"patient", "entity-identifier"})
+_IDENTIFYING = frozenset({"patient", "entity-identifier", *_CHAINS})
 #: The ITI-81 parameters that name a coded value (its system compared too), and where each is kept.
 _CODED = {"type": "event_ids", "subtype": "subtypes"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
 SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string", "entity-identifier": "token",
                      **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED},
                      **dict.fromkeys(_CODED, "token")}
+#: The parameters whose chains are refused rather than ignored, as their modifiers are: those
+#: taken, and FHIR R4 AuditEvent's ``entity`` (a reference to the patient, among others).
+_CHAINABLE = frozenset({*SEARCH_PARAMETERS, "entity"})
 #: Every parameter the search understands: those and the result parameters.
-_KNOWN = frozenset({*SEARCH_PARAMETERS, "_count", "_cursor", "_total", "_format"})
+_KNOWN = frozenset({*SEARCH_PARAMETERS, *_CHAINS, "_count", "_cursor", "_total", "_format"})
 #: The ends of time: a span that reaches one does not bound the store's index.
 #: The forms a ``date`` value may take (FHIR R4 dateTime, and search's minute precision, 3.1.1.4.5):
 #: YYYY, YYYY-MM, YYYY-MM-DD, and a time of the day to the minute or the second (with a fraction),
@@ -315,6 +330,8 @@ _DATE = re.compile(r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{
                    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?")
 _DATE_FORMS = ("YYYY, YYYY-MM, YYYY-MM-DD, YYYY-MM-DDThh:mm or YYYY-MM-DDThh:mm:ss[.fff], "
                "a time with Z or +hh:mm (else UTC)")
+#: The prefixes of FHIR R4 search ("Prefixes"), each recognised as one, taken or refused by name.
+_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
@@ -415,11 +432,16 @@ def _unescape(text: str) -> str:
 
 def _span(value: str) -> tuple[datetime, datetime]:
     """The instants ``date=value`` allows, from the first to before the last: the FHIR date(Time)'s
-    period, with its prefix (eq, the default, ge, gt, le, lt)."""
-    prefix, text = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "gt", "le", "lt") else ("eq", value)
+    period, with its prefix (eq, the default, ge, gt, le, lt; sa and eb, which for an instant such
+    as an event's time are gt and lt: FHIR R4 search, "Prefixes"). ne and ap are a QueryError
+    naming the prefix (the value is a date; read as none, it would be called "not a date")."""
+    prefix, text = (value[:2], value[2:]) if value[:2] in _PREFIXES else ("eq", value)
+    if prefix in ("ne", "ap"):
+        raise QueryError(f"date: the prefix {prefix!r} of {value[:64]!r} is not supported: use eq, ge, gt, le, lt, "
+                         "sa or eb (two date parameters for a range)")
     start, end = _period(text)
-    lower = {"ge": start, "gt": end, "eq": start}.get(prefix, _EARLIEST)
-    upper = {"le": end, "lt": start, "eq": end}.get(prefix, _LATEST)
+    lower = {"ge": start, "gt": end, "sa": end, "eq": start}.get(prefix, _EARLIEST)
+    upper = {"le": end, "lt": start, "eb": start, "eq": end}.get(prefix, _LATEST)
     return lower, upper
 
 
@@ -430,7 +452,10 @@ def _period(text: str) -> tuple[datetime, datetime]:
     something else, it would answer too little without saying so."""
     parts = _DATE.fullmatch(text)
     if parts is None:
-        raise QueryError(f"date: {text[:64]!r} is not a FHIR date or dateTime: expected {_DATE_FORMS}")
+        # A "+" in a query is a space (HTML form encoding, which parse_qs follows): a zone +01:00 sent
+        # unencoded arrives as " 01:00", and the client should be told why its value is not taken.
+        plus = "; a + in a URL query is a space: write the zone's + as %2B" if " " in text else ""
+        raise QueryError(f"date: {text[:64]!r} is not a FHIR date or dateTime: expected {_DATE_FORMS}{plus}")
     try:
         return _bounds(parts)
     except (ValueError, OverflowError) as exc:  # month 13, 31 February, hour 24, zone +25:00

@@ -242,7 +242,9 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
     }
     if subtypes := _out_codings(record.event_types):
         out["subtype"] = subtypes
-    if record.action:
+    # action and outcome are bound to their value sets (required, FHIR R4 AuditEvent; A.5.1's
+    # enumerations): a value of neither, as a lenient sender wrote it, is left out (the raw keeps it).
+    if record.action in ("C", "R", "U", "D", "E"):
         out["action"] = record.action
     if record.outcome in ("0", "4", "8", "12"):
         out["outcome"] = record.outcome
@@ -341,16 +343,18 @@ def _is_base64(text: str) -> bool:
     return True
 
 
-def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = None,
+def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = None, self_url: str | None = None,
            next_url: str | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
     """A searchset Bundle (FHIR R4 Bundle, as ITI-81 answers): ``total`` when it is known, a
-    ``next`` link to the following page (FHIR R4 3.1.1.4.8) when there may be one, and the
-    ``warnings`` (parameters ignored) as an OperationOutcome entry of search mode "outcome"."""
+    ``self`` link with the parameters the search used (FHIR R4 search: the server SHALL return
+    them there), a ``next`` link to the following page (FHIR R4 3.1.1.4.8) when there may be one,
+    and the ``warnings`` (parameters ignored) as an OperationOutcome entry of search mode "outcome"."""
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         out["total"] = total
-    if next_url is not None:
-        out["link"] = [{"relation": "next", "url": next_url}]
+    links = [{"relation": relation, "url": url} for relation, url in (("next", next_url), ("self", self_url)) if url]
+    if links:
+        out["link"] = links
     out["entry"] = [{"fullUrl": f"{base}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
                     for r in resources]
     if warnings:
