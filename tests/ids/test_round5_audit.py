@@ -50,14 +50,15 @@ RULES = """
 RECEIVED = datetime(2026, 12, 3, 12, tzinfo=timezone.utc)
 
 
-def access(user: str, when: datetime, pid: str, name: str = "ROE^ANN", address: str | None = None) -> Event:
+def access(user: str, when: datetime, pid: str, name: str = "ROE^ANN", address: str | None = None,
+           received: datetime = RECEIVED) -> Event:
     details = (("address", base64.b64encode(address.encode()).decode()),) if address else ()
     obj = ParticipantObject(pid, Code("2", "RFC-3881", "Patient Number"), type_code="1", role="1", name=name,
                             details=details)
     r = AuditRecord("dicom", Code("110110", "DCM", "Patient Record"), "R", when, "0",
                     participants=(Participant(user, requestor=True, access_point="10.20.0.7", access_point_type="2"),),
                     source_id="EMR1", objects=(obj,))
-    return frame_event(SENDER, b"<85>1 - emr1 audit - IHE+RFC-3881 - " + to_xml(r), now=RECEIVED)
+    return frame_event(SENDER, b"<85>1 - emr1 audit - IHE+RFC-3881 - " + to_xml(r), now=received)
 
 
 def adapter(tmp_path: Path, staff: str = "user,surname,address\n", baseline: BaselineSettings | None = None,
@@ -83,9 +84,14 @@ def test_a_threshold_by_user_counts_a_login_whatever_its_case(tmp_path: Path) ->
 def test_a_future_dated_message_does_not_silence_the_users_baseline(tmp_path: Path) -> None:
     def run(future: bool) -> list[str]:
         ad = adapter(tmp_path, baseline=BaselineSettings(factor=2, min_patients=3, min_hours=2), own=True)
-        events = [access("bulk", datetime(2036, 12, 3, 1, tzinfo=timezone.utc), "X0")] if future else []
-        events += [access("bulk", datetime(2026, 12, 3, h, 10, tzinfo=timezone.utc), f"H{h}") for h in (1, 2, 3)]
-        events += [access("bulk", datetime(2026, 12, 3, 4, 10 + i, tzinfo=timezone.utc), f"B{i}") for i in range(6)]
+        # Each received as it is dated (the forged one at 1:00), as a sender's live traffic is.
+        def live(when: datetime, pid: str) -> Event:
+            return access("bulk", when, pid, received=when)
+
+        events = [access("bulk", datetime(2036, 12, 3, 1, tzinfo=timezone.utc), "X0",
+                         received=datetime(2026, 12, 3, 1, tzinfo=timezone.utc))] if future else []
+        events += [live(datetime(2026, 12, 3, h, 10, tzinfo=timezone.utc), f"H{h}") for h in (1, 2, 3)]
+        events += [live(datetime(2026, 12, 3, 4, 10 + i, tzinfo=timezone.utc), f"B{i}") for i in range(6)]
         return fired(ad, events)
 
     assert "audit-patients-above-baseline" in run(False)

@@ -133,6 +133,19 @@ class Baseline(Strict):
     max_patients_per_hour: int = Field(256, ge=1, le=100_000,
                                        description="distinct patients counted per user and hour, at most")
 
+    @model_validator(mode="after")
+    def _can_fire(self) -> Baseline:
+        """Settings under which the rule could never fire are refused, not run silent: a user keeps
+        at most history_hours hours, and an hour counts at most max_patients_per_hour patients."""
+        if self.min_hours > self.history_hours:
+            raise ValueError(f"min_hours {self.min_hours} is more than history_hours {self.history_hours}: no "
+                             "user would ever have that many hours of history, and the rule would never fire")
+        if self.min_patients > self.max_patients_per_hour:
+            raise ValueError(f"min_patients {self.min_patients} is more than max_patients_per_hour "
+                             f"{self.max_patients_per_hour}: no hour would count that many, and the rule would "
+                             "never fire")
+        return self
+
 
 class Privacy(Strict):
     """Privacy monitoring: the IDS rules of ``protocol: audit`` (docs/ids.md) run over every received

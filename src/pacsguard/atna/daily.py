@@ -20,6 +20,8 @@ from pacsguard.events.model import Event, Outcome
 BREAK_GLASS_PURPOSES = frozenset({"ETREAT", "BTG"})
 EMERGENCY_OVERRIDE = "110127"
 _LISTED = 200  # at most this many events per list in the report
+#: At most this many judged accesses are listed (`explain.summary`'s limit); all are counted.
+EXPLANATIONS_LISTED = _LISTED * 5
 #: The report's lists: each is cut at _LISTED events, its full count is in ``counts``.
 LISTS = ("failed_authentications", "security_alerts", "after_hours_access", "break_glass")
 
@@ -27,7 +29,9 @@ LISTS = ("failed_authentications", "security_alerts", "after_hours_access", "bre
 def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19),
               explain: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The day's figures; ``explain`` (called once ``events`` are read) gives the explanations of its
-    accesses (atna/explain.py `summary`)."""
+    accesses (atna/explain.py `summary`). ``hours`` are the working hours (UTC) as [start, end); a
+    start after the end spans midnight ((22, 6): from 22:00 to 06:00), as a site's day shift does in
+    UTC east of UTC+7 or west of UTC-5."""
     users: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -42,7 +46,9 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         total += 1
         kinds[ev.kind] += 1
         per_hour[ev.time.astimezone(timezone.utc).hour] += 1
-        user = user_of(ev)  # the identity (UserID), as explain and the privacy rules count users
+        # The identity (UserID) in lower case, as explain and the privacy rules count users: JSMITH
+        # from the EMR and jsmith from the viewer are one user (docs/audit.md, "Privacy monitoring").
+        user = (user_of(ev) or "").strip().lower()
         if user:
             users[user] += 1
         if ev.actor.host:
@@ -56,7 +62,7 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         hour = ev.time.astimezone(timezone.utc).hour
         # What was done to patient data (explain.touches_patient): a Security Alert or an IDS alert
         # naming a patient, timed when it was raised, is no access at night.
-        if not hours[0] <= hour < hours[1] and touches_patient(ev):
+        if not working(hour, hours) and touches_patient(ev):
             _add(after_hours, ev, counts, "after_hours_access")
         types = {t.get("code") for t in d.get("event_types", ())}
         purposes = {p.get("code") for p in d.get("purposes", ())}
@@ -71,9 +77,16 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
     }
     if explain is not None:
         explained = explain()
-        explained["list"] = explained["list"][:_LISTED * 5]
+        explained["list"] = explained["list"][:EXPLANATIONS_LISTED]
         out["explanations"] = explained
     return out
+
+
+def working(hour: int, hours: tuple[int, int]) -> bool:
+    """Whether ``hour`` (0-23) is within the working hours [start, end), which span midnight when
+    start > end."""
+    start, end = hours
+    return start <= hour < end if start <= end else hour >= start or hour < end
 
 
 def day_span(day: date) -> tuple[datetime, datetime | None]:
@@ -91,8 +104,19 @@ def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str)
                      "patients": list(ev.patient_ids), "message": ev.message})
 
 
+#: Unicode's explicit directional formatting characters (UAX #9 section 2: embeddings, overrides,
+#: isolates, marks). A user name or host a sender chose with U+202E in it would show reversed
+#: ("\u202enimda" as "admin"): the page shows each as a visible <U+202E> instead. The JSON keeps them.
+_SHOWN = {c: f"<U+{c:04X}>" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def _esc(value: object) -> str:
+    """A value as the page shows it: its directional controls made visible, then escaped."""
+    return html.escape(str(value).translate(_SHOWN))
+
+
 def to_html(report: dict[str, Any]) -> str:
-    esc = html.escape
+    esc = _esc
 
     def bars(title: str, pairs: list[tuple[str, int]]) -> str:
         top = max((n for _, n in pairs), default=0) or 1
@@ -127,7 +151,10 @@ def to_html(report: dict[str, Any]) -> str:
                 f"{body}</table>")
 
     hours = [(f"{h:02d}:00", n) for h, n in enumerate(report["per_hour"])]
-    data = json.dumps(report).replace("</", "<\\/")  # no "</script>" inside the script element
+    # No "<" at all in the data, as in the patient report: "</script>" would end the script element,
+    # and "<!--" then "<script" (a user name a sender chose) would keep the page's own "</script>"
+    # from ending it (HTML "script data double escaped state"), so the page's data would not parse.
+    data = json.dumps(report).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Audit report "
             f"{esc(report['day'])}</title><style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;"
             "padding:2px 6px}table{border-collapse:collapse}</style></head><body>"

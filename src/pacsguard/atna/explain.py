@@ -36,7 +36,9 @@ evidence.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import heapq
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -181,9 +183,11 @@ def _users_named(event: Event) -> set[str]:
 
 
 def _organizations(event: Event) -> set[str]:
-    """Departments an audit message names: participant objects of type 3 (organization)."""
-    return {" ".join(str(o.get(k) or "").upper().split()) for o in event.details.get("objects", ())
-            if o.get("type_code") == "3" for k in ("id", "name")} - {""}
+    """Departments an audit message names: participant objects of type 3 (organization), as the
+    staff directory's departments are compared (Unicode NFC, upper case, single spaces: a
+    "Radiologie Süd" sent decomposed, u + U+0308, is the directory's "Radiologie Süd")."""
+    return {" ".join(unicodedata.normalize("NFC", str(o.get(k) or "")).upper().split())
+            for o in event.details.get("objects", ()) if o.get("type_code") == "3" for k in ("id", "name")} - {""}
 
 
 def _care(item: Item) -> bool:
@@ -259,14 +263,16 @@ def explain_items(items: Sequence[Item], patient: str, settings: ExplainSettings
     each over it, not over every event."""
     ordered = sorted(items, key=lambda i: (i.time, i.seq if i.seq != UNSTORED else float("inf")))
     evidence = [i for i in ordered if _care(i) or _moved(i)]
-    last_explained: dict[str, Item] = {}  # user -> their latest explained access so far
+    # user -> their explained accesses so far, oldest first: all of them, not the latest only, as
+    # the latest may be to another authority's patient of the same ID, which no repeat rests on.
+    explained: dict[str, list[Item]] = {}
     out: list[Explanation] = []
     for access in ordered:
         if not access.access:
             continue
-        verdict = _judge(access, evidence, patient, settings, last_explained.get(access.user))
+        verdict = _judge(access, evidence, patient, settings, explained.get(access.user, ()))
         if verdict.explained and access.user:
-            last_explained[access.user] = access
+            explained.setdefault(access.user, []).append(access)
         if wanted(access):
             out.append(verdict)
     return out
@@ -277,7 +283,9 @@ def _moved(item: Item) -> bool:
 
 
 def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: ExplainSettings,
-           earlier: Item | None) -> Explanation:
+           before: Sequence[Item]) -> Explanation:
+    """The first template that finds evidence for ``access``, else a repeat of the latest of the
+    user's explained accesses ``before`` it (oldest first) that is to the same patient."""
     window = settings.evidence_window
     bare = PatientId.parse(patient).id
     mine = authorities_of(access.event, bare)
@@ -287,8 +295,11 @@ def _judge(access: Item, evidence: Sequence[Item], patient: str, settings: Expla
         found = template.find(access, near, settings)
         if found is not None:
             return Explanation(access.seq, patient, access, template.name, found.seq)
-    if earlier is not None and access.time - earlier.time <= settings.repeat_window:
-        return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
+    for earlier in reversed(before):
+        if access.time - earlier.time > settings.repeat_window:
+            break  # the rest are older still
+        if same_patient(mine, authorities_of(earlier.event, bare)):
+            return Explanation(access.seq, patient, access, REPEAT.name, earlier.seq)
     return Explanation(access.seq, patient, access)
 
 
@@ -364,12 +375,12 @@ class Accesses:
         return stored.event
 
     def explain(self, store: EventStore, since: datetime | None, until: datetime | None,
-                settings: ExplainSettings) -> list[Explanation]:
-        out: list[Explanation] = []
+                settings: ExplainSettings) -> Iterator[Explanation]:
+        """The verdicts, patient by patient, as they are made: a day of 100,000 accesses is not
+        held at once (`summary` with a limit keeps the listed ones only)."""
         for patient, seqs in self.wanted.items():
             items = patient_items(store, patient, since, until, settings)
-            out.extend(explain_items(items, patient, settings, _among(seqs)))
-        return out
+            yield from explain_items(items, patient, settings, _among(seqs))
 
 
 def _among(seqs: set[int]) -> Callable[[Item], bool]:
@@ -401,15 +412,28 @@ def _verdicts_on_arrival(store: EventStore, event: Event, patient: str, settings
     return explain_items([*items, *waiting, fresh], patient, settings, lambda item: item is fresh)
 
 
-def summary(verdicts: Sequence[Explanation]) -> dict[str, Any]:
+def summary(verdicts: Iterable[Explanation], limit: int | None = None) -> dict[str, Any]:
     """The figures and the list a report shows: unexplained accesses first, then the explained ones
-    with their template, each group in time order."""
-    explained = [v for v in verdicts if v.explained]
-    ordered = sorted(verdicts, key=lambda v: (v.explained, v.item.time, v.seq))
+    with their template, each group in time order; with ``limit``, the first ``limit`` of that list
+    only, and only they are kept while ``verdicts`` are read (the figures count every one)."""
     by_template: dict[str, int] = {}
-    for v in explained:
-        by_template[v.template or ""] = by_template.get(v.template or "", 0) + 1
-    return {"accesses": len(verdicts), "explained": len(explained),
-            "share": round(len(explained) / len(verdicts), 4) if verdicts else None,
+    count = 0
+
+    def counted() -> Iterator[Explanation]:
+        nonlocal count
+        for v in verdicts:
+            count += 1
+            if v.template is not None:
+                by_template[v.template] = by_template.get(v.template, 0) + 1
+            yield v
+
+    def order(v: Explanation) -> tuple[bool, float, int]:
+        return v.explained, v.item.time, v.seq
+
+    # nsmallest(n, ...) is sorted(...)[:n] holding n items at a time.
+    ordered = sorted(counted(), key=order) if limit is None else heapq.nsmallest(limit, counted(), key=order)
+    explained = sum(by_template.values())
+    return {"accesses": count, "explained": explained,
+            "share": round(explained / count, 4) if count else None,
             "by_template": by_template, "templates": template_docs(),
             "list": [v.to_dict() for v in ordered]}

@@ -225,6 +225,20 @@ def patient(
     from pacsguard.cli.events import _when
     from pacsguard.runtime.outputs import open_store as open_target
 
+    if not patient_id.strip() or patient_id != patient_id.strip():
+        # Stored patient IDs are trimmed (an audit message's CX, a DICOM LO value's padding: PS3.5
+        # 6.2), so this ID could match nothing; the report would be a signed "nobody accessed it"
+        # made from an empty "$PID" or a line read with its CR.
+        raise fail(f"patient ID {shown(repr(patient_id))}: " + ("empty; give a patient ID (PID or PID^^^AUTHORITY)"
+                   if not patient_id.strip() else "white space before or after it; patient IDs are stored "
+                   "trimmed, so it would match nothing: give it without"))
+    start, end = _when(since, "since"), _when(until, "until")
+    if start is not None and end is not None and end <= start:
+        # The window is [since, until): an inverted one holds no time, and the report would be a
+        # signed statement that nobody accessed the patient.
+        raise fail(f"--until {shown(until)} ({end.isoformat()}) is not after --since {shown(since)} "
+                   f"({start.isoformat()}): the report covers from --since to before --until, so that window "
+                   "holds no time")
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
     # Without a signing key at hand, events after the newest checkpoint are listed as unproven,
@@ -238,7 +252,7 @@ def patient(
                 writer.checkpoint()
             finally:
                 writer.close()
-        report = patient_report(es, patient_id, _when(since, "since"), _when(until, "until"),
+        report = patient_report(es, patient_id, start, end,
                                 explain=_explain_settings(loaded) if explain else None)
         if witness is not None:
             held, unreadable = _witnessed(witness, es.checkpoints(), None, (None, None, None))
@@ -252,7 +266,9 @@ def patient(
     if fmt in (ReportFormat.json, ReportFormat.html):
         _sign_report(report, signing)  # last: the signature covers every member, the witness's too
     if fmt is ReportFormat.json:
-        print(json.dumps(report, indent=1))
+        # Written as it is encoded: the text of a report of many events is as large as the report.
+        json.dump(report, sys.stdout, indent=1)
+        sys.stdout.write("\n")
     elif fmt is ReportFormat.html:
         sys.stdout.write(to_html(report))
     elif fmt is ReportFormat.csv:
@@ -336,7 +352,9 @@ def prove(
 
     try:
         # Bytes, not read_text: newline translation would change the page `page_problems` compares.
-        text = report.read_bytes().decode("utf-8")
+        # utf-8-sig: an editor that re-indents the json may put a byte order mark first, which a
+        # JSON reader may ignore (RFC 8259 section 8.1); it is an encoding mark, not content.
+        text = report.read_bytes().decode("utf-8-sig")
         data = load_report(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
@@ -502,8 +520,8 @@ class DailyFormat(str, Enum):
 def report(
     day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD (UTC)"),
     fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
-    hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END; access to patient data "
-                              "outside them is listed"),
+    hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END (22-6 spans midnight); "
+                              "access to patient data outside them is listed"),
     explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
@@ -512,18 +530,23 @@ def report(
     uses and access to patient data outside working hours."""
     from datetime import date
 
-    from pacsguard.atna.daily import day_span, summarise, to_html
+    from pacsguard.atna.daily import EXPLANATIONS_LISTED, day_span, summarise, to_html
     from pacsguard.atna.explain import Accesses
     from pacsguard.atna.explain import summary as explained
     from pacsguard.store import EventQuery
 
     try:
         when = date.fromisoformat(day)
+    except ValueError as exc:
+        raise fail(f"--day {day!r}: not a date, YYYY-MM-DD expected ({exc})") from None
+    try:
         start_hour, end_hour = (int(h) for h in hours.split("-", 1))
     except ValueError:
-        raise fail(f"--day YYYY-MM-DD and --hours START-END expected, got {day!r} and {hours!r}") from None
-    if not 0 <= start_hour < end_hour <= 24:
-        raise fail(f"--hours: expected 0 <= START < END <= 24, got {hours!r}")
+        raise fail(f"--hours {hours!r}: START-END expected, hours 0 to 24 (7-19; 22-6 spans midnight)") from None
+    # START > END spans midnight: a day shift in UTC east of UTC+7 or west of UTC-5 (7-19 in Los
+    # Angeles is 15-3 UTC). START == END would hold no hour, or all of them: not told apart.
+    if not (0 <= start_hour < 24 and 0 <= end_hour <= 24 and start_hour != end_hour):
+        raise fail(f"--hours {hours!r}: expected START-END, START from 0 to 23, END from 0 to 24, not the same")
     since, until = day_span(when)
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
@@ -532,7 +555,8 @@ def report(
         settings = _explain_settings(loaded) if explain else None
         summary = summarise((seen.see(s) for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
                             (start_hour, end_hour),
-                            None if settings is None else lambda: explained(seen.explain(es, since, until, settings)))
+                            None if settings is None
+                            else lambda: explained(seen.explain(es, since, until, settings), EXPLANATIONS_LISTED))
     finally:
         es.close()
     sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")

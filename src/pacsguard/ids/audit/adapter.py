@@ -38,9 +38,23 @@ class ListFileError(ValueError):
         self.problem = problem
 
 
+#: The largest list file read (a staff directory of 100,000 people is some 10 MB): a path naming a
+#: database dump, a disk image or /dev/zero by mistake is refused instead of filling the memory.
+MAX_LIST_BYTES = 64 * 1024 * 1024
+
+
 def _text_of(path: Path) -> str:
-    """A list file's text: UTF-8, with or without a byte order mark."""
-    data = path.read_bytes()
+    """A list file's text: UTF-8, with or without a byte order mark. A file that cannot be read (not
+    there, a folder, no permission) or is larger than MAX_LIST_BYTES is a ListFileError too, so the
+    error names the setting."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_LIST_BYTES + 1)  # never more, whatever the path names (a device, a pipe)
+    except OSError as exc:
+        raise ListFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise ListFileError(path, f"larger than {MAX_LIST_BYTES // (1024 * 1024)} MiB: not a list of patients "
+                                  "or staff (is it the right file?)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -72,9 +86,13 @@ class PrivacyLists:
         watched: set[str] = set()
         if watch_file is not None:
             for line in _text_of(watch_file).splitlines():
-                text = line.split("#", 1)[0].strip()
+                # The ID ends at "^", where a CX's authority begins, and at a tab, where a
+                # spreadsheet's "tab delimited" export puts the next column (a name, a note): no
+                # patient ID holds one (DICOM LO and HL7 ST hold no control characters). Spaces
+                # around it are a spreadsheet's padding ("PID-0042 ^^^STMARY").
+                text = line.split("#", 1)[0].strip().split("\t", 1)[0].split("^", 1)[0].strip()
                 if text:
-                    watched.add(text.split("^", 1)[0])
+                    watched.add(text)
         return cls(frozenset(watched), _staff(staff_csv) if staff_csv is not None else {})
 
     def departments(self) -> dict[str, str]:
@@ -93,8 +111,15 @@ def _staff(path: Path) -> dict[str, StaffMember]:
     means them, whatever their case and surrounding spaces (``User, Surname``); a column that is
     missing or unknown (a misspelt ``adress``), a row with more values than columns (an address with
     an unquoted comma) and a user listed twice (case does not tell logins apart) are refused with
-    the line: each would otherwise leave a rule comparing against nothing, without a word."""
-    reader = csv.reader(io.StringIO(_text_of(path), newline=""))
+    the line: each would otherwise leave a rule comparing against nothing, without a word.
+
+    The values are separated by commas, or by semicolons or tabs when the header row holds no comma
+    but those: a spreadsheet in a locale whose decimal mark is the comma (German, French) saves
+    "CSV" with semicolons, and "Text (tab delimited)" with tabs."""
+    text = _text_of(path)
+    header_line = text.split("\n", 1)[0]
+    delimiter = next((d for d in (",", ";", "\t") if d in header_line), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     end = 0  # the last line read whole: a row starts on the next
     try:
         header = next(reader, None)
@@ -117,7 +142,8 @@ def _staff(path: Path) -> dict[str, StaffMember]:
             line, end = end + 1, reader.line_num  # where the row starts: a quoted value may span lines
             if any(v.strip() for i, v in enumerate(row) if i >= len(names) or not names[i]):
                 raise ListFileError(path, f"line {line}: {len(row)} values, but the header names "
-                                          f"{sum(1 for n in names if n)} columns (quote a value that holds a comma)")
+                                          f"{sum(1 for n in names if n)} columns (quote a value that holds a "
+                                          f"{_DELIMITER_NAMES[delimiter]})")
             values = dict(zip(names, row, strict=False))  # a short row: the rest empty
             written = values.get("user", "").strip()
             user = written.lower()
@@ -135,6 +161,9 @@ def _staff(path: Path) -> dict[str, StaffMember]:
     return staff
 
 
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
 def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path]:
     """The adapter's own rule files (rules/), for the engine's rules_dirs: the per-user baseline, and
     the unexplained access (which makes every received access query the store)."""
@@ -147,6 +176,23 @@ def _norm(text: str | None) -> str:
     """A name or address as compared: Unicode NFC (a decomposed u + U+0308 from one system equals the
     precomposed ü of another, Unicode UAX #15), upper case, single spaces."""
     return " ".join(unicodedata.normalize("NFC", text or "").upper().split())
+
+
+#: Apostrophes and hyphens as a word processor or an HR system types them (O’Brien, U+2019; a
+#: non-breaking hyphen, U+2011), as the ASCII ones a PACS writes.
+_PUNCTUATION = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "`": "'",
+                              "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u00ad": None})
+#: The German spelling of umlauts where a system has only ASCII (PS3.5's default repertoire): MUELLER.
+_UMLAUTS = str.maketrans({"Ä": "AE", "Ö": "OE", "Ü": "UE"})
+
+
+def surname_forms(name: str) -> frozenset[str]:
+    """The forms a surname (as `_norm` gives it) is compared in: as written, with its umlauts spelt
+    out (Müller as MUELLER) and without its diacritics (MULLER), each with ASCII apostrophes and
+    hyphens: a PACS whose character set is ASCII writes MUELLER or MULLER for the directory's Müller."""
+    text = name.translate(_PUNCTUATION)
+    bare = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+    return frozenset({text, unicodedata.normalize("NFC", text).translate(_UMLAUTS), bare}) - {""}
 
 
 def _detail_texts(value: str) -> list[str]:
@@ -165,16 +211,19 @@ def _patients(event: Event) -> list[dict[str, Any]]:
     return found or [{"id": p} for p in event.patient_ids if "^" not in p]
 
 
-def _patient_names(event: Event) -> Iterable[tuple[str, frozenset[str]]]:
-    """(surname, addresses) of each patient object: ParticipantObjectName as a DICOM PN
-    (FAMILY^GIVEN); the address from a ParticipantObjectDetail of type "address", when the sender
-    gives one, as sent and base64-decoded (_detail_texts)."""
+def _patient_names(event: Event) -> Iterable[tuple[frozenset[str], frozenset[str]]]:
+    """(surnames, addresses) of each patient object: ParticipantObjectName as a DICOM PN, whose
+    family name is the first component of each of its component groups (PS3.5 6.2.1.2:
+    alphabetic=ideographic=phonetic, each FAMILY^GIVEN^...: "Yamada^Tarou=山田^太郎" is Yamada and
+    山田), each in its `surname_forms`; the address from a ParticipantObjectDetail of type
+    "address", when the sender gives one, as sent and base64-decoded (_detail_texts)."""
     for obj in event.details.get("objects", ()):
         if obj.get("type_code") == "1" and obj.get("role") == "1":
             name = str(obj.get("name") or "")
+            surnames = frozenset(f for group in name.split("=") for f in surname_forms(_norm(group.split("^", 1)[0])))
             addresses = frozenset(_norm(t) for d in obj.get("details", ()) if d.get("type") == "address"
                                   for t in _detail_texts(str(d.get("value", ""))))
-            yield _norm(name.split("^", 1)[0]), addresses - {""}
+            yield surnames - {""}, addresses - {""}
 
 
 def _received(event: Event) -> float | None:
@@ -243,7 +292,7 @@ class AuditAdapter:
             "purposes": [str(p.get("code", "")) for p in d.get("purposes", ())],
             "hour": event.time.astimezone(timezone.utc).hour,
             "watched": any(p in self.lists.watched for p in patients),
-            "same_surname": bool(me and me.surname and any(s == me.surname for s, _ in names)),
+            "same_surname": bool(me and me.surname and any(surname_forms(me.surname) & s for s, _ in names)),
             "same_address": bool(me and me.address and any(me.address in a for _, a in names)),
         }
         used = self._used(rules)

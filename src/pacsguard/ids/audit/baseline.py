@@ -11,10 +11,11 @@ first takes the count above ``factor`` times the baseline (and to at least ``min
 Memory is bounded: at most ``max_users`` users (the least recently active is evicted first and, if
 seen again, learns its baseline anew), per user at most ``history_hours`` counts and, for the
 current hour, at most ``max_patients_per_hour`` patient IDs (beyond that the count stays there).
-An access older than the user's current hour (a sender's backlog) changes no count, nor does one
-dated more than ``AHEAD`` seconds after it was received (a sender's wrong clock, or a forged
-message): else one message dated years ahead would make every later access "older" and silence the
-user's alert until then.
+An access older than the user's current hour (a sender's backlog) changes no count. One dated more
+than ``AHEAD`` seconds after it was received (a sender's wrong clock, a local time sent without its
+zone east of UTC, or a forged message) counts in the hour it was received: dated as sent, one
+message dated years ahead would make every later access "older" and silence the user's alert until
+then.
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ class PatientsPerHour:
         """Count ``user``'s access to ``patients`` at ``when`` (seconds since the epoch, UTC), received
         at ``received`` (None: not known, ``when`` is trusted)."""
         s = self.settings
-        state = self.users.get_or_create(user, when, lambda: _User(s.history_hours))
         if received is not None and when > received + AHEAD:
-            known = len(state.history)  # dated in the future: counts nothing, moves no hour
-            return HourFigures(len(state.patients), state.baseline if known else 0.0, known, False)
+            # Dated in the future: counted when it arrived. Dated as sent, it would move the user's
+            # hour ahead and make every later access "older"; left out, a site whose senders give
+            # local time without its zone east of UTC (read as UTC, PS3.15 A.5.1 asks for a zone)
+            # would never be counted at all.
+            when = received
+        state = self.users.get_or_create(user, when, lambda: _User(s.history_hours))
         hour = int(when // 3600)
         if hour > state.hour:
             if state.patients:
