@@ -1,9 +1,10 @@
 """RFC 9162 inclusion proofs (section 2.1.3) of stored events against a signed checkpoint, for
 reports that are checked offline with only the store's public key.
 
-A proof names the sealed record (its exact text: its leaf hash is recomputed by the verifier,
-never read from the store), its index (the event's seq), the tree size of the checkpoint and the
-audit path. The leaves are read from the store once per call.
+A proof names its index (the event's seq), the tree size of the checkpoint and the audit path;
+the verifier recomputes the leaf hash from the sealed record the report carries, never reads it
+from the store. The leaves are read from the store once per call; the records are not (the caller
+has them from its search, and a second copy of 200,000 records would double the memory).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from pacsguard.store.errors import StoreError
 from pacsguard.store.merkle import node_hash
-from pacsguard.store.schema import event_bodies, events
+from pacsguard.store.schema import events
 from pacsguard.store.store import Checkpoint, EventStore
 
 
@@ -23,7 +24,6 @@ from pacsguard.store.store import Checkpoint, EventStore
 class InclusionProof:
     seq: int
     tree_size: int
-    sealed: str
     path: tuple[bytes, ...]
 
 
@@ -36,14 +36,11 @@ def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpo
     with store.engine.connect() as conn:
         leaves = [_leaf(seq, leaf, store.name) for seq, leaf in conn.execute(
             select(events.c.seq, events.c.leaf).where(events.c.seq < size).order_by(events.c.seq))]
-        bodies = dict(conn.execute(select(event_bodies.c.seq, event_bodies.c.body)
-                                   .where(event_bodies.c.seq.in_(wanted))).all())
     if len(leaves) != size:
         # Rows are missing: no path can be computed; the proofs of what remains will fail to verify.
         leaves += [bytes(32)] * (size - len(leaves))
     levels = _levels(leaves)
-    return [InclusionProof(seq, size, bodies.get(seq, ""), tuple(_path(seq, size, levels, leaves)))
-            for seq in wanted]
+    return [InclusionProof(seq, size, tuple(_path(seq, size, levels, leaves))) for seq in wanted]
 
 
 def _leaf(seq: int, leaf: object, store: str) -> bytes:
