@@ -183,6 +183,7 @@ def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[s
                             confirm_after=0.5, on_delivered=lambda a, b, r: delivered.append((a, b, r)))
     forward = Forwarder(spool, "site-a")
     events = own_events(400)
+    sent = len(events) + 1  # and, first, the Begin Transferring of their patient (PS3.15 A.5.3.5)
     sender.start()
     try:
         def produce() -> None:
@@ -200,9 +201,9 @@ def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[s
         time.sleep(1.0)
         repo.start()
         producer.join(DEADLINE)
-        while spool.delivered() < len(events) and time.monotonic() < end:
+        while spool.delivered() < sent and time.monotonic() < end:
             time.sleep(0.05)
-        assert spool.delivered() == len(events) and spool.pending() == 0
+        assert spool.delivered() == sent and spool.pending() == 0
     finally:
         sender.stop()
         spool.close()
@@ -214,8 +215,9 @@ def test_exactly_once_across_the_repository_stopping(tmp_path: Path, pki: dict[s
     finally:
         store.close()
     seqs = [delivery_of(e.details["syslog"].get("structured_data")) for e in got]
-    assert sorted(s[1] for s in seqs if s) == list(range(1, len(events) + 1))  # each once, none lost
-    first = got[0]
+    assert sorted(s[1] for s in seqs if s) == list(range(1, sent + 1))  # each once, none lost
+    assert got[0].kind == "atna.audit.begin-transferring-instances" and got[0].patient_ids == ("PID-7",)
+    first = got[1]
     assert first.kind == "atna.audit.instances-transferred" and first.patient_ids == ("PID-7",)
     assert first.details["sender"]["certificate"].endswith("CN=gateway-a") or "gateway-a" in \
         first.details["sender"]["certificate"]
@@ -333,15 +335,18 @@ def test_a_real_repository_stores_the_query_as_a_data_set(tmp_path: Path, pki: d
         forward(find)
         forward(anonymous)
         end = time.monotonic() + DEADLINE
-        while spool.delivered() < 2 and time.monotonic() < end:
+        # the transfer's Begin Transferring (PS3.15 A.5.3.5) too: 3
+        while spool.delivered() < 3 and time.monotonic() < end:
             time.sleep(0.05)
-        assert spool.delivered() == 2
+        assert spool.delivered() == 3
     finally:
         sender.stop()
         spool.close()
         repo.stop()
     store = EventStore.open(str(repo.store))
     try:
+        (begin,) = [s.event for s in store.search(EventQuery(kind="atna.audit.begin-transferring-instances"))]
+        assert begin.patient_ids == () and begin.study_uids == ("1.2.3",)
         (query,) = [s.event for s in store.search(EventQuery(kind="atna.audit.query"))]
         (transfer,) = [s.event for s in store.search(EventQuery(kind="atna.audit.instances-transferred"))]
     finally:

@@ -3,6 +3,7 @@ external Audit Record Repository. The output passes `schema.check`."""
 
 from __future__ import annotations
 
+import re
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from pacsguard.atna.message.record import AuditRecord, Code
@@ -54,7 +55,26 @@ def to_xml(record: AuditRecord) -> bytes:
             holder = SubElement(el, "ParticipantObjectContainsStudy")
             for uid in o.studies:
                 SubElement(holder, "StudyIDs", {"UID": uid})
+    for el in root.iter():
+        if el.text is not None:
+            el.text = _chars(el.text)
+        el.attrib = {name: _chars(value) for name, value in el.attrib.items()}
     return _one_line(tostring(root, encoding="utf-8", xml_declaration=False))
+
+
+#: What XML 1.0 2.2 ("Char") does not allow in a document, not even as a character reference: C0
+#: controls other than tab, LF and CR, lone surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _chars(value: str) -> str:
+    """``value`` with each character XML 1.0 does not allow written as its escape text (``\\x01``,
+    ``\\ud800``, as pacsguard's events write a lone surrogate): a Patient ID or a query key with
+    a control byte, as the gateway saw it, is still evidence, and ElementTree would write it as it
+    is (or as a character reference to it), making the whole message no XML."""
+    if _NOT_XML.search(value) is None:
+        return value
+    return _NOT_XML.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
 
 
 #: XML 1.0 2.8: the declaration as ElementTree writes it, without the line feed it puts after it.

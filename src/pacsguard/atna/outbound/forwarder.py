@@ -3,16 +3,38 @@ has a message for goes into the spool (committed before the next one is taken).
 
 The subscription only sees what is written after it began; `follow` spools what the store took
 before (serve's ``pacsguard.service.started`` is published before the services start), each Event
-once: one the subscription delivers as well is skipped by its id."""
+once: one the subscription delivers as well is skipped by its id.
+
+The store takes an Event before the subscription hands it to the feed, so a pacsguard killed
+(SIGKILL, a power cut) in between leaves stored Events that were never spooled. The spool keeps,
+with each message, the id of its Event, and where in the store the run began: `follow` spools, at
+the next start, what the store took after that Event.
+
+A transfer (C-STORE, C-MOVE, C-GET) whose patient the association has not transferred yet gets a
+Begin Transferring DICOM Instances message (PS3.15 A.5.3.5) before its Instances Transferred, in the
+same spool entry. Which patients (and studies) each association began is remembered for
+MAX_ASSOCIATIONS associations (the least recently active forgotten first), MAX_REMEMBERED each,
+and forgotten at the association's end; forgetting costs at most a repeated Begin Transferring,
+never a missing one. A pacsguard killed and started again remembers nothing: an association in
+flight then may get a second one."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pacsguard.atna.message.build import to_xml
-from pacsguard.atna.outbound.mapping import to_record
+from pacsguard.atna.outbound.mapping import (
+    TRANSFERS,
+    AssociationKey,
+    association_of,
+    begin_record,
+    to_record,
+    transferred_patients,
+)
 from pacsguard.atna.outbound.spool import Spool
 from pacsguard.events.model import Event
 
@@ -22,6 +44,16 @@ if TYPE_CHECKING:
 
 #: Events read from the store at a time while catching up.
 _CHUNK = 1000
+#: Associations whose patients with a Begin Transferring message are remembered at once, and
+#: patients and studies remembered per association: a bound on memory whatever the traffic.
+MAX_ASSOCIATIONS = 1024
+MAX_REMEMBERED = 2048
+#: The phases after which an association's ends may be another association's (PS3.8 9.3): an
+#: A-ASSOCIATE-RQ too, in case the previous association's end was never recorded.
+_ENDS = frozenset({"dicom.association.requested", "dicom.association.rejected", "dicom.association.released",
+                   "dicom.association.aborted"})
+
+log = logging.getLogger("pacsguard.atna.outbound")
 
 
 class Forwarder:
@@ -33,6 +65,9 @@ class Forwarder:
         self._lock = threading.Lock()
         self._caught: set[str] = set()
         self._gone = False
+        #: association -> ("patient", ID) of each patient whose Begin Transferring is spooled, and
+        #: ("study", UID) of each study those transfers named
+        self._begun: OrderedDict[AssociationKey, dict[tuple[str, str], None]] = OrderedDict()
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -41,9 +76,43 @@ class Forwarder:
             if self._caught and event.id in self._caught:
                 self._caught.discard(event.id)
                 return
-            message = self.message(event)
-            if message is not None:
-                self.spool.add([message])
+            messages = self.messages(event)
+            if messages:
+                self.spool.add(messages, event.id)
+
+    def messages(self, event: Event) -> list[bytes]:
+        """The A.5 messages of one of pacsguard's own Events, in order: its own (``message``), and
+        before it, for a transfer, a Begin Transferring for each patient new to its association."""
+        message = self.message(event)
+        association = association_of(event) if event.component != "atna" else None
+        if association is None:
+            return [] if message is None else [message]
+        if event.kind in _ENDS:
+            self._begun.pop(association, None)
+        if event.kind not in TRANSFERS or message is None:
+            return [] if message is None else [message]
+        begun = self._begun.pop(association, None) or {}
+        self._begun[association] = begun  # now the most recently active
+        if len(self._begun) > MAX_ASSOCIATIONS:
+            self._begun.popitem(last=False)
+        out = []
+        studies = [("study", uid) for uid in event.study_uids]
+        for patient in transferred_patients(event):
+            begun_before = ("patient", patient) in begun
+            # An unknown patient (a C-GET or C-MOVE whose identifier named none) is told by its
+            # studies: begun when this association began all of them, as a C-GET's own C-STORE
+            # sub-operations (PS3.4 C.4.3) do, naming the patient; another study of an unknown
+            # patient may be anyone's.
+            if not patient and studies:
+                begun_before = all(study in begun for study in studies)
+            if begun_before:
+                continue
+            out.append(to_xml(begin_record(event, self.source_id, patient)))
+            begun[("patient", patient)] = None
+        begun.update(dict.fromkeys(studies))
+        while len(begun) > MAX_REMEMBERED:
+            del begun[next(iter(begun))]
+        return [*out, message]
 
     def message(self, event: Event) -> bytes | None:
         """The A.5 message of one of pacsguard's own Events, or None when there is none to send."""
@@ -60,24 +129,61 @@ class Forwarder:
             subscription = subscribe(self)
             try:
                 if store is not None:
-                    self._catch_up(store, since)
+                    self._catch_up(store, self._resume(store, since), since)
+                    self.spool.keep_store_from(since)
             except BaseException:
                 self._gone = True  # what the subscription still delivers is dropped: no spool then
                 subscription.unsubscribe(0)
                 raise
         return subscription
 
-    def _catch_up(self, store: EventStore, since: int) -> None:
+    def _resume(self, store: EventStore, since: int) -> int:
+        """Where in the store to start spooling: ``since`` (this run's first Event), or earlier when
+        the previous run stored Events after the last one it spooled (it was killed)."""
+        begun = self.spool.store_from
+        if begun is None or begun >= since:
+            return since  # a new spool, or one of a version that kept no position: nothing to redo
+        last = self.spool.last_event
+        found = None if last is None else _find(store, begun, last)
+        if found is None:
+            return begun  # the previous run spooled nothing: each of its Events is yet to be
+        return min(since, found + 1)
+
+    def _catch_up(self, store: EventStore, start: int, since: int) -> None:
         from pacsguard.store import EventQuery
 
-        position = since - 1
+        position, redone = start - 1, 0
         while True:
             batch = list(store.search(EventQuery(after_seq=position, limit=_CHUNK)))
             if not batch:
-                return
-            messages = [m for m in (self.message(s.event) for s in batch) if m is not None]
-            # The subscription may deliver any of these too (written after it began).
-            self._caught.update(s.event.id for s in batch)
+                break
+            mapped = [(s.seq, self.messages(s.event)) for s in batch]
+            messages = [m for _, ms in mapped for m in ms]
+            redone += sum(len(ms) for seq, ms in mapped if seq < since)
+            # The subscription may deliver any of these too (written after it began, at `since` on).
+            self._caught.update(s.event.id for s in batch if s.seq >= since)
             if messages:
-                self.spool.add(messages)
+                self.spool.add(messages, batch[-1].event.id)
             position = batch[-1].seq
+        if redone:
+            log.warning("outbound: %d audit messages of events stored before pacsguard last stopped had not reached "
+                        "the spool (pacsguard was killed): spooled now", redone)
+
+
+def _find(store: EventStore, start: int, event_id: str) -> int | None:
+    """The seq of the Event ``event_id`` in the store at ``start`` or after, None when it is not there.
+    Looked for among the newest first (after a kill it is near the end), then from ``start`` on."""
+    from pacsguard.store import EventQuery
+
+    for stored in store.search(EventQuery(after_seq=start - 1, limit=_CHUNK, newest_first=True)):
+        if stored.event.id == event_id:
+            return stored.seq
+    position = start - 1
+    while True:
+        batch = list(store.search(EventQuery(after_seq=position, limit=_CHUNK)))
+        if not batch:
+            return None
+        for stored in batch:
+            if stored.event.id == event_id:
+                return stored.seq
+        position = batch[-1].seq

@@ -1,8 +1,10 @@
 """pacsguard's own Events as DICOM audit messages (PS3.15 A.5.3): a stored or retrieved object as
-DICOM Instances Transferred (A.5.3.7), a C-FIND as Query (A.5.3.10), a refused association, a failed
-TLS handshake, an IDS alert or a quarantine as Security Alert (A.5.3.11, the device as a Node ID
-participant object), serve's start and stop as Application Activity (A.5.3.1), a login as User
-Authentication (A.5.3.12). Events with no A.5 counterpart are not sent."""
+DICOM Instances Transferred (A.5.3.7), preceded, at the first transfer of each patient within an
+association, by Begin Transferring DICOM Instances (A.5.3.5, begin_record), a C-FIND as Query
+(A.5.3.10), a refused association, a failed TLS handshake, an IDS alert or a quarantine as
+Security Alert (A.5.3.11, the device as a Node ID participant object), serve's start and stop as
+Application Activity (A.5.3.1), a login as User Authentication (A.5.3.12). Events with no A.5
+counterpart are not sent."""
 
 from __future__ import annotations
 
@@ -108,7 +110,10 @@ def _identifier(details: Mapping[str, Any]) -> bytes:
         fp.is_little_endian, fp.is_implicit_VR = True, False
         try:
             write_dataset(fp, ds, parent_encoding=charset or "iso8859")
-        except (OSError, ValueError):  # how pydicom reports a value it cannot encode
+        # How pydicom reports a value it cannot encode; TypeError too: a value of a VR outside the
+        # character set's reach (CS, UI, DA: PS3.5 6.1.2.3) with a character beyond Latin-1 fails
+        # as UnicodeEncodeError, which pydicom's re-raise naming the tag cannot rebuild.
+        except (OSError, ValueError, TypeError):
             continue  # that key is left out rather than the whole message lost
         encoded[tag] = fp.getvalue()
     # A data set is its elements in ascending tag order (PS3.5 7.1), each encoded on its own above.
@@ -132,6 +137,51 @@ def _node(target: str) -> ParticipantObject:
     return ParticipantObject(target, Code("110182", "DCM", "Node ID"), type_code="2", role="13")
 
 
+#: The Events of a transfer of DICOM instances (PS3.15 A.5.3.5, A.5.3.7).
+TRANSFERS = frozenset({"dicom.dimse.c-store", "dicom.dimse.c-move", "dicom.dimse.c-get"})
+
+#: Which association an Event is of: who recorded it, where (route, sensor) and its two ends.
+AssociationKey = tuple[str, str | None, str | None, frozenset[tuple[str | None, str | None]]]
+
+
+def _text(value: object) -> str | None:
+    """A key part as text: a stored Event's fields are not type-checked when read back, and an
+    unhashable one (a list) must not stop the feed."""
+    return None if value is None else str(value)
+
+
+def association_of(event: Event) -> AssociationKey | None:
+    """The association a ``dicom.association.*`` or ``dicom.dimse.*`` Event is of, None for any
+    other Event. One association is one TCP connection (PS3.8 9.1.1), so its two ends (host and
+    port) tell it apart from every other live one of the same recorder (route, or passive sensor);
+    the ends, not actor and target, because a DIMSE request of the acceptor (a C-GET's C-STORE
+    sub-operations, PS3.4 C.4.3) names the acceptor as its actor."""
+    if not event.kind.startswith(("dicom.association.", "dicom.dimse.")):
+        return None
+    ends = frozenset((_text(party.host), _text(party.port)) for party in (event.actor, event.target))
+    return (str(event.component), _text(event.details.get("route")), _text(event.details.get("sensor")), ends)
+
+
+def transferred_patients(event: Event) -> tuple[str, ...]:
+    """The Patient IDs a transfer's Instances Transferred message names (an empty one for an
+    unknown patient, as there)."""
+    return tuple(obj.object_id for obj in _patients(event, required=True))
+
+
+def begin_record(event: Event, source_id: str, patient_id: str) -> AuditRecord:
+    """Begin Transferring DICOM Instances (PS3.15 A.5.3.5, Table A.5.3.5-1) of ``patient_id`` at
+    the transfer ``event``: the same source and destination (Role IDs 110153, 110152), the Patient
+    and the Studies being transferred (with their SOP Class) as its Instances Transferred message,
+    action E, the transfer's time and outcome."""
+    patient = ParticipantObject(patient_id, Code("2", "RFC-3881", "Patient Number"), type_code="1", role="1")
+    return AuditRecord(event_id=_event_id("110102"), action="E", syntax="dicom", time=event.time,
+                       outcome=_OUTCOME.get(event.outcome, "4"), source_id=source_id,
+                       source_types=(_SOURCE_TYPE,),
+                       participants=(_participant(event.actor, True, _SOURCE),
+                                     _participant(event.target, False, _DEST)),
+                       objects=(patient, *_studies(event, required=True)))
+
+
 def to_record(event: Event, source_id: str) -> AuditRecord | None:
     """The A.5 record of one of pacsguard's Events, or None when A.5 has no message for it."""
     kind = event.kind
@@ -140,7 +190,7 @@ def to_record(event: Event, source_id: str) -> AuditRecord | None:
     base = {"syntax": "dicom", "time": event.time, "outcome": outcome, "source_id": source_id,
             "source_types": (_SOURCE_TYPE,)}
     me = Participant(source_id, requestor=False, roles=(_APPLICATION,))
-    if kind in ("dicom.dimse.c-store", "dicom.dimse.c-move", "dicom.dimse.c-get"):
+    if kind in TRANSFERS:
         # Every transfer is audited, even one naming no patient or study (PS3.15 A.5.3.7).
         action = "C" if kind.endswith("c-store") else "R"
         return AuditRecord(event_id=_event_id("110104"), action=action,

@@ -156,7 +156,12 @@ class OutboundSender:
             if link is not None and link.working:
                 log.info("outbound to %s:%s: the repository closed the connection; reconnecting", *self.address)
                 return
-            exc = Closed(EARLY_CLOSE)
+            # Its TCP acknowledged whole messages first: a repository that closes after each message
+            # (or one that read them while refusing the certificate); either way they are sent again.
+            exc = Closed(EARLY_CLOSE if link is None or not link.took else (
+                f"the repository closed the connection within {self.confirm_after:g} s (confirm_after) of taking "
+                "audit messages, so they do not count as delivered and are sent again (does it close the "
+                "connection after each message, or refuse pacsguard's client certificate?)"))
         self._failed(exc)
 
     def _working(self, link: _Link, now: float) -> None:
@@ -225,6 +230,7 @@ class OutboundSender:
             taken = progress.check(now, self.stall_timeout)
             while sent and sent[0][1] <= taken:
                 acked.append((sent.popleft()[0], now))
+                link.took = True
             due = _confirmable(acked, now, self.confirm_after)
             if due is not None:
                 _check_open(conn)  # the repository went away: what is not delivered is sent again
@@ -345,6 +351,8 @@ class _Link:
     conn: ssl.SSLSocket
     opened: float
     working: bool = False
+    #: Whether the repository's TCP acknowledged a whole burst of messages on it.
+    took: bool = False
 
 
 class Closed(ConnectionError):

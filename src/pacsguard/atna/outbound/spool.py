@@ -55,7 +55,8 @@ class Spool:
                              (secrets.token_hex(16),))
             row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
             size = self._db.execute("SELECT COALESCE(SUM(LENGTH(message)), 0) FROM spool").fetchone()
-            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('held', 'held_recorded')"))
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('held', 'held_recorded', "
+                                         "'last_event', 'store_from')"))
         except sqlite3.DatabaseError as exc:  # sqlite3.OperationalError is one too
             raise SpoolError(path, _why(path, exc)) from None
         except OSError as exc:
@@ -70,12 +71,18 @@ class Spool:
         #: Whether the latest message offered was held back.
         self.full = self.held > 0
         self._held_recorded = meta.get("held_recorded") == "1"
+        #: The id of the latest Event whose message was spooled (or held back): the store's Events
+        #: after it were not, when pacsguard was killed before its feed took them (Forwarder.follow).
+        self.last_event: str | None = meta.get("last_event")
+        #: The store's position where the latest run of the feed began (its first Event's seq).
+        self.store_from: int | None = int(meta["store_from"]) if "store_from" in meta else None
         self._lock = threading.Lock()
         self.added = threading.Condition(self._lock)
 
-    def add(self, messages: list[bytes]) -> int:
+    def add(self, messages: list[bytes], last_event: str | None = None) -> int:
         """Spool ``messages`` in order, up to the bound; return how many were held back (the
-        first that does not fit and all after it, so that what is spooled keeps its order)."""
+        first that does not fit and all after it, so that what is spooled keeps its order).
+        ``last_event``: the id of the Event of the last of them, kept with them in one transaction."""
         with self._lock:
             room, fits = self.max_bytes - self.size, 0
             for message in messages:
@@ -86,9 +93,15 @@ class Spool:
             if fits:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT INTO spool (message) VALUES (?)", [(m,) for m in messages[:fits]])
+                if last_event is not None:
+                    self._keep("last_event", last_event)
                 self._db.execute("COMMIT")
                 self.size = self.max_bytes - room
                 self.added.notify_all()
+            elif last_event is not None:
+                self._keep("last_event", last_event)  # held back: dealt with, not to be spooled again
+            if last_event is not None:
+                self.last_event = last_event
             held = len(messages) - fits
             if messages:
                 self.full = held > 0
@@ -107,6 +120,12 @@ class Spool:
         with self._lock:
             self._held_recorded = value
             self._keep("held_recorded", "1" if value else "0")
+
+    def keep_store_from(self, seq: int) -> None:
+        """Record where in the store this run of the feed begins (see :attr:`store_from`)."""
+        with self._lock:
+            self._keep("store_from", str(seq))
+            self.store_from = seq
 
     def _keep(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
