@@ -84,6 +84,11 @@ def test_the_service_takes_whole_records_from_any_split_into_one_buffer() -> Non
             theirs.close()
             with pytest.raises(EOFError):
                 intake.receive(ours)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:  # a broken stream announcing 4 GiB: the child is ended, nothing is reserved
+        theirs.sendall(b"\xff\xff\xff\xff")
+        with pytest.raises(EOFError, match="4294967295 octets"):
+            Intake().receive(ours)
 
 
 def test_an_event_crosses_the_pipe_unchanged_and_stores_the_same_bytes() -> None:

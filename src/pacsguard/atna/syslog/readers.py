@@ -79,6 +79,9 @@ RESTART_MAX = 60.0
 CANNOT_START = 2
 STOP_WAIT = 10.0  # seconds a stopping child has to send what it read before it is killed
 _LENGTH = struct.Struct(">I")
+#: The largest batch a child may send: far above any (a loop turn's Events, a few MB), so that a
+#: broken stream ends the child instead of reserving gigabytes for one record.
+_MAX_RECORD = 1 << 30
 _STOP = b"stop"
 
 
@@ -125,7 +128,8 @@ class Intake:
     def receive(self, pipe: socket.socket) -> memoryview:
         """The next whole record, as a view into the buffer that the next call reuses (release it,
         and keep nothing of it). BlockingIOError when the pipe has no more for now (what came is
-        kept for the next call); EOFError when the child closed it."""
+        kept for the next call); EOFError when the child closed it, or announced a record larger
+        than any batch (_MAX_RECORD)."""
         while True:
             if self.size < 0:
                 with memoryview(self.head) as view:
@@ -137,6 +141,8 @@ class Intake:
                     continue
                 (self.size,) = _LENGTH.unpack(self.head)
                 self.have = 0
+                if self.size > _MAX_RECORD:  # no batch is that large: the pipe's stream is broken
+                    raise EOFError(f"a record of {self.size} octets announced")
                 if self.size > len(self.body):
                     self.body = bytearray(self.size)
             if self.have < self.size:
@@ -276,7 +282,10 @@ class ReadingProcesses:
             batch = child.intake.receive(child.pipe)
         except (BlockingIOError, InterruptedError):
             return
-        except (OSError, EOFError):
+        except (OSError, EOFError) as exc:
+            if isinstance(exc, EOFError) and exc.args:
+                log.error("the %s listener's reading process %d: %s; it is started again", self.transport,
+                          child.slot, exc.args[0])
             self._ended(child)
             return
         with batch:
