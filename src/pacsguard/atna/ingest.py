@@ -62,8 +62,12 @@ def raw_fields(data: bytes) -> dict[str, str]:
         return {"raw_base64": base64.b64encode(data).decode("ascii")}
 
 
-#: XML in UTF-16 starts with its byte order mark (XML 1.0 4.3.3); expat reads it as such.
-_UTF16_XML = (b"\xff\xfe<\x00", b"\xfe\xff\x00<")
+#: The byte order marks of XML in UTF-16 and UTF-32 (XML 1.0 4.3.3, Appendix F.1), UTF-32's first:
+#: UTF-32LE's begins with UTF-16LE's.
+_UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+                 (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+#: The encoding declaration at the start of a document (XML 1.0 4.3.3, [80] EncodingDecl).
+_DECLARED = re.compile(r"<\?xml\s[^>]*?encoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]*)[\"']")
 
 
 #: The UTF-8 byte order mark: RFC 8259 8.1 lets a JSON parser ignore it, and XML 1.0 4.3.3 allows it.
@@ -76,9 +80,50 @@ def read_payload(payload: bytes) -> Reading:
     body = payload.lstrip().removeprefix(_UTF8_BOM).lstrip()
     if body.startswith(b"{"):
         return read_fhir(body)
-    if body.startswith((b"<", *_UTF16_XML)):
+    if body.startswith(b"<"):
         return dicom_xml.read(body)
+    unicode_xml = _unicode_xml(body)
+    if unicode_xml is not None:
+        return dicom_xml.read(unicode_xml)
     raise AuditMessageError("not-audit-message", "the payload is neither XML nor JSON")
+
+
+def _unicode_xml(body: bytes) -> bytes | None:
+    """XML in UTF-16 or UTF-32, told by its byte order mark (XML 1.0 4.3.3, Appendix F.1), in UTF-8,
+    its encoding declaration saying so: expat reads no UTF-32, and a fault of a UTF-16 document it
+    reads is taken for one of encoding (any octets that are no UTF-8). White space may come between
+    the mark and the first ``<``. None when ``body`` starts with no such mark, or what follows it is
+    not XML. A ``bad-encoding`` AuditMessageError for octets that are not in the mark's encoding, or
+    a declaration of another encoding, naming them; and for JSON after the mark (RFC 8259 8.1: JSON
+    exchanged between systems SHALL be UTF-8), which would otherwise be "neither XML nor JSON"."""
+    bom, codec = next(((m, c) for m, c in _UNICODE_BOMS if body.startswith(m)), (b"", ""))
+    first = body[len(bom):].decode(codec, "replace").lstrip(" \t\r\n")[:1] if bom else ""
+    if first == "{":
+        raise AuditMessageError("bad-encoding", f"JSON: in {codec.upper()} (byte order mark "
+                                f"{bom.hex(' ').upper()}), not UTF-8 (RFC 8259 8.1); send the AuditEvent in UTF-8")
+    if first != "<":
+        return None
+    try:
+        text = body[len(bom):].decode(codec)
+    except UnicodeDecodeError as exc:
+        at = len(bom) + exc.start
+        raise AuditMessageError("bad-encoding", f"XML: octet {at} ({body[at:at + 4].hex(' ')}) is no "
+                                f"{codec.upper()} character, the encoding its byte order mark names") from None
+    declared = _DECLARED.match(text)
+    if declared is None:
+        return text.encode("utf-8", "surrogatepass")
+    family = codec[:6].replace("-", "")  # utf16, utf32
+    name = re.sub(r"[-_]", "", declared.group(1).lower())
+    if name not in (family, codec.replace("-", ""), *_ALIASES[family]):
+        raise AuditMessageError("bad-encoding", f"XML: the XML declaration names the encoding "
+                                f"{declared.group(1)!r}, but the message begins with the byte order mark of "
+                                f"{codec.upper()} (XML 1.0 4.3.3)")
+    start, end = declared.span(1)
+    return (text[:start] + "UTF-8" + text[end:]).encode("utf-8", "surrogatepass")
+
+
+#: Other names of UTF-16 and UTF-32 a declaration may use (IANA charsets), as compared above.
+_ALIASES = {"utf16": ("ucs2", "iso10646ucs2"), "utf32": ("ucs4", "iso10646ucs4")}
 
 
 def read_fhir(body: bytes) -> Reading:
@@ -194,6 +239,13 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
             # PS3.15 A.5.1 enumerates C R U D E: another code is kept as sent and flagged, and the
             # message is judged as an access (explain.is_access), so a wrong code hides nothing.
             flags = [*flags, "bad-action-code"]
+        indicator = reading.fields.get("outcome_indicator", "")
+        if indicator not in codes.OUTCOMES and (indicator or reading.fields.get("syntax") != "fhir"):
+            # PS3.15 A.5.1 (and RFC 3881 5.1.3) require EventOutcomeIndicator, one of 0 4 8 12; FHIR R4's
+            # AuditEvent.outcome is optional, bound to the same codes. Stored as sent (outcome unknown),
+            # flagged, so that the sender's fault is counted rather than read as an outcome.
+            flags = [*flags, "bad-outcome"]
+        flags = [*flags, *reading.flags]
         details = {**base, **({"flags": flags} if flags else {}), **reading.fields}
         return event_of(details, reading.time)
     except AuditMessageError as exc:

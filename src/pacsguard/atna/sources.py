@@ -42,6 +42,8 @@ class SourceCounts:
     not_fhir: int = 0
     legacy_bsd: int = 0
     bad_action_code: int = 0  # EventActionCode outside PS3.15 A.5.1's C R U D E (stored, judged, flagged)
+    bad_outcome: int = 0  # EventOutcomeIndicator missing or outside A.5.1's 0 4 8 12 (stored, outcome unknown)
+    no_time_zone: int = 0  # EventDateTime without a zone (A.5.1 asks for one): read as UTC, flagged
     silent_connections: int = 0
     http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
     tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
@@ -99,6 +101,16 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
             row.bad_action_code += 1
             _error(row, when, f"bad-action-code: EventActionCode {ev.details.get('action')!r} is not "
                               "C, R, U, D or E (PS3.15 A.5.1)")
+        if "bad-outcome" in flags:
+            row.bad_outcome += 1
+            sent = ev.details.get("outcome_indicator")
+            name = "AuditEvent.outcome" if ev.details.get("syntax") == "fhir" else "EventOutcomeIndicator"
+            _error(row, when, f"bad-outcome: {name} {repr(sent) if sent else 'missing or empty'}, not 0, 4, 8 "
+                              "or 12 (PS3.15 A.5.1); stored with outcome unknown")
+        if "no-time-zone" in flags:
+            row.no_time_zone += 1
+            _error(row, when, "no-time-zone: EventDateTime has no time zone (PS3.15 A.5.1 asks for one, "
+                              "Z or +hh:mm); read as UTC")
     # A summary stands for the requests or connections it counted (`repeats`), each other event for one.
     weight = _weight(ev.details.get("repeats"))
     if problem == "silent":  # a syslog or an HTTP connection

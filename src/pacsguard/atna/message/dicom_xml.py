@@ -117,6 +117,8 @@ class Reading:
 
     fields: dict[str, Any]
     time: datetime | None
+    #: What the reader noticed in a message it read all the same (``no-time-zone``), for its Event's flags.
+    flags: tuple[str, ...] = ()
 
 
 def read(payload: bytes) -> Reading:
@@ -154,7 +156,12 @@ def read(payload: bytes) -> Reading:
             source["types"] = message.source.types
     fields["source"] = source
     fields["objects"] = message.objects
-    return Reading(fields, parse_datetime(attrs.get("EventDateTime")))
+    written = _as_written(attrs.get("EventDateTime"))
+    time = _in_utc(written)
+    # A.5.1 asks for the zone: one without is read as UTC, and flagged, so that the sender's clock
+    # setting can be fixed (its events are hours off otherwise, and nothing would say so).
+    zoneless = time is not None and written is not None and written.tzinfo is None
+    return Reading(fields, time, ("no-time-zone",) if zoneless else ())
 
 
 def parse(payload: bytes) -> AuditRecord:
@@ -168,11 +175,26 @@ def parse_datetime(text: str | None) -> datetime | None:
     """xsd:dateTime; without a zone it is taken as UTC (A.5.1 asks for one, senders forget it). A
     date alone (xsd:date, ``2026-12-03``) is no instant: None, not its midnight, which would date the
     event up to a day wrong without a word."""
+    return _in_utc(_as_written(text))
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """A datetime as written (`_as_written`) in UTC; naive, it is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except OverflowError:  # an offset that moves it out of years 1-9999
+        return None
+
+
+def _as_written(text: str | None) -> datetime | None:
+    """xsd:dateTime as written: with its zone, or naive when it names none; None when it is no
+    date and time."""
     text = (text or "").strip()
     if "T" not in text and " " not in text:  # datetime.fromisoformat takes a date alone as its midnight
         return None
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-    except (ValueError, OverflowError):  # OverflowError: an offset that moves it out of years 1-9999
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
         return None
