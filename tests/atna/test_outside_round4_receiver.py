@@ -201,7 +201,7 @@ def test_prefer_handling_strict_may_be_quoted(tmp_path: Path, monkeypatch: Any) 
     with running({"http": {"port": port, "token": {"env": "ATNA_TOKEN"}}}, store):
         for prefer, status in (('handling="strict"', 400), ("return=minimal, handling = strict; x=1", 400),
                                ('x="handling=strict", handling=lenient', 200), ("HANDLING=STRICT", 400)):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/AuditEvent?patient-id=PID-1",
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/AuditEvent?colour=blue",
                                              headers={"Authorization": f"Bearer {TOKEN}", "Prefer": prefer})
             try:
                 with urllib.request.urlopen(request, timeout=20) as answer:

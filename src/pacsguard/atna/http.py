@@ -105,6 +105,9 @@ _CHUNK = 64 * 1024
 FHIR_JSON = "application/fhir+json"
 #: Media types of XML (FHIR's XML format, RFC 7303): refused with 415, only FHIR JSON is read.
 _XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml")
+#: What a request may ask for to be answered, the only way it is, in FHIR JSON: the media types
+#: (FHIR R4 http.html#mime-type, and DSTU2's application/json+fhir) and _format's "json".
+_JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir"})
 #: Seconds an answer may wait to be taken by the client (its socket's buffers full): a client that
 #: pipelines requests and reads none of the answers is closed then, not held for ever.
 WRITE_TIMEOUT = 30.0
@@ -245,7 +248,7 @@ class Guesses:
 def outcome(status: HTTPStatus, text: str) -> Reply:
     """An OperationOutcome (FHIR R4) explaining a refusal."""
     code = {400: "invalid", 401: "login", 404: "not-found", 405: "not-supported", 408: "timeout",
-            413: "too-long", 415: "not-supported", 417: "not-supported", 429: "throttled",
+            406: "not-supported", 413: "too-long", 415: "not-supported", 417: "not-supported", 429: "throttled",
             501: "not-supported"}.get(status.value, "exception")
     return Reply(status.value, {"resourceType": "OperationOutcome",
                                 "issue": [{"severity": "error", "code": code, "diagnostics": text}]})
@@ -581,12 +584,16 @@ class RestfulAtna:
                 return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD"))
             from pacsguard import __version__
 
+            if (unacceptable := _unacceptable(url.query, headers.get("accept", ""))) is not None:
+                return self._refuse(sender, "bad-request", unacceptable, "GET", url.path, HTTPStatus.NOT_ACCEPTABLE)
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
             return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc),
                                                         SEARCH_PARAMETERS))
         if (one := _AUDIT_EVENT.fullmatch(path)) is not None:
             if method != "GET":
                 return self._unserved(sender, request, _not_allowed(method, "an AuditEvent", "GET, HEAD"))
+            if (unacceptable := _unacceptable(url.query, headers.get("accept", ""))) is not None:
+                return self._refuse(sender, "bad-request", unacceptable, "GET", url.path, HTTPStatus.NOT_ACCEPTABLE)
             return await self._read(one.group(2))
         if path in _BASES:
             if method != "POST":
@@ -597,7 +604,7 @@ class RestfulAtna:
                                                            f"{url.path}: only /AuditEvent (and /metadata) is served"))
         base = self._base_for(headers.get("host", ""), path.removesuffix("/AuditEvent"))
         if method == "GET":
-            return await self._search(url.query, sender, base, headers.get("prefer", ""))
+            return await self._search(url.query, sender, base, headers)
         if method == "POST":
             return self._ingest(body, sender, base, headers.get("content-type", ""))
         return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD, POST"))
@@ -692,12 +699,14 @@ class RestfulAtna:
             return outcome(HTTPStatus.NOT_FOUND, f"no AuditEvent with the id {shown!r}")
         return Reply(200, fhir.render(record_from_event(found.event), found.event.id))
 
-    async def _search(self, query: str, sender: Sender, base: str, prefer: str) -> Reply:
-        strict = _preferences(prefer).get("handling") == "strict"
+    async def _search(self, query: str, sender: Sender, base: str, headers: dict[str, str]) -> Reply:
+        strict = _preferences(headers.get("prefer", "")).get("handling") == "strict"
         try:
             q = AuditQuery.parse(parse_qs(query, keep_blank_values=True), strict=strict)
         except QueryError as exc:
             return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
+        if (unacceptable := _unacceptable(query, headers.get("accept", ""))) is not None:
+            return self._refuse(sender, "bad-request", unacceptable, "GET", "/AuditEvent", HTTPStatus.NOT_ACCEPTABLE)
         found = await asyncio.to_thread(self._find, q) if q.count else []
         resources = [fhir.render(record_from_event(s.event), s.event.id) for s in found]
         # A full page may have more after it: a next link with the cursor after its last event. The
@@ -1017,6 +1026,35 @@ def _preferences(given: str) -> dict[str, str]:
         if name:
             found.setdefault(name.lower(), value.lower())
     return found
+
+
+def _unacceptable(query: str, accept: str) -> str | None:
+    """Why an answer in FHIR JSON, the only format served, is not one the request takes, for a 406
+    (FHIR R4 http.html#mime-type; RFC 9110 12.5.1, 15.5.7), or None. ``_format`` (the last given)
+    overrides Accept; a space in its value is the ``+`` of application/fhir+json sent unencoded (a
+    ``+`` in a query is a space). Accept is taken when one of its media ranges, its ``q`` above 0,
+    covers JSON (``*/*``, ``application/*`` too); one that is not ``type/subtype`` is left out, and
+    an Accept of none (absent, or only such ranges) takes any."""
+    formats = [v for k, v in parse_qsl(query) if k == "_format"]
+    if formats:
+        given = formats[-1].partition(";")[0].strip().lower().replace(" ", "+")
+        if given == "json" or given in _JSON_TYPES:
+            return None
+        return f"_format={formats[-1][:64]!r}: only FHIR JSON ({FHIR_JSON}) is answered"
+    ranges = []
+    for item in accept.split(","):
+        media, *parameters = (part.strip().lower() for part in item.split(";"))
+        if not re.fullmatch(r"[^/\s]+/[^/\s]+", media):
+            continue
+        weight = next((p.partition("=")[2].strip() for p in parameters if p.partition("=")[0].strip() == "q"), "1")
+        try:
+            taken = float(weight) > 0
+        except ValueError:
+            taken = True  # a malformed qvalue (RFC 9110 12.4.2) read as the default, 1
+        ranges.append((media, taken))
+    if not ranges or any(taken and media in ("*/*", "application/*", *_JSON_TYPES) for media, taken in ranges):
+        return None
+    return f"Accept: {accept[:64]!r} takes no FHIR JSON ({FHIR_JSON}), the only format answered"
 
 
 def _with_cursor(query: str, after: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -160,13 +161,19 @@ class AuditQuery:
         answer to every patient."""
         q = cls()
         for name, given in params.items():
+            base, colon, modifier = name.partition(":")
+            # A name that differs from a known one only in its spelling (Patient, patient_id) is no
+            # unknown parameter to ignore leniently: ignored, it would answer every patient's trail.
+            # (A chain on a known one, patient.name, is refused as that, below.)
+            if base not in _KNOWN and name.partition(".")[0] not in _CHAINABLE and (meant := _meant(base)):
+                raise QueryError(f"search parameter {name[:64]!r} is not known: did you mean {meant}? (names are "
+                                 "exact; left out, it would widen the search, up to every patient's trail)")
             # An empty value is no condition (FHIR R4 search: ignored), but for the parameters that
             # name a patient: a portal sending patient= must not get every patient's trail.
             values = [v for v in given if v or name in _IDENTIFYING]
             if not values:
                 continue
-            base, colon, modifier = name.partition(":")
-            if colon and base in SEARCH_PARAMETERS:
+            if colon and (base in SEARCH_PARAMETERS or base in _CHAINS):
                 raise QueryError(f"search parameter {base!r}: the modifier {modifier!r} is not supported")
             # A chain (FHIR R4 search, "Chaining": patient.name) on a reference that names a patient
             # or another entity is refused for the same reason, but for the two identifier chains
@@ -178,6 +185,11 @@ class AuditQuery:
             if name not in _KNOWN and not strict:
                 q.ignored.append(name)
                 continue
+            if name in _ONCE and len(values) > 1:
+                raise QueryError(f"{name}: given {len(values)} times, it may be given once")
+            if (many := sum(len(_split(v, ",")) for v in values)) > MOST_VALUES:
+                raise QueryError(f"{name}: {many} values, at most {MOST_VALUES} are taken in one search parameter "
+                                 "(search in parts)")
             for value in values:
                 q._add(name, value)
         return q
@@ -321,6 +333,41 @@ SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "stri
 _CHAINABLE = frozenset({*SEARCH_PARAMETERS, "entity"})
 #: Every parameter the search understands: those and the result parameters.
 _KNOWN = frozenset({*SEARCH_PARAMETERS, *_CHAINS, "_count", "_cursor", "_total", "_format"})
+#: The result parameters that hold one value: given twice, which one was meant is unknown (FHIR R4
+#: search, "Handling Errors": the server may reject), so neither is taken silently.
+_ONCE = frozenset({"_count", "_total", "_cursor", "_format"})
+#: Values one search parameter may list in all (commas and repeats): each patient of a list is one
+#: read of the store's index, and each value is tried against every event read.
+MOST_VALUES = 100
+
+
+def _normal(name: str) -> str:
+    """A parameter name compared loosely: NFKC, any case, no ``-`` ``_`` ``.`` or space inside; a
+    leading ``_`` kept, so FHIR's own ``_source`` or ``_type`` is not taken for ``source`` or ``type``."""
+    folded = unicodedata.normalize("NFKC", name).strip().casefold()
+    lead = "_" if folded.startswith("_") else ""
+    return lead + re.sub(r"[-_.\s]", "", folded.removeprefix(lead))
+
+
+#: The known names as `_normal` gives them, each with those it stands for (``entityidentifier``:
+#: ``entity-identifier`` and its chain ``entity.identifier``).
+_NORMALS = {key: sorted(n for n in _KNOWN if _normal(n) == key) for key in map(_normal, _KNOWN)}
+#: What an unknown name that begins as one of these (``patient_id``, ``PatientName``,
+#: ``entityId``) may have meant: it would name a patient or an entity.
+_ROOTS = {root: sorted(n for n in _KNOWN if _normal(n).startswith(root)) for root in ("patient", "entity")}
+
+
+def _meant(name: str) -> str | None:
+    """The known parameter(s) an unknown ``name`` differs from only in case, ``-`` ``_`` ``.`` or
+    space (``Patient``, ``patient_identifier``, ``agent_name``), or, for one that begins like a
+    parameter naming a patient (``patient_id``), those: lenient handling (FHIR R4 search, "Handling
+    Errors") would ignore it, and answer the trail of every patient; None for a name like none."""
+    key = _normal(name)
+    root = next((r for r in _ROOTS if key.startswith(r)), None)
+    meant = _NORMALS.get(key) or (_ROOTS[root] if root else [])
+    return " or ".join(repr(n) for n in meant) or None
+
+
 #: The ends of time: a span that reaches one does not bound the store's index.
 #: The forms a ``date`` value may take (FHIR R4 dateTime, and search's minute precision, 3.1.1.4.5):
 #: YYYY, YYYY-MM, YYYY-MM-DD, and a time of the day to the minute or the second (with a fraction),
