@@ -402,18 +402,61 @@ def _short(values: Iterable[Any]) -> str:
 # --- saved forms --------------------------------------------------------------------------------
 
 
+def decode_report(raw: bytes) -> str:
+    """A saved report's text. `audit patient` writes UTF-8 (the json form's encoding, RFC 8259
+    section 8.1); a UTF-8 byte order mark is dropped, as a JSON reader may (an editor that
+    re-indents the json may put one first). Anything else is a ValueError that says what the file
+    holds instead: a report re-saved as UTF-16 (Windows "Unicode") is named so, not as a codec
+    error, so the administrator knows to convert it back."""
+    for marks, name in ((_UTF32_MARKS, "UTF-32"), (_UTF16_MARKS, "UTF-16")):  # UTF-32LE's starts as UTF-16LE's
+        mark = next((m for m in marks if raw.startswith(m)), None)
+        if mark is not None:
+            raise ValueError(f"{name} text, byte order mark {mark.hex(' ').upper()}; a saved report is UTF-8, as "
+                             f"`audit patient` writes it: convert it back (iconv -f {name} -t UTF-8)")
+    if b"\x00" in raw[:64]:
+        # ASCII in UTF-16 or UTF-32 without a mark is half NUL bytes, valid UTF-8 all the same;
+        # neither form holds one (RFC 8259 section 7 escapes control characters; HTML forbids it).
+        raise ValueError(f"a NUL byte at offset {raw.index(0)}: UTF-16 or UTF-32 text without a byte order mark, "
+                         "or no text at all; a saved report is UTF-8, as `audit patient` writes it")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); a saved report is "
+                         "UTF-8, as `audit patient` writes it") from None
+
+
+#: Byte order marks (The Unicode Standard, 23.8, "Specials": U+FEFF in each encoding form).
+_UTF32_MARKS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+_UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def load_report(text: str) -> dict[str, Any]:
     """A saved report: its JSON, or the HTML form (which carries the JSON). ValueError when it is
-    neither, or names a member twice (two readers could then see two reports)."""
+    neither (naming what it is: empty, JSON of another shape), or names a member twice (two
+    readers could then see two reports)."""
     if _is_page(text):
         start, end = text.find(_SCRIPT_OPEN), text.find("</script>", text.find(_SCRIPT_OPEN))
         if start < 0 or end < 0:
-            raise ValueError("neither a json report nor an html page that carries one")
+            raise ValueError(_not_a_page(text))
         text = text[start + len(_SCRIPT_OPEN):end]  # v1 wrote "<\/": JSON reads it as "</"
     loaded = json.loads(text, object_pairs_hook=_unique_members)
     if not isinstance(loaded, dict):
         raise ValueError("a report is a JSON object")
     return loaded
+
+
+def _not_a_page(text: str) -> str:
+    """What a text that is neither form is, for the ValueError: valid JSON of another shape (an
+    array, a string: RFC 8259 section 3) is said to be that, not "no html page"."""
+    if not text.strip():
+        return "the file is empty"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return "neither a json report nor an html page that carries one"
+    kind = ("an array" if isinstance(value, list) else "a string" if isinstance(value, str) else
+            f"the literal {json.dumps(value)}" if value is None or isinstance(value, bool) else "a number")
+    return f"valid JSON, but {kind}: a report is a JSON object (the json form of `audit patient`)"
 
 
 def _is_page(text: str) -> bool:

@@ -24,10 +24,13 @@ from pacsguard.cli.common import (
 from pacsguard.cli.events import FORMAT_OPTION, LIMIT_OPTION, SINCE_OPTION, UNTIL_OPTION, Format
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from pacsguard.atna.corroborate import Corroboration
     from pacsguard.atna.explain import ExplainSettings
+    from pacsguard.atna.query import Identifier
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.store import Checkpoint, EventStore
     from pacsguard.store.verify import VerifyReport
@@ -201,7 +204,8 @@ class ReportFormat(str, Enum):
 
 @app.command("patient")
 def patient(
-    patient_id: str = typer.Argument(..., help="patient ID, with or without its assigning authority (CX)"),
+    patient_id: str = typer.Argument(..., help="patient ID, with or without its assigning authority (CX), or "
+                                     "system|ID (urn:oid:OID|ID), as `audit search --patient` takes it"),
     since: str | None = typer.Option(None, "--since", help="from this time (ISO 8601)"),
     until: str | None = typer.Option(None, "--until", help="before this time"),
     fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, json, html or csv"),
@@ -221,6 +225,7 @@ def patient(
     proof against the newest signed checkpoint; the json and html forms are signed with the store's
     key (save one; `audit prove` checks it)."""
     from pacsguard.atna.corroborate import witness_section
+    from pacsguard.atna.query import Identifier, QueryError
     from pacsguard.atna.report import patient_report, to_csv, to_html
     from pacsguard.cli.events import _when
     from pacsguard.runtime.outputs import open_store as open_target
@@ -229,9 +234,24 @@ def patient(
         # Stored patient IDs are trimmed (an audit message's CX, a DICOM LO value's padding: PS3.5
         # 6.2), so this ID could match nothing; the report would be a signed "nobody accessed it"
         # made from an empty "$PID" or a line read with its CR.
-        raise fail(f"patient ID {shown(repr(patient_id))}: " + ("empty; give a patient ID (PID or PID^^^AUTHORITY)"
-                   if not patient_id.strip() else "white space before or after it; patient IDs are stored "
-                   "trimmed, so it would match nothing: give it without"))
+        raise fail(f"patient ID {shown(repr(patient_id))}: " + ("empty; give a patient ID (PID, PID^^^AUTHORITY "
+                   "or system|PID)" if not patient_id.strip() else _PADDED))
+    try:
+        # `audit search --patient`'s own reading (a FHIR token as a portal or ITI-81 gives it), so
+        # both name the same events; the report names the patient by the key that finds them.
+        wanted = Identifier.parse(patient_id)
+    except QueryError as exc:
+        raise fail(f"patient ID {shown(repr(patient_id))}: {shown(str(exc))} (a patient ID that itself holds '|' "
+                   "is given with it escaped: 'A\\|B')") from None
+    if wanted.value != wanted.value.strip():  # urn:oid:1.2.3| PID: the same trimmed store as above
+        raise fail(f"patient ID {shown(repr(patient_id))}: its value {shown(repr(wanted.value))} has {_PADDED}")
+    if wanted.no_authority:
+        # The report names its patient by one key that `audit prove` finds among a sealed record's
+        # patient IDs; a bare ID is among those of every authority's patient of that ID, so no key
+        # says "without an authority", and the signed report would claim more than was asked.
+        raise fail(f"patient ID {shown(repr(patient_id))}: a patient without an assigning authority is a search "
+                   f"filter (`audit search --patient {shown(repr(patient_id))}`); a report names the ID under any "
+                   f"authority ({shown(repr(wanted.key))}) or one (ID^^^AUTHORITY or system|ID)")
     start, end = _when(since, "since"), _when(until, "until")
     if start is not None and end is not None and end <= start:
         # The window is [since, until): an inverted one holds no time, and the report would be a
@@ -252,8 +272,10 @@ def patient(
                 writer.checkpoint()
             finally:
                 writer.close()
-        report = patient_report(es, patient_id, start, end,
+        report = patient_report(es, wanted.key, start, end,
                                 explain=_explain_settings(loaded) if explain else None)
+        # 0 events is a signed "nobody accessed the patient": say so where a typo would show.
+        nobody = None if report["matched"] else _nobody(es, patient_id, wanted, report, start, end)
         if witness is not None:
             held, unreadable = _witnessed(witness, es.checkpoints(), None, (None, None, None))
             _unreadable_warning(unreadable)
@@ -275,6 +297,49 @@ def patient(
         sys.stdout.write(to_csv(report))
     else:
         _show_report(report)
+    if nobody is not None:
+        from pacsguard.cli.common import err_console
+
+        err_console.print(f"[bold yellow]note[/]: {shown(nobody)}", highlight=False, soft_wrap=True)
+
+
+#: Why a patient ID with white space around it is refused (`audit patient`).
+_PADDED = "white space before or after it; patient IDs are stored trimmed, so it would match nothing: give it without"
+
+
+def _nobody(es: EventStore, given: str, wanted: Identifier, report: dict[str, Any], since: datetime | None,
+            until: datetime | None) -> str:
+    """Why a report named no event, for stderr: the patient as searched (the key the store's patient
+    index holds, atna/message/patient.py) and the window, and what else to try, so a typo in the
+    ID or the authority is not taken for "nobody accessed the patient"."""
+    from pacsguard.atna.message.patient import PatientId
+    from pacsguard.atna.report import window_text
+    from pacsguard.store import EventQuery
+
+    key = wanted.key
+    held = PatientId.parse(key)
+    bare = held.id
+    given = f"'{given}'" if given.isprintable() else repr(given)  # repr would double an escape's backslash
+    said = [f"no event names patient {key}" + (f" (as {given} names it)" if given != f"'{key}'" else "")
+            + f" {window_text(report)}"]
+    if bare != key:
+        other = next(iter(es.search(EventQuery(patient=bare, since=since, until=until, limit=1))), None)
+        said.append(f"events name ID {bare} under another authority: `audit patient {bare}` lists them all, "
+                    "check the authority" if other is not None else
+                    f"nor under any other authority (the bare ID {bare} finds none): check the ID")
+    else:
+        said.append("an ID is matched exactly as stored (its case too): check it; the bare ID finds the patient "
+                    "under any assigning authority, ID^^^AUTHORITY or system|ID under that one")
+    # Read as a FHIR token whose system is no URI (FHIR R4 Identifier.system is an absolute URI, so
+    # it holds a scheme's ':'; urn:oid: and urn:uuid: ones are kept as type ISO, UUID): likely an
+    # ID that holds '|' (PatientId.of_system: a system other than those is of type URI).
+    _, universal, kind = ((held.authority or "") + "&&").split("&")[:3]
+    if key != wanted.value and kind == "URI" and ":" not in universal:
+        said.append(f"{given} was read as system|ID; a patient ID that itself holds '|' is given with it "
+                    "escaped: 'A\\|B'")
+    if since is not None or until is not None:
+        said.append("or widen --since/--until")
+    return "; ".join(said)
 
 
 def _unreadable_warning(unreadable: list[Unreadable]) -> None:
@@ -345,18 +410,24 @@ def prove(
     inclusion proof, listed fields, patient and time, and that an html page shows what it carries;
     with --checkpoint, against a witness's copy. Exit 1 if anything does not hold, 6 if the witness
     saw another tree where the report's should be (forked)."""
-    from pacsguard.atna.report import FORMAT, OLD_FORMATS, load_report, page_problems
+    from pacsguard.atna.report import FORMAT, OLD_FORMATS, decode_report, load_report, page_problems
     from pacsguard.atna.report import prove as check
     from pacsguard.cli.common import console
     from pacsguard.store import keys
 
+    for path, what in ((report, "a saved report: give the json or html file `audit patient` wrote"),
+                       (key, "a public key: give the store's public key file (.pub)")):
+        if path.is_dir():  # read, it is a bare "[Errno 21]" that names neither the file nor its role
+            raise fail(f"{path}: a directory, not {what}")
     try:
         # Bytes, not read_text: newline translation would change the page `page_problems` compares.
-        # utf-8-sig: an editor that re-indents the json may put a byte order mark first, which a
-        # JSON reader may ignore (RFC 8259 section 8.1); it is an encoding mark, not content.
-        text = report.read_bytes().decode("utf-8-sig")
+        raw = report.read_bytes()
+    except OSError as exc:
+        raise fail(f"{report}: cannot read the report ({exc.strerror or exc})") from None
+    try:
+        text = decode_report(raw)
         data = load_report(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise fail(f"{report}: not a saved report ({exc})") from None
     except RecursionError:  # Python's JSON reader stops at its recursion limit (RFC 8259 section 9)
         raise fail(f"{report}: not a saved report (its JSON is nested deeper than pacsguard reads)") from None
