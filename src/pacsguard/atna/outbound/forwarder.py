@@ -68,17 +68,42 @@ class Forwarder:
         #: association -> ("patient", ID) of each patient whose Begin Transferring is spooled, and
         #: ("study", UID) of each study those transfers named
         self._begun: OrderedDict[AssociationKey, dict[tuple[str, str], None]] = OrderedDict()
+        # What `follow` was given, for `_recover`: the subscription, whose drops it watches
+        # (``_drops_seen``), the store and the seq of this run's first Event.
+        self._subscription: Subscription | None = None
+        self._store: EventStore | None = None
+        self._since = 0
+        self._drops_seen = 0
 
     def __call__(self, event: Event) -> None:
         with self._lock:
             if self._gone:
                 return
+            subscription = self._subscription
+            if subscription is not None and subscription.dropped > self._drops_seen:
+                self._recover(subscription.dropped)
             if self._caught and event.id in self._caught:
                 self._caught.discard(event.id)
                 return
             messages = self.messages(event)
             if messages:
                 self.spool.add(messages, event.id)
+
+    def _recover(self, dropped: int) -> None:
+        """The subscription dropped Events (its queue was full: the feed fell far behind, each
+        message costing the feed ~0.4 ms of CPU); they are in the store. Spooled from it now, from
+        after the last Event spooled on, as at a start after a kill; what the subscription still
+        delivers of them is skipped by its id."""
+        missed, self._drops_seen = dropped - self._drops_seen, dropped
+        if self._store is None:
+            log.error("outbound: the feed fell behind and %d events were dropped before they were spooled", missed)
+            return
+        last = self.spool.last_event
+        found = None if last is None else _find(self._store, self._since, last)
+        start = self._since if found is None else found + 1
+        log.warning("outbound: the feed fell behind (%d events dropped from its queue): taking what it missed "
+                    "from the store, from seq %d on", missed, start)
+        self._catch_up(self._store, start, 0)
 
     def messages(self, event: Event) -> list[bytes]:
         """The A.5 messages of one of pacsguard's own Events, in order: its own (``message``), and
@@ -127,9 +152,13 @@ class Forwarder:
         began; what the subscription delivers meanwhile waits, and is skipped if it was caught up."""
         with self._lock:
             subscription = subscribe(self)
+            self._subscription, self._store, self._since = subscription, store, since
             try:
                 if store is not None:
-                    self._catch_up(store, self._resume(store, since), since)
+                    redone = self._catch_up(store, self._resume(store, since), since)
+                    if redone:
+                        log.warning("outbound: %d audit messages of events stored before pacsguard last stopped had "
+                                    "not reached the spool (pacsguard was killed): spooled now", redone)
                     self.spool.keep_store_from(since)
             except BaseException:
                 self._gone = True  # what the subscription still delivers is dropped: no spool then
@@ -149,7 +178,9 @@ class Forwarder:
             return begun  # the previous run spooled nothing: each of its Events is yet to be
         return min(since, found + 1)
 
-    def _catch_up(self, store: EventStore, start: int, since: int) -> None:
+    def _catch_up(self, store: EventStore, start: int, since: int) -> int:
+        """Spool the store's Events from seq ``start`` to its end; those from ``since`` on are marked
+        as the subscription's to skip. Returns the messages spooled of Events before ``since``."""
         from pacsguard.store import EventQuery
 
         position, redone = start - 1, 0
@@ -160,14 +191,14 @@ class Forwarder:
             mapped = [(s.seq, self.messages(s.event)) for s in batch]
             messages = [m for _, ms in mapped for m in ms]
             redone += sum(len(ms) for seq, ms in mapped if seq < since)
-            # The subscription may deliver any of these too (written after it began, at `since` on).
-            self._caught.update(s.event.id for s in batch if s.seq >= since)
+            # The subscription may deliver any of these too (written after it began, at `since` on);
+            # only those with messages need skipping (an Event without spools nothing either way),
+            # which keeps the set to pacsguard's own transfers, not every audit message received.
+            self._caught.update(s.event.id for s, (_, ms) in zip(batch, mapped, strict=True) if ms and s.seq >= since)
             if messages:
                 self.spool.add(messages, batch[-1].event.id)
             position = batch[-1].seq
-        if redone:
-            log.warning("outbound: %d audit messages of events stored before pacsguard last stopped had not reached "
-                        "the spool (pacsguard was killed): spooled now", redone)
+        return redone
 
 
 def _find(store: EventStore, start: int, event_id: str) -> int | None:
