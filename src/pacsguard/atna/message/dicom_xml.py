@@ -21,7 +21,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from pacsguard.atna.message.mapping import record_from_details
-from pacsguard.atna.message.reader import Reader, code_dict, token
+from pacsguard.atna.message.reader import TOKENS, Document, Reader, code_dict, token
 from pacsguard.atna.message.record import AuditRecord
 
 
@@ -123,7 +123,7 @@ class Reading:
 
 def read(payload: bytes) -> Reading:
     """An AuditMessage document read in one pass (pacsguard.atna.message.reader) into its stored form."""
-    document = _in_declared_encoding(payload, lambda data: Reader().read(data))
+    document = _in_declared_encoding(payload, _document)
     if document.root != "AuditMessage":
         raise AuditMessageError("not-audit-message", f"root element is <{document.root}>, not <AuditMessage>")
     message = document.message
@@ -135,8 +135,8 @@ def read(payload: bytes) -> Reading:
     attrs = ident.attrs
     fields: dict[str, Any] = {"syntax": "dicom" if "csd-code" in ident.event_id else "rfc3881",
                               "event_id": code_dict(ident.event_id),
-                              "outcome_indicator": token(attrs.get("EventOutcomeIndicator", ""))}
-    action = token(attrs.get("EventActionCode") or "")  # tokens of A.5.1's enumerations: " R " is R
+                              "outcome_indicator": _token(attrs.get("EventOutcomeIndicator", ""))}
+    action = _token(attrs.get("EventActionCode") or "")  # tokens of A.5.1's enumerations: " R " is R
     if action:
         fields["action"] = action
     if ident.types:
@@ -162,6 +162,14 @@ def read(payload: bytes) -> Reading:
     # setting can be fixed (its events are hours off otherwise, and nothing would say so).
     zoneless = time is not None and written is not None and written.tzinfo is None
     return Reading(fields, time, ("no-time-zone",) if zoneless else ())
+
+
+def _document(payload: bytes) -> Document:
+    return Reader().read(payload)
+
+
+def _token(value: str) -> str:
+    return value if value in TOKENS else token(value)
 
 
 def parse(payload: bytes) -> AuditRecord:

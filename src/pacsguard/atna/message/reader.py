@@ -45,7 +45,7 @@ def token(value: str) -> str:
 
 #: The values A.5.1's short enumerations usually take, already tokens: the reader takes them as
 #: they are without calling `token` (a call per attribute was ~5 us a message, docs/PERFORMANCE.md).
-_TOKENS = frozenset([str(n) for n in range(32)] + ["C", "R", "U", "D", "E", "true", "false"])
+TOKENS = frozenset([str(n) for n in range(32)] + ["C", "R", "U", "D", "E", "true", "false"])
 
 
 def code_dict(attrs: Attrs) -> Json:
@@ -159,11 +159,11 @@ class _Participant(Context):
         # one participant of a message that leaves it out is the requestor, its actor. DICOM requires
         # the attribute (PS3.15 A.5.1); the schema check names a message without it.
         out: Json = {"user_id": a.get("UserID", ""),
-                     "requestor": flag is None or token(flag).lower() in ("true", "1")}
+                     "requestor": flag is None or (flag if flag in TOKENS else token(flag).lower()) in ("true", "1")}
         for key, attribute in _PARTICIPANT_ATTRIBUTES:
             value = a.get(attribute)
             if value is not None:
-                out[key] = token(value) if key == "access_point_type" and value not in _TOKENS else value
+                out[key] = token(value) if key == "access_point_type" and value not in TOKENS else value
         if self.roles:
             out["roles"] = self.roles
         self.into.append(out)
@@ -274,7 +274,7 @@ class _Object(_Holder):
         for key, attribute in _OBJECT_ATTRIBUTES:  # A.5.1's enumerations of tokens: " 1" is person
             value = a.get(attribute)
             if value is not None:
-                out[key] = value if value in _TOKENS else token(value)
+                out[key] = value if value in TOKENS else token(value)
         if self.name is not None:
             out["name"] = self.name
         if self.query is not None:
