@@ -42,7 +42,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from gateway import cpu_seconds  # bench/gateway.py: a process's CPU with its ch
 from pacsguard.atna.message.build import to_xml
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject, SopClass
 from pacsguard.tls import make_ca, make_cert
+from workfolder import work_folder  # bench/workfolder.py
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 CHUNK = 64 * 1024
@@ -369,14 +369,9 @@ def main() -> None:
     if args.in_process:
         in_process(args.in_process)
         return
-    work = args.work or Path(tempfile.mkdtemp(prefix="atna-bench-"))
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        run(work, args)
-    finally:
-        if args.work is None:  # a temporary folder holds GBs of store after a long run: not left behind
-            shutil.rmtree(work, ignore_errors=True)
+    if args.work is not None:
+        shutil.rmtree(args.work, ignore_errors=True)  # a run starts from empty stores
+    run(work_folder(args.work, "atna-bench-"), args)
 
 
 def run(work: Path, args: argparse.Namespace) -> None:

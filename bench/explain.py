@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from pacsguard.atna.message.record import AuditRecord, Code, Participant, Partic
 from pacsguard.events.model import Event
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.keys import generate_key
+from workfolder import work_folder  # bench/workfolder.py
 
 DAY = datetime(2026, 12, 3, tzinfo=timezone.utc)
 SENDER = Sender("127.0.0.1", 40000, "tcp", "octet-counting")
@@ -50,8 +50,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=2_000)
     parser.add_argument("--users", type=int, default=200)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="pacsguard-explain-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "pacsguard-explain-")
     rng = random.Random(7)
     key = generate_key(work / f"bench-{os.getpid()}.key")
     store = EventStore.open(str(work / f"explain-{os.getpid()}.db"), key_path=key, create=True)

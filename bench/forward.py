@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from gateway import HOST, build_corpus, cpu_seconds, dcmtk_env, free_port, wait_port  # bench/gateway.py
+from workfolder import work_folder  # bench/workfolder.py
 
 STORESCP = "/usr/bin/storescp"
 SINK_AE, ROUTE_AE = "SINK", "GW"
@@ -129,8 +130,7 @@ def main() -> int:
     from pynetdicom import _config
 
     _config.LOG_HANDLER_LEVEL = "standard" if args.log_handlers else "none"
-    work = args.work or Path(tempfile.mkdtemp(prefix="pacsguard-forward-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "pacsguard-forward-")
     corpus = build_corpus(work / "corpus", "large", args.count, args.mb)
     files = sorted(corpus.directory.glob("*.dcm"))
     gb = corpus.file_bytes / 1e9

@@ -28,7 +28,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import yaml
 
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
+from workfolder import work_folder  # bench/workfolder.py
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -171,8 +171,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.serve:
         return in_memory(args.sources, args.sample, args.accepted_every)
-    work = args.work or Path(tempfile.mkdtemp(prefix="pacsguard-sources-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "pacsguard-sources-")
     scp_port, gw_port = free_port(), free_port()
     (work / "scp").mkdir(exist_ok=True)
     scp = subprocess.Popen(["/usr/bin/storescp", "--ignore", "-aet", "SINK", str(scp_port)], cwd=work / "scp",

@@ -23,13 +23,13 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pacsguard.events import Event, EventBus, Party
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.store.keys import generate_key
+from workfolder import work_folder  # bench/workfolder.py
 
 
 def events(start: int, n: int, patients: int, burst: int = 1) -> list[Event]:
@@ -112,8 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         sys.exit("--cold needs root: it writes /proc/sys/vm/drop_caches")
-    work = args.dir or Path(tempfile.mkdtemp(prefix="pg-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.dir, "pg-bench-")
     key = work / "bench.key"
     if not key.exists():
         generate_key(key)

@@ -17,10 +17,11 @@ import argparse
 import os
 import random
 import sqlite3
-import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from workfolder import work_folder  # bench/workfolder.py
 
 BUCKET_BITS = 16  # as store/index.py
 BATCH = 2000  # events per commit, as the ATNA receiver's batches under load
@@ -80,8 +81,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="folder for the databases (default: a temporary one)")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="pacsguard-layout-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "pacsguard-layout-")
     print(f"{args.events:,} events of {args.body:,} octets, batches of {BATCH:,}, page size {args.page_size}")
     print(f"{'layout':<8} {'CPU us/event':>13} {'wall us/event':>14} {'bytes/event':>12}")
     results: dict[str, list[float]] = {"inline": [], "apart": []}
