@@ -140,9 +140,8 @@ def test_a_repository_stores_the_begin_transferring_with_its_patient_study_and_r
 def test_a_c_get_and_its_sub_operations_are_one_association(tmp_path: Path, level: str) -> None:
     """A C-GET's C-STOREs travel from the acceptor on the requestor's association (PS3.4 C.4.3):
     their Events name the acceptor as actor, and are still of that association. At STUDY level the
-    C-GET's own Event names no patient: its study was begun by its sub-operations, which named
-    the patient, so no Begin Transferring of an unknown patient follows (getscu through serve
-    once got one)."""
+    C-GET's own Event names the patient its sub-operations carried, begun by them, so no Begin
+    Transferring follows (getscu through serve once got one of an unknown patient)."""
     from pacsguard.atna.outbound.mapping import association_of
 
     events: list[Event] = []

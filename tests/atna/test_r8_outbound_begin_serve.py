@@ -145,33 +145,49 @@ atna:
         assert serve.returncode == 0, serve_log.read_text()
 
 
-def test_a_c_get_begins_once_for_its_sub_operations_and_itself(dcmtk: Any, tmp_path: Path,
-                                                              pki: dict[str, Path]) -> None:  # noqa: F811
-    repo_host, gw_host = "127.0.87.3", "127.0.87.4"
-    repo_port, gw_port, pacs_port = free_port(repo_host), free_port(gw_host), free_port(gw_host)
-    files = tmp_path / "images"
-    files.mkdir()
-    study = generate_uid()
-    stored = [image(files, f"{i}.dcm", "PID-G", study) for i in range(2)]
-    repo_store, repo_log = tmp_path / "repository.db", tmp_path / "repository.log"
-    base, serve_log = tmp_path / "site", tmp_path / "serve.log"
-    base.mkdir()
-    config = base / "pacsguard.yaml"
-    config.write_text(f"""
-store: {{url: {base}/pacsguard.db, signing_key: {base}/keys/sign.key}}
+class DemoSite:
+    """A site whose route's upstream is serve's demo PACS, with an outbound feed to a repository
+    (`atna listen`, mutual TLS), and two images of ``patient`` in one study to send through it."""
+
+    def __init__(self, tmp_path: Path, repo_host: str, gw_host: str, patient: str, services: str,
+                 tls: dict[str, Path], policy: str = "") -> None:
+        self.repo = (repo_host, free_port(repo_host))
+        self.gateway = (gw_host, free_port(gw_host))
+        pacs_port = free_port(gw_host)
+        files = tmp_path / "images"
+        files.mkdir()
+        self.study = generate_uid()
+        self.stored = [image(files, f"{i}.dcm", patient, self.study) for i in range(2)]
+        self.repo_store, self.repo_log = tmp_path / "repository.db", tmp_path / "repository.log"
+        self.base, self.serve_log = tmp_path / "site", tmp_path / "serve.log"
+        self.base.mkdir()
+        self.tls = tls
+        self.config = self.base / "pacsguard.yaml"
+        self.config.write_text(f"""
+store: {{url: {self.base}/pacsguard.db, signing_key: {self.base}/keys/sign.key}}
 gateway:
   routes:
     - name: main
-      listen: {{host: {gw_host}, port: {gw_port}, ae_title: PACSGUARD}}
+      listen: {{host: {gw_host}, port: {self.gateway[1]}, ae_title: PACSGUARD}}
       upstream: {{host: {gw_host}, port: {pacs_port}, ae_title: DEMOPACS}}
-      policy: {{hosts: [127.0.0.0/8], services: [C-ECHO, C-STORE, C-GET]}}
-demo_upstream: {{enabled: true, host: {gw_host}, port: {pacs_port}, ae_title: DEMOPACS, storage: {base}/pacs}}
+      policy: {{hosts: [127.0.0.0/8], services: {services}{policy}}}
+demo_upstream: {{enabled: true, host: {gw_host}, port: {pacs_port}, ae_title: DEMOPACS, storage: {self.base}/pacs}}
 atna:
   enabled: true
-  outbound: {{host: {repo_host}, port: {repo_port}, server_name: localhost, ca_file: {pki["ca"]},
-              cert_file: {pki["client"]}, key_file: {pki["client_key"]}, source_id: GW-A, retry: 0.5}}
+  outbound: {{host: {repo_host}, port: {self.repo[1]}, server_name: localhost, ca_file: {tls["ca"]},
+              cert_file: {tls["client"]}, key_file: {tls["client_key"]}, source_id: GW-A, retry: 0.5}}
 """)
-    repo, serve = launch(config, (repo_host, repo_port), (gw_host, gw_port), repo_store, repo_log, serve_log, pki)
+
+    def start(self) -> tuple[subprocess.Popen[Any], subprocess.Popen[Any]]:
+        return launch(self.config, self.repo, self.gateway, self.repo_store, self.repo_log, self.serve_log, self.tls)
+
+
+def test_a_c_get_begins_once_for_its_sub_operations_and_itself(dcmtk: Any, tmp_path: Path,
+                                                              pki: dict[str, Path]) -> None:  # noqa: F811
+    site = DemoSite(tmp_path, "127.0.87.3", "127.0.87.4", "PID-G", "[C-ECHO, C-STORE, C-GET]", pki)
+    repo_store, serve_log, study, stored = site.repo_store, site.serve_log, site.study, site.stored
+    gw_host, gw_port = site.gateway
+    repo, serve = site.start()
     try:
         target = ["-aec", "PACSGUARD", gw_host, str(gw_port)]
         done = subprocess.run([dcmtk.path("storescu"), "-aet", "MOD", *target, *map(str, stored)], env=dcmtk.env,
@@ -193,8 +209,9 @@ atna:
         stop(repo)
     got = audits(repo_store)
     # The store's association, then the C-GET's: its two C-STOREs from the demo PACS to WS, then
-    # the C-GET, whose STUDY-level identifier named no patient (an empty Patient ID).
+    # the C-GET, whose STUDY-level identifier named no patient but whose sub-operations carried
+    # PID-G's objects (PS3.4 C.4.3.3).
     assert [(e.kind, e.patient_ids) for e in got] == [
         (BEGIN, ("PID-G",)), (MOVED, ("PID-G",)), (MOVED, ("PID-G",)),
-        (BEGIN, ("PID-G",)), (MOVED, ("PID-G",)), (MOVED, ("PID-G",)), (MOVED, ())]
+        (BEGIN, ("PID-G",)), (MOVED, ("PID-G",)), (MOVED, ("PID-G",)), (MOVED, ("PID-G",))]
     assert all(e.study_uids == (study,) for e in got)

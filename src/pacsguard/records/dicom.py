@@ -5,8 +5,9 @@ exchange disclosed. Who feeds it decides nothing: the gateway tells it what it r
 sensor what it saw; a SIEM reads one shape (docs/events.md).
 
 Patients: `patient_ids` holds only the IDs an exchange actually disclosed: the Patient ID of a
-stored object (C-STORE, also a C-GET's sub-operations), of each C-FIND match, and, for a C-MOVE or
-C-GET whose identifier names one exact patient, that patient once sub-operations completed. The
+stored object (C-STORE, also a C-GET's sub-operations), of each C-FIND match, of the objects a
+C-GET's C-STORE sub-operations carried (named by the C-GET too), and, for a C-MOVE or C-GET whose
+identifier names one exact patient, that patient once sub-operations completed. The
 keys of a query stay in `details.query`: a key with wildcards (PS3.4 C.2.2.2.4: `*`, `?`), a list
 or an empty (universal) key names nobody.
 """
@@ -21,7 +22,15 @@ from typing import Any, Callable
 
 from pacsguard.dicom.association import AssociationDecoder
 from pacsguard.dicom.dataset import DatasetPeek, walk_stop
-from pacsguard.dicom.dimse import C_CANCEL_RQ, C_GET_RQ, C_MOVE_RQ, CommandSet, command_name, status_category
+from pacsguard.dicom.dimse import (
+    C_CANCEL_RQ,
+    C_GET_RQ,
+    C_MOVE_RQ,
+    C_STORE_RQ,
+    CommandSet,
+    command_name,
+    status_category,
+)
 from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
 from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
@@ -226,6 +235,9 @@ class AssociationRecord:
                 return
             own.add_identifiers(peek.patient_id, peek.study_instance_uid)
             own.sop_instance_uid = peek.sop_instance_uid or own.sop_instance_uid
+            if not own.from_requestor:
+                for retrieve in self._gets_served_by(own.command):
+                    retrieve.add_identifiers(peek.patient_id, peek.study_instance_uid)
             return
         # A response's data set (a C-FIND match): what the acceptor disclosed, and about whom.
         answered = self.pending.get((not ev.from_requestor, ev.message_id or 0))
@@ -235,6 +247,21 @@ class AssociationRecord:
                 answered.matched_patients[peek.patient_id] = None
             if peek.study_instance_uid:
                 answered.add_identifiers(None, peek.study_instance_uid)
+
+    def _gets_served_by(self, store: CommandSet) -> list[Pending]:
+        """The requestor's C-GETs a C-STORE request of the acceptor is a sub-operation of (PS3.4
+        C.4.3.3: the acceptor sends the matching objects as C-STOREs on the same association), so
+        that the C-GET's Event names the patients and studies it disclosed even when its
+        identifier named none (a STUDY-level retrieve). A Move Originator Message ID (PS3.7
+        9.1.1.1) that names one of them decides; without it, every C-GET still waiting, since
+        the sub-operations of concurrent C-GETs (PS3.7 D.3.3.3) cannot be told apart and an
+        object disclosed must not go unnamed."""
+        if store.command_field != C_STORE_RQ:
+            return []
+        gets = [p for p in self.pending.values() if p.from_requestor and p.command.command_field == C_GET_RQ]
+        named = [p for p in gets if store.move_originator_message_id is not None
+                 and p.command.message_id == store.move_originator_message_id]
+        return named or gets
 
     def dataset_end(self, ev: DimseDatasetEnd) -> None:
         pending = self.pending.get((ev.from_requestor, ev.message_id or 0))

@@ -50,6 +50,27 @@ def _participant(party: Party, requestor: bool, role: Code | None = None) -> Par
                        roles=(role,) if role else ())
 
 
+def _transfer_participants(event: Event) -> tuple[Participant, ...]:
+    """Who sent and who received a transfer's objects (PS3.15 A.5.3.7 and A.5.3.5: Source, Role ID
+    110153, the sender of data; Destination, 110152, the receiver), the actor being the requestor
+    (UserIsRequestor). A C-STORE's requestor sends the object; a C-GET's acceptor sends the
+    objects back to the requestor on the same association (PS3.4 C.4.3); a C-MOVE's acceptor
+    sends them to the Move Destination AE (PS3.4 C.4.2, ``details.move_destination``), so its
+    requestor is another participant with no role, unless it named itself the destination."""
+    actor, target = event.actor, event.target
+    if event.kind == "dicom.dimse.c-get":
+        return _participant(target, False, _SOURCE), _participant(actor, True, _DEST)
+    if event.kind == "dicom.dimse.c-move":
+        destination = str(event.details.get("move_destination") or "").strip()
+        if destination and destination == (actor.ae_title or "").strip():
+            return _participant(target, False, _SOURCE), _participant(actor, True, _DEST)
+        # Only the destination's AE title is known: the acceptor resolves it to an address.
+        receiver = Participant(destination or "unknown", requestor=False, roles=(_DEST,),
+                               alternative_user_id=f"AETITLES={destination}" if destination else None)
+        return _participant(target, False, _SOURCE), receiver, _participant(actor, True)
+    return _participant(actor, True, _SOURCE), _participant(target, False, _DEST)
+
+
 def _patients(event: Event, *, required: bool = False) -> tuple[ParticipantObject, ...]:
     """One Patient participant object per patient the event names (PS3.15 A.5.3.7 "Patient").
     ``required``: the message must name a patient (A.5.3.7: Patient is M, and ParticipantObjectID a
@@ -170,15 +191,14 @@ def transferred_patients(event: Event) -> tuple[str, ...]:
 
 def begin_record(event: Event, source_id: str, patient_id: str) -> AuditRecord:
     """Begin Transferring DICOM Instances (PS3.15 A.5.3.5, Table A.5.3.5-1) of ``patient_id`` at
-    the transfer ``event``: the same source and destination (Role IDs 110153, 110152), the Patient
+    the transfer ``event``: the same participants (source 110153, destination 110152), the Patient
     and the Studies being transferred (with their SOP Class) as its Instances Transferred message,
     action E, the transfer's time and outcome."""
     patient = ParticipantObject(patient_id, Code("2", "RFC-3881", "Patient Number"), type_code="1", role="1")
     return AuditRecord(event_id=_event_id("110102"), action="E", syntax="dicom", time=event.time,
                        outcome=_OUTCOME.get(event.outcome, "4"), source_id=source_id,
                        source_types=(_SOURCE_TYPE,),
-                       participants=(_participant(event.actor, True, _SOURCE),
-                                     _participant(event.target, False, _DEST)),
+                       participants=_transfer_participants(event),
                        objects=(patient, *_studies(event, required=True)))
 
 
@@ -193,8 +213,7 @@ def to_record(event: Event, source_id: str) -> AuditRecord | None:
     if kind in TRANSFERS:
         # Every transfer is audited, even one naming no patient or study (PS3.15 A.5.3.7).
         action = "C" if kind.endswith("c-store") else "R"
-        return AuditRecord(event_id=_event_id("110104"), action=action,
-                           participants=(_participant(actor, True, _SOURCE), _participant(target, False, _DEST)),
+        return AuditRecord(event_id=_event_id("110104"), action=action, participants=_transfer_participants(event),
                            objects=(*_patients(event, required=True), *_studies(event, required=True)),
                            **base)  # type: ignore[arg-type]
     if kind == "dicom.dimse.c-find":
