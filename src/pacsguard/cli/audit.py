@@ -139,7 +139,7 @@ def _public_key(es: EventStore, given: Path | None, candidates: list[Path]) -> E
     from pacsguard.store import keys
 
     if given is not None:
-        return keys.load_public_key(given)
+        return keys.load_public_key(given, role="--key")
     signed_by = list(dict.fromkeys(cp.key_id for cp in reversed(es.checkpoints())))
     picked = keys.pick_public_key(candidates, signed_by)
     if picked is not None:
@@ -263,6 +263,10 @@ def patient(
     es = open_store(loaded, store)
     # Without a signing key at hand, events after the newest checkpoint are listed as unproven,
     # and the report is not signed (`audit prove` refuses it).
+    if key is not None:  # a wrong --key named before the store is read, not after
+        from pacsguard.store import keys
+
+        keys.load_private_key(key, role="--key")
     signing = key or next((k for k in _key_candidates(loaded, store) if k.is_file() and not k.name.endswith(".pub")),
                           None)
     try:
@@ -437,7 +441,7 @@ def prove(
         named = data.get("format")
         what = "it names no format" if named is None else f"its format is {str(named)[:60]!r}"
         raise fail(f"{report}: not a saved report ({what}; a report's is {FORMAT})") from None
-    public = keys.load_public_key(key)
+    public = keys.load_public_key(key, role="--key")
     findings = [("report", p) for p in [*check(data, public), *page_problems(text, data)]]
     notes: list[str] = []
     code = EXIT_FINDINGS if findings else 0
@@ -497,15 +501,16 @@ def _corroborated(data: dict[str, Any], copy: Path, public: Ed25519PublicKey,
             result.notes.append(f"{line}; left out, the other lines hold the report up")
     matched = result.matched
     if witness_key is not None and matched is not None:
+        countersigner = keys.load_public_key(witness_key, role="--witness-key")
         mine = [c for c in copies if c.checkpoint == matched]
         if not any(c.held is not None for c in mine):
             result.findings.append(("witness", f"{copy} carries no countersignature (a file witness's copy has none); "
                                                "--witness-key needs a witness service's copy"))
-        elif not any(c.countersigned(keys.load_public_key(witness_key)) for c in mine):
+        elif not any(c.countersigned(countersigner) for c in mine):
             result.findings.append(("witness", f"the countersignature on the checkpoint at size {matched.tree_size} "
                                                f"does not verify with {witness_key}"))
         else:
-            result.notes.append(f"countersigned by witness key {keys.key_id(keys.load_public_key(witness_key))}")
+            result.notes.append(f"countersigned by witness key {keys.key_id(countersigner)}")
     return result, result.notes
 
 

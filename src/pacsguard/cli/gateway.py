@@ -108,6 +108,7 @@ def run(
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")
+    keys.load_private_key(key_path, role="--key" if key else "")  # a wrong --key named as such
     engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True)

@@ -62,7 +62,12 @@ def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writ
                       create: bool = False) -> EventStore:
     """The configuration's store; a writer loads the checkpoint signing key."""
     cfg = loaded.config.store
-    return open_store(config_store_target(loaded, override), key=loaded.resolve(cfg.signing_key) if writer else None,
+    key = loaded.resolve(cfg.signing_key) if writer else None
+    if key is not None:
+        from pacsguard.store import keys
+
+        keys.load_private_key(key, role="store.signing_key")  # a wrong key named by its configuration key
+    return open_store(config_store_target(loaded, override), key=key,
                       create=create, checkpoint_interval=cfg.checkpoint_interval)
 
 

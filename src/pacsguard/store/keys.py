@@ -37,32 +37,73 @@ def public_path(path: Path) -> Path:
     return path.with_name(path.name + ".pub")
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def _kind(key: object) -> str:
+    """"RSA", "EC", "Ed448"... for a key of another type than the checkpoints' Ed25519."""
+    name = type(key).__name__.removeprefix("_")
+    return name.removesuffix("PrivateKey").removesuffix("PublicKey") or name
+
+
+def _read_key_file(path: Path, where: str, missing: str) -> bytes:
+    """The bytes of a key file, or a StoreError saying what ``path`` is instead: a folder, missing,
+    unreadable or empty (not a bare "[Errno 21] Is a directory" naming neither the file's role
+    nor what to give)."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if path.is_dir():
+            raise StoreError(f"{where}: a folder, not a key file")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise StoreError(f"{path}: signing key not found (run `pacsguard init`)") from None
-    except (ValueError, TypeError) as exc:
-        raise StoreError(f"{path}: not a PEM Ed25519 private key ({exc})") from None
+        raise StoreError(f"{where}: {missing}") from None
+    except PermissionError:
+        raise StoreError(f"{where}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise StoreError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise StoreError(f"{where}: an empty file, not a key")
+    return data
+
+
+def _not_a_key(data: bytes, wanted: str) -> str:
+    """Why ``data`` is no PEM key of the kind wanted (RFC 7468 section 2: its BEGIN label)."""
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return f"a certificate, not {wanted}"
+    if b"-----BEGIN" not in data:
+        return f"not a PEM file (no -----BEGIN line); {wanted} is wanted"
+    return f"not {wanted} (its PEM block cannot be read)"
+
+
+def load_private_key(path: Path, *, role: str = "") -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM (PKCS #8, RFC 8410) file ``path``; ``role`` names the
+    option or configuration key that gave it (``--key``, ``store.signing_key``) in every error."""
+    where = f"{role}: {path}" if role else str(path)
+    wanted = "a PEM Ed25519 private key"
+    data = _read_key_file(path, where, "signing key not found (run `pacsguard init`)")
+    if b"PRIVATE KEY" not in data and b"PUBLIC KEY" in data:
+        beside = f" ({path.name.removesuffix('.pub')}, beside it?)" if path.name.endswith(".pub") else ""
+        raise StoreError(f"{where}: a public key; the private signing key is wanted{beside}")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # an encrypted key: pacsguard signs unattended, with no passphrase to ask for
+        raise StoreError(f"{where}: an encrypted private key; give it unencrypted (mode 0600)") from None
+    except ValueError:  # the library's text names neither the file nor what to give
+        raise StoreError(f"{where}: {_not_a_key(data, wanted)}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
+        raise StoreError(f"{where}: the checkpoint key must be Ed25519, found a key of type {_kind(key)}")
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Accept either the public key file or the private key file (the public half is derived)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreError(f"{path}: key file not found") from None
+def load_public_key(path: Path, *, role: str = "") -> Ed25519PublicKey:
+    """Accept either the public key file or the private key file (the public half is derived);
+    ``role`` names the option or configuration key that gave it in every error."""
+    where = f"{role}: {path}" if role else str(path)
+    data = _read_key_file(path, where, "key file not found")
     if b"PRIVATE KEY" in data:
-        return load_private_key(path).public_key()
+        return load_private_key(path, role=role).public_key()
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise StoreError(f"{path}: not a PEM public key ({exc})") from None
+    except ValueError:
+        raise StoreError(f"{where}: {_not_a_key(data, 'a PEM Ed25519 public key')}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise StoreError(f"{path}: the checkpoint key must be Ed25519, found {type(key).__name__}")
+        raise StoreError(f"{where}: the checkpoint key must be Ed25519, found a key of type {_kind(key)}")
     return key
 
 

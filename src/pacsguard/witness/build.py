@@ -45,7 +45,7 @@ def destinations(targets: Sequence[WitnessTarget], resolve: Resolve, leaves: Lea
                                      key_file=t.key_file and resolve(t.key_file)) \
                 if t.url.startswith("https://") else None
             out.append(HttpWitness(WitnessClient(t.url, t.token.resolve(f"store.witnesses.{n}.token"), context), leaves,
-                                   t.witness_key and resolve(t.witness_key)))
+                                   t.witness_key and resolve(t.witness_key), f"store.witnesses.{n}.witness_key"))
     return out
 
 
@@ -58,9 +58,10 @@ def witness_server(cfg: WitnessServiceConfig, resolve: Resolve, publish: Callabl
         keys.generate_key(key_path)
     pinned: dict[str, PinnedLog] = {}
     for n, log in enumerate(cfg.logs):
-        public = keys.load_public_key(resolve(log.public_key))
+        public = keys.load_public_key(resolve(log.public_key), role=f"witness.logs.{n}.public_key")
         pinned[keys.key_id(public)] = PinnedLog(public, log.token.resolve(f"witness.logs.{n}.token"), log.name)
-    witness = Witness(Ledger(make_private_dir(resolve(cfg.storage))), keys.load_private_key(key_path), pinned,
+    signing = keys.load_private_key(key_path, role="witness.signing_key")
+    witness = Witness(Ledger(make_private_dir(resolve(cfg.storage))), signing, pinned,
                       publish)
     context = None
     if cfg.tls is not None:

@@ -27,11 +27,14 @@ Leaves = Callable[[int, int], list[bytes]]
 
 
 class HttpWitness:
-    def __init__(self, client: WitnessClient, leaves: Leaves, witness_key: Path | None = None) -> None:
+    def __init__(self, client: WitnessClient, leaves: Leaves, witness_key: Path | None = None,
+                 key_role: str = "") -> None:
+        """``key_role`` names where ``witness_key`` was given (a configuration key), for its errors."""
         self.client = client
         self.leaves = leaves
         self.name = client.url
-        self.witness_key: Ed25519PublicKey | None = keys.load_public_key(witness_key) if witness_key else None
+        self.witness_key: Ed25519PublicKey | None = keys.load_public_key(witness_key, role=key_role) if witness_key \
+            else None
         self._frontier: Frontier | None = None  # the tree at the size the witness holds, as far as known
 
     def deliver(self, checkpoint: Checkpoint) -> None:

@@ -89,6 +89,8 @@ class Splitter:
             if self.framing is None:
                 self.framing = self._detect(problems)
                 if self.framing is None:
+                    if self._mark_arriving():
+                        break  # the rest of a split byte order mark is in the next read
                     continue
             framing = self.framing
             got = self._octet_counted(problems) if framing is Framing.OCTET_COUNTING else self._line(problems)
@@ -123,6 +125,8 @@ class Splitter:
             del self._buffer[0]
         if not self._buffer:
             return None
+        if self._mark_arriving():
+            return None  # `\xef` or `\xef\xbb` so far: a mark, or junk, once the next octet is read
         if self._buffer.startswith(_BOM):
             # A sender writing through a text stream that starts with its encoding's mark (.NET's
             # StreamWriter with Encoding.UTF8): reported, dropped, and the frame after it read.
@@ -139,6 +143,13 @@ class Splitter:
             return Framing.NON_TRANSPARENT
         self._resync(problems, "frame starts with neither an octet count nor '<'")
         return None
+
+    def _mark_arriving(self) -> bool:
+        """Whether the buffer is a proper prefix of the UTF-8 byte order mark (RFC 3629 section 6):
+        a mark split across two reads, told apart from junk only by the octets still to come. Never
+        true of a whole mark or of anything longer, so `feed` always moves on; a stream that ends
+        here leaves the octets to `finish`, which reports them."""
+        return not self._hunting and 0 < len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer)
 
     def _octet_counted(self, problems: list[FrameProblem]) -> bytes | None:
         if not (0x30 <= self._buffer[0] <= 0x39 or self._buffer[0] == 0x2B):
