@@ -584,16 +584,16 @@ class RestfulAtna:
                 return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD"))
             from pacsguard import __version__
 
-            if (unacceptable := _unacceptable(url.query, headers.get("accept", ""))) is not None:
-                return self._refuse(sender, "bad-request", unacceptable, "GET", url.path, HTTPStatus.NOT_ACCEPTABLE)
+            if (refused := self._not_acceptable(sender, url.query, headers, url.path)) is not None:
+                return refused
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
             return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc),
                                                         SEARCH_PARAMETERS))
         if (one := _AUDIT_EVENT.fullmatch(path)) is not None:
             if method != "GET":
                 return self._unserved(sender, request, _not_allowed(method, "an AuditEvent", "GET, HEAD"))
-            if (unacceptable := _unacceptable(url.query, headers.get("accept", ""))) is not None:
-                return self._refuse(sender, "bad-request", unacceptable, "GET", url.path, HTTPStatus.NOT_ACCEPTABLE)
+            if (refused := self._not_acceptable(sender, url.query, headers, url.path)) is not None:
+                return refused
             return await self._read(one.group(2))
         if path in _BASES:
             if method != "POST":
@@ -608,6 +608,13 @@ class RestfulAtna:
         if method == "POST":
             return self._ingest(body, sender, base, headers.get("content-type", ""))
         return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD, POST"))
+
+    def _not_acceptable(self, sender: Sender, query: str, headers: dict[str, str], path: str) -> Reply | None:
+        """A 406, recorded, when the GET of ``path`` takes no FHIR JSON (`_unacceptable`); else None."""
+        unacceptable = _unacceptable(query, headers.get("accept", ""))
+        if unacceptable is None:
+            return None
+        return self._refuse(sender, "bad-request", unacceptable, "GET", path, HTTPStatus.NOT_ACCEPTABLE)
 
     def _unserved(self, sender: Sender, request: Request, reply: Reply) -> Reply:
         """A request for a path not served or with a method not taken (404, 405, 501), recorded as
@@ -705,8 +712,8 @@ class RestfulAtna:
             q = AuditQuery.parse(parse_qs(query, keep_blank_values=True), strict=strict)
         except QueryError as exc:
             return self._refuse(sender, "bad-request", str(exc), "GET", "/AuditEvent", HTTPStatus.BAD_REQUEST)
-        if (unacceptable := _unacceptable(query, headers.get("accept", ""))) is not None:
-            return self._refuse(sender, "bad-request", unacceptable, "GET", "/AuditEvent", HTTPStatus.NOT_ACCEPTABLE)
+        if (refused := self._not_acceptable(sender, query, headers, "/AuditEvent")) is not None:
+            return refused
         found = await asyncio.to_thread(self._find, q) if q.count else []
         resources = [fhir.render(record_from_event(s.event), s.event.id) for s in found]
         # A full page may have more after it: a next link with the cursor after its last event. The

@@ -66,8 +66,7 @@ def raw_fields(data: bytes) -> dict[str, str]:
 #: UTF-32LE's begins with UTF-16LE's.
 _UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
                  (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
-#: The encoding declaration at the start of a document (XML 1.0 4.3.3, [80] EncodingDecl).
-_DECLARED = re.compile(r"<\?xml\s[^>]*?encoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]*)[\"']")
+_DECLARED = re.compile(dicom_xml.ENCODING_DECLARATION)
 
 
 #: The UTF-8 byte order mark: RFC 8259 8.1 lets a JSON parser ignore it, and XML 1.0 4.3.3 allows it.

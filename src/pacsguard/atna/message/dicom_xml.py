@@ -43,9 +43,11 @@ def parse_xml(payload: bytes) -> Element:
 
 
 _T = TypeVar("_T")
-#: The encoding declaration at the start of a document in an ASCII-compatible encoding (XML 1.0 4.3.3,
-#: [80] EncodingDecl, [81] EncName).
-_DECLARED = re.compile(rb"<\?xml\s[^>]*?encoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]*)[\"']")
+#: The encoding declaration at the start of a document (XML 1.0 4.3.3, [80] EncodingDecl, [81]
+#: EncName), its name the first group: matched as octets here (an ASCII-compatible encoding), as
+#: text by ingest (a document in UTF-16 or UTF-32, decoded by its byte order mark).
+ENCODING_DECLARATION = r"<\?xml\s[^>]*?encoding\s*=\s*[\"']([A-Za-z][A-Za-z0-9._-]*)[\"']"
+_DECLARED = re.compile(ENCODING_DECLARATION.encode("ascii"))
 #: The encodings expat reads itself; any other is read through Python's codecs, by expat one octet per
 #: character only (pyexpat: "multi-byte encodings are not supported").
 _EXPAT_ENCODINGS = frozenset({"utf-8", "utf-16", "iso-8859-1", "us-ascii"})

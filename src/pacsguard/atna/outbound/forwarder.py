@@ -98,9 +98,7 @@ class Forwarder:
         if self._store is None:
             log.error("outbound: the feed fell behind and %d events were dropped before they were spooled", missed)
             return
-        last = self.spool.last_event
-        found = None if last is None else _find(self._store, self._since, last)
-        start = self._since if found is None else found + 1
+        start = self._after_spooled(self._store, self._since)
         log.warning("outbound: the feed fell behind (%d events dropped from its queue): taking what it missed "
                     "from the store, from seq %d on", missed, start)
         self._catch_up(self._store, start, 0)
@@ -172,11 +170,15 @@ class Forwarder:
         begun = self.spool.store_from
         if begun is None or begun >= since:
             return since  # a new spool, or one of a version that kept no position: nothing to redo
+        # The previous run spooled nothing (no last Event found): each of its Events is yet to be.
+        return min(since, self._after_spooled(store, begun))
+
+    def _after_spooled(self, store: EventStore, origin: int) -> int:
+        """The seq after the last Event spooled (`Spool.last_event`), looked for from ``origin`` on;
+        ``origin`` when it is not there."""
         last = self.spool.last_event
-        found = None if last is None else _find(store, begun, last)
-        if found is None:
-            return begun  # the previous run spooled nothing: each of its Events is yet to be
-        return min(since, found + 1)
+        found = None if last is None else _find(store, origin, last)
+        return origin if found is None else found + 1
 
     def _catch_up(self, store: EventStore, start: int, since: int) -> int:
         """Spool the store's Events from seq ``start`` to its end; those from ``since`` on are marked

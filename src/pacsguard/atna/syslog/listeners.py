@@ -312,8 +312,7 @@ class _Connection(asyncio.Protocol):
                 "tls-handshake-failed", "TLS handshake not complete: the client closed the connection in it "
                                         "(RFC 5425 4.2), without an alert saying why")))
         elif self.said == 0:
-            after = " after its TLS handshake" if self._tls is not None and self._tls.established else ""
-            self.publish(problem_event(self.sender, FrameProblem("silent", f"connected and sent nothing{after}")))
+            self.publish(problem_event(self.sender, FrameProblem("silent", self._silence)))
         for problem in self.splitter.finish():
             self.publish(problem_event(self.sender, problem))
         if exc is not None:
@@ -337,6 +336,12 @@ class _Connection(asyncio.Protocol):
             delay = min(delay, self.frame_began + limits.frame_timeout - time.monotonic())
         self._idle = loop.call_later(max(delay, 0.0), self._timed_out)
 
+    @property
+    def _silence(self) -> str:
+        """What a sender that said nothing did: connected (and, over TLS, shook hands)."""
+        after = " after its TLS handshake" if self._tls is not None and self._tls.established else ""
+        return f"connected and sent nothing{after}"
+
     def _timed_out(self) -> None:
         limits = self.listener.limits
         if self._tls is not None and not self._tls.established and self.received > 0:
@@ -345,9 +350,8 @@ class _Connection(asyncio.Protocol):
                 "tls-handshake-failed", f"TLS handshake not complete {limits.frame_timeout:g} s after it began")))
         elif self.said == 0:
             self.received = self.said = -1  # reported here, not again when the connection is lost
-            after = " after its TLS handshake" if self._tls is not None and self._tls.established else ""
             self.publish(problem_event(self.sender, FrameProblem(
-                "silent", f"connected and sent nothing{after} for {time.monotonic() - self.opened:.0f} s")))
+                "silent", f"{self._silence} for {time.monotonic() - self.opened:.0f} s")))
         elif self.splitter.pending:
             pending = self.splitter.pending
             self.splitter = Splitter(limits.max_message)  # reported here, not again as truncated
