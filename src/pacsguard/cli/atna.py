@@ -80,9 +80,8 @@ def listen(
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")
-    keys.load_private_key(key_path, role="--key" if key else "")  # a wrong --key named as such
     with ExitStack() as stack:
-        es = outputs.open_store(store, key=key_path, create=True)
+        es = outputs.open_store(store, key=key_path, create=True, key_role="--key" if key else "")
         bus = outputs.open_outputs(stack, es).bus
         service = AtnaService(config, bus.publish, es)
         tune_for_ingest()

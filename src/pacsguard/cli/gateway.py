@@ -108,10 +108,9 @@ def run(
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")
-    keys.load_private_key(key_path, role="--key" if key else "")  # a wrong --key named as such
     engine = rule_engine(load(None, required=False))
     with ExitStack() as stack:
-        es = outputs.open_store(store, key=key_path, create=True)
+        es = outputs.open_store(store, key=key_path, create=True, key_role="--key" if key else "")
         bus = outputs.open_outputs(stack, es, journal=outputs.journal_setting(journal)).bus
         service = GatewayService(config, bus.publish_ticket, es, engine=engine, durability=Durability(bus))
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")],

@@ -28,10 +28,11 @@ class Outputs:
 
 
 def open_store(target: str, *, key: Path | None = None, create: bool = False,
-               checkpoint_interval: float = 60.0) -> EventStore:
+               checkpoint_interval: float = 60.0, key_role: str = "") -> EventStore:
     from pacsguard.store import EventStore
 
-    return EventStore.open(target, key_path=key, create=create, checkpoint_interval=checkpoint_interval)
+    return EventStore.open(target, key_path=key, create=create, checkpoint_interval=checkpoint_interval,
+                           key_role=key_role)
 
 
 def config_store_target(loaded: LoadedConfig, override: str | None = None) -> str:
@@ -62,13 +63,8 @@ def open_config_store(loaded: LoadedConfig, override: str | None = None, *, writ
                       create: bool = False) -> EventStore:
     """The configuration's store; a writer loads the checkpoint signing key."""
     cfg = loaded.config.store
-    key = loaded.resolve(cfg.signing_key) if writer else None
-    if key is not None:
-        from pacsguard.store import keys
-
-        keys.load_private_key(key, role="store.signing_key")  # a wrong key named by its configuration key
-    return open_store(config_store_target(loaded, override), key=key,
-                      create=create, checkpoint_interval=cfg.checkpoint_interval)
+    return open_store(config_store_target(loaded, override), key=loaded.resolve(cfg.signing_key) if writer else None,
+                      create=create, checkpoint_interval=cfg.checkpoint_interval, key_role="store.signing_key")
 
 
 def open_outputs(stack: ExitStack, store: EventStore | None, sinks: Sequence[EventSink] = (), *,

@@ -116,8 +116,10 @@ class EventStore:
 
     @classmethod
     def open(cls, target: str, *, key_path: "str | Path | None" = None, create: bool = False,
-             checkpoint_interval: float = 60.0) -> "EventStore":
-        key = keys.load_private_key(Path(key_path)) if key_path is not None else None
+             checkpoint_interval: float = 60.0, key_role: str = "") -> "EventStore":
+        """``key_role``: the option or configuration key that gave ``key_path``, named in its errors
+        (the key is loaded before the database is opened or made)."""
+        key = keys.load_private_key(Path(key_path), role=key_role) if key_path is not None else None
         return cls(target, signing_key=key, create=create, checkpoint_interval=checkpoint_interval)
 
     def _begin(self) -> AbstractContextManager[Connection]:
