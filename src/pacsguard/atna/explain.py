@@ -182,12 +182,19 @@ def _users_named(event: Event) -> set[str]:
     return names
 
 
+def compared(text: str | None) -> str:
+    """A name, address or department as compared, here and by the privacy rules' staff directory
+    (ids/audit/adapter.py): Unicode NFC (a decomposed u + U+0308 from one system equals the
+    precomposed ü of another, Unicode UAX #15), upper case, single spaces."""
+    return " ".join(unicodedata.normalize("NFC", text or "").upper().split())
+
+
 def _organizations(event: Event) -> set[str]:
-    """Departments an audit message names: participant objects of type 3 (organization), as the
-    staff directory's departments are compared (Unicode NFC, upper case, single spaces: a
-    "Radiologie Süd" sent decomposed, u + U+0308, is the directory's "Radiologie Süd")."""
-    return {" ".join(unicodedata.normalize("NFC", str(o.get(k) or "")).upper().split())
-            for o in event.details.get("objects", ()) if o.get("type_code") == "3" for k in ("id", "name")} - {""}
+    """Departments an audit message names: participant objects of type 3 (organization), compared
+    as the staff directory's departments are (`compared`: a "Radiologie Süd" sent decomposed is the
+    directory's)."""
+    return {compared(str(o.get(k) or "")) for o in event.details.get("objects", ())
+            if o.get("type_code") == "3" for k in ("id", "name")} - {""}
 
 
 def _care(item: Item) -> bool:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pacsguard.atna.explain import compared as _norm
 from pacsguard.atna.message import mapping
 from pacsguard.events.model import Event
 from pacsguard.ids.audit.baseline import BaselineSettings, PatientsPerHour
@@ -170,12 +171,6 @@ def rule_files(*, baseline: bool = True, unexplained: bool = False) -> list[Path
     folder = Path(__file__).with_name("rules")
     return [folder / name for name, wanted in (("baseline.yaml", baseline), ("unexplained.yaml", unexplained))
             if wanted]
-
-
-def _norm(text: str | None) -> str:
-    """A name or address as compared: Unicode NFC (a decomposed u + U+0308 from one system equals the
-    precomposed ü of another, Unicode UAX #15), upper case, single spaces."""
-    return " ".join(unicodedata.normalize("NFC", text or "").upper().split())
 
 
 #: Apostrophes and hyphens as a word processor or an HR system types them (O’Brien, U+2019; a
