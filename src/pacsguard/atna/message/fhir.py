@@ -12,6 +12,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from pacsguard.atna.message import codes
 from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
@@ -244,9 +245,9 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
         out["subtype"] = subtypes
     # action and outcome are bound to their value sets (required, FHIR R4 AuditEvent; A.5.1's
     # enumerations): a value of neither, as a lenient sender wrote it, is left out (the raw keeps it).
-    if record.action in ("C", "R", "U", "D", "E"):
+    if record.action in codes.ACTIONS:
         out["action"] = record.action
-    if record.outcome in ("0", "4", "8", "12"):
+    if record.outcome in codes.OUTCOMES:
         out["outcome"] = record.outcome
     if record.outcome_description:
         out["outcomeDesc"] = record.outcome_description
