@@ -176,12 +176,12 @@ def test_working_hours_may_span_midnight(tmp_path: Path) -> None:
     store.append([message("110110", at(3, 1), "night"), message("110110", at(3, 9), "am"),
                   message("110110", at(3, 16), "pm"), message("110110", at(3, 23, 59), "late")])
     store.close()
-    code, out = daily(target, "--day", "2026-12-03", "--hours", "15-3", "--format", "json")
+    code, out = daily(target, "--day", "2026-12-03", "--hours", "15-3", "--format", "json", "--time-zone", "UTC")
     assert code == 0, out
     report = json.loads(out)
-    assert report["working_hours_utc"] == [15, 3]
+    assert report["working_hours"] == [15, 3] and report["time_zone"] == "UTC"
     assert [r["time"][11:16] for r in report["after_hours_access"]] == ["09:00"]
-    code, out = daily(target, "--day", "2026-12-03", "--hours", "0-24", "--format", "json")
+    code, out = daily(target, "--day", "2026-12-03", "--hours", "0-24", "--format", "json", "--time-zone", "UTC")
     assert code == 0 and json.loads(out)["counts"]["after_hours_access"] == 0
     for bad in ("7-7", "24-3", "3-25", "seven-19"):
         code, out = daily(target, "--day", "2026-12-03", "--hours", bad)

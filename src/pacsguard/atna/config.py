@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
+from pacsguard.atna.zone import LOCAL, SiteZone
 from pacsguard.config.schema import Host, SecretRef
 from pacsguard.config.strict import Strict
 
@@ -111,6 +112,14 @@ def _duration(value: str) -> str:
 Duration = Annotated[str, AfterValidator(_duration)]
 
 
+def _zone(value: str) -> str:
+    SiteZone.named(value)  # names what is expected
+    return value
+
+
+SiteZoneName = Annotated[str, AfterValidator(_zone)]
+
+
 class Explain(Strict):
     """Explanation-based auditing (docs/audit.md): how far around an access the templates look."""
 
@@ -199,3 +208,10 @@ class AtnaConfig(Strict):
                          "own core (0: read in the service's own event loop); see docs/audit.md")
     outbound: Outbound | None = None
     privacy: Privacy | None = None
+    time_zone: SiteZoneName = Field(LOCAL, description="the site's time zone, in which the privacy rules' hour "
+                                    "and weekday and audit report's day and working hours are told: an IANA name "
+                                    "(Europe/Berlin) or local (this host's); stored times stay UTC")
+
+    def site_zone(self) -> SiteZone:
+        """The zone ``time_zone`` names (validated when the file was read)."""
+        return SiteZone.named(self.time_zone)

@@ -9,11 +9,12 @@ import html
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import date
 from typing import Any
 
 from pacsguard.atna.explain import touches_patient
 from pacsguard.atna.message.mapping import user_of
+from pacsguard.atna.zone import SiteZone
 from pacsguard.events.model import Event, Outcome
 
 #: Purposes of use that mean emergency access (HL7 v3 ActReason ETREAT, BTG "break the glass").
@@ -27,11 +28,12 @@ LISTS = ("failed_authentications", "security_alerts", "after_hours_access", "bre
 
 
 def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 19),
-              explain: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+              explain: Callable[[], dict[str, Any]] | None = None, *, zone: SiteZone | None = None) -> dict[str, Any]:
     """The day's figures; ``explain`` (called once ``events`` are read) gives the explanations of its
-    accesses (atna/explain.py `summary`). ``hours`` are the working hours (UTC) as [start, end); a
-    start after the end spans midnight ((22, 6): from 22:00 to 06:00), as a site's day shift does in
-    UTC east of UTC+7 or west of UTC-5."""
+    accesses (atna/explain.py `summary`). ``hours`` are the working hours as [start, end) in the site's
+    time zone ``zone`` (UTC without one), in which the events per hour and the listed times are told
+    too; a start after the end spans midnight ((22, 6): from 22:00 to 06:00, a night shift)."""
+    zone = zone or SiteZone.named("UTC")
     users: Counter[str] = Counter()
     hosts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
@@ -45,7 +47,8 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
     for ev in events:
         total += 1
         kinds[ev.kind] += 1
-        per_hour[ev.time.astimezone(timezone.utc).hour] += 1
+        hour = zone.of(ev.time).hour
+        per_hour[hour] += 1
         # The identity (UserID) in lower case, as explain and the privacy rules count users: JSMITH
         # from the EMR and jsmith from the viewer are one user (docs/audit.md, "Privacy monitoring").
         user = (user_of(ev) or "").strip().lower()
@@ -56,20 +59,20 @@ def summarise(events: Iterable[Event], day: date, hours: tuple[int, int] = (7, 1
         d = ev.details
         if ev.kind == "atna.audit.user-authentication" and ev.outcome != Outcome.SUCCESS \
                 or ev.kind == "console.login.failed":
-            _add(failed_auth, ev, counts, "failed_authentications")
+            _add(failed_auth, ev, counts, "failed_authentications", zone)
         if ev.kind in ("atna.audit.security-alert",) or ev.kind.startswith("ids.alert."):
-            _add(alerts, ev, counts, "security_alerts")
-        hour = ev.time.astimezone(timezone.utc).hour
+            _add(alerts, ev, counts, "security_alerts", zone)
         # What was done to patient data (explain.touches_patient): a Security Alert or an IDS alert
         # naming a patient, timed when it was raised, is no access at night.
         if not working(hour, hours) and touches_patient(ev):
-            _add(after_hours, ev, counts, "after_hours_access")
+            _add(after_hours, ev, counts, "after_hours_access", zone)
         types = {t.get("code") for t in d.get("event_types", ())}
         purposes = {p.get("code") for p in d.get("purposes", ())}
         if EMERGENCY_OVERRIDE in types or purposes & BREAK_GLASS_PURPOSES:
-            _add(break_glass, ev, counts, "break_glass")
+            _add(break_glass, ev, counts, "break_glass", zone)
     out = {
-        "format": "pacsguard-daily-report/v1", "day": day.isoformat(), "working_hours_utc": list(hours),
+        "format": "pacsguard-daily-report/v2", "day": day.isoformat(), "time_zone": zone.label(),
+        "working_hours": list(hours),
         "events": total, "kinds": dict(kinds.most_common()), "per_hour": per_hour,
         "top_users": users.most_common(10), "top_hosts": hosts.most_common(10),
         "failed_authentications": failed_auth, "security_alerts": alerts, "after_hours_access": after_hours,
@@ -89,19 +92,13 @@ def working(hour: int, hours: tuple[int, int]) -> bool:
     return start <= hour < end if start <= end else hour >= start or hour < end
 
 
-def day_span(day: date) -> tuple[datetime, datetime | None]:
-    """The UTC day as [start, end); the last day there is (9999-12-31) has no next midnight to end
-    at, so its end is None (no bound)."""
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    return start, (start + timedelta(days=1) if day < date.max else None)
-
-
-def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str) -> None:
-    """Count ``ev`` under ``name``; list it while the list holds fewer than _LISTED."""
+def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str, zone: SiteZone) -> None:
+    """Count ``ev`` under ``name``; list it while the list holds fewer than _LISTED, its time as the
+    site's clock showed it (with its offset: still one instant)."""
     counts[name] += 1
     if len(into) < _LISTED:
-        into.append({"time": ev.time.isoformat(), "kind": ev.kind, "outcome": ev.outcome, "actor": ev.actor.label(),
-                     "patients": list(ev.patient_ids), "message": ev.message})
+        into.append({"time": zone.of(ev.time).isoformat(), "kind": ev.kind, "outcome": ev.outcome,
+                     "actor": ev.actor.label(), "patients": list(ev.patient_ids), "message": ev.message})
 
 
 #: Unicode's explicit directional formatting characters (UAX #9 section 2: embeddings, overrides,
@@ -135,8 +132,8 @@ def to_html(report: dict[str, Any]) -> str:
         body = "".join(f"<tr><td>{esc(r['time'][:19])}</td><td>{esc(r['kind'])}</td><td>{esc(r['outcome'])}</td>"
                        f"<td>{esc(r['actor'])}</td><td>{esc(', '.join(r['patients']))}</td>"
                        f"<td>{esc(r['message'])}</td></tr>" for r in rows)
-        return (f"<h2>{esc(title)} ({count})</h2>{cut}<table><tr><th>time (UTC)</th><th>kind</th><th>outcome</th>"
-                f"<th>who</th><th>patients</th><th>message</th></tr>{body}</table>")
+        return (f"<h2>{esc(title)} ({count})</h2>{cut}<table><tr><th>time ({esc(zone)})</th><th>kind</th>"
+                f"<th>outcome</th><th>who</th><th>patients</th><th>message</th></tr>{body}</table>")
 
     def accesses(ex: dict[str, Any] | None) -> str:
         if not ex:
@@ -150,6 +147,8 @@ def to_html(report: dict[str, Any]) -> str:
                 "<th>kind</th><th>user</th><th>patient</th><th>explained by</th><th>evidence #</th></tr>"
                 f"{body}</table>")
 
+    # Reports made before time zones (v1) were told in UTC.
+    zone = str(report.get("time_zone", "UTC"))
     hours = [(f"{h:02d}:00", n) for h, n in enumerate(report["per_hour"])]
     # No "<" at all in the data, as in the patient report: "</script>" would end the script element,
     # and "<!--" then "<script" (a user name a sender chose) would keep the page's own "</script>"
@@ -160,7 +159,7 @@ def to_html(report: dict[str, Any]) -> str:
             "padding:2px 6px}table{border-collapse:collapse}</style></head><body>"
             f"<h1>Audit trail, {esc(report['day'])}</h1><p>{report['events']} events.</p>"
             + accesses(report.get("explanations"))
-            + bars("Events per hour (UTC)", hours) + bars("Top users", report["top_users"])
+            + bars(f"Events per hour ({zone})", hours) + bars("Top users", report["top_users"])
             + bars("Top hosts", report["top_hosts"])
             + table("Failed authentications", "failed_authentications")
             + table("Security alerts", "security_alerts")

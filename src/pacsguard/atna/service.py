@@ -116,7 +116,7 @@ class AtnaService:
         lists = p.lists(self._path) if p else PrivacyLists()
         baseline = BaselineSettings(**p.baseline.model_dump()) if p else None
         self.privacy = AuditAdapter(engine, lists, explain=self._explainer(settings_of(p, self._path, lists)),
-                                    baseline=baseline)
+                                    baseline=baseline, zone=self.config.site_zone())
 
     def _explainer(self, settings: ExplainSettings) -> Explainer | None:
         """Whether the store explains a received access (atna/explain.py), judged at its arrival."""

@@ -594,10 +594,14 @@ class DailyFormat(str, Enum):
 
 @app.command("report")
 def report(
-    day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD (UTC)"),
+    day: str = typer.Option(..., "--day", help="the day to summarise, YYYY-MM-DD, from midnight to midnight in "
+                            "the site's time zone"),
     fmt: DailyFormat = typer.Option(DailyFormat.html, "--format", help="html (with charts) or json"),
-    hours: str = typer.Option("7-19", "--hours", help="working hours, UTC, as START-END (22-6 spans midnight); "
-                              "access to patient data outside them is listed"),
+    hours: str = typer.Option("7-19", "--hours", help="working hours in the site's time zone, as START-END (22-6 "
+                              "spans midnight); access to patient data outside them is listed"),
+    time_zone: str | None = typer.Option(None, "--time-zone", help="the site's time zone: an IANA name "
+                                         "(Europe/Berlin) or local (this host's); default: the configuration's "
+                                         "atna.time_zone, else local"),
     explain: bool = EXPLAIN_OPTION,
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
@@ -606,9 +610,10 @@ def report(
     uses and access to patient data outside working hours."""
     from datetime import date
 
-    from pacsguard.atna.daily import EXPLANATIONS_LISTED, day_span, summarise, to_html
+    from pacsguard.atna.daily import EXPLANATIONS_LISTED, summarise, to_html
     from pacsguard.atna.explain import Accesses
     from pacsguard.atna.explain import summary as explained
+    from pacsguard.atna.zone import SiteZone
     from pacsguard.store import EventQuery
 
     try:
@@ -619,12 +624,16 @@ def report(
         start_hour, end_hour = (int(h) for h in hours.split("-", 1))
     except ValueError:
         raise fail(f"--hours {hours!r}: START-END expected, hours 0 to 24 (7-19; 22-6 spans midnight)") from None
-    # START > END spans midnight: a day shift in UTC east of UTC+7 or west of UTC-5 (7-19 in Los
-    # Angeles is 15-3 UTC). START == END would hold no hour, or all of them: not told apart.
+    # START > END spans midnight (a night shift). START == END would hold no hour, or all of them:
+    # not told apart.
     if not (0 <= start_hour < 24 and 0 <= end_hour <= 24 and start_hour != end_hour):
         raise fail(f"--hours {hours!r}: expected START-END, START from 0 to 23, END from 0 to 24, not the same")
-    since, until = day_span(when)
     loaded = load(config, required=store is None)
+    try:
+        zone = loaded.section("atna").site_zone() if time_zone is None else SiteZone.named(time_zone)
+    except ValueError as exc:
+        raise fail(f"--time-zone: {exc}") from None
+    since, until = zone.day_span(when)
     es = open_store(loaded, store)
     try:
         seen = Accesses()
@@ -632,7 +641,8 @@ def report(
         summary = summarise((seen.see(s) for s in es.search(EventQuery(since=since, until=until, limit=None))), when,
                             (start_hour, end_hour),
                             None if settings is None
-                            else lambda: explained(seen.explain(es, since, until, settings), EXPLANATIONS_LISTED))
+                            else lambda: explained(seen.explain(es, since, until, settings), EXPLANATIONS_LISTED),
+                            zone=zone)
     finally:
         es.close()
     sys.stdout.write(to_html(summary) if fmt is DailyFormat.html else json.dumps(summary, indent=1) + "\n")

@@ -1,9 +1,10 @@
 """Audit events as observations for the rule engine (the ``audit`` protocol adapter): the privacy
 officer's lists (patients to watch, the staff directory) are joined here, so rules match plain
-fields: ``watched``, ``same_surname``, ``same_address``, ``hour`` and the access itself; and, when a
-rule names them, the user's patients this hour against their own baseline (baseline.py) and whether
-the store explains the access (``explained``, ``explanation``: the caller's explainer, which the
-audit record repository gives from pacsguard.atna.explain).
+fields: ``watched``, ``same_surname``, ``same_address``, ``hour`` and ``weekday`` (in the site's
+time zone, atna/zone.py) and the access itself; and, when a rule names them, the user's patients
+this hour against their own baseline (baseline.py) and whether the store explains the access
+(``explained``, ``explanation``: the caller's explainer, which the audit record repository gives
+from pacsguard.atna.explain).
 
 One flow per user (client_host = the user's host, server_host = the audit source), so thresholds
 ``by: [user]`` count a user's accesses across every sender."""
@@ -17,12 +18,13 @@ import io
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pacsguard.atna.explain import compared as _norm
 from pacsguard.atna.message import mapping
+from pacsguard.atna.zone import LOCAL, SiteZone
 from pacsguard.events.model import Event
 from pacsguard.ids.audit.baseline import BaselineSettings, PatientsPerHour
 from pacsguard.ids.audit.kinds import BASELINE_FIELDS, EXPLAIN_FIELDS, PROTOCOL
@@ -237,8 +239,9 @@ Explainer = Callable[[Event], "tuple[bool, str] | None"]
 
 class AuditAdapter:
     def __init__(self, engine: Engine, lists: PrivacyLists | None = None, *, explain: Explainer | None = None,
-                 baseline: BaselineSettings | None = None) -> None:
+                 baseline: BaselineSettings | None = None, zone: SiteZone | None = None) -> None:
         self.engine = engine
+        self.zone = zone or SiteZone.named(LOCAL)  # the hour and weekday of an access are the site's
         self.lists = lists or PrivacyLists()
         self.explain = explain
         self.hours = PatientsPerHour(baseline)
@@ -285,7 +288,7 @@ class AuditAdapter:
             "outcome": str(d.get("outcome_indicator") or ""), "patient": patients[0] if patients else "",
             "patients": patients, "patient_count": len(patients),
             "purposes": [str(p.get("code", "")) for p in d.get("purposes", ())],
-            "hour": event.time.astimezone(timezone.utc).hour,
+            "hour": (local := self.zone.of(event.time)).hour, "weekday": local.isoweekday(),
             "watched": any(p in self.lists.watched for p in patients),
             "same_surname": bool(me and me.surname and any(surname_forms(me.surname) & s for s, _ in names)),
             "same_address": bool(me and me.address and any(me.address in a for _, a in names)),

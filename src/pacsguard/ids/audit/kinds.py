@@ -31,7 +31,9 @@ register_kinds(
                 "patients": ("str-list", "every patient ID the message names, without authority"),
                 "patient_count": ("int", "how many patients the message names"),
                 "purposes": ("str-list", "purpose of use codes, e.g. TREAT, ETREAT"),
-                "hour": ("int", "the hour of the access, 0-23, in UTC"),
+                "hour": ("int", "the hour of the access, 0-23, in the site's time zone (atna.time_zone)"),
+                "weekday": ("int", "the day of the week of the access, 1 (Monday) to 7 (Sunday), in the site's "
+                            "time zone"),
                 "watched": ("bool", "a patient is on the administrator's watch list (VIPs, employees)"),
                 "same_surname": ("bool", "a patient's surname is the user's own (staff directory)"),
                 "same_address": ("bool", "a patient's address is the user's own (staff directory)"),
