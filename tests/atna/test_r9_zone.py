@@ -167,3 +167,23 @@ def test_the_first_and_last_days_there_are_keep_their_bounds() -> None:
     assert end is not None and end.date() == date(1, 1, 1) and end.hour == 14  # Tokyo's mean time then, +09:18:59
     start, end = SiteZone.named("America/New_York").day_span(date.max)
     assert end is None and start.year == 9999
+
+
+def test_a_message_dated_at_the_end_of_time_east_of_utc_is_counted_not_a_crash(tmp_path: Path) -> None:
+    """9999-12-31T23:59Z is in the year 10000 on Tokyo's clocks, which a datetime cannot hold: the
+    daily report counts it (its time shown in UTC) and the rules take its hour as UTC, instead of
+    failing on the one message a sender dated there."""
+    last = utc(12, 31, 23, 59).replace(year=9999)
+    target = str(tmp_path / "store.db")
+    store, _ = new_store(target, tmp_path)
+    store.append([access(last)])
+    store.close()
+    code, out = daily(target, "--day", "9999-12-31", "--time-zone", "Asia/Tokyo", "--format", "json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["events"] == 1 and report["after_hours_access"][0]["time"] == last.isoformat()
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "night.yaml").write_text(NIGHT)
+    tokyo = AuditAdapter(Engine(load_rules([tmp_path / "rules"], builtin=False), IdsSettings(), clock=lambda: 0.0),
+                         zone=SiteZone.named("Asia/Tokyo"))
+    assert alerts(tokyo, access(last)) == []  # 23:59, a Friday, in UTC

@@ -25,7 +25,6 @@ from receiver import DEADLINE, free_port
 from test_senders_real import RSYSLOGD, wait_listening
 from typer.testing import CliRunner
 
-from pacsguard.atna import daily
 from pacsguard.atna.explain import ExplainSettings, explain_patient, explain_unstored
 from pacsguard.atna.ingest import Sender, frame_event
 from pacsguard.atna.message import fhir
@@ -35,6 +34,7 @@ from pacsguard.atna.message.record import AuditRecord, Code, Participant, Partic
 from pacsguard.atna.outbound.sender import EARLY_CLOSE, Failure, OutboundSender
 from pacsguard.atna.outbound.spool import Spool
 from pacsguard.atna.sources import recorded
+from pacsguard.atna.zone import SiteZone
 from pacsguard.cli import main
 from pacsguard.events.model import Event
 from pacsguard.tls import make_ca, make_cert
@@ -291,19 +291,21 @@ def test_explanation_windows_stop_at_the_ends_of_time(tmp_path: Path) -> None:
 
 
 def test_the_last_day_there_is_has_a_report(tmp_path: Path) -> None:
-    assert daily.day_span(date.max) == (datetime(9999, 12, 31, tzinfo=timezone.utc), None)
-    assert daily.day_span(date(2026, 12, 3))[1] == datetime(2026, 12, 4, tzinfo=timezone.utc)
+    utc = SiteZone.named("UTC")
+    assert utc.day_span(date.max) == (datetime(9999, 12, 31, tzinfo=timezone.utc), None)
+    assert utc.day_span(date(2026, 12, 3))[1] == datetime(2026, 12, 4, tzinfo=timezone.utc)
     target = str(tmp_path / "store.db")
     store, _ = new_store(target, tmp_path)
     store.append([_access(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)),
                   _access(datetime(2026, 12, 3, 9, tzinfo=timezone.utc))])
     store.close()
     runner = CliRunner()
-    for args in (["audit", "report", "--day", "9999-12-31", "--format", "json"],
+    for args in (["audit", "report", "--day", "9999-12-31", "--format", "json", "--time-zone", "UTC"],
                  ["audit", "patient", "D1", "--until", "9999-12-31T00:00:00Z", "--format", "json"],
                  ["audit", "patient", "D1", "--since", "0001-01-02T00:00:00Z", "--format", "json"],
                  ["atna", "sources", "--since", "0001-01-01T00:00:00Z"]):
         out = runner.invoke(main.app, [*args, "--store", target])
         assert out.exit_code == 0, (args, out.output)
-    out = runner.invoke(main.app, ["audit", "report", "--day", "9999-12-31", "--format", "json", "--store", target])
+    out = runner.invoke(main.app, ["audit", "report", "--day", "9999-12-31", "--format", "json", "--time-zone", "UTC",
+                                   "--store", target])
     assert '"events": 1' in out.output

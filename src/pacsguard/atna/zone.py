@@ -36,8 +36,13 @@ class SiteZone:
             raise ValueError(f"{name!r} is no time zone: {EXPECTED}") from None
 
     def of(self, when: datetime) -> datetime:
-        """``when`` (aware) as the site's clock shows it."""
-        return when.astimezone(self.zone)
+        """``when`` (aware) as the site's clock shows it; as it is (UTC) where that clock would show a
+        year past 9999 or before 1, which a datetime cannot hold (a sender's 9999-12-31T23:59Z east
+        of UTC): a message dated there is still counted, not a crash of the report or the rules."""
+        try:
+            return when.astimezone(self.zone)
+        except (OverflowError, OSError):
+            return when
 
     def label(self) -> str:
         """The name to show: an IANA name, or 'local' with the host's abbreviation now (CET)."""
