@@ -59,11 +59,10 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
             outcome=_text(resource, "outcome") or "",
             event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
             outcome_description=_text(resource, "outcomeDesc"),
-            purposes=tuple(_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())),
-            participants=tuple(_agent(a) for a in agents),
+            purposes=_purposes(resource, agents), participants=tuple(_agent(a) for a in agents),
             source_id=_reference_text(source["observer"]), source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
-            objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e)))
+            objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e, resource)))
     except (AttributeError, TypeError, KeyError) as exc:
         raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
 
@@ -120,7 +119,7 @@ def _boolean(element: Mapping[str, Any], key: str) -> bool:
 
 #: A FHIR R4 literal reference (2.3.0.1, References: [base]/Type/id[/_history/version]): a relative
 #: or absolute URL ending in a resource type and a logical id (1-64 of [A-Za-z0-9-.]).
-_LITERAL = re.compile(r"(?:^|/)[A-Z][A-Za-z]+/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+_LITERAL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 #: HL7 v2.5 2.7.4 escape sequences for the delimiters a CX component may hold (\ first).
 _HL7_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 
@@ -130,7 +129,7 @@ def reference_id(reference: str) -> str:
     ``http://ehr.example.org/fhir/Patient/PX2``, ``Patient/PX3/_history/2``: PX1, PX2, PX3); another
     reference (``urn:uuid:...``, a fragment) after its first ``/``, as it is."""
     found = _LITERAL.search(reference)
-    return found.group(1) if found else reference.split("/", 1)[-1]
+    return found.group(2) if found else reference.split("/", 1)[-1]
 
 
 def hl7_escape(text: str) -> str:
@@ -172,6 +171,18 @@ def _object(element: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     raise TypeError(f"{key} is a JSON {type(value).__name__}, not an object")
 
 
+def _purposes(resource: Mapping[str, Any], agents: list[Any]) -> tuple[Code, ...]:
+    """The event's purposes of use: purposeOfEvent's, then each agent's purposeOfUse (FHIR R4
+    AuditEvent.agent.purposeOfUse; BALP gives the user's there, a break-glass ``BTG`` too), each
+    once. A.5 has one PurposeOfUse list, of the event (PS3.15 A.5.1): the agent's are its own."""
+    found = [_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())]
+    found += [_coding(c) for a in agents for cc in a.get("purposeOfUse", ()) for c in cc.get("coding", ())]
+    unique: dict[tuple[str | None, str], Code] = {}
+    for code in found:  # the same code in both places (a display in one only) is one purpose
+        unique.setdefault((code.system, code.code), code)
+    return tuple(unique.values())
+
+
 def _agent(a: Mapping[str, Any]) -> Participant:
     """An agent as an ActiveParticipant. UserID is the user's identity (PS3.15 A.5.2.1: unique
     within the enterprise, as the mapping of AuditEvent.agent.who gives it): who.identifier.value,
@@ -190,14 +201,54 @@ def _agent(a: Mapping[str, Any]) -> Participant:
                        access_point_type=_text(network, "type"), roles=tuple(roles))
 
 
-def _entity(e: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
+def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
+    """An entity as its participant objects (`_named`). Its ``what`` may name a resource contained in
+    the AuditEvent (FHIR R4 2.3.0, "#id"): a contained Patient is named by its identifiers, one
+    object each ("#p1" means nothing outside the resource). An entity without a role, of no type or
+    type 1 (Person), whose ``what`` is a Patient is the patient (role 1 Patient, as A.5 tells one):
+    FHIR R4's ``patient`` search parameter is every entity.what that is a Patient, so ITI-81's
+    ``patient=`` and `audit patient` find it."""
+    what = _object(e, "what")
+    type_code = _text(_object(e, "type"), "code")
+    role = _text(_object(e, "role"), "code")
+    reference = _text(what, "reference") or ""
+    contained = _contained(resource, reference) if reference.startswith("#") else None
+    named = _LITERAL.search(reference)
+    if type_code in (None, "1") and role is None and (
+            (contained or {}).get("resourceType") == "Patient" or (named is not None and named[1] == "Patient")):
+        type_code = role = "1"
+    if contained is not None and contained.get("resourceType") == "Patient":
+        identifiers = contained.get("identifier", [])
+        if not isinstance(identifiers, list):
+            raise TypeError(f"contained Patient identifier is a JSON {type(identifiers).__name__}, not an array")
+        found = [o for i in identifiers if _text(_as_object(i), "value")
+                 for o in _named(e, {"identifier": i}, type_code, role)]
+        if found:
+            return tuple(found)
+    return _named(e, what, type_code, role)
+
+
+def _contained(resource: Mapping[str, Any], reference: str) -> Mapping[str, Any] | None:
+    """The contained resource a local reference ("#id", FHIR R4 2.3.0) names, None for none."""
+    contained = resource.get("contained", [])
+    if not isinstance(contained, list):
+        raise TypeError(f"contained is a JSON {type(contained).__name__}, not an array")
+    return next((r for r in map(_as_object, contained) if _text(r, "id") == reference[1:]), None)
+
+
+def _as_object(value: Any) -> Mapping[str, Any]:
+    """A JSON object where FHIR has one (an array's item); TypeError (not-fhir) for another type."""
+    if isinstance(value, Mapping):
+        return value
+    raise TypeError(f"a JSON {type(value).__name__} where an object is expected")
+
+
+def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
+           role: str | None) -> tuple[ParticipantObject, ...]:
     """An entity as its participant object; a patient entity naming the patient both by a literal
     reference and by an identifier (a Reference may carry both, FHIR R4 2.3.0) as two, one per name,
     so that a search by either (``patient=Patient/ID`` or ``system|value``) finds it."""
-    what = _object(e, "what")
     ident = _object(what, "identifier")
-    type_code = _text(_object(e, "type"), "code")
-    role = _text(_object(e, "role"), "code")
     id_types = _object(ident, "type").get("coding") or []
     # No ID type is made up for an entity without one: a patient is told by its type (1, Person)
     # and role (1, Patient), as ParticipantObjectTypeCode and its role are in A.5 (mapping.is_patient).

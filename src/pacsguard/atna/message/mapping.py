@@ -65,12 +65,44 @@ def party_of(p: Mapping[str, Any] | None) -> Party:
     return Party(ae_title=titles[0][:64] if titles else None, host=host or None, user=identity_of(p))
 
 
+#: CID 402 roles of a machine or a medium, not of a person (PS3.16): Application, Application
+#: Launcher, Destination and Source Role ID, Destination and Source Media.
+_MACHINE_ROLES = frozenset({"110150", "110151", "110152", "110153", "110154", "110155"})
+
+
+def _is_machine(p: Mapping[str, Any]) -> bool:
+    return any(r.get("code") in _MACHINE_ROLES for r in p.get("roles", ()))
+
+
+def acting(participants: Sequence[Mapping[str, Any]], syntax: str | None = None) -> Mapping[str, Any] | None:
+    """The participant a message's user is: the first requestor (UserIsRequestor) that is a person,
+    else the first requestor. IHE ITI messages mark both the requesting application (role 110153,
+    its UserID the SOAP ReplyTo address or an HL7 application) and the Human Requestor (ITI TF-2
+    3.18.6, 3.43.6: the user, when known) as requestors, in either order: the user is the person,
+    not the address every consumer shares. A FHIR AuditEvent without a requestor (BALP's events of
+    no known user) is the client's, its Source Role ID agent (``syntax`` "fhir")."""
+    first = None
+    for p in participants:  # one pass, no list: this is on every received message's path
+        if p.get("requestor"):
+            if not _is_machine(p):
+                return p
+            if first is None:
+                first = p
+    if first is None and syntax == "fhir":
+        return next((p for p in participants if _has_role(p, "110153")), None)
+    return first
+
+
+def _has_role(p: Mapping[str, Any], code: str | None) -> bool:
+    return any(r.get("code") == code for r in p.get("roles", ()))
+
+
 def requestor_of(event: Event) -> Mapping[str, Any] | None:
-    """The requesting participant (UserIsRequestor) of a received audit message, None for none or
-    for another Event."""
+    """The requesting participant (`acting`) of a received audit message, None for none or for
+    another Event."""
     if not event.kind.startswith("atna.audit."):
         return None
-    return next((p for p in event.details.get("participants", ()) if p.get("requestor")), None)
+    return acting(event.details.get("participants", ()), event.details.get("syntax"))
 
 
 def user_of(event: Event) -> str | None:
@@ -105,9 +137,24 @@ def event_of(details: dict[str, Any], time: datetime | None) -> Event:
     participants = details["participants"]
     objects = details["objects"]
     patients = patients_of(objects)
-    requestor = next((p for p in participants if p["requestor"]), None)
+    requestor = acting(participants, details.get("syntax"))
     actor = party_of(requestor)
-    target = next((party_of(p) for p in participants if p is not requestor), None)
+    via = requestor
+    if requestor is not None and not requestor.get("access_point"):
+        # A user named without an access point (IHE's Human Requestor, BALP's user agent) acted
+        # through the machine that asked: another requestor with one, else, in a FHIR AuditEvent,
+        # the Source Role ID agent (BALP's client; in A.5 the source is the data's, as the archive
+        # of a C-MOVE is). The Event names that host and AE title: where the access came from.
+        client = "110153" if details.get("syntax") == "fhir" else None
+        via = next((p for p in participants if p.get("requestor") and p.get("access_point")), None) or next(
+            (p for p in participants if p.get("access_point") and _has_role(p, client)), requestor)
+        machine = party_of(via)
+        actor = Party(ae_title=actor.ae_title or machine.ae_title, host=machine.host, user=actor.user)
+    # The other side: the first participant that did not ask (the registry queried, the repository
+    # retrieved from), else the first other one.
+    others = [p for p in participants if p is not requestor and p is not via]
+    other = next((p for p in others if not p.get("requestor")), others[0] if others else None)
+    target = party_of(other) if other is not None else None
     indicator = details["outcome_indicator"]
     outcome = codes.OUTCOMES.get(indicator, Outcome.UNKNOWN)
     severity = _SEVERITY.get(indicator, Severity.NOTICE)
