@@ -144,6 +144,12 @@ class _Assembly:
         self.peek_done = False
         self.dataset_bytes = 0
 
+    @property
+    def follows_response(self) -> bool:
+        """The data set in flight is a response's (a C-FIND match), not a request's: its message_id
+        is then the other side's (PS3.7 9.1.1, Message ID Being Responded To)."""
+        return self.command is not None and self.command.is_response
+
 
 class AssociationDecoder:
     """Turn the PDUs of one TCP connection into :mod:`~pacsguard.dicom.events`.
@@ -649,7 +655,8 @@ class AssociationDecoder:
         if is_last:
             walker.finish()
         if walker.done:
-            events.append(DimseDatasetStart(from_requestor, asm.context_id, asm.message_id, walker.peek))
+            events.append(DimseDatasetStart(from_requestor, asm.context_id, asm.message_id, walker.peek,
+                                            asm.follows_response))
             asm.peek_done = True
             asm.walker = None
 
@@ -662,5 +669,5 @@ class AssociationDecoder:
     ) -> None:
         counters.datasets += 1
         counters.dataset_bytes += asm.dataset_bytes
-        events.append(DimseDatasetEnd(from_requestor, asm.message_id, asm.dataset_bytes))
+        events.append(DimseDatasetEnd(from_requestor, asm.message_id, asm.dataset_bytes, asm.follows_response))
         asm.reset()

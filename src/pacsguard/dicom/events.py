@@ -76,21 +76,30 @@ class DimseCommand:
 
 @dataclass(slots=True, frozen=True)
 class DimseDatasetStart:
-    """The identifiers of a data set, from its first fragment(s)."""
+    """The identifiers of a data set, from its first fragment(s).
+
+    ``message_id`` is the Message ID of the request the data set belongs to (PS3.7 9.1.1): its own
+    for a request's data set, the Message ID Being Responded To for a response's (a C-FIND match).
+    ``response`` tells the two apart: each side numbers its own requests, so on an association where
+    the acceptor sends requests too (C-GET sub-operations, an N-EVENT-REPORT, PS3.7 D.3.3.3 with
+    asynchronous operations) the same number can name a request of either side."""
 
     from_requestor: bool
     context_id: int
     message_id: int | None
     peek: DatasetPeek
+    response: bool = False
 
 
 @dataclass(slots=True, frozen=True)
 class DimseDatasetEnd:
-    """The last fragment of a data set was seen; *total_bytes* is its encoded size."""
+    """The last fragment of a data set was seen; *total_bytes* is its encoded size; ``message_id``
+    and ``response`` as in DimseDatasetStart."""
 
     from_requestor: bool
     message_id: int | None
     total_bytes: int
+    response: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -258,6 +258,12 @@ class AssociationRelay:
             self.protocol_error(from_client, TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU")
             return
         if self.state in ("awaiting-rq", "releasing", "closed"):
+            if not from_client and self.state == "closed" and self.outbox.holding:
+                # A PACS may close its connection as soon as it has sent its A-RELEASE-RP (pynetdicom
+                # does; PS3.8 9.2 leaves it to the requestor, Sta13) while the client's copy still
+                # waits for its records (an answer the gateway gave itself came just before): it goes
+                # out first, _close_soon() closes after it, and the outbox's record_timeout bounds it.
+                return
             self.close()
             return
         who = "client" if from_client else "upstream"
@@ -588,7 +594,13 @@ class AssociationRelay:
                 self._finish_release(raw_pdu.raw, from_client)
                 return []
             elif isinstance(ev, Aborted):
-                self._forward(from_client, raw_pdu.raw)
+                if from_client:
+                    self._forward(True, raw_pdu.raw)
+                else:
+                    # The PACS's A-ABORT (PS3.8 9.3.8) acknowledges nothing: it waits for no record, so
+                    # the client learns its source and reason, unless answers are held before it
+                    # (dropped with them when the association closes: closing is the abort then).
+                    self.outbox.send(raw_pdu.raw, answers=False)
                 self._record_peer_abort(from_client, ev)
                 return []
         return [raw_pdu.raw]

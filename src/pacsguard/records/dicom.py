@@ -222,7 +222,10 @@ class AssociationRecord:
     def dataset_start(self, ev: DimseDatasetStart) -> None:
         """A data set's identifiers: a stored object's patient, a query's keys, or a match."""
         peek = ev.peek
-        own = self.pending.get((ev.from_requestor, ev.message_id or 0))
+        # A response's data set answers the other side's request of that Message ID, never one of its
+        # sender's own (PS3.7 9.1.1): each side numbers its own requests, so the acceptor's C-STORE or
+        # N-EVENT-REPORT may carry the number of a C-FIND whose match this is.
+        own = None if ev.response else self.pending.get((ev.from_requestor, ev.message_id or 0))
         if own is not None and own.from_requestor == ev.from_requestor and not own.command.is_response:
             own.unread = _unread(peek)
             if peek.query_retrieve_level:
@@ -264,7 +267,8 @@ class AssociationRecord:
         return named or gets
 
     def dataset_end(self, ev: DimseDatasetEnd) -> None:
-        pending = self.pending.get((ev.from_requestor, ev.message_id or 0))
+        # Only a request's own data set counts towards its bytes (a match is not its sender's request's).
+        pending = None if ev.response else self.pending.get((ev.from_requestor, ev.message_id or 0))
         if pending is not None:
             pending.dataset_bytes += ev.total_bytes
 
