@@ -6,6 +6,8 @@ Alembic migrations of old ones, the latter only when asked (`migrate`).
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError
 
 from pacsguard.owner_only import create_private_file
@@ -49,17 +51,39 @@ def normalise_target(target: str) -> str:
 
 def describe(url: str) -> str:
     """The store named for messages: the file path, or host:port/db with no password."""
-    parsed = make_url(url)
+    parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
     return f"{parsed.get_backend_name()}://{parsed.host}:{parsed.port or 5432}/{parsed.database}"
 
 
-def make_engine(url: str, *, create: bool) -> Engine:
+def _parse(url: str) -> URL:
+    """``url`` parsed, or a StoreError naming it without its password: SQLAlchemy raises
+    ArgumentError for a URL it cannot split, and a bare ValueError for a port that is not a number
+    (``host:5432x``, an IPv6 address without its brackets' end), which reached the administrator as
+    an internal error."""
     try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(f"store URL {url!r} is not valid: {exc}") from None
+        return make_url(url)
+    except ArgumentError:
+        why = "it is not of the form postgresql://USER@HOST:PORT/DATABASE"
+    except ValueError:
+        why = "its port is not a number (an IPv6 address goes in brackets: [::1]:5432)"
+    raise StoreError(f"store URL {_without_password(url)} is not valid: {why}")
+
+
+def _without_password(url: str) -> str:
+    """A URL too broken to parse, shown without the password of its userinfo (RFC 3986 3.2.1) or of
+    its query (libpq's ``password=``, ``sslpassword=``): the message goes to a terminal and logs."""
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    authority = f"{userinfo.split(':', 1)[0]}@{host}" if at else host
+    tail = re.sub(r"(?i)(password=)[^&#]*", r"\1***", rest[end:])
+    return f"{scheme}{sep}{authority}{tail}"
+
+
+def make_engine(url: str, *, create: bool) -> Engine:
+    parsed = _parse(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = Path(parsed.database or "")
@@ -216,11 +240,24 @@ def _store_errors(where: str) -> Iterator[None]:
     except DatabaseError as exc:
         if "file is not a database" in str(exc.orig):
             raise StoreError(f"{where}: not a pacsguard store (not an SQLite database)") from None
-        raise StoreError(f"{where}: cannot open the store: {_first_line(exc)}") from None
+        raise StoreError(f"{where}: cannot open the store: {_first_line(exc)}{_read_only_hint(where, exc)}") from None
     except DBAPIError as exc:
         raise StoreError(f"{where}: {_first_line(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{where}: not a pacsguard store ({exc})") from None
+
+
+def _read_only_hint(where: str, exc: DatabaseError) -> str:
+    """Why SQLite cannot open a store in a folder it cannot write (a write-blocked evidence copy, a
+    snapshot mounted read-only, a folder of another owner): in WAL mode even a reader makes FILE-shm
+    beside the file (sqlite.org/wal.html, "Read-Only Databases"), and SQLite only says "unable to
+    open database file"."""
+    folder = Path(where).parent
+    if "unable to open database file" not in str(exc.orig) or "://" in where or os.access(folder, os.W_OK):
+        return ""
+    return (f" (its folder {folder} cannot be written: a read-only file system, or a folder this user may not "
+            "write to; an SQLite store in WAL mode is read through a -shm file made beside it: copy the store "
+            "with its -wal file to a writable folder and open the copy, or run as the store's owner)")
 
 
 def _check_known(where: str, found: str | None) -> None:

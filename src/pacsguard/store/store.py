@@ -174,6 +174,7 @@ class EventStore:
                 self._disk_full = self._disk_full or _disk_full(exc)
                 if self._disk_full:
                     self._reclaim_wal()
+                self._drop_sessions()
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
             if self._disk_full:
                 # Space came back: give back at once what the log of writes (SQLite's WAL) took
@@ -187,6 +188,15 @@ class EventStore:
                 # timer signs the head once the database takes writes again.
                 log.warning("%s: checkpoint after a write failed: %s", self.name, exc)
         return size
+
+    def _drop_sessions(self) -> None:
+        """After a failed write to PostgreSQL, close the pooled sessions so that the retry opens new
+        ones. A session keeps what it was started with: one opened while the database or role had
+        ``default_transaction_read_only`` set (ALTER DATABASE/ROLE ... SET, read at session start,
+        PostgreSQL docs "runtime-config-client") refused every write for ever after the database
+        took writes again, and recording never recovered. SQLite's connections hold no such state."""
+        if self.engine.dialect.name != "sqlite":
+            self.engine.dispose()
 
     def _reclaim_wal(self) -> bool:
         """SQLite only: copy the write-ahead log into the database and truncate it to nothing
@@ -214,6 +224,7 @@ class EventStore:
             with self._writer.begin() as conn:
                 return append_refusing(conn, batch, self._append)[0]
         except DBAPIError as exc:
+            self._drop_sessions()
             raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
 
     def _append(self, conn: Connection, batch: Sequence[Event]) -> int:
@@ -262,6 +273,23 @@ class EventStore:
         """Sign the current tree head, unless it is already signed. Needs the signing key."""
         if self._signing_key is None:
             raise StoreError(f"{self.name}: no signing key loaded, cannot write a checkpoint")
+        try:
+            cp = self._sign()
+        except DBAPIError as exc:
+            self._drop_sessions()
+            # Named as the store's error (serve's stop, `audit patient --checkpoint`): it was told as
+            # "the store's database failed ... tells what is damaged" with no store named.
+            raise StoreError(f"{self.name}: signing a checkpoint failed: {exc.orig}; the events are stored, "
+                             "those after the newest checkpoint are signed when a writer next signs one") from None
+        if cp is None:
+            return None
+        for listener in list(self._listeners):  # committed: now it may leave the host
+            listener.signed(cp)
+        return cp
+
+    def _sign(self) -> Checkpoint | None:
+        """Sign and store the checkpoint of the tree head in one transaction (None: already signed)."""
+        assert self._signing_key is not None
         with self._lock, self._begin() as conn:
             self._last_checkpoint = time.monotonic()
             state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
@@ -275,8 +303,6 @@ class EventStore:
             cp = Checkpoint(state.size, root, now_us, self._key_id, signature)
             conn.execute(insert(checkpoints), {"tree_size": cp.tree_size, "root": cp.root, "time_us": cp.time_us,
                                                "key_id": cp.key_id, "signature": cp.signature})
-        for listener in list(self._listeners):  # committed: now it may leave the host
-            listener.signed(cp)
         return cp
 
     def add_checkpoint_listener(self, listener: CheckpointListener) -> None:
@@ -408,7 +434,8 @@ def _head_damage(conn: Connection, state: Row[Any]) -> str | None:
         expected = newest[0].leaf if newest and newest[0].seq == size - 1 and len(newest) == 1 else None
     if expected is None:
         return (f"the tree head counts {size} events but the stored events end elsewhere"
-                f" (newest #{newest[-1].seq})" if newest else f"the tree head counts {size} events but none is stored")
+                f" (newest #{newest[-1].seq})" if newest else
+                f"the tree head counts {size} events but event #{size - 1}, the newest it counts, is not stored")
     if last != expected:
         return f"tree_state.last_leaf is not the leaf of event #{size - 1}" if size else \
             "tree_state.last_leaf of the empty tree is not the genesis value"

@@ -90,6 +90,9 @@ class VerifyReport:
     lost: int | None = field(default=None, repr=False)
     #: event_bodies rows that no events row claims, (seq, body): told once the chain is known.
     unclaimed: list[tuple[int, Any]] = field(default_factory=list, repr=False)
+    #: seq -> the leaf hash the next event sealed for it, where its stored record hashes to another
+    #: (the record was edited): the tree the writer's head holds is built of these (not in the JSON).
+    sealed: dict[int, bytes] = field(default_factory=dict, repr=False)
     witnesses: list[dict[str, Any]] = field(default_factory=list)  # what each witness held (witnessed.py)
 
     @property
@@ -160,7 +163,7 @@ def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
                                        f"{size} are stored: events #{size}..#{head_size - 1} were removed"))
     frontier = _check_checkpoints(chain, cps, public_key, report)
     if head is not None and head_size is not None and 0 <= head_size <= size:
-        report.findings.extend(_check_head(chain, head_size, head, frontier))
+        report.findings.extend(_check_head(chain, head_size, head, frontier, report.sealed))
     _unclaimed_records(report)
     return report
 
@@ -186,11 +189,15 @@ def _shown_value(value: Any) -> str:
     return f"{text[:40]}{'...' if len(text) > 40 else ''} ({kind})"
 
 
-def _check_head(chain: list[bytes], size: int, head: Row[Any], frontier: Frontier) -> list[Finding]:
+def _check_head(chain: list[bytes], size: int, head: Row[Any], frontier: Frontier,
+                sealed: dict[int, bytes]) -> list[Finding]:
     """The tree head (tree_state) against the stored events: its frontier must be the RFC 9162
     (2.1.1) perfect-subtree roots of leaves #0..#size-1 and its last leaf that of event #size-1,
     since the writer chains the next event to the one and signs the root of the other.
-    ``frontier`` is the tree built so far by the checkpoint check (reused: the leaves are hashed once)."""
+    ``frontier`` is the tree built so far by the checkpoint check (reused: the leaves are hashed once).
+    A head that holds the tree of the leaves as the events sealed them (``sealed``: an edited record's
+    leaf as its successor sealed it) is as the writer left it: the edit is a finding of its own, and
+    calling the head "edited outside pacsguard" would accuse a table nobody touched."""
     if frontier.size > size:
         frontier = Frontier()
     while frontier.size < size - 1:
@@ -203,6 +210,12 @@ def _check_head(chain: list[bytes], size: int, head: Row[Any], frontier: Frontie
     frontier_ok, last_ok = stored_frontier == frontier.to_bytes(), last_leaf == expected_last
     if frontier_ok and last_ok:
         return []
+    if last_ok and any(seq < size for seq in sealed):
+        as_written = Frontier()
+        for seq in range(size):
+            as_written.append(sealed.get(seq, chain[seq]))
+        if stored_frontier == as_written.to_bytes():
+            return []
     if size and not last_ok and last_leaf is not None:
         # The head holds another leaf for the newest event, and its frontier agrees with that
         # leaf: the head is as the writer left it, the event's row was re-hashed since.
@@ -254,7 +267,7 @@ def _forensic_chain(conn: Connection, expected: int, progress: Callable[[int, in
     batches = conn.execute(select(event_batches).order_by(event_batches.c.first_seq)).all()
     terms = conn.execute(select(event_terms)).all()
     report.events = len(rows)
-    chain = _reconstruct_chain(rows, report.findings)
+    chain = _reconstruct_chain(rows, report.findings, report.sealed)
     sealed = [row.sealed_seq for row in rows if row.sealed_seq is not None]
     if sealed and len(chain) <= max(sealed):
         report.lost = len(chain)
@@ -275,15 +288,37 @@ def _read_rows(conn: Connection, expected: int,
     stmt = select(events.c.place, events.c.seq, events.c.leaf, *[events.c[c] for c in COLUMNS]).order_by(events.c.place)
     out: list[_Row] = []
     apart: list[tuple[int, Row[Any]]] = []
+    # Rows whose record at their seq does not hash to their leaf: edited, or swapped with another
+    # row's record (two raw messages exchanged), which is told as moved records, not as edited
+    # columns and leaves of two events whose events rows nobody touched.
+    unmatched: list[tuple[int, Row[Any]]] = []
     result = conn.execution_options(stream_results=True, yield_per=20_000).execute(stmt)
     for n, r in enumerate(result):
         seq = _as_int(r.seq)
         if seq is not None and seq in bodies:
-            out.append(_row_of(r, bodies.pop(seq), n))
+            body = bodies[seq]
+            if isinstance(body, str) and leaf_hash(body.encode()) != _as_blob(r.leaf, 32):
+                unmatched.append((n, r))
+            else:
+                out.append(_row_of(r, bodies.pop(seq), n))
         else:
             apart.append((n, r))
         if progress is not None and n % 20_000 == 0:
             progress(n, expected)
+    if unmatched:
+        by_leaf = {leaf_hash(body.encode()): seq for seq, body in bodies.items() if isinstance(body, str)}
+        for n, r in unmatched:
+            found = by_leaf.get(_as_blob(r.leaf, 32) or b"")
+            if found is not None and found != r.seq:
+                row = _row_of(r, bodies.pop(found), n)
+                if row.sealed_seq != found:  # else the record is where it was sealed: the row moved (reordered)
+                    row.problems.append(f"its sealed record was moved to event_bodies row #{found}, where no "
+                                        f"search or proof reads it (it belongs in row #{r.seq})")
+                out.append(row)
+            elif r.seq in bodies:
+                out.append(_row_of(r, bodies.pop(r.seq), n))
+            else:  # its own record was taken by the row whose record it holds: read as the others
+                apart.append((n, r))
     if apart:
         by_leaf = {leaf_hash(body.encode()): seq for seq, body in bodies.items() if isinstance(body, str)}
         for n, r in apart:
@@ -354,9 +389,10 @@ def _row_of(r: Row[Any], body: Any, n: int) -> _Row:
     return _Row(position, sealed_seq, prev, leaf, leaf_ok, problems, diffs, patients, studies, sealed_terms, misplaced)
 
 
-def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]:
+def _reconstruct_chain(rows: list[_Row], findings: list[Finding], sealed: dict[int, bytes]) -> list[bytes]:
     """Pick, for each sealed sequence number, the row that belongs to the chain; classify the rest.
-    Returns the leaf hashes of the sealed events in sealed order (a missing one ends the list)."""
+    Returns the leaf hashes of the sealed events in sealed order (a missing one ends the list), and
+    puts in ``sealed`` the leaf the next event sealed for each event whose record hashes to another."""
     claimants: dict[int, list[_Row]] = defaultdict(list)
     for row in rows:
         if row.sealed_seq is None:
@@ -399,6 +435,8 @@ def _reconstruct_chain(rows: list[_Row], findings: list[Finding]) -> list[bytes]
         if row.missing:
             continue  # told by _missing_record
         successor = genuine_of.get(seq + 1)
+        if successor is not None and successor.prev is not None and successor.prev != row.leaf:
+            sealed[seq] = successor.prev
         what = _modification(seq, row, successor.prev if successor is not None else None)
         if what:
             findings.append(Finding("modified", seq, f"event #{seq}: " + "; ".join(what)))

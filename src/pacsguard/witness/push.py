@@ -75,12 +75,19 @@ class HttpWitness:
         return frontier
 
     def _taken(self, checkpoint: Checkpoint, reply: Reply) -> None:
-        if self.witness_key is not None:
-            try:
-                signature = base64.b64decode(str(reply.body.get("cosignature")), validate=True)
-                received = int(str(reply.body.get("received_us")))
-            except ValueError:
+        try:
+            signature = base64.b64decode(str(reply.body.get("cosignature")), validate=True)
+            received = int(str(reply.body.get("received_us")))
+        except ValueError:
+            if self.witness_key is not None:
                 raise WitnessRefused(f"witness {self.name}: its answer holds no readable countersignature") from None
+            # No key to check it with, but a witness that took the checkpoint always countersigns
+            # (docs/witness.md): a 200 without one (a proxy's or another service's page at this URL)
+            # was counted as delivered, and the checkpoint left the queue held by nobody. Kept and
+            # retried, and the outage recorded, until a witness takes it.
+            raise WitnessError(f"witness {self.name}: answered 200 to the checkpoint at size {checkpoint.tree_size} "
+                               "without a countersignature: is this URL a pacsguard witness?") from None
+        if self.witness_key is not None:
             if not cosigned_by(self.witness_key, checkpoint, received, signature):
                 raise WitnessRefused(f"witness {self.name}: its countersignature does not verify with the pinned "
                                      "witness key")
