@@ -207,7 +207,12 @@ class EventBus:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
+        if not self.flush(timeout):
+            # Said once, with the count: a stop during an outage must not lose events silently.
+            kept = "journaled, replayed at the next start" if self._journal is not None else \
+                "lost: no journal holds them (store.journal)"
+            log.error("event writer: %d events not written to the store at shutdown (it %s within %.0f s): %s",
+                      len(self._queue), "kept failing" if self._failing else "did not finish", timeout, kept)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
