@@ -7,6 +7,7 @@ Exit codes (docs/cli.md): 0 ok / nothing fired, 1 `rules test` fired at least on
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,13 @@ def _typed(ftype: str, value: Any) -> Any:
     return str(value) if isinstance(value, (str, int, float)) else _BAD
 
 
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _observations(path: Path) -> list[tuple[float, Observation]]:
     """Read a YAML list of observations; exit 2 with every problem."""
     from pacsguard.ids.observation import FLOW_FIELDS, Flow, Observation
@@ -219,7 +227,8 @@ def _observations(path: Path) -> list[tuple[float, Observation]]:
             known = ", ".join(KINDS.get(protocol, {})) or f"(no such protocol {protocol!r})"
             problems.append(f"{where}: kind: expected one of {known}, got {kind!r}")
             continue
-        if isinstance(at, bool) or not isinstance(at, (int, float)):
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not _finite(at):
+            # .nan, .inf or an integer beyond a float: no place on a clock (the windows' arithmetic)
             problems.append(f"{where}: at: expected seconds as a number, got {at!r}")
             continue
         flow_args: dict[str, Any] = {"client_host": "192.0.2.1", "client_port": 50000,

@@ -194,8 +194,14 @@ class RuleProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        rule = f" rule {self.rule_id}:" if self.rule_id else ""
-        return f"{where}:{rule} {self.field}: {self.problem}"
+        # The id and a field name come from the file as written: a hostile or broken file must
+        # not turn one message into megabytes (the problem text is already cut by _shown).
+        rule = f" rule {_clipped(self.rule_id)}:" if self.rule_id else ""
+        return f"{where}:{rule} {_clipped(self.field)}: {self.problem}"
+
+
+def _clipped(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 class RuleError(Exception):
@@ -260,6 +266,19 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    # Python refuses to convert an integer of more than 4,300 digits (CVE-2020-10735): a YAML
+    # error with its place, like any other bad value, not an exception from deep inside PyYAML.
+    try:
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of {len(node.value):,} characters is too long", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _yaml_problem(file: str, exc: yaml.YAMLError) -> RuleProblem:
@@ -566,6 +585,12 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
                 re.compile(arg if op == "regex" else fnmatch.translate(arg))
             except re.error as exc:
                 bad(at, f"invalid regular expression: {exc}")
+                continue
+            except OverflowError as exc:  # a repeat count beyond sre's MAXREPEAT: a{99999999999}
+                bad(at, f"invalid regular expression: {exc}")
+                continue
+            except RecursionError:  # sre's parser recurses per nested group
+                bad(at, "invalid regular expression: groups nested too deeply")
                 continue
             risk = backtracking_risk(arg) if op == "regex" else None
             if risk is not None:

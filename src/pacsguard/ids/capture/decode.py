@@ -16,9 +16,13 @@ Formats:
 * IPv4 (RFC 791): header length from IHL, total length bounds the payload (Ethernet padding
   ignored); fragments (MF set or a fragment offset) are counted and, when they carry TCP, handed
   to the reassembler of :mod:`.ipfrag`.
-* IPv6 (RFC 8200): hop-by-hop (0), routing (43), destination options (60), mobility (135),
-  HIP (139) and shim6 (140) headers skipped by their length field, AH (RFC 4302, 51) too;
-  a fragment header (44) counts as a fragment and goes to :mod:`.ipfrag`.
+* IPv6 (RFC 8200 4): the extension headers a Linux receiver walks to reach TCP, however many
+  (it sets no limit, so neither does the sensor: each is at least 8 octets): hop-by-hop (0)
+  directly after the IPv6 header only (RFC 8200 4.3), routing (43), destination options (60)
+  and AH (RFC 4302, 51), each skipped by its length field.  Any other next header, hop-by-hop
+  further in, mobility (135), HIP (139), shim6 (140), is a protocol Linux does not deliver
+  (ICMPv6 parameter problem, the packet dropped) and is counted, not read; a fragment header
+  (44) counts as a fragment and goes to :mod:`.ipfrag`.
 * TCP (RFC 9293 section 3.1): data offset, flags, sequence and acknowledgment numbers.
 
 A frame the capture cut short (its record's captured length below the original length: the snap
@@ -112,7 +116,10 @@ _IPPROTO_NAMES = {
     112: "vrrp",
     132: "sctp",
 }
-_IPV6_SKIPPABLE = frozenset({0, 43, 60, 135, 139, 140})
+# What Linux's ip6_protocol_deliver_rcu resubmits past (routing and destination options; AH is
+# handled below): hop-by-hop is parsed only right after the fixed header (ip6_rcv_finish), and
+# every other next header, mobility, HIP or shim6 included, is an unknown protocol it drops.
+_IPV6_SKIPPABLE = frozenset({43, 60})
 _BSD_AF_INET6 = frozenset({24, 28, 30})
 
 _U16 = struct.Struct("!H").unpack_from
@@ -258,7 +265,15 @@ def decode_tcp(
         ip_end = p + 40 + plen if plen else end  # 0: jumbogram (RFC 2675), take the frame
         tcp = p + 40
         limit = min(ip_end, end)
-        for _ in range(8):
+        if nh == 0:  # hop-by-hop: only here, as the first extension header (RFC 8200 4.3)
+            if tcp + 2 > limit:
+                count("truncated-ipv6")
+                return None
+            nh = buf[tcp]
+            tcp += (buf[tcp + 1] + 1) << 3
+        # No count limit (Linux sets none, so a limit would hide what the PACS reads); the walk is
+        # bounded by the packet, since every header advances it by at least 8 octets.
+        while True:
             if nh in _IPV6_SKIPPABLE:
                 if tcp + 2 > limit:
                     count("truncated-ipv6")

@@ -38,10 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IPDefragmenter"]
 
-#: Extension headers in the uniform format (RFC 8200 4.8; length in 8-octet units, not counting the
-#: first 8): routing (43), destination options (60), mobility (135, RFC 6275), HIP (139, RFC 7401),
-#: shim6 (140, RFC 5533), experimental (253, 254, RFC 3692).
-_EXT_GENERIC = frozenset({43, 60, 135, 139, 140, 253, 254})
+#: Extension headers a Linux receiver walks past (RFC 8200 4.8 format: length in 8-octet units, not
+#: counting the first 8): routing (43) and destination options (60).  Mobility (135), HIP (139),
+#: shim6 (140) and the experimental 253/254 are unknown protocols to it (the datagram is dropped
+#: with an ICMPv6 parameter problem), so the walk ends there, as in :mod:`.decode`.
+_EXT_GENERIC = frozenset({43, 60})
 _AH = 51
 _MAX_DATAGRAM = 65535  # IPv4 total length / IPv6 payload length (no fragmented jumbograms)
 _DUP, _OVERLAP = 1, 2

@@ -50,6 +50,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections import deque
 from typing import Callable, Iterator, Protocol
@@ -787,6 +788,42 @@ def compile_bpf(
     return [tuple(int(x) for x in line.split()) for line in lines[1 : n + 1]]  # type: ignore[misc]
 
 
+def _compile_until_stopped(expr: str, linktype: int, snaplen: int, stop_event: _StopEvent,
+                           poll_s: float) -> list[tuple[int, int, int, int]]:
+    """:func:`compile_bpf`, given up when ``stop_event`` is set first (Ctrl-C, SIGTERM, --duration).
+
+    libpcap's optimizer takes time and memory that grow much faster than the filter: a few hundred
+    ``host`` or ``port`` terms take seconds, a thousand minutes and gigabytes.  ``pcap_compile``
+    cannot be interrupted and a signal handler only runs between bytecodes, so the call runs in a
+    daemon thread (ctypes releases the GIL) while this one keeps answering the stop event; a
+    compile left behind ends with the process."""
+    result: list[list[tuple[int, int, int, int]] | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(compile_bpf(expr, linktype, snaplen))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            result.append(exc)
+
+    worker = threading.Thread(target=run, name="bpf-compile", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    while worker.is_alive() and not stop_event.is_set():
+        worker.join(poll_s)
+    if not result:
+        raise CaptureError(f"BPF filter {_clip(expr)}: stopped after {time.monotonic() - started:.0f} s, before "
+                           "libpcap finished compiling it (nothing was captured); a filter this long takes "
+                           "libpcap minutes and gigabytes: use fewer terms (a net instead of many hosts, "
+                           "a port range instead of many ports)")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _clip(expr: str, most: int = 120) -> str:
+    return repr(expr) if len(expr) <= most else repr(expr[: most - 3] + "...")
+
+
 def _attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     arr = (_BpfInsn * len(prog))(*[_BpfInsn(*i) for i in prog])
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; } with native padding
@@ -830,14 +867,21 @@ def live_loop(
         raise CaptureError("live capture needs Linux AF_PACKET sockets")
     arphrd, linktype = _interface_linktype(interface)
     stats = reasm.stats
-    prog = compile_bpf(bpf, linktype, snaplen) if bpf else None
+    prog = _compile_until_stopped(bpf, linktype, snaplen, stop_event, poll_s) if bpf else None
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing yet
     except PermissionError as e:
         raise CaptureError(f"interface {interface!r}: raw sockets need CAP_NET_RAW ({e})") from e
     try:
         if prog is not None:
-            _attach_filter(sock, prog)
+            try:
+                _attach_filter(sock, prog)
+            except OSError as e:
+                # Linux takes at most 4096 classic BPF instructions (BPF_MAXINSNS); a filter
+                # libpcap compiled longer than that is refused with EINVAL.
+                raise CaptureError(f"BPF filter {_clip(bpf or '')}: the kernel refused its {len(prog):,} "
+                                   f"instructions ({e.strerror or e}; a socket filter holds at most 4,096): "
+                                   "use fewer terms") from e
         for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)

@@ -682,6 +682,12 @@ class TCPReassembler:
             dd = (half.ts_recent - tsval) & _M32
             if 1 < dd < _HALF32:
                 half.packets += 1
+                if n and not flags & FIN and ((half.next_seq - seq - n + _HALF32) & _M32) >= _HALF32:
+                    # Wholly before RCV.NXT: a duplicate of delivered data (a capture on two
+                    # interfaces, a SPAN port copying both ways), which the receiver already
+                    # read; PAWS discarding it changes nothing, so it is no evasion to report.
+                    self.stats.retransmissions += 1
+                    return
                 if n or flags & FIN:
                     self._report(half, "tcp-paws-old-timestamp", half.pos(seq), n, ts,
                                  f"segment with TCP timestamp {tsval}, older than the last accepted "
