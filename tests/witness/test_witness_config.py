@@ -46,6 +46,10 @@ witness:
   logs:
     - {name: site-a, public_key: keys/site-a.pub, token: {file: token-a}}
 """)
+    from pacsguard.tls import make_ca
+
+    # config check loads every TLS file as serve does (outside round 9): the CA named must be one.
+    make_ca(tmp_path, "Witness CA")[0].rename(tmp_path / "ca.pem")
     out = run("config", "check", "pacsguard.yaml", cwd=tmp_path).stdout
     assert "store (spine): OK" in out and "witness (witness): OK" in out
 

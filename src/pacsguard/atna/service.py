@@ -242,7 +242,9 @@ class AtnaService:
         try:
             self.addresses[name] = await listener.start(host, port)
         except OSError as exc:
-            raise OSError(exc.errno, f"atna {name} listener cannot listen on {host}:{port}: {exc.strerror}") from None
+            # uvloop's datagram endpoint raises an OSError without errno or strerror: its text is all.
+            text = f"atna {name} listener cannot listen on {host}:{port}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, text) if exc.errno is not None else OSError(text)) from None
         self.listeners.append(listener)
 
     def _where(self, name: str) -> str:

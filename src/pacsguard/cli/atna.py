@@ -13,10 +13,18 @@ import typer
 from pacsguard.cli.app import App
 from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, LogLevel, fail, load, log_level_option, open_store
 from pacsguard.cli.events import Format
-from pacsguard.cli.gateway import _endpoint
+from pacsguard.cli.gateway import _default_key, _endpoint
 
 app = App(name="atna", no_args_is_help=True,
           help="The audit record repository: IHE ATNA syslog and RESTful audit events in, sources.")
+
+
+#: The `atna:` key each `atna listen` option fills in (validate_options names the option in errors).
+LISTEN_OPTIONS = {"atna.tls": "--tls", "atna.tls.cert_file": "--tls-cert", "atna.tls.key_file": "--tls-key",
+                  "atna.tls.ca_file": "--tls-ca", "atna.tcp": "--tcp", "atna.udp": "--udp", "atna.http": "--http",
+                  "atna.http.token": "--http-token-env", "atna.max_message": "--max-message",
+                  "atna.readers": "--readers", "atna.max_connections": "--max-connections",
+                  "atna.frame_timeout": "--frame-timeout"}
 
 
 @app.command("listen")
@@ -32,7 +40,9 @@ def listen(
     http_token_env: str | None = typer.Option(None, "--http-token-env",
                                               help="environment variable holding the endpoint's bearer token"),
     store: str = typer.Option("var/pacsguard.db", "--store", help="store path or postgresql:// URL"),
-    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key, made if missing)"),
+    key: Path | None = typer.Option(None, "--key", help="checkpoint signing key (default: STORE.key if it exists, "
+                                    "else one named after the store in the key folder, made if missing: "
+                                    "$PACSGUARD_KEY_DIR, /etc/pacsguard/keys for root, ~/.config/pacsguard/keys)"),
     max_message: int = typer.Option(1024 * 1024, "--max-message", min=65536, help="largest message, octets"),
     readers: int = typer.Option(0, "--readers", min=0, max=64,
                                 help="processes reading the TLS and TCP connections (0: the listener's own loop)"),
@@ -48,14 +58,14 @@ def listen(
     from pacsguard.atna.collector import tune_for_ingest
     from pacsguard.atna.config import AtnaConfig
     from pacsguard.atna.service import AtnaService
-    from pacsguard.cli.common import console
+    from pacsguard.cli.common import console, quiet_libraries, validate_options
     from pacsguard.cli.serve import show_banner
-    from pacsguard.config.loader import validate_model
     from pacsguard.runtime import outputs
     from pacsguard.runtime.services import run_foreground
     from pacsguard.store import keys
 
     logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers,
                                "max_connections": max_connections, "frame_timeout": frame_timeout}
     if tls is not None:
@@ -75,8 +85,10 @@ def listen(
         section["http"] = {"host": host, "port": port, "token": {"env": http_token_env}}
     if not ({"tls", "tcp", "udp", "http"} & set(section)):
         raise fail("give at least one of --tls, --tcp, --udp, --http")
-    config = validate_model(AtnaConfig, section, "command line", prefix="atna")
-    key_path = key or Path(store + ".key" if "://" not in store else "pacsguard-store.key")
+    config = validate_options(AtnaConfig, section, LISTEN_OPTIONS, prefix="atna")
+    # As `gateway run`: a key an earlier version made beside the store is kept, a new one goes to
+    # the key folder, so that a copy of the store's folder never carries the key (docs/store.md).
+    key_path = key or _default_key(store)
     if not key_path.exists():
         keys.generate_key(key_path)
         console.print(f"generated checkpoint signing key {key_path}")

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from pacsguard.store.verify import VerifyReport
     from pacsguard.store.witnessed import Unreadable
 
-app = App(name="audit", no_args_is_help=True, help="The audit trail: verification of the store.")
+app = App(name="audit", no_args_is_help=True,
+          help="The audit trail: verify the store, patient access reports and their proofs, received audit "
+          "messages, daily summaries.")
 
 
 @app.command("verify")
@@ -537,7 +539,7 @@ def search(
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
     from pacsguard.atna.message.codes import ACTIONS, OUTCOMES
     from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError
-    from pacsguard.cli.events import _when, print_limited
+    from pacsguard.cli.events import print_limited, window
 
     def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
         return [tuple(values)] if values else []
@@ -551,7 +553,8 @@ def search(
             who.append((Identifier.parse(patient),))
     except QueryError as exc:
         raise fail(f"--patient: {exc}") from None
-    q = AuditQuery(patients=who, since=_when(since, "since"), until=_when(until, "until"),
+    start, end = window(since, until)
+    q = AuditQuery(patients=who, since=start, until=end,
                    agent_names=anyof([user.lower()] if user else None),
                    entity_types=_coded("--entity-type", entity_type, ENTITY_TYPES),
                    outcomes=_coded("--outcome", outcome, OUTCOMES),

@@ -21,6 +21,7 @@ from pacsguard.runtime.part import MissingDependency
 from pacsguard.store.errors import StoreError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from rich.console import Console
 
     from pacsguard.config.loader import LoadedConfig
@@ -87,6 +88,7 @@ def _err_console() -> Console:
     return made
 
 F = TypeVar("F", bound=Callable[..., object])
+M = TypeVar("M", bound="BaseModel")  # a configuration model, as config.loader.validate_model takes it
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="PACSGUARD_CONFIG",
                              help="pacsguard.yaml to use (default: ./pacsguard.yaml)")
@@ -106,6 +108,31 @@ class LogLevel(str, Enum):
 def log_level_option(default: LogLevel) -> Any:
     """The `--log-level` option, case-insensitive as logging's own names are (`DEBUG` works)."""
     return typer.Option(default, "--log-level", case_sensitive=False, help="how much the log says")
+
+
+def validate_options(model: type[M], data: object, options: dict[str, str], prefix: str = "") -> M:
+    """``model`` validated from what a command's options gave (`gateway run`, `atna listen`), each
+    problem named by the option that gave the value, not by a configuration key the administrator
+    never wrote: ``options`` maps a key path (and everything under it) to its option."""
+    from pacsguard.config.loader import ConfigError, ConfigProblem, validate_model
+
+    try:
+        return validate_model(model, data, "command line", prefix=prefix)
+    except ConfigError as exc:
+        named = []
+        for problem in exc.problems:
+            under = [k for k in options if problem.key == k or problem.key.startswith(k + ".")]
+            named.append(ConfigProblem(options[max(under, key=len)], problem.message) if under else problem)
+        raise ConfigError(exc.source, named) from None
+
+
+def quiet_libraries() -> None:
+    """pynetdicom (the demo PACS) and Alembic (a new store's schema) narrate every step at INFO: the
+    long-running commands keep their warnings only, unless --log-level debug asks for everything."""
+    import logging
+
+    for noisy in ("pynetdicom", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def shown(text: object) -> str:

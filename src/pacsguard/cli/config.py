@@ -57,21 +57,60 @@ def check(file: Path | None = typer.Argument(None, help="the configuration file 
 
 
 def tls_problems(loaded: LoadedConfig) -> list[ConfigProblem]:
-    """The gateway routes' TLS files loaded as `serve` loads them (present, readable, a key that
-    matches its certificate, not expired, a CA OpenSSL reads): what the schema cannot see."""
+    """Every TLS block's files loaded as `serve` loads them (present, readable, a key that matches
+    its certificate, not expired, a CA OpenSSL reads): what the schema cannot see. A block is any
+    model with a ``cert_file`` key: the gateway's listeners and upstreams, store-and-forward
+    destinations, the ATNA listeners and outbound feed, the syslog sink, the store's witnesses and
+    the witness service; each problem is named by the block's key path (``atna.tls``), as serve's
+    own error is (`serve` runs this check before it starts anything). A section turned off
+    (``enabled: false``) is not loaded by serve, so it is not checked either."""
+    from pydantic import BaseModel
+
     from pacsguard.config.loader import ConfigProblem
-    from pacsguard.gateway.server import listen_tls_context, upstream_tls_context
     from pacsguard.tls import TLSConfigError
 
-    problems = []
-    gateway = loaded.section("gateway")  # a registered part's section (GatewayConfig)
-    for n, route in enumerate(gateway.routes if gateway is not None else ()):
-        for side, build in (("listen", listen_tls_context), ("upstream", upstream_tls_context)):
+    problems: list[ConfigProblem] = []
+
+    def visit(node: Any, key: str) -> None:
+        if isinstance(node, list | tuple):
+            for n, item in enumerate(node):
+                visit(item, f"{key}.{n}")
+            return
+        if not isinstance(node, BaseModel):
+            return
+        fields = type(node).model_fields
+        if "cert_file" in fields:
             try:
-                build(route, loaded.resolve)
+                _load_tls(node, loaded.resolve)
             except TLSConfigError as exc:
-                problems.append(ConfigProblem(f"gateway.routes.{n}.{side}.tls", str(exc)))
+                problems.append(ConfigProblem(key, str(exc)))
+        for name in fields:
+            visit(getattr(node, name), f"{key}.{name}" if key else name)
+
+    for name in type(loaded.config).model_fields:
+        section = getattr(loaded.config, name)
+        if getattr(section, "enabled", True) is not False:
+            visit(section, name)
     return problems
+
+
+def _load_tls(block: Any, resolve: Any) -> None:
+    """Build the context ``block`` stands for, as its service does: a listener's (it has
+    ``require_client_cert``; RFC 8446 server side) when it has a certificate, else a client's, unless
+    the block does not use TLS (a ``transport: tcp`` collector, an ``http://`` witness)."""
+    from pacsguard.tls import client_context, server_context
+
+    if getattr(block, "transport", "tls") != "tls":
+        return
+    if "url" in type(block).model_fields and not str(block.url or "").startswith("https://"):
+        return  # a witness by file, by syslog (its `syslog` block is visited on its own) or http://
+    cert, key, ca = (resolve(value) if (value := getattr(block, name, None)) is not None else None
+                     for name in ("cert_file", "key_file", "ca_file"))
+    if "require_client_cert" in type(block).model_fields:
+        if cert is not None and key is not None:
+            server_context(cert, key, ca_file=ca, require_client_cert=block.require_client_cert)
+        return
+    client_context(ca_file=ca, cert_file=cert, key_file=key)
 
 
 #: What a masked secret prints as.

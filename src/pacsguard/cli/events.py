@@ -39,6 +39,25 @@ def _when(text: str | None, name: str) -> datetime | None:
                    f"got {text!r}{why}") from None
 
 
+def window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """--since and --until of a search. The window runs from --since to before --until, so an --until
+    not after --since holds no time: refused (exit 2), as `audit patient` refuses it, because the
+    search could only answer "no event", which reads as "nobody did it" (a swapped pair in a script)."""
+    start, end = _when(since, "since"), _when(until, "until")
+    if start is not None and end is not None and end <= start:
+        raise fail(f"--until {until} ({end.isoformat()}) is not after --since {since} ({start.isoformat()}): "
+                   "the search covers from --since to before --until, so that window holds no time")
+    return start, end
+
+
+def given(value: str | None, option: str, what: str) -> str | None:
+    """A filter's value; an empty one (`--patient "$PID"` with PID unset) is refused (exit 2): it
+    could only match nothing, and an empty answer to "who touched this patient" reads as "nobody"."""
+    if value is not None and not value.strip():
+        raise fail(f"{option}: empty; give {what}")
+    return value
+
+
 #: The time, limit and format options of every search command (`events search`, `audit search`).
 SINCE_OPTION = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)")
 UNTIL_OPTION = typer.Option(None, "--until", help="before this time")
@@ -63,8 +82,12 @@ def search(
     from pacsguard.store import EventQuery
 
     # One event more than asked tells whether the output stops short of what matched.
-    query = EventQuery(patient=patient, study=study, actor=actor, kind=kind,
-                       since=_when(since, "since"), until=_when(until, "until"), limit=limit + 1)
+    start, end = window(since, until)
+    query = EventQuery(patient=given(patient, "--patient", "a patient ID"),
+                       study=given(study, "--study", "a Study Instance UID"),
+                       actor=given(actor, "--actor", "an AE title, host or user"),
+                       kind=given(kind, "--kind", "an event kind such as dicom.association.rejected or dicom.*"),
+                       since=start, until=end, limit=limit + 1)
     es = open_store(load(config, required=store is None), store)
     try:
         found = read_events(es, query)

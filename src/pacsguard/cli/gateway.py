@@ -35,6 +35,20 @@ def _endpoint(text: str, option: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+#: The route key each `gateway run` option fills in (validate_options names the option in errors).
+RUN_OPTIONS = {"routes.0.listen.host": "--listen", "routes.0.listen.port": "--listen",
+               "routes.0.listen.ae_title": "--aet", "routes.0.upstream": "--upstream",
+               "routes.0.policy.calling_ae_titles": "--allow-calling",
+               "routes.0.policy.hosts": "--allow-host", "routes.0.policy.services": "--allow-service",
+               "routes.0.policy.move_destinations": "--allow-move-destination",
+               "routes.0.listen.tls": "--tls-cert, --tls-key, --tls-ca, --require-client-cert",
+               "routes.0.listen.tls.cert_file": "--tls-cert", "routes.0.listen.tls.key_file": "--tls-key",
+               "routes.0.listen.tls.ca_file": "--tls-ca", "routes.0.upstream.tls.ca_file": "--upstream-tls-ca",
+               "routes.0.upstream.tls.cert_file": "--upstream-tls-cert",
+               "routes.0.upstream.tls.key_file": "--upstream-tls-key", "routes.0.limits.max_pdu_length": "--max-pdu",
+               "routes.0.on_record_failure": "--on-record-failure"}
+
+
 @app.command("run")
 def run(
     listen: str = typer.Option(..., "--listen", help="HOST:PORT to listen on (loopback unless you say otherwise)"),
@@ -70,9 +84,8 @@ def run(
     log_level: LogLevel = log_level_option(LogLevel.info),
 ) -> None:
     """One route without a configuration file, in dcmtk's spirit; records to --store."""
-    from pacsguard.cli.common import console
+    from pacsguard.cli.common import console, quiet_libraries, validate_options
     from pacsguard.cli.serve import announce_stopping, show_banner
-    from pacsguard.config.loader import validate_model
     from pacsguard.config.schema import GatewayConfig
     from pacsguard.events.durable import Durability
     from pacsguard.gateway.service import GatewayService
@@ -82,6 +95,7 @@ def run(
     from pacsguard.store import keys
 
     logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     match = re.fullmatch(r"([^@]+)@(.+)", upstream)
     if not match:
         raise fail(f"--upstream: expected AET@HOST:PORT, got {upstream!r}")
@@ -97,13 +111,15 @@ def run(
     route["on_record_failure"] = on_record_failure
     if max_pdu is not None:
         route["limits"] = {"max_pdu_length": max_pdu}
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("--tls-cert and --tls-key go together: the gateway's certificate and its private key")
     if tls_cert or tls_key:
         route["listen"]["tls"] = {"cert_file": tls_cert, "key_file": tls_key, "ca_file": tls_ca,
                                   "require_client_cert": require_client_cert}
     if upstream_tls_ca or upstream_tls_cert:
         route["upstream"]["tls"] = {"ca_file": upstream_tls_ca, "cert_file": upstream_tls_cert,
                                     "key_file": upstream_tls_key}
-    config = validate_model(GatewayConfig, {"routes": [route]}, "command line")
+    config = validate_options(GatewayConfig, {"routes": [route]}, RUN_OPTIONS)
     key_path = key or _default_key(store)
     if not key_path.exists():
         keys.generate_key(key_path)

@@ -70,3 +70,20 @@ class PartsGroup(Group):
             return found
         part = self._parts().get(cmd_name)
         return DeferredCommand(part) if part is not None else None
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """As typer's, whose "Did you mean" looks only among the commands registered up front: the
+        parts are deferred, so a typo of one (`pacsguard serv`) is matched against every command
+        listed, as the groups below the root already do (`pacsguard audit verfy`)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:  # click's UsageError, re-raised with the suggestion added
+            message = getattr(exc, "message", None)
+            if isinstance(message, str) and args and "Did you mean" not in message:
+                from difflib import get_close_matches
+
+                matches = get_close_matches(args[0], self.list_commands(ctx))
+                if matches:
+                    suggestion = ", ".join(repr(m) for m in matches)
+                    exc.message = f"{message.rstrip('.')}. Did you mean {suggestion}?"  # type: ignore[attr-defined]
+            raise

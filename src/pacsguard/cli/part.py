@@ -9,8 +9,9 @@ PARTS = (
          commands="pacsguard.cli.serve:init"),
     Part("serve", "Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM.",
          commands="pacsguard.cli.serve:serve", kinds="pacsguard.runtime.kinds:KINDS"),
-    Part("config", "Validate pacsguard.yaml.", commands="pacsguard.cli.config:app"),
+    Part("config", "Validate pacsguard.yaml and show the configuration in use.", commands="pacsguard.cli.config:app"),
     Part("events", "Search and follow the event store.", commands="pacsguard.cli.events:app"),
-    Part("audit", "The audit trail: verification of the store.", commands="pacsguard.cli.audit:app"),
+    Part("audit", "The audit trail: verify the store, patient access reports and their proofs, received audit "
+         "messages, daily summaries.", commands="pacsguard.cli.audit:app"),
     Part("store", "The store itself: schema migrations.", commands="pacsguard.cli.store:app"),
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
@@ -91,18 +90,24 @@ def serve(config: Path | None = CONFIG_OPTION,
                                                help="text, or json: one JSON object per line (journald)")) -> None:
     """Run the services the configuration names, in the foreground, until Ctrl-C, SIGTERM or a hang-up
     (SIGHUP: the terminal's session ended; ignored under nohup)."""
+    from pacsguard.cli.common import quiet_libraries
+    from pacsguard.cli.config import tls_problems
     from pacsguard.cli.jsonlog import configure_logging
-    from pacsguard.config.loader import load_config
+    from pacsguard.config.loader import ConfigError, load_config
     from pacsguard.events import Event, Outcome, Severity
     from pacsguard.runtime.outputs import open_configured_outputs
     from pacsguard.runtime.services import build_services, run_foreground
 
     configure_logging(log_level.value, log_format.value)
-    # pynetdicom (the demo PACS) and Alembic narrate every step at INFO; their warnings still show.
-    for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    quiet_libraries()
     registry = Registry.default()
-    loaded = load_config(config_path(config), registry.config_model())
+    file = config_path(config)
+    loaded = load_config(file, registry.config_model())
+    # Every TLS file before anything starts, each problem named by its key, as `config check` does:
+    # a service's own error would name the file only, once the store and the others were open.
+    tls = tls_problems(loaded)
+    if tls:
+        raise ConfigError(str(file), tls)
     with ExitStack() as stack:
         outputs = open_configured_outputs(stack, loaded)
         es, bus = outputs.store, outputs.bus

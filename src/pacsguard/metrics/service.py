@@ -39,7 +39,11 @@ class MetricsService:
     async def start(self) -> list[BannerRow]:
         self.subscription = self.bus.subscribe(self.counters.observe)
         self.registry.register(SpineCollector(self.bus, self.store, self.subscription))
-        self.address = host, port = await self.server.start(self.config.host, self.config.port)
+        try:
+            self.address = host, port = await self.server.start(self.config.host, self.config.port)
+        except OSError as exc:  # name the listener and its keys, as the gateway's and ATNA's errors do
+            raise OSError(exc.errno, f"metrics: cannot listen on {self.config.host}:{self.config.port} "
+                          f"(metrics.host, metrics.port): {exc.strerror or exc}") from None
         return [("metrics (Prometheus)", f"http://{host}:{port}/metrics", "and /healthz")]
 
     async def stop(self) -> None:

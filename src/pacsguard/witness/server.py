@@ -63,7 +63,11 @@ class WitnessServer:
     def __init__(self, witness: Witness, host: str, port: int, *, context: ssl.SSLContext | None = None,
                  timeout: float = 10.0) -> None:
         handler = type("Handler", (_Handler,), {"witness": witness, "timeout": timeout})
-        self.httpd = _BoundedServer((host, port), handler)
+        try:
+            self.httpd = _BoundedServer((host, port), handler)
+        except OSError as exc:  # name the listener and its keys, as the gateway's and ATNA's errors do
+            raise OSError(exc.errno, f"witness service: cannot listen on {host}:{port} (witness.host, "
+                          f"witness.port): {exc.strerror or exc}") from None
         if context is not None:
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.address: tuple[str, int] = (str(self.httpd.server_address[0]), int(self.httpd.server_address[1]))
