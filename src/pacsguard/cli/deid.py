@@ -132,12 +132,36 @@ def _inputs(paths: list[Path], out: Path, manifest: Path) -> list[Path]:
             if path.resolve() == outputs:
                 raise _fail(f"{path}: the folder --out writes to is also an input; the de-identified "
                             f"files would sit among the originals: give --out another folder")
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _written(p, outputs, written)))
+            files.extend(sorted(p for p in _folder_files(path) if not _written(p, outputs, written)))
         elif path.is_file():
             files.append(path)
         else:
             raise _fail(f"{path}: no such file or folder")
     return files
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, through links to folders too (an export whose series are
+    links to where the PACS keeps them), each real folder once (a link back up is no loop). A
+    link to nothing is listed, so the run withholds it by name: before, Path.rglob skipped both a
+    linked folder and a broken link without a word, and the run reported success for an export
+    whose linked series were never de-identified. FIFOs, sockets and devices are no files (reading
+    a FIFO would wait forever)."""
+    import os
+
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            entry = Path(root, name)
+            if entry.is_file() or (entry.is_symlink() and not entry.exists()):
+                found.append(entry)
+    return found
 
 
 def _manifest_path(out: Path, manifest: Path | None) -> Path:

@@ -18,12 +18,15 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from pacsguard.deid.dictionary import known_vr
 from pacsguard.deid.encode import encode_file
-from pacsguard.deid.engine import Engine, Report, Withheld
-from pacsguard.deid.pixels import remove_embedded_overlays
+from pacsguard.deid.engine import SOP_INSTANCE_UID, Engine, Report, Withheld, _text_of
+from pacsguard.deid.pixels import remove_embedded_overlays, remove_jpeg_text
 from pacsguard.dicom.vr import LONG_VRS, VRS
 
 
@@ -52,17 +55,27 @@ def read_whole(path: Path) -> Dataset:
             warnings.simplefilter("ignore")
             ds = dcmread(path)
             end = _raw_end(ds)  # before _cut_off decodes sequences: a decoded element has no offsets
-            cut = _cut_off(ds)
+            # A top-level element with no VR of PS3.5 is the cause of what follows it (its length
+            # is a guess): named before the cut its guessed length makes.
+            unknown = _unknown_vr(ds)
+            cut = "" if unknown else _cut_off(ds)
     except zlib.error as exc:  # the deflate stream (RFC 1951, PS3.5 A.5) stops early or is damaged
         raise Withheld(_not_inflated(path, exc)) from None
+    except (FileNotFoundError, PermissionError) as exc:  # a broken link, a file gone or locked
+        raise Withheld(f"cannot be read: {exc.strerror}") from None
+    except InvalidDicomError as exc:  # no preamble and DICM (pydicom's other use is in RAISE mode only)
+        raise Withheld(_not_part10(path) if "DICM" in str(exc) else f"not readable as DICOM: {_failure(exc)}") from None
     except Exception as exc:  # pydicom raises many types for broken input; every one means withhold
         where = _walk_unread(path)  # pydicom's "No tag to read at ..." does not say the file is cut
         raise Withheld(where or f"not readable as DICOM: {_failure(exc)}") from None
     if cut:
         raise Withheld(f"the file is cut off inside {cut}")
+    unknown = unknown or _unknown_vr(ds)  # now in the items _cut_off decoded too
+    if unknown:
+        raise Withheld(unknown)
     early = _ends_early(path, end) if end is not None else _walk_cut(path, ds.file_meta, _encoding_of(ds))
     if early:
-        raise Withheld(early)
+        raise Withheld(_out_of_order(ds) or early)
     if "SOPInstanceUID" not in ds:
         raise Withheld("not a composite instance: no SOP Instance UID")
     short = _short_pixel_data(ds)
@@ -78,15 +91,86 @@ def _cut_off(ds: Dataset) -> str:
         raw = ds.get_item(tag)
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and raw.value is not None:
             if len(raw.value) < raw.length:
-                return f"({tag.group:04X},{tag.element:04X})"
+                return f"({tag.group:04X},{tag.element:04X})" + _phantom(tag)
         if raw.VR != "SQ" and (raw.VR not in (None, "UN") or _dictionary_vr(tag) != "SQ"):
             continue  # other values stay undecoded: they are written back as read
+        if raw.VR == "UN" and isinstance(raw, RawDataElement) and raw.is_little_endian is False:
+            # A sequence written as UN holds its items in Implicit VR Little Endian whatever the
+            # transfer syntax (PS3.5 6.2.2), as the engine reads one (_parse_un_sequence); pydicom
+            # reads it in the file's byte order, so in an Explicit VR Big Endian file every tag in
+            # it came out byte-swapped and the whole file was withheld as cut off.
+            ds[tag] = raw._replace(is_implicit_VR=True, is_little_endian=True)
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value or ():
                 inner = _cut_off(item)
                 if inner:
                     return inner
+    return ""
+
+
+def _not_part10(path: Path) -> str:
+    """Why a file is no DICOM file, in the words of PS3.10 7.1 rather than pydicom's (whose "Use
+    force=True" is advice to a programmer): a DICOM file begins with a 128-byte preamble and
+    "DICM". A data set written without them (a raw dump, some older exports) is not read either:
+    without the File Meta Information its transfer syntax is a guess."""
+    size = path.stat().st_size
+    if size == 0:
+        return "not a DICOM file: it is empty"
+    if size < 132:
+        return (f"not a DICOM file: it is {size} bytes, shorter than the 128-byte preamble and 'DICM' "
+                "prefix a DICOM file begins with (PS3.10 7.1)")
+    return ("not a DICOM file: no 'DICM' prefix after the 128-byte preamble (PS3.10 7.1); a data set "
+            "without File Meta Information is not read")
+
+
+def _phantom(tag: BaseTag) -> str:
+    """What to add when the element a file stops inside has a public tag no attribute has (PS3.6):
+    then it is most likely no element at all but bytes read as one, because an element before it
+    declares a wrong length (a Patient's Name of 15 bytes said to be 48), and "cut off inside
+    (2E30,2E31)" alone sent the administrator looking for a truncated transfer and a tag the file
+    does not hold. Private (odd) groups and group lengths are not judged."""
+    if tag.group & 1 or tag.element == 0 or known_vr(int(tag)) is not None:
+        return ""
+    return ", a tag no attribute has: an element before it probably declares a wrong length"
+
+
+def _unknown_vr(ds: Dataset) -> str:
+    """Name the first element, items included, whose explicit VR is none of PS3.5 6.2's (Table
+    6.2-1): pydicom reads one with a 16-bit length and keeps its bytes, and the engine wrote a kept
+    one back under that VR, a file dcmtk and dciodvfy do not read (Modality as 'Cs'). Its length
+    form is a guess and its value cannot be checked: the file is withheld (issue 20: invalid VRs)."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        vr = elem.VR
+        # "OB or OW" and the like are pydicom's own, from its dictionary, for an implicit VR
+        # element it read (a file whose data set is implicit VR though its meta says explicit).
+        # An element that is no element (bytes read as one after a wrong length) says so (_phantom).
+        why = _phantom(tag) or ": its length and value cannot be read with certainty"
+        if vr is not None and vr not in VRS and " or " not in vr:
+            return (f"({tag.group:04X},{tag.element:04X}) has VR {vr!r}, which is not a value representation "
+                    f"of PS3.5 6.2{why}")
+        if vr is None and isinstance(elem, RawDataElement) and elem.is_implicit_VR is False:
+            # pydicom reads VR bytes that are no letters (00 00) as implicit VR, its length as 32 bits
+            return f"({tag.group:04X},{tag.element:04X}) has no VR in an Explicit VR data set (PS3.5 7.1.2){why}"
+        if vr == "SQ" and not isinstance(elem, RawDataElement):  # sequences _cut_off decoded
+            for item in elem.value or ():
+                inner = _unknown_vr(item)
+                if inner:
+                    return inner
+    return ""
+
+
+def _out_of_order(ds: Dataset) -> str:
+    """Name two top-level elements stored against ascending tag order (PS3.5 7.1: the elements of a
+    data set are ordered by increasing tag, each at most once), '' if none are. pydicom
+    reads such a file into tag order, so its last element by tag is not the last in the file and
+    the file looked cut off ("56 bytes after its last whole element") when it was whole."""
+    stored = sorted((e for e in ds._dict.values() if isinstance(e, RawDataElement)), key=lambda e: e.value_tell)
+    for before, after in zip(stored, stored[1:], strict=False):
+        if int(after.tag) < int(before.tag):
+            return (f"its elements are not in ascending tag order (PS3.5 7.1): ({after.tag.group:04X},"
+                    f"{after.tag.element:04X}) is stored after ({before.tag.group:04X},{before.tag.element:04X})")
     return ""
 
 
@@ -325,9 +409,18 @@ def _dictionary_vr(tag: int) -> str:
         return "UN"
 
 
+#: Photometric interpretations whose native pixel data holds two samples per pixel, not three: Y
+#: for each pixel, Cb and Cr once for each two (PS3.3 C.7.6.3.1.2). Counted as three, a valid
+#: uncompressed YBR_FULL_422 image (pydicom's SC_ybr_full_422_uncompressed.dcm) was withheld as cut off.
+_TWO_SAMPLES = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422"})
+
+
 def _short_pixel_data(ds: Dataset) -> str:
     """Native Pixel Data shorter than Rows x Columns x Samples x Frames x Bits Allocated (PS3.5
-    8.1.1) means the file was cut off: it is withheld rather than passed on broken."""
+    8.1.1) means the file was cut off: it is withheld rather than passed on broken. Pixel Data
+    longer than that, by more than the one byte that pads it to even length, holds bytes no
+    viewer shows and no pixel check (OCR) looks at, which the output carried on as they were (a
+    name, an earlier image): withheld too, unless they are all zero (padding, which holds nothing)."""
     elem = ds.get("PixelData")
     if elem is None or ds.file_meta.get("TransferSyntaxUID", None) is None:
         return ""
@@ -335,13 +428,22 @@ def _short_pixel_data(ds: Dataset) -> str:
         return ""
     try:
         bits = int(ds.BitsAllocated)
-        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() in _TWO_SAMPLES:
+            samples = 2
+        count = int(ds.Rows) * int(ds.Columns) * samples
         count *= int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return "pixel data without a usable Rows, Columns or Bits Allocated"
     needed = (count * bits + 7) // 8
-    have = len(ds.PixelData or b"")
-    return f"pixel data is {have} bytes, {needed} expected: the file is cut off" if have < needed else ""
+    data = ds.PixelData or b""
+    have = len(data)
+    if have < needed:
+        return f"pixel data is {have} bytes, {needed} expected: the file is cut off"
+    if data[needed + (needed & 1):].strip(b"\0"):
+        return (f"pixel data is {have} bytes, {needed} expected: the {have - needed} bytes past the image "
+                "hold data that is no pixel of it and cannot be checked")
+    return ""
 
 
 def write(ds: Dataset, out: Path, *, replace: bool = True) -> None:
@@ -393,6 +495,19 @@ def _place_new(tmp: Path, out: Path, data: bytes) -> None:
                        "(its input repeats an earlier input's SOP Instance UID); not overwritten")
 
 
+def _file_name(ds: Dataset) -> str:
+    """``<SOP Instance UID>.dcm``, the name an output gets in a folder; raises Withheld when the UID
+    is not one (PS3.5 9.1: digits and dots). It is the keyed 2.25 UID, except under retain-uids,
+    where it is the input's own: a hostile input's "../evil" or "/etc/x" wrote its output outside
+    the folder (a file anywhere the run may write), "1.2/3" made a folder, "" or a NUL failed with
+    a Python error. Components with leading zeros, common in the wild, name a file as safely."""
+    uid = _text_of(ds, SOP_INSTANCE_UID)
+    if not uid.strip(".") or uid.strip("0123456789."):
+        raise Withheld(f"its SOP Instance UID {uid[:64]!r} is not a UID (PS3.5 9.1: digits and dots) "
+                       "and cannot name its output file")
+    return f"{uid}.dcm"
+
+
 def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: bool = False) -> FileResult:
     """De-identify ``source`` into ``out``; with ``into_folder``, ``out`` is a folder and the file is
     named after its new SOP Instance UID (an input's name may itself identify the patient)."""
@@ -400,12 +515,16 @@ def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: boo
     try:
         ds = read_whole(source)
         overlays = remove_embedded_overlays(ds)
+        comments = remove_jpeg_text(ds)
         engine.deidentify(ds, result.report)
+        if comments:
+            plural = "s" if comments > 1 else ""
+            result.report.pixels += f"; {comments} JPEG comment or metadata segment{plural} removed"
         if overlays:
             groups = ", ".join(f"{g:04X}" for g in overlays)
             result.report.pixels += f"; overlay group {groups} without Overlay Data removed"
         if into_folder:
-            out = out / f"{ds.SOPInstanceUID}.dcm"
+            out = out / _file_name(ds)
         out.parent.mkdir(parents=True, exist_ok=True)
         write(ds, out, replace=not into_folder)
     except Withheld as exc:

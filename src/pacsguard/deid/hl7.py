@@ -144,6 +144,9 @@ class Separators:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    #: The Python codec of MSH-18's first character set (HL7 v2.5.1 2.14.9.18), "" when it names
+    #: none this module knows: what a \\Xhh\\ escape's bytes are characters of (see decode).
+    encoding: str = ""
 
     def split(self, value: str) -> list[list[str]]:
         """Repetitions, each as its components."""
@@ -157,8 +160,19 @@ def _separators(message: str) -> Separators:
     chars = message[4:].split(field, 1)[0]
     if len(chars) < 2:
         raise ValueError("MSH-2 (encoding characters) names fewer than the component and repetition separators")
+    msh = message.split("\r", 1)[0].split("\n", 1)[0].split(field)
+    charset = msh[17].split(chars[1])[0].strip().upper() if len(msh) > 17 else ""
     return Separators(field, chars[0], chars[1], chars[2] if len(chars) > 2 else "\\",
-                      chars[3] if len(chars) > 3 else "&")
+                      chars[3] if len(chars) > 3 else "&", _CHARSETS.get(charset, ""))
+
+
+#: MSH-18 values (HL7 v2.5.1 table 0211) whose bytes a Python codec reads as such; the JIS sets
+#: (ISO IR14, IR87, IR159) are code tables without ISO 2022 escapes, which no codec reads alone.
+_CHARSETS = {
+    "ASCII": "ascii", "UNICODE UTF-8": "utf-8", "UNICODE UTF-16": "utf-16", "UNICODE UTF-32": "utf-32",
+    "GB 18030-2000": "gb18030", "KS X 1001": "euc_kr", "BIG-5": "big5",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+}
 
 
 @dataclass(slots=True)
@@ -378,10 +392,20 @@ def decode(value: str, sep: Separators, held: list[str] | None = None) -> str:
         if body in singles:
             return singles[body]
         if body[:1] == "X" and len(body) > 1 and len(body) % 2 == 1:
+            # Hexadecimal data (v2.5.1 2.7.3) are bytes of the message's character set (MSH-18):
+            # under 8859/1, \\XE9\\ is "é", invalid as UTF-8, and left undecoded it split
+            # "Z\\XE9\\bulon" into words that match no name part. UTF-8, then Latin-1 (which
+            # decodes any byte) when the set is unknown or the bytes are not of it.
             try:
-                return bytes.fromhex(body[1:]).decode("utf-8")
+                data = bytes.fromhex(body[1:])
             except ValueError:
-                pass
+                data = None
+            for codec in (sep.encoding, "utf-8", "latin-1"):
+                if data is not None and codec:
+                    try:
+                        return data.decode(codec)
+                    except (UnicodeDecodeError, LookupError):
+                        continue
         if held is None:
             return " "
         held.append(match.group(0))

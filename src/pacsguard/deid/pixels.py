@@ -136,3 +136,83 @@ def _clear_bit_plane(ds: Dataset, position: int) -> None:
     data = bytearray(ds.PixelData)
     data[index::size] = bytes(data[index::size]).translate(table)
     ds.PixelData = bytes(data)
+
+
+#: Transfer syntaxes whose frames are JPEG (ITU-T T.81) or JPEG-LS (ITU-T T.87) codestreams:
+#: Baseline, Extended, Lossless and Lossless SV1, JPEG-LS Lossless and Near-Lossless (PS3.5 A.4).
+_JPEG_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+})
+#: Marker segments that hold text and no part of the image: COM (T.81 B.2.4.5, any text an encoder
+#: or a device writes) and APP1 and APP13 (Exif and XMP, IPTC: names, dates, serial numbers). The
+#: other APPn stay: APP0 (JFIF), APP2 (ICC), APP14 (Adobe colour transform) and APP8 (JPEG-LS
+#: colour transform) change how the image decodes.
+_TEXT_MARKERS = frozenset({0xFE, 0xE1, 0xED})
+#: Markers without a length field (T.81 B.1.1.3): TEM, RST0-RST7, SOI, EOI.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def remove_jpeg_text(ds: Dataset) -> int:
+    """Remove the text segments (_TEXT_MARKERS) from the header of every JPEG frame of ``ds``,
+    before the Start of Scan; return how many went. Decoding is unchanged. A comment such as
+    "Patient Quixote^Zebulon PID77341" in a CT's JPEG stream went out as it came: Pixel Data is
+    no attribute of Table E.1-1, and its codestream was never read. The frames are encapsulated
+    anew (PS3.5 A.4, one fragment per frame, a Basic Offset Table if the input had one) only when
+    something was removed; an Extended Offset Table (7FE0,0001-0002) would then be wrong and goes."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _JPEG_SYNTAXES or "PixelData" not in ds:
+        return 0
+    data = ds.PixelData
+    frames = list(generate_frames(data, number_of_frames=_int(ds, 0x00280008, 1)))
+    removed = 0
+    cleaned = []
+    for frame in frames:
+        kept, count = _without_text_segments(frame)
+        cleaned.append(kept)
+        removed += count
+    if removed:
+        has_bot = len(data) >= 8 and int.from_bytes(data[4:8], "little") > 0
+        ds.PixelData = encapsulate(cleaned, has_bot=has_bot)
+        ds["PixelData"].is_undefined_length = True
+        for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table and its Lengths
+            if tag in ds:
+                del ds[tag]
+    return removed
+
+
+def _without_text_segments(frame: bytes) -> tuple[bytes, int]:
+    """``frame`` without its text marker segments up to Start of Scan (0xFFDA), and how many went;
+    unchanged (0) when it does not begin as a JPEG codestream (SOI) or a length runs past its end."""
+    if not frame.startswith(b"\xff\xd8"):
+        return frame, 0
+    out, pos, removed = [frame[:2]], 2, 0
+    while pos + 1 < len(frame):
+        if frame[pos] != 0xFF:
+            return frame, 0
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # a fill byte before a marker (T.81 B.1.1.2)
+            out.append(frame[pos:pos + 1])
+            pos += 1
+            continue
+        if marker == 0xDA or marker == 0xD9:  # Start of Scan (entropy-coded data follows), EOI
+            break
+        if marker in _STANDALONE:
+            out.append(frame[pos:pos + 2])
+            pos += 2
+            continue
+        if pos + 4 > len(frame):
+            return frame, 0
+        end = pos + 2 + int.from_bytes(frame[pos + 2:pos + 4], "big")
+        if end > len(frame):
+            return frame, 0
+        if marker in _TEXT_MARKERS:
+            removed += 1
+        else:
+            out.append(frame[pos:end])
+        pos = end
+    out.append(frame[pos:])
+    return b"".join(out), removed

@@ -38,8 +38,9 @@ class Pseudonyms:
         return "PG" + self._mac(b"patient-id", value.strip()).hex()[:20].upper()
 
     def patient_name(self, patient_id: str, name: str) -> str:
-        """A Patient's Name (PN) for this patient: the same for every instance of the patient."""
-        return "ANON^" + self._mac(b"patient-name", patient_id.strip() + "\0" + name.strip()).hex()[:12].upper()
+        """A Patient's Name (PN) for this patient: the same for every instance of the patient, in
+        whichever of the equal forms PS3.5 allows each instance writes the name (_pn_form)."""
+        return "ANON^" + self._mac(b"patient-name", patient_id.strip() + "\0" + _pn_form(name)).hex()[:12].upper()
 
     def text(self, label: str, value: str, length: int = 16) -> str:
         """A short keyed replacement for an identifier (an AE title, a station name): hex, upper case."""
@@ -49,6 +50,22 @@ class Pseudonyms:
         """How far this patient's dates move back, from the original Patient ID."""
         n = int.from_bytes(self._mac(b"date-shift", patient_id.strip())[:8], "big")
         return timedelta(days=MIN_SHIFT_DAYS + n % SHIFT_RANGE_DAYS)
+
+
+def _pn_form(name: str) -> str:
+    """A PN value without what PS3.5 6.2 (Table 6.2-1, PN) lets a writer leave out: trailing null
+    components and their delimiters, and likewise trailing empty component groups, so that
+    Doe^John, Doe^John^^^ and Doe^John^^^^== are one name (devices write each; an HL7 XPN
+    converted to PN ends in empty components). Interior null components stay: ^John is not John."""
+    groups = []
+    for group in name.strip().split("="):
+        components = group.split("^")
+        while components and not components[-1].strip():
+            components.pop()
+        groups.append("^".join(components))
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
 
 
 def shift_da(value: str, shift: timedelta) -> str | None:

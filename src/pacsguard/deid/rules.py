@@ -105,6 +105,14 @@ IDENTIFIERS = frozenset({
     0x21000160,  # Owner ID
 })
 
+#: Encrypted Attributes Sequence (0400,0500, PS3.3 C.12.1.1.4.1): the original values of attributes
+#: an earlier de-identifier replaced (its Modified Attributes Sequence), in a CMS envelope for
+#: recipients chosen then (PS3.15 E.1.1). Passed on, it gives whoever holds one of those keys the
+#: identity this de-identification removes, and pacsguard cannot tell that its content is
+#: encrypted at all (a writer can put plain text there): removed, as the plain Original Attributes
+#: Sequence (0400,0561) is by the table. pacsguard keeps its own link, sealed under its key.
+ENCRYPTED_ORIGINALS = 0x04000500
+
 #: Breed Registration Sequence (0010,2294): each item pairs a registration number with its registry;
 #: the number is Type 1 in the item, the sequence Type 2C in the Patient Module (PS3.3 C.7.1.1),
 #: so the sequence is emptied (Z) rather than left with items missing their number.
@@ -201,6 +209,8 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         return Decision("D", Effect.DUMMY, "not listed: person name")
     if tag in IDENTIFIERS:
         return Decision("X", Effect.REMOVE, "not listed: identifier of a patient or person")
+    if tag == ENCRYPTED_ORIGINALS:
+        return Decision("X", Effect.REMOVE, "not listed: original attributes, encrypted for other recipients")
     if tag == BREED_REGISTRATION_SEQUENCE:
         return Decision("Z", Effect.EMPTY, "not listed: registration numbers of the patient (Type 2C)")
     if tag in CODE_VALUES:

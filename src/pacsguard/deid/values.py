@@ -54,13 +54,13 @@ def clean_text(value: str, identifiers: frozenset[str]) -> str:
     script without spaces inside a name (kanji, hanzi, kana, Hangul: "山田", "王", "홍", "길동") is
     looked for inside words whatever its length, and only that part becomes 'X' ("山田太郎胸部CT"
     -> "XX胸部CT", "홍길동님" -> "XXX님")."""
-    long = tuple(i for i in identifiers if len(i) >= 3 and not _unspaced(i))
-    short = frozenset(i for i in identifiers if len(i) < 3 and not _unspaced(i))
+    long = tuple(_fold(i) for i in identifiers if len(i) >= 3 and not _unspaced(i))
+    short = frozenset(_fold(i) for i in identifiers if len(i) < 3 and not _unspaced(i))
     unspaced = sorted((i for i in identifiers if _unspaced(i)), key=len, reverse=True)
 
     def scrub(match: re.Match[str]) -> str:
         word = match.group(0)
-        low = word.lower()
+        low = _fold(word)
         if sum(ch.isdigit() for ch in word) >= 4 or _holds_short(low, short) or any(i in low for i in long):
             return "X"
         for part in unspaced:
@@ -68,6 +68,16 @@ def clean_text(value: str, identifiers: frozenset[str]) -> str:
         return word
 
     return _WORD.sub(scrub, value)
+
+
+def _fold(text: str) -> str:
+    """``text`` as it is compared with name parts: its accents dropped (Unicode NFKD, combining
+    marks removed) and case folded, so that a name part matches however a description spells it:
+    "Zébulon" is "Zebulon" and "ZEBULON", in composed or decomposed form (NFC or NFD, a Mac's
+    text), "Strauß" is "STRAUSS". Staff typing a note often leave accents out; the name in PN
+    keeps them, and before, "CT for Zebulon" kept the first name of patient Quixote^Zébulon."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
 def _holds_short(word: str, short: frozenset[str]) -> bool:
