@@ -294,6 +294,10 @@ class Disc:
     def __init__(self, iso: Any, data: bytes) -> None:
         self.iso = iso
         self.data = data
+        #: Rock Ridge (RRIP 4.1.3, SL) and UDF (ECMA-167 4/14.16) symbolic links: (name, target;
+        #: "" when it cannot be read). Linux shows them as links, so they are judged as a tar's
+        #: links are, not read as files.
+        self.links: list[tuple[str, str]] = []
 
     def files(self, problems: list[Finding], max_members: int) -> list[_File]:
         """Every file record of every tree pycdlib read (UDF, Joliet, Rock Ridge, then the
@@ -327,6 +331,10 @@ class Disc:
                     if count > max_members * 4:  # up to four trees name the same files
                         return list(found.values())
                     name = f"{path}/{_record_name(child, kind)}".lstrip("/")
+                    link = _rr_link(child) if kind == "rr" else None
+                    if link is not None:
+                        self.links.append((name, link))
+                        continue
                     if child.is_dir():
                         pending.append((name, child, depth + 1))
                         continue
@@ -366,8 +374,59 @@ class Disc:
                     pending.append((name, child, depth + 1))
                 elif child is not None and child.inode is not None:
                     key = (child.inode.extent_location() * block, int(child.get_data_length()))
+                    if child.is_symlink():  # ECMA-167 4/14.6.6, file type 12: its data is the target
+                        self.links.append((name, _udf_target(self.data[key[0]:key[0] + min(key[1], MAX_LINK)])))
+                        continue
                     found.setdefault(key, _File(*key)).names[name] = None
         return count
+
+
+#: Bytes of a UDF symbolic link's path components read (Linux reads at most a block).
+MAX_LINK = 4096
+
+
+def _udf_target(data: bytes) -> str:
+    """A UDF symbolic link's target as Linux's udf driver reads it: Path Components (ECMA-167
+    4/14.16.1: type, identifier length, version, identifier) joined by "/": 2 (and 1 with no
+    identifier) the root, 3 "..", 4 ".", 5 a name (OSTA compressed Unicode: a compression ID of
+    8 or 16, then 8- or 16-bit characters). "" when the components cannot be read."""
+    parts: list[str] = []
+    at = 0
+    while at + 4 <= len(data):
+        kind, length = data[at], data[at + 1]
+        ident = data[at + 4:at + 4 + length]
+        if len(ident) < length or kind not in (1, 2, 3, 4, 5):
+            return ""
+        at += 4 + length
+        if kind in (1, 2):
+            parts = [""]  # the root: an absolute target
+        elif kind in (3, 4):
+            parts.append(".." if kind == 3 else ".")
+        elif not ident or ident[0] not in (8, 16):
+            return ""
+        else:
+            parts.append(ident[1:].decode("utf-16-be" if ident[0] == 16 else "latin-1", "replace"))
+    if at != len(data) or not parts:
+        return ""
+    return "/" if parts == [""] else "/".join(parts)
+
+
+def _rr_link(record: Any) -> str | None:
+    """A record's Rock Ridge symbolic link target (RRIP 4.1.3: SL component records, "/" for a
+    root component, ".." for a parent one), "" when its SL records cannot be read; None when it
+    is no link."""
+    rock = record.rock_ridge
+    if rock is None:
+        return None
+    try:
+        if not rock.is_symlink():
+            return None
+    except Exception:  # noqa: BLE001 - a damaged PX or SL entry: read as the file it also is
+        return None
+    try:
+        return bytes(rock.symlink_path()).decode("utf-8", "surrogateescape")
+    except Exception:  # noqa: BLE001 - a continued component with no end: where it leads is unknown
+        return ""
 
 
 def _record_name(record: Any, kind: str) -> str:
@@ -408,10 +467,12 @@ def open_disc(data: bytes, max_members: int, notes: list[Finding]) -> Disc | Non
 
 
 def disc_members(disc: Disc, problems: list[Finding], max_members: int, max_member: int,
-                 judge: Callable[[str, list[Finding]], None], prefer: Callable[[list[str]], str]) -> Iterator[Member]:
+                 judge: Callable[[str, list[Finding]], None], prefer: Callable[[list[str]], str],
+                 link: Callable[[str, str, list[Finding]], None]) -> Iterator[Member]:
     """The files of an opened image as members: each name judged (``judge``: traversal, Windows
     names), each data extent read once under the name ``prefer`` picks; a file larger than
-    ``max_member`` or past the image's end is not read, said."""
+    ``max_member`` or past the image's end is not read, said. Each Rock Ridge symbolic link is
+    judged by ``link`` (its name and target), not read."""
     try:
         files = disc.files(problems, max_members)
     except (Exception, RecursionError) as exc:  # noqa: BLE001 - pycdlib's records of a hostile image
@@ -419,6 +480,9 @@ def disc_members(disc: Disc, problems: list[Finding], max_members: int, max_memb
                                 f"({display_path(str(exc)) or type(exc).__name__}): its files were not scanned", None,
                                 REF))
         return
+    for name, target in disc.links:
+        judge(name, problems)
+        link(name, target, problems)
     known = {n.lower() for entry in files for n in entry.names}
     for entry in files:
         for name in entry.names:

@@ -2,11 +2,13 @@
 (ISO 32000-1 7.3.8). A name inside a compressed stream is in no raw byte of the file: above all
 in an object stream (7.5.7, PDF 1.5), where whole dictionaries such as
 ``<< /S /JavaScript /JS (...) >>`` live deflated. Streams are decoded as a viewer decodes them:
-FlateDecode (7.4.4), ASCIIHexDecode (7.4.2) and ASCII85Decode (7.4.3), alone or chained, with
-the broken forms viewers still read (no end-of-line, or more white space, after ``stream``; a
-wrong /Length, which is never trusted; data cut short: what inflates is kept). What that may cost
-is bounded per stream and per document (inflated bytes, the ratio, the number of streams, the
-ASCII85 input); a stream that inflates past its bound at a bomb's ratio is itself reported.
+FlateDecode (7.4.4), LZWDecode (7.4.4), ASCIIHexDecode (7.4.2), ASCII85Decode (7.4.3) and
+RunLengthDecode (7.4.5), alone or chained, a PNG or TIFF predictor undone (7.4.4.4), with the
+broken forms viewers still read (no end-of-line, or more white space, after ``stream``; a wrong
+/Length, which is never trusted; data cut short: what inflates is kept). What that may cost is
+bounded per stream and per document (inflated bytes, the ratio, the number of streams, the
+ASCII85, LZW and run-length input, the predicted bytes); a stream that inflates past its bound at
+a bomb's ratio is itself reported.
 Nothing here raises for a document's content."""
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ HEX_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 WHITE = b"\x00\t\n\x0c\r "
 
 FLATE, AHX, A85 = "FlateDecode", "ASCIIHexDecode", "ASCII85Decode"
+LZW, RL = "LZWDecode", "RunLengthDecode"
 #: Filter names and the abbreviations of Table 94, which viewers accept on streams too (7.4.1).
 FILTERS = {"FlateDecode": FLATE, "Fl": FLATE, "ASCIIHexDecode": AHX, "AHx": AHX, "ASCII85Decode": A85,
-           "A85": A85}
+           "A85": A85, "LZWDecode": LZW, "LZW": LZW, "RunLengthDecode": RL, "RL": RL}
 
 #: The keyword that opens a stream's data, after its dictionary (7.3.8.1), white space or
 #: comments between (7.2.3: a comment is white space). Starting with ">>", the search is fast.
@@ -45,6 +48,22 @@ OBJECT = re.compile(rb"(\d{1,10})[\x00\t\n\x0c\r ]+(\d{1,5})[\x00\t\n\x0c\r ]+ob
 FILTER = re.compile(rb"/Filter[\x00\t\n\x0c\r ]*(\[[^\]]*\]|/[^\x00\t\n\x0c\r ()<>\[\]{}/%]+)")
 FILTER_NAME = re.compile(rb"/([^\x00\t\n\x0c\r ()<>\[\]{}/%]+)")
 PREDICTOR = re.compile(rb"/Predictor[\x00\t\n\x0c\r ]+([0-9]+)")
+#: The other decode parameters of FlateDecode and LZWDecode (7.4.4.4, Table 8), each a number.
+PARAMETER = {key: re.compile(rb"/" + key.encode() + rb"[\x00\t\n\x0c\r ]+([0-9]+)")
+             for key in ("Colors", "BitsPerComponent", "Columns", "EarlyChange")}
+#: A stream's /Filter or /DecodeParms given as an indirect object, alone or in an array (7.3.10: any
+#: value may be a reference; viewers resolve it here too).
+INDIRECT = re.compile(rb"/(Filter|DecodeParms)[\x00\t\n\x0c\r ]*(\[[^\]]{0,512}\]|\d{1,10}[\x00\t\n\x0c\r ]+"
+                      rb"\d{1,5}[\x00\t\n\x0c\r ]+R)")
+#: The same over a whole document, whose names are not unescaped first: /Filter, /DecodeParms
+#: or a name with a #xx escape (7.3.5: /F#69lter), its value a reference or an array.
+ANY_INDIRECT = re.compile(rb"/(Filter|DecodeParms|[^\x00\t\n\x0c\r ()<>\[\]{}/%#]{0,380}"
+                          rb"#[^\x00\t\n\x0c\r ()<>\[\]{}/%]{2,380})[\x00\t\n\x0c\r ]*"
+                          rb"(\[[^\]]{0,512}\]|\d{1,10}[\x00\t\n\x0c\r ]+\d{1,5}[\x00\t\n\x0c\r ]+R)")
+REFERENCE = re.compile(rb"(\d{1,10})[\x00\t\n\x0c\r ]+(\d{1,5})[\x00\t\n\x0c\r ]+R")
+#: An indirect object's value read at most this far (a filter's name or its parameters are short),
+#: and the indirect filters and parameters resolved per document.
+MAX_VALUE, MAX_REFERENCES = 1024, 10_000
 #: Object streams by type, or by the /First and /N a viewer reads them with (7.5.7, Table 16).
 OBJECT_STREAM = re.compile(rb"/Type[\x00\t\n\x0c\r ]*/ObjStm\b|/First[\x00\t\n\x0c\r ]+[0-9]")
 #: Streams whose bytes are no PDF syntax: images (8.9.5), font programs (9.9), cross-reference
@@ -74,6 +93,10 @@ class Bounds:
     max_streams: int = 10_000
     #: ASCII85 characters decoded per document: Python's decoder reads ~7 MB a second.
     max_ascii85: int = 2 * 1024 * 1024
+    #: LZW and RunLengthDecode input bytes, and bytes whose predictor is undone, per document:
+    #: each is decoded a code, a run or a byte at a time in Python (~1 MB a second at worst); an
+    #: object stream is far smaller.
+    max_slow: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +110,10 @@ class Stream:
     filters: tuple[str, ...]
     object_stream: bool
     binary: bool
-    predictor: bool
+    #: /Predictor, /Colors, /BitsPerComponent, /Columns (7.4.4.4, Table 8), when it predicts (>= 2).
+    predictor: tuple[int, int, int, int] | None
+    #: LZWDecode's /EarlyChange (Table 8): 1 unless it says 0.
+    early: int = 1
 
     def describe(self) -> str:
         kind = "object stream" if self.object_stream else "stream"
@@ -146,14 +172,14 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
     # Streams a viewer parses as PDF syntax first, images and fonts last: the budget goes to
     # where a name means something, and the rest is inflated for its size only.
     listed.sort(key=lambda s: s.binary)
-    left, consumed, ascii85 = bounds.max_total, 0, bounds.max_ascii85
+    left, consumed, ascii85, slow = bounds.max_total, 0, bounds.max_ascii85, bounds.max_slow
     for index, stream in enumerate(listed):
         if left <= 0:
             if any(not s.binary for s in listed[index:]):
                 found.unread.append(f"streams past {bounds.max_total:,} inflated bytes")
             break
         cap = min(bounds.max_stream, left)
-        step, why, ascii85 = _decode(doc, stream, cap, ascii85)
+        step, why, ascii85, slow = _decode(doc, stream, cap, ascii85, slow)
         found.inflated += len(step.data)
         left -= len(step.data)
         consumed += step.consumed
@@ -167,9 +193,8 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
                 break
             if not stream.binary:
                 found.unread.append(f"the {stream.describe()} past {len(step.data):,} inflated bytes")
-        if stream.object_stream and not why:
-            why = "does not decode (encrypted, or corrupt)" if not step.data else (
-                "its /Predictor is not undone" if stream.predictor else "")
+        if stream.object_stream and not why and not step.data:
+            why = "does not decode (encrypted, or corrupt)"
         if why and not stream.binary and (stream.object_stream or step.cut):
             found.unread.append(f"the {stream.describe()} at offset {stream.offset:,}: {why}")
         if not stream.binary:
@@ -184,6 +209,7 @@ def _streams(doc: bytes, limit: int) -> tuple[list[Stream], bool]:
     ``limit`` stream keywords; and whether there are more keywords than that."""
     out: list[Stream] = []
     previous = 0
+    objects = _Objects(doc)
     for count, match in enumerate(KEYWORD.finditer(doc)):
         if count >= limit:
             return out, True
@@ -193,11 +219,60 @@ def _streams(doc: bytes, limit: int) -> tuple[list[Stream], bool]:
         low = max(previous, at - DICT_BACK)
         previous = match.end()
         opened = doc.rfind(b"obj", low, at)
-        window = unescape(doc[opened if opened >= 0 else low:at])
+        window = _resolved(unescape(doc[opened if opened >= 0 else low:at]), objects)
         stream = _stream(doc, window, doc[max(low, opened - 24):opened + 3] if opened >= 0 else b"", match.end())
         if stream is not None:
             out.append(stream)
     return out, False
+
+
+class _Objects:
+    """The objects (``N G obj``) that a /Filter or /DecodeParms anywhere in the document names
+    indirectly, found on the first such reference met: one pass over the document for the
+    references (at most MAX_REFERENCES), one for the objects, only those named kept, so memory
+    stays with the references whatever the number of objects. A later definition wins, as an
+    incremental update's does (7.5.6)."""
+
+    def __init__(self, doc: bytes) -> None:
+        self.doc = doc
+        self.where: dict[tuple[int, int], int] | None = None
+
+    def value(self, number: int, generation: int) -> bytes:
+        """The object's value (up to ``endobj``, at most MAX_VALUE bytes); b"" when there is no
+        such object in the document's bytes (one inside an object stream is not looked for)."""
+        if self.where is None:
+            wanted: set[tuple[int, int]] = set()
+            for count, match in enumerate(ANY_INDIRECT.finditer(self.doc)):
+                if count >= 10 * MAX_REFERENCES or len(wanted) >= MAX_REFERENCES:
+                    break  # a flood of escaped names: the references after it are not resolved
+                if unescape(match.group(1)) in (b"Filter", b"DecodeParms"):
+                    wanted.update((int(r.group(1)), int(r.group(2))) for r in REFERENCE.finditer(match.group(2)))
+            self.where = {}
+            for match in OBJECT.finditer(self.doc):
+                key = (int(match.group(1)), int(match.group(2)))
+                if key in wanted:
+                    self.where[key] = match.end()
+        at = self.where.get((number, generation))
+        if at is None:
+            return b""
+        end = self.doc.find(b"endobj", at, at + MAX_VALUE)
+        return unescape(self.doc[at:end if end >= 0 else at + MAX_VALUE]).strip(WHITE)
+
+
+def _resolved(window: bytes, objects: _Objects) -> bytes:
+    """``window`` (a stream's dictionary) with each indirect /Filter or /DecodeParms it names
+    (``/DecodeParms 12 0 R``, ``[null 12 0 R]``) written after it as a direct one, so that the
+    filter and its predictor are read as a viewer reads them. Nothing to do in nearly every PDF."""
+    extra: list[bytes] = []
+    for match in INDIRECT.finditer(window):
+        key, value = match.group(1), match.group(2)
+        if key == b"Filter" and value.startswith(b"["):
+            continue  # an array of names, as writers write it; a reference inside one is not read
+        for ref in REFERENCE.finditer(value):
+            body = objects.value(int(ref.group(1)), int(ref.group(2)))
+            if body:
+                extra.append(b" /" + key + b" " + body)
+    return window + b"".join(extra) if extra else window
 
 
 def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None:
@@ -213,11 +288,18 @@ def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None
     declared = FILTER.findall(window)
     filters = tuple(unescape(n).decode("latin-1") for n in FILTER_NAME.findall(declared[-1])) if declared else ()
     if not filters:
-        if not _zlib_header(doc, pos):
+        unresolved = next((m for m in INDIRECT.finditer(window) if m.group(1) == b"Filter"), None) \
+            if OBJECT_STREAM.search(window) else None
+        if unresolved is not None and not _zlib_header(doc, pos):
+            # An object stream whose /Filter is an object not in the document's bytes (inside
+            # another object stream): not decoded, but said, as a filter not decoded is.
+            filters = (f"Filter {' '.join(unresolved.group(2).decode('latin-1').split())} (not found)",)
+        elif not _zlib_header(doc, pos):
             return None
-        # No filter that can be read (an indirect /Filter, a dictionary padded past DICT_BACK):
-        # zlib's own header says the data is deflated.
-        filters = (FLATE,)
+        else:
+            # No filter that can be read (an indirect /Filter, a dictionary padded past
+            # DICT_BACK): zlib's own header says the data is deflated.
+            filters = (FLATE,)
     filters = tuple(FILTERS.get(f, f) for f in filters)
     if filters[0] not in (FLATE, AHX, A85) and not OBJECT_STREAM.search(window):
         return None  # an image's DCT, a font's LZW...: no names there, and not decoded
@@ -230,10 +312,14 @@ def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None
             pos = skip
     number = OBJECT.findall(head)
     predictor = PREDICTOR.search(window)
+    found = {key: pattern.search(window) for key, pattern in PARAMETER.items()}
+    given = {key: int(match.group(1)) for key, match in found.items() if match is not None}
+    predict = (int(predictor.group(1)), given.get("Colors", 1), given.get("BitsPerComponent", 8),
+               given.get("Columns", 1)) if predictor is not None and int(predictor.group(1)) >= 2 else None
     return Stream(pos, f"{number[-1][0].decode()} {number[-1][1].decode()}" if number else "", filters,
                   OBJECT_STREAM.search(window) is not None,
                   BINARY.search(window) is not None and OBJECT_STREAM.search(window) is None,
-                  predictor is not None and int(predictor.group(1)) >= 2)
+                  predict, 0 if given.get("EarlyChange") == 0 else 1)
 
 
 def _zlib_header(buf: bytes | bytearray, at: int) -> bool:
@@ -244,30 +330,49 @@ def _zlib_header(buf: bytes | bytearray, at: int) -> bool:
     return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
 
 
-def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int) -> tuple[_Step, str, int]:
+def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int, slow: int) -> tuple[_Step, str, int, int]:
     """The stream's filters applied in order (7.4: the first filter decodes the raw data), up to
-    ``cap`` bytes; with why it was not decoded to its end ("": it was, or stopped at ``cap``) and
-    what is left of the document's ASCII85 allowance."""
+    ``cap`` bytes, the predictor undone after the first FlateDecode or LZWDecode (7.4.4.4: its
+    /DecodeParms are that filter's); with why it was not decoded to its end ("": it was, or
+    stopped at ``cap``) and what is left of the document's ASCII85 and slow allowances."""
     data: bytes | bytearray = doc
     start, consumed = stream.offset, 0
+    # An image's or a cross-reference stream's predictor is not undone: their bytes are inflated
+    # for their size only, and undoing it would spend the allowance meant for object streams.
+    predict = None if stream.binary else stream.predictor
     for index, name in enumerate(stream.filters):
         if name == FLATE:
             step = _inflate(data, start, cap)
+        elif name == LZW:
+            step, broken = _lzw(data, start, cap, stream.early, slow)
+            slow -= step.consumed
+            if broken:
+                return _Step(step.data, step.consumed if index == 0 else consumed, False, True), \
+                    f"/{name} is not decoded past {broken}", ascii85, slow
         elif name == AHX:
             step = _ascii_hex(data, start, cap)
         elif name == A85:
             step = _ascii85(data, start, cap, ascii85)
             ascii85 -= step.consumed
+        elif name == RL:
+            step = _run_length(data, start, cap, slow)
+            slow -= step.consumed
         else:
-            return _Step(b"" if index == 0 else data, consumed, False), f"/{name} is not decoded", ascii85
+            return _Step(b"" if index == 0 else data, consumed, False), f"/{name} is not decoded", ascii85, slow
         if index == 0:
             consumed = step.consumed
         data, start = step.data, 0
+        if predict is not None and name in (FLATE, LZW) and not step.over:
+            data, why = _unpredict(data, predict, slow)
+            slow -= len(data)
+            predict = None
+            if why:
+                return _Step(data, consumed, False, True), f"its /Predictor is not undone ({why})", ascii85, slow
         if step.cut:
-            return _Step(data, consumed, False, True), f"/{name} past the allowance is not decoded", ascii85
+            return _Step(data, consumed, False, True), f"/{name} past the allowance is not decoded", ascii85, slow
         if step.over:
-            return _Step(data, consumed, True), "", ascii85
-    return _Step(data, consumed, False), "", ascii85
+            return _Step(data, consumed, True), "", ascii85, slow
+    return _Step(data, consumed, False), "", ascii85, slow
 
 
 def _inflate(buf: bytes | bytearray, start: int, cap: int) -> _Step:
@@ -315,6 +420,121 @@ def _salvage(inflater: zlib._Decompress, piece: memoryview, out: bytearray, cap:
         if inflater.unconsumed_tail or len(out) > cap or inflater.eof:
             return used + 1
     return len(piece)
+
+
+def _lzw(buf: bytes | bytearray, start: int, cap: int, early: int, allowance: int) -> tuple[_Step, str]:
+    """7.4.4.2: codes of 9 to 12 bits, most significant bit first; 256 clears the table, 257 ends
+    the data; each code after the first adds the previous string and its own first byte; the code
+    width grows ``early`` (/EarlyChange) codes before the table needs it. At most ``allowance``
+    input bytes are read. A code naming no entry yet ends the data (what precedes is kept), said:
+    the second value is where and why ("" when the data was read to its end or to a bound)."""
+    stop = min(len(buf), start + max(0, allowance))
+    table: list[bytes] = [bytes([n]) for n in range(256)] + [b"", b""]
+    out = bytearray()
+    bits, held, count, at = 9, 0, 0, start
+    previous: bytes | None = None
+    ended = False
+    while at < stop and len(out) <= cap:
+        held = (held << 8 | buf[at]) & 0xFFFFFF
+        count += 8
+        at += 1
+        if count < bits:
+            continue
+        count -= bits
+        code = held >> count & ((1 << bits) - 1)
+        if code == 256:
+            del table[258:]
+            bits, previous = 9, None
+            continue
+        if code == 257:
+            ended = True
+            break
+        if code < len(table):
+            entry = table[code]
+        elif code == len(table) and previous is not None:
+            entry = previous + previous[:1]
+        else:  # damaged: no viewer reads past it either
+            return _Step(out[:cap], at - start, False), f"byte {at - start:,} (code {code} names no entry)"
+        out += entry
+        if previous is not None and len(table) < 4096:
+            table.append(previous + entry[:1])
+        previous = entry
+        if len(table) + early >= 1 << bits and bits < 12:
+            bits += 1
+    cut = not ended and at >= stop < len(buf) and len(out) <= cap
+    return _Step(out[:cap], at - start, len(out) > cap, cut), ""
+
+
+def _run_length(buf: bytes | bytearray, start: int, cap: int, allowance: int) -> _Step:
+    """7.4.5: a length byte L, then L + 1 bytes as they are (L < 128) or one byte repeated 257 - L
+    times (L > 128); 128 ends the data. At most ``allowance`` input bytes are read (runs of one
+    byte cost a loop turn each)."""
+    out = bytearray()
+    at = start
+    stop = min(len(buf), start + max(0, allowance))
+    ended = False
+    while at < stop and len(out) <= cap:
+        length = buf[at]
+        if length == 128:
+            at, ended = at + 1, True
+            break
+        if length < 128:
+            out += buf[at + 1:at + 2 + length]
+            at += 2 + length
+        else:
+            out += buf[at + 1:at + 2] * (257 - length)
+            at += 2
+    cut = not ended and at >= stop < len(buf) and len(out) <= cap
+    return _Step(out[:cap], min(at, len(buf)) - start, len(out) > cap, cut)
+
+
+def _unpredict(data: bytes | bytearray, predict: tuple[int, int, int, int], allowance: int,
+               ) -> tuple[bytes | bytearray, str]:
+    """7.4.4.4: a predictor undone, as a viewer undoes it before parsing the stream. TIFF
+    predictor 2 (8-bit components: each byte the difference from the pixel's before it) or PNG
+    (10-15: each row a filter type byte 0-4, then the row as RFC 2083 6 filters it: None, Sub, Up,
+    Average, Paeth). With why it could not be (a row type no PNG has, parameters out of range,
+    more bytes than ``allowance``)."""
+    predictor, colors, bits, columns = predict
+    if not (1 <= colors <= 32 and bits in (1, 2, 4, 8, 16) and 1 <= columns <= 1 << 20):
+        return data, f"/Colors {colors}, /BitsPerComponent {bits}, /Columns {columns}"
+    if len(data) > allowance:
+        return data, f"{len(data):,} bytes, past the allowance of bytes predicted per document"
+    row = (colors * bits * columns + 7) // 8
+    step = max(1, colors * bits // 8)
+    if predictor == 2:
+        if bits != 8:
+            return data, f"TIFF predictor with /BitsPerComponent {bits}"
+        out = bytearray(data)
+        for at in range(len(out)):
+            if at % row >= step:
+                out[at] = (out[at] + out[at - step]) & 0xFF
+        return out, ""
+    if predictor < 10:
+        return data, f"/Predictor {predictor}"
+    out = bytearray()
+    above = bytes(row)
+    for at in range(0, len(data), row + 1):
+        kind, line = data[at], bytearray(data[at + 1:at + 1 + row])
+        if kind > 4:
+            return out, f"a row of PNG filter type {kind} at byte {at:,}"
+        for n in range(len(line)):
+            left = line[n - step] if n >= step else 0
+            if kind == 1:
+                line[n] = (line[n] + left) & 0xFF
+            elif kind == 2:
+                line[n] = (line[n] + above[n]) & 0xFF
+            elif kind == 3:
+                line[n] = (line[n] + (left + above[n]) // 2) & 0xFF
+            elif kind == 4:
+                corner = above[n - step] if n >= step else 0
+                guess = left + above[n] - corner
+                near = min((abs(guess - left), 0, left), (abs(guess - above[n]), 1, above[n]),
+                           (abs(guess - corner), 2, corner))
+                line[n] = (line[n] + near[2]) & 0xFF
+        out += line
+        above = bytes(line) + bytes(row - len(line))
+    return out, ""
 
 
 def _ascii_hex(buf: bytes | bytearray, start: int, cap: int) -> _Step:

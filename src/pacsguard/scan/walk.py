@@ -1526,10 +1526,24 @@ def _disc_members(image: disc.Disc, problems: list[Finding], limits: Bounds) -> 
     names judged as a zip's or tar's member names are (every tree's: a Windows import station
     reads the Joliet names, Linux the Rock Ridge ones)."""
     room = max(0, limits.max_members - limits.spent.members)
-    for member in disc.disc_members(image, problems, room, limits.max_member, _traversal, _disc_name):
+    for member in disc.disc_members(image, problems, room, limits.max_member, _traversal, _disc_name, _disc_link):
         if limits.spent.over or not _count(limits, 1, problems):
             return
         yield member
+
+
+def _disc_link(name: str, target: str, problems: list[Finding]) -> None:
+    """archive.link-traversal for a disc image's symbolic link (Rock Ridge SL, RRIP 4.1.3; UDF,
+    ECMA-167 4/14.16) leading outside the image, as for a tar's: a Linux import station that
+    mounts the CD and reads DICOM/IM1 through a link to /etc/shadow, or copies the link, reaches
+    the station's own files. A target that cannot be read may lead anywhere."""
+    shown = display_path(name)
+    if not target:
+        problems.append(Finding("archive.link-traversal", Level.HIGH, f"{shown} is a symbolic link on the image "
+                                "whose target cannot be read: it may lead outside the image", None, REF))
+    elif _link_escapes(target):
+        problems.append(Finding("archive.link-traversal", Level.HIGH, f"{shown} is a symbolic link on the image "
+                                f"leading outside it ({display_path(target)})", None, REF))
 
 
 def _disc_name(names: list[str]) -> str:

@@ -212,6 +212,14 @@ def _xml(parsed: Parsed, element: Element, doc: bytes, *, exact: bool = True) ->
     if scripts:
         out.append(_finding(parsed, element, "documents.xml-script", "the encapsulated XML holds script",
                             at(scripts[0].offset), "HL7 CDA R2 (narrative block has no script)"))
+    elif signatures.url_scheme(doc):
+        # The parser undoes character references in an attribute value (XML 1.0 4.1, 3.3.3), and a
+        # viewer's stylesheet (CDA.xsl) writes a linkHtml href out as a link: &#106;avascript: or
+        # java&#x09;script: is the script-running link that "javascript:" written out would be.
+        out.append(_finding(parsed, element, "documents.xml-script", "the encapsulated XML holds a javascript:, "
+                            "vbscript: or data:text/html URL once its character references are undone, as its "
+                            "parser undoes them; a viewer's stylesheet makes it a link", at(0),
+                            "XML 1.0 4.1; HL7 CDA R2 (narrative block has no script)"))
     return out
 
 
