@@ -109,8 +109,9 @@ def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey |
     if is_url(source) and not logs:
         raise fail(f"--witness {source}: the store has no checkpoint naming its log; give its key with --key")
     ca, cert, key = tls
-    context = client_context(ca_file=ca, cert_file=cert, key_file=key) \
-        if any(tls) and source.startswith("https://") else None
+    # BCP 195 (RFC 9325) with or without --witness-ca: urllib's own default context would accept
+    # CBC suites; without a CA, client_context trusts the system's CAs as that default did.
+    context = client_context(ca_file=ca, cert_file=cert, key_file=key) if source.startswith("https://") else None
     try:
         if is_url(source):
             return read_witness(source, logs, context=context), []

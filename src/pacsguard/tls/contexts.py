@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import ssl
 import time
 from datetime import datetime, timezone
@@ -133,12 +134,46 @@ def _check_pair(cert_file: StrPath, key_file: StrPath | None) -> None:
                              f"(subject {leaf.subject.rfc4514_string()})")
 
 
-def _check_ca(ca_file: StrPath) -> None:
+def _check_ca(ca_file: StrPath) -> bool:
+    """The CA file's certificates must parse and not all be expired; True when it also holds CRLs
+    (each checked to parse, to be signed by a CA of the file, and to be current)."""
     certs = _load_certs(ca_file, "CA file")
     now = datetime.now(timezone.utc)
     # A bundle may carry some expired roots; only a bundle with nothing usable is an error.
     if all(c.not_valid_after_utc < now for c in certs):
         raise TLSConfigError(f"CA file {ca_file}: every certificate in it has expired")
+    crls = _CRL_BLOCK.findall(read_pem(ca_file, "CA file"))
+    for block in crls:
+        _check_crl(ca_file, block, certs, now)
+    return bool(crls)
+
+
+_CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _check_crl(ca_file: StrPath, block: bytes, certs: list[x509.Certificate], now: datetime) -> None:
+    """One CRL of the CA file (RFC 5280 5): it parses, a CA of the file signed it, and its
+    nextUpdate has not passed; otherwise OpenSSL would refuse every peer that CA issued, with a
+    reason ("unable to get certificate CRL", "CRL has expired") far from its cause."""
+    try:
+        crl = x509.load_pem_x509_crl(block)
+    except ValueError as exc:
+        raise TLSConfigError(f"CA file {ca_file}: malformed PEM CRL ({exc})") from None
+    issuer = crl.issuer.rfc4514_string()
+    if not any(c.subject == crl.issuer and _signed_by(crl, c) for c in certs):
+        raise TLSConfigError(f"CA file {ca_file}: the CRL of {issuer} is not signed by a CA certificate "
+                             "in this file (put the issuing CA's certificate beside its CRL)")
+    if crl.next_update_utc is not None and crl.next_update_utc < now:
+        raise TLSConfigError(f"CA file {ca_file}: the CRL of {issuer} expired on "
+                             f"{crl.next_update_utc:%Y-%m-%d %H:%M:%S} UTC (nextUpdate); put the CA's "
+                             "current CRL in the file")
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a key type that cannot sign a CRL
+        return False
 
 
 def _no_password() -> bytes:
@@ -158,12 +193,17 @@ def _load_chain(ctx: ssl.SSLContext, cert_file: StrPath, key_file: StrPath | Non
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_file: StrPath) -> None:
-    _check_ca(ca_file)
+    has_crls = _check_ca(ca_file)
     try:
         ctx.load_verify_locations(cafile=os.fspath(ca_file))
     except (ssl.SSLError, OSError) as exc:
         raise TLSConfigError(f"CA file {ca_file}: OpenSSL could not load it: "
                              f"{_ssl_reason(exc)}") from None
+    if has_crls:
+        # OpenSSL loads the CRLs of the file but consults none unless asked: a revoked peer
+        # certificate was accepted. With CRLs given, the peer's certificate is checked against its
+        # issuer's CRL (RFC 5280 6.3), and refused when that CRL is missing or out of date.
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def _harden(ctx: ssl.SSLContext) -> None:
@@ -285,14 +325,28 @@ def _openssl_fields(decoded: dict[str, Any] | None) -> dict[str, Any]:
             if after else None}
 
 
+_OLD_VERSION = "the peer offers no TLS version accepted here: TLS 1.2 or later is required (BCP 195, RFC 9325 3.1.1)"
+#: OpenSSL's reasons for a handshake that this policy refused, and the policy in words: "unsupported
+#: protocol" alone does not tell an administrator that a device's TLS 1.0 is what was refused.
+_REFUSED_BY_POLICY = {
+    "UNSUPPORTED_PROTOCOL": _OLD_VERSION, "VERSION_TOO_LOW": _OLD_VERSION,
+    "TLSV1_ALERT_PROTOCOL_VERSION": _OLD_VERSION,
+    "NO_SHARED_CIPHER": "the peer offers no cipher suite accepted here: TLS 1.2 needs ECDHE with AES-GCM or "
+                        "ChaCha20-Poly1305 (BCP 195, RFC 9325 4.1, 4.2)",
+    "NO_SUITABLE_KEY_SHARE": "the peer offers no key-exchange group accepted here (RFC 9325 4.2.1)",
+    "NO_SHARED_GROUPS": "the peer offers no key-exchange group accepted here (RFC 9325 4.2.1)",
+}
+
+
 def explain_tls_error(exc: BaseException) -> str:
     """One line for a failed handshake, for logs and audit events instead of a traceback."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return (f"peer certificate rejected: {exc.verify_message or exc.reason} "
                 "(is the right CA configured, and does the name match?)")
     if isinstance(exc, ssl.SSLError):
+        hint = _REFUSED_BY_POLICY.get(exc.reason or "")
         reason = (exc.reason or str(exc)).replace("_", " ").lower()
-        return f"TLS handshake failed: {reason}"
+        return f"TLS handshake failed: {reason}" + (f" ({hint})" if hint else "")
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
         return f"connection failed during TLS handshake: {exc.strerror or exc}"
     return f"TLS error: {exc}"

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import ssl
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,19 @@ class _BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client whose TLS handshake fails (a TLS 1.0 client, a scanner's probes, a client
+        certificate of another CA: RFC 9325 3.1, 4.1) or that drops the connection is one warning
+        line naming it and why; socketserver's default printed a traceback for each."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+            return
+        from pacsguard.tls.contexts import explain_tls_error
+
+        host, port = (client_address[0], client_address[1]) if isinstance(client_address, tuple) else ("?", "?")
+        log.warning("witness service: connection from %s:%s closed: %s", host, port, explain_tls_error(exc))
 
 
 class WitnessServer:
