@@ -317,6 +317,9 @@ class Limits(Strict):
     max_pdu_length: int = Field(4 * 1024 * 1024, ge=4096, le=2**32 - 1, description="largest PDU accepted, bytes")
     artim_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for A-ASSOCIATE-RQ / release")
     idle_timeout: float = Field(300.0, gt=0, le=86_400, description="seconds without traffic before abort")
+    response_timeout: float = Field(
+        3600.0, gt=0, le=86_400, description="seconds without traffic before abort while a request of the client "
+        "waits for the PACS's final response (idle_timeout does not apply then)")
     requests_per_minute: int | None = Field(None, ge=1, description="DIMSE requests per source per minute")
     refusals_recorded_per_minute: int = Field(
         10, ge=0, le=100_000, description="associations refused from one host by one rule recorded one by one "

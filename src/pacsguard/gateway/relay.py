@@ -229,9 +229,11 @@ class AssociationRelay:
             if slow <= 0.5:
                 self.abort(overdue, kind="timeout")  # a PDU trickling in: idleness never comes
                 return
-            left, idle = idle_left(self.last_activity, limits.idle_timeout)
+            left, idle = self._silence_left()
             if left > 0.5:
-                self.timer.arm(min(left, slow), why)
+                # Looked at again within idle_timeout at most: the request awaited may be answered
+                # meanwhile, and idleness is then measured from that answer.
+                self.timer.arm(min(left, slow, limits.idle_timeout), why)
                 return
             why = idle
         elif self.state in ("connecting", "awaiting-ac"):
@@ -241,6 +243,27 @@ class AssociationRelay:
                                   f"{up.connect_timeout + self.route.limits.artim_timeout:.0f} s")
             return
         self.abort(why, kind="timeout")
+
+    def _silence_left(self) -> tuple[float, str]:
+        """Seconds of silence left, and the reason to give once none are: `limits.response_timeout`
+        while a request of the client waits for the PACS's final response and the PACS waits for
+        nothing from the client (a C-MOVE or C-GET served from nearline storage may send no pending
+        response for minutes: they are optional, PS3.4 C.4.2.1.5, C.4.3.1.4; dcmtk's DIMSE timeout
+        and pynetdicom's dimse_timeout are such a separate limit), else `limits.idle_timeout`."""
+        limits = self.route.limits
+        awaited = None
+        for pending in (self.record.pending.values() if self.record is not None else ()):
+            if not pending.from_requestor:
+                break  # a request of the PACS waits for the client: the client's silence is idleness
+            awaited = awaited or pending  # the oldest, for the reason
+        else:
+            if awaited is not None:
+                silent = time.monotonic() - self.last_activity
+                name = dimse.command_name(awaited.command.command_field).removesuffix("-RQ")
+                return limits.response_timeout - silent, (
+                    f"no final response to {name} (Message ID {awaited.command.message_id}) and no traffic for "
+                    f"{silent:.0f} s (limit: limits.response_timeout {limits.response_timeout:g} s)")
+        return idle_left(self.last_activity, limits.idle_timeout)
 
     def connection_lost(self, from_client: bool, exc: Exception | None) -> None:
         if self.closed:
@@ -931,6 +954,9 @@ class AssociationRelay:
             return None
         record.track(pending)
         if verdict.allowed:
+            # Its final response is due within limits.response_timeout (_silence_left), which may be
+            # shorter than the idle limit the timer is armed for.
+            self.timer.arm_by(self.route.limits.response_timeout, "idle")
             return None
         if not dimse.has_response(ev.command):
             # PS3.7 9.3: only a known request with a Message ID has a response message to refuse it
@@ -969,7 +995,8 @@ class AssociationRelay:
             self.outbox.ticket = ticket
 
     def _client_party(self) -> Party:
-        user = self.cert.get("subject") if self.cert else None
+        # The certificate's subject, else the username the A-ASSOCIATE-RQ claimed (the record has it).
+        user = self.cert.get("subject") if self.cert else self.record.client.user if self.record is not None else None
         return Party(ae_title=self.calling_ae, host=self.host or None, port=self.port or None, user=user)
 
     def _upstream_party(self) -> Party:

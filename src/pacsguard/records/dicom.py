@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -32,10 +32,13 @@ from pacsguard.dicom.dimse import (
     status_category,
 )
 from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
-from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ
+from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ, UserIdentityRQ
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
 
 MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, not listed
+#: PS3.7 Table D.3-14, User-Identity-Type: 1 and 2 name a user, 3-5 carry a token (a credential).
+IDENTITY_TYPES = {1: "username", 2: "username-passcode", 3: "kerberos", 4: "saml", 5: "jwt"}
+MAX_USERNAME = 256  # characters of a claimed username kept in the records (the field may hold 65,535 bytes)
 _RETRIEVES = (C_MOVE_RQ, C_GET_RQ)
 _QUERY_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "Modality")
 
@@ -61,6 +64,7 @@ class Pending:
     patient_ids: dict[str, None] = field(default_factory=dict)
     study_uids: dict[str, None] = field(default_factory=dict)
     sop_instance_uid: str | None = None
+    series_uid: str | None = None
     level: str | None = None
     query: dict[str, str] | None = None
     matches: int = 0
@@ -74,12 +78,21 @@ class Pending:
     unread: str | None = None
     #: attribute -> (responses passed as received because they could not be examined, the first why)
     not_rewritten: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: data sets whose Patient ID / Study Instance UID was left out of a full list (MAX_IDS_PER_EVENT)
+    patients_omitted: int = 0
+    studies_omitted: int = 0
 
     def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
-        if patient_id and len(self.patient_ids) < MAX_IDS_PER_EVENT:
-            self.patient_ids[patient_id] = None
-        if study_uid and len(self.study_uids) < MAX_IDS_PER_EVENT:
-            self.study_uids[study_uid] = None
+        if patient_id and patient_id not in self.patient_ids:
+            if len(self.patient_ids) < MAX_IDS_PER_EVENT:
+                self.patient_ids[patient_id] = None
+            else:
+                self.patients_omitted += 1
+        if study_uid and study_uid not in self.study_uids:
+            if len(self.study_uids) < MAX_IDS_PER_EVENT:
+                self.study_uids[study_uid] = None
+            else:
+                self.studies_omitted += 1
 
     def refuse(self, reason: str, rule: str, status: int | None) -> None:
         self.refused, self.refused_rule, self.refused_status = reason, rule, status
@@ -149,8 +162,29 @@ class AssociationRecord:
         """The A-ASSOCIATE-RQ (PS3.8 9.3.2).  ``expected_by`` ({flow, message_id}) names the C-MOVE
         whose SCP opened this association to its Move Destination (PS3.4 C.4.2.2), when one did."""
         extra: dict[str, Any] = {"expected_by": expected_by} if expected_by is not None else {}
+        identity = rq.user_information.user_identity if rq.user_information is not None else None
+        if isinstance(identity, UserIdentityRQ):
+            self._claimed(identity)
         self.association("requested", message=f"A-ASSOCIATE-RQ {rq.calling_ae_title} -> {rq.called_ae_title}",
                          contexts=len(rq.presentation_contexts), tls=tls, certificate=certificate, **extra)
+
+    def _claimed(self, identity: UserIdentityRQ) -> None:
+        """The user the requestor claimed in User Identity Negotiation (PS3.7 D.3.3.7.1), on every
+        later Event of the association (`details.user_identity`): the type, and for types 1 and 2
+        the username (UTF-8), which names the actor's user unless a client certificate already
+        does (a verified name is not replaced by a claimed one). Never the passcode, nor a Kerberos
+        ticket, SAML assertion or JWT (types 3-5): those are credentials. Nothing here verifies
+        the claim."""
+        claim: dict[str, Any] = {"type": IDENTITY_TYPES.get(identity.identity_type, identity.identity_type)}
+        if identity.identity_type in (1, 2):
+            username = identity.primary_field.decode("utf-8", "backslashreplace")
+            if len(username) > MAX_USERNAME:
+                claim["username_bytes"] = len(identity.primary_field)
+                username = username[:MAX_USERNAME]
+            claim["username"] = username
+            if self.client.user is None and username:
+                self.client = replace(self.client, user=username)
+        self._common["user_identity"] = claim
 
     def accepted(self, decoder: AssociationDecoder, refused_by_policy: list[str]) -> None:
         """The A-ASSOCIATE-AC (PS3.8 9.3.3): the abstract syntaxes of the accepted presentation contexts."""
@@ -238,6 +272,7 @@ class AssociationRecord:
                 return
             own.add_identifiers(peek.patient_id, peek.study_instance_uid)
             own.sop_instance_uid = peek.sop_instance_uid or own.sop_instance_uid
+            own.series_uid = peek.series_instance_uid or own.series_uid
             if not own.from_requestor:
                 for retrieve in self._gets_served_by(own.command):
                     retrieve.add_identifiers(peek.patient_id, peek.study_instance_uid)
@@ -246,8 +281,11 @@ class AssociationRecord:
         answered = self.pending.get((not ev.from_requestor, ev.message_id or 0))
         if answered is not None:
             answered.matches += 1
-            if peek.patient_id and len(answered.matched_patients) < MAX_IDS_PER_EVENT:
-                answered.matched_patients[peek.patient_id] = None
+            if peek.patient_id and peek.patient_id not in answered.matched_patients:
+                if len(answered.matched_patients) < MAX_IDS_PER_EVENT:
+                    answered.matched_patients[peek.patient_id] = None
+                else:
+                    answered.patients_omitted += 1
             if peek.study_instance_uid:
                 answered.add_identifiers(None, peek.study_instance_uid)
 
@@ -306,6 +344,8 @@ class AssociationRecord:
             details["status"] = f"0x{status:04X}"
         if pending.sop_instance_uid or cmd.affected_sop_instance_uid:
             details["sop_instance"] = pending.sop_instance_uid or cmd.affected_sop_instance_uid
+        if pending.series_uid:
+            details["series_uid"] = pending.series_uid  # a stored object's series (PS3.3 C.7.3.1)
         if pending.dataset_bytes:
             details["bytes"] = pending.dataset_bytes
         if pending.level:
@@ -316,6 +356,10 @@ class AssociationRecord:
             details["responses"] = pending.matches
         if cmd.move_destination:
             details["move_destination"] = cmd.move_destination
+        if cmd.move_originator_ae is not None or cmd.move_originator_message_id is not None:
+            # A C-MOVE's sub-operation (PS3.7 9.1.1.1): links the object to the C-MOVE that asked for it.
+            details["move_originator"] = {"ae_title": cmd.move_originator_ae,
+                                          "message_id": cmd.move_originator_message_id}
         completed = 0
         if response is not None and name in ("C-MOVE", "C-GET"):
             completed = response.completed_suboperations or 0
@@ -334,6 +378,12 @@ class AssociationRecord:
         patients.update(pending.matched_patients)
         if completed and pending.query is not None and single_value(pending.query.get("PatientID")):
             patients[pending.query["PatientID"].strip()] = None  # the retrieve disclosed that patient's objects
+        # A list cut at MAX_IDS_PER_EVENT says so: the data sets whose identifier it left out.
+        patients_omitted = pending.patients_omitted + max(0, len(patients) - MAX_IDS_PER_EVENT)
+        if patients_omitted:
+            details["patients_omitted"] = patients_omitted
+        if pending.studies_omitted:
+            details["studies_omitted"] = pending.studies_omitted
         outcome = outcome_of_status(status) if not aborted else Outcome.SERIOUS_FAILURE
         refused = pending.refused is not None
         sop_count = completed if name in ("C-MOVE", "C-GET") else int(name == "C-STORE" and outcome == Outcome.SUCCESS)

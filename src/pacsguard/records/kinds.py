@@ -9,7 +9,11 @@ from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STATUS, STR
 
 _INT = nullable(INTEGER)
 _WHERE: dict[str, dict[str, Any]] = {
-    "route": nullable(STRING), "flow": STRING, "sensor": nullable(STRING), "called_ae": nullable(STRING)}
+    "route": nullable(STRING), "flow": STRING, "sensor": nullable(STRING), "called_ae": nullable(STRING),
+    # User Identity Negotiation (PS3.7 D.3.3.7.1): the type and, for types 1-2, the claimed username
+    "user_identity": {"type": "object", "properties": {"type": {"anyOf": [STRING, INTEGER]}, "username": STRING,
+                                                       "username_bytes": INTEGER},
+                      "required": ["type"], "additionalProperties": False}}
 _TOTALS: dict[str, dict[str, Any]] = {
     "bytes_from_client": INTEGER, "bytes_from_upstream": INTEGER, "duration_ms": NUMBER,
     "pdus_from_client": INTEGER, "pdus_from_upstream": INTEGER,
@@ -38,9 +42,15 @@ KINDS = (
               required=("route", "by")),
     EventKind("dicom.dimse.*", "one DIMSE request (PS3.7) at its final response, refusal or end",
               {**_WHERE, "message_id": _INT, "sop_class": nullable(STRING), "duration_ms": NUMBER, "status": STATUS,
-               "sop_instance": STRING, "bytes": INTEGER, "level": STRING,
+               "sop_instance": STRING, "series_uid": STRING, "bytes": INTEGER, "level": STRING,
                "query": {"type": "object", "additionalProperties": STRING}, "responses": INTEGER,
                "move_destination": STRING,
+               # a C-MOVE sub-operation's Move Originator AE Title and Message ID (PS3.7 9.1.1.1)
+               "move_originator": {"type": "object", "properties": {"ae_title": nullable(STRING),
+                                                                    "message_id": _INT},
+                                   "additionalProperties": False},
+               # identifiers left out of patient_ids / study_uids once they hold 1,000
+               "patients_omitted": INTEGER, "studies_omitted": INTEGER,
                "suboperations": {"type": "object", "additionalProperties": _INT},
                "decision": {"enum": ["refused", "aborted"]}, "rule": nullable(STRING),
                # attributes the gateway replaced in the responses, and in how many (e.g. RetrieveAETitle)
