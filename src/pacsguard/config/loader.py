@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pacsguard.config.schema import PacsguardConfig
-from pacsguard.yaml_shape import TOO_DEEP, shape_problem
+from pacsguard.yaml_shape import INT_TAG, TOO_DEEP, construct_int, shape_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +49,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(INT_TAG, construct_int)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from pacsguard.events import Severity
-from pacsguard.yaml_shape import TOO_DEEP, shape_problem
+from pacsguard.yaml_shape import INT_TAG, TOO_DEEP, construct_int, shape_problem
 
 from .observation import FieldType, KindSpec
 from .protocols import KINDS
@@ -266,19 +266,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
-    # Python refuses to convert an integer of more than 4,300 digits (CVE-2020-10735): a YAML
-    # error with its place, like any other bad value, not an exception from deep inside PyYAML.
-    try:
-        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
-    except ValueError:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"an integer of {len(node.value):,} characters is too long", node.start_mark) from None
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor(INT_TAG, construct_int)
 
 
 def _yaml_problem(file: str, exc: yaml.YAMLError) -> RuleProblem:
