@@ -83,9 +83,16 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
         running.stop()
 
 
-def _send_first(port: int, first: bytes) -> int:
-    """Connect to the route, send *first*, read until the gateway closes; the client's port."""
-    with socket.create_connection((HOST, port), timeout=10) as s:
+def _source(route: str, name: str) -> str:
+    """A client address of its own per case: dicom-non-dicom-bytes writes one alert per client
+    host in 10 minutes (its limit, docs/ids.md), and each case here asks for its alert."""
+    return f"127.0.71.{10 + 2 * sorted([*FIRST, 'one-by-one']).index(name) + ('rl', 'sf').index(route)}"
+
+
+def _send_first(port: int, first: bytes, source: str) -> int:
+    """Connect from *source* to the route, send *first*, read until the gateway closes; the
+    client's port."""
+    with socket.create_connection((HOST, port), timeout=10, source_address=(source, 0)) as s:
         client_port = s.getsockname()[1]
         s.sendall(first)
         deadline = time.monotonic() + 10
@@ -104,8 +111,8 @@ def _guess(alert: Event) -> str | None:
     return observation.get("protocol_guess")
 
 
-def _inline(gw: RunningGateway, route: str, first: bytes) -> tuple[list[str], list[Event]]:
-    port = _send_first(gw.port(route), first)
+def _inline(gw: RunningGateway, route: str, first: bytes, source: str) -> tuple[list[str], list[Event]]:
+    port = _send_first(gw.port(route), first, source)
     mine = (lambda e: e.actor is not None and e.actor.port == port)  # noqa: E731
     gw.wait_for("dicom.protocol.violation", where=mine)
     alerts = [e for e in gw.events() if e.kind.startswith("ids.alert.") and mine(e)]
@@ -119,7 +126,7 @@ def test_a_first_pdu_other_than_an_rq_gets_the_passive_sensors_alert_inline(gw: 
     first = FIRST[name]
     passive_kinds, passive_events = passive(first)
     assert passive_kinds == [EXPECTED[name]]
-    inline_kinds, alerts = _inline(gw, route, first)
+    inline_kinds, alerts = _inline(gw, route, first, _source(route, name))
     assert inline_kinds == passive_kinds, gw.log.read_text()[-3000:]
     if EXPECTED[name].endswith("non-dicom-bytes"):
         (alert,) = alerts
@@ -132,7 +139,8 @@ def test_rdp_bytes_arriving_one_by_one_are_told_apart_too(gw: RunningGateway, ro
     """The TPKT header in pieces (03, then 00 00, then the rest): the gateway waits for the four
     bytes that tell RDP from an A-ASSOCIATE-RJ, then alerts as the passive sensor does."""
     rdp = FIRST["rdp"]
-    with socket.create_connection((HOST, gw.port(route)), timeout=10) as s:
+    with socket.create_connection((HOST, gw.port(route)), timeout=10,
+                                  source_address=(_source(route, "one-by-one"), 0)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         port = s.getsockname()[1]
         for piece in (rdp[:1], rdp[1:3], rdp[3:]):
@@ -151,7 +159,7 @@ def test_an_a_abort_first_is_no_alert_either_way(gw: RunningGateway) -> None:
     abort = bytes([7, 0, 0, 0, 0, 4, 0, 0, 0, 0])
     assert passive(abort)[0] == []
     for route in ("rl", "sf"):
-        assert _inline(gw, route, abort)[0] == [], route
+        assert _inline(gw, route, abort, HOST)[0] == [], route
 
 
 def test_spool_retry_on_a_read_only_spool_names_the_route(tmp_path: Path) -> None:
@@ -174,3 +182,20 @@ def test_spool_retry_on_a_read_only_spool_names_the_route(tmp_path: Path) -> Non
     assert "route sf: retry not requested" in said and str(spool) in said, said
     assert "Read-only file system" in said and "writable" in said, said
     assert not list(spool.glob("retry*")), list(spool.iterdir())
+
+
+def test_a_service_scan_gives_one_alert_per_host_and_every_connection_its_record(gw: RunningGateway) -> None:
+    """nmap -sV sends dozens of probes (HTTP, RDP, SSL banners, ...) to one port: one alert per
+    scanning host in 10 minutes (dicom-non-dicom-bytes' limit; the rest are counted in its
+    aggregate), while every connection is still refused and recorded as a violation (outside
+    round 9: one `nmap -sV` wrote 79 alerts). The limit never changes enforcement (docs/ids.md)."""
+    source = "127.0.71.40"
+    probes = [b"GET / HTTP/1.0\r\n\r\n", b"OPTIONS / RTSP/1.0\r\n\r\n", FIRST["rdp"], b"\r\n\r\n" + bytes(8),
+              b"HELP\r\n", b"SSH-2.0-OpenSSH_9.2\r\n"] * 2
+    ports = {_send_first(gw.port("rl"), probe, source) for probe in probes}
+    mine = (lambda e: e.actor is not None and e.actor.port in ports)  # noqa: E731
+    violations = gw.wait_for("dicom.protocol.violation", count=len(probes), where=mine)
+    assert len(violations) == len(probes)
+    alerts = [e for e in gw.events() if e.kind == "ids.alert.dicom-non-dicom-bytes" and mine(e)]
+    assert len(alerts) == 1, [a.details for a in alerts]
+    assert alerts[0].details["limit"]["within_seconds"] == 600
