@@ -29,7 +29,7 @@ from pacsguard.deid.actions import Effect
 from pacsguard.deid.dictionary import NEWER_VRS, known_vr
 from pacsguard.deid.encode import stored_elements
 from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
-from pacsguard.deid.pseudonym import Pseudonyms, shift_da, shift_dt
+from pacsguard.deid.pseudonym import Pseudonyms, patient_key, shift_da, shift_dt
 from pacsguard.deid.rules import Decision, decide
 from pacsguard.deid.values import clean_text, dummy, empty, identifiers_of, is_text
 from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
@@ -191,14 +191,18 @@ class Engine:
         people: set[str] = set()
         if self._cleans_text:
             _people_named(ds, people)
-        self._walk(ds, self._patient_context(original_id, original_name, frozenset(people)), "", report)
+        # Without a Patient ID the offset and name key come from a substitute (patient_key).
+        key = patient_key(original_id, original_name, str(ds.get("PatientBirthDate", "") or ""),
+                          str(ds.get("StudyInstanceUID", "") or ds.get("SOPInstanceUID", "") or ""))
+        self._walk(ds, self._patient_context(original_id, original_name, frozenset(people), key), "", report)
         _document_length(ds)
 
-    def _patient_context(self, patient_id: str, name: str, known: frozenset[str]) -> _Context:
+    def _patient_context(self, patient_id: str, name: str, known: frozenset[str], key: str = "") -> _Context:
         """The pseudonym key and date offset of one patient, keyed by the original Patient ID (the
-        offset of E.3.6 kept per patient), and the identifiers free text is cleaned of: this
-        patient's and those ``known`` from the enclosing patient."""
-        return _Context(shift=self.pseudonyms.day_shift(patient_id), patient_id=patient_id,
+        offset of E.3.6 kept per patient) or ``key`` when given, and the identifiers free text is
+        cleaned of: this patient's and those ``known`` from the enclosing patient."""
+        key = key or patient_id
+        return _Context(shift=self.pseudonyms.day_shift(key), patient_id=patient_id, key=key,
                         identifiers=known | identifiers_of(patient_id, name))
 
     def _item_context(self, item: Dataset, ctx: _Context) -> _Context:
@@ -426,7 +430,7 @@ class Engine:
             return True
         if tag == PATIENT_NAME:
             # Keyed under the patient whose item holds it (see _item_context).
-            elem.value = self.pseudonyms.patient_name(ctx.patient_id, str(elem.value or ""))
+            elem.value = self.pseudonyms.patient_name(ctx.key, str(elem.value or ""))
             return True
         if effect is Effect.CLEAN:
             elem.value = self._clean(elem, ctx)
@@ -459,6 +463,9 @@ class _Context:
     shift: timedelta
     patient_id: str
     identifiers: frozenset[str]
+    #: What the name pseudonym and ``shift`` are keyed by: ``patient_id``, or a substitute for an
+    #: object without one (pseudonym.patient_key).
+    key: str = ""
 
 
 #: VRs whose C is clean_text (E.3.5 descriptors and comments).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pacsguard.deid.pseudonym import Pseudonyms, shift_da
+from pacsguard.deid.pseudonym import Pseudonyms, patient_key, shift_da
 from pacsguard.deid.values import clean_text, identifiers_of
 
 # What happens to a field (HL7 v2.5.1 field numbers, 1-based). A field a segment's table does not
@@ -154,10 +154,15 @@ class Separators:
 
 
 def _separators(message: str) -> Separators:
-    if not message.startswith("MSH") or len(message) < 8:
-        raise ValueError("an HL7 v2 message starts with an MSH segment")
-    field = message[3]
-    chars = message[4:].split(field, 1)[0]
+    """MSH-1 and MSH-2, each fault named: a message that does not start with MSH says what it
+    starts with; one that ends, or whose segment ends, before its separators says that."""
+    if not message.startswith("MSH"):
+        raise ValueError(f"an HL7 v2 message starts with an MSH segment; this one starts with {message[:8]!r}")
+    field = message[3:4]
+    if not field or field in "\r\n" or field.isalnum():
+        raise ValueError(f"MSH-1 (the field separator) is missing: the message starts {message[:8]!r}")
+    # MSH-2 ends at the next field separator, or where the segment ends (CR, HL7 v2.5.1 2.5.1).
+    chars = re.split(f"[{re.escape(field)}\r\n]", message[4:], maxsplit=1)[0]
     if len(chars) < 2:
         raise ValueError("MSH-2 (encoding characters) names fewer than the component and repetition separators")
     msh = message.split("\r", 1)[0].split("\n", 1)[0].split(field)
@@ -187,16 +192,26 @@ class _Context:
     keep_dates: bool
     shift: timedelta
     known: frozenset[str] = frozenset()
+    #: MSH-10: what a patient without PID-3 and without a name and birth date is keyed by.
+    control_id: str = ""
+    #: What the name pseudonym and ``shift`` are keyed by (pseudonym.patient_key).
+    key: str = ""
 
 
 def deidentify_message(message: str, pseudonyms: Pseudonyms, *, keep_dates_shifted: bool = False) -> str:
     """The message de-identified segment by segment (SEGMENTS), free text cleaned of every name
     and ID the message holds. Dates are shifted by the patient's keyed offset when
     ``keep_dates_shifted`` (Retain Longitudinal Modified Dates), emptied otherwise."""
+    # A byte order mark is no part of HL7 (v2.5.1 2.5.1: the message starts with MSH); an editor
+    # saving a message as UTF-8 writes one, and the message was refused as not starting with MSH.
+    message = message.removeprefix("\ufeff")
     sep = _separators(message)
     segments = [s.split(sep.field) for s in message.replace("\n", "\r").split("\r") if s]
     first_pid = next((fields for fields in segments if fields[0] == "PID"), ["PID"])
-    ctx = _Context(sep, pseudonyms, "", "", "", keep_dates_shifted, timedelta(0), _identifiers(segments, sep))
+    msh = next((fields for fields in segments if fields[0] == "MSH"), [])
+    control_id = decode(msh[9], sep) if len(msh) > 9 else ""  # MSH-10 (fields[i] is MSH-(i+1))
+    ctx = _Context(sep, pseudonyms, "", "", "", keep_dates_shifted, timedelta(0), _identifiers(segments, sep),
+                   control_id)
     _enter_patient(first_pid, ctx)
     out = []
     for fields in segments:
@@ -205,31 +220,53 @@ def deidentify_message(message: str, pseudonyms: Pseudonyms, *, keep_dates_shift
         if fields[0] == "PID":
             _enter_patient(fields, ctx)
         elif fields[0] == "MRG":
-            ctx.prior_id = _first(fields, 1, sep)
+            ctx.prior_id = _record_number(fields[1] if len(fields) > 1 else "", sep)
         out.append(_msh(fields, ctx) if fields[0] == "MSH" else _segment(fields, ctx))
     return "\r".join(sep.field.join(fields) for fields in out) + "\r"
 
 
 def _enter_patient(pid: list[str], ctx: _Context) -> None:
-    """PID-3's first ID and PID-5's first name, escapes decoded (what DICOM's Patient ID and
+    """PID-3's record number and PID-5's legal name, escapes decoded (what DICOM's Patient ID and
     Patient's Name hold for the same patient), and that patient's date offset."""
-    ctx.patient_id = _first(pid, 3, ctx.sep)
+    ctx.patient_id = _record_number(pid[3] if len(pid) > 3 else "", ctx.sep)
     ctx.name = _dicom_name(pid[5] if len(pid) > 5 else "", ctx.sep)
-    ctx.shift = ctx.pseudonyms.day_shift(ctx.patient_id)
+    birth = pid[7].split(ctx.sep.component)[0] if len(pid) > 7 else ""
+    ctx.key = patient_key(ctx.patient_id, ctx.name, birth, ctx.control_id)
+    ctx.shift = ctx.pseudonyms.day_shift(ctx.key)
+
+
+#: Identifier types (CX-5, HL7 table 0203) of a person's number outside the hospital record:
+#: social security (and the common SSN), national, jurisdictional health, health card, Medicaid,
+#: Medicare, member, subscriber, pension, military, tax, passport and driving licence numbers,
+#: accounts, bank cards, visits, registries. A modality's Patient ID is the hospital's record.
+_NOT_RECORD = frozenset({"SS", "SSN", "NI", "NH", "JHN", "HC", "MA", "MC", "MB", "SN", "PEN", "MI", "TAX", "PPN",
+                         "DL", "AN", "BA", "BC", "VN", "WC", "WCN", "RR", "BR", "LR", "RRI", "SR", "CZ", "SB"})
+
+
+def _record_number(value: str, sep: Separators) -> str:
+    """The PID-3 repetition DICOM's Patient ID holds: the one typed MR (medical record number,
+    table 0203), else the first with an ID and no type of _NOT_RECORD (national numbers begin
+    NN), else the first with an ID. PID-3 may list an SSN first, or begin with an empty repetition:
+    keyed by that, the name pseudonym and the offset no longer matched the DICOM objects."""
+    reps = [(decode(r[0], sep), r[4].strip().upper() if len(r) > 4 else "") for r in sep.split(value) if r[0]]
+    for wanted in (lambda t: t == "MR", lambda t: t not in _NOT_RECORD and not t.startswith("NN")):
+        found = next((ident for ident, kind in reps if ident and wanted(kind)), None)
+        if found is not None:
+            return found
+    return next((ident for ident, _ in reps if ident), "")
 
 
 def _dicom_name(value: str, sep: Separators) -> str:
-    """An XPN's first repetition as DICOM's PN: family^given^middle^suffix^prefix, the same order."""
+    """The XPN PID-5 names the patient by as DICOM's PN: family^given^middle^suffix^prefix, the
+    same order. The legal name (XPN-7 L), which HL7 v2.5.1 3.4.2.5 puts first, else the first
+    repetition with a name: an empty first repetition says there is no legal name, and the name
+    that follows is the one the patient's DICOM objects carry."""
     if not value:
         return ""
-    return "^".join(decode(c, sep) for c in sep.split(value)[0][:5])
-
-
-def _first(fields: list[str], number: int, sep: Separators) -> str:
-    """The first repetition's first component of a field, decoded; '' when absent."""
-    if len(fields) <= number or not fields[number]:
-        return ""
-    return decode(sep.split(fields[number])[0][0], sep)
+    reps = [rep for rep in sep.split(value) if "".join(rep[:5]).strip()]
+    legal = [rep for rep in reps if len(rep) > 6 and rep[6].strip().upper() == "L"]
+    chosen = (legal or reps or [[""]])[0]
+    return "^".join(decode(c, sep) for c in chosen[:5])
 
 
 def _segment(fields: list[str], ctx: _Context) -> list[str]:
@@ -288,7 +325,7 @@ def _patient_ids(value: str, ctx: _Context) -> str:
 def _patient_name(value: str, ctx: _Context) -> str:
     """XPN family^given^middle^suffix^prefix is DICOM's PN order: the same pseudonym as in DICOM.
     Every other repetition (an alias, a maiden or legal name) goes."""
-    return ctx.pseudonyms.patient_name(ctx.patient_id, ctx.name).replace("^", ctx.sep.component)
+    return ctx.pseudonyms.patient_name(ctx.key, ctx.name).replace("^", ctx.sep.component)
 
 
 def _prior_name(value: str, ctx: _Context) -> str:

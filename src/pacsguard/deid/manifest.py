@@ -38,7 +38,8 @@ def record(result: FileResult, fingerprint: str, edition: str, options: Iterable
 
 
 def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
-    """JSON (a list) when ``path`` ends in .json, CSV otherwise. Readable by its owner only (0600,
+    """JSON (a list) when ``path`` ends in .json, CSV otherwise (cells that would start a formula
+    made text, see _inert). Readable by its owner only (0600,
     also when it replaces an earlier manifest): it links input paths, which often name the
     patient, to the outputs, the link de-identification removed."""
     with _owner_only(path) as fh:
@@ -47,7 +48,22 @@ def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
             return
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({k: _inert(v) for k, v in r.items()} for r in records)
+
+
+#: What makes a spreadsheet (Excel, LibreOffice Calc) read a CSV cell as a formula or start one
+#: (OWASP "CSV Injection"): =, +, -, @, and a tab or carriage return before them.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula gets a leading
+    apostrophe, as OWASP advises. Input paths and reasons carry sender data (a folder named after
+    the patient, a file named ``=HYPERLINK(...)``), and the manifest is opened where the key
+    holder works. The JSON manifest keeps every value exact."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _owner_only(path: Path) -> TextIO:

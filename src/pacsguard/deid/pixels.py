@@ -144,6 +144,13 @@ _JPEG_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
 })
+#: Transfer syntaxes whose frames are JPEG 2000 codestreams (ITU-T T.800 Annex A): JPEG 2000
+#: Lossless and lossy, Part 2 multi-component, and High-Throughput JPEG 2000 (PS3.5 A.4.4, A.4.11).
+_J2K_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+})
 #: Marker segments that hold text and no part of the image: COM (T.81 B.2.4.5, any text an encoder
 #: or a device writes) and APP1 and APP13 (Exif and XMP, IPTC: names, dates, serial numbers). The
 #: other APPn stay: APP0 (JFIF), APP2 (ICC), APP14 (Adobe colour transform) and APP8 (JPEG-LS
@@ -164,14 +171,15 @@ def remove_jpeg_text(ds: Dataset) -> int:
 
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if syntax not in _JPEG_SYNTAXES or "PixelData" not in ds:
+    if syntax not in _JPEG_SYNTAXES | _J2K_SYNTAXES or "PixelData" not in ds:
         return 0
+    strip = _without_text_segments if syntax in _JPEG_SYNTAXES else _without_j2k_comments
     data = ds.PixelData
     frames = list(generate_frames(data, number_of_frames=_int(ds, 0x00280008, 1)))
     removed = 0
     cleaned = []
     for frame in frames:
-        kept, count = _without_text_segments(frame)
+        kept, count = strip(frame)
         cleaned.append(kept)
         removed += count
     if removed:
@@ -216,3 +224,60 @@ def _without_text_segments(frame: bytes) -> tuple[bytes, int]:
         pos = end
     out.append(frame[pos:])
     return b"".join(out), removed
+
+
+#: JPEG 2000 markers (ITU-T T.800 A.2-A.4): Start of Codestream, Start of Tile-part, Start of Data,
+#: End of Codestream, and COM (A.9.2: "unstructured data", any text an encoder or device writes).
+_J2K_SOC, _J2K_SOT, _J2K_SOD, _J2K_EOC, _J2K_COM = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9, 0xFF64
+
+
+def _without_j2k_comments(frame: bytes) -> tuple[bytes, int]:
+    """``frame`` without the text of its COM segments, and how many there were. Every COM goes, not
+    only those that do not name an encoder: a COM plays no part in decoding (T.800 A.9.2), and
+    which text is "only" an encoder name cannot be told safely. Those of the main header (SOC to
+    the first SOT) are removed: no length counts them. Those of a tile-part header are kept with
+    their text overwritten by spaces (Rcom 1, Latin text), as the tile-part's Psot and any TLM
+    marker count their bytes. Unchanged (0) when ``frame`` is not a codestream (a JP2 file, whose
+    boxes DICOM does not allow, PS3.5 A.4.4) or a length runs past its end."""
+    if not frame.startswith(b"\xff\x4f"):
+        return frame, 0
+    out, pos, removed = [frame[:2]], 2, 0
+    while True:  # the main header: marker segments, each with its length (T.800 A.1.3)
+        if pos + 4 > len(frame) or frame[pos] != 0xFF:
+            return frame, 0
+        marker = int.from_bytes(frame[pos:pos + 2], "big")
+        if marker in (_J2K_SOT, _J2K_EOC):
+            break
+        end = pos + 2 + int.from_bytes(frame[pos + 2:pos + 4], "big")
+        if end > len(frame):
+            return frame, 0
+        if marker == _J2K_COM:
+            removed += 1
+        else:
+            out.append(frame[pos:end])
+        pos = end
+    body = bytearray(frame[pos:])
+    at = 0
+    while at + 12 <= len(body) and int.from_bytes(body[at:at + 2], "big") == _J2K_SOT:
+        psot = int.from_bytes(body[at + 6:at + 10], "big")  # 0: the tile-part runs to EOC
+        tile_end = at + psot if psot else len(body)
+        if tile_end > len(body) or psot and psot < 14:
+            return frame, 0
+        pos = at + 2 + int.from_bytes(body[at + 2:at + 4], "big")
+        while pos + 4 <= tile_end:  # the tile-part header, up to SOD
+            marker = int.from_bytes(body[pos:pos + 2], "big")
+            if marker == _J2K_SOD:
+                break
+            end = pos + 2 + int.from_bytes(body[pos + 2:pos + 4], "big")
+            if body[pos] != 0xFF or end > tile_end:
+                return frame, 0
+            if marker == _J2K_COM and end >= pos + 6:
+                body[pos + 4:end] = b"\x00\x01" + b" " * (end - pos - 6)
+                removed += 1
+            pos = end
+        if not psot:
+            break
+        at = tile_end
+    out.append(bytes(body))
+    return b"".join(out), removed
+

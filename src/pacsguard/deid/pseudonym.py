@@ -52,6 +52,22 @@ class Pseudonyms:
         return timedelta(days=MIN_SHIFT_DAYS + n % SHIFT_RANGE_DAYS)
 
 
+def patient_key(patient_id: str, name: str, birth_date: str, fallback: str) -> str:
+    """What a patient's name pseudonym and date offset (E.3.6) are keyed by: the original Patient
+    ID; for an object or message without one, the patient's name with the birth date (both
+    needed: either alone is shared by many patients), so that the patient's objects still share
+    one offset; without those, ``fallback`` (the Study Instance UID in DICOM, the message control
+    ID in HL7), which links nothing beyond it. Keying every ID-less object by the empty ID gave all
+    of them one offset and one name key: one date known in one of them revealed the shift of all.
+    The substitutes start with a NUL, which no Patient ID (LO, PS3.5 6.2) holds."""
+    if patient_id.strip():
+        return patient_id
+    day = birth_date.strip()[:8]
+    if _pn_form(name) and len(day) == 8 and day.isdigit():
+        return f"\0name+birth\0{_pn_form(name)}\0{day}"
+    return f"\0object\0{fallback.strip(chr(0) + ' ')}"
+
+
 def _pn_form(name: str) -> str:
     """A PN value without what PS3.5 6.2 (Table 6.2-1, PN) lets a writer leave out: trailing null
     components and their delimiters, and likewise trailing empty component groups, so that
