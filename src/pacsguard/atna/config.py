@@ -56,6 +56,14 @@ class HttpListener(Address):
 
     @model_validator(mode="after")
     def _authenticated(self) -> HttpListener:
+        # HTTPS needs both halves of the server's identity (RFC 9110 4.2.2); with one of them, or a
+        # ca_file alone, the endpoint would have served plain HTTP with its token in the clear.
+        tls = [name for name in ("cert_file", "key_file", "ca_file") if getattr(self, name) is not None]
+        if tls and (self.cert_file is None or self.key_file is None):
+            missing = " and ".join(name for name in ("cert_file", "key_file") if getattr(self, name) is None)
+            raise ValueError(f"{', '.join(tls)} given without {missing}: HTTPS needs cert_file and key_file "
+                             "(the endpoint would otherwise serve plain HTTP); give both, or neither for "
+                             "plain HTTP")
         if self.token is None and not self.require_client_cert:
             raise ValueError("the HTTP endpoint needs a token or require_client_cert (with cert_file, key_file, "
                              "ca_file)")

@@ -437,8 +437,9 @@ def _around(store: EventStore, at: int, made: int) -> Iterator[StoredEvent]:
 
 
 def _value(text: str, *, reference: bool = False) -> str:
-    """The value to match of a token (``system|code`` gives ``code``: the systems of entity types,
-    roles, outcomes, actions and agents are fixed or not kept, see `CodeToken` for codes) or,
+    """The value to match of a token (``system|code`` gives ``code``: the systems of entity types and
+    roles (kept for a FHIR AuditEvent's, to render), outcomes, actions and agents are not compared,
+    see `CodeToken` for codes) or,
     with ``reference``, of a reference (``Device/ID`` gives ``ID``)."""
     if reference:
         text = text.rsplit("/", 1)[-1]

@@ -43,10 +43,11 @@ app = App(name="audit", no_args_is_help=True,
 
 @app.command("verify")
 def verify(
-    key: Path | None = typer.Option(None, "--key", help="public (or private) checkpoint key; default: the key "
-                                    "that signed the checkpoints, found beside the store (STORE.key.pub, "
-                                    "STORE.key), in the key folder where `gateway run` makes it, or at the "
-                                    "config's store.signing_key"),
+    key: list[Path] = typer.Option([], "--key", help="public (or private) checkpoint key; repeat it for a "
+                                   "store several writers sign with keys of their own (each checkpoint is "
+                                   "checked with the key it names); default: the key that signed the "
+                                   "checkpoints, found beside the store (STORE.key.pub, STORE.key), in the key "
+                                   "folder where `gateway run` makes it, or at the config's store.signing_key"),
     witness: list[str] = typer.Option([], "--witness", help="a witness's copy of the checkpoints: a pacsguard "
                                       "witness URL or a witness file (JSON lines); check, with RFC 9162 "
                                       "consistency proofs, that the store extends each (repeat)"),
@@ -66,6 +67,7 @@ def verify(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pacsguard.cli.common import err_console
+    from pacsguard.store import keys
     from pacsguard.store.verify import verify_store
     from pacsguard.store.witnessed import check_witnessed, exit_code
 
@@ -83,7 +85,11 @@ def verify(
         for source in witness:
             tls = (witness_ca, witness_cert, witness_key)
             held, unreadable = _witnessed(source, stored, public, tls)
-            check_witnessed(report, stored, held, public, source, unreadable)
+            # Each writer's log (key) the witness holds is checked on its own; with none of them,
+            # the first key's check says so.
+            logs = {cp.key_id for cp in held}
+            for n, log_key in enumerate([k for k in public if keys.key_id(k) in logs] or public[:1] or [None]):
+                check_witnessed(report, stored, held, log_key, source, unreadable if n == 0 else ())
     finally:
         es.close()
     if fmt is Format.json:
@@ -94,10 +100,10 @@ def verify(
         raise typer.Exit(exit_code(report.findings) or EXIT_FINDINGS)
 
 
-def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey | None,
+def _witnessed(source: str, stored: list[Checkpoint], public: list[Ed25519PublicKey],
                tls: tuple[Path | None, Path | None, Path | None]) -> tuple[list[Checkpoint], list[Unreadable]]:
     """What the witness ``source`` holds of this store's log(s): a URL is asked for each key that
-    signed the store's checkpoints and the key verify uses; a file is read line by line, and its
+    signed the store's checkpoints and the keys verify uses; a file is read line by line, and its
     lines that hold no checkpoint are returned beside the checkpoints of the others."""
     from pacsguard.store import keys
     from pacsguard.store.witnessed import read_witness_file
@@ -105,7 +111,7 @@ def _witnessed(source: str, stored: list[Checkpoint], public: Ed25519PublicKey |
     from pacsguard.witness.errors import WitnessError
     from pacsguard.witness.held import is_url, read_witness
 
-    logs = [cp.key_id for cp in reversed(stored)] + ([keys.key_id(public)] if public is not None else [])
+    logs = list(dict.fromkeys([cp.key_id for cp in reversed(stored)] + [keys.key_id(k) for k in public]))
     if is_url(source) and not logs:
         raise fail(f"--witness {source}: the store has no checkpoint naming its log; give its key with --key")
     ca, cert, key = tls
@@ -136,19 +142,19 @@ def _key_candidates(loaded: LoadedConfig, store: str | None) -> list[Path]:
     return [p for key in private for p in (keys.public_path(key), key)]
 
 
-def _public_key(es: EventStore, given: Path | None, candidates: list[Path]) -> Ed25519PublicKey | None:
-    """--key if given; else the candidate whose fingerprint signed the checkpoints. None for a store
-    with no checkpoint yet and no key at hand; an error naming the key needed otherwise."""
+def _public_key(es: EventStore, given: list[Path], candidates: list[Path]) -> list[Ed25519PublicKey]:
+    """Every --key given; else the candidate whose fingerprint signed the checkpoints. None ([]) for
+    a store with no checkpoint yet and no key at hand; an error naming the key needed otherwise."""
     from pacsguard.store import keys
 
-    if given is not None:
-        return keys.load_public_key(given, role="--key")
+    if given:
+        return [keys.load_public_key(path, role="--key") for path in given]
     signed_by = list(dict.fromkeys(cp.key_id for cp in reversed(es.checkpoints())))
     picked = keys.pick_public_key(candidates, signed_by)
     if picked is not None:
-        return picked[1]
+        return [picked[1]]
     if not signed_by:
-        return None
+        return []
     looked = ", ".join(str(p) for p in candidates) or "nowhere (no --key, no configuration)"
     raise fail(f"{es.name}: its checkpoints were signed by key {', '.join(signed_by)}; no key found "
                f"(looked at {looked}): give its public key with --key")
@@ -185,7 +191,7 @@ def _checkpoint_line(report: VerifyReport) -> str:
         return "none yet"
     signature = {"valid": "[green]valid[/]", "invalid": "[red]INVALID[/]",
                  "other key": f"[yellow]not checked[/] (signed by key {report.newest_checkpoint_key}, "
-                              f"you gave key {report.key_id})",
+                              f"you gave key{'s' * (len(report.key_ids) > 1)} {', '.join(report.key_ids)})",
                  "unchecked": "[yellow]not checked[/] (no key)"}.get(report.newest_checkpoint_signature or "", "?")
     root = {True: "root matches the stored events", False: "[red]root differs[/] from the stored events",
             None: "[red]events it sealed are missing[/]"}[report.newest_checkpoint_root_ok]
@@ -284,7 +290,7 @@ def patient(
         # 0 events is a signed "nobody accessed the patient": say so where a typo would show.
         nobody = None if report["matched"] else _nobody(es, patient_id, wanted, report, start, end)
         if witness is not None:
-            held, unreadable = _witnessed(witness, es.checkpoints(), None, (None, None, None))
+            held, unreadable = _witnessed(witness, es.checkpoints(), [], (None, None, None))
             _unreadable_warning(unreadable)
             try:
                 report["witness"] = witness_section(es, report, held, witness)

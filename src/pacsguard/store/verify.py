@@ -17,9 +17,10 @@ How each tampering shows (the sealed record of event n is {"event", "prev", "seq
 - tree head: tree_state (size, frontier, last leaf) is not what the stored events give: the writer
   would chain the next event to a wrong predecessor or sign a root of no stored tree;
 - inserted past the head: a sealed event beyond the size the tree head counts;
-- checkpoint: its Ed25519 signature fails with the key it names, it names another key than the one
-  given (each checkpoint records its key's fingerprint), or its root differs from the recomputed tree
-  (events rewritten when the signature verifies, the checkpoint row edited when it does not).
+- checkpoint: its Ed25519 signature fails with the key it names, it names a key none of those given
+  is (each checkpoint records its key's fingerprint; several writers of one PostgreSQL store may
+  each sign with their own, so several keys may be given), or its root differs from the recomputed
+  tree (events rewritten when the signature verifies, the checkpoint row edited when it does not).
 A deleted event's leaf hash is still known from the next event's seal, so the tree, the
 checkpoints and the witnesses are checked past it. A column holding a value of a type pacsguard
 never writes (SQLite keeps whatever is written) is a finding naming the column, not a crash.
@@ -79,7 +80,8 @@ class VerifyReport:
     newest_checkpoint_signature: str | None = None  # valid | invalid | other key | unchecked
     newest_checkpoint_root_ok: bool | None = None  # None: the checkpoint counts more events than remain
     newest_checkpoint_key: str | None = None  # fingerprint of the key that signed it, as recorded
-    key_id: str | None = None  # fingerprint of the key verified with
+    key_id: str | None = None  # fingerprint of the (first) key verified with
+    key_ids: list[str] = field(default_factory=list)  # fingerprints of every key verified with
     findings: list[Finding] = field(default_factory=list)
     #: The leaf hashes of the sealed events in order, and the size the tree head counts: what
     #: witnessed checkpoints are compared with (store/witnessed.py). Not part of the JSON report.
@@ -105,7 +107,7 @@ class VerifyReport:
                 "newest_checkpoint_valid": self.newest_checkpoint_valid,
                 "newest_checkpoint_signature": self.newest_checkpoint_signature,
                 "newest_checkpoint_root_ok": self.newest_checkpoint_root_ok,
-                "newest_checkpoint_key": self.newest_checkpoint_key, "key": self.key_id,
+                "newest_checkpoint_key": self.newest_checkpoint_key, "key": self.key_id, "keys": self.key_ids,
                 **({"witnesses": self.witnesses} if self.witnesses else {}),
                 "findings": [f.to_dict() for f in self.findings]}
 
@@ -126,8 +128,15 @@ class _Row:
     missing: bool = False  # the events row has no sealed record (event_bodies row): leaf is the stored one
 
 
-def verify_store(store: EventStore, public_key: Ed25519PublicKey | None,
+#: The key(s) checkpoints are verified with: none, one, or one per writer of the store.
+PublicKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey] | None
+
+
+def verify_store(store: EventStore, public_key: PublicKeys,
                  progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Verify ``store``; each checkpoint's signature with the key it names among ``public_key``
+    (one key, or one per writer that signs with its own), a checkpoint naming none of them a
+    finding that names its key."""
     report = VerifyReport(store=store.name)
     try:
         with store.engine.connect() as conn:
@@ -644,21 +653,28 @@ def _check_batches(rows: list[_Row], batches: Sequence[Row[Any]], terms: Sequenc
                                 "(searches by it would miss events)"))
 
 
-def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: Ed25519PublicKey | None,
+def _by_id(public_key: PublicKeys) -> dict[str, Ed25519PublicKey]:
+    """The keys given, by fingerprint, in the order given (a key given twice once)."""
+    listed = [] if public_key is None else [public_key] if isinstance(public_key, Ed25519PublicKey) else public_key
+    return {keys.key_id(k): k for k in listed}
+
+
+def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: PublicKeys,
                        report: VerifyReport) -> Frontier:
     """Each checkpoint's Ed25519 signature (RFC 8032) and, separately, its root against the tree
     recomputed from the stored events (RFC 9162 2.1): a forged signature and rewritten events are
     different findings. Returns the tree as far as it was built (the tree head's check goes on)."""
     report.checkpoints = len(cps)
     frontier = Frontier()
-    given = keys.key_id(public_key) if public_key is not None else None
-    report.key_id = given
+    given = _by_id(public_key)
+    report.key_ids = list(given)
+    report.key_id = next(iter(given), None)
     beyond_gap: list[int] = []
     for row in cps:
         cp = _checkpoint_of(row, report.findings)
         if cp is None:
             continue
-        signature = _signature(cp, public_key, given, report.findings)
+        signature = _signature(cp, given, report.findings)
         root_ok: bool | None = None
         if cp.tree_size > len(chain) and report.lost is not None:
             beyond_gap.append(cp.tree_size)
@@ -672,7 +688,7 @@ def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: 
             recomputed = frontier.root()
             root_ok = recomputed == cp.root
             if not root_ok:
-                report.findings.append(_root_differs(cp, recomputed, signature, public_key))
+                report.findings.append(_root_differs(cp, recomputed, signature, given))
         report.newest_checkpoint = cp.tree_size
         report.newest_checkpoint_key = cp.key_id or None
         report.newest_checkpoint_signature = signature
@@ -705,16 +721,17 @@ def _checkpoint_of(row: Row[Any], findings: list[Finding]) -> Checkpoint | None:
     return Checkpoint(size, root, time_us, row.key_id, signature)
 
 
-def _root_differs(cp: Checkpoint, recomputed: bytes, signature: str,
-                  public_key: Ed25519PublicKey | None) -> Finding:
+def _root_differs(cp: Checkpoint, recomputed: bytes, signature: str, given: dict[str, Ed25519PublicKey]) -> Finding:
     """A root that differs from the stored events' tree: the events were rewritten only if the
     signature over that root verifies; when it fails, the checkpoint row is what was edited."""
     at = f"checkpoint at size {cp.tree_size}"
     if signature == "valid":
         return Finding("checkpoint", cp.tree_size, f"{at}: the signed root differs from the tree recomputed from the "
                        "stored events (events before it were rewritten)")
-    if public_key is not None and keys.verify_signature(public_key, cp.signature,
-                                                        checkpoint_message(cp.tree_size, recomputed, cp.time_us)):
+    # The key it names if given, else any given (its fingerprint column may be edited too).
+    tried = [given[cp.key_id]] if cp.key_id in given else list(given.values())
+    if any(keys.verify_signature(k, cp.signature, checkpoint_message(cp.tree_size, recomputed, cp.time_us))
+           for k in tried):
         return Finding("checkpoint", cp.tree_size, f"{at}: its root column was edited: the signature verifies over "
                        "the root recomputed from the stored events, which are as signed")
     if signature == "invalid":
@@ -726,27 +743,40 @@ def _root_differs(cp: Checkpoint, recomputed: bytes, signature: str,
                    "key to tell which)")
 
 
-def _signature(cp: Checkpoint, public_key: Ed25519PublicKey | None, given: str | None,
-               findings: list[Finding]) -> str:
-    """"valid", "invalid" (fails with the key it names), "other key" (it names another key than the one
-    given, so it could not be checked) or "unchecked" (no key given); findings for all but "valid"."""
+def _signature(cp: Checkpoint, given: dict[str, Ed25519PublicKey], findings: list[Finding]) -> str:
+    """"valid", "invalid" (fails with the key it names), "other key" (it names a key none of those
+    given is, so it could not be checked) or "unchecked" (no key given); findings for all but "valid".
+    A signature that verifies with a given key other than the one it names is valid, its edited
+    fingerprint column a finding."""
     at = f"checkpoint at size {cp.tree_size}"
-    if public_key is None:
+    if not given:
         return "unchecked"
-    if keys.verify_signature(public_key, cp.signature, checkpoint_message(cp.tree_size, cp.root, cp.time_us)):
-        if cp.key_id != given:
-            findings.append(Finding("checkpoint", cp.tree_size, f"{at}: its signature verifies with key {given}, but "
-                                    f"its key fingerprint column was changed to {cp.key_id!r}"))
+    message = checkpoint_message(cp.tree_size, cp.root, cp.time_us)
+    named = given.get(cp.key_id)
+    if named is not None and keys.verify_signature(named, cp.signature, message):
         return "valid"
+    if named is None:
+        signer = next((kid for kid, k in given.items() if keys.verify_signature(k, cp.signature, message)), None)
+        if signer is not None:
+            findings.append(Finding("checkpoint", cp.tree_size, f"{at}: its signature verifies with key {signer}, "
+                                    f"but its key fingerprint column was changed to {cp.key_id!r}"))
+            return "valid"
+    keys_given = _keys_given(given)
     if not cp.key_id:
         findings.append(Finding("checkpoint", cp.tree_size, f"{at} records no signing key fingerprint and its "
-                                f"signature does not verify with key {given}: signed by another key, or forged"))
+                                f"signature does not verify with {keys_given}: signed by another key, or forged"))
         return "invalid"
-    if cp.key_id != given:
-        findings.append(Finding("checkpoint", cp.tree_size, f"{at} was signed by key {cp.key_id}; the key given is "
-                                f"{given}: verify with key {cp.key_id}'s public key (if that key is not yours, the "
+    if named is None:
+        findings.append(Finding("checkpoint", cp.tree_size, f"{at} was signed by key {cp.key_id}; the "
+                                f"{'keys given are' if len(given) > 1 else 'key given is'} {', '.join(given)}: "
+                                f"verify with key {cp.key_id}'s public key (if that key is not yours, the "
                                 "checkpoint was signed by someone else)"))
         return "other key"
-    findings.append(Finding("checkpoint", cp.tree_size, f"{at}: signature INVALID with key {given}, the key it names "
-                            "(the checkpoint was forged or altered)"))
+    findings.append(Finding("checkpoint", cp.tree_size, f"{at}: signature INVALID with key {cp.key_id}, the key it "
+                            "names (the checkpoint was forged or altered)"))
     return "invalid"
+
+
+def _keys_given(given: dict[str, Ed25519PublicKey]) -> str:
+    """"key X" or "any of keys X, Y": what a signature was tried with."""
+    return f"key {next(iter(given))}" if len(given) == 1 else f"any of keys {', '.join(given)}"

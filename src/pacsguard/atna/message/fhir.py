@@ -211,21 +211,32 @@ def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[Particip
     what = _object(e, "what")
     type_code = _text(_object(e, "type"), "code")
     role = _text(_object(e, "role"), "code")
+    # Their code systems, kept as sent: BALP's entity types (XrequestId, ...) and FHIR resource
+    # types are no audit-entity-type codes, and ITI-81 gives each back under its own system.
+    systems = (_system(_object(e, "type")), _system(_object(e, "role")))
     reference = _text(what, "reference") or ""
     contained = _contained(resource, reference) if reference.startswith("#") else None
     named = _LITERAL.search(reference)
     if type_code in (None, "1") and role is None and (
             (contained or {}).get("resourceType") == "Patient" or (named is not None and named[1] == "Patient")):
         type_code = role = "1"
+        systems = (systems[0] if systems[0] else None, None)  # told as A.5 tells a patient
     if contained is not None and contained.get("resourceType") == "Patient":
         identifiers = contained.get("identifier", [])
         if not isinstance(identifiers, list):
             raise TypeError(f"contained Patient identifier is a JSON {type(identifiers).__name__}, not an array")
         found = [o for i in identifiers if _text(_as_object(i), "value")
-                 for o in _named(e, {"identifier": i}, type_code, role)]
+                 for o in _named(e, {"identifier": i}, type_code, role, systems)]
         if found:
             return tuple(found)
-    return _named(e, what, type_code, role)
+    return _named(e, what, type_code, role, systems)
+
+
+def _system(coding: Mapping[str, Any]) -> str | None:
+    """A Coding's system as sent, "" for a code without one, None for no code (nothing to keep)."""
+    if _text(coding, "code") is None:
+        return None
+    return _text(coding, "system") or ""
 
 
 def _contained(resource: Mapping[str, Any], reference: str) -> Mapping[str, Any] | None:
@@ -243,8 +254,8 @@ def _as_object(value: Any) -> Mapping[str, Any]:
     raise TypeError(f"a JSON {type(value).__name__} where an object is expected")
 
 
-def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
-           role: str | None) -> tuple[ParticipantObject, ...]:
+def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None, role: str | None,
+           systems: tuple[str | None, str | None] = (None, None)) -> tuple[ParticipantObject, ...]:
     """An entity as its participant object; a patient entity naming the patient both by a literal
     reference and by an identifier (a Reference may carry both, FHIR R4 2.3.0) as two, one per name,
     so that a search by either (``patient=Patient/ID`` or ``system|value``) finds it."""
@@ -267,7 +278,8 @@ def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
             # patient ID, so a search names it as it names any other (patient.PatientId).
             object_id = PatientId.of_system(hl7_escape(system), object_id).key()
     named = ParticipantObject(
-        object_id=object_id, id_type=id_type, type_code=type_code, role=role,
+        object_id=object_id, id_type=id_type, type_code=type_code, role=role, type_system=systems[0],
+        role_system=systems[1],
         life_cycle=_text(_object(e, "lifecycle"), "code"), name=_text(e, "name"), query=_text(e, "query"),
         details=tuple((_text(d, "type") or "", _text(d, "valueBase64Binary") or _text(d, "valueString") or "")
                       for d in e.get("detail", ())))
@@ -275,7 +287,8 @@ def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
     also = reference_id(reference) if patient and value and reference else None
     if also is None or also == object_id:
         return (named,)
-    return named, ParticipantObject(object_id=also, id_type=Code(""), type_code=type_code, role=role)
+    return named, ParticipantObject(object_id=also, id_type=Code(""), type_code=type_code, role=role,
+                                    type_system=systems[0], role_system=systems[1])
 
 
 def render(record: AuditRecord, resource_id: str, time: datetime | None = None) -> dict[str, Any]:
@@ -363,9 +376,9 @@ def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
         ident["type"] = {"coding": [_out_coding(o.id_type)]}
     out: dict[str, Any] = {"what": {"identifier": ident}} if ident else {}
     if type_code := _token(o.type_code):
-        out["type"] = {"system": ENTITY_TYPE, "code": type_code}
+        out["type"] = _entity_coding(o.type_system, ENTITY_TYPE, type_code)
     if role := _token(o.role):
-        out["role"] = {"system": OBJECT_ROLE, "code": role}
+        out["role"] = _entity_coding(o.role_system, OBJECT_ROLE, role)
     if life_cycle := _token(o.life_cycle):
         out["lifecycle"] = {"system": LIFECYCLE, "code": life_cycle}
     if o.name:
@@ -375,6 +388,15 @@ def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
     if details := [_out_detail(t, v, syntax) for t, v in o.details if t and v]:
         out["detail"] = details
     return out
+
+
+def _entity_coding(system: str | None, fixed: str, code: str) -> dict[str, str]:
+    """entity.type or entity.role (FHIR R4 AuditEvent, Coding): under the system the received
+    AuditEvent named (none, if it named none), else under the one A.5's code belongs to
+    (ParticipantObjectTypeCode and its role, PS3.15 A.5.1: audit-entity-type and object-role)."""
+    if system is None:
+        return {"system": fixed, "code": code}
+    return {"system": system, "code": code} if system else {"code": code}
 
 
 def _out_detail(kind: str, value: str, syntax: str) -> dict[str, str]:

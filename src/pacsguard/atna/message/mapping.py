@@ -226,7 +226,8 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
         source_types=tuple(_code(c) for c in source.get("types", ())),
         objects=tuple(ParticipantObject(
             object_id=o.get("id", ""), id_type=_code(o.get("id_type") or {"code": ""}), type_code=o.get("type_code"),
-            role=o.get("role"), life_cycle=o.get("life_cycle"), name=o.get("name"), query=o.get("query"),
+            role=o.get("role"), type_system=o.get("type_system"), role_system=o.get("role_system"),
+            life_cycle=o.get("life_cycle"), name=o.get("name"), query=o.get("query"),
             details=tuple((x.get("type", ""), x.get("value", "")) for x in o.get("details", ())),
             sop_classes=tuple(SopClass(s.get("uid", ""), s.get("instances"), tuple(s.get("instance_uids", ())))
                               for s in o.get("sop_classes", ())),

@@ -70,10 +70,15 @@ class ParticipantObject:
     sop_classes: tuple[SopClass, ...] = ()
     accessions: tuple[str, ...] = ()
     studies: tuple[str, ...] = ()  # ParticipantObjectContainsStudy
+    #: The code systems of type_code and role as a FHIR AuditEvent's entity.type and entity.role
+    #: named them ("" for a Coding without one); None where A.5 fixes them (PS3.15 A.5.1,
+    #: ParticipantObjectTypeCode and its role: audit-entity-type and object-role in FHIR).
+    type_system: str | None = None
+    role_system: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.object_id, "id_type": self.id_type.to_dict()}
-        for name in ("type_code", "role", "life_cycle", "name", "query"):
+        for name in ("type_code", "type_system", "role", "role_system", "life_cycle", "name", "query"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
