@@ -647,7 +647,8 @@ def test_problems_list_bounded() -> None:
     "content, magic_hex",
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "47455420"),
-        (gzip.compress(b"\xd4\xc3\xb2\xa1" + b"\x00" * 100), "1f8b08"),
+        # gzip'd captures are read (docs/ids.md); gzip'd garbage is named by its content's magic
+        (gzip.compress(b"GET / HTTP/1.1\r\n\r\n"), "47455420"),
         (b"\x00\x01", "0001"),
         (b"\x13\x37\xbe\xef" + b"\x00" * 400, "1337beef"),
     ],

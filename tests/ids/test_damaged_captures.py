@@ -41,9 +41,11 @@ def test_a_record_length_damaged_after_3_frames_exits_3(tmp_path) -> None:
     assert r.exit_code == EXIT_INCOMPLETE, r.output
     capture = _summary(r.output)["capture"]
     assert capture["complete"] is False and capture["packets"] == 3
-    assert capture["stopped"] == {"offset": off, "what": capture["stopped"]["what"]}
+    # the 4th frame, as Wireshark numbers it, and its record's offset
+    assert capture["stopped"] == {"offset": off, "what": capture["stopped"]["what"], "frame": 4, "after_frame": -1}
     assert "reading stopped" in capture["stopped"]["what"]
-    assert capture["lost"].startswith(f"3 frames read; reading stopped at offset {off:,} of {len(data):,} bytes")
+    assert capture["lost"].startswith(f"3 frames read; reading stopped at frame 4, offset {off:,} of {len(data):,} "
+                                      "bytes")
     table = _cli("read", str(path))
     assert table.exit_code == EXIT_INCOMPLETE
     assert "read incompletely" in table.output and "3 frames read" in table.output

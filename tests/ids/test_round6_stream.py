@@ -250,8 +250,8 @@ def test_an_urgent_pointer_into_a_later_segment_removes_that_byte() -> None:
 # ------------------------------------------------------------------ 7. receive window
 
 
-def _window_conv(server_win: int, *, ws: int | None = None) -> tuple[Conv, int]:
-    c = Conv()
+def _window_conv(server_win: int, *, ws: int | None = None, vlan: bool = False) -> tuple[Conv, int]:
+    c = Conv(vlan=vlan)  # every frame tagged or none: a VLAN id is part of the connection's key
     syn_opts = b"\x01\x03\x03\x07" if ws is not None else b""  # NOP, window scale 7
     synack_opts = b"\x01\x03\x03" + bytes([ws]) if ws is not None else b""
     c.handshake(syn_opts=syn_opts, synack_opts=synack_opts, server_win=min(server_win, 65535))
@@ -260,8 +260,7 @@ def _window_conv(server_win: int, *, ws: int | None = None) -> tuple[Conv, int]:
 
 @pytest.mark.parametrize("vlan", [False, True])
 def test_data_beyond_the_advertised_window_is_discarded(vlan: bool) -> None:
-    c, s0 = _window_conv(65535)
-    c.vlan = vlan
+    c, s0 = _window_conv(65535, vlan=vlan)
     c.put(False, c.sseq, ACK, ack=s0)  # the PACS's window after the handshake: 65,535, not scaled
     filler = bytes(70_000)
     c.put(True, s0 + len(filler), ACK | PSH, DECOY)  # 70,000 ahead of RCV.NXT: past the window

@@ -241,7 +241,8 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     if cap.evicted:
         rows.append(("connections evicted (max flows)", "", f"{cap.evicted:,}"))
     for p in cap.problems[:20]:
-        rows.append(("capture file problem", f"{p.what}" + (f" (offset {p.offset})" if p.offset >= 0 else ""), "1"))
+        where = p.where()
+        rows.append(("capture file problem", p.what + (f" ({where})" if where else ""), "1"))
     if cap.problem_count > len(cap.problems[:20]):
         rows.append(("capture file problem", "more not shown", f"{cap.problem_count - len(cap.problems[:20]):,}"))
     inactive = getattr(engine, "inactive", {}) or {}
@@ -264,7 +265,7 @@ def _exit_code(stats: PassiveStats) -> int:
     return EXIT_FINDINGS if stats.sensor.alerts else EXIT_OK
 
 
-def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int], None]:
+def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int | None], None]:
     """A rich progress bar on the terminal for the capture being read; imported only when shown."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -275,7 +276,7 @@ def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int], None]:
         TimeRemainingColumn(), console=err_console, transient=True))
     task = progress.add_task(shown(name), total=None)
 
-    def report(done: int, total: int) -> None:
+    def report(done: int, total: int | None) -> None:
         progress.update(task, completed=done, total=total)
 
     return report
@@ -287,7 +288,8 @@ def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int], None]:
 @guarded
 @_ids_errors
 def read_command(
-    capture: Path = typer.Argument(..., help="pcap or pcapng capture file"),
+    capture: Path = typer.Argument(
+        ..., help="pcap or pcapng capture file, gzip'd or not; - or a FIFO: read as a stream (tcpdump -w -)"),
     rules_dir: list[Path] = RULES_DIR_OPTION,
     store: str | None = STORE_OPTION,
     jsonl: Path | None = JSONL_OPTION,

@@ -25,6 +25,7 @@ from pacsguard.events import Event
 from pacsguard.ids.capture import (
     DEFAULT_MAX_FLOWS,
     CaptureFile,
+    CaptureProblem,
     CaptureStats,
     TCPReassembler,
     live_capture,
@@ -51,7 +52,7 @@ class PassiveStats:
     capture: CaptureStats
     sensor: SensorStats
     seconds: float  # wall time of the run
-    size: int  # capture file size in bytes (live: frame bytes captured)
+    size: int  # capture bytes read (a whole file's size; gzip'd: decompressed; live: frame bytes captured)
 
     @property
     def mb_per_s(self) -> float:
@@ -84,7 +85,10 @@ class PassiveStats:
         cap = self.capture
         parts = [f"{cap.packets:,} frames read"]
         if cap.stopped is not None:
-            where = f" at offset {cap.stopped.offset:,} of {self.size:,} bytes" if cap.stopped.offset >= 0 else ""
+            where = cap.stopped.where()  # "frame 4, offset 1,234", "after frame 12, offset 2,088"
+            if where:
+                at = " " if where.startswith(("after", "before")) else " at "
+                where = at + where + (f" of {self.size:,} bytes" if cap.stopped.offset >= 0 else "")
             parts.append(f"reading stopped{where}: {cap.stopped.what}")
         skipped = cap.lost_problems - (cap.stopped is not None) - (cap.snap_truncated > 0)
         if skipped:
@@ -125,15 +129,21 @@ class PassiveStats:
                 "timed_out": cap.timed_out,
                 "close_reasons": dict(cap.close_reasons),
                 "problem_count": cap.problem_count,
-                "problems": [{"what": p.what, "offset": p.offset} for p in cap.problems],
+                "problems": [_problem_dict(p) for p in cap.problems],
                 "complete": not self.incomplete,
                 "lost": self.lost(),
-                "stopped": {"what": cap.stopped.what, "offset": cap.stopped.offset} if cap.stopped else None,
+                "stopped": _problem_dict(cap.stopped) if cap.stopped else None,
                 "first_ts_us": cap.first_ts_us,
                 "last_ts_us": cap.last_ts_us,
             },
             "sensor": self.sensor.to_dict(),
         }
+
+
+def _problem_dict(p: CaptureProblem) -> dict[str, Any]:
+    """A capture problem for JSON: ``frame`` is Wireshark's frame number (0: not in a frame, then
+    ``after_frame`` frames precede it; -1: unknown)."""
+    return {"what": p.what, "offset": p.offset, "frame": p.frame, "after_frame": p.after_frame}
 
 
 def _settings_of(engine: Any) -> Any:
@@ -158,12 +168,13 @@ def read(
     max_buffer_per_flow: int = 1 << 20,
     max_buffer_total: int = 64 << 20,
     log_associations: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
     sensor_name: str = "passive",
     adapter: DicomAdapter | None = None,
 ) -> PassiveStats:
-    """Run the rules over the pcap/pcapng file ``path`` (or a capture's bytes); every Event goes
-    to ``publish``.
+    """Run the rules over the pcap/pcapng file ``path`` (``-``: standard input; a pipe, a FIFO or a
+    gzip'd capture is streamed in bounded memory, :class:`~pacsguard.ids.capture.CaptureFile`), or
+    a capture's bytes; every Event goes to ``publish``.
 
     ``dicom_ports`` defaults to ``engine.settings.dicom_ports``; it also tells the capture layer
     which side is the server of a connection whose handshake is not in the file.
@@ -171,7 +182,8 @@ def read(
     capture layer's bounds (:func:`~pacsguard.ids.capture.read_capture`); a hole in a stream is
     reported (and the sensor resynchronises) once that much data waits behind it, or at close.
     ``progress(done_bytes, total_bytes)`` is called every :data:`PROGRESS_FRAMES` frames and at
-    the end.  ``adapter`` replaces the sensor's ``DicomAdapter(engine)`` (a test double).
+    the end (of the compressed file for a gzip'd one; total ``None`` for a pipe or FIFO).
+    ``adapter`` replaces the sensor's ``DicomAdapter(engine)`` (a test double).
     Raises :class:`~pacsguard.ids.capture.CaptureError` if ``path`` is not a capture.
     """
     ports = _ports(engine, dicom_ports)
@@ -197,20 +209,21 @@ def read(
 
     t0 = time.perf_counter()
     with CaptureFile(path, reasm.stats) as cf:
-        name, size = cf.name, cf.size
         step = PROGRESS_FRAMES if progress is not None else -1
         while not cf.done:
             n = cf.run(handler_for, step, reasm.tick)
             if progress is not None:
-                progress(min(cf.off, size), size)
+                progress(*cf.progress())
             if n == 0 and not cf.done:
                 break  # nothing consumed: never spin
         reasm.tick(cf.last_ts)
         reasm.finish()
         sensor.flush()
+        name, size = cf.name, cf.size  # at the end: a stream's size is known only now
+        done, total = cf.progress()
     seconds = time.perf_counter() - t0
     if progress is not None:
-        progress(size, size)
+        progress(total or done, total or done)
     return PassiveStats(name, reasm.stats, sensor.stats, seconds, size)
 
 

@@ -9,7 +9,9 @@ Formats:
 * Link types (tcpdump.org "Link-layer header types", draft-ietf-opsawg-pcaplinktype):
   NULL (0) and LOOP (108): 4-byte BSD address family, host byte order for NULL (either order is
   accepted) and network order for LOOP, AF_INET = 2 and AF_INET6 = 24, 28 or 30;
-  EN10MB (1): Ethernet II, IEEE 802.1Q / 802.1ad VLAN tags (TPID 0x8100, 0x88a8, 0x9100) skipped;
+  EN10MB (1): Ethernet II, IEEE 802.1Q / 802.1ad VLAN tags (TPID 0x8100, 0x88a8, 0x9100) skipped,
+  the outer and inner VLAN id appended to the flow key (the same addresses on two VLANs are two
+  hosts);
   RAW (101, and IPV4 228 / IPV6 229): the frame starts with the IP header;
   LINUX_SLL (113): 16-byte cooked header, protocol type at offset 14;
   LINUX_SLL2 (276): 20-byte cooked header, protocol type at offset 0.
@@ -163,6 +165,7 @@ def decode_tcp(
     """
     end = off + caplen
     count = stats.count_non_tcp
+    vlan = b""
     # ---- link layer -> (ethertype, network-layer offset)
     if linktype == LINKTYPE_ETHERNET:
         if caplen < 14:
@@ -174,6 +177,10 @@ def decode_tcp(
             if p + 4 > end:
                 count("truncated-link-header")
                 return None
+            if len(vlan) < 4:
+                # The outer and inner VLAN id (IEEE 802.1Q 9.6: the TCI's low 12 bits) are part of
+                # the connection's identity: VLANs may reuse addresses (Zeek's vlan/inner_vlan).
+                vlan += (_U16(buf, p)[0] & 0x0FFF).to_bytes(2, "big")
             et = _U16(buf, p + 2)[0]
             p += 4
         if et < 0x0600:
@@ -239,7 +246,7 @@ def decode_tcp(
                     key = _fragment_key(buf, p + 12, p + 20, p + ihl, not frag & 0x1FFF, end)
                     _length_lie(buf, key, p, totlen, end - p, stats, defrag, ts)
                 else:
-                    defrag.add_v4(buf, p, ihl, totlen, end, frag, ts)
+                    defrag.add_v4(buf, p, ihl, totlen, end, frag, ts, vlan)
             return None
         if proto != 6:
             count(_proto_name(4, proto))
@@ -296,7 +303,7 @@ def decode_tcp(
                         key = _fragment_key(buf, p + 8, p + 40, tcp + 8, first, end)
                         _length_lie(buf, key, p, ip_end - p, end - p, stats, defrag, ts)
                     else:
-                        defrag.add_v6(buf, p, tcp, ip_end, end, ts)
+                        defrag.add_v6(buf, p, tcp, ip_end, end, ts, vlan)
                 return None
             else:
                 break
@@ -318,6 +325,8 @@ def decode_tcp(
         count(_ETHERTYPE_NAMES.get(et, f"ethertype-0x{et:04x}"))
         return None
 
+    if vlan:
+        key += vlan
     # ---- transport layer
     if tcp + 20 > end or tcp + 20 > ip_end:
         count("truncated-tcp")
@@ -337,7 +346,7 @@ def decode_tcp(
             return None
         missing = ip_end - end
         ip_end = end
-        note_truncated(stats, missing, off)
+        note_truncated(stats, missing)
     return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing, tcp
 
 

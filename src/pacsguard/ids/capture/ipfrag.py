@@ -135,14 +135,16 @@ class IPDefragmenter:
         self.max_bytes = max_bytes
         self.pending: dict[bytes, _Datagram] = {}  # key -> datagram, oldest first
         self.nbytes = 0
-        #: completed datagrams, rebuilt as unfragmented IP packets, for the reader to decode
-        self.ready: list[bytes] = []
+        #: completed datagrams, rebuilt as unfragmented IP packets, for the reader to decode, each
+        #: with the VLAN ids of its fragments (they join the connection key)
+        self.ready: list[tuple[bytes, bytes]] = []
 
     # ------------------------------------------------------------------ fragments in
 
     def add_v4(self, buf: bytes | mmap.mmap | memoryview, p: int, ihl: int, totlen: int, end: int, frag: int,
-               ts: int) -> None:
-        """The IPv4 fragment whose header is at ``buf[p:]`` (captured up to ``end``); RFC 791 3.2."""
+               ts: int, vlan: bytes = b"") -> None:
+        """The IPv4 fragment whose header is at ``buf[p:]`` (captured up to ``end``); RFC 791 3.2.
+        ``vlan``: the frame's VLAN ids (:mod:`.decode`), part of the datagram's identity."""
         if p + totlen > end:
             self._truncated(p + totlen - end)
             return
@@ -151,10 +153,11 @@ class IPDefragmenter:
         data = bytes(buf[p + ihl : p + totlen])
         if more:
             data = data[: len(data) & ~7]  # Linux: a non-last fragment's end is rounded down to 8
-        key = bytes(buf[p + 12 : p + 20]) + bytes(buf[p + 4 : p + 6])  # src, dst, identification
+        key = bytes(buf[p + 12 : p + 20]) + bytes(buf[p + 4 : p + 6]) + vlan  # src, dst, identification
         self._add(key, 4, off, data, more, -1, ts)
 
-    def add_v6(self, buf: bytes | mmap.mmap | memoryview, p: int, fh: int, ip_end: int, end: int, ts: int) -> None:
+    def add_v6(self, buf: bytes | mmap.mmap | memoryview, p: int, fh: int, ip_end: int, end: int, ts: int,
+               vlan: bytes = b"") -> None:
         """The IPv6 fragment whose Fragment header is at ``buf[fh:]`` (RFC 8200 4.5)."""
         if fh + 8 > ip_end:
             self._drop()
@@ -170,7 +173,7 @@ class IPDefragmenter:
         if more and len(data) & 7:
             self._drop()  # RFC 8200 4.5: not a multiple of 8 octets, discarded
             return
-        key = bytes(buf[p + 8 : p + 40]) + bytes(buf[fh + 4 : fh + 8])  # src, dst, identification
+        key = bytes(buf[p + 8 : p + 40]) + bytes(buf[fh + 4 : fh + 8]) + vlan  # src, dst, identification
         if not off and not more:
             # an atomic fragment: processed on its own, whatever waits under its id (RFC 6946)
             atomic = _Datagram(ts)
@@ -245,7 +248,7 @@ class IPDefragmenter:
             payload = payload[start:]
             hdr = _V6(0x60000000, len(payload), 6, 64) + key[0:32]
         self.stats.ip_reassembled += 1
-        self.ready.append(hdr + payload)
+        self.ready.append((hdr + payload, key[10:] if ver == 4 else key[36:]))
 
     # ------------------------------------------------------------------ losses
 
@@ -253,7 +256,7 @@ class IPDefragmenter:
         """A fragment the capture cut short: what it lacks is lost to the capture (snap length)."""
         st = self.stats
         st.ip_fragments_dropped += 1
-        note_truncated(st, missing, -1)
+        note_truncated(st, missing)
 
     def _drop(self) -> None:
         self.stats.ip_fragments_dropped += 1
@@ -289,7 +292,7 @@ class IPDefragmenter:
         from .reassembly import StreamAnomaly
 
         fam, n = (socket.AF_INET, 4) if ver == 4 else (socket.AF_INET6, 16)
-        ident = int.from_bytes(key[2 * n :], "big")
+        ident = int.from_bytes(key[2 * n : 2 * n + (2 if ver == 4 else 4)], "big")  # VLAN ids follow
         src, dst = socket.inet_ntop(fam, key[0:n]), socket.inet_ntop(fam, key[n : 2 * n])
         self.report(StreamAnomaly(what, ts, src, 0, dst, 0, offset, length, f"IPv{ver} id {ident:#x}: {detail}"))
 
@@ -312,12 +315,17 @@ def _upper_layer(nh: int, payload: bytes) -> tuple[int, int]:
     return nh, pos
 
 
-def note_truncated(stats: CaptureStats, missing: int, offset: int) -> None:
+def note_truncated(stats: CaptureStats, missing: int) -> None:
     """A frame the capture cut short (snap length): counted, and the first one recorded as a
-    problem that makes the run incomplete (the file does not hold what was on the wire)."""
+    problem that makes the run incomplete (the file does not hold what was on the wire); where it
+    is comes from ``stats.cut_frame``, which the reader set for this frame."""
     if not stats.snap_truncated:
-        where = f" (the first at file offset {offset:,})" if offset >= 0 else ""
+        from .reassembly import CaptureProblem  # here: reassembly imports this module
+
+        frame, offset = stats.cut_frame
+        where = CaptureProblem("", offset, frame).where()
         stats.add_problem("frames cut short by the capture's snap length: their TCP payload is missing"
-                          f"{where}; capture with a larger snap length (tcpdump -s 0)", offset)
+                          f"{f' (the first: {where})' if where else ''}; capture with a larger snap length "
+                          "(tcpdump -s 0)", offset, frame=frame)
     stats.snap_truncated += 1
     stats.snap_missing_bytes += missing

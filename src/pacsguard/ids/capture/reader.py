@@ -14,7 +14,10 @@ File formats:
   Packet Block (type 2); every other block is skipped by its total length.  A new section resets
   the interface list.
 
-Speed: the file is ``mmap``-ed and read with precompiled ``struct`` unpackers at fixed offsets.
+Input: a regular file is ``mmap``-ed; standard input, a FIFO and a gzip'd capture (RFC 1952) are
+streamed through a window of about a megabyte, each frame copied out (:class:`CaptureFile`).
+
+Speed: the capture is read with precompiled ``struct`` unpackers at fixed offsets.
 :func:`make_frame_handler` returns a closure that, for Ethernet + IPv4 (no options) + TCP, decodes
 Ethernet, IP and TCP in one ``unpack_from``, finds the direction's stream with one dict lookup of a
 12-byte slice of the packet, and hands an in-order payload to the consumer as a zero-copy
@@ -23,7 +26,8 @@ Ethernet, IP and TCP in one ``unpack_from``, finds the direction's stream with o
 generator).  :func:`iter_frames` exists for other uses and is slower.
 
 Damage: a truncated file, a record or block length that cannot be right, an undefined interface,
-a bad option: each becomes a :class:`~.reassembly.CaptureProblem` (what, file offset) in the stats;
+a bad option: each becomes a :class:`~.reassembly.CaptureProblem` (what, file offset, and the frame
+as Wireshark numbers frames: 1-based, every packet record or block counted) in the stats;
 the reader stops at damage it cannot step over (a record or block length it cannot trust) and skips
 what it can.  It raises :class:`CaptureError` only when the input is not a capture file at all (or
 cannot be opened); the message names the file and the magic seen.
@@ -43,15 +47,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gzip
+import io
 import math
 import mmap
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Callable, Iterator, Protocol
 
@@ -101,8 +109,8 @@ _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _BOM_LE = b"\x4d\x3c\x2b\x1a"
 _BOM_BE = b"\x1a\x2b\x3c\x4d"
+_GZIP_MAGIC = b"\x1f\x8b"
 _KNOWN_OTHER_MAGICS = {
-    b"\x1f\x8b": "gzip-compressed data (decompress it first)",
     b"\x34\xcd\xb2\xa1": "a modified (Kuznetzov) pcap file, not supported",
     b"\xa1\xb2\xcd\x34": "a modified (Kuznetzov) pcap file, not supported",
     b"\x28\xb5\x2f\xfd": "zstd-compressed data (decompress it first)",
@@ -114,6 +122,14 @@ _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than thi
 # (a window of an hour past year 9999), so it is skipped as damage.
 _MAX_TS_US = 221_845_392_000_000_000  # 9000-01-01T00:00:00Z in microseconds since the epoch
 _TICK_US = 1_000_000  # the reassembler's clock is advanced once per second of capture time
+# A pipe, a FIFO or a gzip'd capture is read in windows of this size (more when one record or
+# block is larger), never whole: memory stays bounded however long the capture.
+_STREAM_CHUNK = 1 << 20
+# A gzip'd capture that expands more than this (once past _GZIP_RATIO_AFTER bytes) is a gzip bomb,
+# not traffic: deflate reaches ~1000:1 only on runs of one byte, real captures stay far below.
+_GZIP_MAX_RATIO = 256
+_GZIP_RATIO_AFTER = 64 << 20
+_PACKET_BLOCKS = (6, 3, 2)  # pcapng blocks holding a frame: enhanced, simple, obsolete packet block
 
 
 def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
@@ -240,10 +256,11 @@ def _reassembled(reasm: TCPReassembler, ts: int) -> None:
     ready = reasm.defrag.ready
     stats = reasm.stats
     while ready:
-        dg = ready.pop(0)
+        dg, vlan = ready.pop(0)
         seg = decode_tcp(dg, 0, len(dg), LINKTYPE_RAW, stats)
         if seg is not None:
             key, _ver, seq, ack, flags, start, end, missing, tcp = seg
+            key += vlan
             reasm.segment(reasm.flows.get(key), key, seq, ack, flags, memoryview(dg), start, end, missing, ts, tcp)
 
 
@@ -253,15 +270,45 @@ def _noop_tick(ts: int) -> None:
 
 def _source_name(source: object) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+        return "standard input" if os.fspath(source) == "-" else os.fspath(source)
     return f"<{type(source).__name__} of {len(source)} bytes>"  # type: ignore[arg-type]
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read to recognise the format), then the rest of ``raw``; counts the
+    bytes it hands out (the compressed side of a gzip'd stream)."""
+
+    def __init__(self, head: bytes, raw: io.BufferedIOBase) -> None:
+        self.head = head
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+        else:
+            data = self.raw.read1(len(b))
+            n = len(data)
+            b[:n] = data
+        self.count += n
+        return n
 
 
 class CaptureFile:
     """An opened pcap or pcapng capture, scanned by :meth:`run` in one or more calls.
 
-    ``source`` is a path or the capture's bytes.  Raises :class:`CaptureError` if it is not a
-    capture file.  Use as a context manager or call :meth:`close`.
+    ``source`` is a path (``-``: standard input) or the capture's bytes.  A regular file is
+    ``mmap``-ed; a pipe, a FIFO, a character device and a gzip'd capture (RFC 1952, as Wireshark
+    reads ``.pcap.gz``/``.pcapng.gz``; recognised by its magic, not its name) are streamed: read in
+    windows of about a megabyte, each frame copied out of its window, so memory stays bounded
+    however long the capture (the reassembler keeps a few frames per connection, as in live
+    capture).  Raises :class:`CaptureError` if it is not a capture file.  Use as a context manager
+    or call :meth:`close`.
     """
 
     def __init__(
@@ -270,12 +317,29 @@ class CaptureFile:
         self.name = _source_name(source)
         self.stats = stats if stats is not None else CaptureStats()
         self._mm: mmap.mmap | None = None
+        self._file: io.BufferedIOBase | None = None
+        # streaming: where more bytes come from (None: the whole capture is in buf), the gzip side
+        # (its compressed byte count and size when known), whether the source has ended
+        self._src: io.BufferedIOBase | None = None
+        self._gz: _Prefixed | None = None
+        self._gz_size: int | None = None
+        self.eof = True
+        self.base = 0  # file offset of buf[0] (streaming: buf is a window)
+        self._need = 0  # buf offset the scan must see before it can go on (streaming)
+        self._seen = 0  # frames (packet records or blocks, damaged ones too) before the current scan
         self.buf: bytes | mmap.mmap
-        if isinstance(source, (str, os.PathLike)):
-            self.buf = self._open(os.fspath(source))
-        else:
-            self.buf = bytes(source)
-        self.size = len(self.buf)
+        try:
+            if isinstance(source, (str, os.PathLike)):
+                self.buf = self._open(os.fspath(source))
+            elif bytes(source[:2]) == _GZIP_MAGIC:
+                self.buf = self._stream(io.BufferedReader(io.BytesIO(bytes(source))), b"", len(source))
+            else:
+                self.buf = bytes(source)
+        except BaseException:
+            self.close()
+            raise
+        self.end = len(self.buf)  # the scans' limit in buf
+        self.size = self.end  # bytes of capture read so far (the file's size when mapped)
         self.mv = memoryview(self.buf)
         self.off = 0
         self.done = False
@@ -299,19 +363,27 @@ class CaptureFile:
 
     def _open(self, path: str) -> bytes | mmap.mmap:
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    data = f.read()  # a pipe or special file reports 0
-                    if not data:
-                        raise CaptureError(f"{path}: not a capture file (empty)")
-                    return data
-                try:
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                except (OSError, ValueError):
-                    return f.read()
+            f: io.BufferedIOBase = os.fdopen(os.dup(0), "rb") if path == "-" else open(path, "rb")
+            self._file = f
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                # a pipe, a FIFO or a device (they report size 0): streamed, gzip'd or not
+                head = self._read_at_least(f, 28)
+                if not head:
+                    raise CaptureError(f"{self.name}: not a capture file (empty)")
+                if head[:2] == _GZIP_MAGIC:
+                    return self._stream(f, head, None)
+                self._src = f
+                self.eof = len(head) < 28
+                return head
+            if os.pread(f.fileno(), 2, 0) == _GZIP_MAGIC:
+                return self._stream(f, b"", st.st_size)
+            try:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return f.read()
         except OSError as e:
-            raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
+            raise CaptureError(f"{self.name}: cannot read: {e.strerror or e}") from e
         try:
             mm.madvise(mmap.MADV_SEQUENTIAL)
         except (AttributeError, OSError):
@@ -319,8 +391,88 @@ class CaptureFile:
         self._mm = mm
         return mm
 
+    @staticmethod
+    def _read_at_least(src: io.BufferedIOBase, n: int) -> bytes:
+        """``n`` bytes of ``src``, fewer only at its end (a pipe hands out what it has)."""
+        parts: list[bytes] = []
+        have = 0
+        while have < n:
+            b = src.read1(max(n - have, _STREAM_CHUNK))
+            if not b:
+                break
+            parts.append(b)
+            have += len(b)
+        return b"".join(parts)
+
+    def _stream(self, raw: io.BufferedIOBase, head: bytes, compressed_size: int | None) -> bytes:
+        """Start streaming the gzip'd capture ``head`` + ``raw``: its first decompressed bytes."""
+        self._gz = _Prefixed(head, raw)
+        self._gz_size = compressed_size
+        self._src = gzip.GzipFile(fileobj=io.BufferedReader(self._gz), mode="rb")
+        self.eof = False
+        try:
+            first = self._read_at_least(self._src, 28)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CaptureError(f"{self.name}: gzip-compressed data that cannot be decompressed: {e}") from e
+        if not first:
+            raise CaptureError(f"{self.name}: not a capture file (gzip-compressed, empty)")
+        self.eof = len(first) < 28
+        return first
+
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes done, bytes in all) for a progress bar: of the compressed file for a gzip'd one,
+        ``None`` in all for a pipe or FIFO (its length is not known before its end)."""
+        if self._gz is not None:
+            return self._gz.count, self._gz_size
+        if self._src is not None:
+            return self.base + self.off, None
+        return min(self.off, self.size), self.size
+
+    def _refill(self) -> None:
+        """Streaming: a new window, the unread tail of this one and at least a chunk more (or what the
+        scan asked for); at the source's end :attr:`eof`, so the next scan reports a cut record."""
+        src = self._src
+        assert src is not None
+        tail = bytes(self.buf[self.off : self.end])
+        goal = max(self._need - self.off, len(tail) + 1)
+        parts = [tail]
+        have = len(tail)
+        gz = self._gz
+        try:
+            while have < goal:
+                if gz is not None and self.size > _GZIP_RATIO_AFTER and self.size > _GZIP_MAX_RATIO * gz.count:
+                    self._stop(f"gzip data expands more than {_GZIP_MAX_RATIO} times ({gz.count:,} compressed bytes "
+                               f"gave {self.size:,}): not a capture (a gzip bomb?); reading stopped",
+                               self.off, self._seen, frame=False)
+                    return
+                b = src.read1(max(goal - have, _STREAM_CHUNK))
+                if not b:
+                    self.eof = True
+                    break
+                parts.append(b)
+                have += len(b)
+                self.size += len(b)
+        except (OSError, EOFError, zlib.error) as e:
+            # what was decompressed before the damage has been read; the record it cuts is lost
+            what = f"gzip data damaged after {gz.count:,} compressed bytes" if gz is not None else "read error"
+            self._stop(f"{what}: {e}; reading stopped", self.off, self._seen, frame=False)
+            return
+        self.base += self.off
+        self.off = 0
+        self._need = 0
+        self.buf = b"".join(parts)
+        self.end = len(self.buf)
+        self.mv = memoryview(self.buf)
+
     def close(self) -> None:
         """Release the mapping.  If the consumer still holds payload views it stays until GC."""
+        for f in (self._src, self._file):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._src = self._file = None
         mv = getattr(self, "mv", None)
         if mv is not None:
             try:
@@ -340,28 +492,33 @@ class CaptureFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _problem(self, what: str, offset: int, *, lost: bool = True) -> None:
-        self.stats.add_problem(what, offset, lost=lost)
+    def _problem(self, what: str, offset: int, before: int, *, frame: bool = True, lost: bool = True) -> None:
+        """A problem at buffer offset ``offset``, ``before`` frames into the file; ``frame``: it is in
+        a frame's record (that frame is number ``before + 1``, as Wireshark numbers them)."""
+        self.stats.add_problem(what, self.base + offset, lost=lost, frame=before + 1 if frame else 0,
+                               after_frame=-1 if frame else before)
 
-    def _stop(self, what: str, offset: int) -> None:
+    def _stop(self, what: str, offset: int, before: int, *, frame: bool = True) -> None:
         """Damage reading cannot step over: recorded as where and why reading stopped."""
-        self.stats.add_problem(what, offset, stopped=True)
+        self.stats.add_problem(what, self.base + offset, stopped=True, frame=before + 1 if frame else 0,
+                               after_frame=-1 if frame else before)
         self.done = True
 
     def _detect(self) -> None:
-        buf, size = self.buf, self.size
+        buf, size = self.buf, self.end
         magic = bytes(buf[0:4])
         if magic in _PCAP_MAGICS:
             self.format = "pcap"
             self.endian, self.nsec = _PCAP_MAGICS[magic]
             if size < 24:
-                self._stop(f"truncated pcap file header ({size} of 24 bytes)", 0)
+                self._stop(f"truncated pcap file header ({size} of 24 bytes)", 0, 0, frame=False)
                 return
             major, _minor, _zone, _sigfigs, snaplen, ltfield = struct.unpack_from(
                 self.endian + "HHiIII", buf, 4
             )
             if major != 2:
-                self._problem(f"pcap version {major}.{_minor} (expected 2.4); reading anyway", 4, lost=False)
+                self._problem(f"pcap version {major}.{_minor} (expected 2.4); reading anyway", 4, 0, frame=False,
+                              lost=False)
             self.snaplen = snaplen
             self.linktype = ltfield & 0xFFFF
             self.off = 24
@@ -375,11 +532,12 @@ class CaptureFile:
                     f"{bom.hex() or '(none)'} (magic {magic.hex()})"
                 )
             return
+        gz = "gzip-compressed, its content's " if self._gz is not None else ""
         for prefix, what in _KNOWN_OTHER_MAGICS.items():
             if magic.startswith(prefix):
-                raise CaptureError(f"{self.name}: not a capture file: {what} (magic {magic.hex()})")
+                raise CaptureError(f"{self.name}: not a capture file: {what} ({gz}magic {magic.hex()})")
         raise CaptureError(
-            f"{self.name}: not a pcap or pcapng capture file (magic {magic.hex() or '(empty)'})"
+            f"{self.name}: not a pcap or pcapng capture file ({gz}magic {magic.hex() or '(empty)'})"
         )
 
     # -------------------------------------------------------------- scanning
@@ -395,6 +553,44 @@ class CaptureFile:
         frames handled; sets :attr:`done` at the end of the file or at damage that ends the scan."""
         if self.done or limit == 0:
             return 0
+        if self._src is None:
+            return self._run(handler_for, limit, tick)
+        stats = self.stats
+        copying: dict[int, FrameHandler] = {}
+
+        def copied(lt: int) -> FrameHandler:
+            h = copying.get(lt)
+            if h is None:
+                inner = handler_for(lt)
+
+                def h(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
+                    # The frame's own bytes: the reassembler keeps views of recent segments, which
+                    # must not hold a whole window (nor see it replaced).
+                    frame = bytes(buf[off : off + caplen])
+                    stats.cut_at = 0 if stats.cut_at == off else -1
+                    inner(frame, memoryview(frame), 0, caplen, ts)
+
+                copying[lt] = h
+            return h
+
+        n = 0
+        while not self.done:
+            k = self._run(copied, limit, tick)
+            n += k
+            if limit > 0:
+                limit -= k
+                if limit == 0:
+                    break
+            if not self.done:
+                self._refill()  # the scan stopped at the window's end
+        return n
+
+    def _run(
+        self,
+        handler_for: Callable[[int], FrameHandler],
+        limit: int,
+        tick: Callable[[int], None] | None,
+    ) -> int:
         scan = self._run_pcap if self.format == "pcap" else self._run_pcapng
         tick = tick or _noop_tick
         n = 0
@@ -412,8 +608,9 @@ class CaptureFile:
     def _run_pcap(
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
     ) -> int:
-        buf, mv, size = self.buf, self.mv, self.size
+        buf, mv, size = self.buf, self.mv, self.end
         stats = self.stats
+        seen = self._seen
         handler = handler_for(self.linktype)
         rec = struct.Struct(self.endian + "IIII").unpack_from
         nsec = self.nsec
@@ -435,17 +632,20 @@ class CaptureFile:
                         self._stop(
                             f"pcap record claims {incl} captured bytes (more than {maxlen}); "
                             "file damaged, reading stopped",
-                            off,
+                            off, seen + npk,
                         )
+                    elif not self.eof:
+                        self._need = nxt  # streaming: the rest of the record is still to come
                     else:
                         self._stop(
                             f"truncated pcap record: {incl} bytes announced, {size - off - 16} present",
-                            off,
+                            off, seen + npk,
                         )
                     break
                 ts = sec * 1000000 + (frac // 1000 if nsec else frac)
                 if incl < _orig:
                     stats.cut_at = off + 16  # cut by the snap length (decode: a gap, not a lie)
+                    stats.cut_frame = (seen + npk + 1, self.base + off)
                 handler(buf, mv, off + 16, incl, ts)
                 off = nxt
                 npk += 1
@@ -454,12 +654,16 @@ class CaptureFile:
                     tick(ts)
                     tick_at = ts + _TICK_US
             else:
-                if off < size:
-                    self._stop(f"truncated pcap record header ({size - off} of 16 bytes)", off)
-                self.done = True
+                if not self.eof:
+                    self._need = off + 16
+                else:
+                    if off < size:
+                        self._stop(f"truncated pcap record header ({size - off} of 16 bytes)", off, seen + npk)
+                    self.done = True
         finally:
             self.off = off
             self.last_ts = ts
+            self._seen = seen + npk
             self._account(npk, nbytes, ts)
         return npk
 
@@ -473,9 +677,12 @@ class CaptureFile:
     def _run_pcapng(
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None]
     ) -> int:
-        buf, mv, size = self.buf, self.mv, self.size
+        buf, mv, size = self.buf, self.mv, self.end
         stats = self.stats
         problem = self._problem
+        seen = self._seen
+        skipped = 0  # packet blocks skipped as damaged: frames too, in Wireshark's numbering
+        streaming = not self.eof  # a local: looked at for every block
         off = self.off
         ts = self.last_ts
         npk = 0
@@ -490,8 +697,12 @@ class CaptureFile:
         try:
             while True:
                 if off + 12 > size:
+                    if streaming:
+                        self._need = off + 12  # streaming: the next block is still to come
+                        break
                     if off < size:
-                        self._stop(f"truncated pcapng block header ({size - off} bytes left)", off)
+                        self._stop(f"truncated pcapng block header ({size - off} bytes left)", off,
+                                   seen + npk + skipped, frame=False)
                     self.done = True
                     break
                 if npk == limit:
@@ -501,17 +712,32 @@ class CaptureFile:
                 else:
                     btype, blen = hdr2(buf, off)
                     ifid = th = tl = cl = 0
+                if streaming:
+                    # wait for the whole block (a section header's length in its own byte
+                    # order); a length no block may have is left to the checks below
+                    want = off + 28
+                    if want <= size:
+                        bl = blen
+                        if btype == _PCAPNG_SHB:
+                            order = "<I" if buf[off + 8 : off + 12] == _BOM_LE else ">I"
+                            bl = struct.unpack_from(order, buf, off + 4)[0]
+                        want = off + bl if bl <= _MAX_RECORD_LIMIT else 0
+                    if want > size:
+                        self._need = want
+                        break
                 if btype == 6:  # Enhanced Packet Block
                     if blen < 32 or blen & 3 or off + blen > size:
-                        self._bad_block_length(btype, blen, off)
+                        self._bad_block_length(btype, blen, off, seen + npk + skipped)
                         break
                     if cl > blen - 32:
-                        problem(f"EPB captured length {cl} exceeds its block ({blen} bytes)", off)
+                        problem(f"EPB captured length {cl} exceeds its block ({blen} bytes)", off, seen + npk + skipped)
                         off += blen
+                        skipped += 1
                         continue
                     if ifid >= len(ifaces):
-                        problem(f"EPB for undefined interface {ifid}", off)
+                        problem(f"EPB for undefined interface {ifid}", off, seen + npk + skipped)
                         off += blen
+                        skipped += 1
                         continue
                     _lt, _snap, mode, mul, div, tsoff = ifaces[ifid]
                     if mode == 0:  # microseconds
@@ -521,12 +747,15 @@ class CaptureFile:
                     else:
                         ts = ((th << 32) | tl) * mul // div + tsoff
                     if not 0 <= ts <= _MAX_TS_US:
-                        problem(f"EPB timestamp {ts} µs since 1970 is out of range; frame skipped", off)
+                        problem(f"EPB timestamp {ts} µs since 1970 is out of range; frame skipped", off,
+                                seen + npk + skipped)
                         ts = self.last_ts
                         off += blen
+                        skipped += 1
                         continue
                     if cl < _ol:
                         stats.cut_at = off + 28
+                        stats.cut_frame = (seen + npk + skipped + 1, self.base + off)
                     ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                     off += blen
                     npk += 1
@@ -542,17 +771,19 @@ class CaptureFile:
                     elif bom == _BOM_BE:
                         e = ">"
                     else:
-                        self._stop(f"section header with invalid byte-order magic {bom.hex()}", off)
+                        self._stop(f"section header with invalid byte-order magic {bom.hex()}", off,
+                                   seen + npk + skipped, frame=False)
                         break
                     if off + 16 > size:
-                        self._stop("truncated section header block", off)
+                        self._stop("truncated section header block", off, seen + npk + skipped, frame=False)
                         break
                     blen, _bom, major, minor = struct.unpack_from(e + "IIHH", buf, off + 4)
                     if blen < 28 or blen & 3 or off + blen > size:
-                        self._bad_block_length(btype, blen, off)
+                        self._bad_block_length(btype, blen, off, seen + npk + skipped)
                         break
                     if major != 1:
-                        self._stop(f"pcapng section version {major}.{minor} not supported", off)
+                        self._stop(f"pcapng section version {major}.{minor} not supported", off,
+                                   seen + npk + skipped, frame=False)
                         break
                     self.endian = e
                     hdr7 = struct.Struct(e + "7I").unpack_from
@@ -562,39 +793,46 @@ class CaptureFile:
                     off += blen
                     continue
                 if blen < 12 or blen & 3 or off + blen > size:
-                    self._bad_block_length(btype, blen, off)
+                    self._bad_block_length(btype, blen, off, seen + npk + skipped)
                     break
                 if struct.unpack_from(e + "I", buf, off + blen - 4)[0] != blen:
-                    self._stop(f"pcapng block type 0x{btype:08x}: trailing length differs from {blen}", off)
+                    self._stop(f"pcapng block type 0x{btype:08x}: trailing length differs from {blen}", off,
+                               seen + npk + skipped, frame=btype in _PACKET_BLOCKS)
                     break
                 if btype == 1:  # Interface Description Block
-                    iface = self._parse_idb(off, blen, e)
+                    iface = self._parse_idb(off, blen, e, seen + npk + skipped)
                     if iface is not None:
                         ifaces.append(iface)
                         ifhandlers.append(handlers.setdefault(iface[0], handler_for(iface[0])))
                 elif btype == 3:  # Simple Packet Block: no interface id, no timestamp
                     if not ifaces:
-                        problem("simple packet block before any interface description", off)
+                        problem("simple packet block before any interface description", off, seen + npk + skipped)
+                        skipped += 1
                     elif blen < 16:
-                        problem(f"simple packet block too short ({blen} bytes)", off)
+                        problem(f"simple packet block too short ({blen} bytes)", off, seen + npk + skipped)
+                        skipped += 1
                     else:
                         olen = struct.unpack_from(e + "I", buf, off + 8)[0]
                         snap = ifaces[0][1]
                         cl = min(olen, blen - 16, snap) if snap else min(olen, blen - 16)
                         if cl < olen:
                             stats.cut_at = off + 12
+                            stats.cut_frame = (seen + npk + skipped + 1, self.base + off)
                         ifhandlers[0](buf, mv, off + 12, cl, ts)
                         npk += 1
                         nbytes += cl
                 elif btype == 2:  # obsolete Packet Block
                     if blen < 32:
-                        problem(f"packet block too short ({blen} bytes)", off)
+                        problem(f"packet block too short ({blen} bytes)", off, seen + npk + skipped)
+                        skipped += 1
                     else:
                         ifid, _drops, th, tl, cl, _ol = struct.unpack_from(e + "HHIIII", buf, off + 8)
                         if ifid >= len(ifaces):
-                            problem(f"packet block for undefined interface {ifid}", off)
+                            problem(f"packet block for undefined interface {ifid}", off, seen + npk + skipped)
+                            skipped += 1
                         elif cl > blen - 32:
-                            problem(f"packet block captured length {cl} exceeds its block", off)
+                            problem(f"packet block captured length {cl} exceeds its block", off, seen + npk + skipped)
+                            skipped += 1
                         else:
                             _lt, _snap, mode, mul, div, tsoff = ifaces[ifid]
                             stamp = ((th << 32) | tl) * mul // div + tsoff
@@ -602,33 +840,36 @@ class CaptureFile:
                                 ts = stamp
                                 if cl < _ol:
                                     stats.cut_at = off + 28
+                                    stats.cut_frame = (seen + npk + skipped + 1, self.base + off)
                                 ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                                 npk += 1
                                 nbytes += cl
                             else:
                                 problem(f"packet block timestamp {stamp} µs since 1970 is out of range; "
-                                        "frame skipped", off)
+                                        "frame skipped", off, seen + npk + skipped)
+                                skipped += 1
                 else:
                     self.stats.skipped_blocks += 1
                 off += blen
         finally:
             self.off = off
             self.last_ts = ts
+            self._seen = seen + npk + skipped
             self._account(npk, nbytes, ts)
         return npk
 
-    def _bad_block_length(self, btype: int, blen: int, off: int) -> None:
-        if off + blen > self.size and blen >= 12 and not blen & 3 and blen <= _MAX_RECORD_LIMIT:
-            what = f"truncated pcapng block type 0x{btype:08x}: {blen} bytes announced, {self.size - off} present"
+    def _bad_block_length(self, btype: int, blen: int, off: int, before: int) -> None:
+        if off + blen > self.end and blen >= 12 and not blen & 3 and blen <= _MAX_RECORD_LIMIT:
+            what = f"truncated pcapng block type 0x{btype:08x}: {blen} bytes announced, {self.end - off} present"
         else:
             what = f"pcapng block type 0x{btype:08x} with invalid length {blen}; file damaged, reading stopped"
-        self._stop(what, off)
+        self._stop(what, off, before, frame=btype in _PACKET_BLOCKS)
 
-    def _parse_idb(self, off: int, blen: int, e: str) -> tuple[int, int, int, int, int, int] | None:
+    def _parse_idb(self, off: int, blen: int, e: str, before: int) -> tuple[int, int, int, int, int, int] | None:
         """Interface Description Block -> (linktype, snaplen, ts mode, ts mul, ts div, offset µs)."""
         buf = self.buf
         if blen < 20:
-            self._problem(f"interface description block too short ({blen} bytes)", off)
+            self._problem(f"interface description block too short ({blen} bytes)", off, before, frame=False)
             return None
         linktype, _res, snaplen = struct.unpack_from(e + "HHI", buf, off + 8)
         per_s = 1_000_000
@@ -640,13 +881,14 @@ class CaptureFile:
             if code == 0:
                 break
             if q + 4 + olen > oend:
-                self._problem(f"interface option {code} runs past its block", q, lost=False)
+                self._problem(f"interface option {code} runs past its block", q, before, frame=False, lost=False)
                 break
             if code == 9 and olen >= 1:  # if_tsresol
                 v = buf[q + 4]
                 exp = v & 0x7F
                 if exp > 30 if v & 0x80 else exp > 18:
-                    self._problem(f"if_tsresol {v:#x} out of range; using microseconds", q, lost=False)
+                    self._problem(f"if_tsresol {v:#x} out of range; using microseconds", q, before, frame=False,
+                                  lost=False)
                 else:
                     per_s = (1 << exp) if v & 0x80 else 10**exp
             elif code == 14 and olen >= 8:  # if_tsoffset, seconds

@@ -21,10 +21,11 @@ beyond what a receiver does this module also:
 Flow table. Every connection has two :class:`_Half` objects, one per direction, stored in one dict
 under the raw directional 4-tuple bytes exactly as they appear in the packet (IPv4: source address,
 destination address, source port, destination port = 12 bytes, which is one contiguous slice of an
-option-less IPv4 header plus the TCP ports; IPv6: 36 bytes).  A packet's own bytes thus find its
-direction's half with one dict lookup and no canonicalisation.  ``_Half.next_seq`` is ``-1`` whenever
-the fast path must not be taken (direction not started yet, or connection closed), so the reader's
-inlined fast path needs just ``seq == half.next_seq``.
+option-less IPv4 header plus the TCP ports; IPv6: 36 bytes; a frame with IEEE 802.1Q/802.1ad tags
+adds its outer and inner VLAN ids, 2 bytes each, since two VLANs may use the same addresses).
+A packet's own bytes thus find its direction's half with one dict lookup and no canonicalisation.
+``_Half.next_seq`` is ``-1`` whenever the fast path must not be taken (direction not started yet,
+or connection closed), so the reader's inlined fast path needs just ``seq == half.next_seq``.
 
 Where a receiver and an observer could read different bytes (IDS evasion, RFC 9293 and Ptacek &
 Newsham 1998), the reassembler does what the protected host, a Linux PACS, does (the target
@@ -128,11 +129,29 @@ class CaptureProblem:
     """Something wrong with the capture file's structure (not with the traffic in it).
 
     ``what`` describes the problem; ``offset`` is the byte offset in the file (or ``-1`` for live
-    capture) where it was found.
+    capture) where it was found.  ``frame`` is the number of the frame whose record holds it, as
+    Wireshark numbers frames (1-based, every packet record or block of the file counted, damaged
+    ones too); ``0`` when the problem is not in a frame, and then ``after_frame`` is the number of
+    frames before it (``-1``: unknown, as in IP reassembly or live capture).
     """
 
     what: str
     offset: int
+    frame: int = 0
+    after_frame: int = -1
+
+    def where(self) -> str:
+        """Where it is, for people: ``frame 12, offset 1,234`` (empty when nothing is known)."""
+        parts = []
+        if self.frame > 0:
+            parts.append(f"frame {self.frame:,}")
+        elif self.after_frame > 0:
+            parts.append(f"after frame {self.after_frame:,}")
+        elif self.after_frame == 0:
+            parts.append("before the first frame")
+        if self.offset >= 0:
+            parts.append(f"offset {self.offset:,}")
+        return ", ".join(parts)
 
 
 @dataclass(slots=True)
@@ -197,9 +216,11 @@ class CaptureStats:
     ip_fragments_dropped: int = 0  # fragments dropped: overlapping, malformed, or over a limit
     snap_truncated: int = 0  # frames the capture cut short (captured length < what IP declares)
     snap_missing_bytes: int = 0  # TCP payload bytes those frames did not keep
-    # file offset of the frame being decoded when its record says the capture cut it (captured
-    # length below the original length; 0 for such a live frame), else -1: set by the reader
+    # offset in the reader's buffer of the frame being decoded when its record says the capture cut
+    # it (captured length below the original length; 0 for such a live frame), else -1: set by the
+    # reader, with cut_frame: that frame's number (Wireshark's) and file offset, for the problem
     cut_at: int = -1
+    cut_frame: tuple[int, int] = (0, -1)
     anomalies: dict[str, int] = field(default_factory=dict)  # StreamAnomaly.what -> count
     retransmissions: int = 0  # segments wholly inside already-delivered data (incl. SYN repeats)
     overlaps: int = 0  # segments partly inside delivered data, trimmed
@@ -222,11 +243,13 @@ class CaptureStats:
     lost_problems: int = 0  # problems that cost frames (all but those read past, e.g. an odd version)
     stopped: CaptureProblem | None = None  # the damage that ended reading before the end of the file
 
-    def add_problem(self, what: str, offset: int, *, lost: bool = True, stopped: bool = False) -> None:
+    def add_problem(self, what: str, offset: int, *, lost: bool = True, stopped: bool = False, frame: int = 0,
+                    after_frame: int = -1) -> None:
         """Record a problem (kept if fewer than MAX_PROBLEMS are stored, always counted). *lost*: frames
-        were lost to it; *stopped*: reading ended there, the rest of the file is lost."""
+        were lost to it; *stopped*: reading ended there, the rest of the file is lost; *frame* and
+        *after_frame*: see :class:`CaptureProblem`."""
         self.problem_count += 1
-        problem = CaptureProblem(what, offset)
+        problem = CaptureProblem(what, offset, frame, after_frame)
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
         if lost or stopped:
@@ -470,15 +493,16 @@ def _negotiate(synack: _Half, syn: _Half) -> None:
 
 
 def reverse_key(key: bytes) -> bytes:
-    """The 4-tuple key of the opposite direction (12-byte IPv4 or 36-byte IPv6 key)."""
-    if len(key) == 12:
-        return key[4:8] + key[0:4] + key[10:12] + key[8:10]
-    return key[16:32] + key[0:16] + key[34:36] + key[32:34]
+    """The 4-tuple key of the opposite direction (12-byte IPv4 or 36-byte IPv6 key, each followed
+    by the 2-byte outer and inner VLAN ids of a tagged frame: 14 or 16, 38 or 40 bytes)."""
+    if len(key) < 36:
+        return key[4:8] + key[0:4] + key[10:12] + key[8:10] + key[12:]
+    return key[16:32] + key[0:16] + key[34:36] + key[32:34] + key[36:]
 
 
 def _endpoints(key: bytes) -> tuple[int, str, int, str, int]:
-    """(ip_version, src ip, src port, dst ip, dst port) from a directional key."""
-    if len(key) == 12:
+    """(ip_version, src ip, src port, dst ip, dst port) from a directional key (VLAN ids ignored)."""
+    if len(key) < 36:
         return (
             4,
             socket.inet_ntop(socket.AF_INET, key[0:4]),
