@@ -33,6 +33,9 @@ class ReceivedObject:
     peer_host: str
     route: str
     association_id: str = ""
+    #: the sender's user: its TLS certificate's subject, else the username it claimed in User
+    #: Identity Negotiation (PS3.7 D.3.3.7.1); "" when neither named one
+    user: str = ""
 
 
 class ObjectAction(str, Enum):

@@ -24,7 +24,7 @@ from pacsguard.gateway import quarantine as q
 from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
-from pacsguard.records.dicom import RefusalLog
+from pacsguard.records.dicom import RefusalLog, StoredInstances
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -79,6 +79,8 @@ class RouteRuntime:
         self.relays: set[AssociationRelay] = set()
         # The route's own refusals, counted per source and rule (records.dicom.RefusalLog).
         self.refusals = RefusalLog(route.limits.refusals_recorded_per_minute, self.publish)
+        # The patient and study of the instances its C-STOREs stored, for storage commitment.
+        self.stored = StoredInstances()
 
     def publish(self, event: Event) -> int | None:
         return self.gateway.publish(event)
@@ -238,7 +240,9 @@ class TLSAcceptingSide(Side):
         self.relay.publish(Event(kind="tls.handshake.failed", component="gateway", severity=Severity.WARNING,
                                  outcome=Outcome.SERIOUS_FAILURE, actor=Party(host=str(peer[0]), port=int(peer[1])),
                                  target=Party(ae_title=self.relay.route.listen.ae_title),
-                                 message=f"TLS handshake with {peer[0]}:{peer[1]} failed: {why}",
+                                 # explain_tls_error's own "TLS handshake failed: " is not said twice
+                                 message=f"TLS handshake with {peer[0]}:{peer[1]} failed: "
+                                         f"{why.removeprefix('TLS handshake failed: ')}",
                                  details={"route": self.relay.route.name, "error": why}))
 
 

@@ -21,18 +21,22 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pacsguard.dicom.association import AssociationDecoder
-from pacsguard.dicom.dataset import DatasetPeek, walk_stop
+from pacsguard.dicom.dataset import DatasetPeek, decode_identifier, walk_stop
 from pacsguard.dicom.dimse import (
     C_CANCEL_RQ,
     C_GET_RQ,
     C_MOVE_RQ,
     C_STORE_RQ,
+    N_ACTION_RQ,
+    N_EVENT_REPORT_RQ,
     CommandSet,
     command_name,
     status_category,
 )
+from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
 from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ, UserIdentityRQ
+from pacsguard.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, STORAGE_COMMITMENT_PUSH
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
 
 MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, not listed
@@ -40,6 +44,10 @@ MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, n
 IDENTITY_TYPES = {1: "username", 2: "username-passcode", 3: "kerberos", 4: "saml", 5: "jwt"}
 MAX_USERNAME = 256  # characters of a claimed username kept in the records (the field may hold 65,535 bytes)
 _RETRIEVES = (C_MOVE_RQ, C_GET_RQ)
+#: Instances whose patient and study a route remembers from its C-STOREs, for storage commitment
+#: (StoredInstances): the most recent ones, ~300 bytes each (6 MB a route): a few large studies,
+#: which a modality asks to commit soon after sending them; older ones count as patients_unknown.
+MAX_STORED_INSTANCES = 20_000
 _QUERY_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "Modality")
 
 
@@ -81,6 +89,8 @@ class Pending:
     #: data sets whose Patient ID / Study Instance UID was left out of a full list (MAX_IDS_PER_EVENT)
     patients_omitted: int = 0
     studies_omitted: int = 0
+    #: a storage commitment request's instances (PS3.4 J.3.2, J.3.3): `details.commitment`
+    commitment: dict[str, Any] | None = None
 
     def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
         if patient_id and patient_id not in self.patient_ids:
@@ -113,6 +123,36 @@ def outcome_of_status(status: int | None) -> str:
 Publish = Callable[[Event], None]
 
 
+def is_commitment_request(command: CommandSet, abstract_syntax: str | None) -> bool:
+    """Whether ``command`` is a Storage Commitment Push request with a data set that names
+    instances: the N-ACTION-RQ asking for commitment (PS3.4 J.3.2) or the N-EVENT-REPORT-RQ
+    answering it (J.3.3)."""
+    return (command.command_field in (N_ACTION_RQ, N_EVENT_REPORT_RQ) and command.has_dataset
+            and (abstract_syntax or command.sop_class_uid) == STORAGE_COMMITMENT_PUSH)
+
+
+class StoredInstances:
+    """The patient and study of the SOP instances a route's C-STOREs stored (the most recent
+    `capacity`), so that the storage commitment naming them (PS3.4 J.3.2: SOP Instance UIDs only)
+    is recorded with the patients it concerns. Shared by the route's associations: a modality may
+    ask for commitment on another association than the one that stored."""
+
+    __slots__ = ("capacity", "_known")
+
+    def __init__(self, capacity: int = MAX_STORED_INSTANCES) -> None:
+        self.capacity = capacity
+        self._known: dict[str, tuple[str | None, str | None]] = {}
+
+    def remember(self, sop_instance: str, patient_id: str | None, study_uid: str | None) -> None:
+        self._known.pop(sop_instance, None)  # stored again: now the most recent
+        self._known[sop_instance] = (patient_id, study_uid)
+        if len(self._known) > self.capacity:
+            del self._known[next(iter(self._known))]
+
+    def get(self, sop_instance: str) -> tuple[str | None, str | None] | None:
+        return self._known.get(sop_instance)
+
+
 class AssociationRecord:
     """Turns what happened on one association into Events.
 
@@ -124,8 +164,9 @@ class AssociationRecord:
     def __init__(self, publish: Publish, *, component: str, client: Party, server: Party,
                  route: str | None = None, called_ae: str | None = None, flow: str | None = None,
                  sensor: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], datetime] | None = None) -> None:
+                 wallclock: Callable[[], datetime] | None = None, stored: StoredInstances | None = None) -> None:
         self.publish = publish
+        self.stored = stored
         self.component = component
         self.client = client
         self.server = server
@@ -133,6 +174,7 @@ class AssociationRecord:
         self.clock = clock
         self.wallclock = wallclock or utc_now
         self.pending: dict[tuple[bool, int], Pending] = {}
+        self._positive_requested = False  # the User Identity RQ asked for a positive response
         self._common: dict[str, Any] = {"route": route}
         if flow is not None:
             self._common["flow"] = flow
@@ -185,12 +227,22 @@ class AssociationRecord:
             if self.client.user is None and username:
                 self.client = replace(self.client, user=username)
         self._common["user_identity"] = claim
+        self._positive_requested = bool(identity.positive_response_requested)
 
-    def accepted(self, decoder: AssociationDecoder, refused_by_policy: list[str]) -> None:
-        """The A-ASSOCIATE-AC (PS3.8 9.3.3): the abstract syntaxes of the accepted presentation contexts."""
+    def accepted(self, decoder: AssociationDecoder, refused_by_policy: list[str], *,
+                 identity_confirmed: bool = False) -> None:
+        """The A-ASSOCIATE-AC (PS3.8 9.3.3): the abstract syntaxes of the accepted presentation contexts.
+        ``identity_confirmed``: the AC carried a User Identity positive response (PS3.7 D.3.3.7.2),
+        so the acceptor accepted the claimed identity; recorded from here on as
+        `details.user_identity.confirmed` (True, or False when the requestor asked for a positive
+        response and none came), never the response's value (a Kerberos or SAML server ticket)."""
+        claim = self._common.get("user_identity")
+        if claim is not None and (identity_confirmed or self._positive_requested):
+            self._common["user_identity"] = {**claim, "confirmed": identity_confirmed}
         accepted = sorted({abstract for abstract, _ in decoder.contexts.values()})
+        # Each SOP class once, as `accepted`: several contexts may propose one (one per transfer syntax).
         self.association("accepted", message=f"{len(accepted)} SOP classes accepted", accepted=accepted,
-                         refused_by_policy=refused_by_policy, max_pdu=decoder.acceptor_max_pdu_length)
+                         refused_by_policy=sorted(set(refused_by_policy)), max_pdu=decoder.acceptor_max_pdu_length)
 
     def upstream_rejected(self, rj: AssociateRJ | None, **details: Any) -> None:
         """An A-ASSOCIATE-RJ from the acceptor (PS3.8 9.3.4, Table 9-21: result, source, reason)."""
@@ -310,6 +362,55 @@ class AssociationRecord:
         if pending is not None:
             pending.dataset_bytes += ev.total_bytes
 
+    def commitment(self, from_requestor: bool, message_id: int, data: bytes | None, transfer_syntax: str | None,
+                   why: str = "") -> None:
+        """The data set of storage commitment request *message_id* (`is_commitment_request`), whole,
+        or None and *why* it was not kept: its event names the Transaction UID (0008,1195), the SOP
+        instances of the Referenced SOP Sequence (0008,1199: to commit, or committed) and of the
+        Failed SOP Sequence (0008,1198, with each Failure Reason), at most MAX_IDS_PER_EVENT of each
+        listed and the rest counted, and the patients and studies of those instances this route
+        stored (`stored`); `patients_unknown` counts the instances it did not."""
+        pending = self.pending.get((from_requestor, message_id))
+        if pending is None or pending.command.is_response:
+            return
+        if data is None:
+            pending.unread = f"storage commitment instances not read: {why}"
+            return
+        try:
+            ds = decode_identifier(data, transfer_syntax or IMPLICIT_VR_LITTLE_ENDIAN)
+            referenced = [str(item.get("ReferencedSOPInstanceUID", ""))
+                          for item in _items(ds, "ReferencedSOPSequence", "(0008,1199)")]
+            failed = [(str(item.get("ReferencedSOPInstanceUID", "")), item.get("FailureReason"))
+                      for item in _items(ds, "FailedSOPSequence", "(0008,1198)")]
+            transaction = str(ds.get("TransactionUID", "")) or None
+        except (DecodeError, TypeError, ValueError, AttributeError, KeyError) as exc:
+            # A value of the wrong shape (a sequence where a UID belongs) is named, never raised.
+            why = exc.detail if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+            pending.unread = f"storage commitment instances not read: {why}"
+            return
+        listed = "requested" if pending.command.command_field == N_ACTION_RQ else "committed"
+        # An item without its Referenced SOP Instance UID is counted, and named by no UID.
+        uids = [uid for uid in referenced if uid]
+        details: dict[str, Any] = {"transaction_uid": transaction, listed: len(referenced),
+                                   "sop_instances": uids[:MAX_IDS_PER_EVENT]}
+        if len(uids) > MAX_IDS_PER_EVENT:
+            details["sop_instances_omitted"] = len(uids) - MAX_IDS_PER_EVENT
+        if failed or pending.command.command_field == N_EVENT_REPORT_RQ:
+            details["failed"] = len(failed)
+            details["failed_instances"] = [{"sop_instance": uid, "reason": _reason(reason)}
+                                           for uid, reason in failed[:MAX_IDS_PER_EVENT]]
+            if len(failed) > MAX_IDS_PER_EVENT:
+                details["failed_instances_omitted"] = len(failed) - MAX_IDS_PER_EVENT
+        unknown = 0
+        for uid in [*referenced, *(uid for uid, _ in failed)]:
+            known = self.stored.get(uid) if self.stored is not None and uid else None
+            if known is None:
+                unknown += 1
+            else:
+                pending.add_identifiers(*known)
+        details["patients_unknown"] = unknown
+        pending.commitment = details
+
     def rewrote(self, from_requestor: bool, message_id: int, keyword: str) -> None:
         """The gateway replaced attribute *keyword* in a response to request *message_id*, sent by
         the requestor (True) or the acceptor; the request's event counts it."""
@@ -369,6 +470,8 @@ class AssociationRecord:
                                         "remaining": response.remaining_suboperations}
         if pending.rewritten:
             details["rewritten"] = dict(pending.rewritten)
+        if pending.commitment is not None:
+            details["commitment"] = pending.commitment
         if pending.refused:
             details["decision"] = "refused"
             details["rule"] = pending.refused_rule
@@ -386,10 +489,21 @@ class AssociationRecord:
             details["studies_omitted"] = pending.studies_omitted
         outcome = outcome_of_status(status) if not aborted else Outcome.SERIOUS_FAILURE
         refused = pending.refused is not None
+        sop_instance = details.get("sop_instance")
+        if name == "C-STORE" and self.stored is not None and sop_instance and status is not None \
+                and status_category(status) in ("success", "warning"):
+            # Stored (a warning is a coercion, PS3.4 B.2.3): a later storage commitment names it.
+            self.stored.remember(sop_instance, next(iter(pending.patient_ids), None),
+                                 next(iter(pending.study_uids), None))
         sop_count = completed if name in ("C-MOVE", "C-GET") else int(name == "C-STORE" and outcome == Outcome.SUCCESS)
         message = pending.refused or f"{name} {'refused' if refused else ''}{'aborted' if aborted else ''}".strip()
         if status is not None and not refused:
             message = f"{name} status 0x{status:04X}"
+        if pending.commitment is not None:
+            commitment = pending.commitment
+            said = (f"{commitment['requested']} instance(s) to commit" if "requested" in commitment
+                    else f"{commitment['committed']} committed, {commitment['failed']} failed")
+            message = f"{message}; storage commitment {commitment['transaction_uid']}: {said}"
         if pending.unread:
             # An empty patient_ids must not read as "no patient" when the patient was never read.
             message = f"{message}; {pending.unread}"
@@ -420,6 +534,23 @@ def _unread(peek: DatasetPeek) -> str | None:
     if not missing:
         return None
     return f"{' and '.join(missing)} not read: {walk_stop(peek)}"
+
+
+def _items(ds: Any, keyword: str, tag: str) -> list[Any]:
+    """The items of sequence *keyword* of a decoded data set ([] when absent); ValueError naming
+    the attribute when its value is not a sequence (another VR where PS3.4 J.3 has an SQ)."""
+    value = ds.get(keyword, [])
+    if isinstance(value, (str, bytes)) or not all(hasattr(item, "get") for item in value):
+        raise ValueError(f"{keyword} {tag} is not a sequence of items")
+    return list(value)
+
+
+def _reason(value: Any) -> str | None:
+    """A Failure Reason (0008,1197, US; PS3.4 J.3.3.1.1) as the hex a DICOM status is written in."""
+    try:
+        return f"0x{int(value):04X}" if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return str(value)[:64]
 
 
 def capture_time(seconds: float) -> datetime:

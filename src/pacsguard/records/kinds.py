@@ -12,7 +12,9 @@ _WHERE: dict[str, dict[str, Any]] = {
     "route": nullable(STRING), "flow": STRING, "sensor": nullable(STRING), "called_ae": nullable(STRING),
     # User Identity Negotiation (PS3.7 D.3.3.7.1): the type and, for types 1-2, the claimed username
     "user_identity": {"type": "object", "properties": {"type": {"anyOf": [STRING, INTEGER]}, "username": STRING,
-                                                       "username_bytes": INTEGER},
+                                                       "username_bytes": INTEGER,
+                                                       # the acceptor's positive response (PS3.7 D.3.3.7.2)
+                                                       "confirmed": BOOLEAN},
                       "required": ["type"], "additionalProperties": False}}
 _TOTALS: dict[str, dict[str, Any]] = {
     "bytes_from_client": INTEGER, "bytes_from_upstream": INTEGER, "duration_ms": NUMBER,
@@ -54,7 +56,16 @@ KINDS = (
                "suboperations": {"type": "object", "additionalProperties": _INT},
                "decision": {"enum": ["refused", "aborted"]}, "rule": nullable(STRING),
                # attributes the gateway replaced in the responses, and in how many (e.g. RetrieveAETitle)
-               "rewritten": {"type": "object", "additionalProperties": INTEGER}},
+               "rewritten": {"type": "object", "additionalProperties": INTEGER},
+               # a storage commitment request's instances (PS3.4 J.3.2 N-ACTION, J.3.3 N-EVENT-REPORT)
+               "commitment": {"type": "object", "properties": {
+                   "transaction_uid": nullable(STRING), "requested": INTEGER, "committed": INTEGER,
+                   "sop_instances": STRINGS, "sop_instances_omitted": INTEGER, "failed": INTEGER,
+                   "failed_instances": {"type": "array", "items": {
+                       "type": "object", "properties": {"sop_instance": STRING, "reason": nullable(STRING)},
+                       "required": ["sop_instance"], "additionalProperties": False}},
+                   "failed_instances_omitted": INTEGER, "patients_unknown": INTEGER},
+                   "additionalProperties": False}},
               required=("route", "message_id", "sop_class", "duration_ms")),
     EventKind("dicom.protocol.violation", "a malformed PDU or a PS3.8 9.2 state violation",
               {**_WHERE, "code": STRING, "from": {"enum": ["client", "upstream"]}, "state": STRING},

@@ -338,11 +338,27 @@ _REFUSED_BY_POLICY = {
 }
 
 
+#: OpenSSL's X509_V_ERR codes (x509_vfy.h) whose cause the CA or the name cannot be: each its own
+#: hint, since "is the right CA configured?" sends an administrator after a revoked or expired
+#: certificate the wrong way (RFC 5280 6.1.3: validity, revocation status).
+_VERIFY_HINTS = {
+    9: "the certificate is not valid yet: check its start date and the clocks of both hosts",
+    10: "the certificate has expired: the peer needs a renewed one from its CA",
+    11: "the CRL in ca_file is not valid yet: check the clocks, or the CRL's issue date",
+    12: "the CRL in ca_file has expired: fetch a current one from the CA",
+    23: "the CA revoked this certificate (its CRL lists it): the peer needs a new one, and its "
+        "use after revocation deserves a look",
+    3: "ca_file holds no CRL of the certificate's issuer, and CRLs are checked",
+    62: "the certificate does not name the host connected to: check server_name, or its SAN",
+}
+_VERIFY_HINT = "is the right CA configured, and does the name match?"
+
+
 def explain_tls_error(exc: BaseException) -> str:
     """One line for a failed handshake, for logs and audit events instead of a traceback."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"peer certificate rejected: {exc.verify_message or exc.reason} "
-                "(is the right CA configured, and does the name match?)")
+        advice = _VERIFY_HINTS.get(exc.verify_code, _VERIFY_HINT)
+        return f"peer certificate rejected: {exc.verify_message or exc.reason} ({advice})"
     if isinstance(exc, ssl.SSLError):
         hint = _REFUSED_BY_POLICY.get(exc.reason or "")
         reason = (exc.reason or str(exc)).replace("_", " ").lower()

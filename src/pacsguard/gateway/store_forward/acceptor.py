@@ -814,7 +814,8 @@ class StoreAssociation:
 
     def _sender(self) -> Sender:
         adm = self.adm
-        return Sender(adm.calling_ae or "", adm.rq.called_ae_title if adm.rq else "", adm.host, adm.port)
+        return Sender(adm.calling_ae or "", adm.rq.called_ae_title if adm.rq else "", adm.host, adm.port,
+                      adm.client_party().user or "")
 
     def _totals(self) -> dict[str, Any]:
         return {"duration_ms": round((time.monotonic() - self.started) * 1000, 3)}

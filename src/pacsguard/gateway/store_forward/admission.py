@@ -77,7 +77,9 @@ class Admission:
         return self.decoder.abstract_syntax(context_id) if self.decoder is not None else None
 
     def client_party(self) -> Party:
-        user = self.cert.get("subject") if self.cert else None
+        # The certificate's subject, else the username the A-ASSOCIATE-RQ claimed (PS3.7 D.3.3.7.1,
+        # kept by the record): what a relayed route's events name too.
+        user = self.cert.get("subject") if self.cert else self.record.client.user if self.record is not None else None
         return Party(ae_title=self.calling_ae, host=self.host or None, port=self.port or None, user=user)
 
     def judge(self, raw: RawPDU, decoder: AssociationDecoder) -> Verdict:

@@ -109,6 +109,7 @@ class Sender:
     called_ae: str
     host: str
     port: int
+    user: str = ""  # the certificate's subject, else the claimed User Identity username
 
 
 @dataclass(eq=False)
@@ -253,7 +254,7 @@ class Incoming:
                              sop_instance_uid=cmd.affected_sop_instance_uid or "",
                              transfer_syntax_uid=self.command.transfer_syntax or "", calling_ae=sender.calling_ae,
                              called_ae=sender.called_ae, peer_host=sender.host, route=rx.route.name,
-                             association_id=f"{sender.host}:{sender.port}")
+                             association_id=f"{sender.host}:{sender.port}", user=sender.user)
         return SpooledMeta(id=self.object_id, object=obj, received=self.started, bytes=self.written,
                            destinations=[d.key for d in rx.route.destinations],
                            patient_id=peek.patient_id if peek else None,

@@ -43,7 +43,8 @@ def _object(meta: SpooledMeta) -> dict[str, Any]:
 
 
 def _sender(meta: SpooledMeta) -> Party:
-    return Party(ae_title=meta.object.calling_ae or None, host=meta.object.peer_host or None)
+    return Party(ae_title=meta.object.calling_ae or None, host=meta.object.peer_host or None,
+                 user=meta.object.user or None)
 
 
 def received(meta: SpooledMeta) -> Event:
