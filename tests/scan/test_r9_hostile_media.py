@@ -218,7 +218,8 @@ def test_slow_decoding_is_bounded(encode: Callable[[], bytes], entry: bytes, sca
     assert seconds < 6, f"{seconds:.1f} s"
     assert levels(report, "documents.error") == []
     notes = [f for f in report.findings if f.rule == "documents.pdf-unscanned"]
-    assert notes and notes[0].level == Level.LOW, notes
+    # An object stream cut at a bound its writer spent: medium (test_r9w_pdf_bounds.py).
+    assert notes and notes[0].level == Level.MEDIUM, notes
     assert "past the allowance" in notes[0].explanation
 
 

@@ -8,16 +8,20 @@ broken forms viewers still read (no end-of-line, or more white space, after ``st
 /Length, which is never trusted; data cut short: what inflates is kept). What that may cost is
 bounded per stream and per document (inflated bytes, the ratio, the number of streams, the
 ASCII85, LZW and run-length input, the predicted bytes); a stream that inflates past its bound at
-a bomb's ratio is itself reported.
+a bomb's ratio is itself reported, and a bound run out before a stream that can hold names is
+said as such (the document's writer chose the padding that spends it).
 Nothing here raises for a document's content."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import itertools
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 #: PDF names that run or launch something (ISO 32000-1 12.6.3, 12.6.4.5, 7.11.4, Adobe RichMedia).
 ACTIVE = frozenset({"JavaScript", "JS", "OpenAction", "Launch", "AA", "EmbeddedFile", "EmbeddedFiles",
@@ -66,6 +70,26 @@ REFERENCE = re.compile(rb"(\d{1,10})[\x00\t\n\x0c\r ]+(\d{1,5})[\x00\t\n\x0c\r ]
 MAX_VALUE, MAX_REFERENCES = 1024, 10_000
 #: Object streams by type, or by the /First and /N a viewer reads them with (7.5.7, Table 16).
 OBJECT_STREAM = re.compile(rb"/Type[\x00\t\n\x0c\r ]*/ObjStm\b|/First[\x00\t\n\x0c\r ]+[0-9]")
+#: An object stream's type (7.5.7, Table 16), which no other object has: looked for in all the bytes
+#: before ``stream`` (to DICT_BACK), since an "obj" inside the dictionary's own string or comment
+#: (``/Pad (1 0 obj)``, ``% 1 0 obj``) would start its dictionary after the type.
+OBJECT_STREAM_TYPE = re.compile(rb"/Type[\x00\t\n\x0c\r ]*/ObjStm\b")
+#: What a decoded object stream starts with (7.5.7): its header's pairs of object number and
+#: offset. An image's, a font's or page content's bytes do not: a stream whose dictionary was
+#: not read whole (padded past DICT_BACK) is known by it.
+OBJECT_STREAM_HEAD = re.compile(rb"[\x00\t\n\x0c\r ]*[0-9]{1,10}[\x00\t\n\x0c\r ]+[0-9]{1,10}[\x00\t\n\x0c\r ]+"
+                                rb"[0-9]{1,10}[\x00\t\n\x0c\r ]+[0-9]{1,10}[\x00\t\n\x0c\r ]|"
+                                rb"[\x00\t\n\x0c\r ]*[0-9]{1,10}[\x00\t\n\x0c\r ]+0[\x00\t\n\x0c\r ]*[<\[/(]")
+#: Times a stream waits for an object stream that holds its /Filter or /DecodeParms, itself
+#: waiting for another: a chain of object streams as deep as that is read in any order.
+MAX_WAITS = 4
+#: Bytes of an image's or a font's LZW or run-length data decoded to tell an object stream's header.
+PROBE = 64
+#: An object stream's /First: where its first object starts in its decoded bytes (7.5.7, Table 16).
+FIRST = re.compile(rb"/First[\x00\t\n\x0c\r ]+([0-9]{1,10})")
+#: How much of an object stream's header (7.5.7: pairs of object number and offset) is read for
+#: an object looked for: some 80,000 objects, where writers put a few hundred per stream.
+MAX_HEADER = 1024 * 1024
 #: Streams whose bytes are no PDF syntax: images (8.9.5), font programs (9.9), cross-reference
 #: streams (7.5.8). Inflated for their size only: a name matched in their bytes means nothing.
 BINARY = re.compile(rb"/Subtype[\x00\t\n\x0c\r ]*/(?:Image|Type1C|CIDFontType0C|OpenType)\b|/Length[123]\b"
@@ -114,11 +138,38 @@ class Stream:
     predictor: tuple[int, int, int, int] | None
     #: LZWDecode's /EarlyChange (Table 8): 1 unless it says 0.
     early: int = 1
+    #: An object stream's /First (7.5.7), 0 when it has none.
+    first: int = 0
+    #: The indirect /Filter and /DecodeParms its dictionary names that no object was found for
+    #: ("/DecodeParms 12 0 R"): it is decoded without them.
+    unresolved: str = ""
 
     def describe(self) -> str:
         kind = "object stream" if self.object_stream else "stream"
         number = f" {self.obj}" if self.obj else ""
         return f"{kind}{number}, {' '.join('/' + f for f in self.filters)}"
+
+
+class _Place(NamedTuple):
+    """Where a stream's dictionary (``window``) and the bytes naming its object (``head``) lie in
+    the document, and where its keyword ends: what is needed to read the stream again once the
+    objects its dictionary names indirectly may be known."""
+
+    window: tuple[int, int]
+    head: tuple[int, int]
+    after: int
+    #: How far back the bytes before the keyword are read (DICT_BACK, or the previous keyword).
+    low: int
+
+
+def _dictionary(doc: bytes, place: _Place) -> bytes:
+    """The stream's dictionary as read (names unescaped); said to be an object stream's when the
+    bytes before it, back to ``place.low``, have the type only an object stream has."""
+    window = unescape(doc[place.window[0]:place.window[1]])
+    if place.window[0] > place.low and not OBJECT_STREAM_TYPE.search(window) \
+            and OBJECT_STREAM_TYPE.search(unescape(doc[place.low:place.window[0]])):
+        return b"/Type /ObjStm " + window
+    return window
 
 
 @dataclass(slots=True)
@@ -132,6 +183,9 @@ class Found:
     unread: list[str] = field(default_factory=list)
     #: More streams than Bounds.max_streams: the rest were not looked at.
     flood: bool = False
+    #: A bound of Bounds ran out before a stream that can hold names (not an image, a font or a
+    #: cross-reference stream) was read to its end: padding the document is all it takes.
+    bound: bool = False
     #: Bytes decoded from all the streams together.
     inflated: int = 0
 
@@ -145,6 +199,8 @@ class _Step:
     consumed: int
     over: bool
     cut: bool = False
+    #: Stopped by a bound (an allowance of Bounds), not by damage in the data.
+    bound: bool = False
 
 
 def unescape(raw: bytes) -> bytes:
@@ -166,23 +222,60 @@ def active_names(text: bytes | bytearray) -> dict[str, int]:
 def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
     """Decode the streams of ``doc`` within ``bounds`` and find active names in them."""
     found = Found()
-    listed, found.flood = _streams(doc, bounds.max_streams)
+    objects = _Objects(doc)
+    listed, deferred, found.flood = _streams(doc, bounds.max_streams, objects)
     if found.flood:
         found.unread.append(f"streams past the first {bounds.max_streams:,}")
     # Streams a viewer parses as PDF syntax first, images and fonts last: the budget goes to
-    # where a name means something, and the rest is inflated for its size only.
+    # where a name means something, and the rest is inflated for its size only. Those whose
+    # dictionary names an object found in no byte of the document come after the others: the
+    # object may be inside an object stream (7.5.7), known once that stream is decoded.
     listed.sort(key=lambda s: s.binary)
+    binary = next((index for index, s in enumerate(listed) if s.binary), len(listed))
+    queue: list[Stream | _Place] = [*listed[:binary], *deferred, *listed[binary:]]
+    images = len(listed) - binary  # the binary streams at the queue's end
     left, consumed, ascii85, slow = bounds.max_total, 0, bounds.max_ascii85, bounds.max_slow
-    for index, stream in enumerate(listed):
+    unfound = False
+    # A stream whose object is in an object stream that is itself waiting (a chain, in any
+    # order) waits again, behind the others, while object streams decoded teach something new.
+    waited: dict[_Place, tuple[int, int]] = {}  # times waited, objects known when it last did
+    index, chained = 0, False
+    while index < len(queue):
+        item = queue[index]
+        index += 1
         if left <= 0:
-            if any(not s.binary for s in listed[index:]):
+            if any(not isinstance(s, Stream) or not s.binary for s in queue[index - 1:]):
                 found.unread.append(f"streams past {bounds.max_total:,} inflated bytes")
+                found.bound = True
             break
+        stream = item if isinstance(item, Stream) else _stream_at(doc, item, objects)
+        if isinstance(item, _Place) and stream is not None and stream.unresolved and objects.wanting:
+            times, known = waited.get(item, (0, -1))
+            if len(objects.inner) != known and times < MAX_WAITS:
+                waited[item] = (times + 1, len(objects.inner))
+                queue.insert(len(queue) - images, item)
+                continue
+            if times >= MAX_WAITS and not chained:
+                found.unread.append(f"object streams chained deeper than {MAX_WAITS}")
+                found.bound = chained = True
+        if stream is None:
+            continue
+        if stream.binary and stream.filters[0] in (LZW, RL):
+            # An image's or a font's LZW or run-length data is not decoded, but for its first
+            # bytes: the header of an object stream disguised as one (7.5.7) is searched as one.
+            probe = _decode(doc, stream, PROBE, 0, PROBE)[0].data
+            if OBJECT_STREAM_HEAD.match(probe) is None:
+                continue
+            stream = replace(stream, binary=False, object_stream=True)
         cap = min(bounds.max_stream, left)
         step, why, ascii85, slow = _decode(doc, stream, cap, ascii85, slow)
         found.inflated += len(step.data)
         left -= len(step.data)
         consumed += step.consumed
+        # An object stream its dictionary does not say is one (padded past DICT_BACK, an "obj" in
+        # it, an image's /Subtype added) is known by its header: searched as one.
+        looks = not stream.object_stream and OBJECT_STREAM_HEAD.match(step.data) is not None
+        searched = not stream.binary or looks
         if step.over:
             whole = cap == bounds.max_stream
             ratio = len(step.data) / max(1, step.consumed) if whole else found.inflated / max(1, consumed)
@@ -191,39 +284,68 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
                         f"brings the document's streams past {bounds.max_total:,} inflated bytes")
                 found.bomb = (stream, f"{what} at {ratio:,.0f}x")
                 break
-            if not stream.binary:
+            if searched:
                 found.unread.append(f"the {stream.describe()} past {len(step.data):,} inflated bytes")
+                found.bound = True
         if stream.object_stream and not why and not step.data:
             why = "does not decode (encrypted, or corrupt)"
-        if why and not stream.binary and (stream.object_stream or step.cut):
+        if why and searched and (stream.object_stream or step.cut):
             found.unread.append(f"the {stream.describe()} at offset {stream.offset:,}: {why}")
-        if not stream.binary:
+            # LZW and run-length streams no dictionary calls object streams are decoded only to
+            # be known by their bytes: an old writer's page content cut at a bound is a note.
+            found.bound |= step.bound and (stream.object_stream or looks or stream.filters[0] not in (LZW, RL))
+        elif stream.unresolved and stream.object_stream:
+            found.unread.append(f"the {stream.describe()} at offset {stream.offset:,}: its {stream.unresolved} "
+                                "names no object found")
+        unfound = unfound or bool(stream.unresolved and stream.object_stream)
+        if stream.object_stream and objects.wanting:
+            objects.learn(step.data, stream.first)
+        if searched:
             names = active_names(step.data)
             if names:
                 found.active.append((stream, names))
+    if unfound and objects.cut:
+        # What an object stream names may be past the header of another, read to MAX_HEADER only.
+        found.unread.append(f"object stream headers past {MAX_HEADER:,} bytes")
+        found.bound = True
     return found
 
 
-def _streams(doc: bytes, limit: int) -> tuple[list[Stream], bool]:
+def _streams(doc: bytes, limit: int, objects: _Objects) -> tuple[list[Stream], list[_Place], bool]:
     """The streams that can be decoded, with what the bytes before each say of it, among the first
-    ``limit`` stream keywords; and whether there are more keywords than that."""
+    ``limit`` stream keywords; where those are whose dictionary names an object (/Filter 12 0 R)
+    found in no byte of the document; and whether there are more keywords than ``limit``."""
     out: list[Stream] = []
+    deferred: list[_Place] = []
     previous = 0
-    objects = _Objects(doc)
     for count, match in enumerate(KEYWORD.finditer(doc)):
         if count >= limit:
-            return out, True
+            return out, deferred, True
         at = match.start() + 2  # the dictionary ends with this ">>"
         # The dictionary is what lies between this object's "obj" and the keyword, never further
         # back than the previous keyword: the bytes read for all dictionaries stay under the file's.
         low = max(previous, at - DICT_BACK)
         previous = match.end()
         opened = doc.rfind(b"obj", low, at)
-        window = _resolved(unescape(doc[opened if opened >= 0 else low:at]), objects)
-        stream = _stream(doc, window, doc[max(low, opened - 24):opened + 3] if opened >= 0 else b"", match.end())
+        place = _Place((opened if opened >= 0 else low, at), (max(low, opened - 24), opened + 3) if opened >= 0
+                       else (0, 0), match.end(), low)
+        window, missing = _resolved(_dictionary(doc, place), objects)
+        if missing:
+            deferred.append(place)
+            continue
+        stream = _stream(doc, window, doc[place.head[0]:place.head[1]], place.after)
         if stream is not None:
             out.append(stream)
-    return out, False
+    return out, deferred, False
+
+
+def _stream_at(doc: bytes, place: _Place, objects: _Objects) -> Stream | None:
+    """The stream at ``place``, its indirect /Filter and /DecodeParms resolved with what
+    ``objects`` knows now; those still not found are named in it."""
+    window, missing = _resolved(_dictionary(doc, place), objects)
+    stream = _stream(doc, window, doc[place.head[0]:place.head[1]], place.after)
+    unresolved = " ".join(f"/{key.decode()} {ref}" for key, ref in missing)
+    return replace(stream, unresolved=unresolved) if stream is not None and missing else stream
 
 
 class _Objects:
@@ -231,15 +353,50 @@ class _Objects:
     indirectly, found on the first such reference met: one pass over the document for the
     references (at most MAX_REFERENCES), one for the objects, only those named kept, so memory
     stays with the references whatever the number of objects. A later definition wins, as an
-    incremental update's does (7.5.6)."""
+    incremental update's does (7.5.6). Those in no byte of the document are looked for in the
+    object streams as they are decoded (``learn``): a viewer finds them there (7.5.7)."""
 
     def __init__(self, doc: bytes) -> None:
         self.doc = doc
         self.where: dict[tuple[int, int], int] | None = None
+        #: Objects named and not in the document's bytes: looked for in object streams (7.5.7).
+        self.missing: set[tuple[int, int]] = set()
+        #: Their values, as found in the object streams decoded so far.
+        self.inner: dict[tuple[int, int], bytes] = {}
+        #: An object stream's header was longer than MAX_HEADER: an object past it is not found.
+        self.cut = False
+
+    @property
+    def wanting(self) -> bool:
+        """Whether an object named is still looked for in the object streams."""
+        return bool(self.missing)
+
+    def learn(self, data: bytes | bytearray, first: int) -> None:
+        """Keep the objects looked for that the decoded object stream ``data`` holds (7.5.7: its
+        first ``first`` bytes are pairs of object number and offset from ``first``; each object
+        ends where the next begins; every object there has generation 0). At most MAX_HEADER
+        bytes of the header are read; past them, ``cut`` says so."""
+        header = bytes(data[:min(first, MAX_HEADER)])
+        words = header.split()
+        if first > MAX_HEADER:
+            self.cut = True
+            words = words[:-1]  # the last may be cut in two
+        digits = len(list(itertools.takewhile(bytes.isdigit, words))) // 2 * 2  # pairs, to any damage
+        values = list(map(int, words[:digits]))
+        numbers, offsets = values[0::2], values[1::2]
+        starts = sorted(first + offset for offset in offsets)  # where those kept end
+        found = self.missing.intersection(zip(numbers, itertools.repeat(0)))
+        kept = [((number, 0), first + offset) for number, offset in zip(numbers, offsets, strict=True)
+                if (number, 0) in found and first + offset < len(data)] if found else []
+        for key, start in kept:
+            after = bisect.bisect_right(starts, start)
+            end = min(starts[after] if after < len(starts) else len(data), start + MAX_VALUE)
+            self.inner[key] = unescape(bytes(data[start:end])).strip(WHITE)
+            self.missing.discard(key)
 
     def value(self, number: int, generation: int) -> bytes:
-        """The object's value (up to ``endobj``, at most MAX_VALUE bytes); b"" when there is no
-        such object in the document's bytes (one inside an object stream is not looked for)."""
+        """The object's value (up to ``endobj``, at most MAX_VALUE bytes); else its value in an
+        object stream decoded so far (``learn``); b"" when neither holds it."""
         if self.where is None:
             wanted: set[tuple[int, int]] = set()
             for count, match in enumerate(ANY_INDIRECT.finditer(self.doc)):
@@ -252,18 +409,21 @@ class _Objects:
                 key = (int(match.group(1)), int(match.group(2)))
                 if key in wanted:
                     self.where[key] = match.end()
+            self.missing = {key for key in wanted if key not in self.where and key[1] == 0}
         at = self.where.get((number, generation))
         if at is None:
-            return b""
+            return self.inner.get((number, generation), b"")
         end = self.doc.find(b"endobj", at, at + MAX_VALUE)
         return unescape(self.doc[at:end if end >= 0 else at + MAX_VALUE]).strip(WHITE)
 
 
-def _resolved(window: bytes, objects: _Objects) -> bytes:
+def _resolved(window: bytes, objects: _Objects) -> tuple[bytes, list[tuple[bytes, str]]]:
     """``window`` (a stream's dictionary) with each indirect /Filter or /DecodeParms it names
     (``/DecodeParms 12 0 R``, ``[null 12 0 R]``) written after it as a direct one, so that the
-    filter and its predictor are read as a viewer reads them. Nothing to do in nearly every PDF."""
+    filter and its predictor are read as a viewer reads them; and the key and reference of each
+    whose object was not found. Nothing to do in nearly every PDF."""
     extra: list[bytes] = []
+    missing: list[tuple[bytes, str]] = []
     for match in INDIRECT.finditer(window):
         key, value = match.group(1), match.group(2)
         if key == b"Filter" and value.startswith(b"["):
@@ -272,7 +432,9 @@ def _resolved(window: bytes, objects: _Objects) -> bytes:
             body = objects.value(int(ref.group(1)), int(ref.group(2)))
             if body:
                 extra.append(b" /" + key + b" " + body)
-    return window + b"".join(extra) if extra else window
+            else:
+                missing.append((key, " ".join(ref.group().decode("latin-1").split())))
+    return (window + b"".join(extra) if extra else window), missing
 
 
 def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None:
@@ -301,8 +463,11 @@ def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None
             # DICT_BACK): zlib's own header says the data is deflated.
             filters = (FLATE,)
     filters = tuple(FILTERS.get(f, f) for f in filters)
-    if filters[0] not in (FLATE, AHX, A85) and not OBJECT_STREAM.search(window):
-        return None  # an image's DCT, a font's LZW...: no names there, and not decoded
+    if filters[0] not in (FLATE, AHX, A85, LZW, RL) and not OBJECT_STREAM.search(window):
+        # An image's DCT, JBIG2...: no names there, and not decoded. LZW and run-length data is:
+        # an object stream whose dictionary was not read whole (padded past DICT_BACK, an "obj"
+        # in it) is known by its decoded bytes, also when it says image.
+        return None
     if filters[0] == FLATE and not _zlib_header(doc, pos):
         # more white space after the end-of-line: the zlib header (7.4.4) is after it
         skip = pos
@@ -316,10 +481,11 @@ def _stream(doc: bytes, window: bytes, head: bytes, after: int) -> Stream | None
     given = {key: int(match.group(1)) for key, match in found.items() if match is not None}
     predict = (int(predictor.group(1)), given.get("Colors", 1), given.get("BitsPerComponent", 8),
                given.get("Columns", 1)) if predictor is not None and int(predictor.group(1)) >= 2 else None
+    first = FIRST.search(window)
     return Stream(pos, f"{number[-1][0].decode()} {number[-1][1].decode()}" if number else "", filters,
                   OBJECT_STREAM.search(window) is not None,
                   BINARY.search(window) is not None and OBJECT_STREAM.search(window) is None,
-                  predict, 0 if given.get("EarlyChange") == 0 else 1)
+                  predict, 0 if given.get("EarlyChange") == 0 else 1, int(first.group(1)) if first else 0)
 
 
 def _zlib_header(buf: bytes | bytearray, at: int) -> bool:
@@ -363,13 +529,14 @@ def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int, slow: int) -> tu
             consumed = step.consumed
         data, start = step.data, 0
         if predict is not None and name in (FLATE, LZW) and not step.over:
-            data, why = _unpredict(data, predict, slow)
+            data, why, bounded = _unpredict(data, predict, slow)
             slow -= len(data)
             predict = None
             if why:
-                return _Step(data, consumed, False, True), f"its /Predictor is not undone ({why})", ascii85, slow
+                return _Step(data, consumed, False, True, bounded), f"its /Predictor is not undone ({why})", \
+                    ascii85, slow
         if step.cut:
-            return _Step(data, consumed, False, True), f"/{name} past the allowance is not decoded", ascii85, slow
+            return _Step(data, consumed, False, True, True), f"/{name} past the allowance is not decoded", ascii85, slow
         if step.over:
             return _Step(data, consumed, True), "", ascii85, slow
     return _Step(data, consumed, False), "", ascii85, slow
@@ -489,35 +656,35 @@ def _run_length(buf: bytes | bytearray, start: int, cap: int, allowance: int) ->
 
 
 def _unpredict(data: bytes | bytearray, predict: tuple[int, int, int, int], allowance: int,
-               ) -> tuple[bytes | bytearray, str]:
+               ) -> tuple[bytes | bytearray, str, bool]:
     """7.4.4.4: a predictor undone, as a viewer undoes it before parsing the stream. TIFF
     predictor 2 (8-bit components: each byte the difference from the pixel's before it) or PNG
     (10-15: each row a filter type byte 0-4, then the row as RFC 2083 6 filters it: None, Sub, Up,
     Average, Paeth). With why it could not be (a row type no PNG has, parameters out of range,
-    more bytes than ``allowance``)."""
+    more bytes than ``allowance``: the one a bound, the third value)."""
     predictor, colors, bits, columns = predict
     if not (1 <= colors <= 32 and bits in (1, 2, 4, 8, 16) and 1 <= columns <= 1 << 20):
-        return data, f"/Colors {colors}, /BitsPerComponent {bits}, /Columns {columns}"
+        return data, f"/Colors {colors}, /BitsPerComponent {bits}, /Columns {columns}", False
     if len(data) > allowance:
-        return data, f"{len(data):,} bytes, past the allowance of bytes predicted per document"
+        return data, f"{len(data):,} bytes, past the allowance of bytes predicted per document", True
     row = (colors * bits * columns + 7) // 8
     step = max(1, colors * bits // 8)
     if predictor == 2:
         if bits != 8:
-            return data, f"TIFF predictor with /BitsPerComponent {bits}"
+            return data, f"TIFF predictor with /BitsPerComponent {bits}", False
         out = bytearray(data)
         for at in range(len(out)):
             if at % row >= step:
                 out[at] = (out[at] + out[at - step]) & 0xFF
-        return out, ""
+        return out, "", False
     if predictor < 10:
-        return data, f"/Predictor {predictor}"
+        return data, f"/Predictor {predictor}", False
     out = bytearray()
     above = bytes(row)
     for at in range(0, len(data), row + 1):
         kind, line = data[at], bytearray(data[at + 1:at + 1 + row])
         if kind > 4:
-            return out, f"a row of PNG filter type {kind} at byte {at:,}"
+            return out, f"a row of PNG filter type {kind} at byte {at:,}", False
         for n in range(len(line)):
             left = line[n - step] if n >= step else 0
             if kind == 1:
@@ -534,7 +701,7 @@ def _unpredict(data: bytes | bytearray, predict: tuple[int, int, int, int], allo
                 line[n] = (line[n] + near[2]) & 0xFF
         out += line
         above = bytes(line) + bytes(row - len(line))
-    return out, ""
+    return out, "", False
 
 
 def _ascii_hex(buf: bytes | bytearray, start: int, cap: int) -> _Step:

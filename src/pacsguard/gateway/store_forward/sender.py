@@ -124,6 +124,23 @@ def status_text(status: int, error_comment: str = "") -> str:
     return f"{text}: {error_comment}" if error_comment else text
 
 
+def destination_context(destination: Destination) -> ssl.SSLContext:
+    """The client context for a destination with ``tls``: its CA (the system's without one), its
+    certificate and key for mutual TLS, TLS 1.2 or later with pacsguard's ciphers (RFC 9325 4.1,
+    4.2), as the relay's upstream context (pacsguard.gateway.server.upstream_tls_context). Python's
+    default context would ignore all three files. Raises Refused, naming the file, for one it
+    cannot use."""
+    from pacsguard.tls import TLSConfigError, client_context
+
+    d = destination
+    if d.tls is None:
+        raise ValueError(f"{d.ae_title}@{d.host}:{d.port} has no tls settings")
+    try:
+        return client_context(ca_file=d.tls.ca_file, cert_file=d.tls.cert_file, key_file=d.tls.key_file)
+    except TLSConfigError as exc:
+        raise Refused(f"{d.ae_title}@{d.host}:{d.port}: its TLS settings cannot be used ({exc})") from None
+
+
 class StoreAssociation:
     """An established association for C-STOREs of files in the transfer syntax each was stored in."""
 
@@ -142,16 +159,19 @@ class StoreAssociation:
     @classmethod
     def open(cls, route: Route, destination: Destination, pairs: list[tuple[str, str]],
              ssl_context: ssl.SSLContext | None = None) -> StoreAssociation:
-        """Request an association proposing one context per (SOP class, transfer syntax) pair."""
+        """Request an association proposing one context per (SOP class, transfer syntax) pair.
+        Over TLS (PS3.15 B.1) with ``ssl_context``, else with the destination's own ``tls`` files
+        in pacsguard's client settings (RFC 9325, pacsguard.tls.client_context)."""
         d = destination
+        # Never in clear to a TLS destination, and never on Python's default settings.
+        context = (ssl_context or destination_context(d)) if d.tls is not None else None
         try:
             sock = socket.create_connection((d.host, d.port), timeout=d.connect_timeout)
         except OSError as exc:
             raise Refused(f"{why_not(d, rejected=False)} ({exc})") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if d.tls is not None:  # never in clear to a TLS destination: the system's CAs at least
-                context = ssl_context or ssl.create_default_context()
+            if context is not None and d.tls is not None:
                 sock = context.wrap_socket(sock, server_hostname=d.tls.server_name or d.host)
             sock.settimeout(max(d.connect_timeout, 30.0))
         except OSError as exc:

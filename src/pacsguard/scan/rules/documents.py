@@ -169,9 +169,12 @@ def _pdf(doc: bytes, base: int, tag: str | None, inflated: bool, what: str) -> l
     if found.unread:
         listed = "; ".join(found.unread[:3]) + (f"; and {len(found.unread) - 3} more" if len(found.unread) > 3 else "")
         # More streams than any report has is suspicious (a flood that hides what follows, as
-        # embedded.flood); a filter or an encryption pacsguard does not undo is a note.
+        # embedded.flood), and so is a bound run out before a stream that can hold names: the
+        # writer of the document chose the padding that spent it. A filter or an encryption
+        # pacsguard does not undo, or damage a viewer stops at too, is a note.
         out.append(finding("documents.pdf-unscanned", f"part of {what} was not looked into for active names: "
-                           f"{listed}", 0, "ISO 32000-1 7.3.8, 7.4", Level.MEDIUM if found.flood else Level.LOW))
+                           f"{listed}", 0, "ISO 32000-1 7.3.8, 7.4",
+                           Level.MEDIUM if found.flood or found.bound else Level.LOW))
     return out
 
 
