@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import typer
 
-from pacsguard.runtime.outputs import open_config_store as open_store
+from pacsguard.runtime.outputs import open_config_store
 from pacsguard.runtime.part import MissingDependency
 from pacsguard.store.errors import StoreError
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from pacsguard.config.loader import LoadedConfig
     from pacsguard.ids import IdsSettings
+    from pacsguard.store import EventStore
 
     console: Console
     err_console: Console
@@ -242,6 +243,44 @@ def load(explicit: Path | None, *, required: bool = True) -> LoadedConfig:
     if not path.exists() and not required and explicit is None:
         return LoadedConfig(default_model()(), None)
     return load_config(path)
+
+
+def open_store(loaded: LoadedConfig, override: str | None = None, *, writer: bool = False,
+               create: bool = False) -> EventStore:
+    """The store a command reads or writes (--store, else the configuration's store.url); an SQLite
+    store that is not there is told with advice that fits how it was named (`missing_store`)."""
+    try:
+        return open_config_store(loaded, override, writer=writer, create=create)
+    except StoreError:
+        missing = None if create else missing_store(loaded, override)
+        if missing is None:
+            raise
+        raise missing from None
+
+
+def missing_store(loaded: LoadedConfig, override: str | None) -> StoreError | None:
+    """Why the SQLite store named by ``override`` (--store) or by the configuration is not there, with
+    what to do about it; None when it is there or not an SQLite file. The advice fits what the
+    administrator typed: "or give --store" to one who gave --store sent them back to the option that
+    was wrong."""
+    from pacsguard.store.database import normalise_target
+    from pacsguard.store.location import store_target
+
+    # The path only: a PostgreSQL URL's password is not needed to tell an SQLite file missing.
+    target = normalise_target(override if override is not None else store_target(loaded.config.store.url,
+                                                                                  loaded.resolve))
+    prefix = "sqlite:///"
+    if not target.startswith(prefix) or Path(target[len(prefix):]).exists():
+        return None
+    path = target[len(prefix):]
+    if override is not None:
+        return StoreError(f"{path}: no store at the path given with --store; check it (`pacsguard config "
+                          "show` prints the configuration's store.url, where `pacsguard init` made it)")
+    if loaded.path is None:
+        return StoreError(f"{path}: no store here (store.url's default; no configuration file); run "
+                          "`pacsguard init` to create both, or give --store PATH-or-URL")
+    return StoreError(f"{path}: no store here (store.url of {loaded.path}); create it with `pacsguard init "
+                      f"-c {loaded.path}`, or give --store PATH-or-URL to read another store")
 
 
 def load_ids_section(data: object, source: str, base: Path) -> IdsSettings:

@@ -127,13 +127,26 @@ class ShowFormat(str, Enum):
 @app.command("show")
 def show(config: Path | None = CONFIG_OPTION,
          fmt: ShowFormat = typer.Option(ShowFormat.yaml, "--format", help="yaml or json")) -> None:
-    """The effective configuration, every default filled in and every secret masked, with the file it came from."""
+    """The effective configuration, every default filled in and every secret masked, with the file it came from.
+
+    Without a configuration file it prints the defaults (what a command run without one uses),
+    says so on stderr, and exits 0; a file named with -c or $PACSGUARD_CONFIG must exist (exit 2).
+    """
     import json
 
     import yaml
 
+    from pacsguard.cli.common import config_path
+
     loaded = load(config, required=False)
     source = str(loaded.path) if loaded.path is not None else None
+    if loaded.path is None:
+        # On stderr: stdout stays the YAML or JSON a script reads. Exit 0, since the defaults are
+        # the configuration in use (`events search --store` runs on them), and a script's `config
+        # show | ...` should not fail in a folder without a file; the note keeps a person from
+        # reading the defaults as the file they meant.
+        typer.echo(f"config show: no configuration file ({config_path(config)} does not exist); these are the "
+                   "defaults. `pacsguard init` writes one; -c names another", err=True)
     data = effective(loaded.config)
     if fmt is ShowFormat.json:
         base = str(loaded.path.parent) if loaded.path is not None else None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import heapq
+import re
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import typer
 
@@ -16,6 +19,7 @@ from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_s
 from pacsguard.cli.layout import Column, Layout, layout_for, terminal_width, write_lines
 
 if TYPE_CHECKING:
+    from pacsguard.events.model import Party
     from pacsguard.store import EventQuery, EventStore, StoredEvent
 
 app = App(name="events", no_args_is_help=True, help="Search and follow the event store.")
@@ -69,7 +73,8 @@ FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (one 
 def search(
     patient: str | None = typer.Option(None, "--patient", help="patient ID"),
     study: str | None = typer.Option(None, "--study", help="Study Instance UID"),
-    actor: str | None = typer.Option(None, "--actor", help="AE title, host or user who acted"),
+    actor: str | None = typer.Option(None, "--actor", help="AE title, host or user who acted, or AE@host[:port] "
+                                     "as the table shows it"),
     kind: str | None = typer.Option(None, "--kind", help="event kind, e.g. dicom.association.rejected or dicom.*"),
     since: str | None = SINCE_OPTION,
     until: str | None = UNTIL_OPTION,
@@ -102,13 +107,57 @@ def read_events(es: EventStore, query: EventQuery) -> list[StoredEvent]:
     where the search stopped and what to run, not an internal error."""
     found: list[StoredEvent] = []
     try:
-        for row in es.search(query):
+        for row in _search(es, query):
             found.append(row)
     except (ValueError, LookupError, TypeError) as exc:
         where = f"the event read after #{found[-1].seq}" if found else "the first event read"
         raise fail(f"{es.name}: the store is damaged: {where} does not decode as an event "
                    f"({type(exc).__name__}: {exc}); run `pacsguard audit verify` to see which rows are") from None
     return found
+
+
+def _search(es: EventStore, query: EventQuery) -> Iterator[StoredEvent]:
+    """``es.search(query)``, where an --actor of the form the table prints (`AE@host`, `AE@host:port`,
+    with ` (user)` after it) also finds the events of that AE title calling from that host. The store
+    matches --actor as one AE title, host or user; the value is asked for that way too, since an AE
+    title (PS3.5 6.2, VR AE) and a user name (alice@hospital.org) may themselves hold an '@'."""
+    ae = actor_ae(query.actor) if query.actor is not None else None
+    if ae is None:
+        yield from es.search(query)
+        return
+    wanted = query.actor
+    # The index narrows by the AE title; its events are read in order until enough are found.
+    by_ae = (row for row in es.search(replace(query, actor=ae, limit=None)) if wanted in party_forms(row.event.actor))
+    merged = heapq.merge(es.search(query), by_ae, key=lambda row: row.seq, reverse=query.newest_first)
+    last, count = None, 0
+    for row in merged:
+        if row.seq == last:  # found both ways
+            continue
+        last, count = row.seq, count + 1
+        yield row
+        if count == query.limit:
+            return
+
+
+def actor_ae(value: str) -> str | None:
+    """The AE title of an --actor of the form `AE@host[:port][ (user)]`; None for any other value."""
+    core = re.sub(r" \([^()]*\)$", "", value)
+    ae, at, host = core.rpartition("@")
+    return ae if at and ae.strip() and host.strip() else None
+
+
+def party_forms(party: Party) -> set[str]:
+    """Every way the table writes ``party`` as AE@host (`Party.label`): with or without its port (an
+    IPv6 address in brackets too, RFC 3986 3.2.2), with or without its user after it."""
+    if not party.ae_title or not party.host:
+        return set()
+    hosts = {party.host, f"[{party.host}]"} if ":" in party.host else {party.host}
+    bases = {f"{party.ae_title}@{host}" for host in hosts}
+    if party.port:
+        bases |= {f"{base}:{party.port}" for base in bases}
+    if party.user:
+        bases |= {f"{base} ({party.user})" for base in bases}
+    return bases
 
 
 def print_limited(found: list[StoredEvent], limit: int, fmt: Format, command: str) -> None:

@@ -65,7 +65,7 @@ def init(config: Path | None = CONFIG_OPTION,
     if not path.exists():
         if not demo:
             raise fail(f"{path}: no configuration; write one (docs/configuration.md) or use --demo")
-        path.write_text(DEMO_CONFIG)
+        write_demo_config(path)
         console.print(f"wrote {path}")
     loaded = load(path)
     key_path = loaded.resolve(loaded.config.store.signing_key)
@@ -81,6 +81,24 @@ def init(config: Path | None = CONFIG_OPTION,
     es = open_store(loaded, None, writer=True, create=True)
     console.print(f"store {es.name} ready ({es.size()} events)")
     es.close()
+
+
+def write_demo_config(path: Path) -> None:
+    """The demo configuration written to ``path``. Its folder must exist: init does not make it as
+    `mkdir -p` would, since a mistyped folder (`/etc/pacsgaurd/`) would then hold a configuration
+    that no later `-c` finds; the error names the folder and what to do, not a bare "[Errno 2]"."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"{folder}: a file, not a folder, so {path.name} cannot be written in it; give -c a file "
+                   "in a folder")
+    if not folder.exists():
+        raise fail(f"{folder}: no such folder, so {path.name} cannot be written there; create it first "
+                   f"(mkdir -p {folder}) or give -c a file in an existing folder")
+    try:
+        path.write_text(DEMO_CONFIG)
+    except PermissionError:
+        raise fail(f"{path}: cannot be written (permission denied in {folder}); run init as a user who may "
+                   "write there, or give -c a file in a folder you own") from None
 
 
 @guarded

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load
+from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, missing_store
+from pacsguard.store.errors import StoreError
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -38,8 +39,15 @@ def migrate(
     if backup_to is None:
         raise fail("refusing to migrate without a backup: give --backup-to DIR (the store is the audit trail; "
                    "a failed or unwanted upgrade is undone only from a copy taken before it)")
-    url = database.normalise_target(config_store_target(load(config, required=store is None), store))
-    engine = database.make_engine(url, create=False)
+    loaded = load(config, required=store is None)
+    url = database.normalise_target(config_store_target(loaded, store))
+    try:
+        engine = database.make_engine(url, create=False)
+    except StoreError:
+        missing = missing_store(loaded, store)
+        if missing is None:
+            raise
+        raise missing from None
     try:
         name = database.describe(url)
         state = upgrade.read_state(engine, url)
@@ -53,7 +61,20 @@ def migrate(
                           f"then migrate it to revision {database.HEAD_REVISION} (dry run: nothing changed)",
                           highlight=False)
             return
-        result = upgrade.upgrade(engine, url, backup_to)
+        try:
+            result = upgrade.upgrade(engine, url, backup_to)
+        except OSError as exc:
+            # The backup comes first: a folder this user may not make or write (root's /var/backups
+            # as the service user) stops it before anything is migrated. Named by the option, not
+            # as a bare "[Errno 13]".
+            where = Path(exc.filename).absolute() if isinstance(exc.filename, str) else None
+            folder = backup_to.absolute()
+            # The folder itself, a file in it, or a parent that had to be made for it.
+            if where is None or not (where == folder or folder in where.parents or where in folder.parents):
+                raise
+            raise fail(f"--backup-to {backup_to}: the backup cannot be written there ({exc.strerror}: {where}); "
+                       "nothing was migrated. Give a folder this user may write, or make one for it first "
+                       "(docs/deployment.md, \"Upgrades\")") from None
     finally:
         engine.dispose()
     console.print(f"backup: {result.backup} ({result.before.events} events, revision "

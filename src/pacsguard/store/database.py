@@ -88,7 +88,9 @@ def make_engine(url: str, *, create: bool) -> Engine:
     if backend == "sqlite":
         path = Path(parsed.database or "")
         if not create and not path.exists():
-            raise StoreError(f"{path}: no store here (run `pacsguard init`, or give --store)")
+            # Neutral: the caller knows how the path was named (--store or a configuration) and what
+            # to advise (pacsguard.cli.common.missing_store).
+            raise StoreError(f"{path}: no store here (`pacsguard init` creates the configuration's store)")
         if create:
             # Made 0600 before SQLite opens it: SQLite gives the file the umask's mode (0644 under
             # umask 022) and copies the file's mode to its -wal and -shm files.
