@@ -9,7 +9,7 @@ import numpy as np
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.utils import pack_bits
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from pacsguard.deid.build import make_engine
 from pacsguard.deid.engine import Engine
@@ -30,19 +30,26 @@ def pydicom_files() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def image(sop_class: str, pixels: np.ndarray, *, modality: str, bits: int = 8, stored: int | None = None,
-          syntax: str = ExplicitVRLittleEndian, **attrs: object) -> Dataset:
-    """A one-frame MONOCHROME2 image of ``sop_class`` holding ``pixels`` (Bits Allocated ``bits``,
-    1 packed), patient Quixote^Zebulon PID77341, fresh UIDs; ``attrs`` set as given."""
+def patient_object(sop_class: str, *, modality: str = "CT", syntax: str = ExplicitVRLittleEndian,
+                   name: str = "Quixote^Zebulon", patient_id: str = "PID77341") -> Dataset:
+    """An object of ``sop_class`` with its file meta (``syntax``), fresh UIDs and a patient (the
+    name and ID the tests search every output byte for); no pixels."""
     fm = FileMetaDataset()
-    fm.TransferSyntaxUID = syntax
-    fm.MediaStorageSOPClassUID = sop_class
+    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = UID(syntax), UID(sop_class)
     ds = Dataset()
     ds.file_meta = fm
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", modality
+    ds.PatientName, ds.PatientID, ds.Modality = name, patient_id, modality
+    return ds
+
+
+def image(sop_class: str, pixels: np.ndarray, *, modality: str, bits: int = 8, stored: int | None = None,
+          syntax: str = ExplicitVRLittleEndian, **attrs: object) -> Dataset:
+    """A one-frame MONOCHROME2 image of ``sop_class`` holding ``pixels`` (Bits Allocated ``bits``,
+    1 packed), patient Quixote^Zebulon PID77341, fresh UIDs; ``attrs`` set as given."""
+    ds = patient_object(sop_class, modality=modality, syntax=syntax)
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.BitsAllocated, ds.BitsStored = bits, stored or bits

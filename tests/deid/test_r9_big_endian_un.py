@@ -14,9 +14,8 @@ import struct
 from pathlib import Path
 
 import pydicom
-from deid_helpers import KEY, engine
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, generate_uid
+from deid_helpers import KEY, engine, patient_object
+from pydicom.uid import ExplicitVRBigEndian
 
 from pacsguard.deid.files import deidentify_file
 from pacsguard.deid.pseudonym import Pseudonyms
@@ -35,14 +34,7 @@ def _big_endian_file() -> bytes:
             + _implicit_le(0x00100010, b"Quixote^Zebulon ")  # a name where none belongs
             + _implicit_le(0x0040A0B0, struct.pack("<HH", 1, 258)))  # Referenced Waveform Channels, US
     un_value = struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRBigEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT, syntax=ExplicitVRBigEndian)
     ds.StudyDescription = "head"  # (0008,1030): the UN element goes after it, in tag order
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

@@ -10,9 +10,7 @@ import io
 import struct
 from pathlib import Path
 
-from deid_helpers import engine
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from deid_helpers import engine, patient_object
 
 from pacsguard.deid.files import deidentify_file
 
@@ -20,14 +18,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _bytes() -> bytes:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deid_helpers import engine
+from deid_helpers import engine, patient_object
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 from pacsguard.deid.engine import Report
 from pacsguard.deid.files import deidentify_file
@@ -27,14 +27,7 @@ ORIGINALS = b"(0010,0010) Quixote^Zebulon (0010,0020) PID77341"
 
 
 def _ct(path: Path) -> None:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "ANON^1", "ANON1", "CT"
+    ds = patient_object(CT, name="ANON^1", patient_id="ANON1")
     envelope = Dataset()
     envelope.EncryptedContentTransferSyntaxUID = ExplicitVRLittleEndian
     envelope.add(DataElement(0x04000520, "OB", ORIGINALS))  # Encrypted Content

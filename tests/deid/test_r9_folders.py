@@ -15,22 +15,13 @@ import sys
 from pathlib import Path
 
 import pydicom
-from deid_helpers import KEY, pydicom_files
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from deid_helpers import KEY, patient_object, pydicom_files
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _ct(path: Path) -> None:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -15,10 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deid_helpers import KEY
-from pydicom.dataset import Dataset, FileMetaDataset
+from deid_helpers import KEY, patient_object
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -26,14 +26,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 def _file(folder: Path, name: str, header: bytes, bad_vr: bytes) -> None:
     """A CT object whose element with the explicit VR header ``header`` (tag and VR, PS3.5 7.1.2)
     gets ``bad_vr`` instead; its length field stays as it was."""
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT)
     ds.StudyDescription = "CT head Quixote"
     ds.SliceThickness = "1.25"
     ref = Dataset()

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deid_helpers import engine
+from deid_helpers import engine, patient_object
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import JPEGBaseline8Bit
 
 from pacsguard.deid.files import deidentify_file
 
@@ -37,14 +36,7 @@ def _frame(shade: int, *, comment: bool, exif: bool) -> bytes:
 
 
 def _ct(path: Path, frames: list[bytes], *, bot: bool) -> None:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = JPEGBaseline8Bit, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT, syntax=JPEGBaseline8Bit)
     ds.Rows = ds.Columns = 64
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pydicom
-from deid_helpers import KEY, engine
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from deid_helpers import KEY, engine, patient_object
+from pydicom.dataset import Dataset
 
 from pacsguard.deid.engine import Report
 from pacsguard.deid.hl7 import deidentify_message
@@ -26,14 +25,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _ct(name: str) -> Dataset:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = name, "PID77341", "CT"
+    ds = patient_object(CT, name=name)
     return ds
 
 

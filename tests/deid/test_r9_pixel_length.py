@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deid_helpers import engine, pydicom_files
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from deid_helpers import engine, patient_object, pydicom_files
 
 from pacsguard.deid.engine import Withheld
 from pacsguard.deid.files import deidentify_file, read_whole
@@ -24,14 +22,7 @@ HIDDEN = b"Quixote^Zebulon PID77341 19470823"[:32]
 
 
 def _ct(path: Path, after: bytes) -> None:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT)
     ds.Rows = ds.Columns = 64
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11

@@ -13,9 +13,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from deid_helpers import engine, pydicom_files
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from deid_helpers import engine, patient_object, pydicom_files
 
 from pacsguard.deid.files import deidentify_file
 
@@ -24,14 +22,7 @@ HINT = ", a tag no attribute has: an element before it probably declares a wrong
 
 
 def _with_name_length(length: int) -> bytes:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = ExplicitVRLittleEndian, CT
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT)
     ds.StudyDescription = "head"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

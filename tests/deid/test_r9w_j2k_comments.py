@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deid_helpers import engine
+from deid_helpers import engine, patient_object
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import JPEG2000, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from pacsguard.deid.files import deidentify_file
 
@@ -49,14 +48,7 @@ def _codestream(pixels: np.ndarray, *, tiles: bool, lossy: bool) -> bytes:
 
 
 def _ct(path: Path, frames: list[bytes], syntax: str) -> None:
-    fm = FileMetaDataset()
-    fm.TransferSyntaxUID, fm.MediaStorageSOPClassUID = UID(syntax), UID(CT)
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "Quixote^Zebulon", "PID77341", "CT"
+    ds = patient_object(CT, syntax=syntax)
     ds.Rows = ds.Columns = 64
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
