@@ -14,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from pacsguard.tls import TLSConfigError, client_context, make_ca, make_cert, server_context
+from tls_helpers import s_server_connection
 
 HOST = "127.0.108.31"  # this area's loopback range (outside round 9, area H)
 
@@ -105,27 +105,10 @@ def test_a_client_refuses_a_revoked_server_certificate(pki: dict[str, Path], tmp
     """openssl s_server presents a revoked certificate: the client (outbound ATNA, the syslog sink,
     the upstream leg, the witness client all use client_context) refuses it."""
     bundle = _bundle(pki, _crl(pki["ca"], pki["ca_key"], [pki["server"]]))
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(["openssl", "s_server", "-accept", f"{HOST}:{port}", "-cert", str(pki["server"]),
-                               "-key", str(pki["server_key"]), "-naccept", "1", "-quiet"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                raw = socket.create_connection((HOST, port), timeout=10)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "openssl s_server did not start"
-                time.sleep(0.1)
-        with raw, pytest.raises(ssl.SSLCertVerificationError) as refused:
-            client_context(ca_file=bundle).wrap_socket(raw, server_hostname=HOST)
-        assert refused.value.verify_message == "certificate revoked"
-    finally:
-        server.kill()
-        server.wait(10)
+    with s_server_connection(HOST, pki["server"], pki["server_key"]) as raw, \
+            pytest.raises(ssl.SSLCertVerificationError) as refused:
+        client_context(ca_file=bundle).wrap_socket(raw, server_hostname=HOST)
+    assert refused.value.verify_message == "certificate revoked"
 
 
 def test_a_crl_that_cannot_serve_is_a_config_error(pki: dict[str, Path], tmp_path: Path) -> None:

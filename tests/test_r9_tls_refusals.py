@@ -14,12 +14,12 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from pacsguard.tls import client_context, explain_tls_error, make_ca, make_cert, server_context
+from tls_helpers import s_server_connection
 
 HOST = "127.0.108.51"  # this area's loopback range (outside round 9, area H)
 
@@ -73,29 +73,11 @@ def test_a_listener_names_the_policy_a_client_falls_short_of(pki: dict[str, Path
 def test_a_client_names_the_policy_a_server_falls_short_of(pki: dict[str, Path]) -> None:
     """The upstream PACS, the ATNA repository, the SIEM collector or a witness speaking TLS 1.1 at
     most: the client's error (recorded by each of them) names the version policy."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(["openssl", "s_server", "-accept", f"{HOST}:{port}", "-cert", str(pki["cert"]),
-                               "-key", str(pki["key"]), "-tls1_1", "-cipher", "ALL@SECLEVEL=0", "-naccept", "1",
-                               "-quiet"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                raw = socket.create_connection((HOST, port), timeout=10)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "openssl s_server did not start"
-                time.sleep(0.1)
-        with raw, pytest.raises(ssl.SSLError) as refused:
-            client_context(ca_file=pki["ca"]).wrap_socket(raw, server_hostname=HOST)
-        said = explain_tls_error(refused.value)
-        assert "TLS 1.2 or later is required (BCP 195, RFC 9325 3.1.1)" in said, said
-    finally:
-        server.kill()
-        server.wait(10)
+    with s_server_connection(HOST, pki["cert"], pki["key"], "-tls1_1", "-cipher", "ALL@SECLEVEL=0") as raw, \
+            pytest.raises(ssl.SSLError) as refused:
+        client_context(ca_file=pki["ca"]).wrap_socket(raw, server_hostname=HOST)
+    said = explain_tls_error(refused.value)
+    assert "TLS 1.2 or later is required (BCP 195, RFC 9325 3.1.1)" in said, said
 
 
 def test_certificates_for_the_other_side_are_refused_both_ways(pki: dict[str, Path], tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pacsguard.tls.contexts import describe_peer
@@ -35,3 +39,30 @@ def peer_as_described(ca: Path, server_cert: Path, client_cert: Path) -> dict[st
         with client.wrap_socket(b, server_hostname="localhost"):
             thread.join(10)
     return peer
+
+
+@contextmanager
+def s_server_connection(host: str, cert: Path, key: Path, *args: str) -> Iterator[socket.socket]:
+    """A TCP connection to ``openssl s_server`` (one accept on a free port of ``host``, with
+    ``cert``, ``key`` and ``args``), for a client context to be tried on; the server is killed
+    after."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["openssl", "s_server", "-accept", f"{host}:{port}", "-cert", str(cert), "-key",
+                               str(key), *args, "-naccept", "1", "-quiet"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                raw = socket.create_connection((host, port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "openssl s_server did not start"
+                time.sleep(0.1)
+        with raw:
+            yield raw
+    finally:
+        server.kill()
+        server.wait(10)

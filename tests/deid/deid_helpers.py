@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
@@ -16,6 +17,7 @@ from pacsguard.deid.engine import Engine
 from pacsguard.deid.keys import DeidKey
 from pacsguard.deid.profile import Option
 
+CT = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 KEY = DeidKey(bytes(range(32)))
 OTHER_KEY = DeidKey(bytes(range(1, 33)))
 
@@ -61,3 +63,17 @@ def image(sop_class: str, pixels: np.ndarray, *, modality: str, bits: int = 8, s
     else:
         ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">" if syntax == ExplicitVRBigEndian else "<")).tobytes()
     return ds
+
+
+def encapsulated_ct(path: Path, frames: list[bytes], syntax: str, *, bot: bool = True) -> None:
+    """A 64 x 64 8-bit CT of compressed ``frames`` (PS3.5 A.4, a Basic Offset Table with ``bot``)
+    in ``syntax``, patient Quixote^Zebulon, written to ``path``."""
+    ds = patient_object(CT, syntax=syntax)
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    ds.PixelData = encapsulate(frames, has_bot=bot)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)

@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deid_helpers import engine, patient_object
+from deid_helpers import encapsulated_ct, engine
 from PIL import Image
-from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
 from pacsguard.deid.files import deidentify_file
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
 TEXT = b"Patient Quixote^Zebulon PID77341 born 19470823"
 
 
@@ -35,23 +33,12 @@ def _frame(shade: int, *, comment: bool, exif: bool) -> bytes:
     return data
 
 
-def _ct(path: Path, frames: list[bytes], *, bot: bool) -> None:
-    ds = patient_object(CT, syntax=JPEGBaseline8Bit)
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    ds.PixelData = encapsulate(frames, has_bot=bot)
-    ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.mark.parametrize(("count", "bot", "comment", "exif"), [
     (1, False, True, False), (1, True, True, True), (2, True, True, False), (2, False, False, True)])
 def test_text_segments_leave_the_jpeg_frames(tmp_path: Path, count: int, bot: bool, comment: bool,
                                               exif: bool) -> None:
-    _ct(tmp_path / "in.dcm", [_frame(40 + 80 * i, comment=comment, exif=exif) for i in range(count)], bot=bot)
+    encapsulated_ct(tmp_path / "in.dcm", [_frame(40 + 80 * i, comment=comment, exif=exif) for i in range(count)],
+                    JPEGBaseline8Bit, bot=bot)
     result = deidentify_file(engine(), tmp_path / "in.dcm", tmp_path / "out.dcm")
     assert result.output is not None, result.withheld
     data = result.output.read_bytes()
@@ -65,7 +52,7 @@ def test_text_segments_leave_the_jpeg_frames(tmp_path: Path, count: int, bot: bo
 
 
 def test_a_jpeg_without_text_keeps_its_pixel_data_byte_for_byte(tmp_path: Path) -> None:
-    _ct(tmp_path / "in.dcm", [_frame(90, comment=False, exif=False)], bot=False)
+    encapsulated_ct(tmp_path / "in.dcm", [_frame(90, comment=False, exif=False)], JPEGBaseline8Bit, bot=False)
     result = deidentify_file(engine(), tmp_path / "in.dcm", tmp_path / "out.dcm")
     assert result.output is not None
     assert pydicom.dcmread(result.output).PixelData == pydicom.dcmread(tmp_path / "in.dcm").PixelData

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from deid_helpers import engine, patient_object
+from deid_helpers import encapsulated_ct, engine
 from PIL import Image
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from pacsguard.deid.files import deidentify_file
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
 TEXT = b"Patient Quixote^Zebulon PID77341 born 19470823"
 
 
@@ -47,18 +46,6 @@ def _codestream(pixels: np.ndarray, *, tiles: bool, lossy: bool) -> bytes:
     return data
 
 
-def _ct(path: Path, frames: list[bytes], syntax: str) -> None:
-    ds = patient_object(CT, syntax=syntax)
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    if len(frames) > 1:
-        ds.NumberOfFrames = len(frames)
-    ds.PixelData = encapsulate(frames, has_bot=True)
-    ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.mark.parametrize(("syntax", "tiles", "frames"), [
     (JPEG2000Lossless, False, 1), (JPEG2000Lossless, True, 2), (JPEG2000, True, 1)])
 def test_comments_leave_j2k_frames_and_the_pixels_decode_the_same(tmp_path: Path, syntax: str, tiles: bool,
@@ -67,7 +54,7 @@ def test_comments_leave_j2k_frames_and_the_pixels_decode_the_same(tmp_path: Path
     assert gdcmconv, "GDCM's gdcmconv (Debian libgdcm-tools) is needed to decode JPEG 2000 independently"
     lossy = syntax == JPEG2000
     streams = [_codestream(_pixels(i), tiles=tiles, lossy=lossy) for i in range(frames)]
-    _ct(tmp_path / "in.dcm", streams, syntax)
+    encapsulated_ct(tmp_path / "in.dcm", streams, syntax)
     result = deidentify_file(engine(), tmp_path / "in.dcm", tmp_path / "out.dcm")
     assert result.output is not None, result.withheld
     data = result.output.read_bytes()
@@ -98,7 +85,7 @@ def test_a_codestream_without_comments_keeps_its_bytes(tmp_path: Path) -> None:
     if b"\xff\x64" in plain[:plain.index(b"\xff\x90")]:
         com = plain.index(b"\xff\x64")
         plain = plain[:com] + plain[com + 2 + int.from_bytes(plain[com + 2:com + 4], "big"):]
-    _ct(tmp_path / "in.dcm", [plain], JPEG2000Lossless)
+    encapsulated_ct(tmp_path / "in.dcm", [plain], JPEG2000Lossless)
     result = deidentify_file(engine(), tmp_path / "in.dcm", tmp_path / "out.dcm")
     assert result.output is not None, result.withheld
     assert pydicom.dcmread(result.output).PixelData == pydicom.dcmread(tmp_path / "in.dcm").PixelData
