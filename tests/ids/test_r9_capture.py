@@ -232,8 +232,9 @@ def test_a_capture_merged_from_two_capture_points_gives_no_evasion_anomaly(tmp_p
         assert dumpcap.stderr is not None
         line = dumpcap.stderr.readline()
         assert "Capturing on" in line, line
+        time.sleep(0.5)  # dumpcap says so before its socket takes packets; on a busy machine it is late
         _echo_traffic(port, echoes=10, gap=0.03)
-        time.sleep(0.3)
+        time.sleep(1.0)  # and it writes what it took a little after
     finally:
         os.killpg(dumpcap.pid, signal.SIGINT)
         dumpcap.wait(timeout=10)
