@@ -23,6 +23,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from pacsguard.deid import charset
 from pacsguard.deid.dictionary import known_vr
 from pacsguard.deid.encode import encode_file
 from pacsguard.deid.engine import SOP_INSTANCE_UID, Engine, Report, Withheld, _text_of
@@ -81,6 +82,9 @@ def read_whole(path: Path) -> Dataset:
     short = _short_pixel_data(ds)
     if short:
         raise Withheld(short)
+    wrong = charset.check(ds)  # text misread would be half de-identified (a name left in a description)
+    if wrong:
+        raise Withheld(wrong)
     return ds
 
 
