@@ -124,6 +124,11 @@ MOST_TRACKED = 10_000
 #: guessing the token one request at a time is too slow to be worth it.
 MOST_GUESSES = 20
 GUESS_WINDOW = 60.0
+#: HSTS max-age (RFC 6797 6.1.1), in seconds: one day. The clients are audit sources, not browsers,
+#: and HSTS binds the host name's every port (RFC 6797 8.3), so a browser that once saw it would
+#: also refuse a plain HTTP page of another service on that host: a day bounds that; no
+#: includeSubDomains.
+HSTS_MAX_AGE = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -935,7 +940,7 @@ async def _send(writer: asyncio.StreamWriter, reply: Reply, version: str) -> boo
     """Write ``reply``; False when the client is gone. Stalled, the connection aborted, when the
     client has not taken it within WRITE_TIMEOUT seconds (its buffers full: it reads nothing)."""
     try:
-        writer.write(_encode(reply, version))
+        writer.write(_encode(reply, version, secure=writer.get_extra_info("ssl_object") is not None))
         async with asyncio.timeout(WRITE_TIMEOUT):
             await writer.drain()
     except TimeoutError:
@@ -1070,10 +1075,11 @@ def _with_cursor(query: str, after: int) -> str:
     return urlencode([*kept, ("_cursor", str(after))])
 
 
-def _encode(reply: Reply, version: str) -> bytes:
+def _encode(reply: Reply, version: str, *, secure: bool = False) -> bytes:
     """The response (RFC 9112 4, 6): HTTP/1.1 whatever the request's minor version (RFC 9110 2.5).
     "Connection: close" when the connection ends after it (RFC 9112 9.6); to an HTTP/1.0 client
-    that asked to keep it, "keep-alive" (RFC 9112 C.2.2)."""
+    that asked to keep it, "keep-alive" (RFC 9112 C.2.2). Over HTTPS (``secure``), HSTS (RFC 9325
+    3.2, RFC 6797 6.1), which plain HTTP must not send (RFC 6797 7.2)."""
     body = json.dumps(reply.body).encode()
     # To HEAD, the Content-Length the GET would have (RFC 9110 8.6), and no content.
     head = (f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}\r\nContent-Type: {FHIR_JSON}\r\n"
@@ -1090,4 +1096,6 @@ def _encode(reply: Reply, version: str) -> bytes:
         head += f"Retry-After: {reply.retry_after}\r\n"
     if reply.allow is not None:
         head += f"Allow: {reply.allow}\r\n"
+    if secure:
+        head += f"Strict-Transport-Security: max-age={HSTS_MAX_AGE}\r\n"
     return head.encode("latin-1") + b"\r\n" + (b"" if reply.bodiless else body)

@@ -6,6 +6,7 @@ event loop's TLS."""
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +19,19 @@ if TYPE_CHECKING:
 
 #: How a failed handshake is told: the peer (host, port), the problem and what went wrong.
 Failed = Callable[[tuple[str, int | None], str, str], None]
+
+#: The start of an HTTP/1.x request line (RFC 9112 3: a method token, then one space): a TLS record
+#: begins with its content type (20-24, RFC 8446 5.1), never with a letter.
+_PLAIN_HTTP = re.compile(rb"[A-Z]{3,16} ")
+_PLAIN_HTTP_HEAD = 17  # octets kept to match it
+#: What a client speaking plain HTTP to the HTTPS port is answered, in clear (as nginx's "400 The
+#: plain HTTP request was sent to HTTPS port"): the status and what to do, nothing else.
+_PLAIN_HTTP_BODY = b"This port takes HTTPS only: use https://, not http://.\n"
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: "
+                     + str(len(_PLAIN_HTTP_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _PLAIN_HTTP_BODY)
+#: Seconds the rest of a plain HTTP request is read and dropped after the 400: closing on unread
+#: octets would reset the connection, and the client could lose the answer (RFC 9112 9.6).
+PLAIN_HTTP_LINGER = 2.0
 
 
 class Owner(Protocol):
@@ -81,6 +95,8 @@ class TlsConnection(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._task: asyncio.Task[None] | None = None
+        self._start = b""  # the first octets received, to tell plain HTTP
+        self._lingering = False  # answered plain HTTP: what still comes is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -91,10 +107,17 @@ class TlsConnection(asyncio.Protocol):
         self._deadline = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a plain HTTP request, answered already
+        if len(self._start) < _PLAIN_HTTP_HEAD:
+            self._start += data[:_PLAIN_HTTP_HEAD - len(self._start)]
         self._received += len(data)
         try:
             plain = self.session.feed(data)
         except TlsFailure as exc:
+            if self.reader is None and _PLAIN_HTTP.match(self._start):
+                self._plain_http(str(exc))
+                return
             self._write(self.session.outgoing())
             self._fail(str(exc))
             return
@@ -208,6 +231,24 @@ class TlsConnection(asyncio.Protocol):
                                     else "tls-handshake-failed", why)
         if not record_only:
             self.close()
+
+    def _plain_http(self, why: str) -> None:
+        """Plain HTTP to the HTTPS port: a TLS alert means nothing to an HTTP client, which would
+        read an empty reply; it is told in HTTP to use https, and nothing more is said in clear.
+        Recorded as the failed handshake it is; the connection keeps its place until it closes, so
+        that lingering ones stay within max_connections."""
+        self.session.outgoing()  # the alert, dropped
+        self._write(PLAIN_HTTP_ANSWER)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None  # and connection_lost records nothing more
+        method = self._start.split(b" ", 1)[0].decode("ascii")
+        self.owner.handshake_failed(self._peer(), "tls-handshake-failed", f"{why}: plain HTTP sent to the HTTPS "
+                                    f"port (a {method} request), answered 400 telling the client to use https")
+        self._lingering = True
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(PLAIN_HTTP_LINGER, self.close)
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():

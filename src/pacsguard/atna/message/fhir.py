@@ -189,8 +189,10 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     else who.reference; who.display, a name as anyone may bear it, only when there is nothing else.
     UserName is the display name: agent.name, else who.display."""
     network = a.get("network") or {}
-    roles = [_coding(c) for cc in ([a["type"]] if a.get("type") else []) + list(a.get("role", ()))
-             for c in cc.get("coding", ())]
+    # agent.type and agent.role are both RoleIDCode (FHIR R4 AuditEvent, DICOM mapping): the roles
+    # hold both, as the rules and the acting user's choice read them; ``types`` tells agent.type's.
+    types = [_coding(c) for c in _object(a, "type").get("coding", ())]
+    roles = types + [_coding(c) for cc in a.get("role", ()) for c in cc.get("coding", ())]
     who = a.get("who") or {}
     ident = who.get("identifier") or {}
     display = _text(who, "display")
@@ -198,7 +200,7 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     return Participant(user_id=user_id or display or "", alternative_user_id=_text(a, "altId"),
                        user_name=_text(a, "name") or (display if user_id else None),
                        requestor=_boolean(a, "requestor"), access_point=_text(network, "address"),
-                       access_point_type=_text(network, "type"), roles=tuple(roles))
+                       access_point_type=_text(network, "type"), roles=tuple(roles), types=tuple(types))
 
 
 def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
@@ -355,8 +357,15 @@ def _out_agent(p: Participant) -> dict[str, Any]:
     out: dict[str, Any] = {"requestor": p.requestor}
     if p.user_id:  # agent.who is optional (0..1); an empty UserID names no one
         out["who"] = {"identifier": {"value": p.user_id}}
-    if roles := _out_codings(p.roles):
-        out["role"] = [{"coding": [r]} for r in roles]
+    # agent.type as received (one CodeableConcept, its Codings), the other roles as agent.role.
+    if types := _out_codings(p.types):
+        out["type"] = {"coding": types}
+    roles = list(p.roles)
+    for kind in p.types:
+        if kind in roles:
+            roles.remove(kind)
+    if role_codings := _out_codings(tuple(roles)):
+        out["role"] = [{"coding": [r]} for r in role_codings]
     if p.alternative_user_id:
         out["altId"] = p.alternative_user_id
     if p.user_name:

@@ -220,7 +220,8 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
         participants=tuple(Participant(
             user_id=p.get("user_id", ""), alternative_user_id=p.get("alternative_user_id"),
             user_name=p.get("user_name"), requestor=bool(p.get("requestor")), access_point=p.get("access_point"),
-            access_point_type=p.get("access_point_type"), roles=tuple(_code(r) for r in p.get("roles", ())))
+            access_point_type=p.get("access_point_type"), roles=tuple(_code(r) for r in p.get("roles", ())),
+            types=tuple(_code(t) for t in p.get("types", ())))
             for p in d.get("participants", ())),
         source_id=source.get("id"), source_site=source.get("site"),
         source_types=tuple(_code(c) for c in source.get("types", ())),

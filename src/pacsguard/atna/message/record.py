@@ -36,6 +36,9 @@ class Participant:
     access_point: str | None = None
     access_point_type: str | None = None
     roles: tuple[Code, ...] = ()
+    #: Those of the roles a FHIR AuditEvent gave as agent.type, not agent.role: both are RoleIDCode
+    #: in FHIR R4's DICOM mapping of AuditEvent, and each is rendered back where it was received.
+    types: tuple[Code, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": self.user_id, "requestor": self.requestor}
@@ -45,6 +48,8 @@ class Participant:
                 out[name] = value
         if self.roles:
             out["roles"] = [r.to_dict() for r in self.roles]
+        if self.types:
+            out["types"] = [t.to_dict() for t in self.types]
         return out
 
 

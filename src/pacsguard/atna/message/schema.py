@@ -87,6 +87,12 @@ _XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
 #: PS3.15 A.5.3: participant objects an event must name (patient, study), per event ID.
 NEEDS_PATIENT = frozenset({"110102", "110103", "110104", "110105", "110106", "110107", "110110"})
 NEEDS_STUDY = frozenset({"110102", "110103", "110104", "110105", "110106", "110107"})
+#: IHE's event type codes name the transaction (IHE ITI TF-2 3.43.6: EV("ITI-43", "IHE Transactions",
+#: "Retrieve Document Set")); such a message audits IHE's exchange, not DICOM's.
+IHE_TRANSACTIONS = "IHE Transactions"
+#: A document as IHE names it where A.5.3 wants a study (IHE ITI TF-2 3.43.6): ID type 9, Report
+#: Number (RFC 3881), the ParticipantObjectID its DocumentUniqueId.
+DOCUMENT_ID_TYPE = "9"
 
 
 def check(root: Element) -> list[str]:
@@ -182,8 +188,13 @@ def _event_rules(root: Element, report: Callable[[str], None]) -> None:
     id_types = [token(_child(o, "ParticipantObjectIDTypeCode").get("csd-code", "")) for o in objects]
     if event_id in NEEDS_PATIENT and "2" not in id_types:
         report(f"{meaning}: a patient participant object (ID type 2) is required")
-    if event_id in NEEDS_STUDY and codes.STUDY_UID_TYPE not in id_types:
-        report(f"{meaning}: a study participant object (ID type 110180) is required")
+    # An IHE transaction's Export or Import (ITI-43 at the repository or the consumer) moves
+    # documents, not studies: a document stands for the study A.5.3 asks of DICOM's messages.
+    ihe = any(token(t.get("codeSystemName", "")) == IHE_TRANSACTIONS for t in ident
+              if _local(t.tag) == "EventTypeCode")
+    if event_id in NEEDS_STUDY and codes.STUDY_UID_TYPE not in id_types and not (ihe and DOCUMENT_ID_TYPE in id_types):
+        needed = " (or, for an IHE transaction, a document: ID type 9)" if ihe else ""
+        report(f"{meaning}: a study participant object (ID type 110180){needed} is required")
     if event_id == "110112" and not any(_child_or_none(o, "ParticipantObjectQuery") is not None for o in objects):
         report(f"{meaning}: the query participant object with ParticipantObjectQuery is required")
     if not any(token(p.get("UserIsRequestor") or "").lower() in ("true", "1")
