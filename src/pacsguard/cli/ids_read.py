@@ -202,6 +202,9 @@ def _print_summary(stats: PassiveStats, engine: Any, fmt: Format) -> None:
     avg = cap.bytes / cap.packets if cap.packets else 0
     t.add_row("capture", f"{stats.size / 1e6:,.1f} MB, {cap.packets:,} frames (average {avg:,.0f} bytes), "
                          f"{cap.flows:,} TCP connections")
+    if cap.ip_length_from_frame:
+        t.add_row("IP length 0", f"{cap.ip_length_from_frame:,} frames read with the length of the frame "
+                                 "(captured on the sending host before TCP segmentation offload)")
     t.add_row("speed", f"{stats.seconds:,.2f} s: {stats.mb_per_s:,.1f} MB/s, {stats.gbit_per_s:.3f} Gbit/s")
     results = ", ".join(f"{n:,} {r}" for r, n in sorted(sen.results.items(), key=lambda kv: -kv[1])) or "none"
     t.add_row("associations", f"{sen.associations:,} ({results})"

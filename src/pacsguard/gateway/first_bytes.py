@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from pacsguard.dicom.errors import UNKNOWN_PDU_TYPE, DecodeError
 from pacsguard.dicom.pdu import PDU_TYPE_NAMES
 from pacsguard.ids.sniff import guess_protocol
 
@@ -41,10 +42,24 @@ class FirstBytes:
         if not self.head:
             return None
         if self.head[0] not in PDU_TYPE_NAMES:
-            self.done = True
+            # kept up to HEAD bytes, for cut_short() when the client closes before a PDU header
+            self.done = len(self.head) >= HEAD
             return None
         if len(self.head) < NEEDED:
             return None
         self.done = True
         guess = guess_protocol(self.head)
         return None if guess == "unknown" else guess
+
+    def cut_short(self) -> DecodeError | None:
+        """The client closed before a whole PDU header (PS3.8 9.3.1: six bytes) arrived, so the PDU
+        reader never judged its first byte: when that byte is no PDU type, the error the reader
+        gives such bytes once it has six (unknown-pdu-type at offset 0, the bytes in ``head``), so
+        the IDS hears of them as non-DICOM, as the passive sensor does (``\\r\\n\\r\\n`` and a
+        close); None for a PDU type byte (the connection ended inside a PDU: truncated-pdu)."""
+        if not self.head or self.head[0] in PDU_TYPE_NAMES:
+            return None
+        exc = DecodeError(UNKNOWN_PDU_TYPE, f"unknown PDU type 0x{self.head[0]:02X} (the connection closed "
+                                            f"after {len(self.head)} bytes, before a whole PDU header)", 0)
+        exc.head = bytes(self.head)
+        return exc

@@ -278,6 +278,10 @@ class AssociationRelay:
             self._upstream_failed(_describe_upstream_tls_refusal(exc))
             return
         cut = self.readers[from_client].pending_bytes
+        refused = self.first.cut_short() if cut and from_client and self.state == "awaiting-rq" else None
+        if refused is not None:  # no PDU header at all, yet too short for the PDU reader to refuse
+            self.decode_error(True, refused)
+            return
         if cut and self.state != "closed":
             # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
             self.protocol_error(from_client, TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU")

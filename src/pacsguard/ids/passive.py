@@ -124,6 +124,7 @@ class PassiveStats:
                 "ip_fragments_dropped": cap.ip_fragments_dropped,
                 "snap_truncated": cap.snap_truncated,
                 "snap_missing_bytes": cap.snap_missing_bytes,
+                "ip_length_from_frame": cap.ip_length_from_frame,
                 "anomalies": dict(cap.anomalies),
                 "evicted": cap.evicted,
                 "timed_out": cap.timed_out,

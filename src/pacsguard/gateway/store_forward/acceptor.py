@@ -282,6 +282,10 @@ class StoreAssociation:
         if self.closed:
             return
         cut = self.reader.pending_bytes
+        refused = self.first.cut_short() if cut and self.state == "awaiting-rq" else None
+        if refused is not None:  # no PDU header at all, yet too short for the PDU reader to refuse
+            self.decode_error(refused)
+            return
         if cut and self.state not in ("awaiting-rq", "closed"):
             # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
             self.protocol_error(TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU", notify=False)

@@ -16,14 +16,18 @@ Formats:
   LINUX_SLL (113): 16-byte cooked header, protocol type at offset 14;
   LINUX_SLL2 (276): 20-byte cooked header, protocol type at offset 0.
 * IPv4 (RFC 791): header length from IHL, total length bounds the payload (Ethernet padding
-  ignored); fragments (MF set or a fragment offset) are counted and, when they carry TCP, handed
-  to the reassembler of :mod:`.ipfrag`.
+  ignored); a total length of 0 on an unfragmented TCP packet whose frame holds payload is a
+  capture taken on the sending host before segmentation offload (TSO/GSO, Linux BIG TCP): the
+  frame's length is taken, as Wireshark does, and counted (``ip_length_from_frame``); fragments
+  (MF set or a fragment offset) are counted and, when they carry TCP, handed to the reassembler
+  of :mod:`.ipfrag`.
 * IPv6 (RFC 8200 4): the extension headers a Linux receiver walks to reach TCP, however many
   (it sets no limit, so neither does the sensor: each is at least 8 octets): hop-by-hop (0)
-  directly after the IPv6 header only (RFC 8200 4.3), routing (43), destination options (60)
-  and AH (RFC 4302, 51), each skipped by its length field.  Any other next header, hop-by-hop
-  further in, mobility (135), HIP (139), shim6 (140), is a protocol Linux does not deliver
-  (ICMPv6 parameter problem, the packet dropped) and is counted, not read; a fragment header
+  directly after the IPv6 header only (RFC 8200 4.3), routing (43) and destination options
+  (60), each skipped by its length field.  Any other next header, hop-by-hop further in,
+  mobility (135), HIP (139), shim6 (140), is a protocol Linux does not deliver (ICMPv6 parameter
+  problem, the packet dropped) and is counted, not read; so is AH (RFC 4302, 51), which Linux
+  delivers only through an IPsec security association for it (none: dropped); a fragment header
   (44) counts as a fragment and goes to :mod:`.ipfrag`.
 * TCP (RFC 9293 section 3.1): data offset, flags, sequence and acknowledgment numbers.
 
@@ -118,9 +122,12 @@ _IPPROTO_NAMES = {
     112: "vrrp",
     132: "sctp",
 }
-# What Linux's ip6_protocol_deliver_rcu resubmits past (routing and destination options; AH is
-# handled below): hop-by-hop is parsed only right after the fixed header (ip6_rcv_finish), and
-# every other next header, mobility, HIP or shim6 included, is an unknown protocol it drops.
+# What Linux's ip6_protocol_deliver_rcu resubmits past (routing and destination options):
+# hop-by-hop is parsed only right after the fixed header (ip6_rcv_finish), and every other next
+# header, mobility, HIP or shim6 included, is an unknown protocol it drops.  AH (51) is IPsec's
+# (xfrm6_rcv): without a security association for its SPI the packet is dropped (XfrmInNoStates),
+# and a sensor cannot know the host's associations, so AH is a protocol of its own here, as for
+# IPv4 ("ipv6-ah" in non_tcp), never read through.
 _IPV6_SKIPPABLE = frozenset({43, 60})
 _BSD_AF_INET6 = frozenset({24, 28, 30})
 
@@ -236,6 +243,12 @@ def decode_tcp(
             return None
         vihl, totlen, frag, proto = _IPV4(buf, p)
         ihl = (vihl & 0x0F) << 2
+        if totlen == 0 and not frag & 0x3FFF and _offloaded(buf, p + ihl, end, caplen, linktype):
+            # Captured on the sending host before segmentation offload (TSO/GSO, BIG TCP): the
+            # stack leaves the total length 0 and the frame is the packet (Wireshark: "reported
+            # as 0, presumed to be because of TCP segmentation offload").
+            totlen = end - p
+            stats.ip_length_from_frame += 1
         if vihl >> 4 != 4 or ihl < 20 or totlen < ihl:
             count("malformed-ipv4")
             return None
@@ -270,6 +283,10 @@ def decode_tcp(
             return None
         plen, nh = _IPV6(buf, p)
         ip_end = p + 40 + plen if plen else end  # 0: jumbogram (RFC 2675), take the frame
+        if not plen and nh != 0 and end - p > 60:
+            # no hop-by-hop header, so no Jumbo Payload option: a frame captured before
+            # segmentation offload (BIG TCP without the option), as for IPv4 above
+            stats.ip_length_from_frame += 1
         tcp = p + 40
         limit = min(ip_end, end)
         if nh == 0:  # hop-by-hop: only here, as the first extension header (RFC 8200 4.3)
@@ -287,13 +304,6 @@ def decode_tcp(
                     return None
                 nh2 = buf[tcp]
                 tcp += (buf[tcp + 1] + 1) << 3
-                nh = nh2
-            elif nh == 51:
-                if tcp + 2 > limit:
-                    count("truncated-ipv6")
-                    return None
-                nh2 = buf[tcp]
-                tcp += (buf[tcp + 1] + 2) << 2
                 nh = nh2
             elif nh == 44:
                 stats.ip_fragments += 1
@@ -348,6 +358,15 @@ def decode_tcp(
         ip_end = end
         note_truncated(stats, missing)
     return key, ver, seq, ack, offflags & 0x3F, start, ip_end, missing, tcp
+
+
+def _offloaded(buf: bytes | mmap.mmap | memoryview, tcp: int, end: int, caplen: int, linktype: int) -> bool:
+    """An IPv4 packet of total length 0 whose frame holds TCP payload past the TCP header: a packet
+    captured before segmentation offload.  An Ethernet frame of the 60-byte minimum may end in
+    padding (IEEE 802.3 4.2.3.3), never payload, so it does not count."""
+    if tcp + 20 > end or (linktype == LINKTYPE_ETHERNET and caplen <= 60):
+        return False
+    return tcp + ((buf[tcp + 12] >> 2) & 0x3C) < end
 
 
 def _fragment_key(buf: bytes | mmap.mmap | memoryview, addrs: int, addrs_end: int, data: int, first: bool,

@@ -43,7 +43,6 @@ __all__ = ["IPDefragmenter"]
 #: shim6 (140) and the experimental 253/254 are unknown protocols to it (the datagram is dropped
 #: with an ICMPv6 parameter problem), so the walk ends there, as in :mod:`.decode`.
 _EXT_GENERIC = frozenset({43, 60})
-_AH = 51
 _MAX_DATAGRAM = 65535  # IPv4 total length / IPv6 payload length (no fragmented jumbograms)
 _DUP, _OVERLAP = 1, 2
 
@@ -300,15 +299,16 @@ class IPDefragmenter:
 def _upper_layer(nh: int, payload: bytes) -> tuple[int, int]:
     """The upper-layer header of a reassembled IPv6 datagram whose fragmentable part starts with next
     header *nh*: ``(protocol, offset)`` past the extension headers, or ``(-1, 0)`` if they run past
-    its end (RFC 8200 4, 4.5: routing and destination options may follow the Fragment header; AH, RFC
-    4302 2.2, counts 4-octet units). Hop-by-hop (0) may only follow the IPv6 header itself (RFC 8200
-    4.3): Linux discards a datagram that has it here (unknown next header), so it ends the walk."""
+    its end (RFC 8200 4, 4.5: routing and destination options may follow the Fragment header). AH
+    (RFC 4302) ends the walk: Linux reads past it only with an IPsec security association (decode).
+    Hop-by-hop (0) may only follow the IPv6 header itself (RFC 8200 4.3): Linux discards a datagram
+    that has it here (unknown next header), so it ends the walk too."""
     pos, size = 0, len(payload)
-    while nh in _EXT_GENERIC or nh == _AH:
+    while nh in _EXT_GENERIC:
         if pos + 2 > size:
             return -1, 0
         # Every header is at least 8 octets: the walk ends.
-        step = (payload[pos + 1] + 2) << 2 if nh == _AH else (payload[pos + 1] + 1) << 3
+        step = (payload[pos + 1] + 1) << 3
         nh, pos = payload[pos], pos + step
     if pos > size:
         return -1, 0

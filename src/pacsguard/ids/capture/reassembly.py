@@ -216,6 +216,9 @@ class CaptureStats:
     ip_fragments_dropped: int = 0  # fragments dropped: overlapping, malformed, or over a limit
     snap_truncated: int = 0  # frames the capture cut short (captured length < what IP declares)
     snap_missing_bytes: int = 0  # TCP payload bytes those frames did not keep
+    # frames whose IP length was 0 (IPv4 total length, IPv6 payload length without a Jumbo Payload
+    # option) and was taken from the frame: captured on the sending host before segmentation offload
+    ip_length_from_frame: int = 0
     # offset in the reader's buffer of the frame being decoded when its record says the capture cut
     # it (captured length below the original length; 0 for such a live frame), else -1: set by the
     # reader, with cut_frame: that frame's number (Wireshark's) and file offset, for the problem
