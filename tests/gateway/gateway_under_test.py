@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -103,6 +104,39 @@ def route(name: str, upstream_port: int, *, upstream_ae: str = "ORTHANC", ae_tit
     if upstream_tls:
         r["upstream"]["tls"] = upstream_tls
     return r
+
+
+def dead_end_routes(host: str) -> list[dict]:
+    """A relay route ``rl`` and a store-and-forward route ``sf`` listening on ``host``, both towards a
+    port where nothing listens: for what a client's first bytes do, no PACS is ever reached."""
+    nowhere = free_port(host)
+    relay = {"name": "rl", "listen": {"host": host, "port": free_port(host), "ae_title": "PACSGUARD"},
+             "upstream": {"host": host, "port": nowhere, "ae_title": "NOBODY", "connect_timeout": 3}}
+    saf = {"name": "sf", "mode": "store-and-forward",
+           "listen": {"host": host, "port": free_port(host), "ae_title": "PACSGUARD"},
+           "destinations": [{"name": "d0", "host": host, "port": nowhere, "ae_title": "NOBODY",
+                             "connect_timeout": 3}]}
+    return [relay, saf]
+
+
+@contextmanager
+def serving(home: Path, routes: list[dict], program: list[str]) -> Iterator[RunningGateway]:
+    """`pacsguard init --no-demo` then `serve` in ``home`` with ``routes`` (their own listen hosts),
+    stopped at the end."""
+    config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5}, "gateway": {"routes": routes}}
+    (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
+    init = subprocess.run([*program, "init", "--no-demo"], cwd=home, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stdout + init.stderr
+    log = home / "serve.log"
+    proc = subprocess.Popen([*program, "serve"], cwd=home, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    running = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, routes, program)
+    try:
+        for r in routes:
+            assert wait_for_port(r["listen"]["host"], r["listen"]["port"], timeout=30, proc=proc), log.read_text()
+        yield running
+    finally:
+        running.stop()
 
 
 def serve(home: Path, log: Path, routes: list[dict], program: list[str] | None = None) -> subprocess.Popen:

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateway_under_test import RunningGateway
+from gateway_under_test import RunningGateway, dead_end_routes, serving
 
 from pacsguard.events import Event
-from peers.dcmtk import free_port, wait_for_port
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ids"))
 
@@ -52,35 +51,10 @@ EXPECTED = {"p-data-tf": "ids.alert.dicom-protocol-state-violation",
             "a-associate-rj": "ids.alert.dicom-non-dicom-bytes"}
 
 
-def _routes() -> list[dict]:
-    nowhere = free_port(HOST)  # no PACS: no first PDU here ever opens the upstream leg
-    relay = {"name": "rl", "listen": {"host": HOST, "port": free_port(HOST), "ae_title": "PACSGUARD"},
-             "upstream": {"host": HOST, "port": nowhere, "ae_title": "NOBODY", "connect_timeout": 3}}
-    saf = {"name": "sf", "mode": "store-and-forward",
-           "listen": {"host": HOST, "port": free_port(HOST), "ae_title": "PACSGUARD"},
-           "destinations": [{"name": "d0", "host": HOST, "port": nowhere, "ae_title": "NOBODY",
-                             "connect_timeout": 3}]}
-    return [relay, saf]
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("r7b")
-    routes = _routes()
-    config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5}, "gateway": {"routes": routes}}
-    (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
-    init = subprocess.run([*PROGRAM, "init", "--no-demo"], cwd=home, capture_output=True, text=True, timeout=60)
-    assert init.returncode == 0, init.stdout + init.stderr
-    log = home / "serve.log"
-    proc = subprocess.Popen([*PROGRAM, "serve"], cwd=home, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    running = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, routes, PROGRAM)
-    try:
-        for r in routes:
-            assert wait_for_port(HOST, r["listen"]["port"], timeout=30, proc=proc), log.read_text()
+    with serving(tmp_path_factory.mktemp("r7b"), dead_end_routes(HOST), PROGRAM) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _source(route: str, name: str) -> str:
@@ -167,8 +141,7 @@ def test_spool_retry_on_a_read_only_spool_names_the_route(tmp_path: Path) -> Non
     home = tmp_path / "gw"
     spool = home / "var" / "spool" / "sf"
     spool.mkdir(parents=True)
-    routes = _routes()
-    config = {"store": {"url": "var/pacsguard.db"}, "gateway": {"routes": [routes[1]]}}
+    config = {"store": {"url": "var/pacsguard.db"}, "gateway": {"routes": [dead_end_routes(HOST)[1]]}}
     (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
     subprocess.run(["mount", "--bind", str(spool), str(spool)], check=True)
     try:

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "gateway"))
 
-from gateway_under_test import RunningGateway  # noqa: E402
+from gateway_under_test import RunningGateway, dead_end_routes, serving  # noqa: E402
 from test_r7_first_pdu import passive  # noqa: E402
-
-from peers.dcmtk import free_port, wait_for_port  # noqa: E402
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(90)]
 
@@ -40,35 +36,10 @@ CASES = {
 }
 
 
-def _routes() -> list[dict]:
-    nowhere = free_port(HOST)  # no PACS: none of these bytes ever opens the upstream leg
-    relay = {"name": "rl", "listen": {"host": HOST, "port": free_port(HOST), "ae_title": "PACSGUARD"},
-             "upstream": {"host": HOST, "port": nowhere, "ae_title": "NOBODY", "connect_timeout": 3}}
-    saf = {"name": "sf", "mode": "store-and-forward",
-           "listen": {"host": HOST, "port": free_port(HOST), "ae_title": "PACSGUARD"},
-           "destinations": [{"name": "d0", "host": HOST, "port": nowhere, "ae_title": "NOBODY",
-                             "connect_timeout": 3}]}
-    return [relay, saf]
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("w7")
-    routes = _routes()
-    config = {"store": {"url": "var/pacsguard.db", "checkpoint_interval": 5}, "gateway": {"routes": routes}}
-    (home / "pacsguard.yaml").write_text(yaml.safe_dump(config))
-    init = subprocess.run([*PROGRAM, "init", "--no-demo"], cwd=home, capture_output=True, text=True, timeout=60)
-    assert init.returncode == 0, init.stdout + init.stderr
-    log = home / "serve.log"
-    proc = subprocess.Popen([*PROGRAM, "serve"], cwd=home, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    running = RunningGateway(home, {r["name"]: r["listen"]["port"] for r in routes}, proc, log, routes, PROGRAM)
-    try:
-        for r in routes:
-            assert wait_for_port(HOST, r["listen"]["port"], timeout=30, proc=proc), log.read_text()
+    with serving(tmp_path_factory.mktemp("w7"), dead_end_routes(HOST), PROGRAM) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _source(route: str, name: str) -> str:
