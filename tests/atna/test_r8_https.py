@@ -15,17 +15,11 @@ from typing import Any
 from receiver import running
 
 from pacsguard.tls import make_ca, make_cert
+from peers.dcmtk import free_port
 from store_helpers import new_store
 
 HOST = "127.0.81.4"
 TOKEN = "round8-https-token-0123456789"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _client(ca: Path, *, version: ssl.TLSVersion, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
@@ -64,7 +58,7 @@ def test_a_refused_handshake_is_told_by_alert_and_recorded(tmp_path: Path, monke
     other_ca, other_key = make_ca(other, "Another CA", 2)
     stranger = make_cert(other, "portal", other_ca, other_key, hosts=["portal"], client=True, days=1)
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
-    port = _port()
+    port = free_port(HOST)
     section = {"http": {"host": HOST, "port": port, "cert_file": cert, "key_file": key, "ca_file": ca,
                         "require_client_cert": True, "token": {"env": "ATNA_TOKEN"}}}
     with running(section, store) as rx:
@@ -107,7 +101,7 @@ def test_openssl_refused_by_either_tls_listener_reads_the_alert(tmp_path: Path, 
     cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", HOST], server=True, days=1)
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
     tls = {"cert_file": cert, "key_file": key, "ca_file": ca, "require_client_cert": True}
-    ports = {"tls": _port(), "http": _port()}
+    ports = {"tls": free_port(HOST), "http": free_port(HOST)}
     section = {"tls": {"host": HOST, "port": ports["tls"], **tls},
                "http": {"host": HOST, "port": ports["http"], "token": {"env": "ATNA_TOKEN"}, **tls}}
     with running(section, store) as rx:

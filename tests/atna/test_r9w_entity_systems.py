@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from fhir.resources.R4B.bundle import Bundle
 from receiver import running
 
 from pacsguard.atna.ingest import Sender, frame_event
+from peers.dcmtk import free_port
 from store_helpers import new_store
 
 HOST = "127.0.111.6"
@@ -30,13 +30,6 @@ RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 LOCAL_ROLES = "urn:oid:1.2.3.4.5.6.7"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _balp_read() -> dict[str, Any]:
@@ -97,7 +90,7 @@ def test_a_balp_event_comes_back_under_the_systems_it_was_sent_with(tmp_path: Pa
     a5 = frame_event(Sender("10.20.0.9", 40000, "tcp", "octet-counting"),
                      b"<85>1 - h a - IHE+RFC-3881 - " + every_event_id()["110110"])
     store.append([a5])
-    port = _port()
+    port = free_port(HOST)
     with running({"http": {"host": HOST, "port": port, "token": {"env": "ATNA_W1_TOKEN"}}}, store) as rx:
         base = f"http://{HOST}:{port}/AuditEvent"
         status, created = _curl("--data-binary", orjson.dumps(_balp_read()).decode(), base)

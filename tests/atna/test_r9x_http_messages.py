@@ -28,6 +28,7 @@ from receiver import running
 
 from pacsguard.atna.message import dicom_xml, schema
 from pacsguard.tls import make_ca, make_cert
+from peers.dcmtk import free_port
 from store_helpers import new_store
 
 HOST = "127.0.119.4"
@@ -35,13 +36,6 @@ TOKEN = "w9-token-0123456789abcdef"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 ROLE_CLASS = "http://terminology.hl7.org/CodeSystem/v3-RoleClass"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _curl() -> str:
@@ -55,7 +49,7 @@ def _https(tmp_path: Path) -> tuple[dict[str, Any], Path, int]:
     pki = tmp_path / "pki"
     ca, ca_key = make_ca(pki, "ATNA W9 CA", 2)
     cert, key = make_cert(pki, "localhost", ca, ca_key, hosts=["localhost", HOST], server=True, days=1)
-    port = _port()
+    port = free_port(HOST)
     return {"http": {"host": HOST, "port": port, "cert_file": cert, "key_file": key,
                      "token": {"env": "ATNA_TOKEN"}}}, ca, port
 
@@ -103,7 +97,7 @@ def test_curl_speaking_plain_http_to_the_https_port_is_told_to_use_https(tmp_pat
 def test_https_answers_carry_hsts_and_plain_http_ones_do_not(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("ATNA_TOKEN", TOKEN)
     section, ca, port = _https(tmp_path)
-    plain = _port()
+    plain = free_port(HOST)
     store, _ = new_store(str(tmp_path / "store.db"), tmp_path)
     with running(section, store):
         secure = subprocess.run([_curl(), "-sS", "-i", "-m", "10", "--cacert", str(ca), "-H",
