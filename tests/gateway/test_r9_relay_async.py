@@ -134,21 +134,27 @@ def test_a_match_is_the_c_finds_while_a_c_get_sub_operation_of_that_number_waits
 # --- the A-RELEASE-RP of a PACS that closes its connection at once ---------------------------------
 
 
+async def _stored_then_refused_undurable(pb: DurablePlaybook, gate: Gate) -> None:
+    """One C-STORE through to the PACS and back, then a second the gateway refuses itself (its
+    requests_per_minute) while the refusal's record is not durable yet (``gate`` shut)."""
+    await associate(pb)
+    first = store_rq(1)
+    await pb.client(first)
+    await pb.upstream(response(first))
+    assert await until(pb.to_client) == [STORE_ACK]
+    pb.to_upstream()
+    gate.shut()
+    await pb.client(store_rq(2))
+    assert await until(pb.to_client) == [Seen("P-DATA-TF", (("C-STORE-RSP", dimse.STATUS_OUT_OF_RESOURCES),))]
+
+
 def test_the_release_reaches_the_client_when_the_pacs_closes_while_it_waits_for_its_records() -> None:
     """A request the gateway refuses itself (its answer waits for nothing), then an A-RELEASE-RQ at
     once: the PACS's A-RELEASE-RP waits for the refusal's record, and the PACS closes its connection
     meanwhile, as pynetdicom does. The client still gets its A-RELEASE-RP, not a closed connection."""
 
     async def scenario(pb: DurablePlaybook, gate: Gate) -> None:
-        await associate(pb)
-        first = store_rq(1)
-        await pb.client(first)
-        await pb.upstream(response(first))
-        assert await until(pb.to_client) == [STORE_ACK]
-        pb.to_upstream()
-        gate.shut()  # the refusal's record is not durable yet
-        await pb.client(store_rq(2))
-        assert await until(pb.to_client) == [Seen("P-DATA-TF", (("C-STORE-RSP", dimse.STATUS_OUT_OF_RESOURCES),))]
+        await _stored_then_refused_undurable(pb, gate)
         await pb.client(P.encode_release_rq())
         assert pb.to_upstream() == [Seen("A-RELEASE-RQ")]
         await pb.upstream(P.encode_release_rp())
@@ -162,21 +168,13 @@ def test_the_release_reaches_the_client_when_the_pacs_closes_while_it_waits_for_
     assert [e.kind for e in pb.events][-1] == "dicom.association.released"
 
 
-
 def test_the_pacss_a_abort_reaches_the_client_while_a_record_is_not_yet_durable() -> None:
     """The PACS aborts (source 2, reason 6: invalid PDU parameter value, PS3.8 Table 9-26) just after
     the gateway refused a request itself, whose record is not durable yet: the A-ABORT acknowledges
     nothing, so the client gets it with its source and reason instead of a bare closed connection."""
 
     async def scenario(pb: DurablePlaybook, gate: Gate) -> None:
-        await associate(pb)
-        first = store_rq(1)
-        await pb.client(first)
-        await pb.upstream(response(first))
-        assert await until(pb.to_client) == [STORE_ACK]
-        gate.shut()
-        await pb.client(store_rq(2))
-        assert await until(pb.to_client) == [Seen("P-DATA-TF", (("C-STORE-RSP", dimse.STATUS_OUT_OF_RESOURCES),))]
+        await _stored_then_refused_undurable(pb, gate)
         await pb.upstream(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_INVALID_PDU_PARAMETER_VALUE))
         assert await until(pb.to_client) == [Seen("A-ABORT", (P.ABORT_SOURCE_SERVICE_PROVIDER,))]
         gate.open.set()
