@@ -9,11 +9,17 @@
   (RFC 8446 4.4.2.4). The modality gets the transient A-ASSOCIATE-RJ of an unreachable upstream
   (docs/gateway.md, Refusals) and `gateway.upstream.unreachable` names the alert, as for an
   upstream certificate the gateway refuses; it used to be an A-ABORT.
+- Under load the PACS's close (with the A-ASSOCIATE-RQ unread) sends a reset that overtakes its
+  alert (1 run in ~150 on 2 busy cores): that, and any PACS that resets or closes its leg before
+  an A-ASSOCIATE-AC, is also an unreachable upstream, not an A-ABORT of an association that never
+  was; over TLS the reason points at the client certificate.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,8 +112,65 @@ def test_a_pacs_refusing_the_gateway_s_certificate_is_an_unreachable_upstream(
     assert echo.returncode != 0 and "Rejected Transient" in out and "Temporary Congestion" in out, out
     assert time.monotonic() - started < 10
     (unreachable,) = gw.wait_for("gateway.upstream.unreachable")
-    assert "TLS refused by the upstream" in unreachable.details["error"]
-    assert "alert" in unreachable.details["error"] and "client certificate" in unreachable.details["error"]
+    error = unreachable.details["error"]
+    # The alert, or (when the PACS's reset overtook it) the reset after the handshake.
+    assert ("TLS refused by the upstream" in error and "alert" in error) or "reset the connection" in error, error
+    assert "client certificate" in error, error
+    (rejected,) = gw.wait_for("dicom.association.rejected")
+    assert rejected.details["rule"] == "upstream" and rejected.details["result"] == 2
+    assert not gw.events("dicom.association.aborted")
+
+
+class _HangingUpPacs:
+    """A PACS that accepts the connection (and the TLS handshake, when given a context), reads the
+    A-ASSOCIATE-RQ and ends the connection without answering: with a reset (SO_LINGER 0, what a
+    close with data unread sends) or a plain close."""
+
+    def __init__(self, context: ssl.SSLContext | None, reset: bool) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.context, self.reset, self.served = context, reset, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True)
+        conn.recv(1)
+        if self.reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        else:  # all of the A-ASSOCIATE-RQ read first: a close with nothing unread is a FIN
+            conn.settimeout(0.3)
+            try:
+                while conn.recv(65536):
+                    pass
+            except TimeoutError:
+                pass
+        conn.close()
+        self.listener.close()
+        self.served.set()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "close"])
+def test_a_pacs_hanging_up_before_its_a_associate_ac_is_an_unreachable_upstream(
+        gateway, dcmtk: Dcmtk, pki: dict[str, Path], tls: bool, reset: bool) -> None:
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki["server_cert"], pki["server_key"])
+    pacs = _HangingUpPacs(context, reset)
+    gw = gateway(route("main", pacs.port, upstream_ae="ARCHIVE",
+                       upstream_tls={"ca_file": str(pki["ca"])} if tls else None))
+    echo = dcmtk.run("echoscu", "-aet", "CT1", "-aec", "PACSGUARD", "127.0.0.1", str(gw.port()), timeout=30)
+    out = echo.stdout + echo.stderr
+    assert pacs.served.wait(5)
+    assert echo.returncode != 0 and "Rejected Transient" in out and "Temporary Congestion" in out, out
+    (unreachable,) = gw.wait_for("gateway.upstream.unreachable")
+    error = unreachable.details["error"]
+    assert f"the upstream {'reset' if reset else 'closed'} the connection before answering the A-ASSOCIATE-RQ" \
+        in error, error
+    assert ("client certificate" in error) == tls, error
     (rejected,) = gw.wait_for("dicom.association.rejected")
     assert rejected.details["rule"] == "upstream" and rejected.details["result"] == 2
     assert not gw.events("dicom.association.aborted")

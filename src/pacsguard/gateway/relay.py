@@ -286,6 +286,12 @@ class AssociationRelay:
             # The TCP connection ended inside a PDU (PS3.8 9.3.1): say so, it is not a plain hang-up.
             self.protocol_error(from_client, TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU")
             return
+        if not from_client and self.state in ("connecting", "awaiting-ac"):
+            # The PACS ended the leg without answering the A-ASSOCIATE-RQ: no association was ever
+            # established, so the client gets the transient A-ASSOCIATE-RJ of an unreachable upstream
+            # (it may retry), not an A-ABORT.
+            self._upstream_failed(_describe_upstream_hang_up(exc, tls=self.route.upstream.tls is not None))
+            return
         if self.state in ("awaiting-rq", "releasing", "closed"):
             if not from_client and self.state == "closed" and self.outbox.holding:
                 # A PACS may close its connection as soon as it has sent its A-RELEASE-RP (pynetdicom
@@ -1119,9 +1125,25 @@ def _describe_connect_error(exc: BaseException, timeout: float) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+_CLIENT_CERTIFICATE_HINT = "see upstream.tls.cert_file and key_file, and the CA the PACS trusts"
+
+
 def _describe_upstream_tls_refusal(exc: ssl.SSLError) -> str:
     """The TLS alert an upstream sent after the handshake, in the words of a connect failure."""
     reason = (exc.reason or str(exc)).replace("_", " ").lower()
-    hint = (" (the PACS did not accept the gateway's client certificate: see upstream.tls.cert_file and "
-            "key_file, and the CA the PACS trusts)" if "certificate" in reason or " ca" in reason else "")
+    hint = (f" (the PACS did not accept the gateway's client certificate: {_CLIENT_CERTIFICATE_HINT})"
+            if "certificate" in reason or " ca" in reason else "")
     return f"TLS refused by the upstream after the handshake: {reason}{hint}"
+
+
+def _describe_upstream_hang_up(exc: Exception | None, *, tls: bool) -> str:
+    """An upstream that reset or closed its leg before its A-ASSOCIATE-AC. Over TLS 1.3 that is
+    how a PACS refusing the gateway's client certificate may look: it sends its alert and closes
+    with the A-ASSOCIATE-RQ unread, and the reset that close sends can overtake the alert (RFC 8446
+    4.4.2.4; RFC 793 3.5, a close with data unread)."""
+    how = "reset" if isinstance(exc, ConnectionResetError) else "closed"
+    why = f"the upstream {how} the connection before answering the A-ASSOCIATE-RQ"
+    if not tls:
+        return why + (f" ({exc})" if exc is not None and how == "closed" else "")
+    return (f"{why}, after the TLS handshake (a PACS that does not accept the gateway's client certificate "
+            f"refuses it so in TLS 1.3, and its alert may be lost to the reset: {_CLIENT_CERTIFICATE_HINT})")
