@@ -4,7 +4,9 @@ pacsguard, `pacsguard atna listen`, in a process of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,3 +106,15 @@ class Repository:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(self.deadline)
         self.proc = None
+
+
+def curl_fhir(token: str, *args: str) -> tuple[int, Any]:
+    """curl's answer (status, JSON body) to a request of the RESTful ATNA endpoint with ``token``."""
+    curl = shutil.which("curl")
+    assert curl, "curl is needed (Debian package curl)"
+    done = subprocess.run([curl, "-sS", "-m", "15", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {token}",
+                           "-H", "Content-Type: application/fhir+json", *args],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)

@@ -108,9 +108,11 @@ def test_an_rfc3881_participant_without_user_is_requestor_is_the_requestor(tmp_p
     assert event.patient_ids[:2] == ("R8-PX1", "R8-PX1^^^RIS&1.2.3.84&ISO")
     (row,) = _patient_report(tmp_path, [event], "R8-PX1")
     assert str(row["user"]).startswith("kwalsh")
-    # An explicit "false" is still false: the participant is no requestor, the Event has no actor.
+    # An explicit "false" is still false: the participant is no requestor; as the message's only
+    # participant it is still the Event's actor, and the Event says no requestor was named.
     stated = _event(RFC3881_READ.replace(b'UserName="Kim Walsh"', b'UserName="Kim Walsh" UserIsRequestor="false"'))
-    assert stated.actor.user is None and stated.details["participants"][0]["requestor"] is False
+    assert stated.actor.user == "kwalsh" and "no-requestor" in stated.details["flags"]
+    assert stated.details["participants"][0]["requestor"] is False
 
 
 def test_enumerated_values_with_white_space_are_their_values(tmp_path: Path) -> None:

@@ -8,16 +8,13 @@ as a BALP client would. Loopback 127.0.111.0/24."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import orjson
 from atna_corpus import every_event_id
 from fhir.resources.R4B.bundle import Bundle
-from receiver import running
+from receiver import curl_fhir, running
 
 from pacsguard.atna.ingest import Sender, frame_event
 from peers.dcmtk import free_port
@@ -61,15 +58,8 @@ def _balp_read() -> dict[str, Any]:
     }
 
 
-def _curl(*args: str) -> tuple[int, dict[str, Any]]:
-    curl = shutil.which("curl")
-    assert curl, "curl is needed (Debian package curl)"
-    done = subprocess.run([curl, "-sS", "-m", "15", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {TOKEN}",
-                           "-H", "Content-Type: application/fhir+json", *args],
-                          capture_output=True, text=True, timeout=20)
-    assert done.returncode == 0, done.stderr
-    body, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(body)
+def _curl(*args: str) -> tuple[int, Any]:
+    return curl_fhir(TOKEN, *args)
 
 
 def _codings(resource: dict[str, Any]) -> list[tuple[Any, Any]]:

@@ -24,7 +24,7 @@ _RECEIVED = {
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
     # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, no-time-zone, bad-action-code,
-    # bad-outcome, relay-escaped
+    # bad-outcome, relay-escaped, no-requestor
     "flags": STRINGS,
     "received": STRING,
 }

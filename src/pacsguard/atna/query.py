@@ -1,8 +1,9 @@
 """The search parameters of IHE ITI-81 (Retrieve ATNA Audit Event, RESTful ATNA 3.81.4.1.2) over the
 stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``patient``,
-``agent-name``, the parameters matched by value (`_MATCHED`: ``address``, ``agent-identifier``,
-``entity-identifier``, ``entity-type``, ``entity-role``, ``outcome``, ``source``, ``type``,
-``subtype``, ``action``), ``_count`` (the page size), and ``_cursor``, the opaque position a
+``agent-name``, ``entity-identifier``, the tokens (`_CODED`: ``type``, ``subtype``, ``entity-type``,
+``entity-role``, ``outcome``, ``action``, ``agent-identifier``, ``agent-role``: FHIR R4 search,
+token, their system compared as the answer gives it), the parameters matched by value (`_MATCHED`:
+``address``, ``source``), ``_count`` (the page size), and ``_cursor``, the opaque position a
 Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own). `stored_by_id` finds
 the one stored audit message a FHIR read (``GET /AuditEvent/ID``, FHIR R4 3.1.0.1) names."""
 
@@ -11,12 +12,21 @@ from __future__ import annotations
 import heapq
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pacsguard.atna.message.fhir import hl7_escape, system_uri
+from pacsguard.atna.message import codes as audit_codes
+from pacsguard.atna.message.fhir import (
+    ACTION,
+    ENTITY_TYPE,
+    OBJECT_ROLE,
+    OUTCOME,
+    answered_system,
+    hl7_escape,
+    system_uri,
+)
 from pacsguard.atna.message.mapping import is_patient, patients_of
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.events.model import Event
@@ -103,7 +113,8 @@ class Identifier:
 class CodeToken:
     """A coded value as an ITI-81 token names it (FHIR R4 search, "token"): ``code`` (in any
     system), ``system|code`` (in that system: ``DCM``, DICOM's OID or its URI are one), ``|code``
-    (in no system). Matches an event ID or event type code as stored (`reader.code_dict`)."""
+    (in no system). The system compared is the one the answer gives the stored value
+    (fhir.answered_system, `AuditQuery.matches`), so a token finds what the AuditEvents show."""
 
     code: str
     system: str | None = None  # None: any system; "": no system
@@ -118,10 +129,17 @@ class CodeToken:
         return cls(parts[1], system_uri(parts[0]) if parts[0] else "")
 
     def names(self, held: Mapping[str, str]) -> bool:
-        """Whether the stored code ``held`` is this one."""
-        if held.get("code") != self.code:
+        """Whether the stored code ``held`` (`reader.code_dict`) is this one, under the system the
+        answer gives it."""
+        code = held.get("code") or ""
+        return self.holds(code, answered_system(code, held.get("system")))
+
+    def holds(self, code: object, system: str | None) -> bool:
+        """Whether a stored ``code`` answered under ``system`` ("" none; None: not answered at all,
+        a value outside the element's value set, so found by its code alone) is this one."""
+        if code != self.code:
             return False
-        return self.system is None or system_uri(held.get("system") or "") == self.system
+        return self.system is None or (system is not None and system == self.system)
 
 
 @dataclass(slots=True)
@@ -136,16 +154,18 @@ class AuditQuery:
     until: datetime | None = None
     periods: list[tuple[tuple[datetime, datetime], ...]] = field(default_factory=list)
     agent_names: list[AnyOf] = field(default_factory=list)
-    entity_types: list[AnyOf] = field(default_factory=list)
-    outcomes: list[AnyOf] = field(default_factory=list)
+    # A plain code (`audit search --entity-type`, --outcome, --action) is a token of any system.
+    entity_types: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
+    outcomes: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
     event_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
-    actions: list[AnyOf] = field(default_factory=list)
+    actions: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
     sources: list[AnyOf] = field(default_factory=list)
     subtypes: list[tuple[CodeToken, ...]] = field(default_factory=list)
-    agent_ids: list[AnyOf] = field(default_factory=list)
+    agent_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
+    agent_roles: list[tuple[CodeToken, ...]] = field(default_factory=list)
     addresses: list[AnyOf] = field(default_factory=list)
     entity_ids: list[tuple[Identifier, ...]] = field(default_factory=list)
-    entity_roles: list[AnyOf] = field(default_factory=list)
+    entity_roles: list[tuple[CodeToken, ...]] = field(default_factory=list)
     count: int = 100  # the page size; 0: only the number of matches (``_count=0``)
     after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
     counted: bool = False  # ``_total=accurate``: every match counted, whatever the page
@@ -253,19 +273,43 @@ class AuditQuery:
             names = [n for p in participants for k in ("user_id", "user_name") if (n := str(p.get(k) or "").lower())]
             if not all(any(n.startswith(a) for a in anyof for n in names) for anyof in self.agent_names):
                 return False
-        for tokens, codes in ((self.event_ids, (d.get("event_id") or {},)), (self.subtypes, d.get("event_types", ()))):
+        roles = [r for p in participants for r in _roles(p)] if self.agent_roles else []
+        for tokens, codes in ((self.event_ids, (d.get("event_id") or {},)), (self.subtypes, d.get("event_types", ())),
+                              (self.agent_roles, roles)):
             if not all(any(t.names(c) for t in anyof for c in codes) for anyof in tokens):
                 return False
+        for conditions, held in self._answered(d, participants, objects):
+            if not all(any(_token(t).holds(code, system) for t in anyof for code, system in held)
+                       for anyof in conditions):
+                return False
         wanted_and_held = (
-            (self.entity_types, {o.get("type_code") for o in objects}),
-            (self.entity_roles, {o.get("role") for o in objects}),
-            (self.agent_ids, {p.get(k) for p in participants for k in ("user_id", "alternative_user_id")}),
             (self.addresses, {p.get("access_point") for p in participants}),
-            (self.actions, {d.get("action")}),
             (self.sources, {(d.get("source") or {}).get("id")}),
-            (self.outcomes, {d.get("outcome_indicator")}),
         )
         return all(not held.isdisjoint(anyof) for wanted, held in wanted_and_held for anyof in wanted)
+
+    def _answered(self, d: Mapping[str, object], participants: Iterable[Mapping[str, object]],
+                  objects: Iterable[Mapping[str, object]]) -> Iterator[tuple[Sequence[tuple[CodeToken | str, ...]],
+                                                                             list[tuple[object, str | None]]]]:
+        """Each token parameter over values that are no stored Coding, with the system the answer
+        (fhir.render) gives each: an entity's type and role under the system a FHIR AuditEvent sent
+        (none for a Coding without one), else audit-entity-type and object-role (PS3.15 A.5.1's
+        codes); the outcome and action under the code systems FHIR R4 binds them to, a value
+        outside those left out of the answer (None: found by its code alone); an agent's identity
+        (agent.who.identifier.value, and altId) under none, as it is answered."""
+        # Only the parameters given are worked out: this runs on every stored event a search reads.
+        if self.entity_types:
+            yield self.entity_types, [(o.get("type_code"), _fixed(o.get("type_system"), ENTITY_TYPE)) for o in objects]
+        if self.entity_roles:
+            yield self.entity_roles, [(o.get("role"), _fixed(o.get("role_system"), OBJECT_ROLE)) for o in objects]
+        if self.outcomes:
+            outcome = d.get("outcome_indicator")
+            yield self.outcomes, [(outcome, OUTCOME if outcome in audit_codes.OUTCOMES else None)]
+        if self.actions:
+            action = d.get("action")
+            yield self.actions, [(action, ACTION if action in audit_codes.ACTIONS else None)]
+        if self.agent_ids:
+            yield self.agent_ids, [(p.get(k), "") for p in participants for k in ("user_id", "alternative_user_id")]
 
     def stored(self, store: EventStore, *, after: int | None = None) -> Iterator[StoredEvent]:
         """The stored audit messages of this query's time span and, when it names patients, of the
@@ -314,20 +358,20 @@ def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[St
 
 
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
-_MATCHED = {"entity-type": "entity_types", "entity-role": "entity_roles", "agent-identifier": "agent_ids",
-            "address": "addresses", "action": "actions", "source": "sources", "outcome": "outcomes"}
+_MATCHED = {"address": "addresses", "source": "sources"}
 #: The chained parameters taken (FHIR R4 search, "Chaining"): ``patient.identifier`` is ``patient``
 #: given a token, ``entity.identifier`` (as IHE ITI-81 national extensions, CH:ATC, send it) is
 #: ``entity-identifier``. Any other chain on one of `_CHAINABLE` is a QueryError.
 _CHAINS = frozenset({"patient.identifier", "entity.identifier"})
 #: The parameters that name a patient: an empty value of one is refused, not ignored.
 _IDENTIFYING = frozenset({"patient", "entity-identifier", *_CHAINS})
-#: The ITI-81 parameters that name a coded value (its system compared too), and where each is kept.
-_CODED = {"type": "event_ids", "subtype": "subtypes"}
+#: The ITI-81 (and FHIR R4 AuditEvent) token parameters of a coded value or an identifier, its
+#: system compared too (FHIR R4 search, token), and where each is kept.
+_CODED = {"type": "event_ids", "subtype": "subtypes", "entity-type": "entity_types", "entity-role": "entity_roles",
+          "outcome": "outcomes", "action": "actions", "agent-identifier": "agent_ids", "agent-role": "agent_roles"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
 SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string", "entity-identifier": "token",
-                     **{name: {"address": "string", "source": "reference"}.get(name, "token") for name in _MATCHED},
-                     **dict.fromkeys(_CODED, "token")}
+                     "address": "string", "source": "reference", **dict.fromkeys(_CODED, "token")}
 #: The parameters whose chains are refused rather than ignored, as their modifiers are: those
 #: taken, and FHIR R4 AuditEvent's ``entity`` (a reference to the patient, among others).
 _CHAINABLE = frozenset({*SEARCH_PARAMETERS, "entity"})
@@ -436,11 +480,33 @@ def _around(store: EventStore, at: int, made: int) -> Iterator[StoredEvent]:
             behind = None if start == first or beyond(chunk, lambda m: m < made - margin) else start
 
 
+def _token(given: CodeToken | str) -> CodeToken:
+    """A condition as a token: a plain code (the `audit search` options') is one of any system."""
+    return given if isinstance(given, CodeToken) else CodeToken(given)
+
+
+def _roles(p: Mapping[str, Any]) -> list[Mapping[str, str]]:
+    """A participant's roles answered as its agent.role (FHIR R4 AuditEvent.agent.role, what
+    ``agent-role`` searches): those it was not sent as agent.type (fhir._out_agent)."""
+    types = list(p.get("types") or ())
+    out = []
+    for role in p.get("roles") or ():
+        if role in types:
+            types.remove(role)
+        else:
+            out.append(role)
+    return out
+
+
+def _fixed(system: object, fixed: str) -> str:
+    """An entity type's or role's answered system (fhir._entity_coding): as received ("" none), else
+    the one A.5 fixes."""
+    return fixed if system is None else str(system)
+
+
 def _value(text: str, *, reference: bool = False) -> str:
-    """The value to match of a token (``system|code`` gives ``code``: the systems of entity types and
-    roles (kept for a FHIR AuditEvent's, to render), outcomes, actions and agents are not compared,
-    see `CodeToken` for codes) or,
-    with ``reference``, of a reference (``Device/ID`` gives ``ID``)."""
+    """The value to match of an ``address`` (a string) or, with ``reference``, of a reference
+    (``Device/ID`` gives ``ID``; a token's ``system|value`` gives ``value``)."""
     if reference:
         text = text.rsplit("/", 1)[-1]
     return _unescape(_split(text, "|")[-1])

@@ -75,12 +75,17 @@ def row_of(event: Event) -> dict[str, Any]:
     name = user_name_of(event)
     if name and name != event.actor.user:
         row["user_name"] = name
+    if "no-requestor" in d.get("flags", ()):
+        # The message named no requestor (mapping.event_of): said, not left as an empty user.
+        row["no_requestor"] = True
     return row
 
 
 def user_cell(row: dict[str, Any]) -> str:
     """A row's user as the table, csv and html show it: the identity, and the display name after it."""
     user, name = row.get("user") or "", row.get("user_name")
+    if not user and row.get("no_requestor"):
+        return "(no requestor named)"
     return f"{user} ({name})" if name else str(user)
 
 

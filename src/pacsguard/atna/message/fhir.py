@@ -28,12 +28,37 @@ _SYSTEMS = {"DCM": DCM, "RFC-3881": "http://terminology.hl7.org/CodeSystem/v2-02
 _NAMES = {v: k for k, v in _SYSTEMS.items()}
 #: DICOM's coding scheme by its OID (PS3.16 8: DCM is 1.2.840.10008.2.16.4), as RFC 3881 senders name it.
 _DCM_OIDS = ("1.2.840.10008.2.16.4", "urn:oid:1.2.840.10008.2.16.4")
+#: The code systems FHIR R4 binds AuditEvent.outcome and .action to (required bindings: their codes
+#: are A.5.1's EventOutcomeIndicator and EventActionCode); a token names them so, or by the
+#: terminology.hl7.org URIs later FHIR versions and IHE BALP use for the same codes.
+OUTCOME = "http://hl7.org/fhir/audit-event-outcome"
+ACTION = "http://hl7.org/fhir/audit-event-action"
+_ALIASES = {"http://terminology.hl7.org/CodeSystem/audit-event-outcome": OUTCOME,
+            "http://terminology.hl7.org/CodeSystem/audit-event-action": ACTION}
+#: The codes DICOM itself defines that codes.py knows (PS3.16 CID 400-404: event IDs, event types,
+#: participant roles, DICOM's object ID types): a code of these received without a system is DICOM's.
+_DICOM_CODES = frozenset({*codes.EVENT_IDS, *(c for types in codes.EVENT_TYPES.values() for c in types),
+                          *codes.ROLE_IDS, *(c for c in codes.OBJECT_ID_TYPES if c.startswith("110"))})
+#: RFC 3881 5.4's audit source types 1-9 (PS3.15 A.5.1.2.1): FHIR R4's security-source-type codes.
+_SOURCE_TYPES = frozenset(str(n) for n in range(1, 10))
 
 
 def system_uri(system: str) -> str:
     """A code system as FHIR names it: DICOM's ``DCM`` (or its OID) and RFC 3881's names as their
     URIs, any other system as it is; so that a stored code and a search token compare."""
-    return DCM if system in _DCM_OIDS else _SYSTEMS.get(system, system)
+    return DCM if system in _DCM_OIDS else _ALIASES.get(system, _SYSTEMS.get(system, system))
+
+
+def answered_system(code: str, system: str | None, bare: str = "") -> str:
+    """The system ITI-81 answers a stored code under (FHIR R4 Coding.system, 0..1), "" for none:
+    the one it was received with (`system_uri`); for a code received without one (an RFC 3881
+    EventTypeCode of ``code=`` alone), DICOM's only when the code is one DICOM defines (`_DICOM_CODES`),
+    else ``bare`` (the system a context fixes: RFC 3881's audit source types), else none: a code
+    DICOM never defined is not answered as DICOM's. The search (query.CodeToken) compares this
+    system, so a token finds what the answer shows."""
+    if system:
+        return system_uri(system)
+    return DCM if _token(code) in _DICOM_CODES else bare
 
 
 def parse(resource: Mapping[str, Any]) -> AuditRecord:
@@ -321,7 +346,9 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
         out["purposeOfEvent"] = [{"coding": [c]} for c in purposes]
     if record.source_site:
         out["source"]["site"] = record.source_site
-    if source_types := _out_codings(record.source_types):
+    # RFC 3881's source types 1-9 sent without a system are FHIR's security-source-type codes.
+    if source_types := [_out_coding(c, SOURCE_TYPE if _token(c.code) in _SOURCE_TYPES else "")
+                        for c in record.source_types if _token(c.code) or c.meaning]:
         out["source"]["type"] = source_types
     # An entity with nothing left (every attribute empty) would be an empty element (ele-1).
     if entities := [e for e in (_out_entity(o, record.syntax) for o in record.objects) if e]:
@@ -329,15 +356,17 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
     return out
 
 
-def _out_coding(code: Code) -> dict[str, str]:
-    """A Coding; an empty code is left out (the system, and the display if any, remain: AuditEvent.type
-    is required)."""
-    out = {"system": _SYSTEMS.get(code.system or "", code.system or DCM)}
+def _out_coding(code: Code, bare: str = "") -> dict[str, str]:
+    """A Coding under the system `answered_system` gives (none for a code received without one that
+    DICOM does not define); an empty code is left out (the display, if any, remains). One left with
+    nothing, an empty EventID of no system (AuditEvent.type is required, and a Coding needs a value,
+    ele-1), is answered as ``unknown``, as an agent naming no one is."""
+    out = {"system": system} if (system := answered_system(code.code, code.system, bare)) else {}
     if value := _token(code.code):
         out["code"] = value
     if code.meaning:
         out["display"] = code.meaning
-    return out
+    return out or {"display": "unknown"}
 
 
 def _out_codings(codes: tuple[Code, ...]) -> list[dict[str, str]]:

@@ -80,7 +80,14 @@ def acting(participants: Sequence[Mapping[str, Any]], syntax: str | None = None)
     its UserID the SOAP ReplyTo address or an HL7 application) and the Human Requestor (ITI TF-2
     3.18.6, 3.43.6: the user, when known) as requestors, in either order: the user is the person,
     not the address every consumer shares. A FHIR AuditEvent without a requestor (BALP's events of
-    no known user) is the client's, its Source Role ID agent (``syntax`` "fhir")."""
+    no known user) is the client's, its Source Role ID agent (``syntax`` "fhir").
+
+    An A.5 or RFC 3881 message naming no requestor and a single participant is that participant's:
+    PS3.15 A.5.3.6 (DICOM Instances Accessed) names the "person and or process manipulating the
+    data" and leaves UserIsRequestor unspecialized, so an archive auditing its own access names
+    itself alone, false. With several participants and no requestor (A.5.3.3, A.5.3.7: the process
+    sending and the one receiving the data, the requestor a third party that may be left out) no
+    one is the user: none is chosen (`no_requestor`; event_of names them all)."""
     first = None
     for p in participants:  # one pass, no list: this is on every received message's path
         if p.get("requestor"):
@@ -89,8 +96,15 @@ def acting(participants: Sequence[Mapping[str, Any]], syntax: str | None = None)
             if first is None:
                 first = p
     if first is None and syntax == "fhir":
-        return next((p for p in participants if _has_role(p, "110153")), None)
+        first = next((p for p in participants if _has_role(p, "110153")), None)
+    if first is None and len(participants) == 1 and syntax != "fhir":
+        return participants[0]
     return first
+
+
+def no_requestor(participants: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a message names no requestor (no ActiveParticipant with UserIsRequestor true)."""
+    return not any(p.get("requestor") for p in participants)
 
 
 def _has_role(p: Mapping[str, Any], code: str | None) -> bool:
@@ -138,6 +152,11 @@ def event_of(details: dict[str, Any], time: datetime | None) -> Event:
     objects = details["objects"]
     patients = patients_of(objects)
     requestor = acting(participants, details.get("syntax"))
+    # An A.5 or RFC 3881 message naming no requestor is flagged so, whatever the Event's actor
+    # (its only participant, or no one): a privacy officer sees that no user was named.
+    unnamed = details.get("syntax") != "fhir" and no_requestor(participants)
+    if unnamed:
+        details["flags"] = [*details.get("flags", ()), "no-requestor"]
     actor = party_of(requestor)
     via = requestor
     if requestor is not None and not requestor.get("access_point"):
@@ -155,6 +174,10 @@ def event_of(details: dict[str, Any], time: datetime | None) -> Event:
     others = [p for p in participants if p is not requestor and p is not via]
     other = next((p for p in others if not p.get("requestor")), others[0] if others else None)
     target = party_of(other) if other is not None else None
+    if requestor is None and unnamed:
+        # Several participants and no requestor: the data went from the Source Role ID process to
+        # the Destination one (A.5.3.3, A.5.3.7). The Event names those machines, and no user.
+        actor, target = _unrequested(participants)
     indicator = details["outcome_indicator"]
     outcome = codes.OUTCOMES.get(indicator, Outcome.UNKNOWN)
     severity = _SEVERITY.get(indicator, Severity.NOTICE)
@@ -169,7 +192,7 @@ def event_of(details: dict[str, Any], time: datetime | None) -> Event:
     action = details.get("action")
     if action:
         text += f" ({codes.ACTIONS.get(action, action)})"
-    text += f" by {actor.label()}"
+    text += _by(actor, participants, requestor, unnamed)
     if patients:
         details["patients"] = [p.to_dict() for p in patients]
         text += f", patient {', '.join(p.id for p in patients)}"
@@ -179,6 +202,39 @@ def event_of(details: dict[str, Any], time: datetime | None) -> Event:
         component="atna", severity=severity, outcome=outcome, actor=actor, target=target or Party(),
         patient_ids=tuple(dict.fromkeys(keys)), study_uids=tuple(studies_of(objects)),
         sop_instance_count=instances, details=details, message=text)
+
+
+def _unrequested(participants: Sequence[Mapping[str, Any]]) -> tuple[Party, Party | None]:
+    """The Event's actor and target of a message naming several participants and no requestor:
+    the machine (host, AE title; never a user: none was named) of the Source Role ID participant
+    (110153), and the Destination Role ID one (110152), else the first other participant."""
+    source = next((p for p in participants if _has_role(p, "110153")), None)
+    dest = next((p for p in participants if _has_role(p, "110152") and p is not source), None)
+    dest = dest or next((p for p in participants if p is not source), None)
+    machine = party_of(source)
+    return Party(ae_title=machine.ae_title, host=machine.host), party_of(dest) if dest is not None else None
+
+
+def _by(actor: Party, participants: Sequence[Mapping[str, Any]], requestor: Mapping[str, Any] | None,
+        unnamed: bool) -> str:
+    """Who the Event's text says acted: the actor; for a message naming no requestor, that it named
+    none, and every participant with its role, so that the reader sees who took part."""
+    if not unnamed:
+        return f" by {actor.label()}"
+    if requestor is not None:
+        return f" by {actor.label()} (its only participant; no requestor named)"
+    named = "; ".join(_participant_label(p) for p in participants) or "none"
+    return f", no requestor named (participants: {named})"
+
+
+def _participant_label(p: Mapping[str, Any]) -> str:
+    """A participant as the Event's text names it: its identity, machine and roles."""
+    party = party_of(p)
+    where = party.label() if party.ae_title or party.host else (party.user or "-")
+    # A RoleIDCode without its meaning is named by CID 402's (PS3.16), else by its code.
+    roles = [r.get("meaning") or codes.ROLE_IDS.get(r.get("code") or "") or r.get("code") for r in p.get("roles", ())]
+    shown = [r for r in roles if r]
+    return f"{where} [{', '.join(shown)}]" if shown else where
 
 
 def record_details(record: AuditRecord) -> dict[str, Any]:

@@ -93,6 +93,30 @@ IHE_TRANSACTIONS = "IHE Transactions"
 #: A document as IHE names it where A.5.3 wants a study (IHE ITI TF-2 3.43.6): ID type 9, Report
 #: Number (RFC 3881), the ParticipantObjectID its DocumentUniqueId.
 DOCUMENT_ID_TYPE = "9"
+#: An XDS submission set as IHE names it (IHE ITI TF-2 3.41.5.1.1 and 3.42.5.1.1, the Provide and
+#: Register and Register Document Set-b messages): ID type EV("urn:uuid:a54d6aa5-d40d-43f9-88c5-
+#: b4633d873bdd", "IHE XDS Metadata", "submission set classificationNode"), its uniqueId the ID.
+#: A.5.1's ParticipantObjectIDTypeCode is a coded value of any scheme: IHE's is as valid as DICOM's.
+SUBMISSION_SET_ID_TYPE = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
+#: What each IHE transaction's Export or Import moves, in A.5.3's place of the study (IHE ITI TF-2:
+#: 3.41.5.1.1 and 3.42.5.1.1, a submission set; 3.43.6, a document, as XCA's ITI-39 audits it),
+#: with the sentence that names it; any other IHE transaction may name any of these.
+_IHE_MOVES: dict[str, tuple[frozenset[str], str]] = {
+    **dict.fromkeys(("ITI-41", "ITI-42"), (frozenset({SUBMISSION_SET_ID_TYPE}),
+                                          f"a submission set participant object (ID type {SUBMISSION_SET_ID_TYPE})")),
+    **dict.fromkeys(("ITI-43", "ITI-39"), (frozenset({DOCUMENT_ID_TYPE}), "a study participant object (ID type "
+                                          "110180) (or, for an IHE transaction, a document: ID type 9)")),
+}
+_IHE_ANY = (frozenset({DOCUMENT_ID_TYPE, SUBMISSION_SET_ID_TYPE}),
+            "a study participant object (ID type 110180) (or, for an IHE transaction, a document: ID type 9, or "
+            f"a submission set: ID type {SUBMISSION_SET_ID_TYPE})")
+#: IHE transactions whose audit message names the patient when it is known (0..1, IHE ITI TF-2
+#: 3.43.6: a retrieve by document ID; XCA's ITI-39 audits as ITI-43): A.5.3's patient is not required.
+_PATIENT_IF_KNOWN = frozenset({"ITI-43", "ITI-39"})
+#: The events whose message must name a requestor: PS3.15 A.5.3.4 (Export) and A.5.3.5 (Import)
+#: ask that a single user be identified as the requestor (UserIsRequestor true); the others leave
+#: UserIsRequestor "not specialized" (an archive's transfer between two processes names none).
+NEEDS_REQUESTOR = frozenset({"110106", "110107"})
 
 
 def check(root: Element) -> list[str]:
@@ -186,20 +210,31 @@ def _event_rules(root: Element, report: Callable[[str], None]) -> None:
                 report(f"{meaning}: EventTypeCode {t} is not one of {sorted(allowed)}")
     objects = [o for o in root if _local(o.tag) == "ParticipantObjectIdentification"]
     id_types = [token(_child(o, "ParticipantObjectIDTypeCode").get("csd-code", "")) for o in objects]
-    if event_id in NEEDS_PATIENT and "2" not in id_types:
+    # An IHE transaction's message (IHE ITI TF-2: EventTypeCode EV("ITI-nn", "IHE Transactions", ...))
+    # is an A.5 message whose objects IHE specifies: what its Export or Import moves.
+    transactions = [token(t.get("csd-code", "")) for t in ident if _local(t.tag) == "EventTypeCode"
+                    and token(t.get("codeSystemName", "")) == IHE_TRANSACTIONS]
+    patient_optional = bool(transactions) and all(t in _PATIENT_IF_KNOWN for t in transactions)
+    if event_id in NEEDS_PATIENT and "2" not in id_types and not patient_optional:
         report(f"{meaning}: a patient participant object (ID type 2) is required")
-    # An IHE transaction's Export or Import (ITI-43 at the repository or the consumer) moves
-    # documents, not studies: a document stands for the study A.5.3 asks of DICOM's messages.
-    ihe = any(token(t.get("codeSystemName", "")) == IHE_TRANSACTIONS for t in ident
-              if _local(t.tag) == "EventTypeCode")
-    if event_id in NEEDS_STUDY and codes.STUDY_UID_TYPE not in id_types and not (ihe and DOCUMENT_ID_TYPE in id_types):
-        needed = " (or, for an IHE transaction, a document: ID type 9)" if ihe else ""
-        report(f"{meaning}: a study participant object (ID type 110180){needed} is required")
+    if event_id in NEEDS_STUDY and codes.STUDY_UID_TYPE not in id_types:
+        _moved(meaning, transactions, id_types, report)
     if event_id == "110112" and not any(_child_or_none(o, "ParticipantObjectQuery") is not None for o in objects):
         report(f"{meaning}: the query participant object with ParticipantObjectQuery is required")
-    if not any(token(p.get("UserIsRequestor") or "").lower() in ("true", "1")
-               for p in root if _local(p.tag) == "ActiveParticipant"):
-        report(f"{meaning}: no ActiveParticipant is the requestor (UserIsRequestor=true)")
+    if event_id in NEEDS_REQUESTOR and not any(token(p.get("UserIsRequestor") or "").lower() in ("true", "1")
+                                               for p in root if _local(p.tag) == "ActiveParticipant"):
+        report(f"{meaning}: no ActiveParticipant is the requestor (UserIsRequestor=true; PS3.15 A.5.3.4, A.5.3.5)")
+
+
+def _moved(meaning: str, transactions: list[str], id_types: list[str], report: Callable[[str], None]) -> None:
+    """A message naming no study: a DICOM one lacks it (A.5.3); an IHE transaction's moves documents
+    or a submission set instead (`_IHE_MOVES`), one of which must be named."""
+    if not transactions:
+        report(f"{meaning}: a study participant object (ID type 110180) is required")
+        return
+    wanted = [_IHE_MOVES.get(t, _IHE_ANY) for t in transactions]
+    if not any(allowed & set(id_types) for allowed, _ in wanted):
+        report(f"{meaning}: {wanted[0][1]} is required")
 
 
 def _is_base64(text: str) -> bool:
