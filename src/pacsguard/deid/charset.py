@@ -148,46 +148,59 @@ def _perhaps(term: str) -> str:
 
 def _undecodable(value: bytes, terms: list[str], vr: str) -> str:
     """Why ``value`` does not decode in ``terms`` (the values of (0008,0005)), or ''."""
-    first = terms[0] if terms else ""
-    extended = len(terms) > 1 or first in _EXTENDED
-    if b"\x1b" in value and not extended:
-        at = value.index(b"\x1b")
-        return (f"holds an ISO 2022 escape sequence (byte {at}: {_escape_at(value, at)}), which only a "
-                "Specific Character Set with code extensions allows (PS3.5 6.1.2.5.3)")
-    base = "ascii" if not first else (_EXTENDED.get(first) or _PLAIN.get(first) or _STAND_ALONE[first])
-    codecs = {_EXTENDED[t] for t in terms if t in _EXTENDED}
-    delims = TEXT_VR_DELIMS | {0x5C} if vr != "PN" else TEXT_VR_DELIMS | _PN_DELIMS
     try:
-        at = 0  # where the fragment starts in the value, for the message
-        for fragment in _FRAGMENTS.findall(value) if extended else [value]:
-            start, at = at, at + len(fragment)
-            if not fragment.startswith(b"\x1b"):
-                _decode(fragment, base, start)
-                continue
-            size = 4 if fragment.startswith((b"\x1b$(", b"\x1b$)")) else 3
-            term = _ESCAPES.get(fragment[:size])
-            if term is None or (term != "ISO 2022 IR 6" and _EXTENDED[term] not in codecs):
-                return (f"holds an escape sequence to {term or 'a set DICOM does not define'} "
-                        f"({_escape_at(value, value.index(fragment))}), a set not declared "
-                        "(PS3.5 6.1.2.5.3)")
-            codec = _EXTENDED[term]
-            if codec in _SELF_ESCAPING:
-                _decode(fragment, codec, start)
-                continue
-            body = fragment[size:]
-            # A delimiter ends what an escape sequence designated (PS3.5 6.1.2.5.3): the first set again.
-            cut = next((i for i, b in enumerate(body) if b in delims), len(body))
-            _decode(body[:cut], codec, start + size)
-            _decode(body[cut:], base, start + size + cut)
+        _text(value, terms, vr)
     except _Bad as bad:
         return str(bad)
     return ""
 
 
-def _decode(data: bytes, codec: str, start: int) -> None:
+def _text(value: bytes, terms: list[str], vr: str) -> str:
+    """``value`` decoded strictly in ``terms``; raises _Bad, saying why, when it does not decode."""
+    first = terms[0] if terms else ""
+    extended = len(terms) > 1 or first in _EXTENDED
+    if b"\x1b" in value and not extended:
+        at = value.index(b"\x1b")
+        raise _Bad(f"holds an ISO 2022 escape sequence (byte {at}: {_escape_at(value, at)}), which only a "
+                   "Specific Character Set with code extensions allows (PS3.5 6.1.2.5.3)")
+    base = _base_codec(terms)
+    if not extended:
+        return _decode(value, base, 0)
+    codecs = {_EXTENDED[t] for t in terms if t in _EXTENDED}
+    delims = TEXT_VR_DELIMS | {0x5C} if vr != "PN" else TEXT_VR_DELIMS | _PN_DELIMS
+    parts, at = [], 0  # where the fragment starts in the value, for the message
+    for fragment in _FRAGMENTS.findall(value):
+        start, at = at, at + len(fragment)
+        if not fragment.startswith(b"\x1b"):
+            parts.append(_decode(fragment, base, start))
+            continue
+        size = 4 if fragment.startswith((b"\x1b$(", b"\x1b$)")) else 3
+        term = _ESCAPES.get(fragment[:size])
+        if term is None or (term != "ISO 2022 IR 6" and _EXTENDED[term] not in codecs):
+            raise _Bad(f"holds an escape sequence to {term or 'a set DICOM does not define'} "
+                       f"({_escape_at(value, value.index(fragment))}), a set not declared (PS3.5 6.1.2.5.3)")
+        codec = _EXTENDED[term]
+        if codec in _SELF_ESCAPING:
+            parts.append(_decode(fragment, codec, start))
+            continue
+        body = fragment[size:]
+        # A delimiter ends what an escape sequence designated (PS3.5 6.1.2.5.3): the first set again.
+        cut = next((i for i, b in enumerate(body) if b in delims), len(body))
+        parts.append(_decode(body[:cut], codec, start + size))
+        parts.append(_decode(body[cut:], base, start + size + cut))
+    return "".join(parts)
+
+
+def _base_codec(terms: list[str]) -> str:
+    """The codec of value 1 of (0008,0005): the set in use at the start of every value."""
+    first = terms[0] if terms else ""
+    return "ascii" if not first else (_EXTENDED.get(first) or _PLAIN.get(first) or _STAND_ALONE[first])
+
+
+def _decode(data: bytes, codec: str, start: int) -> str:
     """Decode strictly; ``start`` is where ``data`` begins in its value."""
     try:
-        data.decode(codec)
+        return data.decode(codec)
     except UnicodeDecodeError as exc:
         byte = data[exc.start]
         if codec == "ascii":
@@ -252,3 +265,118 @@ def _name(tag: BaseTag) -> str:
     except KeyError:
         label = ""
     return f"({tag.group:04X},{tag.element:04X}){label}"
+
+
+# -- sets pydicom does not know ---------------------------------------------------------------
+# ISO_IR 203 (ISO 8859-15, Latin-9: the euro sign, Š, Ž, Œ, Ÿ), a defined term of PS3.3 Table
+# C.12-2 since 2021, is not in pydicom's tables: pydicom reads it as Latin-1 (¤ for €, ¦ for Š)
+# and writes what it cannot encode in Latin-1 with replacement characters. A name compared
+# misread ("¦imon" is no "Simon") stays in free text. The data sets that declare such a set have
+# their text decoded here, with the codecs above, and encoded back here before they are written;
+# pydicom's own tables are left as they are.
+
+#: The escape sequence of each single-byte set of code extensions, by term (Tables C.12-3, C.12-4).
+_DESIGNATE = {term: esc for esc, term in _ESCAPES.items() if len(esc) == 3}
+#: The VRs of one value only (PS3.5 6.2: a backslash in them is text).
+_SINGLE_VALUED = frozenset({"ST", "LT", "UT"})
+
+
+def _own(terms: list[str] | None) -> bool:
+    """True when pydicom does not know one of ``terms`` (this module reads and writes the text)."""
+    from pydicom.charset import python_encoding
+
+    return bool(terms) and any(t and t not in python_encoding for t in terms or ())
+
+
+def decode_own_sets(ds: Dataset, inherited: list[str] | None = None) -> None:
+    """Decode, with this module's codecs, every undecoded text value of each data set (items
+    included) whose Specific Character Set pydicom does not know; check() has found them valid."""
+    declared = _declared(ds)
+    terms = inherited if declared is None else declared
+    own = _own(terms)
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        vr = _vr(elem)
+        if vr == "SQ" and not isinstance(elem, RawDataElement):
+            for item in elem.value or ():
+                decode_own_sets(item, terms)
+        elif own and vr in TEXT_VRS and isinstance(elem, RawDataElement) and elem.value:
+            text = _text(bytes(elem.value), terms or [], vr)
+            ds[tag] = DataElement(tag, vr, _values(text, vr))
+
+
+def _values(text: str, vr: str) -> str | list[str]:
+    """Decoded text as pydicom holds it: values split at backslashes (not ST, LT, UT), trailing
+    spaces and NULs (padding, PS3.5 6.2) gone."""
+    if vr in _SINGLE_VALUED:
+        return text.rstrip("\0 ")
+    values = [v.rstrip("\0 ") for v in text.split("\\")]
+    return values if len(values) > 1 else values[0]
+
+
+def encode_own_sets(ds: Dataset, inherited: list[str] | None = None) -> None:
+    """Encode, with this module's codecs, every decoded text value of each data set (items
+    included) whose Specific Character Set pydicom does not know, so pydicom writes the bytes
+    as they are. Raises ValueError naming the element when a value has a character the declared
+    sets do not hold."""
+    declared = _declared(ds)
+    terms = inherited if declared is None else declared
+    own = _own(terms)
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            continue
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                encode_own_sets(item, terms)
+        elif own and elem.VR in TEXT_VRS and not elem.is_empty:
+            data = _encoded(elem, terms or [])
+            ds._dict[tag] = RawDataElement(tag, elem.VR, len(data), data, 0, False, True)
+
+
+def _encoded(elem: DataElement, terms: list[str]) -> bytes:
+    """One element's value in ``terms``: in value 1's set where it can be, else, with code
+    extensions, each run between delimiters in the first declared single-byte set that holds it,
+    after the escape sequence designating it (PS3.5 6.1.2.5.3); padded to even length."""
+    value = elem.value
+    values = [str(v) for v in value] if elem.VM > 1 else [str(value)]
+    text = "\\".join(values)
+    base = _base_codec(terms)
+    try:
+        data = text.encode(base)
+    except UnicodeEncodeError:
+        data = _with_escapes(text, terms, elem)
+    return data + b" " * (len(data) & 1)
+
+
+def _with_escapes(text: str, terms: list[str], elem: DataElement) -> bytes:
+    delims = "\\^=" if elem.VR == "PN" else "\\\r\n\t\f"
+    base = _base_codec(terms)
+    out, run = [], ""
+    for char in text + "\0":  # a NUL ends the last run
+        if char not in delims and char != "\0":
+            run += char
+            continue
+        out.append(_run(run, base, terms, elem))
+        run = ""
+        if char != "\0":
+            out.append(char.encode("ascii"))
+    return b"".join(out)
+
+
+def _run(run: str, base: str, terms: list[str], elem: DataElement) -> bytes:
+    """One run of text between delimiters, in value 1's set or after an escape to another."""
+    try:
+        return run.encode(base)
+    except UnicodeEncodeError:
+        pass
+    for term in terms[1:]:
+        escape = _DESIGNATE.get(term)
+        if escape is None:
+            continue
+        try:
+            return escape + run.encode(_EXTENDED[term])
+        except UnicodeEncodeError:
+            continue
+    raise ValueError(f"{_name(elem.tag)} holds text that cannot be written in Specific Character Set "
+                     f"(0008,0005) {_shown(terms)} (PS3.5 6.1.2.5)")

@@ -43,6 +43,8 @@ class PixelSettings(Strict):
     language: str = "eng"
     min_confidence: float = Field(40.0, ge=0, le=100)
     region_masks: list[RegionMask] = Field(default_factory=list)
+    # compressed images are decoded to be checked: at most this many MiB of decoded frames each
+    max_decoded_mib: int = Field(512, ge=1, le=65536)
 
 
 class DeidConfig(Strict):

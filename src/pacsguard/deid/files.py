@@ -85,6 +85,7 @@ def read_whole(path: Path) -> Dataset:
     wrong = charset.check(ds)  # text misread would be half de-identified (a name left in a description)
     if wrong:
         raise Withheld(wrong)
+    charset.decode_own_sets(ds)  # a set pydicom does not know (ISO_IR 203) is read here
     return ds
 
 
@@ -459,6 +460,7 @@ def write(ds: Dataset, out: Path, *, replace: bool = True) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            charset.encode_own_sets(ds)  # text in a set pydicom does not know, as bytes it writes as they are
             data = encode_file(ds)
         with open(tmp, "wb") as f:
             f.write(data)
@@ -520,7 +522,10 @@ def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: boo
         ds = read_whole(source)
         overlays = remove_embedded_overlays(ds)
         comments = remove_jpeg_text(ds)
-        engine.deidentify(ds, result.report)
+        with warnings.catch_warnings():
+            # pydicom warns of a set it does not know, though charset.py has read the text in it
+            warnings.filterwarnings("ignore", message="Unknown encoding 'ISO(_IR| 2022 IR) 203'")
+            engine.deidentify(ds, result.report)
         if comments:
             plural = "s" if comments > 1 else ""
             result.report.pixels += f"; {comments} JPEG comment or metadata segment{plural} removed"

@@ -2,10 +2,9 @@
 
 Each frame is rendered to 8-bit grey, read by tesseract (Debian tesseract-ocr, through
 pytesseract), and every word box it finds with enough confidence is blanked in the stored pixel
-values, as are the administrator's region masks for the device. Only native (uncompressed)
-pixel data is changed; encapsulated pixel data cannot be rewritten in place without recompressing
-it, so such objects are withheld (decoding to native here would change the transfer syntax
-silently)."""
+values, as are the administrator's region masks for the device. Compressed frames (JPEG, JPEG-LS,
+JPEG 2000, RLE: PS3.5 A.4) are decoded first (decoded.py); if a region is blanked in one, every
+frame is written back uncompressed, as no recompression would be lossless."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
+from pacsguard.deid.decoded import decode, write_native
 from pacsguard.deid.engine import Withheld
 
 if TYPE_CHECKING:
@@ -102,25 +102,8 @@ class PixelCleaner:
             return "pixels.ocr is off and no region mask matches this device: the pixels cannot be checked"
         return ""
 
-    def __call__(self, ds: Dataset) -> str:
-        if self.settings.ocr and (find_spec("pytesseract") is None or find_spec("PIL") is None):
-            raise Withheld("OCR needs pytesseract and Pillow: pip install 'pacsguard[deid]'")
-        if "PixelData" not in ds:
-            raise Withheld("float pixel data cannot be checked for burned-in text")
-        unchecked = self.unchecked(ds)
-        if unchecked:
-            raise Withheld(unchecked)
-        fixed = self.region_boxes(ds)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            raise Withheld(f"compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}) cannot be masked in place")
-        try:
-            pixels = ds.pixel_array.copy()
-        except Exception as exc:  # no handler, odd layout: unchecked pixels never leave
-            raise Withheld(f"the pixels cannot be decoded to be checked: {type(exc).__name__}") from None
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        stack = pixels if frames > 1 else pixels[None, ...]
-        if ds.get("PhotometricInterpretation", "") not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"):
-            raise Withheld(f"photometric interpretation {ds.get('PhotometricInterpretation')} is not checked")
+    def _mask(self, stack: Any, fixed: list[Box]) -> int:
+        """Blank the region masks and the words OCR finds in every frame; how many boxes were blanked."""
         masked = 0
         for index in range(stack.shape[0]):
             found: list[Box] = []
@@ -130,14 +113,48 @@ class PixelCleaner:
                 y0, x0 = max(box.y - _MARGIN, 0), max(box.x - _MARGIN, 0)
                 stack[index, y0:box.y + box.height + _MARGIN, x0:box.x + box.width + _MARGIN] = stack[index].min()
                 masked += 1
+        return masked
+
+    def __call__(self, ds: Dataset) -> str:
+        if self.settings.ocr and (find_spec("pytesseract") is None or find_spec("PIL") is None):
+            raise Withheld("OCR needs pytesseract and Pillow: pip install 'pacsguard[deid]'")
+        if "PixelData" not in ds:
+            raise Withheld("float pixel data cannot be checked for burned-in text")
+        unchecked = self.unchecked(ds)
+        if unchecked:
+            raise Withheld(unchecked)
+        fixed = self.region_boxes(ds)
+        decoded = None
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            decoded = decode(ds, self.settings.max_decoded_mib)
+            stack, photometric = decoded.frames, decoded.photometric
+        else:
+            stack, photometric = _native_frames(ds), str(ds.get("PhotometricInterpretation", ""))
+        if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"):
+            raise Withheld(f"photometric interpretation {photometric} is not checked")
+        masked = self._mask(stack, fixed)
         if masked:
-            ds.PixelData = native_bytes(ds, stack if frames > 1 else stack[0])
+            multi = int(ds.get("NumberOfFrames", 1) or 1) > 1
+            data = native_bytes(ds, stack if multi else stack[0])
+            if decoded is not None:
+                write_native(ds, decoded, data)  # masked frames cannot be recompressed losslessly
+            else:
+                ds.PixelData = data
             if int(ds.get("SamplesPerPixel", 1)) > 1:
                 ds.PlanarConfiguration = 0  # pixel_array is colour-by-pixel, and so are the bytes written back
             ds.BurnedInAnnotation = "NO"
             return f"masked {masked}"
         ds.BurnedInAnnotation = "NO"
         return "clean"
+
+
+def _native_frames(ds: Dataset) -> Any:
+    """The native pixels of ``ds``, frames first, as a copy the masks may change."""
+    try:
+        pixels = ds.pixel_array.copy()
+    except Exception as exc:  # no handler, odd layout: unchecked pixels never leave
+        raise Withheld(f"the pixels cannot be decoded to be checked: {type(exc).__name__}") from None
+    return pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None, ...]
 
 
 def native_bytes(ds: Dataset, pixels: Any) -> bytes:

@@ -173,7 +173,7 @@ def remove_jpeg_text(ds: Dataset) -> int:
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if syntax not in _JPEG_SYNTAXES | _J2K_SYNTAXES or "PixelData" not in ds:
         return 0
-    strip = _without_text_segments if syntax in _JPEG_SYNTAXES else _without_j2k_comments
+    strip = _without_text_segments if syntax in _JPEG_SYNTAXES else _without_j2k_text
     data = ds.PixelData
     frames = list(generate_frames(data, number_of_frames=_int(ds, 0x00280008, 1)))
     removed = 0
@@ -226,6 +226,17 @@ def _without_text_segments(frame: bytes) -> tuple[bytes, int]:
     return b"".join(out), removed
 
 
+def _without_j2k_text(frame: bytes) -> tuple[bytes, int]:
+    """A JPEG 2000 frame without its text: a bare codestream's COM segments; a JP2 file's text
+    boxes (jp2.py) and its codestream's COM segments. Raises Withheld for a JP2 file whose box
+    structure cannot be followed."""
+    from pacsguard.deid.jp2 import SIGNATURE, without_text_boxes
+
+    if frame.startswith(SIGNATURE):
+        return without_text_boxes(frame, _without_j2k_comments)
+    return _without_j2k_comments(frame)
+
+
 #: JPEG 2000 markers (ITU-T T.800 A.2-A.4): Start of Codestream, Start of Tile-part, Start of Data,
 #: End of Codestream, and COM (A.9.2: "unstructured data", any text an encoder or device writes).
 _J2K_SOC, _J2K_SOT, _J2K_SOD, _J2K_EOC, _J2K_COM = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9, 0xFF64
@@ -237,8 +248,8 @@ def _without_j2k_comments(frame: bytes) -> tuple[bytes, int]:
     which text is "only" an encoder name cannot be told safely. Those of the main header (SOC to
     the first SOT) are removed: no length counts them. Those of a tile-part header are kept with
     their text overwritten by spaces (Rcom 1, Latin text), as the tile-part's Psot and any TLM
-    marker count their bytes. Unchanged (0) when ``frame`` is not a codestream (a JP2 file, whose
-    boxes DICOM does not allow, PS3.5 A.4.4) or a length runs past its end."""
+    marker count their bytes. Unchanged (0) when ``frame`` is not a codestream (a JP2 file is
+    opened by _without_j2k_text) or a length runs past its end."""
     if not frame.startswith(b"\xff\x4f"):
         return frame, 0
     out, pos, removed = [frame[:2]], 2, 0
