@@ -31,6 +31,8 @@ class ScanLimits(Strict):
     max_depth: int = Field(32, gt=0, description="sequence nesting")
     max_elements: int = Field(500_000, gt=0)
     max_inflated: int = Field(256 * 1024**2, gt=0, description="bytes a deflated data set may inflate to")
+    max_pdf_inflated: int = Field(64 * 1024**2, gt=0, description="bytes all the streams of one PDF are decoded "
+                                  "to; streams past it are named in a finding, not read")
     max_archive_ratio: int = Field(100, gt=0, description="uncompressed/compressed ratio of an archive member")
     max_archive_total: int = Field(4 * 1024**3, gt=0, description="bytes all members of one archive may inflate to")
     max_archive_depth: int = Field(4, ge=0, description="archives nested in archives")

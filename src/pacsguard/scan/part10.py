@@ -43,6 +43,9 @@ class Limits:
     #: Inflated/compressed ratios above this, past 16 MiB, are an amplification attack
     #: (fo-dicom measured 2,000x); real deflated images stay well under 100x.
     max_inflate_ratio: int = 500
+    #: Bytes all the streams of one PDF (a file, or an encapsulated document) are decoded to
+    #: (pacsguard.scan.pdf.Bounds.max_total): what is past it is named, not read.
+    max_pdf_inflated: int = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs a third of the walk on small files
@@ -113,6 +116,8 @@ class Parsed:
     #: found them already; None: the embedded family searches itself. (index, -1) marks a needle
     #: YARA stopped recording at its match limit (a flood): that one is searched again.
     needles: list[tuple[int, int]] | None = None
+    #: The bounds it was read with, which the rules' own readers (a PDF's streams) keep to as well.
+    limits: Limits = field(default_factory=Limits)
     _top: dict[int, Element] | None = None
 
     def value(self, element: Element) -> bytes:
@@ -193,7 +198,7 @@ def dictionary_tags(vrs: frozenset[str]) -> frozenset[int]:
 
 def read(data: bytes, limits: Limits = Limits()) -> Parsed:
     """Parse ``data`` (a whole file) as far as it makes sense; never raises."""
-    parsed = Parsed(data=data)
+    parsed = Parsed(data=data, limits=limits)
     size = len(data)
     if size >= PREAMBLE + 4 and bytes(data[PREAMBLE:PREAMBLE + 4]) == MAGIC:
         parsed.part10 = True
@@ -241,7 +246,7 @@ def _stated_encoding(parsed: Parsed, limits: Limits) -> None:
     confusion attack (high); stopping early, a note (low) of what was read that way."""
     other = Parsed(data=parsed.data, part10=parsed.part10, transfer_syntax=parsed.transfer_syntax,
                    explicit=not parsed.explicit, little=parsed.little, body=parsed.body,
-                   dataset_start=parsed.dataset_start)
+                   dataset_start=parsed.dataset_start, limits=limits)
     _walk(other, limits, dcmtk_vr=True)
     seen = {e.offset for e in parsed.elements}
     read = [e for e in other.elements if e.offset not in seen]

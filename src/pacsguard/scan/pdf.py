@@ -85,6 +85,11 @@ OBJECT_STREAM_HEAD = re.compile(rb"[\x00\t\n\x0c\r ]*[0-9]{1,10}[\x00\t\n\x0c\r 
 MAX_WAITS = 4
 #: Bytes of an image's or a font's LZW or run-length data decoded to tell an object stream's header.
 PROBE = 64
+#: Bytes of an image's or a font's data read at most to decode its first PROBE bytes, when the
+#: document's bound left it unread: a deflated stream's first 64 bytes need far fewer.
+PROBE_INPUT = 1024
+#: Where the administrator raises the document's bound (docs/scan.md), said with what it left.
+SETTING = " (scan.limits.max_pdf_inflated)"
 #: An object stream's /First: where its first object starts in its decoded bytes (7.5.7, Table 16).
 FIRST = re.compile(rb"/First[\x00\t\n\x0c\r ]+([0-9]{1,10})")
 #: How much of an object stream's header (7.5.7: pairs of object number and offset) is read for
@@ -244,9 +249,11 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
         item = queue[index]
         index += 1
         if left <= 0:
-            if any(not isinstance(s, Stream) or not s.binary for s in queue[index - 1:]):
-                found.unread.append(f"streams past {bounds.max_total:,} inflated bytes")
+            rest = queue[index - 1:]
+            if any(not isinstance(s, Stream) or not s.binary for s in rest):
+                found.unread.append(f"streams past {bounds.max_total:,} inflated bytes{SETTING}")
                 found.bound = True
+            _past_the_bound(doc, [s for s in rest if isinstance(s, Stream) and s.binary], bounds, found)
             break
         stream = item if isinstance(item, Stream) else _stream_at(doc, item, objects)
         if isinstance(item, _Place) and stream is not None and stream.unresolved and objects.wanting:
@@ -309,6 +316,34 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
         found.unread.append(f"object stream headers past {MAX_HEADER:,} bytes")
         found.bound = True
     return found
+
+
+def _past_the_bound(doc: bytes, streams: list[Stream], bounds: Bounds, found: Found) -> None:
+    """The image, font and cross-reference streams (BINARY) the document's bound left unread, made
+    visible rather than passed over in silence, as a scanner that stops at its scan size says so
+    (ClamAV's Heuristics.Limits.Exceeded). Their names mean nothing, but a writer who pads a PDF
+    with real images can put an object stream (7.5.7) after them whose dictionary says /Subtype
+    /Image: each one's first bytes are decoded (PROBE, from PROBE_INPUT bytes of its data at most,
+    so a thousand of them cost little), and one that starts as an object stream does is a bound
+    run out before a stream that can hold names. The others are one note, naming the first."""
+    skipped: list[Stream] = []
+    for stream in streams:
+        window = replace(stream, offset=0)
+        data = doc[stream.offset:stream.offset + PROBE_INPUT]
+        probe = _decode(data, window, PROBE, PROBE_INPUT, PROBE_INPUT)[0].data
+        if OBJECT_STREAM_HEAD.match(probe) is None:
+            skipped.append(stream)
+            continue
+        known = replace(stream, object_stream=True, binary=False)  # by its header, as look() knows one
+        found.unread.append(f"the {known.describe()} at offset {stream.offset:,} (its dictionary says image or "
+                            f"font; its bytes start as an object stream's), past {bounds.max_total:,} inflated "
+                            f"bytes{SETTING}")
+        found.bound = True
+    if skipped:
+        first = skipped[0]
+        more = f", and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
+        found.unread.append(f"the image, font or cross-reference {first.describe()} at offset {first.offset:,}"
+                            f"{more}, past {bounds.max_total:,} inflated bytes{SETTING}")
 
 
 def _streams(doc: bytes, limit: int, objects: _Objects) -> tuple[list[Stream], list[_Place], bool]:

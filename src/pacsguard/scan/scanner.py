@@ -54,7 +54,8 @@ class Scanner:
             clamd = Clamd(settings.clamd, max_file_size=settings.clamd_max_file_size,
                           give_up_after=GIVE_UP_AFTER if one_scan else 0)
         lim = settings.limits
-        limits = part10.Limits(max_depth=lim.max_depth, max_elements=lim.max_elements, max_inflated=lim.max_inflated)
+        limits = part10.Limits(max_depth=lim.max_depth, max_elements=lim.max_elements, max_inflated=lim.max_inflated,
+                               max_pdf_inflated=lim.max_pdf_inflated)
         return cls(families, limits, engine, clamd, lim.max_file_size)
 
     def scan_file(self, path: Path, name: str | None = None) -> FileReport:

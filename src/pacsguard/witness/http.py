@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from pacsguard.witness.deadline import Deadline, Expired, reader
 from pacsguard.witness.errors import WitnessError, WitnessRefused
 from pacsguard.witness.jsontext import loads
 
@@ -60,29 +61,35 @@ class WitnessClient:
                                    "token this log was given")
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.checkpoints_url(log) + query, data=data, method=method, headers=headers)
-        deadline = time.monotonic() + self.timeout
+        deadline = Deadline(self.timeout)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
-                return Reply(resp.status, _json(self._body(resp, deadline), self.url))
+            with self._opener(deadline).open(req, timeout=self.timeout) as resp:
+                return Reply(resp.status, _json(self._body(resp), self.url))
         except urllib.error.HTTPError as exc:
             with exc:
-                return Reply(exc.code, _json(self._body(exc, deadline), self.url, strict=False))
+                return Reply(exc.code, _json(self._body(exc), self.url, strict=False))
         except WitnessError:
             raise  # an answer that is not what the API defines: said as such, not as unreachable
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise WitnessError(f"witness {self.url}: unreachable ({reason})") from None
 
-    def _body(self, resp: Any, deadline: float) -> bytes:
-        """The answer's body (at most MAX_BODY + 1 bytes) read by the request's deadline. The socket's
-        timeout bounds each read only: a witness (or whatever is on the path) that sent one byte
-        every few seconds held `audit verify --witness` and the courier as long as it went on."""
+    def _opener(self, deadline: Deadline) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies from the environment, as urlopen), its connections bounded by
+        ``deadline`` (_connection): the status line, the headers and the body alike."""
+        def expired(count: int) -> Exception:
+            return WitnessError(f"witness {self.url}: too slow: no whole answer within {self.timeout:g} s "
+                                f"({count} bytes of it came)")
+
+        return urllib.request.build_opener(_HttpHandler(deadline, expired),
+                                           _HttpsHandler(deadline, expired, self.context))
+
+    def _body(self, resp: Any) -> bytes:
+        """The answer's body, at most MAX_BODY + 1 bytes; its reads are bounded by the request's
+        deadline (_connection), as the status line and headers before it are."""
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_BODY:
-            if time.monotonic() > deadline:
-                raise WitnessError(f"witness {self.url}: no whole answer within {self.timeout:g} s "
-                                   f"({size} bytes of it came)")
             chunk = resp.read1(MAX_BODY + 1 - size)
             if not chunk:
                 break
@@ -112,6 +119,51 @@ class WitnessClient:
                 raise WitnessError(f"witness {self.url}: its answer names next page {following!r} after "
                                    f"page {start}: not a larger tree size")
             start = following
+
+
+def _connection(base: type[http.client.HTTPConnection], deadline: Deadline,
+                expired: Expired) -> type[http.client.HTTPConnection]:
+    """``base`` whose every answer (the witness's, or a proxy's to CONNECT) is read by ``deadline``:
+    a socket timeout bounds one read only, and a witness that trickled its status line and headers a
+    byte at a time, each before the timeout, held a delivery or `audit verify --witness` as long as
+    it went on (RFC 9112 2.1). Connecting, and the TLS handshake, get what is left of it too."""
+
+    class Answer(http.client.HTTPResponse):
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp.close()  # the plain makefile() the base class opened: read through the deadline instead
+            self.fp = reader(sock, deadline, expired, None)
+
+    class Connection(base):  # type: ignore[valid-type,misc]  # one class per request: its deadline
+        response_class = Answer
+
+        def connect(self) -> None:
+            left = deadline.left()
+            if left <= 0:
+                raise expired(0)
+            self.timeout = left
+            super().connect()
+
+    return Connection
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline, expired: Expired) -> None:
+        super().__init__()
+        self.connection = _connection(http.client.HTTPConnection, deadline, expired)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline, expired: Expired, context: ssl.SSLContext | None) -> None:
+        super().__init__(context=context)
+        self.context = context
+        self.connection = _connection(http.client.HTTPSConnection, deadline, expired)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req, context=self.context)
 
 
 def _json(data: bytes, url: str, strict: bool = True) -> dict[str, Any]:

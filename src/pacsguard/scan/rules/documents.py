@@ -83,7 +83,7 @@ def documents(parsed: Parsed) -> list[tuple[Element, bytes]]:
 def check(parsed: Parsed) -> list[Finding]:
     findings: list[Finding] = []
     if _whole_file_pdf(parsed):
-        findings.extend(_pdf(parsed.data, 0, None, False, "the PDF"))
+        findings.extend(_pdf(parsed.data, 0, None, False, "the PDF", _bounds(parsed)))
     if not parsed.dicom and signatures.identify(parsed.data) == "ole":
         findings.extend(_office_file(parsed.data))
     for element, doc in documents(parsed):
@@ -95,7 +95,8 @@ def check(parsed: Parsed) -> list[Finding]:
         text = doc if text == doc else text
         stripped = text[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
         if kind == "pdf" or b"%PDF-" in doc[:1024]:
-            findings.extend(_pdf(doc, element.value_offset, element.label, parsed.inflated, "the encapsulated PDF"))
+            findings.extend(_pdf(doc, element.value_offset, element.label, parsed.inflated, "the encapsulated PDF",
+                                 _bounds(parsed)))
         elif stripped.startswith(b"<"):
             findings.extend(_xml(parsed, element, text, exact=text is doc))
         elif kind in ("ole", "zip"):
@@ -125,11 +126,17 @@ def _finding(parsed: Parsed, element: Element, rule: str, why: str, at: int, ref
     return Finding(rule, level, why, element.value_offset + at, ref, element.label, parsed.inflated)
 
 
-def _pdf(doc: bytes, base: int, tag: str | None, inflated: bool, what: str) -> list[Finding]:
-    """Active names in the raw bytes, then in the decoded streams (pacsguard.scan.pdf). PDF names
-    are matched after #xx escapes are decoded (ISO 32000 7.3.5), the usual way to hide /JavaScript
-    from a naive search; escaped, /EmbeddedFiles is 39 characters. ``base`` is where the PDF
-    starts in the scanned bytes, ``tag`` the element holding it (None: the file is the PDF)."""
+def _bounds(parsed: Parsed) -> pdf.Bounds:
+    """The PDF stream bounds, with the document's total as configured (scan.limits.max_pdf_inflated)."""
+    return pdf.Bounds(max_total=parsed.limits.max_pdf_inflated)
+
+
+def _pdf(doc: bytes, base: int, tag: str | None, inflated: bool, what: str, bounds: pdf.Bounds) -> list[Finding]:
+    """Active names in the raw bytes, then in the decoded streams (pacsguard.scan.pdf) within
+    ``bounds``. PDF names are matched after #xx escapes are decoded (ISO 32000 7.3.5), the usual
+    way to hide /JavaScript from a naive search; escaped, /EmbeddedFiles is 39 characters. ``base``
+    is where the PDF starts in the scanned bytes, ``tag`` the element holding it (None: the file
+    is the PDF)."""
     out: list[Finding] = []
 
     def finding(rule: str, why: str, at: int, ref: str, level: Level = Level.HIGH) -> Finding:
@@ -137,7 +144,7 @@ def _pdf(doc: bytes, base: int, tag: str | None, inflated: bool, what: str) -> l
         return Finding(rule, level, why, base + at, ref, tag, inflated)
 
     seen = pdf.active_names(doc)
-    found = pdf.look(doc)
+    found = pdf.look(doc, bounds)
     active = found.active
     if not _acts(seen, *(names for _, names in active)):
         # Only /OpenAction or /AA: what to do on opening, but no action that runs, launches,

@@ -1,0 +1,90 @@
+"""One deadline for a whole HTTP message read off a socket (RFC 9112 2.1: start line, header
+fields, body), on both sides of the witness API.
+
+A socket's timeout bounds each read only: a peer that sends one byte a little before each
+timeout runs out keeps the reader waiting as long as it goes on (the "slowloris" pattern). The
+readers here give every read only what is left of one deadline, so the message as a whole
+arrives by then or not at all: a witness trickling its answer's headers no longer holds a
+delivery or `audit verify --witness`, and a client trickling its request no longer holds one of
+the witness service's few slots."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: What is raised when the deadline has passed, given the bytes that came by then.
+Expired = Callable[[int], Exception]
+
+
+class Deadline:
+    """A point in time.monotonic(): ``left()`` is what remains of it (never negative)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def restart(self) -> None:
+        """The same span again from now (a kept-alive connection's next request)."""
+        self.at = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+
+class DeadlineReader(io.RawIOBase):
+    """The bytes of ``sock`` read through ``raw`` (its makefile("rb", buffering=0)), each read
+    given what is left of ``deadline`` as the socket's timeout; once none is left,
+    ``expired(bytes read by then)`` is raised. Between reads the socket's timeout goes back to
+    ``idle`` (writes, which the deadline does not bound, keep the timeout they had)."""
+
+    def __init__(self, raw: Any, sock: socket.socket, deadline: Deadline, expired: Expired,
+                 idle: float | None) -> None:
+        super().__init__()
+        self.raw = raw
+        self.sock = sock
+        self.deadline = deadline
+        self.expired = expired
+        self.idle = idle
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self.deadline.left()
+        if left <= 0:
+            raise self.expired(self.count)
+        self.sock.settimeout(left if self.idle is None else min(left, self.idle))
+        try:
+            got: int | None = self.raw.readinto(buffer)
+        except TimeoutError:
+            if self.deadline.left() <= 0:
+                raise self.expired(self.count) from None
+            raise
+        finally:
+            self._restore()
+        self.count += got or 0
+        return got
+
+    def _restore(self) -> None:
+        try:
+            self.sock.settimeout(self.idle)
+        except OSError:
+            return  # closed meanwhile: nothing left to restore
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
+def reader(sock: socket.socket, deadline: Deadline, expired: Expired,
+           idle: float | None) -> io.BufferedReader:
+    """A buffered reader of ``sock`` bounded by ``deadline`` (DeadlineReader). It holds its own
+    reference to the socket (socket.makefile), so closing the socket object, as urllib does once
+    the status and headers are read, leaves the body readable."""
+    return io.BufferedReader(DeadlineReader(sock.makefile("rb", buffering=0), sock, deadline, expired, idle))
