@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from event_schema import check_event
 from pacsguard.events import Event
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.tls import make_ca, make_cert
+from peers.commitment import COMMIT_UID, CommitmentPacs, referenced
 from peers.dcmtk import free_port, stop_process_group, wait_for_port
 
 pytestmark = [pytest.mark.peers]
@@ -58,7 +58,6 @@ PACS_HOST = "127.0.115.2"
 CLIENT_HOST = "127.0.115.4"
 
 SERVER_TOKEN = b"pacs-server-ticket-never-in-records-5150"
-COMMIT_UID = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment Push SOP Instance (PS3.4 J.3)
 UNKNOWN_UID = "1.2.826.0.1.3680043.10.1155.999"  # an instance never stored through the gateway
 MANY = 1003  # instances in one N-ACTION: 3 past the 1,000 an event lists
 JWT = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyYWQuYWxpY2UifQ.never-in-records"
@@ -88,60 +87,6 @@ class Gateway:
                 assert len(found) >= count, f"no {kind} event\n--- log ---\n{self.log.read_text()[-3000:]}"
                 return found
             time.sleep(0.2)
-
-
-def referenced(*uids: str) -> list[Dataset]:
-    items = []
-    for uid in uids:
-        item = Dataset()
-        item.ReferencedSOPClassUID = str(CTImageStorage)
-        item.ReferencedSOPInstanceUID = uid
-        items.append(item)
-    return items
-
-
-class Pacs:
-    """A pynetdicom PACS: Verification and CT Image Storage (not MR); a User Identity of type 5 is
-    confirmed with SERVER_TOKEN when the requestor asks for a positive response. Storage
-    Commitment Push (PS3.4 J.3): each N-ACTION is answered Success, then its N-EVENT-REPORT on the
-    same association commits the instances it stored and fails the others (0x0112, no such
-    object instance) - when the transaction asks for a report (the first one)."""
-
-    def __init__(self) -> None:
-        self.ae = AE(ae_title="UPSTREAM")
-        self.ae.add_supported_context(Verification)
-        self.ae.add_supported_context(CTImageStorage)
-        self.ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 20
-        self.stored: set[str] = set()
-        self.reports: list[int] = []
-        self.port = free_port(PACS_HOST)
-        self.server = self.ae.start_server((PACS_HOST, self.port), block=False, evt_handlers=[
-            (evt.EVT_USER_ID, lambda event: (True, SERVER_TOKEN)), (evt.EVT_C_STORE, self.store),
-            (evt.EVT_N_ACTION, self.action)])
-
-    def store(self, event: evt.Event) -> int:
-        self.stored.add(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
-
-    def action(self, event: evt.Event) -> tuple[int, None]:
-        asked = event.action_information
-        if len(asked.ReferencedSOPSequence) < MANY:
-            threading.Thread(target=self.report, args=(event.assoc, asked), daemon=True).start()
-        return 0x0000, None
-
-    def report(self, assoc: Any, asked: Dataset) -> None:
-        time.sleep(0.3)  # after the N-ACTION-RSP
-        uids = [str(item.ReferencedSOPInstanceUID) for item in asked.ReferencedSOPSequence]
-        answer = Dataset()
-        answer.TransactionUID = asked.TransactionUID
-        answer.ReferencedSOPSequence = referenced(*[u for u in uids if u in self.stored])
-        failed = referenced(*[u for u in uids if u not in self.stored])
-        for item in failed:
-            item.FailureReason = 0x0112
-        answer.FailedSOPSequence = failed
-        rsp = assoc.send_n_event_report(answer, 2 if failed else 1, StorageCommitmentPushModel, COMMIT_UID)
-        self.reports.append(int(rsp[0].Status) if rsp[0] else -1)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +125,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @dataclass
 class Setup:
     gw: Gateway
-    pacs: Pacs
+    pacs: CommitmentPacs
 
 
 def _listen(ae_title: str, **extra: Any) -> dict[str, Any]:
@@ -191,7 +136,7 @@ def _listen(ae_title: str, **extra: Any) -> dict[str, Any]:
 def setup(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]) -> Iterator[Setup]:
     """One gateway: `main` relays to the PACS (Verification and CT allowed, MR not), `tls` is the
     same with mutual TLS (ca_file with a CRL), `sf` a store-and-forward route to the PACS."""
-    pacs = Pacs()
+    pacs = CommitmentPacs(PACS_HOST, server_token=SERVER_TOKEN, report_below=MANY)
     upstream = {"host": PACS_HOST, "port": pacs.port, "ae_title": "UPSTREAM", "connect_timeout": 5}
     policy = {"sop_classes": ["Verification", "CTImageStorage", "StorageCommitmentPushModel"],
               "services": ["C-ECHO", "C-STORE", "storage-commitment"]}

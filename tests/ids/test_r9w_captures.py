@@ -409,6 +409,8 @@ def test_the_same_addresses_on_two_vlans_are_two_connections(real: Path, tmp_pat
     assert cap["tcp_connections"] == 2 and cap["anomalies"] == {} and cap["gaps"] == 0, cap
     assert sen["associations"] == 2 and sen["results"] == {"released": 2}, sen
     requested = {e["details"]["flow"]: e["message"] for e in events if e["kind"] == "dicom.association.requested"}
+    assert all("(VLAN " in m for m in requested.values()), requested  # each names its own VLAN
+    requested = {flow: m.partition(" (VLAN ")[0] for flow, m in requested.items()}
     assert sorted(requested.values()) == ["A-ASSOCIATE-RQ ECHOSCU -> PACS", "A-ASSOCIATE-RQ WS_READ1 -> PACS"]
     [tool] = [e for e in events if e["kind"] == TOOL_AE]
     assert requested[tool["details"]["flow_id"]] == "A-ASSOCIATE-RQ ECHOSCU -> PACS"

@@ -292,7 +292,8 @@ def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int | None], No
 @_ids_errors
 def read_command(
     capture: Path = typer.Argument(
-        ..., help="pcap or pcapng capture file, gzip'd or not; - or a FIFO: read as a stream (tcpdump -w -)"),
+        ..., help="pcap or pcapng capture file, plain or compressed (gzip, zstd, lz4); - or a FIFO: read as a "
+                  "stream (tcpdump -w -)"),
     rules_dir: list[Path] = RULES_DIR_OPTION,
     store: str | None = STORE_OPTION,
     jsonl: Path | None = JSONL_OPTION,

@@ -25,14 +25,14 @@ import socket
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
 from pacsguard.dicom import pdu as P
 from pacsguard.dicom.association import AssociationDecoder
-from pacsguard.dicom.dataset import MAX_IDENTIFIER_LENGTH, deflate_dataset, inflate_dataset
+from pacsguard.dicom.dataset import deflate_dataset, inflate_dataset
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
 from pacsguard.dicom.events import (
     VIOLATION_MESSAGE_ID_IN_USE,
@@ -66,7 +66,7 @@ from pacsguard.gateway.violations import (
     violation_event,
     warning_event,
 )
-from pacsguard.records.dicom import AssociationRecord, Pending, RefusalFilter, is_commitment_request
+from pacsguard.records.dicom import AssociationRecord, Pending, RefusalFilter
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -185,8 +185,6 @@ class AssociationRelay:
         self.dropping: dict[bool, Pending | None] = {True: None, False: None}
         # Per direction: a C-FIND response data set held whole to rewrite its Retrieve AE Title.
         self.collecting: dict[bool, HeldResponse | None] = {True: None, False: None}
-        # Per direction: a storage commitment request's data set, copied as it passes (_tap_commitment).
-        self.taps: dict[bool, _Tap | None] = {True: None, False: None}
         # Cut-through (see _stream_dataset), per direction: bytes of a checked data PDU still to come,
         # and the gateway's own frames for the receiving leg that wait until that PDU is complete.
         self.through: dict[bool, int] = {True: 0, False: 0}
@@ -429,7 +427,8 @@ class AssociationRelay:
         done = 0
         if self.state == "established" and (self.through[from_client] or (
                 not self.held[from_client] and self.dropping[from_client] is None
-                and self.collecting[from_client] is None and self.taps[from_client] is None)):
+                and self.collecting[from_client] is None
+                and (self.record is None or not self.record.tapping(from_client)))):
             done = self._stream_dataset(from_client, data)
             if done and (done == len(data) or self.closed):
                 return
@@ -853,7 +852,8 @@ class AssociationRelay:
                 decisions.append(None)
             elif isinstance(ev, DimseDatasetEnd):
                 self._record().dataset_end(ev)
-        self._tap_commitment(from_client, raw, events)
+        # A storage commitment request's data set: its record copies it (records.dicom, p_data).
+        self._record().p_data(from_client, raw, events)
         # Fast path: one PDV, nothing held or swallowed in this direction, and either a data fragment
         # or a whole command set that passes as it came (what _sort_pdvs would re-encode byte for byte:
         # reserved PDU byte and control header bits zero, PS3.8 9.3.5, E.2).
@@ -864,35 +864,6 @@ class AssociationRelay:
                      or raw[11] == 0x03 and not raw[1] and len(decisions) == 1 and decisions[0] is None)):
             return [raw]
         return self._sort_pdvs(from_client, raw, decisions)
-
-    def _tap_commitment(self, from_client: bool, raw: bytes, events: list[ProtocolEvent]) -> None:
-        """Copy the data set of a storage commitment request (an N-ACTION-RQ or N-EVENT-REPORT-RQ,
-        PS3.4 J.3) as its PDVs pass, unchanged, for its record to name the instances; past
-        MAX_IDENTIFIER_LENGTH bytes only its size is said. The PDU's command PDVs end the commands
-        decoded from it in the same order (the decoder reads one message at a time per direction)."""
-        if self.taps[from_client] is None and not any(
-                is_commitment_request(ev.command, ev.abstract_syntax) for ev in events if isinstance(ev, DimseCommand)):
-            return  # the common case: nothing to copy in this PDU
-        commands = iter([ev for ev in events if isinstance(ev, DimseCommand)])
-        for _context_id, mch, start, end in P.pdv_spans(raw):
-            if mch & 0x01:  # a command fragment; the last one ends the next command decoded
-                ev = next(commands, None) if mch & 0x02 else None
-                if ev is not None and ev.command.is_request \
-                        and is_commitment_request(ev.command, ev.abstract_syntax):
-                    self.taps[from_client] = _Tap(ev.from_requestor, ev.command.message_id or 0, ev.transfer_syntax)
-                continue
-            tap = self.taps[from_client]
-            if tap is None:
-                continue
-            tap.size += end - start
-            if tap.size <= MAX_IDENTIFIER_LENGTH:
-                tap.data += raw[start:end]
-            if mch & 0x02:
-                self.taps[from_client] = None
-                kept = bytes(tap.data) if tap.size <= MAX_IDENTIFIER_LENGTH else None
-                self._record().commitment(tap.from_requestor, tap.message_id, kept, tap.transfer_syntax,
-                                          f"its data set of {tap.size:,} bytes is larger than the "
-                                          f"{MAX_IDENTIFIER_LENGTH:,} bytes read")
 
     def _sort_pdvs(self, from_client: bool, raw: bytes, decisions: deque[Pending | HeldResponse | None]) -> list[bytes]:
         """PDV by PDV: hold command fragments until judged, swallow a refused request's data set,
@@ -1058,26 +1029,16 @@ class AssociationRelay:
         return self.record
 
     def _new_record(self, called_ae: str) -> AssociationRecord:
-        # The route's stored instances, for storage commitment (an in-memory test route may have none).
+        # The route's stored instances, for storage commitment, and the gateway's open C-MOVEs, for
+        # their sub-operations on a return route (an in-memory test route may have neither).
         return AssociationRecord(self.publish, component="gateway", client=self._client_party(),
                                  server=self._upstream_party(), route=self.route.name, called_ae=called_ae,
-                                 stored=getattr(self.rt, "stored", None))
+                                 stored=getattr(self.rt, "stored", None), moves=getattr(self.rt, "moves", None))
 
     def _totals(self) -> dict[str, Any]:
         return {"bytes_from_client": self.bytes_in[True], "bytes_from_upstream": self.bytes_in[False],
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
                 "pdus_from_client": self.decoder.requestor.pdus, "pdus_from_upstream": self.decoder.acceptor.pdus}
-
-
-@dataclass(slots=True)
-class _Tap:
-    """A storage commitment request's data set being copied (AssociationRelay._tap_commitment)."""
-
-    from_requestor: bool
-    message_id: int
-    transfer_syntax: str | None
-    data: bytearray = field(default_factory=bytearray)
-    size: int = 0
 
 
 def _rewritten(held: HeldResponse) -> tuple[bytes | None, str | None]:

@@ -25,6 +25,7 @@ from pacsguard.gateway.checks import Shared, build_chain
 from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
 from pacsguard.records.dicom import RefusalLog, StoredInstances
+from pacsguard.records.moves import MoveLedger
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -81,6 +82,8 @@ class RouteRuntime:
         self.refusals = RefusalLog(route.limits.refusals_recorded_per_minute, self.publish)
         # The patient and study of the instances its C-STOREs stored, for storage commitment.
         self.stored = StoredInstances()
+        # The C-MOVEs of every route, for their sub-operations on a return route (records.moves).
+        self.moves = gateway.moves
 
     def publish(self, event: Event) -> int | None:
         return self.gateway.publish(event)
@@ -533,6 +536,8 @@ class Gateway:
         self.quarantine_policy = q.QuarantinePolicy(config.quarantine_scope, tuple(config.admin_hosts))
         # Connections refused for want of a file descriptor, on every route: logged and recorded.
         self.shortage = DescriptorShortage(publish)
+        # One for all routes: a C-MOVE relayed by one route delivers through another (its return route).
+        self.moves = MoveLedger()
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes if r.mode == "relay"]
         self.stored = [self._store_forward(r, resolve, object_checks) for r in config.routes
                        if r.mode == "store-and-forward"]

@@ -56,6 +56,7 @@ class IdsDefaults:
     max_tracked_sources: int = 100_000
     max_tracked_flows: int = 65_536
     max_alerts_per_flow: int = 10
+    vlan_tracking: bool = True
 
     def ref(self, name: str) -> list[Any] | None:
         """The settings list a rule names as ``$name`` (None when it is not set)."""

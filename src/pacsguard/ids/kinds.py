@@ -6,6 +6,7 @@ from __future__ import annotations
 from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, EventKind, nullable
 from pacsguard.ids.capture.reassembly import ANOMALIES
 from pacsguard.records.kinds import KINDS as DICOM_RECORDS
+from pacsguard.records.kinds import VLAN
 
 #: an aggregate's first/last match, as an Event time is written (ISO 8601, RFC 3339)
 TIME = {"type": "string", "format": "date-time"}
@@ -17,13 +18,13 @@ KINDS = (
                "route": nullable(STRING), "flow_id": nullable(STRING), "tls": BOOLEAN, "observation": OBJECT,
                "quarantine_seconds": NUMBER, "threshold": OBJECT, "limit": OBJECT,
                # an aggregate: the matches a limit window held back, and when the first and last were
-               "aggregate": BOOLEAN, "count": INTEGER, "first": TIME, "last": TIME},
+               "aggregate": BOOLEAN, "count": INTEGER, "first": TIME, "last": TIME, "vlan": VLAN},
               required=("rule_id", "title", "action", "protocol", "on", "observation")),
     EventKind("ids.anomaly.*", "the passive sensor saw traffic a receiver may read otherwise than a naive "
               "observer (an IDS evasion attempt): the kind ends with the anomaly (docs/ids.md)",
               {"anomaly": {"enum": list(ANOMALIES)},
                "sensor": STRING, "flow_id": nullable(STRING), "from_client": nullable(BOOLEAN),
-               "offset": INTEGER, "length": INTEGER, "detail": STRING},
+               "offset": INTEGER, "length": INTEGER, "detail": STRING, "vlan": VLAN},
               required=("anomaly", "sensor", "offset", "length", "detail")),
     *DICOM_RECORDS,
 )

@@ -157,6 +157,13 @@ def _ports(engine: Any, dicom_ports: Iterable[int] | None) -> frozenset[int]:
     return frozenset(int(p) for p in (getattr(_settings_of(engine), "dicom_ports", None) or ()))
 
 
+def _vlan_tracking(engine: Any, vlan_tracking: bool | None) -> bool:
+    """``vlan_tracking`` if given, else the ``ids.vlan_tracking`` setting (default true)."""
+    if vlan_tracking is not None:
+        return vlan_tracking
+    return bool(getattr(_settings_of(engine), "vlan_tracking", True))
+
+
 def read(
     path: str | os.PathLike[str] | bytes,
     *,
@@ -172,6 +179,7 @@ def read(
     progress: Callable[[int, int | None], None] | None = None,
     sensor_name: str = "passive",
     adapter: DicomAdapter | None = None,
+    vlan_tracking: bool | None = None,
 ) -> PassiveStats:
     """Run the rules over the pcap/pcapng file ``path`` (``-``: standard input; a pipe, a FIFO or a
     gzip'd capture is streamed in bounded memory, :class:`~pacsguard.ids.capture.CaptureFile`), or
@@ -185,6 +193,9 @@ def read(
     ``progress(done_bytes, total_bytes)`` is called every :data:`PROGRESS_FRAMES` frames and at
     the end (of the compressed file for a gzip'd one; total ``None`` for a pipe or FIFO).
     ``adapter`` replaces the sensor's ``DicomAdapter(engine)`` (a test double).
+    ``vlan_tracking`` (default: ``engine.settings.vlan_tracking``, true when unset): a frame's VLAN
+    ids are part of its connection; False joins the two directions of a connection that only one
+    direction's frames carry a tag for (a SPAN port or trunk tagging one way).
     Raises :class:`~pacsguard.ids.capture.CaptureError` if ``path`` is not a capture.
     """
     ports = _ports(engine, dicom_ports)
@@ -199,6 +210,7 @@ def read(
         max_buffer_per_flow=max_buffer_per_flow,
         max_buffer_total=max_buffer_total,
         server_ports=ports,
+        vlan_tracking=_vlan_tracking(engine, vlan_tracking),
     )
     handlers: dict[int, FrameHandler] = {}
 
@@ -244,12 +256,14 @@ def live(
     log_associations: bool = True,
     sensor_name: str = "passive",
     adapter: DicomAdapter | None = None,
+    vlan_tracking: bool | None = None,
 ) -> PassiveStats:
     """Run the rules over ``interface`` (Linux, CAP_NET_RAW) until ``stop_event.is_set()``.
 
     ``bpf`` is a pcap-filter(7) expression applied in the kernel (e.g. ``"tcp"``).  Raises
     :class:`~pacsguard.ids.capture.CaptureError` for an unknown interface, a bad filter or
     missing privileges.  Connections still open at the stop are closed and logged.
+    ``vlan_tracking`` as for :func:`read`.
     """
     ports = _ports(engine, dicom_ports)
     sensor = PassiveSensor(
@@ -267,6 +281,7 @@ def live(
         server_ports=ports,
         promisc=promisc,
         ready=ready,
+        vlan_tracking=_vlan_tracking(engine, vlan_tracking),
     )
     sensor.flush()
     return PassiveStats(interface, stats, sensor.stats, time.perf_counter() - t0, stats.bytes)

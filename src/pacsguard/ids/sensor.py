@@ -121,7 +121,7 @@ from pacsguard.dicom import (
     looks_like_associate_rq,
 )
 from pacsguard.dicom.association import AssociationState
-from pacsguard.dicom.pdu import PDU_TYPE_NAMES, AssociateRJ
+from pacsguard.dicom.pdu import PDU_P_DATA_TF, PDU_TYPE_NAMES, AssociateRJ
 from pacsguard.dicom.stream import DEFAULT_MAX_PDU_LENGTH
 from pacsguard.events import Event, Outcome, Party, Severity
 from pacsguard.events.model import time_from_us
@@ -131,7 +131,8 @@ from pacsguard.ids.dicom.adapter import DicomAdapter
 from pacsguard.ids.dicom.sniff import ASSOCIATE_HEAD_BYTES, looks_like_acceptor_pdu, plausible_pdata_header
 from pacsguard.ids.observation import Flow
 from pacsguard.ids.sniff import guess_protocol, looks_like_tls
-from pacsguard.records.dicom import AssociationRecord, capture_time
+from pacsguard.records.dicom import AssociationRecord, StoredInstances, capture_time
+from pacsguard.records.moves import MoveLedger
 
 if TYPE_CHECKING:  # the engine is only needed for its API, not at import time
     from pacsguard.ids.engine import Engine
@@ -380,6 +381,11 @@ class PassiveSensor:
         self.max_buffer_total = max_buffer_total
         self.log_associations = log_associations
         self.stats = SensorStats()
+        # Shared by the records of every association, as a gateway's routes share theirs: the
+        # instances C-STOREs stored (a storage commitment names SOP Instance UIDs only, PS3.4
+        # J.3.2) and the open C-MOVEs (their sub-operations come on another association, C.4.2.2).
+        self.stored = StoredInstances()
+        self.moves = MoveLedger()
         self._buffered_total = 0
         self._Flow = flow_factory if flow_factory is not None else Flow
         self._handlers: dict[type, Callable[[_ConnState, Any, int], None]] = {
@@ -474,7 +480,7 @@ class PassiveSensor:
     def on_anomaly(self, anomaly: StreamAnomaly) -> None:
         """Traffic the PACS may read otherwise than a naive observer (an evasion attempt): recorded
         as ``ids.anomaly.<what>`` at its capture time, whatever ``log_associations`` (docs/ids.md)."""
-        self._emit(anomaly_event(anomaly, self.sensor))
+        self._emit(anomaly_event(anomaly, self.sensor), anomaly.vlan)
 
     # ------------------------------------------------------------------ deciding
 
@@ -605,15 +611,25 @@ class PassiveSensor:
         decoder = st.decoder
         assert decoder is not None
         events: list[Any] = []
+        pdatas: list[tuple[bytes, list[Any]]] = []  # each P-DATA-TF PDU and its events, for the record
         try:
             for pdu in pdus:
-                events += decoder.on_pdu(from_client, pdu)
+                decoded = decoder.on_pdu(from_client, pdu)
+                events += decoded
+                if pdu.pdu_type == PDU_P_DATA_TF:
+                    pdatas.append((pdu.raw, decoded))
         except DecodeError as err:
             err.partial = events + err.partial
             self._decode_error(st, from_client, err, ts)
             return
         if events:
             self._dispatch(st, events, ts)
+        record = st.record
+        if record is not None:
+            # After its events: a storage commitment request's data set (PS3.4 J.3), copied by the
+            # record as the relay's record copies it (records.dicom.AssociationRecord.p_data).
+            for raw, decoded in pdatas:
+                record.p_data(from_client, raw, decoded)
         if st.held is not None and ts - st.held[0][1] > HOLD_US:
             self._release_held(st)
         if st.mode == _DICOM:
@@ -770,10 +786,14 @@ class PassiveSensor:
         record = st.record
         if record is None and self.log_associations:
             conn = st.conn
+            def emit(event: Event) -> None:
+                self._emit(event, conn.vlan)  # read when emitted: VLAN tracking off names it late
+
             record = st.record = AssociationRecord(
-                self._emit, component=COMPONENT, client=Party(host=conn.client_ip, port=conn.client_port),
+                emit, component=COMPONENT, client=Party(host=conn.client_ip, port=conn.client_port),
                 server=Party(host=conn.server_ip, port=conn.server_port), route=None,
-                flow=getattr(st.flow, "id", None), sensor=self.sensor, clock=self.clock, wallclock=self._capture_now)
+                flow=getattr(st.flow, "id", None), sensor=self.sensor, clock=self.clock, wallclock=self._capture_now,
+                stored=self.stored, moves=self.moves)
         return record
 
     def _capture_now(self) -> datetime:
@@ -871,7 +891,7 @@ class PassiveSensor:
             _bump(self.stats.alerts_by_rule, rule)
             if st is not None:
                 _bump_bounded(st.alerts, rule)
-            self._emit(replace(alert.event, time=when))
+            self._emit(replace(alert.event, time=when), st.conn.vlan if st is not None else ())
 
     def flush(self) -> None:
         """The end of the capture: the aggregate alerts of the engine's open limit windows."""
@@ -905,9 +925,20 @@ class PassiveSensor:
                          message=f"association ended without A-RELEASE or A-ABORT: {why}", at=when, by=by,
                          reason=why, cause=cause, **totals(), capture=capture)
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Event, vlan: tuple[int, ...] = ()) -> None:
+        """Publish ``event`` of a connection whose frames carry the VLAN ids ``vlan`` (if any)."""
+        if vlan:
+            event = with_vlan(event, vlan)
         self.stats.events_published += 1
         self.publish(event)
+
+
+def with_vlan(event: Event, vlan: tuple[int, ...]) -> Event:
+    """``event`` naming the VLAN its connection was seen on (IEEE 802.1Q 9.6; 802.1ad's outer tag
+    first): ``details.vlan`` ``[id]`` or ``[outer, inner]``, and the message ends with it, so that
+    the same addresses on two VLANs (two hosts) are told apart in the JSON and in a table."""
+    where = f"VLAN {vlan[0]}" + (f", inner {vlan[1]}" if len(vlan) > 1 else "")
+    return replace(event, details={**event.details, "vlan": list(vlan)}, message=f"{event.message} ({where})")
 
 
 def anomaly_event(a: StreamAnomaly, sensor: str) -> Event:

@@ -95,6 +95,8 @@ class IdsSettings(Strict):
     max_alerts_per_flow: int = Field(
         _D.max_alerts_per_flow, ge=1,
         description="times an alert-only rule without threshold fires per connection at most")
+    vlan_tracking: bool = Field(
+        True, description="VLAN ids are part of a connection (false: a SPAN port or trunk tags one direction only)")
 
     @field_validator("expect_for")
     @classmethod

@@ -7,7 +7,9 @@ sensor what it saw; a SIEM reads one shape (docs/events.md).
 Patients: `patient_ids` holds only the IDs an exchange actually disclosed: the Patient ID of a
 stored object (C-STORE, also a C-GET's sub-operations), of each C-FIND match, of the objects a
 C-GET's C-STORE sub-operations carried (named by the C-GET too), and, for a C-MOVE or C-GET whose
-identifier names one exact patient, that patient once sub-operations completed. The
+identifier names one exact patient, that patient once sub-operations completed, and for a
+C-MOVE the patients of the objects its sub-operations delivered on another association (a
+return route; records.moves), as far as the records share a MoveLedger. The
 keys of a query stay in `details.query`: a key with wildcards (PS3.4 C.2.2.2.4: `*`, `?`), a list
 or an empty (universal) key names nobody.
 """
@@ -18,10 +20,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pacsguard.dicom.association import AssociationDecoder
-from pacsguard.dicom.dataset import DatasetPeek, decode_identifier, walk_stop
+from pacsguard.dicom.dataset import MAX_IDENTIFIER_LENGTH, DatasetPeek, decode_identifier, walk_stop
 from pacsguard.dicom.dimse import (
     C_CANCEL_RQ,
     C_GET_RQ,
@@ -35,9 +37,10 @@ from pacsguard.dicom.dimse import (
 )
 from pacsguard.dicom.errors import DecodeError
 from pacsguard.dicom.events import Aborted, DimseCommand, DimseDatasetEnd, DimseDatasetStart
-from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ, UserIdentityRQ
+from pacsguard.dicom.pdu import AssociateRJ, AssociateRQ, UserIdentityRQ, pdv_spans
 from pacsguard.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, STORAGE_COMMITMENT_PUSH
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
+from pacsguard.records.moves import MAX_DELIVERED_IDS, MoveLedger, OpenMove
 
 MAX_IDS_PER_EVENT = 1000  # a C-FIND that returns more patients is summarised, not listed
 #: PS3.7 Table D.3-14, User-Identity-Type: 1 and 2 name a user, 3-5 carry a token (a credential).
@@ -91,6 +94,8 @@ class Pending:
     studies_omitted: int = 0
     #: a storage commitment request's instances (PS3.4 J.3.2, J.3.3): `details.commitment`
     commitment: dict[str, Any] | None = None
+    #: a C-MOVE's entry in the gateway's MoveLedger: what its sub-operations delivered elsewhere
+    move: OpenMove | None = None
 
     def add_identifiers(self, patient_id: str | None, study_uid: str | None) -> None:
         if patient_id and patient_id not in self.patient_ids:
@@ -153,6 +158,18 @@ class StoredInstances:
         return self._known.get(sop_instance)
 
 
+@dataclass(slots=True)
+class CommitmentTap:
+    """A storage commitment request's data set being copied from its P-DATA-TF PDUs
+    (AssociationRecord.p_data): whose request, in which transfer syntax, and how many bytes so far."""
+
+    from_requestor: bool
+    message_id: int
+    transfer_syntax: str | None
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+
 class AssociationRecord:
     """Turns what happened on one association into Events.
 
@@ -164,9 +181,11 @@ class AssociationRecord:
     def __init__(self, publish: Publish, *, component: str, client: Party, server: Party,
                  route: str | None = None, called_ae: str | None = None, flow: str | None = None,
                  sensor: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], datetime] | None = None, stored: StoredInstances | None = None) -> None:
+                 wallclock: Callable[[], datetime] | None = None, stored: StoredInstances | None = None,
+                 moves: MoveLedger | None = None) -> None:
         self.publish = publish
         self.stored = stored
+        self.moves = moves
         self.component = component
         self.client = client
         self.server = server
@@ -175,6 +194,8 @@ class AssociationRecord:
         self.wallclock = wallclock or utc_now
         self.pending: dict[tuple[bool, int], Pending] = {}
         self._positive_requested = False  # the User Identity RQ asked for a positive response
+        # Per sender (True: the requestor): the storage commitment data set being copied (p_data).
+        self._taps: dict[bool, CommitmentTap | None] = {True: None, False: None}
         self._common: dict[str, Any] = {"route": route}
         if flow is not None:
             self._common["flow"] = flow
@@ -303,6 +324,13 @@ class AssociationRecord:
     def track(self, pending: Pending) -> Pending:
         """Wait for the final response to `pending`; its Event is published then (or at the end)."""
         self.pending[(pending.from_requestor, pending.command.message_id or 0)] = pending
+        cmd = pending.command
+        if self.moves is not None and pending.from_requestor and cmd.command_field == C_MOVE_RQ \
+                and cmd.move_destination and pending.move is None:
+            # Its sub-operations arrive on the destination's return route (PS3.4 C.4.2.2): see records.moves.
+            pending.move = self.moves.open(requestor_ae=self.client.ae_title, message_id=cmd.message_id or 0,
+                                           destination=cmd.move_destination, scp_ae=self.server.ae_title,
+                                           route=self._common.get("route"))
         return pending
 
     def dataset_start(self, ev: DimseDatasetStart) -> None:
@@ -361,6 +389,49 @@ class AssociationRecord:
         pending = None if ev.response else self.pending.get((ev.from_requestor, ev.message_id or 0))
         if pending is not None:
             pending.dataset_bytes += ev.total_bytes
+
+    def tapping(self, from_requestor: bool) -> bool:
+        """Whether the data set of a storage commitment request of this sender is being copied:
+        every P-DATA-TF PDU it sends must then reach `p_data` (none may bypass the decoder)."""
+        return self._taps[from_requestor] is not None
+
+    def p_data(self, from_requestor: bool, raw: bytes, events: Iterable[object]) -> None:
+        """One P-DATA-TF PDU (PS3.8 9.3.5) the requestor (True) or the acceptor sent, whole, after
+        the events decoded from it were given to this record: the data set of a storage commitment
+        request (an N-ACTION-RQ or N-EVENT-REPORT-RQ, PS3.4 J.3) is copied from its PDVs as they
+        come, for `commitment` to name its instances; past MAX_IDENTIFIER_LENGTH bytes only its
+        size is said. The gateway and the passive sensor both call it, so that the same bytes
+        make the same record. A PDU's command PDVs end the commands decoded from it in the same
+        order (the decoder reads one message at a time per direction, PS3.8 9.3.5.1)."""
+        commands = [ev for ev in events if isinstance(ev, DimseCommand)]
+        if self._taps[from_requestor] is None and not any(
+                is_commitment_request(ev.command, ev.abstract_syntax) for ev in commands):
+            return  # the common case: nothing to copy in this PDU
+        pending_commands = iter(commands)
+        for _context_id, mch, start, end in pdv_spans(raw):
+            if mch & 0x01:  # a command fragment; the last one ends the next command decoded
+                ev = next(pending_commands, None) if mch & 0x02 else None
+                if ev is not None and ev.command.is_request \
+                        and is_commitment_request(ev.command, ev.abstract_syntax):
+                    self._taps[from_requestor] = CommitmentTap(ev.from_requestor, ev.command.message_id or 0,
+                                                               ev.transfer_syntax)
+                continue
+            self._tap_fragment(from_requestor, raw, start, end, bool(mch & 0x02))
+
+    def _tap_fragment(self, from_requestor: bool, raw: bytes, start: int, end: int, last: bool) -> None:
+        """One data set fragment of the sender's tapped commitment request, if one is tapped."""
+        tap = self._taps[from_requestor]
+        if tap is None:
+            return
+        tap.size += end - start
+        if tap.size <= MAX_IDENTIFIER_LENGTH:
+            tap.data += raw[start:end]
+        if last:
+            self._taps[from_requestor] = None
+            kept = bytes(tap.data) if tap.size <= MAX_IDENTIFIER_LENGTH else None
+            self.commitment(tap.from_requestor, tap.message_id, kept, tap.transfer_syntax,
+                            f"its data set of {tap.size:,} bytes is larger than the "
+                            f"{MAX_IDENTIFIER_LENGTH:,} bytes read")
 
     def commitment(self, from_requestor: bool, message_id: int, data: bytes | None, transfer_syntax: str | None,
                    why: str = "") -> None:
@@ -461,6 +532,8 @@ class AssociationRecord:
             # A C-MOVE's sub-operation (PS3.7 9.1.1.1): links the object to the C-MOVE that asked for it.
             details["move_originator"] = {"ae_title": cmd.move_originator_ae,
                                           "message_id": cmd.move_originator_message_id}
+        if name == "C-STORE" and status is not None and status_category(status) in ("success", "warning"):
+            self._delivered(pending, details)
         completed = 0
         if response is not None and name in ("C-MOVE", "C-GET"):
             completed = response.completed_suboperations or 0
@@ -481,6 +554,9 @@ class AssociationRecord:
         patients.update(pending.matched_patients)
         if completed and pending.query is not None and single_value(pending.query.get("PatientID")):
             patients[pending.query["PatientID"].strip()] = None  # the retrieve disclosed that patient's objects
+        studies = dict(pending.study_uids)
+        if pending.move is not None:
+            self._moved(pending.move, details, patients, studies)
         # A list cut at MAX_IDS_PER_EVENT says so: the data sets whose identifier it left out.
         patients_omitted = pending.patients_omitted + max(0, len(patients) - MAX_IDS_PER_EVENT)
         if patients_omitted:
@@ -513,8 +589,44 @@ class AssociationRecord:
                      severity=Severity.WARNING if refused or aborted else Severity.INFO,
                      outcome=outcome, actor=actor, target=target,
                      patient_ids=tuple(list(patients)[:MAX_IDS_PER_EVENT]),
-                     study_uids=tuple(pending.study_uids), sop_instance_count=sop_count,
+                     study_uids=tuple(list(studies)[:MAX_IDS_PER_EVENT]), sop_instance_count=sop_count,
                      message=message, details=details, time=self.wallclock())
+
+    def _delivered(self, pending: Pending, details: dict[str, Any]) -> None:
+        """A C-STORE the destination acknowledged: credit the C-MOVEs it is a sub-operation of
+        (records.moves; PS3.4 C.4.2.2). When it is one C-MOVE's, `details.c_move` names it (route,
+        requestor, Message ID, what linked them) and flags a Move Originator AE Title that names
+        someone else than the C-MOVE's requestor (PS3.7 9.1.1.1); `details.move_originator` stays
+        what the SCP wrote."""
+        if self.moves is None or not pending.from_requestor:
+            return
+        cmd = pending.command
+        moves, linked_by = self.moves.sub_operation(destination=self.called_ae, caller_ae=self.client.ae_title,
+                                                    originator_ae=cmd.move_originator_ae,
+                                                    originator_message_id=cmd.move_originator_message_id)
+        patient, study = next(iter(pending.patient_ids), None), next(iter(pending.study_uids), None)
+        for move in moves:
+            move.credit(details.get("sop_instance"), patient, study, self._common.get("route"),
+                        cmd.move_originator_ae)
+        if len(moves) == 1:
+            move = moves[0]
+            details["c_move"] = {"route": move.route, "requestor_ae": move.requestor_ae,
+                                 "message_id": move.message_id, "linked_by": linked_by,
+                                 "originator_mismatch": move.mismatch(cmd.move_originator_ae)}
+
+    def _moved(self, move: OpenMove, details: dict[str, Any], patients: dict[str, None],
+               studies: dict[str, None]) -> None:
+        """A C-MOVE's final response (or its end): the patients and studies its sub-operations
+        delivered through a return route join its own, and `details.delivered` counts them (absent
+        when none came through one: a refused C-MOVE, a destination reached directly)."""
+        if self.moves is not None:
+            self.moves.close(move)
+        patients.update(move.patients)
+        for study in move.studies:
+            if len(studies) < MAX_DELIVERED_IDS:
+                studies[study] = None
+        if move.instances:
+            details["delivered"] = move.details()
 
     # --- helpers ----------------------------------------------------------------------------
 

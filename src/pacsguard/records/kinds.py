@@ -8,8 +8,11 @@ from typing import Any
 from pacsguard.events.kinds import BOOLEAN, INTEGER, NUMBER, OBJECT, STATUS, STRING, STRINGS, EventKind, nullable
 
 _INT = nullable(INTEGER)
+#: The 802.1Q VLAN id(s) of a tagged connection the passive sensor saw, outer first (802.1ad QinQ).
+VLAN = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 4095}, "minItems": 1, "maxItems": 2}
 _WHERE: dict[str, dict[str, Any]] = {
     "route": nullable(STRING), "flow": STRING, "sensor": nullable(STRING), "called_ae": nullable(STRING),
+    "vlan": VLAN,
     # User Identity Negotiation (PS3.7 D.3.3.7.1): the type and, for types 1-2, the claimed username
     "user_identity": {"type": "object", "properties": {"type": {"anyOf": [STRING, INTEGER]}, "username": STRING,
                                                        "username_bytes": INTEGER,
@@ -51,6 +54,18 @@ KINDS = (
                "move_originator": {"type": "object", "properties": {"ae_title": nullable(STRING),
                                                                     "message_id": _INT},
                                    "additionalProperties": False},
+               # the C-MOVE (relayed by another route) a sub-operation's C-STORE was linked to
+               "c_move": {"type": "object", "properties": {
+                   "route": nullable(STRING), "requestor_ae": nullable(STRING), "message_id": INTEGER,
+                   "linked_by": {"enum": ["move_originator", "message_id", "destination"]},
+                   # the Move Originator AE Title is not the C-MOVE requestor's (PS3.7 9.1.1.1)
+                   "originator_mismatch": BOOLEAN},
+                   "required": ["route", "linked_by", "originator_mismatch"], "additionalProperties": False},
+               # what a C-MOVE's sub-operations delivered through the destination's return route
+               "delivered": {"type": "object", "properties": {
+                   "instances": INTEGER, "routes": STRINGS, "move_originators": STRINGS,
+                   "originator_mismatch": INTEGER, "patients_omitted": INTEGER},
+                   "required": ["instances", "routes"], "additionalProperties": False},
                # identifiers left out of patient_ids / study_uids once they hold 1,000
                "patients_omitted": INTEGER, "studies_omitted": INTEGER,
                "suboperations": {"type": "object", "additionalProperties": _INT},

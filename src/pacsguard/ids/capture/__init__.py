@@ -62,6 +62,7 @@ def read_capture(
     max_buffer_per_flow: int = 1 << 20,
     max_buffer_total: int = 64 << 20,
     server_ports: Iterable[int] | None = None,
+    vlan_tracking: bool = True,
 ) -> CaptureStats:
     """Read the pcap/pcapng capture ``path`` (or its bytes) and reassemble every TCP connection
     into ``consumer``; returns the run's :class:`CaptureStats`.
@@ -72,7 +73,9 @@ def read_capture(
     ``max_buffer_total`` overall, beyond which the hole is reported through ``on_gap``.
     ``server_ports`` decides the direction of connections whose handshake was not captured (a
     port in the set is the server's); otherwise the first packet's sender is taken as the client.
-    Everything still open at the end closes with reason ``"end"``.
+    Everything still open at the end closes with reason ``"end"``.  ``vlan_tracking``: a frame's
+    IEEE 802.1Q/802.1ad VLAN ids are part of its connection (False: they are not, so a connection
+    tagged in one direction only is one connection; Suricata's ``vlan.use-for-tracking``).
     """
     reasm = TCPReassembler(
         consumer,
@@ -81,6 +84,7 @@ def read_capture(
         max_buffer_per_flow=max_buffer_per_flow,
         max_buffer_total=max_buffer_total,
         server_ports=server_ports,
+        vlan_tracking=vlan_tracking,
     )
     return process_file(path, reasm)
 
@@ -98,13 +102,15 @@ def live_capture(
     server_ports: Iterable[int] | None = None,
     promisc: bool = True,
     ready: Callable[[], None] | None = None,
+    vlan_tracking: bool = True,
 ) -> CaptureStats:
     """Capture from ``interface`` (Linux, needs CAP_NET_RAW) until ``stop_event.is_set()``.
 
     ``bpf`` is a pcap-filter(7) expression applied in the kernel.  ``stop_event`` is anything with
     ``is_set()`` (``threading.Event``); it is polled every 0.2 s.  ``ready()``, if given, is called
     once capturing has begun.  ``promisc`` puts an Ethernet interface in promiscuous mode for the
-    socket's lifetime.  Returns the stats after closing every connection with reason ``"end"``.
+    socket's lifetime.  ``vlan_tracking`` as for :func:`read_capture`.  Returns the stats after
+    closing every connection with reason ``"end"``.
     Raises :class:`CaptureError` for an unknown interface, an invalid filter or missing privileges.
     """
     if stop_event is None or not hasattr(stop_event, "is_set"):
@@ -116,5 +122,6 @@ def live_capture(
         max_buffer_per_flow=max_buffer_per_flow,
         max_buffer_total=max_buffer_total,
         server_ports=server_ports,
+        vlan_tracking=vlan_tracking,
     )
     return live_loop(interface, reasm, bpf, stop_event, promisc=promisc, ready=ready)

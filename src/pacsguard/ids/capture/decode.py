@@ -11,7 +11,9 @@ Formats:
   accepted) and network order for LOOP, AF_INET = 2 and AF_INET6 = 24, 28 or 30;
   EN10MB (1): Ethernet II, IEEE 802.1Q / 802.1ad VLAN tags (TPID 0x8100, 0x88a8, 0x9100) skipped,
   the outer and inner VLAN id appended to the flow key (the same addresses on two VLANs are two
-  hosts);
+  hosts) unless VLAN tracking is off (``vlans=False``: a SPAN port or trunk that tags one
+  direction only, Suricata's ``vlan.use-for-tracking``); a priority tag (VLAN id 0, IEEE 802.1Q
+  9.6: the frame belongs to the port's own VLAN) names no VLAN and is not part of the key;
   RAW (101, and IPV4 228 / IPV6 229): the frame starts with the IP header;
   LINUX_SLL (113): 16-byte cooked header, protocol type at offset 14;
   LINUX_SLL2 (276): 20-byte cooked header, protocol type at offset 0.
@@ -154,6 +156,7 @@ def decode_tcp(
     stats: CaptureStats,
     defrag: IPDefragmenter | None = None,
     ts: int = 0,
+    vlans: bool = True,
 ) -> TCPSegment | None:
     """Decode the frame ``buf[off:off+caplen]`` of link type ``linktype`` down to TCP.
 
@@ -168,7 +171,7 @@ def decode_tcp(
     counts the frame in ``stats`` (``non_tcp`` by protocol, or ``ip_fragments``) and returns
     ``None``; a fragment goes to ``defrag`` (at capture time ``ts``), which appends the datagram
     it completes to ``defrag.ready``.  ``buf`` slices must give ``bytes`` (``bytes``, ``mmap``),
-    because the key is a slice.
+    because the key is a slice.  ``vlans``: the frame's VLAN ids join the key (VLAN tracking).
     """
     end = off + caplen
     count = stats.count_non_tcp
@@ -184,12 +187,19 @@ def decode_tcp(
             if p + 4 > end:
                 count("truncated-link-header")
                 return None
-            if len(vlan) < 4:
+            vid = _U16(buf, p)[0] & 0x0FFF
+            if vid and len(vlan) < 4:
                 # The outer and inner VLAN id (IEEE 802.1Q 9.6: the TCI's low 12 bits) are part of
                 # the connection's identity: VLANs may reuse addresses (Zeek's vlan/inner_vlan).
-                vlan += (_U16(buf, p)[0] & 0x0FFF).to_bytes(2, "big")
+                # VLAN id 0 is a priority tag, not a VLAN: a host that sends priority-tagged
+                # frames and receives untagged ones holds one connection, not two.
+                vlan += vid.to_bytes(2, "big")
             et = _U16(buf, p + 2)[0]
             p += 4
+        if not vlans:
+            # not part of the key; still what the connection's events name (reader.generic)
+            stats.frame_vlan = vlan
+            vlan = b""
         if et < 0x0600:
             count("802.3-llc")
             return None
@@ -392,10 +402,10 @@ def _length_lie(
     stats.count_non_tcp("ip-length-exceeds-frame")
     if defrag is None:
         return
-    from .reassembly import StreamAnomaly, _endpoints  # here: reassembly imports this module's users
+    from .reassembly import StreamAnomaly, _endpoints, key_vlans  # here: reassembly imports this module's users
 
     ver, src, sport, dst, dport = _endpoints(key)
     defrag.report(StreamAnomaly(
         "ip-length-exceeds-frame", ts, src, sport, dst, dport, 0, claimed - present,
         f"IPv{ver} packet claims {claimed} bytes but the frame, captured whole, holds {present}: a Linux "
-        "receiver discards it; its TCP segment is not inspected"))
+        "receiver discards it; its TCP segment is not inspected", vlan=key_vlans(key)))

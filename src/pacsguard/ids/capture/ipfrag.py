@@ -293,7 +293,10 @@ class IPDefragmenter:
         fam, n = (socket.AF_INET, 4) if ver == 4 else (socket.AF_INET6, 16)
         ident = int.from_bytes(key[2 * n : 2 * n + (2 if ver == 4 else 4)], "big")  # VLAN ids follow
         src, dst = socket.inet_ntop(fam, key[0:n]), socket.inet_ntop(fam, key[n : 2 * n])
-        self.report(StreamAnomaly(what, ts, src, 0, dst, 0, offset, length, f"IPv{ver} id {ident:#x}: {detail}"))
+        tail = key[2 * n + (2 if ver == 4 else 4) :]
+        vlan = tuple(int.from_bytes(tail[i : i + 2], "big") for i in range(0, len(tail) - 1, 2))
+        self.report(StreamAnomaly(what, ts, src, 0, dst, 0, offset, length, f"IPv{ver} id {ident:#x}: {detail}",
+                                  vlan=vlan))
 
 
 def _upper_layer(nh: int, payload: bytes) -> tuple[int, int]:

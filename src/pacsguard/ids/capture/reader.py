@@ -14,8 +14,12 @@ File formats:
   Packet Block (type 2); every other block is skipped by its total length.  A new section resets
   the interface list.
 
-Input: a regular file is ``mmap``-ed; standard input, a FIFO and a gzip'd capture (RFC 1952) are
+Input: a regular file is ``mmap``-ed; standard input, a FIFO and a compressed capture are
 streamed through a window of about a megabyte, each frame copied out (:class:`CaptureFile`).
+Compression is recognised by its magic number, as Wireshark does, not by the file's name: gzip
+(RFC 1952, magic 1F 8B), Zstandard (RFC 8878 3.1.1, frame magic 28 B5 2F FD, or a skippable
+frame's 5x 2A 4D 18 as pzstd writes first) and LZ4 (the LZ4 frame format, magic 04 22 4D 18);
+zstd and LZ4 need the Python packages ``zstandard`` and ``lz4``.
 
 Speed: the capture is read with precompiled ``struct`` unpackers at fixed offsets.
 :func:`make_frame_handler` returns a closure that, for Ethernet + IPv4 (no options) + TCP, decodes
@@ -40,7 +44,12 @@ compile the BPF filter: :func:`compile_bpf` calls ``pcap_compile`` of the system
 through ``ctypes`` (Debian's ``libpcap0.8``, present wherever ``dumpcap``/``tshark`` are), falling
 back to ``tcpdump -ddd``; the program is attached with ``SO_ATTACH_FILTER`` before the socket is
 bound, so no unfiltered packet gets through.  Loopback's duplicate outgoing copies are dropped as
-libpcap does.  Kernel timestamps come from ``SO_TIMESTAMPNS``.
+libpcap does.  Kernel timestamps come from ``SO_TIMESTAMPNS``.  Linux takes the outer 802.1Q/802.1ad
+tag out of every frame it receives and reports it in ``PACKET_AUXDATA`` (packet(7)); on Ethernet the
+tag is put back in front of the EtherType, as libpcap does, so live VLANs are seen as in a file.  A
+BPF filter still sees the frame without that tag: ``tcp port 104`` matches tagged traffic, but a
+``vlan`` primitive, compiled here as for a file (tag bytes in the frame), matches nothing received
+(libpcap's own live handles test the kernel's VLAN ancillary data instead).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gzip
+import importlib
 import io
 import math
 import mmap
@@ -61,7 +71,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, cast
 
 from .decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, decode_tcp
 from .reassembly import RECENT_SEGMENTS, CaptureStats, TCPReassembler
@@ -113,8 +123,14 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _KNOWN_OTHER_MAGICS = {
     b"\x34\xcd\xb2\xa1": "a modified (Kuznetzov) pcap file, not supported",
     b"\xa1\xb2\xcd\x34": "a modified (Kuznetzov) pcap file, not supported",
-    b"\x28\xb5\x2f\xfd": "zstd-compressed data (decompress it first)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed data inside compressed data (decompress it first)",
+    b"\x04\x22\x4d\x18": "LZ4-compressed data inside compressed data (decompress it first)",
+    b"\x02\x21\x4c\x18": "legacy LZ4 data (lz4 -l), not supported: decompress it first (lz4 -d)",
 }
+# Compressed captures, by the magic number that starts them: the codec's name in messages.
+_COMPRESSED = {_GZIP_MAGIC: "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "LZ4"}
+# How to get the Python package a codec needs, and how to do without it.
+_CODEC_PACKAGES = {"zstd": ("zstandard", "zstd -d"), "LZ4": ("lz4", "lz4 -d")}
 _MAX_RECORD = 1 << 18  # 262144: libpcap's maximum snap length
 _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than this
 # pcapng timestamps are 64-bit ticks (with a resolution and an offset): a frame stamped before 1970
@@ -122,11 +138,13 @@ _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than thi
 # (a window of an hour past year 9999), so it is skipped as damage.
 _MAX_TS_US = 221_845_392_000_000_000  # 9000-01-01T00:00:00Z in microseconds since the epoch
 _TICK_US = 1_000_000  # the reassembler's clock is advanced once per second of capture time
-# A pipe, a FIFO or a gzip'd capture is read in windows of this size (more when one record or
+# A pipe, a FIFO or a compressed capture is read in windows of this size (more when one record or
 # block is larger), never whole: memory stays bounded however long the capture.
 _STREAM_CHUNK = 1 << 20
-# A gzip'd capture that expands more than this (once past _GZIP_RATIO_AFTER bytes) is a gzip bomb,
-# not traffic: deflate reaches ~1000:1 only on runs of one byte, real captures stay far below.
+# A compressed capture that expands more than this (once past _GZIP_RATIO_AFTER bytes) is a
+# decompression bomb, not traffic: deflate reaches ~1000:1 only on runs of one byte (zstd and LZ4
+# far more), real captures stay far below.  Each read asks for a bounded amount of output, so
+# memory stays bounded between two checks whatever the codec.
 _GZIP_MAX_RATIO = 256
 _GZIP_RATIO_AFTER = 64 << 20
 _PACKET_BLOCKS = (6, 3, 2)  # pcapng blocks holding a frame: enhanced, simple, obsolete packet block
@@ -151,9 +169,12 @@ def make_frame_handler(reasm: TCPReassembler, linktype: int) -> FrameHandler:
     stats = reasm.stats
     defrag = reasm.defrag
     tsopt = _TSOPT.unpack_from
+    vlans = reasm.vlan_tracking
 
     def generic(buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None:
-        seg = decode_tcp(buf, off, caplen, linktype, stats, defrag, ts)
+        if not vlans:
+            stats.frame_vlan = b""  # set by decode_tcp for a tagged Ethernet frame
+        seg = decode_tcp(buf, off, caplen, linktype, stats, defrag, ts, vlans)
         if seg is None:
             if defrag.ready:
                 _reassembled(reasm, ts)
@@ -274,9 +295,43 @@ def _source_name(source: object) -> str:
     return f"<{type(source).__name__} of {len(source)} bytes>"  # type: ignore[arg-type]
 
 
+def _codec(head: bytes) -> str | None:
+    """The compression (``gzip``, ``zstd``, ``LZ4``) whose magic number starts ``head``, if any.
+
+    A skippable frame (RFC 8878 3.1.2, magic 0x184D2A50-0x184D2A5F) first is zstd: pzstd starts
+    its files with one (the sizes of the frames that follow)."""
+    if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
+        return "zstd"
+    return _COMPRESSED.get(head[:4]) or _COMPRESSED.get(head[:2])
+
+
+_Errors = tuple[type[BaseException], ...]
+
+
+def _decompressor(codec: str, compressed: io.BufferedIOBase, name: str) -> tuple[io.BufferedIOBase, _Errors]:
+    """A reader of the decompressed bytes of ``compressed`` and the exceptions damaged data raises.
+    zstd: every frame one after the other (RFC 8878 3.1: a file may hold several, pzstd writes
+    them), skippable frames skipped, each frame's window bounded by the zstandard package's default (128 MiB, zstd's own
+    limit without --long).  Raises :class:`CaptureError` when the codec's package is missing."""
+    errors: _Errors = (OSError, EOFError, zlib.error)
+    if codec == "gzip":
+        return gzip.GzipFile(fileobj=compressed, mode="rb"), errors
+    package, tool = _CODEC_PACKAGES[codec]
+    try:
+        module: Any = importlib.import_module("zstandard" if codec == "zstd" else "lz4.frame")
+    except ImportError:
+        raise CaptureError(f"{name}: a {codec}-compressed capture, and the Python package {package!r} that reads "
+                           f"it is not installed (pip install {package}); or decompress it first ({tool})") from None
+    if codec == "zstd":
+        reader = module.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
+        return cast(io.BufferedIOBase, reader), (*errors, module.ZstdError)
+    # lz4.frame raises RuntimeError for a damaged frame (LZ4F_decompress's error code)
+    return cast(io.BufferedIOBase, module.LZ4FrameFile(compressed, mode="rb")), (*errors, RuntimeError)
+
+
 class _Prefixed(io.RawIOBase):
     """``head`` (bytes already read to recognise the format), then the rest of ``raw``; counts the
-    bytes it hands out (the compressed side of a gzip'd stream)."""
+    bytes it hands out (the compressed side of a compressed stream)."""
 
     def __init__(self, head: bytes, raw: io.BufferedIOBase) -> None:
         self.head = head
@@ -303,8 +358,9 @@ class CaptureFile:
     """An opened pcap or pcapng capture, scanned by :meth:`run` in one or more calls.
 
     ``source`` is a path (``-``: standard input) or the capture's bytes.  A regular file is
-    ``mmap``-ed; a pipe, a FIFO, a character device and a gzip'd capture (RFC 1952, as Wireshark
-    reads ``.pcap.gz``/``.pcapng.gz``; recognised by its magic, not its name) are streamed: read in
+    ``mmap``-ed; a pipe, a FIFO, a character device and a compressed capture (gzip, zstd or LZ4, as
+    Wireshark reads ``.pcap.gz``/``.pcapng.zst``/``.lz4``; recognised by its magic, not its name,
+    see the module docstring) are streamed: read in
     windows of about a megabyte, each frame copied out of its window, so memory stays bounded
     however long the capture (the reassembler keeps a few frames per connection, as in live
     capture).  Raises :class:`CaptureError` if it is not a capture file.  Use as a context manager
@@ -318,11 +374,14 @@ class CaptureFile:
         self.stats = stats if stats is not None else CaptureStats()
         self._mm: mmap.mmap | None = None
         self._file: io.BufferedIOBase | None = None
-        # streaming: where more bytes come from (None: the whole capture is in buf), the gzip side
-        # (its compressed byte count and size when known), whether the source has ended
+        # streaming: where more bytes come from (None: the whole capture is in buf), the compressed
+        # side (its byte count and size when known), its codec and the exceptions its damage
+        # raises, whether the source has ended
         self._src: io.BufferedIOBase | None = None
         self._gz: _Prefixed | None = None
         self._gz_size: int | None = None
+        self._codec = ""
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
         self.eof = True
         self.base = 0  # file offset of buf[0] (streaming: buf is a window)
         self._need = 0  # buf offset the scan must see before it can go on (streaming)
@@ -331,8 +390,8 @@ class CaptureFile:
         try:
             if isinstance(source, (str, os.PathLike)):
                 self.buf = self._open(os.fspath(source))
-            elif bytes(source[:2]) == _GZIP_MAGIC:
-                self.buf = self._stream(io.BufferedReader(io.BytesIO(bytes(source))), b"", len(source))
+            elif (codec := _codec(bytes(source[:4]))) is not None:
+                self.buf = self._stream(io.BufferedReader(io.BytesIO(bytes(source))), b"", len(source), codec)
             else:
                 self.buf = bytes(source)
         except BaseException:
@@ -367,17 +426,19 @@ class CaptureFile:
             self._file = f
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-                # a pipe, a FIFO or a device (they report size 0): streamed, gzip'd or not
+                # a pipe, a FIFO or a device (they report size 0): streamed, compressed or not
                 head = self._read_at_least(f, 28)
                 if not head:
                     raise CaptureError(f"{self.name}: not a capture file (empty)")
-                if head[:2] == _GZIP_MAGIC:
-                    return self._stream(f, head, None)
+                codec = _codec(head)
+                if codec is not None:
+                    return self._stream(f, head, None, codec)
                 self._src = f
                 self.eof = len(head) < 28
                 return head
-            if os.pread(f.fileno(), 2, 0) == _GZIP_MAGIC:
-                return self._stream(f, b"", st.st_size)
+            codec = _codec(os.pread(f.fileno(), 4, 0))
+            if codec is not None:
+                return self._stream(f, b"", st.st_size, codec)
             try:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
@@ -404,23 +465,26 @@ class CaptureFile:
             have += len(b)
         return b"".join(parts)
 
-    def _stream(self, raw: io.BufferedIOBase, head: bytes, compressed_size: int | None) -> bytes:
-        """Start streaming the gzip'd capture ``head`` + ``raw``: its first decompressed bytes."""
+    def _stream(self, raw: io.BufferedIOBase, head: bytes, compressed_size: int | None, codec: str) -> bytes:
+        """Start streaming the ``codec``-compressed capture ``head`` + ``raw``: its first decompressed
+        bytes."""
         self._gz = _Prefixed(head, raw)
         self._gz_size = compressed_size
-        self._src = gzip.GzipFile(fileobj=io.BufferedReader(self._gz), mode="rb")
+        self._codec = codec
+        self._src, self._errors = _decompressor(codec, io.BufferedReader(self._gz), self.name)
         self.eof = False
         try:
             first = self._read_at_least(self._src, 28)
-        except (OSError, EOFError, zlib.error) as e:
-            raise CaptureError(f"{self.name}: gzip-compressed data that cannot be decompressed: {e}") from e
+        except self._errors as e:
+            raise CaptureError(f"{self.name}: {codec}-compressed data that cannot be decompressed: {e}") from e
         if not first:
-            raise CaptureError(f"{self.name}: not a capture file (gzip-compressed, empty)")
+            # zstd ends silently where its data ends: a file cut inside its first block reads empty
+            raise CaptureError(f"{self.name}: not a capture file ({codec}-compressed, empty or cut short)")
         self.eof = len(first) < 28
         return first
 
     def progress(self) -> tuple[int, int | None]:
-        """(bytes done, bytes in all) for a progress bar: of the compressed file for a gzip'd one,
+        """(bytes done, bytes in all) for a progress bar: of the compressed file for a compressed one,
         ``None`` in all for a pipe or FIFO (its length is not known before its end)."""
         if self._gz is not None:
             return self._gz.count, self._gz_size
@@ -441,8 +505,9 @@ class CaptureFile:
         try:
             while have < goal:
                 if gz is not None and self.size > _GZIP_RATIO_AFTER and self.size > _GZIP_MAX_RATIO * gz.count:
-                    self._stop(f"gzip data expands more than {_GZIP_MAX_RATIO} times ({gz.count:,} compressed bytes "
-                               f"gave {self.size:,}): not a capture (a gzip bomb?); reading stopped",
+                    self._stop(f"{self._codec} data expands more than {_GZIP_MAX_RATIO} times ({gz.count:,} "
+                               f"compressed bytes gave {self.size:,}): not a capture (a {self._codec} bomb?); "
+                               "reading stopped",
                                self.off, self._seen, frame=False)
                     return
                 b = src.read1(max(goal - have, _STREAM_CHUNK))
@@ -452,9 +517,9 @@ class CaptureFile:
                 parts.append(b)
                 have += len(b)
                 self.size += len(b)
-        except (OSError, EOFError, zlib.error) as e:
+        except self._errors as e:
             # what was decompressed before the damage has been read; the record it cuts is lost
-            what = f"gzip data damaged after {gz.count:,} compressed bytes" if gz is not None else "read error"
+            what = f"{self._codec} data damaged after {gz.count:,} compressed bytes" if gz is not None else "read error"
             self._stop(f"{what}: {e}; reading stopped", self.off, self._seen, frame=False)
             return
         self.base += self.off
@@ -532,7 +597,7 @@ class CaptureFile:
                     f"{bom.hex() or '(none)'} (magic {magic.hex()})"
                 )
             return
-        gz = "gzip-compressed, its content's " if self._gz is not None else ""
+        gz = f"{self._codec}-compressed, its content's " if self._gz is not None else ""
         for prefix, what in _KNOWN_OTHER_MAGICS.items():
             if magic.startswith(prefix):
                 raise CaptureError(f"{self.name}: not a capture file: {what} ({gz}magic {magic.hex()})")
@@ -962,6 +1027,13 @@ _SO_ATTACH_FILTER = 26
 _SO_RCVBUFFORCE = 33
 _SO_TIMESTAMPNS = 35
 _ETH_P_ALL = 0x0003
+# packet(7) PACKET_AUXDATA: struct tpacket_auxdata (status, len, snaplen, mac, net, vlan_tci,
+# vlan_tpid).  Linux takes the 802.1Q tag out of every received frame (skb_vlan_untag, or the
+# NIC's VLAN offload) and hands it over here; libpcap puts it back into the frame, and so do we.
+_PACKET_AUXDATA = 8
+_AUXDATA = struct.Struct("IIIHHHH")
+_TP_STATUS_VLAN_VALID = 1 << 4
+_TP_STATUS_VLAN_TPID_VALID = 1 << 6
 
 
 class _BpfInsn(ctypes.Structure):
@@ -1089,6 +1161,15 @@ class _StopEvent(Protocol):
     def is_set(self) -> bool: ...
 
 
+def _vlan_tag(auxdata: bytes) -> bytes:
+    """The 802.1Q tag (TPID, TCI: IEEE 802.1Q 9.6) a ``tpacket_auxdata`` says the kernel removed
+    from the frame, or ``b""``; the TPID is 0x8100 unless the kernel names another (802.1ad)."""
+    status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(auxdata)
+    if not (status & _TP_STATUS_VLAN_VALID or tci):
+        return b""
+    return struct.pack("!HH", tpid if status & _TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100, tci)
+
+
 def live_loop(
     interface: str,
     reasm: TCPReassembler,
@@ -1131,6 +1212,9 @@ def live_loop(
             except OSError:
                 continue
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        ethernet = linktype == LINKTYPE_ETHERNET
+        if ethernet:
+            sock.setsockopt(_SOL_PACKET, _PACKET_AUXDATA, 1)
         sock.bind((interface, _ETH_P_ALL))
         if promisc and arphrd == 1:
             ifindex = socket.if_nametoindex(interface)
@@ -1142,7 +1226,7 @@ def live_loop(
         buf = bytearray(snaplen)
         view = memoryview(buf)
         recvmsg_into = sock.recvmsg_into
-        ancsize = socket.CMSG_SPACE(16)
+        ancsize = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(_AUXDATA.size)
         trunc = socket.MSG_TRUNC
         ts = time.time_ns() // 1000
         reasm.tick(ts)
@@ -1158,15 +1242,23 @@ def live_loop(
             if loopback and addr[2] == _PACKET_OUTGOING:
                 continue
             ts = 0
+            tag = b""
             for level, typ, data in anc:
                 if level == socket.SOL_SOCKET and typ == _SO_TIMESTAMPNS and len(data) >= 16:
                     sec, nsec = struct.unpack_from("qq", data)
                     ts = sec * 1000000 + nsec // 1000
+                elif level == _SOL_PACKET and typ == _PACKET_AUXDATA and ethernet and len(data) >= _AUXDATA.size:
+                    tag = _vlan_tag(data)
             if not ts:
                 ts = time.time_ns() // 1000
             caplen = n if n <= snaplen else snaplen
             stats.cut_at = 0 if n > caplen else -1  # MSG_TRUNC: n is the frame's real length
-            frame = bytes(view[:caplen])
+            if tag and caplen >= 12:
+                # the tag the kernel took out, back in its place: the frame as it was on the wire
+                frame = bytes(view[:12]) + tag + bytes(view[12:caplen])
+                caplen += 4
+            else:
+                frame = bytes(view[:caplen])
             handler(frame, memoryview(frame), 0, caplen, ts)
             npk += 1
             nbytes += caplen

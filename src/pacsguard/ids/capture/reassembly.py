@@ -163,7 +163,8 @@ class StreamAnomaly:
     TCP the position in the sender's byte stream (0 = the first byte after the SYN, or the first
     byte seen mid-stream) where the difference starts; for a fragment its offset in the datagram.
     ``length``: the bytes concerned.  ``conn``/``from_client``: the TCP connection and direction
-    (None for IP fragments).  ``detail`` says what was kept.
+    (None for IP fragments).  ``detail`` says what was kept.  ``vlan``: the outer and inner VLAN
+    ids of a tagged frame (IEEE 802.1Q/802.1ad), empty when untagged or VLAN tracking is off.
     """
 
     what: str
@@ -177,6 +178,7 @@ class StreamAnomaly:
     detail: str
     conn: Connection | None = None
     from_client: bool | None = None
+    vlan: tuple[int, ...] = ()
 
 
 #: anomaly -> what it is (docs/ids.md, "Evasion and ambiguity").
@@ -198,6 +200,9 @@ ANOMALIES = {
     "ip-fragment-overlap": "IP fragments overlap: the datagram is discarded (RFC 5722, Linux)",
     "ip-fragment-different-data": "a duplicate IP fragment carries different bytes (the first is kept)",
 }
+
+
+_Bytes = bytes  # CaptureStats has a field named bytes
 
 
 @dataclass(slots=True)
@@ -224,6 +229,9 @@ class CaptureStats:
     # reader, with cut_frame: that frame's number (Wireshark's) and file offset, for the problem
     cut_at: int = -1
     cut_frame: tuple[int, int] = (0, -1)
+    # VLAN tracking off: the VLAN ids (2 bytes each, outer first) of the Ethernet frame being
+    # decoded, which are not in its key; the reader names its connection's VLAN with them
+    frame_vlan: _Bytes = b""
     anomalies: dict[str, int] = field(default_factory=dict)  # StreamAnomaly.what -> count
     retransmissions: int = 0  # segments wholly inside already-delivered data (incl. SYN repeats)
     overlaps: int = 0  # segments partly inside delivered data, trimmed
@@ -369,6 +377,10 @@ class Connection:
     close_reason: str | None = None
     #: which side sent the first FIN or RST (True: the client), None until one was seen
     closed_first_by_client: bool | None = None
+    #: the outer and inner VLAN ids of its frames (IEEE 802.1Q 9.6, 802.1ad), () when untagged;
+    #: with VLAN tracking off (not part of the connection then), those of the first tagged frame
+    #: the reassembler's slow path saw (a handshake's, usually)
+    vlan: tuple[int, ...] = ()
     _c2s: _Half | None = field(default=None, repr=False)
     _s2c: _Half | None = field(default=None, repr=False)
     _mark: int = field(default=0, repr=False)  # CLOCK reference mark (capture time)
@@ -503,6 +515,12 @@ def reverse_key(key: bytes) -> bytes:
     return key[16:32] + key[0:16] + key[34:36] + key[32:34] + key[36:]
 
 
+def key_vlans(key: bytes) -> tuple[int, ...]:
+    """The VLAN ids that follow the addresses and ports of a directional key (outer first)."""
+    tail = key[12:] if len(key) < 36 else key[36:]
+    return tuple(int.from_bytes(tail[i : i + 2], "big") for i in range(0, len(tail) - 1, 2))
+
+
 def _endpoints(key: bytes) -> tuple[int, str, int, str, int]:
     """(ip_version, src ip, src port, dst ip, dst port) from a directional key (VLAN ids ignored)."""
     if len(key) < 36:
@@ -548,6 +566,7 @@ class TCPReassembler:
         max_buffer_total: int = 64 << 20,
         server_ports: Iterable[int] | None = None,
         stats: CaptureStats | None = None,
+        vlan_tracking: bool = True,
     ) -> None:
         if max_flows < 1:
             raise ValueError("max_flows must be >= 1")
@@ -560,6 +579,9 @@ class TCPReassembler:
         self.max_buffer_per_flow = max_buffer_per_flow
         self.max_buffer_total = max_buffer_total
         self.server_ports = frozenset(server_ports or ())
+        #: the frames' VLAN ids are part of the connection (the readers put them in the key);
+        #: off, a connection whose one direction is tagged and the other not stays one connection
+        self.vlan_tracking = vlan_tracking
         self.flows: dict[bytes, _Half] = {}  # directional key -> half (open and time-wait)
         self._open: OrderedDict[Connection, None] = OrderedDict()  # CLOCK queue of open conns
         self._timewait: OrderedDict[Connection, int] = OrderedDict()  # closed conn -> expiry
@@ -698,6 +720,9 @@ class TCPReassembler:
                     half = self._reuse(half, key, ts)
 
         conn = half.conn
+        if not conn.vlan and self.stats.frame_vlan and not self.vlan_tracking:
+            # the VLAN its frames carry, though not part of its key: its events still name it
+            conn.vlan = key_vlans(bytes(12) + self.stats.frame_vlan)
         n = end - start + missing
         if half.gate & _GATE_RST and not flags & RST and (n or flags & (SYN | FIN)):
             self._rst_refuted(half, ts)
@@ -1012,7 +1037,7 @@ class TCPReassembler:
             ends = (c.client_ip, c.client_port, c.server_ip, c.server_port)
         else:
             ends = (c.server_ip, c.server_port, c.client_ip, c.client_port)
-        self.anomaly(StreamAnomaly(what, ts, *ends, offset, length, detail, c, half.from_client))
+        self.anomaly(StreamAnomaly(what, ts, *ends, offset, length, detail, c, half.from_client, c.vlan))
 
     def _compare(
         self, half: _Half, recent: Sequence[tuple[int, bytes | memoryview]], spos: int, data: bytes, n: int, ts: int
@@ -1058,6 +1083,8 @@ class TCPReassembler:
             conn = Connection(sip, sport, dip, dport, ver, ts, midstream, self._next_id)
         else:
             conn = Connection(dip, dport, sip, sport, ver, ts, midstream, self._next_id)
+        if len(key) not in (12, 36):
+            conn.vlan = key_vlans(key)
         self._next_id += 1
         rkey = reverse_key(key)
         mine = _Half(conn, src_is_client, key, ts)

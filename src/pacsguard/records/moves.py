@@ -1,0 +1,151 @@
+"""What a C-MOVE delivered, when its sub-operations come back through another route.
+
+A C-MOVE's SCP performs its C-STORE sub-operations on an association of its own to the Move
+Destination (PS3.4 C.4.2.2); through the gateway that association arrives on the destination's
+return route, whose records name the patients. `MoveLedger` is shared by every route of one
+gateway: the C-MOVE's record opens an entry when the request is tracked, each sub-operation's
+C-STORE record credits the entry it belongs to at its final response, and the C-MOVE's record
+reads the entry at its own final response (the SCP sends it only after its sub-operations,
+PS3.4 C.4.2.3), so that the C-MOVE names whom it disclosed to the destination even when its
+identifier named no patient (a STUDY-level move).
+
+Which C-MOVE a C-STORE belongs to: the Move Originator Message ID (0000,1031) of the C-STORE-RQ
+is the C-MOVE-RQ's Message ID and the Move Originator AE Title (0000,1030) the AE title of who
+invoked the C-MOVE (PS3.7 9.1.1.1, Table 9.3-1); the called AE title of the sub-operation's
+association is the Move Destination (0000,0600). An SCP that writes another AE title as Move
+Originator (pynetdicom 3 writes its own) is still linked by Message ID and destination, and the
+mismatch is flagged on both records; nothing recorded is changed. A C-STORE without a Move
+Originator Message ID is linked to the C-MOVEs open to its destination whose SCP (the C-MOVE
+route's upstream AE title) is its caller: every one of them, since an object disclosed must not
+go unnamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: C-MOVEs waiting for their final response, over all routes of one gateway; past it the oldest
+#: is forgotten (its record then names what its own identifier and responses said, as before).
+MAX_OPEN_MOVES = 10_000
+#: Patients and studies one C-MOVE's entry lists; further ones are counted (records.dicom lists
+#: at most MAX_IDS_PER_EVENT per event as well).
+MAX_DELIVERED_IDS = 1000
+#: Move Originator AE titles and return routes one entry lists.
+MAX_NAMES = 16
+#: SOP instances one entry tells apart (a sub-operation the SCP repeats, or the two legs of one
+#: through a gateway a capture holds, count once); past it every credit counts.
+MAX_INSTANCES = 10_000
+
+
+def _add(names: dict[str, None], value: str | None, limit: int) -> bool:
+    """Add *value* to *names* unless it is empty or the list is full; False if it did not fit."""
+    if not value or value in names:
+        return True
+    if len(names) >= limit:
+        return False
+    names[value] = None
+    return True
+
+
+@dataclass(slots=True, eq=False)
+class OpenMove:
+    """One C-MOVE relayed by a route, until its final response (PS3.4 C.4.2)."""
+
+    requestor_ae: str | None
+    message_id: int
+    destination: str
+    scp_ae: str | None
+    route: str | None
+    instances: int = 0
+    sop_instances: dict[str, None] = field(default_factory=dict)
+    patients: dict[str, None] = field(default_factory=dict)
+    studies: dict[str, None] = field(default_factory=dict)
+    patients_omitted: int = 0
+    routes: dict[str, None] = field(default_factory=dict)
+    originators: dict[str, None] = field(default_factory=dict)
+    mismatched: int = 0
+
+    def credit(self, sop_instance: str | None, patient_id: str | None, study_uid: str | None,
+               route: str | None, originator_ae: str | None) -> None:
+        """One instance the destination acknowledged (a C-STORE sub-operation's final response)."""
+        if sop_instance and sop_instance in self.sop_instances:
+            return  # acknowledged before: the same object once
+        if sop_instance and len(self.sop_instances) < MAX_INSTANCES:
+            self.sop_instances[sop_instance] = None
+        self.instances += 1
+        if not _add(self.patients, patient_id, MAX_DELIVERED_IDS):
+            self.patients_omitted += 1
+        _add(self.studies, study_uid, MAX_DELIVERED_IDS)
+        _add(self.routes, route, MAX_NAMES)
+        _add(self.originators, originator_ae, MAX_NAMES)
+        if self.mismatch(originator_ae):
+            self.mismatched += 1
+
+    def mismatch(self, originator_ae: str | None) -> bool:
+        """Whether a sub-operation's Move Originator AE Title names another AE than the one that
+        invoked this C-MOVE (PS3.7 9.1.1.1 asks for the invoker's)."""
+        return originator_ae is not None and originator_ae.strip() != (self.requestor_ae or "").strip()
+
+    def details(self) -> dict[str, Any]:
+        """`details.delivered` of the C-MOVE's event (docs/events.md)."""
+        out: dict[str, Any] = {"instances": self.instances, "routes": list(self.routes)}
+        if self.originators:
+            out["move_originators"] = list(self.originators)
+        if self.mismatched:
+            out["originator_mismatch"] = self.mismatched
+        if self.patients_omitted:
+            out["patients_omitted"] = self.patients_omitted
+        return out
+
+
+class MoveLedger:
+    """The C-MOVEs a gateway's routes are relaying, for their sub-operations to be linked to;
+    indexed by Move Destination, so that a C-STORE looks only at the C-MOVEs to its own."""
+
+    __slots__ = ("capacity", "_order", "_by_destination")
+
+    def __init__(self, capacity: int = MAX_OPEN_MOVES) -> None:
+        self.capacity = capacity
+        self._order: dict[int, OpenMove] = {}  # id() -> entry, in the order opened
+        self._by_destination: dict[str, dict[int, OpenMove]] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
+             route: str | None) -> OpenMove:
+        move = OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route)
+        self._order[id(move)] = move
+        self._by_destination.setdefault(move.destination, {})[id(move)] = move
+        if len(self._order) > self.capacity:
+            self.close(next(iter(self._order.values())))
+        return move
+
+    def close(self, move: OpenMove) -> None:
+        if self._order.get(id(move)) is not move:
+            return  # closed already (or forgotten when the ledger was full)
+        del self._order[id(move)]
+        same = self._by_destination.get(move.destination)
+        if same is not None:
+            same.pop(id(move), None)
+            if not same:
+                del self._by_destination[move.destination]
+
+    def sub_operation(self, *, destination: str | None, caller_ae: str | None, originator_ae: str | None,
+                      originator_message_id: int | None) -> tuple[list[OpenMove], str]:
+        """The open C-MOVEs a C-STORE-RQ on an association called *destination* by *caller_ae* is
+        a sub-operation of (see the module docstring), and what linked them: ``move_originator``
+        (Move Originator AE Title and Message ID), ``message_id`` (the Message ID only: the AE
+        title named someone else) or ``destination`` (no Move Originator Message ID); ([], "")
+        when it is none's."""
+        candidates = list(self._by_destination.get((destination or "").strip(), {}).values())
+        if originator_message_id is None:
+            caller = (caller_ae or "").strip()
+            found = [m for m in candidates if caller and (m.scp_ae or "").strip() == caller]
+            return found, "destination" if found else ""
+        by_id = [m for m in candidates if m.message_id == originator_message_id]
+        exact = [m for m in by_id if not m.mismatch(originator_ae)]
+        if exact:
+            return exact, "move_originator"
+        return by_id, "message_id" if by_id else ""
