@@ -69,6 +69,9 @@ class Identifier:
     key: str
     value: str = ""  # the value as given, for an entity that is no patient (a UID, a node)
     no_authority: bool = False
+    #: The token's system, for an entity that is no patient: None for any (``value``), "" for none
+    #: (``|value``), else that one (``system|value``).
+    system: str | None = None
 
     @classmethod
     def parse(cls, text: str, *, reference: bool = False) -> Identifier:
@@ -86,8 +89,8 @@ class Identifier:
         if len(parts) == 2:
             system, value = parts
             if not system:
-                return cls(hl7_escape(value), value, no_authority=True)
-            return cls(PatientId.of_system(hl7_escape(system), hl7_escape(value)).key(), value)
+                return cls(hl7_escape(value), value, no_authority=True, system="")
+            return cls(PatientId.of_system(hl7_escape(system), hl7_escape(value)).key(), value, system=system)
         value = parts[0]
         if reference and "/" in value:  # Patient/ID, or the whole URL of one
             value = value.rsplit("/", 1)[-1]
@@ -101,12 +104,25 @@ class Identifier:
 
     def names(self, event: Event, *, patients_only: bool = True) -> bool:
         """Whether ``event`` names this patient; without ``patients_only``, or any participant object
-        of that ID: a study UID or a node has no assigning authority kept, and is matched by its ID
-        whatever system is given (a DICOM UID is unique by itself, PS3.5 9)."""
+        of that ID that is no patient (`names_object`)."""
         objects = event.details.get("objects", ())
         if any(self.names_patient(p) for p in patients_of(objects)):
             return True
-        return not patients_only and any(o.get("id") == self.value for o in objects if not is_patient(o))
+        return not patients_only and any(self.names_object(o) for o in objects if not is_patient(o))
+
+    def names_object(self, obj: Mapping[str, Any]) -> bool:
+        """Whether a participant object that is no patient is this one: its ID, and the system of a
+        FHIR entity's identifier that had one (``id_system``) as FHIR R4 search compares a token's
+        (``system|value`` that system, ``|value`` none, ``value`` any). An object stored without a
+        system (A.5's and RFC 3881's study UIDs and nodes, a FHIR identifier sent without one, any
+        stored before the system was kept) is matched by its ID whatever system the token names: a
+        DICOM UID is unique by itself (PS3.5 9)."""
+        if obj.get("id") != self.value:
+            return False
+        held = obj.get("id_system")
+        if not held or self.system is None:
+            return True
+        return bool(self.system) and system_uri(self.system) == system_uri(str(held))
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +312,8 @@ class AuditQuery:
         (none for a Coding without one), else audit-entity-type and object-role (PS3.15 A.5.1's
         codes); the outcome and action under the code systems FHIR R4 binds them to, a value
         outside those left out of the answer (None: found by its code alone); an agent's identity
-        (agent.who.identifier.value, and altId) under none, as it is answered."""
+        (agent.who.identifier) under the system it was received with (`_agent_ids`), its altId
+        under none."""
         # Only the parameters given are worked out: this runs on every stored event a search reads.
         if self.entity_types:
             yield self.entity_types, [(o.get("type_code"), _fixed(o.get("type_system"), ENTITY_TYPE)) for o in objects]
@@ -309,7 +326,7 @@ class AuditQuery:
             action = d.get("action")
             yield self.actions, [(action, ACTION if action in audit_codes.ACTIONS else None)]
         if self.agent_ids:
-            yield self.agent_ids, [(p.get(k), "") for p in participants for k in ("user_id", "alternative_user_id")]
+            yield self.agent_ids, [held for p in participants for held in _agent_ids(p)]
 
     def stored(self, store: EventStore, *, after: int | None = None) -> Iterator[StoredEvent]:
         """The stored audit messages of this query's time span and, when it names patients, of the
@@ -496,6 +513,15 @@ def _roles(p: Mapping[str, Any]) -> list[Mapping[str, str]]:
         else:
             out.append(role)
     return out
+
+
+def _agent_ids(p: Mapping[str, Any]) -> list[tuple[object, str]]:
+    """A participant's identifiers as ``agent-identifier`` compares them (FHIR R4 search, token): its
+    UserID under the system agent.who.identifier was received with ("" none: A.5, RFC 3881, a FHIR
+    identifier without one, a message stored before the system was kept), as ITI-81 answers it;
+    its AlternativeUserID (agent.altId, a string) under none."""
+    system = p.get("user_id_system")
+    return [(p.get("user_id"), system_uri(str(system)) if system else ""), (p.get("alternative_user_id"), "")]
 
 
 def _fixed(system: object, fixed: str) -> str:

@@ -212,7 +212,9 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     """An agent as an ActiveParticipant. UserID is the user's identity (PS3.15 A.5.2.1: unique
     within the enterprise, as the mapping of AuditEvent.agent.who gives it): who.identifier.value,
     else who.reference; who.display, a name as anyone may bear it, only when there is nothing else.
-    UserName is the display name: agent.name, else who.display."""
+    UserName is the display name: agent.name, else who.display. The identifier's system (the
+    namespace of that value: BALP's ``urn:oid:`` of the user directory) is kept beside it, as
+    received, for ITI-81's answer and its ``agent-identifier`` token (FHIR R4 search, token)."""
     network = a.get("network") or {}
     # agent.type and agent.role are both RoleIDCode (FHIR R4 AuditEvent, DICOM mapping): the roles
     # hold both, as the rules and the acting user's choice read them; ``types`` tells agent.type's.
@@ -221,8 +223,13 @@ def _agent(a: Mapping[str, Any]) -> Participant:
     who = a.get("who") or {}
     ident = who.get("identifier") or {}
     display = _text(who, "display")
-    user_id = _text(ident, "value") or _text(who, "reference") or ""
-    return Participant(user_id=user_id or display or "", alternative_user_id=_text(a, "altId"),
+    value = _text(ident, "value")
+    user_id = value or _text(who, "reference") or ""
+    # The system names the identifier's value only: a UserID taken from elsewhere has none. An empty
+    # system (no FHIR string may be empty, R4 2.6.2) is none.
+    system = _text(ident, "system") if value else None
+    return Participant(user_id=user_id or display or "", user_id_system=system or None,
+                       alternative_user_id=_text(a, "altId"),
                        user_name=_text(a, "name") or (display if user_id else None),
                        requestor=_boolean(a, "requestor"), access_point=_text(network, "address"),
                        access_point_type=_text(network, "type"), roles=tuple(roles), types=tuple(types))
@@ -306,7 +313,7 @@ def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
             object_id = PatientId.of_system(hl7_escape(system), object_id).key()
     named = ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role, type_system=systems[0],
-        role_system=systems[1],
+        role_system=systems[1], id_system=system if value and system and not patient else None,
         life_cycle=_text(_object(e, "lifecycle"), "code"), name=_text(e, "name"), query=_text(e, "query"),
         details=tuple((_text(d, "type") or "", _text(d, "valueBase64Binary") or _text(d, "valueString") or "")
                       for d in e.get("detail", ())))
@@ -385,7 +392,7 @@ def _token(text: str | None) -> str:
 def _out_agent(p: Participant) -> dict[str, Any]:
     out: dict[str, Any] = {"requestor": p.requestor}
     if p.user_id:  # agent.who is optional (0..1); an empty UserID names no one
-        out["who"] = {"identifier": {"value": p.user_id}}
+        out["who"] = {"identifier": _out_identifier(p.user_id_system, p.user_id)}
     # agent.type as received (one CodeableConcept, its Codings), the other roles as agent.role.
     if types := _out_codings(p.types):
         out["type"] = {"coding": types}
@@ -409,7 +416,7 @@ def _out_agent(p: Participant) -> dict[str, Any]:
 def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
     # An empty ParticipantObjectID (pacsguard's own 110104 for an object without Patient ID): the
     # identifier keeps its type (a patient number, not known) and has no value.
-    ident: dict[str, Any] = {"value": o.object_id} if o.object_id else {}
+    ident: dict[str, Any] = _out_identifier(o.id_system, o.object_id) if o.object_id else {}
     if _token(o.id_type.code):
         ident["type"] = {"coding": [_out_coding(o.id_type)]}
     out: dict[str, Any] = {"what": {"identifier": ident}} if ident else {}
@@ -426,6 +433,12 @@ def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
     if details := [_out_detail(t, v, syntax) for t, v in o.details if t and v]:
         out["detail"] = details
     return out
+
+
+def _out_identifier(system: str | None, value: str) -> dict[str, str]:
+    """An Identifier (FHIR R4 2.24.0.16: system 0..1, value) as received: its system, when the
+    message gave one (agent.who and a non-patient entity's what), then its value."""
+    return {"system": system, "value": value} if system else {"value": value}
 
 
 def _entity_coding(system: str | None, fixed: str, code: str) -> dict[str, str]:

@@ -275,6 +275,7 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
         outcome_description=d.get("outcome_description"), purposes=tuple(_code(c) for c in d.get("purposes", ())),
         participants=tuple(Participant(
             user_id=p.get("user_id", ""), alternative_user_id=p.get("alternative_user_id"),
+            user_id_system=p.get("user_id_system"),
             user_name=p.get("user_name"), requestor=bool(p.get("requestor")), access_point=p.get("access_point"),
             access_point_type=p.get("access_point_type"), roles=tuple(_code(r) for r in p.get("roles", ())),
             types=tuple(_code(t) for t in p.get("types", ())))
@@ -284,6 +285,7 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
         objects=tuple(ParticipantObject(
             object_id=o.get("id", ""), id_type=_code(o.get("id_type") or {"code": ""}), type_code=o.get("type_code"),
             role=o.get("role"), type_system=o.get("type_system"), role_system=o.get("role_system"),
+            id_system=o.get("id_system"),
             life_cycle=o.get("life_cycle"), name=o.get("name"), query=o.get("query"),
             details=tuple((x.get("type", ""), x.get("value", "")) for x in o.get("details", ())),
             sop_classes=tuple(SopClass(s.get("uid", ""), s.get("instances"), tuple(s.get("instance_uids", ())))

@@ -39,10 +39,15 @@ class Participant:
     #: Those of the roles a FHIR AuditEvent gave as agent.type, not agent.role: both are RoleIDCode
     #: in FHIR R4's DICOM mapping of AuditEvent, and each is rendered back where it was received.
     types: tuple[Code, ...] = ()
+    #: The system of the identifier a FHIR AuditEvent named the agent by (FHIR R4
+    #: AuditEvent.agent.who.identifier.system, the namespace of its value, the UserID), as received:
+    #: ITI-81 answers it back and ``agent-identifier=system|value`` compares it. None when none was
+    #: given (A.5 and RFC 3881 have none; messages stored before it was kept have none either).
+    user_id_system: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": self.user_id, "requestor": self.requestor}
-        for name in ("alternative_user_id", "user_name", "access_point", "access_point_type"):
+        for name in ("user_id_system", "alternative_user_id", "user_name", "access_point", "access_point_type"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -80,9 +85,16 @@ class ParticipantObject:
     #: ParticipantObjectTypeCode and its role: audit-entity-type and object-role in FHIR).
     type_system: str | None = None
     role_system: str | None = None
+    #: The system of a FHIR entity's identifier (entity.what.identifier.system) when the entity is
+    #: no patient, as received: ITI-81 answers it back and ``entity-identifier=system|value``
+    #: compares it. None when none was given; a patient's system is its assigning authority, kept
+    #: in the CX form of object_id instead (fhir._named).
+    id_system: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.object_id, "id_type": self.id_type.to_dict()}
+        if self.id_system is not None:
+            out["id_system"] = self.id_system
         for name in ("type_code", "type_system", "role", "role_system", "life_cycle", "name", "query"):
             value = getattr(self, name)
             if value is not None:
