@@ -7,7 +7,9 @@ OCR and the region masks see what a viewer shows. When nothing is masked the obj
 compressed frames as they came. When a region is blanked the frames cannot be recompressed
 without a second loss, so every frame goes out in Explicit VR Little Endian (PS3.5 A.2) with the
 Image Pixel attributes of the decoded form (PS3.3 C.7.6.3); an image that was lossy stays marked
-so (Lossy Image Compression "01", its method and ratio, PS3.3 C.7.6.1.1.5)."""
+so (Lossy Image Compression "01", its method and ratio, PS3.3 C.7.6.1.1.5), told from the transfer
+syntax or, for JPEG-LS Near-Lossless and JPEG 2000, from the codestream (lossy.py). 12-bit JPEG
+Extended frames no pydicom plugin decodes are decoded by GDCM (python-gdcm) directly."""
 
 from __future__ import annotations
 
@@ -15,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacsguard.deid.engine import Withheld
+from pacsguard.deid.lossy import ALWAYS_LOSSY, MAY_BE_LOSSY, codestream_loss
 
-#: Transfer syntaxes whose frames are always lossy (PS3.5 A.4.1): JPEG Baseline and Extended
-#: (ITU-T T.81 DCT processes), with the method named as PS3.3 C.7.6.1.1.5.1 names it.
-_ALWAYS_LOSSY = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1"}
 _MIB = 1 << 20
 
 
@@ -71,12 +72,82 @@ def decode(ds: Dataset, limit_mib: int) -> Decoded:
             index += 1
             photometric = str(image_pixel.get("photometric_interpretation", photometric))
     except Exception as exc:  # no plugin, a damaged codestream: pixels not checked never leave
-        raise Withheld(f"{syntax.name} ({syntax}) pixel data cannot be decoded to be checked for "
-                       f"burned-in text: {_first_line(exc)}") from None
+        if not _is_jpeg_12(ds, syntax):
+            raise Withheld(f"{syntax.name} ({syntax}) pixel data cannot be decoded to be checked for "
+                           f"burned-in text: {_first_line(exc)}") from None
+        stack, photometric = _gdcm_jpeg_12(ds, _first_line(exc)), str(ds.PhotometricInterpretation)
+        index = stack.shape[0]
     if stack is None or index != stack.shape[0]:
         raise Withheld(f"{syntax.name} ({syntax}) pixel data holds {index} frame(s), Number of Frames says "
                        f"{int(ds.get('NumberOfFrames', 1) or 1)}: not checked")
     return Decoded(stack, photometric, len(ds.PixelData))
+
+
+def _is_jpeg_12(ds: Dataset, syntax: str) -> bool:
+    """JPEG Extended with more than 8 bits (T.81 Process 4, 12-bit DCT), which pydicom's plugins
+    may all refuse: its GDCM plugin turns 12 bits down, Pillow decodes 8 bits only, and pylibjpeg's
+    libjpeg refuses a sequential scan whose Se (T.81 B.2.3) is not 63, as older encoders wrote it
+    (pydicom's JPEG-lossy.dcm). GDCM itself decodes them, as IJG libjpeg does."""
+    return syntax == "1.2.840.10008.1.2.4.51" and int(ds.get("BitsStored", 8) or 8) > 8
+
+
+def _gdcm_jpeg_12(ds: Dataset, first_failure: str) -> Any:
+    """Every frame of a 12-bit JPEG Extended unsigned monochrome image decoded by GDCM
+    (python-gdcm), frames first, as 16-bit values (PS3.5 8.2.1: Bits Allocated 16). Raises
+    Withheld, naming what is missing, when GDCM is not installed, the image is not unsigned
+    monochrome or a frame does not decode."""
+    import numpy as np
+    from pydicom.encaps import generate_frames
+
+    what = "JPEG Extended (1.2.840.10008.1.2.4.51) 12-bit pixel data cannot be decoded to be checked for burned-in text"
+    try:
+        import gdcm
+    except ImportError:
+        raise Withheld(f"{what}: {first_failure}; GDCM (python-gdcm) is not installed") from None
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise Withheld(f"{what}: GDCM is used for monochrome images only, this one is {photometric}")
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0:  # how GDCM gives signed samples back is untested
+        raise Withheld(f"{what}: GDCM is used for unsigned pixels only (Pixel Representation 0)")
+    rows, columns, count = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
+    stack = np.empty((count, rows, columns), dtype="<u2")
+    done = 0
+    for frame in generate_frames(ds.PixelData, number_of_frames=count):
+        if done >= count:
+            raise Withheld(f"{what}: the pixel data holds more frames than Number of Frames ({count})")
+        try:
+            data = _gdcm_frame(gdcm, bytes(frame), ds)
+        except Exception as exc:  # GDCM's wrappers raise what SWIG gives them
+            raise Withheld(f"{what}: GDCM could not decode frame {done + 1}: {_first_line(exc)}") from None
+        if len(data) != rows * columns * 2:
+            raise Withheld(f"{what}: GDCM decoded frame {done + 1} to {len(data)} bytes, not {rows * columns * 2}")
+        stack[done] = np.frombuffer(data, dtype=stack.dtype).reshape(rows, columns)
+        done += 1
+    if done != count:
+        raise Withheld(f"{what}: the pixel data holds {done} frame(s), Number of Frames says {count}")
+    return stack
+
+
+def _gdcm_frame(gdcm: Any, frame: bytes, ds: Dataset) -> bytes:
+    """One frame through a gdcm.Image holding it as its only fragment; GDCM hands the pixels back
+    as a str of surrogate-escaped bytes."""
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(frame)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((int(ds.Columns), int(ds.Rows), 1))
+    image.SetDataElement(element)
+    kind = gdcm.PhotometricInterpretation.GetPIType(str(ds.PhotometricInterpretation))
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(kind))
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
+    stored = int(ds.BitsStored)
+    image.SetPixelFormat(gdcm.PixelFormat(1, 16, stored, stored - 1, 0))
+    buffer = image.GetBuffer()
+    return buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else b""
 
 
 def _first_line(exc: Exception) -> str:
@@ -107,14 +178,56 @@ def write_native(ds: Dataset, decoded: Decoded, data: bytes) -> None:
 
 
 def _keep_lossy(ds: Dataset, syntax: str, decoded: Decoded) -> None:
-    """PS3.3 C.7.6.1.1.5: once lossy, always lossy. JPEG Baseline and Extended always are; other
-    syntaxes (JPEG-LS near-lossless, JPEG 2000) are taken at the object's own word."""
-    if str(ds.get("LossyImageCompression", "")) != "01" and syntax not in _ALWAYS_LOSSY:
-        return
-    ds.LossyImageCompression = "01"
-    method = _ALWAYS_LOSSY.get(syntax)
-    if "LossyImageCompressionMethod" not in ds and method:
-        ds.LossyImageCompressionMethod = method
-    if "LossyImageCompressionRatio" not in ds and "LossyImageCompressionMethod" in ds and decoded.compressed_size:
-        ratio = decoded.frames.nbytes / decoded.compressed_size
-        ds.LossyImageCompressionRatio = f"{ratio:.2f}"[:16]
+    """PS3.3 C.7.6.1.1.5: once lossy, always lossy. When this compression lost, Lossy Image
+    Compression is "01" and its method and ratio are added after any earlier ones the object
+    names (C.7.6.1.1.5.1, .2: one value per step); an object that said "01" keeps saying it."""
+    declared = str(ds.get("LossyImageCompression", "")).strip()
+    if _this_step_lossy(ds, syntax, declared):
+        ds.LossyImageCompression = "01"
+        _add_step(ds, ALWAYS_LOSSY.get(syntax) or MAY_BE_LOSSY.get(syntax), decoded)
+    elif declared == "01":
+        _add_step(ds, None, decoded)
+
+
+def _this_step_lossy(ds: Dataset, syntax: str, declared: str) -> bool:
+    """JPEG Baseline and Extended and the video syntaxes always lose; JPEG-LS Near-Lossless and
+    JPEG 2000 lose when their first frame's codestream says so (lossy.py). A codestream that
+    cannot tell (JPEG 2000's 5-3 filter may still have dropped coding passes) is taken as lossy
+    unless the object says which it is."""
+    if syntax in ALWAYS_LOSSY:
+        return True
+    if syntax not in MAY_BE_LOSSY:
+        return False
+    found = codestream_loss(syntax, _first_frame(ds))
+    return found if found is not None else declared not in ("00", "01")
+
+
+def _first_frame(ds: Dataset) -> bytes:
+    """The first frame's codestream (PS3.5 A.4), empty when the fragments cannot be read."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        return bytes(next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))))
+    except (StopIteration, ValueError, TypeError, KeyError, AttributeError):
+        return b""
+
+
+def _add_step(ds: Dataset, method: str | None, decoded: Decoded) -> None:
+    """Name ``method`` (when the last method named is another one, or none is) and the ratio of
+    this compression, decoded bytes over compressed bytes, when the ratios then fall one short."""
+    methods = _values(ds, "LossyImageCompressionMethod")
+    ratios = _values(ds, "LossyImageCompressionRatio")
+    if method is not None and (not methods or methods[-1] != method):
+        methods.append(method)
+        ds.LossyImageCompressionMethod = methods if len(methods) > 1 else methods[0]
+    if methods and len(ratios) == len(methods) - 1 and decoded.compressed_size:
+        ratios.append(f"{decoded.frames.nbytes / decoded.compressed_size:.2f}"[:16])
+        ds.LossyImageCompressionRatio = ratios if len(ratios) > 1 else ratios[0]
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    """The values of a multi-valued string attribute (none when absent or empty)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
