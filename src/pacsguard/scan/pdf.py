@@ -83,11 +83,25 @@ OBJECT_STREAM_HEAD = re.compile(rb"[\x00\t\n\x0c\r ]*[0-9]{1,10}[\x00\t\n\x0c\r 
 #: Times a stream waits for an object stream that holds its /Filter or /DecodeParms, itself
 #: waiting for another: a chain of object streams as deep as that is read in any order.
 MAX_WAITS = 4
-#: Bytes of an image's or a font's LZW or run-length data decoded to tell an object stream's header.
+#: Bytes of an image's or a font's decoded data, after its leading white space, read to tell an
+#: object stream's header.
 PROBE = 64
-#: Bytes of an image's or a font's data read at most to decode its first PROBE bytes, when the
-#: document's bound left it unread: a deflated stream's first 64 bytes need far fewer.
-PROBE_INPUT = 1024
+#: The end of a comment (7.2.3).
+NEWLINE = re.compile(rb"[\r\n]")
+#: What may come before an object stream's header in its decoded bytes: white space and comments
+#: (7.2.2, 7.2.3), any amount of them, as Ghostscript reads the header past them (not past a
+#: comment between its numbers, nor past any other byte).
+LEAD = re.compile(rb"(?:[\x00\t\n\x0c\r ]+|%[^\r\n]*[\r\n])*+")
+#: Slow bytes (Bounds.max_slow) each image's or font's probe spends free of the allowance: its
+#: first round, as much as a real image's first bytes cost, so that a report of many predicted or
+#: LZW images does not spend the allowance (10,000 streams at most: about a second at worst).
+FREE = 2 * PROBE
+#: What a row of predicted bytes costs the slow allowance in a probe (_unpredict_lead) besides its
+#: bytes undone one at a time: as much as some 16 bytes, so that narrow rows cost their time too.
+ROW_COST = 16
+#: How much more of an image's or font's decoded data each round of a probe reads while all of it
+#: is LEAD: a black border is skipped in a few rounds, each from the stream's start.
+PROBE_GROWTH = 64
 #: Where the administrator raises the document's bound (docs/scan.md), said with what it left.
 SETTING = " (scan.limits.max_pdf_inflated)"
 #: An object stream's /First: where its first object starts in its decoded bytes (7.5.7, Table 16).
@@ -193,6 +207,9 @@ class Found:
     bound: bool = False
     #: Bytes decoded from all the streams together.
     inflated: int = 0
+    #: Images or fonts whose first decoded bytes were white space or comments as far as their
+    #: probe read (_probe): an object stream's header may follow. One note says them all.
+    white: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,21 +284,37 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
                 found.bound = chained = True
         if stream is None:
             continue
-        if stream.binary and stream.filters[0] in (LZW, RL):
-            # An image's or a font's LZW or run-length data is not decoded, but for its first
-            # bytes: the header of an object stream disguised as one (7.5.7) is searched as one.
-            probe = _decode(doc, stream, PROBE, 0, PROBE)[0].data
-            if OBJECT_STREAM_HEAD.match(probe) is None:
+        if stream.binary and (stream.filters[0] in (LZW, RL) or stream.predictor is not None):
+            # An image's or a font's LZW or run-length data is not decoded, nor its predictor
+            # undone, but for its first bytes: the header of an object stream disguised as one
+            # (7.5.7) is searched for there, past the white space and comments a viewer skips.
+            # Once the allowance is spent (the document is medium already), one round each.
+            probe = _probe(doc, stream, min(bounds.max_stream, left, PROBE if slow <= 0 else left),
+                           max(0, slow) + FREE, max(0, ascii85))
+            slow, ascii85 = slow - max(0, probe.cost - FREE), ascii85 - probe.ascii85
+            if probe.header:
+                stream = replace(stream, binary=False, object_stream=True)
+            elif probe.undecided or stream.filters[0] in (LZW, RL):
+                left -= probe.read  # decoded, if only to be passed over: the document's bound
+                if probe.undecided:
+                    found.white.append(_undecided(stream, probe.read))
                 continue
-            stream = replace(stream, binary=False, object_stream=True)
         cap = min(bounds.max_stream, left)
         step, why, ascii85, slow = _decode(doc, stream, cap, ascii85, slow)
         found.inflated += len(step.data)
         left -= len(step.data)
         consumed += step.consumed
         # An object stream its dictionary does not say is one (padded past DICT_BACK, an "obj" in
-        # it, an image's /Subtype added) is known by its header: searched as one.
-        looks = not stream.object_stream and OBJECT_STREAM_HEAD.match(step.data) is not None
+        # it, an image's /Subtype added) is known by its header: searched as one. A predicted
+        # image's was looked for above, its predictor undone.
+        start = None if stream.object_stream or (stream.binary and stream.predictor is not None) \
+            else _starts(step.data, None, 0, step.over)
+        looks = start is not None and start.header
+        if stream.binary and start is not None and start.undecided:
+            if cap < bounds.max_stream:  # the document's bound fell in its white space: probed past it
+                queue.insert(index, stream)
+            else:
+                found.white.append(_undecided(stream, len(step.data)))
         searched = not stream.binary or looks
         if step.over:
             whole = cap == bounds.max_stream
@@ -315,6 +348,11 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
         # What an object stream names may be past the header of another, read to MAX_HEADER only.
         found.unread.append(f"object stream headers past {MAX_HEADER:,} bytes")
         found.bound = True
+    if found.white:
+        # Said once, naming the first: the probes' bound is spent by whoever writes the document.
+        more = f", and {len(found.white) - 1:,} more such" if len(found.white) > 1 else ""
+        found.unread.append(found.white[0] + more)
+        found.bound = True
     return found
 
 
@@ -323,15 +361,23 @@ def _past_the_bound(doc: bytes, streams: list[Stream], bounds: Bounds, found: Fo
     visible rather than passed over in silence, as a scanner that stops at its scan size says so
     (ClamAV's Heuristics.Limits.Exceeded). Their names mean nothing, but a writer who pads a PDF
     with real images can put an object stream (7.5.7) after them whose dictionary says /Subtype
-    /Image: each one's first bytes are decoded (PROBE, from PROBE_INPUT bytes of its data at most,
-    so a thousand of them cost little), and one that starts as an object stream does is a bound
-    run out before a stream that can hold names. The others are one note, naming the first."""
+    /Image: each one's first bytes are decoded (_probe: PROBE bytes past its leading white space
+    and comments, its predictor undone, so a thousand of them cost little), and one that starts as
+    an object stream does, or whose white space outlasts what the probes may read, is a bound run
+    out before a stream that can hold names. The others are one note, naming the first."""
     skipped: list[Stream] = []
+    # What the probes may read past the bound: as much again as the bound, and the slow allowance
+    # once more. A benign image's first bytes are read in one round; a black border in a few.
+    lead, slow, ascii85 = bounds.max_total, bounds.max_slow, bounds.max_ascii85
     for stream in streams:
-        window = replace(stream, offset=0)
-        data = doc[stream.offset:stream.offset + PROBE_INPUT]
-        probe = _decode(data, window, PROBE, PROBE_INPUT, PROBE_INPUT)[0].data
-        if OBJECT_STREAM_HEAD.match(probe) is None:
+        room = lead > 0 and slow > 0  # else one round each: the document is medium already
+        probe = _probe(doc, stream, min(bounds.max_stream, max(0, lead) if room else PROBE), max(0, slow) + FREE,
+                       max(0, ascii85))
+        lead, slow, ascii85 = lead - probe.read, slow - max(0, probe.cost - FREE), ascii85 - probe.ascii85
+        if probe.undecided:
+            found.white.append(_undecided(stream, probe.read) + f", past {bounds.max_total:,} inflated bytes{SETTING}")
+            continue
+        if not probe.header:
             skipped.append(stream)
             continue
         known = replace(stream, object_stream=True, binary=False)  # by its header, as look() knows one
@@ -344,6 +390,65 @@ def _past_the_bound(doc: bytes, streams: list[Stream], bounds: Bounds, found: Fo
         more = f", and {len(skipped) - 1:,} more" if len(skipped) > 1 else ""
         found.unread.append(f"the image, font or cross-reference {first.describe()} at offset {first.offset:,}"
                             f"{more}, past {bounds.max_total:,} inflated bytes{SETTING}")
+
+
+class _Probe(NamedTuple):
+    """What the first decoded bytes of an image's or a font's stream say of it (7.5.7)."""
+
+    #: They start as an object stream's header does, past white space and comments.
+    header: bool
+    #: Nothing but white space and comments (or a comment not ended) was decoded before a bound:
+    #: the header of an object stream may follow, as a viewer reads it past any amount of them.
+    undecided: bool
+    #: Slow bytes spent (Bounds.max_slow): LZW and run-length input, bytes predicted one at a time.
+    cost: int
+    #: Decoded bytes read.
+    read: int
+    #: ASCII85 characters read (Bounds.max_ascii85).
+    ascii85: int = 0
+
+
+def _undecided(stream: Stream, read: int) -> str:
+    """The note for an image or font stream whose first ``read`` decoded bytes are all LEAD."""
+    return (f"the image, font or cross-reference {stream.describe()} at offset {stream.offset:,} (its first "
+            f"{read:,} decoded bytes are white space or comments, which a viewer reads past to an object "
+            "stream's header)")
+
+
+def _probe(doc: bytes, stream: Stream, limit: int, allowance: int, ascii85: int) -> _Probe:
+    """The first bytes of an image's or a font's stream decoded, to tell an object stream disguised
+    as one (7.5.7) by its header: PROBE bytes past the white space and comments a viewer skips
+    before it (LEAD), its predictor undone (7.4.4.4) as far as that. PROBE bytes first, then
+    PROBE_GROWTH times more a round while all are LEAD, to ``limit`` decoded bytes, ``allowance``
+    slow bytes and ``ascii85`` ASCII85 characters. A filter before the last (a hex or ASCII85
+    layer over deflated data) decodes PROBE_GROWTH times what the last one may give."""
+    cap = min(PROBE, limit)
+    while True:
+        step, _, characters, slow = _decode(doc, stream, cap, ascii85, allowance, min(limit, cap * PROBE_GROWTH))
+        # The data goes on past what was decoded: the cap on its output, or a bound on its input
+        # (damage ends it, for the viewer too).
+        probe = _starts(step.data, stream.predictor, slow, step.over or (step.cut and step.bound))
+        probe = probe._replace(cost=probe.cost + allowance - slow, ascii85=ascii85 - characters)
+        if not probe.undecided or cap >= limit or probe.cost >= allowance:
+            return probe
+        cap = min(limit, cap * PROBE_GROWTH)
+
+
+def _starts(data: bytes | bytearray, predict: tuple[int, int, int, int] | None, allowance: int,
+            more: bool) -> _Probe:
+    """Whether ``data`` (a stream's first decoded bytes; ``more``: the stream goes on) starts as an
+    object stream's header (7.5.7) past its LEAD, once its predictor is undone (_unpredict_lead)."""
+    cost = 0
+    if predict is not None:
+        data, cost, why = _unpredict_lead(data, predict, allowance)
+        if why == "invalid":  # a viewer does not decode it either
+            return _Probe(False, False, cost, len(data))
+        more = more or why == "spent"
+    lead = _lead(data, 0)
+    header = OBJECT_STREAM_HEAD.match(data, lead) is not None
+    # Too few bytes past the lead to tell, or a comment not ended: more data may be a header.
+    short = len(data) - lead < PROBE or data[lead:lead + 1] == b"%"
+    return _Probe(header, not header and more and short, cost, len(data))
 
 
 def _streams(doc: bytes, limit: int, objects: _Objects) -> tuple[list[Stream], list[_Place], bool]:
@@ -531,32 +636,38 @@ def _zlib_header(buf: bytes | bytearray, at: int) -> bool:
     return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
 
 
-def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int, slow: int) -> tuple[_Step, str, int, int]:
+def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int, slow: int,
+            room: int | None = None) -> tuple[_Step, str, int, int]:
     """The stream's filters applied in order (7.4: the first filter decodes the raw data), up to
     ``cap`` bytes, the predictor undone after the first FlateDecode or LZWDecode (7.4.4.4: its
     /DecodeParms are that filter's); with why it was not decoded to its end ("": it was, or
-    stopped at ``cap``) and what is left of the document's ASCII85 and slow allowances."""
+    stopped at ``cap``) and what is left of the document's ASCII85 and slow allowances. With
+    ``room``, the filters before the last decode up to that many bytes, and the last one what
+    they gave: the first ``cap`` bytes of a chain, as a probe reads them."""
     data: bytes | bytearray = doc
     start, consumed = stream.offset, 0
+    short = False  # a filter before the last stopped at ``room``: the data goes on
     # An image's or a cross-reference stream's predictor is not undone: their bytes are inflated
     # for their size only, and undoing it would spend the allowance meant for object streams.
     predict = None if stream.binary else stream.predictor
     for index, name in enumerate(stream.filters):
+        last = index == len(stream.filters) - 1
+        size = cap if last or room is None else room
         if name == FLATE:
-            step = _inflate(data, start, cap)
+            step = _inflate(data, start, size)
         elif name == LZW:
-            step, broken = _lzw(data, start, cap, stream.early, slow)
+            step, broken = _lzw(data, start, size, stream.early, slow)
             slow -= step.consumed
             if broken:
                 return _Step(step.data, step.consumed if index == 0 else consumed, False, True), \
                     f"/{name} is not decoded past {broken}", ascii85, slow
         elif name == AHX:
-            step = _ascii_hex(data, start, cap)
+            step = _ascii_hex(data, start, size)
         elif name == A85:
-            step = _ascii85(data, start, cap, ascii85)
+            step = _ascii85(data, start, size, ascii85)
             ascii85 -= step.consumed
         elif name == RL:
-            step = _run_length(data, start, cap, slow)
+            step = _run_length(data, start, size, slow)
             slow -= step.consumed
         else:
             return _Step(b"" if index == 0 else data, consumed, False), f"/{name} is not decoded", ascii85, slow
@@ -572,9 +683,10 @@ def _decode(doc: bytes, stream: Stream, cap: int, ascii85: int, slow: int) -> tu
                     ascii85, slow
         if step.cut:
             return _Step(data, consumed, False, True, True), f"/{name} past the allowance is not decoded", ascii85, slow
-        if step.over:
+        if step.over and (last or room is None):
             return _Step(data, consumed, True), "", ascii85, slow
-    return _Step(data, consumed, False), "", ascii85, slow
+        short = short or step.over
+    return _Step(data, consumed, short), "", ascii85, slow
 
 
 def _inflate(buf: bytes | bytearray, start: int, cap: int) -> _Step:
@@ -690,6 +802,18 @@ def _run_length(buf: bytes | bytearray, start: int, cap: int, allowance: int) ->
     return _Step(out[:cap], min(at, len(buf)) - start, len(out) > cap, cut)
 
 
+def _predictor_error(predict: tuple[int, int, int, int]) -> str:
+    """Why a viewer does not undo the predictor ``predict`` (7.4.4.4, Table 8), "" when it does."""
+    predictor, colors, bits, columns = predict
+    if not (1 <= colors <= 32 and bits in (1, 2, 4, 8, 16) and 1 <= columns <= 1 << 20):
+        return f"/Colors {colors}, /BitsPerComponent {bits}, /Columns {columns}"
+    if predictor == 2 and bits != 8:
+        return f"TIFF predictor with /BitsPerComponent {bits}"
+    if 2 < predictor < 10:
+        return f"/Predictor {predictor}"
+    return ""
+
+
 def _unpredict(data: bytes | bytearray, predict: tuple[int, int, int, int], allowance: int,
                ) -> tuple[bytes | bytearray, str, bool]:
     """7.4.4.4: a predictor undone, as a viewer undoes it before parsing the stream. TIFF
@@ -698,45 +822,118 @@ def _unpredict(data: bytes | bytearray, predict: tuple[int, int, int, int], allo
     Average, Paeth). With why it could not be (a row type no PNG has, parameters out of range,
     more bytes than ``allowance``: the one a bound, the third value)."""
     predictor, colors, bits, columns = predict
-    if not (1 <= colors <= 32 and bits in (1, 2, 4, 8, 16) and 1 <= columns <= 1 << 20):
-        return data, f"/Colors {colors}, /BitsPerComponent {bits}, /Columns {columns}", False
+    wrong = _predictor_error(predict)
+    if wrong:
+        return data, wrong, False
     if len(data) > allowance:
         return data, f"{len(data):,} bytes, past the allowance of bytes predicted per document", True
     row = (colors * bits * columns + 7) // 8
     step = max(1, colors * bits // 8)
-    if predictor == 2:
-        if bits != 8:
-            return data, f"TIFF predictor with /BitsPerComponent {bits}", False
-        out = bytearray(data)
-        for at in range(len(out)):
-            if at % row >= step:
-                out[at] = (out[at] + out[at - step]) & 0xFF
-        return out, "", False
-    if predictor < 10:
-        return data, f"/Predictor {predictor}", False
+    png = predictor >= 10
     out = bytearray()
     above = bytes(row)
-    for at in range(0, len(data), row + 1):
-        kind, line = data[at], bytearray(data[at + 1:at + 1 + row])
+    for at in range(0, len(data), row + 1 if png else row):
+        kind, line = (data[at], bytearray(data[at + 1:at + 1 + row])) if png else (0, bytearray(data[at:at + row]))
         if kind > 4:
             return out, f"a row of PNG filter type {kind} at byte {at:,}", False
-        for n in range(len(line)):
-            left = line[n - step] if n >= step else 0
-            if kind == 1:
-                line[n] = (line[n] + left) & 0xFF
-            elif kind == 2:
-                line[n] = (line[n] + above[n]) & 0xFF
-            elif kind == 3:
-                line[n] = (line[n] + (left + above[n]) // 2) & 0xFF
-            elif kind == 4:
-                corner = above[n - step] if n >= step else 0
-                guess = left + above[n] - corner
-                near = min((abs(guess - left), 0, left), (abs(guess - above[n]), 1, above[n]),
-                           (abs(guess - corner), 2, corner))
-                line[n] = (line[n] + near[2]) & 0xFF
+        _undo_row(predictor, kind, line, above, step, 0, len(line))
         out += line
         above = bytes(line) + bytes(row - len(line))
     return out, "", False
+
+
+def _undo_row(predictor: int, kind: int, line: bytearray, above: bytes, step: int, start: int,
+              stop: int) -> tuple[int, int]:
+    """One row of predicted bytes undone in place from ``start`` to ``stop``, ``line[:start]``
+    undone already and ``above`` the row before, undone: TIFF predictor 2 (TIFF 6.0 section 14)
+    or PNG row filter ``kind`` (RFC 2083 6). A row that comes out as it is (PNG None, or zeros
+    under zeros) or as the row above (Up or Paeth adding zeros) is done whole at once, and the
+    zeros a row starts with over zeros come out zeros whatever the filter: a black border costs
+    its rows, not its bytes. The bytes undone one at a time, and how far it is undone."""
+    if start == 0:
+        if _whole_row(predictor, kind, line, above):
+            return 0, len(line)
+        start = _zeros(line) if predictor == 2 else min(_zeros(line), _zeros(above[:len(line)]))
+        stop = max(stop, start)
+    for n in range(start, stop):
+        left = line[n - step] if n >= step else 0
+        if predictor == 2 or kind == 1:
+            line[n] = (line[n] + left) & 0xFF
+        elif kind == 2:
+            line[n] = (line[n] + above[n]) & 0xFF
+        elif kind == 3:
+            line[n] = (line[n] + (left + above[n]) // 2) & 0xFF
+        elif kind == 4:
+            corner = above[n - step] if n >= step else 0
+            guess = left + above[n] - corner
+            near = min((abs(guess - left), 0, left), (abs(guess - above[n]), 1, above[n]),
+                       (abs(guess - corner), 2, corner))
+            line[n] = (line[n] + near[2]) & 0xFF
+    return stop - start, stop
+
+
+def _zeros(data: bytes | bytearray) -> int:
+    """How many zero bytes ``data`` starts with."""
+    return len(data) - len(data.lstrip(b"\x00"))
+
+
+def _whole_row(predictor: int, kind: int, line: bytearray, above: bytes) -> bool:
+    """A row undone whole without a pass per byte, where that is possible (_undo_row)."""
+    if predictor >= 10 and kind == 0:
+        return True
+    if line.count(0) != len(line):
+        return False
+    if predictor >= 10 and kind in (2, 4):  # Paeth over zeros picks the byte above (RFC 2083 6.6)
+        line[:] = above[:len(line)]
+        return True
+    return predictor == 2 or kind == 1 or above.count(0) == len(above)
+
+
+def _unpredict_lead(data: bytes | bytearray, predict: tuple[int, int, int, int], allowance: int,
+                    ) -> tuple[bytearray, int, str]:
+    """``data``'s predictor undone (7.4.4.4) only as far as PROBE bytes past the white space and
+    comments that lead it (LEAD), or its end: a row a few bytes at a time, on only while all of
+    it leads. With the cost (ROW_COST a row, and the bytes undone one at a time: a black
+    border is cheap) and why it stopped: "", "spent" (the cost passed ``allowance``), "invalid" (a
+    parameter or a row type no viewer accepts)."""
+    if _predictor_error(predict):
+        return bytearray(), 0, "invalid"
+    predictor, colors, bits, columns = predict
+    row = (colors * bits * columns + 7) // 8
+    step = max(1, colors * bits // 8)
+    png = predictor >= 10
+    out, above, cost, lead, seen, settled = bytearray(), bytes(row), 0, 0, 0, False
+    for at in range(0, len(data), row + 1 if png else row):
+        kind, line = (data[at], bytearray(data[at + 1:at + 1 + row])) if png else (0, bytearray(data[at:at + row]))
+        if kind > 4:
+            return out, cost, "invalid"
+        begin, done = len(out), 0
+        while done < len(line):
+            # A few bytes at a time while all of it leads; once the lead ends, PROBE past it.
+            want = lead + PROBE - begin if settled else done + 2 * PROBE
+            stop = min(len(line), want, done + max(0, allowance - cost))
+            if stop <= done:
+                break
+            spent, done = _undo_row(predictor, kind, line, above, step, done, stop)
+            cost += spent
+            out += line[len(out) - begin:done]
+            if not settled and (out[lead:lead + 1] != b"%" or NEWLINE.search(out, max(lead, seen)) is not None):
+                lead = _lead(out, lead)  # a comment goes on until its end-of-line
+            seen = len(out)
+            settled = lead < len(out) and out[lead:lead + 1] != b"%"
+        if settled and len(out) - lead >= PROBE:
+            return out, cost, ""
+        cost += ROW_COST
+        if cost > allowance or done < len(line):
+            return out, cost, "spent"
+        above = bytes(line) + bytes(row - len(line))
+    return out, cost, ""
+
+
+def _lead(data: bytes | bytearray, at: int) -> int:
+    """Where the white space and comments (LEAD) from ``at`` in ``data`` end."""
+    match = LEAD.match(data, at)
+    return match.end() if match is not None else at
 
 
 def _ascii_hex(buf: bytes | bytearray, start: int, cap: int) -> _Step:
