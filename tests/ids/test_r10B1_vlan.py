@@ -200,8 +200,8 @@ def test_the_same_addresses_on_two_vlans_tell_their_alerts_apart(plain: Path, tm
     merged = tmp_path / "trunk.pcapng"
     subprocess.run(["mergecap", "-w", str(merged), str(tag(plain, tmp_path / "a.pcap", (10,))),
                     str(tag(plain, tmp_path / "b.pcap", (20,)))], check=True, timeout=30)
-    # the rule's alert limit is per client address, which both VLANs' clients share (the engine's
-    # keys name no VLAN): raised, so that each VLAN's alert is written as it happens
+    # the rule's alert limit (per client address and VLAN, test_r10K_vlan_sources.py) raised, so
+    # that every alert is written as it happens, none held for an aggregate
     (tmp_path / "pacsguard.yaml").write_text("ids:\n  limits:\n    dicom-tool-default-ae-title: {count: 5}\n")
     _code, events, summary, _ = ids_read(merged, tmp_path)
     assert summary["capture"]["tcp_connections"] == 4 and summary["sensor"]["results"] == {"released": 4}, summary

@@ -43,7 +43,7 @@ from pacsguard.events import Event, Outcome, Party, Severity
 from .defaults import IdsDefaults
 from .expect import ExpectedConnections
 from .limit import AlertLimit, LimitWindow
-from .observation import FLOW_FIELDS, Flow, Observation, Roles
+from .observation import FLOW_FIELDS, Flow, KindSpec, Observation, Roles
 from .protocols import KINDS
 from .rules import (
     Condition,
@@ -121,6 +121,9 @@ class FlowState:
 # ----------------------------------------------------------------------------- compiled rules
 
 Pred = Callable[[Any], bool]
+#: an ids.suppress entry compiled: (is a flow field, field name, predicate, the VLAN ids it is
+#: limited to, or None for every VLAN)
+Silence = tuple[bool, str, Pred, tuple[int, ...] | None]
 
 
 _IP_CACHE_SIZE: Final = 4096
@@ -269,18 +272,24 @@ class CompiledRule:
     """A rule ready to run: its checks, effective threshold and action, and its windows.
     Adapters hold lists of them (:meth:`Engine.rules_for`) and hand them back to :meth:`Engine.run`."""
 
-    __slots__ = ("action", "by", "checks", "factory", "limit", "limit_by", "limit_spec", "quarantine_for", "roles",
-                 "rule", "silence", "state", "threshold", "value_field")
+    __slots__ = ("action", "by", "checks", "factory", "limit", "limit_by", "limit_spec", "limit_vlan", "quarantine_for",
+                 "roles", "rule", "silence", "state", "threshold", "threshold_vlan", "value_field")
 
     def __init__(self, rule: Rule, checks: list[tuple[bool, str, Pred]], threshold: Threshold | None,
                  action: ActionName, quarantine_for: timedelta | None, cap: int, roles: Roles,
-                 limit: Limit | None = None, silence: list[tuple[bool, str, Pred]] | None = None) -> None:
+                 limit: Limit | None = None, silence: list[Silence] | None = None,
+                 source: Callable[[tuple[str, ...]], bool] | None = None) -> None:
         self.rule = rule
+        #: whether the VLAN joins the limit's and the threshold's keys: it does when a ``by`` field
+        #: names a source (an address or AE title, ``source``), which VLANs may reuse
+        self.limit_vlan = bool(limit is not None and source is not None and source(limit.by))
+        self.threshold_vlan = bool(threshold is not None and source is not None and source(threshold.by))
         #: the effective alert limit and its windows (None: every match is written)
         self.limit_spec = limit
         self.limit = AlertLimit(limit.count, limit.within, cap) if limit is not None else None
         self.limit_by = tuple(_getter(name) for name in limit.by) if limit is not None else ()
-        #: ids.suppress entries of this rule: (is flow field, name, predicate); any match silences
+        #: ids.suppress entries of this rule: (is flow field, name, predicate, VLAN ids or None for
+        #: any); any match silences
         self.silence = tuple(silence or ())
         self.roles = roles
         self.checks = tuple(checks)
@@ -304,6 +313,28 @@ class CompiledRule:
                 self.factory = lambda: SumWindow(t.count, t.within, t.baseline)
             else:
                 self.factory = lambda: CountWindow(int(t.count), t.within)
+
+
+def _names_a_source(spec: KindSpec) -> Callable[[tuple[str, ...]], bool]:
+    """Whether key fields ``by`` name a source VLANs may reuse: an address, or an AE title (the
+    kind's actor or target role), the same on two sites' or modalities' VLANs."""
+    parties = {spec.roles.actor, spec.roles.target} - {None}
+    return lambda by: any(spec.field_type(name) == "ip" or name in parties for name in by)
+
+
+def _suppress_vlan(entry: Any, tracking: bool) -> tuple[tuple[int, ...] | None, str]:
+    """The VLAN ids an ids.suppress entry is limited to (None: every VLAN), as ``details.vlan``
+    names them (``[id]``, or ``[outer, inner]`` for 802.1ad), and what is wrong with them."""
+    raw = getattr(entry, "vlan", None)
+    if raw is None:
+        return None, ""
+    ids = (raw,) if isinstance(raw, int) else tuple(raw)
+    if not 1 <= len(ids) <= 2 or not all(type(v) is int and 1 <= v <= 4094 for v in ids):  # not a bool
+        # IEEE 802.1Q 9.6: VLAN ids 1 to 4094 (0 is a priority tag, 4095 reserved)
+        return None, f"{raw!r} is not a VLAN id (1-4094) or an [outer, inner] pair of them"
+    if not tracking:
+        return None, "a suppress entry names a VLAN only with ids.vlan_tracking: true (VLANs are no part of sources)"
+    return ids, ""
 
 
 def _getter(name: str) -> tuple[bool, str]:
@@ -337,6 +368,8 @@ class Engine:
         self.expected = ExpectedConnections(settings.max_expected_connections, parse_duration(settings.expect_for))
         self._limited: list[CompiledRule] = []
         self._next_due = float("inf")
+        #: a flow's VLAN ids are part of its source keys (as of its connection's: ids.vlan_tracking)
+        self._vlans = bool(getattr(settings, "vlan_tracking", True))
         self.rules = list(rules)
         #: rule id -> why it does not run (disabled, or a settings list is not set)
         self.inactive: dict[str, str] = {}
@@ -410,9 +443,14 @@ class Engine:
                               else (limit.within if limit else 600.0),
                               by=limit.by if limit is not None else ("client_host",))
             spec = KINDS[rule.protocol][rule.on]
-            silence: list[tuple[bool, str, Pred]] = []
+            silence: list[Silence] = []
             for entry in settings.suppress:
                 if entry.rule != rule.id:
+                    continue
+                vlan, why = _suppress_vlan(entry, self._vlans)
+                if why:
+                    problems.append(RuleProblem("ids settings", rule.id, "suppress.vlan", why))
+                    broken = True
                     continue
                 ftype = spec.field_type(entry.track)
                 if ftype is None:
@@ -429,7 +467,7 @@ class Engine:
                     broken = True
                     continue
                 assert not isinstance(pred, str)  # literal values: no settings list to miss
-                silence.append((*_getter(entry.track), pred))
+                silence.append((*_getter(entry.track), pred, vlan))
             if broken:
                 continue
             checks: list[tuple[bool, str, Pred]] = []
@@ -445,7 +483,7 @@ class Engine:
                 self.inactive[rule.id] = reason
                 continue
             compiled = CompiledRule(rule, checks, threshold, action, quarantine_for, settings.max_tracked_sources,
-                                    spec.roles, limit, silence)
+                                    spec.roles, limit, silence, _names_a_source(spec))
             if compiled.limit is not None:
                 self._limited.append(compiled)
             self._compiled[rule.id] = compiled
@@ -550,7 +588,7 @@ class Engine:
             else:
                 fired: Any = True
                 if compiled.state is not None:
-                    fired = self._threshold(compiled, fields, flow, now)
+                    fired = self._threshold(compiled, fields, flow, now, self._vlan_of(flow))
                     if fired is None:
                         continue
                 elif st is not None and compiled.action == "alert":
@@ -575,8 +613,9 @@ class Engine:
     def _limit(self, compiled: CompiledRule, alert: Alert, fields: dict[str, Any], flow: Flow, now: float) -> None:
         """Decide whether the match's event is written (ids.suppress, then the rule's limit)."""
         get = fields.get
-        for is_flow, name, pred in compiled.silence:
-            if pred(getattr(flow, name) if is_flow else get(name)):
+        vlan = self._vlan_of(flow)
+        for is_flow, name, pred, only in compiled.silence:
+            if (only is None or only == vlan) and pred(getattr(flow, name) if is_flow else get(name)):
                 alert.record = False
                 rid = compiled.rule.id
                 self.silenced[rid] = self.silenced.get(rid, 0) + 1
@@ -585,11 +624,18 @@ class Engine:
         if limit is None:
             return
         by = compiled.limit_by
-        key = tuple(getattr(flow, name) if is_flow else get(name) for is_flow, name in by)
+        # (the by fields' values, the VLAN ids or ()): a source on another VLAN is another source
+        key = (tuple(getattr(flow, name) if is_flow else get(name) for is_flow, name in by),
+               vlan if compiled.limit_vlan else ())
         if not limit.admit(key, now, alert):
             alert.record = False
             self.limited += 1
         self._next_due = min(self._next_due, limit.next_due())
+
+    def _vlan_of(self, flow: Flow) -> tuple[int, ...]:
+        """The VLAN ids that are part of ``flow``'s sources: none without ids.vlan_tracking, or for
+        a flow that carries none (inline, untagged, or a sensor's own Flow type without them)."""
+        return getattr(flow, "vlan", ()) if self._vlans else ()
 
     def due(self, now: float) -> list[Alert]:
         """The aggregate alerts of limit windows closed by ``now`` (for a sensor with idle time)."""
@@ -622,7 +668,9 @@ class Engine:
         last: Alert = window.last_alert
         spec = compiled.limit_spec
         assert spec is not None
-        values: tuple[Any, ...] = window.key  # type: ignore[assignment]  # one value per `by` field
+        # one value per `by` field, and the VLAN ids (see _limit)
+        key_of: tuple[tuple[Any, ...], tuple[int, ...]] = window.key  # type: ignore[assignment]
+        values, vlan = key_of
         key = dict(zip(spec.by, values, strict=True))
         first, lastt = self.to_wall(window.first), self.to_wall(window.last)
         keytext = ", ".join(f"{k}={_show(v)}" for k, v in key.items())
@@ -630,8 +678,14 @@ class Engine:
                    f"to {lastt.isoformat()} (limit {spec.describe()})")
         details = {**last.event.details, "action": "alert", "aggregate": True, "count": window.extra,
                    "first": first.isoformat(), "last": lastt.isoformat(),
-                   "limit": {"count": spec.count, "within_seconds": spec.within, "by": list(spec.by), "key": key}}
+                   "limit": {"count": spec.count, "within_seconds": spec.within, "by": list(spec.by),
+                             "key": _with_vlan(key, vlan)}}
         details.pop("quarantine_seconds", None)
+        if vlan:
+            # the window's VLAN, named as the passive sensor names a connection's (details.vlan and
+            # the message's end): the aggregate of one VLAN's source, not of its namesakes elsewhere
+            details["vlan"] = list(vlan)
+            message += f" ({vlan_text(vlan)})"
         event = Event(kind=last.event.kind, component="ids", severity=last.event.severity, outcome=Outcome.UNKNOWN,
                       actor=last.event.actor, target=last.event.target, patient_ids=last.event.patient_ids,
                       study_uids=last.event.study_uids, message=message, details=details, time=lastt)
@@ -639,13 +693,16 @@ class Engine:
                      quarantine_for=None, message=message, reference=last.reference, flow=last.flow, event=event)
 
     @staticmethod
-    def _threshold(compiled: CompiledRule, fields: dict[str, Any], flow: Flow, now: float) -> Any:
+    def _threshold(compiled: CompiledRule, fields: dict[str, Any], flow: Flow, now: float,
+                   vlan: tuple[int, ...]) -> Any:
         by = compiled.by
         if len(by) == 1:  # the usual case (per client_host): no generator
             is_flow, name = by[0]
             key: Any = getattr(flow, name) if is_flow else fields.get(name)
         else:
             key = tuple(getattr(flow, name) if is_flow else fields.get(name) for is_flow, name in by)
+        if vlan and compiled.threshold_vlan:
+            key = (key, vlan)  # the same address on another VLAN is another source
         window = compiled.state.get_or_create(key, now, compiled.factory)  # type: ignore[union-attr, arg-type]
         vf = compiled.value_field
         if vf is None:
@@ -665,6 +722,7 @@ class Engine:
         self.alerts += 1
         rule = compiled.rule
         obs = Observation(protocol, kind, fields, flow)
+        vlan = self._vlan_of(flow)
         data = obs.as_dict()
         roles = compiled.roles
         # the kind's own fields first, else what the connection's state knows
@@ -695,7 +753,7 @@ class Engine:
             parts.append(f"{reached} within {format_duration(t.within)} for {keytext}")
             threshold_details = {
                 "count": t.count, "within_seconds": t.within, "by": list(t.by),
-                "key": {b: obs.get(b) for b in t.by},
+                "key": _with_vlan({b: obs.get(b) for b in t.by}, vlan if compiled.threshold_vlan else ()),
                 "reached": len(fired) if isinstance(fired, list) else fired,
             }
             if t.distinct:
@@ -719,7 +777,7 @@ class Engine:
         lim = compiled.limit_spec
         if lim is not None:
             details["limit"] = {"count": lim.count, "within_seconds": lim.within, "by": list(lim.by),
-                                "key": {b: obs.get(b) for b in lim.by}}
+                                "key": _with_vlan({b: obs.get(b) for b in lim.by}, vlan if compiled.limit_vlan else ())}
         event = Event(
             kind=f"ids.alert.{rule.id}", component="ids", severity=rule.severity, outcome=Outcome.UNKNOWN,
             actor=actor, target=target, patient_ids=patient_ids, study_uids=study_uids,
@@ -728,6 +786,17 @@ class Engine:
         return Alert(rule_id=rule.id, title=rule.title, severity=rule.severity, action=compiled.action,
                      quarantine_for=compiled.quarantine_for, message=message, reference=rule.reference,
                      flow=flow, event=event)
+
+
+def vlan_text(vlan: tuple[int, ...]) -> str:
+    """``VLAN 100``, or ``VLAN 7, inner 100`` for 802.1ad (QinQ): as the passive sensor ends the
+    message of a tagged connection's events (docs/ids.md, "Capture files")."""
+    return f"VLAN {vlan[0]}" + (f", inner {vlan[1]}" if len(vlan) > 1 else "")
+
+
+def _with_vlan(key: dict[str, Any], vlan: tuple[int, ...]) -> dict[str, Any]:
+    """A threshold's or limit's ``key`` in alert details, with ``vlan`` when the VLAN is part of it."""
+    return {**key, "vlan": list(vlan)} if vlan else key
 
 
 def _show(value: Any) -> str:

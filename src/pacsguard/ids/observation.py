@@ -40,10 +40,15 @@ class Flow:
     #: the DICOM acceptor's host when it is not ``server_host`` (inline: the route's upstream, behind
     #: the gateway): a C-MOVE's sub-associations come from there (PS3.4 C.4.2.2)
     acceptor_host: str | None = None
+    #: the outer and inner VLAN ids of the connection's frames when they are part of its identity
+    #: (passive, IEEE 802.1Q 9.6 / 802.1ad; the sensor leaves it empty with ``ids.vlan_tracking:
+    #: false``), () untagged and inline: the same addresses on two VLANs are two hosts
+    vlan: tuple[int, ...] = ()
 
     def key(self) -> object:
-        """Identity of the connection for per-flow state: the sensor's id, else the 4-tuple."""
-        return self.id or (self.client_host, self.client_port, self.server_host, self.server_port)
+        """Identity of the connection for per-flow state: the sensor's id, else the 4-tuple (and
+        the VLAN ids, when tagged)."""
+        return self.id or (self.client_host, self.client_port, self.server_host, self.server_port, *self.vlan)
 
 
 #: Fields every observation has, read from its Flow: field name -> (Flow attribute, type).

@@ -413,6 +413,8 @@ class PassiveSensor:
             route=None,
             sensor=self.sensor,
             id=f"C{conn.conn_id}",
+            # the rules' sources are per VLAN (docs/ids.md); () with VLAN tracking off, as the key
+            vlan=conn.vlan,
         )
         conn.state = _ConnState(conn, flow, conn.server_port in self.dicom_ports)
 
@@ -891,7 +893,10 @@ class PassiveSensor:
             _bump(self.stats.alerts_by_rule, rule)
             if st is not None:
                 _bump_bounded(st.alerts, rule)
-            self._emit(replace(alert.event, time=when), st.conn.vlan if st is not None else ())
+            # an aggregate (of a limit window the engine closed now) names its own key's VLAN, not
+            # that of the connection whose packet happened to close the window
+            aggregate = alert.event.details.get("aggregate")
+            self._emit(replace(alert.event, time=when), st.conn.vlan if st is not None and not aggregate else ())
 
     def flush(self) -> None:
         """The end of the capture: the aggregate alerts of the engine's open limit windows."""

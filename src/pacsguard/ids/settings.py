@@ -51,6 +51,8 @@ class Suppression(Strict):
     rule: str = Field(..., description="the rule id")
     track: str = Field("client_host", description="the observation field to compare, e.g. client_host, calling_ae")
     values: list[str] = Field(..., min_length=1, description="values (or CIDRs for an address field) to silence")
+    vlan: int | list[int] | None = Field(
+        None, description="only on this VLAN ([outer, inner] for 802.1ad), as details.vlan names it; unset: any")
 
     @field_validator("values", mode="before")
     @classmethod
