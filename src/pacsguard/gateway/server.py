@@ -536,7 +536,8 @@ class Gateway:
         self.quarantine_policy = q.QuarantinePolicy(config.quarantine_scope, tuple(config.admin_hosts))
         # Connections refused for want of a file descriptor, on every route: logged and recorded.
         self.shortage = DescriptorShortage(publish)
-        # One for all routes: a C-MOVE relayed by one route delivers through another (its return route).
+        # One for all routes: a C-MOVE relayed by one route delivers through another (its return
+        # route, relayed or store-and-forward).
         self.moves = MoveLedger()
         self.routes = [RouteRuntime(r, self, resolve) for r in config.routes if r.mode == "relay"]
         self.stored = [self._store_forward(r, resolve, object_checks) for r in config.routes
@@ -589,7 +590,8 @@ class Gateway:
                                  publish=self.publish, quarantined=self.quarantined, quarantine=self.quarantine,
                                  object_checks=object_checks(route) if object_checks else [], resolve=resolve,
                                  durability=self.durability, server_ssl=listen_tls_context(route, resolve),
-                                 quarantine_policy=self.quarantine_policy, shortage=self.shortage)
+                                 quarantine_policy=self.quarantine_policy, shortage=self.shortage,
+                                 moves=self.moves)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._poller is not None:

@@ -149,3 +149,33 @@ class MoveLedger:
         if exact:
             return exact, "move_originator"
         return by_id, "message_id" if by_id else ""
+
+
+class SubOperationsOnly(MoveLedger):
+    """A route that only stores (a store-and-forward route, a Storage SCP) sees the gateway's
+    ledger through this: its acknowledged C-STOREs are linked and credit the C-MOVEs relay routes
+    opened, but a C-MOVE-RQ sent to it, which it refuses (PS3.7 C.5.4), opens no entry. Left
+    open until its answer, such an entry could take credit for another C-MOVE's sub-operations
+    to the same destination and Message ID, and a refused C-MOVE would then name patients."""
+
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: MoveLedger) -> None:  # the shared entries are the ledger's own
+        self._ledger = ledger
+
+    def __len__(self) -> int:
+        return len(self._ledger)
+
+    def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
+             route: str | None) -> OpenMove:
+        # Not indexed: no sub-operation can reach it, and closing it changes nothing.
+        return OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route)
+
+    def close(self, move: OpenMove) -> None:
+        self._ledger.close(move)
+
+    def sub_operation(self, *, destination: str | None, caller_ae: str | None, originator_ae: str | None,
+                      originator_message_id: int | None) -> tuple[list[OpenMove], str]:
+        return self._ledger.sub_operation(destination=destination, caller_ae=caller_ae,
+                                          originator_ae=originator_ae,
+                                          originator_message_id=originator_message_id)

@@ -136,7 +136,7 @@ class StoreAssociation:
         self.reader = PDUReader(limits.max_pdu_length)
         self.first = FirstBytes()  # the client's first bytes: another protocol's, read as a PDU header?
         self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source,
-                             quarantine_policy=rx.quarantine_policy)
+                             quarantine_policy=rx.quarantine_policy, moves=rx.moves)
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
         self.refusals = RefusalFilter(rx.refusals, self._publish_now)
         self.incoming: Incoming | None = None

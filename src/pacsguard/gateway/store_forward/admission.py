@@ -24,6 +24,7 @@ from pacsguard.gateway.check import Chain, decide, expected_by
 from pacsguard.gateway.quarantine import SPARED, QuarantinePolicy
 from pacsguard.gateway.verdict import RJ_REFUSED, Verdict
 from pacsguard.records.dicom import AssociationRecord
+from pacsguard.records.moves import MoveLedger
 
 
 class NotAnAssociation(Exception):
@@ -53,6 +54,9 @@ class Admission:
     # What a check's quarantine takes (gateway.quarantine_scope, gateway.admin_hosts), as on a
     # relayed route (pacsguard.gateway.relay.AssociationRelay.quarantine).
     quarantine_policy: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    # The gateway's open C-MOVEs (records.moves): the record credits the one a C-STORE it
+    # acknowledges is a sub-operation of, as a relayed route's record does.
+    moves: MoveLedger | None = None
 
     def publish(self, event: Event) -> None:
         self.publish_event(event)
@@ -108,7 +112,7 @@ class Admission:
         up = self.route.upstream
         return AssociationRecord(self.publish, component="gateway", client=self.client_party(),
                                  server=Party(ae_title=up.ae_title, host=up.host, port=up.port),
-                                 route=self.route.name, called_ae=called_ae)
+                                 route=self.route.name, called_ae=called_ae, moves=self.moves)
 
     def reject(self, send: Callable[[bytes], None], verdict: Verdict) -> None:
         """Answer with the verdict's A-ASSOCIATE-RJ (PS3.8 9.3.4) through ``send`` and record why."""

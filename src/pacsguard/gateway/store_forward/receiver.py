@@ -60,6 +60,7 @@ from pacsguard.gateway.store_forward.structure import walk_file
 from pacsguard.gateway.store_forward.syncing import FolderSync, start_writeback
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.records.dicom import Pending, RefusalLog
+from pacsguard.records.moves import MoveLedger
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -99,6 +100,10 @@ class Receiver:
     # What an association check's quarantine takes (admission.Admission.quarantine); an object
     # check's `quarantine_sender` takes the sending host, as documented.
     quarantine_policy: QuarantinePolicy = QuarantinePolicy()
+    # The gateway's open C-MOVEs (records.moves), shared with its relay routes: a C-STORE this route
+    # acknowledges may be a sub-operation of a C-MOVE one of them relays (this is its return route).
+    # None: a route run on its own (the tests), whose records credit no C-MOVE.
+    moves: MoveLedger | None = None
 
 
 @dataclass(frozen=True, slots=True)

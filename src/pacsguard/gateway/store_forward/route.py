@@ -29,6 +29,7 @@ from pacsguard.gateway.store_forward.receiver import Receiver
 from pacsguard.gateway.store_forward.spool import MIB, Spool, SpooledMeta
 from pacsguard.gateway.verdict import Verdict
 from pacsguard.records.dicom import RefusalLog
+from pacsguard.records.moves import MoveLedger, SubOperationsOnly
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -62,7 +63,7 @@ class StoreForwardRoute:
                  resolve: Callable[[Path], Path] = lambda p: p, durability: Durability | None = None,
                  server_ssl: ssl.SSLContext | None = None,
                  quarantine_policy: QuarantinePolicy | None = None,
-                 shortage: DescriptorShortage | None = None) -> None:
+                 shortage: DescriptorShortage | None = None, moves: MoveLedger | None = None) -> None:
         self.route = route
         self.publish = publish
         self.quarantined = quarantined
@@ -77,7 +78,10 @@ class StoreForwardRoute:
         self.receiver = Receiver(route, chain, self.spool, self.spool.folder_sync, tuple(object_checks),
                                  publish, self._quarantine_source, self._is_quarantined, self._queued,
                                  self._meta_writer, RefusalLog(route.limits.refusals_recorded_per_minute, publish),
-                                 quarantine_policy or QuarantinePolicy())
+                                 quarantine_policy or QuarantinePolicy(),
+                                 # As a Move Destination's return route, its C-STOREs credit the
+                                 # C-MOVEs the gateway's relay routes opened (records.moves).
+                                 SubOperationsOnly(moves) if moves is not None else None)
         self.associations: set[StoreAssociation] = set()
         self.server: Acceptor | None = None
         self.port = route.listen.port
