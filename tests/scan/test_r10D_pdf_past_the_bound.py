@@ -23,12 +23,17 @@ from pacsguard.scan.config import ScanSettings
 from pacsguard.scan.model import FileReport, Level
 from pacsguard.scan.pdf import Bounds
 from pacsguard.scan.scanner import Scanner
+from pacsguard.scan.xref import MAX_DICTIONARY
 
 MiB = 1 << 20
 BOUND = Bounds().max_total
+#: A padding string longer than the dictionary the scanner reads whole (xref.MAX_DICTIONARY): the
+#: object stream a cross-reference stream names is then judged by its bytes, as by the probes
+#: these tests are about (test_r10J_pdf_xref_object_streams.py finds shorter ones by name).
+DEEP_DISGUISE = DISGUISE + b"x" * MAX_DICTIONARY
 #: The object stream's dictionary, as test_r9w_pdf_bounds disguises it: its /Type /ObjStm and
-#: /First more than 4 KiB before `stream`, behind a padding string, and /Subtype /Image after.
-AS_AN_IMAGE = b"/Pad (" + DISGUISE + b") /Subtype /Image /Filter /FlateDecode"
+#: /First more than 1 MiB before `stream`, behind a padding string, and /Subtype /Image after.
+AS_AN_IMAGE = b"/Pad (" + DEEP_DISGUISE + b") /Subtype /Image /Filter /FlateDecode"
 
 
 @cache

@@ -29,7 +29,6 @@ from pdf_samples import a85
 from test_r9_hostile_media import lzw, png, tiff
 from test_r9w_pdf_bounds import (
     BENIGN,
-    DISGUISE,
     FLATE,
     HOSTILE,
     PLAIN,
@@ -40,14 +39,14 @@ from test_r9w_pdf_bounds import (
     run_length,
     shown,
 )
-from test_r10D_pdf_past_the_bound import assert_object_stream_7_noted, big_image, both, unscanned
+from test_r10D_pdf_past_the_bound import DEEP_DISGUISE, assert_object_stream_7_noted, big_image, both, unscanned
 
 from pacsguard.scan.model import Level
 from pacsguard.scan.scanner import Scanner
 
 #: The start of an object stream's dictionary that hides its /Type /ObjStm and /First from the
-#: scanner (more than 4 KiB back) and says image.
-PADDED_IMAGE = b"/Pad (" + DISGUISE + b") /Subtype /Image "
+#: scanner (more than 1 MiB back: past the dictionary it reads whole) and says image.
+PADDED_IMAGE = b"/Pad (" + DEEP_DISGUISE + b") /Subtype /Image "
 
 #: Predicted object streams disguised as images: /Filter and /DecodeParms, and the encoder.
 PREDICTED: dict[str, tuple[bytes, Callable[[bytes], bytes]]] = {

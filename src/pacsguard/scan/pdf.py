@@ -10,6 +10,9 @@ bounded per stream and per document (inflated bytes, the ratio, the number of st
 ASCII85, LZW and run-length input, the predicted bytes); a stream that inflates past its bound at
 a bomb's ratio is itself reported, and a bound run out before a stream that can hold names is
 said as such (the document's writer chose the padding that spends it).
+Object streams are known as a viewer knows them: named by a cross-reference stream's type-2
+entries (7.5.8.3, read by pacsguard.scan.xref), or typed /ObjStm in their whole dictionary (what
+a viewer rebuilding a broken cross-reference reads), whatever else the dictionary says.
 Nothing here raises for a document's content."""
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import bisect
 import itertools
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
+
+from pacsguard.scan import xref
 
 #: PDF names that run or launch something (ISO 32000-1 12.6.3, 12.6.4.5, 7.11.4, Adobe RichMedia).
 ACTIVE = frozenset({"JavaScript", "JS", "OpenAction", "Launch", "AA", "EmbeddedFile", "EmbeddedFiles",
@@ -248,6 +254,12 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
     listed, deferred, found.flood = _streams(doc, bounds.max_streams, objects)
     if found.flood:
         found.unread.append(f"streams past the first {bounds.max_streams:,}")
+    # The object streams the cross-reference streams name (7.5.8.3), whatever their dictionaries say.
+    holders = _holders(doc, bounds)
+    if holders.cut:
+        found.unread.append(holders.cut)
+        found.bound = True
+    listed = _with_holders(listed, holders)
     # Streams a viewer parses as PDF syntax first, images and fonts last: the budget goes to
     # where a name means something, and the rest is inflated for its size only. Those whose
     # dictionary names an object found in no byte of the document come after the others: the
@@ -272,7 +284,7 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
                 found.bound = True
             _past_the_bound(doc, [s for s in rest if isinstance(s, Stream) and s.binary], bounds, found)
             break
-        stream = item if isinstance(item, Stream) else _stream_at(doc, item, objects)
+        stream = item if isinstance(item, Stream) else _held(_stream_at(doc, item, objects), holders.numbers)
         if isinstance(item, _Place) and stream is not None and stream.unresolved and objects.wanting:
             times, known = waited.get(item, (0, -1))
             if len(objects.inner) != known and times < MAX_WAITS:
@@ -354,6 +366,208 @@ def look(doc: bytes, bounds: Bounds = Bounds()) -> Found:
         found.unread.append(found.white[0] + more)
         found.bound = True
     return found
+
+
+#: A /Type given as an indirect object (7.3.10), which a viewer resolves.
+TYPE_REFERENCE = re.compile(rb"/Type[\x00\t\n\x0c\r ]+([0-9]{1,10})[\x00\t\n\x0c\r ]+([0-9]{1,5})[\x00\t\n\x0c\r ]+R")
+#: Decoded bytes of all a document's cross-reference streams read for their entries (7.5.8): a
+#: million objects at 20 bytes an entry, far more than any report has.
+MAX_XREF = 32 * 1024 * 1024
+
+
+class _Holders(NamedTuple):
+    """The object streams a document's cross-reference streams name (7.5.8.3)."""
+
+    #: Object numbers that type-2 entries name as the object stream holding an object.
+    numbers: set[int]
+    #: Those found at an offset a type-1 entry gives, read from their whole dictionary (which a
+    #: string holding ">>stream" or padding past DICT_BACK hides from _streams), each with where
+    #: its object starts: a keyword between that and its data is inside its dictionary, no stream.
+    streams: list[tuple[int, Stream]]
+    #: Why not every cross-reference stream was read ("" when all were): said, medium.
+    cut: str
+
+
+def _holders(doc: bytes, bounds: Bounds) -> _Holders:
+    """Every cross-reference stream of ``doc`` (xref.sections) decoded, its predictor undone,
+    and its type-2 entries read for the object streams they name, as a viewer finds an object
+    stored compressed (7.5.8.3); then each of those object streams at its type-1 offset. Bounded
+    by xref.Budget, MAX_XREF decoded bytes and the document's slow and ASCII85 allowances again."""
+    budget = xref.Budget(sections=bounds.max_streams)
+    decoded: list[tuple[bytes | bytearray, bytes]] = []
+    left, slow, ascii85, cut = MAX_XREF, bounds.max_slow, bounds.max_ascii85, ""
+    for section in xref.sections(doc, budget):
+        stream = _stream(doc, unescape(section.dictionary), section.head, section.after)
+        if stream is None:
+            continue
+        # As an image: its predictor is undone here (_rows), fast for the PNG Up writers use.
+        step, why, ascii85, slow = _decode(doc, replace(stream, binary=True), min(left, bounds.max_stream),
+                                           ascii85, slow)
+        data, slow = _rows(step.data, stream.predictor, slow)
+        left -= len(step.data)
+        decoded.append((data, unescape(section.dictionary)))
+        if step.over or step.bound or left <= 0 or slow < 0:
+            cut = f"cross-reference streams past {MAX_XREF:,} decoded bytes or the allowances"
+            break
+    numbers = {number for data, dictionary in decoded for number, _ in xref.entries(data, dictionary, budget)}
+    places = {place for data, dictionary in decoded for place in xref.entries(data, dictionary, budget, numbers)} \
+        if numbers else set()
+    streams = list({held[1].offset: held for offset, number in sorted(places)
+                    if (held := _held_at(doc, offset, number, budget))}.values())
+    unplaced = numbers.difference(int(held.obj.split()[0]) for _, held in streams)
+    if unplaced:
+        # No type-1 entry of a stream found it (a hybrid file's table gives it, or a damaged
+        # offset): wherever "N 0 obj" starts a stream, as a viewer rebuilding the table finds it.
+        streams += [held for start, number, generation, _ in xref.heads(doc) if generation == 0 and number in unplaced
+                    and (held := _held_at(doc, start, number, budget))]
+        streams.sort(key=lambda pair: pair[0])
+    if budget.spent and not cut:
+        cut = f"cross-reference sections past the {', '.join(budget.spent)} allowed"
+    # A viewer that finds the cross-reference broken (an object it wants absent from a classic
+    # table, which cannot name an object stream) rebuilds it from every "N G obj", reading as
+    # an object stream each stream whose /Type is /ObjStm, given directly or as a reference.
+    repair = xref.Budget(sections=len(doc), tokens=2 * xref.Budget().tokens)
+    seen = {held.offset for _, held in streams}  # the same stream, its object found either way
+    streams += [pair for pair in _typed(doc, repair) if pair[1].offset not in seen]
+    streams.sort(key=lambda pair: pair[0])
+    if repair.spent and not cut:
+        cut = f"stream dictionaries past the {', '.join(repair.spent)} allowed"
+    return _Holders(numbers, streams, cut)
+
+
+def _typed(doc: bytes, budget: xref.Budget) -> list[tuple[int, Stream]]:
+    """The streams whose whole dictionary (xref.read_dictionary: strings, comments and nested
+    dictionaries read as a parser reads them) says /Type /ObjStm (7.5.7), or names as its /Type an
+    object whose value is /ObjStm (7.3.10), each as an object stream, with where its object starts."""
+    typed: list[tuple[int, bytes, bytes, int]] = []
+    pending: dict[tuple[int, int], list[tuple[int, bytes, bytes, int]]] = {}
+    for start in _stream_heads(doc):
+        found = xref.stream_at(doc, start, budget) if budget.take("sections") else None
+        if budget.spent:
+            break
+        if found is None:
+            continue
+        head, dictionary, after = found
+        window = unescape(dictionary.clean)
+        if INDIRECT.search(window):
+            continue  # read by _streams, its filter resolved there
+        given = TYPE_REFERENCE.search(window)
+        if OBJECT_STREAM_TYPE.search(window) is not None:
+            typed.append((start, window, head, after))
+        elif given is not None and (len(pending) < MAX_REFERENCES or (int(given[1]), int(given[2])) in pending):
+            pending.setdefault((int(given[1]), int(given[2])), []).append((start, window, head, after))
+    if pending:
+        # One more pass for the objects named: the last definition wins (7.5.6, an update's).
+        values: dict[tuple[int, int], int] = {}
+        for _, number, generation, end in xref.heads(doc):
+            if (number, generation) in pending:
+                values[number, generation] = end
+        for key, at in values.items():
+            end = doc.find(b"endobj", at, at + MAX_VALUE)
+            if unescape(doc[at:end if end >= 0 else at + MAX_VALUE]).strip(WHITE) == b"/ObjStm":
+                typed += pending[key]
+    out: list[tuple[int, Stream]] = []
+    for start, window, head, after in typed:
+        stream = _stream(doc, window, head, after)
+        if stream is not None:
+            out.append((start, replace(stream, object_stream=True, binary=False)))
+    return out
+
+
+def _stream_heads(doc: bytes) -> Iterator[int]:
+    """Where each ``N G obj`` starts that has the word ``stream`` before the next one: the only
+    objects whose dictionary is worth reading for an object stream's type. One forward search
+    for the word, whatever the number of objects."""
+    keyword, previous = -1, None
+    for current in itertools.chain(xref.heads(doc), [(len(doc), 0, 0, len(doc))]):
+        if previous is not None:
+            if keyword < previous[3]:
+                keyword = doc.find(b"stream", previous[3])
+                keyword = len(doc) if keyword < 0 else keyword
+            if keyword < current[0]:
+                yield previous[0]
+        previous = current
+
+
+def _held_at(doc: bytes, offset: int, number: int, budget: xref.Budget) -> tuple[int, Stream] | None:
+    """Object stream ``number`` at ``offset`` (a type-1 entry's), read from its whole dictionary
+    (7.5.7) as an object stream; None when no such object is there, or when its dictionary names
+    its /Filter or /DecodeParms indirectly (then _streams reads it, known by its number)."""
+    found = xref.stream_at(doc, offset, budget)
+    if found is None:
+        return None
+    head, dictionary, after = found
+    numbers = OBJECT.findall(head)
+    window = unescape(dictionary.clean)
+    if not numbers or numbers[-1] != (str(number).encode(), b"0") or INDIRECT.search(window):
+        return None
+    stream = _stream(doc, window, head, after)
+    return (offset, replace(stream, object_stream=True, binary=False)) if stream is not None else None
+
+
+def _held(stream: Stream | None, numbers: set[int]) -> Stream | None:
+    """``stream`` as an object stream when a cross-reference stream names it one (7.5.8.3: an
+    object stream's generation is 0)."""
+    if stream is None or not numbers:
+        return stream
+    words = stream.obj.split()
+    if len(words) == 2 and words[1] == "0" and int(words[0]) in numbers and not stream.object_stream:
+        return replace(stream, object_stream=True, binary=False)
+    return stream
+
+
+def _with_holders(listed: list[Stream], holders: _Holders) -> list[Stream]:
+    """``listed`` with the object streams the cross-reference streams name marked as such, and
+    those read from their whole dictionary in place of what _streams made of them: a stream
+    keyword inside such a dictionary (a string holding ">>stream") is dropped, as a parser skips it."""
+    spans = [(start, held.offset + 16) for start, held in holders.streams]
+    starts = [start for start, _ in spans]
+    kept: list[Stream] = []
+    for stream in listed:
+        inside = bisect.bisect_left(starts, stream.offset) - 1
+        if inside >= 0 and spans[inside][0] < stream.offset <= spans[inside][1]:
+            continue
+        marked = _held(stream, holders.numbers)
+        if marked is not None:
+            kept.append(marked)
+    return kept + [held for _, held in holders.streams]
+
+
+def _rows(data: bytes | bytearray, predict: tuple[int, int, int, int] | None, allowance: int,
+          ) -> tuple[bytes | bytearray, int]:
+    """A cross-reference stream's predictor undone (7.4.4.4), with what is left of ``allowance``
+    (negative: it ran out there). PNG None and Up rows are done a row at a time, Up as one sum of
+    big integers whose bytes carry into no neighbour (each byte's low 7 bits added, its top bit
+    set by exclusive or): what writers use, fast whatever the size. Other rows, and TIFF, a byte
+    at a time, each byte spending the allowance."""
+    if predict is None or _predictor_error(predict):
+        return data, allowance
+    predictor, colors, bits, columns = predict
+    if predictor == 2:
+        if len(data) > allowance:
+            return data, -1
+        done, _, _ = _unpredict(data, predict, allowance)
+        return done, allowance - len(data)
+    row = (colors * bits * columns + 7) // 8
+    step = max(1, colors * bits // 8)
+    low = int.from_bytes(b"\x7f" * row, "big")
+    top = low << 1 & ~low  # 0x80 in every byte
+    out, above = bytearray(), bytes(row)
+    for at in range(0, len(data), row + 1):
+        kind, line = data[at], bytes(data[at + 1:at + 1 + row]).ljust(row, b"\x00")
+        if kind == 2:
+            ours, theirs = int.from_bytes(line, "big"), int.from_bytes(above, "big")
+            line = (((ours & low) + (theirs & low)) ^ ((ours ^ theirs) & top)).to_bytes(row, "big")
+        elif kind != 0:
+            allowance -= row
+            if kind > 4 or allowance < 0:
+                return out, allowance
+            undone = bytearray(line)
+            _undo_row(predictor, kind, undone, above, step, 0, row)
+            line = bytes(undone)
+        out += line
+        above = line
+    return out, allowance
 
 
 def _past_the_bound(doc: bytes, streams: list[Stream], bounds: Bounds, found: Found) -> None:
