@@ -380,3 +380,32 @@ def _run(run: str, base: str, terms: list[str], elem: DataElement) -> bytes:
             continue
     raise ValueError(f"{_name(elem.tag)} holds text that cannot be written in Specific Character Set "
                      f"(0008,0005) {_shown(terms)} (PS3.5 6.1.2.5)")
+
+
+# -- sequences read late ----------------------------------------------------------------------
+# A sequence encoded as UN (a private one, or one newer than pydicom's dictionary: PS3.5 6.2.2)
+# is parsed by the engine only when it is kept, long after check() and decode_own_sets() ran
+# over the data set. pydicom decodes its text with the encodings it knows: Latin-1 for ISO_IR
+# 203 (Š as ¦, so a name inside was compared misread and the object then failed to be written)
+# and replacement characters for bytes invalid in the declared set. Its items are checked and
+# decoded here too, under the Specific Character Set in force where the sequence is.
+
+
+def terms_in(ds: Dataset, inherited: list[str] | None) -> list[str] | None:
+    """The Specific Character Set in force in ``ds``: its own (0008,0005), else the enclosing
+    data set's (``inherited``; PS3.5 6.1.2.5.1, an item without one uses its parent's)."""
+    declared = _declared(ds)
+    return inherited if declared is None else declared
+
+
+def read_late_items(items: list[Dataset], inherited: list[str] | None, where: str) -> str:
+    """Check and decode, as check() and decode_own_sets() do for the rest of the object, the
+    items of a sequence parsed after the object was read (one encoded as UN), in the Specific
+    Character Set ``inherited`` from where it stands. '' when every text value is valid, else
+    what is wrong, the sequence named by ``where``."""
+    for n, item in enumerate(items, 1):
+        wrong = _check(item, inherited, f"{where}, item {n}: ")
+        if wrong:
+            return wrong
+        decode_own_sets(item, inherited)
+    return ""

@@ -51,7 +51,6 @@ def decode(ds: Dataset, limit_mib: int) -> Decoded:
     syntax, when no installed handler decodes it, and naming the sizes when the decoded frames
     would take more than ``limit_mib`` MiB (pixels.max_decoded_mib): a cine loop of thousands of
     frames would otherwise take the gateway's memory."""
-    import numpy as np
     from pydicom.pixels.decoders.base import get_decoder
 
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
@@ -60,27 +59,58 @@ def decode(ds: Dataset, limit_mib: int) -> Decoded:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         raise Withheld(f"{frames} frame(s) of {ds.Rows} x {ds.Columns} decode to {-(-size // _MIB)} MiB, more "
                        f"than pixels.max_decoded_mib ({limit_mib} MiB) allows: {syntax.name} pixels not checked")
+    failures: list[str] = []
     try:
-        decoder = get_decoder(syntax)
-        stack: Any = None
-        photometric = str(ds.get("PhotometricInterpretation", ""))
-        index = 0
-        for frame, image_pixel in decoder.iter_array(ds, as_rgb=True):
-            if stack is None:  # one array for every frame: no list of copies besides it
-                stack = np.empty((int(ds.get("NumberOfFrames", 1) or 1), *frame.shape), dtype=frame.dtype)
-            stack[index] = frame
-            index += 1
-            photometric = str(image_pixel.get("photometric_interpretation", photometric))
-    except Exception as exc:  # no plugin, a damaged codestream: pixels not checked never leave
+        plugins = _plugins(get_decoder(syntax).available_plugins)
+    except NotImplementedError:  # no decoder for this syntax at all (the video ones)
+        plugins = []
+    for plugin in plugins:
+        try:
+            stack, photometric, index = _frames(get_decoder(syntax), ds, plugin)
+            break
+        except Exception as exc:  # noqa: BLE001 - a damaged codestream: the next decoder, or withheld
+            failures.append(f"{plugin}: {_first_line(exc).replace(f'{plugin}: ', '', 1)}")
+    else:  # no plugin, or none decoded it: pixels not checked never leave
+        failed = "; ".join(failures) or "no installed decoder handles it"
         if not _is_jpeg_12(ds, syntax):
             raise Withheld(f"{syntax.name} ({syntax}) pixel data cannot be decoded to be checked for "
-                           f"burned-in text: {_first_line(exc)}") from None
-        stack, photometric = _gdcm_jpeg_12(ds, _first_line(exc)), str(ds.PhotometricInterpretation)
+                           f"burned-in text: {failed[:480]}")
+        stack, photometric = _gdcm_jpeg_12(ds, failed[:480]), str(ds.PhotometricInterpretation)
         index = stack.shape[0]
     if stack is None or index != stack.shape[0]:
         raise Withheld(f"{syntax.name} ({syntax}) pixel data holds {index} frame(s), Number of Frames says "
                        f"{int(ds.get('NumberOfFrames', 1) or 1)}: not checked")
     return Decoded(stack, photometric, len(ds.PixelData))
+
+
+#: pydicom's decoding plugins in the order they are tried, each on its own: pylibjpeg (libjpeg,
+#: OpenJPEG, its RLE) and Pillow first, then pydicom's own RLE, and GDCM only when those fail.
+#: Left to itself pydicom tries GDCM first for every JPEG, JPEG-LS and JPEG 2000 frame once
+#: python-gdcm is installed (for 12-bit JPEG Extended, below), which puts one more C++ decoder in
+#: front of every image a sender crafted; a plugin not named here is not used.
+PLUGIN_ORDER = ("pylibjpeg", "pillow", "pydicom", "gdcm")
+
+
+def _plugins(available: tuple[str, ...] | list[str]) -> list[str]:
+    """The installed plugins of a transfer syntax's decoder, in PLUGIN_ORDER."""
+    return [name for name in PLUGIN_ORDER if name in available]
+
+
+def _frames(decoder: Any, ds: Dataset, plugin: str) -> tuple[Any, str, int]:
+    """Every frame of ``ds`` decoded by ``plugin`` alone (pydicom 3 Decoder.iter_array), frames
+    first, with the decoded Photometric Interpretation and the number of frames decoded."""
+    import numpy as np
+
+    stack: Any = None
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    index = 0
+    for frame, image_pixel in decoder.iter_array(ds, decoding_plugin=plugin, as_rgb=True):
+        if stack is None:  # one array for every frame: no list of copies besides it
+            stack = np.empty((int(ds.get("NumberOfFrames", 1) or 1), *frame.shape), dtype=frame.dtype)
+        stack[index] = frame
+        index += 1
+        photometric = str(image_pixel.get("photometric_interpretation", photometric))
+    return stack, photometric, index
 
 
 def _is_jpeg_12(ds: Dataset, syntax: str) -> bool:

@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from pacsguard.deid import charset
 from pacsguard.deid.actions import Effect
 from pacsguard.deid.dictionary import NEWER_VRS, known_vr
 from pacsguard.deid.encode import stored_elements
@@ -293,7 +294,10 @@ class Engine:
         creator = next(iter(_strings(creator_elem.value)), "").strip()
         return SafePrivate(creator, tag.group, tag.element & 0xFF) in self.settings.safe_private
 
-    def _walk(self, ds: Dataset, ctx: _Context, prefix: str, report: Report) -> None:
+    def _walk(self, ds: Dataset, ctx: _Context, prefix: str, report: Report,
+              inherited: list[str] | None = None) -> None:
+        # The Specific Character Set in force here, for a sequence encoded as UN parsed below.
+        terms = charset.terms_in(ds, inherited)
         kept_private_blocks: set[tuple[int, int]] = set()
         creators: list[BaseTag] = []
         removed_overlays: set[int] = set()
@@ -328,7 +332,7 @@ class Engine:
                 # Explicit VR, written as UN by a writer whose dictionary lacks it (pydicom 3.0.2's
                 # does, for every NEWER_VRS attribute): pydicom keeps such a value as bytes, so an
                 # option that keeps the attribute would pass its items or text unchecked.
-                converted = _newer_as_own_vr(ds, tag, raw, vr)
+                converted = _newer_as_own_vr(ds, tag, raw, vr, terms)
                 if converted is None:
                     decision = Decision("X", Effect.REMOVE, "VR UN that does not parse as the sequence its "
                                         "dictionary VR says (PS3.5 6.2.2)", decision.row)
@@ -341,7 +345,7 @@ class Engine:
             if decision.effect is Effect.KEEP and vr == "UN" and group & 1:
                 # A safe private attribute read without its VR (implicit VR, or UN): when it is a
                 # sequence its items must be de-identified like any other sequence's.
-                vr = self._private_as_sequence(ds, tag, raw.value)
+                vr = self._private_as_sequence(ds, tag, raw.value, terms)
                 if vr == "":
                     del ds[tag]
                     continue
@@ -364,7 +368,7 @@ class Engine:
                                       validation_mode=config.IGNORE)
                 kept = True
             else:
-                kept = self._apply(ds, ds[tag], decision, ctx, path, report)
+                kept = self._apply(ds, ds[tag], decision, ctx, path, report, terms)
             if kept and group & 1:
                 kept_private_blocks.add((group, element >> 8))
             if not kept and 0x6000 <= group <= 0x601E and element == OVERLAY_DATA:
@@ -386,20 +390,20 @@ class Engine:
                                          _NOT_IN_A_DATA_SET[tag.group]))
 
     @staticmethod
-    def _private_as_sequence(ds: Dataset, tag: BaseTag, value: Any) -> str:
+    def _private_as_sequence(ds: Dataset, tag: BaseTag, value: Any, terms: list[str] | None) -> str:
         """The VR to treat a kept private UN attribute with: "SQ" when its value is a sequence
         (then ``ds[tag]`` is replaced by the parsed sequence), "UN" when it is not one, "" when it
         looks like one but cannot be parsed (it must then go: its content cannot be checked)."""
         if not isinstance(value, bytes) or not value.startswith(_ITEM_LE):
             return "UN"
-        items = _parse_un_sequence(value, getattr(ds, "_character_set", None) or ["iso8859"])
+        items = _parse_un_sequence(value, getattr(ds, "_character_set", None) or ["iso8859"], terms, tag)
         if items is None:
             return ""
         ds[tag] = DataElement(tag, "SQ", items)
         return "SQ"
 
     def _apply(self, ds: Dataset, elem: DataElement, decision: Decision, ctx: _Context, path: str,
-               report: Report) -> bool:
+               report: Report, terms: list[str] | None = None) -> bool:
         """Carry out one decision; return whether the attribute is still there."""
         effect, vr, tag = decision.effect, elem.VR, int(elem.tag)
         if effect is Effect.REMOVE:
@@ -411,7 +415,7 @@ class Engine:
                 return True
             # D, K, C, U and X/Z/U* on a sequence: keep it, de-identify every item by the same rules.
             for i, item in enumerate(elem.value or ()):
-                self._walk(item, self._item_context(item, ctx), f"{path}[{i}].", report)
+                self._walk(item, self._item_context(item, ctx), f"{path}[{i}].", report, terms)
             return True
         if effect is Effect.KEEP:
             return True
@@ -497,9 +501,12 @@ def _people_named(ds: Dataset, found: set[str]) -> None:
                 _people_named(item, found)
 
 
-def _parse_un_sequence(value: bytes, encodings: list[str]) -> Sequence | None:
+def _parse_un_sequence(value: bytes, encodings: list[str], terms: list[str] | None,
+                       where: BaseTag) -> Sequence | None:
     """A sequence's value encoded as UN, which PS3.5 6.2.2 says is Implicit VR Little Endian
-    whatever the transfer syntax; None when it does not parse as one exactly."""
+    whatever the transfer syntax; None when it does not parse as one exactly. Its text is checked
+    and read in ``terms``, the Specific Character Set in force where it stands (charset.py), as
+    the rest of the object was when read: raises Withheld when a value is not valid in it."""
     from pydicom.filereader import read_sequence
 
     if not _well_formed_items(value):
@@ -514,6 +521,21 @@ def _parse_un_sequence(value: bytes, encodings: list[str]) -> Sequence | None:
                     if isinstance(raw, RawDataElement) and raw.VR is None and int(tag) in NEWER_VRS:
                         # Implicit VR inside: decoded with its PS3.6 VR, not as UN bytes (as _walk does)
                         item[tag] = raw._replace(VR=NEWER_VRS[int(tag)])
+    except Exception:  # pydicom raises many types for malformed bytes; each means "not a sequence"
+        return None
+    # Before pydicom decodes the text with the encodings it knows (Latin-1 for ISO_IR 203)
+    named = " ".join(dict.fromkeys((_tag_text(int(where)), _name(where))))  # an unknown tag is named once
+    try:
+        wrong = charset.read_late_items(list(items), terms, f"{named} (encoded as UN)")
+    except Exception:  # noqa: BLE001 - an item pydicom cannot read further is no sequence either
+        return None
+    if wrong:
+        raise Withheld(wrong)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for item in items:
+                for tag in list(item.keys()):
                     item[tag]  # decode now: a malformed item must fail here, not when written
     except Exception:  # pydicom raises many types for malformed bytes; each means "not a sequence"
         return None
@@ -584,7 +606,8 @@ def _scan_elements(value: bytes, pos: int, end: int, *, delimited: bool) -> int:
     return pos
 
 
-def _newer_as_own_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement, vr: str) -> Any | None:
+def _newer_as_own_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement, vr: str,
+                     terms: list[str] | None) -> Any | None:
     """An attribute newer than pydicom's dictionary that an Explicit VR file encodes as UN, made an
     element of its PS3.6 VR (``vr``), so that it is cleaned or walked like any other; None when it is
     a sequence whose value does not parse. A sequence's UN value is an Implicit VR Little Endian
@@ -593,7 +616,7 @@ def _newer_as_own_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement, vr: str) ->
         converted = raw._replace(VR=vr)
         ds[tag] = converted
         return converted
-    items = _parse_un_sequence(raw.value or b"", getattr(ds, "_character_set", None) or ["iso8859"])
+    items = _parse_un_sequence(raw.value or b"", getattr(ds, "_character_set", None) or ["iso8859"], terms, tag)
     if items is None:
         return None
     element = DataElement(tag, "SQ", items)
