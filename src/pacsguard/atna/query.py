@@ -2,8 +2,9 @@
 stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``patient``,
 ``agent-name``, ``entity-identifier``, the tokens (`_CODED`: ``type``, ``subtype``, ``entity-type``,
 ``entity-role``, ``outcome``, ``action``, ``agent-identifier``, ``agent-role``: FHIR R4 search,
-token, their system compared as the answer gives it), the parameters matched by value (`_MATCHED`:
-``address``, ``source``), ``_count`` (the page size), and ``_cursor``, the opaque position a
+token, their system compared as the answer gives it), ``source`` (a reference or a token of the
+observer's identifier, `_source`), ``address`` matched by value (`_MATCHED`), ``_count`` (the page
+size), and ``_cursor``, the opaque position a
 Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own). `stored_by_id` finds
 the one stored audit message a FHIR read (``GET /AuditEvent/ID``, FHIR R4 3.1.0.1) names."""
 
@@ -25,6 +26,7 @@ from pacsguard.atna.message.fhir import (
     OUTCOME,
     answered_system,
     hl7_escape,
+    reference_id,
     system_uri,
 )
 from pacsguard.atna.message.mapping import is_patient, patients_of
@@ -116,9 +118,11 @@ class Identifier:
         (``system|value`` that system, ``|value`` none, ``value`` any). An object stored without a
         system (A.5's and RFC 3881's study UIDs and nodes, a FHIR identifier sent without one, any
         stored before the system was kept) is matched by its ID whatever system the token names: a
-        DICOM UID is unique by itself (PS3.5 9)."""
+        DICOM UID is unique by itself (PS3.5 9). A FHIR system object of ID type 2 stored before it
+        was told from a patient (fhir._named) holds its identifier in CX form, its system as the
+        authority: ``system|value`` (whose `key` is that CX) still finds it."""
         if obj.get("id") != self.value:
-            return False
+            return bool(self.system) and not obj.get("id_system") and obj.get("id") == self.key
         held = obj.get("id_system")
         if not held or self.system is None:
             return True
@@ -175,7 +179,7 @@ class AuditQuery:
     outcomes: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
     event_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
     actions: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
-    sources: list[AnyOf] = field(default_factory=list)
+    sources: list[tuple[Identifier, ...]] = field(default_factory=list)
     subtypes: list[tuple[CodeToken, ...]] = field(default_factory=list)
     agent_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
     agent_roles: list[tuple[CodeToken, ...]] = field(default_factory=list)
@@ -241,11 +245,12 @@ class AuditQuery:
             self._date([_unescape(v) for v in _split(value, ",")])
         elif name in _CODED:
             getattr(self, _CODED[name]).append(tuple(CodeToken.parse(v) for v in _split(value, ",")))
+        elif name == "source":
+            self.sources.append(tuple(_source(v) for v in _split(value, ",")))
         elif name == "agent-name":
             self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
-            reference = name == "source"  # Device/ID, or system|value
-            getattr(self, _MATCHED[name]).append(tuple(_value(v, reference=reference) for v in _split(value, ",")))
+            getattr(self, _MATCHED[name]).append(tuple(_value(v) for v in _split(value, ",")))
         elif name == "_count":
             if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 0..10000, got {value!r}")
@@ -298,11 +303,18 @@ class AuditQuery:
             if not all(any(_token(t).holds(code, system) for t in anyof for code, system in held)
                        for anyof in conditions):
                 return False
-        wanted_and_held = (
-            (self.addresses, {p.get("access_point") for p in participants}),
-            (self.sources, {(d.get("source") or {}).get("id")}),
-        )
-        return all(not held.isdisjoint(anyof) for wanted, held in wanted_and_held for anyof in wanted)
+        if self.sources:
+            source = d.get("source") or {}
+            # An observer named by a literal reference only (source.observer.reference, stored as
+            # sent: Device/RIS1) is its logical id too, as ``source=Device/RIS1`` and ``RIS1`` name it.
+            named = str(source.get("id") or "")
+            observers = [{"id": i, "id_system": source.get("id_system")} for i in {named, reference_id(named)} if i]
+            if not all(any(i.names_object(o) for i in anyof for o in observers) for anyof in self.sources):
+                return False
+        if not self.addresses:
+            return True
+        addresses = {p.get("access_point") for p in participants}
+        return all(not addresses.isdisjoint(anyof) for anyof in self.addresses)
 
     def _answered(self, d: Mapping[str, object], participants: Iterable[Mapping[str, object]],
                   objects: Iterable[Mapping[str, object]]) -> Iterator[tuple[Sequence[tuple[CodeToken | str, ...]],
@@ -375,7 +387,7 @@ def _merged(store: EventStore, keys: list[str], base: EventQuery) -> Iterator[St
 
 
 #: The ITI-81 parameters (IHE RESTful ATNA 3.81.4.1.2.1) matched by value, and where each is kept.
-_MATCHED = {"address": "addresses", "source": "sources"}
+_MATCHED = {"address": "addresses"}
 #: The chained parameters taken (FHIR R4 search, "Chaining"): ``patient.identifier`` is ``patient``
 #: given a token, ``entity.identifier`` (as IHE ITI-81 national extensions, CH:ATC, send it) is
 #: ``entity-identifier``. Any other chain on one of `_CHAINABLE` is a QueryError.
@@ -530,12 +542,26 @@ def _fixed(system: object, fixed: str) -> str:
     return fixed if system is None else str(system)
 
 
-def _value(text: str, *, reference: bool = False) -> str:
-    """The value to match of an ``address`` (a string) or, with ``reference``, of a reference
-    (``Device/ID`` gives ``ID``; a token's ``system|value`` gives ``value``)."""
-    if reference:
-        text = text.rsplit("/", 1)[-1]
+def _value(text: str) -> str:
+    """The value to match of an ``address`` (a string)."""
     return _unescape(_split(text, "|")[-1])
+
+
+def _source(text: str) -> Identifier:
+    """A ``source`` value (AuditEvent.source.observer) as a FHIR R4 token (search, token):
+    ``system|value`` (the source identified under that system), ``|value`` (under none), ``value``
+    (under any); a reference, ``Device/ID`` or its URL, is its id under any system. Compared by
+    `Identifier.names_object`: a source stored without a system (A.5's AuditSourceID, a FHIR
+    identifier sent without one, a message stored before the system was kept) by its ID alone,
+    whatever system the token names, as before; one stored as a literal reference
+    (``Device/RIS1``, `AuditQuery.matches`) by that reference's id too."""
+    parts = [_unescape(p) for p in _split(text, "|")]
+    if len(parts) > 2:
+        raise QueryError(f"source: expected system|value, value or Device/ID, got {text[:64]!r}")
+    if len(parts) == 1:
+        value = parts[0].rsplit("/", 1)[-1]
+        return Identifier(value, value)
+    return Identifier(parts[1], parts[1], system=parts[0])
 
 
 #: What FHIR escapes with a backslash in a search value (FHIR R4 search, "Escaping Search Parameters").

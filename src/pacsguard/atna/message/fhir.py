@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.dicom_xml import AuditMessageError
+from pacsguard.atna.message.mapping import is_patient
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
 
@@ -85,7 +86,8 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
             event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
             outcome_description=_text(resource, "outcomeDesc"),
             purposes=_purposes(resource, agents), participants=tuple(_agent(a) for a in agents),
-            source_id=_reference_text(source["observer"]), source_site=_text(source, "site"),
+            source_id=_reference_text(source["observer"]), source_id_system=_reference_system(source["observer"]),
+            source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
             objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e, resource)))
     except (AttributeError, TypeError, KeyError) as exc:
@@ -183,6 +185,14 @@ def _reference_text(ref: Mapping[str, Any]) -> str:
     a JSON string (else TypeError: not-fhir)."""
     ident = _object(ref, "identifier")
     return _text(ident, "value") or _text(ref, "display") or _text(ref, "reference") or ""
+
+
+def _reference_system(ref: Mapping[str, Any]) -> str | None:
+    """The system of the identifier a Reference names (source.observer.identifier.system, FHIR R4
+    2.24.0.16), None when the value `_reference_text` took is not that identifier's or it has none
+    (an empty system, which no FHIR string may be, R4 2.6.2, is none)."""
+    ident = _object(ref, "identifier")
+    return (_text(ident, "system") or None) if _text(ident, "value") else None
 
 
 def _object(element: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -301,7 +311,10 @@ def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
     value = _text(ident, "value")
     object_id = value or reference_id(_text(what, "reference") or "")
     system = _text(ident, "system") or ""
-    patient = (type_code, role) == ("1", "1") or id_type.code == "2"
+    # One rule with the Event's and the search's (mapping.is_patient, PS3.15 A.5.1): ID type 2
+    # (Patient Number) names a patient only on a person or an untyped entity; a system object
+    # (type 2) of that ID type is no patient, its identifier kept with its system as received.
+    patient = is_patient({"type_code": type_code, "role": role, "id_type": {"code": id_type.code}})
     if patient and value and (system or not _is_cx(value)):
         # Identifier.value is an ID, never a CX: its delimiters are escaped (HL7 v2.5 2.7.4), as
         # ITI-20 senders write them, or "123^45" would be read as patient 123. Without a system, a
@@ -337,7 +350,7 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
         "recorded": when.isoformat().replace("+00:00", "Z") if when else None,
         "agent": [_out_agent(p) for p in record.participants] or [
             {"requestor": False, "who": {"display": "unknown"}}],
-        "source": {"observer": {"display": record.source_id or "unknown"}},
+        "source": {"observer": _out_observer(record)},
     }
     if subtypes := _out_codings(record.event_types):
         out["subtype"] = subtypes
@@ -361,6 +374,15 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
     if entities := [e for e in (_out_entity(o, record.syntax) for o in record.objects) if e]:
         out["entity"] = entities
     return out
+
+
+def _out_observer(record: AuditRecord) -> dict[str, Any]:
+    """source.observer (FHIR R4 AuditEvent, a Reference): the source's identifier with the system
+    it was received with, as an Identifier (what ``source=system|value`` compares); a source of
+    no system (A.5's AuditSourceID, PS3.15 A.5.1) by its ID as the display, as before."""
+    if record.source_id and record.source_id_system:
+        return {"identifier": _out_identifier(record.source_id_system, record.source_id)}
+    return {"display": record.source_id or "unknown"}
 
 
 def _out_coding(code: Code, bare: str = "") -> dict[str, str]:

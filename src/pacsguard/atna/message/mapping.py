@@ -252,6 +252,8 @@ def record_details(record: AuditRecord) -> dict[str, Any]:
     source: dict[str, Any] = {}
     if record.source_id:
         source["id"] = record.source_id
+        if record.source_id_system:
+            source["id_system"] = record.source_id_system
     if record.source_site:
         source["site"] = record.source_site
     if record.source_types:
@@ -280,7 +282,7 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
             access_point_type=p.get("access_point_type"), roles=tuple(_code(r) for r in p.get("roles", ())),
             types=tuple(_code(t) for t in p.get("types", ())))
             for p in d.get("participants", ())),
-        source_id=source.get("id"), source_site=source.get("site"),
+        source_id=source.get("id"), source_id_system=source.get("id_system"), source_site=source.get("site"),
         source_types=tuple(_code(c) for c in source.get("types", ())),
         objects=tuple(ParticipantObject(
             object_id=o.get("id", ""), id_type=_code(o.get("id_type") or {"code": ""}), type_code=o.get("type_code"),

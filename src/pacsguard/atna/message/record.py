@@ -129,4 +129,9 @@ class AuditRecord:
     source_site: str | None = None
     source_types: tuple[Code, ...] = ()
     objects: tuple[ParticipantObject, ...] = field(default=())
+    #: The system of the identifier a FHIR AuditEvent named its source by (FHIR R4
+    #: AuditEvent.source.observer.identifier.system, the namespace of source_id), as received:
+    #: ITI-81 answers it back and ``source=system|value`` compares it. None when none was given
+    #: (A.5's AuditSourceID has none, PS3.15 A.5.1; messages stored before it was kept neither).
+    source_id_system: str | None = None
 
