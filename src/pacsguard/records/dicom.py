@@ -330,7 +330,7 @@ class AssociationRecord:
             # Its sub-operations arrive on the destination's return route (PS3.4 C.4.2.2): see records.moves.
             pending.move = self.moves.open(requestor_ae=self.client.ae_title, message_id=cmd.message_id or 0,
                                            destination=cmd.move_destination, scp_ae=self.server.ae_title,
-                                           route=self._common.get("route"))
+                                           route=self._common.get("route"), scp_host=self.server.host)
         return pending
 
     def dataset_start(self, ev: DimseDatasetStart) -> None:
@@ -608,11 +608,12 @@ class AssociationRecord:
         for move in moves:
             move.credit(details.get("sop_instance"), patient, study, self._common.get("route"),
                         cmd.move_originator_ae)
-        if len(moves) == 1:
-            move = moves[0]
-            details["c_move"] = {"route": move.route, "requestor_ae": move.requestor_ae,
-                                 "message_id": move.message_id, "linked_by": linked_by,
-                                 "originator_mismatch": move.mismatch(cmd.move_originator_ae)}
+        # A capture of a gateway holds both legs of the C-MOVE: one is named (records.moves)
+        named = self.moves.named(moves, caller_host=self.client.host, caller_ae=self.client.ae_title)
+        if named is not None:
+            details["c_move"] = {"route": named.route, "requestor_ae": named.requestor_ae,
+                                 "message_id": named.message_id, "linked_by": linked_by,
+                                 "originator_mismatch": named.mismatch(cmd.move_originator_ae)}
 
     def _moved(self, move: OpenMove, details: dict[str, Any], patients: dict[str, None],
                studies: dict[str, None]) -> None:

@@ -18,6 +18,13 @@ mismatch is flagged on both records; nothing recorded is changed. A C-STORE with
 Originator Message ID is linked to the C-MOVEs open to its destination whose SCP (the C-MOVE
 route's upstream AE title) is its caller: every one of them, since an object disclosed must not
 go unnamed.
+
+Which one a C-STORE names (`details.c_move`): every C-MOVE it matched is credited, but it names
+only one. A capture of a gateway holds both legs of each C-MOVE (requestor to gateway, gateway to
+PACS) and of each sub-operation, so a sub-operation matches two C-MOVEs there. The Move SCP is
+who opens the sub-operation's association (PS3.4 C.4.2.2): of several, the C-STORE names the
+C-MOVE whose SCP's host is the C-STORE's caller's host (`OpenMove.scp_host`), else the one whose
+SCP's AE title is the C-STORE's calling AE title; when that still leaves several, none.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class OpenMove:
     destination: str
     scp_ae: str | None
     route: str | None
+    scp_host: str | None = None  # the host of the C-MOVE's SCP (the acceptor of its association)
     instances: int = 0
     sop_instances: dict[str, None] = field(default_factory=dict)
     patients: dict[str, None] = field(default_factory=dict)
@@ -114,8 +122,8 @@ class MoveLedger:
         return len(self._order)
 
     def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
-             route: str | None) -> OpenMove:
-        move = OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route)
+             route: str | None, scp_host: str | None = None) -> OpenMove:
+        move = OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route, scp_host)
         self._order[id(move)] = move
         self._by_destination.setdefault(move.destination, {})[id(move)] = move
         if len(self._order) > self.capacity:
@@ -150,6 +158,22 @@ class MoveLedger:
             return exact, "move_originator"
         return by_id, "message_id" if by_id else ""
 
+    @staticmethod
+    def named(moves: list[OpenMove], *, caller_host: str | None, caller_ae: str | None) -> OpenMove | None:
+        """Which of the C-MOVEs *moves* (:meth:`sub_operation`'s) a C-STORE on an association
+        opened from *caller_host* by *caller_ae* names, or None when it cannot tell (see the
+        module docstring): the Move SCP opens the sub-operation's association (PS3.4 C.4.2.2)."""
+        if len(moves) <= 1:
+            return moves[0] if moves else None
+        host = [m for m in moves if caller_host and m.scp_host == caller_host]
+        if len(host) == 1:
+            return host[0]
+        # none on the caller's host (a capture without the SCP's own address), or several on it:
+        # the caller's AE title may still tell
+        ae = (caller_ae or "").strip()
+        found = [m for m in host or moves if ae and (m.scp_ae or "").strip() == ae]
+        return found[0] if len(found) == 1 else None
+
 
 class SubOperationsOnly(MoveLedger):
     """A route that only stores (a store-and-forward route, a Storage SCP) sees the gateway's
@@ -167,9 +191,9 @@ class SubOperationsOnly(MoveLedger):
         return len(self._ledger)
 
     def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
-             route: str | None) -> OpenMove:
+             route: str | None, scp_host: str | None = None) -> OpenMove:
         # Not indexed: no sub-operation can reach it, and closing it changes nothing.
-        return OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route)
+        return OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route, scp_host)
 
     def close(self, move: OpenMove) -> None:
         self._ledger.close(move)

@@ -75,6 +75,7 @@ from typing import Any, Callable, Iterator, Protocol, cast
 
 from .decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, decode_tcp
 from .reassembly import RECENT_SEGMENTS, CaptureStats, TCPReassembler
+from .zstdframes import FrameWalker
 
 __all__ = [
     "CaptureError",
@@ -333,10 +334,11 @@ class _Prefixed(io.RawIOBase):
     """``head`` (bytes already read to recognise the format), then the rest of ``raw``; counts the
     bytes it hands out (the compressed side of a compressed stream)."""
 
-    def __init__(self, head: bytes, raw: io.BufferedIOBase) -> None:
+    def __init__(self, head: bytes, raw: io.BufferedIOBase, frames: FrameWalker | None = None) -> None:
         self.head = head
         self.raw = raw
         self.count = 0
+        self.frames = frames  # zstd: follows the frames, to tell a file cut short (zstdframes)
 
     def readable(self) -> bool:
         return True
@@ -350,8 +352,17 @@ class _Prefixed(io.RawIOBase):
             data = self.raw.read1(len(b))
             n = len(data)
             b[:n] = data
+        if self.frames is not None:
+            self.frames.feed(b[:n])
         self.count += n
         return n
+
+    def cut_short(self) -> str | None:
+        """At the end of the compressed bytes: why they are cut short, or None.  zstd's reader ends
+        silently inside a frame (its walker tells); gzip and LZ4 raise EOFError themselves."""
+        if self.frames is not None and self.frames.inside:
+            return "Compressed file ended inside a zstd frame (RFC 8878 3.1.1)"
+        return None
 
 
 class CaptureFile:
@@ -468,7 +479,7 @@ class CaptureFile:
     def _stream(self, raw: io.BufferedIOBase, head: bytes, compressed_size: int | None, codec: str) -> bytes:
         """Start streaming the ``codec``-compressed capture ``head`` + ``raw``: its first decompressed
         bytes."""
-        self._gz = _Prefixed(head, raw)
+        self._gz = _Prefixed(head, raw, FrameWalker() if codec == "zstd" else None)
         self._gz_size = compressed_size
         self._codec = codec
         self._src, self._errors = _decompressor(codec, io.BufferedReader(self._gz), self.name)
@@ -476,12 +487,24 @@ class CaptureFile:
         try:
             first = self._read_at_least(self._src, 28)
         except self._errors as e:
-            raise CaptureError(f"{self.name}: {codec}-compressed data that cannot be decompressed: {e}") from e
+            raise CaptureError(f"{self.name}: {codec}-compressed data that cannot be decompressed: "
+                               f"{self._cut(str(e), isinstance(e, EOFError))}") from e
         if not first:
             # zstd ends silently where its data ends: a file cut inside its first block reads empty
-            raise CaptureError(f"{self.name}: not a capture file ({codec}-compressed, empty or cut short)")
+            why = self._gz.cut_short()
+            if why is not None:
+                raise CaptureError(f"{self.name}: {codec}-compressed data that cannot be decompressed: "
+                                   f"{self._cut(why, True)}")
+            raise CaptureError(f"{self.name}: not a capture file ({codec}-compressed, empty)")
         self.eof = len(first) < 28
         return first
+
+    def _cut(self, why: str, cut: bool) -> str:
+        """``why`` the first bytes could not be decompressed; where, when the file is cut short."""
+        if not cut or self._gz is None:
+            return why
+        return (f"{why}, after {self._gz.count:,} compressed bytes, before any of the capture could be "
+                "decompressed (cut short)")
 
     def progress(self) -> tuple[int, int | None]:
         """(bytes done, bytes in all) for a progress bar: of the compressed file for a compressed one,
@@ -512,6 +535,11 @@ class CaptureFile:
                     return
                 b = src.read1(max(goal - have, _STREAM_CHUNK))
                 if not b:
+                    if gz is not None and (why := gz.cut_short()) is not None:
+                        # named as gzip's and LZ4's EOFError are, below
+                        self._stop(f"{self._codec} data damaged after {gz.count:,} compressed bytes: {why}; "
+                                   "reading stopped", self.off, self._seen, frame=False)
+                        return
                     self.eof = True
                     break
                 parts.append(b)
