@@ -84,3 +84,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
         process.stdout.close()  # as head does once it has its lines
         error = process.stderr.read()
         assert process.wait(60) == 141 and error == b"", (command, error)
+
+
+def test_source_takes_an_id_or_a_token(tmp_path: Path) -> None:
+    """--source is the AuditSourceID, or the RESTful query's token (system|value; A.5's source has no
+    system, so it is found under any); more than one | is refused naming the option (round 10: the
+    query took tokens while this option still passed plain text)."""
+    target = audit_store(tmp_path)
+    vna = found(target, "--source", "VNA1")
+    assert vna == ["110110", "110104"]
+    assert found(target, "--source", "urn:oid:1.2.3|VNA1") == vna and found(target, "--source", "OTHER") == []
+    out = CliRunner().invoke(main.app, ["audit", "search", "--store", target, "--source", "a|b|c"])
+    assert out.exit_code == 2 and "--source: " in out.output, out.output

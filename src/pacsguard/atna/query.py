@@ -246,7 +246,7 @@ class AuditQuery:
         elif name in _CODED:
             getattr(self, _CODED[name]).append(tuple(CodeToken.parse(v) for v in _split(value, ",")))
         elif name == "source":
-            self.sources.append(tuple(_source(v) for v in _split(value, ",")))
+            self.sources.append(tuple(source_token(v) for v in _split(value, ",")))
         elif name == "agent-name":
             self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
@@ -547,7 +547,7 @@ def _value(text: str) -> str:
     return _unescape(_split(text, "|")[-1])
 
 
-def _source(text: str) -> Identifier:
+def source_token(text: str) -> Identifier:
     """A ``source`` value (AuditEvent.source.observer) as a FHIR R4 token (search, token):
     ``system|value`` (the source identified under that system), ``|value`` (under none), ``value``
     (under any); a reference, ``Device/ID`` or its URL, is its id under any system. Compared by

@@ -533,7 +533,7 @@ def search(
                                      "create, read, update, delete, execute (any case; repeat)"),
     outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12, or its name "
                                       "success, minor-failure, serious-failure, major-failure (repeat)"),
-    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (repeat)"),
+    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender, or system|ID (repeat)"),
     entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4, or its name "
                                           "person, system-object, organization, other (repeat)"),
     since: str | None = SINCE_OPTION,
@@ -545,7 +545,7 @@ def search(
 ) -> None:
     """Received audit messages by patient, user, event ID, action, outcome, source and time, in order of storage."""
     from pacsguard.atna.message.codes import ACTIONS, OUTCOMES
-    from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError
+    from pacsguard.atna.query import AuditQuery, CodeToken, Identifier, QueryError, source_token
     from pacsguard.cli.events import print_limited, window
 
     def anyof(values: list[str] | None) -> list[tuple[str, ...]]:  # an option repeated: any of its values
@@ -560,13 +560,17 @@ def search(
             who.append((Identifier.parse(patient),))
     except QueryError as exc:
         raise fail(f"--patient: {exc}") from None
+    try:  # a value, system|value or |value (the RESTful query's source token)
+        sources = [tuple(source_token(s) for s in source)] if source else []
+    except QueryError as exc:
+        raise fail(f"--source: {exc}") from None
     start, end = window(since, until)
     q = AuditQuery(patients=who, since=start, until=end,
                    agent_names=anyof([user.lower()] if user else None),
                    entity_types=_coded("--entity-type", entity_type, ENTITY_TYPES),
                    outcomes=_coded("--outcome", outcome, OUTCOMES),
                    event_ids=[tuple(CodeToken(e) for e in event_id)] if event_id else [],
-                   actions=_coded("--action", action, ACTIONS), sources=anyof(source), count=limit + 1)
+                   actions=_coded("--action", action, ACTIONS), sources=sources, count=limit + 1)
     es = open_store(load(config, required=store is None), store)
     try:
         # One event more than asked tells whether the output stops short of what matched.
