@@ -6,12 +6,15 @@ timeout runs out keeps the reader waiting as long as it goes on (the "slowloris"
 readers here give every read only what is left of one deadline, so the message as a whole
 arrives by then or not at all: a witness trickling its answer's headers no longer holds a
 delivery or `audit verify --witness`, and a client trickling its request no longer holds one of
-the witness service's few slots."""
+the witness service's few slots. A client also connects (connect) and does its TLS handshake
+(handshake) by the same deadline, so the whole exchange ends by it."""
 
 from __future__ import annotations
 
 import io
+import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,3 +91,64 @@ def reader(sock: socket.socket, deadline: Deadline, expired: Expired,
     reference to the socket (socket.makefile), so closing the socket object, as urllib does once
     the status and headers are read, leaves the body readable."""
     return io.BufferedReader(DeadlineReader(sock.makefile("rb", buffering=0), sock, deadline, expired, idle))
+
+
+def connect(address: tuple[str, int], deadline: Deadline, late: Callable[[], Exception],
+            source: tuple[str, int] | None = None) -> socket.socket:
+    """A TCP connection to ``address`` (each of its addresses in turn, as socket.create_connection
+    tries them), every attempt given only what is left of ``deadline``: create_connection gives
+    each attempt the whole timeout, and a peer that never accepts (its listen backlog full, its
+    address dropping SYNs) then held the caller that long before the deadline of its answer
+    began. ``late()`` is raised once the deadline has passed. Resolving the name is not bounded
+    (getaddrinfo takes no timeout)."""
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        left = deadline.left()
+        if left <= 0:
+            raise late()
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            if source:
+                sock.bind(source)
+            sock.connect(sockaddr)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise late() from None  # it waited all that was left
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"no address found for {host}")
+
+
+def handshake(sock: ssl.SSLSocket, deadline: Deadline, late: Callable[[], Exception]) -> ssl.SSLSocket:
+    """The TLS handshake (RFC 8446 4, RFC 5246 7.3) of ``sock`` (wrapped with
+    do_handshake_on_connect=False), done without blocking: each wait for the peer is given what is
+    left of ``deadline``, so a peer that trickles its ServerHello and certificate a byte at a time
+    is given up at the deadline however it trickles. ``late()`` is raised then. Afterwards the
+    socket's timeout is what is left (the request's write, RFC 9112 2.1)."""
+    sock.setblocking(False)
+    with selectors.DefaultSelector() as selector:
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                events = selectors.EVENT_READ
+            except ssl.SSLWantWriteError:
+                events = selectors.EVENT_WRITE
+            left = deadline.left()
+            if left <= 0:
+                raise late()
+            selector.register(sock, events)
+            ready = selector.select(left)
+            selector.unregister(sock)
+            if not ready:
+                raise late()  # it waited all that was left
+    left = deadline.left()
+    if left <= 0:
+        raise late()
+    sock.settimeout(left)
+    return sock

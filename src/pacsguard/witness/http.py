@@ -16,15 +16,22 @@ import json
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pacsguard.witness.deadline import Deadline, Expired, reader
+from pacsguard.witness.deadline import Deadline, Expired, connect, handshake, reader
 from pacsguard.witness.errors import WitnessError, WitnessRefused
 from pacsguard.witness.jsontext import loads
 
 API = "/v1/logs"
 MAX_BODY = 1 << 20
+#: The request is written this much at a time, each piece given what is left of the deadline: an
+#: SSL socket's sendall gives every record the whole timeout (one TLS record at most, RFC 8446 5.1).
+_SEND_STEP = 16384
+
+#: What is raised when the deadline passes before the answer began, given what had not happened.
+Late = Callable[[str], Exception]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,8 @@ class WitnessClient:
             raise  # an answer that is not what the API defines: said as such, not as unreachable
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, WitnessError):
+                raise reason from None  # too slow to connect (_connection), which urllib wraps as URLError
             raise WitnessError(f"witness {self.url}: unreachable ({reason})") from None
 
     def _opener(self, deadline: Deadline) -> urllib.request.OpenerDirector:
@@ -81,8 +90,11 @@ class WitnessClient:
             return WitnessError(f"witness {self.url}: too slow: no whole answer within {self.timeout:g} s "
                                 f"({count} bytes of it came)")
 
-        return urllib.request.build_opener(_HttpHandler(deadline, expired),
-                                           _HttpsHandler(deadline, expired, self.context))
+        def late(what: str) -> Exception:
+            return WitnessError(f"witness {self.url}: too slow: {what} within {self.timeout:g} s")
+
+        return urllib.request.build_opener(_HttpHandler(deadline, expired, late),
+                                           _HttpsHandler(deadline, expired, late, self.context))
 
     def _body(self, resp: Any) -> bytes:
         """The answer's body, at most MAX_BODY + 1 bytes; its reads are bounded by the request's
@@ -121,12 +133,15 @@ class WitnessClient:
             start = following
 
 
-def _connection(base: type[http.client.HTTPConnection], deadline: Deadline,
-                expired: Expired) -> type[http.client.HTTPConnection]:
-    """``base`` whose every answer (the witness's, or a proxy's to CONNECT) is read by ``deadline``:
-    a socket timeout bounds one read only, and a witness that trickled its status line and headers a
-    byte at a time, each before the timeout, held a delivery or `audit verify --witness` as long as
-    it went on (RFC 9112 2.1). Connecting, and the TLS handshake, get what is left of it too."""
+def _connection(base: type[http.client.HTTPConnection], deadline: Deadline, expired: Expired,
+                late: Late) -> type[http.client.HTTPConnection]:
+    """``base`` bounded by ``deadline`` from the request's start to the end of its answer: the TCP
+    connect (to the witness or to a proxy), the proxy's answer to CONNECT, the TLS handshake, the
+    request's write and the witness's answer (RFC 9112 2.1), each given only what is left of it.
+    A socket timeout bounds one wait only, and a witness that never accepted, or that trickled
+    its handshake or its answer a byte at a time, held a delivery or `audit verify --witness`
+    far past its timeout. ``late(what)`` is raised when the deadline passes before the answer
+    began, ``expired(bytes)`` when it passes while the answer comes."""
 
     class Answer(http.client.HTTPResponse):
         def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
@@ -137,30 +152,62 @@ def _connection(base: type[http.client.HTTPConnection], deadline: Deadline,
     class Connection(base):  # type: ignore[valid-type,misc]  # one class per request: its deadline
         response_class = Answer
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # http.client's own hook for opening the socket: every address tried by the deadline
+            self._create_connection = lambda address, timeout=None, source=None: connect(
+                address, deadline, lambda: late("not connected"), source)
+
         def connect(self) -> None:
-            left = deadline.left()
-            if left <= 0:
-                raise expired(0)
-            self.timeout = left
-            super().connect()
+            if deadline.left() <= 0:
+                raise late("not connected")
+            if not isinstance(self, http.client.HTTPSConnection):
+                super().connect()
+                return
+            # TCP, and CONNECT through a proxy; the handshake is done here rather than by the base
+            # class, whose wrap_socket gives it the socket's timeout, not what is left of the deadline
+            http.client.HTTPConnection.connect(self)
+            name = self._tunnel_host or self.host
+            raw: Any = self.sock  # type: ignore[has-type]  # set by the base class connect()
+            tls = self._context.wrap_socket(raw, server_hostname=name, do_handshake_on_connect=False)
+            self.sock = tls
+            handshake(tls, deadline, lambda: late("no TLS handshake"))
+
+        def send(self, data: Any) -> None:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                super().send(data)
+                return
+            if self.sock is None:
+                self.connect()
+            sock: Any = self.sock
+            view = memoryview(data)
+            for at in range(0, len(view), _SEND_STEP):
+                left = deadline.left()
+                if left <= 0:
+                    raise late("the request not taken")
+                sock.settimeout(left)
+                try:
+                    sock.sendall(view[at:at + _SEND_STEP])
+                except TimeoutError:
+                    raise late("the request not taken") from None
 
     return Connection
 
 
 class _HttpHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline, expired: Expired) -> None:
+    def __init__(self, deadline: Deadline, expired: Expired, late: Late) -> None:
         super().__init__()
-        self.connection = _connection(http.client.HTTPConnection, deadline, expired)
+        self.connection = _connection(http.client.HTTPConnection, deadline, expired, late)
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self.connection, req)
 
 
 class _HttpsHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline, expired: Expired, context: ssl.SSLContext | None) -> None:
+    def __init__(self, deadline: Deadline, expired: Expired, late: Late, context: ssl.SSLContext | None) -> None:
         super().__init__(context=context)
         self.context = context
-        self.connection = _connection(http.client.HTTPSConnection, deadline, expired)
+        self.connection = _connection(http.client.HTTPSConnection, deadline, expired, late)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(self.connection, req, context=self.context)
