@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import random
+import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.uid import UID
 from scan_samples import PDF_SOP_CLASS, base, encode
@@ -147,3 +150,66 @@ def encapsulated(document: bytes) -> bytes:
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.EncapsulatedDocument = document + (b"\x00" if len(document) % 2 else b"")
     return encode(ds)
+
+
+GS = shutil.which("gs")
+#: Ghostscript's words (-dPDFDEBUG) as it takes the catalog, object 1, out of an object stream.
+CATALOG_FROM = "% Reading compressed object (1 0 obj) from ObjStm with object number {stream}"
+
+
+@dataclass(frozen=True)
+class ViewerRead:
+    """What Ghostscript's PDF interpreter read of a PDF (-dPDFDEBUG). ``catalog``: what it printed
+    from taking object 1 out of the object stream asked about (that stream's dictionary, its
+    decoded header, then the catalog's value; see catalog_steps); empty if it never took the
+    catalog from there. ``log``: all it said."""
+
+    catalog: str
+    log: str
+
+    def steps(self) -> str:
+        """Its steps ("% Reading ...") and errors only, for an assertion's message: the whole
+        log holds the fonts it loads."""
+        return "\n".join(line for line in self.log.splitlines() if line.startswith(("%", "   ****")))
+
+
+def viewer_reads(document: bytes, folder: Path, stream: int = 7) -> ViewerRead:
+    """Ghostscript on ``document`` (-dSAFER, no output, 20 s at most): what it read of the catalog
+    in object stream ``stream``. The page's text proves less: the same page shows whether or not
+    the catalog that leads to it has an /OpenAction, and the page tree may live elsewhere."""
+    assert GS is not None, "Ghostscript (Debian ghostscript) reads the test PDFs as a viewer does"
+    path = folder / "viewer.pdf"
+    path.write_bytes(document)
+    try:
+        done = subprocess.run([GS, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dPDFDEBUG", "-sDEVICE=nullpage",
+                               str(path)], capture_output=True, timeout=20, check=False)
+        said = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as late:  # what it read in time is all it read
+        said = (late.stdout or b"") + (late.stderr or b"") + b"\n% (stopped after 20 s)\n"
+    log = said.decode("latin-1")
+    return ViewerRead(catalog_steps(log, CATALOG_FROM.format(stream=stream)), log)
+
+
+def catalog_steps(log: str, marker: str) -> str:
+    """What Ghostscript printed from each ``marker`` line of its -dPDFDEBUG ``log`` to its next
+    step ("% Reading Info dictionary", or "% Error ..." if it failed and repairs, after which it
+    may try again): the objects it took out of other object streams meanwhile (a /Filter or
+    /DecodeParms that lives there) are part of reading the catalog."""
+    taken: list[str] = []
+    reading = False
+    for line in log.splitlines():
+        if line == marker:
+            reading = True
+        elif line.startswith("%") and not line.startswith("% Reading compressed object"):
+            reading = False
+        elif reading:
+            taken.append(line)
+    return "\n".join(taken)
+
+
+def assert_viewer_reads_hidden_catalog(document: bytes, folder: Path, stream: int = 7) -> None:
+    """A viewer reads the hidden catalog: Ghostscript takes the catalog, with its /OpenAction,
+    out of object stream ``stream``. No /OpenAction is readable in the raw file (the tests say
+    so), so only the decoded object stream can have given it."""
+    read = viewer_reads(document, folder, stream)
+    assert "/Type /Catalog" in read.catalog and "/OpenAction" in read.catalog, (read.catalog[-1500:], read.steps())

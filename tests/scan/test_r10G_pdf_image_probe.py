@@ -11,8 +11,9 @@ past the document's bound). Two ways past that, both read by Ghostscript:
   any amount of them; an LZW or run-length "image" was judged by its first 64 decoded bytes, a
   deflated one by a header test that knew no comments, and past the bound by 64 bytes too.
 
-Ghostscript's txtwrite output proves the viewer read the catalog out of such a stream. A real
-predicted image with a black border (rows of zeros, which are PDF white space) stays clean.
+Ghostscript's -dPDFDEBUG log (pdf_samples.viewer_reads) proves the viewer took the catalog, with
+its /OpenAction, out of such a stream. A real predicted image with a black border (rows of zeros,
+which are PDF white space) stays clean.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pdf_samples import a85
+from pdf_samples import CATALOG_FROM, a85, assert_viewer_reads_hidden_catalog, viewer_reads
 from test_r9_hostile_media import lzw, png, tiff
 from test_r9w_pdf_bounds import (
     BENIGN,
@@ -73,7 +74,7 @@ def test_an_object_stream_disguised_as_a_predicted_image_is_searched(kind: str, 
     entries, encode = PREDICTED[kind]
     document = build(PLAIN, [(7, PADDED_IMAGE + entries, encode, HOSTILE)])
     assert [name for name in RAW_NAMES if name in document] == []
-    assert "Radiology report" in gs_text(document, tmp_path)  # Ghostscript reads the catalog in 7
+    assert_viewer_reads_hidden_catalog(document, tmp_path)  # Ghostscript reads the catalog in 7
     for _, explanation in active_in_both(document, scanner):
         assert "/JavaScript" in explanation and "object stream, /" in explanation, explanation
 
@@ -115,7 +116,7 @@ def test_white_space_before_a_disguised_object_streams_header_hides_nothing(kind
     lead, entries, encode = LEADS[kind]
     document = leading(PADDED_IMAGE + entries, encode, lead, HOSTILE)
     assert [name for name in RAW_NAMES if name in document] == []
-    assert "Radiology report" in gs_text(document, tmp_path)
+    assert_viewer_reads_hidden_catalog(document, tmp_path)
     for _, explanation in active_in_both(document, scanner):
         assert "/JavaScript" in explanation, explanation
 
@@ -125,10 +126,21 @@ def test_bytes_other_than_white_space_before_the_header_are_no_object_stream(tmp
     nor past a comment between its numbers (so the scanner does not skip those either)."""
     word = leading(b"/Filter /FlateDecode", FLATE, b"xx ", HOSTILE)
     assert "Radiology report" not in gs_text(word, tmp_path)
+    assert_viewer_misses_the_catalog(word, tmp_path)
     inside = leading(b"/Filter /FlateDecode", lambda d: FLATE(d.replace(b" ", b" %c\n", 1)), b"", HOSTILE, grown=4)
     assert "Radiology report" not in gs_text(inside, tmp_path)
+    assert_viewer_misses_the_catalog(inside, tmp_path)
     before = leading(b"/Filter /FlateDecode", FLATE, b"%c\n", HOSTILE)  # the same comment, before it
     assert "Radiology report" in gs_text(before, tmp_path)
+    assert_viewer_reads_hidden_catalog(before, tmp_path)
+
+
+def assert_viewer_misses_the_catalog(document: bytes, folder: Path) -> None:
+    """Ghostscript tries object stream 7 for the catalog and gets no catalog out of it (nor,
+    repairing, anywhere else: no /OpenAction in all it read)."""
+    read = viewer_reads(document, folder)
+    assert CATALOG_FROM.format(stream=7) in read.log, read.steps()
+    assert "/Type /Catalog" not in read.catalog and "/OpenAction" not in read.log, (read.catalog, read.steps())
 
 
 def test_a_predicted_image_with_a_black_border_is_clean_and_cheap(scanner: Scanner, tmp_path: Path) -> None:
@@ -158,7 +170,7 @@ def test_a_long_white_lead_in_an_image_is_medium(scanner: Scanner, tmp_path: Pat
         return run_length(data[:len(lead)], 128)[:-1] + run_length(data[len(lead):], 2)
 
     document = leading(PADDED_IMAGE + b"/Filter /RunLengthDecode", encode, lead, HOSTILE)
-    assert "Radiology report" in gs_text(document, tmp_path)
+    assert_viewer_reads_hidden_catalog(document, tmp_path)
     for report in both(document, scanner):
         notes = unscanned(report)
         assert [level for level, _ in notes] == [Level.MEDIUM], shown(report)
