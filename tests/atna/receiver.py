@@ -118,3 +118,30 @@ def curl_fhir(token: str, *args: str) -> tuple[int, Any]:
     assert done.returncode == 0, done.stderr
     body, _, status = done.stdout.rpartition("\n")
     return int(status), json.loads(body)
+
+
+def logger_send(host: str, port: int, message: str, msgid: str = "IHE+RFC-3881") -> None:
+    """``message`` sent to ``host``:``port`` by util-linux's logger: RFC 5424 over TCP, octet counted."""
+    logger = shutil.which("logger") or "/usr/bin/logger"
+    assert Path(logger).exists(), "logger (util-linux) is missing"
+    subprocess.run([logger, "--rfc5424", "--msgid", msgid, "--size", "300000", "-n", host, "-T",
+                    "--octet-count", "-P", str(port), message], check=True, timeout=15)
+
+
+def three_received(rx: Any, tcp: int, base: str, token: str, posted: dict[str, Any], sent: dict[str, Any],
+                   a5: str) -> tuple[dict[str, Any], list[Event], Event]:
+    """A repository running (``rx`` of `running`) receives three audit messages: ``posted`` by curl
+    to ``base`` (a FHIR AuditEvent; answered 201 with a valid resource), ``sent`` (FHIR) and ``a5``
+    by logger to port ``tcp``. Returns the resource the POST answered, the three Events, and the
+    posted one's."""
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    status, created = curl_fhir(token, "--data-binary", json.dumps(posted), base)
+    assert status == 201, created
+    AuditEvent.model_validate(created)
+    host = base.split("//", 1)[1].rsplit(":", 1)[0]
+    logger_send(host, tcp, json.dumps(sent), "IHE+FHIR")
+    logger_send(host, tcp, a5)
+    audits = [e for e in rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 3,
+                                 "the three audit messages received") if e.kind.startswith("atna.audit.")]
+    return created, audits, next(e for e in audits if e.id == created["id"])

@@ -15,14 +15,12 @@ searches. Loopback 127.0.101.0/24."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from receiver import curl_fhir, running
+from receiver import curl_fhir, logger_send, running
 
 from peers.dcmtk import free_port
 from store_helpers import new_store
@@ -86,14 +84,6 @@ def _curl(*args: str) -> tuple[int, Any]:
     return curl_fhir(TOKEN, *args)
 
 
-def _logger(port: int, message: str) -> None:
-    logger = shutil.which("logger") or "/usr/bin/logger"
-    if not Path(logger).exists():
-        pytest.fail("logger (util-linux) is missing")
-    subprocess.run([logger, "--rfc5424", "--msgid", "IHE+RFC-3881", "--size", "300000", "-n", HOST, "-T",
-                    "--octet-count", "-P", str(port), message], check=True, timeout=15)
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The repository with TCP and the RESTful endpoint, the three messages received and stored: a
@@ -107,8 +97,8 @@ def endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     base = f"http://{HOST}:{http}/AuditEvent"
     try:
         with running(section, store) as rx:
-            _logger(tcp, A5)
-            _logger(tcp, RFC3881)
+            logger_send(HOST, tcp, A5)
+            logger_send(HOST, tcp, RFC3881)
             status, posted = _curl("--data-binary", json.dumps(_fhir_read()), base)
             assert status == 201, posted
             audits = rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 3,

@@ -17,16 +17,13 @@ every Bundle is validated with fhir.resources. Loopback 127.0.109.0/24."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
-from receiver import curl_fhir, running
+from receiver import curl_fhir, running, three_received
 
 from pacsguard.events.model import Event, new_event_id
 from peers.dcmtk import free_port
@@ -85,14 +82,6 @@ def _balp_read(users: str, recorded: str, document: str) -> dict[str, Any]:
     }
 
 
-def _logger(port: int, message: str, msgid: str) -> None:
-    logger = shutil.which("logger") or "/usr/bin/logger"
-    if not Path(logger).exists():
-        pytest.fail("logger (util-linux) is missing")
-    subprocess.run([logger, "--rfc5424", "--msgid", msgid, "--size", "300000", "-n", HOST, "-T",
-                    "--octet-count", "-P", str(port), message], check=True, timeout=15)
-
-
 def _as_stored_before(event: Event) -> Event:
     """The same message as a version that did not keep identifier systems stored it (its details
     without ``user_id_system`` and ``id_system``), under an id of its own."""
@@ -117,15 +106,9 @@ def endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     base = f"http://{HOST}:{http}/AuditEvent"
     try:
         with running(section, store) as rx:
-            status, created = curl_fhir(TOKEN, "--data-binary",
-                                        json.dumps(_balp_read(USERS, "2026-12-05T09:20:00Z", "DOC-R10I-1")), base)
-            assert status == 201, created
-            AuditEvent.model_validate(created)
-            _logger(tcp, json.dumps(_balp_read(OTHER_USERS, "2026-12-05T09:30:00Z", "DOC-R10I-2")), "IHE+FHIR")
-            _logger(tcp, A5, "IHE+RFC-3881")
-            audits = [e for e in rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 3,
-                                         "the three audit messages received") if e.kind.startswith("atna.audit.")]
-            posted = next(e for e in audits if e.id == created["id"])
+            created, audits, posted = three_received(
+                rx, tcp, base, TOKEN, _balp_read(USERS, "2026-12-05T09:20:00Z", "DOC-R10I-1"),
+                _balp_read(OTHER_USERS, "2026-12-05T09:30:00Z", "DOC-R10I-2"), A5)
             old = _as_stored_before(posted)
             store.append([*audits, old])  # what serve's bus does with what the service publishes
             names = {posted.id: "posted", old.id: "old"}

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
-from receiver import curl_fhir, running
+from receiver import curl_fhir, running, three_received
 from typer.testing import CliRunner
 
 from pacsguard.atna.message.mapping import is_patient
@@ -94,14 +92,6 @@ def _read(sources: str, recorded: str, thing: str) -> dict[str, Any]:
     }
 
 
-def _logger(port: int, message: str, msgid: str) -> None:
-    logger = shutil.which("logger") or "/usr/bin/logger"
-    if not Path(logger).exists():
-        pytest.fail("logger (util-linux) is missing")
-    subprocess.run([logger, "--rfc5424", "--msgid", msgid, "--size", "300000", "-n", HOST, "-T",
-                    "--octet-count", "-P", str(port), message], check=True, timeout=15)
-
-
 def _as_stored_before(event: Event) -> Event:
     """The same message as a version that did not keep the source's system stored it."""
     details = dict(event.details)
@@ -139,15 +129,9 @@ def endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     base = f"http://{HOST}:{http}/AuditEvent"
     try:
         with running(section, store) as rx:
-            status, created = curl_fhir(TOKEN, "--data-binary",
-                                        json.dumps(_read(SOURCES, "2026-12-05T10:20:00Z", "R10O-X1")), base)
-            assert status == 201, created
-            AuditEvent.model_validate(created)
-            _logger(tcp, json.dumps(_read(OTHER_SOURCES, "2026-12-05T10:30:00Z", "R10O-X3")), "IHE+FHIR")
-            _logger(tcp, A5, "IHE+RFC-3881")
-            audits = [e for e in rx.wait(lambda evs: len([e for e in evs if e.kind.startswith("atna.audit.")]) == 3,
-                                         "the three audit messages received") if e.kind.startswith("atna.audit.")]
-            posted = next(e for e in audits if e.id == created["id"])
+            created, audits, posted = three_received(
+                rx, tcp, base, TOKEN, _read(SOURCES, "2026-12-05T10:20:00Z", "R10O-X1"),
+                _read(OTHER_SOURCES, "2026-12-05T10:30:00Z", "R10O-X3"), A5)
             old = _as_stored_before(posted)
             store.append([*audits, old])  # what serve's bus does with what the service publishes
             store.checkpoint()

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from pacsguard.events import Event
-from peers.dcmtk import Dcmtk, free_port, stop_process_group, wait_for_port
+from peers.dcmtk import Dcmtk, free_port, run_storescp, stop_process_group, wait_for_port
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(180)]
 
@@ -68,17 +68,8 @@ def routes(pacs_port: int, pacs_ae: str, ws_port: int) -> list[dict[str, Any]]:
 @pytest.fixture
 def workstation(dcmtk: Dcmtk, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """storescp WS1, writing what it receives."""
-    received = tmp_path / "ws1"
-    received.mkdir()
-    ws_port = free_port("0.0.0.0")
-    proc = subprocess.Popen([dcmtk.path("storescp"), "-aet", "WS1", "-od", str(received), str(ws_port)],
-                            env=dcmtk.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        assert wait_for_port(PEERS, ws_port, 15, proc), "storescp did not listen"
-        yield ws_port, received
-    finally:
-        stop_process_group(proc)
+    with run_storescp(dcmtk, tmp_path / "ws1", write=True, aet="WS1") as scp:
+        yield scp.port, scp.output_dir
 
 
 def linked_stores(gw: RunningGateway, count: int) -> list[Event]:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -47,7 +47,7 @@ from event_schema import check_event
 from pacsguard.events import Event
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.tls import make_ca, make_cert
-from peers.commitment import COMMIT_UID, CommitmentPacs, referenced
+from peers.commitment import COMMIT_UID, CommitmentPacs, referenced, stored_then_asked
 from peers.dcmtk import free_port, stop_process_group, wait_for_port
 
 pytestmark = [pytest.mark.peers]
@@ -331,41 +331,10 @@ def test_storage_commitment_names_its_instances_and_the_patients_the_route_store
     failed instances (with the failure reason) and the patients. An N-ACTION of 1,003 instances
     (a data set of several PDUs) lists 1,000 and counts the rest."""
     gw, port = setup.gw, setup.gw.ports["main"]
-    stored = []
-    modality = AE(ae_title="W5COMMIT")
-    modality.add_requested_context(CTImageStorage)
-    modality.add_requested_context(StorageCommitmentPushModel)
-    modality.acse_timeout = modality.dimse_timeout = modality.network_timeout = 20
-    assoc = modality.associate(GATEWAY_HOST, port, ae_title="GW", bind_address=(CLIENT_HOST, 0))
-    assert assoc.is_established
-    for n in (1, 2):
-        ct = dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
-        ct.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1155.2{n}"
-        ct.PatientID = f"W5-PAT-{n}"
-        ct.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1155.3{n}"
-        assert assoc.send_c_store(ct).Status == 0x0000
-        stored.append(ct.SOPInstanceUID)
-    assoc.release()
-
-    reports: list[Dataset] = []
-
-    def on_report(event: evt.Event) -> tuple[int, None]:
-        reports.append(event.event_information)
-        return 0x0000, None
-
-    asked = Dataset()
-    asked.TransactionUID = "1.2.826.0.1.3680043.10.1155.4"
-    asked.ReferencedSOPSequence = referenced(*stored, UNKNOWN_UID)
-    assoc = modality.associate(GATEWAY_HOST, port, ae_title="GW", bind_address=(CLIENT_HOST, 0),
-                               ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)],
-                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
-    assert assoc.is_established
-    status, _ = assoc.send_n_action(asked, 1, StorageCommitmentPushModel, COMMIT_UID)
-    assert status.Status == 0x0000
-    deadline = time.monotonic() + 10
-    while not reports and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert reports, "the PACS's N-EVENT-REPORT did not arrive through the gateway"
+    assoc, stored = stored_then_asked(
+        "W5COMMIT", GATEWAY_HOST, port, CLIENT_HOST,
+        [(f"1.2.826.0.1.3680043.10.1155.2{n}", f"W5-PAT-{n}", f"1.2.826.0.1.3680043.10.1155.3{n}") for n in (1, 2)],
+        "1.2.826.0.1.3680043.10.1155.4", UNKNOWN_UID)
     many = Dataset()
     many.TransactionUID = "1.2.826.0.1.3680043.10.1155.5"
     many.ReferencedSOPSequence = referenced(*stored, *(f"1.2.826.0.1.3680043.10.1155.6.{i}" for i in range(MANY - 2)))
@@ -374,7 +343,7 @@ def test_storage_commitment_names_its_instances_and_the_patients_the_route_store
 
     is_ours = lambda e: "W5COMMIT" in (e.actor.ae_title, e.target.ae_title)  # noqa: E731
     actions = gw.wait_for("dicom.dimse.n-action", is_ours, count=2)
-    (action,) = [e for e in actions if e.details["commitment"]["transaction_uid"] == asked.TransactionUID]
+    (action,) = [e for e in actions if e.details["commitment"]["transaction_uid"] == "1.2.826.0.1.3680043.10.1155.4"]
     commitment = action.details["commitment"]
     assert commitment["requested"] == 3 and commitment["sop_instances"] == [*stored, UNKNOWN_UID], commitment
     assert commitment["patients_unknown"] == 1, commitment

@@ -26,7 +26,8 @@ import struct
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,16 @@ def _wait_listening(ns: str, port: int) -> None:
     pytest.fail(f"storescp did not listen on {port} in {ns}")
 
 
-def make_capture(out: Path) -> Path:
-    """A C-ECHO from ECHOSCU, then a C-STORE of pydicom's CT_small.dcm from MODALITY, to PACS,
-    captured by dumpcap as pcapng on the client's veth (Ethernet frames, untagged)."""
+@contextmanager
+def captured_pair(out: Path, prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A client and a server namespace (``prefix``-c/s) joined by a veth pair, storescp (PACS,
+    writing into ``out``'s folder) on the server, and dumpcap writing ``out`` (pcapng) on the
+    client's veth, untagged Ethernet frames of at most 1,514 bytes as a switch port mirrors them:
+    yields the client's namespace and the environment its dcmtk tools run with; the capture is
+    complete once the block has ended."""
     require("ip", "ss", "ethtool", "dumpcap", "tshark", *DCMTK)
-    from pydicom.data import get_testdata_file
-
-    ct = str(get_testdata_file("CT_small.dcm"))
-    tag = secrets.token_hex(3)
-    cns, sns = f"r10b1-c{tag}", f"r10b1-s{tag}"
+    name = secrets.token_hex(3)
+    cns, sns = f"{prefix}-c{name}", f"{prefix}-s{name}"
     env = {**os.environ, "TCP_NODELAY": "1"}
     with ExitStack() as stack:
         for ns in (cns, sns):
@@ -94,7 +96,6 @@ def make_capture(out: Path) -> Path:
         for ns, dev, addr in ((cns, "c0", CLIENT), (sns, "s0", SERVER)):
             _run(*_ns(ns, "ip", "link", "set", "lo", "up"))
             _run(*_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev))
-            # frames of at most 1,514 bytes, as a switch port mirrors them
             _run(*_ns(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"))
             _run(*_ns(ns, "ip", "link", "set", dev, "up"))
         store = out.parent / "received"
@@ -113,13 +114,23 @@ def make_capture(out: Path) -> Path:
             seen += dc.stderr.readline()
         assert "Capturing on" in seen, seen
         time.sleep(0.5)  # dumpcap announces before its socket is bound
+        yield cns, env
+        time.sleep(0.5)
+        _stop(dc)
+
+
+def make_capture(out: Path) -> Path:
+    """A C-ECHO from ECHOSCU, then a C-STORE of pydicom's CT_small.dcm from MODALITY, to PACS,
+    captured by dumpcap as pcapng on the client's veth (Ethernet frames, untagged)."""
+    from pydicom.data import get_testdata_file
+
+    ct = str(get_testdata_file("CT_small.dcm"))
+    with captured_pair(out, "r10b1") as (cns, env):
         # echoscu with its default calling AE title, ECHOSCU: the built-in rule for tools' default
         # AE titles fires, so the capture holds an alert as well as two associations
         for cmd in ([DCMTK[1], "-aec", "PACS", SERVER, str(PORT)],
                     [DCMTK[2], "-aet", "MODALITY", "-aec", "PACS", SERVER, str(PORT), ct]):
             subprocess.run(_ns(cns, *cmd), check=True, env=env, timeout=30, capture_output=True)
-        time.sleep(0.5)
-        _stop(dc)
     frames = subprocess.run(["tshark", "-r", str(out)], capture_output=True, text=True, timeout=30,
                             check=True).stdout.splitlines()
     assert len(frames) > 20 and sum("C-STORE" in f or "P-DATA" in f for f in frames), frames

@@ -22,11 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gateway"))
 
@@ -35,7 +30,7 @@ from gateway_under_test import serving  # noqa: E402
 from pacsguard.events import Event  # noqa: E402
 from pacsguard.ids import IdsSettings  # noqa: E402
 from pacsguard.ids.passive import build_engine, read  # noqa: E402
-from peers.commitment import COMMIT_UID, CommitmentPacs, referenced  # noqa: E402
+from peers.commitment import CommitmentPacs, stored_then_asked  # noqa: E402
 from peers.dcmtk import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(180)]
@@ -76,39 +71,10 @@ def stop_dumpcap(proc: subprocess.Popen[str]) -> None:
 
 def commit_through(gateway_port: int) -> list[str]:
     """The modality's traffic: two CTs stored, then commitment of those two and UNKNOWN."""
-    modality = AE(ae_title="B2MOD")
-    modality.add_requested_context(CTImageStorage)
-    modality.add_requested_context(StorageCommitmentPushModel)
-    modality.acse_timeout = modality.dimse_timeout = modality.network_timeout = 20
-    assoc = modality.associate(GATEWAY_HOST, gateway_port, ae_title="GW", bind_address=(MODALITY_HOST, 0))
-    assert assoc.is_established
-    stored = []
-    for n in (1, 2):
-        ct = dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
-        ct.SOPInstanceUID, ct.PatientID, ct.StudyInstanceUID = f"{ROOT}.{n}", f"B2-COMMIT-{n}", f"{ROOT}.5{n}"
-        assert assoc.send_c_store(ct).Status == 0x0000
-        stored.append(ct.SOPInstanceUID)
+    assoc, stored = stored_then_asked("B2MOD", GATEWAY_HOST, gateway_port, MODALITY_HOST,
+                                      [(f"{ROOT}.{n}", f"B2-COMMIT-{n}", f"{ROOT}.5{n}") for n in (1, 2)],
+                                      f"{ROOT}.7", UNKNOWN)
     assoc.release()
-    reports: list[Dataset] = []
-
-    def on_report(event: evt.Event) -> tuple[int, None]:
-        reports.append(event.event_information)
-        return 0x0000, None
-
-    asked = Dataset()
-    asked.TransactionUID = f"{ROOT}.7"
-    asked.ReferencedSOPSequence = referenced(*stored, UNKNOWN)
-    assoc = modality.associate(GATEWAY_HOST, gateway_port, ae_title="GW", bind_address=(MODALITY_HOST, 0),
-                               ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)],
-                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
-    assert assoc.is_established
-    status, _ = assoc.send_n_action(asked, 1, StorageCommitmentPushModel, COMMIT_UID)
-    assert status.Status == 0x0000
-    deadline = time.monotonic() + 10
-    while not reports and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assoc.release()
-    assert reports, "the PACS's N-EVENT-REPORT did not arrive through the gateway"
     return stored
 
 

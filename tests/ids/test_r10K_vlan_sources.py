@@ -16,17 +16,12 @@ VLANs, as a SPAN of a trunk shows two sites."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
 import subprocess
-import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_r10B1_vlan import CLIENT, DCMTK, PORT, SERVER, _ns, _run, _stop, _wait_listening, ids_read, require, tag
+from test_r10B1_vlan import CLIENT, DCMTK, PORT, SERVER, _ns, captured_pair, ids_read, require, tag
 
 TOOL_AE = "ids.alert.dicom-tool-default-ae-title"
 FLOOD = "ids.alert.dicom-association-flood"
@@ -34,39 +29,11 @@ FLOOD = "ids.alert.dicom-association-flood"
 
 def make_echoes(out: Path) -> Path:
     """Two C-ECHOs from echoscu's default AE title ECHOSCU to PACS, captured on the client's veth."""
-    require("ip", "ss", "ethtool", "dumpcap", "tshark", "mergecap", *DCMTK)
-    name = secrets.token_hex(3)
-    cns, sns = f"r10k-c{name}", f"r10k-s{name}"
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    with ExitStack() as stack:
-        for ns in (cns, sns):
-            _run("ip", "netns", "add", ns)
-            stack.callback(subprocess.run, ["ip", "netns", "del", ns], check=False, timeout=30)
-        _run("ip", "link", "add", "c0", "netns", cns, "type", "veth", "peer", "name", "s0", "netns", sns)
-        for ns, dev, addr in ((cns, "c0", CLIENT), (sns, "s0", SERVER)):
-            _run(*_ns(ns, "ip", "link", "set", "lo", "up"))
-            _run(*_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev))
-            _run(*_ns(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"))
-            _run(*_ns(ns, "ip", "link", "set", dev, "up"))
-        scp = subprocess.Popen(_ns(sns, DCMTK[0], "-aet", "PACS", str(PORT)), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stack.callback(_stop, scp, signal.SIGTERM)
-        _wait_listening(sns, PORT)
-        dc = subprocess.Popen(_ns(cns, "dumpcap", "-i", "c0", "-f", f"tcp port {PORT}", "-w", str(out)),
-                              stderr=subprocess.PIPE, text=True)
-        stack.callback(_stop, dc)
-        assert dc.stderr is not None
-        seen = ""
-        deadline = time.monotonic() + 15
-        while "Capturing on" not in seen and time.monotonic() < deadline:
-            seen += dc.stderr.readline()
-        assert "Capturing on" in seen, seen
-        time.sleep(0.5)  # dumpcap announces before its socket is bound
+    require("mergecap")
+    with captured_pair(out, "r10k") as (cns, env):
         for _ in range(2):
             subprocess.run(_ns(cns, DCMTK[1], "-aec", "PACS", SERVER, str(PORT)), check=True, env=env, timeout=30,
                            capture_output=True)
-        time.sleep(0.5)
-        _stop(dc)
     return out
 
 

@@ -79,3 +79,49 @@ class CommitmentPacs:
 
     def shutdown(self) -> None:
         self.server.shutdown()
+
+
+def stored_then_asked(ae_title: str, host: str, port: int, bind: str,
+                      objects: list[tuple[str, str, str]], transaction: str, unknown: str) -> tuple[Any, list[str]]:
+    """A pynetdicom modality ``ae_title`` (from ``bind``) stores pydicom's CT_small.dcm as each of
+    ``objects`` (SOP Instance UID, Patient ID, Study Instance UID) at ``host``:``port``, then on a
+    new association asks for the commitment of those and of ``unknown`` (PS3.4 J.3.2) and waits
+    for the N-EVENT-REPORT (J.3.3) on it. Returns that association, still open, and the UIDs
+    stored."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pynetdicom import build_role
+
+    modality = AE(ae_title=ae_title)
+    modality.add_requested_context(CTImageStorage)
+    modality.add_requested_context(StorageCommitmentPushModel)
+    modality.acse_timeout = modality.dimse_timeout = modality.network_timeout = 20
+    assoc = modality.associate(host, port, ae_title="GW", bind_address=(bind, 0))
+    assert assoc.is_established
+    stored = []
+    for uid, patient, study in objects:
+        ct = dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+        ct.SOPInstanceUID, ct.PatientID, ct.StudyInstanceUID = uid, patient, study
+        assert assoc.send_c_store(ct).Status == 0x0000
+        stored.append(uid)
+    assoc.release()
+    reports: list[Dataset] = []
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.append(event.event_information)
+        return 0x0000, None
+
+    asked = Dataset()
+    asked.TransactionUID = transaction
+    asked.ReferencedSOPSequence = referenced(*stored, unknown)
+    assoc = modality.associate(host, port, ae_title="GW", bind_address=(bind, 0),
+                               ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)],
+                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assert assoc.is_established
+    status, _ = assoc.send_n_action(asked, 1, StorageCommitmentPushModel, COMMIT_UID)
+    assert status.Status == 0x0000
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert reports, "the PACS's N-EVENT-REPORT did not arrive through the gateway"
+    return assoc, stored

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from listener import Listener
 
 from pacsguard.events.model import Event
 from pacsguard.store import EventStore
@@ -39,39 +39,21 @@ TRICKLE_FOR = 30.0
 STEP = 0.2
 
 
-class TricklingWitness:
+class TricklingWitness(Listener):
     """Accepts connections on HOST; reads each request's head, then sends a status line and an
     endless header field one byte every STEP seconds, for at most TRICKLE_FOR seconds."""
 
     def __init__(self, context: ssl.SSLContext | None = None) -> None:
         self.context = context
-        self.listener = socket.create_server((HOST, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
         self.requests = 0
-        self.threads: list[threading.Thread] = []
-        self.accepting = threading.Thread(target=self._accept, daemon=True)
-        self.accepting.start()
+        super().__init__(HOST, STEP + 6)
 
     @property
     def url(self) -> str:
         scheme = "https" if self.context is not None else "http"
         return f"{scheme}://{HOST}:{self.port}"
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         end = time.monotonic() + TRICKLE_FOR
         try:
             conn.settimeout(5)
@@ -95,19 +77,18 @@ class TricklingWitness:
         finally:
             conn.close()
 
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        self.accepting.join(5)
-        for thread in self.threads:
-            thread.join(STEP + 6)
+
+
+def witness_pki(tmp_path: Path, host: str) -> dict[str, Path]:
+    """A CA and the witness's server certificate for ``host``."""
+    ca, ca_key = make_ca(tmp_path / "pki", "Hospital CA", 30)
+    cert, key = make_cert(tmp_path / "pki", "witness", ca, ca_key, hosts=[host], server=True, days=30)
+    return {"ca": ca, "cert": cert, "key": key}
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    ca, ca_key = make_ca(tmp_path / "pki", "Hospital CA", 30)
-    cert, key = make_cert(tmp_path / "pki", "witness", ca, ca_key, hosts=[HOST], server=True, days=30)
-    return {"ca": ca, "cert": cert, "key": key}
+    return witness_pki(tmp_path, HOST)
 
 
 @pytest.fixture(params=["http", "https"])
@@ -142,29 +123,37 @@ def test_reading_a_trickling_witness_ends_at_the_deadline(trickling) -> None:  #
     assert server.requests == 1
 
 
-def test_a_delivery_to_a_trickling_witness_is_retried_later(trickling, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The courier gives the checkpoint up at the deadline, records the outage once (naming the
-    witness as too slow), keeps the checkpoint queued and tries again after its backoff."""
-    server, context = trickling
+def retried_later(client: WitnessClient, tries: Callable[[], int], tmp_path: Path, within: float) -> Event:
+    """A store's delivery of a checkpoint through ``client`` to a witness too slow for it: the
+    courier gives the checkpoint up at the deadline, records the outage once, keeps the checkpoint
+    queued and tries again after its backoff (``tries()`` counts the tries the witness saw, a
+    second within ``within`` s). Returns the outage's record."""
     es, _ = _store(tmp_path)
     recorded: list[Event] = []
-    push = HttpWitness(WitnessClient(server.url, "t" * 64, context, timeout=1.0), es.leaves)
-    delivery = WitnessDelivery([push], recorded.append, backoff=(0.1, 0.2), close_timeout=0.5)
+    delivery = WitnessDelivery([HttpWitness(client, es.leaves)], recorded.append, backoff=(0.1, 0.2),
+                               close_timeout=0.5)
     es.add_checkpoint_listener(delivery)
     started = time.monotonic()
     try:
         es.append(make_events(4))
         es.checkpoint()
-        while server.requests < 2 and time.monotonic() - started < 6:
+        while tries() < 2 and time.monotonic() - started < within:
             time.sleep(0.05)
-        assert server.requests >= 2, "the checkpoint was not sent again within 6 s: the first try is still held"
+        assert tries() >= 2, f"the checkpoint was not sent again within {within:g} s: the first try is still held"
         courier = delivery.couriers[0]
         assert courier.delivered == 0 and len(courier.queue) == 1
         assert [e.kind for e in recorded] == ["pacsguard.witness.unreachable"]
-        assert "too slow: no whole answer within 1 s" in recorded[0].message
-        assert server.url in recorded[0].message
+        return recorded[0]
     finally:
         es.close()
+
+
+def test_a_delivery_to_a_trickling_witness_is_retried_later(trickling, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Named as too slow, the witness's URL in the record."""
+    server, context = trickling
+    outage = retried_later(WitnessClient(server.url, "t" * 64, context, timeout=1.0), lambda: server.requests,
+                           tmp_path, 6)
+    assert "too slow: no whole answer within 1 s" in outage.message and server.url in outage.message
 
 
 def test_audit_verify_names_the_witness_that_was_too_slow(tmp_path: Path) -> None:

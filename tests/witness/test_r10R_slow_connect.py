@@ -23,15 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from listener import Listener
+from test_r10D_slow_witness import _store, retried_later, witness_pki
 
-from pacsguard.events.model import Event
-from pacsguard.store import EventStore
-from pacsguard.store.keys import generate_key, public_path
-from pacsguard.tls import client_context, make_ca, make_cert, server_context
-from pacsguard.witness.delivery import WitnessDelivery
+from pacsguard.store.keys import public_path
+from pacsguard.tls import client_context, server_context
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
-from pacsguard.witness.push import HttpWitness
 from store_helpers import make_events
 from test_cli import run
 
@@ -67,30 +65,15 @@ def _pipe(source: socket.socket, sink: socket.socket, step: float, stop: threadi
                 pass
 
 
-class TlsWitness:
+class TlsWitness(Listener):
     """A real TLS server on TLS_HOST: it does the handshake, then holds the connection."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.context = context
-        self.listener = socket.create_server((TLS_HOST, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
         self.handshakes = 0
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__(TLS_HOST, join_for=0)  # each connection is held open: not waited for
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(TRICKLE_FOR)
             with self.context.wrap_socket(conn, server_side=True) as tls:
@@ -98,11 +81,6 @@ class TlsWitness:
                 tls.recv(1)  # then nothing: the tests are about what comes before
         except OSError:
             return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        self.thread.join(5)
 
 
 class Relay:
@@ -185,31 +163,15 @@ class Relay:
             thread.join(STEP + 6)
 
 
-class ConnectProxy:
+class ConnectProxy(Listener):
     """An HTTP proxy on PROXY_HOST that answers CONNECT (RFC 9110 9.3.6) at once and then passes
     the tunnel's bytes both ways unchanged."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server((PROXY_HOST, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
         self.tunnels: list[str] = []
-        self.threads: list[threading.Thread] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__(PROXY_HOST)
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._serve(conn)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
             head = b""
@@ -233,19 +195,11 @@ class ConnectProxy:
             self.threads.append(thread)
             thread.start()
 
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        self.thread.join(5)
-        for thread in self.threads:
-            thread.join(6)
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    ca, ca_key = make_ca(tmp_path / "pki", "Hospital CA", 30)
-    cert, key = make_cert(tmp_path / "pki", "witness", ca, ca_key, hosts=[HOST], server=True, days=30)
-    return {"ca": ca, "cert": cert, "key": key}
+    return witness_pki(tmp_path, HOST)
 
 
 @pytest.fixture
@@ -345,37 +299,18 @@ def test_a_handshake_through_a_proxy_tunnel_is_bounded(tls_witness: TlsWitness, 
     assert str(error) == f"witness https://{HOST}:{relay.port}: too slow: no TLS handshake within 1.5 s"
 
 
-def _store(tmp_path: Path) -> tuple[EventStore, Path]:
-    key = generate_key(tmp_path / "keys" / "site.key")
-    es = EventStore.open(str(tmp_path / "site.db"), key_path=key, create=True, checkpoint_interval=3600)
-    return es, key
-
-
 def test_a_delivery_to_a_witness_slow_to_handshake_is_retried_later(tls_witness: TlsWitness,
                                                                     pki: dict[str, Path],
                                                                     tmp_path: Path) -> None:
     """The courier gives the checkpoint up at the deadline, records the outage once naming the
     witness as too slow, keeps the checkpoint queued and connects again after its backoff."""
     relay = _relay(tls_witness, 0.0, fill=False)
-    es, _ = _store(tmp_path)
-    recorded: list[Event] = []
     url = f"https://{HOST}:{relay.port}"
-    push = HttpWitness(WitnessClient(url, "t" * 64, client_context(ca_file=pki["ca"]), timeout=1.0), es.leaves)
-    delivery = WitnessDelivery([push], recorded.append, backoff=(0.1, 0.2), close_timeout=0.5)
-    es.add_checkpoint_listener(delivery)
-    started = time.monotonic()
     try:
-        es.append(make_events(4))
-        es.checkpoint()
-        while relay.accepted < 2 and time.monotonic() - started < 4:
-            time.sleep(0.05)
-        assert relay.accepted >= 2, "no second try within 4 s: the first is still held in the handshake"
-        courier = delivery.couriers[0]
-        assert courier.delivered == 0 and len(courier.queue) == 1
-        assert [e.kind for e in recorded] == ["pacsguard.witness.unreachable"]
-        assert f"witness {url}: too slow: no TLS handshake within 1 s" in recorded[0].message
+        outage = retried_later(WitnessClient(url, "t" * 64, client_context(ca_file=pki["ca"]), timeout=1.0),
+                               lambda: relay.accepted, tmp_path, 4)
+        assert f"witness {url}: too slow: no TLS handshake within 1 s" in outage.message
     finally:
-        es.close()
         relay.close()
 
 
