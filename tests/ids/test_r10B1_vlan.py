@@ -34,6 +34,8 @@ from typing import Any
 import dpkt
 import pytest
 
+from peers.dumpcap import announced
+
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 CLIENT, SERVER, PORT, VID = "10.102.0.1", "10.102.0.2", 11112, 100
 DCMTK = ["/usr/bin/storescp", "/usr/bin/echoscu", "/usr/bin/storescu"]
@@ -107,13 +109,7 @@ def captured_pair(out: Path, prefix: str) -> Iterator[tuple[str, dict[str, str]]
         dc = subprocess.Popen(_ns(cns, "dumpcap", "-i", "c0", "-f", f"tcp port {PORT}", "-w", str(out)),
                               stderr=subprocess.PIPE, text=True)
         stack.callback(_stop, dc)
-        assert dc.stderr is not None
-        seen = ""
-        deadline = time.monotonic() + 15
-        while "Capturing on" not in seen and time.monotonic() < deadline:
-            seen += dc.stderr.readline()
-        assert "Capturing on" in seen, seen
-        time.sleep(0.5)  # dumpcap announces before its socket is bound
+        announced(dc)
         yield cns, env
         time.sleep(0.5)
         _stop(dc)

@@ -32,6 +32,8 @@ from typing import Any
 import dpkt
 import pytest
 
+from peers.dumpcap import announced
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from capture_craft import ACK, PSH, SYN, tcp_ip
@@ -69,13 +71,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dc = subprocess.Popen(["dumpcap", "-i", "lo", "-f", f"host {SERVER} and tcp port {port}", "-w", str(cap)],
                           stderr=subprocess.PIPE, text=True)
     try:
-        assert dc.stderr is not None
-        seen = ""
-        deadline = time.monotonic() + 15
-        while "Capturing on" not in seen and time.monotonic() < deadline:
-            seen += dc.stderr.readline()
-        assert "Capturing on" in seen, seen
-        time.sleep(0.5)  # libpcap announces before the socket is fully bound
+        announced(dc)
         for title in ("WS_READ1", "ECHOSCU"):
             scu = AE(ae_title=title)
             scu.add_requested_context(Verification)
