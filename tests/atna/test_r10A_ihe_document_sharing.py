@@ -29,11 +29,25 @@ HOST = "127.0.101.21"
 TOKEN = "r10a-xds-token-0123456789abcdef"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+# Checked in round 11 against the published tables (IHE ITI TF-2b, PDF era: 3.41.5.1.1 Document
+# Source, 3.42.5.1.1/3.42.5.1.2 Repository and Registry, 3.43.6.1.2 Repository; now the HTML
+# profiles.ihe.net/ITI/TF/Volume2/ITI-41.html, -42, -43 "Security Considerations") and three
+# independent implementations that build these messages: dcm4che's XDS audit (dcm4chee-xds2
+# XDSAudit: createExport/createImport, createPatient, createSubmissionSet, addDocuments), the
+# Open Health Tools auditor (IHETransactionParticipantObjectIDTypeCodes.SubmissionSet) and IPF
+# (XdsRetrieveAuditStrategy30: ITI-43's Source is the repository, not the requestor). Every value
+# below agrees with them; nothing was changed but these citations.
+# The submission set's ID type: EV("urn:uuid:a54d6aa5-...", "IHE XDS Metadata", "submission set
+# classificationNode"), the XDSSubmissionSet classification node of the metadata (ITI TF-3 4.2).
 SUBMISSION_SET = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
 SET_UID = "1.3.6.1.4.1.21367.2026.101.41"
 REPLY_TO = "http://www.w3.org/2005/08/addressing/anonymous"
 
 
+# EventID: a sender's Export EV(110106, DCM) with action R, a receiver's Import EV(110107, DCM) with
+# action C; EventTypeCode EV("ITI-4x", "IHE Transactions", the transaction's name): "Provide and
+# Register Document Set-b", "Register Document Set-b", "Retrieve Document Set" (dcm4che's
+# AuditMessages.EventTypeCode ITI_41/42/43 spell them so).
 def _event(event_id: str, meaning: str, action: str, transaction: str, name: str) -> str:
     return (f'<EventIdentification EventActionCode="{action}" EventDateTime="2026-12-05T09:41:00.250+01:00" '
             f'EventOutcomeIndicator="0"><EventID csd-code="{event_id}" codeSystemName="DCM" originalText="{meaning}"/>'
@@ -48,17 +62,22 @@ def _participant(user: str, requestor: bool, role: str = "", host: str = "", ext
             f"{role}</ActiveParticipant>")
 
 
+# RoleIDCode of the Source and the Destination: EV(110153, DCM) and EV(110152, DCM) (PS3.16 CID 402).
 SOURCE = '<RoleIDCode csd-code="110153" codeSystemName="DCM" originalText="Source Role ID"/>'
 DESTINATION = '<RoleIDCode csd-code="110152" codeSystemName="DCM" originalText="Destination Role ID"/>'
 #: A Human Requestor's role: one of the access control roles of the affinity domain (any scheme).
 PHYSICIAN = '<RoleIDCode csd-code="PHYS" codeSystemName="1.2.3.101.77" originalText="Physician"/>'
+# Patient: type 1 (Person), role 1 (Patient), ID type EV(2, RFC-3881, "Patient Number"), the ID in CX form.
 PATIENT = ('<ParticipantObjectIdentification ParticipantObjectID="R10A-X1^^^&amp;1.2.3.101.1&amp;ISO" '
            'ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1"><ParticipantObjectIDTypeCode '
            'csd-code="2" codeSystemName="RFC-3881" originalText="Patient Number"/></ParticipantObjectIdentification>')
+# Submission set: type 2 (System Object), role 20 (Job), its uniqueId as the ID.
 SUBMISSION = (f'<ParticipantObjectIdentification ParticipantObjectID="{SET_UID}" ParticipantObjectTypeCode="2" '
               f'ParticipantObjectTypeCodeRole="20"><ParticipantObjectIDTypeCode csd-code="{SUBMISSION_SET}" '
               'codeSystemName="IHE XDS Metadata" originalText="submission set classificationNode"/>'
               "</ParticipantObjectIdentification>")
+# ITI-43's document: type 2, role 3 (Report), ID type EV(9, RFC-3881, "Report Number"), the
+# DocumentUniqueId as the ID, its repositoryUniqueId in a detail of type "Repository Unique Id".
 DOCUMENT = ('<ParticipantObjectIdentification ParticipantObjectID="1.3.6.1.4.1.21367.2026.101.43.1" '
             'ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="3"><ParticipantObjectIDTypeCode '
             'csd-code="9" codeSystemName="RFC-3881" originalText="Report Number"/><ParticipantObjectDetail '

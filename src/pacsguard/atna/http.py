@@ -44,7 +44,7 @@ from pacsguard.atna.ingest import (
 from pacsguard.atna.message import fhir
 from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.mapping import record_from_event
-from pacsguard.atna.query import SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
+from pacsguard.atna.query import SEARCH_DOCUMENTATION, SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
 from pacsguard.atna.syslog.listeners import REFUSALS_RECORDED_EVERY, Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
 
@@ -593,7 +593,7 @@ class RestfulAtna:
                 return refused
             base = self._base_for(headers.get("host", ""), path.removesuffix("/metadata"))
             return Reply(200, fhir.capability_statement(base, __version__, datetime.now(timezone.utc),
-                                                        SEARCH_PARAMETERS))
+                                                        SEARCH_PARAMETERS, SEARCH_DOCUMENTATION))
         if (one := _AUDIT_EVENT.fullmatch(path)) is not None:
             if method != "GET":
                 return self._unserved(sender, request, _not_allowed(method, "an AuditEvent", "GET, HEAD"))

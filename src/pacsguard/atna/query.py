@@ -3,7 +3,7 @@ stored audit events: ``date`` (with the FHIR prefixes eq, ge, gt, le, lt), ``pat
 ``agent-name``, ``entity-identifier``, the tokens (`_CODED`: ``type``, ``subtype``, ``entity-type``,
 ``entity-role``, ``outcome``, ``action``, ``agent-identifier``, ``agent-role``: FHIR R4 search,
 token, their system compared as the answer gives it), ``source`` (a reference or a token of the
-observer's identifier, `_source`), ``address`` matched by value (`_MATCHED`), ``_count`` (the page
+observer's identifier, `SourceToken`), ``address`` matched by value (`_MATCHED`), ``_count`` (the page
 size), and ``_cursor``, the opaque position a
 Bundle's ``next`` link carries (FHIR R4 3.1.1.4.8, paging: the server's own). `stored_by_id` finds
 the one stored audit message a FHIR read (``GET /AuditEvent/ID``, FHIR R4 3.1.0.1) names."""
@@ -26,7 +26,7 @@ from pacsguard.atna.message.fhir import (
     OUTCOME,
     answered_system,
     hl7_escape,
-    reference_id,
+    observer_reference,
     system_uri,
 )
 from pacsguard.atna.message.mapping import is_patient, patients_of
@@ -179,7 +179,7 @@ class AuditQuery:
     outcomes: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
     event_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
     actions: Sequence[tuple[CodeToken | str, ...]] = field(default_factory=list)
-    sources: list[tuple[Identifier, ...]] = field(default_factory=list)
+    sources: list[tuple[SourceToken, ...]] = field(default_factory=list)
     subtypes: list[tuple[CodeToken, ...]] = field(default_factory=list)
     agent_ids: list[tuple[CodeToken, ...]] = field(default_factory=list)
     agent_roles: list[tuple[CodeToken, ...]] = field(default_factory=list)
@@ -213,7 +213,7 @@ class AuditQuery:
             values = [v for v in given if v or name in _IDENTIFYING]
             if not values:
                 continue
-            if colon and (base in SEARCH_PARAMETERS or base in _CHAINS):
+            if colon and (base in SEARCH_PARAMETERS or base in _CHAINS) and name != _SOURCE_IDENTIFIER:
                 raise QueryError(f"search parameter {base!r}: the modifier {modifier!r} is not supported")
             # A chain (FHIR R4 search, "Chaining": patient.name) on a reference that names a patient
             # or another entity is refused for the same reason, but for the two identifier chains
@@ -245,8 +245,9 @@ class AuditQuery:
             self._date([_unescape(v) for v in _split(value, ",")])
         elif name in _CODED:
             getattr(self, _CODED[name]).append(tuple(CodeToken.parse(v) for v in _split(value, ",")))
-        elif name == "source":
-            self.sources.append(tuple(source_token(v) for v in _split(value, ",")))
+        elif name in ("source", _SOURCE_IDENTIFIER):
+            identifier = name == _SOURCE_IDENTIFIER
+            self.sources.append(tuple(source_token(v, identifier=identifier) for v in _split(value, ",")))
         elif name == "agent-name":
             self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
@@ -305,11 +306,8 @@ class AuditQuery:
                 return False
         if self.sources:
             source = d.get("source") or {}
-            # An observer named by a literal reference only (source.observer.reference, stored as
-            # sent: Device/RIS1) is its logical id too, as ``source=Device/RIS1`` and ``RIS1`` name it.
-            named = str(source.get("id") or "")
-            observers = [{"id": i, "id_system": source.get("id_system")} for i in {named, reference_id(named)} if i]
-            if not all(any(i.names_object(o) for i in anyof for o in observers) for anyof in self.sources):
+            observer = HeldSource(str(source.get("id") or ""), source.get("id_system"), _held_reference(source, d))
+            if not all(any(t.names(observer) for t in anyof) for anyof in self.sources):
                 return False
         if not self.addresses:
             return True
@@ -404,8 +402,25 @@ SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "stri
 #: The parameters whose chains are refused rather than ignored, as their modifiers are: those
 #: taken, and FHIR R4 AuditEvent's ``entity`` (a reference to the patient, among others).
 _CHAINABLE = frozenset({*SEARCH_PARAMETERS, "entity"})
+#: ``source`` named by the observer's identifier (FHIR R4 search, reference, ":identifier"
+#: modifier): the one modifier taken, so that a client told ``source`` is a reference can name a
+#: source by its identifier as FHIR has it.
+_SOURCE_IDENTIFIER = "source:identifier"
+#: What GET /metadata tells a client of the parameters whose values take more forms than their
+#: FHIR type (CapabilityStatement.rest.resource.searchParam.documentation, markdown).
+SEARCH_DOCUMENTATION = {
+    "source": "The audit source (source.observer), a reference as FHIR R4 defines it: `Device/ID` (or "
+              "its URL; PractitionerRole, Practitioner, Organization, Patient, RelatedPerson too) finds "
+              "an observer sent as that reference and a source whose ID is `ID`; an ID alone finds the "
+              "source of exactly that ID (an A.5 AuditSourceID is compared whole: `pacs1` does not find "
+              "`hospital/pacs1`) or an observer referenced by that id. Also a token of the observer's "
+              "identifier: `system|value` (that system), `|value` (none), as `source=` or "
+              "`source:identifier=`. A source stored without a system is found by its ID under any.",
+    "patient": "A reference (`Patient/ID`), a token of the patient's identifier (`system|value`, "
+               "`|value`), or the ID alone in any HL7 v2 CX form (`ID^^^&OID&ISO`).",
+}
 #: Every parameter the search understands: those and the result parameters.
-_KNOWN = frozenset({*SEARCH_PARAMETERS, *_CHAINS, "_count", "_cursor", "_total", "_format"})
+_KNOWN = frozenset({*SEARCH_PARAMETERS, *_CHAINS, _SOURCE_IDENTIFIER, "_count", "_cursor", "_total", "_format"})
 #: The result parameters that hold one value: given twice, which one was meant is unknown (FHIR R4
 #: search, "Handling Errors": the server may reject), so neither is taken silently.
 _ONCE = frozenset({"_count", "_total", "_cursor", "_format"})
@@ -547,21 +562,89 @@ def _value(text: str) -> str:
     return _unescape(_split(text, "|")[-1])
 
 
-def source_token(text: str) -> Identifier:
-    """A ``source`` value (AuditEvent.source.observer) as a FHIR R4 token (search, token):
-    ``system|value`` (the source identified under that system), ``|value`` (under none), ``value``
-    (under any); a reference, ``Device/ID`` or its URL, is its id under any system. Compared by
-    `Identifier.names_object`: a source stored without a system (A.5's AuditSourceID, a FHIR
-    identifier sent without one, a message stored before the system was kept) by its ID alone,
-    whatever system the token names, as before; one stored as a literal reference
-    (``Device/RIS1``, `AuditQuery.matches`) by that reference's id too."""
+@dataclass(frozen=True, slots=True)
+class HeldSource:
+    """A stored message's audit source as ``source`` compares it: its ID (A.5's AuditSourceID, or
+    what names a FHIR source.observer: its identifier's value, else its display, else its
+    reference), the identifier's system ("" or None: none), and the type and id of the literal
+    reference a FHIR observer was named by (`_held_reference`), None for none."""
+
+    id: str
+    system: str | None
+    reference: tuple[str, str] | None
+
+
+def _held_reference(source: Mapping[str, Any], details: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The literal reference (type, id) a stored FHIR source.observer was sent as: the one kept
+    with its form (``source.observer``, mapping.record_details); for a FHIR message stored before
+    the form was kept, its ID when that is a reference and has no system (a reference was kept as
+    the ID when it was all the observer had; an identifier with a system is kept without the form,
+    fhir._observer). An A.5 or RFC 3881 AuditSourceID is never one, whatever its ``/`` (PS3.15
+    A.5.1: an ID, not a FHIR reference)."""
+    observer = source.get("observer")
+    if isinstance(observer, Mapping):
+        return observer_reference(str(observer.get("reference") or ""))
+    if details.get("syntax") != "fhir" or source.get("id_system"):
+        return None
+    return observer_reference(str(source.get("id") or ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceToken:
+    """A ``source`` value (AuditEvent.source.observer). FHIR R4 defines ``source`` as a reference
+    (search, "reference": ``Device/ID``, its URL, or the id alone, of any type); this server takes
+    a token of the observer's identifier too (search, "token": ``system|value`` that system,
+    ``|value`` none), since A.5 and most FHIR senders name the source by an ID, not a reference.
+
+    * ``system|value``, ``|value`` (`token`): the source's ID under that system; a source stored
+      without a system (A.5's AuditSourceID, a FHIR identifier sent without one, a message stored
+      before the system was kept) by its ID alone, whatever system the token names.
+    * ``Device/ID`` or its URL (`reference`, a type an observer may be): an observer sent as that
+      reference, or a source whose ID is ``ID`` or the whole value.
+    * anything else: a source whose ID is exactly the value, or an observer sent as a reference of
+      that id. ``pacs1`` does not find ``hospital/pacs1``: an AuditSourceID is compared whole."""
+
+    value: str
+    system: str | None = None  # a token's: None any, "" none, else that one
+    token: bool = False
+    reference: tuple[str, str] | None = None
+
+    def names(self, held: HeldSource) -> bool:
+        """Whether the stored source ``held`` is this one."""
+        if self.token:  # an identifier: not the text of a reference kept as the ID
+            named_by_reference = held.reference is not None and observer_reference(held.id) == held.reference
+            return held.id == self.value and not named_by_reference and _same_system(self.system, held.system)
+        if held.id == self.value:
+            return True
+        if self.reference is not None:
+            return held.reference == self.reference or held.id == self.reference[1]
+        return held.reference is not None and held.reference[1] == self.value
+
+
+def _same_system(given: str | None, held: object) -> bool:
+    """Whether a token's system (FHIR R4 search, token; None any, "" none) admits an identifier
+    stored under ``held``: one stored without a system admits any; one with a system only that
+    system, or any."""
+    if not held or given is None:
+        return True
+    return bool(given) and system_uri(given) == system_uri(str(held))
+
+
+def source_token(text: str, *, identifier: bool = False) -> SourceToken:
+    """A ``source`` value as `SourceToken` compares it; with ``identifier`` (``source:identifier``,
+    FHIR R4 search's modifier of a reference that names it by its identifier) a token, ``value``
+    alone in any system. A QueryError for more than one ``|`` or an empty value (left in, it would
+    name every source stored without an ID)."""
     parts = [_unescape(p) for p in _split(text, "|")]
     if len(parts) > 2:
         raise QueryError(f"source: expected system|value, value or Device/ID, got {text[:64]!r}")
-    if len(parts) == 1:
-        value = parts[0].rsplit("/", 1)[-1]
-        return Identifier(value, value)
-    return Identifier(parts[1], parts[1], system=parts[0])
+    if not parts[-1]:
+        raise QueryError(f"source: an empty value ({text[:64]!r}): name the audit source or leave the parameter out")
+    if len(parts) == 2:
+        return SourceToken(parts[1], parts[0], token=True)
+    if identifier:
+        return SourceToken(parts[0], token=True)
+    return SourceToken(parts[0], reference=observer_reference(parts[0]))
 
 
 #: What FHIR escapes with a backslash in a search value (FHIR R4 search, "Escaping Search Parameters").

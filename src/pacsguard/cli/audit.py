@@ -533,7 +533,8 @@ def search(
                                      "create, read, update, delete, execute (any case; repeat)"),
     outcome: list[str] = typer.Option(None, "--outcome", help="EventOutcomeIndicator 0, 4, 8 or 12, or its name "
                                       "success, minor-failure, serious-failure, major-failure (repeat)"),
-    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender, or system|ID (repeat)"),
+    source: list[str] = typer.Option(None, "--source", help="AuditSourceID of the sender (compared whole), Device/ID, "
+                                                            "or system|ID (repeat)"),
     entity_type: list[str] = typer.Option(None, "--entity-type", help="participant object type 1-4, or its name "
                                           "person, system-object, organization, other (repeat)"),
     since: str | None = SINCE_OPTION,

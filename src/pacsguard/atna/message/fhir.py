@@ -16,7 +16,7 @@ from pacsguard.atna.message import codes
 from pacsguard.atna.message.dicom_xml import AuditMessageError
 from pacsguard.atna.message.mapping import is_patient
 from pacsguard.atna.message.patient import PatientId
-from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject
+from pacsguard.atna.message.record import AuditRecord, Code, Observer, Participant, ParticipantObject
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
@@ -87,6 +87,7 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
             outcome_description=_text(resource, "outcomeDesc"),
             purposes=_purposes(resource, agents), participants=tuple(_agent(a) for a in agents),
             source_id=_reference_text(source["observer"]), source_id_system=_reference_system(source["observer"]),
+            source_observer=_observer(source["observer"]),
             source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
             objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e, resource)))
@@ -159,6 +160,19 @@ def reference_id(reference: str) -> str:
     return found.group(2) if found else reference.split("/", 1)[-1]
 
 
+#: The resources FHIR R4 lets AuditEvent.source.observer name: Reference(PractitionerRole |
+#: Practitioner | Organization | Device | Patient | RelatedPerson).
+OBSERVER_TYPES = frozenset({"PractitionerRole", "Practitioner", "Organization", "Device", "Patient", "RelatedPerson"})
+
+
+def observer_reference(text: str) -> tuple[str, str] | None:
+    """The resource type and logical id of a FHIR literal reference (2.3.0.1) to a resource an
+    audit source may be (`OBSERVER_TYPES`): ``Device/pacs1`` or its URL, ("Device", "pacs1"); None
+    for any other text (``hospital/pacs1``, an A.5 AuditSourceID, is no reference)."""
+    found = _LITERAL.search(text)
+    return (found.group(1), found.group(2)) if found and found.group(1) in OBSERVER_TYPES else None
+
+
 def hl7_escape(text: str) -> str:
     """``text`` as one component of an HL7 v2 field (HL7 v2.5 2.7.4): a FHIR identifier value ``123^45``
     is ``123\\S\\45`` in CX form, as ITI-20 senders write the same patient."""
@@ -193,6 +207,20 @@ def _reference_system(ref: Mapping[str, Any]) -> str | None:
     (an empty system, which no FHIR string may be, R4 2.6.2, is none)."""
     ident = _object(ref, "identifier")
     return (_text(ident, "system") or None) if _text(ident, "value") else None
+
+
+def _observer(ref: Mapping[str, Any]) -> Observer | None:
+    """How source.observer (a FHIR R4 Reference, 2.3.0) named the source: its reference, type and
+    display as received, and whether it had an identifier (whose value `_reference_text` took);
+    each a JSON string (else TypeError: not-fhir). An empty string, which no FHIR string may be (R4
+    2.6.2), is none. None for an identifier with a system and nothing else: the source's ID and its
+    system alone answer it as it came (`_out_observer`), as for messages stored before."""
+    ident = _object(ref, "identifier")
+    observer = Observer(reference=_text(ref, "reference") or None, type=_text(ref, "type") or None,
+                        display=_text(ref, "display") or None, identified=bool(_text(ident, "value")))
+    if observer == Observer(identified=True) and _text(ident, "system"):
+        return None
+    return observer
 
 
 def _object(element: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -377,12 +405,32 @@ def render(record: AuditRecord, resource_id: str, time: datetime | None = None) 
 
 
 def _out_observer(record: AuditRecord) -> dict[str, Any]:
-    """source.observer (FHIR R4 AuditEvent, a Reference): the source's identifier with the system
-    it was received with, as an Identifier (what ``source=system|value`` compares); a source of
-    no system (A.5's AuditSourceID, PS3.15 A.5.1) by its ID as the display, as before."""
+    """source.observer (FHIR R4 AuditEvent, a Reference, 2.3.0) as a FHIR AuditEvent sent it
+    (`_sent_observer`): a reference stays a reference, an identifier an identifier (with the system
+    it came with), a display a display. Else (A.5's AuditSourceID, PS3.15 A.5.1, a FHIR message
+    stored before the form was kept): the source's identifier with its system when it had one
+    (what ``source=system|value`` compares), otherwise its ID as the display, as before."""
+    if record.source_observer is not None and (sent := _sent_observer(record, record.source_observer)):
+        return sent
     if record.source_id and record.source_id_system:
         return {"identifier": _out_identifier(record.source_id_system, record.source_id)}
     return {"display": record.source_id or "unknown"}
+
+
+def _sent_observer(record: AuditRecord, observer: Observer) -> dict[str, Any]:
+    """The parts of source.observer a FHIR AuditEvent sent, {} when none is left to name the source.
+    A local reference (``#dev``, FHIR R4 References: a contained resource) names one the answer
+    does not carry: it is left out (ref-1), and the source named as before."""
+    out: dict[str, Any] = {}
+    if observer.reference and not observer.reference.startswith("#"):
+        out["reference"] = observer.reference
+    if observer.identified and record.source_id:
+        out["identifier"] = _out_identifier(record.source_id_system, record.source_id)
+    if observer.display:
+        out["display"] = observer.display
+    if out and observer.type:
+        out["type"] = observer.type
+    return out
 
 
 def _out_coding(code: Code, bare: str = "") -> dict[str, str]:
@@ -511,13 +559,17 @@ def bundle(resources: list[dict[str, Any]], base: str, *, total: int | None = No
     return out
 
 
-def capability_statement(base: str, version: str, now: datetime,
-                         search_parameters: Mapping[str, str]) -> dict[str, Any]:
+def capability_statement(base: str, version: str, now: datetime, search_parameters: Mapping[str, str],
+                         documentation: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What the endpoint serves, as a FHIR R4 CapabilityStatement (GET /metadata, FHIR R4 3.1.0.10.1):
-    AuditEvent search (ITI-81) with ``search_parameters`` (name -> FHIR search type) and create
+    AuditEvent search (ITI-81) with ``search_parameters`` (name -> FHIR search type), each with its
+    ``documentation`` when it takes more than its type says (searchParam.documentation), and create
     (ITI-20's RESTful option), and batch and transaction at the base (its FHIR feed of Bundles). FHIR
     clients ask for it first (HAPI's, by default, before their
     first request)."""
+    documented = documentation or {}
+    params = [{"name": name, "type": kind, **({"documentation": documented[name]} if name in documented else {})}
+              for name, kind in search_parameters.items()]
     return {
         "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
         "date": now.isoformat(timespec="seconds"), "fhirVersion": "4.0.1", "format": ["json"],
@@ -531,7 +583,7 @@ def capability_statement(base: str, version: str, now: datetime,
             "resource": [{
                 "type": "AuditEvent",
                 "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "create"}],
-                "searchParam": [{"name": name, "type": kind} for name, kind in search_parameters.items()],
+                "searchParam": params,
             }],
         }],
     }

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.patient import PatientId
-from pacsguard.atna.message.record import AuditRecord, Code, Participant, ParticipantObject, SopClass
+from pacsguard.atna.message.record import AuditRecord, Code, Observer, Participant, ParticipantObject, SopClass
 from pacsguard.events.model import Event, Outcome, Party, Severity, utc_now
 
 _SEVERITY = {"0": Severity.INFO, "4": Severity.NOTICE, "8": Severity.WARNING, "12": Severity.ERROR}
@@ -254,6 +254,10 @@ def record_details(record: AuditRecord) -> dict[str, Any]:
         source["id"] = record.source_id
         if record.source_id_system:
             source["id_system"] = record.source_id_system
+    if record.source_observer is not None and (observer := record.source_observer.to_dict()):
+        # A FHIR source.observer's form (a reference, a display, an identifier), so ITI-81 answers
+        # it as it came (fhir._out_observer) and ``source=Device/ID`` knows a reference from an ID.
+        source["observer"] = observer
     if record.source_site:
         source["site"] = record.source_site
     if record.source_types:
@@ -283,6 +287,7 @@ def record_from_details(d: Mapping[str, Any], time: datetime | None) -> AuditRec
             types=tuple(_code(t) for t in p.get("types", ())))
             for p in d.get("participants", ())),
         source_id=source.get("id"), source_id_system=source.get("id_system"), source_site=source.get("site"),
+        source_observer=Observer.of(source.get("observer")),
         source_types=tuple(_code(c) for c in source.get("types", ())),
         objects=tuple(ParticipantObject(
             object_id=o.get("id", ""), id_type=_code(o.get("id_type") or {"code": ""}), type_code=o.get("type_code"),

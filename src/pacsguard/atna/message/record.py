@@ -112,6 +112,37 @@ class ParticipantObject:
 
 
 @dataclass(frozen=True, slots=True)
+class Observer:
+    """How a FHIR AuditEvent named its source (source.observer, a FHIR R4 Reference, 2.3.0), so that
+    ITI-81 answers it as it came: its literal ``reference`` (``Device/abc``), its ``type`` (a
+    resource type's URI), its ``display``, and whether it had an ``identifier`` (whose value and
+    system are AuditRecord.source_id and source_id_system). A.5 and RFC 3881 have none: an
+    AuditSourceID is no reference (PS3.15 A.5.1)."""
+
+    reference: str | None = None
+    type: str | None = None
+    display: str | None = None
+    identified: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k in ("reference", "type", "display") if (v := getattr(self, k)) is not None}
+        if self.identified:
+            out["identified"] = True
+        return out
+
+    @classmethod
+    def of(cls, data: Any) -> Observer | None:
+        """The Observer a stored ``details.source.observer`` holds (`to_dict`), None for none."""
+        if not isinstance(data, dict):
+            return None
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) and value else None
+
+        return cls(text("reference"), text("type"), text("display"), data.get("identified") is True)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One audit message: EventIdentification, ActiveParticipants, AuditSourceIdentification and
     ParticipantObjectIdentifications (PS3.15 A.5.1), and its syntax (dicom, rfc3881 or fhir)."""
@@ -134,4 +165,7 @@ class AuditRecord:
     #: ITI-81 answers it back and ``source=system|value`` compares it. None when none was given
     #: (A.5's AuditSourceID has none, PS3.15 A.5.1; messages stored before it was kept neither).
     source_id_system: str | None = None
+    #: How a FHIR AuditEvent's source.observer named the source (`Observer`), None for A.5, RFC
+    #: 3881 and FHIR messages stored before it was kept.
+    source_observer: Observer | None = None
 
