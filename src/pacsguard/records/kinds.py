@@ -64,7 +64,9 @@ KINDS = (
                # what a C-MOVE's sub-operations delivered through the destination's return route
                "delivered": {"type": "object", "properties": {
                    "instances": INTEGER, "routes": STRINGS, "move_originators": STRINGS,
-                   "originator_mismatch": INTEGER, "patients_omitted": INTEGER},
+                   "originator_mismatch": INTEGER, "patients_omitted": INTEGER,
+                   # past the ledger's bound (records/moves.py): counted, not listed
+                   "studies_omitted": INTEGER, "instances_unchecked": INTEGER, "ledger_full": BOOLEAN},
                    "required": ["instances", "routes"], "additionalProperties": False},
                # identifiers left out of patient_ids / study_uids once they hold 1,000
                "patients_omitted": INTEGER, "studies_omitted": INTEGER,

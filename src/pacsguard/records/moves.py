@@ -25,16 +25,40 @@ PACS) and of each sub-operation, so a sub-operation matches two C-MOVEs there. T
 who opens the sub-operation's association (PS3.4 C.4.2.2): of several, the C-STORE names the
 C-MOVE whose SCP's host is the C-STORE's caller's host (`OpenMove.scp_host`), else the one whose
 SCP's AE title is the C-STORE's calling AE title; when that still leaves several, none.
+
+When it is credited: at the C-STORE's final response as its record sees it, on a relay route the
+destination's Success or Warning (PS3.4 B.2.3), which says the destination holds the object
+whether or not the gateway then gets that response to the SCP. A store-and-forward route is the
+destination itself: its Success may wait for its record (route `record_before_response`) and
+never leave if the association ends first, and the object is then withdrawn from the spool, never
+forwarded; so its records see the ledger through `CreditWhenSent`, whose credits wait until the
+route has sent that Success.
+
+Bounds: the ledger holds at most MAX_OPEN_MOVES entries and, across all of them, MAX_HELD
+identifiers (SOP Instance UIDs, patients, studies, AE titles and routes), besides each entry's own
+limits. Past it a credit still counts in `instances`, but what it names is not listed: its SOP
+Instance UID, already past nine tenths of MAX_HELD (a repeat of it then counts again:
+`instances_unchecked`), its patient (`patients_omitted`), its study (`studies_omitted`); the
+C-MOVE's `details.delivered` then says `ledger_full`, and the log says when the ledger fills and
+when it has room again (AE titles and a Message ID, never a patient). Nothing is raised.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("pacsguard.records")
 
 #: C-MOVEs waiting for their final response, over all routes of one gateway; past it the oldest
 #: is forgotten (its record then names what its own identifier and responses said, as before).
 MAX_OPEN_MOVES = 10_000
+#: Identifiers (SOP Instance UIDs, patients, studies, AE titles, routes) the open C-MOVEs' entries
+#: hold together, whatever their number: ~200 bytes each, ~40 MB in all. Eighteen C-MOVEs of the
+#: largest studies an entry tells apart (MAX_INSTANCES) fit at once.
+MAX_HELD = 200_000
 #: Patients and studies one C-MOVE's entry lists; further ones are counted (records.dicom lists
 #: at most MAX_IDS_PER_EVENT per event as well).
 MAX_DELIVERED_IDS = 1000
@@ -45,14 +69,36 @@ MAX_NAMES = 16
 MAX_INSTANCES = 10_000
 
 
-def _add(names: dict[str, None], value: str | None, limit: int) -> bool:
-    """Add *value* to *names* unless it is empty or the list is full; False if it did not fit."""
-    if not value or value in names:
-        return True
-    if len(names) >= limit:
+class Held:
+    """How many identifiers the entries of one ledger hold, against its MAX_HELD."""
+
+    __slots__ = ("limit", "count", "full")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.full = False  # said so in the log; said again once a fifth of it is free
+
+    def take(self, move: OpenMove, *, instance: bool = False) -> bool:
+        """One more identifier for *move*, or False when the ledger holds its limit. A SOP Instance
+        UID (*instance*) leaves the last tenth free: telling repeats apart matters less than
+        naming the patients and studies delivered."""
+        if self.count < self.limit - (self.limit // 10 if instance else 0):
+            self.count += 1
+            return True
+        if not self.full:
+            self.full = True
+            log.warning("the C-MOVE ledger is full (%d of %d identifiers held): C-MOVE Message ID %d "
+                        "from %s (route %s), and others until C-MOVEs end, count further sub-operations "
+                        "without listing them (details.delivered.ledger_full)", self.count, self.limit,
+                        move.message_id, move.requestor_ae or "?", move.route or "?")
         return False
-    names[value] = None
-    return True
+
+    def give(self, count: int) -> None:
+        self.count -= count
+        if self.full and self.count <= self.limit - self.limit // 5:
+            self.full = False
+            log.info("the C-MOVE ledger has room again (%d of %d identifiers held)", self.count, self.limit)
 
 
 @dataclass(slots=True, eq=False)
@@ -70,25 +116,57 @@ class OpenMove:
     patients: dict[str, None] = field(default_factory=dict)
     studies: dict[str, None] = field(default_factory=dict)
     patients_omitted: int = 0
+    studies_omitted: int = 0
+    instances_unchecked: int = 0  # counted without their SOP Instance UID held: a repeat counts again
     routes: dict[str, None] = field(default_factory=dict)
     originators: dict[str, None] = field(default_factory=dict)
     mismatched: int = 0
+    held: Held | None = None  # the ledger's count while the entry is open in it
+    holding: int = 0  # of that count, this entry's
+    ledger_full: bool = False  # the ledger's limit left something of this entry unlisted
+    closed: bool = False
 
     def credit(self, sop_instance: str | None, patient_id: str | None, study_uid: str | None,
                route: str | None, originator_ae: str | None) -> None:
-        """One instance the destination acknowledged (a C-STORE sub-operation's final response)."""
-        if sop_instance and sop_instance in self.sop_instances:
+        """One instance the destination acknowledged (a C-STORE sub-operation's final response).
+        Nothing once the entry is closed: its event is out, and its identifiers given back."""
+        if self.closed or (sop_instance and sop_instance in self.sop_instances):
             return  # acknowledged before: the same object once
-        if sop_instance and len(self.sop_instances) < MAX_INSTANCES:
-            self.sop_instances[sop_instance] = None
+        if sop_instance and not self._keep(self.sop_instances, sop_instance, MAX_INSTANCES):
+            self.instances_unchecked += 1
         self.instances += 1
-        if not _add(self.patients, patient_id, MAX_DELIVERED_IDS):
+        if not self._keep(self.patients, patient_id, MAX_DELIVERED_IDS):
             self.patients_omitted += 1
-        _add(self.studies, study_uid, MAX_DELIVERED_IDS)
-        _add(self.routes, route, MAX_NAMES)
-        _add(self.originators, originator_ae, MAX_NAMES)
+        if not self._keep(self.studies, study_uid, MAX_DELIVERED_IDS):
+            self.studies_omitted += 1
+        self._keep(self.routes, route, MAX_NAMES)
+        self._keep(self.originators, originator_ae, MAX_NAMES)
         if self.mismatch(originator_ae):
             self.mismatched += 1
+
+    def _keep(self, names: dict[str, None], value: str | None, limit: int) -> bool:
+        """Add *value* to one of the entry's lists *names*, within its *limit* and the ledger's;
+        True also when it is empty or listed already, False when it did not fit."""
+        if not value or value in names:
+            return True
+        if len(names) >= limit:
+            return False
+        if self.held is not None:
+            if not self.held.take(self, instance=names is self.sop_instances):
+                self.ledger_full = True
+                return False
+            self.holding += 1
+        names[value] = None
+        return True
+
+    def release(self) -> None:
+        """The entry is closed: its identifiers go back to the ledger's count. The SOP Instance
+        UIDs go (no credit comes any more); what the C-MOVE's event names stays until it is out."""
+        self.closed = True
+        if self.held is not None:
+            self.held.give(self.holding)
+            self.held, self.holding = None, 0
+        self.sop_instances.clear()
 
     def mismatch(self, originator_ae: str | None) -> bool:
         """Whether a sub-operation's Move Originator AE Title names another AE than the one that
@@ -102,8 +180,11 @@ class OpenMove:
             out["move_originators"] = list(self.originators)
         if self.mismatched:
             out["originator_mismatch"] = self.mismatched
-        if self.patients_omitted:
-            out["patients_omitted"] = self.patients_omitted
+        for name in ("patients_omitted", "studies_omitted", "instances_unchecked"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.ledger_full:
+            out["ledger_full"] = True
         return out
 
 
@@ -111,10 +192,11 @@ class MoveLedger:
     """The C-MOVEs a gateway's routes are relaying, for their sub-operations to be linked to;
     indexed by Move Destination, so that a C-STORE looks only at the C-MOVEs to its own."""
 
-    __slots__ = ("capacity", "_order", "_by_destination")
+    __slots__ = ("capacity", "held", "_order", "_by_destination")
 
-    def __init__(self, capacity: int = MAX_OPEN_MOVES) -> None:
+    def __init__(self, capacity: int = MAX_OPEN_MOVES, held: int = MAX_HELD) -> None:
         self.capacity = capacity
+        self.held = Held(held)  # the identifiers the open entries hold, together
         self._order: dict[int, OpenMove] = {}  # id() -> entry, in the order opened
         self._by_destination: dict[str, dict[int, OpenMove]] = {}
 
@@ -123,7 +205,7 @@ class MoveLedger:
 
     def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
              route: str | None, scp_host: str | None = None) -> OpenMove:
-        move = OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route, scp_host)
+        move = OpenMove(requestor_ae, message_id, destination.strip(), scp_ae, route, scp_host, held=self.held)
         self._order[id(move)] = move
         self._by_destination.setdefault(move.destination, {})[id(move)] = move
         if len(self._order) > self.capacity:
@@ -134,6 +216,7 @@ class MoveLedger:
         if self._order.get(id(move)) is not move:
             return  # closed already (or forgotten when the ledger was full)
         del self._order[id(move)]
+        move.release()
         same = self._by_destination.get(move.destination)
         if same is not None:
             same.pop(id(move), None)
@@ -203,3 +286,67 @@ class SubOperationsOnly(MoveLedger):
         return self._ledger.sub_operation(destination=destination, caller_ae=caller_ae,
                                           originator_ae=originator_ae,
                                           originator_message_id=originator_message_id)
+
+
+#: A credit waiting for its C-STORE's response to be sent: the entry, and `OpenMove.credit`'s arguments.
+Due = tuple[OpenMove, tuple[str | None, str | None, str | None, str | None, str | None]]
+
+
+@dataclass(slots=True, eq=False)
+class _Awaiting(OpenMove):
+    """What a record of `CreditWhenSent` links a C-STORE to: the open C-MOVE *of*, as the record
+    reads it (`MoveLedger.named`), whose credit waits in *due* instead of reaching it."""
+
+    of: OpenMove | None = None
+    due: list[Due] | None = None
+
+    def credit(self, sop_instance: str | None, patient_id: str | None, study_uid: str | None,
+               route: str | None, originator_ae: str | None) -> None:
+        if self.of is not None and self.due is not None:
+            self.due.append((self.of, (sop_instance, patient_id, study_uid, route, originator_ae)))
+
+
+class CreditWhenSent(MoveLedger):
+    """One association of a store-and-forward route sees the gateway's ledger through this: its
+    record links each acknowledged C-STORE as any record does (`details.c_move`), but the credit
+    waits until `take()`'s function is called, once the route has sent that Success (PS3.4 B.2.3;
+    see the module docstring). A Success that never leaves (the association ended first, its
+    object withdrawn from the spool) credits nothing."""
+
+    __slots__ = ("_ledger", "_due")
+
+    def __init__(self, ledger: MoveLedger) -> None:  # the shared entries are the ledger's own
+        self._ledger = ledger
+        self._due: list[Due] = []
+
+    def __len__(self) -> int:
+        return len(self._ledger)
+
+    def open(self, *, requestor_ae: str | None, message_id: int, destination: str, scp_ae: str | None,
+             route: str | None, scp_host: str | None = None) -> OpenMove:
+        return self._ledger.open(requestor_ae=requestor_ae, message_id=message_id, destination=destination,
+                                 scp_ae=scp_ae, route=route, scp_host=scp_host)
+
+    def close(self, move: OpenMove) -> None:
+        self._ledger.close(move)
+
+    def sub_operation(self, *, destination: str | None, caller_ae: str | None, originator_ae: str | None,
+                      originator_message_id: int | None) -> tuple[list[OpenMove], str]:
+        moves, linked_by = self._ledger.sub_operation(destination=destination, caller_ae=caller_ae,
+                                                      originator_ae=originator_ae,
+                                                      originator_message_id=originator_message_id)
+        return [self._awaiting(move) for move in moves], linked_by
+
+    def _awaiting(self, move: OpenMove) -> OpenMove:
+        return _Awaiting(move.requestor_ae, move.message_id, move.destination, move.scp_ae, move.route,
+                         move.scp_host, of=move, due=self._due)
+
+    def take(self) -> Callable[[], None]:
+        """The credits of the C-STOREs answered since the last call, as a function that makes them:
+        call it once their responses are sent, or never."""
+        due, self._due = self._due, []
+
+        def credit() -> None:
+            for move, args in due:
+                move.credit(*args)
+        return credit

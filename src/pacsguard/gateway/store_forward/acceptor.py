@@ -51,6 +51,7 @@ from pacsguard.gateway.timer import AssociationTimer, PduClock, idle_left, pdu_l
 from pacsguard.gateway.verdict import Action, Verdict
 from pacsguard.gateway.violations import TOLERATED, tolerated_apart, violation_event, warning_event
 from pacsguard.records.dicom import AssociationRecord, Pending, RefusalFilter
+from pacsguard.records.moves import CreditWhenSent
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -135,8 +136,10 @@ class StoreAssociation:
         self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length, tolerate=TOLERATED)
         self.reader = PDUReader(limits.max_pdu_length)
         self.first = FirstBytes()  # the client's first bytes: another protocol's, read as a PDU header?
+        # Its C-STOREs credit their C-MOVE once their Success is sent (records.moves.CreditWhenSent).
+        self.credits = CreditWhenSent(rx.moves) if rx.moves is not None else None
         self.adm = Admission(self.route, "", 0, rx.chain, self.publish, rx.quarantine_source,
-                             quarantine_policy=rx.quarantine_policy, moves=rx.moves)
+                             quarantine_policy=rx.quarantine_policy, moves=self.credits)
         self.outbox = Outbox(self.route, durability, self._write, lambda why: self.abort(why, kind="record-failure"))
         self.refusals = RefusalFilter(rx.refusals, self._publish_now)
         self.incoming: Incoming | None = None
@@ -677,6 +680,8 @@ class StoreAssociation:
         if meta is not None:
             self.unanswered[meta.id] = meta
         self.outbox.send(b"".join(frames))
+        if self.credits is not None:  # dropped with the answer if the association ends first
+            self.outbox.when_sent(self.credits.take())
         if meta is not None:
             self.outbox.when_sent(functools.partial(self._acknowledged, meta))
         why = kept.cut_off or incoming.abort_after
