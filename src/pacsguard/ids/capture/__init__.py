@@ -6,7 +6,8 @@ Two entry points drive a :class:`StreamConsumer` (``on_open``, ``on_data``, ``on
 * :func:`read_capture` reads a pcap or pcapng file (formats: :mod:`.reader`; link, IP and TCP
   decoding: :mod:`.decode`; reassembly, per RFC 9293: :mod:`.reassembly`);
 * :func:`live_capture` reads a network interface through a Linux ``AF_PACKET`` socket with an
-  optional BPF filter compiled by libpcap (why not a libpcap binding: :mod:`.reader`).
+  optional BPF filter compiled by libpcap as tcpdump compiles it for that interface (why not a
+  libpcap binding: :mod:`.reader`).
 
 Payload handed to ``on_data`` is valid only during the call (a zero-copy view of the capture);
 copy it to keep it.  Damage in a capture file never raises: it is described in
@@ -19,7 +20,7 @@ import os
 from typing import Callable, Iterable
 
 from .decode import SUPPORTED_LINKTYPES, decode_tcp
-from .reader import CaptureError, CaptureFile, compile_bpf, iter_frames, live_loop, process_file
+from .reader import CaptureError, CaptureFile, compile_bpf, compile_live_bpf, iter_frames, live_loop, process_file
 from .reassembly import (
     ANOMALIES,
     CaptureProblem,
@@ -44,6 +45,7 @@ __all__ = [
     "SUPPORTED_LINKTYPES",
     "TCPReassembler",
     "compile_bpf",
+    "compile_live_bpf",
     "decode_tcp",
     "iter_frames",
     "live_capture",

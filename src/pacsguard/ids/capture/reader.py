@@ -18,8 +18,9 @@ Input: a regular file is ``mmap``-ed; standard input, a FIFO and a compressed ca
 streamed through a window of about a megabyte, each frame copied out (:class:`CaptureFile`).
 Compression is recognised by its magic number, as Wireshark does, not by the file's name: gzip
 (RFC 1952, magic 1F 8B), Zstandard (RFC 8878 3.1.1, frame magic 28 B5 2F FD, or a skippable
-frame's 5x 2A 4D 18 as pzstd writes first) and LZ4 (the LZ4 frame format, magic 04 22 4D 18);
-zstd and LZ4 need the Python packages ``zstandard`` and ``lz4``.
+frame's 5x 2A 4D 18 as pzstd writes first) and LZ4 (the LZ4 frame format, magic 04 22 4D 18, and
+its legacy frame, ``lz4 -l``, magic 02 21 4C 18: :mod:`.lz4legacy`); zstd and LZ4 need the Python
+packages ``zstandard`` and ``lz4``.
 
 Speed: the capture is read with precompiled ``struct`` unpackers at fixed offsets.
 :func:`make_frame_handler` returns a closure that, for Ethernet + IPv4 (no options) + TCP, decodes
@@ -46,10 +47,10 @@ back to ``tcpdump -ddd``; the program is attached with ``SO_ATTACH_FILTER`` befo
 bound, so no unfiltered packet gets through.  Loopback's duplicate outgoing copies are dropped as
 libpcap does.  Kernel timestamps come from ``SO_TIMESTAMPNS``.  Linux takes the outer 802.1Q/802.1ad
 tag out of every frame it receives and reports it in ``PACKET_AUXDATA`` (packet(7)); on Ethernet the
-tag is put back in front of the EtherType, as libpcap does, so live VLANs are seen as in a file.  A
-BPF filter still sees the frame without that tag: ``tcp port 104`` matches tagged traffic, but a
-``vlan`` primitive, compiled here as for a file (tag bytes in the frame), matches nothing received
-(libpcap's own live handles test the kernel's VLAN ancillary data instead).
+tag is put back in front of the EtherType, as libpcap does, so live VLANs are seen as in a file.  The
+socket's filter runs before that, on the frame without the tag: a filter with a ``vlan`` term is
+compiled as libpcap compiles it for a live Linux handle, with the kernel's VLAN ancillary data
+(:func:`compile_live_bpf`), so that it matches what tcpdump matches on the same interface.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Protocol, cast
 
 from .decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, decode_tcp
+from .lz4legacy import LegacyLZ4Reader
 from .reassembly import RECENT_SEGMENTS, CaptureStats, TCPReassembler
 from .zstdframes import FrameWalker
 
@@ -84,6 +86,7 @@ __all__ = [
     "make_frame_handler",
     "iter_frames",
     "compile_bpf",
+    "compile_live_bpf",
     "live_loop",
 ]
 
@@ -126,12 +129,19 @@ _KNOWN_OTHER_MAGICS = {
     b"\xa1\xb2\xcd\x34": "a modified (Kuznetzov) pcap file, not supported",
     b"\x28\xb5\x2f\xfd": "zstd-compressed data inside compressed data (decompress it first)",
     b"\x04\x22\x4d\x18": "LZ4-compressed data inside compressed data (decompress it first)",
-    b"\x02\x21\x4c\x18": "legacy LZ4 data (lz4 -l), not supported: decompress it first (lz4 -d)",
+    b"\x02\x21\x4c\x18": "legacy LZ4 data (lz4 -l) inside compressed data (decompress it first)",
 }
 # Compressed captures, by the magic number that starts them: the codec's name in messages.
-_COMPRESSED = {_GZIP_MAGIC: "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "LZ4"}
+_COMPRESSED = {
+    _GZIP_MAGIC: "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "LZ4",
+    b"\x02\x21\x4c\x18": "LZ4 legacy",
+}
 # How to get the Python package a codec needs, and how to do without it.
-_CODEC_PACKAGES = {"zstd": ("zstandard", "zstd -d"), "LZ4": ("lz4", "lz4 -d")}
+_CODEC_PACKAGES = {"zstd": ("zstandard", "zstd -d"), "LZ4": ("lz4", "lz4 -d"), "LZ4 legacy": ("lz4", "lz4 -d")}
+# The module each codec's package reads it with.
+_CODEC_MODULES = {"zstd": "zstandard", "LZ4": "lz4.frame", "LZ4 legacy": "lz4.block"}
 _MAX_RECORD = 1 << 18  # 262144: libpcap's maximum snap length
 _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than this
 # pcapng timestamps are 64-bit ticks (with a resolution and an offset): a frame stamped before 1970
@@ -297,7 +307,8 @@ def _source_name(source: object) -> str:
 
 
 def _codec(head: bytes) -> str | None:
-    """The compression (``gzip``, ``zstd``, ``LZ4``) whose magic number starts ``head``, if any.
+    """The compression (``gzip``, ``zstd``, ``LZ4``, ``LZ4 legacy``) whose magic number starts ``head``,
+    if any.
 
     A skippable frame (RFC 8878 3.1.2, magic 0x184D2A50-0x184D2A5F) first is zstd: pzstd starts
     its files with one (the sizes of the frames that follow)."""
@@ -313,19 +324,22 @@ def _decompressor(codec: str, compressed: io.BufferedIOBase, name: str) -> tuple
     """A reader of the decompressed bytes of ``compressed`` and the exceptions damaged data raises.
     zstd: every frame one after the other (RFC 8878 3.1: a file may hold several, pzstd writes
     them), skippable frames skipped, each frame's window bounded by the zstandard package's default (128 MiB, zstd's own
-    limit without --long).  Raises :class:`CaptureError` when the codec's package is missing."""
+    limit without --long).  LZ4's legacy frames (``lz4 -l``): :mod:`.lz4legacy`.  Raises :class:`CaptureError`
+    when the codec's package is missing."""
     errors: _Errors = (OSError, EOFError, zlib.error)
     if codec == "gzip":
         return gzip.GzipFile(fileobj=compressed, mode="rb"), errors
     package, tool = _CODEC_PACKAGES[codec]
     try:
-        module: Any = importlib.import_module("zstandard" if codec == "zstd" else "lz4.frame")
+        module: Any = importlib.import_module(_CODEC_MODULES[codec])
     except ImportError:
         raise CaptureError(f"{name}: a {codec}-compressed capture, and the Python package {package!r} that reads "
                            f"it is not installed (pip install {package}); or decompress it first ({tool})") from None
     if codec == "zstd":
         reader = module.ZstdDecompressor().stream_reader(compressed, read_across_frames=True)
         return cast(io.BufferedIOBase, reader), (*errors, module.ZstdError)
+    if codec == "LZ4 legacy":
+        return LegacyLZ4Reader(compressed, module), (*errors, module.LZ4BlockError)
     # lz4.frame raises RuntimeError for a damaged frame (LZ4F_decompress's error code)
     return cast(io.BufferedIOBase, module.LZ4FrameFile(compressed, mode="rb")), (*errors, RuntimeError)
 
@@ -370,7 +384,8 @@ class CaptureFile:
 
     ``source`` is a path (``-``: standard input) or the capture's bytes.  A regular file is
     ``mmap``-ed; a pipe, a FIFO, a character device and a compressed capture (gzip, zstd or LZ4, as
-    Wireshark reads ``.pcap.gz``/``.pcapng.zst``/``.lz4``; recognised by its magic, not its name,
+    Wireshark reads ``.pcap.gz``/``.pcapng.zst``/``.lz4``, or LZ4's legacy format of ``lz4 -l``;
+    recognised by its magic, not its name,
     see the module docstring) are streamed: read in
     windows of about a megabyte, each frame copied out of its window, so memory stays bounded
     however long the capture (the reassembler keeps a few frames per connection, as in live
@@ -1072,7 +1087,17 @@ class _BpfProgram(ctypes.Structure):
     _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_BpfInsn))]
 
 
-def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> list[tuple[int, int, int, int]] | None:
+_Program = list[tuple[int, int, int, int]]
+_PCAP_ERRBUF_SIZE = 256
+# A classic BPF "jeq #k" (BPF_JMP | BPF_JEQ | BPF_K) and the tag protocol identifiers libpcap's
+# `vlan` compares the EtherType with when the tag is in the frame: 802.1Q, 802.1ad and the
+# pre-standard QinQ 0x9100 (IEEE 802.1Q 9.5).
+_BPF_JEQ_K = 0x15
+_VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
+
+
+def _libpcap() -> Any:
+    """The system libpcap (``libpcap.so``) with the prototypes used here, or None."""
     name = ctypes.util.find_library("pcap")
     for candidate in (name, "libpcap.so.1", "libpcap.so.0.8"):
         if not candidate:
@@ -1084,45 +1109,53 @@ def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> list[tuple[
             continue
     else:
         return None
-    lib.pcap_open_dead.restype = ctypes.c_void_p
+    handle = ctypes.c_void_p
+    lib.pcap_open_dead.restype = handle
     lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-    lib.pcap_compile.argtypes = [
-        ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
-    ]
+    lib.pcap_create.restype = handle
+    lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.pcap_set_snaplen.argtypes = [handle, ctypes.c_int]
+    lib.pcap_activate.argtypes = [handle]
+    lib.pcap_compile.argtypes = [handle, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
     lib.pcap_geterr.restype = ctypes.c_char_p
-    lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+    lib.pcap_geterr.argtypes = [handle]
+    lib.pcap_statustostr.restype = ctypes.c_char_p
+    lib.pcap_statustostr.argtypes = [ctypes.c_int]
     lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
-    lib.pcap_close.argtypes = [ctypes.c_void_p]
+    lib.pcap_close.argtypes = [handle]
+    return lib
+
+
+def _pcap_compile(lib: Any, handle: int, expr: str) -> _Program:
+    """``pcap_compile`` on ``handle`` (optimized, netmask unknown): the program's instructions."""
+    prog = _BpfProgram()
+    if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
+        err = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+        raise CaptureError(f"BPF filter {expr!r}: {err}")
+    out = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
+    lib.pcap_freecode(ctypes.byref(prog))
+    return out
+
+
+def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> _Program | None:
+    lib = _libpcap()
+    if lib is None:
+        return None
     handle = lib.pcap_open_dead(linktype, snaplen)
     if not handle:
         return None
-    prog = _BpfProgram()
     try:
-        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
-            err = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
-            raise CaptureError(f"BPF filter {expr!r}: {err}")
-        out = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
-        lib.pcap_freecode(ctypes.byref(prog))
-        return out
+        return _pcap_compile(lib, handle, expr)
     finally:
         lib.pcap_close(handle)
 
 
-def compile_bpf(
-    expr: str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = _MAX_RECORD
-) -> list[tuple[int, int, int, int]]:
-    """Compile a pcap-filter(7) expression to classic BPF ``(code, jt, jf, k)`` instructions.
-
-    Uses libpcap's ``pcap_compile`` through ctypes; falls back to ``tcpdump -ddd`` (Ethernet only).
-    Raises :class:`CaptureError` if the expression is invalid or no compiler is available.
-    """
-    prog = _compile_with_libpcap(expr, linktype, snaplen)
-    if prog is not None:
-        return prog
+def _tcpdump_ddd(expr: str, *options: str) -> _Program:
+    """``tcpdump -ddd``: the program tcpdump would compile for ``expr`` (with ``options``)."""
     tcpdump = shutil.which("tcpdump")
-    if tcpdump is None or linktype != LINKTYPE_ETHERNET:
+    if tcpdump is None:
         raise CaptureError("no BPF compiler: neither libpcap (libpcap0.8) nor tcpdump is installed")
-    r = subprocess.run([tcpdump, "-ddd", expr], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([tcpdump, *options, "-ddd", expr], capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
         raise CaptureError(f"BPF filter {expr!r}: {r.stderr.strip()}")
     lines = r.stdout.split("\n")
@@ -1130,20 +1163,79 @@ def compile_bpf(
     return [tuple(int(x) for x in line.split()) for line in lines[1 : n + 1]]  # type: ignore[misc]
 
 
-def _compile_until_stopped(expr: str, linktype: int, snaplen: int, stop_event: _StopEvent,
-                           poll_s: float) -> list[tuple[int, int, int, int]]:
-    """:func:`compile_bpf`, given up when ``stop_event`` is set first (Ctrl-C, SIGTERM, --duration).
+def compile_bpf(expr: str, linktype: int = LINKTYPE_ETHERNET, snaplen: int = _MAX_RECORD) -> _Program:
+    """Compile a pcap-filter(7) expression to classic BPF ``(code, jt, jf, k)`` instructions, for
+    frames as a capture file holds them (VLAN tags in the frame; :func:`compile_live_bpf` for a
+    Linux interface).
+
+    Uses libpcap's ``pcap_compile`` through ctypes; falls back to ``tcpdump -ddd`` (Ethernet only).
+    Raises :class:`CaptureError` if the expression is invalid or no compiler is available.
+    """
+    prog = _compile_with_libpcap(expr, linktype, snaplen)
+    if prog is not None:
+        return prog
+    if linktype != LINKTYPE_ETHERNET:
+        raise CaptureError("no BPF compiler: neither libpcap (libpcap0.8) nor tcpdump is installed")
+    return _tcpdump_ddd(expr)
+
+
+def _tests_vlan_tags(prog: _Program) -> bool:
+    """Does the program compare a value with an 802.1Q/802.1ad tag protocol identifier?  (How a
+    ``vlan`` term compiled for a file looks; a ``port 33024`` alike only costs a second compile.)"""
+    return any(code == _BPF_JEQ_K and k in _VLAN_TPIDS for code, _jt, _jf, k in prog)
+
+
+def compile_live_bpf(expr: str, interface: str, linktype: int = LINKTYPE_ETHERNET,
+                     snaplen: int = _MAX_RECORD) -> _Program:
+    """:func:`compile_bpf` for a Linux packet socket on ``interface``: the program tcpdump would
+    attach there.
+
+    Linux takes the outer 802.1Q/802.1ad tag out of a frame before a packet socket's filter runs
+    (packet(7)), so a ``vlan`` term compiled as for a file (:func:`compile_bpf`: the EtherType at
+    offset 12 compared with 0x8100) matches no frame that carried the tag.  libpcap compiles it for
+    a live Linux handle with the BPF ancillary loads instead (``SKF_AD_VLAN_TAG_PRESENT``,
+    ``SKF_AD_VLAN_TAG``; the offsets after the tag then depend on where the tag was); it knows to
+    only for a handle opened on an interface (``BPF_SPECIAL_VLAN_HANDLING``, the one code generation
+    choice a live Linux handle changes in libpcap 1.10).  So a program that tests VLAN tags is
+    compiled again, on a libpcap handle opened on ``interface`` for the time of the compile (or
+    ``tcpdump -i``), which needs the interface up; any other program is the file's.
+    """
+    prog = compile_bpf(expr, linktype, snaplen)
+    if linktype != LINKTYPE_ETHERNET or not _tests_vlan_tags(prog):
+        return prog
+    lib = _libpcap()
+    if lib is None:
+        return _tcpdump_ddd(expr, "-i", interface, "-s", str(snaplen))
+    errbuf = ctypes.create_string_buffer(_PCAP_ERRBUF_SIZE)
+    handle = lib.pcap_create(interface.encode(), errbuf)
+    if not handle:
+        raise CaptureError(f"interface {interface!r}: {errbuf.value.decode(errors='replace')}")
+    try:
+        lib.pcap_set_snaplen(handle, snaplen)
+        status = lib.pcap_activate(handle)
+        if status < 0:
+            why = lib.pcap_geterr(handle) or lib.pcap_statustostr(status) or b""
+            raise CaptureError(f"BPF filter {_clip(expr)}: its VLAN terms are compiled for the interface, and "
+                               f"libpcap could not open interface {interface!r}: {why.decode(errors='replace')}")
+        return _pcap_compile(lib, handle, expr)
+    finally:
+        lib.pcap_close(handle)
+
+
+def _compile_until_stopped(expr: str, interface: str, linktype: int, snaplen: int, stop_event: _StopEvent,
+                           poll_s: float) -> _Program:
+    """:func:`compile_live_bpf`, given up when ``stop_event`` is set first (Ctrl-C, SIGTERM, --duration).
 
     libpcap's optimizer takes time and memory that grow much faster than the filter: a few hundred
     ``host`` or ``port`` terms take seconds, a thousand minutes and gigabytes.  ``pcap_compile``
     cannot be interrupted and a signal handler only runs between bytecodes, so the call runs in a
     daemon thread (ctypes releases the GIL) while this one keeps answering the stop event; a
     compile left behind ends with the process."""
-    result: list[list[tuple[int, int, int, int]] | BaseException] = []
+    result: list[_Program | BaseException] = []
 
     def run() -> None:
         try:
-            result.append(compile_bpf(expr, linktype, snaplen))
+            result.append(compile_live_bpf(expr, interface, linktype, snaplen))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             result.append(exc)
 
@@ -1218,7 +1310,7 @@ def live_loop(
         raise CaptureError("live capture needs Linux AF_PACKET sockets")
     arphrd, linktype = _interface_linktype(interface)
     stats = reasm.stats
-    prog = _compile_until_stopped(bpf, linktype, snaplen, stop_event, poll_s) if bpf else None
+    prog = _compile_until_stopped(bpf, interface, linktype, snaplen, stop_event, poll_s) if bpf else None
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing yet
     except PermissionError as e:
