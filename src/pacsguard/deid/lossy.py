@@ -15,6 +15,9 @@ syntaxes); others may be lossless or lossy, and only the codestream tells:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 #: Syntaxes always lossy, with the Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1 defined terms).
 ALWAYS_LOSSY = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline (Process 1)
@@ -48,6 +51,20 @@ def codestream_loss(syntax: str, frame: bytes) -> bool | None:
     if syntax in MAY_BE_LOSSY:
         return j2k_loss(_codestream_of(frame))
     return None
+
+
+def frames_loss(syntax: str, frames: Iterable[bytes]) -> bool | None:
+    """The verdict of codestream_loss over every frame of one object: True as soon as a frame
+    proves a loss (the frames after it are not read), False when every frame proves a lossless
+    coding, None otherwise. Frames of one object may come from different encoders or settings
+    (a JPEG-LS frame with NEAR 0 beside one with NEAR 3), so the first frame alone does not tell."""
+    verdicts: set[bool | None] = set()
+    for frame in frames:
+        found = codestream_loss(syntax, frame)
+        if found:
+            return True
+        verdicts.add(found)
+    return False if verdicts == {False} else None
 
 
 def jpeg_ls_loss(frame: bytes) -> bool | None:
@@ -85,15 +102,16 @@ def jpeg_ls_loss(frame: bytes) -> bool | None:
     return max(nears) > 0
 
 
+#: A marker in JPEG-LS coded data (T.87 A.1): 0xFF then a byte of 0x80 or above.
+_MARKER = re.compile(rb"\xff[\x80-\xff]")
+
+
 def _next_marker(frame: bytes, pos: int) -> int:
-    """Where the marker after the coded data starting at ``pos`` begins (the end when none)."""
-    while True:
-        pos = frame.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(frame):
-            return len(frame)
-        if frame[pos + 1] >= 0x80:
-            return pos
-        pos += 1
+    """Where the marker after the coded data starting at ``pos`` begins (the end when none); the
+    search runs in the regular expression engine, not byte by byte in Python, as every frame of
+    an object is read."""
+    found = _MARKER.search(frame, pos)
+    return found.start() if found else len(frame)
 
 
 def _codestream_of(frame: bytes) -> bytes:

@@ -148,6 +148,7 @@ class PixelCleaner:
         if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"):
             raise Withheld(f"photometric interpretation {photometric} is not checked")
         masked = self._mask(stack, fixed)
+        said = decoded.note if decoded is not None else ""  # the decoder's warnings, in our words
         if masked:
             multi = int(ds.get("NumberOfFrames", 1) or 1) > 1
             data = native_bytes(ds, stack if multi else stack[0])
@@ -158,9 +159,9 @@ class PixelCleaner:
             if int(ds.get("SamplesPerPixel", 1)) > 1:
                 ds.PlanarConfiguration = 0  # pixel_array is colour-by-pixel, and so are the bytes written back
             ds.BurnedInAnnotation = "NO"
-            return f"masked {masked}"
+            return f"masked {masked}{said}"
         ds.BurnedInAnnotation = "NO"
-        return "clean"
+        return f"clean{said}"
 
 
 def _native_frames(ds: Dataset) -> Any:
