@@ -7,7 +7,8 @@ readers here give every read only what is left of one deadline, so the message a
 arrives by then or not at all: a witness trickling its answer's headers no longer holds a
 delivery or `audit verify --witness`, and a client trickling its request no longer holds one of
 the witness service's few slots. A client also connects (connect) and does its TLS handshake
-(handshake) by the same deadline, so the whole exchange ends by it."""
+(handshake) by the same deadline, so the whole exchange ends by it; the host name is looked up
+by it as well (lookup.py)."""
 
 from __future__ import annotations
 
@@ -93,25 +94,21 @@ def reader(sock: socket.socket, deadline: Deadline, expired: Expired,
     return io.BufferedReader(DeadlineReader(sock.makefile("rb", buffering=0), sock, deadline, expired, idle))
 
 
-def connect(address: tuple[str, int], deadline: Deadline, late: Callable[[], Exception],
-            source: tuple[str, int] | None = None) -> socket.socket:
-    """A TCP connection to ``address`` (each of its addresses in turn, as socket.create_connection
-    tries them), every attempt given only what is left of ``deadline``: create_connection gives
-    each attempt the whole timeout, and a peer that never accepts (its listen backlog full, its
-    address dropping SYNs) then held the caller that long before the deadline of its answer
-    began. ``late()`` is raised once the deadline has passed. Resolving the name is not bounded
-    (getaddrinfo takes no timeout)."""
-    host, port = address
+def connect(addresses: list[tuple[Any, ...]], deadline: Deadline, late: Callable[[], Exception]) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` (getaddrinfo's answer, lookup.Lookups) that
+    accepts, tried in turn as socket.create_connection tries them, every attempt given only what
+    is left of ``deadline``: create_connection gives each attempt the whole timeout, and a peer
+    that never accepts (its listen backlog full, its address dropping SYNs) then held the caller
+    that long before the deadline of its answer began. ``late()`` is raised once the deadline
+    has passed."""
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in addresses:
         left = deadline.left()
         if left <= 0:
             raise late()
         sock = socket.socket(family, kind, proto)
         try:
             sock.settimeout(left)
-            if source:
-                sock.bind(source)
             sock.connect(sockaddr)
             return sock
         except TimeoutError:
@@ -120,7 +117,7 @@ def connect(address: tuple[str, int], deadline: Deadline, late: Callable[[], Exc
         except OSError as exc:
             sock.close()
             error = exc
-    raise error or OSError(f"no address found for {host}")
+    raise error or OSError("no address to connect to")
 
 
 def handshake(sock: ssl.SSLSocket, deadline: Deadline, late: Callable[[], Exception]) -> ssl.SSLSocket:
