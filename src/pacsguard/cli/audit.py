@@ -71,6 +71,7 @@ def verify(
     from pacsguard.store.verify import verify_store
     from pacsguard.store.witnessed import check_witnessed, exit_code
 
+    _check_witness_urls(witness)
     # With --store, no configuration is needed: the store's key is looked for beside it.
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
@@ -98,6 +99,17 @@ def verify(
         _show(report)
     if not report.ok:
         raise typer.Exit(exit_code(report.findings) or EXIT_FINDINGS)
+
+
+def _check_witness_urls(sources: list[str]) -> None:
+    """Refuse a --witness URL the witness client would misuse, before anything is read, by the rules
+    store.witnesses.N.url is checked with when the configuration is read (never quoting a password)."""
+    from pacsguard.config.witness_url import witness_url_problem
+    from pacsguard.witness.held import is_url
+
+    for source in sources:
+        if is_url(source) and (problem := witness_url_problem(source)) is not None:
+            raise fail(f"--witness: {problem}")
 
 
 def _witnessed(source: str, stored: list[Checkpoint], public: list[Ed25519PublicKey],

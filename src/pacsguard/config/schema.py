@@ -115,11 +115,24 @@ class WitnessTarget(Strict):
         if self.url is None and extra:
             raise ValueError(f"{', '.join(extra)}: only a url witness takes these")
         if self.url is not None:
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"url: expected http://HOST:PORT or https://HOST:PORT, got {self.url!r}")
+            self._url_usable(self.url)
             if self.token is None:
                 raise ValueError("a url witness needs the token it gave this log: token: {env: NAME} or {file: PATH}")
         return self
+
+    def _url_usable(self, url: str) -> None:
+        """The URL as the witness client will use it (config/witness_url.py), checked when the file
+        is read, not at the first delivery. TLS files given with http:// are refused, as `atna.http`
+        refuses half a TLS block: they would be ignored, and the token sent in the clear."""
+        from pacsguard.config.witness_url import witness_url_problem  # it takes check_host from here
+
+        problem = witness_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"url: {problem}")
+        tls = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is not None]
+        if url.startswith("http://") and tls:
+            raise ValueError(f"{', '.join(tls)}: only an https:// url uses these (an http:// witness would "
+                             "ignore them, and its token would go in the clear): write https://, or remove them")
 
 
 class StoreConfig(Strict):
