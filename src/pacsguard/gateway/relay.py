@@ -290,7 +290,15 @@ class AssociationRelay:
             # (it may retry), not an A-ABORT.
             self._upstream_failed(_describe_upstream_hang_up(exc, tls=self.route.upstream.tls is not None))
             return
-        if self.state in ("awaiting-rq", "releasing", "closed"):
+        if self.state == "releasing":
+            # PS3.8 9.2.3, Sta7: a transport closed before the A-RELEASE-RP is an A-P-ABORT (AA-4), not
+            # a release: the association ends aborted and requests still in flight are cut off, as
+            # in "established" (their records, and a C-MOVE's entry in the move ledger, close with it).
+            who = "client" if from_client else "upstream"
+            self.abort(f"{who} closed the connection during release, before the A-RELEASE-RP"
+                       + (f" ({exc})" if exc else ""), kind="connection-lost", notify=False)
+            return
+        if self.state in ("awaiting-rq", "closed"):
             if not from_client and self.state == "closed" and self.outbox.holding:
                 # A PACS may close its connection as soon as it has sent its A-RELEASE-RP (pynetdicom
                 # does; PS3.8 9.2 leaves it to the requestor, Sta13) while the client's copy still
