@@ -36,6 +36,7 @@ from pacsguard.dicom import pdu as P
 from pacsguard.events import Event
 from pacsguard.records.moves import MoveLedger
 from peers.dcmtk import free_port
+from peers.listener import Listener
 
 HOST = "127.0.116.1"  # the gateway's route
 PACS_HOST = "127.0.116.2"
@@ -126,33 +127,16 @@ def reset(conn: socket.socket) -> None:
     conn.close()
 
 
-class ResettingPacs:
+class ResettingPacs(Listener):
     """A PACS on raw sockets: accepts every proposed context; answers a C-MOVE with one Pending
     response and never a final one; never answers a C-FIND. On an A-RELEASE-RQ from MOVER it
     resets the connection; from anyone else it stays silent until the gateway closes."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server((PACS_HOST, 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.release_seen: dict[str, threading.Event] = defaultdict(threading.Event)
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
+        super().__init__(PACS_HOST, join_for=WAIT)
 
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            worker = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(worker)
-            worker.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(WAIT)
         calling, max_length = "", 16384
         while (pdu := read_pdu(conn)) is not None:
@@ -183,12 +167,6 @@ class ResettingPacs:
                     return
         conn.close()
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(WAIT)
-
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[RunningGateway, ResettingPacs]]:
@@ -200,7 +178,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[RunningGateway, ResettingPacs]]:
         with serving(tmp_path, routes, [sys.executable, "-m", "pacsguard.cli"]) as gw:
             yield gw, pacs
     finally:
-        pacs.stop()
+        pacs.close()
 
 
 def pynetdicom_moves_then_releases(port: int) -> tuple[bool, bool]:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from listener import Listener
 
 from pacsguard.events.model import Event
 from pacsguard.store import EventStore
@@ -29,6 +28,7 @@ from pacsguard.witness.delivery import WitnessDelivery
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
 from pacsguard.witness.push import HttpWitness
+from peers.listener import Listener
 from store_helpers import make_events
 from test_cli import run
 

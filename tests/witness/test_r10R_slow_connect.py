@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from listener import Listener
 from test_r10D_slow_witness import _store, retried_later, witness_pki
 
 from pacsguard.store.keys import public_path
 from pacsguard.tls import client_context, server_context
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
+from peers.listener import Listener
 from store_helpers import make_events
 from test_cli import run
 

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from listener import Listener
 from test_r10D_slow_witness import _store, witness_pki
 
 import pacsguard.witness
@@ -41,6 +40,7 @@ from pacsguard.witness.config import WitnessedLog, WitnessServiceConfig
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
 from pacsguard.witness.push import HttpWitness
+from peers.listener import Listener
 from store_helpers import make_events
 from test_cli import run
 

@@ -1,5 +1,5 @@
-"""A TCP listener for the witness tests' misbehaving peers: each accepted connection is served by
-``serve`` in a thread of its own until ``close``."""
+"""A TCP listener for the tests' misbehaving peers (witnesses, a raw-socket PACS): each accepted
+connection is served by ``serve`` in a thread of its own until ``close``."""
 
 from __future__ import annotations
 
