@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_r10B1_vlan import ids_read, make_capture
+from test_r10B1_vlan import ids_read, ids_read_piped, make_capture
 
 # the command compressing standard input to standard output, per codec
 TOOLS = {"zstd": ["zstd", "-q", "-3", "-c"], "lz4": ["lz4", "-q", "-c"]}
@@ -63,12 +63,7 @@ def test_a_compressed_capture_reads_as_the_plain_one(plain: Path, tmp_path: Path
     anon = tmp_path / "capture.bin"
     anon.write_bytes(packed.read_bytes())
     assert _essentials(ids_read(anon, tmp_path)[2]) == want
-    with open(packed, "rb") as f:
-        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
-        try:
-            piped_code, _events, piped, err = ids_read("-", tmp_path, stdin=cat.stdout)
-        finally:
-            cat.wait(timeout=30)
+    piped_code, _events, piped, err = ids_read_piped(packed, tmp_path)
     assert (piped_code, _essentials(piped)) == (code, want), err
 
 

@@ -170,6 +170,16 @@ def ids_read(capture: Path | str, cwd: Path, *extra: str, stdin: Any = None,
     return r.returncode, lines[:-1], lines[-1]["summary"], r.stderr
 
 
+def ids_read_piped(capture: Path, cwd: Path) -> tuple[int, list[dict[str, Any]], dict[str, Any], str]:
+    """`ids_read` of ``capture`` streamed through a pipe (``tcpdump -w - | zstd | pacsguard ids read -``)."""
+    with open(capture, "rb") as f:
+        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+        try:
+            return ids_read("-", cwd, stdin=cat.stdout)
+        finally:
+            cat.wait(timeout=30)
+
+
 TOOL_AE = "ids.alert.dicom-tool-default-ae-title"
 
 

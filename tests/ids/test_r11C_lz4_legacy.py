@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_r10B1_vlan import DCMTK, PACSGUARD, PORT, SERVER, _ns, captured_pair, ids_read
+from test_r10B1_vlan import DCMTK, PACSGUARD, PORT, SERVER, _ns, captured_pair, ids_read, ids_read_piped
 
 LZ4_LEGACY = ["lz4", "-q", "-l", "-c", "-"]
 
@@ -71,12 +71,7 @@ def test_a_legacy_lz4_capture_reads_as_the_plain_one(plain: Path, tmp_path: Path
     assert got, err  # read, not refused
     assert (got_code, _essentials(got)) == (code, want), err
     # streamed from a pipe (tcpdump -w - | lz4 -l | ...)
-    with open(packed, "rb") as f:
-        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
-        try:
-            piped_code, _events, piped, err = ids_read("-", tmp_path, stdin=cat.stdout)
-        finally:
-            cat.wait(timeout=30)
+    piped_code, _events, piped, err = ids_read_piped(packed, tmp_path)
     assert (piped_code, _essentials(piped)) == (code, want), err
 
 
