@@ -103,7 +103,8 @@ def test_raising_the_bound_reads_the_disguised_object_stream(scanner: Scanner) -
         assert [f.level for f in active] == [Level.HIGH], shown(report)
         assert "/JavaScript" in active[0].explanation, shown(report)
         assert f"at offset {data_of(hostile(), 7):,} of the PDF" in active[0].explanation, shown(report)
-        assert unscanned(report) == [], shown(report)
+        # Its dictionary is padded past what the scanner reads (xref.MAX_DICTIONARY): said, medium.
+        assert [why for _, why in unscanned(report) if "stream dictionaries past" not in why] == [], shown(report)
 
 
 def test_a_clean_report_past_the_bound_is_a_low_note_naming_the_first_image_left(scanner: Scanner,

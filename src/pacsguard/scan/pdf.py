@@ -422,7 +422,7 @@ def _holders(doc: bytes, bounds: Bounds) -> _Holders:
                     and (held := _held_at(doc, start, number, budget))]
         streams.sort(key=lambda pair: pair[0])
     if budget.spent and not cut:
-        cut = f"cross-reference sections past the {', '.join(budget.spent)} allowed"
+        cut = f"cross-reference sections {budget.said()}"
     # A viewer that finds the cross-reference broken (an object it wants absent from a classic
     # table, which cannot name an object stream) rebuilds it from every "N G obj", reading as
     # an object stream each stream whose /Type is /ObjStm, given directly or as a reference.
@@ -431,7 +431,7 @@ def _holders(doc: bytes, bounds: Bounds) -> _Holders:
     streams += [pair for pair in _typed(doc, repair) if pair[1].offset not in seen]
     streams.sort(key=lambda pair: pair[0])
     if repair.spent and not cut:
-        cut = f"stream dictionaries past the {', '.join(repair.spent)} allowed"
+        cut = f"stream dictionaries {repair.said()}"
     return _Holders(numbers, streams, cut)
 
 

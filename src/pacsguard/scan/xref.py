@@ -40,8 +40,19 @@ NUMBER = {key: re.compile(rb"/" + key + rb"[\x00\t\n\x0c\r ]+([0-9]{1,15})\b")
           for key in (b"Prev", b"XRefStm", b"Size")}
 ARRAY = {key: re.compile(rb"/" + key + rb"[\x00\t\n\x0c\r ]*\[([0-9\x00\t\n\x0c\r ]{0,4096})\]")
          for key in (b"W", b"Index")}
-#: How far a dictionary is read, and how far back a /Type /XRef's object is looked for.
-MAX_DICTIONARY, MAX_BACK = 1024 * 1024, 4096
+#: How far back a /Type /XRef's object is looked for.
+MAX_BACK = 4096
+#: How far one dictionary is read (7.3.7). A viewer reads a dictionary to its end at any length,
+#: so a writer pads one (white space, a long string, array or comment, dummy keys) to hide its
+#: /Filter or /Type from a bounded reader: a dictionary longer is said (Budget.said), never passed
+#: over in silence. No stream dictionary a writer makes comes near it.
+MAX_DICTIONARY = 4 * 1024 * 1024
+#: Bytes of a dictionary read free of Budget.reach (as far as every dictionary was read before);
+#: past them, all the document's dictionaries together spend the reach (a scan at some 100 MB a
+#: second: at most a sixth of a second per pass).
+FREE_DICTIONARY = 1024 * 1024
+#: Budget.reach: four dictionaries as long as MAX_DICTIONARY in each pass over a document.
+MAX_REACH = 16 * 1024 * 1024
 #: A trailer is looked for this far after ``xref`` (7.5.4: 20 bytes an entry; the rest is not
 #: needed: a table names no object stream).
 MAX_TABLE = 64 * 1024 * 1024
@@ -57,6 +68,8 @@ class Budget:
     sections: int = 10_000
     tokens: int = 1_000_000
     entries: int = 2_000_000
+    #: Bytes read past the first FREE_DICTIONARY of each dictionary, the document's all together.
+    reach: int = MAX_REACH
     spent: list[str] = field(default_factory=list)
 
     def take(self, what: str, count: int = 1) -> bool:
@@ -69,6 +82,20 @@ class Budget:
             return False
         setattr(self, what, left - count)
         return True
+
+    def note(self, what: str) -> None:
+        """Say that ``what`` ran out, with nothing to spend."""
+        if what not in self.spent:
+            self.spent.append(what)
+
+    def said(self) -> str:
+        """What ran out, in words for a finding's explanation."""
+        counted = [what for what in self.spent if what != "long"]
+        parts = [f"past the {', '.join(counted)} allowed"] if counted else []
+        if "long" in self.spent:
+            parts.append(f"past {MAX_DICTIONARY:,} bytes in one dictionary or {MAX_REACH:,} bytes past the "
+                         f"first {FREE_DICTIONARY:,} of each in all (a viewer reads a dictionary at any length)")
+        return " and ".join(parts)
 
 
 class Section(NamedTuple):
@@ -91,8 +118,22 @@ class Dictionary(NamedTuple):
 def read_dictionary(doc: bytes, at: int, budget: Budget) -> Dictionary | None:
     """The dictionary whose ``<<`` is at ``at`` (7.3.7), nested dictionaries, strings (7.3.4.2:
     balanced parentheses, backslash escapes), hex strings and comments stepped over as a parser
-    does; None when it does not end within MAX_DICTIONARY bytes or the budget."""
-    stop = min(len(doc), at + MAX_DICTIONARY)
+    does; None when it does not end in the document or within the budget: its tokens, and past
+    FREE_DICTIONARY bytes its reach, MAX_DICTIONARY at most. One that goes on past those is
+    noted in the budget ("long"): a bound run out, which the caller says."""
+    free = min(len(doc), at + FREE_DICTIONARY)
+    stop = min(len(doc), at + MAX_DICTIONARY, free + budget.reach)
+    read = _read_dictionary(doc, at, stop, budget)
+    past = (read.end if read is not None else stop) - free
+    if past > 0:
+        budget.take("reach", past)
+    if read is None and stop < len(doc) and "tokens" not in budget.spent:
+        budget.note("long")  # it goes on past what may be read: a viewer reads on
+    return read
+
+
+def _read_dictionary(doc: bytes, at: int, stop: int, budget: Budget) -> Dictionary | None:
+    """read_dictionary, to ``stop`` at most."""
     depth, pos = 0, at
     pieces: list[bytes] = []
     kept = at  # the clean bytes are taken up to here
