@@ -619,14 +619,15 @@ class AssociationRecord:
                studies: dict[str, None]) -> None:
         """A C-MOVE's final response (or its end): the patients and studies its sub-operations
         delivered through a return route join its own, and `details.delivered` counts them (absent
-        when none came through one: a refused C-MOVE, a destination reached directly)."""
+        when none came through one: a refused C-MOVE, a destination reached directly). A C-MOVE the
+        full ledger forgot (records.moves, evicted) has it in any case: what it counts may be short."""
         if self.moves is not None:
             self.moves.close(move)
         patients.update(move.patients)
         for study in move.studies:
             if len(studies) < MAX_DELIVERED_IDS:
                 studies[study] = None
-        if move.instances:
+        if move.instances or move.evicted:
             details["delivered"] = move.details()
 
     # --- helpers ----------------------------------------------------------------------------

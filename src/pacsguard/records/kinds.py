@@ -66,7 +66,9 @@ KINDS = (
                    "instances": INTEGER, "routes": STRINGS, "move_originators": STRINGS,
                    "originator_mismatch": INTEGER, "patients_omitted": INTEGER,
                    # past the ledger's bound (records/moves.py): counted, not listed
-                   "studies_omitted": INTEGER, "instances_unchecked": INTEGER, "ledger_full": BOOLEAN},
+                   "studies_omitted": INTEGER, "instances_unchecked": INTEGER, "ledger_full": BOOLEAN,
+                   # forgotten by a full ledger of open C-MOVEs: later deliveries not counted
+                   "evicted": BOOLEAN},
                    "required": ["instances", "routes"], "additionalProperties": False},
                # identifiers left out of patient_ids / study_uids once they hold 1,000
                "patients_omitted": INTEGER, "studies_omitted": INTEGER,

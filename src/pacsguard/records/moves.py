@@ -41,6 +41,11 @@ Instance UID, already past nine tenths of MAX_HELD (a repeat of it then counts a
 `instances_unchecked`), its patient (`patients_omitted`), its study (`studies_omitted`); the
 C-MOVE's `details.delivered` then says `ledger_full`, and the log says when the ledger fills and
 when it has room again (AE titles and a Message ID, never a patient). Nothing is raised.
+
+Past MAX_OPEN_MOVES open C-MOVEs the oldest is forgotten (evicted): it is credited no more, so its
+event would name fewer deliveries than were made; `details.delivered` says `evicted` instead (also
+when nothing had been credited yet), and the log says once per burst that C-MOVEs are being
+forgotten, then how many once a fifth of the ledger is free again (AE title and Message ID only).
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class OpenMove:
     held: Held | None = None  # the ledger's count while the entry is open in it
     holding: int = 0  # of that count, this entry's
     ledger_full: bool = False  # the ledger's limit left something of this entry unlisted
+    evicted: bool = False  # forgotten by a full ledger before its final response: credits after it are lost
     closed: bool = False
 
     def credit(self, sop_instance: str | None, patient_id: str | None, study_uid: str | None,
@@ -185,6 +191,8 @@ class OpenMove:
                 out[name] = getattr(self, name)
         if self.ledger_full:
             out["ledger_full"] = True
+        if self.evicted:
+            out["evicted"] = True
         return out
 
 
@@ -192,11 +200,12 @@ class MoveLedger:
     """The C-MOVEs a gateway's routes are relaying, for their sub-operations to be linked to;
     indexed by Move Destination, so that a C-STORE looks only at the C-MOVEs to its own."""
 
-    __slots__ = ("capacity", "held", "_order", "_by_destination")
+    __slots__ = ("capacity", "held", "forgotten", "_order", "_by_destination")
 
     def __init__(self, capacity: int = MAX_OPEN_MOVES, held: int = MAX_HELD) -> None:
         self.capacity = capacity
         self.held = Held(held)  # the identifiers the open entries hold, together
+        self.forgotten = 0  # C-MOVEs evicted in the current burst (0: none since it last had room)
         self._order: dict[int, OpenMove] = {}  # id() -> entry, in the order opened
         self._by_destination: dict[str, dict[int, OpenMove]] = {}
 
@@ -209,12 +218,34 @@ class MoveLedger:
         self._order[id(move)] = move
         self._by_destination.setdefault(move.destination, {})[id(move)] = move
         if len(self._order) > self.capacity:
-            self.close(next(iter(self._order.values())))
+            self._evict(next(iter(self._order.values())))
         return move
 
     def close(self, move: OpenMove) -> None:
+        if not self._remove(move):
+            return
+        if self.forgotten and len(self._order) <= self.capacity - max(1, self.capacity // 5):
+            # The burst is over: said once, as the identifiers' bound says it (`Held.give`).
+            log.info("the C-MOVE ledger has room again (%d of %d open C-MOVEs); %d C-MOVEs were forgotten "
+                     "meanwhile", len(self._order), self.capacity, self.forgotten)
+            self.forgotten = 0
+
+    def _evict(self, move: OpenMove) -> None:
+        """Forget the oldest open C-MOVE *move*: its later sub-operations are credited to nothing,
+        and its event says so (`details.delivered.evicted`). The log says it at a burst's first."""
+        move.evicted = True
+        self._remove(move)
+        if not self.forgotten:
+            log.warning("the C-MOVE ledger holds its limit of %d open C-MOVEs: the oldest are forgotten, "
+                        "first C-MOVE Message ID %d from %s (route %s); their events say "
+                        "details.delivered.evicted and name only what was delivered before",
+                        self.capacity, move.message_id, move.requestor_ae or "?", move.route or "?")
+        self.forgotten += 1
+
+    def _remove(self, move: OpenMove) -> bool:
+        """Take *move* out of the ledger; False when it was not in it (closed or forgotten already)."""
         if self._order.get(id(move)) is not move:
-            return  # closed already (or forgotten when the ledger was full)
+            return False
         del self._order[id(move)]
         move.release()
         same = self._by_destination.get(move.destination)
@@ -222,6 +253,7 @@ class MoveLedger:
             same.pop(id(move), None)
             if not same:
                 del self._by_destination[move.destination]
+        return True
 
     def sub_operation(self, *, destination: str | None, caller_ae: str | None, originator_ae: str | None,
                       originator_message_id: int | None) -> tuple[list[OpenMove], str]:

@@ -294,10 +294,18 @@ class StoreAssociation:
             self.protocol_error(TRUNCATED_PDU, f"connection closed {cut} bytes into a PDU", notify=False)
             return
         if self.state in ("established", "releasing"):
-            self._record().ended("aborted", severity=Severity.NOTICE, outcome=Outcome.MINOR_FAILURE,
-                                 message="the connection closed without A-RELEASE", by="client",
-                                 cause="connection-closed", **self._totals())
+            self._lost(exc)
         self.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The requestor's connection ended without A-RELEASE or A-ABORT: an A-P-ABORT (PS3.8 9.2.3,
+        AA-4), established or, after its A-RELEASE-RQ, before this SCP sent the A-RELEASE-RP.
+        Recorded as the relay records it (cause, words, outcome): a search by cause finds lost
+        connections on every kind of route."""
+        where = "during release, before the A-RELEASE-RP" if self.state == "releasing" else "without A-RELEASE"
+        reason = f"client closed the connection {where}" + (f" ({exc})" if exc else "")
+        self._record().ended("aborted", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE, message=reason,
+                             by="client", reason=reason, cause="connection-lost", **self._totals())
 
     def set_paused(self, reading_client: bool, paused: bool) -> None:
         """Backpressure from the client's leg: the SCP writes only short answers, it needs none."""
@@ -371,19 +379,28 @@ class StoreAssociation:
         self.timer.arm(self.route.limits.idle_timeout, "idle")
 
     def _release(self) -> None:
-        """A-RELEASE-RQ (PS3.8 9.3.6): answered once every request before it has its answer."""
+        """A-RELEASE-RQ (PS3.8 9.3.6): answered once every request before it has its answer. The
+        association stays releasing (PS3.8 9.2.3, Sta8) until the A-RELEASE-RP is sent, which may
+        wait behind answers held for their records (`Outbox`): a connection lost before that is
+        an A-P-ABORT (`connection_lost`), not a release."""
         self.state = "releasing"
         self.timer.arm(self.route.limits.artim_timeout, "ARTIM timer expired during release")
 
         def answer() -> None:
             if self.closed:
                 return
-            self._record().ended("released", message=f"released after {self.stored} objects", **self._totals())
             self.outbox.send(P.encode_release_rp())
-            self.state = "closed"
-            self._close_soon()
+            self.outbox.when_sent(self._released)  # dropped with the outbox if the association ends first
 
         self._after_answers(answer)
+
+    def _released(self) -> None:
+        """The A-RELEASE-RP is sent (PS3.8 9.2.3, AR-4): released; the requestor closes (Sta13)."""
+        if self.closed or self.state != "releasing":
+            return
+        self._record().ended("released", message=f"released after {self.stored} objects", **self._totals())
+        self.state = "closed"
+        self._close_soon()
 
     def _after_answers(self, then: Callable[[], None]) -> None:
         last = self.answers[-1] if self.answers else None
