@@ -9,6 +9,10 @@ and record every alert and each association's ``dicom.association.*``/``dicom.di
 * neither: printed, one line per event (``--format table``) or one JSON Event per line
   (``--format json``).
 
+``ids read --bpf EXPR`` reads only the frames a pcap-filter(7) expression keeps, as ``tcpdump -r``
+does (libpcap compiles and matches it: :mod:`pacsguard.ids.capture.offline_filter`); a filter
+libpcap refuses is a usage error.
+
 Then a summary: associations, alerts by rule, what was skipped and why, capture problems, and
 the reading speed.  With ``--format json`` the summary is one JSON object ``{"summary": ...}`` on
 the last line of standard output.  ``read`` shows a progress bar (bytes of the file) on a
@@ -52,6 +56,7 @@ from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 if TYPE_CHECKING:
     from pacsguard.events import Event
     from pacsguard.events.sink import EventSink
+    from pacsguard.ids.capture.offline_filter import BpfFilter
     from pacsguard.ids.engine import Engine
     from pacsguard.ids.passive import PassiveStats
     from pacsguard.ids.sensor import CaptureClock
@@ -285,6 +290,17 @@ def _progress_bar(stack: ExitStack, name: str) -> Callable[[int, int | None], No
     return report
 
 
+def _frame_filter(bpf: str | None) -> BpfFilter | None:
+    """``--bpf``'s filter (libpcap compiles it for each link type the file holds and matches each
+    frame as ``tcpdump -r`` does: ids/capture/offline_filter.py). An empty filter matches every
+    frame, in libpcap as here: no filtering at all then."""
+    if bpf is None or not bpf.strip():
+        return None
+    from pacsguard.ids.capture.offline_filter import BpfFilter
+
+    return BpfFilter(bpf)
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -301,6 +317,9 @@ def read_command(
     config: Path | None = CONFIG_OPTION,
     alerts_only: bool = NO_ASSOC_OPTION,
     max_flows: int = MAX_FLOWS_OPTION,
+    bpf: str | None = typer.Option(
+        None, "--bpf", help="read only the frames this filter matches, pcap-filter(7) syntax as in tcpdump -r FILE "
+                            "EXPR, e.g. 'host 10.0.0.5 and port 104'"),
 ) -> None:
     """Run the IDS rules over a capture file; exit 1 if any alert fired.
 
@@ -309,11 +328,13 @@ def read_command(
     from pacsguard.ids.passive import read
 
     engine, clock = _engine(rules_dir or [], config)
+    frame_filter = _frame_filter(bpf)
     with ExitStack() as stack:
         publish = _output(stack, store, jsonl, fmt)
         report = _progress_bar(stack, capture.name) if err_console.is_terminal else None
         stats = read(capture, engine=engine, publish=publish, clock=clock, max_flows=max_flows,
-                     log_associations=not alerts_only, progress=report)
+                     log_associations=not alerts_only, progress=report,
+                     frame_filter=frame_filter)
     _print_summary(stats, engine, fmt)
     raise typer.Exit(_exit_code(stats))
 

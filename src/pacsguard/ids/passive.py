@@ -30,7 +30,7 @@ from pacsguard.ids.capture import (
     TCPReassembler,
     live_capture,
 )
-from pacsguard.ids.capture.reader import FrameHandler, make_frame_handler
+from pacsguard.ids.capture.reader import FrameFilter, FrameHandler, make_frame_handler
 from pacsguard.ids.sensor import CaptureClock, PassiveSensor, SensorStats
 
 if TYPE_CHECKING:
@@ -180,6 +180,7 @@ def read(
     sensor_name: str = "passive",
     adapter: DicomAdapter | None = None,
     vlan_tracking: bool | None = None,
+    frame_filter: FrameFilter | None = None,
 ) -> PassiveStats:
     """Run the rules over the pcap/pcapng file ``path`` (``-``: standard input; a pipe, a FIFO or a
     gzip'd capture is streamed in bounded memory, :class:`~pacsguard.ids.capture.CaptureFile`), or
@@ -221,7 +222,7 @@ def read(
         return h
 
     t0 = time.perf_counter()
-    with CaptureFile(path, reasm.stats) as cf:
+    with CaptureFile(path, reasm.stats, frame_filter=frame_filter) as cf:
         step = PROGRESS_FRAMES if progress is not None else -1
         while not cf.done:
             n = cf.run(handler_for, step, reasm.tick)

@@ -30,6 +30,11 @@ Ethernet, IP and TCP in one ``unpack_from``, finds the direction's stream with o
 :meth:`.reassembly.TCPReassembler.segment`.  The scanning loops call that closure directly (no
 generator).  :func:`iter_frames` exists for other uses and is slower.
 
+Filtering (``ids read --bpf``): a :class:`CaptureFile` given a :class:`FrameFilter` (or a path that
+carries one) puts it in front of each link type's handler, and capture time then follows the frames
+it keeps (:class:`KeptClock`); without one the scans get the handlers themselves, nothing added per
+frame.  The filter itself is libpcap's: :mod:`.offline_filter`.
+
 Damage: a truncated file, a record or block length that cannot be right, an undefined interface,
 a bad option: each becomes a :class:`~.reassembly.CaptureProblem` (what, file offset, and the frame
 as Wireshark numbers frames: 1-based, every packet record or block counted) in the stats;
@@ -82,6 +87,7 @@ from .zstdframes import FrameWalker
 __all__ = [
     "CaptureError",
     "CaptureFile",
+    "FrameFilter",
     "FrameHandler",
     "make_frame_handler",
     "iter_frames",
@@ -99,6 +105,42 @@ class FrameHandler(Protocol):
     """``handler(buf, mv, off, caplen, ts_us)``: one frame at ``buf[off:off+caplen]``."""
 
     def __call__(self, buf: bytes | mmap.mmap, mv: memoryview, off: int, caplen: int, ts: int) -> None: ...
+
+
+class FrameFilter(Protocol):
+    """Which frames of a capture file reach the handlers (``ids read --bpf``: :mod:`.offline_filter`).
+
+    ``wrap`` gets the handler for ``linktype``, the file's snap length (0: unknown), the
+    :class:`CaptureFile` it is called from (the frame is at ``buf[off:off+caplen]`` of the file or
+    of its streaming window, its record or block header just before it) and the clock to call
+    with the timestamp of each frame it hands on (after the handler)."""
+
+    def wrap(self, handler: FrameHandler, linktype: int, snaplen: int, capture: CaptureFile,
+             clock: KeptClock) -> FrameHandler: ...
+
+
+class KeptClock:
+    """Capture time as the frames a filter keeps tell it, not the frames it drops: the reassembler
+    closes connections and times some events on its ticks, so a filtered read ticks as
+    :meth:`CaptureFile.run` ticks over a file holding only the kept frames, read whole (the first
+    frame alone, then the rest from the first one's time on, once per second of capture time and
+    every 4096 frames).  :attr:`last_ts` is the last kept frame's time."""
+
+    __slots__ = ("tick", "tick_at", "kept", "last_ts")
+
+    def __init__(self) -> None:
+        self.tick: Callable[[int], None] = _noop_tick
+        self.tick_at = 0
+        self.kept = 0
+        self.last_ts = 0
+
+    def __call__(self, ts: int) -> None:
+        n = self.kept  # frames kept before this one
+        self.kept = n + 1
+        self.last_ts = ts
+        if ts >= self.tick_at or (n and not n & 4095):
+            self.tick(ts)
+            self.tick_at = ts if n == 0 else ts + _TICK_US
 
 
 # Ethernet type, IPv4 version/IHL, total length, flags/fragment offset, protocol, then (for a
@@ -394,9 +436,12 @@ class CaptureFile:
     """
 
     def __init__(
-        self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, stats: CaptureStats | None = None
+        self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, stats: CaptureStats | None = None,
+        frame_filter: FrameFilter | None = None,
     ) -> None:
         self.name = _source_name(source)
+        self.frame_filter = frame_filter
+        self._clock = KeptClock()
         self.stats = stats if stats is not None else CaptureStats()
         self._mm: mmap.mmap | None = None
         self._file: io.BufferedIOBase | None = None
@@ -661,8 +706,16 @@ class CaptureFile:
         frames handled; sets :attr:`done` at the end of the file or at damage that ends the scan."""
         if self.done or limit == 0:
             return 0
+        if self.frame_filter is not None:
+            return self._run_filtered(handler_for, limit, tick)
         if self._src is None:
             return self._run(handler_for, limit, tick)
+        return self._run_streamed(handler_for, limit, tick)
+
+    def _run_streamed(
+        self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None] | None
+    ) -> int:
+        """:meth:`run` over a stream: window after window, each frame copied out of its window."""
         stats = self.stats
         copying: dict[int, FrameHandler] = {}
 
@@ -682,8 +735,9 @@ class CaptureFile:
             return h
 
         n = 0
+        scan_for = self._filtered(copied)  # the filter sees the window, with the record headers
         while not self.done:
-            k = self._run(copied, limit, tick)
+            k = self._run(scan_for, limit, tick)
             n += k
             if limit > 0:
                 limit -= k
@@ -692,6 +746,39 @@ class CaptureFile:
             if not self.done:
                 self._refill()  # the scan stopped at the window's end
         return n
+
+    def _run_filtered(
+        self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None] | None
+    ) -> int:
+        """:meth:`run` with :attr:`frame_filter` in front of the handlers; capture time is that of
+        the kept frames (:class:`KeptClock`), so at the end :attr:`last_ts` is the last kept one's."""
+        self._clock.tick = tick or _noop_tick
+        try:
+            if self._src is not None:
+                return self._run_streamed(handler_for, limit, None)
+            return self._run(self._filtered(handler_for), limit, None)
+        finally:
+            if self.done:
+                self.last_ts = self._clock.last_ts
+
+    def _filtered(self, handler_for: Callable[[int], FrameHandler]) -> Callable[[int], FrameHandler]:
+        """``handler_for`` behind :attr:`frame_filter`: the same function without one, else one
+        filtered handler per link type."""
+        flt = self.frame_filter
+        if flt is None:
+            return handler_for
+        made: dict[int, FrameHandler] = {}
+        # pcapng: each interface's snap length is its own; a program depends on it only for the
+        # value it returns on a match (never 0), so libpcap's maximum serves them all
+        snaplen = self.snaplen if self.format == "pcap" else 0
+
+        def filtered_for(lt: int) -> FrameHandler:
+            h = made.get(lt)
+            if h is None:
+                h = made[lt] = flt.wrap(handler_for(lt), lt, snaplen, self, self._clock)
+            return h
+
+        return filtered_for
 
     def _run(
         self,
@@ -1088,6 +1175,7 @@ class _BpfProgram(ctypes.Structure):
 
 
 _Program = list[tuple[int, int, int, int]]
+_DLT_RAW = 12  # libpcap's DLT_RAW on Linux (pcap/dlt.h)
 _PCAP_ERRBUF_SIZE = 256
 # A classic BPF "jeq #k" (BPF_JMP | BPF_JEQ | BPF_K) and the tag protocol identifiers libpcap's
 # `vlan` compares the EtherType with when the tag is in the frame: 802.1Q, 802.1ad and the
@@ -1141,7 +1229,10 @@ def _compile_with_libpcap(expr: str, linktype: int, snaplen: int) -> _Program | 
     lib = _libpcap()
     if lib is None:
         return None
-    handle = lib.pcap_open_dead(linktype, snaplen)
+    # pcap_open_dead takes libpcap's DLT_ number, not the LINKTYPE_ of files and of live_loop: the
+    # two differ for raw IP (LINKTYPE_RAW 101 is DLT_RAW 12 on Linux; 101 is refused as "unknown
+    # data link type"), the same for the others used here.
+    handle = lib.pcap_open_dead(_DLT_RAW if linktype == LINKTYPE_RAW else linktype, snaplen)
     if not handle:
         return None
     try:
