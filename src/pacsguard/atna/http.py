@@ -23,7 +23,7 @@ import logging
 import re
 import ssl
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -89,6 +89,9 @@ HEAD_TIMEOUT = 10.0
 #: Seconds a client turned away (every place held by authenticated clients) is told to wait
 #: (503 Service Unavailable, Retry-After: RFC 9110 10.2.3).
 RETRY_AFTER = 5
+#: Seconds a POST's answer waits for its messages to be durable (in the store or the bus's
+#: journal) before it is 503 instead (RestfulAtna._stored): FHIR clients wait 30-60 s for an answer.
+SETTLE_SECONDS = 10.0
 #: Seconds a connection turned away with 503 is still read, for the client to take the answer, and
 #: how many may be so at once (beyond, closed unanswered: a flood must not hold sockets this way).
 TURNED_AWAY_LINGER = 1.0
@@ -274,9 +277,12 @@ class Place:
 
 class RestfulAtna:
     def __init__(self, config: HttpListener, publish: Publish, store: EventStore, resolve: Any,
-                 max_body: int, max_connections: int = 1000) -> None:
+                 max_body: int, max_connections: int = 1000,
+                 settled: Callable[[float], Awaitable[bool]] | None = None) -> None:
         self.config = config
         self.publish = publish
+        #: Waits (at most the seconds given) until everything published is durable; False if not.
+        self.settled = settled
         self.store = store
         self.max_body = max_body
         self.max_connections = max_connections
@@ -603,7 +609,7 @@ class RestfulAtna:
         if path in _BASES:
             if method != "POST":
                 return self._unserved(sender, request, _not_allowed(method, url.path, "POST"))
-            return self._feed(body, sender, self._base_for(headers.get("host", ""), path))
+            return await self._stored(self._feed(body, sender, self._base_for(headers.get("host", ""), path)))
         if path not in _AUDIT_EVENTS:
             return self._unserved(sender, request, outcome(HTTPStatus.NOT_FOUND,
                                                            f"{url.path}: only /AuditEvent (and /metadata) is served"))
@@ -611,7 +617,7 @@ class RestfulAtna:
         if method == "GET":
             return await self._search(url.query, sender, base, headers)
         if method == "POST":
-            return self._ingest(body, sender, base, headers.get("content-type", ""))
+            return await self._stored(self._ingest(body, sender, base, headers.get("content-type", "")))
         return self._unserved(sender, request, _not_allowed(method, url.path, "GET, HEAD, POST"))
 
     def _not_acceptable(self, sender: Sender, query: str, headers: dict[str, str], path: str) -> Reply | None:
@@ -655,6 +661,20 @@ class RestfulAtna:
         path's prefix (/fhir, or none)."""
         origin = f"{self.scheme}://{host}" if _HOST.fullmatch(host) else self.base
         return origin + prefix
+
+    async def _stored(self, reply: Reply) -> Reply:
+        """``reply`` once what the request published is durable (in the store, or in the bus's
+        journal): a 201 or 200 says the message is kept, so it waits for that, as the gateway holds
+        its answers (events/durable.py). When the store is not writing within SETTLE_SECONDS, 503
+        with Retry-After instead: what was received is still written once the store takes writes
+        again, so a message sent again may be stored twice, never lost. A refusal (4xx) waits for
+        nothing."""
+        if reply.status not in (200, 201) or self.settled is None or await self.settled(SETTLE_SECONDS):
+            return reply
+        return dataclasses.replace(outcome(
+            HTTPStatus.SERVICE_UNAVAILABLE, f"received but not yet stored within {SETTLE_SECONDS} s: the store is "
+            "not writing (pacsguard's log says why); it is written once the store takes writes again"),
+            retry_after=RETRY_AFTER)
 
     def _ingest(self, body: bytes, sender: Sender, base: str, content_type: str) -> Reply:
         """FHIR create of one AuditEvent (ITI-20's FHIR feed): FHIR JSON only, whatever the

@@ -4,6 +4,7 @@ section names, each publishing the Events of what it receives to the bus."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import deque
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener, tls_context
 from pacsguard.atna.syslog.readers import ReadingProcesses
+from pacsguard.events.durable import Durability
 from pacsguard.events.model import Event, Outcome, Severity
 
 if TYPE_CHECKING:
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
     from pacsguard.ids.engine import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class RecentEvents:
@@ -72,11 +79,12 @@ class AtnaService:
     needs_asyncio_loop = False
 
     def __init__(self, config: AtnaConfig, publish: Publish, store: EventStore | None = None,
-                 resolve: Any = None, subscribe: Any = None) -> None:
+                 resolve: Any = None, subscribe: Any = None, durability: Durability | None = None) -> None:
         from pacsguard.atna.dedupe import Deduplicator
 
         self.config = config
         self.deliver = publish
+        self.durability = durability  # of the bus `publish` feeds: the RESTful answers wait for it
         self.store = store
         self.subscribe = subscribe
         self.dedupe = Deduplicator(publish)
@@ -160,7 +168,7 @@ class AtnaService:
                 if self.store is None:
                     raise LookupError("the RESTful ATNA endpoint needs the store")
                 http = RestfulAtna(cfg.http, self.publish, self.store, self.resolve, cfg.max_message,
-                                   cfg.max_connections)
+                                   cfg.max_connections, self.settled if self.durability is not None else None)
                 await self._listen("http", http, cfg.http.host, cfg.http.port)
                 rows.append(("ATNA RESTful (ITI-81)", f"{http.scheme}://{self._where('http')}/AuditEvent",
                              http.authentication))
@@ -170,6 +178,28 @@ class AtnaService:
             await self.stop()
             raise
         return rows
+
+    async def settled(self, seconds: float) -> bool:
+        """Whether everything published so far is durable within ``seconds`` (the bus's ticket of
+        its last event reached; events/durable.py): what a RESTful answer of 201 waits for."""
+        durability = self.durability
+        if durability is None:
+            return True
+        loop = asyncio.get_running_loop()
+        ticket = durability.bus.published
+        deadline = loop.time() + seconds
+        while not durability.done(ticket):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            # Woken once the ticket is durable, or by a failed write (then it is not yet: wait on).
+            woken = loop.create_future()
+            durability.wait(ticket, functools.partial(_wake, woken))
+            try:
+                await asyncio.wait_for(woken, left)
+            except TimeoutError:
+                pass
+        return True
 
     def _read_by(self) -> str:
         n = self.config.readers
@@ -274,7 +304,9 @@ def make_service(ctx: ServiceContext) -> AtnaService | None:
     config: AtnaConfig = ctx.section
     if not config.enabled:
         return None
-    service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe)
+    # Only the RESTful endpoint answers what it received (201) and so waits for it to be durable.
+    durability = Durability(ctx.bus) if config.http is not None else None
+    service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe, durability)
     if config.privacy is not None:
         from pacsguard.ids.audit.adapter import rule_files
         from pacsguard.ids.part import rule_engine

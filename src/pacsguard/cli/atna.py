@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def listen(
     from pacsguard.atna.service import AtnaService
     from pacsguard.cli.common import console, quiet_libraries, validate_options
     from pacsguard.cli.serve import show_banner
+    from pacsguard.events.durable import Durability
     from pacsguard.runtime import outputs
     from pacsguard.runtime.services import run_foreground
     from pacsguard.store import keys
@@ -82,6 +84,11 @@ def listen(
         host, port = _endpoint(http, "--http")
         if not http_token_env:  # the endpoint always asks for a credential (docs/audit.md)
             raise fail("--http needs --http-token-env NAME: the environment variable holding its bearer token")
+        if not os.environ.get(http_token_env):
+            # Named by the option given, not by `atna.http.token`, a key of a file this command has not;
+            # an empty token would start an endpoint that refuses every client (RFC 6750 2.1: b64token).
+            raise fail(f"--http-token-env {http_token_env}: the environment variable is not set or is empty; "
+                       f"export {http_token_env}=TOKEN (the endpoint's bearer token) first")
         section["http"] = {"host": host, "port": port, "token": {"env": http_token_env}}
     if not ({"tls", "tcp", "udp", "http"} & set(section)):
         raise fail("give at least one of --tls, --tcp, --udp, --http")
@@ -95,7 +102,7 @@ def listen(
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True, key_role="--key" if key else "")
         bus = outputs.open_outputs(stack, es).bus
-        service = AtnaService(config, bus.publish, es)
+        service = AtnaService(config, bus.publish, es, durability=Durability(bus) if http else None)
         tune_for_ingest()
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")])
 

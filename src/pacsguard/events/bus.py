@@ -152,6 +152,11 @@ class EventBus:
             self._wake.set()
 
     @property
+    def published(self) -> int:
+        """The ticket of the last event published (every one up to it queued or written)."""
+        return self._published
+
+    @property
     def written(self) -> int:
         """The ticket up to which every event is in the sink."""
         return self._written
