@@ -168,6 +168,7 @@ class AssociationRelay:
         self.state = "awaiting-rq"
         #: a peer sent A-ABORT (passed on to the other leg): what arrives after it is ignored
         self.peer_aborted = False
+        self.rp_held = False  # the A-RELEASE-RP waits for answers held before it (_finish_release)
         # Bookkeeping deviations the peers themselves ignore pass with a warning (gateway/violations.py).
         self.decoder = AssociationDecoder(max_pdu_length=limits.max_pdu_length,
                                           tolerate=TOLERATED)
@@ -290,6 +291,11 @@ class AssociationRelay:
             # (it may retry), not an A-ABORT.
             self._upstream_failed(_describe_upstream_hang_up(exc, tls=self.route.upstream.tls is not None))
             return
+        if self.state == "releasing" and self.rp_held and not from_client:
+            # A PACS may close its connection as soon as it has sent its A-RELEASE-RP (pynetdicom
+            # does; PS3.8 9.2 leaves it to the requestor, Sta13) while the client's copy still waits
+            # for its records: it goes out first (_finish_release), bounded by record_timeout.
+            return
         if self.state == "releasing":
             # PS3.8 9.2.3, Sta7: a transport closed before the A-RELEASE-RP is an A-P-ABORT (AA-4), not
             # a release: the association ends aborted and requests still in flight are cut off, as
@@ -300,10 +306,8 @@ class AssociationRelay:
             return
         if self.state in ("awaiting-rq", "closed"):
             if not from_client and self.state == "closed" and self.outbox.holding:
-                # A PACS may close its connection as soon as it has sent its A-RELEASE-RP (pynetdicom
-                # does; PS3.8 9.2 leaves it to the requestor, Sta13) while the client's copy still
-                # waits for its records (an answer the gateway gave itself came just before): it goes
-                # out first, _close_soon() closes after it, and the outbox's record_timeout bounds it.
+                # Released, and the client's last answers still wait for their records (as above):
+                # they go out first, _close_soon() closes after them.
                 return
             self.close()
             return
@@ -998,6 +1002,19 @@ class AssociationRelay:
 
     def _finish_release(self, raw_rp: bytes, from_client: bool) -> None:
         self._forward(from_client, raw_rp)
+        if from_client or not self.outbox.holding:
+            self._released()
+            return
+        # The PACS's A-RELEASE-RP waits behind answers held for their records: the association is
+        # released once the client has it (PS3.8 9.2.3: until then it is still releasing). A client
+        # that hangs up first, or records that miss record_timeout, end it aborted, once.
+        self.rp_held = True
+        self.timer.cancel()  # the outbox's record_timeout bounds the wait, not the ARTIM timer
+        self.outbox.when_sent(self._released)
+
+    def _released(self) -> None:
+        if self.closed:
+            return
         self._record().ended("released", message="released", **self._totals())
         self.state = "closed"
         self._close_soon()
