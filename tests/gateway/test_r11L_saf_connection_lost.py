@@ -18,14 +18,14 @@ import asyncio
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playbook import route_config
 from test_durable import Gate
-from test_store_forward_scp import Client, associate, route_under_test, store_rq, until
+from test_store_forward_scp import Client, associate, store_rq, until
+from test_store_forward_scp import run_route as run
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import pdu as P
@@ -35,9 +35,6 @@ from peers.dcmtk import free_port
 HOST = "127.0.121.1"  # the route's Storage SCP
 DEST = "127.0.121.2"  # its destination: nobody listens, nothing is forwarded
 
-Scenario = Callable[[Client, Gate, list[Any], StoreForwardRoute], Awaitable[None]]
-
-
 def saf_route(tmp_path: Path) -> Route:
     listen = {"host": HOST, "port": free_port(HOST), "ae_title": "PACSGUARD"}
     return route_config(mode="store-and-forward", listen=listen,
@@ -45,30 +42,6 @@ def saf_route(tmp_path: Path) -> Route:
                                        "connect_timeout": 1}],
                         spool={"directory": str(tmp_path / "spool"), "min_free_mib": 0},
                         retry={"initial_delay": 5, "max_delay": 5})
-
-
-def run(route: Route, scenario: Scenario) -> list[Any]:
-    """Start the route (its Events through a real bus into a Gate), connect from a raw socket,
-    play ``scenario``; returns every Event the route published."""
-    gate = Gate()
-    sf, bus, published = route_under_test(route, gate, 0.5)
-
-    async def main() -> None:
-        port = await sf.start()
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            await scenario(Client(reader, writer), gate, published, sf)
-        finally:
-            writer.close()
-            gate.open.set()
-            await sf.stop(grace=1.0)
-
-    try:
-        asyncio.run(main())
-    finally:
-        gate.close()
-        bus.close(5)
-    return published
 
 
 def reset(client: Client) -> None:

@@ -104,14 +104,23 @@ def route_under_test(route: Route, gate: Gate, max_delay: float) -> tuple[StoreF
 
 def run(route: Route, scenario: Scenario) -> list[Any]:
     """Start the route (its Events into a Gate through a real bus), connect, play ``scenario``."""
+    return run_route(route, lambda client, gate, published, sf: scenario(client, gate, published))
+
+
+#: A scenario that also looks at the route itself (its association's state).
+RouteScenario = Callable[[Client, Gate, list[Any], StoreForwardRoute], Awaitable[None]]
+
+
+def run_route(route: Route, scenario: RouteScenario) -> list[Any]:
+    """`run`, the route handed to ``scenario`` too; returns every Event the route published."""
     gate = Gate()
     sf, bus, published = route_under_test(route, gate, 0.5)
 
     async def main() -> None:
         port = await sf.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(route.listen.host, port)
         try:
-            await scenario(Client(reader, writer), gate, published)
+            await scenario(Client(reader, writer), gate, published, sf)
         finally:
             writer.close()
             gate.fail(False)

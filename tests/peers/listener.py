@@ -41,3 +41,14 @@ class Listener:
         self.accepting.join(5)
         for thread in self.threads:
             thread.join(self.join_for)
+
+
+def read_head(conn: socket.socket) -> bytes:
+    """An HTTP request's head, up to and with its blank line (and what came in the same reads)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise OSError("closed")
+        head += chunk
+    return head

@@ -29,7 +29,7 @@ from pacsguard.store.keys import public_path
 from pacsguard.tls import client_context, server_context
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
-from peers.listener import Listener
+from peers.listener import Listener, read_head
 from store_helpers import make_events
 from test_cli import run
 
@@ -174,12 +174,7 @@ class ConnectProxy(Listener):
     def serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    raise OSError("closed")
-                head += chunk
+            head = read_head(conn)
             target = head.split(b" ")[1].decode()
             host, _, port = target.rpartition(":")
             upstream = socket.create_connection((host, int(port)), timeout=5)

@@ -40,7 +40,7 @@ from pacsguard.witness.config import WitnessedLog, WitnessServiceConfig
 from pacsguard.witness.errors import WitnessError
 from pacsguard.witness.http import WitnessClient
 from pacsguard.witness.push import HttpWitness
-from peers.listener import Listener
+from peers.listener import Listener, read_head
 from store_helpers import make_events
 from test_cli import run
 
@@ -51,16 +51,6 @@ TOKEN = "t0ken-of-the-site-r11e"
 LOG = "0123456789abcdef"
 #: The modules of the client's exchange: none may read a private attribute it does not define.
 CLIENT_MODULES = ("http.py", "exchange.py", "route.py", "lookup.py", "deadline.py")
-
-
-def _head(conn: socket.socket) -> bytes:
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = conn.recv(4096)
-        if not chunk:
-            raise OSError("closed")
-        head += chunk
-    return head
 
 
 class Answering(Listener):
@@ -75,7 +65,7 @@ class Answering(Listener):
         with conn:
             conn.settimeout(5)
             try:
-                self.heads.append(_head(conn))
+                self.heads.append(read_head(conn))
                 conn.sendall(self.answer)
             except OSError:
                 return
@@ -94,7 +84,7 @@ class Proxy(Listener):
         with conn:
             conn.settimeout(5)
             try:
-                head = _head(conn)
+                head = read_head(conn)
                 line, _, rest = head.partition(b"\r\n")
                 method, target, version = line.decode().split(" ")
                 fields = dict(f.split(": ", 1) for f in rest.decode().split("\r\n") if ": " in f)
