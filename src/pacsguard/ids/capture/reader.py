@@ -481,8 +481,19 @@ class CaptureFile:
         self.snaplen = 0
         # pcapng state
         self.endian = "<"
-        # per interface: linktype, snaplen, timestamp mode, multiplier, divisor, offset (µs)
+        # per interface: linktype, snaplen, timestamp mode, multiplier, divisor, offset (µs); one
+        # tuple for interfaces described alike (a file may describe millions of them, 20 bytes each)
         self.ifaces: list[tuple[int, int, int, int, int, int]] = []
+        self._iface_kinds: dict[tuple[int, int, int, int, int, int], tuple[int, int, int, int, int, int]] = {}
+        # Kept from one scan to the next (a streamed capture is scanned once per window): the
+        # function the scans call for a run's handler_for (_scanner), and the handlers made by the
+        # one the pcapng scan was last given, per link type and per interface of the section
+        # (_interface_handlers).  Made again at every scan, they cost a file of many interfaces
+        # time in the square of its length.
+        self._scan_of: tuple[Callable[[int], FrameHandler], Callable[[int], FrameHandler]] | None = None
+        self._handlers_of: Callable[[int], FrameHandler] | None = None
+        self._lt_handlers: dict[int, FrameHandler] = {}
+        self._iface_handlers: list[FrameHandler] = []
         try:
             self._detect()
         except BaseException:
@@ -716,6 +727,32 @@ class CaptureFile:
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None] | None
     ) -> int:
         """:meth:`run` over a stream: window after window, each frame copied out of its window."""
+        n = 0
+        scan_for = self._scanner(handler_for)
+        while not self.done:
+            k = self._run(scan_for, limit, tick)
+            n += k
+            if limit > 0:
+                limit -= k
+                if limit == 0:
+                    break
+            if not self.done:
+                self._refill()  # the scan stopped at the window's end
+        return n
+
+    def _scanner(self, handler_for: Callable[[int], FrameHandler]) -> Callable[[int], FrameHandler]:
+        """``handler_for`` as the scans call it: behind :attr:`frame_filter` if any, and, for a
+        stream, copying each frame out of its window (the filter sees the window, with the record
+        headers); made once for a given ``handler_for``, so that the scans keep their handlers."""
+        cached = self._scan_of
+        if cached is not None and cached[0] is handler_for:
+            return cached[1]
+        scan_for = self._filtered(self._copying(handler_for) if self._src is not None else handler_for)
+        self._scan_of = (handler_for, scan_for)
+        return scan_for
+
+    def _copying(self, handler_for: Callable[[int], FrameHandler]) -> Callable[[int], FrameHandler]:
+        """``handler_for``'s handlers given a copy of each frame instead of a view of the window."""
         stats = self.stats
         copying: dict[int, FrameHandler] = {}
 
@@ -734,18 +771,7 @@ class CaptureFile:
                 copying[lt] = h
             return h
 
-        n = 0
-        scan_for = self._filtered(copied)  # the filter sees the window, with the record headers
-        while not self.done:
-            k = self._run(scan_for, limit, tick)
-            n += k
-            if limit > 0:
-                limit -= k
-                if limit == 0:
-                    break
-            if not self.done:
-                self._refill()  # the scan stopped at the window's end
-        return n
+        return copied
 
     def _run_filtered(
         self, handler_for: Callable[[int], FrameHandler], limit: int, tick: Callable[[int], None] | None
@@ -756,7 +782,7 @@ class CaptureFile:
         try:
             if self._src is not None:
                 return self._run_streamed(handler_for, limit, None)
-            return self._run(self._filtered(handler_for), limit, None)
+            return self._run(self._scanner(handler_for), limit, None)
         finally:
             if self.done:
                 self.last_ts = self._clock.last_ts
@@ -882,13 +908,12 @@ class CaptureFile:
         ts = self.last_ts
         npk = 0
         nbytes = 0
-        handlers: dict[int, FrameHandler] = {}
         tick_at = ts
         e = self.endian
         hdr7 = struct.Struct(e + "7I").unpack_from
         hdr2 = struct.Struct(e + "2I").unpack_from
         ifaces = self.ifaces
-        ifhandlers = [handlers.setdefault(i[0], handler_for(i[0])) for i in ifaces]
+        handlers, ifhandlers = self._interface_handlers(handler_for)
         try:
             while True:
                 if off + 12 > size:
@@ -984,7 +1009,7 @@ class CaptureFile:
                     hdr7 = struct.Struct(e + "7I").unpack_from
                     hdr2 = struct.Struct(e + "2I").unpack_from
                     ifaces = self.ifaces = []
-                    ifhandlers = []
+                    ifhandlers = self._iface_handlers = []
                     off += blen
                     continue
                 if blen < 12 or blen & 3 or off + blen > size:
@@ -998,7 +1023,10 @@ class CaptureFile:
                     iface = self._parse_idb(off, blen, e, seen + npk + skipped)
                     if iface is not None:
                         ifaces.append(iface)
-                        ifhandlers.append(handlers.setdefault(iface[0], handler_for(iface[0])))
+                        h = handlers.get(iface[0])
+                        if h is None:
+                            h = handlers[iface[0]] = handler_for(iface[0])
+                        ifhandlers.append(h)
                 elif btype == 3:  # Simple Packet Block: no interface id, no timestamp
                     if not ifaces:
                         problem("simple packet block before any interface description", off, seen + npk + skipped)
@@ -1016,6 +1044,9 @@ class CaptureFile:
                         ifhandlers[0](buf, mv, off + 12, cl, ts)
                         npk += 1
                         nbytes += cl
+                        if not npk & 4095:  # no time of its own: the count only, as for any frame
+                            tick(ts)
+                            tick_at = ts + _TICK_US
                 elif btype == 2:  # obsolete Packet Block
                     if blen < 32:
                         problem(f"packet block too short ({blen} bytes)", off, seen + npk + skipped)
@@ -1039,6 +1070,11 @@ class CaptureFile:
                                 ifhandlers[ifid](buf, mv, off + 28, cl, ts)
                                 npk += 1
                                 nbytes += cl
+                                # its time moves the capture clock as an EPB's does (and as
+                                # KeptClock's, which sees every frame kept by a filter)
+                                if ts >= tick_at or not npk & 4095:
+                                    tick(ts)
+                                    tick_at = ts + _TICK_US
                             else:
                                 problem(f"packet block timestamp {stamp} µs since 1970 is out of range; "
                                         "frame skipped", off, seen + npk + skipped)
@@ -1052,6 +1088,24 @@ class CaptureFile:
             self._seen = seen + npk + skipped
             self._account(npk, nbytes, ts)
         return npk
+
+    def _interface_handlers(
+        self, handler_for: Callable[[int], FrameHandler]
+    ) -> tuple[dict[int, FrameHandler], list[FrameHandler]]:
+        """The handlers ``handler_for`` made, per link type and per interface of the section (the
+        lists the pcapng scan extends), made only for the interfaces described since the last scan
+        with the same ``handler_for``."""
+        if self._handlers_of is not handler_for:
+            self._handlers_of = handler_for
+            self._lt_handlers = {}
+            self._iface_handlers = []
+        handlers, ifhandlers = self._lt_handlers, self._iface_handlers
+        for lt, *_rest in self.ifaces[len(ifhandlers):]:
+            h = handlers.get(lt)
+            if h is None:
+                h = handlers[lt] = handler_for(lt)
+            ifhandlers.append(h)
+        return handlers, ifhandlers
 
     def _bad_block_length(self, btype: int, blen: int, off: int, before: int) -> None:
         if off + blen > self.end and blen >= 12 and not blen & 3 and blen <= _MAX_RECORD_LIMIT:
@@ -1098,7 +1152,8 @@ class CaptureFile:
             mode = 1
         else:
             mode = 2
-        return linktype, snaplen, mode, mul, div, tsoff_us
+        iface = (linktype, snaplen, mode, mul, div, tsoff_us)
+        return self._iface_kinds.setdefault(iface, iface)
 
 
 def iter_frames(
