@@ -51,6 +51,14 @@ FILTERS = {"FlateDecode": FLATE, "Fl": FLATE, "ASCIIHexDecode": AHX, "AHx": AHX,
 #: The keyword that opens a stream's data, after its dictionary (7.3.8.1), white space or
 #: comments between (7.2.3: a comment is white space). Starting with ">>", the search is fast.
 KEYWORD = re.compile(rb">>(?:[\x00\t\n\x0c\r ]|%[^\r\n]*[\r\n])*stream")
+#: KEYWORD, or a comment's text up to the last ">>" before its next "%" or its end-of-line: a
+#: ">>" inside a comment starts a KEYWORD match of its own, looked at apart (_keywords), so that
+#: the white space and comments after it are not read again for each of them.
+CANDIDATE = re.compile(KEYWORD.pattern + rb"|%[^\r\n%]*>>")
+#: White space and comments, as KEYWORD steps over them (7.2.2, 7.2.3).
+RUN = re.compile(rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n]*[\r\n])*")
+#: White space other than an end-of-line.
+LINE_WHITE = re.compile(rb"[\x00\t\x0c ]*")
 #: How far before ``stream`` its dictionary is looked for: stream dictionaries are short; one
 #: padded past this still has its data inflated when the data has a zlib header.
 DICT_BACK = 4096
@@ -672,17 +680,17 @@ def _streams(doc: bytes, limit: int, objects: _Objects) -> tuple[list[Stream], l
     out: list[Stream] = []
     deferred: list[_Place] = []
     previous = 0
-    for count, match in enumerate(KEYWORD.finditer(doc)):
+    for count, (start, end) in enumerate(_keywords(doc)):
         if count >= limit:
             return out, deferred, True
-        at = match.start() + 2  # the dictionary ends with this ">>"
+        at = start + 2  # the dictionary ends with this ">>"
         # The dictionary is what lies between this object's "obj" and the keyword, never further
         # back than the previous keyword: the bytes read for all dictionaries stay under the file's.
         low = max(previous, at - DICT_BACK)
-        previous = match.end()
+        previous = end
         opened = doc.rfind(b"obj", low, at)
         place = _Place((opened if opened >= 0 else low, at), (max(low, opened - 24), opened + 3) if opened >= 0
-                       else (0, 0), match.end(), low)
+                       else (0, 0), end, low)
         window, missing = _resolved(_dictionary(doc, place), objects)
         if missing:
             deferred.append(place)
@@ -691,6 +699,73 @@ def _streams(doc: bytes, limit: int, objects: _Objects) -> tuple[list[Stream], l
         if stream is not None:
             out.append(stream)
     return out, deferred, False
+
+
+def _keywords(doc: bytes) -> Iterator[tuple[int, int]]:
+    """Where each match of KEYWORD (a dictionary's ">>", white space and comments, ``stream``:
+    7.3.8.1) starts and ends, as KEYWORD.finditer gives them, in time linear in the document.
+    KEYWORD tried at each ">>" reads the white space and comments after it, and a ">>" inside a
+    comment is tried too: lines of ``%>>`` read the rest of the document once each (a 64 KB
+    file took seconds, a megabyte hours). CANDIDATE steps over a comment's text to its last
+    ">>"; each ">>" in it is tried here (_Run), its line's end and the run after it found once for
+    them all (``%>>`` repeated on one long line read the rest of the line once each, too)."""
+    run = _Run(doc)
+    pos = 0
+    while (found := CANDIDATE.search(doc, pos)) is not None:
+        pos = found.end()
+        if doc.startswith(b">>", found.start()):
+            yield found.span()
+            continue
+        at = doc.find(b">>", found.start(), found.end())
+        while at >= 0:
+            end = run.keyword_end(at)
+            if end >= 0:
+                yield at, end
+                pos = max(pos, end)
+            at = doc.find(b">>", end if end >= 0 else at + 1, found.end())
+
+
+class _Run:
+    """KEYWORD tried at a ">>" inside a comment (_keywords): the white space and comments after the
+    comment's line are read once for every ">>" whose match reaches them."""
+
+    def __init__(self, doc: bytes) -> None:
+        self.doc = doc
+        #: The last run of white space and comments read: from an item's start to its end.
+        self.start, self.end = -1, -1
+        #: The last end-of-line looked for: from where, and where it is (the document's length: none).
+        self.line_from, self.line_at = -1, -1
+
+    def keyword_end(self, at: int) -> int:
+        """Where KEYWORD's match at the ">>" at ``at`` ends, -1 if it does not match there."""
+        doc = self.doc
+        stop = _found_end(LINE_WHITE.match(doc, at + 2), at + 2)
+        if doc[stop:stop + 1] in (b"%", b"\r", b"\n"):
+            # The line goes on as white space and a comment to its end-of-line, after which the
+            # run is the same whichever ">>" of the line it started from.
+            line = self._line_at(stop)
+            if line < len(doc):
+                stop = self._after(line + 1)
+        return stop + 6 if doc.startswith(b"stream", stop) else -1
+
+    def _line_at(self, at: int) -> int:
+        """Where the first end-of-line from ``at`` is (the document's length for none): the one
+        found last serves every ``at`` before it, so a long line of ``%>>`` is searched once."""
+        if not self.line_from <= at <= self.line_at:
+            line = NEWLINE.search(self.doc, at)
+            self.line_from, self.line_at = at, line.start() if line is not None else len(self.doc)
+        return self.line_at
+
+    def _after(self, at: int) -> int:
+        """Where the white space and comments from ``at``, an item's start, end."""
+        if not self.start <= at <= self.end:
+            self.start, self.end = at, _found_end(RUN.match(self.doc, at), at)
+        return self.end
+
+
+def _found_end(found: re.Match[bytes] | None, at: int) -> int:
+    """Where a pattern that matches the empty string at least, matched at ``at``, ends."""
+    return found.end() if found is not None else at
 
 
 def _stream_at(doc: bytes, place: _Place, objects: _Objects) -> Stream | None:

@@ -14,6 +14,7 @@ bounded by a ``Budget`` or walks the document once; nothing here raises for its 
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,13 @@ MAX_REACH = 16 * 1024 * 1024
 #: A trailer is looked for this far after ``xref`` (7.5.4: 20 bytes an entry; the rest is not
 #: needed: a table names no object stream).
 MAX_TABLE = 64 * 1024 * 1024
+#: Budget.table_bytes: bytes searched for the trailers of all the document's classic tables
+#: together in a pass, four tables as long as MAX_TABLE. A trailer follows its table closely; ten
+#: thousand ``xref`` keywords each searched to the end of a document padded long cost that many
+#: times its length.
+MAX_TABLE_READ = 4 * MAX_TABLE
+#: White space (7.2.2, Table 1), a run of it stepped over before a section's object or table.
+WHITE_RUN = re.compile(rb"[\x00\t\n\x0c\r ]*")
 #: Per-entry field widths a viewer accepts (7.5.8.2: /W gives bytes; more than 8 is no offset).
 MAX_WIDTH = 8
 
@@ -70,7 +78,13 @@ class Budget:
     entries: int = 2_000_000
     #: Bytes read past the first FREE_DICTIONARY of each dictionary, the document's all together.
     reach: int = MAX_REACH
+    #: Bytes searched for classic tables' trailers (MAX_TABLE_READ), the document's all together.
+    table_bytes: int = MAX_TABLE_READ
     spent: list[str] = field(default_factory=list)
+    #: Where the ``<<`` of dictionaries that do not end before the document does are: one inside
+    #: another that is read later ends it there (it cannot end either), rather than reading the
+    #: rest of the document again for each of them.
+    unended: set[int] = field(default_factory=set)
 
     def take(self, what: str, count: int = 1) -> bool:
         """Spend ``count`` of ``what``; False (and said once) when there is not that much left."""
@@ -90,7 +104,7 @@ class Budget:
 
     def said(self) -> str:
         """What ran out, in words for a finding's explanation."""
-        counted = [what for what in self.spent if what != "long"]
+        counted = [what.replace("_", " ") for what in self.spent if what != "long"]
         parts = [f"past the {', '.join(counted)} allowed"] if counted else []
         if "long" in self.spent:
             parts.append(f"past {MAX_DICTIONARY:,} bytes in one dictionary or {MAX_REACH:,} bytes past the "
@@ -134,31 +148,46 @@ def read_dictionary(doc: bytes, at: int, budget: Budget) -> Dictionary | None:
 
 def _read_dictionary(doc: bytes, at: int, stop: int, budget: Budget) -> Dictionary | None:
     """read_dictionary, to ``stop`` at most."""
-    depth, pos = 0, at
+    opened: list[int] = []  # where each "<<" not yet closed is
+    pos = at
     pieces: list[bytes] = []
     kept = at  # the clean bytes are taken up to here
     while budget.take("tokens"):
         match = TOKEN.search(doc, pos, stop)
         if match is None:
-            return None
+            return _unended(doc, stop, opened, budget)
         token, pos = match.group(), match.end()
-        if token in (b"<<", b">>"):
-            depth += 1 if token == b"<<" else -1
-            if depth == 0:
+        if token == b"<<":
+            if match.start() in budget.unended:  # it never ends: nor do those it is inside
+                budget.unended.update(opened)
+                return None
+            opened.append(match.start())
+            continue
+        if token == b">>":
+            opened.pop()
+            if not opened:
                 pieces.append(doc[kept:pos])
                 return Dictionary(pos, b"".join(pieces))
             continue
         if token == b"<":  # a hex string: to its ">"
             close = doc.find(b">", pos, stop)
             if close < 0:
-                return None
+                return _unended(doc, stop, opened, budget)
             pos = close + 1
             continue
         end = _string_end(doc, pos, stop, budget) if token == b"(" else _comment_end(doc, pos, stop)
         if end < 0:
-            return None
+            return _unended(doc, stop, opened, budget)
         pieces.append(doc[kept:match.start()] + (b"()" if token == b"(" else b" "))
         pos = kept = end
+    return None
+
+
+def _unended(doc: bytes, stop: int, opened: list[int], budget: Budget) -> Dictionary | None:
+    """None, for a dictionary read to ``stop`` without its end: when that is the document's end
+    (not a bound, nor the budget's tokens), the dictionaries still open there are kept as unended."""
+    if stop == len(doc) and "tokens" not in budget.spent:
+        budget.unended.update(opened)
     return None
 
 
@@ -228,9 +257,15 @@ def sections(doc: bytes, budget: Budget) -> Iterator[Section]:
     pending = [int(m.group(1)) for m in STARTXREF.finditer(doc)]
     pending += [start for m in XREF_TYPE.finditer(doc) if (start := _object_before(doc, m.start())) >= 0]
     pending.reverse()  # the last startxref first, as a viewer reads it
+    white = _White()
     while pending:
         at = pending.pop()
         if at in seen or at >= len(doc):
+            continue
+        # The white space before the object or table, each byte of it stepped over once: offsets
+        # into one long run of it all lead to the same place, read once.
+        at = white.skip(doc, at)
+        if at in seen:
             continue
         if not budget.take("sections"):
             return
@@ -246,6 +281,32 @@ def sections(doc: bytes, budget: Budget) -> Iterator[Section]:
         pending.extend(link for key in (b"Prev", b"XRefStm") if (link := number(dictionary.clean, key)) is not None)
         if XREF_TYPE.search(dictionary.clean) is not None:
             yield Section(head, dictionary.clean, after)
+
+
+class _White:
+    """The runs of white space stepped over in one document, each as [start, end): an offset into
+    a run known goes to its end without reading it again, one before it reads up to it only."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def skip(self, doc: bytes, at: int) -> int:
+        """Where the white space from ``at`` ends (``at`` if there is none)."""
+        index = bisect.bisect_right(self.starts, at) - 1
+        if index >= 0 and at < self.ends[index]:
+            return self.ends[index]
+        known = index + 1 < len(self.starts)
+        following = self.starts[index + 1] if known else len(doc)
+        run = WHITE_RUN.match(doc, at, following)
+        end = run.end() if run is not None else at  # it matches "" at least
+        if known and end == following:  # it runs into a known run: the two are one
+            self.starts[index + 1] = at
+            return self.ends[index + 1]
+        if end > at:
+            self.starts.insert(index + 1, at)
+            self.ends.insert(index + 1, end)
+        return end
 
 
 def _object_before(doc: bytes, at: int) -> int:
@@ -272,9 +333,16 @@ def heads(doc: bytes) -> Iterator[tuple[int, int, int, int]]:
 
 
 def _trailer_links(doc: bytes, at: int, budget: Budget) -> list[int]:
-    """The /Prev and /XRefStm of the trailer after the classic table whose ``xref`` ends at ``at``."""
-    match = TRAILER.search(doc, at, min(len(doc), at + MAX_TABLE))
+    """The /Prev and /XRefStm of the trailer after the classic table whose ``xref`` ends at ``at``,
+    searched for within MAX_TABLE bytes and what is left of the budget's table_bytes (run out:
+    noted, a bound the caller says)."""
+    bound = min(len(doc), at + MAX_TABLE)
+    stop = min(bound, at + budget.table_bytes)
+    match = TRAILER.search(doc, at, stop)
+    budget.take("table_bytes", (match.end() if match is not None else stop) - at)
     if match is None:
+        if stop < bound:
+            budget.note("table_bytes")
         return []
     dictionary = read_dictionary(doc, match.end() - 2, budget)
     if dictionary is None:

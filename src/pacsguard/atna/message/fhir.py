@@ -90,7 +90,7 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
             source_observer=_observer(source["observer"]),
             source_site=_text(source, "site"),
             source_types=tuple(_coding(c) for c in source.get("type", ())),
-            objects=tuple(o for e in resource.get("entity", ()) for o in _entity(e, resource)))
+            objects=_entities(resource))
     except (AttributeError, TypeError, KeyError) as exc:
         raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
 
@@ -273,7 +273,69 @@ def _agent(a: Mapping[str, Any]) -> Participant:
                        access_point_type=_text(network, "type"), roles=tuple(roles), types=tuple(types))
 
 
-def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
+#: Identifiers of contained Patients read for the entities that name them, in all (each entity
+#: naming one reads all its identifiers, and makes an object of each): past it, the message is
+#: refused. A patient named by a few identifiers from a few entities reads a handful; without a
+#: bound, a body of some 50 KB naming one patient of 1,000 identifiers from 1,000 entities made a
+#: million participant objects.
+MOST_CONTAINED_NAMES = 10_000
+
+
+def _entities(resource: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
+    """The participant objects of every entity (`_entity`), the contained resources indexed once."""
+    contained = _Contained(resource)
+    return tuple(o for e in resource.get("entity", ()) for o in _entity(e, contained))
+
+
+class _Contained:
+    """The resources contained in an AuditEvent (FHIR R4 2.3.0, "contained"), by id, indexed when
+    first needed: one pass, where a search per entity costs entities times resources. What a
+    search would have met is said as it would have said it: a contained that is no array, or an
+    item before the one named (or any, none named) that is no object or has an id of another
+    JSON type, is a TypeError (not-fhir). Counts the identifiers of contained Patients read for
+    the entities (MOST_CONTAINED_NAMES)."""
+
+    def __init__(self, resource: Mapping[str, Any]) -> None:
+        self.resource = resource
+        self.by_id: dict[str | None, tuple[int, Mapping[str, Any]]] | None = None
+        self.wrong: tuple[int, TypeError] | None = None  # the first item that is no resource with an id
+        self.names = 0
+
+    def named(self, reference: str) -> Mapping[str, Any] | None:
+        """The contained resource a local reference ("#id") names, None for none; the first of that id."""
+        if self.by_id is None:
+            self.by_id = self._index()
+        found = self.by_id.get(reference[1:])
+        if self.wrong is not None and (found is None or self.wrong[0] < found[0]):
+            raise self.wrong[1]
+        return found[1] if found is not None else None
+
+    def _index(self) -> dict[str | None, tuple[int, Mapping[str, Any]]]:
+        contained = self.resource.get("contained", [])
+        if not isinstance(contained, list):
+            raise TypeError(f"contained is a JSON {type(contained).__name__}, not an array")
+        by_id: dict[str | None, tuple[int, Mapping[str, Any]]] = {}
+        for position, item in enumerate(contained):
+            try:
+                resource = _as_object(item)
+                key = _text(resource, "id")
+            except TypeError as exc:
+                self.wrong = self.wrong or (position, exc)
+                continue
+            by_id.setdefault(key, (position, resource))
+        return by_id
+
+    def read(self, count: int) -> None:
+        """``count`` more identifiers of a contained Patient read for an entity; AuditMessageError
+        (not-fhir) past MOST_CONTAINED_NAMES in all."""
+        self.names += count
+        if self.names > MOST_CONTAINED_NAMES:
+            raise AuditMessageError("not-fhir", f"AuditEvent.entity: the entities name contained Patients by more "
+                                    f"than {MOST_CONTAINED_NAMES:,} identifiers in all (each entity naming a "
+                                    "contained Patient is one participant object per identifier)")
+
+
+def _entity(e: Mapping[str, Any], contained_resources: _Contained) -> tuple[ParticipantObject, ...]:
     """An entity as its participant objects (`_named`). Its ``what`` may name a resource contained in
     the AuditEvent (FHIR R4 2.3.0, "#id"): a contained Patient is named by its identifiers, one
     object each ("#p1" means nothing outside the resource). An entity without a role, of no type or
@@ -287,7 +349,7 @@ def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[Particip
     # types are no audit-entity-type codes, and ITI-81 gives each back under its own system.
     systems = (_system(_object(e, "type")), _system(_object(e, "role")))
     reference = _text(what, "reference") or ""
-    contained = _contained(resource, reference) if reference.startswith("#") else None
+    contained = contained_resources.named(reference) if reference.startswith("#") else None
     named = _LITERAL.search(reference)
     if type_code in (None, "1") and role is None and (
             (contained or {}).get("resourceType") == "Patient" or (named is not None and named[1] == "Patient")):
@@ -297,6 +359,7 @@ def _entity(e: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[Particip
         identifiers = contained.get("identifier", [])
         if not isinstance(identifiers, list):
             raise TypeError(f"contained Patient identifier is a JSON {type(identifiers).__name__}, not an array")
+        contained_resources.read(len(identifiers))
         found = [o for i in identifiers if _text(_as_object(i), "value")
                  for o in _named(e, {"identifier": i}, type_code, role, systems)]
         if found:
@@ -309,14 +372,6 @@ def _system(coding: Mapping[str, Any]) -> str | None:
     if _text(coding, "code") is None:
         return None
     return _text(coding, "system") or ""
-
-
-def _contained(resource: Mapping[str, Any], reference: str) -> Mapping[str, Any] | None:
-    """The contained resource a local reference ("#id", FHIR R4 2.3.0) names, None for none."""
-    contained = resource.get("contained", [])
-    if not isinstance(contained, list):
-        raise TypeError(f"contained is a JSON {type(contained).__name__}, not an array")
-    return next((r for r in map(_as_object, contained) if _text(r, "id") == reference[1:]), None)
 
 
 def _as_object(value: Any) -> Mapping[str, Any]:
@@ -498,7 +553,11 @@ def _out_entity(o: ParticipantObject, syntax: str) -> dict[str, Any]:
         out["lifecycle"] = {"system": LIFECYCLE, "code": life_cycle}
     if o.name:
         out["name"] = o.name
-    if o.query:
+    # entity.query is a base64Binary (FHIR R4 AuditEvent; A.5's ParticipantObjectQuery is
+    # xs:base64Binary too, PS3.15 A.5.1): a lenient sender's text that is no base64 ("110110")
+    # would make the answer no valid AuditEvent. Left out, as an action outside its value set
+    # is; the raw message keeps it.
+    if o.query and _is_base64_binary(o.query):
         out["query"] = o.query
     if details := [_out_detail(t, v, syntax) for t, v in o.details if t and v]:
         out["detail"] = details
@@ -528,6 +587,13 @@ def _out_detail(kind: str, value: str, syntax: str) -> dict[str, str]:
     if syntax != "fhir" and _is_base64(value):
         return {"type": kind, "valueBase64Binary": value}
     return {"type": kind, "valueString": value}
+
+
+def _is_base64_binary(text: str) -> bool:
+    """Whether ``text`` is a FHIR R4 base64Binary (2.24.0.1: groups of four base64 characters, white
+    space between them allowed): at least one group, its padding right."""
+    packed = "".join(text.split())
+    return bool(packed) and _is_base64(packed)
 
 
 def _is_base64(text: str) -> bool:
