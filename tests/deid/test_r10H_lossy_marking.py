@@ -76,9 +76,10 @@ def _made(tmp_path: Path, command: list[str], *, undeclared: bool = True) -> Pat
     return out
 
 
-def _masked(tmp_path: Path, source: Path) -> Dataset:
-    """``source`` de-identified with a region mask over its top rows, so it is always masked."""
-    config = DeidConfig(pixels=PixelSettings(ocr=False, region_masks=[RegionMask(boxes=[(0, 0, 24, 24)])]))
+def _masked(tmp_path: Path, source: Path, corner: int = 24) -> Dataset:
+    """``source`` de-identified with a region mask over its top left ``corner`` pixels, so it is
+    always masked."""
+    config = DeidConfig(pixels=PixelSettings(ocr=False, region_masks=[RegionMask(boxes=[(0, 0, corner, corner)])]))
     result = deidentify_file(make_engine(KEY, [Option.CLEAN_PIXEL_DATA], config), source, tmp_path / "out.dcm")
     assert result.output is not None, result.withheld
     assert result.report.pixels.startswith("masked"), result.report.pixels
