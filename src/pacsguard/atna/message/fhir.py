@@ -67,7 +67,9 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "AuditEvent":
         raise AuditMessageError("not-fhir", "not a FHIR AuditEvent resource (resourceType)")
     type_ = resource.get("type")
-    if not isinstance(type_, Mapping) or not type_.get("code"):
+    # A code of white space only is none (FHIR R4 2.24.0.1, code: [^\s]+(\s[^\s]+)*): kept, it was
+    # answered as a Coding of no code, which this endpoint itself refuses.
+    if not isinstance(type_, Mapping) or not type_.get("code") or str(type_["code"]).isspace():
         raise AuditMessageError("not-fhir", "AuditEvent.type (a Coding) is required")
     recorded = resource.get("recorded")
     if not isinstance(recorded, str):
