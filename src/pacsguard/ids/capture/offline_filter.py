@@ -30,7 +30,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any
 
-from .reader import CaptureError, FrameHandler, _BpfInsn, _BpfProgram, _libpcap
+from .reader import CaptureError, FrameHandler, _BpfInsn, _BpfProgram, _libpcap, _pcap_compile
 
 if TYPE_CHECKING:
     import mmap
@@ -115,15 +115,9 @@ class BpfFilter:
             raise CaptureError(f"--bpf {self.expr!r}: libpcap cannot compile it for {name} (link type "
                                f"{linktype}): {errbuf.value.decode(errors='replace')}")
         try:
-            prog = _BpfProgram()
-            if lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF) != 0:
-                why = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
-                dlt = (lib.pcap_datalink_val_to_name(lib.pcap_datalink(handle)) or b"").decode(errors="replace")
-                raise CaptureError(f"--bpf {self.expr!r}: {why} (compiled for {name}, link type "
-                                   f"{dlt or linktype})")
-            insns = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
-            lib.pcap_freecode(ctypes.byref(prog))
-            return insns
+            dlt = (lib.pcap_datalink_val_to_name(lib.pcap_datalink(handle)) or b"").decode(errors="replace")
+            return _pcap_compile(lib, handle, self.expr, named=f"--bpf {self.expr!r}",
+                                 context=f" (compiled for {name}, link type {dlt or linktype})")
         finally:
             lib.pcap_close(handle)
 

@@ -180,10 +180,9 @@ _COMPRESSED = {
     b"\x04\x22\x4d\x18": "LZ4",
     b"\x02\x21\x4c\x18": "LZ4 legacy",
 }
-# How to get the Python package a codec needs, and how to do without it.
-_CODEC_PACKAGES = {"zstd": ("zstandard", "zstd -d"), "LZ4": ("lz4", "lz4 -d"), "LZ4 legacy": ("lz4", "lz4 -d")}
-# The module each codec's package reads it with.
-_CODEC_MODULES = {"zstd": "zstandard", "LZ4": "lz4.frame", "LZ4 legacy": "lz4.block"}
+# Per codec: the Python package it needs, the module that reads it, and how to do without it.
+_CODECS = {"zstd": ("zstandard", "zstandard", "zstd -d"), "LZ4": ("lz4", "lz4.frame", "lz4 -d"),
+           "LZ4 legacy": ("lz4", "lz4.block", "lz4 -d")}
 _MAX_RECORD = 1 << 18  # 262144: libpcap's maximum snap length
 _MAX_RECORD_LIMIT = 1 << 26  # never trust a larger record/block length than this
 # pcapng timestamps are 64-bit ticks (with a resolution and an offset): a frame stamped before 1970
@@ -371,9 +370,9 @@ def _decompressor(codec: str, compressed: io.BufferedIOBase, name: str) -> tuple
     errors: _Errors = (OSError, EOFError, zlib.error)
     if codec == "gzip":
         return gzip.GzipFile(fileobj=compressed, mode="rb"), errors
-    package, tool = _CODEC_PACKAGES[codec]
+    package, module_name, tool = _CODECS[codec]
     try:
-        module: Any = importlib.import_module(_CODEC_MODULES[codec])
+        module: Any = importlib.import_module(module_name)
     except ImportError:
         raise CaptureError(f"{name}: a {codec}-compressed capture, and the Python package {package!r} that reads "
                            f"it is not installed (pip install {package}); or decompress it first ({tool})") from None
@@ -1269,12 +1268,13 @@ def _libpcap() -> Any:
     return lib
 
 
-def _pcap_compile(lib: Any, handle: int, expr: str) -> _Program:
-    """``pcap_compile`` on ``handle`` (optimized, netmask unknown): the program's instructions."""
+def _pcap_compile(lib: Any, handle: int, expr: str, *, named: str = "", context: str = "") -> _Program:
+    """``pcap_compile`` on ``handle`` (optimized, netmask unknown): the program's instructions.
+    Refused: CaptureError "NAMED: libpcap's message CONTEXT" (NAMED: ``BPF filter 'EXPR'`` unless given)."""
     prog = _BpfProgram()
     if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
         err = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
-        raise CaptureError(f"BPF filter {expr!r}: {err}")
+        raise CaptureError(f"{named or f'BPF filter {expr!r}'}: {err}{context}")
     out = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
     lib.pcap_freecode(ctypes.byref(prog))
     return out
