@@ -4,7 +4,6 @@ section names, each publishing the Events of what it receives to the bus."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections import deque
@@ -25,11 +24,6 @@ if TYPE_CHECKING:
     from pacsguard.ids.engine import Engine
     from pacsguard.runtime.part import BannerRow, ServiceContext
     from pacsguard.store import EventStore
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class RecentEvents:
@@ -181,25 +175,9 @@ class AtnaService:
 
     async def settled(self, seconds: float) -> bool:
         """Whether everything published so far is durable within ``seconds`` (the bus's ticket of
-        its last event reached; events/durable.py): what a RESTful answer of 201 waits for."""
+        its last event reached): what a RESTful answer of 201 waits for."""
         durability = self.durability
-        if durability is None:
-            return True
-        loop = asyncio.get_running_loop()
-        ticket = durability.bus.published
-        deadline = loop.time() + seconds
-        while not durability.done(ticket):
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            # Woken once the ticket is durable, or by a failed write (then it is not yet: wait on).
-            woken = loop.create_future()
-            durability.wait(ticket, functools.partial(_wake, woken))
-            try:
-                await asyncio.wait_for(woken, left)
-            except TimeoutError:
-                pass
-        return True
+        return durability is None or await durability.reached(durability.bus.published, seconds)
 
     def _read_by(self) -> str:
         n = self.config.readers

@@ -11,6 +11,7 @@ wait on, answer anyway, or give up). The gateway never sees the store, only tick
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
@@ -50,6 +51,23 @@ class Durability:
         else:
             self.bus.hurry()
 
+    async def reached(self, ticket: int, seconds: float) -> bool:
+        """Whether ticket ``ticket`` is durable within ``seconds``, waited for on this loop (a
+        failed write wakes the wait, which then goes on until the deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.done(ticket):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            woken: asyncio.Future[None] = loop.create_future()
+            self.wait(ticket, functools.partial(_wake, woken))
+            try:
+                await asyncio.wait_for(woken, left)
+            except TimeoutError:
+                pass
+        return True
+
     # --- WriteListener (the bus's writer thread) ------------------------------------------------
 
     def durable(self, count: int) -> None:
@@ -82,3 +100,8 @@ class Durability:
         waiting, self._waiting = self._waiting, []
         for _, _, callback in sorted(waiting, key=lambda w: w[:2]):
             callback()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled by wait_for's timeout, or woken before
+        future.set_result(None)
