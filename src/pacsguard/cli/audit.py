@@ -71,7 +71,7 @@ def verify(
     from pacsguard.store.verify import verify_store
     from pacsguard.store.witnessed import check_witnessed, exit_code
 
-    _check_witness_urls(witness)
+    witness = _check_witness_urls(witness)
     # With --store, no configuration is needed: the store's key is looked for beside it.
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
@@ -101,15 +101,18 @@ def verify(
         raise typer.Exit(exit_code(report.findings) or EXIT_FINDINGS)
 
 
-def _check_witness_urls(sources: list[str]) -> None:
-    """Refuse a --witness URL the witness client would misuse, before anything is read, by the rules
+def _check_witness_urls(sources: list[str]) -> list[str]:
+    """``sources`` with each URL's scheme in lower case (HTTPS:// is https://); a --witness URL the
+    witness client would misuse is refused before anything is read, by the rules
     store.witnesses.N.url is checked with when the configuration is read (never quoting a password)."""
-    from pacsguard.config.witness_url import witness_url_problem
+    from pacsguard.config.witness_url import lower_scheme, witness_url_problem
     from pacsguard.witness.held import is_url
 
+    sources = [lower_scheme(source) for source in sources]
     for source in sources:
         if is_url(source) and (problem := witness_url_problem(source)) is not None:
             raise fail(f"--witness: {problem}")
+    return sources
 
 
 def _witnessed(source: str, stored: list[Checkpoint], public: list[Ed25519PublicKey],
@@ -280,6 +283,8 @@ def patient(
         raise fail(f"--until {shown(until)} ({end.isoformat()}) is not after --since {shown(since)} "
                    f"({start.isoformat()}): the report covers from --since to before --until, so that window "
                    "holds no time")
+    if witness is not None:  # by the rules of `audit verify --witness`: its URL goes into the signed report
+        witness = _check_witness_urls([witness])[0]
     loaded = load(config, required=store is None)
     es = open_store(loaded, store)
     # Without a signing key at hand, events after the newest checkpoint are listed as unproven,

@@ -105,6 +105,13 @@ class WitnessTarget(Strict):
     key_file: Path | None = None
     witness_key: Path | None = Field(None, description="the witness's public key: check its countersignatures")
 
+    @field_validator("url")
+    @classmethod
+    def _scheme_lower(cls, url: str | None) -> str | None:
+        from pacsguard.config.witness_url import lower_scheme  # it takes check_host from here
+
+        return None if url is None else lower_scheme(url)
+
     @model_validator(mode="after")
     def _one_kind(self) -> "WitnessTarget":
         given = [name for name in ("file", "syslog", "url") if getattr(self, name) is not None]

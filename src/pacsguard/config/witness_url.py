@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pacsguard.config.schema import check_host
 
 EXPECTED = "expected http://HOST:PORT or https://HOST:PORT (a base URL, optionally with a path)"
+_SCHEMES = ("http", "https")
 
 #: RFC 3986 3.3: what a path holds besides `%XX` (unreserved, sub-delims, `:`, `@` and `/`).
 _PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
@@ -26,6 +27,14 @@ _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 #: The authority once any user information is known absent: `[v6]` or a name, then `:port`.
 _BRACKETED = re.compile(r"\[(?P<host>[^\]]*)\](?::(?P<port>.*))?")
 _NAMED = re.compile(r"(?P<host>[^:]*)(?::(?P<port>.*))?")
+
+
+def lower_scheme(url: str) -> str:
+    """``url`` with an HTTP or HTTPS scheme written in lower case: a scheme is case-insensitive and
+    lower case is its normal form (RFC 3986 3.1, 6.2.2.1), and every later check and the witness
+    client compare it so. Anything else is returned as given, for the checks to name."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep and scheme.lower() in _SCHEMES else url
 
 
 def witness_url_problem(url: str) -> str | None:
