@@ -302,7 +302,7 @@ class AssociationRelay:
             # in "established" (their records, and a C-MOVE's entry in the move ledger, close with it).
             who = "client" if from_client else "upstream"
             self.abort(f"{who} closed the connection during release, before the A-RELEASE-RP"
-                       + (f" ({exc})" if exc else ""), kind="connection-lost", notify=False)
+                       + (f" ({exc})" if exc else ""), kind="connection-lost", notify=False, by=who)
             return
         if self.state in ("awaiting-rq", "closed"):
             if not from_client and self.state == "closed" and self.outbox.holding:
@@ -313,7 +313,7 @@ class AssociationRelay:
             return
         who = "client" if from_client else "upstream"
         self.abort(f"{who} closed the connection without A-RELEASE" + (f" ({exc})" if exc else ""),
-                   kind="connection-lost", notify=False)
+                   kind="connection-lost", notify=False, by=who)
 
     def set_paused(self, reading_client: bool, paused: bool) -> None:
         """Backpressure: stop reading from one leg while the other leg's send buffer is full."""
@@ -369,8 +369,11 @@ class AssociationRelay:
         self.abort(verdict.reason, kind=verdict.component)
         return True
 
-    def abort(self, reason: str, *, kind: str = "policy", notify: bool = True, source: int = 2) -> None:
-        """A-ABORT both legs (PS3.8 9.3.8, source 2 = service-provider) and record why."""
+    def abort(self, reason: str, *, kind: str = "policy", notify: bool = True, source: int = 2,
+              by: str = "gateway") -> None:
+        """A-ABORT both legs (PS3.8 9.3.8, source 2 = service-provider) and record why; ``by`` the
+        side whose lost connection ended the association (`client`, `upstream`), as the
+        store-and-forward acceptor records it, else the gateway itself."""
         if self.closed:
             return
         if notify:
@@ -384,7 +387,8 @@ class AssociationRelay:
                 if side is not None and side.transport is not None and not side.transport.is_closing() and not midway:
                     side.transport.write(frame)
         self._record().ended("aborted", severity=Severity.WARNING, outcome=Outcome.SERIOUS_FAILURE,
-                             message=f"aborted by the gateway: {reason}", by="gateway", reason=reason, cause=kind,
+                             message=f"aborted by the gateway: {reason}" if by == "gateway" else reason,
+                             by=by, reason=reason, cause=kind,
                              **self._totals())
         self.close()
 
