@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 # docs/deployment.md gives (tests/test_r7_admin_deploy.py).
 SYSLOG_NG := .peers/syslog-ng
 PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
-	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools sqlite3 zstd lz4 tcpdump
+	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools sqlite3 zstd lz4 tcpdump \
+	odil python3-odil gcc libc6-dev
 
 .PHONY: run test venv peers bench wheel clean
 

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from playbook import (
     CT_STORAGE,
+    IMPLICIT_LE,
+    MAX_PDU,
     MR_STORAGE,
     STUDY_MOVE,
     VERIFICATION,
@@ -171,8 +173,16 @@ def test_contexts_the_policy_does_not_allow_are_user_rejected_in_the_ac():
 
 def test_a_service_not_allowed_is_refused_with_0124_and_its_data_set_swallowed():
     async def scenario(pb: Playbook) -> None:
-        # C-GET allows storage contexts (its sub-operations), not a C-STORE from the client.
-        await pb.associate(CT_STORAGE, VERIFICATION)
+        # C-GET allows storage contexts whose SCP role the client offers (its sub-operations,
+        # PS3.7 D.3.3.4), not a C-STORE from the client on them.
+        contexts = [P.PresentationContextRQ(1, CT_STORAGE, [IMPLICIT_LE]),
+                    P.PresentationContextRQ(3, VERIFICATION, [IMPLICIT_LE])]
+        info = P.UserInformation.build(max_length=MAX_PDU, implementation_class_uid="1.2.3",
+                                       role_selections=[P.RoleSelection(CT_STORAGE, 1, 1)])
+        await pb.client(P.encode_associate_rq(P.AssociateRQ(called_ae_title="PACSGUARD", calling_ae_title="WS1",
+                                                            presentation_contexts=contexts, user_information=info)))
+        await pb.upstream(associate_ac(P.PC_ACCEPTANCE, P.PC_ACCEPTANCE))
+        pb.to_client(), pb.to_upstream()
         await pb.client(store_rq())
         assert pb.to_upstream() == []
         assert pb.to_client() == [Seen("P-DATA-TF", (("C-STORE-RSP", dimse.STATUS_NOT_AUTHORIZED),))]

@@ -24,6 +24,7 @@ from pydicom.uid import UID
 
 from pacsguard.config.schema import Route
 from pacsguard.dicom import dimse
+from pacsguard.dicom import pdu as P
 from pacsguard.dicom.dataset import DatasetPeek, walk_stop
 from pacsguard.dicom.events import DimseCommand, DimseDatasetStart, ProtocolEvent
 from pacsguard.gateway.check import Association, Check
@@ -143,12 +144,23 @@ class ServicesCheck(Check):
         # Per association, the upstream's last command announcing a data set (a C-GET's C-STORE
         # sub-operation, a C-FIND match): its data set follows it as the client's follows its request.
         self._upstream_announced: dict[Association, dimse.CommandSet] = {}
+        # Per association, the SOP classes whose SCP role the requestor proposed (PS3.7 D.3.3.4).
+        self._scp_roles: dict[Association, frozenset[str]] = {}
+
+    def on_associate(self, assoc: Association, rq: P.AssociateRQ, events: list[ProtocolEvent]) -> Verdict:
+        info = rq.user_information
+        scp = frozenset(r.sop_class_uid for r in info.role_selections if r.scp_role == 1) if info else frozenset()
+        if scp:
+            self._scp_roles[assoc] = scp
+        return ALLOW
 
     def on_context(self, assoc: Association, abstract_syntax: str) -> Verdict:
         service = service_of_abstract_syntax(abstract_syntax)
-        # C-GET retrieves over storage contexts the requestor proposes in the SCP role.
+        # C-GET retrieves over storage contexts the requestor proposes in the SCP role (PS3.4 C.4.3);
+        # without a role selection item the requestor is SCU only (PS3.7 D.3.3.4): a C-STORE context.
         needed = {service}
-        if service == "C-STORE" and "C-STORE" not in self.services and "C-GET" in self.services:
+        if (service == "C-STORE" and "C-STORE" not in self.services and "C-GET" in self.services
+                and abstract_syntax in self._scp_roles.get(assoc, ())):
             needed = {"C-GET"}
         if not needed & self.services:
             return refuse(f"service {service} ({_name(abstract_syntax)}) is not allowed", "policy.services",
@@ -195,6 +207,7 @@ class ServicesCheck(Check):
     def on_closed(self, assoc: Association) -> Verdict:
         self._announced.pop(assoc, None)
         self._upstream_announced.pop(assoc, None)
+        self._scp_roles.pop(assoc, None)
         return ALLOW
 
     def on_data_event(self, assoc: Association, event: ProtocolEvent) -> Verdict:
