@@ -7,6 +7,7 @@ pytest_plugins = [
     "peers.dcmtk",
     "peers.postgres",
     "peers.orthanc",
+    "peers.pixelmed",
     "store_helpers",
 ]
 

@@ -54,8 +54,9 @@ policy, like Suricata's host-os policy "linux") and reports the attempt as a
 * Urgent data (Linux ``tcp_check_urg``/``tcp_recvmsg`` without ``SO_OOBINLINE``): the byte before
   the urgent pointer is taken out of the stream (``tcp-urgent-data``; stream offsets count it).
 * Receive window (RFC 9293 3.10.7.4, RFC 7323 2): data starting at or beyond the next expected
-  byte plus the largest window the receiver ever advertised (scaled if both SYNs carried the
-  option) is dropped (``tcp-beyond-window``); only when the handshake was seen.
+  byte (or the receiver's acknowledgment, when it acknowledged bytes the capture lacks) plus the
+  largest window the receiver ever advertised (scaled if both SYNs carried the option) is dropped
+  (``tcp-beyond-window``); only when the handshake was seen.
 * Overlapping out-of-order data (Linux ``tcp_data_queue_ofo``): data already delivered in order
   wins; among buffered segments the one that starts first wins, and at the same start the longer
   (at the same length, the first to arrive: Linux keeps a segment that covers one from the same
@@ -927,6 +928,12 @@ class TCPReassembler:
             wnd = peer.syn_win
         if d < wnd:
             return False
+        # RCV.NXT is what the receiver acknowledged: past a hole the capture lost (the receiver
+        # acknowledged bytes the sensor never saw) its window starts there, not at the hole.
+        if peer.last_ack >= 0:
+            acked = (peer.last_ack - half.next_seq) & _M32
+            if 0 < acked < _MAX_AHEAD and d < acked + wnd:
+                return False
         self.stats.out_of_window += 1
         self._report(half, "tcp-beyond-window", half.bytes + half.gap_bytes + d, n, ts,
                      f"{n} bytes {d:,} bytes ahead of the next expected, beyond the largest receive window "
