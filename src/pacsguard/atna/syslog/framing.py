@@ -30,6 +30,20 @@ _FRAME_START = re.compile(rb"(?<![0-9+])\+?0*[1-9][0-9]{0,8} <[0-9]{1,3}>|(?<=[\
 
 _BOM = b"\xef\xbb\xbf"
 
+#: The next message of a sender that frames none (no TRAILER, no count: log4j2's SyslogAppender
+#: over TCP without newLine, Python's SysLogHandler with append_nul off), right after the last:
+#: the '>' ending an XML message or the '}' ending a JSON one, then '<' PRIVAL '>' and what starts
+#: a header (VERSION 1, an RFC 3164 or RFC 3339 TIMESTAMP) or a payload. XML has no '<' before a
+#: digit outside CDATA and comments (XML 1.0 2.4), so no audit message's markup matches.
+#: Searched from '<' to '<' and the octet before checked apart: a pattern starting at each '>'
+#: (every tag) was several times slower.
+_JOINED = re.compile(rb"<(?:0|[1-9][0-9]{0,2})>(?=1 |[A-Z][a-z]{2} [ 0-9][0-9] |[0-9]{4}-[0-9]{2}-|<[?A-Za-z]|\{)")
+#: What `_JOINED` may need to look back on when a read ended inside it ("}<191>2026-12-").
+_JOINED_TAIL = 16
+#: An XML audit message's end tag ending the data read so far: with no TRAILER after it, the
+#: message of a sender that frames none, complete (`Splitter.held`).
+_XML_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?AuditMessage\s*>\s*\Z")
+
 #: The longest frame start that may sit, incomplete, at the end of a read ("123456789 <191").
 _START_TAIL = _MAX_DIGITS + 5
 
@@ -65,6 +79,9 @@ class Splitter:
     #: A non-transparent frame whose LF ended the data read so far: complete if nothing follows
     #: (`flush`), a line of a longer message if what follows cannot start a frame.
     held: bool = False
+    #: Whether a non-transparent frame of this stream ended with its TRAILER: a sender that frames
+    #: its messages, whose frame without one is not complete at an end tag (`_XML_END`).
+    _trailed: bool = False
     #: The framing of each frame the last `feed` or `flush` returned, in order (RFC 6587 3.4: told
     #: per frame, so one read may hold both).
     kinds: list[Framing] = field(default_factory=list)
@@ -216,8 +233,12 @@ class Splitter:
         return self._take_line(end)
 
     def _take_line(self, end: int) -> bytes:
+        """The frame up to ``end``, and its TRAILER (none where the next message of a sender that
+        frames none begins, `_JOINED`)."""
         frame = bytes(self._buffer[:end]).rstrip(b"\r")
-        del self._buffer[:end + 1]
+        trailer = end < len(self._buffer) and self._buffer[end] in b"\n\0"
+        self._trailed = self._trailed or trailer
+        del self._buffer[:end + trailer]
         self._line_from = 0
         self.held = False
         return frame
@@ -233,6 +254,8 @@ class Splitter:
         kinds: list[Framing] = []
         if self.held:
             end = self._buffer.find(b"\n", self._line_from)
+            if end < 0 and _XML_END.search(self._buffer, max(0, len(self._buffer) - 256)):
+                end = len(self._buffer)  # an unframed sender's message, its end tag the last read
             frames = [self._take_line(end)] if end >= 0 else []
             kinds = [Framing.NON_TRANSPARENT] * len(frames)
             frames += self.feed(b"")[0]
@@ -292,17 +315,37 @@ class Splitter:
         NUL or an LF (RFC 6587 3.4.2 names both; Python's SysLogHandler over TCP ends a message with
         NUL alone). An LF followed by something that cannot start a frame (an indented XML line,
         '<AuditMessage') is taken as part of the message: senders that frame with NUL, or that do
-        not escape LF, send pretty-printed XML. The search resumes where the last read left it."""
+        not escape LF, send pretty-printed XML. Until the sender ends a message with a TRAILER, a
+        message also ends where the next one begins right after it (`_JOINED`), and one whose XML
+        end tag ends the read is `held`. The search resumes where the last read left it."""
         buffer = self._buffer
         at = self._line_from
         self.held = False
+        joined, seen = -1, at  # the next unframed message found, and how far it was looked for
         while True:
             nl = buffer.find(b"\n", at)
-            nul = buffer.find(b"\0", at, nl if nl >= 0 else len(buffer))
+            stop = nl if nl >= 0 else len(buffer)
+            nul = buffer.find(b"\0", at, stop)
+            if nul >= 0:
+                stop = nul
+            if not self._trailed and joined < 0 and stop > seen:
+                # Only until the sender ends a message with a TRAILER: one that does frames its
+                # messages, and the search costs more than the rest of the splitting. In windows
+                # of 1 KiB or more: once per line of a pretty-printed message was slow, and to the
+                # end of the read once per message quadratic.
+                ahead = min(len(buffer), max(stop, at + 1024) + _JOINED_TAIL)
+                joined, seen = _joined(buffer, seen, ahead), ahead - _JOINED_TAIL
+            if 0 <= joined < stop:
+                return joined  # no TRAILER: the next message starts here
             if nul >= 0:
                 return nul
             if nl < 0:
-                self._line_from = len(buffer)
+                self._line_from = max(at, len(buffer) - _JOINED_TAIL)
+                if not self._trailed and _XML_END.search(buffer, max(at, len(buffer) - 256)):
+                    # A sender that ended no message with a TRAILER yet: its message is complete
+                    # when nothing follows the end tag for a moment (`flush`), or it would wait for
+                    # the next one, or for frame_timeout and be lost as too slow.
+                    self.held = True
                 return -1
             starts = _may_start_frame(buffer, nl + 1)
             if starts is None:  # the read ended at (or just after) this LF: wait for more, or flush()
@@ -312,6 +355,19 @@ class Splitter:
             if starts:
                 return nl
             at = self._line_from = nl + 1
+
+
+def _joined(buffer: bytearray, at: int, end: int) -> int:
+    """Where the first message between ``at`` and ``end`` that follows the one before it without a
+    TRAILER begins (its '<'), or -1 (`_JOINED`)."""
+    while True:
+        found = _JOINED.search(buffer, at, end)
+        if found is None:
+            return -1
+        at = found.start()
+        if at > 0 and buffer[at - 1] in b">}":
+            return at
+        at += 1
 
 
 def _may_start_frame(buffer: bytearray, at: int) -> bool | None:

@@ -21,6 +21,9 @@ _BSD_TIME = re.compile(rb"^([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) ")
 _RFC3339_START = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)) ")
 #: A TAG without its colon (printable, no colon), ended by the space before an XML or JSON message.
 _TAG_BEFORE_PAYLOAD = re.compile(rb"^([!-9;-~]{1,48}) (?=[<{])")
+#: A TAG where RFC 3164 has its HOSTNAME: a name without colon or space, an optional "[PID]", the
+#: colon that ends a TAG.
+_TAG_FIRST = re.compile(rb"([^:\[\]\s]{1,48})(?:\[[^\]\s]{0,32}\])?:")
 _MONTHS = {m: i for i, m in enumerate(
     (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
 
@@ -161,8 +164,16 @@ def _bsd(pri: int, rest: bytes) -> SyslogMessage:
         rest = rest[end:]
         if rest[:1] in (b"<", b"{"):  # no HOSTNAME nor TAG: the audit message follows the TIMESTAMP
             return SyslogMessage(pri, None, timestamp, None, None, None, None, None, rest, ("legacy-bsd",))
-        host, _, rest = rest.partition(b" ")
-        hostname = host.decode("utf-8", "replace") or None
+        host, _, after = rest.partition(b" ")
+        relayed = _TAG_FIRST.fullmatch(host)
+        if relayed is not None:
+            # No HOSTNAME: the TAG follows the TIMESTAMP, as busybox's and inetutils' syslogd forward
+            # what local programs logged ("<13>Dec  5 23:29:04 ctaudit: ..."). A HOSTNAME has no colon
+            # at its end (RFC 3164 4.1.2); rsyslog reads such a header the same way.
+            tag = relayed.group(1).decode("utf-8", "replace")
+            return SyslogMessage(pri, None, timestamp, None, tag, None, None, None, after.lstrip(b" "),
+                                 ("legacy-bsd",))
+        hostname, rest = host.decode("utf-8", "replace") or None, after
         colon = rest.find(b":", 0, 48)
         bare = _TAG_BEFORE_PAYLOAD.match(rest)
         if colon > 0 and b" " not in rest[:colon].strip():
