@@ -32,7 +32,7 @@ from pacsguard.deid.encode import stored_elements
 from pacsguard.deid.profile import BASIC_PROFILE_CODE, EXCLUSIVE, Option, Table, table
 from pacsguard.deid.pseudonym import Pseudonyms, patient_key, shift_da, shift_dt
 from pacsguard.deid.rules import Decision, decide
-from pacsguard.deid.values import clean_text, dummy, empty, identifiers_of, is_text
+from pacsguard.deid.values import clean_text, dummy, dummy_document, empty, identifiers_of, is_text
 from pacsguard.dicom.uids import PACSGUARD_IMPLEMENTATION_CLASS_UID, PACSGUARD_IMPLEMENTATION_VERSION_NAME
 
 PATIENT_ID = 0x00100020
@@ -62,6 +62,7 @@ _NOT_IN_A_DATA_SET = {
 }
 ENCAPSULATED_DOCUMENT = 0x00420011
 ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
+ENCAPSULATED_DOCUMENT_MIME_TYPE = 0x00420012
 
 
 _FRESH = (Effect.EMPTY, Effect.DUMMY)
@@ -626,7 +627,10 @@ def _newer_as_own_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement, vr: str,
 
 def _document_length(ds: Dataset) -> None:
     """Encapsulated Document Length (0042,0015) is the length of Encapsulated Document (PS3.3
-    C.24.2): kept true when D replaced the document by a dummy."""
+    C.24.2): kept true when D replaced the document by a dummy. That dummy is a document of the
+    object's MIME Type (0042,0012) (C.24.2.1), so that the object is still what its class says."""
+    if ENCAPSULATED_DOCUMENT in ds and ds[ENCAPSULATED_DOCUMENT].value == dummy("OB"):
+        ds[ENCAPSULATED_DOCUMENT].value = dummy_document(_text_of(ds, ENCAPSULATED_DOCUMENT_MIME_TYPE))
     if ENCAPSULATED_DOCUMENT in ds and ENCAPSULATED_DOCUMENT_LENGTH in ds:
         document = ds[ENCAPSULATED_DOCUMENT].value or b""
         _put(ds, ENCAPSULATED_DOCUMENT_LENGTH, "UL", len(document))

@@ -425,11 +425,20 @@ def _short_pixel_data(ds: Dataset) -> str:
     8.1.1) means the file was cut off: it is withheld rather than passed on broken. Pixel Data
     longer than that, by more than the one byte that pads it to even length, holds bytes no
     viewer shows and no pixel check (OCR) looks at, which the output carried on as they were (a
-    name, an earlier image): withheld too, unless they are all zero (padding, which holds nothing)."""
+    name, an earlier image): withheld too, unless they are all zero (padding, which holds nothing).
+    Under a compressed transfer syntax Pixel Data is encapsulated, of undefined length (PS3.5 A.4):
+    one of defined length is named as such, not read as fragments."""
     elem = ds.get("PixelData")
     if elem is None or ds.file_meta.get("TransferSyntaxUID", None) is None:
         return ""
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        if not ds["PixelData"].is_undefined_length:
+            # odil 0.12 transcodes to RLE or JPEG-LS by relabelling native pixels: read as fragments,
+            # their bytes gave pydicom's "unexpected tag ... Basic Offset Table" as the reason.
+            return (f"Pixel Data (7FE0,0010) has a defined length ({len(elem)} bytes) under "
+                    f"{syntax.name} ({syntax}), whose pixel data is encapsulated, of undefined length "
+                    "(PS3.5 A.4): native pixels under a wrong Transfer Syntax UID, or a damaged file")
         return ""
     try:
         bits = int(ds.BitsAllocated)

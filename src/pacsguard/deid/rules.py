@@ -105,6 +105,15 @@ IDENTIFIERS = frozenset({
     0x21000160,  # Owner ID
 })
 
+#: Unlisted identifiers of one instance written as text, not UI: HL7 Instance Identifier (0040,E001, ST)
+#: is a CDA document's root OID (the issuing site's) and extension, Type 1C in the Encapsulated
+#: Document Module (PS3.3 C.24.2) and also in the items of HL7 Structured Document Reference
+#: Sequence (0040,A390). Removed as free text, it left an encapsulated CDA invalid: replaced by its
+#: keyed UID (a UID alone is the form without an extension), the same wherever it is referenced.
+INSTANCE_IDENTIFIERS = frozenset({
+    0x0040E001,  # HL7 Instance Identifier
+})
+
 #: Encrypted Attributes Sequence (0400,0500, PS3.3 C.12.1.1.4.1): the original values of attributes
 #: an earlier de-identifier replaced (its Modified Attributes Sequence), in a CMS envelope for
 #: recipients chosen then (PS3.15 E.1.1). Passed on, it gives whoever holds one of those keys the
@@ -215,6 +224,10 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         return Decision("Z", Effect.EMPTY, "not listed: registration numbers of the patient (Type 2C)")
     if tag in CODE_VALUES:
         return Decision("K", Effect.KEEP, "not listed: code value")
+    if tag in INSTANCE_IDENTIFIERS:
+        if Option.RETAIN_UIDS in options:
+            return Decision("K", Effect.KEEP, "not listed: instance identifier, retain-uids")
+        return Decision("U", Effect.UID, "not listed: instance identifier (required by its IOD)")
     # A URI goes by its VR in the file or in the dictionary: Retrieve URI (0040,E010) was UT before
     # the UR VR existed (PS3.5 2014), and an older Explicit VR file still encodes it so; as free text
     # Clean Descriptors would keep its host name and path.

@@ -26,6 +26,39 @@ def dummy(vr: str) -> Any:
     return _DUMMY.get(vr, "ANONYMOUS")
 
 
+def _blank_pdf() -> bytes:
+    """One empty page (PDF 1.4, ISO 32000-1 7.5): header, three objects, a cross-reference table
+    whose offsets are computed here, trailer."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % at for at in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out) + b"\n" * (len(out) % 2)  # OB values have even length (PS3.5 7.1.1)
+
+
+#: D for Encapsulated Document (0042,0011): a document of its MIME Type (0042,0012), as PS3.3
+#: C.24.2.1 requires ("encoded according to the MIME Type"). Two NUL bytes under application/pdf are
+#: no PDF: readers fail on it and a scanner (pacsguard's own) calls it a disguised payload.
+_DUMMY_DOCUMENTS: dict[str, bytes] = {
+    "application/pdf": _blank_pdf(),
+    "text/xml": b'<?xml version="1.0" encoding="UTF-8"?>\n<ClinicalDocument xmlns="urn:hl7-org:v3"/>\n',
+    "model/stl": b"solid ANONYMOUS\nendsolid ANONYMOUS\n",
+}
+
+
+def dummy_document(mime_type: str) -> bytes:
+    """The D dummy of Encapsulated Document for ``mime_type`` (two NULs for a type not listed)."""
+    document = _DUMMY_DOCUMENTS.get(mime_type.strip().lower())
+    return document if document is not None else bytes(dummy("OB"))
+
+
 def empty(vr: str) -> Any:
     if vr == "SQ":
         return []
