@@ -8,6 +8,7 @@ pytest_plugins = [
     "peers.postgres",
     "peers.orthanc",
     "peers.pixelmed",
+    "peers.ctn",
     "store_helpers",
 ]
 

@@ -200,6 +200,7 @@ class AssociationRelay:
         self.timer = AssociationTimer(self._expired)
         self.pdu_clocks = {True: PduClock(), False: PduClock()}  # per direction: the PDU still arriving
         self._connect_task: asyncio.Task[None] | None = None
+        self._dialing = False  # _connect() has begun opening the upstream leg
         # Everything for the client goes through it: held until the records before it are durable.
         self.outbox = Outbox(self.route, runtime.durability, self._write_client,
                              lambda why: self.abort(why, kind="record-failure"))
@@ -332,7 +333,10 @@ class AssociationRelay:
         self.closed = True
         self.timer.cancel()
         self.outbox.drop()
-        if self._connect_task is not None and not self._connect_task.done():
+        # A connect not yet begun is cancelled; one under way is left to finish (connect_timeout bounds
+        # it): cancelled, the PACS may have accepted it and would see it closed with no PDU at all.
+        # _connect() sends it an A-ABORT instead.
+        if self._connect_task is not None and not self._connect_task.done() and not self._dialing:
             self._connect_task.cancel()
         for side in (self.client, self.upstream):
             if side is not None and side.transport is not None:
@@ -702,6 +706,7 @@ class AssociationRelay:
 
     async def _connect(self, raw_rq: bytes) -> None:
         """Open the upstream leg and send it *raw_rq*, the A-ASSOCIATE-RQ as the gateway forwards it."""
+        self._dialing = True
         up = self.route.upstream
         loop = asyncio.get_running_loop()
         try:
@@ -715,6 +720,10 @@ class AssociationRelay:
             return
         if self.closed or self.state != "connecting":
             # Closed meanwhile, or already answered: a TLS alert can end the leg before this resumes.
+            # Never a bare connection to the PACS: an acceptor awaiting the A-ASSOCIATE-RQ gets an
+            # A-ABORT (PS3.8 Table 9-10, Sta2 + Evt16: AA-2), since some end on a connection closed
+            # with no PDU at all (CTN's simple_storage exits: a client that left killed the PACS).
+            transport.write(P.encode_abort(P.ABORT_SOURCE_SERVICE_PROVIDER, P.ABORT_REASON_NOT_SPECIFIED))
             transport.close()
             return
         self.upstream = side
