@@ -114,7 +114,21 @@ def _engine(rules_dir: list[Path], config: Path | None) -> tuple[Engine, Capture
         return build_engine(rules_dir, None, clock=clock), clock
     from pacsguard.ids.part import rule_engine
 
-    return rule_engine(load(config, required=False), rules_dir, clock=clock), clock
+    loaded = load(config, required=False)
+    engine = rule_engine(loaded, rules_dir, clock=clock)
+    engine.extend_setting("dicom_ports", _route_ports(loaded))
+    return engine, clock
+
+
+def _route_ports(loaded: Any) -> list[int]:
+    """Every gateway route's listen and upstream port (and a store-and-forward route's
+    destinations', whose associations a capture at the gateway shows too): DICOM ports by
+    definition (PS3.8 9.1: any TCP port may be configured), added to ``$dicom_ports`` as the
+    inline IDS adds them (pacsguard.gateway.checks.ids), so the gateway's own traffic read with
+    its own configuration raises no ``dicom-unexpected-port``."""
+    gateway = getattr(loaded.config, "gateway", None)  # None: a runner without the gateway part
+    return [port for route in getattr(gateway, "routes", None) or ()
+            for port in (route.listen.port, route.upstream.port, *(d.port for d in route.destinations))]
 
 
 class _Printer:

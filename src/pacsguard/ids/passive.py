@@ -152,8 +152,14 @@ def _settings_of(engine: Any) -> Any:
 
 
 def _ports(engine: Any, dicom_ports: Iterable[int] | None) -> frozenset[int]:
+    """``dicom_ports`` if given, else ``$dicom_ports`` as the engine's rules test it: the settings
+    plus what was added to it (a configuration's route ports, ``Engine.extend_setting``), so the
+    sensor finds a connection's server side on the same ports the rules call expected."""
     if dicom_ports is not None:
         return frozenset(int(p) for p in dicom_ports)
+    values = getattr(engine, "setting_values", None)
+    if callable(values):
+        return frozenset(int(p) for p in values("dicom_ports"))
     return frozenset(int(p) for p in (getattr(_settings_of(engine), "dicom_ports", None) or ()))
 
 
@@ -186,8 +192,8 @@ def read(
     gzip'd capture is streamed in bounded memory, :class:`~pacsguard.ids.capture.CaptureFile`), or
     a capture's bytes; every Event goes to ``publish``.
 
-    ``dicom_ports`` defaults to ``engine.settings.dicom_ports``; it also tells the capture layer
-    which side is the server of a connection whose handshake is not in the file.
+    ``dicom_ports`` defaults to the engine's ``$dicom_ports`` (settings plus added ports); it also
+    tells the capture layer which side is the server of a connection whose handshake is not in the file.
     ``max_flows``, ``idle_timeout_s``, ``max_buffer_per_flow`` and ``max_buffer_total`` are the
     capture layer's bounds (:func:`~pacsguard.ids.capture.read_capture`); a hole in a stream is
     reported (and the sensor resynchronises) once that much data waits behind it, or at close.

@@ -86,11 +86,24 @@ def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collect
     the first transfer syntax proposed, or with ``syntaxes`` (the route's accepted ones) the first
     of them proposed (result 4 when none is, PS3.8 Table 9-18), unless its abstract syntax is not
     ``supported`` (result 3) or the route's checks ``refused`` it (result 1); our Maximum Length (PS3.8
-    D.1), pacsguard's Implementation Class UID and Version Name (PS3.7 D.3.3.2), and the SCU role
-    for SOP classes whose role the requestor proposed (PS3.7 D.3.3.4: this acceptor is never the
-    requestor's SCP)."""
+    D.1), pacsguard's Implementation Class UID and Version Name (PS3.7 D.3.3.2), and the roles.
+
+    Roles (PS3.7 D.3.3.4): this acceptor is only ever the SCP of Storage and Verification, the
+    requestor only their SCU. A requestor proposing the SCU role (alone or with the SCP role) gets
+    it, and only it: SCU 1, SCP 0 (an acceptor may refuse a proposed role, never grant one not
+    proposed). A requestor proposing only the SCP role, or neither, would be left with no role on
+    the context (answering SCU 0, SCP 0 and then serving its C-ECHO-RQ contradicts the AC): the
+    context is rejected (result 1, user rejection), as pynetdicom's acceptor does for an SOP class
+    it supports in the SCP role only, so no DIMSE request can come on it (a PDV there is a protocol
+    error, answered with an A-ABORT). Role items answer accepted contexts only."""
+    role_items = rq.user_information.role_selections if rq.user_information else []
+    proposed: dict[str, P.RoleSelection] = {}
+    for item in role_items:
+        proposed.setdefault(item.sop_class_uid, item)  # one item per SOP class (PS3.7 D.3.3.4); the first counts
     contexts = []
+    roles: dict[str, P.RoleSelection] = {}
     for pc in rq.presentation_contexts:
+        role = proposed.get(pc.abstract_syntax)
         if pc.abstract_syntax in refused:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_USER_REJECTION, None))
         elif pc.abstract_syntax not in supported:
@@ -98,14 +111,16 @@ def negotiate(rq: P.AssociateRQ, *, supported: Collection[str], refused: Collect
         elif (chosen := _chosen(pc.transfer_syntaxes, None if pc.abstract_syntax == uids.VERIFICATION
                                 else syntaxes)) is None:  # C-ECHO has no data set to convert
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, None))
+        elif role is not None and not role.scu_role:
+            contexts.append(P.PresentationContextAC(pc.context_id, P.PC_USER_REJECTION, None))
         else:
             contexts.append(P.PresentationContextAC(pc.context_id, P.PC_ACCEPTANCE, chosen))
-    proposed = rq.user_information.role_selections if rq.user_information else []
-    roles = [P.RoleSelection(r.sop_class_uid, r.scu_role, 0) for r in proposed if r.sop_class_uid in supported]
+            if role is not None:
+                roles.setdefault(pc.abstract_syntax, P.RoleSelection(pc.abstract_syntax, 1, 0))
     info = P.UserInformation.build(max_length=max_length,
                                    implementation_class_uid=uids.PACSGUARD_IMPLEMENTATION_CLASS_UID,
                                    implementation_version_name=uids.PACSGUARD_IMPLEMENTATION_VERSION_NAME,
-                                   role_selections=roles)
+                                   role_selections=list(roles.values()))
     return P.AssociateAC(called_ae_title=rq.called_ae_title, calling_ae_title=rq.calling_ae_title,
                          presentation_contexts=contexts, user_information=info)
 
