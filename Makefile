@@ -14,7 +14,7 @@ SYSLOG_NG := .peers/syslog-ng
 PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
 	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools sqlite3 zstd lz4 tcpdump \
 	odil python3-odil gcc libc6-dev libpixelmed-java openjdk-17-jdk-headless \
-	liblog4j2-java busybox ctn pixelmed-apps ghostscript genisoimage
+	liblog4j2-java busybox ctn pixelmed-apps ghostscript genisoimage nodejs
 
 .PHONY: run test venv peers bench wheel clean
 

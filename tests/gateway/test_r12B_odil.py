@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateway_under_test import RunningGateway, serving
+from gateway_under_test import RunningGateway
+from peer_routes import gateway_with, relay_route, store_and_forward_route
 from test_store_forward import fresh_ct
 
 from peers.dcmtk import free_port
@@ -30,31 +31,15 @@ pytestmark = [pytest.mark.peers, pytest.mark.filterwarnings("ignore:Invalid valu
 
 GW = "127.0.122.1"
 CALLING = "ODILSCU"
-PROGRAM = [sys.executable, "-m", "pacsguard.cli"]
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 
 
 def relay(name: str, archive: Archive, aet: str = "ODILARCH", **policy: object) -> dict:
-    return {"name": name, "listen": {"host": GW, "port": free_port(GW), "ae_title": "PACSGUARD"},
-            "upstream": {"host": archive.host, "port": archive.port, "ae_title": aet, "connect_timeout": 5},
-            "policy": {"calling_ae_titles": [CALLING], **policy}}
+    return relay_route(name, GW, CALLING, (archive.host, archive.port), aet, **policy)
 
 
 def store_and_forward(name: str, destination: Archive) -> dict:
-    return {"name": name, "mode": "store-and-forward",
-            "listen": {"host": GW, "port": free_port(GW), "ae_title": "PACSGUARD"},
-            "destinations": [{"name": "d0", "host": destination.host, "port": destination.port,
-                              "ae_title": "ODILDEST", "connect_timeout": 3}],
-            "policy": {"calling_ae_titles": [CALLING]}, "spool": {"min_free_mib": 1},
-            "retry": {"initial_delay": 0.2, "max_delay": 1.0}}
-
-
-@contextmanager
-def gateway_with(tmp_path: Path, *routes: dict) -> Iterator[RunningGateway]:
-    home = tmp_path / "gw"
-    home.mkdir()
-    with serving(home, list(routes), PROGRAM) as gw:
-        yield gw
+    return store_and_forward_route(name, GW, CALLING, (destination.host, destination.port), "ODILDEST")
 
 
 def at(gw: RunningGateway, route: str, calling: str = CALLING, called: str = "PACSGUARD") -> list[str]:

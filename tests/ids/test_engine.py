@@ -402,6 +402,23 @@ def test_dataset_walk_stopped_fires() -> None:
         assert alert.severity is Severity.WARNING and f"anomaly={anomaly}" in alert.message
 
 
+def test_dataset_walk_stopped_fires_on_a_malformed_structure_too() -> None:
+    """docs/gateway.md: the inline IDS alerts on every walk that stops before the identifiers, not
+    only at a limit (outside round 12: an item outside a sequence, a stray delimiter, a non-item
+    tag inside a sequence passed without an alert)."""
+    engine, _ = make_engine()
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    stray = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    no_item = struct.pack("<HHI", 0xFFFE, 0xE001, 0)  # group FFFE holds items and delimiters only
+    for ident, anomaly in ((item + identifier("STUDY"), "item-outside-sequence"),
+                           (stray + identifier("STUDY"), "unexpected-delimiter"),
+                           (no_item + identifier("STUDY"), "bad-item-tag")):
+        s = Session(engine).associate(abstracts=(FIND_STUDY_ROOT,))
+        s.find(ident, FIND_STUDY_ROOT)
+        alert = s.alert("dicom-dataset-walk-stopped")
+        assert f"anomaly={anomaly}" in alert.message, alert.message
+
+
 def test_dataset_walk_stopped_quiet() -> None:
     engine, _ = make_engine()
     s = Session(engine).associate(abstracts=(FIND_STUDY_ROOT,))
