@@ -30,12 +30,12 @@ def test_offsets_into_one_run_of_white_space_read_it_once() -> None:
     run = len(document)
     padded = document + b" " * (4 * MB) + b"x\n"
     padded += b"".join(b"startxref\n%d\n%%%%EOF\n" % (run + 7 * n) for n in range(100))
-    started = time.perf_counter()
+    started = time.process_time()
     found = pdf.look(padded)
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     assert not found.unread, found.unread
     assert [s.obj for s, names in found.active if "JavaScript" in names] == ["7 0"]
-    assert took < 1.0, f"100 offsets into 4 MB of white space read in {took:.2f} s"
+    assert took < 1.0, f"100 offsets into 4 MB of white space read in {took:.2f} s of CPU"
 
 
 def test_tables_searched_for_their_trailers_share_a_budget() -> None:
@@ -43,8 +43,10 @@ def test_tables_searched_for_their_trailers_share_a_budget() -> None:
     tables = [len(head) + 5 * n for n in range(1000)]
     document = head + b"xref\n" * len(tables) + b"%" * (16 * MB) + b"\n"
     document += b"".join(b"startxref\n%d\n" % at for at in tables) + b"%%EOF\n"
-    started = time.perf_counter()
+    started = time.process_time()
     found = pdf.look(document)
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     assert found.bound and any("past the table bytes allowed" in note for note in found.unread), found.unread
-    assert took < 1.0, f"1,000 tables before 16 MB read in {took:.2f} s"
+    # CPU time: ~1 s on a slow machine with the budget, ~10 s before it (each table searched the
+    # 16 MB again); the bound tells the two apart on any machine the suite runs on.
+    assert took < 4.0, f"1,000 tables before 16 MB read in {took:.2f} s of CPU"
