@@ -95,8 +95,36 @@ class Studies(odil.FindSCP.DataSetGenerator):
         return self.answers[self.index]
 
 
-class Objects(odil.GetSCP.DataSetGenerator):
+class Matching:
+    """The objects of the folder an identifier matches, handed to odil one by one (its
+    DataSetGenerator protocol: initialize, done, next, get, count)."""
+
+    folder: str
+    service = ""
+
+    def initialize(self, message: odil.messages.Request) -> None:
+        identifier = message.get_data_set()
+        self.found = [d for d in load(self.folder) if matches(d, identifier)]
+        self.index = 0
+        say(self.service, first(identifier, "PatientID"), first(identifier, "StudyInstanceUID"), len(self.found))
+
+    def done(self) -> bool:
+        return self.index >= len(self.found)
+
+    def next(self) -> None:
+        self.index += 1
+
+    def get(self) -> odil.DataSet:
+        return self.found[self.index]
+
+    def count(self) -> int:
+        return len(self.found)
+
+
+class Objects(Matching, odil.GetSCP.DataSetGenerator):
     """C-GET: the matching objects, each a C-STORE sub-operation (PS3.4 C.4.3.3)."""
+
+    service = "C-GET"
 
     def __init__(self, folder: str) -> None:
         odil.GetSCP.DataSetGenerator.__init__(self)
@@ -104,28 +132,12 @@ class Objects(odil.GetSCP.DataSetGenerator):
         self.found: list[odil.DataSet] = []
         self.index = 0
 
-    def initialize(self, message: odil.messages.Request) -> None:
-        identifier = message.get_data_set()
-        self.found = [d for d in load(self.folder) if matches(d, identifier)]
-        self.index = 0
-        say("C-GET", first(identifier, "PatientID"), first(identifier, "StudyInstanceUID"), len(self.found))
 
-    def done(self) -> bool:
-        return self.index >= len(self.found)
-
-    def next(self) -> None:
-        self.index += 1
-
-    def get(self) -> odil.DataSet:
-        return self.found[self.index]
-
-    def count(self) -> int:
-        return len(self.found)
-
-
-class Mover(odil.MoveSCP.DataSetGenerator):
+class Mover(Matching, odil.MoveSCP.DataSetGenerator):
     """C-MOVE: the matching objects, sent on a new association to the Move Destination, which
     ``--move AET=HOST:PORT`` places (PS3.4 C.4.2.2); an unknown one makes odil answer 0xA801."""
+
+    service = "C-MOVE"
 
     def __init__(self, folder: str, destinations: dict[str, tuple[str, int]]) -> None:
         odil.MoveSCP.DataSetGenerator.__init__(self)
@@ -133,24 +145,6 @@ class Mover(odil.MoveSCP.DataSetGenerator):
         self.destinations = destinations
         self.found: list[odil.DataSet] = []
         self.index = 0
-
-    def initialize(self, message: odil.messages.Request) -> None:
-        identifier = message.get_data_set()
-        self.found = [d for d in load(self.folder) if matches(d, identifier)]
-        self.index = 0
-        say("C-MOVE", first(identifier, "PatientID"), first(identifier, "StudyInstanceUID"), len(self.found))
-
-    def done(self) -> bool:
-        return self.index >= len(self.found)
-
-    def next(self) -> None:
-        self.index += 1
-
-    def get(self) -> odil.DataSet:
-        return self.found[self.index]
-
-    def count(self) -> int:
-        return len(self.found)
 
     def get_association(self, request: odil.messages.CMoveRequest) -> odil.Association:
         destination = first_text(request.get_move_destination()).strip()
