@@ -221,7 +221,10 @@ def test_the_object_an_abort_ended_on_is_charged_the_failure(tmp_path: Path) -> 
     forwarder.add(spool_file(spool, files[1], ["rec"]))
     forwarder.start()
     try:
-        wait_until(lambda: scp.stores[uid] >= 2 and len(scp.received) == 1, 20, "retried, the other forwarded")
+        # the SCP counting the second try is not yet the forwarder charging it: wait for both
+        wait_until(lambda: scp.stores[uid] >= 2 and len(scp.received) == 1
+                   and sum(e.kind == "gateway.object.delayed" for e in list(events)) >= 2,
+                   20, "retried and charged twice, the other forwarded")
     finally:
         forwarder.stop()
         scp.server.shutdown()

@@ -4,9 +4,10 @@ looks like a LAN (MTU 1500, TSO/GSO/GRO off, a 1 Gbit/s shaper), by dumpcap:
 (a) normal work: dcmtk's echoscu, storescu (several pydicom test files in one association) and
     findscu at STUDY level against a real Orthanc on the standard port 104 and on 4243: with every
     built-in rule active and the site's AE titles configured, zero alerts; the association log
-    agrees with tshark's own DICOM dissection of the same capture (associations, calling/called
-    AE titles, command names and counts, response statuses); with 4243 not configured as a DICOM
-    port the associations there are still found and only "DICOM on an unexpected port" fires.
+    agrees with tshark's own DICOM dissection of the same capture, cut at PDU boundaries
+    (associations, calling/called AE titles, command names and counts, response statuses); with
+    4243 not configured as a DICOM port the associations there are still found and only "DICOM on
+    an unexpected port" fires.
 (b) attacks: nmap 7.93's dicom-ping and dicom-brute against an Orthanc that checks the called AE
     title: AE brute forcing, probe/scan and tool-default AE rules fire, and nothing else; the
     same rules fire from ``pacsguard ids live`` (the CLI command) capturing at the same time.
@@ -37,6 +38,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lan_netns import lan_netns, ns_cmd, require_peers
+from pdu_segments import pdu_aligned_copy
 from test_capture_real import _start_dumpcap
 
 from pacsguard.events import Event
@@ -287,9 +289,15 @@ def _ours(records: list[Event]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def assert_agrees_with_tshark(records: list[Event], cap: Path, ports: tuple[int, ...]) -> None:
-    theirs = tshark_associations(cap, ports)
-    ours = _ours(records)
+def assert_agrees_with_tshark(cap: Path, ports: tuple[int, ...], settings: IdsSettings) -> None:
+    """tshark reads a copy cut at PDU boundaries (its dissector loses PDUs that end mid-segment,
+    pdu_segments.py); pacsguard must read the copy as it reads the original."""
+    events, _, _ = run_sensor(cap, settings)
+    ours = _ours(records_of(events))
+    aligned = pdu_aligned_copy(cap, cap.with_name(cap.stem + ".pdus.pcap"))
+    again, _, _ = run_sensor(aligned, settings)
+    assert _ours(records_of(again)) == ours, "pacsguard reads the copy cut at PDU boundaries differently"
+    theirs = tshark_associations(aligned, ports)
     assert sorted(ours) == sorted(theirs), "associations differ (client ports)"
     assert all(t["requests"] == 1 for t in theirs.values())
     for port, t in theirs.items():
@@ -333,8 +341,7 @@ def test_normal_traffic_raises_no_alert(normal_capture: dict[str, Any]) -> None:
 
 
 def test_normal_association_log_agrees_with_tshark(normal_capture: dict[str, Any]) -> None:
-    events, _, _ = run_sensor(normal_capture["capture"], all_rules_on(dicom_ports=[*NORMAL_PORTS]))
-    assert_agrees_with_tshark(records_of(events), normal_capture["capture"], NORMAL_PORTS)
+    assert_agrees_with_tshark(normal_capture["capture"], NORMAL_PORTS, all_rules_on(dicom_ports=[*NORMAL_PORTS]))
 
 
 def test_dicom_found_on_an_unlisted_port(normal_capture: dict[str, Any]) -> None:
@@ -380,8 +387,7 @@ def test_nmap_attack_fires_the_expected_rules(attack_capture: dict[str, Any]) ->
 
 
 def test_attack_association_log_agrees_with_tshark(attack_capture: dict[str, Any]) -> None:
-    events, _, _ = run_sensor(attack_capture["capture"], all_rules_on())
-    assert_agrees_with_tshark(records_of(events), attack_capture["capture"], (ATTACK_PORT,))
+    assert_agrees_with_tshark(attack_capture["capture"], (ATTACK_PORT,), all_rules_on())
 
 
 def test_ids_live_saw_the_same_attack(attack_capture: dict[str, Any]) -> None:
