@@ -70,8 +70,20 @@ _install()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: the controller reports (below)
+        output["event_schema"] = {"kinds": dict(CHECKER.kinds), "failures": CHECKER.failures}
     if CHECKER.failures and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist's controller: a worker's checks join this process's count and failures."""
+    report = getattr(node, "workeroutput", {}).get("event_schema")
+    if report:
+        CHECKER.kinds.update(report["kinds"])
+        CHECKER.failures.extend(report["failures"])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -22,6 +22,7 @@ adds ~40 ms to every small C-STORE and makes timings meaningless.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,18 +37,31 @@ import pytest
 DCMTK_BIN = Path("/usr/bin")
 INSTALL_HINT = "install Debian's dcmtk package: apt-get install dcmtk"
 LOOPBACK = "127.0.0.1"
+_FIRST_FREE_PORT, _FIRST_FREE_PORT_HIGH = 20000, 32000  # free_port's range, below the ephemeral one
 
 
 def free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port that is free on ``host`` right now.
 
-    The kernel picks it (bind to port 0). Another process could take it before the caller
-    binds, but on a test machine the window is milliseconds and the alternative, a fixed
-    port, collides every time two sessions run side by side.
+    Taken below the kernel's ephemeral range (32768-60999 by default), so that no outgoing
+    connection of another test takes it before the caller binds, and from a band of its own for
+    each pytest-xdist worker, so that two workers never pick the same one. Another process could
+    still take it in the milliseconds before the caller binds; a fixed port would collide every
+    time two sessions run side by side.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    band = (_FIRST_FREE_PORT_HIGH - _FIRST_FREE_PORT) // max(workers, 1)
+    low = _FIRST_FREE_PORT + band * (worker % max(workers, 1))
+    for _ in range(500):
+        port = low + secrets.randbelow(band)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {low}-{low + band - 1}")
 
 
 def wait_for_port(
