@@ -28,6 +28,7 @@ from pacsguard.sinks import (
     frame_octet_counted,
 )
 from pacsguard.tls import client_context, make_ca, make_cert
+from peers.dcmtk import free_port
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 DEADLINE = 20.0  # upper bound for every wait in this file
@@ -236,12 +237,6 @@ def _require_rsyslog(tls: bool = False) -> None:
                     "run `apt-get install -y rsyslog-gnutls`")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Rsyslog:
     """rsyslogd in the foreground (-n) with its own config, pid file and work directory; imtcp on
     127.0.0.1 writes every received raw message as one line to `raw.log`, and the fields its
@@ -252,7 +247,7 @@ class Rsyslog:
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         (base / "work").mkdir(exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.raw = base / "raw.log"
         self.parsed = base / "parsed.log"
         self.conf = base / "rsyslog.conf"

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,15 +20,9 @@ from typing import Any
 from pacsguard.atna.config import AtnaConfig
 from pacsguard.atna.service import AtnaService
 from pacsguard.events.model import Event
+from peers.dcmtk import free_port  # noqa: F401 - the ATNA tests take it from here
 
 DEADLINE = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Received:

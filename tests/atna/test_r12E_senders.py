@@ -200,7 +200,8 @@ def test_busybox_syslogd_relays_short_messages_and_cuts_long_ones(tmp_path: Path
     sent = {"PID-E101": compact("PID-E101"), "PID-E102": compact("PID-E102")}
     long = messages()["PID-E002"]
     with running(section(udp={})) as rx:
-        syslog_senders.busybox_relay(tmp_path / "busybox", HOST, rx.address("udp")[1], [*sent.values(), long])
+        syslog_senders.busybox_relay(tmp_path / "busybox", HOST, rx.address("udp")[1], [*sent.values(), long],
+                                     delivered=lambda: len(rx.events) >= 3)
         events = rx.wait(lambda evs: len(evs) >= 3, "three datagrams")
     cut = [e for e in events if e.kind == "atna.message.unparsed"]
     assert len(cut) == 1 and cut[0].details["problem"] == "unparsable-xml"
@@ -221,7 +222,8 @@ def test_inetutils_syslogd_relays_short_messages_with_their_tag(tmp_path: Path) 
     except PermissionError:
         pytest.fail("inetutils syslogd forwards to port 514 only: the test needs root or CAP_NET_BIND_SERVICE")
     try:
-        syslog_senders.inetutils_relay(tmp_path / "inetutils", repository, relay, list(sent.values()))
+        syslog_senders.inetutils_relay(tmp_path / "inetutils", repository, relay, list(sent.values()),
+                                       delivered=lambda: len(rx.events) >= 2)
         events = rx.wait(lambda evs: len(evs) >= 2, "two datagrams")
     finally:
         context.__exit__(None, None, None)
@@ -264,7 +266,8 @@ def test_atna_sources_names_each_sender(tmp_path: Path) -> None:
         sent = messages()
         syslog_senders.python_handler(repository, tcp, list(sent.values()), append_nul=False)
         syslog_senders.inetutils_relay(tmp_path / "inetutils", repository, relay,
-                                       [compact("PID-E101"), compact("PID-E102")])
+                                       [compact("PID-E101"), compact("PID-E102")],
+                                       delivered=lambda: _stored(store) >= 5)
         while _stored(store) < 5:
             assert time.monotonic() < end, f"{_stored(store)} of 5 stored: {log.read_text()}"
             time.sleep(0.1)

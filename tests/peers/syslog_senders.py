@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -153,11 +155,12 @@ def _write(base: Path, messages: list[str]) -> list[Path]:
     return files
 
 
-def busybox_relay(base: Path, host: str, port: int, messages: list[str]) -> None:
+def busybox_relay(base: Path, host: str, port: int, messages: list[str], delivered: Callable[[], bool]) -> None:
     """busybox syslogd forwarding to ``host``:``port`` (UDP) what ``logger`` writes to it. busybox's
     syslogd has no option for its socket (it is /dev/log): it runs in a mount namespace of its own
     (`unshare --map-root-user --mount`) with a private /dev, so the machine's /dev/log, if any, is
-    never touched."""
+    never touched. It is stopped once ``delivered()`` is true (or after DEADLINE): a relay stopped
+    as soon as ``logger`` returns may not have sent the last message yet."""
     busybox = shutil.which("busybox")
     unshare = shutil.which("unshare")
     if busybox is None or not LOGGER.exists() or unshare is None:
@@ -173,15 +176,25 @@ touch /dev/null
 relay=$!
 i=0; while [ ! -S /dev/log ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
 {_logger_lines("/dev/log", files)}
-sleep 0.5
+i=0; while [ ! -e {base / "stop"} ] && [ $i -lt {int(DEADLINE * 20)} ]; do sleep 0.05; i=$((i+1)); done
 kill $relay
 wait $relay || true
 """)
-    done = subprocess.run([unshare, "--map-root-user", "--mount", "sh", str(script)], capture_output=True, text=True,
-                          timeout=DEADLINE)
-    if done.returncode != 0:
+    with subprocess.Popen([unshare, "--map-root-user", "--mount", "sh", str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as run:
+        _wait_for(delivered, run)
+        (base / "stop").touch()
+        _, stderr = run.communicate(timeout=DEADLINE)
+    if run.returncode != 0:
         pytest.fail(f"busybox syslogd could not run in a mount namespace of its own (unshare: user namespaces "
-                    f"disabled?): {done.stderr}")
+                    f"disabled?): {stderr}")
+
+
+def _wait_for(delivered: Callable[[], bool], relay: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Until ``delivered()`` (the receiver has what the relay was given), the relay ends, or DEADLINE."""
+    end = time.monotonic() + DEADLINE
+    while not delivered() and relay.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def inetutils_syslogd() -> Path:
@@ -213,10 +226,11 @@ def _version(binary: Path) -> str:
         return ""
 
 
-def inetutils_relay(base: Path, host: str, bind: str, messages: list[str]) -> None:
+def inetutils_relay(base: Path, host: str, bind: str, messages: list[str], delivered: Callable[[], bool]) -> None:
     """inetutils syslogd forwarding `auth.*` to ``@host`` (UDP port 514: its configuration names no
     port) what ``logger`` writes to its socket in ``base``; its own UDP socket, which it sends
-    from, bound to ``bind`` (never the machine's port 514), no kernel log, no /dev/log."""
+    from, bound to ``bind`` (never the machine's port 514), no kernel log, no /dev/log. Stopped once
+    ``delivered()`` is true (or after DEADLINE), as busybox_relay is."""
     syslogd = inetutils_syslogd()
     if not LOGGER.exists():
         pytest.fail("util-linux's logger is missing: apt-get install bsdutils")
@@ -240,6 +254,7 @@ def inetutils_relay(base: Path, host: str, bind: str, messages: list[str]) -> No
         done = subprocess.run(["sh", "-ec", _logger_lines(str(sock), files)], capture_output=True, text=True,
                               timeout=DEADLINE)
         assert done.returncode == 0, done.stderr
+        _wait_for(delivered, relay)
     finally:
         relay.terminate()
         relay.wait(DEADLINE)

@@ -3,7 +3,6 @@ sample is built here, and each test failed before the fix it names."""
 
 from __future__ import annotations
 
-import socket
 import struct
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.rules import documents
 from pacsguard.scan.scanner import Scanner
 from pacsguard.scan.yara_engine import BUILTIN, YaraEngine, YaraError
+from peers.dcmtk import free_port
 
 #: The payloads of the tester's samples, each with enough of its header to be verified.
 RAR = b"Rar!\x1a\x07\x01\x00" + bytes(range(200))
@@ -213,12 +213,6 @@ def test_honest_stl_files_are_not_flagged(stl: bytes, scanner: Scanner) -> None:
 
 
 # 4. A file over clamd's StreamMaxLength is not scanned, and says so (clamd.Clamd.instream).
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 MARKER = b"PACSGUARD-ROUND3-CLAMAV-MARKER"
 

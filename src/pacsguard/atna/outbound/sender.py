@@ -214,7 +214,6 @@ class OutboundSender:
         connection ended (:class:`Closed`, a TLS alert, a socket error)."""
         conn = link.conn
         delivered = written = self.spool.delivered()
-        reconnected = self.connections > 1
         # (seq, when): every byte up to seq had been acknowledged by the peer's TCP at `when`; one
         # entry per burst, so a burst written while an earlier one waits out ``confirm_after`` is
         # confirmed ``confirm_after`` after its own acknowledgement, not after the earlier's
@@ -224,6 +223,20 @@ class OutboundSender:
         # reaches mark (the connection's bytes up to and including it).
         sent: deque[tuple[int, int]] = deque()
         progress = _Progress(conn, time.monotonic())
+        try:
+            self._feed(link, delivered, written, acked, sent, progress)
+        except Closed:
+            # The close may be seen before the acknowledgement that came ahead of it was: read it
+            # once more, so a repository that took messages is not called one that took none.
+            if sent and _bytes_acked(conn) >= sent[0][1]:
+                link.took = True
+            raise
+
+    def _feed(self, link: _Link, delivered: int, written: int, acked: deque[tuple[int, float]],
+              sent: deque[tuple[int, int]], progress: _Progress) -> None:
+        """`_send`'s loop (its deques, described there, are shared with it)."""
+        conn = link.conn
+        reconnected = self.connections > 1
         while not self._stop.is_set():
             now = time.monotonic()
             self._held_back()
