@@ -32,6 +32,7 @@ from playbook import (
 
 from pacsguard.dicom import dimse
 from peers.dcmtk import free_port
+from peers.pynetdicom_reactor import quiet_reactor
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -226,10 +227,13 @@ def test_pynetdicom_commits_through_the_gateway_and_its_n_create_is_refused(gate
         try:
             request_ds = Dataset()
             request_ds.TransactionUID = "1.2.3"
+            quiet_reactor(assoc)
             status, _ = assoc.send_n_action(request_ds, 1, COMMITMENT, COMMITMENT_INSTANCE)
             assert status.Status == 0x0000
+            quiet_reactor(assoc)
             status, _ = assoc.send_n_create(None, COMMITMENT, "1.2.3.4")
             assert status.Status == dimse.STATUS_NOT_AUTHORIZED
+            quiet_reactor(assoc)
             status, _ = assoc.send_n_get([0x00081195], COMMITMENT, COMMITMENT_INSTANCE)
             assert status.Status == dimse.STATUS_NOT_AUTHORIZED
         finally:
