@@ -27,7 +27,7 @@ import pytest
 from receiver import DEADLINE
 from test_outbound import own_events
 from test_round6_outbound import _rsyslog as rsyslog_repository
-from test_round6_outbound import _stop, assert_each_once, free_port_in, until
+from test_round6_outbound import _stop, assert_each_once, until
 
 from pacsguard.atna.config import AtnaConfig
 from pacsguard.atna.dedupe import delivery_of
@@ -37,6 +37,7 @@ from pacsguard.atna.outbound.spool import Spool
 from pacsguard.config.loader import ConfigError, parse_config
 from pacsguard.store import EventQuery, EventStore
 from pacsguard.tls import make_ca, make_cert
+from peers.dcmtk import free_port_in
 
 HOST = "127.0.72.1"
 _ports = iter(range(23000 + (time.monotonic_ns() // 1000) % 500, 24000))

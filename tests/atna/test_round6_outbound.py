@@ -37,6 +37,7 @@ from pacsguard.atna.outbound.spool import Spool
 from pacsguard.config.loader import ConfigError, parse_config
 from pacsguard.runtime.peer import probe
 from pacsguard.tls import make_ca, make_cert
+from peers.dcmtk import free_port_in
 
 HOST = "127.0.62.1"
 _ports = iter(range(21000 + (time.monotonic_ns() // 1000) % 500, 22000))
@@ -45,18 +46,6 @@ _ports = iter(range(21000 + (time.monotonic_ns() // 1000) % 500, 22000))
 def port() -> int:
     """A port of this module's range free on HOST right now (bound and released to check)."""
     return free_port_in(HOST, _ports)
-
-
-def free_port_in(host: str, ports: Iterator[int]) -> int:
-    """The next of ``ports`` free on ``host`` right now (bound and released to check)."""
-    for candidate in ports:
-        with socket.socket() as s:
-            try:
-                s.bind((host, candidate))
-            except OSError:
-                continue
-            return candidate
-    raise AssertionError(f"no free port left in the range on {host}")
 
 
 def until(check: Callable[[], Any], what: str, seconds: float = DEADLINE) -> Any:

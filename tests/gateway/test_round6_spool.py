@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import struct
 import zlib
@@ -29,6 +28,7 @@ from pacsguard.gateway.store_forward import structure
 from pacsguard.gateway.store_forward.spool import Spool, SpooledMeta
 from pacsguard.store import EventStore
 from pacsguard.store.search import EventQuery
+from peers.dcmtk import free_port_in
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 PURGED = "gateway.spool.purged"
@@ -218,14 +218,7 @@ def test_the_walk_holds_a_window_not_the_inflated_data_set(tmp_path: Path, monke
 
 def _listen_port(host: str) -> int:
     """A free port of this helper's range (22000-22999) on ``host``."""
-    for port in range(22600, 22700):
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port on {host}")
+    return free_port_in(host, range(22600, 22700))
 
 
 def _deflated_route(tmp_path: Path) -> Route:

@@ -27,7 +27,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -37,7 +37,7 @@ import pytest
 DCMTK_BIN = Path("/usr/bin")
 INSTALL_HINT = "install Debian's dcmtk package: apt-get install dcmtk"
 LOOPBACK = "127.0.0.1"
-_FIRST_FREE_PORT, _FIRST_FREE_PORT_HIGH = 20000, 32000  # free_port's range, below the ephemeral one
+FREE_PORTS = range(20000, 32000)  # free_port's, below the kernel's ephemeral range
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -49,19 +49,23 @@ def free_port(host: str = LOOPBACK) -> int:
     still take it in the milliseconds before the caller binds; a fixed port would collide every
     time two sessions run side by side.
     """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    band = (_FIRST_FREE_PORT_HIGH - _FIRST_FREE_PORT) // max(workers, 1)
-    low = _FIRST_FREE_PORT + band * (worker % max(workers, 1))
-    for _ in range(500):
-        port = low + secrets.randbelow(band)
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1), 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    band = len(FREE_PORTS) // workers
+    low = FREE_PORTS.start + band * worker
+    return free_port_in(host, (low + secrets.randbelow(band) for _ in range(500)))
+
+
+def free_port_in(host: str, candidates: Iterable[int]) -> int:
+    """The first of ``candidates`` free on ``host`` right now (bound and released to check)."""
+    for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port on {host} in {low}-{low + band - 1}")
+    raise AssertionError(f"no free port on {host} among the candidates")
 
 
 def wait_for_port(

@@ -214,6 +214,7 @@ class OutboundSender:
         connection ended (:class:`Closed`, a TLS alert, a socket error)."""
         conn = link.conn
         delivered = written = self.spool.delivered()
+        reconnected = self.connections > 1
         # (seq, when): every byte up to seq had been acknowledged by the peer's TCP at `when`; one
         # entry per burst, so a burst written while an earlier one waits out ``confirm_after`` is
         # confirmed ``confirm_after`` after its own acknowledgement, not after the earlier's
@@ -224,47 +225,40 @@ class OutboundSender:
         sent: deque[tuple[int, int]] = deque()
         progress = _Progress(conn, time.monotonic())
         try:
-            self._feed(link, delivered, written, acked, sent, progress)
+            while not self._stop.is_set():
+                now = time.monotonic()
+                self._held_back()
+                taken = progress.check(now, self.stall_timeout)
+                while sent and sent[0][1] <= taken:
+                    acked.append((sent.popleft()[0], now))
+                    link.took = True
+                due = _confirmable(acked, now, self.confirm_after)
+                if due is not None:
+                    _check_open(conn)  # the repository went away: what is not delivered is sent again
+                    self._working(link, now)
+                    self.spool.mark_delivered(due)
+                    self.on_delivered(delivered + 1, due, reconnected)
+                    self._stall_recorded = False
+                    delivered, reconnected = due, False
+                    while acked and acked[0][0] <= due:
+                        acked.popleft()
+                rows = _burst(self.spool.after(written))
+                if rows:
+                    self._write(conn, b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
+                                               for seq, msg in rows), progress)
+                    written = rows[-1][0]
+                    sent.append((written, _queued(conn)))
+                    continue
+                _check_open(conn)
+                self._working(link, now)
+                with self.spool.added:
+                    self.spool.added.wait(0.1)
         except Closed:
             # The close may be seen before the acknowledgement that came ahead of it was: read it
             # once more, so a repository that took messages is not called one that took none.
             if sent and _bytes_acked(conn) >= sent[0][1]:
                 link.took = True
             raise
-
-    def _feed(self, link: _Link, delivered: int, written: int, acked: deque[tuple[int, float]],
-              sent: deque[tuple[int, int]], progress: _Progress) -> None:
-        """`_send`'s loop (its deques, described there, are shared with it)."""
-        conn = link.conn
-        reconnected = self.connections > 1
-        while not self._stop.is_set():
-            now = time.monotonic()
-            self._held_back()
-            taken = progress.check(now, self.stall_timeout)
-            while sent and sent[0][1] <= taken:
-                acked.append((sent.popleft()[0], now))
-                link.took = True
-            due = _confirmable(acked, now, self.confirm_after)
-            if due is not None:
-                _check_open(conn)  # the repository went away: what is not delivered is sent again
-                self._working(link, now)
-                self.spool.mark_delivered(due)
-                self.on_delivered(delivered + 1, due, reconnected)
-                self._stall_recorded = False
-                delivered, reconnected = due, False
-                while acked and acked[0][0] <= due:
-                    acked.popleft()
-            rows = _burst(self.spool.after(written))
-            if rows:
-                self._write(conn, b"".join(frame(self.origin, seq, msg, self.hostname, self.spool.instance)
-                                           for seq, msg in rows), progress)
-                written = rows[-1][0]
-                sent.append((written, _queued(conn)))
-                continue
-            _check_open(conn)
-            self._working(link, now)
-            with self.spool.added:
-                self.spool.added.wait(0.1)
 
     def _write(self, conn: ssl.SSLSocket, data: bytes, progress: _Progress) -> None:
         """Send ``data`` a TLS record's worth at a time; while the repository's window is shut, wait
