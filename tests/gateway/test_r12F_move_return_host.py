@@ -2,7 +2,8 @@
 (docs/gateway.md, "C-MOVE through the gateway"; docs/ids.md, "Expected associations").
 
 The inline IDS announces a relayed C-MOVE-RQ as an association expected from the route's
-upstream.host to the Move Destination AE title (PS3.4 C.4.2.2), and the return route's
+upstream.host (the address its upstream leg reached: a host name counts as the address it
+resolved to) to the Move Destination AE title (PS3.4 C.4.2.2), and the return route's
 `dicom.association.requested` record names the C-MOVE in `details.expected_by` when the PACS
 connects from that address. A PACS that opens its sub-association from another of its addresses
 (multi-homed, a cluster) is not linked there: the calling AE title cannot be the second key, as
@@ -51,12 +52,13 @@ def ct() -> Dataset:
 
 
 @pytest.fixture
-def peers() -> Iterator[dict[str, Any]]:
+def peers(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The PACS (C-MOVE SCP) and the workstation (Storage SCP); ``source`` picks the address the
-    PACS opens its sub-association from."""
+    PACS opens its sub-association from; an indirect parameter, the address the PACS listens on."""
     obj = ct()
-    state: dict[str, Any] = {"source": PACS, "received": [], "object": obj,
-                             "pacs_port": free_port(PACS), "ws_port": free_port(WS)}
+    pacs_host = getattr(request, "param", PACS)
+    state: dict[str, Any] = {"source": pacs_host, "received": [], "object": obj,
+                             "pacs_port": free_port(pacs_host), "ws_port": free_port(WS)}
 
     def on_move(event: Any) -> Iterator[Any]:
         yield (GW, state["return_port"], {"bind_address": (state["source"], 0)})
@@ -72,7 +74,8 @@ def peers() -> Iterator[dict[str, Any]]:
     pacs.add_requested_context(CTImageStorage, obj.file_meta.TransferSyntaxUID)
     ws = AE(ae_title="WS1")
     ws.add_supported_context(CTImageStorage, obj.file_meta.TransferSyntaxUID)
-    servers = [pacs.start_server((PACS, state["pacs_port"]), block=False, evt_handlers=[(evt.EVT_C_MOVE, on_move)]),
+    servers = [pacs.start_server((pacs_host, state["pacs_port"]), block=False,
+                                 evt_handlers=[(evt.EVT_C_MOVE, on_move)]),
                ws.start_server((WS, state["ws_port"]), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])]
     try:
         yield state
@@ -85,10 +88,31 @@ def peers() -> Iterator[dict[str, Any]]:
 def test_the_return_route_links_by_the_pacs_host_and_the_c_move_is_credited_either_way(
         source: str, peers: dict[str, Any], dcmtk: Dcmtk, tmp_path: Path) -> None:
     peers["source"] = source
+    requested, move = _move_through(PACS, peers, dcmtk, tmp_path)
+    # The IDS's expectation: keyed by the PACS's configured host, never by an AE title alone.
+    if source == PACS:
+        assert requested.details["expected_by"]["message_id"] == move.details["message_id"]
+    else:
+        assert "expected_by" not in requested.details, requested.details
+
+
+@pytest.mark.parametrize("peers", ["127.0.0.1"], indirect=True)
+def test_an_upstream_host_written_as_a_name_links_by_the_address_it_reached(
+        peers: dict[str, Any], dcmtk: Dcmtk, tmp_path: Path) -> None:
+    """``upstream.host: localhost``: the expectation is keyed by the address the gateway's upstream
+    leg connected to (127.0.0.1), so the PACS's sub-association from there is linked."""
+    requested, move = _move_through("localhost", peers, dcmtk, tmp_path)
+    assert requested.details["expected_by"]["message_id"] == move.details["message_id"]
+
+
+def _move_through(upstream_host: str, peers: dict[str, Any], dcmtk: Dcmtk, tmp_path: Path) -> tuple[Any, Any]:
+    """movescu through the main route (upstream at *upstream_host*); the return route's
+    ``requested`` record and the C-MOVE's, after checking the C-MOVE's own accounting."""
     peers["return_port"] = free_port(GW)
     routes = [
         {"name": "main", "listen": {"host": GW, "port": free_port(GW), "ae_title": "PACSGUARD"},
-         "upstream": {"host": PACS, "port": peers["pacs_port"], "ae_title": "R12FPACS", "connect_timeout": 5},
+         "upstream": {"host": upstream_host, "port": peers["pacs_port"], "ae_title": "R12FPACS",
+                      "connect_timeout": 5},
          "policy": {"move_destinations": ["WS1"]}},
         {"name": "retrieve", "listen": {"host": GW, "port": peers["return_port"], "ae_title": "WS1"},
          "upstream": {"host": WS, "port": peers["ws_port"], "ae_title": "WS1", "connect_timeout": 5},
@@ -106,12 +130,8 @@ def test_the_return_route_links_by_the_pacs_host_and_the_c_move_is_credited_eith
         (store,) = gw.wait_for("dicom.dimse.c-store", where=lambda e: e.details["route"] == "retrieve")
         (requested,) = gw.wait_for("dicom.association.requested", where=lambda e: e.details["route"] == "retrieve")
     assert peers["received"] == [str(obj.SOPInstanceUID)]
-    assert requested.actor.host == source and requested.actor.ae_title == "R12FPACS"
+    assert requested.actor.host == peers["source"] and requested.actor.ae_title == "R12FPACS"
     # The C-MOVE's accounting: credited through the Move Originator Message ID, from any address.
     assert move.details["delivered"]["instances"] == 1 and move.patient_ids == ("R12F-MOVE",)
     assert store.details["c_move"]["message_id"] == move.details["message_id"]
-    # The IDS's expectation: keyed by the PACS's configured host, never by an AE title alone.
-    if source == PACS:
-        assert requested.details["expected_by"]["message_id"] == move.details["message_id"]
-    else:
-        assert "expected_by" not in requested.details, requested.details
+    return requested, move

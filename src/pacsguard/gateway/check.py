@@ -34,6 +34,8 @@ class Association(Protocol):
     port: int
     calling_ae: str | None
     cert: dict[str, Any] | None
+    #: the address the upstream leg is connected to (its peer's IP), None before it is
+    upstream_host: str | None
 
     def publish(self, event: Event) -> None: ...
 

@@ -179,6 +179,7 @@ class AssociationRelay:
         # Contexts of the client's A-ASSOCIATE-RQ the policy refuses: not proposed to the upstream.
         self.withheld: dict[int, str] = {}
         self.cert: dict[str, Any] | None = None
+        self.upstream_host: str | None = None  # the upstream leg's peer address, once connected
         self.record: AssociationRecord | None = None
         # Per direction (True = from the client): command PDVs held until the command set is judged,
         # and whether the data set of a refused request is being swallowed.
@@ -727,6 +728,8 @@ class AssociationRelay:
             transport.close()
             return
         self.upstream = side
+        peer = transport.get_extra_info("peername")
+        self.upstream_host = str(peer[0]) if peer else None
         self.state = "awaiting-ac"
         transport.write(raw_rq)
         if self.early:

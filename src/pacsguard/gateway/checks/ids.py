@@ -51,6 +51,10 @@ class IdsCheck(Check):
                         id=f"{self.route.name}/{assoc.host}:{assoc.port}/{id(assoc)}",
                         acceptor_host=self.route.upstream.host)
             self.flows[assoc] = flow
+        if assoc.upstream_host is not None:
+            # The address the upstream leg reached, not upstream.host as written: a host name (or one
+            # of several addresses) is what a sub-association's source address is compared with.
+            flow.acceptor_host = assoc.upstream_host
         return flow
 
     def expected_by(self, assoc: Association, rq: P.AssociateRQ) -> dict[str, Any] | None:

@@ -44,6 +44,7 @@ class Admission:
     quarantine_source: Callable[[str, Verdict], None]
     calling_ae: str | None = None
     cert: dict[str, Any] | None = None
+    upstream_host: str | None = None  # a store-and-forward route relays no association upstream
     tls: bool = False
     rq: P.AssociateRQ | None = None
     events: list[ProtocolEvent] = field(default_factory=list)
