@@ -283,3 +283,29 @@ def test_a_lasting_failure_is_raised_again_at_the_reminder_pace_not_per_retry(
     assert all(e.message.startswith("events still cannot be made durable") for e in failed[1:])
     assert caplog.text.count("RECORDING FAILED") == 1 and "RECORDING STILL FAILING" in caplog.text
     assert len(_kinds(syslog.events, "pacsguard.recording.recovered")) == 1
+
+
+def test_a_store_short_of_space_empties_its_write_ahead_log_after_every_commit(tmp_path: Path) -> None:
+    """With ~1.5 MiB free, 60 commits of one event each: SQLite's WAL (checkpointed by itself only
+    every 1,000 pages of 16 KiB) would take the room and then leave its checkpoint none to copy the
+    pages into; it is emptied after each commit instead, and every event is stored. On a disk with
+    room the WAL grows as SQLite lets it (no checkpoint per commit)."""
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        store = EventStore.open(str(disk / "s.db"), create=True)
+        try:
+            filler = _fill_until(disk, 3 << 19)
+            for n in range(60):
+                store.append(make_events(1, n))
+                assert (disk / "s.db-wal").stat().st_size == 0, f"the WAL kept its pages after commit {n}"
+            assert store.size() == 60
+        finally:
+            store.close()
+        filler.unlink()
+    roomy = EventStore.open(str(tmp_path / "roomy.db"), create=True)
+    try:
+        assert os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize > 64 << 20, "the test needs 64 MiB free"
+        for n in range(5):
+            roomy.append(make_events(1, n))
+        assert (tmp_path / "roomy.db-wal").stat().st_size > 0
+    finally:
+        roomy.close()

@@ -9,6 +9,7 @@ update or delete API.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -47,6 +48,10 @@ from pacsguard.store.schema import (
 from pacsguard.store.search import EventQuery, damaged, select_events
 
 GENESIS_PREV = bytes(HASH_SIZE)
+#: Free room below which a SQLite store empties its write-ahead log after every commit: twice what
+#: the log grows to between SQLite's automatic checkpoints (1,000 pages of 16 KiB), since the
+#: checkpoint copies the pages into the database file before the log is emptied.
+WAL_ROOM = 2 * 1000 * 16384
 log = logging.getLogger("pacsguard.store")
 
 
@@ -107,6 +112,8 @@ class EventStore:
             events, event_bodies, event_patients, event_studies, event_terms, event_batches))
         self._timer: threading.Thread | None = None
         self._disk_full = False  # a write failed with SQLITE_FULL: reclaim the WAL once one succeeds
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self._folder = Path(database).parent if database and database != ":memory:" else None
         self._listeners: list[CheckpointListener] = []
         if signing_key is not None:
             # Holds only a weak reference: a store dropped without close() ends its timer too.
@@ -176,9 +183,11 @@ class EventStore:
                     self._reclaim_wal()
                 self._drop_sessions()
                 raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
-            if self._disk_full:
-                # Space came back: give back at once what the log of writes (SQLite's WAL) took
-                # while it was short, so that the next writes do not fill the disk again.
+            if self._disk_full or self._short_of_space():
+                # Space came back, or little is left: give back at once what the log of writes
+                # (SQLite's WAL) took, so that the next writes do not fill the disk again. Left to
+                # grow, the log took the room back, and its checkpoint then found none to copy the
+                # pages into the database: recording failed again, for good.
                 self._disk_full = not self._reclaim_wal()
         if self._signing_key is not None and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
             try:
@@ -197,6 +206,16 @@ class EventStore:
         took writes again, and recording never recovered. SQLite's connections hold no such state."""
         if self.engine.dialect.name != "sqlite":
             self.engine.dispose()
+
+    def _short_of_space(self) -> bool:
+        """A SQLite file store whose file system has less than `WAL_ROOM` free."""
+        if self._folder is None:
+            return False
+        try:
+            room = os.statvfs(self._folder)
+        except OSError:
+            return False
+        return room.f_bavail * room.f_frsize < WAL_ROOM
 
     def _reclaim_wal(self) -> bool:
         """SQLite only: copy the write-ahead log into the database and truncate it to nothing
