@@ -52,14 +52,24 @@ class Received:
 
 @contextmanager
 def running(section: dict[str, Any], store: Any = None,
-            setup: Callable[[AtnaService], None] = lambda service: None) -> Iterator[Received]:
-    """The service configured by ``section`` (enabled), prepared by ``setup``, started on a background loop."""
+            setup: Callable[[AtnaService], None] = lambda service: None, *,
+            bus: Any = None, backlog: Callable[[], int] | None = None) -> Iterator[Received]:
+    """The service configured by ``section`` (enabled), prepared by ``setup``, started on a background loop.
+    ``bus``: an EventBus that also gets every Event, and whose backlog holds the senders back (else
+    ``backlog``, if given)."""
     received = Received()
     config = AtnaConfig.model_validate({"enabled": True, **section})
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    service = AtnaService(config, received.publish, store)
+    publish = received.publish
+    if bus is not None:
+        def publish(event: Event) -> None:
+            received.publish(event)
+            bus.publish(event)
+
+        backlog = backlog or (lambda: bus.backlog)
+    service = AtnaService(config, publish, store, backlog=backlog)
     setup(service)
     asyncio.run_coroutine_threadsafe(service.start(), loop).result(DEADLINE)
     received.service = service

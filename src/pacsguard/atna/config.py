@@ -214,6 +214,10 @@ class AtnaConfig(Strict):
     readers: int = Field(0, ge=0, le=64,
                          description="processes that read the TLS and TCP listeners' connections, each on its "
                          "own core (0: read in the service's own event loop); see docs/audit.md")
+    max_backlog: int = Field(50_000, ge=100, le=200_000,
+                             description="events waiting to be stored at which the TLS and TCP listeners stop "
+                             "reading their senders (TCP holds them back) until half of it is left; see "
+                             "docs/audit.md, \"When the store falls behind\"")
     outbound: Outbound | None = None
     privacy: Privacy | None = None
     time_zone: SiteZoneName = Field(LOCAL, description="the site's time zone, in which the privacy rules' hour "

@@ -7,8 +7,10 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pacsguard.atna.backpressure import Backpressure
 from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, StreamListener, tls_context
 from pacsguard.atna.syslog.readers import ReadingProcesses
 from pacsguard.events.durable import Durability
@@ -73,7 +75,10 @@ class AtnaService:
     needs_asyncio_loop = False
 
     def __init__(self, config: AtnaConfig, publish: Publish, store: EventStore | None = None,
-                 resolve: Any = None, subscribe: Any = None, durability: Durability | None = None) -> None:
+                 resolve: Any = None, subscribe: Any = None, durability: Durability | None = None,
+                 backlog: Callable[[], int] | None = None) -> None:
+        """``backlog``: the events ``publish`` has taken and the store not yet (the bus's), by
+        which the stream senders are held back (atna/backpressure.py); None: never held."""
         from pacsguard.atna.dedupe import Deduplicator
 
         self.config = config
@@ -90,6 +95,7 @@ class AtnaService:
         self._since = store.size() if store is not None and config.outbound is not None else 0
         self.resolve: Any = resolve or (lambda p: p)
         self.listeners: list[Any] = []
+        self.backpressure = Backpressure(backlog, config.max_backlog) if backlog is not None else None
         #: Where each listener is bound, by name (tls, tcp, udp, http), once started.
         self.addresses: dict[str, tuple[str, int]] = {}
 
@@ -99,6 +105,8 @@ class AtnaService:
         if not self.dedupe.fresh(event):
             return
         self.deliver(event)
+        if self.backpressure is not None:
+            self.backpressure.check()
         if self.privacy is not None:
             now = time.monotonic()
             for alert in self.privacy.observe(event, now):
@@ -189,9 +197,14 @@ class AtnaService:
         # Made here in either case, so that a certificate that does not load stops the start with
         # its reason rather than every reading process, one after the other.
         context = tls_context(tls) if tls is not None else None
+        listener: StreamListener | ReadingProcesses
         if self.config.readers:
-            return ReadingProcesses(self.publish, limits, tls, self.config.readers)
-        return StreamListener(self.publish, limits, context)
+            listener = ReadingProcesses(self.publish, limits, tls, self.config.readers)
+        else:
+            listener = StreamListener(self.publish, limits, context)
+        if self.backpressure is not None:
+            self.backpressure.listeners.append(listener)
+        return listener
 
     def _start_outbound(self, out: Outbound) -> BannerRow:
         from pacsguard.atna.outbound.forwarder import Forwarder
@@ -264,6 +277,8 @@ class AtnaService:
         return resolved
 
     async def stop(self) -> None:
+        if self.backpressure is not None:
+            self.backpressure.stop()
         for listener in reversed(self.listeners):
             await listener.close()
         self.listeners.clear()
@@ -284,7 +299,9 @@ def make_service(ctx: ServiceContext) -> AtnaService | None:
         return None
     # Only the RESTful endpoint answers what it received (201) and so waits for it to be durable.
     durability = Durability(ctx.bus) if config.http is not None else None
-    service = AtnaService(config, ctx.bus.publish, ctx.store, ctx.resolve, ctx.bus.subscribe, durability)
+    bus = ctx.bus
+    service = AtnaService(config, bus.publish, ctx.store, ctx.resolve, bus.subscribe, durability,
+                          backlog=lambda: bus.backlog)
     if config.privacy is not None:
         from pacsguard.ids.audit.adapter import rule_files
         from pacsguard.ids.part import rule_engine

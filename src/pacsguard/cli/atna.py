@@ -25,7 +25,7 @@ LISTEN_OPTIONS = {"atna.tls": "--tls", "atna.tls.cert_file": "--tls-cert", "atna
                   "atna.tls.ca_file": "--tls-ca", "atna.tcp": "--tcp", "atna.udp": "--udp", "atna.http": "--http",
                   "atna.http.token": "--http-token-env", "atna.max_message": "--max-message",
                   "atna.readers": "--readers", "atna.max_connections": "--max-connections",
-                  "atna.frame_timeout": "--frame-timeout"}
+                  "atna.frame_timeout": "--frame-timeout", "atna.max_backlog": "--max-backlog"}
 
 
 @app.command("listen")
@@ -53,6 +53,9 @@ def listen(
     frame_timeout: float = typer.Option(60.0, "--frame-timeout", min=0.1, max=3600,
                                         help="seconds from a frame's first octet to its last, and for a TLS "
                                              "handshake; a slower sender is closed and recorded"),
+    max_backlog: int = typer.Option(50_000, "--max-backlog", min=100, max=200_000,
+                                    help="events waiting to be stored at which the TLS and TCP senders are held "
+                                         "back (read again at half of it)"),
     log_level: LogLevel = log_level_option(LogLevel.warning),
 ) -> None:
     """Receive audit messages without a configuration file, recording each into --store."""
@@ -69,7 +72,8 @@ def listen(
     logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     section: dict[str, Any] = {"enabled": True, "max_message": max_message, "readers": readers,
-                               "max_connections": max_connections, "frame_timeout": frame_timeout}
+                               "max_connections": max_connections, "frame_timeout": frame_timeout,
+                               "max_backlog": max_backlog}
     if tls is not None:
         host, port = _endpoint(tls, "--tls")
         if tls_cert is None or tls_key is None:
@@ -102,7 +106,8 @@ def listen(
     with ExitStack() as stack:
         es = outputs.open_store(store, key=key_path, create=True, key_role="--key" if key else "")
         bus = outputs.open_outputs(stack, es).bus
-        service = AtnaService(config, bus.publish, es, durability=Durability(bus) if http else None)
+        service = AtnaService(config, bus.publish, es, durability=Durability(bus) if http else None,
+                              backlog=lambda: bus.backlog)
         tune_for_ingest()
         run_foreground([service], show_banner, [("store", es.name, f"{es.size()} events")])
 

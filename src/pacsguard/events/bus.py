@@ -157,6 +157,11 @@ class EventBus:
         return self._published
 
     @property
+    def backlog(self) -> int:
+        """Events published and not yet in the sink (queued, or kept while it fails)."""
+        return len(self._queue)
+
+    @property
     def written(self) -> int:
         """The ticket up to which every event is in the sink."""
         return self._written

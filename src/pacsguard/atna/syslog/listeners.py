@@ -106,6 +106,7 @@ class StreamListener:
         self.connections: set[_Connection] = set()
         self.refusals = Refusals()
         self._summary: asyncio.TimerHandle | None = None  # when the counted refusals are recorded
+        self.held = False  # the senders are held back (`hold`)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         return await self.serve(host=host, port=port)
@@ -118,6 +119,20 @@ class StreamListener:
         self._server = await loop.create_server(lambda: _Connection(self), **where)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
+
+    def hold(self) -> None:
+        """Read no more from any connection, new ones included, until `release`: TCP holds the
+        senders back (the store is behind, docs/audit.md "When the store falls behind"). Their
+        timers stop meanwhile: a sender held is neither idle nor too slow."""
+        self.held = True
+        for conn in self.connections:
+            conn.hold()
+
+    def release(self) -> None:
+        """Read the connections again; each frame cut short by the hold has frame_timeout again."""
+        self.held = False
+        for conn in self.connections:
+            conn.release()
 
     def full(self, sender: Sender) -> bool:
         """Whether a new connection finds the listener at `Limits.max_connections` (a flood of
@@ -132,7 +147,9 @@ class StreamListener:
             return False
         now = time.monotonic()
         held = Counter(c.sender.host for c in self.connections)
-        quiet = [c for c in self.connections if now - c.last_heard >= EVICT_QUIET]
+        # While the senders are held back each is quiet because of it, and what its connection
+        # holds unread would be lost with it: none is closed for a newcomer then.
+        quiet = [] if self.held else [c for c in self.connections if now - c.last_heard >= EVICT_QUIET]
         victim = min(quiet, key=lambda c: (-held[c.sender.host], c.last_heard), default=None)
         closed = victim.sender if victim is not None else sender
         if self.refusals.due(closed.host):
@@ -214,6 +231,25 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         self.listener.connections.add(self)
+        if self.listener.held:
+            self.hold()
+        else:
+            self._arm()
+
+    def hold(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def release(self) -> None:
+        now = time.monotonic()
+        self.last_heard = now
+        if self.frame_began is not None:
+            self.frame_began = now
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()  # type: ignore[attr-defined]
         self._arm()
 
     def evict(self) -> None:
@@ -328,6 +364,9 @@ class _Connection(asyncio.Protocol):
         done), whichever comes first: a sender trickling one octet at a time cannot hold its place."""
         if self._idle is not None:
             self._idle.cancel()
+            self._idle = None
+        if self.listener.held:
+            return  # `release` arms it again
         loop = asyncio.get_running_loop()
         limits = self.listener.limits
         delay = limits.idle_timeout

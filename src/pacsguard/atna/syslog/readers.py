@@ -14,7 +14,9 @@ so a sender's messages keep their order.
 
 The pipe, both ways: records of a 4-byte big-endian length and that many bytes.
 
-    service -> child   JSON settings (limits, TLS files, log level)                first, once
+    service -> child   JSON settings (limits, TLS files, log level, held)          first, once
+                       b"hold", b"release": hold the senders back while the service's store
+                       is behind, and read them again (StreamListener.hold)
                        b"stop": close the listener and its connections, send what is left, exit
     child -> service   a batch of Events (`wire`), each its fields and its details as their
                        canonical JSON text: the service stores that text as it is and decodes it
@@ -83,6 +85,8 @@ _LENGTH = struct.Struct(">I")
 #: broken stream ends the child instead of reserving gigabytes for one record.
 _MAX_RECORD = 1 << 30
 _STOP = b"stop"
+_HOLD = b"hold"  # hold the senders back (`StreamListener.hold`); "release" reads them again
+_RELEASE = b"release"
 
 
 def record(data: bytes) -> bytes:
@@ -233,6 +237,7 @@ class ReadingProcesses:
         self._listening: socket.socket | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.held = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._loop = asyncio.get_running_loop()
@@ -255,7 +260,23 @@ class ReadingProcesses:
             "max_connections": self.limits.max_connections,
             "frame_timeout": self.limits.frame_timeout,
             "tls": self.tls.model_dump(mode="json") if self.tls is not None else None,
-            "log_level": logging.getLogger("pacsguard").getEffectiveLevel()})
+            "log_level": logging.getLogger("pacsguard").getEffectiveLevel(),
+            "held": self.held})
+
+    def hold(self) -> None:
+        """Every child holds its senders back (`StreamListener.hold`); one started meanwhile too."""
+        self.held = True
+        self._tell(_HOLD)
+
+    def release(self) -> None:
+        self.held = False
+        self._tell(_RELEASE)
+
+    def _tell(self, word: bytes) -> None:
+        for child in self.children.values():
+            if not child.ended.done():
+                with contextlib.suppress(OSError):  # a child gone: its EOF restarts it, told by its settings
+                    child.pipe.send(record(word))
 
     def _spawn(self, slot: int) -> None:
         assert self._listening is not None and self._loop is not None
@@ -413,18 +434,26 @@ async def _read_connections(listening: socket.socket, pipe: socket.socket, setti
     limits = Limits(settings["max_message"], settings["idle_timeout"], settings["max_connections"],
                     settings["frame_timeout"])
     listener = StreamListener(outbox.publish, limits, context)
+    if settings.get("held"):
+        listener.hold()
     await listener.serve(sock=listening)
     stop = loop.create_future()
+    obey = {_HOLD: listener.hold, _RELEASE: listener.release}
 
     def told() -> None:
-        """The service's word, read in a thread: the pipe stays blocking for the outbox's sends
+        """The service's words, read in a thread: the pipe stays blocking for the outbox's sends
         (an event loop watching it would make it non-blocking)."""
         said = early
-        while _STOP not in said:
+        while True:
+            for word in said:
+                if word == _STOP:
+                    loop.call_soon_threadsafe(_settle, stop)
+                    return
+                if word in obey:
+                    loop.call_soon_threadsafe(obey[word])
             said = _receive(pipe, records)
             if not said:
                 os._exit(0)  # the service died: end as it did
-        loop.call_soon_threadsafe(_settle, stop)
 
     threading.Thread(target=told, name="pacsguard-atna-reader-pipe", daemon=True).start()
     await stop
