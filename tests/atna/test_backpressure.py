@@ -1,8 +1,9 @@
 """Holding the TLS and TCP senders back while the store is behind (atna.max_backlog; docs/audit.md,
 "When the store falls behind"): the listeners stop reading, TCP holds the senders, a held sender
 is neither idle nor too slow, and once the backlog is down to half every message is read and
-stored, none twice. In the service's own loop and in reading processes; the second test with a
-real store on a full file system (a tmpfs), recovered when space returns."""
+stored, none twice. In the service's own loop and in reading processes; with Debian's rsyslogd
+forwarding over mutual TLS (its queue keeps what the hold does not let through); and with a real
+store on a full file system (a tmpfs), recovered when space returns."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from atna_corpus import every_event_id
 from receiver import DEADLINE, free_port, running
+from test_senders_real import _rsyslog_forwarder, mutual_pki
 
 from pacsguard.events.model import Event
 from pacsguard.runtime.outputs import open_outputs
@@ -64,6 +66,42 @@ def test_held_senders_are_read_again_whole_and_never_timed_out(readers: int) -> 
     assert problems(got) == [], problems(got)
     assert [e.details["syslog"]["hostname"] for e in got] == [f"modality{n}" for n in range(41)]
     assert rx.service.backpressure.holds == 1
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_rsyslog_held_back_delivers_every_message_once_when_released(tmp_path: Path, readers: int) -> None:
+    """3,000 messages (~5 MB) handed to rsyslogd, which forwards them over mutual TLS (gtls) to a
+    repository holding its senders for 4 s (idle and frame timeouts of 1 s)."""
+    total = 3000
+    pki = mutual_pki(tmp_path / "pki")
+    port = free_port()
+    behind = {"backlog": 10**6}  # behind from the start: the first message holds the senders
+    section = {"tls": {"port": port, "cert_file": pki["cert"], "key_file": pki["key"], "ca_file": pki["ca"],
+                       "require_client_cert": True}, "readers": readers, "max_backlog": 1000,
+               "idle_timeout": 1, "frame_timeout": 1}
+    with running(section, backlog=lambda: behind["backlog"]) as rx:
+        assert rx.service is not None and rx.service.backpressure is not None
+        proc, inbound, console = _rsyslog_forwarder(tmp_path / "rsyslog", "gtls", port,
+                                                    {"ca": pki["ca"], "cert": pki["client"], "key": pki["client_key"]})
+        try:
+            with socket.create_connection(("127.0.0.1", inbound), timeout=DEADLINE) as conn:
+                conn.sendall(b"".join(frame(n) for n in range(total)))
+            rx.wait(lambda evs: rx.service is not None and rx.service.backpressure is not None
+                    and rx.service.backpressure.holding, "the senders held")
+            time.sleep(4)
+            held = len(rx.events)
+            assert held < total, "nothing was held back"
+            behind["backlog"] = 0
+            got = rx.wait(lambda evs: len(evs) >= total, f"{total} messages through rsyslog", deadline=60)
+            time.sleep(1)  # none more
+            got = list(rx.events)
+        finally:
+            proc.terminate()
+            proc.wait(DEADLINE)
+    assert problems(got) == [], (problems(got), console.read_text(errors="replace"))
+    hosts = [e.details["syslog"]["hostname"] for e in got]
+    assert sorted(hosts) == sorted(f"modality{n}" for n in range(total)), "lost or twice"
+    assert hosts == [f"modality{n}" for n in range(total)], "out of the order sent"
 
 
 def test_a_full_disk_holds_the_senders_and_every_message_is_stored_once_space_returns(tmp_path: Path) -> None:
