@@ -16,12 +16,18 @@ same spool entry. Which patients (and studies) each association began is remembe
 MAX_ASSOCIATIONS associations (the least recently active forgotten first), MAX_REMEMBERED each,
 and forgotten at the association's end; forgetting costs at most a repeated Begin Transferring,
 never a missing one. A pacsguard killed and started again remembers nothing: an association in
-flight then may get a second one."""
+flight then may get a second one.
+
+A spool that cannot take a message (its disk full, the file unwritable) loses nothing either: the
+Event is in the store, so the feed says so once and, at most every RETRY_EVERY seconds while it
+fails, spools from the store what came after the last Event spooled, as after a kill."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
 
 #: Events read from the store at a time while catching up.
 _CHUNK = 1000
+#: Seconds between two tries of a spool that failed to take a message.
+RETRY_EVERY = 2.0
 #: Associations whose patients with a Begin Transferring message are remembered at once, and
 #: patients and studies remembered per association: a bound on memory whatever the traffic.
 MAX_ASSOCIATIONS = 1024
@@ -74,6 +82,9 @@ class Forwarder:
         self._store: EventStore | None = None
         self._since = 0
         self._drops_seen = 0
+        self._failing_since: float | None = None  # the spool failed to take a message (monotonic)
+        self._tried = 0.0
+        self._passed: set[str] = set()  # ids of the Events delivered while it failed: not to skip later
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -82,12 +93,20 @@ class Forwarder:
             subscription = self._subscription
             if subscription is not None and subscription.dropped > self._drops_seen:
                 self._recover(subscription.dropped)
+            if self._failing_since is not None and not self._retry():
+                self._passed.add(event.id)  # in the store: spooled by the retry that succeeds
+                return
             if self._caught and event.id in self._caught:
                 self._caught.discard(event.id)
                 return
             messages = self.messages(event)
             if messages:
-                self.spool.add(messages, event.id)
+                try:
+                    self.spool.add(messages, event.id)
+                except sqlite3.Error as exc:
+                    self._failing_since = self._tried = time.monotonic()
+                    log.error("outbound: the spool cannot take messages (%s): they stay in the store and are "
+                              "spooled from it once it can", exc)
 
     def _recover(self, dropped: int) -> None:
         """The subscription dropped Events (its queue was full: the feed fell far behind, each
@@ -102,6 +121,29 @@ class Forwarder:
         log.warning("outbound: the feed fell behind (%d events dropped from its queue): taking what it missed "
                     "from the store, from seq %d on", missed, start)
         self._catch_up(self._store, start, 0)
+
+    def _retry(self) -> bool:
+        """Spool from the store what the failing spool missed, at most every RETRY_EVERY seconds;
+        whether it took it."""
+        now = time.monotonic()
+        if now - self._tried < RETRY_EVERY:
+            return False
+        self._tried = now
+        assert self._failing_since is not None
+        if self._store is None:
+            log.error("outbound: %d events passed while the spool failed, and there is no store to take their "
+                      "messages from: trying the spool again", len(self._passed))
+        else:
+            try:
+                self._catch_up(self._store, self._after_spooled(self._store, self._since), 0)
+            except sqlite3.Error:
+                return False
+            self._caught -= self._passed  # delivered already: the subscription brings them no more
+            log.warning("outbound: the spool takes messages again after %.0f s; what it missed is spooled from "
+                        "the store", now - self._failing_since)
+        self._passed.clear()
+        self._failing_since = None
+        return True
 
     def messages(self, event: Event) -> list[bytes]:
         """The A.5 messages of one of pacsguard's own Events, in order: its own (``message``), and

@@ -17,9 +17,11 @@ gateway's recording goes on."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from pacsguard.owner_only import create_private_file
@@ -91,11 +93,10 @@ class Spool:
                 room -= len(message)
                 fits += 1
             if fits:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO spool (message) VALUES (?)", [(m,) for m in messages[:fits]])
-                if last_event is not None:
-                    self._keep("last_event", last_event)
-                self._db.execute("COMMIT")
+                with self._transaction():
+                    self._db.executemany("INSERT INTO spool (message) VALUES (?)", [(m,) for m in messages[:fits]])
+                    if last_event is not None:
+                        self._keep("last_event", last_event)
                 self.size = self.max_bytes - room
                 self.added.notify_all()
             elif last_event is not None:
@@ -154,13 +155,25 @@ class Spool:
     def mark_delivered(self, seq: int) -> None:
         """Everything up to ``seq`` arrived: forget it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE state SET delivered = MAX(delivered, ?) WHERE id = 1", (seq,))
-            freed = self._db.execute("SELECT COALESCE(SUM(LENGTH(message)), 0) FROM spool WHERE seq <= ?",
-                                     (seq,)).fetchone()
-            self._db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.execute("UPDATE state SET delivered = MAX(delivered, ?) WHERE id = 1", (seq,))
+                freed = self._db.execute("SELECT COALESCE(SUM(LENGTH(message)), 0) FROM spool WHERE seq <= ?",
+                                         (seq,)).fetchone()
+                self._db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
             self.size -= int(freed[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when it fails: SQLite ends a transaction by itself
+        on some errors (a full disk) but not on all, and one left open would refuse every later BEGIN."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def pending(self) -> int:
         with self._lock:

@@ -1,0 +1,74 @@
+"""Outbound: the spool's disk fills up (a 2 MB tmpfs). The Events are in the store, so the feed
+says so once, and once the spool has room again it spools from the store what it missed: every
+message once, in the store's order (nothing accepted is lost). A spool transaction that fails is
+rolled back, so the next one can begin."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from test_r8_outbound_kill import N, released, spooled_patients, started, stores
+
+from pacsguard.atna.outbound import forwarder as forwarder_module
+from pacsguard.atna.outbound.forwarder import Forwarder
+from pacsguard.atna.outbound.spool import Spool
+from pacsguard.events.model import Event
+from pacsguard.events.subscription import Subscription
+from pacsguard.store import EventStore
+from tmpfs_helpers import small_tmpfs
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(bytes(4096))
+    return filler
+
+
+def deliver(store: EventStore, subscription: Subscription, events: list[Event]) -> None:
+    """As the bus does: the store takes them, then the subscription hands them to the feed."""
+    store.append(events)
+    target = subscription.delivered + len(events)
+    subscription.offer(events)
+    deadline = time.monotonic() + 10
+    while subscription.delivered < target:
+        assert time.monotonic() < deadline, "the feed did not take the events"
+        time.sleep(0.02)
+
+
+def test_a_spool_on_a_full_disk_spools_what_it_missed_from_the_store(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forwarder_module, "RETRY_EVERY", 0.3)
+    store = EventStore.open(str(tmp_path / "pacsguard.db"), create=True)
+    with small_tmpfs(tmp_path / "spool", "2m") as disk:
+        spool = Spool(disk / "spool.db")
+        try:
+            since = store.size()
+            store.append([started()])
+            forward = Forwarder(spool, "site-a")
+            subscription = forward.follow(lambda callback: Subscription(callback), store, since)
+            with caplog.at_level(logging.WARNING, logger="pacsguard.atna.outbound"):
+                deliver(store, subscription, [stores(1), released()])
+                filler = fill(disk)
+                for i in range(2, N + 1):  # while full, and past several retries
+                    deliver(store, subscription, [stores(i), released()])
+                    time.sleep(0.02)
+                failed = [r.getMessage() for r in caplog.records if "cannot take messages" in r.getMessage()]
+                assert len(failed) == 1, caplog.text
+                assert not spool._db.in_transaction
+                filler.unlink()
+                time.sleep(0.4)
+                deliver(store, subscription, [stores(N + 1), released()])
+                deliver(store, subscription, [stores(N + 2)])
+            subscription.unsubscribe(5)
+            assert spooled_patients(spool) == [f"PID-{i}" for i in range(1, N + 3)]  # each once, in order
+            assert "takes messages again" in caplog.text
+            assert "Traceback" not in caplog.text
+        finally:
+            spool.close()
+            store.close()
