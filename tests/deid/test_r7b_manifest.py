@@ -160,3 +160,27 @@ def test_the_manifest_is_readable_by_its_owner_only(tmp_path: Path, name: str) -
     path.unlink()
     write_manifest(path, [])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_full_disk_names_each_file_it_withheld_and_leaves_no_cut_manifest(tmp_path: Path, export: Path) -> None:
+    """OUT and its manifest on a full file system (a tmpfs): exit 2, each input named with the
+    write that failed (before the manifest's own error), and no empty or cut manifest left to
+    refuse the next run."""
+    from tmpfs_helpers import small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        filler = disk / "filler"
+        with filler.open("wb", buffering=0) as fh:
+            with pytest.raises(OSError):
+                while True:
+                    fh.write(bytes(4096))
+        run = _run(tmp_path, str(export), "--out", str(disk / "anon"))
+        manifest = disk / "anon.manifest.json"
+        left = manifest.exists()
+    assert run.returncode == 2, run.stderr
+    said = run.stderr.replace("\n", "")
+    assert said.count("No space left on device") == 3, run.stderr  # two files, then the manifest
+    assert "withheld" in said and "CT_small.dcm" in said and "MR_small.dcm" in said
+    assert said.index("withheld") < said.index("--manifest")
+    assert "Traceback" not in run.stderr
+    assert not left, "a manifest cut short stays behind"

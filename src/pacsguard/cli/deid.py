@@ -289,14 +289,14 @@ def run_cmd(
                 records.append(record(result, key.fingerprint, table().edition, names))
                 withheld += result.output is None
                 progress.advance(task)
+    for r in records:  # first: a manifest that cannot be written must not hide why a file failed
+        if r["status"] == "withheld":
+            console.print(f"withheld {shown(r['source'])}: {shown(r['reason'])}", style="yellow", soft_wrap=True)
     try:
         write_manifest(manifest, records)
     except OSError as exc:
         raise _fail(f"--manifest {manifest}: cannot write it ({exc.strerror or exc}); the "
                     f"{len(files) - withheld} de-identified file(s) are in {out}") from None
-    for r in records:
-        if r["status"] == "withheld":
-            console.print(f"withheld {shown(r['source'])}: {shown(r['reason'])}", style="yellow", soft_wrap=True)
     console.print(f"{len(files) - withheld} written, {withheld} withheld; key {key.fingerprint}; "
                   f"manifest {shown(str(manifest))}", soft_wrap=True)
     if withheld:

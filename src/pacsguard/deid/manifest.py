@@ -7,6 +7,7 @@ between original and de-identified object is the key holder's)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,13 +43,21 @@ def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
     made text, see _inert). Readable by its owner only (0600,
     also when it replaces an earlier manifest): it links input paths, which often name the
     patient, to the outputs, the link de-identification removed."""
-    with _owner_only(path) as fh:
-        if path.suffix.lower() == ".json":
-            fh.write(json.dumps(records, indent=1) + "\n")
-            return
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows({k: _inert(v) for k, v in r.items()} for r in records)
+    try:
+        with _owner_only(path) as fh:
+            if path.suffix.lower() == ".json":
+                fh.write(json.dumps(records, indent=1) + "\n")
+                return
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows({k: _inert(v) for k, v in r.items()} for r in records)
+    except OSError:
+        # A manifest cut short (a full disk) is no manifest, and the next run would refuse to
+        # replace it (is_manifest): it goes. A device (/dev/full) is left as it is.
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        raise
 
 
 #: What makes a spreadsheet (Excel, LibreOffice Calc) read a CSV cell as a formula or start one
