@@ -116,3 +116,22 @@ def test_a_lock_is_held_by_one_process_at_a_time_and_dropped_when_it_dies(tmp_pa
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_private_file_that_cannot_be_written_whole_is_not_left_behind(tmp_path: Path) -> None:
+    """A full disk: the cleaned copy, key or manifest write_private_file was making is removed, not
+    left empty to be taken for a whole one (`scan --sanitize` left a 0-byte copy)."""
+    import errno
+
+    from pacsguard.owner_only import write_private_file
+    from tmpfs_helpers import small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        with (disk / "filler").open("wb", buffering=0) as fh:
+            with pytest.raises(OSError):
+                while True:
+                    fh.write(bytes(4096))
+        with pytest.raises(OSError) as raised:
+            write_private_file(disk / "copies" / "IM1", bytes(64 * 1024))
+        assert raised.value.errno == errno.ENOSPC
+        assert list((disk / "copies").iterdir()) == []

@@ -7,6 +7,7 @@ cannot widen them. Files and folders that already exist keep the mode their owne
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -49,12 +50,19 @@ def create_private_file(path: Path) -> bool:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write a new file ``path`` holding ``data`` with mode 0600; refuses to replace an existing one."""
+    """Write a new file ``path`` holding ``data`` with mode 0600; refuses to replace an existing one.
+    A write that fails (a full disk) removes the file it created: no empty or cut copy, key or
+    manifest is left to be taken for a whole one."""
     make_private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), FILE_MODE)
-        fh.write(data)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
+            fh.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
