@@ -53,7 +53,23 @@ def test_a_full_disk_under_stdout_is_one_line_and_exit_2(tmp_path: Path, args: l
         done = run(args, tmp_path, full.fileno())
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "No space left on device" in done.stderr, done.stderr
+    assert done.stderr.strip() == "error: cannot write the output: No space left on device", done.stderr
+
+
+@pytest.mark.parametrize("args", [["events", "schema"], ["ids", "rules", "list"]])
+def test_a_file_on_a_full_file_system_under_stdout_is_named_the_output(tmp_path: Path, args: list[str]) -> None:
+    """`> file` on a full disk (a tmpfs) said only "[Errno 28] No space left on device"."""
+    from tmpfs_helpers import small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        with (disk / "filler").open("wb", buffering=0) as fh:
+            with pytest.raises(OSError):
+                while True:
+                    fh.write(bytes(4096))
+        with (disk / "out").open("w") as out:
+            done = run(args, tmp_path, out.fileno())
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.strip() == "error: cannot write the output: No space left on device", done.stderr
 
 
 def test_piped_output_is_never_folded(tmp_path: Path) -> None:

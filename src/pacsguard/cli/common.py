@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 import sys
 from enum import Enum
 from pathlib import Path
@@ -174,6 +175,8 @@ def guarded(func: F) -> F:
                 raise typer.Exit(EXIT_PIPE_CLOSED) from None
             raise fail(str(exc)) from None
         except (StoreError, LookupError, OSError, MissingDependency) as exc:
+            if isinstance(exc, OSError) and stdout_fails(exc):
+                raise fail(f"cannot write the output: {exc.strerror or exc}") from None
             raise fail(str(exc)) from None
         except Exception as exc:
             # A configuration (or rule file) can only be broken if its module was loaded: no import
@@ -222,6 +225,23 @@ def stdout_closed() -> bool:
         os.dup2(devnull, fd)
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # stdout closed, replaced (tests), or no file
+        return False
+    return True
+
+
+def stdout_fails(exc: OSError) -> bool:
+    """Whether ``exc`` (naming no file) is stdout's: `> file` on a full file system. Then stdout is
+    pointed at /dev/null, so that Python's flush of it at exit does not fail a second time."""
+    if exc.filename is not None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISCHR(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail:
+            return False  # a file system with room (a device, /dev/full, has none to tell)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout closed or replaced (tests)
         return False
     return True
 
