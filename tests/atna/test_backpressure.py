@@ -85,12 +85,13 @@ def test_rsyslog_held_back_delivers_every_message_once_when_released(tmp_path: P
                                                     {"ca": pki["ca"], "cert": pki["client"], "key": pki["client_key"]})
         try:
             with socket.create_connection(("127.0.0.1", inbound), timeout=DEADLINE) as conn:
-                conn.sendall(b"".join(frame(n) for n in range(total)))
-            rx.wait(lambda evs: rx.service is not None and rx.service.backpressure is not None
-                    and rx.service.backpressure.holding, "the senders held")
+                conn.sendall(frame(0))  # the first: it holds the senders
+                rx.wait(lambda evs: len(evs) == 1, "the first message")
+                assert rx.service.backpressure.holding
+                time.sleep(0.5)  # the reading processes have been told
+                conn.sendall(b"".join(frame(n) for n in range(1, total)))
             time.sleep(4)
-            held = len(rx.events)
-            assert held < total, "nothing was held back"
+            assert len(rx.events) == 1, f"{len(rx.events)} read while the senders were held"
             behind["backlog"] = 0
             got = rx.wait(lambda evs: len(evs) >= total, f"{total} messages through rsyslog", deadline=60)
             time.sleep(1)  # none more

@@ -21,6 +21,7 @@ adds ~40 ms to every small C-STORE and makes timings meaningless.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import signal
@@ -53,7 +54,16 @@ def free_port(host: str = LOOPBACK) -> int:
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
     band = len(FREE_PORTS) // workers
     low = FREE_PORTS.start + band * worker
-    return free_port_in(host, (low + secrets.randbelow(band) for _ in range(500)))
+    # The band is walked from a random place, each port tried once per round: two calls before
+    # either port is bound (a test's TCP and HTTP listeners) never get the same one, which random
+    # picks did once in a few thousand pairs.
+    return free_port_in(host, (low + (_START + next(_TRIED)) % band for _ in range(500)))
+
+
+#: Where this process's walk of its band began, and how many ports it has tried: the one piece of
+#: state the helper keeps (see free_port).
+_START = secrets.randbelow(len(FREE_PORTS))
+_TRIED = itertools.count()
 
 
 def free_port_in(host: str, candidates: Iterable[int]) -> int:
