@@ -40,7 +40,7 @@ class Backpressure:
         self.low = high // 2
         self.listeners: list[Holdable] = []
         self.holding = False
-        self.holds = 0  # times the senders were held back, for the log and the tests
+        self.holds = 0  # times the senders were held back
         self._since = 0.0
         self._timer: asyncio.TimerHandle | None = None
 

@@ -239,9 +239,7 @@ class _Connection(asyncio.Protocol):
     def hold(self) -> None:
         if self.transport is not None:
             self.transport.pause_reading()  # type: ignore[attr-defined]
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._arm()  # the listener is held: its timer stops
 
     def release(self) -> None:
         now = time.monotonic()
