@@ -124,13 +124,10 @@ def test_a_private_file_that_cannot_be_written_whole_is_not_left_behind(tmp_path
     import errno
 
     from pacsguard.owner_only import write_private_file
-    from tmpfs_helpers import small_tmpfs
+    from tmpfs_helpers import fill, small_tmpfs
 
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
-        with (disk / "filler").open("wb", buffering=0) as fh:
-            with pytest.raises(OSError):
-                while True:
-                    fh.write(bytes(4096))
+        fill(disk)
         with pytest.raises(OSError) as raised:
             write_private_file(disk / "copies" / "IM1", bytes(64 * 1024))
         assert raised.value.errno == errno.ENOSPC

@@ -22,7 +22,7 @@ from test_senders_real import _rsyslog_forwarder, mutual_pki
 from pacsguard.events.model import Event
 from pacsguard.runtime.outputs import open_outputs
 from pacsguard.store import EventQuery, EventStore
-from tmpfs_helpers import small_tmpfs
+from tmpfs_helpers import fill, small_tmpfs
 
 BODY = every_event_id()["110104"].replace(b"\n", b"")
 
@@ -113,10 +113,7 @@ def test_a_full_disk_holds_the_senders_and_every_message_is_stored_once_space_re
     total, port = 3000, free_port()
     with small_tmpfs(tmp_path / "disk", "64m") as disk:
         store = EventStore.open(str(disk / "s.db"), create=True)
-        filler = disk / "filler"
-        with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
-            while True:
-                out.write(bytes(1 << 16))
+        filler = fill(disk)
         with contextlib.ExitStack() as stack:
             bus = open_outputs(stack, store).bus
             with running({"tcp": {"port": port}, "max_backlog": 200}, store, bus=bus) as rx:

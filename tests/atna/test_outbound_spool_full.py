@@ -5,7 +5,6 @@ rolled back, so the next one can begin."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,15 +18,7 @@ from pacsguard.atna.outbound.spool import Spool
 from pacsguard.events.model import Event
 from pacsguard.events.subscription import Subscription
 from pacsguard.store import EventStore
-from tmpfs_helpers import small_tmpfs
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
-        while True:
-            out.write(bytes(4096))
-    return filler
+from tmpfs_helpers import fill, small_tmpfs
 
 
 def deliver(store: EventStore, subscription: Subscription, events: list[Event]) -> None:

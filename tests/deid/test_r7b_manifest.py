@@ -166,14 +166,10 @@ def test_a_full_disk_names_each_file_it_withheld_and_leaves_no_cut_manifest(tmp_
     """OUT and its manifest on a full file system (a tmpfs): exit 2, each input named with the
     write that failed (before the manifest's own error), and no empty or cut manifest left to
     refuse the next run."""
-    from tmpfs_helpers import small_tmpfs
+    from tmpfs_helpers import fill, small_tmpfs
 
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
-        filler = disk / "filler"
-        with filler.open("wb", buffering=0) as fh:
-            with pytest.raises(OSError):
-                while True:
-                    fh.write(bytes(4096))
+        fill(disk)
         run = _run(tmp_path, str(export), "--out", str(disk / "anon"))
         manifest = disk / "anon.manifest.json"
         left = manifest.exists()

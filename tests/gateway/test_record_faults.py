@@ -6,7 +6,6 @@ Every C-STORE that storescu saw succeed must be in the store afterwards, and `au
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from peers.dcmtk import Dcmtk, free_port
-from tmpfs_helpers import small_tmpfs
+from tmpfs_helpers import fill, small_tmpfs
 
 pytestmark = [pytest.mark.peers]
 
@@ -147,25 +146,6 @@ def test_sigkill_on_a_postgresql_store_with_a_local_journal(dcmtk, orthanc, gate
 
 
 # --- a full disk under the store ---------------------------------------------------------------
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the file system is full; returns it (delete it to free the space)."""
-    filler = folder / "filler"
-    chunk = b"\0" * 65536
-    with filler.open("wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                break
-    # Bytes smaller than a chunk may be left: take them too.
-    with filler.open("ab", buffering=0) as out:
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 512)
-    return filler
 
 
 def healthz(port: int) -> tuple[int, dict]:

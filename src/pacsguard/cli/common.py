@@ -221,26 +221,30 @@ def stdout_closed() -> bool:
         poller.register(fd, select.POLLOUT)
         if not any(events & select.POLLERR for _, events in poller.poll(0)):
             return False
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
+        _point_at_devnull(fd)
     except (OSError, ValueError, AttributeError):  # stdout closed, replaced (tests), or no file
         return False
     return True
 
 
+def _point_at_devnull(fd: int) -> None:
+    """Make ``fd`` (stdout) write to /dev/null: Python's flush of it at exit then cannot fail again
+    and print "Exception ignored"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def stdout_fails(exc: OSError) -> bool:
     """Whether ``exc`` (naming no file) is stdout's: `> file` on a full file system. Then stdout is
-    pointed at /dev/null, so that Python's flush of it at exit does not fail a second time."""
+    pointed at /dev/null (`_point_at_devnull`)."""
     if exc.filename is not None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return False
     try:
         fd = sys.stdout.fileno()
         if not stat.S_ISCHR(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail:
             return False  # a file system with room (a device, /dev/full, has none to tell)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
+        _point_at_devnull(fd)
     except (OSError, ValueError, AttributeError):  # stdout closed or replaced (tests)
         return False
     return True
