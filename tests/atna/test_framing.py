@@ -174,3 +174,21 @@ def test_an_lf_framed_line_over_the_maximum_is_refused_even_when_complete() -> N
     frames += splitter.flush()
     assert frames == [b"<14>1 - - - - - - after"]
     assert [p.problem for p in problems] == ["oversize"]
+
+
+def test_an_unframed_fhir_json_message_is_held_at_its_closing_brace() -> None:
+    """A sender that frames none, sending FHIR AuditEvent JSON: its last message ends with the '}'
+    closing the resource and nothing after it. It waited for the next message (or the sender's
+    close, or frame_timeout) because only an XML end tag was taken for a message's end; a '}'
+    closing an inner object is not its end."""
+    body = b'{"resourceType":"AuditEvent","agent":[{"who":{"identifier":{"value":"u1"}}}]}'
+    frame = b"<14>1 2026-12-03T11:00:00Z h app - IHE+FHIR - " + body
+    splitter = Splitter()
+    cut = frame.index(b"}") + 1  # the read ends after an inner object's '}'
+    assert splitter.feed(frame[:cut]) == ([], []) and not splitter.held
+    assert splitter.flush() == []
+    assert splitter.feed(frame[cut:]) == ([], []) and splitter.held
+    assert splitter.flush() == [frame] and splitter.finish() == []
+    splitter = Splitter()  # a '{' in a structured data value does not make a complete message
+    odd = b'<14>1 - h app - IHE+FHIR [x@1 a="{"] ' + body
+    assert splitter.feed(odd) == ([], []) and not splitter.held

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from atna_corpus import CT, WHEN, record
+from atna_corpus import CT, WHEN, fhir_patient_read, record
 from receiver import DEADLINE, running
 
 from pacsguard.atna.message.build import to_xml
@@ -128,6 +128,22 @@ def test_python_syslog_handler(transport: str, append_nul: bool, rfc5424: bool) 
         assert {e.details["syslog"]["app_name"] for e in events} == {"pyaudit"}
 
 
+def unframed_while_open(sent: list[str], *, rfc5424: bool) -> list[Event]:
+    """The Events of ``sent`` logged by SysLogHandler over TCP with append_nul off (no TRAILER,
+    no count), all received while the sender still holds its connection open."""
+    with running(section(tcp={})) as rx:
+        sender = threading.Thread(target=syslog_senders.python_handler, daemon=True, kwargs={
+            "host": HOST, "port": rx.address("tcp")[1], "messages": sent, "append_nul": False,
+            "rfc5424": rfc5424, "linger": 4.0})
+        sender.start()
+        try:
+            events = rx.wait(lambda evs: len(evs) >= len(sent), "every message, the connection still open", deadline=3)
+            assert sender.is_alive()  # they arrived before the sender closed its connection
+        finally:
+            sender.join(DEADLINE)
+    return events
+
+
 @pytest.mark.parametrize("rfc5424", [False, True])
 def test_python_syslog_handler_without_nul_over_tcp(rfc5424: bool) -> None:
     """append_nul=False over TCP leaves the messages with no TRAILER and no count: no RFC 6587
@@ -136,16 +152,7 @@ def test_python_syslog_handler_without_nul_over_tcp(rfc5424: bool) -> None:
     tag with nothing after it, while the application keeps its connection open: once, all were
     one unparsed message, held until the sender closed (or lost as too slow after frame_timeout)."""
     sent = messages()
-    with running(section(tcp={})) as rx:
-        sender = threading.Thread(target=syslog_senders.python_handler, daemon=True, kwargs={
-            "host": HOST, "port": rx.address("tcp")[1], "messages": list(sent.values()), "append_nul": False,
-            "rfc5424": rfc5424, "linger": 4.0})
-        sender.start()
-        try:
-            events = rx.wait(lambda evs: len(evs) >= 3, "three messages, the connection still open", deadline=3)
-            assert sender.is_alive()  # they arrived before the sender closed its connection
-        finally:
-            sender.join(DEADLINE)
+    events = unframed_while_open(list(sent.values()), rfc5424=rfc5424)
     check_arrived(events, sent, transport="tcp", framing="non-transparent", flags=() if rfc5424 else ("legacy-bsd",))
 
 
@@ -281,3 +288,21 @@ def test_atna_sources_names_each_sender(tmp_path: Path) -> None:
     figures = {sender: (row["transports"], row["messages"], row["parsed"], row["legacy_bsd"], row["malformed_frames"],
                         row["unparsable_xml"], row["last_error"]) for sender, row in rows.items()}
     assert figures == {"127.0.0.1": (["tcp"], 3, 3, 3, 0, 0, None), relay: (["udp"], 2, 2, 2, 0, 0, None)}
+
+
+def test_python_syslog_handler_without_nul_sends_fhir_json() -> None:
+    """FHIR AuditEvents (JSON, IHE RESTful ATNA's resource) logged through SysLogHandler with
+    append_nul off: no TRAILER, no count. Each message ends where the next `<PRI>` follows its
+    '}', and the last where nothing follows its closing '}' while the connection stays open: it
+    waited for the sender to close."""
+    sent = {}
+    for pid in ("PID-J001", "PID-J002", "PID-J003"):
+        resource = fhir_patient_read()
+        resource["entity"][0]["what"]["identifier"]["value"] = pid  # type: ignore[index]
+        sent[pid] = json.dumps(resource, separators=(",", ":"))
+    events = unframed_while_open(list(sent.values()), rfc5424=True)
+    got = audits(events)
+    assert sorted(e.patient_ids[0] for e in got) == sorted(sent) and len(got) == len(events)
+    for ev in got:
+        assert sent[ev.patient_ids[0]] in ev.details["raw"]
+        assert ev.details["sender"]["framing"] == "non-transparent"

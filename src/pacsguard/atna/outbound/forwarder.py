@@ -84,7 +84,7 @@ class Forwarder:
         self._drops_seen = 0
         self._failing_since: float | None = None  # the spool failed to take a message (monotonic)
         self._tried = 0.0
-        self._passed: set[str] = set()  # ids of the Events delivered while it failed: not to skip later
+        self._passed = 0  # Events delivered while it failed, for the log
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -93,8 +93,8 @@ class Forwarder:
             subscription = self._subscription
             if subscription is not None and subscription.dropped > self._drops_seen:
                 self._recover(subscription.dropped)
-            if self._failing_since is not None and not self._retry():
-                self._passed.add(event.id)  # in the store: spooled by the retry that succeeds
+            if self._failing_since is not None and not self._retry(event):
+                self._passed += 1  # in the store: spooled by the retry that succeeds
                 return
             if self._caught and event.id in self._caught:
                 self._caught.discard(event.id)
@@ -104,6 +104,7 @@ class Forwarder:
                 try:
                     self.spool.add(messages, event.id)
                 except sqlite3.Error as exc:
+                    self._forget([event])
                     self._failing_since = self._tried = time.monotonic()
                     log.error("outbound: the spool cannot take messages (%s): they stay in the store and are "
                               "spooled from it once it can", exc)
@@ -122,9 +123,10 @@ class Forwarder:
                     "from the store, from seq %d on", missed, start)
         self._catch_up(self._store, start, 0)
 
-    def _retry(self) -> bool:
+    def _retry(self, event: Event) -> bool:
         """Spool from the store what the failing spool missed, at most every RETRY_EVERY seconds;
-        whether it took it."""
+        whether it took it. The subscription delivered every Event up to ``event``, the one in
+        hand: only those after it are still to come, and to skip."""
         now = time.monotonic()
         if now - self._tried < RETRY_EVERY:
             return False
@@ -132,16 +134,15 @@ class Forwarder:
         assert self._failing_since is not None
         if self._store is None:
             log.error("outbound: %d events passed while the spool failed, and there is no store to take their "
-                      "messages from: trying the spool again", len(self._passed))
+                      "messages from: trying the spool again", self._passed)
         else:
             try:
-                self._catch_up(self._store, self._after_spooled(self._store, self._since), 0)
+                self._catch_up(self._store, self._after_spooled(self._store, self._since), 0, delivered=event.id)
             except sqlite3.Error:
                 return False
-            self._caught -= self._passed  # delivered already: the subscription brings them no more
             log.warning("outbound: the spool takes messages again after %.0f s; what it missed is spooled from "
                         "the store", now - self._failing_since)
-        self._passed.clear()
+        self._passed = 0
         self._failing_since = None
         return True
 
@@ -222,12 +223,20 @@ class Forwarder:
         found = None if last is None else _find(store, origin, last)
         return origin if found is None else found + 1
 
-    def _catch_up(self, store: EventStore, start: int, since: int) -> int:
+    def _catch_up(self, store: EventStore, start: int, since: int, *, delivered: str | None = None) -> int:
         """Spool the store's Events from seq ``start`` to its end; those from ``since`` on are marked
-        as the subscription's to skip. Returns the messages spooled of Events before ``since``."""
+        as the subscription's to skip, but for those before the Event ``delivered``, which the
+        subscription has brought already. Returns the messages spooled of Events before
+        ``since``."""
         from pacsguard.store import EventQuery
 
         position, redone = start - 1, 0
+        caught: set[str] = set()
+        if delivered is not None:
+            # Where the Event in hand is: those before it were delivered (the subscription brings
+            # them in the store's order) and are not to be skipped later; it is, by the caller.
+            found = _find(store, start, delivered)
+            since = since if found is None else max(since, found)
         while True:
             batch = list(store.search(EventQuery(after_seq=position, limit=_CHUNK)))
             if not batch:
@@ -238,11 +247,27 @@ class Forwarder:
             # The subscription may deliver any of these too (written after it began, at `since` on);
             # only those with messages need skipping (an Event without spools nothing either way),
             # which keeps the set to pacsguard's own transfers, not every audit message received.
-            self._caught.update(s.event.id for s, (_, ms) in zip(batch, mapped, strict=True) if ms and s.seq >= since)
+            caught.update(s.event.id for s, (_, ms) in zip(batch, mapped, strict=True) if ms and s.seq >= since)
             if messages:
-                self.spool.add(messages, batch[-1].event.id)
+                try:
+                    self.spool.add(messages, batch[-1].event.id)
+                except sqlite3.Error:
+                    # Not spooled: the next try starts after the last Event spooled, and marks
+                    # again what it must skip; forgetting what these began costs at most a
+                    # repeated Begin Transferring.
+                    self._forget([s.event for s in batch])
+                    raise
             position = batch[-1].seq
+        self._caught |= caught
         return redone
+
+    def _forget(self, events: list[Event]) -> None:
+        """Forget which patients the associations of ``events`` began: their messages, Begin
+        Transferring among them, did not reach the spool and will be made again."""
+        for event in events:
+            association = association_of(event) if event.component != "atna" else None
+            if association is not None:
+                self._begun.pop(association, None)
 
 
 def _find(store: EventStore, start: int, event_id: str) -> int | None:

@@ -11,6 +11,7 @@ a trailer), not merely the next LF: an octet-counted message carries LFs of its 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -43,6 +44,8 @@ _JOINED_TAIL = 16
 #: An XML audit message's end tag ending the data read so far: with no TRAILER after it, the
 #: message of a sender that frames none, complete (`Splitter.held`).
 _XML_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?AuditMessage\s*>\s*\Z")
+#: How far back from the end of the data read `_XML_END` is looked for.
+_XML_END_TAIL = 256
 
 #: The longest frame start that may sit, incomplete, at the end of a read ("123456789 <191").
 _START_TAIL = _MAX_DIGITS + 5
@@ -254,8 +257,8 @@ class Splitter:
         kinds: list[Framing] = []
         if self.held:
             end = self._buffer.find(b"\n", self._line_from)
-            if end < 0 and _XML_END.search(self._buffer, max(0, len(self._buffer) - 256)):
-                end = len(self._buffer)  # an unframed sender's message, its end tag the last read
+            if end < 0 and _message_ends(self._buffer, 0):
+                end = len(self._buffer)  # an unframed sender's message, its end the last read
             frames = [self._take_line(end)] if end >= 0 else []
             kinds = [Framing.NON_TRANSPARENT] * len(frames)
             frames += self.feed(b"")[0]
@@ -341,9 +344,9 @@ class Splitter:
                 return nul
             if nl < 0:
                 self._line_from = max(at, len(buffer) - _JOINED_TAIL)
-                if not self._trailed and _XML_END.search(buffer, max(at, len(buffer) - 256)):
+                if not self._trailed and _message_ends(buffer, at):
                     # A sender that ended no message with a TRAILER yet: its message is complete
-                    # when nothing follows the end tag for a moment (`flush`), or it would wait for
+                    # when nothing follows its end for a moment (`flush`), or it would wait for
                     # the next one, or for frame_timeout and be lost as too slow.
                     self.held = True
                 return -1
@@ -368,6 +371,26 @@ def _joined(buffer: bytearray, at: int, end: int) -> int:
         if at > 0 and buffer[at - 1] in b">}":
             return at
         at += 1
+
+
+def _message_ends(buffer: bytearray, at: int) -> bool:
+    """Whether the data read so far ends with the end of an audit message, with no TRAILER after
+    it: an XML message's end tag (`_XML_END`, looked for from ``at``), or the '}' closing a FHIR
+    JSON payload (RFC 8259: the whole value from the frame's first '{' reads as one object).
+    A '}' that closes only an inner object is not the end: the value does not read."""
+    if _XML_END.search(buffer, max(at, len(buffer) - _XML_END_TAIL)):
+        return True
+    if not buffer.rstrip(b" \t\r").endswith(b"}"):
+        return False
+    start = buffer.find(b"{")
+    if start < 0:
+        return False
+    text = bytes(buffer[start:]).decode("utf-8", "replace").rstrip(" \t\r")
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return False
+    return end == len(text)
 
 
 def _may_start_frame(buffer: bytearray, at: int) -> bool | None:
