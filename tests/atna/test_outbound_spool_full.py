@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,8 +35,20 @@ def deliver(store: EventStore, subscription: Subscription, events: list[Event]) 
         time.sleep(0.02)
 
 
-def test_a_spool_on_a_full_disk_spools_what_it_missed_from_the_store(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Feed:
+    """The outbound feed following a store, its spool on a 2 MB tmpfs (``disk``)."""
+
+    store: EventStore
+    disk: Path
+    spool: Spool
+    forward: Forwarder
+    subscription: Subscription
+    first: Event  # serve's start, stored before the subscription began
+
+
+@contextmanager
+def feed_on_small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Feed]:
     monkeypatch.setattr(forwarder_module, "RETRY_EVERY", 0.3)
     store = EventStore.open(str(tmp_path / "pacsguard.db"), create=True)
     with small_tmpfs(tmp_path / "spool", "2m") as disk:
@@ -44,27 +59,51 @@ def test_a_spool_on_a_full_disk_spools_what_it_missed_from_the_store(
             store.append([first])
             forward = Forwarder(spool, "site-a")
             subscription = forward.follow(lambda callback: Subscription(callback), store, since)
-            with caplog.at_level(logging.WARNING, logger="pacsguard.atna.outbound"):
-                deliver(store, subscription, [stores(1), released()])
-                filler = fill(disk)
-                for i in range(2, N + 1):  # while full, and past several retries
-                    deliver(store, subscription, [stores(i), released()])
-                    time.sleep(0.02)
-                failed = [r.getMessage() for r in caplog.records if "cannot take messages" in r.getMessage()]
-                assert len(failed) == 1, caplog.text
-                assert not spool._db.in_transaction
-                filler.unlink()
-                time.sleep(0.4)
-                deliver(store, subscription, [stores(N + 1), released()])
-                deliver(store, subscription, [stores(N + 2)])
-            subscription.unsubscribe(5)
-            assert spooled_patients(spool) == [f"PID-{i}" for i in range(1, N + 3)]  # each once, in order
-            # Nothing of the outage is left to skip: the Events that passed during it were not
-            # kept (memory in proportion to the outage), nor marked to skip once caught up (the
-            # start, stored before the subscription began, is never delivered to it).
-            assert forward._caught <= {first.id}
-            assert "takes messages again" in caplog.text
-            assert "Traceback" not in caplog.text
+            yield Feed(store, disk, spool, forward, subscription, first)
         finally:
             spool.close()
             store.close()
+
+
+def test_a_spool_on_a_full_disk_spools_what_it_missed_from_the_store(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    with feed_on_small_disk(tmp_path, monkeypatch) as feed, \
+            caplog.at_level(logging.WARNING, logger="pacsguard.atna.outbound"):
+        store, spool, subscription = feed.store, feed.spool, feed.subscription
+        deliver(store, subscription, [stores(1), released()])
+        filler = fill(feed.disk)
+        for i in range(2, N + 1):  # while full, and past several retries
+            deliver(store, subscription, [stores(i), released()])
+            time.sleep(0.02)
+        failed = [r.getMessage() for r in caplog.records if "cannot take messages" in r.getMessage()]
+        assert len(failed) == 1, caplog.text
+        assert not spool._db.in_transaction
+        filler.unlink()
+        time.sleep(0.4)
+        deliver(store, subscription, [stores(N + 1), released()])
+        deliver(store, subscription, [stores(N + 2)])
+        subscription.unsubscribe(5)
+        assert spooled_patients(spool) == [f"PID-{i}" for i in range(1, N + 3)]  # each once, in order
+        # Nothing of the outage is left to skip: the Events that passed during it were not kept
+        # (memory in proportion to the outage), nor marked to skip once caught up (the start,
+        # stored before the subscription began, is never delivered to it).
+        assert feed.forward._caught <= {feed.first.id}
+        assert "takes messages again" in caplog.text
+        assert "Traceback" not in caplog.text
+
+
+def test_a_transfer_the_full_spool_missed_still_gets_its_begin_transferring(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One association transfers two patients' images; the spool is full when the second patient's
+    first image comes. That image's Begin Transferring was remembered as sent although the spool
+    had refused it, so the catch-up left it out: an Instances Transferred with no Begin before it."""
+    with feed_on_small_disk(tmp_path, monkeypatch) as feed:
+        deliver(feed.store, feed.subscription, [stores(1)])
+        filler = fill(feed.disk)
+        deliver(feed.store, feed.subscription, [stores(2)])  # the same association, a new patient
+        filler.unlink()
+        time.sleep(0.4)
+        deliver(feed.store, feed.subscription, [stores(3), released()])
+        feed.subscription.unsubscribe(5)
+        assert spooled_patients(feed.spool) == ["PID-1", "PID-2", "PID-3"]
+        assert sorted(spooled_patients(feed.spool, "110102")) == ["PID-1", "PID-2", "PID-3"]

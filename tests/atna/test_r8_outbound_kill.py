@@ -46,13 +46,14 @@ def run(spool_path: Path, store: EventStore) -> tuple[Forwarder, Spool, Subscrip
     return forward, spool, subscription
 
 
-def spooled_patients(spool: Spool) -> list[str]:
-    """The Patient IDs of the spooled Instances Transferred messages, in spool order."""
+def spooled_patients(spool: Spool, event_id: str = "110104") -> list[str]:
+    """The Patient IDs of the spooled messages of ``event_id`` (by default Instances Transferred;
+    a Begin Transferring, PS3.15 A.5.3.5, 110102, names the same patient), in spool order."""
     out: list[str] = []
     for _, message in spool.after(0, limit=100_000):
         parsed = dicom_xml.parse_xml(message)
-        if parsed.find("EventIdentification/EventID[@csd-code='110104']") is None:
-            continue  # a Begin Transferring (PS3.15 A.5.3.5) names the same patient
+        if parsed.find(f"EventIdentification/EventID[@csd-code='{event_id}']") is None:
+            continue
         out += [o.get("ParticipantObjectID", "") for o in parsed.iter("ParticipantObjectIdentification")
                 if o.get("ParticipantObjectTypeCode") == "1"]
     return out
