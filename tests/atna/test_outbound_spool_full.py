@@ -48,7 +48,7 @@ class Feed:
 
 
 @contextmanager
-def feed_on_small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Feed]:
+def feed_on_small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pending: int = 100_000) -> Iterator[Feed]:
     monkeypatch.setattr(forwarder_module, "RETRY_EVERY", 0.3)
     store = EventStore.open(str(tmp_path / "pacsguard.db"), create=True)
     with small_tmpfs(tmp_path / "spool", "2m") as disk:
@@ -58,7 +58,8 @@ def feed_on_small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
             first = started()
             store.append([first])
             forward = Forwarder(spool, "site-a")
-            subscription = forward.follow(lambda callback: Subscription(callback), store, since)
+            subscription = forward.follow(lambda callback: Subscription(callback, max_pending=max_pending), store,
+                                          since)
             yield Feed(store, disk, spool, forward, subscription, first)
         finally:
             spool.close()
@@ -107,3 +108,30 @@ def test_a_transfer_the_full_spool_missed_still_gets_its_begin_transferring(
         feed.subscription.unsubscribe(5)
         assert spooled_patients(feed.spool) == ["PID-1", "PID-2", "PID-3"]
         assert sorted(spooled_patients(feed.spool, "110102")) == ["PID-1", "PID-2", "PID-3"]
+
+
+def test_events_dropped_while_the_spool_is_full_are_spooled_once_it_has_room(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feed falls behind (its queue drops Events) while the spool's disk is full: taking what
+    it missed from the store failed with a traceback in the log, and the Event in hand was lost
+    from the spool until pacsguard next started."""
+    with feed_on_small_disk(tmp_path, monkeypatch, max_pending=3) as feed, \
+            caplog.at_level(logging.WARNING, logger="pacsguard.atna.outbound"):
+        store, subscription = feed.store, feed.subscription
+        deliver(store, subscription, [stores(1)])
+        filler = fill(feed.disk)
+        with feed.forward._lock:  # the feed is busy: its queue fills and drops the rest
+            behind = [stores(i) for i in range(2, 12)]
+            store.append(behind)
+            subscription.offer(behind)
+            assert subscription.dropped > 0
+        deadline = time.monotonic() + 10
+        while subscription.delivered < 1 + 10 - subscription.dropped:
+            assert time.monotonic() < deadline, "the feed did not take the events"
+            time.sleep(0.02)
+        filler.unlink()
+        time.sleep(0.4)
+        deliver(store, subscription, [stores(12), released()])
+        subscription.unsubscribe(5)
+        assert spooled_patients(feed.spool) == [f"PID-{i}" for i in range(1, 13)]  # each once, in order
+        assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)

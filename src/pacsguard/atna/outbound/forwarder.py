@@ -91,8 +91,11 @@ class Forwarder:
             if self._gone:
                 return
             subscription = self._subscription
-            if subscription is not None and subscription.dropped > self._drops_seen:
-                self._recover(subscription.dropped)
+            if subscription is not None and subscription.dropped > self._drops_seen and self._failing_since is None:
+                try:
+                    self._recover(subscription.dropped)
+                except sqlite3.Error as exc:
+                    self._failed(exc)
             if self._failing_since is not None and not self._retry(event):
                 self._passed += 1  # in the store: spooled by the retry that succeeds
                 return
@@ -105,9 +108,14 @@ class Forwarder:
                     self.spool.add(messages, event.id)
                 except sqlite3.Error as exc:
                     self._forget([event])
-                    self._failing_since = self._tried = time.monotonic()
-                    log.error("outbound: the spool cannot take messages (%s): they stay in the store and are "
-                              "spooled from it once it can", exc)
+                    self._failed(exc)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """The spool took no message: said once, and tried again by `_retry`, which spools from the
+        store all that came after the last Event spooled (the dropped ones too)."""
+        self._failing_since = self._tried = time.monotonic()
+        log.error("outbound: the spool cannot take messages (%s): they stay in the store and are spooled from "
+                  "it once it can", exc)
 
     def _recover(self, dropped: int) -> None:
         """The subscription dropped Events (its queue was full: the feed fell far behind, each
