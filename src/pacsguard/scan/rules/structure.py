@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import struct
 
+from pacsguard.dicom.uids import encapsulates_pixel_data, uid_name
 from pacsguard.scan import signatures
 from pacsguard.scan.model import Finding, Level
 from pacsguard.scan.part10 import PIXEL_DATA, Element, Parsed, dictionary_tags, tag_label
@@ -158,6 +159,7 @@ def _pixels(parsed: Parsed) -> list[Finding]:
     pixels = parsed.top(PIXEL_DATA)
     if pixels is None:
         return out
+    out += _pixel_encoding(parsed, pixels)
     if pixels.fragments and len(pixels.fragments) > 1 and pixels.fragments[-1][1] < 3:
         out.append(Finding("structure.short-fragment", Level.MEDIUM,
                            f"the last pixel data fragment is {pixels.fragments[-1][1]} bytes: no codec stream is that "
@@ -176,6 +178,24 @@ def _pixels(parsed: Parsed) -> list[Finding]:
                            f"Rows x Columns x Bits Allocated need {expected:,} bytes, pixel data has {pixels.length:,}",
                            pixels.offset, "PS3.3 C.7.6.3; PS3.5 8.1.1", pixels.label, parsed.inflated))
     return out
+
+
+def _pixel_encoding(parsed: Parsed, pixels: Element) -> list[Finding]:
+    """Pixel Data encoded other than its transfer syntax says (PS3.5 A.4, 8.2): native (a defined
+    length) under a transfer syntax that encapsulates it, or encapsulated (items of fragments)
+    under one that does not. A reader trusting the transfer syntax hands native bytes to a codec
+    as its stream, or item headers to a display as pixels. A private or unknown transfer syntax is
+    not judged."""
+    ts = parsed.transfer_syntax or ""
+    should = encapsulates_pixel_data(ts)
+    encapsulated = pixels.length < 0
+    if should is None or encapsulated == should:
+        return []
+    how = "encapsulated" if encapsulated else f"native ({pixels.length:,} bytes of defined length)"
+    verb = "encapsulates" if should else "does not encapsulate"
+    return [Finding("structure.pixel-encoding", Level.MEDIUM,
+                    f"pixel data is {how} under {uid_name(ts)}, which {verb} it", pixels.offset, "PS3.5 A.4, 8.2",
+                    pixels.label, parsed.inflated)]
 
 
 #: The attributes of a DICOMDIR (PS3.3 F.3, F.5) that name a file or folder on the media: the File-set
