@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacsguard.atna.syslog import rfc5424
+from pacsguard.atna.syslog import framing, rfc5424
 from pacsguard.atna.syslog.framing import Framing, Splitter
 
 
@@ -185,10 +185,33 @@ def test_an_unframed_fhir_json_message_is_held_at_its_closing_brace() -> None:
     frame = b"<14>1 2026-12-03T11:00:00Z h app - IHE+FHIR - " + body
     splitter = Splitter()
     cut = frame.index(b"}") + 1  # the read ends after an inner object's '}'
-    assert splitter.feed(frame[:cut]) == ([], []) and not splitter.held
-    assert splitter.flush() == []
+    assert splitter.feed(frame[:cut]) == ([], [])
+    assert splitter.flush() == []  # nothing came for a moment, but the value does not read yet
     assert splitter.feed(frame[cut:]) == ([], []) and splitter.held
     assert splitter.flush() == [frame] and splitter.finish() == []
     splitter = Splitter()  # a '{' in a structured data value does not make a complete message
     odd = b'<14>1 - h app - IHE+FHIR [x@1 a="{"] ' + body
-    assert splitter.feed(odd) == ([], []) and not splitter.held
+    assert splitter.feed(odd) == ([], []) and splitter.flush() == []
+
+
+def test_reads_ending_in_braces_do_not_parse_the_message_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile unframed sender ending each of its ~11,000 reads of a 1 MiB JSON message with
+    '}': each read parsed all the message so far (24 s of the event loop for one message). The
+    JSON is read only once nothing follows for a moment (`flush`)."""
+    parsed: list[int] = []
+    real = framing.json.JSONDecoder
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def raw_decode(self, s: str, idx: int = 0) -> tuple[object, int]:
+            parsed.append(len(s))
+            return super().raw_decode(s, idx)
+
+    monkeypatch.setattr(framing.json, "JSONDecoder", Counting)
+    item = b',{"k":"' + b"v" * 80 + b'"}'
+    splitter = Splitter()
+    splitter.feed(b'<14>1 - h app - IHE+FHIR - {"resourceType":"AuditEvent","x":[{}')
+    for _ in range(2000):
+        assert splitter.feed(item) == ([], [])
+    assert parsed == []
+    assert splitter.flush() == [] and len(parsed) <= 1  # parsed once, if the braces balance
+    assert splitter.feed(b"]}")[0] == [] and splitter.flush()[0].endswith(b"]}")

@@ -9,12 +9,14 @@ and with reading processes, each problem named in `atna sources`."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from receiver import running
 from test_senders_real import one_line
 
 from pacsguard.atna.sources import count_sources
+from pacsguard.atna.syslog import framing
 from pacsguard.atna.syslog.framing import FrameProblem, Splitter
 
 HOST = "127.0.83.10"  # this suite's own loopback address
@@ -118,3 +120,30 @@ def test_a_byte_order_mark_before_the_first_frame_loses_nothing(readers: int) ->
                       "four audits and two marks named")
     assert sorted(e.details["event_id"]["code"] for e in rx.audits()) == ["110110", "110110", "110112", "110112"]
     assert all("byte order mark" in e.details["error"] for e in got if e.kind == "atna.frame.rejected")
+
+
+def test_an_unfinished_json_message_is_judged_once_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unframed sender stops after a '}' that does not end its FHIR JSON message: whether the
+    message is whole was parsed again every 0.2 s for as long as the sender stayed quiet, with
+    nothing new to judge. It is judged again only after the next read."""
+    judged: list[int] = []
+    real = framing._message_ends
+
+    def counting(buffer: bytearray) -> bool:
+        judged.append(len(buffer))
+        return real(buffer)
+
+    monkeypatch.setattr(framing, "_message_ends", counting)
+    start = b'<14>1 - h app - IHE+FHIR - {"resourceType":"AuditEvent","entity":[{"a":"}"}'
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    with running({"tcp": {"host": HOST, "port": port}}) as rx, \
+            socket.create_connection((HOST, port), timeout=5, source_address=(HOST, 0)) as s:
+        s.sendall(start)
+        deadline = time.monotonic() + 5
+        while not judged:
+            assert time.monotonic() < deadline, "the held frame was never judged"
+            time.sleep(0.05)
+        time.sleep(1.2)  # six times the hold: judged once all the same
+        assert len(judged) == 1 and rx.events == []

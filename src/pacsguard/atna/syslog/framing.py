@@ -257,7 +257,7 @@ class Splitter:
         kinds: list[Framing] = []
         if self.held:
             end = self._buffer.find(b"\n", self._line_from)
-            if end < 0 and _message_ends(self._buffer, 0):
+            if end < 0 and _message_ends(self._buffer):
                 end = len(self._buffer)  # an unframed sender's message, its end the last read
             frames = [self._take_line(end)] if end >= 0 else []
             kinds = [Framing.NON_TRANSPARENT] * len(frames)
@@ -344,7 +344,7 @@ class Splitter:
                 return nul
             if nl < 0:
                 self._line_from = max(at, len(buffer) - _JOINED_TAIL)
-                if not self._trailed and _message_ends(buffer, at):
+                if not self._trailed and _may_end(buffer, at):
                     # A sender that ended no message with a TRAILER yet: its message is complete
                     # when nothing follows its end for a moment (`flush`), or it would wait for
                     # the next one, or for frame_timeout and be lost as too slow.
@@ -373,18 +373,26 @@ def _joined(buffer: bytearray, at: int, end: int) -> int:
         at += 1
 
 
-def _message_ends(buffer: bytearray, at: int) -> bool:
-    """Whether the data read so far ends with the end of an audit message, with no TRAILER after
-    it: an XML message's end tag (`_XML_END`, looked for from ``at``), or the '}' closing a FHIR
-    JSON payload (RFC 8259: the whole value from the frame's first '{' reads as one object).
-    A '}' that closes only an inner object is not the end: the value does not read."""
+def _may_end(buffer: bytearray, at: int) -> bool:
+    """Whether the data read so far may end an audit message with no TRAILER after it: an XML
+    message's end tag (`_XML_END`, looked for from ``at``), or a '}' that may close a FHIR JSON
+    payload. Cheap, as it runs on every read: only the tail is looked at."""
     if _XML_END.search(buffer, max(at, len(buffer) - _XML_END_TAIL)):
         return True
-    if not buffer.rstrip(b" \t\r").endswith(b"}"):
+    return buffer[-_XML_END_TAIL:].rstrip(b" \t\r").endswith(b"}")
+
+
+def _message_ends(buffer: bytearray) -> bool:
+    """Whether the data read so far, nothing having followed it for a moment, is one whole audit
+    message: its XML end tag ends it, or the value from its first '{' reads as one JSON object
+    (RFC 8259) ending there; a '}' closing only an inner object is not the end. Parsed only when
+    the braces balance, and only from `Splitter.flush`, not on each read: a hostile sender ending
+    every read of a 1 MiB message with '}' made each read parse all that came before."""
+    if _XML_END.search(buffer, max(0, len(buffer) - _XML_END_TAIL)):
+        return True
+    if not _may_end(buffer, len(buffer)) or buffer.count(b"{") != buffer.count(b"}"):
         return False
     start = buffer.find(b"{")
-    if start < 0:
-        return False
     text = bytes(buffer[start:]).decode("utf-8", "replace").rstrip(" \t\r")
     try:
         _, end = json.JSONDecoder().raw_decode(text)

@@ -279,8 +279,9 @@ class _Connection(asyncio.Protocol):
             log.exception("syslog data from %s", self.sender.host)
         self._frame_state(bool(frames))
 
-    def _frame_state(self, delivered: bool) -> None:
-        """After a read (or a flush): when the incomplete frame began, the held frame's timer, and
+    def _frame_state(self, delivered: bool, *, hold: bool = True) -> None:
+        """After a read (or a flush): when the incomplete frame began, the held frame's timer (not
+        armed again by a flush that found no frame: only what is read next can change that), and
         the connection's timer."""
         if not self.splitter.pending:
             self.frame_began = None
@@ -289,7 +290,7 @@ class _Connection(asyncio.Protocol):
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
-        if self.splitter.held:
+        if self.splitter.held and hold:
             self._hold = asyncio.get_running_loop().call_later(HOLD, self._flush_held)
         self._arm()
 
@@ -298,7 +299,7 @@ class _Connection(asyncio.Protocol):
         self._hold = None
         frames = self.splitter.flush()
         self._publish(frames, [])
-        self._frame_state(bool(frames))
+        self._frame_state(bool(frames), hold=bool(frames))
 
     def _through_tls(self, data: bytes) -> bytes:
         """RFC 5425 4.2: the handshake (its failure recorded with OpenSSL's reason, the alert sent),
