@@ -14,6 +14,11 @@ the operating system's page cache (root only) and reconnects before the 50 first
 patient's rows come from the disk, while the few pages every search passes through stay cached
 after the first, as in a running console. `--cold each` does so before every first query: every
 page comes from the disk.
+
+`--busy` ingests the same events twice more, into two fresh stores: alone, then beside a thread
+that keeps the interpreter busy as a flooded event loop does (the gateway's, the ATNA receiver's),
+and prints both rates and their ratio: what the writer thread loses waiting for the GIL each time
+SQLite hands it back (store/rows.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +102,30 @@ def run(target: str, key: Path, total: int, batch: int, patients: int, burst: in
             "rows_per_patient": statistics.mean(rows)}
 
 
+def ingest_rate(target: str, key: Path, total: int, batch: int, patients: int, busy: bool) -> float:
+    """Events/s appending ``total`` events to a fresh store, with a thread spinning in Python
+    beside the writer when ``busy``."""
+    es = EventStore.open(target, key_path=key, create=True, checkpoint_interval=60)
+    chunks = [events(n, min(batch, total - n), patients) for n in range(0, total, batch)]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))  # bytecode, as a loop parsing messages runs: it holds the GIL
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    if busy:
+        spinner.start()
+    try:
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            es.append(chunk)
+        return total / (time.perf_counter() - t0)
+    finally:
+        stop.set()
+        es.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -109,6 +139,8 @@ def main() -> None:
     ap.add_argument("--postgres", default=None, help="also run against this PostgreSQL URL")
     ap.add_argument("--cold", choices=("once", "each"), default=None,
                     help="empty the page cache before the first queries, or before each (needs root)")
+    ap.add_argument("--busy", type=int, metavar="N", default=0,
+                    help="also ingest N events alone and N beside a busy thread, and print the ratio")
     args = ap.parse_args()
     if args.cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         sys.exit("--cold needs root: it writes /proc/sys/vm/drop_caches")
@@ -126,6 +158,11 @@ def main() -> None:
               f"{r['query_ms_max']:.2f} ms; repeated median {r['warm_ms_median']:.2f} ms, "
               f"max {r['warm_ms_max']:.2f} ms; "
               f"{r['rows_per_patient']:.0f} rows per patient")
+    if args.busy:
+        alone = ingest_rate(str(work / "alone.db"), key, args.busy, args.batch, args.patients, busy=False)
+        beside = ingest_rate(str(work / "busy.db"), key, args.busy, args.batch, args.patients, busy=True)
+        print(f"SQLite, {args.busy:,} events in batches of {args.batch}: alone {alone:,.0f} events/s, beside a busy "
+              f"thread {beside:,.0f} events/s; busy/alone {beside / alone:.3f}")
 
 
 if __name__ == "__main__":

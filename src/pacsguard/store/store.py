@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Row, Table, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -32,6 +32,7 @@ from pacsguard.store.database import WRITE, check_or_create, describe, make_engi
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
+from pacsguard.store.rows import RowsInsert
 from pacsguard.store.schema import (
     STORE_FORMAT,
     STORE_FORMAT_VERSION,
@@ -108,7 +109,7 @@ class EventStore:
         self._damaged = self._check_head()
         paramstyle = self.engine.dialect.paramstyle
         (self._insert_event, self._insert_body, self._insert_patient, self._insert_study, self._insert_term,
-         self._insert_batch) = (_positional_insert(paramstyle, t) for t in (
+         self._insert_batch) = (RowsInsert.of(t, paramstyle) for t in (
             events, event_bodies, event_patients, event_studies, event_terms, event_batches))
         self._timer: threading.Thread | None = None
         self._disk_full = False  # a write failed with SQLITE_FULL: reclaim the WAL once one succeeds
@@ -272,18 +273,16 @@ class EventStore:
             bodies.append((seq, body))
         seq = first + len(rows)
         rows.sort()  # in place order the B-tree takes the batch in one sweep
-        # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
-        # more than hashing and SQLite together (bench/store.py).
+        # The driver with tuples: SQLAlchemy's per-row parameter processing cost more than hashing
+        # and SQLite together (bench/store.py); many rows a statement (store.rows).
         run = conn.exec_driver_sql
-        run(self._insert_event, rows)
+        self._insert_event.run(run, rows)
         # In seq order: appended at the end of the bodies' B-tree (schema.event_bodies).
-        run(self._insert_body, bodies)
-        if idx.patients:
-            run(self._insert_patient, idx.patients)
-        if idx.studies:
-            run(self._insert_study, idx.studies)
-        run(self._insert_term, idx.term_rows())
-        run(self._insert_batch, [(first, seq - 1, idx.min_time, idx.max_time)])
+        self._insert_body.run(run, bodies)
+        self._insert_patient.run(run, idx.patients)
+        self._insert_study.run(run, idx.studies)
+        self._insert_term.run(run, idx.term_rows())
+        self._insert_batch.run(run, [(first, seq - 1, idx.min_time, idx.max_time)])
         conn.execute(update(tree_state).where(tree_state.c.id == 1).values(
             size=seq, frontier=frontier.to_bytes(), last_leaf=prev))
         return seq
@@ -474,12 +473,6 @@ def _initialise(conn: Connection) -> None:
         {"key": "created", "value": datetime.now().astimezone().isoformat()},
     ])
     conn.execute(insert(tree_state), {"id": 1, "size": 0, "frontier": b"", "last_leaf": GENESIS_PREV})
-
-
-def _positional_insert(paramstyle: str, table: Table) -> str:
-    marker = "?" if paramstyle == "qmark" else "%s"
-    names = ", ".join(c.name for c in table.columns)
-    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([marker] * len(table.columns))})"
 
 
 def _event_part(body: str) -> str:
