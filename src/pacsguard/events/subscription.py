@@ -53,6 +53,12 @@ class Subscription:
     def active(self) -> bool:
         return not self._closed
 
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet handed to the callback: none, for the callback of the last one
+        taken, when no more have come (a follower that works in batches ends its batch there)."""
+        return len(self._queue)
+
     def _run(self) -> None:
         while True:
             with self._ready:
