@@ -152,8 +152,9 @@ NATIVE_TRANSFER_SYNTAXES: Final = frozenset(
 #: The standard transfer syntaxes that encapsulate Pixel Data (PS3.5 A.4, 8.2): every JPEG, JPEG-LS,
 #: JPEG 2000, MPEG and HEVC syntax (1.2.840.10008.1.2.4.x but JPIP's, which reference pixel data
 #: instead of holding it), RLE, Encapsulated Uncompressed and Deflated Image Frame Compression.
-_ENCAPSULATING = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.98", "1.2.840.10008.1.2.8.1")
-_JPIP = ("1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95")
+_COMPRESSED_FAMILY = "1.2.840.10008.1.2.4."
+_ENCAPSULATING = frozenset({RLE_LOSSLESS, ENCAPSULATED_UNCOMPRESSED_EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.8.1"})
+_JPIP = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
 
 
 def encapsulates_pixel_data(transfer_syntax: str) -> bool | None:
@@ -163,7 +164,7 @@ def encapsulates_pixel_data(transfer_syntax: str) -> bool | None:
         return False
     if transfer_syntax in _JPIP:
         return None
-    if transfer_syntax in _ENCAPSULATING[1:] or transfer_syntax.startswith(_ENCAPSULATING[0]):
+    if transfer_syntax in _ENCAPSULATING or transfer_syntax.startswith(_COMPRESSED_FAMILY):
         return True
     return None
 
