@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -215,3 +217,33 @@ def test_reads_ending_in_braces_do_not_parse_the_message_each_time(monkeypatch: 
     assert parsed == []
     assert splitter.flush() == [] and len(parsed) <= 1  # parsed once, if the braces balance
     assert splitter.feed(b"]}")[0] == [] and splitter.flush()[0].endswith(b"]}")
+
+
+_JSON_TEXT = st.text(alphabet=st.sampled_from('ab{}[]":,\\ é'), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_JSON_TEXT, min_size=1, max_size=5), cuts=st.lists(st.integers(min_value=1, max_value=90),
+                                                                     min_size=1, max_size=30),
+       quiet=st.lists(st.booleans(), min_size=1, max_size=30))
+def test_unframed_fhir_json_messages_split_anywhere_come_out_whole(texts: list[str], cuts: list[int],
+                                                                  quiet: list[bool]) -> None:
+    """Messages of a sender that frames none, FHIR JSON whose strings hold braces, brackets and
+    quotes, read in any pieces, with a quiet moment (`flush`) after any of them: each comes out
+    once and whole, never cut at an inner '}' or a brace inside a string."""
+    messages = [b"<14>1 - h app - IHE+FHIR - " + json.dumps(
+        {"resourceType": "AuditEvent", "entity": [{"what": {"display": t}}], "n": i},
+        ensure_ascii=False, separators=(",", ":")).encode() for i, t in enumerate(texts)]
+    stream = b"".join(messages)
+    splitter, frames, at, turn = Splitter(), [], 0, 0
+    while at < len(stream):
+        cut = cuts[turn % len(cuts)]
+        got, problems = splitter.feed(stream[at:at + cut])
+        assert problems == []
+        frames += got
+        if quiet[turn % len(quiet)]:
+            frames += splitter.flush()
+        at += cut
+        turn += 1
+    frames += splitter.flush(final=True)
+    assert frames == messages and splitter.finish() == []
