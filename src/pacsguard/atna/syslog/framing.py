@@ -377,8 +377,11 @@ def _may_end(buffer: bytearray, at: int) -> bool:
     """Whether the data read so far may end an audit message with no TRAILER after it: an XML
     message's end tag (`_XML_END`, looked for from ``at``), or a '}' that may close a FHIR JSON
     payload. Cheap, as it runs on every read: only the tail is looked at."""
-    if _XML_END.search(buffer, max(at, len(buffer) - _XML_END_TAIL)):
-        return True
+    return bool(_XML_END.search(buffer, max(at, len(buffer) - _XML_END_TAIL))) or _brace_ends(buffer)
+
+
+def _brace_ends(buffer: bytearray) -> bool:
+    """Whether the data read so far ends with a '}' (and blanks): only its tail is looked at."""
     return buffer[-_XML_END_TAIL:].rstrip(b" \t\r").endswith(b"}")
 
 
@@ -390,7 +393,7 @@ def _message_ends(buffer: bytearray) -> bool:
     every read of a 1 MiB message with '}' made each read parse all that came before."""
     if _XML_END.search(buffer, max(0, len(buffer) - _XML_END_TAIL)):
         return True
-    if not _may_end(buffer, len(buffer)) or buffer.count(b"{") != buffer.count(b"}"):
+    if not _brace_ends(buffer) or buffer.count(b"{") != buffer.count(b"}"):
         return False
     start = buffer.find(b"{")
     text = bytes(buffer[start:]).decode("utf-8", "replace").rstrip(" \t\r")
