@@ -13,7 +13,11 @@ repository down for weeks, or slower than the feed, cannot fill the disk. A mess
 pass the bound is held back: not spooled, so never sent, and counted (``held``, kept in the file
 across restarts, recorded by the sender as an Event when the streak starts and when it ends, with
 the count); its Event stays in pacsguard's own store. Adding never waits for the repository: the
-gateway's recording goes on."""
+gateway's recording goes on.
+
+Once delivered messages leave more than ``RECLAIM_BYTES`` of the file free (an outage drained), the
+spool gives those pages back to the file system (SQLite's incremental vacuum) and empties its
+write-ahead log: the file does not stay the size the outage grew it to."""
 
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ class SpoolError(Exception):
 
 #: The default bound of a spool's messages, bytes: some 170,000 audit messages of 1.5 KB.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: Free room in the file above which it is given back: a few of the sender's batches (1,000 messages
+#: of ~1.5 KB), so that a spool in steady use reuses its free pages rather than vacuuming each time.
+RECLAIM_BYTES = 4 * 1024 * 1024
 
 
 class Spool:
@@ -78,6 +85,7 @@ class Spool:
         self.last_event: str | None = meta.get("last_event")
         #: The store's position where the latest run of the feed began (its first Event's seq).
         self.store_from: int | None = int(meta["store_from"]) if "store_from" in meta else None
+        self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._lock = threading.Lock()
         self.added = threading.Condition(self._lock)
 
@@ -161,6 +169,29 @@ class Spool:
                                          (seq,)).fetchone()
                 self._db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
             self.size -= int(freed[0])
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Return the file's free pages to the file system once they pass ``RECLAIM_BYTES``, and
+        empty the write-ahead log the moves went through (sqlite.org/pragma.html: incremental_vacuum,
+        wal_checkpoint). A spool made before auto_vacuum was set is converted by a VACUUM, once it is
+        empty (then it copies next to nothing)."""
+        if self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page < RECLAIM_BYTES:
+            return
+        try:
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+                # As a script: execute() steps a pragma once, and each step frees only one page.
+                self._db.executescript("PRAGMA incremental_vacuum;")
+            elif self.size == 0:
+                self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+                self._db.execute("VACUUM")
+            else:
+                return
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            # Room is only given back: the messages are delivered and forgotten already. A disk too
+            # full for the moves leaves the pages free in the file, and the next delivery tries again.
+            return
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -185,6 +216,10 @@ class Spool:
             self._db.close()
 
 
+#: PRAGMA auto_vacuum's value for "incremental" (sqlite.org/pragma.html#pragma_auto_vacuum).
+_INCREMENTAL = 2
+
+
 def _open(path: Path) -> sqlite3.Connection:
     # Audit messages name patients: the file is made 0600 before SQLite opens it (SQLite would
     # give it the umask's mode, and copies that mode to its -wal and -shm files).
@@ -193,6 +228,8 @@ def _open(path: Path) -> sqlite3.Connection:
     create_private_file(path)
     db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
     try:
+        # Before any table exists, so that a new spool can give freed pages back (Spool._give_back).
+        db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
     except BaseException:
