@@ -18,7 +18,9 @@ page comes from the disk.
 `--busy` ingests the same events twice more, into two fresh stores: alone, then beside a thread
 that keeps the interpreter busy as a flooded event loop does (the gateway's, the ATNA receiver's),
 and prints both rates and their ratio: what the writer thread loses waiting for the GIL each time
-SQLite hands it back (store/rows.py).
+SQLite hands it back (store/rows.py). It then times 20 patient searches in the second store, alone
+and beside the busy thread, and prints both medians (store/search.py reads a statement's rows in one
+step for this); --patients sets the rows per patient (--busy / --patients).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pacsguard.events import Event, EventBus, Party
@@ -102,11 +106,9 @@ def run(target: str, key: Path, total: int, batch: int, patients: int, burst: in
             "rows_per_patient": statistics.mean(rows)}
 
 
-def ingest_rate(target: str, key: Path, total: int, batch: int, patients: int, busy: bool) -> float:
-    """Events/s appending ``total`` events to a fresh store, with a thread spinning in Python
-    beside the writer when ``busy``."""
-    es = EventStore.open(target, key_path=key, create=True, checkpoint_interval=60)
-    chunks = [events(n, min(batch, total - n), patients) for n in range(0, total, batch)]
+@contextmanager
+def busy_thread(busy: bool) -> Iterator[None]:
+    """A thread spinning in Python while the block runs (when ``busy``)."""
     stop = threading.Event()
 
     def spin() -> None:
@@ -117,13 +119,44 @@ def ingest_rate(target: str, key: Path, total: int, batch: int, patients: int, b
     if busy:
         spinner.start()
     try:
-        t0 = time.perf_counter()
-        for chunk in chunks:
-            es.append(chunk)
-        return total / (time.perf_counter() - t0)
+        yield
     finally:
         stop.set()
+        if busy:
+            spinner.join()
+
+
+def ingest_rate(target: str, key: Path, total: int, batch: int, patients: int, busy: bool) -> float:
+    """Events/s appending ``total`` events to a fresh store, with a thread spinning in Python
+    beside the writer when ``busy``."""
+    es = EventStore.open(target, key_path=key, create=True, checkpoint_interval=60)
+    chunks = [events(n, min(batch, total - n), patients) for n in range(0, total, batch)]
+    try:
+        with busy_thread(busy):
+            t0 = time.perf_counter()
+            for chunk in chunks:
+                es.append(chunk)
+            return total / (time.perf_counter() - t0)
+    finally:
         es.close()
+
+
+def search_ms(target: str, key: Path, patients: int, busy: bool) -> tuple[float, float]:
+    """Median milliseconds of 20 patient searches (each patient's every event) and the mean rows
+    found, with a thread spinning in Python beside the search when ``busy``."""
+    es = EventStore.open(target, key_path=key, checkpoint_interval=60)
+    rng = random.Random(11)
+    times, rows = [], []
+    try:
+        with busy_thread(busy):
+            for _ in range(20):
+                pid = f"PAT{rng.randrange(patients):08d}"
+                t0 = time.perf_counter()
+                rows.append(len(list(es.search(EventQuery(patient=pid, limit=None)))))
+                times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        es.close()
+    return statistics.median(times), statistics.mean(rows)
 
 
 def main() -> None:
@@ -163,6 +196,10 @@ def main() -> None:
         beside = ingest_rate(str(work / "busy.db"), key, args.busy, args.batch, args.patients, busy=True)
         print(f"SQLite, {args.busy:,} events in batches of {args.batch}: alone {alone:,.0f} events/s, beside a busy "
               f"thread {beside:,.0f} events/s; busy/alone {beside / alone:.3f}")
+        searched = str(work / "busy.db")
+        (quiet, found), (loud, _) = (search_ms(searched, key, args.patients, busy=b) for b in (False, True))
+        print(f"SQLite, a patient's {found:,.0f} events: search alone {quiet:.1f} ms, beside a busy thread "
+              f"{loud:.1f} ms (medians of 20); busy/alone {loud / quiet:.1f}")
 
 
 if __name__ == "__main__":
