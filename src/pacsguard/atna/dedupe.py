@@ -41,6 +41,8 @@ LOOKBACK = 50_000
 #: Numbered messages remembered (about 270 bytes each, 14 MB in all): what a sender resends after a
 #: reconnection is what it sent since its last confirmed delivery, seconds' worth.
 REMEMBER = 50_000
+#: Resends remembered as having their record (`Deduplicator.fresh`).
+MAX_RUNS = 10_000
 
 
 class Delivery(NamedTuple):
@@ -136,7 +138,8 @@ class Deduplicator:
         self.stored: OrderedDict[Key, bytes] = OrderedDict()
         self.others: dict[Key, list[bytes]] = {}
         self.dropped = 0
-        self._in_run: set[Stream] = set()
+        #: The connections (stream, host, port) whose resend has its record: one per resend.
+        self._in_run: set[tuple[Stream, Any, Any]] = set()
 
     def learn(self, store: EventStore, lookback: int = LOOKBACK) -> None:
         """What the newest ``lookback`` audit messages of the store were (oldest remembered first)."""
@@ -162,15 +165,19 @@ class Deduplicator:
         digest = payload_digest(event)
         if digest is None:
             return True
-        stream = key[:3]
+        sender = _sender(event)
+        # A resend is what one connection sends again, up to its first message not stored before.
+        run = (key[:3], sender.get("host"), sender.get("port"))
         same = self._match(key, digest)
         if same is not None:
             self.dropped += 1
-            if stream not in self._in_run and self.record is not None:
-                self._in_run.add(stream)
+            if run not in self._in_run and self.record is not None:
+                if len(self._in_run) >= MAX_RUNS:  # connections that ended inside a resend: at worst a record more
+                    self._in_run.clear()
+                self._in_run.add(run)
                 self.record(_duplicate(event, delivery, same))
             return False
-        self._in_run.discard(stream)
+        self._in_run.discard(run)
         first = self.stored.get(key)
         if first is not None and self.record is not None:
             self.record(_reused(event, delivery, first[_DIGEST:].decode()))

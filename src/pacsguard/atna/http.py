@@ -61,6 +61,8 @@ log = logging.getLogger("pacsguard.atna")
 _HOST = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?")
 #: RFC 9112 2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT; only major version 1 is served.
 _VERSION = re.compile(r"HTTP/1\.[0-9]")
+#: An LF that no CR precedes, in a request head (`_parse_head`).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 #: A run of a header value up to a separator (RFC 7240 2: "," between preferences, ";" before a
 #: preference's parameters), a quoted-string (RFC 9110 5.6.4) in it taken whole.
 _ITEM = re.compile(r'(?:[^,;"]|"(?:[^"\\]|\\.)*")+|[,;]')
@@ -795,18 +797,25 @@ class RestfulAtna:
 
 async def _read_head(reader: asyncio.StreamReader, deadline: float) -> bytes:
     """The rest of a request head, up to the empty line that ends it (RFC 9112 2.1), by
-    ``deadline``: at most MAX_HEAD octets (else 431), whole (else the client closed mid-head)."""
+    ``deadline``: at most MAX_HEAD octets (else 431), whole (else the client closed mid-head). Read
+    a line at a time, so that a head whose lines end in a bare LF ends where its client thinks it
+    does, and is refused as such (`_parse_head`) rather than waited on until the deadline."""
+    head = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
-            return await reader.readuntil(b"\r\n\r\n")
+            while not head.endswith((b"\n\r\n", b"\n\n")):
+                head += await reader.readuntil(b"\n")
+                if len(head) > MAX_HEAD:
+                    raise asyncio.LimitOverrunError("request head too large", len(head))
+        return bytes(head)
     except TimeoutError:
         raise Broken("truncated", f"request head not complete after {HEAD_TIMEOUT:g} s",
                      HTTPStatus.REQUEST_TIMEOUT) from None
     except asyncio.LimitOverrunError:
         raise Broken("bad-request", "request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
     except asyncio.IncompleteReadError as exc:
-        raise Broken("truncated", f"connection closed after {len(exc.partial) + 1} octets of a request head",
-                     HTTPStatus.BAD_REQUEST) from None
+        raise Broken("truncated", f"connection closed after {len(head) + len(exc.partial) + 1} octets of a "
+                     "request head", HTTPStatus.BAD_REQUEST) from None
     except OSError as exc:  # reset, or a TLS failure (ssl.SSLError)
         raise Broken("truncated", f"connection lost in a request head ({type(exc).__name__})",
                      HTTPStatus.BAD_REQUEST) from None
@@ -816,6 +825,11 @@ def _parse_head(head: bytes) -> Request:
     """The request line and header fields of ``head`` (RFC 9112 3, 5), or Broken (400). Field
     names are taken in lower case; a field given twice is one, its values joined by commas
     (RFC 9110 5.3)."""
+    if _BARE_LF.search(head):
+        # RFC 9112 2.2 lets a server take LF alone as a line's end; it is refused instead, as a bare
+        # CR is: a proxy before pacsguard may read the lines otherwise (request smuggling).
+        raise Broken("bad-request", "a line of the request head ends in a bare LF, not CRLF (RFC 9112 2.2)",
+                     HTTPStatus.BAD_REQUEST)
     lines = head.decode("latin-1").split("\r\n")  # latin-1 decodes any octet: never a UnicodeDecodeError
     parts = lines[0].split(" ")
     if len(parts) != 3 or not _VERSION.fullmatch(parts[2]):
@@ -825,12 +839,16 @@ def _parse_head(head: bytes) -> Request:
     hosts = 0
     for line in filter(None, lines[1:]):
         if any(c in line for c in "\r\n\0"):  # RFC 9112 5.5, 2.2: a bare CR or LF, or a NUL, may hide a field
-            raise Broken("bad-request", f"a CR, LF or NUL inside a header line: {line[:80]!r}", HTTPStatus.BAD_REQUEST,
-                         method)
+            raise Broken("bad-request", f"a CR or NUL inside a header line ({_field_named(line)})",
+                         HTTPStatus.BAD_REQUEST, method)
         name, colon, value = line.partition(":")
         # RFC 9112 5.1: no whitespace between a field name and its colon; 5.2: no line folding.
+        if line[0] in " \t":
+            raise Broken("bad-request", f"a folded header line (obs-fold, RFC 9112 5.2: {len(line)} octets, not "
+                         "shown)", HTTPStatus.BAD_REQUEST, method)
         if not colon or not name or name != name.strip():
-            raise Broken("bad-request", f"not a header field: {line[:80]!r}", HTTPStatus.BAD_REQUEST, method)
+            raise Broken("bad-request", f"not a header field ({_field_named(line)}): RFC 9112 5.1 asks for "
+                         "name:value, no whitespace before the colon", HTTPStatus.BAD_REQUEST, method)
         key = name.lower()
         hosts += key == "host"
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
@@ -857,10 +875,19 @@ def _parse_head(head: bytes) -> Request:
     return Request(method, url, version, headers)
 
 
+def _field_named(line: str) -> str:
+    """A refused header line as its error names it: the field's name, never its value (an
+    Authorization or Cookie value is a secret, and the error is recorded in the store)."""
+    name, colon, _ = line.partition(":")
+    if colon and name.strip() and not any(c in name for c in "\r\n\0"):
+        return f"the field {name[:40]!r}, its value not shown"
+    return f"a line of {len(line)} octets, not shown"
+
+
 def _not_allowed(method: str, target: str, allow: str) -> Reply:
     """405 Method Not Allowed, with the Allow field the status requires (RFC 9110 15.5.6)."""
-    return dataclasses.replace(outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of {target} is not supported "
-                                       f"(allowed: {allow})"), allow=allow)
+    return dataclasses.replace(outcome(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} of {target or 'an empty path'} is "
+                                       f"not supported (allowed: {allow})"), allow=allow)
 
 
 def _expects_continue(request: Request, path: str) -> bool:

@@ -84,10 +84,9 @@ class Identifier:
         the search to every patient."""
         parts = [_unescape(p) for p in _split(text, "|")]
         if len(parts) > 2:
-            raise QueryError(f"expected system|value, got {text!r}")
+            raise QueryError(f"expected system|value, got {text[:64]!r}")
         if not parts[-1]:
-            raise QueryError(f"an empty identifier value ({text[:64]!r}): name the patient or leave the "
-                             "parameter out")
+            raise QueryError(f"an empty identifier value ({text[:64]!r}): give one, or leave it out")
         if len(parts) == 2:
             system, value = parts
             if not system:
@@ -143,7 +142,7 @@ class CodeToken:
     def parse(cls, text: str) -> CodeToken:
         parts = [_unescape(p) for p in _split(text, "|")]
         if len(parts) > 2:
-            raise QueryError(f"expected system|code, got {text!r}")
+            raise QueryError(f"expected system|code, got {text[:64]!r}")
         if len(parts) == 1:
             return cls(parts[0])
         return cls(parts[1], system_uri(parts[0]) if parts[0] else "")
@@ -186,6 +185,7 @@ class AuditQuery:
     addresses: list[AnyOf] = field(default_factory=list)
     entity_ids: list[tuple[Identifier, ...]] = field(default_factory=list)
     entity_roles: list[tuple[CodeToken, ...]] = field(default_factory=list)
+    ids: list[tuple[str, ...]] = field(default_factory=list)  # ``_id``: the AuditEvent ids a search gave
     count: int = 100  # the page size; 0: only the number of matches (``_count=0``)
     after: int | None = None  # the store position (seq) the page starts after: the ``_cursor``
     counted: bool = False  # ``_total=accurate``: every match counted, whatever the page
@@ -231,7 +231,10 @@ class AuditQuery:
                 raise QueryError(f"{name}: {many} values, at most {MOST_VALUES} are taken in one search parameter "
                                  "(search in parts)")
             for value in values:
-                q._add(name, value)
+                try:
+                    q._add(name, value)
+                except QueryError as exc:  # named by its parameter, as the client wrote it
+                    raise exc if str(exc).startswith(f"{name}:") else QueryError(f"{name}: {exc}") from None
         return q
 
     def _add(self, name: str, value: str) -> None:
@@ -252,6 +255,8 @@ class AuditQuery:
             self.agent_names.append(tuple(_unescape(v).lower() for v in _split(value, ",")))
         elif name in _MATCHED:
             getattr(self, _MATCHED[name]).append(tuple(_value(v) for v in _split(value, ",")))
+        elif name == "_id":
+            self.ids.append(tuple(_unescape(v) for v in _split(value, ",")))
         elif name == "_count":
             if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 10_000:
                 raise QueryError(f"_count: expected 0..10000, got {value!r}")
@@ -285,6 +290,8 @@ class AuditQuery:
         is "or"; a parameter given twice, and different parameters, are "and")."""
         d = event.details
         participants, objects = d.get("participants", ()), d.get("objects", ())
+        if not all(event.id in anyof for anyof in self.ids):
+            return False
         if not all(any(i.names(event) for i in anyof) for anyof in self.patients):
             return False
         if not all(any(i.names(event, patients_only=False) for i in anyof) for anyof in self.entity_ids):
@@ -345,12 +352,22 @@ class AuditQuery:
         from pacsguard.store import EventQuery
 
         base = EventQuery(kind="atna.audit.*", since=self.since, until=self.until, after_seq=after, limit=None)
+        if self.ids:  # each id found where its time says it was stored (`stored_by_id`), not by a scan
+            return iter(self._by_id(store, after))
         if not self.patients:
             return store.search(base)
         keys = list(dict.fromkeys(i.key for i in self.patients[0]))
         if len(keys) == 1:
             return store.search(replace(base, patient=keys[0]))
         return _merged(store, keys, base)
+
+    def _by_id(self, store: EventStore, after: int | None) -> list[StoredEvent]:
+        """The stored messages of the first ``_id`` condition's ids within the time span, in store
+        order, after the position ``after``."""
+        found = {s.seq: s for i in dict.fromkeys(self.ids[0]) if (s := stored_by_id(store, i)) is not None}
+        return [s for seq, s in sorted(found.items()) if (after is None or seq > after)
+                and (self.since is None or s.event.time >= self.since)
+                and (self.until is None or s.event.time < self.until)]
 
     def page(self, stored: Iterable[StoredEvent]) -> list[StoredEvent]:
         """The first `count` of ``stored`` (in store order, from after the cursor) that match."""
@@ -397,8 +414,9 @@ _IDENTIFYING = frozenset({"patient", "entity-identifier", *_CHAINS})
 _CODED = {"type": "event_ids", "subtype": "subtypes", "entity-type": "entity_types", "entity-role": "entity_roles",
           "outcome": "outcomes", "action": "actions", "agent-identifier": "agent_ids", "agent-role": "agent_roles"}
 #: Every search parameter taken, with its FHIR search type (FHIR R4 3.1.1.4): what GET /metadata lists.
-SEARCH_PARAMETERS = {"date": "date", "patient": "reference", "agent-name": "string", "entity-identifier": "token",
-                     "address": "string", "source": "reference", **dict.fromkeys(_CODED, "token")}
+SEARCH_PARAMETERS = {"_id": "token", "date": "date", "patient": "reference", "agent-name": "string",
+                     "entity-identifier": "token", "address": "string", "source": "reference",
+                     **dict.fromkeys(_CODED, "token")}
 #: The parameters whose chains are refused rather than ignored, as their modifiers are: those
 #: taken, and FHIR R4 AuditEvent's ``entity`` (a reference to the patient, among others).
 _CHAINABLE = frozenset({*SEARCH_PARAMETERS, "entity"})
@@ -409,6 +427,8 @@ _SOURCE_IDENTIFIER = "source:identifier"
 #: What GET /metadata tells a client of the parameters whose values take more forms than their
 #: FHIR type (CapabilityStatement.rest.resource.searchParam.documentation, markdown).
 SEARCH_DOCUMENTATION = {
+    "_id": "The id of an AuditEvent, as a search Bundle's fullUrl or a create's Location gives it; "
+           "a list finds any of them.",
     "source": "The audit source (source.observer), a reference as FHIR R4 defines it: `Device/ID` (or "
               "its URL; PractitionerRole, Practitioner, Organization, Patient, RelatedPerson too) finds "
               "an observer sent as that reference and a source whose ID is `ID`; an ID alone finds the "
@@ -487,7 +507,11 @@ def stored_by_id(store: EventStore, resource_id: str) -> StoredEvent | None:
     made = made_ms(resource_id) if _EVENT_ID.fullmatch(resource_id) else None
     if made is None:
         return None
-    at = first_made_from(store, datetime.fromtimestamp(made / 1000, timezone.utc))
+    try:
+        when = datetime.fromtimestamp(made / 1000, timezone.utc)
+    except (ValueError, OverflowError, OSError):  # an id of the year 10000 or later: no event's
+        return None
+    at = first_made_from(store, when)
     if at is None:  # an event in the store with an id of another form: no time to start from
         around: Iterable[StoredEvent] = store.search(EventQuery(kind="atna.audit.*", limit=None))
     else:
@@ -637,9 +661,9 @@ def source_token(text: str, *, identifier: bool = False) -> SourceToken:
     name every source stored without an ID)."""
     parts = [_unescape(p) for p in _split(text, "|")]
     if len(parts) > 2:
-        raise QueryError(f"source: expected system|value, value or Device/ID, got {text[:64]!r}")
+        raise QueryError(f"expected system|value, value or Device/ID, got {text[:64]!r}")
     if not parts[-1]:
-        raise QueryError(f"source: an empty value ({text[:64]!r}): name the audit source or leave the parameter out")
+        raise QueryError(f"an empty value ({text[:64]!r}): name the audit source, or leave it out")
     if len(parts) == 2:
         return SourceToken(parts[1], parts[0], token=True)
     if identifier:

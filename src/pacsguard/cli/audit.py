@@ -578,6 +578,8 @@ def search(
             who.append((Identifier.parse(patient),))
     except QueryError as exc:
         raise fail(f"--patient: {exc}") from None
+    if event_id and not all(e.strip() for e in event_id):
+        raise fail("--event-id: empty; give an event ID such as 110110")
     try:  # a value, system|value or |value (the RESTful query's source token)
         sources = [tuple(source_token(s) for s in source)] if source else []
     except QueryError as exc:

@@ -65,7 +65,7 @@ def given(value: str | None, option: str, what: str) -> str | None:
 #: The time, limit and format options of every search command (`events search`, `audit search`).
 SINCE_OPTION = typer.Option(None, "--since", help="from this time (ISO 8601, UTC if no offset)")
 UNTIL_OPTION = typer.Option(None, "--until", help="before this time")
-LIMIT_OPTION = typer.Option(1000, "--limit", min=1, help="at most this many events")
+LIMIT_OPTION = typer.Option(1000, "--limit", min=1, max=10**15, help="at most this many events")
 FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (one event per line)")
 
 
