@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pacsguard.atna.message import codes
 from pacsguard.atna.message.dicom_xml import AuditMessageError
+from pacsguard.atna.message.fhir_shape import ROOT, array, as_object, boolean, items, json_type, obj, text
 from pacsguard.atna.message.mapping import is_patient
 from pacsguard.atna.message.patient import PatientId
 from pacsguard.atna.message.record import AuditRecord, Code, Observer, Participant, ParticipantObject
@@ -63,7 +64,10 @@ def answered_system(code: str, system: str | None, bare: str = "") -> str:
 
 
 def parse(resource: Mapping[str, Any]) -> AuditRecord:
-    """An AuditEvent resource (JSON object) as an AuditRecord; AuditMessageError("not-fhir") if it is not one."""
+    """An AuditEvent resource (JSON object) as an AuditRecord; AuditMessageError("not-fhir") if it is not one.
+    Each element is read as the JSON type FHIR R4 gives it (AuditEvent, JSON representation:
+    json.html) through fhir_shape, and one of another type is refused naming its path and the JSON
+    type found ("AuditEvent.agent[0].who is a JSON string, not an object")."""
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "AuditEvent":
         raise AuditMessageError("not-fhir", "not a FHIR AuditEvent resource (resourceType)")
     type_ = resource.get("type")
@@ -81,20 +85,25 @@ def parse(resource: Mapping[str, Any]) -> AuditRecord:
     source = resource.get("source")
     if not isinstance(source, Mapping) or not isinstance(source.get("observer"), Mapping):
         raise AuditMessageError("not-fhir", "AuditEvent.source.observer is required")
+    observer, at = source["observer"], f"{ROOT}.source.observer"
     try:
+        typed_agents = items(resource, "agent", ROOT)
         return AuditRecord(
-            syntax="fhir", event_id=_coding(type_), action=_text(resource, "action"), time=when,
-            outcome=_text(resource, "outcome") or "",
-            event_types=tuple(_coding(c) for c in resource.get("subtype", ())),
-            outcome_description=_text(resource, "outcomeDesc"),
-            purposes=_purposes(resource, agents), participants=tuple(_agent(a) for a in agents),
-            source_id=_reference_text(source["observer"]), source_id_system=_reference_system(source["observer"]),
-            source_observer=_observer(source["observer"]),
-            source_site=_text(source, "site"),
-            source_types=tuple(_coding(c) for c in source.get("type", ())),
+            syntax="fhir", event_id=_coding(type_, f"{ROOT}.type"), action=text(resource, "action", ROOT), time=when,
+            outcome=text(resource, "outcome", ROOT) or "",
+            event_types=tuple(_coding(c, p) for p, c in items(resource, "subtype", ROOT)),
+            outcome_description=text(resource, "outcomeDesc", ROOT),
+            purposes=_purposes(resource, typed_agents), participants=tuple(_agent(a, p) for p, a in typed_agents),
+            source_id=_reference_text(observer, at), source_id_system=_reference_system(observer, at),
+            source_observer=_observer(observer, at),
+            source_site=text(source, "site", f"{ROOT}.source"),
+            source_types=tuple(_coding(c, p) for p, c in items(source, "type", f"{ROOT}.source")),
             objects=_entities(resource))
-    except (AttributeError, TypeError, KeyError) as exc:
-        raise AuditMessageError("not-fhir", f"AuditEvent structure: {exc}") from None
+    except (AttributeError, TypeError, KeyError):
+        # Last resort: every element is read typed (fhir_shape), so this is a reader's bug, not the
+        # sender's; still refused as not-fhir, and said without Python's exception text.
+        raise AuditMessageError("not-fhir", "AuditEvent: an element is not of the JSON type FHIR R4 gives it "
+                                "(AuditEvent, JSON representation)") from None
 
 
 #: A FHIR R4 instant (R4 2.24.0.1, instant: its regular expression): a whole date and time to the
@@ -126,25 +135,6 @@ def parse_instant(text: str) -> datetime:
     except (ValueError, OverflowError) as exc:  # 31 February; an offset out of the years 1-9999
         raise AuditMessageError("not-fhir", f"AuditEvent.recorded {text[:40]!r} is no time there is ({exc})") from None
     return value.replace(microsecond=999_999) if leap else value
-
-
-def _text(element: Mapping[str, Any], key: str) -> str | None:
-    """A FHIR string, code or uri (FHIR R4 2.24.0.1: a JSON string), or None when absent; TypeError
-    (reported as not-fhir) for any other JSON type, which would otherwise reach the record as is."""
-    value = element.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"{key} is a JSON {type(value).__name__}, not a string")
-
-
-def _boolean(element: Mapping[str, Any], key: str) -> bool:
-    """A FHIR boolean (FHIR R4 2.24.0.1: JSON true or false), False when absent; TypeError (reported
-    as not-fhir) for any other JSON type: the string "false" read as true would make the server agent
-    the requesting user."""
-    value = element.get(key)
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    raise TypeError(f"{key} is a JSON {type(value).__name__}, not a boolean")
 
 
 #: A FHIR R4 literal reference (2.3.0.1, References: [base]/Type/id[/_history/version]): a relative
@@ -188,91 +178,88 @@ def _is_cx(value: str) -> bool:
     return PatientId.parse(value).authority is not None
 
 
-def _coding(c: Mapping[str, Any]) -> Code:
-    """A Coding (FHIR R4 2.24.0.13): its code, system and display JSON strings, else TypeError
-    (not-fhir): a number would be stored as text a search by the code never finds as sent."""
-    system = _text(c, "system")
-    return Code(_text(c, "code") or "", _NAMES.get(system, system) if system is not None else None,
-                _text(c, "display"))
+def _coding(c: Mapping[str, Any], path: str) -> Code:
+    """A Coding (FHIR R4 2.24.0.13) at ``path``: its code, system and display JSON strings, else
+    not-fhir: a number would be stored as text a search by the code never finds as sent."""
+    system = text(c, "system", path)
+    return Code(text(c, "code", path) or "", _NAMES.get(system, system) if system is not None else None,
+                text(c, "display", path))
 
 
-def _reference_text(ref: Mapping[str, Any]) -> str:
-    """Who a Reference names (source.observer): its identifier's value, display or reference, each
-    a JSON string (else TypeError: not-fhir)."""
-    ident = _object(ref, "identifier")
-    return _text(ident, "value") or _text(ref, "display") or _text(ref, "reference") or ""
+def _codings(concepts: list[tuple[str, Mapping[str, Any]]]) -> list[Code]:
+    """The Codings of CodeableConcepts (FHIR R4 2.24.0.12: coding 0..*, a JSON array), in order."""
+    return [_coding(c, p) for at, concept in concepts for p, c in items(concept, "coding", at)]
 
 
-def _reference_system(ref: Mapping[str, Any]) -> str | None:
+def _reference_text(ref: Mapping[str, Any], path: str) -> str:
+    """Who a Reference at ``path`` names (source.observer): its identifier's value, display or
+    reference, each a JSON string (else not-fhir)."""
+    ident = obj(ref, "identifier", path)
+    return (text(ident, "value", f"{path}.identifier") or text(ref, "display", path) or text(ref, "reference", path)
+            or "")
+
+
+def _reference_system(ref: Mapping[str, Any], path: str) -> str | None:
     """The system of the identifier a Reference names (source.observer.identifier.system, FHIR R4
     2.24.0.16), None when the value `_reference_text` took is not that identifier's or it has none
     (an empty system, which no FHIR string may be, R4 2.6.2, is none)."""
-    ident = _object(ref, "identifier")
-    return (_text(ident, "system") or None) if _text(ident, "value") else None
+    ident, at = obj(ref, "identifier", path), f"{path}.identifier"
+    return (text(ident, "system", at) or None) if text(ident, "value", at) else None
 
 
-def _observer(ref: Mapping[str, Any]) -> Observer | None:
+def _observer(ref: Mapping[str, Any], path: str) -> Observer | None:
     """How source.observer (a FHIR R4 Reference, 2.3.0) named the source: its reference, type and
     display as received, and whether it had an identifier (whose value `_reference_text` took);
-    each a JSON string (else TypeError: not-fhir). An empty string, which no FHIR string may be (R4
+    each a JSON string (else not-fhir). An empty string, which no FHIR string may be (R4
     2.6.2), is none. None for an identifier with a system and nothing else: the source's ID and its
     system alone answer it as it came (`_out_observer`), as for messages stored before."""
-    ident = _object(ref, "identifier")
-    observer = Observer(reference=_text(ref, "reference") or None, type=_text(ref, "type") or None,
-                        display=_text(ref, "display") or None, identified=bool(_text(ident, "value")))
-    if observer == Observer(identified=True) and _text(ident, "system"):
+    ident, at = obj(ref, "identifier", path), f"{path}.identifier"
+    observer = Observer(reference=text(ref, "reference", path) or None, type=text(ref, "type", path) or None,
+                        display=text(ref, "display", path) or None, identified=bool(text(ident, "value", at)))
+    if observer == Observer(identified=True) and text(ident, "system", at):
         return None
     return observer
 
 
-def _object(element: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """A FHIR complex element (a JSON object, FHIR R4 json.html), {} when absent; TypeError (not-fhir)
-    for another JSON type."""
-    value = element.get(key)
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return value
-    raise TypeError(f"{key} is a JSON {type(value).__name__}, not an object")
-
-
-def _purposes(resource: Mapping[str, Any], agents: list[Any]) -> tuple[Code, ...]:
+def _purposes(resource: Mapping[str, Any], agents: list[tuple[str, Mapping[str, Any]]]) -> tuple[Code, ...]:
     """The event's purposes of use: purposeOfEvent's, then each agent's purposeOfUse (FHIR R4
     AuditEvent.agent.purposeOfUse; BALP gives the user's there, a break-glass ``BTG`` too), each
     once. A.5 has one PurposeOfUse list, of the event (PS3.15 A.5.1): the agent's are its own."""
-    found = [_coding(c) for cc in resource.get("purposeOfEvent", ()) for c in cc.get("coding", ())]
-    found += [_coding(c) for a in agents for cc in a.get("purposeOfUse", ()) for c in cc.get("coding", ())]
+    found = _codings(items(resource, "purposeOfEvent", ROOT))
+    found += [c for at, a in agents for c in _codings(items(a, "purposeOfUse", at))]
     unique: dict[tuple[str | None, str], Code] = {}
     for code in found:  # the same code in both places (a display in one only) is one purpose
         unique.setdefault((code.system, code.code), code)
     return tuple(unique.values())
 
 
-def _agent(a: Mapping[str, Any]) -> Participant:
+def _agent(a: Mapping[str, Any], path: str) -> Participant:
     """An agent as an ActiveParticipant. UserID is the user's identity (PS3.15 A.5.2.1: unique
     within the enterprise, as the mapping of AuditEvent.agent.who gives it): who.identifier.value,
     else who.reference; who.display, a name as anyone may bear it, only when there is nothing else.
     UserName is the display name: agent.name, else who.display. The identifier's system (the
     namespace of that value: BALP's ``urn:oid:`` of the user directory) is kept beside it, as
     received, for ITI-81's answer and its ``agent-identifier`` token (FHIR R4 search, token)."""
-    network = a.get("network") or {}
+    network = obj(a, "network", path)
     # agent.type and agent.role are both RoleIDCode (FHIR R4 AuditEvent, DICOM mapping): the roles
     # hold both, as the rules and the acting user's choice read them; ``types`` tells agent.type's.
-    types = [_coding(c) for c in _object(a, "type").get("coding", ())]
-    roles = types + [_coding(c) for cc in a.get("role", ()) for c in cc.get("coding", ())]
-    who = a.get("who") or {}
-    ident = who.get("identifier") or {}
-    display = _text(who, "display")
-    value = _text(ident, "value")
-    user_id = value or _text(who, "reference") or ""
+    types = _codings([(f"{path}.type", obj(a, "type", path))])
+    roles = types + _codings(items(a, "role", path))
+    who = obj(a, "who", path)
+    ident, at = obj(who, "identifier", f"{path}.who"), f"{path}.who.identifier"
+    display = text(who, "display", f"{path}.who")
+    value = text(ident, "value", at)
+    user_id = value or text(who, "reference", f"{path}.who") or ""
     # The system names the identifier's value only: a UserID taken from elsewhere has none. An empty
     # system (no FHIR string may be empty, R4 2.6.2) is none.
-    system = _text(ident, "system") if value else None
+    system = text(ident, "system", at) if value else None
     return Participant(user_id=user_id or display or "", user_id_system=system or None,
-                       alternative_user_id=_text(a, "altId"),
-                       user_name=_text(a, "name") or (display if user_id else None),
-                       requestor=_boolean(a, "requestor"), access_point=_text(network, "address"),
-                       access_point_type=_text(network, "type"), roles=tuple(roles), types=tuple(types))
+                       alternative_user_id=text(a, "altId", path),
+                       user_name=text(a, "name", path) or (display if user_id else None),
+                       requestor=boolean(a, "requestor", path),
+                       access_point=text(network, "address", f"{path}.network"),
+                       access_point_type=text(network, "type", f"{path}.network"), roles=tuple(roles),
+                       types=tuple(types))
 
 
 #: Identifiers of contained Patients read for the entities that name them, in all (each entity
@@ -286,7 +273,7 @@ MOST_CONTAINED_NAMES = 10_000
 def _entities(resource: Mapping[str, Any]) -> tuple[ParticipantObject, ...]:
     """The participant objects of every entity (`_entity`), the contained resources indexed once."""
     contained = _Contained(resource)
-    return tuple(o for e in resource.get("entity", ()) for o in _entity(e, contained))
+    return tuple(o for at, e in items(resource, "entity", ROOT) for o in _entity(e, at, contained))
 
 
 class _Contained:
@@ -294,37 +281,40 @@ class _Contained:
     first needed: one pass, where a search per entity costs entities times resources. What a
     search would have met is said as it would have said it: a contained that is no array, or an
     item before the one named (or any, none named) that is no object or has an id of another
-    JSON type, is a TypeError (not-fhir). Counts the identifiers of contained Patients read for
-    the entities (MOST_CONTAINED_NAMES)."""
+    JSON type, is not-fhir naming it (AuditEvent.contained[n]). Counts the identifiers of contained
+    Patients read for the entities (MOST_CONTAINED_NAMES)."""
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self.resource = resource
         self.by_id: dict[str | None, tuple[int, Mapping[str, Any]]] | None = None
-        self.wrong: tuple[int, TypeError] | None = None  # the first item that is no resource with an id
+        self.wrong: tuple[int, AuditMessageError] | None = None  # the first item that is no resource with an id
         self.names = 0
 
-    def named(self, reference: str) -> Mapping[str, Any] | None:
-        """The contained resource a local reference ("#id") names, None for none; the first of that id."""
+    def named(self, reference: str) -> tuple[str, Mapping[str, Any]] | None:
+        """The contained resource a local reference ("#id") names, with its path (AuditEvent.contained[n]),
+        None for none; the first of that id."""
         if self.by_id is None:
             self.by_id = self._index()
         found = self.by_id.get(reference[1:])
         if self.wrong is not None and (found is None or self.wrong[0] < found[0]):
             raise self.wrong[1]
-        return found[1] if found is not None else None
+        return (f"{ROOT}.contained[{found[0]}]", found[1]) if found is not None else None
 
     def _index(self) -> dict[str | None, tuple[int, Mapping[str, Any]]]:
-        contained = self.resource.get("contained", [])
-        if not isinstance(contained, list):
-            raise TypeError(f"contained is a JSON {type(contained).__name__}, not an array")
         by_id: dict[str | None, tuple[int, Mapping[str, Any]]] = {}
-        for position, item in enumerate(contained):
+        for position, item in enumerate(array(self.resource, "contained", ROOT)):
+            at = f"{ROOT}.contained[{position}]"
+            if not isinstance(item, Mapping):
+                # Worded as it always was ("a JSON int where an object is expected"), now naming where.
+                self.wrong = self.wrong or (position, AuditMessageError(
+                    "not-fhir", f"{at} is {json_type(item)} where an object is expected"))
+                continue
             try:
-                resource = _as_object(item)
-                key = _text(resource, "id")
-            except TypeError as exc:
+                key = text(item, "id", at)
+            except AuditMessageError as exc:
                 self.wrong = self.wrong or (position, exc)
                 continue
-            by_id.setdefault(key, (position, resource))
+            by_id.setdefault(key, (position, item))
         return by_id
 
     def read(self, count: int) -> None:
@@ -337,65 +327,70 @@ class _Contained:
                                     "contained Patient is one participant object per identifier)")
 
 
-def _entity(e: Mapping[str, Any], contained_resources: _Contained) -> tuple[ParticipantObject, ...]:
+def _entity(e: Mapping[str, Any], path: str, contained_resources: _Contained) -> tuple[ParticipantObject, ...]:
     """An entity as its participant objects (`_named`). Its ``what`` may name a resource contained in
     the AuditEvent (FHIR R4 2.3.0, "#id"): a contained Patient is named by its identifiers, one
     object each ("#p1" means nothing outside the resource). An entity without a role, of no type or
     type 1 (Person), whose ``what`` is a Patient is the patient (role 1 Patient, as A.5 tells one):
     FHIR R4's ``patient`` search parameter is every entity.what that is a Patient, so ITI-81's
     ``patient=`` and `audit patient` find it."""
-    what = _object(e, "what")
-    type_code = _text(_object(e, "type"), "code")
-    role = _text(_object(e, "role"), "code")
+    what, at = obj(e, "what", path), f"{path}.what"
+    kind, role_coding = obj(e, "type", path), obj(e, "role", path)
+    type_code = text(kind, "code", f"{path}.type")
+    role = text(role_coding, "code", f"{path}.role")
     # Their code systems, kept as sent: BALP's entity types (XrequestId, ...) and FHIR resource
     # types are no audit-entity-type codes, and ITI-81 gives each back under its own system.
-    systems = (_system(_object(e, "type")), _system(_object(e, "role")))
-    reference = _text(what, "reference") or ""
+    systems = (_system(kind, f"{path}.type"), _system(role_coding, f"{path}.role"))
+    reference = text(what, "reference", at) or ""
     contained = contained_resources.named(reference) if reference.startswith("#") else None
     named = _LITERAL.search(reference)
     if type_code in (None, "1") and role is None and (
-            (contained or {}).get("resourceType") == "Patient" or (named is not None and named[1] == "Patient")):
+            (contained[1] if contained else {}).get("resourceType") == "Patient"
+            or (named is not None and named[1] == "Patient")):
         type_code = role = "1"
         systems = (systems[0] if systems[0] else None, None)  # told as A.5 tells a patient
-    if contained is not None and contained.get("resourceType") == "Patient":
-        identifiers = contained.get("identifier", [])
-        if not isinstance(identifiers, list):
-            raise TypeError(f"contained Patient identifier is a JSON {type(identifiers).__name__}, not an array")
+    if contained is not None and contained[1].get("resourceType") == "Patient":
+        patient_at, patient = contained
+        identifiers = array(patient, "identifier", patient_at)
         contained_resources.read(len(identifiers))
-        found = [o for i in identifiers if _text(_as_object(i), "value")
-                 for o in _named(e, {"identifier": i}, type_code, role, systems)]
+        # Each identifier is read where it is (AuditEvent.contained[n].identifier[m]), as the
+        # entity's what.identifier would be.
+        found = [o for m, i in enumerate(identifiers)
+                 if text(as_object(i, f"{patient_at}.identifier[{m}]"), "value", f"{patient_at}.identifier[{m}]")
+                 for o in _named(e, path, {"identifier": i}, type_code, role, systems,
+                                 ident_at=f"{patient_at}.identifier[{m}]")]
         if found:
             return tuple(found)
-    return _named(e, what, type_code, role, systems)
+    return _named(e, path, what, type_code, role, systems)
 
 
-def _system(coding: Mapping[str, Any]) -> str | None:
+def _system(coding: Mapping[str, Any], path: str) -> str | None:
     """A Coding's system as sent, "" for a code without one, None for no code (nothing to keep)."""
-    if _text(coding, "code") is None:
+    if text(coding, "code", path) is None:
         return None
-    return _text(coding, "system") or ""
+    return text(coding, "system", path) or ""
 
 
-def _as_object(value: Any) -> Mapping[str, Any]:
-    """A JSON object where FHIR has one (an array's item); TypeError (not-fhir) for another type."""
-    if isinstance(value, Mapping):
-        return value
-    raise TypeError(f"a JSON {type(value).__name__} where an object is expected")
-
-
-def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None, role: str | None,
-           systems: tuple[str | None, str | None] = (None, None)) -> tuple[ParticipantObject, ...]:
-    """An entity as its participant object; a patient entity naming the patient both by a literal
-    reference and by an identifier (a Reference may carry both, FHIR R4 2.3.0) as two, one per name,
-    so that a search by either (``patient=Patient/ID`` or ``system|value``) finds it."""
-    ident = _object(what, "identifier")
-    id_types = _object(ident, "type").get("coding") or []
+def _named(e: Mapping[str, Any], path: str, what: Mapping[str, Any], type_code: str | None, role: str | None,
+           systems: tuple[str | None, str | None] = (None, None), ident_at: str | None = None,
+           ) -> tuple[ParticipantObject, ...]:
+    """An entity (at ``path``) as its participant object; a patient entity naming the patient both by
+    a literal reference and by an identifier (a Reference may carry both, FHIR R4 2.3.0) as two, one
+    per name, so that a search by either (``patient=Patient/ID`` or ``system|value``) finds it.
+    ``ident_at`` is where the identifier is when it is not the entity's what.identifier (a contained
+    Patient's), for the messages."""
+    at = f"{path}.what"
+    ident = obj(what, "identifier", at)
+    ident_at = ident_at or f"{at}.identifier"
+    # Only the first Coding of the identifier's type is read (A.5's ParticipantObjectIDTypeCode is one).
+    id_types = array(obj(ident, "type", ident_at), "coding", f"{ident_at}.type")
     # No ID type is made up for an entity without one: a patient is told by its type (1, Person)
     # and role (1, Patient), as ParticipantObjectTypeCode and its role are in A.5 (mapping.is_patient).
-    id_type = _coding(id_types[0]) if id_types else Code("")
-    value = _text(ident, "value")
-    object_id = value or reference_id(_text(what, "reference") or "")
-    system = _text(ident, "system") or ""
+    first = f"{ident_at}.type.coding[0]"
+    id_type = _coding(as_object(id_types[0], first), first) if id_types else Code("")
+    value = text(ident, "value", ident_at)
+    object_id = value or reference_id(text(what, "reference", at) or "")
+    system = text(ident, "system", ident_at) or ""
     # One rule with the Event's and the search's (mapping.is_patient, PS3.15 A.5.1): ID type 2
     # (Patient Number) names a patient only on a person or an untyped entity; a system object
     # (type 2) of that ID type is no patient, its identifier kept with its system as received.
@@ -412,10 +407,11 @@ def _named(e: Mapping[str, Any], what: Mapping[str, Any], type_code: str | None,
     named = ParticipantObject(
         object_id=object_id, id_type=id_type, type_code=type_code, role=role, type_system=systems[0],
         role_system=systems[1], id_system=system if value and system and not patient else None,
-        life_cycle=_text(_object(e, "lifecycle"), "code"), name=_text(e, "name"), query=_text(e, "query"),
-        details=tuple((_text(d, "type") or "", _text(d, "valueBase64Binary") or _text(d, "valueString") or "")
-                      for d in e.get("detail", ())))
-    reference = _text(what, "reference")
+        life_cycle=text(obj(e, "lifecycle", path), "code", f"{path}.lifecycle"), name=text(e, "name", path),
+        query=text(e, "query", path),
+        details=tuple((text(d, "type", p) or "", text(d, "valueBase64Binary", p) or text(d, "valueString", p) or "")
+                      for p, d in items(e, "detail", path)))
+    reference = text(what, "reference", at)
     also = reference_id(reference) if patient and value and reference else None
     if also is None or also == object_id:
         return (named,)
