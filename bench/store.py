@@ -19,8 +19,8 @@ page comes from the disk.
 that keeps the interpreter busy as a flooded event loop does (the gateway's, the ATNA receiver's),
 and prints both rates and their ratio: what the writer thread loses waiting for the GIL each time
 SQLite hands it back (store/rows.py). It then times 20 patient searches in the second store, alone
-and beside the busy thread, and prints both medians (store/search.py reads a statement's rows in one
-step for this); --patients sets the rows per patient (--busy / --patients).
+and beside the busy thread, and prints both medians (each row a search fetches waits for the GIL
+too: docs/PERFORMANCE.md); --patients sets the rows per patient (--busy / --patients).
 """
 
 from __future__ import annotations

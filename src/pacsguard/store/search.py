@@ -9,11 +9,6 @@ reads the seq span of the batches that overlap it; no filter reads the table in 
 The filters apply to the `events` rows; each match's sealed record is then read from
 `event_bodies` by seq, in the same statement (an outer join, so that a missing record is named
 rather than its event silently left out).
-
-On SQLite a statement's rows are read in one step of the database (`_all`), a bounded page at a
-time: Python's driver lets go of the interpreter for every step, and beside a busy thread (an
-event loop parsing a flood) each row then waited to get it back (docs/PERFORMANCE.md, "A search
-beside a busy event loop").
 """
 
 from __future__ import annotations
@@ -23,10 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
 
 from pacsguard.store.columns import ae_key, host_key, kind_key, patient_key, study_key, term_key, user_key
 from pacsguard.store.database import describe
@@ -57,22 +50,6 @@ _WITH_BODY = events.outerjoin(event_bodies, event_bodies.c.seq == events.c.seq)
 def _rows() -> Select[Any]:
     """(seq, body) of events rows: the filters go on `events`, the body is read by seq."""
     return select(events.c.seq, event_bodies.c.body).select_from(_WITH_BODY)
-
-
-def _all(conn: Connection, stmt: Select[Any]) -> list[tuple[Any, ...]]:
-    """Every row of ``stmt``. On SQLite as one JSON array that one step of the database makes
-    (json_group_array): the driver releases the GIL around each step, and each row would then
-    wait for a busy thread to hand it back. A value JSON cannot hold (a BLOB where the store keeps
-    text: a damaged row) reads the rows one by one, so that the caller names the row."""
-    if conn.dialect.name == "sqlite":
-        rows = stmt.subquery()
-        try:
-            packed = conn.execute(select(func.json_group_array(func.json_array(*rows.c)))).scalar_one()
-        except OperationalError:
-            pass
-        else:
-            return [tuple(row) for row in orjson.loads(packed)]
-    return [tuple(row) for row in conn.execute(stmt)]
 
 
 @dataclass(slots=True)
@@ -152,7 +129,7 @@ def _fetch(conn: Connection, seqs: Sequence[int], exact: _Conditions) -> Iterato
     """The events of *seqs* that pass *exact*, in the order of *seqs*."""
     for i in range(0, len(seqs), _FETCH):
         chunk = seqs[i:i + _FETCH]
-        found: dict[int, Any] = dict(_all(conn, _rows().where(events.c.seq.in_(chunk), *exact)))
+        found: dict[int, Any] = dict(conn.execute(_rows().where(events.c.seq.in_(chunk), *exact)).all())
         for seq in chunk:
             if seq in found:
                 yield seq, found[seq]
@@ -185,10 +162,10 @@ def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Condition
             # buckets, and PostgreSQL sees each range (a join against a list of runs made it scan).
             runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, patient)
                                           for b in chunk) + ")")
-            rows = [(seq, body) for seq, body in _all(conn, _rows().where(
+            rows = [(seq, body) for seq, body in conn.execute(_rows().where(
                 runs, events.c.patient_id == patient, *exact))]
-            others = [seq for seq, in _all(conn, select(event_patients.c.seq).where(
-                event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == patient))]
+            others = conn.execute(select(event_patients.c.seq).where(
+                event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == patient)).scalars().all()
             if others:
                 rows += _fetch(conn, others, exact)
             rows.sort(reverse=q.newest_first)
@@ -214,8 +191,8 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
         found = seqs if found is None else found & seqs
 
     if q.study is not None:
-        narrow({seq for seq, in _all(conn, select(event_studies.c.seq).where(
-            event_studies.c.bucket.in_(_buckets(conn)), event_studies.c.study_uid == study_key(q.study)))})
+        narrow(set(conn.execute(select(event_studies.c.seq).where(
+            event_studies.c.bucket.in_(_buckets(conn)), event_studies.c.study_uid == study_key(q.study))).scalars()))
     if q.actor is not None and (found is None or len(found) > _FETCH):
         narrow(_postings(conn, event_terms.c.term == term_key(ACTOR + q.actor)))
     if q.kind is not None and (found is None or len(found) > _FETCH):
@@ -229,24 +206,13 @@ def _candidates(conn: Connection, q: EventQuery) -> set[int] | None:
 
 def _postings(conn: Connection, term_clause: ColumnElement[bool]) -> set[int]:
     out: set[int] = set()
-    for term, first_seq, blob in _posting_rows(conn, term_clause):
+    rows = conn.execute(select(event_terms.c.term, event_terms.c.first_seq, event_terms.c.seqs).where(term_clause))
+    for term, first_seq, blob in rows:
         try:
             out.update(decode_postings(first_seq, blob))
         except ValueError as exc:
             raise damaged(conn, f"event_terms row of term {term!r} (first seq {first_seq!r}): {exc}") from None
     return out
-
-
-def _posting_rows(conn: Connection, term_clause: ColumnElement[bool]) -> list[tuple[Any, ...]]:
-    """(term, first_seq, posting list) of the term rows. SQLite reads them in one step (`_all`),
-    a posting list as hex (JSON holds no bytes); a value that is no BLOB comes as it is stored."""
-    seqs = event_terms.c.seqs
-    if conn.dialect.name != "sqlite":
-        return _all(conn, select(event_terms.c.term, event_terms.c.first_seq, seqs).where(term_clause))
-    is_blob = func.typeof(seqs) == "blob"
-    rows = _all(conn, select(event_terms.c.term, event_terms.c.first_seq, is_blob,
-                             case((is_blob, func.hex(seqs)), else_=seqs)).where(term_clause))
-    return [(term, first, bytes.fromhex(value) if blob else value) for term, first, blob, value in rows]
 
 
 def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]:
@@ -262,29 +228,13 @@ def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]
 
 
 def _scan(conn: Connection, q: EventQuery, exact: _Conditions) -> Iterator[tuple[int, str]]:
-    """The rows that pass ``exact`` in seq order (or newest first), a page of `_FETCH` per statement,
-    up to q.limit; the events stored once the search has begun are not part of it."""
-    newest = conn.execute(select(func.max(events.c.seq))).scalar()
-    if newest is None:
-        return
-    after = q.after_seq
-    left = q.limit
-    while left is None or left > 0:
-        stmt = _rows().where(*exact, events.c.seq <= newest)
-        if after is not None:
-            stmt = stmt.where(events.c.seq > after)
-        size = _FETCH if left is None else min(_FETCH, left)
-        page = _all(conn, stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq).limit(size))
-        page.sort(reverse=q.newest_first)  # json_group_array keeps no order
-        yield from page
-        if len(page) < size:
-            return
-        if left is not None:
-            left -= size
-        if q.newest_first:
-            newest = page[-1][0] - 1
-        else:
-            after = page[-1][0]
+    stmt = _rows().where(*exact)
+    if q.after_seq is not None:
+        stmt = stmt.where(events.c.seq > q.after_seq)
+    stmt = stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq)
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    yield from conn.execute(stmt)
 
 
 def _row_filter(q: EventQuery) -> _Conditions:
