@@ -17,6 +17,7 @@ from pacsguard.config.schema import Host, SecretRef
 from pacsguard.config.strict import Strict
 
 if TYPE_CHECKING:
+    from pacsguard.config.loader import ConfigProblem
     from pacsguard.ids.audit.adapter import PrivacyLists
 
 
@@ -70,6 +71,22 @@ class HttpListener(Address):
         if self.require_client_cert and (self.ca_file is None or self.cert_file is None or self.key_file is None):
             raise ValueError("require_client_cert needs cert_file, key_file and ca_file")
         return self
+
+
+    def check_files(self, key: str, resolve: Callable[[Path], Path]) -> list[ConfigProblem]:
+        """The token read as the endpoint reads it when `serve` starts it (`SecretRef.resolve`), for
+        `config check` (pacsguard.cli.config.file_problems): a token file that is missing, unreadable,
+        too long or not UTF-8 is named with its key. A token in an environment variable is not looked
+        up: serve's environment (a systemd unit's) is not the shell config check runs in."""
+        from pacsguard.config.loader import ConfigProblem
+
+        if self.token is None or self.token.file is None:
+            return []
+        try:
+            self.token.resolve()
+        except LookupError as exc:
+            return [ConfigProblem(f"{key}.token", str(exc))]
+        return []
 
 
 class Outbound(Strict):
@@ -191,6 +208,19 @@ class Privacy(Strict):
             raise ConfigError(str(exc.path), [ConfigProblem(f"atna.privacy.{key}", exc.problem)]) from None
 
 
+    def check_files(self, key: str, resolve: Callable[[Path], Path]) -> list[ConfigProblem]:
+        """The lists read as `serve` reads them, for `config check` (pacsguard.cli.config.file_problems):
+        each problem keyed by the list's key and starting with the file it names, as serve's error does."""
+        from pacsguard.config.loader import ConfigError, ConfigProblem
+
+        try:
+            self.lists(resolve)
+        except ConfigError as exc:
+            return [ConfigProblem(f"{key}.{p.key.rsplit('.', 1)[-1]}", f"{exc.source}: {p.message}")
+                    for p in exc.problems]
+        return []
+
+
 class AtnaConfig(Strict):
     enabled: bool = False
     tls: TlsListener | None = None
@@ -223,6 +253,34 @@ class AtnaConfig(Strict):
     time_zone: SiteZoneName = Field(LOCAL, description="the site's time zone, in which the privacy rules' hour "
                                     "and weekday and audit report's day and working hours are told: an IANA name "
                                     "(Europe/Berlin) or local (this host's); stored times stay UTC")
+
+    @model_validator(mode="after")
+    def _listeners_apart(self) -> AtnaConfig:
+        """No two of the TLS, TCP and HTTP listeners take one port on one address: `serve` would fail
+        at bind ("address already in use"). Compared as the gateway's routes are
+        (pacsguard.config.schema.GatewayConfig): hosts by the addresses they resolve to as a listener
+        binds them (`listen_addresses`), a wildcard (0.0.0.0, ::) meeting every address. The UDP
+        listener shares a port number with a TCP one freely; port 0 is a free port each."""
+        from pacsguard.config.schema import WILDCARDS, listen_addresses
+
+        listeners = [(name, block) for name in ("tls", "tcp", "http")
+                     if (block := getattr(self, name)) is not None and block.port != 0]
+        ports = [block.port for _, block in listeners]
+        seen: list[tuple[str, Address, frozenset[str]]] = []
+        for name, block in listeners:
+            if ports.count(block.port) < 2:  # alone on its port: no name looked up (a resolver may be slow)
+                continue
+            mine = listen_addresses(block.host, block.port)
+            for other, first, theirs in seen:
+                if first.port == block.port and (mine & theirs or (mine | theirs) & WILDCARDS):
+                    why = ("a wildcard address (0.0.0.0, ::) takes its port on every interface" if not mine & theirs
+                           else "the same host" if first.host == block.host
+                           else f"both are {', '.join(sorted(mine & theirs))}")
+                    raise ValueError(f"atna.{other} and atna.{name} both listen on port {block.port}: "
+                                     f"atna.{other}.host is {first.host}, atna.{name}.host is {block.host} ({why}); "
+                                     "`serve` could not bind the second; give one another port or address")
+            seen.append((name, block, mine))
+        return self
 
     def site_zone(self) -> SiteZone:
         """The zone ``time_zone`` names (validated when the file was read)."""

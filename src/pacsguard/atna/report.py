@@ -26,6 +26,8 @@ import hashlib
 import html
 import io
 import json
+import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -272,12 +274,17 @@ def _signature_problems(report: dict[str, Any], key: Ed25519PublicKey) -> list[s
         return ["the report is not signed (made without the store's signing key at hand; `audit patient "
                 "--key`): its header and the completeness of its list are not proven"]
     try:
-        signature = bytes.fromhex(signed["signature"])
+        signed = _object_at(signed, "signed")
+        signature = _hex_at(signed, "signature", "signed", _SIGNATURE_BYTES)
+        key_id = _text_at(signed, "key_id", "signed")
+    except _Unfit as exc:
+        return [f"{exc}; the report's signature cannot be checked"]
+    try:
         message = signed_message(report)
-    except _MALFORMED as exc:
-        return [f"the report's signature is unreadable ({exc})"]
-    if signed.get("key_id") != keys.key_id(key):
-        return [f"the report was signed by key {signed.get('key_id')}, the key given is {keys.key_id(key)}"]
+    except ValueError:  # json.dumps(allow_nan=False): NaN or Infinity, which no JSON text holds
+        return [f"{_non_json(report)}; the report's signature cannot be checked (it covers the report as JSON)"]
+    if key_id != keys.key_id(key):
+        return [f"the report was signed by key {key_id}, the key given is {keys.key_id(key)}"]
     if not keys.verify_signature(key, signature, message):
         return ["the report's signature does not verify with the key given: the report was changed after it "
                 "was made (a row removed or added, a field, the patient, the window or another member edited)"]
@@ -286,28 +293,29 @@ def _signature_problems(report: dict[str, Any], key: Ed25519PublicKey) -> list[s
 
 def _header(report: dict[str, Any], key: Ed25519PublicKey) -> tuple[_Header | None, list[str]]:
     """The patient, the window and the checkpoint, whose signature is checked here (RFC 9162 4.10)."""
-    from pacsguard.events.model import parse_time
     from pacsguard.store import keys
     from pacsguard.store.store import checkpoint_message
 
     patient, cp = report.get("patient"), report.get("checkpoint")
     if not isinstance(patient, str) or not patient:
-        return None, [f"the report names no patient (patient: {patient!r})"]
+        said = "missing" if "patient" not in report else "empty" if patient == "" else _what(patient)
+        return None, [f"the report names no patient (patient: {said})"]
     if cp is None:
         return None, ["the report names no checkpoint: nothing in it is proven"]
     try:
-        since, until = (window_us(None if report[k] is None else parse_time(report[k])) for k in ("since", "until"))
-        size, time_us = cp["tree_size"], cp["time_us"]
-        if not (_is_int(size) and _is_int(time_us)):
-            raise TypeError("tree_size and time_us must be integers")
-        root, signature = bytes.fromhex(cp["root"]), bytes.fromhex(cp["signature"])
-        message = checkpoint_message(size, root, time_us)
-    except _MALFORMED as exc:
-        return None, [f"the report's checkpoint or window is unreadable ({exc!r})"]
+        since, until = _bound_at(report, "since"), _bound_at(report, "until")
+        cp = _object_at(cp, "checkpoint")
+        size = _integer_at(cp, "tree_size", "checkpoint", minimum=0)
+        root = _hex_at(cp, "root", "checkpoint", _HASH_BYTES)
+        time_us = _integer_at(cp, "time_us", "checkpoint")
+        key_id = _text_at(cp, "key_id", "checkpoint")
+        signature = _hex_at(cp, "signature", "checkpoint", _SIGNATURE_BYTES)
+    except _Unfit as exc:
+        return None, [str(exc)]
     problems = []
-    if cp.get("key_id") != keys.key_id(key):
-        problems.append(f"checkpoint signed by key {cp.get('key_id')}, the key given is {keys.key_id(key)}")
-    if not keys.verify_signature(key, signature, message):
+    if key_id != keys.key_id(key):
+        problems.append(f"checkpoint signed by key {key_id}, the key given is {keys.key_id(key)}")
+    if not keys.verify_signature(key, signature, checkpoint_message(size, root, time_us)):
         problems.append("the checkpoint's signature does not verify with the key given")
     return _Header(patient, since, until, size, root), problems
 
@@ -316,7 +324,8 @@ def _rows_problems(report: dict[str, Any], head: _Header) -> list[str]:
     """Each row on its own, then the rows against the report's matched and unproven lists."""
     rows, matched, unproven = report.get("events"), report.get("matched"), report.get("unproven")
     if not isinstance(rows, list) or not isinstance(matched, list) or not isinstance(unproven, list):
-        return ["the report's events, matched or unproven list is missing or not a list"]
+        return [f"{name}: {'missing' if name not in report else _what(report[name]) + ', not an array'}"
+                f" ({what})" for name, what in _LISTS.items() if not isinstance(report.get(name), list)]
     problems: list[str] = []
     seqs: list[int] = []
     without_proof: list[int] = []
@@ -335,6 +344,11 @@ def _rows_problems(report: dict[str, Any], head: _Header) -> list[str]:
     return problems + _list_problems(seqs, without_proof, matched, unproven)
 
 
+#: The report's lists, and what each holds.
+_LISTS = {"events": "the listed events", "matched": "the numbers of the events that matched",
+          "unproven": "the numbers of the events listed without a proof"}
+
+
 def _event_problems(row: dict[str, Any], seq: int, head: _Header) -> list[str]:
     """One row: its inclusion proof when it is below the tree size, then its sealed record's seq,
     fields, patient and time (for an unproven row too: all of that is checkable without a proof)."""
@@ -349,17 +363,16 @@ def _event_problems(row: dict[str, Any], seq: int, head: _Header) -> list[str]:
                    "events newer than the checkpoint may be unproven)")
     elif "proof" in row:
         try:
-            path = [bytes.fromhex(h) for h in row["proof"]]
-        except _MALFORMED:
-            return [*out, "proof unreadable"]
+            path = _proof_at(row)
+        except _Unfit as exc:
+            return [*out, str(exc)]
         # surrogatepass: a hand-edited record may hold a lone surrogate; it then matches no leaf.
         if not verify_inclusion(seq, head.size, leaf_hash(sealed.encode("utf-8", "surrogatepass")), path, head.root):
             return [f"not included in the signed tree of {head.size} events"]  # its record is not the store's
     try:
-        sealed_seq, event = _sealed_event(sealed)
-        fields = row_of(event)
-    except _MALFORMED as exc:  # any JSON may have been sealed, or put in the report
-        return [*out, f"sealed record unreadable ({exc!r})"]
+        sealed_seq, event, fields = _read_sealed(sealed)
+    except _Unfit as exc:  # any JSON may have been sealed, or put in the report
+        return [*out, str(exc)]
     if sealed_seq != seq:
         out.append(f"the sealed record is event #{sealed_seq}")
     listed = {k: v for k, v in row.items() if k not in ("seq", "sealed", "proof")}
@@ -404,6 +417,209 @@ def _short(values: Iterable[Any]) -> str:
     return str(listed) if len(listed) <= 8 else f"{str(listed[:8])[:-1]}, ... ({len(listed)} in all)]"
 
 
+# --- reading a saved report's members, each by its type --------------------------------------------
+
+#: SHA-256 (RFC 9162 2.1.1): a tree root and each hash of an inclusion proof.
+_HASH_BYTES = 32
+#: Ed25519 (RFC 8032 5.1.6): a checkpoint's and a report's signature.
+_SIGNATURE_BYTES = 64
+#: What a listed event's sealed record holds in its `event` member, and of which JSON type.
+_EVENT_TEXTS = ("id", "time", "kind", "component", "outcome")
+
+
+class _Unfit(ValueError):
+    """A member of a saved report that is not what `audit patient` writes there. Its text names the
+    member by its path (``checkpoint.tree_size``, ``proof[2]``) and says, in JSON's words, what it
+    holds instead."""
+
+
+def _what(value: object) -> str:
+    """A JSON value in plain words, for a reason: its type, with the value when it is short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{_non_finite(value)}, which is not a number JSON allows"
+    if isinstance(value, int | float):
+        text = str(value) if isinstance(value, float) or value.bit_length() < 200 else "of more than 60 digits"
+        return f"the number {text}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:40])}{'...' if len(value) > 40 else ''}"
+    if isinstance(value, list):
+        return f"an array of {len(value)}" if value else "an empty array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}, which is not JSON"  # only a report built in Python, not one read
+
+
+def _non_finite(value: float) -> str:
+    """How JavaScript (and Python's JSON reader) writes a value no JSON text holds (RFC 8259 section 6)."""
+    return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+
+
+def _join(parent: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{parent}[{name}]"
+    if not name.isidentifier():  # "user name", "a.b": a path a reader can still tell apart
+        name = json.dumps(name)
+    return f"{parent}.{name}" if parent else name
+
+
+def _member(obj: dict[str, Any], name: str, parent: str) -> tuple[Any, str]:
+    """A member of ``obj`` (at ``parent``) and its path; _Unfit when it is missing or no JSON number."""
+    path = _join(parent, name)
+    if name not in obj:
+        raise _Unfit(f"{path}: missing")
+    return _finite(obj[name], path), path
+
+
+def _finite(value: Any, path: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Unfit(f"{path}: {_non_finite(value)} is not a number JSON allows")
+    return value
+
+
+def _object_at(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Unfit(f"{path}: {_what(value)}, not an object")
+    return value
+
+
+def _integer_at(obj: dict[str, Any], name: str, parent: str, minimum: int | None = None) -> int:
+    value, path = _member(obj, name, parent)
+    if not _is_int(value):
+        raise _Unfit(f"{path}: {_what(value)}, not a whole number")
+    if minimum is not None and value < minimum:
+        raise _Unfit(f"{path}: {_what(value)}, less than {minimum}")
+    return int(value)
+
+
+def _text_at(obj: dict[str, Any], name: str, parent: str) -> str:
+    value, path = _member(obj, name, parent)
+    if not isinstance(value, str):
+        raise _Unfit(f"{path}: {_what(value)}, not a string")
+    return value
+
+
+def _hex_at(obj: dict[str, Any], name: str, parent: str, size: int) -> bytes:
+    value, path = _member(obj, name, parent)
+    return _hex(value, path, size)
+
+
+def _hex(value: Any, path: str, size: int) -> bytes:
+    """``size`` bytes written as 2 * ``size`` hex digits, as `audit patient` writes a hash or signature."""
+    value = _finite(value, path)
+    if not isinstance(value, str):
+        raise _Unfit(f"{path}: {_what(value)}, not {2 * size} hex digits")
+    try:
+        # fromhex skips white space: the length of what it gives tells "aa bb" from 2 * size digits.
+        found = bytes.fromhex(value) if len(value) == 2 * size else b""
+    except ValueError:
+        found = b""
+    if len(found) != size:
+        raise _Unfit(f"{path}: {_what(value)} is not {2 * size} hex digits")
+    return found
+
+
+def _bound_at(report: dict[str, Any], name: str) -> int | None:
+    """The report's ``since`` or ``until`` as the store's search compares it; None for no bound."""
+    from pacsguard.events.model import parse_time
+
+    value, path = _member(report, name, "")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Unfit(f"{path}: {_what(value)}, not a time (ISO 8601) or null")
+    try:
+        return window_us(parse_time(value))
+    except ValueError:
+        raise _Unfit(f"{path}: {_what(value)} is not an ISO 8601 time in the years 1-9999") from None
+
+
+def _proof_at(row: dict[str, Any]) -> list[bytes]:
+    """A row's inclusion proof: an array of hashes (RFC 9162 2.1.3.1), each as hex digits."""
+    value = _finite(row["proof"], "proof")
+    if not isinstance(value, list):
+        raise _Unfit(f"proof: {_what(value)}, not an array of hashes")
+    return [_hex(h, f"proof[{n}]", _HASH_BYTES) for n, h in enumerate(value)]
+
+
+def _read_sealed(sealed: str) -> tuple[Any, Event, dict[str, Any]]:
+    """The seq a row's sealed record names, its event and the fields a report lists of it; _Unfit,
+    naming the member (``sealed.event.time``), for a record that is not one the store seals."""
+    from pacsguard.events.model import Outcome, Severity, parse_time
+
+    try:
+        envelope = json.loads(sealed)
+    except RecursionError:
+        raise _Unfit("sealed: its JSON is nested deeper than pacsguard reads") from None
+    except json.JSONDecodeError as exc:
+        raise _Unfit(f"sealed: not JSON ({exc.msg} at character {exc.pos})") from None
+    except ValueError:  # the only other: an integer beyond Python's limit on digits
+        raise _Unfit(f"sealed: it holds a number too long to read (more than {sys.get_int_max_str_digits():,} "
+                     "digits)") from None
+    envelope = _object_at(envelope, "sealed")
+    event = _object_at(_member(envelope, "event", "sealed")[0], "sealed.event")
+    for name in _EVENT_TEXTS:
+        _text_at(event, name, "sealed.event")
+    if event["outcome"] not in Outcome.ALL:
+        raise _Unfit(f"sealed.event.outcome: {_what(event['outcome'])}, not an outcome "
+                     f"({', '.join(sorted(Outcome.ALL))})")
+    severity, _ = _member(event, "severity", "sealed.event")
+    if not (isinstance(severity, str) and severity.strip().upper() in Severity.__members__):
+        raise _Unfit(f"sealed.event.severity: {_what(severity)}, not a severity "
+                     f"({', '.join(s.name.lower() for s in Severity)})")
+    for name, kind in (("actor", dict), ("target", dict), ("patient_ids", list), ("study_uids", list),
+                       ("details", dict)):
+        value = _finite(event.get(name), f"sealed.event.{name}")
+        if value is not None and not isinstance(value, kind):
+            raise _Unfit(f"sealed.event.{name}: {_what(value)}, not {'an object' if kind is dict else 'an array'}")
+    for name in ("patient_ids", "study_uids"):
+        for n, item in enumerate(event.get(name) or ()):
+            if not isinstance(item, str):
+                raise _Unfit(f"sealed.event.{name}[{n}]: {_what(item)}, not a string")
+    if "sop_instance_count" in event and not _is_int(event["sop_instance_count"]):
+        raise _Unfit(f"sealed.event.sop_instance_count: {_what(event['sop_instance_count'])}, not a whole number")
+    try:
+        parse_time(event["time"])
+    except ValueError:
+        raise _Unfit(f"sealed.event.time: {_what(event['time'])} is not an ISO 8601 time in the years "
+                     "1-9999") from None
+    try:
+        parsed = Event.from_dict(event)
+        return envelope.get("seq"), parsed, row_of(parsed)
+    except _MALFORMED:
+        # The members above are of their types; a deeper one (a party's user, a detail's code) is not.
+        raise _Unfit("sealed.event: a member deeper in it (in actor, target or details) is not of the type "
+                     "pacsguard seals; the listed fields cannot be derived from it") from None
+
+
+def _non_json(report: dict[str, Any]) -> str:
+    """Where the report holds a value no JSON text has (NaN, Infinity), and which, as a reason: the
+    json form's signature covers the report as JSON (`signed_message`)."""
+    for path, value in _walk(report):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path}: {_non_finite(value)} is not a number JSON allows"
+        if isinstance(value, int) and value.bit_length() > 10_000:  # 3,010 digits; Python writes 4,300 at most
+            try:
+                str(value)
+            except ValueError:
+                return f"{path}: a number too long to write (more than {sys.get_int_max_str_digits():,} digits)"
+    return "the report holds a value JSON does not have"
+
+
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value in a report with its path, in document order (not recursive: any depth is read)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        path, value = stack.pop()
+        yield path, value
+        if isinstance(value, dict):
+            stack.extend((_join(path, k), v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((_join(path, n), v) for n, v in reversed(list(enumerate(value))))
+
 # --- saved forms --------------------------------------------------------------------------------
 
 
@@ -444,10 +660,34 @@ def load_report(text: str) -> dict[str, Any]:
         if start < 0 or end < 0:
             raise ValueError(_not_a_page(text))
         text = text[start + len(_SCRIPT_OPEN):end]  # v1 wrote "<\/": JSON reads it as "</"
-    loaded = json.loads(text, object_pairs_hook=_unique_members)
+    too_long: list[_LongNumber] = []
+
+    def number(digits: str) -> int | _LongNumber:
+        try:
+            return int(digits)
+        except ValueError:  # the only one for JSON's digits: more than sys.get_int_max_str_digits()
+            too_long.append(_LongNumber(len(digits.lstrip("-"))))
+            return too_long[-1]
+
+    loaded = json.loads(text, object_pairs_hook=_unique_members, parse_int=number)
     if not isinstance(loaded, dict):
         raise ValueError("a report is a JSON object")
+    if too_long:
+        raise ValueError(f"{_path_of(loaded, too_long[0])}: a number of {too_long[0].digits:,} digits, longer than "
+                         f"the {sys.get_int_max_str_digits():,} pacsguard reads; `audit patient` writes none")
     return loaded
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _LongNumber:
+    """Where `load_report` met an integer of more digits than Python converts (CVE-2020-10735)."""
+
+    digits: int
+
+
+def _path_of(report: dict[str, Any], wanted: object) -> str:
+    """The path (``checkpoint.tree_size``, ``events[3].seq``) of the value that is ``wanted`` itself."""
+    return next((path for path, value in _walk(report) if value is wanted), "the report")
 
 
 def _not_a_page(text: str) -> str:
@@ -485,8 +725,10 @@ def page_problems(text: str, report: dict[str, Any]) -> list[str]:
         return []
     try:
         parts = _page_parts(report)
-    except _MALFORMED as exc:
-        return [f"the html page cannot be rendered from the report it carries ({exc!r})"]
+    except _MALFORMED:
+        # Rendering reads members as `audit patient` writes them; `prove` names the one that is not.
+        return ["the html page cannot be rendered from the report it carries: a member it shows is not of the type "
+                "`audit patient` writes"]
     page = text.removesuffix("\n").removesuffix("\r")
     at = 0
     for what, part in parts:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +34,9 @@ def check(file: Path | None = typer.Argument(None, help="the configuration file 
     owners = {s: "spine" for s in SPINE_SECTIONS} | {str(p.section): p.name for p in registry.with_config()}
     try:
         loaded = load_config(file, registry.config_model())
-        tls = tls_problems(loaded)
-        if tls:
-            raise ConfigError(str(file), tls)
+        problems = tls_problems(loaded) + file_problems(loaded)
+        if problems:
+            raise ConfigError(str(file), problems)
     except ConfigError as exc:
         for problem in exc.problems:
             print_error(f"{exc.source}: {problem}")
@@ -64,12 +65,43 @@ def tls_problems(loaded: LoadedConfig) -> list[ConfigProblem]:
     the witness service; each problem is named by the block's key path (``atna.tls``), as serve's
     own error is (`serve` runs this check before it starts anything). A section turned off
     (``enabled: false``) is not loaded by serve, so it is not checked either."""
-    from pydantic import BaseModel
-
     from pacsguard.config.loader import ConfigProblem
     from pacsguard.tls import TLSConfigError
 
     problems: list[ConfigProblem] = []
+
+    def check(node: Any, key: str) -> None:
+        if "cert_file" in type(node).model_fields:
+            try:
+                _load_tls(node, loaded.resolve)
+            except TLSConfigError as exc:
+                problems.append(ConfigProblem(key, str(exc)))
+
+    _visit_blocks(loaded, check)
+    return problems
+
+
+def file_problems(loaded: LoadedConfig) -> list[ConfigProblem]:
+    """The other files `serve` reads as its services start, read now as they read them: each block
+    whose model has a ``check_files(key, resolve)`` method is asked for its problems (keyed by their
+    paths under ``key``), so a part checks its own section's files (the ATNA HTTP endpoint's token
+    file, the privacy section's watch list and staff directory). Turned-off sections are skipped,
+    as in `tls_problems`."""
+    problems: list[ConfigProblem] = []
+
+    def check(node: Any, key: str) -> None:
+        hook = getattr(node, "check_files", None)
+        if callable(hook):
+            problems.extend(hook(key, loaded.resolve))
+
+    _visit_blocks(loaded, check)
+    return problems
+
+
+def _visit_blocks(loaded: LoadedConfig, check: Callable[[Any, str], None]) -> None:
+    """``check(block, key)`` on every model in the configuration's sections that are on (not
+    ``enabled: false``), at any depth and in lists, with its key path (``gateway.routes.0.tls``)."""
+    from pydantic import BaseModel
 
     def visit(node: Any, key: str) -> None:
         if isinstance(node, list | tuple):
@@ -78,20 +110,14 @@ def tls_problems(loaded: LoadedConfig) -> list[ConfigProblem]:
             return
         if not isinstance(node, BaseModel):
             return
-        fields = type(node).model_fields
-        if "cert_file" in fields:
-            try:
-                _load_tls(node, loaded.resolve)
-            except TLSConfigError as exc:
-                problems.append(ConfigProblem(key, str(exc)))
-        for name in fields:
+        check(node, key)
+        for name in type(node).model_fields:
             visit(getattr(node, name), f"{key}.{name}" if key else name)
 
     for name in type(loaded.config).model_fields:
         section = getattr(loaded.config, name)
         if getattr(section, "enabled", True) is not False:
             visit(section, name)
-    return problems
 
 
 def _load_tls(block: Any, resolve: Any) -> None:
