@@ -54,9 +54,15 @@ def check(parsed: Parsed) -> list[Finding]:
 
 
 def _meta(parsed: Parsed) -> list[Finding]:
-    if not parsed.meta:
-        return []
     out: list[Finding] = []
+    if parsed.part10 and len(parsed.data) <= parsed.dataset_start:
+        # A file that ends after its header holds no object: not hostile, but no image either; a
+        # file cut anywhere later is noted (structure.truncated), one cut here was not.
+        where = "its file meta information" if parsed.meta else "the preamble and the DICM prefix"
+        out.append(Finding("structure.no-data-set", Level.LOW, f"nothing after {where}: the file holds no data set",
+                           parsed.end, "PS3.10 7.1"))
+    if not parsed.meta:
+        return out
     if parsed.transfer_syntax is None:
         out.append(Finding("structure.missing-transfer-syntax", Level.LOW,
                            "the file meta information has no Transfer Syntax UID (0002,0010)", parsed.meta_end,
