@@ -192,6 +192,9 @@ SCENARIOS: dict[str, Scenario] = {
     V.VIOLATION_COMMAND_WHILE_DATASET_EXPECTED: client(request(_store(1)), request(_store(2)), setup=(CT_STORAGE,)),
     V.VIOLATION_DATASET_NOT_ALLOWED: client(_echo_claiming_a_data_set()),
     V.VIOLATION_MESSAGE_ID_IN_USE: client(echo_rq(message_id=3), echo_rq(message_id=3)),
+    V.VIOLATION_UNSOLICITED_RESPONSE: client(request(dimse.CommandSet(
+        dimse.C_ECHO_RSP, message_id_being_responded_to=1, affected_sop_class_uid=VERIFICATION,
+        command_data_set_type=0x0101, status=0))),
     V.VIOLATION_DATASET_WITHOUT_COMMAND: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(10))])),
     V.VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX: client(P.encode_p_data_tf([P.PDV(1, False, True, bytes(MAX_PDU + 100))])),
     V.VIOLATION_CONTEXT_NOT_PROPOSED: upstream_ac(P.PresentationContextAC(1, 0, IMPLICIT_LE),

@@ -130,11 +130,15 @@ def validate_options(model: type[M], data: object, options: dict[str, str], pref
 
 def quiet_libraries() -> None:
     """pynetdicom (the demo PACS) and Alembic (a new store's schema) narrate every step at INFO: the
-    long-running commands keep their warnings only, unless --log-level debug asks for everything."""
+    long-running commands keep their warnings only, unless --log-level debug asks for everything.
+    pynetdicom also logs a peer that refuses or cannot be reached at ERROR, naming neither route nor
+    destination, which pacsguard's own events say with both (gateway.object.delayed, .in-doubt): its
+    lines are kept for debug only."""
     import logging
 
-    for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    level = logging.getLogger().level
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, level))
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
 
 
 def shown(text: object) -> str:

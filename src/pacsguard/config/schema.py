@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote_plus
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pacsguard.config.strict import Strict
 
@@ -197,15 +197,32 @@ SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitmen
 Service = Literal["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*"]
 
 
+def parse_network(item: Any) -> IPv4Network | IPv6Network:
+    """One address (a network of one) or CIDR. A CIDR with host bits set is refused, not widened to
+    its network: 10.30.1.17/16 written for one CT host would allow all of 10.30.0.0/16."""
+    if isinstance(item, (IPv4Network, IPv6Network)):
+        return item
+    text = str(item)
+    try:
+        network = ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
+    if "/" in text:
+        try:
+            ip_network(text)  # strict: it fails only for host bits set, now that the lenient parse passed
+        except ValueError:
+            raise ValueError(f"{text} has host bits set: write {text.split('/')[0]} for one host or {network} "
+                             "for the network") from None
+    return network
+
+
+#: An address or CIDR in a list of networks: an error's key names the list item (hosts.0).
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(parse_network)]
+
+
 def parse_networks(value: Any) -> list[IPv4Network | IPv6Network]:
     """A YAML list of addresses/CIDRs as networks; an error names the item that is not one."""
-    out: list[IPv4Network | IPv6Network] = []
-    for item in value or []:
-        try:
-            out.append(ip_network(str(item), strict=False))
-        except ValueError:
-            raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
-    return out
+    return [parse_network(item) for item in value or []]
 
 
 def check_ae_title(value: str) -> str:
@@ -286,7 +303,7 @@ class Policy(Strict):
     """The allow-lists of a route. A list that is absent (null) allows all; an empty list allows none."""
 
     calling_ae_titles: list[AETitle] | None = Field(None, description="allowed calling AE titles")
-    hosts: list[IPv4Network | IPv6Network] | None = Field(None, description="allowed source addresses/CIDRs")
+    hosts: list[Network] | None = Field(None, description="allowed source addresses/CIDRs")
     cert_subjects: list[str] | None = Field(None, description="allowed client certificate subjects (RFC 4514) or CNs")
     services: list[Service] = Field(["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET"])
     sop_classes: list[str] | None = Field(None, description="allowed abstract syntaxes: UIDs or pydicom keywords")
@@ -296,11 +313,6 @@ class Policy(Strict):
     @classmethod
     def _aes(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [check_ae_title(v) for v in value]
-
-    @field_validator("hosts", mode="before")
-    @classmethod
-    def _cidrs(cls, value: Any) -> list[IPv4Network | IPv6Network] | None:
-        return None if value is None else parse_networks(value)
 
     @field_validator("sop_classes")
     @classmethod
@@ -511,13 +523,13 @@ class GatewayConfig(Strict):
     quarantine_scope: Literal["pair", "host"] = Field(
         "pair", description="what an inline rule with action quarantine cuts off: the (calling AE title, host) "
         "pair it caught, or the whole host")
-    admin_hosts: list[IPv4Network | IPv6Network] = Field(
+    admin_hosts: list[Network] = Field(
         [], description="addresses/CIDRs an inline rule never quarantines (administrators' workstations)")
 
     @field_validator("admin_hosts", mode="before")
     @classmethod
-    def _admin(cls, value: Any) -> list[IPv4Network | IPv6Network]:
-        return parse_networks(value)
+    def _admin(cls, value: Any) -> Any:
+        return [] if value is None else value  # each item: parse_network (Network)
 
     @model_validator(mode="after")
     def _unique(self) -> "GatewayConfig":

@@ -154,6 +154,9 @@ VIOLATION_DATASET_WITHOUT_COMMAND = "dataset-without-command"
 VIOLATION_DATASET_NOT_ALLOWED = "dataset-not-allowed"
 #: A request whose Message ID is that of a request of the same sender still unanswered (PS3.7 9.1.1).
 VIOLATION_MESSAGE_ID_IN_USE = "message-id-in-use"
+#: A response answering no request of the other side still outstanding (PS3.7 9.1, 9.3): no Message ID
+#: Being Responded To that the other side sent as a request of that command and is still waiting on.
+VIOLATION_UNSOLICITED_RESPONSE = "unsolicited-response"
 VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX = "pdu-exceeds-negotiated-max"
 VIOLATION_CONTEXT_NOT_PROPOSED = "context-not-proposed"
 VIOLATION_TRANSFER_SYNTAX_NOT_PROPOSED = "transfer-syntax-not-proposed"

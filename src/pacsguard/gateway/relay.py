@@ -36,6 +36,7 @@ from pacsguard.dicom.dataset import deflate_dataset, inflate_dataset
 from pacsguard.dicom.errors import TRUNCATED_PDU, DecodeError
 from pacsguard.dicom.events import (
     VIOLATION_MESSAGE_ID_IN_USE,
+    VIOLATION_UNSOLICITED_RESPONSE,
     Aborted,
     AssociationAccepted,
     AssociationRejected,
@@ -854,6 +855,15 @@ class AssociationRelay:
             if reused is not None:
                 self.protocol_error(from_client, VIOLATION_MESSAGE_ID_IN_USE, reused)
                 return []
+            if isinstance(ev, DimseCommand) and from_client and ev.command.is_response:
+                unsolicited = self._unsolicited(ev)
+                if unsolicited is not None:
+                    # The IDS hears of it as of any state violation (dicom-protocol-state-violation);
+                    # recorded and aborted below in any case, never forwarded.
+                    decide(self.rt.checks, "on_data_event", self, unsolicited)
+                    if not self.closed:  # a quarantine verdict has cut it off already
+                        self.protocol_error(True, unsolicited.code, unsolicited.message)
+                    return []
             if isinstance(ev, DimseCommand) and from_client and ev.command.is_request \
                     and ev.command.command_field != dimse.C_CANCEL_RQ:
                 refused = self._on_request(ev)
@@ -991,6 +1001,29 @@ class AssociationRelay:
         max_len = decoder.requestor_max_pdu_length if pending.from_requestor else decoder.acceptor_max_pdu_length
         self._record().answered(pending, dimse.decode_command_set(command))
         return P.encode_dimse_message(context_id, command, None, max_len)
+
+    def _unsolicited(self, ev: DimseCommand) -> ProtocolViolation | None:
+        """A response of the client that answers no request the PACS has outstanding to it, or None.
+
+        A response answers an outstanding request of the other side (PS3.7 9.1, 9.3): its Message ID
+        Being Responded To is the Message ID of that request, its Command Field the request's with
+        bit 15 set. The PACS's requests on this association (a C-GET's C-STORE sub-operations, a
+        storage commitment N-EVENT-REPORT) are tracked in its record until their final response;
+        anything else the client presents as an answer (a C-FIND-RSP carrying a data set, a
+        C-STORE-RSP for a C-STORE never sent) would reach the PACS as one it never asked for."""
+        cmd = ev.command
+        answered = cmd.message_id_being_responded_to
+        name = dimse.command_name(cmd.command_field)
+        pending = self._record().pending.get((False, answered)) if answered is not None else None
+        if pending is None:
+            why = "the PACS has no request outstanding under that Message ID"
+        elif pending.command.command_field | dimse.RESPONSE_BIT != cmd.command_field:
+            why = (f"the PACS's request under that Message ID is a "
+                   f"{dimse.command_name(pending.command.command_field)}")
+        else:
+            return None
+        return ProtocolViolation(True, VIOLATION_UNSOLICITED_RESPONSE,
+                                 f"{name} answers Message ID {answered}, but {why} (PS3.7 9.1, 9.3): not forwarded")
 
     def _on_request(self, ev: DimseCommand) -> Pending | None:
         """A request from the client, judged before it is forwarded; returns it if refused."""

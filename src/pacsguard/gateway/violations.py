@@ -93,6 +93,7 @@ VIOLATIONS: Final[Mapping[str, Classification]] = MappingProxyType({
     V.VIOLATION_DATASET_WITHOUT_COMMAND: _abort("data set PDV that no command announced"),
     V.VIOLATION_DATASET_NOT_ALLOWED: _abort("C-ECHO, C-STORE-RSP or C-CANCEL-RQ announcing a data set"),
     V.VIOLATION_MESSAGE_ID_IN_USE: _abort("Message ID of a request still unanswered: answers ambiguous"),
+    V.VIOLATION_UNSOLICITED_RESPONSE: _abort("response to no outstanding request of the other side (PS3.7 9.1)"),
     V.VIOLATION_PDU_EXCEEDS_NEGOTIATED_MAX: _abort("PDU over the receiver's Maximum Length (PS3.8 D.1)"),
     V.VIOLATION_CONTEXT_NOT_PROPOSED: _tolerate("the requestor cannot use a context it never proposed"),
     V.VIOLATION_TRANSFER_SYNTAX_NOT_PROPOSED: _abort("accepted transfer syntax never proposed"),

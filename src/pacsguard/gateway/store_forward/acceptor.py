@@ -491,7 +491,14 @@ class StoreAssociation:
         """A complete command set from the requestor (PS3.7 9.3): C-STORE-RQ and C-ECHO-RQ are this
         SCP's services; another request is refused as an unrecognised operation (PS3.7 C.5.4)."""
         command = ev.command
-        if not command.is_request or not dimse.has_response(command):
+        if command.is_response:
+            # This SCP sends no request, so no response of the requestor answers one (PS3.7 9.1, 9.3).
+            self.protocol_error(E.VIOLATION_UNSOLICITED_RESPONSE,
+                                f"{dimse.command_name(command.command_field)} answers Message ID "
+                                f"{command.message_id_being_responded_to}, but this Storage SCP sends no "
+                                "requests (PS3.7 9.1, 9.3)")
+            return
+        if not dimse.has_response(command):
             self.abort(f"{dimse.command_name(command.command_field)} is not a request this Storage SCP "
                        "answers", kind="protocol")
             return

@@ -270,6 +270,9 @@ def main(argv: list[str]) -> int:
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pacsguard").setLevel(level)
+    # As serve's own process (cli.common.quiet_libraries): pynetdicom's ERROR lines name neither
+    # route nor destination; the route's events say it with both. Kept for --log-level debug.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
     child_main(route, root, destinations, waiting, conn)
     return 0
 
