@@ -63,13 +63,17 @@ def _options(names: list[str] | None) -> list[Any]:
     return chosen
 
 
-def _settings(config_file: Path | None, option: list[str] | None) -> tuple[DeidConfig, Path | None]:
+def _settings(config_file: Path | None, option: list[str] | None) -> tuple[DeidConfig, Path | None, int]:
     """The ``deid:`` section of the configuration (defaults when there is no ./pacsguard.yaml and
-    none was named), with ``--option`` replacing its options when given; and the folder its
-    relative paths are relative to."""
+    none was named), with ``--option`` replacing its options when given; the folder its
+    relative paths are relative to; and how far a deflated data set may inflate (the scan's
+    scan.limits.max_inflated, the limit `pacsguard scan` calls a deflate bomb at)."""
+    from pydantic import ValidationError
+
     from pacsguard.cli.common import load
     from pacsguard.config.loader import ConfigError
     from pacsguard.deid.config import DeidConfig
+    from pacsguard.deid.files import MAX_INFLATED
 
     try:
         loaded = load(config_file, required=config_file is not None)
@@ -79,21 +83,31 @@ def _settings(config_file: Path | None, option: list[str] | None) -> tuple[DeidC
     if option:
         try:
             section = DeidConfig.model_validate({**section.model_dump(), "options": _options(option)})
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-    return section, (loaded.path.parent if loaded.path is not None else None)
+        except ValidationError as exc:  # one line naming --option, not pydantic's report
+            raise _fail("--option: " + "; ".join(_reason(e) for e in exc.errors())) from None
+    scan = getattr(loaded.config, "scan", None)
+    max_inflated = scan.limits.max_inflated if scan is not None else MAX_INFLATED
+    return section, (loaded.path.parent if loaded.path is not None else None), max_inflated
+
+
+def _reason(error: Any) -> str:
+    """The words of one pydantic error: the validator's own message, without "Value error, "."""
+    inner = (error.get("ctx") or {}).get("error")
+    return str(inner) if inner is not None else str(error.get("msg", ""))
 
 
 def _key(key_file: Path | None, section: DeidConfig, base: Path | None) -> DeidKey:
     """--key-file, else the section's key_file (relative to pacsguard.yaml), else its key_env."""
     from pacsguard.deid.keys import KeyProblem, load_key
 
+    named = "--key-file" if key_file is not None else "deid.key_file"
     if key_file is None and section.key_file is not None:
         key_file = section.key_file if base is None or section.key_file.is_absolute() else base / section.key_file
     try:
         key = load_key(key_file, section.key_env)
     except KeyProblem as exc:
-        raise _fail(str(exc)) from None
+        # A file's problem names the option (or setting) that named the file.
+        raise _fail(f"{named} {exc}" if key_file is not None else str(exc)) from None
     if key_file is not None:
         _warn_if_shared(key_file)
     return key
@@ -226,16 +240,41 @@ def _written(path: Path, outputs: Path, manifest: Path) -> bool:
     return resolved == manifest or resolved.is_relative_to(outputs)
 
 
-def _one(job: tuple[bytes, list[str], Any, str, str]) -> Any:
+def _check_out(out: Path) -> None:
+    """Make the --out folder and make sure a file can be created in it, before any input is read:
+    a folder that cannot be written was found only after the whole run, every file withheld on its
+    .part file. Each refusal names --out, the path and the reason in words."""
+    import errno
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out}: is a file, not a folder; give --out a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file on the way: `--out one.dcm/anon`
+        raise _fail(f"--out {out}: cannot create the folder (a file is in the way on its path)") from None
+    except OSError as exc:
+        why = "a file is in the way on its path" if exc.errno == errno.ENOTDIR else exc.strerror or str(exc)
+        raise _fail(f"--out {out}: cannot create the folder ({why})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pacsguard-write-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _fail(f"--out {out}: cannot write in the folder ({exc.strerror or exc})") from None
+
+
+def _one(job: tuple[bytes, list[str], Any, str, str, int]) -> Any:
     """One file in a worker process: the engine is rebuilt there from the key and the settings."""
     from pacsguard.deid.build import make_engine
     from pacsguard.deid.files import deidentify_file
     from pacsguard.deid.keys import DeidKey
     from pacsguard.deid.profile import Option
 
-    secret, options, config, source, out = job
+    secret, options, config, source, out, max_inflated = job
     engine = make_engine(DeidKey(secret), [Option(o) for o in options], config)
-    return deidentify_file(engine, Path(source), Path(out), into_folder=True)
+    return deidentify_file(engine, Path(source), Path(out), into_folder=True, max_inflated=max_inflated)
 
 
 @app.command("run")
@@ -261,16 +300,18 @@ def run_cmd(
 
     if profile != "basic":
         raise _fail(f"unknown profile {profile!r}: the profile is basic, with options")
-    config, base = _settings(config_file, option)
+    config, base, max_inflated = _settings(config_file, option)
     key = _key(key_file, config, base)
     given = manifest is not None
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out}: is a file, not a folder; give --out a folder (it is made if missing)")
     manifest = _manifest_path(out, manifest)
     files = _inputs(inputs, out, manifest)
     _check_manifest(manifest, files, given)
     _warn_if_old_manifest(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
     names = [o.value for o in config.options]
-    jobs_list = [(key.secret, names, config, str(f), str(out)) for f in files]
+    jobs_list = [(key.secret, names, config, str(f), str(out), max_inflated) for f in files]
     records = []
     withheld = 0
     console = Console(stderr=True)
@@ -319,9 +360,9 @@ def explain_cmd(
     from pacsguard.deid.files import read_whole
     from pacsguard.deid.keys import DeidKey
 
-    config, _ = _settings(config_file, option)
+    config, _, max_inflated = _settings(config_file, option)
     try:
-        ds = read_whole(file)
+        ds = read_whole(file, max_inflated)
     except Withheld as exc:
         raise _fail(f"{file}: {exc}") from None
     # The what-if needs no key: replacement values are not shown, only what happens.
@@ -400,7 +441,7 @@ def reidentify_cmd(
     from pacsguard.deid.keys import KeyProblem
     from pacsguard.deid.object_check import DEIDENTIFIED, open_link
 
-    config, base = _settings(config_file, None)
+    config, base, _ = _settings(config_file, None)
     key = _key(key_file, config, base)
     try:
         text = sys.stdin.read() if events == "-" else Path(events).read_text(encoding="utf-8")

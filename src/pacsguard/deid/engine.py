@@ -372,7 +372,7 @@ class Engine:
                 kept = self._apply(ds, ds[tag], decision, ctx, path, report, terms)
             if kept and group & 1:
                 kept_private_blocks.add((group, element >> 8))
-            if not kept and 0x6000 <= group <= 0x601E and element == OVERLAY_DATA:
+            if not kept and group >> 8 == 0x60 and not group & 1 and element == OVERLAY_DATA:
                 removed_overlays.add(group)
         for tag in creators:
             if (tag.group, tag.element) not in kept_private_blocks:

@@ -29,6 +29,14 @@ from pacsguard.deid.encode import encode_file
 from pacsguard.deid.engine import SOP_INSTANCE_UID, Engine, Report, Withheld, _text_of
 from pacsguard.deid.pixels import remove_embedded_overlays, remove_jpeg_text
 from pacsguard.dicom.vr import LONG_VRS, VRS
+from pacsguard.scan.config import ScanLimits
+
+#: How far a deflated data set (PS3.5 A.5) may inflate before it is withheld as a deflate bomb: the
+#: limit `pacsguard scan` reports structure.deflate-bomb at (scan.limits.max_inflated); the
+#: command line passes the configured one.
+MAX_INFLATED: int = ScanLimits.model_fields["max_inflated"].default
+#: Inflated bytes produced (and dropped) at a time while a deflated data set is measured.
+_INFLATE_STEP = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -48,9 +56,14 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def read_whole(path: Path) -> Dataset:
+def read_whole(path: Path, max_inflated: int = MAX_INFLATED) -> Dataset:
     """Read and decode every element now (pydicom defers values), so a file that fails after some
-    offset fails here, before anything is changed. Raises Withheld."""
+    offset fails here, before anything is changed. A deflated data set that inflates past
+    ``max_inflated`` bytes is withheld before it is inflated (pydicom inflates it whole, in
+    memory). Raises Withheld."""
+    bomb = _deflate_bomb(path, max_inflated)
+    if bomb:
+        raise Withheld(bomb)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,6 +100,37 @@ def read_whole(path: Path) -> Dataset:
         raise Withheld(wrong)
     charset.decode_own_sets(ds)  # a set pydicom does not know (ISO_IR 203) is read here
     return ds
+
+
+def _deflate_bomb(path: Path, max_inflated: int) -> str:
+    """Why a deflated data set (PS3.5 A.5) is not read: it inflates past ``max_inflated`` bytes (a
+    deflate bomb: 1.5 MB that inflate to 1.5 GiB). Measured as a stream, each step's output dropped,
+    so the measure costs a few MiB whatever the file holds; '' for every other file, and for a
+    stream that does not inflate (read_whole then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            syntax = read_file_meta_info(path).get("TransferSyntaxUID", None)
+        if syntax is None or not UID(str(syntax)).is_deflated:
+            return ""
+        with open(path, "rb") as f:
+            _walk_meta(f)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate (PS3.5 A.5, RFC 1951)
+            inflated, pending = 0, b""
+            while not inflater.eof:
+                if not pending:
+                    pending = f.read(1024 * 1024)
+                    if not pending:
+                        break
+                inflated += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+                if inflated > max_inflated:
+                    return (f"the deflated data set inflates past {max_inflated:,} bytes, the limit "
+                            f"scan.limits.max_inflated (a deflate bomb, structure.deflate-bomb as "
+                            f"`pacsguard scan` reports it): not inflated further")
+    except Exception:  # noqa: BLE001 - no meta, a damaged stream: read_whole names what is wrong
+        return ""
+    return ""
 
 
 def _cut_off(ds: Dataset) -> str:
@@ -523,12 +567,14 @@ def _file_name(ds: Dataset) -> str:
     return f"{uid}.dcm"
 
 
-def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: bool = False) -> FileResult:
+def deidentify_file(engine: Engine, source: Path, out: Path, *, into_folder: bool = False,
+                    max_inflated: int = MAX_INFLATED) -> FileResult:
     """De-identify ``source`` into ``out``; with ``into_folder``, ``out`` is a folder and the file is
-    named after its new SOP Instance UID (an input's name may itself identify the patient)."""
+    named after its new SOP Instance UID (an input's name may itself identify the patient).
+    ``max_inflated``: see read_whole."""
     result = FileResult(source)
     try:
-        ds = read_whole(source)
+        ds = read_whole(source, max_inflated)
         overlays = remove_embedded_overlays(ds)
         comments = remove_jpeg_text(ds)
         with warnings.catch_warnings():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 DEFAULT_ENV = "PACSGUARD_DEID_KEY"
 KEY_BYTES = 32
+_MAX_KEY_FILE = 1024  # bytes read of a key file: 64 hex digits, a newline, spaces a hand edit left
 
 
 class KeyProblem(Exception):
@@ -41,7 +42,7 @@ def parse_key(text: str, where: str) -> DeidKey:
     try:
         secret = bytes.fromhex(value)
     except ValueError:
-        raise KeyProblem(f"{where}: not a hex key (pacsguard deid keygen writes one)") from None
+        raise KeyProblem(f"{where}: not a key (not hex digits; pacsguard deid keygen writes one)") from None
     if len(secret) != KEY_BYTES:
         raise KeyProblem(f"{where}: a key is {KEY_BYTES * 2} hex digits, this one has {len(value)}")
     return DeidKey(secret)
@@ -50,10 +51,21 @@ def parse_key(text: str, where: str) -> DeidKey:
 def load_key(key_file: Path | None = None, env: str = DEFAULT_ENV) -> DeidKey:
     """The key from ``key_file`` if given, else from the environment variable ``env``."""
     if key_file is not None:
+        if key_file.is_dir():
+            raise KeyProblem(f"{key_file}: a folder, not a pacsguard key file")
         try:
-            text = key_file.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyProblem(f"{key_file}: cannot read the key file ({type(exc).__name__})") from None
+            with open(key_file, "rb") as f:
+                data = f.read(_MAX_KEY_FILE + 1)  # a key file is 65 bytes: a DICOM file is not read whole
+        except OSError as exc:
+            raise KeyProblem(f"{key_file}: cannot read the key file ({exc.strerror or type(exc).__name__})") from None
+        if len(data) > _MAX_KEY_FILE:
+            raise KeyProblem(f"{key_file}: not a pacsguard key file (more than {_MAX_KEY_FILE} bytes; a key file "
+                             f"holds {KEY_BYTES * 2} hex digits, as pacsguard deid keygen writes)")
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            raise KeyProblem(f"{key_file}: not a pacsguard key file (not text; a key file holds {KEY_BYTES * 2} "
+                             "hex digits, as pacsguard deid keygen writes)") from None
         return parse_key(text, str(key_file))
     value = os.environ.get(env)
     if not value:

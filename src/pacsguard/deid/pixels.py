@@ -64,8 +64,9 @@ def pixel_verdict(ds: Dataset, clean_pixel_data: bool) -> PixelVerdict:
     return PixelVerdict(False, False, "not checked", declared_clean)
 
 
-#: Overlay groups (PS3.3 C.9.2: 6000-601E, even) and their elements this module reads.
-_OVERLAY_GROUPS = range(0x6000, 0x6020, 2)
+#: Overlay groups (PS3.3 C.9.2: 6000-601E, even; an even 60xx group past them is taken as one too)
+#: and their elements this module reads.
+_OVERLAY_GROUPS = range(0x6000, 0x6100, 2)
 _OVERLAY_DATA = 0x3000
 _OVERLAY_BITS_ALLOCATED = 0x0100
 _OVERLAY_BIT_POSITION = 0x0102

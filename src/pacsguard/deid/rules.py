@@ -174,9 +174,17 @@ def decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
 
 
 def _graphics_group(tag: int) -> bool:
-    """A curve (50xx) or overlay (60xx) repeating group, even groups only (PS3.5 7.6)."""
+    """A curve (50xx) or overlay (60xx) group, even groups only. PS3.5 7.6 numbers the repeating
+    groups 5000-501E and 6000-601E; a group past them (6020) is treated as its family is, so an
+    element put there is not kept for want of a rule."""
     group = tag >> 16
-    return (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E) and not group & 1
+    return group >> 8 in (0x50, 0x60) and not group & 1
+
+
+def _overlay_group(tag: int) -> bool:
+    """An element of an even 60xx group (see _graphics_group)."""
+    group = tag >> 16
+    return group >> 8 == 0x60 and not group & 1
 
 
 def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
@@ -197,6 +205,10 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
     # listed ones (E.3.6 treats all of them alike), so they follow the date options and are otherwise
     # removed, or given a dummy where an IOD requires them (IOD_REQUIRED); instance UIDs link back
     # like the listed ones, so they are replaced (U) unless Retain UIDs is chosen.
+    if _overlay_group(tag):
+        # Any element of an overlay group (60xx) goes with the group: its Overlay Data is X (C under
+        # Clean Graphics, which pacsguard does by removing), and a group without it is no overlay.
+        return Decision("X", Effect.REMOVE, "not listed: overlay group, goes with its Overlay Data")
     if tag in DATES_AS_TEXT:
         if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
             return Decision("K", Effect.KEEP, "not listed: date in an alternative calendar, "
@@ -244,4 +256,13 @@ def _decide(table: Table, tag: int, vr: str, options: frozenset[Option], *,
         if Option.RETAIN_UIDS in options:
             return Decision("K", Effect.KEEP, "not listed: instance UID, retain-uids")
         return Decision("U", Effect.UID, "not listed: instance UID")
-    return Decision("K", Effect.KEEP, "not listed")
+    if tag & 0xFFFF == 0:
+        # Group Length (gggg,0000): retired in a data set (PS3.5 7.2) and wrong once attributes go.
+        return Decision("X", Effect.REMOVE, "not listed: group length (retired, PS3.5 7.2)")
+    if known_vr(tag) is None:
+        # PS3.15 E.3.1: attributes not listed are removed unless known to identify nobody. What the
+        # data dictionary (PS3.6) defines and Table E.1-1 does not list is judged safe by the table
+        # itself; an attribute no dictionary knows (a tag of a later edition, a device's own public
+        # tag) holds anything: removed.
+        return Decision("X", Effect.REMOVE, "not listed, unknown to the data dictionary (E.3.1)")
+    return Decision("K", Effect.KEEP, "not listed, in the data dictionary (E.3.1)")
