@@ -170,3 +170,20 @@ def test_audit_search_refuses_limits_and_event_ids_it_cannot_take(tmp_path: Path
         done = run("audit", "search", "--store", str(tmp_path / "store.db"), *args, cwd=tmp_path, check_code=2)
         assert said in done.stderr and "internal error" not in done.stderr, done.stderr
     run("audit", "search", "--store", str(tmp_path / "store.db"), "--limit", "1000000000000000", cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("recorded", "taken"), [
+    ("2026-12-31T23:59:60Z", True),
+    ("2027-01-01T00:59:60+01:00", True),  # the same leap second, written in another zone
+    ("2026-06-15T10:00:60Z", False),
+    ("2026-06-30T23:58:60Z", False),
+])
+def test_second_60_is_taken_only_where_a_leap_second_falls(recorded: str, taken: bool) -> None:
+    from pacsguard.atna.message.dicom_xml import AuditMessageError
+    from pacsguard.atna.message.fhir import parse_instant
+
+    if taken:
+        assert parse_instant(recorded).isoformat().endswith("23:59:59.999999+00:00")
+    else:
+        with pytest.raises(AuditMessageError, match="second 60 only ends a UTC day"):
+            parse_instant(recorded)

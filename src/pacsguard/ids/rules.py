@@ -37,6 +37,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from pacsguard.config.schema import parse_network
 from pacsguard.events import Severity
 from pacsguard.yaml_shape import INT_TAG, TOO_DEEP, construct_int, shape_problem
 
@@ -601,9 +602,14 @@ def _parse_condition(spec: KindSpec, field: str, cond: object, bad: _Report) -> 
             nets = []
             for item in items:
                 try:
-                    nets.append(str(ip_network(str(item), strict=False)))
+                    ip_network(str(item), strict=False)
                 except ValueError:
                     bad(at, f"expected CIDRs such as 10.0.0.0/8 or a $settings list, got {_shown(item)}")
+                    continue
+                try:  # as the configuration's networks: host bits set are refused, never widened
+                    nets.append(str(parse_network(item)))
+                except ValueError as exc:
+                    bad(at, str(exc))
             if len(nets) == len(items) and nets:
                 out.append(Condition(field, op, tuple(nets)))
         else:  # gt, lt

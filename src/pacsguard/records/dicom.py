@@ -715,6 +715,31 @@ class RefusalLog:
     def admit(self, rejected: Event) -> bool:
         """Whether this `dicom.association.rejected` Event (and its `requested`) is to be recorded;
         False: it is counted in its source's summary instead."""
+        window = self._window(rejected)
+        if window is None:
+            return True  # never silently lose a refusal for want of room to count it
+        if window.recorded < self.per_minute:
+            window.recorded += 1
+            return True
+        window.suppressed += 1
+        window.first = window.first or rejected.time
+        window.last = rejected.time
+        window.route, window.target = rejected.details.get("route"), rejected.target
+        if rejected.actor.ae_title and len(window.ae_titles) < MAX_AE_TITLES:
+            window.ae_titles[rejected.actor.ae_title] = None
+        return False
+
+    def recorded(self, rejected: Event) -> None:
+        """A refusal recorded whatever the count (what was published before it, an IDS alert it set
+        off, let its request through): counted among those recorded, so that a summary's recorded
+        and suppressed add up to every refusal of its window."""
+        window = self._window(rejected)
+        if window is not None:
+            window.recorded += 1
+
+    def _window(self, rejected: Event) -> _Window | None:
+        """The open window of the refusal's (source host, rule), one begun now if none is; None when
+        there is no room for another."""
         details = rejected.details
         key = (rejected.actor.host or "?", str(details.get("rule") or details.get("reason") or "?"))
         now = self.clock()
@@ -724,19 +749,10 @@ class RefusalLog:
             window = None
         if window is None:
             if len(self.windows) >= MAX_SOURCES:
-                return True  # never silently lose a refusal for want of room to count it
+                return None
             window = self.windows[key] = _Window(now)
             window.handle = _call_later(REFUSAL_WINDOW, self._close, key, window)
-        if window.recorded < self.per_minute:
-            window.recorded += 1
-            return True
-        window.suppressed += 1
-        window.first = window.first or rejected.time
-        window.last = rejected.time
-        window.route, window.target = details.get("route"), rejected.target
-        if rejected.actor.ae_title and len(window.ae_titles) < MAX_AE_TITLES:
-            window.ae_titles[rejected.actor.ae_title] = None
-        return False
+        return window
 
     def flush(self) -> None:
         """Record the summary of every open window now (the gateway stops)."""
@@ -793,12 +809,15 @@ class RefusalFilter:
         if self.log is not None and event.kind == "dicom.association.requested" and self._held is None:
             self._held = event
             return
-        if event.kind == "dicom.association.rejected" and self._held is not None \
-                and event.details.get("by") == "gateway" and self.log is not None:
-            held, self._held = self._held, None
-            if not self.log.admit(event):
-                return
-            self.publish_now(held)
+        if event.kind == "dicom.association.rejected" and event.details.get("by") == "gateway" \
+                and self.log is not None:
+            if self._held is None:
+                self.log.recorded(event)
+            else:
+                held, self._held = self._held, None
+                if not self.log.admit(event):
+                    return
+                self.publish_now(held)
         self.flush()
         self.publish_now(event)
 

@@ -134,6 +134,11 @@ def parse_instant(text: str) -> datetime:
         value = value.astimezone(timezone.utc)
     except (ValueError, OverflowError) as exc:  # 31 February; an offset out of the years 1-9999
         raise AuditMessageError("not-fhir", f"AuditEvent.recorded {text[:40]!r} is no time there is ({exc})") from None
+    if leap and (value.hour, value.minute) != (23, 59):
+        # A leap second is the 61st second of the last minute of a UTC day (ITU-R TF.460): 23:59:60Z,
+        # or that instant in another zone (00:59:60+01:00); second 60 of any other minute is none.
+        raise AuditMessageError("not-fhir", f"AuditEvent.recorded {text[:40]!r} is no time there is (second 60 "
+                                "only ends a UTC day: 23:59:60Z)")
     return value.replace(microsecond=999_999) if leap else value
 
 
