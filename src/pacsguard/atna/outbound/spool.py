@@ -15,9 +15,10 @@ across restarts, recorded by the sender as an Event when the streak starts and w
 the count); its Event stays in pacsguard's own store. Adding never waits for the repository: the
 gateway's recording goes on.
 
-Once delivered messages leave more than ``RECLAIM_BYTES`` of the file free (an outage drained), the
-spool gives those pages back to the file system (SQLite's incremental vacuum) and empties its
-write-ahead log: the file does not stay the size the outage grew it to."""
+Once delivered messages leave more than ``RECLAIM_BYTES`` of the file free (``RECLAIM_EMPTY_BYTES``
+once all is delivered: an outage drained), the spool gives those pages back to the file system
+(SQLite's incremental vacuum) and empties its write-ahead log: the file does not stay the size the
+outage grew it to."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 #: Free room in the file above which it is given back: a few of the sender's batches (1,000 messages
 #: of ~1.5 KB), so that a spool in steady use reuses its free pages rather than vacuuming each time.
 RECLAIM_BYTES = 4 * 1024 * 1024
+#: The same once the spool is empty (everything delivered: the pages to move are few).
+RECLAIM_EMPTY_BYTES = 1024 * 1024
 
 
 class Spool:
@@ -176,7 +179,8 @@ class Spool:
         empty the write-ahead log the moves went through (sqlite.org/pragma.html: incremental_vacuum,
         wal_checkpoint). A spool made before auto_vacuum was set is converted by a VACUUM, once it is
         empty (then it copies next to nothing)."""
-        if self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page < RECLAIM_BYTES:
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page
+        if free < (RECLAIM_EMPTY_BYTES if self.size == 0 else RECLAIM_BYTES):
             return
         try:
             if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
