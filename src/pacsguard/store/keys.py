@@ -43,6 +43,11 @@ def _kind(key: object) -> str:
     return name.removesuffix("PrivateKey").removesuffix("PublicKey") or name
 
 
+#: The most a key file may hold: a PEM Ed25519 key is some 120 bytes, one with comments or a
+#: certificate beside it a few KiB.
+MAX_KEY_FILE = 64 * 1024
+
+
 def _read_key_file(path: Path, where: str, missing: str) -> bytes:
     """The bytes of a key file, or a StoreError saying what ``path`` is instead: a folder, missing,
     unreadable or empty (not a bare "[Errno 21] Is a directory" naming neither the file's role
@@ -50,7 +55,8 @@ def _read_key_file(path: Path, where: str, missing: str) -> bytes:
     try:
         if path.is_dir():
             raise StoreError(f"{where}: a folder, not a key file")
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)  # bounded: --key /dev/zero grew to 23 GB before the kernel ended it
     except FileNotFoundError:
         raise StoreError(f"{where}: {missing}") from None
     except PermissionError:
@@ -59,6 +65,9 @@ def _read_key_file(path: Path, where: str, missing: str) -> bytes:
         raise StoreError(f"{where}: cannot be read ({exc.strerror or exc})") from None
     if not data.strip():
         raise StoreError(f"{where}: an empty file, not a key")
+    if len(data) > MAX_KEY_FILE:
+        raise StoreError(f"{where}: more than {MAX_KEY_FILE // 1024} KiB, not a key file (a PEM Ed25519 key is "
+                         "under 200 bytes)")
     return data
 
 

@@ -7,7 +7,10 @@ checkpoint, proven consistent, covers the events of the ones dropped). The first
 outage is recorded as `pacsguard.witness.unreachable`, the first success after it as
 `pacsguard.witness.reachable`; a witness that refuses a checkpoint (it does not verify, or is not
 consistent with what it holds: a fork or a rollback as the witness sees it) as
-`pacsguard.witness.refused`, and that checkpoint is not sent again.
+`pacsguard.witness.refused`, and that checkpoint is not sent again. A witness that goes on refusing
+has its refusals recorded once an hour (`REFUSED_REPEAT`), with their count: each record is an
+event, which the next checkpoint signs, which the witness refuses again, so a record per refusal
+grew the store by an alert each checkpoint interval for as long as the witness refused.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pacsguard.witness.errors import WitnessError, WitnessRefused
 log = logging.getLogger("pacsguard.witness")
 
 QUEUE_SIZE = 1000  # checkpoints per witness: at the default interval, 16 hours of outage
+REFUSED_REPEAT = 3600.0  # seconds between records of one witness's run of refusals
 
 
 class Destination(Protocol):
@@ -82,6 +86,8 @@ class _Courier:
         self.backoff = backoff
         self.cond = threading.Condition()
         self.deadline: float | None = None
+        self.refused_at: float | None = None  # when a refusal was last recorded; None: accepted since
+        self.refusals = 0  # refusals since the last one recorded
         self.thread = threading.Thread(target=self.run, name=f"witness {destination.name}", daemon=True)
         self.thread.start()
 
@@ -119,8 +125,7 @@ class _Courier:
                 self.destination.deliver(checkpoint)
             except WitnessRefused as exc:
                 self._done(checkpoint)
-                self.owner.record(_event("pacsguard.witness.refused", self.destination.name, checkpoint, str(exc)))
-                log.error("%s", exc)
+                self._refused(checkpoint, str(exc))
                 continue
             except WitnessError as exc:
                 outage += 1
@@ -138,10 +143,23 @@ class _Courier:
                 continue
             self._done(checkpoint)
             self.delivered += 1
+            self.refused_at, self.refusals = None, 0
             if outage:
                 self.owner.record(_event("pacsguard.witness.reachable", self.destination.name, checkpoint,
                                          f"after {outage} failed attempt(s)"))
             wait, outage = self.backoff[0], 0
+
+    def _refused(self, checkpoint: Checkpoint, error: str) -> None:
+        """Record a refusal: the first of a run at once, then at most one an hour with the count."""
+        log.error("%s", error)
+        self.refusals += 1
+        now = time.monotonic()
+        if self.refused_at is not None and now - self.refused_at < REFUSED_REPEAT:
+            return
+        if self.refusals > 1:
+            error = f"{error} ({self.refusals} checkpoints refused since the last record of it)"
+        self.owner.record(_event("pacsguard.witness.refused", self.destination.name, checkpoint, error))
+        self.refused_at, self.refusals = now, 0
 
     def _pause(self, seconds: float) -> None:
         """Back off; close() cuts a long backoff short so the final checkpoint is tried, and then
