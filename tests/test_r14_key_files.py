@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from store_helpers import make_events, new_store
 from test_cli import run
 
