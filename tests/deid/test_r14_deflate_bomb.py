@@ -42,14 +42,16 @@ def _bomb(path: Path) -> None:
     path.write_bytes(meta_bytes + body)
 
 
+# VmHWM, this process's own peak: getrusage's ru_maxrss is kept across fork and exec on Linux, so
+# it held the size of the (large, late in a run) pytest worker that started the process.
 _MEASURED = """
-import resource, runpy, sys
+import re, runpy, sys
 sys.argv = ["pacsguard", *sys.argv[2:]]
 try:
     runpy.run_module("pacsguard.cli", run_name="__main__")
 finally:
-    with open(__import__("os").environ["RSS_FILE"], "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    with open("/proc/self/status") as status, open(__import__("os").environ["RSS_FILE"], "w") as f:
+        f.write(re.search(r"VmHWM:\\s+([0-9]+) kB", status.read()).group(1))
 """
 
 

@@ -113,13 +113,29 @@ def patient_report(store: EventStore, patient: str, since: datetime | None = Non
     verdicts are judged when the report is made: `prove` checks the events they rest on and that
     the report was signed as made, not the judgement. With ``key`` (the key that signed the
     checkpoint) the report is signed (`sign_report`); add any further member before signing."""
-    from pacsguard.store.proofs import inclusion_proofs
+    from pacsguard.store.proofs import inclusion_proofs, stored_leaves
 
     found = _matching(store, patient, since, until)
     checkpoints = store.checkpoints()
     newest = checkpoint or (checkpoints[-1] if checkpoints else None)
     proofs = {p.seq: p for p in inclusion_proofs(store, (seq for seq, _ in found), newest)} if newest else {}
-    rows = [_row(seq, sealed, proofs.get(seq)) for seq, sealed in found]
+    # Events newer than the checkpoint have no proof: their records are held to their stored leaves.
+    leaves = stored_leaves(store, (seq for seq, _ in found if seq not in proofs))
+    rows: list[dict[str, Any]] = []
+    damage: list[str] = []
+    for seq, sealed in found:
+        event, why = _checked(seq, sealed, proofs.get(seq), newest, leaves.get(seq), patient,
+                              (window_us(since), window_us(until)))
+        if why is not None:
+            damage.append(f"event #{seq}: {why}")
+        elif not damage:
+            rows.append(_row(seq, event, sealed, proofs.get(seq)))
+    if damage:
+        # A report lists only what `prove` will find proven as listed: an event whose record is
+        # not the one the tree holds would be signed as "proven" (an outside tester saw it), so no
+        # report is made of a damaged store (docs/audit.md; exit 2, as a search meeting damage).
+        more = f" and {len(damage) - _DAMAGE_SHOWN} more events" if len(damage) > _DAMAGE_SHOWN else ""
+        raise _damaged(store, f"{'; '.join(damage[:_DAMAGE_SHOWN])}{more}")
     report: dict[str, Any] = {
         "format": FORMAT, "patient": patient, "store": store.name,
         "generated": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
@@ -149,8 +165,58 @@ def _matching(store: EventStore, patient: str, since: datetime | None,
         return list(select_events(conn, EventQuery(patient=patient, since=since, until=until, limit=None)))
 
 
-def _row(seq: int, sealed: str, proof: InclusionProof | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"seq": seq, **row_of(_sealed_event(sealed)[1]), "sealed": sealed}
+#: Damaged events a refused report names, at most.
+_DAMAGE_SHOWN = 5
+#: Why an event whose record does not hash to the tree's leaf is not listed.
+_EDITED = "its sealed record is not the one the tree holds: the store was edited"
+
+
+def _checked(seq: int, sealed: str, proof: InclusionProof | None, checkpoint: Checkpoint | None,
+             stored_leaf: bytes | None, patient: str, window: tuple[int | None, int | None]) -> tuple[Any, str | None]:
+    """The event of a sealed record the search found for the report, and why it cannot be listed
+    (None when it can): what `prove` checks of the row, checked before the report is signed. Its
+    proof must verify against the checkpoint's root with the leaf hash of the record as the report
+    carries it (RFC 9162 2.1.3.2, as `prove` does); an event without a proof (newer than the
+    checkpoint) must hash to its stored leaf. The record must be event ``seq``, name the patient
+    and lie in the window (the index columns the search matched are copies, which an edit can part
+    from the record). The reasons name the event, never its contents."""
+    from pacsguard.store.merkle import leaf_hash, verify_inclusion
+
+    leaf = leaf_hash(sealed.encode("utf-8", "surrogatepass"))
+    if proof is not None and checkpoint is not None:
+        if not verify_inclusion(seq, checkpoint.tree_size, leaf, list(proof.path), checkpoint.root):
+            return None, f"{_EDITED} (its inclusion proof does not verify against the checkpoint of " \
+                         f"{checkpoint.tree_size} events)"
+    elif stored_leaf is None or leaf != stored_leaf:
+        return None, f"{_EDITED} (it does not hash to its stored leaf)"
+    try:
+        sealed_seq, event = _sealed_event(sealed)
+    except _MALFORMED as exc:
+        return None, f"its sealed record does not decode ({type(exc).__name__})"
+    if sealed_seq != seq:
+        return None, f"its sealed record is event #{_shown_seq(sealed_seq)}"
+    if not names_patient(event, patient):
+        return None, "its sealed record does not name the patient, the patient index does"
+    since_us, until_us = window
+    if (since_us is not None and event.time_us < since_us) or (until_us is not None and event.time_us >= until_us):
+        return None, "its sealed record's time is outside the window, its time column is in it"
+    return event, None
+
+
+def _shown_seq(value: object) -> str:
+    return str(value) if isinstance(value, int) else type(value).__name__
+
+
+def _damaged(store: EventStore, what: str) -> Exception:
+    """The store's search's error for a damaged store (store/search.py `damaged`), naming the events."""
+    from pacsguard.store.errors import StoreError
+
+    return StoreError(f"{store.name}: the store is damaged: {what}; run `pacsguard audit verify` to see what "
+                      "else is, and restore a backup")
+
+
+def _row(seq: int, event: Event, sealed: str, proof: InclusionProof | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"seq": seq, **row_of(event), "sealed": sealed}
     if proof is not None:
         row["proof"] = [h.hex() for h in proof.path]
     return row

@@ -194,8 +194,10 @@ def guarded(func: F) -> F:
             if database is not None and isinstance(exc, database.DBAPIError):
                 # The store's database failed under a query (a damaged page, a dropped table, a
                 # server gone): the store cannot be read, not a bug (docs/store.md, exit 2).
-                raise fail(f"the store's database failed: {exc.orig or exc}; `pacsguard audit verify` "
-                           "tells what is damaged") from None
+                from pacsguard.store.database import without_text
+
+                raise fail(f"the store's database failed: {without_text(str(exc.orig or exc))}; `pacsguard audit "
+                           "verify` tells what is damaged") from None
             tls = sys.modules.get("pacsguard.tls.contexts")
             if tls is not None and isinstance(exc, tls.TLSConfigError):  # names the file and what is wrong
                 raise fail(str(exc)) from None

@@ -97,6 +97,7 @@ def make_engine(url: str, *, create: bool) -> Engine:
             create_private_file(path)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _strict_text(describe(url)))
         # pysqlite's own transaction handling cannot take the write lock up front: BEGIN IMMEDIATE does,
         # so two writers serialise instead of failing on upgrade from a read lock. Readers use a plain
         # BEGIN, so a search never waits for the writer's fsync (WAL readers do not block writers).
@@ -128,6 +129,33 @@ def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     # over the whole store (it did for a join of the patient search, on a 10M-event file).
     cur.execute("PRAGMA automatic_index=OFF")
     cur.close()
+
+
+class UndecodableText(StoreError):
+    """A TEXT value of an SQLite store that is not valid UTF-8: SQLite keeps whatever bytes an edit
+    writes (``CAST(x'ff' AS TEXT)``), pacsguard never stores such text. Raised while rows are read,
+    in place of sqlite3's "Could not decode to UTF-8 column 'body' with text '...'", whose message
+    echoes the value (a sealed record holds patient data). It names the store, not the row: the
+    reader that knows the row (the search, by seq) reads the value as a BLOB and names it itself."""
+
+
+def _strict_text(where: str) -> Callable[[sqlite3.Connection, object], None]:
+    """A connect listener that makes the connection decode TEXT strictly as UTF-8 (as sqlite3's own
+    default does), raising `UndecodableText`, which carries no byte of the value, on failure."""
+    message = (f"{where}: the store is damaged: a text value in it is not valid UTF-8 (SQLite keeps whatever "
+               "bytes an edit writes; pacsguard never stores such text): the store was edited outside pacsguard; "
+               "run `pacsguard audit verify` to see what else is, and restore a backup")
+
+    def decode(value: bytes) -> str:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UndecodableText(message) from None
+
+    def listener(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.text_factory = decode
+
+    return listener
 
 
 def _switch_to_wal(cur: sqlite3.Cursor) -> None:
@@ -351,6 +379,18 @@ def _upgrade(conn: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+#: sqlite3's message for TEXT it cannot decode ends with the value itself (CPython's
+#: Modules/_sqlite/cursor.c: "Could not decode to UTF-8 column '%s' with text '%s'").
+_ECHOED_TEXT = re.compile(r"( column '[^']*') with text '.*", re.DOTALL)
+
+
+def without_text(message: str) -> str:
+    """A driver's message without the stored value sqlite3 quotes in it when it cannot decode TEXT
+    (a sealed record holds patient data: no error line echoes it). The connections pacsguard opens
+    decode TEXT themselves (`UndecodableText`); this guards any message that still quotes it."""
+    return _ECHOED_TEXT.sub(r"\1 (the value is not valid UTF-8; not shown)", message)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
+    text = without_text(str(getattr(exc, "orig", None) or exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

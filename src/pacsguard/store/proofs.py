@@ -43,6 +43,23 @@ def inclusion_proofs(store: EventStore, seqs: Iterable[int], checkpoint: Checkpo
     return [InclusionProof(seq, size, tuple(_path(seq, size, levels, leaves))) for seq in wanted]
 
 
+def stored_leaves(store: EventStore, seqs: Iterable[int]) -> dict[int, bytes | None]:
+    """The leaf column of each of ``seqs`` that has an events row (None for one that holds no hash):
+    what an event newer than the checkpoint, which has no proof, is checked against."""
+    wanted = sorted(set(seqs))
+    out: dict[int, bytes | None] = {}
+    with store.engine.connect() as conn:
+        for i in range(0, len(wanted), _CHUNK):
+            for seq, leaf in conn.execute(select(events.c.seq, events.c.leaf).where(
+                    events.c.seq.in_(wanted[i:i + _CHUNK]))):
+                out[seq] = bytes(leaf) if isinstance(leaf, (bytes, memoryview)) else None
+    return out
+
+
+#: Seqs asked for per statement (SQLite's default limit of bound parameters is far above it).
+_CHUNK = 500
+
+
 def _leaf(seq: int, leaf: object, store: str) -> bytes:
     """A stored leaf hash; one of another type (SQLite keeps whatever an UPDATE writes) is named,
     not a crash: no proof can be computed over it."""

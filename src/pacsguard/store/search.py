@@ -13,12 +13,12 @@ rather than its event silently left out).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, LargeBinary, Select, and_, cast, func, or_, select, text
 from sqlalchemy.engine import Connection
 
 from pacsguard.store.columns import ae_key, host_key, kind_key, patient_key, study_key, term_key, user_key
@@ -47,9 +47,52 @@ _Conditions = list[ColumnElement[bool]]
 _WITH_BODY = events.outerjoin(event_bodies, event_bodies.c.seq == events.c.seq)
 
 
-def _rows() -> Select[Any]:
-    """(seq, body) of events rows: the filters go on `events`, the body is read by seq."""
-    return select(events.c.seq, event_bodies.c.body).select_from(_WITH_BODY)
+def _rows(conn: Connection) -> Select[Any]:
+    """(seq, body) of events rows: the filters go on `events`, the body is read by seq. SQLite keeps
+    whatever bytes an edit writes as TEXT, so there the body is read as its bytes with its storage
+    class (`_read` decodes it, naming the row of one that is not UTF-8; sqlite3 would fail the
+    whole statement with a message that echoes the record)."""
+    if conn.dialect.name != "sqlite":
+        return select(events.c.seq, event_bodies.c.body).select_from(_WITH_BODY)
+    return select(events.c.seq, cast(event_bodies.c.body, LargeBinary),
+                  func.typeof(event_bodies.c.body)).select_from(_WITH_BODY)
+
+
+class _NotText:
+    """An SQLite body stored as another storage class than TEXT (`_sealed` names its type)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+class _NotUtf8:
+    """An SQLite TEXT body whose bytes are not UTF-8: only their number is kept, never the bytes."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _read(rows: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    """(seq, body) of rows selected by `_rows`: on SQLite the body's bytes decoded (strict UTF-8, as
+    sqlite3 decodes TEXT), one that cannot be, or of another storage class, kept for `_sealed` to name."""
+    for row in rows:
+        if len(row) == 2:
+            yield row[0], row[1]
+            continue
+        seq, raw, kind = row
+        if raw is None:
+            yield seq, None
+        elif kind != "text":
+            yield seq, _NotText({"blob": "bytes", "integer": "int", "real": "float"}.get(kind, str(kind)))
+        else:
+            try:
+                yield seq, bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                yield seq, _NotUtf8(len(raw))
 
 
 @dataclass(slots=True)
@@ -87,8 +130,12 @@ def _sealed(conn: Connection, seq: int, body: object) -> str:
         return body
     if body is None:
         raise damaged(conn, f"events row #{seq}: its sealed record is missing (event_bodies has no row #{seq})")
+    if isinstance(body, _NotUtf8):
+        raise damaged(conn, f"events row #{seq}: its sealed record is not valid UTF-8 text ({body.size} bytes; "
+                            "pacsguard never stores such text: the store was edited outside pacsguard)")
     # The length and type only: a body holds patient data, which an error line should not echo.
-    found = f"{len(body)} characters" if isinstance(body, str) else f"a value of type {type(body).__name__}"
+    found = (f"{len(body)} characters" if isinstance(body, str) else f"a value of type {body.kind}"
+             if isinstance(body, _NotText) else f"a value of type {type(body).__name__}")
     raise damaged(conn, f"events row #{seq}: its body is not a sealed record ({found} without its frame)")
 
 
@@ -129,7 +176,7 @@ def _fetch(conn: Connection, seqs: Sequence[int], exact: _Conditions) -> Iterato
     """The events of *seqs* that pass *exact*, in the order of *seqs*."""
     for i in range(0, len(seqs), _FETCH):
         chunk = seqs[i:i + _FETCH]
-        found: dict[int, Any] = dict(conn.execute(_rows().where(events.c.seq.in_(chunk), *exact)).all())
+        found: dict[int, Any] = dict(_read(conn.execute(_rows(conn).where(events.c.seq.in_(chunk), *exact))))
         for seq in chunk:
             if seq in found:
                 yield seq, found[seq]
@@ -162,13 +209,12 @@ def _by_patient(conn: Connection, q: EventQuery, patient: str, exact: _Condition
             # buckets, and PostgreSQL sees each range (a join against a list of runs made it scan).
             runs = text("(" + " OR ".join("events.place BETWEEN %d AND %d" % patient_run(b, patient)
                                           for b in chunk) + ")")
-            rows = [(seq, body) for seq, body in conn.execute(_rows().where(
-                runs, events.c.patient_id == patient, *exact))]
+            rows = list(_read(conn.execute(_rows(conn).where(runs, events.c.patient_id == patient, *exact))))
             others = conn.execute(select(event_patients.c.seq).where(
                 event_patients.c.bucket.in_(chunk), event_patients.c.patient_id == patient)).scalars().all()
             if others:
                 rows += _fetch(conn, others, exact)
-            rows.sort(reverse=q.newest_first)
+            rows.sort(key=lambda row: row[0], reverse=q.newest_first)
             yield from rows
 
     yield from _limited(found(), q.limit)
@@ -228,13 +274,13 @@ def _time_span(conn: Connection, q: EventQuery) -> tuple[int | None, int | None]
 
 
 def _scan(conn: Connection, q: EventQuery, exact: _Conditions) -> Iterator[tuple[int, str]]:
-    stmt = _rows().where(*exact)
+    stmt = _rows(conn).where(*exact)
     if q.after_seq is not None:
         stmt = stmt.where(events.c.seq > q.after_seq)
     stmt = stmt.order_by(events.c.seq.desc() if q.newest_first else events.c.seq)
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
-    yield from conn.execute(stmt)
+    yield from _read(conn.execute(stmt))
 
 
 def _row_filter(q: EventQuery) -> _Conditions:

@@ -27,7 +27,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.columns import REFUSALS, ae_key, append_refusing, host_key, kind_key, optional, user_key
+from pacsguard.store.columns import (
+    REFUSALS,
+    ae_key,
+    append_refusing,
+    host_key,
+    kind_key,
+    optional,
+    patient_key,
+    user_key,
+)
 from pacsguard.store.database import WRITE, check_or_create, describe, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
@@ -384,6 +393,7 @@ class EventStore:
         return [bytes(leaf) for leaf in rows]
 
     def search(self, query: EventQuery) -> Iterator[StoredEvent]:
+        wanted = None if query.patient is None else patient_key(query.patient)
         with self.engine.connect() as conn:
             for seq, body in select_events(conn, query):
                 try:
@@ -391,6 +401,11 @@ class EventStore:
                 except (ValueError, LookupError, TypeError) as exc:
                     raise damaged(conn, f"events row #{seq}: its event does not decode "
                                         f"({type(exc).__name__})") from None
+                if wanted is not None and wanted not in {patient_key(p) for p in event.patient_ids}:
+                    # The index names the patient, the sealed record does not: one of them was edited
+                    # (the record, if `audit verify` finds it modified); not listed as the patient's.
+                    raise damaged(conn, f"events row #{seq}: the patient index gives it the patient searched for, "
+                                        "its sealed record does not name that patient")
                 yield StoredEvent(seq, event)
 
 
