@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import re
 import socket
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote_plus
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
+from pacsguard.config.networks import parse_network
 from pacsguard.config.strict import Strict
 
 MAX_SECRET_BYTES = 64 * 1024  # a password or token, never a whole file
@@ -195,25 +196,6 @@ AETitle = str  # 1-16 characters of the default repertoire, no backslash (PS3.5 
 
 SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*")
 Service = Literal["C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET", "storage-commitment", "N-*"]
-
-
-def parse_network(item: Any) -> IPv4Network | IPv6Network:
-    """One address (a network of one) or CIDR. A CIDR with host bits set is refused, not widened to
-    its network: 10.30.1.17/16 written for one CT host would allow all of 10.30.0.0/16."""
-    if isinstance(item, (IPv4Network, IPv6Network)):
-        return item
-    text = str(item)
-    try:
-        network = ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"expected an IP address or CIDR such as 10.1.0.0/16, got {item!r}") from None
-    if "/" in text:
-        try:
-            ip_network(text)  # strict: it fails only for host bits set, now that the lenient parse passed
-        except ValueError:
-            raise ValueError(f"{text} has host bits set: write {text.split('/')[0]} for one host or {network} "
-                             "for the network") from None
-    return network
 
 
 #: An address or CIDR in a list of networks: an error's key names the list item (hosts.0).

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from pacsguard.config.schema import parse_network
+from pacsguard.config.networks import parse_network
 from pacsguard.events import Severity
 from pacsguard.yaml_shape import INT_TAG, TOO_DEEP, construct_int, shape_problem
 
