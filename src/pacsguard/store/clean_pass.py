@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, LargeBinary, Row, Select, Table, cast, func, literal, select
+from sqlalchemy import Connection, Row, Select, Table, func, select
 
 from pacsguard.events.model import Event
+from pacsguard.store.bodies import body_columns
 from pacsguard.store.columns import ae_key, host_key, kind_key, optional, study_keys, user_key
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of, placed_by
 from pacsguard.store.merkle import leaf_hash
@@ -56,44 +57,6 @@ def _as_written(r: Row[Any]) -> bool:
     UPDATE writes (a real seq, a text leaf), which the forensic reading names as a finding."""
     return (isinstance(r.seq, int) and not isinstance(r.seq, bool) and r.body_type == "text"
             and isinstance(r.body, (bytes, str)) and isinstance(r.leaf, (bytes, memoryview)))
-
-
-def body_columns(dialect: str) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """The sealed record as read for verifying, and its SQLite storage class ("text" as pacsguard
-    writes it). On SQLite the record is read as its bytes (CAST AS BLOB): a TEXT value that is not
-    valid UTF-8 (SQLite keeps whatever an edit writes) is then a finding about that one record rather
-    than a decoding error that stops the reading (and echoes the record, patient data, in its
-    message). PostgreSQL's text is valid UTF-8 by construction."""
-    body = event_bodies.c.body
-    if dialect == "sqlite":
-        return cast(body, LargeBinary).label("body"), func.typeof(body).label("body_type")
-    return body.label("body"), literal("text").label("body_type")
-
-
-class Unreadable:
-    """A sealed record that is stored but is not text (``reason`` says what it holds, in words: no
-    byte of it, which is patient data); ``raw``: its bytes when it is text that is not UTF-8."""
-
-    __slots__ = ("raw", "reason")
-
-    def __init__(self, reason: str, raw: bytes = b"") -> None:
-        self.reason, self.raw = reason, raw
-
-
-def body_of(body: Any, body_type: str) -> str | Unreadable:
-    """A record read with `body_columns`: its text, or what it holds instead (`Unreadable`)."""
-    if isinstance(body, str):
-        return body
-    if body_type == "text" and isinstance(body, (bytes, memoryview)):
-        raw = bytes(body)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Unreadable(f"is not valid UTF-8 text (byte {exc.start} of {len(raw)} is not), so it is not "
-                              "a record pacsguard sealed", raw)
-    what = {"blob": f"a blob of {len(bytes(body)) if body is not None else 0} bytes", "integer": "a number",
-            "real": "a number", "null": "NULL"}.get(body_type, f"a value of type {body_type}")
-    return Unreadable(f"holds {what}, not the text of a sealed record")
 
 
 def select_rows(dialect: str) -> Select[Any]:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, LargeBinary, Select, and_, cast, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text
 from sqlalchemy.engine import Connection
 
+from pacsguard.store.bodies import Unreadable, body_columns, body_of
 from pacsguard.store.columns import ae_key, host_key, kind_key, patient_key, study_key, term_key, user_key
 from pacsguard.store.database import describe
 from pacsguard.store.errors import StoreError
@@ -48,51 +49,18 @@ _WITH_BODY = events.outerjoin(event_bodies, event_bodies.c.seq == events.c.seq)
 
 
 def _rows(conn: Connection) -> Select[Any]:
-    """(seq, body) of events rows: the filters go on `events`, the body is read by seq. SQLite keeps
-    whatever bytes an edit writes as TEXT, so there the body is read as its bytes with its storage
-    class (`_read` decodes it, naming the row of one that is not UTF-8; sqlite3 would fail the
-    whole statement with a message that echoes the record)."""
-    if conn.dialect.name != "sqlite":
-        return select(events.c.seq, event_bodies.c.body).select_from(_WITH_BODY)
-    return select(events.c.seq, cast(event_bodies.c.body, LargeBinary),
-                  func.typeof(event_bodies.c.body)).select_from(_WITH_BODY)
-
-
-class _NotText:
-    """An SQLite body stored as another storage class than TEXT (`_sealed` names its type)."""
-
-    __slots__ = ("kind",)
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-
-class _NotUtf8:
-    """An SQLite TEXT body whose bytes are not UTF-8: only their number is kept, never the bytes."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int) -> None:
-        self.size = size
+    """(seq, body, body_type) of events rows: the filters go on `events`, the body is read by seq, as
+    verify reads it (bodies.body_columns: on SQLite its bytes and storage class, as SQLite keeps
+    whatever bytes an edit writes as TEXT and sqlite3 would fail the whole statement with a message
+    that echoes the record)."""
+    return select(events.c.seq, *body_columns(conn.dialect.name)).select_from(_WITH_BODY)
 
 
 def _read(rows: Iterable[Any]) -> Iterator[tuple[int, Any]]:
-    """(seq, body) of rows selected by `_rows`: on SQLite the body's bytes decoded (strict UTF-8, as
-    sqlite3 decodes TEXT), one that cannot be, or of another storage class, kept for `_sealed` to name."""
-    for row in rows:
-        if len(row) == 2:
-            yield row[0], row[1]
-            continue
-        seq, raw, kind = row
-        if raw is None:
-            yield seq, None
-        elif kind != "text":
-            yield seq, _NotText({"blob": "bytes", "integer": "int", "real": "float"}.get(kind, str(kind)))
-        else:
-            try:
-                yield seq, bytes(raw).decode("utf-8")
-            except UnicodeDecodeError:
-                yield seq, _NotUtf8(len(raw))
+    """(seq, body) of rows selected by `_rows`: the body decoded (bodies.body_of), one that cannot
+    be kept as `Unreadable` for `_sealed` to name; None for a missing record."""
+    for seq, raw, kind in rows:
+        yield seq, None if raw is None else body_of(raw, kind)
 
 
 @dataclass(slots=True)
@@ -122,6 +90,10 @@ _SEALED_START = '{"event":'
 _SEALED_PREV = ',"prev":"'
 
 
+#: SQLite storage classes as the type a value of it reads as, for `_sealed`'s message.
+_PYTHON_TYPES = {"blob": "bytes", "integer": "int", "real": "float"}
+
+
 def _sealed(conn: Connection, seq: int, body: object) -> str:
     """``body`` when it has the sealed record's frame (two string checks: readers cut the event out
     by that frame rather than parse the envelope); a damaged row is refused by name, not left to
@@ -130,12 +102,12 @@ def _sealed(conn: Connection, seq: int, body: object) -> str:
         return body
     if body is None:
         raise damaged(conn, f"events row #{seq}: its sealed record is missing (event_bodies has no row #{seq})")
-    if isinstance(body, _NotUtf8):
-        raise damaged(conn, f"events row #{seq}: its sealed record is not valid UTF-8 text ({body.size} bytes; "
+    if isinstance(body, Unreadable) and body.raw:
+        raise damaged(conn, f"events row #{seq}: its sealed record is not valid UTF-8 text ({len(body.raw)} bytes; "
                             "pacsguard never stores such text: the store was edited outside pacsguard)")
     # The length and type only: a body holds patient data, which an error line should not echo.
-    found = (f"{len(body)} characters" if isinstance(body, str) else f"a value of type {body.kind}"
-             if isinstance(body, _NotText) else f"a value of type {type(body).__name__}")
+    kind = _PYTHON_TYPES.get(body.kind, body.kind) if isinstance(body, Unreadable) else type(body).__name__
+    found = f"{len(body)} characters" if isinstance(body, str) else f"a value of type {kind}"
     raise damaged(conn, f"events row #{seq}: its body is not a sealed record ({found} without its frame)")
 
 

@@ -42,16 +42,8 @@ from sqlalchemy.exc import DBAPIError
 
 from pacsguard.events.model import Event
 from pacsguard.store import keys
-from pacsguard.store.clean_pass import (
-    COLUMNS,
-    Terms,
-    Unreadable,
-    body_columns,
-    body_of,
-    clean_chain,
-    columns_of,
-    terms_of,
-)
+from pacsguard.store.bodies import Unreadable, body_columns, body_of
+from pacsguard.store.clean_pass import COLUMNS, Terms, clean_chain, columns_of, terms_of
 from pacsguard.store.columns import study_keys
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, bucket_of, other_patients, place_of
