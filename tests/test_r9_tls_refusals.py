@@ -105,15 +105,19 @@ def test_certificates_for_the_other_side_are_refused_both_ways(pki: dict[str, Pa
         thread = threading.Thread(target=serve, args=(listener, a), daemon=True)
         thread.start()
         b.settimeout(10)
-        try:  # the listener's own server-only certificate, offered as a client's
-            with client_context(ca_file=ca, cert_file=server_only, key_file=server_only_key).wrap_socket(
-                    b, server_hostname=HOST) as tls:
+        # The listener's own server-only certificate, offered as a client's: made with ssl itself,
+        # since pacsguard's client_context refuses such a certificate when it is loaded.
+        wrong_client = ssl.create_default_context(cafile=str(ca))
+        wrong_client.load_cert_chain(server_only, server_only_key)
+        try:
+            with wrong_client.wrap_socket(b, server_hostname=HOST) as tls:
                 tls.recv(1)
         except (OSError, ssl.SSLError):
             pass
         thread.join(15)
     assert said and "unsuitable certificate purpose" in said[0], said
-    client_side = server_context(client_only, client_only_key)
+    client_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # server_context refuses it when loaded
+    client_side.load_cert_chain(client_only, client_only_key)
     a, b = socket.socketpair()
     with a, b:
         thread = threading.Thread(target=serve, args=(client_side, a), daemon=True)

@@ -11,6 +11,7 @@ no-op, so the same code runs in a terminal, a container and a test.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,13 +21,17 @@ NOTIFY_SOCKET = "NOTIFY_SOCKET"
 WATCHDOG_USEC = "WATCHDOG_USEC"
 WATCHDOG_PID = "WATCHDOG_PID"
 
+log = logging.getLogger("pacsguard.sdnotify")
+
 
 class Notifier:
     """Sends notifications to the socket named by $NOTIFY_SOCKET (read once, when created)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.address = _socket_address(env.get(NOTIFY_SOCKET, ""))
+        self.name = env.get(NOTIFY_SOCKET, "")
+        self.address = _socket_address(self.name)
+        self._warned = False
 
     @property
     def enabled(self) -> bool:
@@ -34,7 +39,10 @@ class Notifier:
 
     def notify(self, **assignments: str | int) -> bool:
         """Send one datagram of NAME=value lines, e.g. notify(READY=1, STATUS="serving").
-        Returns whether a datagram was sent (False without $NOTIFY_SOCKET)."""
+        Returns whether a datagram was sent: False without $NOTIFY_SOCKET, and False with one
+        warning when the socket cannot be reached (gone, refusing, inherited from another service,
+        passed into a container without its socket). sd_notify(3) reports such an error to its
+        caller and the service goes on; raising here ended `serve` right after its start."""
         if self.address is None:
             return False
         lines = []
@@ -43,8 +51,15 @@ class Notifier:
             if "\n" in text:  # a newline would start a new assignment: never let a value forge one
                 raise ValueError(f"{name} must be one line")
             lines.append(f"{name}={text}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto("\n".join(lines).encode("utf-8"), self.address)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto("\n".join(lines).encode("utf-8"), self.address)
+        except OSError as exc:
+            if not self._warned:  # once: the watchdog would repeat it every few seconds
+                self._warned = True
+                log.warning("$NOTIFY_SOCKET %s cannot be reached (%s): systemd gets no readiness or "
+                            "watchdog notification from pacsguard", self.name, exc.strerror or exc)
+            return False
         return True
 
     def ready(self, status: str | None = None) -> bool:

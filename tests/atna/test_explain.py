@@ -177,9 +177,13 @@ def test_distinct_patients_per_hour_far_above_the_users_own_baseline(tmp_path: P
     assert len(hour("jsmith", 2, 10, 40, first=500)) == 1  # the next hour may fire again
     assert hour("kim", 2, 10, 40) == []  # kim has no history of her own
 
-    hour("lee", 2, 11, 1)  # a third user: jsmith, the least recently active, is evicted and learns anew
-    assert "jsmith" not in adapter.hours.users and adapter.hours.users.evicted == 1
-    assert hour("jsmith", 2, 12, 40) == []
+    hour("lee", 2, 11, 1)  # two users still learning (max_users 2 of each kind) and a third:
+    hour("ray", 2, 11, 1)  # kim, the least recently active of them, is evicted
+    assert "kim" not in adapter.hours.learning and adapter.hours.learning.evicted == 1
+    for n in range(500):  # made-up users (any sender can name them) push out only users still learning
+        hour(f"fake{n}", 2, 11, 1)
+    assert "jsmith" in adapter.hours.users and adapter.hours.users.evicted == 0
+    assert len(hour("jsmith", 2, 12, 40)) == 1  # her baseline is still hers
 
 
 def test_serve_loads_the_adapters_rules_as_configured(tmp_path: Path) -> None:

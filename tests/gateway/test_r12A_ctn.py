@@ -118,7 +118,10 @@ def spool_empty(gw: RunningGateway, route: str, timeout: float = 15.0) -> None:
         if not list((gw.home / "var" / "spool" / route / "objects").glob("*.dcm")):
             return
         time.sleep(0.1)
-    raise AssertionError(f"the spool of {route} did not empty within {timeout} s")
+    # Name what held it (the forwarder's recorded delays), so a failure under load can be read.
+    delays = [(e.details.get("sop_instance"), e.details.get("error") or e.details.get("reason"))
+              for e in gw.events() if e.kind.startswith("gateway.") and "delay" in e.kind]
+    raise AssertionError(f"the spool of {route} did not empty within {timeout} s; delays: {delays}")
 
 
 @pytest.mark.parametrize("syntax", ["ctn-default", "big-endian"])
@@ -321,7 +324,7 @@ def test_a_destination_that_aborts_after_every_object_still_gets_each_once(ctn: 
     with serving(home, [store_and_forward("sf", aborting)], PROGRAM) as gw:
         done = sent(ctn, gw.port("sf"), "PACSGUARD", files)
         assert done.returncode == 0, done.stdout + done.stderr
-        spool_empty(gw, "sf", timeout=20)
+        spool_empty(gw, "sf", timeout=45)  # ~4 s alone; CI shares 2 cores
         forwarded = gw.wait_for("gateway.object.forwarded", count=len(files))
     assert set(aborting.received()) == set(made)
     assert Counter(e.details["sop_instance"] for e in forwarded) == {uid: 1 for uid in made}

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from pacsguard.atna.syslog.framing import DEFAULT_MAX_MESSAGE
 from pacsguard.atna.zone import LOCAL, SiteZone
-from pacsguard.config.schema import Host, SecretRef
+from pacsguard.config.schema import Host, Network, SecretRef
 from pacsguard.config.strict import Strict
 
 if TYPE_CHECKING:
@@ -154,6 +154,9 @@ class Explain(Strict):
                                     "the same user to the same patient this long before")
     on_arrival: bool = Field(False, description="judge each received access as it arrives (rule "
                              "audit-unexplained-access): one query of the patient's events per access")
+    evidence_from: list[Network] = Field(
+        default_factory=list, description="addresses/CIDRs whose audit messages count as evidence (an order, "
+        "procedure or instances record); empty: any sender's. pacsguard's own C-MOVE records always count")
 
 
 class Baseline(Strict):
@@ -163,7 +166,8 @@ class Baseline(Strict):
     min_patients: int = Field(10, ge=1, description="and only from this many distinct patients in the hour")
     min_hours: int = Field(8, ge=1, description="active hours of history before a user's baseline is trusted")
     history_hours: int = Field(168, ge=1, le=10_000, description="active hours the median is taken over")
-    max_users: int = Field(10_000, ge=1, description="users tracked; the least recently active is evicted first")
+    max_users: int = Field(10_000, ge=1, description=(
+        "users with a baseline tracked (as many still learning); the least recently active is evicted first"))
     max_patients_per_hour: int = Field(256, ge=1, le=100_000,
                                        description="distinct patients counted per user and hour, at most")
 

@@ -16,6 +16,7 @@ from pacsguard.atna.explain import touches_patient
 from pacsguard.atna.message.mapping import user_of
 from pacsguard.atna.zone import SiteZone
 from pacsguard.events.model import Event, Outcome
+from pacsguard.hidden_characters import visible
 
 #: Purposes of use that mean emergency access (HL7 v3 ActReason ETREAT, BTG "break the glass").
 BREAK_GLASS_PURPOSES = frozenset({"ETREAT", "BTG"})
@@ -101,15 +102,19 @@ def _add(into: list[dict[str, Any]], ev: Event, counts: Counter[str], name: str,
                      "actor": ev.actor.label(), "patients": list(ev.patient_ids), "message": ev.message})
 
 
-#: Unicode's explicit directional formatting characters (UAX #9 section 2: embeddings, overrides,
-#: isolates, marks). A user name or host a sender chose with U+202E in it would show reversed
-#: ("\u202enimda" as "admin"): the page shows each as a visible <U+202E> instead. The JSON keeps them.
-_SHOWN = {c: f"<U+{c:04X}>" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-
-
 def _esc(value: object) -> str:
-    """A value as the page shows it: its directional controls made visible, then escaped."""
-    return html.escape(str(value).translate(_SHOWN))
+    """A value as the page shows it: its hidden characters made visible (hidden_characters: a user name
+    or host a sender chose with U+202E in it would show reversed, "\\u202enimda" as "admin", one
+    with U+200B as another user's name), then escaped. The JSON keeps them."""
+    return html.escape(visible(str(value)))
+
+
+def _clock(time: str) -> str:
+    """A listed time as the page shows it: to the second, with its UTC offset. On the day the clocks
+    go back, 02:30 happens twice (02:30+02:00 and 02:30+01:00 in Berlin): without the offset the two
+    would read as one time."""
+    offset = time[-6:] if len(time) > 19 and time[-6] in "+-" and time[-3] == ":" else ""
+    return time[:19] + offset
 
 
 def to_html(report: dict[str, Any]) -> str:
@@ -129,7 +134,7 @@ def to_html(report: dict[str, Any]) -> str:
         # The heading counts the day's events, not the listed ones (reports made before `counts`: the list).
         count = int((report.get("counts") or {}).get(name, len(rows)))
         cut = f"<p>The first {len(rows)} of {count} are listed.</p>" if count > len(rows) else ""
-        body = "".join(f"<tr><td>{esc(r['time'][:19])}</td><td>{esc(r['kind'])}</td><td>{esc(r['outcome'])}</td>"
+        body = "".join(f"<tr><td>{esc(_clock(r['time']))}</td><td>{esc(r['kind'])}</td><td>{esc(r['outcome'])}</td>"
                        f"<td>{esc(r['actor'])}</td><td>{esc(', '.join(r['patients']))}</td>"
                        f"<td>{esc(r['message'])}</td></tr>" for r in rows)
         return (f"<h2>{esc(title)} ({count})</h2>{cut}<table><tr><th>time ({esc(zone)})</th><th>kind</th>"

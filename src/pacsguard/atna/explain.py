@@ -27,6 +27,10 @@ that a sender's wrong code hides no access), or a gateway C-FIND, C-MOVE, C-GET 
 user is the requesting user's identity (UserID, PS3.15 A.5.2.1: never the display name UserName),
 else the calling AE title.
 
+Any sender can write an order naming itself: `atna.privacy.explain.evidence_from` names the senders
+(addresses or networks: the RIS, the EMR, the PACS) whose audit messages count as evidence; a record
+from any other counts for nothing. pacsguard's own records of C-MOVEs always count.
+
 Evidence is for the same patient: an event naming the ID under another assigning authority (HL7 v2.5
 2.A.33 HD: another namespace or universal ID) is another patient's; an ID given without an authority
 (the gateway's) is taken as the same patient. An order, procedure or instances record whose
@@ -41,6 +45,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.message import mapping
@@ -78,9 +83,23 @@ class ExplainSettings:
     evidence_window: float = 90 * 86400.0
     repeat_window: float = 7 * 86400.0
     departments: Mapping[str, str] = field(default_factory=dict)
+    #: The senders whose audit messages count as evidence (empty: every sender's).
+    evidence_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
     def department(self, user: str) -> str:
         return self.departments.get(user, "")
+
+    def trusts(self, event: Event) -> bool:
+        """Whether ``event`` came from a sender whose records count as evidence."""
+        if not self.evidence_from:
+            return True
+        sender = event.details.get("sender")
+        host = sender.get("host") if isinstance(sender, dict) else None
+        try:
+            address = ip_address(str(host))
+        except ValueError:
+            return False
+        return any(address in network for network in self.evidence_from)
 
 
 def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambda p: p,
@@ -94,7 +113,7 @@ def settings_of(privacy: Privacy | None, resolve: Callable[[Path], Path] = lambd
     windows = privacy.explain
     staff = lists if lists is not None else privacy.lists(resolve, watch=False)
     return ExplainSettings(parse_duration(windows.evidence_window), parse_duration(windows.repeat_window),
-                           staff.departments())
+                           staff.departments(), tuple(windows.evidence_from))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +216,14 @@ def _organizations(event: Event) -> set[str]:
             if o.get("type_code") == "3" for k in ("id", "name")} - {""}
 
 
-def _care(item: Item) -> bool:
-    """An order, a procedure record or new instances: evidence that someone cared for the patient."""
+def _care(item: Item, settings: ExplainSettings) -> bool:
+    """An order, a procedure record or new instances, from a sender whose records count: evidence
+    that someone cared for the patient."""
     action = item.event.details.get("action")
     if item.event.details.get("outcome_indicator") in _FAILED:
         return False  # a refused or failed order created nothing (PS3.15 A.5.1 EventOutcomeIndicator)
+    if not settings.trusts(item.event):
+        return False
     if item.event.kind in (ORDER, PROCEDURE):
         return action is None or action in _CHANGES
     return item.event.kind == INSTANCES and action in _CHANGES
@@ -213,14 +235,14 @@ Finder = Callable[[Item, Sequence[Item], ExplainSettings], Item | None]
 
 
 def _order_names_user(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
-    return next((c for c in near if c.event.kind == ORDER and _care(c) and access.user in _users_named(c.event)),
-                None)
+    return next((c for c in near
+                 if c.event.kind == ORDER and _care(c, settings) and access.user in _users_named(c.event)), None)
 
 
 def _department_study(access: Item, near: Sequence[Item], settings: ExplainSettings) -> Item | None:
     mine = settings.department(access.user)
     for c in near:
-        if not _care(c):
+        if not _care(c, settings):
             continue
         named = _users_named(c.event)
         if access.user in named:
@@ -269,7 +291,7 @@ def explain_items(items: Sequence[Item], patient: str, settings: ExplainSettings
     (orders, studies, C-MOVEs) is picked out once: a patient's thousands of C-STOREs cost one pass
     each over it, not over every event."""
     ordered = sorted(items, key=lambda i: (i.time, i.seq if i.seq != UNSTORED else float("inf")))
-    evidence = [i for i in ordered if _care(i) or _moved(i)]
+    evidence = [i for i in ordered if _care(i, settings) or _moved(i)]
     # user -> their explained accesses so far, oldest first: all of them, not the latest only, as
     # the latest may be to another authority's patient of the same ID, which no repeat rests on.
     explained: dict[str, list[Item]] = {}

@@ -47,6 +47,7 @@ from pacsguard.atna.message.mapping import record_from_event
 from pacsguard.atna.query import SEARCH_DOCUMENTATION, SEARCH_PARAMETERS, AuditQuery, QueryError, stored_by_id
 from pacsguard.atna.syslog.listeners import REFUSALS_RECORDED_EVERY, Refusals
 from pacsguard.events.model import Event, Outcome, Party, Severity
+from pacsguard.runtime.periodic import every
 
 if TYPE_CHECKING:
     from pacsguard.atna.config import HttpListener
@@ -337,9 +338,9 @@ class RestfulAtna:
 
     async def _summarise_every(self) -> None:
         """Record the counts of the intervals over, a quarter of an interval at most after each ends."""
-        while True:
-            await asyncio.sleep(RECORD_INTERVAL / 4)
-            self._summarise(asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        await every(RECORD_INTERVAL / 4, lambda: self._summarise(loop.time()), "recording the audit endpoint's "
+                    "summaries", log)
 
     def _summarise(self, now: float) -> None:
         for host, count in self.refusals.summaries(final=now == float("inf")):

@@ -28,13 +28,14 @@ import io
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.message.mapping import user_name_of
 from pacsguard.events.model import Event
+from pacsguard.hidden_characters import HIDDEN, visible
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -791,11 +792,22 @@ def page_problems(text: str, report: dict[str, Any]) -> list[str]:
         return []
     try:
         parts = _page_parts(report)
+        # A page saved before the hidden characters were shown showed them as they are: the same
+        # report, rendered as it was then, still proves (only a page with such a character differs).
+        earlier = _page_parts(report, _earlier_text) if HIDDEN.search(text) else None
     except _MALFORMED:
         # Rendering reads members as `audit patient` writes them; `prove` names the one that is not.
         return ["the html page cannot be rendered from the report it carries: a member it shows is not of the type "
                 "`audit patient` writes"]
     page = text.removesuffix("\n").removesuffix("\r")
+    problems = _page_differs(page, parts)
+    if problems and earlier is not None and not _page_differs(page, earlier):
+        return []
+    return problems
+
+
+def _page_differs(page: str, parts: list[tuple[str, str]]) -> list[str]:
+    """Why ``page`` is not the rendered ``parts`` ([] when it is)."""
     at = 0
     for what, part in parts:
         if not page.startswith(part, at):
@@ -822,12 +834,15 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: object) -> object:
-    """A value for a CSV cell: text a spreadsheet would run as a formula gets a leading ``'``. The
-    users, hosts and AE titles come from audit messages, which a compromised workstation writes
-    (``=HYPERLINK(...)`` in a user name); the JSON report keeps every value exact."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    """A value for a CSV cell: text a spreadsheet would run as a formula gets a leading ``'``, and
+    characters a spreadsheet shows as nothing or that reorder the cell (HIDDEN: "\\u202enimda"
+    reads "admin") are shown as ``<U+XXXX>``, as the html form shows them. The users, hosts and AE
+    titles come from audit messages, which a compromised workstation writes (``=HYPERLINK(...)`` in
+    a user name); the JSON report keeps every value exact."""
+    if not isinstance(value, str):
+        return value
+    value = visible(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -848,16 +863,22 @@ def to_html(report: dict[str, Any]) -> str:
 
 
 def _text(value: object) -> str:
-    """Text for the page: escaped, and CR and LF as character references, so the page is one line
-    (an AE title "\\r=1+2" survives a reader's newline translation, and the line end can be told)."""
+    """Text for the page: its hidden characters shown (`visible`), escaped, and CR and LF as
+    character references, so the page is one line (an AE title "\\r=1+2" survives a reader's
+    newline translation, and the line end can be told)."""
+    return html.escape(visible(str(value))).replace("\r", "&#13;").replace("\n", "&#10;")
+
+
+def _earlier_text(value: object) -> str:
+    """`_text` as pages were rendered before the hidden characters were shown."""
     return html.escape(str(value)).replace("\r", "&#13;").replace("\n", "&#10;")
 
 
-def _page_parts(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """The page in order, each part with the name `page_problems` gives it."""
+def _page_parts(report: dict[str, Any], text: Callable[[object], str] = _text) -> list[tuple[str, str]]:
+    """The page in order, each part with the name `page_problems` gives it, its values shown by ``text``."""
     told = verdicts(report)
-    patient = _text(report["patient"])
-    head = "".join(f"<th>{_text(c)}</th>" for c in ("#", *_COLUMNS, "proven", "explanation"))
+    patient = text(report["patient"])
+    head = "".join(f"<th>{text(c)}</th>" for c in ("#", *_COLUMNS, "proven", "explanation"))
     # "<" never appears in the data: no "</script>" or "<!--" can end or bend the script element.
     data = json.dumps(report).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return [
@@ -865,33 +886,33 @@ def _page_parts(report: dict[str, Any]) -> list[tuple[str, str]]:
                   "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}"
                   "table{border-collapse:collapse}</style></head><body>"),
         ("heading", f"<h1>Who accessed patient {patient}</h1>"),
-        ("summary", f"<p>{_summary(report)}</p>"),
+        ("summary", f"<p>{_summary(report, text)}</p>"),
         ("table header", f"<table><tr>{head}</tr>"),
-        *((f"row of event #{_text(row['seq'])}", _html_row(row, told)) for row in listed_rows(report)),
+        *((f"row of event #{_text(row['seq'])}", _html_row(row, told, text)) for row in listed_rows(report)),
         ("end", f"</table>{_SCRIPT_OPEN}{data}</script></body></html>"),
     ]
 
 
-def _html_row(row: dict[str, Any], told: dict[int, str]) -> str:
+def _html_row(row: dict[str, Any], told: dict[int, str], text: Callable[[object], str]) -> str:
     cells = (user_cell(row) if c == "user" else row.get(c) or "" for c in _COLUMNS)
-    return ("<tr>" + f"<td>{_text(row['seq'])}</td>" + "".join(f"<td>{_text(v)}</td>" for v in cells)
-            + f"<td>{'yes' if 'proof' in row else 'not yet'}</td><td>{_text(told.get(row['seq'], ''))}</td></tr>")
+    return ("<tr>" + f"<td>{text(row['seq'])}</td>" + "".join(f"<td>{text(v)}</td>" for v in cells)
+            + f"<td>{'yes' if 'proof' in row else 'not yet'}</td><td>{text(told.get(row['seq'], ''))}</td></tr>")
 
 
-def _summary(report: dict[str, Any]) -> str:
+def _summary(report: dict[str, Any], text: Callable[[object], str]) -> str:
     """The paragraph above the table: what was searched, what signs it, what proves the rows."""
     cp, signed, share = report["checkpoint"], report.get("signed"), share_line(report)
     unproven = len(report["unproven"])
     proven_by = (f"proven against the checkpoint of {cp['tree_size']} events, root {cp['root']}, key "
                  f"{cp['key_id']}" + (f"; {unproven} newer than it, not yet proven" if unproven else "")
                  if cp else "no checkpoint: none is proven")
-    signature = (f"Signed by the store's key {_text(signed['key_id'])}." if isinstance(signed, dict) else
+    signature = (f"Signed by the store's key {text(signed['key_id'])}." if isinstance(signed, dict) else
                  "<strong>NOT SIGNED</strong> (made without the store's signing key): "
                  "<code>audit prove</code> refuses it.")
-    return (f"{len(report['events'])} events in {_text(report['store'])} named the patient "
-            f"({_text(window_text(report))}) when the report was generated, {_text(report['generated'])}; "
-            f"{_text(proven_by)}. {signature} "
-            f"{_text(share + ', unexplained listed first. ' if share else '')}Check it offline with "
+    return (f"{len(report['events'])} events in {text(report['store'])} named the patient "
+            f"({text(window_text(report))}) when the report was generated, {text(report['generated'])}; "
+            f"{text(proven_by)}. {signature} "
+            f"{text(share + ', unexplained listed first. ' if share else '')}Check it offline with "
             "<code>pacsguard audit prove FILE --key STORE-KEY.pub</code>.")
 
 

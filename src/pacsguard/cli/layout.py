@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from pacsguard.hidden_characters import HIDDEN
+
 __all__ = ["Column", "Layout", "layout_for", "printable", "render", "terminal_width", "write_lines"]
 
 #: Spaces between two columns.
@@ -35,9 +37,9 @@ GAP = 2
 MIN_FOLD = 16
 
 
-#: C0 controls, DEL, C1 controls, and the marks that reorder bidirectional text (embeddings,
-#: overrides, isolates: "Trojan Source", CVE-2021-42574).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Tab, LF and CR, and every character hidden_characters names: controls, the marks that reorder
+#: bidirectional text ("Trojan Source"), and zero-width ones ("j\u200bsmith" is not "jsmith").
+_UNSAFE = re.compile(f"[\t\n\r]|{HIDDEN.pattern}")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -49,7 +51,8 @@ def printable(text: str) -> str:
     if _UNSAFE.search(text) is None:
         return text
     return _UNSAFE.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                                            else f"\\u{ord(m.group()):04x}"), text)
+                                            else f"\\u{ord(m.group()):04x}" if ord(m.group()) < 0x10000
+                                            else f"\\U{ord(m.group()):08x}"), text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ app = App(name="witness", no_args_is_help=True,
 @app.command("serve")
 def serve(config: Path | None = CONFIG_OPTION,
           log_level: LogLevel = log_level_option(LogLevel.info)) -> None:
-    """Serve the `witness:` section until Ctrl-C, SIGTERM or SIGHUP: take the checkpoints of the
+    """Serve the `witness:` section until Ctrl-C, SIGTERM or a hang-up (SIGHUP on a
+    terminal; ignored without one): take the checkpoints of the
     pinned logs, check each extends the one held (RFC 9162 consistency proof), store and
     countersign it."""
     from pacsguard.cli.config import tls_problems

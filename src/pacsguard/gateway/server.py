@@ -26,6 +26,7 @@ from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
 from pacsguard.records.dicom import RefusalLog, StoredInstances
 from pacsguard.records.moves import MoveLedger
+from pacsguard.runtime.periodic import every
 
 if TYPE_CHECKING:
     from pacsguard.events.durable import Durability
@@ -618,11 +619,13 @@ class Gateway:
     async def _close_alert_windows(self) -> None:
         """An IDS limit window closes on the next observation; on a quiet gateway this timer closes
         it, so an aggregate alert never waits for traffic that may not come."""
-        assert self.engine is not None
-        while True:
-            await asyncio.sleep(ALERT_WINDOW_TICK)
-            for alert in self.engine.due(self.engine.clock()):
+        engine = self.engine
+        assert engine is not None
+
+        def close_due() -> None:
+            for alert in engine.due(engine.clock()):
                 self.publish(alert.event)
+        await every(ALERT_WINDOW_TICK, close_due, "closing the IDS alert windows", log)
 
     # --- quarantine ---------------------------------------------------------------------------
 
@@ -644,12 +647,8 @@ class Gateway:
             self.enforce()
 
     async def _poll_quarantine(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.quarantine_poll_interval)
-            try:
-                await self.refresh_quarantine()
-            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop enforcement
-                log.error("quarantine refresh failed: %s", exc)
+        await every(lambda: self.config.quarantine_poll_interval, self.refresh_quarantine, "quarantine refresh",
+                    log)
 
     def enforce(self) -> None:
         """Cut off live associations of quarantined devices (A-ABORT), on every route: a relayed
@@ -723,3 +722,4 @@ def upstream_tls_context(route: Route, resolve: Resolve) -> ssl.SSLContext | Non
     return client_context(ca_file=resolve(tls.ca_file) if tls.ca_file else None,
                           cert_file=resolve(tls.cert_file) if tls.cert_file else None,
                           key_file=resolve(tls.key_file) if tls.key_file else None)
+

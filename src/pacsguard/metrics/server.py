@@ -2,8 +2,11 @@
 known path, one request per connection (Connection: close), no request body.
 
 Bounded so a monitoring port cannot be used to tie the gateway up: the request head is at most
-MAX_HEAD bytes and must arrive within the timeout, at most MAX_CLIENTS connections are served at
-once (more are closed at once), and each answer is written within the timeout."""
+MAX_HEAD bytes and must arrive within the timeout, at most MAX_CLIENTS connections are held at
+once, and each answer is written within the timeout. When every slot is taken, the oldest
+connection still waiting for its request head is closed for the newcomer: idle or trickling
+connections (a slowloris client, a port scan) cannot keep Prometheus or a load balancer's health
+check out, since a real scraper sends its request at once."""
 
 from __future__ import annotations
 
@@ -64,7 +67,10 @@ class MonitoringServer:
     def __init__(self, routes: Mapping[str, Handler], timeout: float) -> None:
         self.routes = dict(routes)
         self.timeout = timeout
-        self._clients = 0
+        # Held connections, oldest first; `_waiting` those whose request head has not arrived yet.
+        self._held: dict[asyncio.StreamWriter, None] = {}
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        self.evicted = 0  # connections closed, still waiting for their request, to make room
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -79,17 +85,33 @@ class MonitoringServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients += 1
+        admitted = self._admit(writer)
         try:
-            if self._clients <= MAX_CLIENTS:
+            if admitted:
                 await asyncio.wait_for(self._answer(reader, writer), self.timeout)
         except (TimeoutError, ConnectionError):
             pass  # a slow or vanished client: nothing to tell it
         finally:
-            self._clients -= 1
+            self._held.pop(writer, None)
+            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Take a slot for a new connection, closing the oldest one still waiting for its request
+        when all are taken; False when every slot is busy answering (the newcomer is closed)."""
+        if len(self._held) >= MAX_CLIENTS:
+            victim = next(iter(self._waiting), None)
+            if victim is None:
+                return False
+            del self._waiting[victim]
+            del self._held[victim]
+            self.evicted += 1
+            victim.transport.abort()  # its readuntil() ends at once; its task closes it
+        self._held[writer] = None
+        self._waiting[writer] = None
+        return True
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -99,6 +121,7 @@ class MonitoringServer:
             return
         except asyncio.IncompleteReadError:
             return
+        self._waiting.pop(writer, None)  # a whole request: no longer the first to go
         request = parse_request_line(head)
         head_only = request is not None and request[0] == "HEAD"
         response = await self._respond(request)

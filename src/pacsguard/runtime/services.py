@@ -89,13 +89,21 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
     checkpoint signed): SIGINT, SIGTERM, and SIGHUP, which the terminal sends when the SSH session
     that ran `make run` or `serve` goes away (POSIX "General Terminal Interface", modem disconnect);
     its default action ended the process on the spot, leaving a start without a stop in the audit
-    trail. A SIGHUP ignored on purpose (`nohup pacsguard serve`) stays ignored."""
+    trail. A SIGHUP ignored on purpose (`nohup pacsguard serve`) stays ignored.
+
+    Without a terminal (systemd, a container) no hang-up can come: a SIGHUP there is a daemon's
+    "reload or reopen your logs" (rsyslog, nginx, Suricata; a logrotate postrotate script), and
+    stopping on it ended the gateway with exit code 0, which `Restart=on-failure` does not restart.
+    It is ignored with a warning saying so."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         return
     # Known now, while the terminal is there: once it hung up, isatty() fails on it like any write.
     terminals = [fd for fd in (1, 2) if _isatty(fd)]
+    if not terminals and not _isatty(0):
+        loop.add_signal_handler(signal.SIGHUP, _not_a_hang_up)
+        return
 
     def hang_up() -> None:
         # Whatever is printed while stopping ("stopping: ...", a log line) would fail with EIO on
@@ -109,6 +117,12 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
         stop.set()
 
     loop.add_signal_handler(signal.SIGHUP, hang_up)
+
+
+def _not_a_hang_up() -> None:
+    logging.getLogger("pacsguard").warning(
+        "SIGHUP ignored: pacsguard has no terminal to hang up and nothing to reload (the JSON-lines "
+        "file is reopened after rotation by itself); SIGTERM stops it, a restart reads the configuration")
 
 
 def _isatty(fd: int) -> bool:

@@ -74,7 +74,7 @@ class JsonLinesSink:
                 self.lost += len(events)
                 raise OSError(exc.errno, f"{self.path}: moved or removed and cannot be opened again "
                                          f"({exc.strerror}); {len(events)} event(s) not written") from None
-            lead = b"\n" if self._torn else b""
+            lead = b"\n" if self._torn and self._holds_text() else b""
             data = lead + data
             view = memoryview(data)
             try:
@@ -92,6 +92,13 @@ class JsonLinesSink:
             self._torn = False
             if self._fsync:
                 os.fsync(self._file.fileno())
+
+    def _holds_text(self) -> bool:
+        """Whether the open file still holds the half line: logrotate's copytruncate (or an
+        administrator freeing a full disk) may have emptied it, and a file that then began with
+        an empty line would fail a strict JSON-lines reader on its first line."""
+        assert self._file is not None
+        return os.fstat(self._file.fileno()).st_size > 0
 
     def _follow_path(self) -> None:
         """Open the path anew when it no longer names the open file (call with the lock held)."""

@@ -39,7 +39,7 @@ from typing import Any, Literal, Sequence
 from pacsguard.events.model import Event, Party
 from pacsguard.runtime.peer import probe
 from pacsguard.sinks.formats import FormatName, formatter
-from pacsguard.sinks.formats.common import VALUE_DELIMITER
+from pacsguard.sinks.formats.common import VALUE_DELIMITER, without_controls
 from pacsguard.tls.contexts import client_context, explain_tls_error
 
 # 32473 is the Private Enterprise Number RFC 5612 reserves for documentation and examples; an
@@ -59,6 +59,12 @@ NILVALUE = "-"
 MAX_MESSAGE = 8096
 # RFC 5424 6.1: every receiver takes 480 octets; a header and SD element need about that much.
 MIN_MESSAGE = 480
+# The most octets the queue holds while the collector is away. Its 100,000 frames of up to
+# max_message_size octets each would be 810 MB at the default size: events an attacker makes
+# just short of that size (a long user identity in each A-ASSOCIATE-RQ, PS3.7 D.3.3.7, sent whole)
+# during a SIEM outage would take that much of the gateway's memory. Normal events (about 1 KiB)
+# reach the count first.
+MAX_QUEUE_BYTES = 128 * 1024 * 1024
 # What a shortened event keeps (see shorten()).
 _KEEP_IDS = 8
 _KEEP_TEXT = 256
@@ -94,7 +100,9 @@ def _structured_data(event: Event, truncated: int | None = None) -> str:
         # all of them once more in one value, joined by DICOM's value delimiter, which no
         # Patient ID (LO) contains (PS3.5 6.2), as CEF's cs1 and LEEF's patientIds have them.
         params.append(("patients", VALUE_DELIMITER.join(event.patient_ids)))
-    body = " ".join(f'{name}="{escape_param_value(str(value))}"' for name, value in params)
+    # Control characters as CEF and LEEF write them (U+FFFD): RFC 5424 allows them in a PARAM-VALUE,
+    # but a collector in C ends a value at a NUL and rsyslog rewrites them (#000) on receipt.
+    body = " ".join(f'{name}="{escape_param_value(without_controls(str(value)))}"' for name, value in params)
     return f"[{SD_ID} {body}]"
 
 
@@ -171,9 +179,10 @@ class SyslogSink:
     """Sends Events to a syslog collector (rsyslog, syslog-ng, a SIEM) without ever blocking the
     caller.
 
-    `emit()` formats and enqueues; a background thread owns the socket. The queue is bounded: when
-    it is full the oldest message is dropped and counted in `dropped` (for an audit trail the
-    store is the record; syslog is the copy, and the newest events matter most to a SOC).
+    `emit()` formats and enqueues; a background thread owns the socket. The queue is bounded, to
+    `queue_size` messages and `queue_bytes` octets: when it is full the oldest message is dropped
+    and counted in `dropped` (for an audit trail the store is the record; syslog is the copy, and
+    the newest events matter most to a SOC).
 
     Delivery is at least once. A message leaves the queue only after `sendall()` of it succeeded;
     when the collector is down the thread reconnects with exponential backoff and resends what is
@@ -186,7 +195,7 @@ class SyslogSink:
 
     def __init__(self, host: str, port: int, *, transport: Literal["tcp", "tls"] = "tcp",
                  ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 queue_size: int = 100_000, hostname: str | None = None,
+                 queue_size: int = 100_000, queue_bytes: int = MAX_QUEUE_BYTES, hostname: str | None = None,
                  app_name: str = "pacsguard", facility: int = FACILITY_AUTHPRIV,
                  connect_timeout: float = 5.0, send_timeout: float = 10.0,
                  backoff_initial: float = 0.2, backoff_max: float = 30.0,
@@ -204,6 +213,9 @@ class SyslogSink:
         if max_message_size < MIN_MESSAGE:
             raise ValueError(f"max_message_size must be at least {MIN_MESSAGE} octets (RFC 5424 6.1), "
                              f"not {max_message_size}")
+        if queue_bytes < max_message_size + 16:  # a frame: the message and its length prefix
+            raise ValueError(f"queue_bytes must hold one whole message ({max_message_size} octets), "
+                             f"not {queue_bytes}")
         formatter(message_format)  # an unknown format fails here, not in the sender thread
         self.message_format = message_format
         self.host, self.port, self.transport = host, port, transport
@@ -216,6 +228,7 @@ class SyslogSink:
         self._facility = facility
         self._procid = str(os.getpid())
         self._queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout
         self._backoff_initial = backoff_initial
@@ -227,6 +240,7 @@ class SyslogSink:
 
         self._cond = threading.Condition()
         self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0  # octets in _pending
         self._head_seq = 0  # sequence number of _pending[0]; lets the sender pop exactly what it sent
         self._closed = False
         self._deadline: float | None = None
@@ -273,17 +287,25 @@ class SyslogSink:
             if self._closed:
                 raise RuntimeError(f"SyslogSink({self.host}:{self.port}) is closed")
             for frame in frames:
-                if len(self._pending) >= self._queue_size:
-                    self._pending.popleft()
+                while self._pending and (len(self._pending) >= self._queue_size or
+                                         self._pending_bytes + len(frame) > self.queue_bytes):
+                    self._pending_bytes -= len(self._pending.popleft())
                     self._head_seq += 1
                     self.dropped += 1
                 self._pending.append(frame)
+                self._pending_bytes += len(frame)
             self._cond.notify()
 
     @property
     def pending(self) -> int:
         with self._cond:
             return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Octets waiting in the queue (at most `queue_bytes`)."""
+        with self._cond:
+            return self._pending_bytes
 
     @property
     def connected(self) -> bool:
@@ -423,7 +445,7 @@ class SyslogSink:
                 # from the head meanwhile, which moved _head_seq past start_seq.
                 done = max(0, start_seq + len(batch) - self._head_seq)
                 for _ in range(done):
-                    self._pending.popleft()
+                    self._pending_bytes -= len(self._pending.popleft())
                 self._head_seq += done
                 self.sent += len(batch)
         self._goodbye()

@@ -54,7 +54,19 @@ def describe(url: str) -> str:
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
-    return f"{parsed.get_backend_name()}://{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+    # libpq also takes the host and port as query parameters: the only way to name a unix socket's
+    # folder in a URL (PostgreSQL docs, "Connection URIs"), e.g. postgresql://u@/db?host=/run/postgresql
+    host = parsed.host or _query_value(parsed, "host") or "localhost"
+    port = parsed.port or _query_value(parsed, "port") or 5432
+    return f"{parsed.get_backend_name()}://{host}:{port}/{parsed.database}"
+
+
+def _query_value(parsed: URL, name: str) -> str | None:
+    """A query parameter of the URL (the first, when it is repeated)."""
+    value = parsed.query.get(name)
+    if isinstance(value, tuple):
+        value = value[0] if value else None
+    return value or None
 
 
 def _parse(url: str) -> URL:
@@ -107,8 +119,12 @@ def make_engine(url: str, *, create: bool) -> Engine:
     if backend == "postgresql":
         # client_encoding utf8: a SQL_ASCII database would otherwise hand back bytes, which SQLAlchemy
         # cannot even read the server version from; `_check_encoding` then refuses it by name.
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10,
-                                                                    "client_encoding": "utf8"})
+        # connect_args win over the URL's query: a connect_timeout the administrator gave in the URL
+        # (libpq's parameter) was silently replaced by ours, so only set it when the URL has none.
+        connect_args: dict[str, object] = {"client_encoding": "utf8"}
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = 10
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     raise StoreError(f"store URL {describe(url)}: only sqlite and postgresql stores are supported")
 
 
@@ -270,11 +286,33 @@ def _store_errors(where: str) -> Iterator[None]:
     except DatabaseError as exc:
         if "file is not a database" in str(exc.orig):
             raise StoreError(f"{where}: not a pacsguard store (not an SQLite database)") from None
-        raise StoreError(f"{where}: cannot open the store: {_first_line(exc)}{_read_only_hint(where, exc)}") from None
+        raise StoreError(f"{where}: cannot open the store: {first_line(exc)}{_read_only_hint(where, exc)}"
+                         f"{_postgresql_hint(where, exc)}") from None
     except DBAPIError as exc:
-        raise StoreError(f"{where}: {_first_line(exc)}") from None
+        raise StoreError(f"{where}: {first_line(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{where}: not a pacsguard store ({exc})") from None
+
+
+#: PostgreSQL's refusals that name no setting, and the settings they are about: the administrator
+#: reads "password authentication failed" with no word of where pacsguard took the password from.
+_POSTGRESQL_HINTS = (
+    ("password authentication failed", " (the password is store.password in pacsguard.yaml; with --store, "
+     "PGPASSWORD or ~/.pgpass)"),
+    ("no password supplied", " (give the password as store.password in pacsguard.yaml; with --store, "
+     "PGPASSWORD or ~/.pgpass)"),
+    ("permission denied for schema", " (this role may not create the store's tables: create the store once "
+     "as the database's owner with `pacsguard init`, then let this role write to it; docs/store.md, "
+     "\"An append-only role for the services\")"),
+)
+
+
+def _postgresql_hint(where: str, exc: DatabaseError) -> str:
+    """Which setting a PostgreSQL refusal is about (see `_POSTGRESQL_HINTS`); "" for others."""
+    if not where.startswith("postgresql://"):
+        return ""
+    message = str(exc.orig)
+    return next((hint for needle, hint in _POSTGRESQL_HINTS if needle in message), "")
 
 
 def _read_only_hint(where: str, exc: DatabaseError) -> str:
@@ -391,6 +429,8 @@ def without_text(message: str) -> str:
     return _ECHOED_TEXT.sub(r"\1 (the value is not valid UTF-8; not shown)", message)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """A database failure for one line: the driver's own first line, without SQLAlchemy's wrapper
+    (the SQL, a link to its documentation) and without any text it cannot decode."""
     text = without_text(str(getattr(exc, "orig", None) or exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from pacsguard.store.columns import (
     patient_key,
     user_key,
 )
-from pacsguard.store.database import WRITE, check_or_create, describe, make_engine, normalise_target
+from pacsguard.store.database import WRITE, check_or_create, describe, first_line, make_engine, normalise_target
 from pacsguard.store.errors import StoreError
 from pacsguard.store.index import BatchIndex, placed_by
 from pacsguard.store.merkle import HASH_SIZE, Frontier, leaf_hash
@@ -56,6 +56,7 @@ from pacsguard.store.schema import (
     tree_state,
 )
 from pacsguard.store.search import EventQuery, damaged, select_events
+from pacsguard.store.stall import WRITE_TIMEOUT_S, StallGuard
 
 GENESIS_PREV = bytes(HASH_SIZE)
 #: Free room below which a SQLite store empties its write-ahead log after every commit: twice what
@@ -103,10 +104,14 @@ class EventStore:
     """Open with `EventStore.open(path_or_url, ...)`; it is also an EventSink (`emit`)."""
 
     def __init__(self, url: str, *, signing_key: Ed25519PrivateKey | None = None,
-                 create: bool = False, checkpoint_interval: float = 60.0) -> None:
+                 create: bool = False, checkpoint_interval: float = 60.0,
+                 write_timeout: float = WRITE_TIMEOUT_S) -> None:
         self.url = normalise_target(url)
         self.name = describe(self.url)
         self.engine = make_engine(self.url, create=create)
+        # PostgreSQL only: SQLite's writer waits on a local file, with its own busy timeout.
+        self._guard = StallGuard(self.engine, self.name, write_timeout) \
+            if self.engine.dialect.name == "postgresql" else None
         self._writer = self.engine.execution_options(**{WRITE: True})
         self._signing_key = signing_key
         self._key_id = keys.key_id(signing_key.public_key()) if signing_key else ""
@@ -133,11 +138,14 @@ class EventStore:
 
     @classmethod
     def open(cls, target: str, *, key_path: "str | Path | None" = None, create: bool = False,
-             checkpoint_interval: float = 60.0, key_role: str = "") -> "EventStore":
+             checkpoint_interval: float = 60.0, key_role: str = "",
+             write_timeout: float = WRITE_TIMEOUT_S) -> "EventStore":
         """``key_role``: the option or configuration key that gave ``key_path``, named in its errors
-        (the key is loaded before the database is opened or made)."""
+        (the key is loaded before the database is opened or made). ``write_timeout``: PostgreSQL only,
+        seconds a write may go unanswered before its sessions are cut (stall.py)."""
         key = keys.load_private_key(Path(key_path), role=key_role) if key_path is not None else None
-        return cls(target, signing_key=key, create=create, checkpoint_interval=checkpoint_interval)
+        return cls(target, signing_key=key, create=create, checkpoint_interval=checkpoint_interval,
+                   write_timeout=write_timeout)
 
     def _begin(self) -> AbstractContextManager[Connection]:
         try:
@@ -181,7 +189,7 @@ class EventStore:
             return self.size()
         with self._lock:
             try:
-                with self._writer.begin() as conn:
+                with self._limited(len(batch)), self._writer.begin() as conn:
                     size = self._append(conn, batch)
             except REFUSALS:
                 # What an event holds, not the database's state, failed: retried whole, the batch
@@ -192,7 +200,7 @@ class EventStore:
                 if self._disk_full:
                     self._reclaim_wal()
                 self._drop_sessions()
-                raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
+                raise StoreError(f"{self.name}: writing {len(batch)} events failed: {self._why(exc)}") from None
             if self._disk_full or self._short_of_space():
                 # Space came back, or little is left: give back at once what the log of writes
                 # (SQLite's WAL) took, so that the next writes do not fill the disk again. Left to
@@ -205,8 +213,20 @@ class EventStore:
             except (StoreError, DBAPIError) as exc:
                 # The batch is committed: raising would make the bus write it a second time. The
                 # timer signs the head once the database takes writes again.
-                log.warning("%s: checkpoint after a write failed: %s", self.name, exc)
+                log.warning("%s: checkpoint after a write failed: %s", self.name, first_line(exc))
         return size
+
+    def _limited(self, events: int) -> AbstractContextManager[None]:
+        """The stall guard's limit for a write of ``events`` events (stall.py; none on SQLite)."""
+        return nullcontext() if self._guard is None else self._guard.limited(self._guard.limit_for(events))
+
+    def _why(self, exc: DBAPIError) -> str:
+        """The driver's reason, or, when the stall guard cut the sessions, that the database did not
+        answer in time (the driver only saw its connection closed)."""
+        cut = self._guard.cut_after() if self._guard is not None else None
+        if cut is not None:
+            return f"the database did not answer within {cut:.0f} s (its sessions were closed)"
+        return str(exc.orig)
 
     def _drop_sessions(self) -> None:
         """After a failed write to PostgreSQL, close the pooled sessions so that the retry opens new
@@ -250,11 +270,11 @@ class EventStore:
         """Store the batch without the events the database refuses, a refusal record in the place of
         each (columns.append_refusing), in one transaction."""
         try:
-            with self._writer.begin() as conn:
+            with self._limited(len(batch)), self._writer.begin() as conn:
                 return append_refusing(conn, batch, self._append)[0]
         except DBAPIError as exc:
             self._drop_sessions()
-            raise StoreError(f"{self.name}: writing {len(batch)} events failed: {exc.orig}") from None
+            raise StoreError(f"{self.name}: writing {len(batch)} events failed: {self._why(exc)}") from None
 
     def _append(self, conn: Connection, batch: Sequence[Event]) -> int:
         # FOR UPDATE serialises writers on PostgreSQL; on SQLite, BEGIN IMMEDIATE already did.
@@ -306,7 +326,7 @@ class EventStore:
             self._drop_sessions()
             # Named as the store's error (serve's stop, `audit patient --checkpoint`): it was told as
             # "the store's database failed ... tells what is damaged" with no store named.
-            raise StoreError(f"{self.name}: signing a checkpoint failed: {exc.orig}; the events are stored, "
+            raise StoreError(f"{self.name}: signing a checkpoint failed: {self._why(exc)}; the events are stored, "
                              "those after the newest checkpoint are signed when a writer next signs one") from None
         if cp is None:
             return None
@@ -317,7 +337,7 @@ class EventStore:
     def _sign(self) -> Checkpoint | None:
         """Sign and store the checkpoint of the tree head in one transaction (None: already signed)."""
         assert self._signing_key is not None
-        with self._lock, self._begin() as conn:
+        with self._lock, self._limited(0), self._begin() as conn:
             self._last_checkpoint = time.monotonic()
             state = conn.execute(select(tree_state).where(tree_state.c.id == 1).with_for_update()).one()
             self._refuse_damaged(conn, state)
@@ -343,7 +363,7 @@ class EventStore:
 
     def unsigned(self) -> bool:
         """Whether the tree has grown past its newest checkpoint (one short read, no lock)."""
-        with self.engine.connect() as conn:
+        with self._limited(0), self.engine.connect() as conn:
             size = conn.execute(select(tree_state.c.size).where(tree_state.c.id == 1)).scalar_one()
             signed = conn.execute(select(func.max(checkpoints.c.tree_size))).scalar() or 0
         return bool(size > signed)
@@ -435,7 +455,7 @@ def _sign_on_timer(ref: weakref.ref[EventStore], closing: threading.Event) -> No
         except (StoreError, DBAPIError) as exc:
             # The database is away: the next interval tries again; appends report the outage themselves.
             store._last_checkpoint = time.monotonic()
-            log.warning("%s: timed checkpoint failed: %s", store.name, exc)
+            log.warning("%s: timed checkpoint failed: %s", store.name, first_line(exc))
         del store
 
 

@@ -120,8 +120,15 @@ def make_cert(out_dir: StrPath, name: str, ca_cert: StrPath | x509.Certificate,
 # --------------------------------------------------------------------------------------------
 
 def _check_days(days: int) -> None:
+    """A validity whose end can be written: X.509 times end with the year 9999 (RFC 5280
+    4.1.2.5), and a larger --days made an internal error (OverflowError) instead of a usage one."""
     if not isinstance(days, int) or days < 1:
         raise TLSConfigError(f"days must be a positive whole number, not {days!r}")
+    try:
+        datetime.now(timezone.utc) + timedelta(days=days)
+    except OverflowError:
+        raise TLSConfigError(f"days {days}: the certificate would end after the year 9999, the last "
+                             "an X.509 certificate can name (RFC 5280 4.1.2.5)") from None
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
@@ -197,6 +204,8 @@ def _label(src: object) -> str:
 
 def _out_dir(out_dir: StrPath) -> Path:
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # mkdir would say only "File exists"
+        raise TLSConfigError(f"output directory {out}: is a file, not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,8 +7,13 @@ What RFC 9325 asks for, and where it is done here:
 * 3.4: session tickets are turned off on the server: OpenSSL never rotates the ticket key of a
   long-lived context, which would undo forward secrecy for TLS 1.2 resumption.
 * 3.5: renegotiation is disabled altogether.
-* 4.1 / 4.2: TLS 1.2 cipher suites are limited to ephemeral (EC)DHE key exchange with an AEAD
-  cipher (AES-GCM or ChaCha20-Poly1305), and the server enforces its own preference order.
+* 4.1 / 4.2: TLS 1.2 cipher suites are limited to ECDHE key exchange with an AEAD cipher
+  (AES-GCM or ChaCha20-Poly1305), and the server enforces its own preference order. The
+  finite-field DHE suites are left out on both sides: RFC 9325 4.2 no longer lists them
+  (Raccoon), and RFC 10015 deprecates them in TLS 1.2.
+* 4.5: a certificate of pacsguard's own needs an RSA key of 2048 bits or more (or an EC key of
+  224 bits or more), a signature hash stronger than SHA-1 (RFC 9155), and the extended key usage of its
+  side; each is checked when the file is read, so the error names the file.
   TLS 1.3 suites (RFC 8446) are all AEAD with ephemeral key exchange already (4.3).
 
 Configuration errors never surface as raw `ssl` tracebacks: every file is checked first and
@@ -29,18 +34,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pacsguard.tls.alerts import keep_alerts
 
 StrPath = str | os.PathLike[str]
 
-# RFC 9325 4.2: ephemeral key exchange + AEAD only. The exclusions make sure no anonymous,
-# pre-shared-key or DSS variant slips in through the ECDHE/DHE aliases.
-TLS12_CIPHERS = (
-    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:"
-    "!aNULL:!eNULL:!PSK:!SRP:!DSS:!SHA1"
-)
+# RFC 9325 4.2: ECDHE key exchange + AEAD only. No TLS_DHE_* suite: a client offering them took
+# one from a server that preferred it (RFC 10015 deprecates finite-field DHE in TLS 1.2). The
+# exclusions make sure no anonymous, pre-shared-key or DSS variant slips in through the aliases.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP:!DSS:!SHA1"
 
 _HARDENING_OPTIONS = (
     ssl.OP_NO_COMPRESSION  # RFC 9325 3.3
@@ -120,11 +123,14 @@ def _spki(public_key: Any) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _check_pair(cert_file: StrPath, key_file: StrPath | None) -> None:
-    """Certificate (leaf first, chain after it) and key must parse, be current, and belong together."""
+def _check_pair(cert_file: StrPath, key_file: StrPath | None, usage: x509.ObjectIdentifier) -> None:
+    """Certificate (leaf first, chain after it) and key must parse, be current, be strong enough,
+    allow ``usage`` (serverAuth or clientAuth), and belong together."""
     certs = _load_certs(cert_file, "cert file")
     leaf = certs[0]
     _check_validity(leaf, cert_file, "cert file")
+    _check_strength(leaf, cert_file)
+    _check_usage(leaf, cert_file, usage)
     key = _load_key(key_file if key_file is not None else cert_file)
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
                             ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
@@ -132,6 +138,53 @@ def _check_pair(cert_file: StrPath, key_file: StrPath | None) -> None:
     if _spki(key.public_key()) != _spki(leaf.public_key()):
         raise TLSConfigError(f"key file {key_file}: does not match the certificate in {cert_file} "
                              f"(subject {leaf.subject.rfc4514_string()})")
+
+
+#: RFC 9325 4.5: the smallest keys a certificate may carry (RSA modulus, EC curve size).
+_MIN_RSA_BITS, _MIN_EC_BITS = 2048, 224
+#: Signature hashes OpenSSL's security level refuses (and a peer would): collisions are practical.
+_WEAK_HASHES = {"sha1": "SHA-1", "md5": "MD5"}
+_USAGE_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+
+
+def _check_strength(cert: x509.Certificate, path: StrPath) -> None:
+    """A key or signature BCP 195 rules out (RFC 9325 4.5), said in words: OpenSSL's own refusal
+    came as EE_KEY_TOO_SMALL or CA_MD_TOO_WEAK (a name that blames a CA for the leaf's hash)."""
+    key = cert.public_key()
+    subject = cert.subject.rfc4514_string()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        raise TLSConfigError(f"cert file {path}: its RSA key has {key.key_size} bits; BCP 195 (RFC 9325 4.5) "
+                             f"needs at least {_MIN_RSA_BITS} (subject {subject})")
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < _MIN_EC_BITS:
+        raise TLSConfigError(f"cert file {path}: its EC key has {key.curve.key_size} bits; BCP 195 "
+                             f"(RFC 9325 4.5) needs at least {_MIN_EC_BITS} (subject {subject})")
+    try:
+        digest = cert.signature_hash_algorithm
+    except Exception:  # noqa: BLE001 - an algorithm `cryptography` does not know: OpenSSL judges it
+        return
+    if digest is not None and digest.name in _WEAK_HASHES:
+        raise TLSConfigError(f"cert file {path}: it is signed with {_WEAK_HASHES[digest.name]}, which peers "
+                             "refuse (collisions are practical, RFC 9155): have it reissued with SHA-256 "
+                             f"(subject {subject})")
+
+
+def _check_usage(cert: x509.Certificate, path: StrPath, usage: x509.ObjectIdentifier) -> None:
+    """The certificate's extendedKeyUsage, when it has one, must allow this side's use (RFC 5280
+    4.2.1.12): a listener's certificate without serverAuth started, and every client then refused
+    it ("unsupported certificate purpose") with nothing said at start-up."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # no restriction: any use
+    if usage in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        return
+    needed = _USAGE_NAMES[usage]
+    has = ", ".join(_USAGE_NAMES.get(u, u.dotted_string) for u in usages) or "none"
+    side = "a server (listener)" if usage == ExtendedKeyUsageOID.SERVER_AUTH else "a client"
+    option = "--server" if usage == ExtendedKeyUsageOID.SERVER_AUTH else "--client"
+    raise TLSConfigError(f"cert file {path}: its extendedKeyUsage ({has}) lacks {needed}, so peers refuse it "
+                         f"as {side} certificate (RFC 5280 4.2.1.12); issue one with {needed} "
+                         f"(pacsguard tls make-cert {option})")
 
 
 def _check_ca(ca_file: StrPath) -> bool:
@@ -181,8 +234,9 @@ def _no_password() -> bytes:
     return b""
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_file: StrPath, key_file: StrPath | None) -> None:
-    _check_pair(cert_file, key_file)
+def _load_chain(ctx: ssl.SSLContext, cert_file: StrPath, key_file: StrPath | None,
+                usage: x509.ObjectIdentifier) -> None:
+    _check_pair(cert_file, key_file, usage)
     try:
         ctx.load_cert_chain(os.fspath(cert_file),
                             os.fspath(key_file) if key_file is not None else None,
@@ -233,7 +287,7 @@ def server_context(cert_file: StrPath, key_file: StrPath, *, ca_file: StrPath | 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.options |= ssl.OP_NO_TICKET  # RFC 9325 3.4, see module docstring
-    _load_chain(ctx, cert_file, key_file)
+    _load_chain(ctx, cert_file, key_file, ExtendedKeyUsageOID.SERVER_AUTH)
     if require_client_cert and ca_file is None:
         raise TLSConfigError("require_client_cert needs ca_file: the CA that issues client "
                              "certificates must be named explicitly")
@@ -262,7 +316,7 @@ def client_context(*, ca_file: StrPath | None = None, cert_file: StrPath | None 
     if key_file is not None and cert_file is None:
         raise TLSConfigError(f"key file {key_file}: given without a cert file")
     if cert_file is not None:
-        _load_chain(ctx, cert_file, key_file)
+        _load_chain(ctx, cert_file, key_file, ExtendedKeyUsageOID.CLIENT_AUTH)
     return ctx
 
 
@@ -338,6 +392,19 @@ _REFUSED_BY_POLICY = {
 }
 
 
+_NOT_FROM_CA = ("it is not issued by a CA of ca_file (another CA's, a self-signed one, or a chain "
+                "missing its intermediate CA)")
+_TOO_WEAK = ("its key or signature is too weak (RSA keys need 2048 bits, RFC 9325 4.5; SHA-1 signatures "
+             "are refused, RFC 9155): it needs a new certificate")
+
+#: OpenSSL's reasons for a first record that is no TLS handshake (RFC 8446 5.1: a record starts
+#: with its content type and version): "wrong version number" alone read as a TLS version problem.
+_NOT_TLS = {
+    "WRONG_VERSION_NUMBER": "the peer did not speak TLS: plain DICOM, syslog or HTTP where TLS is expected "
+                            "(check that both ends use TLS on this port), or SSL 2.0/3.0",
+    "HTTP_REQUEST": "the peer sent a plain HTTP request to a TLS port (http:// instead of https://)",
+}
+
 #: OpenSSL's X509_V_ERR codes (x509_vfy.h) whose cause the CA or the name cannot be: each its own
 #: hint, since "is the right CA configured?" sends an administrator after a revoked or expired
 #: certificate the wrong way (RFC 5280 6.1.3: validity, revocation status).
@@ -350,8 +417,32 @@ _VERIFY_HINTS = {
         "use after revocation deserves a look",
     3: "ca_file holds no CRL of the certificate's issuer, and CRLs are checked",
     62: "the certificate does not name the host connected to: check server_name, or its SAN",
+    64: "the certificate does not name the IP address connected to: check server_name, or its SAN",
+    # Not the name, and a CA may well be right: the chain itself is what fails.
+    2: _NOT_FROM_CA, 18: _NOT_FROM_CA, 19: _NOT_FROM_CA, 20: _NOT_FROM_CA, 21: _NOT_FROM_CA,
+    25: "a CA of the chain may not issue CAs below it (basicConstraints pathLenConstraint, RFC 5280 "
+        "4.2.1.9): have the certificate issued by a CA allowed to",
+    26: "its extended key usage does not allow this use (serverAuth for a server, clientAuth for a "
+        "client, RFC 5280 4.2.1.12): it needs a certificate issued for it",
+    66: _TOO_WEAK, 67: _TOO_WEAK, 68: _TOO_WEAK,
 }
 _VERIFY_HINT = "is the right CA configured, and does the name match?"
+
+
+#: A TLS alert received (RFC 8446 6.2), as OpenSSL's reason names it: SSLV3_ALERT_HANDSHAKE_FAILURE,
+#: TLSV1_ALERT_UNKNOWN_CA, TLSV13_ALERT_CERTIFICATE_REQUIRED. Said as the peer's: "sslv3 alert
+#: handshake failure" alone did not tell who refused what.
+_ALERT = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)")
+_THEIR_CA = " (it does not accept this side's certificate: not of a CA it trusts, or not for its name)"
+_ALERT_HINTS = {
+    "HANDSHAKE_FAILURE": " (it found nothing in common with this side: TLS version, cipher suite or group)",
+    "UNKNOWN_CA": _THEIR_CA, "BAD_CERTIFICATE": _THEIR_CA, "CERTIFICATE_UNKNOWN": _THEIR_CA,
+    "UNSUPPORTED_CERTIFICATE": " (it does not accept this side's certificate for this use: its extended "
+                               "key usage)",
+    "CERTIFICATE_EXPIRED": " (this side's certificate has expired, or the peer's clock is wrong)",
+    "CERTIFICATE_REVOKED": " (the peer holds this side's certificate revoked)",
+    "CERTIFICATE_REQUIRED": " (the peer requires a client certificate: configure cert_file and key_file)",
+}
 
 
 def explain_tls_error(exc: BaseException) -> str:
@@ -360,7 +451,11 @@ def explain_tls_error(exc: BaseException) -> str:
         advice = _VERIFY_HINTS.get(exc.verify_code, _VERIFY_HINT)
         return f"peer certificate rejected: {exc.verify_message or exc.reason} ({advice})"
     if isinstance(exc, ssl.SSLError):
-        hint = _REFUSED_BY_POLICY.get(exc.reason or "")
+        hint = _REFUSED_BY_POLICY.get(exc.reason or "") or _NOT_TLS.get(exc.reason or "")
+        alert = _ALERT.fullmatch(exc.reason or "")
+        if alert:  # OpenSSL names an alert received after the protocol that defined it
+            told = f" ({hint})" if hint else _ALERT_HINTS.get(alert.group(1), "")
+            return f'TLS handshake failed: the peer sent the alert "{alert.group(1).lower().replace("_", " ")}"{told}'
         reason = (exc.reason or str(exc)).replace("_", " ").lower()
         return f"TLS handshake failed: {reason}" + (f" ({hint})" if hint else "")
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):

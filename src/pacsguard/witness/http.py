@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacsguard.tls import explain_tls_error
 from pacsguard.witness.deadline import Deadline
 from pacsguard.witness.errors import WitnessError, WitnessRefused
 from pacsguard.witness.exchange import AnswerError, Steps, exchange, request_bytes
@@ -72,7 +73,9 @@ class WitnessClient:
             raise  # too slow (_steps), said as such
         except AnswerError as exc:
             raise WitnessError(f"witness {self.url}: {exc}") from None
-        except (OSError, UnicodeError) as exc:  # ssl.SSLError is an OSError; UnicodeError: a bad host name
+        except ssl.SSLError as exc:  # the handshake: said in words (whose certificate, what to check)
+            raise WitnessError(f"witness {self.url}: {explain_tls_error(exc)}") from None
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a bad host name
             raise WitnessError(f"witness {self.url}: unreachable ({exc})") from None
         if 300 <= answer.status < 400 and "location" in answer.fields:
             # Not followed: the request (and its token) goes only to the URL configured.

@@ -58,12 +58,30 @@ def _text_of(path: Path) -> str:
     if len(data) > MAX_LIST_BYTES:
         raise ListFileError(path, f"larger than {MAX_LIST_BYTES // (1024 * 1024)} MiB: not a list of patients "
                                   "or staff (is it the right file?)")
+    wide = _wide(data)
+    if wide:
+        # A spreadsheet's "Unicode text" is UTF-16; read as UTF-8 its NUL bytes are valid, and the
+        # header would be named back as 'u\x00s\x00e\x00r\x00'.
+        raise ListFileError(path, f"{wide}; save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ListFileError(path, f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X} at offset "
                                   f"{exc.start}); save it as UTF-8") from None
+
+
+def _wide(data: bytes) -> str:
+    """What a list file in UTF-16 or UTF-32 is, by its byte order mark (The Unicode Standard, 23.8)
+    or, without one, by a NUL byte in its first line (no text of a list holds one); "" for neither."""
+    for marks, name in (((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"), "UTF-32"), ((b"\xff\xfe", b"\xfe\xff"), "UTF-16")):
+        mark = next((m for m in marks if data.startswith(m)), None)
+        if mark is not None:
+            return f"{name} text (byte order mark {mark.hex(' ').upper()}), not UTF-8 (iconv -f {name} -t UTF-8)"
+    first = data.split(b"\n", 1)[0]
+    if b"\x00" in first:
+        return f"a NUL byte at offset {first.index(0)} of line 1: UTF-16 or UTF-32 text without a byte order mark"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +140,9 @@ def _staff(path: Path) -> dict[str, StaffMember]:
     text = _text_of(path)
     header_line = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t") if d in header_line), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote opened and never closed is an error, not a value holding the rest of the file
+    # (every user after it would be left out without a word), nor is text after a closing quote.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     end = 0  # the last line read whole: a row starts on the next
     try:
         header = next(reader, None)
@@ -160,7 +180,9 @@ def _staff(path: Path) -> dict[str, StaffMember]:
             staff[user] = StaffMember(_norm(values.get("surname")), _norm(values.get("address")),
                                       _norm(values.get("department")))
     except csv.Error as exc:
-        raise ListFileError(path, f"line {end + 1}: {exc}") from None
+        unclosed = " (a quoted value on this line never closes: close its quote, or double a quote within it)" \
+            if "end of data" in str(exc) else ""
+        raise ListFileError(path, f"line {end + 1}: {exc}{unclosed}") from None
     return staff
 
 

@@ -8,9 +8,13 @@ dragged down by the night. ``above_baseline`` is true on the one access per user
 first takes the count above ``factor`` times the baseline (and to at least ``min_patients``), once
 ``min_hours`` active hours are known.
 
-Memory is bounded: at most ``max_users`` users (the least recently active is evicted first and, if
-seen again, learns its baseline anew), per user at most ``history_hours`` counts and, for the
-current hour, at most ``max_patients_per_hour`` patient IDs (beyond that the count stays there).
+Memory is bounded: at most ``max_users`` users with a baseline (``min_hours`` active hours known)
+and as many still learning theirs, each group evicting its least recently active first (a user
+evicted and seen again learns anew). The two are apart because any sender can name users: a flood of
+made-up user names pushes out only other users still learning, never a real user's baseline (which
+would blind the rule for that user's next ``min_hours`` active hours). Per user at most
+``history_hours`` counts and, for the current hour, at most ``max_patients_per_hour`` patient IDs
+(beyond that the count stays there).
 An access older than the user's current hour (a sender's backlog) changes no count. One dated more
 than ``AHEAD`` seconds after it was received (a sender's wrong clock, a local time sent without its
 zone east of UTC, or a forged message) counts in the hour it was received: dated as sent, one
@@ -67,7 +71,8 @@ class _User:
 class PatientsPerHour:
     def __init__(self, settings: BaselineSettings | None = None) -> None:
         self.settings = s = settings or BaselineSettings()
-        self.users: BoundedLRU[str, _User] = BoundedLRU(s.max_users)
+        self.users: BoundedLRU[str, _User] = BoundedLRU(s.max_users)  # with a baseline
+        self.learning: BoundedLRU[str, _User] = BoundedLRU(s.max_users)  # fewer than min_hours known
 
     def add(self, user: str, patients: list[str], when: float, received: float | None = None) -> HourFigures:
         """Count ``user``'s access to ``patients`` at ``when`` (seconds since the epoch, UTC), received
@@ -79,12 +84,14 @@ class PatientsPerHour:
             # local time without its zone east of UTC (read as UTC, PS3.15 A.5.1 asks for a zone)
             # would never be counted at all.
             when = received
-        state = self.users.get_or_create(user, when, lambda: _User(s.history_hours))
+        state = self.users.get(user, when) or self.learning.get_or_create(user, when, lambda: _User(s.history_hours))
         hour = int(when // 3600)
         if hour > state.hour:
             if state.patients:
                 state.history.append(len(state.patients))
                 state.baseline = float(median(state.history))
+                if len(state.history) == s.min_hours and self.learning.pop(user) is not None:
+                    self.users.get_or_create(user, when, lambda: state)  # it has a baseline now
             state.hour, state.patients, state.fired = hour, set(), False
         if hour == state.hour:
             for patient in patients:

@@ -22,13 +22,14 @@ NAME_LIMIT = 512  # the Name header field's length limit
 
 def escape_header(value: str) -> str:
     """A header field: backslash and pipe escaped; a line break (not allowed there) becomes a space."""
-    text = value.replace("\\", "\\\\").replace("|", "\\|")
+    text = common.without_controls(value).replace("\\", "\\\\").replace("|", "\\|")
     return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
 
 
 def escape_extension(value: str) -> str:
-    """An extension value: backslash and '=' escaped, CR and LF written as \\r and \\n."""
-    return (value.replace("\\", "\\\\").replace("=", "\\=")
+    """An extension value: backslash and '=' escaped, CR and LF written as \\r and \\n, other
+    control characters replaced (`common.without_controls`)."""
+    return (common.without_controls(value).replace("\\", "\\\\").replace("=", "\\=")
             .replace("\r", "\\r").replace("\n", "\\n"))
 
 

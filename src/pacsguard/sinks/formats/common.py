@@ -35,6 +35,18 @@ _SCALE_10 = {
 }
 
 
+# C0 controls other than tab, LF and CR (which each format writes its own way), and DEL.
+_CONTROLS = {code: "\ufffd" for code in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)}
+
+
+def without_controls(text: str) -> str:
+    """`text` with NUL and the other control characters CEF and LEEF have no escape for replaced
+    by U+FFFD. Neither grammar forbids them, but a collector or parser written in C ends a value
+    (and the fields after it) at a NUL, so an AE title or a patient name holding one could hide the
+    rest of the record from the SIEM. The store and the JSON formats keep the exact text."""
+    return text.translate(_CONTROLS)
+
+
 def severity_0_10(severity: Severity) -> int:
     """The event's RFC 5424 severity on the 0-10 scale (higher is more severe)."""
     return _SCALE_10[Severity(severity)]

@@ -111,6 +111,28 @@ def ecs_document(event: Event) -> dict[str, Any]:
     return doc
 
 
+def valid_text(value: Any) -> Any:
+    """`value` with each string that is not valid UTF-8 (a lone surrogate: a name decoded with
+    surrogateescape, a YAML escape in a rule title) written as its escape text, ``\\udcff``, as the
+    canonical JSON writes it. JSON text is UTF-8 (RFC 8259 8.1): orjson refuses such a string, and
+    one event of a batch would cost the output the whole batch."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {valid_text(k): valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    return value
+
+
 def format_ecs(event: Event) -> str:
     """The ECS document as compact JSON with sorted keys (UTF-8 text, no trailing newline)."""
-    return orjson.dumps(ecs_document(event), option=orjson.OPT_SORT_KEYS).decode()
+    doc = ecs_document(event)
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # rare: only a lone surrogate gets here, so the common case pays no walk
+        return orjson.dumps(valid_text(doc), option=orjson.OPT_SORT_KEYS).decode()

@@ -31,8 +31,9 @@ def header_field(value: str) -> str:
 
 
 def escape_value(value: str) -> str:
-    """An attribute value with backslash, tab, LF and CR written as two-character escapes."""
-    return (value.replace("\\", "\\\\").replace("\t", "\\t")
+    """An attribute value with backslash, tab, LF and CR written as two-character escapes, other
+    control characters replaced (`common.without_controls`)."""
+    return (common.without_controls(value).replace("\\", "\\\\").replace("\t", "\\t")
             .replace("\n", "\\n").replace("\r", "\\r"))
 
 
