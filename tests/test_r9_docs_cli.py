@@ -193,7 +193,7 @@ def test_serve_names_the_atna_udp_listener_whose_port_is_taken_without_none(tmp_
                                   "atna: {{enabled: true, udp: {{host: {host}, port: {port}}}}}\n")
     assert done.returncode == 2, done.stdout + done.stderr
     err = " ".join(done.stderr.split())
-    assert f"atna udp listener cannot listen on {HOST}:" in err, err
+    assert f"atna udp listener: cannot listen on {HOST}:" in err and "(atna.udp)" in err, err
     assert "None" not in err and "Traceback" not in done.stderr, err
 
 

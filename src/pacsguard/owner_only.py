@@ -10,12 +10,72 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import os
+import pwd
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+class AccessDenied(PermissionError):
+    """EACCES or EPERM on a file or folder, said in one line: whose it is, its mode, and the user
+    this process runs as (a store made by `sudo pacsguard init`, a folder root kept, a service
+    user that owns nothing). errno, strerror and filename stay those of the original error."""
+
+    line = ""
+
+    def __str__(self) -> str:
+        return self.line or super().__str__()
+
+
+def _name(uid: int, gid: int) -> str:
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"{user}:{group}"
+
+
+def _denied(path: Path, exc: PermissionError, doing: str) -> AccessDenied:
+    """``exc`` from ``doing`` ``path`` (open, create, lock), with the owner and mode of the file,
+    or of the folder that refused a new file, and who this process is."""
+    me = _name(os.geteuid(), os.getegid())
+    try:
+        st, what = os.stat(path), path
+    except OSError:  # not there (or its folder not searchable): the nearest folder that exists refused
+        what = path.parent
+        while not os.path.lexists(what) and what != what.parent:
+            what = what.parent
+        try:
+            st = os.stat(what)
+        except OSError:
+            st = None
+    kind = "folder" if st is not None and stat.S_ISDIR(st.st_mode) else "file"
+    whose = (f"the {kind} {what} is {_name(st.st_uid, st.st_gid)}'s, mode {stat.S_IMODE(st.st_mode):04o}"
+             if st is not None else f"{what} cannot be looked at")
+    denied = AccessDenied(exc.errno, exc.strerror, exc.filename)
+    denied.line = (f"cannot {doing} {path}: Permission denied ({whose}, and this process runs as {me}; "
+                   f"make it {me.split(':')[0]}'s, or run as the user that owns it)")
+    return denied
+
+
+@contextlib.contextmanager
+def _explained(path: Path, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except AccessDenied:
+        raise
+    except PermissionError as exc:
+        raise _denied(path, exc, doing) from None
 
 
 def make_private_dir(path: Path) -> Path:
@@ -27,7 +87,8 @@ def make_private_dir(path: Path) -> Path:
         probe = probe.parent
     for folder in reversed(missing):
         try:
-            folder.mkdir(mode=DIR_MODE)
+            with _explained(folder, "create the folder"):
+                folder.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # made meanwhile by another process: its mode is that process's choice
         os.chmod(folder, DIR_MODE)
@@ -39,7 +100,8 @@ def create_private_file(path: Path) -> bool:
     Returns True if this call created it."""
     make_private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+        with _explained(path, "create"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except FileExistsError:
         return False
     try:
@@ -54,7 +116,8 @@ def write_private_file(path: Path, data: bytes) -> None:
     A write that fails (a full disk) removes the file it created: no empty or cut copy, key or
     manifest is left to be taken for a whole one."""
     make_private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    with _explained(path, "create"):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), FILE_MODE)
@@ -71,7 +134,8 @@ def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
     until it is closed, or None when another process still holds it. The kernel drops the lock when
     its process dies, SIGKILL included, so a restart never finds a stale one."""
     create_private_file(path)
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    with _explained(path, "open"):
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     deadline = time.monotonic() + wait
     while True:
         try:

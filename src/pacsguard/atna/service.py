@@ -15,6 +15,7 @@ from pacsguard.atna.syslog.listeners import DatagramListener, Limits, Publish, S
 from pacsguard.atna.syslog.readers import ReadingProcesses
 from pacsguard.events.durable import Durability
 from pacsguard.events.model import Event, Outcome, Severity
+from pacsguard.runtime.listening import cannot_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -264,8 +265,7 @@ class AtnaService:
             self.addresses[name] = await listener.start(host, port)
         except OSError as exc:
             # uvloop's datagram endpoint raises an OSError without errno or strerror: its text is all.
-            text = f"atna {name} listener cannot listen on {host}:{port}: {exc.strerror or exc}"
-            raise (OSError(exc.errno, text) if exc.errno is not None else OSError(text)) from None
+            raise cannot_listen(f"atna {name} listener", host, port, exc, f"atna.{name}") from None
         self.listeners.append(listener)
 
     def _where(self, name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +16,10 @@ from pacsguard.store.errors import StoreError
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from pacsguard.config.loader import LoadedConfig
     from pacsguard.store.upgrade import StoreState
 
+_SQLITE = "sqlite:///"
 app = App(name="store", no_args_is_help=True, help="The store itself: schema migrations.")
 
 
@@ -41,6 +45,7 @@ def migrate(
                    "a failed or unwanted upgrade is undone only from a copy taken before it)")
     loaded = load(config, required=store is None)
     url = database.normalise_target(config_store_target(loaded, store))
+    held: list[int] = []  # journals locked against a writer starting while this runs
     try:
         engine = database.make_engine(url, create=False)
     except StoreError:
@@ -55,6 +60,7 @@ def migrate(
             console.print(f"store {name}: {_state(state)}, already at the newest revision; nothing to do",
                           highlight=False)
             return
+        held += _writers(loaded, store, url)  # kept until the end: no writer starts meanwhile
         if dry_run:
             target = backup_to / upgrade.backup_name(url, state, _now())
             console.print(f"store {name}: {_state(state)}; would back it up to {target}, verify the copy, "
@@ -77,12 +83,51 @@ def migrate(
                        "(docs/deployment.md, \"Upgrades\")") from None
     finally:
         engine.dispose()
+        for fd in held:
+            os.close(fd)
     console.print(f"backup: {result.backup} ({result.before.events} events, revision "
                   f"{result.before.revision or 'none'}, verified)", highlight=False)
     console.print(f"store {result.store}: before {_state(result.before)}; after {_state(result.after)}",
                   highlight=False)
     verify = "pacsguard audit verify" + (f" --store {store}" if store else "")
     console.print(f"[bold green]migrated[/]; check every seal with `{verify}`", highlight=False)
+
+
+def _writers(loaded: LoadedConfig, store: str | None, url: str) -> list[int]:
+    """Lock the write-ahead journals of an SQLite store, or stop: a `serve` or `gateway run` still
+    running (the old version, during an upgrade) holds its journal's lock and would go on writing
+    rows the new schema does not expect, under the migration or after it (docs/store.md,
+    "Journal"). Returns the locked descriptors. A journal that does not exist has no writer, and
+    is not created here: made by root, it would keep the service user out of it."""
+    from pacsguard.runtime.outputs import journal_setting
+    from pacsguard.store import database
+
+    journals = [Path(url[len(_SQLITE):] + ".journal")] if url.startswith(_SQLITE) else []
+    if store is None and journals:
+        setting = journal_setting(loaded.config.store.journal, loaded.resolve)
+        if isinstance(setting, Path):
+            journals = [setting]
+        elif setting is False:
+            journals = []  # store.journal: none: nothing here shows a running writer
+    held: list[int] = []
+    try:
+        for journal in journals:
+            try:
+                fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise fail(f"store {database.describe(url)} is in use: a running pacsguard (serve, gateway run) "
+                           f"holds its journal {journal}; stop it first (systemctl stop pacsguard) and run "
+                           "store migrate again. Nothing was migrated") from None
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return held
 
 
 def _state(state: StoreState) -> str:

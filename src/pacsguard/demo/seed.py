@@ -9,8 +9,11 @@ them: PS3.10 files at ``<storage>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from pacsguard.owner_only import make_private_dir
 
 __all__ = ["SEEDS", "Seed", "seed_storage"]
 
@@ -50,7 +53,8 @@ def seed_storage(storage: Path, seeds: tuple[Seed, ...] = SEEDS) -> list[Path]:
             setattr(ds, keyword, generate_uid(entropy_srcs=["pacsguard demo", seed.patient_id, keyword]))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = storage / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # 0700 and the objects 0600 (docs/store.md), whatever the umask
         ds.save_as(path, enforce_file_format=True)
+        os.chmod(path, 0o600)
         written.append(path)
     return written

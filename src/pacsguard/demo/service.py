@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from pacsguard.runtime.listening import cannot_listen
+
 if TYPE_CHECKING:
     from pacsguard.demo.config import DemoUpstreamConfig
     from pacsguard.demo.scp import DemoPACS
@@ -30,8 +32,7 @@ class DemoService:
         try:
             await asyncio.to_thread(self.pacs.start)
         except OSError as exc:
-            raise OSError(exc.errno, f"demo upstream {c.ae_title}: cannot listen on {c.host}:{c.port}: "
-                                     f"{exc.strerror or exc}") from None
+            raise cannot_listen(f"demo upstream {c.ae_title}", c.host, c.port, exc, "demo_upstream") from None
         return [("demo upstream (DICOM SCP)", f"{c.ae_title}@{c.host}:{c.port}", f"storage {self.storage}")]
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ from pacsguard.gateway.relay import AssociationRelay, Endpoint, Side
 from pacsguard.ids import DicomAdapter, Engine
 from pacsguard.records.dicom import RefusalLog, StoredInstances
 from pacsguard.records.moves import MoveLedger
+from pacsguard.runtime.listening import cannot_listen
 from pacsguard.runtime.periodic import every
 
 if TYPE_CHECKING:
@@ -361,8 +362,7 @@ class Acceptor:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             sockets = _bound(infos)
         except OSError as exc:
-            raise OSError(exc.errno, f"route {route}: cannot listen on {host}:{port}: "
-                                     f"{exc.strerror or exc}") from None
+            raise cannot_listen(f"route {route}", host, port, exc, "listen.host, listen.port") from None
         return cls(route, sockets, factory, shortage)
 
     @property

@@ -13,6 +13,7 @@ from prometheus_client.process_collector import ProcessCollector
 from pacsguard.metrics.counters import EventCounters
 from pacsguard.metrics.probes import SpineCollector
 from pacsguard.metrics.server import MonitoringServer, Response
+from pacsguard.runtime.listening import cannot_listen
 
 if TYPE_CHECKING:
     from pacsguard.events import EventBus, Subscription
@@ -42,8 +43,8 @@ class MetricsService:
         try:
             self.address = host, port = await self.server.start(self.config.host, self.config.port)
         except OSError as exc:  # name the listener and its keys, as the gateway's and ATNA's errors do
-            raise OSError(exc.errno, f"metrics: cannot listen on {self.config.host}:{self.config.port} "
-                          f"(metrics.host, metrics.port): {exc.strerror or exc}") from None
+            raise cannot_listen("metrics", self.config.host, self.config.port, exc, "metrics.host, metrics.port") \
+                from None
         return [("metrics (Prometheus)", f"http://{host}:{port}/metrics", "and /healthz")]
 
     async def stop(self) -> None:

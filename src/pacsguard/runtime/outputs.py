@@ -114,12 +114,13 @@ def open_journal(store: EventStore, path: Path | None = None) -> tuple[Journal |
     earlier run that it holds and the store lacks (a crash between the journal's fdatasync and the
     store's commit), in their order."""
     from pacsguard.events.journal import Journal, read
+    from pacsguard.owner_only import make_private_dir
 
     if path is None:
         path = journal_path(store)
     if path is None:
         return None, []
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700, whatever the umask: the journal holds patient data
     try:
         wal = Journal(path)
     except BlockingIOError as exc:

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from pacsguard.runtime.listening import cannot_listen
 from pacsguard.witness.accept import Answer, Witness
 from pacsguard.witness.deadline import Deadline, reader
 from pacsguard.witness.http import API
@@ -154,8 +155,7 @@ class WitnessServer:
         try:
             self.httpd = _BoundedServer((host, port), handler)
         except OSError as exc:  # name the listener and its keys, as the gateway's and ATNA's errors do
-            raise OSError(exc.errno, f"witness service: cannot listen on {host}:{port} (witness.host, "
-                          f"witness.port): {exc.strerror or exc}") from None
+            raise cannot_listen("witness service", host, port, exc, "witness.host, witness.port") from None
         if context is not None:
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.address: tuple[str, int] = (str(self.httpd.server_address[0]), int(self.httpd.server_address[1]))

@@ -284,7 +284,8 @@ class ReadingProcesses:
         listen_fd = self._listening.fileno()
         try:
             with theirs:
-                process = subprocess.Popen([sys.executable, "-m", __name__, str(listen_fd), str(theirs.fileno())],
+                # -P: code is never taken from the working directory (the service's writable folder).
+                process = subprocess.Popen([sys.executable, "-P", "-m", __name__, str(listen_fd), str(theirs.fileno())],
                                            pass_fds=(listen_fd, theirs.fileno()), stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()

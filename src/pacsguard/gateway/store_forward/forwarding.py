@@ -75,7 +75,9 @@ class ForwardingProcess:
         at a restart, what the spool shows now)."""
         ours, theirs = socket.socketpair()
         with theirs:
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+            # -P: the working directory (the service's own writable folder) is not searched for
+            # code: a pacsguard/ planted there would otherwise run as this child.
+            process = subprocess.Popen([sys.executable, "-P", "-m", __name__, str(theirs.fileno())],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         conn = Connection(ours.detach())
         level = logging.getLogger("pacsguard").getEffectiveLevel()  # the child logs as the gateway does

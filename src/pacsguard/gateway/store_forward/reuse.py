@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from uuid import uuid4
 
+from pacsguard.owner_only import make_private_dir
+
 log = logging.getLogger("pacsguard.gateway")
 
 MAX_FILES = 1024  # a bound on the folder, whatever the byte limit
@@ -52,7 +54,7 @@ class FilePool:
         overwritten). Only plain files: a symbolic link or a folder there is not pacsguard's, and
         writing an object through a link would put patient data wherever it points (the spool
         checks again when it takes one, `Spool.create`)."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.folder)
         found: list[tuple[str, int]] = []
         for path in self.folder.iterdir():
             try:

@@ -45,7 +45,7 @@ from uuid import uuid4
 from pacsguard.gateway.objects import ReceivedObject
 from pacsguard.gateway.store_forward.reuse import FilePool
 from pacsguard.gateway.store_forward.syncing import FolderSync, fsync_dir
-from pacsguard.owner_only import hold_lock
+from pacsguard.owner_only import hold_lock, make_private_dir
 
 log = logging.getLogger("pacsguard.gateway")
 
@@ -178,7 +178,7 @@ class Spool:
         """Create the folders, drop what was never acknowledged, and return every object still
         waiting for a destination (the forwarders' work after a restart), oldest first."""
         for folder in (self.tmp, self.objects, self.quarantine_dir, self.sent_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(folder)  # its missing parents 0700 too, whatever the umask
         self._take_lock()
         self.pool.load()
         for leftover in self.tmp.iterdir():
