@@ -61,3 +61,16 @@ def test_init_names_the_folder_that_will_not_take_the_store(tmp_path: Path) -> N
     line = _one_line(_without_dac("init", "-c", "pacsguard.yaml", cwd=tmp_path))
     assert str(state / "pacsguard.db") in line and "Permission denied" in line, line
     assert f"folder {state} is root:" in line and "0555" in line, line
+
+
+def test_a_store_file_of_another_user_is_named_with_its_owner(tmp_path: Path) -> None:
+    """SQLite said only "unable to open database file" of a store another user owns."""
+    nobody = pwd.getpwnam("nobody")
+    done = subprocess.run([*PACSGUARD, "init"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    store = tmp_path / "var" / "pacsguard.db"
+    os.chown(store, nobody.pw_uid, nobody.pw_gid)
+    store.chmod(0o600)
+    line = _one_line(_without_dac("events", "search", "--store", str(store), cwd=tmp_path))
+    assert str(store) in line and "unable to open database file" in line, line
+    assert "the file is nobody:" in line and "0600" in line and "runs as root:" in line, line

@@ -45,10 +45,25 @@ def _name(uid: int, gid: int) -> str:
     return f"{user}:{group}"
 
 
+def whose(path: Path) -> str:
+    """``path``'s owner and mode for a message ("root:root's, mode 0600"); "" when it cannot be
+    looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{_name(st.st_uid, st.st_gid)}'s, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def runs_as() -> str:
+    """The user and group this process runs as."""
+    return _name(os.geteuid(), os.getegid())
+
+
 def _denied(path: Path, exc: PermissionError, doing: str) -> AccessDenied:
     """``exc`` from ``doing`` ``path`` (open, create, lock), with the owner and mode of the file,
     or of the folder that refused a new file, and who this process is."""
-    me = _name(os.geteuid(), os.getegid())
+    me = runs_as()
     try:
         st, what = os.stat(path), path
     except OSError:  # not there (or its folder not searchable): the nearest folder that exists refused

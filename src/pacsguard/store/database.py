@@ -321,7 +321,15 @@ def _read_only_hint(where: str, exc: DatabaseError) -> str:
     beside the file (sqlite.org/wal.html, "Read-Only Databases"), and SQLite only says "unable to
     open database file"."""
     folder = Path(where).parent
-    if "unable to open database file" not in str(exc.orig) or "://" in where or os.access(folder, os.W_OK):
+    if "unable to open database file" not in str(exc.orig) or "://" in where:
+        return ""
+    if os.path.exists(where) and not os.access(where, os.R_OK | os.W_OK):
+        # The file itself is another user's (made by `sudo pacsguard init`): SQLite names no cause.
+        from pacsguard.owner_only import runs_as, whose
+
+        return (f" (the file is {whose(Path(where))}, and this process runs as {runs_as()}: make it "
+                f"{runs_as().split(':')[0]}'s, or run as the user that owns it)")
+    if os.access(folder, os.W_OK):
         return ""
     return (f" (its folder {folder} cannot be written: a read-only file system, or a folder this user may not "
             "write to; an SQLite store in WAL mode is read through a -shm file made beside it: copy the store "
