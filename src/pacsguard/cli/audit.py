@@ -402,7 +402,7 @@ def _sign_report(report: dict[str, Any], signing: Path | None) -> None:
 
 def _show_report(report: dict[str, Any]) -> None:
     from pacsguard.atna.report import listed_rows, share_line, user_cell, verdicts
-    from pacsguard.cli.layout import Column, render, terminal_width, write_lines
+    from pacsguard.cli.layout import Column, printable, render, terminal_width, write_lines
 
     columns = (Column("#"), Column("time (UTC)"), Column("what"), Column("outcome"), Column("user"),
                Column("host"), Column("purpose"), Column("proven"), Column("explanation"))
@@ -412,7 +412,7 @@ def _show_report(report: dict[str, Any]) -> None:
             for r in listed_rows(report)]
     cp = report["checkpoint"]
     share = share_line(report)
-    write_lines([f"patient {report['patient']}: {len(rows)} events; proven against "
+    write_lines([f"patient {printable(report['patient'])}: {len(rows)} events; proven against "
                  + (f"checkpoint {cp['tree_size']} (key {cp['key_id']})" if cp else "no checkpoint")
                  + (f"; {share}, unexplained first" if share else ""),
                  *render(columns, rows, terminal_width())])

@@ -7,6 +7,7 @@ Exit codes (documented in docs/cli.md): 0 ok, 1 findings (verify found tampering
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
 import stat
@@ -242,13 +243,17 @@ def _point_at_devnull(fd: int) -> None:
 
 
 def stdout_fails(exc: OSError) -> bool:
-    """Whether ``exc`` (naming no file) is stdout's: `> file` on a full file system. Then stdout is
-    pointed at /dev/null (`_point_at_devnull`)."""
-    if exc.filename is not None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    """Whether ``exc`` (naming no file) is stdout's: `> file` on a full file system, or `1< file`
+    (EBADF: stdout open for reading). Then stdout is pointed at /dev/null (`_point_at_devnull`)."""
+    if exc.filename is not None or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EBADF):
         return False
     try:
         fd = sys.stdout.fileno()
-        if not stat.S_ISCHR(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail:
+        if exc.errno == errno.EBADF:
+            # `1< file`: stdout open for reading only, so no write to it can succeed
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+                return False
+        elif not stat.S_ISCHR(os.fstat(fd).st_mode) and os.fstatvfs(fd).f_bavail:
             return False  # a file system with room (a device, /dev/full, has none to tell)
         _point_at_devnull(fd)
     except (OSError, ValueError, AttributeError):  # stdout closed or replaced (tests)

@@ -443,9 +443,13 @@ def reidentify_cmd(
 
     config, base, _ = _settings(config_file, None)
     key = _key(key_file, config, base)
+    if events == "-" and sys.stdin is None:  # `<&-`: Python leaves no stdin to read
+        raise _fail("-: standard input is closed; pipe the events into it or name their file")
     try:
         text = sys.stdin.read() if events == "-" else Path(events).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # a DICOM file or an archive given by mistake
+        raise _fail(f"{events}: not JSON lines (not UTF-8 text at byte {exc.start})") from None
+    except OSError as exc:
         raise _fail(f"{events}: {exc}") from None
     console = Console(stderr=True, soft_wrap=True)
     other_key = broken = shown_count = 0

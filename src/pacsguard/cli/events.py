@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import typer
 
 from pacsguard.cli.app import App
-from pacsguard.cli.common import CONFIG_OPTION, STORE_OPTION, fail, load, open_store
+from pacsguard.cli.common import (
+    CONFIG_OPTION,
+    EXIT_PIPE_CLOSED,
+    STORE_OPTION,
+    fail,
+    load,
+    open_store,
+    stdout_closed,
+)
 from pacsguard.cli.layout import Column, Layout, layout_for, terminal_width, write_lines
 
 if TYPE_CHECKING:
@@ -67,6 +75,7 @@ SINCE_OPTION = typer.Option(None, "--since", help="from this time (ISO 8601, UTC
 UNTIL_OPTION = typer.Option(None, "--until", help="before this time")
 LIMIT_OPTION = typer.Option(1000, "--limit", min=1, max=10**15, help="at most this many events")
 FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json (one event per line)")
+KIND_HELP = "event kind, e.g. dicom.association.rejected, or dicom.* for every kind it begins"
 
 
 @app.command("search")
@@ -75,7 +84,7 @@ def search(
     study: str | None = typer.Option(None, "--study", help="Study Instance UID"),
     actor: str | None = typer.Option(None, "--actor", help="AE title, host or user who acted, or AE@host[:port] "
                                      "as the table shows it"),
-    kind: str | None = typer.Option(None, "--kind", help="event kind, e.g. dicom.association.rejected or dicom.*"),
+    kind: str | None = typer.Option(None, "--kind", help=KIND_HELP),
     since: str | None = SINCE_OPTION,
     until: str | None = UNTIL_OPTION,
     limit: int = LIMIT_OPTION,
@@ -99,6 +108,34 @@ def search(
     finally:
         es.close()
     print_limited(found, limit, fmt, "events search")
+    if not found:
+        note_unknown_kind(kind, "events search")
+
+
+def note_unknown_kind(kind: str | None, command: str) -> None:
+    """Say on standard error why a --kind found nothing when no part records a kind so named
+    (`atna` for `atna.*`, a typo, a `*` not at the end): the store matches a kind whole, or by
+    its beginning when it ends in `*`, so such a value finds nothing, silently, for ever.
+    Standard output stays empty for scripts, and the exit code 0 (nothing found is no error)."""
+    if kind is None:
+        return
+    from fnmatch import fnmatchcase
+
+    from pacsguard.runtime.registry import Registry
+
+    # A declared kind may itself be a family (`ids.alert.*`: the rule names the rest).
+    declared = [k.kind for k in Registry.default().event_kinds()]
+    if kind.endswith("*"):
+        if "*" not in kind[:-1] and any(d.startswith(kind[:-1]) or kind.startswith(d[:-1]) for d in declared):
+            return
+    elif any(fnmatchcase(kind, d) for d in declared):
+        return
+    from pacsguard.cli.layout import printable
+
+    prefix = kind.endswith("*") and "*" not in kind[:-1]
+    named = f"begins with '{printable(kind[:-1])}'" if prefix else f"is called '{printable(kind)}'"
+    typer.echo(f"{command}: note: no kind of event {named}; a kind is matched whole, or by "
+               "its beginning when it ends in * (dicom.*); `pacsguard events schema` lists every kind", err=True)
 
 
 def read_events(es: EventStore, query: EventQuery) -> list[StoredEvent]:
@@ -176,8 +213,8 @@ def print_limited(found: list[StoredEvent], limit: int, fmt: Format, command: st
 def tail(
     count: int = typer.Option(20, "--lines", "-n", min=0, help="show the newest N events first"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new events until Ctrl-C"),
-    kind: str | None = typer.Option(None, "--kind", help="only events of this kind (prefix with *)"),
-    fmt: Format = typer.Option(Format.table, "--format"),
+    kind: str | None = typer.Option(None, "--kind", help=KIND_HELP),
+    fmt: Format = FORMAT_OPTION,
     interval: float = typer.Option(0.5, "--interval", min=0.05, help="seconds between polls with --follow"),
     config: Path | None = CONFIG_OPTION,
     store: str | None = STORE_OPTION,
@@ -188,6 +225,8 @@ def tail(
     es = open_store(load(config, required=store is None), store)
     try:
         newest = read_events(es, EventQuery(kind=kind, limit=count, newest_first=True))[::-1] if count else []
+        if not newest:  # before a --follow that would wait for ever
+            note_unknown_kind(kind, "events tail")
         if not follow:
             _print(newest, fmt)
             return
@@ -199,6 +238,11 @@ def tail(
         last = newest[-1].seq if newest else es.size() - 1
         while True:
             time.sleep(interval)
+            if stdout_closed():
+                # `events tail -f | grep -m1 ...`: the reader went away while the store was quiet.
+                # Without a write to fail, the pipeline would wait for the next event, maybe hours
+                # on a quiet night (GNU tail -f checks its output the same way).
+                raise typer.Exit(EXIT_PIPE_CLOSED)
             batch = read_events(es, EventQuery(kind=kind, after_seq=last, limit=1000))
             if batch:
                 _stream(batch, fmt, layout)
@@ -255,5 +299,10 @@ def schema(check: Path | None = typer.Option(None, "--check", help="compare with
     if check is None:
         sys.stdout.write(text)
         return
-    if not check.is_file() or check.read_text() != text:
+    try:
+        # Bytes, not text in the locale's encoding: the file is UTF-8 whatever LANG says.
+        held = check.read_bytes()
+    except OSError as exc:  # a missing file is a usage error (2), not a schema that differs (1)
+        raise fail(f"{check}: cannot read: {exc.strerror or exc}") from None
+    if held != text.encode():
         raise fail(f"{check} is not the schema the code declares; regenerate it with `pacsguard events schema`", 1)

@@ -29,6 +29,7 @@ The functions here are typer commands; ``pacsguard.cli.ids`` registers them.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import threading
@@ -45,11 +46,13 @@ from pacsguard.cli.common import (
     EXIT_FINDINGS,
     EXIT_INCOMPLETE,
     EXIT_OK,
+    EXIT_PIPE_CLOSED,
     config_path,
     fail,
     guarded,
     load,
     print_rule_problems,
+    stdout_closed,
 )
 from pacsguard.ids.capture import DEFAULT_MAX_FLOWS, CaptureError
 
@@ -395,6 +398,7 @@ def live_command(
                 timer = threading.Timer(duration, stop.set)
                 timer.daemon = True
                 timer.start()
+            reader_gone = _stop_when_reader_goes(stop) if store is None and jsonl is None else None
             stats = live(interface, bpf, engine=engine, publish=publish, stop_event=stop, ready=ready, clock=clock,
                          max_flows=max_flows, promisc=promisc, log_associations=not alerts_only)
         finally:
@@ -402,5 +406,31 @@ def live_command(
                 timer.cancel()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+    if reader_gone is not None and reader_gone.is_set():
+        raise typer.Exit(EXIT_PIPE_CLOSED)  # as `ids read | head`: no summary to a reader gone
     _print_summary(stats, engine, fmt)
     raise typer.Exit(_exit_code(stats))
+
+
+def _stop_when_reader_goes(stop: threading.Event) -> threading.Event:
+    """Set ``stop`` (and the event returned) when the reader of a piped stdout goes away:
+    `ids live -i eth0 | head -1` otherwise captured on, unseen, until the next alert made a write
+    fail, on a quiet network until --duration or for ever (GNU tail -f stops the same way)."""
+    import stat
+
+    gone = threading.Event()
+    try:
+        piped = stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or not a file
+        piped = False
+    if not piped:
+        return gone
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if stdout_closed():
+                gone.set()
+                stop.set()
+
+    threading.Thread(target=watch, name="stdout-reader-watch", daemon=True).start()
+    return gone

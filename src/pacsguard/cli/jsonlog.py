@@ -21,7 +21,18 @@ class JsonLineFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()  # escapes newlines, so a traceback stays on its line
+        try:
+            return orjson.dumps(line).decode()  # escapes newlines, so a traceback stays on its line
+        except TypeError:
+            # A lone surrogate (a file name or peer's bytes decoded with surrogateescape), which
+            # orjson refuses: logging would drop the record and print its own traceback instead.
+            # It is written as its escape's text, as the store keeps such a character.
+            return orjson.dumps({key: _utf8(value) for key, value in line.items()}).decode()
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate written as the text of its escape (U+DCFF as "\\udcff")."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 #: The format of a plain-text log line (``--log-format text``).

@@ -7,7 +7,8 @@ from pacsguard.runtime.part import Part
 PARTS = (
     Part("init", "Write a configuration (if none), generate the checkpoint signing key (if none) and create the store.",
          commands="pacsguard.cli.serve:init"),
-    Part("serve", "Run the services the configuration names, in the foreground, until Ctrl-C or SIGTERM.",
+    Part("serve", "Run the services the configuration names, in the foreground, until Ctrl-C, SIGTERM or a "
+         "hang-up.",
          commands="pacsguard.cli.serve:serve", kinds="pacsguard.runtime.kinds:KINDS"),
     Part("config", "Validate pacsguard.yaml and show the configuration in use.", commands="pacsguard.cli.config:app"),
     Part("events", "Search and follow the event store.", commands="pacsguard.cli.events:app"),

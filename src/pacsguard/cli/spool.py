@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,19 @@ if TYPE_CHECKING:
 app = App(name="spool", no_args_is_help=True, help="The store-and-forward spool: what waits, retry, purge.")
 
 ROUTE_OPTION = typer.Option(None, "--route", help="only this store-and-forward route (default: all)")
-JSON_OPTION = typer.Option(False, "--json", help="JSON instead of a table")
+JSON_OPTION = typer.Option(False, "--json", help="the same as --format json")
+
+
+class Format(str, Enum):
+    """What `spool list` and `spool show` print."""
+
+    table = "table"
+    json = "json"
+
+
+#: `--format` as every other command that prints a table names it (`events search`, `audit
+#: patient`, `atna sources`, ...): a script written for those found no such option here.
+FORMAT_OPTION = typer.Option(Format.table, "--format", help="table or json")
 
 
 def _routes(loaded: LoadedConfig, route: str | None) -> list[Route]:
@@ -55,7 +68,8 @@ def _entries(loaded: LoadedConfig, route: str | None) -> list[tuple[str, Spool, 
 
 
 @app.command("list")
-def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
+def list_(route: str | None = ROUTE_OPTION, fmt: Format = FORMAT_OPTION, as_json: bool = JSON_OPTION,
+          config: Path | None = CONFIG_OPTION) -> None:
     """Every spooled object: queued for a destination, damaged (its metadata unreadable), quarantined,
     or kept after sending."""
     from rich.table import Table
@@ -63,7 +77,7 @@ def list_(route: str | None = ROUTE_OPTION, as_json: bool = JSON_OPTION, config:
     from pacsguard.cli.common import console
 
     entries = _entries(load(config), route)
-    if as_json:
+    if as_json or fmt is Format.json:
         typer.echo(json.dumps([{"route": name, **e.as_dict()} for name, _, e in entries], indent=2))
         return
     table = Table(header_style="bold")
@@ -107,16 +121,16 @@ def _waiting(entry: SpoolEntry, destination: str) -> str:
 
 @app.command("show")
 def show(object_id: str = typer.Argument(..., help="the id `spool list` shows"), route: str | None = ROUTE_OPTION,
-         as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
+         fmt: Format = FORMAT_OPTION, as_json: bool = JSON_OPTION, config: Path | None = CONFIG_OPTION) -> None:
     """One spooled object: what the association said, its destinations, failures, manifest."""
     from pacsguard.cli.common import console
 
     found = [(name, e) for name, _, e in _entries(load(config), route) if e.meta.id == object_id]
     if not found:
-        raise fail(f"no spooled object {object_id!r}", code=1)
+        raise fail(f"no spooled object {object_id!r}; `pacsguard gateway spool list` shows the ids", code=1)
     name, entry = found[0]
     data = {"route": name, **entry.as_dict()}
-    if as_json:
+    if as_json or fmt is Format.json:
         typer.echo(json.dumps(data, indent=2))
         return
     for key, value in [*((k, v) for k, v in data.items() if k != "meta"), *data["meta"].items()]:
@@ -158,7 +172,8 @@ def purge(object_ids: list[str] = typer.Argument(None, help="ids to delete (defa
               if (not object_ids or e.meta.id in object_ids) and (state is None or e.state == state)]
     missing = set(object_ids or ()) - {e.meta.id for _, _, e in chosen}
     if missing:
-        raise fail(f"no spooled object {', '.join(sorted(missing))}", code=1)
+        raise fail(f"no spooled object {', '.join(sorted(missing))}; `pacsguard gateway spool list` shows the ids",
+                   code=1)
     if not chosen:
         console.print("nothing to purge")
         return
