@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # fonts-dejavu-core are de-identification's (tests/deid); sqlite3 takes the online backup that
 # docs/deployment.md gives (tests/test_r7_admin_deploy.py).
 SYSLOG_NG := .peers/syslog-ng
-PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate pipx \
+PEERS := dcmtk orthanc nmap tshark postgresql ethtool rsyslog rsyslog-gnutls rsyslog-openssl iproute2 openssl systemd logrotate faketime pipx \
 	yara clamav-daemon clamav-testfiles tesseract-ocr dicom3tools fonts-dejavu-core libgdcm-tools sqlite3 zstd lz4 tcpdump \
 	odil python3-odil gcc libc6-dev libpixelmed-java openjdk-17-jdk-headless \
 	liblog4j2-java busybox ctn pixelmed-apps ghostscript genisoimage nodejs

@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -212,6 +212,27 @@ def unescape_relayed(payload: bytes) -> bytes | None:
     return _RSYSLOG_ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], payload)
 
 
+#: How far from its receipt an EventDateTime may lie before its sender's clock is suspect: a day
+#: ahead (clocks drift, zones get mixed up, by hours), ten years behind (a sender's backlog after an
+#: outage, or an archive's migrated trail, is days to years old; a dead clock's 1900, 1970 or 2000
+#: is decades).
+SKEW_AHEAD = timedelta(days=1)
+SKEW_BEHIND = timedelta(days=3653)
+
+
+def _skewed(when: datetime, received: object) -> bool:
+    """Whether ``when`` is implausibly far from ``received`` (its ISO text), flag ``clock-skew``."""
+    if not isinstance(received, str):
+        return False
+    try:
+        at = datetime.fromisoformat(received)
+    except ValueError:
+        return False
+    if when.tzinfo is None or at.tzinfo is None:
+        return False
+    return when > at + SKEW_AHEAD or when < at - SKEW_BEHIND
+
+
 def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender: Sender, *,
                   relayed: bool = False) -> Event:
     """The Event of one audit message payload, ``base`` (taken over as its details) holding where and
@@ -233,6 +254,8 @@ def payload_event(base: dict[str, Any], payload: bytes, flags: list[str], sender
             flags = [*flags, "relay-escaped"]
         if reading.time is None:  # EventDateTime missing or not an instant: stored at its time of receipt
             flags = [*flags, "bad-event-time"]
+        elif _skewed(reading.time, base.get("received")):
+            flags = [*flags, "clock-skew"]
         action = reading.fields.get("action")
         if action is not None and action not in codes.ACTIONS:
             # PS3.15 A.5.1 enumerates C R U D E: another code is kept as sent and flagged, and the

@@ -23,8 +23,8 @@ _RECEIVED = {
     "syslog": OBJECT,
     "raw": STRING,  # the message as sent, when it is UTF-8 (else raw_base64)
     "raw_base64": STRING,
-    # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, no-time-zone, bad-action-code,
-    # bad-outcome, relay-escaped, no-requestor
+    # legacy-bsd, missing-msgid, wrong-framing, bad-timestamp, bad-event-time, no-time-zone, clock-skew,
+    # bad-action-code, bad-outcome, relay-escaped, no-requestor
     "flags": STRINGS,
     "received": STRING,
 }

@@ -44,6 +44,7 @@ class SourceCounts:
     bad_action_code: int = 0  # EventActionCode outside PS3.15 A.5.1's C R U D E (stored, judged, flagged)
     bad_outcome: int = 0  # EventOutcomeIndicator missing or outside A.5.1's 0 4 8 12 (stored, outcome unknown)
     no_time_zone: int = 0  # EventDateTime without a zone (A.5.1 asks for one): read as UTC, flagged
+    clock_skew: int = 0  # EventDateTime a day ahead of its receipt or ten years behind: the sender's clock
     silent_connections: int = 0
     http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
     tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
@@ -111,6 +112,11 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
             row.no_time_zone += 1
             _error(row, when, "no-time-zone: EventDateTime has no time zone (PS3.15 A.5.1 asks for one, "
                               "Z or +hh:mm); read as UTC")
+        if "clock-skew" in flags:
+            row.clock_skew += 1
+            _error(row, when, f"clock-skew: the event is dated {str(ev.time)[:19]}, received "
+                              f"{str(ev.details.get('received', ''))[:19]}; check the sender's clock "
+                              "(NTP, IHE Consistent Time)")
     # A summary stands for the requests or connections it counted (`repeats`), each other event for one.
     weight = _weight(ev.details.get("repeats"))
     if problem == "silent":  # a syslog or an HTTP connection

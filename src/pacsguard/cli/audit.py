@@ -187,6 +187,8 @@ def _show(report: VerifyReport) -> None:
         unread = f"; {len(bad)} unreadable line(s) left out (findings below)" if bad else ""
         console.print(f"witness {shown(seen['source'])}: {seen['checkpoints']} checkpoints of this log, newest at "
                       f"size {seen['newest']}{unread}", highlight=False)
+    for note in report.notes:
+        console.print(f"[bold yellow]note[/]: {shown(note)}", highlight=False)
     if report.ok:
         held = " and the store extends every checkpoint the witnesses hold" if report.witnesses else ""
         console.print(f"[bold green]OK[/]: every event, chain link, index row and checkpoint verifies{held}")

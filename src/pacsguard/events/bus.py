@@ -58,12 +58,22 @@ class WriteStats:
 @dataclass(frozen=True, slots=True)
 class WriteHealth:
     """Whether the sink takes events: since when it fails (epoch seconds, None while it writes), the
-    latest error, events held for retry and events dropped because the spool was full."""
+    latest error, events held for retry and events dropped because the spool was full.
+    ``failing_since_monotonic`` is the same start on the monotonic clock: how long it has failed is
+    measured on that one, so an NTP step or a date set by hand during an outage does not make it
+    negative or a day long."""
 
     failing_since: float | None
     error: str
     spooled: int
     dropped: int
+    failing_since_monotonic: float | None = None
+
+    def failing_for(self) -> float:
+        """Seconds the sink has failed so far (0 while it writes)."""
+        if self.failing_since_monotonic is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self.failing_since_monotonic)
 
 
 class WriteListener(Protocol):
@@ -107,6 +117,7 @@ class EventBus:
         self._published = len(self._queue)
         self._dropped = 0
         self._failing_since: float | None = None
+        self._failing_since_monotonic: float | None = None
         self._errors: dict[str, str] = {}  # what fails ("sink", "journal") -> its latest error
         # what fails -> (when its error line was logged, failed attempts not logged since)
         self._logged: dict[str, tuple[float, int]] = {}
@@ -184,7 +195,8 @@ class EventBus:
         self._listeners = (*self._listeners, listener)
 
     def health(self) -> WriteHealth:
-        return WriteHealth(self._failing_since, self._error, len(self._queue), self._dropped)
+        return WriteHealth(self._failing_since, self._error, len(self._queue), self._dropped,
+                           self._failing_since_monotonic)
 
     def subscribe(self, callback: Callable[[Event], None], *, max_pending: int = 100_000) -> Subscription:
         """Call ``callback`` with every Event written from now on, on its own thread; thread-safe.
@@ -304,7 +316,8 @@ class EventBus:
         with self._failure_lock:
             self._failures += 1
             if self._failing_since is None:
-                self._failing_since = time.time()
+                self._failing_since = time.time()  # shown as a date; durations use the monotonic one
+                self._failing_since_monotonic = time.monotonic()
             self._error = self._errors[what] = f"{what}: {exc or type(exc).__name__}"
             self._failing = True
             unlogged = self._unlogged(what)
@@ -338,7 +351,7 @@ class EventBus:
             health = self.health()
             with self._publish_lock:
                 self._failing = False
-                self._failing_since = None
+                self._failing_since = self._failing_since_monotonic = None
                 self._dropped = 0
         for listener in self._listeners:
             listener.recovered(health, time.time())

@@ -13,6 +13,7 @@ any other event, and every gateway that reports to the same store (PostgreSQL) e
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -118,13 +119,35 @@ class QuarantinePolicy:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One quarantined target. ``until`` is the wall-clock end as recorded (what is shown);
+    ``deadline`` the same end on this process's monotonic clock, fixed when the entry was folded in,
+    which is what a running gateway enforces: an NTP step or a date set by hand moves the first,
+    not the second, so a 1 h quarantine neither ends at once when the date jumps a day forward nor
+    lasts an hour more when it steps an hour back."""
+
     target: str
     until: datetime | None
     reason: str
     by: str
+    deadline: float | None = field(default=None, compare=False)
+    event_id: str = field(default="", compare=False)
 
-    def active(self, now: datetime) -> bool:
-        return self.until is None or now < self.until
+    def active(self, now: datetime | None = None) -> bool:
+        """In force at wall-clock ``now`` (as given), or, without one, on the monotonic clock."""
+        if self.until is None:
+            return True
+        if now is not None or self.deadline is None:
+            return (now or datetime.now(timezone.utc)) < self.until
+        return time.monotonic() < self.deadline
+
+
+def _deadline(until: datetime, recorded: datetime, now: datetime) -> float:
+    """``until`` on the monotonic clock: the time left of the recorded duration, counting the time
+    since the event was recorded by the wall clock, but never less than none of it (the clock went
+    back since) nor more than all of it."""
+    duration = max(0.0, (until - recorded).total_seconds())
+    elapsed = min(max(0.0, (now - recorded).total_seconds()), duration)
+    return time.monotonic() + duration - elapsed
 
 
 def change_event(action: str, target: str, *, duration: timedelta | None = None, reason: str = "",
@@ -165,18 +188,17 @@ class QuarantineList:
         if not target:
             return
         if event.kind == ADDED:
-            until = event.details.get("until")
-            self._entries[target] = Entry(target, datetime.fromisoformat(until) if until else None,
-                                          str(event.details.get("reason", "")), event.actor.user or event.component)
+            held = self._entries.get(target)
+            if held is not None and held.event_id == event.id:
+                return  # applied as published, read back from the store: keep its deadline
+            self._entries[target] = _entry(target, event)
             if len(self._entries) > self._prune_at:
-                now = datetime.now(timezone.utc)
-                self._entries = {k: e for k, e in self._entries.items() if e.active(now)}
+                self._entries = {k: e for k, e in self._entries.items() if e.active()}
                 self._prune_at = max(PRUNE_AT, 2 * len(self._entries))
         elif event.kind == REMOVED:
             self._entries.pop(target, None)
 
     def match(self, host: str | None, ae_title: str | None, now: datetime | None = None) -> Entry | None:
-        now = now or datetime.now(timezone.utc)
         host = canonical(host) if host else host
         both = pair(ae_title, host) if host and ae_title else None
         for key in (host, ae_title, both):
@@ -186,8 +208,21 @@ class QuarantineList:
         return None
 
     def active(self, now: datetime | None = None) -> list[Entry]:
-        now = now or datetime.now(timezone.utc)
         return sorted((e for e in self._entries.values() if e.active(now)), key=lambda e: e.target)
+
+
+def _entry(target: str, event: Event) -> Entry:
+    """The entry an added event makes, its deadline counted from now on the monotonic clock."""
+    text = event.details.get("until")
+    until = _aware(datetime.fromisoformat(text)) if text else None
+    deadline = _deadline(until, _aware(event.time), datetime.now(timezone.utc)) if until else None
+    return Entry(target, until, str(event.details.get("reason", "")), event.actor.user or event.component,
+                 deadline, event.id)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A recorded time without a zone is UTC (as pacsguard records them)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _canonical_target(target: str) -> str:

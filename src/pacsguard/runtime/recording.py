@@ -71,7 +71,7 @@ class RecordingAlarm:
         with self._lock:
             self._raised_at = None
         since = health.failing_since if health.failing_since is not None else until
-        seconds = round(until - since, 3)
+        seconds = round(health.failing_for(), 3)
         lost = f"; {health.dropped} events were dropped (the spool was full)" if health.dropped else ""
         log.warning("recording recovered after %.1f s (%s)%s", seconds, health.error, lost)
         self.bus.publish(Event(kind=RECOVERED, component="serve",
@@ -84,4 +84,4 @@ class RecordingAlarm:
 
 def _lasted(health: WriteHealth) -> float:
     """Seconds since the bus began failing."""
-    return time.time() - health.failing_since if health.failing_since is not None else 0.0
+    return health.failing_for()

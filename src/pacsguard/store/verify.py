@@ -97,6 +97,9 @@ class VerifyReport:
     #: (the record was edited): the tree the writer's head holds is built of these (not in the JSON).
     sealed: dict[int, bytes] = field(default_factory=dict, repr=False)
     witnesses: list[dict[str, Any]] = field(default_factory=list)  # what each witness held (witnessed.py)
+    #: What verifies but deserves a look (no finding: the exit code stays 0): a checkpoint dated
+    #: before an earlier one, when the host's clock stepped back.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +113,7 @@ class VerifyReport:
                 "newest_checkpoint_root_ok": self.newest_checkpoint_root_ok,
                 "newest_checkpoint_key": self.newest_checkpoint_key, "key": self.key_id, "keys": self.key_ids,
                 **({"witnesses": self.witnesses} if self.witnesses else {}),
+                **({"notes": self.notes} if self.notes else {}),
                 "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -734,10 +738,14 @@ def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: 
     report.key_ids = list(given)
     report.key_id = next(iter(given), None)
     beyond_gap: list[int] = []
+    previous: Checkpoint | None = None
     for row in cps:
         cp = _checkpoint_of(row, report.findings)
         if cp is None:
             continue
+        if previous is not None and cp.time_us < previous.time_us:
+            report.notes.append(_dated_back(cp, previous))
+        previous = cp
         signature = _signature(cp, given, report.findings)
         root_ok: bool | None = None
         if cp.tree_size > len(chain) and report.lost is not None:
@@ -764,6 +772,16 @@ def _check_checkpoints(chain: list[bytes], cps: Sequence[Row[Any]], public_key: 
                                        "and the one after it are missing, so its leaf hash is lost (see the "
                                        "deleted events)"))
     return frontier
+
+
+def _dated_back(cp: Checkpoint, previous: Checkpoint) -> str:
+    """A checkpoint signed with a time before its predecessor's: each is signed with the host's
+    clock as it read, so this says the clock stepped back (an NTP step, a date set by hand), which
+    makes the times of the events between them doubtful too; the seals themselves are unaffected."""
+    back = (previous.time_us - cp.time_us) / 1e6
+    amount = f"{back / 60:.0f} min" if back >= 60 else f"{back:.1f} s"
+    return (f"checkpoint at size {cp.tree_size} is dated {amount} before the one at size {previous.tree_size}: "
+            "the host's clock stepped back between them (check NTP); the events' times there are the clock's")
 
 
 def _checkpoint_of(row: Row[Any], findings: list[Finding]) -> Checkpoint | None:

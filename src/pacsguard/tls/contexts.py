@@ -89,16 +89,24 @@ def _load_certs(path: StrPath, role: str) -> list[x509.Certificate]:
         raise TLSConfigError(f"{role} {path}: malformed PEM certificate ({exc})") from None
 
 
+def _clock(now: datetime) -> str:
+    """What this host's clock reads, for a certificate judged by it: a clock stepped years ahead (a
+    dead CMOS battery, a VM resumed without NTP) makes a good certificate "expired", and the clock
+    is then what to fix."""
+    return f"this host's clock reads {now:%Y-%m-%d %H:%M} UTC"
+
+
 def _check_validity(cert: x509.Certificate, path: StrPath, role: str) -> None:
     now = datetime.now(timezone.utc)
+    clock = _clock(now)
     if cert.not_valid_after_utc < now:
         raise TLSConfigError(f"{role} {path}: certificate expired on "
                              f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC "
-                             f"(subject {cert.subject.rfc4514_string()})")
+                             f"(subject {cert.subject.rfc4514_string()}; {clock})")
     if cert.not_valid_before_utc > now:
         raise TLSConfigError(f"{role} {path}: certificate is not valid before "
                              f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC "
-                             "(check the clock)")
+                             f"({clock}: check it)")
 
 
 def _load_key(path: StrPath) -> Any:
@@ -194,7 +202,7 @@ def _check_ca(ca_file: StrPath) -> bool:
     now = datetime.now(timezone.utc)
     # A bundle may carry some expired roots; only a bundle with nothing usable is an error.
     if all(c.not_valid_after_utc < now for c in certs):
-        raise TLSConfigError(f"CA file {ca_file}: every certificate in it has expired")
+        raise TLSConfigError(f"CA file {ca_file}: every certificate in it has expired ({_clock(now)})")
     crls = _CRL_BLOCK.findall(read_pem(ca_file, "CA file"))
     for block in crls:
         _check_crl(ca_file, block, certs, now)
