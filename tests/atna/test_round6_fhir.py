@@ -205,6 +205,7 @@ def test_refusals_are_recorded_a_few_then_counted_and_token_guessing_is_throttle
     a problem from a host in an interval are recorded, the rest counted in one record; after
     MOST_GUESSES failures a host is answered 429 unchecked (the right token too), recorded once."""
     from pacsguard.atna import http
+    from pacsguard.atna.repeats import RECORDED_EACH
 
     monkeypatch.setenv("ATNA_TOKEN", TOKEN)
     host, port = "127.0.68.22", 29622
@@ -217,17 +218,17 @@ def test_refusals_are_recorded_a_few_then_counted_and_token_guessing_is_throttle
     assert [s for s, _ in answers] == [401] * http.MOST_GUESSES + [429] * (45 - http.MOST_GUESSES)
     assert status == 429 and 1 <= int(fields["retry-after"]) <= http.GUESS_WINDOW
     rejected = [e for e in during if e.kind == "atna.http.rejected"]
-    assert len(rejected) == http.RECORDED_EACH + 1  # ten 401s, one 429
+    assert len(rejected) == RECORDED_EACH + 1  # ten 401s, one 429
     assert "answered 429 unchecked" in rejected[-1].details["error"]
     summaries = [e for e in rx.events if e.kind == "atna.http.rejected"][len(rejected):]  # made at close
     errors = sorted(str(e.details["error"]) for e in summaries)
     assert len(errors) == 2
-    assert errors[0].startswith(f"{http.MOST_GUESSES - http.RECORDED_EACH} more in 60 s after the first 10")
+    assert errors[0].startswith(f"{http.MOST_GUESSES - RECORDED_EACH} more in 60 s after the first 10")
     assert errors[1].startswith(f"{45 + 1 - http.MOST_GUESSES - 1} more in 60 s after the first 1 recorded")
     # The 429s are named as such, and `atna sources` counts every request a summary stands for.
     assert rejected[-1].details["problem"] == "throttled"
     assert sorted(e.details["repeats"] for e in summaries) == sorted(
-        [http.MOST_GUESSES - http.RECORDED_EACH, 45 + 1 - http.MOST_GUESSES - 1])
+        [http.MOST_GUESSES - RECORDED_EACH, 45 + 1 - http.MOST_GUESSES - 1])
     [row] = count_sources([e for e in rx.events if e.kind == "atna.http.rejected"])
     assert row.http_refused == 45 + 1
 

@@ -7,8 +7,10 @@ bus's backlog grows: in memory, and past the bus's bound (events.bus.EventBus.MA
 store fails, messages are dropped. TCP and TLS senders need not be: once the backlog reaches
 ``atna.max_backlog``, every TLS and TCP listener stops reading its connections (TCP's window then
 holds each sender back, which queues on its side: rsyslog's and syslog-ng's disk queues), and
-reads them again once the backlog is down to half of it. UDP (RFC 5426) cannot be held back and the
-RESTful endpoint answers only once its message is durable: neither is held.
+reads them again once the backlog is down to half of it. UDP (RFC 5426) cannot be held back: its
+datagrams are dropped meanwhile and counted per sender (`backlog-full`), as a full socket buffer
+would drop them, rather than held in memory. The RESTful endpoint answers only once its message is
+durable: it is not held.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Backpressure:
         self._since = time.monotonic()
         for listener in self.listeners:
             listener.hold()
-        log.warning("holding the TLS and TCP syslog senders back: %d events wait to be stored "
+        log.warning("holding the TLS and TCP syslog senders back (UDP datagrams dropped, counted): %d events wait "
+                    "to be stored "
                     "(atna.max_backlog: %d); reading them again at %d", self.backlog(), self.high, self.low)
         self._timer = asyncio.get_running_loop().call_later(POLL, self._poll)
 

@@ -15,7 +15,7 @@ _PATIENT: dict[str, Any] = {"type": "object", "properties": {"id": STRING, "auth
                             "required": ["id"], "additionalProperties": False}
 _PROBLEMS = ["malformed-frame", "oversize", "truncated", "silent", "entity-expansion", "unparsable-xml",
              "bad-encoding", "not-audit-message", "not-fhir", "unauthorized", "bad-request", "not-syslog",
-             "unreadable", "too-many-connections", "too-slow", "tls-handshake-failed", "throttled"]
+             "unreadable", "too-many-connections", "too-slow", "tls-handshake-failed", "throttled", "backlog-full"]
 
 #: What every received message carries: where it came from, its syslog header, its raw bytes.
 _RECEIVED = {

@@ -163,7 +163,10 @@ class AtnaService:
                 rows.append(("ATNA syslog (RFC 6587 TCP)", self._where("tcp"),
                              "octet counting or LF" + self._read_by()))
             if cfg.udp is not None:
-                await self._listen("udp", DatagramListener(self.publish), cfg.udp.host, cfg.udp.port)
+                udp = DatagramListener(self.publish)
+                await self._listen("udp", udp, cfg.udp.host, cfg.udp.port)
+                if self.backpressure is not None:
+                    self.backpressure.listeners.append(udp)  # its datagrams dropped and counted while held
                 rows.append(("ATNA syslog (RFC 5426 UDP)", self._where("udp"), ""))
             if cfg.http is not None:
                 from pacsguard.atna.http import RestfulAtna

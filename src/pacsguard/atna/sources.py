@@ -49,6 +49,7 @@ class SourceCounts:
     http_refused: int = 0  # requests refused, cut short or too slow (atna.http.rejected but silent)
     tls_failed: int = 0  # syslog TLS handshakes that failed (no or an untrusted certificate, plain text)
     refused_connections: int = 0  # syslog connections closed because the listener was full (too-many-connections)
+    dropped_datagrams: int = 0  # UDP messages dropped while the store was behind (backlog-full)
     last_seen: str | None = None
     last_error: str | None = None
     last_error_time: str | None = None
@@ -132,9 +133,11 @@ def _count(row: SourceCounts, ev: Event, transport: str | None) -> None:
     elif problem == "not-fhir":
         row.not_fhir += 1
     elif problem in _FRAME_PROBLEMS:
-        row.malformed_frames += 1
+        row.malformed_frames += weight  # a summary of a connection's frame problems stands for many
     elif problem == "too-many-connections":  # a syslog listener's (the endpoint's are counted above)
         row.refused_connections += weight
+    elif problem == "backlog-full":
+        row.dropped_datagrams += weight
     if problem is not None:
         _error(row, when, f"{problem}: {ev.details.get('error', '')}")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from pacsguard.dicom.dimse import status_category
+from pacsguard.dicom.dimse import COMMAND_NAMES, status_category
 from pacsguard.events import Event
 
 _ASSOCIATION = "dicom.association."
@@ -18,6 +18,12 @@ _DIMSE = "dicom.dimse."
 _ALERT = "ids.alert."
 _UNREACHABLE = "gateway.upstream.unreachable"
 _ENDED = ("released", "aborted")
+#: The DIMSE services a `service` label may name (PS3.7 9.1, 10.1 and E.1: the defined command
+#: fields); any other is counted as OTHER_SERVICE.
+SERVICES = frozenset(name.removesuffix("-RQ") for name in COMMAND_NAMES.values() if name.endswith("-RQ"))
+#: The `service` label of a request whose Command Field no DIMSE service defines (the event's kind
+#: keeps its value, `dicom.dimse.unknown-0xNNNN`): one series, not one per value a client sends.
+OTHER_SERVICE = "UNKNOWN"
 
 
 def label(value: object) -> str:
@@ -40,6 +46,14 @@ def where(details: Mapping[str, Any]) -> str:
         return label(route)
     sensor = details.get("sensor")
     return label(f"sensor:{sensor}") if sensor else ""
+
+
+def service_label(service: str) -> str:
+    """The `service` label of a `dicom.dimse.<service>` Event: the service's name for a defined
+    command (PS3.7 E.1), OTHER_SERVICE for any other. Each of the 65,536 values of the Command
+    Field (US) a client may send would otherwise add series that stay for the process's life."""
+    name = service.upper()
+    return name if name in SERVICES else OTHER_SERVICE
 
 
 def dimse_status(details: Mapping[str, Any]) -> str:
@@ -104,6 +118,6 @@ class EventCounters:
 
     def _request(self, service: str, details: Mapping[str, Any]) -> None:
         route = where(details)
-        self.requests.labels(route, label(service.upper()), dimse_status(details)).inc()
+        self.requests.labels(route, service_label(service), dimse_status(details)).inc()
         if details.get("decision") == "refused":
             self.refusals.labels(route, "request", label(details.get("rule") or "none")).inc()

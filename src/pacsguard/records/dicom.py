@@ -51,6 +51,12 @@ _RETRIEVES = (C_MOVE_RQ, C_GET_RQ)
 #: (StoredInstances): the most recent ones, ~300 bytes each (6 MB a route): a few large studies,
 #: which a modality asks to commit soon after sending them; older ones count as patients_unknown.
 MAX_STORED_INSTANCES = 20_000
+#: Requests of one sender on one association that may wait for their final response at once. Each
+#: is held (`AssociationRecord.pending`, ~3 KB) until answered, and a sender that does not read
+#: the answers can send all 65,536 Message IDs (some 190 MB); the Asynchronous Operations Window
+#: such a sender may negotiate is 1 unless both sides agree otherwise (PS3.7 D.3.3.3), and dcmtk,
+#: pynetdicom and the usual modalities never ask for more.
+MAX_OUTSTANDING = 128
 _QUERY_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "Modality")
 
 
@@ -313,13 +319,28 @@ class AssociationRecord:
     def reused_message_id(self, from_requestor: bool, command: CommandSet) -> str | None:
         """Why request ``command`` of this sender may not go on, or None: its Message ID is that of
         one of its requests still waiting for the final response (PS3.7 9.1.1), so the answers
-        could not be told apart and one request would pass unrecorded. A C-CANCEL-RQ names the
+        could not be told apart and one request would pass unrecorded; or the sender has
+        MAX_OUTSTANDING requests waiting already (`_over_window`). A C-CANCEL-RQ names the
         request it cancels and has no Message ID of its own."""
-        if not command.is_request or command.command_field == C_CANCEL_RQ \
-                or (from_requestor, command.message_id or 0) not in self.pending:
+        if not command.is_request or command.command_field == C_CANCEL_RQ:
             return None
-        return (f"{command_name(command.command_field)} reuses Message ID {command.message_id} of a request "
-                "still unanswered (PS3.7 9.1.1)")
+        if (from_requestor, command.message_id or 0) in self.pending:
+            return (f"{command_name(command.command_field)} reuses Message ID {command.message_id} of a request "
+                    "still unanswered (PS3.7 9.1.1)")
+        return self._over_window(from_requestor, command)
+
+    def _over_window(self, from_requestor: bool, command: CommandSet) -> str | None:
+        """Why ``command`` may not go on: its sender has MAX_OUTSTANDING requests unanswered already,
+        far past any Asynchronous Operations Window (PS3.7 D.3.3.3) a peer asks for; else None. Each
+        waiting request is held until its answer, so the table stays bounded per association."""
+        if len(self.pending) < MAX_OUTSTANDING:  # cheap: the usual association has one request waiting
+            return None
+        waiting = sum(1 for sender, _ in self.pending if sender == from_requestor)
+        if waiting < MAX_OUTSTANDING:
+            return None
+        return (f"{command_name(command.command_field)} Message ID {command.message_id}: {waiting} requests of "
+                f"this sender still unanswered, the most one association may have waiting ({MAX_OUTSTANDING}; "
+                "PS3.7 D.3.3.3 Asynchronous Operations Window)")
 
     def track(self, pending: Pending) -> Pending:
         """Wait for the final response to `pending`; its Event is published then (or at the end)."""

@@ -21,6 +21,7 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, peer_address, problem_event
+from pacsguard.atna.repeats import RECORD_INTERVAL, RECORDED_EACH, Repeats
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
 from pacsguard.events.model import Event
@@ -53,6 +54,9 @@ HOLD = 0.2
 
 #: Hosts whose refused connections are counted apart within one interval; beyond, under "*".
 MOST_TRACKED = 10_000
+
+#: Seconds between looks for the connections' problems counted in an interval now over.
+REPEATS_LOOK = 5.0
 
 
 class Refusals:
@@ -106,6 +110,8 @@ class StreamListener:
         self.connections: set[_Connection] = set()
         self.refusals = Refusals()
         self._summary: asyncio.TimerHandle | None = None  # when the counted refusals are recorded
+        self.repeats = Repeats()  # the connections' problems beyond the first few (`problem`)
+        self._repeats_timer: asyncio.TimerHandle | None = None
         self.held = False  # the senders are held back (`hold`)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -168,6 +174,28 @@ class StreamListener:
             return False
         return True
 
+    def problem(self, sender: Sender, problem: FrameProblem) -> None:
+        """Record a problem of one of the connections: the first RECORDED_EACH of a kind from a host
+        in each RECORD_INTERVAL one by one, the others counted into one record at its end
+        (`Repeats`, as the RESTful endpoint does): a host failing 300 TLS handshakes a second wrote
+        a record each, some 26 GB a day into the sealed store."""
+        now = time.monotonic()
+        if self.repeats.note(sender, problem.problem, problem.detail, "", "", now):
+            self.publish(problem_event(sender, problem))
+        elif self._repeats_timer is None:
+            self._repeats_timer = asyncio.get_running_loop().call_later(REPEATS_LOOK, self._record_repeats)
+
+    def _record_repeats(self, *, final: bool = False) -> None:
+        """Record the counts of the intervals over (all of them, ``final``)."""
+        self._repeats_timer = None
+        for slot in self.repeats.due(float("inf") if final else time.monotonic()):
+            who = "senders beyond the hosts counted apart" if slot.sender.host == "*" else "this sender"
+            self.publish(problem_event(slot.sender, FrameProblem(slot.problem, (
+                f"{slot.counted} more of {who} in the {RECORD_INTERVAL:g} s after the first {RECORDED_EACH}, "
+                f"counted in this record; the last: {slot.error}")), repeats=slot.counted))
+        if not final and self.repeats.counting():
+            self._repeats_timer = asyncio.get_running_loop().call_later(REPEATS_LOOK, self._record_repeats)
+
     def _summarise_later(self) -> None:
         """Record the interval's counted refusals when it ends (one timer at a time)."""
         left = self.refusals.left()
@@ -194,6 +222,13 @@ class StreamListener:
         if self._summary is not None:
             self._summary.cancel()
         self._summarise(final=True)  # what was counted, not yet recorded, is not lost with the listener
+        for _ in range(100):  # the closed connections' connection_lost (up to 1 s), which may count a problem
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
+        if self._repeats_timer is not None:
+            self._repeats_timer.cancel()
+        self._record_repeats(final=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
@@ -312,8 +347,8 @@ class _Connection(asyncio.Protocol):
             self._write(self._tls.outgoing())
             self.refused = True  # recorded here, not again when the connection is lost
             self.listener.connections.discard(self)
-            self.publish(problem_event(self.sender, FrameProblem("tls-handshake-failed" if not established
-                                                                 else "malformed-frame", str(exc))))
+            self.listener.problem(self.sender, FrameProblem("tls-handshake-failed" if not established
+                                                                 else "malformed-frame", str(exc)))
             self.close()
             return b""
         self._write(self._tls.outgoing())
@@ -343,13 +378,13 @@ class _Connection(asyncio.Protocol):
         self._publish(self.splitter.flush(final=True), [])  # a frame held at its LF, or without one: it ended
         handshaking = self._tls is not None and not self._tls.established
         if handshaking and self.received > 0:  # a ClientHello, or part of one, then gone
-            self.publish(problem_event(self.sender, FrameProblem(
+            self.listener.problem(self.sender, FrameProblem(
                 "tls-handshake-failed", "TLS handshake not complete: the client closed the connection in it "
-                                        "(RFC 5425 4.2), without an alert saying why")))
+                                        "(RFC 5425 4.2), without an alert saying why"))
         elif self.said == 0:
-            self.publish(problem_event(self.sender, FrameProblem("silent", self._silence)))
+            self.listener.problem(self.sender, FrameProblem("silent", self._silence))
         for problem in self.splitter.finish():
-            self.publish(problem_event(self.sender, problem))
+            self.listener.problem(self.sender, problem)
         if exc is not None:
             log.info("syslog connection from %s ended: %s", self.sender.host, exc)
 
@@ -384,23 +419,23 @@ class _Connection(asyncio.Protocol):
         limits = self.listener.limits
         if self._tls is not None and not self._tls.established and self.received > 0:
             self.received = self.said = -1  # reported here, not again when the connection is lost
-            self.publish(problem_event(self.sender, FrameProblem(
-                "tls-handshake-failed", f"TLS handshake not complete {limits.frame_timeout:g} s after it began")))
+            self.listener.problem(self.sender, FrameProblem(
+                "tls-handshake-failed", f"TLS handshake not complete {limits.frame_timeout:g} s after it began"))
         elif self.said == 0:
             self.received = self.said = -1  # reported here, not again when the connection is lost
-            self.publish(problem_event(self.sender, FrameProblem(
-                "silent", f"{self._silence} for {time.monotonic() - self.opened:.0f} s")))
+            self.listener.problem(self.sender, FrameProblem(
+                "silent", f"{self._silence} for {time.monotonic() - self.opened:.0f} s"))
         elif self.splitter.pending:
             pending = self.splitter.pending
             self.splitter = Splitter(limits.max_message)  # reported here, not again as truncated
-            self.publish(problem_event(self.sender, FrameProblem(
+            self.listener.problem(self.sender, FrameProblem(
                 "too-slow", f"a frame not complete {limits.frame_timeout:g} s after its first octet "
-                            f"({pending} octets so far): connection closed")))
+                            f"({pending} octets so far): connection closed"))
         self.close()
 
     def _publish(self, frames: list[bytes], problems: list[FrameProblem]) -> None:
         for problem in problems:
-            self.publish(problem_event(self.sender, problem))
+            self.listener.problem(self.sender, problem)
         if not frames:
             return
         kinds = self.splitter.kinds
@@ -417,11 +452,26 @@ class _Connection(asyncio.Protocol):
 
 
 class DatagramListener(asyncio.DatagramProtocol):
-    """RFC 5426: each datagram is one syslog message."""
+    """RFC 5426: each datagram is one syslog message.
+
+    UDP cannot be held back: while the store is behind (`hold`, atna/backpressure.py) each datagram
+    is dropped, as the kernel drops what a full socket buffer cannot take, and counted per sender:
+    one `backlog-full` record at most every REFUSALS_RECORDED_EVERY seconds, the rest in a summary
+    per host carrying their number. Read, each would wait in memory for the store: a flood of
+    datagrams grew the process by a gigabyte and held up the gateway's own records."""
 
     def __init__(self, publish: Publish) -> None:
         self.publish = publish
         self._transport: asyncio.DatagramTransport | None = None
+        self.held = False
+        self.dropped = Refusals()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -433,9 +483,34 @@ class DatagramListener(asyncio.DatagramProtocol):
     async def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+        if self._summary is not None:
+            self._summary.cancel()
+        self._summarise(final=True)  # what was counted, not yet recorded, is not lost with the listener
+
+    def _drop(self, sender: Sender) -> None:
+        if self.dropped.due(sender.host):
+            self.publish(problem_event(sender, FrameProblem("backlog-full", (
+                "datagram dropped: the store is behind (atna.max_backlog events wait), and UDP senders cannot "
+                "be held back (RFC 5426); later ones are counted until it catches up"))))
+        elif self._summary is None and (left := self.dropped.left()) is not None:
+            self._summary = asyncio.get_running_loop().call_later(left, self._summarise)
+
+    def _summarise(self, *, final: bool = False) -> None:
+        self._summary = None
+        for host, count in self.dropped.summaries(final=final):
+            who = "senders beyond the hosts counted apart" if host == "*" else "this sender"
+            self.publish(problem_event(Sender(host, None, "udp"), FrameProblem(
+                "backlog-full", f"{count} more datagrams of {who} dropped while the store was behind "
+                                f"(atna.max_backlog) in the {REFUSALS_RECORDED_EVERY:g} s after the one recorded, "
+                                "counted in this record"), repeats=count))
+        if not final and (left := self.dropped.left()) is not None:
+            self._summary = asyncio.get_running_loop().call_later(left, self._summarise)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         sender = Sender(str(addr[0]), int(addr[1]), "udp")
+        if self.held:
+            self._drop(sender)
+            return
         # RFC 5426 3.1: one message per datagram, no trailer; senders still add one (LF, or NUL as
         # Python's SysLogHandler does), which is not part of the message.
         frame = data.rstrip(b"\n\0")
