@@ -323,8 +323,9 @@ def _read_only_hint(where: str, exc: DatabaseError) -> str:
     folder = Path(where).parent
     if "unable to open database file" not in str(exc.orig) or "://" in where:
         return ""
-    if os.path.exists(where) and not os.access(where, os.R_OK | os.W_OK):
+    if _others(where) and not os.access(where, os.R_OK | os.W_OK):
         # The file itself is another user's (made by `sudo pacsguard init`): SQLite names no cause.
+        # (One of this user's that cannot be written is on a read-only file system: below.)
         from pacsguard.owner_only import runs_as, whose
 
         return (f" (the file is {whose(Path(where))}, and this process runs as {runs_as()}: make it "
@@ -334,6 +335,14 @@ def _read_only_hint(where: str, exc: DatabaseError) -> str:
     return (f" (its folder {folder} cannot be written: a read-only file system, or a folder this user may not "
             "write to; an SQLite store in WAL mode is read through a -shm file made beside it: copy the store "
             "with its -wal file to a writable folder and open the copy, or run as the store's owner)")
+
+
+def _others(path: str) -> bool:
+    """Whether ``path`` exists and belongs to another user than the one this process runs as."""
+    try:
+        return os.stat(path).st_uid != os.geteuid()
+    except OSError:
+        return False
 
 
 def _check_known(where: str, found: str | None) -> None:
