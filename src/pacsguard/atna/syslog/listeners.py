@@ -21,7 +21,7 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from pacsguard.atna.ingest import Sender, frame_event, frame_events, peer_address, problem_event
-from pacsguard.atna.repeats import RECORD_INTERVAL, RECORDED_EACH, Repeats
+from pacsguard.atna.repeats import MOST_TRACKED, RECORD_INTERVAL, RECORDED_EACH, Repeats
 from pacsguard.atna.syslog.framing import FrameProblem, Framing, Splitter
 from pacsguard.atna.tls_session import TlsFailure, TlsSession
 from pacsguard.events.model import Event
@@ -52,8 +52,6 @@ EVICT_QUIET = 1.0
 HOLD = 0.2
 
 
-#: Hosts whose refused connections are counted apart within one interval; beyond, under "*".
-MOST_TRACKED = 10_000
 
 #: Seconds between looks for the connections' problems counted in an interval now over.
 REPEATS_LOOK = 5.0
